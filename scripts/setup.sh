@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Makes a fresh Debian machine ready to build and run Ciliate: Debian packages, npm dependencies
+# (Node 24 arrives as the `node` npm package and runs every npm script), the BPF objects and a type check.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then echo "ciliate setup: must run as root (it installs packages and loads eBPF programs)" >&2; exit 1; fi
+pkgs=(clang-19 llvm-19 libbpf1 libbpf-dev bpftool iproute2 iputils-ping gcc libc6-dev make)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# BPF maps and links are pinned here; the kernel only offers bpffs where it is mounted.
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-fund --no-audit
+fi
+npm run --silent build

@@ -1,0 +1,224 @@
+/**
+ * Codecs between TypeScript values and the bytes of C structs shared with BPF programs.
+ * A struct codec lays its fields out by C's rules (natural alignment, tail padding), so that one
+ * definition beside the C header is enough; `checkLayout` compares it with the struct's BTF.
+ * @module
+ */
+import { BpfError } from './errors.ts';
+
+export interface Codec<T> {
+  /** Bytes the value occupies, as C's sizeof. */
+  readonly size: number;
+  /** C's alignof. */
+  readonly align: number;
+  encode(value: T, buffer: Buffer, offset: number): void;
+  decode(buffer: Buffer, offset: number): T;
+}
+
+export type Infer<C> = C extends Codec<infer T> ? T : never;
+
+function scalar<T>(size: number, encode: Codec<T>['encode'], decode: Codec<T>['decode']): Codec<T> {
+  return { size, align: size, encode, decode };
+}
+
+export const u8: Codec<number> = scalar(1, (v, b, o) => void b.writeUInt8(v, o), (b, o) => b.readUInt8(o));
+export const i8: Codec<number> = scalar(1, (v, b, o) => void b.writeInt8(v, o), (b, o) => b.readInt8(o));
+export const u16: Codec<number> = scalar(2, (v, b, o) => void b.writeUInt16LE(v, o), (b, o) => b.readUInt16LE(o));
+export const i16: Codec<number> = scalar(2, (v, b, o) => void b.writeInt16LE(v, o), (b, o) => b.readInt16LE(o));
+export const u32: Codec<number> = scalar(4, (v, b, o) => void b.writeUInt32LE(v >>> 0, o), (b, o) => b.readUInt32LE(o));
+export const i32: Codec<number> = scalar(4, (v, b, o) => void b.writeInt32LE(v, o), (b, o) => b.readInt32LE(o));
+export const u64: Codec<bigint> = scalar(8, (v, b, o) => void b.writeBigUInt64LE(v, o), (b, o) => b.readBigUInt64LE(o));
+export const i64: Codec<bigint> = scalar(8, (v, b, o) => void b.writeBigInt64LE(v, o), (b, o) => b.readBigInt64LE(o));
+/** A u64 read as a JS number: for counters that stay below 2^53. */
+export const u64n: Codec<number> = scalar(
+  8,
+  (v, b, o) => void b.writeBigUInt64LE(BigInt(v), o),
+  (b, o) => Number(b.readBigUInt64LE(o)),
+);
+/** __be16: network byte order, as ports are kept in packet headers. */
+export const be16: Codec<number> = scalar(2, (v, b, o) => void b.writeUInt16BE(v, o), (b, o) => b.readUInt16BE(o));
+/** __be32 as a number in host order. */
+export const be32: Codec<number> = scalar(4, (v, b, o) => void b.writeUInt32BE(v >>> 0, o), (b, o) => b.readUInt32BE(o));
+
+/** An IPv4 address held as __be32, as a dotted string on the TS side. */
+export const ipv4: Codec<string> = {
+  size: 4,
+  align: 4,
+  encode(value, buffer, offset) {
+    const parts = value.split('.');
+    if (parts.length !== 4) throw new BpfError('ERR_CODEC', `encoding IPv4 address "${value}": not a dotted quad`);
+    for (let i = 0; i < 4; i++) {
+      const octet = Number(parts[i]);
+      if (!Number.isInteger(octet) || octet < 0 || octet > 255 || parts[i] === '') {
+        throw new BpfError('ERR_CODEC', `encoding IPv4 address "${value}": octet ${i + 1} is not 0-255`);
+      }
+      buffer[offset + i] = octet;
+    }
+  },
+  decode(buffer, offset) {
+    return `${buffer[offset]}.${buffer[offset + 1]}.${buffer[offset + 2]}.${buffer[offset + 3]}`;
+  },
+};
+
+/** A 6-byte MAC address as "aa:bb:cc:dd:ee:ff". */
+export const mac: Codec<string> = {
+  size: 6,
+  align: 1,
+  encode(value, buffer, offset) {
+    const parts = value.split(':');
+    if (parts.length !== 6) throw new BpfError('ERR_CODEC', `encoding MAC address "${value}": want six hex octets`);
+    for (let i = 0; i < 6; i++) buffer[offset + i] = Number.parseInt(parts[i], 16);
+  },
+  decode(buffer, offset) {
+    return Array.from(buffer.subarray(offset, offset + 6), (b) => b.toString(16).padStart(2, '0')).join(':');
+  },
+};
+
+/** Opaque bytes; decode copies them out so the value outlives the buffer it came from. */
+export function bytes(size: number, align = 1): Codec<Buffer> {
+  return {
+    size,
+    align,
+    encode(value, buffer, offset) {
+      if (value.length !== size) {
+        throw new BpfError('ERR_CODEC', `encoding ${size} bytes: got ${value.length}`);
+      }
+      value.copy(buffer, offset);
+    },
+    decode(buffer, offset) {
+      return Buffer.from(buffer.subarray(offset, offset + size));
+    },
+  };
+}
+
+/** char[size], NUL-padded. */
+export function cstring(size: number): Codec<string> {
+  return {
+    size,
+    align: 1,
+    encode(value, buffer, offset) {
+      buffer.fill(0, offset, offset + size);
+      const written = buffer.write(value, offset, size - 1, 'utf8');
+      if (written < Buffer.byteLength(value)) {
+        throw new BpfError('ERR_CODEC', `encoding string "${value}": longer than ${size - 1} bytes`);
+      }
+    },
+    decode(buffer, offset) {
+      const end = buffer.indexOf(0, offset);
+      return buffer.toString('utf8', offset, end < 0 || end > offset + size ? offset + size : end);
+    },
+  };
+}
+
+export function array<T>(element: Codec<T>, length: number): Codec<T[]> {
+  return {
+    size: element.size * length,
+    align: element.align,
+    encode(value, buffer, offset) {
+      if (value.length !== length) throw new BpfError('ERR_CODEC', `encoding array: want ${length} elements, got ${value.length}`);
+      for (let i = 0; i < length; i++) element.encode(value[i], buffer, offset + i * element.size);
+    },
+    decode(buffer, offset) {
+      const out = new Array<T>(length);
+      for (let i = 0; i < length; i++) out[i] = element.decode(buffer, offset + i * element.size);
+      return out;
+    },
+  };
+}
+
+/** Explicit padding: always written as zeros, never part of the TS value. */
+export interface PadCodec extends Codec<undefined> {
+  readonly padding: true;
+}
+export function pad(size: number): PadCodec {
+  return {
+    size,
+    align: 1,
+    padding: true,
+    encode(_value, buffer, offset) {
+      buffer.fill(0, offset, offset + size);
+    },
+    decode() {
+      return undefined;
+    },
+  };
+}
+
+type FieldCodecs = Record<string, Codec<any>>;
+type ValueFields<F extends FieldCodecs> = {
+  [K in keyof F as F[K] extends PadCodec ? never : K]: Infer<F[K]>;
+};
+export type StructValue<F extends FieldCodecs> = { [K in keyof ValueFields<F>]: ValueFields<F>[K] };
+
+export interface StructCodec<F extends FieldCodecs> extends Codec<StructValue<F>> {
+  /** The C struct's name, as BTF knows it. */
+  readonly name: string;
+  readonly fields: F;
+  /** Byte offset of each field, as C's offsetof. */
+  readonly offsets: { readonly [K in keyof F]: number };
+}
+
+/**
+ * A C struct. Fields are laid out in order with natural alignment and the size is rounded up to
+ * the struct's alignment, exactly as clang does for BPF; holes are zeroed on encode.
+ *
+ * @example
+ * const ctKey = struct('ct_key', { saddr: ipv4, daddr: ipv4, sport: be16, dport: be16, proto: u8, _pad: pad(3) });
+ */
+export function struct<F extends FieldCodecs>(name: string, fields: F): StructCodec<F> {
+  const names = Object.keys(fields);
+  const offsets: Record<string, number> = {};
+  let offset = 0;
+  let align = 1;
+  for (const field of names) {
+    const codec = fields[field];
+    offset = alignUp(offset, codec.align);
+    offsets[field] = offset;
+    offset += codec.size;
+    align = Math.max(align, codec.align);
+  }
+  const size = alignUp(offset, align);
+  const valueFields = names.filter((n) => !(fields[n] as Partial<PadCodec>).padding);
+  const padFields = names.filter((n) => (fields[n] as Partial<PadCodec>).padding);
+  const hasHoles = size !== names.reduce((sum, n) => sum + fields[n].size, 0);
+  return {
+    name,
+    fields,
+    offsets: offsets as { [K in keyof F]: number },
+    size,
+    align,
+    encode(value, buffer, offset0) {
+      if (hasHoles) buffer.fill(0, offset0, offset0 + size);
+      const record = value as Record<string, unknown>;
+      for (const field of valueFields) {
+        const v = record[field];
+        if (v === undefined) throw new BpfError('ERR_CODEC', `encoding struct ${name}: field ${field} is missing`);
+        fields[field].encode(v, buffer, offset0 + offsets[field]);
+      }
+      for (const field of padFields) fields[field].encode(undefined, buffer, offset0 + offsets[field]);
+    },
+    decode(buffer, offset0) {
+      const out: Record<string, unknown> = {};
+      for (const field of valueFields) out[field] = fields[field].decode(buffer, offset0 + offsets[field]);
+      return out as StructValue<F>;
+    },
+  };
+}
+
+export function alignUp(value: number, align: number): number {
+  return Math.ceil(value / align) * align;
+}
+
+/** Encodes into a fresh Buffer of exactly codec.size bytes. */
+export function encode<T>(codec: Codec<T>, value: T): Buffer {
+  const buffer = Buffer.alloc(codec.size);
+  codec.encode(value, buffer, 0);
+  return buffer;
+}
+
+export function decode<T>(codec: Codec<T>, buffer: Buffer, offset = 0): T {
+  if (buffer.length - offset < codec.size) {
+    throw new BpfError('ERR_CODEC', `decoding ${codec.size} bytes: only ${buffer.length - offset} available`);
+  }
+  return codec.decode(buffer, offset);
+}

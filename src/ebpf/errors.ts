@@ -1,0 +1,126 @@
+/**
+ * Typed errors of the eBPF library. Every error has a stable `code`; kernel errnos are mapped to
+ * these once, at the syscall boundary, so callers never compare errno numbers themselves.
+ * @module
+ */
+import { Errno } from './internal/constants.ts';
+
+export type BpfErrorCode =
+  | 'ERR_BPF'
+  | 'ERR_PERMISSION'
+  | 'ERR_NOT_SUPPORTED'
+  | 'ERR_VERIFIER'
+  | 'ERR_KEY_NOT_EXIST'
+  | 'ERR_KEY_EXIST'
+  | 'ERR_MAP_FULL'
+  | 'ERR_INVALID_ARGUMENT'
+  | 'ERR_NOT_FOUND'
+  | 'ERR_BUSY'
+  | 'ERR_STALE_REVISION'
+  | 'ERR_ELF'
+  | 'ERR_CODEC';
+
+const ERRNO_NAMES: Record<number, string> = Object.fromEntries(
+  Object.entries(Errno).map(([name, value]) => [value, name]),
+);
+ERRNO_NAMES[Errno.ENOTSUP] = 'EOPNOTSUPP';
+
+export function errnoName(errno: number): string {
+  return ERRNO_NAMES[errno] ?? `errno ${errno}`;
+}
+
+export class BpfError extends Error {
+  readonly code: BpfErrorCode;
+  readonly errno: number | undefined;
+
+  constructor(code: BpfErrorCode, message: string, options?: { errno?: number; cause?: unknown }) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.name = new.target.name;
+    this.code = code;
+    this.errno = options?.errno;
+  }
+
+  /** Whether `value` is a BpfError with this code; works across copies of the library. */
+  static is(value: unknown, code?: BpfErrorCode): value is BpfError {
+    return (
+      value instanceof Error &&
+      typeof (value as BpfError).code === 'string' &&
+      (value as BpfError).code.startsWith('ERR_') &&
+      (code === undefined || (value as BpfError).code === code)
+    );
+  }
+}
+
+/** A kernel feature this kernel does not have. Message: "not supported on this kernel: <feature>". */
+export class NotSupportedError extends BpfError {
+  readonly feature: string;
+  constructor(feature: string, options?: { errno?: number; cause?: unknown; detail?: string }) {
+    super(
+      'ERR_NOT_SUPPORTED',
+      `not supported on this kernel: ${feature}${options?.detail ? ` (${options.detail})` : ''}`,
+      options,
+    );
+    this.feature = feature;
+  }
+}
+
+export class PermissionError extends BpfError {
+  constructor(context: string, errno: number) {
+    const hint =
+      process.getuid?.() === 0
+        ? 'the kernel refused it even for root (lockdown, an LSM, or a missing capability)'
+        : 'eBPF needs root (CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON): run as root';
+    super('ERR_PERMISSION', `${context}: ${errnoName(errno)}: ${hint}`, { errno });
+  }
+}
+
+/** A program the verifier rejected; `log` holds the verifier's own explanation. */
+export class VerifierError extends BpfError {
+  readonly log: string;
+  readonly program: string;
+  constructor(program: string, errno: number, log: string) {
+    const tail = lastLines(log, 12);
+    super(
+      'ERR_VERIFIER',
+      `loading program ${program}: verifier rejected it (${errnoName(errno)})${tail ? `:\n${tail}` : ''}`,
+      { errno },
+    );
+    this.program = program;
+    this.log = log;
+  }
+}
+
+function lastLines(text: string, count: number): string {
+  const lines = text.trimEnd().split('\n');
+  return lines.slice(-count).join('\n');
+}
+
+/**
+ * Turns a failed syscall's errno into a typed error. `context` says what was being done
+ * ("updating map ct4_global"), and leads the message.
+ */
+export function errorFromErrno(context: string, errno: number): BpfError {
+  switch (errno) {
+    case Errno.EPERM:
+    case Errno.EACCES:
+      return new PermissionError(context, errno);
+    case Errno.ENOENT:
+      return new BpfError('ERR_NOT_FOUND', `${context}: ${errnoName(errno)}`, { errno });
+    case Errno.EEXIST:
+      return new BpfError('ERR_KEY_EXIST', `${context}: key already exists`, { errno });
+    case Errno.E2BIG:
+      return new BpfError('ERR_MAP_FULL', `${context}: map is full (E2BIG)`, { errno });
+    case Errno.EINVAL:
+      return new BpfError('ERR_INVALID_ARGUMENT', `${context}: invalid argument (EINVAL)`, { errno });
+    case Errno.EBUSY:
+      return new BpfError('ERR_BUSY', `${context}: busy (EBUSY)`, { errno });
+    case Errno.ESTALE:
+      return new BpfError('ERR_STALE_REVISION', `${context}: expected revision is stale (ESTALE)`, { errno });
+    case Errno.EOPNOTSUPP:
+    case Errno.ENOTSUPP_KERNEL:
+    case Errno.ENOSYS:
+      return new NotSupportedError(context, { errno });
+    default:
+      return new BpfError('ERR_BPF', `${context}: ${errnoName(errno)}`, { errno });
+  }
+}
