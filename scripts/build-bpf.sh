@@ -15,7 +15,7 @@ compile() {
   local src=$1 obj=$2
   if [ "$obj" -nt "$src" ] && [ -z "$(find bpf/lib src/ebpf/testdata -name '*.h' -newer "$obj" 2>/dev/null)" ]; then return 0; fi
   "$CLANG" -target bpf -O2 -g -D__TARGET_ARCH_x86 -Wall -Werror -Wno-unused-function \
-    -I build/include -I bpf -I bpf/lib -c "$src" -o "$obj"
+    -I build/include -I bpf -I bpf/lib -I src/ebpf/include -c "$src" -o "$obj"
 }
 for src in bpf/*.c src/ebpf/testdata/*.c; do
   [ -e "$src" ] || continue

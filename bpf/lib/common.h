@@ -1,0 +1,27 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Shared basics for Ciliate's BPF programs: packet parsing helpers and constants. */
+#pragma once
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define ETH_P_ARP 0x0806
+#define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
+#define TC_ACT_REDIRECT 7
+
+#ifndef IPPROTO_ICMP
+#define IPPROTO_ICMP 1
+#endif
+
+/* Bounds-checked pointer to a header at `off` bytes into the packet, or NULL. The verifier
+ * only accepts packet reads it has seen checked against data_end, hence one helper for all. */
+static __always_inline void *pkt_header(void *data, void *data_end, __u32 off, __u32 len)
+{
+	if (data + off + len > data_end)
+		return NULL;
+	return data + off;
+}

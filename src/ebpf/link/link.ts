@@ -1,0 +1,120 @@
+/**
+ * BPF links: the kernel object that keeps a program attached. Closing the last fd of an unpinned
+ * link detaches the program; a pinned link stays attached until its pin is removed, which is how
+ * the datapath outlives the agent.
+ * @module
+ */
+import { rmSync } from 'node:fs';
+import { objGet, objInfo, objPin } from '../map.ts';
+import { BpfCommand, LinkType } from '../internal/constants.ts';
+import { LinkCreateAttr, LinkDetachAttr, LinkInfo } from '../internal/attr.ts';
+import { bpf, close } from '../internal/sys.ts';
+
+export interface LinkInfoData {
+  type: LinkType;
+  id: number;
+  programId: number;
+  /** tcx and xdp links: the interface. */
+  ifindex?: number;
+  /** tcx and cgroup links. */
+  attachType?: number;
+  /** cgroup links. */
+  cgroupId?: bigint;
+}
+
+export class Link implements Disposable {
+  readonly fd: number;
+  readonly description: string;
+  #closed = false;
+
+  constructor(fd: number, description: string) {
+    this.fd = fd;
+    this.description = description;
+  }
+
+  /** Opens a pinned link, e.g. one a previous agent left attached. */
+  static openPinned(path: string): Link {
+    return new Link(objGet(path, `opening pinned link ${path}`), `pinned link ${path}`);
+  }
+
+  info(): LinkInfoData {
+    return linkInfo(this.fd);
+  }
+
+  /** Pins the link so the program stays attached after this process exits. */
+  pin(path: string): void {
+    objPin(this.fd, path, `pinning ${this.description} at ${path}`);
+  }
+
+  /**
+   * Detaches the program now, even if the link is pinned elsewhere; the link object lingers
+   * (defunct) until its last fd and pin are gone.
+   */
+  detach(): void {
+    const attr = Buffer.alloc(LinkDetachAttr.size);
+    attr.writeUInt32LE(this.fd, LinkDetachAttr.linkFd);
+    bpf(BpfCommand.LINK_DETACH, attr, `detaching ${this.description}`);
+  }
+
+  /** Releases this process's hold; the program stays attached only if the link is pinned. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    close(this.fd);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Removes a pin and detaches the link behind it. Missing pins are fine: unpinning is idempotent. */
+export function unpinLink(path: string): void {
+  let link: Link;
+  try {
+    link = Link.openPinned(path);
+  } catch {
+    rmSync(path, { force: true });
+    return;
+  }
+  try {
+    link.detach();
+  } finally {
+    link.close();
+    rmSync(path, { force: true });
+  }
+}
+
+export function linkInfo(fd: number): LinkInfoData {
+  const info = objInfo(fd, LinkInfo.size, `reading info of link fd ${fd}`);
+  const type = info.readUInt32LE(LinkInfo.type) as LinkType;
+  const out: LinkInfoData = { type, id: info.readUInt32LE(LinkInfo.id), programId: info.readUInt32LE(LinkInfo.progId) };
+  if (type === LinkType.TCX || type === LinkType.NETKIT) {
+    out.ifindex = info.readUInt32LE(LinkInfo.union);
+    out.attachType = info.readUInt32LE(LinkInfo.union + 4);
+  } else if (type === LinkType.XDP) {
+    out.ifindex = info.readUInt32LE(LinkInfo.union);
+  } else if (type === LinkType.CGROUP) {
+    out.cgroupId = info.readBigUInt64LE(LinkInfo.union);
+    out.attachType = info.readUInt32LE(LinkInfo.union + 8);
+  }
+  return out;
+}
+
+/** BPF_LINK_CREATE with the common fields; `fill` writes the attach-type-specific part. */
+export function createLink(
+  programFd: number,
+  target: number,
+  attachType: number,
+  flags: number,
+  context: string,
+  fill?: (attr: Buffer) => void,
+): number {
+  const attr = Buffer.alloc(LinkCreateAttr.size);
+  attr.writeUInt32LE(programFd, LinkCreateAttr.progFd);
+  attr.writeUInt32LE(target, LinkCreateAttr.target);
+  attr.writeUInt32LE(attachType, LinkCreateAttr.attachType);
+  attr.writeUInt32LE(flags, LinkCreateAttr.flags);
+  fill?.(attr);
+  return bpf(BpfCommand.LINK_CREATE, attr, context);
+}

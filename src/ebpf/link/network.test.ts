@@ -1,0 +1,98 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { BpfObject } from '../object.ts';
+import { attachTcx, queryTcx } from './tcx.ts';
+import { attachXdp } from './xdp.ts';
+import { Link, unpinLink } from './link.ts';
+import { inNetns } from '../netns.ts';
+import { u32, u64 } from '../codec.ts';
+import { LinkType } from '../internal/constants.ts';
+import { netnsPair, objectPath, ping, pinDir } from '../internal/testutils.ts';
+import { BpfError } from '../errors.ts';
+import { BpfMap } from '../map.ts';
+
+const SLOT_TC = 0;
+const SLOT_XDP = 2;
+const SLOT_TAG = 7;
+
+function load(tag = 0) {
+  const obj = BpfObject.load(objectPath('net'), { constants: { TAG: tag } });
+  return { obj, counters: obj.map('counters').withCodecs(u32, u64), config: obj.map('net_config').withCodecs(u32, u32) };
+}
+
+test('TCX ingress program sees real packets, drops them on demand, and detaches on close', (t) => {
+  const net = netnsPair(t);
+  const { obj, counters, config } = load(42);
+  t.after(() => obj.close());
+  const link = inNetns(net.pathB, () => attachTcx(obj.program('count_tc'), { interface: net.ifB, direction: 'ingress' }));
+  assert.equal(link.info().type, LinkType.TCX);
+  assert.ok(ping(net.a, net.addrB, 2), 'ping passes with the counting program attached');
+  assert.ok(counters.lookup(SLOT_TC)! >= 2n);
+  assert.equal(counters.lookup(SLOT_TAG), 42n, 'the .rodata constant set before load is what the program reads');
+
+  config.update(0, 1);
+  assert.equal(ping(net.a, net.addrB, 1), false, 'the program drops everything once told to');
+  link.close();
+  assert.ok(ping(net.a, net.addrB, 1), 'closing the link detaches the program');
+});
+
+test('TCX orders programs with before/after and rejects a stale revision', (t) => {
+  const net = netnsPair(t);
+  const { obj } = load();
+  t.after(() => obj.close());
+  inNetns(net.pathB, () => {
+    const first = attachTcx(obj.program('count_tc'), { interface: net.ifB, direction: 'ingress' });
+    t.after(() => first.close());
+    const before = queryTcx(net.ifB, 'ingress');
+    const second = attachTcx(obj.program('count_tc_second'), { interface: net.ifB, direction: 'ingress', before: first, expectedRevision: before.revision });
+    t.after(() => second.close());
+    const after = queryTcx(net.ifB, 'ingress');
+    assert.deepEqual(after.linkIds, [second.info().id, first.info().id]);
+    assert.ok(after.revision > before.revision);
+    assert.throws(
+      () => attachTcx(obj.program('count_tc_second'), { interface: net.ifB, direction: 'egress', expectedRevision: 999n }),
+      (error: unknown) => BpfError.is(error, 'ERR_STALE_REVISION'),
+    );
+  });
+});
+
+test('a pinned TCX link keeps the program attached after every fd is closed, and unpinLink detaches it', (t) => {
+  const net = netnsPair(t);
+  const pins = pinDir(t);
+  const { obj, counters } = load();
+  const link = inNetns(net.pathB, () => attachTcx(obj.program('count_tc'), { interface: net.ifB, direction: 'ingress' }));
+  link.pin(`${pins}/link`);
+  obj.map('counters').pin(`${pins}/counters`);
+  link.close();
+  obj.close();
+  counters.close();
+
+  const reopened = Link.openPinned(`${pins}/link`);
+  assert.equal(reopened.info().type, LinkType.TCX);
+  reopened.close();
+  assert.ok(ping(net.a, net.addrB, 2));
+  const pinnedCounters = BpfMap.openPinned(`${pins}/counters`, u32, u64);
+  t.after(() => pinnedCounters.close());
+  assert.ok(pinnedCounters.lookup(SLOT_TC)! >= 2n, 'the program kept counting with nobody holding it');
+  unpinLink(`${pins}/link`);
+  const seen = pinnedCounters.lookup(SLOT_TC)!;
+  assert.ok(ping(net.a, net.addrB, 1));
+  assert.equal(pinnedCounters.lookup(SLOT_TC), seen, 'detached: no more counting');
+});
+
+test('XDP in native and generic mode on veth', (t) => {
+  const net = netnsPair(t);
+  const { obj, counters, config } = load();
+  t.after(() => obj.close());
+  for (const mode of ['native', 'generic'] as const) {
+    const link = inNetns(net.pathB, () => attachXdp(obj.program('count_xdp'), { interface: net.ifB, mode }));
+    const before = counters.lookup(SLOT_XDP)!;
+    assert.ok(ping(net.a, net.addrB, 2), `${mode}: passes`);
+    assert.ok(counters.lookup(SLOT_XDP)! >= before + 2n, `${mode}: counted`);
+    config.update(0, 1);
+    assert.equal(ping(net.a, net.addrB, 1), false, `${mode}: drops`);
+    config.update(0, 0);
+    link.close();
+  }
+});
+

@@ -1,0 +1,130 @@
+/**
+ * Loaded BPF programs: identity, pinning, and BPF_PROG_TEST_RUN, which runs a datapath program on
+ * a crafted packet with no network at all.
+ * @module
+ */
+import { BpfError } from './errors.ts';
+import { objGet, objInfo, objPin } from './map.ts';
+import { BpfCommand, type ProgramType } from './internal/constants.ts';
+import { ProgInfo, TestRunAttr } from './internal/attr.ts';
+import { addressOf, bpf, close } from './internal/sys.ts';
+
+export interface ProgramMeta {
+  name: string;
+  /** The ELF section it came from, e.g. "tc" or "tp_btf/sched_process_exec". */
+  section: string;
+  type: ProgramType;
+  expectedAttachType: number;
+  /** libbpf's bpf_program, for attach modes that libbpf resolves (tracepoints, uprobes). */
+  libbpfHandle?: unknown;
+}
+
+export interface TestRunOptions {
+  /** Packet bytes (from the Ethernet header for tc and XDP programs). */
+  data?: Buffer;
+  /** Context: struct __sk_buff for tc, xdp_md for XDP. */
+  context?: Buffer;
+  /** Room for the packet as the program leaves it; defaults to the input size plus headroom. */
+  dataOutSize?: number;
+  repeat?: number;
+}
+
+export interface TestRunResult {
+  /** The program's return value (TC_ACT_*, XDP_*). */
+  returnValue: number;
+  /** The packet after the program ran. */
+  data: Buffer;
+  context: Buffer | undefined;
+  /** Mean run time in ns over `repeat` runs, as the kernel measured it. */
+  durationNs: number;
+}
+
+export class Program implements Disposable {
+  readonly fd: number;
+  readonly name: string;
+  readonly section: string;
+  readonly type: ProgramType;
+  readonly expectedAttachType: number;
+  readonly libbpfHandle: unknown;
+  #closed = false;
+
+  constructor(fd: number, meta: ProgramMeta) {
+    this.fd = fd;
+    this.name = meta.name;
+    this.section = meta.section;
+    this.type = meta.type;
+    this.expectedAttachType = meta.expectedAttachType;
+    this.libbpfHandle = meta.libbpfHandle;
+  }
+
+  /** Opens a program pinned in bpffs. */
+  static openPinned(path: string): Program {
+    const fd = objGet(path, `opening pinned program ${path}`);
+    const info = programInfo(fd);
+    return new Program(fd, { name: info.name, section: '', type: info.type, expectedAttachType: -1 });
+  }
+
+  /** Runs the program once (or `repeat` times) on a crafted input through BPF_PROG_TEST_RUN. */
+  testRun(options: TestRunOptions = {}): TestRunResult {
+    const dataIn = options.data ?? Buffer.alloc(0);
+    const dataOut = Buffer.alloc(options.dataOutSize ?? dataIn.length + 256);
+    const ctxIn = options.context;
+    const ctxOut = ctxIn ? Buffer.alloc(ctxIn.length) : undefined;
+    const attr = Buffer.alloc(TestRunAttr.size);
+    attr.writeUInt32LE(this.fd, TestRunAttr.progFd);
+    attr.writeUInt32LE(dataIn.length, TestRunAttr.dataSizeIn);
+    attr.writeUInt32LE(dataOut.length, TestRunAttr.dataSizeOut);
+    attr.writeBigUInt64LE(addressOf(dataIn), TestRunAttr.dataIn);
+    attr.writeBigUInt64LE(addressOf(dataOut), TestRunAttr.dataOut);
+    attr.writeUInt32LE(options.repeat ?? 1, TestRunAttr.repeat);
+    if (ctxIn && ctxOut) {
+      attr.writeUInt32LE(ctxIn.length, TestRunAttr.ctxSizeIn);
+      attr.writeUInt32LE(ctxOut.length, TestRunAttr.ctxSizeOut);
+      attr.writeBigUInt64LE(addressOf(ctxIn), TestRunAttr.ctxIn);
+      attr.writeBigUInt64LE(addressOf(ctxOut), TestRunAttr.ctxOut);
+    }
+    bpf(BpfCommand.PROG_TEST_RUN, attr, `test-running program ${this.name}`);
+    return {
+      returnValue: attr.readUInt32LE(TestRunAttr.retval),
+      data: dataOut.subarray(0, attr.readUInt32LE(TestRunAttr.dataSizeOut)),
+      context: ctxOut?.subarray(0, attr.readUInt32LE(TestRunAttr.ctxSizeOut)),
+      durationNs: attr.readUInt32LE(TestRunAttr.duration),
+    };
+  }
+
+  info(): { id: number; type: ProgramType; name: string; tag: string } {
+    return programInfo(this.fd);
+  }
+
+  pin(path: string): void {
+    objPin(this.fd, path, `pinning program ${this.name} at ${path}`);
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    close(this.fd);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+export function programInfo(fd: number): { id: number; type: ProgramType; name: string; tag: string } {
+  const info = objInfo(fd, ProgInfo.size, `reading info of program fd ${fd}`);
+  const end = info.indexOf(0, ProgInfo.name);
+  return {
+    id: info.readUInt32LE(ProgInfo.id),
+    type: info.readUInt32LE(ProgInfo.type) as ProgramType,
+    name: info.toString('ascii', ProgInfo.name, end < 0 || end > ProgInfo.name + 16 ? ProgInfo.name + 16 : end),
+    tag: info.subarray(ProgInfo.tag, ProgInfo.tag + 8).toString('hex'),
+  };
+}
+
+/** Thrown by attach helpers given a program of the wrong type. */
+export function assertProgramType(program: Program, types: readonly number[], what: string): void {
+  if (!types.includes(program.type)) {
+    throw new BpfError('ERR_INVALID_ARGUMENT', `attaching ${program.name} as ${what}: program type ${program.type} cannot attach there`);
+  }
+}
