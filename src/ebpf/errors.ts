@@ -107,7 +107,7 @@ export function errorFromErrno(context: string, errno: number): BpfError {
     case Errno.ENOENT:
       return new BpfError('ERR_NOT_FOUND', `${context}: ${errnoName(errno)}`, { errno });
     case Errno.EEXIST:
-      return new BpfError('ERR_KEY_EXIST', `${context}: key already exists`, { errno });
+      return new BpfError('ERR_KEY_EXIST', `${context}: already exists (EEXIST)`, { errno });
     case Errno.E2BIG:
       return new BpfError('ERR_MAP_FULL', `${context}: map is full (E2BIG)`, { errno });
     case Errno.EINVAL:

@@ -37,6 +37,14 @@ export interface MapInfoData {
 const PER_CPU_TYPES = new Set<number>([MapType.PERCPU_HASH, MapType.PERCPU_ARRAY, MapType.LRU_PERCPU_HASH]);
 const KEYLESS_TYPES = new Set<number>([MapType.QUEUE, MapType.STACK, MapType.BLOOM_FILTER]);
 
+/** Map types whose kernel implementation has batch operations; others are updated one by one. */
+const BATCH_TYPES = new Set<number>([
+  MapType.HASH, MapType.PERCPU_HASH, MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.ARRAY, MapType.PERCPU_ARRAY,
+]);
+function batchSupported(type: MapType): boolean {
+  return BATCH_TYPES.has(type);
+}
+
 let possibleCpuCount: number | undefined;
 /** Number of possible CPUs: the slot count of per-CPU map values. */
 export function possibleCpus(): number {
@@ -165,7 +173,9 @@ export class BpfMap<K = Buffer, V = Buffer> {
   }
 
   #elem(cmd: BpfCommand, flags: number): number {
-    this.#elemAttr.writeBigUInt64LE(BigInt(flags), MapElemAttr.flags);
+    // Two 32-bit writes: a BigInt per call would be an allocation on every lookup.
+    this.#elemAttr.writeUInt32LE(flags, MapElemAttr.flags);
+    this.#elemAttr.writeUInt32LE(0, MapElemAttr.flags + 4);
     return bpfRaw(cmd, this.#elemAttr);
   }
 
@@ -251,17 +261,24 @@ export class BpfMap<K = Buffer, V = Buffer> {
 
   /** updateBatch over keys and values already encoded back to back. */
   updateBatchRaw(keys: Buffer, values: Buffer, count: number, flags: UpdateFlag = UpdateFlag.ANY): number {
+    const slot = this.isPerCpu ? this.valueBufferSize() : this.valueSize;
+    // The kernel copies count*size bytes from these addresses: short buffers would leak memory into the map.
+    if (keys.length < count * this.keySize || values.length < count * slot) {
+      throw new BpfError(
+        'ERR_INVALID_ARGUMENT',
+        `batch-updating map ${this.name || this.fd}: ${count} entries need ${count * this.keySize} key and ${count * slot} value bytes, got ${keys.length} and ${values.length}`,
+      );
+    }
     const attr = this.#batchAttr(keys, values, count, flags);
     const ret = bpfRaw(BpfCommand.MAP_UPDATE_BATCH, attr, MapBatchAttr.size);
     if (ret === -Errno.EINVAL || ret === -Errno.ENOTSUP || ret === -Errno.ENOTSUPP_KERNEL) {
-      if (attr.readUInt32LE(MapBatchAttr.count) === 0) return this.#updateOneByOne(keys, values, count, flags);
+      if (attr.readUInt32LE(MapBatchAttr.count) === 0 && !batchSupported(this.type)) return this.#updateOneByOne(keys, values, count, slot, flags);
     }
     if (ret < 0) this.#fail(`batch-updating (${attr.readUInt32LE(MapBatchAttr.count)} of ${count} written)`, -ret);
     return attr.readUInt32LE(MapBatchAttr.count);
   }
 
-  #updateOneByOne(keys: Buffer, values: Buffer, count: number, flags: number): number {
-    const slot = values.length / count;
+  #updateOneByOne(keys: Buffer, values: Buffer, count: number, slot: number, flags: number): number {
     for (let i = 0; i < count; i++) {
       keys.copy(this.#key, 0, i * this.keySize, (i + 1) * this.keySize);
       values.copy(this.#value, 0, i * slot, (i + 1) * slot);
@@ -278,7 +295,7 @@ export class BpfMap<K = Buffer, V = Buffer> {
     keys.forEach((key, i) => this.keyCodec.encode(key, keyBuf, i * this.keySize));
     const attr = this.#batchAttr(keyBuf, null, keys.length, 0);
     const ret = bpfRaw(BpfCommand.MAP_DELETE_BATCH, attr, MapBatchAttr.size);
-    if (ret < 0 && (ret === -Errno.EINVAL || ret === -Errno.ENOTSUP || ret === -Errno.ENOTSUPP_KERNEL) && attr.readUInt32LE(MapBatchAttr.count) === 0) {
+    if (ret < 0 && (ret === -Errno.EINVAL || ret === -Errno.ENOTSUP || ret === -Errno.ENOTSUPP_KERNEL) && attr.readUInt32LE(MapBatchAttr.count) === 0 && !batchSupported(this.type)) {
       let deleted = 0;
       for (const key of keys) if (this.delete(key)) deleted++;
       return deleted;

@@ -1,0 +1,35 @@
+#!/usr/bin/env node
+/**
+ * The `ciliate` command line. Each subcommand lives in its own module; this file only wires
+ * them into commander and turns typed errors into one clear line and an exit code.
+ * @module
+ */
+import { Command } from 'commander';
+import { BpfError } from '../ebpf/index.ts';
+import { registerBpfCommands } from './bpf.ts';
+import { registerDemoCommand } from './demo.ts';
+
+export function buildProgram(): Command {
+  const program = new Command('ciliate')
+    .description('Networking, security and observability for containers, on a real eBPF datapath')
+    .showHelpAfterError()
+    .configureOutput({ outputError: (text, write) => write(text) });
+  registerBpfCommands(program);
+  registerDemoCommand(program);
+  return program;
+}
+
+async function main(argv: string[]): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (error) {
+    if (BpfError.is(error)) {
+      process.stderr.write(`ciliate: ${error.message}\n`);
+      process.exitCode = 1;
+      return;
+    }
+    throw error;
+  }
+}
+
+if (import.meta.main) await main(process.argv);

@@ -1,0 +1,19 @@
+/**
+ * Output helpers shared by CLI commands: the -o option and plain-text tables.
+ * @module
+ */
+import { Option } from 'commander';
+
+export type OutputFormat = 'table' | 'json';
+
+/** -o table|json, shared by every listing command. */
+export function outputOption(): Option {
+  return new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table');
+}
+
+/** Left-aligned columns sized to their widest cell. */
+export function formatTable(header: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: readonly string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join('  ');
+  return [line(header), ...rows.map(line)].join('\n');
+}

@@ -1,0 +1,6 @@
+/**
+ * The datapath's shared definitions: TS codecs of the C structs in bpf/, each beside a test of
+ * its layout against the compiled object's BTF.
+ * @module
+ */
+export * from './demo-types.ts';

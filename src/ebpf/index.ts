@@ -1,0 +1,26 @@
+/**
+ * Ciliate's eBPF library: load clang-built BPF objects, drive maps, attach programs through
+ * links, read ring buffers over mmap, and probe what the kernel supports — from TypeScript.
+ *
+ * It imports nothing from the rest of Ciliate, so it can be published on its own. It needs
+ * root, libbpf.so.1 (ELF parsing and CO-RE) and the koffi FFI package; everything else is
+ * raw bpf(2).
+ *
+ * @example
+ * using obj = BpfObject.load('build/bpf/demo.o', { constants: { DEMO_DIRECTION: 0 } });
+ * const link = attachTcx(obj.program('demo_observe'), { interface: 'veth0', direction: 'ingress' });
+ * @module
+ */
+export * from './errors.ts';
+export * from './codec.ts';
+export { BpfMap, possibleCpus, mapInfo, type MapSpec, type MapInfoData } from './map.ts';
+export { Program, programInfo, type ProgramMeta, type TestRunOptions, type TestRunResult } from './program.ts';
+export { BpfObject, type LoadOptions, type ConstantValue } from './object.ts';
+export { Btf, checkLayout, type BtfStructLayout, type BtfDatasec, type BtfMember, type BtfKind } from './btf.ts';
+export { Link, unpinLink, linkInfo, type LinkInfoData } from './link/link.ts';
+export { attachTcx, queryTcx, type TcxOptions, type TcxDirection, type TcxAttachments } from './link/tcx.ts';
+export { attachXdp, type XdpOptions, type XdpMode } from './link/xdp.ts';
+export { attachCgroup, type CgroupOptions } from './link/cgroup.ts';
+export { inNetns, namedNetns } from './netns.ts';
+export { RingBuffer, type RingBufferOptions, type RingBufferStats, type RecordHandler, type StartOptions, type WakeupMode } from './ringbuf.ts';
+export { MapType, ProgramType, AttachType, LinkType, UpdateFlag, MapFlag } from './internal/constants.ts';
