@@ -13,6 +13,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # BPF maps and links are pinned here; the kernel only offers bpffs where it is mounted.
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+# Tracepoint programs find their event ids in tracefs.
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-fund --no-audit
 fi

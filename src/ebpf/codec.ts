@@ -21,24 +21,51 @@ function scalar<T>(size: number, encode: Codec<T>['encode'], decode: Codec<T>['d
   return { size, align: size, encode, decode };
 }
 
-export const u8: Codec<number> = scalar(1, (v, b, o) => void b.writeUInt8(v, o), (b, o) => b.readUInt8(o));
-export const i8: Codec<number> = scalar(1, (v, b, o) => void b.writeInt8(v, o), (b, o) => b.readInt8(o));
-export const u16: Codec<number> = scalar(2, (v, b, o) => void b.writeUInt16LE(v, o), (b, o) => b.readUInt16LE(o));
-export const i16: Codec<number> = scalar(2, (v, b, o) => void b.writeInt16LE(v, o), (b, o) => b.readInt16LE(o));
-export const u32: Codec<number> = scalar(4, (v, b, o) => void b.writeUInt32LE(v >>> 0, o), (b, o) => b.readUInt32LE(o));
-export const i32: Codec<number> = scalar(4, (v, b, o) => void b.writeInt32LE(v, o), (b, o) => b.readInt32LE(o));
-export const u64: Codec<bigint> = scalar(8, (v, b, o) => void b.writeBigUInt64LE(v, o), (b, o) => b.readBigUInt64LE(o));
-export const i64: Codec<bigint> = scalar(8, (v, b, o) => void b.writeBigInt64LE(v, o), (b, o) => b.readBigInt64LE(o));
+/**
+ * Range checks before writing: Buffer's writers would otherwise throw a RangeError without a
+ * BpfError code, or (for fractions, and for `>>> 0`) silently store some other number.
+ */
+function checkInt(type: string, value: number, min: number, max: number): void {
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new BpfError('ERR_CODEC', `encoding ${type}: ${value} is not an integer in ${min}..${max}`);
+  }
+}
+function checkBigInt(type: string, value: bigint, min: bigint, max: bigint): void {
+  if (typeof value !== 'bigint' || value < min || value > max) {
+    throw new BpfError('ERR_CODEC', `encoding ${type}: ${String(value)} is not a bigint in ${min}..${max}`);
+  }
+}
+const U64_MAX = (1n << 64n) - 1n;
+const I64_MIN = -(1n << 63n);
+const I64_MAX = (1n << 63n) - 1n;
+
+export const u8: Codec<number> = scalar(1, (v, b, o) => (checkInt('u8', v, 0, 0xff), void b.writeUInt8(v, o)), (b, o) => b.readUInt8(o));
+export const i8: Codec<number> = scalar(1, (v, b, o) => (checkInt('i8', v, -0x80, 0x7f), void b.writeInt8(v, o)), (b, o) => b.readInt8(o));
+export const u16: Codec<number> = scalar(2, (v, b, o) => (checkInt('u16', v, 0, 0xffff), void b.writeUInt16LE(v, o)), (b, o) => b.readUInt16LE(o));
+export const i16: Codec<number> = scalar(2, (v, b, o) => (checkInt('i16', v, -0x8000, 0x7fff), void b.writeInt16LE(v, o)), (b, o) => b.readInt16LE(o));
+/** Also takes negative int32s (JS bitwise results with bit 31 set) and stores them as C's conversion does. */
+export const u32: Codec<number> = scalar(
+  4,
+  (v, b, o) => (checkInt('u32', v, -0x80000000, 0xffffffff), void b.writeUInt32LE(v >>> 0, o)),
+  (b, o) => b.readUInt32LE(o),
+);
+export const i32: Codec<number> = scalar(4, (v, b, o) => (checkInt('i32', v, -0x80000000, 0x7fffffff), void b.writeInt32LE(v, o)), (b, o) => b.readInt32LE(o));
+export const u64: Codec<bigint> = scalar(8, (v, b, o) => (checkBigInt('u64', v, 0n, U64_MAX), void b.writeBigUInt64LE(v, o)), (b, o) => b.readBigUInt64LE(o));
+export const i64: Codec<bigint> = scalar(8, (v, b, o) => (checkBigInt('i64', v, I64_MIN, I64_MAX), void b.writeBigInt64LE(v, o)), (b, o) => b.readBigInt64LE(o));
 /** A u64 read as a JS number: for counters that stay below 2^53. */
 export const u64n: Codec<number> = scalar(
   8,
-  (v, b, o) => void b.writeBigUInt64LE(BigInt(v), o),
+  (v, b, o) => (checkInt('u64n', v, 0, Number.MAX_SAFE_INTEGER), void b.writeBigUInt64LE(BigInt(v), o)),
   (b, o) => Number(b.readBigUInt64LE(o)),
 );
 /** __be16: network byte order, as ports are kept in packet headers. */
-export const be16: Codec<number> = scalar(2, (v, b, o) => void b.writeUInt16BE(v, o), (b, o) => b.readUInt16BE(o));
+export const be16: Codec<number> = scalar(2, (v, b, o) => (checkInt('be16', v, 0, 0xffff), void b.writeUInt16BE(v, o)), (b, o) => b.readUInt16BE(o));
 /** __be32 as a number in host order. */
-export const be32: Codec<number> = scalar(4, (v, b, o) => void b.writeUInt32BE(v >>> 0, o), (b, o) => b.readUInt32BE(o));
+export const be32: Codec<number> = scalar(
+  4,
+  (v, b, o) => (checkInt('be32', v, -0x80000000, 0xffffffff), void b.writeUInt32BE(v >>> 0, o)),
+  (b, o) => b.readUInt32BE(o),
+);
 
 /** An IPv4 address held as __be32, as a dotted string on the TS side. */
 export const ipv4: Codec<string> = {
@@ -48,8 +75,9 @@ export const ipv4: Codec<string> = {
     const parts = value.split('.');
     if (parts.length !== 4) throw new BpfError('ERR_CODEC', `encoding IPv4 address "${value}": not a dotted quad`);
     for (let i = 0; i < 4; i++) {
+      // Decimal digits only: Number() would also take '0x1', ' 1' and '1e2'.
       const octet = Number(parts[i]);
-      if (!Number.isInteger(octet) || octet < 0 || octet > 255 || parts[i] === '') {
+      if (!/^\d{1,3}$/.test(parts[i]) || octet > 255) {
         throw new BpfError('ERR_CODEC', `encoding IPv4 address "${value}": octet ${i + 1} is not 0-255`);
       }
       buffer[offset + i] = octet;
@@ -67,7 +95,13 @@ export const mac: Codec<string> = {
   encode(value, buffer, offset) {
     const parts = value.split(':');
     if (parts.length !== 6) throw new BpfError('ERR_CODEC', `encoding MAC address "${value}": want six hex octets`);
-    for (let i = 0; i < 6; i++) buffer[offset + i] = Number.parseInt(parts[i], 16);
+    for (let i = 0; i < 6; i++) {
+      // parseInt would turn 'zz' into NaN (stored as 0) and '1ff' into 511 (stored as 0xff).
+      if (!/^[0-9a-fA-F]{1,2}$/.test(parts[i])) {
+        throw new BpfError('ERR_CODEC', `encoding MAC address "${value}": octet ${i + 1} is not one or two hex digits`);
+      }
+      buffer[offset + i] = Number.parseInt(parts[i], 16);
+    }
   },
   decode(buffer, offset) {
     return Array.from(buffer.subarray(offset, offset + 6), (b) => b.toString(16).padStart(2, '0')).join(':');

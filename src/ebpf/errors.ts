@@ -24,6 +24,7 @@ const ERRNO_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(Errno).map(([name, value]) => [value, name]),
 );
 ERRNO_NAMES[Errno.ENOTSUP] = 'EOPNOTSUPP';
+ERRNO_NAMES[Errno.ENOTSUPP_KERNEL] = 'ENOTSUPP';
 
 export function errnoName(errno: number): string {
   return ERRNO_NAMES[errno] ?? `errno ${errno}`;
@@ -54,12 +55,11 @@ export class BpfError extends Error {
 /** A kernel feature this kernel does not have. Message: "not supported on this kernel: <feature>". */
 export class NotSupportedError extends BpfError {
   readonly feature: string;
-  constructor(feature: string, options?: { errno?: number; cause?: unknown; detail?: string }) {
-    super(
-      'ERR_NOT_SUPPORTED',
-      `not supported on this kernel: ${feature}${options?.detail ? ` (${options.detail})` : ''}`,
-      options,
-    );
+  constructor(feature: string, options?: { errno?: number; cause?: unknown; detail?: string; context?: string }) {
+    const detail = options?.detail ? ` (${options.detail})` : '';
+    // With a context (an operation the kernel refused) the operation leads, as in every other error.
+    const message = options?.context ? `${options.context}: not supported on this kernel${detail}` : `not supported on this kernel: ${feature}${detail}`;
+    super('ERR_NOT_SUPPORTED', message, options);
     this.feature = feature;
   }
 }
@@ -119,7 +119,7 @@ export function errorFromErrno(context: string, errno: number): BpfError {
     case Errno.EOPNOTSUPP:
     case Errno.ENOTSUPP_KERNEL:
     case Errno.ENOSYS:
-      return new NotSupportedError(context, { errno });
+      return new NotSupportedError(context, { errno, detail: errnoName(errno), context });
     default:
       return new BpfError('ERR_BPF', `${context}: ${errnoName(errno)}`, { errno });
   }

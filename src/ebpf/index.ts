@@ -24,3 +24,6 @@ export { attachCgroup, type CgroupOptions } from './link/cgroup.ts';
 export { inNetns, namedNetns } from './netns.ts';
 export { RingBuffer, type RingBufferOptions, type RingBufferStats, type RecordHandler, type StartOptions, type WakeupMode } from './ringbuf.ts';
 export { MapType, ProgramType, AttachType, LinkType, UpdateFlag, MapFlag } from './internal/constants.ts';
+export * from './features.ts';
+export { attachTracepoint, attachRawTracepoint, attachTracing, attachAuto, type TracepointOptions } from './link/tracing.ts';
+export { attachUprobe, type UprobeOptions } from './link/uprobe.ts';

@@ -45,6 +45,32 @@ function batchSupported(type: MapType): boolean {
   return BATCH_TYPES.has(type);
 }
 
+/**
+ * Whether a failed batch call means the operation is missing rather than that an element failed.
+ * The kernel writes the processed count back only once it has started on the elements; without
+ * the operation it fails before that, leaving our count as it was: ENOTSUPP for map types lacking
+ * it (prog arrays, devmaps), EINVAL for kernels without the command.
+ */
+function batchMissing(type: MapType, ret: number, attr: Buffer, count: number): boolean {
+  if (attr.readUInt32LE(MapBatchAttr.count) !== count) return false;
+  return ret === -Errno.ENOTSUP || ret === -Errno.ENOTSUPP_KERNEL || (ret === -Errno.EINVAL && !batchSupported(type));
+}
+
+/** Elements a failed batch call processed: 0 when it failed before starting (count left as given). */
+function batchDone(attr: Buffer, count: number): number {
+  const done = attr.readUInt32LE(MapBatchAttr.count);
+  return done === count ? 0 : done;
+}
+
+/**
+ * Map types whose LOOKUP_BATCH cannot return a key twice: hash tables resume at a bucket number,
+ * arrays at an index. The kernel's generic batch code used by the rest (LPM tries, maps of maps)
+ * resumes after the last key returned, and restarts from the first when that key was deleted.
+ */
+const BATCH_NO_REPEAT_TYPES = new Set<number>([
+  MapType.HASH, MapType.PERCPU_HASH, MapType.LRU_HASH, MapType.LRU_PERCPU_HASH, MapType.ARRAY, MapType.PERCPU_ARRAY,
+]);
+
 let possibleCpuCount: number | undefined;
 /** Number of possible CPUs: the slot count of per-CPU map values. */
 export function possibleCpus(): number {
@@ -172,11 +198,12 @@ export class BpfMap<K = Buffer, V = Buffer> {
     return mapInfo(this.fd);
   }
 
-  #elem(cmd: BpfCommand, flags: number): number {
+  /** `size` below the full attr hides trailing fields from commands that want them zero. */
+  #elem(cmd: BpfCommand, flags: number, size: number = MapElemAttr.size): number {
     // Two 32-bit writes: a BigInt per call would be an allocation on every lookup.
     this.#elemAttr.writeUInt32LE(flags, MapElemAttr.flags);
     this.#elemAttr.writeUInt32LE(0, MapElemAttr.flags + 4);
-    return bpfRaw(cmd, this.#elemAttr);
+    return bpfRaw(cmd, this.#elemAttr, size);
   }
 
   #fail(action: string, errno: number): never {
@@ -220,7 +247,8 @@ export class BpfMap<K = Buffer, V = Buffer> {
   /** Removes key; returns false when it was not there. */
   delete(key: K): boolean {
     this.keyCodec.encode(key, this.#key, 0);
-    const ret = this.#elem(BpfCommand.MAP_DELETE_ELEM, 0);
+    // DELETE's last attr field is key: the kernel refuses a value pointer after it with EINVAL.
+    const ret = this.#elem(BpfCommand.MAP_DELETE_ELEM, 0, MapElemAttr.value);
     if (ret === -Errno.ENOENT) return false;
     if (ret < 0) this.#fail('deleting from', -ret);
     return true;
@@ -240,6 +268,33 @@ export class BpfMap<K = Buffer, V = Buffer> {
     this.valueCodec.encode(value, this.#value, 0);
     const ret = this.#elem(BpfCommand.MAP_UPDATE_ELEM, flags);
     if (ret < 0) this.#fail('pushing to', -ret);
+  }
+
+  /**
+   * Puts a map into a hash-of-maps or array-of-maps under key. The kernel takes the inner map's
+   * fd as the value and keeps its own reference; lookup then returns the inner map's id.
+   */
+  setInnerMap(key: K, inner: { readonly fd: number }, flags: UpdateFlag = UpdateFlag.ANY): void {
+    if (this.type !== MapType.HASH_OF_MAPS && this.type !== MapType.ARRAY_OF_MAPS) {
+      throw new BpfError('ERR_INVALID_ARGUMENT', `setting an inner map in map ${this.name || this.fd}: it is not a map of maps (type ${this.type})`);
+    }
+    this.#updateFd(key, inner.fd, flags, 'setting an inner map in');
+  }
+
+  /** Puts a program into a prog array (for tail calls) under key; lookup returns the program's id. */
+  setProgram(key: K, program: { readonly fd: number }, flags: UpdateFlag = UpdateFlag.ANY): void {
+    if (this.type !== MapType.PROG_ARRAY) {
+      throw new BpfError('ERR_INVALID_ARGUMENT', `setting a program in map ${this.name || this.fd}: it is not a prog array (type ${this.type})`);
+    }
+    this.#updateFd(key, program.fd, flags, 'setting a program in');
+  }
+
+  /** Update with an fd as the u32 value, whatever the value codec (which reads back ids). */
+  #updateFd(key: K, fd: number, flags: UpdateFlag, action: string): void {
+    this.keyCodec.encode(key, this.#key, 0);
+    this.#value.writeUInt32LE(fd, 0);
+    const ret = this.#elem(BpfCommand.MAP_UPDATE_ELEM, flags);
+    if (ret < 0) this.#fail(action, -ret);
   }
 
   /**
@@ -269,12 +324,12 @@ export class BpfMap<K = Buffer, V = Buffer> {
         `batch-updating map ${this.name || this.fd}: ${count} entries need ${count * this.keySize} key and ${count * slot} value bytes, got ${keys.length} and ${values.length}`,
       );
     }
+    // The kernel's batch update takes no NOEXIST/EXIST (elem_flags may only be BPF_F_LOCK).
+    if (flags !== UpdateFlag.ANY) return this.#updateOneByOne(keys, values, count, slot, flags);
     const attr = this.#batchAttr(keys, values, count, flags);
     const ret = bpfRaw(BpfCommand.MAP_UPDATE_BATCH, attr, MapBatchAttr.size);
-    if (ret === -Errno.EINVAL || ret === -Errno.ENOTSUP || ret === -Errno.ENOTSUPP_KERNEL) {
-      if (attr.readUInt32LE(MapBatchAttr.count) === 0 && !batchSupported(this.type)) return this.#updateOneByOne(keys, values, count, slot, flags);
-    }
-    if (ret < 0) this.#fail(`batch-updating (${attr.readUInt32LE(MapBatchAttr.count)} of ${count} written)`, -ret);
+    if (ret < 0 && batchMissing(this.type, ret, attr, count)) return this.#updateOneByOne(keys, values, count, slot, flags);
+    if (ret < 0) this.#fail(`batch-updating (${batchDone(attr, count)} of ${count} written)`, -ret);
     return attr.readUInt32LE(MapBatchAttr.count);
   }
 
@@ -295,12 +350,14 @@ export class BpfMap<K = Buffer, V = Buffer> {
     keys.forEach((key, i) => this.keyCodec.encode(key, keyBuf, i * this.keySize));
     const attr = this.#batchAttr(keyBuf, null, keys.length, 0);
     const ret = bpfRaw(BpfCommand.MAP_DELETE_BATCH, attr, MapBatchAttr.size);
-    if (ret < 0 && (ret === -Errno.EINVAL || ret === -Errno.ENOTSUP || ret === -Errno.ENOTSUPP_KERNEL) && attr.readUInt32LE(MapBatchAttr.count) === 0 && !batchSupported(this.type)) {
-      let deleted = 0;
-      for (const key of keys) if (this.delete(key)) deleted++;
-      return deleted;
+    if (ret < 0 && batchMissing(this.type, ret, attr, keys.length)) {
+      // One by one, stopping at an absent key as the kernel's batch delete does.
+      for (let i = 0; i < keys.length; i++) {
+        if (!this.delete(keys[i])) this.#fail(`batch-deleting (${i} of ${keys.length} deleted)`, Errno.ENOENT);
+      }
+      return keys.length;
     }
-    if (ret < 0) this.#fail(`batch-deleting (${attr.readUInt32LE(MapBatchAttr.count)} of ${keys.length} deleted)`, -ret);
+    if (ret < 0) this.#fail(`batch-deleting (${batchDone(attr, keys.length)} of ${keys.length} deleted)`, -ret);
     return attr.readUInt32LE(MapBatchAttr.count);
   }
 
@@ -334,8 +391,18 @@ export class BpfMap<K = Buffer, V = Buffer> {
 
   *#rawEntries(chunk: number): Generator<[Buffer, Buffer]> {
     const batched = this.#lookupBatch(chunk);
-    if (batched) {
+    if (batched && BATCH_NO_REPEAT_TYPES.has(this.type)) {
       yield* batched;
+      return;
+    }
+    if (batched) {
+      const seen = new Set<string>();
+      for (const entry of batched) {
+        const id = entry[0].toString('latin1');
+        if (seen.has(id)) continue;
+        seen.add(id);
+        yield entry;
+      }
       return;
     }
     for (const key of this.#rawKeys()) {
@@ -349,8 +416,15 @@ export class BpfMap<K = Buffer, V = Buffer> {
 
   #lookupBatch(chunk: number): Generator<[Buffer, Buffer]> | undefined {
     const slot = this.valueBufferSize();
-    const keys = Buffer.alloc(chunk * this.keySize);
-    const values = Buffer.alloc(chunk * slot);
+    let keys = Buffer.alloc(chunk * this.keySize);
+    let values = Buffer.alloc(chunk * slot);
+    // A hash bucket larger than the chunk: the kernel says ENOSPC and wants bigger buffers.
+    const grow = (errno: number): void => {
+      if (chunk >= Math.max(this.maxEntries, 1) * 2) this.#fail('batch-reading', errno);
+      chunk *= 2;
+      keys = Buffer.alloc(chunk * this.keySize);
+      values = Buffer.alloc(chunk * slot);
+    };
     // Batch tokens are opaque: bucket numbers for hash maps, indexes for arrays; 8 bytes hold both.
     const inBatch = Buffer.alloc(Math.max(this.keySize, 8));
     const outBatch = Buffer.alloc(Math.max(this.keySize, 8));
@@ -368,7 +442,11 @@ export class BpfMap<K = Buffer, V = Buffer> {
       attr.writeUInt32LE(this.fd, MapBatchAttr.mapFd);
       return bpfRaw(BpfCommand.MAP_LOOKUP_BATCH, attr, MapBatchAttr.size);
     };
-    const first = run(true);
+    let first = run(true);
+    while (first === -Errno.ENOSPC) {
+      grow(-first);
+      first = run(true);
+    }
     if (first < 0 && first !== -Errno.ENOENT) {
       if (first === -Errno.EINVAL || first === -Errno.ENOTSUP || first === -Errno.ENOTSUPP_KERNEL) return undefined;
       this.#fail('batch-reading', -first);
@@ -387,10 +465,11 @@ export class BpfMap<K = Buffer, V = Buffer> {
         }
         if (ret === -Errno.ENOENT) return;
         ret = run(false);
-        if (ret < 0 && ret !== -Errno.ENOENT) {
-          // A hash bucket larger than the chunk: the kernel says ENOSPC and wants a bigger buffer.
-          fail(-ret);
+        while (ret === -Errno.ENOSPC) {
+          grow(-ret);
+          ret = run(false);
         }
+        if (ret < 0 && ret !== -Errno.ENOENT) fail(-ret);
       }
     })();
   }

@@ -12,6 +12,7 @@ import { Btf } from './btf.ts';
 import { BpfError, VerifierError, errorFromErrno } from './errors.ts';
 import { BpfMap } from './map.ts';
 import { Program } from './program.ts';
+import { unsupportedFeatureFor } from './link/tracing.ts';
 import type { ProgramType } from './internal/constants.ts';
 import { Errno } from './internal/constants.ts';
 import { libbpf, libbpfMessages, isNull, str, OpenOpts, type Handle } from './internal/libbpf.ts';
@@ -78,7 +79,7 @@ export class BpfObject implements Disposable {
     try {
       configure(path, handle, options);
       const ret = libbpf.load(handle) as number;
-      if (ret < 0) throw loadError(path, -ret, logBuffer);
+      if (ret < 0) throw loadError(path, -ret, logBuffer, handle);
       return new BpfObject(path, handle, collectPrograms(handle), collectMaps(handle));
     } catch (error) {
       libbpf.closeObject(handle);
@@ -163,6 +164,9 @@ function writeScalar(data: Buffer, offset: number, size: number, value: Constant
     value.copy(data, offset);
     return;
   }
+  if (typeof value === 'number' && !Number.isInteger(value)) {
+    throw new BpfError('ERR_CODEC', `${context}: ${value} is not an integer`);
+  }
   const big = typeof value === 'boolean' ? (value ? 1n : 0n) : BigInt(value);
   const bits = BigInt(size * 8);
   if (big >= 1n << bits || big < -(1n << (bits - 1n))) throw new BpfError('ERR_CODEC', `${context}: ${value} does not fit in ${size} bytes`);
@@ -170,15 +174,17 @@ function writeScalar(data: Buffer, offset: number, size: number, value: Constant
   for (let i = 0; i < size; i++) data[offset + i] = Number((unsigned >> BigInt(8 * i)) & 0xffn);
 }
 
-function loadError(path: string, errno: number, logBuffer: Buffer): BpfError {
+function loadError(path: string, errno: number, logBuffer: Buffer, handle: Handle): BpfError {
   const failed = libbpfMessages.map((m) => /prog '([^']+)': failed to load/.exec(m)?.[1]).find(Boolean);
   const logEnd = logBuffer.indexOf(0);
   const log = logBuffer.toString('utf8', 0, logEnd < 0 ? logBuffer.length : logEnd);
   if (failed && log.length > 0) return new VerifierError(`${failed} from ${path}`, errno, log);
-  const context = `loading BPF object ${path}${libbpfMessages.length ? ` (libbpf: ${libbpfMessages.slice(-3).join(' | ')})` : ''}`;
+  const context = `loading BPF object ${path}${libbpfMessages.length ? ` (${libbpfMessages.slice(-3).join(' | ')})` : ''}`;
   if (errno === Errno.EPERM && failed) {
     // fentry/fexit/LSM on kernels that refuse them fail with EPERM before the verifier runs.
-    return errorFromErrno(`${context}: program ${failed} was refused before verification`, errno);
+    const refused = errorFromErrno(`${context}: program ${failed} was refused before verification`, errno);
+    const prog = [...each(libbpf.nextProgram, handle)].find((p) => str(libbpf.programName(p)) === failed);
+    return (prog === undefined ? undefined : unsupportedFeatureFor(str(libbpf.programSection(prog)), refused)) ?? refused;
   }
   return errorFromErrno(context, errno);
 }

@@ -85,7 +85,8 @@ export class Program implements Disposable {
     }
     bpf(BpfCommand.PROG_TEST_RUN, attr, `test-running program ${this.name}`);
     return {
-      returnValue: attr.readUInt32LE(TestRunAttr.retval),
+      // Signed: tc programs return TC_ACT_UNSPEC as -1.
+      returnValue: attr.readInt32LE(TestRunAttr.retval),
       data: dataOut.subarray(0, attr.readUInt32LE(TestRunAttr.dataSizeOut)),
       context: ctxOut?.subarray(0, attr.readUInt32LE(TestRunAttr.ctxSizeOut)),
       durationNs: attr.readUInt32LE(TestRunAttr.duration),

@@ -137,11 +137,6 @@ export class RingBuffer implements Disposable, AsyncIterable<Buffer> {
   readonly #words: Int32Array;
   readonly #view: DataView;
   readonly #bytes: Uint8Array;
-  /**
-   * Our copy of consumer_pos. We are the only writer of it, so it never needs re-reading. A Number:
-   * exact up to 2^53 bytes (9 PB) through the ring, more than a reader lives to see.
-   */
-  #consumed: number;
   #records = 0;
   #recordBytes = 0;
   #discarded = 0;
@@ -204,8 +199,6 @@ export class RingBuffer implements Disposable, AsyncIterable<Buffer> {
     this.#words = new Int32Array(this.#producerBuffer);
     this.#view = new DataView(this.#producerBuffer);
     this.#bytes = new Uint8Array(this.#producerBuffer);
-    // A previous reader (an agent before its restart, on a pinned map) may have consumed already.
-    this.#consumed = Number(Atomics.load(this.#consumerPos, 0));
 
     if (lostFd >= 0) {
       this.#lostValue = Buffer.alloc(8 * possibleCpus());
@@ -229,7 +222,7 @@ export class RingBuffer implements Disposable, AsyncIterable<Buffer> {
   /** Bytes the producer has committed or reserved that this reader has not consumed yet. */
   pendingBytes(): number {
     this.#assertOpen('reading');
-    return Number(Atomics.load(this.#producerPos, 0)) - this.#consumed;
+    return Number(Atomics.load(this.#producerPos, 0)) - Number(Atomics.load(this.#consumerPos, 0));
   }
 
   /**
@@ -248,7 +241,11 @@ export class RingBuffer implements Disposable, AsyncIterable<Buffer> {
     const view = this.#view;
     const bytes = this.#bytes;
     const producerPos = this.#producerPos;
-    let consumed = this.#consumed;
+    // consumer_pos is read once per call, not cached across calls: one load, and the reader then
+    // starts right where any earlier consumer stopped (an agent before its restart on a pinned map,
+    // or libbpf in the benchmark). Positions as Numbers are exact up to 2^53 bytes (9 PB) through
+    // the ring, more than a reader lives to see; the bitwise ops JS has are 32-bit, hence `%`.
+    let consumed = Number(Atomics.load(this.#consumerPos, 0));
     let stored = consumed;
     let records = 0;
     let recordBytes = 0;
@@ -291,7 +288,6 @@ export class RingBuffer implements Disposable, AsyncIterable<Buffer> {
       }
     } finally {
       if (consumed !== stored) Atomics.store(this.#consumerPos, 0, BigInt(consumed));
-      this.#consumed = consumed;
       this.#records += records;
       this.#recordBytes += recordBytes;
       this.#discarded += discarded;

@@ -5,6 +5,7 @@
  * @module
  */
 import { rmSync } from 'node:fs';
+import { BpfError } from '../errors.ts';
 import { objGet, objInfo, objPin } from '../map.ts';
 import { BpfCommand, LinkType } from '../internal/constants.ts';
 import { LinkCreateAttr, LinkDetachAttr, LinkInfo } from '../internal/attr.ts';
@@ -79,6 +80,10 @@ export function unpinLink(path: string): void {
   }
   try {
     link.detach();
+  } catch (error) {
+    // Perf-event, raw-tracepoint and tracing links cannot be detached explicitly; dropping the pin
+    // and our fd (below) releases their last reference, which detaches them.
+    if (!BpfError.is(error, 'ERR_NOT_SUPPORTED')) throw error;
   } finally {
     link.close();
     rmSync(path, { force: true });

@@ -1,0 +1,169 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Datapath events for the observer: layouts, the ring buffer they go through, and the
+ * send_trace_notify()/send_drop_notify() helpers the programs call at each decision.
+ *
+ * Every event starts with struct ciliate_event_hdr, whose first byte is Cilium's monitor event
+ * type, so the reader can dispatch on one byte before it knows the rest of the layout. The
+ * first CILIATE_EVENT_CAP_LEN bytes of the packet follow, so the observer decodes Ethernet, IP
+ * and L4 headers itself instead of the datapath growing a field for each.
+ *
+ * TS codecs: src/datapath/events.ts, checked against this file through the object's BTF.
+ */
+#pragma once
+
+#include "common.h"
+#include "drop_reasons.h"
+#include "ringbuf_lost.h"
+
+/* Cilium's monitor message types (pkg/monitor/api/types.go). */
+enum ciliate_event_type {
+	CILIATE_EVENT_DROP = 1,
+	CILIATE_EVENT_TRACE = 4,
+	CILIATE_EVENT_POLICY_VERDICT = 5,
+};
+
+/* Trace observation points, numbered as Cilium's TRACE_* (Hubble's TraceObservationPoint
+ * keeps the same numbers except TO_ENDPOINT, which it shows as 101). */
+enum ciliate_trace_point {
+	TRACE_TO_LXC = 0,
+	TRACE_TO_PROXY = 1,
+	TRACE_TO_HOST = 2,
+	TRACE_TO_STACK = 3,
+	TRACE_TO_OVERLAY = 4,
+	TRACE_FROM_LXC = 5,
+	TRACE_FROM_PROXY = 6,
+	TRACE_FROM_HOST = 7,
+	TRACE_FROM_STACK = 8,
+	TRACE_FROM_OVERLAY = 9,
+	TRACE_FROM_NETWORK = 10,
+	TRACE_TO_NETWORK = 11,
+};
+
+/* Bytes of the packet copied into each event: enough for Ethernet + IPv4 with options + TCP. */
+#define CILIATE_EVENT_CAP_LEN 128
+
+struct ciliate_event_hdr {
+	__u8 type;		/* enum ciliate_event_type */
+	__u8 subtype;		/* trace: enum ciliate_trace_point; drop: enum ciliate_drop_reason */
+	__u16 source;		/* endpoint id of the program that emitted it (ENDPOINT_ID) */
+	__u32 hash;		/* skb hash: groups the events of one flow */
+	__u32 orig_len;		/* packet length on the wire */
+	__u32 cap_len;		/* bytes of it in data[] */
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 ifindex;		/* interface the packet was seen on */
+	__u16 dst_id;		/* destination endpoint id, 0 if not a local endpoint */
+	__u8 reason;		/* trace: enum ct_status of the packet (Cilium's TRACE_REASON_*) */
+	__u8 flags;		/* CILIATE_EVENT_F_* */
+	__u64 timestamp_ns;	/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+};
+
+/* The CT lookup of the packet found it to be a reply (Hubble's is_reply). */
+#define CILIATE_EVENT_F_REPLY 0x01
+/* Observed on the way into an endpoint rather than out of one. */
+#define CILIATE_EVENT_F_INGRESS 0x02
+
+struct ciliate_trace_event {
+	struct ciliate_event_hdr hdr;
+	__u32 dst_ifindex;	/* where the packet is redirected to, 0 when handed to the stack */
+	__u32 _pad;
+	__u8 data[CILIATE_EVENT_CAP_LEN];
+};
+
+struct ciliate_drop_event {
+	struct ciliate_event_hdr hdr;
+	__s32 ext_error;	/* extra detail, e.g. the errno of a failed map update */
+	__u32 line;		/* source line of the drop, for whoever debugs the datapath */
+	__u8 data[CILIATE_EVENT_CAP_LEN];
+};
+
+/* What the caller knows about the packet when it reports it; kept small because it lives on the
+ * caller's stack and the notify helpers are real calls (their frames count towards 512 bytes). */
+struct ciliate_notify_info {
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 dst_ifindex;
+	__s32 ext_error;
+	__u32 line;
+	__u16 dst_id;
+	__u8 reason;
+	__u8 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} ciliate_events SEC(".maps");
+
+DEFINE_RINGBUF_LOST_MAP(ciliate_events_lost);
+
+/* Each object sets these per endpoint before load (see bpf_lxc.c). */
+extern volatile const __u16 ENDPOINT_ID;
+
+static __always_inline void event_hdr_fill(struct ciliate_event_hdr *hdr, struct __sk_buff *skb,
+					   const struct ciliate_notify_info *info, __u8 type, __u8 subtype,
+					   __u32 cap_len)
+{
+	hdr->type = type;
+	hdr->subtype = subtype;
+	hdr->source = ENDPOINT_ID;
+	hdr->hash = skb->hash;
+	hdr->orig_len = skb->len;
+	hdr->cap_len = cap_len;
+	hdr->src_identity = info->src_identity;
+	hdr->dst_identity = info->dst_identity;
+	hdr->ifindex = skb->ifindex;
+	hdr->dst_id = info->dst_id;
+	hdr->reason = info->reason;
+	hdr->flags = info->flags;
+	hdr->timestamp_ns = bpf_ktime_get_ns();
+}
+
+/* Copies the packet's first bytes into `data`, zeroing the rest so no stale ring contents reach
+ * user space. Returns how many bytes were captured. */
+static __always_inline __u32 event_capture(struct __sk_buff *skb, __u8 *data)
+{
+	__u32 len = skb->len;
+
+	__builtin_memset(data, 0, CILIATE_EVENT_CAP_LEN);
+	if (len > CILIATE_EVENT_CAP_LEN)
+		len = CILIATE_EVENT_CAP_LEN;
+	/* bpf_skb_load_bytes() wants a length the verifier can bound from both sides. */
+	if (len == 0 || bpf_skb_load_bytes(skb, 0, data, len) < 0)
+		return 0;
+	return len;
+}
+
+/* Not inlined: one copy of the event code per object instead of one per call site, and the
+ * signature puts struct ciliate_trace_event and enum ciliate_trace_point into the BTF the TS
+ * codecs are tested against. */
+static __noinline void send_trace_notify(struct __sk_buff *skb, const struct ciliate_notify_info *info,
+					 enum ciliate_trace_point point)
+{
+	struct ciliate_trace_event *ev;
+
+	ev = ringbuf_reserve_or_count(&ciliate_events, &ciliate_events_lost, sizeof(*ev));
+	if (!ev)
+		return;
+	event_hdr_fill(&ev->hdr, skb, info, CILIATE_EVENT_TRACE, point, event_capture(skb, ev->data));
+	ev->dst_ifindex = info->dst_ifindex;
+	ev->_pad = 0;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* Reports a drop and returns TC_ACT_SHOT, so a caller drops with `return send_drop_notify(...)`. */
+static __noinline int send_drop_notify(struct __sk_buff *skb, const struct ciliate_notify_info *info,
+				       enum ciliate_drop_reason reason)
+{
+	struct ciliate_drop_event *ev;
+
+	ev = ringbuf_reserve_or_count(&ciliate_events, &ciliate_events_lost, sizeof(*ev));
+	if (!ev)
+		return TC_ACT_SHOT;
+	event_hdr_fill(&ev->hdr, skb, info, CILIATE_EVENT_DROP, (__u8)reason, event_capture(skb, ev->data));
+	ev->ext_error = info->ext_error;
+	ev->line = info->line;
+	bpf_ringbuf_submit(ev, 0);
+	return TC_ACT_SHOT;
+}
