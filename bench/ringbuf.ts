@@ -13,6 +13,8 @@
  *  - drain_records_per_s: a full ring drained with consume(), no producer running.
  *  - lost_share: the producer offering ~1e6 records/s in 1 ms bursts; share of records lost
  *    (target < 0.01).
+ *  - reader_cpu_share_at_1e6: in those same paced rounds, the reading thread's CPU time over wall
+ *    time: what keeping up with 1 M records/s costs the agent's event loop.
  * @module
  */
 import { createRequire } from 'node:module';
@@ -229,6 +231,8 @@ interface RoundResult {
   produced: number;
   seconds: number;
   producerSeconds: number;
+  /** CPU time of the main (reading) thread over the round, as a share of the round's wall time. */
+  readerCpuShare: number;
 }
 
 /** One concurrent round: the reader is started, the producer runs, we wait for the ring to drain. */
@@ -241,13 +245,16 @@ async function concurrentRound(
   const delivered0 = reader.delivered();
   const lost0 = ring.lost();
   reader.start();
+  const cpu0 = process.threadCpuUsage();
   const start = performance.now();
   const done = await producer.run(job);
   // The producer is done; the reader catches up on what is still in the ring.
   while (ring.pendingBytes() > 0) await sleep(1);
   const seconds = (performance.now() - start) / 1000;
+  const cpu = process.threadCpuUsage(cpu0);
   reader.stop();
   return {
+    readerCpuShare: (cpu.user + cpu.system) / 1e6 / seconds,
     delivered: reader.delivered() - delivered0,
     lost: Number(ring.lost() - lost0),
     produced: done.produced,
@@ -330,6 +337,7 @@ export async function run(ctx: BenchContext): Promise<void> {
 
       const paced: ProducerJob = { kind: 'paced', rate: PACED_RATE, burstMs: PACED_BURST_MS, durationMs: PACED_MS };
       const offered: number[] = [];
+      const pacedCpu: Record<'ours' | 'libbpf', number[]> = { ours: [], libbpf: [] };
       const pacedSamples = await interleave(
         rounds,
         {
@@ -337,11 +345,13 @@ export async function run(ctx: BenchContext): Promise<void> {
             const r = await concurrentRound(ring, producer, paced, ours);
             check(r, 'paced, ours');
             offered.push(r.produced / r.producerSeconds);
+            pacedCpu.ours.push(r.readerCpuShare);
             return r.lost / r.produced;
           },
           libbpf: async () => {
             const r = await concurrentRound(ring, producer, paced, theirs);
             check(r, 'paced, libbpf');
+            pacedCpu.libbpf.push(r.readerCpuShare);
             return r.lost / r.produced;
           },
         },
@@ -363,6 +373,19 @@ export async function run(ctx: BenchContext): Promise<void> {
         burst_ms: PACED_BURST_MS,
         ring_bytes: RING_BYTES,
         pinned,
+      });
+      const oursCpu = median(pacedCpu.ours);
+      const libbpfCpu = median(pacedCpu.libbpf);
+      ctx.emit({
+        metric: 'reader_cpu_share_at_1e6',
+        value: round(oursCpu, 3),
+        unit: 'CPU share of the reading thread',
+        baseline: 'libbpf ring_buffer__consume with a koffi JS callback per record, same paced producer',
+        ratio: round(oursCpu / libbpfCpu, 2),
+        baseline_value: round(libbpfCpu, 3),
+        better: 'lower',
+        rounds,
+        offered_per_s: Math.round(median(offered)),
       });
       ctx.log(`checksum ${checksum}`);
     } finally {

@@ -14,6 +14,7 @@
 
 #include "common.h"
 #include "drop_reasons.h"
+#include "endpoint_config.h"
 #include "ringbuf_lost.h"
 
 /* Cilium's monitor message types (pkg/monitor/api/types.go). */
@@ -98,19 +99,19 @@ struct {
 
 DEFINE_RINGBUF_LOST_MAP(ciliate_events_lost);
 
-/* Each object sets these per endpoint before load (see bpf_lxc.c). */
-extern volatile const __u16 ENDPOINT_ID;
 
-static __always_inline void event_hdr_fill(struct ciliate_event_hdr *hdr, struct __sk_buff *skb,
-					   const struct ciliate_notify_info *info, __u8 type, __u8 subtype,
-					   __u32 cap_len)
+/* Not inlined, like the two below: the signatures put the event layouts and enums into the BTF
+ * the TS codecs are tested against (BTF only describes types that functions, globals and maps
+ * use), and each object gets one copy of the event code instead of one per call site. */
+static __noinline void event_hdr_fill(struct __sk_buff *skb, struct ciliate_event_hdr *hdr,
+				      const struct ciliate_notify_info *info, enum ciliate_event_type type,
+				      __u32 subtype)
 {
 	hdr->type = type;
 	hdr->subtype = subtype;
 	hdr->source = ENDPOINT_ID;
 	hdr->hash = skb->hash;
 	hdr->orig_len = skb->len;
-	hdr->cap_len = cap_len;
 	hdr->src_identity = info->src_identity;
 	hdr->dst_identity = info->dst_identity;
 	hdr->ifindex = skb->ifindex;
@@ -135,35 +136,47 @@ static __always_inline __u32 event_capture(struct __sk_buff *skb, __u8 *data)
 	return len;
 }
 
-/* Not inlined: one copy of the event code per object instead of one per call site, and the
- * signature puts struct ciliate_trace_event and enum ciliate_trace_point into the BTF the TS
- * codecs are tested against. */
-static __noinline void send_trace_notify(struct __sk_buff *skb, const struct ciliate_notify_info *info,
-					 enum ciliate_trace_point point)
+static __noinline void trace_event_fill(struct __sk_buff *skb, struct ciliate_trace_event *ev,
+					const struct ciliate_notify_info *info, enum ciliate_trace_point point)
+{
+	event_hdr_fill(skb, &ev->hdr, info, CILIATE_EVENT_TRACE, point);
+	ev->hdr.cap_len = event_capture(skb, ev->data);
+	ev->dst_ifindex = info->dst_ifindex;
+	ev->_pad = 0;
+}
+
+static __noinline void drop_event_fill(struct __sk_buff *skb, struct ciliate_drop_event *ev,
+				       const struct ciliate_notify_info *info, enum ciliate_drop_reason reason)
+{
+	event_hdr_fill(skb, &ev->hdr, info, CILIATE_EVENT_DROP, reason);
+	ev->hdr.cap_len = event_capture(skb, ev->data);
+	ev->ext_error = info->ext_error;
+	ev->line = info->line;
+}
+
+/* Reports that the packet passed observation point `point`. */
+static __always_inline void send_trace_notify(struct __sk_buff *skb, const struct ciliate_notify_info *info,
+					      enum ciliate_trace_point point)
 {
 	struct ciliate_trace_event *ev;
 
 	ev = ringbuf_reserve_or_count(&ciliate_events, &ciliate_events_lost, sizeof(*ev));
 	if (!ev)
 		return;
-	event_hdr_fill(&ev->hdr, skb, info, CILIATE_EVENT_TRACE, point, event_capture(skb, ev->data));
-	ev->dst_ifindex = info->dst_ifindex;
-	ev->_pad = 0;
+	trace_event_fill(skb, ev, info, point);
 	bpf_ringbuf_submit(ev, 0);
 }
 
 /* Reports a drop and returns TC_ACT_SHOT, so a caller drops with `return send_drop_notify(...)`. */
-static __noinline int send_drop_notify(struct __sk_buff *skb, const struct ciliate_notify_info *info,
-				       enum ciliate_drop_reason reason)
+static __always_inline int send_drop_notify(struct __sk_buff *skb, const struct ciliate_notify_info *info,
+					    enum ciliate_drop_reason reason)
 {
 	struct ciliate_drop_event *ev;
 
 	ev = ringbuf_reserve_or_count(&ciliate_events, &ciliate_events_lost, sizeof(*ev));
 	if (!ev)
 		return TC_ACT_SHOT;
-	event_hdr_fill(&ev->hdr, skb, info, CILIATE_EVENT_DROP, (__u8)reason, event_capture(skb, ev->data));
-	ev->ext_error = info->ext_error;
-	ev->line = info->line;
+	drop_event_fill(skb, ev, info, reason);
 	bpf_ringbuf_submit(ev, 0);
 	return TC_ACT_SHOT;
 }

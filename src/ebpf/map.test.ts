@@ -267,7 +267,8 @@ test('batch: 10k entries written in one call, read back once each, deleted in on
   assert.equal(map.lookup(1), 0n);
   assert.equal(map.lookup((count - 1) * 7 + 1), BigInt(count - 1) * 3n);
 
-  for (const chunk of [256, 7, 1024]) {
+  // Chunk 1 is smaller than some hash buckets: the kernel's ENOSPC makes entries() grow its buffers.
+  for (const chunk of [256, 7, 1024, 1]) {
     const read = [...map.entries(chunk)];
     assert.equal(read.length, count, `chunk ${chunk}: every entry`);
     const seen = once(read.map(([key]) => key), `entries(${chunk})`);

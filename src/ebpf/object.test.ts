@@ -151,6 +151,12 @@ test('programs: only the named programs are loaded', (t) => {
   assert.throws(() => obj.program('count_xdp'), hasCode('ERR_NOT_FOUND', /count_xdp/));
   assert.equal(obj.map('counters').type, MapType.ARRAY, 'maps are all there');
 
+  assert.throws(
+    () => BpfObject.load(objectPath('net'), { programs: ['count_tc', 'count_tcc'] }),
+    hasCode('ERR_NOT_FOUND', /count_tcc/),
+    'a misspelt program name is an error, not a silently missing program',
+  );
+
   const all = load(t);
   assert.deepEqual(
     [...all.obj.programs.keys()].sort(),

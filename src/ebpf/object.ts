@@ -119,8 +119,17 @@ function* each(next: (obj: Handle, prev: Handle | null) => Handle, handle: Handl
 function configure(path: string, handle: Handle, options: LoadOptions): void {
   const wanted = options.programs ? new Set(options.programs) : undefined;
   if (wanted) {
+    const unknown = new Set(wanted);
+    const have: string[] = [];
     for (const prog of each(libbpf.nextProgram, handle)) {
-      libbpf.programSetAutoload(prog, wanted.has(str(libbpf.programName(prog))));
+      const name = str(libbpf.programName(prog));
+      have.push(name);
+      unknown.delete(name);
+      libbpf.programSetAutoload(prog, wanted.has(name));
+    }
+    // A misspelt name would otherwise load an object without the program, silently.
+    if (unknown.size > 0) {
+      throw new BpfError('ERR_NOT_FOUND', `${path}: no programs named ${[...unknown].join(', ')} (have ${have.join(', ')})`);
     }
   }
   const pinned = new Set(options.pin?.maps ?? []);

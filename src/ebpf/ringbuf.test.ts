@@ -271,6 +271,33 @@ test('a started reader reports handler errors to onError and keeps going', async
   assert.match(String(errors[0]), /bad record/);
 });
 
+test('without onError a handler error is uncaught, and the reader still delivers what follows', async (t) => {
+  const { ring, produce } = setup(t);
+  // Swap node:test's own listeners out for the duration: this error is the expected outcome.
+  const runnerListeners = process.rawListeners('uncaughtException') as ((error: Error) => void)[];
+  process.removeAllListeners('uncaughtException');
+  const uncaught: Error[] = [];
+  process.on('uncaughtException', (error) => uncaught.push(error));
+  t.after(() => {
+    process.removeAllListeners('uncaughtException');
+    for (const listener of runnerListeners) process.on('uncaughtException', listener);
+  });
+  const { seqs, handler } = collector();
+  ring.start((view, offset, length, bytes) => {
+    handler(view, offset, length, bytes);
+    if (seqs.length === 2) throw new Error('unhandled in handler');
+  });
+  produce(3);
+  await until(() => seqs.length === 3, 2000, 'the first 3 records');
+  produce(2); // records after the error: once lost while N-API held the exception pending
+  await until(() => seqs.length === 5, 2000, `records after the error (have ${seqs.length})`);
+  assert.deepEqual(seqs, range(0, 5));
+  assert.deepEqual(
+    uncaught.map((e) => e.message),
+    ['unhandled in handler'],
+  );
+});
+
 test('records() yields copies for for-await and stops the reader on break', async (t) => {
   const { obj, ring } = setup(t);
   const producing = produceInWorker(obj.program('rb_reserve').fd, 10, 30, 1);

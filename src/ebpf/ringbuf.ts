@@ -306,21 +306,17 @@ export class RingBuffer implements Disposable, AsyncIterable<Buffer> {
   start(handler: RecordHandler, options: StartOptions = {}): void {
     const budget = options.budget ?? DEFAULT_BUDGET;
     if (!(budget >= 1)) throw new BpfError('ERR_INVALID_ARGUMENT', `starting ring buffer ${this.name}: budget must be at least 1, got ${budget}`);
-    const onError = options.onError;
+    const report = options.onError ?? rethrowLater;
     this.#startWaker(
       options.wakeup,
       () => {
         try {
           this.consume(handler, budget);
         } catch (error) {
-          if (!onError) throw error;
-          onError(error);
+          report(error);
         }
       },
-      (error) => {
-        if (!onError) throw error;
-        onError(error);
-      },
+      report,
     );
   }
 
@@ -374,10 +370,21 @@ export class RingBuffer implements Disposable, AsyncIterable<Buffer> {
       }
       signal();
     };
-    this.#startWaker(options.wakeup, fill, (error) => {
-      failure = error;
+    const fail = (error: unknown): void => {
+      failure ??= error;
       signal();
-    });
+    };
+    this.#startWaker(
+      options.wakeup,
+      () => {
+        try {
+          fill();
+        } catch (error) {
+          fail(error);
+        }
+      },
+      fail,
+    );
     this.#onStop = () => {
       finished = true;
       signal();
@@ -468,6 +475,18 @@ export class RingBuffer implements Disposable, AsyncIterable<Buffer> {
 
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * Throws `error` as an uncaught exception from a fresh tick. Never throw out of the koffi poll
+ * callback itself: it is called from native code through N-API, which parks the exception as
+ * pending on the environment and reports it only at some later call into JS, and poll callbacks
+ * in between silently do nothing (records went missing that way).
+ */
+function rethrowLater(error: unknown): void {
+  process.nextTick(() => {
+    throw error;
+  });
+}
+
 function mapTypeName(type: number): string {
   const name = Object.entries(MapType).find(([, value]) => value === type)?.[0];
   return name ? `BPF_MAP_TYPE_${name} (${type})` : `map type ${type}`;
@@ -494,9 +513,15 @@ function pollWaker(fd: number, name: string, onReadable: () => void, onFailure: 
     throw new BpfError('ERR_NOT_SUPPORTED', `starting ring buffer ${name}: this koffi has no node.poll; use wakeup: 'thread'`);
   }
   const callback = (status: number): void => {
-    // A negative status is a libuv error (-errno), e.g. the fd went bad.
-    if (status < 0) onFailure(errorFromErrno(`waiting on ring buffer ${name}`, -status));
-    else onReadable();
+    // Nothing may escape to koffi (see rethrowLater); onReadable and onFailure normally catch
+    // already, this is the backstop.
+    try {
+      // A negative status is a libuv error (-errno), e.g. the fd went bad.
+      if (status < 0) onFailure(errorFromErrno(`waiting on ring buffer ${name}`, -status));
+      else onReadable();
+    } catch (error) {
+      rethrowLater(error);
+    }
   };
   let handle: PollHandle | null;
   try {

@@ -1,0 +1,115 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The node-wide maps every endpoint's programs share. The loader pins each one by name under the
+ * agent's bpffs directory (BpfObject.load's `pin`), so the per-endpoint copies of an object all
+ * open the same maps and the maps outlive a restart of the agent.
+ *
+ * TS codecs: src/datapath/maps.ts, checked against this file through the object's BTF.
+ */
+#pragma once
+
+#include "common.h"
+
+#ifndef ETH_ALEN
+#define ETH_ALEN 6
+#endif
+
+/* Reserved security identities (Cilium's pkg/identity/numericidentity.go). */
+#define IDENTITY_UNKNOWN 0
+#define IDENTITY_HOST 1
+#define IDENTITY_WORLD 2
+
+/* --- ciliate_lxc: local endpoints by IPv4 address (Cilium's cilium_lxc) --- */
+
+struct endpoint_key {
+	__be32 ip;
+};
+
+/* The endpoint is the host itself, not a pod (Cilium's ENDPOINT_F_HOST). */
+#define ENDPOINT_F_HOST 0x01
+
+struct endpoint_info {
+	__u32 ifindex;		/* host-side veth, in the node's namespace: where redirect_peer goes */
+	__u16 lxc_id;		/* endpoint id */
+	__u16 flags;		/* ENDPOINT_F_* */
+	__u8 mac[ETH_ALEN];	/* the pod's eth0 */
+	__u8 node_mac[ETH_ALEN];	/* the host-side veth: source MAC of frames delivered to the pod */
+	__u32 sec_identity;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct endpoint_key);
+	__type(value, struct endpoint_info);
+} ciliate_lxc SEC(".maps");
+
+/* --- ciliate_ipcache: identity (and tunnel endpoint) of any address, longest prefix wins --- */
+
+struct ipcache_key {
+	__u32 prefixlen;	/* bits of `ip` that count: 32 for a host */
+	__be32 ip;
+};
+
+/* The tunnel endpoint field holds a node to encapsulate to. */
+#define IPCACHE_F_HAS_TUNNEL_EP 0x01
+
+struct remote_endpoint_info {
+	__u32 sec_identity;
+	__be32 tunnel_endpoint;
+	__u8 flags;		/* IPCACHE_F_* */
+	__u8 _pad[3];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 512 * 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);	/* the kernel requires it of LPM tries */
+	__type(key, struct ipcache_key);
+	__type(value, struct remote_endpoint_info);
+} ciliate_ipcache SEC(".maps");
+
+/* --- ciliate_ct4: IPv4 connection tracking (Cilium's cilium_ct4_global) --- */
+
+/*
+ * Cilium packs this key into 14 bytes; we keep the natural 16 with the padding explicit and
+ * always zero, so codecs need no packed layouts and the hash never sees uninitialised bytes.
+ * daddr/saddr and dport/sport are those of the packet that created the entry.
+ */
+struct ipv4_ct_tuple {
+	__be32 daddr;
+	__be32 saddr;
+	__be16 dport;
+	__be16 sport;
+	__u8 nexthdr;
+	__u8 flags;		/* CT_EGRESS / CT_INGRESS: the hook that created the entry */
+	__u16 _pad;
+};
+
+/* Tuple flags, as Cilium's TUPLE_F_OUT / TUPLE_F_IN. */
+#define CT_EGRESS 0
+#define CT_INGRESS 1
+
+/* struct ct_entry flags. */
+#define CT_F_SEEN_NON_SYN 0x01	/* the connection was first seen mid-stream */
+#define CT_F_TX_CLOSING 0x02	/* FIN or RST from the originator */
+#define CT_F_RX_CLOSING 0x04	/* FIN or RST from the replier */
+#define CT_F_SEEN_REPLY 0x08	/* at least one reply went through */
+
+struct ct_entry {
+	__u64 packets;
+	__u64 bytes;
+	__u32 lifetime;		/* expiry, in seconds of bpf_ktime_get_boot_ns(); for the GC */
+	__u16 flags;		/* CT_F_* */
+	__u8 tx_flags_seen;	/* TCP flags seen from the originator, OR-ed */
+	__u8 rx_flags_seen;	/* TCP flags seen from the replier, OR-ed */
+	__u32 src_sec_id;	/* identity of the originator */
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 512 * 1024);
+	__type(key, struct ipv4_ct_tuple);
+	__type(value, struct ct_entry);
+} ciliate_ct4 SEC(".maps");

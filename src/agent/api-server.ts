@@ -1,0 +1,118 @@
+/**
+ * The agent's local API: JSON over HTTP on a Unix socket that only root may open. The CLI and
+ * the CNI plugin are its clients. Handlers throw ApiError for client mistakes; anything else is
+ * a 500 with the message, and the agent keeps running.
+ * @module
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import { dirname } from 'node:path';
+import type { Logger } from 'pino';
+
+export class ApiError extends Error {
+  readonly status: number;
+  readonly code: string;
+  constructor(status: number, code: string, message: string) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export interface RequestContext {
+  params: Record<string, string>;
+  query: URLSearchParams;
+  body: unknown;
+}
+
+export type Handler = (ctx: RequestContext) => Promise<unknown> | unknown;
+
+interface Route {
+  method: string;
+  pattern: RegExp;
+  names: string[];
+  handler: Handler;
+}
+
+const MAX_BODY = 1 << 20;
+
+export class ApiServer {
+  readonly #routes: Route[] = [];
+  readonly #log: Logger;
+  #server: Server | undefined;
+
+  constructor(log: Logger) {
+    this.#log = log;
+  }
+
+  /** Registers a route; `/v1/endpoints/:id` captures `id`. */
+  route(method: string, path: string, handler: Handler): void {
+    const names: string[] = [];
+    const pattern = new RegExp(`^${path.replace(/:([a-zA-Z]+)/g, (_, name: string) => (names.push(name), '([^/]+)'))}$`);
+    this.#routes.push({ method, pattern, names, handler });
+  }
+
+  async listen(socketPath: string): Promise<void> {
+    mkdirSync(dirname(socketPath), { recursive: true, mode: 0o700 });
+    rmSync(socketPath, { force: true }); // a stale socket from a killed agent
+    const server = createServer((req, res) => void this.#handle(req, res));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(socketPath, () => resolve());
+    });
+    chmodSync(socketPath, 0o600);
+    this.#server = server;
+  }
+
+  async close(): Promise<void> {
+    const server = this.#server;
+    if (!server) return;
+    this.#server = undefined;
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://ciliate');
+    try {
+      const route = this.#routes.find((r) => r.method === req.method && r.pattern.test(url.pathname));
+      if (!route) throw new ApiError(404, 'ERR_NOT_FOUND', `no API route ${req.method} ${url.pathname}`);
+      const match = route.pattern.exec(url.pathname)!;
+      const params = Object.fromEntries(route.names.map((name, i) => [name, decodeURIComponent(match[i + 1])]));
+      const body = await readJson(req);
+      const result = await route.handler({ params, query: url.searchParams, body });
+      send(res, 200, result ?? {});
+    } catch (error) {
+      if (error instanceof ApiError) {
+        send(res, error.status, { error: { code: error.code, message: error.message } });
+        return;
+      }
+      const coded = error as { code?: unknown; message?: unknown };
+      this.#log.error({ err: error, method: req.method, path: url.pathname }, 'API request failed');
+      send(res, 500, { error: { code: typeof coded.code === 'string' ? coded.code : 'ERR_INTERNAL', message: String(coded.message ?? error) } });
+    }
+  }
+}
+
+async function readJson(req: IncomingMessage): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > MAX_BODY) throw new ApiError(413, 'ERR_TOO_LARGE', `request body over ${MAX_BODY} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  if (size === 0) return undefined;
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+  } catch (error) {
+    throw new ApiError(400, 'ERR_BAD_JSON', `request body is not JSON: ${(error as Error).message}`);
+  }
+}
+
+function send(res: ServerResponse, status: number, value: unknown): void {
+  const text = JSON.stringify(value, (_key, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}

@@ -1,0 +1,74 @@
+/**
+ * A client of the agent's Unix-socket API, for the CLI and the CNI plugin.
+ * @module
+ */
+import { request } from 'node:http';
+
+export class AgentApiError extends Error {
+  readonly status: number;
+  readonly code: string;
+  constructor(status: number, code: string, message: string) {
+    super(message);
+    this.name = 'AgentApiError';
+    this.status = status;
+    this.code = code;
+  }
+}
+
+export const DEFAULT_SOCKET = '/var/run/ciliate/ciliate.sock';
+
+export class AgentClient {
+  readonly socketPath: string;
+  readonly timeoutMs: number;
+
+  constructor(socketPath: string = process.env.CILIATE_SOCKET_PATH ?? DEFAULT_SOCKET, timeoutMs = 30_000) {
+    this.socketPath = socketPath;
+    this.timeoutMs = timeoutMs;
+  }
+
+  get<T>(path: string): Promise<T> {
+    return this.call<T>('GET', path);
+  }
+
+  call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    return new Promise<T>((resolve, reject) => {
+      const req = request(
+        {
+          socketPath: this.socketPath,
+          path,
+          method,
+          timeout: this.timeoutMs,
+          headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {},
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (chunk: Buffer) => chunks.push(chunk));
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            let value: unknown;
+            try {
+              value = text ? JSON.parse(text) : {};
+            } catch {
+              reject(new AgentApiError(res.statusCode ?? 0, 'ERR_BAD_RESPONSE', `agent answered ${method} ${path} with non-JSON: ${text.slice(0, 200)}`));
+              return;
+            }
+            if ((res.statusCode ?? 500) >= 400) {
+              const error = (value as { error?: { code?: string; message?: string } }).error;
+              reject(new AgentApiError(res.statusCode ?? 500, error?.code ?? 'ERR_AGENT', error?.message ?? `agent answered ${res.statusCode}`));
+            } else resolve(value as T);
+          });
+        },
+      );
+      req.on('timeout', () => req.destroy(new AgentApiError(0, 'ERR_TIMEOUT', `agent did not answer ${method} ${path} within ${this.timeoutMs} ms`)));
+      req.on('error', (error: NodeJS.ErrnoException) => {
+        if (error instanceof AgentApiError) reject(error);
+        else if (error.code === 'ENOENT' || error.code === 'ECONNREFUSED') {
+          reject(new AgentApiError(0, 'ERR_AGENT_UNREACHABLE', `cannot reach the agent at ${this.socketPath}: is \`ciliate agent\` running? (${error.code})`));
+        } else reject(new AgentApiError(0, 'ERR_AGENT_UNREACHABLE', `talking to the agent at ${this.socketPath}: ${error.message}`));
+      });
+      if (payload) req.write(payload);
+      req.end();
+    });
+  }
+}

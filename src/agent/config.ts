@@ -1,0 +1,111 @@
+/**
+ * Agent configuration: documented defaults, overridden by a YAML file, then by CILIATE_*
+ * environment variables, then by flags. Validation names the source and field of every problem,
+ * and a bad configuration never starts an agent.
+ * @module
+ */
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+
+export const RoutingMode = z.enum(['tunnel', 'native']);
+export type RoutingMode = z.infer<typeof RoutingMode>;
+
+const ipv4Cidr = z.string().regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/, 'must be an IPv4 CIDR such as 10.244.0.0/16');
+
+export const AgentConfigSchema = z
+  .object({
+    /** This node's name in the cluster. */
+    nodeName: z.string().min(1).regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'must be a DNS label (lower case, digits, - and .)').default(hostname().toLowerCase()),
+    /** Where the embedded state store keeps its files. */
+    stateDir: z.string().min(1).default('/var/lib/ciliate'),
+    /** The local API: JSON over HTTP on a root-only Unix socket. */
+    socketPath: z.string().min(1).default('/var/run/ciliate/ciliate.sock'),
+    /** bpffs directory for this agent's pinned maps and links. */
+    bpfRoot: z.string().min(1).default('/sys/fs/bpf/ciliate'),
+    /** Pod addresses of the whole cluster; each node gets a slice of it. */
+    clusterCidr: ipv4Cidr.default('10.244.0.0/16'),
+    /** Prefix length of each node's pod CIDR. */
+    nodeCidrMaskSize: z.number().int().min(8).max(30).default(24),
+    /** tunnel: VXLAN between nodes; native: pod CIDRs routed on the underlay. */
+    routingMode: RoutingMode.default('tunnel'),
+    /** The node's underlay address (what other nodes reach it at); empty = first global address. */
+    nodeIp: z.string().default(''),
+    /** `local`: embedded store in stateDir (one node). `etcd`: shared store for several nodes. */
+    store: z.enum(['local', 'etcd']).default('local'),
+    etcdEndpoints: z.array(z.string().url()).default([]),
+    logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info'),
+  })
+  .strict();
+
+export type AgentConfig = z.infer<typeof AgentConfigSchema>;
+type ConfigKey = keyof AgentConfig;
+
+export class ConfigError extends Error {
+  readonly code = 'ERR_CONFIG';
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+/** CILIATE_NODE_NAME → nodeName, etc. */
+export function envName(key: ConfigKey): string {
+  return `CILIATE_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
+}
+
+const FIELDS = Object.keys(AgentConfigSchema.shape) as ConfigKey[];
+
+function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const key of FIELDS) {
+    const value = env[envName(key)];
+    if (value === undefined) continue;
+    const inner = AgentConfigSchema.shape[key].unwrap();
+    out[key] = inner instanceof z.ZodNumber ? Number(value) : inner instanceof z.ZodArray ? value.split(',').filter(Boolean) : value;
+  }
+  return out;
+}
+
+function check(source: string, input: Record<string, unknown>): void {
+  const partial = AgentConfigSchema.partial().safeParse(input);
+  if (!partial.success) {
+    const issue = partial.error.issues[0];
+    const field = issue.path.join('.') || '(top level)';
+    throw new ConfigError(`${source}: field ${field}: ${issue.message}`);
+  }
+}
+
+export interface ConfigSources {
+  file?: string;
+  env?: NodeJS.ProcessEnv;
+  flags?: Partial<AgentConfig>;
+}
+
+/** Merges defaults < file < environment < flags, validating each source on its own. */
+export function loadConfig(sources: ConfigSources = {}): AgentConfig {
+  let fileValues: Record<string, unknown> = {};
+  if (sources.file) {
+    let text: string;
+    try {
+      text = readFileSync(sources.file, 'utf8');
+    } catch (error) {
+      throw new ConfigError(`${sources.file}: cannot read: ${(error as Error).message}`);
+    }
+    let parsed: unknown;
+    try {
+      parsed = parseYaml(text);
+    } catch (error) {
+      throw new ConfigError(`${sources.file}: not valid YAML: ${(error as Error).message}`);
+    }
+    if (parsed !== null && (typeof parsed !== 'object' || Array.isArray(parsed))) throw new ConfigError(`${sources.file}: must be a mapping of settings`);
+    fileValues = (parsed ?? {}) as Record<string, unknown>;
+    check(sources.file, fileValues);
+  }
+  const envValues = fromEnv(sources.env ?? {});
+  check('environment', envValues);
+  const flagValues = Object.fromEntries(Object.entries(sources.flags ?? {}).filter(([, v]) => v !== undefined));
+  check('flags', flagValues);
+  return AgentConfigSchema.parse({ ...fileValues, ...envValues, ...flagValues });
+}
