@@ -99,7 +99,6 @@ struct {
 
 DEFINE_RINGBUF_LOST_MAP(ciliate_events_lost);
 
-
 /* Not inlined, like the two below: the signatures put the event layouts and enums into the BTF
  * the TS codecs are tested against (BTF only describes types that functions, globals and maps
  * use), and each object gets one copy of the event code instead of one per call site. */

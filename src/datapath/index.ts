@@ -4,3 +4,8 @@
  * @module
  */
 export * from './demo-types.ts';
+export * from './drop-reasons.ts';
+export * from './maps.ts';
+export * from './events.ts';
+export * from './packet.ts';
+export * from './lxc.ts';

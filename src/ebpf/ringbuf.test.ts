@@ -128,6 +128,8 @@ test('a full ring counts every record it could not take: records + lost == produ
   assert.equal(ring.consume(handler), 10);
   assert.deepEqual(seqs.slice(fits), range(1000, 1010));
   assert.equal(ring.lost(), BigInt(1000 - fits));
+  ring.close();
+  assert.equal(ring.lost(), BigInt(1000 - fits), 'read once more while closing');
 });
 
 test('records that wrap around the end of the ring arrive whole', (t) => {
@@ -343,6 +345,7 @@ test('close() is idempotent, stops the reader, and detaches views', async (t) =>
   assert.throws(() => kept?.getUint32(0), TypeError);
   assert.throws(() => ring.consume(() => {}), (e: unknown) => BpfError.is(e, 'ERR_INVALID_ARGUMENT') && /closed/.test(String(e)));
   assert.throws(() => ring.start(() => {}), /closed/);
+  assert.deepEqual(ring.stats(), { records: 2, bytes: 128, discarded: 0, lost: 0n }, 'final statistics stay readable');
   ring[Symbol.dispose]();
 });
 

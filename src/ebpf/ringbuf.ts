@@ -148,6 +148,7 @@ export class RingBuffer implements Disposable, AsyncIterable<Buffer> {
   readonly #lostAttr: Buffer | undefined;
   readonly #lostKey = Buffer.alloc(8);
   readonly #lostValue: Buffer | undefined;
+  #finalLost = 0n;
 
   constructor(map: BpfMap<unknown, unknown>, options: RingBufferOptions = {}) {
     const name = map.name || `fd ${map.fd}`;
@@ -420,10 +421,14 @@ export class RingBuffer implements Disposable, AsyncIterable<Buffer> {
     return this.records();
   }
 
-  /** Records the producer could not reserve, summed over CPUs; 0n without a lostCounter. */
+  /**
+   * Records the producer could not reserve, summed over CPUs; 0n without a lostCounter. The
+   * counter's total, which may predate this reader (a pinned map). After close(), the value read
+   * while closing, so final statistics can still be logged.
+   */
   lost(): bigint {
     if (!this.#lostAttr || !this.#lostValue) return 0n;
-    this.#assertOpen('reading the lost counter of');
+    if (this.#closed) return this.#finalLost;
     bpf(BpfCommand.MAP_LOOKUP_ELEM, this.#lostAttr, `reading the lost counter of ring buffer ${this.name}`);
     let total = 0n;
     for (let offset = 0; offset < this.#lostValue.length; offset += 8) total += this.#lostValue.readBigUInt64LE(offset);
@@ -437,6 +442,11 @@ export class RingBuffer implements Disposable, AsyncIterable<Buffer> {
   /** Stops the reader, unmaps the ring and closes its fds. Idempotent. */
   close(): void {
     if (this.#closed) return;
+    try {
+      this.#finalLost = this.lost();
+    } catch {
+      // Closing must not fail over statistics; lost() then reports the last value, 0n.
+    }
     this.#closed = true;
     this.stop();
     if (!this.#consuming) this.#release();
@@ -496,7 +506,9 @@ function mapTypeName(type: number): string {
  * koffi.node.poll(fd, callback) wraps libuv's uv_poll_t: the fd joins the event loop's own epoll
  * set (level-triggered), and the callback runs on the JS thread as `(status, events)`. The shipped
  * index.d.ts declares a one-argument callback; the C++ source (src/koffi/src/uv.cc, OnPoll) passes
- * the libuv status first, so it is declared here as it really is.
+ * the libuv status first, so it is declared here as it really is. When uv_poll_init fails (a closed
+ * fd, a file epoll cannot watch) koffi aborts the whole process instead of throwing, one more
+ * reason the reader only ever polls its own dup of the map fd, valid until close().
  */
 interface PollHandle {
   start(callback: (status: number) => void): void;

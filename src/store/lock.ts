@@ -91,7 +91,13 @@ export class DirectoryLock {
           await link(temp, path);
           return new DirectoryLock(path, content);
         } catch (error) {
-          if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+          const code = (error as NodeJS.ErrnoException).code;
+          if (code === 'ENOENT') {
+            // The holder, just opened, removed our temp file as a crash leftover: write it again.
+            await writeFile(temp, content, { mode: 0o600 });
+            continue;
+          }
+          if (code !== 'EEXIST') throw error;
         }
         const existingText = await readFile(path, 'utf8').catch((error: NodeJS.ErrnoException) => {
           if (error.code === 'ENOENT') return undefined; // released meanwhile: try again

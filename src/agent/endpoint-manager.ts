@@ -1,0 +1,217 @@
+/**
+ * Endpoint lifecycle: what CNI ADD and DEL turn into. ADD allocates an address, creates the veth
+ * pair and configures the pod side, records the endpoint, and returns only once the datapath
+ * reconciler has realized it; any failure undoes every step, so nothing is left half-created.
+ * @module
+ */
+import { existsSync } from 'node:fs';
+import type { Logger } from 'pino';
+import type { StateStore } from '../store/index.ts';
+import { Reconciler, Table } from '../statedb/index.ts';
+import { ip, ipBatch, linkDetails, NetlinkError } from '../datapath/netlink.ts';
+import { ApiError } from './api-server.ts';
+import { type Endpoint, endpointKey, hostInterfaceName, MAX_ENDPOINT_ID } from './endpoint.ts';
+
+/** The kernel side of an endpoint (programs, links, map entries); implemented in src/datapath. */
+export interface EndpointDatapath {
+  /** Makes the datapath serve `endpoint`; adopts what is already pinned for it. Idempotent. */
+  realize(endpoint: Endpoint): Promise<void> | void;
+  /** Removes the endpoint's links, pins and map entries. Idempotent. */
+  remove(endpoint: Endpoint): Promise<void> | void;
+}
+
+/** Address management as the endpoint manager needs it (src/ipam implements it). */
+export interface AddressAllocator {
+  allocate(owner: string): Promise<string>;
+  release(owner: string): Promise<void>;
+  /** The node's router address: the pods' default gateway. */
+  readonly gateway: string;
+}
+
+export interface AddEndpointRequest {
+  containerId: string;
+  ifname: string;
+  netns: string;
+  labels?: Record<string, string>;
+  podName?: string;
+  namespace?: string;
+}
+
+const STORE_PREFIX = 'endpoints/';
+const UNMANAGED_IDENTITY = 3;
+
+export class EndpointManager {
+  readonly table = new Table<Endpoint>('endpoints', (ep) => endpointKey(ep.containerId, ep.ifname), { equals: sameEndpoint });
+  readonly #reconciler: Reconciler<Endpoint>;
+  readonly #store: StateStore;
+  readonly #ipam: AddressAllocator;
+  readonly #log: Logger;
+  readonly #nodeName: string;
+  /** Keys being added or deleted right now: a second request for the same key waits its turn. */
+  readonly #busy = new Map<string, Promise<unknown>>();
+
+  constructor(options: { store: StateStore; ipam: AddressAllocator; datapath: EndpointDatapath; log: Logger; nodeName: string }) {
+    this.#store = options.store;
+    this.#ipam = options.ipam;
+    this.#log = options.log;
+    this.#nodeName = options.nodeName;
+    this.#reconciler = new Reconciler<Endpoint>({
+      name: 'endpoint-datapath',
+      table: this.table,
+      ops: { update: (ep) => options.datapath.realize(ep), delete: (ep) => options.datapath.remove(ep) },
+      onError: (key, error, attempts) => this.#log.warn({ endpoint: key, attempts, err: error }, 'realizing endpoint datapath failed; will retry'),
+    });
+  }
+
+  #storeKey(key: string): string {
+    return `${STORE_PREFIX}${this.#nodeName}/${key}`;
+  }
+
+  /** Loads the endpoints this node had (a restart), and starts realizing them. */
+  async start(): Promise<void> {
+    const { entries } = await this.#store.list<Endpoint>(`${STORE_PREFIX}${this.#nodeName}/`);
+    for (const { value } of entries) this.table.upsert(value);
+    this.#reconciler.start();
+    await this.#reconciler.waitFor();
+    this.#log.info({ endpoints: entries.length }, 'restored endpoints');
+  }
+
+  async stop(): Promise<void> {
+    await this.#reconciler.stop();
+  }
+
+  list(): Endpoint[] {
+    return [...this.table.all()].sort((a, b) => a.id - b.id);
+  }
+
+  get(idOrKey: string): Endpoint | undefined {
+    const byId = Number(idOrKey);
+    if (Number.isInteger(byId)) return this.list().find((ep) => ep.id === byId);
+    return this.table.get(idOrKey) ?? this.list().find((ep) => ep.containerId === idOrKey || ep.containerId.startsWith(idOrKey));
+  }
+
+  status(key: string) {
+    return this.#reconciler.status(key);
+  }
+
+  #serialize<T>(key: string, work: () => Promise<T>): Promise<T> {
+    const previous = this.#busy.get(key) ?? Promise.resolve();
+    const next = previous.catch(() => undefined).then(work);
+    const tracked = next.finally(() => {
+      if (this.#busy.get(key) === tracked) this.#busy.delete(key);
+    });
+    this.#busy.set(key, tracked);
+    return next;
+  }
+
+  add(request: AddEndpointRequest): Promise<Endpoint> {
+    return this.#serialize(endpointKey(request.containerId, request.ifname), () => this.#add(request));
+  }
+
+  async #add(request: AddEndpointRequest): Promise<Endpoint> {
+    const key = endpointKey(request.containerId, request.ifname);
+    const existing = this.table.get(key);
+    if (existing) {
+      throw new ApiError(409, 'ERR_ENDPOINT_EXISTS', `container ${request.containerId} already has interface ${request.ifname} (endpoint ${existing.id}, ${existing.ipv4}); delete it first`);
+    }
+    if (!existsSync(request.netns)) throw new ApiError(400, 'ERR_BAD_NETNS', `network namespace ${request.netns} does not exist`);
+    const hostIfname = hostInterfaceName(request.containerId, request.ifname);
+    const undo: (() => Promise<unknown>)[] = [];
+    try {
+      const address = await this.#ipam.allocate(key);
+      undo.push(() => this.#ipam.release(key));
+
+      await ip(['link', 'add', hostIfname, 'type', 'veth', 'peer', 'name', request.ifname, 'netns', request.netns]);
+      undo.push(() => ip(['link', 'del', hostIfname]));
+      const host = await linkDetails(hostIfname);
+      if (!host) throw new NetlinkError(`ip link show ${hostIfname}`, 'vanished right after creation');
+      const gateway = this.#ipam.gateway;
+      await ipBatch(
+        [
+          `link set dev lo up`,
+          `addr add ${address}/32 dev ${request.ifname}`,
+          `link set dev ${request.ifname} up`,
+          `route add ${gateway} dev ${request.ifname} scope link`,
+          `route add default via ${gateway} dev ${request.ifname}`,
+          // The gateway answers no ARP (it is no real interface): tell the pod its MAC up front.
+          `neigh replace ${gateway} lladdr ${host.mac} dev ${request.ifname} nud permanent`,
+        ],
+        request.netns,
+      );
+      await ipBatch([`link set dev ${hostIfname} up`, `route replace ${address}/32 dev ${hostIfname} scope link`]);
+      const pod = await linkDetails(request.ifname, request.netns);
+      if (!pod) throw new NetlinkError(`ip link show ${request.ifname}`, `not found in ${request.netns}`);
+
+      const endpoint: Endpoint = {
+        id: this.#nextId(),
+        containerId: request.containerId,
+        ifname: request.ifname,
+        netns: request.netns,
+        ipv4: address,
+        mac: pod.mac,
+        hostIfname,
+        hostIfindex: host.ifindex,
+        hostMac: host.mac,
+        identity: UNMANAGED_IDENTITY,
+        labels: request.labels ?? {},
+        podName: request.podName,
+        namespace: request.namespace,
+        createdAt: new Date().toISOString(),
+      };
+      await this.#store.put(this.#storeKey(key), endpoint, { expectedRevision: 0 });
+      undo.push(() => this.#store.delete(this.#storeKey(key)));
+      const revision = this.table.upsert(endpoint);
+      undo.push(async () => {
+        this.table.delete(key);
+        await this.#reconciler.waitFor();
+      });
+      await this.#reconciler.waitFor(revision);
+      const status = this.#reconciler.status(key);
+      if (status?.state !== 'done') throw new ApiError(500, 'ERR_DATAPATH', `realizing endpoint ${endpoint.id}: ${status?.error ?? 'not realized'}`);
+      this.#log.info({ endpoint: endpoint.id, container: request.containerId, ip: address, host: hostIfname }, 'endpoint added');
+      return endpoint;
+    } catch (error) {
+      for (const step of undo.reverse()) {
+        try {
+          await step();
+        } catch (undoError) {
+          this.#log.warn({ err: undoError, container: request.containerId }, 'undoing a failed endpoint add');
+        }
+      }
+      throw error;
+    }
+  }
+
+  /** CNI DEL: idempotent; deleting what does not exist succeeds. */
+  delete(containerId: string, ifname: string): Promise<boolean> {
+    return this.#serialize(endpointKey(containerId, ifname), () => this.#delete(containerId, ifname));
+  }
+
+  async #delete(containerId: string, ifname: string): Promise<boolean> {
+    const key = endpointKey(containerId, ifname);
+    const endpoint = this.table.get(key);
+    if (endpoint) {
+      this.table.delete(key);
+      await this.#reconciler.waitFor();
+      try {
+        await ip(['link', 'del', endpoint.hostIfname]);
+      } catch (error) {
+        if (!(error instanceof NetlinkError && /Cannot find device|does not exist/.test(error.message))) throw error;
+      }
+    }
+    await this.#store.delete(this.#storeKey(key));
+    await this.#ipam.release(key);
+    if (endpoint) this.#log.info({ endpoint: endpoint.id, container: containerId }, 'endpoint deleted');
+    return endpoint !== undefined;
+  }
+
+  #nextId(): number {
+    const used = new Set([...this.table.all()].map((ep) => ep.id));
+    for (let id = 1; id <= MAX_ENDPOINT_ID; id++) if (!used.has(id)) return id;
+    throw new ApiError(507, 'ERR_ENDPOINTS_EXHAUSTED', `this node already has ${MAX_ENDPOINT_ID} endpoints`);
+  }
+}
+
+function sameEndpoint(a: Endpoint, b: Endpoint): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}

@@ -1,0 +1,38 @@
+/**
+ * Drop reasons of the datapath (bpf/lib/drop_reasons.h), with the names Hubble gives them.
+ * The numbers are Cilium's, so flows read here mean what they mean to Hubble clients;
+ * layout.test.ts checks every row against the C enum in the compiled object's BTF.
+ * @module
+ */
+
+/** One row per reason: the C enumerator, its number, and Hubble's DropReason name. */
+const DROP_REASON_ROWS = [
+  ['DROP_POLICY', 133, 'POLICY_DENIED'],
+  ['DROP_INVALID_PACKET', 134, 'INVALID_PACKET_DROPPED'],
+  ['DROP_CT_INVALID_HDR', 135, 'CT_TRUNCATED_OR_INVALID_HEADER'],
+  ['DROP_UNROUTABLE', 151, 'STALE_OR_UNROUTABLE_IP'],
+  ['DROP_CT_MAP_INSERTION_FAILED', 155, 'CT_MAP_INSERTION_FAILED'],
+  ['DROP_NO_TUNNEL_ENDPOINT', 160, 'NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT'],
+  ['DROP_FIB_LOOKUP_FAILED', 169, 'FIB_LOOKUP_FAILED'],
+  ['DROP_INVALID_IDENTITY', 171, 'INVALID_IDENTITY'],
+  ['DROP_POLICY_DENY', 181, 'POLICY_DENY'],
+  ['DROP_EP_NOT_READY', 203, 'DROP_EP_NOT_READY'],
+] as const;
+
+type Row = (typeof DROP_REASON_ROWS)[number];
+
+/** The C enumerators of `enum ciliate_drop_reason`, by name: `DropReasonCode.DROP_POLICY === 133`. */
+export const DropReasonCode = Object.freeze(Object.fromEntries(DROP_REASON_ROWS.map(([c, code]) => [c, code]))) as {
+  readonly [R in Row as R[0]]: R[1];
+};
+export type DropReasonCode = Row[1];
+
+/** Hubble's name of each drop reason, by number: `DropReason[133] === 'POLICY_DENIED'`. */
+export const DropReason: Readonly<Record<number, string>> = Object.freeze(
+  Object.fromEntries(DROP_REASON_ROWS.map(([, code, name]) => [code, name])),
+);
+
+/** Hubble's name of a drop reason, or `UNKNOWN_DROP_REASON(n)` for a number this build does not know. */
+export function dropReasonName(code: number): string {
+  return DropReason[code] ?? `UNKNOWN_DROP_REASON(${code})`;
+}

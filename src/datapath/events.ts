@@ -1,0 +1,197 @@
+/**
+ * Datapath events (bpf/lib/events.h): their codecs, Cilium's monitor numbering, and the decoder
+ * of ring buffer records into typed trace and drop events with a summary of the captured packet.
+ * layout.test.ts checks the codecs and the enums against the compiled object's BTF.
+ * @module
+ */
+import { BpfError, bytes, i32, pad, struct, u16, u32, u64, u8, type StructValue } from '../ebpf/index.ts';
+import { dropReasonName } from './drop-reasons.ts';
+import { summarizePacket, type PacketSummary } from './packet.ts';
+
+/** Cilium's monitor message types (`enum ciliate_event_type`). */
+export const MonitorEventType = { DROP: 1, TRACE: 4, POLICY_VERDICT: 5 } as const;
+export type MonitorEventType = (typeof MonitorEventType)[keyof typeof MonitorEventType];
+/** The C enumerator of each MonitorEventType key. */
+export const MONITOR_EVENT_TYPE_C_NAMES: Readonly<Record<keyof typeof MonitorEventType, string>> = {
+  DROP: 'CILIATE_EVENT_DROP',
+  TRACE: 'CILIATE_EVENT_TRACE',
+  POLICY_VERDICT: 'CILIATE_EVENT_POLICY_VERDICT',
+};
+
+/**
+ * Trace observation points, one row each: the C enumerator of `enum ciliate_trace_point`, the
+ * number the datapath sends, the name `hubble observe` prints, and Hubble's
+ * TraceObservationPoint value (the same number except TO_ENDPOINT, 101 there).
+ */
+const TRACE_POINT_ROWS = [
+  ['TRACE_TO_LXC', 0, 'to-endpoint', 101],
+  ['TRACE_TO_PROXY', 1, 'to-proxy', 1],
+  ['TRACE_TO_HOST', 2, 'to-host', 2],
+  ['TRACE_TO_STACK', 3, 'to-stack', 3],
+  ['TRACE_TO_OVERLAY', 4, 'to-overlay', 4],
+  ['TRACE_FROM_LXC', 5, 'from-endpoint', 5],
+  ['TRACE_FROM_PROXY', 6, 'from-proxy', 6],
+  ['TRACE_FROM_HOST', 7, 'from-host', 7],
+  ['TRACE_FROM_STACK', 8, 'from-stack', 8],
+  ['TRACE_FROM_OVERLAY', 9, 'from-overlay', 9],
+  ['TRACE_FROM_NETWORK', 10, 'from-network', 10],
+  ['TRACE_TO_NETWORK', 11, 'to-network', 11],
+] as const;
+type TraceRow = (typeof TRACE_POINT_ROWS)[number];
+
+/** `TracePoint.TRACE_TO_LXC === 0`: the C enumerators by name. */
+export const TracePoint = Object.freeze(Object.fromEntries(TRACE_POINT_ROWS.map(([c, code]) => [c, code]))) as {
+  readonly [R in TraceRow as R[0]]: R[1];
+};
+export type TracePoint = TraceRow[1];
+
+const TRACE_POINT_BY_CODE = new Map<number, TraceRow>(TRACE_POINT_ROWS.map((row) => [row[1], row]));
+
+/** `hubble observe`'s name of an observation point, e.g. 'to-endpoint'. */
+export function tracePointName(point: number): string {
+  return TRACE_POINT_BY_CODE.get(point)?.[2] ?? `unknown-trace-point(${point})`;
+}
+
+/** Hubble's TraceObservationPoint enum value of a datapath observation point. */
+export function hubbleObservationPoint(point: number): number | undefined {
+  return TRACE_POINT_BY_CODE.get(point)?.[3];
+}
+
+/** Conntrack result carried in trace events' `reason` (Cilium's TRACE_REASON_*; C `enum ct_status`). */
+export const CtStatus = { NEW: 0, ESTABLISHED: 1, REPLY: 2, RELATED: 3 } as const;
+export type CtStatus = (typeof CtStatus)[keyof typeof CtStatus];
+
+/** ciliate_event_hdr.flags */
+export const EventFlag = { REPLY: 0x01, INGRESS: 0x02 } as const;
+
+/** Bytes of the packet each event carries (CILIATE_EVENT_CAP_LEN). */
+export const EVENT_CAPTURE_LEN = 128;
+
+export const eventHeader = struct('ciliate_event_hdr', {
+  type: u8,
+  subtype: u8,
+  source: u16,
+  hash: u32,
+  orig_len: u32,
+  cap_len: u32,
+  src_identity: u32,
+  dst_identity: u32,
+  ifindex: u32,
+  dst_id: u16,
+  reason: u8,
+  flags: u8,
+  timestamp_ns: u64,
+});
+export type EventHeader = StructValue<(typeof eventHeader)['fields']>;
+
+export const traceEvent = struct('ciliate_trace_event', {
+  hdr: eventHeader,
+  dst_ifindex: u32,
+  _pad: pad(4),
+  data: bytes(EVENT_CAPTURE_LEN),
+});
+
+export const dropEvent = struct('ciliate_drop_event', {
+  hdr: eventHeader,
+  ext_error: i32,
+  line: u32,
+  data: bytes(EVENT_CAPTURE_LEN),
+});
+
+interface EventBase {
+  /** Endpoint id of the program that reported it. */
+  source: number;
+  hash: number;
+  /** Packet length on the wire, and how much of it `packet` was decoded from. */
+  origLen: number;
+  capLen: number;
+  srcIdentity: number;
+  dstIdentity: number;
+  ifindex: number;
+  /** Destination endpoint id, 0 when not a local endpoint. */
+  dstId: number;
+  /** CLOCK_MONOTONIC, ns. */
+  timestampNs: bigint;
+  isReply: boolean;
+  /** Seen on the way into an endpoint (cil_to_container) rather than out of one. */
+  ingress: boolean;
+  packet: PacketSummary;
+  /** The captured bytes themselves (cap_len of them). */
+  data: Buffer;
+}
+
+export interface TraceEvent extends EventBase {
+  kind: 'trace';
+  observationPoint: number;
+  /** e.g. 'to-endpoint' */
+  observationPointName: string;
+  ctStatus: number;
+  /** Interface the packet was redirected to, 0 when handed to the stack. */
+  dstIfindex: number;
+}
+
+export interface DropEvent extends EventBase {
+  kind: 'drop';
+  /** Cilium's drop reason number, e.g. 134. */
+  reason: number;
+  /** Hubble's name of it, e.g. 'INVALID_PACKET_DROPPED'. */
+  reasonName: string;
+  extError: number;
+  /** Line of bpf_lxc.c (or the header) that dropped it. */
+  line: number;
+}
+
+export type DatapathEvent = TraceEvent | DropEvent;
+
+function base(hdr: EventHeader, data: Buffer): EventBase {
+  const captured = data.subarray(0, Math.min(hdr.cap_len, data.length));
+  return {
+    source: hdr.source,
+    hash: hdr.hash,
+    origLen: hdr.orig_len,
+    capLen: hdr.cap_len,
+    srcIdentity: hdr.src_identity,
+    dstIdentity: hdr.dst_identity,
+    ifindex: hdr.ifindex,
+    dstId: hdr.dst_id,
+    timestampNs: hdr.timestamp_ns,
+    isReply: (hdr.flags & EventFlag.REPLY) !== 0,
+    ingress: (hdr.flags & EventFlag.INGRESS) !== 0,
+    packet: summarizePacket(captured),
+    data: captured,
+  };
+}
+
+/**
+ * Decodes one ring buffer record. Copies what it keeps, so it may be called from a RingBuffer
+ * handler with the ring's own memory: `(view, offset, length, bytes) => decodeEvent(bytes, offset, length)`.
+ * Throws ERR_CODEC for a record too short for its type or of a type this build does not know.
+ */
+export function decodeEvent(record: Uint8Array, offset = 0, length = record.length - offset): DatapathEvent {
+  const buffer = Buffer.from(record.buffer, record.byteOffset + offset, length);
+  if (length < 1) throw new BpfError('ERR_CODEC', 'decoding datapath event: empty record');
+  const type = buffer[0];
+  const need = type === MonitorEventType.TRACE ? traceEvent.size : type === MonitorEventType.DROP ? dropEvent.size : 0;
+  if (need === 0) throw new BpfError('ERR_CODEC', `decoding datapath event: unknown monitor event type ${type}`);
+  if (length < need) throw new BpfError('ERR_CODEC', `decoding datapath event of type ${type}: ${length} bytes, want ${need}`);
+  if (type === MonitorEventType.TRACE) {
+    const ev = traceEvent.decode(buffer, 0);
+    return {
+      kind: 'trace',
+      ...base(ev.hdr, ev.data),
+      observationPoint: ev.hdr.subtype,
+      observationPointName: tracePointName(ev.hdr.subtype),
+      ctStatus: ev.hdr.reason,
+      dstIfindex: ev.dst_ifindex,
+    };
+  }
+  const ev = dropEvent.decode(buffer, 0);
+  return {
+    kind: 'drop',
+    ...base(ev.hdr, ev.data),
+    reason: ev.hdr.subtype,
+    reasonName: dropReasonName(ev.hdr.subtype),
+    extError: ev.ext_error,
+    line: ev.line,
+  };
+}

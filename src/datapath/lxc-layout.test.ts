@@ -1,0 +1,49 @@
+/**
+ * The TS definitions of the endpoint datapath against bpf_lxc.o's BTF: every struct codec's
+ * size and field offsets, and every enum the TS side numbers. Needs `bash scripts/build-bpf.sh`.
+ * @module
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Btf, checkLayout } from '../ebpf/index.ts';
+import { DropReason, DropReasonCode } from './drop-reasons.ts';
+import { MONITOR_EVENT_TYPE_C_NAMES, MonitorEventType, TracePoint, dropEvent, eventHeader, traceEvent } from './events.ts';
+import { ctEntry, ctTuple, endpointInfo, endpointKey, ipcacheKey, remoteEndpointInfo } from './maps.ts';
+import { LXC_OBJECT_PATH } from './lxc.ts';
+
+const btf = Btf.fromElf(LXC_OBJECT_PATH);
+
+test('map codecs match bpf/lib/maps.h', () => {
+  for (const codec of [endpointKey, endpointInfo, ipcacheKey, remoteEndpointInfo, ctTuple, ctEntry]) {
+    assert.deepEqual(checkLayout(codec, btf), [], codec.name);
+  }
+  assert.equal(endpointInfo.size, 24);
+  assert.equal(ctTuple.size, 16);
+  assert.equal(ctEntry.size, 32);
+});
+
+test('event codecs match bpf/lib/events.h', () => {
+  for (const codec of [eventHeader, traceEvent, dropEvent]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
+  assert.equal(eventHeader.size, 40);
+  assert.equal(traceEvent.size, dropEvent.size);
+});
+
+test('DropReason numbers are the C enum ciliate_drop_reason', () => {
+  const c = btf.enumValues('ciliate_drop_reason');
+  assert.deepEqual(Object.fromEntries(c), { ...DropReasonCode });
+  assert.deepEqual(
+    [...c.values()].sort((a, b) => a - b),
+    Object.keys(DropReason).map(Number).sort((a, b) => a - b),
+  );
+  assert.equal(DropReason[133], 'POLICY_DENIED');
+  assert.equal(DropReason[134], 'INVALID_PACKET_DROPPED');
+});
+
+test('trace points and monitor event types are the C enums', () => {
+  assert.deepEqual(Object.fromEntries(btf.enumValues('ciliate_trace_point')), { ...TracePoint });
+  const types = btf.enumValues('ciliate_event_type');
+  assert.equal(types.size, Object.keys(MonitorEventType).length);
+  for (const [key, cName] of Object.entries(MONITOR_EVENT_TYPE_C_NAMES)) {
+    assert.equal(types.get(cName), MonitorEventType[key as keyof typeof MonitorEventType], cName);
+  }
+});

@@ -1,0 +1,64 @@
+/**
+ * Loading the endpoint datapath (bpf/bpf_lxc.c): one copy of the object per endpoint, with the
+ * endpoint's id and identity as .rodata constants, all copies sharing the node's maps through
+ * pins in one bpffs directory.
+ * @module
+ */
+import { join } from 'node:path';
+import { BpfObject, type BpfMap } from '../ebpf/index.ts';
+import {
+  MapName,
+  SHARED_MAPS,
+  ctEntry,
+  ctTuple,
+  endpointInfo,
+  endpointKey,
+  ipcacheKey,
+  remoteEndpointInfo,
+  type CtEntry,
+  type CtTuple,
+  type EndpointInfo,
+  type RemoteEndpointInfo,
+} from './maps.ts';
+
+/** The compiled object, as scripts/build-bpf.sh leaves it. */
+export const LXC_OBJECT_PATH = join(import.meta.dirname, '..', '..', 'build', 'bpf', 'bpf_lxc.o');
+
+/** Program names in bpf_lxc.o. */
+export const LxcProgram = { FROM_CONTAINER: 'cil_from_container', TO_CONTAINER: 'cil_to_container' } as const;
+
+export interface LxcLoadOptions {
+  endpointId: number;
+  identity: number;
+  /** bpffs directory of the node's shared maps; without it the object gets private maps. */
+  pinDir?: string;
+  /** Defaults to LXC_OBJECT_PATH. */
+  objectPath?: string;
+}
+
+/** Loads bpf_lxc.o for one endpoint. */
+export function loadLxc(options: LxcLoadOptions): BpfObject {
+  return BpfObject.load(options.objectPath ?? LXC_OBJECT_PATH, {
+    constants: { ENDPOINT_ID: options.endpointId, ENDPOINT_IDENTITY: options.identity },
+    pin: options.pinDir ? { dir: options.pinDir, maps: SHARED_MAPS } : undefined,
+  });
+}
+
+/** The shared maps of a loaded copy, with their codecs. */
+export interface LxcMaps {
+  lxc: BpfMap<{ ip: string }, EndpointInfo>;
+  ipcache: BpfMap<{ prefixlen: number; ip: string }, RemoteEndpointInfo>;
+  ct4: BpfMap<CtTuple, CtEntry>;
+  events: BpfMap;
+  eventsLost: BpfMap;
+}
+
+export function lxcMaps(obj: BpfObject): LxcMaps {
+  return {
+    lxc: obj.map(MapName.LXC).withCodecs(endpointKey, endpointInfo),
+    ipcache: obj.map(MapName.IPCACHE).withCodecs(ipcacheKey, remoteEndpointInfo),
+    ct4: obj.map(MapName.CT4).withCodecs(ctTuple, ctEntry),
+    events: obj.map(MapName.EVENTS),
+    eventsLost: obj.map(MapName.EVENTS_LOST),
+  };
+}

@@ -1,0 +1,94 @@
+/**
+ * The node-wide maps of the endpoint datapath (bpf/lib/maps.h): their names, key and value
+ * codecs, and flag values. layout.test.ts checks every codec against the compiled object's BTF.
+ * @module
+ */
+import { be16, ipv4, mac, pad, struct, u16, u32, u64n, u8, type StructValue } from '../ebpf/index.ts';
+
+/** Map names in the object, which are also the names of their pins. */
+export const MapName = {
+  LXC: 'ciliate_lxc',
+  IPCACHE: 'ciliate_ipcache',
+  CT4: 'ciliate_ct4',
+  EVENTS: 'ciliate_events',
+  EVENTS_LOST: 'ciliate_events_lost',
+} as const;
+export type MapName = (typeof MapName)[keyof typeof MapName];
+
+/** Every map the per-endpoint copies of bpf_lxc.o share through pins. */
+export const SHARED_MAPS: readonly MapName[] = Object.values(MapName);
+
+/** Reserved security identities (Cilium's numbering). */
+export const ReservedIdentity = { UNKNOWN: 0, HOST: 1, WORLD: 2 } as const;
+
+// ciliate_lxc: local endpoints by IPv4 address.
+
+export const endpointKey = struct('endpoint_key', { ip: ipv4 });
+
+/** endpoint_info.flags */
+export const EndpointFlag = { HOST: 0x01 } as const;
+
+export const endpointInfo = struct('endpoint_info', {
+  /** Host-side veth, in the node's namespace. */
+  ifindex: u32,
+  lxc_id: u16,
+  flags: u16,
+  /** The pod's eth0. */
+  mac,
+  /** The host-side veth: source MAC of frames delivered to the pod. */
+  node_mac: mac,
+  sec_identity: u32,
+});
+export type EndpointInfo = StructValue<(typeof endpointInfo)['fields']>;
+
+// ciliate_ipcache: identity and tunnel endpoint of any prefix.
+
+export const ipcacheKey = struct('ipcache_key', { prefixlen: u32, ip: ipv4 });
+
+/** remote_endpoint_info.flags */
+export const IpcacheFlag = { HAS_TUNNEL_EP: 0x01 } as const;
+
+export const remoteEndpointInfo = struct('remote_endpoint_info', {
+  sec_identity: u32,
+  tunnel_endpoint: ipv4,
+  flags: u8,
+  _pad: pad(3),
+});
+export type RemoteEndpointInfo = StructValue<(typeof remoteEndpointInfo)['fields']>;
+
+// ciliate_ct4: connection tracking.
+
+/** ipv4_ct_tuple.flags: the kind of hook that created the entry. */
+export const CtDirection = { EGRESS: 0, INGRESS: 1 } as const;
+export type CtDirection = (typeof CtDirection)[keyof typeof CtDirection];
+
+/** Addresses and ports are those of the packet that opened the connection. */
+export const ctTuple = struct('ipv4_ct_tuple', {
+  daddr: ipv4,
+  saddr: ipv4,
+  dport: be16,
+  sport: be16,
+  nexthdr: u8,
+  flags: u8,
+  _pad: pad(2),
+});
+export type CtTuple = StructValue<(typeof ctTuple)['fields']>;
+
+/** ct_entry.flags */
+export const CtFlag = { SEEN_NON_SYN: 0x01, TX_CLOSING: 0x02, RX_CLOSING: 0x04, SEEN_REPLY: 0x08 } as const;
+
+/** TCP header flag bits, as ct_entry's tx/rx_flags_seen hold them. */
+export const TcpFlag = { FIN: 0x01, SYN: 0x02, RST: 0x04, PSH: 0x08, ACK: 0x10, URG: 0x20, ECE: 0x40, CWR: 0x80 } as const;
+
+export const ctEntry = struct('ct_entry', {
+  packets: u64n,
+  bytes: u64n,
+  /** Expiry in seconds of CLOCK_BOOTTIME. */
+  lifetime: u32,
+  flags: u16,
+  tx_flags_seen: u8,
+  rx_flags_seen: u8,
+  src_sec_id: u32,
+  _pad: pad(4),
+});
+export type CtEntry = StructValue<(typeof ctEntry)['fields']>;

@@ -1,0 +1,75 @@
+/**
+ * Network configuration through iproute2, run asynchronously so the agent's event loop never
+ * waits on a child process. Commands for one namespace go through one `ip -batch` process.
+ * @module
+ */
+import { execFile, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
+
+const execFileAsync = promisify(execFile);
+
+export class NetlinkError extends Error {
+  readonly code = 'ERR_NETLINK';
+  readonly command: string;
+  constructor(command: string, stderr: string) {
+    super(`${command}: ${stderr.trim() || 'failed'}`);
+    this.name = 'NetlinkError';
+    this.command = command;
+  }
+}
+
+/** `ip ARGS` in the agent's namespace, or in the namespace file `netns` (via nsenter). */
+export async function ip(args: readonly string[], netns?: string): Promise<string> {
+  const [command, argv] = netns ? ['nsenter', [`--net=${netns}`, 'ip', ...args]] : ['ip', [...args]];
+  try {
+    const { stdout } = await execFileAsync(command, argv, { encoding: 'utf8' });
+    return stdout;
+  } catch (error) {
+    throw new NetlinkError(`ip ${args.join(' ')}${netns ? ` (in ${netns})` : ''}`, (error as { stderr?: string }).stderr ?? String(error));
+  }
+}
+
+/** Several `ip` commands (one per line, without the leading `ip`) in one process. Stops at the first failure. */
+export function ipBatch(lines: readonly string[], netns?: string): Promise<void> {
+  const [command, argv] = netns ? ['nsenter', [`--net=${netns}`, 'ip', '-batch', '-']] : ['ip', ['-batch', '-']];
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, argv, { stdio: ['pipe', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on('error', (error) => reject(new NetlinkError(`ip -batch${netns ? ` (in ${netns})` : ''}`, error.message)));
+    child.on('close', (code) => {
+      if (code === 0) resolve();
+      else reject(new NetlinkError(`ip -batch${netns ? ` (in ${netns})` : ''} [${lines.join('; ')}]`, stderr));
+    });
+    child.stdin.end(`${lines.join('\n')}\n`);
+  });
+}
+
+export interface LinkDetails {
+  ifindex: number;
+  name: string;
+  mac: string;
+}
+
+/** A link's index and MAC, or undefined when it does not exist. */
+export async function linkDetails(name: string, netns?: string): Promise<LinkDetails | undefined> {
+  let out: string;
+  try {
+    out = await ip(['-j', 'link', 'show', 'dev', name], netns);
+  } catch (error) {
+    if (error instanceof NetlinkError && /does not exist|Cannot find device/.test(error.message)) return undefined;
+    throw error;
+  }
+  const [link] = JSON.parse(out) as { ifindex: number; ifname: string; address: string }[];
+  return link ? { ifindex: link.ifindex, name: link.ifname, mac: link.address } : undefined;
+}
+
+export async function sysctl(key: string, value: string, netns?: string): Promise<void> {
+  const args = ['-q', '-w', `${key}=${value}`];
+  const [command, argv] = netns ? ['nsenter', [`--net=${netns}`, 'sysctl', ...args]] : ['sysctl', args];
+  try {
+    await execFileAsync(command, argv);
+  } catch (error) {
+    throw new NetlinkError(`sysctl ${key}=${value}`, (error as { stderr?: string }).stderr ?? String(error));
+  }
+}

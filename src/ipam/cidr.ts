@@ -1,0 +1,165 @@
+/**
+ * IPv4 address and CIDR arithmetic on unsigned 32-bit numbers: parse, format, contains, nth
+ * address, split into subnets. Pure functions, no I/O, so IPAM's pool logic can be tested
+ * exhaustively. Addresses are `number`s in 0..2^32-1 (always normalised with `>>> 0`, because
+ * JavaScript's bitwise operators return signed 32-bit results).
+ * @module
+ */
+import { IpamError } from './errors.ts';
+
+/** A parsed CIDR: `address` is the network address (host bits zero). */
+export interface Ipv4Cidr {
+  readonly address: number;
+  readonly prefixLength: number;
+}
+
+const OCTET = /^(0|[1-9][0-9]{0,2})$/;
+
+function invalid(what: string, text: string, reason: string): IpamError {
+  return new IpamError('ERR_IPAM_INVALID_CIDR', `ipam: ${what} '${text}': ${reason}`);
+}
+
+/** The address as a number, or undefined if `text` is not a dotted quad. */
+export function tryParseIpv4(text: string): number | undefined {
+  if (typeof text !== 'string') return undefined;
+  const parts = text.split('.');
+  if (parts.length !== 4) return undefined;
+  let value = 0;
+  for (const part of parts) {
+    // Leading zeros are refused: inet_aton would read "010" as octal 8, which surprises everyone.
+    if (!OCTET.test(part)) return undefined;
+    const octet = Number(part);
+    if (octet > 255) return undefined;
+    value = value * 256 + octet;
+  }
+  return value;
+}
+
+/**
+ * @example
+ * parseIpv4('10.244.1.2'); // 0x0af40102
+ */
+export function parseIpv4(text: string, what = 'address'): number {
+  const value = tryParseIpv4(text);
+  if (value === undefined) throw invalid(what, String(text), 'not an IPv4 address (expected a.b.c.d, each 0–255)');
+  return value;
+}
+
+export function formatIpv4(address: number): string {
+  return `${address >>> 24}.${(address >>> 16) & 0xff}.${(address >>> 8) & 0xff}.${address & 0xff}`;
+}
+
+/** The netmask of a prefix length as an unsigned number (`<< 32` is a no-op in JS, hence the 0 case). */
+export function prefixMask(prefixLength: number): number {
+  return prefixLength === 0 ? 0 : (0xffffffff << (32 - prefixLength)) >>> 0;
+}
+
+/**
+ * Parses "a.b.c.d/n". Host bits must be zero: "10.244.1.0/16" is almost always a typo, and
+ * silently masking it would hand out a different range than the one configured.
+ * `what` names the value in the error ("cluster CIDR").
+ *
+ * @example
+ * parseCidr('10.244.0.0/16'); // { address: 0x0af40000, prefixLength: 16 }
+ * parseCidr('10.0.0.0/33', 'cluster CIDR'); // throws "ipam: cluster CIDR '10.0.0.0/33': prefix length must be 0–32"
+ */
+export function parseCidr(text: string, what = 'CIDR'): Ipv4Cidr {
+  if (typeof text !== 'string') throw invalid(what, String(text), 'not a string');
+  const slash = text.indexOf('/');
+  if (slash === -1) throw invalid(what, text, 'missing prefix length (expected a.b.c.d/n)');
+  const address = tryParseIpv4(text.slice(0, slash));
+  if (address === undefined) throw invalid(what, text, 'not an IPv4 address (expected a.b.c.d/n, each octet 0–255)');
+  const lengthText = text.slice(slash + 1);
+  const prefixLength = /^[0-9]{1,2}$/.test(lengthText) ? Number(lengthText) : NaN;
+  if (!(prefixLength >= 0 && prefixLength <= 32)) throw invalid(what, text, 'prefix length must be 0–32');
+  const network = (address & prefixMask(prefixLength)) >>> 0;
+  if (network !== address) throw invalid(what, text, `host bits are set (did you mean ${formatIpv4(network)}/${prefixLength}?)`);
+  return { address: network, prefixLength };
+}
+
+export function formatCidr(cidr: Ipv4Cidr): string {
+  return `${formatIpv4(cidr.address)}/${cidr.prefixLength}`;
+}
+
+/** Number of addresses in the CIDR, network and broadcast included (up to 2^32). */
+export function cidrSize(cidr: Ipv4Cidr): number {
+  return 2 ** (32 - cidr.prefixLength);
+}
+
+/** Last address of the CIDR (the broadcast address for prefixes up to /30). */
+export function lastAddress(cidr: Ipv4Cidr): number {
+  return cidr.address + cidrSize(cidr) - 1;
+}
+
+export function contains(cidr: Ipv4Cidr, address: number): boolean {
+  return ((address & prefixMask(cidr.prefixLength)) >>> 0) === cidr.address;
+}
+
+/** Whether `inner` lies entirely inside `outer`. */
+export function containsCidr(outer: Ipv4Cidr, inner: Ipv4Cidr): boolean {
+  return inner.prefixLength >= outer.prefixLength && contains(outer, inner.address);
+}
+
+/** Whether the two CIDRs share any address (CIDRs either nest or are disjoint). */
+export function overlaps(a: Ipv4Cidr, b: Ipv4Cidr): boolean {
+  return containsCidr(a, b) || containsCidr(b, a);
+}
+
+/**
+ * The `n`th address of the CIDR, counting the network address as 0.
+ * @example
+ * formatIpv4(nthAddress(parseCidr('10.244.1.0/24'), 1)); // '10.244.1.1'
+ */
+export function nthAddress(cidr: Ipv4Cidr, n: number): number {
+  if (!Number.isSafeInteger(n) || n < 0 || n >= cidrSize(cidr)) {
+    throw new RangeError(`address index ${n} is outside ${formatCidr(cidr)} (0–${cidrSize(cidr) - 1})`);
+  }
+  return cidr.address + n;
+}
+
+/** Index of `address` in the CIDR (inverse of nthAddress); -1 if outside. */
+export function offsetOf(cidr: Ipv4Cidr, address: number): number {
+  return contains(cidr, address) ? address - cidr.address : -1;
+}
+
+function checkSplit(cidr: Ipv4Cidr, prefixLength: number): void {
+  if (!Number.isInteger(prefixLength) || prefixLength < cidr.prefixLength || prefixLength > 32) {
+    throw new RangeError(`cannot split ${formatCidr(cidr)} into /${prefixLength} subnets: prefix length must be ${cidr.prefixLength}–32`);
+  }
+}
+
+/** How many /`prefixLength` subnets the CIDR splits into. */
+export function subnetCount(cidr: Ipv4Cidr, prefixLength: number): number {
+  checkSplit(cidr, prefixLength);
+  return 2 ** (prefixLength - cidr.prefixLength);
+}
+
+/**
+ * The `index`th /`prefixLength` subnet of the CIDR; computed, not enumerated, since a /8 split
+ * into /28s has a million of them.
+ * @example
+ * formatCidr(nthSubnet(parseCidr('10.244.0.0/16'), 24, 1)); // '10.244.1.0/24'
+ */
+export function nthSubnet(cidr: Ipv4Cidr, prefixLength: number, index: number): Ipv4Cidr {
+  const count = subnetCount(cidr, prefixLength);
+  if (!Number.isSafeInteger(index) || index < 0 || index >= count) {
+    throw new RangeError(`subnet index ${index} is outside 0–${count - 1} of ${formatCidr(cidr)} split into /${prefixLength}`);
+  }
+  return { address: cidr.address + index * 2 ** (32 - prefixLength), prefixLength };
+}
+
+/** Index of `subnet` among the /`subnet.prefixLength` subnets of `cidr`; -1 if not inside. */
+export function subnetIndex(cidr: Ipv4Cidr, subnet: Ipv4Cidr): number {
+  if (!containsCidr(cidr, subnet)) return -1;
+  return (subnet.address - cidr.address) / 2 ** (32 - subnet.prefixLength);
+}
+
+/**
+ * All /`prefixLength` subnets, lazily.
+ * @example
+ * [...split(parseCidr('10.0.0.0/23'), 24)].map(formatCidr); // ['10.0.0.0/24', '10.0.1.0/24']
+ */
+export function* split(cidr: Ipv4Cidr, prefixLength: number): Generator<Ipv4Cidr> {
+  const count = subnetCount(cidr, prefixLength);
+  for (let i = 0; i < count; i++) yield nthSubnet(cidr, prefixLength, i);
+}
