@@ -10,7 +10,7 @@ import type { StateStore } from '../store/index.ts';
 import { Reconciler, Table } from '../statedb/index.ts';
 import { ip, ipBatch, linkDetails, NetlinkError } from '../datapath/netlink.ts';
 import { ApiError } from './api-server.ts';
-import { type Endpoint, endpointKey, hostInterfaceName, MAX_ENDPOINT_ID } from './endpoint.ts';
+import { type Endpoint, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID } from './endpoint.ts';
 
 /** The kernel side of an endpoint (programs, links, map entries); implemented in src/datapath. */
 export interface EndpointDatapath {
@@ -41,7 +41,7 @@ const STORE_PREFIX = 'endpoints/';
 const UNMANAGED_IDENTITY = 3;
 
 export class EndpointManager {
-  readonly table = new Table<Endpoint>('endpoints', (ep) => endpointKey(ep.containerId, ep.ifname), { equals: sameEndpoint });
+  readonly table = new Table<Endpoint>('endpoints', (ep) => containerInterfaceKey(ep.containerId, ep.ifname), { equals: sameEndpoint });
   readonly #reconciler: Reconciler<Endpoint>;
   readonly #store: StateStore;
   readonly #ipam: AddressAllocator;
@@ -94,6 +94,11 @@ export class EndpointManager {
     return this.#reconciler.status(key);
   }
 
+  /** Endpoints whose datapath could not be realized, with the reason. */
+  failures() {
+    return this.#reconciler.failures().map(([key, status]) => ({ endpoint: key, error: status.error, attempts: status.attempts }));
+  }
+
   #serialize<T>(key: string, work: () => Promise<T>): Promise<T> {
     const previous = this.#busy.get(key) ?? Promise.resolve();
     const next = previous.catch(() => undefined).then(work);
@@ -105,11 +110,11 @@ export class EndpointManager {
   }
 
   add(request: AddEndpointRequest): Promise<Endpoint> {
-    return this.#serialize(endpointKey(request.containerId, request.ifname), () => this.#add(request));
+    return this.#serialize(containerInterfaceKey(request.containerId, request.ifname), () => this.#add(request));
   }
 
   async #add(request: AddEndpointRequest): Promise<Endpoint> {
-    const key = endpointKey(request.containerId, request.ifname);
+    const key = containerInterfaceKey(request.containerId, request.ifname);
     const existing = this.table.get(key);
     if (existing) {
       throw new ApiError(409, 'ERR_ENDPOINT_EXISTS', `container ${request.containerId} already has interface ${request.ifname} (endpoint ${existing.id}, ${existing.ipv4}); delete it first`);
@@ -184,11 +189,11 @@ export class EndpointManager {
 
   /** CNI DEL: idempotent; deleting what does not exist succeeds. */
   delete(containerId: string, ifname: string): Promise<boolean> {
-    return this.#serialize(endpointKey(containerId, ifname), () => this.#delete(containerId, ifname));
+    return this.#serialize(containerInterfaceKey(containerId, ifname), () => this.#delete(containerId, ifname));
   }
 
   async #delete(containerId: string, ifname: string): Promise<boolean> {
-    const key = endpointKey(containerId, ifname);
+    const key = containerInterfaceKey(containerId, ifname);
     const endpoint = this.table.get(key);
     if (endpoint) {
       this.table.delete(key);

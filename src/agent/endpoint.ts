@@ -29,13 +29,13 @@ export interface Endpoint {
 }
 
 /** The key of an endpoint in tables and the store: container id and interface. */
-export function endpointKey(containerId: string, ifname: string): string {
+export function containerInterfaceKey(containerId: string, ifname: string): string {
   return `${containerId}/${ifname}`;
 }
 
 /** Host-side veth name: stable per container interface, within the 15-character limit. */
 export function hostInterfaceName(containerId: string, ifname: string): string {
-  return `lxc${createHash('sha256').update(endpointKey(containerId, ifname)).digest('hex').slice(0, 11)}`;
+  return `lxc${createHash('sha256').update(containerInterfaceKey(containerId, ifname)).digest('hex').slice(0, 11)}`;
 }
 
 export const MAX_ENDPOINT_ID = 4095;

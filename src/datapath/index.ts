@@ -9,3 +9,5 @@ export * from './maps.ts';
 export * from './events.ts';
 export * from './packet.ts';
 export * from './lxc.ts';
+export * from './endpoint-datapath.ts';
+export * from './netlink.ts';

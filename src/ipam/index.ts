@@ -14,5 +14,5 @@
 export * from './errors.ts';
 export * from './cidr.ts';
 export { ClusterPool, parseClusterPoolConfig, MAX_NODE_MASK_SIZE, type ClusterPoolConfig, type ClusterPoolSnapshot, type NodeCidrAllocation } from './cluster-pool.ts';
-export { NodeIpam, type NodeIpamOptions, type Allocation, type NodeIpamSnapshot } from './node-ipam.ts';
+export { NodeIpam, addressAllocator, type NodeIpamOptions, type Allocation, type NodeIpamSnapshot, type AddressAllocatorView } from './node-ipam.ts';
 export { IPAM_PREFIX, type NodeRecord, type CidrClaim, type IpRecord, type OwnerRecord } from './keys.ts';

@@ -13,7 +13,7 @@ import { LocalStateStore, MemoryStateStore, StoreError, type StateStore } from '
 import { contains, parseCidr, parseIpv4 } from './cidr.ts';
 import { ClusterPool } from './cluster-pool.ts';
 import { IpamError, type IpamExhaustedError } from './errors.ts';
-import { NodeIpam } from './node-ipam.ts';
+import { NodeIpam, addressAllocator } from './node-ipam.ts';
 
 const POOL = { clusterCidr: '10.244.0.0/16', nodeMaskSize: 24 };
 
@@ -216,4 +216,17 @@ test('node ipam: nodes sharing a store allocate from their own CIDRs only', asyn
       { ip: a.lookup('y'), owner: 'y' },
     ],
   });
+});
+
+test('node ipam: the endpoint manager\'s allocator view (owner "<container>/<ifname>")', async () => {
+  const store = new MemoryStateStore();
+  const ipam = await n1(store);
+  const allocator = addressAllocator(ipam);
+  assert.equal(allocator.gateway, '10.244.1.1');
+  const ip = await allocator.allocate('4f1c2a9e/eth0');
+  assert.equal(ip, '10.244.1.2');
+  assert.equal(await allocator.allocate('4f1c2a9e/eth0'), ip);
+  await allocator.release('4f1c2a9e/eth0');
+  await allocator.release('4f1c2a9e/eth0');
+  assert.equal(ipam.used, 0);
 });

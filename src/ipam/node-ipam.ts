@@ -307,3 +307,27 @@ export class NodeIpam {
     return new IpamError('ERR_IPAM_CONFLICT', `ipam: ${operation} on node ${this.nodeName}: lost ${MAX_ATTEMPTS} compare-and-swap rounds to other writers`);
   }
 }
+
+/**
+ * The narrow view of a NodeIpam that the endpoint manager takes (its `AddressAllocator`):
+ * addresses as strings, the router address as the pods' gateway.
+ */
+export interface AddressAllocatorView {
+  allocate(owner: string): Promise<string>;
+  release(owner: string): Promise<void>;
+  readonly gateway: string;
+}
+
+/**
+ * @example
+ * new EndpointManager({ store, ipam: addressAllocator(await NodeIpam.open({ store, nodeName, pool })), … });
+ */
+export function addressAllocator(ipam: NodeIpam): AddressAllocatorView {
+  return {
+    allocate: async (owner) => (await ipam.allocate(owner)).ip,
+    release: async (owner) => {
+      await ipam.release(owner);
+    },
+    gateway: ipam.routerIp,
+  };
+}

@@ -233,8 +233,6 @@ export class LocalStateStore implements StateStore {
   async #append(operation: string, data: Buffer): Promise<void> {
     try {
       await writeAll(this.#journal, data);
-      await this.#journal.datasync();
-      this.#journalSize += data.length;
     } catch (cause) {
       // Cut off whatever part of the line made it, so the next append starts on a line boundary.
       try {
@@ -244,6 +242,15 @@ export class LocalStateStore implements StateStore {
       }
       throw ioError(`${operation}: appending to the journal`, cause);
     }
+    try {
+      await this.#journal.datasync();
+    } catch (cause) {
+      // After a failed fsync the kernel may have dropped the dirty pages and a retry can report
+      // success for data that never reached the disk: stop, and let a reopen read back the truth.
+      this.#fail(operation, cause);
+      throw ioError(`${operation}: syncing the journal`, cause);
+    }
+    this.#journalSize += data.length;
   }
 
   async #compact(): Promise<void> {

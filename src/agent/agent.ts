@@ -1,0 +1,183 @@
+/**
+ * One node's agent: the state store, IPAM, node networking, the endpoint datapath and the local
+ * API, started in that order and stopped in reverse. Killing the agent leaves the datapath
+ * running (maps and links are pinned); starting it again adopts what it finds.
+ * @module
+ */
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { z } from 'zod';
+import { EndpointDatapath, ip, ipBatch, linkDetails, sysctl } from '../datapath/index.ts';
+import { addressAllocator, NodeIpam } from '../ipam/index.ts';
+import { LocalStateStore, type StateStore } from '../store/index.ts';
+import { ApiError, ApiServer } from './api-server.ts';
+import type { AgentConfig } from './config.ts';
+import { EndpointManager } from './endpoint-manager.ts';
+import { Lifecycle } from './lifecycle.ts';
+import { readBpfState } from './bpf-state.ts';
+
+export const VERSION = '0.1.0';
+/** Holds the node's router address, so pods reach their node at their gateway. */
+export const HOST_DEVICE = 'ciliate_host';
+
+export interface NodeRecord {
+  name: string;
+  podCidr: string;
+  routerIp: string;
+  routingMode: AgentConfig['routingMode'];
+  agentVersion: string;
+  startedAt: string;
+}
+
+const AddEndpointBody = z
+  .object({
+    containerId: z.string().min(1).max(256),
+    ifname: z.string().min(1).max(15).regex(/^[^\s/]+$/, 'must be an interface name'),
+    netns: z.string().min(1).startsWith('/', 'must be an absolute path to a network namespace'),
+    labels: z.record(z.string(), z.string()).optional(),
+    podName: z.string().optional(),
+    namespace: z.string().optional(),
+  })
+  .strict();
+
+export class Agent {
+  readonly config: AgentConfig;
+  readonly log: Logger;
+  readonly startedAt = Date.now();
+  readonly #lifecycle: Lifecycle;
+  #store: StateStore | undefined;
+  #ipam: NodeIpam | undefined;
+  #datapath: EndpointDatapath | undefined;
+  #endpoints: EndpointManager | undefined;
+  readonly #api: ApiServer;
+
+  constructor(config: AgentConfig, log: Logger) {
+    this.config = config;
+    this.log = log;
+    this.#lifecycle = new Lifecycle(log);
+    this.#api = new ApiServer(log.child({ module: 'api' }));
+    this.#register();
+  }
+
+  get endpoints(): EndpointManager {
+    if (!this.#endpoints) throw new Error('agent not started');
+    return this.#endpoints;
+  }
+
+  #register(): void {
+    const { config, log } = this;
+    this.#lifecycle.append({
+      name: 'store',
+      start: async () => {
+        if (config.store !== 'local') throw new ApiError(500, 'ERR_CONFIG', `store ${config.store}: not available yet; use store: local`);
+        this.#store = await LocalStateStore.open(join(config.stateDir, 'store'));
+      },
+      stop: () => this.#store?.close(),
+    });
+    this.#lifecycle.append({
+      name: 'ipam',
+      start: async () => {
+        this.#ipam = await NodeIpam.open({
+          store: this.#store!,
+          nodeName: config.nodeName,
+          pool: { clusterCidr: config.clusterCidr, nodeMaskSize: config.nodeCidrMaskSize },
+        });
+        const node: NodeRecord = {
+          name: config.nodeName,
+          podCidr: this.#ipam.cidr,
+          routerIp: this.#ipam.routerIp,
+          routingMode: config.routingMode,
+          agentVersion: VERSION,
+          startedAt: new Date(this.startedAt).toISOString(),
+        };
+        await this.#store!.put(`nodes/${config.nodeName}`, node);
+        log.info({ podCidr: node.podCidr, router: node.routerIp }, 'node registered');
+      },
+    });
+    this.#lifecycle.append({ name: 'node-networking', start: () => this.#setUpNodeNetworking() });
+    this.#lifecycle.append({
+      name: 'datapath',
+      start: () => {
+        this.#datapath = new EndpointDatapath(config.bpfRoot, log.child({ module: 'datapath' }));
+      },
+      stop: () => this.#datapath?.close(),
+    });
+    this.#lifecycle.append({
+      name: 'endpoints',
+      start: async () => {
+        this.#endpoints = new EndpointManager({
+          store: this.#store!,
+          ipam: addressAllocator(this.#ipam!),
+          datapath: this.#datapath!,
+          log: log.child({ module: 'endpoints' }),
+          nodeName: config.nodeName,
+        });
+        await this.#endpoints.start();
+      },
+      stop: () => this.#endpoints?.stop(),
+    });
+    this.#lifecycle.append({
+      name: 'api',
+      start: async () => {
+        this.#routes();
+        await this.#api.listen(config.socketPath);
+        log.info({ socket: config.socketPath }, 'API listening');
+      },
+      stop: () => this.#api.close(),
+    });
+  }
+
+  async #setUpNodeNetworking(): Promise<void> {
+    await sysctl('net.ipv4.ip_forward', '1');
+    const routerIp = this.#ipam!.routerIp;
+    if (!(await linkDetails(HOST_DEVICE))) await ip(['link', 'add', HOST_DEVICE, 'type', 'dummy']);
+    await ipBatch([`addr replace ${routerIp}/32 dev ${HOST_DEVICE}`, `link set dev ${HOST_DEVICE} up`]);
+  }
+
+  #routes(): void {
+    const api = this.#api;
+    api.route('GET', '/v1/healthz', () => ({ ok: true }));
+    api.route('GET', '/v1/status', () => this.status());
+    api.route('GET', '/v1/endpoints', () => this.endpoints.list());
+    api.route('GET', '/v1/endpoints/:id', ({ params }) => {
+      const endpoint = this.endpoints.get(params.id);
+      if (!endpoint) throw new ApiError(404, 'ERR_ENDPOINT_NOT_FOUND', `no endpoint ${params.id}`);
+      return { ...endpoint, datapath: this.endpoints.status(`${endpoint.containerId}/${endpoint.ifname}`) };
+    });
+    api.route('POST', '/v1/endpoints', async ({ body }) => {
+      const parsed = AddEndpointBody.safeParse(body);
+      if (!parsed.success) {
+        const issue = parsed.error.issues[0];
+        throw new ApiError(400, 'ERR_BAD_REQUEST', `endpoint request: field ${issue.path.join('.') || '(body)'}: ${issue.message}`);
+      }
+      return this.endpoints.add(parsed.data);
+    });
+    api.route('DELETE', '/v1/endpoints/:containerId/:ifname', async ({ params }) => ({
+      deleted: await this.endpoints.delete(params.containerId, params.ifname),
+    }));
+    api.route('GET', '/v1/nodes', async () => (await this.#store!.list<NodeRecord>('nodes/')).entries.map((e) => e.value));
+    api.route('GET', '/v1/bpf/:map', ({ params }) => readBpfState(this.config.bpfRoot, params.map));
+  }
+
+  status() {
+    const ipam = this.#ipam?.snapshot();
+    return {
+      node: this.config.nodeName,
+      version: VERSION,
+      uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+      store: { kind: this.config.store, revision: this.#store?.revision },
+      routingMode: this.config.routingMode,
+      ipam: ipam && { podCidr: ipam.cidr, routerIp: ipam.routerIp, used: ipam.used, capacity: ipam.capacity },
+      endpoints: this.#endpoints?.list().length ?? 0,
+      datapath: { bpfRoot: this.config.bpfRoot, failures: this.#endpoints ? this.#endpoints.failures() : [] },
+    };
+  }
+
+  async start(): Promise<void> {
+    await this.#lifecycle.start();
+  }
+
+  async stop(): Promise<void> {
+    await this.#lifecycle.stop();
+  }
+}

@@ -1,0 +1,123 @@
+/**
+ * Realizes endpoints in the kernel: one copy of bpf_lxc per endpoint attached through TCX to its
+ * host-side veth, links pinned under <bpfRoot>/endpoints/<id>/, and the endpoint's entry in the
+ * shared ciliate_lxc map. Pinned links keep pods connected while no agent runs; a restarted agent
+ * adopts a pinned link that still serves the right interface instead of reloading it.
+ * @module
+ */
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { attachTcx, BpfError, BpfMap, Link, unpinLink, type TcxDirection } from '../ebpf/index.ts';
+import { LxcProgram, loadLxc } from './lxc.ts';
+import { endpointInfo, endpointKey, ipcacheKey, MapName, remoteEndpointInfo, type EndpointInfo, type RemoteEndpointInfo } from './maps.ts';
+
+/** What the datapath needs to know of an endpoint. */
+export interface DatapathEndpoint {
+  id: number;
+  ipv4: string;
+  mac: string;
+  hostIfname: string;
+  hostIfindex: number;
+  hostMac: string;
+  identity: number;
+}
+
+const ATTACHMENTS: readonly { program: string; direction: TcxDirection; pin: string }[] = [
+  { program: LxcProgram.FROM_CONTAINER, direction: 'ingress', pin: 'from-container' },
+  { program: LxcProgram.TO_CONTAINER, direction: 'egress', pin: 'to-container' },
+];
+
+export class EndpointDatapath {
+  readonly bpfRoot: string;
+  readonly mapsDir: string;
+  readonly #log: Logger;
+  readonly lxc: BpfMap<{ ip: string }, EndpointInfo>;
+  readonly ipcache: BpfMap<{ prefixlen: number; ip: string }, RemoteEndpointInfo>;
+
+  /** Opens (creating on first run) the node's shared maps under `bpfRoot`/maps. */
+  constructor(bpfRoot: string, log: Logger) {
+    this.bpfRoot = bpfRoot;
+    this.mapsDir = join(bpfRoot, 'maps');
+    this.#log = log;
+    mkdirSync(this.mapsDir, { recursive: true });
+    mkdirSync(join(bpfRoot, 'endpoints'), { recursive: true });
+    if (!existsSync(join(this.mapsDir, MapName.LXC))) {
+      // Loading once with pins creates every shared map with the object's own definitions.
+      loadLxc({ endpointId: 0, identity: 0, pinDir: this.mapsDir }).close();
+    }
+    this.lxc = BpfMap.openPinned(join(this.mapsDir, MapName.LXC), endpointKey, endpointInfo);
+    this.ipcache = BpfMap.openPinned(join(this.mapsDir, MapName.IPCACHE), ipcacheKey, remoteEndpointInfo);
+  }
+
+  #endpointDir(id: number): string {
+    return join(this.bpfRoot, 'endpoints', String(id));
+  }
+
+  realize(endpoint: DatapathEndpoint): void {
+    const dir = this.#endpointDir(endpoint.id);
+    mkdirSync(dir, { recursive: true });
+    const adopted = ATTACHMENTS.every(({ pin }) => this.#servesInterface(join(dir, pin), endpoint.hostIfindex));
+    if (!adopted) {
+      for (const { pin } of ATTACHMENTS) unpinLink(join(dir, pin));
+      const obj = loadLxc({ endpointId: endpoint.id, identity: endpoint.identity, pinDir: this.mapsDir });
+      try {
+        for (const { program, direction, pin } of ATTACHMENTS) {
+          const link = attachTcx(obj.program(program), { interface: endpoint.hostIfindex, direction });
+          try {
+            link.pin(join(dir, pin));
+          } finally {
+            link.close();
+          }
+        }
+      } finally {
+        obj.close();
+      }
+    }
+    const info: EndpointInfo = {
+      ifindex: endpoint.hostIfindex,
+      lxc_id: endpoint.id,
+      flags: 0,
+      mac: endpoint.mac,
+      node_mac: endpoint.hostMac,
+      sec_identity: endpoint.identity,
+    };
+    const current = this.lxc.lookup({ ip: endpoint.ipv4 });
+    if (!current || JSON.stringify(current) !== JSON.stringify(info)) this.lxc.update({ ip: endpoint.ipv4 }, info);
+    const cached = this.ipcache.lookup({ prefixlen: 32, ip: endpoint.ipv4 });
+    if (cached?.sec_identity !== endpoint.identity) {
+      this.ipcache.update({ prefixlen: 32, ip: endpoint.ipv4 }, { sec_identity: endpoint.identity, tunnel_endpoint: '0.0.0.0', flags: 0 });
+    }
+    this.#log.debug({ endpoint: endpoint.id, adopted }, adopted ? 'adopted pinned datapath' : 'attached datapath');
+  }
+
+  /** Whether a pinned link exists and is still attached to this interface. */
+  #servesInterface(path: string, ifindex: number): boolean {
+    if (!existsSync(path)) return false;
+    try {
+      const link = Link.openPinned(path);
+      try {
+        return link.info().ifindex === ifindex;
+      } finally {
+        link.close();
+      }
+    } catch (error) {
+      if (BpfError.is(error)) return false;
+      throw error;
+    }
+  }
+
+  remove(endpoint: DatapathEndpoint): void {
+    const dir = this.#endpointDir(endpoint.id);
+    for (const { pin } of ATTACHMENTS) unpinLink(join(dir, pin));
+    rmSync(dir, { recursive: true, force: true });
+    const current = this.lxc.lookup({ ip: endpoint.ipv4 });
+    if (current?.lxc_id === endpoint.id) this.lxc.delete({ ip: endpoint.ipv4 });
+    this.ipcache.delete({ prefixlen: 32, ip: endpoint.ipv4 });
+  }
+
+  close(): void {
+    this.lxc.close();
+    this.ipcache.close();
+  }
+}
