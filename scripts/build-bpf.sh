@@ -13,7 +13,7 @@ if [ ! -s build/include/vmlinux.h ]; then
 fi
 compile() {
   local src=$1 obj=$2
-  if [ "$obj" -nt "$src" ] && [ -z "$(find bpf/lib src/ebpf/testdata -name '*.h' -newer "$obj" 2>/dev/null)" ]; then return 0; fi
+  if [ "$obj" -nt "$src" ] && [ -z "$(find bpf src/ebpf/testdata src/ebpf/include -name '*.h' -newer "$obj" 2>/dev/null)" ]; then return 0; fi
   "$CLANG" -target bpf -O2 -g -D__TARGET_ARCH_x86 -Wall -Werror -Wno-unused-function \
     -I build/include -I bpf -I bpf/lib -I src/ebpf/include -c "$src" -o "$obj"
 }

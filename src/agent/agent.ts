@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import { EndpointDatapath, ip, ipBatch, linkDetails, sysctl } from '../datapath/index.ts';
 import { addressAllocator, NodeIpam } from '../ipam/index.ts';
-import { LocalStateStore, type StateStore } from '../store/index.ts';
+import { LocalStateStore, StoreError, type StateStore } from '../store/index.ts';
 import { ApiError, ApiServer } from './api-server.ts';
 import type { AgentConfig } from './config.ts';
 import { EndpointManager } from './endpoint-manager.ts';
@@ -19,6 +19,7 @@ import { readBpfState } from './bpf-state.ts';
 export const VERSION = '0.1.0';
 /** Holds the node's router address, so pods reach their node at their gateway. */
 export const HOST_DEVICE = 'ciliate_host';
+export const HOST_PEER_DEVICE = 'ciliate_net';
 
 export interface NodeRecord {
   name: string;
@@ -70,7 +71,7 @@ export class Agent {
       name: 'store',
       start: async () => {
         if (config.store !== 'local') throw new ApiError(500, 'ERR_CONFIG', `store ${config.store}: not available yet; use store: local`);
-        this.#store = await LocalStateStore.open(join(config.stateDir, 'store'));
+        this.#store = await openStoreWaitingForLock(join(config.stateDir, 'store'), log);
       },
       stop: () => this.#store?.close(),
     });
@@ -130,8 +131,9 @@ export class Agent {
   async #setUpNodeNetworking(): Promise<void> {
     await sysctl('net.ipv4.ip_forward', '1');
     const routerIp = this.#ipam!.routerIp;
-    if (!(await linkDetails(HOST_DEVICE))) await ip(['link', 'add', HOST_DEVICE, 'type', 'dummy']);
-    await ipBatch([`addr replace ${routerIp}/32 dev ${HOST_DEVICE}`, `link set dev ${HOST_DEVICE} up`]);
+    // A veth pair, as Cilium's cilium_host/cilium_net: this kernel may lack dummy devices.
+    if (!(await linkDetails(HOST_DEVICE))) await ip(['link', 'add', HOST_DEVICE, 'type', 'veth', 'peer', 'name', HOST_PEER_DEVICE]);
+    await ipBatch([`addr replace ${routerIp}/32 dev ${HOST_DEVICE}`, `link set dev ${HOST_DEVICE} up`, `link set dev ${HOST_PEER_DEVICE} up`]);
   }
 
   #routes(): void {
@@ -179,5 +181,25 @@ export class Agent {
 
   async stop(): Promise<void> {
     await this.#lifecycle.stop();
+  }
+}
+
+/** How long a starting agent waits for the store lock of a predecessor that is still exiting. */
+const LOCK_WAIT_MS = 10_000;
+
+/**
+ * Opens the local store, waiting while another process holds its lock: an agent restarted right
+ * after a kill -9 can find the old process still tearing down (closing BPF fds takes RCU grace periods).
+ */
+async function openStoreWaitingForLock(dir: string, log: Logger): Promise<StateStore> {
+  const deadline = Date.now() + LOCK_WAIT_MS;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await LocalStateStore.open(dir);
+    } catch (error) {
+      if (!StoreError.is(error, 'ERR_STORE_LOCKED') || Date.now() > deadline) throw error;
+      if (attempt === 0) log.warn({ err: error }, 'state store is locked; waiting for its holder to exit');
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
   }
 }

@@ -8,6 +8,8 @@ import { Command } from 'commander';
 import { BpfError } from '../ebpf/index.ts';
 import { registerBpfCommands } from './bpf.ts';
 import { registerDemoCommand } from './demo.ts';
+import { registerAgentCommands } from './agent.ts';
+import { AgentApiError, ConfigError } from '../agent/index.ts';
 
 export function buildProgram(): Command {
   const program = new Command('ciliate')
@@ -16,6 +18,7 @@ export function buildProgram(): Command {
     .configureOutput({ outputError: (text, write) => write(text) });
   registerBpfCommands(program);
   registerDemoCommand(program);
+  registerAgentCommands(program);
   return program;
 }
 
@@ -23,7 +26,7 @@ async function main(argv: string[]): Promise<void> {
   try {
     await buildProgram().parseAsync(argv);
   } catch (error) {
-    if (BpfError.is(error)) {
+    if (BpfError.is(error) || error instanceof AgentApiError || error instanceof ConfigError) {
       process.stderr.write(`ciliate: ${error.message}\n`);
       process.exitCode = 1;
       return;

@@ -5,8 +5,8 @@
  * adopts a pinned link that still serves the right interface instead of reloading it.
  * @module
  */
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { attachTcx, BpfError, BpfMap, Link, unpinLink, type TcxDirection } from '../ebpf/index.ts';
 import { LxcProgram, loadLxc } from './lxc.ts';
@@ -40,6 +40,7 @@ export class EndpointDatapath {
     this.bpfRoot = bpfRoot;
     this.mapsDir = join(bpfRoot, 'maps');
     this.#log = log;
+    assertOnBpffs(bpfRoot);
     mkdirSync(this.mapsDir, { recursive: true });
     mkdirSync(join(bpfRoot, 'endpoints'), { recursive: true });
     if (!existsSync(join(this.mapsDir, MapName.LXC))) {
@@ -119,5 +120,27 @@ export class EndpointDatapath {
   close(): void {
     this.lxc.close();
     this.ipcache.close();
+  }
+}
+
+/**
+ * Pins only survive on a bpf filesystem. `ip netns exec` remounts /sys without it, which would
+ * otherwise surface much later as an obscure pinning error.
+ */
+function assertOnBpffs(path: string): void {
+  const mounts = readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((line) => line.split(' '))
+    .filter((fields) => fields.length > 9)
+    .map((fields) => ({ mountPoint: fields[4], type: fields[fields.indexOf('-') + 1] }));
+  const resolved = resolve(path);
+  const covering = mounts
+    .filter((m) => resolved === m.mountPoint || resolved.startsWith(m.mountPoint.endsWith('/') ? m.mountPoint : `${m.mountPoint}/`))
+    .sort((a, b) => b.mountPoint.length - a.mountPoint.length)[0];
+  if (covering?.type !== 'bpf') {
+    throw new BpfError(
+      'ERR_INVALID_ARGUMENT',
+      `datapath: bpf root ${path} is on ${covering?.type ?? 'no'} filesystem, not bpffs: mount it (mount -t bpf bpf /sys/fs/bpf); note that \`ip netns exec\` hides it by remounting /sys — use nsenter --net instead`,
+    );
   }
 }

@@ -4,6 +4,7 @@
  * Everything else goes through raw bpf(2) in sys.ts.
  * @module
  */
+import { isMainThread } from 'node:worker_threads';
 import koffi from 'koffi';
 
 const lib = koffi.load('libbpf.so.1');
@@ -62,7 +63,9 @@ const printCallback = koffi.register((level: number, fmt: string, args: unknown)
   if (libbpfMessages.length > MAX_MESSAGES) libbpfMessages.splice(0, libbpfMessages.length - MAX_MESSAGES);
   return 0;
 }, koffi.pointer(PrintFn));
-setPrint(printCallback);
+// The print function is process-wide: one registered from a worker thread would be called after
+// that worker exits and abort the process. Only the main thread routes libbpf's messages to us.
+if (isMainThread) setPrint(printCallback);
 
 /** Reads a C string returned by libbpf (koffi already decodes `const char *`). */
 export function str(value: unknown): string {

@@ -1,0 +1,109 @@
+/**
+ * `ciliate agent` and the commands that ask a running agent: status, endpoint, node, bpf … list.
+ * @module
+ */
+import { type Command, Option } from 'commander';
+import { AgentClient, loadConfig, runAgent, type AgentConfig, type Endpoint, type NodeRecord } from '../agent/index.ts';
+import { formatTable, outputOption, type OutputFormat } from './output.ts';
+
+function socketOption(): Option {
+  return new Option('--socket <path>', 'agent API socket').env('CILIATE_SOCKET_PATH').default('/var/run/ciliate/ciliate.sock');
+}
+
+function print(format: OutputFormat, value: unknown, table: () => string): void {
+  process.stdout.write(`${format === 'json' ? JSON.stringify(value, null, 2) : table()}\n`);
+}
+
+export function registerAgentCommands(program: Command): void {
+  program
+    .command('agent')
+    .description('run the node agent (flags override CILIATE_* environment variables, which override --config)')
+    .option('--config <file>', 'YAML configuration file')
+    .option('--node-name <name>', 'this node\'s name')
+    .option('--state-dir <dir>', 'state directory of the embedded store')
+    .option('--socket-path <path>', 'API socket')
+    .option('--bpf-root <dir>', 'bpffs directory for pinned maps and links')
+    .option('--cluster-cidr <cidr>', 'pod addresses of the whole cluster')
+    .option('--node-cidr-mask-size <n>', 'prefix length of each node\'s pod CIDR', (v) => Number.parseInt(v, 10))
+    .option('--routing-mode <mode>', 'tunnel or native')
+    .option('--node-ip <ip>', 'this node\'s underlay address')
+    .option('--log-level <level>', 'trace, debug, info, warn or error')
+    .action(async (options: Partial<AgentConfig> & { config?: string }) => {
+      const { config: file, ...flags } = options;
+      await runAgent(loadConfig({ file, env: process.env, flags }));
+    });
+
+  program
+    .command('status')
+    .description('the agent\'s health, IPAM and datapath state')
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (options: { socket: string; output: OutputFormat }) => {
+      const status = await new AgentClient(options.socket).get<Record<string, unknown>>('/v1/status');
+      print(options.output, status, () => formatStatus(status));
+    });
+
+  const endpoint = program.command('endpoint').description('endpoints (pod interfaces) on this node');
+  endpoint
+    .command('list')
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (options: { socket: string; output: OutputFormat }) => {
+      const endpoints = await new AgentClient(options.socket).get<Endpoint[]>('/v1/endpoints');
+      print(options.output, endpoints, () =>
+        formatTable(
+          ['ID', 'IDENTITY', 'IPV4', 'INTERFACE', 'CONTAINER', 'POD'],
+          endpoints.map((ep) => [String(ep.id), String(ep.identity), ep.ipv4, ep.hostIfname, ep.containerId.slice(0, 12), ep.podName ? `${ep.namespace ?? 'default'}/${ep.podName}` : '']),
+        ),
+      );
+    });
+  endpoint
+    .command('get <id>')
+    .description('one endpoint, by id or container id')
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (id: string, options: { socket: string; output: OutputFormat }) => {
+      const ep = await new AgentClient(options.socket).get<Endpoint & { datapath?: unknown }>(`/v1/endpoints/${encodeURIComponent(id)}`);
+      print(options.output, ep, () => formatTable(['FIELD', 'VALUE'], Object.entries(ep).map(([k, v]) => [k, typeof v === 'object' ? JSON.stringify(v) : String(v)])));
+    });
+
+  program
+    .command('node')
+    .description('nodes of the cluster')
+    .command('list')
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (options: { socket: string; output: OutputFormat }) => {
+      const nodes = await new AgentClient(options.socket).get<NodeRecord[]>('/v1/nodes');
+      print(options.output, nodes, () => formatTable(['NAME', 'POD CIDR', 'ROUTER', 'ROUTING', 'VERSION'], nodes.map((n) => [n.name, n.podCidr, n.routerIp, n.routingMode, n.agentVersion])));
+    });
+}
+
+/** `ciliate bpf endpoint|ipcache|ct list`, added to the existing `bpf` command. */
+export function registerBpfMapCommands(bpf: Command): void {
+  for (const name of ['endpoint', 'ipcache', 'ct'] as const) {
+    bpf
+      .command(name)
+      .description(`the datapath's ${name} map`)
+      .command('list')
+      .addOption(socketOption())
+      .addOption(outputOption())
+      .action(async (options: { socket: string; output: OutputFormat }) => {
+        const entries = await new AgentClient(options.socket).get<{ key: Record<string, unknown>; value: Record<string, unknown> }[]>(`/v1/bpf/${name}`);
+        print(options.output, entries, () => {
+          if (entries.length === 0) return '(empty)';
+          const keys = Object.keys(entries[0].key);
+          const values = Object.keys(entries[0].value);
+          // A value field named like a key field (flags) is shown as value.flags.
+          const header = [...keys, ...values.map((k) => (keys.includes(k) ? `value.${k}` : k))].map((k) => k.toUpperCase());
+          return formatTable(header, entries.map((e) => [...keys.map((k) => String(e.key[k])), ...values.map((k) => String(e.value[k]))]));
+        });
+      });
+  }
+}
+
+function formatStatus(status: Record<string, unknown>): string {
+  return Object.entries(status)
+    .map(([key, value]) => `${`${key}:`.padEnd(16)}${typeof value === 'object' && value !== null ? JSON.stringify(value) : String(value)}`)
+    .join('\n');
+}
