@@ -105,6 +105,8 @@ export class EndpointManager {
     const tracked = next.finally(() => {
       if (this.#busy.get(key) === tracked) this.#busy.delete(key);
     });
+    // The caller handles `next`; this copy only orders later requests and must not surface twice.
+    tracked.catch(() => undefined);
     this.#busy.set(key, tracked);
     return next;
   }

@@ -1,0 +1,79 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { AgentApiError, type Endpoint } from '../src/agent/index.ts';
+import { TestNode, echo, echoServer, inNs, ping, sleep, streamConnection } from './support/cluster.ts';
+
+test('pods on one node reach each other and their node over ICMP, TCP and UDP', async (t) => {
+  const node = await TestNode.start(t);
+  const a = await node.addPod(t);
+  const b = await node.addPod(t);
+  assert.notEqual(a.endpoint.ipv4, b.endpoint.ipv4);
+  await echoServer(t, b.netns, 7000);
+  await echoServer(t, a.netns, 7000);
+  assert.ok(await ping(a.netns, b.endpoint.ipv4), 'a → b ICMP');
+  assert.ok(await ping(b.netns, a.endpoint.ipv4), 'b → a ICMP');
+  assert.ok(await echo(a.netns, 'tcp', b.endpoint.ipv4, 7000), 'a → b TCP');
+  assert.ok(await echo(b.netns, 'tcp', a.endpoint.ipv4, 7000), 'b → a TCP');
+  assert.ok(await echo(a.netns, 'udp', b.endpoint.ipv4, 7000), 'a → b UDP');
+  const status = await node.client.get<{ ipam: { routerIp: string } }>('/v1/status');
+  assert.ok(await ping(a.netns, status.ipam.routerIp), 'pod → its node (router address)');
+
+  const ct = await node.client.get<{ key: { saddr: string; daddr: string; dport: number } }[]>('/v1/bpf/ct');
+  assert.ok(ct.some((e) => e.key.saddr === a.endpoint.ipv4 && e.key.daddr === b.endpoint.ipv4 && e.key.dport === 7000), 'the TCP connection is in conntrack');
+  const lxc = await node.client.get<{ key: { ip: string }; value: { lxc_id: number } }[]>('/v1/bpf/endpoint');
+  assert.deepEqual(lxc.map((e) => e.value.lxc_id).sort(), [a.endpoint.id, b.endpoint.id].sort());
+});
+
+test('a kill -9 of the agent drops no established connection, and the restarted agent adopts the datapath', async (t) => {
+  const node = await TestNode.start(t);
+  const a = await node.addPod(t);
+  const b = await node.addPod(t);
+  await echoServer(t, b.netns, 7001);
+  const stream = streamConnection(t, a.netns, b.endpoint.ipv4, 7001);
+  await sleep(500);
+  assert.ok(stream.received() > 0, 'the stream is flowing');
+
+  await node.stopAgent('SIGKILL');
+  const atKill = stream.received();
+  await sleep(600);
+  assert.ok(stream.received() > atKill, 'echoes keep coming with no agent running');
+  assert.ok(await ping(a.netns, b.endpoint.ipv4), 'new traffic flows with no agent running');
+
+  node.log = '';
+  await node.startAgent();
+  const endpoints = await node.client.get<Endpoint[]>('/v1/endpoints');
+  assert.deepEqual(endpoints.map((ep) => [ep.id, ep.ipv4]).sort(), [[a.endpoint.id, a.endpoint.ipv4], [b.endpoint.id, b.endpoint.ipv4]].sort());
+  assert.match(node.log, /adopted pinned datapath/);
+  assert.doesNotMatch(node.log, /"attached datapath"/);
+  const afterRestart = stream.received();
+  await sleep(400);
+  assert.ok(stream.alive() && stream.received() > afterRestart, 'the connection survived the restart');
+  assert.ok(await echo(a.netns, 'tcp', b.endpoint.ipv4, 7001), 'new connections work after the restart');
+});
+
+test('bad endpoint requests get clear errors and leave nothing half-created', async (t) => {
+  const node = await TestNode.start(t, { clusterCidr: '10.244.0.0/16', nodeCidrMaskSize: 30 });
+  const first = await node.addPod(t, 'dup-container');
+  const rejects = async (body: unknown, code: string, message: RegExp) => {
+    await assert.rejects(node.client.call('POST', '/v1/endpoints', body), (error: unknown) => {
+      assert.ok(error instanceof AgentApiError, String(error));
+      assert.equal(error.code, code);
+      assert.match(error.message, message);
+      return true;
+    });
+  };
+  await rejects({ containerId: 'dup-container', ifname: 'eth0', netns: first.endpoint.netns }, 'ERR_ENDPOINT_EXISTS', /dup-container already has interface eth0/);
+  await rejects({ containerId: 'x', ifname: 'eth0', netns: '/run/netns/does-not-exist' }, 'ERR_BAD_NETNS', /does-not-exist does not exist/);
+  await rejects({ containerId: 'x', ifname: 'eth0' }, 'ERR_BAD_REQUEST', /field netns/);
+  await rejects({ containerId: 'x', ifname: 'eth0', netns: 'relative', extra: 1 }, 'ERR_BAD_REQUEST', /field/);
+
+  const linksBefore = await inNs(node.netns, 'ip', ['-o', 'link']);
+  const pod = await node.addPod(t).catch((error: unknown) => error);
+  assert.ok(pod instanceof AgentApiError && pod.code === 'ERR_IPAM_EXHAUSTED', `second pod on a /30 node: ${String(pod)}`);
+  assert.match(pod.message, /exhausted: 1 of 1 addresses in use/);
+  assert.equal(await inNs(node.netns, 'ip', ['-o', 'link']), linksBefore, 'no veth left behind');
+  const status = await node.client.get<{ ipam: { used: number }; endpoints: number }>('/v1/status');
+  assert.equal(status.ipam.used, 1);
+  assert.equal(status.endpoints, 1);
+  assert.ok(await ping(first.netns, (await node.client.get<{ ipam: { routerIp: string } }>('/v1/status')).ipam.routerIp), 'the existing pod still works');
+});

@@ -1,0 +1,213 @@
+/**
+ * Test fixtures for the agent: a "node" (a network namespace with its own agent process, state
+ * directory and bpffs root), "pods" (network namespaces), and traffic helpers that run inside
+ * them. Everything is uniquely named and removed at the end of the test, even when it fails.
+ * @module
+ */
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { promisify } from 'node:util';
+import type { TestContext } from 'node:test';
+import { AgentClient, type Endpoint } from '../../src/agent/index.ts';
+
+const run = promisify(execFile);
+export const ROOT = join(import.meta.dirname, '..', '..');
+const CLI = join(ROOT, 'src', 'cli', 'main.ts');
+
+export function uniqueName(prefix: string): string {
+  return `${prefix}-${randomBytes(3).toString('hex')}`;
+}
+
+export async function addNetns(t: TestContext, prefix: string): Promise<string> {
+  const name = uniqueName(prefix);
+  await run('ip', ['netns', 'add', name]);
+  t.after(async () => {
+    await run('ip', ['netns', 'del', name]).catch(() => undefined);
+  });
+  await run('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
+  return name;
+}
+
+/** Runs a command inside a namespace without remounting /sys (unlike `ip netns exec`). */
+export async function inNs(netns: string, command: string, args: string[], timeoutMs = 20_000): Promise<string> {
+  const { stdout } = await run('nsenter', [`--net=/run/netns/${netns}`, command, ...args], { timeout: timeoutMs, encoding: 'utf8' });
+  return stdout;
+}
+
+export function spawnInNs(netns: string, command: string, args: string[]): ChildProcess {
+  return spawn('nsenter', [`--net=/run/netns/${netns}`, command, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+}
+
+export interface AgentOptions {
+  nodeName?: string;
+  clusterCidr?: string;
+  nodeCidrMaskSize?: number;
+}
+
+/** A node: its namespace and its agent. restart() kills the agent (-9 by default) and starts it again. */
+export class TestNode {
+  readonly netns: string;
+  readonly dir: string;
+  readonly bpfRoot: string;
+  readonly socket: string;
+  readonly client: AgentClient;
+  readonly options: AgentOptions;
+  agent: ChildProcess | undefined;
+  log = '';
+
+  private constructor(netns: string, options: AgentOptions) {
+    this.netns = netns;
+    this.options = options;
+    this.dir = mkdtempSync(join(tmpdir(), 'ciliate-test-node-'));
+    this.bpfRoot = `/sys/fs/bpf/${uniqueName('ciliate-test')}`;
+    this.socket = join(this.dir, 'api.sock');
+    this.client = new AgentClient(this.socket, 20_000);
+  }
+
+  static async start(t: TestContext, options: AgentOptions = {}): Promise<TestNode> {
+    const netns = await addNetns(t, 'ctn');
+    const node = new TestNode(netns, options);
+    t.after(async () => {
+      await node.stopAgent('SIGKILL');
+      rmSync(node.bpfRoot, { recursive: true, force: true });
+      rmSync(node.dir, { recursive: true, force: true });
+    });
+    await node.startAgent();
+    return node;
+  }
+
+  async startAgent(): Promise<void> {
+    const args = [
+      CLI, 'agent',
+      '--node-name', this.options.nodeName ?? 'n1',
+      '--state-dir', join(this.dir, 'state'),
+      '--socket-path', this.socket,
+      '--bpf-root', this.bpfRoot,
+      '--log-level', 'debug',
+    ];
+    if (this.options.clusterCidr) args.push('--cluster-cidr', this.options.clusterCidr);
+    if (this.options.nodeCidrMaskSize) args.push('--node-cidr-mask-size', String(this.options.nodeCidrMaskSize));
+    const agent = spawnInNs(this.netns, process.execPath, args);
+    this.agent = agent;
+    agent.stdout?.on('data', (chunk: Buffer) => (this.log += chunk.toString()));
+    agent.stderr?.on('data', (chunk: Buffer) => (this.log += chunk.toString()));
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      if (agent.exitCode !== null) throw new Error(`agent exited with ${agent.exitCode}:\n${this.log}`);
+      if (existsSync(this.socket)) {
+        try {
+          await this.client.get('/v1/healthz');
+          return;
+        } catch {
+          // not yet listening
+        }
+      }
+      if (Date.now() > deadline) throw new Error(`agent did not come up:\n${this.log}`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+
+  /** Ends the agent process we started (by its pid) and waits for it to exit. */
+  async stopAgent(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    const agent = this.agent;
+    if (!agent || agent.exitCode !== null || agent.signalCode !== null) return;
+    const exited = new Promise((resolve) => agent.once('exit', resolve));
+    agent.kill(signal);
+    await exited;
+    this.agent = undefined;
+  }
+
+  async addPod(t: TestContext, containerId = uniqueName('ctr'), labels: Record<string, string> = {}): Promise<{ netns: string; endpoint: Endpoint }> {
+    const netns = await addNetns(t, 'ctp');
+    const endpoint = await this.client.call<Endpoint>('POST', '/v1/endpoints', { containerId, ifname: 'eth0', netns: `/run/netns/${netns}`, labels });
+    t.after(async () => {
+      await this.client.call('DELETE', `/v1/endpoints/${containerId}/eth0`).catch(() => undefined);
+    });
+    return { netns, endpoint };
+  }
+}
+
+export async function ping(netns: string, address: string, count = 2): Promise<boolean> {
+  try {
+    await inNs(netns, 'ping', ['-c', String(count), '-i', '0.2', '-W', '1', address]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const ECHO_SERVER = `
+const net = require('node:net'), dgram = require('node:dgram');
+const [port] = process.argv.slice(1).map(Number);
+net.createServer((s) => s.pipe(s)).listen(port, '0.0.0.0');
+const udp = dgram.createSocket('udp4');
+udp.on('message', (msg, rinfo) => udp.send(msg, rinfo.port, rinfo.address));
+udp.bind(port, '0.0.0.0', () => console.log('ready'));
+`;
+
+/** A TCP and UDP echo server on `port` inside the namespace; stopped at test end. */
+export async function echoServer(t: TestContext, netns: string, port: number): Promise<void> {
+  const server = spawnInNs(netns, process.execPath, ['-e', ECHO_SERVER, String(port)]);
+  t.after(() => {
+    server.kill('SIGKILL');
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.stdout?.once('data', () => resolve());
+    server.once('exit', (code) => reject(new Error(`echo server exited with ${code}`)));
+  });
+}
+
+const ECHO_CLIENT = `
+const net = require('node:net'), dgram = require('node:dgram');
+const [proto, host, port] = process.argv.slice(1);
+const timer = setTimeout(() => { console.log('timeout'); process.exit(1); }, 3000);
+if (proto === 'tcp') {
+  const s = net.connect(Number(port), host, () => s.write('hello'));
+  s.on('data', (d) => { console.log(String(d)); clearTimeout(timer); s.destroy(); });
+  s.on('error', (e) => { console.log(e.code); process.exit(1); });
+} else {
+  const u = dgram.createSocket('udp4');
+  u.on('message', (d) => { console.log(String(d)); clearTimeout(timer); u.close(); });
+  u.send('hello', Number(port), host);
+}
+`;
+
+/** Sends "hello" over TCP or UDP and returns whether it came back. */
+export async function echo(netns: string, proto: 'tcp' | 'udp', address: string, port: number): Promise<boolean> {
+  try {
+    return (await inNs(netns, process.execPath, ['-e', ECHO_CLIENT, proto, address, String(port)])).trim() === 'hello';
+  } catch {
+    return false;
+  }
+}
+
+const STREAM_CLIENT = `
+const net = require('node:net');
+const [host, port] = process.argv.slice(1);
+let n = 0;
+const s = net.connect(Number(port), host, () => setInterval(() => s.write('x'), 50));
+s.on('data', (d) => { n += d.length; process.stdout.write(n + '\\n'); });
+s.on('error', (e) => { console.error(e.code); process.exit(1); });
+s.on('close', () => process.exit(2));
+`;
+
+/** A long-lived TCP connection echoing a byte every 50 ms; `received()` counts echoed bytes. */
+export function streamConnection(t: TestContext, netns: string, address: string, port: number): { received: () => number; alive: () => boolean } {
+  const client = spawnInNs(netns, process.execPath, ['-e', STREAM_CLIENT, address, String(port)]);
+  let count = 0;
+  client.stdout?.on('data', (chunk: Buffer) => {
+    const last = chunk.toString().trim().split('\n').at(-1);
+    if (last) count = Number(last);
+  });
+  t.after(() => {
+    client.kill('SIGKILL');
+  });
+  return { received: () => count, alive: () => client.exitCode === null };
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
