@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "ciliate setup: must run as root (it installs packages and loads eBPF programs)" >&2; exit 1; fi
-pkgs=(clang-19 llvm-19 libbpf1 libbpf-dev bpftool iproute2 iputils-ping gcc libc6-dev make)
+pkgs=(clang-19 llvm-19 libbpf1 libbpf-dev bpftool iproute2 iputils-ping gcc libc6-dev make util-linux nftables
+  etcd-server podman runc containernetworking-plugins busybox-static iperf3 sockperf)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -9,6 +9,7 @@ import { BpfError } from '../ebpf/index.ts';
 import { registerBpfCommands } from './bpf.ts';
 import { registerDemoCommand } from './demo.ts';
 import { registerAgentCommands } from './agent.ts';
+import { registerCniCommands } from './cni.ts';
 import { AgentApiError, ConfigError } from '../agent/index.ts';
 
 export function buildProgram(): Command {
@@ -19,6 +20,7 @@ export function buildProgram(): Command {
   registerBpfCommands(program);
   registerDemoCommand(program);
   registerAgentCommands(program);
+  registerCniCommands(program);
   return program;
 }
 

@@ -1,0 +1,185 @@
+/**
+ * The Ciliate CNI plugin (CNI spec 1.0, with STATUS from 1.1): the container runtime runs it with
+ * the network configuration on stdin and CNI_* variables; it asks the node's agent to create or
+ * remove the endpoint and prints the result (or a CNI error) on stdout.
+ * @module
+ */
+import { existsSync } from 'node:fs';
+import { z } from 'zod';
+import { AgentApiError, AgentClient, DEFAULT_SOCKET, type Endpoint } from '../agent/index.ts';
+import { CniError, CniErrorCode } from './errors.ts';
+
+export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
+const NETWORK_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+
+const NetConf = z
+  .object({
+    cniVersion: z.string(),
+    name: z.string().regex(NETWORK_NAME, 'must start with a letter or digit and contain only letters, digits, _ . -'),
+    type: z.string().min(1),
+    /** Ciliate: the agent's API socket. */
+    socketPath: z.string().startsWith('/', 'must be an absolute path').optional(),
+    args: z.record(z.string(), z.unknown()).optional(),
+    runtimeConfig: z.record(z.string(), z.unknown()).optional(),
+    prevResult: z.unknown().optional(),
+    capabilities: z.record(z.string(), z.boolean()).optional(),
+    dns: z.unknown().optional(),
+    ipam: z.unknown().optional(),
+  })
+  .passthrough();
+export type NetConf = z.infer<typeof NetConf>;
+
+export interface CniInvocation {
+  command: string;
+  containerId: string;
+  netns: string;
+  ifname: string;
+  /** CNI_ARGS as a map (K8S_POD_NAME, K8S_POD_NAMESPACE, …). */
+  args: Record<string, string>;
+}
+
+export interface CniOutput {
+  /** What the plugin prints on stdout. */
+  stdout: string;
+  exitCode: number;
+}
+
+/** Parses the network configuration, naming the field at fault. */
+export function parseNetConf(stdin: string): NetConf {
+  let json: unknown;
+  try {
+    json = JSON.parse(stdin);
+  } catch (error) {
+    throw new CniError(CniErrorCode.DECODING_FAILURE, `network configuration on stdin is not JSON: ${(error as Error).message}`);
+  }
+  const parsed = NetConf.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new CniError(CniErrorCode.INVALID_NETWORK_CONFIG, `network configuration: field ${issue.path.join('.') || '(top level)'}: ${issue.message}`);
+  }
+  if (!(SUPPORTED_VERSIONS as readonly string[]).includes(parsed.data.cniVersion)) {
+    throw new CniError(CniErrorCode.INCOMPATIBLE_VERSION, `network configuration: cniVersion ${parsed.data.cniVersion} is not supported (supported: ${SUPPORTED_VERSIONS.join(', ')})`);
+  }
+  return parsed.data;
+}
+
+export function readInvocation(env: NodeJS.ProcessEnv): CniInvocation {
+  const command = env.CNI_COMMAND ?? '';
+  const args: Record<string, string> = {};
+  for (const pair of (env.CNI_ARGS ?? '').split(';').filter(Boolean)) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw new CniError(CniErrorCode.INVALID_ENVIRONMENT, `CNI_ARGS: "${pair}" is not KEY=VALUE`);
+    args[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  return { command, containerId: env.CNI_CONTAINERID ?? '', netns: env.CNI_NETNS ?? '', ifname: env.CNI_IFNAME ?? '', args };
+}
+
+function requireEnv(value: string, name: string, command: string): string {
+  if (!value) throw new CniError(CniErrorCode.INVALID_ENVIRONMENT, `${command}: environment variable ${name} is required`);
+  return value;
+}
+
+/** The CNI 1.0 result for an endpoint (0.3.x/0.4.0 add interface version fields the same way). */
+export function resultFor(conf: NetConf, endpoint: Endpoint, gateway: string) {
+  return {
+    cniVersion: conf.cniVersion,
+    interfaces: [
+      { name: endpoint.hostIfname, mac: endpoint.hostMac },
+      { name: endpoint.ifname, mac: endpoint.mac, sandbox: endpoint.netns },
+    ],
+    ips: [{ ...(conf.cniVersion.startsWith('0.3') ? { version: '4' } : {}), address: `${endpoint.ipv4}/32`, gateway, interface: 1 }],
+    routes: [{ dst: '0.0.0.0/0', gw: gateway }],
+    dns: {},
+  };
+}
+
+export async function runCni(env: NodeJS.ProcessEnv, stdin: string): Promise<CniOutput> {
+  let cniVersion = '1.0.0';
+  try {
+    const invocation = readInvocation(env);
+    if (invocation.command === 'VERSION') {
+      const version = tryVersion(stdin) ?? cniVersion;
+      return ok({ cniVersion: version, supportedVersions: SUPPORTED_VERSIONS });
+    }
+    const conf = parseNetConf(stdin);
+    cniVersion = conf.cniVersion;
+    const client = new AgentClient(conf.socketPath ?? env.CILIATE_SOCKET_PATH ?? DEFAULT_SOCKET);
+    const { command } = invocation;
+    switch (command) {
+      case 'ADD': {
+        const containerId = requireEnv(invocation.containerId, 'CNI_CONTAINERID', command);
+        const netns = requireEnv(invocation.netns, 'CNI_NETNS', command);
+        const ifname = requireEnv(invocation.ifname, 'CNI_IFNAME', command);
+        if (!existsSync(netns)) throw new CniError(CniErrorCode.UNKNOWN_CONTAINER, `ADD: network namespace ${netns} does not exist`);
+        const endpoint = await agentCall(() =>
+          client.call<Endpoint>('POST', '/v1/endpoints', {
+            containerId,
+            ifname,
+            netns,
+            podName: invocation.args.K8S_POD_NAME,
+            namespace: invocation.args.K8S_POD_NAMESPACE,
+            labels: {},
+          }),
+        );
+        const status = await agentCall(() => client.get<{ ipam: { routerIp: string } }>('/v1/status'));
+        return ok(resultFor(conf, endpoint, status.ipam.routerIp));
+      }
+      case 'DEL': {
+        // DEL must succeed for anything already gone, even with no netns and no agent state.
+        const containerId = requireEnv(invocation.containerId, 'CNI_CONTAINERID', command);
+        const ifname = requireEnv(invocation.ifname, 'CNI_IFNAME', command);
+        await agentCall(() => client.call('DELETE', `/v1/endpoints/${encodeURIComponent(containerId)}/${encodeURIComponent(ifname)}`));
+        return { stdout: '', exitCode: 0 };
+      }
+      case 'CHECK': {
+        const containerId = requireEnv(invocation.containerId, 'CNI_CONTAINERID', command);
+        const ifname = requireEnv(invocation.ifname, 'CNI_IFNAME', command);
+        const endpoints = await agentCall(() => client.get<Endpoint[]>('/v1/endpoints'));
+        const endpoint = endpoints.find((ep) => ep.containerId === containerId && ep.ifname === ifname);
+        if (!endpoint) throw new CniError(CniErrorCode.UNKNOWN_CONTAINER, `CHECK: container ${containerId} has no Ciliate interface ${ifname}`);
+        if (invocation.netns && invocation.netns !== endpoint.netns) {
+          throw new CniError(CniErrorCode.UNKNOWN_CONTAINER, `CHECK: interface ${ifname} of ${containerId} is in ${endpoint.netns}, not ${invocation.netns}`);
+        }
+        return { stdout: '', exitCode: 0 };
+      }
+      case 'STATUS': {
+        try {
+          await client.get('/v1/healthz');
+        } catch (error) {
+          throw new CniError(CniErrorCode.PLUGIN_NOT_AVAILABLE, `STATUS: the Ciliate agent is not available: ${(error as Error).message}`);
+        }
+        return { stdout: '', exitCode: 0 };
+      }
+      default:
+        throw new CniError(CniErrorCode.INVALID_ENVIRONMENT, `CNI_COMMAND "${command}" is not one of ADD, DEL, CHECK, STATUS, VERSION`);
+    }
+  } catch (error) {
+    const cniError = error instanceof CniError ? error : new CniError(CniErrorCode.IO_FAILURE, (error as Error).message ?? String(error));
+    return { stdout: JSON.stringify(cniError.toJSON(cniVersion)), exitCode: 1 };
+  }
+}
+
+function ok(value: unknown): CniOutput {
+  return { stdout: JSON.stringify(value), exitCode: 0 };
+}
+
+function tryVersion(stdin: string): string | undefined {
+  try {
+    const version = (JSON.parse(stdin) as { cniVersion?: unknown }).cniVersion;
+    return typeof version === 'string' ? version : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+async function agentCall<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (error) {
+    if (error instanceof AgentApiError) {
+      if (error.code === 'ERR_AGENT_UNREACHABLE') throw new CniError(CniErrorCode.TRY_AGAIN_LATER, error.message);
+      throw new CniError(CniErrorCode.AGENT_ERROR, `ciliate agent: ${error.message}`, error.code);
+    }
+    throw error;
+  }
+}

@@ -1,0 +1,85 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { installCni } from '../src/cni/index.ts';
+import { TestNode, addNetns, ping, uniqueName } from './support/cluster.ts';
+
+interface PluginRun {
+  code: number;
+  out: Record<string, unknown>;
+  raw: string;
+}
+
+function runPlugin(plugin: string, env: Record<string, string>, stdin: string): Promise<PluginRun> {
+  return new Promise((resolve) => {
+    const child = execFile(plugin, [], { env: { PATH: process.env.PATH ?? '', ...env }, encoding: 'utf8' }, (error, stdout) => {
+      const raw = stdout.trim();
+      resolve({ code: error ? Number((error as { code?: number }).code ?? 1) : 0, out: raw ? (JSON.parse(raw) as Record<string, unknown>) : {}, raw });
+    });
+    child.stdin?.end(stdin);
+  });
+}
+
+test('the CNI plugin follows the spec: VERSION, ADD, CHECK, idempotent DEL, STATUS, and error JSON for bad input', async (t) => {
+  const node = await TestNode.start(t);
+  const dir = mkdtempSync(join(tmpdir(), 'ciliate-cni-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const { plugin } = installCni({ binDir: join(dir, 'bin'), confDir: join(dir, 'net.d'), socketPath: node.socket });
+  const conf = JSON.stringify({ cniVersion: '1.0.0', name: 'ciliate', type: 'ciliate', socketPath: node.socket });
+
+  const version = await runPlugin(plugin, { CNI_COMMAND: 'VERSION' }, conf);
+  assert.equal(version.code, 0);
+  assert.ok((version.out.supportedVersions as string[]).includes('1.0.0'));
+
+  const pods = [] as { netns: string; ip: string; id: string }[];
+  for (const _ of [0, 1]) {
+    const netns = await addNetns(t, 'ctc');
+    const id = uniqueName('cni');
+    const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: id, CNI_NETNS: `/run/netns/${netns}`, CNI_IFNAME: 'eth0', CNI_PATH: join(dir, 'bin'), CNI_ARGS: 'K8S_POD_NAME=web;K8S_POD_NAMESPACE=default' };
+    const add = await runPlugin(plugin, env, conf);
+    assert.equal(add.code, 0, add.raw);
+    t.after(() => runPlugin(plugin, { ...env, CNI_COMMAND: 'DEL' }, conf));
+    const ips = add.out.ips as { address: string; gateway: string; interface: number }[];
+    assert.match(ips[0].address, /^10\.244\.\d+\.\d+\/32$/);
+    assert.equal((add.out.interfaces as { sandbox?: string }[])[ips[0].interface].sandbox, `/run/netns/${netns}`);
+    assert.equal(add.out.cniVersion, '1.0.0');
+    pods.push({ netns, ip: ips[0].address.split('/')[0], id });
+
+    const again = await runPlugin(plugin, env, conf);
+    assert.equal(again.code, 1, 'a second ADD for the same container and interface is an error');
+    assert.equal(again.out.code, 100);
+    assert.match(String(again.out.msg), /already has interface eth0/);
+
+    assert.equal((await runPlugin(plugin, { ...env, CNI_COMMAND: 'CHECK' }, conf)).code, 0);
+  }
+  assert.ok(await ping(pods[0].netns, pods[1].ip), 'containers added through CNI reach each other');
+
+  const del = { CNI_COMMAND: 'DEL', CNI_CONTAINERID: pods[0].id, CNI_NETNS: '', CNI_IFNAME: 'eth0', CNI_PATH: join(dir, 'bin') };
+  assert.equal((await runPlugin(plugin, del, conf)).code, 0);
+  assert.equal((await runPlugin(plugin, del, conf)).code, 0, 'DEL of what is gone succeeds');
+  const check = await runPlugin(plugin, { ...del, CNI_COMMAND: 'CHECK' }, conf);
+  assert.equal(check.out.code, 3);
+
+  const bad = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'x', CNI_NETNS: `/run/netns/${pods[1].netns}`, CNI_IFNAME: 'eth1', CNI_PATH: '' };
+  const notJson = await runPlugin(plugin, bad, '{ not json');
+  assert.deepEqual([notJson.code, notJson.out.code], [1, 6]);
+  const noName = await runPlugin(plugin, bad, JSON.stringify({ cniVersion: '1.0.0', type: 'ciliate' }));
+  assert.equal(noName.out.code, 7);
+  assert.match(String(noName.out.msg), /field name/);
+  const oldVersion = await runPlugin(plugin, bad, JSON.stringify({ cniVersion: '0.1.0', name: 'x', type: 'ciliate' }));
+  assert.equal(oldVersion.out.code, 1);
+  const noEnv = await runPlugin(plugin, { ...bad, CNI_CONTAINERID: '' }, conf);
+  assert.equal(noEnv.out.code, 4);
+  assert.match(String(noEnv.out.msg), /CNI_CONTAINERID/);
+  const noNetns = await runPlugin(plugin, { ...bad, CNI_NETNS: '/run/netns/nope' }, conf);
+  assert.equal(noNetns.out.code, 3);
+
+  assert.equal((await runPlugin(plugin, { CNI_COMMAND: 'STATUS' }, conf)).code, 0);
+  await node.stopAgent();
+  const down = await runPlugin(plugin, { CNI_COMMAND: 'STATUS' }, conf);
+  assert.equal(down.out.code, 50);
+  await node.startAgent();
+});
