@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { EndpointDatapath, ip, ipBatch, linkDetails, sysctl } from '../datapath/index.ts';
+import { EndpointDatapath, ensureMasquerade, ip, ipBatch, linkDetails, sysctl } from '../datapath/index.ts';
 import { addressAllocator, NodeIpam } from '../ipam/index.ts';
 import { LocalStateStore, StoreError, type StateStore } from '../store/index.ts';
 import { ApiError, ApiServer } from './api-server.ts';
@@ -134,6 +134,7 @@ export class Agent {
     // A veth pair, as Cilium's cilium_host/cilium_net: this kernel may lack dummy devices.
     if (!(await linkDetails(HOST_DEVICE))) await ip(['link', 'add', HOST_DEVICE, 'type', 'veth', 'peer', 'name', HOST_PEER_DEVICE]);
     await ipBatch([`addr replace ${routerIp}/32 dev ${HOST_DEVICE}`, `link set dev ${HOST_DEVICE} up`, `link set dev ${HOST_PEER_DEVICE} up`]);
+    if (this.config.masquerade) await ensureMasquerade(this.config.clusterCidr);
   }
 
   #routes(): void {

@@ -30,6 +30,8 @@ export const AgentConfigSchema = z
     nodeCidrMaskSize: z.number().int().min(8).max(30).default(24),
     /** tunnel: VXLAN between nodes; native: pod CIDRs routed on the underlay. */
     routingMode: RoutingMode.default('tunnel'),
+    /** Masquerade pod traffic leaving the cluster CIDR behind the node's address. */
+    masquerade: z.boolean().default(true),
     /** The node's underlay address (what other nodes reach it at); empty = first global address. */
     nodeIp: z.string().default(''),
     /** `local`: embedded store in stateDir (one node). `etcd`: shared store for several nodes. */
@@ -63,7 +65,11 @@ function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
     const value = env[envName(key)];
     if (value === undefined) continue;
     const inner = AgentConfigSchema.shape[key].unwrap();
-    out[key] = inner instanceof z.ZodNumber ? Number(value) : inner instanceof z.ZodArray ? value.split(',').filter(Boolean) : value;
+    out[key] =
+      inner instanceof z.ZodNumber ? Number(value)
+      : inner instanceof z.ZodBoolean ? (value === 'true' || value === '1' ? true : value === 'false' || value === '0' ? false : value)
+      : inner instanceof z.ZodArray ? value.split(',').filter(Boolean)
+      : value;
   }
   return out;
 }

@@ -28,6 +28,9 @@ export function registerAgentCommands(program: Command): void {
     .option('--routing-mode <mode>', 'tunnel or native')
     .option('--node-ip <ip>', 'this node\'s underlay address')
     .option('--log-level <level>', 'trace, debug, info, warn or error')
+    // Both forms declared, so that leaving them out keeps the file's or environment's setting.
+    .option('--masquerade', 'masquerade pod traffic leaving the cluster (default)')
+    .option('--no-masquerade', 'do not masquerade pod traffic')
     .action(async (options: Partial<AgentConfig> & { config?: string }) => {
       const { config: file, ...flags } = options;
       await runAgent(loadConfig({ file, env: process.env, flags }));

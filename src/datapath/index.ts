@@ -11,3 +11,4 @@ export * from './packet.ts';
 export * from './lxc.ts';
 export * from './endpoint-datapath.ts';
 export * from './netlink.ts';
+export * from './masquerade.ts';
