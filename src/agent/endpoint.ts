@@ -4,24 +4,18 @@
  * @module
  */
 import { createHash } from 'node:crypto';
+import type { DatapathEndpoint } from '../datapath/index.ts';
 
-export interface Endpoint {
-  /** Node-local endpoint id (1–4095), the datapath's ENDPOINT_ID. */
-  id: number;
+/**
+ * What the datapath needs (id, addresses, interfaces, identity) plus what the agent and its
+ * users need to find the endpoint again.
+ */
+export interface Endpoint extends DatapathEndpoint {
   containerId: string;
   /** Interface name inside the pod, e.g. eth0. */
   ifname: string;
   /** The pod's network namespace file, e.g. /run/netns/pod1 or /proc/123/ns/net. */
   netns: string;
-  ipv4: string;
-  /** The pod-side MAC. */
-  mac: string;
-  /** Host-side veth: name, index and MAC. */
-  hostIfname: string;
-  hostIfindex: number;
-  hostMac: string;
-  /** Security identity (issue 4 derives it from labels; reserved numbers below 256). */
-  identity: number;
   labels: Record<string, string>;
   podName?: string;
   namespace?: string;

@@ -14,12 +14,16 @@ import { endpointInfo, endpointKey, ipcacheKey, MapName, remoteEndpointInfo, typ
 
 /** What the datapath needs to know of an endpoint. */
 export interface DatapathEndpoint {
+  /** Node-local endpoint id (1–4095), the program's ENDPOINT_ID. */
   id: number;
   ipv4: string;
+  /** The pod-side MAC. */
   mac: string;
+  /** Host-side veth: name, index and MAC. */
   hostIfname: string;
   hostIfindex: number;
   hostMac: string;
+  /** Security identity; reserved numbers are below 256. */
   identity: number;
 }
 
