@@ -20,6 +20,8 @@ test('pods on one node reach each other and their node over ICMP, TCP and UDP', 
 
   const ct = await node.client.get<{ key: { saddr: string; daddr: string; dport: number } }[]>('/v1/bpf/ct');
   assert.ok(ct.some((e) => e.key.saddr === a.endpoint.ipv4 && e.key.daddr === b.endpoint.ipv4 && e.key.dport === 7000), 'the TCP connection is in conntrack');
+  const ipcache = await node.client.get<{ key: { ip: string; prefixlen: number } }[]>('/v1/bpf/ipcache');
+  for (const pod of [a, b]) assert.ok(ipcache.some((e) => e.key.ip === pod.endpoint.ipv4 && e.key.prefixlen === 32), `ipcache has ${pod.endpoint.ipv4}/32`);
   const lxc = await node.client.get<{ key: { ip: string }; value: { lxc_id: number } }[]>('/v1/bpf/endpoint');
   assert.deepEqual(lxc.map((e) => e.value.lxc_id).sort(), [a.endpoint.id, b.endpoint.id].sort());
 });

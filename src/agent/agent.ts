@@ -15,6 +15,7 @@ import type { AgentConfig } from './config.ts';
 import { EndpointManager } from './endpoint-manager.ts';
 import { Lifecycle } from './lifecycle.ts';
 import { readBpfState } from './bpf-state.ts';
+import { Ipcache } from './ipcache.ts';
 
 export const VERSION = '0.1.0';
 /** Holds the node's router address, so pods reach their node at their gateway. */
@@ -50,6 +51,7 @@ export class Agent {
   #ipam: NodeIpam | undefined;
   #datapath: EndpointDatapath | undefined;
   #endpoints: EndpointManager | undefined;
+  #ipcache: Ipcache | undefined;
   readonly #api: ApiServer;
 
   constructor(config: AgentConfig, log: Logger) {
@@ -104,12 +106,21 @@ export class Agent {
       stop: () => this.#datapath?.close(),
     });
     this.#lifecycle.append({
+      name: 'ipcache',
+      start: () => {
+        this.#ipcache = new Ipcache(this.#datapath!.ipcache, log.child({ module: 'ipcache' }));
+        this.#ipcache.start();
+      },
+      stop: () => this.#ipcache?.stop(),
+    });
+    this.#lifecycle.append({
       name: 'endpoints',
       start: async () => {
         this.#endpoints = new EndpointManager({
           store: this.#store!,
           ipam: addressAllocator(this.#ipam!),
           datapath: this.#datapath!,
+          ipcache: this.#ipcache!,
           log: log.child({ module: 'endpoints' }),
           nodeName: config.nodeName,
         });

@@ -11,6 +11,7 @@ import { Reconciler, Table } from '../statedb/index.ts';
 import { ip, ipBatch, linkDetails, NetlinkError } from '../datapath/netlink.ts';
 import { ApiError } from './api-server.ts';
 import { type Endpoint, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID } from './endpoint.ts';
+import type { Ipcache, IpcacheEntry } from './ipcache.ts';
 
 /** The kernel side of an endpoint (programs, links, map entries); implemented in src/datapath. */
 export interface EndpointDatapath {
@@ -50,8 +51,11 @@ export class EndpointManager {
   /** Keys being added or deleted right now: a second request for the same key waits its turn. */
   readonly #busy = new Map<string, Promise<unknown>>();
 
-  constructor(options: { store: StateStore; ipam: AddressAllocator; datapath: EndpointDatapath; log: Logger; nodeName: string }) {
+  readonly #ipcache: Ipcache;
+
+  constructor(options: { store: StateStore; ipam: AddressAllocator; datapath: EndpointDatapath; ipcache: Ipcache; log: Logger; nodeName: string }) {
     this.#store = options.store;
+    this.#ipcache = options.ipcache;
     this.#ipam = options.ipam;
     this.#log = options.log;
     this.#nodeName = options.nodeName;
@@ -70,7 +74,10 @@ export class EndpointManager {
   /** Loads the endpoints this node had (a restart), and starts realizing them. */
   async start(): Promise<void> {
     const { entries } = await this.#store.list<Endpoint>(`${STORE_PREFIX}${this.#nodeName}/`);
-    for (const { value } of entries) this.table.upsert(value);
+    for (const { value } of entries) {
+      this.table.upsert(value);
+      this.#ipcache.upsert(localIpcacheEntry(value));
+    }
     this.#reconciler.start();
     await this.#reconciler.waitFor();
     this.#log.info({ endpoints: entries.length }, 'restored endpoints');
@@ -167,12 +174,16 @@ export class EndpointManager {
       };
       await this.#store.put(this.#storeKey(key), endpoint, { expectedRevision: 0 });
       undo.push(() => this.#store.delete(this.#storeKey(key)));
+      this.#ipcache.upsert(localIpcacheEntry(endpoint));
+      undo.push(async () => {
+        this.#ipcache.delete(`${endpoint.ipv4}/32`);
+      });
       const revision = this.table.upsert(endpoint);
       undo.push(async () => {
         this.table.delete(key);
         await this.#reconciler.waitFor();
       });
-      await this.#reconciler.waitFor(revision);
+      await Promise.all([this.#reconciler.waitFor(revision), this.#ipcache.synced()]);
       const status = this.#reconciler.status(key);
       if (status?.state !== 'done') throw new ApiError(500, 'ERR_DATAPATH', `realizing endpoint ${endpoint.id}: ${status?.error ?? 'not realized'}`);
       this.#log.info({ endpoint: endpoint.id, container: request.containerId, ip: address, host: hostIfname }, 'endpoint added');
@@ -198,6 +209,7 @@ export class EndpointManager {
     const key = containerInterfaceKey(containerId, ifname);
     const endpoint = this.table.get(key);
     if (endpoint) {
+      this.#ipcache.delete(`${endpoint.ipv4}/32`);
       this.table.delete(key);
       await this.#reconciler.waitFor();
       try {
@@ -221,4 +233,8 @@ export class EndpointManager {
 
 function sameEndpoint(a: Endpoint, b: Endpoint): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
+}
+
+function localIpcacheEntry(endpoint: Endpoint): IpcacheEntry {
+  return { prefix: `${endpoint.ipv4}/32`, identity: endpoint.identity, source: 'local-endpoint' };
 }

@@ -89,10 +89,6 @@ export class EndpointDatapath {
     };
     const current = this.lxc.lookup({ ip: endpoint.ipv4 });
     if (!current || JSON.stringify(current) !== JSON.stringify(info)) this.lxc.update({ ip: endpoint.ipv4 }, info);
-    const cached = this.ipcache.lookup({ prefixlen: 32, ip: endpoint.ipv4 });
-    if (cached?.sec_identity !== endpoint.identity) {
-      this.ipcache.update({ prefixlen: 32, ip: endpoint.ipv4 }, { sec_identity: endpoint.identity, tunnel_endpoint: '0.0.0.0', flags: 0 });
-    }
     this.#log.debug({ endpoint: endpoint.id, adopted }, adopted ? 'adopted pinned datapath' : 'attached datapath');
   }
 
@@ -118,7 +114,6 @@ export class EndpointDatapath {
     rmSync(dir, { recursive: true, force: true });
     const current = this.lxc.lookup({ ip: endpoint.ipv4 });
     if (current?.lxc_id === endpoint.id) this.lxc.delete({ ip: endpoint.ipv4 });
-    this.ipcache.delete({ prefixlen: 32, ip: endpoint.ipv4 });
   }
 
   close(): void {
