@@ -13,6 +13,10 @@
 #define TC_ACT_SHOT 2
 #define TC_ACT_REDIRECT 7
 
+/* skb->pkt_type values (linux/if_packet.h). */
+#define PACKET_HOST 0
+#define PACKET_OTHERHOST 3
+
 #ifndef IPPROTO_ICMP
 #define IPPROTO_ICMP 1
 #endif

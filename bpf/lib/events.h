@@ -179,3 +179,10 @@ static __always_inline int send_drop_notify(struct __sk_buff *skb, const struct 
 	bpf_ringbuf_submit(ev, 0);
 	return TC_ACT_SHOT;
 }
+
+/* Reports a drop with the source line in the event: `return DROP(skb, &info, DROP_...)`. */
+#define DROP(skb, info, reason)                                 \
+	({                                                      \
+		(info)->line = __LINE__;                        \
+		send_drop_notify((skb), (info), (reason));      \
+	})

@@ -24,6 +24,8 @@ export const HOST_PEER_DEVICE = 'ciliate_net';
 
 export interface NodeRecord {
   name: string;
+  /** Underlay address other nodes reach this one at (tunnel endpoint, native-routing next hop). */
+  nodeIp: string;
   podCidr: string;
   routerIp: string;
   routingMode: AgentConfig['routingMode'];
@@ -87,6 +89,7 @@ export class Agent {
         });
         const node: NodeRecord = {
           name: config.nodeName,
+          nodeIp: config.nodeIp || (await detectNodeIp()),
           podCidr: this.#ipam.cidr,
           routerIp: this.#ipam.routerIp,
           routingMode: config.routingMode,
@@ -214,4 +217,15 @@ async function openStoreWaitingForLock(dir: string, log: Logger): Promise<StateS
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
   }
+}
+
+/** The first global IPv4 address outside Ciliate's own devices: the underlay address by default. */
+async function detectNodeIp(): Promise<string> {
+  const links = JSON.parse(await ip(['-j', '-4', 'addr', 'show', 'scope', 'global'])) as { ifname: string; addr_info: { local: string }[] }[];
+  for (const link of links) {
+    if (link.ifname.startsWith('lxc') || link.ifname.startsWith('ciliate_')) continue;
+    const address = link.addr_info[0]?.local;
+    if (address) return address;
+  }
+  return '';
 }

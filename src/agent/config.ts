@@ -33,7 +33,7 @@ export const AgentConfigSchema = z
     /** Masquerade pod traffic leaving the cluster CIDR behind the node's address. */
     masquerade: z.boolean().default(true),
     /** The node's underlay address (what other nodes reach it at); empty = first global address. */
-    nodeIp: z.string().default(''),
+    nodeIp: z.union([z.literal(''), z.ipv4()]).default(''),
     /** `local`: embedded store in stateDir (one node). `etcd`: shared store for several nodes. */
     store: z.enum(['local', 'etcd']).default('local'),
     etcdEndpoints: z.array(z.string().url()).default([]),

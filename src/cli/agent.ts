@@ -78,7 +78,7 @@ export function registerAgentCommands(program: Command): void {
     .addOption(outputOption())
     .action(async (options: { socket: string; output: OutputFormat }) => {
       const nodes = await new AgentClient(options.socket).get<NodeRecord[]>('/v1/nodes');
-      print(options.output, nodes, () => formatTable(['NAME', 'POD CIDR', 'ROUTER', 'ROUTING', 'VERSION'], nodes.map((n) => [n.name, n.podCidr, n.routerIp, n.routingMode, n.agentVersion])));
+      print(options.output, nodes, () => formatTable(['NAME', 'NODE IP', 'POD CIDR', 'ROUTER', 'ROUTING', 'VERSION'], nodes.map((n) => [n.name, n.nodeIp || '-', n.podCidr, n.routerIp, n.routingMode, n.agentVersion])));
     });
 }
 

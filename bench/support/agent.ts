@@ -1,0 +1,108 @@
+/**
+ * A Ciliate node for benches: a fresh "node" namespace running its own agent (own socket, state
+ * directory and bpffs root), as test/support/cluster.ts's TestNode, but registering its teardown
+ * with a Cleanups stack instead of a node:test context, and logging at the agent's default level
+ * (info) so that debug logging is not part of what is measured.
+ * @module
+ */
+import { type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { AgentClient, type Endpoint } from '../../src/agent/index.ts';
+import { ROOT } from '../lib.ts';
+import { addNetns, type Cleanups, netnsPath, sleep, spawnInNs, stopChild, uniqueName } from './ns.ts';
+
+const CLI = join(ROOT, 'src', 'cli', 'main.ts');
+
+export interface BenchNodeOptions {
+  /** Prefix of the node namespace's name. */
+  prefix?: string;
+  logLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'error';
+}
+
+export class BenchNode {
+  readonly netns: string;
+  readonly dir: string;
+  readonly bpfRoot: string;
+  readonly socket: string;
+  readonly client: AgentClient;
+  readonly #cleanups: Cleanups;
+  agent: ChildProcess | undefined;
+  log = '';
+
+  private constructor(cleanups: Cleanups, netns: string) {
+    this.#cleanups = cleanups;
+    this.netns = netns;
+    this.dir = mkdtempSync(join(tmpdir(), 'ciliate-bench-node-'));
+    this.bpfRoot = `/sys/fs/bpf/${uniqueName('ciliate-bench')}`;
+    this.socket = join(this.dir, 'api.sock');
+    this.client = new AgentClient(this.socket, 30_000);
+  }
+
+  /** Starts a node; everything it creates is removed when `cleanups` runs. */
+  static async start(cleanups: Cleanups, options: BenchNodeOptions = {}): Promise<BenchNode> {
+    const netns = await addNetns(cleanups, options.prefix ?? 'cbn');
+    const node = new BenchNode(cleanups, netns);
+    // Registered after the namespace, so it runs before the namespace is deleted.
+    cleanups.defer(`agent of ${netns}, ${node.bpfRoot}, ${node.dir}`, async () => {
+      if (node.agent) await stopChild(node.agent, 'SIGKILL');
+      rmSync(node.bpfRoot, { recursive: true, force: true });
+      rmSync(node.dir, { recursive: true, force: true });
+    });
+    await node.#startAgent(options.logLevel ?? 'info');
+    return node;
+  }
+
+  async #startAgent(logLevel: string): Promise<void> {
+    const args = [
+      CLI, 'agent',
+      '--node-name', 'bench1',
+      '--state-dir', join(this.dir, 'state'),
+      '--socket-path', this.socket,
+      '--bpf-root', this.bpfRoot,
+      '--log-level', logLevel,
+    ];
+    const agent = spawnInNs(this.#cleanups, this.netns, process.execPath, args);
+    this.agent = agent;
+    // Keep only the tail: enough to explain a failure, bounded however long the bench runs.
+    const keep = (chunk: Buffer): void => {
+      this.log = (this.log + chunk.toString()).slice(-20_000);
+    };
+    agent.stdout?.on('data', keep);
+    agent.stderr?.on('data', keep);
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      if (agent.exitCode !== null) throw new Error(`agent exited with ${agent.exitCode}:\n${this.log}`);
+      if (existsSync(this.socket)) {
+        try {
+          await this.client.get('/v1/healthz');
+          return;
+        } catch {
+          // Not listening yet.
+        }
+      }
+      if (Date.now() > deadline) throw new Error(`agent did not come up:\n${this.log}`);
+      await sleep(50);
+    }
+  }
+
+  /** POST /v1/endpoints for an existing namespace; the endpoint is deleted at cleanup. */
+  async addEndpoint(netns: string, containerId = uniqueName('ctr')): Promise<Endpoint> {
+    const endpoint = await this.client.call<Endpoint>('POST', '/v1/endpoints', { containerId, ifname: 'eth0', netns: netnsPath(netns) });
+    this.#cleanups.defer(`DELETE endpoint ${containerId}`, () => this.deleteEndpoint(containerId));
+    return endpoint;
+  }
+
+  async deleteEndpoint(containerId: string): Promise<void> {
+    if (!this.agent || this.agent.exitCode !== null) return;
+    await this.client.call('DELETE', `/v1/endpoints/${containerId}/eth0`);
+  }
+
+  /** A pod: a new namespace plus its endpoint. */
+  async addPod(prefix = 'cbp'): Promise<{ netns: string; endpoint: Endpoint }> {
+    const netns = await addNetns(this.#cleanups, prefix);
+    const endpoint = await this.addEndpoint(netns);
+    return { netns, endpoint };
+  }
+}

@@ -1,0 +1,49 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ConfigError, envName, loadConfig } from './config.ts';
+
+function tempFile(t: { after: (fn: () => void) => void }, text: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'ciliate-config-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'agent.yaml');
+  writeFileSync(file, text);
+  return file;
+}
+
+test('defaults < file < environment < flags', (t) => {
+  const defaults = loadConfig();
+  assert.equal(defaults.clusterCidr, '10.244.0.0/16');
+  assert.equal(defaults.routingMode, 'tunnel');
+  assert.equal(defaults.masquerade, true);
+  const file = tempFile(t, 'nodeName: from-file\nclusterCidr: 10.10.0.0/16\nroutingMode: native\nnodeCidrMaskSize: 26\n');
+  const config = loadConfig({
+    file,
+    env: { [envName('clusterCidr')]: '10.20.0.0/16', CILIATE_MASQUERADE: 'false', CILIATE_NODE_CIDR_MASK_SIZE: '25' },
+    flags: { clusterCidr: '10.30.0.0/16' },
+  });
+  assert.equal(config.nodeName, 'from-file');
+  assert.equal(config.routingMode, 'native');
+  assert.equal(config.clusterCidr, '10.30.0.0/16');
+  assert.equal(config.nodeCidrMaskSize, 25);
+  assert.equal(config.masquerade, false);
+  assert.equal(envName('nodeCidrMaskSize'), 'CILIATE_NODE_CIDR_MASK_SIZE');
+});
+
+test('bad configuration names the source and the field, and never half-applies', (t) => {
+  const cases: [Parameters<typeof loadConfig>[0], RegExp][] = [
+    [{ file: tempFile(t, 'routingMode: carrier-pigeon\n') }, /agent\.yaml: field routingMode: /],
+    [{ file: tempFile(t, 'clusterCidr: [1\n') }, /agent\.yaml: not valid YAML/],
+    [{ file: tempFile(t, 'nodeName: a\nbogus: 1\n') }, /agent\.yaml: field \(top level\): .*bogus/],
+    [{ file: '/nonexistent/agent.yaml' }, /\/nonexistent\/agent\.yaml: cannot read/],
+    [{ env: { CILIATE_CLUSTER_CIDR: '10.0.0.0' } }, /environment: field clusterCidr: must be an IPv4 CIDR/],
+    [{ env: { CILIATE_MASQUERADE: 'sometimes' } }, /environment: field masquerade/],
+    [{ flags: { nodeCidrMaskSize: 40 } }, /flags: field nodeCidrMaskSize/],
+    [{ flags: { nodeName: 'Not_A_Label' } }, /flags: field nodeName: must be a DNS label/],
+  ];
+  for (const [sources, message] of cases) {
+    assert.throws(() => loadConfig(sources), (error: unknown) => error instanceof ConfigError && message.test(error.message), String(message));
+  }
+});
