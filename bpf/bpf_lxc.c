@@ -9,6 +9,12 @@
  * One object serves every endpoint: the loader writes ENDPOINT_ID and ENDPOINT_IDENTITY
  * (endpoint_config.h) into .rodata per endpoint and shares the maps (maps.h, events.h) through
  * pins. IPv4 only for now; IPv6 and ARP go to the stack untouched.
+ *
+ * Where a packet leaving a pod goes: to a pod of this node straight through bpf_redirect_peer;
+ * to a destination whose ipcache entry names a tunnel endpoint (a pod of another node, in
+ * tunnel mode) into the node's VXLAN device with that endpoint as outer destination
+ * (encap.h); anywhere else to the node's stack, which routes it (native mode: the other nodes'
+ * pod CIDRs are kernel routes via their underlay addresses).
  */
 #include "common.h"
 #include "ctx.h"
@@ -19,117 +25,8 @@
 #include "eth.h"
 #include "ipv4.h"
 #include "conntrack.h"
-
-/* Linear bytes worth having before parsing: Ethernet, an IPv4 header with the largest options
- * and the fixed TCP header. */
-#define PARSE_PULL_LEN (ETH_HLEN + 60 + 20)
-
-/* Makes the headers readable through direct packet access. A veth frame normally has them in
- * the linear part already, so the pull (which may copy) only runs when it is needed. */
-static __always_inline void pull_headers(struct __sk_buff *skb)
-{
-	__u32 want = skb->len < PARSE_PULL_LEN ? skb->len : PARSE_PULL_LEN;
-
-	if ((__u32)(ctx_data_end(skb) - ctx_data(skb)) < want)
-		bpf_skb_pull_data(skb, want);
-}
-
-#define DROP(skb, info, reason)                                 \
-	({                                                      \
-		(info)->line = __LINE__;                        \
-		send_drop_notify((skb), (info), (reason));      \
-	})
-
-static __always_inline __u32 ipcache_identity(__be32 addr)
-{
-	struct ipcache_key key = { .prefixlen = 32, .ip = addr };
-	struct remote_endpoint_info *info = bpf_map_lookup_elem(&ciliate_ipcache, &key);
-
-	return info ? info->sec_identity : IDENTITY_WORLD;
-}
-
-/*
- * Parses the IPv4 header behind the Ethernet header and tracks the packet. On success fills
- * *tuple (packet order) and returns 0 with info->reason/flags set from conntrack; otherwise
- * returns the verdict of the drop it reported.
- */
-static __always_inline int ipv4_parse_and_track(struct __sk_buff *skb, struct ciliate_notify_info *info, __u8 dir,
-						 __u32 src_identity, struct ipv4_ct_tuple *tuple)
-{
-	void *data = ctx_data(skb);
-	void *data_end = ctx_data_end(skb);
-	struct iphdr *ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
-	__u32 hdrlen, tot_len;
-	__u8 tcp_flags = 0;
-	int status, err;
-
-	if (!ip)
-		return DROP(skb, info, DROP_INVALID_PACKET);
-	hdrlen = ipv4_hdrlen(ip);
-	tot_len = bpf_ntohs(ip->tot_len);
-	/* tot_len 0 is BIG TCP's marker for a GSO packet over 64 KiB; its real length is skb->len. */
-	if (ip->version != 4 || hdrlen < sizeof(*ip) || (tot_len != 0 && tot_len < hdrlen) ||
-	    ETH_HLEN + tot_len > skb->len || !pkt_header(data, data_end, ETH_HLEN, hdrlen))
-		return DROP(skb, info, DROP_INVALID_PACKET);
-
-	__builtin_memset(tuple, 0, sizeof(*tuple));
-	tuple->daddr = ip->daddr;
-	tuple->saddr = ip->saddr;
-	tuple->nexthdr = ip->protocol;
-	/* Later fragments have no ports; tracking them needs a fragment map (later work), so until
-	 * then every fragment is tracked by addresses and protocol only. */
-	if (!ipv4_is_fragment(ip) &&
-	    ct_extract_ports4(data, data_end, ETH_HLEN + hdrlen, tuple, &tcp_flags) < 0)
-		return DROP(skb, info, DROP_CT_INVALID_HDR);
-
-	status = ct_lookup4(&ciliate_ct4, tuple, dir, tcp_flags, skb->len);
-	if (status == CT_NEW) {
-		err = ct_create4(&ciliate_ct4, tuple, dir, tcp_flags, skb->len, src_identity);
-		if (err < 0) {
-			info->ext_error = err;
-			return DROP(skb, info, DROP_CT_MAP_INSERTION_FAILED);
-		}
-	}
-	info->reason = status;
-	if (status == CT_REPLY)
-		info->flags |= CILIATE_EVENT_F_REPLY;
-	return 0;
-}
-
-/*
- * Delivers to a pod of this node: the frame is rewritten as if the node had routed it (MACs of
- * the destination's veth pair, TTL one less) and handed straight to the destination pod's
- * eth0 with bpf_redirect_peer(), which skips the node's stack and the second veth hop; that
- * shortcut is where Cilium beats plain routing. A TTL about to expire goes to the stack instead,
- * so the node answers with ICMP time exceeded as a router would.
- */
-static __always_inline int ipv4_local_delivery(struct __sk_buff *skb, struct ciliate_notify_info *info,
-					       const struct endpoint_info *ep)
-{
-	void *data = ctx_data(skb);
-	void *data_end = ctx_data_end(skb);
-	struct iphdr *ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
-	int err;
-
-	if (!ip)
-		return DROP(skb, info, DROP_INVALID_PACKET);
-	if (ip->ttl <= 1) {
-		send_trace_notify(skb, info, TRACE_TO_STACK);
-		return TC_ACT_OK;
-	}
-	err = ipv4_dec_ttl(skb, ETH_HLEN, ip);
-	if (!err)
-		err = eth_store_daddr(skb, ep->mac);
-	if (!err)
-		err = eth_store_saddr(skb, ep->node_mac);
-	if (err) {
-		info->ext_error = err;
-		return DROP(skb, info, DROP_INVALID_PACKET);
-	}
-	info->dst_ifindex = ep->ifindex;
-	send_trace_notify(skb, info, TRACE_TO_LXC);
-	return bpf_redirect_peer(ep->ifindex, 0);
-}
+#include "l3.h"
+#include "encap.h"
 
 SEC("tc")
 int cil_from_container(struct __sk_buff *skb)
@@ -163,14 +60,25 @@ int cil_from_container(struct __sk_buff *skb)
 		return ipv4_local_delivery(skb, &info, ep);
 	}
 
-	/* Not a pod of this node: the stack routes it (tunnelling to other nodes is later work). */
-	info.dst_identity = ep ? IDENTITY_HOST : ipcache_identity(tuple.daddr);
+	if (ep) {
+		/* The node itself (its router address): the stack's. */
+		info.dst_identity = IDENTITY_HOST;
+	} else {
+		struct remote_endpoint_info *remote = ipcache_lookup4(tuple.daddr);
+
+		info.dst_identity = remote ? remote->sec_identity : IDENTITY_WORLD;
+		/* A pod of another node in tunnel mode: encapsulate towards that node. */
+		if (remote && (remote->flags & IPCACHE_F_HAS_TUNNEL_EP))
+			return encap_and_redirect4(skb, &info, remote->tunnel_endpoint, ENDPOINT_IDENTITY);
+	}
+	/* Anything else the stack routes: the node, the world, and in native mode other nodes' pods. */
 	send_trace_notify(skb, &info, TRACE_TO_STACK);
 	return TC_ACT_OK;
 }
 
-/* Packets the node's stack routed to this pod (from the host, or from outside the node). Pod to
- * pod traffic on this node never gets here: cil_from_container redirects it past this hook. */
+/* Packets the node's stack routed to this pod (from the host, or from outside the node; in native
+ * mode also pods of other nodes). Pod to pod traffic on this node and pods of other nodes in
+ * tunnel mode never get here: cil_from_container and cil_from_overlay redirect past this hook. */
 SEC("tc")
 int cil_to_container(struct __sk_buff *skb)
 {

@@ -59,6 +59,7 @@ static int server(int port) {
 		}
 		close(c);
 	}
+	return 0;
 }
 
 static int client(const char *host, int port, double secs) {

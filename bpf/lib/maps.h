@@ -18,6 +18,8 @@
 #define IDENTITY_UNKNOWN 0
 #define IDENTITY_HOST 1
 #define IDENTITY_WORLD 2
+/* Another node of the cluster (its host), e.g. in the VNI of its host-routed tunnel traffic. */
+#define IDENTITY_REMOTE_NODE 6
 
 /* --- ciliate_lxc: local endpoints by IPv4 address (Cilium's cilium_lxc) --- */
 
@@ -113,3 +115,28 @@ struct {
 	__type(key, struct ipv4_ct_tuple);
 	__type(value, struct ct_entry);
 } ciliate_ct4 SEC(".maps");
+
+/* --- ciliate_node_cfg: node-wide settings of the datapath, one entry at key 0 --- */
+
+/*
+ * Written by the agent's node routing (src/datapath/node-routing.ts), read by every program.
+ * A map rather than .rodata: the VXLAN device can be recreated under a new ifindex, and the
+ * endpoints' programs, loaded once and pinned, must follow without being reloaded.
+ */
+
+/* node_config.routing_mode */
+#define ROUTING_MODE_UNSET 0
+#define ROUTING_MODE_TUNNEL 1
+#define ROUTING_MODE_NATIVE 2
+
+struct node_config {
+	__u32 tunnel_ifindex;	/* the VXLAN device (collect_md) in this namespace; 0: none */
+	__u32 routing_mode;	/* ROUTING_MODE_*: informational, the ipcache decides per destination */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_config);
+} ciliate_node_cfg SEC(".maps");

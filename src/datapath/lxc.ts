@@ -14,10 +14,13 @@ import {
   endpointInfo,
   endpointKey,
   ipcacheKey,
+  nodeConfig,
+  nodeConfigKey,
   remoteEndpointInfo,
   type CtEntry,
   type CtTuple,
   type EndpointInfo,
+  type NodeConfig,
   type RemoteEndpointInfo,
 } from './maps.ts';
 
@@ -51,6 +54,7 @@ export interface LxcMaps {
   ct4: BpfMap<CtTuple, CtEntry>;
   events: BpfMap;
   eventsLost: BpfMap;
+  nodeCfg: BpfMap<number, NodeConfig>;
 }
 
 export function lxcMaps(obj: BpfObject): LxcMaps {
@@ -60,5 +64,6 @@ export function lxcMaps(obj: BpfObject): LxcMaps {
     ct4: obj.map(MapName.CT4).withCodecs(ctTuple, ctEntry),
     events: obj.map(MapName.EVENTS),
     eventsLost: obj.map(MapName.EVENTS_LOST),
+    nodeCfg: obj.map(MapName.NODE_CFG).withCodecs(nodeConfigKey, nodeConfig),
   };
 }

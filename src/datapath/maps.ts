@@ -12,6 +12,7 @@ export const MapName = {
   CT4: 'ciliate_ct4',
   EVENTS: 'ciliate_events',
   EVENTS_LOST: 'ciliate_events_lost',
+  NODE_CFG: 'ciliate_node_cfg',
 } as const;
 export type MapName = (typeof MapName)[keyof typeof MapName];
 
@@ -19,7 +20,7 @@ export type MapName = (typeof MapName)[keyof typeof MapName];
 export const SHARED_MAPS: readonly MapName[] = Object.values(MapName);
 
 /** Reserved security identities (Cilium's numbering). */
-export const ReservedIdentity = { UNKNOWN: 0, HOST: 1, WORLD: 2 } as const;
+export const ReservedIdentity = { UNKNOWN: 0, HOST: 1, WORLD: 2, REMOTE_NODE: 6 } as const;
 
 // ciliate_lxc: local endpoints by IPv4 address.
 
@@ -92,3 +93,17 @@ export const ctEntry = struct('ct_entry', {
   _pad: pad(4),
 });
 export type CtEntry = StructValue<(typeof ctEntry)['fields']>;
+
+// ciliate_node_cfg: node-wide settings, one entry at key 0.
+
+export const nodeConfigKey = u32;
+
+/** node_config.routing_mode (C ROUTING_MODE_*). */
+export const RoutingModeCode = { UNSET: 0, TUNNEL: 1, NATIVE: 2 } as const;
+
+export const nodeConfig = struct('node_config', {
+  /** The VXLAN device in collect_md mode, 0 when the node has none (native routing). */
+  tunnel_ifindex: u32,
+  routing_mode: u32,
+});
+export type NodeConfig = StructValue<(typeof nodeConfig)['fields']>;

@@ -19,7 +19,9 @@ export type StoreErrorCode =
   /** A key, value or option the store cannot accept. */
   | 'ERR_STORE_INVALID_ARGUMENT'
   /** The file system refused a read or write. */
-  | 'ERR_STORE_IO';
+  | 'ERR_STORE_IO'
+  /** The store's server (etcd) could not be reached or did not answer in time. */
+  | 'ERR_STORE_UNAVAILABLE';
 
 export class StoreError extends Error {
   readonly code: StoreErrorCode;

@@ -210,7 +210,7 @@ function removeCniCache(network: string): void {
  * CNI-* iptables chains that name `network` in their rule comments (the bridge/portmap/firewall
  * plugins write `name: "<network>" id: "<container>"`): unhooked and deleted, only if present.
  */
-async function removeCniChains(network: string): Promise<void> {
+export async function removeCniChains(network: string): Promise<void> {
   for (const table of ['nat', 'filter']) {
     let dump: string;
     try {

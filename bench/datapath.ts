@@ -1,0 +1,226 @@
+/**
+ * `datapath`: pod-to-pod traffic through Ciliate's datapath against the same topology routed by
+ * the kernel with no programs attached, in interleaved rounds.
+ *
+ *   ciliate   a node namespace running a Ciliate agent; two pods created through POST /v1/endpoints
+ *             (veth, IPAM, bpf_lxc on the host veths through TCX). Pod-to-pod packets leave the
+ *             client through cil_from_container, which hands them to the server pod's eth0 with
+ *             bpf_redirect_peer, skipping the node's stack.
+ *   routed    the same pod–node–pod shape built with plain `ip` (bench/support/routed.ts): veth
+ *             pairs, /32 addresses, routes via the node, ip_forward=1, no BPF; the node's IPv4
+ *             stack forwards between the two host veths.
+ *
+ * Traffic (bench/support/traffic.ts), client in pod A, server in pod B:
+ *   throughput_gbps  iperf3, one TCP stream, 3 s per sample
+ *   rr_per_s         sockperf ping-pong over TCP, 64-byte messages, --mps=max, 3 s per sample
+ *   conn_per_s       bench/c/conn-rate.c: connect + 1-byte request/response + close, one at a time, 2 s
+ *
+ * Figures (rates, so better is "higher" and ratio = ours / baseline): the three above, with the
+ * baseline's median as baseline_value, and one `ratio` line each for throughput and request/response
+ * (target >= 1.0). The throughput line also reports the host veths' packet counters over the whole
+ * bench: with redirect_peer working, the server pod's host veth transmits (almost) nothing, since
+ * its traffic is redirected past it.
+ * @module
+ */
+import { type BenchContext, interleave, median, round } from './lib.ts';
+import { BenchNode } from './support/agent.ts';
+import { Cleanups, inNs, sh } from './support/ns.ts';
+import { RoutedNode } from './support/routed.ts';
+import { connSample, DEFAULT_TRAFFIC, rrSample, startServers, throughputSample } from './support/traffic.ts';
+
+export const description = 'pod-to-pod TCP throughput, request/response and connection rate: Ciliate datapath vs kernel routing';
+
+const DEFAULT_ROUNDS = 5;
+const BASELINE = 'kernel routing: same pod-node-pod veth topology, ip_forward, no BPF programs';
+const RATIO_TARGET = 1.0;
+
+interface Pair {
+  client: string;
+  server: string;
+  serverIp: string;
+}
+
+interface LinkCounters {
+  rxPackets: number;
+  txPackets: number;
+}
+
+async function linkCounters(netns: string, ifname: string): Promise<LinkCounters> {
+  const [link] = JSON.parse(await sh('ip', ['-n', netns, '-s', '-j', 'link', 'show', 'dev', ifname])) as {
+    stats64: { rx: { packets: number }; tx: { packets: number } };
+  }[];
+  return { rxPackets: link.stats64.rx.packets, txPackets: link.stats64.tx.packets };
+}
+
+export async function run(ctx: BenchContext): Promise<void> {
+  if (process.getuid?.() !== 0) ctx.log('not running as root: creating namespaces and loading BPF will fail');
+  const rounds = ctx.rounds ?? DEFAULT_ROUNDS;
+  const traffic = DEFAULT_TRAFFIC;
+  const cleanups = new Cleanups((message) => ctx.log(message));
+  try {
+    // Ciliate: agent-managed node and pods.
+    const node = await BenchNode.start(cleanups, { prefix: 'cbdn' });
+    const podA = await node.addPod('cbda');
+    const podB = await node.addPod('cbdb');
+    const ours: Pair = { client: podA.netns, server: podB.netns, serverIp: podB.endpoint.ipv4 };
+    // Baseline: the same shape, routed by the node's stack.
+    const routed = await RoutedNode.start(cleanups, '10.250.0', 'cbrn');
+    const plainA = await routed.addPod('cbra');
+    const plainB = await routed.addPod('cbrb');
+    const baseline: Pair = { client: plainA.netns, server: plainB.netns, serverIp: plainB.ipv4 };
+
+    for (const [name, pair] of [['ciliate', ours], ['routed', baseline]] as const) {
+      await inNs(pair.client, 'ping', ['-c', '1', '-W', '2', pair.serverIp]).catch((error: unknown) => {
+        throw new Error(`${name}: pod A cannot reach pod B (${pair.serverIp}): ${(error as Error).message}`);
+      });
+      await startServers(cleanups, pair.server);
+    }
+    ctx.log(`ciliate pods ${podA.endpoint.ipv4} -> ${podB.endpoint.ipv4} on ${node.netns}; routed pods ${plainA.ipv4} -> ${plainB.ipv4} on ${routed.netns}`);
+
+    const hostA = podA.endpoint.hostIfname;
+    const hostB = podB.endpoint.hostIfname;
+    const before = { a: await linkCounters(node.netns, hostA), b: await linkCounters(node.netns, hostB) };
+
+    const retransmits: Record<string, number[]> = { ciliate: [], routed: [] };
+    const tput = await interleave(
+      rounds,
+      {
+        ciliate: async () => {
+          const s = await throughputSample(ours.client, ours.serverIp, traffic.throughputSeconds);
+          retransmits.ciliate.push(s.retransmits);
+          return s.gbps;
+        },
+        routed: async () => {
+          const s = await throughputSample(baseline.client, baseline.serverIp, traffic.throughputSeconds);
+          retransmits.routed.push(s.retransmits);
+          return s.gbps;
+        },
+      },
+      { onRound: (i, s) => ctx.log(`throughput round ${i + 1}: ciliate ${round(s.ciliate.at(-1)!, 2)} Gbit/s, routed ${round(s.routed.at(-1)!, 2)} Gbit/s`) },
+    );
+
+    const latency: Record<string, number[]> = { ciliate: [], routed: [] };
+    const rr = await interleave(
+      rounds,
+      {
+        ciliate: async () => {
+          const s = await rrSample(ours.client, ours.serverIp, traffic.rrSeconds, traffic.rrMessageSize);
+          latency.ciliate.push(s.latencyUs);
+          return s.perSecond;
+        },
+        routed: async () => {
+          const s = await rrSample(baseline.client, baseline.serverIp, traffic.rrSeconds, traffic.rrMessageSize);
+          latency.routed.push(s.latencyUs);
+          return s.perSecond;
+        },
+      },
+      { onRound: (i, s) => ctx.log(`rr round ${i + 1}: ciliate ${round(s.ciliate.at(-1)!, 0)}/s, routed ${round(s.routed.at(-1)!, 0)}/s`) },
+    );
+
+    const connErrors: Record<string, number> = { ciliate: 0, routed: 0 };
+    const conn = await interleave(
+      rounds,
+      {
+        ciliate: async () => {
+          const s = await connSample(ours.client, ours.serverIp, traffic.connSeconds);
+          connErrors.ciliate += s.errors;
+          return s.perSecond;
+        },
+        routed: async () => {
+          const s = await connSample(baseline.client, baseline.serverIp, traffic.connSeconds);
+          connErrors.routed += s.errors;
+          return s.perSecond;
+        },
+      },
+      { onRound: (i, s) => ctx.log(`conn round ${i + 1}: ciliate ${round(s.ciliate.at(-1)!, 0)}/s, routed ${round(s.routed.at(-1)!, 0)}/s`) },
+    );
+
+    const after = { a: await linkCounters(node.netns, hostA), b: await linkCounters(node.netns, hostB) };
+    // Pod A's packets arrive on host veth A (rx); with redirect_peer they never leave through host
+    // veth B (tx), and pod B's replies likewise never leave through host veth A.
+    const intoNode = after.a.rxPackets - before.a.rxPackets + (after.b.rxPackets - before.b.rxPackets);
+    const outOfNode = after.a.txPackets - before.a.txPackets + (after.b.txPackets - before.b.txPackets);
+    const redirectPeer = intoNode > 0 && outOfNode < intoNode * 0.01;
+    if (!redirectPeer) ctx.log(`host veths transmitted ${outOfNode} packets for ${intoNode} received: traffic is NOT bypassing them (redirect_peer not in effect?)`);
+
+    const pairedRatio = (samples: Record<'ciliate' | 'routed', number[]>): number =>
+      median(samples.ciliate.map((value, i) => value / samples.routed[i]));
+    const common = (samples: Record<'ciliate' | 'routed', number[]>) => ({
+      better: 'higher',
+      rounds: samples.ciliate.length,
+      samples: samples.ciliate.map((v) => round(v, 3)),
+      baseline_samples: samples.routed.map((v) => round(v, 3)),
+      paired_ratio_median: round(pairedRatio(samples), 3),
+    });
+
+    const tputOurs = median(tput.ciliate);
+    const tputBase = median(tput.routed);
+    ctx.emit({
+      metric: 'throughput_gbps',
+      value: round(tputOurs, 2),
+      unit: 'Gbit/s',
+      baseline: BASELINE,
+      baseline_value: round(tputBase, 2),
+      ratio: round(tputOurs / tputBase, 3),
+      ...common(tput),
+      tool: `iperf3, 1 TCP stream, ${traffic.throughputSeconds} s per sample`,
+      retransmits_median: median(retransmits.ciliate),
+      baseline_retransmits_median: median(retransmits.routed),
+      redirect_peer: redirectPeer,
+      host_veth_rx_packets: intoNode,
+      host_veth_tx_packets: outOfNode,
+    });
+
+    const rrOurs = median(rr.ciliate);
+    const rrBase = median(rr.routed);
+    ctx.emit({
+      metric: 'rr_per_s',
+      value: round(rrOurs, 0),
+      unit: 'round trips/s',
+      baseline: BASELINE,
+      baseline_value: round(rrBase, 0),
+      ratio: round(rrOurs / rrBase, 3),
+      ...common(rr),
+      tool: `sockperf ping-pong, TCP, ${traffic.rrMessageSize}-byte messages, --mps=max, ${traffic.rrSeconds} s per sample`,
+      avg_latency_us: round(median(latency.ciliate), 2),
+      baseline_avg_latency_us: round(median(latency.routed), 2),
+    });
+
+    const connOurs = median(conn.ciliate);
+    const connBase = median(conn.routed);
+    ctx.emit({
+      metric: 'conn_per_s',
+      value: round(connOurs, 0),
+      unit: 'connections/s',
+      baseline: BASELINE,
+      baseline_value: round(connBase, 0),
+      ratio: round(connOurs / connBase, 3),
+      ...common(conn),
+      tool: `bench/c/conn-rate.c: connect, 1-byte request/response, close; sequential, ${traffic.connSeconds} s per sample`,
+      errors: connErrors.ciliate,
+      baseline_errors: connErrors.routed,
+    });
+
+    for (const [of, ours, base, samples] of [
+      ['throughput_gbps', tputOurs, tputBase, tput],
+      ['rr_per_s', rrOurs, rrBase, rr],
+    ] as const) {
+      const ratio = ours / base;
+      ctx.emit({
+        metric: 'ratio',
+        of,
+        value: round(ratio, 3),
+        unit: 'ours/baseline',
+        baseline: BASELINE,
+        ratio: round(ratio, 3),
+        better: 'higher',
+        target: RATIO_TARGET,
+        meets_target: ratio >= RATIO_TARGET,
+        paired_ratio_median: round(pairedRatio(samples), 3),
+        rounds: samples.ciliate.length,
+      });
+    }
+  } finally {
+    await cleanups.run();
+  }
+}

@@ -1,0 +1,85 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * The overlay datapath, after Cilium's bpf/bpf_overlay.c: what arrives from other nodes through
+ * the node's VXLAN device (external / collect_md mode, so one device serves every peer).
+ *
+ *   cil_from_overlay  TCX ingress of the VXLAN device: decapsulated packets, with the tunnel
+ *                     key (outer source, VNI) readable through bpf_skb_get_tunnel_key().
+ *
+ * The sender put its pod's security identity in the VNI (encap.h), so the source identity comes
+ * from the tunnel key; a VNI of 0 (a sender without identity, e.g. a host route) falls back to
+ * the ipcache. A packet for a pod of this node is tracked (CT_INGRESS: entering the endpoint, as
+ * cil_to_container would) and handed to the pod with bpf_redirect_peer; anything else (the node
+ * itself, its router address) goes to the stack.
+ *
+ * Shares the node's pinned maps with bpf_lxc.o; ENDPOINT_ID stays 0 (events come from no
+ * endpoint). Ingress policy will have to run here as well as in cil_to_container.
+ */
+#include "common.h"
+#include "ctx.h"
+#include "endpoint_config.h"
+#include "drop_reasons.h"
+#include "events.h"
+#include "maps.h"
+#include "eth.h"
+#include "ipv4.h"
+#include "conntrack.h"
+#include "l3.h"
+#include "encap.h"
+
+SEC("tc")
+int cil_from_overlay(struct __sk_buff *skb)
+{
+	struct ciliate_notify_info info = { .flags = CILIATE_EVENT_F_INGRESS };
+	struct bpf_tunnel_key key = {};
+	struct ipv4_ct_tuple tuple;
+	struct endpoint_info *ep;
+	struct endpoint_key ep_key;
+	struct iphdr *ip;
+	int ret;
+
+	/*
+	 * The inner destination MAC is whatever the sender had (its own gateway's): the VXLAN device
+	 * marked the frame as for another host, which the stack would drop. The frame is for this
+	 * node; the redirect below scrubs the type anyway, the stack path needs it.
+	 */
+	if (skb->pkt_type == PACKET_OTHERHOST)
+		bpf_skb_change_type(skb, PACKET_HOST);
+
+	pull_headers(skb);
+	void *data = ctx_data(skb);
+	void *data_end = ctx_data_end(skb);
+	struct ethhdr *eth = pkt_header(data, data_end, 0, sizeof(*eth));
+
+	if (!eth)
+		return DROP(skb, &info, DROP_INVALID_PACKET);
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return TC_ACT_OK;
+	ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
+	if (!ip)
+		return DROP(skb, &info, DROP_INVALID_PACKET);
+
+	if (bpf_skb_get_tunnel_key(skb, &key, sizeof(key), 0) < 0)
+		return DROP(skb, &info, DROP_NO_TUNNEL_ENDPOINT);
+	info.src_identity = key.tunnel_id ? key.tunnel_id : ipcache_identity(ip->saddr);
+
+	ep_key.ip = ip->daddr;
+	ep = bpf_map_lookup_elem(&ciliate_lxc, &ep_key);
+	if (!ep || (ep->flags & ENDPOINT_F_HOST)) {
+		/* The node itself (its router address) or whatever else the stack routes. */
+		info.dst_identity = ep ? IDENTITY_HOST : ipcache_identity(ip->daddr);
+		send_trace_notify(skb, &info, TRACE_FROM_OVERLAY);
+		send_trace_notify(skb, &info, TRACE_TO_STACK);
+		return TC_ACT_OK;
+	}
+
+	info.dst_identity = ep->sec_identity;
+	info.dst_id = ep->lxc_id;
+	ret = ipv4_parse_and_track(skb, &info, CT_INGRESS, info.src_identity, &tuple);
+	if (ret)
+		return ret;
+	send_trace_notify(skb, &info, TRACE_FROM_OVERLAY);
+	return ipv4_local_delivery(skb, &info, ep);
+}
+
+char LICENSE[] SEC("license") = "GPL";

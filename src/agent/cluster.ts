@@ -1,0 +1,143 @@
+/**
+ * What this node learns of the rest of the cluster from the shared store: the other nodes (their
+ * pod CIDRs and underlay addresses) and their endpoints (IP → identity). Both become tables; the
+ * ipcache and node routing follow those tables. List first, then watch from the listed revision,
+ * so nothing written in between is missed.
+ * @module
+ */
+import type { Logger } from 'pino';
+import { ReservedIdentity } from '../datapath/index.ts';
+import { Reconciler, Table } from '../statedb/index.ts';
+import { StoreError, type StateStore, type WatchEvent } from '../store/index.ts';
+import type { NodeRecord } from './agent.ts';
+import type { Endpoint } from './endpoint.ts';
+import type { Ipcache } from './ipcache.ts';
+
+/** Kernel routing towards other nodes (VXLAN or native routes); implemented in src/datapath. */
+export interface RemoteNodeRouting {
+  upsertRemoteNode(node: NodeRecord): Promise<void> | void;
+  removeRemoteNode(node: NodeRecord): Promise<void> | void;
+}
+
+export const REMOTE_NODE_IDENTITY = 6;
+
+interface RemoteEndpoint {
+  key: string;
+  node: string;
+  ipv4: string;
+  identity: number;
+}
+
+export class ClusterWatcher {
+  readonly nodes = new Table<NodeRecord>('nodes', (n) => n.name, { equals: (a, b) => JSON.stringify(a) === JSON.stringify(b) });
+  readonly remoteEndpoints = new Table<RemoteEndpoint>('remote-endpoints', (e) => e.key, { equals: (a, b) => a.ipv4 === b.ipv4 && a.identity === b.identity });
+  readonly #store: StateStore;
+  readonly #self: string;
+  readonly #tunnel: boolean;
+  readonly #ipcache: Ipcache;
+  readonly #log: Logger;
+  readonly #routing: Reconciler<NodeRecord>;
+  readonly #abort = new AbortController();
+  #loops: Promise<void>[] = [];
+
+  constructor(options: { store: StateStore; self: string; tunnel: boolean; ipcache: Ipcache; routing: RemoteNodeRouting; log: Logger }) {
+    this.#store = options.store;
+    this.#self = options.self;
+    this.#tunnel = options.tunnel;
+    this.#ipcache = options.ipcache;
+    this.#log = options.log;
+    const routing = options.routing;
+    this.#routing = new Reconciler<NodeRecord>({
+      name: 'node-routing',
+      table: this.nodes,
+      ops: {
+        update: (node) => (node.name === this.#self ? undefined : routing.upsertRemoteNode(node)),
+        delete: (node) => (node.name === this.#self ? undefined : routing.removeRemoteNode(node)),
+      },
+      onError: (key, error, attempts) => this.#log.warn({ node: key, attempts, err: error }, 'routing to node failed; will retry'),
+    });
+  }
+
+  async start(): Promise<void> {
+    this.#routing.start();
+    // Nodes first: remote endpoints need their node's address.
+    const nodes = await this.#follow<NodeRecord>('nodes/', (event) => this.#onNode(event));
+    const endpoints = await this.#follow<Endpoint>('endpoints/', (event) => this.#onEndpoint(event));
+    this.#loops = [nodes.loop, endpoints.loop];
+    await Promise.all([this.#routing.waitFor(), this.#ipcache.synced()]);
+  }
+
+  async stop(): Promise<void> {
+    this.#abort.abort();
+    await Promise.allSettled(this.#loops);
+    await this.#routing.stop();
+  }
+
+  /** Lists `prefix`, applies it, then returns the loop that applies every later change. */
+  async #follow<T>(prefix: string, apply: (event: WatchEvent<T>) => void): Promise<{ loop: Promise<void> }> {
+    const { revision, entries } = await this.#store.list<T>(prefix);
+    for (const entry of entries) apply({ type: 'put', key: entry.key, value: entry.value, revision: entry.modRevision });
+    const watch = this.#store.watch<T>(prefix, { afterRevision: revision, signal: this.#abort.signal });
+    const loop = (async () => {
+      try {
+        for await (const event of watch) apply(event);
+      } catch (error) {
+        if (!this.#abort.signal.aborted) {
+          this.#log.error({ err: error, prefix, compacted: StoreError.is(error, 'ERR_STORE_COMPACTED') }, 'watch ended; cluster view is stale');
+        }
+      }
+    })();
+    return { loop };
+  }
+
+  #onNode(event: WatchEvent<NodeRecord>): void {
+    const name = event.key.slice('nodes/'.length);
+    const previous = this.nodes.get(name);
+    if (event.type === 'delete') {
+      if (previous) this.#forgetNode(previous);
+      this.nodes.delete(name);
+      return;
+    }
+    const node = event.value;
+    if (previous && previous.podCidr !== node.podCidr) this.#forgetNode(previous);
+    this.nodes.upsert(node);
+    if (node.name === this.#self) {
+      if (node.nodeIp) this.#ipcache.upsert({ prefix: `${node.nodeIp}/32`, identity: ReservedIdentity.HOST, source: 'remote-node' });
+      return;
+    }
+    const tunnelEndpoint = this.#tunnel && node.nodeIp ? node.nodeIp : undefined;
+    // Until a remote pod's own /32 arrives, its node's pod CIDR says where to send it.
+    this.#ipcache.upsert({ prefix: node.podCidr, identity: ReservedIdentity.WORLD, tunnelEndpoint, source: 'remote-node' });
+    if (node.nodeIp) this.#ipcache.upsert({ prefix: `${node.nodeIp}/32`, identity: REMOTE_NODE_IDENTITY, source: 'remote-node' });
+    for (const ep of this.remoteEndpoints.all()) if (ep.node === node.name) this.#upsertRemoteEndpointIpcache(ep);
+  }
+
+  #forgetNode(node: NodeRecord): void {
+    if (node.name !== this.#self) this.#ipcache.delete(node.podCidr);
+    if (node.nodeIp) this.#ipcache.delete(`${node.nodeIp}/32`);
+  }
+
+  #onEndpoint(event: WatchEvent<Endpoint>): void {
+    // endpoints/<node>/<container>/<ifname>
+    const [node] = event.key.slice('endpoints/'.length).split('/');
+    if (node === this.#self) return; // local endpoints are the endpoint manager's
+    const previous = this.remoteEndpoints.get(event.key);
+    if (event.type === 'delete') {
+      if (previous) {
+        this.remoteEndpoints.delete(event.key);
+        this.#ipcache.delete(`${previous.ipv4}/32`);
+      }
+      return;
+    }
+    const ep: RemoteEndpoint = { key: event.key, node, ipv4: event.value.ipv4, identity: event.value.identity };
+    if (previous && previous.ipv4 !== ep.ipv4) this.#ipcache.delete(`${previous.ipv4}/32`);
+    this.remoteEndpoints.upsert(ep);
+    this.#upsertRemoteEndpointIpcache(ep);
+  }
+
+  #upsertRemoteEndpointIpcache(ep: RemoteEndpoint): void {
+    const node = this.nodes.get(ep.node);
+    const tunnelEndpoint = this.#tunnel && node?.nodeIp ? node.nodeIp : undefined;
+    this.#ipcache.upsert({ prefix: `${ep.ipv4}/32`, identity: ep.identity, tunnelEndpoint, source: 'remote-endpoint' });
+  }
+}
