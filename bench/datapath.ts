@@ -12,7 +12,8 @@
  *
  * Traffic (bench/support/traffic.ts), client in pod A, server in pod B:
  *   throughput_gbps  iperf3, one TCP stream, 3 s per sample
- *   rr_per_s         sockperf ping-pong over TCP, 64-byte messages, --mps=max, 3 s per sample
+ *   rr_per_s         sockperf ping-pong over TCP, 64-byte messages, --mps=max, 3 s per sample, client
+ *                    and server pinned to one CPU (why: bench/support/traffic.ts)
  *   conn_per_s       bench/c/conn-rate.c: connect + 1-byte request/response + close, one at a time, 2 s
  *
  * Figures (rates, so better is "higher" and ratio = ours / baseline): the three above, with the
@@ -26,7 +27,7 @@ import { type BenchContext, interleave, median, round } from './lib.ts';
 import { BenchNode } from './support/agent.ts';
 import { Cleanups, inNs, sh } from './support/ns.ts';
 import { RoutedNode } from './support/routed.ts';
-import { connSample, DEFAULT_TRAFFIC, rrSample, startServers, throughputSample } from './support/traffic.ts';
+import { connSample, DEFAULT_TRAFFIC, RR_CPU, rrSample, startServers, throughputSample } from './support/traffic.ts';
 
 export const description = 'pod-to-pod TCP throughput, request/response and connection rate: Ciliate datapath vs kernel routing';
 
@@ -181,7 +182,7 @@ export async function run(ctx: BenchContext): Promise<void> {
       baseline_value: round(rrBase, 0),
       ratio: round(rrOurs / rrBase, 3),
       ...common(rr),
-      tool: `sockperf ping-pong, TCP, ${traffic.rrMessageSize}-byte messages, --mps=max, ${traffic.rrSeconds} s per sample`,
+      tool: `sockperf ping-pong, TCP, ${traffic.rrMessageSize}-byte messages, --mps=max, ${traffic.rrSeconds} s per sample, both ends on CPU ${RR_CPU}`,
       avg_latency_us: round(median(latency.ciliate), 2),
       baseline_avg_latency_us: round(median(latency.routed), 2),
     });

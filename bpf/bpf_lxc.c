@@ -13,8 +13,9 @@
  * Where a packet leaving a pod goes: to a pod of this node straight through bpf_redirect_peer;
  * to a destination whose ipcache entry names a tunnel endpoint (a pod of another node, in
  * tunnel mode) into the node's VXLAN device with that endpoint as outer destination
- * (encap.h); anywhere else to the node's stack, which routes it (native mode: the other nodes'
- * pod CIDRs are kernel routes via their underlay addresses).
+ * (encap.h); in native mode, to the cluster's other pods (the native routing CIDR) straight out
+ * of the device the kernel's FIB names (fib.h); anywhere else to the node's stack, which routes
+ * it (native mode: the other nodes' pod CIDRs are kernel routes via their underlay addresses).
  */
 #include "common.h"
 #include "ctx.h"
@@ -27,6 +28,7 @@
 #include "conntrack.h"
 #include "l3.h"
 #include "encap.h"
+#include "fib.h"
 
 SEC("tc")
 int cil_from_container(struct __sk_buff *skb)
@@ -67,9 +69,15 @@ int cil_from_container(struct __sk_buff *skb)
 		struct remote_endpoint_info *remote = ipcache_lookup4(tuple.daddr);
 
 		info.dst_identity = remote ? remote->sec_identity : IDENTITY_WORLD;
+		struct node_config *cfg;
+
 		/* A pod of another node in tunnel mode: encapsulate towards that node. */
 		if (remote && (remote->flags & IPCACHE_F_HAS_TUNNEL_EP))
 			return encap_and_redirect4(skb, &info, remote->tunnel_endpoint, ENDPOINT_IDENTITY);
+		/* Native mode, inside the native routing CIDR: forward past the node's stack. */
+		cfg = node_config();
+		if (cfg && native_routed4(cfg, tuple.daddr))
+			return fib_redirect4(skb, &info);
 	}
 	/* Anything else the stack routes: the node, the world, and in native mode other nodes' pods. */
 	send_trace_notify(skb, &info, TRACE_TO_STACK);

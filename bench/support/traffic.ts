@@ -5,7 +5,12 @@
  *   throughput   iperf3, one TCP stream; Gbit/s received (end.sum_received).
  *   rr           sockperf ping-pong over TCP, 64-byte messages, as fast as they go (--mps=max):
  *                round trips per second of the measured window, i.e. ReceivedMessages / RunTime of
- *                sockperf's "[Valid Duration]" line (its warm-up and drain are left out).
+ *                sockperf's "[Valid Duration]" line (its warm-up and drain are left out). Client
+ *                and server are pinned to the same CPU (RR_CPU): unpinned, the rate is bimodal
+ *                (12k–60k/s on this 2-CPU VM) depending on whether the scheduler puts the two on one
+ *                CPU or makes every round trip wake an idle one; pinned to one CPU a round trip is
+ *                pure CPU work (both stacks plus the datapath between them), stable within a few %,
+ *                and exactly the cost the datapath adds or saves.
  *   conn         bench/c/conn-rate.c: connect, 1-byte request, 1-byte response, close, in a loop,
  *                one connection at a time (netperf TCP_CRR's pattern): connections per second.
  * @module
@@ -16,6 +21,8 @@ import { type Cleanups, inNs, sleep, spawnInNs } from './ns.ts';
 export const IPERF_PORT = 5201;
 export const SOCKPERF_PORT = 11111;
 export const CONN_PORT = 7777;
+/** The CPU both sockperf ends run on. */
+export const RR_CPU = 1;
 
 export interface TrafficOptions {
   /** Seconds per iperf3 sample. */
@@ -35,7 +42,7 @@ export async function startServers(cleanups: Cleanups, serverNetns: string): Pro
   const connRate = buildC('conn-rate');
   const servers = [
     { port: IPERF_PORT, child: spawnInNs(cleanups, serverNetns, 'iperf3', ['-s', '-p', String(IPERF_PORT)]) },
-    { port: SOCKPERF_PORT, child: spawnInNs(cleanups, serverNetns, 'sockperf', ['sr', '--tcp', '-i', '0.0.0.0', '-p', String(SOCKPERF_PORT)]) },
+    { port: SOCKPERF_PORT, child: spawnInNs(cleanups, serverNetns, 'taskset', ['-c', String(RR_CPU), 'sockperf', 'sr', '--tcp', '-i', '0.0.0.0', '-p', String(SOCKPERF_PORT)]) },
     { port: CONN_PORT, child: spawnInNs(cleanups, serverNetns, connRate, ['server', String(CONN_PORT)]) },
   ];
   // Banners are no sign of readiness (iperf3 buffers its stdout in a pipe): wait for the sockets.
@@ -62,8 +69,8 @@ export async function throughputSample(clientNetns: string, server: string, seco
 export async function rrSample(clientNetns: string, server: string, seconds: number, messageSize: number): Promise<{ perSecond: number; latencyUs: number }> {
   const out = await inNs(
     clientNetns,
-    'sockperf',
-    ['pp', '--tcp', '-i', server, '-p', String(SOCKPERF_PORT), '-t', String(seconds), '-m', String(messageSize), '--mps=max'],
+    'taskset',
+    ['-c', String(RR_CPU), 'sockperf', 'pp', '--tcp', '-i', server, '-p', String(SOCKPERF_PORT), '-t', String(seconds), '-m', String(messageSize), '--mps=max'],
     (seconds + 20) * 1000,
   );
   // eslint-disable-next-line no-control-regex

@@ -131,7 +131,15 @@ struct {
 
 struct node_config {
 	__u32 tunnel_ifindex;	/* the VXLAN device (collect_md) in this namespace; 0: none */
-	__u32 routing_mode;	/* ROUTING_MODE_*: informational, the ipcache decides per destination */
+	__u32 routing_mode;	/* ROUTING_MODE_*; whether to tunnel is the ipcache's, per destination */
+	/*
+	 * Native mode: packets from pods to this CIDR (the cluster's pod addresses, Cilium's
+	 * ipv4-native-routing-cidr) are forwarded by bpf_lxc itself after a FIB lookup, past the
+	 * node's netfilter and forwarding path; nothing in it is masqueraded, so nothing is lost.
+	 * A prefix length of 0 turns that off (everything goes through the stack).
+	 */
+	__be32 native_cidr;
+	__u32 native_cidr_prefixlen;
 };
 
 struct {

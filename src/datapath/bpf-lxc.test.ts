@@ -107,7 +107,9 @@ test('a packet to a local endpoint is redirected to its peer with rewritten MACs
 
 test('a packet to an address that is not a local endpoint goes to the stack untouched', (t) => {
   const f = setup(t);
-  f.maps.ipcache.update({ prefixlen: 8, ip: '10.0.0.0' }, { sec_identity: 7777, tunnel_endpoint: '192.168.0.2', flags: 1 });
+  // Without HAS_TUNNEL_EP (native routing: the stack routes other nodes' pods); the tunnel
+  // path is bpf-overlay.test.ts's.
+  f.maps.ipcache.update({ prefixlen: 8, ip: '10.0.0.0' }, { sec_identity: 7777, tunnel_endpoint: '192.168.0.2', flags: 0 });
   for (const [dst, identity] of [['10.1.2.3', 7777], ['8.8.8.8', ReservedIdentity.WORLD]] as const) {
     const frame = buildIpv4Frame({ src: CLIENT.ip, dst, udp: { sport: 5000, dport: 53 } });
     const { verdict, data, events } = f.run(frame);

@@ -12,3 +12,5 @@ export * from './lxc.ts';
 export * from './endpoint-datapath.ts';
 export * from './netlink.ts';
 export * from './masquerade.ts';
+export * from './overlay.ts';
+export * from './node-routing.ts';

@@ -25,7 +25,7 @@
  * @module
  */
 import { Etcd3, EtcdError, GRPCDeadlineExceededError, GRPCInvalidArgumentError, GRPCUnavailableError, GRPCOutOfRangeError, ClientClosedError, GRPCCancelledError, GRPCResourceExhastedError } from 'etcd3';
-import type { ICompare, IOptions, IRequestOp, IResponseHeader, ITxnResponse, IKeyValue, IWatchResponse, Watcher as EtcdWatcher } from 'etcd3';
+import type { ICompare, IDuplexStream, IOptions, KVClient, IRequestOp, IResponseHeader, ITxnResponse, IKeyValue, IWatchRequest, IWatchResponse } from 'etcd3';
 import { StoreConflictError, StoreError, type RevisionMismatch } from './errors.ts';
 import { toJson, validateKey } from './kv-engine.ts';
 import type { DeleteResult, KeyValue, ListResult, StateStore, StoreWatch, TxnOp, TxnResult, WatchOptions, WriteOptions, WriteResult } from './types.ts';
@@ -42,17 +42,11 @@ export interface EtcdStateStoreOptions {
 
 type FaultHandling = NonNullable<IOptions['faultHandling']>;
 type Policy = NonNullable<FaultHandling['global']>;
-type Backoff = NonNullable<FaultHandling['watchBackoff']>;
 
 /** No retries or circuit breakers inside the client: this store decides what may be retried. */
 const passThrough = {
   execute: <R>(fn: (context: { signal: AbortSignal; attempt: number }) => R | Promise<R>) => Promise.resolve().then(() => fn({ signal: new AbortController().signal, attempt: 1 })),
 } as unknown as Policy;
-
-/** Watch reconnect backoff: 100 ms doubling up to 5 s (the client's default waits up to 30 s). */
-function watchBackoff(duration = 100): Backoff {
-  return { duration, next: () => watchBackoff(Math.min(duration * 2, 5000)) } as unknown as Backoff;
-}
 
 /** etcd's first revision: an empty cluster reports 1, the contract 0. */
 const REVISION_OFFSET = 1;
@@ -90,6 +84,11 @@ function isUnavailable(error: unknown): boolean {
   );
 }
 
+/** The request never reached a server (no connection could be made): safe to send elsewhere. */
+function neverSent(error: unknown): boolean {
+  return error instanceof GRPCUnavailableError && /No connection established|ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|Name resolution failed/.test(error.message);
+}
+
 function isCompacted(error: unknown): boolean {
   return error instanceof GRPCOutOfRangeError || /required revision has been compacted/.test(String((error as Error)?.message));
 }
@@ -100,13 +99,44 @@ interface PreparedOp {
   readonly json?: string;
 }
 
-/** An etcd watch behind one StoreWatch. */
-interface ActiveWatch {
-  readonly watcher: Watcher<unknown>;
-  etcd: EtcdWatcher | undefined;
-  /** Set once etcd ended it (cancelled by the server): cancelling again would hang. */
-  ended: boolean;
-  cancelled: Promise<void> | undefined;
+/**
+ * The StoreWatch of this store. `close()` (also via the abort signal) first delivers the events
+ * up to the revision the client knew of when it was called — with a server in between, "already
+ * queued" means "already committed and known here", not "already received" — then ends;
+ * `return()` (a `for await` break) and the store's `close()` end it at once.
+ */
+class EtcdWatch<T> extends Watcher<T> {
+  #onCloseRequest: (() => void) | undefined;
+
+  constructor(prefix: string, onClose: () => void, signal?: AbortSignal) {
+    super(prefix, onClose, signal);
+  }
+
+  set onCloseRequest(handler: () => void) {
+    this.#onCloseRequest = handler;
+  }
+
+  override close(): void {
+    if (this.#onCloseRequest) this.#onCloseRequest();
+    else super.close();
+  }
+
+  /** Ends the watch now (queued events are still handed out). */
+  closeNow(): void {
+    super.close();
+  }
+}
+
+type WatchStream = IDuplexStream<IWatchRequest, IWatchResponse>;
+
+const MIN_WATCH_BACKOFF_MS = 100;
+const MAX_WATCH_BACKOFF_MS = 5000;
+
+/** Ends a watch stream of ours; its late 'error' (CANCELLED) must still have a listener. */
+function endStream(stream: WatchStream): void {
+  stream.on('error', () => {});
+  stream.end();
+  stream.cancel();
 }
 
 /**
@@ -120,16 +150,25 @@ export class EtcdStateStore implements StateStore {
   readonly endpoints: readonly string[];
   readonly prefix: string;
   readonly timeoutMs: number;
+  /** Watch streams: a client over all endpoints (a reconnect picks any member). */
   #client: Etcd3;
+  /** Requests: one client per endpoint, used in turn, so a dead member is skipped deterministically. */
+  #kvClients: readonly KVClient[];
+  #allClients: readonly Etcd3[];
+  /** Index into `#kvClients` of the member that answered last. */
+  #current = 0;
   #prefix: Buffer;
   /** Highest etcd revision seen in any response (ours or a watch's). */
   #etcdRevision: number;
   #inflight = new Set<Promise<unknown>>();
-  #watches = new Set<ActiveWatch>();
+  /** Stops of the running watches, for close(). */
+  #watchStops = new Set<() => void>();
   #closing: Promise<void> | undefined;
 
-  private constructor(client: Etcd3, endpoints: readonly string[], prefix: string, timeoutMs: number, etcdRevision: number) {
+  private constructor(client: Etcd3, kvClients: readonly Etcd3[], endpoints: readonly string[], prefix: string, timeoutMs: number, etcdRevision: number) {
     this.#client = client;
+    this.#kvClients = kvClients.map((c) => c.kv);
+    this.#allClients = kvClients.includes(client) ? kvClients : [client, ...kvClients];
     this.endpoints = endpoints;
     this.prefix = prefix;
     this.#prefix = Buffer.from(prefix, 'utf8');
@@ -153,18 +192,20 @@ export class EtcdStateStore implements StateStore {
       throw new StoreError('ERR_STORE_INVALID_ARGUMENT', `store: connecting to etcd: timeoutMs must be a positive number, got ${String(timeoutMs)}`);
     }
     const hosts = endpoints.map((e) => e.replace(/\/$/, ''));
-    const client = new Etcd3({
-      hosts,
-      // Unary calls get the deadline; watch streams live until cancelled.
-      defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + timeoutMs }),
-      faultHandling: { global: passThrough, host: () => passThrough, watchBackoff: watchBackoff() },
-    });
-    const store = new EtcdStateStore(client, hosts, prefix, timeoutMs, 0);
+    const newClient = (clientHosts: string[]): Etcd3 =>
+      new Etcd3({
+        hosts: clientHosts,
+        // Unary calls get the deadline; watch streams live until cancelled.
+        defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + timeoutMs }),
+        faultHandling: { global: passThrough, host: () => passThrough },
+      });
+    const kvClients = hosts.map((host) => newClient([host]));
+    const client = hosts.length === 1 ? kvClients[0] : newClient(hosts);
+    const store = new EtcdStateStore(client, kvClients, hosts, prefix, timeoutMs, 0);
     try {
-      const response = await store.#call('connect', true, () => client.kv.range({ key: store.#prefix.length > 0 ? store.#prefix : Buffer.from([0]), limit: 1, keys_only: true }));
-      store.#observe(response.header);
+      await store.#call('connect', true, (kv) => kv.range({ key: store.#range('').key, limit: 1, keys_only: true }));
     } catch (error) {
-      client.close();
+      for (const c of store.#allClients) c.close();
       throw error;
     }
     return store;
@@ -177,7 +218,7 @@ export class EtcdStateStore implements StateStore {
   async get<T = unknown>(key: string): Promise<KeyValue<T> | undefined> {
     this.#assertUsable('get');
     validateKey('get', key);
-    const response = await this.#call(`get ${key}`, true, () => this.#client.kv.range({ key: this.#etcdKey(key) }));
+    const response = await this.#call(`get ${key}`, true, (kv) => kv.range({ key: this.#etcdKey(key) }));
     const kv = response.kvs[0];
     return kv === undefined ? undefined : this.#toKeyValue<T>(`get ${key}`, kv);
   }
@@ -186,7 +227,7 @@ export class EtcdStateStore implements StateStore {
     this.#assertUsable('list');
     if (typeof prefix !== 'string') throw new StoreError('ERR_STORE_INVALID_ARGUMENT', 'store: list: prefix must be a string');
     const range = this.#range(prefix);
-    const response = await this.#call(`list ${prefix}`, true, () => this.#client.kv.range({ key: range.key, range_end: range.end }));
+    const response = await this.#call(`list ${prefix}`, true, (kv) => kv.range({ key: range.key, range_end: range.end }));
     const entries = response.kvs.map((kv) => this.#toKeyValue<T>(`list ${prefix}`, kv));
     // Same order as the embedded stores (UTF-16 code units; etcd's is UTF-8 bytes).
     entries.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
@@ -217,33 +258,88 @@ export class EtcdStateStore implements StateStore {
     const after = options?.afterRevision ?? this.revision;
     validateRevision('watch', after);
     const label = `watch ${prefix || '(all keys)'}`;
-    const active: ActiveWatch = { watcher: undefined as unknown as Watcher<unknown>, etcd: undefined, ended: false, cancelled: undefined };
-    const watcher = new Watcher<T>(prefix, () => this.#stopWatch(active), options?.signal);
-    (active as { watcher: Watcher<unknown> }).watcher = watcher as Watcher<unknown>;
-    if (options?.signal?.aborted) return watcher;
-    this.#watches.add(active);
-
-    /** Store revision of the last event handed on; a resumed watch starts after it. */
-    let delivered = after;
     const range = this.#range(prefix);
-    const etcd = this.#client.watch().inRange({ start: range.key, end: range.end }).startRevision(String(toEtcdRevision(delivered) + 1)).watcher();
-    active.etcd = etcd;
-    etcd.on('connected', (response: IWatchResponse) => this.#observe(response.header));
-    etcd.on('data', (response: IWatchResponse) => {
+
+    /** Store revision of the last event handed on; a (re)created etcd watch starts after it. */
+    let delivered = after;
+    let stream: WatchStream | undefined;
+    let stopped = false;
+    let retryTimer: NodeJS.Timeout | undefined;
+    let backoff = MIN_WATCH_BACKOFF_MS;
+    /** Set by close(): deliver up to this revision, then end. */
+    let drainTo: number | undefined;
+    let drainTimer: NodeJS.Timeout | undefined;
+    /** Whether the current etcd watch started at the head of history, so progress reports are exact. */
+    let synced = false;
+
+    const stop = (): void => {
+      if (stopped) return;
+      stopped = true;
+      this.#watchStops.delete(stop);
+      clearTimeout(retryTimer);
+      clearTimeout(drainTimer);
+      const current = stream;
+      stream = undefined;
+      if (current) endStream(current);
+    };
+    const watcher = new EtcdWatch<T>(prefix, stop, options?.signal);
+    if (options?.signal?.aborted) return watcher;
+    this.#watchStops.add(stop);
+    const finish = (): void => watcher.closeNow();
+    const fail = (error: StoreError): void => {
+      stop();
+      watcher.fail(error);
+    };
+    watcher.onCloseRequest = () => {
+      if (drainTo !== undefined) return;
+      drainTo = this.revision;
+      if (delivered >= drainTo || this.#closing || stream === undefined) return finish();
+      // Ask etcd where the stream stands; events this client knows were committed may still be on
+      // their way. A bounded wait: an older etcd might not answer the progress request.
+      if (synced) stream.write({ progress_request: {} });
+      drainTimer = setTimeout(finish, Math.min(this.timeoutMs, 2000));
+    };
+
+    const retry = (): void => {
+      if (stopped) return;
+      if (drainTo !== undefined) return finish();
+      retryTimer = setTimeout(() => void open(), backoff);
+      backoff = Math.min(backoff * 2, MAX_WATCH_BACKOFF_MS);
+    };
+    const onResponse = (response: IWatchResponse): void => {
       this.#observe(response.header);
+      const compactRevision = Number(response.compact_revision ?? 0);
+      if (compactRevision > 0) {
+        return fail(
+          new StoreError(
+            'ERR_STORE_COMPACTED',
+            `store: ${label}: revision ${delivered} is compacted in etcd (${this.endpoints.join(', ')}); history starts at revision ${toStoreRevision(compactRevision)}: list and watch again`,
+          ),
+        );
+      }
+      if (response.canceled) {
+        return fail(new StoreError('ERR_STORE_IO', `store: ${label}: etcd (${this.endpoints.join(', ')}) cancelled the watch: ${response.cancel_reason || 'no reason given'}`));
+      }
+      if (response.created) {
+        backoff = MIN_WATCH_BACKOFF_MS;
+        // etcd sends a watcher that starts past its current revision only live events, in order.
+        synced = toEtcdRevision(delivered) >= Number(response.header.revision);
+        if (drainTo !== undefined && synced) stream?.write({ progress_request: {} });
+        return;
+      }
       let last = delivered;
       for (const event of response.events) {
         const revision = toStoreRevision(event.kv.mod_revision);
         // Replayed again after a reconnect: already delivered (a revision never spans responses).
         if (revision <= delivered) continue;
+        if (drainTo !== undefined && revision > drainTo) break;
         const key = this.#storeKey(event.kv.key);
         if (event.type === 'Put') {
           let value: T;
           try {
             value = JSON.parse(event.kv.value.toString('utf8')) as T;
           } catch (cause) {
-            watcher.fail(new StoreError('ERR_STORE_CORRUPT', `store: ${label}: value of ${key} at revision ${revision} is not JSON`, { cause }));
-            return;
+            return fail(new StoreError('ERR_STORE_CORRUPT', `store: ${label}: value of ${key} at revision ${revision} is not JSON`, { cause }));
           }
           watcher.push({ type: 'put', key, value, revision });
         } else {
@@ -252,76 +348,53 @@ export class EtcdStateStore implements StateStore {
         last = revision;
       }
       delivered = last;
-    });
-    etcd.on('disconnected', () => {
-      // The client resumes from the newest revision it heard of, which can be past events not yet
-      // received (the header of a catching-up batch is the cluster's current revision); resume
-      // from what was actually delivered instead.
-      etcd.request.start_revision = String(toEtcdRevision(delivered) + 1);
-    });
-    etcd.on('error', (error: Error) => {
-      // etcd cancelled the watch: in practice its start revision was compacted away.
-      active.ended = true;
-      void this.#watchFailure(label, delivered, error).then((failure) => watcher.fail(failure));
-    });
+      if (drainTo === undefined) return;
+      // A progress report (no events): everything up to the header's revision has been sent.
+      const progress = response.events.length === 0 && synced ? toStoreRevision(response.header.revision) : delivered;
+      if (Math.max(delivered, progress) >= drainTo) finish();
+    };
+    const open = async (): Promise<void> => {
+      let current: WatchStream;
+      try {
+        current = await this.#client.watchClient.watch();
+      } catch {
+        // No member reachable now: keep trying, as etcd's own clients do; close() ends it.
+        return retry();
+      }
+      if (stopped) return endStream(current);
+      stream = current;
+      synced = false;
+      current.on('data', (response: IWatchResponse) => {
+        if (current !== stream) return;
+        try {
+          onResponse(response);
+        } catch (error) {
+          fail(new StoreError('ERR_STORE_IO', `store: ${label}: ${(error as Error).message}`, { cause: error }));
+        }
+      });
+      const lost = (): void => {
+        if (current !== stream) return;
+        stream = undefined;
+        retry();
+      };
+      current.on('error', lost);
+      current.on('end', lost);
+      current.write({
+        create_request: { key: range.key, range_end: range.end, start_revision: toEtcdRevision(delivered) + 1, progress_notify: true },
+      });
+    };
+    void open();
     return watcher;
   }
 
-  /** Waits for requests in flight, ends all watches and closes the connection. Idempotent. */
+  /** Waits for requests in flight, ends all watches and closes the connections. Idempotent. */
   async close(): Promise<void> {
     this.#closing ??= (async () => {
       await Promise.allSettled([...this.#inflight]);
-      for (const active of [...this.#watches]) active.watcher.close();
-      const cancels = [...this.#watches].map((a) => a.cancelled).filter((p) => p !== undefined);
-      let timer: NodeJS.Timeout | undefined;
-      const settled = await Promise.race([
-        Promise.allSettled(cancels).then(() => true),
-        new Promise<false>((resolve) => {
-          timer = setTimeout(() => resolve(false), Math.min(this.timeoutMs, 2000));
-        }),
-      ]);
-      clearTimeout(timer);
-      if (!settled) {
-        // etcd did not confirm the cancels (unreachable): drop the watchers from the client so it
-        // stops trying to re-establish their stream after the connection is closed.
-        const manager = (this.#client as unknown as { watchManager?: { watchers?: unknown[] } }).watchManager;
-        if (manager?.watchers) manager.watchers = [];
-      }
-      this.#watches.clear();
-      this.#client.close();
+      for (const stop of [...this.#watchStops]) stop();
+      for (const client of this.#allClients) client.close();
     })();
     return this.#closing;
-  }
-
-  #stopWatch(active: ActiveWatch): void {
-    const etcd = active.etcd;
-    if (etcd === undefined || active.cancelled !== undefined) return;
-    if (active.ended) {
-      this.#watches.delete(active);
-      return;
-    }
-    active.cancelled = etcd.cancel().then(
-      () => undefined,
-      () => undefined,
-    );
-    void active.cancelled.then(() => this.#watches.delete(active));
-  }
-
-  /** Why etcd ended a watch: compacted history (checked with a read at that revision) or not. */
-  async #watchFailure(label: string, delivered: number, error: Error): Promise<StoreError> {
-    const startRevision = toEtcdRevision(delivered) + 1;
-    try {
-      await this.#client.kv.range({ key: this.#prefix.length > 0 ? this.#prefix : Buffer.from([0]), limit: 1, keys_only: true, revision: startRevision });
-    } catch (probe) {
-      if (isCompacted(probe)) {
-        return new StoreError(
-          'ERR_STORE_COMPACTED',
-          `store: ${label}: revision ${delivered} is compacted in etcd (${this.endpoints.join(', ')}); list and watch again`,
-          { cause: error },
-        );
-      }
-    }
-    return new StoreError('ERR_STORE_IO', `store: ${label}: etcd (${this.endpoints.join(', ')}) ended the watch: ${error.message}`, { cause: error });
   }
 
   async #transact(operation: string, ops: readonly TxnOp[]): Promise<{ revision: number; deleted: boolean }> {
@@ -340,7 +413,7 @@ export class EtcdStateStore implements StateStore {
     }
     // On failure, read every compared key at the same revision to say which comparisons failed.
     const failure: IRequestOp[] = compared.map(({ etcdKey }) => ({ request_range: { key: etcdKey, keys_only: true } }));
-    const response: ITxnResponse = await this.#call(operation, false, () => this.#client.kv.txn({ compare, success, failure }));
+    const response: ITxnResponse = await this.#call(operation, false, (kv) => kv.txn({ compare, success, failure }));
     this.#observe(response.header);
     if (!response.succeeded) {
       const mismatches: RevisionMismatch[] = [];
@@ -388,19 +461,26 @@ export class EtcdStateStore implements StateStore {
   }
 
   /**
-   * Runs one etcd request with typed errors. `idempotent` requests (reads) are retried while
-   * another endpoint may answer; writes are tried once.
+   * Runs one etcd request with typed errors. With several endpoints, a failed request is sent to
+   * the next member (each at most once, each with its own `timeoutMs` deadline): reads on any
+   * connection failure, writes only when no connection could be made at all — a write whose
+   * answer was lost may have been applied.
    */
-  async #call<R>(operation: string, idempotent: boolean, request: () => Promise<R>): Promise<R> {
+  async #call<R>(operation: string, idempotent: boolean, request: (kv: KVClient) => Promise<R>): Promise<R> {
     const run = async (): Promise<R> => {
-      const attempts = idempotent ? Math.max(1, this.endpoints.length) : 1;
       let lastError: unknown;
-      for (let attempt = 0; attempt < attempts; attempt++) {
+      // Each member at most once, starting with the one that answered last.
+      for (let attempt = 0; attempt < this.#kvClients.length; attempt++) {
+        const index = this.#current;
         try {
-          return await request();
+          const response = await request(this.#kvClients[index]);
+          this.#observe((response as { header?: IResponseHeader } | undefined)?.header);
+          return response;
         } catch (error) {
           lastError = error;
-          if (!isUnavailable(error)) break;
+          if (!(idempotent ? isUnavailable(error) : neverSent(error))) break;
+          // Concurrent calls may have moved on already; only advance past the member that failed.
+          if (this.#current === index) this.#current = (index + 1) % this.#kvClients.length;
         }
       }
       throw this.#storeError(operation, lastError);

@@ -31,11 +31,17 @@ export interface EtcdInstance {
   readonly clientUrl: string;
   readonly peerUrl: string;
   readonly dataDir: string;
+  /** Pid of the current etcd process (a restart changes it). */
   readonly pid: number;
   /** The etcd process's output so far (bounded), for failure messages. */
   output(): string;
   /** SIGKILLs the process now (idempotent; cleanup does it anyway). Resolves once it has exited. */
   kill(): Promise<void>;
+  /**
+   * Kills etcd if it runs and starts it again on the same ports and data directory: its data and
+   * revisions survive, as after a crash. Resolves once it answers again.
+   */
+  restart(): Promise<void>;
 }
 
 export interface StartEtcdOptions {
@@ -118,64 +124,73 @@ async function startOnce(t: TestContext, options?: StartEtcdOptions): Promise<Et
     ...(options?.args ?? []),
   ];
   const bin = process.env.ETCD_BIN ?? 'etcd';
-  let output = '';
   // etcd 3.4 refuses to start on arm64 unless told the architecture is "unsupported" on purpose.
   const env = process.arch === 'arm64' ? { ...process.env, ETCD_UNSUPPORTED_ARCH: 'arm64' } : process.env;
-  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
-  // Should the test process exit without running t.after (an uncaught error), take etcd along.
-  const killOnExit = (): void => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  };
-  process.once('exit', killOnExit);
+  let output = '';
   const collect = (chunk: Buffer): void => {
     output += chunk.toString('utf8');
     if (output.length > MAX_OUTPUT) output = output.slice(-MAX_OUTPUT);
   };
-  child.stdout!.on('data', collect);
-  child.stderr!.on('data', collect);
-  let spawnError: Error | undefined;
-  child.once('error', (error) => {
-    spawnError = error;
-  });
 
-  let killed: Promise<void> | undefined;
-  const kill = (): Promise<void> => {
-    killed ??= (async () => {
-      // Only the process this helper started, by its own handle (never by name).
-      if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) child.kill('SIGKILL');
-      await exited(child);
-    })();
-    return killed;
+  let child: ChildProcess | undefined;
+  // Should the test process exit without running t.after (an uncaught error), take etcd along.
+  const killOnExit = (): void => {
+    if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  };
+  process.once('exit', killOnExit);
+  const kill = async (): Promise<void> => {
+    const current = child;
+    if (current === undefined || current.pid === undefined) return;
+    // Only the process this helper started, by its own handle (never by name).
+    if (current.exitCode === null && current.signalCode === null) current.kill('SIGKILL');
+    await exited(current);
   };
   t.after(async () => {
     process.removeListener('exit', killOnExit);
-    if (child.pid !== undefined) await kill();
+    await kill();
     await rm(dataDir, { recursive: true, force: true });
   });
 
-  const deadline = Date.now() + startTimeoutMs;
-  for (;;) {
-    if (spawnError) {
-      const hint = (spawnError as NodeJS.ErrnoException).code === 'ENOENT' ? ` (is etcd installed? apt-get install etcd-server, or set ETCD_BIN)` : '';
-      throw new Error(`startEtcd: cannot run ${bin}: ${spawnError.message}${hint}`);
+  const launch = async (): Promise<void> => {
+    const current = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+    child = current;
+    current.stdout!.on('data', collect);
+    current.stderr!.on('data', collect);
+    let spawnError: Error | undefined;
+    current.once('error', (error) => {
+      spawnError = error;
+    });
+    const deadline = Date.now() + startTimeoutMs;
+    for (;;) {
+      if (spawnError) {
+        const hint = (spawnError as NodeJS.ErrnoException).code === 'ENOENT' ? ` (is etcd installed? apt-get install etcd-server, or set ETCD_BIN)` : '';
+        throw new Error(`startEtcd: cannot run ${bin}: ${spawnError.message}${hint}`);
+      }
+      if (current.exitCode !== null || current.signalCode !== null) {
+        throw new Error(`startEtcd: etcd exited (${current.exitCode ?? current.signalCode}) before answering on ${clientUrl}:\n${output.slice(-4000)}`);
+      }
+      if (await healthy(clientUrl)) return;
+      if (Date.now() > deadline) {
+        throw new Error(`startEtcd: etcd did not become healthy on ${clientUrl} within ${startTimeoutMs} ms:\n${output.slice(-4000)}`);
+      }
+      await sleep(50);
     }
-    if (child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(`startEtcd: etcd exited (${child.exitCode ?? child.signalCode}) before answering on ${clientUrl}:\n${output.slice(-4000)}`);
-    }
-    if (await healthy(clientUrl)) break;
-    if (Date.now() > deadline) {
-      throw new Error(`startEtcd: etcd did not become healthy on ${clientUrl} within ${startTimeoutMs} ms:\n${output.slice(-4000)}`);
-    }
-    await sleep(50);
-  }
+  };
+  await launch();
 
   return {
     endpoints: [clientUrl],
     clientUrl,
     peerUrl,
     dataDir,
-    pid: child.pid!,
+    get pid() {
+      return child?.pid ?? 0;
+    },
     output: () => output,
     kill,
+    restart: async () => {
+      await kill();
+      await launch();
+    },
   };
 }

@@ -1,0 +1,162 @@
+/**
+ * `endpoint-add`: how long a pod's network takes to come up through the agent, against the same
+ * plumbing done with plain `ip` and no datapath, endpoint by endpoint in interleaved rounds.
+ *
+ *   ciliate   `ip netns add`, then POST /v1/endpoints to an agent running in its own node namespace:
+ *             IPAM allocation, veth pair, pod-side and host-side addresses/routes/neighbour, the
+ *             state store write, and the datapath (bpf_lxc loaded per endpoint, attached to the host
+ *             veth's TCX ingress and egress, links pinned, ciliate_lxc/ipcache entries). The API
+ *             answers only once all of that is done.
+ *   plain-ip  `ip netns add`, then what bench/support/routed.ts RoutedNode.attach runs against a node
+ *             namespace without an agent: `ip link add … type veth peer … netns`, `ip -j link show`
+ *             for the host veth's MAC, one `ip -batch` in the pod (lo, /32, up, gateway route,
+ *             default route, permanent gateway neighbour) and one on the node (up, /32 route). Same
+ *             resulting topology, no IPAM, no store, no BPF.
+ *
+ * Figures (costs in ms, better "lower", ratio = ours / baseline):
+ *   endpoint_add_p50_ms / _p99_ms  netns creation + endpoint setup   (target p50 < 100 ms)
+ *   api_add_p50_ms / _p99_ms       the POST alone vs the plain ip setup alone
+ *   netns_add_p50_ms               `ip netns add` alone (the same command in both variants)
+ * N (default 40, --rounds N) endpoints of each kind; all are deleted (and their netns) afterwards.
+ * @module
+ */
+import { type BenchContext, interleave, round } from './lib.ts';
+import { BenchNode } from './support/agent.ts';
+import { Cleanups, percentile, sh, uniqueName } from './support/ns.ts';
+import { RoutedNode } from './support/routed.ts';
+
+export const description = 'endpoint add latency through the agent API (netns + POST /v1/endpoints) vs plain ip setup';
+
+const DEFAULT_ENDPOINTS = 40;
+/** Both the agent's pod CIDR (/24) and the routed node's /24 hold 253 pods; leave room for warm-up. */
+const MAX_ENDPOINTS = 200;
+const TARGET_P50_MS = 100;
+const BASELINE = 'plain ip: same veth/address/route/neighbour setup, no IPAM, store or datapath';
+
+interface Timings {
+  netns: number[];
+  setup: number[];
+  total: number[];
+}
+
+export async function run(ctx: BenchContext): Promise<void> {
+  if (process.getuid?.() !== 0) ctx.log('not running as root: creating namespaces and loading BPF will fail');
+  const count = ctx.rounds ?? DEFAULT_ENDPOINTS;
+  if (count > MAX_ENDPOINTS) throw new RangeError(`at most ${MAX_ENDPOINTS} endpoints per variant (one /24 each), asked for ${count}`);
+  const cleanups = new Cleanups((message) => ctx.log(message));
+  const created: { ciliate: { netns: string; containerId: string }[]; plain: string[] } = { ciliate: [], plain: [] };
+  try {
+    const node = await BenchNode.start(cleanups, { prefix: 'cben' });
+    const routed = await RoutedNode.start(cleanups, '10.251.0', 'cber');
+    const timings: Record<'ciliate' | 'plain', Timings> = {
+      ciliate: { netns: [], setup: [], total: [] },
+      plain: { netns: [], setup: [], total: [] },
+    };
+
+    // The namespace is registered for deletion right after it exists, the endpoint right after
+    // the POST returns, so a failure halfway still leaves nothing behind.
+    const newNetns = async (prefix: string): Promise<string> => {
+      const name = uniqueName(prefix);
+      await sh('ip', ['netns', 'add', name]);
+      cleanups.defer(`ip netns del ${name}`, () => sh('ip', ['netns', 'del', name]));
+      return name;
+    };
+    const record = (t: Timings, start: number, afterNetns: number, end: number): number => {
+      t.netns.push(afterNetns - start);
+      t.setup.push(end - afterNetns);
+      t.total.push(end - start);
+      return end - start;
+    };
+
+    await interleave(
+      count,
+      {
+        ciliate: async () => {
+          const start = performance.now();
+          const netns = await newNetns('cbep');
+          const afterNetns = performance.now();
+          const containerId = uniqueName('bench');
+          await node.addEndpoint(netns, containerId);
+          const end = performance.now();
+          created.ciliate.push({ netns, containerId });
+          return record(timings.ciliate, start, afterNetns, end);
+        },
+        plain: async () => {
+          const start = performance.now();
+          const netns = await newNetns('cbeq');
+          const afterNetns = performance.now();
+          await routed.attach(netns);
+          const end = performance.now();
+          created.plain.push(netns);
+          return record(timings.plain, start, afterNetns, end);
+        },
+      },
+      {
+        onRound: (i, samples) => {
+          if ((i + 1) % 10 === 0 || i + 1 === count) {
+            ctx.log(`${i + 1}/${count}: last ciliate ${round(samples.ciliate.at(-1)!, 1)} ms, plain ip ${round(samples.plain.at(-1)!, 1)} ms`);
+          }
+        },
+      },
+    );
+    // interleave's warm-up call of each variant is not a sample.
+    for (const t of Object.values(timings)) for (const list of Object.values(t) as number[][]) list.shift();
+
+    // Deleting is part of the job too; timed for context, not a target.
+    const deleteMs: number[] = [];
+    for (const { containerId } of created.ciliate) {
+      const start = performance.now();
+      await node.deleteEndpoint(containerId);
+      deleteMs.push(performance.now() - start);
+    }
+
+    const ours = timings.ciliate;
+    const base = timings.plain;
+    for (const p of [50, 99] as const) {
+      const value = percentile(ours.total, p);
+      const baseline = percentile(base.total, p);
+      ctx.emit({
+        metric: `endpoint_add_p${p}_ms`,
+        value: round(value, 1),
+        unit: 'ms',
+        baseline: `${BASELINE}; both include ip netns add`,
+        baseline_value: round(baseline, 1),
+        ratio: round(value / baseline, 3),
+        better: 'lower',
+        ...(p === 50 ? { target_ms: TARGET_P50_MS, meets_target: value < TARGET_P50_MS } : {}),
+        api_ms: round(percentile(ours.setup, p), 1),
+        netns_ms: round(percentile(ours.netns, p), 1),
+        endpoints: ours.total.length,
+      });
+    }
+    for (const p of [50, 99] as const) {
+      const value = percentile(ours.setup, p);
+      const baseline = percentile(base.setup, p);
+      ctx.emit({
+        metric: `api_add_p${p}_ms`,
+        value: round(value, 1),
+        unit: 'ms',
+        baseline: BASELINE,
+        baseline_value: round(baseline, 1),
+        ratio: round(value / baseline, 3),
+        better: 'lower',
+        endpoints: ours.setup.length,
+        ...(p === 50 ? { delete_p50_ms: round(percentile(deleteMs, 50), 1), delete_p99_ms: round(percentile(deleteMs, 99), 1) } : {}),
+      });
+    }
+    const netnsAll = [...ours.netns, ...base.netns];
+    ctx.emit({
+      metric: 'netns_add_p50_ms',
+      value: round(percentile(netnsAll, 50), 1),
+      unit: 'ms',
+      baseline: null,
+      ratio: null,
+      better: 'lower',
+      p99_ms: round(percentile(netnsAll, 99), 1),
+      samples: netnsAll.length,
+      command: 'ip netns add (process spawn included)',
+    });
+  } finally {
+    await cleanups.run();
+  }
+}

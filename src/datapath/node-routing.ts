@@ -1,0 +1,661 @@
+/**
+ * Pod traffic between nodes. Each node owns a pod CIDR and has an underlay address; this module
+ * makes the other nodes' pods reachable in one of two modes, as Cilium's routing modes:
+ *
+ * - `tunnel` (Cilium's default): one VXLAN device per node in external (collect_md) mode,
+ *   `ciliate_vxlan`, dstport 8472. bpf_lxc encapsulates a pod's packet for another node's pod
+ *   itself (bpf_skb_set_tunnel_key + bpf_redirect to the device), with the outer destination
+ *   from the ipcache entry's tunnel endpoint and the sender's identity in the VNI; bpf_overlay's
+ *   cil_from_overlay, at TCX ingress of the device, delivers what arrives to local pods with
+ *   bpf_redirect_peer. The ipcache maps each remote pod CIDR to its node (HAS_TUNNEL_EP), and
+ *   the node's own traffic to remote pods (health checks, probes) takes a kernel route through
+ *   the device with lightweight-tunnel metadata (`encap ip id 6 dst <node>`).
+ * - `native`: no tunnel. The kernel routes each remote pod CIDR via that node's underlay
+ *   address; bpf_lxc hands such packets to the stack. The ipcache still maps the CIDRs (and
+ *   remote pods' /32s) to identities, without HAS_TUNNEL_EP.
+ *
+ * Everything is idempotent and writes only differences, and all of it survives the agent: the
+ * device, the program's TCX link (pinned at `<bpfRoot>/overlay/from-overlay`), the shared maps
+ * (`<bpfRoot>/maps`) and the routes (tagged with their own routing protocol number, so a
+ * restarted agent finds its routes among the others). A restarted agent calls setUp (adopts what
+ * is there) and then syncRemoteNodes/syncRemoteEndpoints with the full lists, which removes what
+ * belongs to nodes and endpoints that went away meanwhile.
+ *
+ * Ownership in the ipcache: entries written here carry the owning node's underlay address as
+ * tunnel_endpoint in both modes (only tunnel mode sets HAS_TUNNEL_EP, which is what makes
+ * bpf_lxc encapsulate); local endpoints' entries (EndpointDatapath) have 0.0.0.0 there.
+ * @module
+ */
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { attachTcx, BpfError, BpfMap, inNetns, Link, unpinLink } from '../ebpf/index.ts';
+import { loadLxc } from './lxc.ts';
+import {
+  endpointInfo,
+  endpointKey,
+  ipcacheKey,
+  IpcacheFlag,
+  MapName,
+  nodeConfig,
+  nodeConfigKey,
+  RoutingModeCode,
+  remoteEndpointInfo,
+  ReservedIdentity,
+  SHARED_MAPS,
+  type EndpointInfo,
+  type NodeConfig,
+  type RemoteEndpointInfo,
+} from './maps.ts';
+import { ip, NetlinkError } from './netlink.ts';
+import { loadOverlay, OverlayProgram } from './overlay.ts';
+
+export type RoutingMode = 'tunnel' | 'native';
+
+/**
+ * A node's underlay address is `underlayIp`, or `nodeIp` as the agent's NodeRecord names it:
+ * either may be given, so the agent can pass its records as they are.
+ */
+interface Underlay {
+  underlayIp?: string;
+  nodeIp?: string;
+}
+
+/** The node this agent runs on. */
+export interface LocalNode extends Underlay {
+  name: string;
+  podCidr: string;
+  routingMode: RoutingMode;
+  /**
+   * The node's router address (on ciliate_host). In tunnel mode the node's own traffic to
+   * remote pods leaves with it as source, so the replies come back through the tunnel.
+   */
+  routerIp?: string;
+}
+
+/** Another node of the cluster. */
+export interface RemoteNode extends Underlay {
+  name: string;
+  podCidr: string;
+  /** Identity of the pod CIDR as a whole (pods without their own /32 entry); default world. */
+  identity?: number;
+}
+
+/** A pod of another node. */
+export interface RemoteEndpoint {
+  ip: string;
+  identity: number;
+  /** Underlay address of the node it runs on. */
+  nodeUnderlayIp: string;
+}
+
+export interface NodeRoutingOptions {
+  /** The agent's bpffs directory: maps under `maps/`, the overlay link under `overlay/`. */
+  bpfRoot: string;
+  log: Logger;
+  /** Network namespace file to work in (tests simulating nodes); default the agent's own. */
+  netns?: string;
+  /** VXLAN device name; default `ciliate_vxlan`. */
+  tunnelDevice?: string;
+  /** VXLAN UDP port; default 8472 (Cilium's, the Linux kernel's historical default). */
+  tunnelPort?: number;
+  /** Routing protocol number the kernel routes are tagged with; default 211. */
+  routeProtocol?: number;
+  /**
+   * Whether this module writes the remote entries of the ipcache (default true). The agent,
+   * whose own ipcache reconciler owns that map, passes false: then only the device, program,
+   * node config and kernel routes are this module's, and the RemoteEndpoint calls are refused.
+   */
+  manageIpcache?: boolean;
+}
+
+export const TUNNEL_DEVICE = 'ciliate_vxlan';
+export const TUNNEL_PORT = 8472;
+/** Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14). */
+export const VXLAN_OVERHEAD = 50;
+export const ROUTE_PROTOCOL = 211;
+const OVERLAY_PIN = 'from-overlay';
+const DEFAULT_MTU = 1500;
+
+export class NodeRoutingError extends Error {
+  readonly code = 'ERR_NODE_ROUTING';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'NodeRoutingError';
+  }
+}
+
+/** The nodes as kept here, their underlay address resolved. */
+interface Local {
+  name: string;
+  underlayIp: string;
+  podCidr: string;
+  routingMode: RoutingMode;
+  routerIp?: string;
+}
+interface Remote {
+  name: string;
+  underlayIp: string;
+  podCidr: string;
+  identity?: number;
+}
+
+function underlayOf(node: Underlay & { name: string }, what: string): string {
+  const address = node.underlayIp || node.nodeIp;
+  if (!address) throw new NodeRoutingError(`node routing: ${what} ${node.name} has no underlay address (underlayIp or nodeIp)`);
+  assertIpv4(address, `${what} ${node.name} underlay address`);
+  return address;
+}
+
+function remoteOf(node: RemoteNode): Remote {
+  const remote: Remote = { name: node.name, underlayIp: underlayOf(node, 'node'), podCidr: canonicalCidr(node.podCidr), identity: node.identity };
+  return remote;
+}
+
+/** A kernel route this module owns, reduced to what it compares. */
+interface RouteSpec {
+  prefix: string;
+  via?: string;
+  dev?: string;
+  encapId?: number;
+  encapDst?: string;
+  src?: string;
+  mtu?: number;
+}
+
+/**
+ * The node routing of one node.
+ *
+ * @example
+ * const routing = new NodeRouting({ bpfRoot: '/sys/fs/bpf/ciliate', log });
+ * await routing.setUp({ name: 'n1', underlayIp: '192.168.100.1', podCidr: '10.244.1.0/24', routingMode: 'tunnel', routerIp: '10.244.1.1' });
+ * await routing.syncRemoteNodes([{ name: 'n2', underlayIp: '192.168.100.2', podCidr: '10.244.2.0/24' }]);
+ * routing.upsertRemoteEndpoint({ ip: '10.244.2.7', identity: 12345, nodeUnderlayIp: '192.168.100.2' });
+ */
+export class NodeRouting {
+  readonly bpfRoot: string;
+  readonly mapsDir: string;
+  readonly tunnelDevice: string;
+  readonly tunnelPort: number;
+  readonly routeProtocol: number;
+  readonly manageIpcache: boolean;
+  readonly #netns: string | undefined;
+  readonly #log: Logger;
+  readonly #ipcache: BpfMap<{ prefixlen: number; ip: string }, RemoteEndpointInfo>;
+  readonly #nodeCfg: BpfMap<number, NodeConfig>;
+  readonly #lxc: BpfMap<{ ip: string }, EndpointInfo>;
+  #local: Local | undefined;
+  #tunnelIfindex = 0;
+  #underlayMtu = DEFAULT_MTU;
+  /** Remote nodes by name, as last upserted. */
+  readonly #nodes = new Map<string, Remote>();
+  /** Our kernel routes by prefix, as the kernel has them. */
+  #routes = new Map<string, RouteSpec>();
+  /** Serializes the async operations: each reads and writes the route cache. */
+  #queue: Promise<unknown> = Promise.resolve();
+
+  /** Opens (creating on first run) the node's shared maps under `bpfRoot`/maps. */
+  constructor(options: NodeRoutingOptions) {
+    this.bpfRoot = options.bpfRoot;
+    this.mapsDir = join(options.bpfRoot, 'maps');
+    this.tunnelDevice = options.tunnelDevice ?? TUNNEL_DEVICE;
+    this.tunnelPort = options.tunnelPort ?? TUNNEL_PORT;
+    this.routeProtocol = options.routeProtocol ?? ROUTE_PROTOCOL;
+    this.manageIpcache = options.manageIpcache ?? true;
+    this.#netns = options.netns;
+    this.#log = options.log;
+    mkdirSync(this.mapsDir, { recursive: true });
+    if (SHARED_MAPS.some((name) => !existsSync(join(this.mapsDir, name)))) {
+      // Loading once with pins creates the missing shared maps and reuses the existing ones.
+      loadLxc({ endpointId: 0, identity: 0, pinDir: this.mapsDir }).close();
+    }
+    this.#ipcache = BpfMap.openPinned(join(this.mapsDir, MapName.IPCACHE), ipcacheKey, remoteEndpointInfo);
+    this.#nodeCfg = BpfMap.openPinned(join(this.mapsDir, MapName.NODE_CFG), nodeConfigKey, nodeConfig);
+    this.#lxc = BpfMap.openPinned(join(this.mapsDir, MapName.LXC), endpointKey, endpointInfo);
+  }
+
+  /** The local node as last set up. */
+  get local(): Readonly<Local> | undefined {
+    return this.#local;
+  }
+
+  /** The VXLAN device's ifindex in tunnel mode, else 0. */
+  get tunnelIfindex(): number {
+    return this.#tunnelIfindex;
+  }
+
+  /**
+   * The MTU pods should use: the underlay's, less the VXLAN overhead in tunnel mode. Pods with a
+   * larger MTU still work, at the cost of fragmenting the outer packets.
+   */
+  podMtu(): number {
+    return this.#local?.routingMode === 'tunnel' ? this.#underlayMtu - VXLAN_OVERHEAD : this.#underlayMtu;
+  }
+
+  #serialize<T>(work: () => Promise<T>): Promise<T> {
+    const next = this.#queue.catch(() => undefined).then(work);
+    this.#queue = next.catch(() => undefined);
+    return next;
+  }
+
+  #ip(args: string[]): Promise<string> {
+    return ip(args, this.#netns);
+  }
+
+  /**
+   * Configures this node's side: in tunnel mode the VXLAN device (created, or adopted when it
+   * already exists with the right settings), its program and the node config map; in native
+   * mode removes any tunnel device. Switching modes rewrites the remote entries already known.
+   * Idempotent.
+   */
+  setUp(node: LocalNode): Promise<void> {
+    return this.#serialize(async () => {
+      const local: Local = {
+        name: node.name,
+        underlayIp: underlayOf(node, 'local node'),
+        podCidr: canonicalCidr(node.podCidr),
+        routingMode: node.routingMode,
+        routerIp: node.routerIp || undefined,
+      };
+      if (local.routerIp !== undefined) assertIpv4(local.routerIp, 'local routerIp');
+      if (local.routingMode !== 'tunnel' && local.routingMode !== 'native') {
+        throw new NodeRoutingError(`node routing: unknown routing mode ${String(local.routingMode)}`);
+      }
+      this.#underlayMtu = await this.#underlayMtuOf(local.underlayIp);
+      if (local.routingMode === 'tunnel') {
+        this.#tunnelIfindex = await this.#ensureTunnelDevice(this.#underlayMtu - VXLAN_OVERHEAD);
+        this.#ensureOverlayProgram(this.#tunnelIfindex);
+      } else {
+        await this.#removeTunnelDevice();
+        this.#tunnelIfindex = 0;
+      }
+      this.#writeNodeConfig({
+        tunnel_ifindex: this.#tunnelIfindex,
+        routing_mode: local.routingMode === 'tunnel' ? RoutingModeCode.TUNNEL : RoutingModeCode.NATIVE,
+      });
+      this.#local = local;
+      if (this.manageIpcache) {
+        // A mode switch flips HAS_TUNNEL_EP on every remote entry, ours by their tunnel endpoint.
+        const flags = this.#remoteFlags();
+        for (const [key, value] of [...this.#ipcache.entries()]) {
+          if (value.tunnel_endpoint !== '0.0.0.0' && value.flags !== flags) this.#ipcache.update(key, { ...value, flags });
+        }
+      }
+      this.#routes = await this.#readRoutes();
+      for (const node of this.#nodes.values()) await this.#applyNode(node);
+      this.#log.info({ mode: local.routingMode, tunnelIfindex: this.#tunnelIfindex, podMtu: this.podMtu() }, 'node routing set up');
+    });
+  }
+
+  /**
+   * Makes another node's pods reachable: the ipcache entry of its pod CIDR (with the node as
+   * tunnel endpoint in tunnel mode) and its kernel route. The local node itself is ignored, so
+   * the agent can pass every node of the cluster. Idempotent; a node whose CIDR or address
+   * changed has its old entries replaced.
+   */
+  upsertRemoteNode(remote: RemoteNode): Promise<void> {
+    return this.#serialize(async () => {
+      const local = this.#requireLocal();
+      const node = remoteOf(remote);
+      if (node.name === local.name || node.underlayIp === local.underlayIp) return;
+      const previous = this.#nodes.get(node.name);
+      if (previous && (previous.podCidr !== node.podCidr || previous.underlayIp !== node.underlayIp)) {
+        await this.#withdrawNode(previous, previous.underlayIp !== node.underlayIp);
+      }
+      this.#nodes.set(node.name, node);
+      await this.#applyNode(node);
+    });
+  }
+
+  /** Withdraws another node: its pod CIDR's entry and route, and its pods' /32 entries. Idempotent. */
+  removeRemoteNode(node: RemoteNode | string): Promise<void> {
+    return this.#serialize(async () => {
+      const known = this.#nodes.get(typeof node === 'string' ? node : node.name) ?? (typeof node === 'string' ? undefined : remoteOf(node));
+      if (!known) return;
+      this.#nodes.delete(known.name);
+      await this.#withdrawNode(known, true);
+    });
+  }
+
+  /**
+   * Makes the remote node set exactly `nodes`: upserts each and withdraws every node this module
+   * owns entries or routes for that is not listed. For the start of an agent, which may have
+   * missed departures while it was down.
+   */
+  syncRemoteNodes(nodes: readonly RemoteNode[]): Promise<void> {
+    return this.#serialize(async () => {
+      const local = this.#requireLocal();
+      const wanted = nodes.map(remoteOf).filter((n) => n.name !== local.name && n.underlayIp !== local.underlayIp);
+      const names = new Set(wanted.map((n) => n.name));
+      for (const [name, node] of this.#nodes) {
+        if (!names.has(name)) {
+          this.#nodes.delete(name);
+          await this.#withdrawNode(node, true);
+        }
+      }
+      for (const node of wanted) {
+        const previous = this.#nodes.get(node.name);
+        if (previous && (previous.podCidr !== node.podCidr || previous.underlayIp !== node.underlayIp)) {
+          await this.#withdrawNode(previous, previous.underlayIp !== node.underlayIp);
+        }
+        this.#nodes.set(node.name, node);
+        await this.#applyNode(node);
+      }
+      // What an earlier run left for nodes not listed: CIDR entries and routes.
+      const prefixes = new Set(wanted.map((n) => n.podCidr));
+      const addresses = new Set(wanted.map((n) => n.underlayIp));
+      if (this.manageIpcache) {
+        for (const [key, value] of [...this.#ipcache.entries()]) {
+          if (value.tunnel_endpoint === '0.0.0.0') continue;
+          if (key.prefixlen < 32 ? !prefixes.has(`${key.ip}/${key.prefixlen}`) : !addresses.has(value.tunnel_endpoint)) {
+            this.#ipcache.delete(key);
+          }
+        }
+      }
+      for (const prefix of [...this.#routes.keys()]) if (!prefixes.has(prefix)) await this.#deleteRoute(prefix);
+    });
+  }
+
+  /** The ipcache /32 entry of a pod on another node. Pods of this node are ignored. Idempotent. */
+  upsertRemoteEndpoint(endpoint: RemoteEndpoint): void {
+    const local = this.#requireLocal();
+    this.#requireIpcache();
+    assertIpv4(endpoint.ip, 'remote endpoint ip');
+    assertIpv4(endpoint.nodeUnderlayIp, `remote endpoint ${endpoint.ip} nodeUnderlayIp`);
+    if (endpoint.nodeUnderlayIp === local.underlayIp) return;
+    const key = { prefixlen: 32, ip: endpoint.ip };
+    // A local endpoint's entry is EndpointDatapath's; a pod moving here is that module's business.
+    if (this.#lxc.lookup({ ip: endpoint.ip })) return;
+    this.#writeIpcache(key, { sec_identity: endpoint.identity, tunnel_endpoint: endpoint.nodeUnderlayIp, flags: this.#remoteFlags() });
+  }
+
+  /** Removes a remote pod's /32 entry (only one this module wrote). Idempotent. */
+  removeRemoteEndpoint(address: string): void {
+    this.#requireIpcache();
+    assertIpv4(address, 'remote endpoint ip');
+    const key = { prefixlen: 32, ip: address };
+    const current = this.#ipcache.lookup(key);
+    if (current && current.tunnel_endpoint !== '0.0.0.0') this.#ipcache.delete(key);
+  }
+
+  /** Makes the remote endpoint set exactly `endpoints`, removing the /32 entries of others. */
+  syncRemoteEndpoints(endpoints: readonly RemoteEndpoint[]): void {
+    const local = this.#requireLocal();
+    this.#requireIpcache();
+    const wanted = new Set<string>();
+    for (const endpoint of endpoints) {
+      if (endpoint.nodeUnderlayIp === local.underlayIp) continue;
+      this.upsertRemoteEndpoint(endpoint);
+      wanted.add(endpoint.ip);
+    }
+    for (const [key, value] of [...this.#ipcache.entries()]) {
+      if (key.prefixlen === 32 && value.tunnel_endpoint !== '0.0.0.0' && !wanted.has(key.ip)) this.#ipcache.delete(key);
+    }
+  }
+
+  /**
+   * Removes everything this module created: remote entries and routes, the VXLAN device and its
+   * pinned link; resets the node config. For uninstalling and for tests; an agent that merely
+   * stops leaves it all in place.
+   */
+  tearDown(): Promise<void> {
+    return this.#serialize(async () => {
+      if (this.manageIpcache) {
+        for (const [key, value] of [...this.#ipcache.entries()]) if (value.tunnel_endpoint !== '0.0.0.0') this.#ipcache.delete(key);
+      }
+      this.#routes = await this.#readRoutes();
+      for (const prefix of [...this.#routes.keys()]) await this.#deleteRoute(prefix);
+      await this.#removeTunnelDevice();
+      this.#writeNodeConfig({ tunnel_ifindex: 0, routing_mode: RoutingModeCode.UNSET });
+      this.#nodes.clear();
+      this.#local = undefined;
+      this.#tunnelIfindex = 0;
+    });
+  }
+
+  close(): void {
+    this.#ipcache.close();
+    this.#nodeCfg.close();
+    this.#lxc.close();
+  }
+
+  #requireLocal(): Local {
+    if (!this.#local) throw new NodeRoutingError('node routing: setUp() the local node first');
+    return this.#local;
+  }
+
+  #requireIpcache(): void {
+    if (!this.manageIpcache) throw new NodeRoutingError('node routing: remote endpoints are the ipcache owner\'s (manageIpcache is false)');
+  }
+
+  #remoteFlags(): number {
+    return this.#local?.routingMode === 'tunnel' ? IpcacheFlag.HAS_TUNNEL_EP : 0;
+  }
+
+  #writeIpcache(key: { prefixlen: number; ip: string }, value: RemoteEndpointInfo): void {
+    const current = this.#ipcache.lookup(key);
+    if (
+      current &&
+      current.sec_identity === value.sec_identity &&
+      current.tunnel_endpoint === value.tunnel_endpoint &&
+      current.flags === value.flags
+    ) {
+      return;
+    }
+    this.#ipcache.update(key, value);
+  }
+
+  #writeNodeConfig(config: NodeConfig): void {
+    const current = this.#nodeCfg.lookup(0);
+    if (current?.tunnel_ifindex !== config.tunnel_ifindex || current.routing_mode !== config.routing_mode) this.#nodeCfg.update(0, config);
+  }
+
+  async #applyNode(node: Remote): Promise<void> {
+    const local = this.#requireLocal();
+    const [network, prefixlen] = parseCidr(node.podCidr, `node ${node.name} podCidr`);
+    if (this.manageIpcache) {
+      this.#writeIpcache(
+        { prefixlen, ip: network },
+        { sec_identity: node.identity ?? ReservedIdentity.WORLD, tunnel_endpoint: node.underlayIp, flags: this.#remoteFlags() },
+      );
+    }
+    const prefix = `${network}/${prefixlen}`;
+    const route: RouteSpec =
+      local.routingMode === 'tunnel'
+        ? {
+            prefix,
+            dev: this.tunnelDevice,
+            encapId: ReservedIdentity.REMOTE_NODE,
+            encapDst: node.underlayIp,
+            src: local.routerIp,
+            mtu: this.podMtu(),
+          }
+        : { prefix, via: node.underlayIp };
+    const current = this.#routes.get(prefix);
+    if (current && sameRoute(current, route)) return;
+    const args = ['route', 'replace', prefix];
+    if (route.via) args.push('via', route.via);
+    if (route.encapDst) args.push('encap', 'ip', 'id', String(route.encapId), 'dst', route.encapDst, 'ttl', '64');
+    if (route.dev) args.push('dev', route.dev);
+    if (route.src) args.push('src', route.src);
+    if (route.mtu) args.push('mtu', String(route.mtu));
+    args.push('proto', String(this.routeProtocol));
+    await this.#ip(args);
+    this.#routes.set(prefix, route);
+    this.#log.debug({ node: node.name, route: prefix, via: route.via ?? route.encapDst }, 'remote node routed');
+  }
+
+  /** Removes a node's CIDR entry and route, and with `endpoints` its pods' /32 entries too. */
+  async #withdrawNode(node: Remote, endpoints: boolean): Promise<void> {
+    const [network, prefixlen] = parseCidr(node.podCidr, `node ${node.name} podCidr`);
+    const key = { prefixlen, ip: network };
+    if (this.manageIpcache && this.#ipcache.lookup(key)?.tunnel_endpoint === node.underlayIp) this.#ipcache.delete(key);
+    if (this.manageIpcache && endpoints) {
+      for (const [k, value] of [...this.#ipcache.entries()]) {
+        if (k.prefixlen === 32 && value.tunnel_endpoint === node.underlayIp) this.#ipcache.delete(k);
+      }
+    }
+    await this.#deleteRoute(`${network}/${prefixlen}`);
+    this.#log.debug({ node: node.name }, 'remote node withdrawn');
+  }
+
+  async #deleteRoute(prefix: string): Promise<void> {
+    this.#routes.delete(prefix);
+    try {
+      await this.#ip(['route', 'del', prefix, 'proto', String(this.routeProtocol)]);
+    } catch (error) {
+      if (!(error instanceof NetlinkError && /No such process|not found|Cannot find device/i.test(error.message))) throw error;
+    }
+  }
+
+  /** Our routes in the main table, parsed from `ip route` text (its JSON garbles encap routes). */
+  async #readRoutes(): Promise<Map<string, RouteSpec>> {
+    const out = await this.#ip(['route', 'show', 'proto', String(this.routeProtocol)]);
+    const routes = new Map<string, RouteSpec>();
+    for (const line of out.split('\n')) {
+      const prefix = line.trim().split(/\s+/)[0];
+      if (!prefix) continue;
+      const encap = /\bencap ip id (\d+) src \S+ dst (\S+)/.exec(line);
+      const rest = encap ? line.slice(encap.index + encap[0].length) : line;
+      routes.set(prefix, {
+        prefix,
+        via: /\bvia (\S+)/.exec(rest)?.[1],
+        // Gateway routes name the device the kernel picked; only tunnel routes name ours.
+        dev: encap ? /\bdev (\S+)/.exec(rest)?.[1] : undefined,
+        encapId: encap ? Number(encap[1]) : undefined,
+        encapDst: encap?.[2],
+        src: /\bsrc (\S+)/.exec(rest)?.[1],
+        mtu: /\bmtu (\d+)/.exec(rest) ? Number(/\bmtu (\d+)/.exec(rest)![1]) : undefined,
+      });
+    }
+    return routes;
+  }
+
+  async #underlayMtuOf(address: string): Promise<number> {
+    const links = JSON.parse(await this.#ip(['-j', 'addr', 'show'])) as { ifname: string; mtu: number; addr_info?: { family: string; local: string }[] }[];
+    const link = links.find((l) => l.addr_info?.some((a) => a.family === 'inet' && a.local === address));
+    if (!link) throw new NodeRoutingError(`node routing: underlay address ${address} is on no interface of this node`);
+    return link.mtu;
+  }
+
+  /** Creates or adopts the VXLAN device; returns its ifindex. */
+  async #ensureTunnelDevice(mtu: number): Promise<number> {
+    let link = await this.#tunnelLink();
+    const data = link?.linkinfo?.info_data;
+    if (link && (link.linkinfo?.info_kind !== 'vxlan' || data?.external !== true || data.port !== this.tunnelPort)) {
+      this.#log.warn({ device: this.tunnelDevice }, 'tunnel device has other settings; recreating it');
+      await this.#ip(['link', 'del', this.tunnelDevice]);
+      link = undefined;
+    }
+    if (!link) {
+      await this.#ip(['link', 'add', this.tunnelDevice, 'type', 'vxlan', 'external', 'dstport', String(this.tunnelPort)]);
+      link = await this.#tunnelLink();
+      if (!link) throw new NodeRoutingError(`node routing: ${this.tunnelDevice} vanished right after creation`);
+    }
+    // No ARP through the tunnel: routed frames take the device's own MAC as destination, and
+    // cil_from_overlay on the other side delivers by IP whatever the inner MACs say.
+    const changes: string[] = [];
+    if (link.mtu !== mtu) changes.push('mtu', String(mtu));
+    if (!link.flags.includes('NOARP')) changes.push('arp', 'off');
+    if (!link.flags.includes('UP')) changes.push('up');
+    if (changes.length > 0) await this.#ip(['link', 'set', 'dev', this.tunnelDevice, ...changes]);
+    return link.ifindex;
+  }
+
+  async #tunnelLink(): Promise<TunnelLinkJson | undefined> {
+    try {
+      const [link] = JSON.parse(await this.#ip(['-d', '-j', 'link', 'show', 'dev', this.tunnelDevice])) as TunnelLinkJson[];
+      return link;
+    } catch (error) {
+      if (error instanceof NetlinkError && /does not exist|Cannot find device/.test(error.message)) return undefined;
+      throw error;
+    }
+  }
+
+  /** Attaches cil_from_overlay to the device, or adopts the pinned link that already serves it. */
+  #ensureOverlayProgram(ifindex: number): void {
+    const dir = join(this.bpfRoot, 'overlay');
+    const pin = join(dir, OVERLAY_PIN);
+    mkdirSync(dir, { recursive: true });
+    if (servesInterface(pin, ifindex)) return;
+    unpinLink(pin);
+    const obj = loadOverlay({ pinDir: this.mapsDir });
+    try {
+      const attach = () => attachTcx(obj.program(OverlayProgram.FROM_OVERLAY), { interface: ifindex, direction: 'ingress' });
+      const link = this.#netns ? inNetns(this.#netns, attach) : attach();
+      try {
+        link.pin(pin);
+      } finally {
+        link.close();
+      }
+    } finally {
+      obj.close();
+    }
+  }
+
+  async #removeTunnelDevice(): Promise<void> {
+    const dir = join(this.bpfRoot, 'overlay');
+    unpinLink(join(dir, OVERLAY_PIN));
+    rmSync(dir, { recursive: true, force: true });
+    if (await this.#tunnelLink()) await this.#ip(['link', 'del', this.tunnelDevice]);
+  }
+}
+
+interface TunnelLinkJson {
+  ifindex: number;
+  mtu: number;
+  flags: string[];
+  linkinfo?: { info_kind?: string; info_data?: { external?: boolean; port?: number } };
+}
+
+/** Whether a pinned link exists and is still attached to this interface. */
+function servesInterface(path: string, ifindex: number): boolean {
+  if (!existsSync(path)) return false;
+  try {
+    const link = Link.openPinned(path);
+    try {
+      return link.info().ifindex === ifindex;
+    } finally {
+      link.close();
+    }
+  } catch (error) {
+    if (BpfError.is(error)) return false;
+    throw error;
+  }
+}
+
+function sameRoute(a: RouteSpec, b: RouteSpec): boolean {
+  return (
+    a.prefix === b.prefix &&
+    a.via === b.via &&
+    a.dev === b.dev &&
+    a.encapId === b.encapId &&
+    a.encapDst === b.encapDst &&
+    a.src === b.src &&
+    a.mtu === b.mtu
+  );
+}
+
+const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+
+function assertIpv4(value: string, what: string): void {
+  if (!IPV4.test(value)) throw new NodeRoutingError(`node routing: ${what} ${JSON.stringify(value)} is not an IPv4 address`);
+}
+
+/** The network address and prefix length of an IPv4 CIDR (host bits cleared). */
+function parseCidr(cidr: string, what: string): [string, number] {
+  const [address, length, extra] = cidr.split('/');
+  const prefixlen = Number(length);
+  if (extra !== undefined || !IPV4.test(address ?? '') || !/^\d{1,2}$/.test(length ?? '') || prefixlen > 32) {
+    throw new NodeRoutingError(`node routing: ${what} ${JSON.stringify(cidr)} is not an IPv4 CIDR`);
+  }
+  const value = address.split('.').reduce((acc, octet) => acc * 256 + Number(octet), 0);
+  const mask = prefixlen === 0 ? 0 : (0xffffffff << (32 - prefixlen)) >>> 0;
+  const network = (value & mask) >>> 0;
+  return [[24, 16, 8, 0].map((shift) => (network >>> shift) & 0xff).join('.'), prefixlen];
+}
+
+function canonicalCidr(cidr: string): string {
+  const [network, prefixlen] = parseCidr(cidr, 'cidr');
+  return `${network}/${prefixlen}`;
+}

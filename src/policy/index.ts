@@ -1,0 +1,16 @@
+/**
+ * Network policy, part 1: the policies users already have (CiliumNetworkPolicy,
+ * CiliumClusterwideNetworkPolicy, Kubernetes NetworkPolicy, as YAML) validated strictly and
+ * translated into one rule model (`PolicyRule`), plus label-selector matching.
+ *
+ * @example
+ * import { loadPolicyFile, selectorMatches, ruleKey } from './policy/index.ts';
+ * const rules = await loadPolicyFile('sw_l3_l4_policy.yaml');
+ * selectorMatches(rules[0].endpointSelector, { 'k8s:org': 'empire', 'k8s:class': 'deathstar', 'k8s:io.kubernetes.pod.namespace': 'default' }); // true
+ * @module
+ */
+export * from './types.ts';
+export { PolicyValidationError, formatIssue, type PolicyIssue } from './errors.ts';
+export { selectorMatches, canonicalSelectorKey, splitLabelKey, selectorHasKey } from './selector.ts';
+export { parsePolicyYaml, parsePolicyObjects, loadPolicyFile, loadPolicyFileSync, type ParseOptions } from './load.ts';
+export { parseCidr, formatCidr, cidrContains, ipInCidr, parseIp, type Cidr } from './cidr.ts';

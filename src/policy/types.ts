@@ -1,0 +1,144 @@
+/**
+ * The internal rule model every policy source (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy,
+ * Kubernetes NetworkPolicy) is translated into. Plain data only (JSON-serialisable), so rules can
+ * be stored in tables, diffed and printed.
+ *
+ * Semantics (Cilium's, `pkg/policy/api`):
+ * - A rule applies to the endpoints whose labels match `endpointSelector`.
+ * - Within one `PeerRule`, the peer must match (any of `endpoints`, `entities`, `cidrs`) AND the
+ *   traffic must match `ports` (absent = every port and protocol). Separate `PeerRule`s are ORed.
+ * - A `PeerRule` with no L3 list at all (`{}`, written `ingress: [{}]`) matches nothing; it only
+ *   turns default deny on for its direction. A rule that gave ports but no peer (`- toPorts: …`)
+ *   is stored with `endpoints: [WILDCARD]` (an empty selector), which is how Cilium reads it:
+ *   every peer, world included.
+ * - Deny lists (`ingressDeny`, `egressDeny`) beat allow lists, across all policies.
+ * - `enableDefaultDeny.x` undefined means Cilium's default: deny is on for a direction that has
+ *   allow or deny rules.
+ * @module
+ */
+
+export const POLICY_KINDS = ['CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy', 'NetworkPolicy'] as const;
+export type PolicyKind = (typeof POLICY_KINDS)[number];
+
+/** Cilium entities (`pkg/policy/api/entity.go`). */
+export const ENTITIES = [
+  'all',
+  'world',
+  'world-ipv4',
+  'world-ipv6',
+  'cluster',
+  'host',
+  'remote-node',
+  'kube-apiserver',
+  'ingress',
+  'init',
+  'health',
+  'unmanaged',
+  'none',
+] as const;
+export type Entity = (typeof ENTITIES)[number];
+
+export type SelectorOperator = 'In' | 'NotIn' | 'Exists' | 'DoesNotExist';
+
+export interface SelectorRequirement {
+  /** `source:key`, e.g. `k8s:io.kubernetes.pod.namespace`, `any:app`. */
+  key: string;
+  operator: SelectorOperator;
+  /** Non-empty for In/NotIn, empty for Exists/DoesNotExist. */
+  values: string[];
+}
+
+/**
+ * A label selector. Keys are canonical `source:key`: a key written without a source becomes
+ * `any:key` (matches that key from any source), `$host` becomes `reserved:host`. An empty selector
+ * (no labels, no expressions) selects everything.
+ */
+export interface Selector {
+  matchLabels: Record<string, string>;
+  matchExpressions: SelectorRequirement[];
+}
+
+/**
+ * Protocols of a port entry. `ANY` = TCP, UDP and SCTP. `ICMP`/`ICMPV6` come from `icmps` fields,
+ * with the ICMP type in `port`.
+ */
+export const PROTOCOLS = ['TCP', 'UDP', 'SCTP', 'ICMP', 'ICMPV6', 'ANY'] as const;
+export type Protocol = (typeof PROTOCOLS)[number];
+
+export interface PortRule {
+  /**
+   * TCP/UDP/SCTP/ANY: 1–65535, or 0 = every port of `protocol` (e.g. a Kubernetes port entry
+   * without `port`). ICMP/ICMPV6: the ICMP type, 0–255 (0 is EchoReply, not a wildcard).
+   */
+  port: number;
+  /** Inclusive end of a range starting at `port`; only with a non-zero port. */
+  endPort?: number;
+  protocol: Protocol;
+}
+
+export interface CidrRule {
+  /** Canonical network address, e.g. `10.0.0.0/8` (host bits cleared) or `2001:db8::/32`. */
+  cidr: string;
+  /** Sub-prefixes of `cidr` excluded from this rule (canonical, same family). */
+  except: string[];
+}
+
+export interface PeerRule {
+  endpoints?: Selector[];
+  entities?: Entity[];
+  /** `fromCIDR`/`toCIDR` (with empty `except`) and `fromCIDRSet`/`toCIDRSet`, in that order. */
+  cidrs?: CidrRule[];
+  /** Absent or empty = all ports. */
+  ports?: PortRule[];
+}
+
+export interface PolicyRule {
+  name: string;
+  /** Set for CiliumNetworkPolicy and NetworkPolicy (default `default`); absent for clusterwide. */
+  namespace?: string;
+  kind: PolicyKind;
+  sourceFile?: string;
+  /** Position in a CNP/CCNP `specs` list; absent for `spec` and for NetworkPolicy. */
+  specIndex?: number;
+  description?: string;
+  endpointSelector: Selector;
+  ingress: PeerRule[];
+  egress: PeerRule[];
+  ingressDeny: PeerRule[];
+  egressDeny: PeerRule[];
+  enableDefaultDeny: { ingress?: boolean; egress?: boolean };
+  /**
+   * `source:key` → value: the policy's own labels (`spec.labels`, source `unspec` unless given)
+   * plus the labels Cilium derives (`k8s:io.cilium.k8s.policy.name`, `.namespace`, `.derived-from`,
+   * `.uid` when metadata.uid is set).
+   */
+  labels: Record<string, string>;
+}
+
+/** The label every namespaced endpoint carries. */
+export const POD_NAMESPACE_LABEL = 'k8s:io.kubernetes.pod.namespace';
+/** Prefix of namespace labels as Cilium exposes them on endpoints. */
+export const NAMESPACE_LABELS_PREFIX = 'io.cilium.k8s.namespace.labels.';
+
+export const POLICY_LABEL_NAME = 'k8s:io.cilium.k8s.policy.name';
+export const POLICY_LABEL_NAMESPACE = 'k8s:io.cilium.k8s.policy.namespace';
+export const POLICY_LABEL_DERIVED_FROM = 'k8s:io.cilium.k8s.policy.derived-from';
+export const POLICY_LABEL_UID = 'k8s:io.cilium.k8s.policy.uid';
+
+/** A new empty selector: selects every endpoint. */
+export function wildcardSelector(): Selector {
+  return { matchLabels: {}, matchExpressions: [] };
+}
+
+/** `kind/namespace/name` (or `kind/name` when clusterwide): identifies the policy object. */
+export function policyKey(rule: Pick<PolicyRule, 'kind' | 'namespace' | 'name'>): string {
+  return rule.namespace === undefined ? `${rule.kind}/${rule.name}` : `${rule.kind}/${rule.namespace}/${rule.name}`;
+}
+
+/**
+ * Identifies one rule: the policy key, plus `#i` for the i-th entry of a `specs` list (a policy
+ * with `specs` yields one rule per entry).
+ */
+export function ruleKey(rule: Pick<PolicyRule, 'kind' | 'namespace' | 'name' | 'specIndex'>): string {
+  return rule.specIndex === undefined ? policyKey(rule) : `${policyKey(rule)}#${rule.specIndex}`;
+}
