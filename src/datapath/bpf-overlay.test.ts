@@ -50,13 +50,13 @@ test('node_config codec matches bpf/lib/maps.h, and the routing mode numbers', (
   for (const path of [LXC_OBJECT_PATH, OVERLAY_OBJECT_PATH]) {
     assert.deepEqual(checkLayout(nodeConfig, Btf.fromElf(path)), [], path);
   }
-  assert.equal(nodeConfig.size, 8);
+  assert.equal(nodeConfig.size, 16);
   assert.deepEqual(RoutingModeCode, { UNSET: 0, TUNNEL: 1, NATIVE: 2 });
 });
 
 test('a packet for a pod behind a tunnel endpoint is encapsulated: redirected to the VXLAN device, reported to-overlay', (t) => {
   const f = setup(t);
-  f.maps.nodeCfg.update(0, { tunnel_ifindex: TUNNEL_IFINDEX, routing_mode: RoutingModeCode.TUNNEL });
+  f.maps.nodeCfg.update(0, { tunnel_ifindex: TUNNEL_IFINDEX, routing_mode: RoutingModeCode.TUNNEL, native_cidr: '0.0.0.0', native_cidr_prefixlen: 0 });
   f.maps.ipcache.update({ prefixlen: 24, ip: '10.244.2.0' }, { sec_identity: 2, tunnel_endpoint: REMOTE.node, flags: IpcacheFlag.HAS_TUNNEL_EP });
   f.maps.ipcache.update({ prefixlen: 32, ip: REMOTE.ip }, { sec_identity: REMOTE.identity, tunnel_endpoint: REMOTE.node, flags: IpcacheFlag.HAS_TUNNEL_EP });
   const input = frame();
@@ -85,9 +85,9 @@ test('without a tunnel device the packet is dropped rather than leaked unencapsu
   assert.equal(drop.dstIdentity, 2);
 });
 
-test('native mode: the same destination without HAS_TUNNEL_EP goes to the stack', (t) => {
+test('native mode without a native routing CIDR: the same destination without HAS_TUNNEL_EP goes to the stack', (t) => {
   const f = setup(t);
-  f.maps.nodeCfg.update(0, { tunnel_ifindex: 0, routing_mode: RoutingModeCode.NATIVE });
+  f.maps.nodeCfg.update(0, { tunnel_ifindex: 0, routing_mode: RoutingModeCode.NATIVE, native_cidr: '0.0.0.0', native_cidr_prefixlen: 0 });
   f.maps.ipcache.update({ prefixlen: 32, ip: REMOTE.ip }, { sec_identity: REMOTE.identity, tunnel_endpoint: REMOTE.node, flags: 0 });
   const { verdict, events } = f.run(frame());
   assert.equal(verdict, TC_ACT_OK);

@@ -105,5 +105,9 @@ export const nodeConfig = struct('node_config', {
   /** The VXLAN device in collect_md mode, 0 when the node has none (native routing). */
   tunnel_ifindex: u32,
   routing_mode: u32,
+  /** Native mode: pods' packets to this CIDR are forwarded by FIB lookup past the stack. */
+  native_cidr: ipv4,
+  /** 0: no such CIDR, everything goes through the stack. */
+  native_cidr_prefixlen: u32,
 });
 export type NodeConfig = StructValue<(typeof nodeConfig)['fields']>;

@@ -11,8 +11,10 @@
  *   the node's own traffic to remote pods (health checks, probes) takes a kernel route through
  *   the device with lightweight-tunnel metadata (`encap ip id 6 dst <node>`).
  * - `native`: no tunnel. The kernel routes each remote pod CIDR via that node's underlay
- *   address; bpf_lxc hands such packets to the stack. The ipcache still maps the CIDRs (and
- *   remote pods' /32s) to identities, without HAS_TUNNEL_EP.
+ *   address. bpf_lxc forwards pods' packets for the native routing CIDR itself after a FIB
+ *   lookup (bpf_redirect, or bpf_redirect_neigh while the next hop is unresolved), or, without
+ *   that CIDR, hands them to the stack. The ipcache still maps the CIDRs (and remote pods' /32s)
+ *   to identities, without HAS_TUNNEL_EP.
  *
  * Everything is idempotent and writes only differences, and all of it survives the agent: the
  * device, the program's TCX link (pinned at `<bpfRoot>/overlay/from-overlay`), the shared maps
@@ -71,6 +73,13 @@ export interface LocalNode extends Underlay {
    * remote pods leaves with it as source, so the replies come back through the tunnel.
    */
   routerIp?: string;
+  /**
+   * Native mode: the CIDR of every pod address in the cluster (the agent's clusterCidr;
+   * Cilium's ipv4-native-routing-cidr). Pods' packets to it are forwarded by bpf_lxc after a FIB
+   * lookup (bpf_redirect / bpf_redirect_neigh), past the node's netfilter and forward path;
+   * without it they take the stack. Must not cover anything that needs masquerading.
+   */
+  nativeRoutingCidr?: string;
 }
 
 /** Another node of the cluster. */
@@ -132,6 +141,7 @@ interface Local {
   podCidr: string;
   routingMode: RoutingMode;
   routerIp?: string;
+  nativeRoutingCidr?: string;
 }
 interface Remote {
   name: string;
@@ -256,6 +266,7 @@ export class NodeRouting {
         podCidr: canonicalCidr(node.podCidr),
         routingMode: node.routingMode,
         routerIp: node.routerIp || undefined,
+        nativeRoutingCidr: node.nativeRoutingCidr ? canonicalCidr(node.nativeRoutingCidr) : undefined,
       };
       if (local.routerIp !== undefined) assertIpv4(local.routerIp, 'local routerIp');
       if (local.routingMode !== 'tunnel' && local.routingMode !== 'native') {
@@ -269,9 +280,13 @@ export class NodeRouting {
         await this.#removeTunnelDevice();
         this.#tunnelIfindex = 0;
       }
+      const [nativeCidr, nativePrefixlen] =
+        local.routingMode === 'native' && local.nativeRoutingCidr ? parseCidr(local.nativeRoutingCidr, 'nativeRoutingCidr') : ['0.0.0.0', 0];
       this.#writeNodeConfig({
         tunnel_ifindex: this.#tunnelIfindex,
         routing_mode: local.routingMode === 'tunnel' ? RoutingModeCode.TUNNEL : RoutingModeCode.NATIVE,
+        native_cidr: nativeCidr,
+        native_cidr_prefixlen: nativePrefixlen,
       });
       this.#local = local;
       if (this.manageIpcache) {
@@ -406,7 +421,7 @@ export class NodeRouting {
       this.#routes = await this.#readRoutes();
       for (const prefix of [...this.#routes.keys()]) await this.#deleteRoute(prefix);
       await this.#removeTunnelDevice();
-      this.#writeNodeConfig({ tunnel_ifindex: 0, routing_mode: RoutingModeCode.UNSET });
+      this.#writeNodeConfig({ tunnel_ifindex: 0, routing_mode: RoutingModeCode.UNSET, native_cidr: '0.0.0.0', native_cidr_prefixlen: 0 });
       this.#nodes.clear();
       this.#local = undefined;
       this.#tunnelIfindex = 0;
@@ -447,7 +462,7 @@ export class NodeRouting {
 
   #writeNodeConfig(config: NodeConfig): void {
     const current = this.#nodeCfg.lookup(0);
-    if (current?.tunnel_ifindex !== config.tunnel_ifindex || current.routing_mode !== config.routing_mode) this.#nodeCfg.update(0, config);
+    if (!current || JSON.stringify(current) !== JSON.stringify(config)) this.#nodeCfg.update(0, config);
   }
 
   async #applyNode(node: Remote): Promise<void> {
