@@ -96,7 +96,7 @@ async function linkJson(netns: string, dev: string): Promise<{ ifindex: number; 
  * `agentIpcache` the ipcache is written as the agent's own reconciler writes it
  * (src/agent/cluster.ts, ipcache.ts) and NodeRouting only routes (manageIpcache: false).
  */
-async function cluster(t: TestContext, mode: RoutingMode, options: { agentIpcache?: boolean } = {}): Promise<Cluster> {
+async function cluster(t: TestContext, mode: RoutingMode, options: { agentIpcache?: boolean; nativeRoutingCidr?: string } = {}): Promise<Cluster> {
   const id = randomBytes(3).toString('hex');
   const underlay = `cil-ul-${id}`;
   const namespaces = [underlay];
@@ -137,6 +137,12 @@ async function cluster(t: TestContext, mode: RoutingMode, options: { agentIpcach
     await sh('ip', ['netns', 'add', netns]);
     await ipn(netns, 'link', 'set', 'lo', 'up');
     await inNs(netns, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+    // Counts pods' packets the node's stack forwards (the FIB fast path skips it).
+    await inNs(netns, 'nft', [
+      'add table ip ciliate_test; ' +
+        'add chain ip ciliate_test forward { type filter hook forward priority 0; policy accept; }; ' +
+        'add rule ip ciliate_test forward iifname "lxc*" counter',
+    ]);
     // The node's uplink: eth0 in the node, its peer enslaved to the underlay bridge.
     await sh('ip', ['link', 'add', `cu${i}${id}`, 'type', 'veth', 'peer', 'name', `cn${i}${id}`]);
     await sh('ip', ['link', 'set', `cu${i}${id}`, 'netns', underlay, 'name', `port${i}`]);
@@ -162,7 +168,14 @@ async function cluster(t: TestContext, mode: RoutingMode, options: { agentIpcach
   }
 
   for (const node of nodes) {
-    await node.routing.setUp({ name: node.name, underlayIp: node.underlayIp, podCidr: node.podCidr, routingMode: mode, routerIp: node.routerIp });
+    await node.routing.setUp({
+      name: node.name,
+      underlayIp: node.underlayIp,
+      podCidr: node.podCidr,
+      routingMode: mode,
+      routerIp: node.routerIp,
+      nativeRoutingCidr: options.nativeRoutingCidr,
+    });
   }
 
   const pods: Pod[] = [];
@@ -333,6 +346,14 @@ async function underlayCounters(c: Cluster): Promise<{ vxlan: number; bare: numb
   return { vxlan, bare };
 }
 
+/** Pods' packets the node's stack forwarded. */
+async function stackForwarded(node: Node): Promise<number> {
+  const { nftables } = JSON.parse(await inNs(node.netns, 'nft', ['-j', 'list', 'table', 'ip', 'ciliate_test'])) as {
+    nftables: { rule?: { expr: { counter?: { packets: number } }[] } }[];
+  };
+  return nftables.find((o) => o.rule)!.rule!.expr.find((e) => e.counter)!.counter!.packets;
+}
+
 /** The node's ipcache by "ip/prefixlen". */
 function ipcacheOf(node: Node): Map<string, { sec_identity: number; tunnel_endpoint: string; flags: number }> {
   using map = BpfMap.openPinned(join(node.bpfRoot, 'maps', MapName.IPCACHE), ipcacheKey, remoteEndpointInfo);
@@ -449,8 +470,8 @@ test('tunnel mode: every pod reaches every other through VXLAN, with the source 
   await assertNothingLeft(c);
 });
 
-test('native mode: every pod reaches every other through kernel routes on the underlay', async (t) => {
-  const c = await cluster(t, 'native');
+test('native mode: every pod reaches every other through kernel routes on the underlay, forwarded by FIB lookup', async (t) => {
+  const c = await cluster(t, 'native', { nativeRoutingCidr: '10.244.0.0/16' });
   const [n1, n2] = c.nodes;
   for (const node of c.nodes) {
     await assert.rejects(ipn(node.netns, 'link', 'show', 'dev', 'ciliate_vxlan'), /does not exist/);
@@ -469,8 +490,17 @@ test('native mode: every pod reaches every other through kernel routes on the un
   const [a] = n1.pods;
   const [c1] = n2.pods;
   assert.equal(traces(n1, 'to-overlay').length, 0, 'nothing is tunnelled');
-  const sent = traces(n1, 'to-stack').filter((e) => e.packet.ipv4?.source === a.ip && e.packet.ipv4.destination === c1.ip);
-  assert.ok(sent.length > 0 && sent.every((e) => e.dstIdentity === c1.endpoint.identity), 'to-stack with the remote pod identity');
+  const uplink = await linkJson(n1.netns, 'eth0');
+  const sent = traces(n1, 'to-network').filter((e) => e.packet.ipv4?.source === a.ip && e.packet.ipv4.destination === c1.ip);
+  assert.ok(sent.length > 0, 'to-network events');
+  for (const e of sent) {
+    assert.equal(e.dstIdentity, c1.endpoint.identity, 'the remote pod identity');
+    assert.equal(e.dstIfindex, uplink.ifindex, 'out of the uplink the FIB named');
+  }
+  // Once the next hop is resolved, bpf_lxc writes its MACs itself (before, bpf_redirect_neigh does).
+  assert.ok(sent.some((e) => e.packet.ethernet?.source === uplink.address), 'MACs of the FIB result');
+  assert.equal(traces(n1, 'to-stack').filter((e) => e.packet.ipv4?.destination === c1.ip).length, 0);
+  for (const node of c.nodes) assert.equal(await stackForwarded(node), 0, `${node.name}'s stack forwarded no pod packet`);
   const received = traces(n2, 'to-endpoint').filter((e) => e.packet.ipv4?.source === a.ip && e.packet.ipv4.destination === c1.ip);
   assert.ok(received.length > 0 && received.every((e) => e.srcIdentity === a.endpoint.identity), 'the receiver knows the sender identity from the ipcache');
   for (const node of c.nodes) assert.deepEqual(node.events.filter((e) => e.kind === 'drop'), [], `${node.name}: no drops`);
@@ -522,6 +552,11 @@ test('with the agent owning the ipcache (manageIpcache: false, NodeRecords with 
       assert.ok(seen.length > 0 && seen.every((e) => e.srcIdentity === a.endpoint.identity));
     } else {
       assert.ok(counters.vxlan === 0 && counters.bare > 100, `${mode}: ${JSON.stringify(counters)}`);
+      // Without a native routing CIDR the node's stack forwards (the FIB fast path is off).
+      const [a] = n1.pods;
+      assert.ok(traces(n1, 'to-stack').some((e) => e.packet.ipv4?.source === a.ip && e.packet.ipv4.destination === n2.pods[0].ip));
+      assert.equal(traces(n1, 'to-network').length, 0);
+      assert.ok((await stackForwarded(n1)) > 100);
     }
     // Node to remote pod, and a pod to the other node's underlay address (the REMOTE_NODE /32).
     assert.match(await ping(n1.netns, n2.pods[0].ip), /2 received/);
