@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { EndpointDatapath, ensureMasquerade, ip, ipBatch, linkDetails, sysctl } from '../datapath/index.ts';
+import { EndpointDatapath, ensureMasquerade, ip, ipBatch, linkDetails, NodeRouting, sysctl } from '../datapath/index.ts';
 import { addressAllocator, NodeIpam } from '../ipam/index.ts';
 import { LocalStateStore, StoreError, type StateStore } from '../store/index.ts';
 import { ApiError, ApiServer } from './api-server.ts';
@@ -16,6 +16,7 @@ import { EndpointManager } from './endpoint-manager.ts';
 import { Lifecycle } from './lifecycle.ts';
 import { readBpfState } from './bpf-state.ts';
 import { Ipcache } from './ipcache.ts';
+import { ClusterWatcher } from './cluster.ts';
 
 export const VERSION = '0.1.0';
 /** Holds the node's router address, so pods reach their node at their gateway. */
@@ -54,6 +55,9 @@ export class Agent {
   #datapath: EndpointDatapath | undefined;
   #endpoints: EndpointManager | undefined;
   #ipcache: Ipcache | undefined;
+  #node: NodeRecord | undefined;
+  #routing: NodeRouting | undefined;
+  #cluster: ClusterWatcher | undefined;
   readonly #api: ApiServer;
 
   constructor(config: AgentConfig, log: Logger) {
@@ -97,6 +101,7 @@ export class Agent {
           startedAt: new Date(this.startedAt).toISOString(),
         };
         await this.#store!.put(`nodes/${config.nodeName}`, node);
+        this.#node = node;
         log.info({ podCidr: node.podCidr, router: node.routerIp }, 'node registered');
       },
     });
@@ -107,6 +112,25 @@ export class Agent {
         this.#datapath = new EndpointDatapath(config.bpfRoot, log.child({ module: 'datapath' }));
       },
       stop: () => this.#datapath?.close(),
+    });
+    this.#lifecycle.append({
+      name: 'node-routing',
+      start: async () => {
+        // The ipcache stays with the agent's own table and reconciler (manageIpcache: false).
+        this.#routing = new NodeRouting({ bpfRoot: config.bpfRoot, log: log.child({ module: 'node-routing' }), manageIpcache: false });
+        if (!this.#node!.nodeIp) {
+          throw new ApiError(500, 'ERR_CONFIG', `node ${config.nodeName} has no underlay address: set nodeIp (--node-ip) or give the node a global IPv4 address`);
+        }
+        await this.#routing.setUp({
+          name: config.nodeName,
+          nodeIp: this.#node!.nodeIp,
+          podCidr: this.#ipam!.cidr,
+          routerIp: this.#ipam!.routerIp,
+          routingMode: config.routingMode,
+          nativeRoutingCidr: config.clusterCidr,
+        });
+      },
+      stop: () => this.#routing?.close(),
     });
     this.#lifecycle.append({
       name: 'ipcache',
@@ -124,12 +148,28 @@ export class Agent {
           ipam: addressAllocator(this.#ipam!),
           datapath: this.#datapath!,
           ipcache: this.#ipcache!,
+          mtu: () => this.#routing!.podMtu(),
           log: log.child({ module: 'endpoints' }),
           nodeName: config.nodeName,
         });
         await this.#endpoints.start();
       },
       stop: () => this.#endpoints?.stop(),
+    });
+    this.#lifecycle.append({
+      name: 'cluster',
+      start: async () => {
+        this.#cluster = new ClusterWatcher({
+          store: this.#store!,
+          self: config.nodeName,
+          tunnel: config.routingMode === 'tunnel',
+          ipcache: this.#ipcache!,
+          routing: this.#routing!,
+          log: log.child({ module: 'cluster' }),
+        });
+        await this.#cluster.start();
+      },
+      stop: () => this.#cluster?.stop(),
     });
     this.#lifecycle.append({
       name: 'api',

@@ -17,6 +17,8 @@ import type { Ipcache } from './ipcache.ts';
 export interface RemoteNodeRouting {
   upsertRemoteNode(node: NodeRecord): Promise<void> | void;
   removeRemoteNode(node: NodeRecord): Promise<void> | void;
+  /** Makes the kernel hold routes for exactly these nodes (drops those of nodes gone while we were down). */
+  syncRemoteNodes(nodes: readonly NodeRecord[]): Promise<void> | void;
 }
 
 export const REMOTE_NODE_IDENTITY = 6;
@@ -37,6 +39,7 @@ export class ClusterWatcher {
   readonly #ipcache: Ipcache;
   readonly #log: Logger;
   readonly #routing: Reconciler<NodeRecord>;
+  readonly #routingOps: RemoteNodeRouting;
   readonly #abort = new AbortController();
   #loops: Promise<void>[] = [];
 
@@ -47,6 +50,7 @@ export class ClusterWatcher {
     this.#ipcache = options.ipcache;
     this.#log = options.log;
     const routing = options.routing;
+    this.#routingOps = routing;
     this.#routing = new Reconciler<NodeRecord>({
       name: 'node-routing',
       table: this.nodes,
@@ -62,6 +66,7 @@ export class ClusterWatcher {
     this.#routing.start();
     // Nodes first: remote endpoints need their node's address.
     const nodes = await this.#follow<NodeRecord>('nodes/', (event) => this.#onNode(event));
+    await this.#routingOps.syncRemoteNodes([...this.nodes.all()].filter((n) => n.name !== this.#self));
     const endpoints = await this.#follow<Endpoint>('endpoints/', (event) => this.#onEndpoint(event));
     this.#loops = [nodes.loop, endpoints.loop];
     await Promise.all([this.#routing.waitFor(), this.#ipcache.synced()]);

@@ -53,7 +53,19 @@ export class EndpointManager {
 
   readonly #ipcache: Ipcache;
 
-  constructor(options: { store: StateStore; ipam: AddressAllocator; datapath: EndpointDatapath; ipcache: Ipcache; log: Logger; nodeName: string }) {
+  readonly #mtu: () => number;
+
+  constructor(options: {
+    store: StateStore;
+    ipam: AddressAllocator;
+    datapath: EndpointDatapath;
+    ipcache: Ipcache;
+    log: Logger;
+    nodeName: string;
+    /** MTU for pod interfaces: smaller than the underlay's when traffic is tunnelled. */
+    mtu?: () => number;
+  }) {
+    this.#mtu = options.mtu ?? (() => 1500);
     this.#store = options.store;
     this.#ipcache = options.ipcache;
     this.#ipam = options.ipam;
@@ -143,6 +155,7 @@ export class EndpointManager {
       await ipBatch(
         [
           `link set dev lo up`,
+          `link set dev ${request.ifname} mtu ${this.#mtu()}`,
           `addr add ${address}/32 dev ${request.ifname}`,
           `link set dev ${request.ifname} up`,
           `route add ${gateway} dev ${request.ifname} scope link`,
@@ -152,7 +165,7 @@ export class EndpointManager {
         ],
         request.netns,
       );
-      await ipBatch([`link set dev ${hostIfname} up`, `route replace ${address}/32 dev ${hostIfname} scope link`]);
+      await ipBatch([`link set dev ${hostIfname} mtu ${this.#mtu()}`, `link set dev ${hostIfname} up`, `route replace ${address}/32 dev ${hostIfname} scope link`]);
       const pod = await linkDetails(request.ifname, request.netns);
       if (!pod) throw new NetlinkError(`ip link show ${request.ifname}`, `not found in ${request.netns}`);
 

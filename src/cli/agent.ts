@@ -27,6 +27,8 @@ export function registerAgentCommands(program: Command): void {
     .option('--node-cidr-mask-size <n>', 'prefix length of each node\'s pod CIDR', (v) => Number.parseInt(v, 10))
     .option('--routing-mode <mode>', 'tunnel or native')
     .option('--node-ip <ip>', 'this node\'s underlay address')
+    .option('--store <kind>', 'local (embedded, one node) or etcd (shared by several nodes)')
+    .option('--etcd-endpoints <urls>', 'comma-separated etcd client URLs', (v: string) => v.split(',').filter(Boolean))
     .option('--log-level <level>', 'trace, debug, info, warn or error')
     // Both forms declared, so that leaving them out keeps the file's or environment's setting.
     .option('--masquerade', 'masquerade pod traffic leaving the cluster (default)')

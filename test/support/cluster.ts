@@ -43,6 +43,13 @@ export function spawnInNs(netns: string, command: string, args: string[]): Child
 
 export interface AgentOptions {
   nodeName?: string;
+  /** Underlay address; without an underlay it is put on the node's loopback. */
+  nodeIp?: string;
+  routingMode?: 'tunnel' | 'native';
+  /** Shared store: etcd client URLs. Without it each node has its embedded store. */
+  etcd?: string[];
+  /** Joins the node to this underlay (see Underlay) with nodeIp/24. */
+  underlay?: Underlay;
   clusterCidr?: string;
   nodeCidrMaskSize?: number;
 }
@@ -70,6 +77,9 @@ export class TestNode {
   static async start(t: TestContext, options: AgentOptions = {}): Promise<TestNode> {
     const netns = await addNetns(t, 'ctn');
     const node = new TestNode(netns, options);
+    const nodeIp = options.nodeIp ?? '192.0.2.1';
+    if (options.underlay) await options.underlay.attach(netns, nodeIp);
+    else await inNs(netns, 'ip', ['addr', 'add', `${nodeIp}/32`, 'dev', 'lo']);
     t.after(async () => {
       await node.stopAgent('SIGKILL');
       rmSync(node.bpfRoot, { recursive: true, force: true });
@@ -89,6 +99,9 @@ export class TestNode {
       '--log-level', 'debug',
     ];
     if (this.options.clusterCidr) args.push('--cluster-cidr', this.options.clusterCidr);
+    args.push('--node-ip', this.options.nodeIp ?? '192.0.2.1');
+    if (this.options.routingMode) args.push('--routing-mode', this.options.routingMode);
+    if (this.options.etcd) args.push('--store', 'etcd', '--etcd-endpoints', this.options.etcd.join(','));
     if (this.options.nodeCidrMaskSize) args.push('--node-cidr-mask-size', String(this.options.nodeCidrMaskSize));
     const agent = spawnInNs(this.netns, process.execPath, args);
     this.agent = agent;
@@ -127,6 +140,31 @@ export class TestNode {
       await this.client.call('DELETE', `/v1/endpoints/${containerId}/eth0`).catch(() => undefined);
     });
     return { netns, endpoint };
+  }
+}
+
+/** An underlay network: a bridge in a namespace of its own that node namespaces join by veth. */
+export class Underlay {
+  readonly netns: string;
+  #links = 0;
+
+  private constructor(netns: string) {
+    this.netns = netns;
+  }
+
+  static async create(t: TestContext): Promise<Underlay> {
+    const netns = await addNetns(t, 'ctu');
+    await inNs(netns, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
+    await inNs(netns, 'ip', ['link', 'set', 'br0', 'up']);
+    return new Underlay(netns);
+  }
+
+  async attach(nodeNetns: string, address: string): Promise<void> {
+    const port = `p${this.#links++}`;
+    await run('ip', ['link', 'add', 'uplink', 'netns', `/run/netns/${nodeNetns}`, 'type', 'veth', 'peer', 'name', port, 'netns', `/run/netns/${this.netns}`]);
+    await inNs(this.netns, 'ip', ['link', 'set', port, 'master', 'br0', 'up']);
+    await inNs(nodeNetns, 'ip', ['addr', 'add', `${address}/24`, 'dev', 'uplink']);
+    await inNs(nodeNetns, 'ip', ['link', 'set', 'uplink', 'up']);
   }
 }
 
