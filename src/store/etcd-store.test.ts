@@ -292,3 +292,16 @@ test('etcd: closing a watch delivers what the client already knew was committed,
   assert.ok(events.every((e) => e.revision <= 3));
   assert.equal((await watch.next()).done, true);
 });
+
+test('etcd: a watch opened while etcd is down starts once it is back', async (t) => {
+  const etcd = await startEtcd(t);
+  const store = await connect(t, { endpoints: etcd.endpoints, prefix: PREFIX, timeoutMs: 1000 });
+  await store.put('a', 1);
+  await etcd.kill();
+  const watch = store.watch('', { afterRevision: 0 });
+  t.after(() => watch.close());
+  await new Promise((resolve) => setTimeout(resolve, 300)); // a few failed attempts
+  await etcd.restart();
+  await store.put('b', 2);
+  assert.deepEqual((await take(watch, 2, 10_000)).map((e) => `${e.revision} ${e.key}`), ['1 a', '2 b']);
+});

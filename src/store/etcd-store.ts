@@ -2,8 +2,9 @@
  * `EtcdStateStore`: the `StateStore` contract on a real etcd v3 cluster, for multi-node setups
  * where every agent must see the same IPAM/identity state.
  *
- * Client: the `etcd3` npm package (microsoft/etcd3, gRPC via @grpc/grpc-js). Only its raw KV RPCs
- * and its watch stream manager are used; all StateStore semantics are mapped here:
+ * Client: the `etcd3` npm package (microsoft/etcd3, gRPC via @grpc/grpc-js). Only its connection
+ * handling and raw KV/Watch RPCs are used (not its builders, retry policies or watch manager); all
+ * StateStore semantics are mapped here:
  *
  * - keys: `prefix + key` as UTF-8 bytes (default prefix `/ciliate/`); listing and watching use
  *   the etcd range `[prefix+p, prefixEnd(prefix+p))`;
@@ -16,12 +17,14 @@
  *   (`0` → `version == 0`, i.e. absent; `n` → `mod_revision == n + 1`), puts and deletes are the
  *   success branch, and the failure branch reads every compared key, so a conflict names each
  *   failed comparison from the same atomic snapshot without a second round trip;
- * - `watch()`: an etcd watch with `start_revision = afterRevision + 1` (in etcd numbers) that the
- *   client resumes from the last delivered revision after a reconnect; a watch from compacted
- *   history ends with ERR_STORE_COMPACTED;
+ * - `watch()`: one etcd Watch stream per StoreWatch, created with `start_revision` just after
+ *   `afterRevision`; after a lost connection it is re-created from the last delivered revision
+ *   (no gaps, no repeats), with backoff, for as long as the watch is open. etcd's
+ *   `compact_revision` answer ends it with ERR_STORE_COMPACTED;
  * - failures to reach etcd (refused, timed out) are `ERR_STORE_UNAVAILABLE` naming the endpoints.
- *   Reads are retried on another endpoint; writes are not (a write whose answer was lost might
- *   have been applied, and retrying a compare-and-swap would report a false conflict).
+ *   With several endpoints, reads move on to the next member; writes only when the request
+ *   provably never left (no connection): a write whose answer was lost may have been applied, and
+ *   resending a compare-and-swap would then report a false conflict.
  * @module
  */
 import { Etcd3, EtcdError, GRPCDeadlineExceededError, GRPCInvalidArgumentError, GRPCUnavailableError, GRPCOutOfRangeError, ClientClosedError, GRPCCancelledError, GRPCResourceExhastedError } from 'etcd3';
@@ -108,10 +111,6 @@ interface PreparedOp {
 class EtcdWatch<T> extends Watcher<T> {
   #onCloseRequest: (() => void) | undefined;
 
-  constructor(prefix: string, onClose: () => void, signal?: AbortSignal) {
-    super(prefix, onClose, signal);
-  }
-
   set onCloseRequest(handler: () => void) {
     this.#onCloseRequest = handler;
   }
@@ -150,7 +149,7 @@ export class EtcdStateStore implements StateStore {
   readonly endpoints: readonly string[];
   readonly prefix: string;
   readonly timeoutMs: number;
-  /** Watch streams: a client over all endpoints (a reconnect picks any member). */
+  /** Watch streams: a client of its own over all endpoints (a reconnect picks any member). */
   #client: Etcd3;
   /** Requests: one client per endpoint, used in turn, so a dead member is skipped deterministically. */
   #kvClients: readonly KVClient[];
@@ -161,14 +160,14 @@ export class EtcdStateStore implements StateStore {
   /** Highest etcd revision seen in any response (ours or a watch's). */
   #etcdRevision: number;
   #inflight = new Set<Promise<unknown>>();
-  /** Stops of the running watches, for close(). */
-  #watchStops = new Set<() => void>();
+  /** Ends each running watch at once, for close(). */
+  #watchClosers = new Set<() => void>();
   #closing: Promise<void> | undefined;
 
   private constructor(client: Etcd3, kvClients: readonly Etcd3[], endpoints: readonly string[], prefix: string, timeoutMs: number, etcdRevision: number) {
     this.#client = client;
     this.#kvClients = kvClients.map((c) => c.kv);
-    this.#allClients = kvClients.includes(client) ? kvClients : [client, ...kvClients];
+    this.#allClients = [client, ...kvClients];
     this.endpoints = endpoints;
     this.prefix = prefix;
     this.#prefix = Buffer.from(prefix, 'utf8');
@@ -200,7 +199,8 @@ export class EtcdStateStore implements StateStore {
         faultHandling: { global: passThrough, host: () => passThrough },
       });
     const kvClients = hosts.map((host) => newClient([host]));
-    const client = hosts.length === 1 ? kvClients[0] : newClient(hosts);
+    // Separate from the request clients: a failed stream resets its client's connection.
+    const client = newClient(hosts);
     const store = new EtcdStateStore(client, kvClients, hosts, prefix, timeoutMs, 0);
     try {
       await store.#call('connect', true, (kv) => kv.range({ key: store.#range('').key, limit: 1, keys_only: true }));
@@ -272,10 +272,12 @@ export class EtcdStateStore implements StateStore {
     /** Whether the current etcd watch started at the head of history, so progress reports are exact. */
     let synced = false;
 
+    // Ends the StoreWatch now, which (through its onClose) stops the etcd side.
+    const finish = (): void => watcher.closeNow();
     const stop = (): void => {
       if (stopped) return;
       stopped = true;
-      this.#watchStops.delete(stop);
+      this.#watchClosers.delete(finish);
       clearTimeout(retryTimer);
       clearTimeout(drainTimer);
       const current = stream;
@@ -284,8 +286,7 @@ export class EtcdStateStore implements StateStore {
     };
     const watcher = new EtcdWatch<T>(prefix, stop, options?.signal);
     if (options?.signal?.aborted) return watcher;
-    this.#watchStops.add(stop);
-    const finish = (): void => watcher.closeNow();
+    this.#watchClosers.add(finish);
     const fail = (error: StoreError): void => {
       stop();
       watcher.fail(error);
@@ -375,13 +376,18 @@ export class EtcdStateStore implements StateStore {
       const lost = (): void => {
         if (current !== stream) return;
         stream = undefined;
+        endStream(current);
         retry();
       };
       current.on('error', lost);
       current.on('end', lost);
-      current.write({
-        create_request: { key: range.key, range_end: range.end, start_revision: toEtcdRevision(delivered) + 1, progress_notify: true },
-      });
+      try {
+        current.write({
+          create_request: { key: range.key, range_end: range.end, start_revision: toEtcdRevision(delivered) + 1, progress_notify: true },
+        });
+      } catch {
+        lost();
+      }
     };
     void open();
     return watcher;
@@ -391,7 +397,7 @@ export class EtcdStateStore implements StateStore {
   async close(): Promise<void> {
     this.#closing ??= (async () => {
       await Promise.allSettled([...this.#inflight]);
-      for (const stop of [...this.#watchStops]) stop();
+      for (const close of [...this.#watchClosers]) close();
       for (const client of this.#allClients) client.close();
     })();
     return this.#closing;
