@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import { z } from 'zod';
 import { EndpointDatapath, ensureMasquerade, ip, ipBatch, linkDetails, NodeRouting, sysctl } from '../datapath/index.ts';
 import { addressAllocator, NodeIpam } from '../ipam/index.ts';
-import { LocalStateStore, StoreError, type StateStore } from '../store/index.ts';
+import { EtcdStateStore, LocalStateStore, StoreError, type StateStore } from '../store/index.ts';
 import { ApiError, ApiServer } from './api-server.ts';
 import type { AgentConfig } from './config.ts';
 import { EndpointManager } from './endpoint-manager.ts';
@@ -78,8 +78,12 @@ export class Agent {
     this.#lifecycle.append({
       name: 'store',
       start: async () => {
-        if (config.store !== 'local') throw new ApiError(500, 'ERR_CONFIG', `store ${config.store}: not available yet; use store: local`);
-        this.#store = await openStoreWaitingForLock(join(config.stateDir, 'store'), log);
+        if (config.store === 'etcd') {
+          if (config.etcdEndpoints.length === 0) throw new ApiError(500, 'ERR_CONFIG', 'store etcd: set etcdEndpoints (--etcd-endpoints)');
+          this.#store = await EtcdStateStore.connect({ endpoints: config.etcdEndpoints });
+        } else {
+          this.#store = await openStoreWaitingForLock(join(config.stateDir, 'store'), log);
+        }
       },
       stop: () => this.#store?.close(),
     });

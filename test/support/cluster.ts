@@ -159,6 +159,45 @@ export class Underlay {
     return new Underlay(netns);
   }
 
+  /**
+   * A real etcd on the bridge at `address` (inside the underlay namespace, where every node
+   * reaches it). Killed by its pid and its data removed at test end.
+   */
+  async startEtcd(t: TestContext, address = '192.168.100.254'): Promise<string[]> {
+    await inNs(this.netns, 'ip', ['addr', 'add', `${address}/24`, 'dev', 'br0']);
+    const dataDir = mkdtempSync(join(tmpdir(), 'ciliate-etcd-'));
+    const client = `http://${address}:2379`;
+    const peer = `http://${address}:2380`;
+    const etcd = spawnInNs(this.netns, 'etcd', [
+      '--name', 'e', '--data-dir', join(dataDir, 'data'),
+      '--listen-client-urls', client, '--advertise-client-urls', client,
+      '--listen-peer-urls', peer, '--initial-advertise-peer-urls', peer, '--initial-cluster', `e=${peer}`,
+      '--heartbeat-interval', '20', '--election-timeout', '200', '--log-level', 'warn', '--logger', 'zap',
+    ]);
+    let output = '';
+    etcd.stderr?.on('data', (chunk: Buffer) => (output = (output + chunk.toString()).slice(-8192)));
+    t.after(async () => {
+      if (etcd.exitCode === null && etcd.signalCode === null) {
+        const exited = new Promise((resolve) => etcd.once('exit', resolve));
+        etcd.kill('SIGKILL');
+        await exited;
+      }
+      rmSync(dataDir, { recursive: true, force: true });
+    });
+    const probe = `fetch('${client}/health').then((r) => r.json()).then((j) => process.exit(j.health === 'true' ? 0 : 1), () => process.exit(1))`;
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      if (etcd.exitCode !== null) throw new Error(`etcd exited with ${etcd.exitCode}: ${output}`);
+      try {
+        await inNs(this.netns, process.execPath, ['-e', probe], 3000);
+        return [client];
+      } catch {
+        if (Date.now() > deadline) throw new Error(`etcd did not become healthy: ${output}`);
+        await sleep(100);
+      }
+    }
+  }
+
   async attach(nodeNetns: string, address: string): Promise<void> {
     const port = `p${this.#links++}`;
     await run('ip', ['link', 'add', 'uplink', 'netns', `/run/netns/${nodeNetns}`, 'type', 'veth', 'peer', 'name', port, 'netns', `/run/netns/${this.netns}`]);
