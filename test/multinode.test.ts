@@ -12,7 +12,12 @@ for (const routingMode of ['tunnel', 'native'] as const) {
       await TestNode.start(t, { nodeName: 'n2', nodeIp: '192.168.100.2', underlay, etcd, routingMode }),
     ];
     const pods = [];
-    for (const node of nodes) for (let i = 0; i < 2; i++) pods.push(await node.addPod(t));
+    for (const node of nodes) for (const app of ['web', 'db']) pods.push(await node.addPod(t, undefined, { app }));
+    const [web1, db1, web2, db2] = pods.map((p) => p.endpoint.identity);
+    assert.equal(web1, web2, 'the same labels get the same identity on both nodes (shared through etcd)');
+    assert.equal(db1, db2);
+    assert.notEqual(web1, db1);
+    assert.ok(web1 >= 256 && db1 >= 256, 'cluster-local identities start at 256');
     const cidrs = (await nodes[0].client.get<NodeRecord[]>('/v1/nodes')).map((n) => n.podCidr);
     assert.equal(new Set(cidrs).size, 2, `each node has its own pod CIDR: ${cidrs.join(', ')}`);
     for (const pod of pods) await echoServer(t, pod.netns, 7100);

@@ -17,6 +17,7 @@ import { Lifecycle } from './lifecycle.ts';
 import { readBpfState } from './bpf-state.ts';
 import { Ipcache } from './ipcache.ts';
 import { ClusterWatcher } from './cluster.ts';
+import { IdentityAllocator, identityName, reservedIdentities, type Identity } from '../identity/index.ts';
 
 export const VERSION = '0.1.0';
 /** Holds the node's router address, so pods reach their node at their gateway. */
@@ -58,6 +59,7 @@ export class Agent {
   #node: NodeRecord | undefined;
   #routing: NodeRouting | undefined;
   #cluster: ClusterWatcher | undefined;
+  #identities: IdentityAllocator | undefined;
   readonly #api: ApiServer;
 
   constructor(config: AgentConfig, log: Logger) {
@@ -109,6 +111,14 @@ export class Agent {
         log.info({ podCidr: node.podCidr, router: node.routerIp }, 'node registered');
       },
     });
+    this.#lifecycle.append({
+      name: 'identities',
+      start: async () => {
+        this.#identities = new IdentityAllocator({ store: this.#store!, nodeName: config.nodeName });
+        await this.#identities.start();
+      },
+      stop: () => this.#identities?.stop(),
+    });
     this.#lifecycle.append({ name: 'node-networking', start: () => this.#setUpNodeNetworking() });
     this.#lifecycle.append({
       name: 'datapath',
@@ -152,6 +162,7 @@ export class Agent {
           ipam: addressAllocator(this.#ipam!),
           datapath: this.#datapath!,
           ipcache: this.#ipcache!,
+          identities: this.#identities!,
           mtu: () => this.#routing!.podMtu(),
           log: log.child({ module: 'endpoints' }),
           nodeName: config.nodeName,
@@ -216,6 +227,12 @@ export class Agent {
     api.route('DELETE', '/v1/endpoints/:containerId/:ifname', async ({ params }) => ({
       deleted: await this.endpoints.delete(params.containerId, params.ifname),
     }));
+    api.route('GET', '/v1/identities', () => [...reservedIdentities(), ...this.#identities!.list()].map(identityView));
+    api.route('GET', '/v1/identities/:id', ({ params }) => {
+      const identity = this.#identities!.get(Number(params.id));
+      if (!identity) throw new ApiError(404, 'ERR_IDENTITY_NOT_FOUND', `no identity ${params.id}`);
+      return identityView(identity);
+    });
     api.route('GET', '/v1/nodes', async () => (await this.#store!.list<NodeRecord>('nodes/')).entries.map((e) => e.value));
     api.route('GET', '/v1/bpf/:map', ({ params }) => readBpfState(this.config.bpfRoot, params.map));
   }
@@ -272,4 +289,8 @@ async function detectNodeIp(): Promise<string> {
     if (address) return address;
   }
   return '';
+}
+
+function identityView(identity: Pick<Identity, 'id' | 'labels'>) {
+  return { id: identity.id, name: identityName(identity.id), labels: identity.labels.toStrings() };
 }

@@ -12,6 +12,7 @@ import { ip, ipBatch, linkDetails, NetlinkError } from '../datapath/netlink.ts';
 import { ApiError } from './api-server.ts';
 import { type Endpoint, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID } from './endpoint.ts';
 import type { Ipcache, IpcacheEntry } from './ipcache.ts';
+import { podLabels, type IdentityAllocator } from '../identity/index.ts';
 
 /** The kernel side of an endpoint (programs, links, map entries); implemented in src/datapath. */
 export interface EndpointDatapath {
@@ -39,7 +40,6 @@ export interface AddEndpointRequest {
 }
 
 const STORE_PREFIX = 'endpoints/';
-const UNMANAGED_IDENTITY = 3;
 
 export class EndpointManager {
   readonly table = new Table<Endpoint>('endpoints', (ep) => containerInterfaceKey(ep.containerId, ep.ifname), { equals: sameEndpoint });
@@ -52,6 +52,7 @@ export class EndpointManager {
   readonly #busy = new Map<string, Promise<unknown>>();
 
   readonly #ipcache: Ipcache;
+  readonly #identities: IdentityAllocator;
 
   readonly #mtu: () => number;
 
@@ -60,6 +61,7 @@ export class EndpointManager {
     ipam: AddressAllocator;
     datapath: EndpointDatapath;
     ipcache: Ipcache;
+    identities: IdentityAllocator;
     log: Logger;
     nodeName: string;
     /** MTU for pod interfaces: smaller than the underlay's when traffic is tunnelled. */
@@ -68,6 +70,7 @@ export class EndpointManager {
     this.#mtu = options.mtu ?? (() => 1500);
     this.#store = options.store;
     this.#ipcache = options.ipcache;
+    this.#identities = options.identities;
     this.#ipam = options.ipam;
     this.#log = options.log;
     this.#nodeName = options.nodeName;
@@ -87,9 +90,19 @@ export class EndpointManager {
   async start(): Promise<void> {
     const { entries } = await this.#store.list<Endpoint>(`${STORE_PREFIX}${this.#nodeName}/`);
     for (const { value } of entries) {
-      this.table.upsert(value);
-      this.#ipcache.upsert(localIpcacheEntry(value));
+      // Re-take this node's references on the identities its endpoints use. Should an identity
+      // have been collected while the agent was away, the endpoint moves to the new number.
+      const { id } = await this.#identities.allocate(securityLabels(value));
+      let endpoint = value;
+      if (id !== value.identity) {
+        this.#log.warn({ endpoint: value.id, was: value.identity, now: id }, 'endpoint identity changed while the agent was down');
+        endpoint = { ...value, identity: id };
+        await this.#store.put(this.#storeKey(containerInterfaceKey(value.containerId, value.ifname)), endpoint);
+      }
+      this.table.upsert(endpoint);
+      this.#ipcache.upsert(localIpcacheEntry(endpoint));
     }
+    await this.#identities.reconcileReferences();
     this.#reconciler.start();
     await this.#reconciler.waitFor();
     this.#log.info({ endpoints: entries.length }, 'restored endpoints');
@@ -146,6 +159,10 @@ export class EndpointManager {
     try {
       const address = await this.#ipam.allocate(key);
       undo.push(() => this.#ipam.release(key));
+      const labels = request.labels ?? {};
+      const namespace = request.namespace ?? 'default';
+      const { id: identity } = await this.#identities.allocate(securityLabels({ labels, namespace }));
+      undo.push(() => this.#identities.release(identity));
 
       await ip(['link', 'add', hostIfname, 'type', 'veth', 'peer', 'name', request.ifname, 'netns', request.netns]);
       undo.push(() => ip(['link', 'del', hostIfname]));
@@ -179,10 +196,10 @@ export class EndpointManager {
         hostIfname,
         hostIfindex: host.ifindex,
         hostMac: host.mac,
-        identity: UNMANAGED_IDENTITY,
-        labels: request.labels ?? {},
+        identity,
+        labels,
         podName: request.podName,
-        namespace: request.namespace,
+        namespace,
         createdAt: new Date().toISOString(),
       };
       await this.#store.put(this.#storeKey(key), endpoint, { expectedRevision: 0 });
@@ -233,6 +250,7 @@ export class EndpointManager {
     }
     await this.#store.delete(this.#storeKey(key));
     await this.#ipam.release(key);
+    if (endpoint) await this.#identities.release(endpoint.identity);
     if (endpoint) this.#log.info({ endpoint: endpoint.id, container: containerId }, 'endpoint deleted');
     return endpoint !== undefined;
   }
@@ -250,4 +268,9 @@ function sameEndpoint(a: Endpoint, b: Endpoint): boolean {
 
 function localIpcacheEntry(endpoint: Endpoint): IpcacheEntry {
   return { prefix: `${endpoint.ipv4}/32`, identity: endpoint.identity, source: 'local-endpoint' };
+}
+
+/** The labels an endpoint's identity derives from: its pod labels plus its namespace. */
+function securityLabels(endpoint: { labels: Record<string, string>; namespace?: string }) {
+  return podLabels({ namespace: endpoint.namespace ?? 'default', labels: endpoint.labels });
 }

@@ -72,6 +72,24 @@ export function registerAgentCommands(program: Command): void {
       print(options.output, ep, () => formatTable(['FIELD', 'VALUE'], Object.entries(ep).map(([k, v]) => [k, typeof v === 'object' ? JSON.stringify(v) : String(v)])));
     });
 
+  const identity = program.command('identity').description('security identities');
+  identity
+    .command('list')
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (options: { socket: string; output: OutputFormat }) => {
+      const identities = await new AgentClient(options.socket).get<IdentityView[]>('/v1/identities');
+      print(options.output, identities, () => formatTable(['ID', 'NAME', 'LABELS'], identities.map((i) => [String(i.id), i.name, i.labels.join(' ')])));
+    });
+  identity
+    .command('get <id>')
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (id: string, options: { socket: string; output: OutputFormat }) => {
+      const found = await new AgentClient(options.socket).get<IdentityView>(`/v1/identities/${encodeURIComponent(id)}`);
+      print(options.output, found, () => formatTable(['ID', 'NAME', 'LABELS'], [[String(found.id), found.name, found.labels.join(' ')]]));
+    });
+
   program
     .command('node')
     .description('nodes of the cluster')
@@ -105,6 +123,12 @@ export function registerBpfMapCommands(bpf: Command): void {
         });
       });
   }
+}
+
+interface IdentityView {
+  id: number;
+  name: string;
+  labels: string[];
 }
 
 function formatStatus(status: Record<string, unknown>): string {
