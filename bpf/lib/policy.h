@@ -98,6 +98,15 @@ static __always_inline __u32 ciliate_policy_match_type(const struct ciliate_poli
 	return l3 ? CILIATE_POLICY_MATCH_L3_L4 : CILIATE_POLICY_MATCH_L4_ONLY;
 }
 
+static __always_inline void ciliate_policy_fill(struct ciliate_policy_result *res,
+						const struct ciliate_policy_entry *entry, int l3)
+{
+	res->verdict = (entry->flags & CILIATE_POLICY_F_DENY) ? CILIATE_POLICY_DENIED : CILIATE_POLICY_ALLOWED;
+	res->match_type = ciliate_policy_match_type(entry, l3);
+	res->cookie = entry->cookie;
+	res->prefix_len = entry->prefix_len;
+}
+
 /*
  * Whether `remote_identity` may talk to the endpoint owning `map` in `direction` on
  * protocol/dport (dport in host order). Two lookups, as Cilium's __policy_can_access: the remote
@@ -115,34 +124,28 @@ policy_can_access(void *map, __u32 remote_identity, __u8 direction, __u8 protoco
 		.protocol = protocol,
 		.dport = bpf_htons(dport),
 	};
-	struct ciliate_policy_entry *l3, *l4, *pick;
-	int l3_wins;
+	struct ciliate_policy_entry *l3, *l4;
 
 	l3 = bpf_map_lookup_elem(map, &key);
 	key.sec_label = 0;
 	l4 = bpf_map_lookup_elem(map, &key);
 
-	if (l3 && l4) {
-		if ((l3->flags & CILIATE_POLICY_F_DENY) != (l4->flags & CILIATE_POLICY_F_DENY))
-			l3_wins = (l3->flags & CILIATE_POLICY_F_DENY) != 0;
-		else
-			l3_wins = l3->prefix_len >= l4->prefix_len;
-	} else if (l3) {
-		l3_wins = 1;
-	} else if (l4) {
-		l3_wins = 0;
-	} else {
+	/* Plain branches: clang would otherwise test `l3 || l4` with a pointer OR the verifier refuses. */
+	if (l3 && remote_identity != 0) {
+		if (l4) {
+			int l3_deny = (l3->flags & CILIATE_POLICY_F_DENY) != 0;
+			int l4_deny = (l4->flags & CILIATE_POLICY_F_DENY) != 0;
+
+			if (l4_deny != l3_deny ? l4_deny : l4->prefix_len > l3->prefix_len) {
+				ciliate_policy_fill(&res, l4, 0);
+				return res;
+			}
+		}
+		ciliate_policy_fill(&res, l3, 1);
 		return res;
 	}
-	/* remote_identity 0 makes both lookups the same entry: report it as the wildcard one. */
-	if (remote_identity == 0)
-		l3_wins = 0;
-	pick = l3_wins ? l3 : l4;
-	if (!pick)
-		return res;
-	res.verdict = (pick->flags & CILIATE_POLICY_F_DENY) ? CILIATE_POLICY_DENIED : CILIATE_POLICY_ALLOWED;
-	res.match_type = ciliate_policy_match_type(pick, l3_wins);
-	res.cookie = pick->cookie;
-	res.prefix_len = pick->prefix_len;
+	/* remote_identity 0 makes both lookups one: it counts as the wildcard entry. */
+	if (l4)
+		ciliate_policy_fill(&res, l4, 0);
 	return res;
 }

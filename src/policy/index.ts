@@ -14,3 +14,44 @@ export { PolicyValidationError, formatIssue, type PolicyIssue } from './errors.t
 export { selectorMatches, canonicalSelectorKey, splitLabelKey, selectorHasKey } from './selector.ts';
 export { parsePolicyYaml, parsePolicyObjects, loadPolicyFile, loadPolicyFileSync, type ParseOptions } from './load.ts';
 export { parseCidr, formatCidr, cidrContains, ipInCidr, parseIp, type Cidr } from './cidr.ts';
+// Part 2: what the datapath enforces (bpf/lib/policy.h), computed incrementally.
+export * from './policy-map.ts';
+export {
+  SelectorCache,
+  LabelIndex,
+  RESERVED_IDENTITIES,
+  reservedIdentityInfos,
+  cidrIdentityLabels,
+  identityCidr,
+  entityMatches,
+  cidrRuleMatches,
+  peerSelectorKey,
+  isWildcardPeer,
+  type IdentityInfo,
+  type IdentitySource,
+  type LabelMap,
+  type PeerSelector,
+  type CachedSelector,
+  type SelectionChange,
+} from './selector-cache.ts';
+export {
+  resolveEndpointPolicy,
+  diffEntries,
+  peerSelectors,
+  rulePeerSelectors,
+  ruleEnforces,
+  ruleCidrPrefixes,
+  type ResolvedPolicy,
+  type ResolveOptions,
+  type EntriesDiff,
+} from './resolve.ts';
+export {
+  PolicyEngine,
+  tracePolicy,
+  type PolicyEngineOptions,
+  type PolicyUpdate,
+  type TracePeer,
+  type TraceQuery,
+  type TraceResult,
+  type DirectionTrace,
+} from './engine.ts';

@@ -1,0 +1,241 @@
+/**
+ * From rules to the entries of one endpoint's policy map (Cilium's `resolvePolicy` + MapState).
+ *
+ * - A direction is enforced (default deny) when a rule selecting the endpoint has allow or deny
+ *   rules in it, unless that rule sets `enableDefaultDeny.<dir>: false`; `true` turns it on by
+ *   itself. A direction no rule enforces is allow-all: one wildcard entry (any identity, any
+ *   protocol) with cookie 0, beside any deny entries.
+ * - Each (peer identity × port block) of a PeerRule becomes a key; a wildcard peer (empty
+ *   selector, entity `all`) uses identity 0. Without ports: every protocol and port (prefix 40).
+ * - Same key from several rules: deny beats allow; otherwise the entry lists every rule and its
+ *   cookie is the lowest rule id.
+ * - Deny precedence inside one LPM lookup: an allow covered by a broader deny of the same identity
+ *   (or of identity 0) is left out, since the trie would return the narrower allow.
+ * @module
+ */
+import { selectorMatches } from './selector.ts';
+import { type PolicyRule, type PeerRule, ruleKey } from './types.ts';
+import {
+  PolicyDirection,
+  PREFIX_DIR,
+  PREFIX_PROTO,
+  policyKeyString,
+  portRuleKeys,
+  type PolicyKey,
+  type PolicyMapEntry,
+} from './policy-map.ts';
+import type { LabelMap, PeerSelector, SelectorCache } from './selector-cache.ts';
+
+export interface ResolvedPolicy {
+  ingressEnforced: boolean;
+  egressEnforced: boolean;
+  /** By policyKeyString(key). */
+  entries: Map<string, PolicyMapEntry>;
+  /** Rules that select the endpoint (ruleKeys), in input order. */
+  selectingRules: string[];
+}
+
+export interface ResolveOptions {
+  /** Cookie of a rule (its numeric id); default: position in `rules` + 1. */
+  ruleId?: (rule: PolicyRule, index: number) => number;
+  /** Rules already known to select the endpoint (skips selector evaluation on `endpointLabels`). */
+  preselected?: boolean;
+  /**
+   * Compute only the entries of this remote identity (an identity change): `entries` then holds
+   * just those. Pass the endpoint's current entries as `base`: their identity-0 denies decide
+   * which of the identity's allows are covered.
+   */
+  onlyIdentity?: number;
+  base?: ReadonlyMap<string, PolicyMapEntry>;
+}
+
+/** The peers of a PeerRule, as SelectorCache keys them. */
+export function peerSelectors(peer: PeerRule): PeerSelector[] {
+  const out: PeerSelector[] = [];
+  for (const selector of peer.endpoints ?? []) out.push({ kind: 'endpoints', selector });
+  for (const entity of peer.entities ?? []) out.push({ kind: 'entity', entity });
+  for (const cidr of peer.cidrs ?? []) out.push({ kind: 'cidr', cidr });
+  return out;
+}
+
+/** Every peer selector a rule uses (all four lists). */
+export function rulePeerSelectors(rule: PolicyRule): PeerSelector[] {
+  return [...rule.ingress, ...rule.egress, ...rule.ingressDeny, ...rule.egressDeny].flatMap(peerSelectors);
+}
+
+const DIRS = [
+  { dir: PolicyDirection.INGRESS, name: 'ingress', allow: 'ingress', deny: 'ingressDeny' },
+  { dir: PolicyDirection.EGRESS, name: 'egress', allow: 'egress', deny: 'egressDeny' },
+] as const;
+
+/** Whether a rule turns default deny on for a direction (see module doc). */
+export function ruleEnforces(rule: PolicyRule, direction: 'ingress' | 'egress'): boolean {
+  const flag = rule.enableDefaultDeny[direction];
+  if (flag !== undefined) return flag;
+  const deny = direction === 'ingress' ? rule.ingressDeny : rule.egressDeny;
+  return rule[direction].length > 0 || deny.length > 0;
+}
+
+const ALL_L4 = [{ protocol: 0, port: 0, prefixLen: PREFIX_DIR }];
+
+class EntryBuilder {
+  readonly entries = new Map<string, PolicyMapEntry>();
+  /** `identity/dir` pairs that have deny entries: only their allows need the cover check. */
+  readonly denied = new Set<string>();
+
+  add(key: PolicyKey, deny: boolean, cookie: number, rk: string): void {
+    const ks = policyKeyString(key);
+    const e = this.entries.get(ks);
+    if (!e) {
+      this.entries.set(ks, { key, deny, cookie, ruleKeys: [rk] });
+    } else if (e.deny === deny) {
+      if (!e.ruleKeys.includes(rk)) e.ruleKeys.push(rk);
+      if (cookie < e.cookie || e.cookie === 0) e.cookie = cookie;
+    } else if (deny) {
+      this.entries.set(ks, { key, deny, cookie, ruleKeys: [rk] });
+    }
+    if (deny) this.denied.add(`${key.identity}/${key.direction}`);
+  }
+
+  /** Whether a deny entry of `identity` covers `key` (same direction, shorter or equal prefix). */
+  #coveredBy(identity: number, key: PolicyKey): boolean {
+    if (!this.denied.has(`${identity}/${key.direction}`)) return false;
+    const base = `${identity}/${key.direction}/`;
+    const d = this.entries.get(`${base}0/0/${PREFIX_DIR}`);
+    if (d?.deny) return true;
+    if (key.prefixLen <= PREFIX_DIR) return false;
+    for (let len = PREFIX_PROTO; len <= key.prefixLen; len++) {
+      const bits = len - PREFIX_PROTO;
+      const port = bits === 0 ? 0 : (key.port >>> (16 - bits)) << (16 - bits);
+      const e = this.entries.get(`${base}${key.protocol}/${port}/${len}`);
+      if (e?.deny) return true;
+    }
+    return false;
+  }
+
+  finish(): Map<string, PolicyMapEntry> {
+    if (this.denied.size === 0) return this.entries;
+    for (const [ks, e] of this.entries) {
+      if (e.deny) continue;
+      if (this.#coveredBy(e.key.identity, e.key) || (e.key.identity !== 0 && this.#coveredBy(0, e.key))) this.entries.delete(ks);
+    }
+    return this.entries;
+  }
+}
+
+/**
+ * The policy map entries of an endpoint with `endpointLabels`, under `rules`, with peers resolved
+ * through `cache`.
+ *
+ * @example
+ * const cache = new SelectorCache([{ id: 260, labels: { 'k8s:org': 'empire' } }]);
+ * const p = resolveEndpointPolicy({ 'k8s:org': 'empire', 'k8s:class': 'deathstar' }, rules, cache);
+ * p.ingressEnforced; // true
+ * [...p.entries.keys()]; // ['260/0/6/80/64', '0/1/0/0/40']
+ */
+export function resolveEndpointPolicy(
+  endpointLabels: LabelMap,
+  rules: readonly PolicyRule[],
+  cache: SelectorCache,
+  options: ResolveOptions = {},
+): ResolvedPolicy {
+  const builder = new EntryBuilder();
+  const selectingRules: string[] = [];
+  const enforced = { ingress: false, egress: false };
+  const ids = new Map<string, number[]>();
+  const only = options.onlyIdentity;
+  if (only !== undefined && options.base) {
+    for (const e of options.base.values()) {
+      if (e.key.identity === 0 && e.deny) builder.add(e.key, true, e.cookie, e.ruleKeys[0] ?? '');
+    }
+  }
+  const onlyList = only === undefined ? [] : [only];
+  const identitiesOf = (peer: PeerSelector): number[] => {
+    const s = cache.get(peer);
+    if (only !== undefined) return !s.wildcard && s.selections.has(only) ? onlyList : [];
+    if (s.wildcard) return [0];
+    let list = ids.get(s.key);
+    if (!list) ids.set(s.key, (list = [...s.selections]));
+    return list;
+  };
+  rules.forEach((rule, index) => {
+    if (!options.preselected && !selectorMatches(rule.endpointSelector, endpointLabels)) return;
+    const rk = ruleKey(rule);
+    selectingRules.push(rk);
+    const cookie = options.ruleId ? options.ruleId(rule, index) : index + 1;
+    for (const d of DIRS) {
+      if (ruleEnforces(rule, d.name)) enforced[d.name] = true;
+      for (const [list, deny] of [
+        [rule[d.allow], false],
+        [rule[d.deny], true],
+      ] as const) {
+        for (const peer of list) {
+          const l4 = peer.ports && peer.ports.length > 0 ? peer.ports.flatMap(portRuleKeys) : ALL_L4;
+          for (const ps of peerSelectors(peer)) {
+            for (const identity of identitiesOf(ps)) {
+              for (const k of l4) {
+                builder.add({ identity, direction: d.dir, protocol: k.protocol, port: k.port, prefixLen: k.prefixLen }, deny, cookie, rk);
+              }
+            }
+          }
+        }
+      }
+    }
+  });
+  if (only !== undefined) {
+    const entries = builder.finish();
+    for (const [k, e] of entries) if (e.key.identity !== only) entries.delete(k);
+    return { ingressEnforced: enforced.ingress, egressEnforced: enforced.egress, entries, selectingRules };
+  }
+  for (const d of DIRS) {
+    if (enforced[d.name]) continue;
+    const key: PolicyKey = { identity: 0, direction: d.dir, protocol: 0, port: 0, prefixLen: PREFIX_DIR };
+    const ks = policyKeyString(key);
+    if (!builder.entries.has(ks)) builder.entries.set(ks, { key, deny: false, cookie: 0, ruleKeys: [] });
+  }
+  return { ingressEnforced: enforced.ingress, egressEnforced: enforced.egress, entries: builder.finish(), selectingRules };
+}
+
+export interface EntriesDiff {
+  /** New entries and entries whose value (deny, cookie) changed. */
+  upserts: PolicyMapEntry[];
+  deletes: PolicyKey[];
+}
+
+function sameValue(a: PolicyMapEntry, b: PolicyMapEntry): boolean {
+  return a.deny === b.deny && a.cookie === b.cookie;
+}
+
+/**
+ * What to write to move a policy map from `old` to `next`. Only the map's value counts: an entry
+ * whose ruleKeys changed but whose deny bit and cookie did not is not rewritten.
+ */
+export function diffEntries(old: ReadonlyMap<string, PolicyMapEntry>, next: ReadonlyMap<string, PolicyMapEntry>): EntriesDiff {
+  const upserts: PolicyMapEntry[] = [];
+  const deletes: PolicyKey[] = [];
+  for (const [k, e] of next) {
+    const o = old.get(k);
+    if (!o || !sameValue(o, e)) upserts.push(e);
+  }
+  for (const [k, o] of old) if (!next.has(k)) deletes.push(o.key);
+  return { upserts, deletes };
+}
+
+/**
+ * Every prefix the rules name (CIDRs and their excepts), sorted and without repeats. CIDR peers
+ * select CIDR identities, so — as Cilium does — the agent should hold a CIDR identity for each
+ * of these: an `except` only takes effect for addresses whose identity is the except prefix (or
+ * inside it); without one they resolve to a wider prefix or to world.
+ */
+export function ruleCidrPrefixes(rules: readonly PolicyRule[]): string[] {
+  const out = new Set<string>();
+  for (const rule of rules) {
+    for (const peer of [...rule.ingress, ...rule.egress, ...rule.ingressDeny, ...rule.egressDeny]) {
+      for (const c of peer.cidrs ?? []) {
+        out.add(c.cidr);
+        for (const e of c.except) out.add(e);
+      }
+    }
+  }
+  return [...out].sort();
+}
