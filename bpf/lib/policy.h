@@ -65,8 +65,8 @@ enum ciliate_policy_verdict {
 /* Cilium's policy match types (bpf/lib/policy.h): which kind of entry decided. */
 enum ciliate_policy_match {
 	CILIATE_POLICY_MATCH_NONE = 0,
-	CILIATE_POLICY_MATCH_L3_L4 = 1,		/* identity + protocol + port (or range) */
-	CILIATE_POLICY_MATCH_L3_ONLY = 2,	/* identity, any protocol and port */
+	CILIATE_POLICY_MATCH_L3_ONLY = 1,	/* identity, any protocol and port */
+	CILIATE_POLICY_MATCH_L3_L4 = 2,		/* identity + protocol + port (or range) */
 	CILIATE_POLICY_MATCH_L4_ONLY = 3,	/* any identity, protocol + port (or range) */
 	CILIATE_POLICY_MATCH_ALL = 4,		/* any identity, any protocol and port */
 	CILIATE_POLICY_MATCH_L3_PROTO = 5,	/* identity + protocol, any port */

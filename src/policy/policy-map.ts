@@ -42,16 +42,16 @@ export const PolicyVerdict = { DENIED_DEFAULT: 0, ALLOWED: 1, DENIED: 2 } as con
 export type PolicyVerdict = (typeof PolicyVerdict)[keyof typeof PolicyVerdict];
 
 /** Cilium's policy match types (enum ciliate_policy_match). */
-export const PolicyMatch = { NONE: 0, L3_L4: 1, L3_ONLY: 2, L4_ONLY: 3, ALL: 4, L3_PROTO: 5, PROTO_ONLY: 6 } as const;
+export const PolicyMatch = { NONE: 0, L3_ONLY: 1, L3_L4: 2, L4_ONLY: 3, ALL: 4, L3_PROTO: 5, PROTO_ONLY: 6 } as const;
 export type PolicyMatch = (typeof PolicyMatch)[keyof typeof PolicyMatch];
 export const POLICY_MATCH_NAME: Record<PolicyMatch, string> = {
   0: 'none',
-  1: 'L3-L4',
-  2: 'L3-only',
-  3: 'L4-only',
+  1: 'L3-Only',
+  2: 'L3-L4',
+  3: 'L4-Only',
   4: 'all',
-  5: 'L3-proto',
-  6: 'proto-only',
+  5: 'L3-Proto',
+  6: 'Proto-Only',
 };
 
 export const policyKeyCodec = struct('ciliate_policy_key', {
