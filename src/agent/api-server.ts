@@ -12,11 +12,14 @@ import type { Logger } from 'pino';
 export class ApiError extends Error {
   readonly status: number;
   readonly code: string;
-  constructor(status: number, code: string, message: string) {
+  /** Structured detail for clients, e.g. every problem of a rejected policy. */
+  readonly details: unknown;
+  constructor(status: number, code: string, message: string, details?: unknown) {
     super(message);
     this.name = 'ApiError';
     this.status = status;
     this.code = code;
+    this.details = details;
   }
 }
 
@@ -85,7 +88,7 @@ export class ApiServer {
       send(res, 200, result ?? {});
     } catch (error) {
       if (error instanceof ApiError) {
-        send(res, error.status, { error: { code: error.code, message: error.message } });
+        send(res, error.status, { error: { code: error.code, message: error.message, ...(error.details === undefined ? {} : { details: error.details }) } });
         return;
       }
       const coded = error as { code?: unknown; message?: unknown };

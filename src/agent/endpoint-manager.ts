@@ -12,7 +12,7 @@ import { ip, ipBatch, linkDetails, NetlinkError } from '../datapath/netlink.ts';
 import { ApiError } from './api-server.ts';
 import { type Endpoint, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID } from './endpoint.ts';
 import type { Ipcache, IpcacheEntry } from './ipcache.ts';
-import { podLabels, type IdentityAllocator } from '../identity/index.ts';
+import { podLabels, type IdentityAllocator, type Labels } from '../identity/index.ts';
 
 /** The kernel side of an endpoint (programs, links, map entries); implemented in src/datapath. */
 export interface EndpointDatapath {
@@ -20,6 +20,12 @@ export interface EndpointDatapath {
   realize(endpoint: Endpoint): Promise<void> | void;
   /** Removes the endpoint's links, pins and map entries. Idempotent. */
   remove(endpoint: Endpoint): Promise<void> | void;
+}
+
+/** The policy manager's view of endpoints. */
+export interface EndpointPolicyHooks {
+  addEndpoint(endpointId: number, labels: Labels): void;
+  removeEndpoint(endpointId: number): void;
 }
 
 /** Address management as the endpoint manager needs it (src/ipam implements it). */
@@ -53,6 +59,7 @@ export class EndpointManager {
 
   readonly #ipcache: Ipcache;
   readonly #identities: IdentityAllocator;
+  readonly #policy: EndpointPolicyHooks | undefined;
 
   readonly #mtu: () => number;
 
@@ -62,6 +69,8 @@ export class EndpointManager {
     datapath: EndpointDatapath;
     ipcache: Ipcache;
     identities: IdentityAllocator;
+    /** Policy for each endpoint, installed before its programs are attached. */
+    policy?: EndpointPolicyHooks;
     log: Logger;
     nodeName: string;
     /** MTU for pod interfaces: smaller than the underlay's when traffic is tunnelled. */
@@ -71,6 +80,7 @@ export class EndpointManager {
     this.#store = options.store;
     this.#ipcache = options.ipcache;
     this.#identities = options.identities;
+    this.#policy = options.policy;
     this.#ipam = options.ipam;
     this.#log = options.log;
     this.#nodeName = options.nodeName;
@@ -99,6 +109,7 @@ export class EndpointManager {
         endpoint = { ...value, identity: id };
         await this.#store.put(this.#storeKey(containerInterfaceKey(value.containerId, value.ifname)), endpoint);
       }
+      this.#policy?.addEndpoint(endpoint.id, securityLabels(endpoint));
       this.table.upsert(endpoint);
       this.#ipcache.upsert(localIpcacheEntry(endpoint));
     }
@@ -204,6 +215,8 @@ export class EndpointManager {
       };
       await this.#store.put(this.#storeKey(key), endpoint, { expectedRevision: 0 });
       undo.push(() => this.#store.delete(this.#storeKey(key)));
+      this.#policy?.addEndpoint(endpoint.id, securityLabels(endpoint));
+      undo.push(async () => this.#policy?.removeEndpoint(endpoint.id));
       this.#ipcache.upsert(localIpcacheEntry(endpoint));
       undo.push(async () => {
         this.#ipcache.delete(`${endpoint.ipv4}/32`);
@@ -242,6 +255,7 @@ export class EndpointManager {
       this.#ipcache.delete(`${endpoint.ipv4}/32`);
       this.table.delete(key);
       await this.#reconciler.waitFor();
+      this.#policy?.removeEndpoint(endpoint.id);
       try {
         await ip(['link', 'del', endpoint.hostIfname]);
       } catch (error) {

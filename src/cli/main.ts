@@ -10,6 +10,7 @@ import { registerBpfCommands } from './bpf.ts';
 import { registerDemoCommand } from './demo.ts';
 import { registerAgentCommands } from './agent.ts';
 import { registerCniCommands } from './cni.ts';
+import { registerPolicyCommands } from './policy.ts';
 import { AgentApiError, ConfigError } from '../agent/index.ts';
 
 export function buildProgram(): Command {
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
   registerDemoCommand(program);
   registerAgentCommands(program);
   registerCniCommands(program);
+  registerPolicyCommands(program);
   return program;
 }
 
@@ -28,13 +30,18 @@ async function main(argv: string[]): Promise<void> {
   try {
     await buildProgram().parseAsync(argv);
   } catch (error) {
-    if (BpfError.is(error) || error instanceof AgentApiError || error instanceof ConfigError) {
+    if (BpfError.is(error) || error instanceof AgentApiError || error instanceof ConfigError || isPlainError(error)) {
       process.stderr.write(`ciliate: ${error.message}\n`);
       process.exitCode = 1;
       return;
     }
     throw error;
   }
+}
+
+/** Errors the CLI raises itself about its input (unreadable files, bad flags): one line, no stack. */
+function isPlainError(error: unknown): error is Error {
+  return error instanceof Error && error.constructor === Error;
 }
 
 if (import.meta.main) await main(process.argv);

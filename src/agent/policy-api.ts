@@ -1,0 +1,105 @@
+/**
+ * The policy part of the agent's API: import, list, delete, revisions, wait, and trace.
+ * @module
+ */
+import { z } from 'zod';
+import { PolicyValidationError, type TracePeer } from '../policy/index.ts';
+import { ApiError, type ApiServer } from './api-server.ts';
+import type { EndpointManager } from './endpoint-manager.ts';
+import { labelMap, type PolicyManager } from './policy-manager.ts';
+import { podLabels } from '../identity/index.ts';
+
+const ImportBody = z.object({ yaml: z.string().min(1), file: z.string().default('<api>') }).strict();
+const TraceBody = z
+  .object({
+    src: z.string().min(1),
+    dst: z.string().min(1),
+    dport: z.number().int().min(0).max(65535),
+    protocol: z.enum(['TCP', 'UDP', 'SCTP', 'ICMP']).default('TCP'),
+  })
+  .strict();
+
+function badRequest(what: string, error: z.ZodError): ApiError {
+  const issue = error.issues[0];
+  return new ApiError(400, 'ERR_BAD_REQUEST', `${what}: field ${issue.path.join('.') || '(body)'}: ${issue.message}`);
+}
+
+const IPV4 = /^(\d{1,3}\.){3}\d{1,3}(\/\d{1,2})?$/;
+
+/**
+ * Who a trace side is: an endpoint id, a pod (`name` or `namespace/name`), a pod IP, any other
+ * IP or CIDR (the world, as its CIDR identity sees it), or labels `k=v,k2=v2`.
+ */
+export function resolveTracePeer(spec: string, endpoints: EndpointManager): TracePeer {
+  const trimmed = spec.trim();
+  if (/^\d+$/.test(trimmed)) {
+    const endpoint = endpoints.get(trimmed);
+    if (!endpoint) throw new ApiError(404, 'ERR_ENDPOINT_NOT_FOUND', `trace: no endpoint ${trimmed}`);
+    return { endpoint: endpoint.id };
+  }
+  if (IPV4.test(trimmed)) {
+    const local = endpoints.list().find((ep) => ep.ipv4 === trimmed.replace(/\/32$/, ''));
+    return local ? { endpoint: local.id } : { cidr: trimmed.includes('/') ? trimmed : `${trimmed}/32` };
+  }
+  if (trimmed.includes('=')) {
+    const labels: Record<string, string> = {};
+    for (const pair of trimmed.split(',')) {
+      const eq = pair.indexOf('=');
+      if (eq <= 0) throw new ApiError(400, 'ERR_BAD_REQUEST', `trace: "${pair}" is not a label key=value`);
+      labels[pair.slice(0, eq).replace(/^k8s:/, '')] = pair.slice(eq + 1);
+    }
+    const namespace = labels['io.kubernetes.pod.namespace'] ?? 'default';
+    delete labels['io.kubernetes.pod.namespace'];
+    return { labels: labelMap(podLabels({ namespace, labels })) };
+  }
+  const [namespace, name] = trimmed.includes('/') ? trimmed.split('/', 2) : [undefined, trimmed];
+  const pod = endpoints.list().find((ep) => ep.podName === name && (namespace === undefined || (ep.namespace ?? 'default') === namespace));
+  if (!pod) throw new ApiError(404, 'ERR_ENDPOINT_NOT_FOUND', `trace: no pod, endpoint, address or labels "${spec}" (labels look like app=web,org=empire)`);
+  return { endpoint: pod.id };
+}
+
+export function registerPolicyRoutes(api: ApiServer, policy: () => PolicyManager, endpoints: () => EndpointManager): void {
+  api.route('POST', '/v1/policies', async ({ body }) => {
+    const parsed = ImportBody.safeParse(body);
+    if (!parsed.success) throw badRequest('policy import', parsed.error);
+    try {
+      return await policy().import(parsed.data.yaml, parsed.data.file);
+    } catch (error) {
+      if (PolicyValidationError.is(error)) {
+        throw new ApiError(400, 'ERR_POLICY_INVALID', error.message, { issues: error.issues });
+      }
+      throw error;
+    }
+  });
+  api.route('GET', '/v1/policies', () => policy().list());
+  api.route('DELETE', '/v1/policies', async ({ query }) => {
+    const key = query.get('key');
+    if (!key) throw new ApiError(400, 'ERR_BAD_REQUEST', 'policy delete: query parameter key is required (kind/namespace/name)');
+    const result = await policy().delete(key);
+    if (result.deleted.length === 0) throw new ApiError(404, 'ERR_POLICY_NOT_FOUND', `no policy ${key}`);
+    return result;
+  });
+  api.route('GET', '/v1/policy/revision', () => ({
+    revision: policy().revision,
+    endpoints: Object.fromEntries(policy().enforcedRevisions()),
+  }));
+  api.route('GET', '/v1/policy/wait', async ({ query }) => {
+    const revision = Number(query.get('revision'));
+    const timeoutMs = Number(query.get('timeoutMs') ?? 30_000);
+    if (!Number.isInteger(revision) || revision < 0) throw new ApiError(400, 'ERR_BAD_REQUEST', 'policy wait: revision must be a non-negative integer');
+    const deadline = Date.now() + timeoutMs;
+    while (!policy().enforces(revision)) {
+      if (Date.now() > deadline) {
+        throw new ApiError(504, 'ERR_TIMEOUT', `policy revision ${revision} not enforced by every endpoint within ${timeoutMs} ms (current ${policy().revision})`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    return { revision: policy().revision, enforced: true };
+  });
+  api.route('POST', '/v1/policy/trace', ({ body }) => {
+    const parsed = TraceBody.safeParse(body);
+    if (!parsed.success) throw badRequest('policy trace', parsed.error);
+    const { src, dst, dport, protocol } = parsed.data;
+    return policy().trace({ src: resolveTracePeer(src, endpoints()), dst: resolveTracePeer(dst, endpoints()), dport, protocol });
+  });
+}
