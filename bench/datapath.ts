@@ -64,10 +64,12 @@ export async function run(ctx: BenchContext): Promise<void> {
     const podA = await node.addPod('cbda');
     const podB = await node.addPod('cbdb');
     const ours: Pair = { client: podA.netns, server: podB.netns, serverIp: podB.endpoint.ipv4 };
-    // Baseline: the same shape, routed by the node's stack.
+    // Baseline: the same shape, routed by the node's stack, with the MTU the agent gave its pods.
+    const [podLink] = JSON.parse(await sh('ip', ['-n', podA.netns, '-j', 'link', 'show', 'dev', 'eth0'])) as { mtu: number }[];
+    const mtu = podLink.mtu;
     const routed = await RoutedNode.start(cleanups, '10.250.0', 'cbrn');
-    const plainA = await routed.addPod('cbra');
-    const plainB = await routed.addPod('cbrb');
+    const plainA = await routed.addPod('cbra', mtu);
+    const plainB = await routed.addPod('cbrb', mtu);
     const baseline: Pair = { client: plainA.netns, server: plainB.netns, serverIp: plainB.ipv4 };
 
     for (const [name, pair] of [['ciliate', ours], ['routed', baseline]] as const) {
@@ -76,7 +78,7 @@ export async function run(ctx: BenchContext): Promise<void> {
       });
       await startServers(cleanups, pair.server);
     }
-    ctx.log(`ciliate pods ${podA.endpoint.ipv4} -> ${podB.endpoint.ipv4} on ${node.netns}; routed pods ${plainA.ipv4} -> ${plainB.ipv4} on ${routed.netns}`);
+    ctx.log(`ciliate pods ${podA.endpoint.ipv4} -> ${podB.endpoint.ipv4} on ${node.netns}; routed pods ${plainA.ipv4} -> ${plainB.ipv4} on ${routed.netns}; pod MTU ${mtu}`);
 
     const hostA = podA.endpoint.hostIfname;
     const hostB = podB.endpoint.hostIfname;
@@ -165,6 +167,7 @@ export async function run(ctx: BenchContext): Promise<void> {
       ratio: round(tputOurs / tputBase, 3),
       ...common(tput),
       tool: `iperf3, 1 TCP stream, ${traffic.throughputSeconds} s per sample`,
+      pod_mtu: mtu,
       retransmits_median: median(retransmits.ciliate),
       baseline_retransmits_median: median(retransmits.routed),
       redirect_peer: redirectPeer,

@@ -29,14 +29,17 @@
 #include "l3.h"
 #include "encap.h"
 #include "fib.h"
+#include "policy_enforce.h"
 
 SEC("tc")
 int cil_from_container(struct __sk_buff *skb)
 {
 	struct ciliate_notify_info info = { .src_identity = ENDPOINT_IDENTITY };
+	struct remote_endpoint_info *remote = NULL;
 	struct ipv4_ct_tuple tuple;
 	struct endpoint_info *ep;
 	struct endpoint_key key;
+	__u8 tcp_flags;
 	int ret;
 
 	pull_headers(skb);
@@ -50,25 +53,42 @@ int cil_from_container(struct __sk_buff *skb)
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
 
-	ret = ipv4_parse_and_track(skb, &info, CT_EGRESS, ENDPOINT_IDENTITY, &tuple);
+	ret = ipv4_parse_and_lookup(skb, &info, CT_EGRESS, &tuple, &tcp_flags);
 	if (ret)
 		return ret;
 
+	/* Who the destination is: a local endpoint, the node itself (its router address), or
+	 * whatever the ipcache says (WORLD when it says nothing). */
 	key.ip = tuple.daddr;
 	ep = bpf_map_lookup_elem(&ciliate_lxc, &key);
 	if (ep && !(ep->flags & ENDPOINT_F_HOST)) {
 		info.dst_identity = ep->sec_identity;
 		info.dst_id = ep->lxc_id;
-		return ipv4_local_delivery(skb, &info, ep);
-	}
-
-	if (ep) {
-		/* The node itself (its router address): the stack's. */
+	} else if (ep) {
 		info.dst_identity = IDENTITY_HOST;
 	} else {
-		struct remote_endpoint_info *remote = ipcache_lookup4(tuple.daddr);
-
+		remote = ipcache_lookup4(tuple.daddr);
 		info.dst_identity = remote ? remote->sec_identity : IDENTITY_WORLD;
+	}
+
+	/* New connections: this endpoint's egress policy, then a local destination's ingress
+	 * policy (the packet skips that endpoint's cil_to_container); only then tracked. */
+	ret = policy_enforce4(skb, &info, ENDPOINT_ID, info.dst_identity, CILIATE_POLICY_EGRESS, &tuple);
+	if (ret)
+		return ret;
+	if (ep && !(ep->flags & ENDPOINT_F_HOST)) {
+		ret = policy_enforce4(skb, &info, ep->lxc_id, ENDPOINT_IDENTITY, CILIATE_POLICY_INGRESS, &tuple);
+		if (ret)
+			return ret;
+	}
+	ret = ipv4_ct_commit(skb, &info, CT_EGRESS, ENDPOINT_IDENTITY, &tuple, tcp_flags);
+	if (ret)
+		return ret;
+
+	if (ep && !(ep->flags & ENDPOINT_F_HOST))
+		return ipv4_local_delivery(skb, &info, ep);
+
+	if (!ep) {
 		struct node_config *cfg;
 
 		/* A pod of another node in tunnel mode: encapsulate towards that node. */
@@ -86,7 +106,9 @@ int cil_from_container(struct __sk_buff *skb)
 
 /* Packets the node's stack routed to this pod (from the host, or from outside the node; in native
  * mode also pods of other nodes). Pod to pod traffic on this node and pods of other nodes in
- * tunnel mode never get here: cil_from_container and cil_from_overlay redirect past this hook. */
+ * tunnel mode never get here: cil_from_container and cil_from_overlay redirect past this hook
+ * (and check the ingress policy themselves). The source identity is the ipcache's: HOST for the
+ * node's own addresses when the agent put them there, WORLD for addresses it does not know. */
 SEC("tc")
 int cil_to_container(struct __sk_buff *skb)
 {
@@ -97,6 +119,7 @@ int cil_to_container(struct __sk_buff *skb)
 	};
 	struct ipv4_ct_tuple tuple;
 	__u32 src_identity;
+	__u8 tcp_flags;
 	int ret;
 
 	pull_headers(skb);
@@ -115,7 +138,13 @@ int cil_to_container(struct __sk_buff *skb)
 
 	src_identity = ipcache_identity(ip->saddr);
 	info.src_identity = src_identity;
-	ret = ipv4_parse_and_track(skb, &info, CT_INGRESS, src_identity, &tuple);
+	ret = ipv4_parse_and_lookup(skb, &info, CT_INGRESS, &tuple, &tcp_flags);
+	if (ret)
+		return ret;
+	ret = policy_enforce4(skb, &info, ENDPOINT_ID, src_identity, CILIATE_POLICY_INGRESS, &tuple);
+	if (ret)
+		return ret;
+	ret = ipv4_ct_commit(skb, &info, CT_INGRESS, src_identity, &tuple, tcp_flags);
 	if (ret)
 		return ret;
 	send_trace_notify(skb, &info, TRACE_TO_LXC);

@@ -13,7 +13,8 @@
  * itself, its router address) goes to the stack.
  *
  * Shares the node's pinned maps with bpf_lxc.o; ENDPOINT_ID stays 0 (events come from no
- * endpoint). Ingress policy will have to run here as well as in cil_to_container.
+ * endpoint). A new connection to a pod must pass that pod's ingress policy (policy_enforce.h)
+ * before it is tracked and delivered: the packet skips the pod's cil_to_container.
  */
 #include "common.h"
 #include "ctx.h"
@@ -26,6 +27,7 @@
 #include "conntrack.h"
 #include "l3.h"
 #include "encap.h"
+#include "policy_enforce.h"
 
 SEC("tc")
 int cil_from_overlay(struct __sk_buff *skb)
@@ -36,6 +38,7 @@ int cil_from_overlay(struct __sk_buff *skb)
 	struct endpoint_info *ep;
 	struct endpoint_key ep_key;
 	struct iphdr *ip;
+	__u8 tcp_flags;
 	int ret;
 
 	/*
@@ -75,10 +78,16 @@ int cil_from_overlay(struct __sk_buff *skb)
 
 	info.dst_identity = ep->sec_identity;
 	info.dst_id = ep->lxc_id;
-	ret = ipv4_parse_and_track(skb, &info, CT_INGRESS, info.src_identity, &tuple);
+	ret = ipv4_parse_and_lookup(skb, &info, CT_INGRESS, &tuple, &tcp_flags);
 	if (ret)
 		return ret;
 	send_trace_notify(skb, &info, TRACE_FROM_OVERLAY);
+	ret = policy_enforce4(skb, &info, ep->lxc_id, info.src_identity, CILIATE_POLICY_INGRESS, &tuple);
+	if (ret)
+		return ret;
+	ret = ipv4_ct_commit(skb, &info, CT_INGRESS, info.src_identity, &tuple, tcp_flags);
+	if (ret)
+		return ret;
 	return ipv4_local_delivery(skb, &info, ep);
 }
 

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AgentClient, type Endpoint } from '../../src/agent/index.ts';
 import { ROOT } from '../lib.ts';
-import { addNetns, type Cleanups, netnsPath, sleep, spawnInNs, stopChild, uniqueName } from './ns.ts';
+import { addNetns, type Cleanups, netnsPath, sh, sleep, spawnInNs, stopChild, uniqueName } from './ns.ts';
 
 const CLI = join(ROOT, 'src', 'cli', 'main.ts');
 
@@ -19,7 +19,14 @@ export interface BenchNodeOptions {
   /** Prefix of the node namespace's name. */
   prefix?: string;
   logLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'error';
+  /** The agent's --routing-mode. Default native: one node needs no tunnel, and pods get the underlay's MTU. */
+  routingMode?: 'native' | 'tunnel';
 }
+
+/** The node's underlay address (TEST-NET-1); it lives only inside the node namespace. */
+export const NODE_IP = '192.0.2.1';
+/** The underlay device's MTU, which the agent derives the pods' MTU from. */
+export const UNDERLAY_MTU = 1500;
 
 export class BenchNode {
   readonly netns: string;
@@ -50,11 +57,21 @@ export class BenchNode {
       rmSync(node.bpfRoot, { recursive: true, force: true });
       rmSync(node.dir, { recursive: true, force: true });
     });
-    await node.#startAgent(options.logLevel ?? 'info');
+    // The agent wants an underlay address and takes the pods' MTU from its device: a veth pair
+    // with a real MTU (lo's 65536 would give pods jumbo frames the baseline does not have).
+    await sh('ip', ['-n', netns, '-batch', '-'], {
+      input: [
+        `link add cbul0 mtu ${UNDERLAY_MTU} type veth peer name cbul1 mtu ${UNDERLAY_MTU}`,
+        `addr add ${NODE_IP}/32 dev cbul0`,
+        'link set dev cbul0 up',
+        'link set dev cbul1 up',
+      ].join('\n') + '\n',
+    });
+    await node.#startAgent(options.logLevel ?? 'info', options.routingMode ?? 'native');
     return node;
   }
 
-  async #startAgent(logLevel: string): Promise<void> {
+  async #startAgent(logLevel: string, routingMode: string): Promise<void> {
     const args = [
       CLI, 'agent',
       '--node-name', 'bench1',
@@ -62,6 +79,8 @@ export class BenchNode {
       '--socket-path', this.socket,
       '--bpf-root', this.bpfRoot,
       '--log-level', logLevel,
+      '--node-ip', NODE_IP,
+      '--routing-mode', routingMode,
     ];
     const agent = spawnInNs(this.#cleanups, this.netns, process.execPath, args);
     this.agent = agent;

@@ -50,12 +50,13 @@ export class RoutedNode {
   }
 
   /**
-   * Joins an existing namespace to the node, with the same steps as the agent's endpoint add minus
+   * Joins an existing namespace to the node (both veth ends get `mtu`, as the agent sets its pods'
+   * MTU), with the same steps as the agent's endpoint add minus
    * IPAM bookkeeping, the state store and the datapath: veth creation, the host veth's MAC, the
    * pod side (one `ip -batch`), the host side (one `ip -batch`). Returns once the pod is reachable.
    * The veth goes away with the pod namespace.
    */
-  async attach(podNetns: string): Promise<PlainPod> {
+  async attach(podNetns: string, mtu = 1500): Promise<PlainPod> {
     if (this.#next > 254) throw new RangeError(`routed node ${this.netns}: out of addresses`);
     const ipv4 = `${this.#prefix}.${this.#next++}`;
     const hostIfname = `lxc${(this.#count++).toString(16).padStart(4, '0')}`;
@@ -64,6 +65,7 @@ export class RoutedNode {
     await sh('nsenter', [`--net=${netnsPath(podNetns)}`, 'ip', '-batch', '-'], {
       input: [
         'link set dev lo up',
+        `link set dev eth0 mtu ${mtu}`,
         `addr add ${ipv4}/32 dev eth0`,
         'link set dev eth0 up',
         `route add ${this.routerIp} dev eth0 scope link`,
@@ -72,14 +74,14 @@ export class RoutedNode {
       ].join('\n') + '\n',
     });
     await sh('ip', ['-n', this.netns, '-batch', '-'], {
-      input: [`link set dev ${hostIfname} up`, `route replace ${ipv4}/32 dev ${hostIfname} scope link`].join('\n') + '\n',
+      input: [`link set dev ${hostIfname} mtu ${mtu}`, `link set dev ${hostIfname} up`, `route replace ${ipv4}/32 dev ${hostIfname} scope link`].join('\n') + '\n',
     });
     return { netns: podNetns, ipv4, hostIfname };
   }
 
   /** A pod: a new namespace attached to the node; both go away at cleanup. */
-  async addPod(prefix = 'cbq'): Promise<PlainPod> {
+  async addPod(prefix = 'cbq', mtu = 1500): Promise<PlainPod> {
     const netns = await addNetns(this.#cleanups, prefix);
-    return this.attach(netns);
+    return this.attach(netns, mtu);
   }
 }

@@ -15,6 +15,7 @@
 #include "common.h"
 #include "drop_reasons.h"
 #include "endpoint_config.h"
+#include "policy.h"
 #include "ringbuf_lost.h"
 
 /* Cilium's monitor message types (pkg/monitor/api/types.go). */
@@ -76,6 +77,28 @@ struct ciliate_drop_event {
 	struct ciliate_event_hdr hdr;
 	__s32 ext_error;	/* extra detail, e.g. the errno of a failed map update */
 	__u32 line;		/* source line of the drop, for whoever debugs the datapath */
+	__u8 data[CILIATE_EVENT_CAP_LEN];
+};
+
+/*
+ * A policy decision on a new connection (Cilium's policy_verdict_notify): which endpoint's
+ * policy was asked (endpoint_id, in `direction`), about whom (remote_identity, protocol, dport),
+ * and what it said: the verdict, the kind of entry that decided (match_type, Cilium's
+ * numbering) and that entry's cookie, the id of the rule it came from. hdr.subtype is 0;
+ * hdr.reason is the conntrack status (always CT_NEW).
+ */
+struct ciliate_policy_verdict_event {
+	struct ciliate_event_hdr hdr;
+	__u32 remote_identity;
+	__u32 cookie;		/* ciliate_policy_entry.cookie of the deciding entry; 0 on a miss */
+	__u16 dport;		/* host order; ICMP: the ICMP type */
+	__u16 endpoint_id;	/* the endpoint whose policy map decided */
+	__u8 protocol;		/* IPPROTO_* */
+	__u8 direction;		/* CILIATE_POLICY_INGRESS / _EGRESS */
+	__u8 verdict;		/* enum ciliate_policy_verdict */
+	__u8 match_type;	/* enum ciliate_policy_match */
+	__u8 drop_reason;	/* enum ciliate_drop_reason when denied, 0 when allowed */
+	__u8 _pad[7];
 	__u8 data[CILIATE_EVENT_CAP_LEN];
 };
 
@@ -151,6 +174,51 @@ static __noinline void drop_event_fill(struct __sk_buff *skb, struct ciliate_dro
 	ev->hdr.cap_len = event_capture(skb, ev->data);
 	ev->ext_error = info->ext_error;
 	ev->line = info->line;
+}
+
+/* A policy check: what was asked and what policy_can_access() answered. The enums are typed
+ * here (the event stores them in bytes) so the object's BTF carries them for the TS tests. */
+struct ciliate_policy_decision {
+	__u32 endpoint_id;
+	__u32 remote_identity;
+	__u16 dport;
+	__u8 protocol;
+	__u8 direction;
+	enum ciliate_policy_verdict verdict;
+	enum ciliate_policy_match match_type;
+	__u32 cookie;
+};
+
+static __noinline void policy_verdict_event_fill(struct __sk_buff *skb, struct ciliate_policy_verdict_event *ev,
+						 const struct ciliate_notify_info *info,
+						 const struct ciliate_policy_decision *d)
+{
+	event_hdr_fill(skb, &ev->hdr, info, CILIATE_EVENT_POLICY_VERDICT, 0);
+	ev->hdr.cap_len = event_capture(skb, ev->data);
+	ev->remote_identity = d->remote_identity;
+	ev->cookie = d->cookie;
+	ev->dport = d->dport;
+	ev->endpoint_id = d->endpoint_id;
+	ev->protocol = d->protocol;
+	ev->direction = d->direction;
+	ev->verdict = d->verdict;
+	ev->match_type = d->match_type;
+	ev->drop_reason = d->verdict == CILIATE_POLICY_DENIED ? DROP_POLICY_DENY
+			  : d->verdict == CILIATE_POLICY_ALLOWED ? 0 : DROP_POLICY;
+	__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
+}
+
+/* Reports a policy decision. */
+static __always_inline void send_policy_verdict_notify(struct __sk_buff *skb, const struct ciliate_notify_info *info,
+						       const struct ciliate_policy_decision *d)
+{
+	struct ciliate_policy_verdict_event *ev;
+
+	ev = ringbuf_reserve_or_count(&ciliate_events, &ciliate_events_lost, sizeof(*ev));
+	if (!ev)
+		return;
+	policy_verdict_event_fill(skb, ev, info, d);
+	bpf_ringbuf_submit(ev, 0);
 }
 
 /* Reports that the packet passed observation point `point`. */

@@ -45,20 +45,23 @@ static __always_inline __u32 ipcache_identity(__be32 addr)
 }
 
 /*
- * Parses the IPv4 header behind the Ethernet header and tracks the packet. On success fills
- * *tuple (packet order) and returns 0 with info->reason/flags set from conntrack; otherwise
- * returns the verdict of the drop it reported.
+ * Parses the IPv4 header behind the Ethernet header and looks the packet up in conntrack
+ * (accounting it to the entry it finds), without creating an entry for a new connection: policy
+ * decides first, then ipv4_ct_commit() creates it, so a denied SYN leaves nothing behind and its
+ * retransmissions are judged again. On success fills *tuple (packet order) and *tcp_flags and
+ * returns 0 with info->reason/flags set from conntrack; otherwise returns the verdict of the
+ * drop it reported.
  */
-static __always_inline int ipv4_parse_and_track(struct __sk_buff *skb, struct ciliate_notify_info *info, __u8 dir,
-						 __u32 src_identity, struct ipv4_ct_tuple *tuple)
+static __always_inline int ipv4_parse_and_lookup(struct __sk_buff *skb, struct ciliate_notify_info *info, __u8 dir,
+						 struct ipv4_ct_tuple *tuple, __u8 *tcp_flags)
 {
 	void *data = ctx_data(skb);
 	void *data_end = ctx_data_end(skb);
 	struct iphdr *ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
 	__u32 hdrlen, tot_len;
-	__u8 tcp_flags = 0;
-	int status, err;
+	int status;
 
+	*tcp_flags = 0;
 	if (!ip)
 		return DROP(skb, info, DROP_INVALID_PACKET);
 	hdrlen = ipv4_hdrlen(ip);
@@ -75,21 +78,43 @@ static __always_inline int ipv4_parse_and_track(struct __sk_buff *skb, struct ci
 	/* Later fragments have no ports; tracking them needs a fragment map (later work), so until
 	 * then every fragment is tracked by addresses and protocol only. */
 	if (!ipv4_is_fragment(ip) &&
-	    ct_extract_ports4(data, data_end, ETH_HLEN + hdrlen, tuple, &tcp_flags) < 0)
+	    ct_extract_ports4(data, data_end, ETH_HLEN + hdrlen, tuple, tcp_flags) < 0)
 		return DROP(skb, info, DROP_CT_INVALID_HDR);
 
-	status = ct_lookup4(&ciliate_ct4, tuple, dir, tcp_flags, skb->len);
-	if (status == CT_NEW) {
-		err = ct_create4(&ciliate_ct4, tuple, dir, tcp_flags, skb->len, src_identity);
-		if (err < 0) {
-			info->ext_error = err;
-			return DROP(skb, info, DROP_CT_MAP_INSERTION_FAILED);
-		}
-	}
+	status = ct_lookup4(&ciliate_ct4, tuple, dir, *tcp_flags, skb->len);
 	info->reason = status;
 	if (status == CT_REPLY)
 		info->flags |= CILIATE_EVENT_F_REPLY;
 	return 0;
+}
+
+/* Creates the conntrack entry of a new connection (info->reason CT_NEW) that policy let through;
+ * nothing for other packets. Returns 0 or the verdict of the drop it reported. */
+static __always_inline int ipv4_ct_commit(struct __sk_buff *skb, struct ciliate_notify_info *info, __u8 dir,
+					  __u32 src_identity, const struct ipv4_ct_tuple *tuple, __u8 tcp_flags)
+{
+	int err;
+
+	if (info->reason != CT_NEW)
+		return 0;
+	err = ct_create4(&ciliate_ct4, tuple, dir, tcp_flags, skb->len, src_identity);
+	if (err < 0) {
+		info->ext_error = err;
+		return DROP(skb, info, DROP_CT_MAP_INSERTION_FAILED);
+	}
+	return 0;
+}
+
+/* Lookup and commit in one, for paths without policy. */
+static __always_inline int ipv4_parse_and_track(struct __sk_buff *skb, struct ciliate_notify_info *info, __u8 dir,
+						 __u32 src_identity, struct ipv4_ct_tuple *tuple)
+{
+	__u8 tcp_flags;
+	int ret = ipv4_parse_and_lookup(skb, info, dir, tuple, &tcp_flags);
+
+	if (ret)
+		return ret;
+	return ipv4_ct_commit(skb, info, dir, src_identity, tuple, tcp_flags);
 }
 
 /*

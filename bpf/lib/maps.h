@@ -9,6 +9,7 @@
 #pragma once
 
 #include "common.h"
+#include "policy.h"
 
 #ifndef ETH_ALEN
 #define ETH_ALEN 6
@@ -148,3 +149,34 @@ struct {
 	__type(key, __u32);
 	__type(value, struct node_config);
 } ciliate_node_cfg SEC(".maps");
+
+/* --- ciliate_policy_maps: every local endpoint's policy map, by endpoint id --- */
+
+/*
+ * Outer map of the per-endpoint policy LPM tries (policy.h layout), so any program (the source
+ * endpoint's egress, the destination endpoint's ingress, the overlay) can consult any local
+ * endpoint's policy. The agent creates each inner map, pins it at
+ * <bpfRoot>/endpoints/<id>/policy and puts it here (src/datapath/policy-maps.ts) before the
+ * endpoint's programs are attached. An endpoint without an entry here is not enforced
+ * (allow-all, no policy-verdict events): what endpoints of an agent that does not compute
+ * policy get. Endpoint ids are below 4096; room is left for more.
+ */
+/* Sizes rather than __type(): the template is no variable, so clang would describe the key and
+ * value structs by forward declarations only, which libbpf cannot size. The agent's inner maps
+ * (createPolicyMap) carry no BTF either; the kernel compares type, sizes, flags, max_entries. */
+struct ciliate_policy_inner {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, CILIATE_POLICY_MAX_ENTRIES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(key_size, sizeof(struct ciliate_policy_key));
+	__uint(value_size, sizeof(struct ciliate_policy_entry));
+};
+
+#define CILIATE_POLICY_MAPS_MAX 16384
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
+	__uint(max_entries, CILIATE_POLICY_MAPS_MAX);
+	__type(key, __u32);	/* endpoint id */
+	__array(values, struct ciliate_policy_inner);
+} ciliate_policy_maps SEC(".maps");

@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { EndpointDatapath, ensureMasquerade, ip, ipBatch, linkDetails, NodeRouting, sysctl } from '../datapath/index.ts';
+import { EndpointDatapath, EndpointPolicyMaps, ensureMasquerade, ip, ipBatch, linkDetails, NodeRouting, sysctl } from '../datapath/index.ts';
 import { addressAllocator, NodeIpam } from '../ipam/index.ts';
 import { EtcdStateStore, LocalStateStore, StoreError, type StateStore } from '../store/index.ts';
 import { ApiError, ApiServer } from './api-server.ts';
@@ -17,6 +17,8 @@ import { Lifecycle } from './lifecycle.ts';
 import { readBpfState } from './bpf-state.ts';
 import { Ipcache } from './ipcache.ts';
 import { ClusterWatcher } from './cluster.ts';
+import { PolicyManager } from './policy-manager.ts';
+import { registerPolicyRoutes } from './policy-api.ts';
 import { IdentityAllocator, identityName, reservedIdentities, type Identity } from '../identity/index.ts';
 
 export const VERSION = '0.1.0';
@@ -60,6 +62,8 @@ export class Agent {
   #routing: NodeRouting | undefined;
   #cluster: ClusterWatcher | undefined;
   #identities: IdentityAllocator | undefined;
+  #policyMaps: EndpointPolicyMaps | undefined;
+  #policy: PolicyManager | undefined;
   readonly #api: ApiServer;
 
   constructor(config: AgentConfig, log: Logger) {
@@ -155,6 +159,24 @@ export class Agent {
       stop: () => this.#ipcache?.stop(),
     });
     this.#lifecycle.append({
+      name: 'policy',
+      start: async () => {
+        this.#policyMaps = new EndpointPolicyMaps(config.bpfRoot);
+        this.#policy = new PolicyManager({
+          store: this.#store!,
+          identities: this.#identities!,
+          ipcache: this.#ipcache!,
+          maps: this.#policyMaps,
+          log: log.child({ module: 'policy' }),
+        });
+        await this.#policy.start();
+      },
+      stop: async () => {
+        await this.#policy?.stop();
+        this.#policyMaps?.close();
+      },
+    });
+    this.#lifecycle.append({
       name: 'endpoints',
       start: async () => {
         this.#endpoints = new EndpointManager({
@@ -163,6 +185,7 @@ export class Agent {
           datapath: this.#datapath!,
           ipcache: this.#ipcache!,
           identities: this.#identities!,
+          policy: this.#policy!,
           mtu: () => this.#routing!.podMtu(),
           log: log.child({ module: 'endpoints' }),
           nodeName: config.nodeName,
@@ -234,6 +257,7 @@ export class Agent {
       return identityView(identity);
     });
     api.route('GET', '/v1/nodes', async () => (await this.#store!.list<NodeRecord>('nodes/')).entries.map((e) => e.value));
+    registerPolicyRoutes(api, () => this.#policy!, () => this.endpoints);
     api.route('GET', '/v1/bpf/:map', ({ params }) => readBpfState(this.config.bpfRoot, params.map));
   }
 
@@ -247,6 +271,7 @@ export class Agent {
       routingMode: this.config.routingMode,
       ipam: ipam && { podCidr: ipam.cidr, routerIp: ipam.routerIp, used: ipam.used, capacity: ipam.capacity },
       endpoints: this.#endpoints?.list().length ?? 0,
+      policy: this.#policy && { revision: this.#policy.revision, rules: this.#policy.list().length },
       datapath: { bpfRoot: this.config.bpfRoot, failures: this.#endpoints ? this.#endpoints.failures() : [] },
     };
   }

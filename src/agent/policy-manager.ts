@@ -10,13 +10,16 @@ import type { Logger } from 'pino';
 import type { IdentityAllocator, Labels } from '../identity/index.ts';
 import {
   PolicyEngine,
+  diffEntries,
   parsePolicyYaml,
+  policyKeyString,
   policyKey,
   reservedIdentityInfos,
   ruleCidrPrefixes,
   ruleKey,
   tracePolicy,
   type EntriesDiff,
+  type PolicyKey,
   type PolicyRule,
   type PolicyUpdate,
   type TraceQuery,
@@ -30,6 +33,8 @@ export interface EndpointPolicyDatapath {
   /** Creates (or adopts) the endpoint's policy map and makes it visible to the datapath. */
   ensure(endpointId: number): unknown;
   apply(endpointId: number, diff: EntriesDiff): void;
+  /** What the endpoint's map holds in the kernel (after a restart: what the last agent left). */
+  entries(endpointId: number): { key: PolicyKey; deny: boolean; cookie: number }[];
   remove(endpointId: number): void;
 }
 
@@ -159,7 +164,17 @@ export class PolicyManager {
   /** Before an endpoint's programs are attached: its map exists and holds its policy. */
   addEndpoint(endpointId: number, labels: Labels): void {
     this.#maps.ensure(endpointId);
-    this.#apply(this.engine.upsertEndpoint(endpointId, labelMap(labels)));
+    const installed = this.#maps.entries(endpointId);
+    const update = this.engine.upsertEndpoint(endpointId, labelMap(labels));
+    if (installed.length === 0) {
+      this.#apply(update);
+      return;
+    }
+    // Adopting a map a previous agent filled: write only what differs from what the kernel holds.
+    const have = new Map(installed.map((e) => [policyKeyString(e.key), { ...e, ruleKeys: [] }]));
+    const want = this.engine.endpointPolicy(endpointId)?.entries ?? new Map();
+    this.#maps.apply(endpointId, diffEntries(have, want));
+    this.#enforced.set(endpointId, update.revision);
   }
 
   removeEndpoint(endpointId: number): void {

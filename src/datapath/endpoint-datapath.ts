@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { attachTcx, BpfError, BpfMap, Link, unpinLink, type TcxDirection } from '../ebpf/index.ts';
 import { LxcProgram, loadLxc } from './lxc.ts';
-import { endpointInfo, endpointKey, ipcacheKey, MapName, remoteEndpointInfo, type EndpointInfo, type RemoteEndpointInfo } from './maps.ts';
+import { endpointInfo, endpointKey, ipcacheKey, MapName, SHARED_MAPS, remoteEndpointInfo, type EndpointInfo, type RemoteEndpointInfo } from './maps.ts';
 
 /** What the datapath needs to know of an endpoint. */
 export interface DatapathEndpoint {
@@ -47,8 +47,9 @@ export class EndpointDatapath {
     assertOnBpffs(bpfRoot);
     mkdirSync(this.mapsDir, { recursive: true });
     mkdirSync(join(bpfRoot, 'endpoints'), { recursive: true });
-    if (!existsSync(join(this.mapsDir, MapName.LXC))) {
-      // Loading once with pins creates every shared map with the object's own definitions.
+    if (SHARED_MAPS.some((name) => !existsSync(join(this.mapsDir, name)))) {
+      // Loading once with pins creates every shared map with the object's own definitions (and
+      // those a newer build added next to an older agent's pins).
       loadLxc({ endpointId: 0, identity: 0, pinDir: this.mapsDir }).close();
     }
     this.lxc = BpfMap.openPinned(join(this.mapsDir, MapName.LXC), endpointKey, endpointInfo);

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { encode } from '../ebpf/index.ts';
 import { DropReasonCode } from './drop-reasons.ts';
-import { EVENT_CAPTURE_LEN, EventFlag, MonitorEventType, TracePoint, decodeEvent, dropEvent, hubbleObservationPoint, traceEvent, tracePointName } from './events.ts';
+import { EVENT_CAPTURE_LEN, EventFlag, MonitorEventType, TracePoint, decodeEvent, dropEvent, hubbleObservationPoint, policyVerdictEvent, traceEvent, tracePointName } from './events.ts';
 import { ETH_HLEN, buildIpv4Frame, internetChecksum, summarizePacket } from './packet.ts';
 import { TcpFlag } from './maps.ts';
 
@@ -61,6 +61,37 @@ test('a drop record decodes with Hubble\'s reason name; unknown reasons keep the
   const unknown = drop(250);
   assert.ok(unknown.kind === 'drop');
   assert.equal(unknown.reasonName, 'UNKNOWN_DROP_REASON(250)');
+});
+
+test('a policy-verdict record decodes with direction, verdict, match type and cookie', () => {
+  const record = encode(policyVerdictEvent, {
+    hdr: header(MonitorEventType.POLICY_VERDICT, 0, frame.length),
+    remote_identity: 1002,
+    cookie: 4242,
+    dport: 80,
+    endpoint_id: 12,
+    protocol: 6,
+    direction: 0,
+    verdict: 2,
+    match_type: 3,
+    drop_reason: DropReasonCode.DROP_POLICY_DENY,
+    data: captured(frame),
+  });
+  assert.equal(record.length, 192);
+  const ev = decodeEvent(record);
+  assert.ok(ev.kind === 'policy-verdict');
+  assert.equal(ev.directionName, 'ingress');
+  assert.equal(ev.verdict, 2);
+  assert.equal(ev.allowed, false);
+  assert.equal(ev.matchName, 'L4-Only');
+  assert.equal(ev.cookie, 4242);
+  assert.equal(ev.remoteIdentity, 1002);
+  assert.equal(ev.endpointId, 12);
+  assert.equal(ev.protocolName, 'TCP');
+  assert.equal(ev.dport, 80);
+  assert.equal(ev.dropReason, 181);
+  assert.equal(ev.packet.ipv4?.destination, '10.244.0.2');
+  assert.throws(() => decodeEvent(record.subarray(0, 100)), /100 bytes, want 192/);
 });
 
 test('records of unknown type or too short are refused', () => {

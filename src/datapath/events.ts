@@ -1,10 +1,11 @@
 /**
  * Datapath events (bpf/lib/events.h): their codecs, Cilium's monitor numbering, and the decoder
- * of ring buffer records into typed trace and drop events with a summary of the captured packet.
+ * of ring buffer records into typed trace, drop and policy-verdict events with a summary of the captured packet.
  * layout.test.ts checks the codecs and the enums against the compiled object's BTF.
  * @module
  */
 import { BpfError, bytes, i32, pad, struct, u16, u32, u64, u8, type StructValue } from '../ebpf/index.ts';
+import { POLICY_MATCH_NAME, PolicyDirection, PolicyVerdict, directionName, protocolName, type DirectionName, type PolicyMatch } from '../policy/policy-map.ts';
 import { dropReasonName } from './drop-reasons.ts';
 import { summarizePacket, type PacketSummary } from './packet.ts';
 
@@ -98,6 +99,22 @@ export const dropEvent = struct('ciliate_drop_event', {
   data: bytes(EVENT_CAPTURE_LEN),
 });
 
+/** A policy decision (`struct ciliate_policy_verdict_event`); hdr.subtype is 0. */
+export const policyVerdictEvent = struct('ciliate_policy_verdict_event', {
+  hdr: eventHeader,
+  remote_identity: u32,
+  cookie: u32,
+  dport: u16,
+  endpoint_id: u16,
+  protocol: u8,
+  direction: u8,
+  verdict: u8,
+  match_type: u8,
+  drop_reason: u8,
+  _pad: pad(7),
+  data: bytes(EVENT_CAPTURE_LEN),
+});
+
 interface EventBase {
   /** Endpoint id of the program that reported it. */
   source: number;
@@ -141,7 +158,35 @@ export interface DropEvent extends EventBase {
   line: number;
 }
 
-export type DatapathEvent = TraceEvent | DropEvent;
+/**
+ * A policy decision on a new connection (monitor type 5, Cilium's PolicyVerdictNotify): one per
+ * enforced check, allowed or denied; a denied one is followed by its drop event.
+ */
+export interface PolicyVerdictEvent extends EventBase {
+  kind: 'policy-verdict';
+  /** The endpoint whose policy map decided (the source for egress, the destination for ingress). */
+  endpointId: number;
+  direction: PolicyDirection;
+  directionName: DirectionName;
+  verdict: PolicyVerdict;
+  allowed: boolean;
+  /** Cilium's match type number, and its name ('L3-L4', 'all', 'none', …). */
+  match: PolicyMatch;
+  matchName: string;
+  /** Cookie of the deciding entry: the id of the rule it came from; 0 on a miss. */
+  cookie: number;
+  remoteIdentity: number;
+  /** IP protocol number and name. */
+  protocol: number;
+  protocolName: string;
+  /** Destination port in host order (ICMP: the type). */
+  dport: number;
+  /** 133 (no allow rule) or 181 (explicit deny) when denied, 0 when allowed. */
+  dropReason: number;
+  ctStatus: number;
+}
+
+export type DatapathEvent = TraceEvent | DropEvent | PolicyVerdictEvent;
 
 function base(hdr: EventHeader, data: Buffer): EventBase {
   const captured = data.subarray(0, Math.min(hdr.cap_len, data.length));
@@ -171,7 +216,14 @@ export function decodeEvent(record: Uint8Array, offset = 0, length = record.leng
   const buffer = Buffer.from(record.buffer, record.byteOffset + offset, length);
   if (length < 1) throw new BpfError('ERR_CODEC', 'decoding datapath event: empty record');
   const type = buffer[0];
-  const need = type === MonitorEventType.TRACE ? traceEvent.size : type === MonitorEventType.DROP ? dropEvent.size : 0;
+  const need =
+    type === MonitorEventType.TRACE
+      ? traceEvent.size
+      : type === MonitorEventType.DROP
+        ? dropEvent.size
+        : type === MonitorEventType.POLICY_VERDICT
+          ? policyVerdictEvent.size
+          : 0;
   if (need === 0) throw new BpfError('ERR_CODEC', `decoding datapath event: unknown monitor event type ${type}`);
   if (length < need) throw new BpfError('ERR_CODEC', `decoding datapath event of type ${type}: ${length} bytes, want ${need}`);
   if (type === MonitorEventType.TRACE) {
@@ -183,6 +235,29 @@ export function decodeEvent(record: Uint8Array, offset = 0, length = record.leng
       observationPointName: tracePointName(ev.hdr.subtype),
       ctStatus: ev.hdr.reason,
       dstIfindex: ev.dst_ifindex,
+    };
+  }
+  if (type === MonitorEventType.POLICY_VERDICT) {
+    const ev = policyVerdictEvent.decode(buffer, 0);
+    const direction = ev.direction as PolicyDirection;
+    const match = ev.match_type as PolicyMatch;
+    return {
+      kind: 'policy-verdict',
+      ...base(ev.hdr, ev.data),
+      endpointId: ev.endpoint_id,
+      direction,
+      directionName: directionName(direction),
+      verdict: ev.verdict as PolicyVerdict,
+      allowed: ev.verdict === PolicyVerdict.ALLOWED,
+      match,
+      matchName: POLICY_MATCH_NAME[match] ?? `unknown-match(${ev.match_type})`,
+      cookie: ev.cookie,
+      remoteIdentity: ev.remote_identity,
+      protocol: ev.protocol,
+      protocolName: protocolName(ev.protocol),
+      dport: ev.dport,
+      dropReason: ev.drop_reason,
+      ctStatus: ev.hdr.reason,
     };
   }
   const ev = dropEvent.decode(buffer, 0);

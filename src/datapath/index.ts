@@ -14,3 +14,4 @@ export * from './netlink.ts';
 export * from './masquerade.ts';
 export * from './overlay.ts';
 export * from './node-routing.ts';
+export * from './policy-maps.ts';

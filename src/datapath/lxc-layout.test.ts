@@ -7,7 +7,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Btf, checkLayout } from '../ebpf/index.ts';
 import { DropReason, DropReasonCode } from './drop-reasons.ts';
-import { MONITOR_EVENT_TYPE_C_NAMES, MonitorEventType, TracePoint, dropEvent, eventHeader, traceEvent } from './events.ts';
+import { MONITOR_EVENT_TYPE_C_NAMES, MonitorEventType, TracePoint, dropEvent, eventHeader, policyVerdictEvent, traceEvent } from './events.ts';
+import { PolicyMatch, PolicyVerdict } from '../policy/policy-map.ts';
 import { ctEntry, ctTuple, endpointInfo, endpointKey, ipcacheKey, remoteEndpointInfo } from './maps.ts';
 import { LXC_OBJECT_PATH } from './lxc.ts';
 
@@ -26,6 +27,18 @@ test('event codecs match bpf/lib/events.h', () => {
   for (const codec of [eventHeader, traceEvent, dropEvent]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
   assert.equal(eventHeader.size, 40);
   assert.equal(traceEvent.size, dropEvent.size);
+});
+
+test('policy-verdict event codec matches bpf/lib/events.h, and the policy enums it carries', () => {
+  assert.deepEqual(checkLayout(policyVerdictEvent, btf), [], policyVerdictEvent.name);
+  assert.equal(policyVerdictEvent.size, 192);
+  assert.deepEqual(Object.fromEntries(btf.enumValues('ciliate_policy_verdict')), {
+    CILIATE_POLICY_DENIED_DEFAULT: PolicyVerdict.DENIED_DEFAULT,
+    CILIATE_POLICY_ALLOWED: PolicyVerdict.ALLOWED,
+    CILIATE_POLICY_DENIED: PolicyVerdict.DENIED,
+  });
+  const match = btf.enumValues('ciliate_policy_match');
+  for (const [name, value] of Object.entries(PolicyMatch)) assert.equal(match.get(`CILIATE_POLICY_MATCH_${name}`), value, name);
 });
 
 test('DropReason numbers are the C enum ciliate_drop_reason', () => {

@@ -5,7 +5,7 @@
  * @module
  */
 import { join } from 'node:path';
-import { BpfObject, type BpfMap } from '../ebpf/index.ts';
+import { BpfObject, u32, type BpfMap } from '../ebpf/index.ts';
 import {
   MapName,
   SHARED_MAPS,
@@ -16,6 +16,7 @@ import {
   ipcacheKey,
   nodeConfig,
   nodeConfigKey,
+  policyMapsKey,
   remoteEndpointInfo,
   type CtEntry,
   type CtTuple,
@@ -55,6 +56,8 @@ export interface LxcMaps {
   events: BpfMap;
   eventsLost: BpfMap;
   nodeCfg: BpfMap<number, NodeConfig>;
+  /** Endpoint id → policy map (setInnerMap to install; lookup gives the inner map's id). */
+  policyMaps: BpfMap<number, number>;
 }
 
 export function lxcMaps(obj: BpfObject): LxcMaps {
@@ -65,5 +68,6 @@ export function lxcMaps(obj: BpfObject): LxcMaps {
     events: obj.map(MapName.EVENTS),
     eventsLost: obj.map(MapName.EVENTS_LOST),
     nodeCfg: obj.map(MapName.NODE_CFG).withCodecs(nodeConfigKey, nodeConfig),
+    policyMaps: obj.map(MapName.POLICY_MAPS).withCodecs(policyMapsKey, u32),
   };
 }

@@ -13,6 +13,8 @@ export const MapName = {
   EVENTS: 'ciliate_events',
   EVENTS_LOST: 'ciliate_events_lost',
   NODE_CFG: 'ciliate_node_cfg',
+  /** Hash of maps: endpoint id (u32) → the endpoint's policy LPM trie (src/policy/policy-map.ts layout). */
+  POLICY_MAPS: 'ciliate_policy_maps',
 } as const;
 export type MapName = (typeof MapName)[keyof typeof MapName];
 
@@ -111,3 +113,9 @@ export const nodeConfig = struct('node_config', {
   native_cidr_prefixlen: u32,
 });
 export type NodeConfig = StructValue<(typeof nodeConfig)['fields']>;
+
+// ciliate_policy_maps: endpoint id → the endpoint's policy map (inner map id on lookup).
+
+export const policyMapsKey = u32;
+/** max_entries of ciliate_policy_maps (CILIATE_POLICY_MAPS_MAX). */
+export const POLICY_MAPS_MAX_ENTRIES = 16384;

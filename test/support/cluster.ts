@@ -218,16 +218,20 @@ export async function ping(netns: string, address: string, count = 2): Promise<b
 
 const ECHO_SERVER = `
 const net = require('node:net'), dgram = require('node:dgram');
-const [port] = process.argv.slice(1).map(Number);
-net.createServer((s) => s.pipe(s)).listen(port, '0.0.0.0');
-const udp = dgram.createSocket('udp4');
-udp.on('message', (msg, rinfo) => udp.send(msg, rinfo.port, rinfo.address));
-udp.bind(port, '0.0.0.0', () => console.log('ready'));
+const ports = process.argv.slice(1).map(Number);
+let pending = ports.length * 2;
+const ready = () => { if (--pending === 0) console.log('ready'); };
+for (const port of ports) {
+  net.createServer((s) => { s.on('error', () => {}); s.pipe(s); }).listen(port, '0.0.0.0', ready);
+  const udp = dgram.createSocket('udp4');
+  udp.on('message', (msg, rinfo) => udp.send(msg, rinfo.port, rinfo.address));
+  udp.bind(port, '0.0.0.0', ready);
+}
 `;
 
-/** A TCP and UDP echo server on `port` inside the namespace; stopped at test end. */
-export async function echoServer(t: TestContext, netns: string, port: number): Promise<void> {
-  const server = spawnInNs(netns, process.execPath, ['-e', ECHO_SERVER, String(port)]);
+/** TCP and UDP echo servers on `ports` inside the namespace; stopped at test end. */
+export async function echoServer(t: TestContext, netns: string, ...ports: number[]): Promise<void> {
+  const server = spawnInNs(netns, process.execPath, ['-e', ECHO_SERVER, ...ports.map(String)]);
   t.after(() => {
     server.kill('SIGKILL');
   });
@@ -283,6 +287,25 @@ export function streamConnection(t: TestContext, netns: string, address: string,
     client.kill('SIGKILL');
   });
   return { received: () => count, alive: () => client.exitCode === null };
+}
+
+const PROBE = `
+const net = require('node:net');
+const [timeoutMs, ...targets] = process.argv.slice(1);
+Promise.all(targets.map((target) => new Promise((resolve) => {
+  const [host, port] = target.split(':');
+  const s = net.connect(Number(port), host);
+  const done = (ok) => { clearTimeout(timer); s.destroy(); resolve([target, ok]); };
+  const timer = setTimeout(() => done(false), Number(timeoutMs));
+  s.on('connect', () => s.write('ping'));
+  s.on('data', () => done(true));
+  s.on('error', () => done(false));
+}))).then((results) => console.log(JSON.stringify(Object.fromEntries(results))));
+`;
+
+/** TCP round trips from inside `netns` to every `host:port`, concurrently: which ones answered. */
+export async function probeTcp(netns: string, targets: readonly string[], timeoutMs = 1500): Promise<Record<string, boolean>> {
+  return JSON.parse(await inNs(netns, process.execPath, ['-e', PROBE, String(timeoutMs), ...targets], timeoutMs + 10_000)) as Record<string, boolean>;
 }
 
 export function sleep(ms: number): Promise<void> {

@@ -1,0 +1,219 @@
+/**
+ * Policy enforcement with real traffic: a "node" namespace and three "pod" namespaces joined by
+ * veth pairs carrying bpf_lxc.o at TCX (as bpf-lxc-e2e.test.ts), policy maps written through
+ * EndpointPolicyMaps. Pod A may reach pod B on TCP 80 and with pings only; pod C may not reach B
+ * at all; A's own ingress allows nothing, so what reaches A are replies conntrack lets through.
+ * Needs root and `bash scripts/build-bpf.sh`.
+ * @module
+ */
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFile } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import { once } from 'node:events';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { RingBuffer, attachTcx, inNetns, namedNetns, type BpfObject, type Link } from '../ebpf/index.ts';
+import { ip, ipIn, pinDir, run, uniqueId } from '../ebpf/internal/testutils.ts';
+import { PolicyDirection, type PolicyMapEntry } from '../policy/policy-map.ts';
+import { decodeEvent, type DatapathEvent, type DropEvent, type PolicyVerdictEvent } from './events.ts';
+import { LxcProgram, loadLxc, lxcMaps } from './lxc.ts';
+import { EndpointPolicyMaps } from './policy-maps.ts';
+
+const execFileAsync = promisify(execFile);
+const GATEWAY = '169.254.1.1';
+
+interface Pod {
+  netns: string;
+  ip: string;
+  hostIf: string;
+  hostIfindex: number;
+  hostMac: string;
+  podMac: string;
+  id: number;
+  identity: number;
+}
+
+function linkJson(netns: string, dev: string): { ifindex: number; address: string } {
+  return (JSON.parse(run('ip', ['-n', netns, '-j', 'link', 'show', 'dev', dev])) as { ifindex: number; address: string }[])[0];
+}
+
+function topology(t: TestContext, count: number): { node: string; pods: Pod[] } {
+  const id = uniqueId();
+  const node = `cpl-node-${id}`;
+  const names = Array.from({ length: count }, (_, i) => `cpl-p${i}-${id}`);
+  t.after(() => {
+    for (const ns of [...names, node]) {
+      try {
+        ip('netns', 'del', ns);
+      } catch {
+        // never created, or already gone
+      }
+    }
+  });
+  for (const ns of [node, ...names]) {
+    ip('netns', 'add', ns);
+    ipIn(ns, 'link', 'set', 'lo', 'up');
+  }
+  run('ip', ['netns', 'exec', node, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+  const pods = names.map((netns, i): Pod => {
+    const hostIf = `lxc${i}`;
+    const podIp = `10.244.0.${20 + i}`;
+    const tmpHost = `cph${id}${i}`;
+    const tmpPod = `cpp${id}${i}`;
+    ip('link', 'add', tmpHost, 'type', 'veth', 'peer', 'name', tmpPod);
+    ip('link', 'set', tmpHost, 'netns', node, 'name', hostIf);
+    ip('link', 'set', tmpPod, 'netns', netns, 'name', 'eth0');
+    ipIn(node, 'link', 'set', hostIf, 'up');
+    ipIn(netns, 'link', 'set', 'eth0', 'up');
+    ipIn(netns, 'addr', 'add', `${podIp}/32`, 'dev', 'eth0');
+    const host = linkJson(node, hostIf);
+    ipIn(netns, 'route', 'add', GATEWAY, 'dev', 'eth0', 'scope', 'link');
+    ipIn(netns, 'route', 'add', 'default', 'via', GATEWAY, 'dev', 'eth0');
+    ipIn(netns, 'neigh', 'add', GATEWAY, 'lladdr', host.address, 'dev', 'eth0', 'nud', 'permanent');
+    ipIn(node, 'route', 'add', `${podIp}/32`, 'dev', hostIf);
+    return { netns, ip: podIp, hostIf, hostIfindex: host.ifindex, hostMac: host.address, podMac: linkJson(netns, 'eth0').address, id: 200 + i, identity: 30000 + i };
+  });
+  return { node, pods };
+}
+
+/** Whether `count` pings all got answers. */
+function pings(from: Pod, to: Pod, count: number): boolean {
+  try {
+    run('ip', ['netns', 'exec', from.netns, 'ping', '-c', String(count), '-i', '0.2', '-W', '1', to.ip]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const SERVER_SOURCE = `
+const net = require('node:net');
+const server = net.createServer((socket) => { socket.on('data', (data) => socket.end('pong:' + data)); });
+server.listen(Number(process.argv[2]), process.argv[1], () => console.log('listening'));
+`;
+
+/** Connects and exchanges one message; prints the reply, or 'timeout' when nothing answers within 1.5 s. */
+const CLIENT_SOURCE = `
+const net = require('node:net');
+const socket = net.connect(Number(process.argv[2]), process.argv[1], () => socket.write('ping'));
+let reply = '';
+socket.on('data', (data) => { reply += data; });
+socket.on('end', () => { console.log(reply); });
+socket.on('error', (e) => { console.log('error:' + e.code); });
+socket.setTimeout(1500, () => { console.log('timeout'); process.exit(0); });
+`;
+
+function entry(identity: number, direction: PolicyDirection, cookie: number, l4?: { protocol: number; port: number }): PolicyMapEntry {
+  return {
+    key: { identity, direction, protocol: l4?.protocol ?? 0, port: l4?.port ?? 0, prefixLen: l4 ? 64 : 40 },
+    deny: false,
+    cookie,
+    ruleKeys: [],
+  };
+}
+
+test('policy with real traffic: A→B TCP 80 and ping allowed, TCP 81 dropped, C→B dropped with 133, replies flow', async (t) => {
+  const { node, pods } = topology(t, 3);
+  const [a, b, c] = pods;
+  const root = pinDir(t);
+  const mapsDir = join(root, 'maps');
+  mkdirSync(mapsDir);
+  const objects: BpfObject[] = [];
+  const links: Link[] = [];
+  const servers: ReturnType<typeof spawn>[] = [];
+  let ring: RingBuffer | undefined;
+  let policy: EndpointPolicyMaps | undefined;
+  t.after(() => {
+    for (const s of servers) s.kill();
+    for (const link of links) link.close();
+    ring?.close();
+    policy?.close();
+    for (const obj of objects) obj.close();
+  });
+
+  // Policy first, as the agent does: maps installed before the programs are attached.
+  loadLxc({ endpointId: 0, identity: 0, pinDir: mapsDir }).close();
+  policy = new EndpointPolicyMaps(root);
+  const RULE_B_HTTP = 101;
+  const RULE_B_PING = 102;
+  policy.apply(a.id, { upserts: [entry(0, PolicyDirection.EGRESS, 0)], deletes: [] }); // ingress: nothing allowed
+  policy.apply(b.id, {
+    upserts: [
+      entry(0, PolicyDirection.EGRESS, 0),
+      entry(a.identity, PolicyDirection.INGRESS, RULE_B_HTTP, { protocol: 6, port: 80 }),
+      entry(a.identity, PolicyDirection.INGRESS, RULE_B_PING, { protocol: 1, port: 8 }),
+    ],
+    deletes: [],
+  });
+  policy.apply(c.id, { upserts: [entry(0, PolicyDirection.EGRESS, 0), entry(0, PolicyDirection.INGRESS, 0)], deletes: [] });
+
+  for (const pod of pods) {
+    const obj = loadLxc({ endpointId: pod.id, identity: pod.identity, pinDir: mapsDir });
+    objects.push(obj);
+    lxcMaps(obj).lxc.update(
+      { ip: pod.ip },
+      { ifindex: pod.hostIfindex, lxc_id: pod.id, flags: 0, mac: pod.podMac, node_mac: pod.hostMac, sec_identity: pod.identity },
+    );
+    inNetns(namedNetns(node), () => {
+      links.push(attachTcx(obj.program(LxcProgram.FROM_CONTAINER), { interface: pod.hostIf, direction: 'ingress' }));
+      links.push(attachTcx(obj.program(LxcProgram.TO_CONTAINER), { interface: pod.hostIf, direction: 'egress' }));
+    });
+  }
+  const maps = lxcMaps(objects[0]);
+  ring = new RingBuffer(maps.events, { lostCounter: maps.eventsLost });
+
+  // Servers on B: ports 80 and 81.
+  for (const port of [80, 81]) {
+    const server = spawn('ip', ['netns', 'exec', b.netns, process.execPath, '-e', SERVER_SOURCE, b.ip, String(port)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    servers.push(server);
+    const [first] = (await once(server.stdout!, 'data', { signal: AbortSignal.timeout(10000) })) as [Buffer];
+    assert.match(first.toString(), /listening/);
+  }
+  const exchange = async (from: Pod, port: number): Promise<string> => {
+    const { stdout } = await execFileAsync('ip', ['netns', 'exec', from.netns, process.execPath, '-e', CLIENT_SOURCE, b.ip, String(port)], { timeout: 10000 });
+    return stdout.trim();
+  };
+
+  assert.equal(await exchange(a, 80), 'pong:ping', 'A→B TCP 80 is allowed, and the replies into A (whose ingress allows nothing) flow');
+  assert.equal(await exchange(a, 81), 'timeout', 'A→B TCP 81 is dropped');
+  assert.equal(await exchange(c, 80), 'timeout', 'C→B is dropped');
+  assert.equal(pings(a, b, 3), true, 'A→B pings and their replies flow');
+  assert.equal(pings(c, b, 1), false, 'C→B pings are dropped');
+  assert.equal(pings(b, a, 1), false, 'B→A: A\'s ingress allows nothing new');
+
+  const events: DatapathEvent[] = [];
+  ring.consume((_view, offset, length, bytes) => void events.push(decodeEvent(bytes, offset, length)));
+  assert.equal(ring.lost(), 0n);
+  const verdicts = events.filter((e): e is PolicyVerdictEvent => e.kind === 'policy-verdict');
+  const dropsTo = (from: Pod, to: Pod) =>
+    events.filter((e): e is DropEvent => e.kind === 'drop' && e.packet.ipv4?.source === from.ip && e.packet.ipv4.destination === to.ip);
+  const tcpTo = (e: DatapathEvent, port: number) => e.packet.l4?.protocol === 'TCP' && e.packet.l4.destinationPort === port;
+
+  // A→B :80, allowed by B's ingress rule 101 (L3-L4), one verdict per direction per connection.
+  const httpIngress = verdicts.filter((v) => v.endpointId === b.id && v.directionName === 'ingress' && v.remoteIdentity === a.identity && v.dport === 80);
+  assert.equal(httpIngress.length, 1, 'only the SYN is judged');
+  assert.deepEqual([httpIngress[0].allowed, httpIngress[0].cookie, httpIngress[0].matchName, httpIngress[0].protocolName], [true, RULE_B_HTTP, 'L3-L4', 'TCP']);
+  const httpEgress = verdicts.filter((v) => v.endpointId === a.id && v.directionName === 'egress' && v.dport === 80);
+  assert.deepEqual(httpEgress.map((v) => [v.allowed, v.matchName, v.remoteIdentity]), [[true, 'all', b.identity]]);
+
+  // A→B :81: every SYN (the first and its retransmissions) denied by default, 133.
+  const drops81 = dropsTo(a, b).filter((e) => tcpTo(e, 81));
+  assert.ok(drops81.length >= 1);
+  assert.ok(drops81.every((d) => d.reason === 133 && d.reasonName === 'POLICY_DENIED'));
+  assert.ok(verdicts.some((v) => v.endpointId === b.id && v.dport === 81 && !v.allowed && v.matchName === 'none' && v.cookie === 0));
+
+  // C→B: dropped with 133, B's ingress deciding.
+  const dropsC = dropsTo(c, b);
+  assert.ok(dropsC.some((e) => tcpTo(e, 80)), 'the TCP SYN');
+  assert.ok(dropsC.some((e) => e.packet.l4?.protocol === 'ICMPv4' && e.packet.l4.type === 8), 'the ping');
+  assert.ok(dropsC.every((d) => d.reason === 133 && d.source === c.id && d.dstId === b.id));
+  assert.ok(verdicts.filter((v) => v.remoteIdentity === c.identity).every((v) => v.endpointId === b.id && !v.allowed && v.directionName === 'ingress'));
+
+  // Pings A→B: allowed by rule 102; the replies came through conntrack, so no drops towards A.
+  const ping = verdicts.filter((v) => v.endpointId === b.id && v.directionName === 'ingress' && v.protocolName === 'ICMP' && v.remoteIdentity === a.identity);
+  assert.ok(ping.length >= 1 && ping.every((v) => v.allowed && v.cookie === RULE_B_PING && v.dport === 8), JSON.stringify(ping.map((v) => [v.allowed, v.cookie, v.dport, v.packet.l4])));
+  assert.deepEqual(dropsTo(b, a).filter((e) => e.packet.l4?.protocol !== 'ICMPv4' || e.packet.l4.type !== 8), [], 'no reply to A was dropped');
+  assert.ok(dropsTo(b, a).length >= 1, 'B→A ping dropped by A\'s ingress');
+  assert.ok(dropsTo(b, a).every((d) => d.reason === 133));
+});

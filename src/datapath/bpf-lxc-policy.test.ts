@@ -1,0 +1,308 @@
+/**
+ * Policy enforcement of bpf_lxc.o on the real kernel through BPF_PROG_TEST_RUN: two endpoints'
+ * copies of the object sharing pinned maps, their policy maps installed with EndpointPolicyMaps,
+ * crafted frames, then the verdicts, the conntrack map and the policy-verdict/drop events.
+ * Needs root and `bash scripts/build-bpf.sh`.
+ * @module
+ */
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { RingBuffer, type BpfObject } from '../ebpf/index.ts';
+import { pinDir } from '../ebpf/internal/testutils.ts';
+import { PolicyDirection, PolicyMatch, PolicyVerdict, type PolicyMapEntry } from '../policy/policy-map.ts';
+import { DropReasonCode } from './drop-reasons.ts';
+import { CtStatus, MonitorEventType, decodeEvent, type DatapathEvent, type DropEvent, type PolicyVerdictEvent } from './events.ts';
+import { LxcProgram, loadLxc, lxcMaps, type LxcMaps } from './lxc.ts';
+import { CtDirection, ReservedIdentity, TcpFlag } from './maps.ts';
+import { buildIpv4Frame } from './packet.ts';
+import { EndpointPolicyMaps, endpointPolicyPinPath } from './policy-maps.ts';
+
+const TC_ACT_OK = 0;
+const TC_ACT_SHOT = 2;
+const TC_ACT_REDIRECT = 7;
+
+const CLIENT = { ip: '10.244.0.1', mac: '0a:00:00:00:01:01', nodeMac: 'fe:00:00:00:01:01', ifindex: 41, id: 11, identity: 1001 };
+const SERVER = { ip: '10.244.0.2', mac: '0a:00:00:00:02:02', nodeMac: 'fe:00:00:00:02:02', ifindex: 42, id: 12, identity: 1002 };
+type Ep = typeof CLIENT;
+
+interface Fixture {
+  root: string;
+  maps: LxcMaps;
+  policy: EndpointPolicyMaps;
+  /** Runs `program` of endpoint `ep`'s copy on a frame. */
+  run(ep: Ep, frame: Buffer, program?: string): { verdict: number; events: DatapathEvent[] };
+}
+
+function setup(t: TestContext): Fixture {
+  const root = pinDir(t);
+  const mapsDir = join(root, 'maps');
+  mkdirSync(mapsDir);
+  const objects = new Map<number, BpfObject>();
+  for (const ep of [CLIENT, SERVER]) objects.set(ep.id, loadLxc({ endpointId: ep.id, identity: ep.identity, pinDir: mapsDir }));
+  const maps = lxcMaps(objects.get(CLIENT.id)!);
+  const ring = new RingBuffer(maps.events, { lostCounter: maps.eventsLost });
+  const policy = new EndpointPolicyMaps(root);
+  t.after(() => {
+    policy.close();
+    ring.close();
+    for (const obj of objects.values()) obj.close();
+  });
+  for (const ep of [CLIENT, SERVER]) {
+    maps.lxc.update({ ip: ep.ip }, { ifindex: ep.ifindex, lxc_id: ep.id, flags: 0, mac: ep.mac, node_mac: ep.nodeMac, sec_identity: ep.identity });
+  }
+  return {
+    root,
+    maps,
+    policy,
+    run(ep, frame, program = LxcProgram.FROM_CONTAINER) {
+      const result = objects.get(ep.id)!.program(program).testRun({ data: frame });
+      const events: DatapathEvent[] = [];
+      ring.consume((_view, offset, length, bytes) => void events.push(decodeEvent(bytes, offset, length)));
+      assert.equal(ring.lost(), 0n);
+      return { verdict: result.returnValue, events };
+    },
+  };
+}
+
+/** A policy map entry; port/prefixLen default to one port (64), or the whole direction when protocol is 0. */
+function entry(e: { identity: number; direction: PolicyDirection; protocol?: number; port?: number; prefixLen?: number; deny?: boolean; cookie: number }): PolicyMapEntry {
+  const protocol = e.protocol ?? 0;
+  const prefixLen = e.prefixLen ?? (protocol === 0 ? 40 : 64);
+  return {
+    key: { identity: e.identity, direction: e.direction, protocol, port: e.port ?? 0, prefixLen },
+    deny: e.deny ?? false,
+    cookie: e.cookie,
+    ruleKeys: [],
+  };
+}
+
+const ALLOW_ALL_EGRESS = entry({ identity: 0, direction: PolicyDirection.EGRESS, cookie: 0 });
+const ALLOW_ALL_INGRESS = entry({ identity: 0, direction: PolicyDirection.INGRESS, cookie: 0 });
+
+const tcp = (from: Ep, to: Ep, sport: number, dport: number, flags: number): Buffer =>
+  buildIpv4Frame({ srcMac: from.mac, dstMac: from.nodeMac, src: from.ip, dst: to.ip, tcp: { sport, dport, flags } });
+
+const verdicts = (events: DatapathEvent[]) => events.filter((e): e is PolicyVerdictEvent => e.kind === 'policy-verdict');
+const drops = (events: DatapathEvent[]) => events.filter((e): e is DropEvent => e.kind === 'drop');
+const ctKey = (from: Ep, to: Ep, sport: number, dport: number) => ({ daddr: to.ip, saddr: from.ip, dport, sport, nexthdr: 6, flags: CtDirection.EGRESS });
+
+test('egress: an allowed port is delivered after an L3-L4 verdict, another port is dropped 133 and left untracked', (t) => {
+  const f = setup(t);
+  f.policy.apply(CLIENT.id, {
+    upserts: [entry({ identity: SERVER.identity, direction: PolicyDirection.EGRESS, protocol: 6, port: 80, cookie: 7 }), ALLOW_ALL_INGRESS],
+    deletes: [],
+  });
+  assert.ok(existsSync(endpointPolicyPinPath(f.root, CLIENT.id)));
+
+  let { verdict, events } = f.run(CLIENT, tcp(CLIENT, SERVER, 40000, 80, TcpFlag.SYN));
+  assert.equal(verdict, TC_ACT_REDIRECT);
+  assert.deepEqual(events.map((e) => e.kind), ['policy-verdict', 'trace'], 'SERVER has no policy map: its ingress is not judged');
+  const [allowed] = verdicts(events);
+  assert.equal(allowed.allowed, true);
+  assert.equal(allowed.verdict, PolicyVerdict.ALLOWED);
+  assert.equal(allowed.direction, PolicyDirection.EGRESS);
+  assert.equal(allowed.directionName, 'egress');
+  assert.equal(allowed.match, PolicyMatch.L3_L4);
+  assert.equal(allowed.matchName, 'L3-L4');
+  assert.equal(allowed.cookie, 7);
+  assert.equal(allowed.remoteIdentity, SERVER.identity);
+  assert.equal(allowed.protocol, 6);
+  assert.equal(allowed.protocolName, 'TCP');
+  assert.equal(allowed.dport, 80);
+  assert.equal(allowed.endpointId, CLIENT.id);
+  assert.equal(allowed.source, CLIENT.id);
+  assert.equal(allowed.srcIdentity, CLIENT.identity);
+  assert.equal(allowed.dstIdentity, SERVER.identity);
+  assert.equal(allowed.dropReason, 0);
+  assert.equal(allowed.ctStatus, CtStatus.NEW);
+  assert.equal(allowed.packet.ipv4?.destination, SERVER.ip);
+  assert.ok(f.maps.ct4.lookup(ctKey(CLIENT, SERVER, 40000, 80)), 'the allowed connection is tracked');
+
+  // The next packet of the connection is established: no policy lookup, no verdict event.
+  ({ verdict, events } = f.run(CLIENT, tcp(CLIENT, SERVER, 40000, 80, TcpFlag.ACK)));
+  assert.equal(verdict, TC_ACT_REDIRECT);
+  assert.deepEqual(events.map((e) => e.kind), ['trace']);
+
+  for (let attempt = 0; attempt < 2; attempt++) {
+    // Twice: a denied SYN leaves no conntrack entry, so its retransmission is judged (and denied) again.
+    ({ verdict, events } = f.run(CLIENT, tcp(CLIENT, SERVER, 40001, 81, TcpFlag.SYN)));
+    assert.equal(verdict, TC_ACT_SHOT);
+    assert.deepEqual(events.map((e) => e.kind), ['policy-verdict', 'drop']);
+    const [denied] = verdicts(events);
+    assert.equal(denied.verdict, PolicyVerdict.DENIED_DEFAULT);
+    assert.equal(denied.allowed, false);
+    assert.equal(denied.match, PolicyMatch.NONE);
+    assert.equal(denied.cookie, 0);
+    assert.equal(denied.dport, 81);
+    assert.equal(denied.dropReason, DropReasonCode.DROP_POLICY);
+    const [drop] = drops(events);
+    assert.equal(drop.reason, 133);
+    assert.equal(drop.reasonName, 'POLICY_DENIED');
+    assert.equal(drop.dstIdentity, SERVER.identity);
+    assert.equal(f.maps.ct4.lookup(ctKey(CLIENT, SERVER, 40001, 81)), undefined);
+  }
+
+  // World: no ipcache entry, so the remote identity is WORLD, which nothing allows.
+  const world = buildIpv4Frame({ src: CLIENT.ip, dst: '8.8.8.8', udp: { sport: 5000, dport: 53 } });
+  ({ verdict, events } = f.run(CLIENT, world));
+  assert.equal(verdict, TC_ACT_SHOT);
+  assert.equal(verdicts(events)[0].remoteIdentity, ReservedIdentity.WORLD);
+  assert.equal(verdicts(events)[0].protocolName, 'UDP');
+  assert.equal(drops(events)[0].reason, 133);
+});
+
+test('an explicit deny drops with 181 and wins over a broader allow; the allow decides elsewhere (L3-Only)', (t) => {
+  const f = setup(t);
+  f.policy.apply(CLIENT.id, {
+    upserts: [
+      entry({ identity: SERVER.identity, direction: PolicyDirection.EGRESS, cookie: 3 }),
+      entry({ identity: 0, direction: PolicyDirection.EGRESS, protocol: 6, port: 22, deny: true, cookie: 9 }),
+    ],
+    deletes: [],
+  });
+  let { verdict, events } = f.run(CLIENT, tcp(CLIENT, SERVER, 40000, 22, TcpFlag.SYN));
+  assert.equal(verdict, TC_ACT_SHOT);
+  let [v] = verdicts(events);
+  assert.equal(v.verdict, PolicyVerdict.DENIED);
+  assert.equal(v.match, PolicyMatch.L4_ONLY);
+  assert.equal(v.cookie, 9);
+  assert.equal(v.dropReason, DropReasonCode.DROP_POLICY_DENY);
+  assert.equal(drops(events)[0].reason, 181);
+  assert.equal(drops(events)[0].reasonName, 'POLICY_DENY');
+
+  ({ verdict, events } = f.run(CLIENT, tcp(CLIENT, SERVER, 40000, 443, TcpFlag.SYN)));
+  assert.equal(verdict, TC_ACT_REDIRECT);
+  [v] = verdicts(events);
+  assert.equal(v.verdict, PolicyVerdict.ALLOWED);
+  assert.equal(v.match, PolicyMatch.L3_ONLY);
+  assert.equal(v.cookie, 3);
+
+  // Removing the deny entry (a diff's delete) lets port 22 through on the L3 allow.
+  f.policy.apply(CLIENT.id, { upserts: [], deletes: [entry({ identity: 0, direction: PolicyDirection.EGRESS, protocol: 6, port: 22, cookie: 9 }).key] });
+  assert.deepEqual(f.policy.entries(CLIENT.id).map((e) => e.cookie), [3]);
+  ({ verdict } = f.run(CLIENT, tcp(CLIENT, SERVER, 40002, 22, TcpFlag.SYN)));
+  assert.equal(verdict, TC_ACT_REDIRECT);
+});
+
+test('local delivery checks the destination\'s ingress map; replies pass through conntrack while a new reverse SYN is denied', (t) => {
+  const f = setup(t);
+  f.policy.apply(CLIENT.id, { upserts: [ALLOW_ALL_EGRESS], deletes: [] }); // ingress: nothing allowed
+  f.policy.apply(SERVER.id, { upserts: [entry({ identity: CLIENT.identity, direction: PolicyDirection.INGRESS, protocol: 6, port: 80, cookie: 42 })], deletes: [] }); // egress: nothing allowed
+
+  let { verdict, events } = f.run(CLIENT, tcp(CLIENT, SERVER, 40000, 80, TcpFlag.SYN));
+  assert.equal(verdict, TC_ACT_REDIRECT);
+  const [egress, ingress] = verdicts(events);
+  assert.deepEqual([egress.endpointId, egress.directionName, egress.matchName, egress.remoteIdentity], [CLIENT.id, 'egress', 'all', SERVER.identity]);
+  assert.deepEqual([ingress.endpointId, ingress.directionName, ingress.matchName, ingress.cookie, ingress.remoteIdentity], [SERVER.id, 'ingress', 'L3-L4', 42, CLIENT.identity]);
+  assert.equal(ingress.source, CLIENT.id, 'reported by the client\'s program');
+  assert.equal(ingress.dstId, SERVER.id);
+
+  // SYN-ACK and ACKs: replies and established packets, judged by nobody even though SERVER's
+  // egress and CLIENT's ingress allow nothing.
+  ({ verdict, events } = f.run(SERVER, tcp(SERVER, CLIENT, 80, 40000, TcpFlag.SYN | TcpFlag.ACK)));
+  assert.equal(verdict, TC_ACT_REDIRECT);
+  assert.deepEqual(events.map((e) => e.kind), ['trace']);
+  assert.equal(events[0].isReply, true);
+  ({ verdict } = f.run(CLIENT, tcp(CLIENT, SERVER, 40000, 80, TcpFlag.ACK)));
+  assert.equal(verdict, TC_ACT_REDIRECT);
+  ({ verdict } = f.run(SERVER, tcp(SERVER, CLIENT, 80, 40000, TcpFlag.ACK)));
+  assert.equal(verdict, TC_ACT_REDIRECT);
+
+  // A new connection the other way: SERVER's egress denies it (default).
+  ({ verdict, events } = f.run(SERVER, tcp(SERVER, CLIENT, 80, 40000 + 1, TcpFlag.SYN)));
+  assert.equal(verdict, TC_ACT_SHOT);
+  assert.deepEqual(events.map((e) => e.kind), ['policy-verdict', 'drop']);
+  assert.deepEqual([verdicts(events)[0].endpointId, verdicts(events)[0].directionName], [SERVER.id, 'egress']);
+  assert.equal(drops(events)[0].reason, 133);
+  assert.equal(drops(events)[0].source, SERVER.id);
+
+  // With SERVER's egress open, CLIENT's ingress (nothing allowed) denies it instead.
+  f.policy.apply(SERVER.id, { upserts: [ALLOW_ALL_EGRESS], deletes: [] });
+  ({ verdict, events } = f.run(SERVER, tcp(SERVER, CLIENT, 80, 40000 + 1, TcpFlag.SYN)));
+  assert.equal(verdict, TC_ACT_SHOT);
+  const [, clientIngress] = verdicts(events);
+  assert.deepEqual([clientIngress.endpointId, clientIngress.directionName, clientIngress.verdict], [CLIENT.id, 'ingress', PolicyVerdict.DENIED_DEFAULT]);
+
+  // Client → server on another port: CLIENT's egress allows it, SERVER's ingress does not.
+  ({ verdict, events } = f.run(CLIENT, tcp(CLIENT, SERVER, 40003, 8080, TcpFlag.SYN)));
+  assert.equal(verdict, TC_ACT_SHOT);
+  assert.deepEqual(verdicts(events).map((v) => [v.endpointId, v.allowed]), [[CLIENT.id, true], [SERVER.id, false]]);
+  assert.equal(drops(events)[0].reason, 133);
+});
+
+test('ICMP is judged by type; echo replies pass through conntrack', (t) => {
+  const f = setup(t);
+  f.policy.apply(CLIENT.id, { upserts: [ALLOW_ALL_EGRESS], deletes: [] });
+  f.policy.apply(SERVER.id, { upserts: [entry({ identity: CLIENT.identity, direction: PolicyDirection.INGRESS, protocol: 1, port: 8, cookie: 5 })], deletes: [] });
+  const echo = (type: number) => buildIpv4Frame({ src: type === 8 ? CLIENT.ip : SERVER.ip, dst: type === 8 ? SERVER.ip : CLIENT.ip, icmp: { type, id: 77, sequence: 1 } });
+  let { verdict, events } = f.run(CLIENT, echo(8));
+  assert.equal(verdict, TC_ACT_REDIRECT);
+  assert.deepEqual(verdicts(events).map((v) => [v.protocolName, v.dport, v.cookie]), [['ICMP', 8, 0], ['ICMP', 8, 5]]);
+  ({ verdict, events } = f.run(SERVER, echo(0)));
+  assert.equal(verdict, TC_ACT_REDIRECT);
+  assert.equal(verdicts(events).length, 0);
+  // A timestamp request (type 13) is not allowed.
+  ({ verdict, events } = f.run(CLIENT, buildIpv4Frame({ src: CLIENT.ip, dst: SERVER.ip, icmp: { type: 13, id: 78, sequence: 1 } })));
+  assert.equal(verdict, TC_ACT_SHOT);
+  assert.equal(verdicts(events)[1].dport, 13);
+});
+
+test('cil_to_container judges ingress with the ipcache identity of the source (HOST, WORLD)', (t) => {
+  const f = setup(t);
+  const NODE_IP = '192.168.0.10';
+  f.maps.ipcache.update({ prefixlen: 32, ip: NODE_IP }, { sec_identity: ReservedIdentity.HOST, tunnel_endpoint: '0.0.0.0', flags: 0 });
+  f.policy.apply(CLIENT.id, {
+    upserts: [ALLOW_ALL_EGRESS, entry({ identity: ReservedIdentity.HOST, direction: PolicyDirection.INGRESS, cookie: 11 })],
+    deletes: [],
+  });
+  const host = { ...SERVER, ip: NODE_IP };
+  const outside = { ...SERVER, ip: '203.0.113.9' };
+  let { verdict, events } = f.run(CLIENT, tcp(host, CLIENT, 33000, 8080, TcpFlag.SYN), LxcProgram.TO_CONTAINER);
+  assert.equal(verdict, TC_ACT_OK);
+  let [v] = verdicts(events);
+  assert.deepEqual([v.remoteIdentity, v.directionName, v.matchName, v.cookie, v.endpointId], [ReservedIdentity.HOST, 'ingress', 'L3-Only', 11, CLIENT.id]);
+  assert.equal(v.ingress, true);
+  assert.ok(f.maps.ct4.lookup({ daddr: CLIENT.ip, saddr: NODE_IP, dport: 8080, sport: 33000, nexthdr: 6, flags: CtDirection.INGRESS }));
+
+  ({ verdict, events } = f.run(CLIENT, tcp(outside, CLIENT, 33000, 8080, TcpFlag.SYN), LxcProgram.TO_CONTAINER));
+  assert.equal(verdict, TC_ACT_SHOT);
+  [v] = verdicts(events);
+  assert.equal(v.remoteIdentity, ReservedIdentity.WORLD);
+  assert.equal(drops(events)[0].reason, 133);
+  assert.equal(drops(events)[0].ingress, true);
+  assert.equal(f.maps.ct4.lookup({ daddr: CLIENT.ip, saddr: outside.ip, dport: 8080, sport: 33000, nexthdr: 6, flags: CtDirection.INGRESS }), undefined);
+});
+
+test('EndpointPolicyMaps: ensure is idempotent and adopts a pin after a restart; remove uninstalls; no map means allow-all without events', (t) => {
+  const f = setup(t);
+  const first = f.policy.ensure(CLIENT.id);
+  assert.equal(f.policy.ensure(CLIENT.id), first);
+  const id = first.info().id;
+  assert.equal(f.maps.policyMaps.lookup(CLIENT.id), id);
+  f.policy.apply(CLIENT.id, { upserts: [entry({ identity: SERVER.identity, direction: PolicyDirection.EGRESS, protocol: 6, port: 80, cookie: 1 })], deletes: [] });
+
+  // A new agent: same pin, same map, same entries.
+  const restarted = new EndpointPolicyMaps(f.root);
+  t.after(() => restarted.close());
+  assert.equal(restarted.ensure(CLIENT.id).info().id, id);
+  assert.deepEqual(restarted.entries(CLIENT.id), [
+    { key: { identity: SERVER.identity, direction: PolicyDirection.EGRESS, protocol: 6, port: 80, prefixLen: 64 }, deny: false, cookie: 1 },
+  ]);
+  // The outer entry lost (e.g. maps recreated): ensure puts the pinned map back.
+  f.maps.policyMaps.delete(CLIENT.id);
+  assert.equal(restarted.installed(CLIENT.id), false);
+  restarted.ensure(CLIENT.id);
+  assert.equal(f.maps.policyMaps.lookup(CLIENT.id), id);
+
+  assert.equal(f.run(CLIENT, tcp(CLIENT, SERVER, 40000, 81, TcpFlag.SYN)).verdict, TC_ACT_SHOT);
+  restarted.remove(CLIENT.id);
+  f.policy.remove(CLIENT.id);
+  assert.equal(existsSync(endpointPolicyPinPath(f.root, CLIENT.id)), false);
+  assert.equal(restarted.entries(CLIENT.id).length, 0);
+  const { verdict, events } = f.run(CLIENT, tcp(CLIENT, SERVER, 40001, 81, TcpFlag.SYN));
+  assert.equal(verdict, TC_ACT_REDIRECT, 'no policy map: not enforced');
+  assert.deepEqual(events.map((e) => e.kind), ['trace']);
+  assert.equal(MonitorEventType.POLICY_VERDICT, 5);
+});
