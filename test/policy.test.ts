@@ -59,6 +59,13 @@ test("Star Wars: rule1 lets only the Empire reach the Death Star on 80/TCP; trac
   assert.deepEqual(await probeTcp(xwing.netns, [port80]), { [port80]: false }, 'the policy in force still holds');
   assert.deepEqual(await probeTcp(tiefighter.netns, [port80]), { [port80]: true });
 
+  // A label change moves the pod to another identity, and the policy follows it.
+  const before = xwing.endpoint.identity;
+  const relabelled = await cli(node, 'endpoint', 'labels', String(xwing.endpoint.id), 'org=empire', 'class=xwing', '-o', 'json');
+  assert.equal(relabelled.code, 0, relabelled.stderr);
+  assert.notEqual((JSON.parse(relabelled.stdout) as { identity: number }).identity, before);
+  assert.deepEqual(await probeTcp(xwing.netns, [port80, port81]), { [port80]: true, [port81]: false }, 'the defector lands on 80 only');
+
   const deleted = await cli(node, 'policy', 'delete', 'CiliumNetworkPolicy/default/rule1');
   assert.equal(deleted.code, 0, deleted.stderr);
   assert.deepEqual(await probeTcp(xwing.netns, [port80]), { [port80]: true }, 'deleting the policy opens the door again');

@@ -108,14 +108,29 @@ export class BenchNode {
 
   /** POST /v1/endpoints for an existing namespace; the endpoint is deleted at cleanup. */
   async addEndpoint(netns: string, containerId = uniqueName('ctr')): Promise<Endpoint> {
-    const endpoint = await this.client.call<Endpoint>('POST', '/v1/endpoints', { containerId, ifname: 'eth0', netns: netnsPath(netns) });
+    const endpoint = await this.#call<Endpoint>('POST', '/v1/endpoints', { containerId, ifname: 'eth0', netns: netnsPath(netns) });
     this.#cleanups.defer(`DELETE endpoint ${containerId}`, () => this.deleteEndpoint(containerId));
     return endpoint;
   }
 
+  /** Set once a call timed out: cleanup then skips the API (deleting the namespaces removes the veths). */
+  unresponsive = false;
+
   async deleteEndpoint(containerId: string): Promise<void> {
-    if (!this.agent || this.agent.exitCode !== null) return;
-    await this.client.call('DELETE', `/v1/endpoints/${containerId}/eth0`);
+    if (!this.agent || this.agent.exitCode !== null || this.unresponsive) return;
+    await this.#call('DELETE', `/v1/endpoints/${containerId}/eth0`);
+  }
+
+  async #call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    try {
+      return await this.client.call<T>(method, path, body);
+    } catch (error) {
+      if (/did not answer/.test((error as Error).message)) {
+        this.unresponsive = true;
+        throw new Error(`${(error as Error).message}; agent log tail:\n${this.log.slice(-3000)}`);
+      }
+      throw error;
+    }
   }
 
   /** A pod: a new namespace plus its endpoint. */

@@ -247,6 +247,11 @@ export class Agent {
       }
       return this.endpoints.add(parsed.data);
     });
+    api.route('PUT', '/v1/endpoints/:id/labels', async ({ params, body }) => {
+      const parsed = z.record(z.string(), z.string()).safeParse(body);
+      if (!parsed.success) throw new ApiError(400, 'ERR_BAD_REQUEST', `endpoint labels: body must be an object of string labels: ${parsed.error.issues[0].message}`);
+      return this.endpoints.updateLabels(params.id, parsed.data);
+    });
     api.route('DELETE', '/v1/endpoints/:containerId/:ifname', async ({ params }) => ({
       deleted: await this.endpoints.delete(params.containerId, params.ifname),
     }));

@@ -243,6 +243,36 @@ export class EndpointManager {
     }
   }
 
+  /**
+   * New labels for an endpoint: a new identity when they differ in what counts, its policy
+   * recomputed (only the entries that change are written), the ipcache updated, and its programs
+   * swapped in place for ones carrying the new identity.
+   */
+  async updateLabels(idOrKey: string, labels: Record<string, string>): Promise<Endpoint> {
+    const found = this.get(idOrKey);
+    if (!found) throw new ApiError(404, 'ERR_ENDPOINT_NOT_FOUND', `no endpoint ${idOrKey}`);
+    const key = containerInterfaceKey(found.containerId, found.ifname);
+    return this.#serialize(key, async () => {
+      const endpoint = this.table.get(key);
+      if (!endpoint) throw new ApiError(404, 'ERR_ENDPOINT_NOT_FOUND', `no endpoint ${idOrKey}`);
+      const { id: identity } = await this.#identities.allocate(securityLabels({ labels, namespace: endpoint.namespace }));
+      const updated: Endpoint = { ...endpoint, labels, identity };
+      try {
+        await this.#store.put(this.#storeKey(key), updated);
+      } catch (error) {
+        await this.#identities.release(identity);
+        throw error;
+      }
+      this.#policy?.addEndpoint(updated.id, securityLabels(updated));
+      this.#ipcache.upsert(localIpcacheEntry(updated));
+      const revision = this.table.upsert(updated);
+      await Promise.all([this.#reconciler.waitFor(revision), this.#ipcache.synced()]);
+      await this.#identities.release(endpoint.identity);
+      this.#log.info({ endpoint: updated.id, from: endpoint.identity, to: identity }, 'endpoint labels changed');
+      return updated;
+    });
+  }
+
   /** CNI DEL: idempotent; deleting what does not exist succeeds. */
   delete(containerId: string, ifname: string): Promise<boolean> {
     return this.#serialize(containerInterfaceKey(containerId, ifname), () => this.#delete(containerId, ifname));

@@ -90,6 +90,22 @@ export function registerAgentCommands(program: Command): void {
       print(options.output, found, () => formatTable(['ID', 'NAME', 'LABELS'], [[String(found.id), found.name, found.labels.join(' ')]]));
     });
 
+  endpoint
+    .command('labels <id> <labels...>')
+    .description('replace an endpoint\'s labels (key=value ...): its identity and policy follow')
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (id: string, pairs: string[], options: { socket: string; output: OutputFormat }) => {
+      const labels: Record<string, string> = {};
+      for (const pair of pairs) {
+        const eq = pair.indexOf('=');
+        if (eq <= 0) throw new Error(`label "${pair}": want key=value`);
+        labels[pair.slice(0, eq)] = pair.slice(eq + 1);
+      }
+      const ep = await new AgentClient(options.socket).call<Endpoint>('PUT', `/v1/endpoints/${encodeURIComponent(id)}/labels`, labels);
+      print(options.output, ep, () => `endpoint ${ep.id}: identity ${ep.identity}`);
+    });
+
   program
     .command('node')
     .description('nodes of the cluster')

@@ -36,6 +36,8 @@ export class EndpointDatapath {
   readonly bpfRoot: string;
   readonly mapsDir: string;
   readonly #log: Logger;
+  /** Identity each endpoint's programs were loaded with by this process. */
+  readonly #loadedIdentity = new Map<number, number>();
   readonly lxc: BpfMap<{ ip: string }, EndpointInfo>;
   readonly ipcache: BpfMap<{ prefixlen: number; ip: string }, RemoteEndpointInfo>;
 
@@ -63,23 +65,33 @@ export class EndpointDatapath {
   realize(endpoint: DatapathEndpoint): void {
     const dir = this.#endpointDir(endpoint.id);
     mkdirSync(dir, { recursive: true });
-    const adopted = ATTACHMENTS.every(({ pin }) => this.#servesInterface(join(dir, pin), endpoint.hostIfindex));
-    if (!adopted) {
-      for (const { pin } of ATTACHMENTS) unpinLink(join(dir, pin));
+    const attached = ATTACHMENTS.every(({ pin }) => this.#servesInterface(join(dir, pin), endpoint.hostIfindex));
+    // The identity is a .rodata constant of the program: a new identity needs a new program. An
+    // agent that has not loaded the endpoint itself (a restart) trusts what is pinned.
+    const loadedWith = this.#loadedIdentity.get(endpoint.id);
+    const current = attached && (loadedWith === undefined || loadedWith === endpoint.identity);
+    let action: 'adopted' | 'replaced' | 'attached' = 'adopted';
+    if (!current) {
       const obj = loadLxc({ endpointId: endpoint.id, identity: endpoint.identity, pinDir: this.mapsDir });
       try {
         for (const { program, direction, pin } of ATTACHMENTS) {
-          const link = attachTcx(obj.program(program), { interface: endpoint.hostIfindex, direction });
-          try {
+          if (attached) {
+            // Swap in place: the pod never meets its interface without a program.
+            using link = Link.openPinned(join(dir, pin));
+            link.update(obj.program(program));
+            action = 'replaced';
+          } else {
+            unpinLink(join(dir, pin));
+            using link = attachTcx(obj.program(program), { interface: endpoint.hostIfindex, direction });
             link.pin(join(dir, pin));
-          } finally {
-            link.close();
+            action = 'attached';
           }
         }
       } finally {
         obj.close();
       }
     }
+    this.#loadedIdentity.set(endpoint.id, endpoint.identity);
     const info: EndpointInfo = {
       ifindex: endpoint.hostIfindex,
       lxc_id: endpoint.id,
@@ -88,9 +100,9 @@ export class EndpointDatapath {
       node_mac: endpoint.hostMac,
       sec_identity: endpoint.identity,
     };
-    const current = this.lxc.lookup({ ip: endpoint.ipv4 });
-    if (!current || JSON.stringify(current) !== JSON.stringify(info)) this.lxc.update({ ip: endpoint.ipv4 }, info);
-    this.#log.debug({ endpoint: endpoint.id, adopted }, adopted ? 'adopted pinned datapath' : 'attached datapath');
+    const existing = this.lxc.lookup({ ip: endpoint.ipv4 });
+    if (!existing || JSON.stringify(existing) !== JSON.stringify(info)) this.lxc.update({ ip: endpoint.ipv4 }, info);
+    this.#log.debug({ endpoint: endpoint.id, identity: endpoint.identity, action }, `${action} datapath`);
   }
 
   /** Whether a pinned link exists and is still attached to this interface. */
@@ -110,6 +122,7 @@ export class EndpointDatapath {
   }
 
   remove(endpoint: DatapathEndpoint): void {
+    this.#loadedIdentity.delete(endpoint.id);
     const dir = this.#endpointDir(endpoint.id);
     for (const { pin } of ATTACHMENTS) unpinLink(join(dir, pin));
     rmSync(dir, { recursive: true, force: true });

@@ -38,6 +38,8 @@ export const LinkCreateAttr = {
 
 export const LinkDetachAttr = { linkFd: 0, size: 4 } as const;
 
+export const LinkUpdateAttr = { linkFd: 0, newProgFd: 4, flags: 8, oldProgFd: 12, size: 16 } as const;
+
 export const ProgQueryAttr = {
   target: 0, attachType: 4, queryFlags: 8, attachFlags: 12, progIds: 16, count: 24, progAttachFlags: 32,
   linkIds: 40, linkAttachFlags: 48, revision: 56, size: 64,

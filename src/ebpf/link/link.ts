@@ -8,7 +8,7 @@ import { rmSync } from 'node:fs';
 import { BpfError } from '../errors.ts';
 import { objGet, objInfo, objPin } from '../map.ts';
 import { BpfCommand, LinkType } from '../internal/constants.ts';
-import { LinkCreateAttr, LinkDetachAttr, LinkInfo } from '../internal/attr.ts';
+import { LinkCreateAttr, LinkDetachAttr, LinkInfo, LinkUpdateAttr } from '../internal/attr.ts';
 import { bpf, close } from '../internal/sys.ts';
 
 export interface LinkInfoData {
@@ -45,6 +45,17 @@ export class Link implements Disposable {
   /** Pins the link so the program stays attached after this process exits. */
   pin(path: string): void {
     objPin(this.fd, path, `pinning ${this.description} at ${path}`);
+  }
+
+  /**
+   * Swaps the attached program for `program` in one step (BPF_LINK_UPDATE): no packet meets the
+   * hook empty in between, which detach-and-attach could not promise.
+   */
+  update(program: { fd: number; name: string }): void {
+    const attr = Buffer.alloc(LinkUpdateAttr.size);
+    attr.writeUInt32LE(this.fd, LinkUpdateAttr.linkFd);
+    attr.writeUInt32LE(program.fd, LinkUpdateAttr.newProgFd);
+    bpf(BpfCommand.LINK_UPDATE, attr, `replacing the program of ${this.description} with ${program.name}`);
   }
 
   /**

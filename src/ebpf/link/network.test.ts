@@ -96,3 +96,21 @@ test('XDP in native and generic mode on veth', (t) => {
   }
 });
 
+
+test('Link.update swaps the program of a pinned TCX link in place', (t) => {
+  const net = netnsPair(t);
+  const pins = pinDir(t);
+  const { obj, counters } = load();
+  t.after(() => obj.close());
+  const link = inNetns(net.pathB, () => attachTcx(obj.program('count_tc'), { interface: net.ifB, direction: 'ingress' }));
+  t.after(() => link.close());
+  link.pin(`${pins}/link`);
+  const id = link.info().id;
+  assert.ok(ping(net.a, net.addrB, 1));
+  const second = counters.lookup(1) ?? 0n;
+  link.update(obj.program('count_tc_second'));
+  assert.equal(link.info().id, id, 'same link');
+  assert.equal(link.info().programId, obj.program('count_tc_second').info().id, 'new program');
+  assert.ok(ping(net.a, net.addrB, 2));
+  assert.ok(counters.lookup(1)! >= second + 2n, 'the new program runs');
+});
