@@ -40,6 +40,14 @@ test("Star Wars: rule1 lets only the Empire reach the Death Star on 80/TCP; trac
   assert.deepEqual(await probeTcp(tiefighter.netns, [port80, port81]), { [port80]: true, [port81]: false }, 'tiefighter: 80 only');
   assert.deepEqual(await probeTcp(xwing.netns, [port80, port81]), { [port80]: false, [port81]: false }, 'xwing: nothing');
 
+  // Every decision is an event; a verdict names the rule that decided it.
+  const events = (await cli(node, 'monitor', '--last', '500', '-o', 'json')).stdout.trim().split('\n').map((l) => JSON.parse(l) as { kind: string; summary: string; rule?: string; dropReason?: string; srcIdentity: number; event: { allowed?: boolean; directionName?: string } });
+  const verdicts = events.filter((e) => e.kind === 'policy-verdict' && e.event.directionName === 'ingress');
+  assert.ok(verdicts.some((e) => e.event.allowed && e.rule === 'CiliumNetworkPolicy/default/rule1' && e.srcIdentity === tiefighter.endpoint.identity), 'an allowed verdict names rule1');
+  assert.ok(verdicts.some((e) => !e.event.allowed && e.srcIdentity === xwing.endpoint.identity), 'a denied verdict for the xwing');
+  assert.ok(events.some((e) => e.kind === 'drop' && e.dropReason === 'POLICY_DENIED'), 'the denied packets are dropped as POLICY_DENIED');
+  assert.match(verdicts.find((e) => e.rule)!.summary, /policy-verdict:L3-L4 INGRESS ALLOWED \(TCP\) \[CiliumNetworkPolicy\/default\/rule1\]/);
+
   const allowed = await cli(node, 'policy', 'trace', '--src', 'org=empire,class=tiefighter', '--dst', 'org=empire,class=deathstar', '--dport', '80/TCP');
   assert.equal(allowed.code, 0, allowed.stdout + allowed.stderr);
   assert.match(allowed.stdout, /verdict: ALLOWED/);

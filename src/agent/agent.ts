@@ -19,6 +19,8 @@ import { Ipcache } from './ipcache.ts';
 import { ClusterWatcher } from './cluster.ts';
 import { PolicyManager } from './policy-manager.ts';
 import { registerPolicyRoutes } from './policy-api.ts';
+import { Monitor, type MonitorEvent } from './monitor.ts';
+import { ruleKey } from '../policy/index.ts';
 import { IdentityAllocator, identityName, reservedIdentities, type Identity } from '../identity/index.ts';
 
 export const VERSION = '0.1.0';
@@ -64,6 +66,7 @@ export class Agent {
   #identities: IdentityAllocator | undefined;
   #policyMaps: EndpointPolicyMaps | undefined;
   #policy: PolicyManager | undefined;
+  #monitor: Monitor | undefined;
   readonly #api: ApiServer;
 
   constructor(config: AgentConfig, log: Logger) {
@@ -157,6 +160,23 @@ export class Agent {
         this.#ipcache.start();
       },
       stop: () => this.#ipcache?.stop(),
+    });
+    this.#lifecycle.append({
+      name: 'monitor',
+      start: () => {
+        this.#monitor = new Monitor(
+          config.bpfRoot,
+          {
+            ruleForCookie: (cookie) => {
+              const rule = this.#policy?.engine.ruleById(cookie);
+              return rule && ruleKey(rule);
+            },
+          },
+          log.child({ module: 'monitor' }),
+        );
+        this.#monitor.start();
+      },
+      stop: () => this.#monitor?.stop(),
     });
     this.#lifecycle.append({
       name: 'policy',
@@ -263,6 +283,18 @@ export class Agent {
     });
     api.route('GET', '/v1/nodes', async () => (await this.#store!.list<NodeRecord>('nodes/')).entries.map((e) => e.value));
     registerPolicyRoutes(api, () => this.#policy!, () => this.endpoints);
+    api.route('GET', '/v1/monitor', ({ query, signal }) => {
+      const kinds = query.getAll('type');
+      const wanted = (e: MonitorEvent) => kinds.length === 0 || kinds.includes(e.kind);
+      if (query.get('follow') === 'true') {
+        const monitor = this.#monitor!;
+        return (async function* () {
+          for (const event of monitor.recent(Number(query.get('last') ?? 0))) if (wanted(event)) yield event;
+          for await (const event of monitor.follow(signal)) if (wanted(event)) yield event;
+        })();
+      }
+      return this.#monitor!.recent(Number(query.get('last') ?? 100)).filter(wanted);
+    });
     api.route('GET', '/v1/bpf/:map', ({ params }) => readBpfState(this.config.bpfRoot, params.map));
   }
 

@@ -27,6 +27,8 @@ export interface RequestContext {
   params: Record<string, string>;
   query: URLSearchParams;
   body: unknown;
+  /** Aborted when the client disconnects: ends streams. */
+  signal: AbortSignal;
 }
 
 export type Handler = (ctx: RequestContext) => Promise<unknown> | unknown;
@@ -84,7 +86,19 @@ export class ApiServer {
       const match = route.pattern.exec(url.pathname)!;
       const params = Object.fromEntries(route.names.map((name, i) => [name, decodeURIComponent(match[i + 1])]));
       const body = await readJson(req);
-      const result = await route.handler({ params, query: url.searchParams, body });
+      const abort = new AbortController();
+      res.once('close', () => abort.abort());
+      const result = await route.handler({ params, query: url.searchParams, body, signal: abort.signal });
+      if (isAsyncIterable(result)) {
+        // A stream: one JSON document per line until the client goes away.
+        res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+        for await (const item of result) {
+          if (abort.signal.aborted) break;
+          res.write(`${JSON.stringify(item, bigintReplacer)}\n`);
+        }
+        res.end();
+        return;
+      }
       send(res, 200, result ?? {});
     } catch (error) {
       if (error instanceof ApiError) {
@@ -114,8 +128,16 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   }
 }
 
+function bigintReplacer(_key: string, v: unknown): unknown {
+  return typeof v === 'bigint' ? v.toString() : v;
+}
+
+function isAsyncIterable(value: unknown): value is AsyncIterable<unknown> {
+  return typeof value === 'object' && value !== null && Symbol.asyncIterator in value;
+}
+
 function send(res: ServerResponse, status: number, value: unknown): void {
-  const text = JSON.stringify(value, (_key, v: unknown) => (typeof v === 'bigint' ? v.toString() : v));
+  const text = JSON.stringify(value, bigintReplacer);
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
   res.end(text);
 }

@@ -30,6 +30,37 @@ export class AgentClient {
     return this.call<T>('GET', path);
   }
 
+  /** GETs a streaming route: calls `onItem` per JSON line until the stream ends or `signal` aborts. */
+  stream<T>(path: string, onItem: (item: T) => void, signal?: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const req = request({ socketPath: this.socketPath, path, method: 'GET', signal }, (res) => {
+        if ((res.statusCode ?? 500) >= 400) {
+          reject(new AgentApiError(res.statusCode ?? 500, 'ERR_AGENT', `agent answered ${res.statusCode} to GET ${path}`));
+          res.resume();
+          return;
+        }
+        let pending = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => {
+          pending += chunk;
+          let newline: number;
+          while ((newline = pending.indexOf('\n')) >= 0) {
+            const line = pending.slice(0, newline);
+            pending = pending.slice(newline + 1);
+            if (line) onItem(JSON.parse(line) as T);
+          }
+        });
+        res.on('end', () => resolve());
+        res.on('error', () => resolve());
+      });
+      req.on('error', (error: NodeJS.ErrnoException) => {
+        if (error.name === 'AbortError') resolve();
+        else reject(new AgentApiError(0, 'ERR_AGENT_UNREACHABLE', `cannot reach the agent at ${this.socketPath}: ${error.code ?? error.message}`));
+      });
+      req.end();
+    });
+  }
+
   call<T>(method: string, path: string, body?: unknown): Promise<T> {
     const payload = body === undefined ? undefined : JSON.stringify(body);
     return new Promise<T>((resolve, reject) => {

@@ -107,6 +107,30 @@ export function registerAgentCommands(program: Command): void {
     });
 
   program
+    .command('monitor')
+    .description('datapath events as they happen: traces, drops and policy verdicts naming the rule that decided')
+    .option('-n, --last <n>', 'recent events to show first', (v) => Number.parseInt(v, 10), 20)
+    .option('-f, --follow', 'keep printing new events')
+    .option('-t, --type <type...>', 'trace, drop or policy-verdict')
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (options: { last: number; follow?: boolean; type?: string[]; socket: string; output: OutputFormat }) => {
+      const query = new URLSearchParams({ last: String(options.last) });
+      for (const type of options.type ?? []) query.append('type', type);
+      const show = (event: { time: string; summary: string }) =>
+        process.stdout.write(`${options.output === 'json' ? JSON.stringify(event) : `${event.time}: ${event.summary}`}\n`);
+      const client = new AgentClient(options.socket);
+      if (!options.follow) {
+        for (const event of await client.get<{ time: string; summary: string }[]>(`/v1/monitor?${query}`)) show(event);
+        return;
+      }
+      query.set('follow', 'true');
+      const abort = new AbortController();
+      process.once('SIGINT', () => abort.abort());
+      await client.stream(`/v1/monitor?${query}`, show, abort.signal);
+    });
+
+  program
     .command('node')
     .description('nodes of the cluster')
     .command('list')

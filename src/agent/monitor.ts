@@ -1,0 +1,130 @@
+/**
+ * The agent's view of datapath events: it is the one consumer of the ciliate_events ring buffer,
+ * decodes each trace, drop and policy-verdict record, names what the numbers mean (the rule a
+ * cookie stands for, identities, endpoints) and keeps the most recent ones for `ciliate monitor`.
+ * @module
+ */
+import { join } from 'node:path';
+import type { Logger } from 'pino';
+import { BpfMap, RingBuffer } from '../ebpf/index.ts';
+import { decodeEvent, MapName, type DatapathEvent } from '../datapath/index.ts';
+import { identityName } from '../identity/index.ts';
+
+export interface MonitorEvent {
+  time: string;
+  kind: DatapathEvent['kind'];
+  /** One line, in the spirit of `hubble observe -o compact`. */
+  summary: string;
+  source: string;
+  destination: string;
+  srcIdentity: number;
+  dstIdentity: number;
+  /** policy-verdict: the rule that decided (kind/namespace/name), when one did. */
+  rule?: string;
+  /** drop: Cilium's drop reason name. */
+  dropReason?: string;
+  event: Omit<DatapathEvent, 'data'>;
+}
+
+export interface MonitorNames {
+  ruleForCookie(cookie: number): string | undefined;
+}
+
+export class Monitor {
+  readonly #ring: RingBuffer;
+  readonly #names: MonitorNames;
+  readonly #log: Logger;
+  readonly #capacity: number;
+  readonly #recent: MonitorEvent[] = [];
+  readonly #listeners = new Set<(event: MonitorEvent) => void>();
+  readonly #bootTimeOffsetNs: bigint;
+
+  constructor(bpfRoot: string, names: MonitorNames, log: Logger, capacity = 4096) {
+    const maps = join(bpfRoot, 'maps');
+    using events = BpfMap.openPinned(join(maps, MapName.EVENTS));
+    using lost = BpfMap.openPinned(join(maps, MapName.EVENTS_LOST));
+    this.#ring = new RingBuffer(events, { lostCounter: lost });
+    this.#names = names;
+    this.#log = log;
+    this.#capacity = capacity;
+    // Events carry bpf_ktime_get_ns (monotonic since boot); wall clock = boot time + that.
+    this.#bootTimeOffsetNs = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
+  }
+
+  start(): void {
+    this.#ring.start(
+      (_view, offset, length, bytes) => {
+        const event = this.#describe(decodeEvent(bytes, offset, length));
+        this.#recent.push(event);
+        if (this.#recent.length > this.#capacity) this.#recent.shift();
+        for (const listener of this.#listeners) listener(event);
+      },
+      { onError: (error) => this.#log.warn({ err: error }, 'decoding a datapath event failed') },
+    );
+    this.#ring.unref();
+  }
+
+  stop(): void {
+    this.#ring.close();
+  }
+
+  recent(last: number): MonitorEvent[] {
+    return this.#recent.slice(-last);
+  }
+
+  stats() {
+    return this.#ring.stats();
+  }
+
+  /** Every event from now on, as an async iterable that ends when `signal` aborts. */
+  async *follow(signal: AbortSignal): AsyncGenerator<MonitorEvent> {
+    const queue: MonitorEvent[] = [];
+    let wake: (() => void) | undefined;
+    const listener = (event: MonitorEvent) => {
+      if (queue.length < 10_000) queue.push(event);
+      wake?.();
+    };
+    this.#listeners.add(listener);
+    const onAbort = () => wake?.();
+    signal.addEventListener('abort', onAbort);
+    try {
+      while (!signal.aborted) {
+        while (queue.length > 0) yield queue.shift()!;
+        await new Promise<void>((resolve) => (wake = resolve));
+        wake = undefined;
+      }
+    } finally {
+      this.#listeners.delete(listener);
+      signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  #describe(event: DatapathEvent): MonitorEvent {
+    const { data: _data, ...rest } = event;
+    const ip = event.packet.ipv4;
+    const l4 = event.packet.l4 && 'sourcePort' in event.packet.l4 ? event.packet.l4 : undefined;
+    const endpoint = (addr: string | undefined, port: number | undefined, identity: number) =>
+      `${addr ?? '?'}${port ? `:${port}` : ''} (${identityName(identity)})`;
+    const source = endpoint(ip?.source, l4?.sourcePort, event.srcIdentity);
+    const destination = endpoint(ip?.destination, l4?.destinationPort, event.dstIdentity);
+    const arrow = event.isReply ? '<-' : '->';
+    const [from, to] = event.isReply ? [destination, source] : [source, destination];
+    const flagNames = l4 && 'flagNames' in l4 ? l4.flagNames : [];
+    const flags = flagNames.length ? ` (TCP Flags: ${flagNames.join(', ')})` : '';
+    let summary: string;
+    let rule: string | undefined;
+    let dropReason: string | undefined;
+    if (event.kind === 'policy-verdict') {
+      rule = event.cookie ? this.#names.ruleForCookie(event.cookie) : undefined;
+      const verdict = event.allowed ? 'ALLOWED' : 'DENIED';
+      summary = `${from} ${arrow} ${to} policy-verdict:${event.matchName} ${event.directionName.toUpperCase()} ${verdict} (${event.protocolName})${rule ? ` [${rule}]` : ''}`;
+    } else if (event.kind === 'drop') {
+      dropReason = event.reasonName;
+      summary = `${from} ${arrow} ${to} ${event.reasonName} DROPPED${flags}`;
+    } else {
+      summary = `${from} ${arrow} ${to} ${event.observationPointName} FORWARDED${flags}`;
+    }
+    const time = new Date(Number((this.#bootTimeOffsetNs + event.timestampNs) / 1_000_000n)).toISOString();
+    return { time, kind: event.kind, summary, source, destination, srcIdentity: event.srcIdentity, dstIdentity: event.dstIdentity, rule, dropReason, event: rest };
+  }
+}
