@@ -250,7 +250,7 @@ export async function run(ctx: BenchContext): Promise<void> {
       identities: model.identities.size,
       entries_written: entriesWritten,
       compute_order: 'rules first, then upsertEndpoint per endpoint',
-      program_method: 'createPolicyMap (LPM trie) per endpoint + applyPolicyDiff (one BPF_MAP_UPDATE_ELEM per entry)',
+      program_method: 'createPolicyMap (LPM trie) per endpoint + applyPolicyDiff (upserts in one BPF_MAP_UPDATE_BATCH per endpoint)',
       target_s: BUILD_TARGET_S,
       meets_target: total < BUILD_TARGET_S && programmed === endpointIds.length,
     });
