@@ -104,6 +104,9 @@ struct ciliate_policy_verdict_event {
 
 /* What the caller knows about the packet when it reports it; kept small because it lives on the
  * caller's stack and the notify helpers are real calls (their frames count towards 512 bytes). */
+/* Internal to ciliate_notify_info.flags, never in an event: the packet needs no trace event. */
+#define CILIATE_NOTIFY_F_AGGREGATE 0x80
+
 struct ciliate_notify_info {
 	__u32 src_identity;
 	__u32 dst_identity;
@@ -139,7 +142,7 @@ static __noinline void event_hdr_fill(struct __sk_buff *skb, struct ciliate_even
 	hdr->ifindex = skb->ifindex;
 	hdr->dst_id = info->dst_id;
 	hdr->reason = info->reason;
-	hdr->flags = info->flags;
+	hdr->flags = info->flags & ~CILIATE_NOTIFY_F_AGGREGATE;
 	hdr->timestamp_ns = bpf_ktime_get_ns();
 }
 
@@ -221,11 +224,16 @@ static __always_inline void send_policy_verdict_notify(struct __sk_buff *skb, co
 	bpf_ringbuf_submit(ev, 0);
 }
 
-/* Reports that the packet passed observation point `point`. */
+/* Reports that the packet passed observation point `point`, unless conntrack found nothing new
+ * to say about it (monitor aggregation, as Cilium's default: a bulk transfer would otherwise pay a
+ * ring buffer record per segment and bury the events that matter). */
 static __always_inline void send_trace_notify(struct __sk_buff *skb, const struct ciliate_notify_info *info,
 					      enum ciliate_trace_point point)
 {
 	struct ciliate_trace_event *ev;
+
+	if (info->flags & CILIATE_NOTIFY_F_AGGREGATE)
+		return;
 
 	ev = ringbuf_reserve_or_count(&ciliate_events, &ciliate_events_lost, sizeof(*ev));
 	if (!ev)

@@ -15,9 +15,10 @@
 #include "ipv4.h"
 #include "conntrack.h"
 
-/* Linear bytes worth having before parsing: Ethernet, an IPv4 header with the largest options
- * and the fixed TCP header. */
-#define PARSE_PULL_LEN (ETH_HLEN + 60 + 20)
+/* Linear bytes needed before parsing: Ethernet, an IPv4 header without options and the fixed
+ * TCP header. No more: a TCP segment's linear part usually ends right after its headers, and
+ * pulling payload into it copies (and reallocates a cloned head) on every packet. */
+#define PARSE_PULL_LEN (ETH_HLEN + 20 + 20)
 
 /* Makes the headers readable through direct packet access. A veth frame normally has them in
  * the linear part already, so the pull (which may copy) only runs when it is needed. */
@@ -85,6 +86,9 @@ static __always_inline int ipv4_parse_and_lookup(struct __sk_buff *skb, struct c
 	info->reason = status;
 	if (status == CT_REPLY)
 		info->flags |= CILIATE_EVENT_F_REPLY;
+	/* Established TCP without SYN, FIN or RST tells nothing a flow's first packets did not. */
+	if (tuple->nexthdr == IPPROTO_TCP && status != CT_NEW && !(*tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)))
+		info->flags |= CILIATE_NOTIFY_F_AGGREGATE;
 	return 0;
 }
 
