@@ -35,7 +35,9 @@ export class Monitor {
   readonly #names: MonitorNames;
   readonly #log: Logger;
   readonly #capacity: number;
-  readonly #recent: MonitorEvent[] = [];
+  /** Raw records in a ring of `capacity` slots (slot = count % capacity), decoded on demand. */
+  readonly #recent: Buffer[] = [];
+  #next = 0;
   readonly #listeners = new Set<(event: MonitorEvent) => void>();
   readonly #bootTimeOffsetNs: bigint;
 
@@ -54,14 +56,28 @@ export class Monitor {
   start(): void {
     this.#ring.start(
       (_view, offset, length, bytes) => {
-        const event = this.#describe(decodeEvent(bytes, offset, length));
-        this.#recent.push(event);
-        if (this.#recent.length > this.#capacity) this.#recent.shift();
-        for (const listener of this.#listeners) listener(event);
+        // Copy only: decoding and naming wait until someone asks, so a busy datapath costs the
+        // agent one small copy per event rather than a decode and string formatting.
+        const record = Buffer.from(bytes.subarray(offset, offset + length));
+        this.#recent[this.#next % this.#capacity] = record;
+        this.#next++;
+        if (this.#listeners.size > 0) {
+          const event = this.#describeRecord(record);
+          if (event) for (const listener of this.#listeners) listener(event);
+        }
       },
-      { onError: (error) => this.#log.warn({ err: error }, 'decoding a datapath event failed') },
+      { onError: (error) => this.#log.warn({ err: error }, 'reading a datapath event failed') },
     );
     this.#ring.unref();
+  }
+
+  #describeRecord(record: Buffer): MonitorEvent | undefined {
+    try {
+      return this.#describe(decodeEvent(record));
+    } catch (error) {
+      this.#log.warn({ err: error }, 'decoding a datapath event failed');
+      return undefined;
+    }
   }
 
   stop(): void {
@@ -69,7 +85,13 @@ export class Monitor {
   }
 
   recent(last: number): MonitorEvent[] {
-    return this.#recent.slice(-last);
+    const count = Math.min(last, this.#next, this.#capacity);
+    const out: MonitorEvent[] = [];
+    for (let i = this.#next - count; i < this.#next; i++) {
+      const event = this.#describeRecord(this.#recent[i % this.#capacity]);
+      if (event) out.push(event);
+    }
+    return out;
   }
 
   stats() {

@@ -10,6 +10,7 @@ import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { attachTcx, BpfError, BpfMap, Link, unpinLink, type TcxDirection } from '../ebpf/index.ts';
 import { LxcProgram, loadLxc } from './lxc.ts';
+import { linkServesInterface } from './pins.ts';
 import { endpointInfo, endpointKey, ipcacheKey, MapName, SHARED_MAPS, remoteEndpointInfo, type EndpointInfo, type RemoteEndpointInfo } from './maps.ts';
 
 /** What the datapath needs to know of an endpoint. */
@@ -65,7 +66,7 @@ export class EndpointDatapath {
   realize(endpoint: DatapathEndpoint): void {
     const dir = this.#endpointDir(endpoint.id);
     mkdirSync(dir, { recursive: true });
-    const attached = ATTACHMENTS.every(({ pin }) => this.#servesInterface(join(dir, pin), endpoint.hostIfindex));
+    const attached = ATTACHMENTS.every(({ pin }) => linkServesInterface(join(dir, pin), endpoint.hostIfindex));
     // The identity is a .rodata constant of the program: a new identity needs a new program. An
     // agent that has not loaded the endpoint itself (a restart) trusts what is pinned.
     const loadedWith = this.#loadedIdentity.get(endpoint.id);
@@ -105,21 +106,6 @@ export class EndpointDatapath {
     this.#log.debug({ endpoint: endpoint.id, identity: endpoint.identity, action }, `${action} datapath`);
   }
 
-  /** Whether a pinned link exists and is still attached to this interface. */
-  #servesInterface(path: string, ifindex: number): boolean {
-    if (!existsSync(path)) return false;
-    try {
-      const link = Link.openPinned(path);
-      try {
-        return link.info().ifindex === ifindex;
-      } finally {
-        link.close();
-      }
-    } catch (error) {
-      if (BpfError.is(error)) return false;
-      throw error;
-    }
-  }
 
   remove(endpoint: DatapathEndpoint): void {
     this.#loadedIdentity.delete(endpoint.id);

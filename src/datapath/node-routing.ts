@@ -31,7 +31,7 @@
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
-import { attachTcx, BpfError, BpfMap, inNetns, Link, unpinLink } from '../ebpf/index.ts';
+import { attachTcx, BpfMap, inNetns, unpinLink } from '../ebpf/index.ts';
 import { loadLxc } from './lxc.ts';
 import {
   endpointInfo,
@@ -51,6 +51,7 @@ import {
 } from './maps.ts';
 import { ip, NetlinkError } from './netlink.ts';
 import { loadOverlay, OverlayProgram } from './overlay.ts';
+import { linkServesInterface } from './pins.ts';
 
 export type RoutingMode = 'tunnel' | 'native';
 
@@ -592,7 +593,7 @@ export class NodeRouting {
     const dir = join(this.bpfRoot, 'overlay');
     const pin = join(dir, OVERLAY_PIN);
     mkdirSync(dir, { recursive: true });
-    if (servesInterface(pin, ifindex)) return;
+    if (linkServesInterface(pin, ifindex)) return;
     unpinLink(pin);
     const obj = loadOverlay({ pinDir: this.mapsDir });
     try {
@@ -623,21 +624,6 @@ interface TunnelLinkJson {
   linkinfo?: { info_kind?: string; info_data?: { external?: boolean; port?: number } };
 }
 
-/** Whether a pinned link exists and is still attached to this interface. */
-function servesInterface(path: string, ifindex: number): boolean {
-  if (!existsSync(path)) return false;
-  try {
-    const link = Link.openPinned(path);
-    try {
-      return link.info().ifindex === ifindex;
-    } finally {
-      link.close();
-    }
-  } catch (error) {
-    if (BpfError.is(error)) return false;
-    throw error;
-  }
-}
 
 function sameRoute(a: RouteSpec, b: RouteSpec): boolean {
   return (

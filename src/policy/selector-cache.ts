@@ -17,6 +17,7 @@
 import { selectorMatches, splitLabelKey } from './selector.ts';
 import { cidrContains, parseCidr, type Cidr } from './cidr.ts';
 import type { CidrRule, Entity, Selector } from './types.ts';
+import { RESERVED_IDENTITY } from '../identity/index.ts';
 
 export type LabelMap = Readonly<Record<string, string>>;
 
@@ -30,20 +31,8 @@ export interface IdentitySource {
   identities(): Iterable<IdentityInfo>;
 }
 
-/** Reserved identity numbers (src/identity/reserved.ts, Cilium's numericidentity.go). */
-export const RESERVED_IDENTITIES = {
-  host: 1,
-  world: 2,
-  unmanaged: 3,
-  health: 4,
-  init: 5,
-  'remote-node': 6,
-  'kube-apiserver': 7,
-  ingress: 8,
-  'world-ipv4': 9,
-  'world-ipv6': 10,
-  'encrypted-overlay': 11,
-} as const;
+/** Reserved identity numbers: the identity subsystem's table, Cilium's numericidentity.go. */
+export const RESERVED_IDENTITIES = RESERVED_IDENTITY;
 
 /** The reserved identities 1–11 with their labels (kube-apiserver also carries remote-node). */
 export function reservedIdentityInfos(): IdentityInfo[] {
