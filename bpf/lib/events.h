@@ -44,6 +44,9 @@ enum ciliate_trace_point {
 
 /* Bytes of the packet copied into each event: enough for Ethernet + IPv4 with options + TCP. */
 #define CILIATE_EVENT_CAP_LEN 128
+/* The reader is woken once this much waits in ciliate_events (1/16 of the ring), and otherwise
+ * drains it on a timer (src/agent/monitor.ts): connection setup then pays no wakeup per event. */
+#define CILIATE_EVENTS_WAKEUP_BYTES (64 * 1024)
 
 struct ciliate_event_hdr {
 	__u8 type;		/* enum ciliate_event_type */
@@ -221,7 +224,7 @@ static __always_inline void send_policy_verdict_notify(struct __sk_buff *skb, co
 	if (!ev)
 		return;
 	policy_verdict_event_fill(skb, ev, info, d);
-	bpf_ringbuf_submit(ev, 0);
+	ringbuf_submit_batched(&ciliate_events, ev, CILIATE_EVENTS_WAKEUP_BYTES);
 }
 
 /* Reports that the packet passed observation point `point`, unless conntrack found nothing new
@@ -239,7 +242,7 @@ static __always_inline void send_trace_notify(struct __sk_buff *skb, const struc
 	if (!ev)
 		return;
 	trace_event_fill(skb, ev, info, point);
-	bpf_ringbuf_submit(ev, 0);
+	ringbuf_submit_batched(&ciliate_events, ev, CILIATE_EVENTS_WAKEUP_BYTES);
 }
 
 /* Reports a drop and returns TC_ACT_SHOT, so a caller drops with `return send_drop_notify(...)`. */
@@ -252,7 +255,7 @@ static __always_inline int send_drop_notify(struct __sk_buff *skb, const struct 
 	if (!ev)
 		return TC_ACT_SHOT;
 	drop_event_fill(skb, ev, info, reason);
-	bpf_ringbuf_submit(ev, 0);
+	ringbuf_submit_batched(&ciliate_events, ev, CILIATE_EVENTS_WAKEUP_BYTES);
 	return TC_ACT_SHOT;
 }
 

@@ -26,6 +26,9 @@ export interface MonitorEvent {
   event: Omit<DatapathEvent, 'data'>;
 }
 
+/** How often the agent reads the events ring when the datapath has not woken it. */
+const EVENT_DRAIN_INTERVAL_MS = 20;
+
 export interface MonitorNames {
   ruleForCookie(cookie: number): string | undefined;
 }
@@ -66,7 +69,12 @@ export class Monitor {
           if (event) for (const listener of this.#listeners) listener(event);
         }
       },
-      { onError: (error) => this.#log.warn({ err: error }, 'reading a datapath event failed') },
+      {
+        // The datapath wakes this reader only once a batch waits (CILIATE_EVENTS_WAKEUP_BYTES in
+        // bpf/lib/events.h); the timer bounds how long a quiet node's events wait to be seen.
+        drainIntervalMs: EVENT_DRAIN_INTERVAL_MS,
+        onError: (error) => this.#log.warn({ err: error }, 'reading a datapath event failed'),
+      },
     );
     this.#ring.unref();
   }

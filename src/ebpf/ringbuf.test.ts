@@ -256,6 +256,29 @@ for (const wakeup of ['poll', 'thread'] as const satisfies readonly WakeupMode[]
   });
 }
 
+test('a batched producer wakes the reader only for a full batch; drainIntervalMs reads what waits below it', async (t) => {
+  const { ring, produce } = setup(t, undefined, { wakeup_bytes: 100 * RECORD_SPACE });
+  const { seqs, handler } = collector();
+  ring.start(handler);
+  // The loop registers the fd with epoll on its next turn, and registering reports a ring that
+  // already holds records: produce only once the reader waits.
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  produce(10);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.equal(seqs.length, 0, 'ten records below the batch size woke the reader');
+  produce(100);
+  await until(() => seqs.length === 110, 2000, `110 records after a full batch (have ${seqs.length})`);
+  ring.stop();
+
+  assert.throws(() => ring.start(handler, { drainIntervalMs: 0 }), (e: unknown) => BpfError.is(e, 'ERR_INVALID_ARGUMENT'));
+  ring.start(handler, { drainIntervalMs: 20 });
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  produce(5);
+  await until(() => seqs.length === 115, 2000, `115 records through the drain timer (have ${seqs.length})`);
+  ring.close();
+  assert.deepEqual(seqs, Array.from({ length: 115 }, (_, i) => BigInt(i)));
+});
+
 test('a started reader reports handler errors to onError and keeps going', async (t) => {
   const { ring, produce } = setup(t);
   const errors: unknown[] = [];

@@ -78,6 +78,13 @@ export interface StartOptions {
    */
   budget?: number;
   /**
+   * Also read every this many milliseconds, whether or not the kernel woke the reader. For
+   * producers that submit with BPF_RB_NO_WAKEUP until a batch has built up
+   * (ringbuf_submit_batched in src/ebpf/include/ringbuf_lost.h): the timer bounds how long a lone
+   * record waits. Default: no timer.
+   */
+  drainIntervalMs?: number;
+  /**
    * Called with what a handler threw, or with a wakeup failure. Without it the error is rethrown
    * from the event-loop callback, where it becomes an uncaught exception. The throwing record
    * counts as consumed either way, so a record that always throws cannot wedge the reader.
@@ -87,6 +94,8 @@ export interface StartOptions {
 
 export interface RecordsOptions {
   wakeup?: WakeupMode;
+  /** As in StartOptions. */
+  drainIntervalMs?: number;
   /** Records copied out and not yet taken by the loop above which reading pauses. Default 4096. */
   highWaterMark?: number;
 }
@@ -309,7 +318,7 @@ export class RingBuffer implements Disposable, AsyncIterable<Buffer> {
     if (!(budget >= 1)) throw new BpfError('ERR_INVALID_ARGUMENT', `starting ring buffer ${this.name}: budget must be at least 1, got ${budget}`);
     const report = options.onError ?? rethrowLater;
     this.#startWaker(
-      options.wakeup,
+      options,
       () => {
         try {
           this.consume(handler, budget);
@@ -376,7 +385,7 @@ export class RingBuffer implements Disposable, AsyncIterable<Buffer> {
       signal();
     };
     this.#startWaker(
-      options.wakeup,
+      options,
       () => {
         try {
           fill();
@@ -472,18 +481,63 @@ export class RingBuffer implements Disposable, AsyncIterable<Buffer> {
     if (this.#closed) throw new BpfError('ERR_INVALID_ARGUMENT', `${action} ring buffer ${this.name}: the reader is closed`);
   }
 
-  #startWaker(mode: WakeupMode | undefined, onReadable: () => void, onFailure: (error: unknown) => void): void {
+  #startWaker(options: { wakeup?: WakeupMode; drainIntervalMs?: number }, onReadable: () => void, onFailure: (error: unknown) => void): void {
     this.#assertOpen('starting');
     if (this.#waker) throw new BpfError('ERR_BUSY', `starting ring buffer ${this.name}: the reader is already started`);
-    const chosen = mode ?? (typeof koffi.node?.poll === 'function' ? 'poll' : 'thread');
-    this.#waker =
+    const interval = options.drainIntervalMs;
+    if (interval !== undefined && !(interval > 0)) {
+      throw new BpfError('ERR_INVALID_ARGUMENT', `starting ring buffer ${this.name}: drainIntervalMs must be positive, got ${interval}`);
+    }
+    const chosen = options.wakeup ?? (typeof koffi.node?.poll === 'function' ? 'poll' : 'thread');
+    const waker =
       chosen === 'poll'
         ? pollWaker(this.#fd, this.name, onReadable, onFailure)
         : threadWaker(this.#fd, this.name, onReadable, onFailure);
+    this.#waker = interval === undefined ? waker : withDrainTimer(waker, interval, onReadable);
   }
+
 }
 
 const EMPTY = Buffer.alloc(0);
+
+/** `waker`, plus a timer that reads every `intervalMs` while the waker is running. */
+function withDrainTimer(waker: Waker, intervalMs: number, onReadable: () => void): Waker {
+  let referenced = true;
+  let timer: NodeJS.Timeout | undefined;
+  const arm = (): void => {
+    timer ??= setInterval(onReadable, intervalMs);
+    if (!referenced) timer.unref();
+  };
+  const disarm = (): void => {
+    clearInterval(timer);
+    timer = undefined;
+  };
+  arm();
+  return {
+    pause: () => {
+      disarm();
+      waker.pause();
+    },
+    resume: () => {
+      waker.resume();
+      arm();
+    },
+    ref: () => {
+      referenced = true;
+      timer?.ref();
+      waker.ref();
+    },
+    unref: () => {
+      referenced = false;
+      timer?.unref();
+      waker.unref();
+    },
+    close: () => {
+      disarm();
+      waker.close();
+    },
+  };
+}
 
 /**
  * Throws `error` as an uncaught exception from a fresh tick. Never throw out of the koffi poll

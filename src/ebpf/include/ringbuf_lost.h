@@ -74,4 +74,17 @@ static __always_inline long ringbuf_output_or_count_flags(void *ring, void *lost
 #define ringbuf_output_or_count(ring, lost_map, data, size) \
 	ringbuf_output_or_count_flags((ring), (lost_map), (void *)(data), (size), 0)
 
+/* The wakeup flags for a record about to be submitted: wake the reader only once `wakeup_bytes`
+ * wait in the ring. A wakeup per record costs the producing CPU microseconds (irq_work, then the
+ * reader's context switch), which at connection-setup rates is most of a packet's cost; a reader
+ * of such a ring also drains on a timer (ringbuf.ts, option `drainIntervalMs`), which bounds how
+ * long a lone record waits. */
+static __always_inline __u64 ringbuf_batched_wakeup(void *ring, __u64 wakeup_bytes)
+{
+	return bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
+#define ringbuf_submit_batched(ring, record, wakeup_bytes) \
+	bpf_ringbuf_submit((record), ringbuf_batched_wakeup((ring), (wakeup_bytes)))
+
 #endif /* CILIATE_RINGBUF_LOST_H */

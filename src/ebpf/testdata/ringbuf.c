@@ -34,6 +34,8 @@ struct {
 // Discard (reserve, then bpf_ringbuf_discard) every record whose seq % discard_every ==
 // discard_every - 1; 0 disables it. Lets the test see DISCARD-flagged records skipped.
 volatile const __u32 discard_every = 0;
+// Non-zero: rb_reserve wakes the reader only once this many bytes wait (ringbuf_submit_batched).
+volatile const __u64 wakeup_bytes = 0;
 // Bytes per record of rb_output, to exercise lengths that are not a multiple of 8.
 volatile const __u32 output_size = 64;
 
@@ -61,6 +63,8 @@ int rb_reserve(struct __sk_buff *skb)
 		rec->fill[i] = n * 8 + i;
 	if (discard_every && n % discard_every == discard_every - 1)
 		bpf_ringbuf_discard(rec, 0);
+	else if (wakeup_bytes)
+		ringbuf_submit_batched(&events, rec, wakeup_bytes);
 	else
 		bpf_ringbuf_submit(rec, 0);
 	return TC_ACT_OK;
