@@ -1,5 +1,7 @@
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { AgentApiError, type Endpoint } from '../src/agent/index.ts';
 import { TestNode, echo, echoServer, inNs, ping, sleep, streamConnection } from './support/cluster.ts';
 
@@ -26,20 +28,25 @@ test('pods on one node reach each other and their node over ICMP, TCP and UDP', 
   assert.deepEqual(lxc.map((e) => e.value.lxc_id).sort(), [a.endpoint.id, b.endpoint.id].sort());
 });
 
-test('a kill -9 of the agent drops no established connection, and the restarted agent adopts the datapath', async (t) => {
+/**
+ * Two pods with a TCP stream between them; `stop` ends the agent. With no agent the stream keeps
+ * flowing and new traffic passes, and an agent started again adopts the pinned datapath.
+ */
+async function assertDatapathOutlivesAgent(t: TestContext, port: number, stop: (node: TestNode) => Promise<void>): Promise<void> {
   const node = await TestNode.start(t);
   const a = await node.addPod(t);
   const b = await node.addPod(t);
-  await echoServer(t, b.netns, 7001);
-  const stream = streamConnection(t, a.netns, b.endpoint.ipv4, 7001);
+  await echoServer(t, b.netns, port);
+  const stream = streamConnection(t, a.netns, b.endpoint.ipv4, port);
   await sleep(500);
   assert.ok(stream.received() > 0, 'the stream is flowing');
 
-  await node.stopAgent('SIGKILL');
-  const atKill = stream.received();
+  await stop(node);
+  const atStop = stream.received();
   await sleep(600);
-  assert.ok(stream.received() > atKill, 'echoes keep coming with no agent running');
+  assert.ok(stream.received() > atStop, 'echoes keep coming with no agent running');
   assert.ok(await ping(a.netns, b.endpoint.ipv4), 'new traffic flows with no agent running');
+  for (const pod of [a, b]) assert.ok(existsSync(join(node.bpfRoot, 'endpoints', String(pod.endpoint.id))), `endpoint ${pod.endpoint.id}'s pins stay`);
 
   node.log = '';
   await node.startAgent();
@@ -50,7 +57,32 @@ test('a kill -9 of the agent drops no established connection, and the restarted 
   const afterRestart = stream.received();
   await sleep(400);
   assert.ok(stream.alive() && stream.received() > afterRestart, 'the connection survived the restart');
-  assert.ok(await echo(a.netns, 'tcp', b.endpoint.ipv4, 7001), 'new connections work after the restart');
+  assert.ok(await echo(a.netns, 'tcp', b.endpoint.ipv4, port), 'new connections work after the restart');
+}
+
+test('a kill -9 of the agent drops no established connection, and the restarted agent adopts the datapath', async (t) => {
+  await assertDatapathOutlivesAgent(t, 7001, (node) => node.stopAgent('SIGKILL'));
+});
+
+test('SIGTERM stops the agent promptly and cleanly, leaving the datapath for the next agent to adopt', async (t) => {
+  await assertDatapathOutlivesAgent(t, 7002, async (node) => {
+    const agent = node.agent!;
+    const exited = new Promise<[number | null, NodeJS.Signals | null]>((resolve) => agent.once('exit', (code, signal) => resolve([code, signal])));
+    const sent = performance.now();
+    agent.kill('SIGTERM');
+    // Raced against a timer, so an agent that never exits fails here rather than at the test timeout.
+    const status = await Promise.race([exited, sleep(10_000).then(() => undefined)]);
+    const stopMs = performance.now() - sent;
+    assert.ok(status, `the agent exits after SIGTERM:\n${node.log}`);
+    assert.deepEqual(status, [0, null], `exit status after SIGTERM:\n${node.log}`);
+    assert.ok(stopMs < 5000, `stopped within 5 s (took ${Math.round(stopMs)} ms)`);
+    const lines = node.log.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as { level: number; msg: string; signal?: string; node?: string });
+    const stopping = lines.find((line) => line.msg === 'stopping; the datapath stays in place');
+    assert.ok(stopping, `a structured "stopping" line:\n${node.log}`);
+    assert.deepEqual([stopping.level, stopping.signal, stopping.node], [30, 'SIGTERM', 'n1']);
+    assert.deepEqual(lines.filter((line) => line.level >= 50).map((line) => line.msg), [], 'no error logged while stopping');
+    assert.equal(existsSync(node.socket), false, 'the API socket is removed');
+  });
 });
 
 test('bad endpoint requests get clear errors and leave nothing half-created', async (t) => {

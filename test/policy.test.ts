@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
-import { TestNode, Underlay, echoServer, probeTcp, ROOT, type AgentOptions } from './support/cluster.ts';
+import { TestNode, Underlay, echoServer, httpRequest, httpServer, probeTcp, ROOT, type AgentOptions } from './support/cluster.ts';
 
 const POLICIES = join(import.meta.dirname, 'policies');
 const CLI = join(ROOT, 'src', 'cli', 'main.ts');
@@ -20,15 +20,18 @@ async function starWars(t: Parameters<typeof TestNode.start>[0], nodes: TestNode
   const deathstar = await first.addPod(t, 'deathstar', { org: 'empire', class: 'deathstar' });
   const tiefighter = await second.addPod(t, 'tiefighter', { org: 'empire', class: 'tiefighter' });
   const xwing = await second.addPod(t, 'xwing', { org: 'alliance', class: 'xwing' });
-  await echoServer(t, deathstar.netns, 80, 81);
+  // As in Cilium's getting-started guide: the Death Star serves HTTP on 80 (81 stays a TCP echo).
+  await httpServer(t, deathstar.netns, 80, { 'POST /v1/request-landing': 'Ship landed' });
+  await echoServer(t, deathstar.netns, 81);
   const ds = deathstar.endpoint.ipv4;
-  return { deathstar, tiefighter, xwing, port80: `${ds}:80`, port81: `${ds}:81` };
+  return { deathstar, tiefighter, xwing, port80: `${ds}:80`, port81: `${ds}:81`, landing: `http://${ds}/v1/request-landing` };
 }
 
 test("Star Wars: rule1 lets only the Empire reach the Death Star on 80/TCP; trace explains it; a bad policy changes nothing", async (t) => {
   const node = await TestNode.start(t);
-  const { tiefighter, xwing, port80, port81 } = await starWars(t, [node]);
+  const { tiefighter, xwing, port80, port81, landing } = await starWars(t, [node]);
   assert.deepEqual(await probeTcp(xwing.netns, [port80, port81]), { [port80]: true, [port81]: true }, 'no policy: everyone lands');
+  assert.deepEqual(await httpRequest(xwing.netns, 'POST', landing), { status: 200, body: 'Ship landed\n' }, 'no policy: the xwing lands too');
 
   const imported = await cli(node, 'policy', 'import', join(POLICIES, 'starwars-rule1.yaml'));
   assert.equal(imported.code, 0, imported.stderr);
@@ -39,6 +42,8 @@ test("Star Wars: rule1 lets only the Empire reach the Death Star on 80/TCP; trac
 
   assert.deepEqual(await probeTcp(tiefighter.netns, [port80, port81]), { [port80]: true, [port81]: false }, 'tiefighter: 80 only');
   assert.deepEqual(await probeTcp(xwing.netns, [port80, port81]), { [port80]: false, [port81]: false }, 'xwing: nothing');
+  assert.deepEqual(await httpRequest(tiefighter.netns, 'POST', landing), { status: 200, body: 'Ship landed\n' }, 'the tiefighter lands');
+  assert.deepEqual(await httpRequest(xwing.netns, 'POST', landing), { error: 'timeout' }, 'the xwing\'s request times out');
 
   // Every decision is an event; a verdict names the rule that decided it.
   const events = (await cli(node, 'monitor', '--last', '500', '-o', 'json')).stdout.trim().split('\n').map((l) => JSON.parse(l) as { kind: string; summary: string; rule?: string; dropReason?: string; srcIdentity: number; event: { allowed?: boolean; directionName?: string } });

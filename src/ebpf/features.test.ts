@@ -37,6 +37,7 @@ describe('features', { skip: !isRoot && 'needs root' }, () => {
       ['ringbuf', MapType.RINGBUF],
       ['percpu_hash', MapType.PERCPU_HASH],
       ['percpu_array', MapType.PERCPU_ARRAY],
+      ['lru_percpu_hash', MapType.LRU_PERCPU_HASH],
       ['hash_of_maps', MapType.HASH_OF_MAPS],
       ['array_of_maps', MapType.ARRAY_OF_MAPS],
       // Needs BTF key/value ids: proves the probe's own BTF blob loads.

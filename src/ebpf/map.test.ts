@@ -163,6 +163,33 @@ test('per-CPU hash and array hold one value per possible CPU', (t) => {
   for (const [key, perCpu] of entries) assert.deepEqual(read.get(key), perCpu);
 });
 
+test('LRU per-CPU hash: one value per CPU, and writing past max_entries evicts old keys', (t) => {
+  const cpus = possibleCpus();
+  const values = (key: number) => Array.from({ length: cpus }, (_, cpu) => BigInt(key) * 1000n + BigInt(cpu));
+  const max = 256;
+  const map = create(t, { type: MapType.LRU_PERCPU_HASH, keySize: 4, valueSize: 8, maxEntries: max, name: 'lrupc' }, u32, u64);
+  assert.equal(map.isPerCpu, true);
+  assert.equal(map.info().type, MapType.LRU_PERCPU_HASH);
+  assert.throws(() => map.update(1, 1n), hasCode('ERR_INVALID_ARGUMENT'), 'single-value calls are refused here too');
+
+  map.updatePerCpu(1, values(1));
+  assert.deepEqual(map.lookupPerCpu(1), values(1), 'each CPU keeps its own value');
+  assert.throws(() => map.updatePerCpu(1, values(1), UpdateFlag.NOEXIST), hasCode('ERR_KEY_EXIST'));
+  assert.equal(map.delete(1), true);
+  assert.equal(map.lookupPerCpu(1), undefined);
+
+  // Unlike a plain hash (ERR_MAP_FULL), an LRU map makes room by evicting the least recently used.
+  const total = max * 4;
+  for (let key = 0; key < total; key++) map.updatePerCpu(key, values(key));
+  const keys = once(map.keys(), 'LRU per-CPU keys');
+  assert.ok(keys.size > 0 && keys.size <= max, `at most max_entries keys (${keys.size})`);
+  const entries = new Map(map.entriesPerCpu());
+  assert.deepEqual(new Set(entries.keys()), keys);
+  for (let key = total - 16; key < total; key++) assert.deepEqual(map.lookupPerCpu(key), values(key), `recent key ${key} kept`);
+  assert.equal(map.lookupPerCpu(0), undefined, 'the oldest key was evicted');
+  for (const [key, perCpu] of entries) assert.deepEqual(perCpu, values(key), `key ${key}: no CPU slot mixed up by eviction`);
+});
+
 test('hash-of-maps and array-of-maps: inner maps set by fd, looked up as ids', (t) => {
   const innerSpec = { type: MapType.ARRAY, keySize: 4, valueSize: 8, maxEntries: 4 } as const;
   const template = create(t, { ...innerSpec, name: 'tmpl' }, u32, u64);

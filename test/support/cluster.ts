@@ -230,15 +230,53 @@ for (const port of ports) {
 `;
 
 /** TCP and UDP echo servers on `ports` inside the namespace; stopped at test end. */
-export async function echoServer(t: TestContext, netns: string, ...ports: number[]): Promise<void> {
-  const server = spawnInNs(netns, process.execPath, ['-e', ECHO_SERVER, ...ports.map(String)]);
+export function echoServer(t: TestContext, netns: string, ...ports: number[]): Promise<void> {
+  return serveInNs(t, netns, 'echo server', ECHO_SERVER, ports.map(String));
+}
+
+/** Runs a node script that prints one line once it listens; resolves then, kills it at test end. */
+async function serveInNs(t: TestContext, netns: string, what: string, script: string, args: string[]): Promise<void> {
+  const server = spawnInNs(netns, process.execPath, ['-e', script, ...args]);
   t.after(() => {
     server.kill('SIGKILL');
   });
   await new Promise<void>((resolve, reject) => {
     server.stdout?.once('data', () => resolve());
-    server.once('exit', (code) => reject(new Error(`echo server exited with ${code}`)));
+    server.once('exit', (code) => reject(new Error(`${what} exited with ${code}`)));
   });
+}
+
+const HTTP_SERVER = `
+const http = require('node:http');
+const [port, routes] = process.argv.slice(1);
+const answers = JSON.parse(routes);
+http.createServer((req, res) => {
+  req.resume();
+  const body = answers[req.method + ' ' + req.url];
+  if (body === undefined) res.writeHead(404).end();
+  else res.end(body + '\\n');
+}).listen(Number(port), '0.0.0.0', () => console.log('ready'));
+`;
+
+/**
+ * An HTTP server on `port` inside the namespace answering 200 with a body to each
+ * `"METHOD /path"` of `routes` and 404 to anything else; stopped at test end.
+ */
+export function httpServer(t: TestContext, netns: string, port: number, routes: Record<string, string>): Promise<void> {
+  return serveInNs(t, netns, 'HTTP server', HTTP_SERVER, [String(port), JSON.stringify(routes)]);
+}
+
+const HTTP_CLIENT = `
+const [method, url, timeoutMs] = process.argv.slice(1);
+fetch(url, { method, signal: AbortSignal.timeout(Number(timeoutMs)) }).then(
+  async (res) => console.log(JSON.stringify({ status: res.status, body: await res.text() })),
+  (error) => console.log(JSON.stringify({ error: error.name === 'TimeoutError' ? 'timeout' : String(error.cause?.code ?? error.message) })),
+);
+`;
+
+/** One HTTP request from inside `netns`: the status and body, or the error ('timeout' when nothing answered). */
+export async function httpRequest(netns: string, method: string, url: string, timeoutMs = 1500): Promise<{ status?: number; body?: string; error?: string }> {
+  return JSON.parse(await inNs(netns, process.execPath, ['-e', HTTP_CLIENT, method, url, String(timeoutMs)], timeoutMs + 10_000)) as { status?: number; body?: string; error?: string };
 }
 
 const ECHO_CLIENT = `
