@@ -17,8 +17,13 @@ compile() {
   "$CLANG" -target bpf -O2 -g -D__TARGET_ARCH_x86 -Wall -Werror -Wno-unused-function \
     -I build/include -I bpf -I bpf/lib -I src/ebpf/include -c "$src" -o "$obj"
 }
+pids=()
 for src in bpf/*.c src/ebpf/testdata/*.c; do
   [ -e "$src" ] || continue
   compile "$src" "$out/$(basename "${src%.c}").o" &
+  pids+=($!)
 done
-wait
+# A bare `wait` returns 0 whatever the compilers said: wait for each, so a failed one fails the build.
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+exit $status

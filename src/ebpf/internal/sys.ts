@@ -3,6 +3,9 @@
  * so the rest of the library only sees typed errors.
  * @module
  */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
 import koffi from 'koffi';
 import { errorFromErrno } from '../errors.ts';
 import type { BpfCommand } from './constants.ts';
@@ -27,17 +30,36 @@ const unshareRaw = libc.func('int unshare(int flags)');
 
 export const PAGE_SIZE: number = getpagesize();
 
+/** The Node-API addon built by scripts/build-native.sh: bpf(2) returning the result or -errno. */
+const ADDON_PATH = join(import.meta.dirname, '..', '..', '..', 'build', 'native', 'bpf_syscall.node');
+
+function loadAddon(): ((cmd: number, attr: Buffer, size: number) => number) | undefined {
+  if (!existsSync(ADDON_PATH)) return undefined;
+  return (createRequire(import.meta.url)(ADDON_PATH) as { bpf: (cmd: number, attr: Buffer, size: number) => number }).bpf;
+}
+
+/** bpf(2) through koffi: the result or -errno. */
+export function koffiBpf(cmd: number, attr: Buffer, size: number): number {
+  const ret = Number(syscall3(SYS_BPF, cmd, attr, size));
+  return ret < 0 ? -koffi.errno() : ret;
+}
+
+/** How this process calls bpf(2): the addon when it was built, else koffi (a slower call path). */
+/** bpf(2) through the addon, when it was built: the result or -errno. */
+export const addonBpf = loadAddon();
+export const bpfSyscallPath: 'addon' | 'koffi' = addonBpf ? 'addon' : 'koffi';
+const bpfCall = addonBpf ?? koffiBpf;
+
 /** Calls bpf(2). Throws a typed error naming `context` when the kernel refuses. */
 export function bpf(cmd: BpfCommand, attr: Buffer, context: string, size: number = attr.length): number {
-  const ret = Number(syscall3(SYS_BPF, cmd, attr, size));
-  if (ret < 0) throw errorFromErrno(context, koffi.errno());
+  const ret = bpfCall(cmd, attr, size);
+  if (ret < 0) throw errorFromErrno(context, -ret);
   return ret;
 }
 
 /** Like bpf(), but returns -errno instead of throwing: for hot paths and expected failures. */
 export function bpfRaw(cmd: BpfCommand, attr: Buffer, size: number = attr.length): number {
-  const ret = Number(syscall3(SYS_BPF, cmd, attr, size));
-  return ret < 0 ? -koffi.errno() : ret;
+  return bpfCall(cmd, attr, size);
 }
 
 export function lastErrno(): number {
