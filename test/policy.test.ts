@@ -29,7 +29,7 @@ async function starWars(t: Parameters<typeof TestNode.start>[0], nodes: TestNode
 
 test("Star Wars: rule1 lets only the Empire reach the Death Star on 80/TCP; trace explains it; a bad policy changes nothing", async (t) => {
   const node = await TestNode.start(t);
-  const { tiefighter, xwing, port80, port81, landing } = await starWars(t, [node]);
+  const { deathstar, tiefighter, xwing, port80, port81, landing } = await starWars(t, [node]);
   assert.deepEqual(await probeTcp(xwing.netns, [port80, port81]), { [port80]: true, [port81]: true }, 'no policy: everyone lands');
   assert.deepEqual(await httpRequest(xwing.netns, 'POST', landing), { status: 200, body: 'Ship landed\n' }, 'no policy: the xwing lands too');
 
@@ -39,6 +39,8 @@ test("Star Wars: rule1 lets only the Empire reach the Death Star on 80/TCP; trac
   assert.ok(revision, imported.stdout);
   const waited = await cli(node, 'policy', 'wait', revision);
   assert.equal(waited.code, 0, waited.stderr);
+  const got = JSON.parse((await cli(node, 'endpoint', 'get', String(deathstar.endpoint.id), '-o', 'json')).stdout) as { policyRevision?: number };
+  assert.ok(got.policyRevision !== undefined && got.policyRevision >= Number(revision), `the deathstar enforces ${got.policyRevision}, want ≥ ${revision}`);
 
   assert.deepEqual(await probeTcp(tiefighter.netns, [port80, port81]), { [port80]: true, [port81]: false }, 'tiefighter: 80 only');
   assert.deepEqual(await probeTcp(xwing.netns, [port80, port81]), { [port80]: false, [port81]: false }, 'xwing: nothing');
@@ -123,17 +125,31 @@ test('policy is enforced across two nodes sharing identities and policies throug
   const etcd = await underlay.startEtcd(t);
   const options = (nodeName: string, nodeIp: string): AgentOptions => ({ nodeName, nodeIp, underlay, etcd, routingMode: 'tunnel' });
   const nodes = [await TestNode.start(t, options('n1', '192.168.100.1')), await TestNode.start(t, options('n2', '192.168.100.2'))];
-  const { tiefighter, xwing, port80, port81 } = await starWars(t, nodes);
-  assert.equal((await cli(nodes[1], 'policy', 'import', join(POLICIES, 'starwars-rule1.yaml'))).code, 0, 'imported through the other node');
+  const { deathstar, tiefighter, xwing, port80, port81 } = await starWars(t, nodes);
+  const imported = await cli(nodes[1], 'policy', 'import', join(POLICIES, 'starwars-rule1.yaml'));
+  assert.equal(imported.code, 0, `imported through the other node: ${imported.stderr}`);
+  const revision = Number(/revision: (\d+)/.exec(imported.stdout)?.[1]);
+  assert.ok(revision > 0, imported.stdout);
 
-  // The deathstar's node learns the policy through etcd; wait until it holds there.
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    const listed = JSON.parse((await cli(nodes[0], 'policy', 'list', '-o', 'json')).stdout) as unknown[];
-    if (listed.length === 1) break;
-    assert.ok(Date.now() < deadline, 'the policy reaches the other node');
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
+  // The revision is the store's, so the deathstar's node understands it: the wait returns once
+  // that node has applied the policy from etcd and written the deathstar's map.
+  const waited = await cli(nodes[0], 'policy', 'wait', String(revision), '--timeout', '20');
+  assert.equal(waited.code, 0, waited.stderr);
+  assert.match(waited.stdout, new RegExp(`revision ${revision} enforced`));
+  assert.deepEqual((JSON.parse((await cli(nodes[0], 'policy', 'list', '-o', 'json')).stdout) as { key: string }[]).map((r) => r.key), ['CiliumNetworkPolicy/default/rule1']);
+  const endpoints = JSON.parse((await cli(nodes[0], 'endpoint', 'list', '-o', 'json')).stdout) as { id: number; policyRevision?: number }[];
+  const enforced = endpoints.find((ep) => ep.id === deathstar.endpoint.id)?.policyRevision;
+  assert.ok(enforced !== undefined && enforced >= revision, `the deathstar reports revision ${enforced}, want ≥ ${revision}`);
+  const table = (await cli(nodes[0], 'endpoint', 'list')).stdout.split('\n');
+  assert.match(table[0], /^ID +IDENTITY +POLICY REVISION +IPV4/);
+  assert.match(table.find((l) => l.startsWith(`${deathstar.endpoint.id} `)) ?? '', new RegExp(`^${deathstar.endpoint.id} +${deathstar.endpoint.identity} +${enforced} `));
+
   assert.deepEqual(await probeTcp(tiefighter.netns, [port80, port81]), { [port80]: true, [port81]: false });
   assert.deepEqual(await probeTcp(xwing.netns, [port80, port81]), { [port80]: false, [port81]: false });
+
+  // The importing node understands its own revision; one not written yet times out.
+  assert.equal((await cli(nodes[1], 'policy', 'wait', String(revision))).code, 0);
+  const future = await cli(nodes[0], 'policy', 'wait', String(revision + 1_000_000), '--timeout', '0.3');
+  assert.notEqual(future.code, 0);
+  assert.match(future.stderr, new RegExp(`policy revision ${revision + 1_000_000} not enforced within 300 ms`));
 });

@@ -18,6 +18,8 @@ import { readBpfState } from './bpf-state.ts';
 import { Ipcache } from './ipcache.ts';
 import { ClusterWatcher } from './cluster.ts';
 import { PolicyManager } from './policy-manager.ts';
+import { IdentityGc } from './identity-gc.ts';
+import type { Endpoint } from './endpoint.ts';
 import { registerPolicyRoutes } from './policy-api.ts';
 import { Monitor, type MonitorEvent } from './monitor.ts';
 import { ruleKey } from '../policy/index.ts';
@@ -38,6 +40,12 @@ export interface NodeRecord {
   agentVersion: string;
   startedAt: string;
 }
+
+/** An endpoint as the API shows it: the record plus the policy revision its map enforces. */
+export type EndpointView = Endpoint & {
+  /** Store revision of the policy state the endpoint's map holds (see `policy wait`). */
+  policyRevision?: number;
+};
 
 const AddEndpointBody = z
   .object({
@@ -67,6 +75,7 @@ export class Agent {
   #policyMaps: EndpointPolicyMaps | undefined;
   #policy: PolicyManager | undefined;
   #monitor: Monitor | undefined;
+  #identityGc: IdentityGc | undefined;
   readonly #api: ApiServer;
 
   constructor(config: AgentConfig, log: Logger) {
@@ -215,6 +224,21 @@ export class Agent {
       stop: () => this.#endpoints?.stop(),
     });
     this.#lifecycle.append({
+      // After the endpoints: a restarted agent has re-taken its references by then (collecting
+      // before would be safe too, as the previous run's refs are still in the store).
+      name: 'identity-gc',
+      start: () => {
+        this.#identityGc = new IdentityGc({
+          identities: this.#identities!,
+          intervalMs: config.identityGcInterval * 1000,
+          gracePeriodMs: config.identityGcGracePeriod * 1000,
+          log: log.child({ module: 'identity-gc' }),
+        });
+        this.#identityGc.start();
+      },
+      stop: () => this.#identityGc?.stop(),
+    });
+    this.#lifecycle.append({
       name: 'cluster',
       start: async () => {
         this.#cluster = new ClusterWatcher({
@@ -253,11 +277,11 @@ export class Agent {
     const api = this.#api;
     api.route('GET', '/v1/healthz', () => ({ ok: true }));
     api.route('GET', '/v1/status', () => this.status());
-    api.route('GET', '/v1/endpoints', () => this.endpoints.list());
+    api.route('GET', '/v1/endpoints', () => this.endpoints.list().map((ep) => this.#endpointView(ep)));
     api.route('GET', '/v1/endpoints/:id', ({ params }) => {
       const endpoint = this.endpoints.get(params.id);
       if (!endpoint) throw new ApiError(404, 'ERR_ENDPOINT_NOT_FOUND', `no endpoint ${params.id}`);
-      return { ...endpoint, datapath: this.endpoints.status(`${endpoint.containerId}/${endpoint.ifname}`) };
+      return { ...this.#endpointView(endpoint), datapath: this.endpoints.status(`${endpoint.containerId}/${endpoint.ifname}`) };
     });
     api.route('POST', '/v1/endpoints', async ({ body }) => {
       const parsed = AddEndpointBody.safeParse(body);
@@ -298,6 +322,10 @@ export class Agent {
     api.route('GET', '/v1/bpf/:map', ({ params }) => readBpfState(this.config.bpfRoot, params.map));
   }
 
+  #endpointView(endpoint: Endpoint): EndpointView {
+    return { ...endpoint, policyRevision: this.#policy?.enforcedRevision(endpoint.id) };
+  }
+
   status() {
     const ipam = this.#ipam?.snapshot();
     return {
@@ -309,6 +337,7 @@ export class Agent {
       ipam: ipam && { podCidr: ipam.cidr, routerIp: ipam.routerIp, used: ipam.used, capacity: ipam.capacity },
       endpoints: this.#endpoints?.list().length ?? 0,
       policy: this.#policy && { revision: this.#policy.revision, rules: this.#policy.list().length },
+      identityGc: this.#identityGc?.status(),
       datapath: { bpfRoot: this.config.bpfRoot, failures: this.#endpoints ? this.#endpoints.failures() : [] },
     };
   }

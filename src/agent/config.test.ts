@@ -42,8 +42,26 @@ test('bad configuration names the source and the field, and never half-applies',
     [{ env: { CILIATE_MASQUERADE: 'sometimes' } }, /environment: field masquerade/],
     [{ flags: { nodeCidrMaskSize: 40 } }, /flags: field nodeCidrMaskSize/],
     [{ flags: { nodeName: 'Not_A_Label' } }, /flags: field nodeName: must be a DNS label/],
+    [{ env: { CILIATE_IDENTITY_GC_INTERVAL: 'often' } }, /environment: field identityGcInterval/],
+    [{ flags: { identityGcInterval: 0.01 } }, /flags: field identityGcInterval: must be 0 \(off\) or at least 0\.1 seconds/],
+    [{ flags: { identityGcGracePeriod: -1 } }, /flags: field identityGcGracePeriod/],
   ];
   for (const [sources, message] of cases) {
     assert.throws(() => loadConfig(sources), (error: unknown) => error instanceof ConfigError && message.test(error.message), String(message));
   }
+});
+
+test('identity garbage collection: every 15 minutes by default, 0 turns it off, from file, environment or flags', (t) => {
+  const defaults = loadConfig();
+  assert.equal(defaults.identityGcInterval, 900);
+  assert.equal(defaults.identityGcGracePeriod, 300);
+  assert.equal(envName('identityGcInterval'), 'CILIATE_IDENTITY_GC_INTERVAL');
+  const file = tempFile(t, 'identityGcInterval: 60\nidentityGcGracePeriod: 10\n');
+  assert.deepEqual(
+    (({ identityGcInterval, identityGcGracePeriod }) => ({ identityGcInterval, identityGcGracePeriod }))(
+      loadConfig({ file, env: { CILIATE_IDENTITY_GC_GRACE_PERIOD: '0' }, flags: { identityGcInterval: 0.5 } }),
+    ),
+    { identityGcInterval: 0.5, identityGcGracePeriod: 0 },
+  );
+  assert.equal(loadConfig({ env: { CILIATE_IDENTITY_GC_INTERVAL: '0' } }).identityGcInterval, 0);
 });

@@ -37,6 +37,19 @@ export const AgentConfigSchema = z
     /** `local`: embedded store in stateDir (one node). `etcd`: shared store for several nodes. */
     store: z.enum(['local', 'etcd']).default('local'),
     etcdEndpoints: z.array(z.string().url()).default([]),
+    /**
+     * Seconds between identity garbage-collection passes, which delete cluster-wide identities no
+     * node references any more; 0 turns them off. Every node runs them, and they are safe to run
+     * together: a node's references stay in the store while its agent is down, and the delete
+     * fails if any node takes a reference meanwhile. 15 minutes, as Cilium's identity-gc-interval.
+     */
+    identityGcInterval: z.number().min(0).refine((s) => s === 0 || s >= 0.1, 'must be 0 (off) or at least 0.1 seconds').default(900),
+    /**
+     * Seconds an identity is kept after its last reference went, so a pod re-created with the
+     * same labels (a rollout, a restart) gets its number back instead of a policy recomputation
+     * on every node.
+     */
+    identityGcGracePeriod: z.number().min(0).default(300),
     logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info'),
   })
   .strict();

@@ -3,7 +3,7 @@
  * client the CLI and the CNI plugin use to talk to it.
  * @module
  */
-export { Agent, VERSION, HOST_DEVICE, type NodeRecord } from './agent.ts';
+export { Agent, VERSION, HOST_DEVICE, type EndpointView, type NodeRecord } from './agent.ts';
 export { AgentConfigSchema, ConfigError, loadConfig, envName, type AgentConfig, type ConfigSources } from './config.ts';
 export { AgentClient, AgentApiError, DEFAULT_SOCKET } from './client.ts';
 export { runAgent, createLogger } from './run.ts';

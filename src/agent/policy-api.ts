@@ -83,16 +83,21 @@ export function registerPolicyRoutes(api: ApiServer, policy: () => PolicyManager
     revision: policy().revision,
     endpoints: Object.fromEntries(policy().enforcedRevisions()),
   }));
-  api.route('GET', '/v1/policy/wait', async ({ query }) => {
+  // The revision is a store revision, so one an import on another node returned works here too:
+  // this node answers once it has applied the store's policy and identity changes up to it.
+  api.route('GET', '/v1/policy/wait', async ({ query, signal }) => {
     const revision = Number(query.get('revision'));
     const timeoutMs = Number(query.get('timeoutMs') ?? 30_000);
-    if (!Number.isInteger(revision) || revision < 0) throw new ApiError(400, 'ERR_BAD_REQUEST', 'policy wait: revision must be a non-negative integer');
-    const deadline = Date.now() + timeoutMs;
-    while (!policy().enforces(revision)) {
-      if (Date.now() > deadline) {
-        throw new ApiError(504, 'ERR_TIMEOUT', `policy revision ${revision} not enforced by every endpoint within ${timeoutMs} ms (current ${policy().revision})`);
-      }
-      await new Promise((resolve) => setTimeout(resolve, 10));
+    if (!Number.isSafeInteger(revision) || revision < 0) throw new ApiError(400, 'ERR_BAD_REQUEST', 'policy wait: revision must be a non-negative integer');
+    if (!Number.isFinite(timeoutMs) || timeoutMs < 0) throw new ApiError(400, 'ERR_BAD_REQUEST', 'policy wait: timeoutMs must be a non-negative number');
+    if (!(await policy().waitFor(revision, timeoutMs, signal))) {
+      const lagging = policy().lagging(revision);
+      const { policies, identities } = policy().progress();
+      throw new ApiError(
+        504,
+        'ERR_TIMEOUT',
+        `policy revision ${revision} not enforced within ${timeoutMs} ms (this node has applied policies up to revision ${policies} and identities up to ${identities}${lagging.length > 0 ? `; the maps of endpoints ${lagging.join(', ')} failed to update` : ''})`,
+      );
     }
     return { revision: policy().revision, enforced: true };
   });

@@ -2,8 +2,12 @@
  * Network policy on one node: policies live in the shared store (every node enforces the same
  * rules), identities come from the allocator, and the policy engine turns both into per-endpoint
  * map entries. Every change — a policy, an identity, an endpoint — reaches the kernel as the
- * diff it causes, never as a rewrite. The engine's revision counts changes; an endpoint enforces
- * a revision once its diff is in its map.
+ * diff it causes, never as a rewrite.
+ *
+ * The policy revision is a store revision, so it means the same on every node: an import on one
+ * node answers with its transaction's revision, and another node enforces that revision once it
+ * has applied every policy and identity change of the store up to it and written its endpoints'
+ * maps. (The engine's own revision is a node-local change counter and is not shown.)
  * @module
  */
 import type { Logger } from 'pino';
@@ -25,7 +29,7 @@ import {
   type TraceQuery,
   type TraceResult,
 } from '../policy/index.ts';
-import { StoreError, type StateStore, type WatchEvent } from '../store/index.ts';
+import { StoreError, type StateStore, type StoreWatch, type WatchEvent } from '../store/index.ts';
 import type { Ipcache } from './ipcache.ts';
 
 /** The per-endpoint policy maps (src/datapath implements it). */
@@ -48,8 +52,46 @@ export function labelMap(labels: Labels): Record<string, string> {
 export interface ImportResult {
   /** Rule keys written (kind/namespace/name[#i]). */
   rules: string[];
-  /** The policy revision once this node enforces them. */
+  /** The store revision of the write: `policy wait` takes it on any node. This node enforces it. */
   revision: number;
+}
+
+/** How often a wait compares store listings with what this node applied (see #catchUp). */
+const CATCH_UP_INTERVAL_MS = 100;
+const WAIT_POLL_MS = 20;
+
+/**
+ * A watch's events grouped by revision: one transaction's writes arrive as one batch, so a
+ * multi-document import is applied (and counted as applied) whole. Both stores hand a revision's
+ * events to the watcher in one synchronous go (the local store when it commits; etcd in one watch
+ * response), so a batch ends at an event of another revision or when nothing more is queued.
+ */
+export async function* watchByRevision<T>(watch: StoreWatch<T>): AsyncGenerator<WatchEvent<T>[], void, undefined> {
+  const nothingQueued = Symbol('nothing queued');
+  let pending: Promise<IteratorResult<WatchEvent<T>, undefined>> | undefined;
+  let batch: WatchEvent<T>[] = [];
+  for (;;) {
+    pending ??= watch.next();
+    // A queued event's promise is already settled and so wins the race against the marker
+    // (reactions run in the order they were registered); an empty queue loses, and its promise
+    // stays pending for the next round.
+    const result = batch.length === 0 ? await pending : await Promise.race([pending, Promise.resolve(nothingQueued)]);
+    if (result === nothingQueued) {
+      yield batch;
+      batch = [];
+      continue;
+    }
+    pending = undefined;
+    if (result.done) {
+      if (batch.length > 0) yield batch;
+      return;
+    }
+    if (batch.length > 0 && result.value.revision !== batch[0].revision) {
+      yield batch;
+      batch = [];
+    }
+    batch.push(result.value);
+  }
 }
 
 export class PolicyManager {
@@ -62,13 +104,19 @@ export class PolicyManager {
   readonly #abort = new AbortController();
   #unsubscribe: (() => void) | undefined;
   #loop: Promise<void> | undefined;
-  /** Store revision the engine has applied up to. */
+  /** Store revision up to which every policy change is in the engine and the maps. */
   #appliedStoreRevision = 0;
   #storeWaiters: { revision: number; resolve: () => void }[] = [];
+  /** Store key → modRevision of every rule applied: what #catchUp compares a listing with. */
+  readonly #ruleRevisions = new Map<string, number>();
   /** CIDR prefixes the current rules use, with the identity allocated for each. */
   readonly #cidrs = new Map<string, number>();
-  /** Policy revision each endpoint enforces. */
-  readonly #enforced = new Map<number, number>();
+  /**
+   * Endpoints whose map write failed, with the last revision they fully enforced. Later diffs
+   * build on what the engine believes the map holds, so such a map stays wrong (and its revision
+   * stays put) until the endpoint is added again, which rewrites it from the kernel's content.
+   */
+  readonly #failedAt = new Map<number, number>();
 
   constructor(options: { store: StateStore; identities: IdentityAllocator; ipcache: Ipcache; maps: EndpointPolicyDatapath; log: Logger }) {
     this.#store = options.store;
@@ -78,8 +126,9 @@ export class PolicyManager {
     this.#log = options.log;
   }
 
+  /** The policy revision this node has applied: a store revision. */
   get revision(): number {
-    return this.engine.revision;
+    return this.#appliedStoreRevision;
   }
 
   async start(): Promise<void> {
@@ -90,11 +139,12 @@ export class PolicyManager {
     });
     const { revision, entries } = await this.#store.list<PolicyRule>(POLICY_PREFIX);
     this.#applyRules(entries.map((e) => e.value), []);
+    for (const entry of entries) this.#ruleRevisions.set(entry.key, entry.modRevision);
     this.#appliedStoreRevision = revision;
     const watch = this.#store.watch<PolicyRule>(POLICY_PREFIX, { afterRevision: revision, signal: this.#abort.signal });
     this.#loop = (async () => {
       try {
-        for await (const event of watch) this.#onEvent(event);
+        for await (const batch of watchByRevision(watch)) this.#onBatch(batch);
       } catch (error) {
         if (!this.#abort.signal.aborted) this.#log.error({ err: error, compacted: StoreError.is(error, 'ERR_STORE_COMPACTED') }, 'policy watch ended; policies are stale');
       }
@@ -107,16 +157,45 @@ export class PolicyManager {
     await this.#loop;
   }
 
-  #onEvent(event: WatchEvent<PolicyRule>): void {
-    if (event.type === 'put') this.#applyRules([event.value], []);
-    else this.#applyRules([], [event.key.slice(POLICY_PREFIX.length)]);
-    this.#appliedStoreRevision = event.revision;
+  /** One store revision's policy changes: applied together, then the revision counts as applied. */
+  #onBatch(events: WatchEvent<PolicyRule>[]): void {
+    const upserts: PolicyRule[] = [];
+    const deletes: string[] = [];
+    for (const event of events) {
+      if (event.type === 'put') {
+        upserts.push(event.value);
+        this.#ruleRevisions.set(event.key, event.revision);
+      } else {
+        deletes.push(event.key.slice(POLICY_PREFIX.length));
+        this.#ruleRevisions.delete(event.key);
+      }
+    }
+    this.#applyRules(upserts, deletes);
+    this.#advance(events[0].revision);
+  }
+
+  #advance(revision: number): void {
+    if (revision <= this.#appliedStoreRevision) return;
+    this.#appliedStoreRevision = revision;
     const waiting = this.#storeWaiters;
     this.#storeWaiters = [];
     for (const waiter of waiting) {
-      if (waiter.revision <= event.revision) waiter.resolve();
+      if (waiter.revision <= revision) waiter.resolve();
       else this.#storeWaiters.push(waiter);
     }
+  }
+
+  /**
+   * The watch moves the applied revision only when a policy changes, while every store write
+   * (endpoints, identities, nodes) raises the store's revision: a revision another node reports
+   * may lie past the last policy change. A fresh listing equal to what this node applied proves
+   * that nothing changed up to the listing's revision.
+   */
+  async #catchUp(): Promise<void> {
+    const { revision, entries } = await this.#store.list<PolicyRule>(POLICY_PREFIX);
+    if (revision <= this.#appliedStoreRevision) return;
+    if (entries.length !== this.#ruleRevisions.size) return;
+    if (entries.every((e) => this.#ruleRevisions.get(e.key) === e.modRevision)) this.#advance(revision);
   }
 
   #applyRules(upserts: PolicyRule[], deletes: string[]): void {
@@ -153,12 +232,11 @@ export class PolicyManager {
     for (const [endpointId, diff] of update.endpoints) {
       try {
         this.#maps.apply(endpointId, diff);
-        this.#enforced.set(endpointId, update.revision);
       } catch (error) {
-        this.#log.error({ err: error, endpoint: endpointId, revision: update.revision }, 'writing policy map failed');
+        if (!this.#failedAt.has(endpointId)) this.#failedAt.set(endpointId, this.#appliedStoreRevision);
+        this.#log.error({ err: error, endpoint: endpointId, revision: this.#appliedStoreRevision }, 'writing policy map failed; the endpoint stays at its last revision until it is added again');
       }
     }
-    for (const id of this.engine.endpointIds()) if (!update.endpoints.has(id)) this.#enforced.set(id, update.revision);
   }
 
   /** Before an endpoint's programs are attached: its map exists and holds its policy. */
@@ -166,41 +244,42 @@ export class PolicyManager {
     this.#maps.ensure(endpointId);
     const installed = this.#maps.entries(endpointId);
     const update = this.engine.upsertEndpoint(endpointId, labelMap(labels));
-    if (installed.length === 0) {
+    if (installed.length === 0 && !this.#failedAt.has(endpointId)) {
       this.#apply(update);
       return;
     }
-    // Adopting a map a previous agent filled: write only what differs from what the kernel holds.
+    // Adopting a map a previous agent filled, or one a failed write left behind: write only what
+    // differs from what the kernel holds.
     const have = new Map(installed.map((e) => [policyKeyString(e.key), { ...e, ruleKeys: [] }]));
     const want = this.engine.endpointPolicy(endpointId)?.entries ?? new Map();
     this.#maps.apply(endpointId, diffEntries(have, want));
-    this.#enforced.set(endpointId, update.revision);
+    this.#failedAt.delete(endpointId);
   }
 
   removeEndpoint(endpointId: number): void {
     this.#apply(this.engine.deleteEndpoint(endpointId));
-    this.#enforced.delete(endpointId);
+    this.#failedAt.delete(endpointId);
     this.#maps.remove(endpointId);
   }
 
   /**
    * Validates every document first (nothing is written if one is bad), then writes all rules in
-   * one store transaction, and resolves once this node enforces them.
+   * one store transaction, and resolves once this node's maps hold them.
    */
   async import(yaml: string, file: string): Promise<ImportResult> {
     const rules = parsePolicyYaml(yaml, { file });
     const { revision } = await this.#store.transaction(rules.map((rule) => ({ type: 'put' as const, key: `${POLICY_PREFIX}${ruleKey(rule)}`, value: rule })));
     await this.#storeApplied(revision);
-    return { rules: rules.map(ruleKey), revision: this.engine.revision };
+    return { rules: rules.map(ruleKey), revision };
   }
 
   /** Deletes a policy by kind/namespace/name (all of its specs), or one rule key. */
   async delete(key: string): Promise<{ deleted: string[]; revision: number }> {
     const keys = this.engine.rules().map(ruleKey).filter((k) => k === key || k.startsWith(`${key}#`) || policyKey(this.#rule(k)!) === key);
-    if (keys.length === 0) return { deleted: [], revision: this.engine.revision };
+    if (keys.length === 0) return { deleted: [], revision: this.#appliedStoreRevision };
     const { revision } = await this.#store.transaction(keys.map((k) => ({ type: 'delete' as const, key: `${POLICY_PREFIX}${k}` })));
     await this.#storeApplied(revision);
-    return { deleted: keys, revision: this.engine.revision };
+    return { deleted: keys, revision };
   }
 
   #rule(key: string): PolicyRule | undefined {
@@ -220,14 +299,58 @@ export class PolicyManager {
     return tracePolicy(this.engine, query);
   }
 
-  /** Policy revision each endpoint enforces. */
-  enforcedRevisions(): Map<number, number> {
-    return new Map(this.#enforced);
+  /** The policy revision an endpoint enforces; undefined for an endpoint policy does not know. */
+  enforcedRevision(endpointId: number): number | undefined {
+    if (this.engine.endpointPolicy(endpointId) === undefined) return undefined;
+    return this.#failedAt.get(endpointId) ?? this.#appliedStoreRevision;
   }
 
-  /** Whether every endpoint enforces `revision` (or later). */
+  /** Policy revision each endpoint enforces. */
+  enforcedRevisions(): Map<number, number> {
+    return new Map(this.engine.endpointIds().map((id) => [id, this.#failedAt.get(id) ?? this.#appliedStoreRevision]));
+  }
+
+  /** Store revisions up to which this node has applied the policy and the identity changes. */
+  progress(): { policies: number; identities: number } {
+    return { policies: this.#appliedStoreRevision, identities: this.#identities.revision };
+  }
+
+  /** Endpoints that do not enforce `revision` (their map writes failed before it). */
+  lagging(revision: number): number[] {
+    return [...this.#failedAt].filter(([, at]) => at < revision).map(([id]) => id);
+  }
+
+  /**
+   * Whether this node enforces `revision`: every policy and identity change of the store up to it
+   * is applied, and every endpoint's map holds the result.
+   */
   enforces(revision: number): boolean {
-    return revision <= this.engine.revision && [...this.#enforced.values()].every((r) => r >= revision);
+    return revision <= this.#appliedStoreRevision && revision <= this.#identities.revision && this.lagging(revision).length === 0;
+  }
+
+  /**
+   * Resolves true once this node enforces `revision` (a store revision from any node), false
+   * after `timeoutMs` or when `signal` aborts.
+   */
+  async waitFor(revision: number, timeoutMs: number, signal?: AbortSignal): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    let nextCatchUp = 0;
+    while (!this.enforces(revision)) {
+      const now = Date.now();
+      if (now >= deadline || signal?.aborted) return false;
+      if (now >= nextCatchUp && (this.#appliedStoreRevision < revision || this.#identities.revision < revision)) {
+        nextCatchUp = now + CATCH_UP_INTERVAL_MS;
+        try {
+          if (this.#appliedStoreRevision < revision) await this.#catchUp();
+          if (this.#identities.revision < revision) await this.#identities.catchUp();
+        } catch (error) {
+          this.#log.warn({ err: error, revision }, 'policy wait: reading the store failed; retrying');
+        }
+        continue;
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.min(WAIT_POLL_MS, deadline - now)));
+    }
+    return true;
   }
 }
 

@@ -3,7 +3,7 @@
  * @module
  */
 import { type Command, Option } from 'commander';
-import { AgentClient, loadConfig, runAgent, type AgentConfig, type Endpoint, type NodeRecord } from '../agent/index.ts';
+import { AgentClient, loadConfig, runAgent, type AgentConfig, type Endpoint, type EndpointView, type NodeRecord } from '../agent/index.ts';
 import { formatTable, outputOption, type OutputFormat } from './output.ts';
 
 function socketOption(): Option {
@@ -30,6 +30,8 @@ export function registerAgentCommands(program: Command): void {
     .option('--store <kind>', 'local (embedded, one node) or etcd (shared by several nodes)')
     .option('--etcd-endpoints <urls>', 'comma-separated etcd client URLs', (v: string) => v.split(',').filter(Boolean))
     .option('--log-level <level>', 'trace, debug, info, warn or error')
+    .option('--identity-gc-interval <seconds>', 'seconds between identity garbage-collection passes (0: off)', Number)
+    .option('--identity-gc-grace-period <seconds>', 'seconds an unreferenced identity is kept before it is collected', Number)
     // Both forms declared, so that leaving them out keeps the file's or environment's setting.
     .option('--masquerade', 'masquerade pod traffic leaving the cluster (default)')
     .option('--no-masquerade', 'do not masquerade pod traffic')
@@ -54,11 +56,19 @@ export function registerAgentCommands(program: Command): void {
     .addOption(socketOption())
     .addOption(outputOption())
     .action(async (options: { socket: string; output: OutputFormat }) => {
-      const endpoints = await new AgentClient(options.socket).get<Endpoint[]>('/v1/endpoints');
+      const endpoints = await new AgentClient(options.socket).get<EndpointView[]>('/v1/endpoints');
       print(options.output, endpoints, () =>
         formatTable(
-          ['ID', 'IDENTITY', 'IPV4', 'INTERFACE', 'CONTAINER', 'POD'],
-          endpoints.map((ep) => [String(ep.id), String(ep.identity), ep.ipv4, ep.hostIfname, ep.containerId.slice(0, 12), ep.podName ? `${ep.namespace ?? 'default'}/${ep.podName}` : '']),
+          ['ID', 'IDENTITY', 'POLICY REVISION', 'IPV4', 'INTERFACE', 'CONTAINER', 'POD'],
+          endpoints.map((ep) => [
+            String(ep.id),
+            String(ep.identity),
+            ep.policyRevision === undefined ? '-' : String(ep.policyRevision),
+            ep.ipv4,
+            ep.hostIfname,
+            ep.containerId.slice(0, 12),
+            ep.podName ? `${ep.namespace ?? 'default'}/${ep.podName}` : '',
+          ]),
         ),
       );
     });
@@ -68,7 +78,7 @@ export function registerAgentCommands(program: Command): void {
     .addOption(socketOption())
     .addOption(outputOption())
     .action(async (id: string, options: { socket: string; output: OutputFormat }) => {
-      const ep = await new AgentClient(options.socket).get<Endpoint & { datapath?: unknown }>(`/v1/endpoints/${encodeURIComponent(id)}`);
+      const ep = await new AgentClient(options.socket).get<EndpointView & { datapath?: unknown }>(`/v1/endpoints/${encodeURIComponent(id)}`);
       print(options.output, ep, () => formatTable(['FIELD', 'VALUE'], Object.entries(ep).map(([k, v]) => [k, typeof v === 'object' ? JSON.stringify(v) : String(v)])));
     });
 

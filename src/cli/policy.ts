@@ -83,7 +83,7 @@ export function registerPolicyCommands(program: Command): void {
 
   policy
     .command('wait <revision>')
-    .description('return once every endpoint on the node enforces the policy revision')
+    .description('return once this node enforces the revision (an import or delete on any node printed it): it has applied the store\'s policy and identity changes up to it, and every endpoint\'s map holds them')
     .option('--timeout <seconds>', 'give up after this long', (v) => Number(v), 30)
     .addOption(socketOption())
     .action(async (revision: string, options: { socket: string; timeout: number }) => {

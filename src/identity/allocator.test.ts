@@ -457,3 +457,27 @@ test('allocator: a label filter option changes which labels count', async (t) =>
   assert.deepEqual(a.labels.toStrings(), ['k8s:app=web', 'k8s:io.kubernetes.pod.namespace=default']);
   assert.equal((await n1.allocate(['app=web', 'tier=back', 'io.kubernetes.pod.namespace=default'])).id, a.id);
 });
+
+test('allocator: revision says up to where the view is complete; catchUp moves it on only when nothing is missing', async (t) => {
+  const store = new MemoryStateStore();
+  t.after(() => store.close());
+  const n1 = node(t, store, 'n1');
+  const n2 = node(t, store, 'n2');
+  await Promise.all([n1.start(), n2.start()]);
+  const web = await n1.allocate(WEB);
+  await until(n2, () => n2.get(web.id) !== undefined, 'n2 to learn the identity');
+  // Writes elsewhere in the store raise its revision without an identity event.
+  await store.put('nodes/n3', { name: 'n3' });
+  assert.ok(n2.revision < store.revision);
+  assert.equal(await n2.catchUp(), store.revision, 'a listing equal to the view proves it current');
+
+  // A view that misses an identity does not move on.
+  await n2.stop();
+  const db = await n1.allocate(['app=db']);
+  const stale = n2.revision;
+  assert.equal(await n2.catchUp(), stale);
+  assert.ok(stale < store.revision);
+  await n2.start();
+  assert.equal(n2.revision, store.revision, 'the re-listing is complete up to its revision');
+  assert.equal(n2.get(db.id)?.labels.canonical, 'k8s:app=db');
+});

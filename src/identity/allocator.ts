@@ -176,6 +176,8 @@ export class IdentityAllocator {
   #listeners = new Set<(change: IdentityChange) => void>();
   #watchAbort: AbortController | undefined;
   #watchLoop: Promise<void> | undefined;
+  /** Store revision the cache is complete up to (a listing's, or the last watch event's). */
+  #syncedRevision = 0;
 
   constructor(options: IdentityAllocatorOptions) {
     validateNodeName(options.nodeName);
@@ -232,6 +234,33 @@ export class IdentityAllocator {
     await this.#watchLoop;
     this.#watchAbort = undefined;
     this.#watchLoop = undefined;
+  }
+
+  /**
+   * The store revision this node's view of cluster-wide identities is complete up to: every
+   * identity created or deleted at or before it is known here and has reached the subscribers.
+   */
+  get revision(): number {
+    return this.#syncedRevision;
+  }
+
+  /**
+   * Moves `revision` up to the store's current revision if the view already holds everything.
+   * The watch only moves it when an identity changes, so after a quiet stretch the view is
+   * current while `revision` lags behind the store (whose revision every write raises). A fresh
+   * listing that equals the view proves it current; while they differ (the watch has not caught
+   * up yet) nothing moves. Returns `revision`.
+   */
+  async catchUp(): Promise<number> {
+    const listing = await this.#store.list<IdentityRecord>(BY_ID_PREFIX);
+    if (listing.revision <= this.#syncedRevision) return this.#syncedRevision;
+    const entries: { id: number; revision: number }[] = [];
+    for (const entry of listing.entries) {
+      const id = idOfByIdKey(entry.key);
+      if (id !== undefined && labelsOfRecord(entry.value) !== undefined) entries.push({ id, revision: entry.modRevision });
+    }
+    if (this.#cache.matches(entries)) this.#syncedRevision = listing.revision;
+    return this.#syncedRevision;
   }
 
   /**
@@ -648,6 +677,7 @@ export class IdentityAllocator {
       if (id !== undefined && labels !== undefined) entries.push({ id, revision: entry.modRevision, labels });
     }
     this.#cache.replace(entries, listing.revision);
+    this.#syncedRevision = Math.max(this.#syncedRevision, listing.revision);
     return listing.revision;
   }
 
@@ -662,6 +692,9 @@ export class IdentityAllocator {
           const id = idOfByIdKey(event.key);
           if (id !== undefined) this.#cache.apply(id, event.revision, event.type === 'put' ? labelsOfRecord(event.value) : undefined);
           after = event.revision;
+          // Everything before this event is in; more of its own transaction may still follow
+          // (catchUp settles that).
+          this.#syncedRevision = Math.max(this.#syncedRevision, after - 1);
           this.#cache.prune(after);
         }
         if (signal.aborted) return;

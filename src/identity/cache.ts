@@ -108,6 +108,21 @@ export class IdentityCache {
     this.prune(revision);
   }
 
+  /**
+   * Whether the live identities are exactly `entries` (id and by-id revision each), i.e. the view
+   * equals a listing of the store. Tombstones do not count: they stand for absent keys.
+   */
+  matches(entries: readonly { readonly id: number; readonly revision: number }[]): boolean {
+    let live = 0;
+    for (const entry of this.#byId.values()) if (entry.identity !== undefined) live++;
+    if (entries.length !== live) return false;
+    for (const e of entries) {
+      const entry = this.#byId.get(e.id);
+      if (entry?.identity === undefined || entry.revision !== e.revision) return false;
+    }
+    return true;
+  }
+
   /** Forgets tombstones at or below `revision`: no event that old can arrive any more. */
   prune(revision: number): void {
     if (this.#tombstones === 0) return;

@@ -52,6 +52,10 @@ export interface AgentOptions {
   underlay?: Underlay;
   clusterCidr?: string;
   nodeCidrMaskSize?: number;
+  /** Seconds between identity garbage-collection passes (the agent's default: 15 minutes). */
+  identityGcInterval?: number;
+  /** Seconds an unreferenced identity is kept. */
+  identityGcGracePeriod?: number;
 }
 
 /** A node: its namespace and its agent. restart() kills the agent (-9 by default) and starts it again. */
@@ -103,6 +107,8 @@ export class TestNode {
     if (this.options.routingMode) args.push('--routing-mode', this.options.routingMode);
     if (this.options.etcd) args.push('--store', 'etcd', '--etcd-endpoints', this.options.etcd.join(','));
     if (this.options.nodeCidrMaskSize) args.push('--node-cidr-mask-size', String(this.options.nodeCidrMaskSize));
+    if (this.options.identityGcInterval !== undefined) args.push('--identity-gc-interval', String(this.options.identityGcInterval));
+    if (this.options.identityGcGracePeriod !== undefined) args.push('--identity-gc-grace-period', String(this.options.identityGcGracePeriod));
     const agent = spawnInNs(this.netns, process.execPath, args);
     this.agent = agent;
     agent.stdout?.on('data', (chunk: Buffer) => (this.log += chunk.toString()));
