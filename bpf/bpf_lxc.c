@@ -73,11 +73,11 @@ int cil_from_container(struct __sk_buff *skb)
 
 	/* New connections: this endpoint's egress policy, then a local destination's ingress
 	 * policy (the packet skips that endpoint's cil_to_container); only then tracked. */
-	ret = policy_enforce4(skb, &info, ENDPOINT_ID, info.dst_identity, CILIATE_POLICY_EGRESS, &tuple);
+	ret = policy_enforce4(skb, &info, ENDPOINT_ID, CILIATE_POLICY_EGRESS, &tuple);
 	if (ret)
 		return ret;
 	if (ep && !(ep->flags & ENDPOINT_F_HOST)) {
-		ret = policy_enforce4(skb, &info, ep->lxc_id, ENDPOINT_IDENTITY, CILIATE_POLICY_INGRESS, &tuple);
+		ret = policy_enforce4(skb, &info, ep->lxc_id, CILIATE_POLICY_INGRESS, &tuple);
 		if (ret)
 			return ret;
 	}
@@ -141,7 +141,7 @@ int cil_to_container(struct __sk_buff *skb)
 	ret = ipv4_parse_and_lookup(skb, &info, CT_INGRESS, &tuple, &tcp_flags);
 	if (ret)
 		return ret;
-	ret = policy_enforce4(skb, &info, ENDPOINT_ID, src_identity, CILIATE_POLICY_INGRESS, &tuple);
+	ret = policy_enforce4(skb, &info, ENDPOINT_ID, CILIATE_POLICY_INGRESS, &tuple);
 	if (ret)
 		return ret;
 	ret = ipv4_ct_commit(skb, &info, CT_INGRESS, src_identity, &tuple, tcp_flags);

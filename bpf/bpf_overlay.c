@@ -82,7 +82,7 @@ int cil_from_overlay(struct __sk_buff *skb)
 	if (ret)
 		return ret;
 	send_trace_notify(skb, &info, TRACE_FROM_OVERLAY);
-	ret = policy_enforce4(skb, &info, ep->lxc_id, info.src_identity, CILIATE_POLICY_INGRESS, &tuple);
+	ret = policy_enforce4(skb, &info, ep->lxc_id, CILIATE_POLICY_INGRESS, &tuple);
 	if (ret)
 		return ret;
 	ret = ipv4_ct_commit(skb, &info, CT_INGRESS, info.src_identity, &tuple, tcp_flags);

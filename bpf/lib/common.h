@@ -2,6 +2,11 @@
 /* Shared basics for Ciliate's BPF programs: packet parsing helpers and constants. */
 #pragma once
 
+/* Packet headers and __sk_buff are ABI, not kernel-internal layouts that move between versions,
+ * so the datapath needs no CO-RE relocations. Without them libbpf need not parse the kernel's
+ * BTF (several MB) on every load, which was most of the user-space cost of loading an
+ * endpoint's programs. */
+#define BPF_NO_PRESERVE_ACCESS_INDEX
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>

@@ -56,13 +56,17 @@ static __always_inline __u16 policy_dport(struct __sk_buff *skb, const struct ip
  * policy-verdict and drop events (DROP_POLICY_DENY for an explicit deny, DROP_POLICY when no
  * entry allows it).
  */
-static __always_inline int policy_enforce4(struct __sk_buff *skb, struct ciliate_notify_info *info, __u32 endpoint_id,
-					   __u32 remote_identity, __u8 direction, const struct ipv4_ct_tuple *tuple)
+__noinline int policy_enforce4(struct __sk_buff *skb, struct ciliate_notify_info *info, __u32 endpoint_id,
+			       __u8 direction, const struct ipv4_ct_tuple *tuple)
 {
 	struct ciliate_policy_decision d;
 	struct ciliate_policy_result res;
+	__u32 remote_identity;
 	void *map;
 
+	if (!info || !tuple)
+		return TC_ACT_SHOT;
+	remote_identity = direction == CILIATE_POLICY_EGRESS ? info->dst_identity : info->src_identity;
 	if (info->reason != CT_NEW)
 		return 0;
 	map = bpf_map_lookup_elem(&ciliate_policy_maps, &endpoint_id);
