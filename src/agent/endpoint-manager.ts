@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { StateStore } from '../store/index.ts';
 import { Reconciler, Table } from '../statedb/index.ts';
-import { ip, ipBatch, linkDetails, NetlinkError } from '../datapath/netlink.ts';
+import { ip, ipBatch, lastShownLink, NetlinkError, type LinkDetails } from '../datapath/netlink.ts';
 import { ApiError } from './api-server.ts';
 import { type Endpoint, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID } from './endpoint.ts';
 import type { Ipcache, IpcacheEntry } from './ipcache.ts';
@@ -20,11 +20,19 @@ export interface EndpointDatapath {
   realize(endpoint: Endpoint): Promise<void> | void;
   /** Removes the endpoint's links, pins and map entries. Idempotent. */
   remove(endpoint: Endpoint): Promise<void> | void;
+  /**
+   * Optional: starts realize()'s slow part (loading programs) early, so it overlaps creating the
+   * interfaces; realize() uses it when the identity still matches.
+   */
+  prepare?(endpoint: { id: number; identity: number }): void;
+  /** Drops what prepare() made for an endpoint that will not be realized. */
+  unprepare?(endpointId: number): void;
 }
 
 /** The policy manager's view of endpoints. */
 export interface EndpointPolicyHooks {
-  addEndpoint(endpointId: number, labels: Labels): void;
+  /** Resolves once the endpoint's policy map holds its policy and is installed for the datapath. */
+  addEndpoint(endpointId: number, labels: Labels): Promise<void>;
   removeEndpoint(endpointId: number): void;
 }
 
@@ -54,6 +62,9 @@ export class EndpointManager {
   readonly #ipam: AddressAllocator;
   readonly #log: Logger;
   readonly #nodeName: string;
+  /** Endpoint ids taken by adds still in progress, before their endpoints reach the table. */
+  readonly #reservedIds = new Set<number>();
+  readonly #datapath: EndpointDatapath;
   /** Keys being added or deleted right now: a second request for the same key waits its turn. */
   readonly #busy = new Map<string, Promise<unknown>>();
 
@@ -82,6 +93,7 @@ export class EndpointManager {
     this.#identities = options.identities;
     this.#policy = options.policy;
     this.#ipam = options.ipam;
+    this.#datapath = options.datapath;
     this.#log = options.log;
     this.#nodeName = options.nodeName;
     this.#reconciler = new Reconciler<Endpoint>({
@@ -109,7 +121,7 @@ export class EndpointManager {
         endpoint = { ...value, identity: id };
         await this.#store.put(this.#storeKey(containerInterfaceKey(value.containerId, value.ifname)), endpoint);
       }
-      this.#policy?.addEndpoint(endpoint.id, securityLabels(endpoint));
+      await this.#policy?.addEndpoint(endpoint.id, securityLabels(endpoint));
       this.table.upsert(endpoint);
       this.#ipcache.upsert(localIpcacheEntry(endpoint));
     }
@@ -166,6 +178,7 @@ export class EndpointManager {
     }
     if (!existsSync(request.netns)) throw new ApiError(400, 'ERR_BAD_NETNS', `network namespace ${request.netns} does not exist`);
     const hostIfname = hostInterfaceName(request.containerId, request.ifname);
+    const id = this.#reserveId();
     const undo: (() => Promise<unknown>)[] = [];
     try {
       const address = await this.#ipam.allocate(key);
@@ -175,12 +188,34 @@ export class EndpointManager {
       const { id: identity } = await this.#identities.allocate(securityLabels({ labels, namespace }));
       undo.push(() => this.#identities.release(identity));
 
-      await ip(['link', 'add', hostIfname, 'type', 'veth', 'peer', 'name', request.ifname, 'netns', request.netns]);
+      // Two `ip` processes make the interfaces, and the slow, synchronous parts of this node's own
+      // work (loading the programs, installing the policy map) run while they do.
+      const hostSetup = ipBatch(
+        [
+          `link add ${hostIfname} type veth peer name ${request.ifname} netns ${request.netns}`,
+          `link set dev ${hostIfname} mtu ${this.#mtu()}`,
+          `link set dev ${hostIfname} up`,
+          `route replace ${address}/32 dev ${hostIfname} scope link`,
+          `link show dev ${hostIfname}`,
+        ],
+        undefined,
+        { json: true },
+      );
+      undo.push(async () => this.#datapath.unprepare?.(id));
+      const prepared = attempt(() => this.#datapath.prepare?.({ id, identity }));
+      let host: LinkDetails;
+      try {
+        host = lastShownLink(await hostSetup, `ip link show ${hostIfname}`);
+      } catch (error) {
+        // Past its first line the batch had created the pair: remove it. (Never on a failed first
+        // line: the name may belong to an interface that is not ours.)
+        if (!(error instanceof NetlinkError && error.failedLine === 1)) undo.push(() => ip(['link', 'del', hostIfname]));
+        throw error;
+      }
       undo.push(() => ip(['link', 'del', hostIfname]));
-      const host = await linkDetails(hostIfname);
-      if (!host) throw new NetlinkError(`ip link show ${hostIfname}`, 'vanished right after creation');
+      if (prepared.error) throw prepared.error;
       const gateway = this.#ipam.gateway;
-      await ipBatch(
+      const podSetup = ipBatch(
         [
           `link set dev lo up`,
           `link set dev ${request.ifname} mtu ${this.#mtu()}`,
@@ -190,15 +225,21 @@ export class EndpointManager {
           `route add default via ${gateway} dev ${request.ifname}`,
           // The gateway answers no ARP (it is no real interface): tell the pod its MAC up front.
           `neigh replace ${gateway} lladdr ${host.mac} dev ${request.ifname} nud permanent`,
+          `link show dev ${request.ifname}`,
         ],
         request.netns,
+        { json: true },
       );
-      await ipBatch([`link set dev ${hostIfname} mtu ${this.#mtu()}`, `link set dev ${hostIfname} up`, `route replace ${address}/32 dev ${hostIfname} scope link`]);
-      const pod = await linkDetails(request.ifname, request.netns);
-      if (!pod) throw new NetlinkError(`ip link show ${request.ifname}`, `not found in ${request.netns}`);
+      // Its policy map is in place before its programs are attached (by the reconciler, below).
+      const policy = Promise.resolve(this.#policy?.addEndpoint(id, securityLabels({ labels, namespace })));
+      undo.push(async () => {
+        await policy.catch(() => undefined);
+        this.#policy?.removeEndpoint(id);
+      });
+      const [pod] = await Promise.all([podSetup.then((out) => lastShownLink(out, `ip link show ${request.ifname} (in ${request.netns})`)), policy]);
 
       const endpoint: Endpoint = {
-        id: this.#nextId(),
+        id,
         containerId: request.containerId,
         ifname: request.ifname,
         netns: request.netns,
@@ -215,8 +256,6 @@ export class EndpointManager {
       };
       await this.#store.put(this.#storeKey(key), endpoint, { expectedRevision: 0 });
       undo.push(() => this.#store.delete(this.#storeKey(key)));
-      this.#policy?.addEndpoint(endpoint.id, securityLabels(endpoint));
-      undo.push(async () => this.#policy?.removeEndpoint(endpoint.id));
       this.#ipcache.upsert(localIpcacheEntry(endpoint));
       undo.push(async () => {
         this.#ipcache.delete(`${endpoint.ipv4}/32`);
@@ -240,6 +279,8 @@ export class EndpointManager {
         }
       }
       throw error;
+    } finally {
+      this.#reservedIds.delete(id);
     }
   }
 
@@ -263,7 +304,7 @@ export class EndpointManager {
         await this.#identities.release(identity);
         throw error;
       }
-      this.#policy?.addEndpoint(updated.id, securityLabels(updated));
+      await this.#policy?.addEndpoint(updated.id, securityLabels(updated));
       this.#ipcache.upsert(localIpcacheEntry(updated));
       const revision = this.table.upsert(updated);
       await Promise.all([this.#reconciler.waitFor(revision), this.#ipcache.synced()]);
@@ -299,10 +340,25 @@ export class EndpointManager {
     return endpoint !== undefined;
   }
 
-  #nextId(): number {
+  /** The lowest id neither in the table nor held by an add in progress (released by that add). */
+  #reserveId(): number {
     const used = new Set([...this.table.all()].map((ep) => ep.id));
-    for (let id = 1; id <= MAX_ENDPOINT_ID; id++) if (!used.has(id)) return id;
+    for (let id = 1; id <= MAX_ENDPOINT_ID; id++) {
+      if (used.has(id) || this.#reservedIds.has(id)) continue;
+      this.#reservedIds.add(id);
+      return id;
+    }
     throw new ApiError(507, 'ERR_ENDPOINTS_EXHAUSTED', `this node already has ${MAX_ENDPOINT_ID} endpoints`);
+  }
+}
+
+/** Runs `work`, keeping what it threw for later: for synchronous work started while a process runs. */
+function attempt(work: () => void): { error?: unknown } {
+  try {
+    work();
+    return {};
+  } catch (error) {
+    return { error };
   }
 }
 

@@ -78,7 +78,7 @@ function allowedPorts(node: Node, endpointId: number, identity: number): number[
 test('a revision an import returned on one node is enforced on another once waitFor returns: rules, identities, maps', async (t) => {
   const store = sharedStore(t);
   const [n1, n2] = [await startNode(t, store, 'n1'), await startNode(t, store, 'n2')];
-  n2.policy.addEndpoint(7, deathstarLabels);
+  await n2.policy.addEndpoint(7, deathstarLabels);
   const tiefighter = await n1.identities.allocate(podLabels({ namespace: 'default', labels: { org: 'empire', class: 'tiefighter' } }));
 
   const imported = await n1.policy.import(RULES, 'inline.yaml');
@@ -96,7 +96,7 @@ test('a revision an import returned on one node is enforced on another once wait
   assert.equal(n2.policy.enforcedRevision(8), undefined, 'an endpoint policy does not know has no revision');
 
   // And back: a delete on the other node, waited for on the first.
-  n1.policy.addEndpoint(3, deathstarLabels);
+  await n1.policy.addEndpoint(3, deathstarLabels);
   const deleted = await n2.policy.delete('CiliumNetworkPolicy/default/rule2');
   assert.deepEqual(deleted.deleted, ['CiliumNetworkPolicy/default/rule2']);
   assert.equal(await n1.policy.waitFor(deleted.revision, 5000), true);
@@ -108,7 +108,7 @@ test('a revision an import returned on one node is enforced on another once wait
 test('a revision past the last policy change is understood through a store listing; one not yet written times out', async (t) => {
   const store = sharedStore(t);
   const [n1, n2] = [await startNode(t, store, 'n1'), await startNode(t, store, 'n2')];
-  n2.policy.addEndpoint(1, deathstarLabels);
+  await n2.policy.addEndpoint(1, deathstarLabels);
   const { revision: imported } = await n1.policy.import(RULES, 'inline.yaml');
   // Writes that are no policy change (nodes, endpoints) raise the store revision too.
   for (let i = 0; i < 3; i++) await store.put(`nodes/other-${i}`, { i });

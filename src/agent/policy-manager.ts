@@ -34,8 +34,11 @@ import type { Ipcache } from './ipcache.ts';
 
 /** The per-endpoint policy maps (src/datapath implements it). */
 export interface EndpointPolicyDatapath {
-  /** Creates (or adopts) the endpoint's policy map and makes it visible to the datapath. */
-  ensure(endpointId: number): unknown;
+  /**
+   * Creates (or adopts) the endpoint's policy map and makes it visible to the datapath, resolving
+   * once it is; entries may be written meanwhile.
+   */
+  install(endpointId: number): Promise<void>;
   apply(endpointId: number, diff: EntriesDiff): void;
   /** What the endpoint's map holds in the kernel (after a restart: what the last agent left). */
   entries(endpointId: number): { key: PolicyKey; deny: boolean; cookie: number }[];
@@ -240,20 +243,25 @@ export class PolicyManager {
   }
 
   /** Before an endpoint's programs are attached: its map exists and holds its policy. */
-  addEndpoint(endpointId: number, labels: Labels): void {
-    this.#maps.ensure(endpointId);
-    const installed = this.#maps.entries(endpointId);
-    const update = this.engine.upsertEndpoint(endpointId, labelMap(labels));
-    if (installed.length === 0 && !this.#failedAt.has(endpointId)) {
-      this.#apply(update);
-      return;
+  async addEndpoint(endpointId: number, labels: Labels): Promise<void> {
+    // The outer map is written off the event loop while the entries go into the inner map.
+    const installing = this.#maps.install(endpointId);
+    try {
+      const installed = this.#maps.entries(endpointId);
+      const update = this.engine.upsertEndpoint(endpointId, labelMap(labels));
+      if (installed.length === 0 && !this.#failedAt.has(endpointId)) {
+        this.#apply(update);
+        return;
+      }
+      // Adopting a map a previous agent filled, or one a failed write left behind: write only what
+      // differs from what the kernel holds.
+      const have = new Map(installed.map((e) => [policyKeyString(e.key), { ...e, ruleKeys: [] }]));
+      const want = this.engine.endpointPolicy(endpointId)?.entries ?? new Map();
+      this.#maps.apply(endpointId, diffEntries(have, want));
+      this.#failedAt.delete(endpointId);
+    } finally {
+      await installing;
     }
-    // Adopting a map a previous agent filled, or one a failed write left behind: write only what
-    // differs from what the kernel holds.
-    const have = new Map(installed.map((e) => [policyKeyString(e.key), { ...e, ruleKeys: [] }]));
-    const want = this.engine.endpointPolicy(endpointId)?.entries ?? new Map();
-    this.#maps.apply(endpointId, diffEntries(have, want));
-    this.#failedAt.delete(endpointId);
   }
 
   removeEndpoint(endpointId: number): void {

@@ -8,7 +8,7 @@
 import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
-import { attachTcx, BpfError, BpfMap, Link, unpinLink, type TcxDirection } from '../ebpf/index.ts';
+import { attachTcx, BpfError, BpfMap, Link, unpinLink, type BpfObject, type TcxDirection } from '../ebpf/index.ts';
 import { LxcProgram, loadLxc } from './lxc.ts';
 import { linkServesInterface } from './pins.ts';
 import { endpointInfo, endpointKey, ipcacheKey, MapName, SHARED_MAPS, remoteEndpointInfo, type EndpointInfo, type RemoteEndpointInfo } from './maps.ts';
@@ -39,6 +39,8 @@ export class EndpointDatapath {
   readonly #log: Logger;
   /** Identity each endpoint's programs were loaded with by this process. */
   readonly #loadedIdentity = new Map<number, number>();
+  /** Objects loaded by prepare() and not yet attached by realize(), by endpoint id. */
+  readonly #prepared = new Map<number, { identity: number; obj: BpfObject }>();
   readonly lxc: BpfMap<{ ip: string }, EndpointInfo>;
   readonly ipcache: BpfMap<{ prefixlen: number; ip: string }, RemoteEndpointInfo>;
 
@@ -63,6 +65,33 @@ export class EndpointDatapath {
     return join(this.bpfRoot, 'endpoints', String(id));
   }
 
+  /**
+   * Loads the endpoint's programs ahead of realize(), which then only attaches them. Loading is
+   * most of an endpoint's datapath cost (the verifier runs per copy); an endpoint manager calls
+   * this while its interface is still being created by other processes, so the two overlap.
+   */
+  prepare(endpoint: Pick<DatapathEndpoint, 'id' | 'identity'>): void {
+    const prepared = this.#prepared.get(endpoint.id);
+    if (prepared?.identity === endpoint.identity) return;
+    this.unprepare(endpoint.id);
+    const obj = loadLxc({ endpointId: endpoint.id, identity: endpoint.identity, pinDir: this.mapsDir });
+    this.#prepared.set(endpoint.id, { identity: endpoint.identity, obj });
+  }
+
+  /** Drops what prepare() loaded for an endpoint that will not be realized after all. */
+  unprepare(endpointId: number): void {
+    this.#prepared.get(endpointId)?.obj.close();
+    this.#prepared.delete(endpointId);
+  }
+
+  #takeLoaded(endpoint: DatapathEndpoint): BpfObject {
+    const prepared = this.#prepared.get(endpoint.id);
+    this.#prepared.delete(endpoint.id);
+    if (prepared?.identity === endpoint.identity) return prepared.obj;
+    prepared?.obj.close();
+    return loadLxc({ endpointId: endpoint.id, identity: endpoint.identity, pinDir: this.mapsDir });
+  }
+
   realize(endpoint: DatapathEndpoint): void {
     const dir = this.#endpointDir(endpoint.id);
     mkdirSync(dir, { recursive: true });
@@ -73,7 +102,7 @@ export class EndpointDatapath {
     const current = attached && (loadedWith === undefined || loadedWith === endpoint.identity);
     let action: 'adopted' | 'replaced' | 'attached' = 'adopted';
     if (!current) {
-      const obj = loadLxc({ endpointId: endpoint.id, identity: endpoint.identity, pinDir: this.mapsDir });
+      const obj = this.#takeLoaded(endpoint);
       try {
         for (const { program, direction, pin } of ATTACHMENTS) {
           if (attached) {
@@ -91,6 +120,8 @@ export class EndpointDatapath {
       } finally {
         obj.close();
       }
+    } else {
+      this.unprepare(endpoint.id);
     }
     this.#loadedIdentity.set(endpoint.id, endpoint.identity);
     const info: EndpointInfo = {
@@ -108,6 +139,7 @@ export class EndpointDatapath {
 
 
   remove(endpoint: DatapathEndpoint): void {
+    this.unprepare(endpoint.id);
     this.#loadedIdentity.delete(endpoint.id);
     const dir = this.#endpointDir(endpoint.id);
     for (const { pin } of ATTACHMENTS) unpinLink(join(dir, pin));
@@ -117,6 +149,7 @@ export class EndpointDatapath {
   }
 
   close(): void {
+    for (const id of [...this.#prepared.keys()]) this.unprepare(id);
     this.lxc.close();
     this.ipcache.close();
   }

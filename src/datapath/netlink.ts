@@ -11,10 +11,14 @@ const execFileAsync = promisify(execFile);
 export class NetlinkError extends Error {
   readonly code = 'ERR_NETLINK';
   readonly command: string;
+  /** For a batch: the 1-based line that failed (the lines before it took effect). */
+  readonly failedLine: number | undefined;
   constructor(command: string, stderr: string) {
     super(`${command}: ${stderr.trim() || 'failed'}`);
     this.name = 'NetlinkError';
     this.command = command;
+    const failed = /Command failed -:(\d+)/.exec(stderr);
+    this.failedLine = failed ? Number(failed[1]) : undefined;
   }
 }
 
@@ -29,16 +33,22 @@ export async function ip(args: readonly string[], netns?: string): Promise<strin
   }
 }
 
-/** Several `ip` commands (one per line, without the leading `ip`) in one process. Stops at the first failure. */
-export function ipBatch(lines: readonly string[], netns?: string): Promise<void> {
-  const [command, argv] = netns ? ['nsenter', [`--net=${netns}`, 'ip', '-batch', '-']] : ['ip', ['-batch', '-']];
+/**
+ * Several `ip` commands (one per line, without the leading `ip`) in one process. Stops at the first
+ * failure. Resolves with what they printed: with `json`, each `show` prints one JSON array per line.
+ */
+export function ipBatch(lines: readonly string[], netns?: string, options: { json?: boolean } = {}): Promise<string> {
+  const ipArgs = [...(options.json ? ['-j'] : []), '-batch', '-'];
+  const [command, argv] = netns ? ['nsenter', [`--net=${netns}`, 'ip', ...ipArgs]] : ['ip', ipArgs];
   return new Promise((resolve, reject) => {
-    const child = spawn(command, argv, { stdio: ['pipe', 'ignore', 'pipe'] });
+    const child = spawn(command, argv, { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
     let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
     child.on('error', (error) => reject(new NetlinkError(`ip -batch${netns ? ` (in ${netns})` : ''}`, error.message)));
     child.on('close', (code) => {
-      if (code === 0) resolve();
+      if (code === 0) resolve(stdout);
       else reject(new NetlinkError(`ip -batch${netns ? ` (in ${netns})` : ''} [${lines.join('; ')}]`, stderr));
     });
     child.stdin.end(`${lines.join('\n')}\n`);
@@ -60,8 +70,28 @@ export async function linkDetails(name: string, netns?: string): Promise<LinkDet
     if (error instanceof NetlinkError && /does not exist|Cannot find device/.test(error.message)) return undefined;
     throw error;
   }
-  const [link] = JSON.parse(out) as { ifindex: number; ifname: string; address: string }[];
-  return link ? { ifindex: link.ifindex, name: link.ifname, mac: link.address } : undefined;
+  return parseLinks(out)[0];
+}
+
+/**
+ * The link a JSON `ip -batch` shows last: batches that create and configure a link end with
+ * `link show dev NAME`, which saves a process per link compared with a separate linkDetails().
+ */
+export function lastShownLink(batchOutput: string, context: string): LinkDetails {
+  const lines = batchOutput.trim().split('\n');
+  const link = parseLinks(lines[lines.length - 1] ?? '')[0];
+  if (!link) throw new NetlinkError(context, `printed no link (${JSON.stringify(batchOutput.slice(0, 200))})`);
+  return link;
+}
+
+function parseLinks(json: string): LinkDetails[] {
+  let links: { ifindex: number; ifname: string; address: string }[];
+  try {
+    links = JSON.parse(json) as typeof links;
+  } catch {
+    return [];
+  }
+  return links.map((link) => ({ ifindex: link.ifindex, name: link.ifname, mac: link.address }));
 }
 
 export async function sysctl(key: string, value: string, netns?: string): Promise<void> {

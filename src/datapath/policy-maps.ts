@@ -54,6 +54,8 @@ export class EndpointPolicyMaps {
   /** ciliate_policy_maps: endpoint id → inner map (lookup returns the inner map's id). */
   readonly outer: BpfMap<number, number>;
   readonly #maps = new Map<number, PolicyBpfMap>();
+  /** Outer-map writes in flight (install()), by endpoint id. */
+  readonly #installing = new Map<number, Promise<void>>();
 
   /** Opens the pinned outer map under `bpfRoot`/maps, creating the node's shared maps if needed. */
   constructor(bpfRoot: string) {
@@ -74,6 +76,27 @@ export class EndpointPolicyMaps {
    * Makes sure the outer map points at it. Idempotent.
    */
   ensure(endpointId: number): PolicyBpfMap {
+    const map = this.#mapFor(endpointId);
+    if (!this.#installing.has(endpointId) && this.outer.lookup(endpointId) !== map.info().id) this.outer.setInnerMap(endpointId, map);
+    return map;
+  }
+
+  /**
+   * ensure() with the outer map written off the event loop: the kernel holds every map-of-maps
+   * update for an RCU grace period, which an endpoint add spends on other work this way. While
+   * it is in flight, ensure() and apply() write into the map without installing it again.
+   */
+  install(endpointId: number): Promise<void> {
+    const map = this.#mapFor(endpointId);
+    const inFlight = this.#installing.get(endpointId);
+    if (inFlight) return inFlight;
+    if (this.outer.lookup(endpointId) === map.info().id) return Promise.resolve();
+    const installing = this.outer.setInnerMapAsync(endpointId, map).finally(() => this.#installing.delete(endpointId));
+    this.#installing.set(endpointId, installing);
+    return installing;
+  }
+
+  #mapFor(endpointId: number): PolicyBpfMap {
     checkId(endpointId);
     let map = this.#maps.get(endpointId);
     const pin = endpointPolicyPinPath(this.bpfRoot, endpointId);
@@ -97,7 +120,6 @@ export class EndpointPolicyMaps {
       }
       this.#maps.set(endpointId, map);
     }
-    if (this.outer.lookup(endpointId) !== map.info().id) this.outer.setInnerMap(endpointId, map);
     return map;
   }
 

@@ -8,7 +8,7 @@ import { BpfError, errorFromErrno } from './errors.ts';
 import { bytes, type Codec } from './codec.ts';
 import { BpfCommand, Errno, MapType, UpdateFlag } from './internal/constants.ts';
 import { InfoAttr, MapBatchAttr, MapCreateAttr, MapElemAttr, MapInfo, ObjAttr } from './internal/attr.ts';
-import { addressOf, bpf, bpfRaw, close, cString } from './internal/sys.ts';
+import { addressOf, bpf, bpfAsync, bpfRaw, close, cString } from './internal/sys.ts';
 
 export interface MapSpec {
   type: MapType;
@@ -279,6 +279,33 @@ export class BpfMap<K = Buffer, V = Buffer> {
       throw new BpfError('ERR_INVALID_ARGUMENT', `setting an inner map in map ${this.name || this.fd}: it is not a map of maps (type ${this.type})`);
     }
     this.#updateFd(key, inner.fd, flags, 'setting an inner map in');
+  }
+
+  /**
+   * setInnerMap off the event loop: the kernel makes every map-of-maps update wait for an RCU
+   * grace period (so that no program still uses the old inner map when it returns), milliseconds
+   * in which this process can do other work. Resolves once the inner map is in place.
+   */
+  async setInnerMapAsync(key: K, inner: { readonly fd: number }, flags: UpdateFlag = UpdateFlag.ANY): Promise<void> {
+    if (this.type !== MapType.HASH_OF_MAPS && this.type !== MapType.ARRAY_OF_MAPS) {
+      throw new BpfError('ERR_INVALID_ARGUMENT', `setting an inner map in map ${this.name || this.fd}: it is not a map of maps (type ${this.type})`);
+    }
+    // Buffers of its own: the shared scratch buffers change under a call in flight.
+    const keyBuffer = Buffer.alloc(Math.max(this.keySize, 1));
+    const valueBuffer = Buffer.alloc(4);
+    this.keyCodec.encode(key, keyBuffer, 0);
+    valueBuffer.writeUInt32LE(inner.fd, 0);
+    const attr = Buffer.alloc(MapElemAttr.size);
+    attr.writeUInt32LE(this.fd, MapElemAttr.mapFd);
+    attr.writeBigUInt64LE(addressOf(keyBuffer), MapElemAttr.key);
+    attr.writeBigUInt64LE(addressOf(valueBuffer), MapElemAttr.value);
+    attr.writeUInt32LE(flags, MapElemAttr.flags);
+    try {
+      await bpfAsync(BpfCommand.MAP_UPDATE_ELEM, attr, `setting an inner map in map ${this.name || this.fd}`);
+    } finally {
+      // Referenced until here so that neither buffer can be collected while the kernel reads it.
+      keyBuffer.length + valueBuffer.length;
+    }
   }
 
   /** Puts a program into a prog array (for tail calls) under key; lookup returns the program's id. */

@@ -33,9 +33,14 @@ export const PAGE_SIZE: number = getpagesize();
 /** The Node-API addon built by scripts/build-native.sh: bpf(2) returning the result or -errno. */
 const ADDON_PATH = join(import.meta.dirname, '..', '..', '..', 'build', 'native', 'bpf_syscall.node');
 
-function loadAddon(): ((cmd: number, attr: Buffer, size: number) => number) | undefined {
+interface Addon {
+  bpf(cmd: number, attr: Buffer, size: number): number;
+  bpfAsync(cmd: number, attr: Buffer, size: number): Promise<number>;
+}
+
+function loadAddon(): Addon | undefined {
   if (!existsSync(ADDON_PATH)) return undefined;
-  return (createRequire(import.meta.url)(ADDON_PATH) as { bpf: (cmd: number, attr: Buffer, size: number) => number }).bpf;
+  return createRequire(import.meta.url)(ADDON_PATH) as Addon;
 }
 
 /** bpf(2) through koffi: the result or -errno. */
@@ -45,10 +50,23 @@ export function koffiBpf(cmd: number, attr: Buffer, size: number): number {
 }
 
 /** How this process calls bpf(2): the addon when it was built, else koffi (a slower call path). */
+const addon = loadAddon();
 /** bpf(2) through the addon, when it was built: the result or -errno. */
-export const addonBpf = loadAddon();
-export const bpfSyscallPath: 'addon' | 'koffi' = addonBpf ? 'addon' : 'koffi';
+export const addonBpf = addon?.bpf;
+export const bpfSyscallPath: 'addon' | 'koffi' = addon ? 'addon' : 'koffi';
 const bpfCall = addonBpf ?? koffiBpf;
+
+/**
+ * bpf(2) on libuv's thread pool, for commands that sleep in the kernel (a map-of-maps update
+ * waits for an RCU grace period): the event loop, and other work, go on meanwhile. Every buffer
+ * `attr` points to must stay unchanged until the promise settles. Without the addon it runs
+ * synchronously.
+ */
+export async function bpfAsync(cmd: BpfCommand, attr: Buffer, context: string, size: number = attr.length): Promise<number> {
+  const ret = addon ? await addon.bpfAsync(cmd, attr, size) : koffiBpf(cmd, attr, size);
+  if (ret < 0) throw errorFromErrno(context, -ret);
+  return ret;
+}
 
 /** Calls bpf(2). Throws a typed error naming `context` when the kernel refuses. */
 export function bpf(cmd: BpfCommand, attr: Buffer, context: string, size: number = attr.length): number {

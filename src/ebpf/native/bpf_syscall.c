@@ -7,9 +7,15 @@
  * also stands in when this addon has not been built.
  *
  *   bpf(cmd: number, attr: Buffer, size: number): number   // the result, or -errno
+ *   bpfAsync(cmd, attr, size): Promise<number>              // the same, on libuv's thread pool
+ *
+ * bpfAsync is for commands that sleep in the kernel rather than work: updating a map of maps
+ * waits for an RCU grace period (milliseconds) so that no program still sees the old inner map.
+ * The caller must keep every buffer that `attr` points to unchanged until the promise settles.
  */
 #include <errno.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <node_api.h>
@@ -39,12 +45,76 @@ static napi_value bpf_call(napi_env env, napi_callback_info info)
 	return result;
 }
 
+struct bpf_async_call {
+	napi_async_work work;
+	napi_deferred deferred;
+	napi_ref attr_ref; /* keeps the attr Buffer alive while a pool thread uses it */
+	int32_t cmd;
+	void *attr;
+	uint32_t size;
+	int32_t result;
+};
+
+static void bpf_async_execute(napi_env env, void *data)
+{
+	struct bpf_async_call *call = data;
+	long ret = syscall(__NR_bpf, call->cmd, call->attr, call->size);
+
+	(void)env;
+	call->result = ret < 0 ? -errno : (int32_t)ret;
+}
+
+static void bpf_async_complete(napi_env env, napi_status status, void *data)
+{
+	struct bpf_async_call *call = data;
+	napi_value result;
+
+	napi_create_int32(env, status == napi_ok ? call->result : -ECANCELED, &result);
+	napi_resolve_deferred(env, call->deferred, result);
+	napi_delete_reference(env, call->attr_ref);
+	napi_delete_async_work(env, call->work);
+	free(call);
+}
+
+static napi_value bpf_async_call(napi_env env, napi_callback_info info)
+{
+	size_t argc = 3, length = 0;
+	napi_value argv[3], promise, name;
+	struct bpf_async_call *call = calloc(1, sizeof(*call));
+
+	if (!call) {
+		napi_throw_error(env, NULL, "bpfAsync: out of memory");
+		return NULL;
+	}
+	if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 3 ||
+	    napi_get_value_int32(env, argv[0], &call->cmd) != napi_ok ||
+	    napi_get_buffer_info(env, argv[1], &call->attr, &length) != napi_ok ||
+	    napi_get_value_uint32(env, argv[2], &call->size) != napi_ok) {
+		free(call);
+		napi_throw_type_error(env, NULL, "bpfAsync(cmd: number, attr: Buffer, size: number)");
+		return NULL;
+	}
+	if (call->size > length)
+		call->size = (uint32_t)length;
+	if (napi_create_reference(env, argv[1], 1, &call->attr_ref) != napi_ok ||
+	    napi_create_promise(env, &call->deferred, &promise) != napi_ok ||
+	    napi_create_string_utf8(env, "ciliate:bpf", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+	    napi_create_async_work(env, NULL, name, bpf_async_execute, bpf_async_complete, call, &call->work) != napi_ok ||
+	    napi_queue_async_work(env, call->work) != napi_ok) {
+		napi_throw_error(env, NULL, "bpfAsync: could not queue the call");
+		return NULL;
+	}
+	return promise;
+}
+
 NAPI_MODULE_INIT()
 {
-	napi_value fn;
+	napi_value fn, fn_async;
 
 	if (napi_create_function(env, "bpf", NAPI_AUTO_LENGTH, bpf_call, NULL, &fn) != napi_ok ||
-	    napi_set_named_property(env, exports, "bpf", fn) != napi_ok)
+	    napi_set_named_property(env, exports, "bpf", fn) != napi_ok ||
+	    napi_create_function(env, "bpfAsync", NAPI_AUTO_LENGTH, bpf_async_call, NULL, &fn_async) != napi_ok ||
+	    napi_set_named_property(env, exports, "bpfAsync", fn_async) != napi_ok)
 		return NULL;
 	return exports;
 }
