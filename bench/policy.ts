@@ -5,21 +5,22 @@
  *
  *   ciliate A/B   one node namespace with its own agent per variant (BenchNode), a client and a
  *                 server pod with labels (app=bench-client, app=bench-server). The policies are
- *                 imported through the agent API (POST /v1/policies {yaml, file}, in documents of
- *                 RULES_PER_IMPORT rules, the API's body limit being 1 MiB, then GET
- *                 /v1/policy/wait?revision=N). N rules (bench/support/rule-count.ts): N-1 fillers,
- *                 each a CiliumNetworkPolicy allowing one CIDR peer (a /32 in 172.16.0.0/12) on
- *                 some port — half select the server (ingress fromCIDR), half the client (egress
- *                 toCIDR), every fourth also allows a label peer that matches no pod — and one
- *                 policy that allows client → server on the measured ports. The extra identities
- *                 are made cheaply by the CIDR peers: the agent allocates a local CIDR identity for
- *                 each of the N-2 distinct prefixes (and puts the prefix in the ipcache), so with
- *                 the two pods there are N identities besides the reserved ones; the fillers give
- *                 the server's and the client's policy maps ~N/2 entries each. Both maps and the
- *                 ipcache are in the kernel while the traffic runs. Setting B up is the slow part
- *                 of the bench (about 1-2 min): the agent's selector cache matches every CIDR
- *                 selector against every CIDR identity, O(N^2) at import; that is control-plane
- *                 cost, not what is measured here.
+ *                 imported through the agent API (POST /v1/policies {yaml, file}, several posts
+ *                 since the API takes bodies up to 1 MiB; then, as an import answers once the
+ *                 agent has applied its first policy, polling GET /v1/policies until every policy
+ *                 is listed, and GET /v1/policy/wait?revision=N). N rules, a rule being one
+ *                 ingress/egress rule entry (bench/support/rule-count.ts): N-2 fillers, each
+ *                 allowing some peer on some port — half the server's ingress (fromCIDR), half the
+ *                 client's egress (toCIDR), every fifth a label peer that matches no pod — grouped
+ *                 RULES_PER_POLICY to a CiliumNetworkPolicy, and the policy that allows client ->
+ *                 server on the measured ports (two rules). The extra identities are made cheaply
+ *                 by the CIDR peers: the agent allocates a local CIDR identity for each of the N-2
+ *                 distinct /32s (in 172.16.0.0/12) and puts it in the ipcache, so with the two pods
+ *                 there are N identities besides the reserved ones; the server's and the client's
+ *                 policy maps get ~N/2 entries each. Maps and ipcache are in the kernel while the
+ *                 traffic runs. Setting B up is the slow part of the bench (1-2 min): the agent's
+ *                 selector cache matches every CIDR selector against every CIDR identity, O(N^2)
+ *                 at import; that is control-plane cost, not what is measured here.
  *   iptables A/B  the same pod–node–pod topology with no BPF (bench/support/routed.ts), one node
  *                 namespace per variant, filtered by legacy iptables (iptables-legacy-restore, or
  *                 iptables-restore when there is no legacy one) in that namespace: FORWARD policy
@@ -42,9 +43,9 @@ import { existsSync } from 'node:fs';
 import { AgentClient } from '../src/agent/index.ts';
 import { type BenchContext, interleave, median, round } from './lib.ts';
 import { BenchNode } from './support/agent.ts';
-import { Cleanups, inNs, sh } from './support/ns.ts';
+import { Cleanups, inNs, sh, sleep } from './support/ns.ts';
 import { RoutedNode } from './support/routed.ts';
-import { addLabelledPod, ciliumPolicyYaml, type FlowSpec, iptablesRestore, RULES_PER_IMPORT } from './support/rule-count.ts';
+import { addLabelledPod, ciliumPolicyYaml, type FlowSpec, iptablesRestore, RULES_PER_POLICY } from './support/rule-count.ts';
 import { CONN_PORT, DEFAULT_TRAFFIC, IPERF_PORT, RR_CPU, rrSample, SOCKPERF_PORT, startServers, throughputSample } from './support/traffic.ts';
 
 export const description = 'pod-to-pod throughput and request/response with 10 vs 10,000 rules and identities: Ciliate policy vs legacy iptables';
@@ -52,7 +53,7 @@ export const description = 'pod-to-pod throughput and request/response with 10 v
 const DEFAULT_ROUNDS = 5;
 const SIZES = { A: 10, B: 10_000 } as const;
 const RATIO_TARGET = 0.97;
-const IMPORT_TIMEOUT_MS = 240_000;
+const IMPORT_TIMEOUT_MS = 600_000;
 const MEASURED_PORTS = [IPERF_PORT, SOCKPERF_PORT];
 const CLIENT_LABELS = { app: 'bench-client' };
 const SERVER_LABELS = { app: 'bench-server' };
@@ -94,17 +95,31 @@ async function ciliateVariant(ctx: BenchContext, cleanups: Cleanups, rules: numb
   const flow: FlowSpec = { clientLabels: CLIENT_LABELS, serverLabels: SERVER_LABELS, clientIp: client.endpoint.ipv4, serverIp: server.endpoint.ipv4, ports: MEASURED_PORTS };
   const started = performance.now();
   let revision = 0;
+  let written = 0;
   const chunks = ciliumPolicyYaml(rules, flow);
   // Importing costs the agent O(CIDR selectors x CIDR identities) (its selector cache scans CIDR
-  // selectors), about a minute for 10k: the bench node's 30 s client timeout is too short.
+  // selectors): a minute or two for 10k, so the bench node's 30 s client timeout is too short.
   const slowClient = new AgentClient(node.socket, IMPORT_TIMEOUT_MS);
   for (const [i, yaml] of chunks.entries()) {
     const t = performance.now();
     const result = await slowClient.call<{ rules: string[]; revision: number }>('POST', '/v1/policies', { yaml, file: `bench-policy-${rules}-${i}.yaml` });
     revision = Math.max(revision, result.revision);
-    if (chunks.length > 1) ctx.log(`ciliate ${tag}: import ${i + 1}/${chunks.length} (${result.rules.length} rules) took ${round((performance.now() - t) / 1000, 1)} s`);
+    written += result.rules.length;
+    if (chunks.length > 1) ctx.log(`ciliate ${tag}: import ${i + 1}/${chunks.length} (${result.rules.length} policies) answered after ${round((performance.now() - t) / 1000, 1)} s`);
   }
-  await slowClient.get(`/v1/policy/wait?revision=${revision}&timeoutMs=${IMPORT_TIMEOUT_MS - 5000}`);
+  // An import may answer once the agent has applied the first policy of its store transaction
+  // (the store delivers one watch event per policy key, all with the transaction's revision), so
+  // the agent may still be applying the rest: wait until it lists every one, then for its revision.
+  const expected = written;
+  const deadline = Date.now() + IMPORT_TIMEOUT_MS;
+  for (;;) {
+    const listed = (await slowClient.get<unknown[]>('/v1/policies')).length;
+    if (listed >= expected) break;
+    if (Date.now() > deadline) throw new Error(`ciliate ${tag}: the agent lists ${listed} of ${expected} rules after ${IMPORT_TIMEOUT_MS / 1000} s`);
+    await sleep(1000);
+  }
+  revision = Math.max(revision, (await slowClient.get<{ revision: number }>('/v1/policy/revision')).revision);
+  await slowClient.get(`/v1/policy/wait?revision=${revision}&timeoutMs=${IMPORT_TIMEOUT_MS}`);
   const importSeconds = (performance.now() - started) / 1000;
   // CIDR identities are node-local: /v1/identities lists the pods' (cluster-wide) ones, the
   // ipcache holds the CIDR ones, so the identities are the distinct non-reserved ids of both.
@@ -114,13 +129,15 @@ async function ciliateVariant(ctx: BenchContext, cleanups: Cleanups, rules: numb
   for (const entry of ipcache) if (entry.value.sec_identity >= 256) ids.add(entry.value.sec_identity);
   const info = {
     rules,
+    policies: written,
+    rules_per_policy: RULES_PER_POLICY,
     identities: ids.size,
     server_policy_map_entries: await policyMapEntries(node, server.endpoint.id),
     client_policy_map_entries: await policyMapEntries(node, client.endpoint.id),
     ipcache_entries: ipcache.length,
     import_seconds: round(importSeconds, 2),
   };
-  ctx.log(`ciliate ${tag}: ${JSON.stringify(info)} (${chunks.length} imports of up to ${RULES_PER_IMPORT} rules)`);
+  ctx.log(`ciliate ${tag}: ${JSON.stringify(info)}`);
   const [link] = JSON.parse(await sh('ip', ['-n', client.netns, '-j', 'link', 'show', 'dev', 'eth0'])) as { mtu: number }[];
   return { client: client.netns, server: server.netns, serverIp: server.endpoint.ipv4, info, mtu: link.mtu };
 }
@@ -138,7 +155,7 @@ async function iptablesVariant(ctx: BenchContext, cleanups: Cleanups, rules: num
   const started = performance.now();
   await sh('nsenter', [`--net=/run/netns/${node.netns}`, IPTABLES_RESTORE, '-w', '10'], { input: iptablesRestore(rules, flow) });
   const loaded = (await inNs(node.netns, IPTABLES, ['-w', '10', '-S', 'FORWARD'])).split('\n').filter((line) => line.startsWith('-A FORWARD')).length;
-  const info = { rules: loaded, tool: IPTABLES, load_seconds: round((performance.now() - started) / 1000, 2) };
+  const info = { rules: loaded, iptables: IPTABLES, load_seconds: round((performance.now() - started) / 1000, 2) };
   ctx.log(`iptables ${tag}: ${JSON.stringify(info)}`);
   return { client: client.netns, server: server.netns, serverIp: server.ipv4, info };
 }

@@ -1,20 +1,24 @@
 /**
  * Rule sets of a given size for bench/policy.ts, for both sides of the comparison:
  *
- *   ciliumPolicyYaml  CiliumNetworkPolicy documents for an agent: `count - 1` filler rules, each
- *                     allowing a CIDR peer (a /32 in 172.16.0.0/12, far from the pods' 10.x
- *                     addresses) on some port, every fourth also a label peer that selects no pod;
- *                     even fillers select the server (ingress fromCIDR), odd ones the client
- *                     (egress toCIDR). The agent gives every CIDR a CIDR identity (and an ipcache
- *                     entry), so `count - 2` distinct CIDRs plus the client and server pods make
- *                     `count` identities besides the reserved ones. The last rule is the one that
- *                     allows client → server on the measured ports (one policy with two specs:
- *                     the server's ingress and the client's egress).
+ *   ciliumPolicyYaml  CiliumNetworkPolicy YAML for an agent with `count` rules, a rule being one
+ *                     ingress/egress rule entry (Cilium's IngressRule/EgressRule: peers + ports).
+ *                     `count - 2` filler rules, each allowing some peer on some port: even ones
+ *                     are the server's ingress (fromCIDR), odd ones the client's egress (toCIDR);
+ *                     every fifth allows a label peer (app=other-<i>, no such pod) instead. The
+ *                     CIDR fillers share `count - 2` /32s in 172.16.0.0/12 (far from the pods'
+ *                     10.x addresses), so the agent allocates `count - 2` CIDR identities (each
+ *                     also an ipcache entry): with the client and server pods, `count` identities
+ *                     besides the reserved ones. Fillers are grouped RULES_PER_POLICY to a policy
+ *                     (the agent applies one policy per store event and recomputes the endpoint
+ *                     each time: 10k one-rule policies take it minutes to import). Last, the
+ *                     policy that allows client -> server on the measured ports (two rules: the
+ *                     server's ingress and the client's egress).
  *   iptablesRestore   iptables-restore input for the node namespace of the routed baseline: the
  *                     FORWARD chain with policy DROP, `count - 2` non-matching rules (alternating
- *                     ACCEPT/DROP, `-s <cidr> -p tcp --dport <port>`, the same CIDRs and ports as
- *                     the fillers above), then the two rules that accept the flow, one per
- *                     direction (stateless: no conntrack is loaded into the namespace).
+ *                     ACCEPT/DROP, `-s <cidr> -p tcp --dport <port>`), then the two rules that
+ *                     accept the flow, one per direction (stateless: no conntrack is loaded into
+ *                     the namespace).
  *
  * Also a pod with labels (BenchNode.addPod takes none), torn down like BenchNode's own pods.
  * @module
@@ -22,9 +26,6 @@
 import type { Endpoint } from '../../src/agent/index.ts';
 import type { BenchNode } from './agent.ts';
 import { addNetns, type Cleanups, netnsPath, uniqueName } from './ns.ts';
-
-/** The largest POST body the agent takes is 1 MiB: the YAML is cut into documents of this many rules. */
-export const RULES_PER_IMPORT = 2000;
 
 /** The i-th filler CIDR: 172.16.0.1 ... 172.16.0.254, 172.16.1.1, ... (no .0 or .255; ~1M distinct, in 172.16.0.0/12, none a pod address). */
 export function fillerCidr(i: number): string {
@@ -50,23 +51,53 @@ function labelsYaml(labels: Record<string, string>, indent: string): string {
   return Object.entries(labels).map(([k, v]) => `${indent}${k}: "${v}"`).join('\n');
 }
 
-/** The filler policies and the allowing policy as a list of YAML strings, each under 1 MiB. */
+/** Rule entries per CiliumNetworkPolicy: the agent applies one policy per store event, recomputing the endpoint each time. */
+export const RULES_PER_POLICY = 100;
+/** Policies per POST /v1/policies (the agent takes bodies up to 1 MiB). */
+export const POLICIES_PER_IMPORT = 30;
+
+/**
+ * `count` rules as CiliumNetworkPolicy YAML, in strings each under 1 MiB (one POST each). A rule
+ * is one ingress/egress rule entry (Cilium's IngressRule/EgressRule: peers + ports):
+ * `count - 2` fillers, grouped RULES_PER_POLICY to a policy, and the allowing policy last (two
+ * rules: the server's ingress and the client's egress).
+ */
 export function ciliumPolicyYaml(count: number, flow: FlowSpec): string[] {
   if (count < 3) throw new RangeError('count must be at least 3');
   const cidrs = count - 2;
-  const docs: string[] = [];
-  for (let i = 0; i < count - 1; i++) {
+  const buckets: { ingress: boolean; entries: string[] }[] = [
+    { ingress: true, entries: [] },
+    { ingress: false, entries: [] },
+  ];
+  // Every fifth filler allows a label peer (selecting no pod); the others share the count - 2
+  // CIDRs between them, one or two each (Cilium does not take CIDR and label peers in one rule).
+  const cidrRules = Array.from({ length: count - 2 }, (_, i) => i).filter((i) => i % 5 !== 4).length;
+  let k = 0;
+  for (let i = 0; i < count - 2; i++) {
     const ingress = i % 2 === 0;
-    const selector = labelsYaml(ingress ? flow.serverLabels : flow.clientLabels, '      ');
-    const dir = ingress ? 'ingress' : 'egress';
     const peer = ingress ? 'from' : 'to';
-    let doc =
-      `apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: filler-${i}\nspec:\n  endpointSelector:\n    matchLabels:\n${selector}\n` +
-      `  ${dir}:\n  - ${peer}CIDR: ["${fillerCidr(i % cidrs)}"]\n    toPorts:\n    - ports:\n      - port: "${fillerPort(i)}"\n        protocol: TCP\n`;
-    if (i % 4 === 0) {
-      doc += `  - ${peer}Endpoints:\n    - matchLabels:\n        app: other-${i}\n    toPorts:\n    - ports:\n      - port: "${fillerPort(i + 1)}"\n        protocol: TCP\n`;
+    let entry: string;
+    if (i % 5 === 4) {
+      entry = `  - ${peer}Endpoints: [{matchLabels: {app: other-${i}}}]\n`;
+    } else {
+      const first = Math.floor((k * cidrs) / cidrRules);
+      const last = Math.floor(((k + 1) * cidrs) / cidrRules);
+      k++;
+      const list = Array.from({ length: last - first }, (_, j) => `"${fillerCidr(first + j)}"`).join(', ');
+      entry = `  - ${peer}CIDR: [${list}]\n`;
     }
-    docs.push(doc);
+    entry += `    toPorts: [{ports: [{port: "${fillerPort(i)}", protocol: TCP}]}]\n`;
+    buckets[ingress ? 0 : 1].entries.push(entry);
+  }
+  const docs: string[] = [];
+  for (const { ingress, entries } of buckets) {
+    const selector = labelsYaml(ingress ? flow.serverLabels : flow.clientLabels, '      ');
+    for (let j = 0; j < entries.length; j += RULES_PER_POLICY) {
+      docs.push(
+        `apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: filler-${ingress ? 'in' : 'out'}-${j / RULES_PER_POLICY}\nspec:\n  endpointSelector:\n    matchLabels:\n${selector}\n` +
+          `  ${ingress ? 'ingress' : 'egress'}:\n${entries.slice(j, j + RULES_PER_POLICY).join('')}`,
+      );
+    }
   }
   const ports = flow.ports.map((p) => `      - port: "${p}"\n        protocol: TCP`).join('\n');
   docs.push(
@@ -75,7 +106,7 @@ export function ciliumPolicyYaml(count: number, flow: FlowSpec): string[] {
       `- endpointSelector:\n    matchLabels:\n${labelsYaml(flow.clientLabels, '      ')}\n  egress:\n  - toEndpoints:\n    - matchLabels:\n${labelsYaml(flow.serverLabels, '        ')}\n    toPorts:\n    - ports:\n${ports}\n`,
   );
   const chunks: string[] = [];
-  for (let i = 0; i < docs.length; i += RULES_PER_IMPORT) chunks.push(docs.slice(i, i + RULES_PER_IMPORT).join('---\n'));
+  for (let i = 0; i < docs.length; i += POLICIES_PER_IMPORT) chunks.push(docs.slice(i, i + POLICIES_PER_IMPORT).join('---\n'));
   return chunks;
 }
 
