@@ -233,6 +233,31 @@ test('hash-of-maps and array-of-maps: inner maps set by fd, looked up as ids', (
   assert.equal(hom.lookup(5), idA);
 });
 
+test('setInnerMapAsync installs an inner map off the event loop, with the same flags and typed errors', async (t) => {
+  const innerSpec = { type: MapType.ARRAY, keySize: 4, valueSize: 8, maxEntries: 4 } as const;
+  const template = create(t, { ...innerSpec, name: 'tmpl_async' }, u32, u64);
+  const inner = create(t, { ...innerSpec, name: 'in_async' }, u32, u64);
+  const aom = create(t, { type: MapType.ARRAY_OF_MAPS, keySize: 4, valueSize: 4, maxEntries: 4, innerMap: template, name: 'aom_async' }, u32, u32);
+
+  // The kernel holds a map-of-maps update for an RCU grace period; the loop turns meanwhile.
+  let ticks = 0;
+  const tick = setInterval(() => ticks++, 0);
+  t.after(() => clearInterval(tick));
+  const installs = [0, 1, 2, 3].map((slot) => aom.setInnerMapAsync(slot, inner));
+  aom.lookup(0); // a synchronous call in between uses the shared scratch buffers, not the calls' own
+  await Promise.all(installs);
+  clearInterval(tick);
+  for (const slot of [0, 1, 2, 3]) assert.equal(aom.lookup(slot), inner.info().id, `slot ${slot}`);
+  assert.ok(ticks > 0, 'the event loop ran while the updates waited');
+
+  await assert.rejects(aom.setInnerMapAsync(9, inner), hasCode('ERR_MAP_FULL'), 'a slot past max_entries (the kernel says E2BIG)');
+  const hom = create(t, { type: MapType.HASH_OF_MAPS, keySize: 4, valueSize: 4, maxEntries: 4, innerMap: template, name: 'hom_async' }, u32, u32);
+  await hom.setInnerMapAsync(7, inner);
+  await assert.rejects(hom.setInnerMapAsync(7, inner, UpdateFlag.NOEXIST), hasCode('ERR_KEY_EXIST'));
+  const plain = create(t, { type: MapType.HASH, keySize: 4, valueSize: 4, maxEntries: 4, name: 'plain_async' }, u32, u32);
+  await assert.rejects(plain.setInnerMapAsync(1, inner), hasCode('ERR_INVALID_ARGUMENT'), 'not a map of maps');
+});
+
 test('prog array holds programs set by fd and looked up as program ids', (t) => {
   const obj = BpfObject.load(objectPath('net'), { programs: ['count_tc', 'count_tc_second'] });
   t.after(() => obj.close());
