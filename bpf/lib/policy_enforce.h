@@ -50,14 +50,19 @@ static __always_inline __u16 policy_dport(struct __sk_buff *skb, const struct ip
 }
 
 /*
- * Asks endpoint `endpoint_id`'s policy whether `remote_identity` may open this connection in
- * `direction` (CILIATE_POLICY_INGRESS: into the endpoint, _EGRESS: out of it). Returns 0 to go on
- * (allowed, not a new connection, or the endpoint not enforced), else TC_ACT_SHOT after the
- * policy-verdict and drop events (DROP_POLICY_DENY for an explicit deny, DROP_POLICY when no
- * entry allows it).
+ * Asks endpoint `endpoint_id`'s policy whether the remote end may open this new connection in
+ * `direction`: CILIATE_POLICY_INGRESS is into the endpoint, from info->src_identity; _EGRESS out
+ * of it, to info->dst_identity. Returns 0 to go on (allowed, or the endpoint not enforced), else
+ * TC_ACT_SHOT after the policy-verdict and drop events (DROP_POLICY_DENY for an explicit deny,
+ * DROP_POLICY when no entry allows it).
+ *
+ * A global function, so the verifier checks it once on its own instead of again at every call
+ * site with every state the caller can be in (that was four fifths of cil_from_container's
+ * verification, and so of an endpoint's load time). Hence at most five arguments, and pointers
+ * the verifier takes as possibly NULL.
  */
-__noinline int policy_enforce4(struct __sk_buff *skb, struct ciliate_notify_info *info, __u32 endpoint_id,
-			       __u8 direction, const struct ipv4_ct_tuple *tuple)
+__noinline int policy_enforce4_new(struct __sk_buff *skb, struct ciliate_notify_info *info, __u32 endpoint_id,
+				   __u8 direction, const struct ipv4_ct_tuple *tuple)
 {
 	struct ciliate_policy_decision d;
 	struct ciliate_policy_result res;
@@ -67,8 +72,6 @@ __noinline int policy_enforce4(struct __sk_buff *skb, struct ciliate_notify_info
 	if (!info || !tuple)
 		return TC_ACT_SHOT;
 	remote_identity = direction == CILIATE_POLICY_EGRESS ? info->dst_identity : info->src_identity;
-	if (info->reason != CT_NEW)
-		return 0;
 	map = bpf_map_lookup_elem(&ciliate_policy_maps, &endpoint_id);
 	if (!map)
 		return 0;
@@ -87,4 +90,14 @@ __noinline int policy_enforce4(struct __sk_buff *skb, struct ciliate_notify_info
 	if (res.verdict == CILIATE_POLICY_DENIED)
 		return DROP(skb, info, DROP_POLICY_DENY);
 	return DROP(skb, info, DROP_POLICY);
+}
+
+/* Only connections conntrack has not seen are judged; the check is inline so that established
+ * traffic pays no function call. */
+static __always_inline int policy_enforce4(struct __sk_buff *skb, struct ciliate_notify_info *info, __u32 endpoint_id,
+					   __u8 direction, const struct ipv4_ct_tuple *tuple)
+{
+	if (info->reason != CT_NEW)
+		return 0;
+	return policy_enforce4_new(skb, info, endpoint_id, direction, tuple);
 }
