@@ -38,7 +38,7 @@ test('the CNI plugin follows the spec: VERSION, ADD, CHECK, idempotent DEL, STAT
   for (const _ of [0, 1]) {
     const netns = await addNetns(t, 'ctc');
     const id = uniqueName('cni');
-    const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: id, CNI_NETNS: `/run/netns/${netns}`, CNI_IFNAME: 'eth0', CNI_PATH: join(dir, 'bin'), CNI_ARGS: 'K8S_POD_NAME=web;K8S_POD_NAMESPACE=default' };
+    const env = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: id, CNI_NETNS: `/run/netns/${netns}`, CNI_IFNAME: 'eth0', CNI_PATH: join(dir, 'bin'), CNI_ARGS: 'K8S_POD_NAME=web;K8S_POD_NAMESPACE=shop;CILIATE_LABELS=app=web,tier=front' };
     const add = await runPlugin(plugin, env, conf);
     assert.equal(add.code, 0, add.raw);
     t.after(() => runPlugin(plugin, { ...env, CNI_COMMAND: 'DEL' }, conf));
@@ -47,6 +47,9 @@ test('the CNI plugin follows the spec: VERSION, ADD, CHECK, idempotent DEL, STAT
     assert.equal((add.out.interfaces as { sandbox?: string }[])[ips[0].interface].sandbox, `/run/netns/${netns}`);
     assert.equal(add.out.cniVersion, '1.0.0');
     pods.push({ netns, ip: ips[0].address.split('/')[0], id });
+    // The pod's labels and namespace, from CNI_ARGS, are what its identity is made of.
+    const endpoint = (await node.client.get<{ containerId: string; labels: Record<string, string>; namespace?: string; podName?: string }[]>('/v1/endpoints')).find((ep) => ep.containerId === id);
+    assert.deepEqual({ labels: endpoint?.labels, namespace: endpoint?.namespace, podName: endpoint?.podName }, { labels: { app: 'web', tier: 'front' }, namespace: 'shop', podName: 'web' });
 
     const again = await runPlugin(plugin, env, conf);
     assert.equal(again.code, 1, 'a second ADD for the same container and interface is an error');

@@ -12,7 +12,7 @@ import { ip, ipBatch, lastShownLink, NetlinkError, type LinkDetails } from '../d
 import { ApiError } from './api-server.ts';
 import { type Endpoint, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID } from './endpoint.ts';
 import type { Ipcache, IpcacheEntry } from './ipcache.ts';
-import { podLabels, type IdentityAllocator, type Labels } from '../identity/index.ts';
+import { InvalidLabelsError, podLabels, type IdentityAllocator, type Labels } from '../identity/index.ts';
 
 /** The kernel side of an endpoint (programs, links, map entries); implemented in src/datapath. */
 export interface EndpointDatapath {
@@ -54,6 +54,8 @@ export interface AddEndpointRequest {
 }
 
 const STORE_PREFIX = 'endpoints/';
+/** Where pods without a namespace live, as in Kubernetes. */
+const DEFAULT_NAMESPACE = 'default';
 
 export class EndpointManager {
   readonly table = new Table<Endpoint>('endpoints', (ep) => containerInterfaceKey(ep.containerId, ep.ifname), { equals: sameEndpoint });
@@ -73,6 +75,7 @@ export class EndpointManager {
   readonly #policy: EndpointPolicyHooks | undefined;
 
   readonly #mtu: () => number;
+  readonly #namespaceLabels: (namespace: string) => Record<string, string>;
 
   constructor(options: {
     store: StateStore;
@@ -86,7 +89,10 @@ export class EndpointManager {
     nodeName: string;
     /** MTU for pod interfaces: smaller than the underlay's when traffic is tunnelled. */
     mtu?: () => number;
+    /** The labels pods inherit from their namespace (Namespaces.labelsOf); none without it. */
+    namespaceLabels?: (namespace: string) => Record<string, string>;
   }) {
+    this.#namespaceLabels = options.namespaceLabels ?? (() => ({}));
     this.#mtu = options.mtu ?? (() => 1500);
     this.#store = options.store;
     this.#ipcache = options.ipcache;
@@ -114,14 +120,14 @@ export class EndpointManager {
     for (const { value } of entries) {
       // Re-take this node's references on the identities its endpoints use. Should an identity
       // have been collected while the agent was away, the endpoint moves to the new number.
-      const { id } = await this.#identities.allocate(securityLabels(value));
+      const { id } = await this.#identities.allocate(this.#securityLabels(value));
       let endpoint = value;
       if (id !== value.identity) {
         this.#log.warn({ endpoint: value.id, was: value.identity, now: id }, 'endpoint identity changed while the agent was down');
         endpoint = { ...value, identity: id };
         await this.#store.put(this.#storeKey(containerInterfaceKey(value.containerId, value.ifname)), endpoint);
       }
-      await this.#policy?.addEndpoint(endpoint.id, securityLabels(endpoint));
+      await this.#policy?.addEndpoint(endpoint.id, this.#securityLabels(endpoint));
       this.table.upsert(endpoint);
       this.#ipcache.upsert(localIpcacheEntry(endpoint));
     }
@@ -184,8 +190,8 @@ export class EndpointManager {
       const address = await this.#ipam.allocate(key);
       undo.push(() => this.#ipam.release(key));
       const labels = request.labels ?? {};
-      const namespace = request.namespace ?? 'default';
-      const { id: identity } = await this.#identities.allocate(securityLabels({ labels, namespace }));
+      const namespace = request.namespace ?? DEFAULT_NAMESPACE;
+      const identity = await this.#allocateIdentity({ labels, namespace });
       undo.push(() => this.#identities.release(identity));
 
       // Two `ip` processes make the interfaces, and the slow, synchronous parts of this node's own
@@ -231,7 +237,7 @@ export class EndpointManager {
         { json: true },
       );
       // Its policy map is in place before its programs are attached (by the reconciler, below).
-      const policy = Promise.resolve(this.#policy?.addEndpoint(id, securityLabels({ labels, namespace })));
+      const policy = Promise.resolve(this.#policy?.addEndpoint(id, this.#securityLabels({ labels, namespace })));
       undo.push(async () => {
         await policy.catch(() => undefined);
         this.#policy?.removeEndpoint(id);
@@ -296,22 +302,42 @@ export class EndpointManager {
     return this.#serialize(key, async () => {
       const endpoint = this.table.get(key);
       if (!endpoint) throw new ApiError(404, 'ERR_ENDPOINT_NOT_FOUND', `no endpoint ${idOrKey}`);
-      const { id: identity } = await this.#identities.allocate(securityLabels({ labels, namespace: endpoint.namespace }));
-      const updated: Endpoint = { ...endpoint, labels, identity };
-      try {
-        await this.#store.put(this.#storeKey(key), updated);
-      } catch (error) {
-        await this.#identities.release(identity);
-        throw error;
-      }
-      await this.#policy?.addEndpoint(updated.id, securityLabels(updated));
-      this.#ipcache.upsert(localIpcacheEntry(updated));
-      const revision = this.table.upsert(updated);
-      await Promise.all([this.#reconciler.waitFor(revision), this.#ipcache.synced()]);
-      await this.#identities.release(endpoint.identity);
-      this.#log.info({ endpoint: updated.id, from: endpoint.identity, to: identity }, 'endpoint labels changed');
-      return updated;
+      return this.#reidentify(key, endpoint, labels);
     });
+  }
+
+  /**
+   * The labels of `namespace` changed: its endpoints on this node move to the identities their
+   * labels now make, one at a time, each as updateLabels() would move it.
+   */
+  async namespaceChanged(namespace: string): Promise<void> {
+    const keys = this.list()
+      .filter((ep) => (ep.namespace ?? DEFAULT_NAMESPACE) === namespace)
+      .map((ep) => containerInterfaceKey(ep.containerId, ep.ifname));
+    for (const key of keys) {
+      await this.#serialize(key, async () => {
+        const endpoint = this.table.get(key);
+        if (endpoint) await this.#reidentify(key, endpoint, endpoint.labels);
+      });
+    }
+  }
+
+  async #reidentify(key: string, endpoint: Endpoint, labels: Record<string, string>): Promise<Endpoint> {
+    const identity = await this.#allocateIdentity({ labels, namespace: endpoint.namespace });
+    const updated: Endpoint = { ...endpoint, labels, identity };
+    try {
+      await this.#store.put(this.#storeKey(key), updated);
+    } catch (error) {
+      await this.#identities.release(identity);
+      throw error;
+    }
+    await this.#policy?.addEndpoint(updated.id, this.#securityLabels(updated));
+    this.#ipcache.upsert(localIpcacheEntry(updated));
+    const revision = this.table.upsert(updated);
+    await Promise.all([this.#reconciler.waitFor(revision), this.#ipcache.synced()]);
+    await this.#identities.release(endpoint.identity);
+    if (identity !== endpoint.identity) this.#log.info({ endpoint: updated.id, from: endpoint.identity, to: identity }, 'endpoint identity changed');
+    return updated;
   }
 
   /** CNI DEL: idempotent; deleting what does not exist succeeds. */
@@ -338,6 +364,22 @@ export class EndpointManager {
     if (endpoint) await this.#identities.release(endpoint.identity);
     if (endpoint) this.#log.info({ endpoint: endpoint.id, container: containerId }, 'endpoint deleted');
     return endpoint !== undefined;
+  }
+
+  /** The identity for these labels; labels that are no valid labels are the request's fault (400). */
+  async #allocateIdentity(endpoint: { labels: Record<string, string>; namespace?: string }): Promise<number> {
+    try {
+      return (await this.#identities.allocate(this.#securityLabels(endpoint))).id;
+    } catch (error) {
+      if (error instanceof InvalidLabelsError) throw new ApiError(400, 'ERR_BAD_LABELS', `endpoint labels: ${error.message}`);
+      throw error;
+    }
+  }
+
+  /** The labels an endpoint's identity derives from: its pod labels, its namespace and that namespace's labels. */
+  #securityLabels(endpoint: { labels: Record<string, string>; namespace?: string }): Labels {
+    const namespace = endpoint.namespace ?? DEFAULT_NAMESPACE;
+    return podLabels({ namespace, labels: endpoint.labels, namespaceLabels: this.#namespaceLabels(namespace) });
   }
 
   /** The lowest id neither in the table nor held by an add in progress (released by that add). */
@@ -370,7 +412,3 @@ function localIpcacheEntry(endpoint: Endpoint): IpcacheEntry {
   return { prefix: `${endpoint.ipv4}/32`, identity: endpoint.identity, source: 'local-endpoint' };
 }
 
-/** The labels an endpoint's identity derives from: its pod labels plus its namespace. */
-function securityLabels(endpoint: { labels: Record<string, string>; namespace?: string }) {
-  return podLabels({ namespace: endpoint.namespace ?? 'default', labels: endpoint.labels });
-}

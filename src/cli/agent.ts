@@ -10,6 +10,17 @@ function socketOption(): Option {
   return new Option('--socket <path>', 'agent API socket').env('CILIATE_SOCKET_PATH').default('/var/run/ciliate/ciliate.sock');
 }
 
+/** `key=value` arguments as a label record. */
+function parseLabelPairs(pairs: readonly string[]): Record<string, string> {
+  const labels: Record<string, string> = {};
+  for (const pair of pairs) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw new Error(`label "${pair}": want key=value`);
+    labels[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  return labels;
+}
+
 function print(format: OutputFormat, value: unknown, table: () => string): void {
   process.stdout.write(`${format === 'json' ? JSON.stringify(value, null, 2) : table()}\n`);
 }
@@ -106,14 +117,36 @@ export function registerAgentCommands(program: Command): void {
     .addOption(socketOption())
     .addOption(outputOption())
     .action(async (id: string, pairs: string[], options: { socket: string; output: OutputFormat }) => {
-      const labels: Record<string, string> = {};
-      for (const pair of pairs) {
-        const eq = pair.indexOf('=');
-        if (eq <= 0) throw new Error(`label "${pair}": want key=value`);
-        labels[pair.slice(0, eq)] = pair.slice(eq + 1);
-      }
-      const ep = await new AgentClient(options.socket).call<Endpoint>('PUT', `/v1/endpoints/${encodeURIComponent(id)}/labels`, labels);
+      const ep = await new AgentClient(options.socket).call<Endpoint>('PUT', `/v1/endpoints/${encodeURIComponent(id)}/labels`, parseLabelPairs(pairs));
       print(options.output, ep, () => `endpoint ${ep.id}: identity ${ep.identity}`);
+    });
+
+  const namespace = program
+    .command('namespace')
+    .description('namespace labels, which pods inherit (as io.cilium.k8s.namespace.labels.<key>) for namespaceSelector matching');
+  namespace
+    .command('list')
+    .description('namespaces with labels (every namespace also has kubernetes.io/metadata.name=<name>)')
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (options: { socket: string; output: OutputFormat }) => {
+      const namespaces = await new AgentClient(options.socket).get<{ name: string; labels: Record<string, string> }[]>('/v1/namespaces');
+      print(options.output, namespaces, () =>
+        formatTable(['NAMESPACE', 'LABELS'], namespaces.map((ns) => [ns.name, Object.entries(ns.labels).map(([k, v]) => `${k}=${v}`).join(' ')])),
+      );
+    });
+  namespace
+    .command('label <name> [labels...]')
+    .description('replace a namespace\'s labels (key=value ...; none clears them), cluster-wide: the identities of its pods follow')
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (name: string, pairs: string[], options: { socket: string; output: OutputFormat }) => {
+      const ns = await new AgentClient(options.socket).call<{ name: string; labels: Record<string, string> }>(
+        'PUT',
+        `/v1/namespaces/${encodeURIComponent(name)}/labels`,
+        parseLabelPairs(pairs),
+      );
+      print(options.output, ns, () => `namespace ${ns.name}: ${Object.keys(ns.labels).length} labels`);
     });
 
   program

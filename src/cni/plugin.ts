@@ -38,6 +38,37 @@ export interface CniInvocation {
   args: Record<string, string>;
 }
 
+/** CNI_ARGS key for a container's own labels: `CILIATE_LABELS=app=web,tier=db`. */
+export const LABELS_ARG = 'CILIATE_LABELS';
+
+const ConventionLabels = z.array(z.object({ key: z.string().min(1), value: z.string() }));
+
+/**
+ * The pod's labels, which make its security identity: the network configuration's
+ * `args.cni.labels` (the CNI conventions' list of {key, value}, for every container on that
+ * network), then the container's own CILIATE_LABELS in CNI_ARGS (a runtime can set them per
+ * container), which win. The agent validates them.
+ */
+export function podLabelsFrom(conf: NetConf, invocation: CniInvocation): Record<string, string> {
+  const labels: Record<string, string> = {};
+  const cni = (conf.args as { cni?: { labels?: unknown } } | undefined)?.cni;
+  if (cni?.labels !== undefined) {
+    const parsed = ConventionLabels.safeParse(cni.labels);
+    if (!parsed.success) {
+      const issue = parsed.error.issues[0];
+      throw new CniError(CniErrorCode.INVALID_NETWORK_CONFIG, `network configuration: field args.cni.labels.${issue.path.join('.')}: ${issue.message}`);
+    }
+    for (const { key, value } of parsed.data) labels[key] = value;
+  }
+  const own = invocation.args[LABELS_ARG];
+  for (const pair of own ? own.split(',') : []) {
+    const eq = pair.indexOf('=');
+    if (eq <= 0) throw new CniError(CniErrorCode.INVALID_ENVIRONMENT, `CNI_ARGS ${LABELS_ARG}: "${pair}" is not key=value`);
+    labels[pair.slice(0, eq)] = pair.slice(eq + 1);
+  }
+  return labels;
+}
+
 export interface CniOutput {
   /** What the plugin prints on stdout. */
   stdout: string;
@@ -118,7 +149,7 @@ export async function runCni(env: NodeJS.ProcessEnv, stdin: string): Promise<Cni
             netns,
             podName: invocation.args.K8S_POD_NAME,
             namespace: invocation.args.K8S_POD_NAMESPACE,
-            labels: {},
+            labels: podLabelsFrom(conf, invocation),
           }),
         );
         const status = await agentCall(() => client.get<{ ipam: { routerIp: string } }>('/v1/status'));

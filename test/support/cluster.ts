@@ -139,9 +139,9 @@ export class TestNode {
     this.agent = undefined;
   }
 
-  async addPod(t: TestContext, containerId = uniqueName('ctr'), labels: Record<string, string> = {}): Promise<{ netns: string; endpoint: Endpoint }> {
+  async addPod(t: TestContext, containerId = uniqueName('ctr'), labels: Record<string, string> = {}, namespace?: string): Promise<{ netns: string; endpoint: Endpoint }> {
     const netns = await addNetns(t, 'ctp');
-    const endpoint = await this.client.call<Endpoint>('POST', '/v1/endpoints', { containerId, ifname: 'eth0', netns: `/run/netns/${netns}`, labels });
+    const endpoint = await this.client.call<Endpoint>('POST', '/v1/endpoints', { containerId, ifname: 'eth0', netns: `/run/netns/${netns}`, labels, namespace });
     t.after(async () => {
       await this.client.call('DELETE', `/v1/endpoints/${containerId}/eth0`).catch(() => undefined);
     });
