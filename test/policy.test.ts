@@ -39,6 +39,9 @@ test("Star Wars: rule1 lets only the Empire reach the Death Star on 80/TCP; trac
   assert.ok(revision, imported.stdout);
   const waited = await cli(node, 'policy', 'wait', revision);
   assert.equal(waited.code, 0, waited.stderr);
+  assert.match(waited.stdout, new RegExp(`^revision ${revision} enforced on every node: n1 \\(at \\d+\\)\n$`), 'one node, its embedded store: the cluster is this node');
+  const local = await cli(node, 'policy', 'wait', revision, '--local');
+  assert.match(local.stdout, new RegExp(`^revision ${revision} enforced on this node`), local.stderr);
   const got = JSON.parse((await cli(node, 'endpoint', 'get', String(deathstar.endpoint.id), '-o', 'json')).stdout) as { policyRevision?: number };
   assert.ok(got.policyRevision !== undefined && got.policyRevision >= Number(revision), `the deathstar enforces ${got.policyRevision}, want ≥ ${revision}`);
 
@@ -131,8 +134,8 @@ test('policy is enforced across two nodes sharing identities and policies throug
   const revision = Number(/revision: (\d+)/.exec(imported.stdout)?.[1]);
   assert.ok(revision > 0, imported.stdout);
 
-  // The revision is the store's, so the deathstar's node understands it: the wait returns once
-  // that node has applied the policy from etcd and written the deathstar's map.
+  // The revision is the store's, so the deathstar's node understands it: the wait there returns
+  // once both nodes have applied the policy from etcd and written their endpoints' maps.
   const waited = await cli(nodes[0], 'policy', 'wait', String(revision), '--timeout', '20');
   assert.equal(waited.code, 0, waited.stderr);
   assert.match(waited.stdout, new RegExp(`revision ${revision} enforced`));
@@ -151,5 +154,39 @@ test('policy is enforced across two nodes sharing identities and policies throug
   assert.equal((await cli(nodes[1], 'policy', 'wait', String(revision))).code, 0);
   const future = await cli(nodes[0], 'policy', 'wait', String(revision + 1_000_000), '--timeout', '0.3');
   assert.notEqual(future.code, 0);
-  assert.match(future.stderr, new RegExp(`policy revision ${revision + 1_000_000} not enforced within 300 ms`));
+  assert.match(future.stderr, new RegExp(`policy revision ${revision + 1_000_000} not enforced by every node within 300 ms; lagging: n1 \\(at revision \\d+\\), n2 \\(at revision \\d+\\)`));
+
+  // Cluster scope: with n2's agent stopped (SIGSTOP, by the pid of the process this test
+  // started), a revision imported on n1 is enforced on n1 but not on n2, and a cluster wait on
+  // n1 says so; once n2 runs again the wait returns, and n2's datapath has the policy.
+  const stopped = nodes[1].agent!;
+  const resume = () => {
+    if (stopped.exitCode === null && stopped.signalCode === null) stopped.kill('SIGCONT');
+  };
+  t.after(resume);
+  stopped.kill('SIGSTOP');
+  let grounded: number;
+  try {
+    const second = await cli(nodes[0], 'policy', 'import', join(POLICIES, 'starwars-grounded.yaml'));
+    assert.equal(second.code, 0, second.stderr);
+    grounded = Number(/revision: (\d+)/.exec(second.stdout)?.[1]);
+    assert.ok(grounded > revision, second.stdout);
+    const here = await cli(nodes[0], 'policy', 'wait', String(grounded), '--local', '--timeout', '5');
+    assert.equal(here.code, 0, `n1 enforces it: ${here.stderr}`);
+    const lagging = await cli(nodes[0], 'policy', 'wait', String(grounded), '--timeout', '1');
+    assert.notEqual(lagging.code, 0, lagging.stdout);
+    const reached = new RegExp(`policy revision ${grounded} not enforced by every node within 1000 ms; lagging: n2 \\(at revision (\\d+)\\)\n$`).exec(lagging.stderr);
+    assert.ok(reached, `the error names n2 alone: ${lagging.stderr}`);
+    assert.ok(Number(reached[1]) >= revision && Number(reached[1]) < grounded, `n2 reached ${reached[1]}: the first import, not the second`);
+    assert.deepEqual(await probeTcp(tiefighter.netns, [port80]), { [port80]: true }, 'n2 has not grounded the tiefighter yet');
+  } finally {
+    resume();
+  }
+  const everywhere = await cli(nodes[0], 'policy', 'wait', String(grounded), '--timeout', '20');
+  assert.equal(everywhere.code, 0, everywhere.stderr);
+  assert.match(everywhere.stdout, new RegExp(`^revision ${grounded} enforced on every node: n1 \\(at \\d+\\), n2 \\(at \\d+\\)`));
+  const onN2 = JSON.parse((await cli(nodes[1], 'endpoint', 'list', '-o', 'json')).stdout) as { id: number; policyRevision?: number }[];
+  const tiefighterRevision = onN2.find((ep) => ep.id === tiefighter.endpoint.id)?.policyRevision;
+  assert.ok(tiefighterRevision !== undefined && tiefighterRevision >= grounded, `the tiefighter reports revision ${tiefighterRevision}, want ≥ ${grounded}`);
+  assert.deepEqual(await probeTcp(tiefighter.netns, [port80]), { [port80]: false }, 'n2 grounded the tiefighter');
 });

@@ -18,6 +18,7 @@ import { readBpfState } from './bpf-state.ts';
 import { Ipcache } from './ipcache.ts';
 import { ClusterWatcher } from './cluster.ts';
 import { PolicyManager } from './policy-manager.ts';
+import { PolicyStatus } from './policy-status.ts';
 import { IdentityGc } from './identity-gc.ts';
 import type { Endpoint } from './endpoint.ts';
 import { registerPolicyRoutes } from './policy-api.ts';
@@ -74,6 +75,7 @@ export class Agent {
   #identities: IdentityAllocator | undefined;
   #policyMaps: EndpointPolicyMaps | undefined;
   #policy: PolicyManager | undefined;
+  #policyStatus: PolicyStatus | undefined;
   #monitor: Monitor | undefined;
   #identityGc: IdentityGc | undefined;
   readonly #api: ApiServer;
@@ -224,6 +226,22 @@ export class Agent {
       stop: () => this.#endpoints?.stop(),
     });
     this.#lifecycle.append({
+      // After the endpoints: a restarted agent claims a revision only once its endpoints' maps
+      // are adopted again.
+      name: 'policy-status',
+      start: () => {
+        this.#policyStatus = new PolicyStatus({
+          store: this.#store!,
+          nodeName: config.nodeName,
+          startedAt: this.#node!.startedAt,
+          policy: this.#policy!,
+          log: log.child({ module: 'policy-status' }),
+        });
+        this.#policyStatus.start();
+      },
+      stop: () => this.#policyStatus?.stop(),
+    });
+    this.#lifecycle.append({
       // After the endpoints: a restarted agent has re-taken its references by then (collecting
       // before would be safe too, as the previous run's refs are still in the store).
       name: 'identity-gc',
@@ -306,7 +324,7 @@ export class Agent {
       return identityView(identity);
     });
     api.route('GET', '/v1/nodes', async () => (await this.#store!.list<NodeRecord>('nodes/')).entries.map((e) => e.value));
-    registerPolicyRoutes(api, () => this.#policy!, () => this.endpoints);
+    registerPolicyRoutes(api, () => this.#policy!, () => this.endpoints, () => this.#policyStatus!);
     api.route('GET', '/v1/monitor', ({ query, signal }) => {
       const kinds = query.getAll('type');
       const wanted = (e: MonitorEvent) => kinds.length === 0 || kinds.includes(e.kind);

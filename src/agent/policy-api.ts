@@ -7,6 +7,7 @@ import { PolicyValidationError, type TracePeer } from '../policy/index.ts';
 import { ApiError, type ApiServer } from './api-server.ts';
 import type { EndpointManager } from './endpoint-manager.ts';
 import { labelMap, type PolicyManager } from './policy-manager.ts';
+import { describeLagging, type PolicyStatus } from './policy-status.ts';
 import { podLabels } from '../identity/index.ts';
 
 const ImportBody = z.object({ yaml: z.string().min(1), file: z.string().default('<api>') }).strict();
@@ -58,7 +59,7 @@ export function resolveTracePeer(spec: string, endpoints: EndpointManager): Trac
   return { endpoint: pod.id };
 }
 
-export function registerPolicyRoutes(api: ApiServer, policy: () => PolicyManager, endpoints: () => EndpointManager): void {
+export function registerPolicyRoutes(api: ApiServer, policy: () => PolicyManager, endpoints: () => EndpointManager, status: () => PolicyStatus): void {
   api.route('POST', '/v1/policies', async ({ body }) => {
     const parsed = ImportBody.safeParse(body);
     if (!parsed.success) throw badRequest('policy import', parsed.error);
@@ -83,13 +84,25 @@ export function registerPolicyRoutes(api: ApiServer, policy: () => PolicyManager
     revision: policy().revision,
     endpoints: Object.fromEntries(policy().enforcedRevisions()),
   }));
-  // The revision is a store revision, so one an import on another node returned works here too:
-  // this node answers once it has applied the store's policy and identity changes up to it.
+  // The revision is a store revision, so one an import on another node returned works here too.
+  // scope=cluster (the default) answers once every node registered in the store enforces it,
+  // scope=node once this node has applied the store's policy and identity changes up to it.
   api.route('GET', '/v1/policy/wait', async ({ query, signal }) => {
     const revision = Number(query.get('revision'));
     const timeoutMs = Number(query.get('timeoutMs') ?? 30_000);
+    const scope = query.get('scope') ?? 'cluster';
     if (!Number.isSafeInteger(revision) || revision < 0) throw new ApiError(400, 'ERR_BAD_REQUEST', 'policy wait: revision must be a non-negative integer');
     if (!Number.isFinite(timeoutMs) || timeoutMs < 0) throw new ApiError(400, 'ERR_BAD_REQUEST', 'policy wait: timeoutMs must be a non-negative number');
+    if (scope !== 'cluster' && scope !== 'node') throw new ApiError(400, 'ERR_BAD_REQUEST', `policy wait: scope must be cluster or node, not "${scope}"`);
+    if (scope === 'cluster') {
+      const result = await status().waitForCluster(revision, timeoutMs, signal);
+      if (!result.enforced) {
+        throw new ApiError(504, 'ERR_TIMEOUT', `policy revision ${revision} not enforced by every node within ${timeoutMs} ms; lagging: ${describeLagging(result.nodes, revision)}`, {
+          nodes: result.nodes,
+        });
+      }
+      return { revision: policy().revision, enforced: true, scope, nodes: result.nodes };
+    }
     if (!(await policy().waitFor(revision, timeoutMs, signal))) {
       const lagging = policy().lagging(revision);
       const { policies, identities } = policy().progress();
@@ -99,7 +112,7 @@ export function registerPolicyRoutes(api: ApiServer, policy: () => PolicyManager
         `policy revision ${revision} not enforced within ${timeoutMs} ms (this node has applied policies up to revision ${policies} and identities up to ${identities}${lagging.length > 0 ? `; the maps of endpoints ${lagging.join(', ')} failed to update` : ''})`,
       );
     }
-    return { revision: policy().revision, enforced: true };
+    return { revision: policy().revision, enforced: true, scope };
   });
   api.route('POST', '/v1/policy/trace', ({ body }) => {
     const parsed = TraceBody.safeParse(body);

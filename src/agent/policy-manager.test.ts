@@ -3,7 +3,8 @@
  * (policy manager, identity allocator, real kernel policy maps and ipcache under a bpffs root of
  * their own) share one store; an import on one answers with its transaction's revision, and the
  * other enforces that revision — its rules, the identities they select, its endpoints' maps —
- * once `waitFor` returns.
+ * once `waitFor` returns. Each node publishes the revision it enforces, and a cluster wait
+ * returns once every node registered in the store has.
  * @module
  */
 import { test, type TestContext } from 'node:test';
@@ -16,6 +17,7 @@ import { IdentityAllocator, podLabels } from '../identity/index.ts';
 import { MemoryStateStore, type StateStore } from '../store/index.ts';
 import { Ipcache } from './ipcache.ts';
 import { PolicyManager, watchByRevision } from './policy-manager.ts';
+import { describeLagging, POLICY_STATUS_PREFIX, PolicyStatus, type PolicyStatusRecord } from './policy-status.ts';
 
 const log = pino({ level: 'silent' });
 
@@ -152,4 +154,103 @@ test('watchByRevision hands out one transaction as one batch, also when several 
   assert.deepEqual(shape((await next).value!), ['4:put:p/e']);
   abort.abort();
   assert.equal((await batches.next()).done, true);
+});
+
+/** A node registered in the store (as the agent does) that publishes its policy status. */
+async function startPublishingNode(t: TestContext, store: StateStore, nodeName: string): Promise<Node & { status: PolicyStatus }> {
+  const startedAt = new Date().toISOString();
+  await store.put(`nodes/${nodeName}`, { name: nodeName, startedAt });
+  const node = await startNode(t, store, nodeName);
+  const status = new PolicyStatus({ store, nodeName, startedAt, policy: node.policy, log });
+  status.start();
+  t.after(() => status.stop());
+  return { ...node, status };
+}
+
+/** Every policy status write from now on, as `node@revision`. */
+function statusWrites(t: TestContext, store: StateStore): string[] {
+  const writes: string[] = [];
+  const abort = new AbortController();
+  t.after(() => abort.abort());
+  void (async () => {
+    for await (const event of store.watch<PolicyStatusRecord>(POLICY_STATUS_PREFIX, { signal: abort.signal })) {
+      if (event.type === 'put') writes.push(`${event.key.slice(POLICY_STATUS_PREFIX.length)}@${event.value.revision}`);
+    }
+  })();
+  return writes;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+test('each node publishes the revision it enforces, once per change; a cluster wait returns once every registered node enforces it', async (t) => {
+  const store = sharedStore(t);
+  const writes = statusWrites(t, store);
+  const [n1, n2] = [await startPublishingNode(t, store, 'n1'), await startPublishingNode(t, store, 'n2')];
+  await n2.policy.addEndpoint(7, deathstarLabels);
+
+  const { revision } = await n1.policy.import(RULES, 'inline.yaml');
+  const waited = await n1.status.waitForCluster(revision, 5000);
+  assert.equal(waited.enforced, true, describeLagging(waited.nodes, revision));
+  assert.deepEqual(waited.nodes.map((n) => n.node), ['n1', 'n2']);
+  assert.ok(waited.nodes.every((n) => n.revision! >= revision), JSON.stringify(waited.nodes));
+  assert.ok(n2.policy.enforcedRevision(7)! >= revision, 'n2 enforces it on its endpoint');
+
+  // A burst of changes: coalesced, and nothing is written again for a value already published.
+  const before = writes.length;
+  let last = 0;
+  for (let i = 0; i < 20; i++) last = (await n1.policy.import(deathstarRule(`burst${i}`, 1000 + i), 'burst.yaml')).revision;
+  assert.equal((await n2.status.waitForCluster(last, 5000)).enforced, true);
+  await sleep(300);
+  const burst = writes.slice(before);
+  assert.ok(burst.length <= 10, `20 changes, ${burst.length} writes: ${burst.join(' ')}`);
+  t.diagnostic(`20 changes: ${burst.join(' ')}`);
+  for (const node of ['n1', 'n2']) {
+    const values = burst.filter((w) => w.startsWith(`${node}@`)).map((w) => Number(w.split('@')[1]));
+    assert.deepEqual(values, [...new Set(values)].sort((a, b) => a - b), `${node} writes each value once, rising: ${values.join(' ')}`);
+    assert.ok(values.at(-1)! >= last, `${node} published the last change`);
+  }
+  const quiet = writes.length;
+  await sleep(300);
+  assert.equal(writes.length, quiet, 'no change, no write');
+});
+
+test('a cluster wait names the nodes that lag; a node whose record is deleted stops counting, also mid-wait', async (t) => {
+  const store = sharedStore(t);
+  const n1 = await startPublishingNode(t, store, 'n1');
+  await startPublishingNode(t, store, 'n2');
+  const { revision } = await n1.policy.import(RULES, 'inline.yaml');
+  // n3 has a record but no agent, and the status an earlier run of its agent left is not its.
+  await store.put('nodes/n3', { name: 'n3', startedAt: '2026-01-01T00:00:00.000Z' });
+  await store.put(`${POLICY_STATUS_PREFIX}n3`, { revision: revision + 1000, startedAt: '2025-01-01T00:00:00.000Z' });
+
+  const timedOut = await n1.status.waitForCluster(revision, 300);
+  assert.equal(timedOut.enforced, false);
+  assert.equal(describeLagging(timedOut.nodes, revision), 'n3 (no revision published)');
+
+  const waiting = n1.status.waitForCluster(revision, 10_000);
+  await sleep(100);
+  const began = Date.now();
+  await store.delete('nodes/n3');
+  const waited = await waiting;
+  assert.equal(waited.enforced, true);
+  assert.deepEqual(waited.nodes.map((n) => n.node), ['n1', 'n2']);
+  assert.ok(Date.now() - began < 1000, 'the deletion ends the wait at once');
+});
+
+test('a revision past the last policy change: the waiter asks, and the other node catches up and publishes it', async (t) => {
+  const store = sharedStore(t);
+  const n1 = await startPublishingNode(t, store, 'n1');
+  const n2 = await startPublishingNode(t, store, 'n2');
+  const { revision } = await n1.policy.import(RULES, 'inline.yaml');
+  assert.equal((await n1.status.waitForCluster(revision, 5000)).enforced, true);
+  // Writes that change no policy and no identity: no node moves by itself.
+  for (let i = 0; i < 3; i++) await store.put(`endpoints/elsewhere/${i}`, { i });
+  const later = store.revision;
+  await sleep(200);
+  assert.ok(n2.status.published! < later, 'n2 has not published the later revision by itself');
+
+  const waited = await n1.status.waitForCluster(later, 5000);
+  assert.equal(waited.enforced, true, describeLagging(waited.nodes, later));
+  assert.equal((await store.get<{ revision: number }>('policy-wait/n1'))?.value.revision, later, 'n1 asked for the revision');
+  assert.ok(n2.status.published! >= later, `n2 published ${n2.status.published}`);
 });

@@ -120,6 +120,7 @@ export class PolicyManager {
    * stays put) until the endpoint is added again, which rewrites it from the kernel's content.
    */
   readonly #failedAt = new Map<number, number>();
+  readonly #changeListeners = new Set<() => void>();
 
   constructor(options: { store: StateStore; identities: IdentityAllocator; ipcache: Ipcache; maps: EndpointPolicyDatapath; log: Logger }) {
     this.#store = options.store;
@@ -139,6 +140,8 @@ export class PolicyManager {
     this.#unsubscribe = this.#identities.subscribe((change) => {
       if (change.type === 'upsert') this.#apply(this.engine.upsertIdentity(change.identity.id, labelMap(change.identity.labels)));
       else this.#apply(this.engine.deleteIdentity(change.identity.id));
+      // The allocator moves its revision after telling us, so listeners must read it later.
+      this.#changed();
     });
     const { revision, entries } = await this.#store.list<PolicyRule>(POLICY_PREFIX);
     this.#applyRules(entries.map((e) => e.value), []);
@@ -180,6 +183,7 @@ export class PolicyManager {
   #advance(revision: number): void {
     if (revision <= this.#appliedStoreRevision) return;
     this.#appliedStoreRevision = revision;
+    this.#changed();
     const waiting = this.#storeWaiters;
     this.#storeWaiters = [];
     for (const waiter of waiting) {
@@ -236,7 +240,10 @@ export class PolicyManager {
       try {
         this.#maps.apply(endpointId, diff);
       } catch (error) {
-        if (!this.#failedAt.has(endpointId)) this.#failedAt.set(endpointId, this.#appliedStoreRevision);
+        if (!this.#failedAt.has(endpointId)) {
+          this.#failedAt.set(endpointId, this.#appliedStoreRevision);
+          this.#changed();
+        }
         this.#log.error({ err: error, endpoint: endpointId, revision: this.#appliedStoreRevision }, 'writing policy map failed; the endpoint stays at its last revision until it is added again');
       }
     }
@@ -258,7 +265,7 @@ export class PolicyManager {
       const have = new Map(installed.map((e) => [policyKeyString(e.key), { ...e, ruleKeys: [] }]));
       const want = this.engine.endpointPolicy(endpointId)?.entries ?? new Map();
       this.#maps.apply(endpointId, diffEntries(have, want));
-      this.#failedAt.delete(endpointId);
+      if (this.#failedAt.delete(endpointId)) this.#changed();
     } finally {
       await installing;
     }
@@ -266,7 +273,7 @@ export class PolicyManager {
 
   removeEndpoint(endpointId: number): void {
     this.#apply(this.engine.deleteEndpoint(endpointId));
-    this.#failedAt.delete(endpointId);
+    if (this.#failedAt.delete(endpointId)) this.#changed();
     this.#maps.remove(endpointId);
   }
 
@@ -333,7 +340,36 @@ export class PolicyManager {
    * is applied, and every endpoint's map holds the result.
    */
   enforces(revision: number): boolean {
-    return revision <= this.#appliedStoreRevision && revision <= this.#identities.revision && this.lagging(revision).length === 0;
+    return revision <= this.enforcedNodeRevision();
+  }
+
+  /** The highest revision this node enforces (what it publishes for cluster-wide waits). */
+  enforcedNodeRevision(): number {
+    return Math.min(this.#appliedStoreRevision, this.#identities.revision, ...this.#failedAt.values());
+  }
+
+  /**
+   * Calls `listener` (synchronously, often in bursts) whenever enforcedNodeRevision() may have
+   * moved; read it later than the call. Returns the unsubscribe function.
+   */
+  onChange(listener: () => void): () => void {
+    this.#changeListeners.add(listener);
+    return () => this.#changeListeners.delete(listener);
+  }
+
+  #changed(): void {
+    for (const listener of this.#changeListeners) listener();
+  }
+
+  /**
+   * After a policy change the identity view usually lags: its revision moves only when an
+   * identity changes. One listing brings it up to the store's revision when nothing is missing,
+   * so this node enforces the policy change without waiting for someone to ask. Its caller reads
+   * enforcedNodeRevision() afterwards (no change is signalled).
+   */
+  async settle(): Promise<void> {
+    if (this.#identities.revision >= this.#appliedStoreRevision) return;
+    await this.#identities.catchUp();
   }
 
   /**
@@ -350,7 +386,10 @@ export class PolicyManager {
         nextCatchUp = now + CATCH_UP_INTERVAL_MS;
         try {
           if (this.#appliedStoreRevision < revision) await this.#catchUp();
-          if (this.#identities.revision < revision) await this.#identities.catchUp();
+          if (this.#identities.revision < revision) {
+            await this.#identities.catchUp();
+            this.#changed();
+          }
         } catch (error) {
           this.#log.warn({ err: error, revision }, 'policy wait: reading the store failed; retrying');
         }

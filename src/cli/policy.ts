@@ -83,13 +83,22 @@ export function registerPolicyCommands(program: Command): void {
 
   policy
     .command('wait <revision>')
-    .description('return once this node enforces the revision (an import or delete on any node printed it): it has applied the store\'s policy and identity changes up to it, and every endpoint\'s map holds them')
+    .description(
+      'return once every node registered in the store enforces the revision (an import or delete on any node printed it): ' +
+        "each has applied the store's policy and identity changes up to it and written its endpoints' maps; " +
+        'a node whose record is deleted does not count. On timeout, names the nodes that lag and the revision each has reached',
+    )
+    .option('--local', 'wait for this node only, whatever the others enforce')
     .option('--timeout <seconds>', 'give up after this long', (v) => Number(v), 30)
     .addOption(socketOption())
-    .action(async (revision: string, options: { socket: string; timeout: number }) => {
+    .action(async (revision: string, options: { socket: string; timeout: number; local?: boolean }) => {
       const client = new AgentClient(options.socket, (options.timeout + 5) * 1000);
-      const result = await client.get<{ revision: number }>(`/v1/policy/wait?revision=${encodeURIComponent(revision)}&timeoutMs=${options.timeout * 1000}`);
-      process.stdout.write(`revision ${revision} enforced (current ${result.revision})\n`);
+      const scope = options.local ? 'node' : 'cluster';
+      const result = await client.get<{ revision: number; nodes?: { node: string; revision: number }[] }>(
+        `/v1/policy/wait?revision=${encodeURIComponent(revision)}&timeoutMs=${options.timeout * 1000}&scope=${scope}`,
+      );
+      if (result.nodes) process.stdout.write(`revision ${revision} enforced on every node: ${result.nodes.map((n) => `${n.node} (at ${n.revision})`).join(', ')}\n`);
+      else process.stdout.write(`revision ${revision} enforced on this node (current ${result.revision})\n`);
     });
 
   policy
