@@ -242,11 +242,8 @@ const ROWS: readonly Row[] = [
 
 /**
  * The node's other addresses: its router address (the pods' gateway, on ciliate_host: what Cilium's
- * cilium_host address is) and its uplink address. Cilium's ipcache gives every address of the
- * local node the host identity, so these rows follow the host's verdicts above. They fail today —
- * the agent only puts --node-ip into the ipcache as the host, so traffic from or to the router
- * address is the world's, and the uplink address is whatever CIDR identity covers it — and run as
- * a todo until that is fixed (then move them into ROWS).
+ * cilium_host address is) and an uplink address added after the agent started. As in Cilium, every
+ * address of the local node is the host identity, so these rows follow the host's verdicts above.
  */
 const NODE_ADDRESS_ROWS: readonly Row[] = [
   ['host@router', 'metrics', 'tcp/9100', A], // fromEntities host
@@ -453,10 +450,7 @@ test('verdict matrix with real traffic: CNP, CCNP and KNP; ingress and egress; T
   const matrixStarted = Date.now();
   const outcomes = await runRows(all, places);
   t.diagnostic(`${all.length} rows: baseline ${baselineMs} ms, with policies ${Date.now() - matrixStarted} ms`);
-  assert.deepEqual(mismatches(ROWS, outcomes.slice(0, ROWS.length), (row) => row[3]), []);
-  await t.test('the node\'s router and uplink addresses are the host', { todo: 'only --node-ip is the host identity in the ipcache' }, () => {
-    assert.deepEqual(mismatches(NODE_ADDRESS_ROWS, outcomes.slice(ROWS.length), (row) => row[3]), []);
-  });
+  assert.deepEqual(mismatches(all, outcomes, (row) => row[3]), []);
 
   // The monitor, on the TRACED rows run again.
   const rows = TRACED.map((x) => x.row);

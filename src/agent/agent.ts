@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { EndpointDatapath, EndpointPolicyMaps, ensureMasquerade, ip, ipBatch, linkDetails, NodeRouting, sysctl } from '../datapath/index.ts';
+import { EndpointDatapath, EndpointPolicyMaps, ensureMasquerade, ip, ipBatch, linkDetails, NodeRouting, ReservedIdentity, sysctl } from '../datapath/index.ts';
 import { addressAllocator, NodeIpam } from '../ipam/index.ts';
 import { EtcdStateStore, LocalStateStore, StoreError, type StateStore } from '../store/index.ts';
 import { ApiError, ApiServer } from './api-server.ts';
@@ -20,6 +20,8 @@ import { ClusterWatcher } from './cluster.ts';
 import { PolicyManager } from './policy-manager.ts';
 import { PolicyStatus } from './policy-status.ts';
 import { IdentityGc } from './identity-gc.ts';
+import { Namespaces } from './namespaces.ts';
+import { NodeAddresses } from './node-addresses.ts';
 import type { Endpoint } from './endpoint.ts';
 import { registerPolicyRoutes } from './policy-api.ts';
 import { Monitor, type MonitorEvent } from './monitor.ts';
@@ -67,6 +69,8 @@ export class Agent {
   #store: StateStore | undefined;
   #ipam: NodeIpam | undefined;
   #datapath: EndpointDatapath | undefined;
+  #namespaces: Namespaces | undefined;
+  #nodeAddresses: NodeAddresses | undefined;
   #endpoints: EndpointManager | undefined;
   #ipcache: Ipcache | undefined;
   #node: NodeRecord | undefined;
@@ -166,11 +170,30 @@ export class Agent {
     });
     this.#lifecycle.append({
       name: 'ipcache',
-      start: () => {
-        this.#ipcache = new Ipcache(this.#datapath!.ipcache, log.child({ module: 'ipcache' }));
-        this.#ipcache.start();
+      start: async () => {
+        const ipcache = new Ipcache(this.#datapath!.ipcache, log.child({ module: 'ipcache' }));
+        this.#ipcache = ipcache;
+        // Whatever address the node sends from — the pods' gateway (Cilium's cilium_host address),
+        // the underlay, an uplink added later — is the host, so that fromEntities: host and
+        // toEntities: host mean the node and not some CIDR or the world.
+        const host = (address: string) => ({ prefix: `${address}/32`, identity: ReservedIdentity.HOST, source: 'local-node' as const });
+        ipcache.upsert(host(this.#ipam!.routerIp));
+        this.#nodeAddresses = new NodeAddresses(
+          {
+            added: (address) => ipcache.upsert(host(address)),
+            removed: (address) => {
+              if (address !== this.#ipam!.routerIp && ipcache.table.get(`${address}/32`)?.source === 'local-node') ipcache.delete(`${address}/32`);
+            },
+          },
+          log.child({ module: 'node-addresses' }),
+        );
+        await this.#nodeAddresses.start();
+        ipcache.start();
       },
-      stop: () => this.#ipcache?.stop(),
+      stop: () => {
+        this.#nodeAddresses?.stop();
+        return this.#ipcache?.stop();
+      },
     });
     this.#lifecycle.append({
       name: 'monitor',
@@ -208,6 +231,22 @@ export class Agent {
       },
     });
     this.#lifecycle.append({
+      // Before the endpoints: their identities carry their namespace's labels.
+      name: 'namespaces',
+      start: async () => {
+        this.#namespaces = new Namespaces({
+          store: this.#store!,
+          log: log.child({ module: 'namespaces' }),
+          onChange: (namespace) =>
+            this.#endpoints?.namespaceChanged(namespace).catch((error: unknown) => {
+              log.error({ err: error, namespace }, 'moving endpoints to the identities of their new namespace labels failed');
+            }),
+        });
+        await this.#namespaces.start();
+      },
+      stop: () => this.#namespaces?.stop(),
+    });
+    this.#lifecycle.append({
       name: 'endpoints',
       start: async () => {
         this.#endpoints = new EndpointManager({
@@ -218,6 +257,7 @@ export class Agent {
           identities: this.#identities!,
           policy: this.#policy!,
           mtu: () => this.#routing!.podMtu(),
+          namespaceLabels: (namespace) => this.#namespaces!.labelsOf(namespace),
           log: log.child({ module: 'endpoints' }),
           nodeName: config.nodeName,
         });
@@ -314,6 +354,12 @@ export class Agent {
       if (!parsed.success) throw new ApiError(400, 'ERR_BAD_REQUEST', `endpoint labels: body must be an object of string labels: ${parsed.error.issues[0].message}`);
       return this.endpoints.updateLabels(params.id, parsed.data);
     });
+    api.route('GET', '/v1/namespaces', () => this.#namespaces!.list());
+    api.route('PUT', '/v1/namespaces/:name/labels', async ({ params, body }) => {
+      const parsed = z.record(z.string(), z.string()).safeParse(body);
+      if (!parsed.success) throw new ApiError(400, 'ERR_BAD_REQUEST', `namespace labels: body must be an object of string labels: ${parsed.error.issues[0].message}`);
+      return this.#namespaces!.setLabels(params.name, parsed.data);
+    });
     api.route('DELETE', '/v1/endpoints/:containerId/:ifname', async ({ params }) => ({
       deleted: await this.endpoints.delete(params.containerId, params.ifname),
     }));
@@ -403,3 +449,4 @@ async function detectNodeIp(): Promise<string> {
 function identityView(identity: Pick<Identity, 'id' | 'labels'>) {
   return { id: identity.id, name: identityName(identity.id), labels: identity.labels.toStrings() };
 }
+

@@ -8,7 +8,8 @@
 import type { Logger } from 'pino';
 import { ReservedIdentity } from '../datapath/index.ts';
 import { Reconciler, Table } from '../statedb/index.ts';
-import { StoreError, type StateStore, type WatchEvent } from '../store/index.ts';
+import type { StateStore, WatchEvent } from '../store/index.ts';
+import { followPrefix } from './follow.ts';
 import type { NodeRecord } from './agent.ts';
 import type { Endpoint } from './endpoint.ts';
 import type { Ipcache } from './ipcache.ts';
@@ -20,8 +21,6 @@ export interface RemoteNodeRouting {
   /** Makes the kernel hold routes for exactly these nodes (drops those of nodes gone while we were down). */
   syncRemoteNodes(nodes: readonly NodeRecord[]): Promise<void> | void;
 }
-
-export const REMOTE_NODE_IDENTITY = 6;
 
 interface RemoteEndpoint {
   key: string;
@@ -79,20 +78,12 @@ export class ClusterWatcher {
   }
 
   /** Lists `prefix`, applies it, then returns the loop that applies every later change. */
-  async #follow<T>(prefix: string, apply: (event: WatchEvent<T>) => void): Promise<{ loop: Promise<void> }> {
-    const { revision, entries } = await this.#store.list<T>(prefix);
-    for (const entry of entries) apply({ type: 'put', key: entry.key, value: entry.value, revision: entry.modRevision });
-    const watch = this.#store.watch<T>(prefix, { afterRevision: revision, signal: this.#abort.signal });
-    const loop = (async () => {
-      try {
-        for await (const event of watch) apply(event);
-      } catch (error) {
-        if (!this.#abort.signal.aborted) {
-          this.#log.error({ err: error, prefix, compacted: StoreError.is(error, 'ERR_STORE_COMPACTED') }, 'watch ended; cluster view is stale');
-        }
-      }
-    })();
-    return { loop };
+  #follow<T>(prefix: string, apply: (event: WatchEvent<T>) => void): Promise<{ loop: Promise<void> }> {
+    return followPrefix<T>(this.#store, prefix, {
+      apply,
+      signal: this.#abort.signal,
+      onEnd: (error, compacted) => this.#log.error({ err: error, prefix, compacted }, 'watch ended; cluster view is stale'),
+    });
   }
 
   #onNode(event: WatchEvent<NodeRecord>): void {
@@ -113,7 +104,7 @@ export class ClusterWatcher {
     const tunnelEndpoint = this.#tunnel && node.nodeIp ? node.nodeIp : undefined;
     // Until a remote pod's own /32 arrives, its node's pod CIDR says where to send it.
     this.#ipcache.upsert({ prefix: node.podCidr, identity: ReservedIdentity.WORLD, tunnelEndpoint, source: 'remote-node' });
-    if (node.nodeIp) this.#ipcache.upsert({ prefix: `${node.nodeIp}/32`, identity: REMOTE_NODE_IDENTITY, source: 'remote-node' });
+    if (node.nodeIp) this.#ipcache.upsert({ prefix: `${node.nodeIp}/32`, identity: ReservedIdentity.REMOTE_NODE, source: 'remote-node' });
     for (const ep of this.remoteEndpoints.all()) if (ep.node === node.name) this.#upsertRemoteEndpointIpcache(ep);
   }
 

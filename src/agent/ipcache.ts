@@ -9,7 +9,7 @@ import type { BpfMap } from '../ebpf/index.ts';
 import { IpcacheFlag, type RemoteEndpointInfo } from '../datapath/index.ts';
 import { Reconciler, Table } from '../statedb/index.ts';
 
-export type IpcacheSource = 'local-endpoint' | 'remote-node' | 'remote-endpoint' | 'cidr-policy';
+export type IpcacheSource = 'local-node' | 'local-endpoint' | 'remote-node' | 'remote-endpoint' | 'cidr-policy';
 
 export interface IpcacheEntry {
   /** a.b.c.d/len */
