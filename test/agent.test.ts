@@ -1,6 +1,6 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentApiError, type Endpoint } from '../src/agent/index.ts';
 import { TestNode, echo, echoServer, inNs, ping, sleep, streamConnection } from './support/cluster.ts';
@@ -61,7 +61,15 @@ async function assertDatapathOutlivesAgent(t: TestContext, port: number, stop: (
 }
 
 test('a kill -9 of the agent drops no established connection, and the restarted agent adopts the datapath', async (t) => {
-  await assertDatapathOutlivesAgent(t, 7001, (node) => node.stopAgent('SIGKILL'));
+  await assertDatapathOutlivesAgent(t, 7001, async (node) => {
+    // The agent's own children (its address monitor) must not outlive it in the node's namespace.
+    const children = readFileSync(`/proc/${node.agent!.pid}/task/${node.agent!.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+    assert.ok(children.length > 0, 'the agent runs its address monitor');
+    await node.stopAgent('SIGKILL');
+    const deadline = Date.now() + 2000;
+    while (children.some((pid) => existsSync(`/proc/${pid}`)) && Date.now() < deadline) await sleep(20);
+    assert.deepEqual(children.filter((pid) => existsSync(`/proc/${pid}`)), [], 'children of a killed agent are gone');
+  });
 });
 
 test('SIGTERM stops the agent promptly and cleanly, leaving the datapath for the next agent to adopt', async (t) => {

@@ -3,7 +3,8 @@
  * Cilium every address of the node is the host identity, so that `fromEntities: host` means the
  * node whatever address it sends from (the pods' gateway, the underlay, an uplink added later)
  * and no CIDR rule or the world covers it. `ip monitor` is the follower: one long-lived child
- * process, started before the listing so that no change falls between the two.
+ * process, started before the listing so that no change falls between the two, and bound to the
+ * agent's life.
  * @module
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -32,7 +33,9 @@ export class NodeAddresses {
   }
 
   async start(): Promise<void> {
-    const monitor = spawn('ip', ['-o', '-4', 'monitor', 'address'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // setpriv --pdeathsig: the monitor dies with the agent, even a kill -9'd one, instead of
+    // living on in (and keeping alive) the agent's network namespace.
+    const monitor = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'ip', '-o', '-4', 'monitor', 'address'], { stdio: ['ignore', 'pipe', 'pipe'] });
     this.#monitor = monitor;
     monitor.on('error', (error) => this.#log.error({ err: error }, 'following node addresses failed; addresses added from now on are not the host'));
     monitor.on('exit', (code, signal) => {
