@@ -20,6 +20,7 @@ export { Btf, checkLayout, type BtfStructLayout, type BtfDatasec, type BtfMember
 export { Link, unpinLink, linkInfo, type LinkInfoData } from './link/link.ts';
 export { attachTcx, queryTcx, type TcxOptions, type TcxDirection, type TcxAttachments } from './link/tcx.ts';
 export { attachXdp, type XdpOptions, type XdpMode } from './link/xdp.ts';
+export { attachNetkit, type NetkitOptions } from './link/netkit.ts';
 export { attachCgroup, type CgroupOptions } from './link/cgroup.ts';
 export { inNetns, namedNetns } from './netns.ts';
 export { RingBuffer, type RingBufferOptions, type RingBufferStats, type RecordHandler, type StartOptions, type WakeupMode } from './ringbuf.ts';

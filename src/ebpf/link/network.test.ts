@@ -8,7 +8,9 @@ import { inNetns } from '../netns.ts';
 import { u32, u64 } from '../codec.ts';
 import { LinkType } from '../internal/constants.ts';
 import { netnsPair, objectPath, ping, pinDir } from '../internal/testutils.ts';
-import { BpfError } from '../errors.ts';
+import { BpfError, NotSupportedError } from '../errors.ts';
+import { probeFeature } from '../features.ts';
+import { attachNetkit } from './netkit.ts';
 import { BpfMap } from '../map.ts';
 
 const SLOT_TC = 0;
@@ -113,4 +115,17 @@ test('Link.update swaps the program of a pinned TCX link in place', (t) => {
   assert.equal(link.info().programId, obj.program('count_tc_second').info().id, 'new program');
   assert.ok(ping(net.a, net.addrB, 2));
   assert.ok(counters.lookup(1)! >= second + 2n, 'the new program runs');
+});
+
+const netkitPresent = probeFeature('netkit').status === 'supported';
+
+test('netkit links on a kernel without netkit: NotSupportedError, before any device is looked up', { skip: netkitPresent && 'this kernel has netkit' }, (t) => {
+  const obj = BpfObject.load(objectPath('net'), { programs: ['count_tc'] });
+  t.after(() => obj.close());
+  for (const peer of [false, true]) {
+    assert.throws(
+      () => attachNetkit(obj.program('count_tc'), { interface: 'no-such-netkit0', peer }),
+      (error: unknown) => error instanceof NotSupportedError && error.feature === 'netkit' && /^not supported on this kernel: netkit/.test(error.message),
+    );
+  }
 });
