@@ -61,6 +61,18 @@ interface EndpointState {
   labels: LabelMap;
   rules: Set<string>;
   policy: ResolvedPolicy;
+  /** Keys of policy.entries by remote identity: an identity change reads only its own entries. */
+  keysByIdentity: Map<number, Set<string>>;
+}
+
+function keysByIdentity(entries: ReadonlyMap<string, PolicyMapEntry>): Map<number, Set<string>> {
+  const out = new Map<number, Set<string>>();
+  for (const [k, e] of entries) {
+    let keys = out.get(e.key.identity);
+    if (!keys) out.set(e.key.identity, (keys = new Set()));
+    keys.add(k);
+  }
+  return out;
 }
 
 export interface PolicyEngineOptions {
@@ -184,31 +196,55 @@ export class PolicyEngine {
       const next = this.#resolve(ep.labels, ep.rules);
       const diff = diffEntries(ep.policy.entries, next.entries);
       ep.policy = next;
+      ep.keysByIdentity = keysByIdentity(next.entries);
       if (diff.upserts.length > 0 || diff.deletes.length > 0) out.set(id, diff);
     }
     return { revision: ++this.#revision, endpoints: out };
   }
 
-  /** An identity's selections changed: rewrite only that identity's entries of each endpoint. */
+  /**
+   * An identity's selections changed: rewrite only that identity's entries of each endpoint. Its
+   * entries come only from rules with a peer selector that selects it (and the endpoint's
+   * identity-0 denies, passed as `base`), so only those rules are resolved: an identity change
+   * costs the rules that name it, not every rule of the endpoint.
+   */
   #recomputeIdentity(endpointIds: Iterable<number>, identity: number): PolicyUpdate {
     const out = new Map<number, EntriesDiff>();
+    const naming = new Set<string>();
+    for (const sk of this.cache.selectorsSelecting(identity)) for (const rk of this.#selectorUsers.get(sk) ?? []) naming.add(rk);
     for (const id of endpointIds) {
       const ep = this.#endpoints.get(id);
       if (!ep) continue;
-      const states = this.#sortedRules(ep.rules);
+      const states = this.#sortedRules([...naming].filter((rk) => ep.rules.has(rk)));
+      const entries = ep.policy.entries;
+      const entriesOf = (remote: number) => {
+        const m = new Map<string, PolicyMapEntry>();
+        for (const k of ep.keysByIdentity.get(remote) ?? []) m.set(k, entries.get(k)!);
+        return m;
+      };
+      // Of the base, resolve reads only the identity-0 denies.
       const fresh = resolveEndpointPolicy(
         ep.labels,
         states.map((s) => s.rule),
         this.cache,
-        { preselected: true, ruleId: (_r, i) => states[i].id, onlyIdentity: identity, base: ep.policy.entries },
+        { preselected: true, ruleId: (_r, i) => states[i].id, onlyIdentity: identity, base: entriesOf(0) },
       ).entries;
-      const old = new Map<string, PolicyMapEntry>();
-      for (const [k, e] of ep.policy.entries) if (e.key.identity === identity) old.set(k, e);
+      const old = entriesOf(identity);
       const diff = diffEntries(old, fresh);
       if (diff.upserts.length === 0 && diff.deletes.length === 0) continue;
-      const entries = ep.policy.entries;
-      for (const k of old.keys()) if (!fresh.has(k)) entries.delete(k);
-      for (const [k, e] of fresh) entries.set(k, e);
+      // The key set changes as the map does, so both keep the same order (that of later diffs).
+      let keys = ep.keysByIdentity.get(identity);
+      if (!keys) ep.keysByIdentity.set(identity, (keys = new Set()));
+      for (const k of old.keys()) {
+        if (fresh.has(k)) continue;
+        entries.delete(k);
+        keys.delete(k);
+      }
+      for (const [k, e] of fresh) {
+        entries.set(k, e);
+        keys.add(k);
+      }
+      if (keys.size === 0) ep.keysByIdentity.delete(identity);
       out.set(id, diff);
     }
     return { revision: ++this.#revision, endpoints: out };
@@ -323,7 +359,7 @@ export class PolicyEngine {
     let ep = this.#endpoints.get(id);
     if (ep) for (const rk of ep.rules) this.#rules.get(rk)?.endpoints.delete(id);
     else {
-      ep = { id, labels, rules: new Set(), policy: EMPTY_POLICY() };
+      ep = { id, labels, rules: new Set(), policy: EMPTY_POLICY(), keysByIdentity: new Map() };
       this.#endpoints.set(id, ep);
     }
     ep.labels = labels;

@@ -11,11 +11,15 @@
  *   `except`, and the world identities when the CIDR is /0: never pods, nodes or reserved
  *   identities with labels of their own.
  * - Lookups go through a label index (`source:key=value` and `any:key=value`), so a selector with
- *   matchLabels only looks at identities that have one of its labels.
+ *   matchLabels only looks at identities that have one of its labels; CIDR selectors and CIDR
+ *   identities meet in prefix tries (prefix-trie.ts), so a new CIDR identity visits only the
+ *   selectors whose CIDR contains its prefix and a new CIDR selector only the identities inside
+ *   its CIDR: importing N CIDR peers costs O(N × prefix length), not O(N²).
  * @module
  */
 import { selectorMatches, splitLabelKey } from './selector.ts';
 import { cidrContains, parseCidr, type Cidr } from './cidr.ts';
+import { PrefixTrie } from './prefix-trie.ts';
 import type { CidrRule, Entity, Selector } from './types.ts';
 import { RESERVED_IDENTITY } from '../identity/index.ts';
 
@@ -66,6 +70,9 @@ export function identityCidr(labels: LabelMap): Cidr | undefined {
   return best;
 }
 
+const ANY_IPV4: Cidr = { family: 4, network: 0n, prefixLength: 0 };
+const ANY_IPV6: Cidr = { family: 6, network: 0n, prefixLength: 0 };
+
 const CLUSTER_RESERVED = ['host', 'remote-node', 'init', 'ingress', 'health', 'unmanaged', 'kube-apiserver'];
 
 function has(labels: LabelMap, key: string): boolean {
@@ -109,9 +116,19 @@ export function entityMatches(entity: Entity, labels: LabelMap): boolean {
   }
 }
 
+/** A CIDR peer with its prefixes parsed. */
+export interface ParsedCidrRule {
+  cidr: Cidr;
+  except: Cidr[];
+}
+
 /** Whether a CIDR peer (with excepts) selects an identity. */
-export function cidrRuleMatches(rule: { cidr: Cidr; except: Cidr[] }, labels: LabelMap): boolean {
-  const prefix = identityCidr(labels);
+export function cidrRuleMatches(rule: ParsedCidrRule, labels: LabelMap): boolean {
+  return cidrRuleSelects(rule, identityCidr(labels), labels);
+}
+
+/** cidrRuleMatches with the identity's prefix (identityCidr of `labels`) already known. */
+function cidrRuleSelects(rule: ParsedCidrRule, prefix: Cidr | undefined, labels: LabelMap): boolean {
   if (prefix === undefined) {
     // World identities stand for "every address not covered by a CIDR identity".
     return rule.cidr.prefixLength === 0 && worldFamily(labels, rule.cidr.family);
@@ -274,9 +291,14 @@ interface SelectorState {
   wildcard: boolean;
   selections: Set<number>;
   users: number;
+  /** Whether it selects an identity with these labels (CIDR selectors use `cidr` with the identity's parsed prefix instead). */
   matches: (labels: LabelMap) => boolean;
-  /** Label term it is indexed under, or undefined (scanned on every identity change). */
+  /** Label term it is indexed under, or undefined (scanned on every identity change, unless a CIDR). */
   term: string | undefined;
+  /** A CIDR peer, parsed: indexed in the CIDR selector trie instead of being scanned. */
+  cidr: ParsedCidrRule | undefined;
+  /** Creation order: candidates from the scan list and the CIDR trie are visited in it. */
+  seq: number;
 }
 
 /** Which selectors gained or lost identities in an identity change. */
@@ -289,17 +311,61 @@ export interface SelectionChange {
 export class SelectorCache {
   readonly #identities = new LabelIndex<number>();
   readonly #selectors = new Map<string, SelectorState>();
-  /** Non-wildcard selectors by index term; the rest in #scan. */
+  /** Non-wildcard selectors by index term; CIDR selectors in #cidrSelectors; the rest in #scan. */
   readonly #byTerm = new Map<string, Set<SelectorState>>();
   readonly #scan = new Set<SelectorState>();
+  readonly #cidrSelectors = new PrefixTrie<SelectorState>();
+  #nextSelectorSeq = 0;
   /** Identity → selectors that select it. */
   readonly #selectedBy = new Map<number, Set<SelectorState>>();
+  /** Identity → its most specific `cidr:` prefix, parsed once per upsert rather than per match. */
+  readonly #prefixOf = new Map<number, Cidr>();
+  /** Identities with a prefix, by prefix. */
+  readonly #byPrefix = new PrefixTrie<number>();
+  /** World-labelled identities without a prefix: the only others a /0 CIDR selects. */
+  readonly #prefixlessWorld = new Set<number>();
+  /**
+   * Identity → position in #identities' iteration order (an upsert moves it to the end). Ids found
+   * through a trie are sorted by it, so selections and lookups come out in the order a scan of
+   * #identities gave.
+   */
+  readonly #identitySeq = new Map<number, number>();
+  #nextIdentitySeq = 0;
 
   constructor(identities?: IdentitySource | Iterable<IdentityInfo>) {
     if (identities) {
       const list = Symbol.iterator in identities ? identities : identities.identities();
-      for (const i of list) this.#identities.set(i.id, i.labels);
+      for (const i of list) this.#index(i.id, i.labels);
     }
+  }
+
+  /** Stores an identity's labels in the label index and its prefix in the prefix trie. */
+  #index(id: number, labels: LabelMap): Cidr | undefined {
+    this.#unindexPrefix(id);
+    this.#identities.set(id, labels);
+    this.#identitySeq.set(id, this.#nextIdentitySeq++);
+    const prefix = identityCidr(labels);
+    if (prefix !== undefined) {
+      this.#prefixOf.set(id, prefix);
+      this.#byPrefix.add(prefix, id);
+    } else if (isWorldLabelled(labels)) {
+      this.#prefixlessWorld.add(id);
+    }
+    return prefix;
+  }
+
+  #unindexPrefix(id: number): void {
+    const old = this.#prefixOf.get(id);
+    if (old !== undefined) {
+      this.#byPrefix.delete(old, id);
+      this.#prefixOf.delete(id);
+    }
+    this.#prefixlessWorld.delete(id);
+  }
+
+  #bySeq(ids: number[]): number[] {
+    const seq = this.#identitySeq;
+    return ids.sort((a, b) => seq.get(a)! - seq.get(b)!);
   }
 
   get identityCount(): number {
@@ -330,12 +396,9 @@ export class SelectorCache {
   identityForIp(ip: string): number {
     const addr = parseCidr(ip);
     if ('error' in addr) throw new RangeError(addr.error);
-    let best: { id: number; len: number } | undefined;
-    for (const [id, labels] of this.#identities.entries()) {
-      const c = identityCidr(labels);
-      if (c && cidrContains(c, addr) && (!best || c.prefixLength > best.len)) best = { id, len: c.prefixLength };
-    }
-    if (best) return best.id;
+    // The longest prefix containing the address; on a tie, the identity a scan would meet first.
+    const longest = this.#byPrefix.containing(addr).at(-1);
+    if (longest) return this.#bySeq([...longest[1]])[0];
     const familyWorld = addr.family === 4 ? RESERVED_IDENTITIES['world-ipv4'] : RESERVED_IDENTITIES['world-ipv6'];
     return this.#identities.get(RESERVED_IDENTITIES.world) || !this.#identities.get(familyWorld) ? RESERVED_IDENTITIES.world : familyWorld;
   }
@@ -382,6 +445,7 @@ export class SelectorCache {
     const wildcard = isWildcardPeer(peer);
     let matches: (labels: LabelMap) => boolean;
     let term: string | undefined;
+    let cidrRule: ParsedCidrRule | undefined;
     if (peer.kind === 'endpoints') {
       const sel = peer.selector;
       matches = (labels) => selectorMatches(sel, labels);
@@ -393,22 +457,37 @@ export class SelectorCache {
       const cidr = parseCidr(peer.cidr.cidr);
       if ('error' in cidr) throw new RangeError(`CIDR peer ${peer.cidr.cidr}: ${cidr.error}`);
       const except = peer.cidr.except.map((e) => parseCidr(e)).filter((e): e is Cidr => !('error' in e));
-      const rule = { cidr, except };
+      const rule = (cidrRule = { cidr, except });
       matches = (labels) => cidrRuleMatches(rule, labels);
     }
-    const s: SelectorState = { key, peer, wildcard, selections: new Set(), users: 0, matches, term };
+    const s: SelectorState = { key, peer, wildcard, selections: new Set(), users: 0, matches, term, cidr: cidrRule, seq: this.#nextSelectorSeq++ };
     this.#selectors.set(key, s);
     if (wildcard) return s;
     if (term !== undefined) {
       let set = this.#byTerm.get(term);
       if (!set) this.#byTerm.set(term, (set = new Set()));
       set.add(s);
+    } else if (cidrRule !== undefined) {
+      this.#cidrSelectors.add(cidrRule.cidr, s);
     } else {
       this.#scan.add(s);
     }
-    const ids = peer.kind === 'endpoints' ? this.#identities.select(peer.selector) : this.#identities.filter(matches);
+    const ids =
+      peer.kind === 'endpoints' ? this.#identities.select(peer.selector) : cidrRule !== undefined ? this.#cidrSelections(cidrRule) : this.#identities.filter(matches);
     for (const id of ids) this.#link(s, id);
     return s;
+  }
+
+  /** Identities a CIDR rule selects: those whose prefix is inside it, plus world ones for a /0. */
+  #cidrSelections(rule: ParsedCidrRule): number[] {
+    const out: number[] = [];
+    for (const id of this.#byPrefix.within(rule.cidr)) {
+      if (cidrRuleSelects(rule, this.#prefixOf.get(id), this.#identities.get(id)!)) out.push(id);
+    }
+    if (rule.cidr.prefixLength === 0) {
+      for (const id of this.#prefixlessWorld) if (cidrRuleSelects(rule, undefined, this.#identities.get(id)!)) out.push(id);
+    }
+    return this.#bySeq(out);
   }
 
   #link(s: SelectorState, id: number): void {
@@ -428,12 +507,33 @@ export class SelectorCache {
     this.#selectors.delete(s.key);
     for (const id of s.selections) this.#selectedBy.get(id)?.delete(s);
     if (s.term !== undefined) this.#byTerm.get(s.term)?.delete(s);
+    else if (s.cidr !== undefined) this.#cidrSelectors.delete(s.cidr.cidr, s);
     else this.#scan.delete(s);
   }
 
-  /** Selectors that could select an identity with these labels (the indexed ones by its terms). */
-  #candidates(labels: LabelMap): Set<SelectorState> {
-    const out = new Set<SelectorState>(this.#scan);
+  /**
+   * Selectors that could select an identity with these labels and prefix: the scanned ones and
+   * the CIDR selectors containing the prefix (the /0 ones when it has none) in creation order,
+   * then the indexed ones by its terms.
+   */
+  #candidates(labels: LabelMap, prefix: Cidr | undefined): Set<SelectorState> {
+    const cidr: SelectorState[] = [];
+    for (const p of prefix === undefined ? [ANY_IPV4, ANY_IPV6] : [prefix]) {
+      for (const [, selectors] of this.#cidrSelectors.containing(p)) for (const s of selectors) cidr.push(s);
+    }
+    let out: Set<SelectorState>;
+    if (cidr.length === 0) out = new Set(this.#scan);
+    else {
+      // Merge two lists in creation order (the scan set is: selectors join it when created).
+      cidr.sort((a, b) => a.seq - b.seq);
+      out = new Set();
+      let i = 0;
+      for (const s of this.#scan) {
+        while (i < cidr.length && cidr[i].seq < s.seq) out.add(cidr[i++]);
+        out.add(s);
+      }
+      while (i < cidr.length) out.add(cidr[i++]);
+    }
     for (const t of labelTerms(labels)) for (const s of this.#byTerm.get(t) ?? []) out.add(s);
     return out;
   }
@@ -446,9 +546,11 @@ export class SelectorCache {
    */
   upsertIdentity(id: number, labels: LabelMap): SelectionChange[] {
     const before = new Set(this.#selectedBy.get(id) ?? []);
-    this.#identities.set(id, labels);
+    const prefix = this.#index(id, labels);
     const after = new Set<SelectorState>();
-    for (const s of this.#candidates(labels)) if (s.matches(labels)) after.add(s);
+    for (const s of this.#candidates(labels, prefix)) {
+      if (s.cidr !== undefined ? cidrRuleSelects(s.cidr, prefix, labels) : s.matches(labels)) after.add(s);
+    }
     const changes: SelectionChange[] = [];
     for (const s of before) {
       if (!after.has(s)) {
@@ -468,12 +570,19 @@ export class SelectorCache {
   /** Removes an identity; returns the selectors that lost it. */
   deleteIdentity(id: number): SelectionChange[] {
     if (!this.#identities.delete(id)) return [];
+    this.#unindexPrefix(id);
+    this.#identitySeq.delete(id);
     const changes: SelectionChange[] = [];
     for (const s of [...(this.#selectedBy.get(id) ?? [])]) {
       this.#unlink(s, id);
       changes.push({ selector: s.key, added: [], removed: [id] });
     }
     return changes;
+  }
+
+  /** Keys of the selectors that select an identity (wildcards aside: they select identity 0). */
+  selectorsSelecting(id: number): string[] {
+    return [...(this.#selectedBy.get(id) ?? [])].map((s) => s.key);
   }
 
   /** Identities a peer selects: `[0]` for a wildcard (any identity). */
