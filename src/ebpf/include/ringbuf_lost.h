@@ -74,17 +74,25 @@ static __always_inline long ringbuf_output_or_count_flags(void *ring, void *lost
 #define ringbuf_output_or_count(ring, lost_map, data, size) \
 	ringbuf_output_or_count_flags((ring), (lost_map), (void *)(data), (size), 0)
 
-/* The wakeup flags for a record about to be submitted: wake the reader only once `wakeup_bytes`
- * wait in the ring. A wakeup per record costs the producing CPU microseconds (irq_work, then the
- * reader's context switch), which at connection-setup rates is most of a packet's cost; a reader
- * of such a ring also drains on a timer (ringbuf.ts, option `drainIntervalMs`), which bounds how
- * long a lone record waits. */
-static __always_inline __u64 ringbuf_batched_wakeup(void *ring, __u64 wakeup_bytes)
+/* The wakeup flags for a record of `size` bytes about to be submitted: wake the reader only when
+ * this record takes what waits in the ring past `wakeup_bytes`. A wakeup costs the producing CPU
+ * microseconds (irq_work; in a VM an interprocessor interrupt and an exit), which at connection
+ * setup rates is most of a packet's cost, so one is sent per batch: not per record, and not for
+ * every record while the reader is still catching up. The reader of such a ring also drains it on
+ * a timer (ringbuf.ts, option `drainIntervalMs`), which bounds how long records below the mark
+ * wait, and covers the rare crossing that concurrent producers both count as another's. */
+static __always_inline __u64 ringbuf_batched_wakeup(void *ring, __u64 size, __u64 wakeup_bytes)
 {
-	return bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	/* Includes this record: reserving moved the producer position past it, its 8-byte header and
+	 * its padding to 8 bytes. */
+	__u64 waiting = bpf_ringbuf_query(ring, BPF_RB_AVAIL_DATA);
+	__u64 taken = (size + 8 + 7) & ~7ULL;
+
+	return waiting >= wakeup_bytes && waiting - taken < wakeup_bytes ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
 }
 
+/* bpf_ringbuf_submit() with ringbuf_batched_wakeup()'s flags; `record` is a typed pointer. */
 #define ringbuf_submit_batched(ring, record, wakeup_bytes) \
-	bpf_ringbuf_submit((record), ringbuf_batched_wakeup((ring), (wakeup_bytes)))
+	bpf_ringbuf_submit((record), ringbuf_batched_wakeup((ring), sizeof(*(record)), (wakeup_bytes)))
 
 #endif /* CILIATE_RINGBUF_LOST_H */
