@@ -19,6 +19,7 @@ import { Ipcache } from './ipcache.ts';
 import { ClusterWatcher } from './cluster.ts';
 import { PolicyManager } from './policy-manager.ts';
 import { PolicyStatus } from './policy-status.ts';
+import { deregisterNode } from './node-deregister.ts';
 import { IdentityGc } from './identity-gc.ts';
 import { Namespaces } from './namespaces.ts';
 import { NodeAddresses } from './node-addresses.ts';
@@ -370,6 +371,7 @@ export class Agent {
       return identityView(identity);
     });
     api.route('GET', '/v1/nodes', async () => (await this.#store!.list<NodeRecord>('nodes/')).entries.map((e) => e.value));
+    api.route('DELETE', '/v1/nodes/:name', ({ params }) => deregisterNode(this.#store!, params.name, this.config.nodeName));
     registerPolicyRoutes(api, () => this.#policy!, () => this.endpoints, () => this.#policyStatus!);
     api.route('GET', '/v1/monitor', ({ query, signal }) => {
       const kinds = query.getAll('type');

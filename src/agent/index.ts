@@ -8,4 +8,5 @@ export { AgentConfigSchema, ConfigError, loadConfig, envName, type AgentConfig, 
 export { AgentClient, AgentApiError, DEFAULT_SOCKET } from './client.ts';
 export { runAgent, createLogger } from './run.ts';
 export type { Endpoint } from './endpoint.ts';
+export type { NodeDeregistration } from './node-deregister.ts';
 export type { AddEndpointRequest } from './endpoint-manager.ts';

@@ -3,7 +3,7 @@
  * @module
  */
 import { type Command, Option } from 'commander';
-import { AgentClient, loadConfig, runAgent, type AgentConfig, type Endpoint, type EndpointView, type NodeRecord } from '../agent/index.ts';
+import { AgentClient, loadConfig, runAgent, type AgentConfig, type Endpoint, type EndpointView, type NodeDeregistration, type NodeRecord } from '../agent/index.ts';
 import { formatTable, outputOption, type OutputFormat } from './output.ts';
 
 function socketOption(): Option {
@@ -173,15 +173,26 @@ export function registerAgentCommands(program: Command): void {
       await client.stream(`/v1/monitor?${query}`, show, abort.signal);
     });
 
-  program
-    .command('node')
-    .description('nodes of the cluster')
+  const node = program.command('node').description('nodes of the cluster');
+  node
     .command('list')
     .addOption(socketOption())
     .addOption(outputOption())
     .action(async (options: { socket: string; output: OutputFormat }) => {
       const nodes = await new AgentClient(options.socket).get<NodeRecord[]>('/v1/nodes');
       print(options.output, nodes, () => formatTable(['NAME', 'NODE IP', 'POD CIDR', 'ROUTER', 'ROUTING', 'VERSION'], nodes.map((n) => [n.name, n.nodeIp || '-', n.podCidr, n.routerIp, n.routingMode, n.agentVersion])));
+    });
+  node
+    .command('delete <name>')
+    .description(
+      'deregister a node that is gone for good: its record, policy status, endpoints, pod CIDR and addresses and identity references, ' +
+        'in one transaction (stop its agent first: a running agent notices only when it restarts)',
+    )
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (name: string, options: { socket: string; output: OutputFormat }) => {
+      const result = await new AgentClient(options.socket).call<NodeDeregistration>('DELETE', `/v1/nodes/${encodeURIComponent(name)}`);
+      print(options.output, result, () => `node ${result.node} deleted at revision ${result.revision}: ${result.deleted.length} keys${result.podCidr ? `, pod CIDR ${result.podCidr} freed` : ''}`);
     });
 }
 
