@@ -77,11 +77,38 @@ test('deregisterNode refuses its own node and bad names, and leaves the store un
   assert.deepEqual(await keys(store), all);
 });
 
-test('deregisterNode: a rejected transaction deletes nothing; a racing write makes it read again', async (t) => {
+test('deregisterNode: a node too large for one transaction goes in several, its record last', async (t) => {
+  const store = await twoNodes(t);
+  const ipam = await NodeIpam.open({ store, nodeName: 'n2', pool: POOL });
+  for (let i = 0; i < 60; i++) {
+    const { ip } = await ipam.allocate(`ctr-extra-${i}:eth0`);
+    await store.put(`endpoints/n2/ctr-extra-${i}/eth0`, { ipv4: ip });
+  }
+  const before = await keys(store);
+  // As etcd with its default --max-txn-ops: a transaction of more than 128 operations is refused.
+  const transactions: string[][] = [];
+  const capped = withTransaction(store, async (ops) => {
+    if (ops.length > 128) throw new StoreError('ERR_STORE_INVALID_ARGUMENT', 'store: transaction: etcdserver: too many operations in txn request');
+    transactions.push(ops.map((op) => op.key));
+    return store.transaction(ops);
+  });
+  const result = await deregisterNode(capped, 'n2', 'n1');
+  assert.ok(transactions.length > 1, `${transactions.length} transactions`);
+  assert.deepEqual(transactions.at(-1), ['nodes/n2'], 'the node record goes last, alone');
+  const cidrAt = transactions.findIndex((ks) => ks.includes('ipam/cidrs/10.244.1.0/24'));
+  assert.ok(transactions.slice(cidrAt).flat().every((k) => !k.startsWith('ipam/ips/')), 'its addresses go before its CIDR');
+  const left = await keys(store);
+  assert.deepEqual(named(left, 'n2'), []);
+  assert.deepEqual(before.filter((k) => !left.includes(k)), result.deleted);
+  assert.equal(result.identities.length, 2);
+  assert.equal((await new ClusterPool(store, POOL).allocateNodeCidr('n3')).cidr, '10.244.1.0/24');
+});
+
+test('deregisterNode: a store failure deletes nothing; a racing write makes it read again', async (t) => {
   const store = await twoNodes(t);
   const all = await keys(store);
-  const tooLarge = withTransaction(store, () => Promise.reject(new StoreError('ERR_STORE_INVALID_ARGUMENT', 'store: transaction: too many operations in txn request')));
-  await rejects(deregisterNode(tooLarge, 'n2', 'n1'), 413, 'ERR_NODE_TOO_LARGE');
+  const failing = withTransaction(store, () => Promise.reject(new StoreError('ERR_STORE_UNAVAILABLE', 'store: transaction: etcd is unreachable')));
+  await assert.rejects(deregisterNode(failing, 'n2', 'n1'), (error: unknown) => StoreError.is(error, 'ERR_STORE_UNAVAILABLE'));
   assert.deepEqual(await keys(store), all, 'all or nothing');
 
   // A write to one of the node's keys between the read and the transaction (as a live agent's

@@ -3,7 +3,9 @@
  * up after a deleted Kubernetes node. Everything the node owns in the store goes in ONE
  * transaction — its node record, policy status and wait request, its endpoint records, its pod
  * CIDR with its address and owner records, and its identity references — so a failure leaves
- * the store exactly as it was. Identities themselves stay: the normal garbage collection takes
+ * the store exactly as it was. A node with more keys than etcd takes in one transaction goes in
+ * several, its node record last: a failure then leaves it registered, and deleting it again
+ * finishes. Identities themselves stay: the normal garbage collection takes
  * those no other node references.
  *
  * Every delete carries the revision it was read at, so a write racing with the deregistration to
@@ -30,6 +32,8 @@ const ENDPOINTS_PREFIX = 'endpoints/';
 
 /** Rebuilds after a conflict; each lost round means someone else wrote one of the node's keys. */
 const MAX_ATTEMPTS = 8;
+/** Operations per transaction when one will not do: below etcd's default --max-txn-ops of 128. */
+const CHUNK_OPS = 100;
 
 export interface NodeDeregistration {
   node: string;
@@ -44,7 +48,8 @@ export interface NodeDeregistration {
 }
 
 /**
- * Deletes everything `node` owns in the store, in one transaction. Throws ApiError: 400 for a
+ * Deletes everything `node` owns in the store, in one transaction (several, node record last, when
+ * the store takes no transaction that large). Throws ApiError: 400 for a
  * malformed name, 409 for the node the answering agent runs as (`self`) or when the node's keys
  * keep changing, 404 when the store holds nothing of the node.
  */
@@ -69,10 +74,8 @@ export async function deregisterNode(store: StateStore, node: string, self: stri
       return { node, revision, deleted, podCidr: plan.podCidr, identities: plan.identities };
     } catch (error) {
       if (StoreError.is(error, 'ERR_STORE_CONFLICT')) continue;
-      if (StoreError.is(error, 'ERR_STORE_INVALID_ARGUMENT')) {
-        // etcd caps the operations of one transaction (--max-txn-ops, 128 by default).
-        throw new ApiError(413, 'ERR_NODE_TOO_LARGE', `node delete: ${node}: the store rejected the ${plan.ops.length}-operation transaction, nothing was deleted: ${error.message}`);
-      }
+      // etcd caps the operations of one transaction (--max-txn-ops, 128 by default).
+      if (StoreError.is(error, 'ERR_STORE_INVALID_ARGUMENT') && plan.ops.length > CHUNK_OPS) return deregisterInChunks(store, node, now);
       throw error;
     }
   }
@@ -81,6 +84,8 @@ export async function deregisterNode(store: StateStore, node: string, self: stri
 
 interface Plan {
   ops: TxnOp[];
+  /** The same operations in the groups that must commit together (a ref's delete with its identity's rewrite). */
+  groups: TxnOp[][];
   podCidr: string | undefined;
   identities: number[];
 }
@@ -97,9 +102,10 @@ async function planDeregistration(store: StateStore, node: string, now: number):
     store.list(ownersPrefix(node)),
     store.list(REFS_PREFIX),
   ]);
-  const ops: TxnOp[] = [];
+  const groups: TxnOp[][] = [];
+  const deleteOp = (entry: { key: string; modRevision: number }): TxnOp => ({ type: 'delete', key: entry.key, expectedRevision: entry.modRevision });
   const drop = (entry: { key: string; modRevision: number } | undefined): void => {
-    if (entry) ops.push({ type: 'delete', key: entry.key, expectedRevision: entry.modRevision });
+    if (entry) groups.push([deleteOp(entry)]);
   };
   drop(record);
   drop(status);
@@ -135,12 +141,60 @@ async function planDeregistration(store: StateStore, node: string, now: number):
   for (const entry of refs.entries) {
     const ref = parseRefKey(entry.key);
     if (ref?.node !== node) continue;
-    drop(entry);
     identities.push(ref.id);
     // Dropping a ref rewrites the identity (keys.ts): the garbage-collection grace period starts
     // now, and a collector that listed before this transaction cannot delete from a stale view.
     const identity = await store.get<IdentityRecord>(byIdKey(ref.id));
-    if (identity) ops.push({ type: 'put', key: identity.key, value: { ...identity.value, lastUsedAt: now } satisfies IdentityRecord, expectedRevision: identity.modRevision });
+    const group = [deleteOp(entry)];
+    if (identity) group.push({ type: 'put', key: identity.key, value: { ...identity.value, lastUsedAt: now } satisfies IdentityRecord, expectedRevision: identity.modRevision });
+    groups.push(group);
   }
-  return { ops, podCidr: freed, identities };
+  return { ops: groups.flat(), groups, podCidr: freed, identities };
+}
+
+/**
+ * The deregistration as several transactions, for a node with more keys than one may hold. The
+ * node record goes last, so that until the end the node is still listed and deleting it again
+ * finishes the job; its addresses go before its CIDR, so that no node claims the CIDR while they
+ * still count as taken. Each transaction is compare-and-swap like the single one; a conflict
+ * rereads what is left and goes on.
+ */
+async function deregisterInChunks(store: StateStore, node: string, now: () => number): Promise<NodeDeregistration> {
+  const deleted: string[] = [];
+  const identities = new Set<number>();
+  let podCidr: string | undefined;
+  let revision = 0;
+  const stage = (group: TxnOp[]): number => {
+    const key = group[0].key;
+    if (key === `nodes/${node}`) return 3;
+    if (key === ipamNodeKey(node) || key.startsWith('ipam/cidrs/')) return 2;
+    if (key.startsWith(POLICY_STATUS_PREFIX) || key.startsWith(POLICY_WAIT_PREFIX)) return 1;
+    return 0;
+  };
+  for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    const plan = await planDeregistration(store, node, now());
+    podCidr ??= plan.podCidr;
+    for (const id of plan.identities) identities.add(id);
+    if (plan.groups.length === 0) break;
+    const ordered = [...plan.groups].sort((a, b) => stage(a) - stage(b));
+    try {
+      let chunk: TxnOp[] = [];
+      const commit = async (): Promise<void> => {
+        if (chunk.length === 0) return;
+        ({ revision } = await store.transaction(chunk));
+        deleted.push(...chunk.filter((op) => op.type === 'delete').map((op) => op.key));
+        chunk = [];
+      };
+      for (const [i, group] of ordered.entries()) {
+        // A stage starts a transaction of its own, so no later stage commits with an earlier one.
+        if (chunk.length + group.length > CHUNK_OPS || (i > 0 && stage(group) !== stage(ordered[i - 1]))) await commit();
+        chunk.push(...group);
+      }
+      await commit();
+      return { node, revision, deleted: deleted.sort(), podCidr, identities: [...identities] };
+    } catch (error) {
+      if (!StoreError.is(error, 'ERR_STORE_CONFLICT')) throw error;
+    }
+  }
+  throw new ApiError(409, 'ERR_NODE_CONFLICT', `node delete: ${node}: its keys changed during ${MAX_ATTEMPTS} attempts (is its agent running?); ${deleted.length} of its keys were deleted, deleting it again goes on`);
 }
