@@ -294,10 +294,11 @@ export class EtcdStateStore implements StateStore {
     watcher.onCloseRequest = () => {
       if (drainTo !== undefined) return;
       drainTo = this.revision;
-      if (delivered >= drainTo || this.#closing || stream === undefined) return finish();
+      if (delivered >= drainTo || this.#closing) return finish();
       // Ask etcd where the stream stands; events this client knows were committed may still be on
-      // their way. A bounded wait: an older etcd might not answer the progress request.
-      if (synced) stream.write({ progress_request: {} });
+      // their way. A stream still being set up drains once etcd has created it (onResponse). A
+      // bounded wait either way: an older etcd might not answer the progress request.
+      if (stream !== undefined && synced) stream.write({ progress_request: {} });
       drainTimer = setTimeout(finish, Math.min(this.timeoutMs, 2000));
     };
 
