@@ -80,10 +80,6 @@ export function bpfRaw(cmd: BpfCommand, attr: Buffer, size: number = attr.length
   return bpfCall(cmd, attr, size);
 }
 
-export function lastErrno(): number {
-  return koffi.errno();
-}
-
 export function perfEventOpen(attr: Buffer, pid: number, cpu: number, groupFd: number, flags: number, context: string): number {
   const ret = Number(syscall5(SYS_PERF_EVENT_OPEN, attr, pid, cpu, groupFd, flags));
   if (ret < 0) throw errorFromErrno(context, koffi.errno());
