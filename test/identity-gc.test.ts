@@ -6,21 +6,11 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { join } from 'node:path';
-import { TestNode, Underlay, ROOT, sleep, type AgentOptions } from './support/cluster.ts';
+import { TestNode, Underlay, sleep, cli, type AgentOptions } from './support/cluster.ts';
 
-const CLI = join(ROOT, 'src', 'cli', 'main.ts');
 /** Short enough for a test, long enough that several passes run while it waits. */
 const GC: AgentOptions = { identityGcInterval: 0.3, identityGcGracePeriod: 0 };
-
-function cli(node: TestNode, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args, '--socket', node.socket], { encoding: 'utf8' }, (error, stdout, stderr) => {
-      resolve({ code: error ? Number((error as { code?: number }).code ?? 1) : 0, stdout, stderr });
-    });
-  });
-}
 
 /** Identity numbers `ciliate identity list -o json` shows on the node. */
 async function listed(node: TestNode): Promise<number[]> {

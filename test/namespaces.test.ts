@@ -6,21 +6,11 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TestNode, echoServer, probeTcp, ROOT } from './support/cluster.ts';
+import { TestNode, echoServer, probeTcp, cli } from './support/cluster.ts';
 
-const CLI = join(ROOT, 'src', 'cli', 'main.ts');
-
-function cli(node: TestNode, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args, '--socket', node.socket], { encoding: 'utf8' }, (error, stdout, stderr) => {
-      resolve({ code: error ? Number((error as { code?: number }).code ?? 1) : 0, stdout, stderr });
-    });
-  });
-}
 
 // In namespace prod: the database takes 5432 from namespaces labelled team=payments, and 6379
 // from the namespace named dev (by the label Kubernetes gives every namespace).

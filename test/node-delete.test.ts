@@ -1,21 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { AgentApiError, type NodeRecord } from '../src/agent/index.ts';
-import { inNs, ROOT, sleep, TestNode, Underlay, type AgentOptions } from './support/cluster.ts';
+import { inNs, ROOT, sleep, TestNode, Underlay, cli, type AgentOptions } from './support/cluster.ts';
 
-const CLI = join(ROOT, 'src', 'cli', 'main.ts');
 const POLICIES = join(import.meta.dirname, 'policies');
-
-function cli(node: TestNode, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args, '--socket', node.socket], { encoding: 'utf8' }, (error, stdout, stderr) => {
-      resolve({ code: error ? Number((error as { code?: number }).code ?? 1) : 0, stdout, stderr });
-    });
-  });
-}
 
 /**
  * Every key of the shared store with its value, read by a client inside `node`'s namespace (etcd

@@ -1,19 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import { join } from 'node:path';
-import { TestNode, Underlay, echoServer, httpRequest, httpServer, probeTcp, ROOT, type AgentOptions } from './support/cluster.ts';
+import { TestNode, Underlay, echoServer, httpRequest, httpServer, probeTcp, cli, type AgentOptions } from './support/cluster.ts';
 
 const POLICIES = join(import.meta.dirname, 'policies');
-const CLI = join(ROOT, 'src', 'cli', 'main.ts');
-
-function cli(node: TestNode, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [CLI, ...args, '--socket', node.socket], { encoding: 'utf8' }, (error, stdout, stderr) => {
-      resolve({ code: error ? Number((error as { code?: number }).code ?? 1) : 0, stdout, stderr });
-    });
-  });
-}
 
 async function starWars(t: Parameters<typeof TestNode.start>[0], nodes: TestNode[]) {
   const [first, second] = [nodes[0], nodes.at(-1)!];

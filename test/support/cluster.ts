@@ -355,3 +355,12 @@ export async function probeTcp(netns: string, targets: readonly string[], timeou
 export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/** Runs the `ciliate` CLI against `node`'s agent, as a user would; never rejects. */
+export function cli(node: TestNode, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [CLI, ...args, '--socket', node.socket], { encoding: 'utf8' }, (error, stdout, stderr) => {
+      resolve({ code: error ? Number((error as { code?: number }).code ?? 1) : 0, stdout, stderr });
+    });
+  });
+}
