@@ -42,6 +42,9 @@ interface Route {
 
 const MAX_BODY = 1 << 20;
 
+/** What a module sees of the API: where it adds its routes. */
+export type ApiRouter = Pick<ApiServer, 'route'>;
+
 export class ApiServer {
   readonly #routes: Route[] = [];
   readonly #log: Logger;

@@ -10,8 +10,8 @@ import { ReservedIdentity } from '../datapath/index.ts';
 import { Reconciler, Table } from '../statedb/index.ts';
 import type { StateStore, WatchEvent } from '../store/index.ts';
 import { followPrefix } from './follow.ts';
-import type { NodeRecord } from './agent.ts';
-import type { Endpoint } from './endpoint.ts';
+import { NODES_PREFIX, nodeNameOfKey, type NodeRecord } from './node.ts';
+import { ENDPOINTS_PREFIX, nodeOfEndpointKey, type Endpoint } from './endpoint.ts';
 import type { Ipcache } from './ipcache.ts';
 
 /** Kernel routing towards other nodes (VXLAN or native routes); implemented in src/datapath. */
@@ -64,9 +64,9 @@ export class ClusterWatcher {
   async start(): Promise<void> {
     this.#routing.start();
     // Nodes first: remote endpoints need their node's address.
-    const nodes = await this.#follow<NodeRecord>('nodes/', (event) => this.#onNode(event));
+    const nodes = await this.#follow<NodeRecord>(NODES_PREFIX, (event) => this.#onNode(event));
     await this.#routingOps.syncRemoteNodes([...this.nodes.all()].filter((n) => n.name !== this.#self));
-    const endpoints = await this.#follow<Endpoint>('endpoints/', (event) => this.#onEndpoint(event));
+    const endpoints = await this.#follow<Endpoint>(ENDPOINTS_PREFIX, (event) => this.#onEndpoint(event));
     this.#loops = [nodes.loop, endpoints.loop];
     await Promise.all([this.#routing.waitFor(), this.#ipcache.synced()]);
   }
@@ -87,7 +87,7 @@ export class ClusterWatcher {
   }
 
   #onNode(event: WatchEvent<NodeRecord>): void {
-    const name = event.key.slice('nodes/'.length);
+    const name = nodeNameOfKey(event.key);
     const previous = this.nodes.get(name);
     if (event.type === 'delete') {
       if (previous) this.#forgetNode(previous);
@@ -115,7 +115,7 @@ export class ClusterWatcher {
 
   #onEndpoint(event: WatchEvent<Endpoint>): void {
     // endpoints/<node>/<container>/<ifname>
-    const [node] = event.key.slice('endpoints/'.length).split('/');
+    const node = nodeOfEndpointKey(event.key);
     if (node === this.#self) return; // local endpoints are the endpoint manager's
     const previous = this.remoteEndpoints.get(event.key);
     if (event.type === 'delete') {

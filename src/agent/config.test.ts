@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ConfigError, envName, loadConfig } from './config.ts';
+import { ConfigError, envName } from './config.ts';
+import { loadConfig } from './modules/index.ts';
 
 function tempFile(t: { after: (fn: () => void) => void }, text: string): string {
   const dir = mkdtempSync(join(tmpdir(), 'ciliate-config-'));

@@ -1,7 +1,9 @@
 /**
- * Agent configuration: documented defaults, overridden by a YAML file, then by CILIATE_*
- * environment variables, then by flags. Validation names the source and field of every problem,
- * and a bad configuration never starts an agent.
+ * Agent configuration: the settings every module shares (this file) and each module's own
+ * (declared by the module, src/agent/modules), merged into one schema with documented defaults.
+ * Defaults are overridden by a YAML file, then by CILIATE_* environment variables, then by flags.
+ * Validation names the source and field of every problem, and a bad configuration never starts
+ * an agent.
  * @module
  */
 import { readFileSync } from 'node:fs';
@@ -9,53 +11,25 @@ import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 
-export const RoutingMode = z.enum(['tunnel', 'native']);
-export type RoutingMode = z.infer<typeof RoutingMode>;
+/** Settings of the agent as a whole, read by several modules. */
+export const coreConfig = {
+  nodeName: z
+    .string()
+    .min(1)
+    .regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'must be a DNS label (lower case, digits, - and .)')
+    .default(hostname().toLowerCase())
+    .describe("this node's name in the cluster"),
+  /** Pinned maps and links live here, so the datapath outlives the agent. */
+  bpfRoot: z.string().min(1).default('/sys/fs/bpf/ciliate').describe('bpffs directory for pinned maps and links'),
+  clusterCidr: z
+    .string()
+    .regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/, 'must be an IPv4 CIDR such as 10.244.0.0/16')
+    .default('10.244.0.0/16')
+    .describe('pod addresses of the whole cluster; each node gets a slice of it'),
+  logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info').describe('trace, debug, info, warn or error'),
+};
 
-const ipv4Cidr = z.string().regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/, 'must be an IPv4 CIDR such as 10.244.0.0/16');
-
-export const AgentConfigSchema = z
-  .object({
-    /** This node's name in the cluster. */
-    nodeName: z.string().min(1).regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'must be a DNS label (lower case, digits, - and .)').default(hostname().toLowerCase()),
-    /** Where the embedded state store keeps its files. */
-    stateDir: z.string().min(1).default('/var/lib/ciliate'),
-    /** The local API: JSON over HTTP on a root-only Unix socket. */
-    socketPath: z.string().min(1).default('/var/run/ciliate/ciliate.sock'),
-    /** bpffs directory for this agent's pinned maps and links. */
-    bpfRoot: z.string().min(1).default('/sys/fs/bpf/ciliate'),
-    /** Pod addresses of the whole cluster; each node gets a slice of it. */
-    clusterCidr: ipv4Cidr.default('10.244.0.0/16'),
-    /** Prefix length of each node's pod CIDR. */
-    nodeCidrMaskSize: z.number().int().min(8).max(30).default(24),
-    /** tunnel: VXLAN between nodes; native: pod CIDRs routed on the underlay. */
-    routingMode: RoutingMode.default('tunnel'),
-    /** Masquerade pod traffic leaving the cluster CIDR behind the node's address. */
-    masquerade: z.boolean().default(true),
-    /** The node's underlay address (what other nodes reach it at); empty = first global address. */
-    nodeIp: z.union([z.literal(''), z.ipv4()]).default(''),
-    /** `local`: embedded store in stateDir (one node). `etcd`: shared store for several nodes. */
-    store: z.enum(['local', 'etcd']).default('local'),
-    etcdEndpoints: z.array(z.string().url()).default([]),
-    /**
-     * Seconds between identity garbage-collection passes, which delete cluster-wide identities no
-     * node references any more; 0 turns them off. Every node runs them, and they are safe to run
-     * together: a node's references stay in the store while its agent is down, and the delete
-     * fails if any node takes a reference meanwhile. 15 minutes, as Cilium's identity-gc-interval.
-     */
-    identityGcInterval: z.number().min(0).refine((s) => s === 0 || s >= 0.1, 'must be 0 (off) or at least 0.1 seconds').default(900),
-    /**
-     * Seconds an identity is kept after its last reference went, so a pod re-created with the
-     * same labels (a rollout, a restart) gets its number back instead of a policy recomputation
-     * on every node.
-     */
-    identityGcGracePeriod: z.number().min(0).default(300),
-    logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info'),
-  })
-  .strict();
-
-export type AgentConfig = z.infer<typeof AgentConfigSchema>;
-type ConfigKey = keyof AgentConfig;
+export type CoreConfig = z.infer<z.ZodObject<typeof coreConfig>>;
 
 export class ConfigError extends Error {
   readonly code = 'ERR_CONFIG';
@@ -66,18 +40,26 @@ export class ConfigError extends Error {
 }
 
 /** CILIATE_NODE_NAME → nodeName, etc. */
-export function envName(key: ConfigKey): string {
+export function envName(key: string): string {
   return `CILIATE_${key.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
 }
 
-const FIELDS = Object.keys(AgentConfigSchema.shape) as ConfigKey[];
+/** The fields of the shared settings and of every module, as one strict schema. */
+export function configSchema<S extends z.ZodRawShape>(shape: S): z.ZodObject<S, z.core.$strict> {
+  return z.object(shape).strict();
+}
 
-function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
+/** The schema inside a field's default wrapper: what decides how text from env or flags is read. */
+export function innerSchema(field: z.ZodType): z.ZodType {
+  return field instanceof z.ZodDefault ? (field.unwrap() as z.ZodType) : field;
+}
+
+function fromEnv(schema: z.ZodObject, env: NodeJS.ProcessEnv): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  for (const key of FIELDS) {
+  for (const [key, field] of Object.entries(schema.shape)) {
     const value = env[envName(key)];
     if (value === undefined) continue;
-    const inner = AgentConfigSchema.shape[key].unwrap();
+    const inner = innerSchema(field as z.ZodType);
     out[key] =
       inner instanceof z.ZodNumber ? Number(value)
       : inner instanceof z.ZodBoolean ? (value === 'true' || value === '1' ? true : value === 'false' || value === '0' ? false : value)
@@ -87,8 +69,8 @@ function fromEnv(env: NodeJS.ProcessEnv): Record<string, unknown> {
   return out;
 }
 
-function check(source: string, input: Record<string, unknown>): void {
-  const partial = AgentConfigSchema.partial().safeParse(input);
+function check(schema: z.ZodObject, source: string, input: Record<string, unknown>): void {
+  const partial = schema.partial().safeParse(input);
   if (!partial.success) {
     const issue = partial.error.issues[0];
     const field = issue.path.join('.') || '(top level)';
@@ -96,14 +78,14 @@ function check(source: string, input: Record<string, unknown>): void {
   }
 }
 
-export interface ConfigSources {
+export interface ConfigSources<C = Record<string, unknown>> {
   file?: string;
   env?: NodeJS.ProcessEnv;
-  flags?: Partial<AgentConfig>;
+  flags?: Partial<C>;
 }
 
 /** Merges defaults < file < environment < flags, validating each source on its own. */
-export function loadConfig(sources: ConfigSources = {}): AgentConfig {
+export function loadConfigWith<S extends z.ZodObject>(schema: S, sources: ConfigSources<z.infer<S>> = {}): z.infer<S> {
   let fileValues: Record<string, unknown> = {};
   if (sources.file) {
     let text: string;
@@ -120,11 +102,11 @@ export function loadConfig(sources: ConfigSources = {}): AgentConfig {
     }
     if (parsed !== null && (typeof parsed !== 'object' || Array.isArray(parsed))) throw new ConfigError(`${sources.file}: must be a mapping of settings`);
     fileValues = (parsed ?? {}) as Record<string, unknown>;
-    check(sources.file, fileValues);
+    check(schema, sources.file, fileValues);
   }
-  const envValues = fromEnv(sources.env ?? {});
-  check('environment', envValues);
+  const envValues = fromEnv(schema, sources.env ?? {});
+  check(schema, 'environment', envValues);
   const flagValues = Object.fromEntries(Object.entries(sources.flags ?? {}).filter(([, v]) => v !== undefined));
-  check('flags', flagValues);
-  return AgentConfigSchema.parse({ ...fileValues, ...envValues, ...flagValues });
+  check(schema, 'flags', flagValues);
+  return schema.parse({ ...fileValues, ...envValues, ...flagValues });
 }

@@ -10,7 +10,7 @@ import type { StateStore } from '../store/index.ts';
 import { Reconciler, Table } from '../statedb/index.ts';
 import { ip, ipBatch, lastShownLink, NetlinkError, type LinkDetails } from '../datapath/netlink.ts';
 import { ApiError } from './api-server.ts';
-import { type Endpoint, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID } from './endpoint.ts';
+import { type Endpoint, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID, nodeEndpointsPrefix } from './endpoint.ts';
 import type { Ipcache, IpcacheEntry } from './ipcache.ts';
 import { InvalidLabelsError, podLabels, type IdentityAllocator, type Labels } from '../identity/index.ts';
 
@@ -53,7 +53,6 @@ export interface AddEndpointRequest {
   namespace?: string;
 }
 
-const STORE_PREFIX = 'endpoints/';
 /** Where pods without a namespace live, as in Kubernetes. */
 const DEFAULT_NAMESPACE = 'default';
 
@@ -111,12 +110,12 @@ export class EndpointManager {
   }
 
   #storeKey(key: string): string {
-    return `${STORE_PREFIX}${this.#nodeName}/${key}`;
+    return `${nodeEndpointsPrefix(this.#nodeName)}${key}`;
   }
 
   /** Loads the endpoints this node had (a restart), and starts realizing them. */
   async start(): Promise<void> {
-    const { entries } = await this.#store.list<Endpoint>(`${STORE_PREFIX}${this.#nodeName}/`);
+    const { entries } = await this.#store.list<Endpoint>(nodeEndpointsPrefix(this.#nodeName));
     for (const { value } of entries) {
       // Re-take this node's references on the identities its endpoints use. Should an identity
       // have been collected while the agent was away, the endpoint moves to the new number.

@@ -33,3 +33,16 @@ export function hostInterfaceName(containerId: string, ifname: string): string {
 }
 
 export const MAX_ENDPOINT_ID = 4095;
+
+/** Endpoints in the shared store: `endpoints/<node>/<container>/<ifname>`, written by their node. */
+export const ENDPOINTS_PREFIX = 'endpoints/';
+
+/** Where `node` keeps its endpoints in the store. */
+export function nodeEndpointsPrefix(node: string): string {
+  return `${ENDPOINTS_PREFIX}${node}/`;
+}
+
+/** The node of an `endpoints/<node>/…` key. */
+export function nodeOfEndpointKey(key: string): string {
+  return key.slice(ENDPOINTS_PREFIX.length).split('/', 1)[0];
+}

@@ -1,10 +1,16 @@
 /**
- * The node agent: configuration, lifecycle, endpoint management and the local API, plus the
+ * The node agent: configuration, modules, endpoint management and the local API, plus the
  * client the CLI and the CNI plugin use to talk to it.
  * @module
  */
-export { Agent, VERSION, HOST_DEVICE, type EndpointView, type NodeRecord } from './agent.ts';
-export { AgentConfigSchema, ConfigError, loadConfig, envName, type AgentConfig, type ConfigSources } from './config.ts';
+export { Agent, type AgentState } from './agent.ts';
+export { VERSION } from './version.ts';
+export { HOST_DEVICE } from './modules/datapath.ts';
+export type { EndpointView } from './modules/endpoints.ts';
+export type { NodeRecord } from './node.ts';
+export { AGENT_MODULES, AgentConfigSchema, loadConfig, type AgentConfig } from './modules/index.ts';
+export { ConfigError, envName, innerSchema, type ConfigSources } from './config.ts';
+export { defineModule, orderModules, ModuleError, type AgentModule, type ModuleHealth } from './module.ts';
 export { AgentClient, AgentApiError, DEFAULT_SOCKET } from './client.ts';
 export { runAgent, createLogger } from './run.ts';
 export type { Endpoint } from './endpoint.ts';

@@ -32,7 +32,7 @@ export class Namespaces {
   readonly table = new Table<NamespaceRecord>('namespaces', (ns) => ns.name, { equals: (a, b) => JSON.stringify(a) === JSON.stringify(b) });
   readonly #store: StateStore;
   readonly #log: Logger;
-  readonly #onChange: (namespace: string) => Promise<void> | void;
+  readonly #listeners = new Set<(namespace: string) => Promise<void> | void>();
   /** The latest onChange work per namespace, which setLabels() waits for. */
   readonly #changing = new Map<string, Promise<void>>();
   readonly #abort = new AbortController();
@@ -40,14 +40,23 @@ export class Namespaces {
   #appliedRevision = 0;
   readonly #waiters: { revision: number; resolve: () => void }[] = [];
 
-  /**
-   * `onChange` hears of every namespace whose labels changed, after the table has them; what it
-   * returns is awaited by the setLabels() that caused it (it should not reject).
-   */
-  constructor(options: { store: StateStore; log: Logger; onChange: (namespace: string) => Promise<void> | void }) {
+  constructor(options: { store: StateStore; log: Logger }) {
     this.#store = options.store;
     this.#log = options.log;
-    this.#onChange = options.onChange;
+  }
+
+  /**
+   * `listener` hears of every namespace whose labels changed, after the table has them; what it
+   * returns is awaited by the setLabels() that caused it (it should not reject). Returns the
+   * unsubscribe function.
+   */
+  onChange(listener: (namespace: string) => Promise<void> | void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  async #changed(namespace: string): Promise<void> {
+    for (const listener of this.#listeners) await listener(namespace);
   }
 
   async start(): Promise<void> {
@@ -61,7 +70,7 @@ export class Namespaces {
         this.#applied(event.revision);
         if (JSON.stringify(this.labelsOf(name)) !== JSON.stringify(before)) {
           const previous = this.#changing.get(name) ?? Promise.resolve();
-          this.#changing.set(name, previous.then(() => this.#onChange(name)));
+          this.#changing.set(name, previous.then(() => this.#changed(name)));
         }
       },
       onEnd: (error, compacted) => this.#log.error({ err: error, prefix: PREFIX, compacted }, 'namespace watch ended; namespace labels are stale'),

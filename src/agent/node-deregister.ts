@@ -25,10 +25,10 @@ import { cidrKey, IPS_PREFIX, nodeKey as ipamNodeKey, ownersPrefix, validateNode
 import { byIdKey, parseRefKey, REFS_PREFIX, type IdentityRecord } from '../identity/keys.ts';
 import { StoreError, type StateStore, type TxnOp } from '../store/index.ts';
 import { ApiError } from './api-server.ts';
+import { nodeEndpointsPrefix } from './endpoint.ts';
+import { nodeStoreKey } from './node.ts';
 import { POLICY_STATUS_PREFIX, POLICY_WAIT_PREFIX } from './policy-status.ts';
 
-/** Where the endpoint manager keeps a node's endpoints: `endpoints/<node>/<container>/<ifname>`. */
-const ENDPOINTS_PREFIX = 'endpoints/';
 
 /** Rebuilds after a conflict; each lost round means someone else wrote one of the node's keys. */
 const MAX_ATTEMPTS = 8;
@@ -93,10 +93,10 @@ interface Plan {
 /** The transaction that removes `node`, from one read of each prefix; every delete is compare-and-swap. */
 async function planDeregistration(store: StateStore, node: string, now: number): Promise<Plan> {
   const [record, status, wait, endpoints, ipamNode, ips, owners, refs] = await Promise.all([
-    store.get(`nodes/${node}`),
+    store.get(nodeStoreKey(node)),
     store.get(`${POLICY_STATUS_PREFIX}${node}`),
     store.get(`${POLICY_WAIT_PREFIX}${node}`),
-    store.list(`${ENDPOINTS_PREFIX}${node}/`),
+    store.list(nodeEndpointsPrefix(node)),
     store.get<IpamNodeRecord>(ipamNodeKey(node)),
     store.list<IpRecord>(IPS_PREFIX),
     store.list(ownersPrefix(node)),
@@ -166,7 +166,7 @@ async function deregisterInChunks(store: StateStore, node: string, now: () => nu
   let revision = 0;
   const stage = (group: TxnOp[]): number => {
     const key = group[0].key;
-    if (key === `nodes/${node}`) return 3;
+    if (key === nodeStoreKey(node)) return 3;
     if (key === ipamNodeKey(node) || key.startsWith('ipam/cidrs/')) return 2;
     if (key.startsWith(POLICY_STATUS_PREFIX) || key.startsWith(POLICY_WAIT_PREFIX)) return 1;
     return 0;

@@ -4,7 +4,7 @@
  */
 import { z } from 'zod';
 import { PolicyValidationError, type TracePeer } from '../policy/index.ts';
-import { ApiError, type ApiServer } from './api-server.ts';
+import { ApiError, type ApiRouter } from './api-server.ts';
 import type { EndpointManager } from './endpoint-manager.ts';
 import { labelMap, type PolicyManager } from './policy-manager.ts';
 import { describeLagging, type PolicyStatus } from './policy-status.ts';
@@ -59,12 +59,12 @@ export function resolveTracePeer(spec: string, endpoints: EndpointManager): Trac
   return { endpoint: pod.id };
 }
 
-export function registerPolicyRoutes(api: ApiServer, policy: () => PolicyManager, endpoints: () => EndpointManager, status: () => PolicyStatus): void {
+export function registerPolicyRoutes(api: ApiRouter, policy: PolicyManager, endpoints: EndpointManager, status: PolicyStatus): void {
   api.route('POST', '/v1/policies', async ({ body }) => {
     const parsed = ImportBody.safeParse(body);
     if (!parsed.success) throw badRequest('policy import', parsed.error);
     try {
-      return await policy().import(parsed.data.yaml, parsed.data.file);
+      return await policy.import(parsed.data.yaml, parsed.data.file);
     } catch (error) {
       if (PolicyValidationError.is(error)) {
         throw new ApiError(400, 'ERR_POLICY_INVALID', error.message, { issues: error.issues });
@@ -72,17 +72,17 @@ export function registerPolicyRoutes(api: ApiServer, policy: () => PolicyManager
       throw error;
     }
   });
-  api.route('GET', '/v1/policies', () => policy().list());
+  api.route('GET', '/v1/policies', () => policy.list());
   api.route('DELETE', '/v1/policies', async ({ query }) => {
     const key = query.get('key');
     if (!key) throw new ApiError(400, 'ERR_BAD_REQUEST', 'policy delete: query parameter key is required (kind/namespace/name)');
-    const result = await policy().delete(key);
+    const result = await policy.delete(key);
     if (result.deleted.length === 0) throw new ApiError(404, 'ERR_POLICY_NOT_FOUND', `no policy ${key}`);
     return result;
   });
   api.route('GET', '/v1/policy/revision', () => ({
-    revision: policy().revision,
-    endpoints: Object.fromEntries(policy().enforcedRevisions()),
+    revision: policy.revision,
+    endpoints: Object.fromEntries(policy.enforcedRevisions()),
   }));
   // The revision is a store revision, so one an import on another node returned works here too.
   // scope=cluster (the default) answers once every node registered in the store enforces it,
@@ -95,29 +95,29 @@ export function registerPolicyRoutes(api: ApiServer, policy: () => PolicyManager
     if (!Number.isFinite(timeoutMs) || timeoutMs < 0) throw new ApiError(400, 'ERR_BAD_REQUEST', 'policy wait: timeoutMs must be a non-negative number');
     if (scope !== 'cluster' && scope !== 'node') throw new ApiError(400, 'ERR_BAD_REQUEST', `policy wait: scope must be cluster or node, not "${scope}"`);
     if (scope === 'cluster') {
-      const result = await status().waitForCluster(revision, timeoutMs, signal);
+      const result = await status.waitForCluster(revision, timeoutMs, signal);
       if (!result.enforced) {
         throw new ApiError(504, 'ERR_TIMEOUT', `policy revision ${revision} not enforced by every node within ${timeoutMs} ms; lagging: ${describeLagging(result.nodes, revision)}`, {
           nodes: result.nodes,
         });
       }
-      return { revision: policy().revision, enforced: true, scope, nodes: result.nodes };
+      return { revision: policy.revision, enforced: true, scope, nodes: result.nodes };
     }
-    if (!(await policy().waitFor(revision, timeoutMs, signal))) {
-      const lagging = policy().lagging(revision);
-      const { policies, identities } = policy().progress();
+    if (!(await policy.waitFor(revision, timeoutMs, signal))) {
+      const lagging = policy.lagging(revision);
+      const { policies, identities } = policy.progress();
       throw new ApiError(
         504,
         'ERR_TIMEOUT',
         `policy revision ${revision} not enforced within ${timeoutMs} ms (this node has applied policies up to revision ${policies} and identities up to ${identities}${lagging.length > 0 ? `; the maps of endpoints ${lagging.join(', ')} failed to update` : ''})`,
       );
     }
-    return { revision: policy().revision, enforced: true, scope };
+    return { revision: policy.revision, enforced: true, scope };
   });
   api.route('POST', '/v1/policy/trace', ({ body }) => {
     const parsed = TraceBody.safeParse(body);
     if (!parsed.success) throw badRequest('policy trace', parsed.error);
     const { src, dst, dport, protocol } = parsed.data;
-    return policy().trace({ src: resolveTracePeer(src, endpoints()), dst: resolveTracePeer(dst, endpoints()), dport, protocol });
+    return policy.trace({ src: resolveTracePeer(src, endpoints), dst: resolveTracePeer(dst, endpoints), dport, protocol });
   });
 }

@@ -18,7 +18,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 import type { StateStore } from '../store/index.ts';
-import type { NodeRecord } from './agent.ts';
+import { NODES_PREFIX, nodeNameOfKey, type NodeRecord } from './node.ts';
 import type { PolicyManager } from './policy-manager.ts';
 
 export const POLICY_STATUS_PREFIX = 'policy-status/';
@@ -199,10 +199,10 @@ export class PolicyStatus {
    * not count).
    */
   async nodes(): Promise<NodesListing> {
-    const [records, statuses] = await Promise.all([this.#store.list<NodeRecord>('nodes/'), this.#store.list<PolicyStatusRecord>(POLICY_STATUS_PREFIX)]);
+    const [records, statuses] = await Promise.all([this.#store.list<NodeRecord>(NODES_PREFIX), this.#store.list<PolicyStatusRecord>(POLICY_STATUS_PREFIX)]);
     const byNode = new Map(statuses.entries.map((e) => [e.key.slice(POLICY_STATUS_PREFIX.length), e.value]));
     const nodes = records.entries.map(({ key, value }): NodePolicyRevision => {
-      const node = key.slice('nodes/'.length);
+      const node = nodeNameOfKey(key);
       if (node === this.#nodeName) return { node, revision: this.#policy.enforcedNodeRevision() };
       const status = byNode.get(node);
       return { node, revision: status !== undefined && status.startedAt === value.startedAt ? status.revision : undefined };
@@ -244,7 +244,7 @@ export class PolicyStatus {
         if (lagging.length === 0 || now >= deadline || abort.signal.aborted) return { enforced: lagging.length === 0, nodes };
         if (!watching) {
           watching = true;
-          for (const prefix of ['nodes/', POLICY_STATUS_PREFIX]) tasks.push(this.#ringOnChange(prefix, listedAt, abort.signal, wake));
+          for (const prefix of [NODES_PREFIX, POLICY_STATUS_PREFIX]) tasks.push(this.#ringOnChange(prefix, listedAt, abort.signal, wake));
         }
         if (!requested && now - began >= REQUEST_AFTER_MS && lagging.some((n) => n.node !== this.#nodeName)) {
           requested = true;

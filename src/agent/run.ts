@@ -5,7 +5,7 @@
  */
 import { pino, type Logger } from 'pino';
 import { Agent } from './agent.ts';
-import type { AgentConfig } from './config.ts';
+import type { AgentConfig } from './modules/index.ts';
 
 export function createLogger(level: AgentConfig['logLevel'], nodeName: string): Logger {
   return pino({ level, base: { node: nodeName }, timestamp: pino.stdTimeFunctions.isoTime });

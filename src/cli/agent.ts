@@ -3,8 +3,34 @@
  * @module
  */
 import { type Command, Option } from 'commander';
-import { AgentClient, loadConfig, runAgent, type AgentConfig, type Endpoint, type EndpointView, type NodeDeregistration, type NodeRecord } from '../agent/index.ts';
+import { z } from 'zod';
+import { AgentClient, AgentConfigSchema, envName, innerSchema, loadConfig, runAgent, type AgentConfig, type Endpoint, type EndpointView, type NodeDeregistration, type NodeRecord } from '../agent/index.ts';
 import { formatTable, outputOption, type OutputFormat } from './output.ts';
+
+/**
+ * One flag per setting of the agent's configuration (the shared ones and every module's), with
+ * the setting's own description and default: a module's new setting needs no code here.
+ */
+function configOptions(): Option[] {
+  const options: Option[] = [];
+  for (const [key, field] of Object.entries(AgentConfigSchema.shape) as [string, z.ZodType][]) {
+    const flag = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+    const inner = innerSchema(field);
+    const fallback = field instanceof z.ZodDefault ? (field.def.defaultValue as unknown) : undefined;
+    const help = `${field.description ?? key} (${envName(key)}${fallback === undefined || fallback === '' ? '' : `; default ${Array.isArray(fallback) ? fallback.join(',') || 'none' : String(fallback)}`})`;
+    if (inner instanceof z.ZodBoolean) {
+      // Both forms, so that leaving them out keeps the file's or environment's setting.
+      options.push(new Option(`--${flag}`, help), new Option(`--no-${flag}`, `turn ${flag} off`));
+    } else if (inner instanceof z.ZodNumber) {
+      options.push(new Option(`--${flag} <number>`, help).argParser(Number));
+    } else if (inner instanceof z.ZodArray) {
+      options.push(new Option(`--${flag} <list>`, help).argParser((v: string) => v.split(',').filter(Boolean)));
+    } else {
+      options.push(new Option(`--${flag} <value>`, help));
+    }
+  }
+  return options;
+}
 
 function socketOption(): Option {
   return new Option('--socket <path>', 'agent API socket').env('CILIATE_SOCKET_PATH').default('/var/run/ciliate/ciliate.sock');
@@ -26,30 +52,15 @@ function print(format: OutputFormat, value: unknown, table: () => string): void 
 }
 
 export function registerAgentCommands(program: Command): void {
-  program
+  const agent = program
     .command('agent')
     .description('run the node agent (flags override CILIATE_* environment variables, which override --config)')
-    .option('--config <file>', 'YAML configuration file')
-    .option('--node-name <name>', 'this node\'s name')
-    .option('--state-dir <dir>', 'state directory of the embedded store')
-    .option('--socket-path <path>', 'API socket')
-    .option('--bpf-root <dir>', 'bpffs directory for pinned maps and links')
-    .option('--cluster-cidr <cidr>', 'pod addresses of the whole cluster')
-    .option('--node-cidr-mask-size <n>', 'prefix length of each node\'s pod CIDR', (v) => Number.parseInt(v, 10))
-    .option('--routing-mode <mode>', 'tunnel or native')
-    .option('--node-ip <ip>', 'this node\'s underlay address')
-    .option('--store <kind>', 'local (embedded, one node) or etcd (shared by several nodes)')
-    .option('--etcd-endpoints <urls>', 'comma-separated etcd client URLs', (v: string) => v.split(',').filter(Boolean))
-    .option('--log-level <level>', 'trace, debug, info, warn or error')
-    .option('--identity-gc-interval <seconds>', 'seconds between identity garbage-collection passes (0: off)', Number)
-    .option('--identity-gc-grace-period <seconds>', 'seconds an unreferenced identity is kept before it is collected', Number)
-    // Both forms declared, so that leaving them out keeps the file's or environment's setting.
-    .option('--masquerade', 'masquerade pod traffic leaving the cluster (default)')
-    .option('--no-masquerade', 'do not masquerade pod traffic')
-    .action(async (options: Partial<AgentConfig> & { config?: string }) => {
-      const { config: file, ...flags } = options;
-      await runAgent(loadConfig({ file, env: process.env, flags }));
-    });
+    .option('--config <file>', 'YAML configuration file');
+  for (const option of configOptions()) agent.addOption(option);
+  agent.action(async (options: Partial<AgentConfig> & { config?: string }) => {
+    const { config: file, ...flags } = options;
+    await runAgent(loadConfig({ file, env: process.env, flags }));
+  });
 
   program
     .command('status')

@@ -1,0 +1,38 @@
+/**
+ * What modules provide each other: the agent's wiring diagram. A module needs cells by name and
+ * provides at most one; the agent starts a cell's provider before every module that needs it.
+ * Only types are imported here, so any module can name any cell without importing its provider.
+ * @module
+ */
+import type { EndpointDatapath, NodeRouting } from '../../datapath/index.ts';
+import type { IdentityAllocator } from '../../identity/index.ts';
+import type { NodeIpam } from '../../ipam/index.ts';
+import type { StateStore } from '../../store/index.ts';
+import type { ApiServer } from '../api-server.ts';
+import type { EndpointManager } from '../endpoint-manager.ts';
+import type { Ipcache } from '../ipcache.ts';
+import { cell } from '../module.ts';
+import type { Namespaces } from '../namespaces.ts';
+import type { NodeRecord } from '../node.ts';
+import type { PolicyManager } from '../policy-manager.ts';
+
+export interface LocalNode {
+  record: NodeRecord;
+  ipam: NodeIpam;
+  /** The cluster's pod addresses, of which this node's pod CIDR is a slice. */
+  clusterCidr: string;
+}
+
+/** Provided by the agent itself: the API server every module adds routes to. */
+export const ApiServerCell = cell<ApiServer>('api-server');
+export const StoreCell = cell<StateStore>('store');
+export const NodeCell = cell<LocalNode>('node');
+export const IdentitiesCell = cell<IdentityAllocator>('identities');
+/** The host device is up and holds the router address: routes may use it as their source. */
+export const HostNetworkingCell = cell<{ device: string }>('host-networking');
+export const EndpointDatapathCell = cell<EndpointDatapath>('endpoint-datapath');
+export const NodeRoutingCell = cell<NodeRouting>('node-routing');
+export const IpcacheCell = cell<Ipcache>('ipcache');
+export const PolicyCell = cell<PolicyManager>('policy');
+export const NamespacesCell = cell<Namespaces>('namespaces');
+export const EndpointsCell = cell<EndpointManager>('endpoints');

@@ -1,0 +1,128 @@
+/**
+ * The node's side of the datapath: host networking (forwarding, the host device that holds the
+ * pods' gateway), masquerading, the endpoint datapath and its shared maps, routing to other
+ * nodes, and the ipcache with every address of the node as the host identity.
+ * @module
+ */
+import { z } from 'zod';
+import {
+  EndpointDatapath,
+  ensureMasquerade,
+  ip,
+  ipBatch,
+  linkDetails,
+  NodeRouting,
+  ReservedIdentity,
+  sysctl,
+} from '../../datapath/index.ts';
+import { readBpfState } from '../bpf-state.ts';
+import { Ipcache } from '../ipcache.ts';
+import { defineModule } from '../module.ts';
+import { EndpointDatapathCell, HostNetworkingCell, IpcacheCell, NodeCell, NodeRoutingCell } from './cells.ts';
+import { NodeAddresses } from '../node-addresses.ts';
+
+/** Holds the node's router address, so pods reach their node at their gateway. */
+export const HOST_DEVICE = 'ciliate_host';
+export const HOST_PEER_DEVICE = 'ciliate_net';
+
+
+export const hostNetworkingModule = defineModule({
+  name: 'host-networking',
+  description: 'IPv4 forwarding and the host device holding the pods\' gateway address',
+  needs: { node: NodeCell },
+  provides: HostNetworkingCell,
+  async start({ node }) {
+    await sysctl('net.ipv4.ip_forward', '1');
+    // A veth pair, as Cilium's cilium_host/cilium_net: this kernel may lack dummy devices.
+    if (!(await linkDetails(HOST_DEVICE))) await ip(['link', 'add', HOST_DEVICE, 'type', 'veth', 'peer', 'name', HOST_PEER_DEVICE]);
+    await ipBatch([`addr replace ${node.record.routerIp}/32 dev ${HOST_DEVICE}`, `link set dev ${HOST_DEVICE} up`, `link set dev ${HOST_PEER_DEVICE} up`]);
+    return { value: { device: HOST_DEVICE } };
+  },
+});
+
+export const masqueradeConfig = {
+  masquerade: z.boolean().default(true).describe('masquerade pod traffic leaving the cluster CIDR behind the node\'s address'),
+};
+
+export const masqueradeModule = defineModule({
+  name: 'masquerade',
+  description: 'pod traffic leaving the cluster CIDR masqueraded behind the node\'s address',
+  config: masqueradeConfig,
+  needs: { node: NodeCell },
+  async start({ node }, { config, log }) {
+    if (config.masquerade) await ensureMasquerade(node.clusterCidr);
+    else log.info('masquerading is off');
+    return { value: undefined };
+  },
+});
+
+export const endpointDatapathModule = defineModule({
+  name: 'endpoint-datapath',
+  description: 'the endpoint programs and the node\'s shared maps, pinned under --bpf-root',
+  needs: {},
+  provides: EndpointDatapathCell,
+  start(_, { config, log, api }) {
+    const datapath = new EndpointDatapath(config.bpfRoot, log);
+    api.route('GET', '/v1/bpf/:map', ({ params }) => readBpfState(config.bpfRoot, params.map));
+    return { value: datapath, stop: () => datapath.close() };
+  },
+});
+
+export const nodeRoutingModule = defineModule({
+  name: 'node-routing',
+  description: 'pod traffic between nodes: VXLAN tunnel or native routes',
+  needs: { node: NodeCell, host: HostNetworkingCell, datapath: EndpointDatapathCell },
+  provides: NodeRoutingCell,
+  async start({ node }, { config, log }) {
+    // The ipcache stays with the agent's own table and reconciler (manageIpcache: false).
+    const routing = new NodeRouting({ bpfRoot: config.bpfRoot, log, manageIpcache: false });
+    try {
+      await routing.setUp({
+        name: node.record.name,
+        nodeIp: node.record.nodeIp,
+        podCidr: node.record.podCidr,
+        routerIp: node.record.routerIp,
+        routingMode: node.record.routingMode,
+        nativeRoutingCidr: node.clusterCidr,
+      });
+    } catch (error) {
+      routing.close();
+      throw error;
+    }
+    return { value: routing, stop: () => routing.close() };
+  },
+});
+
+export const ipcacheModule = defineModule({
+  name: 'ipcache',
+  description: 'prefix → identity (and tunnel endpoint) for the datapath, every node address as the host',
+  needs: { node: NodeCell, datapath: EndpointDatapathCell },
+  provides: IpcacheCell,
+  async start({ node, datapath }, { log }) {
+    const ipcache = new Ipcache(datapath.ipcache, log);
+    const routerIp = node.record.routerIp;
+    // Whatever address the node sends from — the pods' gateway (Cilium's cilium_host address),
+    // the underlay, an uplink added later — is the host, so that fromEntities: host and
+    // toEntities: host mean the node and not some CIDR or the world.
+    const host = (address: string) => ({ prefix: `${address}/32`, identity: ReservedIdentity.HOST, source: 'local-node' as const });
+    ipcache.upsert(host(routerIp));
+    const addresses = new NodeAddresses(
+      {
+        added: (address) => ipcache.upsert(host(address)),
+        removed: (address) => {
+          if (address !== routerIp && ipcache.table.get(`${address}/32`)?.source === 'local-node') ipcache.delete(`${address}/32`);
+        },
+      },
+      log.child({ part: 'node-addresses' }),
+    );
+    await addresses.start();
+    ipcache.start();
+    return {
+      value: ipcache,
+      stop: () => {
+        addresses.stop();
+        return ipcache.stop();
+      },
+    };
+  },
+});

@@ -1,0 +1,116 @@
+/**
+ * Endpoints: what CNI ADD and DEL become (addresses, interfaces, identities, policy, datapath),
+ * namespaces and their labels, and the endpoints API.
+ * @module
+ */
+import { z } from 'zod';
+import { addressAllocator } from '../../ipam/index.ts';
+import { ApiError } from '../api-server.ts';
+import type { Endpoint } from '../endpoint.ts';
+import { EndpointManager } from '../endpoint-manager.ts';
+import { defineModule } from '../module.ts';
+import { EndpointDatapathCell, EndpointsCell, IdentitiesCell, IpcacheCell, NamespacesCell, NodeCell, NodeRoutingCell, PolicyCell, StoreCell } from './cells.ts';
+import { Namespaces } from '../namespaces.ts';
+
+
+/** An endpoint as the API shows it: the record plus the policy revision its map enforces. */
+export type EndpointView = Endpoint & {
+  /** Store revision of the policy state the endpoint's map holds (see `policy wait`). */
+  policyRevision?: number;
+};
+
+const AddEndpointBody = z
+  .object({
+    containerId: z.string().min(1).max(256),
+    ifname: z.string().min(1).max(15).regex(/^[^\s/]+$/, 'must be an interface name'),
+    netns: z.string().min(1).startsWith('/', 'must be an absolute path to a network namespace'),
+    labels: z.record(z.string(), z.string()).optional(),
+    podName: z.string().optional(),
+    namespace: z.string().optional(),
+  })
+  .strict();
+
+export const namespacesModule = defineModule({
+  name: 'namespaces',
+  description: 'namespaces and their labels, which their pods\' identities carry',
+  needs: { store: StoreCell },
+  provides: NamespacesCell,
+  async start({ store }, { log, api }) {
+    const namespaces = new Namespaces({ store, log });
+    await namespaces.start();
+    api.route('GET', '/v1/namespaces', () => namespaces.list());
+    api.route('PUT', '/v1/namespaces/:name/labels', async ({ params, body }) => {
+      const parsed = z.record(z.string(), z.string()).safeParse(body);
+      if (!parsed.success) throw new ApiError(400, 'ERR_BAD_REQUEST', `namespace labels: body must be an object of string labels: ${parsed.error.issues[0].message}`);
+      return namespaces.setLabels(params.name, parsed.data);
+    });
+    return { value: namespaces, stop: () => namespaces.stop() };
+  },
+});
+
+export const endpointsModule = defineModule({
+  name: 'endpoints',
+  description: 'endpoint lifecycle (CNI ADD and DEL) and the endpoints API',
+  needs: {
+    store: StoreCell,
+    node: NodeCell,
+    datapath: EndpointDatapathCell,
+    routing: NodeRoutingCell,
+    ipcache: IpcacheCell,
+    identities: IdentitiesCell,
+    policy: PolicyCell,
+    namespaces: NamespacesCell,
+  },
+  provides: EndpointsCell,
+  async start({ store, node, datapath, routing, ipcache, identities, policy, namespaces }, { config, log, api }) {
+    const endpoints = new EndpointManager({
+      store,
+      ipam: addressAllocator(node.ipam),
+      datapath,
+      ipcache,
+      identities,
+      policy,
+      mtu: () => routing.podMtu(),
+      namespaceLabels: (namespace) => namespaces.labelsOf(namespace),
+      log,
+      nodeName: config.nodeName,
+    });
+    const unsubscribe = namespaces.onChange((namespace) =>
+      endpoints.namespaceChanged(namespace).catch((error: unknown) => {
+        log.error({ err: error, namespace }, 'moving endpoints to the identities of their new namespace labels failed');
+      }),
+    );
+    await endpoints.start();
+    const view = (endpoint: Endpoint): EndpointView => ({ ...endpoint, policyRevision: policy.enforcedRevision(endpoint.id) });
+    api.route('GET', '/v1/endpoints', () => endpoints.list().map(view));
+    api.route('GET', '/v1/endpoints/:id', ({ params }) => {
+      const endpoint = endpoints.get(params.id);
+      if (!endpoint) throw new ApiError(404, 'ERR_ENDPOINT_NOT_FOUND', `no endpoint ${params.id}`);
+      return { ...view(endpoint), datapath: endpoints.status(`${endpoint.containerId}/${endpoint.ifname}`) };
+    });
+    api.route('POST', '/v1/endpoints', async ({ body }) => {
+      const parsed = AddEndpointBody.safeParse(body);
+      if (!parsed.success) {
+        const issue = parsed.error.issues[0];
+        throw new ApiError(400, 'ERR_BAD_REQUEST', `endpoint request: field ${issue.path.join('.') || '(body)'}: ${issue.message}`);
+      }
+      return endpoints.add(parsed.data);
+    });
+    api.route('PUT', '/v1/endpoints/:id/labels', async ({ params, body }) => {
+      const parsed = z.record(z.string(), z.string()).safeParse(body);
+      if (!parsed.success) throw new ApiError(400, 'ERR_BAD_REQUEST', `endpoint labels: body must be an object of string labels: ${parsed.error.issues[0].message}`);
+      return endpoints.updateLabels(params.id, parsed.data);
+    });
+    api.route('DELETE', '/v1/endpoints/:containerId/:ifname', async ({ params }) => ({
+      deleted: await endpoints.delete(params.containerId, params.ifname),
+    }));
+    return {
+      value: endpoints,
+      stop: async () => {
+        unsubscribe();
+        await endpoints.stop();
+      },
+      status: () => ({ endpoints: endpoints.list().length, datapath: { bpfRoot: config.bpfRoot, failures: endpoints.failures() } }),
+    };
+  },
+});

@@ -1,0 +1,54 @@
+/**
+ * The agent's modules, in the order they are listed when their needs allow it, and the agent's
+ * configuration: the shared settings plus every module's own.
+ * @module
+ */
+import { z } from 'zod';
+import { configSchema, coreConfig, loadConfigWith, type ConfigSources } from '../config.ts';
+import type { AgentModule } from '../module.ts';
+import { apiConfig, apiModule } from './api.ts';
+import { clusterModule } from './cluster.ts';
+import { endpointDatapathModule, hostNetworkingModule, ipcacheModule, masqueradeConfig, masqueradeModule, nodeRoutingModule } from './datapath.ts';
+import { endpointsModule, namespacesModule } from './endpoints.ts';
+import { identitiesModule, identityGcConfig, identityGcModule } from './identity.ts';
+import { nodeConfig, nodeModule } from './node.ts';
+import { monitorModule, policyModule, policyStatusModule } from './policy.ts';
+import { storeConfig, storeModule } from './store.ts';
+
+export const AGENT_MODULES: readonly AgentModule[] = [
+  storeModule,
+  nodeModule,
+  identitiesModule,
+  hostNetworkingModule,
+  masqueradeModule,
+  endpointDatapathModule,
+  nodeRoutingModule,
+  ipcacheModule,
+  policyModule,
+  monitorModule,
+  namespacesModule,
+  endpointsModule,
+  policyStatusModule,
+  identityGcModule,
+  clusterModule,
+  apiModule,
+];
+
+/** Every setting of the agent: each field with its default and its --help text. */
+export const AgentConfigSchema = configSchema({
+  ...coreConfig,
+  ...storeConfig,
+  ...nodeConfig,
+  ...masqueradeConfig,
+  ...identityGcConfig,
+  ...apiConfig,
+});
+
+export type AgentConfig = z.infer<typeof AgentConfigSchema>;
+
+/** Merges defaults < file < environment < flags into the agent's configuration. */
+export function loadConfig(sources: ConfigSources<AgentConfig> = {}): AgentConfig {
+  return loadConfigWith(AgentConfigSchema, sources);
+}
+
+export { ApiServerCell } from './cells.ts';

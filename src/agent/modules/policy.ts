@@ -1,0 +1,85 @@
+/**
+ * Network policy: the policy manager (policies from the store, identities, per-endpoint policy
+ * maps), the datapath monitor whose verdicts name the deciding rule, and the node's published
+ * policy status behind cluster-wide `policy wait`.
+ * @module
+ */
+import { EndpointPolicyMaps } from '../../datapath/index.ts';
+import { ruleKey } from '../../policy/index.ts';
+import { defineModule } from '../module.ts';
+import { EndpointsCell, IdentitiesCell, IpcacheCell, NodeCell, PolicyCell, StoreCell } from './cells.ts';
+import { Monitor, type MonitorEvent } from '../monitor.ts';
+import { registerPolicyRoutes } from '../policy-api.ts';
+import { PolicyManager } from '../policy-manager.ts';
+import { PolicyStatus } from '../policy-status.ts';
+
+
+export const policyModule = defineModule({
+  name: 'policy',
+  description: 'L3/L4 network policy: rules from the store, resolved per endpoint into policy maps',
+  needs: { store: StoreCell, identities: IdentitiesCell, ipcache: IpcacheCell },
+  provides: PolicyCell,
+  async start({ store, identities, ipcache }, { config, log }) {
+    const maps = new EndpointPolicyMaps(config.bpfRoot);
+    const policy = new PolicyManager({ store, identities, ipcache, maps, log });
+    try {
+      await policy.start();
+    } catch (error) {
+      maps.close();
+      throw error;
+    }
+    return {
+      value: policy,
+      stop: async () => {
+        await policy.stop();
+        maps.close();
+      },
+      status: () => ({ policy: { revision: policy.revision, rules: policy.list().length } }),
+    };
+  },
+});
+
+export const monitorModule = defineModule({
+  name: 'monitor',
+  description: 'datapath events (drops, traces, policy verdicts naming their rule)',
+  needs: { policy: PolicyCell },
+  start({ policy }, { config, log, api }) {
+    const monitor = new Monitor(
+      config.bpfRoot,
+      {
+        ruleForCookie: (cookie) => {
+          const rule = policy.engine.ruleById(cookie);
+          return rule && ruleKey(rule);
+        },
+      },
+      log,
+    );
+    monitor.start();
+    api.route('GET', '/v1/monitor', ({ query, signal }) => {
+      const kinds = query.getAll('type');
+      const wanted = (e: MonitorEvent) => kinds.length === 0 || kinds.includes(e.kind);
+      if (query.get('follow') === 'true') {
+        return (async function* () {
+          for (const event of monitor.recent(Number(query.get('last') ?? 0))) if (wanted(event)) yield event;
+          for await (const event of monitor.follow(signal)) if (wanted(event)) yield event;
+        })();
+      }
+      return monitor.recent(Number(query.get('last') ?? 100)).filter(wanted);
+    });
+    return { value: undefined, stop: () => monitor.stop() };
+  },
+});
+
+export const policyStatusModule = defineModule({
+  name: 'policy-status',
+  description: 'the policy revision this node enforces, published for cluster-wide waits; the policy API',
+  // After the endpoints: a restarted agent claims a revision only once its endpoints' maps are
+  // adopted again.
+  needs: { store: StoreCell, node: NodeCell, policy: PolicyCell, endpoints: EndpointsCell },
+  start({ store, node, policy, endpoints }, { config, log, api }) {
+    const status = new PolicyStatus({ store, nodeName: config.nodeName, startedAt: node.record.startedAt, policy, log });
+    status.start();
+    registerPolicyRoutes(api, policy, endpoints, status);
+    return { value: undefined, stop: () => status.stop() };
+  },
+});
