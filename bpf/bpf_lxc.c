@@ -8,7 +8,14 @@
  *
  * One object serves every endpoint: the loader writes ENDPOINT_ID and ENDPOINT_IDENTITY
  * (endpoint_config.h) into .rodata per endpoint and shares the maps (maps.h, events.h) through
- * pins. IPv4 only for now; IPv6 and ARP go to the stack untouched.
+ * pins. IPv4 only for now: a pod's ARP passes when it speaks for the pod's own address, and
+ * IPv6 and every other L3 protocol are dropped both ways (DROP_UNKNOWN_L3), so nothing reaches
+ * or leaves a pod around the policy that judges IPv4.
+ *
+ * A pod is hostile until proven otherwise: every packet it sends must carry its own address as
+ * source (ENDPOINT_IPV4), or it is dropped as DROP_INVALID_SIP before anything looks it up.
+ * Otherwise a pod could borrow another's address, and with it that pod's identity wherever the
+ * source address decides the identity (native routing, the node's own stack).
  *
  * Where a packet leaving a pod goes: to a pod of this node straight through bpf_redirect_peer;
  * to a destination whose ipcache entry names a tunnel endpoint (a pod of another node, in
@@ -31,6 +38,27 @@
 #include "fib.h"
 #include "policy_enforce.h"
 
+/* The pod's ARP: the node asks for the pod's MAC (the route to a pod is a link route) and the
+ * pod answers. Only Ethernet/IPv4 ARP that speaks for the pod's own address passes, so a pod
+ * cannot announce itself as another pod or the node. (The pod itself never needs to ask: the
+ * agent gives it a permanent neighbour entry for its gateway.) */
+static __always_inline int arp_from_endpoint(struct __sk_buff *skb, struct ciliate_notify_info *info,
+					     void *data, void *data_end)
+{
+	struct arphdr *arp = pkt_header(data, data_end, ETH_HLEN, sizeof(*arp));
+	/* Sender hardware address, then the sender protocol address. */
+	__u8 *spa = pkt_header(data, data_end, ETH_HLEN + sizeof(*arp) + ETH_ALEN, 4);
+	__be32 sender;
+
+	if (!arp || !spa || arp->ar_hrd != bpf_htons(1) || arp->ar_pro != bpf_htons(ETH_P_IP) ||
+	    arp->ar_hln != ETH_ALEN || arp->ar_pln != 4)
+		return DROP(skb, info, DROP_INVALID_PACKET);
+	__builtin_memcpy(&sender, spa, sizeof(sender));
+	if (sender != ENDPOINT_IPV4)
+		return DROP(skb, info, DROP_INVALID_SIP);
+	return TC_ACT_OK;
+}
+
 SEC("tc")
 int cil_from_container(struct __sk_buff *skb)
 {
@@ -39,6 +67,7 @@ int cil_from_container(struct __sk_buff *skb)
 	struct ipv4_ct_tuple tuple;
 	struct endpoint_info *ep;
 	struct endpoint_key key;
+	struct iphdr *ip;
 	__u8 tcp_flags;
 	int ret;
 
@@ -49,9 +78,15 @@ int cil_from_container(struct __sk_buff *skb)
 
 	if (!eth)
 		return DROP(skb, &info, DROP_INVALID_PACKET);
-	/* ARP for the gateway, IPv6 and the rest are the stack's until this datapath handles them. */
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
+		return arp_from_endpoint(skb, &info, data, data_end);
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
+		return DROP(skb, &info, DROP_UNKNOWN_L3);
+	ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
+	if (!ip)
+		return DROP(skb, &info, DROP_INVALID_PACKET);
+	if (ip->saddr != ENDPOINT_IPV4)
+		return DROP(skb, &info, DROP_INVALID_SIP);
 
 	ret = ipv4_parse_and_lookup(skb, &info, CT_EGRESS, &tuple, &tcp_flags);
 	if (ret)
@@ -130,8 +165,11 @@ int cil_to_container(struct __sk_buff *skb)
 
 	if (!eth)
 		return DROP(skb, &info, DROP_INVALID_PACKET);
-	if (eth->h_proto != bpf_htons(ETH_P_IP))
+	/* The node resolves the pod's MAC with ARP; nothing else but IPv4 goes in. */
+	if (eth->h_proto == bpf_htons(ETH_P_ARP))
 		return TC_ACT_OK;
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return DROP(skb, &info, DROP_UNKNOWN_L3);
 	ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
 	if (!ip)
 		return DROP(skb, &info, DROP_INVALID_PACKET);

@@ -136,7 +136,7 @@ async function cluster(t: TestContext, mode: RoutingMode, options: { agentIpcach
     namespaces.push(netns);
     await sh('ip', ['netns', 'add', netns]);
     await ipn(netns, 'link', 'set', 'lo', 'up');
-    await inNs(netns, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1']);
+    await inNs(netns, 'sysctl', ['-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.default.disable_ipv6=1']);
     // Counts pods' packets the node's stack forwards (the FIB fast path skips it).
     await inNs(netns, 'nft', [
       'add table ip ciliate_test; ' +
@@ -186,6 +186,8 @@ async function cluster(t: TestContext, mode: RoutingMode, options: { agentIpcach
       const netns = `cil-p${i}${j}-${id}`;
       namespaces.push(netns);
       await sh('ip', ['netns', 'add', netns]);
+      // Pods have no IPv6: as the agent does for its pods, no IPv6 on their links (bpf_lxc drops it).
+      await inNs(netns, 'sysctl', ['-qw', 'net.ipv6.conf.default.disable_ipv6=1']);
       const ip = `10.244.${i}.${10 + j}`;
       const hostIfname = `lxc${i}${j}${id}`.slice(0, 15);
       // The endpoint manager's steps (src/agent/endpoint-manager.ts), run in the node's namespace.

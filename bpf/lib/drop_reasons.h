@@ -10,9 +10,11 @@
 #pragma once
 
 enum ciliate_drop_reason {
+	DROP_INVALID_SIP = 132,			/* a packet from a pod with a source address not its own */
 	DROP_POLICY = 133,			/* no policy rule allows the flow */
 	DROP_INVALID_PACKET = 134,		/* headers shorter than they claim, or not IPv4 where IPv4 is due */
 	DROP_CT_INVALID_HDR = 135,		/* L4 header too short to read the ports conntrack needs */
+	DROP_UNKNOWN_L3 = 139,			/* an L3 protocol the endpoint datapath does not police (IPv6, …) */
 	DROP_UNROUTABLE = 151,			/* STALE_OR_UNROUTABLE_IP */
 	DROP_CT_MAP_INSERTION_FAILED = 155,	/* conntrack table full, or the update failed */
 	DROP_NO_TUNNEL_ENDPOINT = 160,		/* remote destination without a tunnel endpoint */

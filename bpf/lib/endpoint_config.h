@@ -13,3 +13,7 @@
 volatile const __u16 ENDPOINT_ID = 0;
 /* The endpoint's security identity (Cilium's SECLABEL). */
 volatile const __u32 ENDPOINT_IDENTITY = 0;
+/* The endpoint's IPv4 address (Cilium's LXC_IPV4), in network order: the only source address
+ * its packets may carry. 0 until the loader sets it, which lets nothing out: an endpoint loaded
+ * without its address fails closed. */
+volatile const __be32 ENDPOINT_IPV4 = 0;

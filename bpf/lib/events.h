@@ -128,6 +128,47 @@ struct {
 
 DEFINE_RINGBUF_LOST_MAP(ciliate_events_lost);
 
+/* --- ciliate_metrics: packets and bytes by verdict and direction (Cilium's cilium_metrics) ---
+ * Counted in the kernel whether or not an event reaches user space, so `ciliate status` and the
+ * metrics say how many packets were dropped for what, even when the event ring overflows. */
+
+#define CILIATE_METRIC_INGRESS 1
+#define CILIATE_METRIC_EGRESS 2
+
+struct ciliate_metrics_key {
+	__u8 reason;	/* a drop reason, 0 for forwarded (Cilium's REASON_FORWARDED) */
+	__u8 dir;	/* CILIATE_METRIC_INGRESS or CILIATE_METRIC_EGRESS */
+	__u16 _pad;
+};
+
+struct ciliate_metrics_value {
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct ciliate_metrics_key);
+	__type(value, struct ciliate_metrics_value);
+} ciliate_metrics SEC(".maps");
+
+/* Counts one packet; per-CPU values need no atomics. */
+static __noinline void metrics_account(__u32 bytes, __u8 reason, __u8 dir)
+{
+	struct ciliate_metrics_key key = { .reason = reason, .dir = dir };
+	struct ciliate_metrics_value *value = bpf_map_lookup_elem(&ciliate_metrics, &key);
+
+	if (value) {
+		value->packets += 1;
+		value->bytes += bytes;
+		return;
+	}
+	struct ciliate_metrics_value first = { .packets = 1, .bytes = bytes };
+
+	bpf_map_update_elem(&ciliate_metrics, &key, &first, BPF_ANY);
+}
+
 /* Not inlined, like the two below: the signatures put the event layouts and enums into the BTF
  * the TS codecs are tested against (BTF only describes types that functions, globals and maps
  * use), and each object gets one copy of the event code instead of one per call site. */
@@ -251,6 +292,7 @@ static __always_inline int send_drop_notify(struct __sk_buff *skb, const struct 
 {
 	struct ciliate_drop_event *ev;
 
+	metrics_account(skb->len, reason, (info->flags & CILIATE_EVENT_F_INGRESS) ? CILIATE_METRIC_INGRESS : CILIATE_METRIC_EGRESS);
 	ev = ringbuf_reserve_or_count(&ciliate_events, &ciliate_events_lost, sizeof(*ev));
 	if (!ev)
 		return TC_ACT_SHOT;

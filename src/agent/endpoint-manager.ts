@@ -24,7 +24,7 @@ export interface EndpointDatapath {
    * Optional: starts realize()'s slow part (loading programs) early, so it overlaps creating the
    * interfaces; realize() uses it when the identity still matches.
    */
-  prepare?(endpoint: { id: number; identity: number }): void;
+  prepare?(endpoint: { id: number; identity: number; ipv4: string }): void;
   /** Drops what prepare() made for an endpoint that will not be realized. */
   unprepare?(endpointId: number): void;
 }
@@ -207,7 +207,7 @@ export class EndpointManager {
         { json: true },
       );
       undo.push(async () => this.#datapath.unprepare?.(id));
-      const prepared = attempt(() => this.#datapath.prepare?.({ id, identity }));
+      const prepared = attempt(() => this.#datapath.prepare?.({ id, identity, ipv4: address }));
       let host: LinkDetails;
       try {
         host = lastShownLink(await hostSetup, `ip link show ${hostIfname}`);

@@ -207,9 +207,9 @@ export function registerAgentCommands(program: Command): void {
     });
 }
 
-/** `ciliate bpf endpoint|ipcache|ct list`, added to the existing `bpf` command. */
+/** `ciliate bpf endpoint|ipcache|ct|metrics list`, added to the existing `bpf` command. */
 export function registerBpfMapCommands(bpf: Command): void {
-  for (const name of ['endpoint', 'ipcache', 'ct'] as const) {
+  for (const name of ['endpoint', 'ipcache', 'ct', 'metrics'] as const) {
     bpf
       .command(name)
       .description(`the datapath's ${name} map`)

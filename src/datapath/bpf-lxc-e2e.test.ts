@@ -73,6 +73,8 @@ function topology(t: TestContext): Topology {
   for (const ns of [node, ...names]) {
     ip('netns', 'add', ns);
     ipIn(ns, 'link', 'set', 'lo', 'up');
+    // Pods have no IPv6: as the agent does for its pods, no IPv6 on their links (bpf_lxc drops it).
+    run('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
   }
   run('ip', ['netns', 'exec', node, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
   const pods = names.map((netns, i): Pod => {
@@ -162,7 +164,7 @@ test('pods on one node reach each other through bpf_redirect_peer, reported as t
   });
 
   for (const pod of pods) {
-    const obj = loadLxc({ endpointId: pod.id, identity: pod.identity, pinDir: pins });
+    const obj = loadLxc({ endpointId: pod.id, identity: pod.identity, ipv4: pod.ip, pinDir: pins });
     objects.push(obj);
     lxcMaps(obj).lxc.update(
       { ip: pod.ip },

@@ -54,6 +54,8 @@ function topology(t: TestContext, count: number): { node: string; pods: Pod[] } 
   for (const ns of [node, ...names]) {
     ip('netns', 'add', ns);
     ipIn(ns, 'link', 'set', 'lo', 'up');
+    // Pods have no IPv6: as the agent does for its pods, no IPv6 on their links (bpf_lxc drops it).
+    run('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
   }
   run('ip', ['netns', 'exec', node, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
   const pods = names.map((netns, i): Pod => {
@@ -149,7 +151,7 @@ test('policy with real traffic: A→B TCP 80 and ping allowed, TCP 81 dropped, C
   policy.apply(c.id, { upserts: [entry(0, PolicyDirection.EGRESS, 0), entry(0, PolicyDirection.INGRESS, 0)], deletes: [] });
 
   for (const pod of pods) {
-    const obj = loadLxc({ endpointId: pod.id, identity: pod.identity, pinDir: mapsDir });
+    const obj = loadLxc({ endpointId: pod.id, identity: pod.identity, ipv4: pod.ip, pinDir: mapsDir });
     objects.push(obj);
     lxcMaps(obj).lxc.update(
       { ip: pod.ip },

@@ -40,7 +40,7 @@ function setup(t: TestContext): Fixture {
   const mapsDir = join(root, 'maps');
   mkdirSync(mapsDir);
   const objects = new Map<number, BpfObject>();
-  for (const ep of [CLIENT, SERVER]) objects.set(ep.id, loadLxc({ endpointId: ep.id, identity: ep.identity, pinDir: mapsDir }));
+  for (const ep of [CLIENT, SERVER]) objects.set(ep.id, loadLxc({ endpointId: ep.id, identity: ep.identity, ipv4: ep.ip, pinDir: mapsDir }));
   const maps = lxcMaps(objects.get(CLIENT.id)!);
   const ring = new RingBuffer(maps.events, { lostCounter: maps.eventsLost });
   const policy = new EndpointPolicyMaps(root);

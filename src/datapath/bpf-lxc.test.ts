@@ -7,6 +7,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { RingBuffer, type BpfObject } from '../ebpf/index.ts';
+import { pinDir } from '../ebpf/internal/testutils.ts';
 import { DropReasonCode } from './drop-reasons.ts';
 import { CtStatus, TracePoint, decodeEvent, type DatapathEvent, type DropEvent, type TraceEvent } from './events.ts';
 import { LxcProgram, loadLxc, lxcMaps, type LxcMaps } from './lxc.ts';
@@ -23,16 +24,26 @@ const SERVER = { ip: '10.244.0.2', mac: '0a:00:00:00:02:02', nodeMac: 'fe:00:00:
 interface Fixture {
   obj: BpfObject;
   maps: LxcMaps;
-  /** Runs a program on a frame; returns the verdict, the frame after it, and the events it sent. */
-  run(frame: Buffer, program?: string): { verdict: number; data: Buffer; events: DatapathEvent[] };
+  /**
+   * Runs a program on a frame; returns the verdict, the frame after it, and the events it sent.
+   * `sender` picks whose copy: by default the endpoint whose address the frame carries as source.
+   */
+  run(frame: Buffer, program?: string, sender?: typeof CLIENT): { verdict: number; data: Buffer; events: DatapathEvent[] };
 }
 
+/**
+ * CLIENT's copy of the programs, and SERVER's sharing its maps: a packet leaves through the copy
+ * of the endpoint whose address it carries as source, as each pod's packets leave through its own.
+ */
 function setup(t: TestContext): Fixture {
-  const obj = loadLxc({ endpointId: CLIENT.id, identity: CLIENT.identity });
+  const mapsDir = pinDir(t);
+  const obj = loadLxc({ endpointId: CLIENT.id, identity: CLIENT.identity, ipv4: CLIENT.ip, pinDir: mapsDir });
+  const server = loadLxc({ endpointId: SERVER.id, identity: SERVER.identity, ipv4: SERVER.ip, pinDir: mapsDir });
   const maps = lxcMaps(obj);
   const ring = new RingBuffer(maps.events, { lostCounter: maps.eventsLost });
   t.after(() => {
     ring.close();
+    server.close();
     obj.close();
   });
   for (const ep of [CLIENT, SERVER]) {
@@ -44,8 +55,11 @@ function setup(t: TestContext): Fixture {
   return {
     obj,
     maps,
-    run(frame, program = LxcProgram.FROM_CONTAINER) {
-      const result = obj.program(program).testRun({ data: frame });
+    run(frame, program = LxcProgram.FROM_CONTAINER, sender) {
+      const fromServer = sender
+        ? sender === SERVER
+        : program === LxcProgram.FROM_CONTAINER && frame.length >= ETH_HLEN + 16 && frame.subarray(ETH_HLEN + 12, ETH_HLEN + 16).join('.') === SERVER.ip;
+      const result = (fromServer ? server : obj).program(program).testRun({ data: frame });
       const events: DatapathEvent[] = [];
       ring.consume((_view, offset, length, bytes) => void events.push(decodeEvent(bytes, offset, length)));
       assert.equal(ring.lost(), 0n);
@@ -171,24 +185,74 @@ test('truncated and inconsistent packets are dropped with a drop event', (t) => 
   assert.equal([...f.maps.ct4.keys()].length, 0);
 });
 
-test('ARP and IPv6 go to the stack without events; an expiring TTL goes to the stack', (t) => {
+/** An Ethernet/IPv4 ARP frame whose sender protocol address is `sender`. */
+function arpFrame(from: typeof CLIENT, sender: string, operation = 2): Buffer {
+  const frame = Buffer.alloc(42);
+  Buffer.from(from.nodeMac.split(':').map((x) => parseInt(x, 16))).copy(frame, 0);
+  Buffer.from(from.mac.split(':').map((x) => parseInt(x, 16))).copy(frame, 6);
+  frame.writeUInt16BE(0x0806, 12);
+  frame.writeUInt16BE(1, 14); // Ethernet
+  frame.writeUInt16BE(0x0800, 16); // IPv4
+  frame[18] = 6;
+  frame[19] = 4;
+  frame.writeUInt16BE(operation, 20);
+  Buffer.from(from.mac.split(':').map((x) => parseInt(x, 16))).copy(frame, 22);
+  Buffer.from(sender.split('.').map(Number)).copy(frame, 28);
+  return frame;
+}
+
+test("a pod's ARP passes only for its own address; IPv6 and other L3 are dropped both ways; an expiring TTL goes to the stack", (t) => {
   const f = setup(t);
-  const arp = Buffer.alloc(42);
-  arp.writeUInt16BE(0x0806, 12);
-  let { verdict, events } = f.run(arp);
+  let { verdict, events } = f.run(arpFrame(CLIENT, CLIENT.ip));
   assert.equal(verdict, TC_ACT_OK);
   assert.equal(events.length, 0);
+  for (const sender of [SERVER.ip, '10.244.0.254', '0.0.0.0']) {
+    ({ verdict, events } = f.run(arpFrame(CLIENT, sender)));
+    assert.equal(verdict, TC_ACT_SHOT, `ARP for ${sender}`);
+    assert.equal(onlyDrop(events).reason, DropReasonCode.DROP_INVALID_SIP);
+  }
+  const garbledArp = Buffer.alloc(42);
+  garbledArp.writeUInt16BE(0x0806, 12);
+  ({ verdict, events } = f.run(garbledArp));
+  assert.equal(verdict, TC_ACT_SHOT);
+  assert.equal(onlyDrop(events).reason, DropReasonCode.DROP_INVALID_PACKET);
+
   const ipv6 = Buffer.alloc(54);
   ipv6.writeUInt16BE(0x86dd, 12);
-  ({ verdict, events } = f.run(ipv6));
-  assert.equal(verdict, TC_ACT_OK);
-  assert.equal(events.length, 0);
+  ipv6[ETH_HLEN] = 0x60;
+  const other = Buffer.alloc(60);
+  other.writeUInt16BE(0x88cc, 12); // LLDP
+  for (const program of [LxcProgram.FROM_CONTAINER, LxcProgram.TO_CONTAINER]) {
+    for (const frame of [ipv6, other]) {
+      ({ verdict, events } = f.run(frame, program));
+      assert.equal(verdict, TC_ACT_SHOT, `${program} ethertype ${frame.readUInt16BE(12).toString(16)}`);
+      assert.equal(onlyDrop(events).reason, DropReasonCode.DROP_UNKNOWN_L3);
+    }
+  }
+  // The node asking for the pod's MAC reaches it.
+  assert.equal(f.run(arpFrame(SERVER, '10.244.0.254', 1), LxcProgram.TO_CONTAINER).verdict, TC_ACT_OK);
 
   const frame = tcp(CLIENT, SERVER, 40000, 80, TcpFlag.SYN, { ttl: 1 });
   const result = f.run(frame);
   assert.equal(result.verdict, TC_ACT_OK);
   assert.deepEqual(result.data, frame);
   assert.equal(onlyTrace(result.events).observationPointName, 'to-stack');
+});
+
+test("a packet whose source is not the pod's own address is dropped as INVALID_SOURCE_IP before anything tracks it", (t) => {
+  const f = setup(t);
+  for (const source of [SERVER.ip, '10.244.0.254', '8.8.8.8', '0.0.0.0']) {
+    const forged = tcp({ ...CLIENT, ip: source }, SERVER, 40000, 80, TcpFlag.SYN);
+    const { verdict, events } = f.run(forged, LxcProgram.FROM_CONTAINER, CLIENT);
+    assert.equal(verdict, TC_ACT_SHOT, `source ${source}`);
+    const drop = onlyDrop(events);
+    assert.equal(drop.reason, DropReasonCode.DROP_INVALID_SIP);
+    assert.equal(drop.reasonName, 'INVALID_SOURCE_IP');
+    assert.equal(drop.srcIdentity, CLIENT.identity, 'reported as the sending endpoint');
+  }
+  assert.equal([...f.maps.ct4.keys()].length, 0);
+  // Its own address still passes.
+  assert.equal(f.run(tcp(CLIENT, SERVER, 40000, 80, TcpFlag.SYN)).verdict, TC_ACT_REDIRECT);
 });
 
 test('conntrack creates an entry for a SYN and recognises the replies', (t) => {

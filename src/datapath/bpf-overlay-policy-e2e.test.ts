@@ -59,6 +59,8 @@ function namespaces(t: TestContext): { node: string; remote: string; pod: string
   for (const name of Object.values(ns)) {
     ip('netns', 'add', name);
     ipIn(name, 'link', 'set', 'lo', 'up');
+    // Pods have no IPv6: as the agent does for its pods, no IPv6 on their links (bpf_lxc drops it).
+    run('ip', ['netns', 'exec', name, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
   }
   // Underlay.
   ip('link', 'add', `cou${id}`, 'type', 'veth', 'peer', 'name', `cov${id}`);
@@ -103,7 +105,7 @@ test('cil_from_overlay enforces the destination pod\'s ingress policy with the i
     for (const obj of objects) obj.close();
   });
 
-  const lxc = loadLxc({ endpointId: POD.id, identity: POD.identity, pinDir: mapsDir });
+  const lxc = loadLxc({ endpointId: POD.id, identity: POD.identity, ipv4: POD_IP, pinDir: mapsDir });
   objects.push(lxc);
   const maps = lxcMaps(lxc);
   policy = new EndpointPolicyMaps(root);

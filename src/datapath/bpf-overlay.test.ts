@@ -25,7 +25,7 @@ const REMOTE = { ip: '10.244.2.11', identity: 10021, node: '192.168.100.2' };
 const TUNNEL_IFINDEX = 77;
 
 function setup(t: TestContext): { obj: BpfObject; maps: LxcMaps; run(frame: Buffer): { verdict: number; data: Buffer; events: DatapathEvent[] } } {
-  const obj = loadLxc({ endpointId: POD.id, identity: POD.identity });
+  const obj = loadLxc({ endpointId: POD.id, identity: POD.identity, ipv4: POD.ip });
   const maps = lxcMaps(obj);
   const ring = new RingBuffer(maps.events, { lostCounter: maps.eventsLost });
   t.after(() => {

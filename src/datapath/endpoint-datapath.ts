@@ -70,11 +70,11 @@ export class EndpointDatapath {
    * most of an endpoint's datapath cost (the verifier runs per copy); an endpoint manager calls
    * this while its interface is still being created by other processes, so the two overlap.
    */
-  prepare(endpoint: Pick<DatapathEndpoint, 'id' | 'identity'>): void {
+  prepare(endpoint: Pick<DatapathEndpoint, 'id' | 'identity' | 'ipv4'>): void {
     const prepared = this.#prepared.get(endpoint.id);
     if (prepared?.identity === endpoint.identity) return;
     this.unprepare(endpoint.id);
-    const obj = loadLxc({ endpointId: endpoint.id, identity: endpoint.identity, pinDir: this.mapsDir });
+    const obj = loadLxc({ endpointId: endpoint.id, identity: endpoint.identity, ipv4: endpoint.ipv4, pinDir: this.mapsDir });
     this.#prepared.set(endpoint.id, { identity: endpoint.identity, obj });
   }
 
@@ -89,7 +89,7 @@ export class EndpointDatapath {
     this.#prepared.delete(endpoint.id);
     if (prepared?.identity === endpoint.identity) return prepared.obj;
     prepared?.obj.close();
-    return loadLxc({ endpointId: endpoint.id, identity: endpoint.identity, pinDir: this.mapsDir });
+    return loadLxc({ endpointId: endpoint.id, identity: endpoint.identity, ipv4: endpoint.ipv4, pinDir: this.mapsDir });
   }
 
   realize(endpoint: DatapathEndpoint): void {

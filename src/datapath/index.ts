@@ -15,3 +15,4 @@ export * from './masquerade.ts';
 export * from './overlay.ts';
 export * from './node-routing.ts';
 export * from './policy-maps.ts';
+export * from './metrics.ts';

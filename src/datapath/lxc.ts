@@ -34,6 +34,11 @@ export const LxcProgram = { FROM_CONTAINER: 'cil_from_container', TO_CONTAINER: 
 export interface LxcLoadOptions {
   endpointId: number;
   identity: number;
+  /**
+   * The endpoint's IPv4 address: the only source its packets may carry. Without it (the loads
+   * that only create the shared maps) the programs let no packet out.
+   */
+  ipv4?: string;
   /** bpffs directory of the node's shared maps; without it the object gets private maps. */
   pinDir?: string;
   /** Defaults to LXC_OBJECT_PATH. */
@@ -43,9 +48,21 @@ export interface LxcLoadOptions {
 /** Loads bpf_lxc.o for one endpoint. */
 export function loadLxc(options: LxcLoadOptions): BpfObject {
   return BpfObject.load(options.objectPath ?? LXC_OBJECT_PATH, {
-    constants: { ENDPOINT_ID: options.endpointId, ENDPOINT_IDENTITY: options.identity },
+    constants: { ENDPOINT_ID: options.endpointId, ENDPOINT_IDENTITY: options.identity, ENDPOINT_IPV4: ipv4Bytes(options.ipv4) },
     pin: options.pinDir ? { dir: options.pinDir, maps: SHARED_MAPS } : undefined,
   });
+}
+
+/** An IPv4 address as the 4 bytes of a `__be32` (all zero without one). */
+function ipv4Bytes(address: string | undefined): Buffer {
+  const bytes = Buffer.alloc(4);
+  if (address === undefined) return bytes;
+  const octets = address.split('.');
+  if (octets.length !== 4 || octets.some((o) => !/^(0|[1-9]\d{0,2})$/.test(o) || Number(o) > 255)) {
+    throw new TypeError(`loading bpf_lxc: endpoint address ${JSON.stringify(address)} is not an IPv4 address`);
+  }
+  octets.forEach((octet, i) => (bytes[i] = Number(octet)));
+  return bytes;
 }
 
 /** The shared maps of a loaded copy, with their codecs. */

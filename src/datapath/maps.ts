@@ -15,6 +15,8 @@ export const MapName = {
   NODE_CFG: 'ciliate_node_cfg',
   /** Hash of maps: endpoint id (u32) → the endpoint's policy LPM trie (src/policy/policy-map.ts layout). */
   POLICY_MAPS: 'ciliate_policy_maps',
+  /** Per-CPU packets and bytes by drop reason (0: forwarded) and direction. */
+  METRICS: 'ciliate_metrics',
 } as const;
 export type MapName = (typeof MapName)[keyof typeof MapName];
 
@@ -119,3 +121,20 @@ export type NodeConfig = StructValue<(typeof nodeConfig)['fields']>;
 export const policyMapsKey = u32;
 /** max_entries of ciliate_policy_maps (CILIATE_POLICY_MAPS_MAX). */
 export const POLICY_MAPS_MAX_ENTRIES = 16384;
+
+// ciliate_metrics: packets and bytes by drop reason and direction (bpf/lib/events.h).
+
+export const metricsKey = struct('ciliate_metrics_key', {
+  /** A drop reason (src/datapath/drop-reasons.ts), 0 for forwarded. */
+  reason: u8,
+  /** MetricDirection */
+  dir: u8,
+  _pad: u16,
+});
+export type MetricsKey = StructValue<(typeof metricsKey)['fields']>;
+
+/** ciliate_metrics_key.dir (C CILIATE_METRIC_*). */
+export const MetricDirection = { INGRESS: 1, EGRESS: 2 } as const;
+
+export const metricsValue = struct('ciliate_metrics_value', { packets: u64n, bytes: u64n });
+export type MetricsValue = StructValue<(typeof metricsValue)['fields']>;

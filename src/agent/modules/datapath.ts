@@ -6,12 +6,14 @@
  */
 import { z } from 'zod';
 import {
+  dropsByReason,
   EndpointDatapath,
   ensureMasquerade,
   ip,
   ipBatch,
   linkDetails,
   NodeRouting,
+  readDatapathMetrics,
   ReservedIdentity,
   sysctl,
 } from '../../datapath/index.ts';
@@ -64,7 +66,12 @@ export const endpointDatapathModule = defineModule({
   start(_, { config, log, api }) {
     const datapath = new EndpointDatapath(config.bpfRoot, log);
     api.route('GET', '/v1/bpf/:map', ({ params }) => readBpfState(config.bpfRoot, params.map));
-    return { value: datapath, stop: () => datapath.close() };
+    return {
+      value: datapath,
+      stop: () => datapath.close(),
+      // Drops by reason at a glance: a spoofing pod or a policy denial shows here first.
+      status: () => ({ drops: dropsByReason(readDatapathMetrics(config.bpfRoot)) }),
+    };
   },
 });
 
