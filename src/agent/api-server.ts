@@ -40,7 +40,9 @@ interface Route {
   handler: Handler;
 }
 
-const MAX_BODY = 1 << 20;
+/** The largest request body the API reads (a policy file travels as one JSON string). */
+export const MAX_REQUEST_BYTES = 1 << 20;
+const MAX_BODY = MAX_REQUEST_BYTES;
 
 /** What a module sees of the API: where it adds its routes. */
 export type ApiRouter = Pick<ApiServer, 'route'>;

@@ -12,6 +12,7 @@ export { AGENT_MODULES, AgentConfigSchema, loadConfig, type AgentConfig } from '
 export { ConfigError, envName, innerSchema, type ConfigSources } from './config.ts';
 export { defineModule, orderModules, ModuleError, type AgentModule, type ModuleHealth } from './module.ts';
 export { AgentClient, AgentApiError, DEFAULT_SOCKET } from './client.ts';
+export { MAX_REQUEST_BYTES } from './api-server.ts';
 export { runAgent, createLogger } from './run.ts';
 export type { Endpoint } from './endpoint.ts';
 export type { NodeDeregistration } from './node-deregister.ts';

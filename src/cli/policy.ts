@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { type Command, Option } from 'commander';
-import { AgentClient } from '../agent/index.ts';
+import { AgentClient, MAX_REQUEST_BYTES } from '../agent/index.ts';
 import { formatTable, outputOption, type OutputFormat } from './output.ts';
 
 function socketOption(): Option {
@@ -46,6 +46,11 @@ export function registerPolicyCommands(program: Command): void {
           yaml = readFileSync(file, 'utf8');
         } catch (error) {
           throw new Error(`${file}: cannot read: ${(error as Error).message}`);
+        }
+        // Said here at once, rather than by the agent after the upload.
+        const size = Buffer.byteLength(JSON.stringify({ yaml, file }));
+        if (size > MAX_REQUEST_BYTES) {
+          throw new Error(`${file}: ${size} bytes as a request, over the agent's limit of ${MAX_REQUEST_BYTES} bytes (1 MiB): split it into several files`);
         }
         results.push({ file, ...(await client.call<{ rules: string[]; revision: number }>('POST', '/v1/policies', { yaml, file })) });
       }

@@ -149,6 +149,9 @@ function collect(ctx: Ctx, documents: Array<{ value: unknown; skip?: boolean }>,
   return rules;
 }
 
+/** Aliases a document may expand: policies need few, and each one may copy a whole subtree. */
+const MAX_ALIAS_COUNT = 100;
+
 /**
  * Parses YAML text holding one or more policies. Throws `PolicyValidationError` (every problem
  * of every document) if anything is wrong; returns the rules otherwise. Empty documents are skipped.
@@ -167,7 +170,16 @@ export function parsePolicyYaml(text: string, options: ParseOptions = {}): Polic
       documents.push({ value: undefined, skip: true });
       return;
     }
-    const value = doc.toJS({ maxAliasCount: 100 }) as unknown;
+    let value: unknown;
+    try {
+      value = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT }) as unknown;
+    } catch (error) {
+      // An alias bomb (aliases of aliases, expanding exponentially) is refused while it expands.
+      ctx.document = i + 1;
+      ctx.add('', `YAML aliases expand past the limit of ${MAX_ALIAS_COUNT} (${(error as Error).message})`);
+      documents.push({ value: undefined, skip: true });
+      return;
+    }
     documents.push(value === null || value === undefined ? { value, skip: true } : { value });
   });
   return collect(ctx, documents, options);

@@ -240,3 +240,20 @@ test('reject: NetworkPolicy field validation', () => {
   ];
   for (const [spec, expected] of cases) assert.deepEqual(problems(knp(spec)), [expected]);
 });
+
+test('reject: a YAML alias bomb is refused while it expands, naming the file, the document and the limit', () => {
+  let bomb = 'a: &a [x, x, x, x, x, x, x, x, x]\n';
+  for (let i = 0, previous = 'a'; i < 9; previous = `b${i}`, i++) bomb += `b${i}: &b${i} [${Array(9).fill(`*${previous}`).join(', ')}]\n`;
+  const text = `apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: { name: ok }\nspec: { endpointSelector: {} }\n---\n${bomb}`;
+  const began = performance.now();
+  assert.throws(
+    () => parsePolicyYaml(text, { file: 'bomb.yaml' }),
+    (error: unknown) =>
+      PolicyValidationError.is(error) &&
+      error.issues.length === 1 &&
+      error.issues[0].file === 'bomb.yaml' &&
+      error.issues[0].document === 2 &&
+      /aliases expand past the limit of 100/.test(error.issues[0].reason),
+  );
+  assert.ok(performance.now() - began < 1000, 'refused before expanding');
+});
