@@ -8,11 +8,21 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { Addr, NetParseError, Prefix } from '../net/index.ts';
 
 export const RoutingMode = z.enum(['tunnel', 'native']);
 export type RoutingMode = z.infer<typeof RoutingMode>;
 
-const ipv4Cidr = z.string().regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/, 'must be an IPv4 CIDR such as 10.244.0.0/16');
+// Host bits are refused here, not only later by IPAM, so a typo stops the agent before it starts.
+const ipv4Cidr = z.string().superRefine((text, ctx) => {
+  try {
+    Prefix.parse(text, { family: 4 });
+  } catch (error) {
+    if (!NetParseError.is(error)) throw error;
+    ctx.addIssue({ code: 'custom', message: `must be an IPv4 CIDR such as 10.244.0.0/16 (${error.reason})` });
+  }
+});
+const ipv4OrEmpty = z.string().refine((text) => text === '' || Addr.tryParse(text)?.is4() === true, 'must be an IPv4 address (a.b.c.d) or empty');
 
 export const AgentConfigSchema = z
   .object({
@@ -33,7 +43,7 @@ export const AgentConfigSchema = z
     /** Masquerade pod traffic leaving the cluster CIDR behind the node's address. */
     masquerade: z.boolean().default(true),
     /** The node's underlay address (what other nodes reach it at); empty = first global address. */
-    nodeIp: z.union([z.literal(''), z.ipv4()]).default(''),
+    nodeIp: ipv4OrEmpty.default(''),
     /** `local`: embedded store in stateDir (one node). `etcd`: shared store for several nodes. */
     store: z.enum(['local', 'etcd']).default('local'),
     etcdEndpoints: z.array(z.string().url()).default([]),

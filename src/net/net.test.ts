@@ -124,6 +124,7 @@ test('net: prefixes parse strictly; host bits are rejected or masked as the call
   assert.equal(Prefix.parse('192.0.2.7', { bareAddress: true }).toString(), '192.0.2.7/32');
   assert.equal(Prefix.parse('::1', { bareAddress: true }).toString(), '::1/128');
   assert.ok(Prefix.parse('::1', { bareAddress: true }).isSingleAddress());
+  assert.equal(Prefix.tryParse('10.1.0.0/16')?.toString(), '10.1.0.0/16');
   const unmasked = Prefix.of(Addr.parse('10.1.2.3'), 8);
   assert.equal(unmasked.toString(), '10.1.2.3/8', 'of() keeps host bits');
   assert.ok(!unmasked.isMasked());
@@ -146,6 +147,7 @@ test('net: prefixes parse strictly; host bits are rejected or masked as the call
     ['10.0.0.0/8', { family: 6 }, 'family', 'not an IPv6 prefix'],
   ];
   for (const [text, options, problem, reason] of cases) {
+    assert.equal(Prefix.tryParse(text, options), undefined, text);
     assert.throws(
       () => Prefix.parse(text, options),
       (e: unknown) => NetParseError.is(e, 'ERR_NET_INVALID_PREFIX') && e.problem === problem && e.reason === reason && e.message === `invalid IP prefix ${JSON.stringify(text)}: ${reason}`,

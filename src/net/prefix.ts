@@ -73,6 +73,16 @@ export class Prefix {
     return prefix;
   }
 
+  /** `parse` without the throw, for callers that only ask "is this a prefix?". */
+  static tryParse(text: string, options: PrefixParseOptions = {}): Prefix | undefined {
+    try {
+      return Prefix.parse(text, options);
+    } catch (error) {
+      if (NetParseError.is(error)) return undefined;
+      throw error;
+    }
+  }
+
   get family(): Family {
     return this.addr.family;
   }
