@@ -10,6 +10,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
 import type { Endpoint, NodeRecord } from '../src/agent/index.ts';
+import { Addr, Prefix } from '../src/net/index.ts';
 import { ROOT, TestNode, echo, echoServer, ping, uniqueName } from './support/cluster.ts';
 
 const CLI = join(ROOT, 'src', 'cli', 'main.ts');
@@ -74,7 +75,7 @@ test('ciliate status, endpoint, node and bpf listings show the running node, its
     assert.equal(status.datapath.bpfRoot, node.bpfRoot);
     assert.deepEqual(status.datapath.failures, []);
     assert.match(status.ipam.podCidr, /^10\.\d+\.\d+\.0\/24$/);
-    for (const ep of pods) assert.ok(ipInCidr(ep.ipv4, status.ipam.podCidr), `${ep.ipv4} in ${status.ipam.podCidr}`);
+    for (const ep of pods) assert.ok(Prefix.parse(status.ipam.podCidr).contains(Addr.parse(ep.ipv4)), `${ep.ipv4} in ${status.ipam.podCidr}`);
 
     const text = await ok(socket, 'status');
     const field = (name: string) => new RegExp(`^${name}: +(.*)$`, 'm').exec(text)?.[1];
@@ -186,10 +187,3 @@ test('ciliate status, endpoint, node and bpf listings show the running node, its
     );
   });
 });
-
-function ipInCidr(ip: string, cidr: string): boolean {
-  const toInt = (s: string) => s.split('.').reduce((n, octet) => (n << 8) + Number(octet), 0) >>> 0;
-  const [base, bits] = cidr.split('/');
-  const mask = Number(bits) === 0 ? 0 : (~0 << (32 - Number(bits))) >>> 0;
-  return (toInt(ip) & mask) >>> 0 === (toInt(base) & mask) >>> 0;
-}

@@ -9,21 +9,11 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import type { Endpoint } from '../src/agent/index.ts';
+import { Addr, Prefix } from '../src/net/index.ts';
 import { TestNode, inNs, uniqueName } from './support/cluster.ts';
 import { PodmanEnv } from './support/podman.ts';
 
 const run = promisify(execFile);
-
-function ipToInt(ip: string): number {
-  return ip.split('.').reduce((acc, octet) => acc * 256 + Number(octet), 0);
-}
-
-function inCidr(ip: string, cidr: string): boolean {
-  const [base, bits] = cidr.split('/');
-  const size = 2 ** (32 - Number(bits));
-  const start = ipToInt(base) - (ipToInt(base) % size);
-  return ipToInt(ip) >= start && ipToInt(ip) < start + size;
-}
 
 test('podman with the CNI backend runs busybox containers on a Ciliate network', async (t) => {
   const started = Date.now();
@@ -49,7 +39,7 @@ test('podman with the CNI backend runs busybox containers on a Ciliate network',
   for (const [i, info] of inspected.entries()) {
     assert.equal(info.Id, ids[i]);
     assert.ok(info.State.Running, `${names[i]} is running`);
-    assert.ok(inCidr(ips[i], ipam.podCidr), `podman shows ${names[i]} at ${ips[i]}, inside the agent's pod CIDR ${ipam.podCidr}`);
+    assert.ok(Prefix.parse(ipam.podCidr).contains(Addr.parse(ips[i])), `podman shows ${names[i]} at ${ips[i]}, inside the agent's pod CIDR ${ipam.podCidr}`);
     assert.equal(info.NetworkSettings.Networks?.[network]?.Gateway, ipam.routerIp, 'the gateway is the agent\'s router address');
   }
   assert.notEqual(ips[0], ips[1]);

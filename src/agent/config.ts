@@ -10,6 +10,18 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { Addr, NetParseError, Prefix } from '../net/index.ts';
+
+// Host bits are refused here, not only later by IPAM, so a typo stops the agent before it starts.
+export const ipv4Cidr = z.string().superRefine((text, ctx) => {
+  try {
+    Prefix.parse(text, { family: 4 });
+  } catch (error) {
+    if (!NetParseError.is(error)) throw error;
+    ctx.addIssue({ code: 'custom', message: `must be an IPv4 CIDR such as 10.244.0.0/16 (${error.reason})` });
+  }
+});
+export const ipv4OrEmpty = z.string().refine((text) => text === '' || Addr.tryParse(text)?.is4() === true, 'must be an IPv4 address (a.b.c.d) or empty');
 
 /** Settings of the agent as a whole, read by several modules. */
 export const coreConfig = {
@@ -21,9 +33,7 @@ export const coreConfig = {
     .describe("this node's name in the cluster"),
   /** Pinned maps and links live here, so the datapath outlives the agent. */
   bpfRoot: z.string().min(1).default('/sys/fs/bpf/ciliate').describe('bpffs directory for pinned maps and links'),
-  clusterCidr: z
-    .string()
-    .regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/, 'must be an IPv4 CIDR such as 10.244.0.0/16')
+  clusterCidr: ipv4Cidr
     .default('10.244.0.0/16')
     .describe('pod addresses of the whole cluster; each node gets a slice of it'),
   logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info').describe('trace, debug, info, warn or error'),

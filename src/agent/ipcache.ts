@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import type { BpfMap } from '../ebpf/index.ts';
 import { IpcacheFlag, type RemoteEndpointInfo } from '../datapath/index.ts';
 import { Reconciler, Table } from '../statedb/index.ts';
+import { Prefix } from '../net/index.ts';
 
 export type IpcacheSource = 'local-node' | 'local-endpoint' | 'remote-node' | 'remote-endpoint' | 'cidr-policy';
 
@@ -23,8 +24,8 @@ export interface IpcacheEntry {
 type IpcacheMap = BpfMap<{ prefixlen: number; ip: string }, RemoteEndpointInfo>;
 
 function mapKey(prefix: string): { prefixlen: number; ip: string } {
-  const [ip, length] = prefix.split('/');
-  return { ip, prefixlen: Number(length ?? 32) };
+  const parsed = Prefix.parse(prefix, { bareAddress: true, hostBits: 'mask', family: 4 });
+  return { ip: parsed.addr.toString(), prefixlen: parsed.bits };
 }
 
 export class Ipcache {

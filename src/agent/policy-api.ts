@@ -9,6 +9,7 @@ import type { EndpointManager } from './endpoint-manager.ts';
 import { labelMap, type PolicyManager } from './policy-manager.ts';
 import { describeLagging, type PolicyStatus } from './policy-status.ts';
 import { podLabels } from '../identity/index.ts';
+import { Prefix } from '../net/index.ts';
 
 const ImportBody = z.object({ yaml: z.string().min(1), file: z.string().default('<api>') }).strict();
 const TraceBody = z
@@ -25,7 +26,6 @@ function badRequest(what: string, error: z.ZodError): ApiError {
   return new ApiError(400, 'ERR_BAD_REQUEST', `${what}: field ${issue.path.join('.') || '(body)'}: ${issue.message}`);
 }
 
-const IPV4 = /^(\d{1,3}\.){3}\d{1,3}(\/\d{1,2})?$/;
 
 /**
  * Who a trace side is: an endpoint id, a pod (`name` or `namespace/name`), a pod IP, any other
@@ -38,9 +38,12 @@ export function resolveTracePeer(spec: string, endpoints: EndpointManager): Trac
     if (!endpoint) throw new ApiError(404, 'ERR_ENDPOINT_NOT_FOUND', `trace: no endpoint ${trimmed}`);
     return { endpoint: endpoint.id };
   }
-  if (IPV4.test(trimmed)) {
-    const local = endpoints.list().find((ep) => ep.ipv4 === trimmed.replace(/\/32$/, ''));
-    return local ? { endpoint: local.id } : { cidr: trimmed.includes('/') ? trimmed : `${trimmed}/32` };
+  // An address or CIDR; anything else names labels or a pod.
+  const prefix = Prefix.tryParse(trimmed, { bareAddress: true, hostBits: 'mask' });
+  if (prefix !== undefined) {
+    const address = prefix.isSingleAddress() ? prefix.addr.toString() : undefined;
+    const local = address === undefined ? undefined : endpoints.list().find((ep) => ep.ipv4 === address);
+    return local ? { endpoint: local.id } : { cidr: prefix.toString() };
   }
   if (trimmed.includes('=')) {
     const labels: Record<string, string> = {};

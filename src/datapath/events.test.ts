@@ -118,4 +118,9 @@ test('built frames carry valid checksums and summarise back to what was built', 
   assert.equal(internetChecksum(icmp.subarray(ETH_HLEN + 20)), 0);
   assert.deepEqual(summarizePacket(icmp).l4, { protocol: 'ICMPv4', type: 8, code: 0, id: 5, sequence: 6 });
   assert.deepEqual(summarizePacket(Buffer.alloc(10)), {});
+  assert.deepEqual([summarizePacket(udp).ipv4?.source, summarizePacket(udp).ipv4?.destination], ['1.2.3.4', '5.6.7.8']);
+  // A bad address is an error, not a frame from 0.0.0.0.
+  for (const bad of ['10.0.0.256', '10.0.0', '2001:db8::1']) {
+    assert.throws(() => buildIpv4Frame({ src: bad, dst: '5.6.7.8', udp: { sport: 1, dport: 2 } }), (e: unknown) => e instanceof Error && e.message.includes(bad), bad);
+  }
 });

@@ -50,6 +50,7 @@ import {
   type RemoteEndpointInfo,
 } from './maps.ts';
 import { ip, NetlinkError } from './netlink.ts';
+import { NetParseError, parseIpv4, Prefix } from '../net/index.ts';
 import { loadOverlay, OverlayProgram } from './overlay.ts';
 import { linkServesInterface } from './pins.ts';
 
@@ -637,23 +638,20 @@ function sameRoute(a: RouteSpec, b: RouteSpec): boolean {
   );
 }
 
-const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
-
 function assertIpv4(value: string, what: string): void {
-  if (!IPV4.test(value)) throw new NodeRoutingError(`node routing: ${what} ${JSON.stringify(value)} is not an IPv4 address`);
+  if (parseIpv4(value) === undefined) throw new NodeRoutingError(`node routing: ${what} ${JSON.stringify(value)} is not an IPv4 address`);
 }
 
 /** The network address and prefix length of an IPv4 CIDR (host bits cleared). */
 function parseCidr(cidr: string, what: string): [string, number] {
-  const [address, length, extra] = cidr.split('/');
-  const prefixlen = Number(length);
-  if (extra !== undefined || !IPV4.test(address ?? '') || !/^\d{1,2}$/.test(length ?? '') || prefixlen > 32) {
-    throw new NodeRoutingError(`node routing: ${what} ${JSON.stringify(cidr)} is not an IPv4 CIDR`);
+  let prefix: Prefix;
+  try {
+    prefix = Prefix.parse(cidr, { hostBits: 'mask', family: 4 });
+  } catch (error) {
+    if (!NetParseError.is(error)) throw error;
+    throw new NodeRoutingError(`node routing: ${what} ${JSON.stringify(cidr)} is not an IPv4 CIDR`, { cause: error });
   }
-  const value = address.split('.').reduce((acc, octet) => acc * 256 + Number(octet), 0);
-  const mask = prefixlen === 0 ? 0 : (0xffffffff << (32 - prefixlen)) >>> 0;
-  const network = (value & mask) >>> 0;
-  return [[24, 16, 8, 0].map((shift) => (network >>> shift) & 0xff).join('.'), prefixlen];
+  return [prefix.addr.toString(), prefix.bits];
 }
 
 function canonicalCidr(cidr: string): string {

@@ -4,6 +4,7 @@
  * well-formed frames for BPF_PROG_TEST_RUN and benchmarks.
  * @module
  */
+import { Addr } from '../net/index.ts';
 import { TcpFlag } from './maps.ts';
 
 export const ETH_HLEN = 14;
@@ -132,7 +133,8 @@ function writeMac(buffer: Buffer, at: number, value: string): void {
 }
 
 function writeIp(buffer: Buffer, at: number, value: string): void {
-  value.split('.').forEach((octet, i) => (buffer[at + i] = Number(octet)));
+  // Addr.parse throws on anything but an address, where splitting on '.' wrote NaN as 0.
+  buffer.writeUInt32BE(Addr.parse(value).toUint32(), at);
 }
 
 /** An Ethernet + IPv4 frame with valid IP and L4 checksums: exactly one of tcp, udp, icmp. */

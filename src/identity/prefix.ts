@@ -7,6 +7,7 @@
  * (`2001:db8::/32` → `cidr:2001-db8--0/32`). Both forms parse.
  * @module
  */
+import { Addr, NetParseError, Prefix as NetPrefix } from '../net/index.ts';
 import { IdentityError } from './errors.ts';
 
 export interface Prefix {
@@ -16,52 +17,15 @@ export interface Prefix {
   readonly length: number;
 }
 
-const OCTET = /^(0|[1-9][0-9]{0,2})$/;
-const HEXTET = /^[0-9a-fA-F]{1,4}$/;
-
 function invalid(text: string, reason: string): IdentityError {
   return new IdentityError('ERR_IDENTITY_INVALID_CIDR', `identity: invalid CIDR ${JSON.stringify(text)}: ${reason}`);
 }
 
-function parseIpv4(text: string): bigint | undefined {
-  const parts = text.split('.');
-  if (parts.length !== 4) return undefined;
-  let value = 0n;
-  for (const part of parts) {
-    // Leading zeros are refused: inet_aton reads "010" as octal.
-    if (!OCTET.test(part) || Number(part) > 255) return undefined;
-    value = (value << 8n) | BigInt(part);
-  }
-  return value;
-}
-
-function parseIpv6(text: string): bigint | undefined {
-  let head = text;
-  let tailV4: bigint | undefined;
-  const lastColon = text.lastIndexOf(':');
-  if (lastColon >= 0 && text.includes('.', lastColon)) {
-    tailV4 = parseIpv4(text.slice(lastColon + 1));
-    if (tailV4 === undefined) return undefined;
-    // Keep the separator so "::1.2.3.4" still splits into an empty group before the tail.
-    head = text.slice(0, lastColon + 1) + '0:0';
-  }
-  const halves = head.split('::');
-  if (halves.length > 2) return undefined;
-  const split = (part: string): string[] | undefined => {
-    if (part === '') return [];
-    const groups = part.split(':');
-    return groups.every((g) => HEXTET.test(g)) ? groups : undefined;
-  };
-  const left = split(halves[0]);
-  const right = halves.length === 2 ? split(halves[1]) : [];
-  if (left === undefined || right === undefined) return undefined;
-  const count = left.length + right.length;
-  if (halves.length === 1 ? count !== 8 : count > 7) return undefined;
-  const groups = [...left, ...Array<string>(8 - count).fill('0'), ...right];
-  let value = 0n;
-  for (const g of groups) value = (value << 16n) | BigInt(parseInt(g, 16));
-  if (tailV4 !== undefined) value = (value & ~0xffffffffn) | tailV4;
-  return value;
+/** The identity module's wording for a bad length, which callers' messages have long carried. */
+function lengthReason(lengthText: string, addressText: string): string {
+  if (!/^(0|[1-9][0-9]{0,2})$/.test(lengthText)) return `prefix length '${lengthText}' is not a number`;
+  const family = addressText.includes(':') ? 6 : 4;
+  return `prefix length ${lengthText} exceeds ${family === 4 ? 32 : 128} for IPv${family}`;
 }
 
 /**
@@ -74,47 +38,20 @@ function parseIpv6(text: string): bigint | undefined {
 export function parsePrefix(text: string): Prefix {
   if (typeof text !== 'string') throw invalid(String(text), 'expected a string');
   const slash = text.indexOf('/');
-  if (slash < 0) throw invalid(text, "missing '/<prefix length>'");
-  let addressText = text.slice(0, slash);
-  const lengthText = text.slice(slash + 1);
-  if (!/^(0|[1-9][0-9]{0,2})$/.test(lengthText)) throw invalid(text, `prefix length '${lengthText}' is not a number`);
-  const length = Number(lengthText);
+  let addressText = slash < 0 ? text : text.slice(0, slash);
   if (!addressText.includes(':') && !addressText.includes('.') && addressText.includes('-')) addressText = addressText.replaceAll('-', ':');
-  const family: 4 | 6 = addressText.includes(':') ? 6 : 4;
-  const address = family === 4 ? parseIpv4(addressText) : parseIpv6(addressText);
-  if (address === undefined) throw invalid(text, `'${addressText}' is not an IPv${family} address`);
-  const bits = family === 4 ? 32 : 128;
-  if (length > bits) throw invalid(text, `prefix length ${length} exceeds ${bits} for IPv${family}`);
-  const hostBits = BigInt(bits - length);
-  return { family, address: (address >> hostBits) << hostBits, length };
+  let prefix: NetPrefix;
+  try {
+    prefix = NetPrefix.parse(slash < 0 ? addressText : `${addressText}${text.slice(slash)}`, { hostBits: 'mask' });
+  } catch (error) {
+    if (!NetParseError.is(error)) throw error;
+    throw invalid(text, error.problem === 'length' ? lengthReason(text.slice(slash + 1), addressText) : error.reason);
+  }
+  return { family: prefix.family, address: prefix.addr.toBigInt(), length: prefix.bits };
 }
 
 function formatAddress(prefix: Prefix): string {
-  if (prefix.family === 4) {
-    const a = Number(prefix.address);
-    return [a >>> 24, (a >>> 16) & 255, (a >>> 8) & 255, a & 255].join('.');
-  }
-  const groups: number[] = [];
-  for (let i = 7; i >= 0; i--) groups.push(Number((prefix.address >> BigInt(i * 16)) & 0xffffn));
-  // RFC 5952: compress the longest (leftmost on ties) run of two or more zero groups.
-  let bestStart = -1;
-  let bestLength = 1;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLength) {
-      bestStart = i;
-      bestLength = j - i;
-    }
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (bestStart < 0) return hex.join(':');
-  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLength).join(':')}`;
+  return Addr.fromBigInt(prefix.family, prefix.address).toString();
 }
 
 /** `10.0.0.0/8`, `2001:db8::/32`. */

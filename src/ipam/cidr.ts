@@ -5,6 +5,7 @@
  * JavaScript's bitwise operators return signed 32-bit results).
  * @module
  */
+import { formatIpv4, ipv4Mask, NetParseError, parseIpv4 as parseIpv4Number, Prefix } from '../net/index.ts';
 import { IpamError } from './errors.ts';
 
 /** A parsed CIDR: `address` is the network address (host bits zero). */
@@ -13,26 +14,13 @@ export interface Ipv4Cidr {
   readonly prefixLength: number;
 }
 
-const OCTET = /^(0|[1-9][0-9]{0,2})$/;
-
 function invalid(what: string, text: string, reason: string): IpamError {
   return new IpamError('ERR_IPAM_INVALID_CIDR', `ipam: ${what} '${text}': ${reason}`);
 }
 
-/** The address as a number, or undefined if `text` is not a dotted quad. */
+/** The address as a number, or undefined if `text` is not a dotted quad (no leading zeros). */
 export function tryParseIpv4(text: string): number | undefined {
-  if (typeof text !== 'string') return undefined;
-  const parts = text.split('.');
-  if (parts.length !== 4) return undefined;
-  let value = 0;
-  for (const part of parts) {
-    // Leading zeros are refused: inet_aton would read "010" as octal 8, which surprises everyone.
-    if (!OCTET.test(part)) return undefined;
-    const octet = Number(part);
-    if (octet > 255) return undefined;
-    value = value * 256 + octet;
-  }
-  return value;
+  return parseIpv4Number(text);
 }
 
 /**
@@ -40,18 +28,28 @@ export function tryParseIpv4(text: string): number | undefined {
  * parseIpv4('10.244.1.2'); // 0x0af40102
  */
 export function parseIpv4(text: string, what = 'address'): number {
-  const value = tryParseIpv4(text);
+  const value = parseIpv4Number(text);
   if (value === undefined) throw invalid(what, String(text), 'not an IPv4 address (expected a.b.c.d, each 0–255)');
   return value;
 }
 
-export function formatIpv4(address: number): string {
-  return `${address >>> 24}.${(address >>> 16) & 0xff}.${(address >>> 8) & 0xff}.${address & 0xff}`;
-}
+export { formatIpv4 };
 
-/** The netmask of a prefix length as an unsigned number (`<< 32` is a no-op in JS, hence the 0 case). */
-export function prefixMask(prefixLength: number): number {
-  return prefixLength === 0 ? 0 : (0xffffffff << (32 - prefixLength)) >>> 0;
+/** The netmask of a prefix length as an unsigned number. */
+export const prefixMask = ipv4Mask;
+
+/** IPAM's wording of a parse failure; length and host-bit reasons are net's own. */
+function cidrReason(text: unknown, error: NetParseError): string {
+  if (typeof text !== 'string') return error.reason;
+  switch (error.problem) {
+    case 'syntax':
+    case 'family':
+      return 'not an IPv4 address (expected a.b.c.d/n, each octet 0–255)';
+    case 'missing-length':
+      return 'missing prefix length (expected a.b.c.d/n)';
+    default:
+      return error.reason;
+  }
 }
 
 /**
@@ -64,17 +62,14 @@ export function prefixMask(prefixLength: number): number {
  * parseCidr('10.0.0.0/33', 'cluster CIDR'); // throws "ipam: cluster CIDR '10.0.0.0/33': prefix length must be 0–32"
  */
 export function parseCidr(text: string, what = 'CIDR'): Ipv4Cidr {
-  if (typeof text !== 'string') throw invalid(what, String(text), 'not a string');
-  const slash = text.indexOf('/');
-  if (slash === -1) throw invalid(what, text, 'missing prefix length (expected a.b.c.d/n)');
-  const address = tryParseIpv4(text.slice(0, slash));
-  if (address === undefined) throw invalid(what, text, 'not an IPv4 address (expected a.b.c.d/n, each octet 0–255)');
-  const lengthText = text.slice(slash + 1);
-  const prefixLength = /^[0-9]{1,2}$/.test(lengthText) ? Number(lengthText) : NaN;
-  if (!(prefixLength >= 0 && prefixLength <= 32)) throw invalid(what, text, 'prefix length must be 0–32');
-  const network = (address & prefixMask(prefixLength)) >>> 0;
-  if (network !== address) throw invalid(what, text, `host bits are set (did you mean ${formatIpv4(network)}/${prefixLength}?)`);
-  return { address: network, prefixLength };
+  let prefix: Prefix;
+  try {
+    prefix = Prefix.parse(text, { family: 4 });
+  } catch (error) {
+    if (!NetParseError.is(error)) throw error;
+    throw invalid(what, String(text), cidrReason(text, error));
+  }
+  return { address: prefix.addr.toUint32(), prefixLength: prefix.bits };
 }
 
 export function formatCidr(cidr: Ipv4Cidr): string {

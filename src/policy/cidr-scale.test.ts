@@ -38,7 +38,7 @@ interface RefPrefix {
 function refPrefix(text: string): RefPrefix {
   const c = parseCidr(text);
   if ('error' in c) throw new Error(c.error);
-  return { family: c.family, v4: c.family === 4 ? Number(c.network) : 0, v6: c.network, length: c.prefixLength };
+  return { family: c.family, v4: c.family === 4 ? Number(c.addr.toBigInt()) : 0, v6: c.addr.toBigInt(), length: c.bits };
 }
 
 function refContains(outer: RefPrefix, inner: RefPrefix): boolean {

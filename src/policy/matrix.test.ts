@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { loadPolicyFileSync } from './load.ts';
 import { selectorMatches } from './selector.ts';
-import { parseCidr } from './cidr.ts';
+import { parseCidr, type Cidr } from './cidr.ts';
 import { POD_NAMESPACE_LABEL, type Entity, type PeerRule, type PolicyRule } from './types.ts';
 import { PolicyEngine } from './engine.ts';
 import { reservedIdentityInfos, cidrIdentityLabels, type IdentityInfo } from './selector-cache.ts';
@@ -105,7 +105,12 @@ function remoteCidr(r: Remote): { family: 4 | 6; network: bigint; prefixLength: 
   const key = Object.keys(r.labels).find((k) => k.startsWith('cidr:'));
   if (!key) return undefined;
   const c = parseCidr(key.slice(5).replaceAll('-', ':'));
-  return 'error' in c ? undefined : c;
+  return 'error' in c ? undefined : reference(c);
+}
+
+/** The fields this model's own arithmetic works on, so it does not share src/net's. */
+function reference(c: Cidr): { family: 4 | 6; network: bigint; prefixLength: number } {
+  return { family: c.family, network: c.addr.toBigInt(), prefixLength: c.bits };
 }
 
 function inside(outer: { family: number; network: bigint; prefixLength: number }, inner: { family: number; network: bigint; prefixLength: number }): boolean {
@@ -136,14 +141,15 @@ function entityOk(e: Entity, r: Remote): boolean {
 }
 
 function cidrOk(rule: { cidr: string; except: string[] }, r: Remote): boolean {
-  const c = parseCidr(rule.cidr);
-  if ('error' in c) throw new Error(c.error);
+  const parsed = parseCidr(rule.cidr);
+  if ('error' in parsed) throw new Error(parsed.error);
+  const c = reference(parsed);
   const own = remoteCidr(r);
   if (!own) return c.prefixLength === 0 && (r.id === 2 || r.id === (c.family === 4 ? 9 : 10));
   if (!inside(c, own)) return false;
   return !rule.except.some((e) => {
     const x = parseCidr(e);
-    return !('error' in x) && inside(x, own);
+    return !('error' in x) && inside(reference(x), own);
   });
 }
 

@@ -20,9 +20,10 @@ const newNode = <T>(): TrieNode<T> => ({ zero: undefined, one: undefined, values
 
 /** The network address as 32-bit words, most significant first: bit tests on numbers, not bigints. */
 function words(prefix: Cidr): number[] {
-  if (prefix.family === 4) return [Number(prefix.network)];
+  if (prefix.addr.is4()) return [prefix.addr.toUint32()];
+  const network = prefix.addr.toBigInt();
   const out: number[] = [];
-  for (let shift = 96n; shift >= 0n; shift -= 32n) out.push(Number((prefix.network >> shift) & 0xffffffffn));
+  for (let shift = 96n; shift >= 0n; shift -= 32n) out.push(Number((network >> shift) & 0xffffffffn));
   return out;
 }
 
@@ -37,7 +38,7 @@ export class PrefixTrie<T> {
   add(prefix: Cidr, value: T): void {
     const w = words(prefix);
     let node = this.#roots[prefix.family];
-    for (let i = 0; i < prefix.prefixLength; i++) {
+    for (let i = 0; i < prefix.bits; i++) {
       if (bit(w, i) === 0) node = node.zero ??= newNode();
       else node = node.one ??= newNode();
     }
@@ -48,15 +49,15 @@ export class PrefixTrie<T> {
   delete(prefix: Cidr, value: T): boolean {
     const w = words(prefix);
     const path: TrieNode<T>[] = [this.#roots[prefix.family]];
-    for (let i = 0; i < prefix.prefixLength; i++) {
+    for (let i = 0; i < prefix.bits; i++) {
       const next = bit(w, i) === 0 ? path[i].zero : path[i].one;
       if (next === undefined) return false;
       path.push(next);
     }
-    const node = path[prefix.prefixLength];
+    const node = path[prefix.bits];
     if (!node.values?.delete(value)) return false;
     if (node.values.size === 0) node.values = undefined;
-    for (let i = prefix.prefixLength; i > 0; i--) {
+    for (let i = prefix.bits; i > 0; i--) {
       const n = path[i];
       if (n.values !== undefined || n.zero !== undefined || n.one !== undefined) break;
       if (bit(w, i - 1) === 0) path[i - 1].zero = undefined;
@@ -75,7 +76,7 @@ export class PrefixTrie<T> {
     let node: TrieNode<T> | undefined = this.#roots[prefix.family];
     for (let i = 0; node !== undefined; i++) {
       if (node.values !== undefined) out.push([i, node.values]);
-      if (i === prefix.prefixLength) break;
+      if (i === prefix.bits) break;
       node = bit(w, i) === 0 ? node.zero : node.one;
     }
     return out;
@@ -85,7 +86,7 @@ export class PrefixTrie<T> {
   within(prefix: Cidr): T[] {
     const w = words(prefix);
     let node: TrieNode<T> | undefined = this.#roots[prefix.family];
-    for (let i = 0; i < prefix.prefixLength && node !== undefined; i++) node = bit(w, i) === 0 ? node.zero : node.one;
+    for (let i = 0; i < prefix.bits && node !== undefined; i++) node = bit(w, i) === 0 ? node.zero : node.one;
     const out: T[] = [];
     // Iterative: a /0 over a full IPv6 trie is 128 levels deep.
     const stack = node === undefined ? [] : [node];

@@ -19,6 +19,7 @@
  */
 import { selectorMatches, splitLabelKey } from './selector.ts';
 import { cidrContains, parseCidr, type Cidr } from './cidr.ts';
+import { Prefix } from '../net/index.ts';
 import { PrefixTrie } from './prefix-trie.ts';
 import type { CidrRule, Entity, Selector } from './types.ts';
 import { RESERVED_IDENTITY } from '../identity/index.ts';
@@ -52,7 +53,7 @@ export function cidrIdentityLabels(cidr: string, options: { dualStack?: boolean 
   if ('error' in parsed) throw new RangeError(parsed.error);
   const world = options.dualStack ? (parsed.family === 4 ? 'world-ipv4' : 'world-ipv6') : 'world';
   const out: Record<string, string> = { [`reserved:${world}`]: '' };
-  if (parsed.prefixLength > 0) out[`cidr:${cidr.includes(':') ? cidr.replaceAll(':', '-') : cidr}`] = '';
+  if (parsed.bits > 0) out[`cidr:${cidr.includes(':') ? cidr.replaceAll(':', '-') : cidr}`] = '';
   return out;
 }
 
@@ -65,13 +66,13 @@ export function identityCidr(labels: LabelMap): Cidr | undefined {
     if (text.includes('-')) text = text.replaceAll('-', ':');
     const c = parseCidr(text);
     if ('error' in c) continue;
-    if (!best || c.prefixLength > best.prefixLength) best = c;
+    if (!best || c.bits > best.bits) best = c;
   }
   return best;
 }
 
-const ANY_IPV4: Cidr = { family: 4, network: 0n, prefixLength: 0 };
-const ANY_IPV6: Cidr = { family: 6, network: 0n, prefixLength: 0 };
+const ANY_IPV4: Cidr = Prefix.parse('0.0.0.0/0');
+const ANY_IPV6: Cidr = Prefix.parse('::/0');
 
 const CLUSTER_RESERVED = ['host', 'remote-node', 'init', 'ingress', 'health', 'unmanaged', 'kube-apiserver'];
 
@@ -131,7 +132,7 @@ export function cidrRuleMatches(rule: ParsedCidrRule, labels: LabelMap): boolean
 function cidrRuleSelects(rule: ParsedCidrRule, prefix: Cidr | undefined, labels: LabelMap): boolean {
   if (prefix === undefined) {
     // World identities stand for "every address not covered by a CIDR identity".
-    return rule.cidr.prefixLength === 0 && worldFamily(labels, rule.cidr.family);
+    return rule.cidr.bits === 0 && worldFamily(labels, rule.cidr.family);
   }
   if (!cidrContains(rule.cidr, prefix)) return false;
   return !rule.except.some((e) => cidrContains(e, prefix));
@@ -484,7 +485,7 @@ export class SelectorCache {
     for (const id of this.#byPrefix.within(rule.cidr)) {
       if (cidrRuleSelects(rule, this.#prefixOf.get(id), this.#identities.get(id)!)) out.push(id);
     }
-    if (rule.cidr.prefixLength === 0) {
+    if (rule.cidr.bits === 0) {
       for (const id of this.#prefixlessWorld) if (cidrRuleSelects(rule, undefined, this.#identities.get(id)!)) out.push(id);
     }
     return this.#bySeq(out);

@@ -6,7 +6,7 @@
 import { z } from 'zod';
 import { ip } from '../../datapath/index.ts';
 import { NodeIpam } from '../../ipam/index.ts';
-import { ConfigError } from '../config.ts';
+import { ConfigError, ipv4OrEmpty } from '../config.ts';
 import { defineModule } from '../module.ts';
 import { NodeCell, StoreCell } from './cells.ts';
 import { NODES_PREFIX, nodeStoreKey, type NodeRecord } from '../node.ts';
@@ -17,7 +17,7 @@ import { VERSION } from '../version.ts';
 export const nodeConfig = {
   nodeCidrMaskSize: z.number().int().min(8).max(30).default(24).describe("prefix length of each node's pod CIDR"),
   routingMode: z.enum(['tunnel', 'native']).default('tunnel').describe('tunnel (VXLAN between nodes) or native (pod CIDRs routed on the underlay)'),
-  nodeIp: z.union([z.literal(''), z.ipv4()]).default('').describe("this node's underlay address (what other nodes reach it at); empty: its first global address"),
+  nodeIp: ipv4OrEmpty.default('').describe("this node's underlay address (what other nodes reach it at); empty: its first global address"),
 };
 
 export const nodeModule = defineModule({
