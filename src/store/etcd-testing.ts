@@ -61,7 +61,7 @@ export interface StartEtcdOptions {
   };
 }
 
-/** A throw-away CA with certificates for etcd (127.0.0.1) and clients; `other` is a second, unrelated CA. */
+/** A throw-away CA with certificates for etcd (127.0.0.1 by default) and clients; `other` is a second, unrelated CA. */
 export interface TestPki {
   readonly dir: string;
   readonly caFile: string;
@@ -82,11 +82,11 @@ function openssl(cwd: string, args: readonly string[]): Promise<void> {
 }
 
 /**
- * Generates a CA, an etcd server certificate for 127.0.0.1, a client certificate, and a second CA
- * with its own client certificate, in a temp dir that `t.after` removes. Needs the `openssl` CLI
- * (Node's crypto cannot issue X.509 certificates).
+ * Generates a CA, an etcd server certificate for `serverIps` (default 127.0.0.1), a client
+ * certificate, and a second CA with its own client certificate, in a temp dir that `t.after`
+ * removes. Needs the `openssl` CLI (Node's crypto cannot issue X.509 certificates).
  */
-export async function createTestPki(t: TestContext): Promise<TestPki> {
+export async function createTestPki(t: TestContext, serverIps: readonly string[] = ['127.0.0.1']): Promise<TestPki> {
   const dir = await mkdtemp(join(tmpdir(), 'ciliate-pki-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
   const ca = async (name: string): Promise<void> =>
@@ -98,7 +98,7 @@ export async function createTestPki(t: TestContext): Promise<TestPki> {
   };
   await ca('ca');
   await ca('other-ca');
-  await issue('server', 'etcd', 'ca', 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n');
+  await issue('server', 'etcd', 'ca', `subjectAltName=${serverIps.map((ip) => `IP:${ip}`).join(',')}\nextendedKeyUsage=serverAuth,clientAuth\n`);
   await issue('client', 'root', 'ca', 'extendedKeyUsage=clientAuth\n');
   await issue('other-client', 'root', 'other-ca', 'extendedKeyUsage=clientAuth\n');
   const pair = (name: string) => ({ certFile: join(dir, `${name}.crt`), keyFile: join(dir, `${name}.key`) });
