@@ -138,3 +138,17 @@ test('etcd auth with client-cert-auth: the certificate CN is the user', async (t
   const store = await connect(t, { endpoints: etcd.endpoints, tls: clientTls(pki) });
   await store.put('k', 1);
 });
+
+test('etcd auth: after an etcd restart (its tokens are gone), requests and watches authenticate again', async (t) => {
+  const pki = await createTestPki(t);
+  const etcd = await startEtcd(t, { tls: { pki } });
+  await enableAuth(t, etcd.endpoints, pki);
+  const store = await connect(t, { endpoints: etcd.endpoints, tls: { caFile: pki.caFile }, auth: { username: 'ciliate', password: 's3cret' } });
+  const watch = store.watch('nodes/');
+  t.after(() => watch.close());
+  await store.put('nodes/n1', 1);
+  assert.equal((await take(watch, 1))[0].key, 'nodes/n1');
+  await etcd.restart();
+  await store.put('nodes/n2', 2);
+  assert.equal((await take(watch, 1))[0].key, 'nodes/n2');
+});
