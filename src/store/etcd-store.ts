@@ -186,7 +186,9 @@ export class EtcdStateStore implements StateStore {
 
   /**
    * Connects to etcd and reads the current revision. Fails with ERR_STORE_UNAVAILABLE (naming the
-   * endpoints) if no member answers within `timeoutMs`.
+   * endpoints) if no member answers within `timeoutMs`, ERR_STORE_TLS if a TLS file is unusable
+   * or the handshake is refused, ERR_STORE_AUTH if etcd refuses the credentials. TLS files are
+   * read here only: after rotating them, connect again.
    */
   static async connect(options: EtcdStateStoreOptions): Promise<EtcdStateStore> {
     const endpoints = typeof options?.endpoints === 'string' ? [options.endpoints] : [...(options?.endpoints ?? [])];
