@@ -21,7 +21,14 @@ export type StoreErrorCode =
   /** The file system refused a read or write. */
   | 'ERR_STORE_IO'
   /** The store's server (etcd) could not be reached or did not answer in time. */
-  | 'ERR_STORE_UNAVAILABLE';
+  | 'ERR_STORE_UNAVAILABLE'
+  /**
+   * TLS to etcd failed: a CA, certificate or key file cannot be read or parsed, or the handshake
+   * was refused (server certificate not signed by the CA, client certificate missing or untrusted).
+   */
+  | 'ERR_STORE_TLS'
+  /** etcd refused the username/password, or the user lacks permission on the store's keys. */
+  | 'ERR_STORE_AUTH';
 
 export class StoreError extends Error {
   readonly code: StoreErrorCode;

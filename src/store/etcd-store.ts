@@ -21,15 +21,20 @@
  *   `afterRevision`; after a lost connection it is re-created from the last delivered revision
  *   (no gaps, no repeats), with backoff, for as long as the watch is open. etcd's
  *   `compact_revision` answer ends it with ERR_STORE_COMPACTED;
+ * - security: `tls` (CA, client certificate and key, as PEM or files, read and checked before
+ *   connecting) for https:// endpoints, `auth` (etcd username/password, exchanged for a token);
+ *   https:// without `tls` verifies etcd against Node's public CAs. A refused handshake is
+ *   `ERR_STORE_TLS` and refused credentials `ERR_STORE_AUTH`, both naming the endpoint and why;
  * - failures to reach etcd (refused, timed out) are `ERR_STORE_UNAVAILABLE` naming the endpoints.
  *   With several endpoints, reads move on to the next member; writes only when the request
  *   provably never left (no connection): a write whose answer was lost may have been applied, and
  *   resending a compare-and-swap would then report a false conflict.
  * @module
  */
-import { Etcd3, EtcdError, GRPCDeadlineExceededError, GRPCInvalidArgumentError, GRPCUnavailableError, GRPCOutOfRangeError, ClientClosedError, GRPCCancelledError, GRPCResourceExhastedError } from 'etcd3';
+import { Etcd3, EtcdAuthenticationFailedError, EtcdError, EtcdInvalidAuthTokenError, EtcdPermissionDeniedError, GRPCDeadlineExceededError, GRPCInvalidArgumentError, GRPCUnavailableError, GRPCOutOfRangeError, ClientClosedError, GRPCCancelledError, GRPCResourceExhastedError } from 'etcd3';
 import type { ICompare, IDuplexStream, IOptions, KVClient, IRequestOp, IResponseHeader, ITxnResponse, IKeyValue, IWatchRequest, IWatchResponse } from 'etcd3';
 import { StoreConflictError, StoreError, type RevisionMismatch } from './errors.ts';
+import { checkEndpointSecurity, isTlsFailure, loadEtcdCredentials, tlsFailureHint, type EtcdAuthOptions, type EtcdTlsOptions } from './etcd-security.ts';
 import { toJson, validateKey } from './kv-engine.ts';
 import type { DeleteResult, KeyValue, ListResult, StateStore, StoreWatch, TxnOp, TxnResult, WatchOptions, WriteOptions, WriteResult } from './types.ts';
 import { Watcher } from './watch.ts';
@@ -41,6 +46,10 @@ export interface EtcdStateStoreOptions {
   readonly prefix?: string;
   /** Deadline of each request, and of connecting. Default 5000 ms. */
   readonly timeoutMs?: number;
+  /** TLS to etcd (https:// endpoints only): trusted CA, and the client certificate for `--client-cert-auth`. */
+  readonly tls?: EtcdTlsOptions;
+  /** etcd username/password (etcd's auth enabled). Over http:// the password crosses the network in clear. */
+  readonly auth?: EtcdAuthOptions;
 }
 
 type FaultHandling = NonNullable<IOptions['faultHandling']>;
@@ -177,7 +186,9 @@ export class EtcdStateStore implements StateStore {
 
   /**
    * Connects to etcd and reads the current revision. Fails with ERR_STORE_UNAVAILABLE (naming the
-   * endpoints) if no member answers within `timeoutMs`.
+   * endpoints) if no member answers within `timeoutMs`, ERR_STORE_TLS if a TLS file is unusable
+   * or the handshake is refused, ERR_STORE_AUTH if etcd refuses the credentials. TLS files are
+   * read here only: after rotating them, connect again.
    */
   static async connect(options: EtcdStateStoreOptions): Promise<EtcdStateStore> {
     const endpoints = typeof options?.endpoints === 'string' ? [options.endpoints] : [...(options?.endpoints ?? [])];
@@ -190,10 +201,15 @@ export class EtcdStateStore implements StateStore {
     if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
       throw new StoreError('ERR_STORE_INVALID_ARGUMENT', `store: connecting to etcd: timeoutMs must be a positive number, got ${String(timeoutMs)}`);
     }
+    checkEndpointSecurity(endpoints, options.tls, options.auth);
+    const credentials = options.tls === undefined ? undefined : await loadEtcdCredentials(options.tls);
+    const auth = options.auth === undefined ? undefined : { username: options.auth.username, password: options.auth.password };
     const hosts = endpoints.map((e) => e.replace(/\/$/, ''));
     const newClient = (clientHosts: string[]): Etcd3 =>
       new Etcd3({
         hosts: clientHosts,
+        credentials,
+        auth,
         // Unary calls get the deadline; watch streams live until cancelled.
         defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + timeoutMs }),
         faultHandling: { global: passThrough, host: () => passThrough },
@@ -476,6 +492,7 @@ export class EtcdStateStore implements StateStore {
   async #call<R>(operation: string, idempotent: boolean, request: (kv: KVClient) => Promise<R>): Promise<R> {
     const run = async (): Promise<R> => {
       let lastError: unknown;
+      let lastEndpoint = this.endpoints[this.#current];
       // Each member at most once, starting with the one that answered last.
       for (let attempt = 0; attempt < this.#kvClients.length; attempt++) {
         const index = this.#current;
@@ -485,12 +502,13 @@ export class EtcdStateStore implements StateStore {
           return response;
         } catch (error) {
           lastError = error;
+          lastEndpoint = this.endpoints[index];
           if (!(idempotent ? isUnavailable(error) : neverSent(error))) break;
           // Concurrent calls may have moved on already; only advance past the member that failed.
           if (this.#current === index) this.#current = (index + 1) % this.#kvClients.length;
         }
       }
-      throw this.#storeError(operation, lastError);
+      throw this.#storeError(operation, lastError, lastEndpoint);
     };
     const promise = run();
     this.#inflight.add(promise);
@@ -501,10 +519,21 @@ export class EtcdStateStore implements StateStore {
     }
   }
 
-  #storeError(operation: string, error: unknown): StoreError {
+  /** `endpoint`: the member that gave `error`, named by TLS and auth errors (they are per member). */
+  #storeError(operation: string, error: unknown, endpoint?: string): StoreError {
     if (StoreError.is(error)) return error;
     const message = (error as Error)?.message ?? String(error);
     const where = `etcd at ${this.endpoints.join(', ')}`;
+    const member = `etcd at ${endpoint ?? this.endpoints.join(', ')}`;
+    if (error instanceof GRPCUnavailableError && isTlsFailure(message)) {
+      return new StoreError('ERR_STORE_TLS', `store: ${operation}: TLS to ${member} failed: ${tlsFailureHint(message)}: ${message.trim()}`, { cause: error });
+    }
+    if (error instanceof EtcdAuthenticationFailedError) {
+      return new StoreError('ERR_STORE_AUTH', `store: ${operation}: ${member} refused the username/password (wrong user or password): ${message}`, { cause: error });
+    }
+    if (error instanceof EtcdPermissionDeniedError || error instanceof EtcdInvalidAuthTokenError || /user name is empty|auth: (not|invalid)/.test(message)) {
+      return new StoreError('ERR_STORE_AUTH', `store: ${operation}: ${member} denied the request (etcd auth is enabled: the user, from username/password or the client certificate's CN, lacks permission on ${this.prefix}, or none was given): ${message}`, { cause: error });
+    }
     if (isUnavailable(error)) {
       const timedOut = error instanceof GRPCDeadlineExceededError ? ` (no answer within ${this.timeoutMs} ms)` : '';
       return new StoreError('ERR_STORE_UNAVAILABLE', `store: ${operation}: ${where} is unavailable${timedOut}: ${message}`, { cause: error });

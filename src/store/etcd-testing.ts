@@ -18,15 +18,17 @@
  * });
  * @module
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { request } from 'node:https';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
 
 export interface EtcdInstance {
-  /** Client URLs, e.g. `['http://127.0.0.1:40123']`. */
+  /** Client URLs, e.g. `['http://127.0.0.1:40123']` (`https://` when started with `tls`). */
   readonly endpoints: string[];
   readonly clientUrl: string;
   readonly peerUrl: string;
@@ -49,6 +51,64 @@ export interface StartEtcdOptions {
   readonly startTimeoutMs?: number;
   /** Extra command-line flags, e.g. `['--auto-compaction-retention=1']`. */
   readonly args?: readonly string[];
+  /**
+   * Serve clients over https with these files (from `createTestPki`); with `clientCertAuth`, etcd
+   * also demands a client certificate signed by `caFile`. The health check then uses `client`.
+   */
+  readonly tls?: {
+    readonly pki: TestPki;
+    readonly clientCertAuth?: boolean;
+  };
+}
+
+/** A throw-away CA with certificates for etcd (127.0.0.1 by default) and clients; `other` is a second, unrelated CA. */
+export interface TestPki {
+  readonly dir: string;
+  readonly caFile: string;
+  readonly server: { readonly certFile: string; readonly keyFile: string };
+  /** Client certificate with CN `root`, signed by `caFile`. */
+  readonly client: { readonly certFile: string; readonly keyFile: string };
+  /** A CA etcd does not trust, and a client certificate it signed. */
+  readonly other: { readonly caFile: string; readonly certFile: string; readonly keyFile: string };
+}
+
+function openssl(cwd: string, args: readonly string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    execFile('openssl', args, { cwd }, (error, _stdout, stderr) => {
+      if (error) reject(new Error(`createTestPki: openssl ${args.join(' ')} failed: ${stderr || error.message}`));
+      else resolve();
+    });
+  });
+}
+
+/**
+ * Generates a CA, an etcd server certificate for `serverIps` (default 127.0.0.1), a client
+ * certificate, and a second CA with its own client certificate, in a temp dir that `t.after`
+ * removes. Needs the `openssl` CLI (Node's crypto cannot issue X.509 certificates).
+ */
+export async function createTestPki(t: TestContext, serverIps: readonly string[] = ['127.0.0.1']): Promise<TestPki> {
+  const dir = await mkdtemp(join(tmpdir(), 'ciliate-pki-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const ca = async (name: string): Promise<void> =>
+    openssl(dir, ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.crt`, '-days', '1', '-subj', `/CN=${name}`]);
+  const issue = async (name: string, cn: string, issuer: string, extensions: string): Promise<void> => {
+    await writeFile(join(dir, `${name}.ext`), extensions);
+    await openssl(dir, ['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${cn}`]);
+    await openssl(dir, ['x509', '-req', '-in', `${name}.csr`, '-CA', `${issuer}.crt`, '-CAkey', `${issuer}.key`, '-CAcreateserial', '-out', `${name}.crt`, '-days', '1', '-extfile', `${name}.ext`]);
+  };
+  await ca('ca');
+  await ca('other-ca');
+  await issue('server', 'etcd', 'ca', `subjectAltName=${serverIps.map((ip) => `IP:${ip}`).join(',')}\nextendedKeyUsage=serverAuth,clientAuth\n`);
+  await issue('client', 'root', 'ca', 'extendedKeyUsage=clientAuth\n');
+  await issue('other-client', 'root', 'other-ca', 'extendedKeyUsage=clientAuth\n');
+  const pair = (name: string) => ({ certFile: join(dir, `${name}.crt`), keyFile: join(dir, `${name}.key`) });
+  return {
+    dir,
+    caFile: join(dir, 'ca.crt'),
+    server: pair('server'),
+    client: pair('client'),
+    other: { caFile: join(dir, 'other-ca.crt'), ...pair('other-client') },
+  };
 }
 
 /** A port the kernel just handed out for 127.0.0.1 (bound, then released). */
@@ -68,8 +128,15 @@ export async function freePort(): Promise<number> {
 const MAX_OUTPUT = 64 * 1024;
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
+interface HealthTls {
+  readonly ca: Buffer;
+  readonly cert: Buffer;
+  readonly key: Buffer;
+}
+
 /** Whether etcd's /health endpoint reports healthy (its raft has a leader and it serves reads). */
-async function healthy(clientUrl: string): Promise<boolean> {
+async function healthy(clientUrl: string, tls: HealthTls | undefined): Promise<boolean> {
+  if (tls !== undefined) return healthyOverTls(clientUrl, tls);
   try {
     const response = await fetch(`${clientUrl}/health`, { signal: AbortSignal.timeout(1000) });
     if (!response.ok) return false;
@@ -78,6 +145,28 @@ async function healthy(clientUrl: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/** The https form of `healthy`: fetch() cannot be given a CA or client certificate. */
+function healthyOverTls(clientUrl: string, tls: HealthTls): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = request(`${clientUrl}/health`, { ...tls, timeout: 1000 }, (response) => {
+      let body = '';
+      response.setEncoding('utf8');
+      response.on('data', (chunk: string) => (body += chunk));
+      response.on('end', () => {
+        try {
+          resolve(response.statusCode === 200 && (JSON.parse(body) as { health?: string }).health === 'true');
+        } catch {
+          resolve(false);
+        }
+      });
+      response.on('error', () => resolve(false));
+    });
+    req.on('timeout', () => req.destroy());
+    req.on('error', () => resolve(false));
+    req.end();
+  });
 }
 
 function exited(child: ChildProcess): Promise<void> {
@@ -102,7 +191,8 @@ async function startOnce(t: TestContext, options?: StartEtcdOptions): Promise<Et
   const startTimeoutMs = options?.startTimeoutMs ?? 20_000;
   const dataDir = await mkdtemp(join(tmpdir(), 'ciliate-etcd-'));
   const [clientPort, peerPort] = [await freePort(), await freePort()];
-  const clientUrl = `http://127.0.0.1:${clientPort}`;
+  const tls = options?.tls;
+  const clientUrl = `${tls ? 'https' : 'http'}://127.0.0.1:${clientPort}`;
   const peerUrl = `http://127.0.0.1:${peerPort}`;
   const name = 't';
   const args = [
@@ -121,6 +211,9 @@ async function startOnce(t: TestContext, options?: StartEtcdOptions): Promise<Et
     // A single member elects itself; short timeouts make that (and so startup) quick.
     '--heartbeat-interval', '20',
     '--election-timeout', '200',
+    ...(tls ? ['--cert-file', tls.pki.server.certFile, '--key-file', tls.pki.server.keyFile] : []),
+    // etcd 3.4 demands client certificates whenever it has a trusted CA, --client-cert-auth or not.
+    ...(tls?.clientCertAuth ? ['--client-cert-auth', '--trusted-ca-file', tls.pki.caFile] : []),
     ...(options?.args ?? []),
   ];
   const bin = process.env.ETCD_BIN ?? 'etcd';
@@ -151,6 +244,7 @@ async function startOnce(t: TestContext, options?: StartEtcdOptions): Promise<Et
     await rm(dataDir, { recursive: true, force: true });
   });
 
+  const healthTls = tls && { ca: readFileSync(tls.pki.caFile), cert: readFileSync(tls.pki.client.certFile), key: readFileSync(tls.pki.client.keyFile) };
   const launch = async (): Promise<void> => {
     const current = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     child = current;
@@ -169,7 +263,7 @@ async function startOnce(t: TestContext, options?: StartEtcdOptions): Promise<Et
       if (current.exitCode !== null || current.signalCode !== null) {
         throw new Error(`startEtcd: etcd exited (${current.exitCode ?? current.signalCode}) before answering on ${clientUrl}:\n${output.slice(-4000)}`);
       }
-      if (await healthy(clientUrl)) return;
+      if (await healthy(clientUrl, healthTls)) return;
       if (Date.now() > deadline) {
         throw new Error(`startEtcd: etcd did not become healthy on ${clientUrl} within ${startTimeoutMs} ms:\n${output.slice(-4000)}`);
       }

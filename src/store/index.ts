@@ -20,3 +20,4 @@ export type { KeyValue, ListResult, WriteOptions, WriteResult, DeleteResult, Txn
 export { LocalStateStore, type LocalStateStoreOptions, type OpenReport } from './local-store.ts';
 export { MemoryStateStore, type MemoryStateStoreOptions } from './memory-store.ts';
 export { EtcdStateStore, type EtcdStateStoreOptions } from './etcd-store.ts';
+export type { EtcdTlsOptions, EtcdAuthOptions } from './etcd-security.ts';

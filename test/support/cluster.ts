@@ -12,6 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import type { TestContext } from 'node:test';
 import { AgentClient, type Endpoint } from '../../src/agent/index.ts';
+import type { TestPki } from '../../src/store/etcd-testing.ts';
 
 const run = promisify(execFile);
 export const ROOT = join(import.meta.dirname, '..', '..');
@@ -48,6 +49,8 @@ export interface AgentOptions {
   routingMode?: 'tunnel' | 'native';
   /** Shared store: etcd client URLs. Without it each node has its embedded store. */
   etcd?: string[];
+  /** Shared store through a Cilium-style etcd config file (--etcd-config) instead of `etcd`. */
+  etcdConfig?: string;
   /** Joins the node to this underlay (see Underlay) with nodeIp/24. */
   underlay?: Underlay;
   clusterCidr?: string;
@@ -106,6 +109,7 @@ export class TestNode {
     args.push('--node-ip', this.options.nodeIp ?? '192.0.2.1');
     if (this.options.routingMode) args.push('--routing-mode', this.options.routingMode);
     if (this.options.etcd) args.push('--store', 'etcd', '--etcd-endpoints', this.options.etcd.join(','));
+    if (this.options.etcdConfig) args.push('--store', 'etcd', '--etcd-config', this.options.etcdConfig);
     if (this.options.nodeCidrMaskSize) args.push('--node-cidr-mask-size', String(this.options.nodeCidrMaskSize));
     if (this.options.identityGcInterval !== undefined) args.push('--identity-gc-interval', String(this.options.identityGcInterval));
     if (this.options.identityGcGracePeriod !== undefined) args.push('--identity-gc-grace-period', String(this.options.identityGcGracePeriod));
@@ -167,18 +171,21 @@ export class Underlay {
 
   /**
    * A real etcd on the bridge at `address` (inside the underlay namespace, where every node
-   * reaches it). Killed by its pid and its data removed at test end.
+   * reaches it). Killed by its pid and its data removed at test end. With `pki` (whose server
+   * certificate names `address`) it serves https:// only and demands client certificates.
    */
-  async startEtcd(t: TestContext, address = '192.168.100.254'): Promise<string[]> {
+  async startEtcd(t: TestContext, address = '192.168.100.254', pki?: TestPki): Promise<string[]> {
     await inNs(this.netns, 'ip', ['addr', 'add', `${address}/24`, 'dev', 'br0']);
     const dataDir = mkdtempSync(join(tmpdir(), 'ciliate-etcd-'));
-    const client = `http://${address}:2379`;
+    const client = `${pki ? 'https' : 'http'}://${address}:2379`;
     const peer = `http://${address}:2380`;
+    const tlsArgs = pki ? ['--cert-file', pki.server.certFile, '--key-file', pki.server.keyFile, '--client-cert-auth', '--trusted-ca-file', pki.caFile] : [];
     const etcd = spawnInNs(this.netns, 'etcd', [
       '--name', 'e', '--data-dir', join(dataDir, 'data'),
       '--listen-client-urls', client, '--advertise-client-urls', client,
       '--listen-peer-urls', peer, '--initial-advertise-peer-urls', peer, '--initial-cluster', `e=${peer}`,
       '--heartbeat-interval', '20', '--election-timeout', '200', '--log-level', 'warn', '--logger', 'zap',
+      ...tlsArgs,
     ]);
     let output = '';
     etcd.stderr?.on('data', (chunk: Buffer) => (output = (output + chunk.toString()).slice(-8192)));
@@ -190,7 +197,9 @@ export class Underlay {
       }
       rmSync(dataDir, { recursive: true, force: true });
     });
-    const probe = `fetch('${client}/health').then((r) => r.json()).then((j) => process.exit(j.health === 'true' ? 0 : 1), () => process.exit(1))`;
+    const probe = pki
+      ? `const fs = require('node:fs'); require('node:https').get('${client}/health', { ca: fs.readFileSync(${JSON.stringify(pki.caFile)}), cert: fs.readFileSync(${JSON.stringify(pki.client.certFile)}), key: fs.readFileSync(${JSON.stringify(pki.client.keyFile)}) }, (r) => { let b = ''; r.on('data', (c) => (b += c)); r.on('end', () => process.exit(JSON.parse(b).health === 'true' ? 0 : 1)); }).on('error', () => process.exit(1))`
+      : `fetch('${client}/health').then((r) => r.json()).then((j) => process.exit(j.health === 'true' ? 0 : 1), () => process.exit(1))`;
     const deadline = Date.now() + 20_000;
     for (;;) {
       if (etcd.exitCode !== null) throw new Error(`etcd exited with ${etcd.exitCode}: ${output}`);
