@@ -71,7 +71,7 @@ function frameChecksum(body: Buffer): string {
 
 export function encodeFrame(json: string): Buffer {
   const payload = Buffer.from(json);
-  const body = Buffer.from(`${payload.length.toString(16).padStart(8, '0')} ${json}`);
+  const body = Buffer.concat([Buffer.from(`${payload.length.toString(16).padStart(8, '0')} `), payload]);
   return Buffer.concat([Buffer.from(`${frameChecksum(body)} `), body, Buffer.from('\n')]);
 }
 
