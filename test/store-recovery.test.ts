@@ -60,6 +60,6 @@ test('an agent whose store journal was cut mid-record starts, logs the loss as a
   await truncate(journal, 0);
   node.log = '';
   await assert.rejects(node.startAgent(), /agent exited/);
-  assert.match(node.log, /journal\.log: the journal is empty \(0 bytes\), without even its header\. Nothing was changed\. To recover: restore snapshot\.json and journal\.log/);
+  assert.match(node.log, /journal\.log: the journal is empty \(0 bytes\), without even its header\. The store's files were left as they are\. To recover: restore .* from a backup of the whole directory, if you have one; or stop the agent and move the store directory away/);
   assert.equal((await stat(journal)).size, 0);
 });

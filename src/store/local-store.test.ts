@@ -240,7 +240,7 @@ async function refusedOpen(dir: string): Promise<StoreError> {
 
 /** The part of a refusal that tells the operator what to do: every state file it names must exist. */
 async function assertHintNamesExistingFiles(dir: string, message: string): Promise<string> {
-  const [, hint] = message.split('Nothing was changed. ');
+  const [, hint] = message.split("The store's files were left as they are. ");
   assert.ok(hint, `the message has a hint: ${message}`);
   const present = await readdir(dir);
   for (const name of [JOURNAL_FILE, SNAPSHOT_FILE]) {
@@ -265,7 +265,7 @@ test('local: an emptied journal is refused with ERR_STORE_TRUNCATED, with or wit
     assert.equal(e.code, 'ERR_STORE_TRUNCATED');
     assert.match(e.message, /journal\.log: the journal is empty \(0 bytes\), without even its header/);
     const hint = await assertHintNamesExistingFiles(dir, e.message);
-    assert.ok(hint.includes(`restore snapshot.json and journal.log in ${dir} from one backup`), hint);
+    assert.ok(hint.includes(`restore ${dir} from a backup of the whole directory`), hint);
     assert.ok(hint.includes(`its snapshot.json still holds the state at revision ${compacted ? 1 : 0}`), hint);
     assert.equal((await stat(join(dir, JOURNAL_FILE))).size, 0, 'a refused open changes nothing');
     await assert.rejects(readFile(join(dir, LOCK_FILE)), { code: 'ENOENT' });
@@ -282,7 +282,7 @@ test('local: a deleted journal or snapshot is refused with ERR_STORE_TRUNCATED; 
     assert.equal(e.code, 'ERR_STORE_TRUNCATED');
     assert.match(e.message, /journal\.log is missing, but snapshot\.json \(revision 1\) says journal generation \d+ follows it/);
     const hint = await assertHintNamesExistingFiles(dir, e.message);
-    assert.match(hint, /restore snapshot\.json in /);
+    assert.match(hint, /its snapshot\.json still holds the state at revision 1/);
   }
   assert.deepEqual(await readdir(dir), [SNAPSHOT_FILE], 'no fresh journal was made up');
 

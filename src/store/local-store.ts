@@ -99,14 +99,12 @@ function refusal(code: 'ERR_STORE_CORRUPT' | 'ERR_STORE_TRUNCATED', detail: stri
  * says what starting without them costs: the agent learns its endpoints from the store alone.
  */
 async function remedy(dir: string, snapshot: SnapshotFile | undefined, code: StoreErrorCode): Promise<string> {
-  const present = [];
-  for (const name of [SNAPSHOT_FILE, JOURNAL_FILE]) if (await exists(join(dir, name))) present.push(name);
-  // A backup of files in another format would be refused just the same.
-  const restore =
-    present.length === 0 || code === 'ERR_STORE_FORMAT' ? '' : `restore ${present.join(' and ')} in ${dir} from ${present.length > 1 ? 'one' : 'a'} backup, if you have one; or `;
-  const kept = snapshot === undefined ? '' : ` (its ${SNAPSHOT_FILE} still holds the state at revision ${snapshot.state.revision})`;
+  // Files restored one by one from different moments would fail the same checks; a backup of
+  // files in another format would be refused just the same.
+  const restore = code === 'ERR_STORE_FORMAT' ? '' : `restore ${dir} from a backup of the whole directory, if you have one; or `;
+  const kept = snapshot !== undefined && (await exists(join(dir, SNAPSHOT_FILE))) ? ` (its ${SNAPSHOT_FILE} still holds the state at revision ${snapshot.state.revision})` : '';
   return (
-    `Nothing was changed. To recover: ${restore}stop the agent and move the store directory away (mv ${dir} ${dir}.damaged)${kept}, then start again. ` +
+    `The store's files were left as they are. To recover: ${restore}stop the agent and move the store directory away (mv ${dir} ${dir}.damaged)${kept}, then start again. ` +
     `The agent then starts with an empty store: it no longer knows this node's endpoints, their addresses or identities, while their ` +
     `interfaces and datapath entries stay in the kernel; re-create the node's pods (or drain the node) so no address is handed out twice.`
   );
