@@ -205,6 +205,21 @@ export function registerAgentCommands(program: Command): void {
       const result = await new AgentClient(options.socket).call<NodeDeregistration>('DELETE', `/v1/nodes/${encodeURIComponent(name)}`);
       print(options.output, result, () => `node ${result.node} deleted at revision ${result.revision}: ${result.deleted.length} keys${result.podCidr ? `, pod CIDR ${result.podCidr} freed` : ''}`);
     });
+
+  program
+    .command('store')
+    .description('the embedded state store')
+    .command('acknowledge')
+    .description(
+      'acknowledge that the state store lost a journal tail (see ciliate status), after checking the node\'s endpoints against the kernel; ' +
+        'the agent stops reporting itself degraded for it',
+    )
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (options: { socket: string; output: OutputFormat }) => {
+      const result = await new AgentClient(options.socket).call<{ acknowledged: unknown[]; revision: number }>('POST', '/v1/store/recoveries/acknowledge');
+      print(options.output, result, () => `${result.acknowledged.length} store recoveries acknowledged`);
+    });
 }
 
 /** `ciliate bpf endpoint|ipcache|ct|metrics list`, added to the existing `bpf` command. */

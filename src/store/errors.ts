@@ -14,6 +14,13 @@ export type StoreErrorCode =
   | 'ERR_STORE_COMPACTED'
   /** The on-disk state failed its checksum or revision checks in a way a crash cannot explain. */
   | 'ERR_STORE_CORRUPT'
+  /**
+   * State the store's own files say must exist is missing: an emptied or deleted journal, a journal
+   * cut inside its header, a missing snapshot a journal starts after. Never the result of a crash.
+   */
+  | 'ERR_STORE_TRUNCATED'
+  /** The files were written in a store format this version does not read. */
+  | 'ERR_STORE_FORMAT'
   /** The store was closed, or a failed write left it unusable. */
   | 'ERR_STORE_CLOSED'
   /** A key, value or option the store cannot accept. */

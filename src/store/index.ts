@@ -17,7 +17,7 @@
  */
 export * from './errors.ts';
 export type { KeyValue, ListResult, WriteOptions, WriteResult, DeleteResult, TxnOp, TxnResult, WatchEvent, WatchOptions, StoreWatch, StateStore } from './types.ts';
-export { LocalStateStore, type LocalStateStoreOptions, type OpenReport } from './local-store.ts';
+export { LocalStateStore, type JournalRecovery, type LocalStateStoreOptions, type OpenReport } from './local-store.ts';
 export { MemoryStateStore, type MemoryStateStoreOptions } from './memory-store.ts';
 export { EtcdStateStore, type EtcdStateStoreOptions } from './etcd-store.ts';
 export type { EtcdTlsOptions, EtcdAuthOptions } from './etcd-security.ts';

@@ -1,69 +1,109 @@
 /**
- * On-disk encoding of the local store: checksummed lines for the journal and the snapshot.
+ * On-disk encoding of the local store (format 2): framed, checksummed records for the journal
+ * and the snapshot.
  *
- * Every record is one line, `<crc32 hex> <json>\n`. A crash can only tear the line being
- * appended, so on open a bad *last* line is a torn write and is cut off, while a bad line with
- * valid lines after it cannot come from a crash and is reported as corruption instead of being
- * silently dropped.
+ * A frame is `<crc32 hex8> <length hex8> <payload>\n`: the length says where the record must end
+ * and the checksum (over the length field and the payload) says whether what is there is what was
+ * written. A frame whose length runs past the end of the file is a torn append; a complete frame
+ * with a bad checksum is damage. JSON payloads hold no raw newline, so frames stay greppable lines.
+ *
+ * A journal starts with a header frame naming the store (a random id), its generation and the
+ * revision it starts after; the snapshot names the store and the generation of the journal that
+ * follows it. That is what makes an emptied, missing or swapped journal detectable: a journal
+ * always has a header, written before anything else, atomically (temp + fsync + rename).
+ *
+ * Only the *last* frame can be torn by a crash (appends are fdatasync'ed one at a time), so a bad
+ * last frame is cut off — and reported, see `JournalTail` — while a bad frame with a valid frame
+ * after it cannot come from a crash and is refused as corruption.
  * @module
  */
 import { crc32 } from 'node:zlib';
 import { StoreError } from './errors.ts';
 import type { CommitRecord, EngineSnapshot, RecordOp, StoredEntry } from './kv-engine.ts';
 
+/** Format of both files; format 1 (unframed `<crc> <json>` lines, no header) is refused. */
+export const STORE_FORMAT = 2;
+/** `<crc32 hex8> <length hex8> `. */
+const PREFIX_BYTES = 18;
 const NEWLINE = 0x0a;
-const SNAPSHOT_FORMAT = 1;
+const SPACE = 0x20;
+const HEX8 = /^[0-9a-f]{8}$/;
+/** Format 1 files start with a checksum and then JSON directly. */
+const LEGACY = /^[0-9a-f]{8} \{/;
 
-function checksum(text: string): string {
-  return crc32(text).toString(16).padStart(8, '0');
+/** The first frame of a journal. */
+export interface JournalHeader {
+  /** Random id of the store, shared by its snapshot and every journal it has had. */
+  readonly store: string;
+  /** Incremented by every compaction: the snapshot names the generation that follows it. */
+  readonly generation: number;
+  /** The revision the journal starts after: its first record is `after + 1`. */
+  readonly after: number;
 }
 
-export function encodeLine(json: string): string {
-  return `${checksum(json)} ${json}\n`;
+/** What a snapshot file holds: the state, and which journal must follow it. */
+export interface SnapshotFile {
+  readonly store: string;
+  readonly journalGeneration: number;
+  readonly state: EngineSnapshot;
 }
 
-/** The JSON of a line, or undefined if the line is damaged. */
-function decodeLine(line: string): string | undefined {
-  if (line.length < 10 || line[8] !== ' ') return undefined;
-  const json = line.slice(9);
-  return checksum(json) === line.slice(0, 8) ? json : undefined;
+/** A torn tail of the journal that opening cut off. */
+export interface JournalTail {
+  /** Byte offset where the intact journal ends (and where the file was truncated). */
+  readonly truncatedAt: number;
+  readonly droppedBytes: number;
+  /** Why the frame at `truncatedAt` was not accepted. */
+  readonly reason: 'incomplete record' | 'checksum mismatch' | 'malformed record';
 }
 
-/**
- * Splits a journal into record JSON texts. `validBytes` is where the intact prefix ends: the
- * caller truncates the file there when `torn` says the tail was a half-written line.
- */
-export function readLines(data: Buffer, file: string): { lines: string[]; validBytes: number; torn: boolean } {
-  const lines: string[] = [];
-  let offset = 0;
-  while (offset < data.length) {
-    const end = data.indexOf(NEWLINE, offset);
-    const json = end === -1 ? undefined : decodeLine(data.toString('utf8', offset, end));
-    if (json === undefined) {
-      // Anything after the damaged line means the damage is not a torn append.
-      const rest = end === -1 ? -1 : data.indexOf(NEWLINE, end + 1);
-      if (rest !== -1) {
-        throw new StoreError('ERR_STORE_CORRUPT', `store: reading ${file}: damaged record at byte ${offset} is followed by more records; refusing to guess (move the file away to start from the snapshot)`);
-      }
-      return { lines, validBytes: offset, torn: true };
-    }
-    lines.push(json);
-    offset = end + 1;
+export interface JournalContents {
+  readonly header: JournalHeader;
+  readonly records: CommitRecord[];
+  /** Bytes of the intact prefix: the file's size once a torn tail is cut off. */
+  readonly validBytes: number;
+  readonly tail: JournalTail | undefined;
+}
+
+function frameChecksum(body: Buffer): string {
+  return crc32(body).toString(16).padStart(8, '0');
+}
+
+export function encodeFrame(json: string): Buffer {
+  const payload = Buffer.from(json);
+  const body = Buffer.concat([Buffer.from(`${payload.length.toString(16).padStart(8, '0')} `), payload]);
+  return Buffer.concat([Buffer.from(`${frameChecksum(body)} `), body, Buffer.from('\n')]);
+}
+
+type Frame = { kind: 'ok'; json: string; end: number } | { kind: 'incomplete' } | { kind: 'bad'; reason: 'checksum mismatch' | 'malformed record' };
+
+/** The frame at `offset`; `end` is the offset just after it. */
+function frameAt(data: Buffer, offset: number): Frame {
+  const available = data.length - offset;
+  const prefix = data.toString('latin1', offset, offset + Math.min(PREFIX_BYTES, available));
+  // A prefix cut short is incomplete only if what is there could still be a valid prefix.
+  const plausible = /^[0-9a-f]{0,8}( [0-9a-f]{0,8} ?)?$/.test(prefix);
+  if (available < PREFIX_BYTES) return plausible ? { kind: 'incomplete' } : { kind: 'bad', reason: 'malformed record' };
+  const crc = prefix.slice(0, 8);
+  const length = prefix.slice(9, 17);
+  if (!HEX8.test(crc) || !HEX8.test(length) || data[offset + 8] !== SPACE || data[offset + 17] !== SPACE) return { kind: 'bad', reason: 'malformed record' };
+  const end = offset + PREFIX_BYTES + Number.parseInt(length, 16);
+  if (end >= data.length) return { kind: 'incomplete' };
+  if (data[end] !== NEWLINE) return { kind: 'bad', reason: 'malformed record' };
+  if (frameChecksum(data.subarray(offset + 9, end)) !== crc) return { kind: 'bad', reason: 'checksum mismatch' };
+  return { kind: 'ok', json: data.toString('utf8', offset + PREFIX_BYTES, end), end: end + 1 };
+}
+
+/** Offset of the first intact frame that starts on a line after `offset`, if any. */
+function intactFrameAfter(data: Buffer, offset: number): number | undefined {
+  for (let newline = data.indexOf(NEWLINE, offset); newline !== -1 && newline + 1 < data.length; newline = data.indexOf(NEWLINE, newline + 1)) {
+    if (frameAt(data, newline + 1).kind === 'ok') return newline + 1;
   }
-  return { lines, validBytes: offset, torn: false };
+  return undefined;
 }
 
-function opJson(op: RecordOp): string {
-  // The value is already canonical JSON text: splice it in rather than parse and re-serialise.
-  return op.op === 'put' ? `{"op":"put","key":${JSON.stringify(op.key)},"value":${op.json}}` : `{"op":"delete","key":${JSON.stringify(op.key)}}`;
-}
-
-export function encodeRecord(record: CommitRecord): string {
-  return encodeLine(`{"revision":${record.revision},"ops":[${record.ops.map(opJson).join(',')}]}`);
-}
-
-function corrupt(file: string, detail: string): StoreError {
-  return new StoreError('ERR_STORE_CORRUPT', `store: reading ${file}: ${detail}`);
+function storeError(code: 'ERR_STORE_CORRUPT' | 'ERR_STORE_FORMAT' | 'ERR_STORE_TRUNCATED', file: string, detail: string): StoreError {
+  return new StoreError(code, `store: reading ${file}: ${detail}`);
 }
 
 function isRecord(value: unknown): value is Record<string, unknown> {
@@ -74,42 +114,118 @@ function isRevision(value: unknown): value is number {
   return typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
 }
 
-export function decodeRecord(json: string, file: string): CommitRecord {
-  const parsed: unknown = JSON.parse(json);
-  if (!isRecord(parsed) || !isRevision(parsed.revision) || !Array.isArray(parsed.ops)) throw corrupt(file, 'malformed record');
+function parseJson(json: string, file: string, what: string): unknown {
+  try {
+    return JSON.parse(json);
+  } catch {
+    // The checksum matched, so this was written like this: not a crash.
+    throw storeError('ERR_STORE_CORRUPT', file, `${what} is not valid JSON`);
+  }
+}
+
+function legacyError(file: string): StoreError {
+  return storeError(
+    'ERR_STORE_FORMAT',
+    file,
+    `written in store format 1 (a development version); this version reads only format ${STORE_FORMAT} and does not migrate it`,
+  );
+}
+
+export function encodeJournalHeader(header: JournalHeader): Buffer {
+  return encodeFrame(`{"format":${STORE_FORMAT},"store":${JSON.stringify(header.store)},"generation":${header.generation},"after":${header.after}}`);
+}
+
+function decodeJournalHeader(json: string, file: string): JournalHeader {
+  const parsed = parseJson(json, file, 'the journal header');
+  if (!isRecord(parsed) || parsed.format !== STORE_FORMAT || typeof parsed.store !== 'string' || !isRevision(parsed.generation) || !isRevision(parsed.after)) {
+    throw storeError('ERR_STORE_CORRUPT', file, 'the journal header is not a format 2 header');
+  }
+  return { store: parsed.store, generation: parsed.generation, after: parsed.after };
+}
+
+/**
+ * Parses a whole journal. Throws ERR_STORE_TRUNCATED for a journal without its header (emptied,
+ * or cut inside the header, which is never appended to), ERR_STORE_CORRUPT for damage a crash
+ * cannot explain, ERR_STORE_FORMAT for a format 1 journal; returns a torn tail in `tail`.
+ */
+export function readJournal(data: Buffer, file: string): JournalContents {
+  if (data.length === 0) throw storeError('ERR_STORE_TRUNCATED', file, 'the journal is empty (0 bytes), without even its header');
+  if (LEGACY.test(data.toString('latin1', 0, 10))) throw legacyError(file);
+  const first = frameAt(data, 0);
+  if (first.kind === 'incomplete') throw storeError('ERR_STORE_TRUNCATED', file, `the journal is cut inside its header (${data.length} bytes)`);
+  if (first.kind === 'bad') throw storeError('ERR_STORE_CORRUPT', file, `the journal header is damaged (${first.reason})`);
+  const header = decodeJournalHeader(first.json, file);
+  const records: CommitRecord[] = [];
+  let offset = first.end;
+  while (offset < data.length) {
+    const frame = frameAt(data, offset);
+    if (frame.kind !== 'ok') {
+      const next = intactFrameAfter(data, offset);
+      if (next !== undefined) {
+        const last = records.at(-1)?.revision ?? header.after;
+        throw storeError('ERR_STORE_CORRUPT', file, `damaged record at byte ${offset} (${frame.kind === 'bad' ? frame.reason : 'its length runs past the next record'}, after revision ${last}) is followed by intact records at byte ${next}; a crash cannot cause that`);
+      }
+      return { header, records, validBytes: offset, tail: { truncatedAt: offset, droppedBytes: data.length - offset, reason: frame.kind === 'bad' ? frame.reason : 'incomplete record' } };
+    }
+    const record = decodeRecord(frame.json, file);
+    const expected = (records.at(-1)?.revision ?? header.after) + 1;
+    if (record.revision !== expected) {
+      throw storeError('ERR_STORE_CORRUPT', file, `record at byte ${offset} has revision ${record.revision}, expected ${expected}: records are missing or out of order`);
+    }
+    records.push(record);
+    offset = frame.end;
+  }
+  return { header, records, validBytes: offset, tail: undefined };
+}
+
+function opJson(op: RecordOp): string {
+  // The value is already canonical JSON text: splice it in rather than parse and re-serialise.
+  return op.op === 'put' ? `{"op":"put","key":${JSON.stringify(op.key)},"value":${op.json}}` : `{"op":"delete","key":${JSON.stringify(op.key)}}`;
+}
+
+export function encodeRecord(record: CommitRecord): Buffer {
+  return encodeFrame(`{"revision":${record.revision},"ops":[${record.ops.map(opJson).join(',')}]}`);
+}
+
+function decodeRecord(json: string, file: string): CommitRecord {
+  const parsed = parseJson(json, file, 'a record');
+  if (!isRecord(parsed) || !isRevision(parsed.revision) || !Array.isArray(parsed.ops)) throw storeError('ERR_STORE_CORRUPT', file, 'malformed record');
   const ops: RecordOp[] = parsed.ops.map((op: unknown) => {
-    if (!isRecord(op) || typeof op.key !== 'string') throw corrupt(file, `malformed operation in revision ${parsed.revision}`);
+    if (!isRecord(op) || typeof op.key !== 'string') throw storeError('ERR_STORE_CORRUPT', file, `malformed operation in revision ${parsed.revision}`);
     if (op.op === 'put' && 'value' in op) return { op: 'put', key: op.key, json: JSON.stringify(op.value) };
     if (op.op === 'delete') return { op: 'delete', key: op.key };
-    throw corrupt(file, `malformed operation in revision ${parsed.revision}`);
+    throw storeError('ERR_STORE_CORRUPT', file, `malformed operation in revision ${parsed.revision}`);
   });
   return { revision: parsed.revision, ops };
 }
 
-export function encodeSnapshot(snapshot: EngineSnapshot): string {
-  const entries = [...snapshot.entries]
+export function encodeSnapshot(snapshot: SnapshotFile): Buffer {
+  const entries = [...snapshot.state.entries]
     .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
     .map(
       ([key, e]) =>
         `{"key":${JSON.stringify(key)},"value":${e.json},"createRevision":${e.createRevision},"modRevision":${e.modRevision},"version":${e.version}}`,
     );
-  return encodeLine(`{"format":${SNAPSHOT_FORMAT},"revision":${snapshot.revision},"entries":[${entries.join(',')}]}`);
+  return encodeFrame(
+    `{"format":${STORE_FORMAT},"store":${JSON.stringify(snapshot.store)},"journalGeneration":${snapshot.journalGeneration},"revision":${snapshot.state.revision},"entries":[${entries.join(',')}]}`,
+  );
 }
 
-export function decodeSnapshot(data: Buffer, file: string): EngineSnapshot {
+export function decodeSnapshot(data: Buffer, file: string): SnapshotFile {
+  if (LEGACY.test(data.toString('latin1', 0, 10))) throw legacyError(file);
   // A snapshot is only ever renamed into place complete, so unlike the journal any damage is corruption.
-  const { lines, torn } = readLines(data, file);
-  if (torn || lines.length !== 1) throw corrupt(file, 'snapshot is damaged (checksum mismatch or truncated)');
-  const parsed: unknown = JSON.parse(lines[0]);
-  if (!isRecord(parsed) || parsed.format !== SNAPSHOT_FORMAT || !isRevision(parsed.revision) || !Array.isArray(parsed.entries)) {
-    throw corrupt(file, `unknown snapshot format`);
+  const frame = frameAt(data, 0);
+  if (frame.kind !== 'ok' || frame.end !== data.length) throw storeError('ERR_STORE_CORRUPT', file, 'snapshot is damaged (checksum mismatch or truncated)');
+  const parsed = parseJson(frame.json, file, 'the snapshot');
+  if (!isRecord(parsed) || parsed.format !== STORE_FORMAT || typeof parsed.store !== 'string' || !isRevision(parsed.journalGeneration) || !isRevision(parsed.revision) || !Array.isArray(parsed.entries)) {
+    throw storeError('ERR_STORE_CORRUPT', file, 'unknown snapshot format');
   }
   const entries = new Map<string, StoredEntry>();
   for (const e of parsed.entries as unknown[]) {
     if (!isRecord(e) || typeof e.key !== 'string' || !('value' in e) || !isRevision(e.createRevision) || !isRevision(e.modRevision) || !isRevision(e.version)) {
-      throw corrupt(file, 'malformed snapshot entry');
+      throw storeError('ERR_STORE_CORRUPT', file, 'malformed snapshot entry');
     }
     entries.set(e.key, { json: JSON.stringify(e.value), createRevision: e.createRevision, modRevision: e.modRevision, version: e.version });
   }
-  return { revision: parsed.revision, entries };
+  return { store: parsed.store, journalGeneration: parsed.journalGeneration, state: { revision: parsed.revision, entries } };
 }

@@ -6,14 +6,15 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { appendFile, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { appendFile, mkdtemp, readdir, readFile, rm, stat, truncate, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { once } from 'node:events';
 import { test, type TestContext } from 'node:test';
 import { promisify } from 'node:util';
 import { StoreError, type StoreLockedError } from './errors.ts';
-import { encodeLine } from './journal.ts';
-import { JOURNAL_FILE, LocalStateStore, SNAPSHOT_FILE } from './local-store.ts';
+import { encodeFrame } from './journal.ts';
+import { JOURNAL_FILE, LocalStateStore, SNAPSHOT_FILE, type JournalRecovery } from './local-store.ts';
 import { LOCK_FILE } from './lock.ts';
 import { runStateStoreConformance, take } from './state-store.case.ts';
 
@@ -88,12 +89,12 @@ test('local: compaction snapshots the state, restarts the journal and ends older
   const store = await LocalStateStore.open(dir, { compactAfter: 3 });
   for (let i = 1; i <= 7; i++) await store.put(`k${i % 4}`, i);
   await store.close();
-  // Compacted after revision 6: the journal holds only revision 7.
-  assert.equal((await readFile(join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n').length, 1);
+  // Compacted after revision 6: the journal holds its header and revision 7.
+  assert.equal((await readFile(join(dir, JOURNAL_FILE), 'utf8')).trim().split('\n').length, 2);
 
   const reopened = await LocalStateStore.open(dir, { compactAfter: 3 });
   t.after(() => reopened.close());
-  assert.deepEqual(reopened.openReport, { snapshotRevision: 6, replayedRecords: 1, truncatedBytes: 0, removedTempFiles: [] });
+  assert.deepEqual(reopened.openReport, { snapshotRevision: 6, replayedRecords: 1, recovery: undefined, removedTempFiles: [] });
   assert.equal(reopened.revision, 7);
   assert.deepEqual((await reopened.list('')).entries.map((e) => [e.key, e.value, e.version]), [['k0', 4, 1], ['k1', 5, 2], ['k2', 6, 2], ['k3', 7, 2]]);
   await assert.rejects(reopened.watch('', { afterRevision: 5 }).next(), (e: StoreError) => {
@@ -113,20 +114,35 @@ test('local: a crash between writing the snapshot and restarting the journal los
   await store.put('b', 2);
   const oldJournal = await readFile(join(dir, JOURNAL_FILE));
   await store.compact();
-  await store.put('c', 3);
-  const newJournal = await readFile(join(dir, JOURNAL_FILE));
   await store.close();
-  // As if the journal restart had not happened: old records (covered by the snapshot) then new.
-  await writeFile(join(dir, JOURNAL_FILE), Buffer.concat([oldJournal, newJournal]));
+  // As if the journal restart had not happened: the new snapshot, followed by the old journal.
+  await writeFile(join(dir, JOURNAL_FILE), oldJournal);
 
   const reopened = await LocalStateStore.open(dir);
-  t.after(() => reopened.close());
-  assert.equal(reopened.revision, 3);
-  assert.equal(reopened.openReport.replayedRecords, 1);
-  assert.deepEqual((await reopened.list('')).entries.map((e) => e.value), [1, 2, 3]);
+  assert.equal(reopened.revision, 2);
+  assert.equal(reopened.openReport.replayedRecords, 0);
+  assert.equal(reopened.recovery, undefined);
+  await reopened.put('c', 3);
+  await reopened.close();
+  const third = await LocalStateStore.open(dir);
+  t.after(() => third.close());
+  assert.equal(third.revision, 3);
+  assert.deepEqual((await third.list('')).entries.map((e) => e.value), [1, 2, 3]);
 });
 
-test('local: a torn journal tail and leftover temp files from a crash are cleaned up on open', async (t) => {
+/** A store with `a`, `b`, `c` at revisions 1–3 (`a` in the snapshot), closed; the byte offset where revision 3 starts. */
+async function threeRevisions(dir: string): Promise<number> {
+  const store = await LocalStateStore.open(dir);
+  await store.put('a', 1);
+  await store.compact();
+  await store.put('b', 2);
+  const before = (await stat(join(dir, JOURNAL_FILE))).size;
+  await store.put('c', 3);
+  await store.close();
+  return before;
+}
+
+test('local: a torn journal tail and leftover temp files from a crash are cleaned up on open, and the loss reported', async (t) => {
   const dir = await tempDir(t);
   const store = await LocalStateStore.open(dir);
   await store.put('a', 1);
@@ -134,24 +150,183 @@ test('local: a torn journal tail and leftover temp files from a crash are cleane
   await store.put('b', 2);
   await store.close();
   const snapshotBefore = await readFile(join(dir, SNAPSHOT_FILE), 'utf8');
-  // A crash mid-write: a half-written snapshot temp file and half a journal line.
-  await writeFile(join(dir, `${SNAPSHOT_FILE}.tmp-4242-deadbeef`), '0000 {"format":1,"revis');
-  const torn = encodeLine('{"revision":3,"ops":[{"op":"put","key":"c","value":3}]}').slice(0, 25);
+  const intact = (await stat(join(dir, JOURNAL_FILE))).size;
+  // A crash mid-write: a half-written snapshot temp file and half a journal record.
+  await writeFile(join(dir, `${SNAPSHOT_FILE}.tmp-4242-deadbeef`), '0000 {"format":2,"revis');
+  const torn = encodeFrame('{"revision":3,"ops":[{"op":"put","key":"c","value":3}]}').subarray(0, 25);
   await appendFile(join(dir, JOURNAL_FILE), torn);
 
-  const reopened = await LocalStateStore.open(dir);
+  const recoveries: JournalRecovery[] = [];
+  const reopened = await LocalStateStore.open(dir, { onRecovery: (r) => recoveries.push(r) });
   t.after(() => reopened.close());
-  assert.deepEqual(reopened.openReport, { snapshotRevision: 1, replayedRecords: 1, truncatedBytes: 25, removedTempFiles: [`${SNAPSHOT_FILE}.tmp-4242-deadbeef`] });
+  const { recovery, ...rest } = reopened.openReport;
+  assert.deepEqual(rest, { snapshotRevision: 1, replayedRecords: 1, removedTempFiles: [`${SNAPSHOT_FILE}.tmp-4242-deadbeef`] });
+  assert.equal(recovery?.droppedBytes, 25);
+  assert.deepEqual(recoveries, [recovery]);
   assert.equal(await readFile(join(dir, SNAPSHOT_FILE), 'utf8'), snapshotBefore);
   assert.deepEqual((await readdir(dir)).sort(), [LOCK_FILE, JOURNAL_FILE, SNAPSHOT_FILE].sort());
+  assert.equal((await stat(join(dir, JOURNAL_FILE))).size, intact, 'the journal is cut back to where it was intact');
   assert.equal(reopened.revision, 2);
   assert.equal(await reopened.get('c'), undefined);
-  // The next record starts on a clean line and survives another restart.
+  // The next record starts on a clean boundary and survives another restart, which finds nothing to repair.
   await reopened.put('c', 'after');
   await reopened.close();
-  const third = await LocalStateStore.open(dir);
+  const third = await LocalStateStore.open(dir, { onRecovery: (r) => recoveries.push(r) });
   t.after(() => third.close());
+  assert.equal(third.recovery, undefined);
+  assert.equal(recoveries.length, 1);
   assert.deepEqual((await third.list('')).entries.map((e) => [e.key, e.value, e.modRevision]), [['a', 1, 1], ['b', 2, 2], ['c', 'after', 3]]);
+});
+
+test('local: a journal truncated in the middle of a record opens without it, reporting the offset, the bytes dropped and the last revision kept', async (t) => {
+  const dir = await tempDir(t);
+  const lastStart = await threeRevisions(dir);
+  const file = join(dir, JOURNAL_FILE);
+  const size = (await stat(file)).size;
+  await truncate(file, size - 10);
+
+  const recoveries: JournalRecovery[] = [];
+  const store = await LocalStateStore.open(dir, { onRecovery: (r) => recoveries.push(r) });
+  t.after(() => store.close());
+  assert.deepEqual(
+    { ...store.recovery, message: undefined },
+    { file, truncatedAt: lastStart, droppedBytes: size - 10 - lastStart, reason: 'incomplete record', lastRevision: 2, message: undefined },
+  );
+  assert.deepEqual(recoveries, [store.recovery]);
+  assert.equal(
+    store.recovery?.message.split('. ')[0],
+    `store: ${file}: dropped a torn tail of ${size - 10 - lastStart} bytes at byte ${lastStart} (incomplete record); the store now ends at revision 2`,
+  );
+  assert.equal(store.revision, 2);
+  assert.equal(await store.get('c'), undefined);
+  assert.equal((await stat(file)).size, lastStart);
+});
+
+test('local: a damaged byte in the last record is caught by its checksum, and without onRecovery a process warning says so', async (t) => {
+  const dir = await tempDir(t);
+  const lastStart = await threeRevisions(dir);
+  const journal = await readFile(join(dir, JOURNAL_FILE));
+  // Inside the value of `c` (3 → 4): same length, so only the checksum can tell.
+  const at = journal.indexOf('"value":3', lastStart) + 8;
+  journal[at] = 0x34;
+  await writeFile(join(dir, JOURNAL_FILE), journal);
+
+  const warned = once(process, 'warning');
+  const store = await LocalStateStore.open(dir);
+  t.after(() => store.close());
+  assert.equal(store.recovery?.reason, 'checksum mismatch');
+  assert.equal(store.recovery?.truncatedAt, lastStart);
+  assert.equal(store.recovery?.droppedBytes, journal.length - lastStart);
+  assert.equal(store.recovery?.lastRevision, 2);
+  const [warning] = (await warned) as [Error & { code?: string }];
+  assert.equal(warning.name, 'StoreRecoveryWarning');
+  assert.equal(warning.code, 'CILIATE_STORE_TAIL_DROPPED');
+  assert.equal(warning.message, store.recovery?.message);
+  assert.equal(await store.get('c'), undefined);
+});
+
+/** The error of an open that must be refused (closing the store if it opened after all). */
+async function refusedOpen(dir: string): Promise<StoreError> {
+  let store: LocalStateStore | undefined;
+  try {
+    store = await LocalStateStore.open(dir);
+  } catch (error) {
+    assert.ok(StoreError.is(error), `a StoreError: ${String(error)}`);
+    return error;
+  }
+  await store.close();
+  assert.fail('the store opened');
+}
+
+/** The part of a refusal that tells the operator what to do: every state file it names must exist. */
+async function assertHintNamesExistingFiles(dir: string, message: string): Promise<string> {
+  const [, hint] = message.split("The store's files were left as they are. ");
+  assert.ok(hint, `the message has a hint: ${message}`);
+  const present = await readdir(dir);
+  for (const name of [JOURNAL_FILE, SNAPSHOT_FILE]) {
+    if (hint.includes(name)) assert.ok(present.includes(name), `the hint names ${name}, which does not exist: ${hint}`);
+  }
+  assert.ok(hint.includes(`move the store directory away (mv ${dir} ${dir}.damaged)`), hint);
+  assert.match(hint, /no longer knows this node's endpoints/);
+  return hint;
+}
+
+test('local: an emptied journal is refused with ERR_STORE_TRUNCATED, with or without a compaction before', async (t) => {
+  for (const compacted of [false, true]) {
+    const dir = await tempDir(t);
+    const store = await LocalStateStore.open(dir);
+    await store.put('a', 1);
+    if (compacted) await store.compact();
+    await store.put('b', 2);
+    await store.close();
+    await truncate(join(dir, JOURNAL_FILE), 0);
+
+    const e = await refusedOpen(dir);
+    assert.equal(e.code, 'ERR_STORE_TRUNCATED');
+    assert.match(e.message, /journal\.log: the journal is empty \(0 bytes\), without even its header/);
+    const hint = await assertHintNamesExistingFiles(dir, e.message);
+    assert.ok(hint.includes(`restore ${dir} from a backup of the whole directory`), hint);
+    assert.ok(hint.includes(`its snapshot.json still holds the state at revision ${compacted ? 1 : 0}`), hint);
+    assert.equal((await stat(join(dir, JOURNAL_FILE))).size, 0, 'a refused open changes nothing');
+    await assert.rejects(readFile(join(dir, LOCK_FILE)), { code: 'ENOENT' });
+  }
+});
+
+test('local: a deleted journal or snapshot is refused with ERR_STORE_TRUNCATED; the hint names only the file left', async (t) => {
+  const dir = await tempDir(t);
+  await threeRevisions(dir);
+  const journal = await readFile(join(dir, JOURNAL_FILE));
+  await unlink(join(dir, JOURNAL_FILE));
+  {
+    const e = await refusedOpen(dir);
+    assert.equal(e.code, 'ERR_STORE_TRUNCATED');
+    assert.match(e.message, /journal\.log is missing, but snapshot\.json \(revision 1\) says journal generation \d+ follows it/);
+    const hint = await assertHintNamesExistingFiles(dir, e.message);
+    assert.match(hint, /its snapshot\.json still holds the state at revision 1/);
+  }
+  assert.deepEqual(await readdir(dir), [SNAPSHOT_FILE], 'no fresh journal was made up');
+
+  await writeFile(join(dir, JOURNAL_FILE), journal);
+  await unlink(join(dir, SNAPSHOT_FILE));
+  {
+    const e = await refusedOpen(dir);
+    assert.equal(e.code, 'ERR_STORE_TRUNCATED');
+    assert.match(e.message, /snapshot\.json is missing, but journal\.log starts after revision 1/);
+    const hint = await assertHintNamesExistingFiles(dir, e.message);
+    assert.doesNotMatch(hint, /snapshot/);
+  }
+});
+
+test('local: a journal from another store, or from an older generation, is refused as ERR_STORE_CORRUPT', async (t) => {
+  const dir = await tempDir(t);
+  const other = await tempDir(t);
+  await threeRevisions(dir);
+  await threeRevisions(other);
+  const ours = await readFile(join(dir, JOURNAL_FILE));
+  await writeFile(join(dir, JOURNAL_FILE), await readFile(join(other, JOURNAL_FILE)));
+  await assert.rejects(LocalStateStore.open(dir), (e: StoreError) => e.code === 'ERR_STORE_CORRUPT' && /journal\.log belongs to store .* but snapshot\.json to store/.test(e.message));
+
+  // Our own journal from two compactions ago, with a write in between that only the lost journal had.
+  await writeFile(join(dir, JOURNAL_FILE), ours);
+  const store = await LocalStateStore.open(dir);
+  await store.compact();
+  await store.put('d', 4);
+  await store.compact();
+  await store.close();
+  await writeFile(join(dir, JOURNAL_FILE), ours);
+  await assert.rejects(LocalStateStore.open(dir), (e: StoreError) => e.code === 'ERR_STORE_CORRUPT' && /followed by generation \d+: the journal was replaced/.test(e.message));
+});
+
+test('local: files of store format 1 are refused with ERR_STORE_FORMAT and an instruction', async (t) => {
+  const dir = await tempDir(t);
+  // Format 1: `<crc32> <json>` lines without a journal header.
+  await writeFile(join(dir, JOURNAL_FILE), '0a1b2c3d {"revision":1,"ops":[{"op":"put","key":"a","value":1}]}\n');
+  {
+    const e = await refusedOpen(dir);
+    assert.equal(e.code, 'ERR_STORE_FORMAT');
+    assert.match(e.message, /journal\.log: written in store format 1 \(a development version\); this version reads only format 2 and does not migrate it/);
+    await assertHintNamesExistingFiles(dir, e.message);
+  }
 });
 
 test('local: damage in the middle of the journal is reported as ERR_STORE_CORRUPT, not skipped', async (t) => {
@@ -160,15 +335,21 @@ test('local: damage in the middle of the journal is reported as ERR_STORE_CORRUP
   for (let i = 0; i < 3; i++) await store.put(`k${i}`, i);
   await store.close();
   const lines = (await readFile(join(dir, JOURNAL_FILE), 'utf8')).split('\n');
-  lines[1] = lines[1].replace('"k1"', '"kX"');
-  await writeFile(join(dir, JOURNAL_FILE), lines.join('\n'));
-  await assert.rejects(LocalStateStore.open(dir), (e: StoreError) => {
-    assert.equal(e.code, 'ERR_STORE_CORRUPT');
-    assert.match(e.message, /journal\.log: damaged record at byte \d+ is followed by more records/);
-    return true;
-  });
-  // The failed open released the lock again.
-  await assert.rejects(readFile(join(dir, LOCK_FILE)), { code: 'ENOENT' });
+  // Line 0 is the header. A changed key (caught by the checksum), and a length that runs past the
+  // records after it (which on its own would look like a torn tail).
+  const damaged = [lines.with(2, lines[2].replace('"k1"', '"kX"')), lines.with(2, `${lines[2].slice(0, 9)}ffffffff${lines[2].slice(17)}`)].map((l) => l.join('\n'));
+  for (const journal of damaged) {
+    await writeFile(join(dir, JOURNAL_FILE), journal);
+    {
+      const e = await refusedOpen(dir);
+      assert.equal(e.code, 'ERR_STORE_CORRUPT');
+      assert.match(e.message, /journal\.log: damaged record at byte \d+ \((checksum mismatch|its length runs past the next record), after revision 1\) is followed by intact records at byte \d+/);
+      await assertHintNamesExistingFiles(dir, e.message);
+    }
+    // The failed open released the lock again and left the journal as it was.
+    await assert.rejects(readFile(join(dir, LOCK_FILE)), { code: 'ENOENT' });
+    assert.equal(await readFile(join(dir, JOURNAL_FILE), 'utf8'), journal);
+  }
 });
 
 test('local: after SIGKILL mid-write every acknowledged transaction is there, complete', async (t) => {

@@ -1,26 +1,32 @@
 /**
  * `LocalStateStore`: the embedded default store, a directory on the node's disk.
  *
- * Layout of the directory:
- * - `journal.log`: one checksummed line per committed revision, appended and fdatasync'ed before
+ * Layout of the directory (format 2, see journal.ts):
+ * - `journal.log`: a header (store id, generation, the revision it starts after), then one
+ *   length-and-checksum framed record per committed revision, appended and fdatasync'ed before
  *   the write is acknowledged or any watcher hears of it;
- * - `snapshot.json`: the full state at some revision, replaced atomically (temp + fsync + rename);
- *   journal records at or below its revision are skipped on open;
+ * - `snapshot.json`: the full state at some revision and the generation of the journal that
+ *   follows it, replaced atomically (temp + fsync + rename). A store always has one once opened,
+ *   so a deleted journal is noticed rather than mistaken for a fresh store;
  * - `LOCK`: the owning process (see lock.ts).
  *
- * Open = load the snapshot, replay the journal, cut off a torn last line, delete leftover temp
- * files. After `compactAfter` records the state is snapshotted and the journal restarted, which
- * also ends the watch history (watching from older revisions then gives ERR_STORE_COMPACTED).
+ * Open = load the snapshot, check the journal belongs to it, replay the journal, cut off a torn
+ * last record (and report it: `recovery`), delete leftover temp files. Anything a crash cannot
+ * explain (an emptied or missing journal, damage before the tail, a swapped file) refuses to open
+ * with a message saying what was found and what the operator can do. After `compactAfter` records
+ * the state is snapshotted and the journal restarted, which also ends the watch history (watching
+ * from older revisions then gives ERR_STORE_COMPACTED).
  *
  * Writes are serialised in-process: precondition check, journal append and in-memory apply run
  * as one step per write, so compare-and-swap holds without any file-level locking.
  * @module
  */
-import { mkdir, open, readFile, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { randomUUID } from 'node:crypto';
+import { access, mkdir, open, readFile, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { StoreError } from './errors.ts';
+import { StoreError, type StoreErrorCode } from './errors.ts';
 import { fsyncDirectory, removeTempFiles, tempName, writeAll, writeFileAtomic } from './fs-util.ts';
-import { decodeRecord, decodeSnapshot, encodeRecord, encodeSnapshot, readLines } from './journal.ts';
+import { decodeSnapshot, encodeJournalHeader, encodeRecord, encodeSnapshot, readJournal, type JournalHeader, type JournalTail, type SnapshotFile } from './journal.ts';
 import { KvEngine } from './kv-engine.ts';
 import { DirectoryLock } from './lock.ts';
 import type { DeleteResult, KeyValue, ListResult, StateStore, StoreWatch, TxnOp, TxnResult, WatchOptions, WriteOptions, WriteResult } from './types.ts';
@@ -34,14 +40,32 @@ export interface LocalStateStoreOptions {
    * the journal's size and the time to open; also how far back watches can replay. Default 10 000.
    */
   readonly compactAfter?: number;
+  /**
+   * Told when opening cut a torn tail off the journal (the store opens anyway). Without it the
+   * store emits a process warning (`StoreRecoveryWarning`), so the loss is never silent.
+   */
+  readonly onRecovery?: (recovery: JournalRecovery) => void;
+}
+
+/**
+ * A torn journal tail that opening cut off. A crash during an append leaves exactly this, and that
+ * write was never acknowledged; a truncated file or a failing disk leaves the same picture but may
+ * have taken acknowledged writes after `lastRevision` with it — the store cannot tell which.
+ */
+export interface JournalRecovery extends JournalTail {
+  readonly file: string;
+  /** The last revision the store still has. */
+  readonly lastRevision: number;
+  /** One line for a log, naming the file, the offset, what was dropped and the last revision kept. */
+  readonly message: string;
 }
 
 /** What opening found: useful for logs ("recovered from a torn write"). */
 export interface OpenReport {
   readonly snapshotRevision: number;
   readonly replayedRecords: number;
-  /** Bytes of a half-written last journal line that were cut off. */
-  readonly truncatedBytes: number;
+  /** A torn journal tail that was cut off, or undefined if the journal was intact. */
+  readonly recovery: JournalRecovery | undefined;
   /** Temp files of interrupted writes that were deleted. */
   readonly removedTempFiles: readonly string[];
 }
@@ -49,6 +73,41 @@ export interface OpenReport {
 function ioError(operation: string, cause: unknown): StoreError {
   if (StoreError.is(cause)) return cause;
   return new StoreError('ERR_STORE_IO', `store: ${operation}: ${(cause as Error).message}`, { cause });
+}
+
+async function readOptional(path: string): Promise<Buffer | undefined> {
+  return readFile(path).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined;
+    throw error;
+  });
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** Damage opening refuses to work around: the operator has to decide. */
+function refusal(code: 'ERR_STORE_CORRUPT' | 'ERR_STORE_TRUNCATED', detail: string): StoreError {
+  return new StoreError(code, `store: ${detail}`);
+}
+
+/**
+ * What the operator can do about a store that will not open. Names only files that exist, and
+ * says what starting without them costs: the agent learns its endpoints from the store alone.
+ */
+async function remedy(dir: string, snapshot: SnapshotFile | undefined, code: StoreErrorCode): Promise<string> {
+  // Files restored one by one from different moments would fail the same checks; a backup of
+  // files in another format would be refused just the same.
+  const restore = code === 'ERR_STORE_FORMAT' ? '' : `restore ${dir} from a backup of the whole directory, if you have one; or `;
+  const kept = snapshot !== undefined && (await exists(join(dir, SNAPSHOT_FILE))) ? ` (its ${SNAPSHOT_FILE} still holds the state at revision ${snapshot.state.revision})` : '';
+  return (
+    `The store's files were left as they are. To recover: ${restore}stop the agent and move the store directory away (mv ${dir} ${dir}.damaged)${kept}, then start again. ` +
+    `The agent then starts with an empty store: it no longer knows this node's endpoints, their addresses or identities, while their ` +
+    `interfaces and datapath entries stay in the kernel; re-create the node's pods (or drain the node) so no address is handed out twice.`
+  );
 }
 
 /**
@@ -67,6 +126,8 @@ export class LocalStateStore implements StateStore {
   #lock: DirectoryLock;
   #journal: FileHandle;
   #journalSize: number;
+  /** Id of the store and generation of the current journal, as its header says. */
+  #header: JournalHeader;
   #compactAfter: number;
   /** Tail of the write queue: every write chains onto it. */
   #queue: Promise<unknown> = Promise.resolve();
@@ -75,17 +136,29 @@ export class LocalStateStore implements StateStore {
   /** Set when a failed write left the journal in an unknown state: the store refuses further use. */
   #failure: StoreError | undefined;
 
-  private constructor(directory: string, engine: KvEngine, lock: DirectoryLock, journal: FileHandle, journalSize: number, compactAfter: number, report: OpenReport) {
+  private constructor(directory: string, engine: KvEngine, lock: DirectoryLock, journal: FileHandle, journalSize: number, header: JournalHeader, compactAfter: number, report: OpenReport) {
     this.directory = directory;
     this.#engine = engine;
     this.#lock = lock;
     this.#journal = journal;
     this.#journalSize = journalSize;
+    this.#header = header;
     this.#compactAfter = compactAfter;
     this.openReport = report;
   }
 
-  /** Opens (creating if needed) the store in `directory`; fails with ERR_STORE_LOCKED if another process has it. */
+  /** The torn journal tail opening cut off, if any (see `JournalRecovery`). */
+  get recovery(): JournalRecovery | undefined {
+    return this.openReport.recovery;
+  }
+
+  /**
+   * Opens (creating if needed) the store in `directory`; fails with ERR_STORE_LOCKED if another
+   * process has it. A torn journal tail is cut off and reported (`recovery`, `onRecovery`); a
+   * missing or emptied journal, a missing snapshot the journal needs, or damage before the tail
+   * fail with ERR_STORE_TRUNCATED or ERR_STORE_CORRUPT and say what the operator can do;
+   * files of store format 1 fail with ERR_STORE_FORMAT.
+   */
   static async open(directory: string, options?: LocalStateStoreOptions): Promise<LocalStateStore> {
     const dir = resolve(directory);
     const compactAfter = options?.compactAfter ?? 10_000;
@@ -100,52 +173,100 @@ export class LocalStateStore implements StateStore {
     const lock = await DirectoryLock.acquire(dir).catch((cause: unknown) => {
       throw ioError(`locking ${dir}`, cause);
     });
+    let snapshot: SnapshotFile | undefined;
     try {
       const removedTempFiles = await removeTempFiles(dir);
       const engine = new KvEngine();
       const snapshotPath = join(dir, SNAPSHOT_FILE);
-      const snapshotData = await readFile(snapshotPath).catch((error: NodeJS.ErrnoException) => {
-        if (error.code === 'ENOENT') return undefined;
-        throw error;
-      });
-      if (snapshotData !== undefined) engine.restore(decodeSnapshot(snapshotData, snapshotPath));
+      const snapshotData = await readOptional(snapshotPath);
+      if (snapshotData !== undefined) snapshot = decodeSnapshot(snapshotData, snapshotPath);
+      if (snapshot !== undefined) engine.restore(snapshot.state);
       const snapshotRevision = engine.revision;
 
       const journalPath = join(dir, JOURNAL_FILE);
-      const journalData = await readFile(journalPath).catch((error: NodeJS.ErrnoException) => {
-        if (error.code === 'ENOENT') return undefined;
-        throw error;
-      });
+      const journalData = await readOptional(journalPath);
+      let header: JournalHeader;
       let replayedRecords = 0;
-      let truncatedBytes = 0;
-      let journalSize = 0;
-      if (journalData !== undefined) {
-        const { lines, validBytes, torn } = readLines(journalData, journalPath);
-        for (const line of lines) {
-          const record = decodeRecord(line, journalPath);
-          // Left over from a compaction that crashed before restarting the journal.
+      let journalSize: number;
+      let tail: JournalTail | undefined;
+      // A journal without the snapshot it names (a fresh store, a crash mid-compaction): write
+      // the snapshot now, so from here on a lost journal is always noticed.
+      let snapshotNeeded = false;
+      if (journalData === undefined) {
+        if (snapshot !== undefined) {
+          throw refusal(
+            'ERR_STORE_TRUNCATED',
+            `opening ${dir}: ${JOURNAL_FILE} is missing, but ${SNAPSHOT_FILE} (revision ${snapshot.state.revision}) says journal generation ${snapshot.journalGeneration} follows it: the writes after revision ${snapshot.state.revision}, if there were any, are lost`,
+          );
+        }
+        // A fresh store. The journal comes first: a crash before the snapshot leaves a journal that
+        // starts at revision 0, which is a complete store on its own.
+        header = { store: randomUUID(), generation: 1, after: 0 };
+        const data = encodeJournalHeader(header);
+        await writeFileAtomic(dir, JOURNAL_FILE, data);
+        journalSize = data.length;
+        snapshotNeeded = true;
+      } else {
+        const contents = readJournal(journalData, journalPath);
+        header = contents.header;
+        const last = contents.records.at(-1)?.revision ?? header.after;
+        if (snapshot === undefined) {
+          if (header.after !== 0) {
+            throw refusal('ERR_STORE_TRUNCATED', `opening ${dir}: ${SNAPSHOT_FILE} is missing, but ${JOURNAL_FILE} starts after revision ${header.after}: the state up to revision ${header.after} is lost`);
+          }
+          snapshotNeeded = true;
+        } else if (header.store !== snapshot.store) {
+          throw refusal('ERR_STORE_CORRUPT', `opening ${dir}: ${JOURNAL_FILE} belongs to store ${header.store}, but ${SNAPSHOT_FILE} to store ${snapshot.store}: one of them was copied from another store`);
+        } else if (header.generation === snapshot.journalGeneration - 1 && last <= snapshot.state.revision) {
+          // A compaction crashed between writing the snapshot and restarting the journal: the
+          // snapshot covers all of the old journal. Restart it now.
+          snapshotNeeded = true;
+        } else if (header.generation !== snapshot.journalGeneration || header.after !== snapshot.state.revision) {
+          throw refusal(
+            'ERR_STORE_CORRUPT',
+            `opening ${dir}: ${JOURNAL_FILE} is generation ${header.generation} starting after revision ${header.after} (up to revision ${last}), but ${SNAPSHOT_FILE} ` +
+              `(revision ${snapshot.state.revision}) is followed by generation ${snapshot.journalGeneration}: the journal was replaced`,
+          );
+        }
+        for (const record of contents.records) {
           if (record.revision <= engine.revision) continue;
           engine.commit(record, { replay: true });
           replayedRecords++;
         }
-        journalSize = validBytes;
-        if (torn) truncatedBytes = journalData.length - validBytes;
+        journalSize = contents.validBytes;
+        tail = contents.tail;
       }
       const journal = await open(journalPath, 'a', 0o600);
       try {
-        if (truncatedBytes > 0) {
-          // Cut the torn line now: the next append must start on a line boundary.
+        if (tail !== undefined) {
+          // Cut the torn frame now: the next append must start where the intact journal ends.
           await journal.truncate(journalSize);
           await journal.datasync();
         }
-        if (journalData === undefined) await fsyncDirectory(dir);
       } catch (error) {
         await journal.close();
         throw error;
       }
-      return new LocalStateStore(dir, engine, lock, journal, journalSize, compactAfter, { snapshotRevision, replayedRecords, truncatedBytes, removedTempFiles });
+      const recovery = tail === undefined ? undefined : describeRecovery(journalPath, tail, engine.revision);
+      const store = new LocalStateStore(dir, engine, lock, journal, journalSize, header, compactAfter, { snapshotRevision, replayedRecords, recovery, removedTempFiles });
+      if (snapshotNeeded) {
+        try {
+          await store.compact();
+        } catch (error) {
+          await store.close();
+          throw error;
+        }
+      }
+      if (recovery !== undefined) {
+        if (options?.onRecovery) options.onRecovery(recovery);
+        else process.emitWarning(recovery.message, { type: 'StoreRecoveryWarning', code: 'CILIATE_STORE_TAIL_DROPPED' });
+      }
+      return store;
     } catch (cause) {
       await lock.release();
+      if (StoreError.is(cause) && (cause.code === 'ERR_STORE_CORRUPT' || cause.code === 'ERR_STORE_TRUNCATED' || cause.code === 'ERR_STORE_FORMAT')) {
+        throw new StoreError(cause.code, `${cause.message}. ${await remedy(dir, snapshot, cause.code)}`, { cause });
+      }
       throw ioError(`opening ${dir}`, cause);
     }
   }
@@ -207,7 +328,7 @@ export class LocalStateStore implements StateStore {
     return this.#serialise(operation, async () => {
       const record = this.#engine.prepare(operation, ops);
       if (record === undefined) return { revision: this.#engine.revision, wrote: false };
-      await this.#append(operation, Buffer.from(encodeRecord(record)));
+      await this.#append(operation, encodeRecord(record));
       // Only now, with the record durable, does anyone (readers, watchers) see the change.
       this.#engine.commit(record);
       if (this.#engine.historyLength >= this.#compactAfter) {
@@ -234,7 +355,7 @@ export class LocalStateStore implements StateStore {
     try {
       await writeAll(this.#journal, data);
     } catch (cause) {
-      // Cut off whatever part of the line made it, so the next append starts on a line boundary.
+      // Cut off whatever part of the record made it, so the next append starts on a record boundary.
       try {
         await this.#journal.truncate(this.#journalSize);
       } catch {
@@ -254,13 +375,16 @@ export class LocalStateStore implements StateStore {
   }
 
   async #compact(): Promise<void> {
-    await writeFileAtomic(this.directory, SNAPSHOT_FILE, encodeSnapshot(this.#engine.snapshot()));
+    const next: JournalHeader = { store: this.#header.store, generation: this.#header.generation + 1, after: this.#engine.revision };
+    await writeFileAtomic(this.directory, SNAPSHOT_FILE, encodeSnapshot({ store: next.store, journalGeneration: next.generation, state: this.#engine.snapshot() }));
     // From here the snapshot covers the journal; if restarting the journal fails, reopening still
-    // works (journal records at or below the snapshot's revision are skipped).
+    // works (a journal one generation behind the snapshot, with nothing past it, is accepted).
     const journalPath = join(this.directory, JOURNAL_FILE);
     const temp = join(this.directory, tempName(JOURNAL_FILE));
+    const headerData = encodeJournalHeader(next);
     const fresh = await open(temp, 'ax', 0o600);
     try {
+      await writeAll(fresh, headerData);
       await fresh.sync();
       await rename(temp, journalPath);
     } catch (error) {
@@ -271,7 +395,8 @@ export class LocalStateStore implements StateStore {
     // The old handle now points at an unlinked file: switch before anything else is appended.
     const old = this.#journal;
     this.#journal = fresh;
-    this.#journalSize = 0;
+    this.#journalSize = headerData.length;
+    this.#header = next;
     await old.close().catch(() => {});
     try {
       await fsyncDirectory(this.directory);
@@ -292,4 +417,12 @@ export class LocalStateStore implements StateStore {
     if (this.#failure) throw this.#failure;
     if (this.#closed) throw new StoreError('ERR_STORE_CLOSED', `store: ${operation}: store ${this.directory} is closed`);
   }
+}
+
+function describeRecovery(file: string, tail: JournalTail, lastRevision: number): JournalRecovery {
+  const message =
+    `store: ${file}: dropped a torn tail of ${tail.droppedBytes} bytes at byte ${tail.truncatedAt} (${tail.reason}); the store now ends at revision ${lastRevision}. ` +
+    `A crash during a write leaves this, and that write was never acknowledged; a truncated file or a failing disk may also have lost acknowledged ` +
+    `writes after revision ${lastRevision} (e.g. endpoints whose interfaces and addresses still exist in the kernel)`;
+  return { file, ...tail, lastRevision, message };
 }
