@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
+import { codedErrorFamily } from '../errors/index.ts';
 
 export const RoutingMode = z.enum(['tunnel', 'native']);
 export type RoutingMode = z.infer<typeof RoutingMode>;
@@ -57,11 +58,10 @@ export const AgentConfigSchema = z
 export type AgentConfig = z.infer<typeof AgentConfigSchema>;
 type ConfigKey = keyof AgentConfig;
 
-export class ConfigError extends Error {
-  readonly code = 'ERR_CONFIG';
+/** Configuration the agent cannot run with: a bad flag, variable or file, or a node it cannot set up as configured. */
+export class ConfigError extends codedErrorFamily<'ERR_CONFIG'>('config') {
   constructor(message: string) {
-    super(message);
-    this.name = 'ConfigError';
+    super('ERR_CONFIG', message);
   }
 }
 
