@@ -10,8 +10,10 @@ import { z } from 'zod';
 import { EndpointDatapath, EndpointPolicyMaps, ensureMasquerade, ip, ipBatch, linkDetails, NodeRouting, ReservedIdentity, sysctl } from '../datapath/index.ts';
 import { addressAllocator, NodeIpam } from '../ipam/index.ts';
 import { EtcdStateStore, LocalStateStore, StoreError, type StateStore } from '../store/index.ts';
-import { ApiError, ApiServer } from './api-server.ts';
-import type { AgentConfig } from './config.ts';
+import { ApiServer } from './api-server.ts';
+import { parseRequest } from './api-errors.ts';
+import { ConfigError, type AgentConfig } from './config.ts';
+import { EndpointError } from './errors.ts';
 import { EndpointManager } from './endpoint-manager.ts';
 import { Lifecycle } from './lifecycle.ts';
 import { readBpfState } from './bpf-state.ts';
@@ -27,7 +29,7 @@ import type { Endpoint } from './endpoint.ts';
 import { registerPolicyRoutes } from './policy-api.ts';
 import { Monitor, type MonitorEvent } from './monitor.ts';
 import { ruleKey } from '../policy/index.ts';
-import { IdentityAllocator, identityName, reservedIdentities, type Identity } from '../identity/index.ts';
+import { IdentityAllocator, IdentityError, identityName, reservedIdentities, type Identity } from '../identity/index.ts';
 
 export const VERSION = '0.1.0';
 /** Holds the node's router address, so pods reach their node at their gateway. */
@@ -61,6 +63,8 @@ const AddEndpointBody = z
     namespace: z.string().optional(),
   })
   .strict();
+/** The body of PUT …/labels: the whole new label set. */
+const LabelsBody = z.record(z.string(), z.string({ error: 'label values must be strings' }), { error: 'body must be an object of string labels' });
 
 export class Agent {
   readonly config: AgentConfig;
@@ -104,7 +108,7 @@ export class Agent {
       name: 'store',
       start: async () => {
         if (config.store === 'etcd') {
-          if (config.etcdEndpoints.length === 0) throw new ApiError(500, 'ERR_CONFIG', 'store etcd: set etcdEndpoints (--etcd-endpoints)');
+          if (config.etcdEndpoints.length === 0) throw new ConfigError('store etcd: set etcdEndpoints (--etcd-endpoints)');
           this.#store = await EtcdStateStore.connect({ endpoints: config.etcdEndpoints });
         } else {
           this.#store = await openStoreWaitingForLock(join(config.stateDir, 'store'), log);
@@ -156,7 +160,7 @@ export class Agent {
         // The ipcache stays with the agent's own table and reconciler (manageIpcache: false).
         this.#routing = new NodeRouting({ bpfRoot: config.bpfRoot, log: log.child({ module: 'node-routing' }), manageIpcache: false });
         if (!this.#node!.nodeIp) {
-          throw new ApiError(500, 'ERR_CONFIG', `node ${config.nodeName} has no underlay address: set nodeIp (--node-ip) or give the node a global IPv4 address`);
+          throw new ConfigError(`node ${config.nodeName} has no underlay address: set nodeIp (--node-ip) or give the node a global IPv4 address`);
         }
         await this.#routing.setUp({
           name: config.nodeName,
@@ -339,27 +343,18 @@ export class Agent {
     api.route('GET', '/v1/endpoints', () => this.endpoints.list().map((ep) => this.#endpointView(ep)));
     api.route('GET', '/v1/endpoints/:id', ({ params }) => {
       const endpoint = this.endpoints.get(params.id);
-      if (!endpoint) throw new ApiError(404, 'ERR_ENDPOINT_NOT_FOUND', `no endpoint ${params.id}`);
+      if (!endpoint) throw new EndpointError('ERR_ENDPOINT_NOT_FOUND', `no endpoint ${params.id}`);
       return { ...this.#endpointView(endpoint), datapath: this.endpoints.status(`${endpoint.containerId}/${endpoint.ifname}`) };
     });
     api.route('POST', '/v1/endpoints', async ({ body }) => {
-      const parsed = AddEndpointBody.safeParse(body);
-      if (!parsed.success) {
-        const issue = parsed.error.issues[0];
-        throw new ApiError(400, 'ERR_BAD_REQUEST', `endpoint request: field ${issue.path.join('.') || '(body)'}: ${issue.message}`);
-      }
-      return this.endpoints.add(parsed.data);
+      return this.endpoints.add(parseRequest(AddEndpointBody, body, 'endpoint request'));
     });
     api.route('PUT', '/v1/endpoints/:id/labels', async ({ params, body }) => {
-      const parsed = z.record(z.string(), z.string()).safeParse(body);
-      if (!parsed.success) throw new ApiError(400, 'ERR_BAD_REQUEST', `endpoint labels: body must be an object of string labels: ${parsed.error.issues[0].message}`);
-      return this.endpoints.updateLabels(params.id, parsed.data);
+      return this.endpoints.updateLabels(params.id, parseRequest(LabelsBody, body, 'endpoint labels'));
     });
     api.route('GET', '/v1/namespaces', () => this.#namespaces!.list());
     api.route('PUT', '/v1/namespaces/:name/labels', async ({ params, body }) => {
-      const parsed = z.record(z.string(), z.string()).safeParse(body);
-      if (!parsed.success) throw new ApiError(400, 'ERR_BAD_REQUEST', `namespace labels: body must be an object of string labels: ${parsed.error.issues[0].message}`);
-      return this.#namespaces!.setLabels(params.name, parsed.data);
+      return this.#namespaces!.setLabels(params.name, parseRequest(LabelsBody, body, 'namespace labels'));
     });
     api.route('DELETE', '/v1/endpoints/:containerId/:ifname', async ({ params }) => ({
       deleted: await this.endpoints.delete(params.containerId, params.ifname),
@@ -367,7 +362,7 @@ export class Agent {
     api.route('GET', '/v1/identities', () => [...reservedIdentities(), ...this.#identities!.list()].map(identityView));
     api.route('GET', '/v1/identities/:id', ({ params }) => {
       const identity = this.#identities!.get(Number(params.id));
-      if (!identity) throw new ApiError(404, 'ERR_IDENTITY_NOT_FOUND', `no identity ${params.id}`);
+      if (!identity) throw new IdentityError('ERR_IDENTITY_NOT_FOUND', `no identity ${params.id}`);
       return identityView(identity);
     });
     api.route('GET', '/v1/nodes', async () => (await this.#store!.list<NodeRecord>('nodes/')).entries.map((e) => e.value));
