@@ -120,6 +120,7 @@ test('bad endpoint requests get clear errors and leave nothing half-created', as
   await answers(client.call('POST', '/v1/policies', { yaml: 'kind: Nonsense\n' }), 400, 'ERR_POLICY_INVALID', /document 1/);
   await answers(client.call('DELETE', '/v1/policies?key=CiliumNetworkPolicy/default/none'), 404, 'ERR_POLICY_NOT_FOUND', /no policy/);
   await answers(client.call('POST', '/v1/policy/trace', { src: 'a', dst: 'b', dport: 'http' }), 400, 'ERR_BAD_REQUEST', /^policy trace: field dport: /);
+  await answers(client.get('/v1/policy/wait?revision=-1'), 400, 'ERR_BAD_REQUEST', /^policy wait: field revision: must be a non-negative integer$/);
   await answers(client.get('/v1/bpf/nope'), 404, 'ERR_NOT_FOUND', /^no datapath map nope/);
   await answers(client.get('/v1/nope'), 404, 'ERR_NOT_FOUND', /^no API route GET \/v1\/nope$/);
 

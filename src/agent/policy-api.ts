@@ -21,6 +21,13 @@ const TraceBody = z
     protocol: z.enum(['TCP', 'UDP', 'SCTP', 'ICMP']).default('TCP'),
   })
   .strict();
+const NON_NEGATIVE_INTEGER = 'must be a non-negative integer';
+const NON_NEGATIVE_NUMBER = 'must be a non-negative number';
+const WaitQuery = z.object({
+  revision: z.coerce.number({ error: NON_NEGATIVE_INTEGER }).int(NON_NEGATIVE_INTEGER).min(0, NON_NEGATIVE_INTEGER),
+  timeoutMs: z.coerce.number({ error: NON_NEGATIVE_NUMBER }).min(0, NON_NEGATIVE_NUMBER).default(30_000),
+  scope: z.enum(['cluster', 'node'], { error: 'must be cluster or node' }).default('cluster'),
+});
 
 const IPV4 = /^(\d{1,3}\.){3}\d{1,3}(\/\d{1,2})?$/;
 
@@ -78,12 +85,7 @@ export function registerPolicyRoutes(api: ApiServer, policy: () => PolicyManager
   // scope=cluster (the default) answers once every node registered in the store enforces it,
   // scope=node once this node has applied the store's policy and identity changes up to it.
   api.route('GET', '/v1/policy/wait', async ({ query, signal }) => {
-    const revision = Number(query.get('revision'));
-    const timeoutMs = Number(query.get('timeoutMs') ?? 30_000);
-    const scope = query.get('scope') ?? 'cluster';
-    if (!Number.isSafeInteger(revision) || revision < 0) throw new RequestError('ERR_BAD_REQUEST', 'policy wait: revision must be a non-negative integer');
-    if (!Number.isFinite(timeoutMs) || timeoutMs < 0) throw new RequestError('ERR_BAD_REQUEST', 'policy wait: timeoutMs must be a non-negative number');
-    if (scope !== 'cluster' && scope !== 'node') throw new RequestError('ERR_BAD_REQUEST', `policy wait: scope must be cluster or node, not "${scope}"`);
+    const { revision, timeoutMs, scope } = parseRequest(WaitQuery, Object.fromEntries(query), 'policy wait');
     if (scope === 'cluster') {
       const result = await status().waitForCluster(revision, timeoutMs, signal);
       if (!result.enforced) {
