@@ -96,22 +96,38 @@ test('SIGTERM stops the agent promptly and cleanly, leaving the datapath for the
 test('bad endpoint requests get clear errors and leave nothing half-created', async (t) => {
   const node = await TestNode.start(t, { clusterCidr: '10.244.0.0/16', nodeCidrMaskSize: 30 });
   const first = await node.addPod(t, 'dup-container');
-  const rejects = async (body: unknown, code: string, message: RegExp) => {
-    await assert.rejects(node.client.call('POST', '/v1/endpoints', body), (error: unknown) => {
+  const answers = async (request: Promise<unknown>, status: number, code: string, message: RegExp) => {
+    await assert.rejects(request, (error: unknown) => {
       assert.ok(error instanceof AgentApiError, String(error));
-      assert.equal(error.code, code);
+      assert.deepEqual([error.status, error.code], [status, code], error.message);
       assert.match(error.message, message);
       return true;
     });
   };
-  await rejects({ containerId: 'dup-container', ifname: 'eth0', netns: first.endpoint.netns }, 'ERR_ENDPOINT_EXISTS', /dup-container already has interface eth0/);
-  await rejects({ containerId: 'x', ifname: 'eth0', netns: '/run/netns/does-not-exist' }, 'ERR_BAD_NETNS', /does-not-exist does not exist/);
-  await rejects({ containerId: 'x', ifname: 'eth0' }, 'ERR_BAD_REQUEST', /field netns/);
-  await rejects({ containerId: 'x', ifname: 'eth0', netns: 'relative', extra: 1 }, 'ERR_BAD_REQUEST', /field/);
+  const rejects = (body: unknown, status: number, code: string, message: RegExp) => answers(node.client.call('POST', '/v1/endpoints', body), status, code, message);
+  await rejects({ containerId: 'dup-container', ifname: 'eth0', netns: first.endpoint.netns }, 409, 'ERR_ENDPOINT_EXISTS', /dup-container already has interface eth0/);
+  await rejects({ containerId: 'x', ifname: 'eth0', netns: '/run/netns/does-not-exist' }, 400, 'ERR_BAD_NETNS', /does-not-exist does not exist/);
+  await rejects({ containerId: 'x', ifname: 'eth0' }, 400, 'ERR_BAD_REQUEST', /^endpoint request: field netns/);
+  await rejects({ containerId: 'x', ifname: 'eth0', netns: 'relative', extra: 1 }, 400, 'ERR_BAD_REQUEST', /field/);
+
+  // Every other family's refusals, through the one table of statuses.
+  const { client } = node;
+  await answers(client.call('PUT', `/v1/endpoints/${first.endpoint.id}/labels`, { app: 1 }), 400, 'ERR_BAD_REQUEST', /^endpoint labels: field app: label values must be strings/);
+  await answers(client.call('PUT', `/v1/endpoints/${first.endpoint.id}/labels`, { 'app!': 'x' }), 400, 'ERR_BAD_LABELS', /^endpoint labels: identity: invalid label/);
+  await answers(client.call('PUT', '/v1/endpoints/4000/labels', { app: 'x' }), 404, 'ERR_ENDPOINT_NOT_FOUND', /^no endpoint 4000$/);
+  await answers(client.call('PUT', '/v1/namespaces/Bad_Name/labels', { team: 'x' }), 400, 'ERR_BAD_NAMESPACE', /must be a DNS-1123 label/);
+  await answers(client.get('/v1/identities/99999999'), 404, 'ERR_IDENTITY_NOT_FOUND', /^no identity 99999999$/);
+  await answers(client.call('POST', '/v1/policies', { yaml: 'kind: Nonsense\n' }), 400, 'ERR_POLICY_INVALID', /document 1/);
+  await answers(client.call('DELETE', '/v1/policies?key=CiliumNetworkPolicy/default/none'), 404, 'ERR_POLICY_NOT_FOUND', /no policy/);
+  await answers(client.call('POST', '/v1/policy/trace', { src: 'a', dst: 'b', dport: 'http' }), 400, 'ERR_BAD_REQUEST', /^policy trace: field dport: /);
+  await answers(client.get('/v1/policy/wait?revision=-1'), 400, 'ERR_BAD_REQUEST', /^policy wait: field revision: must be a non-negative integer$/);
+  await answers(client.get('/v1/bpf/nope'), 404, 'ERR_NOT_FOUND', /^no datapath map nope/);
+  await answers(client.get('/v1/nope'), 404, 'ERR_NOT_FOUND', /^no API route GET \/v1\/nope$/);
 
   const linksBefore = await inNs(node.netns, 'ip', ['-o', 'link']);
   const pod = await node.addPod(t).catch((error: unknown) => error);
   assert.ok(pod instanceof AgentApiError && pod.code === 'ERR_IPAM_EXHAUSTED', `second pod on a /30 node: ${String(pod)}`);
+  assert.equal(pod.status, 507, 'insufficient storage, as for any exhausted pool');
   assert.match(pod.message, /exhausted: 1 of 1 addresses in use/);
   assert.equal(await inNs(node.netns, 'ip', ['-o', 'link']), linksBefore, 'no veth left behind');
   const status = await node.client.get<{ ipam: { used: number }; endpoints: number }>('/v1/status');

@@ -1,27 +1,15 @@
 /**
  * The agent's local API: JSON over HTTP on a Unix socket that only root may open. The CLI and
- * the CNI plugin are its clients. Handlers throw ApiError for client mistakes; anything else is
- * a 500 with the message, and the agent keeps running.
+ * the CNI plugin are its clients. Handlers throw the domain's coded errors (and RequestError for
+ * malformed requests); the table in api-errors.ts turns each into its status, anything it does not
+ * know is a 500 with the message, logged, and the agent keeps running.
  * @module
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
-
-export class ApiError extends Error {
-  readonly status: number;
-  readonly code: string;
-  /** Structured detail for clients, e.g. every problem of a rejected policy. */
-  readonly details: unknown;
-  constructor(status: number, code: string, message: string, details?: unknown) {
-    super(message);
-    this.name = 'ApiError';
-    this.status = status;
-    this.code = code;
-    this.details = details;
-  }
-}
+import { errorBody, httpStatus, RequestError } from './api-errors.ts';
 
 export interface RequestContext {
   params: Record<string, string>;
@@ -87,7 +75,7 @@ export class ApiServer {
     const url = new URL(req.url ?? '/', 'http://ciliate');
     try {
       const route = this.#routes.find((r) => r.method === req.method && r.pattern.test(url.pathname));
-      if (!route) throw new ApiError(404, 'ERR_NOT_FOUND', `no API route ${req.method} ${url.pathname}`);
+      if (!route) throw new RequestError('ERR_NOT_FOUND', `no API route ${req.method} ${url.pathname}`);
       const match = route.pattern.exec(url.pathname)!;
       const params = Object.fromEntries(route.names.map((name, i) => [name, decodeURIComponent(match[i + 1])]));
       const body = await readJson(req);
@@ -106,13 +94,10 @@ export class ApiServer {
       }
       send(res, 200, result ?? {});
     } catch (error) {
-      if (error instanceof ApiError) {
-        send(res, error.status, { error: { code: error.code, message: error.message, ...(error.details === undefined ? {} : { details: error.details }) } });
-        return;
-      }
-      const coded = error as { code?: unknown; message?: unknown };
-      this.#log.error({ err: error, method: req.method, path: url.pathname }, 'API request failed');
-      send(res, 500, { error: { code: typeof coded.code === 'string' ? coded.code : 'ERR_INTERNAL', message: String(coded.message ?? error) } });
+      const status = httpStatus(error);
+      // A 4xx is the client's mistake and its answer says everything; a 5xx is ours to look into.
+      if (status >= 500) this.#log.error({ err: error, method: req.method, path: url.pathname, status }, 'API request failed');
+      send(res, status, errorBody(error));
     }
   }
 }
@@ -122,14 +107,14 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > MAX_BODY) throw new ApiError(413, 'ERR_TOO_LARGE', `request body over ${MAX_BODY} bytes`);
+    if (size > MAX_BODY) throw new RequestError('ERR_TOO_LARGE', `request body over ${MAX_BODY} bytes`);
     chunks.push(chunk as Buffer);
   }
   if (size === 0) return undefined;
   try {
     return JSON.parse(Buffer.concat(chunks).toString('utf8'));
   } catch (error) {
-    throw new ApiError(400, 'ERR_BAD_JSON', `request body is not JSON: ${(error as Error).message}`);
+    throw new RequestError('ERR_BAD_JSON', `request body is not JSON: ${(error as Error).message}`, { cause: error });
   }
 }
 

@@ -6,7 +6,7 @@
 import { join } from 'node:path';
 import { BpfMap, type Codec } from '../ebpf/index.ts';
 import { ctEntry, ctTuple, endpointInfo, endpointKey, ipcacheKey, MapName, readDatapathMetrics, remoteEndpointInfo } from '../datapath/index.ts';
-import { ApiError } from './api-server.ts';
+import { RequestError } from './api-errors.ts';
 
 function dump<K, V>(bpfRoot: string, name: string, key: Codec<K>, value: Codec<V>): { key: K; value: V }[] {
   using map = BpfMap.openPinned(join(bpfRoot, 'maps', name), key, value);
@@ -25,6 +25,6 @@ export type BpfStateMap = keyof typeof READERS;
 export function readBpfState(bpfRoot: string, name: string): { key: unknown; value: unknown }[] {
   // An own property only: `constructor` or `__proto__` from a URL must not reach Object's members.
   const reader = Object.hasOwn(READERS, name) ? READERS[name as BpfStateMap] : undefined;
-  if (!reader) throw new ApiError(404, 'ERR_NOT_FOUND', `no datapath map ${name}: try ${Object.keys(READERS).join(', ')}`);
+  if (!reader) throw new RequestError('ERR_NOT_FOUND', `no datapath map ${name}: try ${Object.keys(READERS).join(', ')}`);
   return reader(bpfRoot);
 }

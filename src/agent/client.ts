@@ -3,15 +3,17 @@
  * @module
  */
 import { request } from 'node:http';
+import { codedErrorFamily } from '../errors/index.ts';
 
-export class AgentApiError extends Error {
+/**
+ * What the agent answered with an error status (its `error.code`, whichever family raised it on
+ * the agent's side), or why it could not be asked (`status` 0: ERR_AGENT_UNREACHABLE, ERR_TIMEOUT).
+ */
+export class AgentApiError extends codedErrorFamily<string>('agent-api') {
   readonly status: number;
-  readonly code: string;
   constructor(status: number, code: string, message: string) {
-    super(message);
-    this.name = 'AgentApiError';
+    super(code, message);
     this.status = status;
-    this.code = code;
   }
 }
 

@@ -11,6 +11,7 @@ import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { Addr, NetParseError, Prefix } from '../net/index.ts';
+import { codedErrorFamily } from '../errors/index.ts';
 
 // Host bits are refused here, not only later by IPAM, so a typo stops the agent before it starts.
 export const ipv4Cidr = z.string().superRefine((text, ctx) => {
@@ -41,11 +42,10 @@ export const coreConfig = {
 
 export type CoreConfig = z.infer<z.ZodObject<typeof coreConfig>>;
 
-export class ConfigError extends Error {
-  readonly code = 'ERR_CONFIG';
+/** Configuration the agent cannot run with: a bad flag, variable or file, or a node it cannot set up as configured. */
+export class ConfigError extends codedErrorFamily<'ERR_CONFIG'>('config') {
   constructor(message: string) {
-    super(message);
-    this.name = 'ConfigError';
+    super('ERR_CONFIG', message);
   }
 }
 

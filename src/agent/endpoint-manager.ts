@@ -9,7 +9,7 @@ import type { Logger } from 'pino';
 import type { StateStore } from '../store/index.ts';
 import { Reconciler, Table } from '../statedb/index.ts';
 import { ip, ipBatch, lastShownLink, NetlinkError, type LinkDetails } from '../datapath/netlink.ts';
-import { ApiError } from './api-server.ts';
+import { EndpointError } from './errors.ts';
 import { type Endpoint, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID, nodeEndpointsPrefix } from './endpoint.ts';
 import type { Ipcache, IpcacheEntry } from './ipcache.ts';
 import { InvalidLabelsError, podLabels, type IdentityAllocator, type Labels } from '../identity/index.ts';
@@ -179,9 +179,9 @@ export class EndpointManager {
     const key = containerInterfaceKey(request.containerId, request.ifname);
     const existing = this.table.get(key);
     if (existing) {
-      throw new ApiError(409, 'ERR_ENDPOINT_EXISTS', `container ${request.containerId} already has interface ${request.ifname} (endpoint ${existing.id}, ${existing.ipv4}); delete it first`);
+      throw new EndpointError('ERR_ENDPOINT_EXISTS', `container ${request.containerId} already has interface ${request.ifname} (endpoint ${existing.id}, ${existing.ipv4}); delete it first`);
     }
-    if (!existsSync(request.netns)) throw new ApiError(400, 'ERR_BAD_NETNS', `network namespace ${request.netns} does not exist`);
+    if (!existsSync(request.netns)) throw new EndpointError('ERR_BAD_NETNS', `network namespace ${request.netns} does not exist`);
     const hostIfname = hostInterfaceName(request.containerId, request.ifname);
     const id = this.#reserveId();
     const undo: (() => Promise<unknown>)[] = [];
@@ -272,7 +272,7 @@ export class EndpointManager {
       });
       await Promise.all([this.#reconciler.waitFor(revision), this.#ipcache.synced()]);
       const status = this.#reconciler.status(key);
-      if (status?.state !== 'done') throw new ApiError(500, 'ERR_DATAPATH', `realizing endpoint ${endpoint.id}: ${status?.error ?? 'not realized'}`);
+      if (status?.state !== 'done') throw new EndpointError('ERR_DATAPATH', `realizing endpoint ${endpoint.id}: ${status?.error ?? 'not realized'}`);
       this.#log.info({ endpoint: endpoint.id, container: request.containerId, ip: address, host: hostIfname }, 'endpoint added');
       return endpoint;
     } catch (error) {
@@ -296,11 +296,11 @@ export class EndpointManager {
    */
   async updateLabels(idOrKey: string, labels: Record<string, string>): Promise<Endpoint> {
     const found = this.get(idOrKey);
-    if (!found) throw new ApiError(404, 'ERR_ENDPOINT_NOT_FOUND', `no endpoint ${idOrKey}`);
+    if (!found) throw new EndpointError('ERR_ENDPOINT_NOT_FOUND', `no endpoint ${idOrKey}`);
     const key = containerInterfaceKey(found.containerId, found.ifname);
     return this.#serialize(key, async () => {
       const endpoint = this.table.get(key);
-      if (!endpoint) throw new ApiError(404, 'ERR_ENDPOINT_NOT_FOUND', `no endpoint ${idOrKey}`);
+      if (!endpoint) throw new EndpointError('ERR_ENDPOINT_NOT_FOUND', `no endpoint ${idOrKey}`);
       return this.#reidentify(key, endpoint, labels);
     });
   }
@@ -365,12 +365,12 @@ export class EndpointManager {
     return endpoint !== undefined;
   }
 
-  /** The identity for these labels; labels that are no valid labels are the request's fault (400). */
+  /** The identity for these labels; labels that are no valid labels are the request's fault (ERR_BAD_LABELS). */
   async #allocateIdentity(endpoint: { labels: Record<string, string>; namespace?: string }): Promise<number> {
     try {
       return (await this.#identities.allocate(this.#securityLabels(endpoint))).id;
     } catch (error) {
-      if (error instanceof InvalidLabelsError) throw new ApiError(400, 'ERR_BAD_LABELS', `endpoint labels: ${error.message}`);
+      if (error instanceof InvalidLabelsError) throw new EndpointError('ERR_BAD_LABELS', `endpoint labels: ${error.message}`, { cause: error });
       throw error;
     }
   }
@@ -389,7 +389,7 @@ export class EndpointManager {
       this.#reservedIds.add(id);
       return id;
     }
-    throw new ApiError(507, 'ERR_ENDPOINTS_EXHAUSTED', `this node already has ${MAX_ENDPOINT_ID} endpoints`);
+    throw new EndpointError('ERR_ENDPOINTS_EXHAUSTED', `this node already has ${MAX_ENDPOINT_ID} endpoints`);
   }
 }
 

@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import { InvalidLabelsError, podLabels } from '../identity/index.ts';
 import { Table } from '../statedb/index.ts';
 import type { StateStore } from '../store/index.ts';
-import { ApiError } from './api-server.ts';
+import { NamespaceError } from './errors.ts';
 import { followPrefix } from './follow.ts';
 
 export interface NamespaceRecord {
@@ -100,15 +100,15 @@ export class Namespaces {
    */
   async setLabels(name: string, labels: Record<string, string>): Promise<NamespaceRecord> {
     if (typeof name !== 'string' || !NAMESPACE_NAME.test(name)) {
-      throw new ApiError(400, 'ERR_BAD_NAMESPACE', `namespace ${JSON.stringify(name)}: must be a DNS-1123 label (lower-case letters, digits and '-', at most 63)`);
+      throw new NamespaceError('ERR_BAD_NAMESPACE', `namespace ${JSON.stringify(name)}: must be a DNS-1123 label (lower-case letters, digits and '-', at most 63)`);
     }
     if (NAMESPACE_NAME_LABEL in labels && labels[NAMESPACE_NAME_LABEL] !== name) {
-      throw new ApiError(400, 'ERR_BAD_NAMESPACE', `namespace ${name}: label ${NAMESPACE_NAME_LABEL} is always the namespace's name`);
+      throw new NamespaceError('ERR_BAD_NAMESPACE', `namespace ${name}: label ${NAMESPACE_NAME_LABEL} is always the namespace's name`);
     }
     try {
       podLabels({ namespace: name, labels: {}, namespaceLabels: labels });
     } catch (error) {
-      if (error instanceof InvalidLabelsError) throw new ApiError(400, 'ERR_BAD_NAMESPACE', `namespace ${name}: ${error.message}`);
+      if (error instanceof InvalidLabelsError) throw new NamespaceError('ERR_BAD_NAMESPACE', `namespace ${name}: ${error.message}`, { cause: error });
       throw error;
     }
     const record: NamespaceRecord = { name, labels: Object.fromEntries(Object.entries(labels).filter(([key]) => key !== NAMESPACE_NAME_LABEL)) };

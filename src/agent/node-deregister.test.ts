@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { ClusterPool, NodeIpam } from '../ipam/index.ts';
 import { IdentityAllocator } from '../identity/index.ts';
 import { MemoryStateStore, StoreError, type StateStore, type TxnOp, type TxnResult } from '../store/index.ts';
-import { ApiError } from './api-server.ts';
+import { httpStatus } from './api-errors.ts';
+import { NodeError } from './errors.ts';
 import { deregisterNode } from './node-deregister.ts';
 
 const POOL = { clusterCidr: '10.244.0.0/16', nodeMaskSize: 24 };
@@ -47,7 +48,7 @@ function withTransaction(store: StateStore, transaction: (ops: readonly TxnOp[])
 const named = (all: readonly string[], node: string): string[] => all.filter((k) => k.split('/').includes(node));
 
 async function rejects(call: Promise<unknown>, status: number, code: string): Promise<void> {
-  await assert.rejects(call, (error: unknown) => error instanceof ApiError && error.status === status && error.code === code);
+  await assert.rejects(call, (error: unknown) => NodeError.is(error) && error.code === code && httpStatus(error) === status);
 }
 
 test('deregisterNode deletes exactly the keys of the node and frees its CIDR', async (t) => {

@@ -24,7 +24,7 @@ import { contains, IpamError, parseCidr, tryParseIpv4 } from '../ipam/index.ts';
 import { cidrKey, IPS_PREFIX, nodeKey as ipamNodeKey, ownersPrefix, validateNodeName, type CidrClaim, type IpRecord, type NodeRecord as IpamNodeRecord } from '../ipam/keys.ts';
 import { byIdKey, parseRefKey, REFS_PREFIX, type IdentityRecord } from '../identity/keys.ts';
 import { StoreError, type StateStore, type TxnOp } from '../store/index.ts';
-import { ApiError } from './api-server.ts';
+import { NodeError } from './errors.ts';
 import { nodeEndpointsPrefix } from './endpoint.ts';
 import { nodeStoreKey } from './node.ts';
 import { POLICY_STATUS_PREFIX, POLICY_WAIT_PREFIX } from './policy-status.ts';
@@ -49,24 +49,24 @@ export interface NodeDeregistration {
 
 /**
  * Deletes everything `node` owns in the store, in one transaction (several, node record last, when
- * the store takes no transaction that large). Throws ApiError: 400 for a
- * malformed name, 409 for the node the answering agent runs as (`self`) or when the node's keys
- * keep changing, 404 when the store holds nothing of the node.
+ * the store takes no transaction that large). Throws NodeError: ERR_BAD_REQUEST for a malformed
+ * name, ERR_NODE_IS_SELF for the node the answering agent runs as (`self`), ERR_NODE_CONFLICT when
+ * the node's keys keep changing, ERR_NODE_NOT_FOUND when the store holds nothing of the node.
  */
 export async function deregisterNode(store: StateStore, node: string, self: string, now: () => number = Date.now): Promise<NodeDeregistration> {
   try {
     validateNodeName(node);
   } catch (error) {
-    if (error instanceof IpamError) throw new ApiError(400, 'ERR_BAD_REQUEST', `node delete: node name ${JSON.stringify(node)} is invalid: expected a DNS subdomain (lowercase letters, digits, '-' and '.')`);
+    if (error instanceof IpamError) throw new NodeError('ERR_BAD_REQUEST', `node delete: node name ${JSON.stringify(node)} is invalid: expected a DNS subdomain (lowercase letters, digits, '-' and '.')`, { cause: error });
     throw error;
   }
   if (node === self) {
-    throw new ApiError(409, 'ERR_NODE_IS_SELF', `node delete: refusing to delete node ${node}: this agent runs as ${node}; ask another node's agent, once this one is stopped for good`);
+    throw new NodeError('ERR_NODE_IS_SELF', `node delete: refusing to delete node ${node}: this agent runs as ${node}; ask another node's agent, once this one is stopped for good`);
   }
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
     const plan = await planDeregistration(store, node, now());
     if (plan.ops.length === 0) {
-      throw new ApiError(404, 'ERR_NODE_NOT_FOUND', `node delete: no node ${node}: the store holds nothing of it (ciliate node list shows the registered nodes)`);
+      throw new NodeError('ERR_NODE_NOT_FOUND', `node delete: no node ${node}: the store holds nothing of it (ciliate node list shows the registered nodes)`);
     }
     try {
       const { revision } = await store.transaction(plan.ops);
@@ -79,7 +79,7 @@ export async function deregisterNode(store: StateStore, node: string, self: stri
       throw error;
     }
   }
-  throw new ApiError(409, 'ERR_NODE_CONFLICT', `node delete: ${node}: its keys changed during ${MAX_ATTEMPTS} attempts (is its agent running?); nothing was deleted`);
+  throw new NodeError('ERR_NODE_CONFLICT', `node delete: ${node}: its keys changed during ${MAX_ATTEMPTS} attempts (is its agent running?); nothing was deleted`);
 }
 
 interface Plan {
@@ -196,5 +196,5 @@ async function deregisterInChunks(store: StateStore, node: string, now: () => nu
       if (!StoreError.is(error, 'ERR_STORE_CONFLICT')) throw error;
     }
   }
-  throw new ApiError(409, 'ERR_NODE_CONFLICT', `node delete: ${node}: its keys changed during ${MAX_ATTEMPTS} attempts (is its agent running?); ${deleted.length} of its keys were deleted, deleting it again goes on`);
+  throw new NodeError('ERR_NODE_CONFLICT', `node delete: ${node}: its keys changed during ${MAX_ATTEMPTS} attempts (is its agent running?); ${deleted.length} of its keys were deleted, deleting it again goes on`);
 }

@@ -5,7 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { ApiError } from './api-server.ts';
+import { httpStatus } from './api-errors.ts';
+import { EndpointError } from './errors.ts';
 import type { Endpoint } from './endpoint.ts';
 import type { EndpointManager } from './endpoint-manager.ts';
 import { resolveTracePeer } from './policy-api.ts';
@@ -32,7 +33,7 @@ test('trace peer: text that only looks like an address is looked up as a pod, an
   for (const spec of ['999.1.1.1', '10.0.0.1/33', '010.0.0.1']) {
     assert.throws(
       () => resolveTracePeer(spec, endpoints),
-      (e: unknown) => e instanceof ApiError && e.status === 404 && e.message.includes(JSON.stringify(spec)),
+      (e: unknown) => EndpointError.is(e, 'ERR_ENDPOINT_NOT_FOUND') && httpStatus(e) === 404 && e.message.includes(JSON.stringify(spec)),
       spec,
     );
   }

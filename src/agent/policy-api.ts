@@ -3,8 +3,10 @@
  * @module
  */
 import { z } from 'zod';
-import { PolicyValidationError, type TracePeer } from '../policy/index.ts';
-import { ApiError, type ApiRouter } from './api-server.ts';
+import { PolicyError, type TracePeer } from '../policy/index.ts';
+import { parseRequest, RequestError } from './api-errors.ts';
+import type { ApiRouter } from './api-server.ts';
+import { EndpointError } from './errors.ts';
 import type { EndpointManager } from './endpoint-manager.ts';
 import { labelMap, type PolicyManager } from './policy-manager.ts';
 import { describeLagging, type PolicyStatus } from './policy-status.ts';
@@ -20,11 +22,13 @@ const TraceBody = z
     protocol: z.enum(['TCP', 'UDP', 'SCTP', 'ICMP']).default('TCP'),
   })
   .strict();
-
-function badRequest(what: string, error: z.ZodError): ApiError {
-  const issue = error.issues[0];
-  return new ApiError(400, 'ERR_BAD_REQUEST', `${what}: field ${issue.path.join('.') || '(body)'}: ${issue.message}`);
-}
+const NON_NEGATIVE_INTEGER = 'must be a non-negative integer';
+const NON_NEGATIVE_NUMBER = 'must be a non-negative number';
+const WaitQuery = z.object({
+  revision: z.coerce.number({ error: NON_NEGATIVE_INTEGER }).int(NON_NEGATIVE_INTEGER).min(0, NON_NEGATIVE_INTEGER),
+  timeoutMs: z.coerce.number({ error: NON_NEGATIVE_NUMBER }).min(0, NON_NEGATIVE_NUMBER).default(30_000),
+  scope: z.enum(['cluster', 'node'], { error: 'must be cluster or node' }).default('cluster'),
+});
 
 
 /**
@@ -35,7 +39,7 @@ export function resolveTracePeer(spec: string, endpoints: EndpointManager): Trac
   const trimmed = spec.trim();
   if (/^\d+$/.test(trimmed)) {
     const endpoint = endpoints.get(trimmed);
-    if (!endpoint) throw new ApiError(404, 'ERR_ENDPOINT_NOT_FOUND', `trace: no endpoint ${trimmed}`);
+    if (!endpoint) throw new EndpointError('ERR_ENDPOINT_NOT_FOUND', `trace: no endpoint ${trimmed}`);
     return { endpoint: endpoint.id };
   }
   // An address or CIDR; anything else names labels or a pod.
@@ -49,7 +53,7 @@ export function resolveTracePeer(spec: string, endpoints: EndpointManager): Trac
     const labels: Record<string, string> = {};
     for (const pair of trimmed.split(',')) {
       const eq = pair.indexOf('=');
-      if (eq <= 0) throw new ApiError(400, 'ERR_BAD_REQUEST', `trace: "${pair}" is not a label key=value`);
+      if (eq <= 0) throw new RequestError('ERR_BAD_REQUEST', `trace: "${pair}" is not a label key=value`);
       labels[pair.slice(0, eq).replace(/^k8s:/, '')] = pair.slice(eq + 1);
     }
     const namespace = labels['io.kubernetes.pod.namespace'] ?? 'default';
@@ -58,29 +62,22 @@ export function resolveTracePeer(spec: string, endpoints: EndpointManager): Trac
   }
   const [namespace, name] = trimmed.includes('/') ? trimmed.split('/', 2) : [undefined, trimmed];
   const pod = endpoints.list().find((ep) => ep.podName === name && (namespace === undefined || (ep.namespace ?? 'default') === namespace));
-  if (!pod) throw new ApiError(404, 'ERR_ENDPOINT_NOT_FOUND', `trace: no pod, endpoint, address or labels "${spec}" (labels look like app=web,org=empire)`);
+  if (!pod) throw new EndpointError('ERR_ENDPOINT_NOT_FOUND', `trace: no pod, endpoint, address or labels "${spec}" (labels look like app=web,org=empire)`);
   return { endpoint: pod.id };
 }
 
 export function registerPolicyRoutes(api: ApiRouter, policy: PolicyManager, endpoints: EndpointManager, status: PolicyStatus): void {
   api.route('POST', '/v1/policies', async ({ body }) => {
-    const parsed = ImportBody.safeParse(body);
-    if (!parsed.success) throw badRequest('policy import', parsed.error);
-    try {
-      return await policy.import(parsed.data.yaml, parsed.data.file);
-    } catch (error) {
-      if (PolicyValidationError.is(error)) {
-        throw new ApiError(400, 'ERR_POLICY_INVALID', error.message, { issues: error.issues });
-      }
-      throw error;
-    }
+    const { yaml, file } = parseRequest(ImportBody, body, 'policy import');
+    // A PolicyValidationError carries its issues to the client as the answer's details.
+    return policy.import(yaml, file);
   });
   api.route('GET', '/v1/policies', () => policy.list());
   api.route('DELETE', '/v1/policies', async ({ query }) => {
     const key = query.get('key');
-    if (!key) throw new ApiError(400, 'ERR_BAD_REQUEST', 'policy delete: query parameter key is required (kind/namespace/name)');
+    if (!key) throw new RequestError('ERR_BAD_REQUEST', 'policy delete: query parameter key is required (kind/namespace/name)');
     const result = await policy.delete(key);
-    if (result.deleted.length === 0) throw new ApiError(404, 'ERR_POLICY_NOT_FOUND', `no policy ${key}`);
+    if (result.deleted.length === 0) throw new PolicyError('ERR_POLICY_NOT_FOUND', `no policy ${key}`);
     return result;
   });
   api.route('GET', '/v1/policy/revision', () => ({
@@ -91,17 +88,12 @@ export function registerPolicyRoutes(api: ApiRouter, policy: PolicyManager, endp
   // scope=cluster (the default) answers once every node registered in the store enforces it,
   // scope=node once this node has applied the store's policy and identity changes up to it.
   api.route('GET', '/v1/policy/wait', async ({ query, signal }) => {
-    const revision = Number(query.get('revision'));
-    const timeoutMs = Number(query.get('timeoutMs') ?? 30_000);
-    const scope = query.get('scope') ?? 'cluster';
-    if (!Number.isSafeInteger(revision) || revision < 0) throw new ApiError(400, 'ERR_BAD_REQUEST', 'policy wait: revision must be a non-negative integer');
-    if (!Number.isFinite(timeoutMs) || timeoutMs < 0) throw new ApiError(400, 'ERR_BAD_REQUEST', 'policy wait: timeoutMs must be a non-negative number');
-    if (scope !== 'cluster' && scope !== 'node') throw new ApiError(400, 'ERR_BAD_REQUEST', `policy wait: scope must be cluster or node, not "${scope}"`);
+    const { revision, timeoutMs, scope } = parseRequest(WaitQuery, Object.fromEntries(query), 'policy wait');
     if (scope === 'cluster') {
       const result = await status.waitForCluster(revision, timeoutMs, signal);
       if (!result.enforced) {
-        throw new ApiError(504, 'ERR_TIMEOUT', `policy revision ${revision} not enforced by every node within ${timeoutMs} ms; lagging: ${describeLagging(result.nodes, revision)}`, {
-          nodes: result.nodes,
+        throw new PolicyError('ERR_TIMEOUT', `policy revision ${revision} not enforced by every node within ${timeoutMs} ms; lagging: ${describeLagging(result.nodes, revision)}`, {
+          details: { nodes: result.nodes },
         });
       }
       return { revision: policy.revision, enforced: true, scope, nodes: result.nodes };
@@ -109,8 +101,7 @@ export function registerPolicyRoutes(api: ApiRouter, policy: PolicyManager, endp
     if (!(await policy.waitFor(revision, timeoutMs, signal))) {
       const lagging = policy.lagging(revision);
       const { policies, identities } = policy.progress();
-      throw new ApiError(
-        504,
+      throw new PolicyError(
         'ERR_TIMEOUT',
         `policy revision ${revision} not enforced within ${timeoutMs} ms (this node has applied policies up to revision ${policies} and identities up to ${identities}${lagging.length > 0 ? `; the maps of endpoints ${lagging.join(', ')} failed to update` : ''})`,
       );
@@ -118,9 +109,7 @@ export function registerPolicyRoutes(api: ApiRouter, policy: PolicyManager, endp
     return { revision: policy.revision, enforced: true, scope };
   });
   api.route('POST', '/v1/policy/trace', ({ body }) => {
-    const parsed = TraceBody.safeParse(body);
-    if (!parsed.success) throw badRequest('policy trace', parsed.error);
-    const { src, dst, dport, protocol } = parsed.data;
+    const { src, dst, dport, protocol } = parseRequest(TraceBody, body, 'policy trace');
     return policy.trace({ src: resolveTracePeer(src, endpoints), dst: resolveTracePeer(dst, endpoints), dport, protocol });
   });
 }

@@ -5,13 +5,12 @@
  * @module
  */
 import { Command } from 'commander';
-import { BpfError } from '../ebpf/index.ts';
+import { CodedError } from '../errors/index.ts';
 import { registerBpfCommands } from './bpf.ts';
 import { registerDemoCommand } from './demo.ts';
 import { registerAgentCommands } from './agent.ts';
 import { registerCniCommands } from './cni.ts';
 import { registerPolicyCommands } from './policy.ts';
-import { AgentApiError, ConfigError } from '../agent/index.ts';
 
 export function buildProgram(): Command {
   const program = new Command('ciliate')
@@ -30,7 +29,8 @@ async function main(argv: string[]): Promise<void> {
   try {
     await buildProgram().parseAsync(argv);
   } catch (error) {
-    if (BpfError.is(error) || error instanceof AgentApiError || error instanceof ConfigError || isPlainError(error)) {
+    // A coded error of any family (the eBPF library's too) says what failed and why: one line, no stack.
+    if (CodedError.is(error) || isPlainError(error)) {
       process.stderr.write(`ciliate: ${error.message}\n`);
       process.exitCode = 1;
       return;

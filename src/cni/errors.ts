@@ -2,6 +2,7 @@
  * CNI error codes (CNI spec 1.0, "Error" and 1.1 STATUS codes) and the error JSON a plugin prints.
  * @module
  */
+import { codedErrorFamily } from '../errors/index.ts';
 
 export const CniErrorCode = {
   INCOMPATIBLE_VERSION: 1,
@@ -19,12 +20,13 @@ export const CniErrorCode = {
 } as const;
 export type CniErrorCode = (typeof CniErrorCode)[keyof typeof CniErrorCode];
 
-export class CniError extends Error {
+/** A CNI error: `cniCode` is the spec's number the runtime sees, `code` the family's one stable code. */
+export class CniError extends codedErrorFamily<'ERR_CNI'>('cni') {
   readonly cniCode: CniErrorCode;
-  readonly details: string;
+  override readonly details: string;
+
   constructor(code: CniErrorCode, msg: string, details = '') {
-    super(msg);
-    this.name = 'CniError';
+    super('ERR_CNI', msg);
     this.cniCode = code;
     this.details = details;
   }

@@ -5,17 +5,16 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
+import { codedErrorFamily } from '../errors/index.ts';
 
 const execFileAsync = promisify(execFile);
 
-export class NetlinkError extends Error {
-  readonly code = 'ERR_NETLINK';
+export class NetlinkError extends codedErrorFamily<'ERR_NETLINK'>('netlink') {
   readonly command: string;
   /** For a batch: the 1-based line that failed (the lines before it took effect). */
   readonly failedLine: number | undefined;
   constructor(command: string, stderr: string) {
-    super(`${command}: ${stderr.trim() || 'failed'}`);
-    this.name = 'NetlinkError';
+    super('ERR_NETLINK', `${command}: ${stderr.trim() || 'failed'}`);
     this.command = command;
     const failed = /Command failed -:(\d+)/.exec(stderr);
     this.failedLine = failed ? Number(failed[1]) : undefined;

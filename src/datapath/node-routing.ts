@@ -51,6 +51,7 @@ import {
 } from './maps.ts';
 import { ip, NetlinkError } from './netlink.ts';
 import { NetParseError, parseIpv4, Prefix } from '../net/index.ts';
+import { codedErrorFamily } from '../errors/index.ts';
 import { loadOverlay, OverlayProgram } from './overlay.ts';
 import { linkServesInterface } from './pins.ts';
 
@@ -128,11 +129,9 @@ export const ROUTE_PROTOCOL = 211;
 const OVERLAY_PIN = 'from-overlay';
 const DEFAULT_MTU = 1500;
 
-export class NodeRoutingError extends Error {
-  readonly code = 'ERR_NODE_ROUTING';
+export class NodeRoutingError extends codedErrorFamily<'ERR_NODE_ROUTING'>('node-routing') {
   constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'NodeRoutingError';
+    super('ERR_NODE_ROUTING', message, options);
   }
 }
 

@@ -30,9 +30,19 @@ export function errnoName(errno: number): string {
   return ERRNO_NAMES[errno] ?? `errno ${errno}`;
 }
 
+/**
+ * Ciliate's coded errors name their family under this key on their prototype (see src/errors);
+ * the eBPF library imports nothing from Ciliate, so it repeats the key, and BpfError is family "bpf".
+ */
+const FAMILY = Symbol.for('ciliate.error.family');
+
 export class BpfError extends Error {
   readonly code: BpfErrorCode;
   readonly errno: number | undefined;
+
+  static {
+    Object.defineProperty(this.prototype, FAMILY, { value: 'bpf', enumerable: false });
+  }
 
   constructor(code: BpfErrorCode, message: string, options?: { errno?: number; cause?: unknown }) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
@@ -41,12 +51,15 @@ export class BpfError extends Error {
     this.errno = options?.errno;
   }
 
-  /** Whether `value` is a BpfError with this code; works across copies of the library. */
+  /**
+   * Whether `value` is a BpfError (optionally with this code); works across copies of the library.
+   * Exact: another family's error with the same code (an API "ERR_NOT_FOUND") is not one.
+   */
   static is(value: unknown, code?: BpfErrorCode): value is BpfError {
     return (
-      value instanceof Error &&
-      typeof (value as BpfError).code === 'string' &&
-      (value as BpfError).code.startsWith('ERR_') &&
+      typeof value === 'object' &&
+      value !== null &&
+      (value as { [FAMILY]?: unknown })[FAMILY] === 'bpf' &&
       (code === undefined || (value as BpfError).code === code)
     );
   }

@@ -4,6 +4,7 @@
  * "identity: " and name the label, identity or CIDR involved and the reason.
  * @module
  */
+import { codedErrorFamily } from '../errors/index.ts';
 
 export type IdentityErrorCode =
   /** A label or label set that cannot become an identity (bad syntax, unknown source, mixed reserved labels…). */
@@ -17,27 +18,12 @@ export type IdentityErrorCode =
   /** `release` of an identity this node holds no reference to. */
   | 'ERR_IDENTITY_NOT_REFERENCED'
   /** Other writers kept winning the compare-and-swap; retrying did not help. */
-  | 'ERR_IDENTITY_CONFLICT';
+  | 'ERR_IDENTITY_CONFLICT'
+  /** No identity with the number asked for. */
+  | 'ERR_IDENTITY_NOT_FOUND';
 
-export class IdentityError extends Error {
-  readonly code: IdentityErrorCode;
-
-  constructor(code: IdentityErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    this.name = new.target.name;
-    this.code = code;
-  }
-
-  /** Whether `value` is an IdentityError (optionally with this code); works across copies of the module. */
-  static is(value: unknown, code?: IdentityErrorCode): value is IdentityError {
-    return (
-      value instanceof Error &&
-      typeof (value as IdentityError).code === 'string' &&
-      (value as IdentityError).code.startsWith('ERR_IDENTITY_') &&
-      (code === undefined || (value as IdentityError).code === code)
-    );
-  }
-}
+/** An error of the identity subsystem; `IdentityError.is(e, code?)` is exact. */
+export class IdentityError extends codedErrorFamily<IdentityErrorCode>('identity') {}
 
 /**
  * A label (or label set) was refused. `label` is the offending label as written (or the whole

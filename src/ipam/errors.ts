@@ -3,6 +3,7 @@
  * the pool, node and address involved, because they end up in CNI results and `ciliate status`.
  * @module
  */
+import { codedErrorFamily } from '../errors/index.ts';
 
 export type IpamErrorCode =
   /** No free address (or node CIDR) left in the pool. */
@@ -26,25 +27,8 @@ export type IpamErrorCode =
   /** A node CIDR cannot be released while addresses from it are allocated. */
   | 'ERR_IPAM_IN_USE';
 
-export class IpamError extends Error {
-  readonly code: IpamErrorCode;
-
-  constructor(code: IpamErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    this.name = new.target.name;
-    this.code = code;
-  }
-
-  /** Whether `value` is an IpamError (optionally with this code); works across copies of the module. */
-  static is(value: unknown, code?: IpamErrorCode): value is IpamError {
-    return (
-      value instanceof Error &&
-      typeof (value as IpamError).code === 'string' &&
-      (value as IpamError).code.startsWith('ERR_IPAM_') &&
-      (code === undefined || (value as IpamError).code === code)
-    );
-  }
-}
+/** An error of IPAM; `IpamError.is(e, code?)` is exact. */
+export class IpamError extends codedErrorFamily<IpamErrorCode>('ipam') {}
 
 /**
  * A pool ran dry. `pool` is the CIDR, `node` the node it belongs to (absent for the cluster

@@ -1,8 +1,20 @@
 /**
- * Validation errors of policy files. A file with any problem is rejected whole; the error lists
+ * Typed errors of policy. Validation: a file with any problem is rejected whole; the error lists
  * every problem found, each naming the file, the document, the field path and the reason.
  * @module
  */
+import { codedErrorFamily } from '../errors/index.ts';
+
+export type PolicyErrorCode =
+  /** A policy file with problems (`PolicyValidationError`, whose issues list them). */
+  | 'ERR_POLICY_INVALID'
+  /** No policy with the key asked for. */
+  | 'ERR_POLICY_NOT_FOUND'
+  /** A policy revision was not enforced in the time given; the code predates the family, clients know it. */
+  | 'ERR_TIMEOUT';
+
+/** An error of policy; `PolicyError.is(e, code?)` is exact. */
+export class PolicyError extends codedErrorFamily<PolicyErrorCode>('policy') {}
 
 export interface PolicyIssue {
   /** The file as given to the loader (`<input>` for text without a name). */
@@ -22,18 +34,18 @@ export function formatIssue(issue: PolicyIssue): string {
   return issue.path === '' ? `${issue.file}: ${doc}: ${issue.reason}` : `${issue.file}: ${doc}: ${issue.path}: ${issue.reason}`;
 }
 
-export class PolicyValidationError extends Error {
-  readonly code = 'ERR_POLICY_INVALID';
+/** Every problem of a rejected file; `details` carries them (`{ issues }`) to API clients. */
+export class PolicyValidationError extends PolicyError {
+  override readonly code = 'ERR_POLICY_INVALID';
   readonly issues: readonly PolicyIssue[];
 
   constructor(issues: PolicyIssue[]) {
-    super(issues.map(formatIssue).join('\n'));
-    this.name = 'PolicyValidationError';
+    super('ERR_POLICY_INVALID', issues.map(formatIssue).join('\n'), { details: { issues } });
     this.issues = issues;
   }
 
   /** Whether `value` is a PolicyValidationError; works across copies of the module. */
-  static is(value: unknown): value is PolicyValidationError {
-    return value instanceof Error && (value as { code?: unknown }).code === 'ERR_POLICY_INVALID' && Array.isArray((value as PolicyValidationError).issues);
+  static override is(value: unknown): value is PolicyValidationError {
+    return PolicyError.is(value, 'ERR_POLICY_INVALID') && Array.isArray((value as PolicyValidationError).issues);
   }
 }

@@ -10,7 +10,7 @@
  * @module
  */
 export * from './types.ts';
-export { PolicyValidationError, formatIssue, type PolicyIssue } from './errors.ts';
+export { PolicyError, PolicyValidationError, formatIssue, type PolicyErrorCode, type PolicyIssue } from './errors.ts';
 export { selectorMatches, canonicalSelectorKey, splitLabelKey, selectorHasKey } from './selector.ts';
 export { parsePolicyYaml, parsePolicyObjects, loadPolicyFile, loadPolicyFileSync, type ParseOptions } from './load.ts';
 export { parseCidr, formatCidr, cidrContains, ipInCidr, parseIp, type Cidr } from './cidr.ts';

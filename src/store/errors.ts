@@ -4,6 +4,7 @@
  * operation that failed ("store: put ipam/ips/10.244.1.5: …").
  * @module
  */
+import { codedErrorFamily } from '../errors/index.ts';
 
 export type StoreErrorCode =
   /** A compare-and-swap precondition did not hold: someone else changed the key first. */
@@ -37,25 +38,8 @@ export type StoreErrorCode =
   /** etcd refused the username/password, or the user lacks permission on the store's keys. */
   | 'ERR_STORE_AUTH';
 
-export class StoreError extends Error {
-  readonly code: StoreErrorCode;
-
-  constructor(code: StoreErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    this.name = new.target.name;
-    this.code = code;
-  }
-
-  /** Whether `value` is a StoreError (optionally with this code); works across copies of the module. */
-  static is(value: unknown, code?: StoreErrorCode): value is StoreError {
-    return (
-      value instanceof Error &&
-      typeof (value as StoreError).code === 'string' &&
-      (value as StoreError).code.startsWith('ERR_STORE_') &&
-      (code === undefined || (value as StoreError).code === code)
-    );
-  }
-}
+/** An error of the state store; `StoreError.is(e, code?)` is exact (another family's like code is no StoreError). */
+export class StoreError extends codedErrorFamily<StoreErrorCode>('store') {}
 
 /** One failed precondition: `actualRevision` 0 means the key does not exist. */
 export interface RevisionMismatch {

@@ -5,7 +5,8 @@
  */
 import { z } from 'zod';
 import { addressAllocator } from '../../ipam/index.ts';
-import { ApiError } from '../api-server.ts';
+import { parseRequest } from '../api-errors.ts';
+import { EndpointError } from '../errors.ts';
 import type { Endpoint } from '../endpoint.ts';
 import { EndpointManager } from '../endpoint-manager.ts';
 import { defineModule } from '../module.ts';
@@ -29,6 +30,7 @@ const AddEndpointBody = z
     namespace: z.string().optional(),
   })
   .strict();
+const LabelsBody = z.record(z.string(), z.string({ error: 'label values must be strings' }), { error: 'body must be an object of string labels' });
 
 export const namespacesModule = defineModule({
   name: 'namespaces',
@@ -39,11 +41,7 @@ export const namespacesModule = defineModule({
     const namespaces = new Namespaces({ store, log });
     await namespaces.start();
     api.route('GET', '/v1/namespaces', () => namespaces.list());
-    api.route('PUT', '/v1/namespaces/:name/labels', async ({ params, body }) => {
-      const parsed = z.record(z.string(), z.string()).safeParse(body);
-      if (!parsed.success) throw new ApiError(400, 'ERR_BAD_REQUEST', `namespace labels: body must be an object of string labels: ${parsed.error.issues[0].message}`);
-      return namespaces.setLabels(params.name, parsed.data);
-    });
+    api.route('PUT', '/v1/namespaces/:name/labels', async ({ params, body }) => namespaces.setLabels(params.name, parseRequest(LabelsBody, body, 'namespace labels')));
     return { value: namespaces, stop: () => namespaces.stop() };
   },
 });
@@ -85,22 +83,11 @@ export const endpointsModule = defineModule({
     api.route('GET', '/v1/endpoints', () => endpoints.list().map(view));
     api.route('GET', '/v1/endpoints/:id', ({ params }) => {
       const endpoint = endpoints.get(params.id);
-      if (!endpoint) throw new ApiError(404, 'ERR_ENDPOINT_NOT_FOUND', `no endpoint ${params.id}`);
+      if (!endpoint) throw new EndpointError('ERR_ENDPOINT_NOT_FOUND', `no endpoint ${params.id}`);
       return { ...view(endpoint), datapath: endpoints.status(`${endpoint.containerId}/${endpoint.ifname}`) };
     });
-    api.route('POST', '/v1/endpoints', async ({ body }) => {
-      const parsed = AddEndpointBody.safeParse(body);
-      if (!parsed.success) {
-        const issue = parsed.error.issues[0];
-        throw new ApiError(400, 'ERR_BAD_REQUEST', `endpoint request: field ${issue.path.join('.') || '(body)'}: ${issue.message}`);
-      }
-      return endpoints.add(parsed.data);
-    });
-    api.route('PUT', '/v1/endpoints/:id/labels', async ({ params, body }) => {
-      const parsed = z.record(z.string(), z.string()).safeParse(body);
-      if (!parsed.success) throw new ApiError(400, 'ERR_BAD_REQUEST', `endpoint labels: body must be an object of string labels: ${parsed.error.issues[0].message}`);
-      return endpoints.updateLabels(params.id, parsed.data);
-    });
+    api.route('POST', '/v1/endpoints', async ({ body }) => endpoints.add(parseRequest(AddEndpointBody, body, 'endpoint request')));
+    api.route('PUT', '/v1/endpoints/:id/labels', async ({ params, body }) => endpoints.updateLabels(params.id, parseRequest(LabelsBody, body, 'endpoint labels')));
     api.route('DELETE', '/v1/endpoints/:containerId/:ifname', async ({ params }) => ({
       deleted: await endpoints.delete(params.containerId, params.ifname),
     }));

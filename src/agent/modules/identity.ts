@@ -4,8 +4,7 @@
  * @module
  */
 import { z } from 'zod';
-import { IdentityAllocator, identityName, reservedIdentities, type Identity } from '../../identity/index.ts';
-import { ApiError } from '../api-server.ts';
+import { IdentityAllocator, IdentityError, identityName, reservedIdentities, type Identity } from '../../identity/index.ts';
 import { IdentityGc } from '../identity-gc.ts';
 import { defineModule } from '../module.ts';
 import { EndpointsCell, IdentitiesCell, StoreCell } from './cells.ts';
@@ -22,7 +21,7 @@ export const identitiesModule = defineModule({
     api.route('GET', '/v1/identities', () => [...reservedIdentities(), ...identities.list()].map(identityView));
     api.route('GET', '/v1/identities/:id', ({ params }) => {
       const identity = identities.get(Number(params.id));
-      if (!identity) throw new ApiError(404, 'ERR_IDENTITY_NOT_FOUND', `no identity ${params.id}`);
+      if (!identity) throw new IdentityError('ERR_IDENTITY_NOT_FOUND', `no identity ${params.id}`);
       return identityView(identity);
     });
     return { value: identities, stop: () => identities.stop() };
