@@ -135,3 +135,34 @@ test('bad endpoint requests get clear errors and leave nothing half-created', as
   assert.equal(status.endpoints, 1);
   assert.ok(await ping(first.netns, (await node.client.get<{ ipam: { routerIp: string } }>('/v1/status')).ipam.routerIp), 'the existing pod still works');
 });
+
+test('API edges: ambiguous endpoint ids, bad escapes, prototype names and oversized bodies get 4xx answers at once', async (t) => {
+  const node = await TestNode.start(t);
+  const a = await node.addPod(t, 'twin-aaaa');
+  const b = await node.addPod(t, 'twin-bbbb');
+  const answers = async (request: Promise<unknown>, status: number, code: string, message: RegExp) => {
+    await assert.rejects(request, (error: unknown) => {
+      assert.ok(error instanceof AgentApiError, String(error));
+      assert.deepEqual([error.status, error.code], [status, code], error.message);
+      assert.match(error.message, message);
+      return true;
+    });
+  };
+  const { client } = node;
+  // A prefix that fits two endpoints names both instead of picking one.
+  await answers(client.get('/v1/endpoints/twin-'), 409, 'ERR_ENDPOINT_AMBIGUOUS', new RegExp(`matches 2 endpoints \\(${a.endpoint.id} twin-aaaa/eth0, ${b.endpoint.id} twin-bbbb/eth0\\)`));
+  assert.equal((await client.get<Endpoint>('/v1/endpoints/twin-a')).id, a.endpoint.id, 'a unique prefix still reads');
+  // A change takes an exact name: a prefix, however unique, is refused.
+  await answers(client.call('PUT', '/v1/endpoints/twin-b/labels', { app: 'x' }), 404, 'ERR_ENDPOINT_NOT_FOUND', /^no endpoint twin-b$/);
+  assert.deepEqual((await client.get<Endpoint>(`/v1/endpoints/${b.endpoint.id}`)).labels, {}, 'nothing was relabelled');
+  assert.deepEqual((await client.call<Endpoint>('PUT', '/v1/endpoints/twin-bbbb/labels', { app: 'x' })).labels, { app: 'x' });
+
+  await answers(client.get('/v1/endpoints/%zz'), 400, 'ERR_BAD_REQUEST', /not valid percent-encoding/);
+  for (const name of ['constructor', '__proto__', 'toString', 'hasOwnProperty']) {
+    await answers(client.get(`/v1/bpf/${name}`), 404, 'ERR_NOT_FOUND', /^no datapath map/);
+  }
+  const began = Date.now();
+  await answers(client.call('POST', '/v1/policies', { yaml: 'x'.repeat(2 << 20) }), 413, 'ERR_TOO_LARGE', /over the limit of 1048576 bytes/);
+  assert.ok(Date.now() - began < 2000, `the limit is said at once (${Date.now() - began} ms)`);
+  assert.equal((await client.get<{ ok: boolean }>('/v1/healthz')).ok, true, 'the agent keeps serving');
+});

@@ -73,6 +73,7 @@ const HTTP_STATUS: readonly FamilyStatuses[] = [
   family(EndpointError, {
     ERR_ENDPOINT_EXISTS: 409,
     ERR_ENDPOINT_NOT_FOUND: 404,
+    ERR_ENDPOINT_AMBIGUOUS: 409,
     ERR_BAD_NETNS: 400,
     ERR_BAD_LABELS: 400,
     ERR_ENDPOINTS_EXHAUSTED: 507,

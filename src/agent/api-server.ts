@@ -77,7 +77,7 @@ export class ApiServer {
       const route = this.#routes.find((r) => r.method === req.method && r.pattern.test(url.pathname));
       if (!route) throw new RequestError('ERR_NOT_FOUND', `no API route ${req.method} ${url.pathname}`);
       const match = route.pattern.exec(url.pathname)!;
-      const params = Object.fromEntries(route.names.map((name, i) => [name, decodeURIComponent(match[i + 1])]));
+      const params = Object.fromEntries(route.names.map((name, i) => [name, decodePathSegment(match[i + 1])]));
       const body = await readJson(req);
       const abort = new AbortController();
       res.once('close', () => abort.abort());
@@ -95,6 +95,8 @@ export class ApiServer {
       send(res, 200, result ?? {});
     } catch (error) {
       const status = httpStatus(error);
+      // An oversized body is refused before it is read: close rather than drain the rest of it.
+      if (RequestError.is(error, 'ERR_TOO_LARGE')) res.setHeader('connection', 'close');
       // A 4xx is the client's mistake and its answer says everything; a 5xx is ours to look into.
       if (status >= 500) this.#log.error({ err: error, method: req.method, path: url.pathname, status }, 'API request failed');
       send(res, status, errorBody(error));
@@ -102,7 +104,17 @@ export class ApiServer {
   }
 }
 
+function decodePathSegment(segment: string): string {
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    throw new RequestError('ERR_BAD_REQUEST', `path segment ${JSON.stringify(segment)} is not valid percent-encoding`);
+  }
+}
+
 async function readJson(req: IncomingMessage): Promise<unknown> {
+  const declared = Number(req.headers['content-length'] ?? 0);
+  if (declared > MAX_BODY) throw new RequestError('ERR_TOO_LARGE', `request body of ${declared} bytes is over the limit of ${MAX_BODY} bytes`);
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {

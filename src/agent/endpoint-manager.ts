@@ -144,10 +144,37 @@ export class EndpointManager {
     return [...this.table.all()].sort((a, b) => a.id - b.id);
   }
 
-  get(idOrKey: string): Endpoint | undefined {
-    const byId = Number(idOrKey);
-    if (Number.isInteger(byId)) return this.list().find((ep) => ep.id === byId);
-    return this.table.get(idOrKey) ?? this.list().find((ep) => ep.containerId === idOrKey || ep.containerId.startsWith(idOrKey));
+  /**
+   * The endpoint an id names: its endpoint id, its `containerId/ifname` key, its container id, or
+   * with `prefix` (for reading, as `docker ps` ids are typed) a prefix of its container id. Several
+   * matches are an error naming them, never the first one found: a caller acting on the wrong pod
+   * would relabel it.
+   */
+  find(idOrKey: string, options: { prefix?: boolean } = {}): Endpoint {
+    if (/^\d+$/.test(idOrKey)) {
+      const byId = this.list().find((ep) => ep.id === Number(idOrKey));
+      if (byId) return byId;
+    }
+    const byKey = this.table.get(idOrKey);
+    if (byKey) return byKey;
+    let matches = this.list().filter((ep) => ep.containerId === idOrKey);
+    if (matches.length === 0 && options.prefix && idOrKey !== '') matches = this.list().filter((ep) => ep.containerId.startsWith(idOrKey));
+    if (matches.length === 1) return matches[0];
+    if (matches.length === 0) throw new EndpointError('ERR_ENDPOINT_NOT_FOUND', `no endpoint ${idOrKey}`);
+    throw new EndpointError(
+      'ERR_ENDPOINT_AMBIGUOUS',
+      `${JSON.stringify(idOrKey)} matches ${matches.length} endpoints (${matches.map((ep) => `${ep.id} ${ep.containerId}/${ep.ifname}`).join(', ')}): name one by its endpoint id or container/interface`,
+    );
+  }
+
+  /** find() for callers that take "none" for an answer. */
+  get(idOrKey: string, options: { prefix?: boolean } = {}): Endpoint | undefined {
+    try {
+      return this.find(idOrKey, options);
+    } catch (error) {
+      if (EndpointError.is(error, 'ERR_ENDPOINT_NOT_FOUND')) return undefined;
+      throw error;
+    }
   }
 
   status(key: string) {
@@ -295,8 +322,8 @@ export class EndpointManager {
    * swapped in place for ones carrying the new identity.
    */
   async updateLabels(idOrKey: string, labels: Record<string, string>): Promise<Endpoint> {
-    const found = this.get(idOrKey);
-    if (!found) throw new EndpointError('ERR_ENDPOINT_NOT_FOUND', `no endpoint ${idOrKey}`);
+    // A change takes an exact name: no prefix of a container id.
+    const found = this.find(idOrKey);
     const key = containerInterfaceKey(found.containerId, found.ifname);
     return this.#serialize(key, async () => {
       const endpoint = this.table.get(key);

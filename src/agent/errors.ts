@@ -12,6 +12,8 @@ export type EndpointErrorCode =
   | 'ERR_ENDPOINT_EXISTS'
   /** No endpoint with that id, container/interface key or pod. */
   | 'ERR_ENDPOINT_NOT_FOUND'
+  /** A container id (or a prefix of one) that matches several endpoints. */
+  | 'ERR_ENDPOINT_AMBIGUOUS'
   /** The request names a network namespace that does not exist. */
   | 'ERR_BAD_NETNS'
   /** Pod labels that cannot become an identity. */

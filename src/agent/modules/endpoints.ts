@@ -6,7 +6,6 @@
 import { z } from 'zod';
 import { addressAllocator } from '../../ipam/index.ts';
 import { parseRequest } from '../api-errors.ts';
-import { EndpointError } from '../errors.ts';
 import type { Endpoint } from '../endpoint.ts';
 import { EndpointManager } from '../endpoint-manager.ts';
 import { defineModule } from '../module.ts';
@@ -82,8 +81,7 @@ export const endpointsModule = defineModule({
     const view = (endpoint: Endpoint): EndpointView => ({ ...endpoint, policyRevision: policy.enforcedRevision(endpoint.id) });
     api.route('GET', '/v1/endpoints', () => endpoints.list().map(view));
     api.route('GET', '/v1/endpoints/:id', ({ params }) => {
-      const endpoint = endpoints.get(params.id);
-      if (!endpoint) throw new EndpointError('ERR_ENDPOINT_NOT_FOUND', `no endpoint ${params.id}`);
+      const endpoint = endpoints.find(params.id, { prefix: true });
       return { ...view(endpoint), datapath: endpoints.status(`${endpoint.containerId}/${endpoint.ifname}`) };
     });
     api.route('POST', '/v1/endpoints', async ({ body }) => endpoints.add(parseRequest(AddEndpointBody, body, 'endpoint request')));
