@@ -93,17 +93,19 @@ test('SIGTERM stops the agent promptly and cleanly, leaving the datapath for the
   });
 });
 
+/** Asserts that `request` is refused with this status, code and message. */
+async function answers(request: Promise<unknown>, status: number, code: string, message: RegExp): Promise<void> {
+  await assert.rejects(request, (error: unknown) => {
+    assert.ok(error instanceof AgentApiError, String(error));
+    assert.deepEqual([error.status, error.code], [status, code], error.message);
+    assert.match(error.message, message);
+    return true;
+  });
+}
+
 test('bad endpoint requests get clear errors and leave nothing half-created', async (t) => {
   const node = await TestNode.start(t, { clusterCidr: '10.244.0.0/16', nodeCidrMaskSize: 30 });
   const first = await node.addPod(t, 'dup-container');
-  const answers = async (request: Promise<unknown>, status: number, code: string, message: RegExp) => {
-    await assert.rejects(request, (error: unknown) => {
-      assert.ok(error instanceof AgentApiError, String(error));
-      assert.deepEqual([error.status, error.code], [status, code], error.message);
-      assert.match(error.message, message);
-      return true;
-    });
-  };
   const rejects = (body: unknown, status: number, code: string, message: RegExp) => answers(node.client.call('POST', '/v1/endpoints', body), status, code, message);
   await rejects({ containerId: 'dup-container', ifname: 'eth0', netns: first.endpoint.netns }, 409, 'ERR_ENDPOINT_EXISTS', /dup-container already has interface eth0/);
   await rejects({ containerId: 'x', ifname: 'eth0', netns: '/run/netns/does-not-exist' }, 400, 'ERR_BAD_NETNS', /does-not-exist does not exist/);
@@ -140,14 +142,6 @@ test('API edges: ambiguous endpoint ids, bad escapes, prototype names and oversi
   const node = await TestNode.start(t);
   const a = await node.addPod(t, 'twin-aaaa');
   const b = await node.addPod(t, 'twin-bbbb');
-  const answers = async (request: Promise<unknown>, status: number, code: string, message: RegExp) => {
-    await assert.rejects(request, (error: unknown) => {
-      assert.ok(error instanceof AgentApiError, String(error));
-      assert.deepEqual([error.status, error.code], [status, code], error.message);
-      assert.match(error.message, message);
-      return true;
-    });
-  };
   const { client } = node;
   // A prefix that fits two endpoints names both instead of picking one.
   await answers(client.get('/v1/endpoints/twin-'), 409, 'ERR_ENDPOINT_AMBIGUOUS', new RegExp(`matches 2 endpoints \\(${a.endpoint.id} twin-aaaa/eth0, ${b.endpoint.id} twin-bbbb/eth0\\)`));
