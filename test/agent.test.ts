@@ -1,6 +1,6 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentApiError, type Endpoint } from '../src/agent/index.ts';
 import { TestNode, echo, echoServer, inNs, ping, sleep, streamConnection } from './support/cluster.ts';
@@ -159,4 +159,15 @@ test('API edges: ambiguous endpoint ids, bad escapes, prototype names and oversi
   await answers(client.call('POST', '/v1/policies', { yaml: 'x'.repeat(2 << 20) }), 413, 'ERR_TOO_LARGE', /over the limit of 1048576 bytes/);
   assert.ok(Date.now() - began < 2000, `the limit is said at once (${Date.now() - began} ms)`);
   assert.equal((await client.get<{ ok: boolean }>('/v1/healthz')).ok, true, 'the agent keeps serving');
+});
+
+test('deleted endpoints leave nothing under the bpffs root: no pins, no directories', async (t) => {
+  const node = await TestNode.start(t);
+  const endpointsDir = join(node.bpfRoot, 'endpoints');
+  for (let i = 0; i < 5; i++) {
+    const pod = await node.addPod(t);
+    assert.ok(readdirSync(join(endpointsDir, String(pod.endpoint.id))).length > 0, 'pins while the endpoint lives');
+    await node.client.call('DELETE', `/v1/endpoints/${pod.endpoint.containerId}/eth0`);
+  }
+  assert.deepEqual(readdirSync(endpointsDir), []);
 });

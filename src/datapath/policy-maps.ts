@@ -20,8 +20,8 @@
  *            map if needed; apply() the diff against what entries(id) returns.
  * @module
  */
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, mkdirSync, rmdirSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { BpfError, BpfMap, u32 } from '../ebpf/index.ts';
 import {
   applyPolicyDiff,
@@ -150,7 +150,14 @@ export class EndpointPolicyMaps {
     this.outer.delete(endpointId);
     this.#maps.get(endpointId)?.close();
     this.#maps.delete(endpointId);
-    rmSync(endpointPolicyPinPath(this.bpfRoot, endpointId), { force: true });
+    const pin = endpointPolicyPinPath(this.bpfRoot, endpointId);
+    rmSync(pin, { force: true });
+    // The endpoint's directory goes with its last pin; links still pinned there keep it.
+    try {
+      rmdirSync(dirname(pin));
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT' && (error as NodeJS.ErrnoException).code !== 'ENOTEMPTY') throw error;
+    }
   }
 
   close(): void {
