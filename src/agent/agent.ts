@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { EndpointDatapath, EndpointPolicyMaps, ensureMasquerade, ip, ipBatch, linkDetails, NodeRouting, ReservedIdentity, sysctl } from '../datapath/index.ts';
+import { EndpointDatapath, EndpointPolicyMaps, ip, ipBatch, linkDetails, NodeRouting, ReservedIdentity, sysctl } from '../datapath/index.ts';
 import { addressAllocator, NodeIpam } from '../ipam/index.ts';
 import { EtcdStateStore, LocalStateStore, StoreError, type StateStore } from '../store/index.ts';
 import { ApiError, ApiServer } from './api-server.ts';
@@ -15,6 +15,8 @@ import type { AgentConfig } from './config.ts';
 import { EndpointManager } from './endpoint-manager.ts';
 import { Lifecycle } from './lifecycle.ts';
 import { readBpfState } from './bpf-state.ts';
+import { Masquerade } from '../datapath/masquerade.ts';
+import { reconcilerStatus, type ReconcilerModuleHealth } from './reconciler-status.ts';
 import { Ipcache } from './ipcache.ts';
 import { ClusterWatcher } from './cluster.ts';
 import { PolicyManager } from './policy-manager.ts';
@@ -82,6 +84,7 @@ export class Agent {
   #policy: PolicyManager | undefined;
   #policyStatus: PolicyStatus | undefined;
   #monitor: Monitor | undefined;
+  #masquerade: Masquerade | undefined;
   #identityGc: IdentityGc | undefined;
   readonly #api: ApiServer;
 
@@ -142,7 +145,7 @@ export class Agent {
       },
       stop: () => this.#identities?.stop(),
     });
-    this.#lifecycle.append({ name: 'node-networking', start: () => this.#setUpNodeNetworking() });
+    this.#lifecycle.append({ name: 'node-networking', start: () => this.#setUpNodeNetworking(), stop: () => this.#masquerade?.stop() });
     this.#lifecycle.append({
       name: 'datapath',
       start: () => {
@@ -154,7 +157,12 @@ export class Agent {
       name: 'node-routing',
       start: async () => {
         // The ipcache stays with the agent's own table and reconciler (manageIpcache: false).
-        this.#routing = new NodeRouting({ bpfRoot: config.bpfRoot, log: log.child({ module: 'node-routing' }), manageIpcache: false });
+        this.#routing = new NodeRouting({
+          bpfRoot: config.bpfRoot,
+          log: log.child({ module: 'node-routing' }),
+          manageIpcache: false,
+          refreshIntervalMs: this.#refreshIntervalMs,
+        });
         if (!this.#node!.nodeIp) {
           throw new ApiError(500, 'ERR_CONFIG', `node ${config.nodeName} has no underlay address: set nodeIp (--node-ip) or give the node a global IPv4 address`);
         }
@@ -172,7 +180,7 @@ export class Agent {
     this.#lifecycle.append({
       name: 'ipcache',
       start: async () => {
-        const ipcache = new Ipcache(this.#datapath!.ipcache, log.child({ module: 'ipcache' }));
+        const ipcache = new Ipcache(this.#datapath!.ipcache, log.child({ module: 'ipcache' }), { refreshIntervalMs: this.#refreshIntervalMs });
         this.#ipcache = ipcache;
         // Whatever address the node sends from — the pods' gateway (Cilium's cilium_host address),
         // the underlay, an uplink added later — is the host, so that fromEntities: host and
@@ -216,13 +224,14 @@ export class Agent {
     this.#lifecycle.append({
       name: 'policy',
       start: async () => {
-        this.#policyMaps = new EndpointPolicyMaps(config.bpfRoot);
+        this.#policyMaps = new EndpointPolicyMaps(config.bpfRoot, { maxEntries: config.policyMapMaxEntries });
         this.#policy = new PolicyManager({
           store: this.#store!,
           identities: this.#identities!,
           ipcache: this.#ipcache!,
           maps: this.#policyMaps,
           log: log.child({ module: 'policy' }),
+          refreshIntervalMs: this.#refreshIntervalMs,
         });
         await this.#policy.start();
       },
@@ -261,6 +270,7 @@ export class Agent {
           namespaceLabels: (namespace) => this.#namespaces!.labelsOf(namespace),
           log: log.child({ module: 'endpoints' }),
           nodeName: config.nodeName,
+          refreshIntervalMs: this.#refreshIntervalMs,
         });
         await this.#endpoints.start();
       },
@@ -329,7 +339,25 @@ export class Agent {
     // A veth pair, as Cilium's cilium_host/cilium_net: this kernel may lack dummy devices.
     if (!(await linkDetails(HOST_DEVICE))) await ip(['link', 'add', HOST_DEVICE, 'type', 'veth', 'peer', 'name', HOST_PEER_DEVICE]);
     await ipBatch([`addr replace ${routerIp}/32 dev ${HOST_DEVICE}`, `link set dev ${HOST_DEVICE} up`, `link set dev ${HOST_PEER_DEVICE} up`]);
-    if (this.config.masquerade) await ensureMasquerade(this.config.clusterCidr);
+    if (this.config.masquerade) {
+      this.#masquerade = new Masquerade({ clusterCidr: this.config.clusterCidr, log: this.log.child({ module: 'masquerade' }), refreshIntervalMs: this.#refreshIntervalMs });
+      await this.#masquerade.start();
+    }
+  }
+
+  get #refreshIntervalMs(): number {
+    return this.config.reconcileRefreshInterval * 1000;
+  }
+
+  /** Every module's reconcilers, by module. */
+  #reconcilers(): ReconcilerModuleHealth[] {
+    return [
+      ...(this.#masquerade ? [{ module: 'masquerade', ...this.#masquerade.health() }] : []),
+      ...(this.#routing?.health() ?? []).map((health) => ({ module: 'node-routing', ...health })),
+      ...(this.#ipcache ? [{ module: 'ipcache', ...this.#ipcache.health() }] : []),
+      ...(this.#policy ? [{ module: 'policy', ...this.#policy.health() }] : []),
+      ...(this.#endpoints ? [{ module: 'endpoints', ...this.#endpoints.health() }] : []),
+    ];
   }
 
   #routes(): void {
@@ -395,6 +423,7 @@ export class Agent {
   status() {
     const ipam = this.#ipam?.snapshot();
     return {
+      ...reconcilerStatus(this.#reconcilers()),
       node: this.config.nodeName,
       version: VERSION,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),

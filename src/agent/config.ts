@@ -50,6 +50,21 @@ export const AgentConfigSchema = z
      * on every node.
      */
     identityGcGracePeriod: z.number().min(0).default(300),
+    /**
+     * Seconds between the reconcilers' comparisons of the kernel with the desired state (routes,
+     * tunnel, ipcache, endpoint map, policy maps, masquerade), which repair drift and remove what
+     * nobody wants; 0 turns them off. 30 s, as a compromise: drift someone caused by hand is
+     * repaired within half a minute, while a pass costs one dump of the shared maps and of each
+     * endpoint's policy map (some hundred milliseconds of syscalls at 10,000 endpoints), one
+     * `ip route`, one `ip link` and one `nft list` — negligible at that cadence. Failed writes do
+     * not wait for it: they are retried with backoff from 50 ms.
+     */
+    reconcileRefreshInterval: z.number().min(0).refine((s) => s === 0 || s >= 0.05, 'must be 0 (off) or at least 0.05 seconds').default(30),
+    /**
+     * Entries of each endpoint's policy map (Cilium's bpf-policy-map-max, 16384). Endpoints whose
+     * policy needs more fail to be written, are retried and make the agent degraded.
+     */
+    policyMapMaxEntries: z.number().int().min(1).max(1 << 20).default(16384),
     logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info'),
   })
   .strict();

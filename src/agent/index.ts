@@ -10,3 +10,4 @@ export { runAgent, createLogger } from './run.ts';
 export type { Endpoint } from './endpoint.ts';
 export type { NodeDeregistration } from './node-deregister.ts';
 export type { AddEndpointRequest } from './endpoint-manager.ts';
+export { reconcilerStatus, type ReconcilerModuleHealth, type ReconcilerStatus } from './reconciler-status.ts';

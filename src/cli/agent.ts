@@ -3,7 +3,17 @@
  * @module
  */
 import { type Command, Option } from 'commander';
-import { AgentClient, loadConfig, runAgent, type AgentConfig, type Endpoint, type EndpointView, type NodeDeregistration, type NodeRecord } from '../agent/index.ts';
+import {
+  AgentClient,
+  loadConfig,
+  runAgent,
+  type AgentConfig,
+  type Endpoint,
+  type EndpointView,
+  type NodeDeregistration,
+  type NodeRecord,
+  type ReconcilerModuleHealth,
+} from '../agent/index.ts';
 import { formatTable, outputOption, type OutputFormat } from './output.ts';
 
 function socketOption(): Option {
@@ -43,6 +53,8 @@ export function registerAgentCommands(program: Command): void {
     .option('--log-level <level>', 'trace, debug, info, warn or error')
     .option('--identity-gc-interval <seconds>', 'seconds between identity garbage-collection passes (0: off)', Number)
     .option('--identity-gc-grace-period <seconds>', 'seconds an unreferenced identity is kept before it is collected', Number)
+    .option('--reconcile-refresh-interval <seconds>', 'seconds between comparisons of the kernel with the desired state, repairing drift (0: off)', Number)
+    .option('--policy-map-max-entries <n>', 'entries of each endpoint\'s policy map', (v) => Number.parseInt(v, 10))
     // Both forms declared, so that leaving them out keeps the file's or environment's setting.
     .option('--masquerade', 'masquerade pod traffic leaving the cluster (default)')
     .option('--no-masquerade', 'do not masquerade pod traffic')
@@ -226,7 +238,30 @@ interface IdentityView {
 }
 
 function formatStatus(status: Record<string, unknown>): string {
-  return Object.entries(status)
-    .map(([key, value]) => `${`${key}:`.padEnd(16)}${typeof value === 'object' && value !== null ? JSON.stringify(value) : String(value)}`)
-    .join('\n');
+  const { reconcilers, reasons, ...rest } = status as Record<string, unknown> & { reconcilers?: ReconcilerModuleHealth[]; reasons?: string[] };
+  const lines = Object.entries(rest).map(
+    ([key, value]) => `${`${key}:`.padEnd(16)}${typeof value === 'object' && value !== null ? JSON.stringify(value) : String(value)}`,
+  );
+  for (const reason of reasons ?? []) lines.push(`${'degraded:'.padEnd(16)}${reason}`);
+  if (reconcilers && reconcilers.length > 0) {
+    lines.push('', 'reconcilers:');
+    lines.push(
+      formatTable(
+        ['MODULE', 'RECONCILER', 'STATE', 'DESIRED', 'PENDING', 'ERRORS', 'REPAIRS', 'PRUNES', 'LAST REFRESH', 'LAST ERROR'],
+        reconcilers.map((r) => [
+          r.module,
+          r.name,
+          r.degraded ? 'degraded' : 'ok',
+          String(r.desired),
+          String(r.pending),
+          String(r.errors),
+          String(r.repairs),
+          String(r.prunes),
+          r.lastRefreshAt ?? '-',
+          r.lastError ? `${r.lastErrorAt ?? ''} ${r.lastError}`.trim() : '-',
+        ]),
+      ),
+    );
+  }
+  return lines.join('\n');
 }
