@@ -18,16 +18,17 @@ const run = promisify(execFile);
 /** Refresh interval of the agents here, in seconds. */
 const REFRESH = 0.5;
 
-const deathstarPolicy = (name: string, ports: number[]) => `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: { name: ${name} }
-spec:
-  endpointSelector: { matchLabels: { org: empire, class: deathstar } }
-  ingress:
-  - fromEndpoints: [{ matchLabels: { org: empire } }]
-    toPorts: [{ ports: [${ports.map((p) => `{ port: "${p}", protocol: TCP }`).join(', ')}] }]
-`;
+/** A CNP letting org=empire reach the deathstar on `ports`, as JSON (which is YAML too). */
+const deathstarPolicy = (name: string, ports: number[]) =>
+  JSON.stringify({
+    apiVersion: 'cilium.io/v2',
+    kind: 'CiliumNetworkPolicy',
+    metadata: { name },
+    spec: {
+      endpointSelector: { matchLabels: { org: 'empire', class: 'deathstar' } },
+      ingress: [{ fromEndpoints: [{ matchLabels: { org: 'empire' } }], toPorts: [{ ports: ports.map((port) => ({ port: String(port), protocol: 'TCP' })) }] }],
+    },
+  });
 
 async function status(node: TestNode): Promise<ReconcilerStatus> {
   return node.client.get<ReconcilerStatus>('/v1/status');
@@ -47,6 +48,22 @@ async function until<T>(what: string, check: () => Promise<T | undefined | false
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
+}
+
+/**
+ * After a few refreshes of an agent nobody disturbed, nothing was repaired or pruned: each
+ * reconciler reads back what it wrote as equal (else the counts below would mean nothing).
+ */
+async function assertNoSpuriousRepairs(node: TestNode): Promise<void> {
+  const first = (await status(node)).reconcilers.find((r) => r.name === 'endpoint-policy')!.refreshes;
+  await until('two refreshes', async () => (await status(node)).reconcilers.find((r) => r.name === 'endpoint-policy')!.refreshes >= first + 2);
+  const s = await status(node);
+  assert.equal(s.state, 'ok', s.reasons.join('; '));
+  assert.deepEqual(
+    s.reconcilers.filter((r) => r.repairs + r.prunes > 0).map((r) => `${r.module}/${r.name}: ${r.repairs} repairs, ${r.prunes} prunes`),
+    [],
+  );
+  assert.ok(s.reconcilers.every((r) => r.refreshes > 0), 'every reconciler has refreshed');
 }
 
 const hex = (bytes: number[]) => bytes.map((b) => b.toString(16).padStart(2, '0'));
@@ -70,8 +87,7 @@ test('drift behind the agent\'s back — policy entry, route, ipcache and endpoi
   const deathstar = await n1.addPod(t, undefined, { org: 'empire', class: 'deathstar' });
   const tiefighter = await n1.addPod(t, undefined, { org: 'empire', class: 'tiefighter' });
   await n1.client.call('POST', '/v1/policies', { yaml: deathstarPolicy('rule1', [80]), file: 'rule1.yaml' });
-  const before = await status(n1);
-  assert.equal(before.state, 'ok', before.reasons.join('; '));
+  await assertNoSpuriousRepairs(n1);
 
   await t.test('a policy map entry turned into a deny by bpftool is turned back', async () => {
     const pin = join(n1.bpfRoot, 'endpoints', String(deathstar.endpoint.id), 'policy');
@@ -152,6 +168,7 @@ test('a policy map write that fails because the map is full is retried and repor
   // Eight entries per endpoint map: a port or two fit next to the default entries, twelve do not.
   const node = await TestNode.start(t, { reconcileRefreshInterval: REFRESH, policyMapMaxEntries: 8 });
   const deathstar = await node.addPod(t, undefined, { org: 'empire', class: 'deathstar' });
+  await assertNoSpuriousRepairs(node);
   const policyRevision = async () => (await node.client.get<EndpointView>(`/v1/endpoints/${deathstar.endpoint.id}`)).policyRevision ?? 0;
   const small = await node.client.call<{ revision: number }>('POST', '/v1/policies', { yaml: deathstarPolicy('small', [80]), file: 'small.yaml' });
   assert.ok((await policyRevision()) >= small.revision);

@@ -21,8 +21,8 @@ import { describeLagging, POLICY_STATUS_PREFIX, PolicyStatus, type PolicyStatusR
 
 const log = pino({ level: 'silent' });
 
-/** A rule letting org=empire reach the deathstar on `port`. */
-const deathstarRule = (name: string, port: number) => `
+/** A rule letting org=empire reach the deathstar on `port` (or each of several). */
+const deathstarRule = (name: string, port: number | number[]) => `
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: { name: ${name} }
@@ -30,7 +30,7 @@ spec:
   endpointSelector: { matchLabels: { org: empire, class: deathstar } }
   ingress:
   - fromEndpoints: [{ matchLabels: { org: empire } }]
-    toPorts: [{ ports: [{ port: "${port}", protocol: TCP }] }]
+    toPorts: [{ ports: [${[port].flat().map((p) => `{ port: "${p}", protocol: TCP }`).join(', ')}] }]
 `;
 /** Two documents: one transaction, one revision. */
 const RULES = `${deathstarRule('rule1', 80)}---${deathstarRule('rule2', 443)}`;
@@ -273,18 +273,8 @@ test('a policy map write that fails (map full) is retried and reported, the endp
   assert.equal(node.policy.health().degraded, false);
   assert.equal(node.policy.enforcedRevision(7), small.revision);
 
-  const ports = Array.from({ length: 12 }, (_, i) => `{ port: "${8000 + i}", protocol: TCP }`).join(', ');
   const big = await node.policy.import(
-    `
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: { name: big }
-spec:
-  endpointSelector: { matchLabels: { org: empire, class: deathstar } }
-  ingress:
-  - fromEndpoints: [{ matchLabels: { org: empire } }]
-    toPorts: [{ ports: [${ports}] }]
-`,
+    deathstarRule('big', Array.from({ length: 12 }, (_, i) => 8000 + i)),
     'big.yaml',
   );
   await until('the policy reconciler to report itself degraded', () => node.policy.health().degraded);
