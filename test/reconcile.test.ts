@@ -1,7 +1,7 @@
 /**
  * Drift repair end to end: an agent's reconcilers put back what is changed or deleted behind its
- * back — a policy map entry (bpftool), a kernel route (ip), an ipcache and an endpoint map entry
- * (bpftool), the masquerade table (nft) — within the refresh interval, and count each repair in
+ * back — a policy map entry (bpftool), a kernel route and the VXLAN device (ip), an ipcache and an
+ * endpoint map entry (bpftool), the masquerade table (nft) — within the refresh interval, and count each repair in
  * `ciliate status`. A policy map write that fails because the map is full is retried, reported
  * (the agent is degraded, naming the policy module) and recovers once the policy shrinks.
  * @module
@@ -13,6 +13,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { TestNode, Underlay, inNs } from './support/cluster.ts';
 import type { EndpointView, NodeRecord, ReconcilerStatus } from '../src/agent/index.ts';
+import { Link } from '../src/ebpf/index.ts';
 
 const run = promisify(execFile);
 /** Refresh interval of the agents here, in seconds. */
@@ -78,7 +79,7 @@ async function bpftoolDump(path: string): Promise<{ key: number[]; value: number
   return (JSON.parse(stdout) as DumpedEntry[]).map((e) => ({ key: e.key.map((b) => Number(b)), value: e.value.map((b) => Number(b)) }));
 }
 
-test('drift behind the agent\'s back — policy entry, route, ipcache and endpoint map entry, masquerade — is repaired within the refresh interval and counted', async (t) => {
+test('drift behind the agent\'s back — policy entry, route, VXLAN device, ipcache and endpoint map entry, masquerade — is repaired within the refresh interval and counted', async (t) => {
   const underlay = await Underlay.create(t);
   const etcd = await underlay.startEtcd(t);
   const options = { underlay, etcd, reconcileRefreshInterval: REFRESH };
@@ -117,6 +118,36 @@ test('drift behind the agent\'s back — policy entry, route, ipcache and endpoi
     await until('the route to come back', async () => (await routes()).includes(record.podCidr));
     assert.ok(counter(await status(n1), 'node-routing', 'routes', 'repairs') > repairs);
     assert.ok(n2.agent, 'n2 still runs');
+  });
+
+  await t.test('the VXLAN device deleted with ip is created again, with its program, node config and routes', async () => {
+    const [record] = (await n1.client.get<NodeRecord[]>('/v1/nodes')).filter((n) => n.name === 'n2');
+    const device = async () => JSON.parse(await inNs(n1.netns, 'ip', ['-j', 'link', 'show', 'dev', 'ciliate_vxlan']).catch(() => '[]')) as { ifindex: number; mtu: number }[];
+    const [before] = await device();
+    assert.ok(before, 'tunnel mode has its device');
+    const s = await status(n1);
+    const [tunnelRepairs, routeRepairs] = [counter(s, 'node-routing', 'tunnel', 'repairs'), counter(s, 'node-routing', 'routes', 'repairs')];
+    await inNs(n1.netns, 'ip', ['link', 'del', 'ciliate_vxlan']);
+    const [after] = await until('the device to come back', async () => {
+      const now = await device();
+      return now.length > 0 && now;
+    });
+    assert.equal(after.mtu, before.mtu);
+    // bpftool 7.1 does not know TCX links: ask the kernel through the eBPF library.
+    const overlayIfindex = () => {
+      try {
+        using link = Link.openPinned(join(n1.bpfRoot, 'overlay', 'from-overlay'));
+        return link.info().ifindex;
+      } catch {
+        return undefined;
+      }
+    };
+    await until('the overlay program to serve the new device', async () => overlayIfindex() === after.ifindex);
+    // The routes through the old device went with it; they come back through the new one.
+    await until('the route through the new device', async () => (await inNs(n1.netns, 'ip', ['route', 'show', 'proto', '211'])).includes(record.podCidr));
+    const now = await status(n1);
+    assert.ok(counter(now, 'node-routing', 'tunnel', 'repairs') > tunnelRepairs);
+    assert.ok(counter(now, 'node-routing', 'routes', 'repairs') > routeRepairs);
   });
 
   await t.test('an ipcache entry deleted with bpftool is put back', async () => {
