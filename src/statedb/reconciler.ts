@@ -249,10 +249,13 @@ export class Reconciler<T, A = unknown> {
         if (signal.aborted) return;
       }
       if (Date.now() >= this.#refreshDue) {
-        await this.#refresh(reader.revision);
-        this.#refreshDue = this.#refreshIntervalMs > 0 ? Date.now() + this.#refreshIntervalMs : Number.POSITIVE_INFINITY;
+        // refresh() calls made while this one runs wait for the next: this one may have listed
+        // the kernel before what they wrote.
         const waiting = this.#refreshWaiters;
         this.#refreshWaiters = [];
+        this.#refreshDue = this.#refreshIntervalMs > 0 ? Date.now() + this.#refreshIntervalMs : Number.POSITIVE_INFINITY;
+        await this.#refresh(reader.revision);
+        if (this.#refreshWaiters.length === 0 && this.#refreshIntervalMs > 0) this.#refreshDue = Date.now() + this.#refreshIntervalMs;
         for (const resolve of waiting) resolve();
       }
       this.#notify();

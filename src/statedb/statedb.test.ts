@@ -259,3 +259,38 @@ test('listing the kernel failing again and again makes the reconciler degraded',
     await reconciler.stop();
   }
 });
+
+test('refresh() asked for while a refresh runs gets one of its own, which sees what was written meanwhile', async () => {
+  const table = newTable();
+  const { kernel, ops } = fakeKernel();
+  let releaseList: (() => void) | undefined;
+  let listing = 0;
+  const reconciler = new Reconciler<Item, number>({
+    name: 'items',
+    table,
+    ops: {
+      ...ops,
+      list: async () => {
+        const snapshot = [...kernel];
+        if (listing++ === 0) await new Promise<void>((resolve) => (releaseList = resolve));
+        return snapshot;
+      },
+    },
+  });
+  reconciler.start();
+  try {
+    kernel.set('leftover', 1);
+    const first = reconciler.refresh();
+    await until('the first listing', () => releaseList !== undefined);
+    kernel.set('late-leftover', 2); // after the first listing was taken
+    const second = reconciler.refresh();
+    releaseList!();
+    await first;
+    await second;
+    assert.equal(kernel.has('leftover'), false);
+    assert.equal(kernel.has('late-leftover'), false, 'the second refresh listed again');
+    assert.equal(reconciler.health().refreshes, 2);
+  } finally {
+    await reconciler.stop();
+  }
+});
