@@ -83,6 +83,20 @@ test('ciliate status, endpoint, node and bpf listings show the running node, its
     assert.equal(field('endpoints'), '2');
     assert.equal(JSON.parse(field('ipam') ?? 'null').podCidr, status.ipam.podCidr);
     assert.equal(JSON.parse(field('ipam') ?? 'null').routerIp, status.ipam.routerIp);
+
+    // Every module that writes the kernel reports its reconcilers, and none of them fails here.
+    const health = await json<{ state: string; reasons: string[]; reconcilers: { module: string; name: string; degraded: boolean; errors: number }[] }>(socket, 'status');
+    assert.equal(health.state, 'ok', `reasons: ${health.reasons.join('; ')}`);
+    assert.deepEqual(health.reasons, []);
+    assert.deepEqual(
+      health.reconcilers.map((r) => `${r.module}/${r.name}`).sort(),
+      ['endpoints/endpoint-datapath', 'ipcache/ipcache', 'masquerade/masquerade', 'node-routing/routes', 'node-routing/tunnel', 'policy/endpoint-policy'],
+    );
+    assert.ok(health.reconcilers.every((r) => !r.degraded && r.errors === 0));
+    assert.equal(field('state'), 'ok');
+    const table = text.slice(text.indexOf('reconcilers:'));
+    assert.match(table, /^MODULE +RECONCILER +STATE +DESIRED +PENDING +ERRORS +REPAIRS +PRUNES/m);
+    assert.match(table, /^policy +endpoint-policy +ok +2 +0 +0 /m, 'the two pods\' policy maps, nothing pending');
   });
 
   await t.test('endpoint list', async () => {

@@ -12,7 +12,7 @@ import { TestNode, cli } from './support/cluster.ts';
 
 interface Status {
   state: string;
-  degraded?: string[];
+  reasons: string[];
   store: { recovered?: { file: string; truncatedAt: number; droppedBytes: number; lastRevision: number; reason: string }[] };
 }
 
@@ -37,7 +37,7 @@ test('an agent whose store journal was cut mid-record starts, logs the loss as a
 
   const status = await node.client.get<Status>('/v1/status');
   assert.equal(status.state, 'degraded');
-  assert.match(status.degraded?.[0] ?? '', /^store: the state store lost a journal tail of \d+ bytes at byte \d+ .* run ciliate store acknowledge$/);
+  assert.match(status.reasons[0] ?? '', /^store: the state store lost a journal tail of \d+ bytes at byte \d+ .* run ciliate store acknowledge$/);
   assert.deepEqual(
     status.store.recovered?.map(({ file, truncatedAt, droppedBytes, lastRevision, reason }) => ({ file, truncatedAt, droppedBytes, lastRevision, reason })),
     [{ file: journal, truncatedAt: lastStart, droppedBytes: text.length - 5 - lastStart, lastRevision, reason: 'incomplete record' }],
@@ -52,7 +52,7 @@ test('an agent whose store journal was cut mid-record starts, logs the loss as a
   assert.equal(acknowledged.code, 0, acknowledged.stderr);
   assert.match(acknowledged.stdout, /^1 store recoveries acknowledged/);
   const after = await node.client.get<Status>('/v1/status');
-  assert.equal(after.state, 'ok', JSON.stringify(after.degraded));
+  assert.equal(after.state, 'ok', JSON.stringify(after.reasons));
   assert.equal(after.store.recovered, undefined);
 
   // An emptied journal is refused: the agent does not start, and says what was found and what to do.

@@ -6,12 +6,13 @@
  */
 import type { Logger } from 'pino';
 import type { EndpointManager } from './endpoint-manager.ts';
-import { ModuleHost, type AgentModule, type ModuleHealth } from './module.ts';
+import { ModuleHost, type AgentModule } from './module.ts';
+import type { ReconcilerStatus } from './reconciler-status.ts';
 import { AGENT_MODULES, ApiServerCell, type AgentConfig } from './modules/index.ts';
 import { EndpointsCell } from './modules/cells.ts';
 import { VERSION } from './version.ts';
 
-export type AgentState = 'ok' | 'degraded';
+export type AgentState = ReconcilerStatus['state'];
 
 export class Agent {
   readonly config: AgentConfig;
@@ -36,17 +37,27 @@ export class Agent {
     return this.#host.get(EndpointsCell);
   }
 
+  /**
+   * The agent's state (`degraded` while any module's health or reconciler is, each reason naming
+   * its module), every module's status fields and every reconciler's health.
+   */
   status() {
-    const health = this.#host.health();
-    const degraded = health.filter((h) => h.health.degraded);
+    const reconcilers = this.#host.reconcilers();
+    const reasons = [
+      ...this.#host
+        .health()
+        .filter((h) => h.health.degraded)
+        .map((h) => `${h.module}: ${h.health.reason ?? 'degraded'}`),
+      ...reconcilers.filter((r) => r.degraded).map((r) => `${r.module}: ${r.reason ?? `${r.name} is degraded`}`),
+    ];
     return {
       node: this.config.nodeName,
       version: VERSION,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
-      state: (degraded.length > 0 ? 'degraded' : 'ok') as AgentState,
-      ...(degraded.length > 0 ? { degraded: degraded.map((h) => `${h.module}: ${h.health.reason ?? 'degraded'}`) } : {}),
+      state: (reasons.length > 0 ? 'degraded' : 'ok') as ReconcilerStatus['state'],
+      reasons,
       ...this.#host.status(),
-      modules: Object.fromEntries(health.map((h): [string, ModuleHealth] => [h.module, h.health])),
+      reconcilers,
     };
   }
 

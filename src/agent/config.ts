@@ -38,6 +38,20 @@ export const coreConfig = {
     .default('10.244.0.0/16')
     .describe('pod addresses of the whole cluster; each node gets a slice of it'),
   logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info').describe('trace, debug, info, warn or error'),
+  /**
+   * Every reconciler (routes, tunnel, ipcache, endpoint map, policy maps, masquerade) compares
+   * the kernel with its table this often. 30 s, as a compromise: drift someone caused by hand is
+   * repaired within half a minute, while a pass costs one dump of the shared maps and of each
+   * endpoint's policy map (some hundred milliseconds of syscalls at 10,000 endpoints), one route
+   * and one link listing and one `nft list`. Failed writes do not wait for it: they are retried
+   * with backoff from 50 ms.
+   */
+  reconcileRefreshInterval: z
+    .number()
+    .min(0)
+    .refine((s) => s === 0 || s >= 0.05, 'must be 0 (off) or at least 0.05 seconds')
+    .default(30)
+    .describe('seconds between comparisons of the kernel with the desired state, repairing drift (0: off)'),
 };
 
 export type CoreConfig = z.infer<z.ZodObject<typeof coreConfig>>;

@@ -7,7 +7,7 @@
 import { existsSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { StateStore } from '../store/index.ts';
-import { Reconciler, Table } from '../statedb/index.ts';
+import { Reconciler, Table, type ReconcilerHealth } from '../statedb/index.ts';
 import { ip, ipBatch, lastShownLink, NetlinkError, type LinkDetails } from '../datapath/netlink.ts';
 import { EndpointError } from './errors.ts';
 import { type Endpoint, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID, nodeEndpointsPrefix } from './endpoint.ts';
@@ -27,6 +27,18 @@ export interface EndpointDatapath {
   prepare?(endpoint: { id: number; identity: number; ipv4: string }): void;
   /** Drops what prepare() made for an endpoint that will not be realized. */
   unprepare?(endpointId: number): void;
+  /**
+   * Optional, for refreshes: what the kernel serves, by pod address; whether that serves an
+   * endpoint as realize() would; and removing what serves an address no endpoint has.
+   */
+  observe?(): Iterable<[ipv4: string, ObservedDatapathEndpoint]>;
+  serves?(endpoint: Endpoint, observed: ObservedDatapathEndpoint): boolean;
+  prune?(observed: ObservedDatapathEndpoint): void;
+}
+
+/** An endpoint as the kernel serves it; opaque here but for its address. */
+export interface ObservedDatapathEndpoint {
+  ipv4: string;
 }
 
 /** The policy manager's view of endpoints. */
@@ -90,6 +102,8 @@ export class EndpointManager {
     mtu?: () => number;
     /** The labels pods inherit from their namespace (Namespaces.labelsOf); none without it. */
     namespaceLabels?: (namespace: string) => Record<string, string>;
+    /** How often the kernel's endpoints are compared with the table and repaired; 0: never. */
+    refreshIntervalMs?: number;
   }) {
     this.#namespaceLabels = options.namespaceLabels ?? (() => ({}));
     this.#mtu = options.mtu ?? (() => 1500);
@@ -101,12 +115,35 @@ export class EndpointManager {
     this.#datapath = options.datapath;
     this.#log = options.log;
     this.#nodeName = options.nodeName;
-    this.#reconciler = new Reconciler<Endpoint>({
+    const datapath = options.datapath;
+    const observe = datapath.observe?.bind(datapath);
+    this.#reconciler = new Reconciler<Endpoint, ObservedDatapathEndpoint>({
       name: 'endpoint-datapath',
       table: this.table,
-      ops: { update: (ep) => options.datapath.realize(ep), delete: (ep) => options.datapath.remove(ep) },
+      refreshIntervalMs: options.refreshIntervalMs,
+      ops: {
+        update: (ep) => datapath.realize(ep),
+        delete: (ep) => datapath.remove(ep),
+        list: observe && (() => this.#observed(observe())),
+        equal: datapath.serves && ((ep, observed) => datapath.serves!(ep, observed)),
+        prune: datapath.prune && ((_key, observed) => datapath.prune!(observed)),
+      },
       onError: (key, error, attempts) => this.#log.warn({ endpoint: key, attempts, err: error }, 'realizing endpoint datapath failed; will retry'),
+      onRefresh: (kind, key) =>
+        this.#log.info({ endpoint: key, kind }, kind === 'repair' ? 'endpoint datapath drifted (map entry or links); realized again' : 'endpoint map entry of no endpoint; deleted'),
     });
+  }
+
+  /** The kernel's endpoints by table key; an address no endpoint has keeps its own key, to be pruned. */
+  #observed(observed: Iterable<[string, ObservedDatapathEndpoint]>): [string, ObservedDatapathEndpoint][] {
+    const keyOf = new Map<string, string>();
+    for (const [key, endpoint] of this.table.entries()) keyOf.set(endpoint.ipv4, key);
+    return [...observed].map(([ipv4, endpoint]) => [keyOf.get(ipv4) ?? `address/${ipv4}`, endpoint]);
+  }
+
+  /** The endpoint datapath reconciler's health. */
+  health(): ReconcilerHealth {
+    return this.#reconciler.health();
   }
 
   #storeKey(key: string): string {

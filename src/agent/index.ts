@@ -17,3 +17,4 @@ export { runAgent, createLogger } from './run.ts';
 export type { Endpoint } from './endpoint.ts';
 export type { NodeDeregistration } from './node-deregister.ts';
 export type { AddEndpointRequest } from './endpoint-manager.ts';
+export type { ReconcilerModuleHealth, ReconcilerStatus } from './reconciler-status.ts';

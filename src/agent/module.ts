@@ -10,6 +10,8 @@
  */
 import type { Logger } from 'pino';
 import type { z } from 'zod';
+import type { ReconcilerHealth } from '../statedb/index.ts';
+import type { ReconcilerModuleHealth } from './reconciler-status.ts';
 import { ApiServer, type ApiRouter } from './api-server.ts';
 import type { CoreConfig } from './config.ts';
 
@@ -53,6 +55,8 @@ export interface Started<P> {
   stop?(): Promise<void> | void;
   /** Health for `ciliate status`. */
   health?(): ModuleHealth;
+  /** The module's reconcilers: one that keeps failing turns the agent degraded, naming the module. */
+  reconcilers?(): ReconcilerHealth[];
   /** Fields of `ciliate status` (merged with every other module's). */
   status?(): Record<string, unknown>;
 }
@@ -209,6 +213,11 @@ export class ModuleHost {
   /** Each started module's health, in start order. */
   health(): { module: string; health: ModuleHealth }[] {
     return this.#running.filter((r) => r.started.health).map((r) => ({ module: r.module.name, health: r.started.health!() }));
+  }
+
+  /** Every started module's reconcilers, with the module's name. */
+  reconcilers(): ReconcilerModuleHealth[] {
+    return this.#running.flatMap((r) => (r.started.reconcilers?.() ?? []).map((health) => ({ module: r.module.name, ...health })));
   }
 
   /** Every started module's status fields, in start order. */

@@ -21,8 +21,8 @@ import { describeLagging, POLICY_STATUS_PREFIX, PolicyStatus, type PolicyStatusR
 
 const log = pino({ level: 'silent' });
 
-/** A rule letting org=empire reach the deathstar on `port`. */
-const deathstarRule = (name: string, port: number) => `
+/** A rule letting org=empire reach the deathstar on `port` (or each of several). */
+const deathstarRule = (name: string, port: number | number[]) => `
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: { name: ${name} }
@@ -30,7 +30,7 @@ spec:
   endpointSelector: { matchLabels: { org: empire, class: deathstar } }
   ingress:
   - fromEndpoints: [{ matchLabels: { org: empire } }]
-    toPorts: [{ ports: [{ port: "${port}", protocol: TCP }] }]
+    toPorts: [{ ports: [${[port].flat().map((p) => `{ port: "${p}", protocol: TCP }`).join(', ')}] }]
 `;
 /** Two documents: one transaction, one revision. */
 const RULES = `${deathstarRule('rule1', 80)}---${deathstarRule('rule2', 443)}`;
@@ -41,12 +41,12 @@ interface Node {
   maps: EndpointPolicyMaps;
 }
 
-async function startNode(t: TestContext, store: StateStore, nodeName: string): Promise<Node> {
+async function startNode(t: TestContext, store: StateStore, nodeName: string, options: { maxEntries?: number; refreshIntervalMs?: number } = {}): Promise<Node> {
   const bpfRoot = `/sys/fs/bpf/ciliate-test-pm-${randomBytes(3).toString('hex')}`;
   t.after(() => rmSync(bpfRoot, { recursive: true, force: true }));
   const datapath = new EndpointDatapath(bpfRoot, log);
   t.after(() => datapath.close());
-  const maps = new EndpointPolicyMaps(bpfRoot);
+  const maps = new EndpointPolicyMaps(bpfRoot, { maxEntries: options.maxEntries });
   t.after(() => maps.close());
   const ipcache = new Ipcache(datapath.ipcache, log);
   ipcache.start();
@@ -54,7 +54,7 @@ async function startNode(t: TestContext, store: StateStore, nodeName: string): P
   const identities = new IdentityAllocator({ store, nodeName });
   await identities.start();
   t.after(() => identities.stop());
-  const policy = new PolicyManager({ store, identities, ipcache, maps, log });
+  const policy = new PolicyManager({ store, identities, ipcache, maps, log, refreshIntervalMs: options.refreshIntervalMs });
   await policy.start();
   t.after(() => policy.stop());
   return { policy, identities, maps };
@@ -253,4 +253,64 @@ test('a revision past the last policy change: the waiter asks, and the other nod
   assert.equal(waited.enforced, true, describeLagging(waited.nodes, later));
   assert.equal((await store.get<{ revision: number }>('policy-wait/n1'))?.value.revision, later, 'n1 asked for the revision');
   assert.ok(n2.status.published! >= later, `n2 published ${n2.status.published}`);
+});
+
+async function until(what: string, check: () => boolean, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+test('a policy map write that fails (map full) is retried and reported, the endpoint lags, and it recovers once the policy shrinks', async (t) => {
+  const store = sharedStore(t);
+  // 8 entries: the deathstar's default-deny wildcards and a couple of ports fit, twelve ports do not.
+  const node = await startNode(t, store, 'n1', { maxEntries: 8 });
+  await node.policy.addEndpoint(7, deathstarLabels);
+  const tiefighter = await node.identities.allocate(podLabels({ namespace: 'default', labels: { org: 'empire', class: 'tiefighter' } }));
+  const small = await node.policy.import(deathstarRule('small', 80), 'small.yaml');
+  assert.equal(node.policy.health().degraded, false);
+  assert.equal(node.policy.enforcedRevision(7), small.revision);
+
+  const big = await node.policy.import(
+    deathstarRule('big', Array.from({ length: 12 }, (_, i) => 8000 + i)),
+    'big.yaml',
+  );
+  await until('the policy reconciler to report itself degraded', () => node.policy.health().degraded);
+  const health = node.policy.health();
+  assert.match(health.reason ?? '', /endpoint-policy: 7 failed \d+ times/, 'the failing endpoint is named');
+  assert.ok(health.errors >= 1 && health.pending >= 1, 'the failed write is pending, not forgotten');
+  assert.ok(health.lastError, 'the last error is reported');
+  assert.ok(node.policy.enforcedRevision(7)! < big.revision, 'the endpoint does not claim the revision it could not write');
+  assert.deepEqual(node.policy.lagging(big.revision), [7]);
+  assert.equal(node.policy.enforces(big.revision), false);
+
+  const shrunk = await node.policy.delete('CiliumNetworkPolicy/default/big');
+  await until('the reconciler to recover', () => !node.policy.health().degraded && node.policy.health().pending === 0);
+  assert.equal(await node.policy.waitFor(shrunk.revision, 5000), true, 'the endpoint catches up');
+  assert.equal(node.policy.enforcedRevision(7), node.policy.revision);
+  assert.deepEqual(node.policy.lagging(shrunk.revision), []);
+  assert.deepEqual(allowedPorts(node, 7, tiefighter.id), [80], 'the map holds exactly the remaining policy');
+  assert.equal(node.policy.health().errors, 0);
+});
+
+test('a policy map entry changed or deleted behind the agent\'s back is repaired at the next refresh and counted', async (t) => {
+  const store = sharedStore(t);
+  const node = await startNode(t, store, 'n1', { refreshIntervalMs: 50 });
+  await node.policy.addEndpoint(7, deathstarLabels);
+  const tiefighter = await node.identities.allocate(podLabels({ namespace: 'default', labels: { org: 'empire', class: 'tiefighter' } }));
+  await node.policy.import(RULES, 'inline.yaml');
+  assert.deepEqual(allowedPorts(node, 7, tiefighter.id), [80, 443]);
+  const port80 = node.maps.entries(7).find((e) => e.key.identity === tiefighter.id && e.key.port === 80)!;
+  // Behind the policy manager's back: port 80 turned into a deny, port 443 gone, a stray allow added.
+  node.maps.apply(7, {
+    upserts: [{ ...port80, deny: true, ruleKeys: [] }, { key: { ...port80.key, port: 22 }, deny: false, cookie: 0, ruleKeys: [] }],
+    deletes: [{ ...port80.key, port: 443 }],
+  });
+  assert.deepEqual(allowedPorts(node, 7, tiefighter.id), [22]);
+  await until('the drift to be repaired', () => JSON.stringify(allowedPorts(node, 7, tiefighter.id)) === '[80,443]');
+  assert.ok(node.maps.entries(7).every((e) => !(e.key.identity === tiefighter.id && e.deny)), 'the deny is gone');
+  assert.ok(node.policy.health().repairs >= 1);
+  assert.equal(node.policy.health().degraded, false);
 });

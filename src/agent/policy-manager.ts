@@ -8,6 +8,11 @@
  * node answers with its transaction's revision, and another node enforces that revision once it
  * has applied every policy and identity change of the store up to it and written its endpoints'
  * maps. (The engine's own revision is a node-local change counter and is not shown.)
+ *
+ * The engine's diffs are written as they come (the fast path). What that cannot fix — a write
+ * that failed, an entry changed behind the agent's back — is a reconciler's: it compares an
+ * endpoint's map with the engine's entries and writes only the difference, retrying with backoff,
+ * and on every refresh does so for every endpoint.
  * @module
  */
 import type { Logger } from 'pino';
@@ -29,6 +34,7 @@ import {
   type TraceQuery,
   type TraceResult,
 } from '../policy/index.ts';
+import { Reconciler, Table, type ReconcilerHealth } from '../statedb/index.ts';
 import { StoreError, type StateStore, type StoreWatch, type WatchEvent } from '../store/index.ts';
 import type { Ipcache } from './ipcache.ts';
 
@@ -46,6 +52,12 @@ export interface EndpointPolicyDatapath {
 }
 
 const POLICY_PREFIX = 'policies/';
+
+/** An endpoint whose policy map this node writes; see PolicyManager's endpoint table. */
+interface EndpointPolicySync {
+  id: number;
+  generation: number;
+}
 
 /** `source:key` → value, the engine's view of labels. */
 export function labelMap(labels: Labels): Record<string, string> {
@@ -121,13 +133,85 @@ export class PolicyManager {
    */
   readonly #failedAt = new Map<number, number>();
   readonly #changeListeners = new Set<() => void>();
+  /**
+   * The endpoints whose maps this node writes. A generation other than 0 asks the reconciler to
+   * compare the map with the engine's entries and write the difference (the fast path failed).
+   */
+  readonly #endpointTable = new Table<EndpointPolicySync>('endpoint-policy', (o) => String(o.id), { equals: (a, b) => a.generation === b.generation });
+  readonly #reconciler: Reconciler<EndpointPolicySync, number>;
+  #generation = 0;
 
-  constructor(options: { store: StateStore; identities: IdentityAllocator; ipcache: Ipcache; maps: EndpointPolicyDatapath; log: Logger }) {
+  constructor(options: {
+    store: StateStore;
+    identities: IdentityAllocator;
+    ipcache: Ipcache;
+    maps: EndpointPolicyDatapath;
+    log: Logger;
+    /** How often every endpoint's map is compared with its policy and repaired; 0: never. */
+    refreshIntervalMs?: number;
+  }) {
     this.#store = options.store;
     this.#identities = options.identities;
     this.#ipcache = options.ipcache;
     this.#maps = options.maps;
     this.#log = options.log;
+    this.#reconciler = new Reconciler<EndpointPolicySync, number>({
+      name: 'endpoint-policy',
+      table: this.#endpointTable,
+      refreshIntervalMs: options.refreshIntervalMs,
+      // The policy retries quickly: an endpoint waits for it in `policy wait`.
+      retryMaxMs: 5_000,
+      ops: {
+        // Generation 0: the fast path wrote the map (addEndpoint); there is nothing to compare.
+        update: (o) => (o.generation === 0 ? undefined : this.#sync(o.id)),
+        // removeEndpoint removes the map itself.
+        delete: () => undefined,
+        // The entries are read in equal(), one endpoint at a time, not all held at once.
+        list: () => [...this.#endpointTable.all()].map((o) => [String(o.id), o.id] as const),
+        equal: (o) => {
+          const diff = this.#kernelDiff(o.id);
+          return diff.upserts.length === 0 && diff.deletes.length === 0;
+        },
+        repair: (o) => this.#sync(o.id),
+      },
+      onError: (key, error, attempts) => {
+        const endpointId = Number(key);
+        if (Number.isInteger(endpointId) && !this.#failedAt.has(endpointId)) {
+          this.#failedAt.set(endpointId, this.#appliedStoreRevision);
+          this.#changed();
+        }
+        this.#log.warn({ err: error, endpoint: key, attempts }, 'writing policy map failed; will retry');
+      },
+      onRefresh: (_kind, key) => this.#log.info({ endpoint: key }, 'policy map drifted from the endpoint\'s policy; repaired'),
+    });
+  }
+
+  /** The endpoint policy reconciler's health. */
+  health(): ReconcilerHealth {
+    return this.#reconciler.health();
+  }
+
+  /** What the endpoint's map lacks and holds too much of, compared with its policy. */
+  #kernelDiff(endpointId: number): EntriesDiff {
+    const installed = this.#maps.entries(endpointId);
+    const have = new Map(installed.map((e) => [policyKeyString(e.key), { ...e, ruleKeys: [] }]));
+    const want = this.engine.endpointPolicy(endpointId)?.entries ?? new Map();
+    return diffEntries(have, want);
+  }
+
+  /**
+   * Makes the endpoint's map hold its policy, whatever it holds now. Deletes go first: a map
+   * that filled up takes the new entries only once the old are gone.
+   */
+  #sync(endpointId: number): void {
+    if (this.engine.endpointPolicy(endpointId) === undefined) return;
+    const diff = this.#kernelDiff(endpointId);
+    if (diff.deletes.length > 0) this.#maps.apply(endpointId, { upserts: [], deletes: diff.deletes });
+    this.#maps.apply(endpointId, { upserts: diff.upserts, deletes: [] });
+    if (this.#failedAt.delete(endpointId)) {
+      this.#log.info({ endpoint: endpointId, revision: this.#appliedStoreRevision }, 'policy map repaired; the endpoint enforces the current revision');
+      this.#changed();
+    }
   }
 
   /** The policy revision this node has applied: a store revision. */
@@ -147,6 +231,7 @@ export class PolicyManager {
     this.#applyRules(entries.map((e) => e.value), []);
     for (const entry of entries) this.#ruleRevisions.set(entry.key, entry.modRevision);
     this.#appliedStoreRevision = revision;
+    this.#reconciler.start();
     const watch = this.#store.watch<PolicyRule>(POLICY_PREFIX, { afterRevision: revision, signal: this.#abort.signal });
     this.#loop = (async () => {
       try {
@@ -161,6 +246,7 @@ export class PolicyManager {
     this.#abort.abort();
     this.#unsubscribe?.();
     await this.#loop;
+    await this.#reconciler.stop();
   }
 
   /** One store revision's policy changes: applied together, then the revision counts as applied. */
@@ -244,7 +330,9 @@ export class PolicyManager {
           this.#failedAt.set(endpointId, this.#appliedStoreRevision);
           this.#changed();
         }
-        this.#log.error({ err: error, endpoint: endpointId, revision: this.#appliedStoreRevision }, 'writing policy map failed; the endpoint stays at its last revision until it is added again');
+        this.#log.error({ err: error, endpoint: endpointId, revision: this.#appliedStoreRevision }, 'writing policy map failed; the endpoint stays at its last revision until the reconciler has repaired it');
+        // A new generation: the reconciler compares the map with the policy and retries.
+        if (this.engine.endpointPolicy(endpointId) !== undefined) this.#endpointTable.upsert({ id: endpointId, generation: ++this.#generation });
       }
     }
   }
@@ -257,21 +345,21 @@ export class PolicyManager {
       const installed = this.#maps.entries(endpointId);
       const update = this.engine.upsertEndpoint(endpointId, labelMap(labels));
       if (installed.length === 0 && !this.#failedAt.has(endpointId)) {
+        if (!this.#endpointTable.get(String(endpointId))) this.#endpointTable.upsert({ id: endpointId, generation: 0 });
         this.#apply(update);
         return;
       }
       // Adopting a map a previous agent filled, or one a failed write left behind: write only what
       // differs from what the kernel holds.
-      const have = new Map(installed.map((e) => [policyKeyString(e.key), { ...e, ruleKeys: [] }]));
-      const want = this.engine.endpointPolicy(endpointId)?.entries ?? new Map();
-      this.#maps.apply(endpointId, diffEntries(have, want));
-      if (this.#failedAt.delete(endpointId)) this.#changed();
+      this.#endpointTable.upsert({ id: endpointId, generation: 0 });
+      this.#sync(endpointId);
     } finally {
       await installing;
     }
   }
 
   removeEndpoint(endpointId: number): void {
+    this.#endpointTable.delete(String(endpointId));
     this.#apply(this.engine.deleteEndpoint(endpointId));
     if (this.#failedAt.delete(endpointId)) this.#changed();
     this.#maps.remove(endpointId);

@@ -4,7 +4,20 @@
  */
 import { type Command, Option } from 'commander';
 import { z } from 'zod';
-import { AgentClient, AgentConfigSchema, envName, innerSchema, loadConfig, runAgent, type AgentConfig, type Endpoint, type EndpointView, type NodeDeregistration, type NodeRecord } from '../agent/index.ts';
+import {
+  AgentClient,
+  AgentConfigSchema,
+  envName,
+  innerSchema,
+  loadConfig,
+  runAgent,
+  type AgentConfig,
+  type Endpoint,
+  type EndpointView,
+  type NodeDeregistration,
+  type NodeRecord,
+  type ReconcilerModuleHealth,
+} from '../agent/index.ts';
 import { formatTable, outputOption, type OutputFormat } from './output.ts';
 
 /**
@@ -252,7 +265,30 @@ interface IdentityView {
 }
 
 function formatStatus(status: Record<string, unknown>): string {
-  return Object.entries(status)
-    .map(([key, value]) => `${`${key}:`.padEnd(16)}${typeof value === 'object' && value !== null ? JSON.stringify(value) : String(value)}`)
-    .join('\n');
+  const { reconcilers, reasons, ...rest } = status as Record<string, unknown> & { reconcilers?: ReconcilerModuleHealth[]; reasons?: string[] };
+  const lines = Object.entries(rest).map(
+    ([key, value]) => `${`${key}:`.padEnd(16)}${typeof value === 'object' && value !== null ? JSON.stringify(value) : String(value)}`,
+  );
+  for (const reason of reasons ?? []) lines.push(`${'degraded:'.padEnd(16)}${reason}`);
+  if (reconcilers && reconcilers.length > 0) {
+    lines.push('', 'reconcilers:');
+    lines.push(
+      formatTable(
+        ['MODULE', 'RECONCILER', 'STATE', 'DESIRED', 'PENDING', 'ERRORS', 'REPAIRS', 'PRUNES', 'LAST REFRESH', 'LAST ERROR'],
+        reconcilers.map((r) => [
+          r.module,
+          r.name,
+          r.degraded ? 'degraded' : 'ok',
+          String(r.desired),
+          String(r.pending),
+          String(r.errors),
+          String(r.repairs),
+          String(r.prunes),
+          r.lastRefreshAt ?? '-',
+          r.lastError ? `${r.lastErrorAt ?? ''} ${r.lastError}`.trim() : '-',
+        ]),
+      ),
+    );
+  }
+  return lines.join('\n');
 }

@@ -28,6 +28,14 @@ export interface DatapathEndpoint {
   identity: number;
 }
 
+/** An endpoint as the kernel serves it (EndpointDatapath.observe). */
+export interface ObservedEndpoint {
+  ipv4: string;
+  info: EndpointInfo;
+  /** Both pinned links of the endpoint's id serve info.ifindex. */
+  linksServe: boolean;
+}
+
 const ATTACHMENTS: readonly { program: string; direction: TcxDirection; pin: string }[] = [
   { program: LxcProgram.FROM_CONTAINER, direction: 'ingress', pin: 'from-container' },
   { program: LxcProgram.TO_CONTAINER, direction: 'egress', pin: 'to-container' },
@@ -137,6 +145,37 @@ export class EndpointDatapath {
     this.#log.debug({ endpoint: endpoint.id, identity: endpoint.identity, action }, `${action} datapath`);
   }
 
+  /**
+   * What the kernel holds for each endpoint it serves, by pod address: its ciliate_lxc entry and
+   * whether its pinned links serve that entry's interface.
+   */
+  observe(): [ipv4: string, ObservedEndpoint][] {
+    return [...this.lxc.entries()].map(([key, info]) => {
+      const dir = this.#endpointDir(info.lxc_id);
+      return [key.ip, { ipv4: key.ip, info, linksServe: ATTACHMENTS.every(({ pin }) => linkServesInterface(join(dir, pin), info.ifindex)) }];
+    });
+  }
+
+  /** Whether what observe() saw is what realize(endpoint) makes. */
+  serves(endpoint: DatapathEndpoint, observed: ObservedEndpoint): boolean {
+    const info = observed.info;
+    return (
+      observed.linksServe &&
+      info.ifindex === endpoint.hostIfindex &&
+      info.lxc_id === endpoint.id &&
+      info.mac === endpoint.mac &&
+      info.node_mac === endpoint.hostMac &&
+      info.sec_identity === endpoint.identity
+    );
+  }
+
+  /**
+   * Deletes the ciliate_lxc entry of an address no endpoint has. The links and pins under the id
+   * are left alone: the id may belong to a live endpoint by now, and remove() takes them.
+   */
+  prune(observed: ObservedEndpoint): void {
+    this.lxc.delete({ ip: observed.ipv4 });
+  }
 
   remove(endpoint: DatapathEndpoint): void {
     this.unprepare(endpoint.id);

@@ -23,6 +23,12 @@
  * is there) and then syncRemoteNodes/syncRemoteEndpoints with the full lists, which removes what
  * belongs to nodes and endpoints that went away meanwhile.
  *
+ * The kernel routes and the tunnel (device, its program's link, the node config entry) are two
+ * tables, each with a reconciler: on every refresh it compares the kernel with the table and
+ * repairs what drifted (a route deleted by hand, a device taken down) and deletes routes of our
+ * protocol that no node wants. Every `ip` call sits in a small function named for what it does
+ * (apply/delete/read routes, ensure/read/remove the tunnel device), to be swapped for netlink.
+ *
  * Ownership in the ipcache: entries written here carry the owning node's underlay address as
  * tunnel_endpoint in both modes (only tunnel mode sets HAS_TUNNEL_EP, which is what makes
  * bpf_lxc encapsulate); local endpoints' entries (EndpointDatapath) have 0.0.0.0 there.
@@ -32,6 +38,7 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { attachTcx, BpfMap, inNetns, unpinLink } from '../ebpf/index.ts';
+import { Reconciler, Table, type ReconcilerHealth } from '../statedb/index.ts';
 import { loadLxc } from './lxc.ts';
 import {
   endpointInfo,
@@ -119,6 +126,8 @@ export interface NodeRoutingOptions {
    * node config and kernel routes are this module's, and the RemoteEndpoint calls are refused.
    */
   manageIpcache?: boolean;
+  /** How often routes and tunnel are compared with the kernel and repaired; 0 or absent: never. */
+  refreshIntervalMs?: number;
 }
 
 export const TUNNEL_DEVICE = 'ciliate_vxlan';
@@ -174,6 +183,26 @@ interface RouteSpec {
   mtu?: number;
 }
 
+/** What the tunnel reconciler makes the kernel hold: the device (tunnel mode) and the node config. */
+interface TunnelSpec {
+  routingMode: RoutingMode;
+  /** The device's MTU in tunnel mode. */
+  mtu: number;
+  nativeCidr: string;
+  nativePrefixlen: number;
+}
+
+/** The tunnel as the kernel has it. */
+interface TunnelState {
+  device: TunnelLinkJson | undefined;
+  /** Whether the pinned overlay link serves the device. */
+  programAttached: boolean;
+  config: NodeConfig | undefined;
+}
+
+/** The one key of the tunnel table. */
+const TUNNEL_KEY = 'tunnel';
+
 /**
  * The node routing of one node.
  *
@@ -200,8 +229,11 @@ export class NodeRouting {
   #underlayMtu = DEFAULT_MTU;
   /** Remote nodes by name, as last upserted. */
   readonly #nodes = new Map<string, Remote>();
-  /** Our kernel routes by prefix, as the kernel has them. */
-  #routes = new Map<string, RouteSpec>();
+  /** The kernel routes this module wants, by prefix. */
+  readonly #routeTable = new Table<RouteSpec>('routes', (route) => route.prefix, { equals: sameRoute });
+  readonly #routeReconciler: Reconciler<RouteSpec, RouteSpec>;
+  readonly #tunnelTable = new Table<TunnelSpec>('tunnel', () => TUNNEL_KEY, { equals: (a, b) => JSON.stringify(a) === JSON.stringify(b) });
+  readonly #tunnelReconciler: Reconciler<TunnelSpec, TunnelState>;
   /** Serializes the async operations: each reads and writes the route cache. */
   #queue: Promise<unknown> = Promise.resolve();
 
@@ -223,6 +255,42 @@ export class NodeRouting {
     this.#ipcache = BpfMap.openPinned(join(this.mapsDir, MapName.IPCACHE), ipcacheKey, remoteEndpointInfo);
     this.#nodeCfg = BpfMap.openPinned(join(this.mapsDir, MapName.NODE_CFG), nodeConfigKey, nodeConfig);
     this.#lxc = BpfMap.openPinned(join(this.mapsDir, MapName.LXC), endpointKey, endpointInfo);
+    const log = this.#log;
+    this.#routeReconciler = new Reconciler<RouteSpec, RouteSpec>({
+      name: 'routes',
+      table: this.#routeTable,
+      refreshIntervalMs: options.refreshIntervalMs,
+      // The remote nodes come after setUp (syncRemoteNodes prunes then, on purpose).
+      refreshOnStart: false,
+      ops: {
+        update: (route) => this.#applyRoute(route),
+        delete: (route) => this.#deleteRoute(route.prefix),
+        list: async () => [...(await this.#readRoutes())],
+        equal: sameRoute,
+        prune: (prefix) => this.#deleteRoute(prefix),
+      },
+      onError: (key, error, attempts) => log.warn({ route: key, attempts, err: error }, 'writing route failed; will retry'),
+      onRefresh: (kind, route) => log.info({ route, kind }, kind === 'repair' ? 'route drifted or vanished; rewritten' : 'route of ours nobody wants; deleted'),
+    });
+    this.#tunnelReconciler = new Reconciler<TunnelSpec, TunnelState>({
+      name: 'tunnel',
+      table: this.#tunnelTable,
+      refreshIntervalMs: options.refreshIntervalMs,
+      ops: {
+        update: (spec) => this.#applyTunnel(spec),
+        // tearDown() removes the tunnel itself.
+        delete: () => undefined,
+        list: async () => [[TUNNEL_KEY, await this.#readTunnel()]],
+        equal: (spec, actual) => this.#tunnelIsCurrent(spec, actual),
+      },
+      onError: (_key, error, attempts) => log.warn({ attempts, err: error }, 'setting up the tunnel failed; will retry'),
+      onRefresh: () => log.info({ device: this.tunnelDevice }, 'tunnel device, program or node config drifted; repaired'),
+    });
+  }
+
+  /** The routes' and the tunnel's reconcilers' health. */
+  health(): ReconcilerHealth[] {
+    return [this.#tunnelReconciler.health(), this.#routeReconciler.health()];
   }
 
   /** The local node as last set up. */
@@ -274,21 +342,11 @@ export class NodeRouting {
         throw new NodeRoutingError(`node routing: unknown routing mode ${String(local.routingMode)}`);
       }
       this.#underlayMtu = await this.#underlayMtuOf(local.underlayIp);
-      if (local.routingMode === 'tunnel') {
-        this.#tunnelIfindex = await this.#ensureTunnelDevice(this.#underlayMtu - VXLAN_OVERHEAD);
-        this.#ensureOverlayProgram(this.#tunnelIfindex);
-      } else {
-        await this.#removeTunnelDevice();
-        this.#tunnelIfindex = 0;
-      }
       const [nativeCidr, nativePrefixlen] =
         local.routingMode === 'native' && local.nativeRoutingCidr ? parseCidr(local.nativeRoutingCidr, 'nativeRoutingCidr') : ['0.0.0.0', 0];
-      this.#writeNodeConfig({
-        tunnel_ifindex: this.#tunnelIfindex,
-        routing_mode: local.routingMode === 'tunnel' ? RoutingModeCode.TUNNEL : RoutingModeCode.NATIVE,
-        native_cidr: nativeCidr,
-        native_cidr_prefixlen: nativePrefixlen,
-      });
+      this.#startReconcilers();
+      const revision = this.#tunnelTable.upsert({ routingMode: local.routingMode, mtu: this.#underlayMtu - VXLAN_OVERHEAD, nativeCidr, nativePrefixlen });
+      await this.#attempted(this.#tunnelReconciler, revision, TUNNEL_KEY, `setting up ${local.routingMode} mode`);
       this.#local = local;
       if (this.manageIpcache) {
         // A mode switch flips HAS_TUNNEL_EP on every remote entry, ours by their tunnel endpoint.
@@ -297,7 +355,6 @@ export class NodeRouting {
           if (value.tunnel_endpoint !== '0.0.0.0' && value.flags !== flags) this.#ipcache.update(key, { ...value, flags });
         }
       }
-      this.#routes = await this.#readRoutes();
       for (const node of this.#nodes.values()) await this.#applyNode(node);
       this.#log.info({ mode: local.routingMode, tunnelIfindex: this.#tunnelIfindex, podMtu: this.podMtu() }, 'node routing set up');
     });
@@ -357,7 +414,8 @@ export class NodeRouting {
         this.#nodes.set(node.name, node);
         await this.#applyNode(node);
       }
-      // What an earlier run left for nodes not listed: CIDR entries and routes.
+      // What an earlier run left for nodes not listed: CIDR entries and routes (the refresh
+      // prunes routes of our protocol that no node wants).
       const prefixes = new Set(wanted.map((n) => n.podCidr));
       const addresses = new Set(wanted.map((n) => n.underlayIp));
       if (this.manageIpcache) {
@@ -368,7 +426,8 @@ export class NodeRouting {
           }
         }
       }
-      for (const prefix of [...this.#routes.keys()]) if (!prefixes.has(prefix)) await this.#deleteRoute(prefix);
+      for (const [prefix] of [...this.#routeTable.entries()]) if (!prefixes.has(prefix)) this.#routeTable.delete(prefix);
+      await this.#routeReconciler.refresh();
     });
   }
 
@@ -416,11 +475,14 @@ export class NodeRouting {
    */
   tearDown(): Promise<void> {
     return this.#serialize(async () => {
+      // Stopped first, so no refresh puts back what is removed here; setUp starts them again.
+      await this.#stopReconcilers();
+      for (const [prefix] of [...this.#routeTable.entries()]) this.#routeTable.delete(prefix);
+      this.#tunnelTable.delete(TUNNEL_KEY);
       if (this.manageIpcache) {
         for (const [key, value] of [...this.#ipcache.entries()]) if (value.tunnel_endpoint !== '0.0.0.0') this.#ipcache.delete(key);
       }
-      this.#routes = await this.#readRoutes();
-      for (const prefix of [...this.#routes.keys()]) await this.#deleteRoute(prefix);
+      for (const prefix of (await this.#readRoutes()).keys()) await this.#deleteRoute(prefix);
       await this.#removeTunnelDevice();
       this.#writeNodeConfig({ tunnel_ifindex: 0, routing_mode: RoutingModeCode.UNSET, native_cidr: '0.0.0.0', native_cidr_prefixlen: 0 });
       this.#nodes.clear();
@@ -429,10 +491,68 @@ export class NodeRouting {
     });
   }
 
-  close(): void {
+  /** Stops the reconcilers and closes the maps; what is in the kernel stays. */
+  async close(): Promise<void> {
+    await this.#stopReconcilers();
     this.#ipcache.close();
     this.#nodeCfg.close();
     this.#lxc.close();
+  }
+
+  #startReconcilers(): void {
+    this.#tunnelReconciler.start();
+    this.#routeReconciler.start();
+  }
+
+  async #stopReconcilers(): Promise<void> {
+    await Promise.all([this.#tunnelReconciler.stop(), this.#routeReconciler.stop()]);
+  }
+
+  /**
+   * Waits for the reconciler's first attempt at a change and throws its error, so the caller
+   * hears of a failure; the reconciler goes on retrying.
+   */
+  async #attempted<T, A>(reconciler: Reconciler<T, A>, revision: number, key: string, what: string): Promise<void> {
+    await reconciler.attempted(revision);
+    const status = reconciler.status(key);
+    if (status?.state === 'error') throw new NodeRoutingError(`node routing: ${what}: ${status.error} (retrying)`);
+  }
+
+  /** Tunnel mode: the device, its program and the node config; native mode: no device. */
+  async #applyTunnel(spec: TunnelSpec): Promise<void> {
+    let ifindex = 0;
+    if (spec.routingMode === 'tunnel') {
+      ifindex = await this.#ensureTunnelDevice(spec.mtu);
+      this.#ensureOverlayProgram(ifindex);
+    } else {
+      await this.#removeTunnelDevice();
+    }
+    this.#writeNodeConfig(nodeConfigOf(spec, ifindex));
+    const recreated = this.#tunnelIfindex !== 0 && ifindex !== this.#tunnelIfindex;
+    this.#tunnelIfindex = ifindex;
+    // Routes through a device that was deleted went with it: put them back now, not at the next refresh.
+    if (recreated) void this.#routeReconciler.refresh();
+  }
+
+  async #readTunnel(): Promise<TunnelState> {
+    const device = await this.#tunnelLink();
+    return {
+      device,
+      programAttached: device !== undefined && linkServesInterface(join(this.bpfRoot, 'overlay', OVERLAY_PIN), device.ifindex),
+      config: this.#nodeCfg.lookup(0),
+    };
+  }
+
+  #tunnelIsCurrent(spec: TunnelSpec, actual: TunnelState): boolean {
+    if (spec.routingMode === 'tunnel') {
+      const device = actual.device;
+      if (!device || !actual.programAttached) return false;
+      const fix = tunnelDeviceFixes(device, spec.mtu, this.tunnelPort);
+      if (fix.recreate || fix.changes.length > 0) return false;
+    } else if (actual.device) {
+      return false;
+    }
+    return JSON.stringify(actual.config) === JSON.stringify(nodeConfigOf(spec, actual.device?.ifindex ?? 0));
   }
 
   #requireLocal(): Local {
@@ -487,9 +607,14 @@ export class NodeRouting {
             mtu: this.podMtu(),
           }
         : { prefix, via: node.underlayIp };
-    const current = this.#routes.get(prefix);
-    if (current && sameRoute(current, route)) return;
-    const args = ['route', 'replace', prefix];
+    const revision = this.#routeTable.upsert(route);
+    await this.#attempted(this.#routeReconciler, revision, prefix, `route to node ${node.name}`);
+    this.#log.debug({ node: node.name, route: prefix, via: route.via ?? route.encapDst }, 'remote node routed');
+  }
+
+  /** Writes one route (`ip route replace`). */
+  async #applyRoute(route: RouteSpec): Promise<void> {
+    const args = ['route', 'replace', route.prefix];
     if (route.via) args.push('via', route.via);
     if (route.encapDst) args.push('encap', 'ip', 'id', String(route.encapId), 'dst', route.encapDst, 'ttl', '64');
     if (route.dev) args.push('dev', route.dev);
@@ -497,8 +622,6 @@ export class NodeRouting {
     if (route.mtu) args.push('mtu', String(route.mtu));
     args.push('proto', String(this.routeProtocol));
     await this.#ip(args);
-    this.#routes.set(prefix, route);
-    this.#log.debug({ node: node.name, route: prefix, via: route.via ?? route.encapDst }, 'remote node routed');
   }
 
   /** Removes a node's CIDR entry and route, and with `endpoints` its pods' /32 entries too. */
@@ -511,12 +634,13 @@ export class NodeRouting {
         if (k.prefixlen === 32 && value.tunnel_endpoint === node.underlayIp) this.#ipcache.delete(k);
       }
     }
-    await this.#deleteRoute(`${network}/${prefixlen}`);
+    const prefix = `${network}/${prefixlen}`;
+    if (this.#routeTable.delete(prefix)) await this.#attempted(this.#routeReconciler, this.#routeTable.revision, prefix, `withdrawing the route to node ${node.name}`);
     this.#log.debug({ node: node.name }, 'remote node withdrawn');
   }
 
+  /** Deletes one route of ours; a route already gone is fine. */
   async #deleteRoute(prefix: string): Promise<void> {
-    this.#routes.delete(prefix);
     try {
       await this.#ip(['route', 'del', prefix, 'proto', String(this.routeProtocol)]);
     } catch (error) {
@@ -557,8 +681,7 @@ export class NodeRouting {
   /** Creates or adopts the VXLAN device; returns its ifindex. */
   async #ensureTunnelDevice(mtu: number): Promise<number> {
     let link = await this.#tunnelLink();
-    const data = link?.linkinfo?.info_data;
-    if (link && (link.linkinfo?.info_kind !== 'vxlan' || data?.external !== true || data.port !== this.tunnelPort)) {
+    if (link && tunnelDeviceFixes(link, mtu, this.tunnelPort).recreate) {
       this.#log.warn({ device: this.tunnelDevice }, 'tunnel device has other settings; recreating it');
       await this.#ip(['link', 'del', this.tunnelDevice]);
       link = undefined;
@@ -568,16 +691,12 @@ export class NodeRouting {
       link = await this.#tunnelLink();
       if (!link) throw new NodeRoutingError(`node routing: ${this.tunnelDevice} vanished right after creation`);
     }
-    // No ARP through the tunnel: routed frames take the device's own MAC as destination, and
-    // cil_from_overlay on the other side delivers by IP whatever the inner MACs say.
-    const changes: string[] = [];
-    if (link.mtu !== mtu) changes.push('mtu', String(mtu));
-    if (!link.flags.includes('NOARP')) changes.push('arp', 'off');
-    if (!link.flags.includes('UP')) changes.push('up');
+    const { changes } = tunnelDeviceFixes(link, mtu, this.tunnelPort);
     if (changes.length > 0) await this.#ip(['link', 'set', 'dev', this.tunnelDevice, ...changes]);
     return link.ifindex;
   }
 
+  /** Reads the tunnel device (`ip -d link show`); undefined when there is none. */
   async #tunnelLink(): Promise<TunnelLinkJson | undefined> {
     try {
       const [link] = JSON.parse(await this.#ip(['-d', '-j', 'link', 'show', 'dev', this.tunnelDevice])) as TunnelLinkJson[];
@@ -624,6 +743,30 @@ interface TunnelLinkJson {
   linkinfo?: { info_kind?: string; info_data?: { external?: boolean; port?: number } };
 }
 
+/**
+ * What it takes to make `link` the tunnel device wanted: recreating it (another kind, not
+ * external, another port) or `ip link set` arguments. No ARP through the tunnel: routed frames
+ * take the device's own MAC as destination, and cil_from_overlay on the other side delivers by
+ * IP whatever the inner MACs say.
+ */
+function tunnelDeviceFixes(link: TunnelLinkJson, mtu: number, port: number): { recreate: boolean; changes: string[] } {
+  const data = link.linkinfo?.info_data;
+  const recreate = link.linkinfo?.info_kind !== 'vxlan' || data?.external !== true || data.port !== port;
+  const changes: string[] = [];
+  if (link.mtu !== mtu) changes.push('mtu', String(mtu));
+  if (!link.flags.includes('NOARP')) changes.push('arp', 'off');
+  if (!link.flags.includes('UP')) changes.push('up');
+  return { recreate, changes };
+}
+
+function nodeConfigOf(spec: TunnelSpec, tunnelIfindex: number): NodeConfig {
+  return {
+    tunnel_ifindex: tunnelIfindex,
+    routing_mode: spec.routingMode === 'tunnel' ? RoutingModeCode.TUNNEL : RoutingModeCode.NATIVE,
+    native_cidr: spec.nativeCidr,
+    native_cidr_prefixlen: spec.nativePrefixlen,
+  };
+}
 
 function sameRoute(a: RouteSpec, b: RouteSpec): boolean {
   return (

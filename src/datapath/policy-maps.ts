@@ -30,6 +30,7 @@ import {
   policyEntryCodec,
   policyKeyCodec,
   POLICY_F_DENY,
+  POLICY_MAP_MAX_ENTRIES,
   type PolicyBpfMap,
   type PolicyKey,
   type PolicyMapEntry,
@@ -56,10 +57,16 @@ export class EndpointPolicyMaps {
   readonly #maps = new Map<number, PolicyBpfMap>();
   /** Outer-map writes in flight (install()), by endpoint id. */
   readonly #installing = new Map<number, Promise<void>>();
+  readonly #maxEntries: number;
 
-  /** Opens the pinned outer map under `bpfRoot`/maps, creating the node's shared maps if needed. */
-  constructor(bpfRoot: string) {
+  /**
+   * Opens the pinned outer map under `bpfRoot`/maps, creating the node's shared maps if needed.
+   * `maxEntries` sizes the endpoints' maps created from now on (default POLICY_MAP_MAX_ENTRIES);
+   * adopted pins keep their size.
+   */
+  constructor(bpfRoot: string, options: { maxEntries?: number } = {}) {
     this.bpfRoot = bpfRoot;
+    this.#maxEntries = options.maxEntries ?? POLICY_MAP_MAX_ENTRIES;
     const mapsDir = join(bpfRoot, 'maps');
     const outerPath = join(mapsDir, MapName.POLICY_MAPS);
     if (!existsSync(outerPath)) {
@@ -110,7 +117,7 @@ export class EndpointPolicyMaps {
         map = BpfMap.openPinned(pin, policyKeyCodec, policyEntryCodec);
       } else {
         mkdirSync(join(pin, '..'), { recursive: true });
-        map = createPolicyMap(endpointId);
+        map = createPolicyMap(endpointId, this.#maxEntries);
         try {
           map.pin(pin);
         } catch (error) {

@@ -4,4 +4,4 @@
  * @module
  */
 export { Table, ChangeReader, type Change, type TableOptions } from './table.ts';
-export { Reconciler, type ReconcilerOps, type ReconcilerOptions, type ReconcileStatus, type ReconcileState } from './reconciler.ts';
+export { Reconciler, type ReconcilerOps, type ReconcilerOptions, type ReconcileStatus, type ReconcileState, type ReconcilerHealth } from './reconciler.ts';

@@ -82,6 +82,11 @@ export class Table<T> {
     for (const entry of this.#entries.values()) if (!entry.deleted) yield entry.object;
   }
 
+  /** Live objects with their keys and the revision each was written at. */
+  *entries(): Generator<[key: string, object: T, revision: number]> {
+    for (const entry of this.#entries.values()) if (!entry.deleted) yield [entry.key, entry.object, entry.revision];
+  }
+
   /** Inserts or replaces; returns the revision written, or the current one when nothing changed. */
   upsert(object: T): number {
     const key = this.#primaryKey(object);

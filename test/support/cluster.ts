@@ -59,6 +59,10 @@ export interface AgentOptions {
   identityGcInterval?: number;
   /** Seconds an unreferenced identity is kept. */
   identityGcGracePeriod?: number;
+  /** Seconds between the reconcilers' comparisons of the kernel with the desired state. */
+  reconcileRefreshInterval?: number;
+  /** Entries of each endpoint's policy map. */
+  policyMapMaxEntries?: number;
 }
 
 /** A node: its namespace and its agent. restart() kills the agent (-9 by default) and starts it again. */
@@ -113,6 +117,8 @@ export class TestNode {
     if (this.options.nodeCidrMaskSize) args.push('--node-cidr-mask-size', String(this.options.nodeCidrMaskSize));
     if (this.options.identityGcInterval !== undefined) args.push('--identity-gc-interval', String(this.options.identityGcInterval));
     if (this.options.identityGcGracePeriod !== undefined) args.push('--identity-gc-grace-period', String(this.options.identityGcGracePeriod));
+    if (this.options.reconcileRefreshInterval !== undefined) args.push('--reconcile-refresh-interval', String(this.options.reconcileRefreshInterval));
+    if (this.options.policyMapMaxEntries !== undefined) args.push('--policy-map-max-entries', String(this.options.policyMapMaxEntries));
     const agent = spawnInNs(this.netns, process.execPath, args);
     this.agent = agent;
     agent.stdout?.on('data', (chunk: Buffer) => (this.log += chunk.toString()));

@@ -8,7 +8,7 @@ import { z } from 'zod';
 import {
   dropsByReason,
   EndpointDatapath,
-  ensureMasquerade,
+  Masquerade,
   ip,
   ipBatch,
   linkDetails,
@@ -52,9 +52,13 @@ export const masqueradeModule = defineModule({
   config: masqueradeConfig,
   needs: { node: NodeCell },
   async start({ node }, { config, log }) {
-    if (config.masquerade) await ensureMasquerade(node.clusterCidr);
-    else log.info('masquerading is off');
-    return { value: undefined };
+    if (!config.masquerade) {
+      log.info('masquerading is off');
+      return { value: undefined };
+    }
+    const masquerade = new Masquerade({ clusterCidr: node.clusterCidr, log, refreshIntervalMs: config.reconcileRefreshInterval * 1000 });
+    await masquerade.start();
+    return { value: undefined, stop: () => masquerade.stop(), reconcilers: () => [masquerade.health()] };
   },
 });
 
@@ -82,7 +86,7 @@ export const nodeRoutingModule = defineModule({
   provides: NodeRoutingCell,
   async start({ node }, { config, log }) {
     // The ipcache stays with the agent's own table and reconciler (manageIpcache: false).
-    const routing = new NodeRouting({ bpfRoot: config.bpfRoot, log, manageIpcache: false });
+    const routing = new NodeRouting({ bpfRoot: config.bpfRoot, log, manageIpcache: false, refreshIntervalMs: config.reconcileRefreshInterval * 1000 });
     try {
       await routing.setUp({
         name: node.record.name,
@@ -93,10 +97,10 @@ export const nodeRoutingModule = defineModule({
         nativeRoutingCidr: node.clusterCidr,
       });
     } catch (error) {
-      routing.close();
+      await routing.close();
       throw error;
     }
-    return { value: routing, stop: () => routing.close() };
+    return { value: routing, stop: () => routing.close(), reconcilers: () => routing.health() };
   },
 });
 
@@ -105,8 +109,8 @@ export const ipcacheModule = defineModule({
   description: 'prefix → identity (and tunnel endpoint) for the datapath, every node address as the host',
   needs: { node: NodeCell, datapath: EndpointDatapathCell },
   provides: IpcacheCell,
-  async start({ node, datapath }, { log }) {
-    const ipcache = new Ipcache(datapath.ipcache, log);
+  async start({ node, datapath }, { config, log }) {
+    const ipcache = new Ipcache(datapath.ipcache, log, { refreshIntervalMs: config.reconcileRefreshInterval * 1000 });
     const routerIp = node.record.routerIp;
     // Whatever address the node sends from — the pods' gateway (Cilium's cilium_host address),
     // the underlay, an uplink added later — is the host, so that fromEntities: host and
@@ -130,6 +134,7 @@ export const ipcacheModule = defineModule({
         addresses.stop();
         return ipcache.stop();
       },
+      reconcilers: () => [ipcache.health()],
     };
   },
 });

@@ -71,6 +71,7 @@ export const endpointsModule = defineModule({
       namespaceLabels: (namespace) => namespaces.labelsOf(namespace),
       log,
       nodeName: config.nodeName,
+      refreshIntervalMs: config.reconcileRefreshInterval * 1000,
     });
     const unsubscribe = namespaces.onChange((namespace) =>
       endpoints.namespaceChanged(namespace).catch((error: unknown) => {
@@ -96,6 +97,7 @@ export const endpointsModule = defineModule({
         await endpoints.stop();
       },
       status: () => ({ endpoints: endpoints.list().length, datapath: { bpfRoot: config.bpfRoot, failures: endpoints.failures() } }),
+      reconcilers: () => [endpoints.health()],
     };
   },
 });

@@ -12,7 +12,7 @@ import { endpointDatapathModule, hostNetworkingModule, ipcacheModule, masquerade
 import { endpointsModule, namespacesModule } from './endpoints.ts';
 import { identitiesModule, identityGcConfig, identityGcModule } from './identity.ts';
 import { nodeConfig, nodeModule } from './node.ts';
-import { monitorModule, policyModule, policyStatusModule } from './policy.ts';
+import { monitorModule, policyConfig, policyModule, policyStatusModule } from './policy.ts';
 import { storeConfig, storeModule } from './store.ts';
 
 export const AGENT_MODULES: readonly AgentModule[] = [
@@ -41,6 +41,7 @@ export const AgentConfigSchema = configSchema({
   ...nodeConfig,
   ...masqueradeConfig,
   ...identityGcConfig,
+  ...policyConfig,
   ...apiConfig,
 });
 

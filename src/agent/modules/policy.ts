@@ -6,6 +6,7 @@
  */
 import { EndpointPolicyMaps } from '../../datapath/index.ts';
 import { ruleKey } from '../../policy/index.ts';
+import { z } from 'zod';
 import { defineModule } from '../module.ts';
 import { EndpointsCell, IdentitiesCell, IpcacheCell, NodeCell, PolicyCell, StoreCell } from './cells.ts';
 import { Monitor, type MonitorEvent } from '../monitor.ts';
@@ -14,14 +15,20 @@ import { PolicyManager } from '../policy-manager.ts';
 import { PolicyStatus } from '../policy-status.ts';
 
 
+export const policyConfig = {
+  /** Cilium's bpf-policy-map-max. An endpoint whose policy needs more is retried and makes the agent degraded. */
+  policyMapMaxEntries: z.number().int().min(1).max(1 << 20).default(16384).describe("entries of each endpoint's policy map"),
+};
+
 export const policyModule = defineModule({
   name: 'policy',
   description: 'L3/L4 network policy: rules from the store, resolved per endpoint into policy maps',
+  config: policyConfig,
   needs: { store: StoreCell, identities: IdentitiesCell, ipcache: IpcacheCell },
   provides: PolicyCell,
   async start({ store, identities, ipcache }, { config, log }) {
-    const maps = new EndpointPolicyMaps(config.bpfRoot);
-    const policy = new PolicyManager({ store, identities, ipcache, maps, log });
+    const maps = new EndpointPolicyMaps(config.bpfRoot, { maxEntries: config.policyMapMaxEntries });
+    const policy = new PolicyManager({ store, identities, ipcache, maps, log, refreshIntervalMs: config.reconcileRefreshInterval * 1000 });
     try {
       await policy.start();
     } catch (error) {
@@ -35,6 +42,7 @@ export const policyModule = defineModule({
         maps.close();
       },
       status: () => ({ policy: { revision: policy.revision, rules: policy.list().length } }),
+      reconcilers: () => [policy.health()],
     };
   },
 });
