@@ -12,32 +12,12 @@ import { spawn, execFile } from 'node:child_process';
 import { once } from 'node:events';
 import { promisify } from 'node:util';
 import { RingBuffer, attachTcx, inNetns, namedNetns, type BpfObject, type Link } from '../ebpf/index.ts';
-import { ip, ipIn, pinDir, run, uniqueId } from '../ebpf/internal/testutils.ts';
+import { pinDir, run } from '../ebpf/internal/testutils.ts';
 import { CtStatus, decodeEvent, type DatapathEvent, type TraceEvent } from './events.ts';
 import { LxcProgram, loadLxc, lxcMaps } from './lxc.ts';
+import { linkJson, podTopology, type Pod } from './testutils.ts';
 
 const execFileAsync = promisify(execFile);
-
-/** Gateway address every pod routes through: link-local, answered by a static neighbour entry. */
-const GATEWAY = '169.254.1.1';
-
-interface Pod {
-  netns: string;
-  ip: string;
-  /** Host-side veth, in the node namespace. */
-  hostIf: string;
-  hostIfindex: number;
-  hostMac: string;
-  podMac: string;
-  id: number;
-  identity: number;
-}
-
-interface LinkJson {
-  ifindex: number;
-  address: string;
-  stats64?: { tx: { packets: number } };
-}
 
 function txPackets(netns: string, dev: string): number {
   const stats = linkJson(netns, dev, true).stats64;
@@ -45,67 +25,8 @@ function txPackets(netns: string, dev: string): number {
   return stats.tx.packets;
 }
 
-function linkJson(netns: string, dev: string, stats = false): LinkJson {
-  const out = run('ip', ['-n', netns, '-j', ...(stats ? ['-s'] : []), 'link', 'show', 'dev', dev]);
-  return (JSON.parse(out) as LinkJson[])[0];
-}
-
-interface Topology {
-  node: string;
-  pods: [Pod, Pod];
-}
-
-/** Builds the namespaces and links; everything is removed when the test ends, pass or fail. */
-function topology(t: TestContext): Topology {
-  const id = uniqueId();
-  const node = `cil-node-${id}`;
-  const names = [`cil-pa-${id}`, `cil-pb-${id}`];
-  t.after(() => {
-    // Deleting a namespace deletes the veth ends inside it, and with them their peers.
-    for (const ns of [...names, node]) {
-      try {
-        ip('netns', 'del', ns);
-      } catch {
-        // never created, or already gone
-      }
-    }
-  });
-  for (const ns of [node, ...names]) {
-    ip('netns', 'add', ns);
-    ipIn(ns, 'link', 'set', 'lo', 'up');
-    // Pods have no IPv6: as the agent does for its pods, no IPv6 on their links (bpf_lxc drops it).
-    run('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
-  }
-  run('ip', ['netns', 'exec', node, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
-  const pods = names.map((netns, i): Pod => {
-    const hostIf = `lxc${i}`;
-    const podIp = `10.244.0.${10 + i}`;
-    const tmpHost = `clh${id}${i}`;
-    const tmpPod = `clp${id}${i}`;
-    ip('link', 'add', tmpHost, 'type', 'veth', 'peer', 'name', tmpPod);
-    ip('link', 'set', tmpHost, 'netns', node, 'name', hostIf);
-    ip('link', 'set', tmpPod, 'netns', netns, 'name', 'eth0');
-    ipIn(node, 'link', 'set', hostIf, 'up');
-    ipIn(netns, 'link', 'set', 'eth0', 'up');
-    ipIn(netns, 'addr', 'add', `${podIp}/32`, 'dev', 'eth0');
-    const host = linkJson(node, hostIf);
-    // The pod reaches everything through one gateway whose MAC is its host veth's, as in Cilium.
-    ipIn(netns, 'route', 'add', GATEWAY, 'dev', 'eth0', 'scope', 'link');
-    ipIn(netns, 'route', 'add', 'default', 'via', GATEWAY, 'dev', 'eth0');
-    ipIn(netns, 'neigh', 'add', GATEWAY, 'lladdr', host.address, 'dev', 'eth0', 'nud', 'permanent');
-    // The node routes each pod's /32 to its veth: the path packets take without our programs.
-    ipIn(node, 'route', 'add', `${podIp}/32`, 'dev', hostIf);
-    return {
-      netns,
-      ip: podIp,
-      hostIf,
-      hostIfindex: host.ifindex,
-      hostMac: host.address,
-      podMac: linkJson(netns, 'eth0').address,
-      id: 100 + i,
-      identity: 20000 + i,
-    };
-  });
+function topology(t: TestContext): { node: string; pods: [Pod, Pod] } {
+  const { node, pods } = podTopology(t, { count: 2, prefix: 'cil', firstHost: 10, firstId: 100, firstIdentity: 20000 });
   return { node, pods: pods as [Pod, Pod] };
 }
 

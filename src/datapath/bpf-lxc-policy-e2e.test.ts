@@ -14,69 +14,16 @@ import { once } from 'node:events';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { RingBuffer, attachTcx, inNetns, namedNetns, type BpfObject, type Link } from '../ebpf/index.ts';
-import { ip, ipIn, pinDir, run, uniqueId } from '../ebpf/internal/testutils.ts';
+import { pinDir, run } from '../ebpf/internal/testutils.ts';
 import { PolicyDirection, type PolicyMapEntry } from '../policy/policy-map.ts';
 import { decodeEvent, type DatapathEvent, type DropEvent, type PolicyVerdictEvent } from './events.ts';
 import { LxcProgram, loadLxc, lxcMaps } from './lxc.ts';
 import { EndpointPolicyMaps } from './policy-maps.ts';
+import { podTopology, type Pod } from './testutils.ts';
 
 const execFileAsync = promisify(execFile);
-const GATEWAY = '169.254.1.1';
-
-interface Pod {
-  netns: string;
-  ip: string;
-  hostIf: string;
-  hostIfindex: number;
-  hostMac: string;
-  podMac: string;
-  id: number;
-  identity: number;
-}
-
-function linkJson(netns: string, dev: string): { ifindex: number; address: string } {
-  return (JSON.parse(run('ip', ['-n', netns, '-j', 'link', 'show', 'dev', dev])) as { ifindex: number; address: string }[])[0];
-}
-
 function topology(t: TestContext, count: number): { node: string; pods: Pod[] } {
-  const id = uniqueId();
-  const node = `cpl-node-${id}`;
-  const names = Array.from({ length: count }, (_, i) => `cpl-p${i}-${id}`);
-  t.after(() => {
-    for (const ns of [...names, node]) {
-      try {
-        ip('netns', 'del', ns);
-      } catch {
-        // never created, or already gone
-      }
-    }
-  });
-  for (const ns of [node, ...names]) {
-    ip('netns', 'add', ns);
-    ipIn(ns, 'link', 'set', 'lo', 'up');
-    // Pods have no IPv6: as the agent does for its pods, no IPv6 on their links (bpf_lxc drops it).
-    run('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
-  }
-  run('ip', ['netns', 'exec', node, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
-  const pods = names.map((netns, i): Pod => {
-    const hostIf = `lxc${i}`;
-    const podIp = `10.244.0.${20 + i}`;
-    const tmpHost = `cph${id}${i}`;
-    const tmpPod = `cpp${id}${i}`;
-    ip('link', 'add', tmpHost, 'type', 'veth', 'peer', 'name', tmpPod);
-    ip('link', 'set', tmpHost, 'netns', node, 'name', hostIf);
-    ip('link', 'set', tmpPod, 'netns', netns, 'name', 'eth0');
-    ipIn(node, 'link', 'set', hostIf, 'up');
-    ipIn(netns, 'link', 'set', 'eth0', 'up');
-    ipIn(netns, 'addr', 'add', `${podIp}/32`, 'dev', 'eth0');
-    const host = linkJson(node, hostIf);
-    ipIn(netns, 'route', 'add', GATEWAY, 'dev', 'eth0', 'scope', 'link');
-    ipIn(netns, 'route', 'add', 'default', 'via', GATEWAY, 'dev', 'eth0');
-    ipIn(netns, 'neigh', 'add', GATEWAY, 'lladdr', host.address, 'dev', 'eth0', 'nud', 'permanent');
-    ipIn(node, 'route', 'add', `${podIp}/32`, 'dev', hostIf);
-    return { netns, ip: podIp, hostIf, hostIfindex: host.ifindex, hostMac: host.address, podMac: linkJson(netns, 'eth0').address, id: 200 + i, identity: 30000 + i };
-  });
-  return { node, pods };
+  return podTopology(t, { count, prefix: 'cpl', firstHost: 20, firstId: 200, firstIdentity: 30000 });
 }
 
 /** Whether `count` pings all got answers. */

@@ -1,0 +1,100 @@
+/**
+ * Test fixtures for the endpoint datapath without an agent: a node namespace and pod namespaces
+ * joined by veth pairs the way the endpoint manager joins them (a /32 address, one link-local
+ * gateway answered by a static neighbour entry, a /32 route on the node), built with `ip`.
+ * Everything is removed when the test ends, pass or fail.
+ * @module
+ */
+import type { TestContext } from 'node:test';
+import { ip, ipIn, run, uniqueId } from '../ebpf/internal/testutils.ts';
+
+/** Gateway address every pod routes through: link-local, answered by a static neighbour entry. */
+export const GATEWAY = '169.254.1.1';
+
+export interface Pod {
+  netns: string;
+  ip: string;
+  /** Host-side veth, in the node namespace. */
+  hostIf: string;
+  hostIfindex: number;
+  hostMac: string;
+  podMac: string;
+  id: number;
+  identity: number;
+}
+
+export interface LinkJson {
+  ifindex: number;
+  address: string;
+  stats64?: { tx: { packets: number } };
+}
+
+export function linkJson(netns: string, dev: string, stats = false): LinkJson {
+  const out = run('ip', ['-n', netns, '-j', ...(stats ? ['-s'] : []), 'link', 'show', 'dev', dev]);
+  return (JSON.parse(out) as LinkJson[])[0];
+}
+
+export interface TopologyOptions {
+  /** Pods to create. */
+  count: number;
+  /** Names start with it: namespaces `<prefix>-node-<id>`, `<prefix>-p<i>-<id>`. */
+  prefix: string;
+  /** Pod i gets 10.244.0.<firstHost + i>, endpoint id firstId + i and identity firstIdentity + i. */
+  firstHost: number;
+  firstId: number;
+  firstIdentity: number;
+}
+
+/** A node namespace with `count` pods; no programs attached yet. */
+export function podTopology(t: TestContext, options: TopologyOptions): { node: string; pods: Pod[] } {
+  const id = uniqueId();
+  const node = `${options.prefix}-node-${id}`;
+  const names = Array.from({ length: options.count }, (_, i) => `${options.prefix}-p${i}-${id}`);
+  t.after(() => {
+    // Deleting a namespace deletes the veth ends inside it, and with them their peers.
+    for (const ns of [...names, node]) {
+      try {
+        ip('netns', 'del', ns);
+      } catch {
+        // never created, or already gone
+      }
+    }
+  });
+  for (const ns of [node, ...names]) {
+    ip('netns', 'add', ns);
+    ipIn(ns, 'link', 'set', 'lo', 'up');
+    // Pods have no IPv6: as the agent does for its pods, no IPv6 on their links (bpf_lxc drops it).
+    run('ip', ['netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv6.conf.all.disable_ipv6=1', 'net.ipv6.conf.default.disable_ipv6=1']);
+  }
+  run('ip', ['netns', 'exec', node, 'sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+  const pods = names.map((netns, i): Pod => {
+    const hostIf = `lxc${i}`;
+    const podIp = `10.244.0.${options.firstHost + i}`;
+    const tmpHost = `${options.prefix[0]}h${id}${i}`;
+    const tmpPod = `${options.prefix[0]}p${id}${i}`;
+    ip('link', 'add', tmpHost, 'type', 'veth', 'peer', 'name', tmpPod);
+    ip('link', 'set', tmpHost, 'netns', node, 'name', hostIf);
+    ip('link', 'set', tmpPod, 'netns', netns, 'name', 'eth0');
+    ipIn(node, 'link', 'set', hostIf, 'up');
+    ipIn(netns, 'link', 'set', 'eth0', 'up');
+    ipIn(netns, 'addr', 'add', `${podIp}/32`, 'dev', 'eth0');
+    const host = linkJson(node, hostIf);
+    // The pod reaches everything through one gateway whose MAC is its host veth's, as in Cilium.
+    ipIn(netns, 'route', 'add', GATEWAY, 'dev', 'eth0', 'scope', 'link');
+    ipIn(netns, 'route', 'add', 'default', 'via', GATEWAY, 'dev', 'eth0');
+    ipIn(netns, 'neigh', 'add', GATEWAY, 'lladdr', host.address, 'dev', 'eth0', 'nud', 'permanent');
+    // The node routes each pod's /32 to its veth: the path packets take without our programs.
+    ipIn(node, 'route', 'add', `${podIp}/32`, 'dev', hostIf);
+    return {
+      netns,
+      ip: podIp,
+      hostIf,
+      hostIfindex: host.ifindex,
+      hostMac: host.address,
+      podMac: linkJson(netns, 'eth0').address,
+      id: options.firstId + i,
+      identity: options.firstIdentity + i,
+    };
+  });
+  return { node, pods };
+}
