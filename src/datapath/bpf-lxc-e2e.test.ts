@@ -15,7 +15,7 @@ import { RingBuffer, attachTcx, inNetns, namedNetns, type BpfObject, type Link }
 import { pinDir, run } from '../ebpf/internal/testutils.ts';
 import { CtStatus, decodeEvent, type DatapathEvent, type TraceEvent } from './events.ts';
 import { LxcProgram, loadLxc, lxcMaps } from './lxc.ts';
-import { linkJson, podTopology, type Pod } from './testutils.ts';
+import { attachPod, linkJson, podTopology, type Pod } from './testutils.ts';
 
 const execFileAsync = promisify(execFile);
 
@@ -84,18 +84,7 @@ test('pods on one node reach each other through bpf_redirect_peer, reported as t
     for (const obj of objects) obj.close();
   });
 
-  for (const pod of pods) {
-    const obj = loadLxc({ endpointId: pod.id, identity: pod.identity, ipv4: pod.ip, pinDir: pins });
-    objects.push(obj);
-    lxcMaps(obj).lxc.update(
-      { ip: pod.ip },
-      { ifindex: pod.hostIfindex, lxc_id: pod.id, flags: 0, mac: pod.podMac, node_mac: pod.hostMac, sec_identity: pod.identity },
-    );
-    inNetns(namedNetns(node), () => {
-      links.push(attachTcx(obj.program(LxcProgram.FROM_CONTAINER), { interface: pod.hostIf, direction: 'ingress' }));
-      links.push(attachTcx(obj.program(LxcProgram.TO_CONTAINER), { interface: pod.hostIf, direction: 'egress' }));
-    });
-  }
+  for (const pod of pods) attachPod(pod, node, pins, objects, links);
   const maps = lxcMaps(objects[0]);
   assert.equal([...maps.lxc.keys()].length, 2, 'both copies wrote the one pinned endpoint map');
   ring = new RingBuffer(maps.events, { lostCounter: maps.eventsLost });

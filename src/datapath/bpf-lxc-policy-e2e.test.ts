@@ -19,7 +19,7 @@ import { PolicyDirection, type PolicyMapEntry } from '../policy/policy-map.ts';
 import { decodeEvent, type DatapathEvent, type DropEvent, type PolicyVerdictEvent } from './events.ts';
 import { LxcProgram, loadLxc, lxcMaps } from './lxc.ts';
 import { EndpointPolicyMaps } from './policy-maps.ts';
-import { podTopology, type Pod } from './testutils.ts';
+import { attachPod, podTopology, type Pod } from './testutils.ts';
 
 const execFileAsync = promisify(execFile);
 function topology(t: TestContext, count: number): { node: string; pods: Pod[] } {
@@ -97,18 +97,7 @@ test('policy with real traffic: A→B TCP 80 and ping allowed, TCP 81 dropped, C
   });
   policy.apply(c.id, { upserts: [entry(0, PolicyDirection.EGRESS, 0), entry(0, PolicyDirection.INGRESS, 0)], deletes: [] });
 
-  for (const pod of pods) {
-    const obj = loadLxc({ endpointId: pod.id, identity: pod.identity, ipv4: pod.ip, pinDir: mapsDir });
-    objects.push(obj);
-    lxcMaps(obj).lxc.update(
-      { ip: pod.ip },
-      { ifindex: pod.hostIfindex, lxc_id: pod.id, flags: 0, mac: pod.podMac, node_mac: pod.hostMac, sec_identity: pod.identity },
-    );
-    inNetns(namedNetns(node), () => {
-      links.push(attachTcx(obj.program(LxcProgram.FROM_CONTAINER), { interface: pod.hostIf, direction: 'ingress' }));
-      links.push(attachTcx(obj.program(LxcProgram.TO_CONTAINER), { interface: pod.hostIf, direction: 'egress' }));
-    });
-  }
+  for (const pod of pods) attachPod(pod, node, mapsDir, objects, links);
   const maps = lxcMaps(objects[0]);
   ring = new RingBuffer(maps.events, { lostCounter: maps.eventsLost });
 

@@ -6,7 +6,9 @@
  * @module
  */
 import type { TestContext } from 'node:test';
+import { attachTcx, inNetns, namedNetns, type BpfObject, type Link } from '../ebpf/index.ts';
 import { ip, ipIn, run, uniqueId } from '../ebpf/internal/testutils.ts';
+import { LxcProgram, loadLxc, lxcMaps } from './lxc.ts';
 
 /** Gateway address every pod routes through: link-local, answered by a static neighbour entry. */
 export const GATEWAY = '169.254.1.1';
@@ -97,4 +99,22 @@ export function podTopology(t: TestContext, options: TopologyOptions): { node: s
     };
   });
   return { node, pods };
+}
+
+/**
+ * Loads the pod's copy of bpf_lxc.o (maps shared through `pinDir`), writes its endpoint map entry
+ * and attaches both programs to its host veth; the object and links go to `objects` and `links`,
+ * for the caller to close.
+ */
+export function attachPod(pod: Pod, node: string, pinDir: string, objects: BpfObject[], links: Link[]): void {
+  const obj = loadLxc({ endpointId: pod.id, identity: pod.identity, ipv4: pod.ip, pinDir });
+  objects.push(obj);
+  lxcMaps(obj).lxc.update(
+    { ip: pod.ip },
+    { ifindex: pod.hostIfindex, lxc_id: pod.id, flags: 0, mac: pod.podMac, node_mac: pod.hostMac, sec_identity: pod.identity },
+  );
+  inNetns(namedNetns(node), () => {
+    links.push(attachTcx(obj.program(LxcProgram.FROM_CONTAINER), { interface: pod.hostIf, direction: 'ingress' }));
+    links.push(attachTcx(obj.program(LxcProgram.TO_CONTAINER), { interface: pod.hostIf, direction: 'egress' }));
+  });
 }
