@@ -26,7 +26,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { Endpoint } from '../src/agent/endpoint.ts';
 import { installCni, PLUGIN_NODE_FLAGS } from '../src/cni/install.ts';
-import { type BenchContext, buildC, interleave, median, ROOT, round } from './lib.ts';
+import { type BenchContext, buildC, interleave, type JsonValue, median, ROOT, round } from './lib.ts';
 import { BenchNode } from './support/agent.ts';
 import { Cleanups, netnsPath, percentile, sh, uniqueName } from './support/ns.ts';
 
@@ -49,6 +49,33 @@ interface Run {
   cpuMs: number;
   exit: number;
   stdout: string;
+}
+
+/** `<stem>_p50_ms` and `<stem>_p99_ms`: ours against the baseline's same percentile. */
+function emitPercentiles(
+  ctx: BenchContext,
+  stem: string,
+  ours: readonly number[],
+  base: readonly number[],
+  baseline: string,
+  extra: Record<string, JsonValue>,
+  p50Extra: Record<string, JsonValue> = {},
+): void {
+  for (const p of [50, 99] as const) {
+    const value = percentile(ours, p);
+    const baselineValue = percentile(base, p);
+    ctx.emit({
+      metric: `${stem}_p${p}_ms`,
+      value: round(value, 1),
+      unit: 'ms',
+      baseline,
+      baseline_value: round(baselineValue, 1),
+      ratio: round(value / baselineValue, 3),
+      better: 'lower',
+      ...extra,
+      ...(p === 50 ? p50Extra : {}),
+    });
+  }
 }
 
 /**
@@ -234,21 +261,15 @@ export async function run(ctx: BenchContext): Promise<void> {
     const parallel = await interleave(PARALLEL_ROUNDS, { plugin: () => burst('plugin'), api: () => burst('api') }, { warmup: 0 });
 
     const versionP50 = median(version.plugin);
-    for (const p of [50, 99] as const) {
-      const value = percentile(version.plugin, p);
-      const baseline = percentile(version.bare, p);
-      ctx.emit({
-        metric: `cni_version_p${p}_ms`,
-        value: round(value, 1),
-        unit: 'ms',
-        baseline: `bare node -e '' (${PLUGIN_NODE_FLAGS.join(' ')}) through an sh wrapper`,
-        baseline_value: round(baseline, 1),
-        ratio: round(value / baseline, 3),
-        better: 'lower',
-        ...(p === 50 ? { target_ms: TARGET_P50_MS, meets_target: versionP50 < TARGET_P50_MS } : {}),
-        runs: version.plugin.length,
-      });
-    }
+    emitPercentiles(
+      ctx,
+      'cni_version',
+      version.plugin,
+      version.bare,
+      `bare node -e '' (${PLUGIN_NODE_FLAGS.join(' ')}) through an sh wrapper`,
+      { runs: version.plugin.length },
+      { target_ms: TARGET_P50_MS, meets_target: versionP50 < TARGET_P50_MS },
+    );
     const peak = Math.max(...rss.plugin);
     const barePeak = Math.max(...rss.bare);
     ctx.emit({
@@ -267,20 +288,7 @@ export async function run(ctx: BenchContext): Promise<void> {
       add_peak_rss_mb: round(Math.max(...seq.addRss), 1),
       runs: rss.plugin.length,
     });
-    for (const p of [50, 99] as const) {
-      const value = percentile(seq.pluginAdd, p);
-      const baseline = percentile(seq.apiAdd, p);
-      ctx.emit({
-        metric: `cni_add_p${p}_ms`,
-        value: round(value, 1),
-        unit: 'ms',
-        baseline: 'POST /v1/endpoints straight to the agent API',
-        baseline_value: round(baseline, 1),
-        ratio: round(value / baseline, 3),
-        better: 'lower',
-        pods: seq.pluginAdd.length,
-      });
-    }
+    emitPercentiles(ctx, 'cni_add', seq.pluginAdd, seq.apiAdd, 'POST /v1/endpoints straight to the agent API', { pods: seq.pluginAdd.length });
     const delP50 = median(seq.pluginDel);
     const apiDelP50 = median(seq.apiDel);
     ctx.emit({
