@@ -206,17 +206,22 @@ export async function runCni(env: NodeJS.ProcessEnv, stdin: string): Promise<Cni
         const netns = requireEnv(invocation.netns, 'CNI_NETNS', command);
         const ifname = requireEnv(invocation.ifname, 'CNI_IFNAME', command);
         if (!existsSync(netns)) throw new CniError(CniErrorCode.UNKNOWN_CONTAINER, `ADD: network namespace ${netns} does not exist`);
-        const endpoint = await agentCall(() =>
-          client.call<Endpoint>('POST', '/v1/endpoints', {
-            containerId,
-            ifname,
-            netns,
-            podName: invocation.args.K8S_POD_NAME,
-            namespace: invocation.args.K8S_POD_NAMESPACE,
-            labels: podLabelsFrom(conf, invocation),
-          }),
-        );
-        const status = await agentCall(() => client.get<{ ipam: { routerIp: string } }>('/v1/status'));
+        const labels = podLabelsFrom(conf, invocation);
+        // The gateway (the node's router address) does not depend on the add: ask for it at the
+        // same time rather than after, one round trip less per pod.
+        const [endpoint, status] = await Promise.all([
+          agentCall(() =>
+            client.call<Endpoint>('POST', '/v1/endpoints', {
+              containerId,
+              ifname,
+              netns,
+              podName: invocation.args.K8S_POD_NAME,
+              namespace: invocation.args.K8S_POD_NAMESPACE,
+              labels,
+            }),
+          ),
+          agentCall(() => client.get<{ ipam: { routerIp: string } }>('/v1/status')),
+        ]);
         return ok(resultFor(conf, endpoint, status.ipam.routerIp));
       }
       case 'DEL': {
