@@ -15,8 +15,11 @@ import { installCni } from './install.ts';
 
 const REPO_ROOT = join(import.meta.dirname, '..', '..');
 
-/** The project files a plugin run may load: its entry, the CNI logic and the agent's light client. */
-const ALLOWED_FILES = new Set(['src/cni/main.ts', 'src/cni/plugin.ts', 'src/cni/errors.ts', 'src/agent/client.ts', 'src/agent/unix-http.ts']);
+/**
+ * The project files a plugin run may load: its entry, the CNI logic and the agent's light client,
+ * and the coded-error base those errors derive from on main (src/errors/index.ts imports nothing).
+ */
+const ALLOWED_FILES = new Set(['src/cni/main.ts', 'src/cni/plugin.ts', 'src/cni/errors.ts', 'src/agent/client.ts', 'src/agent/unix-http.ts', 'src/errors/index.ts']);
 /** Builtins it may import; node:http in particular costs a short-lived process about 16 MB. */
 const ALLOWED_BUILTINS = new Set(['node:fs', 'node:net']);
 /** What the plugin stays comfortably under with a warm compile cache (about 50 MB on Node 24, of which bare Node is 43). */
