@@ -17,11 +17,12 @@ import { join } from 'node:path';
 const REPO_ROOT = join(import.meta.dirname, '..', '..');
 
 /**
- * Flags of the plugin's Node. No V8 worker threads: a plugin lives for tens of milliseconds and
- * many run at once on few cores, so background compile and GC threads are only more to schedule.
- * The compile cache is keyed by V8's flags, so the warm-up call runs through the wrapper itself.
+ * Flags of the plugin's Node. One V8 worker thread instead of Node's default four (0 would mean
+ * "one per core"): a plugin lives for tens of milliseconds and a burst of pods runs many at once,
+ * so background compile and GC threads are only more to create and schedule. The compile cache
+ * is keyed by V8's flags, so the warm-up call runs through the wrapper itself.
  */
-export const PLUGIN_NODE_FLAGS: readonly string[] = ['--v8-pool-size=0'];
+export const PLUGIN_NODE_FLAGS: readonly string[] = ['--v8-pool-size=1'];
 
 export interface InstallOptions {
   binDir: string;
