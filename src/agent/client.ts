@@ -1,9 +1,13 @@
 /**
  * A client of the agent's Unix-socket API, for the CLI and the CNI plugin.
+ *
+ * The CNI plugin imports this file by path (not through src/agent/index.ts, which loads the whole
+ * agent) and runs once per pod, so it stays light: requests go through src/agent/unix-http.ts on
+ * node:net, and node:http is loaded only for the monitor's stream, which the plugin never opens.
  * @module
  */
-import { request } from 'node:http';
 import { codedErrorFamily } from '../errors/index.ts';
+import { UnixHttpError, unixHttpRequest, type UnixHttpResponse } from './unix-http.ts';
 
 /**
  * What the agent answered with an error status (its `error.code`, whichever family raised it on
@@ -33,7 +37,8 @@ export class AgentClient {
   }
 
   /** GETs a streaming route: calls `onItem` per JSON line until the stream ends or `signal` aborts. */
-  stream<T>(path: string, onItem: (item: T) => void, signal?: AbortSignal): Promise<void> {
+  async stream<T>(path: string, onItem: (item: T) => void, signal?: AbortSignal): Promise<void> {
+    const { request } = await import('node:http');
     return new Promise<void>((resolve, reject) => {
       const req = request({ socketPath: this.socketPath, path, method: 'GET', signal }, (res) => {
         if ((res.statusCode ?? 500) >= 400) {
@@ -63,45 +68,30 @@ export class AgentClient {
     });
   }
 
-  call<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const payload = body === undefined ? undefined : JSON.stringify(body);
-    return new Promise<T>((resolve, reject) => {
-      const req = request(
-        {
-          socketPath: this.socketPath,
-          path,
-          method,
-          timeout: this.timeoutMs,
-          headers: payload ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(payload) } : {},
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (chunk: Buffer) => chunks.push(chunk));
-          res.on('end', () => {
-            const text = Buffer.concat(chunks).toString('utf8');
-            let value: unknown;
-            try {
-              value = text ? JSON.parse(text) : {};
-            } catch {
-              reject(new AgentApiError(res.statusCode ?? 0, 'ERR_BAD_RESPONSE', `agent answered ${method} ${path} with non-JSON: ${text.slice(0, 200)}`));
-              return;
-            }
-            if ((res.statusCode ?? 500) >= 400) {
-              const error = (value as { error?: { code?: string; message?: string } }).error;
-              reject(new AgentApiError(res.statusCode ?? 500, error?.code ?? 'ERR_AGENT', error?.message ?? `agent answered ${res.statusCode}`));
-            } else resolve(value as T);
-          });
-        },
-      );
-      req.on('timeout', () => req.destroy(new AgentApiError(0, 'ERR_TIMEOUT', `agent did not answer ${method} ${path} within ${this.timeoutMs} ms`)));
-      req.on('error', (error: NodeJS.ErrnoException) => {
-        if (error instanceof AgentApiError) reject(error);
-        else if (error.code === 'ENOENT' || error.code === 'ECONNREFUSED') {
-          reject(new AgentApiError(0, 'ERR_AGENT_UNREACHABLE', `cannot reach the agent at ${this.socketPath}: is \`ciliate agent\` running? (${error.code})`));
-        } else reject(new AgentApiError(0, 'ERR_AGENT_UNREACHABLE', `talking to the agent at ${this.socketPath}: ${error.message}`));
-      });
-      if (payload) req.write(payload);
-      req.end();
-    });
+  async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    let response: UnixHttpResponse;
+    try {
+      response = await unixHttpRequest({ socketPath: this.socketPath, method, path, body: body === undefined ? undefined : JSON.stringify(body), timeoutMs: this.timeoutMs });
+    } catch (error) {
+      if (!(error instanceof UnixHttpError)) throw error;
+      if (error.code === 'ETIMEDOUT') throw new AgentApiError(0, 'ERR_TIMEOUT', `agent did not answer ${method} ${path} within ${this.timeoutMs} ms`);
+      if (error.code === 'ERR_BAD_RESPONSE') throw new AgentApiError(0, 'ERR_BAD_RESPONSE', `agent answered ${method} ${path} with ${error.message}`);
+      if (error.code === 'ENOENT' || error.code === 'ECONNREFUSED') {
+        throw new AgentApiError(0, 'ERR_AGENT_UNREACHABLE', `cannot reach the agent at ${this.socketPath}: is \`ciliate agent\` running? (${error.code})`);
+      }
+      throw new AgentApiError(0, 'ERR_AGENT_UNREACHABLE', `talking to the agent at ${this.socketPath}: ${error.message}`);
+    }
+    const { status, text } = response;
+    let value: unknown;
+    try {
+      value = text ? JSON.parse(text) : {};
+    } catch {
+      throw new AgentApiError(status, 'ERR_BAD_RESPONSE', `agent answered ${method} ${path} with non-JSON: ${text.slice(0, 200)}`);
+    }
+    if (status >= 400) {
+      const error = (value as { error?: { code?: string; message?: string } }).error;
+      throw new AgentApiError(status, error?.code ?? 'ERR_AGENT', error?.message ?? `agent answered ${status}`);
+    }
+    return value as T;
   }
 }

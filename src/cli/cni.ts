@@ -15,8 +15,15 @@ export function registerCniCommands(program: Command): void {
     .option('--conf-dir <dir>', 'CNI network configuration directory', '/etc/cni/net.d')
     .option('--network <name>', 'network name', 'ciliate')
     .option('--socket <path>', 'agent API socket the plugin talks to')
-    .action((options: { binDir: string; confDir: string; network: string; socket?: string }) => {
-      const { plugin, conflist } = installCni({ binDir: options.binDir, confDir: options.confDir, network: options.network, socketPath: options.socket });
+    .option('--compile-cache-dir <dir>', "the plugin's Node compile cache (default: .ciliate-compile-cache in the bin dir; keep it as protected as the bin dir)")
+    .action((options: { binDir: string; confDir: string; network: string; socket?: string; compileCacheDir?: string }) => {
+      const { plugin, conflist } = installCni({
+        binDir: options.binDir,
+        confDir: options.confDir,
+        network: options.network,
+        socketPath: options.socket,
+        compileCacheDir: options.compileCacheDir,
+      });
       process.stdout.write(`installed ${plugin} and ${conflist}\n`);
     });
 }

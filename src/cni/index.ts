@@ -4,4 +4,4 @@
  */
 export { runCni, parseNetConf, readInvocation, resultFor, SUPPORTED_VERSIONS, type CniInvocation, type CniOutput, type NetConf } from './plugin.ts';
 export { CniError, CniErrorCode } from './errors.ts';
-export { installCni, type InstallOptions } from './install.ts';
+export { installCni, pluginWrapper, PLUGIN_NODE_FLAGS, type InstallOptions, type InstalledCni } from './install.ts';

@@ -28,3 +28,21 @@ test('malformed labels name the field or the variable', () => {
     (e: unknown) => e instanceof CniError && /CNI_ARGS CILIATE_LABELS: "oops" is not key=value/.test(e.message),
   );
 });
+
+test('a network configuration that breaks the spec names the field at fault', () => {
+  const fails = (json: object, pattern: RegExp) =>
+    assert.throws(
+      () => parseNetConf(JSON.stringify(json)),
+      (e: unknown) => e instanceof CniError && e.cniCode === 7 && pattern.test(e.message),
+      JSON.stringify(json),
+    );
+  fails({ cniVersion: '1.0.0', type: 'ciliate' }, /field name: expected a string, got undefined/);
+  fails({ cniVersion: '1.0.0', name: '-x', type: 'ciliate' }, /field name: must start with a letter or digit/);
+  fails({ cniVersion: '1.0.0', name: 'n', type: '' }, /field type: must not be empty/);
+  fails({ cniVersion: '1.0.0', name: 'n', type: 't', socketPath: 'relative.sock' }, /field socketPath: must be an absolute path/);
+  fails({ cniVersion: '1.0.0', name: 'n', type: 't', capabilities: { portMappings: 'yes' } }, /field capabilities\.portMappings: expected a boolean/);
+  fails({ cniVersion: '1.0.0', name: 'n', type: 't', args: [] }, /field args: expected an object, got array/);
+  assert.throws(() => parseNetConf('[]'), (e: unknown) => e instanceof CniError && /field \(top level\): expected an object/.test(e.message));
+  const conf = parseNetConf(JSON.stringify({ cniVersion: '0.4.0', name: 'n', type: 't', socketPath: '/run/a.sock', custom: { kept: true } }));
+  assert.deepEqual([conf.socketPath, conf.custom], ['/run/a.sock', { kept: true }], 'known fields typed, unknown ones passed through');
+});

@@ -59,7 +59,11 @@ export class BpfObject implements Disposable {
 
   static load(path: string, options: LoadOptions = {}): BpfObject {
     if (!existsSync(path)) throw new BpfError('ERR_ELF', `loading BPF object ${path}: no such file (was the BPF build run?)`);
-    const logBuffer = Buffer.alloc(options.logSize ?? 4 << 20);
+    // Not zeroed: the kernel writes it only when a load fails (see below), and zeroing 4 MiB per
+    // object was a visible share of an agent adding pods (memset, page faults, GC pressure for an
+    // external buffer). The leading NUL makes an untouched buffer read as an empty log.
+    const logBuffer = Buffer.allocUnsafeSlow(options.logSize ?? 4 << 20);
+    logBuffer[0] = 0;
     const objectName = cString(basename(path, '.o'));
     const opts = Buffer.alloc(OpenOpts.size);
     opts.writeBigUInt64LE(BigInt(OpenOpts.size), 0);
