@@ -62,13 +62,11 @@ async function assertDatapathOutlivesAgent(t: TestContext, port: number, stop: (
 
 test('a kill -9 of the agent drops no established connection, and the restarted agent adopts the datapath', async (t) => {
   await assertDatapathOutlivesAgent(t, 7001, async (node) => {
-    // The agent's own children (its address monitor) must not outlive it in the node's namespace.
+    // Endpoints, routes and address events all go over the agent's own netlink sockets: in its
+    // steady state it has no child process (one would outlive a kill -9 in the node's namespace).
     const children = readFileSync(`/proc/${node.agent!.pid}/task/${node.agent!.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
-    assert.ok(children.length > 0, 'the agent runs its address monitor');
+    assert.deepEqual(children, [], 'the agent runs no child process once it serves');
     await node.stopAgent('SIGKILL');
-    const deadline = Date.now() + 2000;
-    while (children.some((pid) => existsSync(`/proc/${pid}`)) && Date.now() < deadline) await sleep(20);
-    assert.deepEqual(children.filter((pid) => existsSync(`/proc/${pid}`)), [], 'children of a killed agent are gone');
   });
 });
 

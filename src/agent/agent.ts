@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { EndpointDatapath, EndpointPolicyMaps, ensureMasquerade, ip, ipBatch, linkDetails, NodeRouting, ReservedIdentity, sysctl } from '../datapath/index.ts';
+import { detectNodeIp, EndpointDatapath, EndpointPolicyMaps, NodeRouting, ReservedIdentity, setUpNodeNetworking } from '../datapath/index.ts';
 import { addressAllocator, NodeIpam } from '../ipam/index.ts';
 import { EtcdStateStore, LocalStateStore, StoreError, type StateStore } from '../store/index.ts';
 import { ApiError, ApiServer } from './api-server.ts';
@@ -31,8 +31,7 @@ import { IdentityAllocator, identityName, reservedIdentities, type Identity } fr
 
 export const VERSION = '0.1.0';
 /** Holds the node's router address, so pods reach their node at their gateway. */
-export const HOST_DEVICE = 'ciliate_host';
-export const HOST_PEER_DEVICE = 'ciliate_net';
+export { HOST_DEVICE, HOST_PEER_DEVICE } from '../datapath/index.ts';
 
 export interface NodeRecord {
   name: string;
@@ -142,7 +141,7 @@ export class Agent {
       },
       stop: () => this.#identities?.stop(),
     });
-    this.#lifecycle.append({ name: 'node-networking', start: () => this.#setUpNodeNetworking() });
+    this.#lifecycle.append({ name: 'node-networking', start: () => setUpNodeNetworking({ routerIp: this.#ipam!.routerIp, clusterCidr: config.clusterCidr, masquerade: config.masquerade }) });
     this.#lifecycle.append({
       name: 'datapath',
       start: () => {
@@ -323,15 +322,6 @@ export class Agent {
     });
   }
 
-  async #setUpNodeNetworking(): Promise<void> {
-    await sysctl('net.ipv4.ip_forward', '1');
-    const routerIp = this.#ipam!.routerIp;
-    // A veth pair, as Cilium's cilium_host/cilium_net: this kernel may lack dummy devices.
-    if (!(await linkDetails(HOST_DEVICE))) await ip(['link', 'add', HOST_DEVICE, 'type', 'veth', 'peer', 'name', HOST_PEER_DEVICE]);
-    await ipBatch([`addr replace ${routerIp}/32 dev ${HOST_DEVICE}`, `link set dev ${HOST_DEVICE} up`, `link set dev ${HOST_PEER_DEVICE} up`]);
-    if (this.config.masquerade) await ensureMasquerade(this.config.clusterCidr);
-  }
-
   #routes(): void {
     const api = this.#api;
     api.route('GET', '/v1/healthz', () => ({ ok: true }));
@@ -435,17 +425,6 @@ async function openStoreWaitingForLock(dir: string, log: Logger): Promise<StateS
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
   }
-}
-
-/** The first global IPv4 address outside Ciliate's own devices: the underlay address by default. */
-async function detectNodeIp(): Promise<string> {
-  const links = JSON.parse(await ip(['-j', '-4', 'addr', 'show', 'scope', 'global'])) as { ifname: string; addr_info: { local: string }[] }[];
-  for (const link of links) {
-    if (link.ifname.startsWith('lxc') || link.ifname.startsWith('ciliate_')) continue;
-    const address = link.addr_info[0]?.local;
-    if (address) return address;
-  }
-  return '';
 }
 
 function identityView(identity: Pick<Identity, 'id' | 'labels'>) {

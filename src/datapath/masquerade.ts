@@ -5,17 +5,25 @@
  * @module
  */
 import { spawn } from 'node:child_process';
-import { NetlinkError } from './netlink.ts';
 
 export const MASQUERADE_TABLE = 'ciliate';
+
+/** nft refused the masquerade table; the message carries what it printed. */
+export class MasqueradeError extends Error {
+  readonly code = 'ERR_MASQUERADE';
+  constructor(message: string) {
+    super(message);
+    this.name = 'MasqueradeError';
+  }
+}
 
 function nft(script: string): Promise<void> {
   return new Promise((resolve, reject) => {
     const child = spawn('nft', ['-f', '-'], { stdio: ['pipe', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('error', (error) => reject(new NetlinkError('nft -f -', error.message)));
-    child.on('close', (code) => (code === 0 ? resolve() : reject(new NetlinkError('nft -f -', stderr))));
+    child.on('error', (error) => reject(new MasqueradeError(`nft -f -: ${error.message}`)));
+    child.on('close', (code) => (code === 0 ? resolve() : reject(new MasqueradeError(`nft -f -: ${stderr.trim() || 'failed'}`))));
     child.stdin.end(script);
   });
 }
