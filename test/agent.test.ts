@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentApiError, type Endpoint } from '../src/agent/index.ts';
-import { TestNode, echo, echoServer, inNs, ping, sleep, streamConnection } from './support/cluster.ts';
+import { hostInterfaceName } from '../src/agent/endpoint.ts';
+import { TestNode, addNetns, echo, echoServer, inNs, ping, sleep, streamConnection } from './support/cluster.ts';
 
 test('pods on one node reach each other and their node over ICMP, TCP and UDP', async (t) => {
   const node = await TestNode.start(t);
@@ -93,7 +94,6 @@ test('SIGTERM stops the agent promptly and cleanly, leaving the datapath for the
 
 test('bad endpoint requests get clear errors and leave nothing half-created', async (t) => {
   const node = await TestNode.start(t, { clusterCidr: '10.244.0.0/16', nodeCidrMaskSize: 30 });
-  const first = await node.addPod(t, 'dup-container');
   const rejects = async (body: unknown, code: string, message: RegExp) => {
     await assert.rejects(node.client.call('POST', '/v1/endpoints', body), (error: unknown) => {
       assert.ok(error instanceof AgentApiError, String(error));
@@ -102,6 +102,17 @@ test('bad endpoint requests get clear errors and leave nothing half-created', as
       return true;
     });
   };
+  // The host end's name taken by an interface that is not the agent's: refused with the kernel's
+  // errno, and that interface is left alone.
+  const squatted = hostInterfaceName('squatter', 'eth0');
+  await inNs(node.netns, 'ip', ['link', 'add', squatted, 'type', 'veth', 'peer', 'name', 'squat-peer']);
+  const squatterNetns = await addNetns(t, 'ctp');
+  await rejects({ containerId: 'squatter', ifname: 'eth0', netns: `/run/netns/${squatterNetns}` }, 'ERR_NETLINK', new RegExp(`creating veth ${squatted} .*: EEXIST`));
+  assert.match(await inNs(node.netns, 'ip', ['-o', 'link', 'show', 'dev', squatted]), /squat-peer/, 'the existing interface stays');
+  assert.equal(await inNs(squatterNetns, 'ip', ['-o', 'link', 'show', 'dev', 'eth0']).catch(() => 'absent'), 'absent', 'no pod end was made');
+  await inNs(node.netns, 'ip', ['link', 'del', squatted]);
+
+  const first = await node.addPod(t, 'dup-container');
   await rejects({ containerId: 'dup-container', ifname: 'eth0', netns: first.endpoint.netns }, 'ERR_ENDPOINT_EXISTS', /dup-container already has interface eth0/);
   await rejects({ containerId: 'x', ifname: 'eth0', netns: '/run/netns/does-not-exist' }, 'ERR_BAD_NETNS', /does-not-exist does not exist/);
   await rejects({ containerId: 'x', ifname: 'eth0' }, 'ERR_BAD_REQUEST', /field netns/);

@@ -5,7 +5,7 @@
  * arm64), so native-endian fields are written LE; the few network-order fields say so.
  * @module
  */
-import { isIPv4, isIPv6 } from 'node:net';
+import { formatIp, parseIp } from '../../policy/cidr.ts';
 
 export const AF_UNSPEC = 0;
 export const AF_INET = 2;
@@ -231,51 +231,29 @@ export function attrText(value: Buffer | undefined): string | undefined {
 export type Family = 4 | 6;
 
 export function familyOf(address: string): Family {
-  if (isIPv4(address)) return 4;
-  if (isIPv6(address)) return 6;
-  throw new TypeError(`${JSON.stringify(address)} is not an IP address`);
+  const ip = parseIp(address);
+  if (!ip) throw new TypeError(`${JSON.stringify(address)} is not an IP address`);
+  return ip.family;
 }
 
 export const afOf = (family: Family): number => (family === 4 ? AF_INET : AF_INET6);
 export const familyOfAf = (af: number): Family | undefined => (af === AF_INET ? 4 : af === AF_INET6 ? 6 : undefined);
 
-/** An address in network byte order. */
+/** An address in network byte order (4 or 16 bytes). */
 export function ipBytes(address: string): Buffer {
-  if (isIPv4(address)) return Buffer.from(address.split('.').map(Number));
-  if (!isIPv6(address)) throw new TypeError(`${JSON.stringify(address)} is not an IP address`);
-  // An embedded IPv4 tail (::ffff:1.2.3.4) as two hex groups, then "::" as the missing zeros.
-  const text = address.replace(/(\d+)\.(\d+)\.(\d+)\.(\d+)$/, (_, a, b, c, d) =>
-    `${((Number(a) << 8) | Number(b)).toString(16)}:${((Number(c) << 8) | Number(d)).toString(16)}`,
-  );
-  const groups = (part: string): number[] => (part ? part.split(':').map((g) => parseInt(g, 16)) : []);
-  const [head, rest] = text.split('::') as [string, string | undefined];
-  const left = groups(head);
-  const right = rest === undefined ? [] : groups(rest);
-  const all = [...left, ...new Array<number>(8 - left.length - right.length).fill(0), ...right];
-  const out = Buffer.alloc(16);
-  all.forEach((group, i) => out.writeUInt16BE(group, i * 2));
+  const ip = parseIp(address);
+  if (!ip) throw new TypeError(`${JSON.stringify(address)} is not an IP address`);
+  const size = ip.family === 4 ? 4 : 16;
+  const out = Buffer.alloc(size);
+  for (let i = 0; i < size; i++) out[i] = Number((ip.value >> BigInt((size - 1 - i) * 8)) & 0xffn);
   return out;
 }
 
-/** The text form of a 4- or 16-byte address (IPv6 with the longest run of zero groups as ::). */
+/** The text form of a 4- or 16-byte address, IPv6 as RFC 5952 has it. */
 export function ipText(bytes: Buffer): string {
-  if (bytes.length === 4) return [...bytes].join('.');
-  const groups = Array.from({ length: 8 }, (_, i) => bytes.readUInt16BE(i * 2));
-  let bestStart = -1;
-  let bestLength = 0;
-  for (let i = 0; i < 8; ) {
-    if (groups[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && groups[j] === 0) j++;
-    if (j - i > bestLength && j - i > 1) [bestStart, bestLength] = [i, j - i];
-    i = j;
-  }
-  const hex = groups.map((g) => g.toString(16));
-  if (bestStart < 0) return hex.join(':');
-  return `${hex.slice(0, bestStart).join(':')}::${hex.slice(bestStart + bestLength).join(':')}`;
+  let value = 0n;
+  for (const byte of bytes) value = (value << 8n) | BigInt(byte);
+  return formatIp(bytes.length === 4 ? 4 : 6, value);
 }
 
 /** "A.B.C.D/len" (or an IPv6 prefix; no length means a host) as address, length and family. */
