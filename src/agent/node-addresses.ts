@@ -22,15 +22,19 @@ export class NodeAddresses {
   readonly #held = new Map<string, Set<number>>();
   #subscription: AddressEvents | undefined;
   #netlink: Netlink | undefined;
+  readonly #netns: string | undefined;
 
-  constructor(events: NodeAddressEvents, log: Logger) {
+  /** `netns`: the namespace file to follow (tests); default the agent's own namespace. */
+  constructor(events: NodeAddressEvents, log: Logger, options: { netns?: string } = {}) {
     this.#events = events;
     this.#log = log;
+    this.#netns = options.netns;
   }
 
   async start(): Promise<void> {
-    this.#netlink = Netlink.open();
+    this.#netlink = Netlink.open({ netns: this.#netns });
     this.#subscription = AddressEvents.subscribe({
+      netns: this.#netns,
       onEvent: (event) => this.#change(event.ifindex, event.address, event.type === 'added'),
       onError: (error) => {
         if (NetlinkError.is(error, 'ENOBUFS')) {
