@@ -222,8 +222,17 @@ export class EndpointManager {
       const identity = await this.#allocateIdentity({ labels, namespace });
       undo.push(() => this.#identities.release(identity));
 
-      // The pair is made on libuv's thread pool while this thread does the slow, synchronous part
-      // of the node's own work (loading the programs).
+      // Three things at once: the policy map goes in (its outer-map write waits out an RCU grace
+      // period on libuv's thread pool), the pair is made (on the pool too), and this thread loads
+      // the programs, the slow synchronous part. The map is in place before the programs are
+      // attached (by the reconciler, below).
+      const policy = Promise.resolve(this.#policy?.addEndpoint(id, this.#securityLabels({ labels, namespace })));
+      // Awaited below; until then a failure must not count as unhandled.
+      policy.catch(() => undefined);
+      undo.push(async () => {
+        await policy.catch(() => undefined);
+        this.#policy?.removeEndpoint(id);
+      });
       const mtu = this.#mtu();
       const creating = this.#hostNetlink().createVeth({ name: hostIfname, peerName: request.ifname, peerNetns: request.netns, mtu, peerMtu: mtu });
       undo.push(async () => this.#datapath.unprepare?.(id));
@@ -232,12 +241,6 @@ export class EndpointManager {
       const host = await creating;
       undo.push(() => this.#hostNetlink().deleteLink(host.ifindex));
       if (prepared.error) throw prepared.error;
-      // Its policy map is in place before its programs are attached (by the reconciler, below).
-      const policy = Promise.resolve(this.#policy?.addEndpoint(id, this.#securityLabels({ labels, namespace })));
-      undo.push(async () => {
-        await policy.catch(() => undefined);
-        this.#policy?.removeEndpoint(id);
-      });
       const [pod] = await Promise.all([
         this.#plumbPod(request, address, host.mac),
         this.#hostNetlink()
