@@ -30,7 +30,6 @@ import { ruleKey } from '../policy/index.ts';
 import { IdentityAllocator, identityName, reservedIdentities, type Identity } from '../identity/index.ts';
 
 export const VERSION = '0.1.0';
-/** Holds the node's router address, so pods reach their node at their gateway. */
 export { HOST_DEVICE, HOST_PEER_DEVICE } from '../datapath/index.ts';
 
 export interface NodeRecord {

@@ -8,6 +8,7 @@
 import { ensureMasquerade } from './masquerade.ts';
 import { Netlink, NetlinkError } from './netlink/index.ts';
 
+/** Holds the node's router address, so pods reach their node at their gateway. */
 export const HOST_DEVICE = 'ciliate_host';
 export const HOST_PEER_DEVICE = 'ciliate_net';
 
