@@ -11,7 +11,7 @@ import { IdentityError } from '../identity/errors.ts';
 import { IpamError, IpamExhaustedError } from '../ipam/errors.ts';
 import { PolicyError, PolicyValidationError } from '../policy/errors.ts';
 import { StoreError, StoreLockedError } from '../store/errors.ts';
-import { NetlinkError } from '../datapath/netlink.ts';
+import { NetlinkError } from '../datapath/netlink/index.ts';
 import { NodeRoutingError } from '../datapath/node-routing.ts';
 
 /**
@@ -64,7 +64,7 @@ const EXPECTED: [string, Error, HttpStatus][] = [
   ['store: io', new StoreError('ERR_STORE_IO', 'x'), 500],
   ['store: unavailable', new StoreError('ERR_STORE_UNAVAILABLE', 'x'), 503],
   ['config', new ConfigError('x'), 500],
-  ['netlink', new NetlinkError('ip link', 'x'), 500],
+  ['netlink', new NetlinkError('creating veth lxc1', 17), 500],
   ['node routing', new NodeRoutingError('x'), 500],
 ];
 

@@ -15,7 +15,7 @@ import { IdentityError } from '../identity/errors.ts';
 import { IpamError } from '../ipam/errors.ts';
 import { PolicyError } from '../policy/errors.ts';
 import { StoreError } from '../store/errors.ts';
-import { NetlinkError } from '../datapath/netlink.ts';
+import { NetlinkError } from '../datapath/netlink/index.ts';
 import { NodeRoutingError } from '../datapath/node-routing.ts';
 import { ConfigError } from './config.ts';
 import { EndpointError, NamespaceError, NodeError } from './errors.ts';

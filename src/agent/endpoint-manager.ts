@@ -8,7 +8,7 @@ import { existsSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { StateStore } from '../store/index.ts';
 import { Reconciler, Table, type ReconcilerHealth } from '../statedb/index.ts';
-import { ip, ipBatch, lastShownLink, NetlinkError, type LinkDetails } from '../datapath/netlink.ts';
+import { errnoOf, Netlink, NetlinkError, type Link } from '../datapath/netlink/index.ts';
 import { EndpointError } from './errors.ts';
 import { type Endpoint, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID, nodeEndpointsPrefix } from './endpoint.ts';
 import type { Ipcache, IpcacheEntry } from './ipcache.ts';
@@ -87,6 +87,7 @@ export class EndpointManager {
 
   readonly #mtu: () => number;
   readonly #namespaceLabels: (namespace: string) => Record<string, string>;
+  #netlink: Netlink | undefined;
 
   constructor(options: {
     store: StateStore;
@@ -175,6 +176,33 @@ export class EndpointManager {
 
   async stop(): Promise<void> {
     await this.#reconciler.stop();
+    this.#netlink?.close();
+    this.#netlink = undefined;
+  }
+
+  /** The agent namespace's rtnetlink socket, shared by every add and delete (requests queue on it). */
+  #hostNetlink(): Netlink {
+    this.#netlink ??= Netlink.open();
+    return this.#netlink;
+  }
+
+  /**
+   * The pod's side: lo up, its /32 on the interface, up, a route to the gateway and the default
+   * route through it, and the gateway's MAC (the host end's) as a permanent neighbour, since the
+   * gateway is no real interface and answers no ARP. Returns the pod interface.
+   */
+  async #plumbPod(request: AddEndpointRequest, address: string, gatewayMac: string): Promise<Link> {
+    using pod = Netlink.open({ netns: request.netns });
+    const link = await pod.link(request.ifname);
+    if (!link) throw new NetlinkError(`configuring ${request.ifname} in ${request.netns}: no such interface`, errnoOf('ENODEV'));
+    const gateway = this.#ipam.gateway;
+    await pod.setLink('lo', { up: true });
+    await pod.addAddress({ address: `${address}/32`, dev: link.ifindex });
+    await pod.setLink(link.ifindex, { up: true });
+    await pod.addRoute({ dst: `${gateway}/32`, dev: link.ifindex, scope: 'link' });
+    await pod.addRoute({ dst: 'default', gateway, dev: link.ifindex });
+    await pod.replaceNeighbour({ dst: gateway, lladdr: gatewayMac, dev: link.ifindex });
+    return link;
   }
 
   list(): Endpoint[] {
@@ -257,55 +285,32 @@ export class EndpointManager {
       const identity = await this.#allocateIdentity({ labels, namespace });
       undo.push(() => this.#identities.release(identity));
 
-      // Two `ip` processes make the interfaces, and the slow, synchronous parts of this node's own
-      // work (loading the programs, installing the policy map) run while they do.
-      const hostSetup = ipBatch(
-        [
-          `link add ${hostIfname} type veth peer name ${request.ifname} netns ${request.netns}`,
-          `link set dev ${hostIfname} mtu ${this.#mtu()}`,
-          `link set dev ${hostIfname} up`,
-          `route replace ${address}/32 dev ${hostIfname} scope link`,
-          `link show dev ${hostIfname}`,
-        ],
-        undefined,
-        { json: true },
-      );
-      undo.push(async () => this.#datapath.unprepare?.(id));
-      const prepared = attempt(() => this.#datapath.prepare?.({ id, identity, ipv4: address }));
-      let host: LinkDetails;
-      try {
-        host = lastShownLink(await hostSetup, `ip link show ${hostIfname}`);
-      } catch (error) {
-        // Past its first line the batch had created the pair: remove it. (Never on a failed first
-        // line: the name may belong to an interface that is not ours.)
-        if (!(error instanceof NetlinkError && error.failedLine === 1)) undo.push(() => ip(['link', 'del', hostIfname]));
-        throw error;
-      }
-      undo.push(() => ip(['link', 'del', hostIfname]));
-      if (prepared.error) throw prepared.error;
-      const gateway = this.#ipam.gateway;
-      const podSetup = ipBatch(
-        [
-          `link set dev lo up`,
-          `link set dev ${request.ifname} mtu ${this.#mtu()}`,
-          `addr add ${address}/32 dev ${request.ifname}`,
-          `link set dev ${request.ifname} up`,
-          `route add ${gateway} dev ${request.ifname} scope link`,
-          `route add default via ${gateway} dev ${request.ifname}`,
-          // The gateway answers no ARP (it is no real interface): tell the pod its MAC up front.
-          `neigh replace ${gateway} lladdr ${host.mac} dev ${request.ifname} nud permanent`,
-          `link show dev ${request.ifname}`,
-        ],
-        request.netns,
-        { json: true },
-      );
-      // Its policy map is in place before its programs are attached (by the reconciler, below).
+      // Three things at once: the policy map goes in (its outer-map write waits out an RCU grace
+      // period on libuv's thread pool), the pair is made (on the pool too), and this thread loads
+      // the programs, the slow synchronous part. The map is in place before the programs are
+      // attached (by the reconciler, below).
       const policy = Promise.resolve(this.#policy?.addEndpoint(id, this.#securityLabels({ labels, namespace })));
+      // Awaited below; until then a failure must not count as unhandled.
+      policy.catch(() => undefined);
       undo.push(async () => {
         await policy.catch(() => undefined);
         this.#policy?.removeEndpoint(id);
       });
-      const [pod] = await Promise.all([podSetup.then((out) => lastShownLink(out, `ip link show ${request.ifname} (in ${request.netns})`)), policy]);
+      const mtu = this.#mtu();
+      const creating = this.#hostNetlink().createVeth({ name: hostIfname, peerName: request.ifname, peerNetns: request.netns, mtu, peerMtu: mtu });
+      undo.push(async () => this.#datapath.unprepare?.(id));
+      const prepared = attempt(() => this.#datapath.prepare?.({ id, identity, ipv4: address }));
+      // A failed creation made nothing, and EEXIST means the name is someone else's: no undo.
+      const host = await creating;
+      undo.push(() => this.#hostNetlink().deleteLink(host.ifindex));
+      if (prepared.error) throw prepared.error;
+      const [pod] = await Promise.all([
+        this.#plumbPod(request, address, host.mac),
+        this.#hostNetlink()
+          .setLink(host.ifindex, { up: true })
+          .then(() => this.#hostNetlink().replaceRoute({ dst: `${address}/32`, dev: host.ifindex, scope: 'link' })),
+        policy,
+      ]);
 
       const endpoint: Endpoint = {
         id,
@@ -416,11 +421,7 @@ export class EndpointManager {
       this.table.delete(key);
       await this.#reconciler.waitFor();
       this.#policy?.removeEndpoint(endpoint.id);
-      try {
-        await ip(['link', 'del', endpoint.hostIfname]);
-      } catch (error) {
-        if (!(error instanceof NetlinkError && /Cannot find device|does not exist/.test(error.message))) throw error;
-      }
+      await this.#hostNetlink().deleteLink(endpoint.hostIfname);
     }
     await this.#store.delete(this.#storeKey(key));
     await this.#ipam.release(key);
@@ -457,7 +458,7 @@ export class EndpointManager {
   }
 }
 
-/** Runs `work`, keeping what it threw for later: for synchronous work started while a process runs. */
+/** Runs `work`, keeping what it threw for later: for synchronous work started while the kernel works. */
 function attempt(work: () => void): { error?: unknown } {
   try {
     work();

@@ -5,7 +5,7 @@
  */
 export { Agent, type AgentState } from './agent.ts';
 export { VERSION } from './version.ts';
-export { HOST_DEVICE } from './modules/datapath.ts';
+export { HOST_DEVICE } from '../datapath/index.ts';
 export type { EndpointView } from './modules/endpoints.ts';
 export type { NodeRecord } from './node.ts';
 export { AGENT_MODULES, AgentConfigSchema, loadConfig, type AgentConfig } from './modules/index.ts';

@@ -2,18 +2,13 @@
  * The node's own IPv4 addresses, followed as interfaces gain and lose them, for the ipcache: in
  * Cilium every address of the node is the host identity, so that `fromEntities: host` means the
  * node whatever address it sends from (the pods' gateway, the underlay, an uplink added later)
- * and no CIDR rule or the world covers it. `ip monitor` is the follower: one long-lived child
- * process, started before the listing so that no change falls between the two, and bound to the
- * agent's life.
+ * and no CIDR rule or the world covers it. The follower is an rtnetlink subscription to address
+ * events, made before the listing so that no change falls between the two; should the kernel
+ * drop events (ENOBUFS), the addresses are listed afresh.
  * @module
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
 import type { Logger } from 'pino';
-import { ip } from '../datapath/index.ts';
-
-/** `ip -o -4 monitor address` lines: `[Deleted ]N: dev    inet A.B.C.D/len …`. */
-const MONITOR_LINE = /^(Deleted )?\d+:\s+(\S+)\s+inet (\d+\.\d+\.\d+\.\d+)\//;
+import { AddressEvents, Netlink, NetlinkError } from '../datapath/index.ts';
 
 export interface NodeAddressEvents {
   added(address: string): void;
@@ -23,36 +18,41 @@ export interface NodeAddressEvents {
 export class NodeAddresses {
   readonly #events: NodeAddressEvents;
   readonly #log: Logger;
-  /** Interfaces holding each address (an address may sit on two; the listing and the monitor may both report one). */
-  readonly #held = new Map<string, Set<string>>();
-  #monitor: ChildProcess | undefined;
+  /** Interfaces (by ifindex) holding each address (an address may sit on two; the listing and the events may both report one). */
+  readonly #held = new Map<string, Set<number>>();
+  #subscription: AddressEvents | undefined;
+  #netlink: Netlink | undefined;
+  readonly #netns: string | undefined;
 
-  constructor(events: NodeAddressEvents, log: Logger) {
+  /** `netns`: the namespace file to follow (tests); default the agent's own namespace. */
+  constructor(events: NodeAddressEvents, log: Logger, options: { netns?: string } = {}) {
     this.#events = events;
     this.#log = log;
+    this.#netns = options.netns;
   }
 
   async start(): Promise<void> {
-    // setpriv --pdeathsig: the monitor dies with the agent, even a kill -9'd one, instead of
-    // living on in (and keeping alive) the agent's network namespace.
-    const monitor = spawn('setpriv', ['--pdeathsig', 'KILL', '--', 'ip', '-o', '-4', 'monitor', 'address'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    this.#monitor = monitor;
-    monitor.on('error', (error) => this.#log.error({ err: error }, 'following node addresses failed; addresses added from now on are not the host'));
-    monitor.on('exit', (code, signal) => {
-      if (this.#monitor === monitor) this.#log.error({ code, signal }, 'ip monitor exited; addresses added from now on are not the host');
+    this.#netlink = Netlink.open({ netns: this.#netns });
+    this.#subscription = AddressEvents.subscribe({
+      netns: this.#netns,
+      onEvent: (event) => this.#change(event.ifindex, event.address, event.type === 'added'),
+      onError: (error) => {
+        if (NetlinkError.is(error, 'ENOBUFS')) {
+          this.#log.warn({ err: error }, 'address events were lost; listing the node addresses again');
+          this.#resync().catch((resyncError: unknown) => this.#log.error({ err: resyncError }, 'listing the node addresses failed'));
+        } else {
+          this.#log.error({ err: error }, 'following node addresses failed; addresses added from now on are not the host');
+        }
+      },
     });
-    createInterface({ input: monitor.stdout! }).on('line', (line) => {
-      const match = MONITOR_LINE.exec(line);
-      if (match) this.#change(match[2], match[3], match[1] === undefined);
-    });
-    const links = JSON.parse(await ip(['-j', '-4', 'addr', 'show'])) as { ifname: string; addr_info?: { local?: string }[] }[];
-    for (const link of links) for (const { local } of link.addr_info ?? []) if (local) this.#change(link.ifname, local, true);
+    await this.#resync();
   }
 
   stop(): void {
-    const monitor = this.#monitor;
-    this.#monitor = undefined;
-    monitor?.kill();
+    this.#subscription?.close();
+    this.#subscription = undefined;
+    this.#netlink?.close();
+    this.#netlink = undefined;
   }
 
   /** The addresses held now. */
@@ -60,12 +60,23 @@ export class NodeAddresses {
     return [...this.#held.keys()];
   }
 
-  #change(device: string, address: string, present: boolean): void {
+  /** Makes the held set the kernel's: adds what the listing has, drops what it no longer has. */
+  async #resync(): Promise<void> {
+    if (!this.#netlink) return;
+    const listed = await this.#netlink.addresses({ family: 4 });
+    const present = new Set(listed.map((a) => `${a.ifindex} ${a.address}`));
+    for (const [address, ifindexes] of [...this.#held]) {
+      for (const ifindex of [...ifindexes]) if (!present.has(`${ifindex} ${address}`)) this.#change(ifindex, address, false);
+    }
+    for (const { ifindex, address } of listed) this.#change(ifindex, address, true);
+  }
+
+  #change(ifindex: number, address: string, present: boolean): void {
     if (address.startsWith('127.')) return;
-    const devices = this.#held.get(address) ?? new Set<string>();
+    const devices = this.#held.get(address) ?? new Set<number>();
     const wasHeld = devices.size > 0;
-    if (present) devices.add(device);
-    else devices.delete(device);
+    if (present) devices.add(ifindex);
+    else devices.delete(ifindex);
     if (devices.size > 0) this.#held.set(address, devices);
     else this.#held.delete(address);
     if (!wasHeld && devices.size > 0) this.#events.added(address);

@@ -8,10 +8,13 @@
  */
 import { spawn } from 'node:child_process';
 import type { Logger } from 'pino';
+import { codedErrorFamily } from '../errors/index.ts';
 import { Reconciler, Table, type ReconcilerHealth } from '../statedb/index.ts';
-import { NetlinkError } from './netlink.ts';
 
 export const MASQUERADE_TABLE = 'ciliate';
+
+/** nft refused a command on the masquerade table; the message carries what it printed. */
+export class MasqueradeError extends codedErrorFamily<'ERR_MASQUERADE'>('masquerade') {}
 
 /** Runs nft with `args`, `stdin` on its standard input; resolves with what it printed. */
 function nft(args: readonly string[], stdin?: string): Promise<string> {
@@ -22,8 +25,8 @@ function nft(args: readonly string[], stdin?: string): Promise<string> {
     let stderr = '';
     child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
     child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('error', (error) => reject(new NetlinkError(command, error.message)));
-    child.on('close', (code) => (code === 0 ? resolve(stdout) : reject(new NetlinkError(command, stderr))));
+    child.on('error', (error) => reject(new MasqueradeError('ERR_MASQUERADE', `${command}: ${error.message}`)));
+    child.on('close', (code) => (code === 0 ? resolve(stdout) : reject(new MasqueradeError('ERR_MASQUERADE', `${command}: ${stderr.trim() || 'failed'}`))));
     // An nft that fails early closes its input: its exit status tells, not the EPIPE.
     child.stdin?.on('error', () => undefined);
     child.stdin?.end(stdin);
@@ -64,7 +67,7 @@ export async function readMasquerade(): Promise<string | undefined> {
   try {
     return await nft(['list', 'table', 'ip', MASQUERADE_TABLE]);
   } catch (error) {
-    if (error instanceof NetlinkError && /No such file or directory/.test(error.message)) return undefined;
+    if (MasqueradeError.is(error) && /No such file or directory/.test(error.message)) return undefined;
     throw error;
   }
 }
@@ -108,7 +111,7 @@ export class Masquerade {
     const revision = this.#table.upsert({ clusterCidr: this.#clusterCidr });
     await this.#reconciler.attempted(revision);
     const status = this.#reconciler.status(MASQUERADE_TABLE);
-    if (status?.state === 'error') throw new NetlinkError('nft -f -', `installing the masquerade rule: ${status.error}`);
+    if (status?.state === 'error') throw new MasqueradeError('ERR_MASQUERADE', `nft -f -: installing the masquerade rule: ${status.error}`);
   }
 
   /** Stops watching; the rule stays. */

@@ -56,7 +56,7 @@ import {
   type NodeConfig,
   type RemoteEndpointInfo,
 } from './maps.ts';
-import { ip, NetlinkError } from './netlink.ts';
+import { Netlink, type Link } from './netlink/index.ts';
 import { NetParseError, parseIpv4, Prefix } from '../net/index.ts';
 import { codedErrorFamily } from '../errors/index.ts';
 import { loadOverlay, OverlayProgram } from './overlay.ts';
@@ -194,7 +194,7 @@ interface TunnelSpec {
 
 /** The tunnel as the kernel has it. */
 interface TunnelState {
-  device: TunnelLinkJson | undefined;
+  device: Link | undefined;
   /** Whether the pinned overlay link serves the device. */
   programAttached: boolean;
   config: NodeConfig | undefined;
@@ -234,6 +234,7 @@ export class NodeRouting {
   readonly #routeReconciler: Reconciler<RouteSpec, RouteSpec>;
   readonly #tunnelTable = new Table<TunnelSpec>('tunnel', () => TUNNEL_KEY, { equals: (a, b) => JSON.stringify(a) === JSON.stringify(b) });
   readonly #tunnelReconciler: Reconciler<TunnelSpec, TunnelState>;
+  #netlink: Netlink | undefined;
   /** Serializes the async operations: each reads and writes the route cache. */
   #queue: Promise<unknown> = Promise.resolve();
 
@@ -317,8 +318,10 @@ export class NodeRouting {
     return next;
   }
 
-  #ip(args: string[]): Promise<string> {
-    return ip(args, this.#netns);
+  /** The rtnetlink socket of the node's namespace, opened on first use. */
+  #nl(): Netlink {
+    this.#netlink ??= Netlink.open({ netns: this.#netns });
+    return this.#netlink;
   }
 
   /**
@@ -494,6 +497,8 @@ export class NodeRouting {
   /** Stops the reconcilers and closes the maps; what is in the kernel stays. */
   async close(): Promise<void> {
     await this.#stopReconcilers();
+    this.#netlink?.close();
+    this.#netlink = undefined;
     this.#ipcache.close();
     this.#nodeCfg.close();
     this.#lxc.close();
@@ -548,7 +553,7 @@ export class NodeRouting {
       const device = actual.device;
       if (!device || !actual.programAttached) return false;
       const fix = tunnelDeviceFixes(device, spec.mtu, this.tunnelPort);
-      if (fix.recreate || fix.changes.length > 0) return false;
+      if (fix.recreate || Object.keys(fix.changes).length > 0) return false;
     } else if (actual.device) {
       return false;
     }
@@ -612,16 +617,17 @@ export class NodeRouting {
     this.#log.debug({ node: node.name, route: prefix, via: route.via ?? route.encapDst }, 'remote node routed');
   }
 
-  /** Writes one route (`ip route replace`). */
+  /** Writes one route (replacing what the kernel has for its prefix). */
   async #applyRoute(route: RouteSpec): Promise<void> {
-    const args = ['route', 'replace', route.prefix];
-    if (route.via) args.push('via', route.via);
-    if (route.encapDst) args.push('encap', 'ip', 'id', String(route.encapId), 'dst', route.encapDst, 'ttl', '64');
-    if (route.dev) args.push('dev', route.dev);
-    if (route.src) args.push('src', route.src);
-    if (route.mtu) args.push('mtu', String(route.mtu));
-    args.push('proto', String(this.routeProtocol));
-    await this.#ip(args);
+    await this.#nl().replaceRoute({
+      dst: route.prefix,
+      gateway: route.via,
+      encap: route.encapDst ? { id: route.encapId ?? 0, dst: route.encapDst, ttl: 64 } : undefined,
+      dev: route.dev,
+      prefsrc: route.src,
+      mtu: route.mtu || undefined,
+      protocol: this.routeProtocol,
+    });
   }
 
   /** Removes a node's CIDR entry and route, and with `endpoints` its pods' /32 entries too. */
@@ -641,39 +647,31 @@ export class NodeRouting {
 
   /** Deletes one route of ours; a route already gone is fine. */
   async #deleteRoute(prefix: string): Promise<void> {
-    try {
-      await this.#ip(['route', 'del', prefix, 'proto', String(this.routeProtocol)]);
-    } catch (error) {
-      if (!(error instanceof NetlinkError && /No such process|not found|Cannot find device/i.test(error.message))) throw error;
-    }
+    await this.#nl().deleteRoute({ dst: prefix, protocol: this.routeProtocol });
   }
 
-  /** Our routes in the main table, parsed from `ip route` text (its JSON garbles encap routes). */
+  /** Our routes in the main table (those tagged with our protocol). */
   async #readRoutes(): Promise<Map<string, RouteSpec>> {
-    const out = await this.#ip(['route', 'show', 'proto', String(this.routeProtocol)]);
     const routes = new Map<string, RouteSpec>();
-    for (const line of out.split('\n')) {
-      const prefix = line.trim().split(/\s+/)[0];
-      if (!prefix) continue;
-      const encap = /\bencap ip id (\d+) src \S+ dst (\S+)/.exec(line);
-      const rest = encap ? line.slice(encap.index + encap[0].length) : line;
-      routes.set(prefix, {
-        prefix,
-        via: /\bvia (\S+)/.exec(rest)?.[1],
-        // Gateway routes name the device the kernel picked; only tunnel routes name ours.
-        dev: encap ? /\bdev (\S+)/.exec(rest)?.[1] : undefined,
-        encapId: encap ? Number(encap[1]) : undefined,
-        encapDst: encap?.[2],
-        src: /\bsrc (\S+)/.exec(rest)?.[1],
-        mtu: /\bmtu (\d+)/.exec(rest) ? Number(/\bmtu (\d+)/.exec(rest)![1]) : undefined,
+    for (const route of await this.#nl().routes({ protocol: this.routeProtocol })) {
+      // Gateway routes go through the device the kernel picked; only tunnel routes name ours.
+      const dev = route.encap && route.oif !== undefined ? (await this.#nl().link(route.oif))?.name : undefined;
+      routes.set(route.dst, {
+        prefix: route.dst,
+        via: route.gateway,
+        dev,
+        encapId: route.encap ? Number(route.encap.id) : undefined,
+        encapDst: route.encap?.dst,
+        src: route.prefsrc,
+        mtu: route.mtu,
       });
     }
     return routes;
   }
 
   async #underlayMtuOf(address: string): Promise<number> {
-    const links = JSON.parse(await this.#ip(['-j', 'addr', 'show'])) as { ifname: string; mtu: number; addr_info?: { family: string; local: string }[] }[];
-    const link = links.find((l) => l.addr_info?.some((a) => a.family === 'inet' && a.local === address));
+    const held = (await this.#nl().addresses({ family: 4 })).find((a) => a.address === address);
+    const link = held && (await this.#nl().link(held.ifindex));
     if (!link) throw new NodeRoutingError(`node routing: underlay address ${address} is on no interface of this node`);
     return link.mtu;
   }
@@ -683,28 +681,18 @@ export class NodeRouting {
     let link = await this.#tunnelLink();
     if (link && tunnelDeviceFixes(link, mtu, this.tunnelPort).recreate) {
       this.#log.warn({ device: this.tunnelDevice }, 'tunnel device has other settings; recreating it');
-      await this.#ip(['link', 'del', this.tunnelDevice]);
+      await this.#nl().deleteLink(link.ifindex);
       link = undefined;
     }
-    if (!link) {
-      await this.#ip(['link', 'add', this.tunnelDevice, 'type', 'vxlan', 'external', 'dstport', String(this.tunnelPort)]);
-      link = await this.#tunnelLink();
-      if (!link) throw new NodeRoutingError(`node routing: ${this.tunnelDevice} vanished right after creation`);
-    }
+    link ??= await this.#nl().createVxlan({ name: this.tunnelDevice, external: true, port: this.tunnelPort });
     const { changes } = tunnelDeviceFixes(link, mtu, this.tunnelPort);
-    if (changes.length > 0) await this.#ip(['link', 'set', 'dev', this.tunnelDevice, ...changes]);
+    if (Object.keys(changes).length > 0) await this.#nl().setLink(link.ifindex, changes);
     return link.ifindex;
   }
 
-  /** Reads the tunnel device (`ip -d link show`); undefined when there is none. */
-  async #tunnelLink(): Promise<TunnelLinkJson | undefined> {
-    try {
-      const [link] = JSON.parse(await this.#ip(['-d', '-j', 'link', 'show', 'dev', this.tunnelDevice])) as TunnelLinkJson[];
-      return link;
-    } catch (error) {
-      if (error instanceof NetlinkError && /does not exist|Cannot find device/.test(error.message)) return undefined;
-      throw error;
-    }
+  /** Reads the tunnel device; undefined when there is none. */
+  #tunnelLink(): Promise<Link | undefined> {
+    return this.#nl().link(this.tunnelDevice);
   }
 
   /** Attaches cil_from_overlay to the device, or adopts the pinned link that already serves it. */
@@ -732,30 +720,22 @@ export class NodeRouting {
     const dir = join(this.bpfRoot, 'overlay');
     unpinLink(join(dir, OVERLAY_PIN));
     rmSync(dir, { recursive: true, force: true });
-    if (await this.#tunnelLink()) await this.#ip(['link', 'del', this.tunnelDevice]);
+    await this.#nl().deleteLink(this.tunnelDevice);
   }
-}
-
-interface TunnelLinkJson {
-  ifindex: number;
-  mtu: number;
-  flags: string[];
-  linkinfo?: { info_kind?: string; info_data?: { external?: boolean; port?: number } };
 }
 
 /**
  * What it takes to make `link` the tunnel device wanted: recreating it (another kind, not
- * external, another port) or `ip link set` arguments. No ARP through the tunnel: routed frames
- * take the device's own MAC as destination, and cil_from_overlay on the other side delivers by
- * IP whatever the inner MACs say.
+ * external, another port) or changing its settings. No ARP through the tunnel: routed frames take
+ * the device's own MAC as destination, and cil_from_overlay on the other side delivers by IP
+ * whatever the inner MACs say.
  */
-function tunnelDeviceFixes(link: TunnelLinkJson, mtu: number, port: number): { recreate: boolean; changes: string[] } {
-  const data = link.linkinfo?.info_data;
-  const recreate = link.linkinfo?.info_kind !== 'vxlan' || data?.external !== true || data.port !== port;
-  const changes: string[] = [];
-  if (link.mtu !== mtu) changes.push('mtu', String(mtu));
-  if (!link.flags.includes('NOARP')) changes.push('arp', 'off');
-  if (!link.flags.includes('UP')) changes.push('up');
+function tunnelDeviceFixes(link: Link, mtu: number, port: number): { recreate: boolean; changes: { mtu?: number; noarp?: boolean; up?: boolean } } {
+  const recreate = link.kind !== 'vxlan' || link.vxlan?.external !== true || link.vxlan.port !== port;
+  const changes: { mtu?: number; noarp?: boolean; up?: boolean } = {};
+  if (link.mtu !== mtu) changes.mtu = mtu;
+  if (!link.noarp) changes.noarp = true;
+  if (!link.up) changes.up = true;
   return { recreate, changes };
 }
 

@@ -8,7 +8,7 @@ import { IdentityError, InvalidLabelsError } from '../identity/errors.ts';
 import { IpamError, IpamExhaustedError } from '../ipam/errors.ts';
 import { PolicyError, PolicyValidationError } from '../policy/errors.ts';
 import { CniError, CniErrorCode } from '../cni/errors.ts';
-import { NetlinkError } from '../datapath/netlink.ts';
+import { NetlinkError } from '../datapath/netlink/index.ts';
 import { NodeRoutingError } from '../datapath/node-routing.ts';
 import { ConfigError } from '../agent/config.ts';
 import { AgentApiError } from '../agent/client.ts';
@@ -24,7 +24,7 @@ function oneOfEach(): Record<string, unknown> {
     ipam: new IpamExhaustedError('10.0.0.0/30', 1, 1, 'n1'),
     policy: new PolicyValidationError([{ file: 'f', document: 1, path: '', reason: 'r' }]),
     cni: new CniError(CniErrorCode.IO_FAILURE, 'x'),
-    netlink: new NetlinkError('ip link', 'RTNETLINK answers: File exists'),
+    netlink: new NetlinkError('creating veth lxc1', 17),
     'node-routing': new NodeRoutingError('node routing: x'),
     config: new ConfigError('x'),
     'agent-api': new AgentApiError(404, 'ERR_NOT_FOUND', 'no API route'),

@@ -8,24 +8,18 @@ import { z } from 'zod';
 import {
   dropsByReason,
   EndpointDatapath,
+  HOST_DEVICE,
   Masquerade,
-  ip,
-  ipBatch,
-  linkDetails,
   NodeRouting,
   readDatapathMetrics,
   ReservedIdentity,
-  sysctl,
+  setUpNodeNetworking,
 } from '../../datapath/index.ts';
 import { readBpfState } from '../bpf-state.ts';
 import { Ipcache } from '../ipcache.ts';
 import { defineModule } from '../module.ts';
 import { EndpointDatapathCell, HostNetworkingCell, IpcacheCell, NodeCell, NodeRoutingCell } from './cells.ts';
 import { NodeAddresses } from '../node-addresses.ts';
-
-/** Holds the node's router address, so pods reach their node at their gateway. */
-export const HOST_DEVICE = 'ciliate_host';
-export const HOST_PEER_DEVICE = 'ciliate_net';
 
 
 export const hostNetworkingModule = defineModule({
@@ -34,10 +28,7 @@ export const hostNetworkingModule = defineModule({
   needs: { node: NodeCell },
   provides: HostNetworkingCell,
   async start({ node }) {
-    await sysctl('net.ipv4.ip_forward', '1');
-    // A veth pair, as Cilium's cilium_host/cilium_net: this kernel may lack dummy devices.
-    if (!(await linkDetails(HOST_DEVICE))) await ip(['link', 'add', HOST_DEVICE, 'type', 'veth', 'peer', 'name', HOST_PEER_DEVICE]);
-    await ipBatch([`addr replace ${node.record.routerIp}/32 dev ${HOST_DEVICE}`, `link set dev ${HOST_DEVICE} up`, `link set dev ${HOST_PEER_DEVICE} up`]);
+    await setUpNodeNetworking({ routerIp: node.record.routerIp });
     return { value: { device: HOST_DEVICE } };
   },
 });

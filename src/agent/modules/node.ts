@@ -4,7 +4,7 @@
  * @module
  */
 import { z } from 'zod';
-import { ip } from '../../datapath/index.ts';
+import { detectNodeIp } from '../../datapath/index.ts';
 import { NodeIpam } from '../../ipam/index.ts';
 import { ConfigError, ipv4OrEmpty } from '../config.ts';
 import { defineModule } from '../module.ts';
@@ -62,15 +62,4 @@ export const nodeModule = defineModule({
     };
   },
 });
-
-/** The first global IPv4 address outside Ciliate's own devices: the underlay address by default. */
-async function detectNodeIp(): Promise<string> {
-  const links = JSON.parse(await ip(['-j', '-4', 'addr', 'show', 'scope', 'global'])) as { ifname: string; addr_info: { local: string }[] }[];
-  for (const link of links) {
-    if (link.ifname.startsWith('lxc') || link.ifname.startsWith('ciliate_')) continue;
-    const address = link.addr_info[0]?.local;
-    if (address) return address;
-  }
-  return '';
-}
 
