@@ -55,6 +55,12 @@ spec:
   assert.equal((await cli(node, 'policy', 'import', policy)).code, 0);
   assert.equal(await echo(client.netns, 'tcp', service.endpoint.ipv4, 8080), true, 'the allowed service answers');
 
+  // By default neither end of a pod's link has IPv6, so a pod's start sends nothing to drop.
+  assert.equal((await inNs(client.netns, 'cat', ['/proc/sys/net/ipv6/conf/eth0/disable_ipv6'])).trim(), '1', 'no IPv6 on the pod end');
+  assert.equal((await inNs(node.netns, 'cat', [`/proc/sys/net/ipv6/conf/${client.endpoint.hostIfname}/disable_ipv6`])).trim(), '1', 'no IPv6 on the host end');
+  const quiet = await node.client.get<{ drops: Record<string, number> }>('/v1/status');
+  assert.equal(quiet.drops.UNSUPPORTED_L3_PROTOCOL, undefined, `no IPv6 drops from pods starting: ${JSON.stringify(quiet.drops)}`);
+
   // The worst case: IPv6 on both ends of the pod's link, as a pod that is root in its namespace
   // and a node whose interfaces get IPv6 by default could arrange.
   await inNs(client.netns, 'sysctl', ['-qw', 'net.ipv6.conf.eth0.disable_ipv6=0']);

@@ -198,6 +198,7 @@ export class EndpointManager {
     const gateway = this.#ipam.gateway;
     await pod.setLink('lo', { up: true });
     await pod.addAddress({ address: `${address}/32`, dev: link.ifindex });
+    disableIpv6(pod, request.ifname);
     await pod.setLink(link.ifindex, { up: true });
     await pod.addRoute({ dst: `${gateway}/32`, dev: link.ifindex, scope: 'link' });
     await pod.addRoute({ dst: 'default', gateway, dev: link.ifindex });
@@ -306,8 +307,9 @@ export class EndpointManager {
       if (prepared.error) throw prepared.error;
       const [pod] = await Promise.all([
         this.#plumbPod(request, address, host.mac),
-        this.#hostNetlink()
-          .setLink(host.ifindex, { up: true })
+        Promise.resolve()
+          .then(() => disableIpv6(this.#hostNetlink(), hostIfname))
+          .then(() => this.#hostNetlink().setLink(host.ifindex, { up: true }))
           .then(() => this.#hostNetlink().replaceRoute({ dst: `${address}/32`, dev: host.ifindex, scope: 'link' })),
         policy,
       ]);
@@ -455,6 +457,21 @@ export class EndpointManager {
       return id;
     }
     throw new EndpointError('ERR_ENDPOINTS_EXHAUSTED', `this node already has ${MAX_ENDPOINT_ID} endpoints`);
+  }
+}
+
+/**
+ * Pods have no IPv6 (yet): the link gets no IPv6 at all, set before it goes up, so neither end
+ * sends the autoconfiguration traffic (DAD, router solicitations, MLD) that bpf_lxc would drop as
+ * UNSUPPORTED_L3_PROTOCOL on every pod start. The datapath still drops any IPv6 a pod sends or is
+ * sent (a pod that is root in its namespace can turn it back on). A kernel without IPv6 has
+ * nothing to turn off.
+ */
+function disableIpv6(nl: Netlink, ifname: string): void {
+  try {
+    nl.writeSysctl(['net', 'ipv6', 'conf', ifname, 'disable_ipv6'], '1');
+  } catch (error) {
+    if (!NetlinkError.is(error, 'ENOENT')) throw error;
   }
 }
 

@@ -514,11 +514,18 @@ export class Netlink {
 
   // ---- sysctls ----
 
-  /** Writes a sysctl of this namespace, e.g. writeSysctl('net.ipv4.ip_forward', '1'). Synchronous: one small /proc write. */
-  writeSysctl(key: string, value: string): void {
-    if (!/^[\w.-]+$/.test(key)) throw new TypeError(`${JSON.stringify(key)} is not a sysctl name`);
-    const result = rtnetlink().sysctlWrite(this.netns ?? null, `/proc/sys/${key.replaceAll('.', '/')}`, value);
-    if (result < 0) throw new NetlinkError(`writing sysctl ${key}=${value}${this.#where()}`, -result);
+  /**
+   * Writes a sysctl of this namespace, e.g. writeSysctl('net.ipv4.ip_forward', '1'), or by its
+   * path segments when one may hold a dot (an interface name):
+   * writeSysctl(['net', 'ipv6', 'conf', 'eth0.5', 'disable_ipv6'], '1'). Synchronous: one small /proc write.
+   */
+  writeSysctl(key: string | readonly string[], value: string): void {
+    const segments = typeof key === 'string' ? key.split('.') : key;
+    const name = segments.join('.');
+    // No segment may climb out of /proc/sys or be empty: each is a name, not a path.
+    if (segments.length === 0 || segments.some((s) => !/^[\w.-]+$/.test(s) || s === '.' || s === '..')) throw new TypeError(`${JSON.stringify(key)} is not a sysctl name`);
+    const result = rtnetlink().sysctlWrite(this.netns ?? null, `/proc/sys/${segments.join('/')}`, value);
+    if (result < 0) throw new NetlinkError(`writing sysctl ${name}=${value}${this.#where()}`, -result);
   }
 }
 
