@@ -121,6 +121,20 @@ test('bad endpoint requests get clear errors and leave nothing half-created', as
   await rejects({ containerId: 'x', ifname: 'eth0' }, 400, 'ERR_BAD_REQUEST', /^endpoint request: field netns/);
   await rejects({ containerId: 'x', ifname: 'eth0', netns: 'relative', extra: 1 }, 400, 'ERR_BAD_REQUEST', /field/);
 
+  // Namespaces that are no pod's own: by identity, whatever the path.
+  const nodeRoutes = await inNs(node.netns, 'ip', ['-o', 'route']);
+  await rejects({ containerId: 'x', ifname: 'eth0', netns: `/run/netns/${node.netns}` }, 400, 'ERR_BAD_NETNS', /is the agent's own network namespace/);
+  await rejects({ containerId: 'x', ifname: 'eth0', netns: '/proc/self/ns/net' }, 400, 'ERR_BAD_NETNS', /is the agent's own network namespace/);
+  // (Where the agent may not read init's namespace, as in a sandbox, it is refused as unreadable.)
+  await rejects({ containerId: 'x', ifname: 'eth0', netns: '/proc/1/ns/net' }, 400, 'ERR_BAD_NETNS', /is the host's network namespace|cannot be read \(EACCES\)/);
+  await rejects({ containerId: 'dup-container', ifname: 'eth1', netns: first.endpoint.netns }, 400, 'ERR_BAD_NETNS', new RegExp(`is the network namespace of endpoint ${first.endpoint.id} \\(container dup-container\\)`));
+  await rejects({ containerId: 'x', ifname: 'eth0', netns: '/proc/self/ns/mnt' }, 400, 'ERR_BAD_NETNS', /is not a network namespace/);
+  await rejects({ containerId: 'x', ifname: 'eth0', netns: '/etc/hostname' }, 400, 'ERR_BAD_NETNS', /is not a network namespace/);
+  // Nothing reaches a command line: a path with a newline is just a path that does not exist.
+  await rejects({ containerId: 'x', ifname: 'eth0', netns: `/run/netns/${node.netns}\nlink del ciliate_host` }, 400, 'ERR_BAD_NETNS', /does not exist/);
+  assert.match(await inNs(node.netns, 'ip', ['-o', 'link', 'show', 'dev', 'ciliate_host']), /ciliate_host/);
+  assert.equal(await inNs(node.netns, 'ip', ['-o', 'route']), nodeRoutes, "the node's routes are untouched");
+
   // Every other family's refusals, through the one table of statuses.
   const { client } = node;
   await answers(client.call('PUT', `/v1/endpoints/${first.endpoint.id}/labels`, { app: 1 }), 400, 'ERR_BAD_REQUEST', /^endpoint labels: field app: label values must be strings/);

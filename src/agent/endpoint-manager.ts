@@ -4,7 +4,7 @@
  * reconciler has realized it; any failure undoes every step, so nothing is left half-created.
  * @module
  */
-import { existsSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { StateStore } from '../store/index.ts';
 import { Reconciler, Table, type ReconcilerHealth } from '../statedb/index.ts';
@@ -274,7 +274,7 @@ export class EndpointManager {
     if (existing) {
       throw new EndpointError('ERR_ENDPOINT_EXISTS', `container ${request.containerId} already has interface ${request.ifname} (endpoint ${existing.id}, ${existing.ipv4}); delete it first`);
     }
-    if (!existsSync(request.netns)) throw new EndpointError('ERR_BAD_NETNS', `network namespace ${request.netns} does not exist`);
+    this.#checkNetns(request);
     const hostIfname = hostInterfaceName(request.containerId, request.ifname);
     const id = this.#reserveId();
     const undo: (() => Promise<unknown>)[] = [];
@@ -432,6 +432,43 @@ export class EndpointManager {
     return endpoint !== undefined;
   }
 
+  /**
+   * A pod's namespace must be a network namespace of its own: never the agent's (the node's
+   * interfaces and routes would be the pod's), the host's, or another pod's. Namespaces are
+   * compared by identity (device and inode of the nsfs file), not by path, so a bind mount or a
+   * /proc/<pid>/ns/net path of the same namespace is caught too.
+   */
+  #checkNetns(request: AddEndpointRequest): void {
+    const refuse = (why: string): never => {
+      // Quoted only when it holds something a log line should not carry raw (a newline).
+      const path = /^[\w./:-]+$/.test(request.netns) ? request.netns : JSON.stringify(request.netns);
+      throw new EndpointError('ERR_BAD_NETNS', `network namespace ${path} ${why}`);
+    };
+    let requested: string;
+    try {
+      requested = namespaceIdentity(request.netns);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      return refuse(code === 'ENOENT' || code === 'ENOTDIR' ? 'does not exist' : `cannot be read (${code})`);
+    }
+    if (requested === namespaceIdentity('/proc/self/ns/net')) refuse("is the agent's own network namespace, not a pod's");
+    // Where the agent may not read init's namespace (a sandbox), it cannot open it either.
+    if (requested === tryNamespaceIdentity('/proc/1/ns/net')) refuse("is the host's network namespace, not a pod's");
+    for (const endpoint of this.table.all()) {
+      // Also a second interface into one pod: its plumbing (default route, gateway) is the first's.
+      if (tryNamespaceIdentity(endpoint.netns) === requested) {
+        refuse(`is the network namespace of endpoint ${endpoint.id} (container ${endpoint.containerId})`);
+      }
+    }
+    try {
+      // setns(CLONE_NEWNET) is the test of what the file is: it refuses anything else with EINVAL.
+      Netlink.open({ netns: request.netns }).close();
+    } catch (error) {
+      if (NetlinkError.is(error, 'EINVAL')) refuse('is not a network namespace');
+      throw error;
+    }
+  }
+
   /** The identity for these labels; labels that are no valid labels are the request's fault (ERR_BAD_LABELS). */
   async #allocateIdentity(endpoint: { labels: Record<string, string>; namespace?: string }): Promise<number> {
     try {
@@ -457,6 +494,20 @@ export class EndpointManager {
       return id;
     }
     throw new EndpointError('ERR_ENDPOINTS_EXHAUSTED', `this node already has ${MAX_ENDPOINT_ID} endpoints`);
+  }
+}
+
+/** A namespace file's identity (`device:inode`); throws what stat(2) said when there is none. */
+function namespaceIdentity(path: string): string {
+  const stat = statSync(path);
+  return `${stat.dev}:${stat.ino}`;
+}
+
+function tryNamespaceIdentity(path: string): string | undefined {
+  try {
+    return namespaceIdentity(path);
+  } catch {
+    return undefined;
   }
 }
 

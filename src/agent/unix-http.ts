@@ -45,18 +45,26 @@ export function unixHttpRequest(request: UnixHttpRequest): Promise<UnixHttpRespo
     };
     const socket = connect(request.socketPath);
     socket.setTimeout(request.timeoutMs, () => fail(new UnixHttpError('ETIMEDOUT', `no answer within ${request.timeoutMs} ms`)));
-    socket.on('error', (error: NodeJS.ErrnoException) => fail(new UnixHttpError(error.code ?? 'ESOCKET', error.message)));
+    // A server may answer and close before reading the whole request (a body over its limit): the
+    // write then fails, but the answer is there to read. So a failed write waits for the close.
+    let writeError: NodeJS.ErrnoException | undefined;
+    socket.on('error', (error: NodeJS.ErrnoException) => {
+      if (error.code === 'EPIPE' || error.code === 'ECONNRESET') writeError = error;
+      else fail(new UnixHttpError(error.code ?? 'ESOCKET', error.message));
+    });
     socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    socket.on('end', () => {
+    const finish = () => {
       if (settled) return;
       settled = true;
       socket.destroy();
       try {
         resolve(parseResponse(Buffer.concat(chunks)));
       } catch (error) {
-        reject(error);
+        reject(writeError && chunks.length === 0 ? new UnixHttpError(writeError.code ?? 'EPIPE', writeError.message) : error);
       }
-    });
+    };
+    socket.on('end', finish);
+    socket.on('close', finish);
     const body = request.body === undefined ? undefined : Buffer.from(request.body, 'utf8');
     const head = [
       `${request.method} ${request.path} HTTP/1.1`,
