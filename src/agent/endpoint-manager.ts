@@ -25,6 +25,8 @@ export interface EndpointDatapath {
    * interfaces; realize() uses it when the identity still matches.
    */
   prepare?(endpoint: { id: number; identity: number; ipv4: string }): void;
+  /** Removes the pins of endpoint ids not in `keep`; returns them. For a start only. */
+  sweep?(keep: ReadonlySet<number>): number[];
   /** Drops what prepare() made for an endpoint that will not be realized. */
   unprepare?(endpointId: number): void;
   /**
@@ -46,12 +48,16 @@ export interface EndpointPolicyHooks {
   /** Resolves once the endpoint's policy map holds its policy and is installed for the datapath. */
   addEndpoint(endpointId: number, labels: Labels): Promise<void>;
   removeEndpoint(endpointId: number): void;
+  /** Removes the maps of endpoint ids not in `keep`; returns them. For a start only. */
+  sweepEndpoints?(keep: ReadonlySet<number>): number[];
 }
 
 /** Address management as the endpoint manager needs it (src/ipam implements it). */
 export interface AddressAllocator {
   allocate(owner: string): Promise<string>;
   release(owner: string): Promise<void>;
+  /** Every owner (container/interface key) holding an address of this node. */
+  owners?(): string[];
   /** The node's router address: the pods' default gateway. */
   readonly gateway: string;
 }
@@ -77,6 +83,7 @@ export class EndpointManager {
   readonly #nodeName: string;
   /** Endpoint ids taken by adds still in progress, before their endpoints reach the table. */
   readonly #reservedIds = new Set<number>();
+  #orphansRemoved = 0;
   readonly #datapath: EndpointDatapath;
   /** Keys being added or deleted right now: a second request for the same key waits its turn. */
   readonly #busy = new Map<string, Promise<unknown>>();
@@ -169,6 +176,7 @@ export class EndpointManager {
       this.#ipcache.upsert(localIpcacheEntry(endpoint));
     }
     await this.#identities.reconcileReferences();
+    await this.#sweepOrphans();
     this.#reconciler.start();
     await this.#reconciler.waitFor();
     this.#log.info({ endpoints: entries.length }, 'restored endpoints');
@@ -298,7 +306,7 @@ export class EndpointManager {
         this.#policy?.removeEndpoint(id);
       });
       const mtu = this.#mtu();
-      const creating = this.#hostNetlink().createVeth({ name: hostIfname, peerName: request.ifname, peerNetns: request.netns, mtu, peerMtu: mtu });
+      const creating = this.#createVeth(key, hostIfname, request, mtu);
       undo.push(async () => this.#datapath.unprepare?.(id));
       const prepared = attempt(() => this.#datapath.prepare?.({ id, identity, ipv4: address }));
       // A failed creation made nothing, and EEXIST means the name is someone else's: no undo.
@@ -424,12 +432,72 @@ export class EndpointManager {
       await this.#reconciler.waitFor();
       this.#policy?.removeEndpoint(endpoint.id);
       await this.#hostNetlink().deleteLink(endpoint.hostIfname);
+    } else {
+      // No record (an agent killed during the add, a store that lost it): what the kernel still
+      // has for the container goes all the same, so a DEL always leaves nothing behind.
+      const link = await this.#hostNetlink().link(hostInterfaceName(containerId, ifname));
+      if (link && isEndpointLink(link)) {
+        await this.#hostNetlink().deleteLink(link.ifindex);
+        this.#log.warn({ container: containerId, ifname, link: link.name }, 'deleted the interface of an endpoint the agent had no record of');
+      }
     }
     await this.#store.delete(this.#storeKey(key));
     await this.#ipam.release(key);
     if (endpoint) await this.#identities.release(endpoint.identity);
     if (endpoint) this.#log.info({ endpoint: endpoint.id, container: containerId }, 'endpoint deleted');
     return endpoint !== undefined;
+  }
+
+  /**
+   * The veth pair of an add, its host end marked as the agent's (its alias) in the same request.
+   * A host end of the same name that the agent marked, but that no endpoint has, is what an agent
+   * killed during an add left: it is removed and the pair made anew. Any other interface of that
+   * name is someone else's and is refused (EEXIST).
+   */
+  async #createVeth(key: string, hostIfname: string, request: AddEndpointRequest, mtu: number): Promise<Link> {
+    const spec = { name: hostIfname, peerName: request.ifname, peerNetns: request.netns, mtu, peerMtu: mtu, alias: endpointLinkAlias(key) };
+    try {
+      return await this.#hostNetlink().createVeth(spec);
+    } catch (error) {
+      if (!NetlinkError.is(error, 'EEXIST')) throw error;
+      const stale = await this.#hostNetlink().link(hostIfname);
+      if (!stale || !isEndpointLink(stale) || [...this.table.all()].some((ep) => ep.hostIfname === hostIfname)) throw error;
+      this.#log.warn({ link: hostIfname, container: request.containerId }, 'removing the interface an interrupted add left for this container');
+      await this.#hostNetlink().deleteLink(stale.ifindex);
+      return this.#hostNetlink().createVeth(spec);
+    }
+  }
+
+  /**
+   * What an agent killed in the middle of adds or deletes left in the kernel and the store, with
+   * no endpoint to own it: the host ends of pod links it made (deleting one deletes its pod end,
+   * which held the pod's address), addresses still allocated to them, pinned programs and policy
+   * maps of endpoint ids nobody has. Runs at start, before the API takes an add, so nothing here
+   * can be half-made by this agent.
+   */
+  async #sweepOrphans(): Promise<void> {
+    const endpoints = [...this.table.all()];
+    const hostIfnames = new Set(endpoints.map((ep) => ep.hostIfname));
+    const links = (await this.#hostNetlink().links()).filter((link) => isEndpointLink(link) && !hostIfnames.has(link.name));
+    for (const link of links) await this.#hostNetlink().deleteLink(link.ifindex);
+    const keys = new Set(endpoints.map((ep) => containerInterfaceKey(ep.containerId, ep.ifname)));
+    const owners = (this.#ipam.owners?.() ?? []).filter((owner) => !keys.has(owner));
+    for (const owner of owners) await this.#ipam.release(owner);
+    const ids = new Set(endpoints.map((ep) => ep.id));
+    const pins = this.#datapath.sweep?.(ids) ?? [];
+    const policyMaps = this.#policy?.sweepEndpoints?.(ids) ?? [];
+    this.#orphansRemoved += links.length + owners.length + pins.length + policyMaps.length;
+    if (links.length + owners.length + pins.length + policyMaps.length > 0) {
+      this.#log.warn(
+        { links: links.map((l) => l.name), addresses: owners, pinnedEndpoints: pins, policyMaps },
+        'removed what interrupted adds and deletes left behind',
+      );
+    }
+  }
+
+  /** How many orphans (links, addresses, pins, policy maps) starts have removed. */
+  get orphansRemoved(): number {
+    return this.#orphansRemoved;
   }
 
   /**
@@ -495,6 +563,22 @@ export class EndpointManager {
     }
     throw new EndpointError('ERR_ENDPOINTS_EXHAUSTED', `this node already has ${MAX_ENDPOINT_ID} endpoints`);
   }
+}
+
+/** The alias the agent gives the host end of a pod's link: whose link it is. */
+const ENDPOINT_LINK_ALIAS = 'ciliate endpoint ';
+
+function endpointLinkAlias(key: string): string {
+  // IFALIASZ is 256 with the terminating NUL.
+  return `${ENDPOINT_LINK_ALIAS}${key}`.slice(0, 255);
+}
+
+/**
+ * Whether a link is the host end of a pod link this agent made: marked with its alias, or (made
+ * before links carried one) a veth named as hostInterfaceName names them.
+ */
+function isEndpointLink(link: Link): boolean {
+  return link.alias?.startsWith(ENDPOINT_LINK_ALIAS) === true || (link.alias === undefined && link.kind === 'veth' && /^lxc[0-9a-f]{11}$/.test(link.name));
 }
 
 /** A namespace file's identity (`device:inode`); throws what stat(2) said when there is none. */

@@ -49,6 +49,8 @@ export interface EndpointPolicyDatapath {
   /** What the endpoint's map holds in the kernel (after a restart: what the last agent left). */
   entries(endpointId: number): { key: PolicyKey; deny: boolean; cookie: number }[];
   remove(endpointId: number): void;
+  /** Endpoint ids whose maps are installed for the datapath. */
+  installedIds?(): number[];
 }
 
 const POLICY_PREFIX = 'policies/';
@@ -356,6 +358,16 @@ export class PolicyManager {
     } finally {
       await installing;
     }
+  }
+
+  /**
+   * Removes the policy maps of endpoint ids not in `keep` (left by an agent killed during an add);
+   * only for a start, before endpoints are added. Returns the ids removed.
+   */
+  sweepEndpoints(keep: ReadonlySet<number>): number[] {
+    const orphans = (this.#maps.installedIds?.() ?? []).filter((id) => !keep.has(id) && this.engine.endpointPolicy(id) === undefined);
+    for (const id of orphans) this.#maps.remove(id);
+    return orphans;
   }
 
   removeEndpoint(endpointId: number): void {

@@ -5,7 +5,7 @@
  * adopts a pinned link that still serves the right interface instead of reloading it.
  * @module
  */
-import { existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { attachTcx, BpfError, BpfMap, Link, unpinLink, type BpfObject, type TcxDirection } from '../ebpf/index.ts';
@@ -67,6 +67,25 @@ export class EndpointDatapath {
     }
     this.lxc = BpfMap.openPinned(join(this.mapsDir, MapName.LXC), endpointKey, endpointInfo);
     this.ipcache = BpfMap.openPinned(join(this.mapsDir, MapName.IPCACHE), ipcacheKey, remoteEndpointInfo);
+  }
+
+  /**
+   * Removes the pins (and directories) of every endpoint id not in `keep`: what an agent killed in
+   * the middle of an add or delete left. Only for a start, before any endpoint is being added.
+   * Returns the ids removed.
+   */
+  sweep(keep: ReadonlySet<number>): number[] {
+    const removed: number[] = [];
+    for (const name of readdirSync(join(this.bpfRoot, 'endpoints'))) {
+      const id = Number(name);
+      if (!/^\d+$/.test(name) || keep.has(id)) continue;
+      this.unprepare(id);
+      this.#loadedIdentity.delete(id);
+      for (const { pin } of ATTACHMENTS) unpinLink(join(this.#endpointDir(id), pin));
+      rmSync(this.#endpointDir(id), { recursive: true, force: true });
+      removed.push(id);
+    }
+    return removed;
   }
 
   #endpointDir(id: number): string {

@@ -146,6 +146,11 @@ export class EndpointPolicyMaps {
     return out;
   }
 
+  /** Endpoint ids with a map in the outer map. */
+  installedIds(): number[] {
+    return [...this.outer.keys()];
+  }
+
   /** Whether the datapath enforces policy for this endpoint (it has an entry in the outer map). */
   installed(endpointId: number): boolean {
     return this.outer.lookup(endpointId) !== undefined;

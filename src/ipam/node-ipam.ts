@@ -315,6 +315,8 @@ export class NodeIpam {
 export interface AddressAllocatorView {
   allocate(owner: string): Promise<string>;
   release(owner: string): Promise<void>;
+  /** Every owner holding an address of this node. */
+  owners(): string[];
   readonly gateway: string;
 }
 
@@ -325,6 +327,7 @@ export interface AddressAllocatorView {
 export function addressAllocator(ipam: NodeIpam): AddressAllocatorView {
   return {
     allocate: async (owner) => (await ipam.allocate(owner)).ip,
+    owners: () => ipam.snapshot().allocations.map((a) => a.owner),
     release: async (owner) => {
       await ipam.release(owner);
     },

@@ -96,7 +96,7 @@ export const endpointsModule = defineModule({
         unsubscribe();
         await endpoints.stop();
       },
-      status: () => ({ endpoints: endpoints.list().length, datapath: { bpfRoot: config.bpfRoot, failures: endpoints.failures() } }),
+      status: () => ({ endpoints: endpoints.list().length, datapath: { bpfRoot: config.bpfRoot, failures: endpoints.failures(), orphansRemoved: endpoints.orphansRemoved } }),
       reconcilers: () => [endpoints.health()],
     };
   },

@@ -29,6 +29,7 @@ import {
   IFF_UP,
   ifinfomsg,
   IFLA_ADDRESS,
+  IFLA_IFALIAS,
   IFLA_IFNAME,
   IFLA_INFO_DATA,
   IFLA_INFO_KIND,
@@ -111,6 +112,8 @@ export interface Link {
   noarp: boolean;
   /** IFLA_INFO_KIND: "veth", "vxlan", …; undefined for devices without one (lo, physical NICs). */
   kind: string | undefined;
+  /** IFLA_IFALIAS: free text the creator left on the link, e.g. whose it is. */
+  alias: string | undefined;
   /** For vxlan devices. */
   vxlan?: { external: boolean; port: number | undefined };
 }
@@ -122,6 +125,8 @@ export interface VethSpec {
   peerNetns?: string;
   mtu?: number;
   peerMtu?: number;
+  /** The `name` end's alias (IFLA_IFALIAS), set in the same request: a link is never without it. */
+  alias?: string;
 }
 
 export interface VxlanSpec {
@@ -315,6 +320,7 @@ export class Netlink {
         nested(IFLA_LINKINFO, [attrString(IFLA_INFO_KIND, 'veth'), nested(IFLA_INFO_DATA, [attr(VETH_INFO_PEER, Buffer.concat(peer))])]),
       ];
       if (spec.mtu !== undefined) attrs.push(attrU32(IFLA_MTU, spec.mtu));
+      if (spec.alias !== undefined) attrs.push(attrString(IFLA_IFALIAS, spec.alias));
       await this.#request(operation, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, ifinfomsg(), attrs);
     } finally {
       if (netnsFd !== undefined) closeSync(netnsFd);
@@ -564,6 +570,7 @@ function parseLink(payload: Buffer): Link {
     up: (flags & IFF_UP) !== 0,
     noarp: (flags & IFF_NOARP) !== 0,
     kind,
+    alias: attrText(attrs.get(IFLA_IFALIAS)),
   };
   if (kind === 'vxlan') {
     const data = infoAttrs?.get(IFLA_INFO_DATA);
