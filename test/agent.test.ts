@@ -194,3 +194,28 @@ test('deleted endpoints leave nothing under the bpffs root: no pins, no director
   }
   assert.deepEqual(readdirSync(endpointsDir), []);
 });
+
+test('an endpoint whose interface was deleted by hand keeps failing visibly without holding up other adds, deletes or a restart', async (t) => {
+  const node = await TestNode.start(t, { reconcileRefreshInterval: 0.3 });
+  const broken = await node.addPod(t);
+  await inNs(node.netns, 'ip', ['link', 'del', broken.endpoint.hostIfname]);
+  // The refresh finds the programs gone and cannot put them back on an interface that is no more.
+  const deadline = Date.now() + 10_000;
+  for (;;) {
+    const status = await node.client.get<{ state: string; reasons: string[] }>('/v1/status');
+    if (status.state === 'degraded') {
+      assert.match(status.reasons.join('; '), /^endpoints: /);
+      break;
+    }
+    assert.ok(Date.now() < deadline, `the agent reports the broken endpoint: ${JSON.stringify(status)}`);
+    await sleep(200);
+  }
+  const began = Date.now();
+  const other = await node.addPod(t);
+  await node.client.call('DELETE', `/v1/endpoints/${other.endpoint.containerId}/eth0`);
+  assert.ok(Date.now() - began < 5000, `an add and a delete beside it take ${Date.now() - began} ms`);
+  await node.stopAgent('SIGKILL');
+  await node.startAgent();
+  assert.deepEqual(await node.client.call('DELETE', `/v1/endpoints/${broken.endpoint.containerId}/eth0`), { deleted: true });
+  assert.equal((await node.client.get<{ state: string }>('/v1/status')).state, 'ok');
+});

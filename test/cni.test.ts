@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { installCni } from '../src/cni/index.ts';
-import { TestNode, addNetns, ping, uniqueName } from './support/cluster.ts';
+import { TestNode, addNetns, inNs, ping, uniqueName } from './support/cluster.ts';
 
 interface PluginRun {
   code: number;
@@ -59,6 +59,18 @@ test('the CNI plugin follows the spec: VERSION, ADD, CHECK, idempotent DEL, STAT
     assert.equal((await runPlugin(plugin, { ...env, CNI_COMMAND: 'CHECK' }, conf)).code, 0);
   }
   assert.ok(await ping(pods[0].netns, pods[1].ip), 'containers added through CNI reach each other');
+
+  // CHECK looks at the kernel, not only at the agent's records.
+  const checkOf = (pod: (typeof pods)[number]) =>
+    runPlugin(plugin, { CNI_COMMAND: 'CHECK', CNI_CONTAINERID: pod.id, CNI_NETNS: `/run/netns/${pod.netns}`, CNI_IFNAME: 'eth0', CNI_PATH: join(dir, 'bin') }, conf);
+  await inNs(pods[1].netns, 'ip', ['route', 'del', 'default']);
+  let broken = await checkOf(pods[1]);
+  assert.deepEqual([broken.code, broken.out.code], [1, 100], broken.raw);
+  assert.match(String(broken.out.msg), /no default route via/);
+  await inNs(pods[1].netns, 'ip', ['link', 'del', 'eth0']);
+  broken = await checkOf(pods[1]);
+  assert.equal(broken.out.code, 100);
+  assert.match(String(broken.out.msg), /host end lxc\w+ .* is gone; interface eth0 is gone in/);
 
   const del = { CNI_COMMAND: 'DEL', CNI_CONTAINERID: pods[0].id, CNI_NETNS: '', CNI_IFNAME: 'eth0', CNI_PATH: join(dir, 'bin') };
   assert.equal((await runPlugin(plugin, del, conf)).code, 0);

@@ -178,8 +178,10 @@ export class EndpointManager {
     await this.#identities.reconcileReferences();
     await this.#sweepOrphans();
     this.#reconciler.start();
-    await this.#reconciler.waitFor();
-    this.#log.info({ endpoints: entries.length }, 'restored endpoints');
+    // Attempted, not succeeded: an endpoint whose interface vanished while the agent was away
+    // keeps failing (and is reported) without keeping the agent from serving the others.
+    await this.#reconciler.attempted();
+    this.#log.info({ endpoints: entries.length, failing: this.failures().length }, 'restored endpoints');
   }
 
   async stop(): Promise<void> {
@@ -248,6 +250,58 @@ export class EndpointManager {
     } catch (error) {
       if (EndpointError.is(error, 'ERR_ENDPOINT_NOT_FOUND')) return undefined;
       throw error;
+    }
+  }
+
+  /**
+   * CNI CHECK: whether the endpoint's networking is still what ADD made: both ends of its link,
+   * the pod's address and routes, the node's route to it, and its programs attached. Returns what
+   * is wrong, nothing when all is as made; throws ERR_ENDPOINT_NOT_FOUND for no such endpoint.
+   */
+  async check(containerId: string, ifname: string): Promise<string[]> {
+    const key = containerInterfaceKey(containerId, ifname);
+    const endpoint = this.table.get(key);
+    if (!endpoint) throw new EndpointError('ERR_ENDPOINT_NOT_FOUND', `no endpoint ${key}`);
+    const problems: string[] = [];
+    const host = await this.#hostNetlink().link(endpoint.hostIfname);
+    if (!host || host.ifindex !== endpoint.hostIfindex) problems.push(`the host end ${endpoint.hostIfname} (ifindex ${endpoint.hostIfindex}) is gone`);
+    else {
+      if (!host.up) problems.push(`the host end ${endpoint.hostIfname} is down`);
+      const routes = await this.#hostNetlink().routes({ family: 4 });
+      if (!routes.some((r) => r.dst === `${endpoint.ipv4}/32` && r.oif === host.ifindex)) problems.push(`the node has no route to ${endpoint.ipv4} through ${endpoint.hostIfname}`);
+    }
+    problems.push(...(await this.#checkPod(endpoint)));
+    const status = this.#reconciler.status(key);
+    if (status?.state !== 'done') problems.push(`its datapath is ${status?.state ?? 'not realized'}${status?.error ? `: ${status.error}` : ''}`);
+    else if (this.#datapath.observe && this.#datapath.serves) {
+      const observed = [...this.#datapath.observe()].find(([address]) => address === endpoint.ipv4)?.[1];
+      if (!observed || !this.#datapath.serves(endpoint, observed)) problems.push(`its programs or endpoint map entry are not in place for ${endpoint.hostIfname}`);
+    }
+    return problems;
+  }
+
+  async #checkPod(endpoint: Endpoint): Promise<string[]> {
+    const where = `in ${endpoint.netns}`;
+    let pod: Netlink;
+    try {
+      pod = Netlink.open({ netns: endpoint.netns });
+    } catch (error) {
+      return [`its network namespace ${endpoint.netns} cannot be entered (${(error as Error).message})`];
+    }
+    try {
+      const link = await pod.link(endpoint.ifname);
+      if (!link) return [`interface ${endpoint.ifname} is gone ${where}`];
+      const problems: string[] = [];
+      if (!link.up) problems.push(`interface ${endpoint.ifname} is down ${where}`);
+      const addresses = await pod.addresses({ family: 4 });
+      if (!addresses.some((a) => a.ifindex === link.ifindex && a.address === endpoint.ipv4)) problems.push(`interface ${endpoint.ifname} ${where} does not hold ${endpoint.ipv4}`);
+      const routes = await pod.routes({ family: 4 });
+      const gateway = this.#ipam.gateway;
+      if (!routes.some((r) => r.dst === '0.0.0.0/0' && r.gateway === gateway && r.oif === link.ifindex)) problems.push(`no default route via ${gateway} ${where}`);
+      if (!routes.some((r) => r.dst === `${gateway}/32` && r.oif === link.ifindex)) problems.push(`no route to the gateway ${gateway} ${where}`);
+      return problems;
+    } finally {
+      pod.close();
     }
   }
 
@@ -347,9 +401,10 @@ export class EndpointManager {
       const revision = this.table.upsert(endpoint);
       undo.push(async () => {
         this.table.delete(key);
-        await this.#reconciler.waitFor();
+        await this.#reconciler.attempted();
       });
-      await Promise.all([this.#reconciler.waitFor(revision), this.#ipcache.synced()]);
+      // This endpoint's own attempt decides: another endpoint that keeps failing must not hold it up.
+      await Promise.all([this.#reconciler.attempted(revision), this.#ipcache.synced()]);
       const status = this.#reconciler.status(key);
       if (status?.state !== 'done') throw new EndpointError('ERR_DATAPATH', `realizing endpoint ${endpoint.id}: ${status?.error ?? 'not realized'}`);
       this.#log.info({ endpoint: endpoint.id, container: request.containerId, ip: address, host: hostIfname }, 'endpoint added');
@@ -412,7 +467,10 @@ export class EndpointManager {
     await this.#policy?.addEndpoint(updated.id, this.#securityLabels(updated));
     this.#ipcache.upsert(localIpcacheEntry(updated));
     const revision = this.table.upsert(updated);
-    await Promise.all([this.#reconciler.waitFor(revision), this.#ipcache.synced()]);
+    await Promise.all([this.#reconciler.attempted(revision), this.#ipcache.synced()]);
+    const status = this.#reconciler.status(key);
+    // The record holds the new identity: a failed swap keeps being retried and is reported.
+    if (status?.state === 'error') this.#log.warn({ endpoint: updated.id, err: status.error }, 'programs for the new identity not attached yet; retrying');
     await this.#identities.release(endpoint.identity);
     if (identity !== endpoint.identity) this.#log.info({ endpoint: updated.id, from: endpoint.identity, to: identity }, 'endpoint identity changed');
     return updated;
@@ -429,7 +487,7 @@ export class EndpointManager {
     if (endpoint) {
       this.#ipcache.delete(`${endpoint.ipv4}/32`);
       this.table.delete(key);
-      await this.#reconciler.waitFor();
+      await this.#reconciler.attempted();
       this.#policy?.removeEndpoint(endpoint.id);
       await this.#hostNetlink().deleteLink(endpoint.hostIfname);
     } else {

@@ -240,6 +240,11 @@ export async function runCni(env: NodeJS.ProcessEnv, stdin: string): Promise<Cni
         if (invocation.netns && invocation.netns !== endpoint.netns) {
           throw new CniError(CniErrorCode.UNKNOWN_CONTAINER, `CHECK: interface ${ifname} of ${containerId} is in ${endpoint.netns}, not ${invocation.netns}`);
         }
+        // The spec's CHECK: the interface, its address and routes, and (ours) its datapath.
+        const { problems } = await agentCall(() =>
+          client.get<{ problems: string[] }>(`/v1/endpoints/${encodeURIComponent(containerId)}/${encodeURIComponent(ifname)}/check`),
+        );
+        if (problems.length > 0) throw new CniError(CniErrorCode.AGENT_ERROR, `CHECK: interface ${ifname} of ${containerId}: ${problems.join('; ')}`);
         return { stdout: '', exitCode: 0 };
       }
       case 'STATUS': {

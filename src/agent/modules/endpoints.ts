@@ -87,6 +87,7 @@ export const endpointsModule = defineModule({
     });
     api.route('POST', '/v1/endpoints', async ({ body }) => endpoints.add(parseRequest(AddEndpointBody, body, 'endpoint request')));
     api.route('PUT', '/v1/endpoints/:id/labels', async ({ params, body }) => endpoints.updateLabels(params.id, parseRequest(LabelsBody, body, 'endpoint labels')));
+    api.route('GET', '/v1/endpoints/:containerId/:ifname/check', async ({ params }) => ({ problems: await endpoints.check(params.containerId, params.ifname) }));
     api.route('DELETE', '/v1/endpoints/:containerId/:ifname', async ({ params }) => ({
       deleted: await endpoints.delete(params.containerId, params.ifname),
     }));
