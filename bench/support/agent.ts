@@ -106,6 +106,13 @@ export class BenchNode {
     }
   }
 
+  /** kill -9 of the agent, then a new one on the same state, bpffs root and socket. */
+  async killAndRestart(options: { logLevel?: string; routingMode?: string } = {}): Promise<void> {
+    if (this.agent) await stopChild(this.agent, 'SIGKILL');
+    this.agent = undefined;
+    await this.#startAgent(options.logLevel ?? 'info', options.routingMode ?? 'native');
+  }
+
   /** POST /v1/endpoints for an existing namespace; the endpoint is deleted at cleanup. */
   async addEndpoint(netns: string, containerId = uniqueName('ctr')): Promise<Endpoint> {
     const endpoint = await this.#call<Endpoint>('POST', '/v1/endpoints', { containerId, ifname: 'eth0', netns: netnsPath(netns) });

@@ -1,0 +1,107 @@
+/**
+ * `crash-adds`: what a kill -9 of the agent at a random moment during 50 parallel endpoint adds
+ * leaves behind once a new agent has started (issue 9's crash-safety figure). Per trial: 50 pod
+ * namespaces, 50 POST /v1/endpoints at once, a kill -9 after a random 0–1500 ms, a restart; then
+ * the orphans are counted:
+ *
+ *   links        host ends of pod links the agent made (its ifalias) that no endpoint owns
+ *   addresses    pod namespaces whose eth0 still holds an address that is not their endpoint's
+ *   allocations  IPAM allocations beyond the endpoints the agent lists
+ *   pins         pinned endpoint directories of no endpoint
+ *
+ * Then every interrupted container is added again (no "File exists"), the addresses checked for
+ * duplicates, and everything deleted. Figures: orphans in total over all trials (target 0), and
+ * adds that had completed when the agent died (how far the trials got). No baseline: the target is
+ * absolute. Trials: 20 by default (--rounds N).
+ * @module
+ */
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Endpoint } from '../src/agent/index.ts';
+import type { BenchContext } from './lib.ts';
+import { BenchNode } from './support/agent.ts';
+import { addNetns, Cleanups, inNs, netnsPath, sleep, uniqueName } from './support/ns.ts';
+
+export const description = 'orphans left by a kill -9 during 50 parallel endpoint adds, after a restart (target 0 over 20 trials)';
+
+const PODS = 50;
+const DEFAULT_TRIALS = 20;
+
+interface Orphans {
+  links: number;
+  addresses: number;
+  allocations: number;
+  pins: number;
+  duplicates: number;
+}
+
+async function countOrphans(node: BenchNode, pods: readonly { netns: string }[]): Promise<{ orphans: Orphans; recorded: Endpoint[] }> {
+  const endpoints = await node.client.get<Endpoint[]>('/v1/endpoints');
+  const owned = new Set(endpoints.map((ep) => ep.hostIfname));
+  const links = (JSON.parse(await inNs(node.netns, 'ip', ['-d', '-j', 'link', 'show'])) as { ifname: string; ifalias?: string }[]).filter(
+    (l) => l.ifalias?.startsWith('ciliate endpoint ') && !owned.has(l.ifname),
+  ).length;
+  const byNetns = new Map(endpoints.map((ep) => [ep.netns, ep.ipv4]));
+  let addresses = 0;
+  const held = new Map<string, number>();
+  for (const pod of pods) {
+    const out = await inNs(pod.netns, 'ip', ['-4', '-o', 'addr', 'show', 'dev', 'eth0']).catch(() => '');
+    const address = /inet (\d+\.\d+\.\d+\.\d+)\//.exec(out)?.[1];
+    if (!address) continue;
+    held.set(address, (held.get(address) ?? 0) + 1);
+    if (byNetns.get(netnsPath(pod.netns)) !== address) addresses++;
+  }
+  const status = await node.client.get<{ ipam: { used: number } }>('/v1/status');
+  const ids = new Set(endpoints.map((ep) => String(ep.id)));
+  const pins = readdirSync(join(node.bpfRoot, 'endpoints')).filter((id) => !ids.has(id)).length;
+  const duplicates = [...held.values()].filter((n) => n > 1).length;
+  return { orphans: { links, addresses, allocations: Math.max(0, status.ipam.used - endpoints.length), pins, duplicates }, recorded: endpoints };
+}
+
+export async function run(ctx: BenchContext): Promise<void> {
+  const trials = ctx.rounds ?? DEFAULT_TRIALS;
+  const cleanups = new Cleanups((message) => ctx.log(message));
+  const total: Orphans = { links: 0, addresses: 0, allocations: 0, pins: 0, duplicates: 0 };
+  let completedAtKill = 0;
+  let reAddFailures = 0;
+  try {
+    const node = await BenchNode.start(cleanups, { prefix: 'ccra' });
+    for (let trial = 1; trial <= trials; trial++) {
+      const pods = await Promise.all(Array.from({ length: PODS }, async () => ({ netns: await addNetns(cleanups, 'ccrp'), containerId: uniqueName('crash') })));
+      const adds = pods.map((pod) =>
+        node.client.call<Endpoint>('POST', '/v1/endpoints', { containerId: pod.containerId, ifname: 'eth0', netns: netnsPath(pod.netns) }).then(
+          () => true,
+          () => false,
+        ),
+      );
+      const killAfter = Math.floor(Math.random() * 1500);
+      await sleep(killAfter);
+      await node.killAndRestart();
+      const done = (await Promise.all(adds)).filter(Boolean).length;
+      const { orphans, recorded } = await countOrphans(node, pods);
+      for (const key of Object.keys(total) as (keyof Orphans)[]) total[key] += orphans[key];
+      completedAtKill += done;
+      const known = new Set(recorded.map((ep) => ep.containerId));
+      for (const pod of pods) {
+        if (known.has(pod.containerId)) continue;
+        try {
+          await node.client.call('POST', '/v1/endpoints', { containerId: pod.containerId, ifname: 'eth0', netns: netnsPath(pod.netns) });
+        } catch (error) {
+          reAddFailures++;
+          ctx.log(`trial ${trial}: adding ${pod.containerId} again failed: ${(error as Error).message}`);
+        }
+      }
+      const all = await node.client.get<Endpoint[]>('/v1/endpoints');
+      total.duplicates += all.length - new Set(all.map((ep) => ep.ipv4)).size;
+      for (const pod of pods) await node.client.call('DELETE', `/v1/endpoints/${pod.containerId}/eth0`).catch(() => undefined);
+      ctx.log(`trial ${trial}: killed after ${killAfter} ms, ${recorded.length} recorded (${done} answered), orphans ${JSON.stringify(orphans)}`);
+    }
+  } finally {
+    await cleanups.run();
+  }
+  const orphans = total.links + total.addresses + total.allocations + total.pins;
+  ctx.emit({ metric: 'orphans', value: orphans, unit: 'count', baseline: null, ratio: null, better: 'lower', target: 0, trials, pods_per_trial: PODS, ...total });
+  ctx.emit({ metric: 'duplicate_addresses', value: total.duplicates, unit: 'count', baseline: null, ratio: null, better: 'lower', target: 0, trials });
+  ctx.emit({ metric: 're_add_failures', value: reAddFailures, unit: 'count', baseline: null, ratio: null, better: 'lower', target: 0, trials });
+  ctx.emit({ metric: 'adds_answered_before_kill', value: completedAtKill, unit: 'count', baseline: null, ratio: null, trials, of: trials * PODS });
+}
