@@ -15,7 +15,7 @@ import { addNetns, inNs, sleep, TestNode, uniqueName } from './support/cluster.t
 const PODS = 20;
 
 interface Kernel {
-  /** Host ends of pod links the agent made (its alias, or its naming), by name. */
+  /** Host ends of pod links the agent made (its alias), by name. */
   links: string[];
   /** Pod namespaces whose eth0 holds an address, and the address. */
   podAddresses: Map<string, string>;
@@ -24,7 +24,7 @@ interface Kernel {
 
 async function kernel(node: TestNode, pods: readonly { netns: string }[]): Promise<Kernel> {
   const links = (JSON.parse(await inNs(node.netns, 'ip', ['-d', '-j', 'link', 'show'])) as { ifname: string; ifalias?: string; linkinfo?: { info_kind?: string } }[])
-    .filter((l) => l.ifalias?.startsWith('ciliate endpoint ') || (l.linkinfo?.info_kind === 'veth' && /^lxc[0-9a-f]{11}$/.test(l.ifname)))
+    .filter((l) => l.ifalias?.startsWith('ciliate endpoint '))
     .map((l) => l.ifname)
     .sort();
   const podAddresses = new Map<string, string>();

@@ -632,11 +632,12 @@ function endpointLinkAlias(key: string): string {
 }
 
 /**
- * Whether a link is the host end of a pod link this agent made: marked with its alias, or (made
- * before links carried one) a veth named as hostInterfaceName names them.
+ * Whether a link is the host end of a pod link this agent made: marked with its alias. A name
+ * alone proves nothing (anyone may create an interface called lxc…), so an unmarked link is never
+ * removed or taken over.
  */
 function isEndpointLink(link: Link): boolean {
-  return link.alias?.startsWith(ENDPOINT_LINK_ALIAS) === true || (link.alias === undefined && link.kind === 'veth' && /^lxc[0-9a-f]{11}$/.test(link.name));
+  return link.alias?.startsWith(ENDPOINT_LINK_ALIAS) === true;
 }
 
 /** A namespace file's identity (`device:inode`); throws what stat(2) said when there is none. */

@@ -188,7 +188,7 @@ describe('features', { skip: !isRoot && 'needs root' }, () => {
       assert.equal(status('bpf_ringbuf_output'), 'supported');
       // No probe on this kernel should come back undecided except lockdown (securityfs is not mounted).
       const unknown = report.sections.flatMap((s) => s.items).filter((i) => i.status === 'unknown');
-      assert.deepEqual(unknown.map((i) => i.name), ['lockdown']);
+      assert.deepEqual(unknown.map((i) => i.name), ['lockdown'], JSON.stringify(unknown.map((i) => [i.name, i.detail])));
     });
 
     it('renders a table and survives JSON', () => {
