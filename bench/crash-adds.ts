@@ -4,7 +4,7 @@
  * namespaces, 50 POST /v1/endpoints at once, a kill -9 after a random 0–1500 ms, a restart; then
  * the orphans are counted:
  *
- *   links        host ends of pod links the agent made (its ifalias) that no endpoint owns
+ *   links        host ends of pod links the agent made (its link group) that no endpoint owns
  *   addresses    pod namespaces whose eth0 still holds an address that is not their endpoint's
  *   allocations  IPAM allocations beyond the endpoints the agent lists
  *   pins         pinned endpoint directories of no endpoint
@@ -18,6 +18,7 @@
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Endpoint } from '../src/agent/index.ts';
+import { ENDPOINT_LINK_GROUP } from '../src/agent/endpoint-manager.ts';
 import type { BenchContext } from './lib.ts';
 import { BenchNode } from './support/agent.ts';
 import { addNetns, Cleanups, inNs, netnsPath, sleep, uniqueName } from './support/ns.ts';
@@ -38,8 +39,8 @@ interface Orphans {
 async function countOrphans(node: BenchNode, pods: readonly { netns: string }[]): Promise<{ orphans: Orphans; recorded: Endpoint[] }> {
   const endpoints = await node.client.get<Endpoint[]>('/v1/endpoints');
   const owned = new Set(endpoints.map((ep) => ep.hostIfname));
-  const links = (JSON.parse(await inNs(node.netns, 'ip', ['-d', '-j', 'link', 'show'])) as { ifname: string; ifalias?: string }[]).filter(
-    (l) => l.ifalias?.startsWith('ciliate endpoint ') && !owned.has(l.ifname),
+  const links = (JSON.parse(await inNs(node.netns, 'ip', ['-j', 'link', 'show'])) as { ifname: string; group?: string }[]).filter(
+    (l) => l.group === String(ENDPOINT_LINK_GROUP) && !owned.has(l.ifname),
   ).length;
   const byNetns = new Map(endpoints.map((ep) => [ep.netns, ep.ipv4]));
   let addresses = 0;

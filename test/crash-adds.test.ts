@@ -10,12 +10,13 @@ import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import type { Endpoint } from '../src/agent/index.ts';
 import { hostInterfaceName } from '../src/agent/endpoint.ts';
+import { ENDPOINT_LINK_GROUP } from '../src/agent/endpoint-manager.ts';
 import { addNetns, inNs, sleep, TestNode, uniqueName } from './support/cluster.ts';
 
 const PODS = 20;
 
 interface Kernel {
-  /** Host ends of pod links the agent made (its alias), by name. */
+  /** Host ends of pod links the agent made (its link group), by name. */
   links: string[];
   /** Pod namespaces whose eth0 holds an address, and the address. */
   podAddresses: Map<string, string>;
@@ -23,8 +24,8 @@ interface Kernel {
 }
 
 async function kernel(node: TestNode, pods: readonly { netns: string }[]): Promise<Kernel> {
-  const links = (JSON.parse(await inNs(node.netns, 'ip', ['-d', '-j', 'link', 'show'])) as { ifname: string; ifalias?: string; linkinfo?: { info_kind?: string } }[])
-    .filter((l) => l.ifalias?.startsWith('ciliate endpoint '))
+  const links = (JSON.parse(await inNs(node.netns, 'ip', ['-j', 'link', 'show'])) as { ifname: string; group?: string }[])
+    .filter((l) => l.group === String(ENDPOINT_LINK_GROUP))
     .map((l) => l.ifname)
     .sort();
   const podAddresses = new Map<string, string>();
@@ -89,8 +90,7 @@ test('DEL removes the interface of a container the agent has no record of, and A
   const leave = async (containerId: string) => {
     const netns = await addNetns(t, 'ctp');
     const host = hostInterfaceName(containerId, 'eth0');
-    await inNs(node.netns, 'ip', ['link', 'add', host, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', netns]);
-    await inNs(node.netns, 'ip', ['link', 'set', host, 'alias', `ciliate endpoint ${containerId}/eth0`]);
+    await inNs(node.netns, 'ip', ['link', 'add', host, 'group', String(ENDPOINT_LINK_GROUP), 'type', 'veth', 'peer', 'name', 'eth0', 'netns', netns]);
     await inNs(netns, 'ip', ['addr', 'add', '10.244.0.200/32', 'dev', 'eth0']);
     return { netns, host };
   };

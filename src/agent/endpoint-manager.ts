@@ -513,16 +513,22 @@ export class EndpointManager {
    * name is someone else's and is refused (EEXIST).
    */
   async #createVeth(key: string, hostIfname: string, request: AddEndpointRequest, mtu: number): Promise<Link> {
-    const spec = { name: hostIfname, peerName: request.ifname, peerNetns: request.netns, mtu, peerMtu: mtu, alias: endpointLinkAlias(key) };
+    const spec = { name: hostIfname, peerName: request.ifname, peerNetns: request.netns, mtu, peerMtu: mtu, group: ENDPOINT_LINK_GROUP };
+    const create = async () => {
+      const link = await this.#hostNetlink().createVeth(spec);
+      // For people reading `ip link`; the group (set with the link) is what the agent goes by.
+      await this.#hostNetlink().setLink(link.ifindex, { alias: endpointLinkAlias(key) });
+      return link;
+    };
     try {
-      return await this.#hostNetlink().createVeth(spec);
+      return await create();
     } catch (error) {
       if (!NetlinkError.is(error, 'EEXIST')) throw error;
       const stale = await this.#hostNetlink().link(hostIfname);
       if (!stale || !isEndpointLink(stale) || [...this.table.all()].some((ep) => ep.hostIfname === hostIfname)) throw error;
       this.#log.warn({ link: hostIfname, container: request.containerId }, 'removing the interface an interrupted add left for this container');
       await this.#hostNetlink().deleteLink(stale.ifindex);
-      return this.#hostNetlink().createVeth(spec);
+      return create();
     }
   }
 
@@ -623,7 +629,12 @@ export class EndpointManager {
   }
 }
 
-/** The alias the agent gives the host end of a pod's link: whose link it is. */
+/**
+ * The link group of the host end of every pod link the agent makes (IFLA_GROUP, set in the very
+ * request that creates the pair, so no crash leaves an unmarked one): "cil" in ASCII.
+ */
+export const ENDPOINT_LINK_GROUP = 0x63696c;
+/** The alias the agent gives the host end of a pod's link, for people: whose link it is. */
 const ENDPOINT_LINK_ALIAS = 'ciliate endpoint ';
 
 function endpointLinkAlias(key: string): string {
@@ -632,12 +643,12 @@ function endpointLinkAlias(key: string): string {
 }
 
 /**
- * Whether a link is the host end of a pod link this agent made: marked with its alias. A name
- * alone proves nothing (anyone may create an interface called lxc…), so an unmarked link is never
+ * Whether a link is the host end of a pod link this agent made: in its link group. A name alone
+ * proves nothing (anyone may create an interface called lxc…), so an unmarked link is never
  * removed or taken over.
  */
 function isEndpointLink(link: Link): boolean {
-  return link.alias?.startsWith(ENDPOINT_LINK_ALIAS) === true;
+  return link.group === ENDPOINT_LINK_GROUP;
 }
 
 /** A namespace file's identity (`device:inode`); throws what stat(2) said when there is none. */

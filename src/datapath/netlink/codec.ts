@@ -46,8 +46,10 @@ export const IFF_NOARP = 0x80;
 export const IFLA_ADDRESS = 1;
 export const IFLA_IFNAME = 3;
 export const IFLA_MTU = 4;
-/** The interface's alias (ifalias): free text, up to 255 bytes. */
+/** The interface's alias (ifalias): free text, up to 255 bytes. Not taken at creation: set it after. */
 export const IFLA_IFALIAS = 20;
+/** The interface's group (u32, 0 = default): taken at creation, in the same request. */
+export const IFLA_GROUP = 27;
 export const IFLA_LINKINFO = 18;
 export const IFLA_NET_NS_FD = 28;
 export const IFLA_INFO_KIND = 1;

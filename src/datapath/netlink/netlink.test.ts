@@ -46,7 +46,8 @@ test('a veth pair across two namespaces: names, MTUs and MACs as both sides see 
   const host = netns(t);
   const pod = netns(t);
   const nl = open(t, host.path);
-  const created = await nl.createVeth({ name: 'lxctest0', peerName: 'eth0', peerNetns: pod.path, mtu: 1450, peerMtu: 1400 });
+  const created = await nl.createVeth({ name: 'lxctest0', peerName: 'eth0', peerNetns: pod.path, mtu: 1450, peerMtu: 1400, group: 6515052 });
+  assert.equal(created.group, 6515052, 'the group comes with the link, in the same request');
   assert.equal(created.name, 'lxctest0');
   assert.equal(created.kind, 'veth');
   assert.equal(created.mtu, 1450);
@@ -64,7 +65,8 @@ test('a veth pair across two namespaces: names, MTUs and MACs as both sides see 
   assert.equal((await podNl.link(peer.ifindex))?.name, 'eth0', 'a link by index');
   assert.ok((await nl.links()).some((l) => l.name === 'lxctest0' && l.ifindex === created.ifindex), 'listed');
 
-  await nl.setLink('lxctest0', { up: true, mtu: 1300 });
+  await nl.setLink('lxctest0', { up: true, mtu: 1300, alias: 'ciliate endpoint c1/eth0' });
+  assert.equal((await nl.link('lxctest0'))?.alias, 'ciliate endpoint c1/eth0');
   await podNl.setLink(peer.ifindex, { up: true });
   const after = ipLink(host, 'lxctest0');
   assert.equal(after.mtu, 1300);

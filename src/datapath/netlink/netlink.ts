@@ -29,6 +29,7 @@ import {
   IFF_UP,
   ifinfomsg,
   IFLA_ADDRESS,
+  IFLA_GROUP,
   IFLA_IFALIAS,
   IFLA_IFNAME,
   IFLA_INFO_DATA,
@@ -114,6 +115,8 @@ export interface Link {
   kind: string | undefined;
   /** IFLA_IFALIAS: free text the creator left on the link, e.g. whose it is. */
   alias: string | undefined;
+  /** IFLA_GROUP: the link's group, 0 by default. */
+  group: number;
   /** For vxlan devices. */
   vxlan?: { external: boolean; port: number | undefined };
 }
@@ -125,8 +128,11 @@ export interface VethSpec {
   peerNetns?: string;
   mtu?: number;
   peerMtu?: number;
-  /** The `name` end's alias (IFLA_IFALIAS), set in the same request: a link is never without it. */
-  alias?: string;
+  /**
+   * The `name` end's group (IFLA_GROUP), set in the same request: a link is never without it, so
+   * a group can mark whose links are (the kernel ignores an alias at creation).
+   */
+  group?: number;
 }
 
 export interface VxlanSpec {
@@ -142,6 +148,8 @@ export interface LinkChanges {
   mtu?: number;
   up?: boolean;
   noarp?: boolean;
+  /** IFLA_IFALIAS; '' removes it. */
+  alias?: string;
 }
 
 export interface Address {
@@ -320,7 +328,7 @@ export class Netlink {
         nested(IFLA_LINKINFO, [attrString(IFLA_INFO_KIND, 'veth'), nested(IFLA_INFO_DATA, [attr(VETH_INFO_PEER, Buffer.concat(peer))])]),
       ];
       if (spec.mtu !== undefined) attrs.push(attrU32(IFLA_MTU, spec.mtu));
-      if (spec.alias !== undefined) attrs.push(attrString(IFLA_IFALIAS, spec.alias));
+      if (spec.group !== undefined) attrs.push(attrU32(IFLA_GROUP, spec.group));
       await this.#request(operation, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, ifinfomsg(), attrs);
     } finally {
       if (netnsFd !== undefined) closeSync(netnsFd);
@@ -365,6 +373,7 @@ export class Netlink {
     }
     const [fixed, attrs] = linkSelector(ref, { flags, change });
     if (changes.mtu !== undefined) attrs.push(attrU32(IFLA_MTU, changes.mtu));
+    if (changes.alias !== undefined) attrs.push(attrString(IFLA_IFALIAS, changes.alias));
     await this.#request(`setting link ${ref} ${described}${this.#where()}`, RTM_NEWLINK, 0, fixed, attrs);
   }
 
@@ -571,6 +580,7 @@ function parseLink(payload: Buffer): Link {
     noarp: (flags & IFF_NOARP) !== 0,
     kind,
     alias: attrText(attrs.get(IFLA_IFALIAS)),
+    group: attrs.get(IFLA_GROUP)?.readUInt32LE(0) ?? 0,
   };
   if (kind === 'vxlan') {
     const data = infoAttrs?.get(IFLA_INFO_DATA);
