@@ -12,6 +12,7 @@ import type { ApiServer } from '../api-server.ts';
 import type { EndpointManager } from '../endpoint-manager.ts';
 import type { Ipcache } from '../ipcache.ts';
 import { cell } from '../module.ts';
+import type { Monitor } from '../monitor.ts';
 import type { Namespaces } from '../namespaces.ts';
 import type { NodeRecord } from '../node.ts';
 import type { PolicyManager } from '../policy-manager.ts';
@@ -36,3 +37,5 @@ export const IpcacheCell = cell<Ipcache>('ipcache');
 export const PolicyCell = cell<PolicyManager>('policy');
 export const NamespacesCell = cell<Namespaces>('namespaces');
 export const EndpointsCell = cell<EndpointManager>('endpoints');
+/** The datapath events ring's one reader, whose records the observer turns into flows. */
+export const MonitorCell = cell<Monitor>('monitor');

@@ -1,0 +1,145 @@
+/**
+ * Hubble on the agent: every datapath event becomes a flow named by endpoints, identities and
+ * the rules that decided, kept in a bounded buffer and served over Hubble's gRPC Observer API
+ * on a root-only Unix socket and on TCP.
+ * @module
+ */
+import { dirname, join } from 'node:path';
+import { z } from 'zod';
+import { FlowObserver, ObserverServer, type FlowEndpointInfo, type FlowNames, type FlowPolicy } from '../../observer/index.ts';
+import { ConfigError } from '../config.ts';
+import { defineModule } from '../module.ts';
+import { VERSION } from '../version.ts';
+import { apiConfig } from './api.ts';
+import { EndpointsCell, IdentitiesCell, MonitorCell, NodeCell, PolicyCell } from './cells.ts';
+
+export const observerConfig = {
+  hubbleEnabled: z.boolean().default(true).describe("flows and Hubble's Observer API (Cilium's enable-hubble)"),
+  hubbleBufferCapacity: z.number().int().min(1).max(1 << 20).default(4095).describe("flows the buffer keeps (Cilium's hubble-event-buffer-capacity)"),
+  hubbleEventQueueSize: z.number().int().min(1).max(1 << 20).default(8192).describe("datapath events waiting to become flows before new ones are dropped and counted lost (Cilium's hubble-event-queue-size)"),
+  hubbleSocketPath: z.string().default('').describe('the Observer API Unix socket, root only (default: hubble.sock beside --socket-path)'),
+  hubbleListenAddress: z.string().default('localhost:4244').describe("the Observer API on TCP, host:port; empty: Unix socket only (Cilium's hubble-listen-address)"),
+  hubbleTlsCertFile: z.string().default('').describe('TLS certificate (PEM) for the TCP listener; with the key, the listener is TLS only'),
+  hubbleTlsKeyFile: z.string().default('').describe('TLS private key (PEM) for the TCP listener'),
+  hubbleTlsClientCaFiles: z.array(z.string()).default([]).describe('CAs (PEM) of client certificates the TCP listener requires, comma-separated; none: no client certificate asked'),
+};
+
+/** How long the address → endpoint index may lag behind the endpoint manager. */
+const ENDPOINT_INDEX_TTL_MS = 1000;
+
+export const observerModule = defineModule({
+  name: 'observer',
+  description: "flows from datapath events, the flow buffer and Hubble's Observer API",
+  // The API socket's setting too: the Observer socket goes beside it unless told otherwise.
+  config: { ...observerConfig, socketPath: apiConfig.socketPath },
+  needs: { monitor: MonitorCell, endpoints: EndpointsCell, identities: IdentitiesCell, policy: PolicyCell, node: NodeCell },
+  async start({ monitor, endpoints, identities, policy, node }, { config, log }) {
+    if (!config.hubbleEnabled) return { value: undefined, status: () => ({ observer: { enabled: false } }) };
+    if (Boolean(config.hubbleTlsCertFile) !== Boolean(config.hubbleTlsKeyFile)) {
+      throw new ConfigError('observer: --hubble-tls-cert-file and --hubble-tls-key-file go together; set both or neither');
+    }
+    let byAddress = new Map<string, FlowEndpointInfo>();
+    let byId = new Map<number, FlowEndpointInfo>();
+    let indexedAt = -Infinity;
+    // Rebuilt at most once a TTL rather than on every event: a busy datapath asks per packet.
+    const index = () => {
+      if (performance.now() - indexedAt <= ENDPOINT_INDEX_TTL_MS) return;
+      const infos = endpoints.list().map((e) => ({ address: e.ipv4, info: { id: e.id, identity: e.identity, namespace: e.namespace, podName: e.podName ?? e.containerId } }));
+      byAddress = new Map(infos.map(({ address, info }) => [address, info]));
+      byId = new Map(infos.map(({ info }) => [info.id, info]));
+      indexedAt = performance.now();
+    };
+    const labelsById = new Map<number, readonly string[]>();
+    const unsubscribe = identities.subscribe((change) => labelsById.delete(change.identity.id));
+    const names: FlowNames = {
+      nodeName: config.nodeName,
+      endpointByAddress(address) {
+        index();
+        return byAddress.get(address);
+      },
+      endpointById(id) {
+        index();
+        return byId.get(id);
+      },
+      identityLabels(id) {
+        let labels = labelsById.get(id);
+        if (labels === undefined) {
+          const identity = identities.get(id);
+          if (!identity) return undefined;
+          labels = identity.labels.toStrings();
+          labelsById.set(id, labels);
+        }
+        return labels;
+      },
+      policyForCookie(cookie): FlowPolicy | undefined {
+        const rule = policy.engine.ruleById(cookie);
+        if (!rule) return undefined;
+        return {
+          name: rule.name,
+          namespace: rule.namespace,
+          kind: rule.kind,
+          labels: Object.entries(rule.labels).map(([key, value]) => `${key}=${value}`),
+          revision: String(policy.revision),
+        };
+      },
+    };
+    const observer = new FlowObserver(monitor, { capacity: config.hubbleBufferCapacity, queueSize: config.hubbleEventQueueSize, names, log });
+    const server = new ObserverServer({
+      observer,
+      nodeName: config.nodeName,
+      nodeAddress: node.record.nodeIp,
+      version: VERSION,
+      namespaces: () => {
+        const seen = new Set<string>();
+        for (const e of endpoints.list()) seen.add(e.namespace ?? 'default');
+        for (const identity of identities.list()) if (identity.labels.namespace) seen.add(identity.labels.namespace);
+        return [...seen].sort();
+      },
+      log,
+    });
+    const socketPath = config.hubbleSocketPath || join(dirname(config.socketPath), 'hubble.sock');
+    observer.start();
+    try {
+      await server.listenUnix(socketPath);
+      if (config.hubbleListenAddress) {
+        const tls = config.hubbleTlsCertFile ? { certFile: config.hubbleTlsCertFile, keyFile: config.hubbleTlsKeyFile, clientCaFiles: config.hubbleTlsClientCaFiles } : undefined;
+        await server.listenTcp(config.hubbleListenAddress, tls);
+      }
+    } catch (error) {
+      observer.stop();
+      unsubscribe();
+      await server.close();
+      throw error;
+    }
+    log.info({ socket: socketPath, address: config.hubbleListenAddress || undefined, capacity: config.hubbleBufferCapacity }, 'Observer API listening');
+    return {
+      value: undefined,
+      stop: async () => {
+        observer.stop();
+        unsubscribe();
+        await server.close();
+      },
+      status: () => {
+        const stats = observer.stats();
+        return {
+          observer: {
+            enabled: true,
+            socket: socketPath,
+            address: config.hubbleListenAddress || undefined,
+            flows: stats.numFlows,
+            maxFlows: stats.maxFlows,
+            seenFlows: stats.seenFlows,
+            overwritten: stats.overwritten,
+            decodeErrors: stats.decodeErrors,
+            lost: { kernelRing: String(stats.lost.kernel), decodeQueue: String(stats.lost.queue), flowBuffer: String(stats.lost.buffer) },
+          },
+        };
+      },
+      health: () => {
+        const stats = observer.stats();
+        const lost = stats.lost.kernel + stats.lost.queue + stats.lost.buffer;
+        return { degraded: false, lostEvents: String(lost) };
+      },
+    };
+  },
+});
