@@ -24,9 +24,6 @@ export const observerConfig = {
   hubbleTlsClientCaFiles: z.array(z.string()).default([]).describe('CAs (PEM) of client certificates the TCP listener requires, comma-separated; none: no client certificate asked'),
 };
 
-/** How long the address → endpoint index may lag behind the endpoint manager. */
-const ENDPOINT_INDEX_TTL_MS = 1000;
-
 export const observerModule = defineModule({
   name: 'observer',
   description: "flows from datapath events, the flow buffer and Hubble's Observer API",
@@ -40,14 +37,14 @@ export const observerModule = defineModule({
     }
     let byAddress = new Map<string, FlowEndpointInfo>();
     let byId = new Map<number, FlowEndpointInfo>();
-    let indexedAt = -Infinity;
-    // Rebuilt at most once a TTL rather than on every event: a busy datapath asks per packet.
+    let indexedRevision = -1;
+    // Rebuilt when the endpoints table has changed, not per event: a busy datapath asks per packet.
     const index = () => {
-      if (performance.now() - indexedAt <= ENDPOINT_INDEX_TTL_MS) return;
+      if (endpoints.table.revision === indexedRevision) return;
+      indexedRevision = endpoints.table.revision;
       const infos = endpoints.list().map((e) => ({ address: e.ipv4, info: { id: e.id, identity: e.identity, namespace: e.namespace, podName: e.podName ?? e.containerId } }));
       byAddress = new Map(infos.map(({ address, info }) => [address, info]));
       byId = new Map(infos.map(({ info }) => [info.id, info]));
-      indexedAt = performance.now();
     };
     const labelsById = new Map<number, readonly string[]>();
     const unsubscribe = identities.subscribe((change) => labelsById.delete(change.identity.id));
