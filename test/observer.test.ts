@@ -1,8 +1,9 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { connectObserver, GrpcStatus, timestampToNs, type Flow, type GetFlowsRequest, type GetFlowsResponse, type ObserverClient } from '../src/observer/index.ts';
-import { TestNode, cli, httpRequest, httpServer, inNs, sleep } from './support/cluster.ts';
+import { ROOT, TestNode, cli, httpRequest, httpServer, inNs, sleep } from './support/cluster.ts';
 
 const POLICIES = join(import.meta.dirname, 'policies');
 
@@ -206,6 +207,22 @@ test('Star Wars: flows name the pods, identities, labels, verdicts, drop reasons
     assert.equal(typeof r.flow.is_reply, 'boolean');
     assert.match(r.flow.time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/);
   }
+  // --follow prints new flows as they come and ends cleanly on Ctrl-C.
+  const follower = spawn(process.execPath, [join(ROOT, 'src', 'cli', 'main.ts'), 'observe', '-f', '--from-pod', 'default/tiefighter', '--socket', node.socket], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => {
+    if (follower.exitCode === null && follower.signalCode === null) follower.kill('SIGKILL');
+  });
+  let printed = '';
+  follower.stdout.on('data', (chunk: Buffer) => (printed += chunk.toString()));
+  follower.stderr.on('data', (chunk: Buffer) => (printed += chunk.toString()));
+  await sleep(1000);
+  assert.equal((await httpRequest(tiefighter.netns, 'POST', landing)).status, 200);
+  for (let i = 0; i < 50 && !printed.includes('default/tiefighter:'); i++) await sleep(100);
+  assert.match(printed, /default\/tiefighter:\d+ \(ID:\d+\) -> default\/deathstar:80/, printed);
+  const exited = new Promise<number | null>((resolve) => follower.once('exit', (code) => resolve(code)));
+  follower.kill('SIGINT');
+  assert.equal(await exited, 0, `observe -f exits 0 on Ctrl-C: ${printed}`);
+
   const bad = await cli(node, 'observe', '--to-ip', '10.0.0.0/99');
   assert.notEqual(bad.code, 0);
   assert.match(bad.stderr, /destination_ip\[0\]/);

@@ -31,8 +31,9 @@ function ports(flow: Flow): [number | undefined, number | undefined] {
   return [l4?.sourcePort, l4?.destinationPort];
 }
 
-function hostPort(ep: FlowEndpoint | undefined, ip: string | undefined, port: number | undefined): string {
-  const host = ep?.podName ? `${ep.namespace ? `${ep.namespace}/` : ''}${ep.podName}` : (ip ?? '');
+function hostPort(ep: FlowEndpoint | undefined, ip: string | undefined, port: number | undefined, mac?: string): string {
+  // Without an IP header (IPv6 neighbour discovery, ARP) the MAC address is all there is.
+  const host = ep?.podName ? `${ep.namespace ? `${ep.namespace}/` : ''}${ep.podName}` : (ip ?? mac ?? '');
   return port ? `${host}:${port}` : host;
 }
 
@@ -91,8 +92,8 @@ interface Sides {
 
 function sides(flow: Flow): Sides {
   const [sport, dport] = ports(flow);
-  let src = `${hostPort(flow.source, flow.IP?.source, sport)} ${identity(flow.source)}`;
-  let dst = `${hostPort(flow.destination, flow.IP?.destination, dport)} ${identity(flow.destination)}`;
+  let src = `${hostPort(flow.source, flow.IP?.source, sport, flow.ethernet?.source)} ${identity(flow.source)}`;
+  let dst = `${hostPort(flow.destination, flow.IP?.destination, dport, flow.ethernet?.destination)} ${identity(flow.destination)}`;
   let arrow = '->';
   if (flow.isReply === undefined) arrow = '<>';
   else if (flow.isReply.value) {
