@@ -28,7 +28,7 @@ import { RESERVED_IDENTITY } from '../identity/index.ts';
 import { TracePoint, tracePointName } from '../datapath/index.ts';
 import { formatTable } from './output.ts';
 
-interface ObserveOptions {
+export interface ObserveOptions {
   last?: number;
   first?: boolean;
   all?: boolean;
@@ -125,36 +125,31 @@ export function buildWhitelist(o: ObserveOptions): FlowFilter[] {
   };
   for (const v of o.verdict) if (!VERDICTS.includes(v.toUpperCase() as (typeof VERDICTS)[number])) throw new Error(`--verdict ${JSON.stringify(v)}: expected one of ${VERDICTS.slice(1).join(', ')}`);
   add(common, 'verdict', o.verdict.map((v) => v.toUpperCase()));
-  add(common, 'sourcePod', o.fromPod.map(podFilter));
-  add(common, 'destinationPod', o.toPod.map(podFilter));
-  add(common, 'sourceIp', o.fromIp);
-  add(common, 'destinationIp', o.toIp);
-  add(common, 'sourceLabel', o.fromLabel);
-  add(common, 'destinationLabel', o.toLabel);
-  add(common, 'sourceIdentity', o.fromIdentity.map(identityOf));
-  add(common, 'destinationIdentity', o.toIdentity.map(identityOf));
-  add(common, 'sourcePort', o.fromPort);
-  add(common, 'destinationPort', o.toPort);
+  // One row per side-specific filter: hubble's --from-X, --to-X, and --X for either side.
+  const sided: [keyof FlowFilter & `source${string}`, keyof FlowFilter & `destination${string}`, (string | number)[], (string | number)[], (string | number)[]][] = [
+    ['sourcePod', 'destinationPod', o.fromPod.map(podFilter), o.toPod.map(podFilter), [...o.pod.map(podFilter), ...o.namespace.map((ns) => `${ns}/`)]],
+    ['sourceIp', 'destinationIp', o.fromIp, o.toIp, o.ip],
+    ['sourceLabel', 'destinationLabel', o.fromLabel, o.toLabel, o.label],
+    ['sourceIdentity', 'destinationIdentity', o.fromIdentity.map(identityOf), o.toIdentity.map(identityOf), o.identity.map(identityOf)],
+    ['sourcePort', 'destinationPort', o.fromPort, o.toPort, o.port],
+  ];
+  for (const [from, to, fromValues, toValues] of sided) {
+    add(common, from, fromValues as never);
+    add(common, to, toValues as never);
+  }
   add(common, 'protocol', o.protocol);
   add(common, 'eventType', o.type.map(eventType));
   add(common, 'dropReasonDesc', o.dropReasonDesc.map((r) => r.toUpperCase()));
   add(common, 'tcpFlags', o.tcpFlags.map(tcpFlags));
   add(common, 'trafficDirection', o.trafficDirection.map((d) => d.toUpperCase()));
   add(common, 'nodeName', o.nodeName);
-  const either = o.pod.length + o.namespace.length + o.ip.length + o.label.length + o.port.length + o.identity.length > 0;
-  if (!either) return Object.keys(common).length > 0 ? [common] : [];
+  if (sided.every(([, , , , either]) => either.length === 0)) return Object.keys(common).length > 0 ? [common] : [];
   const left: FlowFilter = structuredClone(common);
   const right: FlowFilter = structuredClone(common);
-  add(left, 'sourcePod', [...o.pod.map(podFilter), ...o.namespace.map((ns) => `${ns}/`)]);
-  add(right, 'destinationPod', [...o.pod.map(podFilter), ...o.namespace.map((ns) => `${ns}/`)]);
-  add(left, 'sourceIp', o.ip);
-  add(right, 'destinationIp', o.ip);
-  add(left, 'sourceLabel', o.label);
-  add(right, 'destinationLabel', o.label);
-  add(left, 'sourcePort', o.port);
-  add(right, 'destinationPort', o.port);
-  add(left, 'sourceIdentity', o.identity.map(identityOf));
-  add(right, 'destinationIdentity', o.identity.map(identityOf));
+  for (const [from, to, , , either] of sided) {
+    add(left, from, either as never);
+    add(right, to, either as never);
+  }
   return [left, right];
 }
 
