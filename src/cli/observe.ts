@@ -5,6 +5,7 @@
  * `--identity`) make two filters, one per side, ORed — as hubble builds them.
  * @module
  */
+import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { type Command, Option } from 'commander';
 import {
@@ -63,6 +64,10 @@ export interface ObserveOptions {
   printPolicyNames?: boolean;
   server?: string;
   socket: string;
+  tlsCaCertFiles?: string[];
+  tlsClientCertFile?: string;
+  tlsClientKeyFile?: string;
+  tlsServerName?: string;
 }
 
 const EVENT_TYPES: Readonly<Record<string, number>> = { drop: 1, debug: 2, capture: 3, trace: 4, 'policy-verdict': 5, 'trace-sock': 7, l7: 129, agent: 130 };
@@ -204,10 +209,20 @@ export function registerObserveCommand(program: Command): void {
     .option('--print-node-name', 'print the node name in compact and dict output')
     .option('--print-policy-names', 'print the names of the policies that decided')
     .option('--server <address>', 'an Observer API at host:port or unix:/path (default: the agent beside --socket)')
+    .option('--tls-ca-cert-files <files>', 'CA certificates (PEM) to verify a TLS --server with; turns TLS on', many)
+    .option('--tls-client-cert-file <file>', 'client certificate (PEM) for a server that asks for one')
+    .option('--tls-client-key-file <file>', 'client key (PEM)')
+    .option('--tls-server-name <name>', "the name to expect in the server's certificate")
     .addOption(new Option('--socket <path>', 'agent API socket; its Observer socket is hubble.sock beside it').env('CILIATE_SOCKET_PATH').default('/var/run/ciliate/ciliate.sock'))
     .action(async (options: ObserveOptions) => {
       const request = buildRequest(options);
-      const client = connectObserver(options.server ?? `unix:${join(dirname(options.socket), 'hubble.sock')}`);
+      const read = (file: string | undefined) => (file === undefined ? undefined : readFileSync(file));
+      const client = connectObserver(options.server ?? `unix:${join(dirname(options.socket), 'hubble.sock')}`, {
+        tlsCa: options.tlsCaCertFiles?.length ? Buffer.concat(options.tlsCaCertFiles.map((f) => readFileSync(f))) : undefined,
+        tlsCert: read(options.tlsClientCertFile),
+        tlsKey: read(options.tlsClientKeyFile),
+        tlsServerName: options.tlsServerName,
+      });
       const stream = client.getFlows(request);
       const onInterrupt = () => stream.cancel();
       process.once('SIGINT', onInterrupt);

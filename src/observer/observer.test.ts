@@ -6,10 +6,11 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
+import { createTestPki } from '../store/etcd-testing.ts';
 import { encode } from '../ebpf/index.ts';
 import { buildIpv4Frame, EVENT_CAPTURE_LEN, EventFlag, MonitorEventType, TcpFlag, TracePoint, traceEvent } from '../datapath/index.ts';
 import { connectObserver, FlowObserver, GrpcStatus, ObserverServer, timestampToNs, type FlowNames, type GetFlowsRequest, type GetFlowsResponse, type ObserverClient, type RecordSource } from './index.ts';
@@ -212,4 +213,23 @@ test('loss is counted at every stage and streamed as LostEvents: kernel ring, de
   const nodes = await client.getNodes();
   assert.deepEqual(nodes.nodes?.map((n) => [n.name, n.address, n.state]), [['n1', '192.0.2.1', 'NODE_CONNECTED']]);
   assert.deepEqual((await client.getNamespaces()).namespaces?.map((n) => n.namespace), ['even', 'odd']);
+});
+
+test('over TCP with TLS: a client with a certificate of the trusted CA is served; plaintext and unknown clients are not', async (t) => {
+  const pki = await createTestPki(t);
+  const { observer } = await setup(t);
+  const server = new ObserverServer({ observer, nodeName: 'n1', nodeAddress: '192.0.2.1', version: 'test', namespaces: () => [], log });
+  t.after(() => server.close());
+  const port = await server.listenTcp('127.0.0.1:0', { certFile: pki.server.certFile, keyFile: pki.server.keyFile, clientCaFiles: [pki.caFile] });
+  const connect = (options: Parameters<typeof connectObserver>[1]) => {
+    const client = connectObserver(`127.0.0.1:${port}`, options);
+    t.after(() => client.close());
+    return client;
+  };
+  const ca = readFileSync(pki.caFile);
+  const trusted = connect({ tlsCa: ca, tlsCert: readFileSync(pki.client.certFile), tlsKey: readFileSync(pki.client.keyFile) });
+  assert.equal((await trusted.serverStatus()).maxFlows, '15');
+  await assert.rejects(connect({}).serverStatus(), (error: { code?: number }) => error.code === GrpcStatus.UNAVAILABLE, 'plaintext');
+  const stranger = connect({ tlsCa: ca, tlsCert: readFileSync(pki.other.certFile), tlsKey: readFileSync(pki.other.keyFile) });
+  await assert.rejects(stranger.serverStatus(), (error: { code?: number }) => error.code === GrpcStatus.UNAVAILABLE, 'a client certificate of another CA');
 });

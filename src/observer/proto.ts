@@ -56,6 +56,9 @@ export interface ObserverClient {
 export interface ObserverClientOptions {
   /** PEM CA to verify a TLS server with; without it the connection is plaintext. */
   tlsCa?: Buffer;
+  /** PEM certificate and key to present to a server that asks for one. */
+  tlsCert?: Buffer;
+  tlsKey?: Buffer;
   tlsServerName?: string;
 }
 
@@ -70,7 +73,7 @@ type Unary = (request: object, callback: (error: grpc.ServiceError | null, respo
  */
 export function connectObserver(target: string, options: ObserverClientOptions = {}): ObserverClient {
   const proto = grpc.loadPackageDefinition(packageDefinition()) as unknown as { observer: { Observer: grpc.ServiceClientConstructor } };
-  const credentials = options.tlsCa ? grpc.credentials.createSsl(options.tlsCa) : grpc.credentials.createInsecure();
+  const credentials = options.tlsCa ? grpc.credentials.createSsl(options.tlsCa, options.tlsKey ?? null, options.tlsCert ?? null) : grpc.credentials.createInsecure();
   const channelOptions: grpc.ChannelOptions = options.tlsServerName ? { 'grpc.ssl_target_name_override': options.tlsServerName } : {};
   const client = new proto.observer.Observer(target, credentials, channelOptions) as grpc.Client & Record<string, unknown>;
   const unary = <T>(method: string) =>
