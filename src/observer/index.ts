@@ -11,5 +11,5 @@ export { FlowRing, type RingEntry } from './buffer.ts';
 export { compileFilter, compileFilters, parseLabelSelector, type FlowPredicate } from './filter.ts';
 export { FlowObserver, parseFlowsRequest, type FlowObserverOptions, type FlowQuery, type LostCounts, type ObserverStats, type RecordSource } from './observer.ts';
 export { ObserverServer, type ObserverServerOptions, type ObserverTls } from './server.ts';
-export { connectObserver, GrpcStatus, PROTO_DIR, type FlowStream, type ObserverClient, type ObserverClientOptions, type ObserverNode } from './proto.ts';
+export { checkHealth, connectObserver, GrpcStatus, PROTO_DIR, type FlowStream, type ObserverClient, type ObserverClientOptions, type ObserverNode } from './proto.ts';
 export { OUTPUT_FORMATS, compactLine, dictBlock, flowSummary, flowType, responseJson, stampMilli, tableRow, TABLE_HEADER, type FlowOutput, type PrintOptions } from './printer.ts';

@@ -13,7 +13,7 @@ import pino from 'pino';
 import { createTestPki } from '../store/etcd-testing.ts';
 import { encode } from '../ebpf/index.ts';
 import { buildIpv4Frame, EVENT_CAPTURE_LEN, EventFlag, MonitorEventType, TcpFlag, TracePoint, traceEvent } from '../datapath/index.ts';
-import { connectObserver, FlowObserver, GrpcStatus, ObserverServer, timestampToNs, type FlowNames, type GetFlowsRequest, type GetFlowsResponse, type ObserverClient, type RecordSource } from './index.ts';
+import { checkHealth, connectObserver, FlowObserver, GrpcStatus, ObserverServer, timestampToNs, type FlowNames, type GetFlowsRequest, type GetFlowsResponse, type ObserverClient, type RecordSource } from './index.ts';
 
 const log = pino({ level: 'silent' });
 
@@ -213,6 +213,11 @@ test('loss is counted at every stage and streamed as LostEvents: kernel ring, de
   const nodes = await client.getNodes();
   assert.deepEqual(nodes.nodes?.map((n) => [n.name, n.address, n.state]), [['n1', '192.0.2.1', 'NODE_CONNECTED']]);
   assert.deepEqual((await client.getNamespaces()).namespaces?.map((n) => n.namespace), ['even', 'odd']);
+});
+
+test('the standard gRPC health check answers SERVING, as hubble status asks', async (t) => {
+  const { socket } = await setup(t);
+  assert.equal(await checkHealth(`unix:${socket}`), 'SERVING');
 });
 
 test('over TCP with TLS: a client with a certificate of the trusted CA is served; plaintext and unknown clients are not', async (t) => {

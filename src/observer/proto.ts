@@ -18,8 +18,26 @@ const LOADER_OPTIONS: protoLoader.Options = { keepCase: false, longs: String, en
 let definition: protoLoader.PackageDefinition | undefined;
 
 function packageDefinition(): protoLoader.PackageDefinition {
-  definition ??= protoLoader.loadSync('observer/observer.proto', LOADER_OPTIONS);
+  definition ??= protoLoader.loadSync(['observer/observer.proto', 'grpc/health/v1/health.proto'], LOADER_OPTIONS);
   return definition;
+}
+
+/** The standard `grpc.health.v1.Health` service, which `hubble status` checks first. */
+export function healthServiceDefinition(): grpc.ServiceDefinition {
+  return packageDefinition()['grpc.health.v1.Health'] as grpc.ServiceDefinition;
+}
+
+/** Asks a server's `grpc.health.v1.Health/Check` (the overall service, ''). */
+export function checkHealth(target: string): Promise<string> {
+  const proto = grpc.loadPackageDefinition(packageDefinition()) as unknown as { grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } } };
+  const client = new proto.grpc.health.v1.Health(target, grpc.credentials.createInsecure()) as grpc.Client & Record<string, unknown>;
+  return new Promise<string>((resolve, reject) =>
+    (client.Check as Unary).call(client, { service: '' }, (error, response) => {
+      client.close();
+      if (error) reject(error);
+      else resolve((response as { status?: string }).status ?? 'UNKNOWN');
+    }),
+  );
 }
 
 /** The `observer.Observer` service, for grpc.Server.addService. */

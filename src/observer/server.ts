@@ -11,7 +11,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { InvalidRequestError, ObserverError } from './errors.ts';
 import { parseFlowsRequest, type FlowObserver } from './observer.ts';
-import { observerServiceDefinition, type ObserverNode } from './proto.ts';
+import { healthServiceDefinition, observerServiceDefinition, type ObserverNode } from './proto.ts';
 import { timestampFromNs, type GetFlowsRequest, type GetFlowsResponse, type ServerStatusResponse } from './types.ts';
 
 export interface ObserverTls {
@@ -53,6 +53,12 @@ export class ObserverServer {
         callback(null, { nodes: [this.#node()] }),
       GetNamespaces: (_call: grpc.ServerUnaryCall<object, object>, callback: grpc.sendUnaryData<object>) =>
         callback(null, { namespaces: this.#options.namespaces().map((namespace) => ({ namespace })) }),
+    });
+    // Serving at all means serving: the observer has no state in which it answers but is unwell.
+    const serving = { status: 'SERVING' };
+    this.#server.addService(healthServiceDefinition(), {
+      Check: (_call: grpc.ServerUnaryCall<object, object>, callback: grpc.sendUnaryData<object>) => callback(null, serving),
+      Watch: (call: grpc.ServerWritableStream<object, object>) => call.write(serving),
     });
   }
 
