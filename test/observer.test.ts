@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { connectObserver, GrpcStatus, timestampToNs, type Flow, type GetFlowsRequest, type GetFlowsResponse, type ObserverClient } from '../src/observer/index.ts';
-import { ROOT, TestNode, cli, httpRequest, httpServer, inNs, sleep } from './support/cluster.ts';
+import { ROOT, TestNode, Underlay, cli, httpRequest, httpServer, inNs, sleep } from './support/cluster.ts';
 
 const POLICIES = join(import.meta.dirname, 'policies');
 
@@ -262,4 +262,36 @@ test('loss is counted and reported, never hidden, under a burst bigger than the 
   const agentStatus = await node.client.get<{ observer: { lost: { decodeQueue: string; flowBuffer: string; kernelRing: string } } }>('/v1/status');
   assert.equal(agentStatus.observer.lost.decodeQueue, String(lost.OBSERVER_EVENTS_QUEUE), "the agent's status reports the same loss");
   assert.equal(agentStatus.observer.lost.flowBuffer, String(lost.HUBBLE_RING_BUFFER));
+});
+
+test("another node's pods are named in flows too: pod, namespace and identity through the shared store", async (t) => {
+  const underlay = await Underlay.create(t);
+  const etcd = await underlay.startEtcd(t);
+  const n1 = await TestNode.start(t, { nodeName: 'n1', nodeIp: '192.168.100.1', underlay, etcd, routingMode: 'tunnel' });
+  const n2 = await TestNode.start(t, { nodeName: 'n2', nodeIp: '192.168.100.2', underlay, etcd, routingMode: 'tunnel' });
+  const deathstar = await n1.addPod(t, 'deathstar', { org: 'empire', class: 'deathstar' });
+  const xwing = await n2.addPod(t, 'xwing', { org: 'alliance', class: 'xwing' }, 'rebels');
+  await httpServer(t, deathstar.netns, 80, { 'POST /v1/request-landing': 'Ship landed' });
+  const imported = await cli(n1, 'policy', 'import', join(POLICIES, 'starwars-rule1.yaml'));
+  assert.equal(imported.code, 0, imported.stderr);
+  assert.equal((await cli(n1, 'policy', 'wait', /revision: (\d+)/.exec(imported.stdout)![1], '--timeout', '20')).code, 0);
+  assert.equal((await httpRequest(xwing.netns, 'POST', `http://${deathstar.endpoint.ipv4}/v1/request-landing`, 1000)).error, 'timeout');
+  await sleep(200);
+
+  const client = observer(t, n1);
+  const dropped = await flows(client, { whitelist: [{ sourcePod: ['rebels/xwing'], verdict: ['DROPPED'], destinationPort: ['80'] }] });
+  assert.ok(dropped.length > 0, "the Death Star's node names the xwing of the other node");
+  for (const f of dropped) {
+    assert.deepEqual(f.source && { ID: f.source.ID, identity: f.source.identity, namespace: f.source.namespace, podName: f.source.podName }, {
+      ID: undefined,
+      identity: xwing.endpoint.identity,
+      namespace: 'rebels',
+      podName: 'xwing',
+    });
+    assert.ok(f.source?.labels?.includes('k8s:org=alliance'));
+    assert.equal(f.destination?.podName, 'deathstar');
+    assert.equal(f.nodeName, 'n1');
+  }
+  assert.ok(dropped.some((f) => f.dropReasonDesc === 'POLICY_DENIED' && f.trafficDirection === 'INGRESS'));
+  assert.deepEqual((await client.getNamespaces()).namespaces?.map((n) => n.namespace), ['default', 'rebels']);
 });

@@ -9,8 +9,9 @@ import { DropReason, hubbleObservationPoint, MonitorEventType, TracePoint, type 
 import { PolicyDirection } from '../policy/index.ts';
 import { TRACE_OBSERVATION_POINTS, TRACE_REASONS, timestampFromNs, type Flow, type FlowEndpoint, type FlowPolicy, type Layer4, type TcpFlags, type TrafficDirection } from './types.ts';
 
-/** A local endpoint, as far as flows name it. */
+/** An endpoint (local, or a remote node's pod), as far as flows name it. */
 export interface FlowEndpointInfo {
+  /** The local endpoint id; 0 for another node's pod. */
   id: number;
   identity: number;
   namespace?: string;
@@ -57,7 +58,7 @@ function endpoint(names: FlowNames, address: string | undefined, identity: numbe
   const id = identity !== 0 ? identity : (local?.identity ?? 0);
   const labels = names.identityLabels(id);
   const out: FlowEndpoint = { identity: id };
-  if (local) out.ID = local.id;
+  if (local?.id) out.ID = local.id;
   if (labels) out.labels = [...labels];
   const namespace = local?.namespace ?? labels?.find((l) => l.startsWith(NAMESPACE_LABEL))?.slice(NAMESPACE_LABEL.length);
   if (namespace) out.namespace = namespace;

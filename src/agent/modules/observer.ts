@@ -11,7 +11,7 @@ import { ConfigError } from '../config.ts';
 import { defineModule } from '../module.ts';
 import { VERSION } from '../version.ts';
 import { apiConfig } from './api.ts';
-import { EndpointsCell, IdentitiesCell, MonitorCell, NodeCell, PolicyCell } from './cells.ts';
+import { ClusterCell, EndpointsCell, IdentitiesCell, MonitorCell, NodeCell, PolicyCell } from './cells.ts';
 
 export const observerConfig = {
   hubbleEnabled: z.boolean().default(true).describe("flows and Hubble's Observer API (Cilium's enable-hubble)"),
@@ -29,22 +29,25 @@ export const observerModule = defineModule({
   description: "flows from datapath events, the flow buffer and Hubble's Observer API",
   // The API socket's setting too: the Observer socket goes beside it unless told otherwise.
   config: { ...observerConfig, socketPath: apiConfig.socketPath },
-  needs: { monitor: MonitorCell, endpoints: EndpointsCell, identities: IdentitiesCell, policy: PolicyCell, node: NodeCell },
-  async start({ monitor, endpoints, identities, policy, node }, { config, log }) {
+  needs: { monitor: MonitorCell, endpoints: EndpointsCell, identities: IdentitiesCell, policy: PolicyCell, node: NodeCell, cluster: ClusterCell },
+  async start({ monitor, endpoints, identities, policy, node, cluster }, { config, log }) {
     if (!config.hubbleEnabled) return { value: undefined, status: () => ({ observer: { enabled: false } }) };
     if (Boolean(config.hubbleTlsCertFile) !== Boolean(config.hubbleTlsKeyFile)) {
       throw new ConfigError('observer: --hubble-tls-cert-file and --hubble-tls-key-file go together; set both or neither');
     }
     let byAddress = new Map<string, FlowEndpointInfo>();
     let byId = new Map<number, FlowEndpointInfo>();
-    let indexedRevision = -1;
-    // Rebuilt when the endpoints table has changed, not per event: a busy datapath asks per packet.
+    let indexed = '';
+    // Rebuilt when the endpoints tables have changed, not per event: a busy datapath asks per packet.
     const index = () => {
-      if (endpoints.table.revision === indexedRevision) return;
-      indexedRevision = endpoints.table.revision;
-      const infos = endpoints.list().map((e) => ({ address: e.ipv4, info: { id: e.id, identity: e.identity, namespace: e.namespace, podName: e.podName ?? e.containerId } }));
-      byAddress = new Map(infos.map(({ address, info }) => [address, info]));
-      byId = new Map(infos.map(({ info }) => [info.id, info]));
+      const revisions = `${endpoints.table.revision}/${cluster.remoteEndpoints.revision}`;
+      if (revisions === indexed) return;
+      indexed = revisions;
+      const local = endpoints.list().map((e) => ({ address: e.ipv4, info: { id: e.id, identity: e.identity, namespace: e.namespace, podName: e.podName ?? e.containerId } }));
+      // Remote pods have no endpoint id here (ids are per node); local ones win an address clash.
+      const remote = [...cluster.remoteEndpoints.all()].map((e) => ({ address: e.ipv4, info: { id: 0, identity: e.identity, namespace: e.namespace, podName: e.podName } }));
+      byAddress = new Map([...remote, ...local].map(({ address, info }) => [address, info]));
+      byId = new Map(local.map(({ info }) => [info.id, info]));
     };
     const labelsById = new Map<number, readonly string[]>();
     const unsubscribe = identities.subscribe((change) => labelsById.delete(change.identity.id));
