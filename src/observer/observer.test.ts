@@ -125,6 +125,13 @@ test('follow sends the backlog asked for, then each new flow as it comes, until 
   for (let i = 6; i <= 8; i++) source.trace(i, 1, 2, i);
   await done;
   assert.deepEqual(got, [4, 5, 7]);
+
+  // Following until a time: the stream ends then, even with nothing new.
+  const began = Date.now();
+  const until = { seconds: String(Math.floor((began + 300) / 1000)), nanos: ((began + 300) % 1000) * 1_000_000 };
+  const ended = await responses(client, { follow: true, until, whitelist: [{ destinationPort: ['9999'] }] });
+  assert.deepEqual(ended, []);
+  assert.ok(Date.now() - began >= 250 && Date.now() - began < 3000, `ended at until (${Date.now() - began} ms)`);
 });
 
 test('filters travel the wire: whitelist ORed, fields ANDed, blacklist subtracted', async (t) => {

@@ -307,7 +307,16 @@ export class FlowObserver {
         if (entry.flow && ++sent >= limit) return;
       }
       if (!query.follow || signal.aborted) return;
-      await ring.wait(signal);
+      if (query.untilNs === undefined) {
+        await ring.wait(signal);
+        continue;
+      }
+      // Following up to `until`: the stream ends when that time comes, flows or not.
+      const left = Number((query.untilNs - BigInt(Date.now()) * 1_000_000n) / 1_000_000n);
+      if (left < 0) return;
+      const timeout = AbortSignal.any([signal, AbortSignal.timeout(left + 1)]);
+      await ring.wait(timeout);
+      if (!signal.aborted && timeout.aborted) return;
     }
   }
 }
