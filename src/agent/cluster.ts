@@ -22,16 +22,21 @@ export interface RemoteNodeRouting {
   syncRemoteNodes(nodes: readonly NodeRecord[]): Promise<void> | void;
 }
 
-interface RemoteEndpoint {
+export interface RemoteEndpoint {
   key: string;
   node: string;
   ipv4: string;
   identity: number;
+  /** Names for flows (Hubble shows a remote pod as namespace/pod too). */
+  podName: string;
+  namespace?: string;
 }
 
 export class ClusterWatcher {
   readonly nodes = new Table<NodeRecord>('nodes', (n) => n.name, { equals: (a, b) => JSON.stringify(a) === JSON.stringify(b) });
-  readonly remoteEndpoints = new Table<RemoteEndpoint>('remote-endpoints', (e) => e.key, { equals: (a, b) => a.ipv4 === b.ipv4 && a.identity === b.identity });
+  readonly remoteEndpoints = new Table<RemoteEndpoint>('remote-endpoints', (e) => e.key, {
+    equals: (a, b) => a.ipv4 === b.ipv4 && a.identity === b.identity && a.podName === b.podName && a.namespace === b.namespace,
+  });
   readonly #store: StateStore;
   readonly #self: string;
   readonly #tunnel: boolean;
@@ -125,7 +130,8 @@ export class ClusterWatcher {
       }
       return;
     }
-    const ep: RemoteEndpoint = { key: event.key, node, ipv4: event.value.ipv4, identity: event.value.identity };
+    const { ipv4, identity, podName, containerId, namespace } = event.value;
+    const ep: RemoteEndpoint = { key: event.key, node, ipv4, identity, podName: podName ?? containerId, namespace };
     if (previous && previous.ipv4 !== ep.ipv4) this.#ipcache.delete(`${previous.ipv4}/32`);
     this.remoteEndpoints.upsert(ep);
     this.#upsertRemoteEndpointIpcache(ep);

@@ -42,6 +42,7 @@ export class Monitor {
   readonly #recent: Buffer[] = [];
   #next = 0;
   readonly #listeners = new Set<(event: MonitorEvent) => void>();
+  readonly #recordListeners = new Set<(record: Buffer) => void>();
   readonly #bootTimeOffsetNs: bigint;
 
   constructor(bpfRoot: string, names: MonitorNames, log: Logger, capacity = 4096) {
@@ -64,6 +65,7 @@ export class Monitor {
         const record = Buffer.from(bytes.subarray(offset, offset + length));
         this.#recent[this.#next % this.#capacity] = record;
         this.#next++;
+        for (const listener of this.#recordListeners) listener(record);
         if (this.#listeners.size > 0) {
           const event = this.#describeRecord(record);
           if (event) for (const listener of this.#listeners) listener(event);
@@ -104,6 +106,25 @@ export class Monitor {
 
   stats() {
     return this.#ring.stats();
+  }
+
+  /** Records the datapath could not reserve in the ring, so far (its lost counter, summed over CPUs). */
+  lost(): bigint {
+    return this.#ring.lost();
+  }
+
+  /**
+   * Every raw record from now on, undecoded, as it is read: the listener must only queue it
+   * (it runs inside the ring's read loop). Returns the unsubscribe.
+   */
+  onRecord(listener: (record: Buffer) => void): () => void {
+    this.#recordListeners.add(listener);
+    return () => this.#recordListeners.delete(listener);
+  }
+
+  /** Nanoseconds since the epoch of an event's bpf_ktime_get_ns timestamp. */
+  wallClockNs(monotonicNs: bigint): bigint {
+    return this.#bootTimeOffsetNs + monotonicNs;
   }
 
   /** Every event from now on, as an async iterable that ends when `signal` aborts. */
@@ -154,7 +175,7 @@ export class Monitor {
     } else {
       summary = `${from} ${arrow} ${to} ${event.observationPointName} FORWARDED${flags}`;
     }
-    const time = new Date(Number((this.#bootTimeOffsetNs + event.timestampNs) / 1_000_000n)).toISOString();
+    const time = new Date(Number(this.wallClockNs(event.timestampNs) / 1_000_000n)).toISOString();
     return { time, kind: event.kind, summary, source, destination, srcIdentity: event.srcIdentity, dstIdentity: event.dstIdentity, rule, dropReason, event: rest };
   }
 }

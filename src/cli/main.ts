@@ -10,6 +10,7 @@ import { registerBpfCommands } from './bpf.ts';
 import { registerDemoCommand } from './demo.ts';
 import { registerAgentCommands } from './agent.ts';
 import { registerCniCommands } from './cni.ts';
+import { registerObserveCommand } from './observe.ts';
 import { registerPolicyCommands } from './policy.ts';
 
 export function buildProgram(): Command {
@@ -22,6 +23,7 @@ export function buildProgram(): Command {
   registerAgentCommands(program);
   registerCniCommands(program);
   registerPolicyCommands(program);
+  registerObserveCommand(program);
   return program;
 }
 

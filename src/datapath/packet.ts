@@ -43,8 +43,11 @@ export interface PacketSummary {
   l4?: L4Summary;
 }
 
+const HEX_BYTE = Array.from({ length: 256 }, (_, x) => x.toString(16).padStart(2, '0'));
+// A table lookup per byte: flows name both MACs of every packet, and the array-map-join form
+// was a tenth of the observer's time per flow.
 const macString = (b: Uint8Array, at: number): string =>
-  Array.from(b.subarray(at, at + 6), (x) => x.toString(16).padStart(2, '0')).join(':');
+  `${HEX_BYTE[b[at]]}:${HEX_BYTE[b[at + 1]]}:${HEX_BYTE[b[at + 2]]}:${HEX_BYTE[b[at + 3]]}:${HEX_BYTE[b[at + 4]]}:${HEX_BYTE[b[at + 5]]}`;
 const ipString = (b: Uint8Array, at: number): string => `${b[at]}.${b[at + 1]}.${b[at + 2]}.${b[at + 3]}`;
 const be16At = (b: Uint8Array, at: number): number => (b[at] << 8) | b[at + 1];
 

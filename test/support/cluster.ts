@@ -63,6 +63,8 @@ export interface AgentOptions {
   reconcileRefreshInterval?: number;
   /** Entries of each endpoint's policy map. */
   policyMapMaxEntries?: number;
+  /** More agent flags, e.g. a module's settings. */
+  extraArgs?: string[];
 }
 
 /** A node: its namespace and its agent. restart() kills the agent (-9 by default) and starts it again. */
@@ -71,6 +73,8 @@ export class TestNode {
   readonly dir: string;
   readonly bpfRoot: string;
   readonly socket: string;
+  /** The Observer API's socket (the agent's default: beside the API socket). */
+  readonly hubbleSocket: string;
   readonly client: AgentClient;
   readonly options: AgentOptions;
   agent: ChildProcess | undefined;
@@ -82,6 +86,7 @@ export class TestNode {
     this.dir = mkdtempSync(join(tmpdir(), 'ciliate-test-node-'));
     this.bpfRoot = `/sys/fs/bpf/${uniqueName('ciliate-test')}`;
     this.socket = join(this.dir, 'api.sock');
+    this.hubbleSocket = join(this.dir, 'hubble.sock');
     this.client = new AgentClient(this.socket, 20_000);
   }
 
@@ -119,6 +124,7 @@ export class TestNode {
     if (this.options.identityGcGracePeriod !== undefined) args.push('--identity-gc-grace-period', String(this.options.identityGcGracePeriod));
     if (this.options.reconcileRefreshInterval !== undefined) args.push('--reconcile-refresh-interval', String(this.options.reconcileRefreshInterval));
     if (this.options.policyMapMaxEntries !== undefined) args.push('--policy-map-max-entries', String(this.options.policyMapMaxEntries));
+    args.push(...(this.options.extraArgs ?? []));
     const agent = spawnInNs(this.netns, process.execPath, args);
     this.agent = agent;
     agent.stdout?.on('data', (chunk: Buffer) => (this.log += chunk.toString()));

@@ -9,9 +9,11 @@ import type { IdentityAllocator } from '../../identity/index.ts';
 import type { NodeIpam } from '../../ipam/index.ts';
 import type { StateStore } from '../../store/index.ts';
 import type { ApiServer } from '../api-server.ts';
+import type { ClusterWatcher } from '../cluster.ts';
 import type { EndpointManager } from '../endpoint-manager.ts';
 import type { Ipcache } from '../ipcache.ts';
 import { cell } from '../module.ts';
+import type { Monitor } from '../monitor.ts';
 import type { Namespaces } from '../namespaces.ts';
 import type { NodeRecord } from '../node.ts';
 import type { PolicyManager } from '../policy-manager.ts';
@@ -36,3 +38,7 @@ export const IpcacheCell = cell<Ipcache>('ipcache');
 export const PolicyCell = cell<PolicyManager>('policy');
 export const NamespacesCell = cell<Namespaces>('namespaces');
 export const EndpointsCell = cell<EndpointManager>('endpoints');
+/** The datapath events ring's one reader, whose records the observer turns into flows. */
+export const MonitorCell = cell<Monitor>('monitor');
+/** Other nodes and their endpoints, as followed in the shared store. */
+export const ClusterCell = cell<ClusterWatcher>('cluster');

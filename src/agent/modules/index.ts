@@ -12,6 +12,7 @@ import { endpointDatapathModule, hostNetworkingModule, ipcacheModule, masquerade
 import { endpointsModule, namespacesModule } from './endpoints.ts';
 import { identitiesModule, identityGcConfig, identityGcModule } from './identity.ts';
 import { nodeConfig, nodeModule } from './node.ts';
+import { observerConfig, observerModule } from './observer.ts';
 import { monitorModule, policyConfig, policyModule, policyStatusModule } from './policy.ts';
 import { storeConfig, storeModule } from './store.ts';
 
@@ -31,6 +32,7 @@ export const AGENT_MODULES: readonly AgentModule[] = [
   policyStatusModule,
   identityGcModule,
   clusterModule,
+  observerModule,
   apiModule,
 ];
 
@@ -42,6 +44,7 @@ export const AgentConfigSchema = configSchema({
   ...masqueradeConfig,
   ...identityGcConfig,
   ...policyConfig,
+  ...observerConfig,
   ...apiConfig,
 });
 

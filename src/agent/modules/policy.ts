@@ -8,7 +8,7 @@ import { EndpointPolicyMaps } from '../../datapath/index.ts';
 import { ruleKey } from '../../policy/index.ts';
 import { z } from 'zod';
 import { defineModule } from '../module.ts';
-import { EndpointsCell, IdentitiesCell, IpcacheCell, NodeCell, PolicyCell, StoreCell } from './cells.ts';
+import { EndpointsCell, IdentitiesCell, IpcacheCell, MonitorCell, NodeCell, PolicyCell, StoreCell } from './cells.ts';
 import { Monitor, type MonitorEvent } from '../monitor.ts';
 import { registerPolicyRoutes } from '../policy-api.ts';
 import { PolicyManager } from '../policy-manager.ts';
@@ -51,6 +51,7 @@ export const monitorModule = defineModule({
   name: 'monitor',
   description: 'datapath events (drops, traces, policy verdicts naming their rule)',
   needs: { policy: PolicyCell },
+  provides: MonitorCell,
   start({ policy }, { config, log, api }) {
     const monitor = new Monitor(
       config.bpfRoot,
@@ -74,7 +75,7 @@ export const monitorModule = defineModule({
       }
       return monitor.recent(Number(query.get('last') ?? 100)).filter(wanted);
     });
-    return { value: undefined, stop: () => monitor.stop() };
+    return { value: monitor, stop: () => monitor.stop() };
   },
 });
 

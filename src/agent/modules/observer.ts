@@ -1,0 +1,145 @@
+/**
+ * Hubble on the agent: every datapath event becomes a flow named by endpoints, identities and
+ * the rules that decided, kept in a bounded buffer and served over Hubble's gRPC Observer API
+ * on a root-only Unix socket and on TCP.
+ * @module
+ */
+import { dirname, join } from 'node:path';
+import { z } from 'zod';
+import { FlowObserver, ObserverServer, type FlowEndpointInfo, type FlowNames, type FlowPolicy } from '../../observer/index.ts';
+import { ConfigError } from '../config.ts';
+import { defineModule } from '../module.ts';
+import { VERSION } from '../version.ts';
+import { apiConfig } from './api.ts';
+import { ClusterCell, EndpointsCell, IdentitiesCell, MonitorCell, NodeCell, PolicyCell } from './cells.ts';
+
+export const observerConfig = {
+  hubbleEnabled: z.boolean().default(true).describe("flows and Hubble's Observer API (Cilium's enable-hubble)"),
+  hubbleBufferCapacity: z.number().int().min(1).max(1 << 20).default(4095).describe("flows the buffer keeps (Cilium's hubble-event-buffer-capacity)"),
+  hubbleEventQueueSize: z.number().int().min(1).max(1 << 20).default(8192).describe("datapath events waiting to become flows before new ones are dropped and counted lost (Cilium's hubble-event-queue-size)"),
+  hubbleSocketPath: z.string().default('').describe('the Observer API Unix socket, root only (default: hubble.sock beside --socket-path)'),
+  hubbleListenAddress: z.string().default('localhost:4244').describe("the Observer API on TCP, host:port; empty: Unix socket only (Cilium's hubble-listen-address)"),
+  hubbleTlsCertFile: z.string().default('').describe('TLS certificate (PEM) for the TCP listener; with the key, the listener is TLS only'),
+  hubbleTlsKeyFile: z.string().default('').describe('TLS private key (PEM) for the TCP listener'),
+  hubbleTlsClientCaFiles: z.array(z.string()).default([]).describe('CAs (PEM) of client certificates the TCP listener requires, comma-separated; none: no client certificate asked'),
+};
+
+export const observerModule = defineModule({
+  name: 'observer',
+  description: "flows from datapath events, the flow buffer and Hubble's Observer API",
+  // The API socket's setting too: the Observer socket goes beside it unless told otherwise.
+  config: { ...observerConfig, socketPath: apiConfig.socketPath },
+  needs: { monitor: MonitorCell, endpoints: EndpointsCell, identities: IdentitiesCell, policy: PolicyCell, node: NodeCell, cluster: ClusterCell },
+  async start({ monitor, endpoints, identities, policy, node, cluster }, { config, log }) {
+    if (!config.hubbleEnabled) return { value: undefined, status: () => ({ observer: { enabled: false } }) };
+    if (Boolean(config.hubbleTlsCertFile) !== Boolean(config.hubbleTlsKeyFile)) {
+      throw new ConfigError('observer: --hubble-tls-cert-file and --hubble-tls-key-file go together; set both or neither');
+    }
+    let byAddress = new Map<string, FlowEndpointInfo>();
+    let byId = new Map<number, FlowEndpointInfo>();
+    let indexed = '';
+    // Rebuilt when the endpoints tables have changed, not per event: a busy datapath asks per packet.
+    const index = () => {
+      const revisions = `${endpoints.table.revision}/${cluster.remoteEndpoints.revision}`;
+      if (revisions === indexed) return;
+      indexed = revisions;
+      const local = endpoints.list().map((e) => ({ address: e.ipv4, info: { id: e.id, identity: e.identity, namespace: e.namespace, podName: e.podName ?? e.containerId } }));
+      // Remote pods have no endpoint id here (ids are per node); local ones win an address clash.
+      const remote = [...cluster.remoteEndpoints.all()].map((e) => ({ address: e.ipv4, info: { id: 0, identity: e.identity, namespace: e.namespace, podName: e.podName } }));
+      byAddress = new Map([...remote, ...local].map(({ address, info }) => [address, info]));
+      byId = new Map(local.map(({ info }) => [info.id, info]));
+    };
+    const labelsById = new Map<number, readonly string[]>();
+    const unsubscribe = identities.subscribe((change) => labelsById.delete(change.identity.id));
+    const names: FlowNames = {
+      nodeName: config.nodeName,
+      endpointByAddress(address) {
+        index();
+        return byAddress.get(address);
+      },
+      endpointById(id) {
+        index();
+        return byId.get(id);
+      },
+      identityLabels(id) {
+        let labels = labelsById.get(id);
+        if (labels === undefined) {
+          const identity = identities.get(id);
+          if (!identity) return undefined;
+          labels = identity.labels.toStrings();
+          labelsById.set(id, labels);
+        }
+        return labels;
+      },
+      policyForCookie(cookie): FlowPolicy | undefined {
+        const rule = policy.engine.ruleById(cookie);
+        if (!rule) return undefined;
+        return {
+          name: rule.name,
+          namespace: rule.namespace,
+          kind: rule.kind,
+          labels: Object.entries(rule.labels).map(([key, value]) => `${key}=${value}`),
+          revision: String(policy.revision),
+        };
+      },
+    };
+    const observer = new FlowObserver(monitor, { capacity: config.hubbleBufferCapacity, queueSize: config.hubbleEventQueueSize, names, log });
+    const server = new ObserverServer({
+      observer,
+      nodeName: config.nodeName,
+      nodeAddress: node.record.nodeIp,
+      version: VERSION,
+      namespaces: () => {
+        const seen = new Set<string>();
+        for (const e of endpoints.list()) seen.add(e.namespace ?? 'default');
+        for (const identity of identities.list()) if (identity.labels.namespace) seen.add(identity.labels.namespace);
+        return [...seen].sort();
+      },
+      log,
+    });
+    const socketPath = config.hubbleSocketPath || join(dirname(config.socketPath), 'hubble.sock');
+    observer.start();
+    try {
+      await server.listenUnix(socketPath);
+      if (config.hubbleListenAddress) {
+        const tls = config.hubbleTlsCertFile ? { certFile: config.hubbleTlsCertFile, keyFile: config.hubbleTlsKeyFile, clientCaFiles: config.hubbleTlsClientCaFiles } : undefined;
+        await server.listenTcp(config.hubbleListenAddress, tls);
+      }
+    } catch (error) {
+      observer.stop();
+      unsubscribe();
+      await server.close();
+      throw error;
+    }
+    log.info({ socket: socketPath, address: config.hubbleListenAddress || undefined, capacity: config.hubbleBufferCapacity }, 'Observer API listening');
+    return {
+      value: undefined,
+      stop: async () => {
+        observer.stop();
+        unsubscribe();
+        await server.close();
+      },
+      status: () => {
+        const stats = observer.stats();
+        return {
+          observer: {
+            enabled: true,
+            socket: socketPath,
+            address: config.hubbleListenAddress || undefined,
+            flows: stats.numFlows,
+            maxFlows: stats.maxFlows,
+            seenFlows: stats.seenFlows,
+            overwritten: stats.overwritten,
+            decodeErrors: stats.decodeErrors,
+            lost: { kernelRing: String(stats.lost.kernel), decodeQueue: String(stats.lost.queue), flowBuffer: String(stats.lost.buffer) },
+          },
+        };
+      },
+      health: () => {
+        const stats = observer.stats();
+        const lost = stats.lost.kernel + stats.lost.queue + stats.lost.buffer;
+        return { degraded: false, lostEvents: String(lost) };
+      },
+    };
+  },
+});

@@ -1,0 +1,19 @@
+/**
+ * The observer's errors: a request the Observer API refuses names the field at fault, so a
+ * gRPC client sees INVALID_ARGUMENT with `whitelist[0].source_ip[1]: …`.
+ * @module
+ */
+import { codedErrorFamily } from '../errors/index.ts';
+
+export type ObserverErrorCode = 'ERR_OBSERVER_INVALID_FILTER' | 'ERR_OBSERVER_INVALID_REQUEST' | 'ERR_OBSERVER_LISTEN';
+
+export class ObserverError extends codedErrorFamily<ObserverErrorCode>('observer') {}
+
+/** A request field that is malformed; `field` is its path in the request, in proto field names. */
+export class InvalidRequestError extends ObserverError {
+  readonly field: string;
+  constructor(code: 'ERR_OBSERVER_INVALID_FILTER' | 'ERR_OBSERVER_INVALID_REQUEST', field: string, reason: string) {
+    super(code, `${field}: ${reason}`, { details: { field } });
+    this.field = field;
+  }
+}

@@ -1,0 +1,15 @@
+/**
+ * Flow observability compatible with Hubble: datapath events become Hubble flows named by
+ * workloads, kept in a bounded buffer with every loss counted, filtered as `hubble observe`
+ * asks, and served over Hubble's gRPC Observer API; plus the printers of `ciliate observe`.
+ * @module
+ */
+export * from './types.ts';
+export { ObserverError, InvalidRequestError, type ObserverErrorCode } from './errors.ts';
+export { buildFlow, type FlowNames, type FlowEndpointInfo } from './flow.ts';
+export { FlowRing, type RingEntry } from './buffer.ts';
+export { compileFilter, compileFilters, parseLabelSelector, type FlowPredicate } from './filter.ts';
+export { FlowObserver, parseFlowsRequest, type FlowObserverOptions, type FlowQuery, type LostCounts, type ObserverStats, type RecordSource } from './observer.ts';
+export { ObserverServer, type ObserverServerOptions, type ObserverTls } from './server.ts';
+export { checkHealth, connectObserver, GrpcStatus, PROTO_DIR, type FlowStream, type ObserverClient, type ObserverClientOptions, type ObserverNode } from './proto.ts';
+export { OUTPUT_FORMATS, compactLine, dictBlock, flowSummary, flowType, responseJson, stampMilli, tableRow, TABLE_HEADER, type FlowOutput, type PrintOptions } from './printer.ts';

@@ -1,0 +1,172 @@
+/**
+ * Flows as `hubble observe` prints them: compact lines, dict blocks, a table, and the
+ * GetFlowsResponse as JSON (proto field names) or protojson (lowerCamelCase).
+ * @module
+ */
+import { identityName } from '../identity/index.ts';
+import { POLICY_MATCH_NAME, type PolicyMatch } from '../policy/index.ts';
+import { dropReasonName, MonitorEventType, tracePointName } from '../datapath/index.ts';
+import { TCP_FLAG_KEYS, timestampToNs, type Flow, type FlowEndpoint, type GetFlowsResponse, type Timestamp } from './types.ts';
+
+export const OUTPUT_FORMATS = ['compact', 'dict', 'json', 'jsonpb', 'table'] as const;
+export type FlowOutput = (typeof OUTPUT_FORMATS)[number];
+
+export interface PrintOptions {
+  nodeName?: boolean;
+  policyNames?: boolean;
+}
+
+const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
+
+/** Go's StampMilli (`Jan _2 15:04:05.000`), in local time, as hubble prints it. */
+export function stampMilli(ts: Timestamp | undefined): string {
+  if (!ts) return 'N/A';
+  const d = new Date(Number(timestampToNs(ts) / 1_000_000n));
+  const two = (n: number) => String(n).padStart(2, '0');
+  return `${MONTHS[d.getMonth()]} ${String(d.getDate()).padStart(2, ' ')} ${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}.${String(d.getMilliseconds()).padStart(3, '0')}`;
+}
+
+function ports(flow: Flow): [number | undefined, number | undefined] {
+  const l4 = flow.l4?.TCP ?? flow.l4?.UDP ?? flow.l4?.SCTP;
+  return [l4?.sourcePort, l4?.destinationPort];
+}
+
+function hostPort(ep: FlowEndpoint | undefined, ip: string | undefined, port: number | undefined, mac?: string): string {
+  // Without an IP header (IPv6 neighbour discovery, ARP) the MAC address is all there is.
+  const host = ep?.podName ? `${ep.namespace ? `${ep.namespace}/` : ''}${ep.podName}` : (ip ?? mac ?? '');
+  return port ? `${host}:${port}` : host;
+}
+
+function identity(ep: FlowEndpoint | undefined): string {
+  return `(${identityName(ep?.identity ?? 0)})`;
+}
+
+const ICMP4_TYPES: Readonly<Record<number, string>> = { 0: 'EchoReply', 3: 'DestinationUnreachable', 5: 'Redirect', 8: 'EchoRequest', 11: 'TimeExceeded' };
+
+/** The part in parentheses: TCP flags, the protocol, or the ICMP message. */
+export function flowSummary(flow: Flow): string {
+  const l4 = flow.l4;
+  if (l4?.TCP) {
+    const flags = TCP_FLAG_KEYS.filter((k) => l4.TCP?.flags?.[k]);
+    return flags.length ? `TCP Flags: ${flags.join(', ')}` : 'TCP';
+  }
+  if (l4?.UDP) return 'UDP';
+  if (l4?.SCTP) return 'SCTP';
+  if (l4?.ICMPv4) return `ICMPv4 ${ICMP4_TYPES[l4.ICMPv4.type ?? 0] ?? `type ${l4.ICMPv4.type ?? 0}`}`;
+  if (l4?.ICMPv6) return `ICMPv6 type ${l4.ICMPv6.type ?? 0}`;
+  return '';
+}
+
+function isPolicyVerdict(flow: Flow): boolean {
+  return flow.eventType?.type === MonitorEventType.POLICY_VERDICT;
+}
+
+/** The event's type as hubble names it: the trace point, the drop reason, or `policy-verdict:…`. */
+export function flowType(flow: Flow): string {
+  const type = flow.eventType?.type;
+  if (type === MonitorEventType.TRACE) return tracePointName(flow.eventType?.subType ?? 0);
+  if (type === MonitorEventType.DROP) return dropReasonName(flow.dropReason ?? 0);
+  if (type === MonitorEventType.POLICY_VERDICT) {
+    const match = POLICY_MATCH_NAME[(flow.policyMatchType ?? 0) as PolicyMatch] ?? String(flow.policyMatchType ?? 0);
+    const direction = flow.trafficDirection === 'INGRESS' ? 'INGRESS' : flow.trafficDirection === 'EGRESS' ? 'EGRESS' : 'UNKNOWN';
+    return `policy-verdict:${match} ${direction}`;
+  }
+  return 'UNKNOWN';
+}
+
+function verdict(flow: Flow): string {
+  if (!isPolicyVerdict(flow)) return flow.verdict ?? 'VERDICT_UNKNOWN';
+  return flow.verdict === 'FORWARDED' ? 'ALLOWED' : flow.verdict === 'AUDIT' ? 'AUDITED' : 'DENIED';
+}
+
+function policyNames(flow: Flow): string {
+  const policies = [...(flow.ingressAllowedBy ?? []), ...(flow.egressAllowedBy ?? []), ...(flow.ingressDeniedBy ?? []), ...(flow.egressDeniedBy ?? [])];
+  return policies.map((p) => `${p.kind ?? ''}/${p.namespace ? `${p.namespace}/` : ''}${p.name ?? ''}`).join(',');
+}
+
+interface Sides {
+  src: string;
+  dst: string;
+  arrow: string;
+}
+
+function sides(flow: Flow): Sides {
+  const [sport, dport] = ports(flow);
+  let src = `${hostPort(flow.source, flow.IP?.source, sport, flow.ethernet?.source)} ${identity(flow.source)}`;
+  let dst = `${hostPort(flow.destination, flow.IP?.destination, dport, flow.ethernet?.destination)} ${identity(flow.destination)}`;
+  let arrow = '->';
+  if (flow.isReply === undefined) arrow = '<>';
+  else if (flow.isReply.value) {
+    [src, dst] = [dst, src];
+    arrow = '<-';
+  }
+  return { src, dst, arrow };
+}
+
+/**
+ * One flow as `hubble observe -o compact` prints it.
+ *
+ * @example
+ * compactLine(flow); // 'Dec  3 13:40:33.123: default/xwing:41234 (ID:1234) -> default/deathstar:80 (ID:5678) policy-verdict:none INGRESS DENIED (TCP Flags: SYN)'
+ */
+export function compactLine(flow: Flow, options: PrintOptions = {}): string {
+  const { src, dst, arrow } = sides(flow);
+  const node = options.nodeName && flow.nodeName ? ` [${flow.nodeName}]` : '';
+  const summary = flowSummary(flow);
+  const policies = options.policyNames && isPolicyVerdict(flow) ? policyNames(flow) : '';
+  return `${stampMilli(flow.time)}${node}: ${src} ${arrow} ${dst} ${flowType(flow)}${policies ? ` ${policies}` : ''} ${verdict(flow)}${summary ? ` (${summary})` : ''}`;
+}
+
+/** One flow as a `hubble observe -o dict` block. */
+export function dictBlock(flow: Flow, options: PrintOptions = {}): string {
+  const [sport, dport] = ports(flow);
+  const rows: [string, string][] = [
+    ['TIMESTAMP', stampMilli(flow.time)],
+    ...(options.nodeName ? [['NODE', flow.nodeName ?? ''] as [string, string]] : []),
+    ['SOURCE', hostPort(flow.source, flow.IP?.source, sport)],
+    ['DESTINATION', hostPort(flow.destination, flow.IP?.destination, dport)],
+    ['TYPE', flowType(flow)],
+    ['VERDICT', verdict(flow)],
+    ['SUMMARY', flowSummary(flow)],
+  ];
+  const width = Math.max(...rows.map(([k]) => k.length));
+  return `${rows.map(([k, v]) => `${k.padStart(width)}: ${v}`).join('\n')}\n${'-'.repeat(12)}`;
+}
+
+export const TABLE_HEADER = ['TIMESTAMP', 'SOURCE', 'DESTINATION', 'TYPE', 'VERDICT', 'SUMMARY'] as const;
+
+export function tableRow(flow: Flow): string[] {
+  const [sport, dport] = ports(flow);
+  return [stampMilli(flow.time), hostPort(flow.source, flow.IP?.source, sport), hostPort(flow.destination, flow.IP?.destination, dport), flowType(flow), verdict(flow), flowSummary(flow)];
+}
+
+/** RFC 3339 with nanoseconds, as protojson writes a Timestamp. */
+function rfc3339(ts: Timestamp): string {
+  const ns = timestampToNs(ts);
+  const iso = new Date(Number(ns / 1_000_000n)).toISOString();
+  const nanos = String(ns % 1_000_000_000n).padStart(9, '0').replace(/0+$/, '');
+  return `${iso.slice(0, 19)}${nanos ? `.${nanos}` : ''}Z`;
+}
+
+const WRAPPERS = new Set(['isReply', 'cpu', 'numConnectedNodes', 'numUnavailableNodes']);
+const ONEOF_CASES = new Set(['responseTypes', 'protocol', 'record']);
+
+function toJson(value: unknown, protoNames: boolean, key = ''): unknown {
+  if (Array.isArray(value)) return value.map((v) => toJson(v, protoNames));
+  if (value === null || typeof value !== 'object') return value;
+  const object = value as Record<string, unknown>;
+  if ('seconds' in object && 'nanos' in object && Object.keys(object).length === 2) return rfc3339(object as unknown as Timestamp);
+  if (WRAPPERS.has(key)) return object.value;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(object)) {
+    // protobufjs's oneof discriminators are its own; protojson has no such field.
+    if (ONEOF_CASES.has(k) && typeof v === 'string') continue;
+    out[protoNames && k !== 'ipVersion' ? k.replace(/[a-z][A-Z]/g, (c) => `${c[0]}_${c[1].toLowerCase()}`) : k] = toJson(v, protoNames, k);
+  }
+  return out;
+}
+
+/** A GetFlowsResponse as one line of JSON: proto field names (`json`) or protojson names (`jsonpb`). */
+export function responseJson(response: GetFlowsResponse, format: 'json' | 'jsonpb'): string {
+  return JSON.stringify(toJson(response, format === 'json'));
+}

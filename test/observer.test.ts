@@ -1,0 +1,307 @@
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { connectObserver, GrpcStatus, timestampToNs, type Flow, type GetFlowsRequest, type GetFlowsResponse, type ObserverClient } from '../src/observer/index.ts';
+import { ROOT, TestNode, Underlay, cli, httpRequest, httpServer, inNs, sleep } from './support/cluster.ts';
+
+const POLICIES = join(import.meta.dirname, 'policies');
+
+function observer(t: TestContext, node: TestNode): ObserverClient {
+  const client = connectObserver(`unix:${node.hubbleSocket}`);
+  t.after(() => client.close());
+  return client;
+}
+
+async function responses(client: ObserverClient, request: GetFlowsRequest): Promise<GetFlowsResponse[]> {
+  const out: GetFlowsResponse[] = [];
+  for await (const response of client.getFlows(request)) out.push(response);
+  return out;
+}
+
+async function flows(client: ObserverClient, request: GetFlowsRequest): Promise<Flow[]> {
+  return (await responses(client, request)).flatMap((r) => (r.flow ? [r.flow] : []));
+}
+
+test('Star Wars: flows name the pods, identities, labels, verdicts, drop reasons and the deciding policy; filters, ranges, follow, status, ciliate observe', async (t) => {
+  const node = await TestNode.start(t);
+  const client = observer(t, node);
+  const deathstar = await node.addPod(t, 'deathstar', { org: 'empire', class: 'deathstar' });
+  const tiefighter = await node.addPod(t, 'tiefighter', { org: 'empire', class: 'tiefighter' });
+  const xwing = await node.addPod(t, 'xwing', { org: 'alliance', class: 'xwing' });
+  await httpServer(t, deathstar.netns, 80, { 'POST /v1/request-landing': 'Ship landed' });
+  const imported = await cli(node, 'policy', 'import', join(POLICIES, 'starwars-rule1.yaml'));
+  assert.equal(imported.code, 0, imported.stderr);
+  const revision = /revision: (\d+)/.exec(imported.stdout)![1];
+  assert.equal((await cli(node, 'policy', 'wait', revision)).code, 0);
+
+  const landing = `http://${deathstar.endpoint.ipv4}/v1/request-landing`;
+  assert.equal((await httpRequest(tiefighter.netns, 'POST', landing)).status, 200);
+  assert.equal((await httpRequest(xwing.netns, 'POST', landing, 1000)).error, 'timeout');
+  await sleep(200);
+
+  const all = await flows(client, {});
+  const ds = deathstar.endpoint.ipv4;
+  const toDeathstar80 = (f: Flow) => f.IP?.destination === ds && f.l4?.TCP?.destinationPort === 80;
+
+  // The xwing's SYNs: a denied verdict at the Death Star's ingress, then the drop.
+  const xwingDrops = all.filter((f) => f.verdict === 'DROPPED' && f.eventType?.type === 1 && f.IP?.source === xwing.endpoint.ipv4 && toDeathstar80(f));
+  assert.ok(xwingDrops.length > 0, `the xwing's packets to the Death Star are dropped:\n${JSON.stringify(all.slice(-20), null, 1)}`);
+  const drop = xwingDrops[0];
+  assert.equal(drop.dropReason, 133);
+  assert.equal(drop.dropReasonDesc, 'POLICY_DENIED');
+  assert.equal(drop.trafficDirection, 'INGRESS');
+  assert.equal(drop.l4?.TCP?.flags?.SYN, true);
+  assert.equal(drop.nodeName, 'n1');
+  assert.equal(drop.Type, 'L3_L4');
+  assert.deepEqual(drop.source && { ID: drop.source.ID, identity: drop.source.identity, namespace: drop.source.namespace, podName: drop.source.podName }, {
+    ID: xwing.endpoint.id,
+    identity: xwing.endpoint.identity,
+    namespace: 'default',
+    podName: 'xwing',
+  });
+  assert.ok(drop.source?.labels?.includes('k8s:org=alliance') && drop.source.labels.includes('k8s:io.kubernetes.pod.namespace=default'), JSON.stringify(drop.source?.labels));
+  assert.equal(drop.destination?.podName, 'deathstar');
+  assert.equal(drop.destination?.identity, deathstar.endpoint.identity);
+  assert.ok(drop.destination?.labels?.includes('k8s:class=deathstar'));
+  assert.equal(drop.isReply?.value, false);
+
+  const denied = all.find((f) => f.eventType?.type === 5 && f.trafficDirection === 'INGRESS' && f.IP?.source === xwing.endpoint.ipv4 && toDeathstar80(f));
+  assert.ok(denied, 'a policy verdict for the xwing');
+  assert.equal(denied.verdict, 'DROPPED');
+  assert.equal(denied.dropReasonDesc, 'POLICY_DENIED');
+  assert.equal(denied.trafficDirection, 'INGRESS');
+  assert.equal(denied.ingressAllowedBy, undefined, 'denied by default: no rule allowed it');
+
+  // The tiefighter: allowed by rule1 (named, with the revision enforced), then forwarded both ways.
+  const allowed = all.find((f) => f.eventType?.type === 5 && f.trafficDirection === 'INGRESS' && f.IP?.source === tiefighter.endpoint.ipv4 && toDeathstar80(f));
+  assert.ok(allowed, 'a policy verdict for the tiefighter');
+  assert.equal(allowed.verdict, 'FORWARDED');
+  assert.equal(allowed.policyMatchType, 2, 'L3-L4');
+  assert.deepEqual(allowed.ingressAllowedBy?.map((p) => ({ name: p.name, namespace: p.namespace, kind: p.kind })), [{ name: 'rule1', namespace: 'default', kind: 'CiliumNetworkPolicy' }]);
+  assert.ok(Number(allowed.ingressAllowedBy?.[0].revision) >= Number(revision));
+  const forwarded = all.filter((f) => f.verdict === 'FORWARDED' && f.eventType?.type === 4 && f.source?.podName === 'tiefighter' && f.destination?.podName === 'deathstar');
+  assert.ok(
+    forwarded.some((f) => f.traceObservationPoint === 'TO_ENDPOINT' && f.l4?.TCP?.flags?.SYN && f.isReply?.value === false && f.trafficDirection === 'INGRESS'),
+    `the SYN reaches the Death Star:\n${JSON.stringify(forwarded.slice(0, 3), null, 1)}`,
+  );
+  const replies = all.filter((f) => f.eventType?.type === 4 && f.isReply?.value === true && f.source?.podName === 'deathstar' && f.destination?.podName === 'tiefighter');
+  assert.ok(replies.some((f) => f.l4?.TCP?.flags?.SYN && f.l4.TCP.flags.ACK), 'the SYN-ACK comes back as a reply');
+  assert.ok(!all.some((f) => f.verdict === 'FORWARDED' && f.source?.podName === 'xwing' && f.destination?.podName === 'deathstar' && f.eventType?.type === 4), 'nothing of the xwing is forwarded to the Death Star');
+
+  // Filters the way hubble sends them: alone, combined within one filter (AND), across
+  // filters (OR), and minus a blacklist.
+  const only = async (request: GetFlowsRequest, check: (f: Flow) => boolean, what: string) => {
+    const got = await flows(client, request);
+    assert.ok(got.length > 0, `${what}: some flows`);
+    assert.deepEqual(got.filter((f) => !check(f)), [], `${what}: only matching flows`);
+    const expected = all.filter(check).length;
+    assert.ok(got.length >= expected, `${what}: every matching flow of the buffer (${got.length} < ${expected})`);
+    return got;
+  };
+  await only({ whitelist: [{ verdict: ['DROPPED'] }] }, (f) => f.verdict === 'DROPPED', '--verdict DROPPED');
+  await only({ whitelist: [{ sourcePod: ['default/xwing'] }] }, (f) => f.source?.podName === 'xwing', '--from-pod default/xwing');
+  await only({ whitelist: [{ destinationPod: ['default/death'] }] }, (f) => f.destination?.podName === 'deathstar', 'a pod name prefix');
+  await only({ whitelist: [{ sourcePod: ['default/'] }] }, (f) => f.source?.namespace === 'default', 'a namespace');
+  await only({ whitelist: [{ sourceIp: [tiefighter.endpoint.ipv4] }] }, (f) => f.IP?.source === tiefighter.endpoint.ipv4, '--from-ip');
+  const net24 = ds.split('.').slice(0, 3).join('.');
+  await only({ whitelist: [{ destinationIp: [`${net24}.0/24`] }] }, (f) => f.IP?.destination?.startsWith(`${net24}.`) === true, '--to-ip CIDR');
+  await only({ whitelist: [{ sourceLabel: ['k8s:org=alliance'] }] }, (f) => f.source?.labels?.includes('k8s:org=alliance') === true, '--from-label');
+  await only({ whitelist: [{ destinationLabel: ['class in (deathstar, tiefighter),!nonexistent'] }] }, (f) => ['deathstar', 'tiefighter'].includes(f.destination?.podName ?? ''), 'label set and negation');
+  await only({ whitelist: [{ sourceIdentity: [xwing.endpoint.identity] }] }, (f) => f.source?.identity === xwing.endpoint.identity, '--from-identity');
+  await only({ whitelist: [{ eventType: [{ type: 5 }] }] }, (f) => f.eventType?.type === 5, '--type policy-verdict');
+  await only({ whitelist: [{ eventType: [{ type: 4, matchSubType: true, subType: 0 }] }] }, (f) => f.traceObservationPoint === 'TO_ENDPOINT', '--type trace:to-endpoint');
+  await only({ whitelist: [{ dropReasonDesc: ['POLICY_DENIED'] }] }, (f) => f.dropReason === 133, '--drop-reason-desc');
+  await only({ whitelist: [{ protocol: ['TCP'] }] }, (f) => f.l4?.TCP !== undefined, '--protocol tcp');
+  await only({ whitelist: [{ destinationPort: ['80'] }] }, (f) => f.l4?.TCP?.destinationPort === 80, '--to-port 80');
+  await only({ whitelist: [{ sourcePort: ['80'] }, { destinationPort: ['80'] }] }, (f) => f.l4?.TCP?.destinationPort === 80 || f.l4?.TCP?.sourcePort === 80, '--port 80 (two filters, ORed)');
+  await only({ whitelist: [{ tcpFlags: [{ SYN: true, ACK: true }] }] }, (f) => f.l4?.TCP?.flags?.SYN === true && f.l4.TCP.flags.ACK === true, '--tcp-flags SYN,ACK');
+  await only({ whitelist: [{ trafficDirection: ['EGRESS'] }] }, (f) => f.trafficDirection === 'EGRESS', '--traffic-direction egress');
+  await only({ whitelist: [{ reply: [true] }] }, (f) => f.isReply?.value === true, 'replies');
+  await only({ whitelist: [{ nodeName: ['default/n*'] }] }, () => true, '--node-name with a wildcard');
+  const combined = await only(
+    { whitelist: [{ sourcePod: ['default/xwing'], verdict: ['DROPPED'], destinationPort: ['80'] }] },
+    (f) => f.source?.podName === 'xwing' && f.verdict === 'DROPPED' && f.l4?.TCP?.destinationPort === 80,
+    'pod AND verdict AND port',
+  );
+  assert.ok(combined.every((f) => f.dropReasonDesc === 'POLICY_DENIED'));
+  await only(
+    { whitelist: [{ destinationPod: ['default/deathstar'] }], blacklist: [{ verdict: ['DROPPED'] }, { sourcePod: ['default/xwing'] }] },
+    (f) => f.destination?.podName === 'deathstar' && f.verdict !== 'DROPPED' && f.source?.podName !== 'xwing',
+    'whitelist minus blacklist',
+  );
+  assert.deepEqual(await flows(client, { whitelist: [{ nodeName: ['other-node'] }] }), [], 'another node: nothing');
+  assert.deepEqual(await flows(client, { whitelist: [{ httpMethod: ['GET'] }] }), [], 'L7 filters: no L7 flows here');
+
+  // Malformed requests are refused, naming the field.
+  const refused = async (request: GetFlowsRequest, field: RegExp) => {
+    await assert.rejects(responses(client, request), (error: { code?: number; details?: string }) => {
+      assert.equal(error.code, GrpcStatus.INVALID_ARGUMENT, String(error.details));
+      assert.match(error.details ?? '', field);
+      return true;
+    });
+  };
+  await refused({ whitelist: [{ sourceIp: ['10.0.0.0/99'] }] }, /^whitelist\[0\]\.source_ip\[0\]: not an IP address or CIDR/);
+  await refused({ blacklist: [{}, { verdict: [42] }] }, /^blacklist\[1\]\.verdict\[0\]: unknown value 42/);
+  await refused({ whitelist: [{ protocol: ['tcpp'] }] }, /^whitelist\[0\]\.protocol\[0\]: unknown protocol "tcpp"/);
+  await refused({ whitelist: [{ destinationPort: ['http'] }] }, /^whitelist\[0\]\.destination_port\[0\]: not a port number/);
+  await refused({ first: true, follow: true }, /^first: /);
+
+  // number, first, since, until.
+  const last3 = await flows(client, { number: 3 });
+  assert.deepEqual(last3.map((f) => f.uuid), all.slice(-3).map((f) => f.uuid), 'number: the last three, oldest first');
+  const first2 = await flows(client, { number: 2, first: true });
+  assert.deepEqual(first2.map((f) => f.uuid), all.slice(0, 2).map((f) => f.uuid), 'first: the first two');
+  const middle = all[Math.floor(all.length / 2)];
+  const at = (f: Flow) => timestampToNs(f.time!);
+  const since = await flows(client, { since: middle.time });
+  assert.ok(since.some((f) => f.uuid === middle.uuid) && since.every((f) => at(f) >= at(middle)), 'since: from the middle on');
+  const until = await flows(client, { until: middle.time });
+  assert.ok(until.some((f) => f.uuid === middle.uuid) && until.every((f) => at(f) <= at(middle)), 'until: up to the middle');
+  const window = await flows(client, { since: middle.time, until: middle.time });
+  assert.ok(window.every((f) => at(f) === at(middle)) && window.some((f) => f.uuid === middle.uuid), 'since and until together');
+
+  // follow: the last matching flow first, then new traffic as it happens.
+  const stream = client.getFlows({ number: 1, follow: true, whitelist: [{ sourcePod: ['default/tiefighter'], destinationPort: ['80'] }] });
+  const seen: Flow[] = [];
+  let backlogSent: () => void = () => {};
+  const backlog = new Promise<void>((resolve) => (backlogSent = resolve));
+  const followed = (async () => {
+    for await (const response of stream) {
+      if (response.flow) seen.push(response.flow);
+      backlogSent();
+      if (seen.length >= 3) stream.cancel();
+    }
+  })();
+  // The last flow first: then the stream is open and what follows is new.
+  await Promise.race([backlog, sleep(10_000)]);
+  assert.equal(seen.length, 1, 'the backlog: one flow');
+  assert.equal((await httpRequest(tiefighter.netns, 'POST', landing)).status, 200);
+  await Promise.race([followed, sleep(5000)]);
+  stream.cancel();
+  await followed;
+  assert.ok(seen.length >= 3, `follow delivered the backlog's last flow and then new ones (${seen.length})`);
+  assert.ok(seen.every((f) => f.source?.podName === 'tiefighter' && f.l4?.TCP?.destinationPort === 80));
+  assert.ok(seen.slice(1).some((f) => !all.some((old) => old.uuid === f.uuid)), 'new flows arrived');
+
+  // The server's status, nodes and namespaces; nothing lost on a quiet node.
+  const status = await client.serverStatus();
+  assert.equal(status.maxFlows, '4095');
+  assert.ok(Number(status.seenFlows) >= all.length && Number(status.numFlows) > 0);
+  assert.deepEqual(status.numConnectedNodes, { value: 1 });
+  assert.deepEqual(status.ciliateLostEvents?.map((l) => [l.source, l.numEventsLost ?? '0']), [['PERF_EVENT_RING_BUFFER', '0'], ['OBSERVER_EVENTS_QUEUE', '0'], ['HUBBLE_RING_BUFFER', '0']]);
+  const nodes = await client.getNodes();
+  assert.deepEqual(nodes.nodes?.map((n) => [n.name, n.state, n.maxFlows]), [['n1', 'NODE_CONNECTED', '4095']]);
+  assert.deepEqual((await client.getNamespaces()).namespaces?.map((n) => n.namespace), ['default']);
+
+  // ciliate observe, as hubble observe prints it.
+  const compact = await cli(node, 'observe', '--last', '50', '--verdict', 'DROPPED', '--from-pod', 'default/xwing', '--to-port', '80');
+  assert.equal(compact.code, 0, compact.stderr);
+  const lines = compact.stdout.trim().split('\n');
+  assert.ok(lines.length > 0 && lines.length <= 50);
+  const line = new RegExp(
+    String.raw`^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d\.\d{3}: default/xwing:\d+ \(ID:${xwing.endpoint.identity}\) -> default/deathstar:80 \(ID:${deathstar.endpoint.identity}\) (POLICY_DENIED DROPPED|policy-verdict:none INGRESS DENIED) \(TCP Flags: SYN\)$`,
+  );
+  for (const l of lines) assert.match(l, line);
+  const json = await cli(node, 'observe', '--last', '5', '--type', 'policy-verdict', '--to-pod', 'default/deathstar', '-o', 'json');
+  assert.equal(json.code, 0, json.stderr);
+  const parsed = json.stdout.trim().split('\n').map((l) => JSON.parse(l) as { flow: { event_type: { type: number }; node_name: string; time: string; is_reply: boolean } });
+  assert.ok(parsed.length > 0 && parsed.length <= 5);
+  for (const r of parsed) {
+    assert.equal(r.flow.event_type.type, 5);
+    assert.equal(r.flow.node_name, 'n1');
+    assert.equal(typeof r.flow.is_reply, 'boolean');
+    assert.match(r.flow.time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/);
+  }
+  // --follow prints new flows as they come and ends cleanly on Ctrl-C.
+  const follower = spawn(process.execPath, [join(ROOT, 'src', 'cli', 'main.ts'), 'observe', '-f', '--last', '1', '--from-pod', 'default/tiefighter', '--socket', node.socket], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => {
+    if (follower.exitCode === null && follower.signalCode === null) follower.kill('SIGKILL');
+  });
+  let printed = '';
+  follower.stdout.on('data', (chunk: Buffer) => (printed += chunk.toString()));
+  follower.stderr.on('data', (chunk: Buffer) => (printed += chunk.toString()));
+  const tiefighterLine = /default\/tiefighter:\d+ \(ID:\d+\) -> /g;
+  const linesPrinted = () => printed.match(tiefighterLine)?.length ?? 0;
+  // The last flow first: then the stream is open and what follows is new.
+  for (let i = 0; i < 150 && linesPrinted() === 0; i++) await sleep(100);
+  assert.equal(linesPrinted(), 1, `observe -f --last 1 prints the last flow: ${printed}`);
+  assert.equal((await httpRequest(tiefighter.netns, 'POST', landing)).status, 200);
+  for (let i = 0; i < 50 && linesPrinted() < 2; i++) await sleep(100);
+  assert.ok(linesPrinted() >= 2, `observe -f prints new flows as they come: ${printed}`);
+  const exited = new Promise<number | null>((resolve) => follower.once('exit', (code) => resolve(code)));
+  follower.kill('SIGINT');
+  assert.equal(await exited, 0, `observe -f exits 0 on Ctrl-C: ${printed}`);
+
+  const bad = await cli(node, 'observe', '--to-ip', '10.0.0.0/99');
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /destination_ip\[0\]/);
+});
+
+test('loss is counted and reported, never hidden, under a burst bigger than the buffers', async (t) => {
+  const node = await TestNode.start(t, { extraArgs: ['--hubble-buffer-capacity', '31', '--hubble-event-queue-size', '8'] });
+  const client = observer(t, node);
+  const a = await node.addPod(t, 'burst-a', { app: 'a' });
+  const b = await node.addPod(t, 'burst-b', { app: 'b' });
+  // A follower that stops reading: the server's writes back up and the 31-flow buffer
+  // overtakes its reader.
+  const stream = client.getFlows({ follow: true });
+  const iterator = stream[Symbol.asyncIterator]();
+  const first = iterator.next();
+  await sleep(200);
+  // A flood ping: thousands of packets, several events each, many per drain of the ring.
+  await inNs(a.netns, 'ping', ['-f', '-c', '2000', '-q', b.endpoint.ipv4], 60_000).catch(() => undefined);
+  await sleep(500);
+  let lostToReader = 0n;
+  const reader = (async () => {
+    for (let next = await first; !next.done; next = await iterator.next()) {
+      if (next.value.lostEvents?.source === 'HUBBLE_RING_BUFFER') lostToReader += BigInt(next.value.lostEvents.numEventsLost);
+    }
+  })();
+  await sleep(1500);
+  stream.cancel();
+  await reader;
+
+  const status = await client.serverStatus();
+  const lost = Object.fromEntries((status.ciliateLostEvents ?? []).map((l) => [l.source, BigInt(l.numEventsLost ?? '0')]));
+  assert.equal(status.maxFlows, '31');
+  assert.ok(Number(status.numFlows) > 0 && Number(status.numFlows) <= 31, `the buffer holds at most its capacity, lost-event markers taking slots too (${status.numFlows})`);
+  assert.ok(Number(status.seenFlows) > 31, `more flows than the buffer holds went through it (${status.seenFlows})`);
+  assert.ok(lost.OBSERVER_EVENTS_QUEUE > 0n, `the decode queue of 8 overflowed and says so: ${JSON.stringify(status.ciliateLostEvents)}`);
+  assert.equal(lost.HUBBLE_RING_BUFFER, lostToReader, 'what followers missed is what the server counts');
+  const agentStatus = await node.client.get<{ observer: { lost: { decodeQueue: string; flowBuffer: string; kernelRing: string } } }>('/v1/status');
+  assert.equal(agentStatus.observer.lost.decodeQueue, String(lost.OBSERVER_EVENTS_QUEUE), "the agent's status reports the same loss");
+  assert.equal(agentStatus.observer.lost.flowBuffer, String(lost.HUBBLE_RING_BUFFER));
+});
+
+test("another node's pods are named in flows too: pod, namespace and identity through the shared store", async (t) => {
+  const underlay = await Underlay.create(t);
+  const etcd = await underlay.startEtcd(t);
+  const n1 = await TestNode.start(t, { nodeName: 'n1', nodeIp: '192.168.100.1', underlay, etcd, routingMode: 'tunnel' });
+  const n2 = await TestNode.start(t, { nodeName: 'n2', nodeIp: '192.168.100.2', underlay, etcd, routingMode: 'tunnel' });
+  const deathstar = await n1.addPod(t, 'deathstar', { org: 'empire', class: 'deathstar' });
+  const xwing = await n2.addPod(t, 'xwing', { org: 'alliance', class: 'xwing' }, 'rebels');
+  await httpServer(t, deathstar.netns, 80, { 'POST /v1/request-landing': 'Ship landed' });
+  const imported = await cli(n1, 'policy', 'import', join(POLICIES, 'starwars-rule1.yaml'));
+  assert.equal(imported.code, 0, imported.stderr);
+  assert.equal((await cli(n1, 'policy', 'wait', /revision: (\d+)/.exec(imported.stdout)![1], '--timeout', '20')).code, 0);
+  assert.equal((await httpRequest(xwing.netns, 'POST', `http://${deathstar.endpoint.ipv4}/v1/request-landing`, 1000)).error, 'timeout');
+  await sleep(200);
+
+  const client = observer(t, n1);
+  const dropped = await flows(client, { whitelist: [{ sourcePod: ['rebels/xwing'], verdict: ['DROPPED'], destinationPort: ['80'] }] });
+  assert.ok(dropped.length > 0, "the Death Star's node names the xwing of the other node");
+  for (const f of dropped) {
+    assert.deepEqual(f.source && { ID: f.source.ID, identity: f.source.identity, namespace: f.source.namespace, podName: f.source.podName }, {
+      ID: undefined,
+      identity: xwing.endpoint.identity,
+      namespace: 'rebels',
+      podName: 'xwing',
+    });
+    assert.ok(f.source?.labels?.includes('k8s:org=alliance'));
+    assert.equal(f.destination?.podName, 'deathstar');
+    assert.equal(f.nodeName, 'n1');
+  }
+  assert.ok(dropped.some((f) => f.dropReasonDesc === 'POLICY_DENIED' && f.trafficDirection === 'INGRESS'));
+  assert.deepEqual((await client.getNamespaces()).namespaces?.map((n) => n.namespace), ['default', 'rebels']);
+});
