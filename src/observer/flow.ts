@@ -7,6 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { DropReason, hubbleObservationPoint, MonitorEventType, TracePoint, type DatapathEvent } from '../datapath/index.ts';
 import { PolicyDirection } from '../policy/index.ts';
+import { flowSummary } from './printer.ts';
 import { TRACE_OBSERVATION_POINTS, TRACE_REASONS, timestampFromNs, type Flow, type FlowEndpoint, type FlowPolicy, type Layer4, type TcpFlags, type TrafficDirection } from './types.ts';
 
 /** An endpoint (local, or a remote node's pod), as far as flows name it. */
@@ -159,5 +160,7 @@ export function buildFlow(event: DatapathEvent, timeNs: bigint, names: FlowNames
       break;
     }
   }
+  // Deprecated in flow.proto, but what hubble's compact output prints in parentheses.
+  flow.Summary = flowSummary(flow);
   return flow;
 }

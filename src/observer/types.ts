@@ -110,6 +110,8 @@ export interface Flow {
   dropReasonDesc?: string | number;
   isReply?: { value?: boolean };
   interface?: { index?: number; name?: string };
+  /** Deprecated in flow.proto (100000), yet what hubble's compact output shows in parentheses. */
+  Summary?: string;
   egressAllowedBy?: FlowPolicy[];
   ingressAllowedBy?: FlowPolicy[];
   egressDeniedBy?: FlowPolicy[];
