@@ -3,8 +3,9 @@
  *
  * Layout of the directory (format 2, see journal.ts):
  * - `journal.log`: a header (store id, generation, the revision it starts after), then one
- *   length-and-checksum framed record per committed revision, appended and fdatasync'ed before
- *   the write is acknowledged or any watcher hears of it;
+ *   length-and-checksum framed record per group commit (one revision, or several written
+ *   together), appended and fdatasync'ed before any of its writes is acknowledged or any watcher
+ *   hears of it;
  * - `snapshot.json`: the full state at some revision and the generation of the journal that
  *   follows it, replaced atomically (temp + fsync + rename). A store always has one once opened,
  *   so a deleted journal is noticed rather than mistaken for a fresh store;
