@@ -212,6 +212,21 @@ test('node ipam: concurrent allocations do not wait for each other\'s disk sync:
   assert.equal(ipam.snapshot().used, 0);
 });
 
+test('node ipam: a release issued while its owner or address is being allocated waits for that allocation, then releases it', async (t) => {
+  const { store } = await localStore(t);
+  const ipam = await n1(store);
+  // Next-fit on a fresh pool: the first allocation gets the first pod address.
+  const allocating = ipam.allocate('a:eth0');
+  const byAddress = ipam.release('10.244.1.2');
+  const [allocated, released] = await Promise.all([allocating, byAddress]);
+  assert.equal(allocated.ip, '10.244.1.2');
+  assert.deepEqual(released, { ip: '10.244.1.2', owner: 'a:eth0', node: 'n1' });
+  const [b, releasedB] = await Promise.all([ipam.allocate('b:eth0'), ipam.release('b:eth0')]);
+  assert.deepEqual(releasedB, b);
+  assert.equal((await store.list('ipam/ips/')).entries.length, 0);
+  assert.equal(ipam.snapshot().used, 0);
+});
+
 test('node ipam: two writers on one local store, allocating and releasing at once, never give one address to two owners', async (t) => {
   const { store } = await localStore(t);
   const first = await n1(store);

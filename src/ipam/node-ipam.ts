@@ -99,8 +99,8 @@ export class NodeIpam {
   #orphanOwners = new Map<string, number>();
   /** Next-fit cursor: the offset after the last address handed out. */
   #cursor = ROUTER_OFFSET + 1;
-  /** Offsets picked for an allocation whose transaction is in flight: not free, not yet held. */
-  #reserved = new Set<number>();
+  /** Offsets picked for an allocation whose transaction is in flight (not free, not yet held), and for whom. */
+  #reserved = new Map<number, string>();
   /** The transaction in flight per owner (allocation or release); it resolves to whether it landed. */
   #busy = new Map<string, Promise<boolean>>();
 
@@ -224,6 +224,10 @@ export class NodeIpam {
         const busy = address === undefined ? this.#busy.get(ownerOrIp) : undefined;
         if (busy !== undefined) return { kind: 'wait', busy };
         const offset = address === undefined ? this.#byOwner.get(ownerOrIp) : offsetOf(this.#pool, address);
+        // An address being allocated is released once that allocation has landed, as if queued after it.
+        const claimant = offset === undefined ? undefined : this.#reserved.get(offset);
+        const claim = claimant === undefined ? undefined : this.#busy.get(claimant);
+        if (claim !== undefined) return { kind: 'wait', busy: claim };
         const held = offset === undefined || offset < 0 ? undefined : this.#byOffset.get(offset);
         if (offset === undefined || held === undefined) return undefined;
         const holderBusy = this.#busy.get(held.owner);
@@ -281,7 +285,7 @@ export class NodeIpam {
       this.#byOwner.set(owner, offset);
       return true;
     };
-    this.#reserved.add(offset);
+    this.#reserved.set(offset, owner);
     return this.#track(owner, write()).finally(() => this.#reserved.delete(offset));
   }
 
