@@ -340,12 +340,21 @@ export class EndpointManager {
     const hostIfname = hostInterfaceName(request.containerId, request.ifname);
     const id = this.#reserveId();
     const undo: (() => Promise<unknown>)[] = [];
+    // Milliseconds since the add began at which each step was done: under a burst of adds they
+    // show which step the others queue behind.
+    const started = performance.now();
+    const at: Record<string, number> = {};
+    const mark = (step: string): void => {
+      at[step] = Math.round(performance.now() - started);
+    };
     try {
       const address = await this.#ipam.allocate(key);
+      mark('address');
       undo.push(() => this.#ipam.release(key));
       const labels = request.labels ?? {};
       const namespace = request.namespace ?? DEFAULT_NAMESPACE;
       const identity = await this.#allocateIdentity({ labels, namespace });
+      mark('identity');
       undo.push(() => this.#identities.release(identity));
 
       // Three things at once: the policy map goes in (its outer-map write waits out an RCU grace
@@ -363,8 +372,10 @@ export class EndpointManager {
       const creating = this.#createVeth(key, hostIfname, request, mtu);
       undo.push(async () => this.#datapath.unprepare?.(id));
       const prepared = attempt(() => this.#datapath.prepare?.({ id, identity, ipv4: address }));
+      mark('prepared');
       // A failed creation made nothing, and EEXIST means the name is someone else's: no undo.
       const host = await creating;
+      mark('veth');
       undo.push(() => this.#hostNetlink().deleteLink(host.ifindex));
       if (prepared.error) throw prepared.error;
       const [pod] = await Promise.all([
@@ -375,6 +386,7 @@ export class EndpointManager {
           .then(() => this.#hostNetlink().replaceRoute({ dst: `${address}/32`, dev: host.ifindex, scope: 'link' })),
         policy,
       ]);
+      mark('plumbed');
 
       const endpoint: Endpoint = {
         id,
@@ -393,6 +405,7 @@ export class EndpointManager {
         createdAt: new Date().toISOString(),
       };
       await this.#store.put(this.#storeKey(key), endpoint, { expectedRevision: 0 });
+      mark('stored');
       undo.push(() => this.#store.delete(this.#storeKey(key)));
       this.#ipcache.upsert(localIpcacheEntry(endpoint));
       undo.push(async () => {
@@ -407,7 +420,8 @@ export class EndpointManager {
       await Promise.all([this.#reconciler.attempted(revision), this.#ipcache.synced()]);
       const status = this.#reconciler.status(key);
       if (status?.state !== 'done') throw new EndpointError('ERR_DATAPATH', `realizing endpoint ${endpoint.id}: ${status?.error ?? 'not realized'}`);
-      this.#log.info({ endpoint: endpoint.id, container: request.containerId, ip: address, host: hostIfname }, 'endpoint added');
+      mark('realized');
+      this.#log.info({ endpoint: endpoint.id, container: request.containerId, ip: address, host: hostIfname, ms: at }, 'endpoint added');
       return endpoint;
     } catch (error) {
       for (const step of undo.reverse()) {

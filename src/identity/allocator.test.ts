@@ -13,6 +13,7 @@ import { test, type TestContext } from 'node:test';
 import { LocalStateStore, MemoryStateStore, StoreError, type StateStore, type StoreWatch, type WatchOptions } from '../store/index.ts';
 import { IdentityAllocator, type IdentityAllocatorOptions, type IdentityChange } from './allocator.ts';
 import { IdentityError, InvalidLabelsError } from './errors.ts';
+import { refKey } from './keys.ts';
 import { LabelFilter } from './label-filter.ts';
 import { Labels } from './labels.ts';
 import { LOCAL_IDENTITY_FLAG, wellKnownIdentities } from './reserved.ts';
@@ -140,6 +141,26 @@ for (const [backend, open] of backends) {
     assert.equal(new Set(ids).size, 30);
     assert.ok(ids.every((id) => id >= range.min && id <= range.max));
     assert.ok(results.every((r) => r.isNew));
+  });
+
+  test(`allocator (${backend}): allocations of different labels are in flight together, one label set's allocations and releases stay ordered`, async (t) => {
+    const store = await open(t);
+    // A tight range: numbers picked by allocations in flight must not be picked again.
+    const n1 = node(t, store, 'n1', { idRange: { min: 256, max: 256 + 59 } });
+    const syncs = (): number => (store instanceof LocalStateStore ? store.journalSyncs : 0);
+    const before = syncs();
+    const results = await Promise.all(Array.from({ length: 60 }, (_, i) => n1.allocate([`app=b${i}`])));
+    assert.equal(new Set(results.map((r) => r.id)).size, 60, 'every label set got its own number');
+    if (store instanceof LocalStateStore) assert.ok(syncs() - before <= 12, `60 new identities took ${syncs() - before} journal syncs`);
+    // One label set: allocate, release and allocate again at once; the count ends at 2, with a ref.
+    const labels = ['app=b0'];
+    const id = results[0].id;
+    const [again, released, third] = await Promise.all([n1.allocate(labels), n1.release(id), n1.allocate(labels)]);
+    assert.deepEqual([again.id, released, third.id], [id, false, id]);
+    assert.equal(await n1.release(id), false);
+    assert.equal(await n1.release(id), true, 'the last reference goes with the second release');
+    assert.equal(await store.get(refKey(id, 'n1')), undefined, 'its ref key is gone');
+    await assert.rejects(n1.release(id), (e: IdentityError) => e.code === 'ERR_IDENTITY_NOT_REFERENCED');
   });
 
   test(`allocator (${backend}): release counts references; GC removes unreferenced identities and keeps referenced ones`, async (t) => {

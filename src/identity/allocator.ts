@@ -13,6 +13,9 @@
  * - References: in memory per allocator (`allocate` +1, `release` −1), mirrored in the store as
  *   one ref key per node and identity while the count is above zero. `collectUnused` deletes
  *   identities no node references.
+ * - In one allocator, allocations and releases of one label set run one at a time; those of
+ *   different label sets run together (their numbers kept apart in memory), so a burst of pods
+ *   with new labels does not wait for one store round trip after another.
  * - A watch on `identities/by-id/` keeps an in-memory cache (cache.ts), so `get` and `lookup` are
  *   synchronous and every node learns identities others allocated (policy needs their labels to
  *   resolve selectors). Watch failures (compaction, a lost etcd connection) re-list and re-watch.
@@ -116,12 +119,35 @@ interface Held {
 
 const MAX_ATTEMPTS = 16;
 
-class SerialQueue {
-  #tail: Promise<unknown> = Promise.resolve();
+/**
+ * Steps serialised per key (one label set: its reference count and its store records), and
+ * exclusive steps that wait for every keyed step issued before them and hold back those issued
+ * after. Allocations of different label sets thus have their store round trips in flight together
+ * (a group-committing store makes them durable with one sync), while one label set never has two.
+ */
+class KeyedQueue {
+  #tails = new Map<string, Promise<void>>();
+  #exclusive: Promise<void> = Promise.resolve();
 
-  run<T>(step: () => Promise<T>): Promise<T> {
-    const result = this.#tail.then(step, step);
-    this.#tail = result.catch(() => {});
+  run<T>(key: string, step: () => Promise<T>): Promise<T> {
+    const result = Promise.all([this.#tails.get(key), this.#exclusive]).then(step);
+    const tail = result.then(
+      () => {},
+      () => {},
+    );
+    this.#tails.set(key, tail);
+    void tail.then(() => {
+      if (this.#tails.get(key) === tail) this.#tails.delete(key);
+    });
+    return result;
+  }
+
+  runExclusive<T>(step: () => Promise<T>): Promise<T> {
+    const result = Promise.all([this.#exclusive, ...this.#tails.values()]).then(step);
+    this.#exclusive = result.then(
+      () => {},
+      () => {},
+    );
     return result;
   }
 }
@@ -163,7 +189,7 @@ export class IdentityAllocator {
   #now: () => number;
   #dualStack: boolean;
   #onWatchError: ((error: unknown) => void) | undefined;
-  #queue = new SerialQueue();
+  #queue = new KeyedQueue();
   #cache: IdentityCache;
   #local: LocalIdentities;
   #wellKnown: Map<string, WellKnownIdentity>;
@@ -173,6 +199,8 @@ export class IdentityAllocator {
   #heldById = new Map<number, Held>();
   /** Numbers found taken by a lost compare-and-swap that the cache did not know yet. */
   #taken = new Set<number>();
+  /** Numbers picked for allocations in flight here: two label sets must not race for one. */
+  #picked = new Set<number>();
   #listeners = new Set<(change: IdentityChange) => void>();
   #watchAbort: AbortController | undefined;
   #watchLoop: Promise<void> | undefined;
@@ -286,7 +314,7 @@ export class IdentityAllocator {
       case 'local':
         return this.#local.allocate(resolved.labels);
       case 'cluster':
-        return this.#queue.run(() => this.#allocateCluster(resolved.labels));
+        return this.#queue.run(resolved.labels.canonical, () => this.#allocateCluster(resolved.labels));
     }
   }
 
@@ -335,7 +363,8 @@ export class IdentityAllocator {
       default:
         throw new IdentityError('ERR_IDENTITY_INVALID_ARGUMENT', `identity: cannot release ${String(id)}: not an allocatable identity number (${scope})`);
     }
-    return this.#queue.run(async () => {
+    const labels = this.#heldById.get(id)?.labels.canonical;
+    const step = async (): Promise<boolean> => {
       const held = this.#heldById.get(id);
       if (held === undefined) {
         throw new IdentityError('ERR_IDENTITY_NOT_REFERENCED', `identity: cannot release identity ${id}: node ${this.nodeName} holds no reference to it`);
@@ -348,7 +377,9 @@ export class IdentityAllocator {
       this.#held.delete(held.labels.canonical);
       this.#heldById.delete(id);
       return true;
-    });
+    };
+    // Not held (yet): answered once nothing is in flight, as a single queue would.
+    return labels === undefined ? this.#queue.runExclusive(step) : this.#queue.run(labels, step);
   }
 
   /** The identity with this number, from memory: reserved, well-known, node-local or cached cluster-wide. */
@@ -492,7 +523,7 @@ export class IdentityAllocator {
    * restored endpoints have allocated their identities. Returns how many refs were dropped.
    */
   async reconcileReferences(): Promise<number> {
-    return this.#queue.run(async () => {
+    return this.#queue.runExclusive(async () => {
       let dropped = 0;
       for (const id of await this.#refsOf(this.nodeName)) {
         if (this.#heldById.has(id)) continue;
@@ -577,6 +608,7 @@ export class IdentityAllocator {
       }
       const id = await this.#pickFreeId(canonical);
       const now = this.#now();
+      this.#picked.add(id);
       try {
         const { revision } = await this.#store.transaction([
           { type: 'put', key: byLabelsKey(canonical), value: { id } satisfies LabelsRecord, expectedRevision: index?.modRevision ?? 0 },
@@ -589,6 +621,8 @@ export class IdentityAllocator {
         // Lost the number (or a stray ref sits on it): avoid it. Lost the labels: the next round
         // reads the winner's number.
         if (error.mismatches.some((m) => m.key !== byLabelsKey(canonical))) this.#taken.add(id);
+      } finally {
+        this.#picked.delete(id);
       }
     }
     throw new IdentityError(
@@ -609,8 +643,8 @@ export class IdentityAllocator {
   /** A random number of the range that the local view considers free. */
   async #pickFreeId(canonical: string): Promise<number> {
     const size = this.range.max - this.range.min + 1;
-    const isUsed = (id: number): boolean => this.#cache.has(id) || this.#taken.has(id);
-    if (this.#cache.size + this.#taken.size >= size && this.#usedInRange(isUsed) >= size) {
+    const isUsed = (id: number): boolean => this.#cache.has(id) || this.#taken.has(id) || this.#picked.has(id);
+    if (this.#cache.size + this.#taken.size + this.#picked.size >= size && this.#usedInRange(isUsed) >= size) {
       // Full by our view; the view may be stale (identities collected since): look again.
       await this.#relist();
       this.#taken.clear();

@@ -195,6 +195,72 @@ test('node ipam: two writers for one node on one store never hand out the same a
   assert.ok(conflicts > 0, 'the writers did collide, and recovered');
 });
 
+test('node ipam: concurrent allocations do not wait for each other\'s disk sync: their transactions share group commits', async (t) => {
+  const { store } = await localStore(t);
+  const ipam = await n1(store);
+  const before = store.journalSyncs;
+  const results = await Promise.all(Array.from({ length: 100 }, (_, i) => ipam.allocate(`c${i}:eth0`)));
+  const syncs = store.journalSyncs - before;
+  assert.equal(new Set(results.map((r) => r.ip)).size, 100);
+  // Serialised claims took one sync each (100); in flight together they take a handful.
+  assert.ok(syncs <= 10, `100 concurrent allocations took ${syncs} journal syncs`);
+  const releaseBefore = store.journalSyncs;
+  const released = await Promise.all(results.map((r) => ipam.release(r.owner)));
+  assert.deepEqual(released.map((r) => r?.ip), results.map((r) => r.ip));
+  assert.ok(store.journalSyncs - releaseBefore <= 10, `100 concurrent releases took ${store.journalSyncs - releaseBefore} journal syncs`);
+  assert.equal((await store.list('ipam/')).entries.filter((e) => e.key.startsWith('ipam/ips/') || e.key.startsWith('ipam/owners/')).length, 0);
+  assert.equal(ipam.snapshot().used, 0);
+});
+
+test('node ipam: a release issued while its owner or address is being allocated waits for that allocation, then releases it', async (t) => {
+  const { store } = await localStore(t);
+  const ipam = await n1(store);
+  // Next-fit on a fresh pool: the first allocation gets the first pod address.
+  const allocating = ipam.allocate('a:eth0');
+  const byAddress = ipam.release('10.244.1.2');
+  const [allocated, released] = await Promise.all([allocating, byAddress]);
+  assert.equal(allocated.ip, '10.244.1.2');
+  assert.deepEqual(released, { ip: '10.244.1.2', owner: 'a:eth0', node: 'n1' });
+  const [b, releasedB] = await Promise.all([ipam.allocate('b:eth0'), ipam.release('b:eth0')]);
+  assert.deepEqual(releasedB, b);
+  assert.equal((await store.list('ipam/ips/')).entries.length, 0);
+  assert.equal(ipam.snapshot().used, 0);
+});
+
+test('node ipam: two writers on one local store, allocating and releasing at once, never give one address to two owners', async (t) => {
+  const { store } = await localStore(t);
+  const first = await n1(store);
+  const second = await NodeIpam.open({ store, nodeName: 'n1', pool: POOL });
+  const owners = Array.from({ length: 120 }, (_, i) => `c${i}:eth0`);
+  // Both pick next-fit from the same cursor with dozens of claims in flight: most collide and retry.
+  const firstRound = await Promise.all(owners.map((owner, i) => (i % 2 ? first : second).allocate(owner)));
+  assert.equal(new Set(firstRound.map((r) => r.ip)).size, owners.length);
+  // Release every third owner (through the writer that allocated it: the other one's view only
+  // learns of it on a conflict) while the others allocate again, on the other writer too
+  // (idempotent), and new owners arrive; one owner asked of both writers at once gets one address.
+  const extra = Array.from({ length: 60 }, (_, i) => `d${i}:eth0`);
+  const [released, again, fresh, twice] = await Promise.all([
+    Promise.all(owners.map((owner, i) => (i % 3 === 0 ? (i % 2 ? first : second).release(owner) : undefined))),
+    Promise.all(owners.filter((_, i) => i % 3 !== 0).map((owner, i) => (i % 2 ? first : second).allocate(owner))),
+    Promise.all(extra.map((owner, i) => (i % 2 ? first : second).allocate(owner))),
+    Promise.all(['e:eth0', 'e:eth0'].map((owner, i) => (i % 2 ? first : second).allocate(owner))),
+  ]);
+  assert.equal(released.filter((r) => r !== undefined).length, owners.length / 3);
+  assert.equal(twice[0].ip, twice[1].ip, 'one owner, one address');
+  const byOwner = new Map(firstRound.map((r) => [r.owner, r.ip]));
+  for (const r of again) assert.equal(r.ip, byOwner.get(r.owner), `${r.owner} kept its address`);
+  const stored = (await store.list<{ owner: string }>('ipam/ips/')).entries;
+  const storedOwners = (await store.list<{ ip: string }>('ipam/owners/n1/')).entries;
+  const live = [...again, ...fresh, twice[0]];
+  assert.equal(stored.length, live.length, 'one address record per live owner');
+  assert.equal(storedOwners.length, live.length, 'one owner record per live owner');
+  assert.equal(new Set(live.map((r) => r.ip)).size, live.length, 'no address handed to two owners');
+  for (const r of live) {
+    assert.equal(stored.find((e) => e.key === `ipam/ips/${r.ip}`)?.value.owner, r.owner);
+    assert.equal(storedOwners.find((e) => e.key === `ipam/owners/n1/${r.owner}`)?.value.ip, r.ip);
+  }
+});
+
 test('node ipam: nodes sharing a store allocate from their own CIDRs only', async () => {
   const store = new MemoryStateStore();
   const pool = new ClusterPool(store, POOL);

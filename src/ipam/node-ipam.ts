@@ -13,6 +13,12 @@
  *   may still exist.
  * - The in-memory view is the store's content for this node, loaded on open and kept current by
  *   our own writes; on a compare-and-swap conflict it is reloaded and the step retried.
+ * - Only the pick is serialised (`SerialQueue`): the address is reserved in memory and the queue
+ *   let go before its transaction is written, so the transactions of concurrent allocations and
+ *   releases are in flight together and the store can make them durable with one sync (the local
+ *   store's group commit). One owner has at most one transaction in flight; a second request for
+ *   it waits for the first. A reload first waits for every transaction in flight, so the view it
+ *   builds is never older than our own writes.
  * @module
  */
 import { StoreError, type StateStore } from '../store/index.ts';
@@ -58,6 +64,15 @@ interface Held {
 
 const MAX_ATTEMPTS = 16;
 
+/**
+ * What a step under the queue decided: answered from the view, wait for the owner's transaction
+ * in flight, or a transaction of ours now in flight (`landed` says whether it won its compare-and-swap).
+ */
+type Step =
+  | { readonly kind: 'done'; readonly offset: number }
+  | { readonly kind: 'wait'; readonly busy: Promise<boolean> }
+  | { readonly kind: 'write'; readonly offset: number; readonly owner?: string; readonly landed: Promise<boolean> };
+
 /** Offsets inside a node CIDR that are never handed out. */
 const NETWORK_OFFSET = 0;
 const ROUTER_OFFSET = 1;
@@ -84,6 +99,10 @@ export class NodeIpam {
   #orphanOwners = new Map<string, number>();
   /** Next-fit cursor: the offset after the last address handed out. */
   #cursor = ROUTER_OFFSET + 1;
+  /** Offsets picked for an allocation whose transaction is in flight (not free, not yet held), and for whom. */
+  #reserved = new Map<number, string>();
+  /** The transaction in flight per owner (allocation or release); it resolves to whether it landed. */
+  #busy = new Map<string, Promise<boolean>>();
 
   private constructor(store: StateStore, nodeName: string, cidr: string) {
     this.#store = store;
@@ -121,13 +140,18 @@ export class NodeIpam {
    */
   async allocate(owner: string): Promise<Allocation> {
     validateOwner(owner);
-    return this.#queue.run(async () => {
-      for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; ) {
+      const step = await this.#queue.run(async (): Promise<Step> => {
+        const busy = this.#busy.get(owner);
+        if (busy !== undefined) return { kind: 'wait', busy };
         const held = this.#byOwner.get(owner);
-        if (held !== undefined) return this.#allocation(held, owner);
+        if (held !== undefined) return { kind: 'done', offset: held };
         // After a lost race the view is reloaded; a random free address and a short pause keep
         // two writers that picked the same next-fit address from colliding again.
-        if (attempt > 0) await backoff(attempt);
+        if (attempt > 0) {
+          await backoff(attempt);
+          await this.#reload();
+        }
         let offset: number;
         try {
           offset = this.#nextFree(attempt > 0);
@@ -137,13 +161,20 @@ export class NodeIpam {
           await this.#reload();
           offset = this.#nextFree(false);
         }
-        if (await this.#claim(offset, owner)) {
-          this.#cursor = offset + 1;
-          return this.#allocation(offset, owner);
-        }
+        this.#cursor = offset + 1;
+        return { kind: 'write', offset, landed: this.#claim(offset, owner) };
+      });
+      if (step.kind === 'done') return this.#allocation(step.offset, owner);
+      if (step.kind === 'wait') {
+        // Another request for this owner is in flight: its outcome decides ours (a failure of it
+        // is its caller's to report; we look again).
+        await step.busy.catch(() => false);
+        continue;
       }
-      throw this.#conflict(`allocating for ${owner}`);
-    });
+      if (await step.landed) return this.#allocation(step.offset, owner);
+      attempt++;
+    }
+    throw this.#conflict(`allocating for ${owner}`);
   }
 
   /**
@@ -155,8 +186,12 @@ export class NodeIpam {
     validateOwner(owner);
     const address = parseIpv4(ip);
     const offset = this.#checkAllocatable(ip, address);
+    // Rare (restores, requested addresses): it waits for everything in flight and writes under
+    // the queue, so "in use" and "already holds" are answered from a settled view.
     return this.#queue.run(async () => {
       for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+        if (attempt > 0) await this.#reload();
+        else await this.#settle();
         const held = this.#byOwner.get(owner);
         if (held === offset) return this.#allocation(offset, owner);
         if (held !== undefined) {
@@ -183,28 +218,32 @@ export class NodeIpam {
   async release(ownerOrIp: string): Promise<Allocation | undefined> {
     const address = tryParseIpv4(ownerOrIp);
     if (address === undefined) validateOwner(ownerOrIp);
-    return this.#queue.run(async () => {
-      for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; ) {
+      const step = await this.#queue.run(async (): Promise<Exclude<Step, { kind: 'done' }> | undefined> => {
+        if (attempt > 0) await this.#reload();
+        const busy = address === undefined ? this.#busy.get(ownerOrIp) : undefined;
+        if (busy !== undefined) return { kind: 'wait', busy };
         const offset = address === undefined ? this.#byOwner.get(ownerOrIp) : offsetOf(this.#pool, address);
+        // An address being allocated is released once that allocation has landed, as if queued after it.
+        const claimant = offset === undefined ? undefined : this.#reserved.get(offset);
+        const claim = claimant === undefined ? undefined : this.#busy.get(claimant);
+        if (claim !== undefined) return { kind: 'wait', busy: claim };
         const held = offset === undefined || offset < 0 ? undefined : this.#byOffset.get(offset);
         if (offset === undefined || held === undefined) return undefined;
-        const ip = formatIpv4(nthAddress(this.#pool, offset));
-        try {
-          await this.#store.transaction([
-            { type: 'delete', key: ipKey(ip), expectedRevision: held.ipRevision },
-            ...(held.ownerRevision === undefined ? [] : [{ type: 'delete' as const, key: ownerKey(this.nodeName, held.owner), expectedRevision: held.ownerRevision }]),
-          ]);
-        } catch (error) {
-          if (!StoreError.is(error, 'ERR_STORE_CONFLICT')) throw error;
-          await this.#reload();
-          continue;
-        }
-        this.#byOffset.delete(offset);
-        this.#byOwner.delete(held.owner);
-        return { ip, owner: held.owner, node: this.nodeName };
+        const holderBusy = this.#busy.get(held.owner);
+        if (holderBusy !== undefined) return { kind: 'wait', busy: holderBusy };
+        // The address stays in the view (not free) until its deletion is durable.
+        return { kind: 'write', offset, owner: held.owner, landed: this.#track(held.owner, this.#remove(offset, held)) };
+      });
+      if (step === undefined) return undefined;
+      if (step.kind === 'wait') {
+        await step.busy.catch(() => false);
+        continue;
       }
-      throw this.#conflict(`releasing ${ownerOrIp}`);
-    });
+      if (await step.landed) return { ip: formatIpv4(nthAddress(this.#pool, step.offset)), owner: step.owner ?? ownerOrIp, node: this.nodeName };
+      attempt++;
+    }
+    throw this.#conflict(`releasing ${ownerOrIp}`);
   }
 
   snapshot(): NodeIpamSnapshot {
@@ -223,26 +262,62 @@ export class NodeIpam {
   }
 
   /**
-   * Writes the address and owner records for `offset` in one transaction. Returns false (after
-   * reloading the view) if another writer got there first.
+   * Writes the address and owner records for `offset` in one transaction, with `offset` reserved
+   * and `owner` busy meanwhile. Resolves false if another writer got there first (the caller
+   * reloads and retries).
    */
-  async #claim(offset: number, owner: string): Promise<boolean> {
+  #claim(offset: number, owner: string): Promise<boolean> {
     const ip = formatIpv4(nthAddress(this.#pool, offset));
-    let revision: number;
+    const ownerRevision = this.#orphanOwners.get(owner) ?? 0;
+    const write = async (): Promise<boolean> => {
+      let revision: number;
+      try {
+        ({ revision } = await this.#store.transaction([
+          { type: 'put', key: ipKey(ip), value: { owner, node: this.nodeName } satisfies IpRecord, expectedRevision: 0 },
+          { type: 'put', key: ownerKey(this.nodeName, owner), value: { ip } satisfies OwnerRecord, expectedRevision: ownerRevision },
+        ]));
+      } catch (error) {
+        if (!StoreError.is(error, 'ERR_STORE_CONFLICT')) throw error;
+        return false;
+      }
+      this.#orphanOwners.delete(owner);
+      this.#byOffset.set(offset, { owner, ipRevision: revision, ownerRevision: revision });
+      this.#byOwner.set(owner, offset);
+      return true;
+    };
+    this.#reserved.set(offset, owner);
+    return this.#track(owner, write()).finally(() => this.#reserved.delete(offset));
+  }
+
+  /** Deletes the records of `held` at `offset`; resolves false if another writer changed them first. */
+  async #remove(offset: number, held: Held): Promise<boolean> {
+    const ip = formatIpv4(nthAddress(this.#pool, offset));
     try {
-      ({ revision } = await this.#store.transaction([
-        { type: 'put', key: ipKey(ip), value: { owner, node: this.nodeName } satisfies IpRecord, expectedRevision: 0 },
-        { type: 'put', key: ownerKey(this.nodeName, owner), value: { ip } satisfies OwnerRecord, expectedRevision: this.#orphanOwners.get(owner) ?? 0 },
-      ]));
+      await this.#store.transaction([
+        { type: 'delete', key: ipKey(ip), expectedRevision: held.ipRevision },
+        ...(held.ownerRevision === undefined ? [] : [{ type: 'delete' as const, key: ownerKey(this.nodeName, held.owner), expectedRevision: held.ownerRevision }]),
+      ]);
     } catch (error) {
       if (!StoreError.is(error, 'ERR_STORE_CONFLICT')) throw error;
-      await this.#reload();
       return false;
     }
-    this.#orphanOwners.delete(owner);
-    this.#byOffset.set(offset, { owner, ipRevision: revision, ownerRevision: revision });
-    this.#byOwner.set(owner, offset);
+    if (this.#byOffset.get(offset) === held) this.#byOffset.delete(offset);
+    if (this.#byOwner.get(held.owner) === offset) this.#byOwner.delete(held.owner);
     return true;
+  }
+
+  /** Marks `owner` busy until `write` settles. */
+  #track(owner: string, write: Promise<boolean>): Promise<boolean> {
+    const tracked = write.finally(() => {
+      if (this.#busy.get(owner) === tracked) this.#busy.delete(owner);
+    });
+    this.#busy.set(owner, tracked);
+    return tracked;
+  }
+
+  /** Waits until no transaction of ours is in flight. Only under the queue, which starts no new ones. */
+  async #settle(): Promise<void> {
+    while (this.#busy.size > 0) await Promise.allSettled(this.#busy.values());
   }
 
   /**
@@ -250,7 +325,8 @@ export class NodeIpam {
    * IpamExhaustedError when there is none.
    */
   #nextFree(random: boolean): number {
-    if (this.#byOffset.size >= this.capacity) throw new IpamExhaustedError(this.cidr, this.#byOffset.size, this.capacity, this.nodeName);
+    const taken = this.#byOffset.size + this.#reserved.size;
+    if (taken >= this.capacity) throw new IpamExhaustedError(this.cidr, taken, this.capacity, this.nodeName);
     const first = ROUTER_OFFSET + 1;
     const last = cidrSize(this.#pool) - 2; // before the broadcast address
     const span = last - first + 1;
@@ -258,10 +334,10 @@ export class NodeIpam {
     const start = from > last || from < first ? first : from;
     for (let i = 0; i < span; i++) {
       const offset = first + ((start - first + i) % span);
-      if (!this.#byOffset.has(offset)) return offset;
+      if (!this.#byOffset.has(offset) && !this.#reserved.has(offset)) return offset;
     }
     // Unreachable while size < capacity; kept so a bookkeeping bug fails loudly, not silently.
-    throw new IpamExhaustedError(this.cidr, this.#byOffset.size, this.capacity, this.nodeName);
+    throw new IpamExhaustedError(this.cidr, taken, this.capacity, this.nodeName);
   }
 
   #checkAllocatable(ip: string, address: number): number {
@@ -278,6 +354,7 @@ export class NodeIpam {
 
   /** Rebuilds the in-memory view from the store: this node's address records and owner index. */
   async #reload(): Promise<void> {
+    await this.#settle();
     const [ips, owners] = await Promise.all([this.#store.list<IpRecord>(IPS_PREFIX), this.#store.list<OwnerRecord>(ownersPrefix(this.nodeName))]);
     const ownerEntries = new Map(owners.entries.map((e) => [e.key.slice(ownersPrefix(this.nodeName).length), e]));
     this.#byOffset.clear();

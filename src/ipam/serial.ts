@@ -1,8 +1,9 @@
 /**
- * A FIFO of async steps. IPAM reads its in-memory view, picks an address and writes it; running
- * those steps one at a time per pool means concurrent callers in this process never pick the same
- * address and never waste a compare-and-swap round against each other. Other processes (other
- * agents on a shared etcd) are still kept apart by the store's compare-and-swap.
+ * A FIFO of async steps. IPAM reads its in-memory view, picks an address and reserves it in one
+ * step; running those steps one at a time per pool means concurrent callers in this process never
+ * pick the same address and never waste a compare-and-swap round against each other. The writes
+ * themselves run outside the queue, together. Other processes (other agents on a shared etcd) are
+ * still kept apart by the store's compare-and-swap.
  * @module
  */
 export class SerialQueue {

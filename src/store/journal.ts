@@ -12,6 +12,11 @@
  * follows it. That is what makes an emptied, missing or swapped journal detectable: a journal
  * always has a header, written before anything else, atomically (temp + fsync + rename).
  *
+ * Records written together by one group commit (one write, one fdatasync) share one frame,
+ * `{"group":[<record>, …]}`, so a crash or power loss during that write damages at most the last
+ * frame, whichever pages of it reached the disk, and the group is kept or dropped whole; a single
+ * record is written as a plain frame, as before groups existed.
+ *
  * Only the *last* frame can be torn by a crash (appends are fdatasync'ed one at a time), so a bad
  * last frame is cut off — and reported, see `JournalTail` — while a bad frame with a valid frame
  * after it cannot come from a crash and is refused as corruption.
@@ -167,12 +172,13 @@ export function readJournal(data: Buffer, file: string): JournalContents {
       }
       return { header, records, validBytes: offset, tail: { truncatedAt: offset, droppedBytes: data.length - offset, reason: frame.kind === 'bad' ? frame.reason : 'incomplete record' } };
     }
-    const record = decodeRecord(frame.json, file);
-    const expected = (records.at(-1)?.revision ?? header.after) + 1;
-    if (record.revision !== expected) {
-      throw storeError('ERR_STORE_CORRUPT', file, `record at byte ${offset} has revision ${record.revision}, expected ${expected}: records are missing or out of order`);
+    for (const record of decodeRecords(frame.json, file)) {
+      const expected = (records.at(-1)?.revision ?? header.after) + 1;
+      if (record.revision !== expected) {
+        throw storeError('ERR_STORE_CORRUPT', file, `record at byte ${offset} has revision ${record.revision}, expected ${expected}: records are missing or out of order`);
+      }
+      records.push(record);
     }
-    records.push(record);
     offset = frame.end;
   }
   return { header, records, validBytes: offset, tail: undefined };
@@ -183,12 +189,26 @@ function opJson(op: RecordOp): string {
   return op.op === 'put' ? `{"op":"put","key":${JSON.stringify(op.key)},"value":${op.json}}` : `{"op":"delete","key":${JSON.stringify(op.key)}}`;
 }
 
-export function encodeRecord(record: CommitRecord): Buffer {
-  return encodeFrame(`{"revision":${record.revision},"ops":[${record.ops.map(opJson).join(',')}]}`);
+function recordJson(record: CommitRecord): string {
+  return `{"revision":${record.revision},"ops":[${record.ops.map(opJson).join(',')}]}`;
 }
 
-function decodeRecord(json: string, file: string): CommitRecord {
+/** One frame holding `records` (consecutive revisions): a plain record frame if there is one, else a group. */
+export function encodeRecords(records: readonly CommitRecord[]): Buffer {
+  if (records.length === 0) throw new StoreError('ERR_STORE_INVALID_ARGUMENT', 'store: encoding an empty group of records');
+  return encodeFrame(records.length === 1 ? recordJson(records[0]) : `{"group":[${records.map(recordJson).join(',')}]}`);
+}
+
+function decodeRecords(json: string, file: string): CommitRecord[] {
   const parsed = parseJson(json, file, 'a record');
+  if (isRecord(parsed) && 'group' in parsed) {
+    if (!Array.isArray(parsed.group) || parsed.group.length === 0) throw storeError('ERR_STORE_CORRUPT', file, 'malformed record group');
+    return parsed.group.map((record: unknown) => decodeRecord(record, file));
+  }
+  return [decodeRecord(parsed, file)];
+}
+
+function decodeRecord(parsed: unknown, file: string): CommitRecord {
   if (!isRecord(parsed) || !isRevision(parsed.revision) || !Array.isArray(parsed.ops)) throw storeError('ERR_STORE_CORRUPT', file, 'malformed record');
   const ops: RecordOp[] = parsed.ops.map((op: unknown) => {
     if (!isRecord(op) || typeof op.key !== 'string') throw storeError('ERR_STORE_CORRUPT', file, `malformed operation in revision ${parsed.revision}`);

@@ -3,10 +3,13 @@
  * precondition checks of compare-and-swap, the history of committed records since the last
  * compaction, and the watchers fed from it.
  *
- * Writing is split in two so a persistent store can put a journal write in between:
- * `prepare` checks preconditions and builds a `CommitRecord` without changing anything, and
- * `commit` applies it. Both are synchronous, so as long as callers serialise prepare → persist →
- * commit, no other write can slip in between the check and the apply.
+ * Writing is split so a persistent store can put a journal write in between: `prepare` checks
+ * preconditions and builds a `CommitRecord`, `stage` makes later `prepare`s see it (readers and
+ * watchers do not), and `commit` applies it once it is durable; `unstage` forgets staged records
+ * whose write failed. All are synchronous. A store that group-commits prepares and stages several
+ * records one after another, writes them with one sync, then commits them in order: each record's
+ * preconditions were checked against the state including every record before it, so the result is
+ * the same as if they had been written one at a time.
  * @module
  */
 import { StoreConflictError, StoreError, type RevisionMismatch } from './errors.ts';
@@ -93,6 +96,12 @@ export class KvEngine {
   /** Records after `#compactedRevision`, oldest first. */
   #history: CommitRecord[] = [];
   #watchers = new Set<Watcher<unknown>>();
+  /**
+   * Keys written by staged (prepared, not yet durable) records, with the revision of the last
+   * record that wrote them: what `prepare` compares against before the committed entries.
+   */
+  #staged = new Map<string, { readonly revision: number; readonly exists: boolean }>();
+  #stagedRevision = 0;
 
   get revision(): number {
     return this.#revision;
@@ -139,8 +148,8 @@ export class KvEngine {
         throw new StoreError('ERR_STORE_INVALID_ARGUMENT', `store: ${operation}: key ${op.key} appears more than once`);
       }
       seen.add(op.key);
-      const current = this.#entries.get(op.key);
-      const actual = current?.modRevision ?? 0;
+      const staged = this.#staged.get(op.key);
+      const actual = staged === undefined ? (this.#entries.get(op.key)?.modRevision ?? 0) : staged.exists ? staged.revision : 0;
       if (op.expectedRevision !== undefined && op.expectedRevision !== actual) {
         mismatches.push({ key: op.key, expectedRevision: op.expectedRevision, actualRevision: actual });
       }
@@ -149,7 +158,7 @@ export class KvEngine {
           recordOps.push({ op: 'put', key: op.key, json: toJson(`${operation} ${op.key}`, op.value) });
           break;
         case 'delete':
-          if (current !== undefined) recordOps.push({ op: 'delete', key: op.key });
+          if (actual !== 0) recordOps.push({ op: 'delete', key: op.key });
           break;
         case 'check':
           if (op.expectedRevision === undefined) {
@@ -162,7 +171,27 @@ export class KvEngine {
     }
     if (mismatches.length > 0) throw new StoreConflictError(operation, mismatches);
     if (recordOps.length === 0) return undefined;
-    return { revision: this.#revision + 1, ops: recordOps };
+    return { revision: this.stagedRevision + 1, ops: recordOps };
+  }
+
+  /** The revision after every staged record: what a no-op write prepared now would report. */
+  get stagedRevision(): number {
+    return Math.max(this.#revision, this.#stagedRevision);
+  }
+
+  /** Makes `prepare` see `record` (its revision must follow the last staged one) before it is committed. */
+  stage(record: CommitRecord): void {
+    if (record.revision !== this.stagedRevision + 1) {
+      throw new StoreError('ERR_STORE_CORRUPT', `store: staging revision ${record.revision}, expected ${this.stagedRevision + 1}`);
+    }
+    for (const op of record.ops) this.#staged.set(op.key, { revision: record.revision, exists: op.op === 'put' });
+    this.#stagedRevision = record.revision;
+  }
+
+  /** Forgets every staged record not yet committed (their write failed). */
+  unstage(): void {
+    this.#staged.clear();
+    this.#stagedRevision = this.#revision;
   }
 
   /** Applies a prepared (or replayed) record and, unless replaying, tells the watchers. */
@@ -182,6 +211,8 @@ export class KvEngine {
       } else {
         this.#entries.delete(op.key);
       }
+      // A later staged record may have written the key again; only its own overlay entry goes.
+      if (this.#staged.get(op.key)?.revision === record.revision) this.#staged.delete(op.key);
     }
     this.#revision = record.revision;
     this.#history.push(record);

@@ -3,8 +3,9 @@
  *
  * Layout of the directory (format 2, see journal.ts):
  * - `journal.log`: a header (store id, generation, the revision it starts after), then one
- *   length-and-checksum framed record per committed revision, appended and fdatasync'ed before
- *   the write is acknowledged or any watcher hears of it;
+ *   length-and-checksum framed record per group commit (one revision, or several written
+ *   together), appended and fdatasync'ed before any of its writes is acknowledged or any watcher
+ *   hears of it;
  * - `snapshot.json`: the full state at some revision and the generation of the journal that
  *   follows it, replaced atomically (temp + fsync + rename). A store always has one once opened,
  *   so a deleted journal is noticed rather than mistaken for a fresh store;
@@ -17,8 +18,13 @@
  * the state is snapshotted and the journal restarted, which also ends the watch history (watching
  * from older revisions then gives ERR_STORE_COMPACTED).
  *
- * Writes are serialised in-process: precondition check, journal append and in-memory apply run
- * as one step per write, so compare-and-swap holds without any file-level locking.
+ * Writes are group-committed: the writes that arrive while one journal write and fdatasync is in
+ * flight wait, and then go to the journal together, as one frame made durable by one fdatasync.
+ * Each is checked (compare-and-swap) against the state including every write before it, in
+ * arrival order, so the outcome is what writing them one at a time would give; each gets its own
+ * revision; none is acknowledged, readable or seen by a watcher before its bytes are durable, and
+ * watchers then see them in revision order. Everything runs in this process, so compare-and-swap
+ * holds without any file-level locking.
  * @module
  */
 import { randomUUID } from 'node:crypto';
@@ -26,8 +32,8 @@ import { access, mkdir, open, readFile, rename, unlink, type FileHandle } from '
 import { join, resolve } from 'node:path';
 import { StoreError, type StoreErrorCode } from './errors.ts';
 import { fsyncDirectory, removeTempFiles, tempName, writeAll, writeFileAtomic } from './fs-util.ts';
-import { decodeSnapshot, encodeJournalHeader, encodeRecord, encodeSnapshot, readJournal, type JournalHeader, type JournalTail, type SnapshotFile } from './journal.ts';
-import { KvEngine } from './kv-engine.ts';
+import { decodeSnapshot, encodeJournalHeader, encodeRecords, encodeSnapshot, readJournal, type JournalHeader, type JournalTail, type SnapshotFile } from './journal.ts';
+import { KvEngine, type CommitRecord } from './kv-engine.ts';
 import { DirectoryLock } from './lock.ts';
 import type { DeleteResult, KeyValue, ListResult, StateStore, StoreWatch, TxnOp, TxnResult, WatchOptions, WriteOptions, WriteResult } from './types.ts';
 
@@ -110,6 +116,14 @@ async function remedy(dir: string, snapshot: SnapshotFile | undefined, code: Sto
   );
 }
 
+/** A write waiting for the next group commit. */
+interface PendingWrite {
+  readonly operation: string;
+  readonly ops: readonly TxnOp[];
+  readonly resolve: (result: { revision: number; wrote: boolean }) => void;
+  readonly reject: (error: unknown) => void;
+}
+
 /**
  * @example
  * const store = await LocalStateStore.open('/var/lib/ciliate/state');
@@ -129,8 +143,13 @@ export class LocalStateStore implements StateStore {
   /** Id of the store and generation of the current journal, as its header says. */
   #header: JournalHeader;
   #compactAfter: number;
-  /** Tail of the write queue: every write chains onto it. */
+  /** Tail of the step queue: group commits, compactions and close chain onto it, one at a time. */
   #queue: Promise<unknown> = Promise.resolve();
+  /** Writes for the next group commit, in arrival order. */
+  #pending: PendingWrite[] = [];
+  /** Whether a group commit is queued that has not yet taken `#pending`. */
+  #flushQueued = false;
+  #journalSyncs = 0;
   #closed = false;
   #closing: Promise<void> | undefined;
   /** Set when a failed write left the journal in an unknown state: the store refuses further use. */
@@ -275,6 +294,14 @@ export class LocalStateStore implements StateStore {
     return this.#engine.revision;
   }
 
+  /**
+   * fdatasyncs of the journal since opening (appends only, not compactions): fewer than writes
+   * when group commit shared them.
+   */
+  get journalSyncs(): number {
+    return this.#journalSyncs;
+  }
+
   async get<T = unknown>(key: string): Promise<KeyValue<T> | undefined> {
     this.#assertUsable('get');
     return this.#engine.get<T>(key);
@@ -325,18 +352,58 @@ export class LocalStateStore implements StateStore {
   }
 
   #write(operation: string, ops: readonly TxnOp[]): Promise<{ revision: number; wrote: boolean }> {
-    return this.#serialise(operation, async () => {
-      const record = this.#engine.prepare(operation, ops);
-      if (record === undefined) return { revision: this.#engine.revision, wrote: false };
-      await this.#append(operation, encodeRecord(record));
-      // Only now, with the record durable, does anyone (readers, watchers) see the change.
-      this.#engine.commit(record);
-      if (this.#engine.historyLength >= this.#compactAfter) {
-        // The write is already durable in the journal; a failed compaction just retries next time.
-        await this.#compact().catch(() => {});
-      }
-      return { revision: record.revision, wrote: true };
+    // Checked when issued, not when flushed: writes issued before close() still go through.
+    if (this.#closing) return Promise.reject(new StoreError('ERR_STORE_CLOSED', `store: ${operation}: store ${this.directory} is closed`));
+    return new Promise((resolve, reject) => {
+      this.#pending.push({ operation, ops, resolve, reject });
+      if (this.#flushQueued) return;
+      this.#flushQueued = true;
+      // Not through #serialise: #flush checks usability per write and settles every write it
+      // takes, so the step itself never fails and no write is left unanswered.
+      const flush = (): Promise<void> => this.#flush();
+      this.#queue = this.#queue.then(flush, flush).catch(() => {});
     });
+  }
+
+  /**
+   * One group commit: everything pending now, checked in order, written as one frame and made
+   * durable by one fdatasync, then committed (readers and watchers see it) and acknowledged.
+   */
+  async #flush(): Promise<void> {
+    this.#flushQueued = false;
+    const batch = this.#pending.splice(0);
+    const staged: { write: PendingWrite; record: CommitRecord | undefined; revision: number }[] = [];
+    for (const write of batch) {
+      try {
+        this.#assertUsable(write.operation);
+        const record = this.#engine.prepare(write.operation, write.ops);
+        if (record !== undefined) this.#engine.stage(record);
+        // A write with nothing to write (only checks, deletes of absent keys) may have been checked
+        // against staged records: it too is answered only once they are durable.
+        staged.push({ write, record, revision: this.#engine.stagedRevision });
+      } catch (error) {
+        // A conflict or a bad argument fails this write alone; nothing of it was staged.
+        write.reject(error);
+      }
+    }
+    const records = staged.flatMap(({ record }) => (record === undefined ? [] : [record]));
+    if (records.length > 0) {
+      const operation = records.length === 1 ? staged.find((s) => s.record !== undefined)!.write.operation : `group commit of ${records.length} writes (revisions ${records[0].revision}–${records.at(-1)!.revision})`;
+      try {
+        await this.#append(operation, encodeRecords(records));
+      } catch (error) {
+        this.#engine.unstage();
+        for (const { write } of staged) write.reject(error);
+        return;
+      }
+    }
+    // Only now, with the records durable, does anyone (readers, watchers) see them.
+    for (const record of records) this.#engine.commit(record);
+    for (const { write, record, revision } of staged) write.resolve({ revision, wrote: record !== undefined });
+    if (this.#engine.historyLength >= this.#compactAfter) {
+      // The writes are already durable in the journal; a failed compaction just retries next time.
+      await this.#compact().catch(() => {});
+    }
   }
 
   #serialise<R>(operation: string, step: () => Promise<R>): Promise<R> {
@@ -364,6 +431,7 @@ export class LocalStateStore implements StateStore {
       throw ioError(`${operation}: appending to the journal`, cause);
     }
     try {
+      this.#journalSyncs++;
       await this.#journal.datasync();
     } catch (cause) {
       // After a failed fsync the kernel may have dropped the dirty pages and a retry can report
