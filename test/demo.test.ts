@@ -1,24 +1,31 @@
-import { test } from 'node:test';
+/**
+ * The README's first command: the Star Wars demo on one node runs end to end with nothing but
+ * this machine, shows the decisions as hubble's compact flows, and leaves nothing behind.
+ */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
-import { join } from 'node:path';
 import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 const ROOT = join(import.meta.dirname, '..');
 
-test('the README demo shows live events from both directions and the counters, and leaves nothing behind', async () => {
-  const { stdout } = await run(process.execPath, [join(ROOT, 'src/cli/main.ts'), 'demo', '--count', '2'], { cwd: ROOT });
-  const id = /ciliate-demo-([0-9a-f]+)-a/.exec(stdout)?.[1];
+test('the README demo: the TIE fighter lands, the X-wing is dropped by policy as a live flow, and nothing is left behind', async () => {
+  const { stdout } = await run(process.execPath, [join(ROOT, 'src/cli/main.ts'), 'demo', '--requests', '2'], { cwd: ROOT, timeout: 120_000 });
+  const id = /node namespace ciliate-demo-([0-9a-f]+),/.exec(stdout)?.[1];
   assert.ok(id, stdout);
-  const requests = stdout.split('\n').filter((l) => /\bin\s+ICMP\s+10\.200\.0\.1\s+10\.200\.0\.2\s+echo-request/.test(l));
-  const replies = stdout.split('\n').filter((l) => /\bout\s+ICMP\s+10\.200\.0\.2\s+10\.200\.0\.1\s+echo-reply/.test(l));
-  assert.equal(requests.length, 2, stdout);
-  assert.equal(replies.length, 2, stdout);
-  assert.match(stdout, /UDP\s+10\.200\.0\.1:\d+\s+10\.200\.0\.2:7777/);
-  assert.match(stdout, /^ICMP\s+\d+\s+\d+$/m);
-  assert.match(stdout, /events: \d+ read from the ring buffer, 0 lost/);
+  assert.match(stdout, /policy CiliumNetworkPolicy\/default\/rule1 .* enforced at revision \d+/);
+  // The flows, in hubble's compact format: the fighter allowed by rule1, the X-wing's SYNs dropped.
+  assert.match(stdout, /default\/tiefighter:\d+ \(ID:\d+\) -> default\/deathstar-1:80 \(ID:\d+\) policy-verdict:L3-L4 INGRESS CiliumNetworkPolicy\/default\/rule1 ALLOWED \(TCP Flags: SYN\)/);
+  assert.match(stdout, /default\/tiefighter:\d+ \(ID:\d+\) -> default\/deathstar-2:80 \(ID:\d+\) to-endpoint FORWARDED \(TCP Flags: SYN\)/);
+  assert.match(stdout, /default\/xwing:\d+ \(ID:\d+\) -> default\/deathstar-1:80 \(ID:\d+\) Policy denied DROPPED \(TCP Flags: SYN\)/);
+  assert.match(stdout, /tiefighter → deathstar-1 {2}POST \/v1\/request-landing: 200 Ship landed/);
+  assert.match(stdout, /xwing {6}→ deathstar-2 {2}POST \/v1\/request-landing: no answer \(timed out\)/);
+  const verdicts = /flows by verdict: (.*)/.exec(stdout)?.[1] ?? '';
+  assert.match(verdicts, /FORWARDED \d+/);
+  assert.match(verdicts, /DROPPED \d+/);
   const { stdout: netns } = await run('ip', ['netns', 'list']);
   assert.doesNotMatch(netns, new RegExp(`ciliate-demo-${id}`));
   assert.ok(!readdirSync('/sys/fs/bpf').includes(`ciliate-demo-${id}`));

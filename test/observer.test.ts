@@ -200,7 +200,7 @@ test('Star Wars: flows name the pods, identities, labels, verdicts, drop reasons
   const lines = compact.stdout.trim().split('\n');
   assert.ok(lines.length > 0 && lines.length <= 50);
   const line = new RegExp(
-    String.raw`^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d\.\d{3}: default/xwing:\d+ \(ID:${xwing.endpoint.identity}\) -> default/deathstar:80 \(ID:${deathstar.endpoint.identity}\) (POLICY_DENIED DROPPED|policy-verdict:none INGRESS DENIED) \(TCP Flags: SYN\)$`,
+    String.raw`^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d\.\d{3}: default/xwing:\d+ \(ID:${xwing.endpoint.identity}\) -> default/deathstar:80 \(ID:${deathstar.endpoint.identity}\) (Policy denied DROPPED|policy-verdict:none INGRESS DENIED) \(TCP Flags: SYN\)$`,
   );
   for (const l of lines) assert.match(l, line);
   const json = await cli(node, 'observe', '--last', '5', '--type', 'policy-verdict', '--to-pod', 'default/deathstar', '-o', 'json');

@@ -1,151 +1,201 @@
 /**
- * `ciliate demo`: the README's first command. Two network namespaces joined by a veth pair, the
- * demo program attached through TCX on both directions of one end, live per-packet events from
- * the ring buffer, and the per-protocol counters read back from a per-CPU map. Everything it
- * creates (namespaces, links, pins) is removed when it ends, also on Ctrl-C or failure.
+ * `ciliate demo`: the README's first command. Cilium's getting-started scenario on one node with
+ * the embedded store and nothing else: an agent in a node namespace of its own, a Death Star of
+ * two pods serving HTTP on port 80, a TIE fighter (org=empire) and an X-wing (org=alliance), the
+ * L3/L4 policy that lets only the Empire land, both ships asking to land, and every decision as a
+ * live flow in hubble's compact format. Everything it creates (namespaces, the agent, pins, files)
+ * is removed when it ends, also on Ctrl-C or failure.
  * @module
  */
-import { execFile } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync } from 'node:fs';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { randomBytes } from 'node:crypto';
 import type { Command } from 'commander';
-import { BpfObject, RingBuffer, attachTcx, inNetns, u32, type Link } from '../ebpf/index.ts';
-import { DemoDirection, demoCounter, demoEvent } from '../datapath/index.ts';
-import { formatTable } from './output.ts';
+import { AgentClient, type Endpoint } from '../agent/index.ts';
+import { compactLine, connectObserver, type Flow } from '../observer/index.ts';
 
 const run = promisify(execFile);
 const REPO_ROOT = join(import.meta.dirname, '..', '..');
-const SHARED_MAPS = ['demo_counters', 'demo_events', 'demo_events_lost'];
-const PROTOCOLS: Record<number, string> = { 1: 'ICMP', 6: 'TCP', 17: 'UDP' };
-const ICMP_TYPES: Record<number, string> = { 0: 'echo-reply', 3: 'unreachable', 8: 'echo-request' };
+const CLI = join(REPO_ROOT, 'src', 'cli', 'main.ts');
+export const STAR_WARS_POLICY = join(REPO_ROOT, 'examples', 'star-wars', 'rule1.yaml');
+const NODE_IP = '192.0.2.1';
 
 export interface DemoOptions {
-  count: number;
-  object: string;
+  /** Landing requests per ship. */
+  requests: number;
 }
 
 export function registerDemoCommand(program: Command): void {
   program
     .command('demo')
-    .description('two network namespaces, a TCX program on their veth, live packet events and map counters')
-    .option('-c, --count <n>', 'pings to send', (v) => Number.parseInt(v, 10), 5)
-    .option('--object <path>', 'the demo BPF object', join(REPO_ROOT, 'build', 'bpf', 'demo.o'))
+    .description("Cilium's Star Wars demo on one node: pods, an L3/L4 policy, and every decision as a live flow")
+    .option('-r, --requests <n>', 'landing requests per ship', (v) => Number.parseInt(v, 10), 2)
     .action(async (options: DemoOptions) => {
       await runDemo(options, (line) => process.stdout.write(`${line}\n`));
     });
 }
 
+const PODS = [
+  { name: 'deathstar-1', labels: { org: 'empire', class: 'deathstar' } },
+  { name: 'deathstar-2', labels: { org: 'empire', class: 'deathstar' } },
+  { name: 'tiefighter', labels: { org: 'empire', class: 'tiefighter' } },
+  { name: 'xwing', labels: { org: 'alliance', class: 'xwing' } },
+] as const;
+
+/** The Death Star's landing service: POST /v1/request-landing → "Ship landed". */
+const DEATHSTAR = `
+require('node:http').createServer((req, res) => {
+  req.resume();
+  if (req.method === 'POST' && req.url === '/v1/request-landing') res.end('Ship landed\\n');
+  else res.writeHead(404).end();
+}).listen(80, '0.0.0.0', () => console.log('ready'));
+`;
+
+const LANDING = `
+fetch(process.argv[1], { method: 'POST', signal: AbortSignal.timeout(1500) }).then(
+  async (res) => console.log(res.status + ' ' + (await res.text()).trim()),
+  (error) => console.log(error.name === 'TimeoutError' ? 'no answer (timed out)' : String(error.cause?.code ?? error.message)),
+).finally(() => process.exit(0));
+`;
+
 export async function runDemo(options: DemoOptions, print: (line: string) => void): Promise<void> {
-  if (process.getuid?.() !== 0) throw new Error('ciliate demo: must run as root (it creates network namespaces and loads eBPF)');
-  if (!existsSync(options.object)) throw new Error(`ciliate demo: ${options.object} is missing; run \`npm run build\` first`);
   const id = randomBytes(3).toString('hex');
-  const nsA = `ciliate-demo-${id}-a`;
-  const nsB = `ciliate-demo-${id}-b`;
-  const pinDir = `/sys/fs/bpf/ciliate-demo-${id}`;
-  const cleanups: (() => Promise<void> | void)[] = [];
+  const nodeNetns = `ciliate-demo-${id}`;
+  const bpfRoot = `/sys/fs/bpf/ciliate-demo-${id}`;
+  const dir = mkdtempSync(join(tmpdir(), 'ciliate-demo-'));
+  const socket = join(dir, 'ciliate.sock');
+  const children: ChildProcess[] = [];
+  const cleanups: (() => Promise<unknown> | unknown)[] = [() => rmSync(dir, { recursive: true, force: true })];
+  let cleaned = false;
   const cleanup = async () => {
+    if (cleaned) return;
+    cleaned = true;
+    for (const child of children.reverse()) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     for (const undo of cleanups.reverse()) {
       try {
         await undo();
       } catch {
-        // keep undoing the rest
+        // Best effort: the rest must still go.
       }
     }
-    cleanups.length = 0;
   };
   const onSignal = () => void cleanup().then(() => process.exit(130));
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  const inNs = (netns: string, args: string[]) => spawn('nsenter', [`--net=/run/netns/${netns}`, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const addNetns = async (name: string) => {
+    await run('ip', ['netns', 'add', name]);
+    cleanups.push(() => run('ip', ['netns', 'del', name]));
+    await run('ip', ['-n', name, 'link', 'set', 'lo', 'up']);
+  };
   try {
-    print(`creating network namespaces ${nsA} (10.200.0.1) and ${nsB} (10.200.0.2) joined by a veth pair`);
-    await run('ip', ['netns', 'add', nsA]);
-    cleanups.push(() => run('ip', ['netns', 'del', nsA]).then(() => undefined));
-    await run('ip', ['netns', 'add', nsB]);
-    cleanups.push(() => run('ip', ['netns', 'del', nsB]).then(() => undefined));
-    await run('ip', ['link', 'add', `cd${id}a`, 'netns', nsA, 'type', 'veth', 'peer', 'name', `cd${id}b`, 'netns', nsB]);
-    for (const [ns, dev, addr] of [[nsA, `cd${id}a`, '10.200.0.1/24'], [nsB, `cd${id}b`, '10.200.0.2/24']] as const) {
-      await run('ip', ['-n', ns, 'link', 'set', dev, 'name', 'eth0']);
-      await run('ip', ['-n', ns, 'addr', 'add', addr, 'dev', 'eth0']);
-      await run('ip', ['-n', ns, 'link', 'set', 'eth0', 'up']);
-      await run('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
+    print("Ciliate demo: Cilium's Star Wars scenario on one node (embedded store, no external service)");
+    await addNetns(nodeNetns);
+    // The node's underlay: one address on a veth pair (the agent takes the pods' MTU from it).
+    await run('ip', ['-n', nodeNetns, 'link', 'add', 'uplink0', 'type', 'veth', 'peer', 'name', 'uplink1']);
+    await run('ip', ['-n', nodeNetns, 'addr', 'add', `${NODE_IP}/32`, 'dev', 'uplink0']);
+    await run('ip', ['-n', nodeNetns, 'link', 'set', 'uplink0', 'up']);
+    await run('ip', ['-n', nodeNetns, 'link', 'set', 'uplink1', 'up']);
+    cleanups.push(() => rmSync(bpfRoot, { recursive: true, force: true }));
+    const agent = inNs(nodeNetns, [
+      process.execPath, CLI, 'agent', '--node-name', 'demo', '--state-dir', join(dir, 'state'), '--socket-path', socket,
+      '--bpf-root', bpfRoot, '--node-ip', NODE_IP, '--routing-mode', 'native', '--hubble-listen-address', '', '--log-level', 'warn',
+    ]);
+    children.push(agent);
+    let agentLog = '';
+    agent.stdout?.on('data', (chunk: Buffer) => (agentLog = (agentLog + chunk.toString()).slice(-4000)));
+    agent.stderr?.on('data', (chunk: Buffer) => (agentLog = (agentLog + chunk.toString()).slice(-4000)));
+    const client = new AgentClient(socket);
+    await waitFor(async () => existsSync(socket) && (await client.get('/v1/healthz').then(() => true, () => false)), 20_000, () => `the agent did not come up:\n${agentLog}`);
+    print(`node namespace ${nodeNetns}, agent pid ${agent.pid}, pinned under ${bpfRoot}`);
+
+    const endpoints = new Map<string, Endpoint>();
+    for (const pod of PODS) {
+      const netns = `${nodeNetns}-${pod.name}`;
+      await addNetns(netns);
+      const endpoint = await client.call<Endpoint>('POST', '/v1/endpoints', { containerId: `${id}-${pod.name}`, ifname: 'eth0', netns: `/run/netns/${netns}`, labels: pod.labels, podName: pod.name });
+      endpoints.set(pod.name, endpoint);
+      print(`  pod default/${pod.name.padEnd(12)} ${endpoint.ipv4.padEnd(12)} identity ${String(endpoint.identity).padEnd(6)} ${Object.entries(pod.labels).map(([k, v]) => `${k}=${v}`).join(',')}`);
+    }
+    for (const name of ['deathstar-1', 'deathstar-2']) {
+      const server = inNs(`${nodeNetns}-${name}`, [process.execPath, '-e', DEATHSTAR]);
+      children.push(server);
+      await new Promise<void>((resolve, reject) => {
+        server.stdout?.once('data', () => resolve());
+        server.once('exit', (code) => reject(new Error(`the ${name} server exited with ${code}`)));
+      });
     }
 
-    // One object, loaded twice with a different .rodata constant; the copies share their maps through pins.
-    mkdirSync(pinDir, { recursive: true });
-    cleanups.push(() => rmSync(pinDir, { recursive: true, force: true }));
-    const links: Link[] = [];
-    cleanups.push(() => links.forEach((link) => link.close()));
-    const objects: BpfObject[] = [];
-    cleanups.push(() => objects.forEach((obj) => obj.close()));
-    for (const [direction, value] of [['ingress', DemoDirection.INGRESS], ['egress', DemoDirection.EGRESS]] as const) {
-      const started = performance.now();
-      const obj = BpfObject.load(options.object, { constants: { DEMO_DIRECTION: value }, pin: { dir: pinDir, maps: SHARED_MAPS } });
-      objects.push(obj);
-      links.push(inNetns(`/run/netns/${nsB}`, () => attachTcx(obj.program('demo_observe'), { interface: 'eth0', direction })));
-      print(`attached demo_observe to ${nsB}/eth0 TCX ${direction} (loaded and attached in ${(performance.now() - started).toFixed(1)} ms)`);
+    const yaml = readFileSync(STAR_WARS_POLICY, 'utf8');
+    const imported = await client.call<{ rules: string[]; revision: number }>('POST', '/v1/policies', { yaml, file: STAR_WARS_POLICY });
+    await client.get(`/v1/policy/wait?revision=${imported.revision}&scope=node`);
+    print(`policy ${imported.rules.join(', ')} (${STAR_WARS_POLICY.slice(REPO_ROOT.length + 1)}): only org=empire may reach class=deathstar, on 80/TCP; enforced at revision ${imported.revision}`);
+
+    // Every decision about the Death Star, live, as `hubble observe --pod default/deathstar -f` prints it.
+    print('');
+    print('live flows (hubble observe --pod default/deathstar --follow):');
+    const observer = connectObserver(`unix:${join(dir, 'hubble.sock')}`);
+    const stream = observer.getFlows({ follow: true, whitelist: [{ sourcePod: ['default/deathstar'] }, { destinationPod: ['default/deathstar'] }] });
+    const verdicts = new Map<string, number>();
+    const flowsDone = (async () => {
+      try {
+        for await (const response of stream) {
+          const flow = response.flow as Flow | undefined;
+          if (!flow) continue;
+          verdicts.set(flow.verdict ?? 'VERDICT_UNKNOWN', (verdicts.get(flow.verdict ?? 'VERDICT_UNKNOWN') ?? 0) + 1);
+          print(`  ${compactLine(flow, { policyNames: true })}`);
+        }
+      } catch {
+        // Cancelled at the end.
+      }
+    })();
+    await sleep(300);
+
+    const landings: string[] = [];
+    for (let i = 0; i < options.requests; i++) {
+      for (const ship of ['tiefighter', 'xwing']) {
+        const target = endpoints.get(`deathstar-${(i % 2) + 1}`)!;
+        const child = inNs(`${nodeNetns}-${ship}`, [process.execPath, '-e', LANDING, `http://${target.ipv4}/v1/request-landing`]);
+        let answer = '';
+        child.stdout?.on('data', (chunk: Buffer) => (answer += chunk.toString()));
+        await new Promise((resolve) => child.once('exit', resolve));
+        landings.push(`  ${ship.padEnd(10)} → deathstar-${(i % 2) + 1}  POST /v1/request-landing: ${answer.trim()}`);
+      }
     }
-    const maps = objects[0];
-    const counters = maps.map('demo_counters').withCodecs(u32, demoCounter);
-    const ring = new RingBuffer(maps.map('demo_events'), { lostCounter: maps.map('demo_events_lost') });
-    cleanups.push(() => ring.close());
+    await sleep(500);
+    stream.cancel();
+    await flowsDone;
+    observer.close();
 
     print('');
-    print(eventLine(['time', 'dir', 'proto', 'source', 'destination', 'info', 'bytes']));
-    const t0 = process.hrtime.bigint();
-    let shown = 0;
-    let buffer: Buffer | undefined;
-    ring.start((_view, offset, _length, bytes) => {
-      buffer ??= Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-      const ev = demoEvent.decode(buffer, offset);
-      shown++;
-      print(formatEvent(ev, t0));
-    });
-
-    print(`(pinging ${options.count} times from ${nsA}, then one UDP datagram)`);
-    await run('ip', ['netns', 'exec', nsA, 'ping', '-c', String(options.count), '-i', '0.2', '-W', '1', '10.200.0.2']);
-    await run('ip', ['netns', 'exec', nsA, 'bash', '-c', 'echo hello > /dev/udp/10.200.0.2/7777']);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-    ring.consume(() => undefined);
-    ring.stop();
-
+    print('landing requests:');
+    for (const line of landings) print(line);
     print('');
-    print(`counters read back from the per-CPU map demo_counters (summed over CPUs):`);
-    const rows: string[][] = [];
-    for (const [proto, perCpu] of counters.entriesPerCpu()) {
-      const packets = perCpu.reduce((sum, c) => sum + c.packets, 0);
-      if (packets === 0) continue;
-      rows.push([PROTOCOLS[proto] ?? String(proto), String(packets), String(perCpu.reduce((sum, c) => sum + c.bytes, 0))]);
-    }
-    print(formatTable(['protocol', 'packets', 'bytes'], rows));
-    const stats = ring.stats();
+    print(`flows by verdict: ${[...verdicts].map(([verdict, n]) => `${verdict} ${n}`).join(', ') || 'none'}`);
     print('');
-    print(`events: ${stats.records} read from the ring buffer, ${stats.lost} lost; ${shown} shown`);
+    print('try next, against an agent of your own (ciliate agent):');
+    print('  ciliate observe --verdict DROPPED          # the denied SYNs, as hubble shows them');
+    print('  hubble observe --server unix:///var/run/ciliate/hubble.sock --last 20   # the stock hubble CLI, if installed');
+    print('  ciliate policy trace --src org=alliance --dst org=empire,class=deathstar --dport 80/TCP');
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
     await cleanup();
   }
+  print(`cleaned up: ${nodeNetns} and its pods, the agent, ${bpfRoot}`);
 }
 
-const EVENT_COLUMNS = [10, 4, 6, 22, 22, 13];
-
-function eventLine(cells: readonly string[]): string {
-  return cells.map((cell, i) => cell.padEnd(EVENT_COLUMNS[i] ?? 0)).join('');
+async function waitFor(ready: () => Promise<boolean>, timeoutMs: number, why: () => string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await ready())) {
+    if (Date.now() > deadline) throw new Error(why());
+    await sleep(100);
+  }
 }
 
-function formatEvent(ev: ReturnType<typeof demoEvent.decode>, t0: bigint): string {
-  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-  const proto = PROTOCOLS[ev.protocol] ?? String(ev.protocol);
-  const ports = ev.protocol === 6 || ev.protocol === 17;
-  return eventLine([
-    `+${ms.toFixed(1)}ms`,
-    ev.direction === DemoDirection.INGRESS ? 'in' : 'out',
-    proto,
-    ports ? `${ev.saddr}:${ev.sport}` : ev.saddr,
-    ports ? `${ev.daddr}:${ev.dport}` : ev.daddr,
-    ev.protocol === 1 ? (ICMP_TYPES[ev.icmp_type] ?? `type ${ev.icmp_type}`) : '',
-    String(ev.length),
-  ]);
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -5,20 +5,23 @@
  * @module
  */
 
-/** One row per reason: the C enumerator, its number, and Hubble's DropReason name. */
+/**
+ * One row per reason: the C enumerator, its number, Hubble's DropReason name, and the description
+ * Cilium's monitor and hubble's compact output print ("Policy denied").
+ */
 const DROP_REASON_ROWS = [
-  ['DROP_INVALID_SIP', 132, 'INVALID_SOURCE_IP'],
-  ['DROP_POLICY', 133, 'POLICY_DENIED'],
-  ['DROP_INVALID_PACKET', 134, 'INVALID_PACKET_DROPPED'],
-  ['DROP_CT_INVALID_HDR', 135, 'CT_TRUNCATED_OR_INVALID_HEADER'],
-  ['DROP_UNKNOWN_L3', 139, 'UNSUPPORTED_L3_PROTOCOL'],
-  ['DROP_UNROUTABLE', 151, 'STALE_OR_UNROUTABLE_IP'],
-  ['DROP_CT_MAP_INSERTION_FAILED', 155, 'CT_MAP_INSERTION_FAILED'],
-  ['DROP_NO_TUNNEL_ENDPOINT', 160, 'NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT'],
-  ['DROP_FIB_LOOKUP_FAILED', 169, 'FIB_LOOKUP_FAILED'],
-  ['DROP_INVALID_IDENTITY', 171, 'INVALID_IDENTITY'],
-  ['DROP_POLICY_DENY', 181, 'POLICY_DENY'],
-  ['DROP_EP_NOT_READY', 203, 'DROP_EP_NOT_READY'],
+  ['DROP_INVALID_SIP', 132, 'INVALID_SOURCE_IP', 'Invalid source ip'],
+  ['DROP_POLICY', 133, 'POLICY_DENIED', 'Policy denied'],
+  ['DROP_INVALID_PACKET', 134, 'INVALID_PACKET_DROPPED', 'Invalid packet'],
+  ['DROP_CT_INVALID_HDR', 135, 'CT_TRUNCATED_OR_INVALID_HEADER', 'CT: Truncated or invalid header'],
+  ['DROP_UNKNOWN_L3', 139, 'UNSUPPORTED_L3_PROTOCOL', 'Unsupported L3 protocol'],
+  ['DROP_UNROUTABLE', 151, 'STALE_OR_UNROUTABLE_IP', 'Stale or unroutable IP'],
+  ['DROP_CT_MAP_INSERTION_FAILED', 155, 'CT_MAP_INSERTION_FAILED', 'CT: Map insertion failed'],
+  ['DROP_NO_TUNNEL_ENDPOINT', 160, 'NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT', 'No tunnel/encapsulation endpoint (datapath BUG!)'],
+  ['DROP_FIB_LOOKUP_FAILED', 169, 'FIB_LOOKUP_FAILED', 'FIB lookup failed'],
+  ['DROP_INVALID_IDENTITY', 171, 'INVALID_IDENTITY', 'Invalid identity'],
+  ['DROP_POLICY_DENY', 181, 'POLICY_DENY', 'Policy denied by denylist'],
+  ['DROP_EP_NOT_READY', 203, 'DROP_EP_NOT_READY', 'Endpoint not ready'],
 ] as const;
 
 type Row = (typeof DROP_REASON_ROWS)[number];
@@ -38,3 +41,10 @@ export const DropReason: Readonly<Record<number, string>> = Object.freeze(
 export function dropReasonName(code: number): string {
   return DropReason[code] ?? `UNKNOWN_DROP_REASON(${code})`;
 }
+
+/** How Cilium's monitor and hubble's compact output describe a drop reason ("Policy denied"). */
+export function dropReasonDescription(code: number): string {
+  return DROP_REASON_DESCRIPTIONS.get(code) ?? dropReasonName(code);
+}
+
+const DROP_REASON_DESCRIPTIONS: ReadonlyMap<number, string> = new Map(DROP_REASON_ROWS.map(([, code, , description]) => [code, description]));

@@ -5,7 +5,7 @@
  */
 import { identityName } from '../identity/index.ts';
 import { POLICY_MATCH_NAME, type PolicyMatch } from '../policy/index.ts';
-import { dropReasonName, MonitorEventType, tracePointName } from '../datapath/index.ts';
+import { dropReasonDescription, MonitorEventType, tracePointName } from '../datapath/index.ts';
 import { TCP_FLAG_KEYS, timestampToNs, type Flow, type FlowEndpoint, type GetFlowsResponse, type Timestamp } from './types.ts';
 
 export const OUTPUT_FORMATS = ['compact', 'dict', 'json', 'jsonpb', 'table'] as const;
@@ -65,7 +65,8 @@ function isPolicyVerdict(flow: Flow): boolean {
 export function flowType(flow: Flow): string {
   const type = flow.eventType?.type;
   if (type === MonitorEventType.TRACE) return tracePointName(flow.eventType?.subType ?? 0);
-  if (type === MonitorEventType.DROP) return dropReasonName(flow.dropReason ?? 0);
+  // As hubble prints it: "Policy denied DROPPED".
+  if (type === MonitorEventType.DROP) return dropReasonDescription(flow.dropReason ?? 0);
   if (type === MonitorEventType.POLICY_VERDICT) {
     const match = POLICY_MATCH_NAME[(flow.policyMatchType ?? 0) as PolicyMatch] ?? String(flow.policyMatchType ?? 0);
     const direction = flow.trafficDirection === 'INGRESS' ? 'INGRESS' : flow.trafficDirection === 'EGRESS' ? 'EGRESS' : 'UNKNOWN';
