@@ -20,3 +20,12 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --no-fund --no-audit
 fi
 npm run --silent build
+# `ciliate` on the PATH, running the CLI on the Node 24 the npm package brought, with bash completion.
+repo=$(pwd)
+cat > /usr/local/bin/ciliate <<WRAPPER
+#!/bin/sh
+exec "$repo/node_modules/.bin/node" "$repo/src/cli/main.ts" "\$@"
+WRAPPER
+chmod 0755 /usr/local/bin/ciliate
+mkdir -p /usr/share/bash-completion/completions
+/usr/local/bin/ciliate completion bash > /usr/share/bash-completion/completions/ciliate

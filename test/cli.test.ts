@@ -9,6 +9,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import type { Endpoint, NodeRecord } from '../src/agent/index.ts';
 import { Addr, Prefix } from '../src/net/index.ts';
 import { ROOT, TestNode, echo, echoServer, ping, uniqueName } from './support/cluster.ts';
@@ -200,4 +201,16 @@ test('ciliate status, endpoint, node and bpf listings show the running node, its
       `a table row for the connection:\n${rows.map((r) => JSON.stringify(r)).join('\n')}`,
     );
   });
+});
+
+test('after setup, ciliate is a command on the PATH with bash completion of its subcommands and flags', async () => {
+  const run = promisify(execFile);
+  const help = await run('ciliate', ['--help']);
+  assert.match(help.stdout, /^Usage: ciliate /);
+  const script = await run('ciliate', ['completion', 'bash']);
+  const complete = async (...words: string[]) =>
+    (await run('bash', ['-c', `${script.stdout}\nCOMP_WORDS=(${words.map((w) => JSON.stringify(w)).join(' ')}); COMP_CWORD=${words.length - 1}; _ciliate; echo "\${COMPREPLY[@]}"`])).stdout.trim();
+  assert.equal(await complete('ciliate', 'obs'), 'observe');
+  assert.match(await complete('ciliate', 'policy', ''), /\bimport\b.*\btrace\b/);
+  assert.equal(await complete('ciliate', 'observe', '--verdict', 'DROPPED', '--fol'), '--follow');
 });

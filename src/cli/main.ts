@@ -10,6 +10,7 @@ import { registerBpfCommands } from './bpf.ts';
 import { registerDemoCommand } from './demo.ts';
 import { registerAgentCommands } from './agent.ts';
 import { registerCniCommands } from './cni.ts';
+import { registerCompletionCommand } from './completion.ts';
 import { registerObserveCommand } from './observe.ts';
 import { registerPolicyCommands } from './policy.ts';
 
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   registerCniCommands(program);
   registerPolicyCommands(program);
   registerObserveCommand(program);
+  registerCompletionCommand(program);
   return program;
 }
 
