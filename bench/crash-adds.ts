@@ -1,7 +1,8 @@
 /**
  * `crash-adds`: what a kill -9 of the agent at a random moment during 50 parallel endpoint adds
  * leaves behind once a new agent has started (issue 9's crash-safety figure). Per trial: 50 pod
- * namespaces, 50 POST /v1/endpoints at once, a kill -9 after a random 0–1500 ms, a restart; then
+ * namespaces, 50 POST /v1/endpoints at once, a kill -9 once a random number (0–45) of them have
+ * answered plus a random 0–100 ms (so every trial dies inside the burst, however fast the machine), a restart; then
  * the orphans are counted:
  *
  *   links        host ends of pod links the agent made (its link group) that no endpoint owns
@@ -69,14 +70,20 @@ export async function run(ctx: BenchContext): Promise<void> {
     const node = await BenchNode.start(cleanups, { prefix: 'ccra' });
     for (let trial = 1; trial <= trials; trial++) {
       const pods = await Promise.all(Array.from({ length: PODS }, async () => ({ netns: await addNetns(cleanups, 'ccrp'), containerId: uniqueName('crash') })));
+      let answered = 0;
       const adds = pods.map((pod) =>
         node.client.call<Endpoint>('POST', '/v1/endpoints', { containerId: pod.containerId, ifname: 'eth0', netns: netnsPath(pod.netns) }).then(
-          () => true,
+          () => (answered++, true),
           () => false,
         ),
       );
-      const killAfter = Math.floor(Math.random() * 1500);
-      await sleep(killAfter);
+      // A random point of the burst, whatever the machine's speed: after a random number of adds
+      // have answered (0–45), then a random few more milliseconds.
+      const waitFor = Math.floor(Math.random() * 46);
+      const began = Date.now();
+      while (answered < waitFor && Date.now() - began < 60_000) await sleep(5);
+      await sleep(Math.floor(Math.random() * 100));
+      const killAfter = Date.now() - began;
       await node.killAndRestart();
       const done = (await Promise.all(adds)).filter(Boolean).length;
       const { orphans, recorded } = await countOrphans(node, pods);
