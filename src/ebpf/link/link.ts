@@ -9,7 +9,7 @@ import { BpfError } from '../errors.ts';
 import { objGet, objInfo, objPin } from '../map.ts';
 import { BpfCommand, LinkType } from '../internal/constants.ts';
 import { LinkCreateAttr, LinkDetachAttr, LinkInfo, LinkUpdateAttr } from '../internal/attr.ts';
-import { bpf, close } from '../internal/sys.ts';
+import { bpf, bpfAsync, close } from '../internal/sys.ts';
 
 export interface LinkInfoData {
   type: LinkType;
@@ -126,11 +126,32 @@ export function createLink(
   context: string,
   fill?: (attr: Buffer) => void,
 ): number {
+  return bpf(BpfCommand.LINK_CREATE, linkCreateAttr(programFd, target, attachType, flags, fill), context);
+}
+
+/**
+ * createLink() on libuv's thread pool, for attach types whose attach waits for an RCU grace
+ * period (TCX); the target (an ifindex) is resolved in the network namespace open as `netnsFd`.
+ */
+export function createLinkAsync(
+  programFd: number,
+  target: number,
+  attachType: number,
+  flags: number,
+  context: string,
+  netnsFd: number,
+  fill?: (attr: Buffer) => void,
+): Promise<number> {
+  const attr = linkCreateAttr(programFd, target, attachType, flags, fill);
+  return bpfAsync(BpfCommand.LINK_CREATE, attr, context, attr.length, netnsFd);
+}
+
+function linkCreateAttr(programFd: number, target: number, attachType: number, flags: number, fill?: (attr: Buffer) => void): Buffer {
   const attr = Buffer.alloc(LinkCreateAttr.size);
   attr.writeUInt32LE(programFd, LinkCreateAttr.progFd);
   attr.writeUInt32LE(target, LinkCreateAttr.target);
   attr.writeUInt32LE(attachType, LinkCreateAttr.attachType);
   attr.writeUInt32LE(flags, LinkCreateAttr.flags);
   fill?.(attr);
-  return bpf(BpfCommand.LINK_CREATE, attr, context);
+  return attr;
 }
