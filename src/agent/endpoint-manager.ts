@@ -287,13 +287,20 @@ export class EndpointManager {
     const hostIfname = hostInterfaceName(request.containerId, request.ifname);
     const id = this.#reserveId();
     const undo: (() => Promise<unknown>)[] = [];
+    // When each step finished, in ms since the add began: the log line of every add says where
+    // its time went (several steps overlap, so they do not add up).
+    const started = performance.now();
+    const ms: Record<string, number> = {};
+    const mark = (step: string) => (ms[step] = Math.round((performance.now() - started) * 10) / 10);
     try {
       const address = await this.#ipam.allocate(key);
+      mark('ipam');
       undo.push(() => this.#ipam.release(key));
       const labels = request.labels ?? {};
       const namespace = request.namespace ?? DEFAULT_NAMESPACE;
       const identity = await this.#allocateIdentity({ labels, namespace });
       undo.push(() => this.#identities.release(identity));
+      mark('identity');
 
       // Everything that waits in the kernel runs at once, off the event loop: the policy map goes
       // in (its outer-map write waits out an RCU grace period on libuv's thread pool), the pair is
@@ -302,7 +309,7 @@ export class EndpointManager {
       // map entry (below), after the policy is in place.
       const policy = Promise.resolve(this.#policy?.addEndpoint(id, this.#securityLabels({ labels, namespace })));
       // Awaited below; until then a failure must not count as unhandled.
-      policy.catch(() => undefined);
+      policy.then(() => mark('policy'), () => undefined);
       undo.push(async () => {
         await policy.catch(() => undefined);
         this.#policy?.removeEndpoint(id);
@@ -311,18 +318,20 @@ export class EndpointManager {
       // A failed creation made nothing, and EEXIST means the name is someone else's: no undo.
       const host = await this.#createVeth(key, hostIfname, request, mtu);
       undo.push(() => this.#hostNetlink().deleteLink(host.ifindex));
+      mark('veth');
       const attaching = Promise.resolve(this.#datapath.attach?.({ id, hostIfindex: host.ifindex }));
-      attaching.catch(() => undefined);
+      attaching.then(() => mark('attach'), () => undefined);
       undo.push(async () => {
         await attaching.catch(() => undefined);
         await this.#datapath.detach?.(id);
       });
       const [pod] = await Promise.all([
-        this.#plumbPod(request, address, host.mac),
+        this.#plumbPod(request, address, host.mac).then((link) => (mark('pod'), link)),
         Promise.resolve()
           .then(() => disableIpv6(this.#hostNetlink(), hostIfname))
           .then(() => this.#hostNetlink().setLink(host.ifindex, { up: true }))
-          .then(() => this.#hostNetlink().replaceRoute({ dst: `${address}/32`, dev: host.ifindex, scope: 'link' })),
+          .then(() => this.#hostNetlink().replaceRoute({ dst: `${address}/32`, dev: host.ifindex, scope: 'link' }))
+          .then(() => mark('host')),
         policy,
         attaching,
       ]);
@@ -345,6 +354,7 @@ export class EndpointManager {
       };
       await this.#store.put(this.#storeKey(key), endpoint, { expectedRevision: 0 });
       undo.push(() => this.#store.delete(this.#storeKey(key)));
+      mark('store');
       this.#ipcache.upsert(localIpcacheEntry(endpoint));
       undo.push(async () => {
         this.#ipcache.delete(`${endpoint.ipv4}/32`);
@@ -357,7 +367,8 @@ export class EndpointManager {
       await Promise.all([this.#reconciler.waitFor(revision), this.#ipcache.synced()]);
       const status = this.#reconciler.status(key);
       if (status?.state !== 'done') throw new EndpointError('ERR_DATAPATH', `realizing endpoint ${endpoint.id}: ${status?.error ?? 'not realized'}`);
-      this.#log.info({ endpoint: endpoint.id, container: request.containerId, ip: address, host: hostIfname }, 'endpoint added');
+      mark('realized');
+      this.#log.info({ endpoint: endpoint.id, container: request.containerId, ip: address, host: hostIfname, ms }, 'endpoint added');
       return endpoint;
     } catch (error) {
       for (const step of undo.reverse()) {
