@@ -10,7 +10,7 @@
 import { mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
-import { attachTcxAsync, BpfError, BpfMap, unpinLink, type BpfObject, type TcxDirection } from '../ebpf/index.ts';
+import { attachTcxAsync, BpfError, BpfMap, Link, Program, unpinLink, type BpfObject, type TcxDirection } from '../ebpf/index.ts';
 import { LxcProgram, loadLxc } from './lxc.ts';
 import { linkServesInterface } from './pins.ts';
 import {
@@ -71,8 +71,10 @@ export class EndpointDatapath {
   readonly #programs: BpfObject;
   /** Attaches in flight by endpoint id, so attach() and realize() of one endpoint share one. */
   readonly #attaching = new Map<number, { ifindex: number; done: Promise<void> }>();
-  /** Endpoint ids whose links this process attached or has adopted (for the log's sake). */
+  /** Endpoint ids whose links this process attached or has adopted. */
   readonly #known = new Set<number>();
+  /** Tags of this load's programs, by name (#adopt compares them). */
+  readonly #tags = new Map<string, string>();
   readonly lxc: BpfMap<{ ip: string }, EndpointInfo>;
   readonly lxcIfindex: BpfMap<number, { ip: string }>;
   readonly ipcache: BpfMap<{ prefixlen: number; ip: string }, RemoteEndpointInfo>;
@@ -195,8 +197,8 @@ export class EndpointDatapath {
       node_mac: endpoint.hostMac,
       sec_identity: endpoint.identity,
     };
-    // Links a previous agent pinned, found serving the interface: kept as they are.
     const adopted = !this.#known.has(endpoint.id);
+    if (adopted) this.#adopt(endpoint);
     this.#known.add(endpoint.id);
     const existing = this.lxc.lookup({ ip: endpoint.ipv4 });
     const changed = !existing || JSON.stringify(existing) !== JSON.stringify(info);
@@ -204,6 +206,34 @@ export class EndpointDatapath {
     if (this.lxcIfindex.lookup(endpoint.hostIfindex)?.ip !== endpoint.ipv4) this.lxcIfindex.update(endpoint.hostIfindex, { ip: endpoint.ipv4 });
     const action = adopted ? 'adopted' : !changed ? undefined : existing ? 'updated' : 'serving';
     if (action) this.#log.debug({ endpoint: endpoint.id, identity: endpoint.identity }, `${action} datapath`);
+  }
+
+  /**
+   * Links a previous agent pinned, found serving the interface, stay; but they run that agent's
+   * programs, which an older build may have compiled differently (before this one, with the
+   * endpoint's identity as a constant, which a new identity would not reach). A program whose tag
+   * (the hash of its instructions) is not this load's is swapped in place for this load's
+   * (BPF_LINK_UPDATE: the interface is never without a program); a restart of the same build
+   * swaps nothing.
+   */
+  #adopt(endpoint: Pick<DatapathEndpoint, 'id'>): void {
+    const dir = this.#endpointDir(endpoint.id);
+    const swapped: string[] = [];
+    for (const { program, pin } of ATTACHMENTS) {
+      const ours = this.#programs.program(program);
+      using link = Link.openPinned(join(dir, pin));
+      using running = Program.fromId(link.info().programId);
+      if (running.info().tag === this.#tag(ours)) continue;
+      link.update(ours);
+      swapped.push(pin);
+    }
+    if (swapped.length > 0) this.#log.info({ endpoint: endpoint.id, links: swapped }, "swapped an older build's programs for this agent's");
+  }
+
+  #tag(program: Program): string {
+    let tag = this.#tags.get(program.name);
+    if (tag === undefined) this.#tags.set(program.name, (tag = program.info().tag));
+    return tag;
   }
 
   /**
