@@ -10,7 +10,7 @@
 import { mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
-import { attachTcxAsync, BpfError, BpfMap, Link, Program, unpinLink, type BpfObject, type TcxDirection } from '../ebpf/index.ts';
+import { attachTcxAsync, BpfError, BpfMap, Link, Program, unpinLink, unpinLinkAsync, type BpfObject, type TcxDirection } from '../ebpf/index.ts';
 import { LxcProgram, loadLxc } from './lxc.ts';
 import { linkServesInterface } from './pins.ts';
 import {
@@ -152,29 +152,33 @@ export class EndpointDatapath {
     const dir = this.#endpointDir(endpoint.id);
     mkdirSync(dir, { recursive: true });
     const missing = ATTACHMENTS.filter(({ pin }) => !linkServesInterface(join(dir, pin), endpoint.hostIfindex));
-    const results = await Promise.allSettled(
+    await settled(
       missing.map(async ({ program, direction, pin }) => {
         unpinLink(join(dir, pin));
         using link = await attachTcxAsync(this.#programs.program(program), { interface: endpoint.hostIfindex, direction, netns: this.#netns });
         link.pin(join(dir, pin));
       }),
     );
-    // Both settle before this does: a failed attach must not leave the other still running
-    // while a retry or a remove starts.
-    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
     if (missing.length > 0) {
       this.#known.add(endpoint.id);
       this.#log.debug({ endpoint: endpoint.id, ifindex: endpoint.hostIfindex, links: missing.map((a) => a.pin) }, 'attached datapath');
     }
   }
 
-  /** Drops what attach() did for an endpoint that will not be realized after all. */
+  /**
+   * Drops what attach() did for an endpoint that will not be realized after all (and what
+   * realize() attached, for remove()). Both links are detached at once off the event loop: each
+   * detach waits out an RCU grace period.
+   */
   async detach(endpointId: number): Promise<void> {
     await this.#attaching.get(endpointId)?.done.catch(() => undefined);
-    this.#removePins(endpointId);
+    this.#known.delete(endpointId);
+    const dir = this.#endpointDir(endpointId);
+    await settled(ATTACHMENTS.map(({ pin }) => unpinLinkAsync(join(dir, pin))));
+    rmSync(dir, { recursive: true, force: true });
   }
 
+  /** detach() for a start (sweep), when nothing else runs yet. */
   #removePins(id: number): void {
     this.#known.delete(id);
     const dir = this.#endpointDir(id);
@@ -298,6 +302,15 @@ export class EndpointDatapath {
     this.lxcIfindex.close();
     this.ipcache.close();
   }
+}
+
+/**
+ * Waits for every one, then throws the first failure: one failed attach or detach must not leave
+ * the other still running while a retry or a remove starts.
+ */
+async function settled(work: readonly Promise<unknown>[]): Promise<void> {
+  const failed = (await Promise.allSettled(work)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
 }
 
 /**

@@ -1,9 +1,10 @@
 import { test } from 'node:test';
+import { existsSync } from 'node:fs';
 import assert from 'node:assert/strict';
 import { BpfObject } from '../object.ts';
 import { attachTcx, attachTcxAsync, queryTcx } from './tcx.ts';
 import { attachXdp } from './xdp.ts';
-import { Link, unpinLink } from './link.ts';
+import { Link, unpinLink, unpinLinkAsync } from './link.ts';
 import { inNetns } from '../netns.ts';
 import { u32, u64 } from '../codec.ts';
 import { LinkType } from '../internal/constants.ts';
@@ -98,7 +99,7 @@ test('XDP in native and generic mode on veth', (t) => {
   }
 });
 
-test('attachTcxAsync attaches off the event loop, in parallel, in the namespace it is given or called from', async (t) => {
+test('attachTcxAsync attaches off the event loop, in parallel, in the namespace it is given or called from; unpinLinkAsync detaches', async (t) => {
   const net = netnsPair(t);
   const { obj, counters, config } = load();
   t.after(() => obj.close());
@@ -131,6 +132,15 @@ test('attachTcxAsync attaches off the event loop, in parallel, in the namespace 
   config.update(0, 1);
   assert.equal(ping(net.b, net.addrA, 1), false, 'the program on A drops once told to');
   config.update(0, 0);
+
+  // Pinned, then unpinned with the detach off the event loop too.
+  const pins = pinDir(t);
+  ingress.pin(`${pins}/ingress`);
+  ingress.close();
+  await unpinLinkAsync(`${pins}/ingress`);
+  assert.equal(existsSync(`${pins}/ingress`), false, 'the pin is gone');
+  assert.deepEqual(inNetns(net.pathB, () => queryTcx(net.ifB, 'ingress').linkIds), [], 'and the program detached');
+  await unpinLinkAsync(`${pins}/ingress`);
 
   // Typed errors, as attachTcx's.
   await assert.rejects(
