@@ -294,7 +294,7 @@ export class EndpointManager {
     const mark = (step: string) => (ms[step] = Math.round((performance.now() - started) * 10) / 10);
     try {
       const address = await this.#ipam.allocate(key);
-      mark('ipam');
+      mark('address');
       undo.push(() => this.#ipam.release(key));
       const labels = request.labels ?? {};
       const namespace = request.namespace ?? DEFAULT_NAMESPACE;
@@ -335,6 +335,7 @@ export class EndpointManager {
         policy,
         attaching,
       ]);
+      mark('plumbed');
 
       const endpoint: Endpoint = {
         id,
@@ -354,7 +355,7 @@ export class EndpointManager {
       };
       await this.#store.put(this.#storeKey(key), endpoint, { expectedRevision: 0 });
       undo.push(() => this.#store.delete(this.#storeKey(key)));
-      mark('store');
+      mark('stored');
       this.#ipcache.upsert(localIpcacheEntry(endpoint));
       undo.push(async () => {
         this.#ipcache.delete(`${endpoint.ipv4}/32`);
