@@ -6,16 +6,20 @@
  *   cil_from_container  TCX ingress of the host veth: packets leaving the pod.
  *   cil_to_container    TCX egress of the host veth: packets the node's stack routes to the pod.
  *
- * One object serves every endpoint: the loader writes ENDPOINT_ID and ENDPOINT_IDENTITY
- * (endpoint_config.h) into .rodata per endpoint and shares the maps (maps.h, events.h) through
- * pins. IPv4 only for now: a pod's ARP passes when it speaks for the pod's own address, and
- * IPv6 and every other L3 protocol are dropped both ways (DROP_UNKNOWN_L3), so nothing reaches
- * or leaves a pod around the policy that judges IPv4.
+ * One load serves every endpoint of the node: the programs find the endpoint from the packet and
+ * the interface it is on (ciliate_lxc), so adding an endpoint attaches the node's programs and
+ * writes its map entries, and a new identity is a map update, never a new program. The maps
+ * (maps.h, events.h) are shared with bpf_overlay.o through pins. IPv4 only for now: a pod's ARP
+ * passes when it speaks for the pod's own address, and IPv6 and every other L3 protocol are
+ * dropped both ways (DROP_UNKNOWN_L3), so nothing reaches or leaves a pod around the policy that
+ * judges IPv4.
  *
- * A pod is hostile until proven otherwise: every packet it sends must carry its own address as
- * source (ENDPOINT_IPV4), or it is dropped as DROP_INVALID_SIP before anything looks it up.
- * Otherwise a pod could borrow another's address, and with it that pod's identity wherever the
- * source address decides the identity (native routing, the node's own stack).
+ * A pod is hostile until proven otherwise: every packet it sends must carry as source an address
+ * whose ciliate_lxc entry names this very interface, or it is dropped as DROP_INVALID_SIP before
+ * anything else looks at it. Otherwise a pod could borrow another's address, and with it that
+ * pod's identity wherever the source address decides the identity (native routing, the node's
+ * own stack). Until the agent writes an endpoint's entry, which it does only once the endpoint's
+ * policy is in place, its programs let nothing in or out.
  *
  * Where a packet leaving a pod goes: to a pod of this node straight through bpf_redirect_peer;
  * to a destination whose ipcache entry names a tunnel endpoint (a pod of another node, in
@@ -26,7 +30,6 @@
  */
 #include "common.h"
 #include "ctx.h"
-#include "endpoint_config.h"
 #include "drop_reasons.h"
 #include "events.h"
 #include "maps.h"
@@ -37,6 +40,49 @@
 #include "encap.h"
 #include "fib.h"
 #include "policy_enforce.h"
+
+/* The local endpoint `addr` belongs to, if this interface serves it; NULL for an address of no
+ * endpoint, of the node, or of an endpoint behind another interface. */
+static __always_inline struct endpoint_info *lxc_on_interface(const struct __sk_buff *skb, __be32 addr)
+{
+	struct endpoint_key key = { .ip = addr };
+	struct endpoint_info *ep = bpf_map_lookup_elem(&ciliate_lxc, &key);
+
+	if (!ep || ep->ifindex != skb->ifindex || (ep->flags & ENDPOINT_F_HOST))
+		return NULL;
+	return ep;
+}
+
+/*
+ * Drops a packet that did not name its endpoint (no IPv4 header, a forged address), reported as
+ * the endpoint's behind this interface all the same (ciliate_lxc_ifindex): a spoofing pod is
+ * named in the drop events. Out of line: only drops pay for the two lookups.
+ */
+static __noinline int drop_on_interface(struct __sk_buff *skb, struct ciliate_notify_info *info,
+					enum ciliate_drop_reason reason)
+{
+	__u32 ifindex = skb->ifindex;
+	struct endpoint_key *key = bpf_map_lookup_elem(&ciliate_lxc_ifindex, &ifindex);
+	struct endpoint_info *ep = key ? lxc_on_interface(skb, key->ip) : NULL;
+
+	if (ep) {
+		info->endpoint_id = ep->lxc_id;
+		if (info->flags & CILIATE_EVENT_F_INGRESS) {
+			info->dst_identity = ep->sec_identity;
+			info->dst_id = ep->lxc_id;
+		} else {
+			info->src_identity = ep->sec_identity;
+		}
+	}
+	return send_drop_notify(skb, info, reason);
+}
+
+/* DROP() for packets whose endpoint is not known yet. */
+#define DROP_ON_INTERFACE(skb, info, reason)                   \
+	({                                                      \
+		(info)->line = __LINE__;                        \
+		drop_on_interface((skb), (info), (reason));     \
+	})
 
 /* The pod's ARP: the node asks for the pod's MAC (the route to a pod is a link route) and the
  * pod answers. Only Ethernet/IPv4 ARP that speaks for the pod's own address passes, so a pod
@@ -52,21 +98,23 @@ static __always_inline int arp_from_endpoint(struct __sk_buff *skb, struct cilia
 
 	if (!arp || !spa || arp->ar_hrd != bpf_htons(1) || arp->ar_pro != bpf_htons(ETH_P_IP) ||
 	    arp->ar_hln != ETH_ALEN || arp->ar_pln != 4)
-		return DROP(skb, info, DROP_INVALID_PACKET);
+		return DROP_ON_INTERFACE(skb, info, DROP_INVALID_PACKET);
 	__builtin_memcpy(&sender, spa, sizeof(sender));
-	if (sender != ENDPOINT_IPV4)
-		return DROP(skb, info, DROP_INVALID_SIP);
+	if (!lxc_on_interface(skb, sender))
+		return DROP_ON_INTERFACE(skb, info, DROP_INVALID_SIP);
 	return TC_ACT_OK;
 }
 
 SEC("tc")
 int cil_from_container(struct __sk_buff *skb)
 {
-	struct ciliate_notify_info info = { .src_identity = ENDPOINT_IDENTITY };
+	struct ciliate_notify_info info = {};
 	struct remote_endpoint_info *remote = NULL;
 	struct ipv4_ct_tuple tuple;
-	struct endpoint_info *ep;
+	struct endpoint_info *ep, *self;
 	struct endpoint_key key;
+	__u32 self_identity;
+	__u16 self_id;
 	struct iphdr *ip;
 	__u8 tcp_flags;
 	int ret;
@@ -77,16 +125,24 @@ int cil_from_container(struct __sk_buff *skb)
 	struct ethhdr *eth = pkt_header(data, data_end, 0, sizeof(*eth));
 
 	if (!eth)
-		return DROP(skb, &info, DROP_INVALID_PACKET);
+		return DROP_ON_INTERFACE(skb, &info, DROP_INVALID_PACKET);
 	if (eth->h_proto == bpf_htons(ETH_P_ARP))
 		return arp_from_endpoint(skb, &info, data, data_end);
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return DROP(skb, &info, DROP_UNKNOWN_L3);
+		return DROP_ON_INTERFACE(skb, &info, DROP_UNKNOWN_L3);
 	ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
 	if (!ip)
-		return DROP(skb, &info, DROP_INVALID_PACKET);
-	if (ip->saddr != ENDPOINT_IPV4)
-		return DROP(skb, &info, DROP_INVALID_SIP);
+		return DROP_ON_INTERFACE(skb, &info, DROP_INVALID_PACKET);
+	/* The sender: the endpoint whose address the packet carries, if it sits behind this
+	 * interface. Its entry is the one lookup every packet pays for serving all endpoints with
+	 * one program. */
+	self = lxc_on_interface(skb, ip->saddr);
+	if (!self)
+		return DROP_ON_INTERFACE(skb, &info, DROP_INVALID_SIP);
+	self_id = self->lxc_id;
+	self_identity = self->sec_identity;
+	info.endpoint_id = self_id;
+	info.src_identity = self_identity;
 
 	ret = ipv4_parse_and_lookup(skb, &info, CT_EGRESS, &tuple, &tcp_flags);
 	if (ret)
@@ -108,7 +164,7 @@ int cil_from_container(struct __sk_buff *skb)
 
 	/* New connections: this endpoint's egress policy, then a local destination's ingress
 	 * policy (the packet skips that endpoint's cil_to_container); only then tracked. */
-	ret = policy_enforce4(skb, &info, ENDPOINT_ID, CILIATE_POLICY_EGRESS, &tuple);
+	ret = policy_enforce4(skb, &info, self_id, CILIATE_POLICY_EGRESS, &tuple);
 	if (ret)
 		return ret;
 	if (ep && !(ep->flags & ENDPOINT_F_HOST)) {
@@ -116,7 +172,7 @@ int cil_from_container(struct __sk_buff *skb)
 		if (ret)
 			return ret;
 	}
-	ret = ipv4_ct_commit(skb, &info, CT_EGRESS, ENDPOINT_IDENTITY, &tuple, tcp_flags);
+	ret = ipv4_ct_commit(skb, &info, CT_EGRESS, self_identity, &tuple, tcp_flags);
 	if (ret)
 		return ret;
 
@@ -128,7 +184,7 @@ int cil_from_container(struct __sk_buff *skb)
 
 		/* A pod of another node in tunnel mode: encapsulate towards that node. */
 		if (remote && (remote->flags & IPCACHE_F_HAS_TUNNEL_EP))
-			return encap_and_redirect4(skb, &info, remote->tunnel_endpoint, ENDPOINT_IDENTITY);
+			return encap_and_redirect4(skb, &info, remote->tunnel_endpoint, self_identity);
 		/* Native mode, inside the native routing CIDR: forward past the node's stack. */
 		cfg = node_config();
 		if (cfg && native_routed4(cfg, tuple.daddr))
@@ -143,17 +199,17 @@ int cil_from_container(struct __sk_buff *skb)
  * mode also pods of other nodes). Pod to pod traffic on this node and pods of other nodes in
  * tunnel mode never get here: cil_from_container and cil_from_overlay redirect past this hook
  * (and check the ingress policy themselves). The source identity is the ipcache's: HOST for the
- * node's own addresses when the agent put them there, WORLD for addresses it does not know. */
+ * node's own addresses when the agent put them there, WORLD for addresses it does not know. A
+ * destination that is not the address of the endpoint behind this interface is dropped as
+ * DROP_UNROUTABLE: the stack routes a pod's /32 here and nothing else. */
 SEC("tc")
 int cil_to_container(struct __sk_buff *skb)
 {
-	struct ciliate_notify_info info = {
-		.dst_identity = ENDPOINT_IDENTITY,
-		.dst_id = ENDPOINT_ID,
-		.flags = CILIATE_EVENT_F_INGRESS,
-	};
+	struct ciliate_notify_info info = { .flags = CILIATE_EVENT_F_INGRESS };
 	struct ipv4_ct_tuple tuple;
+	struct endpoint_info *self;
 	__u32 src_identity;
+	__u16 self_id;
 	__u8 tcp_flags;
 	int ret;
 
@@ -164,22 +220,29 @@ int cil_to_container(struct __sk_buff *skb)
 	struct iphdr *ip;
 
 	if (!eth)
-		return DROP(skb, &info, DROP_INVALID_PACKET);
+		return DROP_ON_INTERFACE(skb, &info, DROP_INVALID_PACKET);
 	/* The node resolves the pod's MAC with ARP; nothing else but IPv4 goes in. */
 	if (eth->h_proto == bpf_htons(ETH_P_ARP))
 		return TC_ACT_OK;
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return DROP(skb, &info, DROP_UNKNOWN_L3);
+		return DROP_ON_INTERFACE(skb, &info, DROP_UNKNOWN_L3);
 	ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
 	if (!ip)
-		return DROP(skb, &info, DROP_INVALID_PACKET);
+		return DROP_ON_INTERFACE(skb, &info, DROP_INVALID_PACKET);
+	self = lxc_on_interface(skb, ip->daddr);
+	if (!self)
+		return DROP_ON_INTERFACE(skb, &info, DROP_UNROUTABLE);
+	self_id = self->lxc_id;
+	info.endpoint_id = self_id;
+	info.dst_identity = self->sec_identity;
+	info.dst_id = self_id;
 
 	src_identity = ipcache_identity(ip->saddr);
 	info.src_identity = src_identity;
 	ret = ipv4_parse_and_lookup(skb, &info, CT_INGRESS, &tuple, &tcp_flags);
 	if (ret)
 		return ret;
-	ret = policy_enforce4(skb, &info, ENDPOINT_ID, CILIATE_POLICY_INGRESS, &tuple);
+	ret = policy_enforce4(skb, &info, self_id, CILIATE_POLICY_INGRESS, &tuple);
 	if (ret)
 		return ret;
 	ret = ipv4_ct_commit(skb, &info, CT_INGRESS, src_identity, &tuple, tcp_flags);

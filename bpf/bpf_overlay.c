@@ -12,13 +12,12 @@
  * cil_to_container would) and handed to the pod with bpf_redirect_peer; anything else (the node
  * itself, its router address) goes to the stack.
  *
- * Shares the node's pinned maps with bpf_lxc.o; ENDPOINT_ID stays 0 (events come from no
- * endpoint). A new connection to a pod must pass that pod's ingress policy (policy_enforce.h)
+ * Shares the node's pinned maps with bpf_lxc.o; its events name no source endpoint (they come
+ * from another node). A new connection to a pod must pass that pod's ingress policy (policy_enforce.h)
  * before it is tracked and delivered: the packet skips the pod's cil_to_container.
  */
 #include "common.h"
 #include "ctx.h"
-#include "endpoint_config.h"
 #include "drop_reasons.h"
 #include "events.h"
 #include "maps.h"

@@ -17,7 +17,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { pino } from 'pino';
-import { BpfMap, inNetns, Link, RingBuffer } from '../src/ebpf/index.ts';
+import { BpfMap, Link, RingBuffer } from '../src/ebpf/index.ts';
 import {
   decodeEvent,
   EndpointDatapath,
@@ -159,7 +159,7 @@ async function cluster(t: TestContext, mode: RoutingMode, options: { agentIpcach
     await ipn(netns, 'link', 'set', 'ciliate_net', 'up');
 
     const bpfRoot = join(bpfBase, name);
-    const datapath = new EndpointDatapath(bpfRoot, log);
+    const datapath = new EndpointDatapath(bpfRoot, log, { netns: `/run/netns/${netns}` });
     const routing = new NodeRouting({ bpfRoot, log, netns: `/run/netns/${netns}`, manageIpcache: !options.agentIpcache });
     const ring = new RingBuffer(BpfMap.openPinned(join(bpfRoot, 'maps', MapName.EVENTS)), {
       lostCounter: BpfMap.openPinned(join(bpfRoot, 'maps', MapName.EVENTS_LOST)),
@@ -214,7 +214,7 @@ async function cluster(t: TestContext, mode: RoutingMode, options: { agentIpcach
         hostMac: host.address,
         identity: 10000 + Number(`${i}${j}`),
       };
-      inNetns(`/run/netns/${node.netns}`, () => node.datapath.realize(endpoint));
+      await node.datapath.realize(endpoint);
       // The agent's ipcache reconciler adds each local endpoint's /32 (src/agent/ipcache.ts).
       node.datapath.ipcache.update({ prefixlen: 32, ip }, { sec_identity: endpoint.identity, tunnel_endpoint: '0.0.0.0', flags: 0 });
       const p: Pod = { name, netns, ip, endpoint, node };

@@ -14,7 +14,6 @@
 
 #include "common.h"
 #include "drop_reasons.h"
-#include "endpoint_config.h"
 #include "policy.h"
 #include "ringbuf_lost.h"
 
@@ -51,7 +50,7 @@ enum ciliate_trace_point {
 struct ciliate_event_hdr {
 	__u8 type;		/* enum ciliate_event_type */
 	__u8 subtype;		/* trace: enum ciliate_trace_point; drop: enum ciliate_drop_reason */
-	__u16 source;		/* endpoint id of the program that emitted it (ENDPOINT_ID) */
+	__u16 source;		/* endpoint whose interface the packet was seen on, 0 if none */
 	__u32 hash;		/* skb hash: groups the events of one flow */
 	__u32 orig_len;		/* packet length on the wire */
 	__u32 cap_len;		/* bytes of it in data[] */
@@ -116,6 +115,7 @@ struct ciliate_notify_info {
 	__u32 dst_ifindex;
 	__s32 ext_error;
 	__u32 line;
+	__u16 endpoint_id;	/* the endpoint whose interface the packet is on (events' source), 0 if none */
 	__u16 dst_id;
 	__u8 reason;
 	__u8 flags;
@@ -178,7 +178,7 @@ static __noinline void event_hdr_fill(struct __sk_buff *skb, struct ciliate_even
 {
 	hdr->type = type;
 	hdr->subtype = subtype;
-	hdr->source = ENDPOINT_ID;
+	hdr->source = info->endpoint_id;
 	hdr->hash = skb->hash;
 	hdr->orig_len = skb->len;
 	hdr->src_identity = info->src_identity;

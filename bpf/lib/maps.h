@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
- * The node-wide maps every endpoint's programs share. The loader pins each one by name under the
- * agent's bpffs directory (BpfObject.load's `pin`), so the per-endpoint copies of an object all
- * open the same maps and the maps outlive a restart of the agent.
+ * The node-wide maps the datapath's programs share. The loader pins each one by name under the
+ * agent's bpffs directory (BpfObject.load's `pin`), so every load of an object (the node's one
+ * bpf_lxc, bpf_overlay, an agent restarted with a new build) opens the same maps and the maps
+ * outlive a restart of the agent.
  *
  * TS codecs: src/datapath/maps.ts, checked against this file through the object's BTF.
  */
@@ -46,6 +47,20 @@ struct {
 	__type(key, struct endpoint_key);
 	__type(value, struct endpoint_info);
 } ciliate_lxc SEC(".maps");
+
+/* --- ciliate_lxc_ifindex: which endpoint a host-side veth serves (its ciliate_lxc key) ---
+ *
+ * Only for naming the sender of what bpf_lxc drops before it knows the endpoint from the packet
+ * (a forged source, IPv6, a broken frame): no verdict depends on it, so an entry that is stale
+ * or missing costs an event its attribution, never a packet. Whoever uses an entry checks that
+ * the ciliate_lxc entry it leads to has the same ifindex.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);	/* ifindex of the host-side veth */
+	__type(value, struct endpoint_key);
+} ciliate_lxc_ifindex SEC(".maps");
 
 /* --- ciliate_ipcache: identity (and tunnel endpoint) of any address, longest prefix wins --- */
 

@@ -21,14 +21,15 @@ export interface EndpointDatapath {
   /** Removes the endpoint's links, pins and map entries. Idempotent. */
   remove(endpoint: Endpoint): Promise<void> | void;
   /**
-   * Optional: starts realize()'s slow part (loading programs) early, so it overlaps creating the
-   * interfaces; realize() uses it when the identity still matches.
+   * Optional: starts realize()'s slow part (attaching the programs to the host interface, which
+   * serves nothing until realize() writes the endpoint's entries) as soon as the interface exists,
+   * so it overlaps the rest of an add; realize() then finds it done.
    */
-  prepare?(endpoint: { id: number; identity: number; ipv4: string }): void;
+  attach?(endpoint: { id: number; hostIfindex: number }): Promise<void>;
   /** Removes the pins of endpoint ids not in `keep`; returns them. For a start only. */
   sweep?(keep: ReadonlySet<number>): number[];
-  /** Drops what prepare() made for an endpoint that will not be realized. */
-  unprepare?(endpointId: number): void;
+  /** Undoes attach() for an endpoint that will not be realized. */
+  detach?(endpointId: number): Promise<void>;
   /**
    * Optional, for refreshes: what the kernel serves, by pod address; whether that serves an
    * endpoint as realize() would; and removing what serves an address no endpoint has.
@@ -340,13 +341,11 @@ export class EndpointManager {
     const hostIfname = hostInterfaceName(request.containerId, request.ifname);
     const id = this.#reserveId();
     const undo: (() => Promise<unknown>)[] = [];
-    // Milliseconds since the add began at which each step was done: under a burst of adds they
-    // show which step the others queue behind.
+    // When each step finished, in ms since the add began: the log line of every add says where
+    // its time went (several steps overlap, so they do not add up).
     const started = performance.now();
-    const at: Record<string, number> = {};
-    const mark = (step: string): void => {
-      at[step] = Math.round(performance.now() - started);
-    };
+    const ms: Record<string, number> = {};
+    const mark = (step: string) => (ms[step] = Math.round((performance.now() - started) * 10) / 10);
     try {
       const address = await this.#ipam.allocate(key);
       mark('address');
@@ -357,34 +356,38 @@ export class EndpointManager {
       mark('identity');
       undo.push(() => this.#identities.release(identity));
 
-      // Three things at once: the policy map goes in (its outer-map write waits out an RCU grace
-      // period on libuv's thread pool), the pair is made (on the pool too), and this thread loads
-      // the programs, the slow synchronous part. The map is in place before the programs are
-      // attached (by the reconciler, below).
+      // Everything that waits in the kernel runs at once, off the event loop: the policy map goes
+      // in (its outer-map write waits out an RCU grace period on libuv's thread pool), the pair is
+      // made, and then the programs are attached to its host end (each TCX attach waits out a
+      // grace period too). The programs serve the endpoint only once the reconciler writes its
+      // map entry (below), after the policy is in place.
       const policy = Promise.resolve(this.#policy?.addEndpoint(id, this.#securityLabels({ labels, namespace })));
       // Awaited below; until then a failure must not count as unhandled.
-      policy.catch(() => undefined);
+      policy.then(() => mark('policy'), () => undefined);
       undo.push(async () => {
         await policy.catch(() => undefined);
         this.#policy?.removeEndpoint(id);
       });
       const mtu = this.#mtu();
-      const creating = this.#createVeth(key, hostIfname, request, mtu);
-      undo.push(async () => this.#datapath.unprepare?.(id));
-      const prepared = attempt(() => this.#datapath.prepare?.({ id, identity, ipv4: address }));
-      mark('prepared');
       // A failed creation made nothing, and EEXIST means the name is someone else's: no undo.
-      const host = await creating;
-      mark('veth');
+      const host = await this.#createVeth(key, hostIfname, request, mtu);
       undo.push(() => this.#hostNetlink().deleteLink(host.ifindex));
-      if (prepared.error) throw prepared.error;
+      mark('veth');
+      const attaching = Promise.resolve(this.#datapath.attach?.({ id, hostIfindex: host.ifindex }));
+      attaching.then(() => mark('attach'), () => undefined);
+      undo.push(async () => {
+        await attaching.catch(() => undefined);
+        await this.#datapath.detach?.(id);
+      });
       const [pod] = await Promise.all([
-        this.#plumbPod(request, address, host.mac),
+        this.#plumbPod(request, address, host.mac).then((link) => (mark('pod'), link)),
         Promise.resolve()
           .then(() => disableIpv6(this.#hostNetlink(), hostIfname))
           .then(() => this.#hostNetlink().setLink(host.ifindex, { up: true }))
-          .then(() => this.#hostNetlink().replaceRoute({ dst: `${address}/32`, dev: host.ifindex, scope: 'link' })),
+          .then(() => this.#hostNetlink().replaceRoute({ dst: `${address}/32`, dev: host.ifindex, scope: 'link' }))
+          .then(() => mark('host')),
         policy,
+        attaching,
       ]);
       mark('plumbed');
 
@@ -421,7 +424,7 @@ export class EndpointManager {
       const status = this.#reconciler.status(key);
       if (status?.state !== 'done') throw new EndpointError('ERR_DATAPATH', `realizing endpoint ${endpoint.id}: ${status?.error ?? 'not realized'}`);
       mark('realized');
-      this.#log.info({ endpoint: endpoint.id, container: request.containerId, ip: address, host: hostIfname, ms: at }, 'endpoint added');
+      this.#log.info({ endpoint: endpoint.id, container: request.containerId, ip: address, host: hostIfname, ms }, 'endpoint added');
       return endpoint;
     } catch (error) {
       for (const step of undo.reverse()) {
@@ -439,8 +442,8 @@ export class EndpointManager {
 
   /**
    * New labels for an endpoint: a new identity when they differ in what counts, its policy
-   * recomputed (only the entries that change are written), the ipcache updated, and its programs
-   * swapped in place for ones carrying the new identity.
+   * recomputed (only the entries that change are written), the ipcache updated, and its endpoint
+   * map entry rewritten in one update (the programs stay attached throughout).
    */
   async updateLabels(idOrKey: string, labels: Record<string, string>): Promise<Endpoint> {
     // A change takes an exact name: no prefix of a container id.
@@ -691,16 +694,6 @@ function disableIpv6(nl: Netlink, ifname: string): void {
     nl.writeSysctl(['net', 'ipv6', 'conf', ifname, 'disable_ipv6'], '1');
   } catch (error) {
     if (!NetlinkError.is(error, 'ENOENT')) throw error;
-  }
-}
-
-/** Runs `work`, keeping what it threw for later: for synchronous work started while the kernel works. */
-function attempt(work: () => void): { error?: unknown } {
-  try {
-    work();
-    return {};
-  } catch (error) {
-    return { error };
   }
 }
 

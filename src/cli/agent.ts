@@ -64,6 +64,9 @@ function print(format: OutputFormat, value: unknown, table: () => string): void 
   process.stdout.write(`${format === 'json' ? JSON.stringify(value, null, 2) : table()}\n`);
 }
 
+/** Threads of the agent's libuv pool, unless UV_THREADPOOL_SIZE says otherwise. */
+const AGENT_THREADPOOL_SIZE = 16;
+
 export function registerAgentCommands(program: Command): void {
   const agent = program
     .command('agent')
@@ -71,6 +74,12 @@ export function registerAgentCommands(program: Command): void {
     .option('--config <file>', 'YAML configuration file');
   for (const option of configOptions()) agent.addOption(option);
   agent.action(async (options: Partial<AgentConfig> & { config?: string }) => {
+    // libuv's thread pool (4 threads by default, sized when first used, which is later than
+    // this) carries the agent's netlink transactions and the bpf(2) calls that wait out RCU grace
+    // periods. A TCX attach waits out its grace period holding RTNL, so while an endpoint is added
+    // the pool's threads queue on that lock; with only four, an add's policy map install (which
+    // needs no lock) would queue behind them.
+    process.env.UV_THREADPOOL_SIZE ??= String(AGENT_THREADPOOL_SIZE);
     const { config: file, ...flags } = options;
     await runAgent(loadConfig({ file, env: process.env, flags }));
   });

@@ -1,9 +1,8 @@
 /**
  * End to end on the real kernel: a "node" network namespace and two "pod" namespaces, each pod
- * joined to the node by a veth pair whose host side carries bpf_lxc.o at TCX, one copy per
- * endpoint sharing pinned maps. Ping and TCP between the pods must work, go through
- * bpf_redirect_peer (the host veth towards the destination never transmits them), and show up
- * as to-endpoint trace events. Needs root and `bash scripts/build-bpf.sh`.
+ * joined to the node by a veth pair whose host side carries the node's one load of bpf_lxc.o at
+ * TCX. Ping and TCP between the pods must work, go through bpf_redirect_peer (the host veth
+ * towards the destination never transmits them), and show up as to-endpoint trace events. Needs root and `bash scripts/build-bpf.sh`.
  * @module
  */
 import { test, type TestContext } from 'node:test';
@@ -84,9 +83,11 @@ test('pods on one node reach each other through bpf_redirect_peer, reported as t
     for (const obj of objects) obj.close();
   });
 
-  for (const pod of pods) attachPod(pod, node, pins, objects, links);
-  const maps = lxcMaps(objects[0]);
-  assert.equal([...maps.lxc.keys()].length, 2, 'both copies wrote the one pinned endpoint map');
+  const obj = loadLxc({ pinDir: pins });
+  objects.push(obj);
+  for (const pod of pods) attachPod(pod, node, obj, links);
+  const maps = lxcMaps(obj);
+  assert.equal([...maps.lxc.keys()].length, 2, 'both endpoints in the one pinned endpoint map');
   ring = new RingBuffer(maps.events, { lostCounter: maps.eventsLost });
 
   const txBefore = txPackets(node, b.hostIf);

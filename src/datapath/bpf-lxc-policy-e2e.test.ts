@@ -82,7 +82,8 @@ test('policy with real traffic: A→B TCP 80 and ping allowed, TCP 81 dropped, C
   });
 
   // Policy first, as the agent does: maps installed before the programs are attached.
-  loadLxc({ endpointId: 0, identity: 0, pinDir: mapsDir }).close();
+  const obj = loadLxc({ pinDir: mapsDir });
+  objects.push(obj);
   policy = new EndpointPolicyMaps(root);
   const RULE_B_HTTP = 101;
   const RULE_B_PING = 102;
@@ -97,8 +98,8 @@ test('policy with real traffic: A→B TCP 80 and ping allowed, TCP 81 dropped, C
   });
   policy.apply(c.id, { upserts: [entry(0, PolicyDirection.EGRESS, 0), entry(0, PolicyDirection.INGRESS, 0)], deletes: [] });
 
-  for (const pod of pods) attachPod(pod, node, mapsDir, objects, links);
-  const maps = lxcMaps(objects[0]);
+  for (const pod of pods) attachPod(pod, node, obj, links);
+  const maps = lxcMaps(obj);
   ring = new RingBuffer(maps.events, { lostCounter: maps.eventsLost });
 
   // Servers on B: ports 80 and 81.

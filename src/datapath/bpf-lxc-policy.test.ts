@@ -1,6 +1,6 @@
 /**
- * Policy enforcement of bpf_lxc.o on the real kernel through BPF_PROG_TEST_RUN: two endpoints'
- * copies of the object sharing pinned maps, their policy maps installed with EndpointPolicyMaps,
+ * Policy enforcement of bpf_lxc.o on the real kernel through BPF_PROG_TEST_RUN: the node's one
+ * load serving two endpoints (stand-in veths), their policy maps installed with EndpointPolicyMaps,
  * crafted frames, then the verdicts, the conntrack map and the policy-verdict/drop events.
  * Needs root and `bash scripts/build-bpf.sh`.
  * @module
@@ -9,7 +9,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { RingBuffer, type BpfObject } from '../ebpf/index.ts';
+import { RingBuffer, inNetns } from '../ebpf/index.ts';
 import { pinDir } from '../ebpf/internal/testutils.ts';
 import { PolicyDirection, PolicyMatch, PolicyVerdict, type PolicyMapEntry } from '../policy/policy-map.ts';
 import { DropReasonCode } from './drop-reasons.ts';
@@ -18,6 +18,7 @@ import { LxcProgram, loadLxc, lxcMaps, type LxcMaps } from './lxc.ts';
 import { CtDirection, ReservedIdentity, TcpFlag } from './maps.ts';
 import { buildIpv4Frame } from './packet.ts';
 import { EndpointPolicyMaps, endpointPolicyPinPath } from './policy-maps.ts';
+import { skbOnInterface, testRunInterfaces } from './testutils.ts';
 
 const TC_ACT_OK = 0;
 const TC_ACT_SHOT = 2;
@@ -31,7 +32,7 @@ interface Fixture {
   root: string;
   maps: LxcMaps;
   policy: EndpointPolicyMaps;
-  /** Runs `program` of endpoint `ep`'s copy on a frame. */
+  /** Runs `program` on a frame on endpoint `ep`'s host veth. */
   run(ep: Ep, frame: Buffer, program?: string): { verdict: number; events: DatapathEvent[] };
 }
 
@@ -39,25 +40,26 @@ function setup(t: TestContext): Fixture {
   const root = pinDir(t);
   const mapsDir = join(root, 'maps');
   mkdirSync(mapsDir);
-  const objects = new Map<number, BpfObject>();
-  for (const ep of [CLIENT, SERVER]) objects.set(ep.id, loadLxc({ endpointId: ep.id, identity: ep.identity, ipv4: ep.ip, pinDir: mapsDir }));
-  const maps = lxcMaps(objects.get(CLIENT.id)!);
+  const netns = testRunInterfaces(t, [CLIENT.ifindex, SERVER.ifindex]);
+  const obj = loadLxc({ pinDir: mapsDir });
+  const maps = lxcMaps(obj);
   const ring = new RingBuffer(maps.events, { lostCounter: maps.eventsLost });
   const policy = new EndpointPolicyMaps(root);
   t.after(() => {
     policy.close();
     ring.close();
-    for (const obj of objects.values()) obj.close();
+    obj.close();
   });
   for (const ep of [CLIENT, SERVER]) {
     maps.lxc.update({ ip: ep.ip }, { ifindex: ep.ifindex, lxc_id: ep.id, flags: 0, mac: ep.mac, node_mac: ep.nodeMac, sec_identity: ep.identity });
+    maps.lxcIfindex.update(ep.ifindex, { ip: ep.ip });
   }
   return {
     root,
     maps,
     policy,
     run(ep, frame, program = LxcProgram.FROM_CONTAINER) {
-      const result = objects.get(ep.id)!.program(program).testRun({ data: frame });
+      const result = inNetns(netns, () => obj.program(program).testRun({ data: frame, context: skbOnInterface(ep.ifindex) }));
       const events: DatapathEvent[] = [];
       ring.consume((_view, offset, length, bytes) => void events.push(decodeEvent(bytes, offset, length)));
       assert.equal(ring.lost(), 0n);

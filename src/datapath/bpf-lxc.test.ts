@@ -1,23 +1,25 @@
 /**
  * Unit tests of bpf_lxc.o on the real kernel without any network: crafted frames through
- * BPF_PROG_TEST_RUN, then the verdict, the frame as the program left it, the conntrack map and
+ * BPF_PROG_TEST_RUN on dummy interfaces standing for the pods' host veths, then the verdict, the frame as the program left it, the conntrack map and
  * the events in the ring buffer. Needs root and `bash scripts/build-bpf.sh`.
  * @module
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { RingBuffer, type BpfObject } from '../ebpf/index.ts';
+import { RingBuffer, inNetns, type BpfObject } from '../ebpf/index.ts';
 import { pinDir } from '../ebpf/internal/testutils.ts';
 import { DropReasonCode } from './drop-reasons.ts';
 import { CtStatus, TracePoint, decodeEvent, type DatapathEvent, type DropEvent, type TraceEvent } from './events.ts';
 import { LxcProgram, loadLxc, lxcMaps, type LxcMaps } from './lxc.ts';
 import { CtDirection, CtFlag, ReservedIdentity, TcpFlag } from './maps.ts';
 import { ETH_HLEN, buildIpv4Frame, internetChecksum, type FrameSpec } from './packet.ts';
+import { skbOnInterface, testRunInterfaces } from './testutils.ts';
 
 const TC_ACT_OK = 0;
 const TC_ACT_SHOT = 2;
 const TC_ACT_REDIRECT = 7;
 
+/** Their host veths are dummy interfaces of these indexes (testRunInterfaces). */
 const CLIENT = { ip: '10.244.0.1', mac: '0a:00:00:00:01:01', nodeMac: 'fe:00:00:00:01:01', ifindex: 41, id: 11, identity: 1001 };
 const SERVER = { ip: '10.244.0.2', mac: '0a:00:00:00:02:02', nodeMac: 'fe:00:00:00:02:02', ifindex: 42, id: 12, identity: 1002 };
 
@@ -26,24 +28,21 @@ interface Fixture {
   maps: LxcMaps;
   /**
    * Runs a program on a frame; returns the verdict, the frame after it, and the events it sent.
-   * `sender` picks whose copy: by default the endpoint whose address the frame carries as source.
+   * `on` picks the host veth the frame is on: by default that of the endpoint whose address the
+   * frame carries as source, as each pod's packets arrive on its own veth.
    */
-  run(frame: Buffer, program?: string, sender?: typeof CLIENT): { verdict: number; data: Buffer; events: DatapathEvent[] };
+  run(frame: Buffer, program?: string, on?: typeof CLIENT): { verdict: number; data: Buffer; events: DatapathEvent[] };
 }
 
-/**
- * CLIENT's copy of the programs, and SERVER's sharing its maps: a packet leaves through the copy
- * of the endpoint whose address it carries as source, as each pod's packets leave through its own.
- */
+/** The node's one load of the programs, serving CLIENT and SERVER, each behind its own veth. */
 function setup(t: TestContext): Fixture {
   const mapsDir = pinDir(t);
-  const obj = loadLxc({ endpointId: CLIENT.id, identity: CLIENT.identity, ipv4: CLIENT.ip, pinDir: mapsDir });
-  const server = loadLxc({ endpointId: SERVER.id, identity: SERVER.identity, ipv4: SERVER.ip, pinDir: mapsDir });
+  const netns = testRunInterfaces(t, [CLIENT.ifindex, SERVER.ifindex]);
+  const obj = loadLxc({ pinDir: mapsDir });
   const maps = lxcMaps(obj);
   const ring = new RingBuffer(maps.events, { lostCounter: maps.eventsLost });
   t.after(() => {
     ring.close();
-    server.close();
     obj.close();
   });
   for (const ep of [CLIENT, SERVER]) {
@@ -51,15 +50,17 @@ function setup(t: TestContext): Fixture {
       { ip: ep.ip },
       { ifindex: ep.ifindex, lxc_id: ep.id, flags: 0, mac: ep.mac, node_mac: ep.nodeMac, sec_identity: ep.identity },
     );
+    maps.lxcIfindex.update(ep.ifindex, { ip: ep.ip });
   }
   return {
     obj,
     maps,
-    run(frame, program = LxcProgram.FROM_CONTAINER, sender) {
-      const fromServer = sender
-        ? sender === SERVER
+    run(frame, program = LxcProgram.FROM_CONTAINER, on) {
+      const fromServer = on
+        ? on === SERVER
         : program === LxcProgram.FROM_CONTAINER && frame.length >= ETH_HLEN + 16 && frame.subarray(ETH_HLEN + 12, ETH_HLEN + 16).join('.') === SERVER.ip;
-      const result = (fromServer ? server : obj).program(program).testRun({ data: frame });
+      const context = skbOnInterface((fromServer ? SERVER : CLIENT).ifindex);
+      const result = inNetns(netns, () => obj.program(program).testRun({ data: frame, context }));
       const events: DatapathEvent[] = [];
       ring.consume((_view, offset, length, bytes) => void events.push(decodeEvent(bytes, offset, length)));
       assert.equal(ring.lost(), 0n);
@@ -210,6 +211,7 @@ test("a pod's ARP passes only for its own address; IPv6 and other L3 are dropped
     ({ verdict, events } = f.run(arpFrame(CLIENT, sender)));
     assert.equal(verdict, TC_ACT_SHOT, `ARP for ${sender}`);
     assert.equal(onlyDrop(events).reason, DropReasonCode.DROP_INVALID_SIP);
+    assert.equal(onlyDrop(events).srcIdentity, CLIENT.identity, 'reported as the sending endpoint');
   }
   const garbledArp = Buffer.alloc(42);
   garbledArp.writeUInt16BE(0x0806, 12);
@@ -226,7 +228,12 @@ test("a pod's ARP passes only for its own address; IPv6 and other L3 are dropped
     for (const frame of [ipv6, other]) {
       ({ verdict, events } = f.run(frame, program));
       assert.equal(verdict, TC_ACT_SHOT, `${program} ethertype ${frame.readUInt16BE(12).toString(16)}`);
-      assert.equal(onlyDrop(events).reason, DropReasonCode.DROP_UNKNOWN_L3);
+      const drop = onlyDrop(events);
+      assert.equal(drop.reason, DropReasonCode.DROP_UNKNOWN_L3);
+      // No address to look up: the endpoint is the one behind the interface.
+      assert.equal(drop.source, CLIENT.id, `${program}: reported as the endpoint of the interface`);
+      if (program === LxcProgram.FROM_CONTAINER) assert.equal(drop.srcIdentity, CLIENT.identity);
+      else assert.deepEqual([drop.dstIdentity, drop.dstId], [CLIENT.identity, CLIENT.id]);
     }
   }
   // The node asking for the pod's MAC reaches it.
@@ -249,6 +256,7 @@ test("a packet whose source is not the pod's own address is dropped as INVALID_S
     assert.equal(drop.reason, DropReasonCode.DROP_INVALID_SIP);
     assert.equal(drop.reasonName, 'INVALID_SOURCE_IP');
     assert.equal(drop.srcIdentity, CLIENT.identity, 'reported as the sending endpoint');
+    assert.equal(drop.source, CLIENT.id);
   }
   assert.equal([...f.maps.ct4.keys()].length, 0);
   // Its own address still passes.
@@ -323,4 +331,54 @@ test('cil_to_container tracks connections the stack delivers and reports them as
   assert.equal(answer.ctStatus, CtStatus.REPLY);
   assert.equal(answer.observationPointName, 'to-stack');
   assert.equal(f.maps.ct4.lookup(key)?.packets, 2);
+});
+
+test("a pod's own address arriving on another endpoint's interface is a forgery too, and a veth with no endpoint lets nothing out", (t) => {
+  const f = setup(t);
+  // SERVER sends with CLIENT's address: ciliate_lxc knows the address, but behind another interface.
+  let { verdict, events } = f.run(tcp(CLIENT, SERVER, 40000, 80, TcpFlag.SYN), LxcProgram.FROM_CONTAINER, SERVER);
+  assert.equal(verdict, TC_ACT_SHOT);
+  let drop = onlyDrop(events);
+  assert.equal(drop.reason, DropReasonCode.DROP_INVALID_SIP);
+  assert.deepEqual([drop.source, drop.srcIdentity], [SERVER.id, SERVER.identity], 'reported as the endpoint behind the interface');
+  ({ verdict } = f.run(arpFrame(SERVER, CLIENT.ip), LxcProgram.FROM_CONTAINER, SERVER));
+  assert.equal(verdict, TC_ACT_SHOT, "an ARP speaking for CLIENT's address from SERVER's interface");
+
+  // An endpoint whose entries are not written yet (an add in progress): its own address passes
+  // no more than any other, and drops name nobody.
+  f.maps.lxc.delete({ ip: SERVER.ip });
+  f.maps.lxcIfindex.delete(SERVER.ifindex);
+  ({ verdict, events } = f.run(tcp(SERVER, CLIENT, 40000, 80, TcpFlag.SYN)));
+  assert.equal(verdict, TC_ACT_SHOT);
+  drop = onlyDrop(events);
+  assert.equal(drop.reason, DropReasonCode.DROP_INVALID_SIP);
+  assert.deepEqual([drop.source, drop.srcIdentity], [0, ReservedIdentity.UNKNOWN]);
+  ({ verdict, events } = f.run(tcp({ ...CLIENT, ip: '192.168.10.1' }, SERVER, 33000, 80, TcpFlag.SYN), LxcProgram.TO_CONTAINER, SERVER));
+  assert.equal(verdict, TC_ACT_SHOT, 'nothing reaches it either');
+  assert.equal(onlyDrop(events).reason, DropReasonCode.DROP_UNROUTABLE);
+  assert.equal([...f.maps.ct4.keys()].length, 0);
+});
+
+test('cil_to_container delivers only to the address of the endpoint behind its interface', (t) => {
+  const f = setup(t);
+  const outside = { ...SERVER, ip: '192.168.10.1' };
+  // The stack routed SERVER's address to CLIENT's veth (a stale route).
+  const { verdict, events } = f.run(tcp(outside, SERVER, 33000, 8080, TcpFlag.SYN), LxcProgram.TO_CONTAINER, CLIENT);
+  assert.equal(verdict, TC_ACT_SHOT);
+  const drop = onlyDrop(events);
+  assert.equal(drop.reason, DropReasonCode.DROP_UNROUTABLE);
+  assert.equal(drop.reasonName, 'STALE_OR_UNROUTABLE_IP');
+  assert.deepEqual([drop.source, drop.dstId, drop.dstIdentity], [CLIENT.id, CLIENT.id, CLIENT.identity], 'reported at the endpoint behind the interface');
+  assert.equal([...f.maps.ct4.keys()].length, 0);
+});
+
+test('a new identity is a map update: the next packet carries it, with no program reloaded', (t) => {
+  const f = setup(t);
+  assert.equal(onlyTrace(f.run(tcp(CLIENT, SERVER, 40000, 80, TcpFlag.SYN)).events).srcIdentity, CLIENT.identity);
+  const entry = f.maps.lxc.lookup({ ip: CLIENT.ip });
+  assert.ok(entry);
+  f.maps.lxc.update({ ip: CLIENT.ip }, { ...entry, sec_identity: 4242 });
+  const ev = onlyTrace(f.run(tcp(CLIENT, SERVER, 40001, 80, TcpFlag.SYN)).events);
+  assert.deepEqual([ev.source, ev.srcIdentity], [CLIENT.id, 4242]);
+  assert.equal(f.maps.ct4.lookup({ daddr: SERVER.ip, saddr: CLIENT.ip, dport: 80, sport: 40001, nexthdr: 6, flags: CtDirection.EGRESS })?.src_sec_id, 4242);
 });

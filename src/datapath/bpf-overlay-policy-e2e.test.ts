@@ -105,7 +105,7 @@ test('cil_from_overlay enforces the destination pod\'s ingress policy with the i
     for (const obj of objects) obj.close();
   });
 
-  const lxc = loadLxc({ endpointId: POD.id, identity: POD.identity, ipv4: POD_IP, pinDir: mapsDir });
+  const lxc = loadLxc({ pinDir: mapsDir });
   objects.push(lxc);
   const maps = lxcMaps(lxc);
   policy = new EndpointPolicyMaps(root);

@@ -20,13 +20,16 @@ const TC_ACT_OK = 0;
 const TC_ACT_SHOT = 2;
 const TC_ACT_REDIRECT = 7;
 
-const POD = { ip: '10.244.1.11', id: 11, identity: 10011 };
+/** On the loopback interface (index 1), where BPF_PROG_TEST_RUN puts packets when told no other. */
+const POD = { ip: '10.244.1.11', id: 11, identity: 10011, ifindex: 1 };
 const REMOTE = { ip: '10.244.2.11', identity: 10021, node: '192.168.100.2' };
 const TUNNEL_IFINDEX = 77;
 
 function setup(t: TestContext): { obj: BpfObject; maps: LxcMaps; run(frame: Buffer): { verdict: number; data: Buffer; events: DatapathEvent[] } } {
-  const obj = loadLxc({ endpointId: POD.id, identity: POD.identity, ipv4: POD.ip });
+  const obj = loadLxc();
   const maps = lxcMaps(obj);
+  // bpf_lxc knows the pod by its address on the interface its packets arrive on.
+  maps.lxc.update({ ip: POD.ip }, { ifindex: POD.ifindex, lxc_id: POD.id, flags: 0, mac: '0a:00:00:00:01:0b', node_mac: 'fe:00:00:00:01:0b', sec_identity: POD.identity });
   const ring = new RingBuffer(maps.events, { lostCounter: maps.eventsLost });
   t.after(() => {
     ring.close();

@@ -1,21 +1,32 @@
 /**
- * Realizes endpoints in the kernel: one copy of bpf_lxc per endpoint attached through TCX to its
- * host-side veth, links pinned under <bpfRoot>/endpoints/<id>/, and the endpoint's entry in the
- * shared ciliate_lxc map. Pinned links keep pods connected while no agent runs; a restarted agent
- * adopts a pinned link that still serves the right interface instead of reloading it.
+ * Realizes endpoints in the kernel: the node's one load of bpf_lxc attached through TCX to each
+ * endpoint's host-side veth, links pinned under <bpfRoot>/endpoints/<id>/, and the endpoint's
+ * entries in the shared ciliate_lxc and ciliate_lxc_ifindex maps. The programs find the endpoint
+ * from the packet in ciliate_lxc, so an endpoint costs no program load, and a new identity is a
+ * map update. Pinned links keep pods connected while no agent runs; a restarted agent adopts a
+ * pinned link that still serves the right interface instead of attaching again.
  * @module
  */
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
-import { attachTcx, BpfError, BpfMap, Link, unpinLink, type BpfObject, type TcxDirection } from '../ebpf/index.ts';
+import { attachTcxAsync, BpfError, BpfMap, Link, Program, unpinLink, unpinLinkAsync, type BpfObject, type TcxDirection } from '../ebpf/index.ts';
 import { LxcProgram, loadLxc } from './lxc.ts';
 import { linkServesInterface } from './pins.ts';
-import { endpointInfo, endpointKey, ipcacheKey, MapName, SHARED_MAPS, remoteEndpointInfo, type EndpointInfo, type RemoteEndpointInfo } from './maps.ts';
+import {
+  endpointInfo,
+  endpointKey,
+  ipcacheKey,
+  lxcIfindexKey,
+  MapName,
+  remoteEndpointInfo,
+  type EndpointInfo,
+  type RemoteEndpointInfo,
+} from './maps.ts';
 
 /** What the datapath needs to know of an endpoint. */
 export interface DatapathEndpoint {
-  /** Node-local endpoint id (1–4095), the program's ENDPOINT_ID. */
+  /** Node-local endpoint id (1–4095): its ciliate_lxc entry's lxc_id. */
   id: number;
   ipv4: string;
   /** The pod-side MAC. */
@@ -34,6 +45,16 @@ export interface ObservedEndpoint {
   info: EndpointInfo;
   /** Both pinned links of the endpoint's id serve info.ifindex. */
   linksServe: boolean;
+  /** ciliate_lxc_ifindex names this address for info.ifindex. */
+  indexed: boolean;
+}
+
+export interface EndpointDatapathOptions {
+  /**
+   * Path of the network namespace the endpoints' host-side interfaces are in (e.g. /run/netns/n1);
+   * default: the one the process is in.
+   */
+  netns?: string;
 }
 
 const ATTACHMENTS: readonly { program: string; direction: TcxDirection; pin: string }[] = [
@@ -45,28 +66,46 @@ export class EndpointDatapath {
   readonly bpfRoot: string;
   readonly mapsDir: string;
   readonly #log: Logger;
-  /** Identity each endpoint's programs were loaded with by this process. */
-  readonly #loadedIdentity = new Map<number, number>();
-  /** Objects loaded by prepare() and not yet attached by realize(), by endpoint id. */
-  readonly #prepared = new Map<number, { identity: number; obj: BpfObject }>();
+  readonly #netns: string | undefined;
+  /** The node's programs: every endpoint's links run them (but links a previous agent pinned). */
+  readonly #programs: BpfObject;
+  /** Attaches in flight by endpoint id, so attach() and realize() of one endpoint share one. */
+  readonly #attaching = new Map<number, { ifindex: number; done: Promise<void> }>();
+  /** Endpoint ids whose links this process attached or has adopted. */
+  readonly #known = new Set<number>();
+  /** Tags of this load's programs, by name (#adopt compares them). */
+  readonly #tags = new Map<string, string>();
   readonly lxc: BpfMap<{ ip: string }, EndpointInfo>;
+  readonly lxcIfindex: BpfMap<number, { ip: string }>;
   readonly ipcache: BpfMap<{ prefixlen: number; ip: string }, RemoteEndpointInfo>;
 
-  /** Opens (creating on first run) the node's shared maps under `bpfRoot`/maps. */
-  constructor(bpfRoot: string, log: Logger) {
+  /**
+   * Loads the node's programs (bpf_lxc.o, once: the verifier's work is the same for one endpoint
+   * as for all) and opens the node's shared maps under `bpfRoot`/maps, creating those missing.
+   */
+  constructor(bpfRoot: string, log: Logger, options: EndpointDatapathOptions = {}) {
     this.bpfRoot = bpfRoot;
     this.mapsDir = join(bpfRoot, 'maps');
     this.#log = log;
+    this.#netns = options.netns;
     assertOnBpffs(bpfRoot);
     mkdirSync(this.mapsDir, { recursive: true });
     mkdirSync(join(bpfRoot, 'endpoints'), { recursive: true });
-    if (SHARED_MAPS.some((name) => !existsSync(join(this.mapsDir, name)))) {
-      // Loading once with pins creates every shared map with the object's own definitions (and
-      // those a newer build added next to an older agent's pins).
-      loadLxc({ endpointId: 0, identity: 0, pinDir: this.mapsDir }).close();
+    // Loading with pins also creates every shared map with the object's own definitions (and
+    // those a newer build added next to an older agent's pins).
+    this.#programs = loadLxc({ pinDir: this.mapsDir });
+    const opened: { close(): void }[] = [];
+    try {
+      this.lxc = BpfMap.openPinned(join(this.mapsDir, MapName.LXC), endpointKey, endpointInfo);
+      opened.push(this.lxc);
+      this.lxcIfindex = BpfMap.openPinned(join(this.mapsDir, MapName.LXC_IFINDEX), lxcIfindexKey, endpointKey);
+      opened.push(this.lxcIfindex);
+      this.ipcache = BpfMap.openPinned(join(this.mapsDir, MapName.IPCACHE), ipcacheKey, remoteEndpointInfo);
+    } catch (error) {
+      for (const map of opened) map.close();
+      this.#programs.close();
+      throw error;
     }
-    this.lxc = BpfMap.openPinned(join(this.mapsDir, MapName.LXC), endpointKey, endpointInfo);
-    this.ipcache = BpfMap.openPinned(join(this.mapsDir, MapName.IPCACHE), ipcacheKey, remoteEndpointInfo);
   }
 
   /**
@@ -79,10 +118,7 @@ export class EndpointDatapath {
     for (const name of readdirSync(join(this.bpfRoot, 'endpoints'))) {
       const id = Number(name);
       if (!/^\d+$/.test(name) || keep.has(id)) continue;
-      this.unprepare(id);
-      this.#loadedIdentity.delete(id);
-      for (const { pin } of ATTACHMENTS) unpinLink(join(this.#endpointDir(id), pin));
-      rmSync(this.#endpointDir(id), { recursive: true, force: true });
+      this.#removePins(id);
       removed.push(id);
     }
     return removed;
@@ -93,64 +129,70 @@ export class EndpointDatapath {
   }
 
   /**
-   * Loads the endpoint's programs ahead of realize(), which then only attaches them. Loading is
-   * most of an endpoint's datapath cost (the verifier runs per copy); an endpoint manager calls
-   * this while its interface is still being created by other processes, so the two overlap.
+   * Attaches the node's programs to the endpoint's host-side veth (both directions at once, off
+   * the event loop) and pins the links; links already pinned for it that serve the interface are
+   * kept. Until realize() writes the endpoint's map entries the programs find no endpoint on the
+   * interface and let nothing through, so an endpoint manager calls this as soon as the interface
+   * exists: the attaches' RCU waits then overlap everything else an add does, its policy too.
    */
-  prepare(endpoint: Pick<DatapathEndpoint, 'id' | 'identity' | 'ipv4'>): void {
-    const prepared = this.#prepared.get(endpoint.id);
-    if (prepared?.identity === endpoint.identity) return;
-    this.unprepare(endpoint.id);
-    const obj = loadLxc({ endpointId: endpoint.id, identity: endpoint.identity, ipv4: endpoint.ipv4, pinDir: this.mapsDir });
-    this.#prepared.set(endpoint.id, { identity: endpoint.identity, obj });
+  attach(endpoint: Pick<DatapathEndpoint, 'id' | 'hostIfindex'>): Promise<void> {
+    const inFlight = this.#attaching.get(endpoint.id);
+    if (inFlight?.ifindex === endpoint.hostIfindex) return inFlight.done;
+    const done = (inFlight?.done.catch(() => undefined) ?? Promise.resolve()).then(() => this.#attach(endpoint));
+    const entry = { ifindex: endpoint.hostIfindex, done };
+    this.#attaching.set(endpoint.id, entry);
+    const forget = () => {
+      if (this.#attaching.get(endpoint.id) === entry) this.#attaching.delete(endpoint.id);
+    };
+    done.then(forget, forget);
+    return done;
   }
 
-  /** Drops what prepare() loaded for an endpoint that will not be realized after all. */
-  unprepare(endpointId: number): void {
-    this.#prepared.get(endpointId)?.obj.close();
-    this.#prepared.delete(endpointId);
-  }
-
-  #takeLoaded(endpoint: DatapathEndpoint): BpfObject {
-    const prepared = this.#prepared.get(endpoint.id);
-    this.#prepared.delete(endpoint.id);
-    if (prepared?.identity === endpoint.identity) return prepared.obj;
-    prepared?.obj.close();
-    return loadLxc({ endpointId: endpoint.id, identity: endpoint.identity, ipv4: endpoint.ipv4, pinDir: this.mapsDir });
-  }
-
-  realize(endpoint: DatapathEndpoint): void {
+  async #attach(endpoint: Pick<DatapathEndpoint, 'id' | 'hostIfindex'>): Promise<void> {
     const dir = this.#endpointDir(endpoint.id);
     mkdirSync(dir, { recursive: true });
-    const attached = ATTACHMENTS.every(({ pin }) => linkServesInterface(join(dir, pin), endpoint.hostIfindex));
-    // The identity is a .rodata constant of the program: a new identity needs a new program. An
-    // agent that has not loaded the endpoint itself (a restart) trusts what is pinned.
-    const loadedWith = this.#loadedIdentity.get(endpoint.id);
-    const current = attached && (loadedWith === undefined || loadedWith === endpoint.identity);
-    let action: 'adopted' | 'replaced' | 'attached' = 'adopted';
-    if (!current) {
-      const obj = this.#takeLoaded(endpoint);
-      try {
-        for (const { program, direction, pin } of ATTACHMENTS) {
-          if (attached) {
-            // Swap in place: the pod never meets its interface without a program.
-            using link = Link.openPinned(join(dir, pin));
-            link.update(obj.program(program));
-            action = 'replaced';
-          } else {
-            unpinLink(join(dir, pin));
-            using link = attachTcx(obj.program(program), { interface: endpoint.hostIfindex, direction });
-            link.pin(join(dir, pin));
-            action = 'attached';
-          }
-        }
-      } finally {
-        obj.close();
-      }
-    } else {
-      this.unprepare(endpoint.id);
+    const missing = ATTACHMENTS.filter(({ pin }) => !linkServesInterface(join(dir, pin), endpoint.hostIfindex));
+    await settled(
+      missing.map(async ({ program, direction, pin }) => {
+        unpinLink(join(dir, pin));
+        using link = await attachTcxAsync(this.#programs.program(program), { interface: endpoint.hostIfindex, direction, netns: this.#netns });
+        link.pin(join(dir, pin));
+      }),
+    );
+    if (missing.length > 0) {
+      this.#known.add(endpoint.id);
+      this.#log.debug({ endpoint: endpoint.id, ifindex: endpoint.hostIfindex, links: missing.map((a) => a.pin) }, 'attached datapath');
     }
-    this.#loadedIdentity.set(endpoint.id, endpoint.identity);
+  }
+
+  /**
+   * Drops what attach() did for an endpoint that will not be realized after all (and what
+   * realize() attached, for remove()). Both links are detached at once off the event loop: each
+   * detach waits out an RCU grace period.
+   */
+  async detach(endpointId: number): Promise<void> {
+    await this.#attaching.get(endpointId)?.done.catch(() => undefined);
+    this.#known.delete(endpointId);
+    const dir = this.#endpointDir(endpointId);
+    await settled(ATTACHMENTS.map(({ pin }) => unpinLinkAsync(join(dir, pin))));
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  /** detach() for a start (sweep), when nothing else runs yet. */
+  #removePins(id: number): void {
+    this.#known.delete(id);
+    const dir = this.#endpointDir(id);
+    for (const { pin } of ATTACHMENTS) unpinLink(join(dir, pin));
+    rmSync(dir, { recursive: true, force: true });
+  }
+
+  /**
+   * Serves the endpoint: attaches (or adopts) its links, then writes its ciliate_lxc entry, which
+   * is what makes the programs pass its packets; a new identity is only a new entry, the pod's
+   * interface keeps its programs throughout.
+   */
+  async realize(endpoint: DatapathEndpoint): Promise<void> {
+    await this.attach(endpoint);
     const info: EndpointInfo = {
       ifindex: endpoint.hostIfindex,
       lxc_id: endpoint.id,
@@ -159,9 +201,43 @@ export class EndpointDatapath {
       node_mac: endpoint.hostMac,
       sec_identity: endpoint.identity,
     };
+    const adopted = !this.#known.has(endpoint.id);
+    if (adopted) this.#adopt(endpoint);
+    this.#known.add(endpoint.id);
     const existing = this.lxc.lookup({ ip: endpoint.ipv4 });
-    if (!existing || JSON.stringify(existing) !== JSON.stringify(info)) this.lxc.update({ ip: endpoint.ipv4 }, info);
-    this.#log.debug({ endpoint: endpoint.id, identity: endpoint.identity, action }, `${action} datapath`);
+    const changed = !existing || JSON.stringify(existing) !== JSON.stringify(info);
+    if (changed) this.lxc.update({ ip: endpoint.ipv4 }, info);
+    if (this.lxcIfindex.lookup(endpoint.hostIfindex)?.ip !== endpoint.ipv4) this.lxcIfindex.update(endpoint.hostIfindex, { ip: endpoint.ipv4 });
+    const action = adopted ? 'adopted' : !changed ? undefined : existing ? 'updated' : 'serving';
+    if (action) this.#log.debug({ endpoint: endpoint.id, identity: endpoint.identity }, `${action} datapath`);
+  }
+
+  /**
+   * Links a previous agent pinned, found serving the interface, stay; but they run that agent's
+   * programs, which an older build may have compiled differently (before this one, with the
+   * endpoint's identity as a constant, which a new identity would not reach). A program whose tag
+   * (the hash of its instructions) is not this load's is swapped in place for this load's
+   * (BPF_LINK_UPDATE: the interface is never without a program); a restart of the same build
+   * swaps nothing.
+   */
+  #adopt(endpoint: Pick<DatapathEndpoint, 'id'>): void {
+    const dir = this.#endpointDir(endpoint.id);
+    const swapped: string[] = [];
+    for (const { program, pin } of ATTACHMENTS) {
+      const ours = this.#programs.program(program);
+      using link = Link.openPinned(join(dir, pin));
+      using running = Program.fromId(link.info().programId);
+      if (running.info().tag === this.#tag(ours)) continue;
+      link.update(ours);
+      swapped.push(pin);
+    }
+    if (swapped.length > 0) this.#log.info({ endpoint: endpoint.id, links: swapped }, "swapped an older build's programs for this agent's");
+  }
+
+  #tag(program: Program): string {
+    let tag = this.#tags.get(program.name);
+    if (tag === undefined) this.#tags.set(program.name, (tag = program.info().tag));
+    return tag;
   }
 
   /**
@@ -171,7 +247,15 @@ export class EndpointDatapath {
   observe(): [ipv4: string, ObservedEndpoint][] {
     return [...this.lxc.entries()].map(([key, info]) => {
       const dir = this.#endpointDir(info.lxc_id);
-      return [key.ip, { ipv4: key.ip, info, linksServe: ATTACHMENTS.every(({ pin }) => linkServesInterface(join(dir, pin), info.ifindex)) }];
+      return [
+        key.ip,
+        {
+          ipv4: key.ip,
+          info,
+          linksServe: ATTACHMENTS.every(({ pin }) => linkServesInterface(join(dir, pin), info.ifindex)),
+          indexed: this.lxcIfindex.lookup(info.ifindex)?.ip === key.ip,
+        },
+      ];
     });
   }
 
@@ -180,6 +264,7 @@ export class EndpointDatapath {
     const info = observed.info;
     return (
       observed.linksServe &&
+      observed.indexed &&
       info.ifindex === endpoint.hostIfindex &&
       info.lxc_id === endpoint.id &&
       info.mac === endpoint.mac &&
@@ -189,28 +274,43 @@ export class EndpointDatapath {
   }
 
   /**
-   * Deletes the ciliate_lxc entry of an address no endpoint has. The links and pins under the id
-   * are left alone: the id may belong to a live endpoint by now, and remove() takes them.
+   * Deletes the ciliate_lxc entry of an address no endpoint has (and its index entry). The links
+   * and pins under the id are left alone: the id may belong to a live endpoint by now, and
+   * remove() takes them.
    */
   prune(observed: ObservedEndpoint): void {
     this.lxc.delete({ ip: observed.ipv4 });
+    this.#unindex(observed.info.ifindex, observed.ipv4);
   }
 
-  remove(endpoint: DatapathEndpoint): void {
-    this.unprepare(endpoint.id);
-    this.#loadedIdentity.delete(endpoint.id);
-    const dir = this.#endpointDir(endpoint.id);
-    for (const { pin } of ATTACHMENTS) unpinLink(join(dir, pin));
-    rmSync(dir, { recursive: true, force: true });
+  async remove(endpoint: DatapathEndpoint): Promise<void> {
+    // The links go first: without them nothing looks the entry up any more.
+    await this.detach(endpoint.id);
     const current = this.lxc.lookup({ ip: endpoint.ipv4 });
     if (current?.lxc_id === endpoint.id) this.lxc.delete({ ip: endpoint.ipv4 });
+    this.#unindex(endpoint.hostIfindex, endpoint.ipv4);
+  }
+
+  /** Deletes the index entry of `ifindex` if it still names `ipv4` (not a new endpoint's). */
+  #unindex(ifindex: number, ipv4: string): void {
+    if (this.lxcIfindex.lookup(ifindex)?.ip === ipv4) this.lxcIfindex.delete(ifindex);
   }
 
   close(): void {
-    for (const id of [...this.#prepared.keys()]) this.unprepare(id);
+    this.#programs.close();
     this.lxc.close();
+    this.lxcIfindex.close();
     this.ipcache.close();
   }
+}
+
+/**
+ * Waits for every one, then throws the first failure: one failed attach or detach must not leave
+ * the other still running while a retry or a remove starts.
+ */
+async function settled(work: readonly Promise<unknown>[]): Promise<void> {
+  const failed = (await Promise.allSettled(work)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
 }
 
 /**

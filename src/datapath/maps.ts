@@ -8,6 +8,8 @@ import { be16, ipv4, mac, pad, struct, u16, u32, u64n, u8, type StructValue } fr
 /** Map names in the object, which are also the names of their pins. */
 export const MapName = {
   LXC: 'ciliate_lxc',
+  /** Host-side ifindex (u32) → the endpoint_key of the endpoint behind it: names the sender of drops. */
+  LXC_IFINDEX: 'ciliate_lxc_ifindex',
   IPCACHE: 'ciliate_ipcache',
   CT4: 'ciliate_ct4',
   EVENTS: 'ciliate_events',
@@ -20,7 +22,7 @@ export const MapName = {
 } as const;
 export type MapName = (typeof MapName)[keyof typeof MapName];
 
-/** Every map the per-endpoint copies of bpf_lxc.o share through pins. */
+/** Every map the loads of bpf_lxc.o (and bpf_overlay.o) share through pins. */
 export const SHARED_MAPS: readonly MapName[] = Object.values(MapName);
 
 /** Reserved security identities (Cilium's numbering). */
@@ -45,6 +47,10 @@ export const endpointInfo = struct('endpoint_info', {
   sec_identity: u32,
 });
 export type EndpointInfo = StructValue<(typeof endpointInfo)['fields']>;
+
+// ciliate_lxc_ifindex: host-side ifindex → endpoint_key (the address) of the endpoint behind it.
+
+export const lxcIfindexKey = u32;
 
 // ciliate_ipcache: identity and tunnel endpoint of any prefix.
 

@@ -251,7 +251,7 @@ export class NodeRouting {
     mkdirSync(this.mapsDir, { recursive: true });
     if (SHARED_MAPS.some((name) => !existsSync(join(this.mapsDir, name)))) {
       // Loading once with pins creates the missing shared maps and reuses the existing ones.
-      loadLxc({ endpointId: 0, identity: 0, pinDir: this.mapsDir }).close();
+      loadLxc({ pinDir: this.mapsDir }).close();
     }
     this.#ipcache = BpfMap.openPinned(join(this.mapsDir, MapName.IPCACHE), ipcacheKey, remoteEndpointInfo);
     this.#nodeCfg = BpfMap.openPinned(join(this.mapsDir, MapName.NODE_CFG), nodeConfigKey, nodeConfig);

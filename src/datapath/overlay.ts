@@ -1,7 +1,7 @@
 /**
  * Loading the overlay datapath (bpf/bpf_overlay.c): the program on the node's VXLAN device that
  * delivers decapsulated packets from other nodes to this node's pods. It shares the node's maps
- * with the endpoints' copies of bpf_lxc.o through the same pins.
+ * with the node's load of bpf_lxc.o through the same pins.
  * @module
  */
 import { join } from 'node:path';

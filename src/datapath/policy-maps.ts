@@ -72,7 +72,7 @@ export class EndpointPolicyMaps {
     if (!existsSync(outerPath)) {
       mkdirSync(mapsDir, { recursive: true });
       // Loading once with pins creates every shared map with the object's own definitions.
-      loadLxc({ endpointId: 0, identity: 0, pinDir: mapsDir }).close();
+      loadLxc({ pinDir: mapsDir }).close();
     }
     this.outer = BpfMap.openPinned(outerPath, policyMapsKey, u32);
   }

@@ -6,9 +6,10 @@
  * @module
  */
 import type { TestContext } from 'node:test';
-import { attachTcx, inNetns, namedNetns, type BpfObject, type Link } from '../ebpf/index.ts';
+import assert from 'node:assert/strict';
+import { attachTcx, Btf, inNetns, namedNetns, type BpfObject, type Link } from '../ebpf/index.ts';
 import { ip, ipIn, run, uniqueId } from '../ebpf/internal/testutils.ts';
-import { LxcProgram, loadLxc, lxcMaps } from './lxc.ts';
+import { LXC_OBJECT_PATH, LxcProgram, lxcMaps } from './lxc.ts';
 
 /** Gateway address every pod routes through: link-local, answered by a static neighbour entry. */
 export const GATEWAY = '169.254.1.1';
@@ -102,19 +103,57 @@ export function podTopology(t: TestContext, options: TopologyOptions): { node: s
 }
 
 /**
- * Loads the pod's copy of bpf_lxc.o (maps shared through `pinDir`), writes its endpoint map entry
- * and attaches both programs to its host veth; the object and links go to `objects` and `links`,
- * for the caller to close.
+ * Serves the pod with the node's load of bpf_lxc.o (`obj`): writes its endpoint map entries and
+ * attaches both programs to its host veth; the links go to `links`, for the caller to close.
  */
-export function attachPod(pod: Pod, node: string, pinDir: string, objects: BpfObject[], links: Link[]): void {
-  const obj = loadLxc({ endpointId: pod.id, identity: pod.identity, ipv4: pod.ip, pinDir });
-  objects.push(obj);
-  lxcMaps(obj).lxc.update(
+export function attachPod(pod: Pod, node: string, obj: BpfObject, links: Link[]): void {
+  const maps = lxcMaps(obj);
+  maps.lxc.update(
     { ip: pod.ip },
     { ifindex: pod.hostIfindex, lxc_id: pod.id, flags: 0, mac: pod.podMac, node_mac: pod.hostMac, sec_identity: pod.identity },
   );
+  maps.lxcIfindex.update(pod.hostIfindex, { ip: pod.ip });
   inNetns(namedNetns(node), () => {
     links.push(attachTcx(obj.program(LxcProgram.FROM_CONTAINER), { interface: pod.hostIf, direction: 'ingress' }));
     links.push(attachTcx(obj.program(LxcProgram.TO_CONTAINER), { interface: pod.hostIf, direction: 'egress' }));
   });
+}
+
+/**
+ * Interfaces for BPF_PROG_TEST_RUN. bpf_lxc finds an endpoint by the interface a packet is on
+ * (skb->ifindex), and a test run puts a packet on an interface only if one of that index exists
+ * in the caller's namespace: this makes a fresh namespace with an interface of each index,
+ * removed at test end. Run programs in it (inNetns) with skbOnInterface() as their context.
+ */
+export function testRunInterfaces(t: TestContext, ifindexes: readonly number[]): string {
+  const name = `ctr-${uniqueId()}`;
+  t.after(() => {
+    try {
+      ip('netns', 'del', name);
+    } catch {
+      // never created
+    }
+  });
+  ip('netns', 'add', name);
+  // veth pairs: this kernel has no dummy interfaces. Both ends get their index, so that the
+  // kernel's choice for a peer cannot take one of those asked for.
+  ifindexes.forEach((ifindex, i) =>
+    ipIn(name, 'link', 'add', `d${i}`, 'index', String(ifindex), 'type', 'veth', 'peer', 'name', `p${i}`, 'index', String(ifindex + 1000)),
+  );
+  return namedNetns(name);
+}
+
+let skbLayout: { size: number; ifindex: number } | undefined;
+
+/** A struct __sk_buff for BPF_PROG_TEST_RUN that puts the packet on interface `ifindex`. */
+export function skbOnInterface(ifindex: number): Buffer {
+  if (!skbLayout) {
+    const layout = Btf.fromElf(LXC_OBJECT_PATH).structLayout('__sk_buff');
+    const member = layout.members.find((m) => m.name === 'ifindex');
+    assert.ok(member, 'struct __sk_buff has an ifindex');
+    skbLayout = { size: layout.size, ifindex: member.offset };
+  }
+  const ctx = Buffer.alloc(skbLayout.size);
+  ctx.writeUInt32LE(ifindex, skbLayout.ifindex);
+  return ctx;
 }

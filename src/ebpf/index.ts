@@ -17,8 +17,8 @@ export { BpfMap, possibleCpus, mapInfo, type MapSpec, type MapInfoData } from '.
 export { Program, programInfo, type ProgramMeta, type TestRunOptions, type TestRunResult } from './program.ts';
 export { BpfObject, type LoadOptions, type ConstantValue } from './object.ts';
 export { Btf, checkLayout, type BtfStructLayout, type BtfDatasec, type BtfMember, type BtfKind } from './btf.ts';
-export { Link, unpinLink, linkInfo, type LinkInfoData } from './link/link.ts';
-export { attachTcx, queryTcx, type TcxOptions, type TcxDirection, type TcxAttachments } from './link/tcx.ts';
+export { Link, unpinLink, unpinLinkAsync, linkInfo, type LinkInfoData } from './link/link.ts';
+export { attachTcx, attachTcxAsync, queryTcx, type TcxOptions, type TcxAsyncOptions, type TcxDirection, type TcxAttachments } from './link/tcx.ts';
 export { attachXdp, type XdpOptions, type XdpMode } from './link/xdp.ts';
 export { attachNetkit, type NetkitOptions } from './link/netkit.ts';
 export { attachCgroup, type CgroupOptions } from './link/cgroup.ts';

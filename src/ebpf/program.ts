@@ -6,7 +6,7 @@
 import { BpfError } from './errors.ts';
 import { objGet, objInfo, objPin } from './map.ts';
 import { BpfCommand, type ProgramType } from './internal/constants.ts';
-import { ProgInfo, TestRunAttr } from './internal/attr.ts';
+import { GetFdByIdAttr, ProgInfo, TestRunAttr } from './internal/attr.ts';
 import { addressOf, bpf, close } from './internal/sys.ts';
 
 export interface ProgramMeta {
@@ -59,9 +59,25 @@ export class Program implements Disposable {
 
   /** Opens a program pinned in bpffs. */
   static openPinned(path: string): Program {
-    const fd = objGet(path, `opening pinned program ${path}`);
-    const info = programInfo(fd);
-    return new Program(fd, { name: info.name, section: '', type: info.type, expectedAttachType: -1 });
+    return Program.#adoptFd(objGet(path, `opening pinned program ${path}`));
+  }
+
+  /** Opens a loaded program by its id, e.g. the one a link runs (LinkInfoData.programId). */
+  static fromId(id: number): Program {
+    const attr = Buffer.alloc(GetFdByIdAttr.size);
+    attr.writeUInt32LE(id, GetFdByIdAttr.id);
+    return Program.#adoptFd(bpf(BpfCommand.PROG_GET_FD_BY_ID, attr, `opening program id ${id}`));
+  }
+
+  /** A Program owning `fd`, described by the kernel; the fd is closed if that fails. */
+  static #adoptFd(fd: number): Program {
+    try {
+      const info = programInfo(fd);
+      return new Program(fd, { name: info.name, section: '', type: info.type, expectedAttachType: -1 });
+    } catch (error) {
+      close(fd);
+      throw error;
+    }
   }
 
   /** Runs the program once (or `repeat` times) on a crafted input through BPF_PROG_TEST_RUN. */

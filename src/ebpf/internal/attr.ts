@@ -17,6 +17,9 @@ export const MapBatchAttr = {
 
 export const ObjAttr = { pathname: 0, bpfFd: 8, fileFlags: 12, size: 16 } as const;
 
+/** BPF_PROG_GET_FD_BY_ID (and the map, link and BTF variants): the id, then next_id and open_flags. */
+export const GetFdByIdAttr = { id: 0, nextId: 4, openFlags: 8, size: 12 } as const;
+
 export const InfoAttr = { bpfFd: 0, infoLen: 4, info: 8, size: 16 } as const;
 
 export const MapInfo = {

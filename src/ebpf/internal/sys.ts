@@ -3,7 +3,7 @@
  * so the rest of the library only sees typed errors.
  * @module
  */
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import koffi from 'koffi';
@@ -35,7 +35,7 @@ const ADDON_PATH = join(import.meta.dirname, '..', '..', '..', 'build', 'native'
 
 interface Addon {
   bpf(cmd: number, attr: Buffer, size: number): number;
-  bpfAsync(cmd: number, attr: Buffer, size: number): Promise<number>;
+  bpfAsync(cmd: number, attr: Buffer, size: number, netnsFd?: number): Promise<number>;
 }
 
 function loadAddon(): Addon | undefined {
@@ -57,15 +57,34 @@ export const bpfSyscallPath: 'addon' | 'koffi' = addon ? 'addon' : 'koffi';
 const bpfCall = addonBpf ?? koffiBpf;
 
 /**
- * bpf(2) on libuv's thread pool, for commands that sleep in the kernel (a map-of-maps update
- * waits for an RCU grace period): the event loop, and other work, go on meanwhile. Every buffer
- * `attr` points to must stay unchanged until the promise settles. Without the addon it runs
- * synchronously.
+ * bpf(2) on libuv's thread pool, for commands that sleep in the kernel (a map-of-maps update or a
+ * TCX attach waits for an RCU grace period): the event loop, and other work, go on meanwhile.
+ * Every buffer `attr` points to must stay unchanged until the promise settles. `netnsFd`, an open
+ * network namespace file kept open until then, is where the call runs (commands that name an
+ * interface by index resolve it there); without it, the pool thread's own namespace. Without the
+ * addon it runs synchronously.
  */
-export async function bpfAsync(cmd: BpfCommand, attr: Buffer, context: string, size: number = attr.length): Promise<number> {
-  const ret = addon ? await addon.bpfAsync(cmd, attr, size) : koffiBpf(cmd, attr, size);
+export async function bpfAsync(cmd: BpfCommand, attr: Buffer, context: string, size: number = attr.length, netnsFd?: number): Promise<number> {
+  let ret: number;
+  if (addon) ret = await (netnsFd === undefined ? addon.bpfAsync(cmd, attr, size) : addon.bpfAsync(cmd, attr, size, netnsFd));
+  else ret = netnsFd === undefined ? koffiBpf(cmd, attr, size) : inNetnsFd(netnsFd, () => koffiBpf(cmd, attr, size), context);
   if (ret < 0) throw errorFromErrno(context, -ret);
   return ret;
+}
+
+/** Runs `fn` with this thread in the network namespace open as `netnsFd`, then back. */
+function inNetnsFd<T>(netnsFd: number, fn: () => T, context: string): T {
+  const own = openSync('/proc/thread-self/ns/net', 'r');
+  try {
+    setns(netnsFd, CLONE_NEWNET, `${context}: entering its network namespace`);
+    try {
+      return fn();
+    } finally {
+      setns(own, CLONE_NEWNET, `${context}: returning to the original network namespace`);
+    }
+  } finally {
+    closeSync(own);
+  }
 }
 
 /** Calls bpf(2). Throws a typed error naming `context` when the kernel refuses. */

@@ -9,7 +9,7 @@ import { BpfError } from '../errors.ts';
 import { objGet, objInfo, objPin } from '../map.ts';
 import { BpfCommand, LinkType } from '../internal/constants.ts';
 import { LinkCreateAttr, LinkDetachAttr, LinkInfo, LinkUpdateAttr } from '../internal/attr.ts';
-import { bpf, close } from '../internal/sys.ts';
+import { bpf, bpfAsync, close } from '../internal/sys.ts';
 
 export interface LinkInfoData {
   type: LinkType;
@@ -63,9 +63,21 @@ export class Link implements Disposable {
    * (defunct) until its last fd and pin are gone.
    */
   detach(): void {
+    bpf(BpfCommand.LINK_DETACH, this.#detachAttr(), `detaching ${this.description}`);
+  }
+
+  /**
+   * detach() on libuv's thread pool: detaching a TCX link waits out an RCU grace period in the
+   * kernel (holding RTNL), which would otherwise stall the event loop for as long.
+   */
+  async detachAsync(): Promise<void> {
+    await bpfAsync(BpfCommand.LINK_DETACH, this.#detachAttr(), `detaching ${this.description}`);
+  }
+
+  #detachAttr(): Buffer {
     const attr = Buffer.alloc(LinkDetachAttr.size);
     attr.writeUInt32LE(this.fd, LinkDetachAttr.linkFd);
-    bpf(BpfCommand.LINK_DETACH, attr, `detaching ${this.description}`);
+    return attr;
   }
 
   /** Releases this process's hold; the program stays attached only if the link is pinned. */
@@ -82,23 +94,48 @@ export class Link implements Disposable {
 
 /** Removes a pin and detaches the link behind it. Missing pins are fine: unpinning is idempotent. */
 export function unpinLink(path: string): void {
-  let link: Link;
-  try {
-    link = Link.openPinned(path);
-  } catch {
-    rmSync(path, { force: true });
-    return;
-  }
+  const link = openPinnedOrRemove(path);
+  if (!link) return;
   try {
     link.detach();
   } catch (error) {
-    // Perf-event, raw-tracepoint and tracing links cannot be detached explicitly; dropping the pin
-    // and our fd (below) releases their last reference, which detaches them.
-    if (!BpfError.is(error, 'ERR_NOT_SUPPORTED')) throw error;
+    detachRefused(error);
   } finally {
     link.close();
     rmSync(path, { force: true });
   }
+}
+
+/** unpinLink() with the detach on libuv's thread pool (see Link.detachAsync). */
+export async function unpinLinkAsync(path: string): Promise<void> {
+  const link = openPinnedOrRemove(path);
+  if (!link) return;
+  try {
+    await link.detachAsync();
+  } catch (error) {
+    detachRefused(error);
+  } finally {
+    link.close();
+    rmSync(path, { force: true });
+  }
+}
+
+/** The link pinned at `path`; undefined (and whatever is at `path` removed) when there is none. */
+function openPinnedOrRemove(path: string): Link | undefined {
+  try {
+    return Link.openPinned(path);
+  } catch {
+    rmSync(path, { force: true });
+    return undefined;
+  }
+}
+
+/**
+ * Perf-event, raw-tracepoint and tracing links cannot be detached explicitly; dropping the pin and
+ * our fd releases their last reference, which detaches them. Anything else is rethrown.
+ */
+function detachRefused(error: unknown): void {
+  if (!BpfError.is(error, 'ERR_NOT_SUPPORTED')) throw error;
 }
 
 export function linkInfo(fd: number): LinkInfoData {
@@ -126,11 +163,32 @@ export function createLink(
   context: string,
   fill?: (attr: Buffer) => void,
 ): number {
+  return bpf(BpfCommand.LINK_CREATE, linkCreateAttr(programFd, target, attachType, flags, fill), context);
+}
+
+/**
+ * createLink() on libuv's thread pool, for attach types whose attach waits for an RCU grace
+ * period (TCX); the target (an ifindex) is resolved in the network namespace open as `netnsFd`.
+ */
+export function createLinkAsync(
+  programFd: number,
+  target: number,
+  attachType: number,
+  flags: number,
+  context: string,
+  netnsFd: number,
+  fill?: (attr: Buffer) => void,
+): Promise<number> {
+  const attr = linkCreateAttr(programFd, target, attachType, flags, fill);
+  return bpfAsync(BpfCommand.LINK_CREATE, attr, context, attr.length, netnsFd);
+}
+
+function linkCreateAttr(programFd: number, target: number, attachType: number, flags: number, fill?: (attr: Buffer) => void): Buffer {
   const attr = Buffer.alloc(LinkCreateAttr.size);
   attr.writeUInt32LE(programFd, LinkCreateAttr.progFd);
   attr.writeUInt32LE(target, LinkCreateAttr.target);
   attr.writeUInt32LE(attachType, LinkCreateAttr.attachType);
   attr.writeUInt32LE(flags, LinkCreateAttr.flags);
   fill?.(attr);
-  return bpf(BpfCommand.LINK_CREATE, attr, context);
+  return attr;
 }

@@ -1,13 +1,14 @@
 import { test } from 'node:test';
+import { existsSync } from 'node:fs';
 import assert from 'node:assert/strict';
 import { BpfObject } from '../object.ts';
-import { attachTcx, queryTcx } from './tcx.ts';
+import { attachTcx, attachTcxAsync, queryTcx } from './tcx.ts';
 import { attachXdp } from './xdp.ts';
-import { Link, unpinLink } from './link.ts';
+import { Link, unpinLink, unpinLinkAsync } from './link.ts';
 import { inNetns } from '../netns.ts';
 import { u32, u64 } from '../codec.ts';
 import { LinkType } from '../internal/constants.ts';
-import { netnsPair, objectPath, ping, pinDir } from '../internal/testutils.ts';
+import { netnsPair, objectPath, ping, pinDir, run } from '../internal/testutils.ts';
 import { BpfError, NotSupportedError } from '../errors.ts';
 import { probeFeature } from '../features.ts';
 import { attachNetkit } from './netkit.ts';
@@ -98,6 +99,59 @@ test('XDP in native and generic mode on veth', (t) => {
   }
 });
 
+test('attachTcxAsync attaches off the event loop, in parallel, in the namespace it is given or called from; unpinLinkAsync detaches', async (t) => {
+  const net = netnsPair(t);
+  const { obj, counters, config } = load();
+  t.after(() => obj.close());
+  const ifindexB = (JSON.parse(run('ip', ['-n', net.b, '-j', 'link', 'show', 'dev', net.ifB])) as { ifindex: number }[])[0].ifindex;
+  // By path: the pool thread enters namespace B; this thread never leaves its own.
+  let ticks = 0;
+  const timer = setInterval(() => ticks++, 0);
+  const [ingress, egress] = await Promise.all([
+    attachTcxAsync(obj.program('count_tc'), { interface: ifindexB, direction: 'ingress', netns: net.pathB }),
+    attachTcxAsync(obj.program('count_tc_second'), { interface: net.ifB, direction: 'egress', netns: net.pathB }),
+  ]);
+  clearInterval(timer);
+  t.after(() => {
+    ingress.close();
+    egress.close();
+  });
+  assert.ok(ticks > 0, 'the event loop ran while the attaches waited in the kernel');
+  assert.deepEqual([ingress.info().ifindex, egress.info().ifindex], [ifindexB, ifindexB]);
+  assert.deepEqual(inNetns(net.pathB, () => queryTcx(net.ifB, 'ingress').linkIds), [ingress.info().id]);
+  assert.deepEqual(inNetns(net.pathB, () => queryTcx(net.ifB, 'egress').linkIds), [egress.info().id]);
+  assert.ok(ping(net.a, net.addrB, 2));
+  assert.ok(counters.lookup(SLOT_TC)! >= 2n, 'the ingress program runs on B');
+
+  // Without a path: the namespace of the calling thread when the call is made, though the
+  // promise settles after the thread has left it.
+  const pending = inNetns(net.pathA, () => attachTcxAsync(obj.program('count_tc'), { interface: net.ifA, direction: 'ingress' }));
+  const onA = await pending;
+  t.after(() => onA.close());
+  assert.deepEqual(inNetns(net.pathA, () => queryTcx(net.ifA, 'ingress').linkIds), [onA.info().id]);
+  config.update(0, 1);
+  assert.equal(ping(net.b, net.addrA, 1), false, 'the program on A drops once told to');
+  config.update(0, 0);
+
+  // Pinned, then unpinned with the detach off the event loop too.
+  const pins = pinDir(t);
+  ingress.pin(`${pins}/ingress`);
+  ingress.close();
+  await unpinLinkAsync(`${pins}/ingress`);
+  assert.equal(existsSync(`${pins}/ingress`), false, 'the pin is gone');
+  assert.deepEqual(inNetns(net.pathB, () => queryTcx(net.ifB, 'ingress').linkIds), [], 'and the program detached');
+  await unpinLinkAsync(`${pins}/ingress`);
+
+  // Typed errors, as attachTcx's.
+  await assert.rejects(
+    attachTcxAsync(obj.program('count_tc'), { interface: ifindexB, direction: 'ingress', netns: net.pathB, expectedRevision: 999n }),
+    (error: unknown) => BpfError.is(error, 'ERR_STALE_REVISION'),
+  );
+  await assert.rejects(
+    attachTcxAsync(obj.program('count_tc'), { interface: 999_999, direction: 'ingress', netns: net.pathB }),
+    (error: unknown) => BpfError.is(error) && /attaching count_tc to TCX ingress of interface 999999/.test((error as Error).message),
+  );
+});
 
 test('Link.update swaps the program of a pinned TCX link in place', (t) => {
   const net = netnsPair(t);

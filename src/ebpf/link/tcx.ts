@@ -3,12 +3,14 @@
  * revision checks so two agents never silently reorder each other's programs.
  * @module
  */
+import { closeSync, openSync } from 'node:fs';
 import { BpfError, NotSupportedError } from '../errors.ts';
 import type { Program } from '../program.ts';
 import { AttachFlag, AttachType, BpfCommand, ProgramType } from '../internal/constants.ts';
 import { LinkCreateAttr, ProgQueryAttr } from '../internal/attr.ts';
 import { addressOf, bpf, interfaceIndex } from '../internal/sys.ts';
-import { Link, createLink } from './link.ts';
+import { Link, createLink, createLinkAsync } from './link.ts';
+import { inNetns } from '../netns.ts';
 import { assertProgramType } from '../program.ts';
 
 export type TcxDirection = 'ingress' | 'egress';
@@ -31,24 +33,84 @@ export interface TcxOptions {
  * const link = attachTcx(obj.program('from_container'), { interface: 'lxc12', direction: 'ingress' });
  */
 export function attachTcx(program: Program, options: TcxOptions): Link {
+  const request = tcxRequest(program, options, interfaceIndex);
+  try {
+    return new Link(createLink(program.fd, request.ifindex, request.attachType, request.flags, request.context, request.fill), request.description);
+  } catch (error) {
+    throw tcxError(error);
+  }
+}
+
+export interface TcxAsyncOptions extends TcxOptions {
+  /**
+   * Path of the network namespace `interface` is in (e.g. /run/netns/node1); default: the
+   * caller's current one, as for attachTcx.
+   */
+  netns?: string;
+}
+
+/**
+ * attachTcx() off the event loop. A TCX attach waits in the kernel for an RCU grace period
+ * (milliseconds, more on a busy machine) before it returns; this waits on libuv's thread pool
+ * instead, so the event loop goes on and several attaches wait out their grace periods together.
+ * The program (and a `before`/`after` anchor) must stay open until the promise settles.
+ *
+ * @example
+ * const [ingress, egress] = await Promise.all([
+ *   attachTcxAsync(obj.program('from_container'), { interface: 12, direction: 'ingress' }),
+ *   attachTcxAsync(obj.program('to_container'), { interface: 12, direction: 'egress' }),
+ * ]);
+ */
+export async function attachTcxAsync(program: Program, options: TcxAsyncOptions): Promise<Link> {
+  const netns = options.netns;
+  const request = tcxRequest(program, options, (name) => (netns ? inNetns(netns, () => interfaceIndex(name)) : interfaceIndex(name)));
+  // The namespace is taken now, on the caller's thread: the pool thread that makes the call may be
+  // in another one.
+  const netnsFd = openSync(netns ?? '/proc/thread-self/ns/net', 'r');
+  try {
+    const fd = await createLinkAsync(program.fd, request.ifindex, request.attachType, request.flags, request.context, netnsFd, request.fill);
+    return new Link(fd, request.description);
+  } catch (error) {
+    throw tcxError(error);
+  } finally {
+    closeSync(netnsFd);
+  }
+}
+
+interface TcxRequest {
+  ifindex: number;
+  attachType: number;
+  flags: number;
+  context: string;
+  description: string;
+  fill: (attr: Buffer) => void;
+}
+
+function tcxRequest(program: Program, options: TcxOptions, indexOf: (name: string) => number): TcxRequest {
   assertProgramType(program, [ProgramType.SCHED_CLS, ProgramType.SCHED_ACT], 'TCX');
-  const ifindex = typeof options.interface === 'number' ? options.interface : interfaceIndex(options.interface);
-  const attachType = options.direction === 'ingress' ? AttachType.TCX_INGRESS : AttachType.TCX_EGRESS;
   if (options.before && options.after) throw new BpfError('ERR_INVALID_ARGUMENT', 'attaching TCX: give before or after, not both');
+  const ifindex = typeof options.interface === 'number' ? options.interface : indexOf(options.interface);
   const relative = options.before ?? options.after;
   let flags = 0;
   if (relative) flags |= (options.before ? AttachFlag.BEFORE : AttachFlag.AFTER) | (relative instanceof Link ? AttachFlag.LINK : 0);
   const where = `${options.direction} of interface ${options.interface}`;
-  try {
-    const fd = createLink(program.fd, ifindex, attachType, flags, `attaching ${program.name} to TCX ${where}`, (attr) => {
+  return {
+    ifindex,
+    attachType: options.direction === 'ingress' ? AttachType.TCX_INGRESS : AttachType.TCX_EGRESS,
+    flags,
+    context: `attaching ${program.name} to TCX ${where}`,
+    description: `TCX link of ${program.name} on ${where}`,
+    fill: (attr) => {
       if (relative) attr.writeUInt32LE(relative.fd, LinkCreateAttr.relative);
       if (options.expectedRevision !== undefined) attr.writeBigUInt64LE(options.expectedRevision, LinkCreateAttr.expectedRevision);
-    });
-    return new Link(fd, `TCX link of ${program.name} on ${where}`);
-  } catch (error) {
-    if (BpfError.is(error, 'ERR_INVALID_ARGUMENT') && !tcxSupported()) throw new NotSupportedError('TCX links (BPF_TCX_INGRESS/EGRESS)', { cause: error });
-    throw error;
-  }
+    },
+  };
+}
+
+/** A kernel without TCX says EINVAL, as it does for a bad request: the probe tells them apart. */
+function tcxError(error: unknown): unknown {
+  if (BpfError.is(error, 'ERR_INVALID_ARGUMENT') && !tcxSupported()) return new NotSupportedError('TCX links (BPF_TCX_INGRESS/EGRESS)', { cause: error });
+  return error;
 }
 
 export interface TcxAttachments {

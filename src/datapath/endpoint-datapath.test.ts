@@ -1,0 +1,116 @@
+/**
+ * EndpointDatapath on the real kernel: the node's one load of bpf_lxc attached to pods' host
+ * veths (in a node namespace), the endpoint map entries that make it serve them, identity changes,
+ * removal, and what a restarted agent does with the links a previous one pinned.
+ * @module
+ */
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { pino } from 'pino';
+import { inNetns, Link, namedNetns, Program, queryTcx } from '../ebpf/index.ts';
+import { pinDir, ping } from '../ebpf/internal/testutils.ts';
+import { EndpointDatapath, type DatapathEndpoint } from './endpoint-datapath.ts';
+import { LxcProgram, loadLxc } from './lxc.ts';
+import { loadOverlay, OverlayProgram } from './overlay.ts';
+import { podTopology, type Pod } from './testutils.ts';
+
+const log = pino({ level: 'silent' });
+
+function setup(t: TestContext, prefix: string): { node: string; pods: Pod[]; root: string; open(): EndpointDatapath } {
+  const { node, pods } = podTopology(t, { count: 2, prefix, firstHost: 30, firstId: 300, firstIdentity: 40000 });
+  const root = join(pinDir(t), 'root');
+  mkdirSync(root);
+  const opened: EndpointDatapath[] = [];
+  t.after(() => {
+    for (const datapath of opened) datapath.close();
+  });
+  const open = () => {
+    const datapath = new EndpointDatapath(root, log, { netns: namedNetns(node) });
+    opened.push(datapath);
+    return datapath;
+  };
+  return { node, pods, root, open };
+}
+
+function endpointOf(pod: Pod): DatapathEndpoint {
+  return { id: pod.id, ipv4: pod.ip, mac: pod.podMac, hostIfname: pod.hostIf, hostIfindex: pod.hostIfindex, hostMac: pod.hostMac, identity: pod.identity };
+}
+
+function links(root: string, id: number): Link[] {
+  return ['from-container', 'to-container'].map((pin) => Link.openPinned(join(root, 'endpoints', String(id), pin)));
+}
+
+test('realize serves pods with one load of the programs; a new identity rewrites only the map entry; remove leaves nothing', async (t) => {
+  const { node, pods, root, open } = setup(t, 'cdr');
+  const datapath = open();
+  const [a, b] = pods;
+  await Promise.all(pods.map((pod) => datapath.realize(endpointOf(pod))));
+  assert.ok(ping(a.netns, b.ip, 2), 'the pods reach each other');
+
+  const [la, lb] = [links(root, a.id), links(root, b.id)];
+  t.after(() => [...la, ...lb].forEach((link) => link.close()));
+  assert.deepEqual(la.map((l) => l.info().ifindex), [a.hostIfindex, a.hostIfindex]);
+  assert.deepEqual(lb.map((l) => l.info().ifindex), [b.hostIfindex, b.hostIfindex]);
+  assert.deepEqual(la.map((l) => l.info().programId), lb.map((l) => l.info().programId), 'both pods run the same two programs');
+  assert.equal(datapath.lxcIfindex.lookup(a.hostIfindex)?.ip, a.ip);
+  const observed = new Map(datapath.observe());
+  assert.equal(datapath.serves(endpointOf(a), observed.get(a.ip)!), true);
+
+  const linkIds = la.map((l) => l.info().id);
+  const programIds = la.map((l) => l.info().programId);
+  await datapath.realize({ ...endpointOf(a), identity: 40999 });
+  assert.equal(datapath.lxc.lookup({ ip: a.ip })?.sec_identity, 40999);
+  assert.deepEqual(la.map((l) => l.info().id), linkIds, 'the same links');
+  assert.deepEqual(la.map((l) => l.info().programId), programIds, 'running the same programs');
+  assert.equal(datapath.serves(endpointOf(a), new Map(datapath.observe()).get(a.ip)!), false, 'the old identity is no longer what is served');
+  assert.ok(ping(a.netns, b.ip, 1), 'traffic goes on');
+
+  await datapath.remove({ ...endpointOf(a), identity: 40999 });
+  assert.equal(existsSync(join(root, 'endpoints', String(a.id))), false, 'no pins, no directory');
+  assert.equal(datapath.lxc.lookup({ ip: a.ip }), undefined);
+  assert.equal(datapath.lxcIfindex.lookup(a.hostIfindex), undefined);
+  for (const direction of ['ingress', 'egress'] as const) {
+    assert.deepEqual(inNetns(namedNetns(node), () => queryTcx(a.hostIf, direction).linkIds), [], `nothing attached at ${direction} any more`);
+  }
+});
+
+test('attached but without its entries an endpoint passes nothing; detach undoes attach', async (t) => {
+  const { pods, root, open } = setup(t, 'cda');
+  const datapath = open();
+  const [a, b] = pods;
+  await datapath.realize(endpointOf(b));
+  await datapath.attach({ id: a.id, hostIfindex: a.hostIfindex });
+  assert.ok(existsSync(join(root, 'endpoints', String(a.id), 'from-container')));
+  assert.equal(ping(a.netns, b.ip, 1), false, 'nothing leaves a pod whose entry is not written');
+  assert.equal(ping(b.netns, a.ip, 1), false, 'nothing reaches it either');
+  await datapath.detach(a.id);
+  assert.equal(existsSync(join(root, 'endpoints', String(a.id))), false);
+});
+
+test('a restarted datapath adopts pinned links, and swaps a program of another build in place', async (t) => {
+  const { pods, root, open } = setup(t, 'cdp');
+  const [a, b] = pods;
+  const first = open();
+  await Promise.all(pods.map((pod) => first.realize(endpointOf(pod))));
+  const before = links(root, a.id);
+  t.after(() => before.forEach((link) => link.close()));
+  const [fromId, toId] = before.map((l) => l.info().id);
+  const toProgram = before[1].info().programId;
+  // An older build's program on a's ingress link: any other tc program stands in for it.
+  const overlay = loadOverlay();
+  t.after(() => overlay.close());
+  before[0].update(overlay.program(OverlayProgram.FROM_OVERLAY));
+  first.close();
+
+  const second = open();
+  await Promise.all(pods.map((pod) => second.realize(endpointOf(pod))));
+  assert.deepEqual(before.map((l) => l.info().id), [fromId, toId], 'the pinned links were adopted, not attached again');
+  const fresh = loadLxc();
+  t.after(() => fresh.close());
+  using running = Program.fromId(before[0].info().programId);
+  assert.equal(running.info().tag, fresh.program(LxcProgram.FROM_CONTAINER).info().tag, "the other build's program was swapped for this build's");
+  assert.equal(before[1].info().programId, toProgram, "a program of this build stays (the first load's)");
+  assert.ok(ping(a.netns, b.ip, 2), 'the pods reach each other');
+});
