@@ -10,6 +10,7 @@ import { readDatapathMetrics } from '../../datapath/index.ts';
 import { reservedIdentities } from '../../identity/index.ts';
 import {
   HubbleMetrics,
+  MetricsError,
   MetricsServer,
   NO_HUBBLE_METRICS,
   Registry,
@@ -44,7 +45,11 @@ export const hubbleMetricsConfig = {
   ),
 };
 
-async function serve(registry: Registry, address: string, setting: string, log: Logger, onReady: ModuleContext['onReady']): Promise<() => Promise<void>> {
+/**
+ * Listens once every module has started, as the API does: a scrape never sees a half-started
+ * agent, and a port in use still fails the start, naming this module and the setting.
+ */
+function serve(registry: Registry, address: string, setting: string, log: Logger, onReady: ModuleContext['onReady']): () => Promise<void> {
   let server: MetricsServer | undefined;
   onReady(async () => {
     server = await MetricsServer.listen(registry, address, setting, log);
@@ -61,14 +66,14 @@ export const hubbleMetricsModule = defineModule({
   config: hubbleMetricsConfig,
   needs: {},
   provides: HubbleMetricsCell,
-  async start(_needs, { config, log, onReady }) {
+  start(_needs, { config, log, onReady }) {
     if (config.hubbleMetricsServer === '') return { value: NO_HUBBLE_METRICS as HubbleMetricsSink };
     const options = parseHubbleMetrics(config.hubbleMetrics);
-    // The schema refused bad entries already; a string here is a bug, not a setting.
-    if (typeof options === 'string') throw new TypeError(`hubbleMetrics: ${options}`);
+    // The schema refused bad entries already; this is for a configuration built by other means.
+    if (typeof options === 'string') throw new MetricsError('ERR_METRICS_OPTION', `hubbleMetrics: ${options}`);
     const registry = new Registry();
     const metrics = new HubbleMetrics(registry, options);
-    const stop = await serve(registry, config.hubbleMetricsServer, 'hubbleMetricsServer', log, onReady);
+    const stop = serve(registry, config.hubbleMetricsServer, 'hubbleMetricsServer', log, onReady);
     return { value: metrics as HubbleMetricsSink, stop };
   },
 });
@@ -81,7 +86,7 @@ export const metricsModule = defineModule({
   description: "the agent's Prometheus metrics (cilium_*, ciliate_*), read when scraped",
   config: metricsConfig,
   needs: { identities: IdentitiesCell, policy: PolicyCell, endpoints: EndpointsCell },
-  async start({ identities, policy, endpoints }, { config, log, onReady, agentHealth }) {
+  start({ identities, policy, endpoints }, { config, log, onReady, agentHealth }) {
     if (config.prometheusServeAddr === '') return { value: undefined };
     const registry = new Registry();
     let pressure: { at: number; maps: readonly MapPressure[] } | undefined;
@@ -96,7 +101,7 @@ export const metricsModule = defineModule({
         }
         return states;
       },
-      policy: () => ({ rules: policy.list().length, revision: policy.revision, changes: policy.changes }),
+      policy: () => ({ rules: policy.engine.rules().length, revision: policy.revision, changes: policy.changes }),
       identities: () => ({ cluster: identities.list().length, local: identities.listLocal().length, reserved: reservedIdentities().length }),
       mapPressure: () => {
         const now = performance.now();
@@ -108,7 +113,7 @@ export const metricsModule = defineModule({
         return { degraded: health.state === 'degraded', reconcilers: health.reconcilers };
       },
     });
-    const stop = await serve(registry, config.prometheusServeAddr, 'prometheusServeAddr', log, onReady);
+    const stop = serve(registry, config.prometheusServeAddr, 'prometheusServeAddr', log, onReady);
     return { value: undefined, stop };
   },
 });
