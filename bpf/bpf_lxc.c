@@ -105,8 +105,7 @@ static __always_inline int arp_from_endpoint(struct __sk_buff *skb, struct cilia
 	return TC_ACT_OK;
 }
 
-SEC("tc")
-int cil_from_container(struct __sk_buff *skb)
+static __always_inline int from_container(struct __sk_buff *skb)
 {
 	struct ciliate_notify_info info = {};
 	struct remote_endpoint_info *remote = NULL;
@@ -202,8 +201,7 @@ int cil_from_container(struct __sk_buff *skb)
  * node's own addresses when the agent put them there, WORLD for addresses it does not know. A
  * destination that is not the address of the endpoint behind this interface is dropped as
  * DROP_UNROUTABLE: the stack routes a pod's /32 here and nothing else. */
-SEC("tc")
-int cil_to_container(struct __sk_buff *skb)
+static __always_inline int to_container(struct __sk_buff *skb)
 {
 	struct ciliate_notify_info info = { .flags = CILIATE_EVENT_F_INGRESS };
 	struct ipv4_ct_tuple tuple;
@@ -250,6 +248,28 @@ int cil_to_container(struct __sk_buff *skb)
 		return ret;
 	send_trace_notify(skb, &info, TRACE_TO_LXC);
 	return TC_ACT_OK;
+}
+
+/* Forwards are counted at the two entry points, once per packet whichever way it left, and only
+ * for packets not dropped (a drop counts itself, with its reason). */
+SEC("tc")
+int cil_from_container(struct __sk_buff *skb)
+{
+	int ret = from_container(skb);
+
+	if (ret != TC_ACT_SHOT)
+		forward_account(skb->len, CILIATE_METRIC_EGRESS);
+	return ret;
+}
+
+SEC("tc")
+int cil_to_container(struct __sk_buff *skb)
+{
+	int ret = to_container(skb);
+
+	if (ret != TC_ACT_SHOT)
+		forward_account(skb->len, CILIATE_METRIC_INGRESS);
+	return ret;
 }
 
 char LICENSE[] SEC("license") = "GPL";

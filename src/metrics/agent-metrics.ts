@@ -31,7 +31,7 @@ export interface ReconcilerMetricsInput {
  * subsystem depends on no agent code. Each is called once per scrape.
  */
 export interface AgentMetricsSources {
-  /** The kernel's drop counters (ciliate_metrics). */
+  /** The kernel's drop and forward counters (ciliate_metrics, ciliate_forward_metrics). */
   datapath(): readonly DatapathCount[];
   /** Local endpoints by state (Cilium's state names: ready, regenerating, not-ready, …). */
   endpointStates(): Readonly<Record<string, number>>;
@@ -77,29 +77,37 @@ const counterOf = <L extends string>(registry: Registry, name: string, help: str
 export function registerAgentMetrics(registry: Registry, sources: AgentMetricsSources): void {
   // One read of the kernel serves the packet and the byte counters of a scrape: a second read a
   // moment later would pair packets and bytes of different instants.
-  let drops = new Map<string, { reason: string; direction: string; packets: number; bytes: number }>();
+  type Row = { reason: string; direction: string; packets: number; bytes: number };
+  let counts = { drops: new Map<string, Row>(), forwards: new Map<string, Row>() };
   let readAt = -Infinity;
-  const readDrops = () => {
-    if (performance.now() - readAt < 1000) return drops;
+  const readCounts = () => {
+    if (performance.now() - readAt < 1000) return counts;
     readAt = performance.now();
-    drops = new Map();
+    counts = { drops: new Map(), forwards: new Map() };
     for (const count of sources.datapath()) {
-      if (count.reason === 0) continue;
-      const reason = dropReasonDescription(count.reason);
+      const forwarded = count.reason === 0;
+      const reason = forwarded ? '' : dropReasonDescription(count.reason);
       const direction = metricDirection(count.direction);
+      const rows = forwarded ? counts.forwards : counts.drops;
       const key = `${reason}\0${direction}`;
-      const row = drops.get(key) ?? { reason, direction, packets: 0, bytes: 0 };
+      const row = rows.get(key) ?? { reason, direction, packets: 0, bytes: 0 };
       row.packets += count.packets;
       row.bytes += count.bytes;
-      drops.set(key, row);
+      rows.set(key, row);
     }
-    return drops;
+    return counts;
   };
   counterOf(registry, 'cilium_drop_count_total', 'Total dropped packets, tagged by drop reason and ingress/egress direction', ['reason', 'direction'], (set) => {
-    for (const row of readDrops().values()) set({ reason: row.reason, direction: row.direction }, row.packets);
+    for (const row of readCounts().drops.values()) set({ reason: row.reason, direction: row.direction }, row.packets);
   });
   counterOf(registry, 'cilium_drop_bytes_total', 'Total dropped bytes, tagged by drop reason and ingress/egress direction', ['reason', 'direction'], (set) => {
-    for (const row of readDrops().values()) set({ reason: row.reason, direction: row.direction }, row.bytes);
+    for (const row of readCounts().drops.values()) set({ reason: row.reason, direction: row.direction }, row.bytes);
+  });
+  counterOf(registry, 'cilium_forward_count_total', 'Total forwarded packets, tagged by ingress/egress direction', ['direction'], (set) => {
+    for (const row of readCounts().forwards.values()) set({ direction: row.direction }, row.packets);
+  });
+  counterOf(registry, 'cilium_forward_bytes_total', 'Total forwarded bytes, tagged by ingress/egress direction', ['direction'], (set) => {
+    for (const row of readCounts().forwards.values()) set({ direction: row.direction }, row.bytes);
   });
 
   gaugeOf(registry, 'cilium_endpoint', 'Number of endpoints managed by this agent', [], (set) => {
