@@ -252,24 +252,23 @@ static __always_inline int to_container(struct __sk_buff *skb)
 
 /* Forwards are counted at the two entry points, once per packet whichever way it left, and only
  * for packets not dropped (a drop counts itself, with its reason). */
+static __always_inline int forward_counted(struct __sk_buff *skb, int ret, __u32 dir)
+{
+	if (ret != TC_ACT_SHOT)
+		forward_account(skb->len, dir);
+	return ret;
+}
+
 SEC("tc")
 int cil_from_container(struct __sk_buff *skb)
 {
-	int ret = from_container(skb);
-
-	if (ret != TC_ACT_SHOT)
-		forward_account(skb->len, CILIATE_METRIC_EGRESS);
-	return ret;
+	return forward_counted(skb, from_container(skb), CILIATE_METRIC_EGRESS);
 }
 
 SEC("tc")
 int cil_to_container(struct __sk_buff *skb)
 {
-	int ret = to_container(skb);
-
-	if (ret != TC_ACT_SHOT)
-		forward_account(skb->len, CILIATE_METRIC_INGRESS);
-	return ret;
+	return forward_counted(skb, to_container(skb), CILIATE_METRIC_INGRESS);
 }
 
 char LICENSE[] SEC("license") = "GPL";
