@@ -105,8 +105,7 @@ static __always_inline int arp_from_endpoint(struct __sk_buff *skb, struct cilia
 	return TC_ACT_OK;
 }
 
-SEC("tc")
-int cil_from_container(struct __sk_buff *skb)
+static __always_inline int from_container(struct __sk_buff *skb)
 {
 	struct ciliate_notify_info info = {};
 	struct remote_endpoint_info *remote = NULL;
@@ -202,8 +201,7 @@ int cil_from_container(struct __sk_buff *skb)
  * node's own addresses when the agent put them there, WORLD for addresses it does not know. A
  * destination that is not the address of the endpoint behind this interface is dropped as
  * DROP_UNROUTABLE: the stack routes a pod's /32 here and nothing else. */
-SEC("tc")
-int cil_to_container(struct __sk_buff *skb)
+static __always_inline int to_container(struct __sk_buff *skb)
 {
 	struct ciliate_notify_info info = { .flags = CILIATE_EVENT_F_INGRESS };
 	struct ipv4_ct_tuple tuple;
@@ -250,6 +248,27 @@ int cil_to_container(struct __sk_buff *skb)
 		return ret;
 	send_trace_notify(skb, &info, TRACE_TO_LXC);
 	return TC_ACT_OK;
+}
+
+/* Forwards are counted at the two entry points, once per packet whichever way it left, and only
+ * for packets not dropped (a drop counts itself, with its reason). */
+static __always_inline int forward_counted(struct __sk_buff *skb, int ret, __u32 dir)
+{
+	if (ret != TC_ACT_SHOT)
+		forward_account(skb->len, dir);
+	return ret;
+}
+
+SEC("tc")
+int cil_from_container(struct __sk_buff *skb)
+{
+	return forward_counted(skb, from_container(skb), CILIATE_METRIC_EGRESS);
+}
+
+SEC("tc")
+int cil_to_container(struct __sk_buff *skb)
+{
+	return forward_counted(skb, to_container(skb), CILIATE_METRIC_INGRESS);
 }
 
 char LICENSE[] SEC("license") = "GPL";

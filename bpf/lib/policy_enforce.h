@@ -87,6 +87,13 @@ __noinline int policy_enforce4_new(struct __sk_buff *skb, struct ciliate_notify_
 	send_policy_verdict_notify(skb, info, &d);
 	if (res.verdict == CILIATE_POLICY_ALLOWED)
 		return 0;
+	/* A local destination's ingress policy is asked by the sender's program (the packet then goes
+	 * straight to the peer), yet the drop is the destination's ingress drop: counted and reported
+	 * as one, as Cilium counts it (cilium_drop_count_total{direction="INGRESS"}). */
+	if (direction == CILIATE_POLICY_INGRESS)
+		info->flags |= CILIATE_EVENT_F_INGRESS;
+	else
+		info->flags &= ~CILIATE_EVENT_F_INGRESS;
 	if (res.verdict == CILIATE_POLICY_DENIED)
 		return DROP(skb, info, DROP_POLICY_DENY);
 	return DROP(skb, info, DROP_POLICY);

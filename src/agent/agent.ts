@@ -42,19 +42,12 @@ export class Agent {
    * its module), every module's status fields and every reconciler's health.
    */
   status() {
-    const reconcilers = this.#host.reconcilers();
-    const reasons = [
-      ...this.#host
-        .health()
-        .filter((h) => h.health.degraded)
-        .map((h) => `${h.module}: ${h.health.reason ?? 'degraded'}`),
-      ...reconcilers.filter((r) => r.degraded).map((r) => `${r.module}: ${r.reason ?? `${r.name} is degraded`}`),
-    ];
+    const { state, reasons, reconcilers } = this.#host.agentHealth();
     return {
       node: this.config.nodeName,
       version: VERSION,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
-      state: (reasons.length > 0 ? 'degraded' : 'ok') as ReconcilerStatus['state'],
+      state,
       reasons,
       ...this.#host.status(),
       reconcilers,

@@ -11,7 +11,7 @@
 import type { Logger } from 'pino';
 import type { z } from 'zod';
 import type { ReconcilerHealth } from '../statedb/index.ts';
-import type { ReconcilerModuleHealth } from './reconciler-status.ts';
+import type { ReconcilerModuleHealth, ReconcilerStatus } from './reconciler-status.ts';
 import { ApiServer, type ApiRouter } from './api-server.ts';
 import type { CoreConfig } from './config.ts';
 
@@ -47,6 +47,8 @@ export interface ModuleContext<C = CoreConfig> {
   readonly api: ApiRouter;
   /** Runs once every module has started (in module order), e.g. to start serving. */
   onReady(hook: () => Promise<void> | void): void;
+  /** The whole agent's health as `ciliate status` shows it, now: for modules that report it (metrics). */
+  agentHealth(): ReconcilerStatus;
 }
 
 export interface Started<P> {
@@ -173,6 +175,7 @@ export class ModuleHost {
           log,
           api: this.api,
           onReady: (hook) => this.#readyHooks.push({ module: module.name, hook }),
+          agentHealth: () => this.agentHealth(),
         });
       } catch (error) {
         await this.#failed(module.name, error);
@@ -218,6 +221,21 @@ export class ModuleHost {
   /** Every started module's reconcilers, with the module's name. */
   reconcilers(): ReconcilerModuleHealth[] {
     return this.#running.flatMap((r) => (r.started.reconcilers?.() ?? []).map((health) => ({ module: r.module.name, ...health })));
+  }
+
+  /**
+   * The agent's state: `degraded` while any module's health or reconciler is, each reason naming
+   * its module; every reconciler's health.
+   */
+  agentHealth(): ReconcilerStatus {
+    const reconcilers = this.reconcilers();
+    const reasons = [
+      ...this.health()
+        .filter((h) => h.health.degraded)
+        .map((h) => `${h.module}: ${h.health.reason ?? 'degraded'}`),
+      ...reconcilers.filter((r) => r.degraded).map((r) => `${r.module}: ${r.reason ?? `${r.name} is degraded`}`),
+    ];
+    return { state: reasons.length > 0 ? 'degraded' : 'ok', reasons, reconcilers };
   }
 
   /** Every started module's status fields, in start order. */

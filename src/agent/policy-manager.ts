@@ -124,6 +124,7 @@ export class PolicyManager {
   /** Store revision up to which every policy change is in the engine and the maps. */
   #appliedStoreRevision = 0;
   #storeWaiters: { revision: number; resolve: () => void }[] = [];
+  readonly #changes = { success: 0, fail: 0 };
   /** Store key → modRevision of every rule applied: what #catchUp compares a listing with. */
   readonly #ruleRevisions = new Map<string, number>();
   /** CIDR prefixes the current rules use, with the identity allocated for each. */
@@ -382,19 +383,42 @@ export class PolicyManager {
    * one store transaction, and resolves once this node's maps hold them.
    */
   async import(yaml: string, file: string): Promise<ImportResult> {
-    const rules = parsePolicyYaml(yaml, { file });
-    const { revision } = await this.#store.transaction(rules.map((rule) => ({ type: 'put' as const, key: `${POLICY_PREFIX}${ruleKey(rule)}`, value: rule })));
-    await this.#storeApplied(revision);
-    return { rules: rules.map(ruleKey), revision };
+    return this.#counted(async () => {
+      const rules = parsePolicyYaml(yaml, { file });
+      const { revision } = await this.#store.transaction(rules.map((rule) => ({ type: 'put' as const, key: `${POLICY_PREFIX}${ruleKey(rule)}`, value: rule })));
+      await this.#storeApplied(revision);
+      return { rules: rules.map(ruleKey), revision };
+    });
   }
 
   /** Deletes a policy by kind/namespace/name (all of its specs), or one rule key. */
   async delete(key: string): Promise<{ deleted: string[]; revision: number }> {
     const keys = this.engine.rules().map(ruleKey).filter((k) => k === key || k.startsWith(`${key}#`) || policyKey(this.#rule(k)!) === key);
     if (keys.length === 0) return { deleted: [], revision: this.#appliedStoreRevision };
-    const { revision } = await this.#store.transaction(keys.map((k) => ({ type: 'delete' as const, key: `${POLICY_PREFIX}${k}` })));
-    await this.#storeApplied(revision);
-    return { deleted: keys, revision };
+    return this.#counted(async () => {
+      const { revision } = await this.#store.transaction(keys.map((k) => ({ type: 'delete' as const, key: `${POLICY_PREFIX}${k}` })));
+      await this.#storeApplied(revision);
+      return { deleted: keys, revision };
+    });
+  }
+
+  /**
+   * Policy changes asked of this agent (imports and deletes that changed something), by outcome:
+   * a rejected file or a failed store write is a failure. Cilium's cilium_policy_change_total.
+   */
+  get changes(): Readonly<{ success: number; fail: number }> {
+    return { ...this.#changes };
+  }
+
+  async #counted<T>(change: () => Promise<T>): Promise<T> {
+    try {
+      const result = await change();
+      this.#changes.success++;
+      return result;
+    } catch (error) {
+      this.#changes.fail++;
+      throw error;
+    }
   }
 
   #rule(key: string): PolicyRule | undefined {

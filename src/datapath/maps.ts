@@ -17,8 +17,10 @@ export const MapName = {
   NODE_CFG: 'ciliate_node_cfg',
   /** Hash of maps: endpoint id (u32) → the endpoint's policy LPM trie (src/policy/policy-map.ts layout). */
   POLICY_MAPS: 'ciliate_policy_maps',
-  /** Per-CPU packets and bytes by drop reason (0: forwarded) and direction. */
+  /** Per-CPU packets and bytes by drop reason and direction. */
   METRICS: 'ciliate_metrics',
+  /** Per-CPU array: forwarded packets and bytes, indexed by MetricDirection. */
+  FORWARD_METRICS: 'ciliate_forward_metrics',
 } as const;
 export type MapName = (typeof MapName)[keyof typeof MapName];
 

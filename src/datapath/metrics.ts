@@ -1,11 +1,12 @@
 /**
- * The datapath's own counters (ciliate_metrics, bpf/lib/events.h): packets and bytes by drop
- * reason and direction, summed over CPUs. They count every drop, including those whose event the
- * ring buffer had no room for.
+ * The datapath's own counters (bpf/lib/events.h), summed over CPUs: packets and bytes by drop
+ * reason and direction (ciliate_metrics), counting every drop, including those whose event the
+ * ring buffer had no room for; and forwarded packets and bytes by direction
+ * (ciliate_forward_metrics).
  * @module
  */
 import { join } from 'node:path';
-import { BpfMap } from '../ebpf/index.ts';
+import { BpfMap, u32 } from '../ebpf/index.ts';
 import { dropReasonName } from './drop-reasons.ts';
 import { MapName, MetricDirection, metricsKey, metricsValue } from './maps.ts';
 
@@ -31,6 +32,12 @@ export function readDatapathMetrics(bpfRoot: string): DatapathCount[] {
       packets: perCpu.reduce((sum, v) => sum + v.packets, 0),
       bytes: perCpu.reduce((sum, v) => sum + v.bytes, 0),
     });
+  }
+  using forwards = BpfMap.openPinned(join(bpfRoot, 'maps', MapName.FORWARD_METRICS), u32, metricsValue);
+  for (const [dir, perCpu] of forwards.entriesPerCpu()) {
+    const packets = perCpu.reduce((sum, v) => sum + v.packets, 0);
+    if (packets === 0 || (dir !== MetricDirection.INGRESS && dir !== MetricDirection.EGRESS)) continue;
+    counts.push({ reason: 0, reasonName: 'FORWARDED', direction: dir === MetricDirection.INGRESS ? 'ingress' : 'egress', packets, bytes: perCpu.reduce((sum, v) => sum + v.bytes, 0) });
   }
   return counts.sort((a, b) => a.reason - b.reason || a.direction.localeCompare(b.direction));
 }

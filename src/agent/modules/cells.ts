@@ -7,6 +7,7 @@
 import type { EndpointDatapath, NodeRouting } from '../../datapath/index.ts';
 import type { IdentityAllocator } from '../../identity/index.ts';
 import type { NodeIpam } from '../../ipam/index.ts';
+import type { HubbleMetricsSink } from '../../metrics/index.ts';
 import type { StateStore } from '../../store/index.ts';
 import type { ApiServer } from '../api-server.ts';
 import type { ClusterWatcher } from '../cluster.ts';
@@ -42,3 +43,5 @@ export const EndpointsCell = cell<EndpointManager>('endpoints');
 export const MonitorCell = cell<Monitor>('monitor');
 /** Other nodes and their endpoints, as followed in the shared store. */
 export const ClusterCell = cell<ClusterWatcher>('cluster');
+/** Where the observer hands each flow for Hubble's metrics (a sink that ignores them when those are off). */
+export const HubbleMetricsCell = cell<HubbleMetricsSink>('hubble-metrics');

@@ -10,6 +10,7 @@ import { apiConfig, apiModule } from './api.ts';
 import { clusterModule } from './cluster.ts';
 import { endpointDatapathModule, hostNetworkingModule, ipcacheModule, masqueradeConfig, masqueradeModule, nodeRoutingModule } from './datapath.ts';
 import { endpointsModule, namespacesModule } from './endpoints.ts';
+import { hubbleMetricsConfig, hubbleMetricsModule, metricsConfig, metricsModule } from './metrics.ts';
 import { identitiesModule, identityGcConfig, identityGcModule } from './identity.ts';
 import { nodeConfig, nodeModule } from './node.ts';
 import { observerConfig, observerModule } from './observer.ts';
@@ -32,7 +33,9 @@ export const AGENT_MODULES: readonly AgentModule[] = [
   policyStatusModule,
   identityGcModule,
   clusterModule,
+  hubbleMetricsModule,
   observerModule,
+  metricsModule,
   apiModule,
 ];
 
@@ -46,6 +49,8 @@ export const AgentConfigSchema = configSchema({
   ...policyConfig,
   ...observerConfig,
   ...apiConfig,
+  ...metricsConfig,
+  ...hubbleMetricsConfig,
 });
 
 export type AgentConfig = z.infer<typeof AgentConfigSchema>;

@@ -1,0 +1,193 @@
+/**
+ * Hubble's flow metrics (`hubble_` prefix, served apart from the agent's, on Cilium's port 9965):
+ * the observer hands each flow to HubbleMetrics.observeFlow() and each loss to lostEvents(); the
+ * metrics `--hubble-metrics` enables count them with Hubble's names, labels and context options.
+ * @module
+ */
+import { Counter, type Registry } from 'prom-client';
+import type { ContextKind, HubbleMetricName, HubbleMetricOptions } from './hubble-options.ts';
+
+/** A flow's source or destination, as far as the observer knows it. */
+export interface FlowMetricEndpoint {
+  namespace?: string;
+  podName?: string;
+  /** Security identity number. */
+  identity?: number;
+  /** Hubble's name of a reserved identity (`host`, `world`, …), for the reserved-identity context. */
+  reservedIdentityName?: string;
+  /** The pod's workload (its Deployment, DaemonSet, … name). */
+  workload?: string;
+}
+
+export interface FlowMetricTcpFlags {
+  SYN?: boolean;
+  ACK?: boolean;
+  FIN?: boolean;
+  RST?: boolean;
+  PSH?: boolean;
+  URG?: boolean;
+  ECE?: boolean;
+  CWR?: boolean;
+  NS?: boolean;
+}
+
+/**
+ * What the metrics need of one flow, as plain fields (no protobuf): the observer fills it from
+ * the flow it built.
+ */
+export interface FlowMetricInput {
+  /** Hubble's flow type for `type`: Trace, Drop, PolicyVerdict, L7, Capture or Unknown. */
+  type: 'Trace' | 'Drop' | 'PolicyVerdict' | 'L7' | 'Capture' | 'Unknown';
+  /** The `subtype` label: a trace's observation point (`to-endpoint`, `to-stack`, …); empty otherwise. */
+  subtype?: string;
+  /** Hubble's Verdict name: FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, TRACED, TRANSLATED. */
+  verdict: string;
+  /** Hubble's DropReason name when dropped (POLICY_DENIED, …). */
+  dropReason?: string;
+  /** TCP, UDP, ICMPv4, ICMPv6, SCTP; undefined when the flow has no L4 Hubble knows. */
+  protocol?: string;
+  ipVersion?: 4 | 6;
+  tcpFlags?: FlowMetricTcpFlags;
+  /** ingress, egress or unknown. */
+  trafficDirection?: 'ingress' | 'egress' | 'unknown';
+  /** For policy verdicts: the kind of entry that decided (Cilium's names: l3-only, l3-l4, l4-only, all, none, …). */
+  policyMatch?: string;
+  destinationPort?: number;
+  /** false for a request, true for a reply; undefined when conntrack did not say. */
+  isReply?: boolean;
+  source?: FlowMetricEndpoint;
+  destination?: FlowMetricEndpoint;
+}
+
+/** Where events were lost, with Hubble's `source` label values. */
+export type LostEventSource = 'perf_event_ring_buffer' | 'observer_events_queue' | 'hubble_ring_buffer';
+
+/** What the observer calls: the Hubble metrics, or a sink that drops everything when they are off. */
+export interface HubbleMetricsSink {
+  observeFlow(flow: FlowMetricInput): void;
+  lostEvents(source: LostEventSource, count: number): void;
+}
+
+/** A sink for when the Hubble metrics server is off. */
+export const NO_HUBBLE_METRICS: HubbleMetricsSink = {
+  observeFlow() {},
+  lostEvents() {},
+};
+
+function contextValue(kinds: readonly ContextKind[], endpoint: FlowMetricEndpoint | undefined): string {
+  if (!endpoint) return '';
+  for (const kind of kinds) {
+    const value = contextOf(kind, endpoint);
+    if (value) return value;
+  }
+  return '';
+}
+
+function contextOf(kind: ContextKind, e: FlowMetricEndpoint): string | undefined {
+  switch (kind) {
+    case 'namespace':
+      return e.namespace;
+    case 'pod':
+      return e.podName && (e.namespace ? `${e.namespace}/${e.podName}` : e.podName);
+    case 'pod-name':
+      return e.podName;
+    case 'workload':
+      return e.workload && (e.namespace ? `${e.namespace}/${e.workload}` : e.workload);
+    case 'workload-name':
+      return e.workload;
+    case 'identity':
+      return e.identity === undefined ? undefined : String(e.identity);
+    case 'reserved-identity':
+      return e.reservedIdentityName;
+  }
+}
+
+/** One enabled metric: its counter and how a flow becomes label values (none: not counted). */
+interface Handler {
+  observe(flow: FlowMetricInput): void;
+}
+
+/** The TCP flags Hubble counts, each flow counting once per flag it carries (SYN with ACK is SYN-ACK). */
+function tcpFlagNames(flags: FlowMetricTcpFlags): string[] {
+  const names: string[] = [];
+  if (flags.SYN) names.push(flags.ACK ? 'SYN-ACK' : 'SYN');
+  if (flags.FIN) names.push('FIN');
+  if (flags.RST) names.push('RST');
+  return names;
+}
+
+const forwarded = (flow: FlowMetricInput) => flow.verdict === 'FORWARDED' || flow.verdict === 'REDIRECTED';
+
+export class HubbleMetrics implements HubbleMetricsSink {
+  readonly #handlers: Handler[] = [];
+  readonly #lost: Counter<'source'>;
+
+  /** Registers the metrics `options` enables, and hubble_lost_events_total, which is always on. */
+  constructor(registry: Registry, options: readonly HubbleMetricOptions[]) {
+    for (const option of options) this.#handlers.push(this.#handler(registry, option));
+    this.#lost = new Counter({ name: 'hubble_lost_events_total', help: 'Number of lost events', labelNames: ['source'], registers: [registry] });
+  }
+
+  observeFlow(flow: FlowMetricInput): void {
+    for (const handler of this.#handlers) handler.observe(flow);
+  }
+
+  lostEvents(source: LostEventSource, count: number): void {
+    if (count > 0) this.#lost.inc({ source }, count);
+  }
+
+  #handler(registry: Registry, option: HubbleMetricOptions): Handler {
+    const contextLabels = [...(option.sourceContext.length > 0 ? ['source'] : []), ...(option.destinationContext.length > 0 ? ['destination'] : [])];
+    const counter = (name: string, help: string, labels: string[]) => new Counter<string>({ name: `hubble_${name}`, help, labelNames: [...contextLabels, ...labels], registers: [registry] });
+    const withContext = (flow: FlowMetricInput, labels: Record<string, string>): Record<string, string> => {
+      if (option.sourceContext.length > 0) labels.source = contextValue(option.sourceContext, flow.source);
+      if (option.destinationContext.length > 0) labels.destination = contextValue(option.destinationContext, flow.destination);
+      return labels;
+    };
+    const handlers: Record<HubbleMetricName, () => Handler> = {
+      flow: () => {
+        const c = counter('flows_processed_total', 'Total number of flows processed', ['protocol', 'type', 'subtype', 'verdict']);
+        return { observe: (f) => c.inc(withContext(f, { protocol: f.protocol ?? '', type: f.type, subtype: f.subtype ?? '', verdict: f.verdict })) };
+      },
+      drop: () => {
+        const c = counter('drop_total', 'Number of drops', ['reason', 'protocol']);
+        return {
+          observe: (f) => {
+            if (f.verdict === 'DROPPED') c.inc(withContext(f, { reason: f.dropReason ?? 'DROP_REASON_UNKNOWN', protocol: f.protocol ?? '' }));
+          },
+        };
+      },
+      tcp: () => {
+        const c = counter('tcp_flags_total', 'TCP flag occurrences', ['flag', 'family']);
+        return {
+          observe: (f) => {
+            if (f.protocol !== 'TCP' || !f.tcpFlags || !forwarded(f)) return;
+            const family = f.ipVersion === 6 ? 'IPv6' : 'IPv4';
+            for (const flag of tcpFlagNames(f.tcpFlags)) c.inc(withContext(f, { flag, family }));
+          },
+        };
+      },
+      policy: () => {
+        const c = counter('policy_verdicts_total', 'Number of policy verdicts', ['direction', 'match', 'action']);
+        return {
+          observe: (f) => {
+            if (f.type !== 'PolicyVerdict') return;
+            c.inc(withContext(f, { direction: f.trafficDirection ?? 'unknown', match: f.policyMatch ?? 'none', action: f.verdict.toLowerCase() }));
+          },
+        };
+      },
+      'port-distribution': () => {
+        const c = counter('port_distribution_total', 'Numbers of packets distributed by destination port', ['protocol', 'port']);
+        return {
+          observe: (f) => {
+            // Requests only, as Hubble: a reply's destination port is the client's ephemeral one, and a
+            // flow not known to be a request (isReply undefined) is not counted either.
+            if (!forwarded(f) || f.isReply !== false || f.destinationPort === undefined || f.protocol === undefined) return;
+            c.inc(withContext(f, { protocol: f.protocol, port: String(f.destinationPort) }));
+          },
+        };
+      },
+    };
+    return handlers[option.name]();
+  }
+}
