@@ -81,4 +81,9 @@ test("the agent's /metrics counts what the test did, under Cilium's names: denie
   const hubble = await scrape(node, HUBBLE);
   assert.equal(hubble.get('hubble_flows_processed_total')?.type, 'counter');
   assert.equal(hubble.get('hubble_lost_events_total')?.type, 'counter');
+  // Every flow the observer made was counted: the xwing's denied SYNs as drops and denied verdicts.
+  assert.ok(value(hubble, 'hubble_drop_total', { reason: 'POLICY_DENIED', protocol: 'TCP' }) >= 5, 'hubble_drop_total counts the denied SYNs');
+  assert.ok(value(hubble, 'hubble_flows_processed_total', { type: 'Drop', subtype: '', verdict: 'DROPPED', protocol: 'TCP' }) >= 5);
+  assert.ok(value(hubble, 'hubble_policy_verdicts_total', { direction: 'ingress', match: 'none', action: 'dropped' }) >= 5, 'and the verdicts that denied them');
+  assert.ok(value(hubble, 'hubble_tcp_flags_total', { flag: 'SYN', family: 'IPv4' }) >= 6);
 });

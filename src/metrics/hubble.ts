@@ -191,3 +191,53 @@ export class HubbleMetrics implements HubbleMetricsSink {
     return handlers[option.name]();
   }
 }
+
+/** The fields of a Hubble flow that its metrics read (src/observer's Flow has them all). */
+export interface FlowForMetrics {
+  verdict?: string;
+  dropReasonDesc?: string | number;
+  eventType?: { type?: number; subType?: number };
+  l4?: { TCP?: { destinationPort?: number; flags?: FlowMetricTcpFlags }; UDP?: { destinationPort?: number }; ICMPv4?: unknown; ICMPv6?: unknown; SCTP?: { destinationPort?: number } };
+  IP?: { ipVersion?: string };
+  trafficDirection?: string;
+  policyMatchType?: number;
+  traceObservationPoint?: string;
+  isReply?: { value?: boolean };
+  source?: { namespace?: string; podName?: string; identity?: number; workloads?: { name?: string }[] };
+  destination?: { namespace?: string; podName?: string; identity?: number; workloads?: { name?: string }[] };
+}
+
+/** Monitor event types (Cilium's): what the `type` label of a flow's metrics says. */
+const FLOW_TYPES: Readonly<Record<number, FlowMetricInput['type']>> = { 1: 'Drop', 4: 'Trace', 5: 'PolicyVerdict' };
+/** Cilium's policy match names, by the match type a verdict carries. */
+const POLICY_MATCHES: Readonly<Record<number, string>> = { 0: 'none', 1: 'l3-only', 2: 'l3-l4', 3: 'l4-only', 4: 'all' };
+
+/** What the Hubble metrics count of one flow. */
+export function flowMetricInput(flow: FlowForMetrics): FlowMetricInput {
+  const l4 = flow.l4;
+  const protocol = l4?.TCP ? 'TCP' : l4?.UDP ? 'UDP' : l4?.SCTP ? 'SCTP' : l4?.ICMPv4 ? 'ICMPv4' : l4?.ICMPv6 ? 'ICMPv6' : undefined;
+  const endpoint = (e: FlowForMetrics['source']): FlowMetricEndpoint | undefined =>
+    e && { namespace: e.namespace, podName: e.podName, identity: e.identity, workload: e.workloads?.[0]?.name };
+  const type = FLOW_TYPES[flow.eventType?.type ?? -1] ?? 'Unknown';
+  return {
+    type,
+    subtype: type === 'Trace' ? flow.traceObservationPoint?.toLowerCase().replaceAll('_', '-') : undefined,
+    verdict: flow.verdict ?? 'VERDICT_UNKNOWN',
+    dropReason: typeof flow.dropReasonDesc === 'string' ? flow.dropReasonDesc : undefined,
+    protocol,
+    ipVersion: flow.IP?.ipVersion === 'IPv6' ? 6 : flow.IP ? 4 : undefined,
+    tcpFlags: l4?.TCP?.flags,
+    trafficDirection: flow.trafficDirection === 'INGRESS' ? 'ingress' : flow.trafficDirection === 'EGRESS' ? 'egress' : 'unknown',
+    policyMatch: type === 'PolicyVerdict' ? POLICY_MATCHES[flow.policyMatchType ?? 0] : undefined,
+    destinationPort: l4?.TCP?.destinationPort ?? l4?.UDP?.destinationPort ?? l4?.SCTP?.destinationPort,
+    isReply: flow.isReply?.value,
+    source: endpoint(flow.source),
+    destination: endpoint(flow.destination),
+  };
+}
+
+/** Hubble's LostEvent source names as the metric's `source` label spells them. */
+export function lostEventSourceLabel(source: string): LostEventSource | undefined {
+  const label = source.toLowerCase();
+  return label === 'perf_event_ring_buffer' || label === 'observer_events_queue' || label === 'hubble_ring_buffer' ? label : undefined;
+}

@@ -14,7 +14,7 @@ import { FlowRing, type RingEntry } from './buffer.ts';
 import { InvalidRequestError } from './errors.ts';
 import { compileFilters, type FlowPredicate } from './filter.ts';
 import { buildFlow, type FlowNames } from './flow.ts';
-import { timestampToNs, type GetFlowsRequest, type LostEvent, type LostEventSource } from './types.ts';
+import { timestampToNs, type Flow, type GetFlowsRequest, type LostEvent, type LostEventSource } from './types.ts';
 
 /** Where records come from: the agent's Monitor. */
 export interface RecordSource {
@@ -31,6 +31,10 @@ export interface FlowObserverOptions {
   queueSize: number;
   names: FlowNames;
   log: Logger;
+  /** Told of every flow as it enters the buffer (Hubble's metrics), synchronously: keep it cheap. */
+  onFlow?: (flow: Flow) => void;
+  /** Told of every loss, by Hubble's LostEvent source. */
+  onLost?: (source: LostEventSource, count: number) => void;
 }
 
 /** Records decoded per turn of the event loop before others get a turn. */
@@ -122,6 +126,8 @@ export class FlowObserver {
   readonly ring: FlowRing;
   readonly #source: RecordSource;
   readonly #names: FlowNames;
+  readonly #onFlow: FlowObserverOptions['onFlow'];
+  readonly #onLost: FlowObserverOptions['onLost'];
   readonly #log: Logger;
   readonly #queue: RecordQueue;
   readonly #lost: LostCounts = { kernel: 0n, queue: 0n, buffer: 0n };
@@ -141,6 +147,8 @@ export class FlowObserver {
     this.ring = new FlowRing(options.capacity);
     this.#source = source;
     this.#names = options.names;
+    this.#onFlow = options.onFlow;
+    this.#onLost = options.onLost;
     this.#log = options.log;
     this.#queue = new RecordQueue(options.queueSize);
   }
@@ -206,6 +214,7 @@ export class FlowObserver {
     const count = lost - this.#kernelLostSeen;
     this.#kernelLostSeen = lost;
     this.#lost.kernel += count;
+    this.#onLost?.('PERF_EVENT_RING_BUFFER', Number(count));
     this.ring.push(BigInt(Date.now()) * 1_000_000n, { lost: lostEvent('PERF_EVENT_RING_BUFFER', count) });
   }
 
@@ -223,6 +232,7 @@ export class FlowObserver {
   #drain(): void {
     this.#noteKernelLoss();
     if (this.#queueLostPending > 0n) {
+      this.#onLost?.('OBSERVER_EVENTS_QUEUE', Number(this.#queueLostPending));
       this.ring.push(BigInt(Date.now()) * 1_000_000n, { lost: lostEvent('OBSERVER_EVENTS_QUEUE', this.#queueLostPending) });
       this.#queueLostPending = 0n;
     }
@@ -232,7 +242,9 @@ export class FlowObserver {
       try {
         const event = decodeEvent(record);
         const timeNs = this.#source.wallClockNs(event.timestampNs);
-        this.ring.push(timeNs, { flow: buildFlow(event, timeNs, this.#names, { policyIngress: this.#policyDirection(event) }) });
+        const flow = buildFlow(event, timeNs, this.#names, { policyIngress: this.#policyDirection(event) });
+        this.#onFlow?.(flow);
+        this.ring.push(timeNs, { flow });
       } catch (error) {
         this.#decodeErrors++;
         this.#log.warn({ err: error }, 'making a flow of a datapath event failed');
@@ -296,6 +308,7 @@ export class FlowObserver {
         if (cursor < ring.oldest) {
           const missed = BigInt(ring.oldest - cursor);
           this.#lost.buffer += missed;
+          this.#onLost?.('HUBBLE_RING_BUFFER', Number(missed));
           cursor = ring.oldest;
           yield { seq: cursor, timeNs: BigInt(Date.now()) * 1_000_000n, lost: lostEvent('HUBBLE_RING_BUFFER', missed) };
           continue;

@@ -6,12 +6,13 @@
  */
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
+import { flowMetricInput, lostEventSourceLabel } from '../../metrics/index.ts';
 import { FlowObserver, ObserverServer, type FlowEndpointInfo, type FlowNames, type FlowPolicy } from '../../observer/index.ts';
 import { ConfigError } from '../config.ts';
 import { defineModule } from '../module.ts';
 import { VERSION } from '../version.ts';
 import { apiConfig } from './api.ts';
-import { ClusterCell, EndpointsCell, IdentitiesCell, MonitorCell, NodeCell, PolicyCell } from './cells.ts';
+import { ClusterCell, EndpointsCell, HubbleMetricsCell, IdentitiesCell, MonitorCell, NodeCell, PolicyCell } from './cells.ts';
 
 export const observerConfig = {
   hubbleEnabled: z.boolean().default(true).describe("flows and Hubble's Observer API (Cilium's enable-hubble)"),
@@ -29,8 +30,8 @@ export const observerModule = defineModule({
   description: "flows from datapath events, the flow buffer and Hubble's Observer API",
   // The API socket's setting too: the Observer socket goes beside it unless told otherwise.
   config: { ...observerConfig, socketPath: apiConfig.socketPath },
-  needs: { monitor: MonitorCell, endpoints: EndpointsCell, identities: IdentitiesCell, policy: PolicyCell, node: NodeCell, cluster: ClusterCell },
-  async start({ monitor, endpoints, identities, policy, node, cluster }, { config, log }) {
+  needs: { monitor: MonitorCell, endpoints: EndpointsCell, identities: IdentitiesCell, policy: PolicyCell, node: NodeCell, cluster: ClusterCell, hubbleMetrics: HubbleMetricsCell },
+  async start({ monitor, endpoints, identities, policy, node, cluster, hubbleMetrics }, { config, log }) {
     if (!config.hubbleEnabled) return { value: undefined, status: () => ({ observer: { enabled: false } }) };
     if (Boolean(config.hubbleTlsCertFile) !== Boolean(config.hubbleTlsKeyFile)) {
       throw new ConfigError('observer: --hubble-tls-cert-file and --hubble-tls-key-file go together; set both or neither');
@@ -83,7 +84,17 @@ export const observerModule = defineModule({
         };
       },
     };
-    const observer = new FlowObserver(monitor, { capacity: config.hubbleBufferCapacity, queueSize: config.hubbleEventQueueSize, names, log });
+    const observer = new FlowObserver(monitor, {
+      capacity: config.hubbleBufferCapacity,
+      queueSize: config.hubbleEventQueueSize,
+      names,
+      log,
+      onFlow: (flow) => hubbleMetrics.observeFlow(flowMetricInput(flow)),
+      onLost: (source, count) => {
+        const label = lostEventSourceLabel(source);
+        if (label) hubbleMetrics.lostEvents(label, count);
+      },
+    });
     const server = new ObserverServer({
       observer,
       nodeName: config.nodeName,
