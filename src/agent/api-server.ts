@@ -55,6 +55,17 @@ export class ApiServer {
     mkdirSync(dirname(socketPath), { recursive: true, mode: 0o700 });
     rmSync(socketPath, { force: true }); // a stale socket from a killed agent
     const server = createServer((req, res) => void this.#handle(req, res));
+    // A client that asks before sending a large body is told at once when it is over the limit.
+    server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+      const declared = Number(req.headers['content-length'] ?? 0);
+      if (declared > MAX_BODY) {
+        res.setHeader('connection', 'close');
+        send(res, 413, errorBody(new RequestError('ERR_TOO_LARGE', `request body of ${declared} bytes is over the limit of ${MAX_BODY} bytes`)));
+        return;
+      }
+      res.writeContinue();
+      void this.#handle(req, res);
+    });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(socketPath, () => resolve());
@@ -95,8 +106,9 @@ export class ApiServer {
       send(res, 200, result ?? {});
     } catch (error) {
       const status = httpStatus(error);
-      // An oversized body is refused before it is read: close rather than drain the rest of it.
-      if (RequestError.is(error, 'ERR_TOO_LARGE')) res.setHeader('connection', 'close');
+      // An oversized body is refused before it is read; node:http discards the rest of it once the
+      // answer is out. (Closing instead would reset the connection under a client still writing,
+      // and the reset can take the answer with it.)
       // A 4xx is the client's mistake and its answer says everything; a 5xx is ours to look into.
       if (status >= 500) this.#log.error({ err: error, method: req.method, path: url.pathname, status }, 'API request failed');
       send(res, status, errorBody(error));
@@ -119,9 +131,12 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > MAX_BODY) throw new RequestError('ERR_TOO_LARGE', `request body over ${MAX_BODY} bytes`);
-    chunks.push(chunk as Buffer);
+    // Past the limit the rest is read and dropped, so the answer reaches a client still writing;
+    // one that will not stop is cut off.
+    if (size > MAX_BODY * 16) throw new RequestError('ERR_TOO_LARGE', `request body over ${MAX_BODY} bytes`);
+    if (size <= MAX_BODY) chunks.push(chunk as Buffer);
   }
+  if (size > MAX_BODY) throw new RequestError('ERR_TOO_LARGE', `request body of ${size} bytes is over the limit of ${MAX_BODY} bytes`);
   if (size === 0) return undefined;
   try {
     return JSON.parse(Buffer.concat(chunks).toString('utf8'));

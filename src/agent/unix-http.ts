@@ -32,6 +32,9 @@ export interface UnixHttpRequest {
   timeoutMs: number;
 }
 
+/** Bodies larger than this ask before they are sent (Expect: 100-continue). */
+const EXPECT_CONTINUE_BYTES = 64 * 1024;
+
 /** Sends one request and resolves with the whole response once the server has closed. */
 export function unixHttpRequest(request: UnixHttpRequest): Promise<UnixHttpResponse> {
   return new Promise<UnixHttpResponse>((resolve, reject) => {
@@ -45,37 +48,47 @@ export function unixHttpRequest(request: UnixHttpRequest): Promise<UnixHttpRespo
     };
     const socket = connect(request.socketPath);
     socket.setTimeout(request.timeoutMs, () => fail(new UnixHttpError('ETIMEDOUT', `no answer within ${request.timeoutMs} ms`)));
-    // A server may answer and close before reading the whole request (a body over its limit): the
-    // write then fails, but the answer is there to read. So a failed write waits for the close.
-    let writeError: NodeJS.ErrnoException | undefined;
-    socket.on('error', (error: NodeJS.ErrnoException) => {
-      if (error.code === 'EPIPE' || error.code === 'ECONNRESET') writeError = error;
-      else fail(new UnixHttpError(error.code ?? 'ESOCKET', error.message));
+    socket.on('error', (error: NodeJS.ErrnoException) => fail(new UnixHttpError(error.code ?? 'ESOCKET', error.message)));
+    // A large body waits for the server's "100 Continue" (Expect: 100-continue): a server that
+    // refuses it (over its limit) answers at once instead, and the body is never sent into a
+    // connection the server is closing.
+    let awaitingContinue = false;
+    socket.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      if (!awaitingContinue) return;
+      const received = Buffer.concat(chunks);
+      const headEnd = received.indexOf('\r\n\r\n');
+      if (headEnd < 0) return;
+      awaitingContinue = false;
+      if (/^HTTP\/1\.[01] 100\b/.test(received.subarray(0, headEnd).toString('latin1'))) {
+        chunks.length = 0;
+        if (headEnd + 4 < received.length) chunks.push(received.subarray(headEnd + 4));
+        socket.write(body!);
+      }
     });
-    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    const finish = () => {
+    socket.on('end', () => {
       if (settled) return;
       settled = true;
       socket.destroy();
       try {
         resolve(parseResponse(Buffer.concat(chunks)));
       } catch (error) {
-        reject(writeError && chunks.length === 0 ? new UnixHttpError(writeError.code ?? 'EPIPE', writeError.message) : error);
+        reject(error);
       }
-    };
-    socket.on('end', finish);
-    socket.on('close', finish);
+    });
     const body = request.body === undefined ? undefined : Buffer.from(request.body, 'utf8');
     const head = [
       `${request.method} ${request.path} HTTP/1.1`,
       'host: localhost',
       'connection: close',
       ...(body ? ['content-type: application/json', `content-length: ${body.length}`] : []),
+      ...(body && body.length > EXPECT_CONTINUE_BYTES ? ['expect: 100-continue'] : []),
       '',
       '',
     ].join('\r\n');
     socket.write(head);
-    if (body) socket.write(body);
+    if (body && body.length > EXPECT_CONTINUE_BYTES) awaitingContinue = true;
+    else if (body) socket.write(body);
   });
 }
 
