@@ -166,4 +166,11 @@ test('relay: two agents over etcd, flows merged in time order, status and nodes,
   assert.equal(observed.code, 0, observed.stderr);
   const lines = observed.stdout.trim().split('\n').map((line) => JSON.parse(line) as { flow?: { node_name?: string }; node_name?: string });
   assert.deepEqual(new Set(lines.filter((l) => l.flow).map((l) => l.flow?.node_name)), new Set(['n1', 'n2']), observed.stdout.slice(0, 2000));
+
+  // An agent killed outright withdraws nothing from the store: the relay finds it silent instead.
+  await nodes[0].stopAgent('SIGKILL');
+  const killed = await statusUntil(client, 'n1 counts as unavailable once its agent is killed', (st) => st.numConnectedNodes?.value === 1, relay.log);
+  assert.deepEqual(killed.unavailableNodes, ['n1']);
+  const afterKill = (await responses(client, { number: 5 })).filter((r) => r.flow);
+  assert.ok(afterKill.length === 5 && afterKill.every((r) => r.nodeName === 'n2'), 'n2 still answers');
 });

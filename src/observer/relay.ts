@@ -13,7 +13,7 @@ import { parseFlowsRequest } from './observer.ts';
 import { HUBBLE_PEERS_PREFIX, type HubblePeerRecord } from './peers.ts';
 import { connectObserver, type ObserverClient, type ObserverClientOptions, type ObserverNode } from './proto.ts';
 import type { ObserverBackend, ObserverNamespace } from './server.ts';
-import { timestampFromNs, timestampToNs, type GetFlowsRequest, type GetFlowsResponse, type ServerStatusResponse } from './types.ts';
+import { timestampFromNs, timestampToNs, type GetFlowsRequest, type GetFlowsResponse, type LostEvent, type ServerStatusResponse } from './types.ts';
 
 /** The cluster's node records (src/agent/node.ts); the relay needs only their names. */
 const NODES_PREFIX = 'nodes/';
@@ -221,7 +221,7 @@ export class Relay implements ObserverBackend {
       unavailableNodes: unavailable,
       version: this.#options.version,
       flowsRate: connected.reduce((total, p) => total + (p.status?.flowsRate ?? 0), 0),
-      ciliateLostEvents: connected.flatMap((p) => p.status?.ciliateLostEvents ?? []),
+      ciliateLostEvents: sumLost(connected.flatMap((p) => p.status?.ciliateLostEvents ?? [])),
     };
   }
 
@@ -391,4 +391,11 @@ export class Relay implements ObserverBackend {
 
 function nodeStatus(stateChange: PeerState, nodeNames: string[], message: string): GetFlowsResponse {
   return { nodeStatus: { stateChange, nodeNames, message }, time: timestampFromNs(nowNs()) };
+}
+
+/** The nodes' losses by stage, as one agent reports its own: a total per source. */
+function sumLost(events: LostEvent[]): LostEvent[] {
+  const totals = new Map<LostEvent['source'], bigint>();
+  for (const e of events) totals.set(e.source, (totals.get(e.source) ?? 0n) + BigInt(e.numEventsLost || 0));
+  return [...totals].map(([source, lost]) => ({ source, numEventsLost: String(lost) }));
 }
