@@ -8,11 +8,11 @@ import { ROOT, TestNode, Underlay, cli, echo, echoServer, killChild, sleep, spaw
 
 const CLI = join(ROOT, 'src', 'cli', 'main.ts');
 
-/** `ciliate relay` in the underlay namespace (where etcd and both nodes' addresses are), serving on a Unix socket. */
-function startRelay(t: TestContext, underlay: Underlay, etcd: string[]): { socket: string; log: () => string } {
+/** `ciliate relay` in `netns` (by default the underlay's, where etcd and both nodes' addresses are), serving on a Unix socket. */
+function startRelay(t: TestContext, underlay: Underlay, etcd: string[], netns = underlay.netns): { socket: string; log: () => string } {
   const dir = mkdtempSync(join(tmpdir(), 'ciliate-test-relay-'));
   const socket = join(dir, 'relay.sock');
-  const relay = spawnInNs(underlay.netns, process.execPath, [
+  const relay = spawnInNs(netns, process.execPath, [
     CLI, 'relay', '--store', 'etcd', '--etcd-endpoints', etcd.join(','),
     '--listen-address', '', '--relay-socket-path', socket,
     '--check-interval', '200', '--dial-timeout', '1000', '--sort-buffer-drain-timeout', '100', '--log-level', 'debug',
@@ -173,4 +173,24 @@ test('relay: two agents over etcd, flows merged in time order, status and nodes,
   assert.deepEqual(killed.unavailableNodes, ['n1']);
   const afterKill = (await responses(client, { number: 5 })).filter((r) => r.flow);
   assert.ok(afterKill.length === 5 && afterKill.every((r) => r.nodeName === 'n2'), 'n2 still answers');
+});
+
+test('relay: a node that published a loopback address is not mistaken for the agent that answers there', async (t) => {
+  const underlay = await Underlay.create(t);
+  const etcd = await underlay.startEtcd(t);
+  const n1 = await TestNode.start(t, { nodeName: 'n1', nodeIp: '192.168.100.1', underlay, etcd, extraArgs: ['--hubble-listen-address', ':4244'] });
+  await TestNode.start(t, { nodeName: 'n2', nodeIp: '192.168.100.2', underlay, etcd, extraArgs: ['--hubble-listen-address', 'localhost:4244'] });
+  // On n1, n2's published localhost:4244 reaches n1's own agent.
+  const relay = startRelay(t, underlay, etcd, n1.netns);
+  const client = connectObserver(`unix:${relay.socket}`, { callTimeoutMs: 5000 });
+  t.after(() => client.close());
+  const status = await statusUntil(client, 'n1 connected, n2 not', (s) => s.numConnectedNodes?.value === 1 && s.numUnavailableNodes?.value === 1, relay.log);
+  assert.deepEqual(status.unavailableNodes, ['n2']);
+  assert.equal(status.maxFlows, '4095', "n1's buffer counted once");
+  const nodes = (await client.getNodes()).nodes ?? [];
+  assert.deepEqual(nodes.map((n) => [n.name, n.address, n.state]), [
+    ['n1', '192.168.100.1:4244', 'NODE_CONNECTED'],
+    ['n2', 'localhost:4244', 'NODE_UNAVAILABLE'],
+  ]);
+  assert.match(relay.log(), /localhost:4244 answers as n1, not n2/);
 });

@@ -167,8 +167,13 @@ export class Relay implements ObserverBackend {
     const client = peer.client;
     if (!client) return this.#mark(peer, 'NODE_UNAVAILABLE', 'no Observer API published (agent stopped, or its hubble listener off)');
     try {
-      const status = await client.serverStatus();
+      const [status, answered] = await Promise.all([client.serverStatus(), client.getNodes()]);
       if (peer.client !== client) return;
+      // A loopback address published by another node leads to whatever agent listens here.
+      const names = (answered.nodes ?? []).map((n) => n.name);
+      if (!names.includes(peer.name)) {
+        return this.#mark(peer, 'NODE_UNAVAILABLE', `${peer.record?.address} answers as ${names.join(', ') || 'no node'}, not ${peer.name}; publish a reachable address (--hubble-listen-address :4244)`);
+      }
       peer.status = status;
       this.#mark(peer, 'NODE_CONNECTED');
       // Also when it never looked away: a follow whose stream from it broke picks it up again.
@@ -180,10 +185,12 @@ export class Relay implements ObserverBackend {
 
   #mark(peer: Peer, state: PeerState, reason?: string): void {
     const was = peer.state;
+    const wasReason = peer.reason;
     peer.state = state;
     peer.reason = reason;
     if (state !== 'NODE_CONNECTED') peer.status = undefined;
-    if (was === state) return;
+    // A new peer starts unavailable: its first reason is news too.
+    if (was === state && wasReason === reason) return;
     if (state === 'NODE_CONNECTED') {
       this.#options.log.info({ node: peer.name, address: peer.record?.address }, 'relay: node connected');
     } else {
