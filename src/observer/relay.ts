@@ -317,14 +317,14 @@ export class Relay implements ObserverBackend {
    * full. A node that returns is followed again from the last flow seen of it.
    */
   async *#follow(request: GetFlowsRequest, signal: AbortSignal): AsyncGenerator<GetFlowsResponse> {
-    const buffer: { response: GetFlowsResponse; ns: bigint; arrived: number }[] = [];
+    const buffer: { response: GetFlowsResponse; arrived: number }[] = [];
     let wake: (() => void) | undefined;
     const ring = () => {
       wake?.();
       wake = undefined;
     };
     const push = (response: GetFlowsResponse) => {
-      const item = { response, ns: responseNs(response), arrived: Date.now() };
+      const item = { response, arrived: Date.now() };
       let at = buffer.length;
       while (at > 0 && byTime(buffer[at - 1].response, response) > 0) at--;
       buffer.splice(at, 0, item);
