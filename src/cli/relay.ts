@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { AgentConfigSchema, ConfigError, VERSION, configSchema, createLogger, etcdStoreOptions, loadConfigWith, storeConfig } from '../agent/index.ts';
+import { listenAddressSetting } from '../metrics/index.ts';
 import { ObserverGrpcServer, Relay, bindAddress } from '../observer/index.ts';
 import { EtcdStateStore } from '../store/index.ts';
 import { configOptions } from './agent.ts';
@@ -18,7 +19,7 @@ const { stateDir: _stateDir, ...relayStoreConfig } = storeConfig;
 
 export const relayConfig = {
   ...relayStoreConfig,
-  listenAddress: z.string().default('localhost:4245').describe("the relay's Observer API on TCP, host:port (:port: every address); empty: Unix socket only (Hubble Relay's listen-address)"),
+  listenAddress: listenAddressSetting('localhost:4245').describe("the relay's Observer API on TCP, host:port (:port: every address); empty: Unix socket only (Hubble Relay's listen-address)"),
   relaySocketPath: z.string().default('').describe("the relay's Observer API on a root-only Unix socket as well (none by default)"),
   checkInterval: millis('milliseconds between status checks of every agent; also how soon a returning agent is seen again', 1000),
   dialTimeout: millis('milliseconds an agent has to answer before it counts as unavailable', 2000),

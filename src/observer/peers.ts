@@ -3,6 +3,7 @@
  * (`hubble-peers/<node>`) and the relay reads it: Ciliate's stand-in for Hubble's peer service.
  * @module
  */
+import { parseListenAddress, type ListenAddress } from '../metrics/index.ts';
 import { ObserverError } from './errors.ts';
 
 export const HUBBLE_PEERS_PREFIX = 'hubble-peers/';
@@ -24,19 +25,23 @@ export function peerNameOfKey(key: string): string {
   return key.slice(HUBBLE_PEERS_PREFIX.length);
 }
 
-const WILDCARD_HOSTS = new Set(['', '0.0.0.0', '[::]', '::']);
+const WILDCARD_HOSTS = new Set(['0.0.0.0', '::']);
 
-/** Splits `host:port` (`[v6]:port` too); an empty host means every address, as Cilium's `:4244`. */
-function splitHostPort(address: string): { host: string; port: string } {
-  const colon = address.lastIndexOf(':');
-  if (colon < 0 || !/^\d+$/.test(address.slice(colon + 1))) throw new ObserverError('ERR_OBSERVER_LISTEN', `listen address ${JSON.stringify(address)}: want host:port or :port`);
-  return { host: address.slice(0, colon), port: address.slice(colon + 1) };
+function parse(listenAddress: string): ListenAddress {
+  let parsed: ListenAddress | undefined;
+  try {
+    parsed = parseListenAddress(listenAddress);
+  } catch (error) {
+    throw new ObserverError('ERR_OBSERVER_LISTEN', `listen address ${JSON.stringify(listenAddress)}: ${(error as Error).message}`, { cause: error });
+  }
+  if (!parsed) throw new ObserverError('ERR_OBSERVER_LISTEN', 'listen address is empty: want host:port or :port');
+  return parsed;
 }
 
 /** What to bind for a listen address: gRPC wants a host, so `:port` becomes every IPv4 address. */
 export function bindAddress(listenAddress: string): string {
-  const { host, port } = splitHostPort(listenAddress);
-  return host === '' ? `0.0.0.0:${port}` : listenAddress;
+  const { host, port } = parse(listenAddress);
+  return host === undefined ? `0.0.0.0:${port}` : listenAddress;
 }
 
 /**
@@ -44,8 +49,8 @@ export function bindAddress(listenAddress: string): string {
  * underlay address, which is what a relay on another node can route to; any other host is taken
  * as the operator's choice (a loopback one then reaches only relays on the same node).
  */
-export function publishedAddress(listenAddress: string, nodeIp: string, boundPort?: number): string {
-  const { host, port } = splitHostPort(listenAddress);
-  const actualPort = port === '0' && boundPort !== undefined ? String(boundPort) : port;
-  return `${WILDCARD_HOSTS.has(host) ? nodeIp : host}:${actualPort}`;
+export function publishedAddress(listenAddress: string, nodeIp: string): string {
+  const { host, port } = parse(listenAddress);
+  if (host === undefined || WILDCARD_HOSTS.has(host)) return `${nodeIp}:${port}`;
+  return `${host.includes(':') ? `[${host}]` : host}:${port}`;
 }

@@ -6,7 +6,7 @@
  */
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
-import { flowMetricInput, lostEventSourceLabel } from '../../metrics/index.ts';
+import { flowMetricInput, listenAddressSetting, lostEventSourceLabel } from '../../metrics/index.ts';
 import { FlowObserver, ObserverServer, bindAddress, peerStoreKey, publishedAddress, type FlowEndpointInfo, type FlowNames, type FlowPolicy, type HubblePeerRecord } from '../../observer/index.ts';
 import { ConfigError } from '../config.ts';
 import { defineModule } from '../module.ts';
@@ -19,7 +19,7 @@ export const observerConfig = {
   hubbleBufferCapacity: z.number().int().min(1).max(1 << 20).default(4095).describe("flows the buffer keeps (Cilium's hubble-event-buffer-capacity)"),
   hubbleEventQueueSize: z.number().int().min(1).max(1 << 20).default(8192).describe("datapath events waiting to become flows before new ones are dropped and counted lost (Cilium's hubble-event-queue-size)"),
   hubbleSocketPath: z.string().default('').describe('the Observer API Unix socket, root only (default: hubble.sock beside --socket-path)'),
-  hubbleListenAddress: z.string().default('localhost:4244').describe("the Observer API on TCP, host:port (:port: every address, published to relays as the node IP); empty: Unix socket only (Cilium's hubble-listen-address)"),
+  hubbleListenAddress: listenAddressSetting('localhost:4244').describe("the Observer API on TCP, host:port (:port: every address, published to relays as the node IP); empty: Unix socket only (Cilium's hubble-listen-address)"),
   hubbleTlsCertFile: z.string().default('').describe('TLS certificate (PEM) for the TCP listener; with the key, the listener is TLS only'),
   hubbleTlsKeyFile: z.string().default('').describe('TLS private key (PEM) for the TCP listener'),
   hubbleTlsClientCaFiles: z.array(z.string()).default([]).describe('CAs (PEM) of client certificates the TCP listener requires, comma-separated; none: no client certificate asked'),
@@ -116,8 +116,8 @@ export const observerModule = defineModule({
       await server.listenUnix(socketPath);
       if (config.hubbleListenAddress) {
         const tls = config.hubbleTlsCertFile ? { certFile: config.hubbleTlsCertFile, keyFile: config.hubbleTlsKeyFile, clientCaFiles: config.hubbleTlsClientCaFiles } : undefined;
-        const port = await server.listenTcp(bindAddress(config.hubbleListenAddress), tls);
-        peer = { name: config.nodeName, address: publishedAddress(config.hubbleListenAddress, node.record.nodeIp, port), tls: { enabled: tls !== undefined }, version: VERSION };
+        await server.listenTcp(bindAddress(config.hubbleListenAddress), tls);
+        peer = { name: config.nodeName, address: publishedAddress(config.hubbleListenAddress, node.record.nodeIp), tls: { enabled: tls !== undefined }, version: VERSION };
         await store.put(peerStoreKey(config.nodeName), peer);
       }
     } catch (error) {
