@@ -21,12 +21,12 @@ import {
 import { formatTable, outputOption, type OutputFormat } from './output.ts';
 
 /**
- * One flag per setting of the agent's configuration (the shared ones and every module's), with
- * the setting's own description and default: a module's new setting needs no code here.
+ * One flag per setting of a configuration (by default the agent's: the shared ones and every
+ * module's), with the setting's own description and default: a module's new setting needs no code here.
  */
-function configOptions(): Option[] {
+export function configOptions(shape: z.ZodRawShape = AgentConfigSchema.shape): Option[] {
   const options: Option[] = [];
-  for (const [key, field] of Object.entries(AgentConfigSchema.shape) as [string, z.ZodType][]) {
+  for (const [key, field] of Object.entries(shape) as [string, z.ZodType][]) {
     const flag = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
     const inner = innerSchema(field);
     const fallback = field instanceof z.ZodDefault ? (field.def.defaultValue as unknown) : undefined;

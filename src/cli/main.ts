@@ -13,6 +13,7 @@ import { registerCniCommands } from './cni.ts';
 import { registerCompletionCommand } from './completion.ts';
 import { registerObserveCommand } from './observe.ts';
 import { registerPolicyCommands } from './policy.ts';
+import { registerRelayCommand } from './relay.ts';
 
 export function buildProgram(): Command {
   const program = new Command('ciliate')
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   registerCniCommands(program);
   registerPolicyCommands(program);
   registerObserveCommand(program);
+  registerRelayCommand(program);
   registerCompletionCommand(program);
   return program;
 }

@@ -5,7 +5,7 @@
  */
 import { codedErrorFamily } from '../errors/index.ts';
 
-export type ObserverErrorCode = 'ERR_OBSERVER_INVALID_FILTER' | 'ERR_OBSERVER_INVALID_REQUEST' | 'ERR_OBSERVER_LISTEN';
+export type ObserverErrorCode = 'ERR_OBSERVER_INVALID_FILTER' | 'ERR_OBSERVER_INVALID_REQUEST' | 'ERR_OBSERVER_LISTEN' | 'ERR_OBSERVER_UNAVAILABLE';
 
 export class ObserverError extends codedErrorFamily<ObserverErrorCode>('observer') {}
 

@@ -78,9 +78,14 @@ export interface ObserverClientOptions {
   tlsCert?: Buffer;
   tlsKey?: Buffer;
   tlsServerName?: string;
+  /** Unary calls fail with DEADLINE_EXCEEDED after this long (default: no deadline). */
+  callTimeoutMs?: number;
+  /** Longest wait between reconnection attempts (gRPC's default: 120 s). */
+  maxReconnectBackoffMs?: number;
 }
 
 type Unary = (request: object, callback: (error: grpc.ServiceError | null, response: unknown) => void) => void;
+type UnaryWithOptions = (request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: unknown) => void) => void;
 
 /**
  * Connects to an Observer API at `target`: `unix:/path/to/hubble.sock` or `host:port`.
@@ -92,10 +97,14 @@ type Unary = (request: object, callback: (error: grpc.ServiceError | null, respo
 export function connectObserver(target: string, options: ObserverClientOptions = {}): ObserverClient {
   const proto = grpc.loadPackageDefinition(packageDefinition()) as unknown as { observer: { Observer: grpc.ServiceClientConstructor } };
   const credentials = options.tlsCa ? grpc.credentials.createSsl(options.tlsCa, options.tlsKey ?? null, options.tlsCert ?? null) : grpc.credentials.createInsecure();
-  const channelOptions: grpc.ChannelOptions = options.tlsServerName ? { 'grpc.ssl_target_name_override': options.tlsServerName } : {};
+  const channelOptions: grpc.ChannelOptions = {
+    ...(options.tlsServerName ? { 'grpc.ssl_target_name_override': options.tlsServerName } : {}),
+    ...(options.maxReconnectBackoffMs !== undefined ? { 'grpc.initial_reconnect_backoff_ms': Math.min(1000, options.maxReconnectBackoffMs), 'grpc.max_reconnect_backoff_ms': options.maxReconnectBackoffMs } : {}),
+  };
   const client = new proto.observer.Observer(target, credentials, channelOptions) as grpc.Client & Record<string, unknown>;
+  const callOptions = (): grpc.CallOptions => (options.callTimeoutMs !== undefined ? { deadline: Date.now() + options.callTimeoutMs } : {});
   const unary = <T>(method: string) =>
-    new Promise<T>((resolve, reject) => (client[method] as Unary).call(client, {}, (error, response) => (error ? reject(error) : resolve(response as T))));
+    new Promise<T>((resolve, reject) => (client[method] as UnaryWithOptions).call(client, {}, callOptions(), (error, response) => (error ? reject(error) : resolve(response as T))));
   return {
     getFlows(request) {
       const call = (client.GetFlows as (request: object) => grpc.ClientReadableStream<GetFlowsResponse>).call(client, request);

@@ -1,7 +1,7 @@
 /**
- * The Observer gRPC service over a FlowObserver: GetFlows, ServerStatus, GetNodes and
- * GetNamespaces, served on a root-only Unix socket and on TCP (with TLS when given
- * certificates). A malformed request is INVALID_ARGUMENT naming the field.
+ * The Observer gRPC service: GetFlows, ServerStatus, GetNodes and GetNamespaces over a backend
+ * (an agent's FlowObserver, or the relay's merge of many), served on a root-only Unix socket and
+ * on TCP (with TLS when given certificates). A malformed request is INVALID_ARGUMENT naming the field.
  * @module
  */
 import { once } from 'node:events';
@@ -31,28 +31,55 @@ export interface ObserverServerOptions {
   log: Logger;
 }
 
+export interface ObserverNamespace {
+  cluster?: string;
+  namespace?: string;
+}
+
+/**
+ * What answers the Observer API: one agent's flow buffer, or a relay merging many. `flows` ends
+ * when the request is answered (or, following, when `signal` aborts); what it throws becomes the
+ * call's status.
+ */
+export interface ObserverBackend {
+  flows(request: GetFlowsRequest, signal: AbortSignal): AsyncIterable<GetFlowsResponse>;
+  serverStatus(): ServerStatusResponse | Promise<ServerStatusResponse>;
+  nodes(): ObserverNode[] | Promise<ObserverNode[]>;
+  namespaces(): ObserverNamespace[] | Promise<ObserverNamespace[]>;
+}
+
 const nowNs = () => BigInt(Date.now()) * 1_000_000n;
 
 function statusOf(error: unknown): grpc.StatusObject {
   if (InvalidRequestError.is(error)) return { code: grpc.status.INVALID_ARGUMENT, details: (error as Error).message, metadata: new grpc.Metadata() };
+  if (ObserverError.is(error) && (error as ObserverError).code === 'ERR_OBSERVER_UNAVAILABLE') return { code: grpc.status.UNAVAILABLE, details: (error as Error).message, metadata: new grpc.Metadata() };
   return { code: grpc.status.INTERNAL, details: (error as Error)?.message ?? String(error), metadata: new grpc.Metadata() };
 }
 
-export class ObserverServer {
+function unary<T>(answer: () => T | Promise<T>): (call: unknown, callback: grpc.sendUnaryData<T>) => void {
+  return (_call, callback) => {
+    Promise.resolve()
+      .then(answer)
+      .then(
+        (response) => callback(null, response),
+        (error: unknown) => callback(statusOf(error)),
+      );
+  };
+}
+
+/** The Observer service (and gRPC health) over any backend, on Unix sockets and TCP. */
+export class ObserverGrpcServer {
   readonly #server = new grpc.Server();
-  readonly #options: ObserverServerOptions;
+  readonly #backend: ObserverBackend;
   readonly #sockets: string[] = [];
 
-  constructor(options: ObserverServerOptions) {
-    this.#options = options;
+  constructor(backend: ObserverBackend) {
+    this.#backend = backend;
     this.#server.addService(observerServiceDefinition(), {
       GetFlows: (call: grpc.ServerWritableStream<GetFlowsRequest, GetFlowsResponse>) => void this.#getFlows(call),
-      ServerStatus: (_call: grpc.ServerUnaryCall<object, ServerStatusResponse>, callback: grpc.sendUnaryData<ServerStatusResponse>) =>
-        callback(null, this.serverStatus()),
-      GetNodes: (_call: grpc.ServerUnaryCall<object, { nodes: ObserverNode[] }>, callback: grpc.sendUnaryData<{ nodes: ObserverNode[] }>) =>
-        callback(null, { nodes: [this.#node()] }),
-      GetNamespaces: (_call: grpc.ServerUnaryCall<object, object>, callback: grpc.sendUnaryData<object>) =>
-        callback(null, { namespaces: this.#options.namespaces().map((namespace) => ({ namespace })) }),
+      ServerStatus: unary(() => backend.serverStatus()),
+      GetNodes: unary(async () => ({ nodes: await backend.nodes() })),
+      GetNamespaces: unary(async () => ({ namespaces: await backend.namespaces() })),
     });
     // Serving at all means serving: the observer has no state in which it answers but is unwell.
     const serving = { status: 'SERVING' };
@@ -62,46 +89,13 @@ export class ObserverServer {
     });
   }
 
-  serverStatus(): ServerStatusResponse {
-    const stats = this.#options.observer.stats();
-    return {
-      numFlows: String(stats.numFlows),
-      maxFlows: String(stats.maxFlows),
-      seenFlows: String(stats.seenFlows),
-      uptimeNs: String(process.hrtime.bigint() - this.#options.observer.startedAt),
-      numConnectedNodes: { value: 1 },
-      numUnavailableNodes: { value: 0 },
-      version: this.#options.version,
-      flowsRate: this.#options.observer.flowsRate(nowNs()),
-      ciliateLostEvents: this.#options.observer.lostEvents(),
-    };
-  }
-
-  #node(): ObserverNode {
-    const stats = this.#options.observer.stats();
-    return {
-      name: this.#options.nodeName,
-      version: this.#options.version,
-      address: this.#options.nodeAddress,
-      state: 'NODE_CONNECTED',
-      uptimeNs: String(process.hrtime.bigint() - this.#options.observer.startedAt),
-      numFlows: String(stats.numFlows),
-      maxFlows: String(stats.maxFlows),
-      seenFlows: String(stats.seenFlows),
-    };
-  }
-
   async #getFlows(call: grpc.ServerWritableStream<GetFlowsRequest, GetFlowsResponse>): Promise<void> {
     const abort = new AbortController();
     const cancel = () => abort.abort();
     call.on('cancelled', cancel);
     call.on('close', cancel);
     try {
-      const query = parseFlowsRequest(call.request);
-      for await (const entry of this.#options.observer.flows(query, abort.signal)) {
-        const response: GetFlowsResponse = entry.flow
-          ? { flow: entry.flow, nodeName: this.#options.nodeName, time: entry.flow.time }
-          : { lostEvents: entry.lost, nodeName: this.#options.nodeName, time: timestampFromNs(entry.timeNs) };
+      for await (const response of this.#backend.flows(call.request, abort.signal)) {
         // A slow client holds the reader back; the buffer overwriting under it is counted as loss.
         if (!call.write(response)) await Promise.race([once(call, 'drain'), once(abort.signal, 'abort')]);
         if (abort.signal.aborted) break;
@@ -148,5 +142,61 @@ export class ObserverServer {
   async close(): Promise<void> {
     this.#server.forceShutdown();
     for (const path of this.#sockets) rmSync(path, { force: true });
+  }
+}
+
+/** One agent's Observer API: its flow buffer, its node, its namespaces. */
+export class ObserverServer extends ObserverGrpcServer {
+  readonly #options: ObserverServerOptions;
+
+  constructor(options: ObserverServerOptions) {
+    const node = (): ObserverNode => {
+      const stats = options.observer.stats();
+      return {
+        name: options.nodeName,
+        version: options.version,
+        address: options.nodeAddress,
+        state: 'NODE_CONNECTED',
+        uptimeNs: String(process.hrtime.bigint() - options.observer.startedAt),
+        numFlows: String(stats.numFlows),
+        maxFlows: String(stats.maxFlows),
+        seenFlows: String(stats.seenFlows),
+      };
+    };
+    super({
+      flows: (request, signal) => localFlows(options, request, signal),
+      serverStatus: () => localStatus(options),
+      nodes: () => [node()],
+      namespaces: () => options.namespaces().map((namespace) => ({ namespace })),
+    });
+    this.#options = options;
+  }
+
+  serverStatus(): ServerStatusResponse {
+    return localStatus(this.#options);
+  }
+}
+
+function localStatus(options: ObserverServerOptions): ServerStatusResponse {
+  const stats = options.observer.stats();
+  return {
+    numFlows: String(stats.numFlows),
+    maxFlows: String(stats.maxFlows),
+    seenFlows: String(stats.seenFlows),
+    uptimeNs: String(process.hrtime.bigint() - options.observer.startedAt),
+    numConnectedNodes: { value: 1 },
+    numUnavailableNodes: { value: 0 },
+    version: options.version,
+    flowsRate: options.observer.flowsRate(nowNs()),
+    ciliateLostEvents: options.observer.lostEvents(),
+  };
+}
+
+async function* localFlows(options: ObserverServerOptions, request: GetFlowsRequest, signal: AbortSignal): AsyncGenerator<GetFlowsResponse> {
+  const query = parseFlowsRequest(request);
+  for await (const entry of options.observer.flows(query, signal)) {
+    yield entry.flow
+      ? { flow: entry.flow, nodeName: options.nodeName, time: entry.flow.time }
+      : { lostEvents: entry.lost, nodeName: options.nodeName, time: timestampFromNs(entry.timeNs) };
   }
 }

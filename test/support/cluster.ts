@@ -42,6 +42,14 @@ export function spawnInNs(netns: string, command: string, args: string[]): Child
   return spawn('nsenter', [`--net=/run/netns/${netns}`, command, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
 }
 
+/** Kills a process this test started (by its pid) unless it has exited, and waits for its exit. */
+export async function killChild(child: ChildProcess, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill(signal);
+  await exited;
+}
+
 export interface AgentOptions {
   nodeName?: string;
   /** Underlay address; without an underlay it is put on the node's loopback. */
@@ -202,11 +210,7 @@ export class Underlay {
     let output = '';
     etcd.stderr?.on('data', (chunk: Buffer) => (output = (output + chunk.toString()).slice(-8192)));
     t.after(async () => {
-      if (etcd.exitCode === null && etcd.signalCode === null) {
-        const exited = new Promise((resolve) => etcd.once('exit', resolve));
-        etcd.kill('SIGKILL');
-        await exited;
-      }
+      await killChild(etcd);
       rmSync(dataDir, { recursive: true, force: true });
     });
     const probe = pki

@@ -6,20 +6,20 @@
  */
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
-import { flowMetricInput, lostEventSourceLabel } from '../../metrics/index.ts';
-import { FlowObserver, ObserverServer, type FlowEndpointInfo, type FlowNames, type FlowPolicy } from '../../observer/index.ts';
+import { flowMetricInput, listenAddressSetting, lostEventSourceLabel } from '../../metrics/index.ts';
+import { FlowObserver, ObserverServer, bindAddress, peerStoreKey, publishedAddress, type FlowEndpointInfo, type FlowNames, type FlowPolicy, type HubblePeerRecord } from '../../observer/index.ts';
 import { ConfigError } from '../config.ts';
 import { defineModule } from '../module.ts';
 import { VERSION } from '../version.ts';
 import { apiConfig } from './api.ts';
-import { ClusterCell, EndpointsCell, HubbleMetricsCell, IdentitiesCell, MonitorCell, NodeCell, PolicyCell } from './cells.ts';
+import { ClusterCell, EndpointsCell, HubbleMetricsCell, IdentitiesCell, MonitorCell, NodeCell, PolicyCell, StoreCell } from './cells.ts';
 
 export const observerConfig = {
   hubbleEnabled: z.boolean().default(true).describe("flows and Hubble's Observer API (Cilium's enable-hubble)"),
   hubbleBufferCapacity: z.number().int().min(1).max(1 << 20).default(4095).describe("flows the buffer keeps (Cilium's hubble-event-buffer-capacity)"),
   hubbleEventQueueSize: z.number().int().min(1).max(1 << 20).default(8192).describe("datapath events waiting to become flows before new ones are dropped and counted lost (Cilium's hubble-event-queue-size)"),
   hubbleSocketPath: z.string().default('').describe('the Observer API Unix socket, root only (default: hubble.sock beside --socket-path)'),
-  hubbleListenAddress: z.string().default('localhost:4244').describe("the Observer API on TCP, host:port; empty: Unix socket only (Cilium's hubble-listen-address)"),
+  hubbleListenAddress: listenAddressSetting('localhost:4244').describe("the Observer API on TCP, host:port (:port: every address, published to relays as the node IP); empty: Unix socket only (Cilium's hubble-listen-address)"),
   hubbleTlsCertFile: z.string().default('').describe('TLS certificate (PEM) for the TCP listener; with the key, the listener is TLS only'),
   hubbleTlsKeyFile: z.string().default('').describe('TLS private key (PEM) for the TCP listener'),
   hubbleTlsClientCaFiles: z.array(z.string()).default([]).describe('CAs (PEM) of client certificates the TCP listener requires, comma-separated; none: no client certificate asked'),
@@ -30,8 +30,8 @@ export const observerModule = defineModule({
   description: "flows from datapath events, the flow buffer and Hubble's Observer API",
   // The API socket's setting too: the Observer socket goes beside it unless told otherwise.
   config: { ...observerConfig, socketPath: apiConfig.socketPath },
-  needs: { monitor: MonitorCell, endpoints: EndpointsCell, identities: IdentitiesCell, policy: PolicyCell, node: NodeCell, cluster: ClusterCell, hubbleMetrics: HubbleMetricsCell },
-  async start({ monitor, endpoints, identities, policy, node, cluster, hubbleMetrics }, { config, log }) {
+  needs: { monitor: MonitorCell, endpoints: EndpointsCell, identities: IdentitiesCell, policy: PolicyCell, node: NodeCell, cluster: ClusterCell, hubbleMetrics: HubbleMetricsCell, store: StoreCell },
+  async start({ monitor, endpoints, identities, policy, node, cluster, hubbleMetrics, store }, { config, log }) {
     if (!config.hubbleEnabled) return { value: undefined, status: () => ({ observer: { enabled: false } }) };
     if (Boolean(config.hubbleTlsCertFile) !== Boolean(config.hubbleTlsKeyFile)) {
       throw new ConfigError('observer: --hubble-tls-cert-file and --hubble-tls-key-file go together; set both or neither');
@@ -110,11 +110,15 @@ export const observerModule = defineModule({
     });
     const socketPath = config.hubbleSocketPath || join(dirname(config.socketPath), 'hubble.sock');
     observer.start();
+    // Relays find this node's Observer API here; only a TCP listener can be dialled from elsewhere.
+    let peer: HubblePeerRecord | undefined;
     try {
       await server.listenUnix(socketPath);
       if (config.hubbleListenAddress) {
         const tls = config.hubbleTlsCertFile ? { certFile: config.hubbleTlsCertFile, keyFile: config.hubbleTlsKeyFile, clientCaFiles: config.hubbleTlsClientCaFiles } : undefined;
-        await server.listenTcp(config.hubbleListenAddress, tls);
+        await server.listenTcp(bindAddress(config.hubbleListenAddress), tls);
+        peer = { name: config.nodeName, address: publishedAddress(config.hubbleListenAddress, node.record.nodeIp), tls: { enabled: tls !== undefined }, version: VERSION };
+        await store.put(peerStoreKey(config.nodeName), peer);
       }
     } catch (error) {
       observer.stop();
@@ -126,6 +130,8 @@ export const observerModule = defineModule({
     return {
       value: undefined,
       stop: async () => {
+        // Withdrawn before closing, so relays learn the API is down from the store, not from a timeout.
+        if (peer) await store.delete(peerStoreKey(config.nodeName)).catch((error: unknown) => log.warn({ err: error }, 'removing the Observer API address from the store'));
         observer.stop();
         unsubscribe();
         await server.close();
