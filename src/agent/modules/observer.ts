@@ -12,6 +12,7 @@ import { defineModule } from '../module.ts';
 import { VERSION } from '../version.ts';
 import { apiConfig } from './api.ts';
 import { ClusterCell, EndpointsCell, IdentitiesCell, MonitorCell, NodeCell, PolicyCell } from './cells.ts';
+import { flowExportConfig, startFlowExport } from './flow-export.ts';
 
 export const observerConfig = {
   hubbleEnabled: z.boolean().default(true).describe("flows and Hubble's Observer API (Cilium's enable-hubble)"),
@@ -22,6 +23,7 @@ export const observerConfig = {
   hubbleTlsCertFile: z.string().default('').describe('TLS certificate (PEM) for the TCP listener; with the key, the listener is TLS only'),
   hubbleTlsKeyFile: z.string().default('').describe('TLS private key (PEM) for the TCP listener'),
   hubbleTlsClientCaFiles: z.array(z.string()).default([]).describe('CAs (PEM) of client certificates the TCP listener requires, comma-separated; none: no client certificate asked'),
+  ...flowExportConfig,
 };
 
 export const observerModule = defineModule({
@@ -98,6 +100,11 @@ export const observerModule = defineModule({
       log,
     });
     const socketPath = config.hubbleSocketPath || join(dirname(config.socketPath), 'hubble.sock');
+    // Before the observer starts, so the export files get every flow from the first.
+    const flowExport = await startFlowExport(observer, config, log).catch((error: unknown) => {
+      unsubscribe();
+      throw error;
+    });
     observer.start();
     try {
       await server.listenUnix(socketPath);
@@ -109,6 +116,7 @@ export const observerModule = defineModule({
       observer.stop();
       unsubscribe();
       await server.close();
+      await flowExport.stop();
       throw error;
     }
     log.info({ socket: socketPath, address: config.hubbleListenAddress || undefined, capacity: config.hubbleBufferCapacity }, 'Observer API listening');
@@ -118,6 +126,7 @@ export const observerModule = defineModule({
         observer.stop();
         unsubscribe();
         await server.close();
+        await flowExport.stop();
       },
       status: () => {
         const stats = observer.stats();
@@ -133,6 +142,7 @@ export const observerModule = defineModule({
             decodeErrors: stats.decodeErrors,
             lost: { kernelRing: String(stats.lost.kernel), decodeQueue: String(stats.lost.queue), flowBuffer: String(stats.lost.buffer) },
           },
+          flowExport: flowExport.status(),
         };
       },
       health: () => {
