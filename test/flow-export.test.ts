@@ -12,9 +12,7 @@ import { mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, w
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ExporterStats, FlowLogsStatus } from '../src/observer/index.ts';
-import { TestNode, cli, httpRequest, httpServer, probeTcp, sleep } from './support/cluster.ts';
-
-const POLICIES = join(import.meta.dirname, 'policies');
+import { TestNode, cli, httpRequest, probeTcp, sleep, starWars } from './support/cluster.ts';
 
 interface ExportLine {
   flow?: Record<string, unknown> & { verdict?: string; uuid?: string; source?: { pod_name?: string; identity?: number }; destination?: { pod_name?: string; identity?: number } };
@@ -74,24 +72,19 @@ function replaceFile(path: string, text: string): void {
   renameSync(`${path}.tmp`, path);
 }
 
-async function starWars(t: TestContext, node: TestNode) {
-  const deathstar = await node.addPod(t, 'deathstar', { org: 'empire', class: 'deathstar' });
-  const tiefighter = await node.addPod(t, 'tiefighter', { org: 'empire', class: 'tiefighter' });
-  const xwing = await node.addPod(t, 'xwing', { org: 'alliance', class: 'xwing' });
-  await httpServer(t, deathstar.netns, 80, { 'POST /v1/request-landing': 'Ship landed' });
-  const imported = await cli(node, 'policy', 'import', join(POLICIES, 'starwars-rule1.yaml'));
-  assert.equal(imported.code, 0, imported.stderr);
-  const revision = /revision: (\d+)/.exec(imported.stdout)![1];
-  assert.equal((await cli(node, 'policy', 'wait', revision)).code, 0);
-  const landing = `http://${deathstar.endpoint.ipv4}/v1/request-landing`;
-  const land = async (times: number) => {
-    for (let i = 0; i < times; i++) {
-      assert.equal((await httpRequest(tiefighter.netns, 'POST', landing)).status, 200, 'the tiefighter lands');
-      // A bare connect: an HTTP client whose SYNs go unanswered lingers until its own connect timeout.
-      assert.deepEqual(await probeTcp(xwing.netns, [`${deathstar.endpoint.ipv4}:80`], 500), { [`${deathstar.endpoint.ipv4}:80`]: false }, 'the xwing does not');
-    }
-  };
-  return { deathstar, tiefighter, xwing, land };
+/** Both ships ask to land `times` times: the tiefighter lands, the xwing's SYNs are dropped. */
+async function land(ships: Awaited<ReturnType<typeof starWars>>, times: number): Promise<void> {
+  const target = `${ships.deathstar.endpoint.ipv4}:80`;
+  for (let i = 0; i < times; i++) {
+    assert.equal((await httpRequest(ships.tiefighter.netns, 'POST', ships.landing)).status, 200, 'the tiefighter lands');
+    // A bare connect: an HTTP client whose SYNs go unanswered lingers until its own connect timeout.
+    assert.deepEqual(await probeTcp(ships.xwing.netns, [target], 500), { [target]: false }, 'the xwing does not');
+  }
+}
+
+/** A flow-logs config file's text. */
+function flowLogsYaml(logs: readonly Record<string, unknown>[]): string {
+  return `flowLogs:\n${logs.map((l) => `  - ${Object.entries(l).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join('\n    ')}\n`).join('')}`;
 }
 
 test('flow export: JSON lines as hubble writes them, rotation with N backups, allowlist, denylist, field mask, and flow logs reloaded without a restart', async (t) => {
@@ -99,23 +92,11 @@ test('flow export: JSON lines as hubble writes them, rotation with N backups, al
   const staticFile = join(dir, 'static', 'flows.log');
   const logs = join(dir, 'logs');
   const config = join(dir, 'flowlogs.yaml');
-  writeFileSync(
-    config,
-    `flowLogs:
-  - name: drops
-    filePath: ${logs}/drops.log
-    fileMaxSizeMb: 10
-    includeFilters: [{"verdict": ["DROPPED"]}]
-  - name: no-xwing
-    filePath: ${logs}/no-xwing.log
-    excludeFilters:
-      - source_pod: [default/xwing]
-      - destinationPod: [default/xwing]
-  - name: masked
-    filePath: ${logs}/masked.log
-    fieldMask: [time, source.identity, destination.identity, verdict]
-`,
-  );
+  const drops = { name: 'drops', filePath: `${logs}/drops.log`, fileMaxSizeMb: 10, includeFilters: [{ verdict: ['DROPPED'] }] };
+  // Proto and lowerCamelCase field names both, as protojson takes them.
+  const noXwing = { name: 'no-xwing', filePath: `${logs}/no-xwing.log`, excludeFilters: [{ source_pod: ['default/xwing'] }, { destinationPod: ['default/xwing'] }] };
+  const masked = { name: 'masked', filePath: `${logs}/masked.log`, fieldMask: ['time', 'source.identity', 'destination.identity', 'verdict'] };
+  writeFileSync(config, flowLogsYaml([drops, noXwing, masked]));
   const maxSize = Math.round(0.01 * 1024 * 1024);
   const node = await TestNode.start(t, {
     extraArgs: [
@@ -125,8 +106,9 @@ test('flow export: JSON lines as hubble writes them, rotation with N backups, al
       '--hubble-flowlogs-config-path', config,
     ],
   });
-  const { xwing, land } = await starWars(t, node);
-  await land(6);
+  const ships = await starWars(t, node);
+  const { xwing } = ships;
+  await land(ships, 6);
   const settled = await until('the exporters to write the traffic', async () => {
     const s = await exportStatus(node);
     return s.exporters[0].flowsWritten > 0 && s.exporters[0].queued === 0 && s.exporters[0].rotations >= 3 ? s : undefined;
@@ -160,23 +142,23 @@ test('flow export: JSON lines as hubble writes them, rotation with N backups, al
   assert.deepEqual(exportedFlow, byUuid.get(exportedFlow.flow!.uuid));
 
   // Allowlist: only drops, and the xwing's are among them.
-  const drops = flowsOf(readLines(join(logs, 'drops.log')));
-  assert.ok(drops.length > 0, 'drops exported');
-  assert.deepEqual(drops.filter((f) => f.verdict !== 'DROPPED'), [], 'only DROPPED flows');
-  assert.ok(drops.some((f) => f.source?.pod_name === 'xwing' && f.drop_reason_desc === 'POLICY_DENIED'));
+  const dropped = flowsOf(readLines(join(logs, 'drops.log')));
+  assert.ok(dropped.length > 0, 'drops exported');
+  assert.deepEqual(dropped.filter((f) => f.verdict !== 'DROPPED'), [], 'only DROPPED flows');
+  assert.ok(dropped.some((f) => f.source?.pod_name === 'xwing' && f.drop_reason_desc === 'POLICY_DENIED'));
   // Denylist: everything but the xwing's.
-  const noXwing = flowsOf(readLines(join(logs, 'no-xwing.log')));
-  assert.ok(noXwing.some((f) => f.source?.pod_name === 'tiefighter'), 'the tiefighter is exported');
-  assert.deepEqual(noXwing.filter((f) => f.source?.pod_name === 'xwing' || f.destination?.pod_name === 'xwing'), [], 'nothing of the xwing');
+  const notXwing = flowsOf(readLines(join(logs, 'no-xwing.log')));
+  assert.ok(notXwing.some((f) => f.source?.pod_name === 'tiefighter'), 'the tiefighter is exported');
+  assert.deepEqual(notXwing.filter((f) => f.source?.pod_name === 'xwing' || f.destination?.pod_name === 'xwing'), [], 'nothing of the xwing');
   // Field mask: only the listed paths.
-  const masked = flowsOf(readLines(join(logs, 'masked.log')));
-  assert.ok(masked.length > 0);
-  for (const f of masked) {
+  const maskedFlows = flowsOf(readLines(join(logs, 'masked.log')));
+  assert.ok(maskedFlows.length > 0);
+  for (const f of maskedFlows) {
     assert.deepEqual(Object.keys(f).filter((k) => !['time', 'source', 'destination', 'verdict'].includes(k)), [], JSON.stringify(f));
     assert.deepEqual(Object.keys(f.source ?? {}).filter((k) => k !== 'identity'), []);
     assert.deepEqual(Object.keys(f.destination ?? {}).filter((k) => k !== 'identity'), []);
   }
-  assert.ok(masked.some((f) => f.source?.identity === xwing.endpoint.identity && f.verdict === 'DROPPED'), 'the xwing drop, by identity');
+  assert.ok(maskedFlows.some((f) => f.source?.identity === xwing.endpoint.identity && f.verdict === 'DROPPED'), 'the xwing drop, by identity');
   assert.deepEqual(settled.flowLogs?.exporters.map((e) => e.name), ['drops', 'no-xwing', 'masked']);
   assert.ok(settled.flowLogs.exporters.every((e) => e.flowsWritten > 0 && e.dropped === 0));
   assert.ok(settled.flowLogs.exporters[0].filtered > 0, 'the allowlist left flows out');
@@ -184,23 +166,8 @@ test('flow export: JSON lines as hubble writes them, rotation with N backups, al
   // Edit the flow logs while the agent runs: drops now takes the tiefighter's flows instead, a
   // new exporter takes the xwing's, masked goes.
   const dropsBefore = readLines(join(logs, 'drops.log')).length;
-  replaceFile(
-    config,
-    `flowLogs:
-  - name: drops
-    filePath: ${logs}/drops.log
-    fileMaxSizeMb: 10
-    includeFilters: [{"source_pod": ["default/tiefighter"]}]
-  - name: no-xwing
-    filePath: ${logs}/no-xwing.log
-    excludeFilters:
-      - source_pod: [default/xwing]
-      - destinationPod: [default/xwing]
-  - name: xwing
-    filePath: ${logs}/xwing.log
-    includeFilters: [{"source_pod": ["default/xwing"]}]
-`,
-  );
+  const xwingLog = { name: 'xwing', filePath: `${logs}/xwing.log`, includeFilters: [{ source_pod: ['default/xwing'] }] };
+  replaceFile(config, flowLogsYaml([{ ...drops, includeFilters: [{ source_pod: ['default/tiefighter'] }] }, noXwing, xwingLog]));
   const reloaded = await until('the edited flow logs', async () => {
     const s = (await exportStatus(node)).flowLogs;
     return s?.exporters.map((e) => e.name).join() === 'drops,no-xwing,xwing' ? s : undefined;
@@ -208,7 +175,7 @@ test('flow export: JSON lines as hubble writes them, rotation with N backups, al
   assert.equal(reloaded.reloads, 2);
   assert.equal(reloaded.lastError, undefined);
   assert.equal(reloaded.exporters[1].flowsWritten > 0, true, 'the unchanged exporter kept running with its counts');
-  await land(2);
+  await land(ships, 2);
   await until('the new flows written', async () => ((await exportStatus(node)).flowLogs?.exporters[2].flowsWritten ?? 0) > 0 || undefined);
   await sleep(300);
   const dropsAfter = flowsOf(readLines(join(logs, 'drops.log')).slice(dropsBefore));
@@ -220,7 +187,7 @@ test('flow export: JSON lines as hubble writes them, rotation with N backups, al
 
   // A bad edit: rejected, named in the log and the status, and the exporters in force keep writing.
   const xwingBefore = readLines(join(logs, 'xwing.log')).length;
-  writeFileSync(config, `flowLogs:\n  - name: drops\n    filePath: ${logs}/drops.log\n    includeFilters: [{"verdict": ["DROPED"]}]\n`);
+  writeFileSync(config, flowLogsYaml([{ ...drops, includeFilters: [{ verdict: ['DROPED'] }] }]));
   const rejected = await until('the bad edit reported', async () => {
     const s = (await exportStatus(node)).flowLogs;
     return s?.lastError ? s : undefined;
@@ -230,7 +197,7 @@ test('flow export: JSON lines as hubble writes them, rotation with N backups, al
   assert.deepEqual(rejected.exporters.map((e) => e.name), ['drops', 'no-xwing', 'xwing'], 'the previous exporters stay');
   assert.equal(rejected.reloads, 2);
   assert.match(node.log, /DROPED.*the flow logs in force keep running/);
-  await land(1);
+  await land(ships, 1);
   await until('the old exporters still writing', async () => (readLines(join(logs, 'xwing.log')).length > xwingBefore ? true : undefined));
   const status = await cli(node, 'status');
   assert.match(status.stdout, /flowExport:.*"name":"xwing"/);
