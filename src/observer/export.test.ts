@@ -142,3 +142,17 @@ test('a flow-logs file is refused whole, naming the field', (t) => {
   refused(`flowLogs:\n  - {name: a, filePath: ${dir}/a.log, excludeFilters: [{source_ip: [10.0.0.300]}]}\n`, 'flowLogs[0].excludeFilters[0].source_ip[0]', /not an IP address/);
   refused(`flowLogs:\n  - {name: a, filePath: ${dir}/a.log, fieldMask: [verdikt]}\n`, 'flowLogs[0].fieldMask[0]', /no field "verdikt"/);
 });
+
+test("a flow log past its `end` exports nothing more and says it is inactive", async (t) => {
+  const dir = tempDir(t);
+  const ring = new FlowRing(16);
+  const ended = new FlowExporter({ name: 'old', filePath: join(dir, 'old.log'), nodeName: 'n1', maxSizeBytes: 1 << 20, maxBackups: 1, endMs: Date.now() - 1, log });
+  const running = new FlowExporter({ name: 'new', filePath: join(dir, 'new.log'), nodeName: 'n1', maxSizeBytes: 1 << 20, maxBackups: 1, endMs: Date.now() + 60_000, log });
+  await Promise.all([ended.open(), running.open()]);
+  for (const exporter of [ended, running]) exporter.offer(ring.push(1n, { flow: flow(1) }));
+  await Promise.all([ended.close(), running.close()]);
+  assert.equal(readFileSync(join(dir, 'old.log'), 'utf8'), '');
+  assert.equal(lines(join(dir, 'new.log')).length, 1);
+  assert.equal(ended.stats().active, false);
+  assert.equal(running.stats().flowsWritten, 1);
+});
