@@ -44,15 +44,23 @@ test('a file that cannot keep up: flows beyond the queue are dropped, counted, a
   await exporter.open();
   // One turn of the event loop, as the observer hands over a decoded batch: no write can run in between.
   for (let i = 0; i < 1000; i++) exporter.offer(ring.push(BigInt(i), { flow: flow(i) }));
+  exporter.offer(ring.push(1000n, { lost: { source: 'PERF_EVENT_RING_BUFFER', numEventsLost: '3' } }));
   assert.equal(exporter.stats().queued, 16);
   await exporter.close();
   const written = lines(join(dir, 'x.log'));
   assert.deepEqual(written.slice(0, 16).map((l) => (l.flow as { uuid: string }).uuid), Array.from({ length: 16 }, (_, i) => `flow-${i}`), 'the queued flows, in order');
-  assert.deepEqual(written.slice(16).map((l) => l.lost_events), [{ source: 'UNKNOWN_LOST_EVENT_SOURCE', num_events_lost: '984' }], 'then the count of what was dropped');
+  assert.deepEqual(
+    written.slice(16).map((l) => l.lost_events),
+    [
+      { source: 'PERF_EVENT_RING_BUFFER', num_events_lost: '3' },
+      { source: 'UNKNOWN_LOST_EVENT_SOURCE', num_events_lost: '984' },
+    ],
+    "then the observer's loss report that found the queue full, and the count of what was dropped here",
+  );
   const stats = exporter.stats();
   assert.equal(stats.flowsWritten + stats.dropped, 1000, 'every flow is written or counted');
   assert.equal(stats.dropped, 984);
-  assert.equal(stats.lostEventsWritten, 1);
+  assert.equal(stats.lostEventsWritten, 2);
 });
 
 test('lines are the GetFlowsResponse JSON of `observe -o json`; the observer\'s loss markers pass every filter', async (t) => {

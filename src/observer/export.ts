@@ -18,7 +18,7 @@ import { compileFilters, type FlowPredicate } from './filter.ts';
 import { FieldMask } from './flow-schema.ts';
 import { responseJson } from './printer.ts';
 import { RotatingFile } from './rotating-file.ts';
-import { timestampFromNs, type FlowFilter } from './types.ts';
+import { timestampFromNs, type FlowFilter, type LostEventSource } from './types.ts';
 
 /** Entries waiting to be written before new ones are dropped: with flows of ~1.5 kB, some 6 MB. */
 export const EXPORT_QUEUE_SIZE = 4096;
@@ -101,6 +101,8 @@ export class FlowExporter {
   #dropped = 0;
   /** Flows dropped since the last lost_events line. */
   #droppedPending = 0;
+  /** Observer loss markers that found the queue full, by stage. */
+  readonly #lostPending = new Map<LostEventSource, bigint>();
   #lastError: { message: string; at: string } | undefined;
   #writing: Promise<void> | undefined;
   #closed = false;
@@ -138,10 +140,18 @@ export class FlowExporter {
       if (entry.flow) {
         this.#dropped++;
         this.#droppedPending++;
+      } else {
+        // The observer's own loss report must not be lost in turn: kept as a count per stage.
+        this.#lostPending.set(entry.lost.source, (this.#lostPending.get(entry.lost.source) ?? 0n) + BigInt(entry.lost.numEventsLost));
       }
+      this.#schedule();
       return;
     }
     this.#queue.push(entry);
+    this.#schedule();
+  }
+
+  #schedule(): void {
     if (!this.#writing) this.#writing = new Promise((resolve) => setImmediate(resolve)).then(() => this.#drain());
   }
 
@@ -157,7 +167,7 @@ export class FlowExporter {
   }
 
   async #writeQueued(): Promise<void> {
-    while (this.#queue.length > 0 || this.#droppedPending > 0) {
+    while (this.#queue.length > 0 || this.#droppedPending > 0 || this.#lostPending.size > 0) {
       const batch = this.#queue.splice(0, this.#queue.length);
       const lines: string[] = [];
       let flows = 0;
@@ -172,12 +182,18 @@ export class FlowExporter {
         }
       }
       // Every flow dropped so far came after every flow of this batch: the queue was full of them.
+      const now = timestampFromNs(BigInt(Date.now()) * 1_000_000n);
+      for (const [source, count] of this.#lostPending) {
+        losses++;
+        lines.push(`${responseJson({ lostEvents: { source, numEventsLost: String(count) }, nodeName: this.#options.nodeName, time: now }, 'json')}\n`);
+      }
+      this.#lostPending.clear();
       const dropped = this.#droppedPending;
       this.#droppedPending = 0;
       if (dropped > 0) {
         losses++;
         const lost = { source: 'UNKNOWN_LOST_EVENT_SOURCE' as const, numEventsLost: String(dropped) };
-        lines.push(`${responseJson({ lostEvents: lost, nodeName: this.#options.nodeName, time: timestampFromNs(BigInt(Date.now()) * 1_000_000n) }, 'json')}\n`);
+        lines.push(`${responseJson({ lostEvents: lost, nodeName: this.#options.nodeName, time: now }, 'json')}\n`);
         this.#options.log.warn({ exporter: this.name, file: this.#options.filePath, dropped }, 'flow export could not keep up: flows dropped');
       }
       try {
