@@ -4,7 +4,7 @@
  * `ciliate observe -o json` (proto field names, enums by name), filtered by an allowlist and a
  * denylist of FlowFilters, cut down to a field mask, into a file that rotates by size.
  *
- * The observer hands every buffer entry over synchronously; an exporter only filters it and
+ * The flow buffer hands every entry over as it is pushed, synchronously; an exporter only filters it and
  * queues it (bounded), and writes queued lines in batches, one write in flight at a time. When
  * the file cannot keep up and the queue is full, flows are dropped and counted, and once there
  * is room again the file itself gets a `{"lost_events":{…}}` line with the count, so whoever reads
@@ -86,7 +86,7 @@ export function compileExport(options: Pick<FlowExporterOptions, 'allowlist' | '
  * @example
  * const exporter = new FlowExporter({ name: 'static', filePath: '/var/run/cilium/hubble/events.log', nodeName: 'n1', maxSizeBytes: 10 << 20, maxBackups: 5, log });
  * await exporter.open();
- * const off = observer.onEntry((entry) => exporter.offer(entry));
+ * const off = observer.ring.onPush((entry) => exporter.offer(entry));
  */
 export class FlowExporter {
   readonly name: string;

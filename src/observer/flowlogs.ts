@@ -147,7 +147,7 @@ interface Running {
  * @example
  * const flowLogs = new FlowLogs({ configPath: '/etc/ciliate/flowlogs.yaml', nodeName: 'n1', defaults: { maxSizeMb: 10, maxBackups: 5 }, reservedPaths: [], log });
  * await flowLogs.start();
- * observer.onEntry((entry) => flowLogs.offer(entry));
+ * observer.ring.onPush((entry) => flowLogs.offer(entry));
  */
 export class FlowLogs {
   readonly #options: FlowLogsOptions;

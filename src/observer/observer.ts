@@ -10,7 +10,7 @@
 import type { Logger } from 'pino';
 import { decodeEvent, DropReasonCode, type DatapathEvent } from '../datapath/index.ts';
 import { PolicyDirection } from '../policy/index.ts';
-import { FlowRing, type RingEntry, type RingPayload } from './buffer.ts';
+import { FlowRing, type RingEntry } from './buffer.ts';
 import { InvalidRequestError } from './errors.ts';
 import { compileFilters, type FlowPredicate } from './filter.ts';
 import { buildFlow, type FlowNames } from './flow.ts';
@@ -134,7 +134,6 @@ export class FlowObserver {
   #draining = false;
   #unsubscribe: (() => void) | undefined;
   #poll: NodeJS.Timeout | undefined;
-  #entryListeners: ((entry: RingEntry) => void)[] = [];
   readonly startedAt = process.hrtime.bigint();
 
   constructor(source: RecordSource, options: FlowObserverOptions) {
@@ -157,22 +156,6 @@ export class FlowObserver {
     this.#unsubscribe?.();
     this.#unsubscribe = undefined;
     clearInterval(this.#poll);
-  }
-
-  /**
-   * Calls `listener` with every entry as it enters the buffer (flows and the loss markers the
-   * observer writes), synchronously: it must only take the entry and return (the exporters queue it).
-   */
-  onEntry(listener: (entry: RingEntry) => void): () => void {
-    this.#entryListeners = [...this.#entryListeners, listener];
-    return () => {
-      this.#entryListeners = this.#entryListeners.filter((l) => l !== listener);
-    };
-  }
-
-  #push(timeNs: bigint, payload: RingPayload): void {
-    const entry = this.ring.push(timeNs, payload);
-    for (const listener of this.#entryListeners) listener(entry);
   }
 
   stats(): ObserverStats {
@@ -223,7 +206,7 @@ export class FlowObserver {
     const count = lost - this.#kernelLostSeen;
     this.#kernelLostSeen = lost;
     this.#lost.kernel += count;
-    this.#push(BigInt(Date.now()) * 1_000_000n, { lost: lostEvent('PERF_EVENT_RING_BUFFER', count) });
+    this.ring.push(BigInt(Date.now()) * 1_000_000n, { lost: lostEvent('PERF_EVENT_RING_BUFFER', count) });
   }
 
   #enqueue(record: Buffer): void {
@@ -240,7 +223,7 @@ export class FlowObserver {
   #drain(): void {
     this.#noteKernelLoss();
     if (this.#queueLostPending > 0n) {
-      this.#push(BigInt(Date.now()) * 1_000_000n, { lost: lostEvent('OBSERVER_EVENTS_QUEUE', this.#queueLostPending) });
+      this.ring.push(BigInt(Date.now()) * 1_000_000n, { lost: lostEvent('OBSERVER_EVENTS_QUEUE', this.#queueLostPending) });
       this.#queueLostPending = 0n;
     }
     for (let i = 0; i < DECODE_BATCH; i++) {
@@ -249,7 +232,7 @@ export class FlowObserver {
       try {
         const event = decodeEvent(record);
         const timeNs = this.#source.wallClockNs(event.timestampNs);
-        this.#push(timeNs, { flow: buildFlow(event, timeNs, this.#names, { policyIngress: this.#policyDirection(event) }) });
+        this.ring.push(timeNs, { flow: buildFlow(event, timeNs, this.#names, { policyIngress: this.#policyDirection(event) }) });
       } catch (error) {
         this.#decodeErrors++;
         this.#log.warn({ err: error }, 'making a flow of a datapath event failed');

@@ -66,7 +66,7 @@ export async function startFlowExport(observer: FlowObserver, config: FlowExport
       })
     : undefined;
   await flowLogs?.start();
-  const offs = [exporter && observer.onEntry((entry) => exporter.offer(entry)), flowLogs && observer.onEntry((entry) => flowLogs.offer(entry))];
+  const offs = [exporter && observer.ring.onPush((entry) => exporter.offer(entry)), flowLogs && observer.ring.onPush((entry) => flowLogs.offer(entry))];
   if (exporter) log.info({ file: config.hubbleExportFilePath, maxSizeMb: config.hubbleExportFileMaxSizeMb, maxBackups: config.hubbleExportFileMaxBackups }, 'exporting flows');
   return {
     async stop() {

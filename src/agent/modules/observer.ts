@@ -10,9 +10,9 @@ import { FlowObserver, ObserverServer, type FlowEndpointInfo, type FlowNames, ty
 import { ConfigError } from '../config.ts';
 import { defineModule } from '../module.ts';
 import { VERSION } from '../version.ts';
+import { flowExportConfig, startFlowExport } from './flow-export.ts';
 import { apiConfig } from './api.ts';
 import { ClusterCell, EndpointsCell, IdentitiesCell, MonitorCell, NodeCell, PolicyCell } from './cells.ts';
-import { flowExportConfig, startFlowExport } from './flow-export.ts';
 
 export const observerConfig = {
   hubbleEnabled: z.boolean().default(true).describe("flows and Hubble's Observer API (Cilium's enable-hubble)"),
