@@ -4,8 +4,9 @@
  * `ciliate observe -o json` (proto field names, enums by name), filtered by an allowlist and a
  * denylist of FlowFilters, cut down to a field mask, into a file that rotates by size.
  *
- * The flow buffer hands every entry over as it is pushed, synchronously; an exporter only filters it and
- * queues it (bounded), and writes queued lines in batches, one write in flight at a time. When
+ * The flow buffer hands every entry over as it is pushed, synchronously; an exporter only
+ * filters it and queues it (bounded), and writes queued lines in batches, one write in flight at
+ * a time. When
  * the file cannot keep up and the queue is full, flows are dropped and counted, and once there
  * is room again the file itself gets a `{"lost_events":{…}}` line with the count, so whoever reads
  * the file sees the gap. Loss the observer itself saw (kernel ring, decode queue) is exported as
