@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connectObserver, GrpcStatus, timestampToNs, type Flow, type GetFlowsRequest, type GetFlowsResponse, type ObserverClient } from '../src/observer/index.ts';
-import { ROOT, TestNode, Underlay, cli, httpRequest, httpServer, inNs, sleep } from './support/cluster.ts';
+import { ROOT, TestNode, Underlay, cli, httpRequest, httpServer, inNs, sleep, starWars } from './support/cluster.ts';
 
 const POLICIES = join(import.meta.dirname, 'policies');
 
@@ -27,16 +27,8 @@ async function flows(client: ObserverClient, request: GetFlowsRequest): Promise<
 test('Star Wars: flows name the pods, identities, labels, verdicts, drop reasons and the deciding policy; filters, ranges, follow, status, ciliate observe', async (t) => {
   const node = await TestNode.start(t);
   const client = observer(t, node);
-  const deathstar = await node.addPod(t, 'deathstar', { org: 'empire', class: 'deathstar' });
-  const tiefighter = await node.addPod(t, 'tiefighter', { org: 'empire', class: 'tiefighter' });
-  const xwing = await node.addPod(t, 'xwing', { org: 'alliance', class: 'xwing' });
-  await httpServer(t, deathstar.netns, 80, { 'POST /v1/request-landing': 'Ship landed' });
-  const imported = await cli(node, 'policy', 'import', join(POLICIES, 'starwars-rule1.yaml'));
-  assert.equal(imported.code, 0, imported.stderr);
-  const revision = /revision: (\d+)/.exec(imported.stdout)![1];
-  assert.equal((await cli(node, 'policy', 'wait', revision)).code, 0);
+  const { deathstar, tiefighter, xwing, revision, landing } = await starWars(t, node);
 
-  const landing = `http://${deathstar.endpoint.ipv4}/v1/request-landing`;
   assert.equal((await httpRequest(tiefighter.netns, 'POST', landing)).status, 200);
   assert.equal((await httpRequest(xwing.netns, 'POST', landing, 1000)).error, 'timeout');
   await sleep(200);

@@ -26,6 +26,7 @@ export class FlowRing {
   /** Flows among the entries held (lost-event markers take slots too). */
   #heldFlows = 0;
   #waiters: (() => void)[] = [];
+  #listeners: ((entry: RingEntry) => void)[] = [];
 
   constructor(capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`flow buffer capacity must be a positive integer, got ${capacity}`);
@@ -73,12 +74,24 @@ export class FlowRing {
       this.#flows++;
       this.#heldFlows++;
     }
+    for (const listener of this.#listeners) listener(entry);
     if (this.#waiters.length > 0) {
       const waiters = this.#waiters;
       this.#waiters = [];
       for (const wake of waiters) wake();
     }
     return entry;
+  }
+
+  /**
+   * Calls `listener` with every entry as it is pushed (flows and loss markers), synchronously:
+   * it runs on the observer's path, so it must only take the entry (the exporters queue it).
+   */
+  onPush(listener: (entry: RingEntry) => void): () => void {
+    this.#listeners = [...this.#listeners, listener];
+    return () => {
+      this.#listeners = this.#listeners.filter((l) => l !== listener);
+    };
   }
 
   /** The entry with this sequence number, while it is held. */

@@ -5,14 +5,25 @@
  */
 import { codedErrorFamily } from '../errors/index.ts';
 
-export type ObserverErrorCode = 'ERR_OBSERVER_INVALID_FILTER' | 'ERR_OBSERVER_INVALID_REQUEST' | 'ERR_OBSERVER_LISTEN' | 'ERR_OBSERVER_UNAVAILABLE';
+export type ObserverErrorCode =
+  | 'ERR_OBSERVER_INVALID_FILTER'
+  | 'ERR_OBSERVER_INVALID_REQUEST'
+  | 'ERR_OBSERVER_LISTEN'
+  /** An agent the relay cannot reach. */
+  | 'ERR_OBSERVER_UNAVAILABLE'
+  /** A field mask path that names no field of flow.Flow. */
+  | 'ERR_OBSERVER_INVALID_FIELD_MASK'
+  /** A flow-logs config file (--hubble-flowlogs-config-path) that cannot be applied. */
+  | 'ERR_OBSERVER_FLOWLOGS_CONFIG'
+  /** An export file that cannot be opened, written or rotated. */
+  | 'ERR_OBSERVER_EXPORT_FILE';
 
 export class ObserverError extends codedErrorFamily<ObserverErrorCode>('observer') {}
 
 /** A request field that is malformed; `field` is its path in the request, in proto field names. */
 export class InvalidRequestError extends ObserverError {
   readonly field: string;
-  constructor(code: 'ERR_OBSERVER_INVALID_FILTER' | 'ERR_OBSERVER_INVALID_REQUEST', field: string, reason: string) {
+  constructor(code: 'ERR_OBSERVER_INVALID_FILTER' | 'ERR_OBSERVER_INVALID_REQUEST' | 'ERR_OBSERVER_INVALID_FIELD_MASK' | 'ERR_OBSERVER_FLOWLOGS_CONFIG', field: string, reason: string) {
     super(code, `${field}: ${reason}`, { details: { field } });
     this.field = field;
   }

@@ -289,13 +289,14 @@ export function compileFilter(filter: FlowFilter, path: string): FlowPredicate {
 }
 
 /**
- * The request's whitelist and blacklist as one predicate: (∪ whitelist) − (∪ blacklist).
+ * The request's whitelist and blacklist as one predicate: (∪ whitelist) − (∪ blacklist). `paths`
+ * names the lists in errors (an exporter's allowlist and denylist are the same lists).
  *
  * @example
  * const pass = compileFilters([{ verdict: ['DROPPED'] }], [{ sourcePod: ['kube-system/'] }]);
  */
-export function compileFilters(whitelist: readonly FlowFilter[] = [], blacklist: readonly FlowFilter[] = []): FlowPredicate {
-  const allow = whitelist.map((f, i) => compileFilter(f, `whitelist[${i}]`));
-  const deny = blacklist.map((f, i) => compileFilter(f, `blacklist[${i}]`));
+export function compileFilters(whitelist: readonly FlowFilter[] = [], blacklist: readonly FlowFilter[] = [], paths = { whitelist: 'whitelist', blacklist: 'blacklist' }): FlowPredicate {
+  const allow = whitelist.map((f, i) => compileFilter(f, `${paths.whitelist}[${i}]`));
+  const deny = blacklist.map((f, i) => compileFilter(f, `${paths.blacklist}[${i}]`));
   return (flow) => (allow.length === 0 || allow.some((p) => p(flow))) && !deny.some((p) => p(flow));
 }

@@ -389,3 +389,21 @@ export function cli(node: TestNode, ...args: string[]): Promise<{ code: number; 
     });
   });
 }
+
+/**
+ * Cilium's Star Wars demo on `node`: a Death Star pod answering `POST /v1/request-landing` on
+ * port 80, a TIE fighter (org=empire) and an X-wing (org=alliance), with rule1 imported and
+ * enforced (`revision` is the policy revision it took effect at).
+ */
+export async function starWars(t: TestContext, node: TestNode) {
+  const deathstar = await node.addPod(t, 'deathstar', { org: 'empire', class: 'deathstar' });
+  const tiefighter = await node.addPod(t, 'tiefighter', { org: 'empire', class: 'tiefighter' });
+  const xwing = await node.addPod(t, 'xwing', { org: 'alliance', class: 'xwing' });
+  await httpServer(t, deathstar.netns, 80, { 'POST /v1/request-landing': 'Ship landed' });
+  const imported = await cli(node, 'policy', 'import', join(ROOT, 'test', 'policies', 'starwars-rule1.yaml'));
+  const revision = /revision: (\d+)/.exec(imported.stdout)?.[1];
+  if (imported.code !== 0 || revision === undefined) throw new Error(`importing rule1 failed: ${imported.stderr}${imported.stdout}`);
+  const waited = await cli(node, 'policy', 'wait', revision);
+  if (waited.code !== 0) throw new Error(`rule1 (revision ${revision}) not enforced: ${waited.stderr}`);
+  return { deathstar, tiefighter, xwing, revision, landing: `http://${deathstar.endpoint.ipv4}/v1/request-landing` };
+}

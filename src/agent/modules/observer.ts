@@ -11,6 +11,7 @@ import { FlowObserver, ObserverServer, bindAddress, peerStoreKey, publishedAddre
 import { ConfigError } from '../config.ts';
 import { defineModule } from '../module.ts';
 import { VERSION } from '../version.ts';
+import { flowExportConfig, startFlowExport } from './flow-export.ts';
 import { apiConfig } from './api.ts';
 import { ClusterCell, EndpointsCell, HubbleMetricsCell, IdentitiesCell, MonitorCell, NodeCell, PolicyCell, StoreCell } from './cells.ts';
 
@@ -23,6 +24,7 @@ export const observerConfig = {
   hubbleTlsCertFile: z.string().default('').describe('TLS certificate (PEM) for the TCP listener; with the key, the listener is TLS only'),
   hubbleTlsKeyFile: z.string().default('').describe('TLS private key (PEM) for the TCP listener'),
   hubbleTlsClientCaFiles: z.array(z.string()).default([]).describe('CAs (PEM) of client certificates the TCP listener requires, comma-separated; none: no client certificate asked'),
+  ...flowExportConfig,
 };
 
 export const observerModule = defineModule({
@@ -109,6 +111,11 @@ export const observerModule = defineModule({
       log,
     });
     const socketPath = config.hubbleSocketPath || join(dirname(config.socketPath), 'hubble.sock');
+    // Before the observer starts, so the export files get every flow from the first.
+    const flowExport = await startFlowExport(observer, config, log).catch((error: unknown) => {
+      unsubscribe();
+      throw error;
+    });
     observer.start();
     // Relays find this node's Observer API here; only a TCP listener can be dialled from elsewhere.
     let peer: HubblePeerRecord | undefined;
@@ -124,6 +131,7 @@ export const observerModule = defineModule({
       observer.stop();
       unsubscribe();
       await server.close();
+      await flowExport.stop();
       throw error;
     }
     log.info({ socket: socketPath, address: config.hubbleListenAddress || undefined, capacity: config.hubbleBufferCapacity }, 'Observer API listening');
@@ -135,6 +143,7 @@ export const observerModule = defineModule({
         observer.stop();
         unsubscribe();
         await server.close();
+        await flowExport.stop();
       },
       status: () => {
         const stats = observer.stats();
@@ -150,6 +159,7 @@ export const observerModule = defineModule({
             decodeErrors: stats.decodeErrors,
             lost: { kernelRing: String(stats.lost.kernel), decodeQueue: String(stats.lost.queue), flowBuffer: String(stats.lost.buffer) },
           },
+          flowExport: flowExport.status(),
         };
       },
       health: () => {
