@@ -28,6 +28,7 @@ import { NodeError } from './errors.ts';
 import { nodeEndpointsPrefix } from './endpoint.ts';
 import { nodeStoreKey } from './node.ts';
 import { POLICY_STATUS_PREFIX, POLICY_WAIT_PREFIX } from './policy-status.ts';
+import { peerStoreKey, HUBBLE_PEERS_PREFIX } from '../observer/peers.ts';
 
 
 /** Rebuilds after a conflict; each lost round means someone else wrote one of the node's keys. */
@@ -92,10 +93,11 @@ interface Plan {
 
 /** The transaction that removes `node`, from one read of each prefix; every delete is compare-and-swap. */
 async function planDeregistration(store: StateStore, node: string, now: number): Promise<Plan> {
-  const [record, status, wait, endpoints, ipamNode, ips, owners, refs] = await Promise.all([
+  const [record, status, wait, peer, endpoints, ipamNode, ips, owners, refs] = await Promise.all([
     store.get(nodeStoreKey(node)),
     store.get(`${POLICY_STATUS_PREFIX}${node}`),
     store.get(`${POLICY_WAIT_PREFIX}${node}`),
+    store.get(peerStoreKey(node)),
     store.list(nodeEndpointsPrefix(node)),
     store.get<IpamNodeRecord>(ipamNodeKey(node)),
     store.list<IpRecord>(IPS_PREFIX),
@@ -110,6 +112,7 @@ async function planDeregistration(store: StateStore, node: string, now: number):
   drop(record);
   drop(status);
   drop(wait);
+  drop(peer);
   endpoints.entries.forEach(drop);
 
   drop(ipamNode);
@@ -168,7 +171,7 @@ async function deregisterInChunks(store: StateStore, node: string, now: () => nu
     const key = group[0].key;
     if (key === nodeStoreKey(node)) return 3;
     if (key === ipamNodeKey(node) || key.startsWith('ipam/cidrs/')) return 2;
-    if (key.startsWith(POLICY_STATUS_PREFIX) || key.startsWith(POLICY_WAIT_PREFIX)) return 1;
+    if (key.startsWith(POLICY_STATUS_PREFIX) || key.startsWith(POLICY_WAIT_PREFIX) || key.startsWith(HUBBLE_PEERS_PREFIX)) return 1;
     return 0;
   };
   for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
