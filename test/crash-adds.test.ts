@@ -88,8 +88,9 @@ async function trial(t: TestContext, node: TestNode, killAfterAnswers: number, e
 test('kill -9 during 20 parallel adds leaves no orphans after a restart, and every container can be added and deleted again', async (t) => {
   const node = await TestNode.start(t);
   // Early (most adds in flight), and later (some done, some in their last steps).
+  // (The agent answers adds in batches, so the later kill is timed, not counted in answers.)
   await trial(t, node, 0, 50);
-  await trial(t, node, 3 + Math.floor(Math.random() * 10), Math.floor(Math.random() * 50));
+  await trial(t, node, 0, 200 + Math.floor(Math.random() * 600));
 });
 
 test('DEL removes the interface of a container the agent has no record of, and ADD takes over one an interrupted add left', async (t) => {
