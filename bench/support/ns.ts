@@ -13,6 +13,23 @@ import { promisify } from 'node:util';
 
 const execFileAsync = promisify(execFile);
 
+/** Every Cleanups not yet run: what a SIGINT or SIGTERM of the bench must still undo. */
+const pending = new Set<Cleanups>();
+
+/**
+ * A bench stopped by Ctrl-C or `kill` undoes what it made before it exits (a kill -9 cannot be
+ * caught: its children at least die with it, see spawnInNs).
+ */
+function onStopSignal(signal: NodeJS.Signals): void {
+  process.stderr.write(`bench: ${signal}: cleaning up\n`);
+  const all = [...pending];
+  const runAll = () => Promise.allSettled(all.map((cleanups) => cleanups.run()));
+  // Twice: the bench goes on until exit, and what it made during the first pass is undone in the second.
+  void runAll()
+    .then(runAll)
+    .then(() => process.exit(signal === 'SIGINT' ? 130 : 143));
+}
+
 /** Undo steps, run last-in first-out; a failing step is logged and the rest still run. */
 export class Cleanups {
   readonly #steps: { what: string; step: () => unknown }[] = [];
@@ -20,6 +37,11 @@ export class Cleanups {
 
   constructor(log: (message: string) => void = (message) => process.stderr.write(`${message}\n`)) {
     this.#log = log;
+    if (pending.size === 0) {
+      process.once('SIGINT', onStopSignal);
+      process.once('SIGTERM', onStopSignal);
+    }
+    pending.add(this);
   }
 
   /** Registers `step` to run at cleanup time, before every step registered earlier. */
@@ -35,6 +57,11 @@ export class Cleanups {
       } catch (error) {
         this.#log(`cleanup: ${what}: ${error instanceof Error ? error.message : String(error)}`);
       }
+    }
+    pending.delete(this);
+    if (pending.size === 0) {
+      process.off('SIGINT', onStopSignal);
+      process.off('SIGTERM', onStopSignal);
     }
   }
 }
@@ -90,9 +117,13 @@ export function inNs(netns: string, command: string, args: readonly string[], ti
   return sh('nsenter', [`--net=${netnsPath(netns)}`, command, ...args], { timeoutMs });
 }
 
-/** A long-running process inside the namespace, killed (by its pid) at cleanup. */
+/**
+ * A long-running process inside the namespace, killed (by its pid) at cleanup, and by the kernel
+ * should the bench die without cleaning up (setpriv --pdeathsig: nsenter and setpriv exec, so the
+ * bench stays its parent).
+ */
 export function spawnInNs(cleanups: Cleanups, netns: string, command: string, args: readonly string[]): ChildProcess {
-  const child = spawn('nsenter', [`--net=${netnsPath(netns)}`, command, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('nsenter', [`--net=${netnsPath(netns)}`, 'setpriv', '--pdeathsig', 'KILL', '--', command, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   cleanups.defer(`stop ${command} (pid ${child.pid})`, () => stopChild(child));
   return child;
 }

@@ -85,7 +85,9 @@ export async function runDemo(options: DemoOptions, print: (line: string) => voi
   const onSignal = () => void cleanup().then(() => process.exit(130));
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
-  const inNs = (netns: string, args: string[]) => spawn('nsenter', [`--net=/run/netns/${netns}`, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Bound to the demo's life (setpriv --pdeathsig), so even a kill -9 of the demo stops them.
+  const inNs = (netns: string, args: string[]) =>
+    spawn('nsenter', [`--net=/run/netns/${netns}`, 'setpriv', '--pdeathsig', 'KILL', '--', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const addNetns = async (name: string) => {
     await run('ip', ['netns', 'add', name]);
     cleanups.push(() => run('ip', ['netns', 'del', name]));

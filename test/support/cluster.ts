@@ -38,8 +38,13 @@ export async function inNs(netns: string, command: string, args: string[], timeo
   return stdout;
 }
 
+/**
+ * A process inside the namespace that dies with the test process, even one killed by a timeout or
+ * kill -9 before its after-hooks ran (setpriv --pdeathsig: nsenter and setpriv exec, so the test
+ * process stays its parent and the pid is the command's).
+ */
 export function spawnInNs(netns: string, command: string, args: string[]): ChildProcess {
-  return spawn('nsenter', [`--net=/run/netns/${netns}`, command, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
+  return spawn('nsenter', [`--net=/run/netns/${netns}`, 'setpriv', '--pdeathsig', 'KILL', '--', command, ...args], { stdio: ['pipe', 'pipe', 'pipe'] });
 }
 
 /** Kills a process this test started (by its pid) unless it has exited, and waits for its exit. */
