@@ -85,6 +85,8 @@ export class EndpointManager {
   /** Endpoint ids taken by adds still in progress, before their endpoints reach the table. */
   readonly #reservedIds = new Set<number>();
   #orphansRemoved = 0;
+  /** The network namespace of each endpoint (and add in progress), by key: who holds which. */
+  readonly #netnsIds = new Map<string, { identity: string; path: string }>();
   readonly #datapath: EndpointDatapath;
   /** Keys being added or deleted right now: a second request for the same key waits its turn. */
   readonly #busy = new Map<string, Promise<unknown>>();
@@ -175,6 +177,8 @@ export class EndpointManager {
       await this.#policy?.addEndpoint(endpoint.id, this.#securityLabels(endpoint));
       this.table.upsert(endpoint);
       this.#ipcache.upsert(localIpcacheEntry(endpoint));
+      const identity = tryNamespaceIdentity(endpoint.netns);
+      if (identity) this.#netnsIds.set(containerInterfaceKey(endpoint.containerId, endpoint.ifname), { identity, path: endpoint.netns });
     }
     await this.#identities.reconcileReferences();
     await this.#sweepOrphans();
@@ -337,7 +341,8 @@ export class EndpointManager {
     if (existing) {
       throw new EndpointError('ERR_ENDPOINT_EXISTS', `container ${request.containerId} already has interface ${request.ifname} (endpoint ${existing.id}, ${existing.ipv4}); delete it first`);
     }
-    this.#checkNetns(request);
+    // Taken from here on, so a concurrent add into the same namespace is refused too.
+    this.#netnsIds.set(key, { identity: this.#checkNetns(request), path: request.netns });
     const hostIfname = hostInterfaceName(request.containerId, request.ifname);
     const id = this.#reserveId();
     const undo: (() => Promise<unknown>)[] = [];
@@ -434,6 +439,7 @@ export class EndpointManager {
           this.#log.warn({ err: undoError, container: request.containerId }, 'undoing a failed endpoint add');
         }
       }
+      this.#netnsIds.delete(key);
       throw error;
     } finally {
       this.#reservedIds.delete(id);
@@ -507,6 +513,7 @@ export class EndpointManager {
       await this.#reconciler.attempted();
       this.#policy?.removeEndpoint(endpoint.id);
       await this.#hostNetlink().deleteLink(endpoint.hostIfname);
+      this.#netnsIds.delete(key);
     } else {
       // No record (an agent killed during the add, a store that lost it): what the kernel still
       // has for the container goes all the same, so a DEL always leaves nothing behind.
@@ -587,7 +594,7 @@ export class EndpointManager {
    * compared by identity (device and inode of the nsfs file), not by path, so a bind mount or a
    * /proc/<pid>/ns/net path of the same namespace is caught too.
    */
-  #checkNetns(request: AddEndpointRequest): void {
+  #checkNetns(request: AddEndpointRequest): string {
     const refuse = (why: string): never => {
       // Quoted only when it holds something a log line should not carry raw (a newline).
       const path = /^[\w./:-]+$/.test(request.netns) ? request.netns : JSON.stringify(request.netns);
@@ -603,11 +610,13 @@ export class EndpointManager {
     if (requested === namespaceIdentity('/proc/self/ns/net')) refuse("is the agent's own network namespace, not a pod's");
     // Where the agent may not read init's namespace (a sandbox), it cannot open it either.
     if (requested === tryNamespaceIdentity('/proc/1/ns/net')) refuse("is the host's network namespace, not a pod's");
-    for (const endpoint of this.table.all()) {
-      // Also a second interface into one pod: its plumbing (default route, gateway) is the first's.
-      if (tryNamespaceIdentity(endpoint.netns) === requested) {
-        refuse(`is the network namespace of endpoint ${endpoint.id} (container ${endpoint.containerId})`);
-      }
+    // Also a second interface into one pod: its plumbing (default route, gateway) is the first's.
+    // The identities were taken when each endpoint came; a match is confirmed on its path, since
+    // nsfs reuses the numbers of namespaces that are gone.
+    for (const [other, taken] of this.#netnsIds) {
+      if (taken.identity !== requested || tryNamespaceIdentity(taken.path) !== requested) continue;
+      const endpoint = this.table.get(other);
+      refuse(endpoint ? `is the network namespace of endpoint ${endpoint.id} (container ${endpoint.containerId})` : `is the network namespace of ${other}, being added`);
     }
     try {
       // setns(CLONE_NEWNET) is the test of what the file is: it refuses anything else with EINVAL.
@@ -616,6 +625,7 @@ export class EndpointManager {
       if (NetlinkError.is(error, 'EINVAL')) refuse('is not a network namespace');
       throw error;
     }
+    return requested;
   }
 
   /** The identity for these labels; labels that are no valid labels are the request's fault (ERR_BAD_LABELS). */
