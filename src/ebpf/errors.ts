@@ -3,6 +3,7 @@
  * these once, at the syscall boundary, so callers never compare errno numbers themselves.
  * @module
  */
+import { constants } from 'node:os';
 import { Errno } from './internal/constants.ts';
 
 export type BpfErrorCode =
@@ -26,8 +27,13 @@ const ERRNO_NAMES: Record<number, string> = Object.fromEntries(
 ERRNO_NAMES[Errno.ENOTSUP] = 'EOPNOTSUPP';
 ERRNO_NAMES[Errno.ENOTSUPP_KERNEL] = 'ENOTSUPP';
 
+// Every other errno by the name Node knows it by (first name wins over its aliases).
+const OS_ERRNO_NAMES = new Map<number, string>();
+for (const [name, value] of Object.entries(constants.errno)) if (!OS_ERRNO_NAMES.has(value)) OS_ERRNO_NAMES.set(value, name);
+
+/** An errno's name: EPERM, EOPNOTSUPP, the kernel-internal ENOTSUPP (524), … */
 export function errnoName(errno: number): string {
-  return ERRNO_NAMES[errno] ?? `errno ${errno}`;
+  return ERRNO_NAMES[errno] ?? OS_ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
 }
 
 /**

@@ -6,18 +6,14 @@
  */
 import { constants } from 'node:os';
 import { codedErrorFamily } from '../../errors/index.ts';
+import { errnoName } from '../../ebpf/index.ts';
 
 const ERRNO_BY_NAME: Readonly<Record<string, number>> = constants.errno;
-const NAME_BY_ERRNO = new Map<number, string>(Object.entries(ERRNO_BY_NAME).map(([name, value]) => [value, name]));
-// Aliases os.constants lists after the canonical names would overwrite them.
-NAME_BY_ERRNO.set(ERRNO_BY_NAME.EOPNOTSUPP ?? 95, 'EOPNOTSUPP');
-NAME_BY_ERRNO.set(ERRNO_BY_NAME.EAGAIN ?? 11, 'EAGAIN');
 
 export type ErrnoName = keyof typeof constants.errno;
 
-export function errnoName(errno: number): string {
-  return NAME_BY_ERRNO.get(errno) ?? `errno ${errno}`;
-}
+/** The eBPF library's: one table of errno names for the whole project. */
+export { errnoName };
 
 /** The errno number of a name, e.g. errnoOf('EEXIST') === 17. */
 export function errnoOf(name: ErrnoName): number {
