@@ -14,12 +14,6 @@ import { Addr, NetParseError, Prefix } from '../net/index.ts';
  */
 export type Cidr = Prefix;
 
-/** Parses an IPv4 or IPv6 address. */
-export function parseIp(text: string): { family: 4 | 6; value: bigint } | undefined {
-  const address = Addr.tryParse(text);
-  return address === undefined ? undefined : { family: address.family, value: address.toBigInt() };
-}
-
 /** Parses a CIDR or bare address; returns the reason on failure. */
 export function parseCidr(text: string): Cidr | { error: string } {
   if (typeof text !== 'string' || text === '') return { error: 'must be a CIDR such as 10.0.0.0/8' };
@@ -32,10 +26,6 @@ export function parseCidr(text: string): Cidr | { error: string } {
     return { error: `"${text}" is not a CIDR (expected a.b.c.d/n or an IPv6 prefix such as 2001:db8::/32)` };
   }
   return prefix;
-}
-
-export function formatIp(family: 4 | 6, value: bigint): string {
-  return Addr.fromBigInt(family, value).toString();
 }
 
 export function formatCidr(cidr: Cidr): string {

@@ -13,7 +13,7 @@ export * from './types.ts';
 export { PolicyError, PolicyValidationError, formatIssue, type PolicyErrorCode, type PolicyIssue } from './errors.ts';
 export { selectorMatches, canonicalSelectorKey, splitLabelKey, selectorHasKey } from './selector.ts';
 export { parsePolicyYaml, parsePolicyObjects, loadPolicyFile, loadPolicyFileSync, type ParseOptions } from './load.ts';
-export { parseCidr, formatCidr, cidrContains, ipInCidr, parseIp, type Cidr } from './cidr.ts';
+export { parseCidr, formatCidr, cidrContains, ipInCidr, type Cidr } from './cidr.ts';
 // Part 2: what the datapath enforces (bpf/lib/policy.h), computed incrementally.
 export * from './policy-map.ts';
 export {

@@ -5,7 +5,7 @@
  * arm64), so native-endian fields are written LE; the few network-order fields say so.
  * @module
  */
-import { formatIp, parseIp } from '../../policy/cidr.ts';
+import { Addr } from '../../net/index.ts';
 
 export const AF_UNSPEC = 0;
 export const AF_INET = 2;
@@ -234,10 +234,14 @@ export function attrText(value: Buffer | undefined): string | undefined {
 
 export type Family = 4 | 6;
 
-export function familyOf(address: string): Family {
-  const ip = parseIp(address);
+function addr(address: string): Addr {
+  const ip = Addr.tryParse(address);
   if (!ip) throw new TypeError(`${JSON.stringify(address)} is not an IP address`);
-  return ip.family;
+  return ip;
+}
+
+export function familyOf(address: string): Family {
+  return addr(address).family;
 }
 
 export const afOf = (family: Family): number => (family === 4 ? AF_INET : AF_INET6);
@@ -245,19 +249,12 @@ export const familyOfAf = (af: number): Family | undefined => (af === AF_INET ? 
 
 /** An address in network byte order (4 or 16 bytes). */
 export function ipBytes(address: string): Buffer {
-  const ip = parseIp(address);
-  if (!ip) throw new TypeError(`${JSON.stringify(address)} is not an IP address`);
-  const size = ip.family === 4 ? 4 : 16;
-  const out = Buffer.alloc(size);
-  for (let i = 0; i < size; i++) out[i] = Number((ip.value >> BigInt((size - 1 - i) * 8)) & 0xffn);
-  return out;
+  return Buffer.from(addr(address).toBytes());
 }
 
 /** The text form of a 4- or 16-byte address, IPv6 as RFC 5952 has it. */
 export function ipText(bytes: Buffer): string {
-  let value = 0n;
-  for (const byte of bytes) value = (value << 8n) | BigInt(byte);
-  return formatIp(bytes.length === 4 ? 4 : 6, value);
+  return Addr.fromBytes(bytes).toString();
 }
 
 /** "A.B.C.D/len" (or an IPv6 prefix; no length means a host) as address, length and family. */
