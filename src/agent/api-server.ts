@@ -60,7 +60,7 @@ export class ApiServer {
       const declared = Number(req.headers['content-length'] ?? 0);
       if (declared > MAX_BODY) {
         res.setHeader('connection', 'close');
-        send(res, 413, errorBody(new RequestError('ERR_TOO_LARGE', `request body of ${declared} bytes is over the limit of ${MAX_BODY} bytes`)));
+        send(res, 413, errorBody(tooLarge(declared)));
         return;
       }
       res.writeContinue();
@@ -116,6 +116,10 @@ export class ApiServer {
   }
 }
 
+function tooLarge(size: number): RequestError {
+  return new RequestError('ERR_TOO_LARGE', `request body of ${size} bytes is over the limit of ${MAX_BODY} bytes`);
+}
+
 function decodePathSegment(segment: string): string {
   try {
     return decodeURIComponent(segment);
@@ -126,17 +130,17 @@ function decodePathSegment(segment: string): string {
 
 async function readJson(req: IncomingMessage): Promise<unknown> {
   const declared = Number(req.headers['content-length'] ?? 0);
-  if (declared > MAX_BODY) throw new RequestError('ERR_TOO_LARGE', `request body of ${declared} bytes is over the limit of ${MAX_BODY} bytes`);
+  if (declared > MAX_BODY) throw tooLarge(declared);
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
     // Past the limit the rest is read and dropped, so the answer reaches a client still writing;
     // one that will not stop is cut off.
-    if (size > MAX_BODY * 16) throw new RequestError('ERR_TOO_LARGE', `request body over ${MAX_BODY} bytes`);
+    if (size > MAX_BODY * 16) throw tooLarge(size);
     if (size <= MAX_BODY) chunks.push(chunk as Buffer);
   }
-  if (size > MAX_BODY) throw new RequestError('ERR_TOO_LARGE', `request body of ${size} bytes is over the limit of ${MAX_BODY} bytes`);
+  if (size > MAX_BODY) throw tooLarge(size);
   if (size === 0) return undefined;
   try {
     return JSON.parse(Buffer.concat(chunks).toString('utf8'));
