@@ -1,20 +1,22 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connectObserver, timestampToNs, type GetFlowsResponse, type GetFlowsRequest, type ObserverClient, type ServerStatusResponse } from '../src/observer/index.ts';
+import { createTestPki } from '../src/store/etcd-testing.ts';
 import { ROOT, TestNode, Underlay, cli, echo, echoServer, killChild, sleep, spawnInNs } from './support/cluster.ts';
 
 const CLI = join(ROOT, 'src', 'cli', 'main.ts');
 
-/** `ciliate relay` in `netns` (by default the underlay's, where etcd and both nodes' addresses are), serving on a Unix socket. */
-function startRelay(t: TestContext, underlay: Underlay, etcd: string[], netns = underlay.netns): { socket: string; log: () => string } {
+/** `ciliate relay` in `netns` (by default the underlay's, where etcd and both nodes' addresses are), serving on a Unix socket (and as `extra` says). */
+function startRelay(t: TestContext, underlay: Underlay, etcd: string[], netns = underlay.netns, extra: string[] = ['--listen-address', '']): { socket: string; log: () => string } {
   const dir = mkdtempSync(join(tmpdir(), 'ciliate-test-relay-'));
   const socket = join(dir, 'relay.sock');
   const relay = spawnInNs(netns, process.execPath, [
     CLI, 'relay', '--store', 'etcd', '--etcd-endpoints', etcd.join(','),
-    '--listen-address', '', '--relay-socket-path', socket,
+    ...extra, '--relay-socket-path', socket,
     '--check-interval', '200', '--dial-timeout', '1000', '--sort-buffer-drain-timeout', '100', '--log-level', 'debug',
   ]);
   let log = '';
@@ -193,4 +195,88 @@ test('relay: a node that published a loopback address is not mistaken for the ag
     ['n2', 'localhost:4244', 'NODE_UNAVAILABLE'],
   ]);
   assert.match(relay.log(), /localhost:4244 answers as n1, not n2/);
+});
+
+/** `ciliate <args>` inside `netns` (none: here), as a user there would run it; never rejects. */
+function cliIn(netns: string | undefined, args: string[], timeoutMs = 20_000): Promise<{ code: number; stdout: string; stderr: string }> {
+  const [command, ...prefix] = netns ? ['nsenter', `--net=/run/netns/${netns}`, process.execPath] : [process.execPath];
+  return new Promise((resolve) => {
+    execFile(command, [...prefix, CLI, ...args], { encoding: 'utf8', timeout: timeoutMs }, (error, stdout, stderr) => {
+      resolve({ code: error ? Number((error as { code?: number }).code ?? 1) || 1 : 0, stdout, stderr });
+    });
+  });
+}
+
+test('relay over TLS: mTLS to an agent that demands it, and its own listener TLS with client certificates; ciliate observe with the CA gets flows, others are refused', async (t) => {
+  const RELAY = '192.168.100.254';
+  const pki = await createTestPki(t, ['192.168.100.1', RELAY]);
+  const underlay = await Underlay.create(t);
+  const etcd = await underlay.startEtcd(t, RELAY);
+  const agentTls = ['--hubble-tls-cert-file', pki.server.certFile, '--hubble-tls-key-file', pki.server.keyFile, '--hubble-tls-client-ca-files', pki.caFile];
+  const node = await TestNode.start(t, { nodeName: 'n1', nodeIp: '192.168.100.1', underlay, etcd, extraArgs: ['--hubble-listen-address', ':4244', ...agentTls] });
+  const server = await node.addPod(t, undefined, { app: 'web' });
+  const client = await node.addPod(t, undefined, { app: 'client' });
+  await echoServer(t, server.netns, 7100);
+  assert.ok(await echo(client.netns, 'tcp', server.endpoint.ipv4, 7100));
+
+  const relay = startRelay(t, underlay, etcd, underlay.netns, [
+    '--listen-address', `${RELAY}:4245`,
+    '--tls-relay-server-cert-file', pki.server.certFile, '--tls-relay-server-key-file', pki.server.keyFile, '--tls-relay-client-ca-files', pki.caFile,
+    '--tls-hubble-server-ca-files', pki.caFile, '--tls-hubble-client-cert-file', pki.client.certFile, '--tls-hubble-client-key-file', pki.client.keyFile,
+  ]);
+  const observe = (...args: string[]) => cliIn(underlay.netns, ['observe', '--server', `${RELAY}:4245`, '--last', '100', '-o', 'json', ...args]);
+  const withCert = ['--tls-client-cert-file', pki.client.certFile, '--tls-client-key-file', pki.client.keyFile];
+
+  // The relay dials the agent over mTLS (the agent refuses anything else), so flows mean both ends work.
+  const deadline = Date.now() + 20_000;
+  let trusted = await observe('--tls', '--tls-ca-cert-files', pki.caFile, ...withCert);
+  while (!trusted.stdout.includes('"destination_port":7100')) {
+    assert.ok(Date.now() < deadline, `flows through the TLS relay: ${trusted.stderr}\nrelay log:\n${relay.log().slice(-3000)}`);
+    await sleep(200);
+    trusted = await observe('--tls', '--tls-ca-cert-files', pki.caFile, ...withCert);
+  }
+  assert.equal(trusted.code, 0, trusted.stderr);
+  const flows = trusted.stdout.trim().split('\n').map((line) => JSON.parse(line) as { flow?: { node_name?: string } });
+  assert.ok(flows.some((r) => r.flow?.node_name === 'n1'), 'the flows are n1\'s');
+  assert.match(relay.log(), /"tls":"mtls"/, 'the relay says its listener requires client certificates');
+
+  const plaintext = await observe();
+  assert.notEqual(plaintext.code, 0, 'a plaintext client is refused');
+  assert.doesNotMatch(plaintext.stdout, /"flow"/);
+  const wrongCa = await observe('--tls-ca-cert-files', pki.other.caFile, ...withCert);
+  assert.notEqual(wrongCa.code, 0, 'a client trusting another CA does not accept the relay');
+  assert.doesNotMatch(wrongCa.stdout, /"flow"/);
+  const noCert = await observe('--tls-ca-cert-files', pki.caFile);
+  assert.notEqual(noCert.code, 0, 'without a client certificate the relay refuses the client');
+  assert.doesNotMatch(noCert.stdout, /"flow"/);
+  const strangerCert = await observe('--tls-ca-cert-files', pki.caFile, '--tls-client-cert-file', pki.other.certFile, '--tls-client-key-file', pki.other.keyFile);
+  assert.notEqual(strangerCert.code, 0, 'a client certificate of another CA is refused');
+  // Not verifying the server still encrypts and still needs the client certificate.
+  const insecure = await observe('--tls-allow-insecure', ...withCert);
+  assert.equal(insecure.code, 0, insecure.stderr);
+  assert.match(insecure.stdout, /"flow"/);
+});
+
+test('relay TLS settings: a bad file is named with its flag before the relay connects anywhere', async (t) => {
+  const pki = await createTestPki(t);
+  // An etcd nobody listens on: the relay must fail on its certificates before it tries it.
+  const relay = (...args: string[]) => cliIn(undefined, ['relay', '--store', 'etcd', '--etcd-endpoints', 'http://127.0.0.1:9', ...args], 10_000);
+  const missing = join(pki.dir, 'nope.crt');
+  const cases: [string[], RegExp][] = [
+    [['--tls-relay-server-cert-file', missing, '--tls-relay-server-key-file', pki.server.keyFile], new RegExp(`--tls-relay-server-cert-file ${missing}: cannot be read \\(ENOENT\\)`)],
+    [['--tls-relay-server-cert-file', pki.server.certFile, '--tls-relay-server-key-file', pki.client.keyFile], new RegExp(`--tls-relay-server-key-file ${pki.client.keyFile}: is not the key of --tls-relay-server-cert-file`)],
+    [['--tls-relay-server-cert-file', pki.server.keyFile, '--tls-relay-server-key-file', pki.server.keyFile], new RegExp(`--tls-relay-server-cert-file ${pki.server.keyFile}: holds no PEM certificate`)],
+    [['--tls-relay-server-cert-file', pki.server.certFile, '--tls-relay-server-key-file', pki.server.keyFile, '--tls-relay-client-ca-files', `${pki.caFile},${missing}`], new RegExp(`--tls-relay-client-ca-files ${missing}: cannot be read`)],
+    [['--tls-relay-client-ca-files', pki.caFile], /TLS needs both --tls-relay-server-cert-file and --tls-relay-server-key-file \(--tls-relay-client-ca-files asks for client certificates over TLS\)/],
+    [['--tls-hubble-server-ca-files', missing], new RegExp(`--tls-hubble-server-ca-files ${missing}: cannot be read`)],
+    [['--tls-hubble-client-cert-file', pki.client.certFile], /--tls-hubble-client-cert-file and --tls-hubble-client-key-file go together/],
+    [['--disable-server-tls', '--tls-relay-server-cert-file', pki.server.certFile, '--tls-relay-server-key-file', pki.server.keyFile], /--disable-server-tls contradicts/],
+  ];
+  for (const [args, message] of cases) {
+    const started = Date.now();
+    const result = await relay(...args);
+    assert.notEqual(result.code, 0, `${args.join(' ')} fails`);
+    assert.match(result.stderr, message, args.join(' '));
+    assert.ok(Date.now() - started < 8000, 'at once, not after trying the store');
+  }
 });

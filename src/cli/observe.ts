@@ -5,12 +5,12 @@
  * `--identity`) make two filters, one per side, ORed — as hubble builds them.
  * @module
  */
-import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { type Command, Option } from 'commander';
 import {
   connectObserver,
   compactLine,
+  readClientTls,
   dictBlock,
   responseJson,
   tableRow,
@@ -64,6 +64,8 @@ export interface ObserveOptions {
   printPolicyNames?: boolean;
   server?: string;
   socket: string;
+  tls?: boolean;
+  tlsAllowInsecure?: boolean;
   tlsCaCertFiles?: string[];
   tlsClientCertFile?: string;
   tlsClientKeyFile?: string;
@@ -209,6 +211,8 @@ export function registerObserveCommand(program: Command): void {
     .option('--print-node-name', 'print the node name in compact and dict output')
     .option('--print-policy-names', 'print the names of the policies that decided')
     .option('--server <address>', 'an Observer API at host:port or unix:/path (default: the agent beside --socket)')
+    .option('--tls', "TLS towards --server (hubble's --tls); verified against the system's roots unless --tls-ca-cert-files")
+    .option('--tls-allow-insecure', "TLS without verifying the server's certificate: encrypted, but to whoever answers")
     .option('--tls-ca-cert-files <files>', 'CA certificates (PEM) to verify a TLS --server with; turns TLS on', many)
     .option('--tls-client-cert-file <file>', 'client certificate (PEM) for a server that asks for one')
     .option('--tls-client-key-file <file>', 'client key (PEM)')
@@ -216,12 +220,18 @@ export function registerObserveCommand(program: Command): void {
     .addOption(new Option('--socket <path>', 'agent API socket; its Observer socket is hubble.sock beside it').env('CILIATE_SOCKET_PATH').default('/var/run/ciliate/ciliate.sock'))
     .action(async (options: ObserveOptions) => {
       const request = buildRequest(options);
-      const read = (file: string | undefined) => (file === undefined ? undefined : readFileSync(file));
+      const tls = readClientTls(
+        { caFiles: options.tlsCaCertFiles ?? [], certFile: options.tlsClientCertFile, keyFile: options.tlsClientKeyFile },
+        { cert: 'tls-client-cert-file', key: 'tls-client-key-file', cas: 'tls-ca-cert-files' },
+      );
       const client = connectObserver(options.server ?? `unix:${join(dirname(options.socket), 'hubble.sock')}`, {
-        tlsCa: options.tlsCaCertFiles?.length ? Buffer.concat(options.tlsCaCertFiles.map((f) => readFileSync(f))) : undefined,
-        tlsCert: read(options.tlsClientCertFile),
-        tlsKey: read(options.tlsClientKeyFile),
+        // Any TLS flag means TLS: a client certificate sent in plaintext would be no use (and a leak).
+        tls: options.tls === true || options.tlsAllowInsecure === true || tls.cert !== undefined,
+        tlsCa: tls.ca,
+        tlsCert: tls.cert,
+        tlsKey: tls.key,
         tlsServerName: options.tlsServerName,
+        tlsAllowInsecure: options.tlsAllowInsecure,
       });
       const stream = client.getFlows(request);
       const onInterrupt = () => stream.cancel();

@@ -16,7 +16,9 @@ export type ObserverErrorCode =
   /** A flow-logs config file (--hubble-flowlogs-config-path) that cannot be applied. */
   | 'ERR_OBSERVER_FLOWLOGS_CONFIG'
   /** An export file that cannot be opened, written or rotated. */
-  | 'ERR_OBSERVER_EXPORT_FILE';
+  | 'ERR_OBSERVER_EXPORT_FILE'
+  /** A TLS certificate, key or CA file that cannot be read or does not fit. */
+  | 'ERR_OBSERVER_TLS';
 
 export class ObserverError extends codedErrorFamily<ObserverErrorCode>('observer') {}
 

@@ -13,7 +13,7 @@ import pino from 'pino';
 import { createTestPki } from '../store/etcd-testing.ts';
 import { encode } from '../ebpf/index.ts';
 import { buildIpv4Frame, EVENT_CAPTURE_LEN, EventFlag, MonitorEventType, TcpFlag, TracePoint, traceEvent } from '../datapath/index.ts';
-import { checkHealth, connectObserver, FlowObserver, GrpcStatus, ObserverServer, timestampToNs, type FlowNames, type GetFlowsRequest, type GetFlowsResponse, type ObserverClient, type RecordSource } from './index.ts';
+import { checkHealth, connectObserver, FlowObserver, GrpcStatus, ObserverServer, readServerTls, timestampToNs, type FlowNames, type GetFlowsRequest, type GetFlowsResponse, type ObserverClient, type RecordSource } from './index.ts';
 
 const log = pino({ level: 'silent' });
 
@@ -232,7 +232,8 @@ test('over TCP with TLS: a client with a certificate of the trusted CA is served
   const { observer } = await setup(t);
   const server = new ObserverServer({ observer, nodeName: 'n1', nodeAddress: '192.0.2.1', version: 'test', namespaces: () => [], log });
   t.after(() => server.close());
-  const port = await server.listenTcp('127.0.0.1:0', { certFile: pki.server.certFile, keyFile: pki.server.keyFile, clientCaFiles: [pki.caFile] });
+  const names = { cert: 'cert', key: 'key', cas: 'cas' };
+  const port = await server.listenTcp('127.0.0.1:0', readServerTls({ certFile: pki.server.certFile, keyFile: pki.server.keyFile, clientCaFiles: [pki.caFile] }, names));
   const connect = (options: Parameters<typeof connectObserver>[1]) => {
     const client = connectObserver(`127.0.0.1:${port}`, options);
     t.after(() => client.close());

@@ -72,12 +72,16 @@ export interface ObserverClient {
 }
 
 export interface ObserverClientOptions {
-  /** PEM CA to verify a TLS server with; without it the connection is plaintext. */
+  /** TLS towards the server (also implied by `tlsCa`); without a CA the system's roots verify it. */
+  tls?: boolean;
+  /** PEM CA to verify a TLS server with; turns TLS on. */
   tlsCa?: Buffer;
   /** PEM certificate and key to present to a server that asks for one. */
   tlsCert?: Buffer;
   tlsKey?: Buffer;
   tlsServerName?: string;
+  /** TLS without verifying the server's certificate (hubble's --tls-allow-insecure): encrypted, but to whoever answers. */
+  tlsAllowInsecure?: boolean;
   /** Unary calls fail with DEADLINE_EXCEEDED after this long (default: no deadline). */
   callTimeoutMs?: number;
   /** Longest wait between reconnection attempts (gRPC's default: 120 s). */
@@ -96,7 +100,11 @@ type UnaryWithOptions = (request: object, options: grpc.CallOptions, callback: (
  */
 export function connectObserver(target: string, options: ObserverClientOptions = {}): ObserverClient {
   const proto = grpc.loadPackageDefinition(packageDefinition()) as unknown as { observer: { Observer: grpc.ServiceClientConstructor } };
-  const credentials = options.tlsCa ? grpc.credentials.createSsl(options.tlsCa, options.tlsKey ?? null, options.tlsCert ?? null) : grpc.credentials.createInsecure();
+  const insecure: grpc.VerifyOptions = { rejectUnauthorized: false, checkServerIdentity: () => undefined };
+  const credentials =
+    options.tls || options.tlsCa
+      ? grpc.credentials.createSsl(options.tlsCa ?? null, options.tlsKey ?? null, options.tlsCert ?? null, options.tlsAllowInsecure ? insecure : undefined)
+      : grpc.credentials.createInsecure();
   const channelOptions: grpc.ChannelOptions = {
     ...(options.tlsServerName ? { 'grpc.ssl_target_name_override': options.tlsServerName } : {}),
     ...(options.maxReconnectBackoffMs !== undefined ? { 'grpc.initial_reconnect_backoff_ms': Math.min(1000, options.maxReconnectBackoffMs), 'grpc.max_reconnect_backoff_ms': options.maxReconnectBackoffMs } : {}),

@@ -11,8 +11,9 @@ import type { StateStore } from '../store/index.ts';
 import { ObserverError } from './errors.ts';
 import { parseFlowsRequest } from './observer.ts';
 import { HUBBLE_PEERS_PREFIX, type HubblePeerRecord } from './peers.ts';
-import { connectObserver, type ObserverClient, type ObserverClientOptions, type ObserverNode } from './proto.ts';
+import { connectObserver, type ObserverClient, type ObserverNode } from './proto.ts';
 import type { ObserverBackend, ObserverNamespace } from './server.ts';
+import type { ClientTlsMaterial } from './tls.ts';
 import { timestampFromNs, timestampToNs, type GetFlowsRequest, type GetFlowsResponse, type LostEvent, type ServerStatusResponse } from './types.ts';
 
 /** The cluster's node records (src/agent/node.ts); the relay needs only their names. */
@@ -30,8 +31,10 @@ export interface RelayOptions {
   sortWindowMs?: number;
   /** Flows held for reordering at most; beyond it the earliest goes out at once (Hubble's sort-buffer-len-max). */
   sortBufferLength?: number;
-  /** TLS towards peers that publish a TLS listener. */
-  tls?: Pick<ObserverClientOptions, 'tlsCa' | 'tlsCert' | 'tlsKey'>;
+  /** TLS towards peers that publish a TLS listener: their CAs (none: the system's roots) and our client certificate. */
+  tls?: ClientTlsMaterial;
+  /** Plaintext only (Hubble Relay's disable-client-tls): a peer publishing a TLS listener is then unavailable, and says why. */
+  disableClientTls?: boolean;
 }
 
 type PeerState = 'NODE_CONNECTED' | 'NODE_UNAVAILABLE';
@@ -61,7 +64,7 @@ const byTime = (a: GetFlowsResponse, b: GetFlowsResponse) => {
  * await server.listenTcp('localhost:4245');
  */
 export class Relay implements ObserverBackend {
-  readonly #options: Required<Omit<RelayOptions, 'tls'>> & Pick<RelayOptions, 'tls'>;
+  readonly #options: Required<Omit<RelayOptions, 'tls' | 'disableClientTls'>> & Pick<RelayOptions, 'tls' | 'disableClientTls'>;
   readonly #peers = new Map<string, Peer>();
   readonly #members = new Set<string>();
   readonly #records = new Map<string, HubblePeerRecord>();
@@ -150,8 +153,9 @@ export class Relay implements ObserverBackend {
       peer.client?.close();
       peer.client = undefined;
       peer.record = record;
-      if (record) {
-        const tls = record.tls.enabled ? { ...this.#options.tls, tlsServerName: record.tls.serverName } : {};
+      if (record && !(record.tls.enabled && this.#options.disableClientTls)) {
+        const { ca, cert, key } = this.#options.tls ?? {};
+        const tls = record.tls.enabled ? { tls: true, tlsCa: ca, tlsCert: cert, tlsKey: key, tlsServerName: record.tls.serverName } : {};
         peer.client = connectObserver(record.address, { ...tls, callTimeoutMs: this.#options.callTimeoutMs, maxReconnectBackoffMs: this.#options.checkIntervalMs });
       }
       void this.#check(peer);
@@ -165,6 +169,9 @@ export class Relay implements ObserverBackend {
   /** Asks a peer for its status: the answer, or its absence, decides whether it counts as connected. */
   async #check(peer: Peer): Promise<void> {
     const client = peer.client;
+    if (!client && peer.record?.tls.enabled && this.#options.disableClientTls) {
+      return this.#mark(peer, 'NODE_UNAVAILABLE', `${peer.record.address} serves TLS only, and client TLS is off (--disable-client-tls)`);
+    }
     if (!client) return this.#mark(peer, 'NODE_UNAVAILABLE', 'no Observer API published (agent stopped, or its hubble listener off)');
     try {
       const [status, answered] = await Promise.all([client.serverStatus(), client.getNodes()]);

@@ -5,21 +5,15 @@
  * @module
  */
 import { once } from 'node:events';
-import { chmodSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, mkdirSync, rmSync } from 'node:fs';
 import { dirname } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
 import { InvalidRequestError, ObserverError } from './errors.ts';
 import { parseFlowsRequest, type FlowObserver } from './observer.ts';
 import { healthServiceDefinition, observerServiceDefinition, type ObserverNode } from './proto.ts';
+import type { ServerTlsMaterial } from './tls.ts';
 import { timestampFromNs, type GetFlowsRequest, type GetFlowsResponse, type ServerStatusResponse } from './types.ts';
-
-export interface ObserverTls {
-  certFile: string;
-  keyFile: string;
-  /** CAs whose client certificates are accepted; none: clients are not asked for one. */
-  clientCaFiles: string[];
-}
 
 export interface ObserverServerOptions {
   observer: FlowObserver;
@@ -118,14 +112,13 @@ export class ObserverGrpcServer {
     this.#sockets.push(path);
   }
 
-  /** Serves on `host:port`; with `tls`, over TLS. Returns the port bound (useful with port 0). */
-  async listenTcp(address: string, tls?: ObserverTls): Promise<number> {
+  /**
+   * Serves on `host:port`; with `tls`, over TLS only (read with readServerTls), and with its
+   * client CAs only to clients presenting a certificate they signed. Returns the port bound.
+   */
+  async listenTcp(address: string, tls?: ServerTlsMaterial): Promise<number> {
     const credentials = tls
-      ? grpc.ServerCredentials.createSsl(
-          tls.clientCaFiles.length > 0 ? Buffer.concat(tls.clientCaFiles.map((f) => readFileSync(f))) : null,
-          [{ cert_chain: readFileSync(tls.certFile), private_key: readFileSync(tls.keyFile) }],
-          tls.clientCaFiles.length > 0,
-        )
+      ? grpc.ServerCredentials.createSsl(tls.clientCa ?? null, [{ cert_chain: tls.cert, private_key: tls.key }], tls.clientCa !== undefined)
       : grpc.ServerCredentials.createInsecure();
     return this.#bind(address, credentials);
   }

@@ -7,7 +7,7 @@
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { flowMetricInput, listenAddressSetting, lostEventSourceLabel, NO_HUBBLE_METRICS } from '../../metrics/index.ts';
-import { FlowObserver, ObserverServer, bindAddress, peerStoreKey, publishedAddress, type FlowEndpointInfo, type FlowNames, type FlowPolicy, type HubblePeerRecord } from '../../observer/index.ts';
+import { FlowObserver, ObserverServer, bindAddress, readServerTls, peerStoreKey, publishedAddress, type FlowEndpointInfo, type FlowNames, type FlowPolicy, type HubblePeerRecord } from '../../observer/index.ts';
 import { ConfigError } from '../config.ts';
 import { defineModule } from '../module.ts';
 import { VERSION } from '../version.ts';
@@ -123,7 +123,8 @@ export const observerModule = defineModule({
     try {
       await server.listenUnix(socketPath);
       if (config.hubbleListenAddress) {
-        const tls = config.hubbleTlsCertFile ? { certFile: config.hubbleTlsCertFile, keyFile: config.hubbleTlsKeyFile, clientCaFiles: config.hubbleTlsClientCaFiles } : undefined;
+        const files = { certFile: config.hubbleTlsCertFile, keyFile: config.hubbleTlsKeyFile, clientCaFiles: config.hubbleTlsClientCaFiles };
+        const tls = config.hubbleTlsCertFile ? readServerTls(files, { cert: 'hubble-tls-cert-file', key: 'hubble-tls-key-file', cas: 'hubble-tls-client-ca-files' }) : undefined;
         await server.listenTcp(bindAddress(config.hubbleListenAddress), tls);
         peer = { name: config.nodeName, address: publishedAddress(config.hubbleListenAddress, node.record.nodeIp), tls: { enabled: tls !== undefined }, version: VERSION };
         await store.put(peerStoreKey(config.nodeName), peer);
