@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { reservedIdentities } from '../src/identity/index.ts';
 import { parsePrometheusText, sampleValue, type MetricFamily } from '../src/metrics/text-format-testing.ts';
-import { TestNode, cli, echoServer, inNs, probeTcp } from './support/cluster.ts';
+import { TestNode, Underlay, cli, echoServer, inNs, probeTcp, sleep } from './support/cluster.ts';
 
 const POLICIES = join(import.meta.dirname, 'policies');
 // Inside the node's own namespace, so no other test's agent shares its loopback; not the default
@@ -86,4 +86,46 @@ test("the agent's /metrics counts what the test did, under Cilium's names: denie
   assert.ok(value(hubble, 'hubble_flows_processed_total', { type: 'Drop', subtype: '', verdict: 'DROPPED', protocol: 'TCP' }) >= 5);
   assert.ok(value(hubble, 'hubble_policy_verdicts_total', { direction: 'ingress', match: 'none', action: 'dropped' }) >= 5, 'and the verdicts that denied them');
   assert.ok(value(hubble, 'hubble_tcp_flags_total', { flag: 'SYN', family: 'IPv4' }) >= 6);
+});
+
+test('cilium_nodes_all_num and cilium_unreachable_nodes follow a real second node: reachable, cut off, back, its agent killed, then deregistered', async (t) => {
+  const underlay = await Underlay.create(t);
+  const etcd = await underlay.startEtcd(t);
+  const args = ['--prometheus-serve-addr', METRICS, '--health-probe-interval', '300'];
+  const n1 = await TestNode.start(t, { nodeName: 'n1', nodeIp: '192.168.100.1', underlay, etcd, extraArgs: args });
+  const n2 = await TestNode.start(t, { nodeName: 'n2', nodeIp: '192.168.100.2', underlay, etcd, extraArgs: args });
+  type Status = { clusterHealth: { reachable: number; probed: number; unreachable: string[] } };
+  const nodesOf = async (node: TestNode) => {
+    const metrics = await scrape(node);
+    return { all: sampleValue(metrics, 'cilium_nodes_all_num', {}), unreachable: sampleValue(metrics, 'cilium_unreachable_nodes', {}) };
+  };
+  const until = async (what: string, node: TestNode, want: { all: number; unreachable: number }) => {
+    const deadline = Date.now() + 15_000;
+    let last = await nodesOf(node);
+    while (last.all !== want.all || last.unreachable !== want.unreachable) {
+      assert.ok(Date.now() < deadline, `${what}: ${JSON.stringify(last)}, want ${JSON.stringify(want)}; status ${JSON.stringify((await node.client.get<Status>('/v1/status')).clusterHealth)}`);
+      await sleep(100);
+      last = await nodesOf(node);
+    }
+  };
+  await until('both nodes known and reachable, seen from n1', n1, { all: 2, unreachable: 0 });
+  await until('and from n2', n2, { all: 2, unreachable: 0 });
+  assert.deepEqual((await n1.client.get<Status>('/v1/status')).clusterHealth, { enabled: true, reachable: 1, probed: 1, unreachable: [] });
+
+  // n2's link to the underlay goes down: its agent runs, but nothing reaches it.
+  await inNs(n2.netns, 'ip', ['link', 'set', 'uplink', 'down']);
+  await until('n2 cut off', n1, { all: 2, unreachable: 1 });
+  assert.match((await n1.client.get<Status>('/v1/status')).clusterHealth.unreachable.join(), /^n2: 192\.168\.100\.2:4240: no answer within 300 ms$/);
+  await inNs(n2.netns, 'ip', ['link', 'set', 'uplink', 'up']);
+  await until('n2 back', n1, { all: 2, unreachable: 0 });
+
+  // n2's agent dies: the node stays registered (it may come back) but answers no probe.
+  await n2.stopAgent('SIGKILL');
+  await until("n2's agent gone", n1, { all: 2, unreachable: 1 });
+  assert.match((await n1.client.get<Status>('/v1/status')).clusterHealth.unreachable.join(), /^n2: 192\.168\.100\.2:4240: ECONNREFUSED$/);
+
+  // Deregistered for good: no longer a node of the cluster, so not an unreachable one either.
+  const deleted = await cli(n1, 'node', 'delete', 'n2');
+  assert.equal(deleted.code, 0, deleted.stderr);
+  await until('n2 deregistered', n1, { all: 1, unreachable: 0 });
 });

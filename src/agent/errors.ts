@@ -41,7 +41,9 @@ export type NodeErrorCode =
   /** The node's keys kept changing while it was being deregistered. */
   | 'ERR_NODE_CONFLICT'
   /** A malformed node name (the code the API answered with before this family existed). */
-  | 'ERR_BAD_REQUEST';
+  | 'ERR_BAD_REQUEST'
+  /** The health responder cannot listen on the node address (port taken, address gone). */
+  | 'ERR_NODE_HEALTH_LISTEN';
 
-/** A node that cannot be deregistered. */
+/** A node that cannot be deregistered, or whose health cannot be served. */
 export class NodeError extends codedErrorFamily<NodeErrorCode>('node') {}

@@ -39,6 +39,8 @@ export interface AgentMetricsSources {
   /** Identities this node knows, by type: cluster, local (CIDR), reserved. */
   identities(): Readonly<Record<string, number>>;
   mapPressure(): readonly MapPressure[];
+  /** Nodes this agent knows (itself included), and how many of the others its health probes do not reach (undefined: not probing). */
+  nodes(): { all: number; unreachable: number | undefined };
   agent(): { degraded: boolean; reconcilers: readonly ReconcilerMetricsInput[] };
 }
 
@@ -127,6 +129,12 @@ export function registerAgentMetrics(registry: Registry, sources: AgentMetricsSo
 
   gaugeOf(registry, 'cilium_identity', 'Number of identities currently allocated, by type', ['type'], (set) => {
     for (const [type, count] of Object.entries(sources.identities())) set({ type }, count);
+  });
+
+  gaugeOf(registry, 'cilium_nodes_all_num', 'Number of nodes managed', [], (set) => set({}, sources.nodes().all));
+  gaugeOf(registry, 'cilium_unreachable_nodes', 'Number of nodes that cannot be reached', [], (set) => {
+    const { unreachable } = sources.nodes();
+    if (unreachable !== undefined) set({}, unreachable);
   });
 
   gaugeOf(registry, 'cilium_bpf_map_pressure', 'Fill percentage of BPF maps, as entries / max_entries (0 to 1), tagged by map name', ['map_name'], (set) => {

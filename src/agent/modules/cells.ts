@@ -17,6 +17,7 @@ import { cell } from '../module.ts';
 import type { Monitor } from '../monitor.ts';
 import type { Namespaces } from '../namespaces.ts';
 import type { NodeRecord } from '../node.ts';
+import type { NodeReachability } from '../node-health.ts';
 import type { PolicyManager } from '../policy-manager.ts';
 
 export interface LocalNode {
@@ -45,3 +46,9 @@ export const MonitorCell = cell<Monitor>('monitor');
 export const ClusterCell = cell<ClusterWatcher>('cluster');
 /** Where the observer hands each flow for Hubble's metrics (a sink that ignores them when those are off). */
 export const HubbleMetricsCell = cell<HubbleMetricsSink>('hubble-metrics');
+/** Which other nodes answer this node's health probes; `unreachable()` is undefined with health checking off. */
+export interface NodeHealthView {
+  unreachable(): number | undefined;
+  reachability(): NodeReachability[];
+}
+export const NodeHealthCell = cell<NodeHealthView>('node-health');

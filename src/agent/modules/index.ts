@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { configSchema, coreConfig, loadConfigWith, type ConfigSources } from '../config.ts';
 import type { AgentModule } from '../module.ts';
 import { apiConfig, apiModule } from './api.ts';
-import { clusterModule } from './cluster.ts';
+import { clusterModule, nodeHealthConfig, nodeHealthModule } from './cluster.ts';
 import { endpointDatapathModule, hostNetworkingModule, ipcacheModule, masqueradeConfig, masqueradeModule, nodeRoutingModule } from './datapath.ts';
 import { endpointsModule, namespacesModule } from './endpoints.ts';
 import { hubbleMetricsConfig, hubbleMetricsModule, metricsConfig, metricsModule } from './metrics.ts';
@@ -33,6 +33,7 @@ export const AGENT_MODULES: readonly AgentModule[] = [
   policyStatusModule,
   identityGcModule,
   clusterModule,
+  nodeHealthModule,
   hubbleMetricsModule,
   observerModule,
   metricsModule,
@@ -46,6 +47,7 @@ export const AgentConfigSchema = configSchema({
   ...nodeConfig,
   ...masqueradeConfig,
   ...identityGcConfig,
+  ...nodeHealthConfig,
   ...policyConfig,
   ...observerConfig,
   ...apiConfig,

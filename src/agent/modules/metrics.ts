@@ -24,7 +24,7 @@ import {
 } from '../../metrics/index.ts';
 import { containerInterfaceKey } from '../endpoint.ts';
 import { defineModule, type ModuleContext } from '../module.ts';
-import { EndpointsCell, HubbleMetricsCell, IdentitiesCell, PolicyCell } from './cells.ts';
+import { ClusterCell, EndpointsCell, HubbleMetricsCell, IdentitiesCell, NodeHealthCell, PolicyCell } from './cells.ts';
 
 export const metricsConfig = {
   /** Cilium's --prometheus-serve-addr. Loopback by default: the metrics name pods and policies. */
@@ -85,8 +85,8 @@ export const metricsModule = defineModule({
   name: 'metrics',
   description: "the agent's Prometheus metrics (cilium_*, ciliate_*), read when scraped",
   config: metricsConfig,
-  needs: { identities: IdentitiesCell, policy: PolicyCell, endpoints: EndpointsCell },
-  start({ identities, policy, endpoints }, { config, log, onReady, agentHealth }) {
+  needs: { identities: IdentitiesCell, policy: PolicyCell, endpoints: EndpointsCell, cluster: ClusterCell, nodeHealth: NodeHealthCell },
+  start({ identities, policy, endpoints, cluster, nodeHealth }, { config, log, onReady, agentHealth }) {
     if (config.prometheusServeAddr === '') return { value: undefined };
     const registry = new Registry();
     let pressure: { at: number; maps: readonly MapPressure[] } | undefined;
@@ -108,6 +108,7 @@ export const metricsModule = defineModule({
         if (!pressure || now - pressure.at >= config.bpfMapPressureInterval * 1000) pressure = { at: now, maps: readMapPressure(config.bpfRoot) };
         return pressure.maps;
       },
+      nodes: () => ({ all: cluster.nodes.size, unreachable: nodeHealth.unreachable() }),
       agent: () => {
         const health = agentHealth();
         return { degraded: health.state === 'degraded', reconcilers: health.reconcilers };
