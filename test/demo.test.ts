@@ -17,6 +17,9 @@ test('the README demo: the TIE fighter lands, the X-wing is dropped by policy as
   const id = /node namespace ciliate-demo-([0-9a-f]+),/.exec(stdout)?.[1];
   assert.ok(id, stdout);
   assert.match(stdout, /policy CiliumNetworkPolicy\/default\/rule1 .* enforced at revision \d+/);
+  // The Death Star is a Deployment, as in Cilium's manifest; the ships are bare pods.
+  assert.match(stdout, /pod default\/deathstar-1 .*class=deathstar \(Deployment deathstar\)/);
+  assert.match(stdout, /pod default\/tiefighter .*class=tiefighter\n/);
   // The flows, in hubble's compact format: the fighter allowed by rule1, the X-wing's SYNs dropped.
   assert.match(stdout, /default\/tiefighter:\d+ \(ID:\d+\) -> default\/deathstar-1:80 \(ID:\d+\) policy-verdict:L3-L4 INGRESS CiliumNetworkPolicy\/default\/rule1 ALLOWED \(TCP Flags: SYN\)/);
   assert.match(stdout, /default\/tiefighter:\d+ \(ID:\d+\) -> default\/deathstar-2:80 \(ID:\d+\) to-endpoint FORWARDED \(TCP Flags: SYN\)/);
@@ -26,6 +29,7 @@ test('the README demo: the TIE fighter lands, the X-wing is dropped by policy as
   const verdicts = /flows by verdict: (.*)/.exec(stdout)?.[1] ?? '';
   assert.match(verdicts, /FORWARDED \d+/);
   assert.match(verdicts, /DROPPED \d+/);
+  assert.ok(Number(/flows to the workload Deployment\/deathstar \(both pods\): (\d+)/.exec(stdout)?.[1]) > 0, 'the flows name the Death Star\'s workload');
   const { stdout: netns } = await run('ip', ['netns', 'list']);
   assert.doesNotMatch(netns, new RegExp(`ciliate-demo-${id}`));
   assert.ok(!readdirSync('/sys/fs/bpf').includes(`ciliate-demo-${id}`));

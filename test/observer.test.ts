@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connectObserver, GrpcStatus, timestampToNs, type Flow, type GetFlowsRequest, type GetFlowsResponse, type ObserverClient } from '../src/observer/index.ts';
-import { ROOT, TestNode, Underlay, cli, httpRequest, httpServer, inNs, sleep, starWars } from './support/cluster.ts';
+import { ROOT, TestNode, Underlay, cli, echo, echoServer, httpRequest, httpServer, inNs, sleep, starWars } from './support/cluster.ts';
 
 const POLICIES = join(import.meta.dirname, 'policies');
 
@@ -307,4 +307,65 @@ test("another node's pods are named in flows too: pod, namespace and identity th
   }
   assert.ok(dropped.some((f) => f.dropReasonDesc === 'POLICY_DENIED' && f.trafficDirection === 'INGRESS'));
   assert.deepEqual((await client.getNamespaces()).namespaces?.map((n) => n.namespace), ['default', 'rebels']);
+});
+
+test('workloads: given when an endpoint is added, they name both ends of its flows on both nodes and label the Hubble metrics', async (t) => {
+  const underlay = await Underlay.create(t);
+  const etcd = await underlay.startEtcd(t);
+  const HUBBLE = '127.0.0.1:19965';
+  const metrics = ['--hubble-metrics-server', HUBBLE, '--hubble-metrics', 'flow:sourceContext=workload;destinationContext=workload-name'];
+  const n1 = await TestNode.start(t, { nodeName: 'n1', nodeIp: '192.168.100.1', underlay, etcd, routingMode: 'tunnel', extraArgs: metrics });
+  const n2 = await TestNode.start(t, { nodeName: 'n2', nodeIp: '192.168.100.2', underlay, etcd, routingMode: 'tunnel' });
+  const db = await n1.addPod(t, 'db-0', { app: 'db' }, 'shop', { kind: 'StatefulSet', name: 'db' });
+  const web = await n2.addPod(t, 'web-7d4b9c-x2x5q', { app: 'web' }, 'shop', { kind: 'Deployment', name: 'web' });
+  const loose = await n2.addPod(t, 'debug', { app: 'debug' }, 'shop');
+  assert.deepEqual(db.endpoint.workload, { kind: 'StatefulSet', name: 'db' }, 'the endpoint record keeps it');
+  assert.equal(loose.endpoint.workload, undefined);
+  await echoServer(t, db.netns, 7100);
+  const deadline = Date.now() + 10_000;
+  while (!(await echo(web.netns, 'tcp', db.endpoint.ipv4, 7100))) {
+    assert.ok(Date.now() < deadline, 'web (n2) reaches db (n1)');
+    await sleep(200);
+  }
+  assert.ok(await echo(loose.netns, 'tcp', db.endpoint.ipv4, 7100), 'debug (n2) reaches db (n1)');
+  await sleep(300);
+
+  const webWorkload = [{ name: 'web', kind: 'Deployment' }];
+  const dbWorkload = [{ name: 'db', kind: 'StatefulSet' }];
+  for (const node of [n1, n2]) {
+    const toDb = await flows(observer(t, node), { whitelist: [{ sourceIp: [web.endpoint.ipv4], destinationIp: [db.endpoint.ipv4], destinationPort: ['7100'] }] });
+    assert.ok(toDb.length > 0, `${node.options.nodeName} has web's flows to db`);
+    // One end is this node's endpoint, the other another node's, known through the store.
+    for (const f of toDb) {
+      assert.deepEqual(f.source?.workloads, webWorkload, `${node.options.nodeName}: source ${JSON.stringify(f.source)}`);
+      assert.deepEqual(f.destination?.workloads, dbWorkload, `${node.options.nodeName}: destination ${JSON.stringify(f.destination)}`);
+    }
+    const replies = await flows(observer(t, node), { whitelist: [{ sourceIp: [db.endpoint.ipv4], destinationIp: [web.endpoint.ipv4] }] });
+    assert.ok(replies.length > 0 && replies.every((f) => f.source?.workloads?.[0]?.name === 'db' && f.destination?.workloads?.[0]?.name === 'web'), 'and the replies, the other way round');
+    const fromLoose = await flows(observer(t, node), { whitelist: [{ sourceIp: [loose.endpoint.ipv4] }] });
+    assert.ok(fromLoose.length > 0 && fromLoose.every((f) => f.source?.workloads === undefined), 'a pod added without a workload has none');
+  }
+  // As hubble observe -o json prints them; and hubble's workload filter finds them.
+  const json = await cli(n1, 'observe', '--last', '1000', '--from-ip', web.endpoint.ipv4, '-o', 'json');
+  assert.equal(json.code, 0, json.stderr);
+  assert.match(json.stdout, /"source":\{[^}]*"workloads":\[\{"name":"web","kind":"Deployment"\}\]/);
+  assert.match(json.stdout, /"destination":\{[^}]*"workloads":\[\{"name":"db","kind":"StatefulSet"\}\]/);
+  const byWorkload = await flows(observer(t, n1), { whitelist: [{ sourceWorkload: [{ kind: 'Deployment', name: 'web' }] }] });
+  assert.ok(byWorkload.length > 0 && byWorkload.every((f) => f.IP?.source === web.endpoint.ipv4));
+  const toDb = await cli(n1, 'observe', '--last', '1000', '--to-workload', 'StatefulSet/db', '-o', 'json');
+  assert.equal(toDb.code, 0, toDb.stderr);
+  const toDbFlows = toDb.stdout.trim().split('\n').map((line) => (JSON.parse(line) as { flow?: { IP?: { destination?: string } } }).flow).filter((f) => f !== undefined);
+  assert.ok(toDbFlows.length > 0 && toDbFlows.every((f) => f.IP?.destination === db.endpoint.ipv4), 'ciliate observe --to-workload StatefulSet/db');
+
+  const scraped = await inNs(n1.netns, process.execPath, ['-e', `fetch('http://${HUBBLE}/metrics').then(async (r) => process.stdout.write(await r.text()))`]);
+  const sample = /^hubble_flows_processed_total\{([^}]*)\} (\d+)$/gm;
+  const labelled = [...scraped.matchAll(sample)].filter(([, labels]) => labels.includes('source="shop/web"') && labels.includes('destination="db"'));
+  assert.ok(labelled.length > 0 && labelled.some(([, , count]) => Number(count) > 0), `hubble_flows_processed_total{source="shop/web",destination="db"}:\n${scraped.split('\n').filter((l) => l.startsWith('hubble_flows_processed_total')).join('\n')}`);
+  assert.ok(!/source="shop\/debug"/.test(scraped), 'no workload, no made-up context');
+
+  // Refused with the field named: a workload goes into flows, labels and logs as given.
+  const bad = await n1.client.call('POST', '/v1/endpoints', { containerId: 'bad', ifname: 'eth0', netns: '/run/netns/nope', workload: { kind: 'Deployment', name: 'Web App"' } }).catch((error: Error) => error);
+  assert.match(String(bad), /workload\.name.*Kubernetes object name/);
+  const badKind = await n1.client.call('POST', '/v1/endpoints', { containerId: 'bad', ifname: 'eth0', netns: '/run/netns/nope', workload: { kind: 'deploy ment', name: 'web' } }).catch((error: Error) => error);
+  assert.match(String(badKind), /workload\.kind.*Kubernetes kind/);
 });

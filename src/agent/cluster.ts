@@ -11,7 +11,7 @@ import { Reconciler, Table } from '../statedb/index.ts';
 import type { StateStore, WatchEvent } from '../store/index.ts';
 import { followPrefix } from './follow.ts';
 import { NODES_PREFIX, nodeNameOfKey, type NodeRecord } from './node.ts';
-import { ENDPOINTS_PREFIX, nodeOfEndpointKey, type Endpoint } from './endpoint.ts';
+import { ENDPOINTS_PREFIX, nodeOfEndpointKey, type Endpoint, type EndpointWorkload } from './endpoint.ts';
 import type { Ipcache } from './ipcache.ts';
 
 /** Kernel routing towards other nodes (VXLAN or native routes); implemented in src/datapath. */
@@ -30,12 +30,14 @@ export interface RemoteEndpoint {
   /** Names for flows (Hubble shows a remote pod as namespace/pod too). */
   podName: string;
   namespace?: string;
+  workload?: EndpointWorkload;
 }
 
 export class ClusterWatcher {
   readonly nodes = new Table<NodeRecord>('nodes', (n) => n.name, { equals: (a, b) => JSON.stringify(a) === JSON.stringify(b) });
   readonly remoteEndpoints = new Table<RemoteEndpoint>('remote-endpoints', (e) => e.key, {
-    equals: (a, b) => a.ipv4 === b.ipv4 && a.identity === b.identity && a.podName === b.podName && a.namespace === b.namespace,
+    equals: (a, b) =>
+      a.ipv4 === b.ipv4 && a.identity === b.identity && a.podName === b.podName && a.namespace === b.namespace && a.workload?.kind === b.workload?.kind && a.workload?.name === b.workload?.name,
   });
   readonly #store: StateStore;
   readonly #self: string;
@@ -130,8 +132,10 @@ export class ClusterWatcher {
       }
       return;
     }
-    const { ipv4, identity, podName, containerId, namespace } = event.value;
+    const { ipv4, identity, podName, containerId, namespace, workload } = event.value;
     const ep: RemoteEndpoint = { key: event.key, node, ipv4, identity, podName: podName ?? containerId, namespace };
+    // Another node's record is taken as far as it has the shape of one, no further.
+    if (typeof workload?.kind === 'string' && typeof workload.name === 'string') ep.workload = { kind: workload.kind, name: workload.name };
     if (previous && previous.ipv4 !== ep.ipv4) this.#ipcache.delete(`${previous.ipv4}/32`);
     this.remoteEndpoints.upsert(ep);
     this.#upsertRemoteEndpointIpcache(ep);

@@ -10,7 +10,7 @@ import type { StateStore } from '../store/index.ts';
 import { Reconciler, Table, type ReconcilerHealth } from '../statedb/index.ts';
 import { errnoOf, Netlink, NetlinkError, type Link } from '../datapath/netlink/index.ts';
 import { EndpointError } from './errors.ts';
-import { type Endpoint, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID, nodeEndpointsPrefix } from './endpoint.ts';
+import { type Endpoint, type EndpointWorkload, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID, nodeEndpointsPrefix } from './endpoint.ts';
 import type { Ipcache, IpcacheEntry } from './ipcache.ts';
 import { InvalidLabelsError, podLabels, type IdentityAllocator, type Labels } from '../identity/index.ts';
 
@@ -70,6 +70,7 @@ export interface AddEndpointRequest {
   labels?: Record<string, string>;
   podName?: string;
   namespace?: string;
+  workload?: EndpointWorkload;
 }
 
 /** Where pods without a namespace live, as in Kubernetes. */
@@ -410,6 +411,7 @@ export class EndpointManager {
         labels,
         podName: request.podName,
         namespace,
+        ...(request.workload ? { workload: { kind: request.workload.kind, name: request.workload.name } } : {}),
         createdAt: new Date().toISOString(),
       };
       await this.#store.put(this.#storeKey(key), endpoint, { expectedRevision: 0 });

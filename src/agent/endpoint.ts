@@ -19,7 +19,18 @@ export interface Endpoint extends DatapathEndpoint {
   labels: Record<string, string>;
   podName?: string;
   namespace?: string;
+  /**
+   * What runs the pod (Hubble's Endpoint.workloads): given by whoever adds the endpoint, as
+   * Ciliate has no owner references to derive it from (Cilium takes it from the pod's controller).
+   */
+  workload?: EndpointWorkload;
   createdAt: string;
+}
+
+/** A pod's controller: `{kind: 'Deployment', name: 'deathstar'}`. */
+export interface EndpointWorkload {
+  kind: string;
+  name: string;
 }
 
 /** The key of an endpoint in tables and the store: container id and interface. */

@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { Command } from 'commander';
-import { AgentClient, type Endpoint } from '../agent/index.ts';
+import { AgentClient, type Endpoint, type EndpointWorkload } from '../agent/index.ts';
 import { compactLine, connectObserver, type Flow } from '../observer/index.ts';
 
 const run = promisify(execFile);
@@ -38,12 +38,15 @@ export function registerDemoCommand(program: Command): void {
     });
 }
 
-const PODS = [
-  { name: 'deathstar-1', labels: { org: 'empire', class: 'deathstar' } },
-  { name: 'deathstar-2', labels: { org: 'empire', class: 'deathstar' } },
+// As in Cilium's http-sw-app.yaml: the Death Star is a Deployment of two pods, the ships are bare
+// Pods, which have no controller and so no workload in Hubble's flows.
+const DEATHSTAR_WORKLOAD = { kind: 'Deployment', name: 'deathstar' };
+const PODS: readonly { name: string; labels: Record<string, string>; workload?: EndpointWorkload }[] = [
+  { name: 'deathstar-1', labels: { org: 'empire', class: 'deathstar' }, workload: DEATHSTAR_WORKLOAD },
+  { name: 'deathstar-2', labels: { org: 'empire', class: 'deathstar' }, workload: DEATHSTAR_WORKLOAD },
   { name: 'tiefighter', labels: { org: 'empire', class: 'tiefighter' } },
   { name: 'xwing', labels: { org: 'alliance', class: 'xwing' } },
-] as const;
+];
 
 /** The Death Star's landing service: POST /v1/request-landing → "Ship landed". */
 const DEATHSTAR = `
@@ -118,9 +121,10 @@ export async function runDemo(options: DemoOptions, print: (line: string) => voi
     for (const pod of PODS) {
       const netns = `${nodeNetns}-${pod.name}`;
       await addNetns(netns);
-      const endpoint = await client.call<Endpoint>('POST', '/v1/endpoints', { containerId: `${id}-${pod.name}`, ifname: 'eth0', netns: `/run/netns/${netns}`, labels: pod.labels, podName: pod.name });
+      const endpoint = await client.call<Endpoint>('POST', '/v1/endpoints', { containerId: `${id}-${pod.name}`, ifname: 'eth0', netns: `/run/netns/${netns}`, labels: pod.labels, podName: pod.name, workload: pod.workload });
       endpoints.set(pod.name, endpoint);
-      print(`  pod default/${pod.name.padEnd(12)} ${endpoint.ipv4.padEnd(12)} identity ${String(endpoint.identity).padEnd(6)} ${Object.entries(pod.labels).map(([k, v]) => `${k}=${v}`).join(',')}`);
+      const workload = pod.workload ? ` (${pod.workload.kind} ${pod.workload.name})` : '';
+      print(`  pod default/${pod.name.padEnd(12)} ${endpoint.ipv4.padEnd(12)} identity ${String(endpoint.identity).padEnd(6)} ${Object.entries(pod.labels).map(([k, v]) => `${k}=${v}`).join(',')}${workload}`);
     }
     for (const name of ['deathstar-1', 'deathstar-2']) {
       const server = inNs(`${nodeNetns}-${name}`, [process.execPath, '-e', DEATHSTAR]);
@@ -142,12 +146,14 @@ export async function runDemo(options: DemoOptions, print: (line: string) => voi
     const observer = connectObserver(`unix:${join(dir, 'hubble.sock')}`);
     const stream = observer.getFlows({ follow: true, whitelist: [{ sourcePod: ['default/deathstar'] }, { destinationPod: ['default/deathstar'] }] });
     const verdicts = new Map<string, number>();
+    let toDeployment = 0;
     const flowsDone = (async () => {
       try {
         for await (const response of stream) {
           const flow = response.flow as Flow | undefined;
           if (!flow) continue;
           verdicts.set(flow.verdict ?? 'VERDICT_UNKNOWN', (verdicts.get(flow.verdict ?? 'VERDICT_UNKNOWN') ?? 0) + 1);
+          if (flow.destination?.workloads?.some((w) => w.kind === DEATHSTAR_WORKLOAD.kind && w.name === DEATHSTAR_WORKLOAD.name)) toDeployment++;
           print(`  ${compactLine(flow, { policyNames: true })}`);
         }
       } catch {
@@ -177,9 +183,11 @@ export async function runDemo(options: DemoOptions, print: (line: string) => voi
     for (const line of landings) print(line);
     print('');
     print(`flows by verdict: ${[...verdicts].map(([verdict, n]) => `${verdict} ${n}`).join(', ') || 'none'}`);
+    print(`flows to the workload ${DEATHSTAR_WORKLOAD.kind}/${DEATHSTAR_WORKLOAD.name} (both pods): ${toDeployment}`);
     print('');
     print('try next, against an agent of your own (ciliate agent):');
     print('  ciliate observe --verdict DROPPED          # the denied SYNs, as hubble shows them');
+    print('  ciliate observe --to-workload Deployment/deathstar -o json   # flows name their workloads');
     print('  hubble observe --server unix:///var/run/ciliate/hubble.sock --last 20   # the stock hubble CLI, if installed');
     print('  ciliate policy trace --src org=alliance --dst org=empire,class=deathstar --dport 80/TCP');
   } finally {

@@ -8,7 +8,7 @@ import { buildRequest, parseTime, type ObserveOptions } from './observe.ts';
 
 const none: ObserveOptions = {
   verdict: [], pod: [], fromPod: [], toPod: [], namespace: [], ip: [], fromIp: [], toIp: [], label: [], fromLabel: [], toLabel: [],
-  identity: [], fromIdentity: [], toIdentity: [], protocol: [], port: [], fromPort: [], toPort: [], type: [], dropReasonDesc: [],
+  identity: [], fromIdentity: [], toIdentity: [], workload: [], fromWorkload: [], toWorkload: [], protocol: [], port: [], fromPort: [], toPort: [], type: [], dropReasonDesc: [],
   tcpFlags: [], trafficDirection: [], nodeName: [], output: 'compact', socket: '/x/ciliate.sock',
 };
 
@@ -42,4 +42,11 @@ test('--since takes Go durations and RFC 3339 times', () => {
   assert.deepEqual(parseTime('since', '1m30s', now), { seconds: String(now / 1000 - 90), nanos: 0 });
   assert.deepEqual(parseTime('since', '2026-01-01T11:00:00.5Z', now), { seconds: String(now / 1000 - 3600), nanos: 500_000_000 });
   assert.throws(() => parseTime('until', 'yesterday', now), /--until "yesterday"/);
+});
+
+test("workload flags as hubble reads them: name, Kind/name or Kind/, one filter per side for --workload", () => {
+  assert.deepEqual(buildRequest({ ...none, toWorkload: ['Deployment/deathstar'], fromWorkload: ['tiefighter'] }).whitelist, [
+    { sourceWorkload: [{ name: 'tiefighter' }], destinationWorkload: [{ kind: 'Deployment', name: 'deathstar' }] },
+  ]);
+  assert.deepEqual(buildRequest({ ...none, workload: ['StatefulSet/'] }).whitelist, [{ sourceWorkload: [{ kind: 'StatefulSet' }] }, { destinationWorkload: [{ kind: 'StatefulSet' }] }]);
 });

@@ -24,6 +24,7 @@ import {
   type GetFlowsRequest,
   type TcpFlags,
   type Timestamp,
+  type Workload,
 } from '../observer/index.ts';
 import { RESERVED_IDENTITY } from '../identity/index.ts';
 import { TracePoint, tracePointName } from '../datapath/index.ts';
@@ -50,6 +51,9 @@ export interface ObserveOptions {
   identity: string[];
   fromIdentity: string[];
   toIdentity: string[];
+  workload: string[];
+  fromWorkload: string[];
+  toWorkload: string[];
   protocol: string[];
   port: string[];
   fromPort: string[];
@@ -89,6 +93,15 @@ export function parseTime(flag: string, text: string, nowMs = Date.now()): Times
   const ms = Date.parse(text);
   if (Number.isNaN(ms)) throw new Error(`--${flag} ${JSON.stringify(text)}: not a duration (30s, 5m, 1h) nor an RFC 3339 time`);
   return timestampFromNs(BigInt(ms) * 1_000_000n);
+}
+
+/** `name`, `Kind/name` or `Kind/`, as hubble reads --workload: an empty part matches any. */
+function workloadFilter(text: string): Workload {
+  const slash = text.indexOf('/');
+  if (slash < 0) return { name: text };
+  const kind = text.slice(0, slash);
+  const name = text.slice(slash + 1);
+  return { ...(kind ? { kind } : {}), ...(name ? { name } : {}) };
 }
 
 /** `ns/pod`, or `pod` in namespace default, as hubble reads --pod. */
@@ -133,12 +146,13 @@ export function buildWhitelist(o: ObserveOptions): FlowFilter[] {
   for (const v of o.verdict) if (!VERDICTS.includes(v.toUpperCase() as (typeof VERDICTS)[number])) throw new Error(`--verdict ${JSON.stringify(v)}: expected one of ${VERDICTS.slice(1).join(', ')}`);
   add(common, 'verdict', o.verdict.map((v) => v.toUpperCase()));
   // One row per side-specific filter: hubble's --from-X, --to-X, and --X for either side.
-  const sided: [keyof FlowFilter & `source${string}`, keyof FlowFilter & `destination${string}`, (string | number)[], (string | number)[], (string | number)[]][] = [
+  const sided: [keyof FlowFilter & `source${string}`, keyof FlowFilter & `destination${string}`, unknown[], unknown[], unknown[]][] = [
     ['sourcePod', 'destinationPod', o.fromPod.map(podFilter), o.toPod.map(podFilter), [...o.pod.map(podFilter), ...o.namespace.map((ns) => `${ns}/`)]],
     ['sourceIp', 'destinationIp', o.fromIp, o.toIp, o.ip],
     ['sourceLabel', 'destinationLabel', o.fromLabel, o.toLabel, o.label],
     ['sourceIdentity', 'destinationIdentity', o.fromIdentity.map(identityOf), o.toIdentity.map(identityOf), o.identity.map(identityOf)],
     ['sourcePort', 'destinationPort', o.fromPort, o.toPort, o.port],
+    ['sourceWorkload', 'destinationWorkload', o.fromWorkload.map(workloadFilter), o.toWorkload.map(workloadFilter), o.workload.map(workloadFilter)],
   ];
   for (const [from, to, fromValues, toValues] of sided) {
     add(common, from, fromValues as never);
@@ -198,6 +212,9 @@ export function registerObserveCommand(program: Command): void {
     .option('--identity <id>', 'flows from or to this identity (number or reserved name)', repeat, [])
     .option('--from-identity <id>', 'flows from this identity', repeat, [])
     .option('--to-identity <id>', 'flows to this identity', repeat, [])
+    .option('--workload <[kind/]name>', 'flows from or to pods of this workload (Deployment/web, web, or Deployment/ for any)', repeat, [])
+    .option('--from-workload <[kind/]name>', 'flows from pods of this workload', repeat, [])
+    .option('--to-workload <[kind/]name>', 'flows to pods of this workload', repeat, [])
     .option('--protocol <proto>', 'tcp, udp, icmp, …', repeat, [])
     .option('--port <port>', 'flows from or to this port', repeat, [])
     .option('--from-port <port>', 'flows from this port', repeat, [])

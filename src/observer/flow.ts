@@ -8,7 +8,7 @@ import { randomUUID } from 'node:crypto';
 import { DropReason, hubbleObservationPoint, MonitorEventType, TracePoint, type DatapathEvent } from '../datapath/index.ts';
 import { PolicyDirection } from '../policy/index.ts';
 import { flowSummary } from './printer.ts';
-import { TRACE_OBSERVATION_POINTS, TRACE_REASONS, timestampFromNs, type Flow, type FlowEndpoint, type FlowPolicy, type Layer4, type TcpFlags, type TrafficDirection } from './types.ts';
+import { TRACE_OBSERVATION_POINTS, TRACE_REASONS, timestampFromNs, type Flow, type FlowEndpoint, type FlowPolicy, type Layer4, type TcpFlags, type TrafficDirection, type Workload } from './types.ts';
 
 /** An endpoint (local, or a remote node's pod), as far as flows name it. */
 export interface FlowEndpointInfo {
@@ -17,6 +17,8 @@ export interface FlowEndpointInfo {
   identity: number;
   namespace?: string;
   podName?: string;
+  /** What runs the pod (its controller); each flow gets its own copy. */
+  workload?: Readonly<Workload>;
 }
 
 /** What the observer asks the agent to name an event's numbers. */
@@ -64,6 +66,7 @@ function endpoint(names: FlowNames, address: string | undefined, identity: numbe
   const namespace = local?.namespace ?? labels?.find((l) => l.startsWith(NAMESPACE_LABEL))?.slice(NAMESPACE_LABEL.length);
   if (namespace) out.namespace = namespace;
   if (local?.podName) out.podName = local.podName;
+  if (local?.workload) out.workloads = [{ name: local.workload.name, kind: local.workload.kind }];
   return out;
 }
 

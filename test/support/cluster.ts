@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { promisify } from 'node:util';
 import type { TestContext } from 'node:test';
-import { AgentClient, type Endpoint } from '../../src/agent/index.ts';
+import { AgentClient, type Endpoint, type EndpointWorkload } from '../../src/agent/index.ts';
 import type { TestPki } from '../../src/store/etcd-testing.ts';
 
 const run = promisify(execFile);
@@ -168,9 +168,9 @@ export class TestNode {
     this.agent = undefined;
   }
 
-  async addPod(t: TestContext, containerId = uniqueName('ctr'), labels: Record<string, string> = {}, namespace?: string): Promise<{ netns: string; endpoint: Endpoint }> {
+  async addPod(t: TestContext, containerId = uniqueName('ctr'), labels: Record<string, string> = {}, namespace?: string, workload?: EndpointWorkload): Promise<{ netns: string; endpoint: Endpoint }> {
     const netns = await addNetns(t, 'ctp');
-    const endpoint = await this.client.call<Endpoint>('POST', '/v1/endpoints', { containerId, ifname: 'eth0', netns: `/run/netns/${netns}`, labels, namespace });
+    const endpoint = await this.client.call<Endpoint>('POST', '/v1/endpoints', { containerId, ifname: 'eth0', netns: `/run/netns/${netns}`, labels, namespace, workload });
     t.after(async () => {
       await this.client.call('DELETE', `/v1/endpoints/${containerId}/eth0`).catch(() => undefined);
     });

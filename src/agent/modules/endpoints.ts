@@ -27,6 +27,14 @@ const AddEndpointBody = z
     labels: z.record(z.string(), z.string()).optional(),
     podName: z.string().optional(),
     namespace: z.string().optional(),
+    // Kubernetes' rules for a kind and an object name: flows, metrics labels and logs print them.
+    workload: z
+      .object({
+        kind: z.string().regex(/^[A-Z][A-Za-z0-9]{0,62}$/, 'must be a Kubernetes kind (Deployment, StatefulSet, …)'),
+        name: z.string().max(253).regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'must be a Kubernetes object name (lower case, digits, - and .)'),
+      })
+      .strict()
+      .optional(),
   })
   .strict();
 const LabelsBody = z.record(z.string(), z.string({ error: 'label values must be strings' }), { error: 'body must be an object of string labels' });

@@ -46,9 +46,9 @@ export const observerModule = defineModule({
       const revisions = `${endpoints.table.revision}/${cluster.remoteEndpoints.revision}`;
       if (revisions === indexed) return;
       indexed = revisions;
-      const local = endpoints.list().map((e) => ({ address: e.ipv4, info: { id: e.id, identity: e.identity, namespace: e.namespace, podName: e.podName ?? e.containerId } }));
+      const local = endpoints.list().map((e) => ({ address: e.ipv4, info: { id: e.id, identity: e.identity, namespace: e.namespace, podName: e.podName ?? e.containerId, workload: e.workload } }));
       // Remote pods have no endpoint id here (ids are per node); local ones win an address clash.
-      const remote = [...cluster.remoteEndpoints.all()].map((e) => ({ address: e.ipv4, info: { id: 0, identity: e.identity, namespace: e.namespace, podName: e.podName } }));
+      const remote = [...cluster.remoteEndpoints.all()].map((e) => ({ address: e.ipv4, info: { id: 0, identity: e.identity, namespace: e.namespace, podName: e.podName, workload: e.workload } }));
       byAddress = new Map([...remote, ...local].map(({ address, info }) => [address, info]));
       byId = new Map(local.map(({ info }) => [info.id, info]));
     };
