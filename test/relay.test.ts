@@ -255,6 +255,23 @@ test('relay over TLS: mTLS to an agent that demands it, and its own listener TLS
   const insecure = await observe('--tls-allow-insecure', ...withCert);
   assert.equal(insecure.code, 0, insecure.stderr);
   assert.match(insecure.stdout, /"flow"/);
+
+  // A relay told to dial agents in plaintext only does not reach this one, and says why.
+  const plainRelay = startRelay(t, underlay, etcd, underlay.netns, ['--listen-address', '', '--disable-client-tls']);
+  const plainClient = connectObserver(`unix:${plainRelay.socket}`, { callTimeoutMs: 5000 });
+  t.after(() => plainClient.close());
+  const status = await statusUntil(plainClient, 'n1 unavailable to a relay without client TLS', (st) => st.numUnavailableNodes?.value === 1, plainRelay.log);
+  assert.deepEqual(status.unavailableNodes, ['n1']);
+  assert.match(plainRelay.log(), /192\.168\.100\.1:4244 serves TLS only, and client TLS is off \(--disable-client-tls\)/);
+  // The first relay serves TCP beyond loopback with TLS: no warning. This one serves no TCP at all.
+  assert.doesNotMatch(relay.log() + plainRelay.log(), /plaintext beyond loopback/);
+  const exposed = startRelay(t, underlay, etcd, underlay.netns, ['--listen-address', `${RELAY}:4246`, '--tls-hubble-server-ca-files', pki.caFile]);
+  const warned = Date.now() + 15_000;
+  while (!/relay: Observer API listening/.test(exposed.log())) {
+    assert.ok(Date.now() < warned, `the plaintext relay starts:\n${exposed.log()}`);
+    await sleep(100);
+  }
+  assert.match(exposed.log(), /serving flows in plaintext beyond loopback/, 'a plaintext listener on the underlay is warned about');
 });
 
 test('relay TLS settings: a bad file is named with its flag before the relay connects anywhere', async (t) => {

@@ -103,7 +103,7 @@ export function registerAgentCommands(program: Command): void {
       const endpoints = await new AgentClient(options.socket).get<EndpointView[]>('/v1/endpoints');
       print(options.output, endpoints, () =>
         formatTable(
-          ['ID', 'IDENTITY', 'POLICY REVISION', 'IPV4', 'INTERFACE', 'CONTAINER', 'POD'],
+          ['ID', 'IDENTITY', 'POLICY REVISION', 'IPV4', 'INTERFACE', 'CONTAINER', 'POD', 'WORKLOAD'],
           endpoints.map((ep) => [
             String(ep.id),
             String(ep.identity),
@@ -112,6 +112,7 @@ export function registerAgentCommands(program: Command): void {
             ep.hostIfname,
             ep.containerId.slice(0, 12),
             ep.podName ? `${ep.namespace ?? 'default'}/${ep.podName}` : '',
+            ep.workload ? `${ep.workload.kind}/${ep.workload.name}` : '',
           ]),
         ),
       );

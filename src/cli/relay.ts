@@ -6,7 +6,8 @@
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { AgentConfigSchema, ConfigError, VERSION, configSchema, createLogger, etcdStoreOptions, loadConfigWith, storeConfig } from '../agent/index.ts';
-import { listenAddressSetting } from '../metrics/index.ts';
+import { listenAddressSetting, parseListenAddress } from '../metrics/index.ts';
+import { Addr } from '../net/index.ts';
 import { ObserverGrpcServer, Relay, bindAddress, readClientTls, readServerTls, type ClientTlsMaterial, type ServerTlsMaterial } from '../observer/index.ts';
 import { EtcdStateStore } from '../store/index.ts';
 import { configOptions } from './agent.ts';
@@ -66,6 +67,12 @@ export async function runRelay(config: RelayConfig): Promise<void> {
     await relay.start();
     if (config.relaySocketPath) await server.listenUnix(config.relaySocketPath);
     const port = config.listenAddress ? await server.listenTcp(bindAddress(config.listenAddress), serverTls) : undefined;
+    const host = config.listenAddress ? parseListenAddress(config.listenAddress)?.host : undefined;
+    const loopback = host === 'localhost' || host === '::1' || (host !== undefined && Addr.tryParse(host)?.is4() === true && host.startsWith('127.'));
+    if (port !== undefined && !serverTls && !loopback) {
+      // Flows name every pod and policy of the cluster: in plaintext beyond loopback anyone on the path reads them.
+      log.warn({ address: config.listenAddress }, 'relay: serving flows in plaintext beyond loopback; set --tls-relay-server-cert-file and --tls-relay-server-key-file');
+    }
     log.info({ address: config.listenAddress || undefined, port, tls: serverTls ? (serverTls.clientCa ? 'mtls' : 'tls') : 'off', socket: config.relaySocketPath || undefined }, 'relay: Observer API listening');
     await new Promise<void>((resolve) => {
       process.once('SIGTERM', resolve);
