@@ -20,11 +20,13 @@ import { pino } from 'pino';
 import { BpfMap, Link, RingBuffer } from '../src/ebpf/index.ts';
 import {
   decodeEvent,
+  DEFAULT_MONITOR_AGGREGATION_FLAGS,
   EndpointDatapath,
   IpcacheFlag,
   ipcacheKey,
   MapName,
   NodeRouting,
+  openMonitorConfigMap,
   ReservedIdentity,
   remoteEndpointInfo,
   ROUTE_PROTOCOL,
@@ -32,6 +34,7 @@ import {
   type DatapathEvent,
   type RoutingMode,
   type TraceEvent,
+  writeMonitorConfig,
 } from '../src/datapath/index.ts';
 
 const execFileAsync = promisify(execFile);
@@ -161,6 +164,9 @@ async function cluster(t: TestContext, mode: RoutingMode, options: { agentIpcach
     const bpfRoot = join(bpfBase, name);
     const datapath = new EndpointDatapath(bpfRoot, log, { netns: `/run/netns/${netns}` });
     const routing = new NodeRouting({ bpfRoot, log, netns: `/run/netns/${netns}`, manageIpcache: !options.agentIpcache });
+    // Every packet at every observation point (from-overlay included), as these tests inspect them.
+    using monitorCfg = openMonitorConfigMap(bpfRoot);
+    writeMonitorConfig(monitorCfg, { level: 'none', flags: DEFAULT_MONITOR_AGGREGATION_FLAGS, intervalSeconds: 5 });
     const ring = new RingBuffer(BpfMap.openPinned(join(bpfRoot, 'maps', MapName.EVENTS)), {
       lostCounter: BpfMap.openPinned(join(bpfRoot, 'maps', MapName.EVENTS_LOST)),
     });

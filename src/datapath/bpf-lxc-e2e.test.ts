@@ -14,6 +14,7 @@ import { RingBuffer, attachTcx, inNetns, namedNetns, type BpfObject, type Link }
 import { pinDir, run } from '../ebpf/internal/testutils.ts';
 import { CtStatus, decodeEvent, type DatapathEvent, type TraceEvent } from './events.ts';
 import { LxcProgram, loadLxc, lxcMaps } from './lxc.ts';
+import { DEFAULT_MONITOR_AGGREGATION_FLAGS, writeMonitorConfig } from './monitor-config.ts';
 import { attachPod, linkJson, podTopology, type Pod } from './testutils.ts';
 
 const execFileAsync = promisify(execFile);
@@ -88,6 +89,8 @@ test('pods on one node reach each other through bpf_redirect_peer, reported as t
   for (const pod of pods) attachPod(pod, node, obj, links);
   const maps = lxcMaps(obj);
   assert.equal([...maps.lxc.keys()].length, 2, 'both endpoints in the one pinned endpoint map');
+  // A trace per packet, so every echo delivered shows (medium would report a flow's first ones).
+  writeMonitorConfig(maps.monitorCfg, { level: 'none', flags: DEFAULT_MONITOR_AGGREGATION_FLAGS, intervalSeconds: 5 });
   ring = new RingBuffer(maps.events, { lostCounter: maps.eventsLost });
 
   const txBefore = txPackets(node, b.hostIf);
