@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connectObserver, GrpcStatus, timestampToNs, type Flow, type GetFlowsRequest, type GetFlowsResponse, type ObserverClient } from '../src/observer/index.ts';
-import { ROOT, TestNode, Underlay, cli, httpRequest, httpServer, inNs, sleep, starWars } from './support/cluster.ts';
+import { ROOT, TestNode, Underlay, cli, httpRequest, httpServer, inNs, ping, sleep, starWars } from './support/cluster.ts';
 
 const POLICIES = join(import.meta.dirname, 'policies');
 
@@ -307,4 +307,18 @@ test("another node's pods are named in flows too: pod, namespace and identity th
   }
   assert.ok(dropped.some((f) => f.dropReasonDesc === 'POLICY_DENIED' && f.trafficDirection === 'INGRESS'));
   assert.deepEqual((await client.getNamespaces()).namespaces?.map((n) => n.namespace), ['default', 'rebels']);
+});
+
+test('--monitor-aggregation reaches the datapath: at none every echo is a flow, and status says so', async (t) => {
+  const node = await TestNode.start(t, { extraArgs: ['--monitor-aggregation', 'none', '--monitor-aggregation-interval', '7'] });
+  const client = observer(t, node);
+  const a = await node.addPod(t, 'agg-a', { app: 'a' });
+  const b = await node.addPod(t, 'agg-b', { app: 'b' });
+  assert.ok(await ping(a.netns, b.endpoint.ipv4, 5));
+  await sleep(300);
+  const echoes = await flows(client, { whitelist: [{ sourceIp: [a.endpoint.ipv4], destinationIp: [b.endpoint.ipv4], eventType: [{ type: 4 }], protocol: ['ICMPv4'] }] });
+  // Medium would report the first echo only (a tracked flow with nothing new); none reports all five.
+  assert.equal(echoes.length, 5, JSON.stringify(echoes.map((f) => f.traceObservationPoint)));
+  const status = await node.client.get<{ monitor: { aggregation: string; aggregationFlags: string[]; aggregationInterval: number } }>('/v1/status');
+  assert.deepEqual(status.monitor, { aggregation: 'none', aggregationFlags: ['syn', 'fin', 'rst'], aggregationInterval: 7 });
 });
