@@ -31,6 +31,7 @@
  * with the observer on / off (target >= 0.95).
  * @module
  */
+import { readFileSync } from 'node:fs';
 import { type BenchContext, interleave, median, round } from './lib.ts';
 import { BenchNode } from './support/agent.ts';
 import { Cleanups, inNs, sh } from './support/ns.ts';
@@ -45,6 +46,8 @@ const RATIO_TARGET = 1.0;
 const OBSERVER_OFF = 'the same agent with --no-hubble-enabled (datapath events still sent at the default monitor aggregation, no flows decoded)';
 const OBSERVER_TARGET = 0.95;
 type Variant = 'ciliate' | 'observer_off' | 'routed';
+/** USER_HZ: what /proc's times count in (100 on Linux, whatever the kernel's HZ). */
+const CLOCK_TICKS = 100;
 
 interface Pair {
   client: string;
@@ -55,6 +58,14 @@ interface Pair {
 interface LinkCounters {
   rxPackets: number;
   txPackets: number;
+}
+
+/** CPU time (user + system, every thread) a process has used, from /proc/<pid>/stat. */
+function processCpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name (which may hold spaces, inside parentheses): utime and stime are the 12th and 13th.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
 }
 
 async function linkCounters(netns: string, ifname: string): Promise<LinkCounters> {
@@ -100,38 +111,48 @@ export async function run(ctx: BenchContext): Promise<void> {
     const hostB = podB.endpoint.hostIfname;
     const before = { a: await linkCounters(node.netns, hostA), b: await linkCounters(node.netns, hostB) };
 
-    const variants = <T>(sample: (pair: Pair) => Promise<T>, value: (s: T) => number, extra: (name: Variant, s: T) => void) =>
-      Object.fromEntries(
+    // The agents' CPU while each sample runs: where the observer's cost shows on a busy machine.
+    const agents: Partial<Record<Variant, BenchNode>> = { ciliate: node, observer_off: offNode };
+    const agentCpu: Record<string, Record<Variant, { cpuSeconds: number; wallSeconds: number }>> = {};
+    const variants = <T>(what: string, sample: (pair: Pair) => Promise<T>, value: (s: T) => number, extra: (name: Variant, s: T) => void) => {
+      const cpu = (agentCpu[what] = { ciliate: { cpuSeconds: 0, wallSeconds: 0 }, observer_off: { cpuSeconds: 0, wallSeconds: 0 }, routed: { cpuSeconds: 0, wallSeconds: 0 } });
+      return Object.fromEntries(
         (Object.keys(pairs) as Variant[]).map((name) => [
           name,
           async () => {
+            const pid = agents[name]?.agent?.pid;
+            const cpuBefore = pid ? processCpuSeconds(pid) : 0;
+            const began = performance.now();
             const s = await sample(pairs[name]);
+            cpu[name].wallSeconds += (performance.now() - began) / 1000;
+            if (pid) cpu[name].cpuSeconds += processCpuSeconds(pid) - cpuBefore;
             extra(name, s);
             return value(s);
           },
         ]),
       ) as Record<Variant, () => Promise<number>>;
+    };
     const progress = (what: string, unit: string, digits: number) => (i: number, s: Readonly<Record<string, readonly number[]>>) =>
       ctx.log(`${what} round ${i + 1}: ${Object.entries(s).map(([name, v]) => `${name} ${round(v.at(-1)!, digits)}${unit}`).join(', ')}`);
 
     const retransmits: Record<Variant, number[]> = { ciliate: [], observer_off: [], routed: [] };
     const tput = await interleave(
       rounds,
-      variants((pair) => throughputSample(pair.client, pair.serverIp, traffic.throughputSeconds), (s) => s.gbps, (name, s) => retransmits[name].push(s.retransmits)),
+      variants('throughput_gbps', (pair) => throughputSample(pair.client, pair.serverIp, traffic.throughputSeconds), (s) => s.gbps, (name, s) => retransmits[name].push(s.retransmits)),
       { onRound: progress('throughput', ' Gbit/s', 2) },
     );
 
     const latency: Record<Variant, number[]> = { ciliate: [], observer_off: [], routed: [] };
     const rr = await interleave(
       rounds,
-      variants((pair) => rrSample(pair.client, pair.serverIp, traffic.rrSeconds, traffic.rrMessageSize), (s) => s.perSecond, (name, s) => latency[name].push(s.latencyUs)),
+      variants('rr_per_s', (pair) => rrSample(pair.client, pair.serverIp, traffic.rrSeconds, traffic.rrMessageSize), (s) => s.perSecond, (name, s) => latency[name].push(s.latencyUs)),
       { onRound: progress('rr', '/s', 0) },
     );
 
     const connErrors: Record<Variant, number> = { ciliate: 0, observer_off: 0, routed: 0 };
     const conn = await interleave(
       rounds,
-      variants((pair) => connSample(pair.client, pair.serverIp, traffic.connSeconds), (s) => s.perSecond, (name, s) => (connErrors[name] += s.errors)),
+      variants('conn_per_s', (pair) => connSample(pair.client, pair.serverIp, traffic.connSeconds), (s) => s.perSecond, (name, s) => (connErrors[name] += s.errors)),
       { onRound: progress('conn', '/s', 0) },
     );
 
@@ -246,6 +267,9 @@ export async function run(ctx: BenchContext): Promise<void> {
         samples: samples.ciliate.map((v) => round(v, 3)),
         baseline_samples: samples.observer_off.map((v) => round(v, 3)),
         ...(of === 'conn_per_s' ? { errors: connErrors.ciliate, baseline_errors: connErrors.observer_off } : {}),
+        // Agent CPU (user + system, all threads) over the samples, in % of one CPU.
+        agent_cpu_pct: round((100 * agentCpu[of].ciliate.cpuSeconds) / agentCpu[of].ciliate.wallSeconds, 1),
+        baseline_agent_cpu_pct: round((100 * agentCpu[of].observer_off.cpuSeconds) / agentCpu[of].observer_off.wallSeconds, 1),
       });
     }
   } finally {
