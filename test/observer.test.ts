@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { MonitorAggregation, openMonitorConfigMap, TcpFlag, writeMonitorConfig } from '../src/datapath/index.ts';
 import { connectObserver, GrpcStatus, timestampToNs, type Flow, type GetFlowsRequest, type GetFlowsResponse, type ObserverClient } from '../src/observer/index.ts';
 import { ROOT, TestNode, Underlay, cli, httpRequest, httpServer, inNs, ping, sleep, starWars } from './support/cluster.ts';
 
@@ -309,8 +310,8 @@ test("another node's pods are named in flows too: pod, namespace and identity th
   assert.deepEqual((await client.getNamespaces()).namespaces?.map((n) => n.namespace), ['default', 'rebels']);
 });
 
-test('--monitor-aggregation reaches the datapath: at none every echo is a flow, and status says so', async (t) => {
-  const node = await TestNode.start(t, { extraArgs: ['--monitor-aggregation', 'none', '--monitor-aggregation-interval', '7'] });
+test('--monitor-aggregation reaches the datapath: at none every echo is a flow, status says so, and a stray write to the kernel is undone', async (t) => {
+  const node = await TestNode.start(t, { extraArgs: ['--monitor-aggregation', 'none', '--monitor-aggregation-interval', '7', '--reconcile-refresh-interval', '0.2'] });
   const client = observer(t, node);
   const a = await node.addPod(t, 'agg-a', { app: 'a' });
   const b = await node.addPod(t, 'agg-b', { app: 'b' });
@@ -321,4 +322,10 @@ test('--monitor-aggregation reaches the datapath: at none every echo is a flow, 
   assert.equal(echoes.length, 5, JSON.stringify(echoes.map((f) => f.traceObservationPoint)));
   const status = await node.client.get<{ monitor: { aggregation: string; aggregationFlags: string[]; aggregationInterval: number } }>('/v1/status');
   assert.deepEqual(status.monitor, { aggregation: 'none', aggregationFlags: ['syn', 'fin', 'rst'], aggregationInterval: 7 });
+
+  using map = openMonitorConfigMap(node.bpfRoot);
+  assert.deepEqual(map.lookup(0), { aggregation: MonitorAggregation.none, report_flags: TcpFlag.SYN | TcpFlag.FIN | TcpFlag.RST, report_interval: 7 });
+  writeMonitorConfig(map, { level: 'medium', flags: ['all'], intervalSeconds: 5 });
+  for (let i = 0; i < 50 && map.lookup(0)?.aggregation !== MonitorAggregation.none; i++) await sleep(100);
+  assert.deepEqual(map.lookup(0), { aggregation: MonitorAggregation.none, report_flags: TcpFlag.SYN | TcpFlag.FIN | TcpFlag.RST, report_interval: 7 }, 'the agent rewrote its setting');
 });

@@ -65,3 +65,12 @@ export function openMonitorConfigMap(bpfRoot: string): BpfMap<number, MonitorCon
 export function writeMonitorConfig(map: BpfMap<number, MonitorConfigValue>, config: MonitorAggregationConfig): void {
   map.update(0, encodeMonitorConfig(config));
 }
+
+/** Writes the entry only when the kernel holds something else (drift); returns whether it wrote. */
+export function ensureMonitorConfig(map: BpfMap<number, MonitorConfigValue>, config: MonitorAggregationConfig): boolean {
+  const wanted = encodeMonitorConfig(config);
+  const held = map.lookup(0);
+  if (held && held.aggregation === wanted.aggregation && held.report_flags === wanted.report_flags && held.report_interval === wanted.report_interval) return false;
+  map.update(0, wanted);
+  return true;
+}

@@ -9,11 +9,11 @@ import {
   DEFAULT_MONITOR_AGGREGATION_FLAGS,
   DEFAULT_MONITOR_AGGREGATION_INTERVAL,
   EndpointPolicyMaps,
+  ensureMonitorConfig,
   MAX_MONITOR_AGGREGATION_INTERVAL,
   MONITOR_AGGREGATION_FLAG_NAMES,
   MONITOR_AGGREGATION_LEVELS,
   openMonitorConfigMap,
-  writeMonitorConfig,
 } from '../../datapath/index.ts';
 import { ruleKey } from '../../policy/index.ts';
 import { z } from 'zod';
@@ -86,21 +86,33 @@ export const monitorModule = defineModule({
   start({ policy }, { config, log, api }) {
     const aggregation = { level: config.monitorAggregation, flags: config.monitorAggregationFlags, intervalSeconds: config.monitorAggregationInterval };
     // The node's programs read it per packet: no reload, and endpoints attached by an earlier
-    // agent follow at once.
-    {
-      using map = openMonitorConfigMap(config.bpfRoot);
-      writeMonitorConfig(map, aggregation);
-    }
-    const monitor = new Monitor(
-      config.bpfRoot,
-      {
-        ruleForCookie: (cookie) => {
-          const rule = policy.engine.ruleById(cookie);
-          return rule && ruleKey(rule);
+    // agent follow at once. Checked again on the refresh interval, so a stray write is undone.
+    const aggregationMap = openMonitorConfigMap(config.bpfRoot);
+    let monitor: Monitor;
+    try {
+      ensureMonitorConfig(aggregationMap, aggregation);
+      monitor = new Monitor(
+        config.bpfRoot,
+        {
+          ruleForCookie: (cookie) => {
+            const rule = policy.engine.ruleById(cookie);
+            return rule && ruleKey(rule);
+          },
         },
-      },
-      log,
-    );
+        log,
+      );
+    } catch (error) {
+      aggregationMap.close();
+      throw error;
+    }
+    const repair = () => {
+      try {
+        if (ensureMonitorConfig(aggregationMap, aggregation)) log.warn({ aggregation }, 'monitor aggregation in the kernel had drifted; rewritten');
+      } catch (error) {
+        log.warn({ err: error }, 'checking the monitor aggregation in the kernel failed');
+      }
+    };
+    const repairTimer = config.reconcileRefreshInterval > 0 ? setInterval(repair, config.reconcileRefreshInterval * 1000).unref() : undefined;
     monitor.start();
     api.route('GET', '/v1/monitor', ({ query, signal }) => {
       const kinds = query.getAll('type');
@@ -115,7 +127,11 @@ export const monitorModule = defineModule({
     });
     return {
       value: monitor,
-      stop: () => monitor.stop(),
+      stop: () => {
+        clearInterval(repairTimer);
+        aggregationMap.close();
+        monitor.stop();
+      },
       status: () => ({ monitor: { aggregation: aggregation.level, aggregationFlags: aggregation.flags, aggregationInterval: aggregation.intervalSeconds } }),
     };
   },
