@@ -150,9 +150,14 @@ export async function run(ctx: BenchContext): Promise<void> {
     );
 
     const connErrors: Record<Variant, number> = { ciliate: 0, observer_off: 0, routed: 0 };
+    // Connections made in every call, warm-up included, as the agents' CPU is counted over every call.
+    const connections: Record<Variant, number> = { ciliate: 0, observer_off: 0, routed: 0 };
     const conn = await interleave(
       rounds,
-      variants('conn_per_s', (pair) => connSample(pair.client, pair.serverIp, traffic.connSeconds), (s) => s.perSecond, (name, s) => (connErrors[name] += s.errors)),
+      variants('conn_per_s', (pair) => connSample(pair.client, pair.serverIp, traffic.connSeconds), (s) => s.perSecond, (name, s) => {
+        connErrors[name] += s.errors;
+        connections[name] += s.perSecond * traffic.connSeconds;
+      }),
       { onRound: progress('conn', '/s', 0) },
     );
 
@@ -266,7 +271,15 @@ export async function run(ctx: BenchContext): Promise<void> {
         rounds: samples.ciliate.length,
         samples: samples.ciliate.map((v) => round(v, 3)),
         baseline_samples: samples.observer_off.map((v) => round(v, 3)),
-        ...(of === 'conn_per_s' ? { errors: connErrors.ciliate, baseline_errors: connErrors.observer_off } : {}),
+        ...(of === 'conn_per_s'
+          ? {
+              errors: connErrors.ciliate,
+              baseline_errors: connErrors.observer_off,
+              // What each connection costs the agent, whatever the rate the noisy machine allowed.
+              agent_cpu_us_per_conn: round((1e6 * agentCpu[of].ciliate.cpuSeconds) / connections.ciliate, 1),
+              baseline_agent_cpu_us_per_conn: round((1e6 * agentCpu[of].observer_off.cpuSeconds) / connections.observer_off, 1),
+            }
+          : {}),
         // Agent CPU (user + system, all threads) over the samples, in % of one CPU.
         agent_cpu_pct: round((100 * agentCpu[of].ciliate.cpuSeconds) / agentCpu[of].ciliate.wallSeconds, 1),
         baseline_agent_cpu_pct: round((100 * agentCpu[of].observer_off.cpuSeconds) / agentCpu[of].observer_off.wallSeconds, 1),
