@@ -21,8 +21,17 @@
  * (target >= 1.0). The throughput line also reports the host veths' packet counters over the whole
  * bench: with redirect_peer working, the server pod's host veth transmits (almost) nothing, since
  * its traffic is redirected past it.
+ *
+ * What the observer costs: a second agent node, `observer-off`, identical but started with
+ * --no-hubble-enabled, is measured in the same interleaved rounds. That is what a user gets who turns
+ * the observer off: no flows, no Observer API, nothing decoded; the datapath still sends its events
+ * at the default monitor aggregation (medium: a connection's opening, first reply and closes, every
+ * drop and policy verdict) and the agent's monitor still keeps the raw records for `ciliate monitor`,
+ * as Cilium's datapath keeps emitting with Hubble off. One `observer_cost` line per metric: ours
+ * with the observer on / off (target >= 0.95).
  * @module
  */
+import { readFileSync } from 'node:fs';
 import { type BenchContext, interleave, median, round } from './lib.ts';
 import { BenchNode } from './support/agent.ts';
 import { Cleanups, inNs, sh } from './support/ns.ts';
@@ -34,6 +43,11 @@ export const description = 'pod-to-pod TCP throughput, request/response and conn
 const DEFAULT_ROUNDS = 5;
 const BASELINE = 'kernel routing: same pod-node-pod veth topology, ip_forward, no BPF programs';
 const RATIO_TARGET = 1.0;
+const OBSERVER_OFF = 'the same agent with --no-hubble-enabled (datapath events still sent at the default monitor aggregation, no flows decoded)';
+const OBSERVER_TARGET = 0.95;
+type Variant = 'ciliate' | 'observer_off' | 'routed';
+/** USER_HZ: what /proc's times count in (100 on Linux, whatever the kernel's HZ). */
+const CLOCK_TICKS = 100;
 
 interface Pair {
   client: string;
@@ -44,6 +58,14 @@ interface Pair {
 interface LinkCounters {
   rxPackets: number;
   txPackets: number;
+}
+
+/** CPU time (user + system, every thread) a process has used, from /proc/<pid>/stat. */
+function processCpuSeconds(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name (which may hold spaces, inside parentheses): utime and stime are the 12th and 13th.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS;
 }
 
 async function linkCounters(netns: string, ifname: string): Promise<LinkCounters> {
@@ -64,6 +86,10 @@ export async function run(ctx: BenchContext): Promise<void> {
     const podA = await node.addPod('cbda');
     const podB = await node.addPod('cbdb');
     const ours: Pair = { client: podA.netns, server: podB.netns, serverIp: podB.endpoint.ipv4 };
+    const offNode = await BenchNode.start(cleanups, { prefix: 'cbdo', extraArgs: ['--no-hubble-enabled'] });
+    const offA = await offNode.addPod('cbdoa');
+    const offB = await offNode.addPod('cbdob');
+    const observerOff: Pair = { client: offA.netns, server: offB.netns, serverIp: offB.endpoint.ipv4 };
     // Baseline: the same shape, routed by the node's stack, with the MTU the agent gave its pods.
     const [podLink] = JSON.parse(await sh('ip', ['-n', podA.netns, '-j', 'link', 'show', 'dev', 'eth0'])) as { mtu: number }[];
     const mtu = podLink.mtu;
@@ -72,7 +98,8 @@ export async function run(ctx: BenchContext): Promise<void> {
     const plainB = await routed.addPod('cbrb', mtu);
     const baseline: Pair = { client: plainA.netns, server: plainB.netns, serverIp: plainB.ipv4 };
 
-    for (const [name, pair] of [['ciliate', ours], ['routed', baseline]] as const) {
+    const pairs: Record<Variant, Pair> = { ciliate: ours, observer_off: observerOff, routed: baseline };
+    for (const [name, pair] of Object.entries(pairs)) {
       await inNs(pair.client, 'ping', ['-c', '1', '-W', '2', pair.serverIp]).catch((error: unknown) => {
         throw new Error(`${name}: pod A cannot reach pod B (${pair.serverIp}): ${(error as Error).message}`);
       });
@@ -84,58 +111,54 @@ export async function run(ctx: BenchContext): Promise<void> {
     const hostB = podB.endpoint.hostIfname;
     const before = { a: await linkCounters(node.netns, hostA), b: await linkCounters(node.netns, hostB) };
 
-    const retransmits: Record<string, number[]> = { ciliate: [], routed: [] };
+    // The agents' CPU while each sample runs: where the observer's cost shows on a busy machine.
+    const agents: Partial<Record<Variant, BenchNode>> = { ciliate: node, observer_off: offNode };
+    const agentCpu: Record<string, Record<Variant, { cpuSeconds: number; wallSeconds: number }>> = {};
+    const variants = <T>(what: string, sample: (pair: Pair) => Promise<T>, value: (s: T) => number, extra: (name: Variant, s: T) => void) => {
+      const cpu = (agentCpu[what] = { ciliate: { cpuSeconds: 0, wallSeconds: 0 }, observer_off: { cpuSeconds: 0, wallSeconds: 0 }, routed: { cpuSeconds: 0, wallSeconds: 0 } });
+      return Object.fromEntries(
+        (Object.keys(pairs) as Variant[]).map((name) => [
+          name,
+          async () => {
+            const pid = agents[name]?.agent?.pid;
+            const cpuBefore = pid ? processCpuSeconds(pid) : 0;
+            const began = performance.now();
+            const s = await sample(pairs[name]);
+            cpu[name].wallSeconds += (performance.now() - began) / 1000;
+            if (pid) cpu[name].cpuSeconds += processCpuSeconds(pid) - cpuBefore;
+            extra(name, s);
+            return value(s);
+          },
+        ]),
+      ) as Record<Variant, () => Promise<number>>;
+    };
+    const progress = (what: string, unit: string, digits: number) => (i: number, s: Readonly<Record<string, readonly number[]>>) =>
+      ctx.log(`${what} round ${i + 1}: ${Object.entries(s).map(([name, v]) => `${name} ${round(v.at(-1)!, digits)}${unit}`).join(', ')}`);
+
+    const retransmits: Record<Variant, number[]> = { ciliate: [], observer_off: [], routed: [] };
     const tput = await interleave(
       rounds,
-      {
-        ciliate: async () => {
-          const s = await throughputSample(ours.client, ours.serverIp, traffic.throughputSeconds);
-          retransmits.ciliate.push(s.retransmits);
-          return s.gbps;
-        },
-        routed: async () => {
-          const s = await throughputSample(baseline.client, baseline.serverIp, traffic.throughputSeconds);
-          retransmits.routed.push(s.retransmits);
-          return s.gbps;
-        },
-      },
-      { onRound: (i, s) => ctx.log(`throughput round ${i + 1}: ciliate ${round(s.ciliate.at(-1)!, 2)} Gbit/s, routed ${round(s.routed.at(-1)!, 2)} Gbit/s`) },
+      variants('throughput_gbps', (pair) => throughputSample(pair.client, pair.serverIp, traffic.throughputSeconds), (s) => s.gbps, (name, s) => retransmits[name].push(s.retransmits)),
+      { onRound: progress('throughput', ' Gbit/s', 2) },
     );
 
-    const latency: Record<string, number[]> = { ciliate: [], routed: [] };
+    const latency: Record<Variant, number[]> = { ciliate: [], observer_off: [], routed: [] };
     const rr = await interleave(
       rounds,
-      {
-        ciliate: async () => {
-          const s = await rrSample(ours.client, ours.serverIp, traffic.rrSeconds, traffic.rrMessageSize);
-          latency.ciliate.push(s.latencyUs);
-          return s.perSecond;
-        },
-        routed: async () => {
-          const s = await rrSample(baseline.client, baseline.serverIp, traffic.rrSeconds, traffic.rrMessageSize);
-          latency.routed.push(s.latencyUs);
-          return s.perSecond;
-        },
-      },
-      { onRound: (i, s) => ctx.log(`rr round ${i + 1}: ciliate ${round(s.ciliate.at(-1)!, 0)}/s, routed ${round(s.routed.at(-1)!, 0)}/s`) },
+      variants('rr_per_s', (pair) => rrSample(pair.client, pair.serverIp, traffic.rrSeconds, traffic.rrMessageSize), (s) => s.perSecond, (name, s) => latency[name].push(s.latencyUs)),
+      { onRound: progress('rr', '/s', 0) },
     );
 
-    const connErrors: Record<string, number> = { ciliate: 0, routed: 0 };
+    const connErrors: Record<Variant, number> = { ciliate: 0, observer_off: 0, routed: 0 };
+    // Connections made in every call, warm-up included, as the agents' CPU is counted over every call.
+    const connections: Record<Variant, number> = { ciliate: 0, observer_off: 0, routed: 0 };
     const conn = await interleave(
       rounds,
-      {
-        ciliate: async () => {
-          const s = await connSample(ours.client, ours.serverIp, traffic.connSeconds);
-          connErrors.ciliate += s.errors;
-          return s.perSecond;
-        },
-        routed: async () => {
-          const s = await connSample(baseline.client, baseline.serverIp, traffic.connSeconds);
-          connErrors.routed += s.errors;
-          return s.perSecond;
-        },
-      },
-      { onRound: (i, s) => ctx.log(`conn round ${i + 1}: ciliate ${round(s.ciliate.at(-1)!, 0)}/s, routed ${round(s.routed.at(-1)!, 0)}/s`) },
+      variants('conn_per_s', (pair) => connSample(pair.client, pair.serverIp, traffic.connSeconds), (s) => s.perSecond, (name, s) => {
+        connErrors[name] += s.errors;
+        connections[name] += s.perSecond * traffic.connSeconds;
+      }),
+      { onRound: progress('conn', '/s', 0) },
     );
 
     const after = { a: await linkCounters(node.netns, hostA), b: await linkCounters(node.netns, hostB) };
@@ -146,9 +169,9 @@ export async function run(ctx: BenchContext): Promise<void> {
     const redirectPeer = intoNode > 0 && outOfNode < intoNode * 0.01;
     if (!redirectPeer) ctx.log(`host veths transmitted ${outOfNode} packets for ${intoNode} received: traffic is NOT bypassing them (redirect_peer not in effect?)`);
 
-    const pairedRatio = (samples: Record<'ciliate' | 'routed', number[]>): number =>
-      median(samples.ciliate.map((value, i) => value / samples.routed[i]));
-    const common = (samples: Record<'ciliate' | 'routed', number[]>) => ({
+    const pairedRatio = (samples: Record<Variant, number[]>, base: Variant = 'routed'): number =>
+      median(samples.ciliate.map((value, i) => value / samples[base][i]));
+    const common = (samples: Record<Variant, number[]>) => ({
       better: 'higher',
       rounds: samples.ciliate.length,
       samples: samples.ciliate.map((v) => round(v, 3)),
@@ -222,6 +245,44 @@ export async function run(ctx: BenchContext): Promise<void> {
         meets_target: ratio >= RATIO_TARGET,
         paired_ratio_median: round(pairedRatio(samples), 3),
         rounds: samples.ciliate.length,
+      });
+    }
+
+    for (const [of, unit, samples] of [
+      ['throughput_gbps', 'Gbit/s', tput],
+      ['rr_per_s', 'round trips/s', rr],
+      ['conn_per_s', 'connections/s', conn],
+    ] as const) {
+      const on = median(samples.ciliate);
+      const off = median(samples.observer_off);
+      const ratio = on / off;
+      ctx.emit({
+        metric: 'observer_cost',
+        of,
+        value: round(on, 3),
+        unit,
+        baseline: OBSERVER_OFF,
+        baseline_value: round(off, 3),
+        ratio: round(ratio, 3),
+        better: 'higher',
+        target: OBSERVER_TARGET,
+        meets_target: ratio >= OBSERVER_TARGET,
+        paired_ratio_median: round(pairedRatio(samples, 'observer_off'), 3),
+        rounds: samples.ciliate.length,
+        samples: samples.ciliate.map((v) => round(v, 3)),
+        baseline_samples: samples.observer_off.map((v) => round(v, 3)),
+        ...(of === 'conn_per_s'
+          ? {
+              errors: connErrors.ciliate,
+              baseline_errors: connErrors.observer_off,
+              // What each connection costs the agent, whatever the rate the noisy machine allowed.
+              agent_cpu_us_per_conn: round((1e6 * agentCpu[of].ciliate.cpuSeconds) / connections.ciliate, 1),
+              baseline_agent_cpu_us_per_conn: round((1e6 * agentCpu[of].observer_off.cpuSeconds) / connections.observer_off, 1),
+            }
+          : {}),
+        // Agent CPU (user + system, all threads) over the samples, in % of one CPU.
+        agent_cpu_pct: round((100 * agentCpu[of].ciliate.cpuSeconds) / agentCpu[of].ciliate.wallSeconds, 1),
+        baseline_agent_cpu_pct: round((100 * agentCpu[of].observer_off.cpuSeconds) / agentCpu[of].observer_off.wallSeconds, 1),
       });
     }
   } finally {

@@ -68,8 +68,11 @@ int cil_from_overlay(struct __sk_buff *skb)
 	ep_key.ip = ip->daddr;
 	ep = bpf_map_lookup_elem(&ciliate_lxc, &ep_key);
 	if (!ep || (ep->flags & ENDPOINT_F_HOST)) {
-		/* The node itself (its router address) or whatever else the stack routes. */
+		/* The node itself (its router address) or whatever else the stack routes. Not tracked
+		 * here, so nothing says whether the packet is news: as Cilium's, traced only below
+		 * medium monitor aggregation. */
 		info.dst_identity = ep ? IDENTITY_HOST : ipcache_identity(ip->daddr);
+		info.flags |= CILIATE_NOTIFY_F_AGGREGATE;
 		send_trace_notify(skb, &info, TRACE_FROM_OVERLAY);
 		send_trace_notify(skb, &info, TRACE_TO_STACK);
 		return TC_ACT_OK;

@@ -20,11 +20,13 @@ import { pino } from 'pino';
 import { BpfMap, Link, RingBuffer } from '../src/ebpf/index.ts';
 import {
   decodeEvent,
+  DEFAULT_MONITOR_AGGREGATION_FLAGS,
   EndpointDatapath,
   IpcacheFlag,
   ipcacheKey,
   MapName,
   NodeRouting,
+  openMonitorConfigMap,
   ReservedIdentity,
   remoteEndpointInfo,
   ROUTE_PROTOCOL,
@@ -32,6 +34,7 @@ import {
   type DatapathEvent,
   type RoutingMode,
   type TraceEvent,
+  writeMonitorConfig,
 } from '../src/datapath/index.ts';
 
 const execFileAsync = promisify(execFile);
@@ -161,6 +164,9 @@ async function cluster(t: TestContext, mode: RoutingMode, options: { agentIpcach
     const bpfRoot = join(bpfBase, name);
     const datapath = new EndpointDatapath(bpfRoot, log, { netns: `/run/netns/${netns}` });
     const routing = new NodeRouting({ bpfRoot, log, netns: `/run/netns/${netns}`, manageIpcache: !options.agentIpcache });
+    // Every packet at every observation point (from-overlay included), as these tests inspect them.
+    using monitorCfg = openMonitorConfigMap(bpfRoot);
+    writeMonitorConfig(monitorCfg, { level: 'none', flags: DEFAULT_MONITOR_AGGREGATION_FLAGS, intervalSeconds: 5 });
     const ring = new RingBuffer(BpfMap.openPinned(join(bpfRoot, 'maps', MapName.EVENTS)), {
       lostCounter: BpfMap.openPinned(join(bpfRoot, 'maps', MapName.EVENTS_LOST)),
     });
@@ -440,6 +446,21 @@ test('tunnel mode: every pod reaches every other through VXLAN, with the source 
 
   // Cross-node pings see one hop too: the receiving node routes, the tunnel is invisible.
   assert.match(await ping(a.netns, c1.ip), /ttl=63/);
+
+  // From monitor aggregation lowest on, nothing is traced where packets are received (from-overlay),
+  // and each delivered echo still is (to-endpoint): at most one trace per packet.
+  const aggregation = (level: 'none' | 'lowest') => {
+    using cfg = openMonitorConfigMap(n2.bpfRoot);
+    writeMonitorConfig(cfg, { level, flags: DEFAULT_MONITOR_AGGREGATION_FLAGS, intervalSeconds: 5 });
+  };
+  aggregation('lowest');
+  drain(c);
+  const seen = n2.events.length;
+  assert.match(await ping(a.netns, c1.ip, 3), /3 received/);
+  drain(c);
+  const echoes = n2.events.slice(seen).filter((e): e is TraceEvent => e.kind === 'trace' && e.packet.ipv4?.source === a.ip && e.packet.ipv4.destination === c1.ip);
+  assert.deepEqual(echoes.map((e) => e.observationPointName), ['to-endpoint', 'to-endpoint', 'to-endpoint']);
+  aggregation('none');
   // The node's own traffic to remote pods and a pod's to the other node's router address.
   assert.match(await ping(n1.netns, c1.ip), /2 received/);
   assert.match(await ping(c1.netns, n1.routerIp), /2 received/);

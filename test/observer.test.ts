@@ -3,8 +3,9 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { MonitorAggregation, openMonitorConfigMap, TcpFlag, writeMonitorConfig } from '../src/datapath/index.ts';
 import { connectObserver, GrpcStatus, timestampToNs, type Flow, type GetFlowsRequest, type GetFlowsResponse, type ObserverClient } from '../src/observer/index.ts';
-import { ROOT, TestNode, Underlay, cli, echo, echoServer, httpRequest, httpServer, inNs, sleep, starWars } from './support/cluster.ts';
+import { ROOT, TestNode, Underlay, cli, echo, echoServer, httpRequest, httpServer, inNs, ping, sleep, starWars } from './support/cluster.ts';
 
 const POLICIES = join(import.meta.dirname, 'policies');
 
@@ -368,4 +369,24 @@ test('workloads: given when an endpoint is added, they name both ends of its flo
   assert.match(String(bad), /workload\.name.*Kubernetes object name/);
   const badKind = await n1.client.call('POST', '/v1/endpoints', { containerId: 'bad', ifname: 'eth0', netns: '/run/netns/nope', workload: { kind: 'deploy ment', name: 'web' } }).catch((error: Error) => error);
   assert.match(String(badKind), /workload\.kind.*Kubernetes kind/);
+});
+
+test('--monitor-aggregation reaches the datapath: at none every echo is a flow, status says so, and a stray write to the kernel is undone', async (t) => {
+  const node = await TestNode.start(t, { extraArgs: ['--monitor-aggregation', 'none', '--monitor-aggregation-interval', '7', '--reconcile-refresh-interval', '0.2'] });
+  const client = observer(t, node);
+  const a = await node.addPod(t, 'agg-a', { app: 'a' });
+  const b = await node.addPod(t, 'agg-b', { app: 'b' });
+  assert.ok(await ping(a.netns, b.endpoint.ipv4, 5));
+  await sleep(300);
+  const echoes = await flows(client, { whitelist: [{ sourceIp: [a.endpoint.ipv4], destinationIp: [b.endpoint.ipv4], eventType: [{ type: 4 }], protocol: ['ICMPv4'] }] });
+  // Medium would report the first echo only (a tracked flow with nothing new); none reports all five.
+  assert.equal(echoes.length, 5, JSON.stringify(echoes.map((f) => f.traceObservationPoint)));
+  const status = await node.client.get<{ monitor: { aggregation: string; aggregationFlags: string[]; aggregationInterval: number } }>('/v1/status');
+  assert.deepEqual(status.monitor, { aggregation: 'none', aggregationFlags: ['syn', 'fin', 'rst'], aggregationInterval: 7 });
+
+  using map = openMonitorConfigMap(node.bpfRoot);
+  assert.deepEqual(map.lookup(0), { aggregation: MonitorAggregation.none, report_flags: TcpFlag.SYN | TcpFlag.FIN | TcpFlag.RST, report_interval: 7 });
+  writeMonitorConfig(map, { level: 'medium', flags: ['all'], intervalSeconds: 5 });
+  for (let i = 0; i < 50 && map.lookup(0)?.aggregation !== MonitorAggregation.none; i++) await sleep(100);
+  assert.deepEqual(map.lookup(0), { aggregation: MonitorAggregation.none, report_flags: TcpFlag.SYN | TcpFlag.FIN | TcpFlag.RST, report_interval: 7 }, 'the agent rewrote its setting');
 });

@@ -21,6 +21,8 @@ export interface BenchNodeOptions {
   logLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'error';
   /** The agent's --routing-mode. Default native: one node needs no tunnel, and pods get the underlay's MTU. */
   routingMode?: 'native' | 'tunnel';
+  /** More agent flags, e.g. ['--no-hubble-enabled']. */
+  extraArgs?: readonly string[];
 }
 
 /** The node's underlay address (TEST-NET-1); it lives only inside the node namespace. */
@@ -35,6 +37,7 @@ export class BenchNode {
   readonly socket: string;
   readonly client: AgentClient;
   readonly #cleanups: Cleanups;
+  #extraArgs: readonly string[] = [];
   agent: ChildProcess | undefined;
   log = '';
 
@@ -51,6 +54,7 @@ export class BenchNode {
   static async start(cleanups: Cleanups, options: BenchNodeOptions = {}): Promise<BenchNode> {
     const netns = await addNetns(cleanups, options.prefix ?? 'cbn');
     const node = new BenchNode(cleanups, netns);
+    node.#extraArgs = options.extraArgs ?? [];
     // Registered after the namespace, so it runs before the namespace is deleted.
     cleanups.defer(`agent of ${netns}, ${node.bpfRoot}, ${node.dir}`, async () => {
       if (node.agent) await stopChild(node.agent, 'SIGKILL');
@@ -81,6 +85,7 @@ export class BenchNode {
       '--log-level', logLevel,
       '--node-ip', NODE_IP,
       '--routing-mode', routingMode,
+      ...this.#extraArgs,
     ];
     const agent = spawnInNs(this.#cleanups, this.netns, process.execPath, args);
     this.agent = agent;

@@ -117,12 +117,47 @@ static __always_inline __u32 ct_lifetime(const struct ipv4_ct_tuple *tuple, __u1
 	return CT_SYN_TIMEOUT;
 }
 
-/* Accounts one packet to an existing entry. Flag updates are plain stores: two CPUs racing on
- * one connection can at worst lose a flag that the next packet sets again. */
-static __always_inline void ct_update(struct ct_entry *entry, const struct ipv4_ct_tuple *tuple, bool reply,
-				      __u8 tcp_flags, __u32 len)
+/*
+ * Whether a packet of an existing connection is news for monitor aggregation (medium and above),
+ * as Cilium's conntrack decides it: a FIN or RST (closing), the first reply, a flag of
+ * `report_flags` seen for the first time in the packet's direction, or `report_interval` seconds
+ * since that direction was last reported. Once both sides closed, only a SYN (the tuple reused)
+ * is. Marks the direction reported. `seen` and `flags` are the entry's before this packet.
+ */
+static __always_inline bool ct_report(struct ct_entry *entry, bool reply, __u8 tcp_flags, __u8 seen, __u16 flags,
+				      __u16 now, const struct ciliate_monitor_config *mon)
 {
-	__u16 flags = entry->flags;
+	bool report;
+
+	if (tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+		report = true;
+	else if ((flags & (CT_F_TX_CLOSING | CT_F_RX_CLOSING)) == (CT_F_TX_CLOSING | CT_F_RX_CLOSING))
+		report = tcp_flags & TCP_FLAG_SYN;
+	else if (reply && !(flags & CT_F_SEEN_REPLY))
+		report = true;
+	else
+		report = (tcp_flags & mon->report_flags & ~seen) ||
+			 (__u16)(now - (reply ? entry->last_rx_report : entry->last_tx_report)) >= mon->report_interval;
+	/* Plain stores, as the flags': CPUs racing on one connection at worst report it twice. */
+	if (report) {
+		if (reply)
+			entry->last_rx_report = now;
+		else
+			entry->last_tx_report = now;
+	}
+	return report;
+}
+
+/* Accounts one packet to an existing entry; returns whether it is news (ct_report). Flag updates
+ * are plain stores: two CPUs racing on one connection can at worst lose a flag that the next
+ * packet sets again. */
+static __always_inline bool ct_update(struct ct_entry *entry, const struct ipv4_ct_tuple *tuple, bool reply,
+				      __u8 tcp_flags, __u32 len, const struct ciliate_monitor_config *mon)
+{
+	__u16 before = entry->flags;
+	__u16 flags = before;
+	__u8 seen = reply ? entry->rx_flags_seen : entry->tx_flags_seen;
+	__u32 now = ct_now();
 
 	__sync_fetch_and_add(&entry->packets, 1);
 	__sync_fetch_and_add(&entry->bytes, len);
@@ -139,26 +174,30 @@ static __always_inline void ct_update(struct ct_entry *entry, const struct ipv4_
 	/* A RST closes both ways at once. */
 	if (tcp_flags & TCP_FLAG_RST)
 		flags |= CT_F_TX_CLOSING | CT_F_RX_CLOSING;
-	if (flags != entry->flags)
+	if (flags != before)
 		entry->flags = flags;
-	entry->lifetime = ct_now() + ct_lifetime(tuple, flags);
+	entry->lifetime = now + ct_lifetime(tuple, flags);
+	return ct_report(entry, reply, tcp_flags, seen, before, now, mon);
 }
 
 /*
  * Looks up the packet whose tuple (in packet order, flags unset) is `tuple`, as seen by a hook of
- * direction `dir`, and accounts it to the entry found. Leaves `tuple` as it was.
+ * direction `dir`, and accounts it to the entry found; *report says whether the packet is news for
+ * monitor aggregation (always for CT_NEW). Leaves `tuple` as it was.
  */
 static __always_inline enum ct_status ct_lookup4(void *map, const struct ipv4_ct_tuple *tuple, __u8 dir,
-						 __u8 tcp_flags, __u32 len)
+						 __u8 tcp_flags, __u32 len, const struct ciliate_monitor_config *mon,
+						 bool *report)
 {
 	struct ipv4_ct_tuple key = *tuple;
 	struct ct_entry *entry;
 
+	*report = true;
 	key.flags = dir;
 	key._pad = 0;
 	entry = bpf_map_lookup_elem(map, &key);
 	if (entry) {
-		ct_update(entry, &key, false, tcp_flags, len);
+		*report = ct_update(entry, &key, false, tcp_flags, len, mon);
 		return CT_ESTABLISHED;
 	}
 
@@ -172,7 +211,7 @@ static __always_inline enum ct_status ct_lookup4(void *map, const struct ipv4_ct
 		entry = bpf_map_lookup_elem(map, &key);
 	}
 	if (entry) {
-		ct_update(entry, &key, true, tcp_flags, len);
+		*report = ct_update(entry, &key, true, tcp_flags, len, mon);
 		return CT_REPLY;
 	}
 	return CT_NEW;
@@ -190,6 +229,7 @@ static __always_inline int ct_create4(void *map, const struct ipv4_ct_tuple *tup
 		.tx_flags_seen = tcp_flags,
 		.src_sec_id = src_sec_id,
 	};
+	__u32 now = ct_now();
 	long err;
 
 	key.flags = dir;
@@ -200,7 +240,9 @@ static __always_inline int ct_create4(void *map, const struct ipv4_ct_tuple *tup
 		if (tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
 			entry.flags |= CT_F_TX_CLOSING;
 	}
-	entry.lifetime = ct_now() + ct_lifetime(&key, entry.flags);
+	entry.lifetime = now + ct_lifetime(&key, entry.flags);
+	/* The opening packet is reported (CT_NEW); its direction's interval starts now. */
+	entry.last_tx_report = now;
 	err = bpf_map_update_elem(map, &key, &entry, BPF_NOEXIST);
 	/* Another CPU created it between our lookup and now: the connection is tracked all the same. */
 	if (err == -17 /* EEXIST */)

@@ -14,6 +14,7 @@
 
 #include "common.h"
 #include "drop_reasons.h"
+#include "maps.h"
 #include "policy.h"
 #include "ringbuf_lost.h"
 
@@ -106,7 +107,8 @@ struct ciliate_policy_verdict_event {
 
 /* What the caller knows about the packet when it reports it; kept small because it lives on the
  * caller's stack and the notify helpers are real calls (their frames count towards 512 bytes). */
-/* Internal to ciliate_notify_info.flags, never in an event: the packet needs no trace event. */
+/* Internal to ciliate_notify_info.flags, never in an event: conntrack has nothing new to say about
+ * the packet (or did not look), so monitor aggregation medium and above sends no trace of it. */
 #define CILIATE_NOTIFY_F_AGGREGATE 0x80
 
 struct ciliate_notify_info {
@@ -288,15 +290,37 @@ static __always_inline void send_policy_verdict_notify(struct __sk_buff *skb, co
 	ringbuf_submit_batched(&ciliate_events, ev, CILIATE_EVENTS_WAKEUP_BYTES);
 }
 
-/* Reports that the packet passed observation point `point`, unless conntrack found nothing new
- * to say about it (monitor aggregation, as Cilium's default: a bulk transfer would otherwise pay a
- * ring buffer record per segment and bury the events that matter). */
+/* Whether a trace at `point` is sent at the node's monitor aggregation level (Cilium's
+ * emit_trace_notify): from lowest on, none where packets are received; from medium on, none of
+ * a packet conntrack found nothing new in, so a bulk transfer does not pay a ring buffer record
+ * per segment and bury the events that matter. */
+static __always_inline bool trace_wanted(const struct ciliate_notify_info *info, enum ciliate_trace_point point)
+{
+	struct ciliate_monitor_config mon = monitor_config();
+
+	if (mon.aggregation >= MONITOR_AGGREGATION_LOWEST) {
+		switch (point) {
+		case TRACE_FROM_LXC:
+		case TRACE_FROM_PROXY:
+		case TRACE_FROM_HOST:
+		case TRACE_FROM_STACK:
+		case TRACE_FROM_OVERLAY:
+		case TRACE_FROM_NETWORK:
+			return false;
+		default:
+			break;
+		}
+	}
+	return mon.aggregation < MONITOR_AGGREGATION_MEDIUM || !(info->flags & CILIATE_NOTIFY_F_AGGREGATE);
+}
+
+/* Reports that the packet passed observation point `point`, as far as monitor aggregation wants. */
 static __always_inline void send_trace_notify(struct __sk_buff *skb, const struct ciliate_notify_info *info,
 					      enum ciliate_trace_point point)
 {
 	struct ciliate_trace_event *ev;
 
-	if (info->flags & CILIATE_NOTIFY_F_AGGREGATE)
+	if (!trace_wanted(info, point))
 		return;
 
 	ev = ringbuf_reserve_or_count(&ciliate_events, &ciliate_events_lost, sizeof(*ev));

@@ -59,7 +59,9 @@ static __always_inline int ipv4_parse_and_lookup(struct __sk_buff *skb, struct c
 	void *data = ctx_data(skb);
 	void *data_end = ctx_data_end(skb);
 	struct iphdr *ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
+	struct ciliate_monitor_config mon;
 	__u32 hdrlen, tot_len;
+	bool report;
 	int status;
 
 	*tcp_flags = 0;
@@ -82,12 +84,13 @@ static __always_inline int ipv4_parse_and_lookup(struct __sk_buff *skb, struct c
 	    ct_extract_ports4(data, data_end, ETH_HLEN + hdrlen, tuple, tcp_flags) < 0)
 		return DROP(skb, info, DROP_CT_INVALID_HDR);
 
-	status = ct_lookup4(&ciliate_ct4, tuple, dir, *tcp_flags, skb->len);
+	mon = monitor_config();
+	status = ct_lookup4(&ciliate_ct4, tuple, dir, *tcp_flags, skb->len, &mon, &report);
 	info->reason = status;
 	if (status == CT_REPLY)
 		info->flags |= CILIATE_EVENT_F_REPLY;
-	/* Established TCP without SYN, FIN or RST tells nothing a flow's first packets did not. */
-	if (tuple->nexthdr == IPPROTO_TCP && status != CT_NEW && !(*tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST)))
+	/* Nothing a connection's earlier reports did not say: traced below medium aggregation only. */
+	if (!report)
 		info->flags |= CILIATE_NOTIFY_F_AGGREGATE;
 	return 0;
 }

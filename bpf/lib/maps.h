@@ -122,7 +122,12 @@ struct ct_entry {
 	__u8 tx_flags_seen;	/* TCP flags seen from the originator, OR-ed */
 	__u8 rx_flags_seen;	/* TCP flags seen from the replier, OR-ed */
 	__u32 src_sec_id;	/* identity of the originator */
-	__u32 _pad;
+	/* When each direction was last reported by a trace event (monitor aggregation, events.h):
+	 * seconds of ct_now() modulo 2^16. Wrapping costs at most one missed periodic report after an
+	 * idle of exactly a multiple of ~18 hours, and keeps the entry at 32 bytes, so the pinned map
+	 * of an older agent is still this map. */
+	__u16 last_tx_report;
+	__u16 last_rx_report;
 };
 
 struct {
@@ -195,3 +200,53 @@ struct {
 	__type(key, __u32);	/* endpoint id */
 	__array(values, struct ciliate_policy_inner);
 } ciliate_policy_maps SEC(".maps");
+
+/* --- ciliate_monitor_cfg: how many trace events the datapath sends (monitor aggregation) --- */
+
+/*
+ * Cilium's --monitor-aggregation levels, with its numbers (pkg/option MonitorAggregationLevel*).
+ * Drops and policy verdicts are reported at every level; the levels only thin out traces.
+ */
+enum ciliate_monitor_aggregation {
+	MONITOR_AGGREGATION_NONE = 0,	/* a trace per packet at every observation point */
+	MONITOR_AGGREGATION_LOWEST = 1,	/* none where packets are received (the FROM_* points) */
+	MONITOR_AGGREGATION_LOW = 2,	/* as lowest (Cilium keeps it for future use) */
+	MONITOR_AGGREGATION_MEDIUM = 3,	/* and an established connection only when conntrack has news */
+	MONITOR_AGGREGATION_MAX = 4,	/* as medium (Cilium's datapath does no more either) */
+};
+
+/*
+ * Written by the agent's monitor module (src/datapath/monitor-config.ts) and read per packet, so a
+ * new level needs no reload of the node's programs. An entry never written (all zero, e.g. a
+ * load without an agent) means Cilium's defaults: report_interval is never 0 once written.
+ */
+struct ciliate_monitor_config {
+	__u8 aggregation;	/* enum ciliate_monitor_aggregation */
+	__u8 report_flags;	/* TCP flags whose first sighting in a direction is news (TCP_FLAG_*) */
+	__u16 report_interval;	/* seconds after which an active direction is reported again */
+};
+
+#define MONITOR_DEFAULT_REPORT_FLAGS 0x07	/* SYN, FIN, RST: Cilium's monitor-aggregation-flags */
+#define MONITOR_DEFAULT_REPORT_INTERVAL 5	/* Cilium's monitor-aggregation-interval */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ciliate_monitor_config);
+} ciliate_monitor_cfg SEC(".maps");
+
+/* The node's monitor settings; an array lookup the verifier inlines, so cheap per packet. */
+static __always_inline struct ciliate_monitor_config monitor_config(void)
+{
+	__u32 key = 0;
+	const struct ciliate_monitor_config *cfg = bpf_map_lookup_elem(&ciliate_monitor_cfg, &key);
+
+	if (cfg && cfg->report_interval)
+		return *cfg;
+	return (struct ciliate_monitor_config){
+		.aggregation = MONITOR_AGGREGATION_MEDIUM,
+		.report_flags = MONITOR_DEFAULT_REPORT_FLAGS,
+		.report_interval = MONITOR_DEFAULT_REPORT_INTERVAL,
+	};
+}

@@ -50,6 +50,10 @@ test('bad configuration names the source and the field, and never half-applies',
     [{ env: { CILIATE_IDENTITY_GC_INTERVAL: 'often' } }, /environment: field identityGcInterval/],
     [{ flags: { identityGcInterval: 0.01 } }, /flags: field identityGcInterval: must be 0 \(off\) or at least 0\.1 seconds/],
     [{ flags: { identityGcGracePeriod: -1 } }, /flags: field identityGcGracePeriod/],
+    [{ env: { CILIATE_MONITOR_AGGREGATION: 'high' } }, /environment: field monitorAggregation/],
+    [{ env: { CILIATE_MONITOR_AGGREGATION_FLAGS: 'syn,nope' } }, /environment: field monitorAggregationFlags/],
+    [{ flags: { monitorAggregationInterval: 0 } }, /flags: field monitorAggregationInterval/],
+    [{ flags: { monitorAggregationInterval: 65536 } }, /flags: field monitorAggregationInterval/],
   ];
   for (const [sources, message] of cases) {
     assert.throws(() => loadConfig(sources), (error: unknown) => error instanceof ConfigError && message.test(error.message), String(message));
@@ -69,4 +73,11 @@ test('identity garbage collection: every 15 minutes by default, 0 turns it off, 
     { identityGcInterval: 0.5, identityGcGracePeriod: 0 },
   );
   assert.equal(loadConfig({ env: { CILIATE_IDENTITY_GC_INTERVAL: '0' } }).identityGcInterval, 0);
+});
+
+test("monitor aggregation: Cilium's defaults (medium, syn,fin,rst, 5 s), from file, environment or flags", (t) => {
+  const defaults = loadConfig();
+  assert.deepEqual([defaults.monitorAggregation, defaults.monitorAggregationFlags, defaults.monitorAggregationInterval], ['medium', ['syn', 'fin', 'rst'], 5]);
+  const config = loadConfig({ file: tempFile(t, 'monitorAggregation: maximum\n'), env: { CILIATE_MONITOR_AGGREGATION_FLAGS: 'syn,psh' }, flags: { monitorAggregationInterval: 30 } });
+  assert.deepEqual([config.monitorAggregation, config.monitorAggregationFlags, config.monitorAggregationInterval], ['maximum', ['syn', 'psh'], 30]);
 });

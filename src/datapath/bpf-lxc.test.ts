@@ -12,6 +12,7 @@ import { DropReasonCode } from './drop-reasons.ts';
 import { CtStatus, TracePoint, decodeEvent, type DatapathEvent, type DropEvent, type TraceEvent } from './events.ts';
 import { LxcProgram, loadLxc, lxcMaps, type LxcMaps } from './lxc.ts';
 import { CtDirection, CtFlag, ReservedIdentity, TcpFlag } from './maps.ts';
+import { DEFAULT_MONITOR_AGGREGATION_FLAGS, MONITOR_AGGREGATION_LEVELS, writeMonitorConfig } from './monitor-config.ts';
 import { ETH_HLEN, buildIpv4Frame, internetChecksum, type FrameSpec } from './packet.ts';
 import { skbOnInterface, testRunInterfaces } from './testutils.ts';
 
@@ -301,6 +302,8 @@ test('conntrack creates an entry for a SYN and recognises the replies', (t) => {
 
 test('ICMP echo replies are matched to their request by the echo id', (t) => {
   const f = setup(t);
+  // Every packet traced, so each echo shows its conntrack status (medium reports the first two only).
+  writeMonitorConfig(f.maps.monitorCfg, { level: 'none', flags: DEFAULT_MONITOR_AGGREGATION_FLAGS, intervalSeconds: 5 });
   const request = buildIpv4Frame({ src: CLIENT.ip, dst: SERVER.ip, icmp: { type: 8, id: 77, sequence: 1 } });
   const reply = buildIpv4Frame({ src: SERVER.ip, dst: CLIENT.ip, icmp: { type: 0, id: 77, sequence: 1 } });
   const first = onlyTrace(f.run(request).events);
@@ -381,4 +384,86 @@ test('a new identity is a map update: the next packet carries it, with no progra
   const ev = onlyTrace(f.run(tcp(CLIENT, SERVER, 40001, 80, TcpFlag.SYN)).events);
   assert.deepEqual([ev.source, ev.srcIdentity], [CLIENT.id, 4242]);
   assert.equal(f.maps.ct4.lookup({ daddr: SERVER.ip, saddr: CLIENT.ip, dport: 80, sport: 40001, nexthdr: 6, flags: CtDirection.EGRESS })?.src_sec_id, 4242);
+});
+
+/** One TCP connection CLIENT:sport → SERVER:80, handshake to teardown: [from, flags] per packet. */
+const CONNECTION: readonly (readonly ['client' | 'server', number])[] = [
+  ['client', TcpFlag.SYN],
+  ['server', TcpFlag.SYN | TcpFlag.ACK],
+  ['client', TcpFlag.ACK],
+  ['client', TcpFlag.PSH | TcpFlag.ACK],
+  ['client', TcpFlag.PSH | TcpFlag.ACK],
+  ['server', TcpFlag.ACK],
+  ['server', TcpFlag.PSH | TcpFlag.ACK],
+  ['client', TcpFlag.ACK],
+  ['client', TcpFlag.FIN | TcpFlag.ACK],
+  ['server', TcpFlag.FIN | TcpFlag.ACK],
+  ['client', TcpFlag.ACK],
+];
+
+/** Runs CONNECTION on a fresh source port; returns the indexes of the packets that were traced. */
+function tracedPackets(f: Fixture, sport: number): number[] {
+  const traced: number[] = [];
+  CONNECTION.forEach(([from, flags], i) => {
+    const frame = from === 'client' ? tcp(CLIENT, SERVER, sport, 80, flags) : tcp(SERVER, CLIENT, 80, sport, flags);
+    const { verdict, events } = f.run(frame);
+    assert.equal(verdict, TC_ACT_REDIRECT, `packet ${i} delivered`);
+    assert.ok(events.length <= 1 && events.every((e) => e.kind === 'trace' && e.observationPointName === 'to-endpoint'), `packet ${i}: ${JSON.stringify(events.map((e) => e.kind))}`);
+    if (events.length === 1) traced.push(i);
+  });
+  return traced;
+}
+
+test("monitor aggregation: none and low trace every packet here, medium and maximum a connection's news, each level read per packet without a reload", (t) => {
+  const f = setup(t);
+  const every = CONNECTION.map((_, i) => i);
+  // Opening SYN, first reply, both FINs; not the ACKs and data in between, nor the ACK after both FINs.
+  const news = [0, 1, 8, 9];
+  // The one load's entry never written: Cilium's default, medium.
+  assert.deepEqual(tracedPackets(f, 41000), news, 'an unwritten config means medium');
+  const expected = { none: every, lowest: every, low: every, medium: news, maximum: news } as const;
+  let sport = 41001;
+  for (const level of MONITOR_AGGREGATION_LEVELS) {
+    writeMonitorConfig(f.maps.monitorCfg, { level, flags: DEFAULT_MONITOR_AGGREGATION_FLAGS, intervalSeconds: 5 });
+    // bpf_lxc has no observation point where packets are received, so lowest and low hide nothing here.
+    assert.deepEqual(tracedPackets(f, sport++), expected[level], level);
+  }
+
+  // Every flag counts: each flag's first sighting per direction is news (ACK, then PSH, each way).
+  writeMonitorConfig(f.maps.monitorCfg, { level: 'medium', flags: ['all'], intervalSeconds: 5 });
+  assert.deepEqual(tracedPackets(f, sport++), [0, 1, 2, 3, 6, 8, 9]);
+});
+
+test('monitor aggregation medium: an active direction is traced again once the interval has passed since its last report, UDP too', (t) => {
+  const f = setup(t);
+  writeMonitorConfig(f.maps.monitorCfg, { level: 'medium', flags: DEFAULT_MONITOR_AGGREGATION_FLAGS, intervalSeconds: 5 });
+  const key = { daddr: SERVER.ip, saddr: CLIENT.ip, dport: 53, sport: 42000, nexthdr: 17, flags: CtDirection.EGRESS };
+  const query = buildIpv4Frame({ srcMac: CLIENT.mac, dstMac: CLIENT.nodeMac, src: CLIENT.ip, dst: SERVER.ip, udp: { sport: 42000, dport: 53 } });
+  const answer = buildIpv4Frame({ srcMac: SERVER.mac, dstMac: SERVER.nodeMac, src: SERVER.ip, dst: CLIENT.ip, udp: { sport: 53, dport: 42000 } });
+  assert.equal(onlyTrace(f.run(query).events).ctStatus, CtStatus.NEW);
+  assert.equal(onlyTrace(f.run(answer).events).ctStatus, CtStatus.REPLY, 'the first reply is news');
+  for (let i = 0; i < 3; i++) {
+    assert.deepEqual(f.run(query).events, [], 'within the interval: aggregated');
+    assert.deepEqual(f.run(answer).events, []);
+  }
+  // As if the query direction was last reported 6 s ago (times are seconds mod 2^16).
+  const entry = f.maps.ct4.lookup(key);
+  assert.ok(entry);
+  f.maps.ct4.update(key, { ...entry, last_tx_report: (entry.last_tx_report - 6) & 0xffff });
+  assert.equal(onlyTrace(f.run(query).events).ctStatus, CtStatus.ESTABLISHED, 'the interval passed: traced again');
+  assert.deepEqual(f.run(query).events, [], 'and the interval starts over');
+  assert.deepEqual(f.run(answer).events, [], "the other direction keeps its own report time");
+  assert.equal(f.maps.ct4.lookup(key)?.packets, 11);
+});
+
+test('drops are reported at every monitor aggregation level', (t) => {
+  const f = setup(t);
+  for (const level of MONITOR_AGGREGATION_LEVELS) {
+    writeMonitorConfig(f.maps.monitorCfg, { level, flags: DEFAULT_MONITOR_AGGREGATION_FLAGS, intervalSeconds: 5 });
+    // An established-looking segment from an address that is not the pod's: no conntrack news, still a drop.
+    const forged = tcp({ ...CLIENT, ip: '10.244.0.99' }, SERVER, 43000, 80, TcpFlag.ACK);
+    const { verdict, events } = f.run(forged, LxcProgram.FROM_CONTAINER, CLIENT);
+    assert.equal(verdict, TC_ACT_SHOT, level);
+    assert.equal(onlyDrop(events).reason, DropReasonCode.DROP_INVALID_SIP, level);
+  }
 });

@@ -17,3 +17,4 @@ export * from './overlay.ts';
 export * from './node-routing.ts';
 export * from './policy-maps.ts';
 export * from './metrics.ts';
+export * from './monitor-config.ts';

@@ -9,13 +9,13 @@ import { Btf, checkLayout } from '../ebpf/index.ts';
 import { DropReason, DropReasonCode } from './drop-reasons.ts';
 import { MONITOR_EVENT_TYPE_C_NAMES, MonitorEventType, TracePoint, dropEvent, eventHeader, policyVerdictEvent, traceEvent } from './events.ts';
 import { PolicyMatch, PolicyVerdict } from '../policy/policy-map.ts';
-import { ctEntry, ctTuple, endpointInfo, endpointKey, ipcacheKey, metricsKey, metricsValue, remoteEndpointInfo } from './maps.ts';
+import { ctEntry, ctTuple, endpointInfo, endpointKey, ipcacheKey, metricsKey, metricsValue, monitorConfig, remoteEndpointInfo } from './maps.ts';
 import { LXC_OBJECT_PATH } from './lxc.ts';
 
 const btf = Btf.fromElf(LXC_OBJECT_PATH);
 
 test('map codecs match bpf/lib/maps.h', () => {
-  for (const codec of [endpointKey, endpointInfo, ipcacheKey, remoteEndpointInfo, ctTuple, ctEntry, metricsKey, metricsValue]) {
+  for (const codec of [endpointKey, endpointInfo, ipcacheKey, remoteEndpointInfo, ctTuple, ctEntry, metricsKey, metricsValue, monitorConfig]) {
     assert.deepEqual(checkLayout(codec, btf), [], codec.name);
   }
   assert.equal(endpointInfo.size, 24);
@@ -23,6 +23,7 @@ test('map codecs match bpf/lib/maps.h', () => {
   assert.equal(ctEntry.size, 32);
   assert.equal(metricsKey.size, 4);
   assert.equal(metricsValue.size, 16);
+  assert.equal(monitorConfig.size, 4);
 });
 
 test('event codecs match bpf/lib/events.h', () => {

@@ -15,6 +15,8 @@ import {
   endpointKey,
   ipcacheKey,
   lxcIfindexKey,
+  monitorConfig,
+  monitorConfigKey,
   nodeConfig,
   nodeConfigKey,
   policyMapsKey,
@@ -22,6 +24,7 @@ import {
   type CtEntry,
   type CtTuple,
   type EndpointInfo,
+  type MonitorConfigValue,
   type NodeConfig,
   type RemoteEndpointInfo,
 } from './maps.ts';
@@ -58,6 +61,8 @@ export interface LxcMaps {
   nodeCfg: BpfMap<number, NodeConfig>;
   /** Endpoint id → policy map (setInnerMap to install; lookup gives the inner map's id). */
   policyMaps: BpfMap<number, number>;
+  /** Monitor aggregation (src/datapath/monitor-config.ts); all zero until written: Cilium's defaults. */
+  monitorCfg: BpfMap<number, MonitorConfigValue>;
 }
 
 export function lxcMaps(obj: BpfObject): LxcMaps {
@@ -70,5 +75,6 @@ export function lxcMaps(obj: BpfObject): LxcMaps {
     eventsLost: obj.map(MapName.EVENTS_LOST),
     nodeCfg: obj.map(MapName.NODE_CFG).withCodecs(nodeConfigKey, nodeConfig),
     policyMaps: obj.map(MapName.POLICY_MAPS).withCodecs(policyMapsKey, u32),
+    monitorCfg: obj.map(MapName.MONITOR_CFG).withCodecs(monitorConfigKey, monitorConfig),
   };
 }

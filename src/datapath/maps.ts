@@ -21,6 +21,8 @@ export const MapName = {
   METRICS: 'ciliate_metrics',
   /** Per-CPU array: forwarded packets and bytes, indexed by MetricDirection. */
   FORWARD_METRICS: 'ciliate_forward_metrics',
+  /** One entry: the node's monitor aggregation level, report flags and interval (src/datapath/monitor-config.ts). */
+  MONITOR_CFG: 'ciliate_monitor_cfg',
 } as const;
 export type MapName = (typeof MapName)[keyof typeof MapName];
 
@@ -102,7 +104,9 @@ export const ctEntry = struct('ct_entry', {
   tx_flags_seen: u8,
   rx_flags_seen: u8,
   src_sec_id: u32,
-  _pad: pad(4),
+  /** When each direction was last reported by a trace (monitor aggregation): CLOCK_BOOTTIME seconds mod 2^16. */
+  last_tx_report: u16,
+  last_rx_report: u16,
 });
 export type CtEntry = StructValue<(typeof ctEntry)['fields']>;
 
@@ -123,6 +127,20 @@ export const nodeConfig = struct('node_config', {
   native_cidr_prefixlen: u32,
 });
 export type NodeConfig = StructValue<(typeof nodeConfig)['fields']>;
+
+// ciliate_monitor_cfg: monitor aggregation, one entry at key 0 (src/datapath/monitor-config.ts).
+
+export const monitorConfigKey = u32;
+
+export const monitorConfig = struct('ciliate_monitor_config', {
+  /** MonitorAggregation: Cilium's level numbers. */
+  aggregation: u8,
+  /** TCP flag bits (TcpFlag) whose first sighting in a direction is reported. */
+  report_flags: u8,
+  /** Seconds; 0 only in an entry never written, which the datapath reads as the defaults. */
+  report_interval: u16,
+});
+export type MonitorConfigValue = StructValue<(typeof monitorConfig)['fields']>;
 
 // ciliate_policy_maps: endpoint id → the endpoint's policy map (inner map id on lookup).
 

@@ -14,7 +14,7 @@ import { hubbleMetricsConfig, hubbleMetricsModule, metricsConfig, metricsModule 
 import { identitiesModule, identityGcConfig, identityGcModule } from './identity.ts';
 import { nodeConfig, nodeModule } from './node.ts';
 import { observerConfig, observerModule } from './observer.ts';
-import { monitorModule, policyConfig, policyModule, policyStatusModule } from './policy.ts';
+import { monitorConfig, monitorModule, policyConfig, policyModule, policyStatusModule } from './policy.ts';
 import { storeConfig, storeModule } from './store.ts';
 
 export const AGENT_MODULES: readonly AgentModule[] = [
@@ -49,6 +49,7 @@ export const AgentConfigSchema = configSchema({
   ...identityGcConfig,
   ...nodeHealthConfig,
   ...policyConfig,
+  ...monitorConfig,
   ...observerConfig,
   ...apiConfig,
   ...metricsConfig,

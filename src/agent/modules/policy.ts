@@ -4,7 +4,17 @@
  * policy status behind cluster-wide `policy wait`.
  * @module
  */
-import { EndpointPolicyMaps } from '../../datapath/index.ts';
+import {
+  DEFAULT_MONITOR_AGGREGATION,
+  DEFAULT_MONITOR_AGGREGATION_FLAGS,
+  DEFAULT_MONITOR_AGGREGATION_INTERVAL,
+  EndpointPolicyMaps,
+  ensureMonitorConfig,
+  MAX_MONITOR_AGGREGATION_INTERVAL,
+  MONITOR_AGGREGATION_FLAG_NAMES,
+  MONITOR_AGGREGATION_LEVELS,
+  openMonitorConfigMap,
+} from '../../datapath/index.ts';
 import { ruleKey } from '../../policy/index.ts';
 import { z } from 'zod';
 import { defineModule } from '../module.ts';
@@ -47,22 +57,62 @@ export const policyModule = defineModule({
   },
 });
 
+export const monitorConfig = {
+  monitorAggregation: z
+    .enum(MONITOR_AGGREGATION_LEVELS)
+    .default(DEFAULT_MONITOR_AGGREGATION)
+    .describe(
+      "traces the datapath sends (Cilium's monitor-aggregation): none (every packet at every point), lowest/low (none where packets are received), medium (a connection's news only: opening, first reply, new TCP flags, close, each interval), maximum (as medium); drops and policy verdicts always",
+    ),
+  monitorAggregationFlags: z
+    .array(z.enum(MONITOR_AGGREGATION_FLAG_NAMES))
+    .default([...DEFAULT_MONITOR_AGGREGATION_FLAGS])
+    .describe("TCP flags whose first sighting in a direction of a connection is traced at medium and above, comma-separated: syn, fin, rst, psh, ack, urg, ece, cwr or all (Cilium's monitor-aggregation-flags)"),
+  monitorAggregationInterval: z
+    .number()
+    .int()
+    .min(1)
+    .max(MAX_MONITOR_AGGREGATION_INTERVAL)
+    .default(DEFAULT_MONITOR_AGGREGATION_INTERVAL)
+    .describe("seconds after which an active connection's direction is traced again at medium and above (Cilium's monitor-aggregation-interval)"),
+};
+
 export const monitorModule = defineModule({
   name: 'monitor',
-  description: 'datapath events (drops, traces, policy verdicts naming their rule)',
+  description: 'datapath events (drops, traces, policy verdicts naming their rule) and how many traces the datapath sends',
+  config: monitorConfig,
   needs: { policy: PolicyCell },
   provides: MonitorCell,
   start({ policy }, { config, log, api }) {
-    const monitor = new Monitor(
-      config.bpfRoot,
-      {
-        ruleForCookie: (cookie) => {
-          const rule = policy.engine.ruleById(cookie);
-          return rule && ruleKey(rule);
+    const aggregation = { level: config.monitorAggregation, flags: config.monitorAggregationFlags, intervalSeconds: config.monitorAggregationInterval };
+    // The node's programs read it per packet: no reload, and endpoints attached by an earlier
+    // agent follow at once. Checked again on the refresh interval, so a stray write is undone.
+    const aggregationMap = openMonitorConfigMap(config.bpfRoot);
+    let monitor: Monitor;
+    try {
+      ensureMonitorConfig(aggregationMap, aggregation);
+      monitor = new Monitor(
+        config.bpfRoot,
+        {
+          ruleForCookie: (cookie) => {
+            const rule = policy.engine.ruleById(cookie);
+            return rule && ruleKey(rule);
+          },
         },
-      },
-      log,
-    );
+        log,
+      );
+    } catch (error) {
+      aggregationMap.close();
+      throw error;
+    }
+    const repair = () => {
+      try {
+        if (ensureMonitorConfig(aggregationMap, aggregation)) log.warn({ aggregation }, 'monitor aggregation in the kernel had drifted; rewritten');
+      } catch (error) {
+        log.warn({ err: error }, 'checking the monitor aggregation in the kernel failed');
+      }
+    };
+    const repairTimer = config.reconcileRefreshInterval > 0 ? setInterval(repair, config.reconcileRefreshInterval * 1000).unref() : undefined;
     monitor.start();
     api.route('GET', '/v1/monitor', ({ query, signal }) => {
       const kinds = query.getAll('type');
@@ -75,7 +125,15 @@ export const monitorModule = defineModule({
       }
       return monitor.recent(Number(query.get('last') ?? 100)).filter(wanted);
     });
-    return { value: monitor, stop: () => monitor.stop() };
+    return {
+      value: monitor,
+      stop: () => {
+        clearInterval(repairTimer);
+        aggregationMap.close();
+        monitor.stop();
+      },
+      status: () => ({ monitor: { aggregation: aggregation.level, aggregationFlags: aggregation.flags, aggregationInterval: aggregation.intervalSeconds } }),
+    };
   },
 });
 
