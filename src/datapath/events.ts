@@ -207,25 +207,40 @@ function base(hdr: EventHeader, data: Buffer): EventBase {
   };
 }
 
+/** Bytes a record of each monitor type must have; 0 for a type this build does not know. */
+function recordSize(type: number): number {
+  return type === MonitorEventType.TRACE
+    ? traceEvent.size
+    : type === MonitorEventType.DROP
+      ? dropEvent.size
+      : type === MonitorEventType.POLICY_VERDICT
+        ? policyVerdictEvent.size
+        : 0;
+}
+
+/**
+ * The monitor type of a record `length` bytes long, after checking that it is one this build
+ * knows and that the record holds it whole: what makes the record's fixed fields safe to read
+ * one at a time (the observer reads them so, at `eventHeader.offsets` and the like).
+ * Throws ERR_CODEC for a record too short for its type or of a type this build does not know.
+ */
+export function checkEventRecord(record: Uint8Array, offset = 0, length = record.length - offset): MonitorEventType {
+  if (length < 1) throw new BpfError('ERR_CODEC', 'decoding datapath event: empty record');
+  const type = record[offset];
+  const need = recordSize(type);
+  if (need === 0) throw new BpfError('ERR_CODEC', `decoding datapath event: unknown monitor event type ${type}`);
+  if (length < need) throw new BpfError('ERR_CODEC', `decoding datapath event of type ${type}: ${length} bytes, want ${need}`);
+  return type as MonitorEventType;
+}
+
 /**
  * Decodes one ring buffer record. Copies what it keeps, so it may be called from a RingBuffer
  * handler with the ring's own memory: `(view, offset, length, bytes) => decodeEvent(bytes, offset, length)`.
  * Throws ERR_CODEC for a record too short for its type or of a type this build does not know.
  */
 export function decodeEvent(record: Uint8Array, offset = 0, length = record.length - offset): DatapathEvent {
+  const type = checkEventRecord(record, offset, length);
   const buffer = Buffer.from(record.buffer, record.byteOffset + offset, length);
-  if (length < 1) throw new BpfError('ERR_CODEC', 'decoding datapath event: empty record');
-  const type = buffer[0];
-  const need =
-    type === MonitorEventType.TRACE
-      ? traceEvent.size
-      : type === MonitorEventType.DROP
-        ? dropEvent.size
-        : type === MonitorEventType.POLICY_VERDICT
-          ? policyVerdictEvent.size
-          : 0;
-  if (need === 0) throw new BpfError('ERR_CODEC', `decoding datapath event: unknown monitor event type ${type}`);
-  if (length < need) throw new BpfError('ERR_CODEC', `decoding datapath event of type ${type}: ${length} bytes, want ${need}`);
   if (type === MonitorEventType.TRACE) {
     const ev = traceEvent.decode(buffer, 0);
     return {

@@ -5,8 +5,26 @@
  * @module
  */
 import { randomUUID } from 'node:crypto';
-import { DropReason, hubbleObservationPoint, MonitorEventType, TracePoint, type DatapathEvent } from '../datapath/index.ts';
-import { PolicyDirection } from '../policy/index.ts';
+import {
+  checkEventRecord,
+  decodeEvent,
+  DropReason,
+  DropReasonCode,
+  dropEvent,
+  EVENT_CAPTURE_LEN,
+  eventHeader,
+  EventFlag,
+  hubbleObservationPoint,
+  ipString,
+  ipv4At,
+  ipv4HeaderAt,
+  MonitorEventType,
+  policyVerdictEvent,
+  traceEvent,
+  TracePoint,
+  type DatapathEvent,
+} from '../datapath/index.ts';
+import { PolicyDirection, PolicyVerdict } from '../policy/index.ts';
 import { flowSummary } from './printer.ts';
 import { TRACE_OBSERVATION_POINTS, TRACE_REASONS, timestampFromNs, type Flow, type FlowEndpoint, type FlowPolicy, type Layer4, type TcpFlags, type TrafficDirection } from './types.ts';
 
@@ -51,14 +69,18 @@ function tcpFlags(bits: number): TcpFlags {
   return flags;
 }
 
-function endpoint(names: FlowNames, address: string | undefined, identity: number, reporter: number): FlowEndpoint {
-  // Packets without an IPv4 header (IPv6 neighbour discovery, ARP) still name the endpoint
-  // whose program reported them, on the side that endpoint is.
-  const local = (address === undefined ? undefined : names.endpointByAddress(address)) ?? (reporter ? names.endpointById(reporter) : undefined);
-  // The datapath may not know a local peer's identity (0) where the agent does.
-  const id = identity !== 0 ? identity : (local?.identity ?? 0);
-  const labels = names.identityLabels(id);
-  const out: FlowEndpoint = { identity: id };
+/** What one side of a flow was named as when its event came. */
+interface NamedSide {
+  /** The local endpoint (or remote pod) at the address, or the one that reported the event. */
+  local: FlowEndpointInfo | undefined;
+  /** The identity: the datapath's, or the agent's when the datapath did not know it (0). */
+  identity: number;
+  labels: readonly string[] | undefined;
+}
+
+function flowEndpoint(side: NamedSide): FlowEndpoint {
+  const { local, identity, labels } = side;
+  const out: FlowEndpoint = { identity };
   if (local?.id) out.ID = local.id;
   if (labels) out.labels = [...labels];
   const namespace = local?.namespace ?? labels?.find((l) => l.startsWith(NAMESPACE_LABEL))?.slice(NAMESPACE_LABEL.length);
@@ -97,29 +119,22 @@ function dropReasonDesc(code: number): string | number {
   return DropReason[code] ?? code;
 }
 
-/**
- * The Flow of one decoded event that happened at `timeNs` (ns since the epoch).
- *
- * @example
- * const flow = buildFlow(decodeEvent(record), monitor.wallClockNs(ts), names);
- * flow.verdict; // 'DROPPED'
- */
 export interface FlowHints {
   /** For a policy drop: whether the policy that denied it was the destination's ingress policy. */
   policyIngress?: boolean;
 }
 
-export function buildFlow(event: DatapathEvent, timeNs: bigint, names: FlowNames, hints: FlowHints = {}): Flow {
+/** The Flow of one decoded event that happened at `timeNs` (ns since the epoch), its sides named. */
+function buildFlow(event: DatapathEvent, timeNs: bigint, uuid: string, nodeName: string, named: FlowEntryNames): Flow {
   const ip = event.packet.ipv4;
-  const reporter = event.kind === 'policy-verdict' ? event.endpointId : event.source;
   const ingress = event.kind === 'policy-verdict' ? event.direction === PolicyDirection.INGRESS : event.ingress;
   const flow: Flow = {
     time: timestampFromNs(timeNs),
-    uuid: randomUUID(),
+    uuid,
     Type: 'L3_L4',
-    nodeName: names.nodeName,
-    source: endpoint(names, ip?.source, event.srcIdentity, ingress ? 0 : reporter),
-    destination: endpoint(names, ip?.destination, event.dstIdentity, ingress ? reporter : event.dstId),
+    nodeName,
+    source: flowEndpoint(named.source),
+    destination: flowEndpoint(named.destination),
     isReply: { value: event.isReply },
   };
   if (event.packet.ethernet) flow.ethernet = { source: event.packet.ethernet.source, destination: event.packet.ethernet.destination };
@@ -141,7 +156,7 @@ export function buildFlow(event: DatapathEvent, timeNs: bigint, names: FlowNames
       flow.dropReason = event.reason;
       flow.dropReasonDesc = dropReasonDesc(event.reason);
       flow.eventType = { type: MonitorEventType.DROP, subType: event.reason };
-      flow.trafficDirection = (hints.policyIngress ?? event.ingress) ? 'INGRESS' : 'EGRESS';
+      flow.trafficDirection = (named.policyIngress ?? event.ingress) ? 'INGRESS' : 'EGRESS';
       break;
     case 'policy-verdict': {
       flow.eventType = { type: MonitorEventType.POLICY_VERDICT, subType: 0 };
@@ -152,10 +167,10 @@ export function buildFlow(event: DatapathEvent, timeNs: bigint, names: FlowNames
         flow.dropReason = event.dropReason;
         flow.dropReasonDesc = dropReasonDesc(event.dropReason);
       }
-      const policy = event.cookie ? names.policyForCookie(event.cookie) : undefined;
+      const policy = named.policy;
       if (policy) {
         const field = event.allowed ? (ingress ? 'ingressAllowedBy' : 'egressAllowedBy') : ingress ? 'ingressDeniedBy' : 'egressDeniedBy';
-        flow[field] = [policy];
+        flow[field] = [policy.labels ? { ...policy, labels: [...policy.labels] } : { ...policy }];
       }
       break;
     }
@@ -164,3 +179,154 @@ export function buildFlow(event: DatapathEvent, timeNs: bigint, names: FlowNames
   flow.Summary = flowSummary(flow);
   return flow;
 }
+
+/** What the agent named a flow's numbers as when its event came. */
+interface FlowEntryNames {
+  readonly source: NamedSide;
+  readonly destination: NamedSide;
+  /** The rule a policy verdict's cookie stood for. */
+  readonly policy: FlowPolicy | undefined;
+  readonly policyIngress: boolean | undefined;
+}
+
+/** What the flows of one observer share. */
+export interface FlowContext {
+  readonly names: FlowNames;
+  /** Nanoseconds since the epoch of an event's CLOCK_MONOTONIC timestamp: a fixed mapping. */
+  wallClockNs(monotonicNs: bigint): bigint;
+}
+
+const HDR = eventHeader.offsets;
+const VERDICT = policyVerdictEvent.offsets;
+/** Where each event type's captured packet starts; all three put it after their own fields. */
+const CAPTURE_AT: Readonly<Record<number, number>> = {
+  [MonitorEventType.TRACE]: traceEvent.offsets.data,
+  [MonitorEventType.DROP]: dropEvent.offsets.data,
+  [MonitorEventType.POLICY_VERDICT]: policyVerdictEvent.offsets.data,
+};
+
+/**
+ * One flow in the buffer: the datapath record it came from, and what its numbers were named as
+ * when it came (endpoints, identities' labels, the rule), which is all the Flow message needs.
+ * The message itself is built when someone reads the flow (GetFlows, an exporter, the metrics),
+ * afresh at each read, so a reader may keep or change what it gets; its uuid is drawn at the
+ * first read and kept. Keeping the record rather than the message is what lets the observer
+ * take a busy datapath's events at a few hundred nanoseconds each, and the buffer hold a
+ * fraction of the memory: most flows are overwritten before anyone asks for them.
+ */
+export class FlowEntry {
+  /** Numbered by the flow buffer. */
+  seq = 0;
+  declare readonly lost?: undefined;
+  readonly #record: Buffer;
+  readonly #context: FlowContext;
+  readonly #names: FlowEntryNames;
+  #uuid: string | undefined;
+  #timeNs: bigint | undefined;
+
+  /** `record` must be checked (checkEventRecord) and not change afterwards: the entry keeps it. */
+  constructor(record: Buffer, context: FlowContext, names: FlowEntryNames) {
+    this.#record = record;
+    this.#context = context;
+    this.#names = names;
+  }
+
+  /** When the event happened, ns since the epoch. */
+  get timeNs(): bigint {
+    return (this.#timeNs ??= this.#context.wallClockNs(this.#record.readBigUInt64LE(HDR.timestamp_ns)));
+  }
+
+  get flow(): Flow {
+    this.#uuid ??= randomUUID();
+    return buildFlow(decodeEvent(this.#record), this.timeNs, this.#uuid, this.#context.names.nodeName, this.#names);
+  }
+}
+
+/**
+ * Datapath records into flow entries, for one observer: checks each record, names both sides of
+ * it, and remembers the last denied policy verdict (the drop that follows takes its direction).
+ */
+export class FlowIngest {
+  readonly #context: FlowContext;
+  readonly #names: FlowNames;
+  /** Dotted quads by address, so a busy pair of pods costs no string formatting per flow. */
+  #addresses = new Map<number, string>();
+  /** The last denied policy verdict: the drop that follows it takes its direction. */
+  #denied: { hash: number; source: number; srcIdentity: number; dstIdentity: number; ingress: boolean } | undefined;
+
+  constructor(context: FlowContext) {
+    this.#context = context;
+    this.#names = context.names;
+  }
+
+  /**
+   * The entry of one record, which it keeps (the caller must not reuse it).
+   * @throws BpfError ERR_CODEC for a record too short for its type or of an unknown type
+   */
+  entry(record: Buffer): FlowEntry {
+    const type = checkEventRecord(record);
+    const flags = record[HDR.flags];
+    const source = record.readUInt16LE(HDR.source);
+    const srcIdentity = record.readUInt32LE(HDR.src_identity);
+    const dstIdentity = record.readUInt32LE(HDR.dst_identity);
+    const verdict = type === MonitorEventType.POLICY_VERDICT;
+    const reporter = verdict ? record.readUInt16LE(VERDICT.endpoint_id) : source;
+    const ingress = verdict ? record[VERDICT.direction] === PolicyDirection.INGRESS : (flags & EventFlag.INGRESS) !== 0;
+    const capture = CAPTURE_AT[type];
+    const ip = ipv4HeaderAt(record, capture, capture + Math.min(record.readUInt32LE(HDR.cap_len), EVENT_CAPTURE_LEN));
+    let policy: FlowPolicy | undefined;
+    let policyIngress: boolean | undefined;
+    if (verdict) {
+      const allowed = record[VERDICT.verdict] === PolicyVerdict.ALLOWED;
+      this.#denied = allowed ? undefined : { hash: record.readUInt32LE(HDR.hash), source, srcIdentity, dstIdentity, ingress };
+      const cookie = record.readUInt32LE(VERDICT.cookie);
+      policy = cookie ? this.#names.policyForCookie(cookie) : undefined;
+    } else if (type === MonitorEventType.DROP) {
+      policyIngress = this.#policyIngress(record, source, srcIdentity, dstIdentity);
+    }
+    return new FlowEntry(record, this.#context, {
+      source: this.#side(ip < 0 ? undefined : this.#address(record, ip + 12), srcIdentity, ingress ? 0 : reporter),
+      destination: this.#side(ip < 0 ? undefined : this.#address(record, ip + 16), dstIdentity, ingress ? reporter : record.readUInt16LE(HDR.dst_id)),
+      policy,
+      policyIngress,
+    });
+  }
+
+  #address(record: Buffer, at: number): string {
+    const key = ipv4At(record, at);
+    let text = this.#addresses.get(key);
+    if (text === undefined) {
+      // Bounded: a scan of many addresses must not grow the heap.
+      if (this.#addresses.size >= ADDRESS_CACHE_SIZE) this.#addresses = new Map();
+      text = ipString(record, at);
+      this.#addresses.set(key, text);
+    }
+    return text;
+  }
+
+  #side(address: string | undefined, identity: number, reporter: number): NamedSide {
+    // Packets without an IPv4 header (IPv6 neighbour discovery, ARP) still name the endpoint
+    // whose program reported them, on the side that endpoint is.
+    const local = (address === undefined ? undefined : this.#names.endpointByAddress(address)) ?? (reporter ? this.#names.endpointById(reporter) : undefined);
+    // The datapath may not know a local peer's identity (0) where the agent does.
+    const id = identity !== 0 ? identity : (local?.identity ?? 0);
+    return { local, identity: id, labels: this.#names.identityLabels(id) };
+  }
+
+  /**
+   * Whether a policy drop was an ingress decision. The datapath judges a local destination's
+   * ingress policy in the sender's program (the packet skips the receiver's), so the drop event
+   * itself says egress; the denied verdict just before it, for the same packet, knows better.
+   */
+  #policyIngress(record: Buffer, source: number, srcIdentity: number, dstIdentity: number): boolean | undefined {
+    const reason = record[HDR.subtype];
+    if (reason !== DropReasonCode.DROP_POLICY && reason !== DropReasonCode.DROP_POLICY_DENY) return undefined;
+    const denied = this.#denied;
+    this.#denied = undefined;
+    const same = denied && denied.hash === record.readUInt32LE(HDR.hash) && denied.source === source && denied.srcIdentity === srcIdentity && denied.dstIdentity === dstIdentity;
+    return same ? denied.ingress : undefined;
+  }
+}
+
+/** Addresses whose dotted quads are remembered at once. */
+const ADDRESS_CACHE_SIZE = 4096;

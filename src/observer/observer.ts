@@ -8,12 +8,10 @@
  * @module
  */
 import type { Logger } from 'pino';
-import { decodeEvent, DropReasonCode, type DatapathEvent } from '../datapath/index.ts';
-import { PolicyDirection } from '../policy/index.ts';
 import { FlowRing, type RingEntry } from './buffer.ts';
 import { InvalidRequestError } from './errors.ts';
 import { compileFilters, type FlowPredicate } from './filter.ts';
-import { buildFlow, type FlowNames } from './flow.ts';
+import { FlowIngest, type FlowNames } from './flow.ts';
 import { timestampToNs, type Flow, type GetFlowsRequest, type LostEvent, type LostEventSource } from './types.ts';
 
 /** Where records come from: the agent's Monitor. */
@@ -125,7 +123,6 @@ class RecordQueue {
 export class FlowObserver {
   readonly ring: FlowRing;
   readonly #source: RecordSource;
-  readonly #names: FlowNames;
   readonly #onFlow: FlowObserverOptions['onFlow'];
   readonly #onLost: FlowObserverOptions['onLost'];
   readonly #log: Logger;
@@ -135,8 +132,7 @@ export class FlowObserver {
   #queueLostPending = 0n;
   #kernelLostSeen = 0n;
   #decodeErrors = 0;
-  /** The last denied policy verdict: the drop that follows it takes its direction. */
-  #denied: { hash: number; source: number; srcIdentity: number; dstIdentity: number; ingress: boolean } | undefined;
+  readonly #ingest: FlowIngest;
   #draining = false;
   #unsubscribe: (() => void) | undefined;
   #poll: NodeJS.Timeout | undefined;
@@ -146,7 +142,7 @@ export class FlowObserver {
     if (!Number.isInteger(options.queueSize) || options.queueSize < 1) throw new RangeError(`event queue size must be a positive integer, got ${options.queueSize}`);
     this.ring = new FlowRing(options.capacity);
     this.#source = source;
-    this.#names = options.names;
+    this.#ingest = new FlowIngest({ names: options.names, wallClockNs: (ns) => source.wallClockNs(ns) });
     this.#onFlow = options.onFlow;
     this.#onLost = options.onLost;
     this.#log = options.log;
@@ -194,7 +190,7 @@ export class FlowObserver {
     for (let seq = this.ring.next - 1; seq >= this.ring.oldest; seq--) {
       const entry = this.ring.at(seq)!;
       if (entry.timeNs < since) break;
-      if (entry.flow) count++;
+      if (entry.lost === undefined) count++;
     }
     return count / 60;
   }
@@ -240,11 +236,9 @@ export class FlowObserver {
       const record = this.#queue.shift();
       if (!record) break;
       try {
-        const event = decodeEvent(record);
-        const timeNs = this.#source.wallClockNs(event.timestampNs);
-        const flow = buildFlow(event, timeNs, this.#names, { policyIngress: this.#policyDirection(event) });
-        this.#onFlow?.(flow);
-        this.ring.push(timeNs, { flow });
+        const entry = this.#ingest.entry(record);
+        this.#onFlow?.(entry.flow);
+        this.ring.pushEntry(entry);
       } catch (error) {
         this.#decodeErrors++;
         this.#log.warn({ err: error }, 'making a flow of a datapath event failed');
@@ -255,25 +249,6 @@ export class FlowObserver {
   }
 
   /**
-   * Whether a policy drop was an ingress decision. The datapath judges a local destination's
-   * ingress policy in the sender's program (the packet skips the receiver's), so the drop event
-   * itself says egress; the denied verdict just before it, for the same packet, knows better.
-   */
-  #policyDirection(event: DatapathEvent): boolean | undefined {
-    if (event.kind === 'policy-verdict') {
-      this.#denied = event.allowed
-        ? undefined
-        : { hash: event.hash, source: event.source, srcIdentity: event.srcIdentity, dstIdentity: event.dstIdentity, ingress: event.direction === PolicyDirection.INGRESS };
-      return undefined;
-    }
-    if (event.kind !== 'drop' || (event.reason !== DropReasonCode.DROP_POLICY && event.reason !== DropReasonCode.DROP_POLICY_DENY)) return undefined;
-    const denied = this.#denied;
-    this.#denied = undefined;
-    const same = denied && denied.hash === event.hash && denied.source === event.source && denied.srcIdentity === event.srcIdentity && denied.dstIdentity === event.dstIdentity;
-    return same ? denied.ingress : undefined;
-  }
-
-  /**
    * The entries a GetFlows request asks for, oldest first; with `follow`, then every new one
    * until `signal` aborts or `until` passes. A reader the buffer overtakes gets a LostEvent
    * (HUBBLE_RING_BUFFER) with the count it missed.
@@ -281,7 +256,14 @@ export class FlowObserver {
   async *flows(query: FlowQuery, signal: AbortSignal): AsyncGenerator<FlowStreamItem> {
     const ring = this.ring;
     const inTime = (entry: RingEntry) => (query.sinceNs === undefined || entry.timeNs >= query.sinceNs) && (query.untilNs === undefined || entry.timeNs <= query.untilNs);
-    const wanted = (entry: RingEntry) => entry.lost !== undefined || (inTime(entry) && query.matches(entry.flow));
+    // What is streamed of an entry: its flow built once (each read of an observer entry's flow
+    // builds it), or nothing when the request does not want it.
+    const wanted = (entry: RingEntry): FlowStreamItem | undefined => {
+      if (entry.lost !== undefined) return entry;
+      if (!inTime(entry)) return undefined;
+      const flow = entry.flow;
+      return query.matches(flow) ? { seq: entry.seq, timeNs: entry.timeNs, flow } : undefined;
+    };
     let cursor: number;
     let limit = Infinity;
     if (query.first) {
@@ -293,7 +275,7 @@ export class FlowObserver {
       let found = 0;
       while (cursor > ring.oldest && found < query.number) {
         const entry = ring.at(cursor - 1)!;
-        if (entry.flow && wanted(entry)) found++;
+        if (entry.lost === undefined && wanted(entry)) found++;
         cursor--;
       }
     } else if (query.follow && query.sinceNs === undefined) {
@@ -314,10 +296,11 @@ export class FlowObserver {
           continue;
         }
         const entry = ring.at(cursor++)!;
-        if (query.untilNs !== undefined && entry.timeNs > query.untilNs && entry.flow) return;
-        if (!wanted(entry)) continue;
-        yield entry;
-        if (entry.flow && ++sent >= limit) return;
+        if (query.untilNs !== undefined && entry.lost === undefined && entry.timeNs > query.untilNs) return;
+        const item = wanted(entry);
+        if (item === undefined) continue;
+        yield item;
+        if (item.lost === undefined && ++sent >= limit) return;
       }
       if (!query.follow || signal.aborted) return;
       if (query.untilNs === undefined) {
