@@ -115,6 +115,9 @@ export const policyVerdictEvent = struct('ciliate_policy_verdict_event', {
   data: bytes(EVENT_CAPTURE_LEN),
 });
 
+/** Bytes of the largest event: what a consumer keeping records needs a slot to hold. */
+export const MAX_EVENT_BYTES = Math.max(traceEvent.size, dropEvent.size, policyVerdictEvent.size);
+
 interface EventBase {
   /** Endpoint id of the program that reported it. */
   source: number;

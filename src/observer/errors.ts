@@ -16,7 +16,9 @@ export type ObserverErrorCode =
   /** A flow-logs config file (--hubble-flowlogs-config-path) that cannot be applied. */
   | 'ERR_OBSERVER_FLOWLOGS_CONFIG'
   /** An export file that cannot be opened, written or rotated. */
-  | 'ERR_OBSERVER_EXPORT_FILE';
+  | 'ERR_OBSERVER_EXPORT_FILE'
+  /** A flow read after the buffer overwrote it (flows are built from records the buffer keeps). */
+  | 'ERR_OBSERVER_OVERWRITTEN';
 
 export class ObserverError extends codedErrorFamily<ObserverErrorCode>('observer') {}
 

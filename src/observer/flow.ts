@@ -25,6 +25,7 @@ import {
   type DatapathEvent,
 } from '../datapath/index.ts';
 import { PolicyDirection, PolicyVerdict } from '../policy/index.ts';
+import { ObserverError } from './errors.ts';
 import { flowSummary } from './printer.ts';
 import { TRACE_OBSERVATION_POINTS, TRACE_REASONS, timestampFromNs, type Flow, type FlowEndpoint, type FlowPolicy, type Layer4, type TcpFlags, type TrafficDirection } from './types.ts';
 
@@ -69,17 +70,11 @@ function tcpFlags(bits: number): TcpFlags {
   return flags;
 }
 
-/** What one side of a flow was named as when its event came. */
-interface NamedSide {
-  /** The local endpoint (or remote pod) at the address, or the one that reported the event. */
-  local: FlowEndpointInfo | undefined;
-  /** The identity: the datapath's, or the agent's when the datapath did not know it (0). */
-  identity: number;
-  labels: readonly string[] | undefined;
-}
-
-function flowEndpoint(side: NamedSide): FlowEndpoint {
-  const { local, identity, labels } = side;
+/**
+ * One side of a flow as it was named when its event came: the local endpoint (or remote pod) at
+ * its address or the one that reported it, and the identity with its labels.
+ */
+function flowEndpoint(local: FlowEndpointInfo | undefined, identity: number, labels: readonly string[] | undefined): FlowEndpoint {
   const out: FlowEndpoint = { identity };
   if (local?.id) out.ID = local.id;
   if (labels) out.labels = [...labels];
@@ -119,13 +114,8 @@ function dropReasonDesc(code: number): string | number {
   return DropReason[code] ?? code;
 }
 
-export interface FlowHints {
-  /** For a policy drop: whether the policy that denied it was the destination's ingress policy. */
-  policyIngress?: boolean;
-}
-
 /** The Flow of one decoded event that happened at `timeNs` (ns since the epoch), its sides named. */
-function buildFlow(event: DatapathEvent, timeNs: bigint, uuid: string, nodeName: string, named: FlowEntryNames): Flow {
+function buildFlow(event: DatapathEvent, timeNs: bigint, uuid: string, nodeName: string, named: FlowEntry): Flow {
   const ip = event.packet.ipv4;
   const ingress = event.kind === 'policy-verdict' ? event.direction === PolicyDirection.INGRESS : event.ingress;
   const flow: Flow = {
@@ -133,8 +123,8 @@ function buildFlow(event: DatapathEvent, timeNs: bigint, uuid: string, nodeName:
     uuid,
     Type: 'L3_L4',
     nodeName,
-    source: flowEndpoint(named.source),
-    destination: flowEndpoint(named.destination),
+    source: flowEndpoint(named.sourceLocal, named.sourceIdentity, named.sourceLabels),
+    destination: flowEndpoint(named.destinationLocal, named.destinationIdentity, named.destinationLabels),
     isReply: { value: event.isReply },
   };
   if (event.packet.ethernet) flow.ethernet = { source: event.packet.ethernet.source, destination: event.packet.ethernet.destination };
@@ -180,15 +170,6 @@ function buildFlow(event: DatapathEvent, timeNs: bigint, uuid: string, nodeName:
   return flow;
 }
 
-/** What the agent named a flow's numbers as when its event came. */
-interface FlowEntryNames {
-  readonly source: NamedSide;
-  readonly destination: NamedSide;
-  /** The rule a policy verdict's cookie stood for. */
-  readonly policy: FlowPolicy | undefined;
-  readonly policyIngress: boolean | undefined;
-}
-
 /** What the flows of one observer share. */
 export interface FlowContext {
   readonly names: FlowNames;
@@ -196,9 +177,19 @@ export interface FlowContext {
   wallClockNs(monotonicNs: bigint): bigint;
 }
 
+/**
+ * Where an observer keeps the records of the flows its buffer holds: MAX_EVENT_BYTES a slot, the
+ * slot of the buffer's own (sequence % capacity), so a record lives exactly as long as its entry.
+ */
+export interface FlowRecords {
+  readonly bytes: Buffer;
+  /** Whether the buffer still holds the entry with this sequence number (its slot is its own). */
+  holds(seq: number): boolean;
+}
+
 const HDR = eventHeader.offsets;
 const VERDICT = policyVerdictEvent.offsets;
-/** Where each event type's captured packet starts; all three put it after their own fields. */
+/** Where each event type's captured packet starts. */
 const CAPTURE_AT: Readonly<Record<number, number>> = {
   [MonitorEventType.TRACE]: traceEvent.offsets.data,
   [MonitorEventType.DROP]: dropEvent.offsets.data,
@@ -206,40 +197,84 @@ const CAPTURE_AT: Readonly<Record<number, number>> = {
 };
 
 /**
- * One flow in the buffer: the datapath record it came from, and what its numbers were named as
- * when it came (endpoints, identities' labels, the rule), which is all the Flow message needs.
+ * One flow in the buffer: where its datapath record is, and what its numbers were named as when
+ * it came (endpoints, identities' labels, the rule), which is all the Flow message needs.
  * The message itself is built when someone reads the flow (GetFlows, an exporter, the metrics),
  * afresh at each read, so a reader may keep or change what it gets; its uuid is drawn at the
  * first read and kept. Keeping the record rather than the message is what lets the observer
- * take a busy datapath's events at a few hundred nanoseconds each, and the buffer hold a
- * fraction of the memory: most flows are overwritten before anyone asks for them.
+ * take a busy datapath's events at a few hundred nanoseconds each, in a fraction of the memory:
+ * most flows are overwritten before anyone asks for them.
  */
 export class FlowEntry {
   /** Numbered by the flow buffer. */
   seq = 0;
   declare readonly lost?: undefined;
-  readonly #record: Buffer;
+  readonly #records: FlowRecords;
+  readonly #offset: number;
+  readonly #length: number;
   readonly #context: FlowContext;
-  readonly #names: FlowEntryNames;
   #uuid: string | undefined;
   #timeNs: bigint | undefined;
+  /** Both sides, as named when the event came. */
+  readonly sourceLocal: FlowEndpointInfo | undefined;
+  readonly sourceIdentity: number;
+  readonly sourceLabels: readonly string[] | undefined;
+  readonly destinationLocal: FlowEndpointInfo | undefined;
+  readonly destinationIdentity: number;
+  readonly destinationLabels: readonly string[] | undefined;
+  /** The rule a policy verdict's cookie stood for. */
+  readonly policy: FlowPolicy | undefined;
+  /** For a policy drop: whether the policy that denied it was the destination's ingress policy. */
+  readonly policyIngress: boolean | undefined;
 
-  /** `record` must be checked (checkEventRecord) and not change afterwards: the entry keeps it. */
-  constructor(record: Buffer, context: FlowContext, names: FlowEntryNames) {
-    this.#record = record;
+  constructor(
+    records: FlowRecords,
+    offset: number,
+    length: number,
+    context: FlowContext,
+    source: NamedSide,
+    destination: NamedSide,
+    policy: FlowPolicy | undefined,
+    policyIngress: boolean | undefined,
+  ) {
+    this.#records = records;
+    this.#offset = offset;
+    this.#length = length;
     this.#context = context;
-    this.#names = names;
+    this.sourceLocal = source.local;
+    this.sourceIdentity = source.identity;
+    this.sourceLabels = source.labels;
+    this.destinationLocal = destination.local;
+    this.destinationIdentity = destination.identity;
+    this.destinationLabels = destination.labels;
+    this.policy = policy;
+    this.policyIngress = policyIngress;
   }
 
   /** When the event happened, ns since the epoch. */
   get timeNs(): bigint {
-    return (this.#timeNs ??= this.#context.wallClockNs(this.#record.readBigUInt64LE(HDR.timestamp_ns)));
+    return (this.#timeNs ??= this.#context.wallClockNs(this.#held().readBigUInt64LE(this.#offset + HDR.timestamp_ns)));
   }
 
   get flow(): Flow {
+    const record = this.#held();
     this.#uuid ??= randomUUID();
-    return buildFlow(decodeEvent(this.#record), this.timeNs, this.#uuid, this.#context.names.nodeName, this.#names);
+    return buildFlow(decodeEvent(record, this.#offset, this.#length), this.timeNs, this.#uuid, this.#context.names.nodeName, this);
   }
+
+  /** The record's memory, while it is still this entry's: every reader builds flows while the buffer holds them. */
+  #held(): Buffer {
+    if (!this.#records.holds(this.seq)) throw new ObserverError('ERR_OBSERVER_OVERWRITTEN', `flow ${this.seq} was read after the buffer overwrote it`);
+    return this.#records.bytes;
+  }
+}
+
+/** What one side of a flow was named as when its event came. */
+interface NamedSide {
+  local: FlowEndpointInfo | undefined;
+  /** The datapath's identity, or the agent's when the datapath did not know it (0). */
+  identity: number;
+  labels: readonly string[] | undefined;
 }
 
 /**
@@ -260,36 +295,41 @@ export class FlowIngest {
   }
 
   /**
-   * The entry of one record, which it keeps (the caller must not reuse it).
+   * The entry of the record at `offset` in `record`, which the caller then copies to `at` in
+   * `records`, where it stays while the buffer holds the entry.
    * @throws BpfError ERR_CODEC for a record too short for its type or of an unknown type
    */
-  entry(record: Buffer): FlowEntry {
-    const type = checkEventRecord(record);
-    const flags = record[HDR.flags];
-    const source = record.readUInt16LE(HDR.source);
-    const srcIdentity = record.readUInt32LE(HDR.src_identity);
-    const dstIdentity = record.readUInt32LE(HDR.dst_identity);
+  entry(record: Buffer, offset: number, length: number, records: FlowRecords, at: number): FlowEntry {
+    const type = checkEventRecord(record, offset, length);
+    const flags = record[offset + HDR.flags];
+    const source = record.readUInt16LE(offset + HDR.source);
+    const srcIdentity = record.readUInt32LE(offset + HDR.src_identity);
+    const dstIdentity = record.readUInt32LE(offset + HDR.dst_identity);
     const verdict = type === MonitorEventType.POLICY_VERDICT;
-    const reporter = verdict ? record.readUInt16LE(VERDICT.endpoint_id) : source;
-    const ingress = verdict ? record[VERDICT.direction] === PolicyDirection.INGRESS : (flags & EventFlag.INGRESS) !== 0;
-    const capture = CAPTURE_AT[type];
-    const ip = ipv4HeaderAt(record, capture, capture + Math.min(record.readUInt32LE(HDR.cap_len), EVENT_CAPTURE_LEN));
+    const reporter = verdict ? record.readUInt16LE(offset + VERDICT.endpoint_id) : source;
+    const ingress = verdict ? record[offset + VERDICT.direction] === PolicyDirection.INGRESS : (flags & EventFlag.INGRESS) !== 0;
+    const capture = offset + CAPTURE_AT[type];
+    const ip = ipv4HeaderAt(record, capture, capture + Math.min(record.readUInt32LE(offset + HDR.cap_len), EVENT_CAPTURE_LEN));
     let policy: FlowPolicy | undefined;
     let policyIngress: boolean | undefined;
     if (verdict) {
-      const allowed = record[VERDICT.verdict] === PolicyVerdict.ALLOWED;
-      this.#denied = allowed ? undefined : { hash: record.readUInt32LE(HDR.hash), source, srcIdentity, dstIdentity, ingress };
-      const cookie = record.readUInt32LE(VERDICT.cookie);
+      const allowed = record[offset + VERDICT.verdict] === PolicyVerdict.ALLOWED;
+      this.#denied = allowed ? undefined : { hash: record.readUInt32LE(offset + HDR.hash), source, srcIdentity, dstIdentity, ingress };
+      const cookie = record.readUInt32LE(offset + VERDICT.cookie);
       policy = cookie ? this.#names.policyForCookie(cookie) : undefined;
     } else if (type === MonitorEventType.DROP) {
-      policyIngress = this.#policyIngress(record, source, srcIdentity, dstIdentity);
+      policyIngress = this.#policyIngress(record, offset, source, srcIdentity, dstIdentity);
     }
-    return new FlowEntry(record, this.#context, {
-      source: this.#side(ip < 0 ? undefined : this.#address(record, ip + 12), srcIdentity, ingress ? 0 : reporter),
-      destination: this.#side(ip < 0 ? undefined : this.#address(record, ip + 16), dstIdentity, ingress ? reporter : record.readUInt16LE(HDR.dst_id)),
+    return new FlowEntry(
+      records,
+      at,
+      length,
+      this.#context,
+      this.#side(ip < 0 ? undefined : this.#address(record, ip + 12), srcIdentity, ingress ? 0 : reporter),
+      this.#side(ip < 0 ? undefined : this.#address(record, ip + 16), dstIdentity, ingress ? reporter : record.readUInt16LE(offset + HDR.dst_id)),
       policy,
       policyIngress,
-    });
+    );
   }
 
   #address(record: Buffer, at: number): string {
@@ -318,12 +358,12 @@ export class FlowIngest {
    * ingress policy in the sender's program (the packet skips the receiver's), so the drop event
    * itself says egress; the denied verdict just before it, for the same packet, knows better.
    */
-  #policyIngress(record: Buffer, source: number, srcIdentity: number, dstIdentity: number): boolean | undefined {
-    const reason = record[HDR.subtype];
+  #policyIngress(record: Buffer, offset: number, source: number, srcIdentity: number, dstIdentity: number): boolean | undefined {
+    const reason = record[offset + HDR.subtype];
     if (reason !== DropReasonCode.DROP_POLICY && reason !== DropReasonCode.DROP_POLICY_DENY) return undefined;
     const denied = this.#denied;
     this.#denied = undefined;
-    const same = denied && denied.hash === record.readUInt32LE(HDR.hash) && denied.source === source && denied.srcIdentity === srcIdentity && denied.dstIdentity === dstIdentity;
+    const same = denied && denied.hash === record.readUInt32LE(offset + HDR.hash) && denied.source === source && denied.srcIdentity === srcIdentity && denied.dstIdentity === dstIdentity;
     return same ? denied.ingress : undefined;
   }
 }

@@ -11,12 +11,17 @@ import type { Logger } from 'pino';
 import { FlowRing, type RingEntry } from './buffer.ts';
 import { InvalidRequestError } from './errors.ts';
 import { compileFilters, type FlowPredicate } from './filter.ts';
-import { FlowIngest, type FlowNames } from './flow.ts';
+import { MAX_EVENT_BYTES } from '../datapath/index.ts';
+import { FlowIngest, type FlowNames, type FlowRecords } from './flow.ts';
 import { timestampToNs, type Flow, type GetFlowsRequest, type LostEvent, type LostEventSource } from './types.ts';
 
-/** Where records come from: the agent's Monitor. */
+/**
+ * Where records come from: the agent's Monitor. A listener gets `length` bytes at `offset` in
+ * `record` (the ring's own memory, say), valid during the call only; without offset and length,
+ * the whole Buffer.
+ */
 export interface RecordSource {
-  onRecord(listener: (record: Buffer) => void): () => void;
+  onRecord(listener: (record: Buffer, offset?: number, length?: number) => void): () => void;
   /** The kernel ring's lost counter. */
   lost(): bigint;
   wallClockNs(monotonicNs: bigint): bigint;
@@ -93,30 +98,45 @@ export function parseFlowsRequest(request: GetFlowsRequest): FlowQuery {
   return { number, first: request.first === true, follow: request.follow === true, sinceNs, untilNs, matches: compileFilters(request.whitelist, request.blacklist) };
 }
 
-/** Ring of raw records awaiting decoding, fixed in size so a burst cannot grow the heap. */
+/**
+ * Raw records awaiting decoding, copied into one fixed arena (MAX_EVENT_BYTES a slot) as they
+ * come, so a burst neither grows the heap nor allocates per record.
+ */
 class RecordQueue {
-  readonly #slots: (Buffer | undefined)[];
+  readonly bytes: Buffer;
+  readonly #lengths: Uint16Array;
   #head = 0;
   #length = 0;
   constructor(size: number) {
-    this.#slots = new Array<Buffer | undefined>(size);
+    this.bytes = Buffer.alloc(size * MAX_EVENT_BYTES);
+    this.#lengths = new Uint16Array(size);
   }
   get length(): number {
     return this.#length;
   }
-  push(record: Buffer): boolean {
-    if (this.#length === this.#slots.length) return false;
-    this.#slots[(this.#head + this.#length) % this.#slots.length] = record;
+  push(record: Buffer, offset: number, length: number): boolean {
+    const size = this.#lengths.length;
+    if (this.#length === size) return false;
+    const slot = (this.#head + this.#length) % size;
+    // Only a longer record's excess goes: every known event fits, and a record of an unknown type
+    // or too short for its own is refused when decoded all the same.
+    const kept = Math.min(length, MAX_EVENT_BYTES);
+    record.copy(this.bytes, slot * MAX_EVENT_BYTES, offset, offset + kept);
+    this.#lengths[slot] = kept;
     this.#length++;
     return true;
   }
-  shift(): Buffer | undefined {
-    if (this.#length === 0) return undefined;
-    const record = this.#slots[this.#head];
-    this.#slots[this.#head] = undefined;
-    this.#head = (this.#head + 1) % this.#slots.length;
+  /** Where in `bytes` the oldest record is; -1 when there is none. */
+  get headOffset(): number {
+    return this.#length === 0 ? -1 : this.#head * MAX_EVENT_BYTES;
+  }
+  get headLength(): number {
+    return this.#lengths[this.#head];
+  }
+  shift(): void {
+    if (this.#length === 0) return;
+    this.#head = (this.#head + 1) % this.#lengths.length;
     this.#length--;
-    return record;
   }
 }
 
@@ -133,6 +153,8 @@ export class FlowObserver {
   #kernelLostSeen = 0n;
   #decodeErrors = 0;
   readonly #ingest: FlowIngest;
+  /** The records of the flows the buffer holds, each in the slot of its entry. */
+  readonly #records: FlowRecords;
   #draining = false;
   #unsubscribe: (() => void) | undefined;
   #poll: NodeJS.Timeout | undefined;
@@ -141,6 +163,11 @@ export class FlowObserver {
   constructor(source: RecordSource, options: FlowObserverOptions) {
     if (!Number.isInteger(options.queueSize) || options.queueSize < 1) throw new RangeError(`event queue size must be a positive integer, got ${options.queueSize}`);
     this.ring = new FlowRing(options.capacity);
+    const ring = this.ring;
+    this.#records = {
+      bytes: Buffer.alloc(options.capacity * MAX_EVENT_BYTES),
+      holds: (seq) => ring.at(seq)?.seq === seq,
+    };
     this.#source = source;
     this.#ingest = new FlowIngest({ names: options.names, wallClockNs: (ns) => source.wallClockNs(ns) });
     this.#onFlow = options.onFlow;
@@ -152,7 +179,7 @@ export class FlowObserver {
   start(): void {
     // What the kernel lost before this observer started is not this observer's to report.
     this.#kernelLostSeen = this.#readKernelLost();
-    this.#unsubscribe = this.#source.onRecord((record) => this.#enqueue(record));
+    this.#unsubscribe = this.#source.onRecord((record, offset = 0, length = record.length - offset) => this.#enqueue(record, offset, length));
     this.#poll = setInterval(() => this.#noteKernelLoss(), LOST_POLL_MS).unref();
   }
 
@@ -214,8 +241,8 @@ export class FlowObserver {
     this.ring.push(BigInt(Date.now()) * 1_000_000n, { lost: lostEvent('PERF_EVENT_RING_BUFFER', count) });
   }
 
-  #enqueue(record: Buffer): void {
-    if (!this.#queue.push(record)) {
+  #enqueue(record: Buffer, offset: number, length: number): void {
+    if (!this.#queue.push(record, offset, length)) {
       this.#lost.queue++;
       this.#queueLostPending++;
     }
@@ -232,16 +259,25 @@ export class FlowObserver {
       this.ring.push(BigInt(Date.now()) * 1_000_000n, { lost: lostEvent('OBSERVER_EVENTS_QUEUE', this.#queueLostPending) });
       this.#queueLostPending = 0n;
     }
+    const queue = this.#queue;
+    const records = this.#records;
     for (let i = 0; i < DECODE_BATCH; i++) {
-      const record = this.#queue.shift();
-      if (!record) break;
+      const from = queue.headOffset;
+      if (from < 0) break;
+      const length = queue.headLength;
+      // The record goes to the slot of the entry it becomes, the buffer's next, once it has been
+      // read whole: a record refused must not overwrite the entry that still holds that slot.
+      const at = (this.ring.next % this.ring.capacity) * MAX_EVENT_BYTES;
       try {
-        const entry = this.#ingest.entry(record);
-        this.#onFlow?.(entry.flow);
+        const entry = this.#ingest.entry(queue.bytes, from, length, records, at);
+        queue.bytes.copy(records.bytes, at, from, from + length);
         this.ring.pushEntry(entry);
+        this.#onFlow?.(entry.flow);
       } catch (error) {
         this.#decodeErrors++;
         this.#log.warn({ err: error }, 'making a flow of a datapath event failed');
+      } finally {
+        queue.shift();
       }
     }
     if (this.#queue.length > 0 || this.#queueLostPending > 0n) setImmediate(() => this.#drain());
