@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { BpfMap, RingBuffer } from '../ebpf/index.ts';
-import { decodeEvent, MapName, MAX_EVENT_BYTES, type DatapathEvent } from '../datapath/index.ts';
+import { decodeEvent, MapName, RecordSlots, type DatapathEvent } from '../datapath/index.ts';
 import { identityName } from '../identity/index.ts';
 
 export interface MonitorEvent {
@@ -42,13 +42,10 @@ export class Monitor {
    * Raw records in `capacity` slots of MAX_EVENT_BYTES (slot = count % capacity), decoded on
    * demand: one arena, so a busy datapath costs a copy per record and no allocation.
    */
-  readonly #recent: Buffer;
-  readonly #recentLengths: Uint16Array;
+  readonly #recent: RecordSlots;
   #next = 0;
-  /** The ring's memory as a Buffer, made at the first record. */
-  #ringBytes: Buffer | undefined;
   readonly #listeners = new Set<(event: MonitorEvent) => void>();
-  readonly #recordListeners = new Set<(record: Buffer, offset: number, length: number) => void>();
+  readonly #recordListeners = new Set<(record: Uint8Array, offset: number, length: number) => void>();
   readonly #bootTimeOffsetNs: bigint;
 
   constructor(bpfRoot: string, names: MonitorNames, log: Logger, capacity = 4096) {
@@ -59,8 +56,7 @@ export class Monitor {
     this.#names = names;
     this.#log = log;
     this.#capacity = capacity;
-    this.#recent = Buffer.alloc(capacity * MAX_EVENT_BYTES);
-    this.#recentLengths = new Uint16Array(capacity);
+    this.#recent = new RecordSlots(capacity);
     // Events carry bpf_ktime_get_ns (monotonic since boot); wall clock = boot time + that.
     this.#bootTimeOffsetNs = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
   }
@@ -70,15 +66,10 @@ export class Monitor {
       (_view, offset, length, bytes) => {
         // Copy only: decoding and naming wait until someone asks, so a busy datapath costs the
         // agent one small copy per event rather than a decode and string formatting.
-        if (this.#ringBytes?.buffer !== bytes.buffer) this.#ringBytes = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-        const ring = this.#ringBytes;
         const slot = this.#next % this.#capacity;
-        // Every known event fits a slot; what a longer record has beyond that no decoder reads.
-        const kept = Math.min(length, MAX_EVENT_BYTES);
-        ring.copy(this.#recent, slot * MAX_EVENT_BYTES, offset, offset + kept);
-        this.#recentLengths[slot] = kept;
+        this.#recent.put(slot, bytes, offset, length);
         this.#next++;
-        for (const listener of this.#recordListeners) listener(ring, offset, length);
+        for (const listener of this.#recordListeners) listener(bytes, offset, length);
         if (this.#listeners.size > 0) {
           const event = this.#describeRecord(slot);
           if (event) for (const listener of this.#listeners) listener(event);
@@ -96,7 +87,7 @@ export class Monitor {
 
   #describeRecord(slot: number): MonitorEvent | undefined {
     try {
-      return this.#describe(decodeEvent(this.#recent, slot * MAX_EVENT_BYTES, this.#recentLengths[slot]));
+      return this.#describe(decodeEvent(this.#recent.bytes, this.#recent.offset(slot), this.#recent.lengths[slot]));
     } catch (error) {
       this.#log.warn({ err: error }, 'decoding a datapath event failed');
       return undefined;
@@ -131,7 +122,7 @@ export class Monitor {
    * ring's own memory, valid during the call only. The listener must only copy it into a queue
    * (it runs inside the ring's read loop). Returns the unsubscribe.
    */
-  onRecord(listener: (record: Buffer, offset: number, length: number) => void): () => void {
+  onRecord(listener: (record: Uint8Array, offset: number, length: number) => void): () => void {
     this.#recordListeners.add(listener);
     return () => this.#recordListeners.delete(listener);
   }

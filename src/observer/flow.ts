@@ -18,8 +18,10 @@ import {
   ipString,
   ipv4At,
   ipv4HeaderAt,
+  MAX_EVENT_BYTES,
   MonitorEventType,
   policyVerdictEvent,
+  type RecordSlots,
   traceEvent,
   TracePoint,
   type DatapathEvent,
@@ -170,19 +172,16 @@ function buildFlow(event: DatapathEvent, timeNs: bigint, uuid: string, nodeName:
   return flow;
 }
 
-/** What the flows of one observer share. */
-export interface FlowContext {
+/**
+ * What the flows of one observer share: how they are named, their clock, and their records,
+ * each in the slot of its entry's sequence number (seq % slots), so a record lives exactly as
+ * long as its entry.
+ */
+export interface FlowStore {
   readonly names: FlowNames;
   /** Nanoseconds since the epoch of an event's CLOCK_MONOTONIC timestamp: a fixed mapping. */
   wallClockNs(monotonicNs: bigint): bigint;
-}
-
-/**
- * Where an observer keeps the records of the flows its buffer holds: MAX_EVENT_BYTES a slot, the
- * slot of the buffer's own (sequence % capacity), so a record lives exactly as long as its entry.
- */
-export interface FlowRecords {
-  readonly bytes: Buffer;
+  readonly records: RecordSlots;
   /** Whether the buffer still holds the entry with this sequence number (its slot is its own). */
   holds(seq: number): boolean;
 }
@@ -197,25 +196,21 @@ const CAPTURE_AT: Readonly<Record<number, number>> = {
 };
 
 /**
- * One flow in the buffer: where its datapath record is, and what its numbers were named as when
- * it came (endpoints, identities' labels, the rule), which is all the Flow message needs.
- * The message itself is built when someone reads the flow (GetFlows, an exporter, the metrics),
- * afresh at each read, so a reader may keep or change what it gets; its uuid is drawn at the
- * first read and kept. Keeping the record rather than the message is what lets the observer
- * take a busy datapath's events at a few hundred nanoseconds each, in a fraction of the memory:
- * most flows are overwritten before anyone asks for them.
+ * One flow in the buffer: its datapath record (in the store's slot of its sequence number), and
+ * what its numbers were named as when it came (endpoints, identities' labels, the rule), which
+ * is all the Flow message needs. The message itself is built when someone reads the flow
+ * (GetFlows, an exporter, the metrics), afresh at each read, so a reader may keep or change what
+ * it gets; its uuid is drawn at the first read and kept. Keeping the record rather than the
+ * message is what lets the observer take a busy datapath's events at a few hundred nanoseconds
+ * each, in a fraction of the memory: most flows are overwritten before anyone asks for them.
  */
 export class FlowEntry {
-  /** Numbered by the flow buffer. */
+  /** Numbered by the flow buffer; the record is in slot seq % slots of the store. */
   seq = 0;
   declare readonly lost?: undefined;
-  readonly #records: FlowRecords;
-  readonly #offset: number;
-  readonly #length: number;
-  readonly #context: FlowContext;
+  readonly #store: FlowStore;
   #uuid: string | undefined;
   #timeNs: bigint | undefined;
-  /** Both sides, as named when the event came. */
   readonly sourceLocal: FlowEndpointInfo | undefined;
   readonly sourceIdentity: number;
   readonly sourceLabels: readonly string[] | undefined;
@@ -227,54 +222,44 @@ export class FlowEntry {
   /** For a policy drop: whether the policy that denied it was the destination's ingress policy. */
   readonly policyIngress: boolean | undefined;
 
+  // Flat, not two side objects: this runs per datapath event.
   constructor(
-    records: FlowRecords,
-    offset: number,
-    length: number,
-    context: FlowContext,
-    source: NamedSide,
-    destination: NamedSide,
+    store: FlowStore,
+    sourceLocal: FlowEndpointInfo | undefined,
+    sourceIdentity: number,
+    destinationLocal: FlowEndpointInfo | undefined,
+    destinationIdentity: number,
     policy: FlowPolicy | undefined,
     policyIngress: boolean | undefined,
   ) {
-    this.#records = records;
-    this.#offset = offset;
-    this.#length = length;
-    this.#context = context;
-    this.sourceLocal = source.local;
-    this.sourceIdentity = source.identity;
-    this.sourceLabels = source.labels;
-    this.destinationLocal = destination.local;
-    this.destinationIdentity = destination.identity;
-    this.destinationLabels = destination.labels;
+    this.#store = store;
+    this.sourceLocal = sourceLocal;
+    this.sourceIdentity = sourceIdentity;
+    this.sourceLabels = store.names.identityLabels(sourceIdentity);
+    this.destinationLocal = destinationLocal;
+    this.destinationIdentity = destinationIdentity;
+    this.destinationLabels = store.names.identityLabels(destinationIdentity);
     this.policy = policy;
     this.policyIngress = policyIngress;
   }
 
   /** When the event happened, ns since the epoch. */
   get timeNs(): bigint {
-    return (this.#timeNs ??= this.#context.wallClockNs(this.#held().readBigUInt64LE(this.#offset + HDR.timestamp_ns)));
+    return (this.#timeNs ??= this.#store.wallClockNs(this.#store.records.bytes.readBigUInt64LE(this.#offset() + HDR.timestamp_ns)));
   }
 
   get flow(): Flow {
-    const record = this.#held();
+    const at = this.#offset();
+    const records = this.#store.records;
     this.#uuid ??= randomUUID();
-    return buildFlow(decodeEvent(record, this.#offset, this.#length), this.timeNs, this.#uuid, this.#context.names.nodeName, this);
+    return buildFlow(decodeEvent(records.bytes, at, records.lengths[at / MAX_EVENT_BYTES]), this.timeNs, this.#uuid, this.#store.names.nodeName, this);
   }
 
-  /** The record's memory, while it is still this entry's: every reader builds flows while the buffer holds them. */
-  #held(): Buffer {
-    if (!this.#records.holds(this.seq)) throw new ObserverError('ERR_OBSERVER_OVERWRITTEN', `flow ${this.seq} was read after the buffer overwrote it`);
-    return this.#records.bytes;
+  /** Where the record is, while it is still this entry's: every reader builds flows while the buffer holds them. */
+  #offset(): number {
+    if (!this.#store.holds(this.seq)) throw new ObserverError('ERR_OBSERVER_OVERWRITTEN', `flow ${this.seq} was read after the buffer overwrote it`);
+    return this.#store.records.offset(this.seq % this.#store.records.lengths.length);
   }
-}
-
-/** What one side of a flow was named as when its event came. */
-interface NamedSide {
-  local: FlowEndpointInfo | undefined;
-  /** The datapath's identity, or the agent's when the datapath did not know it (0). */
-  identity: number;
-  labels: readonly string[] | undefined;
 }
 
 /**
@@ -282,24 +267,24 @@ interface NamedSide {
  * it, and remembers the last denied policy verdict (the drop that follows takes its direction).
  */
 export class FlowIngest {
-  readonly #context: FlowContext;
+  readonly #store: FlowStore;
   readonly #names: FlowNames;
   /** Dotted quads by address, so a busy pair of pods costs no string formatting per flow. */
   #addresses = new Map<number, string>();
   /** The last denied policy verdict: the drop that follows it takes its direction. */
   #denied: { hash: number; source: number; srcIdentity: number; dstIdentity: number; ingress: boolean } | undefined;
 
-  constructor(context: FlowContext) {
-    this.#context = context;
-    this.#names = context.names;
+  constructor(store: FlowStore) {
+    this.#store = store;
+    this.#names = store.names;
   }
 
   /**
-   * The entry of the record at `offset` in `record`, which the caller then copies to `at` in
-   * `records`, where it stays while the buffer holds the entry.
+   * The entry of the record at `offset` in `record`, which the caller then puts in the store's
+   * slot of the entry's sequence number.
    * @throws BpfError ERR_CODEC for a record too short for its type or of an unknown type
    */
-  entry(record: Buffer, offset: number, length: number, records: FlowRecords, at: number): FlowEntry {
+  entry(record: Buffer, offset: number, length: number): FlowEntry {
     const type = checkEventRecord(record, offset, length);
     const flags = record[offset + HDR.flags];
     const source = record.readUInt16LE(offset + HDR.source);
@@ -320,13 +305,17 @@ export class FlowIngest {
     } else if (type === MonitorEventType.DROP) {
       policyIngress = this.#policyIngress(record, offset, source, srcIdentity, dstIdentity);
     }
+    // Packets without an IPv4 header (IPv6 neighbour discovery, ARP) still name the endpoint
+    // whose program reported them, on the side that endpoint is.
+    const sourceLocal = this.#local(ip < 0 ? undefined : this.#address(record, ip + 12), ingress ? 0 : reporter);
+    const destinationLocal = this.#local(ip < 0 ? undefined : this.#address(record, ip + 16), ingress ? reporter : record.readUInt16LE(offset + HDR.dst_id));
+    // The datapath may not know a local peer's identity (0) where the agent does.
     return new FlowEntry(
-      records,
-      at,
-      length,
-      this.#context,
-      this.#side(ip < 0 ? undefined : this.#address(record, ip + 12), srcIdentity, ingress ? 0 : reporter),
-      this.#side(ip < 0 ? undefined : this.#address(record, ip + 16), dstIdentity, ingress ? reporter : record.readUInt16LE(offset + HDR.dst_id)),
+      this.#store,
+      sourceLocal,
+      srcIdentity !== 0 ? srcIdentity : (sourceLocal?.identity ?? 0),
+      destinationLocal,
+      dstIdentity !== 0 ? dstIdentity : (destinationLocal?.identity ?? 0),
       policy,
       policyIngress,
     );
@@ -344,13 +333,9 @@ export class FlowIngest {
     return text;
   }
 
-  #side(address: string | undefined, identity: number, reporter: number): NamedSide {
-    // Packets without an IPv4 header (IPv6 neighbour discovery, ARP) still name the endpoint
-    // whose program reported them, on the side that endpoint is.
-    const local = (address === undefined ? undefined : this.#names.endpointByAddress(address)) ?? (reporter ? this.#names.endpointById(reporter) : undefined);
-    // The datapath may not know a local peer's identity (0) where the agent does.
-    const id = identity !== 0 ? identity : (local?.identity ?? 0);
-    return { local, identity: id, labels: this.#names.identityLabels(id) };
+  /** The local endpoint (or remote pod) at the address, or the one that reported the event. */
+  #local(address: string | undefined, reporter: number): FlowEndpointInfo | undefined {
+    return (address === undefined ? undefined : this.#names.endpointByAddress(address)) ?? (reporter ? this.#names.endpointById(reporter) : undefined);
   }
 
   /**

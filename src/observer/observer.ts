@@ -11,17 +11,17 @@ import type { Logger } from 'pino';
 import { FlowRing, type RingEntry } from './buffer.ts';
 import { InvalidRequestError } from './errors.ts';
 import { compileFilters, type FlowPredicate } from './filter.ts';
-import { MAX_EVENT_BYTES } from '../datapath/index.ts';
-import { FlowIngest, type FlowNames, type FlowRecords } from './flow.ts';
+import { RecordSlots } from '../datapath/index.ts';
+import { FlowIngest, type FlowNames } from './flow.ts';
 import { timestampToNs, type Flow, type GetFlowsRequest, type LostEvent, type LostEventSource } from './types.ts';
 
 /**
  * Where records come from: the agent's Monitor. A listener gets `length` bytes at `offset` in
  * `record` (the ring's own memory, say), valid during the call only; without offset and length,
- * the whole Buffer.
+ * all of it.
  */
 export interface RecordSource {
-  onRecord(listener: (record: Buffer, offset?: number, length?: number) => void): () => void;
+  onRecord(listener: (record: Uint8Array, offset?: number, length?: number) => void): () => void;
   /** The kernel ring's lost counter. */
   lost(): bigint;
   wallClockNs(monotonicNs: bigint): bigint;
@@ -98,44 +98,31 @@ export function parseFlowsRequest(request: GetFlowsRequest): FlowQuery {
   return { number, first: request.first === true, follow: request.follow === true, sinceNs, untilNs, matches: compileFilters(request.whitelist, request.blacklist) };
 }
 
-/**
- * Raw records awaiting decoding, copied into one fixed arena (MAX_EVENT_BYTES a slot) as they
- * come, so a burst neither grows the heap nor allocates per record.
- */
+/** Raw records awaiting decoding, in fixed slots: a burst neither grows the heap nor allocates. */
 class RecordQueue {
-  readonly bytes: Buffer;
-  readonly #lengths: Uint16Array;
+  readonly slots: RecordSlots;
   #head = 0;
   #length = 0;
   constructor(size: number) {
-    this.bytes = Buffer.alloc(size * MAX_EVENT_BYTES);
-    this.#lengths = new Uint16Array(size);
+    this.slots = new RecordSlots(size);
   }
   get length(): number {
     return this.#length;
   }
-  push(record: Buffer, offset: number, length: number): boolean {
-    const size = this.#lengths.length;
+  push(record: Uint8Array, offset: number, length: number): boolean {
+    const size = this.slots.lengths.length;
     if (this.#length === size) return false;
-    const slot = (this.#head + this.#length) % size;
-    // Only a longer record's excess goes: every known event fits, and a record of an unknown type
-    // or too short for its own is refused when decoded all the same.
-    const kept = Math.min(length, MAX_EVENT_BYTES);
-    record.copy(this.bytes, slot * MAX_EVENT_BYTES, offset, offset + kept);
-    this.#lengths[slot] = kept;
+    this.slots.put((this.#head + this.#length) % size, record, offset, length);
     this.#length++;
     return true;
   }
-  /** Where in `bytes` the oldest record is; -1 when there is none. */
-  get headOffset(): number {
-    return this.#length === 0 ? -1 : this.#head * MAX_EVENT_BYTES;
-  }
-  get headLength(): number {
-    return this.#lengths[this.#head];
+  /** The slot of the oldest record; -1 when there is none. */
+  get head(): number {
+    return this.#length === 0 ? -1 : this.#head;
   }
   shift(): void {
     if (this.#length === 0) return;
-    this.#head = (this.#head + 1) % this.#lengths.length;
+    this.#head = (this.#head + 1) % this.slots.lengths.length;
     this.#length--;
   }
 }
@@ -154,7 +141,7 @@ export class FlowObserver {
   #decodeErrors = 0;
   readonly #ingest: FlowIngest;
   /** The records of the flows the buffer holds, each in the slot of its entry. */
-  readonly #records: FlowRecords;
+  readonly #records: RecordSlots;
   #draining = false;
   #unsubscribe: (() => void) | undefined;
   #poll: NodeJS.Timeout | undefined;
@@ -164,12 +151,14 @@ export class FlowObserver {
     if (!Number.isInteger(options.queueSize) || options.queueSize < 1) throw new RangeError(`event queue size must be a positive integer, got ${options.queueSize}`);
     this.ring = new FlowRing(options.capacity);
     const ring = this.ring;
-    this.#records = {
-      bytes: Buffer.alloc(options.capacity * MAX_EVENT_BYTES),
-      holds: (seq) => ring.at(seq)?.seq === seq,
-    };
+    this.#records = new RecordSlots(options.capacity);
     this.#source = source;
-    this.#ingest = new FlowIngest({ names: options.names, wallClockNs: (ns) => source.wallClockNs(ns) });
+    this.#ingest = new FlowIngest({
+      names: options.names,
+      wallClockNs: (ns) => source.wallClockNs(ns),
+      records: this.#records,
+      holds: (seq) => ring.at(seq)?.seq === seq,
+    });
     this.#onFlow = options.onFlow;
     this.#onLost = options.onLost;
     this.#log = options.log;
@@ -241,7 +230,7 @@ export class FlowObserver {
     this.ring.push(BigInt(Date.now()) * 1_000_000n, { lost: lostEvent('PERF_EVENT_RING_BUFFER', count) });
   }
 
-  #enqueue(record: Buffer, offset: number, length: number): void {
+  #enqueue(record: Uint8Array, offset: number, length: number): void {
     if (!this.#queue.push(record, offset, length)) {
       this.#lost.queue++;
       this.#queueLostPending++;
@@ -260,17 +249,17 @@ export class FlowObserver {
       this.#queueLostPending = 0n;
     }
     const queue = this.#queue;
-    const records = this.#records;
+    const waiting = queue.slots;
     for (let i = 0; i < DECODE_BATCH; i++) {
-      const from = queue.headOffset;
-      if (from < 0) break;
-      const length = queue.headLength;
-      // The record goes to the slot of the entry it becomes, the buffer's next, once it has been
-      // read whole: a record refused must not overwrite the entry that still holds that slot.
-      const at = (this.ring.next % this.ring.capacity) * MAX_EVENT_BYTES;
+      const slot = queue.head;
+      if (slot < 0) break;
+      const from = waiting.offset(slot);
+      const length = waiting.lengths[slot];
       try {
-        const entry = this.#ingest.entry(queue.bytes, from, length, records, at);
-        queue.bytes.copy(records.bytes, at, from, from + length);
+        const entry = this.#ingest.entry(waiting.bytes, from, length);
+        // Into the slot of the entry it became, the buffer's next, only once it has been read
+        // whole: a record refused must not overwrite the entry that still holds that slot.
+        this.#records.put(this.ring.next % this.ring.capacity, waiting.bytes, from, length);
         this.ring.pushEntry(entry);
         this.#onFlow?.(entry.flow);
       } catch (error) {
