@@ -20,20 +20,6 @@ const names: FlowNames = {
   policyForCookie: () => undefined,
 };
 
-class Source implements RecordSource {
-  listener: ((record: Uint8Array, offset?: number, length?: number) => void) | undefined;
-  onRecord(listener: (record: Uint8Array, offset?: number, length?: number) => void) {
-    this.listener = listener;
-    return () => (this.listener = undefined);
-  }
-  lost() {
-    return 0n;
-  }
-  wallClockNs(ns: bigint) {
-    return ns;
-  }
-}
-
 /** A TCP SYN trace record to port `dport`. */
 function trace(dport: number): Buffer {
   const frame = buildIpv4Frame({ src: '10.0.0.1', dst: '10.0.0.2', tcp: { sport: 40000, dport, flags: TcpFlag.SYN } });
@@ -45,7 +31,15 @@ function trace(dport: number): Buffer {
 }
 
 async function observe(capacity: number) {
-  const source = new Source();
+  type Listener = (record: Uint8Array, offset?: number, length?: number) => void;
+  const source: RecordSource & { listener?: Listener } = {
+    onRecord(listener: Listener) {
+      source.listener = listener;
+      return () => (source.listener = undefined);
+    },
+    lost: () => 0n,
+    wallClockNs: (ns: bigint) => ns,
+  };
   const observer = new FlowObserver(source, { capacity, queueSize: 64, names, log: pino({ level: 'silent' }) });
   observer.start();
   const settled = async () => {
