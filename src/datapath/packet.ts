@@ -84,16 +84,19 @@ export function ipv4At(data: Uint8Array, at: number): number {
   return ((data[at] << 24) | (data[at + 1] << 16) | (data[at + 2] << 8) | data[at + 3]) >>> 0;
 }
 
-/** Decodes whatever headers the bytes hold whole; a header cut short is left out. */
-export function summarizePacket(data: Uint8Array): PacketSummary {
+/**
+ * Decodes whatever headers the frame in `data[start, end)` holds whole; a header cut short is
+ * left out.
+ */
+export function summarizePacket(data: Uint8Array, start = 0, end = data.length): PacketSummary {
   const out: PacketSummary = {};
-  if (data.length < ETH_HLEN) return out;
-  out.ethernet = { destination: macString(data, 0), source: macString(data, 6), type: be16At(data, 12) };
-  const ip = ipv4HeaderAt(data);
+  if (end - start < ETH_HLEN) return out;
+  out.ethernet = { destination: macString(data, start), source: macString(data, start + 6), type: be16At(data, start + 12) };
+  const ip = ipv4HeaderAt(data, start, end);
   if (ip < 0) return out;
   const hdrlen = (data[ip] & 0x0f) * 4;
   const fragOff = be16At(data, ip + 6);
-  const whole = data.length >= ip + hdrlen;
+  const whole = end >= ip + hdrlen;
   out.ipv4 = {
     source: ipString(data, ip + 12),
     destination: ipString(data, ip + 16),
@@ -106,7 +109,7 @@ export function summarizePacket(data: Uint8Array): PacketSummary {
   // Later fragments carry no L4 header.
   if (!whole || (fragOff & 0x1fff) !== 0) return out;
   const l4 = ip + hdrlen;
-  const left = data.length - l4;
+  const left = end - l4;
   switch (out.ipv4.protocol) {
     case IPPROTO_TCP:
       if (left >= 14) {

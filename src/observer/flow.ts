@@ -7,7 +7,6 @@
 import { randomUUID } from 'node:crypto';
 import {
   checkEventRecord,
-  decodeEvent,
   DropReason,
   DropReasonCode,
   dropEvent,
@@ -18,13 +17,13 @@ import {
   ipString,
   ipv4At,
   ipv4HeaderAt,
-  MAX_EVENT_BYTES,
   MonitorEventType,
   policyVerdictEvent,
+  summarizePacket,
+  type L4Summary,
   type RecordSlots,
   traceEvent,
   TracePoint,
-  type DatapathEvent,
 } from '../datapath/index.ts';
 import { PolicyDirection, PolicyVerdict } from '../policy/index.ts';
 import { ObserverError } from './errors.ts';
@@ -86,8 +85,7 @@ function flowEndpoint(local: FlowEndpointInfo | undefined, identity: number, lab
   return out;
 }
 
-function layer4(event: DatapathEvent): Layer4 | undefined {
-  const l4 = event.packet.l4;
+function layer4(l4: L4Summary | undefined): Layer4 | undefined {
   if (!l4) return undefined;
   switch (l4.protocol) {
     case 'TCP':
@@ -103,12 +101,12 @@ function layer4(event: DatapathEvent): Layer4 | undefined {
  * The direction from the endpoint's point of view: a reply seen entering an endpoint belongs
  * to a connection the endpoint opened, so it is egress traffic (as Hubble reports it).
  */
-function traceDirection(event: DatapathEvent & { kind: 'trace' }): TrafficDirection {
+function traceDirection(observationPoint: number, isReply: boolean): TrafficDirection {
   let ingress: boolean;
-  if (event.observationPoint === TracePoint.TRACE_TO_LXC) ingress = true;
-  else if (event.observationPoint === TracePoint.TRACE_FROM_LXC) ingress = false;
+  if (observationPoint === TracePoint.TRACE_TO_LXC) ingress = true;
+  else if (observationPoint === TracePoint.TRACE_FROM_LXC) ingress = false;
   else return 'TRAFFIC_DIRECTION_UNKNOWN';
-  if (event.isReply) ingress = !ingress;
+  if (isReply) ingress = !ingress;
   return ingress ? 'INGRESS' : 'EGRESS';
 }
 
@@ -116,10 +114,21 @@ function dropReasonDesc(code: number): string | number {
   return DropReason[code] ?? code;
 }
 
-/** The Flow of one decoded event that happened at `timeNs` (ns since the epoch), its sides named. */
-function buildFlow(event: DatapathEvent, timeNs: bigint, uuid: string, nodeName: string, named: FlowEntry): Flow {
-  const ip = event.packet.ipv4;
-  const ingress = event.kind === 'policy-verdict' ? event.direction === PolicyDirection.INGRESS : event.ingress;
+/**
+ * The Flow of the checked record at `at` in `record`, whose event happened at `timeNs` (ns since
+ * the epoch), its sides as `named` says. Reads the record's fields where they are (the offsets of
+ * the codecs in datapath/events.ts) rather than decoding it into a DatapathEvent first: this is
+ * what every reader of the buffer, and the metrics of every flow, pay.
+ */
+function buildFlow(record: Buffer, at: number, timeNs: bigint, uuid: string, nodeName: string, named: FlowEntry): Flow {
+  const type = record[at + HDR.type];
+  const flags = record[at + HDR.flags];
+  const isReply = (flags & EventFlag.REPLY) !== 0;
+  const verdictEvent = type === MonitorEventType.POLICY_VERDICT;
+  const ingress = verdictEvent ? record[at + VERDICT.direction] === PolicyDirection.INGRESS : (flags & EventFlag.INGRESS) !== 0;
+  const capture = at + CAPTURE_AT[type];
+  const packet = summarizePacket(record, capture, capture + Math.min(record.readUInt32LE(at + HDR.cap_len), EVENT_CAPTURE_LEN));
+  const ip = packet.ipv4;
   const flow: Flow = {
     time: timestampFromNs(timeNs),
     uuid,
@@ -127,41 +136,47 @@ function buildFlow(event: DatapathEvent, timeNs: bigint, uuid: string, nodeName:
     nodeName,
     source: flowEndpoint(named.sourceLocal, named.sourceIdentity, named.sourceLabels),
     destination: flowEndpoint(named.destinationLocal, named.destinationIdentity, named.destinationLabels),
-    isReply: { value: event.isReply },
+    isReply: { value: isReply },
   };
-  if (event.packet.ethernet) flow.ethernet = { source: event.packet.ethernet.source, destination: event.packet.ethernet.destination };
+  if (packet.ethernet) flow.ethernet = { source: packet.ethernet.source, destination: packet.ethernet.destination };
   if (ip) flow.IP = { source: ip.source, destination: ip.destination, ipVersion: 'IPv4' };
-  const l4 = layer4(event);
+  const l4 = layer4(packet.l4);
   if (l4) flow.l4 = l4;
-  if (event.ifindex) flow.interface = { index: event.ifindex };
-  switch (event.kind) {
-    case 'trace': {
+  const ifindex = record.readUInt32LE(at + HDR.ifindex);
+  if (ifindex) flow.interface = { index: ifindex };
+  const subtype = record[at + HDR.subtype];
+  switch (type) {
+    case MonitorEventType.TRACE: {
       flow.verdict = 'FORWARDED';
-      flow.eventType = { type: MonitorEventType.TRACE, subType: event.observationPoint };
-      flow.traceObservationPoint = TRACE_OBSERVATION_POINTS[hubbleObservationPoint(event.observationPoint) ?? 0] ?? 'UNKNOWN_POINT';
-      flow.traceReason = TRACE_REASONS[event.ctStatus + 1] ?? 'TRACE_REASON_UNKNOWN';
-      flow.trafficDirection = traceDirection(event);
+      flow.eventType = { type: MonitorEventType.TRACE, subType: subtype };
+      flow.traceObservationPoint = TRACE_OBSERVATION_POINTS[hubbleObservationPoint(subtype) ?? 0] ?? 'UNKNOWN_POINT';
+      // A trace's `reason` is its conntrack status.
+      flow.traceReason = TRACE_REASONS[record[at + HDR.reason] + 1] ?? 'TRACE_REASON_UNKNOWN';
+      flow.trafficDirection = traceDirection(subtype, isReply);
       break;
     }
-    case 'drop':
+    case MonitorEventType.DROP:
+      // A drop's subtype is its reason.
       flow.verdict = 'DROPPED';
-      flow.dropReason = event.reason;
-      flow.dropReasonDesc = dropReasonDesc(event.reason);
-      flow.eventType = { type: MonitorEventType.DROP, subType: event.reason };
-      flow.trafficDirection = (named.policyIngress ?? event.ingress) ? 'INGRESS' : 'EGRESS';
+      flow.dropReason = subtype;
+      flow.dropReasonDesc = dropReasonDesc(subtype);
+      flow.eventType = { type: MonitorEventType.DROP, subType: subtype };
+      flow.trafficDirection = (named.policyIngress ?? ingress) ? 'INGRESS' : 'EGRESS';
       break;
-    case 'policy-verdict': {
+    case MonitorEventType.POLICY_VERDICT: {
+      const allowed = record[at + VERDICT.verdict] === PolicyVerdict.ALLOWED;
+      const dropReason = record[at + VERDICT.drop_reason];
       flow.eventType = { type: MonitorEventType.POLICY_VERDICT, subType: 0 };
       flow.trafficDirection = ingress ? 'INGRESS' : 'EGRESS';
-      flow.policyMatchType = event.match;
-      flow.verdict = event.allowed ? 'FORWARDED' : 'DROPPED';
-      if (!event.allowed && event.dropReason) {
-        flow.dropReason = event.dropReason;
-        flow.dropReasonDesc = dropReasonDesc(event.dropReason);
+      flow.policyMatchType = record[at + VERDICT.match_type];
+      flow.verdict = allowed ? 'FORWARDED' : 'DROPPED';
+      if (!allowed && dropReason) {
+        flow.dropReason = dropReason;
+        flow.dropReasonDesc = dropReasonDesc(dropReason);
       }
       const policy = named.policy;
       if (policy) {
-        const field = event.allowed ? (ingress ? 'ingressAllowedBy' : 'egressAllowedBy') : ingress ? 'ingressDeniedBy' : 'egressDeniedBy';
+        const field = allowed ? (ingress ? 'ingressAllowedBy' : 'egressAllowedBy') : ingress ? 'ingressDeniedBy' : 'egressDeniedBy';
         flow[field] = [policy.labels ? { ...policy, labels: [...policy.labels] } : { ...policy }];
       }
       break;
@@ -252,7 +267,7 @@ export class FlowEntry {
     const at = this.#offset();
     const records = this.#store.records;
     this.#uuid ??= randomUUID();
-    return buildFlow(decodeEvent(records.bytes, at, records.lengths[at / MAX_EVENT_BYTES]), this.timeNs, this.#uuid, this.#store.names.nodeName, this);
+    return buildFlow(records.bytes, at, this.timeNs, this.#uuid, this.#store.names.nodeName, this);
   }
 
   /** Where the record is, while it is still this entry's: every reader builds flows while the buffer holds them. */
