@@ -197,8 +197,8 @@ export interface FlowStore {
   /** Nanoseconds since the epoch of an event's CLOCK_MONOTONIC timestamp: a fixed mapping. */
   wallClockNs(monotonicNs: bigint): bigint;
   readonly records: RecordSlots;
-  /** Whether the buffer still holds the entry with this sequence number (its slot is its own). */
-  holds(seq: number): boolean;
+  /** Whether the buffer holds the entry (then the slot of its sequence number is its own). */
+  holds(entry: FlowEntry): boolean;
 }
 
 const HDR = eventHeader.offsets;
@@ -272,7 +272,7 @@ export class FlowEntry {
 
   /** Where the record is, while it is still this entry's: every reader builds flows while the buffer holds them. */
   #offset(): number {
-    if (!this.#store.holds(this.seq)) throw new ObserverError('ERR_OBSERVER_OVERWRITTEN', `flow ${this.seq} was read after the buffer overwrote it`);
+    if (!this.#store.holds(this)) throw new ObserverError('ERR_OBSERVER_OVERWRITTEN', `flow ${this.seq} was read after the buffer overwrote it`);
     return this.#store.records.offset(this.seq % this.#store.records.lengths.length);
   }
 }

@@ -8,10 +8,10 @@
  * @module
  */
 import type { Logger } from 'pino';
+import { RecordSlots } from '../datapath/index.ts';
 import { FlowRing, type RingEntry } from './buffer.ts';
 import { InvalidRequestError } from './errors.ts';
 import { compileFilters, type FlowPredicate } from './filter.ts';
-import { RecordSlots } from '../datapath/index.ts';
 import { FlowIngest, type FlowNames } from './flow.ts';
 import { timestampToNs, type Flow, type GetFlowsRequest, type LostEvent, type LostEventSource } from './types.ts';
 
@@ -157,7 +157,7 @@ export class FlowObserver {
       names: options.names,
       wallClockNs: (ns) => source.wallClockNs(ns),
       records: this.#records,
-      holds: (seq) => ring.at(seq)?.seq === seq,
+      holds: (entry) => ring.at(entry.seq) === entry,
     });
     this.#onFlow = options.onFlow;
     this.#onLost = options.onLost;
