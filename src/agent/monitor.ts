@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import { BpfMap, RingBuffer } from '../ebpf/index.ts';
-import { decodeEvent, MapName, type DatapathEvent } from '../datapath/index.ts';
+import { decodeEvent, MapName, RecordSlots, type DatapathEvent } from '../datapath/index.ts';
 import { identityName } from '../identity/index.ts';
 
 export interface MonitorEvent {
@@ -38,11 +38,14 @@ export class Monitor {
   readonly #names: MonitorNames;
   readonly #log: Logger;
   readonly #capacity: number;
-  /** Raw records in a ring of `capacity` slots (slot = count % capacity), decoded on demand. */
-  readonly #recent: Buffer[] = [];
+  /**
+   * Raw records in `capacity` slots of MAX_EVENT_BYTES (slot = count % capacity), decoded on
+   * demand: one arena, so a busy datapath costs a copy per record and no allocation.
+   */
+  readonly #recent: RecordSlots;
   #next = 0;
   readonly #listeners = new Set<(event: MonitorEvent) => void>();
-  readonly #recordListeners = new Set<(record: Buffer) => void>();
+  readonly #recordListeners = new Set<(record: Uint8Array, offset: number, length: number) => void>();
   readonly #bootTimeOffsetNs: bigint;
 
   constructor(bpfRoot: string, names: MonitorNames, log: Logger, capacity = 4096) {
@@ -53,6 +56,7 @@ export class Monitor {
     this.#names = names;
     this.#log = log;
     this.#capacity = capacity;
+    this.#recent = new RecordSlots(capacity);
     // Events carry bpf_ktime_get_ns (monotonic since boot); wall clock = boot time + that.
     this.#bootTimeOffsetNs = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
   }
@@ -62,12 +66,12 @@ export class Monitor {
       (_view, offset, length, bytes) => {
         // Copy only: decoding and naming wait until someone asks, so a busy datapath costs the
         // agent one small copy per event rather than a decode and string formatting.
-        const record = Buffer.from(bytes.subarray(offset, offset + length));
-        this.#recent[this.#next % this.#capacity] = record;
+        const slot = this.#next % this.#capacity;
+        this.#recent.put(slot, bytes, offset, length);
         this.#next++;
-        for (const listener of this.#recordListeners) listener(record);
+        for (const listener of this.#recordListeners) listener(bytes, offset, length);
         if (this.#listeners.size > 0) {
-          const event = this.#describeRecord(record);
+          const event = this.#describeRecord(slot);
           if (event) for (const listener of this.#listeners) listener(event);
         }
       },
@@ -81,9 +85,9 @@ export class Monitor {
     this.#ring.unref();
   }
 
-  #describeRecord(record: Buffer): MonitorEvent | undefined {
+  #describeRecord(slot: number): MonitorEvent | undefined {
     try {
-      return this.#describe(decodeEvent(record));
+      return this.#describe(decodeEvent(this.#recent.bytes, this.#recent.offset(slot), this.#recent.lengths[slot]));
     } catch (error) {
       this.#log.warn({ err: error }, 'decoding a datapath event failed');
       return undefined;
@@ -98,7 +102,7 @@ export class Monitor {
     const count = Math.min(last, this.#next, this.#capacity);
     const out: MonitorEvent[] = [];
     for (let i = this.#next - count; i < this.#next; i++) {
-      const event = this.#describeRecord(this.#recent[i % this.#capacity]);
+      const event = this.#describeRecord(i % this.#capacity);
       if (event) out.push(event);
     }
     return out;
@@ -114,10 +118,11 @@ export class Monitor {
   }
 
   /**
-   * Every raw record from now on, undecoded, as it is read: the listener must only queue it
+   * Every raw record from now on, undecoded, as it is read: `length` bytes at `offset` in the
+   * ring's own memory, valid during the call only. The listener must only copy it into a queue
    * (it runs inside the ring's read loop). Returns the unsubscribe.
    */
-  onRecord(listener: (record: Buffer) => void): () => void {
+  onRecord(listener: (record: Uint8Array, offset: number, length: number) => void): () => void {
     this.#recordListeners.add(listener);
     return () => this.#recordListeners.delete(listener);
   }

@@ -115,6 +115,59 @@ export const policyVerdictEvent = struct('ciliate_policy_verdict_event', {
   data: bytes(EVENT_CAPTURE_LEN),
 });
 
+/** Bytes of the largest event: what a consumer keeping records needs a slot to hold. */
+export const MAX_EVENT_BYTES = Math.max(traceEvent.size, dropEvent.size, policyVerdictEvent.size);
+
+/**
+ * Slots of MAX_EVENT_BYTES for records a consumer keeps (the Monitor's recent events, the
+ * observer's queue and flow buffer), each with its length. Records are copied in without
+ * allocating: Buffer#copy and subarray make a view object of the part they copy, garbage per
+ * record at hundreds of thousands a second. Records start and end on 4-byte boundaries in the ring
+ * (8-byte, in fact) and in the slots, so they go over as 32-bit words through Int32Array views,
+ * the source's made once per memory it comes from (the ring's stays the same).
+ */
+export class RecordSlots {
+  readonly bytes: Buffer;
+  readonly lengths: Uint16Array;
+  readonly #words: Int32Array;
+  #source: ArrayBufferLike | undefined;
+  #sourceWords: Int32Array<ArrayBufferLike> = new Int32Array(0);
+
+  constructor(count: number) {
+    // Its own ArrayBuffer (not Buffer's pool), so slot offsets are word-aligned.
+    this.bytes = Buffer.from(new ArrayBuffer(count * MAX_EVENT_BYTES));
+    this.lengths = new Uint16Array(count);
+    this.#words = new Int32Array(this.bytes.buffer);
+  }
+
+  /** Where slot `slot` starts in `bytes`. */
+  offset(slot: number): number {
+    return slot * MAX_EVENT_BYTES;
+  }
+
+  /**
+   * Copies `length` bytes at `offset` in `from` into slot `slot`. A record longer than a slot
+   * keeps its first MAX_EVENT_BYTES: every known event fits, and no decoder reads past its own.
+   */
+  put(slot: number, from: Uint8Array, offset: number, length: number): void {
+    const kept = Math.min(length, MAX_EVENT_BYTES);
+    const at = slot * MAX_EVENT_BYTES;
+    this.lengths[slot] = kept;
+    const start = from.byteOffset + offset;
+    if ((start & 3) !== 0 || (kept & 3) !== 0) {
+      this.bytes.set(from.subarray(offset, offset + kept), at);
+      return;
+    }
+    if (from.buffer !== this.#source) {
+      this.#source = from.buffer;
+      this.#sourceWords = new Int32Array(from.buffer, 0, from.buffer.byteLength >> 2);
+    }
+    const source = this.#sourceWords;
+    const words = this.#words;
+    for (let i = 0, s = start >> 2, d = at >> 2; i < kept >> 2; i++) words[d + i] = source[s + i];
+  }
+}
+
 interface EventBase {
   /** Endpoint id of the program that reported it. */
   source: number;
@@ -207,25 +260,40 @@ function base(hdr: EventHeader, data: Buffer): EventBase {
   };
 }
 
+/** Bytes a record of each monitor type must have; 0 for a type this build does not know. */
+function recordSize(type: number): number {
+  return type === MonitorEventType.TRACE
+    ? traceEvent.size
+    : type === MonitorEventType.DROP
+      ? dropEvent.size
+      : type === MonitorEventType.POLICY_VERDICT
+        ? policyVerdictEvent.size
+        : 0;
+}
+
+/**
+ * The monitor type of a record `length` bytes long, after checking that it is one this build
+ * knows and that the record holds it whole: what makes the record's fixed fields safe to read
+ * one at a time (the observer reads them so, at `eventHeader.offsets` and the like).
+ * Throws ERR_CODEC for a record too short for its type or of a type this build does not know.
+ */
+export function checkEventRecord(record: Uint8Array, offset = 0, length = record.length - offset): MonitorEventType {
+  if (length < 1) throw new BpfError('ERR_CODEC', 'decoding datapath event: empty record');
+  const type = record[offset];
+  const need = recordSize(type);
+  if (need === 0) throw new BpfError('ERR_CODEC', `decoding datapath event: unknown monitor event type ${type}`);
+  if (length < need) throw new BpfError('ERR_CODEC', `decoding datapath event of type ${type}: ${length} bytes, want ${need}`);
+  return type as MonitorEventType;
+}
+
 /**
  * Decodes one ring buffer record. Copies what it keeps, so it may be called from a RingBuffer
  * handler with the ring's own memory: `(view, offset, length, bytes) => decodeEvent(bytes, offset, length)`.
  * Throws ERR_CODEC for a record too short for its type or of a type this build does not know.
  */
 export function decodeEvent(record: Uint8Array, offset = 0, length = record.length - offset): DatapathEvent {
+  const type = checkEventRecord(record, offset, length);
   const buffer = Buffer.from(record.buffer, record.byteOffset + offset, length);
-  if (length < 1) throw new BpfError('ERR_CODEC', 'decoding datapath event: empty record');
-  const type = buffer[0];
-  const need =
-    type === MonitorEventType.TRACE
-      ? traceEvent.size
-      : type === MonitorEventType.DROP
-        ? dropEvent.size
-        : type === MonitorEventType.POLICY_VERDICT
-          ? policyVerdictEvent.size
-          : 0;
-  if (need === 0) throw new BpfError('ERR_CODEC', `decoding datapath event: unknown monitor event type ${type}`);
-  if (length < need) throw new BpfError('ERR_CODEC', `decoding datapath event of type ${type}: ${length} bytes, want ${need}`);
   if (type === MonitorEventType.TRACE) {
     const ev = traceEvent.decode(buffer, 0);
     return {

@@ -48,7 +48,8 @@ const HEX_BYTE = Array.from({ length: 256 }, (_, x) => x.toString(16).padStart(2
 // was a tenth of the observer's time per flow.
 const macString = (b: Uint8Array, at: number): string =>
   `${HEX_BYTE[b[at]]}:${HEX_BYTE[b[at + 1]]}:${HEX_BYTE[b[at + 2]]}:${HEX_BYTE[b[at + 3]]}:${HEX_BYTE[b[at + 4]]}:${HEX_BYTE[b[at + 5]]}`;
-const ipString = (b: Uint8Array, at: number): string => `${b[at]}.${b[at + 1]}.${b[at + 2]}.${b[at + 3]}`;
+/** The dotted-quad of the IPv4 address at `at`. */
+export const ipString = (b: Uint8Array, at: number): string => `${b[at]}.${b[at + 1]}.${b[at + 2]}.${b[at + 3]}`;
 const be16At = (b: Uint8Array, at: number): number => (b[at] << 8) | b[at + 1];
 
 const TCP_FLAG_NAMES = Object.entries(TcpFlag) as [string, number][];
@@ -67,17 +68,35 @@ export function internetChecksum(data: Uint8Array, initial = 0): number {
   return ~sum & 0xffff;
 }
 
-/** Decodes whatever headers the bytes hold whole; a header cut short is left out. */
-export function summarizePacket(data: Uint8Array): PacketSummary {
+/**
+ * Where the IPv4 header of the Ethernet frame in `data[start, end)` starts, or -1 when the frame
+ * carries none whose fixed part was captured (another EtherType, cut short, not version 4).
+ * The observer reads the addresses here without summarizing the rest of the packet.
+ */
+export function ipv4HeaderAt(data: Uint8Array, start = 0, end = data.length): number {
+  if (end - start < ETH_HLEN + 20 || be16At(data, start + 12) !== ETH_P_IP) return -1;
+  const ip = start + ETH_HLEN;
+  return data[ip] >> 4 === 4 && (data[ip] & 0x0f) >= 5 ? ip : -1;
+}
+
+/** An IPv4 address at `at` (network order) as a number, e.g. 10.0.0.1 → 0x0a000001. */
+export function ipv4At(data: Uint8Array, at: number): number {
+  return ((data[at] << 24) | (data[at + 1] << 16) | (data[at + 2] << 8) | data[at + 3]) >>> 0;
+}
+
+/**
+ * Decodes whatever headers the frame in `data[start, end)` holds whole; a header cut short is
+ * left out.
+ */
+export function summarizePacket(data: Uint8Array, start = 0, end = data.length): PacketSummary {
   const out: PacketSummary = {};
-  if (data.length < ETH_HLEN) return out;
-  out.ethernet = { destination: macString(data, 0), source: macString(data, 6), type: be16At(data, 12) };
-  if (out.ethernet.type !== ETH_P_IP || data.length < ETH_HLEN + 20) return out;
-  const ip = ETH_HLEN;
+  if (end - start < ETH_HLEN) return out;
+  out.ethernet = { destination: macString(data, start), source: macString(data, start + 6), type: be16At(data, start + 12) };
+  const ip = ipv4HeaderAt(data, start, end);
+  if (ip < 0) return out;
   const hdrlen = (data[ip] & 0x0f) * 4;
-  if (data[ip] >> 4 !== 4 || hdrlen < 20) return out;
   const fragOff = be16At(data, ip + 6);
-  const whole = data.length >= ip + hdrlen;
+  const whole = end >= ip + hdrlen;
   out.ipv4 = {
     source: ipString(data, ip + 12),
     destination: ipString(data, ip + 16),
@@ -90,7 +109,7 @@ export function summarizePacket(data: Uint8Array): PacketSummary {
   // Later fragments carry no L4 header.
   if (!whole || (fragOff & 0x1fff) !== 0) return out;
   const l4 = ip + hdrlen;
-  const left = data.length - l4;
+  const left = end - l4;
   switch (out.ipv4.protocol) {
     case IPPROTO_TCP:
       if (left >= 14) {

@@ -65,12 +65,26 @@ export class FlowRing {
   }
 
   push(timeNs: bigint, payload: RingPayload): RingEntry {
-    const entry = { seq: this.#next, timeNs, ...payload } as RingEntry;
+    return this.#add({ seq: this.#next, timeNs, ...payload } as RingEntry);
+  }
+
+  /**
+   * Adds a flow entry its producer made (the observer's, which builds its Flow only when read),
+   * giving it its sequence number.
+   */
+  pushEntry(entry: { seq: number; readonly timeNs: bigint; readonly flow: Flow; readonly lost?: undefined }): RingEntry {
+    entry.seq = this.#next;
+    return this.#add(entry);
+  }
+
+  #add(entry: RingEntry): RingEntry {
     const slot = this.#next % this.capacity;
-    if (this.#slots[slot]?.flow) this.#heldFlows--;
+    // `lost`, not `flow`: reading an observer entry's flow builds it.
+    const old = this.#slots[slot];
+    if (old !== undefined && old.lost === undefined) this.#heldFlows--;
     this.#slots[slot] = entry;
     this.#next++;
-    if (payload.flow) {
+    if (entry.lost === undefined) {
       this.#flows++;
       this.#heldFlows++;
     }

@@ -18,7 +18,9 @@ export type ObserverErrorCode =
   /** An export file that cannot be opened, written or rotated. */
   | 'ERR_OBSERVER_EXPORT_FILE'
   /** A TLS certificate, key or CA file that cannot be read or does not fit. */
-  | 'ERR_OBSERVER_TLS';
+  | 'ERR_OBSERVER_TLS'
+  /** A flow read after the buffer overwrote it (flows are built from records the buffer keeps). */
+  | 'ERR_OBSERVER_OVERWRITTEN';
 
 export class ObserverError extends codedErrorFamily<ObserverErrorCode>('observer') {}
 

@@ -133,12 +133,14 @@ export class FlowExporter {
   /** Takes one buffer entry: the observer's hot path, so only a filter check and a push. */
   offer(entry: RingEntry): void {
     if (!this.active) return;
-    if (entry.flow && !this.#compiled.matches(entry.flow)) {
+    // Read once: an observer entry builds its flow at each read.
+    const flow = entry.flow;
+    if (flow && !this.#compiled.matches(flow)) {
       this.#filtered++;
       return;
     }
     if (this.#queue.length >= this.#queueSize) {
-      if (entry.flow) {
+      if (flow) {
         this.#dropped++;
         this.#droppedPending++;
       } else {
@@ -148,7 +150,7 @@ export class FlowExporter {
       this.#schedule();
       return;
     }
-    this.#queue.push(entry);
+    this.#queue.push(flow ? { seq: entry.seq, timeNs: entry.timeNs, flow } : entry);
     this.#schedule();
   }
 

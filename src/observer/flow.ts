@@ -5,8 +5,28 @@
  * @module
  */
 import { randomUUID } from 'node:crypto';
-import { DropReason, hubbleObservationPoint, MonitorEventType, TracePoint, type DatapathEvent } from '../datapath/index.ts';
-import { PolicyDirection } from '../policy/index.ts';
+import {
+  checkEventRecord,
+  DropReason,
+  DropReasonCode,
+  dropEvent,
+  EVENT_CAPTURE_LEN,
+  eventHeader,
+  EventFlag,
+  hubbleObservationPoint,
+  ipString,
+  ipv4At,
+  ipv4HeaderAt,
+  MonitorEventType,
+  policyVerdictEvent,
+  summarizePacket,
+  type L4Summary,
+  type RecordSlots,
+  traceEvent,
+  TracePoint,
+} from '../datapath/index.ts';
+import { PolicyDirection, PolicyVerdict } from '../policy/index.ts';
+import { ObserverError } from './errors.ts';
 import { flowSummary } from './printer.ts';
 import { TRACE_OBSERVATION_POINTS, TRACE_REASONS, timestampFromNs, type Flow, type FlowEndpoint, type FlowPolicy, type Layer4, type TcpFlags, type TrafficDirection, type Workload } from './types.ts';
 
@@ -53,14 +73,12 @@ function tcpFlags(bits: number): TcpFlags {
   return flags;
 }
 
-function endpoint(names: FlowNames, address: string | undefined, identity: number, reporter: number): FlowEndpoint {
-  // Packets without an IPv4 header (IPv6 neighbour discovery, ARP) still name the endpoint
-  // whose program reported them, on the side that endpoint is.
-  const local = (address === undefined ? undefined : names.endpointByAddress(address)) ?? (reporter ? names.endpointById(reporter) : undefined);
-  // The datapath may not know a local peer's identity (0) where the agent does.
-  const id = identity !== 0 ? identity : (local?.identity ?? 0);
-  const labels = names.identityLabels(id);
-  const out: FlowEndpoint = { identity: id };
+/**
+ * One side of a flow as it was named when its event came: the local endpoint (or remote pod) at
+ * its address or the one that reported it, and the identity with its labels.
+ */
+function flowEndpoint(local: FlowEndpointInfo | undefined, identity: number, labels: readonly string[] | undefined): FlowEndpoint {
+  const out: FlowEndpoint = { identity };
   if (local?.id) out.ID = local.id;
   if (labels) out.labels = [...labels];
   const namespace = local?.namespace ?? labels?.find((l) => l.startsWith(NAMESPACE_LABEL))?.slice(NAMESPACE_LABEL.length);
@@ -70,8 +88,7 @@ function endpoint(names: FlowNames, address: string | undefined, identity: numbe
   return out;
 }
 
-function layer4(event: DatapathEvent): Layer4 | undefined {
-  const l4 = event.packet.l4;
+function layer4(l4: L4Summary | undefined): Layer4 | undefined {
   if (!l4) return undefined;
   switch (l4.protocol) {
     case 'TCP':
@@ -87,12 +104,12 @@ function layer4(event: DatapathEvent): Layer4 | undefined {
  * The direction from the endpoint's point of view: a reply seen entering an endpoint belongs
  * to a connection the endpoint opened, so it is egress traffic (as Hubble reports it).
  */
-function traceDirection(event: DatapathEvent & { kind: 'trace' }): TrafficDirection {
+function traceDirection(observationPoint: number, isReply: boolean): TrafficDirection {
   let ingress: boolean;
-  if (event.observationPoint === TracePoint.TRACE_TO_LXC) ingress = true;
-  else if (event.observationPoint === TracePoint.TRACE_FROM_LXC) ingress = false;
+  if (observationPoint === TracePoint.TRACE_TO_LXC) ingress = true;
+  else if (observationPoint === TracePoint.TRACE_FROM_LXC) ingress = false;
   else return 'TRAFFIC_DIRECTION_UNKNOWN';
-  if (event.isReply) ingress = !ingress;
+  if (isReply) ingress = !ingress;
   return ingress ? 'INGRESS' : 'EGRESS';
 }
 
@@ -101,64 +118,69 @@ function dropReasonDesc(code: number): string | number {
 }
 
 /**
- * The Flow of one decoded event that happened at `timeNs` (ns since the epoch).
- *
- * @example
- * const flow = buildFlow(decodeEvent(record), monitor.wallClockNs(ts), names);
- * flow.verdict; // 'DROPPED'
+ * The Flow of the checked record at `at` in `record`, whose event happened at `timeNs` (ns since
+ * the epoch), its sides as `named` says. Reads the record's fields where they are (the offsets of
+ * the codecs in datapath/events.ts) rather than decoding it into a DatapathEvent first: this is
+ * what every reader of the buffer, and the metrics of every flow, pay.
  */
-export interface FlowHints {
-  /** For a policy drop: whether the policy that denied it was the destination's ingress policy. */
-  policyIngress?: boolean;
-}
-
-export function buildFlow(event: DatapathEvent, timeNs: bigint, names: FlowNames, hints: FlowHints = {}): Flow {
-  const ip = event.packet.ipv4;
-  const reporter = event.kind === 'policy-verdict' ? event.endpointId : event.source;
-  const ingress = event.kind === 'policy-verdict' ? event.direction === PolicyDirection.INGRESS : event.ingress;
+function buildFlow(record: Buffer, at: number, timeNs: bigint, uuid: string, nodeName: string, named: FlowEntry): Flow {
+  const type = record[at + HDR.type];
+  const flags = record[at + HDR.flags];
+  const isReply = (flags & EventFlag.REPLY) !== 0;
+  const verdictEvent = type === MonitorEventType.POLICY_VERDICT;
+  const ingress = verdictEvent ? record[at + VERDICT.direction] === PolicyDirection.INGRESS : (flags & EventFlag.INGRESS) !== 0;
+  const capture = at + CAPTURE_AT[type];
+  const packet = summarizePacket(record, capture, capture + Math.min(record.readUInt32LE(at + HDR.cap_len), EVENT_CAPTURE_LEN));
+  const ip = packet.ipv4;
   const flow: Flow = {
     time: timestampFromNs(timeNs),
-    uuid: randomUUID(),
+    uuid,
     Type: 'L3_L4',
-    nodeName: names.nodeName,
-    source: endpoint(names, ip?.source, event.srcIdentity, ingress ? 0 : reporter),
-    destination: endpoint(names, ip?.destination, event.dstIdentity, ingress ? reporter : event.dstId),
-    isReply: { value: event.isReply },
+    nodeName,
+    source: flowEndpoint(named.sourceLocal, named.sourceIdentity, named.sourceLabels),
+    destination: flowEndpoint(named.destinationLocal, named.destinationIdentity, named.destinationLabels),
+    isReply: { value: isReply },
   };
-  if (event.packet.ethernet) flow.ethernet = { source: event.packet.ethernet.source, destination: event.packet.ethernet.destination };
+  if (packet.ethernet) flow.ethernet = { source: packet.ethernet.source, destination: packet.ethernet.destination };
   if (ip) flow.IP = { source: ip.source, destination: ip.destination, ipVersion: 'IPv4' };
-  const l4 = layer4(event);
+  const l4 = layer4(packet.l4);
   if (l4) flow.l4 = l4;
-  if (event.ifindex) flow.interface = { index: event.ifindex };
-  switch (event.kind) {
-    case 'trace': {
+  const ifindex = record.readUInt32LE(at + HDR.ifindex);
+  if (ifindex) flow.interface = { index: ifindex };
+  const subtype = record[at + HDR.subtype];
+  switch (type) {
+    case MonitorEventType.TRACE: {
       flow.verdict = 'FORWARDED';
-      flow.eventType = { type: MonitorEventType.TRACE, subType: event.observationPoint };
-      flow.traceObservationPoint = TRACE_OBSERVATION_POINTS[hubbleObservationPoint(event.observationPoint) ?? 0] ?? 'UNKNOWN_POINT';
-      flow.traceReason = TRACE_REASONS[event.ctStatus + 1] ?? 'TRACE_REASON_UNKNOWN';
-      flow.trafficDirection = traceDirection(event);
+      flow.eventType = { type: MonitorEventType.TRACE, subType: subtype };
+      flow.traceObservationPoint = TRACE_OBSERVATION_POINTS[hubbleObservationPoint(subtype) ?? 0] ?? 'UNKNOWN_POINT';
+      // A trace's `reason` is its conntrack status.
+      flow.traceReason = TRACE_REASONS[record[at + HDR.reason] + 1] ?? 'TRACE_REASON_UNKNOWN';
+      flow.trafficDirection = traceDirection(subtype, isReply);
       break;
     }
-    case 'drop':
+    case MonitorEventType.DROP:
+      // A drop's subtype is its reason.
       flow.verdict = 'DROPPED';
-      flow.dropReason = event.reason;
-      flow.dropReasonDesc = dropReasonDesc(event.reason);
-      flow.eventType = { type: MonitorEventType.DROP, subType: event.reason };
-      flow.trafficDirection = (hints.policyIngress ?? event.ingress) ? 'INGRESS' : 'EGRESS';
+      flow.dropReason = subtype;
+      flow.dropReasonDesc = dropReasonDesc(subtype);
+      flow.eventType = { type: MonitorEventType.DROP, subType: subtype };
+      flow.trafficDirection = (named.policyIngress ?? ingress) ? 'INGRESS' : 'EGRESS';
       break;
-    case 'policy-verdict': {
+    case MonitorEventType.POLICY_VERDICT: {
+      const allowed = record[at + VERDICT.verdict] === PolicyVerdict.ALLOWED;
+      const dropReason = record[at + VERDICT.drop_reason];
       flow.eventType = { type: MonitorEventType.POLICY_VERDICT, subType: 0 };
       flow.trafficDirection = ingress ? 'INGRESS' : 'EGRESS';
-      flow.policyMatchType = event.match;
-      flow.verdict = event.allowed ? 'FORWARDED' : 'DROPPED';
-      if (!event.allowed && event.dropReason) {
-        flow.dropReason = event.dropReason;
-        flow.dropReasonDesc = dropReasonDesc(event.dropReason);
+      flow.policyMatchType = record[at + VERDICT.match_type];
+      flow.verdict = allowed ? 'FORWARDED' : 'DROPPED';
+      if (!allowed && dropReason) {
+        flow.dropReason = dropReason;
+        flow.dropReasonDesc = dropReasonDesc(dropReason);
       }
-      const policy = event.cookie ? names.policyForCookie(event.cookie) : undefined;
+      const policy = named.policy;
       if (policy) {
-        const field = event.allowed ? (ingress ? 'ingressAllowedBy' : 'egressAllowedBy') : ingress ? 'ingressDeniedBy' : 'egressDeniedBy';
-        flow[field] = [policy];
+        const field = allowed ? (ingress ? 'ingressAllowedBy' : 'egressAllowedBy') : ingress ? 'ingressDeniedBy' : 'egressDeniedBy';
+        flow[field] = [policy.labels ? { ...policy, labels: [...policy.labels] } : { ...policy }];
       }
       break;
     }
@@ -167,3 +189,187 @@ export function buildFlow(event: DatapathEvent, timeNs: bigint, names: FlowNames
   flow.Summary = flowSummary(flow);
   return flow;
 }
+
+/**
+ * What the flows of one observer share: how they are named, their clock, and their records,
+ * each in the slot of its entry's sequence number (seq % slots), so a record lives exactly as
+ * long as its entry.
+ */
+export interface FlowStore {
+  readonly names: FlowNames;
+  /** Nanoseconds since the epoch of an event's CLOCK_MONOTONIC timestamp: a fixed mapping. */
+  wallClockNs(monotonicNs: bigint): bigint;
+  readonly records: RecordSlots;
+  /** Whether the buffer holds the entry (then the slot of its sequence number is its own). */
+  holds(entry: FlowEntry): boolean;
+}
+
+const HDR = eventHeader.offsets;
+const VERDICT = policyVerdictEvent.offsets;
+/** Where each event type's captured packet starts. */
+const CAPTURE_AT: Readonly<Record<number, number>> = {
+  [MonitorEventType.TRACE]: traceEvent.offsets.data,
+  [MonitorEventType.DROP]: dropEvent.offsets.data,
+  [MonitorEventType.POLICY_VERDICT]: policyVerdictEvent.offsets.data,
+};
+
+/**
+ * One flow in the buffer: its datapath record (in the store's slot of its sequence number), and
+ * what its numbers were named as when it came (endpoints, identities' labels, the rule), which
+ * is all the Flow message needs. The message itself is built when someone reads the flow
+ * (GetFlows, an exporter, the metrics), afresh at each read, so a reader may keep or change what
+ * it gets; its uuid is drawn at the first read and kept. Keeping the record rather than the
+ * message is what lets the observer take a busy datapath's events at a few hundred nanoseconds
+ * each, in a fraction of the memory: most flows are overwritten before anyone asks for them.
+ */
+export class FlowEntry {
+  /** Numbered by the flow buffer; the record is in slot seq % slots of the store. */
+  seq = 0;
+  declare readonly lost?: undefined;
+  readonly #store: FlowStore;
+  #uuid: string | undefined;
+  #timeNs: bigint | undefined;
+  readonly sourceLocal: FlowEndpointInfo | undefined;
+  readonly sourceIdentity: number;
+  readonly sourceLabels: readonly string[] | undefined;
+  readonly destinationLocal: FlowEndpointInfo | undefined;
+  readonly destinationIdentity: number;
+  readonly destinationLabels: readonly string[] | undefined;
+  /** The rule a policy verdict's cookie stood for. */
+  readonly policy: FlowPolicy | undefined;
+  /** For a policy drop: whether the policy that denied it was the destination's ingress policy. */
+  readonly policyIngress: boolean | undefined;
+
+  // Flat, not two side objects: this runs per datapath event.
+  constructor(
+    store: FlowStore,
+    sourceLocal: FlowEndpointInfo | undefined,
+    sourceIdentity: number,
+    destinationLocal: FlowEndpointInfo | undefined,
+    destinationIdentity: number,
+    policy: FlowPolicy | undefined,
+    policyIngress: boolean | undefined,
+  ) {
+    this.#store = store;
+    this.sourceLocal = sourceLocal;
+    this.sourceIdentity = sourceIdentity;
+    this.sourceLabels = store.names.identityLabels(sourceIdentity);
+    this.destinationLocal = destinationLocal;
+    this.destinationIdentity = destinationIdentity;
+    this.destinationLabels = store.names.identityLabels(destinationIdentity);
+    this.policy = policy;
+    this.policyIngress = policyIngress;
+  }
+
+  /** When the event happened, ns since the epoch. */
+  get timeNs(): bigint {
+    return (this.#timeNs ??= this.#store.wallClockNs(this.#store.records.bytes.readBigUInt64LE(this.#offset() + HDR.timestamp_ns)));
+  }
+
+  get flow(): Flow {
+    const at = this.#offset();
+    const records = this.#store.records;
+    this.#uuid ??= randomUUID();
+    return buildFlow(records.bytes, at, this.timeNs, this.#uuid, this.#store.names.nodeName, this);
+  }
+
+  /** Where the record is, while it is still this entry's: every reader builds flows while the buffer holds them. */
+  #offset(): number {
+    if (!this.#store.holds(this)) throw new ObserverError('ERR_OBSERVER_OVERWRITTEN', `flow ${this.seq} was read after the buffer overwrote it`);
+    return this.#store.records.offset(this.seq % this.#store.records.lengths.length);
+  }
+}
+
+/**
+ * Datapath records into flow entries, for one observer: checks each record, names both sides of
+ * it, and remembers the last denied policy verdict (the drop that follows takes its direction).
+ */
+export class FlowIngest {
+  readonly #store: FlowStore;
+  readonly #names: FlowNames;
+  /** Dotted quads by address, so a busy pair of pods costs no string formatting per flow. */
+  #addresses = new Map<number, string>();
+  /** The last denied policy verdict: the drop that follows it takes its direction. */
+  #denied: { hash: number; source: number; srcIdentity: number; dstIdentity: number; ingress: boolean } | undefined;
+
+  constructor(store: FlowStore) {
+    this.#store = store;
+    this.#names = store.names;
+  }
+
+  /**
+   * The entry of the record at `offset` in `record`, which the caller then puts in the store's
+   * slot of the entry's sequence number.
+   * @throws BpfError ERR_CODEC for a record too short for its type or of an unknown type
+   */
+  entry(record: Buffer, offset: number, length: number): FlowEntry {
+    const type = checkEventRecord(record, offset, length);
+    const flags = record[offset + HDR.flags];
+    const source = record.readUInt16LE(offset + HDR.source);
+    const srcIdentity = record.readUInt32LE(offset + HDR.src_identity);
+    const dstIdentity = record.readUInt32LE(offset + HDR.dst_identity);
+    const verdict = type === MonitorEventType.POLICY_VERDICT;
+    const reporter = verdict ? record.readUInt16LE(offset + VERDICT.endpoint_id) : source;
+    const ingress = verdict ? record[offset + VERDICT.direction] === PolicyDirection.INGRESS : (flags & EventFlag.INGRESS) !== 0;
+    const capture = offset + CAPTURE_AT[type];
+    const ip = ipv4HeaderAt(record, capture, capture + Math.min(record.readUInt32LE(offset + HDR.cap_len), EVENT_CAPTURE_LEN));
+    let policy: FlowPolicy | undefined;
+    let policyIngress: boolean | undefined;
+    if (verdict) {
+      const allowed = record[offset + VERDICT.verdict] === PolicyVerdict.ALLOWED;
+      this.#denied = allowed ? undefined : { hash: record.readUInt32LE(offset + HDR.hash), source, srcIdentity, dstIdentity, ingress };
+      const cookie = record.readUInt32LE(offset + VERDICT.cookie);
+      policy = cookie ? this.#names.policyForCookie(cookie) : undefined;
+    } else if (type === MonitorEventType.DROP) {
+      policyIngress = this.#policyIngress(record, offset, source, srcIdentity, dstIdentity);
+    }
+    // Packets without an IPv4 header (IPv6 neighbour discovery, ARP) still name the endpoint
+    // whose program reported them, on the side that endpoint is.
+    const sourceLocal = this.#local(ip < 0 ? undefined : this.#address(record, ip + 12), ingress ? 0 : reporter);
+    const destinationLocal = this.#local(ip < 0 ? undefined : this.#address(record, ip + 16), ingress ? reporter : record.readUInt16LE(offset + HDR.dst_id));
+    // The datapath may not know a local peer's identity (0) where the agent does.
+    return new FlowEntry(
+      this.#store,
+      sourceLocal,
+      srcIdentity !== 0 ? srcIdentity : (sourceLocal?.identity ?? 0),
+      destinationLocal,
+      dstIdentity !== 0 ? dstIdentity : (destinationLocal?.identity ?? 0),
+      policy,
+      policyIngress,
+    );
+  }
+
+  #address(record: Buffer, at: number): string {
+    const key = ipv4At(record, at);
+    let text = this.#addresses.get(key);
+    if (text === undefined) {
+      // Bounded: a scan of many addresses must not grow the heap.
+      if (this.#addresses.size >= ADDRESS_CACHE_SIZE) this.#addresses = new Map();
+      text = ipString(record, at);
+      this.#addresses.set(key, text);
+    }
+    return text;
+  }
+
+  /** The local endpoint (or remote pod) at the address, or the one that reported the event. */
+  #local(address: string | undefined, reporter: number): FlowEndpointInfo | undefined {
+    return (address === undefined ? undefined : this.#names.endpointByAddress(address)) ?? (reporter ? this.#names.endpointById(reporter) : undefined);
+  }
+
+  /**
+   * Whether a policy drop was an ingress decision. The datapath judges a local destination's
+   * ingress policy in the sender's program (the packet skips the receiver's), so the drop event
+   * itself says egress; the denied verdict just before it, for the same packet, knows better.
+   */
+  #policyIngress(record: Buffer, offset: number, source: number, srcIdentity: number, dstIdentity: number): boolean | undefined {
+    const reason = record[offset + HDR.subtype];
+    if (reason !== DropReasonCode.DROP_POLICY && reason !== DropReasonCode.DROP_POLICY_DENY) return undefined;
+    const denied = this.#denied;
+    this.#denied = undefined;
+    const same = denied && denied.hash === record.readUInt32LE(offset + HDR.hash) && denied.source === source && denied.srcIdentity === srcIdentity && denied.dstIdentity === dstIdentity;
+    return same ? denied.ingress : undefined;
+  }
+}
+
+/** Addresses whose dotted quads are remembered at once. */
+const ADDRESS_CACHE_SIZE = 4096;

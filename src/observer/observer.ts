@@ -8,17 +8,20 @@
  * @module
  */
 import type { Logger } from 'pino';
-import { decodeEvent, DropReasonCode, type DatapathEvent } from '../datapath/index.ts';
-import { PolicyDirection } from '../policy/index.ts';
+import { RecordSlots } from '../datapath/index.ts';
 import { FlowRing, type RingEntry } from './buffer.ts';
 import { InvalidRequestError } from './errors.ts';
 import { compileFilters, type FlowPredicate } from './filter.ts';
-import { buildFlow, type FlowNames } from './flow.ts';
+import { FlowIngest, type FlowNames } from './flow.ts';
 import { timestampToNs, type Flow, type GetFlowsRequest, type LostEvent, type LostEventSource } from './types.ts';
 
-/** Where records come from: the agent's Monitor. */
+/**
+ * Where records come from: the agent's Monitor. A listener gets `length` bytes at `offset` in
+ * `record` (the ring's own memory, say), valid during the call only; without offset and length,
+ * all of it.
+ */
 export interface RecordSource {
-  onRecord(listener: (record: Buffer) => void): () => void;
+  onRecord(listener: (record: Uint8Array, offset?: number, length?: number) => void): () => void;
   /** The kernel ring's lost counter. */
   lost(): bigint;
   wallClockNs(monotonicNs: bigint): bigint;
@@ -95,37 +98,38 @@ export function parseFlowsRequest(request: GetFlowsRequest): FlowQuery {
   return { number, first: request.first === true, follow: request.follow === true, sinceNs, untilNs, matches: compileFilters(request.whitelist, request.blacklist) };
 }
 
-/** Ring of raw records awaiting decoding, fixed in size so a burst cannot grow the heap. */
+/** Raw records awaiting decoding, in fixed slots: a burst neither grows the heap nor allocates. */
 class RecordQueue {
-  readonly #slots: (Buffer | undefined)[];
+  readonly slots: RecordSlots;
   #head = 0;
   #length = 0;
   constructor(size: number) {
-    this.#slots = new Array<Buffer | undefined>(size);
+    this.slots = new RecordSlots(size);
   }
   get length(): number {
     return this.#length;
   }
-  push(record: Buffer): boolean {
-    if (this.#length === this.#slots.length) return false;
-    this.#slots[(this.#head + this.#length) % this.#slots.length] = record;
+  push(record: Uint8Array, offset: number, length: number): boolean {
+    const size = this.slots.lengths.length;
+    if (this.#length === size) return false;
+    this.slots.put((this.#head + this.#length) % size, record, offset, length);
     this.#length++;
     return true;
   }
-  shift(): Buffer | undefined {
-    if (this.#length === 0) return undefined;
-    const record = this.#slots[this.#head];
-    this.#slots[this.#head] = undefined;
-    this.#head = (this.#head + 1) % this.#slots.length;
+  /** The slot of the oldest record; -1 when there is none. */
+  get head(): number {
+    return this.#length === 0 ? -1 : this.#head;
+  }
+  shift(): void {
+    if (this.#length === 0) return;
+    this.#head = (this.#head + 1) % this.slots.lengths.length;
     this.#length--;
-    return record;
   }
 }
 
 export class FlowObserver {
   readonly ring: FlowRing;
   readonly #source: RecordSource;
-  readonly #names: FlowNames;
   readonly #onFlow: FlowObserverOptions['onFlow'];
   readonly #onLost: FlowObserverOptions['onLost'];
   readonly #log: Logger;
@@ -135,8 +139,9 @@ export class FlowObserver {
   #queueLostPending = 0n;
   #kernelLostSeen = 0n;
   #decodeErrors = 0;
-  /** The last denied policy verdict: the drop that follows it takes its direction. */
-  #denied: { hash: number; source: number; srcIdentity: number; dstIdentity: number; ingress: boolean } | undefined;
+  readonly #ingest: FlowIngest;
+  /** The records of the flows the buffer holds, each in the slot of its entry. */
+  readonly #records: RecordSlots;
   #draining = false;
   #unsubscribe: (() => void) | undefined;
   #poll: NodeJS.Timeout | undefined;
@@ -145,8 +150,15 @@ export class FlowObserver {
   constructor(source: RecordSource, options: FlowObserverOptions) {
     if (!Number.isInteger(options.queueSize) || options.queueSize < 1) throw new RangeError(`event queue size must be a positive integer, got ${options.queueSize}`);
     this.ring = new FlowRing(options.capacity);
+    const ring = this.ring;
+    this.#records = new RecordSlots(options.capacity);
     this.#source = source;
-    this.#names = options.names;
+    this.#ingest = new FlowIngest({
+      names: options.names,
+      wallClockNs: (ns) => source.wallClockNs(ns),
+      records: this.#records,
+      holds: (entry) => ring.at(entry.seq) === entry,
+    });
     this.#onFlow = options.onFlow;
     this.#onLost = options.onLost;
     this.#log = options.log;
@@ -156,7 +168,7 @@ export class FlowObserver {
   start(): void {
     // What the kernel lost before this observer started is not this observer's to report.
     this.#kernelLostSeen = this.#readKernelLost();
-    this.#unsubscribe = this.#source.onRecord((record) => this.#enqueue(record));
+    this.#unsubscribe = this.#source.onRecord((record, offset = 0, length = record.length - offset) => this.#enqueue(record, offset, length));
     this.#poll = setInterval(() => this.#noteKernelLoss(), LOST_POLL_MS).unref();
   }
 
@@ -194,7 +206,7 @@ export class FlowObserver {
     for (let seq = this.ring.next - 1; seq >= this.ring.oldest; seq--) {
       const entry = this.ring.at(seq)!;
       if (entry.timeNs < since) break;
-      if (entry.flow) count++;
+      if (entry.lost === undefined) count++;
     }
     return count / 60;
   }
@@ -218,8 +230,8 @@ export class FlowObserver {
     this.ring.push(BigInt(Date.now()) * 1_000_000n, { lost: lostEvent('PERF_EVENT_RING_BUFFER', count) });
   }
 
-  #enqueue(record: Buffer): void {
-    if (!this.#queue.push(record)) {
+  #enqueue(record: Uint8Array, offset: number, length: number): void {
+    if (!this.#queue.push(record, offset, length)) {
       this.#lost.queue++;
       this.#queueLostPending++;
     }
@@ -236,41 +248,29 @@ export class FlowObserver {
       this.ring.push(BigInt(Date.now()) * 1_000_000n, { lost: lostEvent('OBSERVER_EVENTS_QUEUE', this.#queueLostPending) });
       this.#queueLostPending = 0n;
     }
+    const queue = this.#queue;
+    const waiting = queue.slots;
     for (let i = 0; i < DECODE_BATCH; i++) {
-      const record = this.#queue.shift();
-      if (!record) break;
+      const slot = queue.head;
+      if (slot < 0) break;
+      const from = waiting.offset(slot);
+      const length = waiting.lengths[slot];
       try {
-        const event = decodeEvent(record);
-        const timeNs = this.#source.wallClockNs(event.timestampNs);
-        const flow = buildFlow(event, timeNs, this.#names, { policyIngress: this.#policyDirection(event) });
-        this.#onFlow?.(flow);
-        this.ring.push(timeNs, { flow });
+        const entry = this.#ingest.entry(waiting.bytes, from, length);
+        // Into the slot of the entry it became, the buffer's next, only once it has been read
+        // whole: a record refused must not overwrite the entry that still holds that slot.
+        this.#records.put(this.ring.next % this.ring.capacity, waiting.bytes, from, length);
+        this.ring.pushEntry(entry);
+        this.#onFlow?.(entry.flow);
       } catch (error) {
         this.#decodeErrors++;
         this.#log.warn({ err: error }, 'making a flow of a datapath event failed');
+      } finally {
+        queue.shift();
       }
     }
     if (this.#queue.length > 0 || this.#queueLostPending > 0n) setImmediate(() => this.#drain());
     else this.#draining = false;
-  }
-
-  /**
-   * Whether a policy drop was an ingress decision. The datapath judges a local destination's
-   * ingress policy in the sender's program (the packet skips the receiver's), so the drop event
-   * itself says egress; the denied verdict just before it, for the same packet, knows better.
-   */
-  #policyDirection(event: DatapathEvent): boolean | undefined {
-    if (event.kind === 'policy-verdict') {
-      this.#denied = event.allowed
-        ? undefined
-        : { hash: event.hash, source: event.source, srcIdentity: event.srcIdentity, dstIdentity: event.dstIdentity, ingress: event.direction === PolicyDirection.INGRESS };
-      return undefined;
-    }
-    if (event.kind !== 'drop' || (event.reason !== DropReasonCode.DROP_POLICY && event.reason !== DropReasonCode.DROP_POLICY_DENY)) return undefined;
-    const denied = this.#denied;
-    this.#denied = undefined;
-    const same = denied && denied.hash === event.hash && denied.source === event.source && denied.srcIdentity === event.srcIdentity && denied.dstIdentity === event.dstIdentity;
-    return same ? denied.ingress : undefined;
   }
 
   /**
@@ -281,7 +281,14 @@ export class FlowObserver {
   async *flows(query: FlowQuery, signal: AbortSignal): AsyncGenerator<FlowStreamItem> {
     const ring = this.ring;
     const inTime = (entry: RingEntry) => (query.sinceNs === undefined || entry.timeNs >= query.sinceNs) && (query.untilNs === undefined || entry.timeNs <= query.untilNs);
-    const wanted = (entry: RingEntry) => entry.lost !== undefined || (inTime(entry) && query.matches(entry.flow));
+    // What is streamed of an entry: its flow built once (each read of an observer entry's flow
+    // builds it), or nothing when the request does not want it.
+    const wanted = (entry: RingEntry): FlowStreamItem | undefined => {
+      if (entry.lost !== undefined) return entry;
+      if (!inTime(entry)) return undefined;
+      const flow = entry.flow;
+      return query.matches(flow) ? { seq: entry.seq, timeNs: entry.timeNs, flow } : undefined;
+    };
     let cursor: number;
     let limit = Infinity;
     if (query.first) {
@@ -293,7 +300,7 @@ export class FlowObserver {
       let found = 0;
       while (cursor > ring.oldest && found < query.number) {
         const entry = ring.at(cursor - 1)!;
-        if (entry.flow && wanted(entry)) found++;
+        if (entry.lost === undefined && wanted(entry)) found++;
         cursor--;
       }
     } else if (query.follow && query.sinceNs === undefined) {
@@ -314,10 +321,11 @@ export class FlowObserver {
           continue;
         }
         const entry = ring.at(cursor++)!;
-        if (query.untilNs !== undefined && entry.timeNs > query.untilNs && entry.flow) return;
-        if (!wanted(entry)) continue;
-        yield entry;
-        if (entry.flow && ++sent >= limit) return;
+        if (query.untilNs !== undefined && entry.lost === undefined && entry.timeNs > query.untilNs) return;
+        const item = wanted(entry);
+        if (item === undefined) continue;
+        yield item;
+        if (item.lost === undefined && ++sent >= limit) return;
       }
       if (!query.follow || signal.aborted) return;
       if (query.untilNs === undefined) {

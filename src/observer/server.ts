@@ -188,8 +188,7 @@ function localStatus(options: ObserverServerOptions): ServerStatusResponse {
 async function* localFlows(options: ObserverServerOptions, request: GetFlowsRequest, signal: AbortSignal): AsyncGenerator<GetFlowsResponse> {
   const query = parseFlowsRequest(request);
   for await (const entry of options.observer.flows(query, signal)) {
-    yield entry.flow
-      ? { flow: entry.flow, nodeName: options.nodeName, time: entry.flow.time }
-      : { lostEvents: entry.lost, nodeName: options.nodeName, time: timestampFromNs(entry.timeNs) };
+    const flow = entry.flow;
+    yield flow ? { flow, nodeName: options.nodeName, time: flow.time } : { lostEvents: entry.lost, nodeName: options.nodeName, time: timestampFromNs(entry.timeNs) };
   }
 }

@@ -40,12 +40,14 @@ export const observerModule = defineModule({
     }
     let byAddress = new Map<string, FlowEndpointInfo>();
     let byId = new Map<number, FlowEndpointInfo>();
-    let indexed = '';
-    // Rebuilt when the endpoints tables have changed, not per event: a busy datapath asks per packet.
+    let indexedLocal = -1;
+    let indexedRemote = -1;
+    // Rebuilt when the endpoints tables have changed, not per event: a busy datapath asks per
+    // packet (so two numbers compared, no string made).
     const index = () => {
-      const revisions = `${endpoints.table.revision}/${cluster.remoteEndpoints.revision}`;
-      if (revisions === indexed) return;
-      indexed = revisions;
+      if (endpoints.table.revision === indexedLocal && cluster.remoteEndpoints.revision === indexedRemote) return;
+      indexedLocal = endpoints.table.revision;
+      indexedRemote = cluster.remoteEndpoints.revision;
       const local = endpoints.list().map((e) => ({ address: e.ipv4, info: { id: e.id, identity: e.identity, namespace: e.namespace, podName: e.podName ?? e.containerId, workload: e.workload } }));
       // Remote pods have no endpoint id here (ids are per node); local ones win an address clash.
       const remote = [...cluster.remoteEndpoints.all()].map((e) => ({ address: e.ipv4, info: { id: 0, identity: e.identity, namespace: e.namespace, podName: e.podName, workload: e.workload } }));

@@ -1,4 +1,4 @@
-// Fixture for ringbuf.test.ts and bench/ringbuf.ts: every run of a program writes one record to
+// Fixture for ringbuf.test.ts, bench/ringbuf.ts and bench/flows.ts: every run of a program writes one record to
 // the ring buffer `events`, numbered from the counter map `seq`, and counts the records that
 // found the ring full in `events_lost` (the convention of src/ebpf/include/ringbuf_lost.h).
 // Driven through BPF_PROG_TEST_RUN with `repeat`, so no network is needed.
@@ -84,6 +84,25 @@ int rb_output(struct __sk_buff *skb)
 	if (size > sizeof(rec))
 		size = sizeof(rec);
 	ringbuf_output_or_count(&events, &events_lost, &rec, size);
+	return TC_ACT_OK;
+}
+
+// Most bytes rb_copy copies: more than the largest datapath event (bench/flows.ts writes those).
+#define RB_COPY_MAX 256
+
+// Writes the test run's packet itself as the record: a bench can put records of its own
+// making (datapath events) into a real ring, one run each.
+SEC("tc")
+int rb_copy(struct __sk_buff *skb)
+{
+	__u8 buf[RB_COPY_MAX] = {};
+	__u32 len = skb->len;
+
+	if (len == 0 || len > RB_COPY_MAX)
+		return TC_ACT_OK;
+	if (bpf_skb_load_bytes(skb, 0, buf, len) < 0)
+		return TC_ACT_OK;
+	ringbuf_output_or_count(&events, &events_lost, buf, len);
 	return TC_ACT_OK;
 }
 
