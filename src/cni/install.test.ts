@@ -83,6 +83,11 @@ test('the agent socket: the configuration\'s socketPath, else CILIATE_SOCKET_PAT
   // JSON's escapes in the path, a socketPath nested deeper (not the plugin's), and the last of duplicate keys.
   const escaped = `{"cniVersion":"1.0.0","args":{"socketPath":"/elsewhere"},"socketPath":"/x","socketPath":"${fromConf.replaceAll('/', '\\/')}"}`;
   assert.match(String((await runPlugin(plugin, { CNI_COMMAND: 'ADD' }, escaped)).out.msg), new RegExp(`at ${fromConf}:`));
+  // What JSON.parse takes elsewhere in the document (a lone surrogate, \u0000) does not hide the socketPath.
+  const odd = `{"x":"\\ud800\\u0000","y":[1,{"z":null}],"socketPath":"${fromConf}"}`;
+  assert.match(String((await runPlugin(plugin, { CNI_COMMAND: 'ADD' }, odd)).out.msg), new RegExp(`at ${fromConf}:`));
+  const nul = await runPlugin(plugin, { CNI_COMMAND: 'ADD' }, '{"socketPath":"/run/a\\u0000b"}');
+  assert.deepEqual([nul.out.code, nul.out.msg], [7, 'network configuration: field socketPath: holds \\u0000 or a lone surrogate, which no path can']);
   assert.match(String((await runPlugin(plugin, { CNI_COMMAND: 'ADD', CILIATE_SOCKET_PATH: fromEnv }, conf())).out.msg), new RegExp(`at ${fromEnv}:`));
   const status = await runPlugin(plugin, { CNI_COMMAND: 'STATUS', CILIATE_SOCKET_PATH: fromEnv }, conf());
   assert.deepEqual([status.exit, status.out.code], [1, 50], 'STATUS without an agent: plugin not available');

@@ -286,12 +286,14 @@ static int hex4(const char *p, unsigned *out)
 
 /*
  * A JSON string at s->p (on its opening quote), decoded into out (NUL-terminated; out may be NULL
- * to skip it). -1 when it is not a well-formed string, -2 when it is but does not fit in `cap`.
+ * to skip it). -1 when it is not a well-formed string; when decoding, -2 when it is but does not
+ * fit in `cap`, -3 when it holds what a C string cannot (\u0000, a lone surrogate: JSON.parse
+ * takes both).
  */
 static int scan_string(struct scan *s, char *out, size_t cap, size_t *out_len)
 {
 	size_t n = 0;
-	int too_long = 0;
+	int too_long = 0, undecodable = 0;
 	if (s->p >= s->end || *s->p != '"')
 		return -1;
 	s->p++;
@@ -304,7 +306,7 @@ static int scan_string(struct scan *s, char *out, size_t cap, size_t *out_len)
 				out[n] = 0;
 			if (out_len)
 				*out_len = n;
-			return too_long ? -2 : 0;
+			return !out ? 0 : undecodable ? -3 : too_long ? -2 : 0;
 		}
 		if (c < 0x20)
 			return -1;
@@ -327,15 +329,19 @@ static int scan_string(struct scan *s, char *out, size_t cap, size_t *out_len)
 				s->p += 4;
 				if (cp >= 0xd800 && cp < 0xdc00) {
 					unsigned lo;
-					if (s->end - s->p < 6 || s->p[0] != '\\' || s->p[1] != 'u' || hex4(s->p + 2, &lo) || lo < 0xdc00 || lo >= 0xe000)
-						return -1; /* a lone surrogate names no character of a path */
-					s->p += 6;
-					cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+					if (s->end - s->p >= 6 && s->p[0] == '\\' && s->p[1] == 'u' && hex4(s->p + 2, &lo) == 0 && lo >= 0xdc00 && lo < 0xe000) {
+						s->p += 6;
+						cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+					} else {
+						undecodable = 1;
+					}
 				} else if (cp >= 0xdc00 && cp < 0xe000) {
-					return -1;
+					undecodable = 1;
 				}
-				if (cp == 0)
-					return -1; /* NUL would cut a C string short */
+				if (cp == 0 || undecodable) {
+					undecodable = 1;
+					continue;
+				}
 				if (cp < 0x80) {
 					bytes[0] = (char)cp;
 				} else if (cp < 0x800) {
@@ -411,7 +417,7 @@ static int skip_value(struct scan *s)
 }
 
 /* What the scan found: each field's state and its decoded value. */
-enum found { ABSENT, STRING, OTHER, UNDECODABLE };
+enum found { ABSENT, STRING, OTHER, TOO_LONG, UNDECODABLE };
 struct wanted {
 	const char *name;
 	char *value;
@@ -448,11 +454,9 @@ static int scan_members(const char *doc, size_t len, struct wanted *want, size_t
 				w = &want[i];
 		if (w && s.p < s.end && *s.p == '"') {
 			int r = scan_string(&s, w->value, w->cap, &w->len);
-			if (r == -1) {
-				w->state = UNDECODABLE;
+			if (r == -1)
 				return -1;
-			}
-			w->state = r == 0 ? STRING : UNDECODABLE;
+			w->state = r == 0 ? STRING : r == -2 ? TOO_LONG : UNDECODABLE;
 		} else {
 			if (skip_value(&s) != 0)
 				return -1;
@@ -698,8 +702,10 @@ int main(void)
 	const char *socket_path = getenv("CILIATE_SOCKET_PATH");
 	if (!socket_path || !*socket_path)
 		socket_path = CILIATE_DEFAULT_SOCKET;
-	if (want[1].state == UNDECODABLE)
+	if (scanned && want[1].state == TOO_LONG)
 		fail(CNI_INVALID_NETWORK_CONFIG, "network configuration: field socketPath: must be a path of at most %zu bytes", sizeof socket_value - 1);
+	if (scanned && want[1].state == UNDECODABLE)
+		fail(CNI_INVALID_NETWORK_CONFIG, "network configuration: field socketPath: holds \\u0000 or a lone surrogate, which no path can");
 	if (scanned && want[1].state == STRING) {
 		if (socket_value[0] != '/')
 			fail(CNI_INVALID_NETWORK_CONFIG, "network configuration: field socketPath: must be an absolute path");
