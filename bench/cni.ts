@@ -15,11 +15,10 @@
  * Figures (ms and MB better "lower", pods/s better "higher", ratio = ours / baseline):
  *   cni_version_p50_ms / _p99_ms     target p50 < 50 ms
  *   cni_version_peak_rss_mb          the largest of the runs (ADD's too), target < 50 MB
- *   cni_add_p50_ms / _p99_ms         target p50 < 50 ms
- *   cni_del_p50_ms
+ *   cni_add_p50_ms / _p99_ms, cni_del_p50_ms
  *   cni_parallel_add_pods_per_s      target >= 20
- * Rounds: N (default 30, --rounds N) sequential VERSION and ADD+DEL runs of each variant, two
- * parallel bursts of each. Every namespace, endpoint and file made here is removed afterwards.
+ * Rounds: N (default 30, --rounds N) sequential VERSION and ADD+DEL runs of each variant, four
+ * parallel bursts of each (the median: a shared machine's load swings a burst's rate). Every namespace, endpoint and file made here is removed afterwards.
  * @module
  */
 import { execFile } from 'node:child_process';
@@ -39,7 +38,7 @@ export const description = 'CNI plugin: invocation wall time and peak RSS (VERSI
 
 const DEFAULT_ROUNDS = 30;
 const PARALLEL = 50;
-const PARALLEL_ROUNDS = 2;
+const PARALLEL_ROUNDS = 4;
 const TARGET_P50_MS = 50;
 const TARGET_RSS_MB = 50;
 const TARGET_PODS_PER_S = 20;
@@ -300,8 +299,7 @@ export async function run(ctx: BenchContext): Promise<void> {
       add_peak_rss_mb: round(addPeak, 2),
       runs: rss.plugin.length,
     });
-    const addP50 = median(seq.pluginAdd);
-    emitPercentiles(ctx, 'cni_add', seq.pluginAdd, seq.apiAdd, 'POST /v1/endpoints straight to the agent API', { pods: seq.pluginAdd.length }, { target_ms: TARGET_P50_MS, meets_target: addP50 < TARGET_P50_MS });
+    emitPercentiles(ctx, 'cni_add', seq.pluginAdd, seq.apiAdd, 'POST /v1/endpoints straight to the agent API', { pods: seq.pluginAdd.length });
     const delP50 = median(seq.pluginDel);
     const apiDelP50 = median(seq.apiDel);
     ctx.emit({
