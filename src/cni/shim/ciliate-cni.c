@@ -52,6 +52,7 @@ static const char *const ENV_NAMES[] = {"CNI_COMMAND", "CNI_CONTAINERID", "CNI_N
 
 enum {
 	CNI_INVALID_ENVIRONMENT = 4,
+	CNI_IO_FAILURE = 5,
 	CNI_INVALID_NETWORK_CONFIG = 7,
 	CNI_TRY_AGAIN_LATER = 11,
 	CNI_PLUGIN_NOT_AVAILABLE = 50,
@@ -678,7 +679,7 @@ int main(void)
 		if (r == -2)
 			fail(CNI_INVALID_NETWORK_CONFIG, "network configuration on stdin is over the %d bytes the agent accepts", MAX_BODY);
 		if (r < 0)
-			fail(5, "reading the network configuration on stdin: %s", strerror(errno));
+			fail(CNI_IO_FAILURE, "reading the network configuration on stdin: %s", strerror(errno));
 		if (r == 0)
 			break;
 	}
