@@ -21,8 +21,8 @@
  * behind other pods' under load), covering stdin too; when it passes, the plugin prints error 11
  * (50 for STATUS) and exits.
  *
- * libc only. Built by scripts/build-native.sh into build/cni/ciliate-cni, installed by
- * `ciliate cni install`.
+ * libc only, linked statically. Built by scripts/build-native.sh into build/cni/ciliate-cni,
+ * installed by `ciliate cni install`.
  */
 #define _GNU_SOURCE
 #include <errno.h>
