@@ -23,7 +23,7 @@ function runPlugin(plugin: string, env: Record<string, string>, stdin: string): 
   });
 }
 
-test('the CNI plugin follows the spec: VERSION, ADD, CHECK, idempotent DEL, STATUS, and error JSON for bad input', async (t) => {
+test('the installed CNI plugin follows the spec through the agent: VERSION, ADD, CHECK, idempotent DEL, STATUS, error JSON for bad input and hostile namespaces', async (t) => {
   const node = await TestNode.start(t);
   const dir = mkdtempSync(join(tmpdir(), 'ciliate-cni-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
@@ -78,7 +78,9 @@ test('the CNI plugin follows the spec: VERSION, ADD, CHECK, idempotent DEL, STAT
   const check = await runPlugin(plugin, { ...del, CNI_COMMAND: 'CHECK' }, conf);
   assert.equal(check.out.code, 3);
 
-  const bad = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'x', CNI_NETNS: `/run/netns/${pods[1].netns}`, CNI_IFNAME: 'eth1', CNI_PATH: '' };
+  // A configuration that does not scan names no socket: the plugin asks the agent at its default
+  // (here: CILIATE_SOCKET_PATH), which tells what is wrong with it.
+  const bad = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'x', CNI_NETNS: `/run/netns/${pods[1].netns}`, CNI_IFNAME: 'eth1', CNI_PATH: '', CILIATE_SOCKET_PATH: node.socket };
   const notJson = await runPlugin(plugin, bad, '{ not json');
   assert.deepEqual([notJson.code, notJson.out.code], [1, 6]);
   const noName = await runPlugin(plugin, bad, JSON.stringify({ cniVersion: '1.0.0', type: 'ciliate' }));
@@ -92,9 +94,43 @@ test('the CNI plugin follows the spec: VERSION, ADD, CHECK, idempotent DEL, STAT
   const noNetns = await runPlugin(plugin, { ...bad, CNI_NETNS: '/run/netns/nope' }, conf);
   assert.equal(noNetns.out.code, 3);
 
+  const unknown = await runPlugin(plugin, { ...bad, CNI_COMMAND: 'REBOOT' }, conf);
+  assert.deepEqual([unknown.code, unknown.out.code, unknown.out.msg], [1, 4, 'CNI_COMMAND "REBOOT" is not one of ADD, DEL, CHECK, STATUS, VERSION']);
+
+  // Namespaces that are no pod's own are refused through the plugin as through the API, naming why.
+  const hostile = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: uniqueName('hostile'), CNI_IFNAME: 'eth0', CNI_PATH: '' };
+  for (const [netns, why] of [
+    [`/run/netns/${node.netns}`, /is the agent's own network namespace/],
+    ['/proc/self/ns/net', /is the agent's own network namespace/],
+    [`/run/netns/${pods[1].netns}`, new RegExp(`is the network namespace of endpoint \\d+ \\(container ${pods[1].id}\\)`)],
+  ] as const) {
+    const refused = await runPlugin(plugin, { ...hostile, CNI_NETNS: netns }, conf);
+    assert.deepEqual([refused.code, refused.out.code, refused.out.details], [1, 100, 'ERR_BAD_NETNS'], refused.raw);
+    assert.match(String(refused.out.msg), why);
+  }
+  assert.ok(!(await node.client.get<{ containerId: string }[]>('/v1/endpoints')).some((ep) => ep.containerId === hostile.CNI_CONTAINERID), 'nothing was added');
+
+  // What the plugin forwards arrives as it was: CNI_* values and stdin with quotes, backslashes,
+  // control characters and UTF-8 come back whole in the agent's messages.
+  const odd = 'x"\\\n\t\u0001é😀';
+  const echoed = await runPlugin(plugin, { ...bad, CNI_COMMAND: odd }, conf);
+  assert.equal(echoed.out.msg, `CNI_COMMAND "${odd}" is not one of ADD, DEL, CHECK, STATUS, VERSION`);
+  const oddVersion = JSON.stringify({ cniVersion: odd, name: 'x', type: 'ciliate', socketPath: node.socket });
+  assert.equal((await runPlugin(plugin, bad, oddVersion)).out.msg, `network configuration: cniVersion ${odd} is not supported (supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0)`);
+
+  // The route itself validates what it is sent, naming the field.
+  await assert.rejects(node.client.call('POST', '/v1/cni', { env: { CNI_COMMAND: 5 }, stdin: '' }), (e: Error & { status?: number }) => e.status === 400 && /^CNI request: field env\.CNI_COMMAND/.test(e.message));
+  await assert.rejects(node.client.call('POST', '/v1/cni', { env: { LD_PRELOAD: '/x.so' }, stdin: '' }), (e: Error & { status?: number }) => e.status === 400 && /^CNI request: field env/.test(e.message));
+
   assert.equal((await runPlugin(plugin, { CNI_COMMAND: 'STATUS' }, conf)).code, 0);
   await node.stopAgent();
   const down = await runPlugin(plugin, { CNI_COMMAND: 'STATUS' }, conf);
   assert.equal(down.out.code, 50);
+  // Without an agent: try again later, for DEL too (the runtime retries; nothing was released).
+  for (const command of ['ADD', 'DEL', 'CHECK']) {
+    const run = await runPlugin(plugin, { CNI_COMMAND: command, CNI_CONTAINERID: pods[1].id, CNI_NETNS: `/run/netns/${pods[1].netns}`, CNI_IFNAME: 'eth0', CNI_PATH: '' }, conf);
+    assert.deepEqual([run.code, run.out.code, run.out.cniVersion], [1, 11, '1.0.0'], `${command}: ${run.raw}`);
+    assert.match(String(run.out.msg), new RegExp(`cannot reach the agent at ${node.socket}`));
+  }
   await node.startAgent();
 });

@@ -28,6 +28,21 @@ interface Route {
   handler: Handler;
 }
 
+/**
+ * An answer a handler makes itself, sent as it is rather than as JSON of a value: for a client
+ * that is not ours to shape (the CNI plugin binary prints the body and exits with a header's code).
+ */
+export class RawReply {
+  readonly status: number;
+  readonly body: string;
+  readonly headers: Readonly<Record<string, string>>;
+  constructor(status: number, body: string, headers: Readonly<Record<string, string>> = {}) {
+    this.status = status;
+    this.body = body;
+    this.headers = headers;
+  }
+}
+
 /** The largest request body the API reads (a policy file travels as one JSON string). */
 export const MAX_REQUEST_BYTES = 1 << 20;
 const MAX_BODY = MAX_REQUEST_BYTES;
@@ -93,6 +108,11 @@ export class ApiServer {
       const abort = new AbortController();
       res.once('close', () => abort.abort());
       const result = await route.handler({ params, query: url.searchParams, body, signal: abort.signal });
+      if (result instanceof RawReply) {
+        res.writeHead(result.status, { ...result.headers, 'content-length': Buffer.byteLength(result.body) });
+        res.end(result.body);
+        return;
+      }
       if (isAsyncIterable(result)) {
         // A stream: one JSON document per line until the client goes away.
         res.writeHead(200, { 'content-type': 'application/x-ndjson' });

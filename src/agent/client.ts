@@ -1,9 +1,9 @@
 /**
- * A client of the agent's Unix-socket API, for the CLI and the CNI plugin.
+ * A client of the agent's Unix-socket API, for the CLI and tests. (The CNI plugin binary speaks
+ * to the API on its own: src/cni/shim/ciliate-cni.c.)
  *
- * The CNI plugin imports this file by path (not through src/agent/index.ts, which loads the whole
- * agent) and runs once per pod, so it stays light: requests go through src/agent/unix-http.ts on
- * node:net, and node:http is loaded only for the monitor's stream, which the plugin never opens.
+ * Requests go through src/agent/unix-http.ts on node:net; node:http is loaded only for the
+ * monitor's stream, so a CLI command that does not follow one stays light.
  * @module
  */
 import { codedErrorFamily } from '../errors/index.ts';

@@ -1,6 +1,6 @@
 /**
  * The node agent: configuration, modules, endpoint management and the local API, plus the
- * client the CLI and the CNI plugin use to talk to it.
+ * client the CLI uses to talk to it.
  * @module
  */
 export { Agent, type AgentState } from './agent.ts';

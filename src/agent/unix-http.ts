@@ -1,9 +1,9 @@
 /**
  * One HTTP/1.1 request over a Unix socket, on node:net alone.
  *
- * Why not node:http: the CNI plugin is a process per pod, and loading node:http (its parser,
- * agents, outgoing-message machinery) costs a short-lived process about 16 MB of RSS and 30 ms
- * on its own, more than the rest of the plugin together. The agent's API answers every
+ * Why not node:http: each CLI command is a short-lived process, and loading node:http (its
+ * parser, agents, outgoing-message machinery) costs one about 16 MB of RSS and 30 ms on its
+ * own. The agent's API answers every
  * non-streaming request with a content-length (src/agent/api-server.ts), and we send
  * `connection: close`, so a response is "the bytes until the server closes": no keep-alive,
  * pipelining or upgrade to handle. Chunked bodies are still decoded, so that a server that

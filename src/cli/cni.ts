@@ -10,20 +10,13 @@ export function registerCniCommands(program: Command): void {
     .command('cni')
     .description('the CNI plugin')
     .command('install')
-    .description('install the plugin binary and a network config list')
+    .description('install the plugin binary (build/cni/ciliate-cni, from `npm run build`) and a network config list')
     .option('--bin-dir <dir>', 'CNI plugin directory', '/opt/cni/bin')
     .option('--conf-dir <dir>', 'CNI network configuration directory', '/etc/cni/net.d')
     .option('--network <name>', 'network name', 'ciliate')
     .option('--socket <path>', 'agent API socket the plugin talks to')
-    .option('--compile-cache-dir <dir>', "the plugin's Node compile cache (default: .ciliate-compile-cache in the bin dir; keep it as protected as the bin dir)")
-    .action((options: { binDir: string; confDir: string; network: string; socket?: string; compileCacheDir?: string }) => {
-      const { plugin, conflist } = installCni({
-        binDir: options.binDir,
-        confDir: options.confDir,
-        network: options.network,
-        socketPath: options.socket,
-        compileCacheDir: options.compileCacheDir,
-      });
+    .action((options: { binDir: string; confDir: string; network: string; socket?: string }) => {
+      const { plugin, conflist } = installCni({ binDir: options.binDir, confDir: options.confDir, network: options.network, socketPath: options.socket });
       process.stdout.write(`installed ${plugin} and ${conflist}\n`);
     });
 }

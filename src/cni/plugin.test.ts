@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { CniError } from './errors.ts';
-import { parseNetConf, podLabelsFrom, type CniInvocation } from './plugin.ts';
+import { parseNetConf, podLabelsFrom, resultFor, type CniInvocation } from './plugin.ts';
 
 const invocation = (args: Record<string, string>): CniInvocation => ({ command: 'ADD', containerId: 'c1', netns: '/run/netns/x', ifname: 'eth0', args });
 const conf = (extra: object) => parseNetConf(JSON.stringify({ cniVersion: '1.0.0', name: 'net', type: 'ciliate', ...extra }));
@@ -45,4 +45,18 @@ test('a network configuration that breaks the spec names the field at fault', ()
   assert.throws(() => parseNetConf('[]'), (e: unknown) => e instanceof CniError && /field \(top level\): expected an object/.test(e.message));
   const conf = parseNetConf(JSON.stringify({ cniVersion: '0.4.0', name: 'n', type: 't', socketPath: '/run/a.sock', custom: { kept: true } }));
   assert.deepEqual([conf.socketPath, conf.custom], ['/run/a.sock', { kept: true }], 'known fields typed, unknown ones passed through');
+});
+
+test('the ADD result follows the requested cniVersion: 0.3.x names the IP version, later ones do not', () => {
+  const endpoint = { hostIfname: 'lxc1', hostMac: '02:00:00:00:00:01', ifname: 'eth0', mac: '02:00:00:00:00:02', netns: '/run/netns/p', ipv4: '10.244.0.7' } as Parameters<typeof resultFor>[1];
+  const v031 = resultFor(conf({ cniVersion: '0.3.1' }), endpoint, '10.244.0.1');
+  assert.deepEqual(v031, {
+    cniVersion: '0.3.1',
+    interfaces: [{ name: 'lxc1', mac: '02:00:00:00:00:01' }, { name: 'eth0', mac: '02:00:00:00:00:02', sandbox: '/run/netns/p' }],
+    ips: [{ version: '4', address: '10.244.0.7/32', gateway: '10.244.0.1', interface: 1 }],
+    routes: [{ dst: '0.0.0.0/0', gw: '10.244.0.1' }],
+    dns: {},
+  });
+  const v100 = resultFor(conf({ cniVersion: '1.0.0' }), endpoint, '10.244.0.1');
+  assert.deepEqual([v100.cniVersion, v100.ips], ['1.0.0', [{ address: '10.244.0.7/32', gateway: '10.244.0.1', interface: 1 }]]);
 });

@@ -1,15 +1,21 @@
 /**
- * The Ciliate CNI plugin (CNI spec 1.0, with STATUS from 1.1): the container runtime runs it with
- * the network configuration on stdin and CNI_* variables; it asks the node's agent to create or
- * remove the endpoint and prints the result (or a CNI error) on stdout.
+ * The CNI plugin's logic (CNI spec 1.0, with STATUS from 1.1), run inside the agent: the plugin
+ * binary a runtime executes (src/cni/shim/ciliate-cni.c) forwards its CNI_* variables and stdin
+ * to POST /v1/cni, and prints what this makes of them. Validation naming the field at fault,
+ * dispatch, results per cniVersion and CNI error codes are all here, against the agent's own
+ * endpoints (the CniAgent the cni module wires in), with no round trip of its own.
  * @module
  */
 import { existsSync } from 'node:fs';
-// By path, not through src/agent/index.ts: that would load the whole agent into every invocation.
-import { AgentApiError, AgentClient, DEFAULT_SOCKET } from '../agent/client.ts';
 import type { Endpoint } from '../agent/endpoint.ts';
 import { CniError, CniErrorCode } from './errors.ts';
 
+/** The agent's route the plugin binary sends each invocation to. */
+export const CNI_ROUTE = '/v1/cni';
+/** The header of the route's answer naming the plugin's exit code (its body is what the plugin prints). */
+export const CNI_EXIT_HEADER = 'ciliate-cni-exit';
+
+/** What the plugin prints for VERSION (the plugin binary answers it itself, from the same list: a test compares them). */
 export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
 const NETWORK_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
 
@@ -18,7 +24,7 @@ export interface NetConf {
   cniVersion: string;
   name: string;
   type: string;
-  /** Ciliate: the agent's API socket. */
+  /** Ciliate: the agent's API socket (the plugin binary connects there; see ciliate-cni.c). */
   socketPath?: string;
   args?: Record<string, unknown>;
   runtimeConfig?: Record<string, unknown>;
@@ -29,8 +35,8 @@ export interface NetConf {
   [key: string]: unknown;
 }
 
-// Validated by hand rather than with zod: the plugin is a process per pod, and loading zod costs
-// each one about 17 MB and 50 ms, for six fields.
+// Validated by hand rather than with zod: the messages follow CNI's own field names and codes
+// (7 for a bad configuration, 1 for an unsupported version), and unknown keys must pass through.
 
 /** A field that is not what the spec says: its dotted path and what is wrong with it. */
 class FieldError extends Error {
@@ -158,7 +164,10 @@ function netConfError(error: unknown): unknown {
   return new CniError(CniErrorCode.INVALID_NETWORK_CONFIG, `network configuration: field ${error.path || '(top level)'}: ${error.message}`);
 }
 
-export function readInvocation(env: NodeJS.ProcessEnv): CniInvocation {
+/** The CNI_* variables of an invocation, as the plugin binary forwards them. */
+export type CniEnv = Readonly<Partial<Record<'CNI_COMMAND' | 'CNI_CONTAINERID' | 'CNI_NETNS' | 'CNI_IFNAME' | 'CNI_ARGS' | 'CNI_PATH', string>>>;
+
+export function readInvocation(env: CniEnv): CniInvocation {
   const command = env.CNI_COMMAND ?? '';
   const args: Record<string, string> = {};
   for (const pair of (env.CNI_ARGS ?? '').split(';').filter(Boolean)) {
@@ -188,7 +197,23 @@ export function resultFor(conf: NetConf, endpoint: Endpoint, gateway: string) {
   };
 }
 
-export async function runCni(env: NodeJS.ProcessEnv, stdin: string): Promise<CniOutput> {
+/**
+ * What the CNI logic needs of the agent: its endpoints and the node's router address. Each call
+ * may throw the agent's coded errors, which become CNI error 100 naming the error's code.
+ */
+export interface CniAgent {
+  /** Creates the endpoint, validating the request as POST /v1/endpoints does. */
+  add(request: { containerId: string; ifname: string; netns: string; podName?: string; namespace?: string; labels: Record<string, string> }): Promise<Endpoint>;
+  /** Removes it; nothing to remove is not an error. */
+  delete(containerId: string, ifname: string): Promise<unknown>;
+  endpoint(containerId: string, ifname: string): Endpoint | undefined;
+  /** What is wrong with the endpoint's networking and datapath, nothing when all is as ADD made it. */
+  check(containerId: string, ifname: string): Promise<string[]>;
+  /** The pods' gateway: the node's router address. */
+  routerIp(): string;
+}
+
+export async function runCni(env: CniEnv, stdin: string, agent: CniAgent): Promise<CniOutput> {
   let cniVersion = '1.0.0';
   try {
     const invocation = readInvocation(env);
@@ -198,7 +223,6 @@ export async function runCni(env: NodeJS.ProcessEnv, stdin: string): Promise<Cni
     }
     const conf = parseNetConf(stdin);
     cniVersion = conf.cniVersion;
-    const client = new AgentClient(conf.socketPath ?? env.CILIATE_SOCKET_PATH ?? DEFAULT_SOCKET);
     const { command } = invocation;
     switch (command) {
       case 'ADD': {
@@ -207,54 +231,34 @@ export async function runCni(env: NodeJS.ProcessEnv, stdin: string): Promise<Cni
         const ifname = requireEnv(invocation.ifname, 'CNI_IFNAME', command);
         if (!existsSync(netns)) throw new CniError(CniErrorCode.UNKNOWN_CONTAINER, `ADD: network namespace ${netns} does not exist`);
         const labels = podLabelsFrom(conf, invocation);
-        // The gateway (the node's router address) does not depend on the add: ask for it at the
-        // same time rather than after, one round trip less per pod.
-        const [endpoint, status] = await Promise.all([
-          agentCall(() =>
-            client.call<Endpoint>('POST', '/v1/endpoints', {
-              containerId,
-              ifname,
-              netns,
-              podName: invocation.args.K8S_POD_NAME,
-              namespace: invocation.args.K8S_POD_NAMESPACE,
-              labels,
-            }),
-          ),
-          agentCall(() => client.get<{ ipam: { routerIp: string } }>('/v1/status')),
-        ]);
-        return ok(resultFor(conf, endpoint, status.ipam.routerIp));
+        const endpoint = await agentCall(() =>
+          agent.add({ containerId, ifname, netns, podName: invocation.args.K8S_POD_NAME, namespace: invocation.args.K8S_POD_NAMESPACE, labels }),
+        );
+        return ok(resultFor(conf, endpoint, agent.routerIp()));
       }
       case 'DEL': {
         // DEL must succeed for anything already gone, even with no netns and no agent state.
         const containerId = requireEnv(invocation.containerId, 'CNI_CONTAINERID', command);
         const ifname = requireEnv(invocation.ifname, 'CNI_IFNAME', command);
-        await agentCall(() => client.call('DELETE', `/v1/endpoints/${encodeURIComponent(containerId)}/${encodeURIComponent(ifname)}`));
+        await agentCall(() => agent.delete(containerId, ifname));
         return { stdout: '', exitCode: 0 };
       }
       case 'CHECK': {
         const containerId = requireEnv(invocation.containerId, 'CNI_CONTAINERID', command);
         const ifname = requireEnv(invocation.ifname, 'CNI_IFNAME', command);
-        const endpoints = await agentCall(() => client.get<Endpoint[]>('/v1/endpoints'));
-        const endpoint = endpoints.find((ep) => ep.containerId === containerId && ep.ifname === ifname);
+        const endpoint = agent.endpoint(containerId, ifname);
         if (!endpoint) throw new CniError(CniErrorCode.UNKNOWN_CONTAINER, `CHECK: container ${containerId} has no Ciliate interface ${ifname}`);
         if (invocation.netns && invocation.netns !== endpoint.netns) {
           throw new CniError(CniErrorCode.UNKNOWN_CONTAINER, `CHECK: interface ${ifname} of ${containerId} is in ${endpoint.netns}, not ${invocation.netns}`);
         }
         // The spec's CHECK: the interface, its address and routes, and (ours) its datapath.
-        const { problems } = await agentCall(() =>
-          client.get<{ problems: string[] }>(`/v1/endpoints/${encodeURIComponent(containerId)}/${encodeURIComponent(ifname)}/check`),
-        );
+        const problems = await agentCall(() => agent.check(containerId, ifname));
         if (problems.length > 0) throw new CniError(CniErrorCode.AGENT_ERROR, `CHECK: interface ${ifname} of ${containerId}: ${problems.join('; ')}`);
         return { stdout: '', exitCode: 0 };
       }
-      case 'STATUS': {
-        try {
-          await client.get('/v1/healthz');
-        } catch (error) {
-          throw new CniError(CniErrorCode.PLUGIN_NOT_AVAILABLE, `STATUS: the Ciliate agent is not available: ${(error as Error).message}`);
-        }
+      case 'STATUS':
+        // Answered by the agent itself: it is up. (The plugin binary answers 50 when it cannot reach it.)
         return { stdout: '', exitCode: 0 };
-      }
       default:
         throw new CniError(CniErrorCode.INVALID_ENVIRONMENT, `CNI_COMMAND "${command}" is not one of ADD, DEL, CHECK, STATUS, VERSION`);
     }
@@ -277,14 +281,12 @@ function tryVersion(stdin: string): string | undefined {
   }
 }
 
+/** An agent call whose failure becomes CNI error 100 with the agent's message and, as details, its error code. */
 async function agentCall<T>(call: () => Promise<T>): Promise<T> {
   try {
     return await call();
   } catch (error) {
-    if (error instanceof AgentApiError) {
-      if (error.code === 'ERR_AGENT_UNREACHABLE') throw new CniError(CniErrorCode.TRY_AGAIN_LATER, error.message);
-      throw new CniError(CniErrorCode.AGENT_ERROR, `ciliate agent: ${error.message}`, error.code);
-    }
-    throw error;
+    const code = (error as { code?: unknown }).code;
+    throw new CniError(CniErrorCode.AGENT_ERROR, `ciliate agent: ${(error as Error).message ?? String(error)}`, typeof code === 'string' ? code : 'ERR_INTERNAL');
   }
 }

@@ -19,7 +19,8 @@ export type EndpointView = Endpoint & {
   policyRevision?: number;
 };
 
-const AddEndpointBody = z
+/** POST /v1/endpoints's body, which CNI ADD (the cni module) also goes through. */
+export const AddEndpointBody = z
   .object({
     containerId: z.string().min(1).max(256),
     ifname: z.string().min(1).max(15).regex(/^[^\s/]+$/, 'must be an interface name'),

@@ -8,6 +8,7 @@ import { configSchema, coreConfig, loadConfigWith, type ConfigSources } from '..
 import type { AgentModule } from '../module.ts';
 import { apiConfig, apiModule } from './api.ts';
 import { clusterModule, nodeHealthConfig, nodeHealthModule } from './cluster.ts';
+import { cniModule } from './cni.ts';
 import { endpointDatapathModule, hostNetworkingModule, ipcacheModule, masqueradeConfig, masqueradeModule, nodeRoutingModule } from './datapath.ts';
 import { endpointsModule, namespacesModule } from './endpoints.ts';
 import { hubbleMetricsConfig, hubbleMetricsModule, metricsConfig, metricsModule } from './metrics.ts';
@@ -30,6 +31,7 @@ export const AGENT_MODULES: readonly AgentModule[] = [
   monitorModule,
   namespacesModule,
   endpointsModule,
+  cniModule,
   policyStatusModule,
   identityGcModule,
   clusterModule,
