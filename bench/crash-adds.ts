@@ -19,7 +19,7 @@
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Endpoint } from '../src/agent/index.ts';
-import { ENDPOINT_LINK_GROUP } from '../src/agent/endpoint-manager.ts';
+import { ENDPOINT_LINK_GROUP } from '../src/agent/endpoint-links.ts';
 import type { BenchContext } from './lib.ts';
 import { BenchNode } from './support/agent.ts';
 import { addNetns, Cleanups, inNs, netnsPath, sleep, uniqueName } from './support/ns.ts';

@@ -21,6 +21,8 @@ export interface BenchNodeOptions {
   logLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'error';
   /** The agent's --routing-mode. Default native: one node needs no tunnel, and pods get the underlay's MTU. */
   routingMode?: 'native' | 'tunnel';
+  /** More agent flags, e.g. a module's settings (kept for restarts). */
+  extraArgs?: readonly string[];
 }
 
 /** The node's underlay address (TEST-NET-1); it lives only inside the node namespace. */
@@ -35,6 +37,7 @@ export class BenchNode {
   readonly socket: string;
   readonly client: AgentClient;
   readonly #cleanups: Cleanups;
+  #extraArgs: readonly string[] = [];
   agent: ChildProcess | undefined;
   log = '';
 
@@ -67,6 +70,7 @@ export class BenchNode {
         'link set dev cbul1 up',
       ].join('\n') + '\n',
     });
+    node.#extraArgs = options.extraArgs ?? [];
     await node.#startAgent(options.logLevel ?? 'info', options.routingMode ?? 'native');
     return node;
   }
@@ -81,6 +85,7 @@ export class BenchNode {
       '--log-level', logLevel,
       '--node-ip', NODE_IP,
       '--routing-mode', routingMode,
+      ...this.#extraArgs,
     ];
     const agent = spawnInNs(this.#cleanups, this.netns, process.execPath, args);
     this.agent = agent;
@@ -137,6 +142,20 @@ export class BenchNode {
         throw new Error(`${(error as Error).message}; agent log tail:\n${this.log.slice(-3000)}`);
       }
       throw error;
+    }
+  }
+
+  /**
+   * Waits (up to `timeoutMs`) until the agent's endpoint link pool holds its target: what a node
+   * whose pods come one at a time, seconds apart, has at each add. Returns whether it did.
+   */
+  async poolRefilled(timeoutMs = 5000): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const { linkPool } = await this.client.get<{ linkPool?: { ready: number; target: number } }>('/v1/status');
+      if (!linkPool || linkPool.ready >= linkPool.target) return true;
+      if (Date.now() > deadline) return false;
+      await sleep(5);
     }
   }
 

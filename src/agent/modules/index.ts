@@ -9,7 +9,7 @@ import type { AgentModule } from '../module.ts';
 import { apiConfig, apiModule } from './api.ts';
 import { clusterModule } from './cluster.ts';
 import { endpointDatapathModule, hostNetworkingModule, ipcacheModule, masqueradeConfig, masqueradeModule, nodeRoutingModule } from './datapath.ts';
-import { endpointsModule, namespacesModule } from './endpoints.ts';
+import { endpointsConfig, endpointsModule, namespacesModule } from './endpoints.ts';
 import { hubbleMetricsConfig, hubbleMetricsModule, metricsConfig, metricsModule } from './metrics.ts';
 import { identitiesModule, identityGcConfig, identityGcModule } from './identity.ts';
 import { nodeConfig, nodeModule } from './node.ts';
@@ -47,6 +47,7 @@ export const AgentConfigSchema = configSchema({
   ...masqueradeConfig,
   ...identityGcConfig,
   ...policyConfig,
+  ...endpointsConfig,
   ...observerConfig,
   ...apiConfig,
   ...metricsConfig,
