@@ -607,8 +607,8 @@ export class EndpointManager {
 
   /**
    * The add's pair from the link pool, its programs already attached; undefined when the pool has
-   * none ready, or its link could not be moved into the pod (then deleted, never offered again):
-   * the add makes its pair then. In order, each step one request, so a crash between any two
+   * none ready, its host end's name is held by a link not the agent's, or its link could not be
+   * moved into the pod (then deleted, never offered again): the add makes its pair then. In order, each step one request, so a crash between any two
    * leaves what a start removes: the pod end moved into the pod's namespace under its name (the
    * host end still in the pool's group: a start removes pool links), the host end renamed while
    * down, put in the endpoints' group and given its alias (now an endpoint's link without an
@@ -617,9 +617,14 @@ export class EndpointManager {
    * failure deletes the link and fails the add.
    */
   async #takePooled(id: number, key: string, hostIfname: string, request: AddEndpointRequest, mtu: number): Promise<Link | undefined> {
-    const pooled = this.#pool?.take();
-    if (!pooled) return undefined;
+    if (!this.#pool) return undefined;
     const nl = this.#hostNetlink();
+    // The name held by a link that is not the agent's: the add fails as it would make its pair,
+    // before a pool link is spent and anything is moved into the pod.
+    const holder = await nl.link(hostIfname);
+    if (holder && !isEndpointLink(holder)) return undefined;
+    const pooled = this.#pool.take();
+    if (!pooled) return undefined;
     let taken = false;
     try {
       try {
@@ -641,7 +646,7 @@ export class EndpointManager {
       taken = true;
       return linkOf(pooled, hostIfname, mtu);
     } finally {
-      this.#pool!.release(pooled.name, { failed: !taken });
+      this.#pool.release(pooled.name, { failed: !taken });
     }
   }
 
