@@ -6,12 +6,13 @@
  * link nobody took passes nothing.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, renameSync } from 'node:fs';
+import { existsSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { Endpoint } from '../src/agent/index.ts';
 import { hostInterfaceName } from '../src/agent/endpoint.ts';
 import { ENDPOINT_LINK_GROUP, POOL_LINK_GROUP } from '../src/agent/endpoint-links.ts';
+import { linkServesInterface } from '../src/datapath/pins.ts';
 import { addNetns, cli, echo, echoServer, httpRequest, inNs, ping, sleep, starWars, TestNode } from './support/cluster.ts';
 
 interface PoolStatus {
@@ -23,6 +24,7 @@ interface PoolStatus {
 
 interface IpLink {
   ifname: string;
+  ifindex: number;
   group?: string;
   flags: string[];
 }
@@ -196,4 +198,42 @@ test('an add from the pool takes over the host end an interrupted add of the sam
   assert.equal((await links(elsewhere)).filter((l) => l.ifname === 'eth0').length, 0, 'the stale pair is gone');
   const other = await node.addPod(t);
   assert.ok(await ping(pod, other.endpoint.ipv4));
+});
+
+test('a take that fails falls back to making the pair, the link is not offered again, and pool links changed behind the agent\'s back are made anew', async (t) => {
+  const node = await TestNode.start(t, { reconcileRefreshInterval: 0.5 });
+  await refilled(node);
+  const before = await poolLinks(node);
+  // Their programs detached behind the agent's back: no take may hand out such a link.
+  for (const name of poolPins(node)) rmSync(join(node.bpfRoot, 'pool', name), { recursive: true });
+  const a = await node.addPod(t);
+  const b = await node.addPod(t);
+  assert.ok(await ping(a.netns, b.endpoint.ipv4), 'the pods made without the pool work');
+  assert.match(node.log, /taking a pool link failed; making the pair instead/);
+  // The pod already has the interface: the pool link cannot move in, and the add fails as it
+  // would without a pool, leaving that interface alone.
+  const taken = await addNetns(t, 'ctp');
+  await inNs(taken, 'ip', ['link', 'add', 'eth0', 'type', 'veth', 'peer', 'name', 'eth1']);
+  await assert.rejects(node.client.call('POST', '/v1/endpoints', { containerId: 'taken', ifname: 'eth0', netns: `/run/netns/${taken}` }), /EEXIST/);
+  assert.equal((await links(taken)).filter((l) => l.ifname === 'eth0').length, 1);
+
+  // Each pool link again has both programs pinned and attached to it.
+  const served = async (): Promise<boolean> => {
+    const pool = (await links(node.netns)).filter((l) => l.group === String(POOL_LINK_GROUP));
+    return (
+      pool.length === 4 &&
+      pool.every((l) => ['from-container', 'to-container'].every((pin) => linkServesInterface(join(node.bpfRoot, 'pool', l.ifname, pin), l.ifindex)))
+    );
+  };
+  const deadline = Date.now() + 15_000;
+  while (!(await served())) {
+    assert.ok(Date.now() < deadline, `every broken pool link is made anew: ${(await poolLinks(node)).join()} (were ${before.join()}; pins ${poolPins(node).join()})`);
+    await sleep(100);
+  }
+  const { reconcilers } = await node.client.get<{ reconcilers: { module: string; name: string; repairs: number }[] }>('/v1/status');
+  const pool = reconcilers.find((r) => r.name === 'endpoint-link-pool');
+  assert.equal(pool?.module, 'endpoints');
+  assert.ok(pool.repairs > 0, `the pool's reconciler counts the repairs: ${JSON.stringify(pool)}`);
+  const c = await node.addPod(t);
+  assert.ok(await ping(c.netns, a.endpoint.ipv4));
 });

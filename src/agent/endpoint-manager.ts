@@ -607,14 +607,14 @@ export class EndpointManager {
 
   /**
    * The add's pair from the link pool, its programs already attached; undefined when the pool has
-   * none ready, its host end's name is held by a link not the agent's, or its link could not be
-   * moved into the pod (then deleted, never offered again): the add makes its pair then. In order, each step one request, so a crash between any two
-   * leaves what a start removes: the pod end moved into the pod's namespace under its name (the
-   * host end still in the pool's group: a start removes pool links), the host end renamed while
-   * down, put in the endpoints' group and given its alias (now an endpoint's link without an
-   * endpoint: the start's sweep, or an add of the same container, removes it), the pinned
-   * programs handed to the endpoint's id (pins of an id without endpoint: swept too). Any later
-   * failure deletes the link and fails the add.
+   * none ready, or its host end's name is held by a link not the agent's, or the take failed (the
+   * link is deleted, never offered again): the add makes its pair then, as without a pool. In
+   * order, each step one request, so a crash between any two leaves what a start removes: the pod
+   * end moved into the pod's namespace under its name (the host end still in the pool's group: a
+   * start removes pool links); the host end renamed while down, put in the endpoints' group and
+   * given its alias (now an endpoint's link without an endpoint: the start's sweep, or an add of
+   * the same container, removes it); the pinned programs handed to the endpoint's id (pins of an
+   * id without an endpoint: swept too).
    */
   async #takePooled(id: number, key: string, hostIfname: string, request: AddEndpointRequest, mtu: number): Promise<Link | undefined> {
     if (!this.#pool) return undefined;
@@ -627,24 +627,19 @@ export class EndpointManager {
     if (!pooled) return undefined;
     let taken = false;
     try {
-      try {
-        await nl.setLink(pooled.peerIfindex, { netns: request.netns, name: request.ifname, mtu });
-      } catch (error) {
-        this.#log.debug({ err: error, pool: pooled.name, container: request.containerId }, 'a pool link could not be moved into the pod; making the pair instead');
-        await nl.deleteLink(pooled.ifindex);
-        return undefined;
-      }
-      try {
-        await this.#takingOverStale(hostIfname, request, () =>
-          nl.setLink(pooled.ifindex, { name: hostIfname, group: ENDPOINT_LINK_GROUP, alias: endpointLinkAlias(key), mtu }),
-        );
-        this.#datapath.adoptPooled!(pooled.name, { id, hostIfindex: pooled.ifindex });
-      } catch (error) {
-        await nl.deleteLink(pooled.ifindex).catch(() => undefined);
-        throw error;
-      }
+      await nl.setLink(pooled.peerIfindex, { netns: request.netns, name: request.ifname, mtu });
+      await this.#takingOverStale(hostIfname, request, () =>
+        nl.setLink(pooled.ifindex, { name: hostIfname, group: ENDPOINT_LINK_GROUP, alias: endpointLinkAlias(key), mtu }),
+      );
+      this.#datapath.adoptPooled!(pooled.name, { id, hostIfindex: pooled.ifindex });
       taken = true;
       return linkOf(pooled, hostIfname, mtu);
+    } catch (error) {
+      // By index: whatever name or group the take had given it. Should even this fail, the link
+      // is the pool's or a marked one no endpoint has, which the pair's creation takes over.
+      await nl.deleteLink(pooled.ifindex).catch(() => undefined);
+      this.#log.warn({ err: error, pool: pooled.name, container: request.containerId }, 'taking a pool link failed; making the pair instead');
+      return undefined;
     } finally {
       this.#pool.release(pooled.name, { failed: !taken });
     }
