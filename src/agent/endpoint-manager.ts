@@ -403,9 +403,14 @@ export class EndpointManager {
 
       // Everything that waits in the kernel runs at once, off the event loop: the policy map goes
       // in (its outer-map write waits out an RCU grace period on libuv's thread pool), the pair is
-      // made, and then the programs are attached to its host end (each TCX attach waits out a
-      // grace period too). The programs serve the endpoint only once the reconciler writes its
-      // map entry (below), after the policy is in place.
+      // taken from the pool or made, and then the programs are attached to its host end (each
+      // TCX attach waits out a grace period too; a pool link has them already). The programs
+      // serve the endpoint only once the reconciler writes its map entry (below), after the
+      // policy is in place. A take goes first: its move into the pod waits out an RCU barrier,
+      // which should not also wait for the callbacks the policy's map writes queue, nor for the
+      // policy computed on the event loop.
+      const mtu = this.#mtu();
+      const taking = this.#takePooled(id, key, hostIfname, request, mtu);
       const policy = Promise.resolve(this.#policy?.addEndpoint(id, this.#securityLabels({ labels, namespace })));
       // Awaited below; until then a failure must not count as unhandled.
       policy.then(() => mark('policy'), () => undefined);
@@ -413,9 +418,8 @@ export class EndpointManager {
         await policy.catch(() => undefined);
         this.#policy?.removeEndpoint(id);
       });
-      const mtu = this.#mtu();
       // A failed take or creation left nothing, and EEXIST means the name is someone else's: no undo.
-      const host = (await this.#takePooled(id, key, hostIfname, request, mtu)) ?? (await this.#createVeth(key, hostIfname, request, mtu));
+      const host = (await taking) ?? (await this.#createVeth(key, hostIfname, request, mtu));
       undo.push(() => this.#hostNetlink().deleteLink(host.ifindex));
       mark('veth');
       const attaching = Promise.resolve(this.#datapath.attach?.({ id, hostIfindex: host.ifindex }));
@@ -607,8 +611,9 @@ export class EndpointManager {
 
   /**
    * The add's pair from the link pool, its programs already attached; undefined when the pool has
-   * none ready, or its host end's name is held by a link not the agent's, or the take failed (the
-   * link is deleted, never offered again): the add makes its pair then, as without a pool. In
+   * none ready or the take failed (the pod end could not move in, the host end's name is held by a
+   * link not the agent's, …: the link is deleted, never offered again): the add then makes its
+   * pair as without a pool, and fails as it would without one. In
    * order, each step one request, so a crash between any two leaves what a start removes: the pod
    * end moved into the pod's namespace under its name (the host end still in the pool's group: a
    * start removes pool links); the host end renamed while down, put in the endpoints' group and
@@ -617,14 +622,9 @@ export class EndpointManager {
    * id without an endpoint: swept too).
    */
   async #takePooled(id: number, key: string, hostIfname: string, request: AddEndpointRequest, mtu: number): Promise<Link | undefined> {
-    if (!this.#pool) return undefined;
-    const nl = this.#hostNetlink();
-    // The name held by a link that is not the agent's: the add fails as it would make its pair,
-    // before a pool link is spent and anything is moved into the pod.
-    const holder = await nl.link(hostIfname);
-    if (holder && !isEndpointLink(holder)) return undefined;
-    const pooled = this.#pool.take();
+    const pooled = this.#pool?.take();
     if (!pooled) return undefined;
+    const nl = this.#hostNetlink();
     let taken = false;
     try {
       await nl.setLink(pooled.peerIfindex, { netns: request.netns, name: request.ifname, mtu });
@@ -641,7 +641,7 @@ export class EndpointManager {
       this.#log.warn({ err: error, pool: pooled.name, container: request.containerId }, 'taking a pool link failed; making the pair instead');
       return undefined;
     } finally {
-      this.#pool.release(pooled.name, { failed: !taken });
+      this.#pool!.release(pooled.name, { failed: !taken });
     }
   }
 
