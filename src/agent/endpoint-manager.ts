@@ -411,6 +411,14 @@ export class EndpointManager {
       // policy computed on the event loop.
       const mtu = this.#mtu();
       const taking = this.#takePooled(id, key, hostIfname, request, mtu);
+      // Until the add has the link in hand (below), a failure in between must not leave it.
+      let tookOver = false;
+      undo.push(async () => {
+        const link = tookOver ? undefined : await taking.catch(() => undefined);
+        if (!link) return;
+        await this.#hostNetlink().deleteLink(link.ifindex);
+        await this.#datapath.detach?.(id);
+      });
       const policy = Promise.resolve(this.#policy?.addEndpoint(id, this.#securityLabels({ labels, namespace })));
       // Awaited below; until then a failure must not count as unhandled.
       policy.then(() => mark('policy'), () => undefined);
@@ -420,6 +428,7 @@ export class EndpointManager {
       });
       // A failed take or creation left nothing, and EEXIST means the name is someone else's: no undo.
       const host = (await taking) ?? (await this.#createVeth(key, hostIfname, request, mtu));
+      tookOver = true;
       undo.push(() => this.#hostNetlink().deleteLink(host.ifindex));
       mark('veth');
       const attaching = Promise.resolve(this.#datapath.attach?.({ id, hostIfindex: host.ifindex }));
