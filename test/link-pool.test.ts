@@ -237,3 +237,17 @@ test('a take that fails falls back to making the pair, the link is not offered a
   const c = await node.addPod(t);
   assert.ok(await ping(c.netns, a.endpoint.ipv4));
 });
+
+test('the pool makes no link while adds are in flight: it refills once they are done', async (t) => {
+  const node = await TestNode.start(t, { extraArgs: ['--endpoint-link-pool', '2'] });
+  await refilled(node);
+  node.log = '';
+  await Promise.all(Array.from({ length: 6 }, () => node.addPod(t)));
+  await refilled(node);
+  const lines = node.log.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as { msg: string; time: string });
+  const added = lines.filter((line) => line.msg === 'endpoint added').map((line) => Date.parse(line.time));
+  const made = lines.filter((line) => line.msg === 'attached datapath to a pool link').map((line) => Date.parse(line.time));
+  assert.equal(added.length, 6);
+  assert.equal(made.length, 2, 'two links made, for the two taken');
+  assert.ok(Math.min(...made) > Math.max(...added), `links made after the last add: made at ${made.join()}, adds ended at ${added.join()}`);
+});

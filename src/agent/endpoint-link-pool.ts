@@ -44,6 +44,9 @@ export interface PoolLink {
   peerIfindex: number;
 }
 
+/** How long after the last add the pool waits before making a link. */
+const REFILL_QUIET_MS = 50;
+
 /** A link the pool wants: the names of its host and pod ends in the node's namespace. */
 interface PoolSlot {
   name: string;
@@ -76,6 +79,7 @@ export class EndpointLinkPool {
   /** Links taken by adds still working on them: neither the reconciler nor a refresh touches them. */
   readonly #handedOut = new Set<string>();
   #addsInFlight = 0;
+  #lastAddEnded = 0;
   #idleWaiters: (() => void)[] = [];
   #stopping = false;
   #taken = 0;
@@ -154,7 +158,8 @@ export class EndpointLinkPool {
 
   /**
    * An add starts; the returned function says it ended. The pool makes links only while no add is
-   * in flight: making one holds RTNL across two RCU grace periods, which an add would wait out.
+   * in flight, and not right after one ended (adds come in runs): making a link holds RTNL across
+   * two RCU grace periods, which an add arriving meanwhile would wait out.
    */
   busy(): () => void {
     this.#addsInFlight++;
@@ -162,6 +167,7 @@ export class EndpointLinkPool {
     return () => {
       if (ended) return;
       ended = true;
+      this.#lastAddEnded = Date.now();
       if (--this.#addsInFlight === 0) this.#wakeIdle();
     };
   }
@@ -181,9 +187,20 @@ export class EndpointLinkPool {
     for (const wake of waiters) wake();
   }
 
-  #idle(): Promise<void> {
-    if (this.#addsInFlight === 0 || this.#stopping) return Promise.resolve();
-    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  /** Resolves once no add is in flight and none has ended for REFILL_QUIET_MS, or at stop. */
+  async #idle(): Promise<void> {
+    for (;;) {
+      if (this.#stopping) return;
+      const quiet = this.#lastAddEnded + REFILL_QUIET_MS - Date.now();
+      if (this.#addsInFlight === 0 && quiet <= 0) return;
+      await new Promise<void>((resolve) => {
+        const timer = this.#addsInFlight === 0 ? setTimeout(resolve, quiet) : undefined;
+        this.#idleWaiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
   }
 
   /** Makes the slot's link (again, if what has its name is not ready): pair, alias, IPv6 off, programs. */
