@@ -9,6 +9,8 @@
  *   addresses    pod namespaces whose eth0 still holds an address that is not their endpoint's
  *   allocations  IPAM allocations beyond the endpoints the agent lists
  *   pins         pinned endpoint directories of no endpoint
+ *   pool         once the pool has refilled: pool links (the pool's link group) beyond its target,
+ *                and pool links without pinned programs or pool pins without a link
  *
  * Then every interrupted container is added again (no "File exists"), the addresses checked for
  * duplicates, and everything deleted. Figures: orphans in total over all trials (target 0), and
@@ -19,7 +21,7 @@
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Endpoint } from '../src/agent/index.ts';
-import { ENDPOINT_LINK_GROUP } from '../src/agent/endpoint-manager.ts';
+import { ENDPOINT_LINK_GROUP, POOL_LINK_GROUP } from '../src/agent/endpoint-links.ts';
 import type { BenchContext } from './lib.ts';
 import { BenchNode } from './support/agent.ts';
 import { addNetns, Cleanups, inNs, netnsPath, sleep, uniqueName } from './support/ns.ts';
@@ -34,15 +36,22 @@ interface Orphans {
   addresses: number;
   allocations: number;
   pins: number;
+  pool: number;
   duplicates: number;
 }
 
 async function countOrphans(node: BenchNode, pods: readonly { netns: string }[]): Promise<{ orphans: Orphans; recorded: Endpoint[] }> {
   const endpoints = await node.client.get<Endpoint[]>('/v1/endpoints');
   const owned = new Set(endpoints.map((ep) => ep.hostIfname));
-  const links = (JSON.parse(await inNs(node.netns, 'ip', ['-j', 'link', 'show'])) as { ifname: string; group?: string }[]).filter(
-    (l) => l.group === String(ENDPOINT_LINK_GROUP) && !owned.has(l.ifname),
-  ).length;
+  const refilled = await node.poolRefilled(10_000);
+  const all = JSON.parse(await inNs(node.netns, 'ip', ['-j', 'link', 'show'])) as { ifname: string; group?: string }[];
+  const links = all.filter((l) => l.group === String(ENDPOINT_LINK_GROUP) && !owned.has(l.ifname)).length;
+  const poolLinks = new Set(all.filter((l) => l.group === String(POOL_LINK_GROUP)).map((l) => l.ifname));
+  const poolPins = new Set(readdirSync(join(node.bpfRoot, 'pool')));
+  const { linkPool } = await node.client.get<{ linkPool: { target: number } }>('/v1/status');
+  const pool = refilled
+    ? Math.max(0, poolLinks.size - linkPool.target) + [...poolLinks].filter((name) => !poolPins.has(name)).length + [...poolPins].filter((name) => !poolLinks.has(name)).length
+    : poolLinks.size + poolPins.size;
   const byNetns = new Map(endpoints.map((ep) => [ep.netns, ep.ipv4]));
   let addresses = 0;
   const held = new Map<string, number>();
@@ -57,13 +66,13 @@ async function countOrphans(node: BenchNode, pods: readonly { netns: string }[])
   const ids = new Set(endpoints.map((ep) => String(ep.id)));
   const pins = readdirSync(join(node.bpfRoot, 'endpoints')).filter((id) => !ids.has(id)).length;
   const duplicates = [...held.values()].filter((n) => n > 1).length;
-  return { orphans: { links, addresses, allocations: Math.max(0, status.ipam.used - endpoints.length), pins, duplicates }, recorded: endpoints };
+  return { orphans: { links, addresses, allocations: Math.max(0, status.ipam.used - endpoints.length), pins, pool, duplicates }, recorded: endpoints };
 }
 
 export async function run(ctx: BenchContext): Promise<void> {
   const trials = ctx.rounds ?? DEFAULT_TRIALS;
   const cleanups = new Cleanups((message) => ctx.log(message));
-  const total: Orphans = { links: 0, addresses: 0, allocations: 0, pins: 0, duplicates: 0 };
+  const total: Orphans = { links: 0, addresses: 0, allocations: 0, pins: 0, pool: 0, duplicates: 0 };
   let completedAtKill = 0;
   let reAddFailures = 0;
   try {
@@ -110,7 +119,7 @@ export async function run(ctx: BenchContext): Promise<void> {
   } finally {
     await cleanups.run();
   }
-  const orphans = total.links + total.addresses + total.allocations + total.pins;
+  const orphans = total.links + total.addresses + total.allocations + total.pins + total.pool;
   ctx.emit({ metric: 'orphans', value: orphans, unit: 'count', baseline: null, ratio: null, better: 'lower', target: 0, trials, pods_per_trial: PODS, ...total });
   ctx.emit({ metric: 'duplicate_addresses', value: total.duplicates, unit: 'count', baseline: null, ratio: null, better: 'lower', target: 0, trials });
   ctx.emit({ metric: 're_add_failures', value: reAddFailures, unit: 'count', baseline: null, ratio: null, better: 'lower', target: 0, trials });

@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import type { Endpoint } from '../src/agent/index.ts';
 import { hostInterfaceName } from '../src/agent/endpoint.ts';
-import { ENDPOINT_LINK_GROUP } from '../src/agent/endpoint-manager.ts';
+import { ENDPOINT_LINK_GROUP } from '../src/agent/endpoint-links.ts';
 import { addNetns, inNs, sleep, TestNode, uniqueName } from './support/cluster.ts';
 
 const PODS = 20;

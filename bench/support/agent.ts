@@ -21,7 +21,7 @@ export interface BenchNodeOptions {
   logLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'error';
   /** The agent's --routing-mode. Default native: one node needs no tunnel, and pods get the underlay's MTU. */
   routingMode?: 'native' | 'tunnel';
-  /** More agent flags, e.g. ['--no-hubble-enabled']. */
+  /** More agent flags, e.g. ['--no-hubble-enabled'] or a module's settings (kept for restarts). */
   extraArgs?: readonly string[];
 }
 
@@ -71,6 +71,7 @@ export class BenchNode {
         'link set dev cbul1 up',
       ].join('\n') + '\n',
     });
+    node.#extraArgs = options.extraArgs ?? [];
     await node.#startAgent(options.logLevel ?? 'info', options.routingMode ?? 'native');
     return node;
   }
@@ -142,6 +143,20 @@ export class BenchNode {
         throw new Error(`${(error as Error).message}; agent log tail:\n${this.log.slice(-3000)}`);
       }
       throw error;
+    }
+  }
+
+  /**
+   * Waits (up to `timeoutMs`) until the agent's endpoint link pool holds its target: what a node
+   * whose pods come one at a time, seconds apart, has at each add. Returns whether it did.
+   */
+  async poolRefilled(timeoutMs = 5000): Promise<boolean> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const { linkPool } = await this.client.get<{ linkPool?: { ready: number; target: number } }>('/v1/status');
+      if (!linkPool || linkPool.ready >= linkPool.target) return true;
+      if (Date.now() > deadline) return false;
+      await sleep(5);
     }
   }
 

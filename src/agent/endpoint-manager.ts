@@ -13,6 +13,8 @@ import { EndpointError } from './errors.ts';
 import { type Endpoint, type EndpointWorkload, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID, nodeEndpointsPrefix } from './endpoint.ts';
 import type { Ipcache, IpcacheEntry } from './ipcache.ts';
 import { InvalidLabelsError, podLabels, type IdentityAllocator, type Labels } from '../identity/index.ts';
+import { disableIpv6, endpointLinkAlias, ENDPOINT_LINK_GROUP, isEndpointLink } from './endpoint-links.ts';
+import { EndpointLinkPool, type PoolDatapath, type PoolLink } from './endpoint-link-pool.ts';
 
 /** The kernel side of an endpoint (programs, links, map entries); implemented in src/datapath. */
 export interface EndpointDatapath {
@@ -37,6 +39,11 @@ export interface EndpointDatapath {
   observe?(): Iterable<[ipv4: string, ObservedDatapathEndpoint]>;
   serves?(endpoint: Endpoint, observed: ObservedDatapathEndpoint): boolean;
   prune?(observed: ObservedDatapathEndpoint): void;
+  /**
+   * Optional, for a pool of links made ahead of adds (see EndpointLinkPool): hands the programs
+   * attached to pool link `name` to an endpoint, so realize() finds them in place.
+   */
+  adoptPooled?(name: string, endpoint: { id: number; hostIfindex: number }): void;
 }
 
 /** An endpoint as the kernel serves it; opaque here but for its address. */
@@ -99,6 +106,8 @@ export class EndpointManager {
   readonly #mtu: () => number;
   readonly #namespaceLabels: (namespace: string) => Record<string, string>;
   #netlink: Netlink | undefined;
+  /** Pairs made ahead of adds, their programs attached; none without a pool datapath or with a target of 0. */
+  readonly #pool: EndpointLinkPool | undefined;
 
   constructor(options: {
     store: StateStore;
@@ -116,6 +125,12 @@ export class EndpointManager {
     namespaceLabels?: (namespace: string) => Record<string, string>;
     /** How often the kernel's endpoints are compared with the table and repaired; 0: never. */
     refreshIntervalMs?: number;
+    /**
+     * Links to keep ready for adds (EndpointLinkPool), with the datapath that attaches their
+     * programs; without it (or with a target of 0) every add makes its pair. Pool links left by
+     * a previous agent are removed at start either way.
+     */
+    linkPool?: { target: number; datapath: PoolDatapath };
   }) {
     this.#namespaceLabels = options.namespaceLabels ?? (() => ({}));
     this.#mtu = options.mtu ?? (() => 1500);
@@ -128,6 +143,16 @@ export class EndpointManager {
     this.#log = options.log;
     this.#nodeName = options.nodeName;
     const datapath = options.datapath;
+    if (options.linkPool) {
+      this.#pool = new EndpointLinkPool({
+        netlink: () => this.#hostNetlink(),
+        datapath: options.linkPool.datapath,
+        target: datapath.adoptPooled ? options.linkPool.target : 0,
+        mtu: this.#mtu,
+        log: this.#log.child({ part: 'link-pool' }),
+        refreshIntervalMs: options.refreshIntervalMs,
+      });
+    }
     const observe = datapath.observe?.bind(datapath);
     this.#reconciler = new Reconciler<Endpoint, ObservedDatapathEndpoint>({
       name: 'endpoint-datapath',
@@ -158,6 +183,16 @@ export class EndpointManager {
     return this.#reconciler.health();
   }
 
+  /** The link pool's reconciler's health, when there is a pool. */
+  poolHealth(): ReconcilerHealth | undefined {
+    return this.#pool?.health();
+  }
+
+  /** The link pool: links ready of its target, taken by adds, adds that found it empty. */
+  poolStatus(): ReturnType<EndpointLinkPool['status']> | undefined {
+    return this.#pool?.status();
+  }
+
   #storeKey(key: string): string {
     return `${nodeEndpointsPrefix(this.#nodeName)}${key}`;
   }
@@ -183,6 +218,9 @@ export class EndpointManager {
     }
     await this.#identities.reconcileReferences();
     await this.#sweepOrphans();
+    // After the sweep: a link a take had renamed before the agent died is an endpoint's link
+    // without an endpoint, gone by now; one it had only moved into the pod is still the pool's.
+    await this.#pool?.start();
     this.#reconciler.start();
     // Attempted, not succeeded: an endpoint whose interface vanished while the agent was away
     // keeps failing (and is reported) without keeping the agent from serving the others.
@@ -191,6 +229,7 @@ export class EndpointManager {
   }
 
   async stop(): Promise<void> {
+    await this.#pool?.stop();
     await this.#reconciler.stop();
     this.#netlink?.close();
     this.#netlink = undefined;
@@ -347,6 +386,7 @@ export class EndpointManager {
     const hostIfname = hostInterfaceName(request.containerId, request.ifname);
     const id = this.#reserveId();
     const undo: (() => Promise<unknown>)[] = [];
+    const ended = this.#pool?.busy();
     // When each step finished, in ms since the add began: the log line of every add says where
     // its time went (several steps overlap, so they do not add up).
     const started = performance.now();
@@ -364,9 +404,22 @@ export class EndpointManager {
 
       // Everything that waits in the kernel runs at once, off the event loop: the policy map goes
       // in (its outer-map write waits out an RCU grace period on libuv's thread pool), the pair is
-      // made, and then the programs are attached to its host end (each TCX attach waits out a
-      // grace period too). The programs serve the endpoint only once the reconciler writes its
-      // map entry (below), after the policy is in place.
+      // taken from the pool or made, and then the programs are attached to its host end (each
+      // TCX attach waits out a grace period too; a pool link has them already). The programs
+      // serve the endpoint only once the reconciler writes its map entry (below), after the
+      // policy is in place. A take goes first: its move into the pod waits out an RCU barrier,
+      // which should not also wait for the callbacks the policy's map writes queue, nor for the
+      // policy computed on the event loop.
+      const mtu = this.#mtu();
+      const taking = this.#takePooled(id, key, hostIfname, request, mtu);
+      // Until the add has the link in hand (below), a failure in between must not leave it.
+      let tookOver = false;
+      undo.push(async () => {
+        const link = tookOver ? undefined : await taking.catch(() => undefined);
+        if (!link) return;
+        await this.#hostNetlink().deleteLink(link.ifindex);
+        await this.#datapath.detach?.(id);
+      });
       const policy = Promise.resolve(this.#policy?.addEndpoint(id, this.#securityLabels({ labels, namespace })));
       // Awaited below; until then a failure must not count as unhandled.
       policy.then(() => mark('policy'), () => undefined);
@@ -374,9 +427,9 @@ export class EndpointManager {
         await policy.catch(() => undefined);
         this.#policy?.removeEndpoint(id);
       });
-      const mtu = this.#mtu();
-      // A failed creation made nothing, and EEXIST means the name is someone else's: no undo.
-      const host = await this.#createVeth(key, hostIfname, request, mtu);
+      // A failed take or creation left nothing, and EEXIST means the name is someone else's: no undo.
+      const host = (await taking) ?? (await this.#createVeth(key, hostIfname, request, mtu));
+      tookOver = true;
       undo.push(() => this.#hostNetlink().deleteLink(host.ifindex));
       mark('veth');
       const attaching = Promise.resolve(this.#datapath.attach?.({ id, hostIfindex: host.ifindex }));
@@ -445,6 +498,7 @@ export class EndpointManager {
       throw error;
     } finally {
       this.#reservedIds.delete(id);
+      ended?.();
     }
   }
 
@@ -540,21 +594,65 @@ export class EndpointManager {
    */
   async #createVeth(key: string, hostIfname: string, request: AddEndpointRequest, mtu: number): Promise<Link> {
     const spec = { name: hostIfname, peerName: request.ifname, peerNetns: request.netns, mtu, peerMtu: mtu, group: ENDPOINT_LINK_GROUP };
-    const create = async () => {
+    return this.#takingOverStale(hostIfname, request, async () => {
       const link = await this.#hostNetlink().createVeth(spec);
       // For people reading `ip link`; the group (set with the link) is what the agent goes by.
       await this.#hostNetlink().setLink(link.ifindex, { alias: endpointLinkAlias(key) });
       return link;
-    };
+    });
+  }
+
+  /**
+   * Runs `name`, which gives a host end the name `hostIfname`. On EEXIST from a host end of that
+   * name the agent marked but no endpoint has (what an interrupted add left), removes that link
+   * and runs it again; any other EEXIST is someone else's link and stands.
+   */
+  async #takingOverStale<T>(hostIfname: string, request: AddEndpointRequest, name: () => Promise<T>): Promise<T> {
     try {
-      return await create();
+      return await name();
     } catch (error) {
       if (!NetlinkError.is(error, 'EEXIST')) throw error;
       const stale = await this.#hostNetlink().link(hostIfname);
       if (!stale || !isEndpointLink(stale) || [...this.table.all()].some((ep) => ep.hostIfname === hostIfname)) throw error;
       this.#log.warn({ link: hostIfname, container: request.containerId }, 'removing the interface an interrupted add left for this container');
       await this.#hostNetlink().deleteLink(stale.ifindex);
-      return create();
+      return name();
+    }
+  }
+
+  /**
+   * The add's pair from the link pool, its programs already attached; undefined when the pool has
+   * none ready or the take failed (the pod end could not move in, the host end's name is held by a
+   * link not the agent's, …: the link is deleted, never offered again): the add then makes its
+   * pair as without a pool, and fails as it would without one. In
+   * order, each step one request, so a crash between any two leaves what a start removes: the pod
+   * end moved into the pod's namespace under its name (the host end still in the pool's group: a
+   * start removes pool links); the host end renamed while down, put in the endpoints' group and
+   * given its alias (now an endpoint's link without an endpoint: the start's sweep, or an add of
+   * the same container, removes it); the pinned programs handed to the endpoint's id (pins of an
+   * id without an endpoint: swept too).
+   */
+  async #takePooled(id: number, key: string, hostIfname: string, request: AddEndpointRequest, mtu: number): Promise<Link | undefined> {
+    const pooled = this.#pool?.take();
+    if (!pooled) return undefined;
+    const nl = this.#hostNetlink();
+    let taken = false;
+    try {
+      await nl.setLink(pooled.peerIfindex, { netns: request.netns, name: request.ifname, mtu });
+      await this.#takingOverStale(hostIfname, request, () =>
+        nl.setLink(pooled.ifindex, { name: hostIfname, group: ENDPOINT_LINK_GROUP, alias: endpointLinkAlias(key), mtu }),
+      );
+      this.#datapath.adoptPooled!(pooled.name, { id, hostIfindex: pooled.ifindex });
+      taken = true;
+      return linkOf(pooled, hostIfname, mtu);
+    } catch (error) {
+      // By index: whatever name or group the take had given it. Should even this fail, the link
+      // is the pool's or a marked one no endpoint has, which the pair's creation takes over.
+      await nl.deleteLink(pooled.ifindex).catch(() => undefined);
+      this.#log.warn({ err: error, pool: pooled.name, container: request.containerId }, 'taking a pool link failed; making the pair instead');
+      return undefined;
+    } finally {
+      this.#pool!.release(pooled.name, { failed: !taken });
     }
   }
 
@@ -658,28 +756,6 @@ export class EndpointManager {
   }
 }
 
-/**
- * The link group of the host end of every pod link the agent makes (IFLA_GROUP, set in the very
- * request that creates the pair, so no crash leaves an unmarked one): "cil" in ASCII.
- */
-export const ENDPOINT_LINK_GROUP = 0x63696c;
-/** The alias the agent gives the host end of a pod's link, for people: whose link it is. */
-const ENDPOINT_LINK_ALIAS = 'ciliate endpoint ';
-
-function endpointLinkAlias(key: string): string {
-  // IFALIASZ is 256 with the terminating NUL.
-  return `${ENDPOINT_LINK_ALIAS}${key}`.slice(0, 255);
-}
-
-/**
- * Whether a link is the host end of a pod link this agent made: in its link group. A name alone
- * proves nothing (anyone may create an interface called lxc…), so an unmarked link is never
- * removed or taken over.
- */
-function isEndpointLink(link: Link): boolean {
-  return link.group === ENDPOINT_LINK_GROUP;
-}
-
 /** A namespace file's identity (`device:inode`); throws what stat(2) said when there is none. */
 function namespaceIdentity(path: string): string {
   const stat = statSync(path);
@@ -694,21 +770,6 @@ function tryNamespaceIdentity(path: string): string | undefined {
   }
 }
 
-/**
- * Pods have no IPv6 (yet): the link gets no IPv6 at all, set before it goes up, so neither end
- * sends the autoconfiguration traffic (DAD, router solicitations, MLD) that bpf_lxc would drop as
- * UNSUPPORTED_L3_PROTOCOL on every pod start. The datapath still drops any IPv6 a pod sends or is
- * sent (a pod that is root in its namespace can turn it back on). A kernel without IPv6 has
- * nothing to turn off.
- */
-function disableIpv6(nl: Netlink, ifname: string): void {
-  try {
-    nl.writeSysctl(['net', 'ipv6', 'conf', ifname, 'disable_ipv6'], '1');
-  } catch (error) {
-    if (!NetlinkError.is(error, 'ENOENT')) throw error;
-  }
-}
-
 function sameEndpoint(a: Endpoint, b: Endpoint): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }
@@ -717,3 +778,8 @@ function localIpcacheEntry(endpoint: Endpoint): IpcacheEntry {
   return { prefix: `${endpoint.ipv4}/32`, identity: endpoint.identity, source: 'local-endpoint' };
 }
 
+
+/** A taken pool link's host end as the add goes on with it (down, renamed, in the endpoints' group). */
+function linkOf(pooled: PoolLink, name: string, mtu: number): Link {
+  return { ifindex: pooled.ifindex, name, mac: pooled.mac, mtu, up: false, noarp: false, kind: 'veth', alias: undefined, group: ENDPOINT_LINK_GROUP };
+}

@@ -114,3 +114,32 @@ test('a restarted datapath adopts pinned links, and swaps a program of another b
   assert.equal(before[1].info().programId, toProgram, "a program of this build stays (the first load's)");
   assert.ok(ping(a.netns, b.ip, 2), 'the pods reach each other');
 });
+
+test('a pool link: attached and pinned under the pool ahead of its endpoint; adopting it moves the pins and realize attaches nothing more', async (t) => {
+  const { pods, root, open } = setup(t, 'cdp');
+  const datapath = open();
+  const [a, b] = pods;
+  await datapath.attachPooled('lxcptest', a.hostIfindex);
+  assert.equal(datapath.servesPooled('lxcptest', a.hostIfindex), true);
+  assert.equal(datapath.servesPooled('lxcptest', b.hostIfindex), false, 'pool pins name their own interface');
+  assert.deepEqual(datapath.pooled(), ['lxcptest']);
+  assert.equal(ping(a.netns, b.ip, 1), false, 'no entry: the pool link passes nothing');
+  const before = ['from-container', 'to-container'].map((pin) => {
+    using link = Link.openPinned(join(root, 'pool', 'lxcptest', pin));
+    return link.info().id;
+  });
+
+  assert.throws(() => datapath.adoptPooled('lxcptest', { id: a.id, hostIfindex: b.hostIfindex }), /has no links pinned for interface/);
+  datapath.adoptPooled('lxcptest', { id: a.id, hostIfindex: a.hostIfindex });
+  assert.deepEqual(datapath.pooled(), [], 'nothing left under the pool');
+  const la = links(root, a.id);
+  t.after(() => la.forEach((link) => link.close()));
+  assert.deepEqual(la.map((l) => l.info().id), before, 'the same links, now the endpoint\'s');
+  await Promise.all(pods.map((pod) => datapath.realize(endpointOf(pod))));
+  assert.deepEqual(la.map((l) => l.info().id), before, 'realize kept them');
+  assert.ok(ping(a.netns, b.ip, 2), 'and the pod is served');
+
+  await datapath.attachPooled('lxcpgone', b.hostIfindex + 1000).catch(() => undefined);
+  await datapath.removePooled('lxcpgone');
+  assert.deepEqual(datapath.pooled(), [], 'removePooled leaves no directory');
+});

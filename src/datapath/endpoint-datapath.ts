@@ -1,13 +1,14 @@
 /**
  * Realizes endpoints in the kernel: the node's one load of bpf_lxc attached through TCX to each
  * endpoint's host-side veth, links pinned under <bpfRoot>/endpoints/<id>/, and the endpoint's
- * entries in the shared ciliate_lxc and ciliate_lxc_ifindex maps. The programs find the endpoint
+ * entries in the shared ciliate_lxc and ciliate_lxc_ifindex maps. Pool links (made ahead of the
+ * adds that take them) have theirs pinned under <bpfRoot>/pool/<name>/ until an add takes them. The programs find the endpoint
  * from the packet in ciliate_lxc, so an endpoint costs no program load, and a new identity is a
  * map update. Pinned links keep pods connected while no agent runs; a restarted agent adopts a
  * pinned link that still serves the right interface instead of attaching again.
  * @module
  */
-import { mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { attachTcxAsync, BpfError, BpfMap, Link, Program, unpinLink, unpinLinkAsync, type BpfObject, type TcxDirection } from '../ebpf/index.ts';
@@ -62,6 +63,9 @@ const ATTACHMENTS: readonly { program: string; direction: TcxDirection; pin: str
   { program: LxcProgram.TO_CONTAINER, direction: 'egress', pin: 'to-container' },
 ];
 
+/** Under the bpf root: the pins of pool links (interfaces made ahead of the adds that take them). */
+const POOL_DIR = 'pool';
+
 export class EndpointDatapath {
   readonly bpfRoot: string;
   readonly mapsDir: string;
@@ -91,6 +95,7 @@ export class EndpointDatapath {
     assertOnBpffs(bpfRoot);
     mkdirSync(this.mapsDir, { recursive: true });
     mkdirSync(join(bpfRoot, 'endpoints'), { recursive: true });
+    mkdirSync(join(bpfRoot, POOL_DIR), { recursive: true });
     // Loading with pins also creates every shared map with the object's own definitions (and
     // those a newer build added next to an older agent's pins).
     this.#programs = loadLxc({ pinDir: this.mapsDir });
@@ -149,20 +154,75 @@ export class EndpointDatapath {
   }
 
   async #attach(endpoint: Pick<DatapathEndpoint, 'id' | 'hostIfindex'>): Promise<void> {
-    const dir = this.#endpointDir(endpoint.id);
+    const missing = await this.#attachTo(this.#endpointDir(endpoint.id), endpoint.hostIfindex);
+    if (missing.length > 0) {
+      this.#known.add(endpoint.id);
+      this.#log.debug({ endpoint: endpoint.id, ifindex: endpoint.hostIfindex, links: missing }, 'attached datapath');
+    }
+  }
+
+  /** Attaches (both at once) and pins under `dir` the links not already pinned there for `ifindex`; returns their pin names. */
+  async #attachTo(dir: string, ifindex: number): Promise<string[]> {
     mkdirSync(dir, { recursive: true });
-    const missing = ATTACHMENTS.filter(({ pin }) => !linkServesInterface(join(dir, pin), endpoint.hostIfindex));
+    const missing = ATTACHMENTS.filter(({ pin }) => !linkServesInterface(join(dir, pin), ifindex));
     await settled(
       missing.map(async ({ program, direction, pin }) => {
         unpinLink(join(dir, pin));
-        using link = await attachTcxAsync(this.#programs.program(program), { interface: endpoint.hostIfindex, direction, netns: this.#netns });
+        using link = await attachTcxAsync(this.#programs.program(program), { interface: ifindex, direction, netns: this.#netns });
         link.pin(join(dir, pin));
       }),
     );
-    if (missing.length > 0) {
-      this.#known.add(endpoint.id);
-      this.#log.debug({ endpoint: endpoint.id, ifindex: endpoint.hostIfindex, links: missing.map((a) => a.pin) }, 'attached datapath');
+    return missing.map((a) => a.pin);
+  }
+
+  #poolDir(name: string): string {
+    return join(this.bpfRoot, POOL_DIR, name);
+  }
+
+  /**
+   * Attaches the node's programs to the host end of a pool link (an interface no endpoint has
+   * yet) and pins the links under <bpfRoot>/pool/<name>/: the slow part of an add, done ahead of
+   * it. With no ciliate_lxc entry for the interface the programs let nothing through.
+   */
+  async attachPooled(name: string, ifindex: number): Promise<void> {
+    const attached = await this.#attachTo(this.#poolDir(name), ifindex);
+    if (attached.length > 0) this.#log.debug({ pool: name, ifindex, links: attached }, 'attached datapath to a pool link');
+  }
+
+  /** Whether both of a pool link's pinned links serve the interface `ifindex`. */
+  servesPooled(name: string, ifindex: number): boolean {
+    const dir = this.#poolDir(name);
+    return ATTACHMENTS.every(({ pin }) => linkServesInterface(join(dir, pin), ifindex));
+  }
+
+  /**
+   * Hands a pool link's attached programs to an endpoint: one rename(2) of the pin directory to
+   * the endpoint's (bpffs renames directories), so at every moment the links are pinned in
+   * exactly one place a start's sweep knows. realize() then finds them serving and attaches
+   * nothing.
+   */
+  adoptPooled(name: string, endpoint: Pick<DatapathEndpoint, 'id' | 'hostIfindex'>): void {
+    if (!this.servesPooled(name, endpoint.hostIfindex)) {
+      throw new BpfError('ERR_NOT_FOUND', `datapath: pool link ${name} has no links pinned for interface ${endpoint.hostIfindex}`);
     }
+    const dir = this.#endpointDir(endpoint.id);
+    // The id is this add's: anything still under it is what a failed add of the id left.
+    rmSync(dir, { recursive: true, force: true });
+    renameSync(this.#poolDir(name), dir);
+    this.#known.add(endpoint.id);
+    this.#log.debug({ endpoint: endpoint.id, pool: name, ifindex: endpoint.hostIfindex }, 'took over the datapath of a pool link');
+  }
+
+  /** The names of the pool links with pins. */
+  pooled(): string[] {
+    return readdirSync(join(this.bpfRoot, POOL_DIR));
+  }
+
+  /** Unpins a pool link's links and removes its directory; cheap once its interface is gone. */
+  async removePooled(name: string): Promise<void> {
+    const dir = this.#poolDir(name);
+    await settled(ATTACHMENTS.map(({ pin }) => unpinLinkAsync(join(dir, pin))));
+    rmSync(dir, { recursive: true, force: true });
   }
 
   /**

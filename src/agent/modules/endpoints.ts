@@ -54,9 +54,20 @@ export const namespacesModule = defineModule({
   },
 });
 
+export const endpointsConfig = {
+  endpointLinkPool: z
+    .number()
+    .int()
+    .min(0)
+    .max(64)
+    .default(4)
+    .describe('pod links (veth pairs with the endpoint programs attached) kept ready in the node namespace so an add need not wait for the attaches; 0 turns the pool off'),
+};
+
 export const endpointsModule = defineModule({
   name: 'endpoints',
   description: 'endpoint lifecycle (CNI ADD and DEL) and the endpoints API',
+  config: endpointsConfig,
   needs: {
     store: StoreCell,
     node: NodeCell,
@@ -81,6 +92,7 @@ export const endpointsModule = defineModule({
       log,
       nodeName: config.nodeName,
       refreshIntervalMs: config.reconcileRefreshInterval * 1000,
+      linkPool: { target: config.endpointLinkPool, datapath },
     });
     const unsubscribe = namespaces.onChange((namespace) =>
       endpoints.namespaceChanged(namespace).catch((error: unknown) => {
@@ -106,8 +118,12 @@ export const endpointsModule = defineModule({
         unsubscribe();
         await endpoints.stop();
       },
-      status: () => ({ endpoints: endpoints.list().length, datapath: { bpfRoot: config.bpfRoot, failures: endpoints.failures(), orphansRemoved: endpoints.orphansRemoved } }),
-      reconcilers: () => [endpoints.health()],
+      status: () => ({
+        endpoints: endpoints.list().length,
+        datapath: { bpfRoot: config.bpfRoot, failures: endpoints.failures(), orphansRemoved: endpoints.orphansRemoved },
+        linkPool: endpoints.poolStatus(),
+      }),
+      reconcilers: () => [endpoints.health(), endpoints.poolHealth()].filter((health) => health !== undefined),
     };
   },
 });

@@ -10,7 +10,7 @@ import { apiConfig, apiModule } from './api.ts';
 import { clusterModule, nodeHealthConfig, nodeHealthModule } from './cluster.ts';
 import { cniModule } from './cni.ts';
 import { endpointDatapathModule, hostNetworkingModule, ipcacheModule, masqueradeConfig, masqueradeModule, nodeRoutingModule } from './datapath.ts';
-import { endpointsModule, namespacesModule } from './endpoints.ts';
+import { endpointsConfig, endpointsModule, namespacesModule } from './endpoints.ts';
 import { hubbleMetricsConfig, hubbleMetricsModule, metricsConfig, metricsModule } from './metrics.ts';
 import { identitiesModule, identityGcConfig, identityGcModule } from './identity.ts';
 import { nodeConfig, nodeModule } from './node.ts';
@@ -52,6 +52,7 @@ export const AgentConfigSchema = configSchema({
   ...nodeHealthConfig,
   ...policyConfig,
   ...monitorConfig,
+  ...endpointsConfig,
   ...observerConfig,
   ...apiConfig,
   ...metricsConfig,

@@ -78,6 +78,27 @@ test('a veth pair across two namespaces: names, MTUs and MACs as both sides see 
   assert.equal(await nl.deleteLink('lxctest0'), false, 'deleting what is absent is false');
 });
 
+test('a link moved into another namespace and named there in one request; a link renamed with a new group and alias in one request', async (t) => {
+  const host = netns(t);
+  const pod = netns(t);
+  const nl = open(t, host.path);
+  const podNl = open(t, pod.path);
+  const created = await nl.createVeth({ name: 'pool0', peerName: 'pool0p', group: 7 });
+  const peer = await nl.link('pool0p');
+  assert.ok(peer);
+  await nl.setLink(peer.ifindex, { netns: pod.path, name: 'eth0', mtu: 1400 });
+  assert.equal(await nl.link('pool0p'), undefined, 'gone from the first namespace');
+  const moved = await podNl.link('eth0');
+  assert.equal(moved?.mac, peer.mac, 'the same link, named eth0 in the pod');
+  assert.equal(ipLink(pod, 'eth0').mtu, 1400);
+
+  await nl.setLink(created.ifindex, { name: 'lxcnew0', group: 8, alias: 'ciliate endpoint c/eth0' });
+  const renamed = await nl.link(created.ifindex);
+  assert.deepEqual([renamed?.name, renamed?.group, renamed?.alias], ['lxcnew0', 8, 'ciliate endpoint c/eth0']);
+  await assert.rejects(nl.setLink('lxcnew0', { name: 'other0' }), TypeError, 'a rename names the link by index');
+  await assert.rejects(podNl.setLink(moved!.ifindex, { netns: '/nonexistent/netns' }), (error: unknown) => NetlinkError.is(error, 'ENOENT'));
+});
+
 test('creating a link whose name is taken fails with EEXIST, typed, and leaves the existing one alone', async (t) => {
   const ns = netns(t);
   const nl = open(t, ns.path);

@@ -150,6 +150,15 @@ export interface LinkChanges {
   noarp?: boolean;
   /** IFLA_IFALIAS; '' removes it. */
   alias?: string;
+  /** A new name (IFLA_IFNAME): the link must be named by its index then, and be down (else EBUSY). */
+  name?: string;
+  /** IFLA_GROUP. */
+  group?: number;
+  /**
+   * Moves the link into the network namespace of this file (IFLA_NET_NS_FD), named `name` there
+   * when given: one request, so the link is never in the new namespace under its old name.
+   */
+  netns?: string;
 }
 
 export interface Address {
@@ -355,7 +364,7 @@ export class Netlink {
     return link;
   }
 
-  /** Changes a link's MTU and flags (ENODEV when it does not exist). */
+  /** Changes a link's MTU, flags, name, group, alias or namespace (ENODEV when it does not exist). */
   async setLink(ref: LinkRef, changes: LinkChanges): Promise<void> {
     const described = Object.entries(changes)
       .filter(([, v]) => v !== undefined)
@@ -371,10 +380,24 @@ export class Netlink {
       change |= IFF_NOARP;
       if (changes.noarp) flags |= IFF_NOARP;
     }
+    const operation = `setting link ${ref} ${described}${this.#where()}`;
+    // By name, the one IFLA_IFNAME would say which link and what to call it at once.
+    if (changes.name !== undefined && typeof ref !== 'number') throw new TypeError(`${operation}: renaming takes the link's index, not its name`);
     const [fixed, attrs] = linkSelector(ref, { flags, change });
+    if (changes.name !== undefined) attrs.push(attrString(IFLA_IFNAME, changes.name));
     if (changes.mtu !== undefined) attrs.push(attrU32(IFLA_MTU, changes.mtu));
     if (changes.alias !== undefined) attrs.push(attrString(IFLA_IFALIAS, changes.alias));
-    await this.#request(`setting link ${ref} ${described}${this.#where()}`, RTM_NEWLINK, 0, fixed, attrs);
+    if (changes.group !== undefined) attrs.push(attrU32(IFLA_GROUP, changes.group));
+    let netnsFd: number | undefined;
+    try {
+      if (changes.netns !== undefined) {
+        netnsFd = openNamespace(changes.netns, operation);
+        attrs.push(attrU32(IFLA_NET_NS_FD, netnsFd));
+      }
+      await this.#request(operation, RTM_NEWLINK, 0, fixed, attrs);
+    } finally {
+      if (netnsFd !== undefined) closeSync(netnsFd);
+    }
   }
 
   /** Deletes a link (a veth takes its peer along); false when there was none. */
