@@ -55,14 +55,20 @@ enum runtime_ns {
 	RT_NS_COUNT,
 };
 
+/* The first 24 bytes of every event, flat (not a nested struct) so each codec names its fields:
+ * pid is the tgid, ppid the real parent's tgid, ktime bpf_ktime_get_ns() at the event (an exec's
+ * ktime and pid make its exec_id). */
+#define RT_EVENT_HEADER \
+	__u8 type;      \
+	__u8 _pad0;     \
+	__u16 flags;    \
+	__u32 pid;      \
+	__u32 tid;      \
+	__u32 ppid;     \
+	__u64 ktime
+
 struct runtime_exec_event {
-	__u8 type;
-	__u8 _pad0;
-	__u16 flags;
-	__u32 pid; /* tgid */
-	__u32 tid;
-	__u32 ppid; /* real parent's tgid */
-	__u64 ktime; /* bpf_ktime_get_ns() at the event: with pid, the exec_id */
+	RT_EVENT_HEADER;
 	__u32 uid;
 	__u32 euid;
 	__u32 gid;
@@ -82,25 +88,13 @@ struct runtime_exec_event {
 
 /* A new process (not a thread): its tgid is `pid`, its creator `ppid`. */
 struct runtime_fork_event {
-	__u8 type;
-	__u8 _pad0;
-	__u16 flags;
-	__u32 pid;
-	__u32 tid;
-	__u32 ppid;
-	__u64 ktime;
+	RT_EVENT_HEADER;
 };
 
 /* The last thread of a process exited: `exit_code` is wait(2)'s status (signal in the low 7 bits,
  * exit status in bits 8..15). */
 struct runtime_exit_event {
-	__u8 type;
-	__u8 _pad0;
-	__u16 flags;
-	__u32 pid;
-	__u32 tid;
-	__u32 ppid;
-	__u64 ktime;
+	RT_EVENT_HEADER;
 	__u32 exit_code;
 	__u32 _pad1;
 };
