@@ -1,0 +1,15 @@
+/**
+ * The runtime sensor's errors, with stable codes.
+ * @module
+ */
+import { codedErrorFamily } from '../errors/index.ts';
+
+export type RuntimeErrorCode =
+  /** A GetEvents filter (or a `ciliate runtime events` flag) that cannot be used: names the field. */
+  | 'ERR_RUNTIME_FILTER'
+  /** The gRPC listener could not bind. */
+  | 'ERR_RUNTIME_LISTEN'
+  /** The sensor's BPF object could not be loaded or attached. */
+  | 'ERR_RUNTIME_SENSOR';
+
+export class RuntimeError extends codedErrorFamily<RuntimeErrorCode>('runtime') {}
