@@ -316,8 +316,11 @@ export class TetragonServer {
 // ---- client ----
 
 export interface TetragonClient {
-  /** Events as they come, in their JSON form, until `cancel()` or the server ends the stream. */
-  getEvents(request: GetEventsRequest): AsyncIterable<TetragonEvent> & { cancel(): void };
+  /**
+   * Events as they come, in their JSON form, until `cancel()` or the server ends the stream.
+   * `ready` resolves once the server has taken the call: events from then on reach this stream.
+   */
+  getEvents(request: GetEventsRequest): AsyncIterable<TetragonEvent> & { cancel(): void; ready: Promise<void> };
   getVersion(): Promise<string>;
   getHealth(): Promise<{ event?: string; status?: string; details?: string }[]>;
   close(): void;
@@ -341,7 +344,14 @@ export function connectTetragon(target: string): TetragonClient {
     getEvents(request) {
       const call = (client.GetEvents as (request: object) => grpc.ClientReadableStream<Record<string, unknown>>).call(client, request);
       let cancelled = false;
+      // The server sends its headers as soon as it has subscribed the stream (see #getEvents).
+      const ready = new Promise<void>((resolve, reject) => {
+        call.once('metadata', () => resolve());
+        call.once('error', reject);
+      });
+      ready.catch(() => undefined);
       return {
+        ready,
         cancel() {
           cancelled = true;
           call.cancel();

@@ -121,7 +121,8 @@ export class ProcessCache {
   #collected = 0;
 
   constructor(options: ProcessCacheOptions) {
-    this.#options = { maxEntries: 65536, graceMs: 10_000, ...options };
+    // `??`, not a spread: an option given as undefined keeps its default.
+    this.#options = { ...options, maxEntries: options.maxEntries ?? 65536, graceMs: options.graceMs ?? 10_000 };
     if (!(this.#options.maxEntries >= 1)) throw new RangeError(`process cache: maxEntries must be at least 1, got ${this.#options.maxEntries}`);
     this.#now = options.now ?? (() => performance.now());
   }

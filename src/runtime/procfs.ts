@@ -61,17 +61,18 @@ export function readProcess(pid: number, root = '/proc'): ProcessSnapshot | unde
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const ppid = Number(fields[1]);
   const startTicks = BigInt(fields[19] ?? 0);
-  const binary = readLink(`${dir}/exe`).replace(/ \(deleted\)$/, '');
-  if (!binary) return undefined;
   const cmdline = readText(`${dir}/cmdline`) ?? '';
   const argv = cmdline.split('\0');
   if (argv.at(-1) === '') argv.pop();
+  // Kernel threads have neither an executable nor a command line. An executable we may not read
+  // (init's, on some hosts, even for root) is named by argv[0].
+  const binary = readLink(`${dir}/exe`).replace(/ \(deleted\)$/, '') || (argv[0] ?? '');
+  if (!binary) return undefined;
   const field = (name: string): string => status.match(new RegExp(`^${name}:\\s*(.*)$`, 'm'))?.[1] ?? '';
   const uids = field('Uid').split(/\s+/).map(Number);
   const hex = (name: string): bigint => BigInt(`0x${field(name) || '0'}`);
   const loginuid = Number(readText(`${dir}/loginuid`) ?? AUID_UNSET);
-  const ns = {} as Record<NamespaceName, number>;
-  for (const name of NAMESPACES) ns[name] = inode(`${dir}/ns/${NS_FILES[name]}`);
+  const ns = readNamespaces(pid, root);
   return {
     pid,
     ppid,
@@ -84,6 +85,13 @@ export function readProcess(pid: number, root = '/proc'): ProcessSnapshot | unde
     caps: { effective: hex('CapEff'), permitted: hex('CapPrm'), inheritable: hex('CapInh') },
     ns,
   };
+}
+
+/** A process's namespace inode numbers (0 for one that cannot be read). */
+export function readNamespaces(pid: number, root = '/proc'): Record<NamespaceName, number> {
+  const ns = {} as Record<NamespaceName, number>;
+  for (const name of NAMESPACES) ns[name] = inode(`${root}/${pid}/ns/${NS_FILES[name]}`);
+  return ns;
 }
 
 /** Every user-space process now, parents before children (by start time, then pid). */

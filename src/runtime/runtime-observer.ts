@@ -6,7 +6,7 @@
  * @module
  */
 import { constants } from 'node:os';
-import { readAllProcesses, readProcess } from './procfs.ts';
+import { readAllProcesses, readNamespaces, readProcess } from './procfs.ts';
 import { ProcessCache, type ProcessCacheStats, type ProcessEntry } from './process-cache.ts';
 import { ProcessSensor } from './sensor.ts';
 import { NAMESPACES, type ExitRecord, type NamespaceName, type RuntimeRecord } from './events.ts';
@@ -97,7 +97,11 @@ export class RuntimeObserver {
     this.#resolvePod = options.resolvePod;
     // process.hrtime is CLOCK_MONOTONIC on Linux, the clock of bpf_ktime_get_ns().
     this.#wallOffset = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
-    this.#hostNs = readProcess(1)?.ns ?? (Object.fromEntries(NAMESPACES.map((n) => [n, 0])) as Record<NamespaceName, number>);
+    // The host's namespaces are init's; where init's may not be read (some hosts deny even root
+    // /proc/1/ns), kthreadd's, which is in the initial namespaces on every host.
+    const init = readNamespaces(1);
+    const kthreadd = readNamespaces(2);
+    this.#hostNs = Object.fromEntries(NAMESPACES.map((n) => [n, init[n] || kthreadd[n]])) as Record<NamespaceName, number>;
     this.cache = new ProcessCache({
       nodeName: options.nodeName,
       maxEntries: options.processCacheSize,
