@@ -12,7 +12,8 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { ROOT, sleep } from './support/cluster.ts';
+import { connectTetragon, type TetragonEvent } from '../src/runtime/index.ts';
+import { ROOT, TestNode, sleep } from './support/cluster.ts';
 
 const CLI = join(ROOT, 'src', 'cli', 'main.ts');
 
@@ -109,4 +110,30 @@ test('agent --runtime-only serves events that `ciliate runtime events` prints in
   agent.kill('SIGTERM');
   const [code] = await exited;
   assert.equal(code, 0, 'a clean stop');
+});
+
+test("in the full agent, a process in a pod's network namespace carries the pod of the endpoint there", async (t) => {
+  const node = await TestNode.start(t, { extraArgs: ['--runtime-enabled', '--runtime-server-address', ''] });
+  const { netns } = await node.addPod(t, 'xwing', { org: 'alliance', class: 'xwing' }, 'default');
+  const client = connectTetragon(`unix:${join(node.dir, 'tetragon.sock')}`);
+  t.after(() => client.close());
+  const marker = `rt-${randomBytes(4).toString('hex')}`;
+  const stream = client.getEvents({ allow_list: [{ pod_regex: ['^xwing$'], arguments_regex: [marker] }] });
+  t.after(() => stream.cancel());
+  await stream.ready;
+  const child = spawn('nsenter', [`--net=/run/netns/${netns}`, '/bin/sh', '-c', 'exit 0', marker], { stdio: 'ignore' });
+  await once(child, 'exit');
+  const timer = setTimeout(() => stream.cancel(), 10_000);
+  let event: TetragonEvent | undefined;
+  for await (const e of stream) {
+    event = e;
+    break;
+  }
+  clearTimeout(timer);
+  assert.ok(event && 'process_exec' in event, 'the exec in the pod arrived');
+  const pod = event.process_exec.process.pod;
+  assert.equal(pod?.namespace, 'default');
+  assert.equal(pod?.name, 'xwing');
+  assert.deepEqual(pod?.pod_labels, { org: 'alliance', class: 'xwing' });
+  assert.equal(event.process_exec.process.binary, '/bin/sh');
 });
