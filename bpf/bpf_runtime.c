@@ -17,6 +17,27 @@ struct {
 
 DEFINE_RINGBUF_LOST_MAP(runtime_events_lost);
 
+/* The reader is woken once this many bytes wait, not per event: a wakeup is an irq_work (in a VM
+ * an interprocessor interrupt and an exit), which cost more than the rest of an exec's program.
+ * The reader also drains on a timer (src/runtime/sensor.ts), which bounds how long events below
+ * the mark wait. */
+#define RT_WAKEUP_BYTES (16 << 10)
+
+/* Wakeup flags for a record of `size` bytes about to be output (not yet in the ring): wake the
+ * reader when this record takes what waits past the mark. */
+static __always_inline __u64 batched_wakeup_before_output(__u64 size)
+{
+	__u64 waiting = bpf_ringbuf_query(&runtime_events, BPF_RB_AVAIL_DATA);
+	__u64 taken = (size + 8 + 7) & ~7ULL;
+
+	return waiting < RT_WAKEUP_BYTES && waiting + taken >= RT_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void emit(void *data, __u64 size)
+{
+	ringbuf_output_or_count_flags(&runtime_events, &runtime_events_lost, data, size, batched_wakeup_before_output(size));
+}
+
 /* An exec event with its data is larger than the 512-byte stack: it is built here. */
 struct exec_scratch {
 	struct runtime_exec_event event;
@@ -150,12 +171,12 @@ static __always_inline __u32 read_cwd(struct task_struct *task, __u32 start, __u
  * what the TS codecs' layout test reads. */
 static __noinline void emit_fork(struct runtime_fork_event *ev)
 {
-	ringbuf_output_or_count(&runtime_events, &runtime_events_lost, ev, sizeof(*ev));
+	emit(ev, sizeof(*ev));
 }
 
 static __noinline void emit_exit(struct runtime_exit_event *ev)
 {
-	ringbuf_output_or_count(&runtime_events, &runtime_events_lost, ev, sizeof(*ev));
+	emit(ev, sizeof(*ev));
 }
 
 SEC("tp_btf/sched_process_exec")
@@ -222,7 +243,7 @@ int BPF_PROG(runtime_exec, struct task_struct *task, pid_t old_pid, struct linux
 	ev->cwd_len = read_cwd(task, used, &ev->flags);
 	used += ev->cwd_len;
 	/* At most 1024 + 4096 + 1024 bytes were written; the mask only shows the verifier a bound. */
-	ringbuf_output_or_count(&runtime_events, &runtime_events_lost, s, sizeof(*ev) + (used & RT_DATA_MASK));
+	emit(s, sizeof(*ev) + (used & RT_DATA_MASK));
 	return 0;
 }
 

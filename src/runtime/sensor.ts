@@ -11,6 +11,9 @@ import { decodeRuntimeRecord, type RuntimeRecord } from './events.ts';
 
 const PROGRAMS = ['runtime_exec', 'runtime_fork', 'runtime_exit'] as const;
 
+/** Longest an event waits in the ring when fewer than the wakeup mark's bytes have come. */
+const DRAIN_INTERVAL_MS = 20;
+
 export interface SensorOptions {
   /** build/bpf/bpf_runtime.o by default. */
   objectPath?: string;
@@ -50,7 +53,9 @@ export class ProcessSensor implements Disposable {
         else this.#undecodable++;
       };
       // The reader runs before the programs attach: the first events wait in the ring, not nowhere.
-      this.#ring.start(this.#handler, { onError: options.onError });
+      // The programs wake the reader per 16 KiB of events (bpf_runtime.c): the timer bounds how
+      // long a lone event waits.
+      this.#ring.start(this.#handler, { onError: options.onError, drainIntervalMs: DRAIN_INTERVAL_MS });
       for (const name of PROGRAMS) this.#links.push(attachTracing(object.program(name)));
     } catch (error) {
       for (const link of this.#links) link.close();
