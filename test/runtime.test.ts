@@ -12,6 +12,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { Program } from '../src/ebpf/index.ts';
 import { connectTetragon, type TetragonEvent } from '../src/runtime/index.ts';
 import { ROOT, TestNode, sleep } from './support/cluster.ts';
 
@@ -37,6 +38,21 @@ async function until(what: string, check: () => boolean | Promise<boolean>, time
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await sleep(100);
   }
+}
+
+/** Whether a BPF program with this id is still loaded in the kernel. */
+function programLoaded(id: number): boolean {
+  try {
+    Program.fromId(id).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function runtimeStatus(dir: string): { enabled: boolean; programs: number[]; events: { PROCESS_EXEC: number }; processCache: { size: number } } {
+  const out = spawnSync(process.execPath, [CLI, 'status', '--socket', join(dir, 'api.sock'), '-o', 'json'], { encoding: 'utf8' });
+  return (JSON.parse(out.stdout) as { runtime: ReturnType<typeof runtimeStatus> }).runtime;
 }
 
 async function startRuntimeAgent(t: TestContext) {
@@ -85,10 +101,12 @@ test('agent --runtime-only serves events that `ciliate runtime events` prints in
   const status = spawnSync(process.execPath, [CLI, 'runtime', 'status', '--server-address', `127.0.0.1:${grpcPort}`], { encoding: 'utf8' });
   assert.equal(status.stdout, 'Health Status: running\n', status.stderr);
 
-  const agentStatus = JSON.parse(spawnSync(process.execPath, [CLI, 'status', '--socket', join(dir, 'api.sock'), '-o', 'json'], { encoding: 'utf8' }).stdout) as { runtime: { enabled: boolean; events: { PROCESS_EXEC: number }; processCache: { size: number } } };
-  assert.equal(agentStatus.runtime.enabled, true);
-  assert.ok(agentStatus.runtime.events.PROCESS_EXEC > 0);
-  assert.ok(agentStatus.runtime.processCache.size > 0);
+  const agentStatus = runtimeStatus(dir);
+  assert.equal(agentStatus.enabled, true);
+  assert.ok(agentStatus.events.PROCESS_EXEC > 0);
+  assert.ok(agentStatus.processCache.size > 0);
+  assert.equal(agentStatus.programs.length, 3);
+  assert.ok(agentStatus.programs.every(programLoaded));
 
   const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
   assert.match(metrics, /^tetragon_process_cache_size \d+$/m);
@@ -110,6 +128,19 @@ test('agent --runtime-only serves events that `ciliate runtime events` prints in
   agent.kill('SIGTERM');
   const [code] = await exited;
   assert.equal(code, 0, 'a clean stop');
+  await until('the programs to be unloaded', () => !agentStatus.programs.some(programLoaded), 5000);
+});
+
+test('an agent killed with SIGKILL leaves no runtime program in the kernel', async (t) => {
+  const { dir, agent } = await startRuntimeAgent(t);
+  const { programs } = runtimeStatus(dir);
+  assert.equal(programs.length, 3);
+  assert.ok(programs.every(programLoaded));
+  const exited = once(agent, 'exit');
+  agent.kill('SIGKILL');
+  await exited;
+  // Nothing is pinned: the links and programs go with the process's file descriptors.
+  await until('the programs to be unloaded', () => !programs.some(programLoaded), 5000);
 });
 
 test("in the full agent, a process in a pod's network namespace carries the pod of the endpoint there", async (t) => {

@@ -38,6 +38,8 @@ export interface RuntimeObserverStats {
   records: number;
   processCache: ProcessCacheStats;
   subscribers: number;
+  /** Kernel ids of the sensor's programs while it runs. */
+  programs: number[];
 }
 
 export type EventListener = (event: TetragonEvent) => void;
@@ -158,6 +160,7 @@ export class RuntimeObserver {
       records: sensor?.records ?? 0,
       processCache: this.cache.stats(),
       subscribers: this.#listeners.size,
+      programs: this.#sensor?.programIds() ?? [],
     };
   }
 

@@ -71,6 +71,11 @@ export class ProcessSensor implements Disposable {
     this.#ring.consume(this.#handler);
   }
 
+  /** The kernel's ids of the attached programs (for status, and to check nothing outlives us). */
+  programIds(): number[] {
+    return PROGRAMS.map((name) => this.#object.program(name).info().id);
+  }
+
   stats(): SensorStats {
     const stats = this.#ring.stats();
     return { records: stats.records, lost: stats.lost, undecodable: this.#undecodable };

@@ -119,6 +119,7 @@ export const runtimeModule = defineModule({
             address: config.runtimeServerAddress || undefined,
             port: tcpPort,
             events: stats.events,
+            programs: stats.programs,
             lostEvents: String(stats.lost),
             processCache: stats.processCache,
             streamsDropped: server.dropped,
