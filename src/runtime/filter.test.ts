@@ -45,6 +45,8 @@ test('a bad regex, label selector or event type is refused naming the field', ()
   assert.throws(() => compileFilters([{ binary_regex: ['('] }]), (e: unknown) => RuntimeError.is(e, 'ERR_RUNTIME_FILTER') && /allow_list\[0\]\.binary_regex\[0\]/.test((e as Error).message));
   assert.throws(() => compileFilters([], [{ labels: ['a in (b)'] }]), /deny_list\[0\]\.labels\[0\]/);
   assert.throws(() => compileFilters([{ event_set: ['PROCESS_NOPE' as never] }]), /unknown event type PROCESS_NOPE/);
+  assert.throws(() => compileFilters([{ arguments_regex: ['a'.repeat(1025)] }]), /arguments_regex\[0\]: 1025 characters, at most 1024/);
+  assert.throws(() => compileFilters([{ binary_regex: Array.from({ length: 65 }, () => 'x') }]), /binary_regex: 65 patterns, at most 64/);
 });
 
 test('field filters keep or drop paths inside the event', () => {

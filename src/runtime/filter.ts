@@ -25,8 +25,18 @@ type Predicate = (event: TetragonEvent) => boolean;
 /** How many descendants a pid_set filter remembers before it stops adding (Tetragon warns at 8192). */
 const CHILD_CACHE_LIMIT = 65536;
 
+/**
+ * Bounds on what one request may ask the agent to evaluate per event. Any local user can open the
+ * TCP API (as Tetragon's), and JavaScript's regexes backtrack where Tetragon's RE2 does not: these
+ * keep one client's filters from costing the agent more than a bounded amount per event.
+ */
+const MAX_PATTERNS = 64;
+const MAX_PATTERN_LENGTH = 1024;
+
 function compile(field: string, patterns: string[]): RegExp[] {
+  if (patterns.length > MAX_PATTERNS) throw new RuntimeError('ERR_RUNTIME_FILTER', `filter field ${field}: ${patterns.length} patterns, at most ${MAX_PATTERNS}`);
   return patterns.map((pattern, i) => {
+    if (pattern.length > MAX_PATTERN_LENGTH) throw new RuntimeError('ERR_RUNTIME_FILTER', `filter field ${field}[${i}]: ${pattern.length} characters, at most ${MAX_PATTERN_LENGTH}`);
     try {
       return new RegExp(pattern);
     } catch (error) {

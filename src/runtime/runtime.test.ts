@@ -241,3 +241,13 @@ test('the process cache stays bounded through an exec storm, and collection brin
   assert.ok(largest <= 65536);
   assert.equal(after.evictions, before.evictions, 'no live process was evicted');
 });
+
+test('a GetEvents request with a bad filter fails with INVALID_ARGUMENT naming the field', async () => {
+  const stream = client.getEvents({ allow_list: [{ binary_regex: ['curl'] }, { binary_regex: ['('] }] });
+  await assert.rejects(
+    async () => {
+      for await (const _ of stream) break;
+    },
+    (error: { code?: number; details?: string }) => error.code === 3 && /allow_list\[1\]\.binary_regex\[0\]/.test(error.details ?? ''),
+  );
+});
