@@ -11,6 +11,9 @@ interface EventsOptions {
   serverAddress: string;
   output: 'compact' | 'json';
   eventTypes?: string[];
+  namespaces?: string[];
+  processes?: string[];
+  pods?: string[];
   namespace?: string[];
   process?: string[];
   pod?: string[];
@@ -40,18 +43,32 @@ export function registerRuntimeCommands(program: Command): void {
     .addOption(serverOption())
     .addOption(new Option('-o, --output <format>', 'compact or json').choices(['compact', 'json']).default('compact'))
     .option('-e, --event-types <types>', 'event types: PROCESS_EXEC, PROCESS_EXIT (comma-separated, repeatable)', collect)
-    .option('-n, --namespace <namespaces>', 'pod namespaces ("" for host processes)', collect)
-    .option('--process <regexes>', 'binary regexes', collect)
-    .option('--pod <regexes>', 'pod name regexes', collect)
+    .option('-n, --namespaces <namespaces>', 'pod namespaces ("" for host processes)', collect)
+    .option('--processes <regexes>', 'binary regexes', collect)
+    .option('--pods <regexes>', 'pod name regexes', collect)
+    // tetra's older singular spellings, which it still accepts.
+    .addOption(new Option('--namespace <namespaces>').argParser(collect).hideHelp())
+    .addOption(new Option('--process <regexes>').argParser(collect).hideHelp())
+    .addOption(new Option('--pod <regexes>').argParser(collect).hideHelp())
     .option('--pid <pids>', 'process ids', collect)
     .option('--timeout <duration>', 'stop after this long (e.g. 2s); default: until interrupted')
     .action(async (options: EventsOptions) => {
       const filter: EventFilter = {};
       if (options.eventTypes) filter.event_set = options.eventTypes.map((t) => t.toUpperCase() as EventTypeName);
-      if (options.namespace) filter.namespace = options.namespace;
-      if (options.process) filter.binary_regex = options.process;
-      if (options.pod) filter.pod_regex = options.pod;
-      if (options.pid) filter.pid = options.pid.map(Number);
+      const both = (a?: string[], b?: string[]) => (a || b ? [...(a ?? []), ...(b ?? [])] : undefined);
+      const namespaces = both(options.namespaces, options.namespace);
+      const processes = both(options.processes, options.process);
+      const pods = both(options.pods, options.pod);
+      if (namespaces) filter.namespace = namespaces;
+      if (processes) filter.binary_regex = processes;
+      if (pods) filter.pod_regex = pods;
+      if (options.pid) {
+        filter.pid = options.pid.map((text) => {
+          const pid = Number(text);
+          if (!Number.isInteger(pid) || pid < 0 || pid > 0xffffffff) throw new Error(`--pid "${text}": want a process id`);
+          return pid;
+        });
+      }
       const client = connectTetragon(options.serverAddress);
       const stream = client.getEvents({ allow_list: [filter] });
       const timer = options.timeout ? setTimeout(() => stream.cancel(), parseDuration(options.timeout)) : undefined;
