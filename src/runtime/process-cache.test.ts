@@ -69,3 +69,12 @@ test('the cache never grows past its bound: unreferenced entries go first, then 
   assert.ok(stats.evictions >= 100, `evictions: ${stats.evictions}`);
   assert.ok(cache.byPid(5199), 'the newest process is kept');
 });
+
+test('ancestors run from the grandparent up to the oldest known process', () => {
+  const cache = cacheWithInit();
+  cache.exec(exec(30, 1, 2_000n, '/usr/sbin/sshd'));
+  cache.exec(exec(31, 30, 3_000n, '/bin/bash'));
+  const curl = cache.exec(exec(32, 31, 4_000n, '/usr/bin/curl'));
+  assert.deepEqual(cache.ancestorsOf(curl).map((a) => a.binary), ['/usr/sbin/sshd', '/sbin/init']);
+  assert.equal(cache.parentOf(curl)?.binary, '/bin/bash');
+});
