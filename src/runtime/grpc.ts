@@ -14,6 +14,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { RuntimeError } from './errors.ts';
 import { compileFilters, type EventFilter } from './filter.ts';
+import { checkTracingPolicy } from './tracing-policy.ts';
 import { protoTimestamp, type RuntimeObserver } from './runtime-observer.ts';
 import { EventType, eventTypeOf, type EventTypeName, type TetragonEvent, type TetragonProcess } from './types.ts';
 
@@ -218,8 +219,17 @@ export class TetragonServer {
 
   constructor(options: TetragonServerOptions) {
     const service = (packageDefinition()['tetragon.FineGuidanceSensors'] as grpc.ServiceDefinition);
-    const unimplemented = (what: string) => (_call: unknown, callback: grpc.sendUnaryData<object>) =>
-      callback(grpcError(grpc.status.UNIMPLEMENTED, `${what}: tracing policies are not supported by this agent yet; only process exec and exit events are`));
+    // Checked whole first: a malformed policy, or one needing hooks this kernel lacks, is
+    // INVALID_ARGUMENT naming every field; a valid one is not loaded yet (nothing is half-applied).
+    const addTracingPolicy = (call: grpc.ServerUnaryCall<{ yaml?: string }, object>, callback: grpc.sendUnaryData<object>) => {
+      try {
+        const { header, unsupported } = checkTracingPolicy(call.request.yaml ?? '');
+        const why = unsupported.length > 0 ? unsupported.join('; ') : 'it has no hooks';
+        callback(grpcError(grpc.status.UNIMPLEMENTED, `tracing policy ${header.name}: not loaded: ${why}; this agent reports process exec and exit events only, for now`));
+      } catch (error) {
+        callback(grpcError(RuntimeError.is(error) ? grpc.status.INVALID_ARGUMENT : grpc.status.INTERNAL, (error as Error).message));
+      }
+    };
     this.#server.addService(service, {
       GetEvents: (call: grpc.ServerWritableStream<GetEventsRequest, object>) => void this.#getEvents(options.observer, call),
       GetHealth: (_call: unknown, callback: grpc.sendUnaryData<object>) => {
@@ -228,8 +238,9 @@ export class TetragonServer {
       },
       GetVersion: (_call: unknown, callback: grpc.sendUnaryData<object>) => callback(null, { version: options.version }),
       ListTracingPolicies: (_call: unknown, callback: grpc.sendUnaryData<object>) => callback(null, { policies: [] }),
-      AddTracingPolicy: unimplemented('AddTracingPolicy'),
-      DeleteTracingPolicy: unimplemented('DeleteTracingPolicy'),
+      AddTracingPolicy: addTracingPolicy,
+      DeleteTracingPolicy: (call: grpc.ServerUnaryCall<{ name?: string }, object>, callback: grpc.sendUnaryData<object>) =>
+        callback(grpcError(grpc.status.NOT_FOUND, `tracing policy ${JSON.stringify(call.request.name ?? '')} not found: none is loaded`)),
     });
   }
 
@@ -323,6 +334,7 @@ export interface TetragonClient {
   getEvents(request: GetEventsRequest): AsyncIterable<TetragonEvent> & { cancel(): void; ready: Promise<void> };
   getVersion(): Promise<string>;
   getHealth(): Promise<{ event?: string; status?: string; details?: string }[]>;
+  addTracingPolicy(yaml: string): Promise<void>;
   close(): void;
 }
 
@@ -371,6 +383,7 @@ export function connectTetragon(target: string): TetragonClient {
     },
     getVersion: async () => (await unary<{ version?: string }>('GetVersion')).version ?? '',
     getHealth: async () => (await unary<{ health_status?: { event?: string; status?: string; details?: string }[] }>('GetHealth')).health_status ?? [],
+    addTracingPolicy: async (yaml) => void (await unary('AddTracingPolicy', { yaml })),
     close: () => client.close(),
   };
 }

@@ -16,3 +16,4 @@ export { TETRAGON_DEFAULT_ADDRESS, TETRAGON_PROTO_DIR, TetragonServer, compileFi
 export { compactLine } from './printer.ts';
 export { EventType, eventTypeOf, processOf, type EventTypeName, type TetragonEvent, type TetragonPod, type TetragonProcess } from './types.ts';
 export { EventExporter, parseEventFilters, type EventExporterOptions, type EventExporterStats } from './export.ts';
+export { MISSING_HOOK_REASON, checkTracingPolicy, type CheckedTracingPolicy, type PolicyProblem, type TracingPolicyHeader } from './tracing-policy.ts';
