@@ -215,30 +215,42 @@ test('a process running before the sensor started is known from /proc, and its e
   assert.equal(exit.signal, 'SIGTERM');
 });
 
-test('the process cache stays bounded through an exec storm, and collection brings it back down', async (t) => {
+test('the process cache stays within its bound through an exec storm five times its size, and collection empties it of the storm', async (t) => {
+  // Its own sensor and cache, bounded at 1024 entries with a minute's grace: the storm's exited
+  // processes must be dropped for the bound, not for their age.
+  const small = new RuntimeObserver({ nodeName: 'storm', processCacheSize: 1024, processCacheGraceMs: 60_000 });
+  small.start();
+  t.after(() => small.stop());
+  const observer = small;
   const before = observer.cache.stats();
   const marker = `storm-${randomBytes(4).toString('hex')}`;
   const storm = 5000;
-  let seen = 0;
+  const stormIds: string[] = [];
   let largest = 0;
   const unsubscribe = observer.subscribe((event) => {
-    if ('process_exec' in event && event.process_exec.process.arguments === marker) seen++;
+    if ('process_exec' in event && event.process_exec.process.arguments === marker) stormIds.push(event.process_exec.process.exec_id);
     largest = Math.max(largest, observer.cache.size);
   });
   t.after(unsubscribe);
   const shell = spawn('/bin/sh', ['-c', `i=0; while [ $i -lt ${storm} ]; do /bin/true ${marker}; i=$((i+1)); done`], { stdio: 'ignore' });
   await once(shell, 'exit');
   const deadline = Date.now() + 20_000;
-  while (seen < storm && Date.now() < deadline) {
+  // Every exit too: the last exec's exit follows it.
+  while ((stormIds.length < storm || observer.cache.byExecId(stormIds.at(-1)!)?.exited !== true) && Date.now() < deadline) {
     observer.drain();
     await new Promise((resolve) => setTimeout(resolve, 50));
   }
-  assert.equal(seen, storm, `every exec arrived (lost in the kernel: ${observer.stats().lost})`);
-  // Within the grace period the storm's exited processes wait to be collected; none is still referenced.
+  assert.equal(stormIds.length, storm, `every exec arrived (lost in the kernel: ${observer.stats().lost})`);
+  assert.equal(new Set(stormIds).size, storm, 'each exec has its own exec_id');
+  // Within the grace period the storm's exited processes wait to be collected, none referenced.
+  const waiting = stormIds.filter((id) => observer.cache.byExecId(id) !== undefined).length;
   observer.cache.collect(true);
+  assert.deepEqual(stormIds.filter((id) => observer.cache.byExecId(id) !== undefined), [], 'no entry of the storm is left after collection');
   const after = observer.cache.stats();
-  assert.ok(after.size <= before.size + 50, `cache holds ${after.size} entries after collection (${before.size} before the storm)`);
-  assert.ok(largest <= 65536);
+  assert.ok(largest <= after.capacity, `the cache peaked at ${largest} entries, bound ${after.capacity}`);
+  assert.ok(largest > 900, `the storm filled the cache to its bound (peak ${largest})`);
+  assert.ok(waiting > 0 && waiting < storm, `only the newest storm entries were still there (${waiting})`);
+  assert.ok(after.collected - before.collected >= storm, 'every storm entry was collected, most of them for the bound');
   assert.equal(after.evictions, before.evictions, 'no live process was evicted');
 });
 
