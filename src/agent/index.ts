@@ -8,7 +8,7 @@ export { VERSION } from './version.ts';
 export { HOST_DEVICE } from '../datapath/index.ts';
 export type { EndpointView } from './modules/endpoints.ts';
 export type { NodeRecord } from './node.ts';
-export { AGENT_MODULES, AgentConfigSchema, loadConfig, type AgentConfig } from './modules/index.ts';
+export { AGENT_MODULES, AgentConfigSchema, RUNTIME_ONLY_MODULES, loadConfig, type AgentConfig } from './modules/index.ts';
 export { ConfigError, configSchema, envName, innerSchema, loadConfigWith, type ConfigSources } from './config.ts';
 export { etcdStoreOptions, storeConfig } from './modules/store.ts';
 export { defineModule, orderModules, ModuleError, type AgentModule, type ModuleHealth } from './module.ts';

@@ -5,16 +5,17 @@
  */
 import { pino, type Logger } from 'pino';
 import { Agent } from './agent.ts';
+import type { AgentModule } from './module.ts';
 import type { AgentConfig } from './modules/index.ts';
 
 export function createLogger(level: AgentConfig['logLevel'], nodeName: string): Logger {
   return pino({ level, base: { node: nodeName }, timestamp: pino.stdTimeFunctions.isoTime });
 }
 
-/** Starts an agent and resolves when it has stopped after a signal. */
-export async function runAgent(config: AgentConfig): Promise<void> {
+/** Starts an agent (of `modules`, by default all) and resolves when it has stopped after a signal. */
+export async function runAgent(config: AgentConfig, modules?: readonly AgentModule[]): Promise<void> {
   const log = createLogger(config.logLevel, config.nodeName);
-  const agent = new Agent(config, log);
+  const agent = new Agent(config, log, modules);
   try {
     await agent.start();
   } catch (error) {

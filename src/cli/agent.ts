@@ -10,6 +10,7 @@ import {
   envName,
   innerSchema,
   loadConfig,
+  RUNTIME_ONLY_MODULES,
   runAgent,
   type AgentConfig,
   type Endpoint,
@@ -71,16 +72,21 @@ export function registerAgentCommands(program: Command): void {
   const agent = program
     .command('agent')
     .description('run the node agent (flags override CILIATE_* environment variables, which override --config)')
-    .option('--config <file>', 'YAML configuration file');
+    .option('--config <file>', 'YAML configuration file')
+    .option('--runtime-only', "only the runtime sensor and Tetragon's API (and the local API), on a plain host: no store, no datapath");
   for (const option of configOptions()) agent.addOption(option);
-  agent.action(async (options: Partial<AgentConfig> & { config?: string }) => {
+  agent.action(async (options: Partial<AgentConfig> & { config?: string; runtimeOnly?: boolean }) => {
     // libuv's thread pool (4 threads by default, sized when first used, which is later than
     // this) carries the agent's netlink transactions and the bpf(2) calls that wait out RCU grace
     // periods. A TCX attach waits out its grace period holding RTNL, so while an endpoint is added
     // the pool's threads queue on that lock; with only four, an add's policy map install (which
     // needs no lock) would queue behind them.
     process.env.UV_THREADPOOL_SIZE ??= String(AGENT_THREADPOOL_SIZE);
-    const { config: file, ...flags } = options;
+    const { config: file, runtimeOnly, ...flags } = options;
+    if (runtimeOnly) {
+      await runAgent(loadConfig({ file, env: process.env, flags: { ...flags, runtimeEnabled: true } }), RUNTIME_ONLY_MODULES);
+      return;
+    }
     await runAgent(loadConfig({ file, env: process.env, flags }));
   });
 

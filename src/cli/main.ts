@@ -14,6 +14,7 @@ import { registerCompletionCommand } from './completion.ts';
 import { registerObserveCommand } from './observe.ts';
 import { registerPolicyCommands } from './policy.ts';
 import { registerRelayCommand } from './relay.ts';
+import { registerRuntimeCommands } from './runtime.ts';
 
 export function buildProgram(): Command {
   const program = new Command('ciliate')
@@ -27,6 +28,7 @@ export function buildProgram(): Command {
   registerPolicyCommands(program);
   registerObserveCommand(program);
   registerRelayCommand(program);
+  registerRuntimeCommands(program);
   registerCompletionCommand(program);
   return program;
 }

@@ -72,8 +72,8 @@ function collected<L extends string>(type: 'gauge' | 'counter', registry: Regist
   }
 }
 
-const gaugeOf = <L extends string>(registry: Registry, name: string, help: string, labelNames: readonly L[], read: Read<L>) => collected('gauge', registry, name, help, labelNames, read);
-const counterOf = <L extends string>(registry: Registry, name: string, help: string, labelNames: readonly L[], read: Read<L>) => collected('counter', registry, name, help, labelNames, read);
+export const gaugeOf = <L extends string>(registry: Registry, name: string, help: string, labelNames: readonly L[], read: Read<L>) => collected('gauge', registry, name, help, labelNames, read);
+export const counterOf = <L extends string>(registry: Registry, name: string, help: string, labelNames: readonly L[], read: Read<L>) => collected('counter', registry, name, help, labelNames, read);
 
 /** Registers the agent's metrics in `registry`, reading `sources` on every scrape. */
 export function registerAgentMetrics(registry: Registry, sources: AgentMetricsSources): void {

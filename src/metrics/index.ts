@@ -14,3 +14,4 @@ export * from './map-pressure.ts';
 export * from './agent-metrics.ts';
 export * from './hubble-options.ts';
 export * from './hubble.ts';
+export * from './tetragon.ts';

@@ -16,6 +16,7 @@ import { identitiesModule, identityGcConfig, identityGcModule } from './identity
 import { nodeConfig, nodeModule } from './node.ts';
 import { observerConfig, observerModule } from './observer.ts';
 import { monitorConfig, monitorModule, policyConfig, policyModule, policyStatusModule } from './policy.ts';
+import { runtimeConfig, runtimeModule, runtimePodsModule } from './runtime.ts';
 import { storeConfig, storeModule } from './store.ts';
 
 export const AGENT_MODULES: readonly AgentModule[] = [
@@ -39,8 +40,16 @@ export const AGENT_MODULES: readonly AgentModule[] = [
   hubbleMetricsModule,
   observerModule,
   metricsModule,
+  runtimeModule,
+  runtimePodsModule,
   apiModule,
 ];
+
+/**
+ * `ciliate agent --runtime-only`: Tetragon's job alone on a plain host (no store, no datapath),
+ * with the local API for `ciliate status`.
+ */
+export const RUNTIME_ONLY_MODULES: readonly AgentModule[] = [runtimeModule, apiModule];
 
 /** Every setting of the agent: each field with its default and its --help text. */
 export const AgentConfigSchema = configSchema({
@@ -57,6 +66,7 @@ export const AgentConfigSchema = configSchema({
   ...apiConfig,
   ...metricsConfig,
   ...hubbleMetricsConfig,
+  ...runtimeConfig,
 });
 
 export type AgentConfig = z.infer<typeof AgentConfigSchema>;
@@ -67,3 +77,4 @@ export function loadConfig(sources: ConfigSources<AgentConfig> = {}): AgentConfi
 }
 
 export { ApiServerCell } from './cells.ts';
+export { RuntimeCell } from './runtime.ts';

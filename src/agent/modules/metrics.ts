@@ -49,7 +49,7 @@ export const hubbleMetricsConfig = {
  * Listens once every module has started, as the API does: a scrape never sees a half-started
  * agent, and a port in use still fails the start, naming this module and the setting.
  */
-function serve(registry: Registry, address: string, setting: string, log: Logger, onReady: ModuleContext['onReady']): () => Promise<void> {
+export function serve(registry: Registry, address: string, setting: string, log: Logger, onReady: ModuleContext['onReady']): () => Promise<void> {
   let server: MetricsServer | undefined;
   onReady(async () => {
     server = await MetricsServer.listen(registry, address, setting, log);

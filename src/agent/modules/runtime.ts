@@ -1,0 +1,173 @@
+/**
+ * Tetragon's job on the agent: the process sensor (exec, fork, exit from BTF tracepoints), the
+ * process cache, Tetragon's gRPC API (`tetragon.FineGuidanceSensors`, which a stock `tetra`
+ * reads) on localhost:54321 and a root-only Unix socket, Tetragon's JSON export and metrics.
+ *
+ * Off in the full agent unless `--runtime-enabled`; `ciliate agent --runtime-only` runs it alone
+ * on a plain host (RUNTIME_ONLY_MODULES). In the full agent, `runtime-pods` names each process's
+ * pod from the endpoint that holds its network namespace. The sensor starts once every module
+ * has, so the pod resolver is in place for the processes read from /proc too.
+ * @module
+ */
+import { statSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { z } from 'zod';
+import { listenAddressSetting, Registry, TetragonMetrics } from '../../metrics/index.ts';
+import { EventExporter, parseEventFilters, RuntimeObserver, TetragonServer, eventTypeOf, processOf, type TetragonPod } from '../../runtime/index.ts';
+import { bindAddress } from '../../observer/index.ts';
+import { cell, defineModule } from '../module.ts';
+import { VERSION } from '../version.ts';
+import { apiConfig } from './api.ts';
+import { EndpointsCell } from './cells.ts';
+import { serve } from './metrics.ts';
+
+/** The runtime observer when the module runs (undefined when it is off). */
+export const RuntimeCell = cell<RuntimeObserver | undefined>('runtime');
+
+const MB = 1024 * 1024;
+
+export const runtimeConfig = {
+  runtimeEnabled: z.boolean().default(false).describe('process exec/exit events and Tetragon\'s gRPC API (on with --runtime-only)'),
+  runtimeServerAddress: listenAddressSetting('localhost:54321').describe("Tetragon's gRPC API on TCP, host:port; empty: Unix socket only (Tetragon's server-address)"),
+  runtimeSocketPath: z.string().default('').describe("Tetragon's gRPC API on a Unix socket, root only (default: tetragon.sock beside --socket-path)"),
+  runtimeExportFilename: z.string().default('').describe("file events are exported to, one JSON GetEventsResponse a line; empty: off (Tetragon's export-filename)"),
+  runtimeExportFileMaxSizeMb: z.number().positive().default(10).describe("MB at which the export file is rotated (Tetragon's export-file-max-size-mb)"),
+  runtimeExportFileMaxBackups: z.number().int().min(0).default(5).describe("rotated export files kept; 0 keeps all (Tetragon's export-file-max-backups)"),
+  runtimeExportAllowlist: z.string().default('').describe('filters as JSON objects, one a line (\'{"event_set":["PROCESS_EXEC"]}\'); an event is exported when it matches one (Tetragon\'s export-allowlist)'),
+  runtimeExportDenylist: z.string().default('').describe("filters as JSON objects; an event matching one is not exported (Tetragon's export-denylist)"),
+  runtimeProcessCacheSize: z.number().int().min(64).max(1 << 22).default(65536).describe("processes the cache keeps, live and exited; the oldest go past it, counted as evictions (Tetragon's process-cache-size)"),
+  runtimeProcessCacheGcInterval: z.number().min(0).default(10).describe('seconds an exited process with no live children stays for late events before it is collected'),
+  runtimeEnableProcessCred: z.boolean().default(false).describe("capabilities in process objects (Tetragon's enable-process-cred)"),
+  runtimeEnableProcessNs: z.boolean().default(false).describe("namespaces in process objects (Tetragon's enable-process-ns)"),
+  runtimeEnableAncestors: z.boolean().default(false).describe("ancestors in exec events (Tetragon's enable-ancestors)"),
+  runtimeMetricsServer: listenAddressSetting('').describe("address of Tetragon's Prometheus /metrics (tetragon_*), host:port; empty: off (Tetragon's metrics-server, :2112 there)"),
+};
+
+export const runtimeModule = defineModule({
+  name: 'runtime',
+  description: "process exec and exit events, the process cache and Tetragon's gRPC API",
+  config: { ...runtimeConfig, socketPath: apiConfig.socketPath },
+  needs: {},
+  provides: RuntimeCell,
+  async start(_needs, { config, log, onReady }) {
+    if (!config.runtimeEnabled) return { value: undefined, status: () => ({ runtime: { enabled: false } }) };
+    const exportFilters = {
+      allowlist: parseEventFilters(config.runtimeExportAllowlist, 'runtimeExportAllowlist'),
+      denylist: parseEventFilters(config.runtimeExportDenylist, 'runtimeExportDenylist'),
+    };
+    const observer = new RuntimeObserver({
+      nodeName: config.nodeName,
+      processCacheSize: config.runtimeProcessCacheSize,
+      processCacheGraceMs: config.runtimeProcessCacheGcInterval * 1000,
+      processCredentials: config.runtimeEnableProcessCred,
+      processNamespaces: config.runtimeEnableProcessNs,
+      ancestors: config.runtimeEnableAncestors,
+      onError: (error) => log.warn({ err: error }, 'runtime event'),
+    });
+    const server = new TetragonServer({ observer, version: VERSION });
+    const socketPath = config.runtimeSocketPath || join(dirname(config.socketPath), 'tetragon.sock');
+    const exporter = config.runtimeExportFilename
+      ? new EventExporter({
+          path: config.runtimeExportFilename,
+          maxSizeBytes: Math.round(config.runtimeExportFileMaxSizeMb * MB),
+          maxBackups: config.runtimeExportFileMaxBackups,
+          ...exportFilters,
+          onError: (error) => log.error({ err: error }, 'writing the runtime export file'),
+        })
+      : undefined;
+    let stopMetrics: (() => Promise<void>) | undefined;
+    if (config.runtimeMetricsServer) {
+      const registry = new Registry();
+      const metrics = new TetragonMetrics(registry, {
+        processCache: () => observer.cache.stats(),
+        ringbuf: () => {
+          const stats = observer.stats();
+          return { received: stats.records, lost: stats.lost };
+        },
+      });
+      observer.subscribe((event) => {
+        const process = processOf(event);
+        metrics.event({ type: eventTypeOf(event), namespace: process.pod?.namespace ?? '', workload: process.pod?.workload ?? '', pod: process.pod?.name ?? '', binary: process.binary });
+      });
+      stopMetrics = serve(registry, config.runtimeMetricsServer, 'runtimeMetricsServer', log, onReady);
+    }
+    const unsubscribeExport = exporter ? observer.subscribe((event) => exporter.write(event)) : undefined;
+    let tcpPort: number | undefined;
+    // After every module: runtime-pods has set the pod resolver by then, for /proc's processes too.
+    onReady(async () => {
+      await exporter?.open();
+      observer.start();
+      await server.listenUnix(socketPath);
+      if (config.runtimeServerAddress) tcpPort = await server.listenTcp(bindAddress(config.runtimeServerAddress));
+      log.info({ socket: socketPath, address: config.runtimeServerAddress || undefined, processes: observer.cache.size }, "Tetragon's API listening");
+    });
+    return {
+      value: observer,
+      stop: async () => {
+        server.close();
+        observer.stop();
+        unsubscribeExport?.();
+        await exporter?.close();
+        await stopMetrics?.();
+      },
+      status: () => {
+        const stats = observer.stats();
+        return {
+          runtime: {
+            enabled: true,
+            socket: socketPath,
+            address: config.runtimeServerAddress || undefined,
+            port: tcpPort,
+            events: stats.events,
+            programs: stats.programs,
+            lostEvents: String(stats.lost),
+            processCache: stats.processCache,
+            streamsDropped: server.dropped,
+            export: exporter?.stats(),
+          },
+        };
+      },
+      health: () => ({ degraded: false, lostEvents: String(observer.stats().lost) }),
+    };
+  },
+});
+
+/** Pod fields of a process in an endpoint's network namespace. */
+function podOf(endpoint: { podName?: string; namespace?: string; containerId: string; labels: Record<string, string> }): TetragonPod {
+  const labels: Record<string, string> = {};
+  // Ciliate's endpoint labels carry their source (k8s:app=x); Tetragon's pod_labels do not.
+  for (const [key, value] of Object.entries(endpoint.labels)) labels[key.replace(/^k8s:/, '')] = value;
+  const name = endpoint.podName ?? endpoint.containerId;
+  return { namespace: endpoint.namespace ?? 'default', name, container: { id: endpoint.containerId }, pod_labels: labels, workload: name };
+}
+
+export const runtimePodsModule = defineModule({
+  name: 'runtime-pods',
+  description: 'names the pod of each process the runtime sensor sees, from the endpoint holding its network namespace',
+  needs: { runtime: RuntimeCell, endpoints: EndpointsCell },
+  start({ runtime, endpoints }) {
+    if (!runtime) return { value: undefined };
+    let byNetns = new Map<number, TetragonPod>();
+    let indexed = -1;
+    // Rebuilt when the endpoint table changes, not per exec: one stat per endpoint per change.
+    const index = () => {
+      const revision = endpoints.table.revision;
+      if (revision === indexed) return;
+      indexed = revision;
+      const next = new Map<number, TetragonPod>();
+      for (const endpoint of endpoints.list()) {
+        try {
+          next.set(statSync(endpoint.netns).ino, podOf(endpoint));
+        } catch {
+          // A namespace gone before its endpoint: no process can be in it.
+        }
+      }
+      byNetns = next;
+    };
+    runtime.setPodResolver(({ netns }) => {
+      index();
+      return byNetns.get(netns);
+    });
+    return { value: undefined, stop: () => runtime.setPodResolver(undefined) };
+  },
+});

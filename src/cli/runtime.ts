@@ -1,0 +1,110 @@
+/**
+ * `ciliate runtime events|status|version`: Tetragon's API as `tetra getevents|status|version`
+ * reads it, from the agent's runtime module or any Tetragon. Events print in tetra's compact
+ * format (or as the JSON export's lines), filtered on the server as tetra's flags filter.
+ * @module
+ */
+import { type Command, Option } from 'commander';
+import { TETRAGON_DEFAULT_ADDRESS, compactLine, connectTetragon, type EventFilter, type EventTypeName } from '../runtime/index.ts';
+
+interface EventsOptions {
+  serverAddress: string;
+  output: 'compact' | 'json';
+  eventTypes?: string[];
+  namespaces?: string[];
+  processes?: string[];
+  pods?: string[];
+  namespace?: string[];
+  process?: string[];
+  pod?: string[];
+  pid?: string[];
+  timeout?: string;
+}
+
+const collect = (value: string, previous: string[] = []) => [...previous, ...value.split(',').filter(Boolean)];
+
+function serverOption(): Option {
+  return new Option('--server-address <address>', "Tetragon's gRPC API: host:port or unix:/path").env('CILIATE_RUNTIME_SERVER').default(TETRAGON_DEFAULT_ADDRESS);
+}
+
+/** `2s`, `500ms`, `1m`, or seconds as a bare number. */
+function parseDuration(text: string): number {
+  const match = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(text.trim());
+  if (!match) throw new Error(`--timeout "${text}": want a duration such as 2s, 500ms or 1m`);
+  const value = Number(match[1]);
+  return match[2] === 'ms' ? value : match[2] === 'm' ? value * 60_000 : value * 1000;
+}
+
+export function registerRuntimeCommands(program: Command): void {
+  const runtime = program.command('runtime').description("process events from the runtime sensor, through Tetragon's API (as tetra)");
+  runtime
+    .command('events')
+    .description("print events as they happen (tetra getevents): compact lines or the JSON export's")
+    .addOption(serverOption())
+    .addOption(new Option('-o, --output <format>', 'compact or json').choices(['compact', 'json']).default('compact'))
+    .option('-e, --event-types <types>', 'event types: PROCESS_EXEC, PROCESS_EXIT (comma-separated, repeatable)', collect)
+    .option('-n, --namespaces <namespaces>', 'pod namespaces ("" for host processes)', collect)
+    .option('--processes <regexes>', 'binary regexes', collect)
+    .option('--pods <regexes>', 'pod name regexes', collect)
+    // tetra's older singular spellings, which it still accepts.
+    .addOption(new Option('--namespace <namespaces>').argParser(collect).hideHelp())
+    .addOption(new Option('--process <regexes>').argParser(collect).hideHelp())
+    .addOption(new Option('--pod <regexes>').argParser(collect).hideHelp())
+    .option('--pid <pids>', 'process ids', collect)
+    .option('--timeout <duration>', 'stop after this long (e.g. 2s); default: until interrupted')
+    .action(async (options: EventsOptions) => {
+      const filter: EventFilter = {};
+      if (options.eventTypes) filter.event_set = options.eventTypes.map((t) => t.toUpperCase() as EventTypeName);
+      const both = (a?: string[], b?: string[]) => (a || b ? [...(a ?? []), ...(b ?? [])] : undefined);
+      const namespaces = both(options.namespaces, options.namespace);
+      const processes = both(options.processes, options.process);
+      const pods = both(options.pods, options.pod);
+      if (namespaces) filter.namespace = namespaces;
+      if (processes) filter.binary_regex = processes;
+      if (pods) filter.pod_regex = pods;
+      if (options.pid) {
+        filter.pid = options.pid.map((text) => {
+          const pid = Number(text);
+          if (!Number.isInteger(pid) || pid < 0 || pid > 0xffffffff) throw new Error(`--pid "${text}": want a process id`);
+          return pid;
+        });
+      }
+      const client = connectTetragon(options.serverAddress);
+      const stream = client.getEvents({ allow_list: [filter] });
+      const timer = options.timeout ? setTimeout(() => stream.cancel(), parseDuration(options.timeout)) : undefined;
+      const onSignal = () => stream.cancel();
+      process.once('SIGINT', onSignal);
+      try {
+        for await (const event of stream) process.stdout.write(`${options.output === 'json' ? JSON.stringify(event) : compactLine(event)}\n`);
+      } finally {
+        clearTimeout(timer);
+        process.off('SIGINT', onSignal);
+        client.close();
+      }
+    });
+  runtime
+    .command('status')
+    .description('the health Tetragon\'s API reports (tetra status)')
+    .addOption(serverOption())
+    .action(async (options: { serverAddress: string }) => {
+      const client = connectTetragon(options.serverAddress);
+      try {
+        const health = await client.getHealth();
+        process.stdout.write(`Health Status: ${health[0]?.details ?? 'unknown'}\n`);
+      } finally {
+        client.close();
+      }
+    });
+  runtime
+    .command('version')
+    .description("the version Tetragon's API reports (tetra version)")
+    .addOption(serverOption())
+    .action(async (options: { serverAddress: string }) => {
+      const client = connectTetragon(options.serverAddress);
+      try {
+        process.stdout.write(`${await client.getVersion()}\n`);
+      } finally {
+        client.close();
+      }
+    });
+}

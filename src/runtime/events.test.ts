@@ -1,0 +1,14 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { Btf, checkLayout } from '../ebpf/index.ts';
+import { runtimeExecEvent, runtimeExitEvent, runtimeForkEvent } from './events.ts';
+
+const btf = Btf.fromElf(join(import.meta.dirname, '../../build/bpf/bpf_runtime.o'));
+
+test('runtime event codecs match bpf/runtime.h in size and field offsets', () => {
+  for (const codec of [runtimeExecEvent, runtimeForkEvent, runtimeExitEvent]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
+  assert.equal(runtimeExecEvent.size, 128);
+  assert.equal(runtimeForkEvent.size, 24);
+  assert.equal(runtimeExitEvent.size, 32);
+});

@@ -1,0 +1,389 @@
+/**
+ * Tetragon's gRPC API, `tetragon.FineGuidanceSensors`, over the runtime observer: GetEvents (a
+ * server stream with allow/deny filters and field filters), GetHealth (what `tetra status`
+ * prints), GetVersion and ListTracingPolicies. The .proto files in ./proto were written for
+ * Ciliate from Tetragon's published names and numbers and are loaded at run time, as the Hubble
+ * API's are. Events are built once in their JSON form (types.ts) and converted to the wire form
+ * per stream; a stock `tetra` decodes them.
+ * @module
+ */
+import { once } from 'node:events';
+import { chmodSync, mkdirSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { RuntimeError } from './errors.ts';
+import { compileFilters, type EventFilter } from './filter.ts';
+import { checkTracingPolicy } from './tracing-policy.ts';
+import { protoTimestamp, type RuntimeObserver } from './runtime-observer.ts';
+import { EventType, eventTypeOf, type EventTypeName, type TetragonEvent, type TetragonProcess } from './types.ts';
+
+export const TETRAGON_PROTO_DIR = join(import.meta.dirname, 'proto');
+
+/** Tetragon's default --server-address. */
+export const TETRAGON_DEFAULT_ADDRESS = 'localhost:54321';
+
+/** Proto field names kept (they are the JSON export's), enums by name, 64-bit numbers as strings. */
+const LOADER_OPTIONS: protoLoader.Options = { keepCase: true, longs: String, enums: String, defaults: false, oneofs: true, includeDirs: [TETRAGON_PROTO_DIR] };
+
+let definition: protoLoader.PackageDefinition | undefined;
+function packageDefinition(): protoLoader.PackageDefinition {
+  definition ??= protoLoader.loadSync(['tetragon/sensors.proto'], LOADER_OPTIONS);
+  return definition;
+}
+
+/** Events a stream may have waiting for a slow client before it drops (and counts) new ones. */
+const STREAM_QUEUE_LIMIT = 8192;
+
+// ---- JSON form <-> wire form ----
+
+interface WireTimestamp {
+  seconds: string | number;
+  nanos?: number;
+}
+
+function toWireTime(time: string | undefined): WireTimestamp | undefined {
+  if (!time) return undefined;
+  const match = /^(.*?)(?:\.(\d{1,9}))?Z$/.exec(time);
+  if (!match) return undefined;
+  const seconds = Math.floor(Date.parse(`${match[1]}Z`) / 1000);
+  const nanos = match[2] ? Number(match[2].padEnd(9, '0')) : 0;
+  return { seconds: String(seconds), nanos };
+}
+
+function fromWireTime(time: WireTimestamp | undefined): string | undefined {
+  if (!time) return undefined;
+  return protoTimestamp(BigInt(time.seconds) * 1_000_000_000n + BigInt(time.nanos ?? 0));
+}
+
+const wrap = (value: number | undefined) => (value === undefined ? undefined : { value });
+const unwrap = (value: { value?: number } | undefined) => (value === undefined ? undefined : (value.value ?? 0));
+
+type WireProcess = Record<string, unknown>;
+
+function toWireProcess(p: TetragonProcess | undefined): WireProcess | undefined {
+  if (!p) return undefined;
+  const container = p.pod?.container;
+  return {
+    ...p,
+    pid: wrap(p.pid),
+    uid: wrap(p.uid),
+    auid: wrap(p.auid),
+    tid: wrap(p.tid),
+    start_time: toWireTime(p.start_time),
+    pod: p.pod && { ...p.pod, container: container && { ...container, start_time: toWireTime(container.start_time), pid: wrap(container.pid) } },
+  };
+}
+
+function fromWireProcess(w: WireProcess | undefined): TetragonProcess | undefined {
+  if (!w) return undefined;
+  const pod = w.pod as (TetragonProcess['pod'] & { container?: Record<string, unknown> }) | undefined;
+  const container = pod?.container;
+  return {
+    ...(w as unknown as TetragonProcess),
+    pid: unwrap(w.pid as { value?: number }) ?? 0,
+    uid: unwrap(w.uid as { value?: number }) ?? 0,
+    auid: unwrap(w.auid as { value?: number }) ?? 0,
+    tid: unwrap(w.tid as { value?: number }) ?? 0,
+    start_time: fromWireTime(w.start_time as WireTimestamp) ?? '',
+    pod: pod && {
+      ...pod,
+      container: container && { ...container, start_time: fromWireTime(container.start_time as unknown as WireTimestamp), pid: unwrap(container.pid as unknown as { value?: number }) },
+    },
+  };
+}
+
+/** An event in the wire form grpc-js serializes. */
+export function toWireEvent(event: TetragonEvent): Record<string, unknown> {
+  const base = { node_name: event.node_name, time: toWireTime(event.time) };
+  if ('process_exec' in event) {
+    const e = event.process_exec;
+    return { ...base, process_exec: { process: toWireProcess(e.process), parent: toWireProcess(e.parent), ancestors: e.ancestors?.map(toWireProcess) } };
+  }
+  const e = event.process_exit;
+  return { ...base, process_exit: { ...e, process: toWireProcess(e.process), parent: toWireProcess(e.parent), time: toWireTime(e.time) } };
+}
+
+/** A received event back in its JSON form (what `tetra getevents -o json` prints). */
+export function fromWireEvent(wire: Record<string, unknown>): TetragonEvent | undefined {
+  const base = { node_name: String(wire.node_name ?? ''), time: fromWireTime(wire.time as WireTimestamp) ?? '' };
+  const exec = wire.process_exec as Record<string, unknown> | undefined;
+  if (exec) {
+    const ancestors = (exec.ancestors as WireProcess[] | undefined)?.map((a) => fromWireProcess(a)!);
+    return { ...base, process_exec: { process: fromWireProcess(exec.process as WireProcess)!, parent: fromWireProcess(exec.parent as WireProcess), ancestors: ancestors?.length ? ancestors : undefined } };
+  }
+  const exit = wire.process_exit as Record<string, unknown> | undefined;
+  if (exit) {
+    return {
+      ...base,
+      process_exit: {
+        process: fromWireProcess(exit.process as WireProcess)!,
+        parent: fromWireProcess(exit.parent as WireProcess),
+        signal: (exit.signal as string) || undefined,
+        status: (exit.status as number) || undefined,
+        time: fromWireTime(exit.time as WireTimestamp),
+      },
+    };
+  }
+  return undefined;
+}
+
+// ---- field filters ----
+
+export interface FieldFilterRequest {
+  event_set?: (EventTypeName | number)[];
+  fields?: { paths?: string[] };
+  action?: 'INCLUDE' | 'EXCLUDE' | number;
+  invert_event_set?: { value?: boolean };
+}
+
+type FieldTree = Map<string, FieldTree | true>;
+
+function fieldTree(paths: string[]): FieldTree {
+  const root: FieldTree = new Map();
+  for (const path of paths) {
+    const segments = path.split('.').filter(Boolean);
+    let node = root;
+    segments.forEach((segment, i) => {
+      if (i === segments.length - 1) return void node.set(segment, true);
+      let next = node.get(segment);
+      if (next === true) return;
+      if (!next) node.set(segment, (next = new Map()));
+      node = next;
+    });
+  }
+  return root;
+}
+
+function include(value: Record<string, unknown>, tree: FieldTree): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, sub] of tree) {
+    const v = value[key];
+    if (v === undefined) continue;
+    out[key] = sub === true || typeof v !== 'object' || v === null || Array.isArray(v) ? v : include(v as Record<string, unknown>, sub);
+  }
+  return out;
+}
+
+function exclude(value: Record<string, unknown>, tree: FieldTree): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...value };
+  for (const [key, sub] of tree) {
+    if (sub === true) delete out[key];
+    else if (out[key] && typeof out[key] === 'object' && !Array.isArray(out[key])) out[key] = exclude(out[key] as Record<string, unknown>, sub);
+  }
+  return out;
+}
+
+/** Tetragon's field filters: paths inside the event (`process.binary`, `parent.exec_id`). */
+export function compileFieldFilters(filters: FieldFilterRequest[] = []): (event: TetragonEvent) => TetragonEvent {
+  const compiled = filters.map((f) => {
+    const types = new Set((f.event_set ?? []).map((t) => (typeof t === 'number' ? t : EventType[t])));
+    const invert = f.invert_event_set?.value === true;
+    const tree = fieldTree(f.fields?.paths ?? []);
+    const action = f.action === 'EXCLUDE' || f.action === 1 ? exclude : include;
+    return { applies: (e: TetragonEvent) => (types.size === 0 || types.has(EventType[eventTypeOf(e)])) !== invert, tree, action };
+  });
+  if (compiled.length === 0) return (e) => e;
+  return (event) => {
+    const key = 'process_exec' in event ? 'process_exec' : 'process_exit';
+    let inner = (event as unknown as Record<string, Record<string, unknown>>)[key];
+    for (const f of compiled) if (f.tree.size > 0 && f.applies(event)) inner = f.action(inner, f.tree);
+    return { ...event, [key]: inner } as TetragonEvent;
+  };
+}
+
+// ---- server ----
+
+export interface TetragonServerOptions {
+  observer: RuntimeObserver;
+  version: string;
+  /** Health details for GetHealth; `running` when all is well (Tetragon's word). */
+  health?(): { running: boolean; details: string };
+}
+
+interface GetEventsRequest {
+  allow_list?: EventFilter[];
+  deny_list?: EventFilter[];
+  field_filters?: FieldFilterRequest[];
+}
+
+function grpcError(code: grpc.status, details: string): grpc.ServiceError {
+  return Object.assign(new Error(details), { code, details, metadata: new grpc.Metadata() });
+}
+
+/** Serves tetragon.FineGuidanceSensors on TCP and root-only Unix sockets. */
+export class TetragonServer {
+  readonly #server = new grpc.Server();
+  readonly #sockets: string[] = [];
+  #dropped = 0;
+
+  constructor(options: TetragonServerOptions) {
+    const service = (packageDefinition()['tetragon.FineGuidanceSensors'] as grpc.ServiceDefinition);
+    // Checked whole first: a malformed policy, or one needing hooks this kernel lacks, is
+    // INVALID_ARGUMENT naming every field; a valid one is not loaded yet (nothing is half-applied).
+    const addTracingPolicy = (call: grpc.ServerUnaryCall<{ yaml?: string }, object>, callback: grpc.sendUnaryData<object>) => {
+      try {
+        const { header, unsupported } = checkTracingPolicy(call.request.yaml ?? '');
+        const why = unsupported.length > 0 ? unsupported.join('; ') : 'it has no hooks';
+        callback(grpcError(grpc.status.UNIMPLEMENTED, `tracing policy ${header.name}: not loaded: ${why}; this agent reports process exec and exit events only, for now`));
+      } catch (error) {
+        callback(grpcError(RuntimeError.is(error) ? grpc.status.INVALID_ARGUMENT : grpc.status.INTERNAL, (error as Error).message));
+      }
+    };
+    this.#server.addService(service, {
+      GetEvents: (call: grpc.ServerWritableStream<GetEventsRequest, object>) => void this.#getEvents(options.observer, call),
+      GetHealth: (_call: unknown, callback: grpc.sendUnaryData<object>) => {
+        const health = options.health?.() ?? { running: true, details: 'running' };
+        callback(null, { health_status: [{ event: 'HEALTH_STATUS_TYPE_STATUS', status: health.running ? 'HEALTH_STATUS_RUNNING' : 'HEALTH_STATUS_ERROR', details: health.details }] });
+      },
+      GetVersion: (_call: unknown, callback: grpc.sendUnaryData<object>) => callback(null, { version: options.version }),
+      ListTracingPolicies: (_call: unknown, callback: grpc.sendUnaryData<object>) => callback(null, { policies: [] }),
+      AddTracingPolicy: addTracingPolicy,
+      DeleteTracingPolicy: (call: grpc.ServerUnaryCall<{ name?: string }, object>, callback: grpc.sendUnaryData<object>) =>
+        callback(grpcError(grpc.status.NOT_FOUND, `tracing policy ${JSON.stringify(call.request.name ?? '')} not found: none is loaded`)),
+    });
+  }
+
+  /** Events dropped because a client did not read them fast enough. */
+  get dropped(): number {
+    return this.#dropped;
+  }
+
+  async #getEvents(observer: RuntimeObserver, call: grpc.ServerWritableStream<GetEventsRequest, object>): Promise<void> {
+    let pass: (event: TetragonEvent) => boolean;
+    let shape: (event: TetragonEvent) => TetragonEvent;
+    try {
+      pass = compileFilters(call.request.allow_list, call.request.deny_list);
+      shape = compileFieldFilters(call.request.field_filters);
+    } catch (error) {
+      call.emit('error', grpcError(RuntimeError.is(error) ? grpc.status.INVALID_ARGUMENT : grpc.status.INTERNAL, (error as Error).message));
+      return;
+    }
+    const queue: TetragonEvent[] = [];
+    let wake: (() => void) | undefined;
+    const unsubscribe = observer.subscribe((event) => {
+      if (!pass(event)) return;
+      if (queue.length >= STREAM_QUEUE_LIMIT) {
+        this.#dropped++;
+        return;
+      }
+      queue.push(event);
+      wake?.();
+    });
+    const abort = new AbortController();
+    const stop = () => abort.abort();
+    call.on('cancelled', stop);
+    call.on('close', stop);
+    call.on('error', stop);
+    // Headers now: a client waiting for its first event learns at once that the call was taken.
+    call.sendMetadata(new grpc.Metadata());
+    try {
+      while (!abort.signal.aborted) {
+        if (queue.length === 0) {
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+            abort.signal.addEventListener('abort', () => resolve(), { once: true });
+          });
+          wake = undefined;
+          continue;
+        }
+        const event = queue.shift()!;
+        if (!call.write(toWireEvent(shape(event)))) await Promise.race([once(call, 'drain'), once(abort.signal, 'abort')]);
+      }
+    } finally {
+      unsubscribe();
+    }
+  }
+
+  /** Serves on `host:port`; returns the port bound (useful with port 0). */
+  listenTcp(address: string): Promise<number> {
+    return this.#bind(address);
+  }
+
+  /** Serves on a Unix socket only root can open (a stale socket file is replaced). */
+  async listenUnix(path: string): Promise<void> {
+    mkdirSync(dirname(path), { recursive: true });
+    rmSync(path, { force: true });
+    await this.#bind(`unix:${path}`);
+    chmodSync(path, 0o600);
+    this.#sockets.push(path);
+  }
+
+  #bind(address: string): Promise<number> {
+    return new Promise((resolve, reject) =>
+      this.#server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (error, port) =>
+        error ? reject(new RuntimeError('ERR_RUNTIME_LISTEN', `serving Tetragon's API on ${address}: ${error.message}`, { cause: error })) : resolve(port),
+      ),
+    );
+  }
+
+  /** Stops serving; open event streams are cancelled (a follow never ends by itself). */
+  close(): void {
+    this.#server.forceShutdown();
+    for (const path of this.#sockets.splice(0)) rmSync(path, { force: true });
+  }
+}
+
+// ---- client ----
+
+export interface TetragonClient {
+  /**
+   * Events as they come, in their JSON form, until `cancel()` or the server ends the stream.
+   * `ready` resolves once the server has taken the call: events from then on reach this stream.
+   */
+  getEvents(request: GetEventsRequest): AsyncIterable<TetragonEvent> & { cancel(): void; ready: Promise<void> };
+  getVersion(): Promise<string>;
+  getHealth(): Promise<{ event?: string; status?: string; details?: string }[]>;
+  addTracingPolicy(yaml: string): Promise<void>;
+  close(): void;
+}
+
+type Unary = (request: object, callback: (error: grpc.ServiceError | null, response: unknown) => void) => void;
+
+/**
+ * Connects to a Tetragon API (Ciliate's or Tetragon's own): `host:port` or `unix:/path`.
+ *
+ * @example
+ * const client = connectTetragon('localhost:54321');
+ * for await (const event of client.getEvents({ allow_list: [{ binary_regex: ['curl'] }] })) console.log(event);
+ */
+export function connectTetragon(target: string): TetragonClient {
+  const proto = grpc.loadPackageDefinition(packageDefinition()) as unknown as { tetragon: { FineGuidanceSensors: grpc.ServiceClientConstructor } };
+  const client = new proto.tetragon.FineGuidanceSensors(target, grpc.credentials.createInsecure()) as grpc.Client & Record<string, unknown>;
+  const unary = <T>(method: string, request: object = {}) =>
+    new Promise<T>((resolve, reject) => (client[method] as Unary).call(client, request, (error, response) => (error ? reject(error) : resolve(response as T))));
+  return {
+    getEvents(request) {
+      const call = (client.GetEvents as (request: object) => grpc.ClientReadableStream<Record<string, unknown>>).call(client, request);
+      let cancelled = false;
+      // The server sends its headers as soon as it has subscribed the stream (see #getEvents).
+      const ready = new Promise<void>((resolve, reject) => {
+        call.once('metadata', () => resolve());
+        call.once('error', reject);
+      });
+      ready.catch(() => undefined);
+      return {
+        ready,
+        cancel() {
+          cancelled = true;
+          call.cancel();
+        },
+        async *[Symbol.asyncIterator]() {
+          try {
+            for await (const wire of call) {
+              const event = fromWireEvent(wire as Record<string, unknown>);
+              if (event) yield event;
+            }
+          } catch (error) {
+            if (cancelled && (error as grpc.ServiceError).code === grpc.status.CANCELLED) return;
+            throw error;
+          }
+        },
+      };
+    },
+    getVersion: async () => (await unary<{ version?: string }>('GetVersion')).version ?? '',
+    getHealth: async () => (await unary<{ health_status?: { event?: string; status?: string; details?: string }[] }>('GetHealth')).health_status ?? [],
+    addTracingPolicy: async (yaml) => void (await unary('AddTracingPolicy', { yaml })),
+    close: () => client.close(),
+  };
+}

@@ -1,0 +1,265 @@
+/**
+ * The runtime observer: the process sensor's records through the process cache into Tetragon's
+ * events, handed to every subscriber (gRPC streams, the export file). Processes that were there
+ * before it started are read from /proc once, after the programs attach, so none is missed
+ * between the two.
+ * @module
+ */
+import { constants } from 'node:os';
+import { readAllProcesses, readNamespaces, readProcess } from './procfs.ts';
+import { ProcessCache, type ProcessCacheStats, type ProcessEntry } from './process-cache.ts';
+import { ProcessSensor } from './sensor.ts';
+import { NAMESPACES, type ExitRecord, type NamespaceName, type RuntimeRecord } from './events.ts';
+import type { TetragonCapabilities, TetragonEvent, TetragonNamespaces, TetragonPod, TetragonProcess } from './types.ts';
+
+export interface RuntimeObserverOptions {
+  nodeName: string;
+  /** Process cache bound (entries). */
+  processCacheSize?: number;
+  /** How long exited, unreferenced processes stay for late events (ms). */
+  processCacheGraceMs?: number;
+  /** Capabilities in process objects (Tetragon's --enable-process-cred). */
+  processCredentials?: boolean;
+  /** Namespaces in process objects (Tetragon's --enable-process-ns). */
+  processNamespaces?: boolean;
+  /** Ancestors in exec events (Tetragon's --enable-ancestors). */
+  ancestors?: boolean;
+  /** The pod of a process, from its network namespace or cgroup; undefined for the host's own. */
+  resolvePod?(process: { pid: number; netns: number; cgroupId: bigint }): TetragonPod | undefined;
+  /** The sensor's BPF object (tests); build/bpf/bpf_runtime.o by default. */
+  objectPath?: string;
+  onError?(error: unknown): void;
+}
+
+export interface RuntimeObserverStats {
+  events: { PROCESS_EXEC: number; PROCESS_EXIT: number };
+  /** Ring buffer records the kernel side dropped (ring full). */
+  lost: bigint;
+  records: number;
+  processCache: ProcessCacheStats;
+  subscribers: number;
+  /** Kernel ids of the sensor's programs while it runs. */
+  programs: number[];
+}
+
+export type EventListener = (event: TetragonEvent) => void;
+
+/** Capability names by bit (linux/capability.h), as tetragon.CapabilitiesType names them (bit 1 is
+ * DAC_OVERRIDE there, without the CAP_ prefix). */
+const CAPABILITIES = [
+  'CAP_CHOWN', 'DAC_OVERRIDE', 'CAP_DAC_READ_SEARCH', 'CAP_FOWNER', 'CAP_FSETID', 'CAP_KILL', 'CAP_SETGID', 'CAP_SETUID',
+  'CAP_SETPCAP', 'CAP_LINUX_IMMUTABLE', 'CAP_NET_BIND_SERVICE', 'CAP_NET_BROADCAST', 'CAP_NET_ADMIN', 'CAP_NET_RAW',
+  'CAP_IPC_LOCK', 'CAP_IPC_OWNER', 'CAP_SYS_MODULE', 'CAP_SYS_RAWIO', 'CAP_SYS_CHROOT', 'CAP_SYS_PTRACE', 'CAP_SYS_PACCT',
+  'CAP_SYS_ADMIN', 'CAP_SYS_BOOT', 'CAP_SYS_NICE', 'CAP_SYS_RESOURCE', 'CAP_SYS_TIME', 'CAP_SYS_TTY_CONFIG', 'CAP_MKNOD',
+  'CAP_LEASE', 'CAP_AUDIT_WRITE', 'CAP_AUDIT_CONTROL', 'CAP_SETFCAP', 'CAP_MAC_OVERRIDE', 'CAP_MAC_ADMIN', 'CAP_SYSLOG',
+  'CAP_WAKE_ALARM', 'CAP_BLOCK_SUSPEND', 'CAP_AUDIT_READ', 'CAP_PERFMON', 'CAP_BPF', 'CAP_CHECKPOINT_RESTORE',
+] as const;
+
+export function capabilityNames(mask: bigint): string[] {
+  const out: string[] = [];
+  for (let bit = 0; bit < CAPABILITIES.length; bit++) if ((mask >> BigInt(bit)) & 1n) out.push(CAPABILITIES[bit]);
+  return out;
+}
+
+const SIGNAL_NAMES = new Map<number, string>();
+for (const [name, number] of Object.entries(constants.signals)) if (!SIGNAL_NAMES.has(number)) SIGNAL_NAMES.set(number, name);
+
+/**
+ * Timestamps as Go's protojson writes them: RFC 3339 in UTC with 0, 3, 6 or 9 fractional digits.
+ */
+export function protoTimestamp(ns: bigint): string {
+  const seconds = ns / 1_000_000_000n;
+  const nanos = Number(ns % 1_000_000_000n);
+  const base = new Date(Number(seconds) * 1000).toISOString().slice(0, 19);
+  if (nanos === 0) return `${base}Z`;
+  const digits = nanos % 1_000_000 === 0 ? 3 : nanos % 1000 === 0 ? 6 : 9;
+  return `${base}.${String(nanos).padStart(9, '0').slice(0, digits)}Z`;
+}
+
+/** Tetragon's `arguments`: space-joined, each argument holding a space in double quotes. */
+export function argumentsString(args: readonly string[]): string {
+  return args.map((a) => (a.includes(' ') ? `"${a}"` : a)).join(' ');
+}
+
+export class RuntimeObserver {
+  readonly #options: RuntimeObserverOptions;
+  readonly cache: ProcessCache;
+  #resolvePod: RuntimeObserverOptions['resolvePod'];
+  readonly #listeners = new Set<EventListener>();
+  #sensor: ProcessSensor | undefined;
+  #gc: NodeJS.Timeout | undefined;
+  /** Wall clock minus the monotonic clock bpf_ktime_get_ns() reads, in ns. */
+  readonly #wallOffset: bigint;
+  readonly #hostNs: Record<NamespaceName, number>;
+  #execs = 0;
+  #exits = 0;
+
+  constructor(options: RuntimeObserverOptions) {
+    this.#options = options;
+    this.#resolvePod = options.resolvePod;
+    // process.hrtime is CLOCK_MONOTONIC on Linux, the clock of bpf_ktime_get_ns().
+    this.#wallOffset = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
+    // The host's namespaces are init's; where init's may not be read (some hosts deny even root
+    // /proc/1/ns), kthreadd's, which is in the initial namespaces on every host.
+    const init = readNamespaces(1);
+    const kthreadd = readNamespaces(2);
+    this.#hostNs = Object.fromEntries(NAMESPACES.map((n) => [n, init[n] || kthreadd[n]])) as Record<NamespaceName, number>;
+    this.cache = new ProcessCache({
+      nodeName: options.nodeName,
+      maxEntries: options.processCacheSize,
+      graceMs: options.processCacheGraceMs,
+      readProc: (pid) => readProcess(pid),
+      resolvePod: (entry) => this.#resolvePod?.({ pid: entry.pid, netns: entry.ns.net, cgroupId: entry.cgroupId }),
+    });
+  }
+
+  /** Loads and attaches the sensor, then reads the processes already running. */
+  start(): void {
+    if (this.#sensor) return;
+    this.#sensor = new ProcessSensor({
+      objectPath: this.#options.objectPath,
+      onRecord: (record) => this.#onRecord(record),
+      onError: (error) => this.#options.onError?.(error),
+    });
+    for (const snapshot of readAllProcesses()) this.cache.addSnapshot(snapshot);
+    const grace = this.#options.processCacheGraceMs ?? 10_000;
+    this.#gc = setInterval(() => this.cache.collect(), Math.max(1000, Math.min(grace, 30_000)));
+    this.#gc.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.#gc);
+    this.#gc = undefined;
+    this.#sensor?.close();
+    this.#sensor = undefined;
+  }
+
+  /** Reads what waits in the ring now (events reach subscribers before this returns). */
+  drain(): void {
+    this.#sensor?.drain();
+  }
+
+  /**
+   * Sets how new processes find their pod (the agent's endpoints, by network namespace). Only
+   * processes seen from now on are named; a running agent sets it before start().
+   */
+  setPodResolver(resolve: RuntimeObserverOptions['resolvePod']): void {
+    this.#resolvePod = resolve;
+  }
+
+  subscribe(listener: EventListener): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  stats(): RuntimeObserverStats {
+    const sensor = this.#sensor?.stats();
+    return {
+      events: { PROCESS_EXEC: this.#execs, PROCESS_EXIT: this.#exits },
+      lost: sensor?.lost ?? 0n,
+      records: sensor?.records ?? 0,
+      processCache: this.cache.stats(),
+      subscribers: this.#listeners.size,
+      programs: this.#sensor?.programIds() ?? [],
+    };
+  }
+
+  /** A process entry in Tetragon's form. */
+  processObject(entry: ProcessEntry, refcnt = false): TetragonProcess {
+    const out: TetragonProcess = {
+      exec_id: entry.execId,
+      pid: entry.pid,
+      uid: entry.uid,
+      cwd: entry.cwd || undefined,
+      binary: entry.binary,
+      arguments: entry.args.length > 0 ? argumentsString(entry.args) : undefined,
+      flags: entry.flags.join(' '),
+      start_time: protoTimestamp(entry.ktime + this.#wallOffset),
+      auid: entry.auid,
+      pod: entry.pod,
+      parent_exec_id: entry.parentExecId || undefined,
+      refcnt: refcnt && entry.refcnt > 0 ? entry.refcnt : undefined,
+      tid: entry.tid,
+    };
+    if (this.#options.processCredentials) out.cap = this.#caps(entry);
+    if (this.#options.processNamespaces) out.ns = this.#namespaces(entry);
+    return out;
+  }
+
+  #caps(entry: ProcessEntry): TetragonCapabilities {
+    const names = (mask: bigint) => {
+      const list = capabilityNames(mask);
+      return list.length > 0 ? list : undefined;
+    };
+    return { permitted: names(entry.caps.permitted), effective: names(entry.caps.effective), inheritable: names(entry.caps.inheritable) };
+  }
+
+  #namespaces(entry: ProcessEntry): TetragonNamespaces {
+    const out: TetragonNamespaces = {};
+    for (const name of NAMESPACES) {
+      const inum = entry.ns[name];
+      if (inum) out[name] = inum === this.#hostNs[name] ? { inum, is_host: true } : { inum };
+    }
+    return out;
+  }
+
+  #emit(event: TetragonEvent): void {
+    for (const listener of this.#listeners) {
+      try {
+        listener(event);
+      } catch (error) {
+        this.#options.onError?.(error);
+      }
+    }
+  }
+
+  #onRecord(record: RuntimeRecord): void {
+    const time = protoTimestamp(record.ktime + this.#wallOffset);
+    switch (record.type) {
+      case 'exec': {
+        const entry = this.cache.exec(record);
+        this.#execs++;
+        if (this.#listeners.size === 0) return;
+        const parent = this.cache.parentOf(entry);
+        const exec: TetragonEvent = {
+          process_exec: {
+            process: this.processObject(entry),
+            parent: parent ? this.processObject(parent, true) : undefined,
+            ancestors: this.#options.ancestors ? this.cache.ancestorsOf(entry).map((a) => this.processObject(a, true)) : undefined,
+          },
+          node_name: this.#options.nodeName,
+          time,
+        };
+        this.#emit(exec);
+        return;
+      }
+      case 'fork':
+        this.cache.fork(record);
+        return;
+      case 'exit': {
+        const entry = this.cache.exit(record);
+        this.#exits++;
+        if (!entry || this.#listeners.size === 0) return;
+        this.#emit(this.#exitEvent(entry, record, time));
+        return;
+      }
+    }
+  }
+
+  #exitEvent(entry: ProcessEntry, record: ExitRecord, time: string): TetragonEvent {
+    const parent = this.cache.parentOf(entry);
+    const signal = record.exitCode & 0x7f;
+    const status = (record.exitCode >> 8) & 0xff;
+    return {
+      process_exit: {
+        process: this.processObject(entry),
+        parent: parent ? this.processObject(parent, true) : undefined,
+        signal: signal ? (SIGNAL_NAMES.get(signal) ?? `SIG${signal}`) : undefined,
+        status: !signal && status ? status : undefined,
+        time,
+      },
+      node_name: this.#options.nodeName,
+      time,
+    };
+  }
+}

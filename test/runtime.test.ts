@@ -1,0 +1,170 @@
+/**
+ * `ciliate agent --runtime-only` on a plain host, as a user runs it: Tetragon's API on a free
+ * port, `ciliate runtime events` printing tetra's compact lines, `ciliate runtime status`, the
+ * JSON export file, the tetragon_* metrics and `ciliate status`.
+ */
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { Program } from '../src/ebpf/index.ts';
+import { connectTetragon, type TetragonEvent } from '../src/runtime/index.ts';
+import { ROOT, TestNode, sleep } from './support/cluster.ts';
+
+const CLI = join(ROOT, 'src', 'cli', 'main.ts');
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as { port: number }).port;
+  server.close();
+  await once(server, 'close');
+  return port;
+}
+
+function ciliate(args: string[]): ChildProcess {
+  return spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+/** Whether a BPF program with this id is still loaded in the kernel. */
+function programLoaded(id: number): boolean {
+  try {
+    Program.fromId(id).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function runtimeStatus(dir: string): { enabled: boolean; programs: number[]; events: { PROCESS_EXEC: number }; processCache: { size: number } } {
+  const out = spawnSync(process.execPath, [CLI, 'status', '--socket', join(dir, 'api.sock'), '-o', 'json'], { encoding: 'utf8' });
+  return (JSON.parse(out.stdout) as { runtime: ReturnType<typeof runtimeStatus> }).runtime;
+}
+
+async function startRuntimeAgent(t: TestContext) {
+  const dir = mkdtempSync(join(tmpdir(), 'ciliate-runtime-'));
+  const grpcPort = await freePort();
+  const metricsPort = await freePort();
+  const nodeName = `rt-${randomBytes(3).toString('hex')}`;
+  const agent = ciliate([
+    'agent', '--runtime-only', '--node-name', nodeName, '--socket-path', join(dir, 'api.sock'),
+    '--runtime-server-address', `127.0.0.1:${grpcPort}`, '--runtime-export-filename', join(dir, 'events.log'),
+    '--runtime-metrics-server', `127.0.0.1:${metricsPort}`,
+  ]);
+  let log = '';
+  agent.stdout!.on('data', (chunk) => (log += chunk));
+  agent.stderr!.on('data', (chunk) => (log += chunk));
+  t.after(async () => {
+    if (agent.exitCode === null && agent.signalCode === null) {
+      const exited = once(agent, 'exit');
+      agent.kill('SIGKILL');
+      await exited;
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
+  await until("the agent's API", () => log.includes('"API listening"'), 30_000).catch((error: Error) => {
+    throw new Error(`${error.message}; agent log:\n${log}`);
+  });
+  return { dir, grpcPort, metricsPort, nodeName, agent, log: () => log };
+}
+
+test('agent --runtime-only serves events that `ciliate runtime events` prints in compact form, and exports them', async (t) => {
+  const { dir, grpcPort, metricsPort, nodeName, agent } = await startRuntimeAgent(t);
+  const marker = `rt-${randomBytes(4).toString('hex')}`;
+  const events = ciliate(['runtime', 'events', '--server-address', `127.0.0.1:${grpcPort}`, '--process', '^/bin/true$', '--timeout', '20s']);
+  t.after(() => void (events.exitCode === null && events.kill('SIGKILL')));
+  let out = '';
+  events.stdout!.on('data', (chunk) => (out += chunk));
+  // The client subscribes on its own time: exec until its output shows one.
+  await until('a compact exec line', () => {
+    spawnSync('/bin/true', [marker]);
+    return out.includes(`🚀 process ${nodeName} /bin/true ${marker}`);
+  });
+  await until('a compact exit line', () => out.includes(`💥 exit    ${nodeName} /bin/true ${marker} 0`));
+  assert.ok(out.split('\n').filter(Boolean).every((line) => line.includes(' /bin/true ')), `only /bin/true passes --process: ${out}`);
+  events.kill('SIGINT');
+
+  const status = spawnSync(process.execPath, [CLI, 'runtime', 'status', '--server-address', `127.0.0.1:${grpcPort}`], { encoding: 'utf8' });
+  assert.equal(status.stdout, 'Health Status: running\n', status.stderr);
+
+  const agentStatus = runtimeStatus(dir);
+  assert.equal(agentStatus.enabled, true);
+  assert.ok(agentStatus.events.PROCESS_EXEC > 0);
+  assert.ok(agentStatus.processCache.size > 0);
+  assert.equal(agentStatus.programs.length, 3);
+  assert.ok(agentStatus.programs.every(programLoaded));
+
+  const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+  assert.match(metrics, /^tetragon_process_cache_size \d+$/m);
+  assert.match(metrics, /^tetragon_process_cache_capacity 65536$/m);
+  assert.match(metrics, new RegExp(`^tetragon_events_total\\{type="PROCESS_EXEC",namespace="",workload="",pod="",binary="/bin/true"\\} \\d+$`, 'm'));
+
+  // The export file has Tetragon's JSON lines for the same processes.
+  await until('the export file', () => readFileSync(join(dir, 'events.log'), 'utf8').includes(marker));
+  const line = readFileSync(join(dir, 'events.log'), 'utf8').split('\n').find((l) => l.includes(marker) && l.startsWith('{"process_exec"'));
+  assert.ok(line);
+  const event = JSON.parse(line) as { process_exec: { process: { binary: string; arguments: string; exec_id: string } }; node_name: string; time: string };
+  assert.equal(event.node_name, nodeName);
+  assert.equal(event.process_exec.process.binary, '/bin/true');
+  assert.equal(event.process_exec.process.arguments, marker);
+  assert.match(event.time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$/);
+  assert.ok(Buffer.from(event.process_exec.process.exec_id, 'base64').toString().startsWith(`${nodeName}:`));
+
+  const exited = once(agent, 'exit');
+  agent.kill('SIGTERM');
+  const [code] = await exited;
+  assert.equal(code, 0, 'a clean stop');
+  await until('the programs to be unloaded', () => !agentStatus.programs.some(programLoaded), 5000);
+});
+
+test('an agent killed with SIGKILL leaves no runtime program in the kernel', async (t) => {
+  const { dir, agent } = await startRuntimeAgent(t);
+  const { programs } = runtimeStatus(dir);
+  assert.equal(programs.length, 3);
+  assert.ok(programs.every(programLoaded));
+  const exited = once(agent, 'exit');
+  agent.kill('SIGKILL');
+  await exited;
+  // Nothing is pinned: the links and programs go with the process's file descriptors.
+  await until('the programs to be unloaded', () => !programs.some(programLoaded), 5000);
+});
+
+test("in the full agent, a process in a pod's network namespace carries the pod of the endpoint there", async (t) => {
+  const node = await TestNode.start(t, { extraArgs: ['--runtime-enabled', '--runtime-server-address', ''] });
+  const { netns } = await node.addPod(t, 'xwing', { org: 'alliance', class: 'xwing' }, 'default');
+  const client = connectTetragon(`unix:${join(node.dir, 'tetragon.sock')}`);
+  t.after(() => client.close());
+  const marker = `rt-${randomBytes(4).toString('hex')}`;
+  const stream = client.getEvents({ allow_list: [{ pod_regex: ['^xwing$'], arguments_regex: [marker] }] });
+  t.after(() => stream.cancel());
+  await stream.ready;
+  const child = spawn('nsenter', [`--net=/run/netns/${netns}`, '/bin/sh', '-c', 'exit 0', marker], { stdio: 'ignore' });
+  await once(child, 'exit');
+  const timer = setTimeout(() => stream.cancel(), 10_000);
+  let event: TetragonEvent | undefined;
+  for await (const e of stream) {
+    event = e;
+    break;
+  }
+  clearTimeout(timer);
+  assert.ok(event && 'process_exec' in event, 'the exec in the pod arrived');
+  const pod = event.process_exec.process.pod;
+  assert.equal(pod?.namespace, 'default');
+  assert.equal(pod?.name, 'xwing');
+  assert.deepEqual(pod?.pod_labels, { org: 'alliance', class: 'xwing' });
+  assert.equal(event.process_exec.process.binary, '/bin/sh');
+});
