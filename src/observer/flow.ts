@@ -235,33 +235,58 @@ const METRIC_TCP_FLAGS: readonly Readonly<FlowMetricTcpFlags>[] = Array.from({ l
 /**
  * What the Hubble metrics count of the checked record at `at`, read from the record and the
  * names its entry kept, without building its Flow: the same values flowMetricInput (src/metrics)
- * takes from the Flow, by the same helpers buildFlow uses (a test holds the two together).
+ * takes from the Flow, by the same helpers buildFlow uses (a test holds the two together). The
+ * sides are made only when a metric reads them (a source or destination context): by default
+ * none does.
  */
-function metricInput(record: Buffer, at: number, named: FlowEntry): FlowMetricInput {
-  const type = record[at + HDR.type];
-  const flags = record[at + HDR.flags];
-  const subtype = record[at + HDR.subtype];
-  const capture = at + CAPTURE_AT[type];
-  const end = capture + Math.min(record.readUInt32LE(at + HDR.cap_len), EVENT_CAPTURE_LEN);
-  const ip = ipv4HeaderAt(record, capture, end);
-  const l4 = ip < 0 ? -1 : l4HeaderAt(record, ip, end);
-  const l4Protocol = l4 < 0 ? 0 : record[ip + 9];
-  const dropReason = recordDropReason(record, at, type);
-    return {
-    type: FLOW_METRIC_TYPES[type] ?? 'Unknown',
-    subtype: type === MonitorEventType.TRACE ? TRACE_SUBTYPE_LABELS[subtype] : undefined,
-    verdict: recordVerdict(record, at, type),
-    dropReason: type === MonitorEventType.DROP || dropReason ? DropReason[dropReason] : undefined,
-    protocol: l4Protocol === IPPROTO_TCP ? 'TCP' : l4Protocol === IPPROTO_UDP ? 'UDP' : l4Protocol === IPPROTO_ICMP ? 'ICMPv4' : undefined,
-    ipVersion: ip < 0 ? undefined : 4,
-    tcpFlags: l4Protocol === IPPROTO_TCP ? METRIC_TCP_FLAGS[record[l4 + 13]] : undefined,
-    trafficDirection: METRIC_DIRECTIONS[recordDirection(record, at, type, flags, named.policyIngress)],
-    policyMatch: type === MonitorEventType.POLICY_VERDICT ? POLICY_MATCHES[record[at + VERDICT.match_type]] : undefined,
-    destinationPort: l4Protocol === IPPROTO_TCP || l4Protocol === IPPROTO_UDP ? (record[l4 + 2] << 8) | record[l4 + 3] : undefined,
-    isReply: (flags & EventFlag.REPLY) !== 0,
-    source: metricEndpoint(named.sourceLocal, named.sourceIdentity, named.sourceLabels),
-    destination: metricEndpoint(named.destinationLocal, named.destinationIdentity, named.destinationLabels),
-  };
+class EntryMetricInput implements FlowMetricInput {
+  readonly type: FlowMetricInput['type'];
+  readonly subtype: string | undefined;
+  readonly verdict: string;
+  readonly dropReason: string | undefined;
+  readonly protocol: string | undefined;
+  readonly ipVersion: 4 | undefined;
+  readonly tcpFlags: FlowMetricTcpFlags | undefined;
+  readonly trafficDirection: 'ingress' | 'egress' | 'unknown';
+  readonly policyMatch: string | undefined;
+  readonly destinationPort: number | undefined;
+  readonly isReply: boolean;
+  readonly #named: FlowEntry;
+  #source: FlowMetricEndpoint | undefined;
+  #destination: FlowMetricEndpoint | undefined;
+
+  constructor(record: Buffer, at: number, named: FlowEntry) {
+    const type = record[at + HDR.type];
+    const flags = record[at + HDR.flags];
+    const capture = at + CAPTURE_AT[type];
+    const end = capture + Math.min(record.readUInt32LE(at + HDR.cap_len), EVENT_CAPTURE_LEN);
+    const ip = ipv4HeaderAt(record, capture, end);
+    const l4 = ip < 0 ? -1 : l4HeaderAt(record, ip, end);
+    const l4Protocol = l4 < 0 ? 0 : record[ip + 9];
+    const dropReason = recordDropReason(record, at, type);
+    this.type = FLOW_METRIC_TYPES[type] ?? 'Unknown';
+    this.subtype = type === MonitorEventType.TRACE ? TRACE_SUBTYPE_LABELS[record[at + HDR.subtype]] : undefined;
+    this.verdict = recordVerdict(record, at, type);
+    this.dropReason = type === MonitorEventType.DROP || dropReason ? DropReason[dropReason] : undefined;
+    this.protocol = l4Protocol === IPPROTO_TCP ? 'TCP' : l4Protocol === IPPROTO_UDP ? 'UDP' : l4Protocol === IPPROTO_ICMP ? 'ICMPv4' : undefined;
+    this.ipVersion = ip < 0 ? undefined : 4;
+    this.tcpFlags = l4Protocol === IPPROTO_TCP ? METRIC_TCP_FLAGS[record[l4 + 13]] : undefined;
+    this.trafficDirection = METRIC_DIRECTIONS[recordDirection(record, at, type, flags, named.policyIngress)];
+    this.policyMatch = type === MonitorEventType.POLICY_VERDICT ? POLICY_MATCHES[record[at + VERDICT.match_type]] : undefined;
+    this.destinationPort = l4Protocol === IPPROTO_TCP || l4Protocol === IPPROTO_UDP ? (record[l4 + 2] << 8) | record[l4 + 3] : undefined;
+    this.isReply = (flags & EventFlag.REPLY) !== 0;
+    this.#named = named;
+  }
+
+  get source(): FlowMetricEndpoint {
+    const named = this.#named;
+    return (this.#source ??= metricEndpoint(named.sourceLocal, named.sourceIdentity, named.sourceLabels));
+  }
+
+  get destination(): FlowMetricEndpoint {
+    const named = this.#named;
+    return (this.#destination ??= metricEndpoint(named.destinationLocal, named.destinationIdentity, named.destinationLabels));
+  }
 }
 
 /**
@@ -347,9 +372,9 @@ export class FlowEntry {
     return buildFlow(records.bytes, at, this.timeNs, this.#uuid, this.#store.names.nodeName, this);
   }
 
-  /** What the Hubble metrics count of this flow, read without building the Flow. */
+  /** What the Hubble metrics count of this flow, read without building the Flow (while the buffer holds it). */
   metricInput(): FlowMetricInput {
-    return metricInput(this.#store.records.bytes, this.#offset(), this);
+    return new EntryMetricInput(this.#store.records.bytes, this.#offset(), this);
   }
 
   /** Where the record is, while it is still this entry's: every reader builds flows while the buffer holds them. */
