@@ -84,6 +84,22 @@ export function ipv4At(data: Uint8Array, at: number): number {
   return ((data[at] << 24) | (data[at + 1] << 16) | (data[at + 2] << 8) | data[at + 3]) >>> 0;
 }
 
+/** Bytes of each L4 header a summary reads: TCP up to its flags, UDP its ports, ICMP type and code. */
+const L4_HEADER_NEED: Readonly<Record<number, number>> = { [IPPROTO_TCP]: 14, [IPPROTO_UDP]: 4, [IPPROTO_ICMP]: 2 };
+
+/**
+ * Where the L4 header of the IPv4 packet whose header starts at `ip` (see ipv4HeaderAt) starts,
+ * when summarizePacket reads one there: the IP header captured whole, the first fragment (later
+ * ones carry no L4 header), a protocol it knows (TCP, UDP, ICMP) and enough of that header
+ * captured; -1 otherwise. The metrics read ports and flags here without a summary.
+ */
+export function l4HeaderAt(data: Uint8Array, ip: number, end: number): number {
+  const l4 = ip + (data[ip] & 0x0f) * 4;
+  if (end < l4 || (be16At(data, ip + 6) & 0x1fff) !== 0) return -1;
+  const need = L4_HEADER_NEED[data[ip + 9]];
+  return need !== undefined && end - l4 >= need ? l4 : -1;
+}
+
 /**
  * Decodes whatever headers the frame in `data[start, end)` holds whole; a header cut short is
  * left out.
@@ -106,33 +122,30 @@ export function summarizePacket(data: Uint8Array, start = 0, end = data.length):
     checksumValid: whole ? internetChecksum(data.subarray(ip, ip + hdrlen)) === 0 : undefined,
     fragment: (fragOff & 0x3fff) !== 0,
   };
-  // Later fragments carry no L4 header.
-  if (!whole || (fragOff & 0x1fff) !== 0) return out;
-  const l4 = ip + hdrlen;
+  const l4 = l4HeaderAt(data, ip, end);
+  if (l4 < 0) return out;
   const left = end - l4;
   switch (out.ipv4.protocol) {
-    case IPPROTO_TCP:
-      if (left >= 14) {
-        const flags = data[l4 + 13];
-        out.l4 = { protocol: 'TCP', sourcePort: be16At(data, l4), destinationPort: be16At(data, l4 + 2), flags, flagNames: tcpFlagNames(flags) };
-      }
+    case IPPROTO_TCP: {
+      const flags = data[l4 + 13];
+      out.l4 = { protocol: 'TCP', sourcePort: be16At(data, l4), destinationPort: be16At(data, l4 + 2), flags, flagNames: tcpFlagNames(flags) };
       break;
+    }
     case IPPROTO_UDP:
-      if (left >= 4) out.l4 = { protocol: 'UDP', sourcePort: be16At(data, l4), destinationPort: be16At(data, l4 + 2) };
+      out.l4 = { protocol: 'UDP', sourcePort: be16At(data, l4), destinationPort: be16At(data, l4 + 2) };
       break;
-    case IPPROTO_ICMP:
-      if (left >= 2) {
-        const type = data[l4];
-        const echo = (type === 0 || type === 8) && left >= 8;
-        out.l4 = {
-          protocol: 'ICMPv4',
-          type,
-          code: data[l4 + 1],
-          id: echo ? be16At(data, l4 + 4) : undefined,
-          sequence: echo ? be16At(data, l4 + 6) : undefined,
-        };
-      }
+    case IPPROTO_ICMP: {
+      const type = data[l4];
+      const echo = (type === 0 || type === 8) && left >= 8;
+      out.l4 = {
+        protocol: 'ICMPv4',
+        type,
+        code: data[l4 + 1],
+        id: echo ? be16At(data, l4 + 4) : undefined,
+        sequence: echo ? be16At(data, l4 + 6) : undefined,
+      };
       break;
+    }
   }
   return out;
 }

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { HubbleMetrics, Registry, parseHubbleMetrics, type FlowMetricInput } from './index.ts';
+import { HubbleMetrics, PENDING_LABEL_SETS, Registry, parseHubbleMetrics, type FlowMetricInput } from './index.ts';
 import { parsePrometheusText, sampleValue } from './text-format-testing.ts';
 
 const xwing = { namespace: 'default', podName: 'xwing', identity: 257, workload: 'xwing' };
@@ -50,6 +50,28 @@ test('a context option with alternatives takes the first the flow has; metrics n
   assert.equal(sampleValue(m, 'hubble_drop_total', { source: '2', reason: 'POLICY_DENIED', protocol: 'UDP' }), 1, 'no workload: the identity');
   assert.equal(sampleValue(m, 'hubble_drop_total', { source: 'default/xwing', reason: 'POLICY_DENIED', protocol: 'UDP' }), 1);
   assert.deepEqual([...m.keys()].sort(), ['hubble_drop_total', 'hubble_lost_events_total']);
+});
+
+test('counts are exact across scrapes and past the label sets held between them; the metric keeps every label set', async () => {
+  const { hubble, scrape } = metrics(['port-distribution:sourceContext=pod']);
+  const request = (port: number, podName: string): FlowMetricInput => ({ type: 'Trace', verdict: 'FORWARDED', protocol: 'UDP', destinationPort: port, isReply: false, source: { namespace: 'default', podName } });
+  hubble.observeFlow(request(53, 'a'));
+  let m = await scrape();
+  assert.equal(sampleValue(m, 'hubble_port_distribution_total', { source: 'default/a', protocol: 'UDP', port: '53' }), 1);
+  hubble.observeFlow(request(53, 'a'));
+  hubble.observeFlow(request(53, 'a'));
+  m = await scrape();
+  assert.equal(sampleValue(m, 'hubble_port_distribution_total', { source: 'default/a', protocol: 'UDP', port: '53' }), 3, 'counted before and after a scrape');
+  m = await scrape();
+  assert.equal(sampleValue(m, 'hubble_port_distribution_total', { source: 'default/a', protocol: 'UDP', port: '53' }), 3, 'a scrape adds nothing');
+  // Churning label sets, more than are held at once, each seen twice far apart.
+  const sets = PENDING_LABEL_SETS + 500;
+  for (let round = 0; round < 2; round++) for (let i = 0; i < sets; i++) hubble.observeFlow(request(1000 + (i % 1000), `p${Math.floor(i / 1000)}`));
+  m = await scrape();
+  for (let i = 0; i < sets; i += 97) {
+    assert.equal(sampleValue(m, 'hubble_port_distribution_total', { source: `default/p${Math.floor(i / 1000)}`, protocol: 'UDP', port: String(1000 + (i % 1000)) }), 2, `label set ${i}`);
+  }
+  assert.equal(m.get('hubble_port_distribution_total')?.samples.length, sets + 1);
 });
 
 test('--hubble-metrics entries are checked: unknown metric, option, context, or a metric twice, each named', () => {

@@ -2,6 +2,7 @@
  * Hubble's flow metrics (`hubble_` prefix, served apart from the agent's, on Cilium's port 9965):
  * the observer hands each flow to HubbleMetrics.observeFlow() and each loss to lostEvents(); the
  * metrics `--hubble-metrics` enables count them with Hubble's names, labels and context options.
+ * Counts wait per label set in plain Maps and reach prom-client when scraped: they run per flow.
  * @module
  */
 import { Counter, type Registry } from 'prom-client';
@@ -118,6 +119,79 @@ function tcpFlagNames(flags: FlowMetricTcpFlags): string[] {
 
 const forwarded = (flow: FlowMetricInput) => flow.verdict === 'FORWARDED' || flow.verdict === 'REDIRECTED';
 
+/**
+ * Label sets a counter holds counts for at once before they are added to it: contexts (pods,
+ * identities) can be many and churn, and this cache must not grow with them. The counter itself
+ * keeps every label set it was given, as Hubble's do.
+ */
+export const PENDING_LABEL_SETS = 4096;
+
+/** A label set's count not yet added to its counter. */
+interface Pending {
+  readonly labels: Record<string, string>;
+  count: number;
+}
+
+/** Label values, one level per label, down to the pending count of that label set. */
+type PendingTree = Map<string, PendingTree | Pending>;
+
+/**
+ * Counts by label set, added to the counter when it is scraped (its collect()) or when this many
+ * label sets wait: prom-client's inc() with a label object hashes the object each time (its
+ * labels() children too), which cost more than the flow it counted. The label sets are found by
+ * their values one at a time (a tree of Maps): no key string is built per flow, and two label
+ * sets cannot share one.
+ */
+class PendingCounts {
+  readonly #labelNames: readonly string[];
+  readonly #counter: Counter<string>;
+  #root: PendingTree = new Map();
+  #sets: Pending[] = [];
+
+  /** Registers the counter, which adds what is pending whenever it is collected. */
+  constructor(registry: Registry, name: string, help: string, labelNames: string[]) {
+    this.#labelNames = labelNames;
+    this.#counter = new Counter<string>({ name, help, labelNames, registers: [registry], collect: () => this.flush() });
+  }
+
+  /** Counts one for the label set with these values, in the order of the label names. */
+  add(values: readonly string[]): void {
+    let node = this.#root;
+    const last = values.length - 1;
+    for (let i = 0; i < last; i++) {
+      let next = node.get(values[i]) as PendingTree | undefined;
+      if (next === undefined) node.set(values[i], (next = new Map()));
+      node = next;
+    }
+    const pending = node.get(values[last]) as Pending | undefined;
+    if (pending !== undefined) {
+      pending.count++;
+      return;
+    }
+    if (this.#sets.length >= PENDING_LABEL_SETS) {
+      this.flush();
+      this.#root = new Map();
+      this.#sets = [];
+      this.add(values);
+      return;
+    }
+    const labels: Record<string, string> = {};
+    for (let i = 0; i <= last; i++) labels[this.#labelNames[i]] = values[i];
+    const created: Pending = { labels, count: 1 };
+    node.set(values[last], created);
+    this.#sets.push(created);
+  }
+
+  /** Adds what was counted to the counter; the label sets stay, with nothing pending. */
+  flush(): void {
+    for (const pending of this.#sets) {
+      if (pending.count === 0) continue;
+      this.#counter.inc(pending.labels, pending.count);
+      pending.count = 0;
+    }
+  }
+}
+
 export class HubbleMetrics implements HubbleMetricsSink {
   readonly #handlers: Handler[] = [];
   readonly #lost: Counter<'source'>;
@@ -137,23 +211,30 @@ export class HubbleMetrics implements HubbleMetricsSink {
   }
 
   #handler(registry: Registry, option: HubbleMetricOptions): Handler {
-    const contextLabels = [...(option.sourceContext.length > 0 ? ['source'] : []), ...(option.destinationContext.length > 0 ? ['destination'] : [])];
-    const counter = (name: string, help: string, labels: string[]) => new Counter<string>({ name: `hubble_${name}`, help, labelNames: [...contextLabels, ...labels], registers: [registry] });
-    const withContext = (flow: FlowMetricInput, labels: Record<string, string>): Record<string, string> => {
-      if (option.sourceContext.length > 0) labels.source = contextValue(option.sourceContext, flow.source);
-      if (option.destinationContext.length > 0) labels.destination = contextValue(option.destinationContext, flow.destination);
-      return labels;
+    const sourceContext = option.sourceContext.length > 0;
+    const destinationContext = option.destinationContext.length > 0;
+    const contextLabels = [...(sourceContext ? ['source'] : []), ...(destinationContext ? ['destination'] : [])];
+    const counter = (name: string, help: string, labels: string[]) => new PendingCounts(registry, `hubble_${name}`, help, [...contextLabels, ...labels]);
+    // The flow's context values before the metric's own, as the label names are ordered.
+    const count = (c: PendingCounts, f: FlowMetricInput, own: string[]): void => {
+      if (!sourceContext && !destinationContext) return c.add(own);
+      const values: string[] = [];
+      if (sourceContext) values.push(contextValue(option.sourceContext, f.source));
+      if (destinationContext) values.push(contextValue(option.destinationContext, f.destination));
+      for (const value of own) values.push(value);
+      c.add(values);
     };
     const handlers: Record<HubbleMetricName, () => Handler> = {
       flow: () => {
         const c = counter('flows_processed_total', 'Total number of flows processed', ['protocol', 'type', 'subtype', 'verdict']);
-        return { observe: (f) => c.inc(withContext(f, { protocol: f.protocol ?? '', type: f.type, subtype: f.subtype ?? '', verdict: f.verdict })) };
+        return { observe: (f) => count(c, f, [f.protocol ?? '', f.type, f.subtype ?? '', f.verdict]) };
       },
       drop: () => {
         const c = counter('drop_total', 'Number of drops', ['reason', 'protocol']);
         return {
           observe: (f) => {
-            if (f.verdict === 'DROPPED') c.inc(withContext(f, { reason: f.dropReason ?? 'DROP_REASON_UNKNOWN', protocol: f.protocol ?? '' }));
+            if (f.verdict !== 'DROPPED') return;
+            count(c, f, [f.dropReason ?? 'DROP_REASON_UNKNOWN', f.protocol ?? '']);
           },
         };
       },
@@ -163,7 +244,7 @@ export class HubbleMetrics implements HubbleMetricsSink {
           observe: (f) => {
             if (f.protocol !== 'TCP' || !f.tcpFlags || !forwarded(f)) return;
             const family = f.ipVersion === 6 ? 'IPv6' : 'IPv4';
-            for (const flag of tcpFlagNames(f.tcpFlags)) c.inc(withContext(f, { flag, family }));
+            for (const flag of tcpFlagNames(f.tcpFlags)) count(c, f, [flag, family]);
           },
         };
       },
@@ -172,7 +253,7 @@ export class HubbleMetrics implements HubbleMetricsSink {
         return {
           observe: (f) => {
             if (f.type !== 'PolicyVerdict') return;
-            c.inc(withContext(f, { direction: f.trafficDirection ?? 'unknown', match: f.policyMatch ?? 'none', action: f.verdict.toLowerCase() }));
+            count(c, f, [f.trafficDirection ?? 'unknown', f.policyMatch ?? 'none', f.verdict.toLowerCase()]);
           },
         };
       },
@@ -183,7 +264,7 @@ export class HubbleMetrics implements HubbleMetricsSink {
             // Requests only, as Hubble: a reply's destination port is the client's ephemeral one, and a
             // flow not known to be a request (isReply undefined) is not counted either.
             if (!forwarded(f) || f.isReply !== false || f.destinationPort === undefined || f.protocol === undefined) return;
-            c.inc(withContext(f, { protocol: f.protocol, port: String(f.destinationPort) }));
+            count(c, f, [f.protocol, String(f.destinationPort)]);
           },
         };
       },
@@ -208,20 +289,28 @@ export interface FlowForMetrics {
 }
 
 /** Monitor event types (Cilium's): what the `type` label of a flow's metrics says. */
-const FLOW_TYPES: Readonly<Record<number, FlowMetricInput['type']>> = { 1: 'Drop', 4: 'Trace', 5: 'PolicyVerdict' };
+export const FLOW_METRIC_TYPES: Readonly<Record<number, FlowMetricInput['type']>> = { 1: 'Drop', 4: 'Trace', 5: 'PolicyVerdict' };
 /** Cilium's policy match names, by the match type a verdict carries. */
-const POLICY_MATCHES: Readonly<Record<number, string>> = { 0: 'none', 1: 'l3-only', 2: 'l3-l4', 3: 'l4-only', 4: 'all' };
+export const POLICY_MATCHES: Readonly<Record<number, string>> = { 0: 'none', 1: 'l3-only', 2: 'l3-l4', 3: 'l4-only', 4: 'all' };
 
-/** What the Hubble metrics count of one flow. */
+/** A trace's `subtype` label: its observation point (Hubble's name, TO_ENDPOINT) in kebab case. */
+export function traceSubtypeLabel(observationPoint: string): string {
+  return observationPoint.toLowerCase().replaceAll('_', '-');
+}
+
+/**
+ * What the Hubble metrics count of one Flow. The observer gives the same of its buffer entries
+ * without building their Flow (FlowEntry.metricInput()); a test holds the two together.
+ */
 export function flowMetricInput(flow: FlowForMetrics): FlowMetricInput {
   const l4 = flow.l4;
   const protocol = l4?.TCP ? 'TCP' : l4?.UDP ? 'UDP' : l4?.SCTP ? 'SCTP' : l4?.ICMPv4 ? 'ICMPv4' : l4?.ICMPv6 ? 'ICMPv6' : undefined;
   const endpoint = (e: FlowForMetrics['source']): FlowMetricEndpoint | undefined =>
     e && { namespace: e.namespace, podName: e.podName, identity: e.identity, workload: e.workloads?.[0]?.name };
-  const type = FLOW_TYPES[flow.eventType?.type ?? -1] ?? 'Unknown';
+  const type = FLOW_METRIC_TYPES[flow.eventType?.type ?? -1] ?? 'Unknown';
   return {
     type,
-    subtype: type === 'Trace' ? flow.traceObservationPoint?.toLowerCase().replaceAll('_', '-') : undefined,
+    subtype: type === 'Trace' && flow.traceObservationPoint !== undefined ? traceSubtypeLabel(flow.traceObservationPoint) : undefined,
     verdict: flow.verdict ?? 'VERDICT_UNKNOWN',
     dropReason: typeof flow.dropReasonDesc === 'string' ? flow.dropReasonDesc : undefined,
     protocol,

@@ -17,6 +17,10 @@ import {
   ipString,
   ipv4At,
   ipv4HeaderAt,
+  IPPROTO_ICMP,
+  IPPROTO_TCP,
+  IPPROTO_UDP,
+  l4HeaderAt,
   MonitorEventType,
   policyVerdictEvent,
   summarizePacket,
@@ -25,6 +29,7 @@ import {
   traceEvent,
   TracePoint,
 } from '../datapath/index.ts';
+import { FLOW_METRIC_TYPES, POLICY_MATCHES, traceSubtypeLabel, type FlowMetricEndpoint, type FlowMetricInput, type FlowMetricTcpFlags } from '../metrics/index.ts';
 import { PolicyDirection, PolicyVerdict } from '../policy/index.ts';
 import { ObserverError } from './errors.ts';
 import { flowSummary } from './printer.ts';
@@ -81,11 +86,21 @@ function flowEndpoint(local: FlowEndpointInfo | undefined, identity: number, lab
   const out: FlowEndpoint = { identity };
   if (local?.id) out.ID = local.id;
   if (labels) out.labels = [...labels];
-  const namespace = local?.namespace ?? labels?.find((l) => l.startsWith(NAMESPACE_LABEL))?.slice(NAMESPACE_LABEL.length);
+  const namespace = endpointNamespace(local, labels);
   if (namespace) out.namespace = namespace;
   if (local?.podName) out.podName = local.podName;
   if (local?.workload) out.workloads = [{ name: local.workload.name, kind: local.workload.kind }];
   return out;
+}
+
+/** A side's namespace: its endpoint's, or its identity's namespace label. */
+function endpointNamespace(local: FlowEndpointInfo | undefined, labels: readonly string[] | undefined): string | undefined {
+  return local?.namespace ?? labels?.find((l) => l.startsWith(NAMESPACE_LABEL))?.slice(NAMESPACE_LABEL.length);
+}
+
+/** A side as the metrics name it: what flowEndpoint gives the Flow, the fields the contexts read. */
+function metricEndpoint(local: FlowEndpointInfo | undefined, identity: number, labels: readonly string[] | undefined): FlowMetricEndpoint {
+  return { namespace: endpointNamespace(local, labels) || undefined, podName: local?.podName || undefined, identity, workload: local?.workload?.name };
 }
 
 function layer4(l4: L4Summary | undefined): Layer4 | undefined {
@@ -117,6 +132,43 @@ function dropReasonDesc(code: number): string | number {
   return DropReason[code] ?? code;
 }
 
+/*
+ * What a record says of its flow, read once here for the Flow (buildFlow) and the metrics
+ * (metricInput): one definition of each.
+ */
+
+/** A policy verdict's direction is its own field; other events carry it in their flags. */
+function recordIngress(record: Buffer, at: number, type: number, flags: number): boolean {
+  return type === MonitorEventType.POLICY_VERDICT ? record[at + VERDICT.direction] === PolicyDirection.INGRESS : (flags & EventFlag.INGRESS) !== 0;
+}
+
+/** Whether a policy verdict allowed the packet. */
+function verdictAllowed(record: Buffer, at: number): boolean {
+  return record[at + VERDICT.verdict] === PolicyVerdict.ALLOWED;
+}
+
+/** The Flow's verdict: drops and denying verdicts drop, the rest forward. */
+function recordVerdict(record: Buffer, at: number, type: number): 'FORWARDED' | 'DROPPED' {
+  return type === MonitorEventType.DROP || (type === MonitorEventType.POLICY_VERDICT && !verdictAllowed(record, at)) ? 'DROPPED' : 'FORWARDED';
+}
+
+/** The drop reason a record carries (a drop's subtype, a denying verdict's field); 0 for none. */
+function recordDropReason(record: Buffer, at: number, type: number): number {
+  if (type === MonitorEventType.DROP) return record[at + HDR.subtype];
+  return type === MonitorEventType.POLICY_VERDICT && !verdictAllowed(record, at) ? record[at + VERDICT.drop_reason] : 0;
+}
+
+/** The Flow's traffic direction; a policy drop's is the denying verdict's when it had one (FlowIngest's policyIngress). */
+function recordDirection(record: Buffer, at: number, type: number, flags: number, policyIngress: boolean | undefined): TrafficDirection {
+  if (type === MonitorEventType.TRACE) return traceDirection(record[at + HDR.subtype], (flags & EventFlag.REPLY) !== 0);
+  return (policyIngress ?? recordIngress(record, at, type, flags)) ? 'INGRESS' : 'EGRESS';
+}
+
+/** A trace's observation point by its subtype, as Hubble names it. */
+function traceObservationPoint(subtype: number): string {
+  return TRACE_OBSERVATION_POINTS[hubbleObservationPoint(subtype) ?? 0] ?? 'UNKNOWN_POINT';
+}
+
 /**
  * The Flow of the checked record at `at` in `record`, whose event happened at `timeNs` (ns since
  * the epoch), its sides as `named` says. Reads the record's fields where they are (the offsets of
@@ -127,8 +179,6 @@ function buildFlow(record: Buffer, at: number, timeNs: bigint, uuid: string, nod
   const type = record[at + HDR.type];
   const flags = record[at + HDR.flags];
   const isReply = (flags & EventFlag.REPLY) !== 0;
-  const verdictEvent = type === MonitorEventType.POLICY_VERDICT;
-  const ingress = verdictEvent ? record[at + VERDICT.direction] === PolicyDirection.INGRESS : (flags & EventFlag.INGRESS) !== 0;
   const capture = at + CAPTURE_AT[type];
   const packet = summarizePacket(record, capture, capture + Math.min(record.readUInt32LE(at + HDR.cap_len), EVENT_CAPTURE_LEN));
   const ip = packet.ipv4;
@@ -148,46 +198,95 @@ function buildFlow(record: Buffer, at: number, timeNs: bigint, uuid: string, nod
   const ifindex = record.readUInt32LE(at + HDR.ifindex);
   if (ifindex) flow.interface = { index: ifindex };
   const subtype = record[at + HDR.subtype];
-  switch (type) {
-    case MonitorEventType.TRACE: {
-      flow.verdict = 'FORWARDED';
-      flow.eventType = { type: MonitorEventType.TRACE, subType: subtype };
-      flow.traceObservationPoint = TRACE_OBSERVATION_POINTS[hubbleObservationPoint(subtype) ?? 0] ?? 'UNKNOWN_POINT';
-      // A trace's `reason` is its conntrack status.
-      flow.traceReason = TRACE_REASONS[record[at + HDR.reason] + 1] ?? 'TRACE_REASON_UNKNOWN';
-      flow.trafficDirection = traceDirection(subtype, isReply);
-      break;
-    }
-    case MonitorEventType.DROP:
-      // A drop's subtype is its reason.
-      flow.verdict = 'DROPPED';
-      flow.dropReason = subtype;
-      flow.dropReasonDesc = dropReasonDesc(subtype);
-      flow.eventType = { type: MonitorEventType.DROP, subType: subtype };
-      flow.trafficDirection = (named.policyIngress ?? ingress) ? 'INGRESS' : 'EGRESS';
-      break;
-    case MonitorEventType.POLICY_VERDICT: {
-      const allowed = record[at + VERDICT.verdict] === PolicyVerdict.ALLOWED;
-      const dropReason = record[at + VERDICT.drop_reason];
-      flow.eventType = { type: MonitorEventType.POLICY_VERDICT, subType: 0 };
-      flow.trafficDirection = ingress ? 'INGRESS' : 'EGRESS';
-      flow.policyMatchType = record[at + VERDICT.match_type];
-      flow.verdict = allowed ? 'FORWARDED' : 'DROPPED';
-      if (!allowed && dropReason) {
-        flow.dropReason = dropReason;
-        flow.dropReasonDesc = dropReasonDesc(dropReason);
-      }
-      const policy = named.policy;
-      if (policy) {
-        const field = allowed ? (ingress ? 'ingressAllowedBy' : 'egressAllowedBy') : ingress ? 'ingressDeniedBy' : 'egressDeniedBy';
-        flow[field] = [policy.labels ? { ...policy, labels: [...policy.labels] } : { ...policy }];
-      }
-      break;
+  flow.verdict = recordVerdict(record, at, type);
+  flow.trafficDirection = recordDirection(record, at, type, flags, named.policyIngress);
+  // A drop's subtype is its reason; a verdict's subtype is 0.
+  flow.eventType = { type, subType: type === MonitorEventType.POLICY_VERDICT ? 0 : subtype };
+  const dropReason = recordDropReason(record, at, type);
+  if (type === MonitorEventType.DROP || dropReason) {
+    flow.dropReason = dropReason;
+    flow.dropReasonDesc = dropReasonDesc(dropReason);
+  }
+  if (type === MonitorEventType.TRACE) {
+    flow.traceObservationPoint = traceObservationPoint(subtype);
+    // A trace's `reason` is its conntrack status.
+    flow.traceReason = TRACE_REASONS[record[at + HDR.reason] + 1] ?? 'TRACE_REASON_UNKNOWN';
+  } else if (type === MonitorEventType.POLICY_VERDICT) {
+    flow.policyMatchType = record[at + VERDICT.match_type];
+    const policy = named.policy;
+    if (policy) {
+      const allowed = verdictAllowed(record, at);
+      const ingress = recordIngress(record, at, type, flags);
+      const field = allowed ? (ingress ? 'ingressAllowedBy' : 'egressAllowedBy') : ingress ? 'ingressDeniedBy' : 'egressDeniedBy';
+      flow[field] = [policy.labels ? { ...policy, labels: [...policy.labels] } : { ...policy }];
     }
   }
   // Deprecated in flow.proto, but what hubble's compact output prints in parentheses.
   flow.Summary = flowSummary(flow);
   return flow;
+}
+
+const METRIC_DIRECTIONS: Readonly<Record<TrafficDirection, 'ingress' | 'egress' | 'unknown'>> = { INGRESS: 'ingress', EGRESS: 'egress', TRAFFIC_DIRECTION_UNKNOWN: 'unknown' };
+/** The `subtype` label of a trace by its subtype: the observation point, kebab-case. */
+const TRACE_SUBTYPE_LABELS: readonly string[] = Array.from({ length: 256 }, (_, subtype) => traceSubtypeLabel(traceObservationPoint(subtype)));
+/** The flags of each TCP flags byte, shared: the metrics only read them. */
+const METRIC_TCP_FLAGS: readonly Readonly<FlowMetricTcpFlags>[] = Array.from({ length: 256 }, (_, bits) => Object.freeze(tcpFlags(bits)));
+
+/**
+ * What the Hubble metrics count of the checked record at `at`, read from the record and the
+ * names its entry kept, without building its Flow: the same values flowMetricInput (src/metrics)
+ * takes from the Flow, by the same helpers buildFlow uses (a test holds the two together). The
+ * sides are made only when a metric reads them (a source or destination context): by default
+ * none does.
+ */
+class EntryMetricInput implements FlowMetricInput {
+  readonly type: FlowMetricInput['type'];
+  readonly subtype: string | undefined;
+  readonly verdict: string;
+  readonly dropReason: string | undefined;
+  readonly protocol: string | undefined;
+  readonly ipVersion: 4 | undefined;
+  readonly tcpFlags: FlowMetricTcpFlags | undefined;
+  readonly trafficDirection: 'ingress' | 'egress' | 'unknown';
+  readonly policyMatch: string | undefined;
+  readonly destinationPort: number | undefined;
+  readonly isReply: boolean;
+  readonly #named: FlowEntry;
+  #source: FlowMetricEndpoint | undefined;
+  #destination: FlowMetricEndpoint | undefined;
+
+  constructor(record: Buffer, at: number, named: FlowEntry) {
+    const type = record[at + HDR.type];
+    const flags = record[at + HDR.flags];
+    const capture = at + CAPTURE_AT[type];
+    const end = capture + Math.min(record.readUInt32LE(at + HDR.cap_len), EVENT_CAPTURE_LEN);
+    const ip = ipv4HeaderAt(record, capture, end);
+    const l4 = ip < 0 ? -1 : l4HeaderAt(record, ip, end);
+    const l4Protocol = l4 < 0 ? 0 : record[ip + 9];
+    const dropReason = recordDropReason(record, at, type);
+    this.type = FLOW_METRIC_TYPES[type] ?? 'Unknown';
+    this.subtype = type === MonitorEventType.TRACE ? TRACE_SUBTYPE_LABELS[record[at + HDR.subtype]] : undefined;
+    this.verdict = recordVerdict(record, at, type);
+    this.dropReason = type === MonitorEventType.DROP || dropReason ? DropReason[dropReason] : undefined;
+    this.protocol = l4Protocol === IPPROTO_TCP ? 'TCP' : l4Protocol === IPPROTO_UDP ? 'UDP' : l4Protocol === IPPROTO_ICMP ? 'ICMPv4' : undefined;
+    this.ipVersion = ip < 0 ? undefined : 4;
+    this.tcpFlags = l4Protocol === IPPROTO_TCP ? METRIC_TCP_FLAGS[record[l4 + 13]] : undefined;
+    this.trafficDirection = METRIC_DIRECTIONS[recordDirection(record, at, type, flags, named.policyIngress)];
+    this.policyMatch = type === MonitorEventType.POLICY_VERDICT ? POLICY_MATCHES[record[at + VERDICT.match_type]] : undefined;
+    this.destinationPort = l4Protocol === IPPROTO_TCP || l4Protocol === IPPROTO_UDP ? (record[l4 + 2] << 8) | record[l4 + 3] : undefined;
+    this.isReply = (flags & EventFlag.REPLY) !== 0;
+    this.#named = named;
+  }
+
+  get source(): FlowMetricEndpoint {
+    const named = this.#named;
+    return (this.#source ??= metricEndpoint(named.sourceLocal, named.sourceIdentity, named.sourceLabels));
+  }
+
+  get destination(): FlowMetricEndpoint {
+    const named = this.#named;
+    return (this.#destination ??= metricEndpoint(named.destinationLocal, named.destinationIdentity, named.destinationLabels));
+  }
 }
 
 /**
@@ -273,6 +372,11 @@ export class FlowEntry {
     return buildFlow(records.bytes, at, this.timeNs, this.#uuid, this.#store.names.nodeName, this);
   }
 
+  /** What the Hubble metrics count of this flow, read without building the Flow (while the buffer holds it). */
+  metricInput(): FlowMetricInput {
+    return new EntryMetricInput(this.#store.records.bytes, this.#offset(), this);
+  }
+
   /** Where the record is, while it is still this entry's: every reader builds flows while the buffer holds them. */
   #offset(): number {
     if (!this.#store.holds(this)) throw new ObserverError('ERR_OBSERVER_OVERWRITTEN', `flow ${this.seq} was read after the buffer overwrote it`);
@@ -310,13 +414,13 @@ export class FlowIngest {
     const dstIdentity = record.readUInt32LE(offset + HDR.dst_identity);
     const verdict = type === MonitorEventType.POLICY_VERDICT;
     const reporter = verdict ? record.readUInt16LE(offset + VERDICT.endpoint_id) : source;
-    const ingress = verdict ? record[offset + VERDICT.direction] === PolicyDirection.INGRESS : (flags & EventFlag.INGRESS) !== 0;
+    const ingress = recordIngress(record, offset, type, flags);
     const capture = offset + CAPTURE_AT[type];
     const ip = ipv4HeaderAt(record, capture, capture + Math.min(record.readUInt32LE(offset + HDR.cap_len), EVENT_CAPTURE_LEN));
     let policy: FlowPolicy | undefined;
     let policyIngress: boolean | undefined;
     if (verdict) {
-      const allowed = record[offset + VERDICT.verdict] === PolicyVerdict.ALLOWED;
+      const allowed = verdictAllowed(record, offset);
       this.#denied = allowed ? undefined : { hash: record.readUInt32LE(offset + HDR.hash), source, srcIdentity, dstIdentity, ingress };
       const cookie = record.readUInt32LE(offset + VERDICT.cookie);
       policy = cookie ? this.#names.policyForCookie(cookie) : undefined;

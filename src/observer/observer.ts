@@ -12,7 +12,7 @@ import { RecordSlots } from '../datapath/index.ts';
 import { FlowRing, type RingEntry } from './buffer.ts';
 import { InvalidRequestError } from './errors.ts';
 import { compileFilters, type FlowPredicate } from './filter.ts';
-import { FlowIngest, type FlowNames } from './flow.ts';
+import { FlowIngest, type FlowEntry, type FlowNames } from './flow.ts';
 import { timestampToNs, type Flow, type GetFlowsRequest, type LostEvent, type LostEventSource } from './types.ts';
 
 /**
@@ -34,8 +34,11 @@ export interface FlowObserverOptions {
   queueSize: number;
   names: FlowNames;
   log: Logger;
-  /** Told of every flow as it enters the buffer (Hubble's metrics), synchronously: keep it cheap. */
-  onFlow?: (flow: Flow) => void;
+  /**
+   * Told of every flow as it enters the buffer (Hubble's metrics), synchronously: keep it cheap
+   * (the entry's metricInput() rather than its flow, which builds the whole message).
+   */
+  onFlow?: (entry: FlowEntry) => void;
   /** Told of every loss, by Hubble's LostEvent source. */
   onLost?: (source: LostEventSource, count: number) => void;
 }
@@ -261,7 +264,7 @@ export class FlowObserver {
         // whole: a record refused must not overwrite the entry that still holds that slot.
         this.#records.put(this.ring.next % this.ring.capacity, waiting.bytes, from, length);
         this.ring.pushEntry(entry);
-        this.#onFlow?.(entry.flow);
+        this.#onFlow?.(entry);
       } catch (error) {
         this.#decodeErrors++;
         this.#log.warn({ err: error }, 'making a flow of a datapath event failed');

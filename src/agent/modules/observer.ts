@@ -6,7 +6,7 @@
  */
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
-import { flowMetricInput, listenAddressSetting, lostEventSourceLabel, NO_HUBBLE_METRICS } from '../../metrics/index.ts';
+import { listenAddressSetting, lostEventSourceLabel, NO_HUBBLE_METRICS } from '../../metrics/index.ts';
 import { FlowObserver, ObserverServer, bindAddress, readServerTls, peerStoreKey, publishedAddress, type FlowEndpointInfo, type FlowNames, type FlowPolicy, type HubblePeerRecord } from '../../observer/index.ts';
 import { ConfigError } from '../config.ts';
 import { defineModule } from '../module.ts';
@@ -94,7 +94,7 @@ export const observerModule = defineModule({
       names,
       log,
       // Nothing per flow when the Hubble metrics are off: the flow path is the observer's hot path.
-      onFlow: hubbleMetrics === NO_HUBBLE_METRICS ? undefined : (flow) => hubbleMetrics.observeFlow(flowMetricInput(flow)),
+      onFlow: hubbleMetrics === NO_HUBBLE_METRICS ? undefined : (entry) => hubbleMetrics.observeFlow(entry.metricInput()),
       onLost: (source, count) => {
         const label = lostEventSourceLabel(source);
         if (label) hubbleMetrics.lostEvents(label, count);
