@@ -14,6 +14,7 @@ import { registerCompletionCommand } from './completion.ts';
 import { registerObserveCommand } from './observe.ts';
 import { registerPolicyCommands } from './policy.ts';
 import { registerRelayCommand } from './relay.ts';
+import { registerServiceCommands } from './service.ts';
 
 export function buildProgram(): Command {
   const program = new Command('ciliate')
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
   registerAgentCommands(program);
   registerCniCommands(program);
   registerPolicyCommands(program);
+  registerServiceCommands(program);
   registerObserveCommand(program);
   registerRelayCommand(program);
   registerCompletionCommand(program);

@@ -17,3 +17,13 @@ export function formatTable(header: readonly string[], rows: readonly (readonly 
   const line = (cells: readonly string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join('  ');
   return [line(header), ...rows.map(line)].join('\n');
 }
+
+/** --socket: where the agent's API listens. */
+export function socketOption(): Option {
+  return new Option('--socket <path>', 'agent API socket').env('CILIATE_SOCKET_PATH').default('/var/run/ciliate/ciliate.sock');
+}
+
+/** `value` as JSON (-o json) or as the table `table()` makes. */
+export function printOutput(format: OutputFormat, value: unknown, table: () => string): void {
+  process.stdout.write(`${format === 'json' ? JSON.stringify(value, null, 2) : table()}\n`);
+}

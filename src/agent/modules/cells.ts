@@ -7,6 +7,7 @@
 import type { EndpointDatapath, NodeRouting } from '../../datapath/index.ts';
 import type { IdentityAllocator } from '../../identity/index.ts';
 import type { NodeIpam } from '../../ipam/index.ts';
+import type { ServiceManager } from '../../loadbalancer/index.ts';
 import type { HubbleMetricsSink } from '../../metrics/index.ts';
 import type { StateStore } from '../../store/index.ts';
 import type { ApiServer } from '../api-server.ts';
@@ -45,3 +46,5 @@ export const MonitorCell = cell<Monitor>('monitor');
 export const ClusterCell = cell<ClusterWatcher>('cluster');
 /** Where the observer hands each flow for Hubble's metrics (a sink that ignores them when those are off). */
 export const HubbleMetricsCell = cell<HubbleMetricsSink>('hubble-metrics');
+/** Services and the frontends this node balances. */
+export const ServicesCell = cell<ServiceManager>('services');

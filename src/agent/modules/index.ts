@@ -15,6 +15,7 @@ import { identitiesModule, identityGcConfig, identityGcModule } from './identity
 import { nodeConfig, nodeModule } from './node.ts';
 import { observerConfig, observerModule } from './observer.ts';
 import { monitorModule, policyConfig, policyModule, policyStatusModule } from './policy.ts';
+import { servicesConfig, servicesModule } from './services.ts';
 import { storeConfig, storeModule } from './store.ts';
 
 export const AGENT_MODULES: readonly AgentModule[] = [
@@ -33,6 +34,7 @@ export const AGENT_MODULES: readonly AgentModule[] = [
   policyStatusModule,
   identityGcModule,
   clusterModule,
+  servicesModule,
   hubbleMetricsModule,
   observerModule,
   metricsModule,
@@ -47,6 +49,7 @@ export const AgentConfigSchema = configSchema({
   ...masqueradeConfig,
   ...identityGcConfig,
   ...policyConfig,
+  ...servicesConfig,
   ...observerConfig,
   ...apiConfig,
   ...metricsConfig,

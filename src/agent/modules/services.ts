@@ -1,0 +1,122 @@
+/**
+ * Services: definitions in the shared store (`services/`, this module's prefix), the cluster's
+ * pods they select, the frontends this node balances, and the services API.
+ * @module
+ */
+import { z } from 'zod';
+import {
+  DEFAULT_MAGLEV_HASH_SEED,
+  DEFAULT_MAGLEV_TABLE_SIZE,
+  isMaglevTableSize,
+  MAGLEV_TABLE_SIZES,
+  maglevSeed,
+  SERVICE_SPECS_PREFIX,
+  ServiceManager,
+  serviceKey,
+  serviceRequestSchema,
+  type Service,
+} from '../../loadbalancer/index.ts';
+import { Prefix } from '../../net/index.ts';
+import type { Endpoint } from '../endpoint.ts';
+import { ENDPOINTS_PREFIX } from '../endpoint.ts';
+import { ConfigError, ipv4Cidr } from '../config.ts';
+import { followPrefix } from '../follow.ts';
+import { parseRequest } from '../api-errors.ts';
+import { defineModule } from '../module.ts';
+import { ServicesCell, StoreCell } from './cells.ts';
+
+const NODE_PORT_RANGE = /^(\d{1,5})-(\d{1,5})$/;
+
+export const servicesConfig = {
+  /** Kubernetes' kube-apiserver default; must not overlap the cluster CIDR (pods' 10.244.0.0/16). */
+  serviceCidr: ipv4Cidr.default('10.96.0.0/16').describe('ClusterIPs of services are allocated from this CIDR'),
+  nodePortRange: z
+    .string()
+    .refine((text) => {
+      const match = NODE_PORT_RANGE.exec(text);
+      return match !== null && Number(match[1]) >= 1 && Number(match[1]) <= Number(match[2]) && Number(match[2]) <= 65535;
+    }, 'must be MIN-MAX, two ports with MIN ≤ MAX, e.g. 30000-32767')
+    .default('30000-32767')
+    .describe('node ports of NodePort and LoadBalancer services come from this range'),
+  /** Cilium's --bpf-lb-algorithm. */
+  lbAlgorithm: z.enum(['random', 'maglev']).default('random').describe('how a frontend picks a backend for a new connection: random or maglev'),
+  /** Cilium's --bpf-lb-maglev-table-size. */
+  maglevTableSize: z
+    .number()
+    .int()
+    .refine(isMaglevTableSize, `must be one of ${MAGLEV_TABLE_SIZES.join(', ')}`)
+    .default(DEFAULT_MAGLEV_TABLE_SIZE)
+    .describe(`slots of each service's Maglev table, one of ${MAGLEV_TABLE_SIZES.join(', ')} (about 100 per backend)`),
+  /** Cilium's --bpf-lb-maglev-hash-seed: every node must have the same. */
+  maglevHashSeed: z
+    .string()
+    .refine((seed) => Buffer.from(seed, 'base64').length >= 4, 'must be base64 of at least 4 bytes')
+    .default(DEFAULT_MAGLEV_HASH_SEED)
+    .describe('seed of the Maglev permutations, the same on every node (base64, e.g. head -c12 /dev/urandom | base64)'),
+};
+
+function nodePortRange(text: string): { min: number; max: number } {
+  const [, min, max] = NODE_PORT_RANGE.exec(text)!;
+  return { min: Number(min), max: Number(max) };
+}
+
+/** A service as the API shows it: the definition and the frontends this node balances. */
+export type ServiceView = Service & { frontends: { address: string; kind: string; backends: string[] }[] };
+
+export const servicesModule = defineModule({
+  name: 'services',
+  description: 'services (ClusterIP, NodePort, LoadBalancer) from the store, their backends among the cluster\'s pods, and the services API',
+  config: servicesConfig,
+  needs: { store: StoreCell },
+  provides: ServicesCell,
+  async start({ store }, { config, log, api }) {
+    const serviceCidr = Prefix.parse(config.serviceCidr, { family: 4 });
+    const clusterCidr = Prefix.parse(config.clusterCidr, { family: 4 });
+    if (serviceCidr.overlaps(clusterCidr)) {
+      throw new ConfigError(`serviceCidr ${serviceCidr} overlaps clusterCidr ${clusterCidr}: a ClusterIP must never be a pod's address`);
+    }
+    maglevSeed(config.maglevHashSeed);
+    const limits = { serviceCidr: config.serviceCidr, nodePortRange: nodePortRange(config.nodePortRange) };
+    const schema = serviceRequestSchema(limits);
+    const services = new ServiceManager({ store, limits, log });
+    const abort = new AbortController();
+    const onEnd = (prefix: string) => (error: unknown, compacted: boolean) => log.error({ err: error, prefix, compacted }, 'watch ended; services are stale');
+    // Pods first, so a listed service resolves its backends at once.
+    const pods = await followPrefix<Endpoint>(store, ENDPOINTS_PREFIX, {
+      signal: abort.signal,
+      onEnd: onEnd(ENDPOINTS_PREFIX),
+      apply: (event) => {
+        if (event.type === 'delete') services.deletePod(event.key);
+        else services.upsertPod({ key: event.key, ipv4: event.value.ipv4, namespace: event.value.namespace ?? 'default', labels: event.value.labels ?? {} });
+      },
+    });
+    const specs = await followPrefix<Service>(store, SERVICE_SPECS_PREFIX, { signal: abort.signal, onEnd: onEnd(SERVICE_SPECS_PREFIX), apply: (event) => services.applyServiceEvent(event) });
+    services.listed(specs.revision);
+
+    const view = (service: Service): ServiceView => ({
+      ...service,
+      frontends: services.frontendsOf(serviceKey(service)).map((f) => ({ address: f.key, kind: f.kind, backends: f.backends.map((b) => `${b.ip}:${b.port}`) })),
+    });
+    api.route('GET', '/v1/services', () => services.list().map(view));
+    api.route('GET', '/v1/services/:namespace/:name', ({ params }) => view(services.get(params.namespace, params.name)));
+    api.route('POST', '/v1/services', async ({ body }) => {
+      const { service, revision } = await services.create(parseRequest(schema, body, 'service'));
+      // Answer once this node's view has it: a `service get` right after sees it.
+      await services.synced(revision);
+      return { ...view(services.services.get(serviceKey(service)) ?? service), revision };
+    });
+    api.route('DELETE', '/v1/services/:namespace/:name', async ({ params }) => {
+      const { revision } = await services.delete(params.namespace, params.name);
+      await services.synced(revision);
+      return { deleted: `${params.namespace}/${params.name}`, revision };
+    });
+    return {
+      value: services,
+      stop: async () => {
+        abort.abort();
+        await Promise.allSettled([pods.loop, specs.loop]);
+      },
+      status: () => ({ services: { services: services.services.size, frontends: services.frontends.size, algorithm: config.lbAlgorithm } }),
+    };
+  },
+});
