@@ -1,0 +1,329 @@
+/**
+ * The frontends table into the kernel's load-balancing maps (bpf/lib/lb.h), one frontend at a
+ * time and only what changed: a backend added to a service writes its backend entry (when new
+ * to the node), its slot and the service's slot 0; a backend removed moves the last slot into
+ * its place. Slot order is kept across changes, so a change touches O(backends changed) entries,
+ * not O(backends).
+ *
+ * Backend ids and service (reverse NAT) ids are node-local. A restarted agent adopts what the
+ * maps hold (ids, slot order) and goes on from there; a refresh compares the maps with the table,
+ * rewrites frontends that drifted and deletes the ones nobody wants.
+ * @module
+ */
+import type { Logger } from 'pino';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { attachCgroup, Link, type BpfObject } from '../ebpf/index.ts';
+import { Reconciler, type ReconcilerHealth, type Table } from '../statedb/index.ts';
+import { maglevTable } from './maglev.ts';
+import { backendName, frontendKey, PROTOCOL_NUMBER, type Backend, type Frontend, type FrontendKind, type ServiceProtocol } from './service.ts';
+import { createMaglevInner, LB_MAGLEV_LUT_SIZE, lbMaps, LbSelection, loadSock, ServiceFlag, SockProgram, type Lb4Backend, type LbMaps } from './maps.ts';
+
+/** What the maps hold for one frontend. */
+interface Written {
+  revNat: number;
+  /** Backend ids by slot (slot i+1 holds slots[i]). */
+  slots: number[];
+  flags: number;
+  algorithm: number;
+}
+
+const PROTOCOL_NAME = new Map<number, ServiceProtocol>(Object.entries(PROTOCOL_NUMBER).map(([name, n]) => [n, name as ServiceProtocol]));
+
+const KIND_FLAGS: Readonly<Record<FrontendKind, number>> = { ClusterIP: 0, ExternalIP: ServiceFlag.EXTERNAL_IP, LoadBalancer: ServiceFlag.LOADBALANCER, NodePort: ServiceFlag.NODEPORT };
+
+/** The largest backend and service id (the maps hold 65536 entries). */
+const MAX_ID = 0xffff;
+
+export interface LbDatapathOptions {
+  bpfRoot: string;
+  frontends: Table<Frontend>;
+  algorithm: 'random' | 'maglev';
+  /** The Maglev permutations' murmur seed (maglevSeed of the configured hash seed). */
+  maglevSeed: number;
+  log: Logger;
+  refreshIntervalMs?: number;
+}
+
+/** One frontend as `ciliate bpf lb list` shows it: what the kernel holds. */
+export interface LbEntry {
+  frontend: string;
+  revNat: number;
+  algorithm: 'random' | 'maglev' | 'unknown';
+  flags: number;
+  backends: { slot: number; id: number; address?: string; flags?: number }[];
+}
+
+export class LbDatapath {
+  readonly #obj: BpfObject;
+  readonly #maps: LbMaps;
+  readonly #algorithm: number;
+  readonly #seed: number;
+  readonly #bpfRoot: string;
+  readonly #log: Logger;
+  readonly #reconciler: Reconciler<Frontend, Written>;
+  readonly #written = new Map<string, Written>();
+  /**
+   * Backends by name (`ip:port/PROTO`) with their id and the frontends that list them (a set, so
+   * a retried write counts a frontend once); and names by id.
+   */
+  readonly #backends = new Map<string, { id: number; users: Set<string> }>();
+  readonly #backendNames = new Map<number, string>();
+  readonly #backendIds = new Set<number>();
+  readonly #revNats = new Set<number>();
+  readonly #links: Link[] = [];
+
+  constructor(options: LbDatapathOptions) {
+    const pinDir = join(options.bpfRoot, 'maps');
+    mkdirSync(pinDir, { recursive: true });
+    this.#bpfRoot = options.bpfRoot;
+    this.#obj = loadSock({ pinDir });
+    this.#maps = lbMaps(this.#obj);
+    this.#algorithm = options.algorithm === 'maglev' ? LbSelection.MAGLEV : LbSelection.RANDOM;
+    this.#seed = options.maglevSeed;
+    this.#log = options.log;
+    this.#adopt();
+    this.#reconciler = new Reconciler<Frontend, Written>({
+      name: 'lb-maps',
+      table: options.frontends,
+      refreshIntervalMs: options.refreshIntervalMs,
+      ops: {
+        update: (frontend) => this.#write(frontend),
+        delete: (_frontend, key) => this.#remove(key),
+        list: () => this.#read(),
+        equal: (frontend, actual) => this.#equal(frontend, actual),
+        repair: (frontend, _actual, key) => {
+          // Forget what we thought the maps held: rewrite every entry of the frontend.
+          const written = this.#written.get(key);
+          if (written) this.#written.set(key, { ...written, slots: [], flags: -1 });
+          this.#write(frontend);
+        },
+        prune: (key) => this.#remove(key),
+      },
+      onError: (key, error, attempts) => this.#log.warn({ frontend: key, attempts, err: error }, 'writing a service frontend into the LB maps failed; will retry'),
+      onRefresh: (kind, key) => this.#log.info({ frontend: key, kind }, kind === 'repair' ? 'LB entry drifted; rewritten' : 'LB entry nobody wants; deleted'),
+    });
+  }
+
+  start(): void {
+    this.#reconciler.start();
+  }
+
+  async stop(): Promise<void> {
+    await this.#reconciler.stop();
+    for (const link of this.#links.splice(0)) link.close();
+    this.#obj.close();
+  }
+
+  health(): ReconcilerHealth {
+    return this.#reconciler.health();
+  }
+
+  synced(): Promise<void> {
+    return this.#reconciler.waitFor();
+  }
+
+  /**
+   * Attaches the socket hooks to `cgroup` (a cgroup v2 directory), through links pinned under
+   * `<bpfRoot>/links/sock`, so translation goes on while the agent is down; a restarted agent
+   * swaps its programs into the pinned links.
+   */
+  attach(cgroup: string): void {
+    const dir = join(this.#bpfRoot, 'links', 'sock');
+    mkdirSync(dir, { recursive: true });
+    for (const name of Object.values(SockProgram)) {
+      const program = this.#obj.program(name);
+      const pin = join(dir, name);
+      let link: Link;
+      if (existsSync(pin)) {
+        link = Link.openPinned(pin);
+        link.update(program);
+      } else {
+        link = attachCgroup(program, { cgroup });
+        link.pin(pin);
+      }
+      this.#links.push(link);
+    }
+  }
+
+  /** What the kernel holds, frontend by frontend. */
+  entries(): LbEntry[] {
+    const out: LbEntry[] = [];
+    for (const [key, written] of this.#read()) {
+      const algorithm = written.algorithm === LbSelection.MAGLEV ? 'maglev' : written.algorithm === LbSelection.RANDOM ? 'random' : 'unknown';
+      out.push({
+        frontend: key,
+        revNat: written.revNat,
+        algorithm,
+        flags: written.flags,
+        backends: written.slots.map((id, i) => {
+          const backend = this.#maps.backends.lookup(id);
+          return { slot: i + 1, id, ...(backend ? { address: `${backend.address}:${backend.port}`, flags: backend.flags } : {}) };
+        }),
+      });
+    }
+    return out.sort((a, b) => a.frontend.localeCompare(b.frontend));
+  }
+
+  /** Rebuilds the node-local ids and slot orders from the maps (a restarted agent's start). */
+  #adopt(): void {
+    for (const [key, written] of this.#read()) {
+      this.#written.set(key, written);
+      this.#revNats.add(written.revNat);
+      for (const id of written.slots) {
+        const backend = this.#maps.backends.lookup(id);
+        if (!backend) continue;
+        const name = backendName({ ip: backend.address, port: backend.port, protocol: PROTOCOL_NAME.get(backend.proto) ?? 'TCP' });
+        const entry = this.#backends.get(name) ?? { id, users: new Set<string>() };
+        entry.users.add(key);
+        this.#backends.set(name, entry);
+        this.#backendNames.set(id, name);
+        this.#backendIds.add(id);
+      }
+    }
+  }
+
+  #read(): [string, Written][] {
+    const out: [string, Written][] = [];
+    for (const [key, value] of this.#maps.services.entries()) {
+      if (key.backend_slot !== 0) continue;
+      const protocol = PROTOCOL_NAME.get(key.proto);
+      if (!protocol) continue;
+      const slots: number[] = [];
+      for (let slot = 1; slot <= value.count; slot++) {
+        slots.push(this.#maps.services.lookup({ ...key, backend_slot: slot })?.backend_id ?? 0);
+      }
+      out.push([frontendKey(key.address, key.dport, protocol), { revNat: value.rev_nat_index, slots, flags: value.flags, algorithm: value.algorithm }]);
+    }
+    return out;
+  }
+
+  #equal(frontend: Frontend, actual: Written): boolean {
+    if (actual.slots.length !== frontend.backends.length || actual.flags !== KIND_FLAGS[frontend.kind] || actual.algorithm !== this.#algorithm) return false;
+    const want = new Set(frontend.backends.map(backendName));
+    for (const id of actual.slots) {
+      const backend = this.#maps.backends.lookup(id);
+      if (!backend || !want.delete(backendName({ ip: backend.address, port: backend.port, protocol: PROTOCOL_NAME.get(backend.proto) ?? 'TCP' }))) return false;
+    }
+    return want.size === 0;
+  }
+
+  #write(frontend: Frontend): void {
+    if (frontend.kind === 'NodePort') return; // north-south: the TC datapath's, not the socket hooks'
+    const key = frontend.key;
+    const previous = this.#written.get(key);
+    const revNat = previous?.revNat ?? this.#allocate(this.#revNats, 'service');
+    const base = { address: frontend.vip, dport: frontend.port, proto: PROTOCOL_NUMBER[frontend.protocol], scope: 0 };
+    const names = new Map(frontend.backends.map((b) => [backendName(b), b]));
+    const before = this.#backendNames;
+    const oldSlots = previous?.slots ?? [];
+    const oldNames = new Set(oldSlots.map((id) => before.get(id)).filter((n): n is string => n !== undefined));
+    // New backends get ids (and entries) before any slot points at them.
+    const added: number[] = [];
+    for (const [name, backend] of names) if (!oldNames.has(name)) added.push(this.#acquire(name, backend, key));
+    // Keep each remaining backend in its slot; a removed one's slot goes to a new backend, or
+    // to the last slot's backend.
+    const slots = oldSlots.filter(() => true);
+    for (let i = 0; i < slots.length; ) {
+      const name = before.get(slots[i]);
+      if (name !== undefined && names.has(name)) {
+        i++;
+        continue;
+      }
+      if (added.length > 0) slots[i++] = added.shift()!;
+      else {
+        // The last slot's backend moves here and is looked at again: it may be going too.
+        const last = slots.pop()!;
+        if (i < slots.length) slots[i] = last;
+      }
+    }
+    slots.push(...added);
+    for (let i = 0; i < slots.length; i++) {
+      if (oldSlots[i] !== slots[i]) this.#maps.services.update({ ...base, backend_slot: i + 1 }, { backend_id: slots[i], count: 0, rev_nat_index: 0, flags: 0, algorithm: 0 });
+    }
+    const flags = KIND_FLAGS[frontend.kind];
+    if (!previous || previous.slots.length !== slots.length || previous.flags !== flags || previous.algorithm !== this.#algorithm || previous.revNat !== revNat) {
+      this.#maps.services.update({ ...base, backend_slot: 0 }, { backend_id: 0, count: slots.length, rev_nat_index: revNat, flags, algorithm: this.#algorithm });
+    }
+    for (let slot = slots.length + 1; slot <= oldSlots.length; slot++) this.#maps.services.delete({ ...base, backend_slot: slot });
+    if (!previous) this.#maps.reverseNat.update(revNat, { address: frontend.vip, port: frontend.port });
+    if (this.#algorithm === LbSelection.MAGLEV && (!previous || !sameMembers(oldSlots, slots))) this.#writeMaglev(revNat, slots);
+    this.#written.set(key, { revNat, slots, flags, algorithm: this.#algorithm });
+    for (const name of oldNames) if (!names.has(name)) this.#release(name, key);
+  }
+
+  #writeMaglev(revNat: number, slots: readonly number[]): void {
+    if (slots.length === 0) {
+      this.#maps.maglev.delete(revNat);
+      return;
+    }
+    // Hashed by name, the same on every node, never by the node-local id.
+    const table = maglevTable(slots.map((id) => ({ id, name: this.#backendNames.get(id) ?? String(id) })), LB_MAGLEV_LUT_SIZE, this.#seed);
+    const inner = createMaglevInner(table);
+    try {
+      this.#maps.maglev.setInnerMap(revNat, inner);
+    } finally {
+      inner.close();
+    }
+  }
+
+  #remove(key: string): void {
+    const written = this.#written.get(key) ?? this.#read().find(([k]) => k === key)?.[1];
+    if (!written) return;
+    const [vip, rest] = key.split(':');
+    const [port, protocol] = rest.split('/');
+    const base = { address: vip, dport: Number(port), proto: PROTOCOL_NUMBER[protocol as ServiceProtocol], scope: 0 };
+    // Slot 0 first: from then on no new connection looks at the slots.
+    this.#maps.services.delete({ ...base, backend_slot: 0 });
+    for (let slot = 1; slot <= written.slots.length; slot++) this.#maps.services.delete({ ...base, backend_slot: slot });
+    this.#maps.reverseNat.delete(written.revNat);
+    this.#maps.maglev.delete(written.revNat);
+    this.#revNats.delete(written.revNat);
+    this.#written.delete(key);
+    for (const id of written.slots) {
+      const name = this.#backendNames.get(id);
+      if (name !== undefined) this.#release(name, key);
+    }
+  }
+
+  #acquire(name: string, backend: Backend, user: string): number {
+    const existing = this.#backends.get(name);
+    if (existing) {
+      existing.users.add(user);
+      return existing.id;
+    }
+    const id = this.#allocate(this.#backendIds, 'backend');
+    const value: Lb4Backend = { address: backend.ip, port: backend.port, proto: PROTOCOL_NUMBER[backend.protocol], flags: 0 };
+    this.#maps.backends.update(id, value);
+    this.#backends.set(name, { id, users: new Set([user]) });
+    this.#backendNames.set(id, name);
+    return id;
+  }
+
+  #release(name: string, user: string): void {
+    const entry = this.#backends.get(name);
+    if (!entry) return;
+    entry.users.delete(user);
+    if (entry.users.size > 0) return;
+    this.#backends.delete(name);
+    this.#backendNames.delete(entry.id);
+    this.#backendIds.delete(entry.id);
+    this.#maps.backends.delete(entry.id);
+  }
+
+  #allocate(used: Set<number>, what: string): number {
+    for (let id = 1; id <= MAX_ID; id++) {
+      if (!used.has(id)) {
+        used.add(id);
+        return id;
+      }
+    }
+    throw new RangeError(`every ${what} id (1-${MAX_ID}) of the node is taken`);
+  }
+}
+
+function sameMembers(a: readonly number[], b: readonly number[]): boolean {
+  if (a.length !== b.length) return false;
+  const set = new Set(a);
+  return b.every((id) => set.has(id));
+}
