@@ -81,6 +81,8 @@ export class BenchNode {
       '--log-level', logLevel,
       '--node-ip', NODE_IP,
       '--routing-mode', routingMode,
+      // No service benches here: no socket hooks on the machine's root cgroup.
+      '--socket-lb-cgroup', '',
     ];
     const agent = spawnInNs(this.#cleanups, this.netns, process.execPath, args);
     this.agent = agent;

@@ -6,6 +6,7 @@
 import { type Command, Option } from 'commander';
 import { AgentClient } from '../agent/index.ts';
 import type { ServiceView } from '../agent/modules/services.ts';
+import type { LbEntry } from '../loadbalancer/index.ts';
 import { formatTable, outputOption, printOutput, socketOption, type OutputFormat } from './output.ts';
 
 /** `[name=]PORT[:TARGET[:NODEPORT]][/PROTO]`, e.g. `http=80:8080/TCP`. Numbers stay text when they are not, for the agent to name. */
@@ -142,5 +143,29 @@ export function registerServiceCommands(program: Command): void {
     .action(async (ref: string, options: { namespace: string; socket: string }) => {
       const result = await new AgentClient(options.socket).call<{ deleted: string; revision: number }>('DELETE', servicePath(ref, options.namespace));
       process.stdout.write(`deleted ${result.deleted}\nrevision: ${result.revision}\n`);
+    });
+}
+
+/** `ciliate bpf lb list`: the load-balancing maps as the kernel holds them. */
+export function registerBpfLbCommand(bpf: Command): void {
+  bpf
+    .command('lb')
+    .description('load-balancing maps: service frontends, their backend slots and backends')
+    .command('list')
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (options: { socket: string; output: OutputFormat }) => {
+      const entries = await new AgentClient(options.socket).get<LbEntry[]>('/v1/lb/maps');
+      printOutput(options.output, entries, () =>
+        entries.length === 0
+          ? '(empty)'
+          : formatTable(
+              ['SERVICE ADDRESS', 'REV NAT', 'ALGORITHM', 'BACKEND ADDRESS (SLOT, ID)'],
+              entries.flatMap((e) => {
+                const backends = e.backends.length === 0 ? ['(no backends)'] : e.backends.map((b) => `${b.address ?? '(missing)'} (${b.slot}, ${b.id})${b.flags ? ' terminating' : ''}`);
+                return backends.map((backend, i) => (i === 0 ? [e.frontend, String(e.revNat), e.algorithm, backend] : ['', '', '', backend]));
+              }),
+            ),
+      );
     });
 }

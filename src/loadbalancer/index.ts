@@ -42,3 +42,25 @@ export {
   type MaglevTableSize,
 } from './maglev.ts';
 export { murmur3x64_128 } from './murmur3.ts';
+export { LbDatapath, type LbDatapathOptions, type LbEntry } from './datapath.ts';
+export {
+  BackendFlag,
+  LB_MAGLEV_LUT_SIZE,
+  LbMapName,
+  LbSelection,
+  ServiceFlag,
+  SockProgram,
+  SOCK_OBJECT_PATH,
+  createMaglevInner,
+  lb4Backend,
+  lb4Key,
+  lb4ReverseNat,
+  lb4Service,
+  lbMaps,
+  loadSock,
+  type Lb4Backend,
+  type Lb4Key,
+  type Lb4ReverseNat,
+  type Lb4Service,
+  type LbMaps,
+} from './maps.ts';

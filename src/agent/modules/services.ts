@@ -3,8 +3,11 @@
  * pods they select, the frontends this node balances, and the services API.
  * @module
  */
+import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import {
+  LB_MAGLEV_LUT_SIZE,
+  LbDatapath,
   DEFAULT_MAGLEV_HASH_SEED,
   DEFAULT_MAGLEV_TABLE_SIZE,
   isMaglevTableSize,
@@ -27,6 +30,16 @@ import { ServicesCell, StoreCell } from './cells.ts';
 
 const NODE_PORT_RANGE = /^(\d{1,5})-(\d{1,5})$/;
 
+/** Where the cgroup v2 hierarchy is mounted (its root), from /proc/self/mounts; '' without one. */
+function cgroup2Root(): string {
+  try {
+    const line = readFileSync('/proc/self/mounts', 'utf8').split('\n').find((l) => l.split(' ')[2] === 'cgroup2');
+    return line?.split(' ')[1] ?? '';
+  } catch {
+    return '';
+  }
+}
+
 export const servicesConfig = {
   /** Kubernetes' kube-apiserver default; must not overlap the cluster CIDR (pods' 10.244.0.0/16). */
   serviceCidr: ipv4Cidr.default('10.96.0.0/16').describe('ClusterIPs of services are allocated from this CIDR'),
@@ -38,6 +51,14 @@ export const servicesConfig = {
     }, 'must be MIN-MAX, two ports with MIN ≤ MAX, e.g. 30000-32767')
     .default('30000-32767')
     .describe('node ports of NodePort and LoadBalancer services come from this range'),
+  /**
+   * Cilium attaches its socket hooks to the cgroup v2 root, so every process of the node gets
+   * service translation; a narrower cgroup limits it to its processes (tests use one of their own).
+   */
+  socketLbCgroup: z
+    .string()
+    .default(cgroup2Root())
+    .describe('cgroup v2 directory whose processes connect to services through the socket hooks (default: the cgroup v2 root, as Cilium; empty: off)'),
   /** Cilium's --bpf-lb-algorithm. */
   lbAlgorithm: z.enum(['random', 'maglev']).default('random').describe('how a frontend picks a backend for a new connection: random or maglev'),
   /** Cilium's --bpf-lb-maglev-table-size. */
@@ -75,7 +96,9 @@ export const servicesModule = defineModule({
     if (serviceCidr.overlaps(clusterCidr)) {
       throw new ConfigError(`serviceCidr ${serviceCidr} overlaps clusterCidr ${clusterCidr}: a ClusterIP must never be a pod's address`);
     }
-    maglevSeed(config.maglevHashSeed);
+    if (config.lbAlgorithm === 'maglev' && config.maglevTableSize !== LB_MAGLEV_LUT_SIZE) {
+      throw new ConfigError(`maglevTableSize ${config.maglevTableSize}: the datapath's Maglev tables are built with ${LB_MAGLEV_LUT_SIZE} slots (bpf/lib/lb.h LB_MAGLEV_LUT_SIZE)`);
+    }
     const limits = { serviceCidr: config.serviceCidr, nodePortRange: nodePortRange(config.nodePortRange) };
     const schema = serviceRequestSchema(limits);
     const services = new ServiceManager({ store, limits, log });
@@ -92,6 +115,34 @@ export const servicesModule = defineModule({
     });
     const specs = await followPrefix<Service>(store, SERVICE_SPECS_PREFIX, { signal: abort.signal, onEnd: onEnd(SERVICE_SPECS_PREFIX), apply: (event) => services.applyServiceEvent(event) });
     services.listed(specs.revision);
+    const stopWatches = async () => {
+      abort.abort();
+      await Promise.allSettled([pods.loop, specs.loop]);
+    };
+    let datapath: LbDatapath;
+    try {
+      // Every service is in the frontends table by now: the first refresh may prune what is left of deleted ones.
+      datapath = new LbDatapath({
+        bpfRoot: config.bpfRoot,
+        frontends: services.frontends,
+        algorithm: config.lbAlgorithm,
+        maglevSeed: maglevSeed(config.maglevHashSeed),
+        log,
+        refreshIntervalMs: config.reconcileRefreshInterval * 1000,
+      });
+    } catch (error) {
+      await stopWatches();
+      throw error;
+    }
+    try {
+      datapath.start();
+      await datapath.synced();
+      if (config.socketLbCgroup) datapath.attach(config.socketLbCgroup);
+    } catch (error) {
+      await datapath.stop();
+      await stopWatches();
+      throw error;
+    }
 
     const view = (service: Service): ServiceView => ({
       ...service,
@@ -105,6 +156,7 @@ export const servicesModule = defineModule({
       await services.synced(revision);
       return { ...view(services.services.get(serviceKey(service)) ?? service), revision };
     });
+    api.route('GET', '/v1/lb/maps', () => datapath.entries());
     api.route('DELETE', '/v1/services/:namespace/:name', async ({ params }) => {
       const { revision } = await services.delete(params.namespace, params.name);
       await services.synced(revision);
@@ -113,10 +165,11 @@ export const servicesModule = defineModule({
     return {
       value: services,
       stop: async () => {
-        abort.abort();
-        await Promise.allSettled([pods.loop, specs.loop]);
+        await stopWatches();
+        await datapath.stop();
       },
-      status: () => ({ services: { services: services.services.size, frontends: services.frontends.size, algorithm: config.lbAlgorithm } }),
+      status: () => ({ services: { services: services.services.size, frontends: services.frontends.size, algorithm: config.lbAlgorithm, socketLbCgroup: config.socketLbCgroup || 'off' } }),
+      reconcilers: () => [datapath.health()],
     };
   },
 });
