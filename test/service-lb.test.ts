@@ -12,6 +12,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { testCgroup } from '../src/ebpf/internal/testutils.ts';
 import { TestNode, cli, inNs, sleep, spawnInNs } from './support/cluster.ts';
 
 /** Answers each TCP connection with its name (then echoes) and each datagram with its name. */
@@ -82,8 +83,8 @@ async function serve(t: TestContext, netns: string, name: string, port: number):
 }
 
 /** n connections (or datagrams) from a process in `node`'s cgroup inside `netns`. */
-async function connect(node: TestNode, netns: string, mode: 'tcp' | 'udp', address: string, port: number, n: number): Promise<Answer[]> {
-  return JSON.parse(await inNs(netns, process.execPath, ['-e', CLIENT, join(node.cgroup, 'cgroup.procs'), mode, address, String(port), String(n)], 60_000)) as Answer[];
+async function connect(node: TestNode, netns: string, mode: 'tcp' | 'udp', address: string, port: number, n: number, cgroup = node.cgroup): Promise<Answer[]> {
+  return JSON.parse(await inNs(netns, process.execPath, ['-e', CLIENT, join(cgroup, 'cgroup.procs'), mode, address, String(port), String(n)], 60_000)) as Answer[];
 }
 
 /** A connection held open from a process in the cgroup: who answered, and its echoed bytes so far. */
@@ -210,4 +211,25 @@ test('the backend\'s ingress policy decides connections through the service', as
 
   assert.deepEqual(await connect(node, empire.netns, 'tcp', vip, 80, 2), [{ name: 'web', peer: `${vip}:80` }, { name: 'web', peer: `${vip}:80` }], 'org=empire is allowed');
   assert.deepEqual(await connect(node, alliance.netns, 'tcp', vip, 80, 1), [{ error: 'timeout' }], 'org=alliance is dropped by the backend\'s ingress policy, through the service too');
+});
+
+test('services keep working while the agent is down; a restart adopts the maps and follows a new cgroup', async (t) => {
+  const extraArgs: string[] = [];
+  const node = await TestNode.start(t, { nodeName: 'lb5', extraArgs });
+  const web = await node.addPod(t, 'web', { app: 'web' });
+  const client = await node.addPod(t, 'client', { app: 'client' });
+  await serve(t, web.netns, 'web', 7000);
+  const vip = await addService(node, 'web', '--selector', 'app=web', '--port', '80:7000');
+  const maps = await ok(node, 'bpf', 'lb', 'list', '-o', 'json');
+
+  await node.stopAgent('SIGKILL');
+  assert.deepEqual(await connect(node, client.netns, 'tcp', vip, 80, 1), [{ name: 'web', peer: `${vip}:80` }], 'translated with no agent running');
+
+  // Restarted with the socket LB on another cgroup: the hooks move there, the maps stay as they were.
+  const other = testCgroup(t);
+  extraArgs.push('--socket-lb-cgroup', other);
+  await node.startAgent();
+  assert.equal(await ok(node, 'bpf', 'lb', 'list', '-o', 'json'), maps, 'the restarted agent adopted the maps as they were');
+  assert.deepEqual(await connect(node, client.netns, 'tcp', vip, 80, 1, other), [{ name: 'web', peer: `${vip}:80` }], 'the new cgroup is served');
+  assert.notDeepEqual(await connect(node, client.netns, 'tcp', vip, 80, 1), [{ name: 'web', peer: `${vip}:80` }], 'the old cgroup is not any more');
 });

@@ -66,6 +66,8 @@ test('bad service definitions are refused with the field and reason, and nothing
   await refused(/field clusterIP: 10\.96\.0\.10 belongs to service default\/web/, 'bad4', '--port', '80', '--cluster-ip', '10.96.0.10');
   await refused(/field ports\.1\.name: every port needs a name/, 'bad5', '--port', 'a=80', '--port', '81');
   await refused(/default\/web: it exists already/, 'web', '--port', '81');
+  // Paths are checked like bodies: a namespace that is no DNS label never reaches the store.
+  await assert.rejects(node.client.get('/v1/services/a%2F..%2Fb/web'), /service: field namespace: must be a DNS label/);
 });
 
 test('the agent refuses a service CIDR that overlaps the pods\'', async (t) => {

@@ -11,9 +11,9 @@
  * @module
  */
 import type { Logger } from 'pino';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { attachCgroup, Link, type BpfObject } from '../ebpf/index.ts';
+import { attachCgroup, BpfError, Link, unpinLink, type BpfObject } from '../ebpf/index.ts';
 import { Reconciler, type ReconcilerHealth, type Table } from '../statedb/index.ts';
 import { maglevTable } from './maglev.ts';
 import { backendName, frontendKey, PROTOCOL_NUMBER, type Backend, type Frontend, type FrontendKind, type ServiceProtocol } from './service.ts';
@@ -131,19 +131,35 @@ export class LbDatapath {
   attach(cgroup: string): void {
     const dir = join(this.#bpfRoot, 'links', 'sock');
     mkdirSync(dir, { recursive: true });
+    let cgroupId: bigint;
+    try {
+      cgroupId = statSync(cgroup, { bigint: true }).ino;
+    } catch (error) {
+      throw new BpfError('ERR_NOT_FOUND', `attaching the socket LB hooks to cgroup ${cgroup}: ${(error as Error).message}`, { cause: error });
+    }
     for (const name of Object.values(SockProgram)) {
       const program = this.#obj.program(name);
       const pin = join(dir, name);
-      let link: Link;
       if (existsSync(pin)) {
-        link = Link.openPinned(pin);
-        link.update(program);
-      } else {
-        link = attachCgroup(program, { cgroup });
-        link.pin(pin);
+        const pinned = Link.openPinned(pin);
+        // A cgroup v2's id is its directory's inode number: the same cgroup keeps its link.
+        if (pinned.info().cgroupId === cgroupId) {
+          pinned.update(program);
+          this.#links.push(pinned);
+          continue;
+        }
+        pinned.close();
+        unpinLink(pin);
       }
+      const link = attachCgroup(program, { cgroup });
+      link.pin(pin);
       this.#links.push(link);
     }
+  }
+
+  /** Takes the socket hooks off wherever an earlier run attached them (socket LB turned off). */
+  detach(): void {
+    for (const name of Object.values(SockProgram)) unpinLink(join(this.#bpfRoot, 'links', 'sock', name));
   }
 
   /** What the kernel holds, frontend by frontend. */

@@ -17,6 +17,7 @@ export {
   selects,
   serviceFrontends,
   serviceKey,
+  serviceRefSchema,
   serviceRequestSchema,
   type Backend,
   type ExplicitBackend,

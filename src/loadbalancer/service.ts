@@ -67,14 +67,19 @@ const PORT_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const port = z.number({ error: 'must be a port number' }).int('must be an integer').min(1, 'must be 1-65535').max(65535, 'must be 1-65535');
 const ipv4 = z.string().refine((text) => Addr.tryParse(text)?.is4() === true, 'must be an IPv4 address (a.b.c.d)');
 
+const dnsLabel = z.string().max(63, 'must be at most 63 characters').regex(DNS_LABEL, 'must be a DNS label (lower case letters, digits and -)');
+
+/** A service's namespace and name, as the API's paths carry them. */
+export const serviceRefSchema = z.object({ namespace: dnsLabel, name: dnsLabel });
+
 /** The request body of `POST /v1/services`: a service definition before allocation. */
 export function serviceRequestSchema(limits: ServiceRequestLimits) {
   const cidr = Prefix.parse(limits.serviceCidr, { family: 4 });
   const { min, max } = limits.nodePortRange;
   return z
     .object({
-      name: z.string().max(63, 'must be at most 63 characters').regex(DNS_LABEL, 'must be a DNS label (lower case letters, digits and -)'),
-      namespace: z.string().max(63, 'must be at most 63 characters').regex(DNS_LABEL, 'must be a DNS label (lower case letters, digits and -)').default('default'),
+      name: dnsLabel,
+      namespace: dnsLabel.default('default'),
       type: z.enum(SERVICE_TYPES, { error: `must be one of ${SERVICE_TYPES.join(', ')}` }).default('ClusterIP'),
       clusterIP: z
         .string()

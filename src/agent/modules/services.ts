@@ -16,6 +16,7 @@ import {
   SERVICE_SPECS_PREFIX,
   ServiceManager,
   serviceKey,
+  serviceRefSchema,
   serviceRequestSchema,
   type Service,
 } from '../../loadbalancer/index.ts';
@@ -138,6 +139,7 @@ export const servicesModule = defineModule({
       datapath.start();
       await datapath.synced();
       if (config.socketLbCgroup) datapath.attach(config.socketLbCgroup);
+      else datapath.detach();
     } catch (error) {
       await datapath.stop();
       await stopWatches();
@@ -149,7 +151,11 @@ export const servicesModule = defineModule({
       frontends: services.frontendsOf(serviceKey(service)).map((f) => ({ address: f.key, kind: f.kind, backends: f.backends.map((b) => `${b.ip}:${b.port}`) })),
     });
     api.route('GET', '/v1/services', () => services.list().map(view));
-    api.route('GET', '/v1/services/:namespace/:name', ({ params }) => view(services.get(params.namespace, params.name)));
+    const ref = (params: Record<string, string>) => parseRequest(serviceRefSchema, params, 'service');
+    api.route('GET', '/v1/services/:namespace/:name', ({ params }) => {
+      const { namespace, name } = ref(params);
+      return view(services.get(namespace, name));
+    });
     api.route('POST', '/v1/services', async ({ body }) => {
       const { service, revision } = await services.create(parseRequest(schema, body, 'service'));
       // Answer once this node's view has it: a `service get` right after sees it.
@@ -158,9 +164,10 @@ export const servicesModule = defineModule({
     });
     api.route('GET', '/v1/lb/maps', () => datapath.entries());
     api.route('DELETE', '/v1/services/:namespace/:name', async ({ params }) => {
-      const { revision } = await services.delete(params.namespace, params.name);
+      const { namespace, name } = ref(params);
+      const { revision } = await services.delete(namespace, name);
       await services.synced(revision);
-      return { deleted: `${params.namespace}/${params.name}`, revision };
+      return { deleted: `${namespace}/${name}`, revision };
     });
     return {
       value: services,
