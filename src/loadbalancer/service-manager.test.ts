@@ -14,7 +14,7 @@ import { ServiceError } from './errors.ts';
 import { SERVICES_PREFIX, SERVICE_SPECS_PREFIX, ServiceManager } from './service-manager.ts';
 import { serviceRequestSchema, type Service } from './service.ts';
 
-const limits = { serviceCidr: '10.96.0.0/16', nodePortRange: { min: 30000, max: 32767 } };
+const limits = { serviceCidr: '10.96.0.0/16', nodePortRange: { min: 30000, max: 32767 }, clusterCidr: '10.244.0.0/16' };
 const schema = serviceRequestSchema(limits);
 const parse = (body: unknown) => parseRequest(schema, body, 'service');
 
@@ -67,6 +67,13 @@ test('bad service definitions are refused with the field and the reason', () => 
   rejects({ ...ok, type: 'NodePort', ports: [{ port: 80, nodePort: 80 }] }, /field ports\.0\.nodePort: must be in the node port range 30000-32767/);
   rejects({ ...ok, selector: { app: 'web' }, backends: [{ ip: '10.244.0.9' }] }, /field backends: a service selects its backends by selector or lists them, not both/);
   rejects({ ...ok, extra: true }, /Unrecognized key/);
+  // An external or LoadBalancer IP would capture what every process sends there: never a pod's,
+  // a ClusterIP's, loopback or link-local.
+  rejects({ ...ok, externalIPs: ['10.244.1.5'] }, /field externalIPs\.0: 10\.244\.1\.5 is in the cluster CIDR 10\.244\.0\.0\/16/);
+  rejects({ ...ok, externalIPs: ['198.51.100.1', '10.96.0.1'] }, /field externalIPs\.1: 10\.96\.0\.1 is in the service CIDR/);
+  rejects({ ...ok, externalIPs: ['127.0.0.1'] }, /field externalIPs\.0: 127\.0\.0\.1 is in 127\.0\.0\.0\/8/);
+  rejects({ ...ok, type: 'LoadBalancer', loadBalancerIPs: ['169.254.169.254'] }, /field loadBalancerIPs\.0: 169\.254\.169\.254 is in 169\.254\.0\.0\/16/);
+  parse({ ...ok, externalIPs: ['198.51.100.1'] });
   // Two ports of one number but different protocols are two ports (DNS: 53/UDP and 53/TCP).
   parse({ ...ok, ports: [{ name: 'dns', port: 53, protocol: 'UDP' }, { name: 'dns-tcp', port: 53, protocol: 'TCP' }] });
 });

@@ -58,7 +58,15 @@ export interface ServiceRequestLimits {
   serviceCidr: string;
   /** Node ports come from here (Kubernetes' 30000-32767 by default). */
   nodePortRange: { min: number; max: number };
+  /** The pods' addresses: no external or LoadBalancer IP may be one of them. */
+  clusterCidr?: string;
 }
+
+/**
+ * Addresses no external or LoadBalancer IP may take: a frontend there would capture traffic every
+ * process of the node sends to it (Kubernetes' CVE-2020-8554 is this, with a pod's address).
+ */
+const RESERVED_FRONTEND_RANGES = ['0.0.0.0/8', '127.0.0.0/8', '169.254.0.0/16', '224.0.0.0/4', '240.0.0.0/4'].map((p) => Prefix.parse(p));
 
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 /** Kubernetes IANA_SVC_NAME: a port name. */
@@ -75,7 +83,17 @@ export const serviceRefSchema = z.object({ namespace: dnsLabel, name: dnsLabel }
 /** The request body of `POST /v1/services`: a service definition before allocation. */
 export function serviceRequestSchema(limits: ServiceRequestLimits) {
   const cidr = Prefix.parse(limits.serviceCidr, { family: 4 });
+  const pods = limits.clusterCidr === undefined ? undefined : Prefix.parse(limits.clusterCidr, { family: 4 });
   const { min, max } = limits.nodePortRange;
+  /** Why `ip` cannot be an external or LoadBalancer IP, if it cannot. */
+  const frontendProblem = (text: string): string | undefined => {
+    const ip = Addr.tryParse(text);
+    if (!ip) return undefined; // the field's own check names it
+    if (cidr.contains(ip)) return `${text} is in the service CIDR ${cidr}: only ClusterIPs are`;
+    if (pods?.contains(ip)) return `${text} is in the cluster CIDR ${pods}: a pod's address cannot be a service's`;
+    const reserved = RESERVED_FRONTEND_RANGES.find((r) => r.contains(ip));
+    return reserved ? `${text} is in ${reserved} (this-network, loopback, link-local, multicast or reserved)` : undefined;
+  };
   return z
     .object({
       name: dnsLabel,
@@ -135,6 +153,12 @@ export function serviceRequestSchema(limits: ServiceRequestLimits) {
         if (p.name) names.add(p.name);
         if (p.nodePort !== undefined && spec.type === 'ClusterIP') issue(['ports', i, 'nodePort'], 'only NodePort and LoadBalancer services have node ports');
       });
+      for (const field of ['externalIPs', 'loadBalancerIPs'] as const) {
+        spec[field].forEach((ip, i) => {
+          const problem = frontendProblem(ip);
+          if (problem) issue([field, i], problem);
+        });
+      }
       if (spec.loadBalancerIPs.length > 0 && spec.type !== 'LoadBalancer') issue(['loadBalancerIPs'], 'only LoadBalancer services have LoadBalancer IPs');
     });
 }

@@ -100,7 +100,7 @@ export const servicesModule = defineModule({
     if (config.lbAlgorithm === 'maglev' && config.maglevTableSize !== LB_MAGLEV_LUT_SIZE) {
       throw new ConfigError(`maglevTableSize ${config.maglevTableSize}: the datapath's Maglev tables are built with ${LB_MAGLEV_LUT_SIZE} slots (bpf/lib/lb.h LB_MAGLEV_LUT_SIZE)`);
     }
-    const limits = { serviceCidr: config.serviceCidr, nodePortRange: nodePortRange(config.nodePortRange) };
+    const limits = { serviceCidr: config.serviceCidr, nodePortRange: nodePortRange(config.nodePortRange), clusterCidr: config.clusterCidr };
     const schema = serviceRequestSchema(limits);
     const services = new ServiceManager({ store, limits, log });
     const abort = new AbortController();
