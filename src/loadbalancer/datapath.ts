@@ -69,8 +69,8 @@ export class LbDatapath {
    */
   readonly #backends = new Map<string, { id: number; users: Set<string> }>();
   readonly #backendNames = new Map<number, string>();
-  readonly #backendIds = new Set<number>();
-  readonly #revNats = new Set<number>();
+  readonly #backendIds = new IdPool('backend');
+  readonly #revNats = new IdPool('service');
   readonly #links: Link[] = [];
 
   constructor(options: LbDatapathOptions) {
@@ -185,7 +185,7 @@ export class LbDatapath {
   #adopt(): void {
     for (const [key, written] of this.#read()) {
       this.#written.set(key, written);
-      this.#revNats.add(written.revNat);
+      this.#revNats.take(written.revNat);
       for (const id of written.slots) {
         const backend = this.#maps.backends.lookup(id);
         if (!backend) continue;
@@ -194,7 +194,7 @@ export class LbDatapath {
         entry.users.add(key);
         this.#backends.set(name, entry);
         this.#backendNames.set(id, name);
-        this.#backendIds.add(id);
+        this.#backendIds.take(id);
       }
     }
   }
@@ -228,7 +228,7 @@ export class LbDatapath {
     if (frontend.kind === 'NodePort') return; // north-south: the TC datapath's, not the socket hooks'
     const key = frontend.key;
     const previous = this.#written.get(key);
-    const revNat = previous?.revNat ?? this.#allocate(this.#revNats, 'service');
+    const revNat = previous?.revNat ?? this.#revNats.allocate();
     const base = { address: frontend.vip, dport: frontend.port, proto: PROTOCOL_NUMBER[frontend.protocol], scope: 0 };
     const names = new Map(frontend.backends.map((b) => [backendName(b), b]));
     const before = this.#backendNames;
@@ -294,7 +294,7 @@ export class LbDatapath {
     for (let slot = 1; slot <= written.slots.length; slot++) this.#maps.services.delete({ ...base, backend_slot: slot });
     this.#maps.reverseNat.delete(written.revNat);
     this.#maps.maglev.delete(written.revNat);
-    this.#revNats.delete(written.revNat);
+    this.#revNats.release(written.revNat);
     this.#written.delete(key);
     for (const id of written.slots) {
       const name = this.#backendNames.get(id);
@@ -308,7 +308,7 @@ export class LbDatapath {
       existing.users.add(user);
       return existing.id;
     }
-    const id = this.#allocate(this.#backendIds, 'backend');
+    const id = this.#backendIds.allocate();
     const value: Lb4Backend = { address: backend.ip, port: backend.port, proto: PROTOCOL_NUMBER[backend.protocol], flags: 0 };
     this.#maps.backends.update(id, value);
     this.#backends.set(name, { id, users: new Set([user]) });
@@ -323,18 +323,43 @@ export class LbDatapath {
     if (entry.users.size > 0) return;
     this.#backends.delete(name);
     this.#backendNames.delete(entry.id);
-    this.#backendIds.delete(entry.id);
+    this.#backendIds.release(entry.id);
     this.#maps.backends.delete(entry.id);
   }
 
-  #allocate(used: Set<number>, what: string): number {
-    for (let id = 1; id <= MAX_ID; id++) {
-      if (!used.has(id)) {
-        used.add(id);
-        return id;
-      }
+}
+
+/**
+ * Node-local ids 1..MAX_ID in O(1): released ids are reused first, then the next never used. An
+ * id taken by adoption (a restarted agent) is never handed out again while in use.
+ */
+class IdPool {
+  readonly #what: string;
+  readonly #used = new Set<number>();
+  readonly #free: number[] = [];
+  #next = 1;
+
+  constructor(what: string) {
+    this.#what = what;
+  }
+
+  allocate(): number {
+    for (;;) {
+      const id = this.#free.pop() ?? this.#next++;
+      if (id > MAX_ID) throw new RangeError(`every ${this.#what} id (1-${MAX_ID}) of the node is taken`);
+      // A free-listed id can have been taken by adoption since; skip it.
+      if (this.#used.has(id)) continue;
+      this.#used.add(id);
+      return id;
     }
-    throw new RangeError(`every ${what} id (1-${MAX_ID}) of the node is taken`);
+  }
+
+  take(id: number): void {
+    this.#used.add(id);
+  }
+
+  release(id: number): void {
+    if (this.#used.delete(id)) this.#free.push(id);
   }
 }
 

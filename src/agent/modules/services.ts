@@ -68,7 +68,7 @@ export const servicesConfig = {
     .int()
     .refine(isMaglevTableSize, `must be one of ${MAGLEV_TABLE_SIZES.join(', ')}`)
     .default(DEFAULT_MAGLEV_TABLE_SIZE)
-    .describe(`slots of each service's Maglev table, one of ${MAGLEV_TABLE_SIZES.join(', ')} (about 100 per backend)`),
+    .describe(`slots of each service's Maglev table, one of ${MAGLEV_TABLE_SIZES.join(', ')} (about 100 per backend); the datapath is built with ${LB_MAGLEV_LUT_SIZE}, so with --lb-algorithm maglev only that`),
   /** Cilium's --bpf-lb-maglev-hash-seed: every node must have the same. */
   maglevHashSeed: z
     .string()
