@@ -38,19 +38,28 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx)
 	__u8 proto = (__u8)ctx->protocol;
 	struct lb4_service *svc = lb4_lookup_service(vip, dport, proto);
 	struct lb4_backend *backend;
-	__u64 cookie;
-	__u32 backend_id;
+	__u64 cookie, client = 0, now = 0;
+	__u32 backend_id = 0;
 
 	if (!svc)
 		return 0;
 	cookie = bpf_get_socket_cookie(ctx);
+	if (svc->flags & SVC_F_AFFINITY) {
+		client = bpf_get_netns_cookie(ctx);
+		now = bpf_ktime_get_boot_ns() / 1000000000ULL;
+		backend_id = lb4_affinity_backend_id(svc, client, now);
+	}
 	/* Maglev's hash: the socket, so one socket keeps one backend. */
-	backend_id = lb4_select_backend_id(svc, vip, dport, proto, (__u32)(cookie ^ (cookie >> 32)));
+	if (!backend_id)
+		backend_id = lb4_select_backend_id(svc, vip, dport, proto, (__u32)(cookie ^ (cookie >> 32)));
 	backend = backend_id ? bpf_map_lookup_elem(&ciliate_lb4_backends, &backend_id) : NULL;
 	if (!backend || (backend->flags & BE_F_TERMINATING)) {
 		metrics_account(0, DROP_NO_SERVICE, CILIATE_METRIC_EGRESS);
 		return -ECONNREFUSED;
 	}
+
+	if (svc->flags & SVC_F_AFFINITY)
+		lb4_affinity_update(svc, client, now, backend_id);
 
 	struct lb4_reverse_sk_key rkey = { .cookie = cookie, .address = backend->address, .port = backend->port };
 	struct lb4_reverse_sk rval = { .address = vip, .port = dport, .rev_nat_index = svc->rev_nat_index };

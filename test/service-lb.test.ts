@@ -233,3 +233,26 @@ test('services keep working while the agent is down; a restart adopts the maps a
   assert.deepEqual(await connect(node, client.netns, 'tcp', vip, 80, 1, other), [{ name: 'web', peer: `${vip}:80` }], 'the new cgroup is served');
   assert.notDeepEqual(await connect(node, client.netns, 'tcp', vip, 80, 1), [{ name: 'web', peer: `${vip}:80` }], 'the old cgroup is not any more');
 });
+
+test('ClientIP session affinity: each client pod keeps its backend until that backend leaves the service', async (t) => {
+  const node = await TestNode.start(t, { nodeName: 'lb6' });
+  const pods = { a: await node.addPod(t, 'web-a', { app: 'web' }), b: await node.addPod(t, 'web-b', { app: 'web' }) };
+  const clients = [await node.addPod(t, 'client-1', { app: 'client' }), await node.addPod(t, 'client-2', { app: 'client' }), await node.addPod(t, 'client-3', { app: 'client' })];
+  await serve(t, pods.a.netns, 'a', 7000);
+  await serve(t, pods.b.netns, 'b', 7000);
+  const vip = await addService(node, 'sticky', '--selector', 'app=web', '--port', '80:7000', '--session-affinity', 'ClientIP', '--session-affinity-timeout', '600');
+  const chosen: string[] = [];
+  for (const client of clients) {
+    const names = new Set((await connect(node, client.netns, 'tcp', vip, 80, 10)).map((r) => r.name ?? r.error));
+    assert.equal(names.size, 1, `one client, one backend: ${[...names].join(', ')}`);
+    chosen.push([...names][0]!);
+  }
+  // The first client's backend leaves: its affinity no longer holds, the other backend takes it, and keeps it.
+  const gone = chosen[0] as 'a' | 'b';
+  await ok(node, 'endpoint', 'labels', String(pods[gone].endpoint.id), 'app=retired');
+  const stays = gone === 'a' ? 'b' : 'a';
+  const view = JSON.parse(await ok(node, 'service', 'get', 'sticky', '-o', 'json')) as { frontends: { backends: string[] }[] };
+  assert.deepEqual(view.frontends[0].backends, [`${pods[stays].endpoint.ipv4}:7000`]);
+  const after = new Set((await connect(node, clients[0].netns, 'tcp', vip, 80, 6)).map((r) => r.name ?? r.error));
+  assert.deepEqual(after, new Set([stays]));
+});

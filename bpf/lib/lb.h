@@ -34,9 +34,10 @@ struct lb4_key {
 #define SVC_F_NODEPORT 0x01	/* a NodePort frontend: its address is any of the node's */
 #define SVC_F_EXTERNAL_IP 0x02
 #define SVC_F_LOADBALANCER 0x04
+#define SVC_F_AFFINITY 0x08	/* ClientIP session affinity: slot 0's backend_id is the timeout in seconds */
 
 struct lb4_service {
-	__u32 backend_id;	/* slot > 0: the backend; slot 0: 0 */
+	__u32 backend_id;	/* slot > 0: the backend; slot 0: the affinity timeout (SVC_F_AFFINITY) or 0 */
 	__u16 count;		/* slot 0: how many backend slots follow */
 	__u16 rev_nat_index;	/* slot 0: the service's id in ciliate_lb4_reverse_nat and the Maglev map */
 	__u8 flags;		/* SVC_F_* */
@@ -114,6 +115,46 @@ struct {
 	__type(value, struct lb4_reverse_sk);
 } ciliate_lb4_reverse_sk SEC(".maps");
 
+/* --- ciliate_lb4_affinity: (client, service) → the backend it was given and when last ---
+ *
+ * ClientIP session affinity at the socket, as Cilium's cilium_lb4_affinity: the client is its
+ * network namespace (a pod), identified by its netns cookie. An entry older than the service's
+ * timeout, or naming a backend the service no longer has (ciliate_lb_affinity_match), is ignored.
+ */
+struct lb4_affinity_key {
+	__u64 client_id;	/* bpf_get_netns_cookie() */
+	__u16 rev_nat_index;
+	__u16 _pad[3];
+};
+
+struct lb_affinity_val {
+	__u64 last_used;	/* seconds of bpf_ktime_get_boot_ns() */
+	__u32 backend_id;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct lb4_affinity_key);
+	__type(value, struct lb_affinity_val);
+} ciliate_lb4_affinity SEC(".maps");
+
+/* The backends each affinity service has now: an affinity entry naming another is stale. */
+struct lb_affinity_match {
+	__u32 backend_id;
+	__u16 rev_nat_index;
+	__u16 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct lb_affinity_match);
+	__type(value, __u8);
+} ciliate_lb_affinity_match SEC(".maps");
+
 /* --- ciliate_lb4_maglev: service id → its Maglev table (backend ids by slot) ---
  *
  * As Cilium's cilium_lb4_maglev: a hash of maps whose inner map is a one-entry array holding the
@@ -178,4 +219,28 @@ static __always_inline __u32 lb4_select_backend_id(const struct lb4_service *svc
 	key.backend_slot = (bpf_get_prandom_u32() % svc->count) + 1;
 	slot = bpf_map_lookup_elem(&ciliate_lb4_services, &key);
 	return slot ? slot->backend_id : 0;
+}
+
+/* The backend `client` was last given for `svc`, while its affinity holds; 0 otherwise. */
+static __always_inline __u32 lb4_affinity_backend_id(const struct lb4_service *svc, __u64 client, __u64 now)
+{
+	struct lb4_affinity_key key = { .client_id = client, .rev_nat_index = svc->rev_nat_index };
+	struct lb_affinity_val *val = bpf_map_lookup_elem(&ciliate_lb4_affinity, &key);
+	struct lb_affinity_match match = { .rev_nat_index = svc->rev_nat_index };
+
+	if (!val || now - val->last_used > svc->backend_id)
+		return 0;
+	match.backend_id = val->backend_id;
+	if (!bpf_map_lookup_elem(&ciliate_lb_affinity_match, &match))
+		return 0;
+	val->last_used = now;
+	return val->backend_id;
+}
+
+static __always_inline void lb4_affinity_update(const struct lb4_service *svc, __u64 client, __u64 now, __u32 backend_id)
+{
+	struct lb4_affinity_key key = { .client_id = client, .rev_nat_index = svc->rev_nat_index };
+	struct lb_affinity_val val = { .last_used = now, .backend_id = backend_id };
+
+	bpf_map_update_elem(&ciliate_lb4_affinity, &key, &val, BPF_ANY);
 }

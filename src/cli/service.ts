@@ -68,6 +68,7 @@ function formatService(service: ServiceView): string {
     ...(service.selector ? [`selector:    ${Object.entries(service.selector).map(([k, v]) => `${k}=${v}`).join(',')}`] : []),
     ...(service.externalIPs.length ? [`externalIPs: ${service.externalIPs.join(', ')}`] : []),
     ...(service.loadBalancerIPs.length ? [`lbIPs:       ${service.loadBalancerIPs.join(', ')}`] : []),
+    ...(service.sessionAffinity ? [`affinity:    ClientIP, ${service.sessionAffinity.timeoutSeconds} s`] : []),
     '',
     formatTable(
       ['FRONTEND', 'KIND', 'BACKENDS'],
@@ -91,12 +92,27 @@ export function registerServiceCommands(program: Command): void {
     .option('--cluster-ip <ip>', 'this ClusterIP instead of an allocated one')
     .option('--external-ip <ip>', 'an external IP the service also answers on (repeat for several)', collect)
     .option('--load-balancer-ip <ip>', 'a LoadBalancer IP (type LoadBalancer; repeat for several)', collect)
+    .option('--session-affinity <affinity>', 'None, or ClientIP: a client keeps its backend')
+    .option('--session-affinity-timeout <seconds>', 'how long a ClientIP affinity lasts without connections (default 10800)', (v) => (/^\d+$/.test(v) ? Number(v) : v))
     .addOption(socketOption())
     .addOption(outputOption())
     .action(
       async (
         name: string,
-        options: { namespace: string; type: string; port: string[]; selector?: string; backend?: string[]; clusterIp?: string; externalIp?: string[]; loadBalancerIp?: string[]; socket: string; output: OutputFormat },
+        options: {
+          namespace: string;
+          type: string;
+          port: string[];
+          selector?: string;
+          backend?: string[];
+          clusterIp?: string;
+          externalIp?: string[];
+          loadBalancerIp?: string[];
+          sessionAffinity?: string;
+          sessionAffinityTimeout?: number | string;
+          socket: string;
+          output: OutputFormat;
+        },
       ) => {
         const body = {
           name,
@@ -108,6 +124,8 @@ export function registerServiceCommands(program: Command): void {
           ...(options.clusterIp ? { clusterIP: options.clusterIp } : {}),
           ...(options.externalIp ? { externalIPs: options.externalIp } : {}),
           ...(options.loadBalancerIp ? { loadBalancerIPs: options.loadBalancerIp } : {}),
+          ...(options.sessionAffinity ? { sessionAffinity: options.sessionAffinity } : {}),
+          ...(options.sessionAffinityTimeout !== undefined ? { sessionAffinityConfig: { clientIP: { timeoutSeconds: options.sessionAffinityTimeout } } } : {}),
         };
         const created = await new AgentClient(options.socket).call<ServiceView & { revision: number }>('POST', '/v1/services', body);
         printOutput(options.output, created, () => `${formatService(created)}\nrevision: ${created.revision}`);

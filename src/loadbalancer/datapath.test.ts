@@ -12,7 +12,8 @@ import { pinDir } from '../ebpf/internal/testutils.ts';
 import { Table } from '../statedb/index.ts';
 import { LbDatapath } from './datapath.ts';
 import { maglevSeed, maglevTable, DEFAULT_MAGLEV_HASH_SEED } from './maglev.ts';
-import { LB_MAGLEV_LUT_SIZE, LbMapName, lb4Backend, lb4Key, lb4Service, lb4BackendKey } from './maps.ts';
+import { LB_MAGLEV_LUT_SIZE, LbMapName, ServiceFlag, lb4Backend, lb4Key, lb4Service, lb4BackendKey, lbAffinityMatch } from './maps.ts';
+import { u8 } from '../ebpf/index.ts';
 import { backendName, frontendKey, type Frontend } from './service.ts';
 
 const log = pino({ level: 'silent' });
@@ -118,4 +119,28 @@ test('the kernel\'s Maglev table of a service is the TS reference\'s for the sam
   const idOf = new Map(entry.backends.map((b) => [`${b.address}/TCP`, b.id]));
   const reference = maglevTable(ips.map((ip) => ({ id: idOf.get(backendName({ ip, port: 8080, protocol: 'TCP' }))!, name: backendName({ ip, port: 8080, protocol: 'TCP' }) })), LB_MAGLEV_LUT_SIZE, seed);
   assert.deepEqual(kernel, reference);
+});
+
+test('ClientIP affinity: slot 0 carries the flag and timeout, and the match map exactly the service\'s backends', async (t) => {
+  const { lb, apply, bpfRoot } = setup(t);
+  const sticky = (ips: string[], affinityTimeout?: number): Frontend => ({ ...frontend('10.96.0.30', 80, ips), ...(affinityTimeout ? { affinityTimeout } : {}) });
+  using services = BpfMap.openPinned(`${bpfRoot}/maps/${LbMapName.SERVICES}`, lb4Key, lb4Service);
+  using match = BpfMap.openPinned(`${bpfRoot}/maps/${LbMapName.AFFINITY_MATCH}`, lbAffinityMatch, u8);
+  const slot0 = () => services.lookup({ address: '10.96.0.30', dport: 80, backend_slot: 0, proto: 6, scope: 0 })!;
+  const matched = () => [...match.keys()].map((k) => k.backend_id).sort((a, b) => a - b);
+  const ids = () => lb.entries()[0].backends.map((b) => b.id).sort((a, b) => a - b);
+
+  await apply(sticky(['10.244.0.1', '10.244.0.2', '10.244.0.3'], 60));
+  assert.equal(slot0().flags & ServiceFlag.AFFINITY, ServiceFlag.AFFINITY);
+  assert.equal(slot0().backend_id, 60, 'slot 0 holds the timeout');
+  assert.equal(lb.entries()[0].affinityTimeout, 60);
+  assert.deepEqual(matched(), ids());
+  await apply(sticky(['10.244.0.1', '10.244.0.3'], 60));
+  assert.deepEqual(matched(), ids(), 'a backend gone from the service is gone from the match map');
+  await apply(sticky(['10.244.0.1', '10.244.0.3']));
+  assert.equal(slot0().flags & ServiceFlag.AFFINITY, 0, 'affinity off');
+  assert.deepEqual(matched(), []);
+  await apply(sticky(['10.244.0.1', '10.244.0.3'], 5));
+  await apply('10.96.0.30:80/TCP');
+  assert.deepEqual(matched(), [], 'a deleted service leaves no match entries');
 });

@@ -26,6 +26,8 @@ interface Written {
   slots: number[];
   flags: number;
   algorithm: number;
+  /** ClientIP affinity timeout in seconds; 0: none. */
+  affinity: number;
 }
 
 const PROTOCOL_NAME = new Map<number, ServiceProtocol>(Object.entries(PROTOCOL_NUMBER).map(([name, n]) => [n, name as ServiceProtocol]));
@@ -51,6 +53,8 @@ export interface LbEntry {
   revNat: number;
   algorithm: 'random' | 'maglev' | 'unknown';
   flags: number;
+  /** ClientIP session affinity timeout in seconds, when the service has it. */
+  affinityTimeout?: number;
   backends: { slot: number; id: number; address?: string; flags?: number }[];
 }
 
@@ -95,7 +99,7 @@ export class LbDatapath {
         repair: (frontend, _actual, key) => {
           // Forget what we thought the maps held: rewrite every entry of the frontend.
           const written = this.#written.get(key);
-          if (written) this.#written.set(key, { ...written, slots: [], flags: -1 });
+          if (written) this.#written.set(key, { ...written, slots: [], flags: -1, affinity: 0 });
           this.#write(frontend);
         },
         prune: (key) => this.#remove(key),
@@ -172,6 +176,7 @@ export class LbDatapath {
         revNat: written.revNat,
         algorithm,
         flags: written.flags,
+        ...(written.affinity ? { affinityTimeout: written.affinity } : {}),
         backends: written.slots.map((id, i) => {
           const backend = this.#maps.backends.lookup(id);
           return { slot: i + 1, id, ...(backend ? { address: `${backend.address}:${backend.port}`, flags: backend.flags } : {}) };
@@ -209,13 +214,16 @@ export class LbDatapath {
       for (let slot = 1; slot <= value.count; slot++) {
         slots.push(this.#maps.services.lookup({ ...key, backend_slot: slot })?.backend_id ?? 0);
       }
-      out.push([frontendKey(key.address, key.dport, protocol), { revNat: value.rev_nat_index, slots, flags: value.flags, algorithm: value.algorithm }]);
+      const affinity = value.flags & ServiceFlag.AFFINITY ? value.backend_id : 0;
+      out.push([frontendKey(key.address, key.dport, protocol), { revNat: value.rev_nat_index, slots, flags: value.flags & ~ServiceFlag.AFFINITY, algorithm: value.algorithm, affinity }]);
     }
     return out;
   }
 
   #equal(frontend: Frontend, actual: Written): boolean {
     if (actual.slots.length !== frontend.backends.length || actual.flags !== KIND_FLAGS[frontend.kind] || actual.algorithm !== this.#algorithm) return false;
+    if (actual.affinity !== (frontend.affinityTimeout ?? 0)) return false;
+    for (const id of actual.slots) if (actual.affinity && this.#maps.affinityMatch.lookup({ backend_id: id, rev_nat_index: actual.revNat }) === undefined) return false;
     const want = new Set(frontend.backends.map(backendName));
     for (const id of actual.slots) {
       const backend = this.#maps.backends.lookup(id);
@@ -258,13 +266,27 @@ export class LbDatapath {
       if (oldSlots[i] !== slots[i]) this.#maps.services.update({ ...base, backend_slot: i + 1 }, { backend_id: slots[i], count: 0, rev_nat_index: 0, flags: 0, algorithm: 0 });
     }
     const flags = KIND_FLAGS[frontend.kind];
-    if (!previous || previous.slots.length !== slots.length || previous.flags !== flags || previous.algorithm !== this.#algorithm || previous.revNat !== revNat) {
-      this.#maps.services.update({ ...base, backend_slot: 0 }, { backend_id: 0, count: slots.length, rev_nat_index: revNat, flags, algorithm: this.#algorithm });
+    const affinity = frontend.affinityTimeout ?? 0;
+    // Affinity entries may name only backends of the service: match entries before slot 0 turns affinity on.
+    const hadAffinity = (previous?.affinity ?? 0) > 0;
+    if (affinity > 0) {
+      const matched = new Set(hadAffinity ? oldSlots : []);
+      for (const id of slots) if (!matched.has(id)) this.#maps.affinityMatch.update({ backend_id: id, rev_nat_index: revNat }, 1);
+    }
+    if (!previous || previous.slots.length !== slots.length || previous.flags !== flags || previous.algorithm !== this.#algorithm || previous.revNat !== revNat || previous.affinity !== affinity) {
+      this.#maps.services.update(
+        { ...base, backend_slot: 0 },
+        { backend_id: affinity, count: slots.length, rev_nat_index: revNat, flags: flags | (affinity > 0 ? ServiceFlag.AFFINITY : 0), algorithm: this.#algorithm },
+      );
+    }
+    if (hadAffinity) {
+      const kept = new Set(affinity > 0 ? slots : []);
+      for (const id of oldSlots) if (!kept.has(id)) this.#maps.affinityMatch.delete({ backend_id: id, rev_nat_index: revNat });
     }
     for (let slot = slots.length + 1; slot <= oldSlots.length; slot++) this.#maps.services.delete({ ...base, backend_slot: slot });
     if (!previous) this.#maps.reverseNat.update(revNat, { address: frontend.vip, port: frontend.port });
     if (this.#algorithm === LbSelection.MAGLEV && (!previous || !sameMembers(oldSlots, slots))) this.#writeMaglev(revNat, slots);
-    this.#written.set(key, { revNat, slots, flags, algorithm: this.#algorithm });
+    this.#written.set(key, { revNat, slots, flags, algorithm: this.#algorithm, affinity });
     for (const name of oldNames) if (!names.has(name)) this.#release(name, key);
   }
 
@@ -294,6 +316,7 @@ export class LbDatapath {
     for (let slot = 1; slot <= written.slots.length; slot++) this.#maps.services.delete({ ...base, backend_slot: slot });
     this.#maps.reverseNat.delete(written.revNat);
     this.#maps.maglev.delete(written.revNat);
+    if (written.affinity) for (const id of written.slots) this.#maps.affinityMatch.delete({ backend_id: id, rev_nat_index: written.revNat });
     this.#revNats.release(written.revNat);
     this.#written.delete(key);
     for (const id of written.slots) {

@@ -13,6 +13,8 @@ export const LbMapName = {
   REVERSE_NAT: 'ciliate_lb4_reverse_nat',
   REVERSE_SK: 'ciliate_lb4_reverse_sk',
   MAGLEV: 'ciliate_lb4_maglev',
+  AFFINITY: 'ciliate_lb4_affinity',
+  AFFINITY_MATCH: 'ciliate_lb_affinity_match',
 } as const;
 
 /** Maps bpf_sock.o shares with the endpoint datapath's loads (bpf/lib/events.h). */
@@ -36,7 +38,7 @@ export const LB_MAGLEV_LUT_SIZE = 16381;
 export const LbSelection = { RANDOM: 1, MAGLEV: 2 } as const;
 
 /** lb4_service.flags (C SVC_F_*). */
-export const ServiceFlag = { NODEPORT: 0x01, EXTERNAL_IP: 0x02, LOADBALANCER: 0x04 } as const;
+export const ServiceFlag = { NODEPORT: 0x01, EXTERNAL_IP: 0x02, LOADBALANCER: 0x04, AFFINITY: 0x08 } as const;
 
 /** lb4_backend.flags (C BE_F_*). */
 export const BackendFlag = { TERMINATING: 0x01 } as const;
@@ -75,6 +77,13 @@ export type Lb4ReverseNat = StructValue<(typeof lb4ReverseNat)['fields']>;
 export const lb4ReverseSkKey = struct('lb4_reverse_sk_key', { cookie: u64, address: ipv4, port: be16, _pad: pad(2) });
 export const lb4ReverseSk = struct('lb4_reverse_sk', { address: ipv4, port: be16, rev_nat_index: u16 });
 
+export const lb4AffinityKey = struct('lb4_affinity_key', { client_id: u64, rev_nat_index: u16, _pad: pad(6) });
+export const lbAffinityVal = struct('lb_affinity_val', { last_used: u64, backend_id: u32, _pad: pad(4) });
+
+/** ciliate_lb_affinity_match: the (backend, service) pairs of affinity services. */
+export const lbAffinityMatch = struct('lb_affinity_match', { backend_id: u32, rev_nat_index: u16, _pad: pad(2) });
+export type LbAffinityMatch = StructValue<(typeof lbAffinityMatch)['fields']>;
+
 /** The node's load-balancing maps, pinned in `<bpfRoot>/maps`. */
 export interface LbMaps {
   services: BpfMap<Lb4Key, Lb4Service>;
@@ -82,6 +91,7 @@ export interface LbMaps {
   reverseNat: BpfMap<number, Lb4ReverseNat>;
   /** rev_nat_index → inner map (setInnerMap; lookup gives the inner map's id). */
   maglev: BpfMap<number, number>;
+  affinityMatch: BpfMap<LbAffinityMatch, number>;
 }
 
 /** Loads bpf_sock.o with its maps pinned (and adopted when pinned already) in `pinDir`. */
@@ -98,6 +108,7 @@ export function lbMaps(obj: BpfObject): LbMaps {
     backends: obj.map(LbMapName.BACKENDS).withCodecs(lb4BackendKey, lb4Backend),
     reverseNat: obj.map(LbMapName.REVERSE_NAT).withCodecs(lb4ReverseNatKey, lb4ReverseNat),
     maglev: obj.map(LbMapName.MAGLEV).withCodecs(u16, u32),
+    affinityMatch: obj.map(LbMapName.AFFINITY_MATCH).withCodecs(lbAffinityMatch, u8),
   };
 }
 

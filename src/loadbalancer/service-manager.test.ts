@@ -74,6 +74,9 @@ test('bad service definitions are refused with the field and the reason', () => 
   rejects({ ...ok, externalIPs: ['127.0.0.1'] }, /field externalIPs\.0: 127\.0\.0\.1 is in 127\.0\.0\.0\/8/);
   rejects({ ...ok, type: 'LoadBalancer', loadBalancerIPs: ['169.254.169.254'] }, /field loadBalancerIPs\.0: 169\.254\.169\.254 is in 169\.254\.0\.0\/16/);
   parse({ ...ok, externalIPs: ['198.51.100.1'] });
+  rejects({ ...ok, sessionAffinity: 'Sticky' }, /field sessionAffinity: must be None or ClientIP/);
+  rejects({ ...ok, sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: 0 } } }, /field sessionAffinityConfig\.clientIP\.timeoutSeconds: must be 1-86400/);
+  rejects({ ...ok, sessionAffinityConfig: { clientIP: { timeoutSeconds: 60 } } }, /field sessionAffinityConfig: only with sessionAffinity ClientIP/);
   // Two ports of one number but different protocols are two ports (DNS: 53/UDP and 53/TCP).
   parse({ ...ok, ports: [{ name: 'dns', port: 53, protocol: 'UDP' }, { name: 'dns-tcp', port: 53, protocol: 'TCP' }] });
 });
@@ -112,6 +115,18 @@ test('a duplicate ClusterIP, name or node port is refused and nothing of it is w
   assert.equal(udp.ports[0].nodePort, 30080);
   const allocated = await create({ name: 'lb', type: 'LoadBalancer', ports: [{ port: 443 }], loadBalancerIPs: ['203.0.113.7'] });
   assert.ok(allocated.ports[0].nodePort! >= 30000 && allocated.ports[0].nodePort! <= 32767, 'a LoadBalancer service gets a node port');
+});
+
+test('ClientIP session affinity is stored with its timeout (Kubernetes\' 3 h by default) and carried by every frontend', async (t) => {
+  const { services, create } = await setup(t);
+  const sticky = await create({ name: 'sticky', sessionAffinity: 'ClientIP', externalIPs: ['198.51.100.9'], ports: [{ port: 80 }] });
+  assert.deepEqual(sticky.sessionAffinity, { timeoutSeconds: 10800 });
+  const short = await create({ name: 'short', sessionAffinity: 'ClientIP', sessionAffinityConfig: { clientIP: { timeoutSeconds: 30 } }, ports: [{ port: 80 }] });
+  assert.deepEqual(short.sessionAffinity, { timeoutSeconds: 30 });
+  const plain = await create({ name: 'plain', ports: [{ port: 80 }] });
+  assert.equal(plain.sessionAffinity, undefined);
+  assert.deepEqual(services.frontendsOf('default/sticky').map((f) => f.affinityTimeout), [10800, 10800]);
+  assert.deepEqual(services.frontendsOf('default/plain').map((f) => f.affinityTimeout), [undefined]);
 });
 
 test('deleting a service frees its ClusterIP and node ports', async (t) => {

@@ -117,6 +117,7 @@ export class ServiceManager {
         ...(request.backends ? { backends: request.backends } : {}),
         externalIPs: request.externalIPs,
         loadBalancerIPs: request.loadBalancerIPs,
+        ...(request.sessionAffinity === 'ClientIP' ? { sessionAffinity: { timeoutSeconds: request.sessionAffinityConfig?.clientIP.timeoutSeconds ?? 10800 } } : {}),
         createdAt: new Date().toISOString(),
       };
       const takenPorts = request.type === 'ClusterIP' ? new Set<string>() : await this.#takenNodePorts();

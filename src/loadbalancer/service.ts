@@ -50,6 +50,8 @@ export interface Service {
   backends?: ExplicitBackend[];
   externalIPs: string[];
   loadBalancerIPs: string[];
+  /** ClientIP session affinity: a client (pod) keeps its backend while it connects within the timeout. */
+  sessionAffinity?: { timeoutSeconds: number };
   createdAt: string;
 }
 
@@ -132,6 +134,19 @@ export function serviceRequestSchema(limits: ServiceRequestLimits) {
       backends: z.array(z.object({ ip: ipv4 }).strict()).max(1000, 'at most 1000 explicit backends').optional(),
       externalIPs: z.array(ipv4).max(100).default([]),
       loadBalancerIPs: z.array(ipv4).max(100).default([]),
+      sessionAffinity: z.enum(['None', 'ClientIP'], { error: 'must be None or ClientIP' }).default('None'),
+      sessionAffinityConfig: z
+        .object({
+          clientIP: z
+            .object({
+              // Kubernetes' bounds and default (3 hours).
+              timeoutSeconds: z.number({ error: 'must be a number of seconds' }).int('must be an integer').min(1, 'must be 1-86400').max(86400, 'must be 1-86400').default(10800),
+            })
+            .strict()
+            .default({ timeoutSeconds: 10800 }),
+        })
+        .strict()
+        .optional(),
     })
     .strict()
     .superRefine((spec, ctx) => {
@@ -159,6 +174,7 @@ export function serviceRequestSchema(limits: ServiceRequestLimits) {
           if (problem) issue([field, i], problem);
         });
       }
+      if (spec.sessionAffinityConfig && spec.sessionAffinity !== 'ClientIP') issue(['sessionAffinityConfig'], 'only with sessionAffinity ClientIP');
       if (spec.loadBalancerIPs.length > 0 && spec.type !== 'LoadBalancer') issue(['loadBalancerIPs'], 'only LoadBalancer services have LoadBalancer IPs');
     });
 }
@@ -185,6 +201,8 @@ export interface Frontend {
   protocol: ServiceProtocol;
   /** Sorted by address, so equal sets compare equal and every node orders them alike. */
   backends: Backend[];
+  /** ClientIP session affinity's timeout in seconds; absent without affinity. */
+  affinityTimeout?: number;
 }
 
 export interface Backend {
@@ -218,7 +236,8 @@ export function serviceFrontends(service: Service, backendIps: readonly string[]
   const key = serviceKey(service);
   for (const p of service.ports) {
     const backends = ips.map((ip) => ({ ip, port: p.targetPort, protocol: p.protocol }));
-    const add = (kind: FrontendKind, vip: string, port: number) => out.push({ key: frontendKey(vip, port, p.protocol), service: key, kind, vip, port, protocol: p.protocol, backends });
+    const affinity = service.sessionAffinity ? { affinityTimeout: service.sessionAffinity.timeoutSeconds } : {};
+    const add = (kind: FrontendKind, vip: string, port: number) => out.push({ key: frontendKey(vip, port, p.protocol), service: key, kind, vip, port, protocol: p.protocol, backends, ...affinity });
     add('ClusterIP', service.clusterIP, p.port);
     for (const ip of service.externalIPs) add('ExternalIP', ip, p.port);
     for (const ip of service.loadBalancerIPs) add('LoadBalancer', ip, p.port);
