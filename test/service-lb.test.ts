@@ -256,3 +256,50 @@ test('ClientIP session affinity: each client pod keeps its backend until that ba
   const after = new Set((await connect(node, clients[0].netns, 'tcp', vip, 80, 6)).map((r) => r.name ?? r.error));
   assert.deepEqual(after, new Set([stays]));
 });
+
+/** Joins the cgroup, then connects every 20 ms for `ms`, each attempt reading who answered; prints all attempts. */
+const CHURN_CLIENT = `
+const fs = require('node:fs'), net = require('node:net');
+const [procs, host, port, ms] = process.argv.slice(1);
+fs.writeFileSync(procs, String(process.pid));
+const attempts = [];
+const end = Date.now() + Number(ms);
+const once = () => new Promise((resolve) => {
+  const at = Date.now();
+  const s = net.connect(Number(port), host);
+  const timer = setTimeout(() => { s.destroy(); resolve({ at, error: 'timeout' }); }, 1000);
+  s.once('data', (d) => { clearTimeout(timer); s.destroy(); resolve({ at, name: String(d).trim() }); });
+  s.on('error', (e) => { clearTimeout(timer); resolve({ at, error: e.code }); });
+});
+(async () => {
+  while (Date.now() < end) { attempts.push(await once()); await new Promise((r) => setTimeout(r, 20)); }
+  console.log(JSON.stringify(attempts));
+})();
+`;
+
+test('backend pods deleted and added while a client keeps connecting: every connection finds a live backend', async (t) => {
+  const node = await TestNode.start(t, { nodeName: 'lb7' });
+  const a = await node.addPod(t, 'web-a', { app: 'web' });
+  const b = await node.addPod(t, 'web-b', { app: 'web' });
+  const client = await node.addPod(t, 'client', { app: 'client' });
+  await serve(t, a.netns, 'a', 7000);
+  await serve(t, b.netns, 'b', 7000);
+  const vip = await addService(node, 'web', '--selector', 'app=web', '--port', '80:7000');
+  const run = inNs(client.netns, process.execPath, ['-e', CHURN_CLIENT, join(node.cgroup, 'cgroup.procs'), vip, '80', '9000'], 60_000);
+  await sleep(2000);
+  const deleting = Date.now();
+  await node.client.call('DELETE', `/v1/endpoints/${a.endpoint.containerId}/eth0`);
+  const deleted = Date.now();
+  await sleep(1500);
+  // A pod joins once it serves (what a readiness probe gives Kubernetes): created, serving, then labelled.
+  const c = await node.addPod(t, 'web-c', { app: 'starting' });
+  await serve(t, c.netns, 'c', 7000);
+  await ok(node, 'endpoint', 'labels', String(c.endpoint.id), 'app=web');
+  const added = Date.now();
+  const attempts = JSON.parse(await run) as { at: number; name?: string; error?: string }[];
+  assert.ok(attempts.length > 100, `the client kept connecting: ${attempts.length} attempts`);
+  const failed = attempts.filter((x) => x.error);
+  assert.deepEqual(failed, [], `every attempt reached a backend (a deleted ${deleting}→${deleted}, c added by ${added})`);
+  assert.deepEqual(attempts.filter((x) => x.at > deleted && x.name === 'a'), [], 'no connection to the deleted pod once it is gone');
+  assert.ok(attempts.some((x) => x.at > added && x.name === 'c'), 'the added pod takes connections');
+});

@@ -22,12 +22,12 @@ import {
 } from '../../loadbalancer/index.ts';
 import { Prefix } from '../../net/index.ts';
 import type { Endpoint } from '../endpoint.ts';
-import { ENDPOINTS_PREFIX } from '../endpoint.ts';
+import { ENDPOINTS_PREFIX, nodeEndpointsPrefix } from '../endpoint.ts';
 import { ConfigError, ipv4Cidr } from '../config.ts';
 import { followPrefix } from '../follow.ts';
 import { parseRequest } from '../api-errors.ts';
 import { defineModule } from '../module.ts';
-import { ServicesCell, StoreCell } from './cells.ts';
+import { EndpointsCell, ServicesCell, StoreCell } from './cells.ts';
 
 const NODE_PORT_RANGE = /^(\d{1,5})-(\d{1,5})$/;
 
@@ -89,9 +89,9 @@ export const servicesModule = defineModule({
   name: 'services',
   description: 'services (ClusterIP, NodePort, LoadBalancer) from the store, their backends among the cluster\'s pods, and the services API',
   config: servicesConfig,
-  needs: { store: StoreCell },
+  needs: { store: StoreCell, endpoints: EndpointsCell },
   provides: ServicesCell,
-  async start({ store }, { config, log, api }) {
+  async start({ store, endpoints }, { config, log, api }) {
     const serviceCidr = Prefix.parse(config.serviceCidr, { family: 4 });
     const clusterCidr = Prefix.parse(config.clusterCidr, { family: 4 });
     if (serviceCidr.overlaps(clusterCidr)) {
@@ -116,9 +116,21 @@ export const servicesModule = defineModule({
     });
     const specs = await followPrefix<Service>(store, SERVICE_SPECS_PREFIX, { signal: abort.signal, onEnd: onEnd(SERVICE_SPECS_PREFIX), apply: (event) => services.applyServiceEvent(event) });
     services.listed(specs.revision);
+    // A local pod leaves its services the moment the endpoint manager lets it go, before its
+    // interface is deleted; its store record goes only after that, and connections given it in
+    // between would find no pod.
+    const local = endpoints.table.changes();
+    const localPrefix = nodeEndpointsPrefix(config.nodeName);
+    const localLoop = (async () => {
+      while (!abort.signal.aborted) {
+        for (const change of local.next()) if (change.deleted) services.deletePod(`${localPrefix}${change.key}`);
+        await local.wait(abort.signal);
+      }
+    })();
     const stopWatches = async () => {
       abort.abort();
-      await Promise.allSettled([pods.loop, specs.loop]);
+      await Promise.allSettled([pods.loop, specs.loop, localLoop]);
+      local.close();
     };
     let datapath: LbDatapath;
     try {
