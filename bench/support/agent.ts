@@ -21,6 +21,8 @@ export interface BenchNodeOptions {
   logLevel?: 'trace' | 'debug' | 'info' | 'warn' | 'error';
   /** The agent's --routing-mode. Default native: one node needs no tunnel, and pods get the underlay's MTU. */
   routingMode?: 'native' | 'tunnel';
+  /** A cgroup v2 of the bench's own for the socket LB hooks; default none (the hooks off). */
+  socketLbCgroup?: string;
 }
 
 /** The node's underlay address (TEST-NET-1); it lives only inside the node namespace. */
@@ -35,6 +37,7 @@ export class BenchNode {
   readonly socket: string;
   readonly client: AgentClient;
   readonly #cleanups: Cleanups;
+  #socketLbCgroup = '';
   agent: ChildProcess | undefined;
   log = '';
 
@@ -67,6 +70,7 @@ export class BenchNode {
         'link set dev cbul1 up',
       ].join('\n') + '\n',
     });
+    node.#socketLbCgroup = options.socketLbCgroup ?? '';
     await node.#startAgent(options.logLevel ?? 'info', options.routingMode ?? 'native');
     return node;
   }
@@ -81,8 +85,8 @@ export class BenchNode {
       '--log-level', logLevel,
       '--node-ip', NODE_IP,
       '--routing-mode', routingMode,
-      // No service benches here: no socket hooks on the machine's root cgroup.
-      '--socket-lb-cgroup', '',
+      // Never the machine's root cgroup: a cgroup of the bench's own, or no socket hooks.
+      '--socket-lb-cgroup', this.#socketLbCgroup,
     ];
     const agent = spawnInNs(this.#cleanups, this.netns, process.execPath, args);
     this.agent = agent;
