@@ -23,9 +23,9 @@ function frontend(vip: string, port: number, ips: string[], targetPort = 8080): 
   return { key: frontendKey(vip, port, 'TCP'), service: 'default/web', kind: 'ClusterIP', vip, port, protocol: 'TCP', backends: ips.map((ip) => ({ ip, port: targetPort, protocol: 'TCP' })) };
 }
 
-function setup(t: TestContext, algorithm: 'random' | 'maglev' = 'random', bpfRoot = pinDir(t)) {
+function setup(t: TestContext, algorithm: 'random' | 'maglev' = 'random', bpfRoot = pinDir(t), refreshIntervalMs?: number) {
   const frontends = new Table<Frontend>('frontends', (f) => f.key, { equals: (a, b) => JSON.stringify(a) === JSON.stringify(b) });
-  const lb = new LbDatapath({ bpfRoot, frontends, algorithm, maglevSeed: seed, log });
+  const lb = new LbDatapath({ bpfRoot, frontends, algorithm, maglevSeed: seed, log, refreshIntervalMs });
   lb.start();
   t.after(() => lb.stop());
   const services = BpfMap.openPinned(`${bpfRoot}/maps/${LbMapName.SERVICES}`, lb4Key, lb4Service);
@@ -143,4 +143,25 @@ test('ClientIP affinity: slot 0 carries the flag and timeout, and the match map 
   await apply(sticky(['10.244.0.1', '10.244.0.3'], 5));
   await apply('10.96.0.30:80/TCP');
   assert.deepEqual(matched(), [], 'a deleted service leaves no match entries');
+});
+
+test('drift in the LB maps is repaired and strays are pruned by the refresh', async (t) => {
+  const { lb, dump, apply, bpfRoot } = setup(t, 'random', undefined, 100);
+  await apply(frontend('10.96.0.40', 80, ['10.244.0.1', '10.244.0.2']));
+  const want = dump();
+  using services = BpfMap.openPinned(`${bpfRoot}/maps/${LbMapName.SERVICES}`, lb4Key, lb4Service);
+  using backends = BpfMap.openPinned(`${bpfRoot}/maps/${LbMapName.BACKENDS}`, lb4BackendKey, lb4Backend);
+  // Behind the reconciler's back: a slot gone, a backend rewritten, a frontend nobody wants.
+  services.delete({ address: '10.96.0.40', dport: 80, backend_slot: 2, proto: 6, scope: 0 });
+  const [firstId] = [...backends.keys()];
+  backends.update(firstId, { address: '10.9.9.9', port: 1, proto: 6, flags: 0 });
+  services.update({ address: '10.96.9.9', dport: 80, backend_slot: 0, proto: 6, scope: 0 }, { backend_id: 0, count: 0, rev_nat_index: 999, flags: 0, algorithm: 1 });
+  const repairsBefore = lb.health().repairs;
+  for (let i = 0; i < 50 && (lb.health().repairs === repairsBefore || lb.health().prunes === 0); i++) await new Promise((r) => setTimeout(r, 50));
+  await lb.synced();
+  const now = dump();
+  assert.deepEqual([...now.services.keys()].filter((k) => k.startsWith('10.96.9.9')), [], 'the stray frontend is pruned');
+  assert.deepEqual(new Set(now.backends.values()), new Set(want.backends.values()), 'the backends are as wanted again');
+  assert.equal(now.services.size, want.services.size, 'the slot is back');
+  assert.ok(lb.health().repairs > repairsBefore && lb.health().prunes > 0, JSON.stringify(lb.health()));
 });

@@ -17,7 +17,7 @@ import { attachCgroup, BpfError, Link, unpinLink, type BpfObject } from '../ebpf
 import { Reconciler, type ReconcilerHealth, type Table } from '../statedb/index.ts';
 import { maglevTable } from './maglev.ts';
 import { backendName, frontendKey, PROTOCOL_NUMBER, type Backend, type Frontend, type FrontendKind, type ServiceProtocol } from './service.ts';
-import { createMaglevInner, LB_MAGLEV_LUT_SIZE, lbMaps, LbSelection, loadSock, ServiceFlag, SockProgram, type Lb4Backend, type LbMaps } from './maps.ts';
+import { createMaglevInner, LB_MAGLEV_LUT_SIZE, lbMaps, LbSelection, loadSock, ServiceFlag, SockProgram, type Lb4Backend, type Lb4Key, type Lb4Service, type LbMaps } from './maps.ts';
 
 /** What the maps hold for one frontend. */
 interface Written {
@@ -94,13 +94,13 @@ export class LbDatapath {
       ops: {
         update: (frontend) => this.#write(frontend),
         delete: (_frontend, key) => this.#remove(key),
-        list: () => this.#read(),
+        list: () => this.#read(true),
         equal: (frontend, actual) => this.#equal(frontend, actual),
         repair: (frontend, _actual, key) => {
           // Forget what we thought the maps held: rewrite every entry of the frontend.
           const written = this.#written.get(key);
           if (written) this.#written.set(key, { ...written, slots: [], flags: -1, affinity: 0 });
-          this.#write(frontend);
+          this.#write(frontend, true);
         },
         prune: (key) => this.#remove(key),
       },
@@ -204,35 +204,48 @@ export class LbDatapath {
     }
   }
 
-  #read(): [string, Written][] {
-    const out: [string, Written][] = [];
+  /**
+   * What the maps hold, frontend by frontend, from one dump of the services map (batched) rather
+   * than a lookup per slot: a refresh of 10k services stays a few batch calls. With `names`, each
+   * slot's backend name too, from one dump of the backends map.
+   */
+  #read(names = false): [string, Written & { names?: (string | undefined)[] }][] {
+    const heads = new Map<string, { key: Lb4Key; value: Lb4Service }>();
+    const slotIds = new Map<string, Map<number, number>>();
     for (const [key, value] of this.#maps.services.entries()) {
-      if (key.backend_slot !== 0) continue;
+      const id = `${key.address}:${key.dport}/${key.proto}`;
+      if (key.backend_slot === 0) heads.set(id, { key, value });
+      else {
+        let slots = slotIds.get(id);
+        if (!slots) slotIds.set(id, (slots = new Map()));
+        slots.set(key.backend_slot, value.backend_id);
+      }
+    }
+    const backendNames = names ? new Map([...this.#maps.backends.entries()].map(([id, b]) => [id, backendName({ ip: b.address, port: b.port, protocol: PROTOCOL_NAME.get(b.proto) ?? 'TCP' })])) : undefined;
+    const out: [string, Written & { names?: (string | undefined)[] }][] = [];
+    for (const [id, { key, value }] of heads) {
       const protocol = PROTOCOL_NAME.get(key.proto);
       if (!protocol) continue;
-      const slots: number[] = [];
-      for (let slot = 1; slot <= value.count; slot++) {
-        slots.push(this.#maps.services.lookup({ ...key, backend_slot: slot })?.backend_id ?? 0);
-      }
+      const found = slotIds.get(id);
+      const slots = Array.from({ length: value.count }, (_, i) => found?.get(i + 1) ?? 0);
       const affinity = value.flags & ServiceFlag.AFFINITY ? value.backend_id : 0;
-      out.push([frontendKey(key.address, key.dport, protocol), { revNat: value.rev_nat_index, slots, flags: value.flags & ~ServiceFlag.AFFINITY, algorithm: value.algorithm, affinity }]);
+      const written = { revNat: value.rev_nat_index, slots, flags: value.flags & ~ServiceFlag.AFFINITY, algorithm: value.algorithm, affinity };
+      out.push([frontendKey(key.address, key.dport, protocol), backendNames ? { ...written, names: slots.map((s) => backendNames.get(s)) } : written]);
     }
     return out;
   }
 
-  #equal(frontend: Frontend, actual: Written): boolean {
+  #equal(frontend: Frontend, actual: Written & { names?: (string | undefined)[] }): boolean {
     if (actual.slots.length !== frontend.backends.length || actual.flags !== KIND_FLAGS[frontend.kind] || actual.algorithm !== this.#algorithm) return false;
     if (actual.affinity !== (frontend.affinityTimeout ?? 0)) return false;
     for (const id of actual.slots) if (actual.affinity && this.#maps.affinityMatch.lookup({ backend_id: id, rev_nat_index: actual.revNat }) === undefined) return false;
     const want = new Set(frontend.backends.map(backendName));
-    for (const id of actual.slots) {
-      const backend = this.#maps.backends.lookup(id);
-      if (!backend || !want.delete(backendName({ ip: backend.address, port: backend.port, protocol: PROTOCOL_NAME.get(backend.proto) ?? 'TCP' }))) return false;
-    }
+    for (const name of actual.names ?? []) if (name === undefined || !want.delete(name)) return false;
     return want.size === 0;
   }
 
-  #write(frontend: Frontend): void {
+  /** `repair`: the maps may differ from what was written; every entry of the frontend is rewritten, its backends' too. */
+  #write(frontend: Frontend, repair = false): void {
     if (frontend.kind === 'NodePort') return; // north-south: the TC datapath's, not the socket hooks'
     const key = frontend.key;
     const previous = this.#written.get(key);
@@ -244,7 +257,7 @@ export class LbDatapath {
     const oldNames = new Set(oldSlots.map((id) => before.get(id)).filter((n): n is string => n !== undefined));
     // New backends get ids (and entries) before any slot points at them.
     const added: number[] = [];
-    for (const [name, backend] of names) if (!oldNames.has(name)) added.push(this.#acquire(name, backend, key));
+    for (const [name, backend] of names) if (!oldNames.has(name)) added.push(this.#acquire(name, backend, key, repair));
     // Keep each remaining backend in its slot; a removed one's slot goes to a new backend, or
     // to the last slot's backend.
     const slots = oldSlots.filter(() => true);
@@ -325,14 +338,15 @@ export class LbDatapath {
     }
   }
 
-  #acquire(name: string, backend: Backend, user: string): number {
+  #acquire(name: string, backend: Backend, user: string, rewrite = false): number {
+    const value: Lb4Backend = { address: backend.ip, port: backend.port, proto: PROTOCOL_NUMBER[backend.protocol], flags: 0 };
     const existing = this.#backends.get(name);
     if (existing) {
       existing.users.add(user);
+      if (rewrite) this.#maps.backends.update(existing.id, value);
       return existing.id;
     }
     const id = this.#backendIds.allocate();
-    const value: Lb4Backend = { address: backend.ip, port: backend.port, proto: PROTOCOL_NUMBER[backend.protocol], flags: 0 };
     this.#maps.backends.update(id, value);
     this.#backends.set(name, { id, users: new Set([user]) });
     this.#backendNames.set(id, name);
