@@ -12,6 +12,7 @@
 #include "common.h"
 #include "drop_reasons.h"
 #include "events.h"
+#include "maps.h"
 #include "lb.h"
 
 #ifndef ECONNREFUSED
@@ -28,6 +29,23 @@ static __always_inline __be16 ctx_dport(const struct bpf_sock_addr *ctx)
 }
 
 /*
+ * A NodePort frontend (stored at address 0.0.0.0) for a connection to one of the cluster's node
+ * addresses (the ipcache says host or remote node), as Cilium's wildcard lookup. Not loopback: in
+ * a pod's namespace that is the pod's own, and its ports in the node-port range are its own too.
+ */
+static __always_inline struct lb4_service *sock4_nodeport_lookup(__be32 address, __be16 dport, __u8 proto)
+{
+	struct ipcache_key key = { .prefixlen = 32, .ip = address };
+	struct remote_endpoint_info *info = bpf_map_lookup_elem(&ciliate_ipcache, &key);
+	struct lb4_service *svc;
+
+	if (!info || (info->sec_identity != IDENTITY_HOST && info->sec_identity != IDENTITY_REMOTE_NODE))
+		return NULL;
+	svc = lb4_lookup_service(0, dport, proto);
+	return svc && (svc->flags & SVC_F_NODEPORT) ? svc : NULL;
+}
+
+/*
  * Translates a frontend to a backend. Returns 0 (proceed, maybe translated), or -ECONNREFUSED
  * when the destination is a frontend with no backend to take the connection.
  */
@@ -37,12 +55,17 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx)
 	__be16 dport = ctx_dport(ctx);
 	__u8 proto = (__u8)ctx->protocol;
 	struct lb4_service *svc = lb4_lookup_service(vip, dport, proto);
+	__be32 frontend = vip;	/* the address the service's slots are stored under */
 	struct lb4_backend *backend;
 	__u64 cookie, client = 0, now = 0;
 	__u32 backend_id = 0;
 
-	if (!svc)
-		return 0;
+	if (!svc) {
+		svc = sock4_nodeport_lookup(vip, dport, proto);
+		if (!svc)
+			return 0;
+		frontend = 0;
+	}
 	cookie = bpf_get_socket_cookie(ctx);
 	if (svc->flags & SVC_F_AFFINITY) {
 		client = bpf_get_netns_cookie(ctx);
@@ -51,7 +74,7 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx)
 	}
 	/* Maglev's hash: the socket, so one socket keeps one backend. */
 	if (!backend_id)
-		backend_id = lb4_select_backend_id(svc, vip, dport, proto, (__u32)(cookie ^ (cookie >> 32)));
+		backend_id = lb4_select_backend_id(svc, frontend, dport, proto, (__u32)(cookie ^ (cookie >> 32)));
 	backend = backend_id ? bpf_map_lookup_elem(&ciliate_lb4_backends, &backend_id) : NULL;
 	if (!backend || (backend->flags & BE_F_TERMINATING)) {
 		metrics_account(0, DROP_NO_SERVICE, CILIATE_METRIC_EGRESS);

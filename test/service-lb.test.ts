@@ -303,3 +303,18 @@ test('backend pods deleted and added while a client keeps connecting: every conn
   assert.deepEqual(attempts.filter((x) => x.at > deleted && x.name === 'a'), [], 'no connection to the deleted pod once it is gone');
   assert.ok(attempts.some((x) => x.at > added && x.name === 'c'), 'the added pod takes connections');
 });
+
+test('a NodePort service is reached at a node address and its node port, a ClusterIP port is not', async (t) => {
+  const node = await TestNode.start(t, { nodeName: 'lb8' });
+  const web = await node.addPod(t, 'web', { app: 'web' });
+  const client = await node.addPod(t, 'client', { app: 'client' });
+  await serve(t, web.netns, 'web', 7000);
+  const vip = await addService(node, 'web', '--type', 'NodePort', '--selector', 'app=web', '--port', '80:7000:30080');
+  await addService(node, 'internal', '--selector', 'app=web', '--port', '81:7000');
+  const nodeIp = node.options.nodeIp ?? '192.0.2.1';
+  assert.deepEqual(await connect(node, client.netns, 'tcp', nodeIp, 30080, 2), [{ name: 'web', peer: `${nodeIp}:30080` }, { name: 'web', peer: `${nodeIp}:30080` }]);
+  assert.deepEqual(await connect(node, client.netns, 'tcp', vip, 80, 1), [{ name: 'web', peer: `${vip}:80` }], 'the ClusterIP still works');
+  const [internal] = await connect(node, client.netns, 'tcp', nodeIp, 81, 1);
+  assert.notEqual(internal.name, 'web', 'a ClusterIP service\'s port is no node port');
+  assert.match(await ok(node, 'bpf', 'lb', 'list'), /0\.0\.0\.0:30080\/TCP/);
+});

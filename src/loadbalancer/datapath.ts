@@ -246,7 +246,6 @@ export class LbDatapath {
 
   /** `repair`: the maps may differ from what was written; every entry of the frontend is rewritten, its backends' too. */
   #write(frontend: Frontend, repair = false): void {
-    if (frontend.kind === 'NodePort') return; // north-south: the TC datapath's, not the socket hooks'
     const key = frontend.key;
     const previous = this.#written.get(key);
     const revNat = previous?.revNat ?? this.#revNats.allocate();

@@ -5,6 +5,7 @@
  * @module
  */
 import { join } from 'node:path';
+import { SHARED_MAPS } from '../datapath/index.ts';
 import { BpfMap, BpfObject, MapType, be16, ipv4, pad, struct, u16, u32, u64, u8, type StructValue } from '../ebpf/index.ts';
 
 export const LbMapName = {
@@ -17,8 +18,6 @@ export const LbMapName = {
   AFFINITY_MATCH: 'ciliate_lb_affinity_match',
 } as const;
 
-/** Maps bpf_sock.o shares with the endpoint datapath's loads (bpf/lib/events.h). */
-const SHARED_WITH_LXC = ['ciliate_metrics', 'ciliate_forward_metrics', 'ciliate_events', 'ciliate_events_lost'] as const;
 
 /** The compiled object, as scripts/build-bpf.sh leaves it. */
 export const SOCK_OBJECT_PATH = join(import.meta.dirname, '..', '..', 'build', 'bpf', 'bpf_sock.o');
@@ -97,7 +96,9 @@ export interface LbMaps {
 /** Loads bpf_sock.o with its maps pinned (and adopted when pinned already) in `pinDir`. */
 export function loadSock(options: { pinDir: string; objectPath?: string }): BpfObject {
   return BpfObject.load(options.objectPath ?? SOCK_OBJECT_PATH, {
-    pin: { dir: options.pinDir, maps: [...Object.values(LbMapName), ...SHARED_WITH_LXC] },
+    // The endpoint datapath's maps too (bpf/lib/maps.h, events.h): the ipcache names node addresses
+    // for NodePort, and nothing of them may be a private copy (the conntrack table alone is large).
+    pin: { dir: options.pinDir, maps: [...Object.values(LbMapName), ...SHARED_MAPS] },
   });
 }
 
