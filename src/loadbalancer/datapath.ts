@@ -123,8 +123,14 @@ export class LbDatapath {
     return this.#reconciler.health();
   }
 
+  /** Resolves once every frontend so far is in the maps (and none keeps failing). */
   synced(): Promise<void> {
     return this.#reconciler.waitFor();
+  }
+
+  /** Resolves once every frontend so far was tried once; failures go on being retried (see health()). */
+  attempted(): Promise<void> {
+    return this.#reconciler.attempted();
   }
 
   /**

@@ -211,10 +211,22 @@ export class ServiceManager {
     this.#advance(revision);
   }
 
-  /** Resolves once this node's tables hold every service change up to the store's `revision`. */
-  synced(revision: number): Promise<void> {
-    if (revision <= this.#applied) return Promise.resolve();
-    return new Promise((resolve) => this.#waiters.push({ revision, resolve }));
+  /**
+   * Resolves once this node's tables hold every service change up to the store's `revision`, or
+   * after `timeoutMs` (then false) when given.
+   */
+  synced(revision: number, timeoutMs?: number): Promise<boolean> {
+    if (revision <= this.#applied) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = timeoutMs === undefined ? undefined : setTimeout(() => resolve(false), timeoutMs);
+      this.#waiters.push({
+        revision,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve(true);
+        },
+      });
+    });
   }
 
   /** A pod (any node's endpoint) came or changed. */

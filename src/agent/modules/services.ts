@@ -31,6 +31,9 @@ import { EndpointsCell, ServicesCell, StoreCell } from './cells.ts';
 
 const NODE_PORT_RANGE = /^(\d{1,5})-(\d{1,5})$/;
 
+/** How long a write waits for this node's view to show it before answering anyway (a stalled watch is logged). */
+const SYNC_WAIT_MS = 5000;
+
 /** Where the cgroup v2 hierarchy is mounted (its root), from /proc/self/mounts; '' without one. */
 function cgroup2Root(): string {
   try {
@@ -149,7 +152,9 @@ export const servicesModule = defineModule({
     }
     try {
       datapath.start();
-      await datapath.synced();
+      // Tried, not necessarily done: a frontend that cannot be written (a full map) is retried and
+      // makes the agent degraded, it does not keep the agent from starting.
+      await datapath.attempted();
       if (config.socketLbCgroup) datapath.attach(config.socketLbCgroup);
       else datapath.detach();
     } catch (error) {
@@ -171,14 +176,14 @@ export const servicesModule = defineModule({
     api.route('POST', '/v1/services', async ({ body }) => {
       const { service, revision } = await services.create(parseRequest(schema, body, 'service'));
       // Answer once this node's view has it: a `service get` right after sees it.
-      await services.synced(revision);
+      await services.synced(revision, SYNC_WAIT_MS);
       return { ...view(services.services.get(serviceKey(service)) ?? service), revision };
     });
     api.route('GET', '/v1/lb/maps', () => datapath.entries());
     api.route('DELETE', '/v1/services/:namespace/:name', async ({ params }) => {
       const { namespace, name } = ref(params);
       const { revision } = await services.delete(namespace, name);
-      await services.synced(revision);
+      await services.synced(revision, SYNC_WAIT_MS);
       return { deleted: `${namespace}/${name}`, revision };
     });
     return {
