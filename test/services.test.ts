@@ -6,6 +6,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { TestNode, cli } from './support/cluster.ts';
 
 interface View {
@@ -72,4 +75,21 @@ test('bad service definitions are refused with the field and reason, and nothing
 
 test('the agent refuses a service CIDR that overlaps the pods\'', async (t) => {
   await assert.rejects(TestNode.start(t, { nodeName: 'svc3', extraArgs: ['--service-cidr', '10.244.128.0/20'] }), /serviceCidr 10\.244\.128\.0\/20 overlaps clusterCidr 10\.244\.0\.0\/16/);
+});
+
+test('service import creates the Services of a Kubernetes manifest, or none when any document is bad', async (t) => {
+  const node = await TestNode.start(t, { nodeName: 'svc4' });
+  const dir = mkdtempSync(join(tmpdir(), 'ciliate-svc-test-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const doc = (name: string, port: number) => `apiVersion: v1\nkind: Service\nmetadata: { name: ${name}, namespace: shop }\nspec:\n  selector: { app: ${name} }\n  ports: [{ port: ${port}, targetPort: 8080 }]\n`;
+  writeFileSync(join(dir, 'bad.yaml'), `${doc('web', 80)}---\n${doc('api', 70000)}`);
+  const bad = await cli(node, 'service', 'import', join(dir, 'bad.yaml'));
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /bad\.yaml: document 2: spec\.ports\[0\]\.port: must be 1-65535; nothing was created/);
+  assert.equal((await ok(node, 'service', 'list')).trim(), '(no services)', 'the good document was not created either');
+
+  writeFileSync(join(dir, 'good.yaml'), `${doc('web', 80)}---\n${doc('api', 81)}`);
+  assert.match(await ok(node, 'service', 'import', join(dir, 'good.yaml')), /good\.yaml: created shop\/web \(10\.96\.\d+\.\d+\), shop\/api \(10\.96\.\d+\.\d+\)/);
+  const web = JSON.parse(await ok(node, 'service', 'get', 'shop/web', '-o', 'json')) as View & { ports: { port: number; targetPort: number }[] };
+  assert.deepEqual(web.ports.map((p) => [p.port, p.targetPort]), [[80, 8080]]);
 });

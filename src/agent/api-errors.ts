@@ -83,6 +83,7 @@ const HTTP_STATUS: readonly FamilyStatuses[] = [
   family(NamespaceError, { ERR_BAD_NAMESPACE: 400 }),
   family(NodeError, { ERR_NODE_NOT_FOUND: 404, ERR_NODE_IS_SELF: 409, ERR_NODE_CONFLICT: 409, ERR_BAD_REQUEST: 400 }),
   family(ServiceError, {
+    ERR_SERVICE_INVALID: 400,
     ERR_SERVICE_EXISTS: 409,
     ERR_SERVICE_NOT_FOUND: 404,
     ERR_CLUSTER_IP_IN_USE: 409,

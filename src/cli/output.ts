@@ -2,7 +2,9 @@
  * Output helpers shared by CLI commands: the -o option and plain-text tables.
  * @module
  */
+import { readFileSync } from 'node:fs';
 import { Option } from 'commander';
+import { MAX_REQUEST_BYTES } from '../agent/index.ts';
 
 export type OutputFormat = 'table' | 'json';
 
@@ -26,4 +28,23 @@ export function socketOption(): Option {
 /** `value` as JSON (-o json) or as the table `table()` makes. */
 export function printOutput(format: OutputFormat, value: unknown, table: () => string): void {
   process.stdout.write(`${format === 'json' ? JSON.stringify(value, null, 2) : table()}\n`);
+}
+
+/**
+ * A YAML file to send to the agent as `{ yaml, file }`: its text, or a one-line error when it
+ * cannot be read or would be over the agent's request limit (said here at once, rather than by
+ * the agent after the upload).
+ */
+export function readYamlRequest(file: string): string {
+  let yaml: string;
+  try {
+    yaml = readFileSync(file, 'utf8');
+  } catch (error) {
+    throw new Error(`${file}: cannot read: ${(error as Error).message}`);
+  }
+  const size = Buffer.byteLength(JSON.stringify({ yaml, file }));
+  if (size > MAX_REQUEST_BYTES) {
+    throw new Error(`${file}: ${size} bytes as a request, over the agent's limit of ${MAX_REQUEST_BYTES} bytes (1 MiB): split it into several files`);
+  }
+  return yaml;
 }

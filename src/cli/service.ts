@@ -7,7 +7,7 @@ import { type Command, Option } from 'commander';
 import { AgentClient } from '../agent/index.ts';
 import type { ServiceView } from '../agent/modules/services.ts';
 import type { LbEntry } from '../loadbalancer/index.ts';
-import { formatTable, outputOption, printOutput, socketOption, type OutputFormat } from './output.ts';
+import { formatTable, outputOption, printOutput, readYamlRequest, socketOption, type OutputFormat } from './output.ts';
 
 /** `[name=]PORT[:TARGET[:NODEPORT]][/PROTO]`, e.g. `http=80:8080/TCP`. Numbers stay text when they are not, for the agent to name. */
 export function parsePortSpec(spec: string): Record<string, unknown> {
@@ -131,6 +131,21 @@ export function registerServiceCommands(program: Command): void {
         printOutput(options.output, created, () => `${formatService(created)}\nrevision: ${created.revision}`);
       },
     );
+
+  service
+    .command('import <files...>')
+    .description('create the Services of Kubernetes manifests (apiVersion v1, kind Service); a file with any problem creates nothing')
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (files: string[], options: { socket: string; output: OutputFormat }) => {
+      const client = new AgentClient(options.socket);
+      const results: { file: string; services: { service: string; clusterIP: string }[]; revision: number }[] = [];
+      for (const file of files) {
+        const yaml = readYamlRequest(file);
+        results.push({ file, ...(await client.call<{ services: { service: string; clusterIP: string }[]; revision: number }>('POST', '/v1/services/import', { yaml, file })) });
+      }
+      printOutput(options.output, results, () => results.map((r) => `${r.file}: created ${r.services.map((s) => `${s.service} (${s.clusterIP})`).join(', ')}\nrevision: ${r.revision}`).join('\n'));
+    });
 
   service
     .command('list')

@@ -6,6 +6,8 @@
 import { codedErrorFamily } from '../errors/index.ts';
 
 export type ServiceErrorCode =
+  /** A manifest that is no valid Service, or asks for what is not supported; `details` lists every problem. */
+  | 'ERR_SERVICE_INVALID'
   /** A service of that namespace and name exists already. */
   | 'ERR_SERVICE_EXISTS'
   /** No service of that namespace and name. */

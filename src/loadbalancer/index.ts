@@ -43,6 +43,7 @@ export {
   type MaglevTableSize,
 } from './maglev.ts';
 export { murmur3x64_128 } from './murmur3.ts';
+export { servicesFromManifest, type ManifestProblem } from './manifest.ts';
 export { LbDatapath, type LbDatapathOptions, type LbEntry } from './datapath.ts';
 export {
   BackendFlag,

@@ -166,3 +166,21 @@ test('frontends follow the pods a selector picks in the service\'s namespace, on
   assert.deepEqual(backendsOf(`${other.clusterIP}:81/TCP`), ['10.244.9.9:81/TCP'], 'explicit backends');
   assert.equal(services.frontends.revisionOf(`${other.clusterIP}:81/TCP`), otherRevision, 'pod changes did not rewrite another service\'s frontend');
 });
+
+test('several services are created in one transaction, or none of them', async (t) => {
+  const { store, services } = await setup(t);
+  const before = await store.list(SERVICES_PREFIX);
+  // The second asks for the first's ClusterIP: nothing of either is written.
+  await assert.rejects(
+    services.createMany([parse({ name: 'a', clusterIP: '10.96.0.10', ports: [{ port: 80 }] }), parse({ name: 'b', clusterIP: '10.96.0.10', ports: [{ port: 80 }] })]),
+    (error: unknown) => ServiceError.is(error, 'ERR_CLUSTER_IP_IN_USE') && /default\/b: field clusterIP: 10\.96\.0\.10 belongs to service default\/a \(in the same request\)/.test((error as Error).message),
+  );
+  assert.deepEqual((await store.list(SERVICES_PREFIX)).entries, before.entries);
+  const { services: created, revision } = await services.createMany([parse({ name: 'a', ports: [{ port: 80 }] }), parse({ name: 'b', type: 'NodePort', ports: [{ port: 80 }] })]);
+  await services.synced(revision);
+  assert.equal(new Set(created.map((s) => s.clusterIP)).size, 2, 'two addresses allocated in one batch');
+  assert.deepEqual(services.list().map((s) => s.name), ['a', 'b']);
+  // One of a batch existing already refuses the batch.
+  await assert.rejects(services.createMany([parse({ name: 'c', ports: [{ port: 80 }] }), parse({ name: 'a', ports: [{ port: 81 }] })]), (error: unknown) => ServiceError.is(error, 'ERR_SERVICE_EXISTS'));
+  assert.deepEqual(services.list().map((s) => s.name), ['a', 'b']);
+});

@@ -103,57 +103,100 @@ export class ServiceManager {
    * them. Resolves with the service and the store revision of the write.
    */
   async create(request: ServiceRequest): Promise<{ service: Service; revision: number }> {
-    const key = specKey(request.namespace, request.name);
-    const what = `creating service ${request.namespace}/${request.name}`;
-    for (let attempt = 1; ; attempt++) {
-      if (await this.#store.get(key)) throw new ServiceError('ERR_SERVICE_EXISTS', `${what}: it exists already`);
-      const service: Service = {
-        namespace: request.namespace,
-        name: request.name,
-        type: request.type,
-        clusterIP: request.clusterIP ?? (await this.#freeClusterIp(what)),
-        ports: [],
-        ...(request.selector ? { selector: request.selector } : {}),
-        ...(request.backends ? { backends: request.backends } : {}),
-        externalIPs: request.externalIPs,
-        loadBalancerIPs: request.loadBalancerIPs,
-        ...(request.sessionAffinity === 'ClientIP' ? { sessionAffinity: { timeoutSeconds: request.sessionAffinityConfig?.clientIP.timeoutSeconds ?? 10800 } } : {}),
-        createdAt: new Date().toISOString(),
-      };
-      const takenPorts = request.type === 'ClusterIP' ? new Set<string>() : await this.#takenNodePorts();
-      for (const p of request.ports) {
-        let nodePort = p.nodePort;
-        if (nodePort === undefined && request.type !== 'ClusterIP') {
-          nodePort = this.#freeNodePort(p.protocol, takenPorts, what);
-          takenPorts.add(`${p.protocol}/${nodePort}`);
-        }
-        service.ports.push({ ...(p.name ? { name: p.name } : {}), protocol: p.protocol, port: p.port, targetPort: p.targetPort ?? p.port, ...(nodePort !== undefined ? { nodePort } : {}) });
+    const { services, revision } = await this.createMany([request]);
+    return { service: services[0], revision };
+  }
+
+  /**
+   * Stores several new services in one transaction: all of them or, when any is refused (it
+   * exists, or asks for a ClusterIP or node port another service has, in the store or in the same
+   * batch), none.
+   */
+  async createMany(requests: readonly ServiceRequest[]): Promise<{ services: Service[]; revision: number }> {
+    const what = (r: ServiceRequest) => `creating service ${r.namespace}/${r.name}`;
+    const names = new Map<string, string>();
+    const ips = new Map<string, string>();
+    const ports = new Map<string, string>();
+    for (const r of requests) {
+      const name = `${r.namespace}/${r.name}`;
+      if (names.has(name)) throw new ServiceError('ERR_SERVICE_EXISTS', `${what(r)}: it is in the request twice`);
+      names.set(name, name);
+      if (r.clusterIP) {
+        const other = ips.get(r.clusterIP);
+        if (other) throw new ServiceError('ERR_CLUSTER_IP_IN_USE', `${what(r)}: field clusterIP: ${r.clusterIP} belongs to service ${other} (in the same request)`);
+        ips.set(r.clusterIP, name);
       }
-      const claim: Claim = { service: serviceKey(service) };
-      const ops: TxnOp[] = [
-        { type: 'put', key, value: service, expectedRevision: 0 },
-        { type: 'put', key: clusterIpKey(service.clusterIP), value: claim, expectedRevision: 0 },
-        ...service.ports.filter((p) => p.nodePort !== undefined).map((p): TxnOp => ({ type: 'put', key: nodePortKey(p.protocol, p.nodePort!), value: claim, expectedRevision: 0 })),
-      ];
+      r.ports.forEach((p, i) => {
+        if (p.nodePort === undefined) return;
+        const other = ports.get(`${p.protocol}/${p.nodePort}`);
+        if (other) throw new ServiceError('ERR_NODE_PORT_IN_USE', `${what(r)}: field ports.${i}.nodePort: ${p.nodePort}/${p.protocol} belongs to service ${other} (in the same request)`);
+        ports.set(`${p.protocol}/${p.nodePort}`, name);
+      });
+    }
+    for (let attempt = 1; ; attempt++) {
+      for (const r of requests) if (await this.#store.get(specKey(r.namespace, r.name))) throw new ServiceError('ERR_SERVICE_EXISTS', `${what(r)}: it exists already`);
+      const takenIps = requests.some((r) => !r.clusterIP) ? await this.#takenClusterIps() : new Set<string>();
+      for (const ip of ips.keys()) takenIps.add(ip);
+      const takenPorts = requests.some((r) => r.type !== 'ClusterIP') ? await this.#takenNodePorts() : new Set<string>();
+      for (const port of ports.keys()) takenPorts.add(port);
+      const services: Service[] = [];
+      const ops: TxnOp[] = [];
+      for (const r of requests) {
+        const clusterIP = r.clusterIP ?? this.#freeClusterIp(takenIps, what(r));
+        takenIps.add(clusterIP);
+        const service: Service = {
+          namespace: r.namespace,
+          name: r.name,
+          type: r.type,
+          clusterIP,
+          ports: [],
+          ...(r.selector ? { selector: r.selector } : {}),
+          ...(r.backends ? { backends: r.backends } : {}),
+          externalIPs: r.externalIPs,
+          loadBalancerIPs: r.loadBalancerIPs,
+          ...(r.sessionAffinity === 'ClientIP' ? { sessionAffinity: { timeoutSeconds: r.sessionAffinityConfig?.clientIP.timeoutSeconds ?? 10800 } } : {}),
+          createdAt: new Date().toISOString(),
+        };
+        for (const p of r.ports) {
+          let nodePort = p.nodePort;
+          if (nodePort === undefined && r.type !== 'ClusterIP') {
+            nodePort = this.#freeNodePort(p.protocol, takenPorts, what(r));
+            takenPorts.add(`${p.protocol}/${nodePort}`);
+          }
+          service.ports.push({ ...(p.name ? { name: p.name } : {}), protocol: p.protocol, port: p.port, targetPort: p.targetPort ?? p.port, ...(nodePort !== undefined ? { nodePort } : {}) });
+        }
+        const claim: Claim = { service: serviceKey(service) };
+        ops.push(
+          { type: 'put', key: specKey(r.namespace, r.name), value: service, expectedRevision: 0 },
+          { type: 'put', key: clusterIpKey(service.clusterIP), value: claim, expectedRevision: 0 },
+          ...service.ports.filter((p) => p.nodePort !== undefined).map((p): TxnOp => ({ type: 'put', key: nodePortKey(p.protocol, p.nodePort!), value: claim, expectedRevision: 0 })),
+        );
+        services.push(service);
+      }
       try {
         const { revision } = await this.#store.transaction(ops);
-        return { service, revision };
+        return { services, revision };
       } catch (error) {
         if (!(error instanceof StoreConflictError)) throw error;
-        const lost = error.mismatches.map((m) => m.key);
-        if (lost.includes(key)) throw new ServiceError('ERR_SERVICE_EXISTS', `${what}: it exists already`);
-        if (request.clusterIP && lost.includes(clusterIpKey(request.clusterIP))) {
-          const owner = await this.#store.get<Claim>(clusterIpKey(request.clusterIP));
-          throw new ServiceError('ERR_CLUSTER_IP_IN_USE', `${what}: field clusterIP: ${request.clusterIP} belongs to service ${owner?.value.service ?? '(another)'}`);
-        }
-        for (const p of request.ports) {
-          if (p.nodePort === undefined || !lost.includes(nodePortKey(p.protocol, p.nodePort))) continue;
-          const owner = await this.#store.get<Claim>(nodePortKey(p.protocol, p.nodePort));
-          throw new ServiceError('ERR_NODE_PORT_IN_USE', `${what}: field ports.${request.ports.indexOf(p)}.nodePort: ${p.nodePort}/${p.protocol} belongs to service ${owner?.value.service ?? '(another)'}`);
-        }
+        const lost = new Set(error.mismatches.map((m) => m.key));
+        for (const r of requests) await this.#refused(r, lost, what(r));
         // Someone took an address or port we had picked: pick again.
         if (attempt >= ALLOCATION_ATTEMPTS) throw error;
       }
+    }
+  }
+
+  /** Throws the error that names why `r` lost a transaction, if it was one of its own claims. */
+  async #refused(r: ServiceRequest, lost: ReadonlySet<string>, what: string): Promise<void> {
+    if (lost.has(specKey(r.namespace, r.name))) throw new ServiceError('ERR_SERVICE_EXISTS', `${what}: it exists already`);
+    if (r.clusterIP && lost.has(clusterIpKey(r.clusterIP))) {
+      const owner = await this.#store.get<Claim>(clusterIpKey(r.clusterIP));
+      throw new ServiceError('ERR_CLUSTER_IP_IN_USE', `${what}: field clusterIP: ${r.clusterIP} belongs to service ${owner?.value.service ?? '(another)'}`);
+    }
+    for (const [i, p] of r.ports.entries()) {
+      if (p.nodePort === undefined || !lost.has(nodePortKey(p.protocol, p.nodePort))) continue;
+      const owner = await this.#store.get<Claim>(nodePortKey(p.protocol, p.nodePort));
+      throw new ServiceError('ERR_NODE_PORT_IN_USE', `${what}: field ports.${i}.nodePort: ${p.nodePort}/${p.protocol} belongs to service ${owner?.value.service ?? '(another)'}`);
     }
   }
 
@@ -281,9 +324,12 @@ export class ServiceManager {
     else this.#frontendsOf.delete(service);
   }
 
-  async #freeClusterIp(what: string): Promise<string> {
+  async #takenClusterIps(): Promise<Set<string>> {
     const { entries } = await this.#store.list(CLUSTER_IPS_PREFIX);
-    const taken = new Set(entries.map((e) => e.key.slice(CLUSTER_IPS_PREFIX.length)));
+    return new Set(entries.map((e) => e.key.slice(CLUSTER_IPS_PREFIX.length)));
+  }
+
+  #freeClusterIp(taken: ReadonlySet<string>, what: string): string {
     // Neither the network nor the last address; a random start spreads concurrent creators apart.
     const first = this.#cidr.first().toBigInt() + 1n;
     const count = BigInt(this.#cidr.size()) - 2n;

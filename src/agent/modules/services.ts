@@ -17,6 +17,7 @@ import {
   ServiceManager,
   serviceKey,
   serviceRefSchema,
+  servicesFromManifest,
   serviceRequestSchema,
   type Service,
 } from '../../loadbalancer/index.ts';
@@ -30,6 +31,8 @@ import { defineModule } from '../module.ts';
 import { EndpointsCell, ServicesCell, StoreCell } from './cells.ts';
 
 const NODE_PORT_RANGE = /^(\d{1,5})-(\d{1,5})$/;
+
+const ImportBody = z.object({ yaml: z.string().min(1), file: z.string().default('<api>') }).strict();
 
 /** How long a write waits for this node's view to show it before answering anyway (a stalled watch is logged). */
 const SYNC_WAIT_MS = 5000;
@@ -178,6 +181,12 @@ export const servicesModule = defineModule({
       // Answer once this node's view has it: a `service get` right after sees it.
       await services.synced(revision, SYNC_WAIT_MS);
       return { ...view(services.services.get(serviceKey(service)) ?? service), revision };
+    });
+    api.route('POST', '/v1/services/import', async ({ body }) => {
+      const { yaml, file } = parseRequest(ImportBody, body, 'service import');
+      const created = await services.createMany(servicesFromManifest(yaml, file, schema));
+      await services.synced(created.revision, SYNC_WAIT_MS);
+      return { services: created.services.map((s) => ({ service: serviceKey(s), clusterIP: s.clusterIP })), revision: created.revision };
     });
     api.route('GET', '/v1/lb/maps', () => datapath.entries());
     api.route('DELETE', '/v1/services/:namespace/:name', async ({ params }) => {
