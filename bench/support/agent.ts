@@ -23,6 +23,8 @@ export interface BenchNodeOptions {
   routingMode?: 'native' | 'tunnel';
   /** More agent flags, e.g. ['--no-hubble-enabled'] or a module's settings (kept for restarts). */
   extraArgs?: readonly string[];
+  /** A cgroup v2 of the bench's own for the socket LB hooks; default none (the hooks off). */
+  socketLbCgroup?: string;
 }
 
 /** The node's underlay address (TEST-NET-1); it lives only inside the node namespace. */
@@ -38,6 +40,7 @@ export class BenchNode {
   readonly client: AgentClient;
   readonly #cleanups: Cleanups;
   #extraArgs: readonly string[] = [];
+  #socketLbCgroup = '';
   agent: ChildProcess | undefined;
   log = '';
 
@@ -71,7 +74,7 @@ export class BenchNode {
         'link set dev cbul1 up',
       ].join('\n') + '\n',
     });
-    node.#extraArgs = options.extraArgs ?? [];
+    node.#socketLbCgroup = options.socketLbCgroup ?? '';
     await node.#startAgent(options.logLevel ?? 'info', options.routingMode ?? 'native');
     return node;
   }
@@ -87,6 +90,8 @@ export class BenchNode {
       '--node-ip', NODE_IP,
       '--routing-mode', routingMode,
       ...this.#extraArgs,
+      // Never the machine's root cgroup: a cgroup of the bench's own, or no socket hooks.
+      '--socket-lb-cgroup', this.#socketLbCgroup,
     ];
     const agent = spawnInNs(this.#cleanups, this.netns, process.execPath, args);
     this.agent = agent;

@@ -9,6 +9,8 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { promisify } from 'node:util';
 
 const execFileAsync = promisify(execFile);
@@ -170,4 +172,20 @@ export function percentile(values: readonly number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b);
   const rank = Math.ceil((p / 100) * sorted.length);
   return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1];
+}
+
+const CGROUP2_ROOT = existsSync('/sys/fs/cgroup/unified/cgroup.procs') ? '/sys/fs/cgroup/unified' : '/sys/fs/cgroup';
+
+/**
+ * A cgroup v2 of the bench's own (never the root), removed at cleanup once what is left in it is
+ * moved back to the root.
+ */
+export function addCgroup(cleanups: Cleanups, prefix: string): string {
+  const path = join(CGROUP2_ROOT, uniqueName(prefix));
+  mkdirSync(path);
+  cleanups.defer(`rmdir ${path}`, () => {
+    for (const pid of readFileSync(join(path, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean)) writeFileSync(join(CGROUP2_ROOT, 'cgroup.procs'), pid);
+    rmdirSync(path);
+  });
+  return path;
 }

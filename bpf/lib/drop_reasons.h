@@ -17,6 +17,7 @@ enum ciliate_drop_reason {
 	DROP_UNKNOWN_L3 = 139,			/* an L3 protocol the endpoint datapath does not police (IPv6, …) */
 	DROP_UNROUTABLE = 151,			/* STALE_OR_UNROUTABLE_IP */
 	DROP_CT_MAP_INSERTION_FAILED = 155,	/* conntrack table full, or the update failed */
+	DROP_NO_SERVICE = 158,			/* a service frontend without a backend: the connection is refused */
 	DROP_NO_TUNNEL_ENDPOINT = 160,		/* remote destination without a tunnel endpoint */
 	DROP_FIB_LOOKUP_FAILED = 169,
 	DROP_INVALID_IDENTITY = 171,

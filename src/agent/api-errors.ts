@@ -13,6 +13,7 @@ import type { z } from 'zod';
 import { CodedError, codedErrorFamily } from '../errors/index.ts';
 import { IdentityError } from '../identity/errors.ts';
 import { IpamError } from '../ipam/errors.ts';
+import { ServiceError } from '../loadbalancer/errors.ts';
 import { PolicyError } from '../policy/errors.ts';
 import { StoreError } from '../store/errors.ts';
 import { NetlinkError } from '../datapath/netlink/index.ts';
@@ -81,6 +82,14 @@ const HTTP_STATUS: readonly FamilyStatuses[] = [
   }),
   family(NamespaceError, { ERR_BAD_NAMESPACE: 400 }),
   family(NodeError, { ERR_NODE_NOT_FOUND: 404, ERR_NODE_IS_SELF: 409, ERR_NODE_CONFLICT: 409, ERR_BAD_REQUEST: 400, ERR_NODE_HEALTH_LISTEN: 500 }),
+  family(ServiceError, {
+    ERR_SERVICE_INVALID: 400,
+    ERR_SERVICE_EXISTS: 409,
+    ERR_SERVICE_NOT_FOUND: 404,
+    ERR_CLUSTER_IP_IN_USE: 409,
+    ERR_NODE_PORT_IN_USE: 409,
+    ERR_SERVICE_EXHAUSTED: 507,
+  }),
   family(PolicyError, { ERR_POLICY_INVALID: 400, ERR_POLICY_NOT_FOUND: 404, ERR_TIMEOUT: 504 }),
   family(IdentityError, {
     ERR_IDENTITY_INVALID_LABELS: 400,

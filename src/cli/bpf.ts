@@ -6,6 +6,7 @@ import type { Command } from 'commander';
 import { formatFeatureReport, probeAll } from '../ebpf/index.ts';
 import { outputOption, type OutputFormat } from './output.ts';
 import { registerBpfMapCommands } from './agent.ts';
+import { registerBpfLbCommand } from './service.ts';
 
 export function registerBpfCommands(program: Command): void {
   const bpf = program.command('bpf').description('inspect eBPF state and kernel support');
@@ -18,4 +19,5 @@ export function registerBpfCommands(program: Command): void {
       process.stdout.write(options.output === 'json' ? `${JSON.stringify(report, null, 2)}\n` : `${formatFeatureReport(report)}\n`);
     });
   registerBpfMapCommands(bpf);
+  registerBpfLbCommand(bpf);
 }

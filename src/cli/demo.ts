@@ -108,6 +108,8 @@ export async function runDemo(options: DemoOptions, print: (line: string) => voi
     const agent = inNs(nodeNetns, [
       process.execPath, CLI, 'agent', '--node-name', 'demo', '--state-dir', join(dir, 'state'), '--socket-path', socket,
       '--bpf-root', bpfRoot, '--node-ip', NODE_IP, '--routing-mode', 'native', '--hubble-listen-address', '', '--log-level', 'warn',
+      // The demo defines no services: no socket hooks on the machine's root cgroup for it.
+      '--socket-lb-cgroup', '',
     ]);
     children.push(agent);
     let agentLog = '';

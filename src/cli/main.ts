@@ -15,6 +15,7 @@ import { registerObserveCommand } from './observe.ts';
 import { registerPolicyCommands } from './policy.ts';
 import { registerRelayCommand } from './relay.ts';
 import { registerRuntimeCommands } from './runtime.ts';
+import { registerServiceCommands } from './service.ts';
 
 export function buildProgram(): Command {
   const program = new Command('ciliate')
@@ -26,6 +27,7 @@ export function buildProgram(): Command {
   registerAgentCommands(program);
   registerCniCommands(program);
   registerPolicyCommands(program);
+  registerServiceCommands(program);
   registerObserveCommand(program);
   registerRelayCommand(program);
   registerRuntimeCommands(program);

@@ -2,10 +2,9 @@
  * `ciliate policy …`: import, list, get, delete, wait and trace network policies on a running agent.
  * @module
  */
-import { readFileSync } from 'node:fs';
 import { type Command, Option } from 'commander';
-import { AgentClient, MAX_REQUEST_BYTES } from '../agent/index.ts';
-import { formatTable, outputOption, type OutputFormat } from './output.ts';
+import { AgentClient } from '../agent/index.ts';
+import { formatTable, outputOption, readYamlRequest, type OutputFormat } from './output.ts';
 
 function socketOption(): Option {
   return new Option('--socket <path>', 'agent API socket').env('CILIATE_SOCKET_PATH').default('/var/run/ciliate/ciliate.sock');
@@ -41,17 +40,7 @@ export function registerPolicyCommands(program: Command): void {
       const client = new AgentClient(options.socket);
       const results = [];
       for (const file of files) {
-        let yaml: string;
-        try {
-          yaml = readFileSync(file, 'utf8');
-        } catch (error) {
-          throw new Error(`${file}: cannot read: ${(error as Error).message}`);
-        }
-        // Said here at once, rather than by the agent after the upload.
-        const size = Buffer.byteLength(JSON.stringify({ yaml, file }));
-        if (size > MAX_REQUEST_BYTES) {
-          throw new Error(`${file}: ${size} bytes as a request, over the agent's limit of ${MAX_REQUEST_BYTES} bytes (1 MiB): split it into several files`);
-        }
+        const yaml = readYamlRequest(file);
         results.push({ file, ...(await client.call<{ rules: string[]; revision: number }>('POST', '/v1/policies', { yaml, file })) });
       }
       if (options.output === 'json') process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);

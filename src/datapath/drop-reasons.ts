@@ -17,6 +17,7 @@ const DROP_REASON_ROWS = [
   ['DROP_UNKNOWN_L3', 139, 'UNSUPPORTED_L3_PROTOCOL', 'Unsupported L3 protocol'],
   ['DROP_UNROUTABLE', 151, 'STALE_OR_UNROUTABLE_IP', 'Stale or unroutable IP'],
   ['DROP_CT_MAP_INSERTION_FAILED', 155, 'CT_MAP_INSERTION_FAILED', 'CT: Map insertion failed'],
+  ['DROP_NO_SERVICE', 158, 'SERVICE_BACKEND_NOT_FOUND', 'Service backend not found'],
   ['DROP_NO_TUNNEL_ENDPOINT', 160, 'NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT', 'No tunnel/encapsulation endpoint (datapath BUG!)'],
   ['DROP_FIB_LOOKUP_FAILED', 169, 'FIB_LOOKUP_FAILED', 'FIB lookup failed'],
   ['DROP_INVALID_IDENTITY', 171, 'INVALID_IDENTITY', 'Invalid identity'],

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { BpfError, errorFromErrno } from './errors.ts';
 import { bytes, type Codec } from './codec.ts';
 import { BpfCommand, Errno, MapType, UpdateFlag } from './internal/constants.ts';
-import { InfoAttr, MapBatchAttr, MapCreateAttr, MapElemAttr, MapInfo, ObjAttr } from './internal/attr.ts';
+import { GetFdByIdAttr, InfoAttr, MapBatchAttr, MapCreateAttr, MapElemAttr, MapInfo, ObjAttr } from './internal/attr.ts';
 import { addressOf, bpf, bpfAsync, bpfRaw, close, cString } from './internal/sys.ts';
 
 export interface MapSpec {
@@ -167,6 +167,19 @@ export class BpfMap<K = Buffer, V = Buffer> {
   /** Wraps an fd the caller hands over; its shape is read from the kernel. */
   static fromFd<K = Buffer, V = Buffer>(fd: number, keyCodec?: Codec<K>, valueCodec?: Codec<V>, ownsFd = true): BpfMap<K, V> {
     return new BpfMap(fd, mapInfo(fd), keyCodec, valueCodec, ownsFd);
+  }
+
+  /** Opens a map by its id, e.g. an inner map a hash of maps' lookup names. */
+  static fromId<K = Buffer, V = Buffer>(id: number, keyCodec?: Codec<K>, valueCodec?: Codec<V>): BpfMap<K, V> {
+    const attr = Buffer.alloc(GetFdByIdAttr.size);
+    attr.writeUInt32LE(id, GetFdByIdAttr.id);
+    const fd = bpf(BpfCommand.MAP_GET_FD_BY_ID, attr, `opening map id ${id}`);
+    try {
+      return BpfMap.fromFd(fd, keyCodec, valueCodec);
+    } catch (error) {
+      close(fd);
+      throw error;
+    }
   }
 
   /** Opens a map pinned in bpffs, e.g. by an earlier run of the agent. */

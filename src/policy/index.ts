@@ -14,6 +14,7 @@ export { PolicyError, PolicyValidationError, formatIssue, type PolicyErrorCode, 
 export { selectorMatches, canonicalSelectorKey, splitLabelKey, selectorHasKey } from './selector.ts';
 export { parsePolicyYaml, parsePolicyObjects, loadPolicyFile, loadPolicyFileSync, type ParseOptions } from './load.ts';
 export { parseCidr, formatCidr, cidrContains, ipInCidr, type Cidr } from './cidr.ts';
+export { k8sLabelKeyProblem, LABEL_VALUE } from './context.ts';
 // Part 2: what the datapath enforces (bpf/lib/policy.h), computed incrementally.
 export * from './policy-map.ts';
 export {

@@ -13,6 +13,7 @@ import { promisify } from 'node:util';
 import type { TestContext } from 'node:test';
 import { AgentClient, type Endpoint, type EndpointWorkload } from '../../src/agent/index.ts';
 import type { TestPki } from '../../src/store/etcd-testing.ts';
+import { testCgroup } from '../../src/ebpf/internal/testutils.ts';
 
 const run = promisify(execFile);
 export const ROOT = join(import.meta.dirname, '..', '..');
@@ -89,11 +90,16 @@ export class TestNode {
   /** The Observer API's socket (the agent's default: beside the API socket). */
   readonly hubbleSocket: string;
   readonly client: AgentClient;
+  /**
+   * The node's own cgroup v2 (under the cgroup2 mount, never its root): the agent's socket hooks
+   * translate services for processes in it. Tests move client processes in (cgroup.procs).
+   */
+  readonly cgroup: string;
   readonly options: AgentOptions;
   agent: ChildProcess | undefined;
   log = '';
 
-  private constructor(netns: string, options: AgentOptions) {
+  private constructor(netns: string, options: AgentOptions, cgroup: string) {
     this.netns = netns;
     this.options = options;
     this.dir = mkdtempSync(join(tmpdir(), 'ciliate-test-node-'));
@@ -101,11 +107,12 @@ export class TestNode {
     this.socket = join(this.dir, 'api.sock');
     this.hubbleSocket = join(this.dir, 'hubble.sock');
     this.client = new AgentClient(this.socket, 20_000);
+    this.cgroup = cgroup;
   }
 
   static async start(t: TestContext, options: AgentOptions = {}): Promise<TestNode> {
     const netns = await addNetns(t, 'ctn');
-    const node = new TestNode(netns, options);
+    const node = new TestNode(netns, options, testCgroup(t));
     const nodeIp = options.nodeIp ?? '192.0.2.1';
     if (options.underlay) await options.underlay.attach(netns, nodeIp);
     else await inNs(netns, 'ip', ['addr', 'add', `${nodeIp}/32`, 'dev', 'lo']);
@@ -126,6 +133,7 @@ export class TestNode {
       '--socket-path', this.socket,
       '--bpf-root', this.bpfRoot,
       '--log-level', 'debug',
+      '--socket-lb-cgroup', this.cgroup,
     ];
     if (this.options.clusterCidr) args.push('--cluster-cidr', this.options.clusterCidr);
     args.push('--node-ip', this.options.nodeIp ?? '192.0.2.1');

@@ -7,6 +7,7 @@
 import type { EndpointDatapath, NodeRouting } from '../../datapath/index.ts';
 import type { IdentityAllocator } from '../../identity/index.ts';
 import type { NodeIpam } from '../../ipam/index.ts';
+import type { ServiceManager } from '../../loadbalancer/index.ts';
 import type { HubbleMetricsSink } from '../../metrics/index.ts';
 import type { StateStore } from '../../store/index.ts';
 import type { ApiServer } from '../api-server.ts';
@@ -52,3 +53,5 @@ export interface NodeHealthView {
   reachability(): NodeReachability[];
 }
 export const NodeHealthCell = cell<NodeHealthView>('node-health');
+/** Services and the frontends this node balances. */
+export const ServicesCell = cell<ServiceManager>('services');

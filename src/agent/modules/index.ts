@@ -17,6 +17,7 @@ import { nodeConfig, nodeModule } from './node.ts';
 import { observerConfig, observerModule } from './observer.ts';
 import { monitorConfig, monitorModule, policyConfig, policyModule, policyStatusModule } from './policy.ts';
 import { runtimeConfig, runtimeModule, runtimePodsModule } from './runtime.ts';
+import { servicesConfig, servicesModule } from './services.ts';
 import { storeConfig, storeModule } from './store.ts';
 
 export const AGENT_MODULES: readonly AgentModule[] = [
@@ -37,6 +38,7 @@ export const AGENT_MODULES: readonly AgentModule[] = [
   identityGcModule,
   clusterModule,
   nodeHealthModule,
+  servicesModule,
   hubbleMetricsModule,
   observerModule,
   metricsModule,
@@ -62,6 +64,7 @@ export const AgentConfigSchema = configSchema({
   ...policyConfig,
   ...monitorConfig,
   ...endpointsConfig,
+  ...servicesConfig,
   ...observerConfig,
   ...apiConfig,
   ...metricsConfig,

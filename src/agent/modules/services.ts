@@ -1,0 +1,208 @@
+/**
+ * Services: definitions in the shared store (`services/`, this module's prefix), the cluster's
+ * pods they select, the frontends this node balances, and the services API.
+ * @module
+ */
+import { readFileSync } from 'node:fs';
+import { z } from 'zod';
+import {
+  LB_MAGLEV_LUT_SIZE,
+  LbDatapath,
+  DEFAULT_MAGLEV_HASH_SEED,
+  DEFAULT_MAGLEV_TABLE_SIZE,
+  isMaglevTableSize,
+  MAGLEV_TABLE_SIZES,
+  maglevSeed,
+  SERVICE_SPECS_PREFIX,
+  ServiceManager,
+  serviceKey,
+  serviceRefSchema,
+  servicesFromManifest,
+  serviceRequestSchema,
+  type Service,
+} from '../../loadbalancer/index.ts';
+import { Prefix } from '../../net/index.ts';
+import type { Endpoint } from '../endpoint.ts';
+import { ENDPOINTS_PREFIX, nodeEndpointsPrefix } from '../endpoint.ts';
+import { ConfigError, ipv4Cidr } from '../config.ts';
+import { followPrefix } from '../follow.ts';
+import { parseRequest } from '../api-errors.ts';
+import { defineModule } from '../module.ts';
+import { EndpointsCell, ServicesCell, StoreCell } from './cells.ts';
+
+const NODE_PORT_RANGE = /^(\d{1,5})-(\d{1,5})$/;
+
+const ImportBody = z.object({ yaml: z.string().min(1), file: z.string().default('<api>') }).strict();
+
+/** How long a write waits for this node's view to show it before answering anyway (a stalled watch is logged). */
+const SYNC_WAIT_MS = 5000;
+
+/** Where the cgroup v2 hierarchy is mounted (its root), from /proc/self/mounts; '' without one. */
+function cgroup2Root(): string {
+  try {
+    const line = readFileSync('/proc/self/mounts', 'utf8').split('\n').find((l) => l.split(' ')[2] === 'cgroup2');
+    return line?.split(' ')[1] ?? '';
+  } catch {
+    return '';
+  }
+}
+
+export const servicesConfig = {
+  /** Kubernetes' kube-apiserver default; must not overlap the cluster CIDR (pods' 10.244.0.0/16). */
+  serviceCidr: ipv4Cidr.default('10.96.0.0/16').describe('ClusterIPs of services are allocated from this CIDR'),
+  nodePortRange: z
+    .string()
+    .refine((text) => {
+      const match = NODE_PORT_RANGE.exec(text);
+      return match !== null && Number(match[1]) >= 1 && Number(match[1]) <= Number(match[2]) && Number(match[2]) <= 65535;
+    }, 'must be MIN-MAX, two ports with MIN ≤ MAX, e.g. 30000-32767')
+    .default('30000-32767')
+    .describe('node ports of NodePort and LoadBalancer services come from this range'),
+  /**
+   * Cilium attaches its socket hooks to the cgroup v2 root, so every process of the node gets
+   * service translation; a narrower cgroup limits it to its processes (tests use one of their own).
+   */
+  socketLbCgroup: z
+    .string()
+    .default(cgroup2Root())
+    .describe('cgroup v2 directory whose processes connect to services through the socket hooks (default: the cgroup v2 root, as Cilium; empty: off)'),
+  /** Cilium's --bpf-lb-algorithm. */
+  lbAlgorithm: z.enum(['random', 'maglev']).default('random').describe('how a frontend picks a backend for a new connection: random or maglev'),
+  /** Cilium's --bpf-lb-maglev-table-size. */
+  maglevTableSize: z
+    .number()
+    .int()
+    .refine(isMaglevTableSize, `must be one of ${MAGLEV_TABLE_SIZES.join(', ')}`)
+    .default(DEFAULT_MAGLEV_TABLE_SIZE)
+    .describe(`slots of each service's Maglev table, one of ${MAGLEV_TABLE_SIZES.join(', ')} (about 100 per backend); the datapath is built with ${LB_MAGLEV_LUT_SIZE}, so with --lb-algorithm maglev only that`),
+  /** Cilium's --bpf-lb-maglev-hash-seed: every node must have the same. */
+  maglevHashSeed: z
+    .string()
+    .refine((seed) => Buffer.from(seed, 'base64').length >= 4, 'must be base64 of at least 4 bytes')
+    .default(DEFAULT_MAGLEV_HASH_SEED)
+    .describe('seed of the Maglev permutations, the same on every node (base64, e.g. head -c12 /dev/urandom | base64)'),
+};
+
+function nodePortRange(text: string): { min: number; max: number } {
+  const [, min, max] = NODE_PORT_RANGE.exec(text)!;
+  return { min: Number(min), max: Number(max) };
+}
+
+/** A service as the API shows it: the definition and the frontends this node balances. */
+export type ServiceView = Service & { frontends: { address: string; kind: string; backends: string[] }[] };
+
+export const servicesModule = defineModule({
+  name: 'services',
+  description: 'services (ClusterIP, NodePort, LoadBalancer) from the store, their backends among the cluster\'s pods, and the services API',
+  config: servicesConfig,
+  needs: { store: StoreCell, endpoints: EndpointsCell },
+  provides: ServicesCell,
+  async start({ store, endpoints }, { config, log, api }) {
+    const serviceCidr = Prefix.parse(config.serviceCidr, { family: 4 });
+    const clusterCidr = Prefix.parse(config.clusterCidr, { family: 4 });
+    if (serviceCidr.overlaps(clusterCidr)) {
+      throw new ConfigError(`serviceCidr ${serviceCidr} overlaps clusterCidr ${clusterCidr}: a ClusterIP must never be a pod's address`);
+    }
+    if (config.lbAlgorithm === 'maglev' && config.maglevTableSize !== LB_MAGLEV_LUT_SIZE) {
+      throw new ConfigError(`maglevTableSize ${config.maglevTableSize}: the datapath's Maglev tables are built with ${LB_MAGLEV_LUT_SIZE} slots (bpf/lib/lb.h LB_MAGLEV_LUT_SIZE)`);
+    }
+    const limits = { serviceCidr: config.serviceCidr, nodePortRange: nodePortRange(config.nodePortRange), clusterCidr: config.clusterCidr };
+    const schema = serviceRequestSchema(limits);
+    const services = new ServiceManager({ store, limits, log });
+    const abort = new AbortController();
+    const onEnd = (prefix: string) => (error: unknown, compacted: boolean) => log.error({ err: error, prefix, compacted }, 'watch ended; services are stale');
+    // Pods first, so a listed service resolves its backends at once.
+    const pods = await followPrefix<Endpoint>(store, ENDPOINTS_PREFIX, {
+      signal: abort.signal,
+      onEnd: onEnd(ENDPOINTS_PREFIX),
+      apply: (event) => {
+        if (event.type === 'delete') services.deletePod(event.key);
+        else services.upsertPod({ key: event.key, ipv4: event.value.ipv4, namespace: event.value.namespace ?? 'default', labels: event.value.labels ?? {} });
+      },
+    });
+    const specs = await followPrefix<Service>(store, SERVICE_SPECS_PREFIX, { signal: abort.signal, onEnd: onEnd(SERVICE_SPECS_PREFIX), apply: (event) => services.applyServiceEvent(event) });
+    services.listed(specs.revision);
+    // A local pod leaves its services the moment the endpoint manager lets it go, before its
+    // interface is deleted; its store record goes only after that, and connections given it in
+    // between would find no pod.
+    const local = endpoints.table.changes();
+    const localPrefix = nodeEndpointsPrefix(config.nodeName);
+    const localLoop = (async () => {
+      while (!abort.signal.aborted) {
+        for (const change of local.next()) if (change.deleted) services.deletePod(`${localPrefix}${change.key}`);
+        await local.wait(abort.signal);
+      }
+    })();
+    const stopWatches = async () => {
+      abort.abort();
+      await Promise.allSettled([pods.loop, specs.loop, localLoop]);
+      local.close();
+    };
+    let datapath: LbDatapath;
+    try {
+      // Every service is in the frontends table by now: the first refresh may prune what is left of deleted ones.
+      datapath = new LbDatapath({
+        bpfRoot: config.bpfRoot,
+        frontends: services.frontends,
+        algorithm: config.lbAlgorithm,
+        maglevSeed: maglevSeed(config.maglevHashSeed),
+        log,
+        refreshIntervalMs: config.reconcileRefreshInterval * 1000,
+      });
+    } catch (error) {
+      await stopWatches();
+      throw error;
+    }
+    try {
+      datapath.start();
+      // Tried, not necessarily done: a frontend that cannot be written (a full map) is retried and
+      // makes the agent degraded, it does not keep the agent from starting.
+      await datapath.attempted();
+      if (config.socketLbCgroup) datapath.attach(config.socketLbCgroup);
+      else datapath.detach();
+    } catch (error) {
+      await datapath.stop();
+      await stopWatches();
+      throw error;
+    }
+
+    const view = (service: Service): ServiceView => ({
+      ...service,
+      frontends: services.frontendsOf(serviceKey(service)).map((f) => ({ address: f.key, kind: f.kind, backends: f.backends.map((b) => `${b.ip}:${b.port}`) })),
+    });
+    api.route('GET', '/v1/services', () => services.list().map(view));
+    const ref = (params: Record<string, string>) => parseRequest(serviceRefSchema, params, 'service');
+    api.route('GET', '/v1/services/:namespace/:name', ({ params }) => {
+      const { namespace, name } = ref(params);
+      return view(services.get(namespace, name));
+    });
+    api.route('POST', '/v1/services', async ({ body }) => {
+      const { service, revision } = await services.create(parseRequest(schema, body, 'service'));
+      // Answer once this node's view has it: a `service get` right after sees it.
+      await services.synced(revision, SYNC_WAIT_MS);
+      return { ...view(services.services.get(serviceKey(service)) ?? service), revision };
+    });
+    api.route('POST', '/v1/services/import', async ({ body }) => {
+      const { yaml, file } = parseRequest(ImportBody, body, 'service import');
+      const created = await services.createMany(servicesFromManifest(yaml, file, schema));
+      await services.synced(created.revision, SYNC_WAIT_MS);
+      return { services: created.services.map((s) => ({ service: serviceKey(s), clusterIP: s.clusterIP })), revision: created.revision };
+    });
+    api.route('GET', '/v1/lb/maps', () => datapath.entries());
+    api.route('DELETE', '/v1/services/:namespace/:name', async ({ params }) => {
+      const { namespace, name } = ref(params);
+      const { revision } = await services.delete(namespace, name);
+      await services.synced(revision, SYNC_WAIT_MS);
+      return { deleted: `${namespace}/${name}`, revision };
+    });
+    return {
+      value: services,
+      stop: async () => {
+        await stopWatches();
+        await datapath.stop();
+      },
+      status: () => ({ services: { services: services.services.size, frontends: services.frontends.size, algorithm: config.lbAlgorithm, socketLbCgroup: config.socketLbCgroup || 'off' } }),
+      reconcilers: () => [datapath.health()],
+    };
+  },
+});

@@ -1,0 +1,167 @@
+/**
+ * The LB maps reconciler on the real kernel: frontends become slot 0 plus one slot per backend,
+ * backends are shared by id, and a change writes only the entries it touches (compared as whole
+ * map dumps before and after). A restarted reconciler adopts the maps and writes nothing for an
+ * unchanged frontend; Maglev tables in the kernel equal the TS reference.
+ */
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { pino } from 'pino';
+import { BpfMap, u16, u32 } from '../ebpf/index.ts';
+import { pinDir } from '../ebpf/internal/testutils.ts';
+import { Table } from '../statedb/index.ts';
+import { LbDatapath } from './datapath.ts';
+import { maglevSeed, maglevTable, DEFAULT_MAGLEV_HASH_SEED } from './maglev.ts';
+import { LB_MAGLEV_LUT_SIZE, LbMapName, ServiceFlag, lb4Backend, lb4Key, lb4Service, lb4BackendKey, lbAffinityMatch } from './maps.ts';
+import { u8 } from '../ebpf/index.ts';
+import { backendName, frontendKey, type Frontend } from './service.ts';
+
+const log = pino({ level: 'silent' });
+const seed = maglevSeed(DEFAULT_MAGLEV_HASH_SEED);
+
+function frontend(vip: string, port: number, ips: string[], targetPort = 8080): Frontend {
+  return { key: frontendKey(vip, port, 'TCP'), service: 'default/web', kind: 'ClusterIP', vip, port, protocol: 'TCP', backends: ips.map((ip) => ({ ip, port: targetPort, protocol: 'TCP' })) };
+}
+
+function setup(t: TestContext, algorithm: 'random' | 'maglev' = 'random', bpfRoot = pinDir(t), refreshIntervalMs?: number) {
+  const frontends = new Table<Frontend>('frontends', (f) => f.key, { equals: (a, b) => JSON.stringify(a) === JSON.stringify(b) });
+  const lb = new LbDatapath({ bpfRoot, frontends, algorithm, maglevSeed: seed, log, refreshIntervalMs });
+  lb.start();
+  t.after(() => lb.stop());
+  const services = BpfMap.openPinned(`${bpfRoot}/maps/${LbMapName.SERVICES}`, lb4Key, lb4Service);
+  const backends = BpfMap.openPinned(`${bpfRoot}/maps/${LbMapName.BACKENDS}`, lb4BackendKey, lb4Backend);
+  t.after(() => {
+    services.close();
+    backends.close();
+  });
+  const dump = () => ({
+    services: new Map([...services.entries()].map(([k, v]) => [`${k.address}:${k.dport}/${k.proto}#${k.backend_slot}`, JSON.stringify(v)])),
+    backends: new Map([...backends.entries()].map(([k, v]) => [k, `${v.address}:${v.port}`])),
+  });
+  const apply = async (f: Frontend | string) => {
+    if (typeof f === 'string') frontends.delete(f);
+    else frontends.upsert(f);
+    await lb.synced();
+  };
+  return { lb, frontends, dump, apply, bpfRoot, backends };
+}
+
+/** Keys whose value differs between two dumps, added or removed. */
+function changed<K, V>(a: Map<K, V>, b: Map<K, V>): K[] {
+  const keys = new Set([...a.keys(), ...b.keys()]);
+  return [...keys].filter((k) => a.get(k) !== b.get(k));
+}
+
+test('a frontend is its slot 0 and one slot per backend; a change writes only what it touches', async (t) => {
+  const { lb, dump, apply } = setup(t);
+  await apply(frontend('10.96.0.10', 80, ['10.244.0.1', '10.244.0.2', '10.244.0.3']));
+  await apply(frontend('10.96.0.11', 443, ['10.244.0.1', '10.244.0.9'], 8443));
+  let now = dump();
+  assert.equal(now.services.size, 4 + 3, 'two slot-0 entries and five slots');
+  assert.equal(now.backends.size, 5, '10.244.0.1:8080, .2, .3, and 10.244.0.1 and .9 on 8443');
+  const [web] = lb.entries().filter((e) => e.frontend === '10.96.0.10:80/TCP');
+  assert.deepEqual(web.backends.map((b) => b.address), ['10.244.0.1:8080', '10.244.0.2:8080', '10.244.0.3:8080']);
+
+  // One backend added: its backend entry, its slot and slot 0's count. Nothing of the other service.
+  let before = now;
+  await apply(frontend('10.96.0.10', 80, ['10.244.0.1', '10.244.0.2', '10.244.0.3', '10.244.0.4']));
+  now = dump();
+  assert.deepEqual(changed(before.services, now.services).sort(), ['10.96.0.10:80/6#0', '10.96.0.10:80/6#4']);
+  assert.equal(changed(before.backends, now.backends).length, 1);
+
+  // One backend removed from the middle: the last slot's backend takes its slot.
+  before = now;
+  await apply(frontend('10.96.0.10', 80, ['10.244.0.1', '10.244.0.3', '10.244.0.4']));
+  now = dump();
+  assert.deepEqual(changed(before.services, now.services).sort(), ['10.96.0.10:80/6#0', '10.96.0.10:80/6#2', '10.96.0.10:80/6#4']);
+  assert.deepEqual([...changed(before.backends, now.backends)].map((id) => before.backends.get(id)), ['10.244.0.2:8080'], 'its backend entry is gone');
+  const [after] = lb.entries().filter((e) => e.frontend === '10.96.0.10:80/TCP');
+  assert.deepEqual(after.backends.map((b) => b.address), ['10.244.0.1:8080', '10.244.0.4:8080', '10.244.0.3:8080']);
+
+  // Deleting a service removes its entries; a backend another service still lists stays.
+  before = now;
+  await apply('10.96.0.10:80/TCP');
+  now = dump();
+  assert.deepEqual([...now.services.keys()].filter((k) => k.startsWith('10.96.0.10:')), []);
+  assert.deepEqual([...now.backends.values()].sort(), ['10.244.0.1:8443', '10.244.0.9:8443']);
+  assert.deepEqual(changed(before.services, now.services).filter((k) => !k.startsWith('10.96.0.10:')), []);
+});
+
+test('a restarted reconciler adopts the maps and rewrites nothing that is as wanted', async (t) => {
+  const first = setup(t);
+  const web = frontend('10.96.0.10', 80, ['10.244.0.1', '10.244.0.2']);
+  await first.apply(web);
+  await first.lb.stop();
+  const before = first.dump();
+  const second = setup(t, 'random', first.bpfRoot);
+  await second.apply(web);
+  assert.deepEqual(second.dump(), before, 'nothing rewritten, same ids');
+  // And a change after adoption still touches only its entries.
+  await second.apply(frontend('10.96.0.10', 80, ['10.244.0.1']));
+  const after = second.dump();
+  assert.deepEqual(changed(before.services, after.services).sort(), ['10.96.0.10:80/6#0', '10.96.0.10:80/6#2']);
+  assert.deepEqual([...after.backends.values()], ['10.244.0.1:8080']);
+});
+
+test('the kernel\'s Maglev table of a service is the TS reference\'s for the same backends', async (t) => {
+  const { lb, apply, bpfRoot } = setup(t, 'maglev');
+  const ips = Array.from({ length: 7 }, (_, i) => `10.244.1.${i + 1}`);
+  await apply(frontend('10.96.0.20', 80, ips));
+  const [entry] = lb.entries();
+  assert.equal(entry.algorithm, 'maglev');
+  using outer = BpfMap.openPinned(`${bpfRoot}/maps/${LbMapName.MAGLEV}`, u16, u32);
+  assert.ok(outer.lookup(entry.revNat), 'the service has a Maglev table');
+  // The inner map by id is what the datapath reads: read it through its id.
+  const innerId = outer.lookup(entry.revNat)!;
+  using inner = BpfMap.fromId(innerId);
+  const raw = inner.lookup(Buffer.alloc(4))!;
+  const kernel = new Uint32Array(raw.buffer, raw.byteOffset, LB_MAGLEV_LUT_SIZE);
+  const idOf = new Map(entry.backends.map((b) => [`${b.address}/TCP`, b.id]));
+  const reference = maglevTable(ips.map((ip) => ({ id: idOf.get(backendName({ ip, port: 8080, protocol: 'TCP' }))!, name: backendName({ ip, port: 8080, protocol: 'TCP' }) })), LB_MAGLEV_LUT_SIZE, seed);
+  assert.deepEqual(kernel, reference);
+});
+
+test('ClientIP affinity: slot 0 carries the flag and timeout, and the match map exactly the service\'s backends', async (t) => {
+  const { lb, apply, bpfRoot } = setup(t);
+  const sticky = (ips: string[], affinityTimeout?: number): Frontend => ({ ...frontend('10.96.0.30', 80, ips), ...(affinityTimeout ? { affinityTimeout } : {}) });
+  using services = BpfMap.openPinned(`${bpfRoot}/maps/${LbMapName.SERVICES}`, lb4Key, lb4Service);
+  using match = BpfMap.openPinned(`${bpfRoot}/maps/${LbMapName.AFFINITY_MATCH}`, lbAffinityMatch, u8);
+  const slot0 = () => services.lookup({ address: '10.96.0.30', dport: 80, backend_slot: 0, proto: 6, scope: 0 })!;
+  const matched = () => [...match.keys()].map((k) => k.backend_id).sort((a, b) => a - b);
+  const ids = () => lb.entries()[0].backends.map((b) => b.id).sort((a, b) => a - b);
+
+  await apply(sticky(['10.244.0.1', '10.244.0.2', '10.244.0.3'], 60));
+  assert.equal(slot0().flags & ServiceFlag.AFFINITY, ServiceFlag.AFFINITY);
+  assert.equal(slot0().backend_id, 60, 'slot 0 holds the timeout');
+  assert.equal(lb.entries()[0].affinityTimeout, 60);
+  assert.deepEqual(matched(), ids());
+  await apply(sticky(['10.244.0.1', '10.244.0.3'], 60));
+  assert.deepEqual(matched(), ids(), 'a backend gone from the service is gone from the match map');
+  await apply(sticky(['10.244.0.1', '10.244.0.3']));
+  assert.equal(slot0().flags & ServiceFlag.AFFINITY, 0, 'affinity off');
+  assert.deepEqual(matched(), []);
+  await apply(sticky(['10.244.0.1', '10.244.0.3'], 5));
+  await apply('10.96.0.30:80/TCP');
+  assert.deepEqual(matched(), [], 'a deleted service leaves no match entries');
+});
+
+test('drift in the LB maps is repaired and strays are pruned by the refresh', async (t) => {
+  const { lb, dump, apply, bpfRoot } = setup(t, 'random', undefined, 100);
+  await apply(frontend('10.96.0.40', 80, ['10.244.0.1', '10.244.0.2']));
+  const want = dump();
+  using services = BpfMap.openPinned(`${bpfRoot}/maps/${LbMapName.SERVICES}`, lb4Key, lb4Service);
+  using backends = BpfMap.openPinned(`${bpfRoot}/maps/${LbMapName.BACKENDS}`, lb4BackendKey, lb4Backend);
+  // Behind the reconciler's back: a slot gone, a backend rewritten, a frontend nobody wants.
+  services.delete({ address: '10.96.0.40', dport: 80, backend_slot: 2, proto: 6, scope: 0 });
+  const [firstId] = [...backends.keys()];
+  backends.update(firstId, { address: '10.9.9.9', port: 1, proto: 6, flags: 0 });
+  services.update({ address: '10.96.9.9', dport: 80, backend_slot: 0, proto: 6, scope: 0 }, { backend_id: 0, count: 0, rev_nat_index: 999, flags: 0, algorithm: 1 });
+  const repairsBefore = lb.health().repairs;
+  for (let i = 0; i < 50 && (lb.health().repairs === repairsBefore || lb.health().prunes === 0); i++) await new Promise((r) => setTimeout(r, 50));
+  await lb.synced();
+  const now = dump();
+  assert.deepEqual([...now.services.keys()].filter((k) => k.startsWith('10.96.9.9')), [], 'the stray frontend is pruned');
+  assert.deepEqual(new Set(now.backends.values()), new Set(want.backends.values()), 'the backends are as wanted again');
+  assert.equal(now.services.size, want.services.size, 'the slot is back');
+  assert.ok(lb.health().repairs > repairsBefore && lb.health().prunes > 0, JSON.stringify(lb.health()));
+});

@@ -1,0 +1,412 @@
+/**
+ * The frontends table into the kernel's load-balancing maps (bpf/lib/lb.h), one frontend at a
+ * time and only what changed: a backend added to a service writes its backend entry (when new
+ * to the node), its slot and the service's slot 0; a backend removed moves the last slot into
+ * its place. Slot order is kept across changes, so a change touches O(backends changed) entries,
+ * not O(backends).
+ *
+ * Backend ids and service (reverse NAT) ids are node-local. A restarted agent adopts what the
+ * maps hold (ids, slot order) and goes on from there; a refresh compares the maps with the table,
+ * rewrites frontends that drifted and deletes the ones nobody wants.
+ * @module
+ */
+import type { Logger } from 'pino';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { attachCgroup, BpfError, Link, unpinLink, type BpfObject } from '../ebpf/index.ts';
+import { Reconciler, type ReconcilerHealth, type Table } from '../statedb/index.ts';
+import { maglevTable } from './maglev.ts';
+import { backendName, frontendKey, PROTOCOL_NUMBER, type Backend, type Frontend, type FrontendKind, type ServiceProtocol } from './service.ts';
+import { createMaglevInner, LB_MAGLEV_LUT_SIZE, lbMaps, LbSelection, loadSock, ServiceFlag, SockProgram, type Lb4Backend, type Lb4Key, type Lb4Service, type LbMaps } from './maps.ts';
+
+/** What the maps hold for one frontend. */
+interface Written {
+  revNat: number;
+  /** Backend ids by slot (slot i+1 holds slots[i]). */
+  slots: number[];
+  flags: number;
+  algorithm: number;
+  /** ClientIP affinity timeout in seconds; 0: none. */
+  affinity: number;
+}
+
+const PROTOCOL_NAME = new Map<number, ServiceProtocol>(Object.entries(PROTOCOL_NUMBER).map(([name, n]) => [n, name as ServiceProtocol]));
+
+const KIND_FLAGS: Readonly<Record<FrontendKind, number>> = { ClusterIP: 0, ExternalIP: ServiceFlag.EXTERNAL_IP, LoadBalancer: ServiceFlag.LOADBALANCER, NodePort: ServiceFlag.NODEPORT };
+
+/** The largest backend and service id (the maps hold 65536 entries). */
+const MAX_ID = 0xffff;
+
+export interface LbDatapathOptions {
+  bpfRoot: string;
+  frontends: Table<Frontend>;
+  algorithm: 'random' | 'maglev';
+  /** The Maglev permutations' murmur seed (maglevSeed of the configured hash seed). */
+  maglevSeed: number;
+  log: Logger;
+  refreshIntervalMs?: number;
+}
+
+/** One frontend as `ciliate bpf lb list` shows it: what the kernel holds. */
+export interface LbEntry {
+  frontend: string;
+  revNat: number;
+  algorithm: 'random' | 'maglev' | 'unknown';
+  flags: number;
+  /** ClientIP session affinity timeout in seconds, when the service has it. */
+  affinityTimeout?: number;
+  backends: { slot: number; id: number; address?: string; flags?: number }[];
+}
+
+export class LbDatapath {
+  readonly #obj: BpfObject;
+  readonly #maps: LbMaps;
+  readonly #algorithm: number;
+  readonly #seed: number;
+  readonly #bpfRoot: string;
+  readonly #log: Logger;
+  readonly #reconciler: Reconciler<Frontend, Written>;
+  readonly #written = new Map<string, Written>();
+  /**
+   * Backends by name (`ip:port/PROTO`) with their id and the frontends that list them (a set, so
+   * a retried write counts a frontend once); and names by id.
+   */
+  readonly #backends = new Map<string, { id: number; users: Set<string> }>();
+  readonly #backendNames = new Map<number, string>();
+  readonly #backendIds = new IdPool('backend');
+  readonly #revNats = new IdPool('service');
+  readonly #links: Link[] = [];
+
+  constructor(options: LbDatapathOptions) {
+    const pinDir = join(options.bpfRoot, 'maps');
+    mkdirSync(pinDir, { recursive: true });
+    this.#bpfRoot = options.bpfRoot;
+    this.#obj = loadSock({ pinDir });
+    this.#maps = lbMaps(this.#obj);
+    this.#algorithm = options.algorithm === 'maglev' ? LbSelection.MAGLEV : LbSelection.RANDOM;
+    this.#seed = options.maglevSeed;
+    this.#log = options.log;
+    this.#adopt();
+    this.#reconciler = new Reconciler<Frontend, Written>({
+      name: 'lb-maps',
+      table: options.frontends,
+      refreshIntervalMs: options.refreshIntervalMs,
+      ops: {
+        update: (frontend) => this.#write(frontend),
+        delete: (_frontend, key) => this.#remove(key),
+        list: () => this.#read(true),
+        equal: (frontend, actual) => this.#equal(frontend, actual),
+        repair: (frontend, _actual, key) => {
+          // Forget what we thought the maps held: rewrite every entry of the frontend.
+          const written = this.#written.get(key);
+          if (written) this.#written.set(key, { ...written, slots: [], flags: -1, affinity: 0 });
+          this.#write(frontend, true);
+        },
+        prune: (key) => this.#remove(key),
+      },
+      onError: (key, error, attempts) => this.#log.warn({ frontend: key, attempts, err: error }, 'writing a service frontend into the LB maps failed; will retry'),
+      onRefresh: (kind, key) => this.#log.info({ frontend: key, kind }, kind === 'repair' ? 'LB entry drifted; rewritten' : 'LB entry nobody wants; deleted'),
+    });
+  }
+
+  start(): void {
+    this.#reconciler.start();
+  }
+
+  async stop(): Promise<void> {
+    await this.#reconciler.stop();
+    for (const link of this.#links.splice(0)) link.close();
+    this.#obj.close();
+  }
+
+  health(): ReconcilerHealth {
+    return this.#reconciler.health();
+  }
+
+  /** Resolves once every frontend so far is in the maps (and none keeps failing). */
+  synced(): Promise<void> {
+    return this.#reconciler.waitFor();
+  }
+
+  /** Resolves once every frontend so far was tried once; failures go on being retried (see health()). */
+  attempted(): Promise<void> {
+    return this.#reconciler.attempted();
+  }
+
+  /**
+   * Attaches the socket hooks to `cgroup` (a cgroup v2 directory), through links pinned under
+   * `<bpfRoot>/links/sock`, so translation goes on while the agent is down; a restarted agent
+   * swaps its programs into the pinned links.
+   */
+  attach(cgroup: string): void {
+    const dir = join(this.#bpfRoot, 'links', 'sock');
+    mkdirSync(dir, { recursive: true });
+    let cgroupId: bigint;
+    try {
+      cgroupId = statSync(cgroup, { bigint: true }).ino;
+    } catch (error) {
+      throw new BpfError('ERR_NOT_FOUND', `attaching the socket LB hooks to cgroup ${cgroup}: ${(error as Error).message}`, { cause: error });
+    }
+    for (const name of Object.values(SockProgram)) {
+      const program = this.#obj.program(name);
+      const pin = join(dir, name);
+      if (existsSync(pin)) {
+        const pinned = Link.openPinned(pin);
+        // A cgroup v2's id is its directory's inode number: the same cgroup keeps its link.
+        if (pinned.info().cgroupId === cgroupId) {
+          pinned.update(program);
+          this.#links.push(pinned);
+          continue;
+        }
+        pinned.close();
+        unpinLink(pin);
+      }
+      const link = attachCgroup(program, { cgroup });
+      link.pin(pin);
+      this.#links.push(link);
+    }
+  }
+
+  /** Takes the socket hooks off wherever an earlier run attached them (socket LB turned off). */
+  detach(): void {
+    for (const name of Object.values(SockProgram)) unpinLink(join(this.#bpfRoot, 'links', 'sock', name));
+  }
+
+  /** What the kernel holds, frontend by frontend. */
+  entries(): LbEntry[] {
+    const out: LbEntry[] = [];
+    for (const [key, written] of this.#read()) {
+      const algorithm = written.algorithm === LbSelection.MAGLEV ? 'maglev' : written.algorithm === LbSelection.RANDOM ? 'random' : 'unknown';
+      out.push({
+        frontend: key,
+        revNat: written.revNat,
+        algorithm,
+        flags: written.flags,
+        ...(written.affinity ? { affinityTimeout: written.affinity } : {}),
+        backends: written.slots.map((id, i) => {
+          const backend = this.#maps.backends.lookup(id);
+          return { slot: i + 1, id, ...(backend ? { address: `${backend.address}:${backend.port}`, flags: backend.flags } : {}) };
+        }),
+      });
+    }
+    return out.sort((a, b) => a.frontend.localeCompare(b.frontend));
+  }
+
+  /** Rebuilds the node-local ids and slot orders from the maps (a restarted agent's start). */
+  #adopt(): void {
+    for (const [key, written] of this.#read()) {
+      this.#written.set(key, written);
+      this.#revNats.take(written.revNat);
+      for (const id of written.slots) {
+        const backend = this.#maps.backends.lookup(id);
+        if (!backend) continue;
+        const name = backendName({ ip: backend.address, port: backend.port, protocol: PROTOCOL_NAME.get(backend.proto) ?? 'TCP' });
+        const entry = this.#backends.get(name) ?? { id, users: new Set<string>() };
+        entry.users.add(key);
+        this.#backends.set(name, entry);
+        this.#backendNames.set(id, name);
+        this.#backendIds.take(id);
+      }
+    }
+  }
+
+  /**
+   * What the maps hold, frontend by frontend, from one dump of the services map (batched) rather
+   * than a lookup per slot: a refresh of 10k services stays a few batch calls. With `names`, each
+   * slot's backend name too, from one dump of the backends map.
+   */
+  #read(names = false): [string, Written & { names?: (string | undefined)[] }][] {
+    const heads = new Map<string, { key: Lb4Key; value: Lb4Service }>();
+    const slotIds = new Map<string, Map<number, number>>();
+    for (const [key, value] of this.#maps.services.entries()) {
+      const id = `${key.address}:${key.dport}/${key.proto}`;
+      if (key.backend_slot === 0) heads.set(id, { key, value });
+      else {
+        let slots = slotIds.get(id);
+        if (!slots) slotIds.set(id, (slots = new Map()));
+        slots.set(key.backend_slot, value.backend_id);
+      }
+    }
+    const backendNames = names ? new Map([...this.#maps.backends.entries()].map(([id, b]) => [id, backendName({ ip: b.address, port: b.port, protocol: PROTOCOL_NAME.get(b.proto) ?? 'TCP' })])) : undefined;
+    const out: [string, Written & { names?: (string | undefined)[] }][] = [];
+    for (const [id, { key, value }] of heads) {
+      const protocol = PROTOCOL_NAME.get(key.proto);
+      if (!protocol) continue;
+      const found = slotIds.get(id);
+      const slots = Array.from({ length: value.count }, (_, i) => found?.get(i + 1) ?? 0);
+      const affinity = value.flags & ServiceFlag.AFFINITY ? value.backend_id : 0;
+      const written = { revNat: value.rev_nat_index, slots, flags: value.flags & ~ServiceFlag.AFFINITY, algorithm: value.algorithm, affinity };
+      out.push([frontendKey(key.address, key.dport, protocol), backendNames ? { ...written, names: slots.map((s) => backendNames.get(s)) } : written]);
+    }
+    return out;
+  }
+
+  #equal(frontend: Frontend, actual: Written & { names?: (string | undefined)[] }): boolean {
+    if (actual.slots.length !== frontend.backends.length || actual.flags !== KIND_FLAGS[frontend.kind] || actual.algorithm !== this.#algorithm) return false;
+    if (actual.affinity !== (frontend.affinityTimeout ?? 0)) return false;
+    for (const id of actual.slots) if (actual.affinity && this.#maps.affinityMatch.lookup({ backend_id: id, rev_nat_index: actual.revNat }) === undefined) return false;
+    const want = new Set(frontend.backends.map(backendName));
+    for (const name of actual.names ?? []) if (name === undefined || !want.delete(name)) return false;
+    return want.size === 0;
+  }
+
+  /** `repair`: the maps may differ from what was written; every entry of the frontend is rewritten, its backends' too. */
+  #write(frontend: Frontend, repair = false): void {
+    const key = frontend.key;
+    const previous = this.#written.get(key);
+    const revNat = previous?.revNat ?? this.#revNats.allocate();
+    const base = { address: frontend.vip, dport: frontend.port, proto: PROTOCOL_NUMBER[frontend.protocol], scope: 0 };
+    const names = new Map(frontend.backends.map((b) => [backendName(b), b]));
+    const before = this.#backendNames;
+    const oldSlots = previous?.slots ?? [];
+    const oldNames = new Set(oldSlots.map((id) => before.get(id)).filter((n): n is string => n !== undefined));
+    // New backends get ids (and entries) before any slot points at them.
+    const added: number[] = [];
+    for (const [name, backend] of names) if (!oldNames.has(name)) added.push(this.#acquire(name, backend, key, repair));
+    // Keep each remaining backend in its slot; a removed one's slot goes to a new backend, or
+    // to the last slot's backend.
+    const slots = oldSlots.filter(() => true);
+    for (let i = 0; i < slots.length; ) {
+      const name = before.get(slots[i]);
+      if (name !== undefined && names.has(name)) {
+        i++;
+        continue;
+      }
+      if (added.length > 0) slots[i++] = added.shift()!;
+      else {
+        // The last slot's backend moves here and is looked at again: it may be going too.
+        const last = slots.pop()!;
+        if (i < slots.length) slots[i] = last;
+      }
+    }
+    slots.push(...added);
+    for (let i = 0; i < slots.length; i++) {
+      if (oldSlots[i] !== slots[i]) this.#maps.services.update({ ...base, backend_slot: i + 1 }, { backend_id: slots[i], count: 0, rev_nat_index: 0, flags: 0, algorithm: 0 });
+    }
+    const flags = KIND_FLAGS[frontend.kind];
+    const affinity = frontend.affinityTimeout ?? 0;
+    // Affinity entries may name only backends of the service: match entries before slot 0 turns affinity on.
+    const hadAffinity = (previous?.affinity ?? 0) > 0;
+    if (affinity > 0) {
+      const matched = new Set(hadAffinity ? oldSlots : []);
+      for (const id of slots) if (!matched.has(id)) this.#maps.affinityMatch.update({ backend_id: id, rev_nat_index: revNat }, 1);
+    }
+    if (!previous || previous.slots.length !== slots.length || previous.flags !== flags || previous.algorithm !== this.#algorithm || previous.revNat !== revNat || previous.affinity !== affinity) {
+      this.#maps.services.update(
+        { ...base, backend_slot: 0 },
+        { backend_id: affinity, count: slots.length, rev_nat_index: revNat, flags: flags | (affinity > 0 ? ServiceFlag.AFFINITY : 0), algorithm: this.#algorithm },
+      );
+    }
+    if (hadAffinity) {
+      const kept = new Set(affinity > 0 ? slots : []);
+      for (const id of oldSlots) if (!kept.has(id)) this.#maps.affinityMatch.delete({ backend_id: id, rev_nat_index: revNat });
+    }
+    for (let slot = slots.length + 1; slot <= oldSlots.length; slot++) this.#maps.services.delete({ ...base, backend_slot: slot });
+    if (!previous) this.#maps.reverseNat.update(revNat, { address: frontend.vip, port: frontend.port });
+    if (this.#algorithm === LbSelection.MAGLEV && (!previous || !sameMembers(oldSlots, slots))) this.#writeMaglev(revNat, slots);
+    this.#written.set(key, { revNat, slots, flags, algorithm: this.#algorithm, affinity });
+    for (const name of oldNames) if (!names.has(name)) this.#release(name, key);
+  }
+
+  #writeMaglev(revNat: number, slots: readonly number[]): void {
+    if (slots.length === 0) {
+      this.#maps.maglev.delete(revNat);
+      return;
+    }
+    // Hashed by name, the same on every node, never by the node-local id.
+    const table = maglevTable(slots.map((id) => ({ id, name: this.#backendNames.get(id) ?? String(id) })), LB_MAGLEV_LUT_SIZE, this.#seed);
+    const inner = createMaglevInner(table);
+    try {
+      this.#maps.maglev.setInnerMap(revNat, inner);
+    } finally {
+      inner.close();
+    }
+  }
+
+  #remove(key: string): void {
+    const written = this.#written.get(key) ?? this.#read().find(([k]) => k === key)?.[1];
+    if (!written) return;
+    const [vip, rest] = key.split(':');
+    const [port, protocol] = rest.split('/');
+    const base = { address: vip, dport: Number(port), proto: PROTOCOL_NUMBER[protocol as ServiceProtocol], scope: 0 };
+    // Slot 0 first: from then on no new connection looks at the slots.
+    this.#maps.services.delete({ ...base, backend_slot: 0 });
+    for (let slot = 1; slot <= written.slots.length; slot++) this.#maps.services.delete({ ...base, backend_slot: slot });
+    this.#maps.reverseNat.delete(written.revNat);
+    this.#maps.maglev.delete(written.revNat);
+    if (written.affinity) for (const id of written.slots) this.#maps.affinityMatch.delete({ backend_id: id, rev_nat_index: written.revNat });
+    this.#revNats.release(written.revNat);
+    this.#written.delete(key);
+    for (const id of written.slots) {
+      const name = this.#backendNames.get(id);
+      if (name !== undefined) this.#release(name, key);
+    }
+  }
+
+  #acquire(name: string, backend: Backend, user: string, rewrite = false): number {
+    const value: Lb4Backend = { address: backend.ip, port: backend.port, proto: PROTOCOL_NUMBER[backend.protocol], flags: 0 };
+    const existing = this.#backends.get(name);
+    if (existing) {
+      existing.users.add(user);
+      if (rewrite) this.#maps.backends.update(existing.id, value);
+      return existing.id;
+    }
+    const id = this.#backendIds.allocate();
+    this.#maps.backends.update(id, value);
+    this.#backends.set(name, { id, users: new Set([user]) });
+    this.#backendNames.set(id, name);
+    return id;
+  }
+
+  #release(name: string, user: string): void {
+    const entry = this.#backends.get(name);
+    if (!entry) return;
+    entry.users.delete(user);
+    if (entry.users.size > 0) return;
+    this.#backends.delete(name);
+    this.#backendNames.delete(entry.id);
+    this.#backendIds.release(entry.id);
+    this.#maps.backends.delete(entry.id);
+  }
+
+}
+
+/**
+ * Node-local ids 1..MAX_ID in O(1): released ids are reused first, then the next never used. An
+ * id taken by adoption (a restarted agent) is never handed out again while in use.
+ */
+class IdPool {
+  readonly #what: string;
+  readonly #used = new Set<number>();
+  readonly #free: number[] = [];
+  #next = 1;
+
+  constructor(what: string) {
+    this.#what = what;
+  }
+
+  allocate(): number {
+    for (;;) {
+      const id = this.#free.pop() ?? this.#next++;
+      if (id > MAX_ID) throw new RangeError(`every ${this.#what} id (1-${MAX_ID}) of the node is taken`);
+      // A free-listed id can have been taken by adoption since; skip it.
+      if (this.#used.has(id)) continue;
+      this.#used.add(id);
+      return id;
+    }
+  }
+
+  take(id: number): void {
+    this.#used.add(id);
+  }
+
+  release(id: number): void {
+    if (this.#used.delete(id)) this.#free.push(id);
+  }
+}
+
+function sameMembers(a: readonly number[], b: readonly number[]): boolean {
+  if (a.length !== b.length) return false;
+  const set = new Set(a);
+  return b.every((id) => set.has(id));
+}

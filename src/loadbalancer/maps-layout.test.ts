@@ -1,0 +1,22 @@
+/**
+ * The TS codecs of the load-balancing maps against bpf_sock.o's BTF (sizes and field offsets),
+ * and the object's programs and maps load on this kernel. Needs `bash scripts/build-bpf.sh`.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Btf, checkLayout } from '../ebpf/index.ts';
+import { lb4AffinityKey, lb4Backend, lb4Key, lb4ReverseNat, lb4ReverseSk, lb4ReverseSkKey, lb4Service, lbAffinityMatch, lbAffinityVal, SOCK_OBJECT_PATH } from './maps.ts';
+
+test('load-balancing map codecs match bpf/lib/lb.h', () => {
+  const btf = Btf.fromElf(SOCK_OBJECT_PATH);
+  for (const codec of [lb4Key, lb4Service, lb4Backend, lb4ReverseNat, lb4ReverseSkKey, lb4ReverseSk, lb4AffinityKey, lbAffinityVal, lbAffinityMatch]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
+  assert.equal(lb4Key.size, 12);
+  assert.equal(lb4Service.size, 12);
+  assert.equal(lb4Backend.size, 8);
+  assert.equal(lb4ReverseNat.size, 8);
+  assert.equal(lb4ReverseSkKey.size, 16);
+  assert.equal(lb4ReverseSk.size, 8);
+  assert.equal(lb4AffinityKey.size, 16);
+  assert.equal(lbAffinityVal.size, 16);
+  assert.equal(lbAffinityMatch.size, 8);
+});

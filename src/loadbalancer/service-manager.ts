@@ -1,0 +1,359 @@
+/**
+ * Services in the shared store and what each node makes of them. Definitions live under
+ * `services/` (owned by the services module): `specs/<namespace>/<name>`, and one claim key per
+ * ClusterIP (`cluster-ips/<ip>`) and node port (`node-ports/<PROTO>/<port>`) written in the same
+ * transaction as the definition, so two services never share an address or a node port — not
+ * even when two nodes create them at once — and a failed create writes nothing.
+ *
+ * Every node follows the definitions and the cluster's pods (every node's endpoints are in the
+ * store) and keeps the frontends table: each address, port and protocol clients connect to, with
+ * the backends it balances over. The datapath's reconciler follows that table.
+ * @module
+ */
+import type { Logger } from 'pino';
+import { Addr, Prefix } from '../net/index.ts';
+import { Table } from '../statedb/index.ts';
+import { StoreConflictError, type StateStore, type TxnOp, type WatchEvent } from '../store/index.ts';
+import { ServiceError } from './errors.ts';
+import { selects, serviceFrontends, serviceKey, type Frontend, type Service, type ServiceProtocol, type ServiceRequest, type ServiceRequestLimits } from './service.ts';
+
+export const SERVICES_PREFIX = 'services/';
+export const SERVICE_SPECS_PREFIX = `${SERVICES_PREFIX}specs/`;
+const CLUSTER_IPS_PREFIX = `${SERVICES_PREFIX}cluster-ips/`;
+const NODE_PORTS_PREFIX = `${SERVICES_PREFIX}node-ports/`;
+
+/** How many times a create retries when another node took the address or port it allocated. */
+const ALLOCATION_ATTEMPTS = 5;
+
+/** A pod as services select it: any node's endpoint. */
+export interface ServicePod {
+  /** The endpoint's store key. */
+  key: string;
+  ipv4: string;
+  namespace: string;
+  labels: Record<string, string>;
+}
+
+interface Claim {
+  service: string;
+}
+
+function specKey(namespace: string, name: string): string {
+  return `${SERVICE_SPECS_PREFIX}${namespace}/${name}`;
+}
+
+function clusterIpKey(ip: string): string {
+  return `${CLUSTER_IPS_PREFIX}${ip}`;
+}
+
+function nodePortKey(protocol: ServiceProtocol, port: number): string {
+  return `${NODE_PORTS_PREFIX}${protocol}/${port}`;
+}
+
+const sameJson = <T>(a: T, b: T) => JSON.stringify(a) === JSON.stringify(b);
+
+export interface ServiceManagerOptions {
+  store: StateStore;
+  limits: ServiceRequestLimits;
+  log: Logger;
+  /** Picks among free addresses and ports; Math.random by default (tests pass their own). */
+  random?: () => number;
+}
+
+export class ServiceManager {
+  readonly services = new Table<Service>('services', serviceKey, { equals: sameJson });
+  readonly frontends = new Table<Frontend>('frontends', (f) => f.key, { equals: sameJson });
+  readonly #store: StateStore;
+  readonly #cidr: Prefix;
+  readonly #nodePorts: { min: number; max: number };
+  readonly #log: Logger;
+  readonly #random: () => number;
+  readonly #pods = new Map<string, ServicePod>();
+  /** The frontend keys each service has in the table now. */
+  readonly #frontendsOf = new Map<string, Set<string>>();
+  /** Store revision of the last service change applied, and who waits for a later one. */
+  #applied = 0;
+  #waiters: { revision: number; resolve: () => void }[] = [];
+
+  constructor(options: ServiceManagerOptions) {
+    this.#store = options.store;
+    this.#cidr = Prefix.parse(options.limits.serviceCidr, { family: 4 });
+    this.#nodePorts = options.limits.nodePortRange;
+    this.#log = options.log;
+    this.#random = options.random ?? Math.random;
+  }
+
+  list(): Service[] {
+    return [...this.services.all()].sort((a, b) => serviceKey(a).localeCompare(serviceKey(b)));
+  }
+
+  get(namespace: string, name: string): Service {
+    const service = this.services.get(`${namespace}/${name}`);
+    if (!service) throw new ServiceError('ERR_SERVICE_NOT_FOUND', `no service ${namespace}/${name}`);
+    return service;
+  }
+
+  /** The frontends of a service, as this node balances them. */
+  frontendsOf(key: string): Frontend[] {
+    return [...(this.#frontendsOf.get(key) ?? [])].map((k) => this.frontends.get(k)).filter((f): f is Frontend => f !== undefined);
+  }
+
+  /**
+   * Stores a new service, allocating its ClusterIP and node ports unless the request names
+   * them. Resolves with the service and the store revision of the write.
+   */
+  async create(request: ServiceRequest): Promise<{ service: Service; revision: number }> {
+    const { services, revision } = await this.createMany([request]);
+    return { service: services[0], revision };
+  }
+
+  /**
+   * Stores several new services in one transaction: all of them or, when any is refused (it
+   * exists, or asks for a ClusterIP or node port another service has, in the store or in the same
+   * batch), none.
+   */
+  async createMany(requests: readonly ServiceRequest[]): Promise<{ services: Service[]; revision: number }> {
+    const what = (r: ServiceRequest) => `creating service ${r.namespace}/${r.name}`;
+    const names = new Map<string, string>();
+    const ips = new Map<string, string>();
+    const ports = new Map<string, string>();
+    for (const r of requests) {
+      const name = `${r.namespace}/${r.name}`;
+      if (names.has(name)) throw new ServiceError('ERR_SERVICE_EXISTS', `${what(r)}: it is in the request twice`);
+      names.set(name, name);
+      if (r.clusterIP) {
+        const other = ips.get(r.clusterIP);
+        if (other) throw new ServiceError('ERR_CLUSTER_IP_IN_USE', `${what(r)}: field clusterIP: ${r.clusterIP} belongs to service ${other} (in the same request)`);
+        ips.set(r.clusterIP, name);
+      }
+      r.ports.forEach((p, i) => {
+        if (p.nodePort === undefined) return;
+        const other = ports.get(`${p.protocol}/${p.nodePort}`);
+        if (other) throw new ServiceError('ERR_NODE_PORT_IN_USE', `${what(r)}: field ports.${i}.nodePort: ${p.nodePort}/${p.protocol} belongs to service ${other} (in the same request)`);
+        ports.set(`${p.protocol}/${p.nodePort}`, name);
+      });
+    }
+    for (let attempt = 1; ; attempt++) {
+      for (const r of requests) if (await this.#store.get(specKey(r.namespace, r.name))) throw new ServiceError('ERR_SERVICE_EXISTS', `${what(r)}: it exists already`);
+      const takenIps = requests.some((r) => !r.clusterIP) ? await this.#takenClusterIps() : new Set<string>();
+      for (const ip of ips.keys()) takenIps.add(ip);
+      const takenPorts = requests.some((r) => r.type !== 'ClusterIP') ? await this.#takenNodePorts() : new Set<string>();
+      for (const port of ports.keys()) takenPorts.add(port);
+      const services: Service[] = [];
+      const ops: TxnOp[] = [];
+      for (const r of requests) {
+        const clusterIP = r.clusterIP ?? this.#freeClusterIp(takenIps, what(r));
+        takenIps.add(clusterIP);
+        const service: Service = {
+          namespace: r.namespace,
+          name: r.name,
+          type: r.type,
+          clusterIP,
+          ports: [],
+          ...(r.selector ? { selector: r.selector } : {}),
+          ...(r.backends ? { backends: r.backends } : {}),
+          externalIPs: r.externalIPs,
+          loadBalancerIPs: r.loadBalancerIPs,
+          ...(r.sessionAffinity === 'ClientIP' ? { sessionAffinity: { timeoutSeconds: r.sessionAffinityConfig?.clientIP.timeoutSeconds ?? 10800 } } : {}),
+          createdAt: new Date().toISOString(),
+        };
+        for (const p of r.ports) {
+          let nodePort = p.nodePort;
+          if (nodePort === undefined && r.type !== 'ClusterIP') {
+            nodePort = this.#freeNodePort(p.protocol, takenPorts, what(r));
+            takenPorts.add(`${p.protocol}/${nodePort}`);
+          }
+          service.ports.push({ ...(p.name ? { name: p.name } : {}), protocol: p.protocol, port: p.port, targetPort: p.targetPort ?? p.port, ...(nodePort !== undefined ? { nodePort } : {}) });
+        }
+        const claim: Claim = { service: serviceKey(service) };
+        ops.push(
+          { type: 'put', key: specKey(r.namespace, r.name), value: service, expectedRevision: 0 },
+          { type: 'put', key: clusterIpKey(service.clusterIP), value: claim, expectedRevision: 0 },
+          ...service.ports.filter((p) => p.nodePort !== undefined).map((p): TxnOp => ({ type: 'put', key: nodePortKey(p.protocol, p.nodePort!), value: claim, expectedRevision: 0 })),
+        );
+        services.push(service);
+      }
+      try {
+        const { revision } = await this.#store.transaction(ops);
+        return { services, revision };
+      } catch (error) {
+        if (!(error instanceof StoreConflictError)) throw error;
+        const lost = new Set(error.mismatches.map((m) => m.key));
+        for (const r of requests) await this.#refused(r, lost, what(r));
+        // Someone took an address or port we had picked: pick again.
+        if (attempt >= ALLOCATION_ATTEMPTS) throw error;
+      }
+    }
+  }
+
+  /** Throws the error that names why `r` lost a transaction, if it was one of its own claims. */
+  async #refused(r: ServiceRequest, lost: ReadonlySet<string>, what: string): Promise<void> {
+    if (lost.has(specKey(r.namespace, r.name))) throw new ServiceError('ERR_SERVICE_EXISTS', `${what}: it exists already`);
+    if (r.clusterIP && lost.has(clusterIpKey(r.clusterIP))) {
+      const owner = await this.#store.get<Claim>(clusterIpKey(r.clusterIP));
+      throw new ServiceError('ERR_CLUSTER_IP_IN_USE', `${what}: field clusterIP: ${r.clusterIP} belongs to service ${owner?.value.service ?? '(another)'}`);
+    }
+    for (const [i, p] of r.ports.entries()) {
+      if (p.nodePort === undefined || !lost.has(nodePortKey(p.protocol, p.nodePort))) continue;
+      const owner = await this.#store.get<Claim>(nodePortKey(p.protocol, p.nodePort));
+      throw new ServiceError('ERR_NODE_PORT_IN_USE', `${what}: field ports.${i}.nodePort: ${p.nodePort}/${p.protocol} belongs to service ${owner?.value.service ?? '(another)'}`);
+    }
+  }
+
+  /** Deletes a service and its claims in one transaction. */
+  async delete(namespace: string, name: string): Promise<{ revision: number }> {
+    const key = specKey(namespace, name);
+    const current = await this.#store.get<Service>(key);
+    if (!current) throw new ServiceError('ERR_SERVICE_NOT_FOUND', `deleting service ${namespace}/${name}: no such service`);
+    const service = current.value;
+    const claims = [clusterIpKey(service.clusterIP), ...service.ports.filter((p) => p.nodePort !== undefined).map((p) => nodePortKey(p.protocol, p.nodePort!))];
+    const ops: TxnOp[] = [{ type: 'delete', key, expectedRevision: current.modRevision }];
+    for (const claimKey of claims) {
+      // Only claims that are this service's: never another's after some manual repair.
+      const claim = await this.#store.get<Claim>(claimKey);
+      if (claim?.value.service === serviceKey(service)) ops.push({ type: 'delete', key: claimKey, expectedRevision: claim.modRevision });
+    }
+    try {
+      return await this.#store.transaction(ops);
+    } catch (error) {
+      if (error instanceof StoreConflictError) throw new ServiceError('ERR_SERVICE_NOT_FOUND', `deleting service ${namespace}/${name}: it changed or went while being deleted; try again`, { cause: error });
+      throw error;
+    }
+  }
+
+  /** A change of `services/specs/…` from the store. */
+  applyServiceEvent(event: WatchEvent<Service>): void {
+    const key = event.key.slice(SERVICE_SPECS_PREFIX.length);
+    if (event.type === 'delete') {
+      this.services.delete(key);
+      this.#setFrontends(key, []);
+    } else {
+      this.services.upsert(event.value);
+      this.#resolve(event.value);
+    }
+    this.#advance(event.revision);
+  }
+
+  /**
+   * The store's revision as far as this node's view of services is concerned: listed or watched
+   * up to it (the follower calls this with the listing's revision too).
+   */
+  #advance(revision: number): void {
+    if (revision <= this.#applied) return;
+    this.#applied = revision;
+    const waiting = this.#waiters;
+    this.#waiters = [];
+    for (const waiter of waiting) {
+      if (waiter.revision <= revision) waiter.resolve();
+      else this.#waiters.push(waiter);
+    }
+  }
+
+  /** The listing of services was applied as of `revision`. */
+  listed(revision: number): void {
+    this.#advance(revision);
+  }
+
+  /**
+   * Resolves once this node's tables hold every service change up to the store's `revision`, or
+   * after `timeoutMs` (then false) when given.
+   */
+  synced(revision: number, timeoutMs?: number): Promise<boolean> {
+    if (revision <= this.#applied) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = timeoutMs === undefined ? undefined : setTimeout(() => resolve(false), timeoutMs);
+      this.#waiters.push({
+        revision,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve(true);
+        },
+      });
+    });
+  }
+
+  /** A pod (any node's endpoint) came or changed. */
+  upsertPod(pod: ServicePod): void {
+    const previous = this.#pods.get(pod.key);
+    this.#pods.set(pod.key, pod);
+    this.#podChanged(previous, pod);
+  }
+
+  deletePod(key: string): void {
+    const previous = this.#pods.get(key);
+    if (!previous) return;
+    this.#pods.delete(key);
+    this.#podChanged(previous, undefined);
+  }
+
+  /** Backend addresses of a service: its selected pods or its explicit list. */
+  backendIps(service: Service): string[] {
+    if (service.backends) return service.backends.map((b) => b.ip);
+    if (!service.selector) return [];
+    const ips: string[] = [];
+    for (const pod of this.#pods.values()) if (pod.namespace === service.namespace && selects(service.selector, pod.labels)) ips.push(pod.ipv4);
+    return ips;
+  }
+
+  #podChanged(before: ServicePod | undefined, after: ServicePod | undefined): void {
+    for (const service of this.services.all()) {
+      if (!service.selector) continue;
+      const wanted = (pod: ServicePod | undefined) => pod !== undefined && pod.namespace === service.namespace && selects(service.selector!, pod.labels);
+      if (wanted(before) || wanted(after)) this.#resolve(service);
+    }
+  }
+
+  #resolve(service: Service): void {
+    this.#setFrontends(serviceKey(service), serviceFrontends(service, this.backendIps(service)));
+  }
+
+  #setFrontends(service: string, frontends: Frontend[]): void {
+    const keys = new Set(frontends.map((f) => f.key));
+    for (const old of this.#frontendsOf.get(service) ?? []) if (!keys.has(old)) this.frontends.delete(old);
+    for (const frontend of frontends) {
+      const holder = this.frontends.get(frontend.key);
+      if (holder && holder.service !== service) {
+        // An external IP two services both list: the first keeps it (Kubernetes does not arbitrate either).
+        this.#log.warn({ frontend: frontend.key, service, holder: holder.service }, 'frontend belongs to another service; ignored');
+        keys.delete(frontend.key);
+        continue;
+      }
+      this.frontends.upsert(frontend);
+    }
+    if (keys.size > 0) this.#frontendsOf.set(service, keys);
+    else this.#frontendsOf.delete(service);
+  }
+
+  async #takenClusterIps(): Promise<Set<string>> {
+    const { entries } = await this.#store.list(CLUSTER_IPS_PREFIX);
+    return new Set(entries.map((e) => e.key.slice(CLUSTER_IPS_PREFIX.length)));
+  }
+
+  #freeClusterIp(taken: ReadonlySet<string>, what: string): string {
+    // Neither the network nor the last address; a random start spreads concurrent creators apart.
+    const first = this.#cidr.first().toBigInt() + 1n;
+    const count = BigInt(this.#cidr.size()) - 2n;
+    const start = BigInt(Math.floor(this.#random() * Number(count)));
+    for (let i = 0n; i < count; i++) {
+      const ip = Addr.fromBigInt(4, first + ((start + i) % count)).toString();
+      if (!taken.has(ip)) return ip;
+    }
+    throw new ServiceError('ERR_SERVICE_EXHAUSTED', `${what}: every address of the service CIDR ${this.#cidr} is taken`);
+  }
+
+  async #takenNodePorts(): Promise<Set<string>> {
+    const { entries } = await this.#store.list(NODE_PORTS_PREFIX);
+    return new Set(entries.map((e) => e.key.slice(NODE_PORTS_PREFIX.length)));
+  }
+
+  #freeNodePort(protocol: ServiceProtocol, taken: ReadonlySet<string>, what: string): number {
+    const { min, max } = this.#nodePorts;
+    const count = max - min + 1;
+    const start = Math.floor(this.#random() * count);
+    for (let i = 0; i < count; i++) {
+      const port = min + ((start + i) % count);
+      if (!taken.has(`${protocol}/${port}`)) return port;
+    }
+    throw new ServiceError('ERR_SERVICE_EXHAUSTED', `${what}: every ${protocol} node port of ${min}-${max} is taken`);
+  }
+}

@@ -1,0 +1,251 @@
+/**
+ * Services as Kubernetes has them: a ClusterIP (allocated from the service CIDR unless asked
+ * for), NodePort and LoadBalancer types, externalIPs and LoadBalancer IPs, several ports each
+ * with protocol, port, target port and node port, and backends either selected by labels over the
+ * pods of the service's namespace (on every node) or listed explicitly.
+ *
+ * The request schema validates a definition whole and names the field of every problem: a bad
+ * definition writes nothing.
+ * @module
+ */
+import { z } from 'zod';
+import { Addr, Prefix } from '../net/index.ts';
+import { k8sLabelKeyProblem, LABEL_VALUE } from '../policy/index.ts';
+
+export const SERVICE_TYPES = ['ClusterIP', 'NodePort', 'LoadBalancer'] as const;
+export type ServiceType = (typeof SERVICE_TYPES)[number];
+
+export const SERVICE_PROTOCOLS = ['TCP', 'UDP', 'SCTP'] as const;
+export type ServiceProtocol = (typeof SERVICE_PROTOCOLS)[number];
+
+/** IANA numbers, as the datapath keys frontends and backends. */
+export const PROTOCOL_NUMBER: Readonly<Record<ServiceProtocol, number>> = { TCP: 6, UDP: 17, SCTP: 132 };
+
+export interface ServicePort {
+  /** Required when the service has several ports (Kubernetes' rule). */
+  name?: string;
+  protocol: ServiceProtocol;
+  port: number;
+  /** The backends' port; defaults to `port`. */
+  targetPort: number;
+  /** NodePort and LoadBalancer services: the port on every node (allocated when not asked for). */
+  nodePort?: number;
+}
+
+/** An explicitly listed backend, as a Service without selector and its EndpointSlice. */
+export interface ExplicitBackend {
+  ip: string;
+}
+
+/** A service as stored (`services/specs/<namespace>/<name>`): the same on every node. */
+export interface Service {
+  namespace: string;
+  name: string;
+  type: ServiceType;
+  clusterIP: string;
+  ports: ServicePort[];
+  /** Pods of `namespace` whose labels include all of these are the backends. */
+  selector?: Record<string, string>;
+  /** Backends listed explicitly (a service without selector). */
+  backends?: ExplicitBackend[];
+  externalIPs: string[];
+  loadBalancerIPs: string[];
+  /** ClientIP session affinity: a client (pod) keeps its backend while it connects within the timeout. */
+  sessionAffinity?: { timeoutSeconds: number };
+  createdAt: string;
+}
+
+export interface ServiceRequestLimits {
+  /** ClusterIPs come from here; a requested one must be inside it. */
+  serviceCidr: string;
+  /** Node ports come from here (Kubernetes' 30000-32767 by default). */
+  nodePortRange: { min: number; max: number };
+  /** The pods' addresses: no external or LoadBalancer IP may be one of them. */
+  clusterCidr?: string;
+}
+
+/**
+ * Addresses no external or LoadBalancer IP may take: a frontend there would capture traffic every
+ * process of the node sends to it (Kubernetes' CVE-2020-8554 is this, with a pod's address).
+ */
+const RESERVED_FRONTEND_RANGES = ['0.0.0.0/8', '127.0.0.0/8', '169.254.0.0/16', '224.0.0.0/4', '240.0.0.0/4'].map((p) => Prefix.parse(p));
+
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+/** Kubernetes IANA_SVC_NAME: a port name. */
+const PORT_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+
+const port = z.number({ error: 'must be a port number' }).int('must be an integer').min(1, 'must be 1-65535').max(65535, 'must be 1-65535');
+const ipv4 = z.string().refine((text) => Addr.tryParse(text)?.is4() === true, 'must be an IPv4 address (a.b.c.d)');
+
+const dnsLabel = z.string().max(63, 'must be at most 63 characters').regex(DNS_LABEL, 'must be a DNS label (lower case letters, digits and -)');
+
+/** A service's namespace and name, as the API's paths carry them. */
+export const serviceRefSchema = z.object({ namespace: dnsLabel, name: dnsLabel });
+
+/** The request body of `POST /v1/services`: a service definition before allocation. */
+export function serviceRequestSchema(limits: ServiceRequestLimits) {
+  const cidr = Prefix.parse(limits.serviceCidr, { family: 4 });
+  const pods = limits.clusterCidr === undefined ? undefined : Prefix.parse(limits.clusterCidr, { family: 4 });
+  const { min, max } = limits.nodePortRange;
+  /** Why `ip` cannot be an external or LoadBalancer IP, if it cannot. */
+  const frontendProblem = (text: string): string | undefined => {
+    const ip = Addr.tryParse(text);
+    if (!ip) return undefined; // the field's own check names it
+    if (cidr.contains(ip)) return `${text} is in the service CIDR ${cidr}: only ClusterIPs are`;
+    if (pods?.contains(ip)) return `${text} is in the cluster CIDR ${pods}: a pod's address cannot be a service's`;
+    const reserved = RESERVED_FRONTEND_RANGES.find((r) => r.contains(ip));
+    return reserved ? `${text} is in ${reserved} (this-network, loopback, link-local, multicast or reserved)` : undefined;
+  };
+  return z
+    .object({
+      name: dnsLabel,
+      namespace: dnsLabel.default('default'),
+      type: z.enum(SERVICE_TYPES, { error: `must be one of ${SERVICE_TYPES.join(', ')}` }).default('ClusterIP'),
+      clusterIP: z
+        .string()
+        .superRefine((text, ctx) => {
+          const ip = Addr.tryParse(text);
+          const problem = ip?.is4() !== true
+            ? 'must be an IPv4 address (a.b.c.d)'
+            : !cidr.contains(ip)
+              ? `must be inside the service CIDR ${cidr}`
+              : ip.equals(cidr.first()) || ip.equals(cidr.last())
+                ? `must not be the first or last address of ${cidr}`
+                : undefined;
+          if (problem) ctx.addIssue({ code: 'custom', message: problem });
+        })
+        .optional(),
+      ports: z
+        .array(
+          z
+            .object({
+              name: z.string().max(15, 'must be at most 15 characters').regex(PORT_NAME, 'must be lower case letters, digits and -').optional(),
+              protocol: z.enum(SERVICE_PROTOCOLS, { error: `must be one of ${SERVICE_PROTOCOLS.join(', ')}` }).default('TCP'),
+              port,
+              targetPort: port.optional(),
+              nodePort: port.refine((p) => p >= min && p <= max, `must be in the node port range ${min}-${max}`).optional(),
+            })
+            .strict(),
+          { error: 'must be a list of ports' },
+        )
+        .min(1, 'a service needs at least one port')
+        .max(100, 'at most 100 ports'),
+      selector: z.record(z.string(), z.string({ error: 'label values must be strings' }), { error: 'must be an object of labels' }).optional(),
+      backends: z.array(z.object({ ip: ipv4 }).strict()).max(1000, 'at most 1000 explicit backends').optional(),
+      externalIPs: z.array(ipv4).max(100).default([]),
+      loadBalancerIPs: z.array(ipv4).max(100).default([]),
+      sessionAffinity: z.enum(['None', 'ClientIP'], { error: 'must be None or ClientIP' }).default('None'),
+      sessionAffinityConfig: z
+        .object({
+          clientIP: z
+            .object({
+              // Kubernetes' bounds and default (3 hours).
+              timeoutSeconds: z.number({ error: 'must be a number of seconds' }).int('must be an integer').min(1, 'must be 1-86400').max(86400, 'must be 1-86400').default(10800),
+            })
+            .strict()
+            .default({ timeoutSeconds: 10800 }),
+        })
+        .strict()
+        .optional(),
+    })
+    .strict()
+    .superRefine((spec, ctx) => {
+      const issue = (path: (string | number)[], message: string) => ctx.addIssue({ code: 'custom', path, message });
+      for (const [key, value] of Object.entries(spec.selector ?? {})) {
+        const problem = k8sLabelKeyProblem(key);
+        if (problem) issue(['selector', key], problem);
+        else if (value.length > 63 || !LABEL_VALUE.test(value)) issue(['selector', key], `label value "${value}": at most 63 characters of [A-Za-z0-9-_.], alphanumeric at both ends`);
+      }
+      if (spec.selector && spec.backends) issue(['backends'], 'a service selects its backends by selector or lists them, not both');
+      const seen = new Map<string, number>();
+      const names = new Set<string>();
+      spec.ports.forEach((p, i) => {
+        const key = `${p.port}/${p.protocol}`;
+        if (seen.has(key)) issue(['ports', i, 'port'], `${key} is also port ${seen.get(key)}`);
+        seen.set(key, i);
+        if (spec.ports.length > 1 && !p.name) issue(['ports', i, 'name'], 'every port needs a name when a service has several');
+        if (p.name && names.has(p.name)) issue(['ports', i, 'name'], `name ${p.name} is used twice`);
+        if (p.name) names.add(p.name);
+        if (p.nodePort !== undefined && spec.type === 'ClusterIP') issue(['ports', i, 'nodePort'], 'only NodePort and LoadBalancer services have node ports');
+      });
+      for (const field of ['externalIPs', 'loadBalancerIPs'] as const) {
+        spec[field].forEach((ip, i) => {
+          const problem = frontendProblem(ip);
+          if (problem) issue([field, i], problem);
+        });
+      }
+      if (spec.sessionAffinityConfig && spec.sessionAffinity !== 'ClientIP') issue(['sessionAffinityConfig'], 'only with sessionAffinity ClientIP');
+      if (spec.loadBalancerIPs.length > 0 && spec.type !== 'LoadBalancer') issue(['loadBalancerIPs'], 'only LoadBalancer services have LoadBalancer IPs');
+    });
+}
+
+export type ServiceRequest = z.output<ReturnType<typeof serviceRequestSchema>>;
+
+/** `namespace/name`: a service's key in tables and the API. */
+export function serviceKey(service: { namespace: string; name: string }): string {
+  return `${service.namespace}/${service.name}`;
+}
+
+/** What a frontend address is to its service. */
+export type FrontendKind = 'ClusterIP' | 'ExternalIP' | 'LoadBalancer' | 'NodePort';
+
+/** One address, port and protocol clients connect to, with the backends it balances over. */
+export interface Frontend {
+  /** `vip:port/PROTO` */
+  key: string;
+  service: string;
+  kind: FrontendKind;
+  /** NodePort frontends: 0.0.0.0 (any node address). */
+  vip: string;
+  port: number;
+  protocol: ServiceProtocol;
+  /** Sorted by address, so equal sets compare equal and every node orders them alike. */
+  backends: Backend[];
+  /** ClientIP session affinity's timeout in seconds; absent without affinity. */
+  affinityTimeout?: number;
+}
+
+export interface Backend {
+  ip: string;
+  port: number;
+  protocol: ServiceProtocol;
+}
+
+/** `ip:port/PROTO`: what a backend is called on every node (Maglev hashes it). */
+export function backendName(backend: Backend): string {
+  return `${backend.ip}:${backend.port}/${backend.protocol}`;
+}
+
+export function frontendKey(vip: string, port: number, protocol: ServiceProtocol): string {
+  return `${vip}:${port}/${protocol}`;
+}
+
+/** The pods a selector picks: all of its labels match (Kubernetes Service selectors are matchLabels). */
+export function selects(selector: Readonly<Record<string, string>>, labels: Readonly<Record<string, string>>): boolean {
+  for (const [key, value] of Object.entries(selector)) if (labels[key] !== value) return false;
+  return true;
+}
+
+/**
+ * A service's frontends with `backendIps` (the addresses of its pods, or its explicit backends):
+ * one per port on the ClusterIP, every external IP and LoadBalancer IP, and each node port.
+ */
+export function serviceFrontends(service: Service, backendIps: readonly string[]): Frontend[] {
+  const ips = [...new Set(backendIps)].sort(compareIps);
+  const out: Frontend[] = [];
+  const key = serviceKey(service);
+  for (const p of service.ports) {
+    const backends = ips.map((ip) => ({ ip, port: p.targetPort, protocol: p.protocol }));
+    const affinity = service.sessionAffinity ? { affinityTimeout: service.sessionAffinity.timeoutSeconds } : {};
+    const add = (kind: FrontendKind, vip: string, port: number) => out.push({ key: frontendKey(vip, port, p.protocol), service: key, kind, vip, port, protocol: p.protocol, backends, ...affinity });
+    add('ClusterIP', service.clusterIP, p.port);
+    for (const ip of service.externalIPs) add('ExternalIP', ip, p.port);
+    for (const ip of service.loadBalancerIPs) add('LoadBalancer', ip, p.port);
+    if (p.nodePort !== undefined) add('NodePort', '0.0.0.0', p.nodePort);
+  }
+  return out;
+}
+
+function compareIps(a: string, b: string): number {
+  return Addr.parse(a).compare(Addr.parse(b));
+}
