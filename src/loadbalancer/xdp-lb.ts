@@ -7,7 +7,7 @@
  * connection table); a backend removed from the config is marked inactive and its flows move.
  * @module
  */
-import type { BpfObject, Link } from '../ebpf/index.ts';
+import type { BpfObject, Link, Program } from '../ebpf/index.ts';
 import { attachTcx, attachXdp, inNetns } from '../ebpf/index.ts';
 import { maglevTable } from './maglev.ts';
 import { createMaglevInner } from './maps.ts';
@@ -79,6 +79,11 @@ export class XdpLoadBalancer {
     for (const key of [...lb.#maps.vips.keys()]) lb.#maps.vips.delete(key);
     for (let id = 0; id < XLB_MAX_BACKENDS; id++) if (lb.#maps.backends.lookup(id)?.flags) lb.#maps.backends.update(id, { address: '0.0.0.0', flags: 0 });
     return lb;
+  }
+
+  /** The XDP program (e.g. for BPF_PROG_TEST_RUN). */
+  get program(): Program {
+    return this.#obj.program(XdpLbProgram.BALANCE);
   }
 
   get maps(): XdpLbMaps {

@@ -18,9 +18,11 @@ export const XdpLbMapName = {
   CONFIG: 'ciliate_xlb_config',
   DROPS: 'ciliate_xlb_drops',
   DECAP_SOURCES: 'ciliate_xlb_decap_sources',
+  BENCH_FRAME: 'ciliate_xlb_bench_frame',
 } as const;
 
-export const XdpLbProgram = { BALANCE: 'xlb_balance', DECAP: 'xlb_decap', PASS: 'xlb_pass', SINK: 'xlb_sink' } as const;
+/** BENCH_*, SINK: bench/xdp-lb.ts's traffic generators and sink, not part of the balancer. */
+export const XdpLbProgram = { BALANCE: 'xlb_balance', DECAP: 'xlb_decap', BENCH_BALANCE: 'xlb_bench_balance', BENCH_PASS: 'xlb_bench_pass', SINK: 'xlb_sink' } as const;
 
 /** C XLB_MAX_VIPS and XLB_MAX_BACKENDS: ids run 0..max-1 (backend id 0 means none). */
 export const XLB_MAX_VIPS = 512;
