@@ -150,8 +150,9 @@ export class XdpLoadBalancer {
       if (written.backends.has(address)) continue;
       const id = this.#backendIds.take();
       this.#maps.backends.update(id, { address, flags: XlbBackendFlag.ACTIVE });
-      // Counters of an id's earlier backend must not be inherited.
+      // Counters and the next hop of an id's earlier backend must not be inherited.
       this.#maps.backendStats.updatePerCpu(id, zeroStats(this.#maps));
+      this.#maps.nexthops.updatePerCpu(id, zeroStats(this.#maps).map(() => ({ expires: 0n, ifindex: 0, dmac: '00:00:00:00:00:00', smac: '00:00:00:00:00:00' })));
       written.backends.set(address, id);
     }
     const wantVips = new Set<string>();

@@ -6,11 +6,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Btf, checkLayout } from '../ebpf/index.ts';
 import { LB_MAGLEV_LUT_SIZE } from './maps.ts';
-import { XDP_LB_OBJECT_PATH, loadXdpLb, xlbBackend, xlbConfig, xlbConn, xlbFlow, xlbStats, xlbVip, xlbVipKey, XdpLbMapName } from './xdp-maps.ts';
+import { XDP_LB_OBJECT_PATH, loadXdpLb, xlbBackend, xlbConfig, xlbConn, xlbFlow, xlbStats, xlbVip, xlbVipKey, xlbNexthop, XdpLbMapName } from './xdp-maps.ts';
 
 test('XDP load balancer codecs match bpf/bpf_xdp_lb.c', () => {
   const btf = Btf.fromElf(XDP_LB_OBJECT_PATH);
-  for (const codec of [xlbVipKey, xlbVip, xlbBackend, xlbFlow, xlbConn, xlbStats, xlbConfig]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
+  for (const codec of [xlbVipKey, xlbVip, xlbBackend, xlbFlow, xlbConn, xlbStats, xlbConfig, xlbNexthop]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
   assert.equal(xlbVipKey.size, 8);
   assert.equal(xlbFlow.size, 16);
 });

@@ -4,7 +4,7 @@
  * @module
  */
 import { join } from 'node:path';
-import { BpfMap, BpfObject, be16, ipv4, pad, struct, u32, u64, u8, type StructValue } from '../ebpf/index.ts';
+import { BpfMap, BpfObject, be16, ipv4, mac, pad, struct, u32, u64, u8, type StructValue } from '../ebpf/index.ts';
 
 export const XDP_LB_OBJECT_PATH = join(import.meta.dirname, '..', '..', 'build', 'bpf', 'bpf_xdp_lb.o');
 
@@ -19,6 +19,7 @@ export const XdpLbMapName = {
   DROPS: 'ciliate_xlb_drops',
   DECAP_SOURCES: 'ciliate_xlb_decap_sources',
   BENCH_FRAME: 'ciliate_xlb_bench_frame',
+  NEXTHOPS: 'ciliate_xlb_nexthops',
 } as const;
 
 /** BENCH_*, SINK: bench/xdp-lb.ts's traffic generators and sink, not part of the balancer. */
@@ -43,6 +44,8 @@ export const xlbFlow = struct('xlb_flow', { saddr: ipv4, daddr: ipv4, sport: be1
 export const xlbConn = struct('xlb_conn', { backend_id: u32, _pad: pad(4) });
 export const xlbStats = struct('xlb_stats', { packets: u64, bytes: u64 });
 export type XlbStats = StructValue<(typeof xlbStats)['fields']>;
+export const xlbNexthop = struct('xlb_nexthop', { expires: u64, ifindex: u32, dmac: mac, smac: mac });
+export type XlbNexthop = StructValue<(typeof xlbNexthop)['fields']>;
 export const xlbConfig = struct('xlb_config', { source: ipv4, _pad: pad(4) });
 
 export interface XdpLbMaps {
@@ -55,6 +58,8 @@ export interface XdpLbMaps {
   config: BpfMap<number, StructValue<(typeof xlbConfig)['fields']>>;
   drops: BpfMap<number, XlbStats>;
   decapSources: BpfMap<string, number>;
+  /** Per CPU: each backend's cached next hop. */
+  nexthops: BpfMap<number, XlbNexthop>;
 }
 
 /** Loads bpf_xdp_lb.o, its maps pinned (and adopted when pinned already) in `pinDir` when given. */
@@ -75,6 +80,7 @@ export function xdpLbMaps(obj: BpfObject): XdpLbMaps {
     config: obj.map(XdpLbMapName.CONFIG).withCodecs(u32, xlbConfig),
     drops: obj.map(XdpLbMapName.DROPS).withCodecs(u32, xlbStats),
     decapSources: obj.map(XdpLbMapName.DECAP_SOURCES).withCodecs(ipv4, u8),
+    nexthops: obj.map(XdpLbMapName.NEXTHOPS).withCodecs(u32, xlbNexthop),
   };
 }
 
