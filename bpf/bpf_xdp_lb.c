@@ -412,7 +412,8 @@ int xlb_decap(struct __sk_buff *skb)
 
 struct xlb_bench_frame {
 	__u8 bytes[XLB_BENCH_HEADER];
-	__u8 _pad[6];
+	__u8 _pad[2];
+	__u32 redirect_ifindex;	/* xlb_bench_redirect's interface */
 };
 
 struct {
@@ -422,7 +423,7 @@ struct {
 	__type(value, struct xlb_bench_frame);
 } ciliate_xlb_bench_frame SEC(".maps");
 
-static __always_inline int xlb_bench_restore(struct xdp_md *ctx)
+static __always_inline struct xlb_bench_frame *xlb_bench_restore(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -430,15 +431,15 @@ static __always_inline int xlb_bench_restore(struct xdp_md *ctx)
 	struct xlb_bench_frame *frame = bpf_map_lookup_elem(&ciliate_xlb_bench_frame, &zero);
 
 	if (!frame || data + XLB_BENCH_HEADER > data_end)
-		return -1;
+		return NULL;
 	__builtin_memcpy(data, frame->bytes, XLB_BENCH_HEADER);
-	return 0;
+	return frame;
 }
 
 SEC("xdp")
 int xlb_bench_balance(struct xdp_md *ctx)
 {
-	if (xlb_bench_restore(ctx))
+	if (!xlb_bench_restore(ctx))
 		return XDP_ABORTED;
 	return xlb_balance_frame(ctx);
 }
@@ -446,9 +447,20 @@ int xlb_bench_balance(struct xdp_md *ctx)
 SEC("xdp")
 int xlb_bench_pass(struct xdp_md *ctx)
 {
-	if (xlb_bench_restore(ctx))
+	if (!xlb_bench_restore(ctx))
 		return XDP_ABORTED;
 	return XDP_PASS;
+}
+
+/* The floor: the same frames straight to the backend's interface, unbalanced (generation and delivery alone). */
+SEC("xdp")
+int xlb_bench_redirect(struct xdp_md *ctx)
+{
+	struct xlb_bench_frame *frame = xlb_bench_restore(ctx);
+
+	if (!frame)
+		return XDP_ABORTED;
+	return bpf_redirect(frame->redirect_ifindex, 0);
 }
 
 /* The bench's sink on the backends' side: frames counted by the interface and dropped. */

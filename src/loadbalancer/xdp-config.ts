@@ -54,7 +54,9 @@ const vipSchema = z
 export const xdpLbConfigSchema = z
   .object({
     interface: z.string().min(1).max(15).regex(/^[^/\s]+$/, 'not an interface name').describe('where the XDP program attaches'),
-    xdpMode: z.enum(['native', 'generic']).default('native').describe('native (driver) or generic (skb) XDP'),
+    // On a veth, native XDP can redirect to another veth only when that one's peer runs XDP itself
+    // (or has GRO on): generic is the mode that works with any backend-side interface.
+    xdpMode: z.enum(['native', 'generic']).default('native').describe('native (driver) or generic (skb) XDP; generic on veths whose peers run no XDP'),
     source: ipv4.describe('outer source address of the encapsulated packets: the balancer\'s own'),
     healthCheck: z
       .object({

@@ -23,7 +23,7 @@ export const XdpLbMapName = {
 } as const;
 
 /** BENCH_*, SINK: bench/xdp-lb.ts's traffic generators and sink, not part of the balancer. */
-export const XdpLbProgram = { BALANCE: 'xlb_balance', DECAP: 'xlb_decap', BENCH_BALANCE: 'xlb_bench_balance', BENCH_PASS: 'xlb_bench_pass', SINK: 'xlb_sink' } as const;
+export const XdpLbProgram = { BALANCE: 'xlb_balance', DECAP: 'xlb_decap', BENCH_BALANCE: 'xlb_bench_balance', BENCH_PASS: 'xlb_bench_pass', BENCH_REDIRECT: 'xlb_bench_redirect', SINK: 'xlb_sink' } as const;
 
 /** C XLB_MAX_VIPS and XLB_MAX_BACKENDS: ids run 0..max-1 (backend id 0 means none). */
 export const XLB_MAX_VIPS = 512;
