@@ -55,7 +55,7 @@ test('realize serves pods with one load of the programs; a new identity rewrites
   assert.deepEqual(lb.map((l) => l.info().ifindex), [b.hostIfindex, b.hostIfindex]);
   assert.deepEqual(la.map((l) => l.info().programId), lb.map((l) => l.info().programId), 'both pods run the same two programs');
   assert.equal(datapath.lxcIfindex.lookup(a.hostIfindex)?.ip, a.ip);
-  const observed = new Map(datapath.observe());
+  const observed = new Map(await datapath.observe());
   assert.equal(datapath.serves(endpointOf(a), observed.get(a.ip)!), true);
 
   const linkIds = la.map((l) => l.info().id);
@@ -64,7 +64,7 @@ test('realize serves pods with one load of the programs; a new identity rewrites
   assert.equal(datapath.lxc.lookup({ ip: a.ip })?.sec_identity, 40999);
   assert.deepEqual(la.map((l) => l.info().id), linkIds, 'the same links');
   assert.deepEqual(la.map((l) => l.info().programId), programIds, 'running the same programs');
-  assert.equal(datapath.serves(endpointOf(a), new Map(datapath.observe()).get(a.ip)!), false, 'the old identity is no longer what is served');
+  assert.equal(datapath.serves(endpointOf(a), new Map(await datapath.observe()).get(a.ip)!), false, 'the old identity is no longer what is served');
   assert.ok(ping(a.netns, b.ip, 1), 'traffic goes on');
 
   await datapath.remove({ ...endpointOf(a), identity: 40999 });
