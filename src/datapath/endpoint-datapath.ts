@@ -203,7 +203,8 @@ export class EndpointDatapath {
     if (this.attachMode === 'tc-block') {
       const added = await this.#bind(endpoint.hostIfindex);
       this.#bound.set(endpoint.id, endpoint.hostIfindex);
-      this.#known.add(endpoint.id);
+      // Found bound already (a previous agent's): realize() reports it adopted.
+      if (added) this.#known.add(endpoint.id);
       // TCX links a tcx-mode agent pinned for the id: the blocks serve the interface now.
       await this.#unpinAll(this.#endpointDir(endpoint.id));
       if (added) this.#log.debug({ endpoint: endpoint.id, ifindex: endpoint.hostIfindex }, 'attached datapath (tc blocks)');
