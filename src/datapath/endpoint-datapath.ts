@@ -233,7 +233,7 @@ export class EndpointDatapath {
         link.pin(join(dir, pin));
       }),
     );
-    await unbind();
+    if (missing.length > 0) await unbind();
     return missing.map((a) => a.pin);
   }
 
@@ -269,9 +269,10 @@ export class EndpointDatapath {
     return true;
   }
 
-  #ensureBlocks(): Promise<void> {
-    if (!this.#blocksReady) {
-      const ready = this.#installBlocks();
+  /** Installs the blocks once; `again` checks (and repairs) them anew, after any install in flight. */
+  #ensureBlocks(again = false): Promise<void> {
+    if (!this.#blocksReady || again) {
+      const ready = (this.#blocksReady ?? Promise.resolve()).catch(() => undefined).then(() => this.#installBlocks());
       this.#blocksReady = ready;
       ready.catch(() => {
         if (this.#blocksReady === ready) this.#blocksReady = undefined;
@@ -335,7 +336,7 @@ export class EndpointDatapath {
     if (this.attachMode === 'tc-block') {
       await this.#bind(ifindex);
       this.#poolBound.set(name, ifindex);
-      await this.removePooledPins(name);
+      await this.#removePooledPins(name);
       return;
     }
     const attached = await this.#attachTo(this.#poolDir(name), ifindex);
@@ -379,10 +380,10 @@ export class EndpointDatapath {
   async removePooled(name: string): Promise<void> {
     // tc-block: the clsact goes with the interface, which the pool deletes.
     this.#poolBound.delete(name);
-    await this.removePooledPins(name);
+    await this.#removePooledPins(name);
   }
 
-  async removePooledPins(name: string): Promise<void> {
+  async #removePooledPins(name: string): Promise<void> {
     const dir = this.#poolDir(name);
     await this.#unpinAll(dir);
     rmSync(dir, { recursive: true, force: true });
@@ -478,8 +479,7 @@ export class EndpointDatapath {
     let bound: Set<number> | undefined;
     if (this.attachMode === 'tc-block') {
       // A refresh checks the blocks' filters again (a swap behind our back is repaired here).
-      this.#blocksReady = undefined;
-      await this.#ensureBlocks();
+      await this.#ensureBlocks(true);
       bound = new Set((await this.#nl().clsacts()).filter((c) => this.#ours(c)).map((c) => c.ifindex));
     }
     return [...this.lxc.entries()].map(([key, info]) => {
