@@ -9,7 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { statSync } from 'node:fs';
-import { compactLine, connectTetragon, RuntimeObserver, TetragonServer, type TetragonClient, type TetragonEvent } from './index.ts';
+import { compactLine, connectTetragon, processOf, RuntimeObserver, TetragonServer, type TetragonClient, type TetragonEvent } from './index.ts';
 
 /** A unique argument sleep accepts (it sums its intervals): 0.<digits>. */
 function numericMarker(): string {
@@ -158,7 +158,7 @@ test("a process in a pod's network namespace carries the pod, and namespace filt
   assert.equal(exec.process.ns?.net?.is_host, undefined);
   // nsenter entered the namespace and exec'd the shell in its own process: the parent is ours.
   assert.equal(exec.parent?.pid, process.pid);
-  assert.ok(events.every((e) => ('process_exec' in e ? e.process_exec.process : e.process_exit.process).pod?.namespace === 'default'));
+  assert.ok(events.every((e) => processOf(e).pod?.namespace === 'default'));
   assert.ok(compactLine(events[0]).startsWith(`🚀 process default/xwing /bin/sh -c "exit 0" ${marker}`), compactLine(events[0]));
 });
 
