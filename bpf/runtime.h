@@ -106,6 +106,8 @@ struct runtime_exit_event {
 #define RT_EVENT_POLICY 4
 
 #define RT_POLICY_HOOKS 128     /* hook slots over all loaded policies */
+#define RT_POLICY_TPS 64        /* tracepoints with hooks (one attachment each) */
+#define RT_POLICY_TP_HOOKS 8    /* hooks sharing one tracepoint (policies on one syscall) */
 #define RT_POLICY_ARGS 5        /* arguments a hook captures (Tetragon: 5) */
 #define RT_POLICY_SELECTORS 5   /* selectors per hook (Tetragon: 5) */
 #define RT_POLICY_MATCHARGS 5   /* matchArgs entries per selector (Tetragon: 5) */
@@ -157,6 +159,12 @@ struct rt_arg_spec {
 	__u16 offset;
 	__u8 type;
 	__u8 size;
+};
+
+/* The hooks on one tracepoint, run in this order. */
+struct rt_tp {
+	__u32 nhooks;
+	__u16 slots[RT_POLICY_TP_HOOKS];
 };
 
 /* One matchArgs entry. Strings are matched in runtime_policy_strings under `key`; numbers against

@@ -14,6 +14,13 @@ struct {
 } runtime_policy_hooks SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RT_POLICY_TPS);
+	__type(key, __u32);
+	__type(value, struct rt_tp);
+} runtime_policy_tps SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 16384);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -269,10 +276,9 @@ static long select_step(__u32 index, struct select_ctx *c)
 	return 1;
 }
 
-SEC("tracepoint")
-int runtime_policy(void *ctx)
+/* One hook's turn on a call: a subprogram, verified once per call site, not inlined per hook. */
+static __noinline int run_hook(void *ctx, __u32 slot)
 {
-	__u32 slot = bpf_get_attach_cookie(ctx);
 	struct rt_hook *hook = bpf_map_lookup_elem(&runtime_policy_hooks, &slot);
 	struct rt_hook_stats *stats = bpf_map_lookup_elem(&runtime_policy_stats, &slot);
 	__u32 zero = 0;
@@ -328,5 +334,20 @@ int runtime_policy(void *ctx)
 	ringbuf_output_or_count_flags(&runtime_events, &runtime_events_lost, s, size,
 				      action == RT_ACTION_POST ? batched_wakeup_before_output(size) : BPF_RB_FORCE_WAKEUP);
 	stats->posted++;
+	return 0;
+}
+
+SEC("tracepoint")
+int runtime_policy(void *ctx)
+{
+	__u32 tp = bpf_get_attach_cookie(ctx);
+	struct rt_tp *hooks = bpf_map_lookup_elem(&runtime_policy_tps, &tp);
+	if (!hooks)
+		return 0;
+	for (__u32 i = 0; i < RT_POLICY_TP_HOOKS; i++) {
+		if (i >= hooks->nhooks)
+			break;
+		run_hook(ctx, hooks->slots[i]);
+	}
 	return 0;
 }

@@ -38,6 +38,9 @@ export const rtHook = struct('rt_hook', {
   args: array(rtArgSpec, POLICY_LIMITS.args),
   selectors: array(rtSelector, POLICY_LIMITS.selectors),
 });
+export const TP_HOOKS = 8; // RT_POLICY_TP_HOOKS
+const TRACEPOINTS = 64; // RT_POLICY_TPS
+export const rtTp = struct('rt_tp', { nhooks: u32, slots: array(u16, TP_HOOKS) });
 export const rtHookStats = struct('rt_hook_stats', { runs: u64, matched: u64, posted: u64, signalled: u64 });
 
 const EMPTY_FILTER = { arg: 0, op: 0, nvalues: 0, key: 0, values: Array<bigint>(POLICY_LIMITS.values).fill(0n) };
@@ -79,9 +82,17 @@ export interface LoadedPolicy {
   id: number;
   policy: CompiledTracingPolicy;
   hooks: LoadedHook[];
-  links: Link[];
+  /** Slots of this policy's hooks that run now (listed on their tracepoint). */
+  running: number[];
   strings: Buffer[];
   createdAt: Date;
+}
+
+/** One attachment of the generic program: a tracepoint and the hooks on it, in order. */
+interface Attachment {
+  index: number;
+  link: Link;
+  slots: number[];
 }
 
 export interface PolicyStats {
@@ -110,6 +121,7 @@ export class PolicyManager {
   readonly #object: BpfObject;
   readonly #byName = new Map<string, LoadedPolicy>();
   readonly #bySlot = new Map<number, LoadedHook & { policy: LoadedPolicy }>();
+  readonly #attachments = new Map<string, Attachment>();
   #nextId = 1;
 
   constructor(object: BpfObject) {
@@ -124,11 +136,10 @@ export class PolicyManager {
     const free: number[] = [];
     for (let slot = 0; slot < POLICY_LIMITS.hooks && free.length < policy.hooks.length; slot++) if (!this.#bySlot.has(slot)) free.push(slot);
     if (free.length < policy.hooks.length) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name}: ${policy.hooks.length} hooks, ${free.length} of ${POLICY_LIMITS.hooks} slots free`, { details: [{ field: 'spec', reason: 'too many hooks loaded' }] });
-    const loaded: LoadedPolicy = { id: this.#nextId++, policy, hooks: policy.hooks.map((hook, i) => ({ slot: free[i], hook })), links: [], strings: [], createdAt: new Date() };
+    const loaded: LoadedPolicy = { id: this.#nextId++, policy, hooks: policy.hooks.map((hook, i) => ({ slot: free[i], hook })), running: [], strings: [], createdAt: new Date() };
     const hooks = this.#object.map('runtime_policy_hooks');
     const strings = this.#object.map('runtime_policy_strings');
     const stats = this.#object.map('runtime_policy_stats');
-    const program = this.#object.program('runtime_policy');
     try {
       for (const { slot, hook } of loaded.hooks) {
         const key = u32Key(slot);
@@ -138,7 +149,11 @@ export class PolicyManager {
           loaded.strings.push(buffer);
         }
         hooks.update(key, this.#hookValue(loaded.id, slot, hook));
-        loaded.links.push(attachTracepoint(program, { group: hook.group, name: hook.name, cookie: BigInt(slot) }));
+      }
+      // Last: the hooks run from here on, each with its selectors already in place.
+      for (const { slot, hook } of loaded.hooks) {
+        this.#run(hook, slot);
+        loaded.running.push(slot);
       }
     } catch (error) {
       this.#unload(loaded);
@@ -173,6 +188,19 @@ export class PolicyManager {
     return entry && entry.policy.id === policyId ? { policy: entry.policy.policy, hook: entry.hook } : undefined;
   }
 
+  /**
+   * What the kernel holds of policies, read back from the maps (not from this manager's
+   * bookkeeping): string selector entries, and hook slots with a policy in them.
+   */
+  kernelState(): { strings: number; hooks: number } {
+    let strings = 0;
+    for (const _key of this.#object.map('runtime_policy_strings').keys()) strings++;
+    let hooks = 0;
+    const map = this.#object.map('runtime_policy_hooks');
+    for (let slot = 0; slot < POLICY_LIMITS.hooks; slot++) if ((map.lookup(u32Key(slot)) as Buffer | undefined)?.readUInt32LE(0)) hooks++;
+    return { strings, hooks };
+  }
+
   /** Unloads every policy (the agent's stop). */
   close(): void {
     for (const name of [...this.#byName.keys()]) this.delete(name);
@@ -194,9 +222,44 @@ export class PolicyManager {
     return { id: loaded.id, name: header.name, namespace: header.namespace, kind: header.kind, sensors: loaded.hooks.map(({ hook }) => `${hook.group}/${hook.name}`), stats: total, createdAt: loaded.createdAt.toISOString() };
   }
 
-  /** Links first, so the program stops running for the policy before its selectors go. */
+  /** Lists a hook on its tracepoint, attaching the program to it when it is the first. */
+  #run(hook: CompiledHook, slot: number): void {
+    const where = `${hook.group}/${hook.name}`;
+    let attachment = this.#attachments.get(where);
+    if (attachment && attachment.slots.length >= TP_HOOKS) throw new RuntimeError('ERR_RUNTIME_POLICY', `${where}: already ${TP_HOOKS} hooks on it (the most one tracepoint takes)`, { details: [{ field: hook.field, reason: `${TP_HOOKS} hooks already on ${where}` }] });
+    const tps = this.#object.map('runtime_policy_tps');
+    if (!attachment) {
+      const used = new Set([...this.#attachments.values()].map((a) => a.index));
+      let index = 0;
+      while (used.has(index)) index++;
+      if (index >= TRACEPOINTS) throw new RuntimeError('ERR_RUNTIME_POLICY', `${where}: hooks on ${TRACEPOINTS} tracepoints already`, { details: [{ field: hook.field, reason: `${TRACEPOINTS} tracepoints already hooked` }] });
+      tps.update(u32Key(index), encode(rtTp, { nhooks: 0, slots: Array(TP_HOOKS).fill(0) }));
+      const link = attachTracepoint(this.#object.program('runtime_policy'), { group: hook.group, name: hook.name, cookie: BigInt(index) });
+      attachment = { index, link, slots: [] };
+      this.#attachments.set(where, attachment);
+    }
+    attachment.slots.push(slot);
+    tps.update(u32Key(attachment.index), encode(rtTp, { nhooks: attachment.slots.length, slots: padded(attachment.slots, TP_HOOKS, 0) }));
+  }
+
+  /** Takes a hook off its tracepoint; the last one there detaches the program. */
+  #stop(hook: CompiledHook, slot: number): void {
+    const where = `${hook.group}/${hook.name}`;
+    const attachment = this.#attachments.get(where);
+    if (!attachment) return;
+    attachment.slots = attachment.slots.filter((s) => s !== slot);
+    const tps = this.#object.map('runtime_policy_tps');
+    tps.update(u32Key(attachment.index), encode(rtTp, { nhooks: attachment.slots.length, slots: padded(attachment.slots, TP_HOOKS, 0) }));
+    if (attachment.slots.length === 0) {
+      attachment.link.close();
+      this.#attachments.delete(where);
+    }
+  }
+
+  /** Off the tracepoints first, so no call runs the policy's hooks before its selectors go. */
   #unload(loaded: LoadedPolicy): void {
-    for (const link of loaded.links.splice(0)) link.close();
+    for (const { slot, hook } of loaded.hooks) if (loaded.running.includes(slot)) this.#stop(hook, slot);
+    loaded.running = [];
     const hooks = this.#object.map('runtime_policy_hooks');
     for (const { slot } of loaded.hooks) hooks.update(u32Key(slot), EMPTY_HOOK);
     const strings = this.#object.map('runtime_policy_strings');

@@ -1,0 +1,207 @@
+/**
+ * TracingPolicies on the real kernel: the selectors run in the kernel (what they reject never
+ * reaches user space, counted by the hook's own counters), Sigkill kills from the hook, matchBinaries
+ * tells binaries apart, and a deleted policy leaves no attachment and no selector behind.
+ */
+import { after, before, test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { randomBytes } from 'node:crypto';
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { RuntimeError, RuntimeObserver, type TetragonEvent, type TetragonProcessKprobe } from './index.ts';
+
+let observer: RuntimeObserver;
+let dir: string;
+const events: TetragonEvent[] = [];
+
+before(() => {
+  dir = mkdtempSync(join(tmpdir(), 'ciliate-tp-'));
+  observer = new RuntimeObserver({ nodeName: 'test-node' });
+  observer.start();
+  observer.subscribe((event) => events.push(event));
+});
+
+after(() => {
+  observer?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function uniqueName(prefix: string): string {
+  return `${prefix}-${randomBytes(4).toString('hex')}`;
+}
+
+function tempFile(name: string): string {
+  const path = join(dir, name);
+  writeFileSync(path, 'x\n');
+  return path;
+}
+
+function addPolicy(t: TestContext, yaml: string): string {
+  const status = observer.policies.add(yaml);
+  t.after(() => {
+    if (observer.policies.get(status.name)) observer.policies.delete(status.name);
+  });
+  return status.name;
+}
+
+function kprobesOf(policy: string): TetragonProcessKprobe[] {
+  observer.drain();
+  return events.flatMap((e) => ('process_kprobe' in e && e.process_kprobe.policy_name === policy ? [e.process_kprobe] : []));
+}
+
+/** The kernel's perf-event links of the generic policy program (bpftool: the kernel's own view). */
+function policyLinks(): number {
+  const programId = observer.stats().programs.length > 0 ? Number(JSON.parse(spawnSync('bpftool', ['-j', 'prog', 'show', 'name', 'runtime_policy'], { encoding: 'utf8' }).stdout || '[]').id ?? -1) : -1;
+  const links = JSON.parse(spawnSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' }).stdout || '[]') as { prog_id?: number; type?: string }[];
+  return links.filter((l) => l.prog_id === programId).length;
+}
+
+const openatPolicy = (name: string, operator: string, value: string, extra = '') => `apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: ${name}
+spec:
+  kprobes:
+  - call: sys_openat
+    syscall: true
+    args:
+    - index: 0
+      type: int
+    - index: 1
+      type: string
+    selectors:
+    - matchArgs:
+      - index: 1
+        operator: ${operator}
+        values: [${JSON.stringify(value)}]
+${extra}`;
+
+test('an openat policy reports only the matching opens: the rest is rejected in the kernel', async (t) => {
+  const target = tempFile(uniqueName('shadow'));
+  const other = tempFile(uniqueName('other'));
+  const name = addPolicy(t, openatPolicy(uniqueName('openat-equal'), 'Equal', target));
+  const opens = 7;
+  const misses = 300;
+  for (let i = 0; i < misses; i++) closeSync(openSync(other, 'r'));
+  for (let i = 0; i < opens; i++) closeSync(openSync(target, 'r'));
+  // A longer path that starts with the target's is not Equal to it.
+  closeSync(openSync(tempFile(`${target.slice(dir.length + 1)}.bak`), 'r'));
+  const stats = observer.policies.get(name)!.stats;
+  // Every open on the machine ran the hook; only ours of the target were posted.
+  assert.equal(stats.posted, BigInt(opens), `posted ${stats.posted}`);
+  assert.equal(stats.matched, BigInt(opens));
+  assert.ok(stats.runs >= BigInt(opens + misses + 1), `runs ${stats.runs}`);
+  const seen = kprobesOf(name);
+  assert.equal(seen.length, opens);
+  for (const e of seen) {
+    assert.equal(e.function_name, '__x64_sys_openat');
+    assert.equal(e.action, 'KPROBE_ACTION_POST');
+    assert.deepEqual(e.args, [{ int_arg: -100 }, { string_arg: target }]);
+    assert.equal(e.process.pid, process.pid);
+  }
+});
+
+test('Prefix and Postfix match in the kernel; a Sigkill policy kills the offending process at once, others run on', async (t) => {
+  const secret = tempFile(uniqueName('secret'));
+  const plain = tempFile(uniqueName('plain'));
+  const name = addPolicy(t, openatPolicy(uniqueName('kill'), 'Prefix', join(dir, 'secret-'), '      matchActions:\n      - action: Sigkill\n'));
+  const run = async (path: string) => {
+    const child = spawn('/usr/bin/cat', [path], { stdio: 'ignore' });
+    const started = process.hrtime.bigint();
+    const [code, signal] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null];
+    return { code, signal, ms: Number(process.hrtime.bigint() - started) / 1e6 };
+  };
+  const killed = await run(secret);
+  const fine = await run(plain);
+  assert.equal(killed.signal, 'SIGKILL');
+  assert.deepEqual([fine.code, fine.signal], [0, null]);
+  const stats = observer.policies.get(name)!.stats;
+  assert.equal(stats.signalled, 1n);
+  const seen = kprobesOf(name);
+  assert.equal(seen.length, 1);
+  assert.equal(seen[0].action, 'KPROBE_ACTION_SIGKILL');
+  assert.equal(seen[0].process.binary, '/usr/bin/cat');
+
+  const key = tempFile(`${uniqueName('key')}.pem`);
+  const notKey = tempFile(`${uniqueName('key')}.pem.txt`);
+  const postfix = addPolicy(t, openatPolicy(uniqueName('postfix'), 'Postfix', '.pem'));
+  closeSync(openSync(key, 'r'));
+  closeSync(openSync(notKey, 'r'));
+  const pems = kprobesOf(postfix).filter((e) => e.process.pid === process.pid);
+  assert.deepEqual(pems.map((e) => e.args?.[1]), [{ string_arg: key }]);
+});
+
+test('matchBinaries restricts a hook to one binary, from the binary each process exec\'d', async (t) => {
+  const file = tempFile(uniqueName('watched'));
+  const name = addPolicy(t, openatPolicy(uniqueName('cat-only'), 'Equal', file, '      matchBinaries:\n      - operator: In\n        values: ["/usr/bin/cat"]\n'));
+  for (const binary of ['/usr/bin/cat', '/usr/bin/head']) {
+    const child = spawn(binary, [file], { stdio: 'ignore' });
+    await once(child, 'exit');
+  }
+  closeSync(openSync(file, 'r')); // node itself: not cat
+  const seen = kprobesOf(name);
+  assert.deepEqual(seen.map((e) => e.process.binary), ['/usr/bin/cat']);
+  assert.equal(observer.policies.get(name)!.stats.posted, 1n);
+});
+
+test('bad policies are refused whole, naming field and reason, and nothing of them is loaded', () => {
+  const before = policyLinks();
+  const bad = `apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: ${uniqueName('bad')}}
+spec:
+  kprobes:
+  - call: sys_openat
+    syscall: true
+    args: [{index: 1, type: string}]
+    selectors:
+    - matchArgs: [{index: 1, operator: Equal, values: ["/etc/shadow"]}]
+  - call: security_file_permission
+    args: [{index: 0, type: file}]
+  - call: sys_write
+    argz: []
+`;
+  assert.throws(() => observer.policies.add(bad), (error: unknown) => {
+    assert.ok(RuntimeError.is(error, 'ERR_RUNTIME_POLICY'));
+    const fields = (error.details as { field: string; reason: string }[]).map((p) => `${p.field}: ${p.reason}`);
+    assert.ok(fields.includes('spec.kprobes[2].argz: unknown field'), fields.join('\n'));
+    assert.ok(fields.some((f) => f.startsWith('spec.kprobes[1].call: "security_file_permission"')), fields.join('\n'));
+    return true;
+  });
+  assert.deepEqual(observer.policies.list(), []);
+  assert.equal(policyLinks(), before);
+});
+
+test('deleting a policy detaches its hooks and removes its selectors from the kernel', async (t) => {
+  const target = tempFile(uniqueName('gone'));
+  const base = policyLinks();
+  const kernel = observer.policies.kernelState();
+  const name = addPolicy(t, `apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: ${uniqueName('two-hooks')}}
+spec:
+  tracepoints:
+  - subsystem: sched
+    event: sched_process_exec
+    args: [{index: 4, type: string}]
+    selectors:
+    - matchArgs: [{index: 4, operator: Prefix, values: ["/nonexistent/"]}]
+  kprobes:
+  - call: sys_openat
+    args: [{index: 1, type: string}]
+    selectors:
+    - matchArgs: [{index: 1, operator: Equal, values: [${JSON.stringify(target)}]}]
+      matchBinaries: [{operator: NotPostfix, values: ["/sh"]}]
+`);
+  assert.equal(policyLinks(), base + 2);
+  assert.deepEqual(observer.policies.kernelState(), { strings: kernel.strings + 3, hooks: kernel.hooks + 2 });
+  observer.policies.delete(name);
+  assert.equal(policyLinks(), base);
+  assert.deepEqual(observer.policies.kernelState(), kernel);
+  closeSync(openSync(target, 'r'));
+  assert.deepEqual(kprobesOf(name), []);
+  assert.throws(() => observer.policies.delete(name), (e: unknown) => RuntimeError.is(e, 'ERR_RUNTIME_POLICY_NOT_FOUND'));
+});
