@@ -11,7 +11,9 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { RuntimeError, RuntimeObserver, type TetragonEvent, type TetragonProcessKprobe } from './index.ts';
+import { connect, createServer, type AddressInfo } from 'node:net';
+import * as grpc from '@grpc/grpc-js';
+import { RuntimeError, RuntimeObserver, TetragonServer, connectTetragon, type TetragonEvent, type TetragonProcessKprobe } from './index.ts';
 
 let observer: RuntimeObserver;
 let dir: string;
@@ -204,4 +206,91 @@ spec:
   closeSync(openSync(target, 'r'));
   assert.deepEqual(kprobesOf(name), []);
   assert.throws(() => observer.policies.delete(name), (e: unknown) => RuntimeError.is(e, 'ERR_RUNTIME_POLICY_NOT_FOUND'));
+});
+
+test("over Tetragon's gRPC API: a connect policy's DAddr/DPort selectors, its events on the stream, list and delete", async (t) => {
+  const server = new TetragonServer({ observer, version: 'test' });
+  t.after(() => server.close());
+  const port = await server.listenTcp('127.0.0.1:0');
+  const client = connectTetragon(`127.0.0.1:${port}`);
+  t.after(() => client.close());
+  const listener = createServer((socket) => socket.destroy());
+  listener.listen(0, '127.0.0.1');
+  await once(listener, 'listening');
+  t.after(() => listener.close());
+  const watched = (listener.address() as AddressInfo).port;
+
+  await assert.rejects(client.addTracingPolicy('apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: x}\nspec:\n  kprobes:\n  - call: sys_connect\n    args: [{index: 1, type: sockaddr}]\n    selectors:\n    - matchArgs: [{index: 1, operator: SPort, values: ["80"]}]\n'), (error: { code?: number; details?: string }) => {
+    assert.equal(error.code, grpc.status.INVALID_ARGUMENT);
+    assert.match(error.details ?? '', /spec\.kprobes\[0\]\.selectors\[0\]\.matchArgs\[0\]\.operator: "SPort": a connect's sockaddr holds only the destination/);
+    return true;
+  });
+  const name = uniqueName('connect');
+  await client.addTracingPolicy(`apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: ${name}}
+spec:
+  kprobes:
+  - call: __x64_sys_connect
+    args: [{index: 0, type: fd}, {index: 1, type: sockaddr}]
+    selectors:
+    - matchArgs:
+      - {index: 1, operator: DAddr, values: ["127.0.0.0/8"]}
+      - {index: 1, operator: DPort, values: ["${watched}"]}
+`);
+  t.after(() => observer.policies.get(name) && observer.policies.delete(name));
+  const stream = client.getEvents({ allow_list: [{ event_set: ['PROCESS_KPROBE'] }] });
+  t.after(() => stream.cancel());
+  await stream.ready;
+  const connectTo = (p: number) =>
+    new Promise<void>((resolve) => {
+      const socket = connect(p, '127.0.0.1');
+      socket.on('error', () => resolve());
+      socket.on('close', () => resolve());
+    });
+  await connectTo(watched + 1 > 65535 ? watched - 1 : watched + 1); // refused, and not watched
+  await connectTo(watched);
+  const timer = setTimeout(() => stream.cancel(), 10_000);
+  t.after(() => clearTimeout(timer));
+  const drain = setInterval(() => observer.drain(), 20);
+  t.after(() => clearInterval(drain));
+  let event: TetragonProcessKprobe | undefined;
+  for await (const e of stream) {
+    if ('process_kprobe' in e && e.process_kprobe.policy_name === name) {
+      event = e.process_kprobe;
+      break;
+    }
+  }
+  assert.ok(event, 'a process_kprobe event on the stream');
+  assert.equal(event.function_name, '__x64_sys_connect');
+  assert.deepEqual(event.args?.[1], { sock_arg: { family: 'AF_INET', daddr: '127.0.0.1', dport: watched } });
+  assert.equal(event.process.pid, process.pid);
+  assert.equal(observer.policies.get(name)!.stats.posted, 1n);
+  assert.deepEqual((await client.listTracingPolicies()).map((p) => [p.name, p.sensors]), [[name, ['syscalls/sys_enter_connect']]]);
+  await client.deleteTracingPolicy(name);
+  assert.deepEqual(await client.listTracingPolicies(), []);
+  await assert.rejects(client.deleteTracingPolicy(name), (error: { code?: number }) => error.code === grpc.status.NOT_FOUND);
+});
+
+test('a tracepoint hook reports process_tracepoint events with the fields it names', async (t) => {
+  const marker = uniqueName('tp');
+  const name = addPolicy(t, `apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: ${marker}}
+spec:
+  tracepoints:
+  - subsystem: sched
+    event: sched_process_exec
+    args: [{index: 4, type: string}, {index: 5, type: int32}]
+    selectors:
+    - matchArgs: [{index: 4, operator: Equal, values: ["/usr/bin/true"]}]
+      matchPIDs: [{operator: NotIn, values: [1]}]
+`);
+  const child = spawn('/usr/bin/true', [marker], { stdio: 'ignore' });
+  await once(child, 'exit');
+  observer.drain();
+  const seen = events.flatMap((e) => ('process_tracepoint' in e && e.process_tracepoint.policy_name === name ? [e.process_tracepoint] : []));
+  assert.equal(seen.length, 1);
+  assert.deepEqual([seen[0].subsys, seen[0].event, seen[0].args], ['sched', 'sched_process_exec', [{ string_arg: '/usr/bin/true' }, { int_arg: child.pid }]]);
+  assert.equal(seen[0].action, 'KPROBE_ACTION_POST');
 });
