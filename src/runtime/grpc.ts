@@ -13,6 +13,7 @@ import { dirname, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { RuntimeError } from './errors.ts';
+import { loopbackPeerUid } from './peer.ts';
 import { compileFilters, type EventFilter } from './filter.ts';
 import { protoTimestamp, type RuntimeObserver } from './runtime-observer.ts';
 import { EventType, eventBody, eventTypeOf, type EventTypeName, type TetragonAction, type TetragonArg, type TetragonEvent, type TetragonProcess, type TetragonProcessKprobe, type TetragonProcessTracepoint } from './types.ts';
@@ -266,8 +267,10 @@ export class TetragonServer {
         callback(grpcError(code, (error as Error).message));
       }
     };
-    const addTracingPolicy = (call: grpc.ServerUnaryCall<{ yaml?: string }, object>, callback: grpc.sendUnaryData<object>) =>
+    const addTracingPolicy = (call: grpc.ServerUnaryCall<{ yaml?: string }, object>, callback: grpc.sendUnaryData<object>) => {
+      if (!this.#mayChangePolicies(call.getPeer(), callback)) return;
       policyCall(() => options.observer.policies.add(call.request.yaml ?? ''), callback);
+    };
     this.#server.addService(service, {
       GetEvents: (call: grpc.ServerWritableStream<GetEventsRequest, object>) => void this.#getEvents(options.observer, call),
       GetHealth: (_call: unknown, callback: grpc.sendUnaryData<object>) => {
@@ -282,9 +285,24 @@ export class TetragonServer {
           (list) => ({ policies: list.map((p) => ({ id: String(p.id), name: p.name, namespace: p.namespace ?? '', info: `${p.kind}: ${p.stats.posted} events, ${p.stats.signalled} signals, ${p.stats.runs} calls seen`, sensors: p.sensors })) }),
         ),
       AddTracingPolicy: addTracingPolicy,
-      DeleteTracingPolicy: (call: grpc.ServerUnaryCall<{ name?: string }, object>, callback: grpc.sendUnaryData<object>) =>
-        policyCall(() => options.observer.policies.delete(call.request.name ?? ''), callback),
+      DeleteTracingPolicy: (call: grpc.ServerUnaryCall<{ name?: string }, object>, callback: grpc.sendUnaryData<object>) => {
+        if (!this.#mayChangePolicies(call.getPeer(), callback)) return;
+        policyCall(() => options.observer.policies.delete(call.request.name ?? ''), callback);
+      },
     });
+  }
+
+  /**
+   * Only root changes policies: the Unix socket is root's alone, and a TCP client must own its
+   * socket as uid 0 (loopback only: the kernel's socket table says who it is). Anyone else gets
+   * PERMISSION_DENIED, as does a peer that cannot be told.
+   */
+  #mayChangePolicies(peer: string, callback: grpc.sendUnaryData<object>): boolean {
+    if (peer.startsWith('unix:')) return true;
+    const uid = loopbackPeerUid(peer);
+    if (uid === 0) return true;
+    callback(grpcError(grpc.status.PERMISSION_DENIED, `changing tracing policies takes root: the client at ${peer} is ${uid === undefined ? 'not a local process this node can tell' : `uid ${uid}`}`));
+    return false;
   }
 
   /** Events dropped because a client did not read them fast enough. */

@@ -294,3 +294,29 @@ spec:
   assert.deepEqual([seen[0].subsys, seen[0].event, seen[0].args], ['sched', 'sched_process_exec', [{ string_arg: '/usr/bin/true' }, { int_arg: child.pid }]]);
   assert.equal(seen[0].action, 'KPROBE_ACTION_POST');
 });
+
+test('only root changes policies over TCP: another local user is PERMISSION_DENIED, nothing loads', async (t) => {
+  const server = new TetragonServer({ observer, version: 'test' });
+  t.after(() => server.close());
+  const port = await server.listenTcp('127.0.0.1:0');
+  // A real client process as nobody (uid 65534), as any local user could run one.
+  const script = `import { connectTetragon } from ${JSON.stringify(join(import.meta.dirname, 'grpc.ts'))};
+const client = connectTetragon('127.0.0.1:${port}');
+const yaml = 'apiVersion: cilium.io/v1alpha1\\nkind: TracingPolicy\\nmetadata: {name: evil}\\nspec:\\n  kprobes:\\n  - call: sys_openat\\n    args: [{index: 1, type: string}]\\n    selectors:\\n    - matchActions: [{action: Sigkill}]\\n';
+for (const call of [() => client.addTracingPolicy(yaml), () => client.deleteTracingPolicy('anything')]) {
+  try { await call(); console.log('ok'); } catch (error) { console.log(error.code + ' ' + error.details); }
+}
+client.close();`;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', script], { uid: 65534, gid: 65534, stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (chunk: Buffer) => (out += chunk.toString()));
+  await once(child, 'exit');
+  const lines = out.trim().split('\n');
+  assert.equal(lines.length, 2, out);
+  for (const line of lines) assert.match(line, new RegExp(`^${grpc.status.PERMISSION_DENIED} changing tracing policies takes root: the client at .* is uid 65534$`));
+  assert.equal(observer.policies.get('evil'), undefined);
+  // Root, over the same TCP listener, may.
+  const client = connectTetragon(`127.0.0.1:${port}`);
+  t.after(() => client.close());
+  await assert.rejects(client.deleteTracingPolicy('evil'), (error: { code?: number }) => error.code === grpc.status.NOT_FOUND);
+});
