@@ -35,6 +35,27 @@ struct {
 	__type(value, struct rt_hook_stats);
 } runtime_policy_stats SEC(".maps");
 
+/* A syscall hook whose string argument could not be read on entry (its page not yet in the
+ * caller's page tables: a tracepoint program cannot fault it in) is decided again on the
+ * syscall's exit, when the kernel has read the string itself, from this copy of the entry
+ * record. Without it, a path in a mapped but untouched page would slip past every string
+ * selector, Sigkill's included. `mask` has a bit per hook (its place on the tracepoint). */
+#define RT_TP_EXIT (1u << 31)
+#define RT_RECORD_COPY 64
+
+struct rt_deferred {
+	__u32 tp;
+	__u32 mask;
+	__u8 record[RT_RECORD_COPY];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct rt_deferred);
+} runtime_policy_deferred SEC(".maps");
+
 struct policy_scratch {
 	struct runtime_policy_event event;
 	__u8 slots[RT_POLICY_ARGS][RT_ARG_SLOT];
@@ -52,9 +73,9 @@ struct {
 #define RT_AF_INET 2
 #define RT_AF_INET6 10
 
-/* Reads argument `i` of the record at `ctx` into the event: numbers into values[i], strings and
+/* Reads argument `i` of the record at `base` into the event: numbers into values[i], strings and
  * sockaddrs into slots[i]. */
-static __always_inline void read_arg(void *ctx, struct rt_hook *hook, struct policy_scratch *s, __u32 i)
+static __always_inline void read_arg(__u64 base, struct rt_hook *hook, struct policy_scratch *s, __u32 i)
 {
 	if (i >= RT_POLICY_ARGS)
 		return;
@@ -68,7 +89,7 @@ static __always_inline void read_arg(void *ctx, struct rt_hook *hook, struct pol
 	switch (spec.type) {
 	case RT_ARG_INT:
 	case RT_ARG_UINT:
-		if (size == 0 || bpf_probe_read_kernel(&raw, size, ctx + spec.offset) != 0) {
+		if (size == 0 || bpf_probe_read_kernel(&raw, size, (void *)(base + spec.offset)) != 0) {
 			ev->arg_flags |= RT_ARGF_ERROR << (4 * i);
 			break;
 		}
@@ -81,14 +102,14 @@ static __always_inline void read_arg(void *ctx, struct rt_hook *hook, struct pol
 	case RT_ARG_STRING:
 	case RT_ARG_DATA_LOC: {
 		long n;
-		if (bpf_probe_read_kernel(&raw, spec.type == RT_ARG_STRING ? 8 : 4, ctx + spec.offset) != 0) {
+		if (bpf_probe_read_kernel(&raw, spec.type == RT_ARG_STRING ? 8 : 4, (void *)(base + spec.offset)) != 0) {
 			ev->arg_flags |= RT_ARGF_ERROR << (4 * i);
 			break;
 		}
 		if (spec.type == RT_ARG_STRING)
 			n = bpf_probe_read_user_str(slot, RT_POLICY_STR, (void *)raw);
 		else
-			n = bpf_probe_read_kernel_str(slot, RT_POLICY_STR, ctx + (raw & 0xffff));
+			n = bpf_probe_read_kernel_str(slot, RT_POLICY_STR, (void *)(base + (raw & 0xffff)));
 		if (n <= 0) {
 			slot[0] = 0;
 			ev->arg_flags |= RT_ARGF_ERROR << (4 * i);
@@ -101,7 +122,7 @@ static __always_inline void read_arg(void *ctx, struct rt_hook *hook, struct pol
 	}
 	case RT_ARG_SOCKADDR: {
 		struct { __u16 family; __u16 port; __u32 addr4; __u8 addr6[16]; } sa = {};
-		if (bpf_probe_read_kernel(&raw, 8, ctx + spec.offset) != 0 || bpf_probe_read_user(&sa, sizeof(sa), (void *)raw) != 0) {
+		if (bpf_probe_read_kernel(&raw, 8, (void *)(base + spec.offset)) != 0 || bpf_probe_read_user(&sa, sizeof(sa), (void *)raw) != 0) {
 			ev->arg_flags |= RT_ARGF_ERROR << (4 * i);
 			break;
 		}
@@ -276,8 +297,10 @@ static long select_step(__u32 index, struct select_ctx *c)
 	return 1;
 }
 
-/* One hook's turn on a call: a subprogram, verified once per call site, not inlined per hook. */
-static __noinline int run_hook(void *ctx, __u32 slot)
+/* One hook's turn on a call, on the record at `base` (the tracepoint's, or its copy on exit):
+ * a global function, so the verifier checks it once, not once per hook and call site. Returns 1
+ * when the hook is to be decided on the syscall's exit. */
+__attribute__((noinline)) int run_hook(__u64 base, __u32 slot, __u32 retry)
 {
 	struct rt_hook *hook = bpf_map_lookup_elem(&runtime_policy_hooks, &slot);
 	struct rt_hook_stats *stats = bpf_map_lookup_elem(&runtime_policy_stats, &slot);
@@ -293,7 +316,17 @@ static __noinline int run_hook(void *ctx, __u32 slot)
 	for (__u32 i = 0; i < RT_POLICY_ARGS; i++) {
 		if (i >= hook->nargs)
 			break;
-		read_arg(ctx, hook, s, i);
+		read_arg(base, hook, s, i);
+	}
+
+	/* An unreadable user string on entry: decided on exit instead (see rt_deferred). */
+	if (!retry && hook->nselectors > 0) {
+		for (__u32 i = 0; i < RT_POLICY_ARGS; i++) {
+			if (i >= hook->nargs)
+				break;
+			if (hook->args[i].type == RT_ARG_STRING && (ev->arg_flags & (RT_ARGF_ERROR << (4 * i))))
+				return 1;
+		}
 	}
 
 	struct select_ctx c = { .hook = hook, .s = s, .slot = slot, .tgid = pid_tgid >> 32, .matched = -1 };
@@ -337,17 +370,49 @@ static __noinline int run_hook(void *ctx, __u32 slot)
 	return 0;
 }
 
+/* A pointer as the plain number a global function takes (it reads through it with probe reads). */
+static __always_inline __u64 address_of(void *pointer)
+{
+	__u64 address = 0;
+	bpf_probe_read_kernel(&address, sizeof(address), &pointer);
+	return address;
+}
+
 SEC("tracepoint")
 int runtime_policy(void *ctx)
 {
-	__u32 tp = bpf_get_attach_cookie(ctx);
+	__u32 cookie = bpf_get_attach_cookie(ctx);
+	__u32 tp = cookie & ~RT_TP_EXIT;
+	__u64 id = bpf_get_current_pid_tgid();
 	struct rt_tp *hooks = bpf_map_lookup_elem(&runtime_policy_tps, &tp);
 	if (!hooks)
 		return 0;
+	if (cookie & RT_TP_EXIT) {
+		struct rt_deferred *d = bpf_map_lookup_elem(&runtime_policy_deferred, &id);
+		if (!d)
+			return 0;
+		if (d->tp == tp) {
+			for (__u32 i = 0; i < RT_POLICY_TP_HOOKS; i++) {
+				if (i >= hooks->nhooks)
+					break;
+				if (d->mask & (1u << i))
+					run_hook(address_of(d->record), hooks->slots[i], 1);
+			}
+		}
+		bpf_map_delete_elem(&runtime_policy_deferred, &id);
+		return 0;
+	}
+	__u32 mask = 0;
 	for (__u32 i = 0; i < RT_POLICY_TP_HOOKS; i++) {
 		if (i >= hooks->nhooks)
 			break;
-		run_hook(ctx, hooks->slots[i]);
+		if (run_hook(address_of(ctx), hooks->slots[i], 0))
+			mask |= 1u << i;
+	}
+	if (mask) {
+		struct rt_deferred d = { .tp = tp, .mask = mask };
+		bpf_probe_read_kernel(d.record, sizeof(d.record), ctx);
+		bpf_map_update_elem(&runtime_policy_deferred, &id, &d, BPF_ANY);
 	}
 	return 0;
 }

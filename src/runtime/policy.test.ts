@@ -198,7 +198,8 @@ spec:
     - matchArgs: [{index: 1, operator: Equal, values: [${JSON.stringify(target)}]}]
       matchBinaries: [{operator: NotPostfix, values: ["/sh"]}]
 `);
-  assert.equal(policyLinks(), base + 2);
+  // sched_process_exec, and openat's entry and exit (where an unreadable path is decided).
+  assert.equal(policyLinks(), base + 3);
   assert.deepEqual(observer.policies.kernelState(), { strings: kernel.strings + 3, hooks: kernel.hooks + 2 });
   observer.policies.delete(name);
   assert.equal(policyLinks(), base);
@@ -319,4 +320,35 @@ client.close();`;
   const client = connectTetragon(`127.0.0.1:${port}`);
   t.after(() => client.close());
   await assert.rejects(client.deleteTracingPolicy('evil'), (error: { code?: number }) => error.code === grpc.status.NOT_FOUND);
+});
+
+test('a path the hook cannot read on entry (an untouched mapped page) is decided on exit: Sigkill still kills', async (t) => {
+  // The path sits in a file mapped and never touched by the program: on entry to openat its page
+  // is not in the process's page tables, and a tracepoint program cannot fault it in.
+  const source = join(dir, 'evade.c');
+  writeFileSync(source, `#define _GNU_SOURCE
+#include <fcntl.h>
+#include <sys/mman.h>
+int main(int argc, char **argv) {
+  int pf = open(argv[1], O_RDONLY);
+  if (pf < 0) return 3;
+  char *p = mmap(0, 4096, PROT_READ, MAP_PRIVATE, pf, 0);
+  if (p == MAP_FAILED) return 4;
+  return openat(AT_FDCWD, p, O_RDONLY) < 0 ? 1 : 0;
+}
+`);
+  const binary = join(dir, 'evade');
+  const built = spawnSync('gcc', ['-O2', '-o', binary, source], { encoding: 'utf8' });
+  assert.equal(built.status, 0, built.stderr);
+  const secret = tempFile(uniqueName('mapped-secret'));
+  const name = addPolicy(t, openatPolicy(uniqueName('kill-mapped'), 'Equal', secret, '      matchActions:\n      - action: Sigkill\n'));
+  const pathFile = join(dir, uniqueName('path'));
+  writeFileSync(pathFile, `${secret}\0`);
+  const child = spawn(binary, [pathFile], { stdio: 'ignore' });
+  const [code, signal] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null];
+  assert.deepEqual([code, signal], [null, 'SIGKILL']);
+  const seen = kprobesOf(name);
+  assert.equal(seen.length, 1);
+  assert.deepEqual(seen[0].args?.[1], { string_arg: secret });
+  assert.equal(seen[0].action, 'KPROBE_ACTION_SIGKILL');
 });

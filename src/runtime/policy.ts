@@ -91,9 +91,13 @@ export interface LoadedPolicy {
 /** One attachment of the generic program: a tracepoint and the hooks on it, in order. */
 interface Attachment {
   index: number;
-  link: Link;
+  /** The entry tracepoint's link, and a syscall's exit (where unreadable strings are decided). */
+  links: Link[];
   slots: number[];
 }
+
+/** The cookie of a syscall's exit attachment: the tracepoint index with this bit (RT_TP_EXIT). */
+const EXIT_COOKIE = 0x8000_0000n;
 
 export interface PolicyStats {
   /** Calls the hooks saw. */
@@ -234,8 +238,17 @@ export class PolicyManager {
       while (used.has(index)) index++;
       if (index >= TRACEPOINTS) throw new RuntimeError('ERR_RUNTIME_POLICY', `${where}: hooks on ${TRACEPOINTS} tracepoints already`, { details: [{ field: hook.field, reason: `${TRACEPOINTS} tracepoints already hooked` }] });
       tps.update(u32Key(index), encode(rtTp, { nhooks: 0, slots: Array(TP_HOOKS).fill(0) }));
-      const link = attachTracepoint(this.#object.program('runtime_policy'), { group: hook.group, name: hook.name, cookie: BigInt(index) });
-      attachment = { index, link, slots: [] };
+      const program = this.#object.program('runtime_policy');
+      const links = [attachTracepoint(program, { group: hook.group, name: hook.name, cookie: BigInt(index) })];
+      if (hook.group === 'syscalls' && hook.name.startsWith('sys_enter_')) {
+        try {
+          links.push(attachTracepoint(program, { group: 'syscalls', name: hook.name.replace('sys_enter_', 'sys_exit_'), cookie: BigInt(index) | EXIT_COOKIE }));
+        } catch (error) {
+          links[0].close();
+          throw error;
+        }
+      }
+      attachment = { index, links, slots: [] };
       this.#attachments.set(where, attachment);
     }
     attachment.slots.push(slot);
@@ -251,7 +264,7 @@ export class PolicyManager {
     const tps = this.#object.map('runtime_policy_tps');
     tps.update(u32Key(attachment.index), encode(rtTp, { nhooks: attachment.slots.length, slots: padded(attachment.slots, TP_HOOKS, 0) }));
     if (attachment.slots.length === 0) {
-      attachment.link.close();
+      for (const link of attachment.links) link.close();
       this.#attachments.delete(where);
     }
   }
