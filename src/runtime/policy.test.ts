@@ -54,10 +54,10 @@ function kprobesOf(policy: string): TetragonProcessKprobe[] {
   return events.flatMap((e) => ('process_kprobe' in e && e.process_kprobe.policy_name === policy ? [e.process_kprobe] : []));
 }
 
-/** The kernel's perf-event links of the generic policy program (bpftool: the kernel's own view). */
+/** The kernel's links of this observer's generic policy program (bpftool: the kernel's own view). */
 function policyLinks(): number {
-  const programId = observer.stats().programs.length > 0 ? Number(JSON.parse(spawnSync('bpftool', ['-j', 'prog', 'show', 'name', 'runtime_policy'], { encoding: 'utf8' }).stdout || '[]').id ?? -1) : -1;
-  const links = JSON.parse(spawnSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' }).stdout || '[]') as { prog_id?: number; type?: string }[];
+  const programId = observer.policies.programId();
+  const links = JSON.parse(spawnSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' }).stdout || '[]') as { prog_id?: number }[];
   return links.filter((l) => l.prog_id === programId).length;
 }
 
@@ -351,4 +351,22 @@ int main(int argc, char **argv) {
   assert.equal(seen.length, 1);
   assert.deepEqual(seen[0].args?.[1], { string_arg: secret });
   assert.equal(seen[0].action, 'KPROBE_ACTION_SIGKILL');
+});
+
+test('stopping the sensor (an agent restart) leaves no program, link or selector of a policy in the kernel', () => {
+  const own = new RuntimeObserver({ nodeName: 'test-node' });
+  own.start();
+  let stopped = false;
+  try {
+    own.policies.add(openatPolicy(uniqueName('restart'), 'Prefix', '/nonexistent/'));
+    const programId = own.policies.programId();
+    const linksOf = () => (JSON.parse(spawnSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' }).stdout || '[]') as { prog_id?: number }[]).filter((l) => l.prog_id === programId).length;
+    assert.equal(linksOf(), 2);
+    own.stop();
+    stopped = true;
+    assert.equal(linksOf(), 0);
+    assert.notEqual(spawnSync('bpftool', ['prog', 'show', 'id', String(programId)]).status, 0, 'the program is gone');
+  } finally {
+    if (!stopped) own.stop();
+  }
 });

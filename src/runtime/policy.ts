@@ -192,6 +192,11 @@ export class PolicyManager {
     return entry && entry.policy.id === policyId ? { policy: entry.policy.policy, hook: entry.hook } : undefined;
   }
 
+  /** The kernel's id of the generic program (to find its attachments with bpftool). */
+  programId(): number {
+    return this.#object.program('runtime_policy').info().id;
+  }
+
   /**
    * What the kernel holds of policies, read back from the maps (not from this manager's
    * bookkeeping): string selector entries, and hook slots with a policy in them.
