@@ -10,23 +10,99 @@
  *   cache memory 1,000,000 synthetic exec+exit records (and a live process per 100) through the
  *                process cache at its default bound: heap after collection, vs before (baseline).
  *
+ *   openat policy bench/c/openat-loop.c opens one file 200,000 times: ns per open with the sensor
+ *                and an openat TracingPolicy whose filter (Equal on a path nobody opens) rejects
+ *                every call in the kernel (ours), vs no sensor (baseline); interleaved rounds.
+ *   Sigkill      bench/c/sigkill-latency.c: 300 children each open a path a Sigkill policy
+ *                forbids; from the child's last timestamp before the call to its parent reaping it.
+ *
  * Figures: runtime_exec_storm_ms (target ratio <= 1.05), runtime_events_lost (target 0),
- * runtime_cache_heap_mb_after_1m_execs (target < 64 MB), runtime_cache_entries_after_1m_execs.
+ * runtime_cache_heap_mb_after_1m_execs (target < 64 MB), runtime_cache_entries_after_1m_execs,
+ * runtime_openat_policy_ns_per_open (target ratio <= 1.10), runtime_sigkill_latency_us (p50, p99).
  * Rounds: N (default 7, --rounds N) storms of each variant, 2000 execs a storm.
  * @module
  */
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { once } from 'node:events';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { NAMESPACES, ProcessCache, RuntimeObserver, type ExecRecord, type NamespaceName } from '../src/runtime/index.ts';
-import { type BenchContext, interleave, median, round } from './lib.ts';
+import { type BenchContext, buildC, interleave, median, round } from './lib.ts';
 
 export const description = 'runtime sensor: exec storm wall time with the process sensor on vs off, events lost, and process-cache heap after 1M execs';
 
 const DEFAULT_ROUNDS = 7;
 const STORM = 2000;
 const CACHE_EXECS = 1_000_000;
+const OPENS = 200_000;
+const KILLS = 300;
+
+const openatPolicy = (name: string, path: string, action: string) => `apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: ${name}}
+spec:
+  kprobes:
+  - call: sys_openat
+    syscall: true
+    args: [{index: 1, type: string}]
+    selectors:
+    - matchArgs: [{index: 1, operator: Equal, values: [${JSON.stringify(path)}]}]
+      matchActions: [{action: ${action}}]
+`;
+
+/** The openat policy variant and the Sigkill latency, in a temp dir removed whatever happens. */
+async function policyFigures(ctx: BenchContext, rounds: number): Promise<void> {
+  const loop = buildC('openat-loop');
+  const killer = buildC('sigkill-latency');
+  const dir = mkdtempSync(join(tmpdir(), 'ciliate-bench-tp-'));
+  const cleanup = () => rmSync(dir, { recursive: true, force: true });
+  process.once('exit', cleanup);
+  try {
+    const file = join(dir, 'opened');
+    writeFileSync(file, 'x');
+    const opens = () => (JSON.parse(execFileSync(loop, [file, String(OPENS)], { encoding: 'utf8' })) as { ns_per_open: number }).ns_per_open;
+    let posted = 0n;
+    let runs = 0n;
+    const samples = await interleave(rounds, {
+      off: async () => opens(),
+      on: async () => {
+        const observer = new RuntimeObserver({ nodeName: 'bench' });
+        observer.start();
+        try {
+          observer.policies.add(openatPolicy('bench-reject', join(dir, 'never-opened'), 'Post'));
+          const ns = opens();
+          const stats = observer.policies.get('bench-reject')!.stats;
+          posted += stats.posted;
+          runs += stats.runs;
+          return ns;
+        } finally {
+          observer.stop();
+        }
+      },
+    }, { onRound: (i, s) => ctx.log(`openat round ${i + 1}/${rounds}: off ${round(s.off.at(-1)!)} ns, on ${round(s.on.at(-1)!)} ns`) });
+    const on = median(samples.on);
+    const off = median(samples.off);
+    ctx.emit({ metric: 'runtime_openat_policy_ns_per_open', value: round(on), unit: 'ns', baseline: 'same opens, no sensor', baseline_value: round(off), ratio: round(on / off, 3), better: 'lower', opens: OPENS, rounds, hook_runs: Number(runs), posted: Number(posted), target: 'ratio <= 1.10' });
+
+    const observer = new RuntimeObserver({ nodeName: 'bench' });
+    observer.start();
+    try {
+      const forbidden = join(dir, 'forbidden');
+      writeFileSync(forbidden, 'x');
+      observer.policies.add(openatPolicy('bench-kill', forbidden, 'Sigkill'));
+      const result = JSON.parse(execFileSync(killer, [forbidden, String(KILLS)], { encoding: 'utf8' })) as { runs: number; killed: number; p50_us: number; p99_us: number; max_us: number };
+      ctx.emit({ metric: 'runtime_sigkill_latency_us', value: result.p50_us, unit: 'us', baseline: null, ratio: null, p50_us: result.p50_us, p99_us: result.p99_us, max_us: result.max_us, killed: result.killed, runs: result.runs, better: 'lower', target: 'within milliseconds' });
+    } finally {
+      observer.stop();
+    }
+  } finally {
+    cleanup();
+    process.off('exit', cleanup);
+  }
+}
 
 async function storm(marker: string): Promise<number> {
   const began = performance.now();
@@ -69,6 +145,7 @@ export async function run(ctx: BenchContext): Promise<void> {
   const on = median(samples.on);
   const off = median(samples.off);
   ctx.emit({ metric: 'runtime_exec_storm_ms', value: round(on), unit: 'ms', baseline: 'same storm, no sensor', baseline_value: round(off), ratio: round(on / off, 3), better: 'lower', execs: STORM, rounds, target: 'ratio <= 1.05' });
+  await policyFigures(ctx, rounds);
   ctx.emit({ metric: 'runtime_events_lost', value: Number(lost), unit: 'events', baseline: null, ratio: null, events_seen: events, better: 'lower', target: 0 });
 
   setFlagsFromString('--expose-gc');

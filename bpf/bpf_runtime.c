@@ -7,6 +7,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
 #include "runtime.h"
 #include "ringbuf_lost.h"
 
@@ -42,6 +43,7 @@ static __always_inline void emit(void *data, __u64 size)
 struct exec_scratch {
 	struct runtime_exec_event event;
 	char data[RT_DATA_SIZE + RT_NAME_MAX];
+	struct rt_string_key binary;
 };
 
 struct {
@@ -50,6 +52,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct exec_scratch);
 } runtime_scratch SEC(".maps");
+
+/* The binary each process exec'd, by tgid, as matchBinaries looks it up (a copy of the parent's
+ * after fork, gone at exit). Processes older than the sensor are filled in from /proc. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, struct rt_string_key);
+} runtime_binaries SEC(".maps");
 
 /* Reads `count` bytes of a kernel_cap_t whatever its layout (u64 since 6.3, u32[2] before):
  * both are the same 8 little-endian bytes. */
@@ -167,6 +178,20 @@ static __always_inline __u32 read_cwd(struct task_struct *task, __u32 start, __u
 	return w.used;
 }
 
+/* Stores the exec'd path for matchBinaries: its first RT_POLICY_STR - 1 bytes and a NUL. */
+static __always_inline void record_binary(__u32 pid, const char *path, long len)
+{
+	__u32 zero = 0;
+	struct exec_scratch *s = bpf_map_lookup_elem(&runtime_scratch, &zero);
+	if (!s)
+		return;
+	struct rt_string_key *bin = &s->binary;
+	bpf_probe_read_kernel_str(bin->data, sizeof(bin->data), path);
+	bin->prefixlen = len < RT_POLICY_STR ? (__u32)len : RT_POLICY_STR;
+	bin->filter = 0;
+	bpf_map_update_elem(&runtime_binaries, &pid, bin, BPF_ANY);
+}
+
 /* Not inlined on purpose: a function signature puts each struct into the object's BTF, which is
  * what the TS codecs' layout test reads. */
 static __noinline void emit_fork(struct runtime_fork_event *ev)
@@ -221,6 +246,7 @@ int BPF_PROG(runtime_exec, struct task_struct *task, pid_t old_pid, struct linux
 		ev->flags |= RT_EXEC_TRUNC_FILENAME;
 	__u32 used = n & (RT_BINARY_MAX * 2 - 1);
 	ev->binary_len = used;
+	record_binary(ev->pid, data, n);
 
 	/* argv as the new program sees it, on its new stack: the kernel has just copied it there. */
 	unsigned long arg_start = BPF_CORE_READ(task, mm, arg_start);
@@ -262,6 +288,9 @@ int BPF_PROG(runtime_fork, struct task_struct *parent, struct task_struct *child
 		.ppid = BPF_CORE_READ(parent, tgid),
 		.ktime = bpf_ktime_get_ns(),
 	};
+	struct rt_string_key *bin = bpf_map_lookup_elem(&runtime_binaries, &ev.ppid);
+	if (bin)
+		bpf_map_update_elem(&runtime_binaries, &tgid, bin, BPF_ANY);
 	emit_fork(&ev);
 	return 0;
 }
@@ -281,8 +310,11 @@ int BPF_PROG(runtime_exit, struct task_struct *task)
 		.ktime = bpf_ktime_get_ns(),
 		.exit_code = BPF_CORE_READ(task, exit_code),
 	};
+	bpf_map_delete_elem(&runtime_binaries, &ev.pid);
 	emit_exit(&ev);
 	return 0;
 }
+
+#include "runtime_policy.h"
 
 char LICENSE[] SEC("license") = "GPL";

@@ -98,3 +98,143 @@ struct runtime_exit_event {
 	__u32 exit_code;
 	__u32 _pad1;
 };
+
+/* ---- TracingPolicy hooks (src/runtime/policy.ts compiles policies into these) ----
+ * One generic program, runtime_policy, serves every tracepoint hook of every policy: it is
+ * attached once per hook with the hook's slot as the attach cookie, and finds the hook's argument
+ * layout and compiled selectors in runtime_policy_hooks[slot]. Nothing is compiled per policy. */
+#define RT_EVENT_POLICY 4
+
+#define RT_POLICY_HOOKS 128     /* hook slots over all loaded policies */
+#define RT_POLICY_TPS 64        /* tracepoints with hooks (one attachment each) */
+#define RT_POLICY_TP_HOOKS 8    /* hooks sharing one tracepoint (policies on one syscall) */
+#define RT_POLICY_ARGS 5        /* arguments a hook captures (Tetragon: 5) */
+#define RT_POLICY_SELECTORS 5   /* selectors per hook (Tetragon: 5) */
+#define RT_POLICY_MATCHARGS 5   /* matchArgs entries per selector (Tetragon: 5) */
+#define RT_POLICY_VALUES 8      /* values per numeric / address / port operator (Tetragon: 4) */
+#define RT_POLICY_PIDS 8        /* matchPIDs values (Tetragon: 4) */
+/* Bytes of a string argument read, compared and reported, NUL included: a longer string is cut
+ * (flagged) and then never Equal to a value, which are at most RT_POLICY_STR - 2 characters. */
+#define RT_POLICY_STR 248
+#define RT_POLICY_POSTFIX 128   /* characters a Postfix compares (Tetragon: 128) */
+#define RT_ARG_SLOT 256         /* bytes per argument in a policy event */
+
+enum rt_arg_type {
+	RT_ARG_NONE = 0,
+	RT_ARG_INT = 1,      /* signed, `size` bytes at `offset` of the tracepoint record */
+	RT_ARG_UINT = 2,     /* unsigned, likewise */
+	RT_ARG_STRING = 3,   /* a user pointer at `offset` to a NUL-terminated string */
+	RT_ARG_SOCKADDR = 4, /* a user pointer at `offset` to a struct sockaddr (in, in6) */
+	RT_ARG_DATA_LOC = 5, /* a __data_loc char[] of the tracepoint record (kernel string) */
+};
+
+enum rt_op {
+	RT_OP_NONE = 0,
+	RT_OP_EQUAL,
+	RT_OP_NOT_EQUAL,
+	RT_OP_PREFIX,
+	RT_OP_NOT_PREFIX,
+	RT_OP_POSTFIX,
+	RT_OP_NOT_POSTFIX,
+	RT_OP_MASK,
+	RT_OP_GT,
+	RT_OP_LT,
+	RT_OP_DADDR,
+	RT_OP_NOT_DADDR,
+	RT_OP_DPORT,
+	RT_OP_NOT_DPORT,
+	RT_OP_FAMILY,
+	RT_OP_IN,     /* matchBinaries / matchPIDs */
+	RT_OP_NOT_IN,
+};
+
+enum rt_action {
+	RT_ACTION_POST = 0,
+	RT_ACTION_NOPOST = 1,
+	RT_ACTION_SIGKILL = 2,
+	RT_ACTION_SIGNAL = 3,
+};
+
+struct rt_arg_spec {
+	__u16 offset;
+	__u8 type;
+	__u8 size;
+};
+
+/* The hooks on one tracepoint, run in this order. */
+struct rt_tp {
+	__u32 nhooks;
+	__u16 slots[RT_POLICY_TP_HOOKS];
+};
+
+/* One matchArgs entry. Strings are matched in runtime_policy_strings under `key`; numbers against
+ * values[0..nvalues); an IPv4 CIDR is a value with the network in its low 32 bits and the mask
+ * in its high 32 bits, both in network byte order as the sockaddr holds them. */
+struct rt_arg_filter {
+	__u8 arg; /* index into rt_hook.args */
+	__u8 op;
+	__u8 nvalues;
+	__u8 _pad;
+	__u32 key;
+	__u64 values[RT_POLICY_VALUES];
+};
+
+struct rt_selector {
+	__u8 nargs;
+	__u8 bin_op;    /* RT_OP_NONE, IN, NOT_IN, PREFIX, NOT_PREFIX, POSTFIX, NOT_POSTFIX */
+	__u8 pid_op;    /* RT_OP_NONE, IN, NOT_IN */
+	__u8 npids;
+	__u8 action;
+	__u8 _pad[3];
+	__u32 signal;
+	__u32 bin_key;
+	__u32 pids[RT_POLICY_PIDS];
+	struct rt_arg_filter args[RT_POLICY_MATCHARGS];
+};
+
+struct rt_hook {
+	__u32 policy_id;
+	__u8 nargs;
+	__u8 nselectors; /* 0: every call is posted */
+	__u16 _pad;
+	struct rt_arg_spec args[RT_POLICY_ARGS];
+	struct rt_selector selectors[RT_POLICY_SELECTORS];
+};
+
+/* A key of runtime_policy_strings (an LPM trie): `filter` is the matchArgs / matchBinaries entry,
+ * `data` the string (Equal values with their NUL, Prefix values without; Postfix values and
+ * lookups reversed). Also the value of runtime_binaries, ready to be looked up. */
+struct rt_string_key {
+	__u32 prefixlen;
+	__u32 filter;
+	__u8 data[RT_POLICY_STR];
+};
+
+/* Per hook slot, summed over CPUs: calls seen, calls a selector matched, events posted, signals
+ * sent. What the filter rejected never left the kernel: runs - posted. */
+struct rt_hook_stats {
+	__u64 runs;
+	__u64 matched;
+	__u64 posted;
+	__u64 signalled;
+};
+
+/* Per-argument flags of a policy event (the `arg_flags` field, 4 bits per argument). */
+enum rt_arg_flag {
+	RT_ARGF_TRUNCATED = 1,
+	RT_ARGF_ERROR = 2,
+};
+
+/* A hook's matching call. Followed by RT_POLICY_ARGS slots of RT_ARG_SLOT bytes: a string's
+ * bytes (values[i] is their length, NUL excluded), or a sockaddr as family (u16), port (u16,
+ * network order) and 16 address bytes; numbers are in values[i]. */
+struct runtime_policy_event {
+	RT_EVENT_HEADER;
+	__u32 hook;
+	__u32 policy_id;
+	__u8 selector;
+	__u8 action;
+	__u16 _pad1;
+	__u32 arg_flags;
+	__u64 values[RT_POLICY_ARGS];
+};

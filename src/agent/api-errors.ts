@@ -15,6 +15,7 @@ import { IdentityError } from '../identity/errors.ts';
 import { IpamError } from '../ipam/errors.ts';
 import { ServiceError } from '../loadbalancer/errors.ts';
 import { PolicyError } from '../policy/errors.ts';
+import { RuntimeError } from '../runtime/errors.ts';
 import { StoreError } from '../store/errors.ts';
 import { NetlinkError } from '../datapath/netlink/index.ts';
 import { NodeRoutingError } from '../datapath/node-routing.ts';
@@ -91,6 +92,7 @@ const HTTP_STATUS: readonly FamilyStatuses[] = [
     ERR_SERVICE_EXHAUSTED: 507,
   }),
   family(PolicyError, { ERR_POLICY_INVALID: 400, ERR_POLICY_NOT_FOUND: 404, ERR_TIMEOUT: 504 }),
+  family(RuntimeError, { ERR_RUNTIME_FILTER: 400, ERR_RUNTIME_POLICY: 400, ERR_RUNTIME_POLICY_NOT_FOUND: 404, ERR_RUNTIME_LISTEN: 500, ERR_RUNTIME_SENSOR: 503 }),
   family(IdentityError, {
     ERR_IDENTITY_INVALID_LABELS: 400,
     ERR_IDENTITY_INVALID_CIDR: 400,

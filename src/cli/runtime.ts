@@ -5,6 +5,7 @@
  * @module
  */
 import { type Command, Option } from 'commander';
+import { readYamlRequest } from './output.ts';
 import { TETRAGON_DEFAULT_ADDRESS, compactLine, connectTetragon, type EventFilter, type EventTypeName } from '../runtime/index.ts';
 
 interface EventsOptions {
@@ -79,6 +80,52 @@ export function registerRuntimeCommands(program: Command): void {
       } finally {
         clearTimeout(timer);
         process.off('SIGINT', onSignal);
+        client.close();
+      }
+    });
+  const policy = runtime.command('policy').alias('tracingpolicy').description('TracingPolicies of the runtime sensor (tetra tracingpolicy)');
+  policy
+    .command('add <file>')
+    .description('load a TracingPolicy or TracingPolicyNamespaced YAML file; refused whole, every problem named by field')
+    .addOption(serverOption())
+    .action(async (file: string, options: { serverAddress: string }) => {
+      const yaml = readYamlRequest(file);
+      const client = connectTetragon(options.serverAddress);
+      try {
+        await client.addTracingPolicy(yaml);
+        process.stdout.write(`${file}: loaded\n`);
+      } catch (error) {
+        throw new Error(`${file}: ${(error as { details?: string }).details ?? (error as Error).message}`);
+      } finally {
+        client.close();
+      }
+    });
+  policy
+    .command('delete <name>')
+    .description('unload a policy by name: its hooks are detached and its selectors removed from the kernel')
+    .addOption(serverOption())
+    .action(async (name: string, options: { serverAddress: string }) => {
+      const client = connectTetragon(options.serverAddress);
+      try {
+        await client.deleteTracingPolicy(name);
+      } catch (error) {
+        throw new Error((error as { details?: string }).details ?? (error as Error).message);
+      } finally {
+        client.close();
+      }
+    });
+  policy
+    .command('list')
+    .description('the loaded policies, their hooks and counts')
+    .addOption(serverOption())
+    .addOption(new Option('-o, --output <format>', 'text or json').choices(['text', 'json']).default('text'))
+    .action(async (options: { serverAddress: string; output: string }) => {
+      const client = connectTetragon(options.serverAddress);
+      try {
+        const list = await client.listTracingPolicies();
+        if (options.output === 'json') return void process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
+        for (const p of list) process.stdout.write(`[${p.id}] ${p.name}${p.namespace ? ` (${p.namespace})` : ''} sensors: ${(p.sensors ?? []).join(', ')} ${p.info ?? ''}\n`);
+      } finally {
         client.close();
       }
     });

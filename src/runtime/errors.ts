@@ -9,6 +9,8 @@ export type RuntimeErrorCode =
   | 'ERR_RUNTIME_FILTER'
   /** A TracingPolicy that is malformed or needs what this kernel lacks: `details` lists every problem. */
   | 'ERR_RUNTIME_POLICY'
+  /** DeleteTracingPolicy of a name no loaded policy has. */
+  | 'ERR_RUNTIME_POLICY_NOT_FOUND'
   /** The gRPC listener could not bind. */
   | 'ERR_RUNTIME_LISTEN'
   /** The sensor's BPF object could not be loaded or attached. */

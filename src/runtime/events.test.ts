@@ -2,7 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { Btf, checkLayout } from '../ebpf/index.ts';
-import { runtimeExecEvent, runtimeExitEvent, runtimeForkEvent } from './events.ts';
+import { runtimeExecEvent, runtimeExitEvent, runtimeForkEvent, runtimePolicyEvent } from './events.ts';
+import { rtArgFilter, rtArgSpec, rtHook, rtHookStats, rtSelector, rtTp } from './policy.ts';
 
 const btf = Btf.fromElf(join(import.meta.dirname, '../../build/bpf/bpf_runtime.o'));
 
@@ -11,4 +12,9 @@ test('runtime event codecs match bpf/runtime.h in size and field offsets', () =>
   assert.equal(runtimeExecEvent.size, 128);
   assert.equal(runtimeForkEvent.size, 24);
   assert.equal(runtimeExitEvent.size, 32);
+});
+
+test('TracingPolicy codecs match bpf/runtime.h in size and field offsets', () => {
+  for (const codec of [runtimePolicyEvent, rtArgSpec, rtArgFilter, rtSelector, rtHook, rtHookStats, rtTp]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
+  assert.equal(runtimePolicyEvent.size, 80);
 });

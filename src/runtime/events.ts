@@ -6,7 +6,7 @@
  */
 import { array, pad, struct, u16, u32, u64, u8, type StructValue } from '../ebpf/index.ts';
 
-export const RuntimeEventType = { EXEC: 1, FORK: 2, EXIT: 3 } as const;
+export const RuntimeEventType = { EXEC: 1, FORK: 2, EXIT: 3, POLICY: 4 } as const;
 
 /** Flags of an exec event (enum runtime_exec_flag). */
 export const ExecFlag = {
@@ -62,6 +62,37 @@ export const runtimeForkEvent = struct('runtime_fork_event', header);
 
 export const runtimeExitEvent = struct('runtime_exit_event', { ...header, exit_code: u32, _pad1: pad(4) });
 
+/** A TracingPolicy hook's matching call (bpf/runtime.h): 5 argument slots of 256 bytes follow. */
+export const runtimePolicyEvent = struct('runtime_policy_event', {
+  ...header,
+  hook: u32,
+  policy_id: u32,
+  selector: u8,
+  action: u8,
+  _pad1: pad(2),
+  arg_flags: u32,
+  values: array(u64, 5),
+});
+export const POLICY_ARG_SLOT = 256;
+
+export interface PolicyRecord {
+  type: 'policy';
+  pid: number;
+  tid: number;
+  ppid: number;
+  ktime: bigint;
+  hook: number;
+  policyId: number;
+  selector: number;
+  action: number;
+  /** 4 bits per argument: 1 truncated, 2 unreadable. */
+  argFlags: number;
+  /** Numbers; a string's length; a sockaddr's family. */
+  values: bigint[];
+  /** The argument slots (a copy): strings' bytes, sockaddrs as family, port, address. */
+  slots: Buffer;
+}
+
 export interface ExecRecord {
   type: 'exec';
   pid: number;
@@ -104,7 +135,7 @@ export interface ExitRecord {
   exitCode: number;
 }
 
-export type RuntimeRecord = ExecRecord | ForkRecord | ExitRecord;
+export type RuntimeRecord = ExecRecord | ForkRecord | ExitRecord | PolicyRecord;
 
 const NUL = 0;
 
@@ -171,6 +202,24 @@ export function decodeRuntimeRecord(record: Buffer): RuntimeRecord | undefined {
       if (record.length < runtimeExitEvent.size) return undefined;
       const event = runtimeExitEvent.decode(record, 0);
       return { type: 'exit', pid: event.pid, tid: event.tid, ppid: event.ppid, ktime: event.ktime, exitCode: event.exit_code };
+    }
+    case RuntimeEventType.POLICY: {
+      if (record.length < runtimePolicyEvent.size) return undefined;
+      const e = runtimePolicyEvent.decode(record, 0);
+      return {
+        type: 'policy',
+        pid: e.pid,
+        tid: e.tid,
+        ppid: e.ppid,
+        ktime: e.ktime,
+        hook: e.hook,
+        policyId: e.policy_id,
+        selector: e.selector,
+        action: e.action,
+        argFlags: e.arg_flags,
+        values: e.values,
+        slots: Buffer.from(record.subarray(runtimePolicyEvent.size)),
+      };
     }
     default:
       return undefined;

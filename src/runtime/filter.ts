@@ -6,7 +6,7 @@
  * @module
  */
 import { RuntimeError } from './errors.ts';
-import { EventType, eventTypeOf, processOf, type EventTypeName, type TetragonEvent } from './types.ts';
+import { EventType, eventBody, eventTypeOf, processOf, type EventTypeName, type TetragonEvent } from './types.ts';
 
 /** A Filter as it arrives over gRPC (proto-loader, proto field names) or from the CLI. */
 export interface EventFilter {
@@ -94,7 +94,7 @@ function compileFilter(filter: EventFilter, where: string): Predicate {
     checks.push((e) => {
       const process = processOf(e);
       if (roots.has(process.pid) || children.has(process.pid)) return true;
-      const parent = 'process_exec' in e ? e.process_exec.parent : e.process_exit.parent;
+      const parent = eventBody(e).body.parent;
       if (!parent || !(roots.has(parent.pid) || children.has(parent.pid))) return false;
       if (children.size < CHILD_CACHE_LIMIT) children.add(process.pid);
       return true;

@@ -13,10 +13,10 @@ import { dirname, join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { RuntimeError } from './errors.ts';
+import { loopbackPeerUid } from './peer.ts';
 import { compileFilters, type EventFilter } from './filter.ts';
-import { checkTracingPolicy } from './tracing-policy.ts';
 import { protoTimestamp, type RuntimeObserver } from './runtime-observer.ts';
-import { EventType, eventTypeOf, type EventTypeName, type TetragonEvent, type TetragonProcess } from './types.ts';
+import { EventType, eventBody, eventTypeOf, type EventTypeName, type TetragonAction, type TetragonArg, type TetragonEvent, type TetragonProcess, type TetragonProcessKprobe, type TetragonProcessTracepoint } from './types.ts';
 
 export const TETRAGON_PROTO_DIR = join(import.meta.dirname, 'proto');
 
@@ -93,12 +93,30 @@ function fromWireProcess(w: WireProcess | undefined): TetragonProcess | undefine
   };
 }
 
+/** JSON bytes_arg is base64 (protojson); the wire takes the bytes. */
+const toWireArg = (arg: TetragonArg) => ('bytes_arg' in arg ? { ...arg, bytes_arg: Buffer.from(arg.bytes_arg, 'base64') } : arg);
+function fromWireArg(wire: Record<string, unknown>): TetragonArg {
+  const label = wire.label ? { label: wire.label as string } : {};
+  const key = wire.arg as string;
+  const value = wire[key];
+  if (key === 'bytes_arg') return { bytes_arg: Buffer.from(value as Uint8Array).toString('base64'), ...label };
+  return { [key]: value, ...label } as TetragonArg;
+}
+
 /** An event in the wire form grpc-js serializes. */
 export function toWireEvent(event: TetragonEvent): Record<string, unknown> {
   const base = { node_name: event.node_name, time: toWireTime(event.time) };
   if ('process_exec' in event) {
     const e = event.process_exec;
     return { ...base, process_exec: { process: toWireProcess(e.process), parent: toWireProcess(e.parent), ancestors: e.ancestors?.map(toWireProcess) } };
+  }
+  if ('process_kprobe' in event) {
+    const e = event.process_kprobe;
+    return { ...base, process_kprobe: { ...e, process: toWireProcess(e.process), parent: toWireProcess(e.parent), args: e.args?.map(toWireArg) } };
+  }
+  if ('process_tracepoint' in event) {
+    const e = event.process_tracepoint;
+    return { ...base, process_tracepoint: { ...e, process: toWireProcess(e.process), parent: toWireProcess(e.parent), args: e.args?.map(toWireArg) } };
   }
   const e = event.process_exit;
   return { ...base, process_exit: { ...e, process: toWireProcess(e.process), parent: toWireProcess(e.parent), time: toWireTime(e.time) } };
@@ -111,6 +129,20 @@ export function fromWireEvent(wire: Record<string, unknown>): TetragonEvent | un
   if (exec) {
     const ancestors = (exec.ancestors as WireProcess[] | undefined)?.map((a) => fromWireProcess(a)!);
     return { ...base, process_exec: { process: fromWireProcess(exec.process as WireProcess)!, parent: fromWireProcess(exec.parent as WireProcess), ancestors: ancestors?.length ? ancestors : undefined } };
+  }
+  for (const key of ['process_kprobe', 'process_tracepoint'] as const) {
+    const hook = wire[key] as Record<string, unknown> | undefined;
+    if (!hook) continue;
+    const args = (hook.args as Record<string, unknown>[] | undefined)?.map(fromWireArg);
+    const body = {
+      ...hook,
+      process: fromWireProcess(hook.process as WireProcess)!,
+      parent: fromWireProcess(hook.parent as WireProcess),
+      args: args?.length ? args : undefined,
+      action: (hook.action as TetragonAction | undefined) ?? 'KPROBE_ACTION_POST',
+      policy_name: (hook.policy_name as string | undefined) ?? '',
+    };
+    return key === 'process_kprobe' ? { ...base, process_kprobe: body as TetragonProcessKprobe } : { ...base, process_tracepoint: body as TetragonProcessTracepoint };
   }
   const exit = wire.process_exit as Record<string, unknown> | undefined;
   if (exit) {
@@ -185,7 +217,7 @@ export function compileFieldFilters(filters: FieldFilterRequest[] = []): (event:
   });
   if (compiled.length === 0) return (e) => e;
   return (event) => {
-    const key = 'process_exec' in event ? 'process_exec' : 'process_exit';
+    const { key } = eventBody(event);
     let inner = (event as unknown as Record<string, Record<string, unknown>>)[key];
     for (const f of compiled) if (f.tree.size > 0 && f.applies(event)) inner = f.action(inner, f.tree);
     return { ...event, [key]: inner } as TetragonEvent;
@@ -220,15 +252,24 @@ export class TetragonServer {
   constructor(options: TetragonServerOptions) {
     const service = (packageDefinition()['tetragon.FineGuidanceSensors'] as grpc.ServiceDefinition);
     // Checked whole first: a malformed policy, or one needing hooks this kernel lacks, is
-    // INVALID_ARGUMENT naming every field; a valid one is not loaded yet (nothing is half-applied).
-    const addTracingPolicy = (call: grpc.ServerUnaryCall<{ yaml?: string }, object>, callback: grpc.sendUnaryData<object>) => {
+    // INVALID_ARGUMENT naming every field, and nothing of it is loaded.
+    const policyCall = <T>(run: () => T, callback: grpc.sendUnaryData<object>, reply: (value: T) => object = () => ({})) => {
       try {
-        const { header, unsupported } = checkTracingPolicy(call.request.yaml ?? '');
-        const why = unsupported.length > 0 ? unsupported.join('; ') : 'it has no hooks';
-        callback(grpcError(grpc.status.UNIMPLEMENTED, `tracing policy ${header.name}: not loaded: ${why}; this agent reports process exec and exit events only, for now`));
+        callback(null, reply(run()));
       } catch (error) {
-        callback(grpcError(RuntimeError.is(error) ? grpc.status.INVALID_ARGUMENT : grpc.status.INTERNAL, (error as Error).message));
+        const code = RuntimeError.is(error, 'ERR_RUNTIME_POLICY')
+          ? grpc.status.INVALID_ARGUMENT
+          : RuntimeError.is(error, 'ERR_RUNTIME_POLICY_NOT_FOUND')
+            ? grpc.status.NOT_FOUND
+            : RuntimeError.is(error, 'ERR_RUNTIME_SENSOR')
+              ? grpc.status.UNAVAILABLE
+              : grpc.status.INTERNAL;
+        callback(grpcError(code, (error as Error).message));
       }
+    };
+    const addTracingPolicy = (call: grpc.ServerUnaryCall<{ yaml?: string }, object>, callback: grpc.sendUnaryData<object>) => {
+      if (!this.#mayChangePolicies(call.getPeer(), callback)) return;
+      policyCall(() => options.observer.policies.add(call.request.yaml ?? ''), callback);
     };
     this.#server.addService(service, {
       GetEvents: (call: grpc.ServerWritableStream<GetEventsRequest, object>) => void this.#getEvents(options.observer, call),
@@ -237,11 +278,31 @@ export class TetragonServer {
         callback(null, { health_status: [{ event: 'HEALTH_STATUS_TYPE_STATUS', status: health.running ? 'HEALTH_STATUS_RUNNING' : 'HEALTH_STATUS_ERROR', details: health.details }] });
       },
       GetVersion: (_call: unknown, callback: grpc.sendUnaryData<object>) => callback(null, { version: options.version }),
-      ListTracingPolicies: (_call: unknown, callback: grpc.sendUnaryData<object>) => callback(null, { policies: [] }),
+      ListTracingPolicies: (_call: unknown, callback: grpc.sendUnaryData<object>) =>
+        policyCall(
+          () => options.observer.policies.list(),
+          callback,
+          (list) => ({ policies: list.map((p) => ({ id: String(p.id), name: p.name, namespace: p.namespace ?? '', info: `${p.kind}: ${p.stats.posted} events, ${p.stats.signalled} signals, ${p.stats.runs} calls seen`, sensors: p.sensors })) }),
+        ),
       AddTracingPolicy: addTracingPolicy,
-      DeleteTracingPolicy: (call: grpc.ServerUnaryCall<{ name?: string }, object>, callback: grpc.sendUnaryData<object>) =>
-        callback(grpcError(grpc.status.NOT_FOUND, `tracing policy ${JSON.stringify(call.request.name ?? '')} not found: none is loaded`)),
+      DeleteTracingPolicy: (call: grpc.ServerUnaryCall<{ name?: string }, object>, callback: grpc.sendUnaryData<object>) => {
+        if (!this.#mayChangePolicies(call.getPeer(), callback)) return;
+        policyCall(() => options.observer.policies.delete(call.request.name ?? ''), callback);
+      },
     });
+  }
+
+  /**
+   * Only root changes policies: the Unix socket is root's alone, and a TCP client must own its
+   * socket as uid 0 (loopback only: the kernel's socket table says who it is). Anyone else gets
+   * PERMISSION_DENIED, as does a peer that cannot be told.
+   */
+  #mayChangePolicies(peer: string, callback: grpc.sendUnaryData<object>): boolean {
+    if (peer.startsWith('unix:')) return true;
+    const uid = loopbackPeerUid(peer);
+    if (uid === 0) return true;
+    callback(grpcError(grpc.status.PERMISSION_DENIED, `changing tracing policies takes root: the client at ${peer} is ${uid === undefined ? 'not a local process this node can tell' : `uid ${uid}`}`));
+    return false;
   }
 
   /** Events dropped because a client did not read them fast enough. */
@@ -335,6 +396,8 @@ export interface TetragonClient {
   getVersion(): Promise<string>;
   getHealth(): Promise<{ event?: string; status?: string; details?: string }[]>;
   addTracingPolicy(yaml: string): Promise<void>;
+  deleteTracingPolicy(name: string): Promise<void>;
+  listTracingPolicies(): Promise<{ id?: string; name?: string; namespace?: string; info?: string; sensors?: string[] }[]>;
   close(): void;
 }
 
@@ -384,6 +447,8 @@ export function connectTetragon(target: string): TetragonClient {
     getVersion: async () => (await unary<{ version?: string }>('GetVersion')).version ?? '',
     getHealth: async () => (await unary<{ health_status?: { event?: string; status?: string; details?: string }[] }>('GetHealth')).health_status ?? [],
     addTracingPolicy: async (yaml) => void (await unary('AddTracingPolicy', { yaml })),
+    deleteTracingPolicy: async (name) => void (await unary('DeleteTracingPolicy', { name })),
+    listTracingPolicies: async () => (await unary<{ policies?: { id?: string; name?: string; namespace?: string; info?: string; sensors?: string[] }[] }>('ListTracingPolicies')).policies ?? [],
     close: () => client.close(),
   };
 }

@@ -14,6 +14,7 @@ export { RuntimeObserver, argumentsString, capabilityNames, protoTimestamp, type
 export { compileFilters, type EventFilter } from './filter.ts';
 export { TETRAGON_DEFAULT_ADDRESS, TETRAGON_PROTO_DIR, TetragonServer, compileFieldFilters, connectTetragon, fromWireEvent, toWireEvent, type FieldFilterRequest, type TetragonClient, type TetragonServerOptions } from './grpc.ts';
 export { compactLine } from './printer.ts';
-export { EventType, eventTypeOf, processOf, type EventTypeName, type TetragonEvent, type TetragonPod, type TetragonProcess } from './types.ts';
+export { EventType, eventBody, eventTypeOf, processOf, type EventTypeName, type TetragonArg, type TetragonEvent, type TetragonPod, type TetragonProcess, type TetragonProcessKprobe, type TetragonProcessTracepoint } from './types.ts';
 export { EventExporter, parseEventFilters, type EventExporterOptions, type EventExporterStats } from './export.ts';
-export { MISSING_HOOK_REASON, checkTracingPolicy, type CheckedTracingPolicy, type PolicyProblem, type TracingPolicyHeader } from './tracing-policy.ts';
+export { MISSING_HOOK_REASON, POLICY_LIMITS, compileTracingPolicy, type CompiledTracingPolicy, type PolicyProblem, type TracingPolicyHeader } from './tracing-policy.ts';
+export { PolicyManager, type PolicyStats, type PolicyStatus } from './policy.ts';

@@ -6,11 +6,14 @@
  * @module
  */
 import { constants } from 'node:os';
+import { RuntimeError } from './errors.ts';
 import { readAllProcesses, readNamespaces, readProcess } from './procfs.ts';
 import { ProcessCache, type ProcessCacheStats, type ProcessEntry } from './process-cache.ts';
 import { ProcessSensor } from './sensor.ts';
-import { NAMESPACES, type ExitRecord, type NamespaceName, type RuntimeRecord } from './events.ts';
-import type { TetragonCapabilities, TetragonEvent, TetragonNamespaces, TetragonPod, TetragonProcess } from './types.ts';
+import { NAMESPACES, POLICY_ARG_SLOT, type ExitRecord, type NamespaceName, type PolicyRecord, type RuntimeRecord } from './events.ts';
+import { PolicyManager, seedBinaries } from './policy.ts';
+import type { CompiledArg } from './tracing-policy.ts';
+import type { TetragonAction, TetragonArg, TetragonCapabilities, TetragonEvent, TetragonNamespaces, TetragonPod, TetragonProcess } from './types.ts';
 
 export interface RuntimeObserverOptions {
   nodeName: string;
@@ -32,7 +35,7 @@ export interface RuntimeObserverOptions {
 }
 
 export interface RuntimeObserverStats {
-  events: { PROCESS_EXEC: number; PROCESS_EXIT: number };
+  events: { PROCESS_EXEC: number; PROCESS_EXIT: number; PROCESS_KPROBE: number; PROCESS_TRACEPOINT: number };
   /** Ring buffer records the kernel side dropped (ring full). */
   lost: bigint;
   records: number;
@@ -81,6 +84,41 @@ export function argumentsString(args: readonly string[]): string {
   return args.map((a) => (a.includes(' ') ? `"${a}"` : a)).join(' ');
 }
 
+const ACTION_NAMES: TetragonAction[] = ['KPROBE_ACTION_POST', 'KPROBE_ACTION_NOPOST', 'KPROBE_ACTION_SIGKILL', 'KPROBE_ACTION_SIGNAL'];
+
+/** An argument of a policy event in Tetragon's KprobeArgument form. */
+function argValue(arg: CompiledArg, record: PolicyRecord, i: number): TetragonArg {
+  const value = record.values[i] ?? 0n;
+  const slot = record.slots.subarray(i * POLICY_ARG_SLOT, (i + 1) * POLICY_ARG_SLOT);
+  const label = arg.label ? { label: arg.label } : {};
+  switch (arg.report) {
+    case 'int_arg':
+      return { int_arg: Number(BigInt.asIntN(32, value)), ...label };
+    case 'uint_arg':
+      return { uint_arg: Number(BigInt.asUintN(32, value)), ...label };
+    case 'long_arg':
+      return { long_arg: String(BigInt.asIntN(64, value)), ...label };
+    case 'size_arg':
+      return { size_arg: String(value), ...label };
+    case 'string_arg':
+      return { string_arg: slot.toString('utf8', 0, Math.min(Number(value), slot.length)), ...label };
+    case 'bytes_arg':
+      return { bytes_arg: slot.subarray(0, Math.min(Number(value), slot.length)).toString('base64'), ...label };
+    case 'sock_arg': {
+      const family = slot.readUInt16LE(0);
+      const port = slot.readUInt16BE(2);
+      const addr = family === 2 ? [...slot.subarray(4, 8)].join('.') : family === 10 ? ipv6Text(slot.subarray(4, 20)) : '';
+      return { sock_arg: { family: family === 2 ? 'AF_INET' : family === 10 ? 'AF_INET6' : `AF_${family}`, daddr: addr, dport: port }, ...label };
+    }
+  }
+}
+
+function ipv6Text(bytes: Buffer): string {
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push(bytes.readUInt16BE(i).toString(16));
+  return groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::');
+}
+
 export class RuntimeObserver {
   readonly #options: RuntimeObserverOptions;
   readonly cache: ProcessCache;
@@ -93,6 +131,9 @@ export class RuntimeObserver {
   readonly #hostNs: Record<NamespaceName, number>;
   #execs = 0;
   #exits = 0;
+  #kprobes = 0;
+  #tracepoints = 0;
+  #policies: PolicyManager | undefined;
 
   constructor(options: RuntimeObserverOptions) {
     this.#options = options;
@@ -121,15 +162,25 @@ export class RuntimeObserver {
       onRecord: (record) => this.#onRecord(record),
       onError: (error) => this.#options.onError?.(error),
     });
+    this.#policies = new PolicyManager(this.#sensor.object);
+    seedBinaries(this.#sensor.object);
     for (const snapshot of readAllProcesses()) this.cache.addSnapshot(snapshot);
     const grace = this.#options.processCacheGraceMs ?? 10_000;
     this.#gc = setInterval(() => this.cache.collect(), Math.max(1000, Math.min(grace, 30_000)));
     this.#gc.unref();
   }
 
+  /** The loaded TracingPolicies (add, delete, list); throws before start(). */
+  get policies(): PolicyManager {
+    if (!this.#policies) throw new RuntimeError('ERR_RUNTIME_SENSOR', 'the runtime sensor is not running: no policy can be loaded');
+    return this.#policies;
+  }
+
   stop(): void {
     clearInterval(this.#gc);
     this.#gc = undefined;
+    this.#policies?.close();
+    this.#policies = undefined;
     this.#sensor?.close();
     this.#sensor = undefined;
   }
@@ -155,7 +206,7 @@ export class RuntimeObserver {
   stats(): RuntimeObserverStats {
     const sensor = this.#sensor?.stats();
     return {
-      events: { PROCESS_EXEC: this.#execs, PROCESS_EXIT: this.#exits },
+      events: { PROCESS_EXEC: this.#execs, PROCESS_EXIT: this.#exits, PROCESS_KPROBE: this.#kprobes, PROCESS_TRACEPOINT: this.#tracepoints },
       lost: sensor?.lost ?? 0n,
       records: sensor?.records ?? 0,
       processCache: this.cache.stats(),
@@ -236,6 +287,9 @@ export class RuntimeObserver {
       case 'fork':
         this.cache.fork(record);
         return;
+      case 'policy':
+        this.#onPolicyRecord(record, time);
+        return;
       case 'exit': {
         const entry = this.cache.exit(record);
         this.#exits++;
@@ -243,6 +297,38 @@ export class RuntimeObserver {
         this.#emit(this.#exitEvent(entry, record, time));
         return;
       }
+    }
+  }
+
+  #onPolicyRecord(record: PolicyRecord, time: string): void {
+    const found = this.#policies?.hookOf(record.hook, record.policyId);
+    // A policy deleted while its events waited in the ring: they belong to nothing now.
+    if (!found) return;
+    const { policy, hook } = found;
+    const entry = this.cache.byPid(record.pid);
+    if (!entry) return;
+    const process = this.processObject(entry);
+    // A namespaced policy is scoped to its namespace's pods (in user space for now: its hooks
+    // may not enforce, see tracing-policy.ts).
+    if (policy.header.namespace !== undefined && process.pod?.namespace !== policy.header.namespace) return;
+    const parent = this.cache.parentOf(entry);
+    const args = hook.args.map((arg, i) => argValue(arg, record, i));
+    const action = ACTION_NAMES[record.action] ?? 'KPROBE_ACTION_POST';
+    const common = {
+      process,
+      parent: parent ? this.processObject(parent, true) : undefined,
+      args: args.length > 0 ? args : undefined,
+      policy_name: policy.header.name,
+      action,
+      message: hook.message,
+      tags: hook.tags,
+    };
+    if (hook.type === 'kprobe') {
+      this.#kprobes++;
+      this.#emit({ process_kprobe: { ...common, function_name: hook.functionName ?? hook.name }, node_name: this.#options.nodeName, time });
+    } else {
+      this.#tracepoints++;
+      this.#emit({ process_tracepoint: { ...common, subsys: hook.group, event: hook.name }, node_name: this.#options.nodeName, time });
     }
   }
 

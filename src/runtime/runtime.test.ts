@@ -9,7 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import { randomBytes } from 'node:crypto';
 import { statSync } from 'node:fs';
-import { compactLine, connectTetragon, RuntimeObserver, TetragonServer, type TetragonClient, type TetragonEvent } from './index.ts';
+import { compactLine, connectTetragon, processOf, RuntimeObserver, TetragonServer, type TetragonClient, type TetragonEvent } from './index.ts';
 
 /** A unique argument sleep accepts (it sums its intervals): 0.<digits>. */
 function numericMarker(): string {
@@ -158,7 +158,7 @@ test("a process in a pod's network namespace carries the pod, and namespace filt
   assert.equal(exec.process.ns?.net?.is_host, undefined);
   // nsenter entered the namespace and exec'd the shell in its own process: the parent is ours.
   assert.equal(exec.parent?.pid, process.pid);
-  assert.ok(events.every((e) => ('process_exec' in e ? e.process_exec.process : e.process_exit.process).pod?.namespace === 'default'));
+  assert.ok(events.every((e) => processOf(e).pod?.namespace === 'default'));
   assert.ok(compactLine(events[0]).startsWith(`🚀 process default/xwing /bin/sh -c "exit 0" ${marker}`), compactLine(events[0]));
 });
 
@@ -264,9 +264,12 @@ test('a GetEvents request with a bad filter fails with INVALID_ARGUMENT naming t
   );
 });
 
-test('AddTracingPolicy refuses a hook this kernel lacks with INVALID_ARGUMENT, and loads nothing it cannot', async () => {
+test('AddTracingPolicy refuses a hook this kernel lacks with INVALID_ARGUMENT, and loads one it has', async () => {
   const kprobe = 'apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: fm}\nspec:\n  kprobes:\n  - call: security_file_permission\n';
   await assert.rejects(client.addTracingPolicy(kprobe), (error: { code?: number; details?: string }) => error.code === 3 && /spec\.kprobes\[0\]\.call: "security_file_permission" needs kprobes \(or fentry\/LSM\); this kernel has none/.test(error.details ?? ''));
   const tracepoint = 'apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: tp}\nspec:\n  tracepoints:\n  - {subsystem: syscalls, event: sys_enter_openat}\n';
-  await assert.rejects(client.addTracingPolicy(tracepoint), (error: { code?: number; details?: string }) => error.code === 12 && /tracepoint hooks are not loaded yet/.test(error.details ?? ''));
+  await client.addTracingPolicy(tracepoint);
+  assert.deepEqual((await client.listTracingPolicies()).map((p) => [p.name, p.sensors]), [['tp', ['syscalls/sys_enter_openat']]]);
+  await client.deleteTracingPolicy('tp');
+  assert.deepEqual(await client.listTracingPolicies(), []);
 });

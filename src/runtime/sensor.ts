@@ -66,6 +66,11 @@ export class ProcessSensor implements Disposable {
     this.#object = object;
   }
 
+  /** The loaded object: TracingPolicies attach its generic program and write its maps. */
+  get object(): BpfObject {
+    return this.#object;
+  }
+
   /** Reads what is in the ring now (the started reader also does, from the event loop). */
   drain(): void {
     this.#ring.consume(this.#handler);

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { probeFeature } from '../ebpf/index.ts';
 import { RuntimeError } from './errors.ts';
-import { MISSING_HOOK_REASON, checkTracingPolicy, type PolicyProblem } from './tracing-policy.ts';
+import { MISSING_HOOK_REASON, compileTracingPolicy, type PolicyProblem } from './tracing-policy.ts';
 
 // examples/quickstart/file_monitoring.yaml (Tetragon), unchanged.
 const FILE_MONITORING = `apiVersion: cilium.io/v1alpha1
@@ -31,7 +31,7 @@ spec:
 
 function problemsOf(text: string): PolicyProblem[] {
   try {
-    checkTracingPolicy(text);
+    compileTracingPolicy(text);
   } catch (error) {
     assert.ok(RuntimeError.is(error, 'ERR_RUNTIME_POLICY'), String(error));
     return error.details as PolicyProblem[];
@@ -42,7 +42,7 @@ function problemsOf(text: string): PolicyProblem[] {
 test('a kprobe on a kernel function is refused on a kernel without kprobes, naming the field', () => {
   const problems = problemsOf(FILE_MONITORING);
   if (probeFeature('kprobes').status === 'supported') {
-    assert.deepEqual(problems, [], 'a kernel with kprobes takes the policy (not loaded yet)');
+    assert.deepEqual(problems, [{ field: 'spec.kprobes[0].call', reason: '"security_file_permission": kprobes on kernel functions are not supported yet' }]);
     return;
   }
   assert.deepEqual(problems, [{ field: 'spec.kprobes[0].call', reason: `"security_file_permission" ${MISSING_HOOK_REASON}` }]);
@@ -50,9 +50,9 @@ test('a kprobe on a kernel function is refused on a kernel without kprobes, nami
 
 test('LSM hooks and fentries are refused where the kernel refuses them', () => {
   const lsm = problemsOf('apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: lsm}\nspec:\n  lsmhooks:\n  - hook: file_open\n');
-  assert.deepEqual(lsm, probeFeature('bpf_lsm').status === 'supported' ? [] : [{ field: 'spec.lsmhooks[0]', reason: MISSING_HOOK_REASON }]);
+  assert.deepEqual(lsm, [{ field: 'spec.lsmhooks[0]', reason: probeFeature('bpf_lsm').status === 'supported' ? 'LSM hooks are not supported yet' : MISSING_HOOK_REASON }]);
   const fentry = problemsOf('apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: fe}\nspec:\n  fentries:\n  - call: do_unlinkat\n');
-  assert.deepEqual(fentry, probeFeature('fentry').status === 'supported' ? [] : [{ field: 'spec.fentries[0]', reason: MISSING_HOOK_REASON }]);
+  assert.deepEqual(fentry, [{ field: 'spec.fentries[0]', reason: probeFeature('fentry').status === 'supported' ? 'fentries are not supported yet' : MISSING_HOOK_REASON }]);
 });
 
 test('every problem of a malformed policy is named by its field, and nothing is taken', () => {
@@ -72,18 +72,80 @@ spec:
   assert.match(problems[3].reason, /no tracepoint sched\/no_such_event in this kernel/);
 });
 
-test('hooks this kernel has are taken as valid and reported as not loaded yet', () => {
-  const { header, unsupported } = checkTracingPolicy(`apiVersion: cilium.io/v1alpha1
+test('syscall kprobes and tracepoints compile to their tracepoint, arguments at their record offsets', () => {
+  const { header, hooks } = compileTracingPolicy(`apiVersion: cilium.io/v1alpha1
 kind: TracingPolicyNamespaced
 metadata: {name: watch, namespace: default}
 spec:
   tracepoints:
-  - subsystem: syscalls
-    event: sys_enter_openat
+  - subsystem: sched
+    event: sched_process_exec
+    args: [{index: 4, type: string}, {index: 5, type: int}]
   kprobes:
   - call: sys_openat
     syscall: true
+    args: [{index: 0, type: int}, {index: 1, type: string}]
+    selectors:
+    - matchArgs: [{index: 1, operator: Prefix, values: ["/etc/"]}]
+      matchBinaries: [{operator: In, values: ["/usr/bin/cat"]}]
+      matchActions: [{action: Post}]
 `);
   assert.deepEqual(header, { kind: 'TracingPolicyNamespaced', name: 'watch', namespace: 'default' });
-  assert.deepEqual(unsupported, ['spec.kprobes[0] (sys_openat): syscall hooks from syscall tracepoints are not loaded yet', 'spec.tracepoints[0] (syscalls/sys_enter_openat): tracepoint hooks are not loaded yet']);
+  assert.deepEqual(hooks.map((h) => [h.field, `${h.group}/${h.name}`, h.functionName]), [
+    ['spec.kprobes[0]', 'syscalls/sys_enter_openat', '__x64_sys_openat'],
+    ['spec.tracepoints[0]', 'sched/sched_process_exec', undefined],
+  ]);
+  // openat's record: 8 common bytes, __syscall_nr, then each argument in 8 bytes from offset 16.
+  assert.deepEqual(hooks[0].args.map((a) => [a.index, a.offset, a.size, a.report]), [[0, 16, 4, 'int_arg'], [1, 24, 8, 'string_arg']]);
+  assert.deepEqual(hooks[0].selectors[0].args[0].strings, { kind: 'prefix', values: ['/etc/'] });
+  assert.deepEqual(hooks[0].selectors[0].binaries, { kind: 'equal', values: ['/usr/bin/cat'] });
+  // sched_process_exec's filename is a __data_loc string, field 4 after the 4 common fields.
+  assert.equal(hooks[1].args[0].report, 'string_arg');
+  assert.equal(hooks[1].args[0].offset, 8);
+});
+
+test('unknown operators, actions, limits and enforcement in a namespaced policy are named by field', () => {
+  const problems = problemsOf(`apiVersion: cilium.io/v1alpha1
+kind: TracingPolicyNamespaced
+metadata: {name: bad, namespace: default}
+spec:
+  kprobes:
+  - call: sys_openat
+    syscall: true
+    args: [{index: 1, type: string}, {index: 2, type: file}]
+    selectors:
+    - matchArgs: [{index: 1, operator: Contains, values: ["x"]}, {index: 3, operator: Equal, values: ["1"]}]
+      matchActions: [{action: Sigkill}]
+    - matchActions: [{action: Override, argError: -1}]
+      matchNamespaces: [{namespace: Pid, operator: In, values: [host_ns]}]
+  - call: sys_nosuchcall
+`);
+  assert.deepEqual(new Set(problems.map((p) => p.field)), new Set([
+    'spec.kprobes[0].args[1].type',
+    'spec.kprobes[0].selectors[0].matchArgs[0].operator',
+    'spec.kprobes[0].selectors[0].matchArgs[1].index',
+    'spec.kprobes[0].selectors[0].matchActions[0].action',
+    'spec.kprobes[1].call',
+    'spec.kprobes[0].selectors[1].matchNamespaces',
+    'spec.kprobes[0].selectors[1].matchActions[0].action',
+  ]));
+  const byField = new Map(problems.map((p) => [p.field, p.reason]));
+  assert.match(byField.get('spec.kprobes[0].args[1].type') ?? '', /kernel object/);
+  assert.match(byField.get('spec.kprobes[0].selectors[0].matchArgs[0].operator') ?? '', /"Contains": want one of Equal, NotEqual, Prefix/);
+  assert.match(byField.get('spec.kprobes[0].selectors[0].matchArgs[1].index') ?? '', /no argument with index 3/);
+  assert.match(byField.get('spec.kprobes[0].selectors[0].matchActions[0].action') ?? '', /in-kernel pod scoping/);
+  assert.match(byField.get('spec.kprobes[0].selectors[1].matchActions[0].action') ?? '', /"Override": needs kprobe override/);
+  assert.match(byField.get('spec.kprobes[0].selectors[1].matchNamespaces') ?? '', /not supported yet/);
+  assert.match(byField.get('spec.kprobes[1].call') ?? '', /no syscall nosuchcall/);
+  assert.equal(problems.length, 7);
+  const six = problemsOf(`apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: six}
+spec:
+  kprobes:
+  - call: sys_openat
+    args: [{index: 1, type: string}]
+    selectors: [{}, {}, {}, {}, {}, {}]
+`);
+  assert.deepEqual(six, [{ field: 'spec.kprobes[0].selectors', reason: 'at most 5 selectors' }]);
 });

@@ -7,7 +7,8 @@
  * policy is never half-applied.
  * @module
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { isIPv4 } from 'node:net';
 import { parse } from 'yaml';
 import { probeFeature } from '../ebpf/index.ts';
 import { RuntimeError } from './errors.ts';
@@ -45,8 +46,38 @@ function kernelHas(feature: string): boolean {
   return has;
 }
 
+const TRACEFS_ROOTS = ['/sys/kernel/tracing', '/sys/kernel/debug/tracing'];
+
 function tracefsEvent(subsystem: string, event: string): boolean {
-  return ['/sys/kernel/tracing', '/sys/kernel/debug/tracing'].some((root) => existsSync(`${root}/events/${subsystem}/${event}`));
+  return TRACEFS_ROOTS.some((root) => existsSync(`${root}/events/${subsystem}/${event}`));
+}
+
+/** A field of a tracepoint's record, from its tracefs `format` file (common fields included). */
+export interface TracepointField {
+  decl: string;
+  name: string;
+  offset: number;
+  size: number;
+  signed: boolean;
+}
+
+export function tracepointFields(subsystem: string, event: string): TracepointField[] {
+  for (const root of TRACEFS_ROOTS) {
+    let text: string;
+    try {
+      text = readFileSync(`${root}/events/${subsystem}/${event}/format`, 'utf8');
+    } catch {
+      continue;
+    }
+    const fields: TracepointField[] = [];
+    for (const match of text.matchAll(/field:([^;]*);\s*offset:(\d+);\s*size:(\d+);\s*signed:(\d);/g)) {
+      const decl = match[1].trim();
+      const name = /([A-Za-z_]\w*)(\[\d*\])?$/.exec(decl)?.[1] ?? decl;
+      fields.push({ decl, name, offset: Number(match[2]), size: Number(match[3]), signed: match[4] === '1' });
+    }
+    return fields;
+  }
+  return [];
 }
 
 function checkList(spec: Json, key: string, problems: PolicyProblem[], each: (item: Json, field: string) => void): void {
@@ -64,66 +95,419 @@ function unknownFields(item: Json, known: Set<string>, field: string, problems: 
   for (const key of Object.keys(item)) if (!known.has(key)) problems.push({ field: `${field}.${key}`, reason: 'unknown field' });
 }
 
-export interface CheckedTracingPolicy {
+
+// ---- compiling a policy into what the generic program reads (bpf/runtime.h) ----
+
+/** Kernel limits of a hook (bpf/runtime.h), documented in the README; Tetragon's in comments. */
+export const POLICY_LIMITS = {
+  hooks: 128,
+  args: 5,
+  selectors: 5, // Tetragon: 5
+  matchArgs: 5, // Tetragon: 5
+  values: 8, // numeric, address and port values per operator; Tetragon: 4
+  pids: 8, // Tetragon: 4
+  strings: 256, // string values per operator (LPM trie entries); Tetragon: unbounded prefixes
+  stringBytes: 246, // an Equal / Prefix value's characters (Tetragon: 256 for Prefix)
+  postfixBytes: 128, // Tetragon: 128
+} as const;
+
+export const ArgType = { INT: 1, UINT: 2, STRING: 3, SOCKADDR: 4, DATA_LOC: 5 } as const;
+export const Op = {
+  EQUAL: 1, NOT_EQUAL: 2, PREFIX: 3, NOT_PREFIX: 4, POSTFIX: 5, NOT_POSTFIX: 6, MASK: 7, GT: 8, LT: 9,
+  DADDR: 10, NOT_DADDR: 11, DPORT: 12, NOT_DPORT: 13, FAMILY: 14, IN: 15, NOT_IN: 16,
+} as const;
+export const Action = { POST: 0, NOPOST: 1, SIGKILL: 2, SIGNAL: 3 } as const;
+export type ActionName = keyof typeof Action;
+
+/** How an argument is reported: the KprobeArgument field Tetragon uses for its type. */
+export type ArgReport = 'int_arg' | 'uint_arg' | 'long_arg' | 'size_arg' | 'string_arg' | 'bytes_arg' | 'sock_arg';
+
+export interface CompiledArg {
+  /** The argument's index as the policy wrote it (function argument, or tracepoint field). */
+  index: number;
+  kind: number;
+  offset: number;
+  size: number;
+  report: ArgReport;
+  label?: string;
+}
+
+export interface CompiledStrings {
+  kind: 'equal' | 'prefix' | 'postfix';
+  values: string[];
+}
+
+export interface CompiledFilter {
+  /** Position in CompiledHook.args. */
+  arg: number;
+  op: number;
+  values: bigint[];
+  strings?: CompiledStrings;
+}
+
+export interface CompiledSelector {
+  pidOp: number;
+  pids: number[];
+  binOp: number;
+  binaries?: CompiledStrings;
+  args: CompiledFilter[];
+  action: ActionName;
+  signal: number;
+}
+
+export interface CompiledHook {
+  field: string;
+  type: 'kprobe' | 'tracepoint';
+  /** The tracepoint the program is attached to. */
+  group: string;
+  name: string;
+  /** A kprobe's function as Tetragon names it (`__x64_sys_openat`). */
+  functionName?: string;
+  args: CompiledArg[];
+  selectors: CompiledSelector[];
+  message?: string;
+  tags?: string[];
+}
+
+export interface CompiledTracingPolicy {
   header: TracingPolicyHeader;
-  /** Hooks the kernel has but Ciliate does not load yet, each naming its field. */
-  unsupported: string[];
+  hooks: CompiledHook[];
+  /** The YAML as given (ListTracingPolicies and `policy list -o yaml` return it). */
+  text: string;
+}
+
+const ARG_FIELDS = new Set(['index', 'type', 'label', 'sizeArgIndex', 'maxData', 'returnCopy', 'resolve']);
+const SELECTOR_FIELDS = new Set(['matchArgs', 'matchBinaries', 'matchPIDs', 'matchActions', 'matchNamespaces', 'matchCapabilities', 'matchNamespaceChanges', 'matchCapabilityChanges', 'matchReturnArgs', 'matchReturnActions', 'matchData', 'matchParentBinaries', 'matchWorkloads']);
+const NOT_YET = new Set(['matchNamespaces', 'matchCapabilities', 'matchNamespaceChanges', 'matchCapabilityChanges', 'matchReturnArgs', 'matchReturnActions', 'matchData', 'matchParentBinaries', 'matchWorkloads']);
+const INT_TYPES: Record<string, { signed: boolean; size: number; report: ArgReport }> = {
+  int: { signed: true, size: 4, report: 'int_arg' },
+  int32: { signed: true, size: 4, report: 'int_arg' },
+  sint32: { signed: true, size: 4, report: 'int_arg' },
+  fd: { signed: true, size: 4, report: 'int_arg' },
+  uint32: { signed: false, size: 4, report: 'uint_arg' },
+  int8: { signed: true, size: 1, report: 'int_arg' },
+  uint8: { signed: false, size: 1, report: 'uint_arg' },
+  int16: { signed: true, size: 2, report: 'int_arg' },
+  uint16: { signed: false, size: 2, report: 'uint_arg' },
+  int64: { signed: true, size: 8, report: 'long_arg' },
+  long: { signed: true, size: 8, report: 'long_arg' },
+  uint64: { signed: false, size: 8, report: 'size_arg' },
+  size_t: { signed: false, size: 8, report: 'size_arg' },
+  syscall64: { signed: true, size: 8, report: 'long_arg' },
+};
+const STRING_OPS: Record<string, number> = { Equal: Op.EQUAL, NotEqual: Op.NOT_EQUAL, Prefix: Op.PREFIX, NotPrefix: Op.NOT_PREFIX, Postfix: Op.POSTFIX, NotPostfix: Op.NOT_POSTFIX };
+const INT_OPS: Record<string, number> = { Equal: Op.EQUAL, NotEqual: Op.NOT_EQUAL, Mask: Op.MASK, GT: Op.GT, GreaterThan: Op.GT, LT: Op.LT, LessThan: Op.LT };
+const SOCK_OPS: Record<string, number> = { DAddr: Op.DADDR, NotDAddr: Op.NOT_DADDR, DPort: Op.DPORT, NotDPort: Op.NOT_DPORT, Family: Op.FAMILY };
+const BINARY_OPS: Record<string, number> = { In: Op.IN, NotIn: Op.NOT_IN, Prefix: Op.PREFIX, NotPrefix: Op.NOT_PREFIX, Postfix: Op.POSTFIX, NotPostfix: Op.NOT_POSTFIX };
+const ACTIONS: Record<string, ActionName> = { post: 'POST', nopost: 'NOPOST', sigkill: 'SIGKILL', signal: 'SIGNAL' };
+const OTHER_ACTIONS = new Set(['override', 'followfd', 'unfollowfd', 'copyfd', 'geturl', 'dnslookup', 'tracksock', 'untracksock', 'notifyenforcer', 'set', 'cleanupenforcernotification']);
+
+/** Strips the arch prefix and `sys_`: `__x64_sys_openat` → `openat`. */
+function syscallName(call: string): string {
+  return call.replace(/^(__x64_|__arm64_|__ia32_)/, '').replace(/^sys_/, '');
+}
+
+function stringKind(op: number): CompiledStrings['kind'] {
+  return op === Op.EQUAL || op === Op.NOT_EQUAL || op === Op.IN || op === Op.NOT_IN ? 'equal' : op === Op.PREFIX || op === Op.NOT_PREFIX ? 'prefix' : 'postfix';
+}
+
+function parseInteger(value: unknown): bigint | undefined {
+  const text = typeof value === 'number' ? String(value) : typeof value === 'string' ? value.trim() : '';
+  if (!/^-?(0x[0-9a-fA-F]+|0o?[0-7]+|\d+)$/.test(text)) return undefined;
+  const negative = text.startsWith('-');
+  const digits = negative ? text.slice(1) : text;
+  let n: bigint;
+  try {
+    n = BigInt(/^0[0-7]+$/.test(digits) ? `0o${digits.slice(1)}` : digits.replace(/^0o/, '0o'));
+  } catch {
+    return undefined;
+  }
+  if (negative) n = -n;
+  if (n < -(1n << 63n) || n >= 1n << 64n) return undefined;
+  return BigInt.asUintN(64, n);
+}
+
+function stringValues(values: unknown[], op: number, field: string, problems: PolicyProblem[]): CompiledStrings | undefined {
+  const kind = stringKind(op);
+  const max = kind === 'postfix' ? POLICY_LIMITS.postfixBytes : POLICY_LIMITS.stringBytes;
+  if (values.length > POLICY_LIMITS.strings) return void problems.push({ field, reason: `at most ${POLICY_LIMITS.strings} values` });
+  const out: string[] = [];
+  values.forEach((value, i) => {
+    if (typeof value !== 'string') return void problems.push({ field: `${field}[${i}]`, reason: 'want a string' });
+    if (Buffer.byteLength(value) > max) return void problems.push({ field: `${field}[${i}]`, reason: `longer than ${max} bytes` });
+    if (value.includes('\0')) return void problems.push({ field: `${field}[${i}]`, reason: 'holds a NUL' });
+    out.push(value);
+  });
+  return { kind, values: out };
+}
+
+function ipv4Cidr(text: string): bigint | undefined {
+  const [addr, bitsText, extra] = text.split('/');
+  if (extra !== undefined || !isIPv4(addr)) return undefined;
+  const bits = bitsText === undefined ? 32 : Number(bitsText);
+  if (!Number.isInteger(bits) || bits < 0 || bits > 32 || (bitsText !== undefined && !/^\d+$/.test(bitsText))) return undefined;
+  // Both in the sockaddr's byte order (network order), read as a little-endian u32 by the program.
+  const octets = addr.split('.').map(Number);
+  const mask = bits === 0 ? 0 : (0xffffffff << (32 - bits)) >>> 0;
+  const maskOctets = [mask >>> 24, (mask >>> 16) & 0xff, (mask >>> 8) & 0xff, mask & 0xff];
+  const le = (b: number[]) => BigInt((b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)) >>> 0);
+  const masked = octets.map((o, i) => o & maskOctets[i]);
+  return (le(maskOctets) << 32n) | le(masked);
+}
+
+function compileFilter(item: Json, field: string, args: CompiledArg[], problems: PolicyProblem[]): CompiledFilter | undefined {
+  unknownFields(item, new Set(['index', 'operator', 'values', 'args']), field, problems);
+  if (item.args !== undefined) return void problems.push({ field: `${field}.args`, reason: 'not supported yet: use index' });
+  const index = item.index;
+  if (typeof index !== 'number' || !Number.isInteger(index)) return void problems.push({ field: `${field}.index`, reason: 'want an argument index' });
+  const arg = args.findIndex((a) => a.index === index);
+  if (arg < 0) return void problems.push({ field: `${field}.index`, reason: `no argument with index ${index} in the hook's args` });
+  const operator = item.operator;
+  const values = Array.isArray(item.values) ? item.values : undefined;
+  if (!values) return void problems.push({ field: `${field}.values`, reason: 'want a list' });
+  const kind = args[arg].kind;
+  const ops = kind === ArgType.STRING || kind === ArgType.DATA_LOC ? STRING_OPS : kind === ArgType.SOCKADDR ? SOCK_OPS : INT_OPS;
+  const op = typeof operator === 'string' ? ops[operator] : undefined;
+  if (op === undefined) {
+    const reason = typeof operator === 'string' && /^(Not)?S(Addr|Port)/.test(operator) && kind === ArgType.SOCKADDR ? "a connect's sockaddr holds only the destination" : `want one of ${Object.keys(ops).join(', ')} for this argument's type`;
+    return void problems.push({ field: `${field}.operator`, reason: `${JSON.stringify(operator)}: ${reason}` });
+  }
+  if (ops === STRING_OPS) {
+    const strings = stringValues(values, op, `${field}.values`, problems);
+    return strings && { arg, op, values: [], strings };
+  }
+  const max = op === Op.GT || op === Op.LT ? 1 : POLICY_LIMITS.values;
+  if (values.length === 0 || values.length > max) return void problems.push({ field: `${field}.values`, reason: `want 1 to ${max} values` });
+  const out: bigint[] = [];
+  values.forEach((value, i) => {
+    let v: bigint | undefined;
+    if (op === Op.DADDR || op === Op.NOT_DADDR) {
+      v = typeof value === 'string' ? ipv4Cidr(value) : undefined;
+      if (v === undefined) return void problems.push({ field: `${field}.values[${i}]`, reason: `${JSON.stringify(value)}: want an IPv4 address or CIDR (IPv6 not supported yet)` });
+    } else if (op === Op.FAMILY) {
+      v = value === 'AF_INET' ? 2n : value === 'AF_INET6' ? 10n : parseInteger(value);
+    } else {
+      v = parseInteger(value);
+      if (v !== undefined && (op === Op.DPORT || op === Op.NOT_DPORT) && v > 65535n) v = undefined;
+    }
+    if (v === undefined) return void problems.push({ field: `${field}.values[${i}]`, reason: `${JSON.stringify(value)}: want ${op === Op.DPORT || op === Op.NOT_DPORT ? 'a port' : 'an integer'}` });
+    out.push(v);
+  });
+  return { arg, op, values: out };
+}
+
+function compileSelector(sel: Json, field: string, args: CompiledArg[], namespaced: boolean, problems: PolicyProblem[]): CompiledSelector {
+  const out: CompiledSelector = { pidOp: 0, pids: [], binOp: 0, args: [], action: 'POST', signal: 0 };
+  for (const key of Object.keys(sel)) {
+    if (!SELECTOR_FIELDS.has(key)) problems.push({ field: `${field}.${key}`, reason: 'unknown field' });
+    else if (NOT_YET.has(key) && sel[key] !== null) problems.push({ field: `${field}.${key}`, reason: 'not supported yet' });
+  }
+  const single = (key: string): Json | undefined => {
+    const list = sel[key];
+    if (list === undefined || list === null) return undefined;
+    if (!Array.isArray(list) || !list.every(isMap)) return void problems.push({ field: `${field}.${key}`, reason: 'want a list of objects' });
+    if (list.length > 1) return void problems.push({ field: `${field}.${key}`, reason: 'at most one entry (not supported yet: several)' });
+    return list[0] as Json | undefined;
+  };
+  const matchArgs = sel.matchArgs;
+  if (matchArgs !== undefined && matchArgs !== null) {
+    if (!Array.isArray(matchArgs)) problems.push({ field: `${field}.matchArgs`, reason: 'want a list' });
+    else if (matchArgs.length > POLICY_LIMITS.matchArgs) problems.push({ field: `${field}.matchArgs`, reason: `at most ${POLICY_LIMITS.matchArgs} entries` });
+    else
+      matchArgs.forEach((item, i) => {
+        if (!isMap(item)) return void problems.push({ field: `${field}.matchArgs[${i}]`, reason: 'want an object' });
+        const filter = compileFilter(item, `${field}.matchArgs[${i}]`, args, problems);
+        if (filter) out.args.push(filter);
+      });
+  }
+  const binaries = single('matchBinaries');
+  if (binaries) {
+    const f = `${field}.matchBinaries[0]`;
+    unknownFields(binaries, new Set(['operator', 'values', 'followChildren']), f, problems);
+    if (binaries.followChildren === true) problems.push({ field: `${f}.followChildren`, reason: 'not supported yet' });
+    const op = typeof binaries.operator === 'string' ? BINARY_OPS[binaries.operator] : undefined;
+    if (op === undefined) problems.push({ field: `${f}.operator`, reason: `${JSON.stringify(binaries.operator)}: want one of ${Object.keys(BINARY_OPS).join(', ')}` });
+    else if (!Array.isArray(binaries.values) || binaries.values.length === 0) problems.push({ field: `${f}.values`, reason: 'want a list of paths' });
+    else {
+      out.binOp = op;
+      out.binaries = stringValues(binaries.values, op, `${f}.values`, problems);
+    }
+  }
+  const pids = single('matchPIDs');
+  if (pids) {
+    const f = `${field}.matchPIDs[0]`;
+    unknownFields(pids, new Set(['operator', 'values', 'followForks', 'isNamespacePID']), f, problems);
+    if (pids.followForks === true) problems.push({ field: `${f}.followForks`, reason: 'not supported yet' });
+    if (pids.isNamespacePID === true) problems.push({ field: `${f}.isNamespacePID`, reason: 'not supported yet' });
+    const op = pids.operator === 'In' ? Op.IN : pids.operator === 'NotIn' ? Op.NOT_IN : undefined;
+    if (op === undefined) problems.push({ field: `${f}.operator`, reason: `${JSON.stringify(pids.operator)}: want In or NotIn` });
+    const values = Array.isArray(pids.values) ? pids.values.map((v) => parseInteger(v)) : [];
+    if (values.length === 0 || values.length > POLICY_LIMITS.pids || values.some((v) => v === undefined || v > 0xffffffffn)) {
+      problems.push({ field: `${f}.values`, reason: `want 1 to ${POLICY_LIMITS.pids} process ids` });
+    } else if (op) {
+      out.pidOp = op;
+      out.pids = values.map(Number);
+    }
+  }
+  const action = single('matchActions');
+  if (action) {
+    const f = `${field}.matchActions[0]`;
+    unknownFields(action, new Set(['action', 'argSig', 'argError', 'argFd', 'argName', 'rateLimit', 'rateLimitScope', 'kernelStackTrace', 'userStackTrace', 'imaHash', 'argUrl', 'argFqdn']), f, problems);
+    const name = typeof action.action === 'string' ? action.action.toLowerCase() : '';
+    const known = ACTIONS[name];
+    if (!known) {
+      const reason = OTHER_ACTIONS.has(name) ? (name === 'override' ? MISSING_HOOK_REASON.replace('needs kprobes', 'needs kprobe override') : 'not supported yet') : 'unknown action';
+      problems.push({ field: `${f}.action`, reason: `${JSON.stringify(action.action)}: ${reason}` });
+    } else {
+      out.action = known;
+      if (known === 'SIGNAL') {
+        const sig = parseInteger(action.argSig);
+        if (sig === undefined || sig < 1n || sig > 64n) problems.push({ field: `${f}.argSig`, reason: 'want a signal number (1 to 64)' });
+        else out.signal = Number(sig);
+      }
+      if ((known === 'SIGKILL' || known === 'SIGNAL') && namespaced) {
+        problems.push({ field: `${f}.action`, reason: 'enforcement in a TracingPolicyNamespaced needs in-kernel pod scoping, not supported yet: it would reach every namespace' });
+      }
+    }
+    for (const key of ['rateLimit', 'kernelStackTrace', 'userStackTrace', 'imaHash']) if (action[key] !== undefined && action[key] !== false) problems.push({ field: `${f}.${key}`, reason: 'not supported yet' });
+  }
+  return out;
+}
+
+function compileArgs(list: unknown, field: string, resolve: (index: number, type: string, f: string) => CompiledArg | undefined, problems: PolicyProblem[]): CompiledArg[] {
+  if (list === undefined || list === null) return [];
+  if (!Array.isArray(list)) return (problems.push({ field, reason: 'want a list' }), []);
+  if (list.length > POLICY_LIMITS.args) return (problems.push({ field, reason: `at most ${POLICY_LIMITS.args} arguments` }), []);
+  const out: CompiledArg[] = [];
+  list.forEach((item, i) => {
+    const f = `${field}[${i}]`;
+    if (!isMap(item)) return void problems.push({ field: f, reason: 'want an object' });
+    unknownFields(item, ARG_FIELDS, f, problems);
+    for (const key of ['sizeArgIndex', 'maxData', 'returnCopy', 'resolve']) if (item[key] !== undefined && item[key] !== false) problems.push({ field: `${f}.${key}`, reason: 'not supported yet' });
+    if (typeof item.index !== 'number' || !Number.isInteger(item.index) || item.index < 0) return void problems.push({ field: `${f}.index`, reason: 'want a non-negative integer' });
+    if (typeof item.type !== 'string') return void problems.push({ field: `${f}.type`, reason: 'want a type' });
+    if (out.some((a) => a.index === item.index)) return void problems.push({ field: `${f}.index`, reason: `index ${item.index} given twice` });
+    const arg = resolve(item.index, item.type, f);
+    if (arg) out.push({ ...arg, label: typeof item.label === 'string' ? item.label : undefined });
+  });
+  return out;
+}
+
+/** An argument of a syscall tracepoint record or of another tracepoint's field. */
+function argOf(fields: TracepointField[], fieldIndex: number, type: string, userPointers: boolean, f: string, problems: PolicyProblem[]): CompiledArg | undefined {
+  const tf = fields[fieldIndex];
+  if (!tf) return void problems.push({ field: `${f}.index`, reason: `the record has no field ${fieldIndex}` });
+  const int = INT_TYPES[type];
+  if (int) {
+    return { index: fieldIndex, kind: int.signed ? ArgType.INT : ArgType.UINT, offset: tf.offset, size: Math.min(int.size, tf.size), report: int.report };
+  }
+  if (type === 'string' || type === 'char_buf') {
+    if (tf.decl.startsWith('__data_loc')) return { index: fieldIndex, kind: ArgType.DATA_LOC, offset: tf.offset, size: 4, report: 'string_arg' };
+    if (!userPointers || tf.size !== 8) return void problems.push({ field: `${f}.type`, reason: `field ${tf.name} (${tf.decl}) is not a string this hook can read` });
+    return { index: fieldIndex, kind: ArgType.STRING, offset: tf.offset, size: 8, report: type === 'char_buf' ? 'bytes_arg' : 'string_arg' };
+  }
+  if (type === 'sockaddr') {
+    if (!userPointers || tf.size !== 8) return void problems.push({ field: `${f}.type`, reason: `field ${tf.name} is not a sockaddr pointer` });
+    return { index: fieldIndex, kind: ArgType.SOCKADDR, offset: tf.offset, size: 8, report: 'sock_arg' };
+  }
+  problems.push({ field: `${f}.type`, reason: `${JSON.stringify(type)}: ${['file', 'path', 'sock', 'skb', 'cred', 'linux_binprm', 'dentry'].includes(type) ? 'a kernel object, which syscall and tracepoint records do not hold here (use string for paths)' : 'unknown or not supported type'}` });
+  return undefined;
 }
 
 /**
- * Checks a policy document whole. Throws RuntimeError ERR_RUNTIME_POLICY (details: every problem,
- * by field) for a malformed policy or one needing hooks this kernel lacks.
+ * Checks a policy document whole and compiles it for the generic program. Throws RuntimeError
+ * ERR_RUNTIME_POLICY (details: every problem, by field) for a malformed policy, one needing hooks
+ * this kernel lacks, or one using what Ciliate does not support yet: nothing is half-taken.
  *
  * @example
- * const { header, unsupported } = checkTracingPolicy(readFileSync('file_monitoring.yaml', 'utf8'));
+ * const policy = compileTracingPolicy(readFileSync('openat.yaml', 'utf8'));
  */
-export function checkTracingPolicy(text: string): CheckedTracingPolicy {
+export function compileTracingPolicy(text: string): CompiledTracingPolicy {
   let doc: unknown;
   try {
     doc = parse(text);
   } catch (error) {
-    throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy: not YAML: ${(error as Error).message}`);
+    throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy: not YAML: ${(error as Error).message}`, { details: [{ field: '', reason: 'not YAML' }] });
   }
   const problems: PolicyProblem[] = [];
   if (!isMap(doc)) throw new RuntimeError('ERR_RUNTIME_POLICY', 'tracing policy: want a YAML object', { details: [{ field: '', reason: 'want an object' }] });
+  unknownFields(doc, new Set(['apiVersion', 'kind', 'metadata', 'spec']), '', problems);
+  problems.forEach((p) => (p.field = p.field.replace(/^\./, '')));
   if (doc.apiVersion !== 'cilium.io/v1alpha1') problems.push({ field: 'apiVersion', reason: `want cilium.io/v1alpha1, got ${JSON.stringify(doc.apiVersion)}` });
   if (!KINDS.has(doc.kind as string)) problems.push({ field: 'kind', reason: `want TracingPolicy or TracingPolicyNamespaced, got ${JSON.stringify(doc.kind)}` });
+  const namespaced = doc.kind === 'TracingPolicyNamespaced';
   const metadata = isMap(doc.metadata) ? doc.metadata : {};
   const name = typeof metadata.name === 'string' ? metadata.name : '';
   if (!DNS_SUBDOMAIN.test(name) || name.length > 253) problems.push({ field: 'metadata.name', reason: `want a DNS subdomain, got ${JSON.stringify(metadata.name)}` });
+  const namespace = typeof metadata.namespace === 'string' ? metadata.namespace : undefined;
+  if (namespaced && (!namespace || !DNS_SUBDOMAIN.test(namespace))) problems.push({ field: 'metadata.namespace', reason: 'a TracingPolicyNamespaced needs its namespace' });
   const spec = doc.spec;
-  const unsupported: string[] = [];
+  const hooks: CompiledHook[] = [];
+  const selectorsOf = (hook: Json, field: string, args: CompiledArg[]): CompiledSelector[] => {
+    const list = hook.selectors;
+    if (list === undefined || list === null) return [];
+    if (!Array.isArray(list)) return (problems.push({ field: `${field}.selectors`, reason: 'want a list' }), []);
+    if (list.length > POLICY_LIMITS.selectors) return (problems.push({ field: `${field}.selectors`, reason: `at most ${POLICY_LIMITS.selectors} selectors` }), []);
+    return list.map((sel, i) => (isMap(sel) ? compileSelector(sel, `${field}.selectors[${i}]`, args, namespaced, problems) : (problems.push({ field: `${field}.selectors[${i}]`, reason: 'want an object' }), undefined))).filter((s): s is CompiledSelector => s !== undefined);
+  };
+  const common = (hook: Json, field: string) => {
+    if (hook.message !== undefined && typeof hook.message !== 'string') problems.push({ field: `${field}.message`, reason: 'want a string' });
+    if (hook.tags !== undefined && !(Array.isArray(hook.tags) && hook.tags.every((t) => typeof t === 'string'))) problems.push({ field: `${field}.tags`, reason: 'want a list of strings' });
+    return { message: typeof hook.message === 'string' ? hook.message : undefined, tags: Array.isArray(hook.tags) ? (hook.tags as string[]) : undefined };
+  };
   if (!isMap(spec)) {
     problems.push({ field: 'spec', reason: 'want an object' });
   } else {
     unknownFields(spec, SPEC_FIELDS, 'spec', problems);
+    for (const key of ['podSelector', 'containerSelector', 'nodeSelector', 'lists', 'enforcers', 'options', 'selectorsMacros', 'loader']) {
+      if (spec[key] !== undefined && spec[key] !== null && SPEC_FIELDS.has(key)) problems.push({ field: `spec.${key}`, reason: 'not supported yet' });
+    }
+    if (spec.hostSelector !== undefined && spec.hostSelector !== null && !(isMap(spec.hostSelector) && Object.keys(spec.hostSelector).length === 0)) problems.push({ field: 'spec.hostSelector', reason: 'want null or {}' });
     checkList(spec, 'kprobes', problems, (kprobe, field) => {
       unknownFields(kprobe, KPROBE_FIELDS, field, problems);
       if (typeof kprobe.call !== 'string' || !kprobe.call) return void problems.push({ field: `${field}.call`, reason: 'want the function to hook' });
-      const syscall = kprobe.syscall === true || /^(__x64_|__arm64_)?sys_/.test(kprobe.call);
-      if (syscall) unsupported.push(`${field} (${kprobe.call}): syscall hooks from syscall tracepoints are not loaded yet`);
-      else if (!kernelHas('kprobes')) problems.push({ field: `${field}.call`, reason: `${JSON.stringify(kprobe.call)} ${MISSING_HOOK_REASON}` });
-      else unsupported.push(`${field} (${kprobe.call}): kprobes are not loaded yet`);
+      const syscall = kprobe.syscall === true || /^(__x64_|__arm64_|__ia32_)?sys_/.test(kprobe.call);
+      if (!syscall) {
+        if (!kernelHas('kprobes')) problems.push({ field: `${field}.call`, reason: `${JSON.stringify(kprobe.call)} ${MISSING_HOOK_REASON}` });
+        else problems.push({ field: `${field}.call`, reason: `${JSON.stringify(kprobe.call)}: kprobes on kernel functions are not supported yet` });
+        return;
+      }
+      for (const key of ['return', 'returnArg', 'returnArgAction', 'data']) if (kprobe[key] !== undefined && kprobe[key] !== false) problems.push({ field: `${field}.${key}`, reason: 'not supported yet on syscall hooks' });
+      if (kprobe.ignore !== undefined) problems.push({ field: `${field}.ignore`, reason: 'not supported yet' });
+      const sys = syscallName(kprobe.call);
+      if (!/^\w+$/.test(sys) || !tracefsEvent('syscalls', `sys_enter_${sys}`)) return void problems.push({ field: `${field}.call`, reason: `${JSON.stringify(kprobe.call)}: no syscall ${sys} (syscalls/sys_enter_${sys}) in this kernel` });
+      const fields = tracepointFields('syscalls', `sys_enter_${sys}`);
+      // The record's fields: 4 common ones, __syscall_nr, then the syscall's arguments in order.
+      const argBase = fields.findIndex((f) => f.name === '__syscall_nr') + 1;
+      const args = compileArgs(kprobe.args, `${field}.args`, (index, type, f) => {
+        if (index >= fields.length - argBase) return void problems.push({ field: `${f}.index`, reason: `${sys} has ${fields.length - argBase} arguments` });
+        const arg = argOf(fields, argBase + index, type, true, f, problems);
+        return arg && { ...arg, index };
+      }, problems);
+      hooks.push({ field, type: 'kprobe', group: 'syscalls', name: `sys_enter_${sys}`, functionName: `__x64_sys_${sys}`, args, selectors: selectorsOf(kprobe, field, args), ...common(kprobe, field) });
     });
     checkList(spec, 'fentries', problems, (_fentry, field) => {
-      if (!kernelHas('fentry')) problems.push({ field, reason: MISSING_HOOK_REASON });
-      else unsupported.push(`${field}: fentries are not loaded yet`);
+      problems.push({ field, reason: kernelHas('fentry') ? 'fentries are not supported yet' : MISSING_HOOK_REASON });
     });
     checkList(spec, 'lsmhooks', problems, (_hook, field) => {
-      if (!kernelHas('bpf_lsm')) problems.push({ field, reason: MISSING_HOOK_REASON });
-      else unsupported.push(`${field}: LSM hooks are not loaded yet`);
+      problems.push({ field, reason: kernelHas('bpf_lsm') ? 'LSM hooks are not supported yet' : MISSING_HOOK_REASON });
     });
     checkList(spec, 'tracepoints', problems, (tracepoint, field) => {
       unknownFields(tracepoint, TRACEPOINT_FIELDS, field, problems);
       const { subsystem, event } = tracepoint;
       if (typeof subsystem !== 'string' || typeof event !== 'string' || !subsystem || !event) return void problems.push({ field, reason: 'want subsystem and event' });
       if (!/^\w+$/.test(subsystem) || !/^\w+$/.test(event) || !tracefsEvent(subsystem, event)) return void problems.push({ field, reason: `no tracepoint ${subsystem}/${event} in this kernel` });
-      unsupported.push(`${field} (${subsystem}/${event}): tracepoint hooks are not loaded yet`);
+      if (tracepoint.raw === true) return void problems.push({ field: `${field}.raw`, reason: 'not supported yet' });
+      const fields = tracepointFields(subsystem, event);
+      const args = compileArgs(tracepoint.args, `${field}.args`, (index, type, f) => argOf(fields, index, type, subsystem === 'syscalls' || subsystem === 'raw_syscalls', f, problems), problems);
+      hooks.push({ field, type: 'tracepoint', group: subsystem, name: event, args, selectors: selectorsOf(tracepoint, field, args), ...common(tracepoint, field) });
     });
-    for (const key of ['uprobes', 'usdts']) checkList(spec, key, problems, (_item, field) => unsupported.push(`${field}: ${key} are not loaded yet`));
+    for (const key of ['uprobes', 'usdts']) checkList(spec, key, problems, (_item, field) => problems.push({ field, reason: `${key} are not supported yet` }));
+    if (problems.length === 0 && hooks.length === 0) problems.push({ field: 'spec', reason: 'no hooks: want kprobes (syscalls) or tracepoints' });
+    if (hooks.length > POLICY_LIMITS.hooks) problems.push({ field: 'spec', reason: `at most ${POLICY_LIMITS.hooks} hooks` });
   }
   if (problems.length > 0) {
     throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name || '(unnamed)'}: ${problems.map((p) => `${p.field}: ${p.reason}`).join('; ')}`, { details: problems });
   }
-  return { header: { kind: doc.kind as TracingPolicyHeader['kind'], name, namespace: typeof metadata.namespace === 'string' ? metadata.namespace : undefined }, unsupported };
+  return { header: { kind: doc.kind as TracingPolicyHeader['kind'], name, namespace }, hooks, text };
 }

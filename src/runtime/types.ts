@@ -63,21 +63,70 @@ export interface TetragonProcessExit {
   time?: string;
 }
 
+/** tetragon.KprobeArgument: one of its typed fields, and the policy's label. */
+export type TetragonArg = (
+  | { int_arg: number }
+  | { uint_arg: number }
+  | { long_arg: string }
+  | { size_arg: string }
+  | { string_arg: string }
+  | { bytes_arg: string }
+  | { sock_arg: { family: string; daddr: string; dport: number } }
+) & { label?: string };
+
+export type TetragonAction = 'KPROBE_ACTION_POST' | 'KPROBE_ACTION_NOPOST' | 'KPROBE_ACTION_SIGKILL' | 'KPROBE_ACTION_SIGNAL';
+
+export interface TetragonProcessKprobe {
+  process: TetragonProcess;
+  parent?: TetragonProcess;
+  function_name: string;
+  args?: TetragonArg[];
+  action: TetragonAction;
+  policy_name: string;
+  message?: string;
+  tags?: string[];
+}
+
+export interface TetragonProcessTracepoint {
+  process: TetragonProcess;
+  parent?: TetragonProcess;
+  subsys: string;
+  event: string;
+  args?: TetragonArg[];
+  policy_name: string;
+  action: TetragonAction;
+  message?: string;
+  tags?: string[];
+}
+
 /** One `GetEventsResponse`: exactly one event key, the node and the time. */
-export type TetragonEvent = ({ process_exec: TetragonProcessExec } | { process_exit: TetragonProcessExit }) & {
+export type TetragonEvent = (
+  | { process_exec: TetragonProcessExec }
+  | { process_exit: TetragonProcessExit }
+  | { process_kprobe: TetragonProcessKprobe }
+  | { process_tracepoint: TetragonProcessTracepoint }
+) & {
   node_name: string;
   time: string;
 };
+
+/** The event's key and body. */
+export function eventBody(event: TetragonEvent): { key: 'process_exec' | 'process_exit' | 'process_kprobe' | 'process_tracepoint'; body: { process: TetragonProcess; parent?: TetragonProcess } } {
+  if ('process_exec' in event) return { key: 'process_exec', body: event.process_exec };
+  if ('process_exit' in event) return { key: 'process_exit', body: event.process_exit };
+  if ('process_kprobe' in event) return { key: 'process_kprobe', body: event.process_kprobe };
+  return { key: 'process_tracepoint', body: event.process_tracepoint };
+}
 
 /** tetragon.EventType values, by the names filters use. */
 export const EventType = { UNDEF: 0, PROCESS_EXEC: 1, PROCESS_EXIT: 5, PROCESS_KPROBE: 9, PROCESS_TRACEPOINT: 10, PROCESS_LOADER: 11, PROCESS_UPROBE: 12 } as const;
 export type EventTypeName = keyof typeof EventType;
 
 export function eventTypeOf(event: TetragonEvent): EventTypeName {
-  return 'process_exec' in event ? 'PROCESS_EXEC' : 'PROCESS_EXIT';
+  return eventBody(event).key.toUpperCase() as EventTypeName;
 }
 
 /** The event's subject process. */
 export function processOf(event: TetragonEvent): TetragonProcess {
-  return 'process_exec' in event ? event.process_exec.process : event.process_exit.process;
+  return eventBody(event).body.process;
 }

@@ -9,12 +9,13 @@
  * has, so the pod resolver is in place for the processes read from /proc too.
  * @module
  */
-import { statSync } from 'node:fs';
+import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { listenAddressSetting, Registry, TetragonMetrics } from '../../metrics/index.ts';
 import { EventExporter, parseEventFilters, RuntimeObserver, TetragonServer, eventTypeOf, processOf, type TetragonPod } from '../../runtime/index.ts';
 import { bindAddress } from '../../observer/index.ts';
+import { parseRequest } from '../api-errors.ts';
 import { cell, defineModule } from '../module.ts';
 import { VERSION } from '../version.ts';
 import { apiConfig } from './api.ts';
@@ -25,6 +26,8 @@ import { serve } from './metrics.ts';
 export const RuntimeCell = cell<RuntimeObserver | undefined>('runtime');
 
 const MB = 1024 * 1024;
+
+const PolicyBody = z.object({ yaml: z.string(), file: z.string().optional() });
 
 export const runtimeConfig = {
   runtimeEnabled: z.boolean().default(false).describe('process exec/exit events and Tetragon\'s gRPC API (on with --runtime-only)'),
@@ -40,6 +43,7 @@ export const runtimeConfig = {
   runtimeEnableProcessCred: z.boolean().default(false).describe("capabilities in process objects (Tetragon's enable-process-cred)"),
   runtimeEnableProcessNs: z.boolean().default(false).describe("namespaces in process objects (Tetragon's enable-process-ns)"),
   runtimeEnableAncestors: z.boolean().default(false).describe("ancestors in exec events (Tetragon's enable-ancestors)"),
+  runtimeTracingPolicyDir: z.string().default('').describe("directory of TracingPolicy YAML files loaded at start (Tetragon's tracing-policy-dir); empty: none"),
   runtimeMetricsServer: listenAddressSetting('').describe("address of Tetragon's Prometheus /metrics (tetragon_*), host:port; empty: off (Tetragon's metrics-server, :2112 there)"),
 };
 
@@ -49,7 +53,7 @@ export const runtimeModule = defineModule({
   config: { ...runtimeConfig, socketPath: apiConfig.socketPath },
   needs: {},
   provides: RuntimeCell,
-  async start(_needs, { config, log, onReady }) {
+  async start(_needs, { config, log, onReady, api }) {
     if (!config.runtimeEnabled) return { value: undefined, status: () => ({ runtime: { enabled: false } }) };
     const exportFilters = {
       allowlist: parseEventFilters(config.runtimeExportAllowlist, 'runtimeExportAllowlist'),
@@ -92,11 +96,32 @@ export const runtimeModule = defineModule({
       stopMetrics = serve(registry, config.runtimeMetricsServer, 'runtimeMetricsServer', log, onReady);
     }
     const unsubscribeExport = exporter ? observer.subscribe((event) => exporter.write(event)) : undefined;
+    // The local API's view of TracingPolicies (what `tetra tracingpolicy` does over gRPC).
+    api.route('POST', '/v1/runtime/policies', ({ body }) => observer.policies.add(parseRequest(PolicyBody, body, 'tracing policy add').yaml));
+    api.route('GET', '/v1/runtime/policies', () => observer.policies.list());
+    api.route('DELETE', '/v1/runtime/policies/:name', ({ params }) => {
+      observer.policies.delete(params.name);
+      return { deleted: params.name };
+    });
+    let policiesLoaded = 0;
     let tcpPort: number | undefined;
     // After every module: runtime-pods has set the pod resolver by then, for /proc's processes too.
     onReady(async () => {
       await exporter?.open();
       observer.start();
+      // Tetragon's --tracing-policy-dir: every policy there, each whole or not at all; one that
+      // fails is named in the log and the others still load (a bad file must not blind the node).
+      if (config.runtimeTracingPolicyDir) {
+        for (const file of readdirSync(config.runtimeTracingPolicyDir).filter((f) => /\.ya?ml$/.test(f)).sort()) {
+          const path = join(config.runtimeTracingPolicyDir, file);
+          try {
+            observer.policies.add(readFileSync(path, 'utf8'));
+            policiesLoaded++;
+          } catch (error) {
+            log.error({ err: error, file: path }, 'tracing policy not loaded');
+          }
+        }
+      }
       await server.listenUnix(socketPath);
       if (config.runtimeServerAddress) tcpPort = await server.listenTcp(bindAddress(config.runtimeServerAddress));
       log.info({ socket: socketPath, address: config.runtimeServerAddress || undefined, processes: observer.cache.size }, "Tetragon's API listening");
@@ -120,6 +145,8 @@ export const runtimeModule = defineModule({
             port: tcpPort,
             events: stats.events,
             programs: stats.programs,
+            policies: stats.programs.length > 0 ? observer.policies.list().map((p) => ({ name: p.name, sensors: p.sensors, posted: String(p.stats.posted), signalled: String(p.stats.signalled) })) : [],
+            policiesLoadedAtStart: policiesLoaded,
             lostEvents: String(stats.lost),
             processCache: stats.processCache,
             streamsDropped: server.dropped,
