@@ -40,6 +40,7 @@
 #include "encap.h"
 #include "fib.h"
 #include "policy_enforce.h"
+#include "lb_skb.h"
 
 /* The local endpoint `addr` belongs to, if this interface serves it; NULL for an address of no
  * endpoint, of the node, or of an endpoint behind another interface. */
@@ -143,7 +144,16 @@ static __always_inline int from_container(struct __sk_buff *skb)
 	info.endpoint_id = self_id;
 	info.src_identity = self_identity;
 
+	/* A service frontend becomes its backend before anything else looks at the destination:
+	 * conntrack, policy and the route all see the backend (Cilium's LB before policy). */
+	ret = lb4_xlate_from_pod(skb, &info);
+	if (ret)
+		return ret;
 	ret = ipv4_parse_and_lookup(skb, &info, CT_EGRESS, &tuple, &tcp_flags);
+	if (ret)
+		return ret;
+	/* A backend's reply to a translated connection leaves it as from the frontend. */
+	ret = lb4_rev_nat(skb, &info);
 	if (ret)
 		return ret;
 
@@ -238,6 +248,9 @@ static __always_inline int to_container(struct __sk_buff *skb)
 	src_identity = ipcache_identity(ip->saddr);
 	info.src_identity = src_identity;
 	ret = ipv4_parse_and_lookup(skb, &info, CT_INGRESS, &tuple, &tcp_flags);
+	if (ret)
+		return ret;
+	ret = lb4_rev_nat(skb, &info);
 	if (ret)
 		return ret;
 	ret = policy_enforce4(skb, &info, self_id, CILIATE_POLICY_INGRESS, &tuple);

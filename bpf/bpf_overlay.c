@@ -27,6 +27,7 @@
 #include "l3.h"
 #include "encap.h"
 #include "policy_enforce.h"
+#include "lb_skb.h"
 
 SEC("tc")
 int cil_from_overlay(struct __sk_buff *skb)
@@ -84,6 +85,10 @@ int cil_from_overlay(struct __sk_buff *skb)
 	if (ret)
 		return ret;
 	send_trace_notify(skb, &info, TRACE_FROM_OVERLAY);
+	/* A reply from a backend on that node to a connection this node translated. */
+	ret = lb4_rev_nat(skb, &info);
+	if (ret)
+		return ret;
 	ret = policy_enforce4(skb, &info, ep->lxc_id, CILIATE_POLICY_INGRESS, &tuple);
 	if (ret)
 		return ret;

@@ -5,19 +5,10 @@
  * @module
  */
 import { join } from 'node:path';
-import { SHARED_MAPS } from '../datapath/index.ts';
+import { LbMapName, SHARED_MAPS } from '../datapath/index.ts';
 import { BpfMap, BpfObject, MapType, be16, ipv4, pad, struct, u16, u32, u64, u8, type StructValue } from '../ebpf/index.ts';
 
-export const LbMapName = {
-  SERVICES: 'ciliate_lb4_services',
-  BACKENDS: 'ciliate_lb4_backends',
-  REVERSE_NAT: 'ciliate_lb4_reverse_nat',
-  REVERSE_SK: 'ciliate_lb4_reverse_sk',
-  MAGLEV: 'ciliate_lb4_maglev',
-  AFFINITY: 'ciliate_lb4_affinity',
-  AFFINITY_MATCH: 'ciliate_lb_affinity_match',
-} as const;
-
+export { LbMapName };
 
 /** The compiled object, as scripts/build-bpf.sh leaves it. */
 export const SOCK_OBJECT_PATH = join(import.meta.dirname, '..', '..', 'build', 'bpf', 'bpf_sock.o');
@@ -98,7 +89,7 @@ export function loadSock(options: { pinDir: string; objectPath?: string }): BpfO
   return BpfObject.load(options.objectPath ?? SOCK_OBJECT_PATH, {
     // The endpoint datapath's maps too (bpf/lib/maps.h, events.h): the ipcache names node addresses
     // for NodePort, and nothing of them may be a private copy (the conntrack table alone is large).
-    pin: { dir: options.pinDir, maps: [...Object.values(LbMapName), ...SHARED_MAPS] },
+    pin: { dir: options.pinDir, maps: SHARED_MAPS },
   });
 }
 
