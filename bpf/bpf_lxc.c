@@ -194,8 +194,15 @@ static __always_inline int from_container(struct __sk_buff *skb)
 		/* A pod of another node in tunnel mode: encapsulate towards that node. */
 		if (remote && (remote->flags & IPCACHE_F_HAS_TUNNEL_EP))
 			return encap_and_redirect4(skb, &info, remote->tunnel_endpoint, self_identity);
-		/* Native mode, inside the native routing CIDR: forward past the node's stack. */
+		/* A reply to another node's own address (a connection its bpf_host SNATed to this pod)
+		 * goes back through the tunnel, as Cilium's: through the stack it would be masqueraded
+		 * (the stack never saw the request, which came through the tunnel) and that node could
+		 * not turn it back to the client. */
 		cfg = node_config();
+		if (remote && remote->sec_identity == IDENTITY_REMOTE_NODE && (info.flags & CILIATE_EVENT_F_REPLY) &&
+		    cfg && cfg->routing_mode == ROUTING_MODE_TUNNEL)
+			return encap_and_redirect4(skb, &info, tuple.daddr, self_identity);
+		/* Native mode, inside the native routing CIDR: forward past the node's stack. */
 		if (cfg && native_routed4(cfg, tuple.daddr))
 			return fib_redirect4(skb, &info);
 	}

@@ -66,6 +66,24 @@ int cil_from_overlay(struct __sk_buff *skb)
 		return DROP(skb, &info, DROP_NO_TUNNEL_ENDPOINT);
 	info.src_identity = key.tunnel_id ? key.tunnel_id : ipcache_identity(ip->saddr);
 
+	/* A backend's reply to a connection from outside this node's bpf_host SNATed to it. */
+	{
+		struct ipv4_ct_tuple nat_tuple;
+		__u32 l4_off;
+		bool done;
+
+		if (lb4_frontend_tuple(skb, &nat_tuple, &l4_off) == 0) {
+			ret = lb4_rev_snat(skb, &info, &nat_tuple, l4_off, &done);
+			if (done || ret)
+				return ret;
+		}
+		data = ctx_data(skb);
+		data_end = ctx_data_end(skb);
+		ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
+		if (!ip)
+			return DROP(skb, &info, DROP_INVALID_PACKET);
+	}
+
 	ep_key.ip = ip->daddr;
 	ep = bpf_map_lookup_elem(&ciliate_lxc, &ep_key);
 	if (!ep || (ep->flags & ENDPOINT_F_HOST)) {

@@ -28,6 +28,7 @@
 #include "eth.h"
 #include "ipv4.h"
 #include "conntrack.h"
+#include "fib.h"
 #include "lb.h"
 
 #ifndef BPF_F_PSEUDO_HDR
@@ -127,6 +128,67 @@ static __always_inline __u32 lb4_tuple_hash(const struct ipv4_ct_tuple *t)
 }
 
 /*
+ * The backend of the connection whose frontend tuple is `tuple` (CT_SERVICE): the one its
+ * conntrack entry remembers while that backend exists (a terminating one keeps its established
+ * connections; an entry of a service recreated under another id is not this service's), else a
+ * new choice (ClientIP affinity first, then random or Maglev over the slots stored under
+ * `slots_addr`: the frontend's address, 0.0.0.0 for NodePort), remembered. NULL after reporting
+ * the drop (*ret its verdict): DROP_NO_SERVICE when the service has no backend to take it.
+ */
+static __always_inline struct lb4_backend *lb4_conn_backend(struct __sk_buff *skb, struct ciliate_notify_info *info,
+							    const struct ipv4_ct_tuple *tuple, const struct lb4_service *svc,
+							    __be32 slots_addr, int *ret)
+{
+	struct lb4_backend *backend = NULL;
+	struct ct_entry *entry;
+	__u32 backend_id = 0;
+	__u64 now = ct_now();
+	int err;
+
+	entry = bpf_map_lookup_elem(&ciliate_ct4, tuple);
+	if (entry && entry->rev_nat_index == svc->rev_nat_index) {
+		backend_id = entry->backend_id;
+		backend = bpf_map_lookup_elem(&ciliate_lb4_backends, &backend_id);
+	}
+	if (backend) {
+		__sync_fetch_and_add(&entry->packets, 1);
+		__sync_fetch_and_add(&entry->bytes, skb->len);
+		/* The translated connection's own entry says when it closes; this one follows it at the
+		 * longest lifetime its protocol has, and the LRU takes it once idle. */
+		entry->lifetime = now + (tuple->nexthdr == IPPROTO_TCP ? CT_LIFETIME_TCP : CT_LIFETIME_NONTCP);
+		return backend;
+	}
+
+	backend_id = 0;
+	if (svc->flags & SVC_F_AFFINITY)
+		backend_id = lb4_affinity_backend_id(svc, LB4_AFFINITY_CLIENT_ADDR | tuple->saddr, now);
+	if (!backend_id)
+		backend_id = lb4_select_backend_id(svc, slots_addr, tuple->dport, tuple->nexthdr, lb4_tuple_hash(tuple));
+	backend = backend_id ? bpf_map_lookup_elem(&ciliate_lb4_backends, &backend_id) : NULL;
+	if (!backend || (backend->flags & BE_F_TERMINATING)) {
+		*ret = DROP(skb, info, DROP_NO_SERVICE);
+		return NULL;
+	}
+	if (svc->flags & SVC_F_AFFINITY)
+		lb4_affinity_update(svc, LB4_AFFINITY_CLIENT_ADDR | tuple->saddr, now, backend_id);
+
+	struct ct_entry fresh = {
+		.packets = 1,
+		.bytes = skb->len,
+		.lifetime = now + ct_lifetime(tuple, 0),
+		.backend_id = backend_id,
+		.rev_nat_index = svc->rev_nat_index,
+	};
+	err = bpf_map_update_elem(&ciliate_ct4, tuple, &fresh, BPF_ANY);
+	if (err < 0) {
+		info->ext_error = err;
+		*ret = DROP(skb, info, DROP_CT_MAP_INSERTION_FAILED);
+		return NULL;
+	}
+	return backend;
+}
+
+/*
  * Translates a packet leaving a pod for a service frontend into one for the connection's backend.
  * Returns 0 (not a frontend, or translated: info->rev_nat_index then names the service, for the
  * conntrack entry the caller creates) or the verdict of the drop it reported: DROP_NO_SERVICE for
@@ -136,63 +198,22 @@ static __always_inline int lb4_xlate_from_pod(struct __sk_buff *skb, struct cili
 {
 	struct ipv4_ct_tuple tuple;
 	struct lb4_service *svc;
-	struct lb4_backend *backend = NULL;
-	struct ct_entry *entry;
-	__u32 l4_off, backend_id = 0;
-	__u64 now;
-	int err;
+	struct lb4_backend *backend;
+	__u32 l4_off;
+	int ret = 0;
 
 	if (lb4_frontend_tuple(skb, &tuple, &l4_off) < 0)
 		return 0;
 	svc = lb4_lookup_service(tuple.daddr, tuple.dport, tuple.nexthdr);
 	if (!svc)
 		return 0;
-
-	now = ct_now();
-	entry = bpf_map_lookup_elem(&ciliate_ct4, &tuple);
-	/* The connection's backend while the entry lives and the backend exists: a terminating one
-	 * keeps its established connections. The entry of a service recreated under another id is
-	 * not this service's. */
-	if (entry && entry->rev_nat_index == svc->rev_nat_index) {
-		backend_id = entry->backend_id;
-		backend = bpf_map_lookup_elem(&ciliate_lb4_backends, &backend_id);
-	}
-	if (!backend) {
-		backend_id = 0;
-		if (svc->flags & SVC_F_AFFINITY)
-			backend_id = lb4_affinity_backend_id(svc, LB4_AFFINITY_CLIENT_ADDR | tuple.saddr, now);
-		if (!backend_id)
-			backend_id = lb4_select_backend_id(svc, tuple.daddr, tuple.dport, tuple.nexthdr, lb4_tuple_hash(&tuple));
-		backend = backend_id ? bpf_map_lookup_elem(&ciliate_lb4_backends, &backend_id) : NULL;
-		if (!backend || (backend->flags & BE_F_TERMINATING))
-			return DROP(skb, info, DROP_NO_SERVICE);
-		if (svc->flags & SVC_F_AFFINITY)
-			lb4_affinity_update(svc, LB4_AFFINITY_CLIENT_ADDR | tuple.saddr, now, backend_id);
-
-		struct ct_entry fresh = {
-			.packets = 1,
-			.bytes = skb->len,
-			.lifetime = now + ct_lifetime(&tuple, 0),
-			.backend_id = backend_id,
-			.rev_nat_index = svc->rev_nat_index,
-		};
-		err = bpf_map_update_elem(&ciliate_ct4, &tuple, &fresh, BPF_ANY);
-		if (err < 0) {
-			info->ext_error = err;
-			return DROP(skb, info, DROP_CT_MAP_INSERTION_FAILED);
-		}
-	} else {
-		__sync_fetch_and_add(&entry->packets, 1);
-		__sync_fetch_and_add(&entry->bytes, skb->len);
-		/* The translated connection's own entry says when it closes; this one follows it at the
-		 * longest lifetime its protocol has, and the LRU takes it once idle. */
-		entry->lifetime = now + (tuple.nexthdr == IPPROTO_TCP ? CT_LIFETIME_TCP : CT_LIFETIME_NONTCP);
-	}
-
+	backend = lb4_conn_backend(skb, info, &tuple, svc, tuple.daddr, &ret);
+	if (!backend)
+		return ret;
 	info->rev_nat_index = svc->rev_nat_index;
-	err = lb4_rewrite(skb, l4_off, tuple.nexthdr, true, tuple.daddr, backend->address, tuple.dport, backend->port);
-	if (err) {
-		info->ext_error = err;
+	ret = lb4_rewrite(skb, l4_off, tuple.nexthdr, true, tuple.daddr, backend->address, tuple.dport, backend->port);
+	if (ret) {
+		info->ext_error = ret;
 		return DROP(skb, info, DROP_INVALID_PACKET);
 	}
 	return 0;
@@ -236,3 +257,35 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *skb, struct ciliate_not
 	}
 	return 0;
 }
+
+/*
+ * A reply of a connection bpf_host SNATed to a backend on another node, back at this node's
+ * address (from the device, or from the tunnel): to the client, from the frontend, forwarded
+ * straight out of the device the FIB names (the stack would drop a packet from its own address).
+ * *done says whether it was one; then the return value is the verdict.
+ */
+static __always_inline int lb4_rev_snat(struct __sk_buff *skb, struct ciliate_notify_info *info,
+					   const struct ipv4_ct_tuple *tuple, __u32 l4_off, bool *done)
+{
+	struct ipv4_ct_tuple key = *tuple;
+	struct lb4_nat *nat;
+	int err;
+
+	*done = false;
+	key.flags = NAT_REV_DST;
+	nat = bpf_map_lookup_elem(&ciliate_lb4_nat, &key);
+	if (!nat)
+		return 0;
+	*done = true;
+	err = lb4_rewrite(skb, l4_off, tuple->nexthdr, true, tuple->daddr, nat->to_addr, tuple->dport, nat->to_port);
+	if (!err)
+		err = lb4_rewrite(skb, l4_off, tuple->nexthdr, false, tuple->saddr, nat->frontend_addr, tuple->sport,
+				  nat->frontend_port);
+	if (err) {
+		info->ext_error = err;
+		return DROP(skb, info, DROP_INVALID_PACKET);
+	}
+	info->dst_identity = IDENTITY_WORLD;
+	return fib_redirect4(skb, info);
+}
+

@@ -38,6 +38,8 @@ export const LbMapName = {
   MAGLEV: 'ciliate_lb4_maglev',
   AFFINITY: 'ciliate_lb4_affinity',
   AFFINITY_MATCH: 'ciliate_lb_affinity_match',
+  /** North-south SNAT and reverse translation of bpf_host (tuple → lb4_nat). */
+  NAT: 'ciliate_lb4_nat',
 } as const;
 export type LbMapName = (typeof LbMapName)[keyof typeof LbMapName];
 

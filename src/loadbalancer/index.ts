@@ -45,6 +45,7 @@ export {
 export { murmur3x64_128 } from './murmur3.ts';
 export { servicesFromManifest, type ManifestProblem } from './manifest.ts';
 export { LbDatapath, type LbDatapathOptions, type LbEntry } from './datapath.ts';
+export { HostDatapath, HOST_OBJECT_PATH, HostProgram, resolveDevices, type HostDatapathOptions } from './host.ts';
 export {
   BackendFlag,
   LB_MAGLEV_LUT_SIZE,

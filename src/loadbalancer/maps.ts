@@ -74,6 +74,13 @@ export const lbAffinityVal = struct('lb_affinity_val', { last_used: u64, backend
 export const lbAffinityMatch = struct('lb_affinity_match', { backend_id: u32, rev_nat_index: u16, _pad: pad(2) });
 export type LbAffinityMatch = StructValue<(typeof lbAffinityMatch)['fields']>;
 
+/** ciliate_lb4_nat keys are ipv4_ct_tuples whose flags say the entry's kind (bpf/lib/lb.h NAT_*). */
+export const NatKind = { FWD: 1, REV_DST: 2, REV_SRC: 3 } as const;
+
+/** bpf_host's north-south translation of one connection direction. */
+export const lb4Nat = struct('lb4_nat', { to_addr: ipv4, frontend_addr: ipv4, to_port: be16, frontend_port: be16, _pad: pad(4) });
+export type Lb4Nat = StructValue<(typeof lb4Nat)['fields']>;
+
 /** The node's load-balancing maps, pinned in `<bpfRoot>/maps`. */
 export interface LbMaps {
   services: BpfMap<Lb4Key, Lb4Service>;

@@ -1,0 +1,68 @@
+/**
+ * North-south services: a client namespace on the underlay, outside the cluster, reaches a
+ * NodePort at either node's address and a LoadBalancer IP routed to a node; bpf_host on each
+ * node's underlay device translates, with backends on the node reached and on the other one (SNAT).
+ * @module
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { TestNode, Underlay, addNetns, cli, inNs, sleep, spawnInNs } from './support/cluster.ts';
+import type { LbEntry } from '../src/loadbalancer/index.ts';
+
+const SERVER = `
+const [name, port] = process.argv.slice(1);
+require('node:net').createServer((s) => s.on('data', () => s.write(name + ' ' + s.remoteAddress + '\\n'))).listen(Number(port), '0.0.0.0', () => console.log('ready'));
+`;
+
+/** One TCP exchange: who answered and the client address it saw, or the error. */
+const CLIENT = `
+const [host, port] = process.argv.slice(1);
+const s = require('node:net').connect(Number(port), host, () => s.write('x'));
+const timer = setTimeout(() => { console.log('timeout'); process.exit(0); }, 2000);
+s.once('data', (d) => { console.log(String(d).trim()); clearTimeout(timer); s.destroy(); });
+s.on('error', (e) => { console.log(e.code); clearTimeout(timer); });
+`;
+
+async function ask(netns: string, host: string, port: number): Promise<string> {
+  return (await inNs(netns, process.execPath, ['-e', CLIENT, host, String(port)])).trim();
+}
+
+test('a client outside the cluster reaches a NodePort on either node and a LoadBalancer IP, served by backends on both nodes', async (t) => {
+  const underlay = await Underlay.create(t);
+  const etcd = await underlay.startEtcd(t);
+  const n1 = await TestNode.start(t, { nodeName: 'n1', nodeIp: '192.168.100.1', underlay, etcd });
+  const n2 = await TestNode.start(t, { nodeName: 'n2', nodeIp: '192.168.100.2', underlay, etcd });
+  const outside = await addNetns(t, 'cto');
+  await underlay.attach(outside, '192.168.100.50');
+  await inNs(outside, 'ip', ['route', 'add', '192.168.200.0/24', 'via', '192.168.100.1']);
+
+  const pods = [await n1.addPod(t, 'web-n1', { app: 'web' }), await n2.addPod(t, 'web-n2', { app: 'web' })];
+  for (const [i, pod] of pods.entries()) {
+    const server = spawnInNs(pod.netns, process.execPath, ['-e', SERVER, `web-n${i + 1}`, '7000']);
+    t.after(() => void server.kill('SIGKILL'));
+    await new Promise((resolve) => server.stdout?.once('data', resolve));
+  }
+  const added = await cli(n1, 'service', 'add', 'web', '--type', 'LoadBalancer', '--selector', 'app=web', '--port', '80:7000:30080', '--load-balancer-ip', '192.168.200.10', '-o', 'json');
+  assert.equal(added.code, 0, added.stderr);
+  for (const deadline = Date.now() + 15_000; ; await sleep(200)) {
+    const all = await Promise.all([n1, n2].map(async (n) => JSON.parse((await cli(n, 'bpf', 'lb', 'list', '-o', 'json')).stdout) as LbEntry[]));
+    if (all.every((entries) => entries.length >= 3 && entries.every((e) => e.backends.length === 2))) break;
+    assert.ok(Date.now() < deadline, `every frontend with both backends on both nodes: ${JSON.stringify(all)}`);
+  }
+
+  const results: Record<string, string[]> = {};
+  for (const [host, port] of [['192.168.100.1', 30080], ['192.168.100.2', 30080], ['192.168.200.10', 80]] as const) {
+    const answers: string[] = (results[`${host}:${port}`] = []);
+    for (let k = 0; k < 16 && new Set(answers).size < 2; k++) answers.push(await ask(outside, host, port));
+  }
+  for (const [target, answers] of Object.entries(results)) {
+    assert.ok(answers.every((a) => /^web-n[12] /.test(a)), `${target}: every connection answered: ${JSON.stringify(results)}`);
+    assert.deepEqual([...new Set(answers.map((a) => a.split(' ')[0]))].sort(), ['web-n1', 'web-n2'], `${target}: backends on both nodes`);
+    // The backend on the node the client asked sees the client; the other sees that node (SNAT).
+    const entry = target.startsWith('192.168.100.2') ? { local: 'web-n2', node: '192.168.100.2' } : { local: 'web-n1', node: '192.168.100.1' };
+    for (const answer of new Set(answers)) {
+      const [name, seen] = answer.split(' ');
+      assert.equal(seen, name === entry.local ? '192.168.100.50' : entry.node, `${target}: ${answer}`);
+    }
+  }
+});
