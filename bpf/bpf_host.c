@@ -16,7 +16,8 @@
  *   cil_to_netdev    TCX egress: a local backend's reply to an outside client leaves as from the
  *                    frontend.
  *
- * ClusterIPs are not reachable from outside. The node's own address (NODE_IPV4, set at load) is
+ * externalTrafficPolicy Local (SVC_F_EXT_LOCAL): only backends of this node, so the client keeps
+ * its address; none is DROP_NO_SERVICE. ClusterIPs are not reachable from outside. The node's own address (NODE_IPV4, set at load) is
  * the SNAT address, and the ipcache says which addresses are the node's (NodePort).
  */
 #include "common.h"
@@ -136,7 +137,7 @@ static __always_inline int from_netdev(struct __sk_buff *skb)
 	svc = netdev_service(&tuple, &slots_addr);
 	if (!svc)
 		return TC_ACT_OK;
-	backend = lb4_conn_backend(skb, &info, &tuple, svc, slots_addr, &ret);
+	backend = lb4_conn_backend(skb, &info, &tuple, svc, slots_addr, svc->flags & SVC_F_EXT_LOCAL, &ret);
 	if (!backend)
 		return ret;
 

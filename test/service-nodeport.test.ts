@@ -1,7 +1,8 @@
 /**
  * North-south services: a client namespace on the underlay, outside the cluster, reaches a
  * NodePort at either node's address and a LoadBalancer IP routed to a node; bpf_host on each
- * node's underlay device translates, with backends on the node reached and on the other one (SNAT).
+ * node's underlay device translates, with backends on the node reached and on the other one (SNAT),
+ * and with externalTrafficPolicy Local only the reached node's (none: dropped).
  * @module
  */
 import { test } from 'node:test';
@@ -27,7 +28,7 @@ async function ask(netns: string, host: string, port: number): Promise<string> {
   return (await inNs(netns, process.execPath, ['-e', CLIENT, host, String(port)])).trim();
 }
 
-test('a client outside the cluster reaches a NodePort on either node and a LoadBalancer IP, served by backends on both nodes', async (t) => {
+test('a client outside the cluster reaches a NodePort on either node and a LoadBalancer IP, served by backends on both nodes (Cluster) or the reached node only (Local)', async (t) => {
   const underlay = await Underlay.create(t);
   const etcd = await underlay.startEtcd(t);
   const n1 = await TestNode.start(t, { nodeName: 'n1', nodeIp: '192.168.100.1', underlay, etcd });
@@ -36,7 +37,7 @@ test('a client outside the cluster reaches a NodePort on either node and a LoadB
   await underlay.attach(outside, '192.168.100.50');
   await inNs(outside, 'ip', ['route', 'add', '192.168.200.0/24', 'via', '192.168.100.1']);
 
-  const pods = [await n1.addPod(t, 'web-n1', { app: 'web' }), await n2.addPod(t, 'web-n2', { app: 'web' })];
+  const pods = [await n1.addPod(t, 'web-n1', { app: 'web' }), await n2.addPod(t, 'web-n2', { app: 'web', only: 'n2' })];
   for (const [i, pod] of pods.entries()) {
     const server = spawnInNs(pod.netns, process.execPath, ['-e', SERVER, `web-n${i + 1}`, '7000']);
     t.after(() => void server.kill('SIGKILL'));
@@ -44,9 +45,15 @@ test('a client outside the cluster reaches a NodePort on either node and a LoadB
   }
   const added = await cli(n1, 'service', 'add', 'web', '--type', 'LoadBalancer', '--selector', 'app=web', '--port', '80:7000:30080', '--load-balancer-ip', '192.168.200.10', '-o', 'json');
   assert.equal(added.code, 0, added.stderr);
+  // externalTrafficPolicy Local: clients from outside get the backends of the node they reached.
+  const local = await cli(n1, 'service', 'add', 'web-local', '--type', 'NodePort', '--selector', 'app=web', '--port', '81:7000:30081', '--external-traffic-policy', 'Local');
+  assert.equal(local.code, 0, local.stderr);
+  const only2 = await cli(n1, 'service', 'add', 'only-n2', '--type', 'NodePort', '--selector', 'only=n2', '--port', '82:7000:30082', '--external-traffic-policy', 'Local');
+  assert.equal(only2.code, 0, only2.stderr);
   for (const deadline = Date.now() + 15_000; ; await sleep(200)) {
     const all = await Promise.all([n1, n2].map(async (n) => JSON.parse((await cli(n, 'bpf', 'lb', 'list', '-o', 'json')).stdout) as LbEntry[]));
-    if (all.every((entries) => entries.length >= 3 && entries.every((e) => e.backends.length === 2))) break;
+    const want = (e: LbEntry) => (e.frontend.includes(':82/') || e.frontend.includes(':30082/') ? 1 : 2);
+    if (all.every((entries) => entries.length >= 7 && entries.every((e) => e.backends.length === want(e)))) break;
     assert.ok(Date.now() < deadline, `every frontend with both backends on both nodes: ${JSON.stringify(all)}`);
   }
 
@@ -65,4 +72,14 @@ test('a client outside the cluster reaches a NodePort on either node and a LoadB
       assert.equal(seen, name === entry.local ? '192.168.100.50' : entry.node, `${target}: ${answer}`);
     }
   }
+
+  for (const [node, name] of [['192.168.100.1', 'web-n1'], ['192.168.100.2', 'web-n2']]) {
+    const answers = new Set<string>();
+    for (let k = 0; k < 8; k++) answers.add(await ask(outside, node, 30081));
+    assert.deepEqual([...answers], [`${name} 192.168.100.50`], `Local at ${node}: its own backend only, which sees the client`);
+  }
+  assert.equal(await ask(outside, '192.168.100.2', 30082), 'web-n2 192.168.100.50');
+  assert.equal(await ask(outside, '192.168.100.1', 30082), 'timeout', 'Local with no backend on the node: dropped');
+  const metrics = JSON.parse((await cli(n1, 'bpf', 'metrics', 'list', '-o', 'json')).stdout) as { key: { reason: number }; value: { packets: number } }[];
+  assert.ok((metrics.find((m) => m.key.reason === 158)?.value.packets ?? 0) > 0, 'counted as SERVICE_BACKEND_NOT_FOUND (158)');
 });

@@ -6,6 +6,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { TestNode, Underlay, cli, inNs, sleep, spawnInNs } from './support/cluster.ts';
 import type { LbEntry } from '../src/loadbalancer/index.ts';
 
@@ -132,4 +135,66 @@ test('pods outside the socket-LB cgroup reach ClusterIP services through TC: bot
   }
   const metrics = JSON.parse((await cli(n1, 'bpf', 'metrics', 'list', '-o', 'json')).stdout) as { key: { reason: number }; value: { packets: number } }[];
   assert.ok((metrics.find((m) => m.key.reason === 158)?.value.packets ?? 0) > 0, 'counted under reason 158');
+});
+
+/** The backend accepts org=empire only; org=empire may send only to app=web (so not to the "world" a ClusterIP would be). */
+const POLICY = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: web-from-empire
+spec:
+  endpointSelector:
+    matchLabels:
+      app: web
+  ingress:
+    - fromEndpoints:
+        - matchLabels:
+            org: empire
+      toPorts:
+        - ports:
+            - port: "7000"
+              protocol: TCP
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: empire-to-web
+spec:
+  endpointSelector:
+    matchLabels:
+      org: empire
+  egress:
+    - toEndpoints:
+        - matchLabels:
+            app: web
+`;
+
+test('through TC the policies judge the backend: the client\'s egress toward it and its own ingress', async (t) => {
+  const node = await TestNode.start(t, { nodeName: 'tcpol' });
+  const web = await node.addPod(t, 'web', { app: 'web' });
+  const empire = await node.addPod(t, 'tie', { org: 'empire' });
+  const alliance = await node.addPod(t, 'xwing', { org: 'alliance' });
+  const server = spawnInNs(web.netns, process.execPath, ['-e', SERVER, 'web', '7000']);
+  t.after(() => void server.kill('SIGKILL'));
+  await new Promise((resolve) => server.stdout?.once('data', resolve));
+  const added = await cli(node, 'service', 'add', 'web', '--selector', 'app=web', '--port', '80:7000/TCP', '-o', 'json');
+  assert.equal(added.code, 0, added.stderr);
+  const vip = (JSON.parse(added.stdout) as { clusterIP: string }).clusterIP;
+  const dir = mkdtempSync(join(tmpdir(), 'ciliate-tc-test-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'policy.yaml'), POLICY);
+  const imported = await cli(node, 'policy', 'import', join(dir, 'policy.yaml'));
+  assert.equal(imported.code, 0, imported.stderr);
+  assert.equal((await cli(node, 'policy', 'wait', /revision: (\d+)/.exec(imported.stdout)![1])).code, 0);
+  await waitForBackends([node], { [`${vip}:80/TCP`]: 1 });
+
+  const allowed = await ask(empire.netns, 'tcp', vip, 80, 3);
+  assert.deepEqual(allowed, { names: ['web', 'web', 'web'], peer: vip }, 'org=empire: its egress allows app=web, the backend\'s ingress allows it');
+  assert.equal((await ask(alliance.netns, 'tcp', vip, 80)).error, 'timeout', 'org=alliance: dropped by the backend\'s ingress policy');
+  const flows = (await cli(node, 'observe', '--last', '200', '--verdict', 'DROPPED', '-o', 'json')).stdout
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => JSON.parse(line) as { flow?: { drop_reason_desc?: string; IP?: { source?: string; destination?: string } } });
+  const denied = flows.find((f) => f.flow?.drop_reason_desc === 'POLICY_DENIED' && f.flow.IP?.source === alliance.endpoint.ipv4);
+  assert.equal(denied?.flow?.IP?.destination, web.endpoint.ipv4, `the policy drop names the backend, not the ClusterIP: ${JSON.stringify(flows.slice(-3))}`);
 });

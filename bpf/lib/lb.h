@@ -36,6 +36,7 @@ struct lb4_key {
 #define SVC_F_EXTERNAL_IP 0x02
 #define SVC_F_LOADBALANCER 0x04
 #define SVC_F_AFFINITY 0x08	/* ClientIP session affinity: slot 0's backend_id is the timeout in seconds */
+#define SVC_F_EXT_LOCAL 0x10	/* externalTrafficPolicy Local: clients from outside get this node's backends only */
 
 struct lb4_service {
 	__u32 backend_id;	/* slot > 0: the backend; slot 0: the affinity timeout (SVC_F_AFFINITY) or 0 */

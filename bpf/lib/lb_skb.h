@@ -127,6 +127,44 @@ static __always_inline __u32 lb4_tuple_hash(const struct ipv4_ct_tuple *t)
 	return h ^ (h >> 13);
 }
 
+/* Slots an externalTrafficPolicy Local frontend looks through for a backend of this node. */
+#define LB4_LOCAL_SCAN 64
+
+/*
+ * A backend of this node (a local endpoint) that takes new connections, among the first
+ * LB4_LOCAL_SCAN slots from one the hash picks: externalTrafficPolicy Local. 0 when none.
+ */
+static __always_inline __u32 lb4_select_local_backend_id(const struct lb4_service *svc, __be32 slots_addr, __be16 dport,
+							 __u8 proto, __u32 hash)
+{
+	struct lb4_key key = { .address = slots_addr, .dport = dport, .proto = proto };
+	__u32 count = svc->count;
+
+	if (count == 0)
+		return 0;
+	for (__u32 i = 0; i < LB4_LOCAL_SCAN && i < count; i++) {
+		struct lb4_service *slot;
+		struct lb4_backend *backend;
+		struct endpoint_info *ep;
+		struct endpoint_key ep_key;
+		__u32 id;
+
+		key.backend_slot = (hash + i) % count + 1;
+		slot = bpf_map_lookup_elem(&ciliate_lb4_services, &key);
+		if (!slot)
+			continue;
+		id = slot->backend_id;
+		backend = bpf_map_lookup_elem(&ciliate_lb4_backends, &id);
+		if (!backend || (backend->flags & BE_F_TERMINATING))
+			continue;
+		ep_key.ip = backend->address;
+		ep = bpf_map_lookup_elem(&ciliate_lxc, &ep_key);
+		if (ep && !(ep->flags & ENDPOINT_F_HOST))
+			return id;
+	}
+	return 0;
+}
+
 /*
  * The backend of the connection whose frontend tuple is `tuple` (CT_SERVICE): the one its
  * conntrack entry remembers while that backend exists (a terminating one keeps its established
@@ -137,7 +175,7 @@ static __always_inline __u32 lb4_tuple_hash(const struct ipv4_ct_tuple *t)
  */
 static __always_inline struct lb4_backend *lb4_conn_backend(struct __sk_buff *skb, struct ciliate_notify_info *info,
 							    const struct ipv4_ct_tuple *tuple, const struct lb4_service *svc,
-							    __be32 slots_addr, int *ret)
+							    __be32 slots_addr, bool local_only, int *ret)
 {
 	struct lb4_backend *backend = NULL;
 	struct ct_entry *entry;
@@ -160,16 +198,20 @@ static __always_inline struct lb4_backend *lb4_conn_backend(struct __sk_buff *sk
 	}
 
 	backend_id = 0;
-	if (svc->flags & SVC_F_AFFINITY)
+	/* Local: the first backend of this node from a slot the tuple picks (neither affinity nor
+	 * Maglev's table, which span every node's backends). */
+	if (local_only)
+		backend_id = lb4_select_local_backend_id(svc, slots_addr, tuple->dport, tuple->nexthdr, lb4_tuple_hash(tuple));
+	else if (svc->flags & SVC_F_AFFINITY)
 		backend_id = lb4_affinity_backend_id(svc, LB4_AFFINITY_CLIENT_ADDR | tuple->saddr, now);
-	if (!backend_id)
+	if (!backend_id && !local_only)
 		backend_id = lb4_select_backend_id(svc, slots_addr, tuple->dport, tuple->nexthdr, lb4_tuple_hash(tuple));
 	backend = backend_id ? bpf_map_lookup_elem(&ciliate_lb4_backends, &backend_id) : NULL;
 	if (!backend || (backend->flags & BE_F_TERMINATING)) {
 		*ret = DROP(skb, info, DROP_NO_SERVICE);
 		return NULL;
 	}
-	if (svc->flags & SVC_F_AFFINITY)
+	if ((svc->flags & SVC_F_AFFINITY) && !local_only)
 		lb4_affinity_update(svc, LB4_AFFINITY_CLIENT_ADDR | tuple->saddr, now, backend_id);
 
 	struct ct_entry fresh = {
@@ -207,7 +249,7 @@ static __always_inline int lb4_xlate_from_pod(struct __sk_buff *skb, struct cili
 	svc = lb4_lookup_service(tuple.daddr, tuple.dport, tuple.nexthdr);
 	if (!svc)
 		return 0;
-	backend = lb4_conn_backend(skb, info, &tuple, svc, tuple.daddr, &ret);
+	backend = lb4_conn_backend(skb, info, &tuple, svc, tuple.daddr, false, &ret);
 	if (!backend)
 		return ret;
 	info->rev_nat_index = svc->rev_nat_index;

@@ -28,7 +28,7 @@ export const LB_MAGLEV_LUT_SIZE = 16381;
 export const LbSelection = { RANDOM: 1, MAGLEV: 2 } as const;
 
 /** lb4_service.flags (C SVC_F_*). */
-export const ServiceFlag = { NODEPORT: 0x01, EXTERNAL_IP: 0x02, LOADBALANCER: 0x04, AFFINITY: 0x08 } as const;
+export const ServiceFlag = { NODEPORT: 0x01, EXTERNAL_IP: 0x02, LOADBALANCER: 0x04, AFFINITY: 0x08, EXT_LOCAL: 0x10 } as const;
 
 /** lb4_backend.flags (C BE_F_*). */
 export const BackendFlag = { TERMINATING: 0x01 } as const;
