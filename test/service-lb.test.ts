@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Link } from '../src/ebpf/index.ts';
 import { testCgroup } from '../src/ebpf/internal/testutils.ts';
-import { TestNode, cli, inNs, sleep, spawnInNs } from './support/cluster.ts';
+import { TestNode, WEB_FROM_EMPIRE_POLICY, cli, inNs, sleep, spawnInNs } from './support/cluster.ts';
 
 /** Answers each TCP connection with its name (then echoes) and each datagram with its name. */
 const SERVER = `
@@ -177,23 +177,6 @@ test('a service with no backends refuses connections, counted as SERVICE_BACKEND
   assert.ok((refused?.value.packets ?? 0) >= 3, `three refusals counted: ${JSON.stringify(refused)}`);
 });
 
-const POLICY = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: web-from-empire
-spec:
-  endpointSelector:
-    matchLabels:
-      app: web
-  ingress:
-    - fromEndpoints:
-        - matchLabels:
-            org: empire
-      toPorts:
-        - ports:
-            - port: "7000"
-              protocol: TCP
-`;
 
 test('the backend\'s ingress policy decides connections through the service', async (t) => {
   const node = await TestNode.start(t, { nodeName: 'lb4' });
@@ -204,7 +187,7 @@ test('the backend\'s ingress policy decides connections through the service', as
   const vip = await addService(node, 'web', '--selector', 'app=web', '--port', '80:7000');
   const dir = mkdtempSync(join(tmpdir(), 'ciliate-lb-test-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  writeFileSync(join(dir, 'policy.yaml'), POLICY);
+  writeFileSync(join(dir, 'policy.yaml'), WEB_FROM_EMPIRE_POLICY);
   const imported = await ok(node, 'policy', 'import', join(dir, 'policy.yaml'));
   await ok(node, 'policy', 'wait', /revision: (\d+)/.exec(imported)![1]);
 

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { TestNode, Underlay, cli, inNs, sleep, spawnInNs } from './support/cluster.ts';
+import { TestNode, Underlay, WEB_FROM_EMPIRE_POLICY, cli, inNs, sleep, spawnInNs } from './support/cluster.ts';
 import type { LbEntry } from '../src/loadbalancer/index.ts';
 
 /** TCP and UDP: answers each message with the server's name. */
@@ -138,23 +138,7 @@ test('pods outside the socket-LB cgroup reach ClusterIP services through TC: bot
 });
 
 /** The backend accepts org=empire only; org=empire may send only to app=web (so not to the "world" a ClusterIP would be). */
-const POLICY = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: web-from-empire
-spec:
-  endpointSelector:
-    matchLabels:
-      app: web
-  ingress:
-    - fromEndpoints:
-        - matchLabels:
-            org: empire
-      toPorts:
-        - ports:
-            - port: "7000"
-              protocol: TCP
----
+const POLICY = `${WEB_FROM_EMPIRE_POLICY}---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata:

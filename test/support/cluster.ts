@@ -420,3 +420,22 @@ export async function starWars(t: TestContext, node: TestNode) {
   if (waited.code !== 0) throw new Error(`rule1 (revision ${revision}) not enforced: ${waited.stderr}`);
   return { deathstar, tiefighter, xwing, revision, landing: `http://${deathstar.endpoint.ipv4}/v1/request-landing` };
 }
+
+/** A CiliumNetworkPolicy: pods app=web accept org=empire on TCP 7000 and nobody else. */
+export const WEB_FROM_EMPIRE_POLICY = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: web-from-empire
+spec:
+  endpointSelector:
+    matchLabels:
+      app: web
+  ingress:
+    - fromEndpoints:
+        - matchLabels:
+            org: empire
+      toPorts:
+        - ports:
+            - port: "7000"
+              protocol: TCP
+`;
