@@ -16,6 +16,8 @@
  *   cil_to_netdev    TCX egress: a local backend's reply to an outside client leaves as from the
  *                    frontend.
  *
+ * DSR_MODE: a backend on another node (tunnel mode) gets the request unSNATed, the frontend in an
+ * IPv4 option (lb_skb.h dsr_add_opt4), and answers the client directly from its node.
  * externalTrafficPolicy Local (SVC_F_EXT_LOCAL): only backends of this node, so the client keeps
  * its address; none is DROP_NO_SERVICE. ClusterIPs are not reachable from outside. The node's own address (NODE_IPV4, set at load) is
  * the SNAT address, and the ipcache says which addresses are the node's (NodePort).
@@ -36,6 +38,8 @@
 
 /* The node's address, network order: set by the loader (src/loadbalancer/host.ts). */
 volatile const __be32 NODE_IPV4 = 0;
+/* 1: DSR mode (the backend answers the client directly, which it sees), 0: SNAT mode. */
+volatile const __u32 DSR_MODE = 0;
 
 /* Attempts at a free SNAT port before the connection is refused. */
 #define SNAT_PORT_TRIES 8
@@ -173,9 +177,32 @@ static __always_inline int from_netdev(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	}
 
-	/* A backend on another node: from this node's address. */
 	remote = ipcache_lookup4(backend->address);
 	info.dst_identity = remote ? remote->sec_identity : IDENTITY_WORLD;
+	if (DSR_MODE && remote && (remote->flags & IPCACHE_F_HAS_TUNNEL_EP)) {
+		void *d, *de;
+		__u8 *tcp_flags;
+
+		/* DSR: the client's own address goes on; the frontend rides along on the request. */
+		ret = lb4_rewrite(skb, l4_off, tuple.nexthdr, true, tuple.daddr, backend->address, tuple.dport, backend->port);
+		if (ret) {
+			info.ext_error = ret;
+			return DROP(skb, &info, DROP_INVALID_PACKET);
+		}
+		d = ctx_data(skb);
+		de = ctx_data_end(skb);
+		tcp_flags = pkt_header(d, de, l4_off + 13, 1);
+		if (tuple.nexthdr == IPPROTO_UDP || (tcp_flags && (*tcp_flags & TCP_FLAG_SYN))) {
+			ret = dsr_add_opt4(skb, tuple.daddr, tuple.dport);
+			if (ret) {
+				info.ext_error = ret;
+				return DROP(skb, &info, DROP_INVALID_PACKET);
+			}
+		}
+		return encap_and_redirect4(skb, &info, remote->tunnel_endpoint, IDENTITY_WORLD);
+	}
+
+	/* SNAT: a backend on another node gets it from this node's address. */
 	{
 		struct ipv4_ct_tuple fwd_key = fwd;
 		struct lb4_nat *nat = bpf_map_lookup_elem(&ciliate_lb4_nat, &fwd_key);

@@ -206,6 +206,14 @@ static __always_inline int from_container(struct __sk_buff *skb)
 		if (cfg && native_routed4(cfg, tuple.daddr))
 			return fib_redirect4(skb, &info);
 	}
+	/* A reply to a client outside the cluster that came in through a frontend (DSR, NodePort). */
+	if (!ep && (info.flags & CILIATE_EVENT_F_REPLY) && info.dst_identity == IDENTITY_WORLD) {
+		bool done;
+
+		ret = lb4_rev_dsr(skb, &info, &done);
+		if (done || ret)
+			return ret;
+	}
 	/* Anything else the stack routes: the node, the world, and in native mode other nodes' pods. */
 	send_trace_notify(skb, &info, TRACE_TO_STACK);
 	return TC_ACT_OK;

@@ -77,6 +77,8 @@ int cil_from_overlay(struct __sk_buff *skb)
 			if (done || ret)
 				return ret;
 		}
+		/* A request another node sent here in DSR mode: remember its frontend. */
+		dsr_learn4(skb);
 		data = ctx_data(skb);
 		data_end = ctx_data_end(skb);
 		ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));

@@ -8,7 +8,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { TestNode, Underlay, addNetns, cli, inNs, sleep, spawnInNs } from './support/cluster.ts';
-import type { LbEntry } from '../src/loadbalancer/index.ts';
+import { join } from 'node:path';
+import { BpfMap } from '../src/ebpf/index.ts';
+import { ctTuple } from '../src/datapath/index.ts';
+import { LbMapName, lb4Nat, NatKind, type LbEntry } from '../src/loadbalancer/index.ts';
 
 const SERVER = `
 const [name, port] = process.argv.slice(1);
@@ -82,4 +85,35 @@ test('a client outside the cluster reaches a NodePort on either node and a LoadB
   assert.equal(await ask(outside, '192.168.100.1', 30082), 'timeout', 'Local with no backend on the node: dropped');
   const metrics = JSON.parse((await cli(n1, 'bpf', 'metrics', 'list', '-o', 'json')).stdout) as { key: { reason: number }; value: { packets: number } }[];
   assert.ok((metrics.find((m) => m.key.reason === 158)?.value.packets ?? 0) > 0, 'counted as SERVICE_BACKEND_NOT_FOUND (158)');
+});
+
+test('DSR: a backend on another node sees the client and answers it directly, as from the NodePort', async (t) => {
+  const underlay = await Underlay.create(t);
+  const etcd = await underlay.startEtcd(t);
+  const extraArgs = ['--lb-mode', 'dsr'];
+  const n1 = await TestNode.start(t, { nodeName: 'n1', nodeIp: '192.168.100.1', underlay, etcd, extraArgs });
+  const n2 = await TestNode.start(t, { nodeName: 'n2', nodeIp: '192.168.100.2', underlay, etcd, extraArgs });
+  const outside = await addNetns(t, 'cto');
+  await underlay.attach(outside, '192.168.100.50');
+  const pod = await n2.addPod(t, 'web-n2', { app: 'web' });
+  const server = spawnInNs(pod.netns, process.execPath, ['-e', SERVER, 'web-n2', '7000']);
+  t.after(() => void server.kill('SIGKILL'));
+  await new Promise((resolve) => server.stdout?.once('data', resolve));
+  const added = await cli(n1, 'service', 'add', 'web', '--type', 'NodePort', '--selector', 'app=web', '--port', '80:7000:30080');
+  assert.equal(added.code, 0, added.stderr);
+  for (const deadline = Date.now() + 15_000; ; await sleep(200)) {
+    const entries = JSON.parse((await cli(n1, 'bpf', 'lb', 'list', '-o', 'json')).stdout) as LbEntry[];
+    if (entries.length === 2 && entries.every((e) => e.backends.length === 1)) break;
+    assert.ok(Date.now() < deadline, `the service on n1: ${JSON.stringify(entries)}`);
+  }
+  for (let k = 0; k < 3; k++) assert.equal(await ask(outside, '192.168.100.1', 30080), 'web-n2 192.168.100.50', `connection ${k}: the backend on n2 sees the client`);
+  // n1 translated no address back (no SNAT); n2 learnt the frontend its replies came from.
+  const nat = (node: TestNode) => {
+    using map = BpfMap.openPinned(join(node.bpfRoot, 'maps', LbMapName.NAT), ctTuple, lb4Nat);
+    return [...map.entries()].map(([key, value]) => ({ kind: key.flags, frontend: `${value.frontend_addr}:${value.frontend_port}` }));
+  };
+  assert.deepEqual(nat(n1).filter((e) => e.kind === NatKind.REV_DST), [], 'n1 SNATed nothing');
+  const learnt = nat(n2).filter((e) => e.kind === NatKind.REV_SRC);
+  assert.equal(learnt.length, 3, 'n2 learnt each connection\'s frontend');
+  assert.ok(learnt.every((e) => e.frontend === '192.168.100.1:30080'), JSON.stringify(learnt));
 });

@@ -331,3 +331,121 @@ static __always_inline int lb4_rev_snat(struct __sk_buff *skb, struct ciliate_no
 	return fib_redirect4(skb, info);
 }
 
+
+/*
+ * DSR (direct server return), after Cilium's dsr-dispatch=opt: the node a client reached passes
+ * the frontend to the backend's node in an IPv4 option of the request (TCP: the SYN; UDP: every
+ * datagram), and that node's datapath remembers it (NAT_REV_SRC), so the backend's replies leave
+ * its own node as from the frontend, straight to the client, whose address the backend sees.
+ */
+#define DSR_IPV4_OPT_TYPE 0x9a	/* copied on fragmentation, class 0, number 26: Cilium's */
+#define DSR_IPV4_OPT_LEN 8
+
+struct dsr_opt4 {
+	__u8 type;
+	__u8 len;
+	__be16 port;
+	__be32 addr;
+};
+
+/* Adds the DSR option carrying `addr`:`port` to a packet with a bare 20-byte IPv4 header (others
+ * are left alone: 0). Invalidates packet pointers. Returns 0 or a negative errno. */
+static __always_inline int dsr_add_opt4(struct __sk_buff *skb, __be32 addr, __be16 port)
+{
+	void *data = ctx_data(skb);
+	void *data_end = ctx_data_end(skb);
+	struct iphdr *ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
+	struct dsr_opt4 opt = { .type = DSR_IPV4_OPT_TYPE, .len = DSR_IPV4_OPT_LEN, .port = port, .addr = addr };
+	__be16 old_word, new_word, old_len, new_len;
+	__s64 diff;
+	int err;
+
+	if (!ip || ip->ihl != 5)
+		return 0;
+	old_word = *(__be16 *)ip;	/* version and ihl, tos */
+	old_len = ip->tot_len;
+	new_len = bpf_htons(bpf_ntohs(old_len) + DSR_IPV4_OPT_LEN);
+	err = bpf_skb_adjust_room(skb, DSR_IPV4_OPT_LEN, BPF_ADJ_ROOM_NET, 0);
+	if (err)
+		return err;
+	err = bpf_skb_store_bytes(skb, ETH_HLEN + sizeof(struct iphdr), &opt, sizeof(opt), 0);
+	if (err)
+		return err;
+	data = ctx_data(skb);
+	data_end = ctx_data_end(skb);
+	ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
+	if (!ip)
+		return -1;
+	ip->ihl = 5 + DSR_IPV4_OPT_LEN / 4;
+	ip->tot_len = new_len;
+	new_word = *(__be16 *)ip;
+	/* The checksum: the changed words, and the option's, as a sum of differences. */
+	diff = bpf_csum_diff(0, 0, (__be32 *)&opt, sizeof(opt), 0);
+	if (diff < 0)
+		return diff;
+	err = bpf_l3_csum_replace(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, check), 0, diff, 0);
+	if (!err)
+		err = bpf_l3_csum_replace(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, check), old_word, new_word, 2);
+	if (!err)
+		err = bpf_l3_csum_replace(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, check), old_len, new_len, 2);
+	return err;
+}
+
+/* On the backend's node: a request carrying the DSR option names the frontend its replies must
+ * come from; remembered for them (NAT_REV_SRC, read by lb4_rev_dsr). */
+static __always_inline void dsr_learn4(struct __sk_buff *skb)
+{
+	struct ipv4_ct_tuple tuple;
+	struct dsr_opt4 opt;
+	struct iphdr *ip;
+	__u32 l4_off;
+
+	if (lb4_frontend_tuple(skb, &tuple, &l4_off) < 0)
+		return;
+	ip = pkt_header(ctx_data(skb), ctx_data_end(skb), ETH_HLEN, sizeof(*ip));
+	if (!ip || ip->ihl != 5 + DSR_IPV4_OPT_LEN / 4)
+		return;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(*ip), &opt, sizeof(opt)) < 0 || opt.type != DSR_IPV4_OPT_TYPE ||
+	    opt.len != DSR_IPV4_OPT_LEN)
+		return;
+	struct ipv4_ct_tuple rev = {
+		.daddr = tuple.saddr,
+		.saddr = tuple.daddr,
+		.dport = tuple.sport,
+		.sport = tuple.dport,
+		.nexthdr = tuple.nexthdr,
+		.flags = NAT_REV_SRC,
+	};
+	struct lb4_nat back = { .frontend_addr = opt.addr, .frontend_port = opt.port };
+
+	bpf_map_update_elem(&ciliate_lb4_nat, &rev, &back, BPF_ANY);
+}
+
+/*
+ * A pod's reply to a client outside the cluster whose request came to a frontend (DSR, or a
+ * NodePort of this node): from the frontend, forwarded straight out of the device the FIB names,
+ * past the stack (whose masquerading never saw the request, and would hide the frontend).
+ * *done says whether it was one; then the return value is the verdict.
+ */
+static __always_inline int lb4_rev_dsr(struct __sk_buff *skb, struct ciliate_notify_info *info, bool *done)
+{
+	struct ipv4_ct_tuple tuple;
+	struct lb4_nat *nat;
+	__u32 l4_off;
+	int err;
+
+	*done = false;
+	if (lb4_frontend_tuple(skb, &tuple, &l4_off) < 0)
+		return 0;
+	tuple.flags = NAT_REV_SRC;
+	nat = bpf_map_lookup_elem(&ciliate_lb4_nat, &tuple);
+	if (!nat)
+		return 0;
+	*done = true;
+	err = lb4_rewrite(skb, l4_off, tuple.nexthdr, false, tuple.saddr, nat->frontend_addr, tuple.sport, nat->frontend_port);
+	if (err) {
+		info->ext_error = err;
+		return DROP(skb, info, DROP_INVALID_PACKET);
+	}
+	return fib_redirect4(skb, info);
+}

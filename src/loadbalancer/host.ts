@@ -50,6 +50,11 @@ export interface HostDatapathOptions {
   bpfRoot: string;
   /** The node's address: the SNAT address of connections to backends on other nodes. */
   nodeIp: string;
+  /**
+   * Cilium's --bpf-lb-mode: 'snat' (a backend on another node sees this node and answers through
+   * it) or 'dsr' (it sees the client and answers it directly; tunnel mode).
+   */
+  mode?: 'snat' | 'dsr';
   /** Defaults to HOST_OBJECT_PATH. */
   objectPath?: string;
 }
@@ -65,7 +70,7 @@ export class HostDatapath {
     mkdirSync(pinDir, { recursive: true });
     this.#linksDir = join(options.bpfRoot, 'links', 'host');
     this.#obj = BpfObject.load(options.objectPath ?? HOST_OBJECT_PATH, {
-      constants: { NODE_IPV4: Buffer.from(Addr.parse(options.nodeIp).toBytes()).readUInt32LE(0) },
+      constants: { NODE_IPV4: Buffer.from(Addr.parse(options.nodeIp).toBytes()).readUInt32LE(0), DSR_MODE: options.mode === 'dsr' ? 1 : 0 },
       pin: { dir: pinDir, maps: SHARED_MAPS },
     });
   }

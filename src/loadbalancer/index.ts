@@ -66,4 +66,7 @@ export {
   type Lb4ReverseNat,
   type Lb4Service,
   type LbMaps,
+  lb4Nat,
+  NatKind,
+  type Lb4Nat,
 } from './maps.ts';

@@ -86,6 +86,11 @@ export const servicesConfig = {
     .regex(/^[\w.@:-]*(,[\w.@:-]+)*$/, 'must be interface names separated by commas')
     .default('')
     .describe("external devices for NodePort/LoadBalancer/externalIP traffic from outside (comma-separated; empty: the device holding the node address; 'none': off)"),
+  /** Cilium's --bpf-lb-mode. */
+  lbMode: z
+    .enum(['snat', 'dsr'])
+    .default('snat')
+    .describe('north-south: snat (a backend on another node answers through the node the client reached) or dsr (it answers the client directly and sees its address; tunnel mode)'),
   /** Cilium's --bpf-lb-maglev-hash-seed: every node must have the same. */
   maglevHashSeed: z
     .string()
@@ -179,7 +184,7 @@ export const servicesModule = defineModule({
     let host: HostDatapath | undefined;
     let devices: string[] = [];
     try {
-      host = new HostDatapath({ bpfRoot: config.bpfRoot, nodeIp: node.record.nodeIp });
+      host = new HostDatapath({ bpfRoot: config.bpfRoot, nodeIp: node.record.nodeIp, mode: config.lbMode });
       if (config.devices === 'none') host.detach();
       else {
         devices = resolveDevices(config.devices, node.record.nodeIp);
@@ -228,7 +233,7 @@ export const servicesModule = defineModule({
         host?.close();
         await datapath.stop();
       },
-      status: () => ({ services: { services: services.services.size, frontends: services.frontends.size, algorithm: config.lbAlgorithm, socketLbCgroup: config.socketLbCgroup || 'off', devices: devices.length > 0 ? devices : 'off' } }),
+      status: () => ({ services: { services: services.services.size, frontends: services.frontends.size, algorithm: config.lbAlgorithm, socketLbCgroup: config.socketLbCgroup || 'off', devices: devices.length > 0 ? devices : 'off', lbMode: config.lbMode } }),
       reconcilers: () => [datapath.health()],
     };
   },
