@@ -77,8 +77,11 @@ int cil_from_overlay(struct __sk_buff *skb)
 			if (done || ret)
 				return ret;
 		}
-		/* A request another node sent here in DSR mode: remember its frontend. */
-		dsr_learn4(skb);
+		/* A request another node's bpf_host sent here in DSR mode: remember its frontend. Only
+		 * from outside the cluster (WORLD in the VNI, as bpf_host sends it): a pod's packet
+		 * carries its own identity, and an option it wrote is nobody's frontend. */
+		if (info.src_identity == IDENTITY_WORLD)
+			dsr_learn4(skb);
 		data = ctx_data(skb);
 		data_end = ctx_data_end(skb);
 		ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));

@@ -116,4 +116,11 @@ test('DSR: a backend on another node sees the client and answers it directly, as
   const learnt = nat(n2).filter((e) => e.kind === NatKind.REV_SRC);
   assert.equal(learnt.length, 3, 'n2 learnt each connection\'s frontend');
   assert.ok(learnt.every((e) => e.frontend === '192.168.100.1:30080'), JSON.stringify(learnt));
+
+  // A pod is no bpf_host: a DSR option it writes itself (root in its namespace may) names no frontend.
+  const rogue = await n1.addPod(t, 'rogue', { app: 'rogue' });
+  const send = `import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([0x9a, 8, 0, 53, 6, 6, 6, 6])); [s.sendto(b'x', ('${pod.endpoint.ipv4}', 7000)) for _ in range(3)]`;
+  await inNs(rogue.netns, 'python3', ['-c', send]);
+  await sleep(300);
+  assert.deepEqual(nat(n2).filter((e) => e.frontend.startsWith('6.6.6.6')), [], 'an option from a pod is not learnt');
 });

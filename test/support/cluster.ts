@@ -197,7 +197,10 @@ export class Underlay {
 
   static async create(t: TestContext): Promise<Underlay> {
     const netns = await addNetns(t, 'ctu');
-    await inNs(netns, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
+    // A fixed address: a bridge left to itself takes the lowest of its ports' addresses, so a
+    // port added later (a node, a client) could change it under the nodes' ARP entries for
+    // etcd on br0, which then goes unanswered until they expire.
+    await inNs(netns, 'ip', ['link', 'add', 'br0', 'address', '02:00:00:00:00:fe', 'type', 'bridge']);
     await inNs(netns, 'ip', ['link', 'set', 'br0', 'up']);
     return new Underlay(netns);
   }
