@@ -40,6 +40,7 @@
 #include "encap.h"
 #include "fib.h"
 #include "policy_enforce.h"
+#include "lb_skb.h"
 
 /* The local endpoint `addr` belongs to, if this interface serves it; NULL for an address of no
  * endpoint, of the node, or of an endpoint behind another interface. */
@@ -143,7 +144,16 @@ static __always_inline int from_container(struct __sk_buff *skb)
 	info.endpoint_id = self_id;
 	info.src_identity = self_identity;
 
+	/* A service frontend becomes its backend before anything else looks at the destination:
+	 * conntrack, policy and the route all see the backend (Cilium's LB before policy). */
+	ret = lb4_xlate_from_pod(skb, &info);
+	if (ret)
+		return ret;
 	ret = ipv4_parse_and_lookup(skb, &info, CT_EGRESS, &tuple, &tcp_flags);
+	if (ret)
+		return ret;
+	/* A backend's reply to a translated connection leaves it as from the frontend. */
+	ret = lb4_rev_nat(skb, &info);
 	if (ret)
 		return ret;
 
@@ -184,10 +194,25 @@ static __always_inline int from_container(struct __sk_buff *skb)
 		/* A pod of another node in tunnel mode: encapsulate towards that node. */
 		if (remote && (remote->flags & IPCACHE_F_HAS_TUNNEL_EP))
 			return encap_and_redirect4(skb, &info, remote->tunnel_endpoint, self_identity);
-		/* Native mode, inside the native routing CIDR: forward past the node's stack. */
+		/* A reply to another node's own address (a connection its bpf_host SNATed to this pod)
+		 * goes back through the tunnel, as Cilium's: through the stack it would be masqueraded
+		 * (the stack never saw the request, which came through the tunnel) and that node could
+		 * not turn it back to the client. */
 		cfg = node_config();
+		if (remote && remote->sec_identity == IDENTITY_REMOTE_NODE && (info.flags & CILIATE_EVENT_F_REPLY) &&
+		    cfg && cfg->routing_mode == ROUTING_MODE_TUNNEL)
+			return encap_and_redirect4(skb, &info, tuple.daddr, self_identity);
+		/* Native mode, inside the native routing CIDR: forward past the node's stack. */
 		if (cfg && native_routed4(cfg, tuple.daddr))
 			return fib_redirect4(skb, &info);
+	}
+	/* A reply to a client outside the cluster that came in through a frontend (DSR, NodePort). */
+	if (!ep && (info.flags & CILIATE_EVENT_F_REPLY) && info.dst_identity == IDENTITY_WORLD) {
+		bool done;
+
+		ret = lb4_rev_dsr(skb, &info, &done);
+		if (done || ret)
+			return ret;
 	}
 	/* Anything else the stack routes: the node, the world, and in native mode other nodes' pods. */
 	send_trace_notify(skb, &info, TRACE_TO_STACK);
@@ -238,6 +263,9 @@ static __always_inline int to_container(struct __sk_buff *skb)
 	src_identity = ipcache_identity(ip->saddr);
 	info.src_identity = src_identity;
 	ret = ipv4_parse_and_lookup(skb, &info, CT_INGRESS, &tuple, &tcp_flags);
+	if (ret)
+		return ret;
+	ret = lb4_rev_nat(skb, &info);
 	if (ret)
 		return ret;
 	ret = policy_enforce4(skb, &info, self_id, CILIATE_POLICY_INGRESS, &tuple);

@@ -27,6 +27,7 @@
 #include "l3.h"
 #include "encap.h"
 #include "policy_enforce.h"
+#include "lb_skb.h"
 
 SEC("tc")
 int cil_from_overlay(struct __sk_buff *skb)
@@ -65,6 +66,29 @@ int cil_from_overlay(struct __sk_buff *skb)
 		return DROP(skb, &info, DROP_NO_TUNNEL_ENDPOINT);
 	info.src_identity = key.tunnel_id ? key.tunnel_id : ipcache_identity(ip->saddr);
 
+	/* A backend's reply to a connection from outside this node's bpf_host SNATed to it. */
+	{
+		struct ipv4_ct_tuple nat_tuple;
+		__u32 l4_off;
+		bool done;
+
+		if (lb4_frontend_tuple(skb, &nat_tuple, &l4_off) == 0) {
+			ret = lb4_rev_snat(skb, &info, &nat_tuple, l4_off, &done);
+			if (done || ret)
+				return ret;
+		}
+		/* A request another node's bpf_host sent here in DSR mode: remember its frontend. Only
+		 * from outside the cluster (WORLD in the VNI, as bpf_host sends it): a pod's packet
+		 * carries its own identity, and an option it wrote is nobody's frontend. */
+		if (info.src_identity == IDENTITY_WORLD)
+			dsr_learn4(skb);
+		data = ctx_data(skb);
+		data_end = ctx_data_end(skb);
+		ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
+		if (!ip)
+			return DROP(skb, &info, DROP_INVALID_PACKET);
+	}
+
 	ep_key.ip = ip->daddr;
 	ep = bpf_map_lookup_elem(&ciliate_lxc, &ep_key);
 	if (!ep || (ep->flags & ENDPOINT_F_HOST)) {
@@ -84,6 +108,10 @@ int cil_from_overlay(struct __sk_buff *skb)
 	if (ret)
 		return ret;
 	send_trace_notify(skb, &info, TRACE_FROM_OVERLAY);
+	/* A reply from a backend on that node to a connection this node translated. */
+	ret = lb4_rev_nat(skb, &info);
+	if (ret)
+		return ret;
 	ret = policy_enforce4(skb, &info, ep->lxc_id, CILIATE_POLICY_INGRESS, &tuple);
 	if (ret)
 		return ret;

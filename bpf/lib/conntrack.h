@@ -187,17 +187,19 @@ static __always_inline bool ct_update(struct ct_entry *entry, const struct ipv4_
  */
 static __always_inline enum ct_status ct_lookup4(void *map, const struct ipv4_ct_tuple *tuple, __u8 dir,
 						 __u8 tcp_flags, __u32 len, const struct ciliate_monitor_config *mon,
-						 bool *report)
+						 bool *report, __u16 *rev_nat_index)
 {
 	struct ipv4_ct_tuple key = *tuple;
 	struct ct_entry *entry;
 
 	*report = true;
+	*rev_nat_index = 0;
 	key.flags = dir;
 	key._pad = 0;
 	entry = bpf_map_lookup_elem(map, &key);
 	if (entry) {
 		*report = ct_update(entry, &key, false, tcp_flags, len, mon);
+		*rev_nat_index = entry->rev_nat_index;
 		return CT_ESTABLISHED;
 	}
 
@@ -212,15 +214,17 @@ static __always_inline enum ct_status ct_lookup4(void *map, const struct ipv4_ct
 	}
 	if (entry) {
 		*report = ct_update(entry, &key, true, tcp_flags, len, mon);
+		*rev_nat_index = entry->rev_nat_index;
 		return CT_REPLY;
 	}
 	return CT_NEW;
 }
 
-/* Creates the entry for a new connection. Returns 0, or the negative errno of the map update
- * (the caller drops with DROP_CT_MAP_INSERTION_FAILED). */
+/* Creates the entry for a new connection (`rev_nat_index`: the service it was translated from,
+ * 0 for none). Returns 0, or the negative errno of the map update (the caller drops with
+ * DROP_CT_MAP_INSERTION_FAILED). */
 static __always_inline int ct_create4(void *map, const struct ipv4_ct_tuple *tuple, __u8 dir, __u8 tcp_flags,
-				      __u32 len, __u32 src_sec_id)
+				      __u32 len, __u32 src_sec_id, __u16 rev_nat_index)
 {
 	struct ipv4_ct_tuple key = *tuple;
 	struct ct_entry entry = {
@@ -228,6 +232,7 @@ static __always_inline int ct_create4(void *map, const struct ipv4_ct_tuple *tup
 		.bytes = len,
 		.tx_flags_seen = tcp_flags,
 		.src_sec_id = src_sec_id,
+		.rev_nat_index = rev_nat_index,
 	};
 	__u32 now = ct_now();
 	long err;

@@ -121,6 +121,9 @@ struct ciliate_notify_info {
 	__u16 dst_id;
 	__u8 reason;
 	__u8 flags;
+	/* Conntrack's rev_nat_index of the packet's connection (ipv4_parse_and_lookup), or the one
+	 * a translated new connection is created with (lb_skb.h); 0: not a service connection. */
+	__u16 rev_nat_index;
 };
 
 struct {

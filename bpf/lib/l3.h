@@ -61,6 +61,7 @@ static __always_inline int ipv4_parse_and_lookup(struct __sk_buff *skb, struct c
 	struct iphdr *ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
 	struct ciliate_monitor_config mon;
 	__u32 hdrlen, tot_len;
+	__u16 rev_nat_index;
 	bool report;
 	int status;
 
@@ -85,7 +86,10 @@ static __always_inline int ipv4_parse_and_lookup(struct __sk_buff *skb, struct c
 		return DROP(skb, info, DROP_CT_INVALID_HDR);
 
 	mon = monitor_config();
-	status = ct_lookup4(&ciliate_ct4, tuple, dir, *tcp_flags, skb->len, &mon, &report);
+	status = ct_lookup4(&ciliate_ct4, tuple, dir, *tcp_flags, skb->len, &mon, &report, &rev_nat_index);
+	/* A new connection keeps what the service translation (lb_skb.h) set for its entry. */
+	if (status != CT_NEW)
+		info->rev_nat_index = rev_nat_index;
 	info->reason = status;
 	if (status == CT_REPLY)
 		info->flags |= CILIATE_EVENT_F_REPLY;
@@ -104,7 +108,7 @@ static __always_inline int ipv4_ct_commit(struct __sk_buff *skb, struct ciliate_
 
 	if (info->reason != CT_NEW)
 		return 0;
-	err = ct_create4(&ciliate_ct4, tuple, dir, tcp_flags, skb->len, src_identity);
+	err = ct_create4(&ciliate_ct4, tuple, dir, tcp_flags, skb->len, src_identity, info->rev_nat_index);
 	if (err < 0) {
 		info->ext_error = err;
 		return DROP(skb, info, DROP_CT_MAP_INSERTION_FAILED);

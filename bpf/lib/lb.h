@@ -10,6 +10,7 @@
 #pragma once
 
 #include "common.h"
+#include "maps.h"
 
 /* --- ciliate_lb4_services: frontend (vip, port, proto) and backend slot → service or backend ---
  *
@@ -35,6 +36,7 @@ struct lb4_key {
 #define SVC_F_EXTERNAL_IP 0x02
 #define SVC_F_LOADBALANCER 0x04
 #define SVC_F_AFFINITY 0x08	/* ClientIP session affinity: slot 0's backend_id is the timeout in seconds */
+#define SVC_F_EXT_LOCAL 0x10	/* externalTrafficPolicy Local: clients from outside get this node's backends only */
 
 struct lb4_service {
 	__u32 backend_id;	/* slot > 0: the backend; slot 0: the affinity timeout (SVC_F_AFFINITY) or 0 */
@@ -244,3 +246,32 @@ static __always_inline void lb4_affinity_update(const struct lb4_service *svc, _
 
 	bpf_map_update_elem(&ciliate_lb4_affinity, &key, &val, BPF_ANY);
 }
+
+/* --- ciliate_lb4_nat: north-south address translation by bpf_host (Cilium's SNAT map) ---
+ *
+ * Keyed by the tuple of a packet as it will be seen (ipv4_ct_tuple, flags NAT_*), the value says
+ * what to turn it into. For a connection from outside the cluster to a frontend:
+ *   NAT_FWD      (client → backend, after DNAT): the node address and port it leaves with (SNAT);
+ *   NAT_REV_DST  (backend → node address and SNAT port): the client to give it back to, and the
+ *                frontend it must come from;
+ *   NAT_REV_SRC  (backend → client, a local backend, no SNAT): the frontend it must come from.
+ * LRU: entries of connections gone age out.
+ */
+#define NAT_FWD 1
+#define NAT_REV_DST 2
+#define NAT_REV_SRC 3
+
+struct lb4_nat {
+	__be32 to_addr;		/* NAT_FWD: the node address; NAT_REV_DST: the client */
+	__be32 frontend_addr;	/* NAT_REV_*: the frontend address replies come from */
+	__be16 to_port;
+	__be16 frontend_port;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct ipv4_ct_tuple);
+	__type(value, struct lb4_nat);
+} ciliate_lb4_nat SEC(".maps");

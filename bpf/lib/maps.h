@@ -104,9 +104,13 @@ struct ipv4_ct_tuple {
 	__u16 _pad;
 };
 
-/* Tuple flags, as Cilium's TUPLE_F_OUT / TUPLE_F_IN. */
+/* Tuple flags, as Cilium's TUPLE_F_OUT / TUPLE_F_IN / TUPLE_F_SERVICE. A CT_SERVICE entry is a
+ * connection to a service frontend as the client sent it (daddr: the frontend), translated in TC
+ * (lb_skb.h): it remembers the backend the connection was given (backend_id, rev_nat_index), so
+ * every packet of the connection goes to the same backend. */
 #define CT_EGRESS 0
 #define CT_INGRESS 1
+#define CT_SERVICE 2
 
 /* struct ct_entry flags. */
 #define CT_F_SEEN_NON_SYN 0x01	/* the connection was first seen mid-stream */
@@ -124,10 +128,15 @@ struct ct_entry {
 	__u32 src_sec_id;	/* identity of the originator */
 	/* When each direction was last reported by a trace event (monitor aggregation, events.h):
 	 * seconds of ct_now() modulo 2^16. Wrapping costs at most one missed periodic report after an
-	 * idle of exactly a multiple of ~18 hours, and keeps the entry at 32 bytes, so the pinned map
-	 * of an older agent is still this map. */
+	 * idle of exactly a multiple of ~18 hours. */
 	__u16 last_tx_report;
 	__u16 last_rx_report;
+	/* Service translation in TC (lb_skb.h), as Cilium's ct_entry carries it. CT_SERVICE entries:
+	 * the backend chosen. Entries of the translated connection (the backend's tuple): the service
+	 * whose frontend replies must appear to come from (ciliate_lb4_reverse_nat), 0 for none. */
+	__u32 backend_id;
+	__u16 rev_nat_index;
+	__u16 _pad;
 };
 
 struct {

@@ -69,6 +69,7 @@ function formatService(service: ServiceView): string {
     ...(service.externalIPs.length ? [`externalIPs: ${service.externalIPs.join(', ')}`] : []),
     ...(service.loadBalancerIPs.length ? [`lbIPs:       ${service.loadBalancerIPs.join(', ')}`] : []),
     ...(service.sessionAffinity ? [`affinity:    ClientIP, ${service.sessionAffinity.timeoutSeconds} s`] : []),
+    ...(service.externalTrafficLocal ? ['external traffic: Local'] : []),
     '',
     formatTable(
       ['FRONTEND', 'KIND', 'BACKENDS'],
@@ -93,6 +94,7 @@ export function registerServiceCommands(program: Command): void {
     .option('--external-ip <ip>', 'an external IP the service also answers on (repeat for several)', collect)
     .option('--load-balancer-ip <ip>', 'a LoadBalancer IP (type LoadBalancer; repeat for several)', collect)
     .option('--session-affinity <affinity>', 'None, or ClientIP: a client keeps its backend')
+    .option('--external-traffic-policy <policy>', 'Cluster (default), or Local: clients from outside get the backends of the node they reached')
     .option('--session-affinity-timeout <seconds>', 'how long a ClientIP affinity lasts without connections (default 10800)', (v) => (/^\d+$/.test(v) ? Number(v) : v))
     .addOption(socketOption())
     .addOption(outputOption())
@@ -110,6 +112,7 @@ export function registerServiceCommands(program: Command): void {
           loadBalancerIp?: string[];
           sessionAffinity?: string;
           sessionAffinityTimeout?: number | string;
+          externalTrafficPolicy?: string;
           socket: string;
           output: OutputFormat;
         },
@@ -126,6 +129,7 @@ export function registerServiceCommands(program: Command): void {
           ...(options.loadBalancerIp ? { loadBalancerIPs: options.loadBalancerIp } : {}),
           ...(options.sessionAffinity ? { sessionAffinity: options.sessionAffinity } : {}),
           ...(options.sessionAffinityTimeout !== undefined ? { sessionAffinityConfig: { clientIP: { timeoutSeconds: options.sessionAffinityTimeout } } } : {}),
+          ...(options.externalTrafficPolicy ? { externalTrafficPolicy: options.externalTrafficPolicy } : {}),
         };
         const created = await new AgentClient(options.socket).call<ServiceView & { revision: number }>('POST', '/v1/services', body);
         printOutput(options.output, created, () => `${formatService(created)}\nrevision: ${created.revision}`);

@@ -20,7 +20,7 @@ test('map codecs match bpf/lib/maps.h', () => {
   }
   assert.equal(endpointInfo.size, 24);
   assert.equal(ctTuple.size, 16);
-  assert.equal(ctEntry.size, 32);
+  assert.equal(ctEntry.size, 40);
   assert.equal(metricsKey.size, 4);
   assert.equal(metricsValue.size, 16);
   assert.equal(monitorConfig.size, 4);

@@ -26,8 +26,25 @@ export const MapName = {
 } as const;
 export type MapName = (typeof MapName)[keyof typeof MapName];
 
-/** Every map the loads of bpf_lxc.o (and bpf_overlay.o) share through pins. */
-export const SHARED_MAPS: readonly MapName[] = Object.values(MapName);
+/**
+ * The service load-balancing maps (bpf/lib/lb.h): written by src/loadbalancer, read by the socket
+ * hooks and by the endpoint datapath's TC translation, so every object defines and shares them.
+ */
+export const LbMapName = {
+  SERVICES: 'ciliate_lb4_services',
+  BACKENDS: 'ciliate_lb4_backends',
+  REVERSE_NAT: 'ciliate_lb4_reverse_nat',
+  REVERSE_SK: 'ciliate_lb4_reverse_sk',
+  MAGLEV: 'ciliate_lb4_maglev',
+  AFFINITY: 'ciliate_lb4_affinity',
+  AFFINITY_MATCH: 'ciliate_lb_affinity_match',
+  /** North-south SNAT and reverse translation of bpf_host (tuple → lb4_nat). */
+  NAT: 'ciliate_lb4_nat',
+} as const;
+export type LbMapName = (typeof LbMapName)[keyof typeof LbMapName];
+
+/** Every map the loads of bpf_lxc.o, bpf_overlay.o and bpf_sock.o share through pins. */
+export const SHARED_MAPS: readonly (MapName | LbMapName)[] = [...Object.values(MapName), ...Object.values(LbMapName)];
 
 /** Reserved security identities (Cilium's numbering). */
 export const ReservedIdentity = { UNKNOWN: 0, HOST: 1, WORLD: 2, REMOTE_NODE: 6 } as const;
@@ -73,8 +90,9 @@ export type RemoteEndpointInfo = StructValue<(typeof remoteEndpointInfo)['fields
 
 // ciliate_ct4: connection tracking.
 
-/** ipv4_ct_tuple.flags: the kind of hook that created the entry. */
-export const CtDirection = { EGRESS: 0, INGRESS: 1 } as const;
+/** ipv4_ct_tuple.flags: the kind of hook that created the entry; SERVICE: a connection to a
+ * service frontend as the client sent it, translated in TC (its entry names the backend). */
+export const CtDirection = { EGRESS: 0, INGRESS: 1, SERVICE: 2 } as const;
 export type CtDirection = (typeof CtDirection)[keyof typeof CtDirection];
 
 /** Addresses and ports are those of the packet that opened the connection. */
@@ -107,6 +125,11 @@ export const ctEntry = struct('ct_entry', {
   /** When each direction was last reported by a trace (monitor aggregation): CLOCK_BOOTTIME seconds mod 2^16. */
   last_tx_report: u16,
   last_rx_report: u16,
+  /** CT_SERVICE entries: the backend the connection was given (TC service translation). */
+  backend_id: u32,
+  /** Entries of a translated connection: the service its replies are reverse-NATed to; 0: none. */
+  rev_nat_index: u16,
+  _pad: pad(2),
 });
 export type CtEntry = StructValue<(typeof ctEntry)['fields']>;
 

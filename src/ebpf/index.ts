@@ -25,6 +25,8 @@ export { attachCgroup, type CgroupOptions } from './link/cgroup.ts';
 export { inNetns, namedNetns } from './netns.ts';
 export { RingBuffer, type RingBufferOptions, type RingBufferStats, type RecordHandler, type StartOptions, type WakeupMode } from './ringbuf.ts';
 export { MapType, ProgramType, AttachType, LinkType, UpdateFlag, MapFlag } from './internal/constants.ts';
+/** if_nametoindex(3) in the caller's network namespace; throws ERR_NOT_FOUND-family errors for no such interface. */
+export { interfaceIndex } from './internal/sys.ts';
 export * from './features.ts';
 export { attachTracepoint, attachRawTracepoint, attachTracing, attachAuto, type TracepointOptions } from './link/tracing.ts';
 export { attachUprobe, type UprobeOptions } from './link/uprobe.ts';

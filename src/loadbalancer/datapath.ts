@@ -34,6 +34,11 @@ const PROTOCOL_NAME = new Map<number, ServiceProtocol>(Object.entries(PROTOCOL_N
 
 const KIND_FLAGS: Readonly<Record<FrontendKind, number>> = { ClusterIP: 0, ExternalIP: ServiceFlag.EXTERNAL_IP, LoadBalancer: ServiceFlag.LOADBALANCER, NodePort: ServiceFlag.NODEPORT };
 
+/** Slot 0's flags of a frontend, but affinity (which the timeout decides). */
+function frontendFlags(frontend: Frontend): number {
+  return KIND_FLAGS[frontend.kind] | (frontend.externalLocal ? ServiceFlag.EXT_LOCAL : 0);
+}
+
 /** The largest backend and service id (the maps hold 65536 entries). */
 const MAX_ID = 0xffff;
 
@@ -242,7 +247,7 @@ export class LbDatapath {
   }
 
   #equal(frontend: Frontend, actual: Written & { names?: (string | undefined)[] }): boolean {
-    if (actual.slots.length !== frontend.backends.length || actual.flags !== KIND_FLAGS[frontend.kind] || actual.algorithm !== this.#algorithm) return false;
+    if (actual.slots.length !== frontend.backends.length || actual.flags !== frontendFlags(frontend) || actual.algorithm !== this.#algorithm) return false;
     if (actual.affinity !== (frontend.affinityTimeout ?? 0)) return false;
     for (const id of actual.slots) if (actual.affinity && this.#maps.affinityMatch.lookup({ backend_id: id, rev_nat_index: actual.revNat }) === undefined) return false;
     const want = new Set(frontend.backends.map(backendName));
@@ -283,7 +288,7 @@ export class LbDatapath {
     for (let i = 0; i < slots.length; i++) {
       if (oldSlots[i] !== slots[i]) this.#maps.services.update({ ...base, backend_slot: i + 1 }, { backend_id: slots[i], count: 0, rev_nat_index: 0, flags: 0, algorithm: 0 });
     }
-    const flags = KIND_FLAGS[frontend.kind];
+    const flags = frontendFlags(frontend);
     const affinity = frontend.affinityTimeout ?? 0;
     // Affinity entries may name only backends of the service: match entries before slot 0 turns affinity on.
     const hadAffinity = (previous?.affinity ?? 0) > 0;

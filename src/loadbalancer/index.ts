@@ -45,6 +45,7 @@ export {
 export { murmur3x64_128 } from './murmur3.ts';
 export { servicesFromManifest, type ManifestProblem } from './manifest.ts';
 export { LbDatapath, type LbDatapathOptions, type LbEntry } from './datapath.ts';
+export { HostDatapath, HOST_OBJECT_PATH, HostProgram, resolveDevices, type HostDatapathOptions } from './host.ts';
 export {
   BackendFlag,
   LB_MAGLEV_LUT_SIZE,
@@ -65,6 +66,9 @@ export {
   type Lb4ReverseNat,
   type Lb4Service,
   type LbMaps,
+  lb4Nat,
+  NatKind,
+  type Lb4Nat,
 } from './maps.ts';
 export { parseXdpLbConfig, readXdpLbConfig, vipKey, xdpLbConfigSchema, type XdpLbConfig, type XdpLbVipConfig } from './xdp-config.ts';
 export { HealthChecker, tcpCheck, type HealthOptions, type HealthTarget } from './xdp-health.ts';

@@ -87,7 +87,7 @@ metadata: { name: b }
 spec:
   clusterIP: None
   ports: [{ port: 80, targetPort: http }]
-  externalTrafficPolicy: Local
+  internalTrafficPolicy: Local
   topologyKeys: [x]
 ---
 apiVersion: apps/v1
@@ -108,7 +108,7 @@ spec:
       '1 spec.ports[0].port: must be 1-65535',
       '2 spec.topologyKeys: not supported',
       '2 spec.clusterIP: headless services (clusterIP None) are not supported',
-      '2 spec.externalTrafficPolicy: only Cluster is supported yet',
+      '2 spec.internalTrafficPolicy: only Cluster is supported yet',
       '2 spec.ports[0].targetPort: named target ports ("http") are not supported yet',
       '3 kind: want apiVersion v1, kind Service; got apps/v1 Deployment',
       '4 spec.selector.bad key!: label key "bad key!"',

@@ -66,9 +66,7 @@ export function servicesFromManifest(text: string, file: string, schema: ReturnT
     if (spec.clusterIPs !== undefined && !(Array.isArray(spec.clusterIPs) && spec.clusterIPs.length <= 1 && (spec.clusterIPs.length === 0 || spec.clusterIPs[0] === spec.clusterIP))) {
       problem('spec.clusterIPs', 'only one ClusterIP, the one spec.clusterIP names');
     }
-    for (const field of ['externalTrafficPolicy', 'internalTrafficPolicy'] as const) {
-      if (spec[field] !== undefined && spec[field] !== 'Cluster') problem(`spec.${field}`, 'only Cluster is supported yet');
-    }
+    if (spec.internalTrafficPolicy !== undefined && spec.internalTrafficPolicy !== 'Cluster') problem('spec.internalTrafficPolicy', 'only Cluster is supported yet');
     if (spec.ipFamilies !== undefined && JSON.stringify(spec.ipFamilies) !== '["IPv4"]') problem('spec.ipFamilies', 'only [IPv4] is supported');
     const ports = spec.ports;
     if (Array.isArray(ports)) {
@@ -90,6 +88,7 @@ export function servicesFromManifest(text: string, file: string, schema: ReturnT
       ...(spec.loadBalancerIP !== undefined ? { loadBalancerIPs: [spec.loadBalancerIP] } : {}),
       ...(spec.sessionAffinity !== undefined ? { sessionAffinity: spec.sessionAffinity } : {}),
       ...(spec.sessionAffinityConfig !== undefined ? { sessionAffinityConfig: spec.sessionAffinityConfig } : {}),
+      ...(spec.externalTrafficPolicy !== undefined ? { externalTrafficPolicy: spec.externalTrafficPolicy } : {}),
     };
     const parsed = schema.safeParse(body);
     if (!parsed.success) {

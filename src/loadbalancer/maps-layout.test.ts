@@ -4,12 +4,13 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Btf, checkLayout } from '../ebpf/index.ts';
-import { lb4AffinityKey, lb4Backend, lb4Key, lb4ReverseNat, lb4ReverseSk, lb4ReverseSkKey, lb4Service, lbAffinityMatch, lbAffinityVal, SOCK_OBJECT_PATH } from './maps.ts';
+import { BpfObject, Btf, checkLayout } from '../ebpf/index.ts';
+import { lb4AffinityKey, lb4Backend, lb4Key, lb4ReverseNat, lb4ReverseSk, lb4ReverseSkKey, lb4Service, lbAffinityMatch, lbAffinityVal, lb4Nat, SOCK_OBJECT_PATH } from './maps.ts';
+import { HOST_OBJECT_PATH, HostProgram } from './host.ts';
 
 test('load-balancing map codecs match bpf/lib/lb.h', () => {
   const btf = Btf.fromElf(SOCK_OBJECT_PATH);
-  for (const codec of [lb4Key, lb4Service, lb4Backend, lb4ReverseNat, lb4ReverseSkKey, lb4ReverseSk, lb4AffinityKey, lbAffinityVal, lbAffinityMatch]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
+  for (const codec of [lb4Key, lb4Service, lb4Backend, lb4ReverseNat, lb4ReverseSkKey, lb4ReverseSk, lb4AffinityKey, lbAffinityVal, lbAffinityMatch, lb4Nat]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
   assert.equal(lb4Key.size, 12);
   assert.equal(lb4Service.size, 12);
   assert.equal(lb4Backend.size, 8);
@@ -19,4 +20,10 @@ test('load-balancing map codecs match bpf/lib/lb.h', () => {
   assert.equal(lb4AffinityKey.size, 16);
   assert.equal(lbAffinityVal.size, 16);
   assert.equal(lbAffinityMatch.size, 8);
+  assert.equal(lb4Nat.size, 16);
+});
+
+test('bpf_host.o: the north-south programs pass the verifier on this kernel with private maps', () => {
+  using obj = BpfObject.load(HOST_OBJECT_PATH, { constants: { NODE_IPV4: 0x0164a8c0 } });
+  for (const name of Object.values(HostProgram)) assert.ok(obj.program(name).fd > 0, name);
 });

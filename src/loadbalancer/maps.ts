@@ -5,19 +5,10 @@
  * @module
  */
 import { join } from 'node:path';
-import { SHARED_MAPS } from '../datapath/index.ts';
+import { LbMapName, SHARED_MAPS } from '../datapath/index.ts';
 import { BpfMap, BpfObject, MapType, be16, ipv4, pad, struct, u16, u32, u64, u8, type StructValue } from '../ebpf/index.ts';
 
-export const LbMapName = {
-  SERVICES: 'ciliate_lb4_services',
-  BACKENDS: 'ciliate_lb4_backends',
-  REVERSE_NAT: 'ciliate_lb4_reverse_nat',
-  REVERSE_SK: 'ciliate_lb4_reverse_sk',
-  MAGLEV: 'ciliate_lb4_maglev',
-  AFFINITY: 'ciliate_lb4_affinity',
-  AFFINITY_MATCH: 'ciliate_lb_affinity_match',
-} as const;
-
+export { LbMapName };
 
 /** The compiled object, as scripts/build-bpf.sh leaves it. */
 export const SOCK_OBJECT_PATH = join(import.meta.dirname, '..', '..', 'build', 'bpf', 'bpf_sock.o');
@@ -37,7 +28,7 @@ export const LB_MAGLEV_LUT_SIZE = 16381;
 export const LbSelection = { RANDOM: 1, MAGLEV: 2 } as const;
 
 /** lb4_service.flags (C SVC_F_*). */
-export const ServiceFlag = { NODEPORT: 0x01, EXTERNAL_IP: 0x02, LOADBALANCER: 0x04, AFFINITY: 0x08 } as const;
+export const ServiceFlag = { NODEPORT: 0x01, EXTERNAL_IP: 0x02, LOADBALANCER: 0x04, AFFINITY: 0x08, EXT_LOCAL: 0x10 } as const;
 
 /** lb4_backend.flags (C BE_F_*). */
 export const BackendFlag = { TERMINATING: 0x01 } as const;
@@ -83,6 +74,13 @@ export const lbAffinityVal = struct('lb_affinity_val', { last_used: u64, backend
 export const lbAffinityMatch = struct('lb_affinity_match', { backend_id: u32, rev_nat_index: u16, _pad: pad(2) });
 export type LbAffinityMatch = StructValue<(typeof lbAffinityMatch)['fields']>;
 
+/** ciliate_lb4_nat keys are ipv4_ct_tuples whose flags say the entry's kind (bpf/lib/lb.h NAT_*). */
+export const NatKind = { FWD: 1, REV_DST: 2, REV_SRC: 3 } as const;
+
+/** bpf_host's north-south translation of one connection direction. */
+export const lb4Nat = struct('lb4_nat', { to_addr: ipv4, frontend_addr: ipv4, to_port: be16, frontend_port: be16, _pad: pad(4) });
+export type Lb4Nat = StructValue<(typeof lb4Nat)['fields']>;
+
 /** The node's load-balancing maps, pinned in `<bpfRoot>/maps`. */
 export interface LbMaps {
   services: BpfMap<Lb4Key, Lb4Service>;
@@ -98,7 +96,7 @@ export function loadSock(options: { pinDir: string; objectPath?: string }): BpfO
   return BpfObject.load(options.objectPath ?? SOCK_OBJECT_PATH, {
     // The endpoint datapath's maps too (bpf/lib/maps.h, events.h): the ipcache names node addresses
     // for NodePort, and nothing of them may be a private copy (the conntrack table alone is large).
-    pin: { dir: options.pinDir, maps: [...Object.values(LbMapName), ...SHARED_MAPS] },
+    pin: { dir: options.pinDir, maps: SHARED_MAPS },
   });
 }
 

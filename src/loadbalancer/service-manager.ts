@@ -155,6 +155,7 @@ export class ServiceManager {
           externalIPs: r.externalIPs,
           loadBalancerIPs: r.loadBalancerIPs,
           ...(r.sessionAffinity === 'ClientIP' ? { sessionAffinity: { timeoutSeconds: r.sessionAffinityConfig?.clientIP.timeoutSeconds ?? 10800 } } : {}),
+          ...(r.externalTrafficPolicy === 'Local' ? { externalTrafficLocal: true as const } : {}),
           createdAt: new Date().toISOString(),
         };
         for (const p of r.ports) {

@@ -52,6 +52,8 @@ export interface Service {
   loadBalancerIPs: string[];
   /** ClientIP session affinity: a client (pod) keeps its backend while it connects within the timeout. */
   sessionAffinity?: { timeoutSeconds: number };
+  /** externalTrafficPolicy Local: clients from outside get this node's backends only (absent: Cluster). */
+  externalTrafficLocal?: true;
   createdAt: string;
 }
 
@@ -135,6 +137,7 @@ export function serviceRequestSchema(limits: ServiceRequestLimits) {
       externalIPs: z.array(ipv4).max(100).default([]),
       loadBalancerIPs: z.array(ipv4).max(100).default([]),
       sessionAffinity: z.enum(['None', 'ClientIP'], { error: 'must be None or ClientIP' }).default('None'),
+      externalTrafficPolicy: z.enum(['Cluster', 'Local'], { error: 'must be Cluster or Local' }).default('Cluster'),
       sessionAffinityConfig: z
         .object({
           clientIP: z
@@ -176,6 +179,8 @@ export function serviceRequestSchema(limits: ServiceRequestLimits) {
       }
       if (spec.sessionAffinityConfig && spec.sessionAffinity !== 'ClientIP') issue(['sessionAffinityConfig'], 'only with sessionAffinity ClientIP');
       if (spec.loadBalancerIPs.length > 0 && spec.type !== 'LoadBalancer') issue(['loadBalancerIPs'], 'only LoadBalancer services have LoadBalancer IPs');
+      // Kubernetes' rule: the policy is about traffic from outside, which ClusterIP services have none of.
+      if (spec.externalTrafficPolicy === 'Local' && spec.type === 'ClusterIP' && spec.externalIPs.length === 0) issue(['externalTrafficPolicy'], 'Local only for NodePort and LoadBalancer services, or with externalIPs');
     });
 }
 
@@ -203,6 +208,8 @@ export interface Frontend {
   backends: Backend[];
   /** ClientIP session affinity's timeout in seconds; absent without affinity. */
   affinityTimeout?: number;
+  /** An external frontend (not the ClusterIP) of an externalTrafficPolicy Local service. */
+  externalLocal?: true;
 }
 
 export interface Backend {
@@ -237,7 +244,8 @@ export function serviceFrontends(service: Service, backendIps: readonly string[]
   for (const p of service.ports) {
     const backends = ips.map((ip) => ({ ip, port: p.targetPort, protocol: p.protocol }));
     const affinity = service.sessionAffinity ? { affinityTimeout: service.sessionAffinity.timeoutSeconds } : {};
-    const add = (kind: FrontendKind, vip: string, port: number) => out.push({ key: frontendKey(vip, port, p.protocol), service: key, kind, vip, port, protocol: p.protocol, backends, ...affinity });
+    const add = (kind: FrontendKind, vip: string, port: number) =>
+      out.push({ key: frontendKey(vip, port, p.protocol), service: key, kind, vip, port, protocol: p.protocol, backends, ...affinity, ...(kind !== 'ClusterIP' && service.externalTrafficLocal ? { externalLocal: true as const } : {}) });
     add('ClusterIP', service.clusterIP, p.port);
     for (const ip of service.externalIPs) add('ExternalIP', ip, p.port);
     for (const ip of service.loadBalancerIPs) add('LoadBalancer', ip, p.port);

@@ -197,7 +197,10 @@ export class Underlay {
 
   static async create(t: TestContext): Promise<Underlay> {
     const netns = await addNetns(t, 'ctu');
-    await inNs(netns, 'ip', ['link', 'add', 'br0', 'type', 'bridge']);
+    // A fixed address: a bridge left to itself takes the lowest of its ports' addresses, so a
+    // port added later (a node, a client) could change it under the nodes' ARP entries for
+    // etcd on br0, which then goes unanswered until they expire.
+    await inNs(netns, 'ip', ['link', 'add', 'br0', 'address', '02:00:00:00:00:fe', 'type', 'bridge']);
     await inNs(netns, 'ip', ['link', 'set', 'br0', 'up']);
     return new Underlay(netns);
   }
@@ -420,3 +423,22 @@ export async function starWars(t: TestContext, node: TestNode) {
   if (waited.code !== 0) throw new Error(`rule1 (revision ${revision}) not enforced: ${waited.stderr}`);
   return { deathstar, tiefighter, xwing, revision, landing: `http://${deathstar.endpoint.ipv4}/v1/request-landing` };
 }
+
+/** A CiliumNetworkPolicy: pods app=web accept org=empire on TCP 7000 and nobody else. */
+export const WEB_FROM_EMPIRE_POLICY = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: web-from-empire
+spec:
+  endpointSelector:
+    matchLabels:
+      app: web
+  ingress:
+    - fromEndpoints:
+        - matchLabels:
+            org: empire
+      toPorts:
+        - ports:
+            - port: "7000"
+              protocol: TCP
+`;

@@ -7,12 +7,14 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import {
   LB_MAGLEV_LUT_SIZE,
+  HostDatapath,
   LbDatapath,
   DEFAULT_MAGLEV_HASH_SEED,
   DEFAULT_MAGLEV_TABLE_SIZE,
   isMaglevTableSize,
   MAGLEV_TABLE_SIZES,
   maglevSeed,
+  resolveDevices,
   SERVICE_SPECS_PREFIX,
   ServiceManager,
   serviceKey,
@@ -28,7 +30,7 @@ import { ConfigError, ipv4Cidr } from '../config.ts';
 import { followPrefix } from '../follow.ts';
 import { parseRequest } from '../api-errors.ts';
 import { defineModule } from '../module.ts';
-import { EndpointsCell, ServicesCell, StoreCell } from './cells.ts';
+import { EndpointsCell, NodeCell, ServicesCell, StoreCell } from './cells.ts';
 
 const NODE_PORT_RANGE = /^(\d{1,5})-(\d{1,5})$/;
 
@@ -75,6 +77,20 @@ export const servicesConfig = {
     .refine(isMaglevTableSize, `must be one of ${MAGLEV_TABLE_SIZES.join(', ')}`)
     .default(DEFAULT_MAGLEV_TABLE_SIZE)
     .describe(`slots of each service's Maglev table, one of ${MAGLEV_TABLE_SIZES.join(', ')} (about 100 per backend); the datapath is built with ${LB_MAGLEV_LUT_SIZE}, so with --lb-algorithm maglev only that`),
+  /**
+   * Cilium's --devices: where NodePort, LoadBalancer and external IPs are served to clients outside
+   * the cluster (bpf_host on TCX). Empty: the device holding the node's address, as Cilium detects it.
+   */
+  devices: z
+    .string()
+    .regex(/^[\w.@:-]*(,[\w.@:-]+)*$/, 'must be interface names separated by commas')
+    .default('')
+    .describe("external devices for NodePort/LoadBalancer/externalIP traffic from outside (comma-separated; empty: the device holding the node address; 'none': off)"),
+  /** Cilium's --bpf-lb-mode. */
+  lbMode: z
+    .enum(['snat', 'dsr'])
+    .default('snat')
+    .describe('north-south: snat (a backend on another node answers through the node the client reached) or dsr (it answers the client directly and sees its address; tunnel mode)'),
   /** Cilium's --bpf-lb-maglev-hash-seed: every node must have the same. */
   maglevHashSeed: z
     .string()
@@ -95,9 +111,9 @@ export const servicesModule = defineModule({
   name: 'services',
   description: 'services (ClusterIP, NodePort, LoadBalancer) from the store, their backends among the cluster\'s pods, and the services API',
   config: servicesConfig,
-  needs: { store: StoreCell, endpoints: EndpointsCell },
+  needs: { store: StoreCell, endpoints: EndpointsCell, node: NodeCell },
   provides: ServicesCell,
-  async start({ store, endpoints }, { config, log, api }) {
+  async start({ store, endpoints, node }, { config, log, api }) {
     const serviceCidr = Prefix.parse(config.serviceCidr, { family: 4 });
     const clusterCidr = Prefix.parse(config.clusterCidr, { family: 4 });
     if (serviceCidr.overlaps(clusterCidr)) {
@@ -165,6 +181,21 @@ export const servicesModule = defineModule({
       await stopWatches();
       throw error;
     }
+    let host: HostDatapath | undefined;
+    let devices: string[] = [];
+    try {
+      host = new HostDatapath({ bpfRoot: config.bpfRoot, nodeIp: node.record.nodeIp, mode: config.lbMode });
+      if (config.devices === 'none') host.detach();
+      else {
+        devices = resolveDevices(config.devices, node.record.nodeIp);
+        host.attach(devices);
+      }
+    } catch (error) {
+      host?.close();
+      await datapath.stop();
+      await stopWatches();
+      throw error;
+    }
 
     const view = (service: Service): ServiceView => ({
       ...service,
@@ -199,9 +230,10 @@ export const servicesModule = defineModule({
       value: services,
       stop: async () => {
         await stopWatches();
+        host?.close();
         await datapath.stop();
       },
-      status: () => ({ services: { services: services.services.size, frontends: services.frontends.size, algorithm: config.lbAlgorithm, socketLbCgroup: config.socketLbCgroup || 'off' } }),
+      status: () => ({ services: { services: services.services.size, frontends: services.frontends.size, algorithm: config.lbAlgorithm, socketLbCgroup: config.socketLbCgroup || 'off', devices: devices.length > 0 ? devices : 'off', lbMode: config.lbMode } }),
       reconcilers: () => [datapath.health()],
     };
   },
