@@ -143,8 +143,13 @@ export class EndpointDatapath {
     mkdirSync(join(bpfRoot, 'endpoints'), { recursive: true });
     mkdirSync(join(bpfRoot, POOL_DIR), { recursive: true });
     // Loading with pins also creates every shared map with the object's own definitions (and
-    // those a newer build added next to an older agent's pins).
-    this.#programs = loadLxc({ pinDir: this.mapsDir });
+    // those a newer build added next to an older agent's pins). A pinned map an older build made
+    // with another shape (a conntrack entry that grew) is made anew here, before any other object
+    // of this build looks for it: its contents are lost, which the log says.
+    this.#programs = loadLxc({
+      pinDir: this.mapsDir,
+      onIncompatibleMap: (map, reason) => log.warn({ map, reason }, 'pinned map of an older build has another shape: made anew, its entries are lost'),
+    });
     const opened: { close(): void }[] = [];
     try {
       this.lxc = BpfMap.openPinned(join(this.mapsDir, MapName.LXC), endpointKey, endpointInfo);

@@ -40,12 +40,14 @@ export interface LxcLoadOptions {
   pinDir?: string;
   /** Defaults to LXC_OBJECT_PATH. */
   objectPath?: string;
+  /** Replace a pinned map whose shape differs (see LoadOptions.pin.onIncompatible); else such a load fails. */
+  onIncompatibleMap?: (map: string, reason: string) => void;
 }
 
 /** Loads bpf_lxc.o: the programs of every endpoint of a node. */
 export function loadLxc(options: LxcLoadOptions = {}): BpfObject {
   return BpfObject.load(options.objectPath ?? LXC_OBJECT_PATH, {
-    pin: options.pinDir ? { dir: options.pinDir, maps: SHARED_MAPS } : undefined,
+    pin: options.pinDir ? { dir: options.pinDir, maps: SHARED_MAPS, onIncompatible: options.onIncompatibleMap } : undefined,
   });
 }
 

@@ -19,7 +19,9 @@ export type BpfErrorCode =
   | 'ERR_BUSY'
   | 'ERR_STALE_REVISION'
   | 'ERR_ELF'
-  | 'ERR_CODEC';
+  | 'ERR_CODEC'
+  /** A pinned map that no longer has the shape the object defines (a newer build changed it). */
+  | 'ERR_PIN_MISMATCH';
 
 const ERRNO_NAMES: Record<number, string> = Object.fromEntries(
   Object.entries(Errno).map(([name, value]) => [value, name]),

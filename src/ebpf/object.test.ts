@@ -132,6 +132,24 @@ test('pinned maps are created on the first load and reused by the next', (t) => 
   assert.throws(() => BpfObject.load(objectPath('net'), { pin: { dir, maps: ['nope'] } }), hasCode('ERR_NOT_FOUND', /nope/));
 });
 
+test('a pinned map of another shape fails the load naming what differs, or is made anew when the loader says so', (t) => {
+  const dir = pinDir(t);
+  const older = load(t, { pin: { dir, maps: ['counters'] }, maxEntries: { counters: 3 } });
+  const olderId = older.obj.map('counters').info().id;
+  older.counters.update(1, 11n);
+  older.obj.close();
+
+  assert.throws(() => BpfObject.load(objectPath('net'), { pin: { dir, maps: ['counters'] } }), hasCode('ERR_PIN_MISMATCH', /counters.*maxEntries 3 pinned, \d+ wanted/));
+  const told: string[] = [];
+  const newer = load(t, { pin: { dir, maps: ['counters'], onIncompatible: (map, reason) => told.push(`${map}: ${reason}`) } });
+  assert.deepEqual(told.length, 1);
+  assert.match(told[0]!, /^counters: maxEntries 3 pinned, \d+ wanted$/);
+  assert.notEqual(newer.obj.map('counters').info().id, olderId, 'a new kernel map behind the pin');
+  assert.equal(newer.counters.lookup(1), 0n, 'the old entries are gone, as the loader was told');
+  const again = load(t, { pin: { dir, maps: ['counters'], onIncompatible: () => assert.fail('the new pin fits') } });
+  assert.equal(again.obj.map('counters').info().id, newer.obj.map('counters').info().id);
+});
+
 test('maxEntries overrides the size in the ELF', (t) => {
   const { obj, counters } = load(t, { maxEntries: { counters: 64 } });
   assert.equal(obj.map('counters').info().maxEntries, 64);

@@ -5,18 +5,18 @@
  * restarted agent finds its datapath intact), and verifier logs carried by the error.
  * @module
  */
-import { existsSync } from 'node:fs';
+import { existsSync, unlinkSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import koffi from 'koffi';
 import { Btf } from './btf.ts';
 import { BpfError, VerifierError, errorFromErrno } from './errors.ts';
-import { BpfMap } from './map.ts';
+import { BpfMap, mapInfo, objGet } from './map.ts';
 import { Program } from './program.ts';
 import { unsupportedFeatureFor } from './link/tracing.ts';
 import type { ProgramType } from './internal/constants.ts';
 import { Errno } from './internal/constants.ts';
 import { libbpf, libbpfMessages, isNull, str, OpenOpts, type Handle } from './internal/libbpf.ts';
-import { addressOf, cString, dup } from './internal/sys.ts';
+import { addressOf, close, cString, dup } from './internal/sys.ts';
 
 export type ConstantValue = number | bigint | boolean | Buffer;
 
@@ -27,7 +27,17 @@ export interface LoadOptions {
    * Maps to share through bpffs: each named map is pinned at `<dir>/<name>`. When a pin already
    * exists it is reused (its shape must match), so state survives a restart of the loader.
    */
-  pin?: { dir: string; maps: readonly string[] };
+  pin?: {
+    dir: string;
+    maps: readonly string[];
+    /**
+     * A pin whose map no longer has the object's shape (type, key or value size, entries, flags:
+     * a newer build changed it) is unpinned so a new map is made, and this is told why: the old
+     * map's contents are lost, as with Cilium's upgrade of an incompatible map. Without it such a
+     * load fails with ERR_PIN_MISMATCH naming the map and what differs.
+     */
+    onIncompatible?: (map: string, reason: string) => void;
+  };
   /** Override max_entries per map name, e.g. sized from configuration. */
   maxEntries?: Record<string, number>;
   /** Load only these programs (by function name); others in the object are skipped. */
@@ -144,7 +154,9 @@ function configure(path: string, handle: Handle, options: LoadOptions): void {
     const maxEntries = options.maxEntries?.[name];
     if (maxEntries !== undefined) libbpf.mapSetMaxEntries(map, maxEntries);
     if (options.pin && pinned.delete(name)) {
-      if (libbpf.mapSetPinPath(map, join(options.pin.dir, name)) < 0) {
+      const pinPath = join(options.pin.dir, name);
+      if (existsSync(pinPath)) replaceIfIncompatible(path, name, map, pinPath, options.pin.onIncompatible);
+      if (libbpf.mapSetPinPath(map, pinPath) < 0) {
         throw errorFromErrno(`${path}: setting pin path of map ${name}`, koffi.errno());
       }
     }
@@ -154,6 +166,36 @@ function configure(path: string, handle: Handle, options: LoadOptions): void {
     if (!rodata) throw new BpfError('ERR_NOT_FOUND', `${path}: has no .rodata, so constants ${Object.keys(options.constants).join(', ')} cannot be set`);
     writeConstants(path, rodata, options.constants);
   }
+}
+
+/** What differs between a pinned map and the object's definition of it, or undefined. */
+function pinnedMapMismatch(map: Handle, pinPath: string): string | undefined {
+  const fd = objGet(pinPath, `opening pinned map ${pinPath}`);
+  try {
+    const pinned = mapInfo(fd);
+    const wanted = {
+      type: libbpf.mapType(map) as number,
+      keySize: libbpf.mapKeySize(map) as number,
+      valueSize: libbpf.mapValueSize(map) as number,
+      maxEntries: libbpf.mapMaxEntries(map) as number,
+      flags: libbpf.mapFlags(map) as number,
+    };
+    const differences = (Object.keys(wanted) as (keyof typeof wanted)[])
+      .filter((field) => pinned[field] !== wanted[field])
+      .map((field) => `${field} ${pinned[field]} pinned, ${wanted[field]} wanted`);
+    return differences.length > 0 ? differences.join(', ') : undefined;
+  } finally {
+    close(fd);
+  }
+}
+
+function replaceIfIncompatible(path: string, name: string, map: Handle, pinPath: string, onIncompatible: ((map: string, reason: string) => void) | undefined): void {
+  const mismatch = pinnedMapMismatch(map, pinPath);
+  if (mismatch === undefined) return;
+  if (!onIncompatible) throw new BpfError('ERR_PIN_MISMATCH', `${path}: pinned map ${pinPath} does not fit map ${name}: ${mismatch}`);
+  // Programs still holding the old map keep it until they are replaced; the pin gets the new one.
+  unlinkSync(pinPath);
+  onIncompatible(name, mismatch);
 }
 
 function writeConstants(path: string, rodata: Handle, constants: Record<string, ConstantValue>): void {
