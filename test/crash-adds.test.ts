@@ -12,6 +12,7 @@ import type { Endpoint } from '../src/agent/index.ts';
 import { hostInterfaceName } from '../src/agent/endpoint.ts';
 import { ENDPOINT_LINK_GROUP } from '../src/agent/endpoint-links.ts';
 import { addNetns, inNs, sleep, TestNode, uniqueName } from './support/cluster.ts';
+import { BpfMap, u32 } from '../src/ebpf/index.ts';
 
 const PODS = 20;
 
@@ -114,4 +115,33 @@ test('DEL removes the interface of a container the agent has no record of, and A
   t.after(() => node.client.call('DELETE', '/v1/endpoints/stale/eth0').catch(() => undefined));
   assert.equal(added.hostIfname, stale.host, 'the add made the pair anew instead of failing with EEXIST');
   assert.deepEqual((await kernel(node, [stale])).podAddresses, new Map([[stale.netns, added.ipv4]]), 'the pod holds only its new address');
+});
+
+test('spare policy map slots: installed ahead for the next ids, taken by an add as they are, and a killed agent\'s swept and made anew', async (t) => {
+  const node = await TestNode.start(t);
+  const outer = BpfMap.openPinned(join(node.bpfRoot, 'maps', 'ciliate_policy_maps'), u32, u32);
+  t.after(() => outer.close());
+  const slots = async (want: number[]): Promise<Map<number, number>> => {
+    const began = Date.now();
+    for (;;) {
+      const found = new Map([...outer.entries()].sort(([a], [b]) => a - b));
+      if (JSON.stringify([...found.keys()]) === JSON.stringify(want)) return found;
+      if (Date.now() - began > 10_000) assert.fail(`outer map ids ${[...found.keys()]}, want ${want}`);
+      await sleep(20);
+    }
+  };
+  // Default --policy-map-spares 4: ids 1-4 are ready before any add.
+  const spares = await slots([1, 2, 3, 4]);
+  const pod = { netns: await addNetns(t, 'ctp'), containerId: uniqueName('slot') };
+  const added = await node.client.call<Endpoint>('POST', '/v1/endpoints', { containerId: pod.containerId, ifname: 'eth0', netns: `/run/netns/${pod.netns}` });
+  t.after(() => node.client.call('DELETE', `/v1/endpoints/${pod.containerId}/eth0`).catch(() => undefined));
+  assert.equal(added.id, 1);
+  const refilled = await slots([1, 2, 3, 4, 5]);
+  assert.equal(refilled.get(1), spares.get(1), 'the add took the spare map in place (no outer-map write)');
+
+  await node.stopAgent('SIGKILL');
+  await node.startAgent();
+  const restarted = await slots([1, 2, 3, 4, 5]);
+  assert.equal(restarted.get(1), refilled.get(1), 'the endpoint keeps its map');
+  for (const id of [2, 3, 4, 5]) assert.notEqual(restarted.get(id), refilled.get(id), `id ${id}: the dead agent's spare was swept, not adopted`);
 });

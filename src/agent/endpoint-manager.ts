@@ -58,6 +58,8 @@ export interface EndpointPolicyHooks {
   removeEndpoint(endpointId: number): void;
   /** Removes the maps of endpoint ids not in `keep`; returns them. For a start only. */
   sweepEndpoints?(keep: ReadonlySet<number>): number[];
+  /** Optional: prepares the policy maps of the ids `nextIds(n)` says the next n adds will get. */
+  prepareSlots?(nextIds: (count: number) => number[]): Promise<void>;
 }
 
 /** Address management as the endpoint manager needs it (src/ipam implements it). */
@@ -92,6 +94,10 @@ export class EndpointManager {
   readonly #nodeName: string;
   /** Endpoint ids taken by adds still in progress, before their endpoints reach the table. */
   readonly #reservedIds = new Set<number>();
+  /** #prepareSlots: a preparation is running; one more was asked for meanwhile; none after stop(). */
+  #preparingSlots = false;
+  #slotsAgain = false;
+  #slotsStopped = true;
   #orphansRemoved = 0;
   /** The network namespace of each endpoint (and add in progress), by key: who holds which. */
   readonly #netnsIds = new Map<string, { identity: string; path: string }>();
@@ -226,9 +232,13 @@ export class EndpointManager {
     // keeps failing (and is reported) without keeping the agent from serving the others.
     await this.#reconciler.attempted();
     this.#log.info({ endpoints: entries.length, failing: this.failures().length }, 'restored endpoints');
+    // After the sweep, which removed the spare slots a previous agent left.
+    this.#slotsStopped = false;
+    this.#prepareSlots();
   }
 
   async stop(): Promise<void> {
+    this.#slotsStopped = true;
     await this.#pool?.stop();
     await this.#reconciler.stop();
     this.#netlink?.close();
@@ -499,6 +509,7 @@ export class EndpointManager {
     } finally {
       this.#reservedIds.delete(id);
       ended?.();
+      this.#prepareSlots();
     }
   }
 
@@ -570,6 +581,8 @@ export class EndpointManager {
       this.#policy?.removeEndpoint(endpoint.id);
       await this.#hostNetlink().deleteLink(endpoint.hostIfname);
       this.#netnsIds.delete(key);
+      // Its id is the next add's now.
+      this.#prepareSlots();
     } else {
       // No record (an agent killed during the add, a store that lost it): what the kernel still
       // has for the container goes all the same, so a DEL always leaves nothing behind.
@@ -744,16 +757,42 @@ export class EndpointManager {
     return podLabels({ namespace, labels: endpoint.labels, namespaceLabels: this.#namespaceLabels(namespace) });
   }
 
+  /** The `count` lowest ids #reserveId would hand out next, in order. */
+  #nextIds(count: number): number[] {
+    const used = new Set([...this.table.all()].map((ep) => ep.id));
+    const ids: number[] = [];
+    for (let id = 1; id <= MAX_ENDPOINT_ID && ids.length < count; id++) {
+      if (!used.has(id) && !this.#reservedIds.has(id)) ids.push(id);
+    }
+    return ids;
+  }
+
+  /**
+   * Has the policy manager prepare the next adds' policy map slots, once no add is in flight (its
+   * outer-map writes would compete with an add's for the kernel and libuv's thread pool).
+   */
+  #prepareSlots(): void {
+    if (!this.#policy?.prepareSlots || this.#slotsStopped || this.#reservedIds.size > 0) return;
+    if (this.#preparingSlots) {
+      this.#slotsAgain = true;
+      return;
+    }
+    this.#preparingSlots = true;
+    this.#slotsAgain = false;
+    void this.#policy.prepareSlots((count) => this.#nextIds(count)).finally(() => {
+      this.#preparingSlots = false;
+      if (this.#slotsAgain) this.#prepareSlots();
+    });
+  }
+
   /** The lowest id neither in the table nor held by an add in progress (released by that add). */
   #reserveId(): number {
-    const used = new Set([...this.table.all()].map((ep) => ep.id));
-    for (let id = 1; id <= MAX_ENDPOINT_ID; id++) {
-      if (used.has(id) || this.#reservedIds.has(id)) continue;
-      this.#reservedIds.add(id);
-      return id;
-    }
-    throw new EndpointError('ERR_ENDPOINTS_EXHAUSTED', `this node already has ${MAX_ENDPOINT_ID} endpoints`);
+    const [id] = this.#nextIds(1);
+    if (id === undefined) throw new EndpointError('ERR_ENDPOINTS_EXHAUSTED', `this node already has ${MAX_ENDPOINT_ID} endpoints`);
+    this.#reservedIds.add(id);
+    return id;
   }
+
 }
 
 /** A namespace file's identity (`device:inode`); throws what stat(2) said when there is none. */

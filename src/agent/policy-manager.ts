@@ -51,6 +51,10 @@ export interface EndpointPolicyDatapath {
   remove(endpointId: number): void;
   /** Endpoint ids whose maps are installed for the datapath. */
   installedIds?(): number[];
+  /** How many spare slots prepareSpares() keeps ready for the next adds' ids. */
+  readonly spareSlots?: number;
+  /** Installs empty maps ahead for these ids (the next adds'), so that their adds skip the install. */
+  prepareSpares?(ids: readonly number[]): Promise<void>;
 }
 
 const POLICY_PREFIX = 'policies/';
@@ -369,6 +373,17 @@ export class PolicyManager {
     const orphans = (this.#maps.installedIds?.() ?? []).filter((id) => !keep.has(id) && this.engine.endpointPolicy(id) === undefined);
     for (const id of orphans) this.#maps.remove(id);
     return orphans;
+  }
+
+  /**
+   * While no add is in flight: installs spare policy maps for the ids `nextIds(n)` says the next
+   * n adds will get, so that those adds skip the outer-map write (an RCU grace period). After the
+   * start's sweepEndpoints only, which removes the spares a previous agent left.
+   */
+  prepareSlots(nextIds: (count: number) => number[]): Promise<void> {
+    const count = this.#maps.spareSlots ?? 0;
+    if (count === 0 || !this.#maps.prepareSpares) return Promise.resolve();
+    return this.#maps.prepareSpares(nextIds(count)).catch((error: unknown) => this.#log.warn({ err: error }, 'preparing spare policy map slots failed; adds install their maps themselves'));
   }
 
   removeEndpoint(endpointId: number): void {

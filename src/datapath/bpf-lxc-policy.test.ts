@@ -309,3 +309,50 @@ test('EndpointPolicyMaps: ensure is idempotent and adopts a pin after a restart;
   assert.deepEqual(events.map((e) => e.kind), ['trace']);
   assert.equal(MonitorEventType.POLICY_VERDICT, 5);
 });
+
+test('EndpointPolicyMaps spares: installed ahead and empty (deny-all), an add claims one without an outer write, a new agent never adopts one', async (t) => {
+  const f = setup(t);
+  const policy = new EndpointPolicyMaps(f.root, { spares: 2 });
+  t.after(() => policy.close());
+  const THIRD = 13;
+  await policy.prepareSpares([CLIENT.id, THIRD, SERVER.id]);
+  assert.deepEqual(policy.spareIds().sort(), [CLIENT.id, THIRD], 'spareSlots bounds the ids taken');
+  const spareMapId = f.maps.policyMaps.lookup(CLIENT.id);
+  assert.notEqual(spareMapId, undefined);
+  assert.notEqual(f.maps.policyMaps.lookup(THIRD), undefined);
+  assert.equal(f.maps.policyMaps.lookup(SERVER.id), undefined);
+  assert.deepEqual(policy.installedIds(), [], 'spares are no endpoint\'s');
+  assert.equal(policy.installed(CLIENT.id), false);
+  assert.equal(existsSync(endpointPolicyPinPath(f.root, CLIENT.id)), false, 'spares are not pinned');
+
+  // Were a spare's id ever reached (here the fixture has an lxc entry for it), its empty map denies.
+  const denied = f.run(CLIENT, tcp(CLIENT, SERVER, 40000, 80, TcpFlag.SYN));
+  assert.equal(denied.verdict, TC_ACT_SHOT);
+  assert.deepEqual(drops(denied.events).map((d) => d.reason), [DropReasonCode.DROP_POLICY]);
+
+  // The add: install() finds the spare in place; the entries go into it.
+  await policy.install(CLIENT.id);
+  assert.equal(policy.ensure(CLIENT.id).info().id, spareMapId);
+  assert.equal(f.maps.policyMaps.lookup(CLIENT.id), spareMapId);
+  assert.equal(existsSync(endpointPolicyPinPath(f.root, CLIENT.id)), true, 'pinned once claimed');
+  assert.deepEqual(policy.spareIds(), [THIRD]);
+  assert.deepEqual(policy.installedIds(), [CLIENT.id]);
+  policy.apply(CLIENT.id, { upserts: [entry({ identity: SERVER.identity, direction: PolicyDirection.EGRESS, protocol: 6, port: 80, cookie: 1 })], deletes: [] });
+  assert.equal(f.run(CLIENT, tcp(CLIENT, SERVER, 40001, 80, TcpFlag.SYN)).verdict, TC_ACT_REDIRECT);
+  // No spare over an endpoint's map.
+  await policy.prepareSpares([CLIENT.id]);
+  assert.equal(f.maps.policyMaps.lookup(CLIENT.id), spareMapId);
+  assert.equal(policy.entries(CLIENT.id).length, 1);
+
+  // A new agent (after a stop or a crash) sees the spare left in the outer map as an entry of an
+  // id without an endpoint, for its start's sweep; an add of that id gets a map of its own.
+  const restarted = new EndpointPolicyMaps(f.root, { spares: 2 });
+  t.after(() => restarted.close());
+  assert.deepEqual(restarted.installedIds().sort(), [CLIENT.id, THIRD]);
+  const leftSpare = f.maps.policyMaps.lookup(THIRD);
+  await restarted.install(THIRD);
+  assert.notEqual(f.maps.policyMaps.lookup(THIRD), leftSpare);
+  assert.equal(f.maps.policyMaps.lookup(THIRD), restarted.ensure(THIRD).info().id);
+  restarted.remove(THIRD);
+  assert.equal(f.maps.policyMaps.lookup(THIRD), undefined);
+});

@@ -28,6 +28,13 @@ import { PolicyStatus } from '../policy-status.ts';
 export const policyConfig = {
   /** Cilium's bpf-policy-map-max. An endpoint whose policy needs more is retried and makes the agent degraded. */
   policyMapMaxEntries: z.number().int().min(1).max(1 << 20).default(16384).describe("entries of each endpoint's policy map"),
+  policyMapSpares: z
+    .number()
+    .int()
+    .min(0)
+    .max(64)
+    .default(4)
+    .describe("empty policy maps kept installed ahead, while no add is in flight, for the ids the next endpoint adds will get, so that an add skips the outer-map write (an RCU grace period, ~15 ms); 0: none"),
 };
 
 export const policyModule = defineModule({
@@ -37,7 +44,7 @@ export const policyModule = defineModule({
   needs: { store: StoreCell, identities: IdentitiesCell, ipcache: IpcacheCell },
   provides: PolicyCell,
   async start({ store, identities, ipcache }, { config, log }) {
-    const maps = new EndpointPolicyMaps(config.bpfRoot, { maxEntries: config.policyMapMaxEntries });
+    const maps = new EndpointPolicyMaps(config.bpfRoot, { maxEntries: config.policyMapMaxEntries, spares: config.policyMapSpares });
     const policy = new PolicyManager({ store, identities, ipcache, maps, log, refreshIntervalMs: config.reconcileRefreshInterval * 1000 });
     try {
       await policy.start();
@@ -49,6 +56,7 @@ export const policyModule = defineModule({
       value: policy,
       stop: async () => {
         await policy.stop();
+        await maps.settled();
         maps.close();
       },
       status: () => ({ policy: { revision: policy.revision, rules: policy.list().length } }),
