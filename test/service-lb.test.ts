@@ -166,6 +166,45 @@ test('a backend taken out gets no new connections; its established connection go
   assert.equal(held.error, undefined);
 });
 
+test('a drained backend keeps its live connection, takes no new one, and goes when removed', async (t) => {
+  const node = await TestNode.start(t, { nodeName: 'lb9' });
+  const pods = { a: await node.addPod(t, 'web-a', { app: 'web' }), b: await node.addPod(t, 'web-b', { app: 'web' }) };
+  const client = await node.addPod(t, 'client', { app: 'client' });
+  await serve(t, pods.a.netns, 'a', 7000);
+  await serve(t, pods.b.netns, 'b', 7000);
+  const vip = await addService(node, 'web', '--backend', pods.a.endpoint.ipv4, '--backend', pods.b.endpoint.ipv4, '--port', '80:7000');
+  const held = hold(t, node, client.netns, vip, 80);
+  for (let i = 0; i < 100 && held.bytes < 5; i++) await sleep(50);
+  assert.ok(held.name === 'a' || held.name === 'b', `the held connection reached a backend: ${JSON.stringify(held)}`);
+  const gone = held.name as 'a' | 'b';
+  const stays = gone === 'a' ? 'b' : 'a';
+
+  const drained = JSON.parse(await ok(node, 'service', 'backend', 'drain', 'web', pods[gone].endpoint.ipv4, '-o', 'json')) as { backends: { ip: string; state?: string }[]; frontends: { backends: string[]; terminating?: string[] }[] };
+  assert.deepEqual(drained.backends.find((b) => b.ip === pods[gone].endpoint.ipv4)?.state, 'terminating');
+  assert.deepEqual(drained.frontends[0].backends, [`${pods[stays].endpoint.ipv4}:7000`]);
+  assert.deepEqual(drained.frontends[0].terminating, [`${pods[gone].endpoint.ipv4}:7000`]);
+  const listed = await ok(node, 'bpf', 'lb', 'list');
+  assert.match(listed, new RegExp(`${pods[gone].endpoint.ipv4.replaceAll('.', '\\.')}:7000 \\(-, \\d+\\) terminating`), `the drained backend's entry stays, in no slot:\n${listed}`);
+  const fresh = await connect(node, client.netns, 'tcp', vip, 80, 12);
+  assert.deepEqual(new Set(fresh.map((r) => r.name ?? r.error)), new Set([stays]), 'new connections go to the remaining backend only');
+  let before = held.bytes;
+  await sleep(500);
+  assert.ok(held.bytes > before, `the established connection to ${gone} still exchanges data (${before} → ${held.bytes} bytes)`);
+
+  await ok(node, 'service', 'backend', 'remove', 'web', pods[gone].endpoint.ipv4);
+  const after = await ok(node, 'bpf', 'lb', 'list');
+  assert.ok(!after.includes(`${pods[gone].endpoint.ipv4}:7000`), `the removed backend's entry is gone:\n${after}`);
+  before = held.bytes;
+  await sleep(300);
+  assert.ok(held.bytes > before, 'a connected socket has its address: it goes on at the socket LB');
+  assert.equal(held.error, undefined);
+
+  // Draining what is not a backend, or a service that selects its pods, is refused by name.
+  const notOne = await cli(node, 'service', 'backend', 'drain', 'web', '10.244.99.99');
+  assert.notEqual(notOne.code, 0);
+  assert.match(notOne.stderr, /10\.244\.99\.99 is not one of its backends/);
+});
+
 test('a service with no backends refuses connections, counted as SERVICE_BACKEND_NOT_FOUND', async (t) => {
   const node = await TestNode.start(t, { nodeName: 'lb3' });
   const client = await node.addPod(t, 'client', { app: 'client' });

@@ -89,6 +89,8 @@ const HTTP_STATUS: readonly FamilyStatuses[] = [
     ERR_CLUSTER_IP_IN_USE: 409,
     ERR_NODE_PORT_IN_USE: 409,
     ERR_SERVICE_EXHAUSTED: 507,
+    ERR_BACKEND_NOT_FOUND: 404,
+    ERR_SERVICE_CONFLICT: 409,
   }),
   family(PolicyError, { ERR_POLICY_INVALID: 400, ERR_POLICY_NOT_FOUND: 404, ERR_TIMEOUT: 504 }),
   family(IdentityError, {

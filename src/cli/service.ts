@@ -72,7 +72,11 @@ function formatService(service: ServiceView): string {
     '',
     formatTable(
       ['FRONTEND', 'KIND', 'BACKENDS'],
-      service.frontends.map((f) => [f.address, f.kind, f.backends.join(', ') || '(none: connections are refused)']),
+      service.frontends.map((f) => [
+        f.address,
+        f.kind,
+        [f.backends.join(', ') || '(none: connections are refused)', ...(f.terminating ?? []).map((b) => `${b} (terminating)`)].join(', '),
+      ]),
     ),
   ];
   return lines.join('\n');
@@ -168,6 +172,23 @@ export function registerServiceCommands(program: Command): void {
       printOutput(options.output, view, () => formatService(view));
     });
 
+  const backend = service.command('backend').description('the explicit backends of a service without selector: drain (terminating), activate, remove');
+  const backendCommand = (verb: string, description: string, method: 'PUT' | 'DELETE', state?: 'terminating' | 'active') =>
+    backend
+      .command(`${verb} <service> <ip>`)
+      .description(description)
+      .addOption(namespaceOption())
+      .addOption(socketOption())
+      .addOption(outputOption())
+      .action(async (ref: string, ip: string, options: { namespace: string; socket: string; output: OutputFormat }) => {
+        const path = `${servicePath(ref, options.namespace)}/backends/${encodeURIComponent(ip)}`;
+        const view = await new AgentClient(options.socket).call<ServiceView & { revision: number }>(method, path, state ? { state } : undefined);
+        printOutput(options.output, view, () => `${formatService(view)}\nrevision: ${view.revision}`);
+      });
+  backendCommand('drain', 'mark a backend terminating: it takes no new connections and keeps its established ones', 'PUT', 'terminating');
+  backendCommand('activate', 'make a terminating backend take new connections again', 'PUT', 'active');
+  backendCommand('remove', 'remove a backend from the service', 'DELETE');
+
   service
     .command('delete <service>')
     .description('delete a service (namespace/name, or name with --namespace)')
@@ -195,7 +216,10 @@ export function registerBpfLbCommand(bpf: Command): void {
           : formatTable(
               ['SERVICE ADDRESS', 'REV NAT', 'ALGORITHM', 'BACKEND ADDRESS (SLOT, ID)'],
               entries.flatMap((e) => {
-                const backends = e.backends.length === 0 ? ['(no backends)'] : e.backends.map((b) => `${b.address ?? '(missing)'} (${b.slot}, ${b.id})${b.flags ? ' terminating' : ''}`);
+                const backends = [
+                  ...(e.backends.length === 0 ? ['(no backends)'] : e.backends.map((b) => `${b.address ?? '(missing)'} (${b.slot}, ${b.id})${b.flags ? ' terminating' : ''}`)),
+                  ...(e.terminating ?? []).map((b) => `${b.address ?? '(missing)'} (-, ${b.id}) terminating`),
+                ];
                 return backends.map((backend, i) => (i === 0 ? [e.frontend, String(e.revNat), e.algorithm, backend] : ['', '', '', backend]));
               }),
             ),

@@ -9,6 +9,7 @@
  */
 export { ServiceError, type ServiceErrorCode } from './errors.ts';
 export {
+  BACKEND_STATES,
   PROTOCOL_NUMBER,
   SERVICE_PROTOCOLS,
   SERVICE_TYPES,
@@ -20,6 +21,7 @@ export {
   serviceRefSchema,
   serviceRequestSchema,
   type Backend,
+  type BackendState,
   type ExplicitBackend,
   type Frontend,
   type FrontendKind,

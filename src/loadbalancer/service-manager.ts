@@ -15,7 +15,7 @@ import { Addr, Prefix } from '../net/index.ts';
 import { Table } from '../statedb/index.ts';
 import { StoreConflictError, type StateStore, type TxnOp, type WatchEvent } from '../store/index.ts';
 import { ServiceError } from './errors.ts';
-import { selects, serviceFrontends, serviceKey, type Frontend, type Service, type ServiceProtocol, type ServiceRequest, type ServiceRequestLimits } from './service.ts';
+import { selects, serviceFrontends, serviceKey, type BackendState, type Frontend, type Service, type ServiceProtocol, type ServiceRequest, type ServiceRequestLimits } from './service.ts';
 
 export const SERVICES_PREFIX = 'services/';
 export const SERVICE_SPECS_PREFIX = `${SERVICES_PREFIX}specs/`;
@@ -32,6 +32,8 @@ export interface ServicePod {
   ipv4: string;
   namespace: string;
   labels: Record<string, string>;
+  /** Being deleted: its services keep its established connections but give it no new ones. */
+  terminating?: boolean;
 }
 
 interface Claim {
@@ -151,7 +153,7 @@ export class ServiceManager {
           clusterIP,
           ports: [],
           ...(r.selector ? { selector: r.selector } : {}),
-          ...(r.backends ? { backends: r.backends } : {}),
+          ...(r.backends ? { backends: r.backends.map((b) => ({ ip: b.ip, ...(b.state === 'terminating' ? { state: b.state } : {}) })) } : {}),
           externalIPs: r.externalIPs,
           loadBalancerIPs: r.loadBalancerIPs,
           ...(r.sessionAffinity === 'ClientIP' ? { sessionAffinity: { timeoutSeconds: r.sessionAffinityConfig?.clientIP.timeoutSeconds ?? 10800 } } : {}),
@@ -221,6 +223,33 @@ export class ServiceManager {
     }
   }
 
+  /**
+   * Sets the state of an explicit backend of a service (`terminating`: drained, no new
+   * connections; `active` again), or removes it (`state` undefined), as one compare-and-swap of
+   * the definition. A service that selects its pods has its backends' states from the pods.
+   */
+  async setBackend(namespace: string, name: string, ip: string, state: BackendState | undefined): Promise<{ service: Service; revision: number }> {
+    const what = `${state === undefined ? 'removing' : `setting to ${state}`} backend ${ip} of service ${namespace}/${name}`;
+    const key = specKey(namespace, name);
+    const current = await this.#store.get<Service>(key);
+    if (!current) throw new ServiceError('ERR_SERVICE_NOT_FOUND', `${what}: no such service`);
+    const service = current.value;
+    if (!service.backends) throw new ServiceError('ERR_SERVICE_INVALID', `${what}: the service selects its backends (selector); a pod's backend terminates when the pod is deleted`);
+    const index = service.backends.findIndex((b) => b.ip === ip);
+    if (index < 0) throw new ServiceError('ERR_BACKEND_NOT_FOUND', `${what}: ${ip} is not one of its backends (${service.backends.map((b) => b.ip).join(', ') || 'none'})`);
+    const backends = service.backends.slice();
+    if (state === undefined) backends.splice(index, 1);
+    else backends[index] = { ip, ...(state === 'terminating' ? { state } : {}) };
+    const updated: Service = { ...service, backends };
+    try {
+      const { revision } = await this.#store.transaction([{ type: 'put', key, value: updated, expectedRevision: current.modRevision }]);
+      return { service: updated, revision };
+    } catch (error) {
+      if (error instanceof StoreConflictError) throw new ServiceError('ERR_SERVICE_CONFLICT', `${what}: the service changed meanwhile; try again`, { cause: error });
+      throw error;
+    }
+  }
+
   /** A change of `services/specs/…` from the store. */
   applyServiceEvent(event: WatchEvent<Service>): void {
     const key = event.key.slice(SERVICE_SPECS_PREFIX.length);
@@ -279,6 +308,16 @@ export class ServiceManager {
     this.#podChanged(previous, pod);
   }
 
+  /**
+   * A pod's deletion began (its endpoint is being torn down): it stays a backend of its services
+   * for its established connections, out of their selection, until deletePod.
+   */
+  terminatePod(key: string): void {
+    const pod = this.#pods.get(key);
+    if (!pod || pod.terminating) return;
+    this.upsertPod({ ...pod, terminating: true });
+  }
+
   deletePod(key: string): void {
     const previous = this.#pods.get(key);
     if (!previous) return;
@@ -286,12 +325,23 @@ export class ServiceManager {
     this.#podChanged(previous, undefined);
   }
 
-  /** Backend addresses of a service: its selected pods or its explicit list. */
+  /** Active backend addresses of a service: its selected pods or its explicit list. */
   backendIps(service: Service): string[] {
-    if (service.backends) return service.backends.map((b) => b.ip);
+    return this.#backendIps(service, false);
+  }
+
+  /** Terminating backend addresses of a service: no new connections, established ones kept. */
+  terminatingIps(service: Service): string[] {
+    return this.#backendIps(service, true);
+  }
+
+  #backendIps(service: Service, terminating: boolean): string[] {
+    if (service.backends) return service.backends.filter((b) => (b.state === 'terminating') === terminating).map((b) => b.ip);
     if (!service.selector) return [];
     const ips: string[] = [];
-    for (const pod of this.#pods.values()) if (pod.namespace === service.namespace && selects(service.selector, pod.labels)) ips.push(pod.ipv4);
+    for (const pod of this.#pods.values()) {
+      if ((pod.terminating === true) === terminating && pod.namespace === service.namespace && selects(service.selector, pod.labels)) ips.push(pod.ipv4);
+    }
     return ips;
   }
 
@@ -304,7 +354,7 @@ export class ServiceManager {
   }
 
   #resolve(service: Service): void {
-    this.#setFrontends(serviceKey(service), serviceFrontends(service, this.backendIps(service)));
+    this.#setFrontends(serviceKey(service), serviceFrontends(service, this.backendIps(service), this.terminatingIps(service)));
   }
 
   #setFrontends(service: string, frontends: Frontend[]): void {

@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import {
+  BACKEND_STATES,
   LB_MAGLEV_LUT_SIZE,
   LbDatapath,
   DEFAULT_MAGLEV_HASH_SEED,
@@ -21,7 +22,7 @@ import {
   serviceRequestSchema,
   type Service,
 } from '../../loadbalancer/index.ts';
-import { Prefix } from '../../net/index.ts';
+import { Addr, Prefix } from '../../net/index.ts';
 import type { Endpoint } from '../endpoint.ts';
 import { ENDPOINTS_PREFIX, nodeEndpointsPrefix } from '../endpoint.ts';
 import { ConfigError, ipv4Cidr } from '../config.ts';
@@ -33,6 +34,8 @@ import { EndpointsCell, ServicesCell, StoreCell } from './cells.ts';
 const NODE_PORT_RANGE = /^(\d{1,5})-(\d{1,5})$/;
 
 const ImportBody = z.object({ yaml: z.string().min(1), file: z.string().default('<api>') }).strict();
+const BackendRef = serviceRefSchema.extend({ ip: z.string().refine((text) => Addr.tryParse(text)?.is4() === true, 'must be an IPv4 address (a.b.c.d)') });
+const BackendBody = z.object({ state: z.enum(BACKEND_STATES, { error: `must be one of ${BACKEND_STATES.join(', ')}` }) }).strict();
 
 /** How long a write waits for this node's view to show it before answering anyway (a stalled watch is logged). */
 const SYNC_WAIT_MS = 5000;
@@ -89,7 +92,7 @@ function nodePortRange(text: string): { min: number; max: number } {
 }
 
 /** A service as the API shows it: the definition and the frontends this node balances. */
-export type ServiceView = Service & { frontends: { address: string; kind: string; backends: string[] }[] };
+export type ServiceView = Service & { frontends: { address: string; kind: string; backends: string[]; terminating?: string[] }[] };
 
 export const servicesModule = defineModule({
   name: 'services',
@@ -122,14 +125,14 @@ export const servicesModule = defineModule({
     });
     const specs = await followPrefix<Service>(store, SERVICE_SPECS_PREFIX, { signal: abort.signal, onEnd: onEnd(SERVICE_SPECS_PREFIX), apply: (event) => services.applyServiceEvent(event) });
     services.listed(specs.revision);
-    // A local pod leaves its services the moment the endpoint manager lets it go, before its
-    // interface is deleted; its store record goes only after that, and connections given it in
-    // between would find no pod.
+    // A local pod turns terminating in its services the moment the endpoint manager lets it go,
+    // before its interface is deleted: no new connection is given it (it would find no pod),
+    // established ones keep their backend entry. Its store record going ends it everywhere.
     const local = endpoints.table.changes();
     const localPrefix = nodeEndpointsPrefix(config.nodeName);
     const localLoop = (async () => {
       while (!abort.signal.aborted) {
-        for (const change of local.next()) if (change.deleted) services.deletePod(`${localPrefix}${change.key}`);
+        for (const change of local.next()) if (change.deleted) services.terminatePod(`${localPrefix}${change.key}`);
         await local.wait(abort.signal);
       }
     })();
@@ -158,6 +161,7 @@ export const servicesModule = defineModule({
       // Tried, not necessarily done: a frontend that cannot be written (a full map) is retried and
       // makes the agent degraded, it does not keep the agent from starting.
       await datapath.attempted();
+      datapath.releaseOrphans();
       if (config.socketLbCgroup) datapath.attach(config.socketLbCgroup);
       else datapath.detach();
     } catch (error) {
@@ -168,7 +172,12 @@ export const servicesModule = defineModule({
 
     const view = (service: Service): ServiceView => ({
       ...service,
-      frontends: services.frontendsOf(serviceKey(service)).map((f) => ({ address: f.key, kind: f.kind, backends: f.backends.map((b) => `${b.ip}:${b.port}`) })),
+      frontends: services.frontendsOf(serviceKey(service)).map((f) => ({
+        address: f.key,
+        kind: f.kind,
+        backends: f.backends.map((b) => `${b.ip}:${b.port}`),
+        ...(f.terminating ? { terminating: f.terminating.map((b) => `${b.ip}:${b.port}`) } : {}),
+      })),
     });
     api.route('GET', '/v1/services', () => services.list().map(view));
     const ref = (params: Record<string, string>) => parseRequest(serviceRefSchema, params, 'service');
@@ -189,6 +198,20 @@ export const servicesModule = defineModule({
       return { services: created.services.map((s) => ({ service: serviceKey(s), clusterIP: s.clusterIP })), revision: created.revision };
     });
     api.route('GET', '/v1/lb/maps', () => datapath.entries());
+    const backendRef = (params: Record<string, string>) => parseRequest(BackendRef, params, 'service backend');
+    api.route('PUT', '/v1/services/:namespace/:name/backends/:ip', async ({ params, body }) => {
+      const { namespace, name, ip } = backendRef(params);
+      const { state } = parseRequest(BackendBody, body, 'service backend');
+      const { service, revision } = await services.setBackend(namespace, name, ip, state);
+      await services.synced(revision, SYNC_WAIT_MS);
+      return { ...view(services.services.get(serviceKey(service)) ?? service), revision };
+    });
+    api.route('DELETE', '/v1/services/:namespace/:name/backends/:ip', async ({ params }) => {
+      const { namespace, name, ip } = backendRef(params);
+      const { service, revision } = await services.setBackend(namespace, name, ip, undefined);
+      await services.synced(revision, SYNC_WAIT_MS);
+      return { ...view(services.services.get(serviceKey(service)) ?? service), revision };
+    });
     api.route('DELETE', '/v1/services/:namespace/:name', async ({ params }) => {
       const { namespace, name } = ref(params);
       const { revision } = await services.delete(namespace, name);
