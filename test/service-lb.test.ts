@@ -110,6 +110,15 @@ async function ok(node: TestNode, ...args: string[]): Promise<string> {
   return result.stdout;
 }
 
+/** Imports a policy and waits until the node enforces it. */
+async function importPolicy(t: TestContext, node: TestNode, yaml: string): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'ciliate-lb-test-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'policy.yaml'), yaml);
+  const imported = await ok(node, 'policy', 'import', join(dir, 'policy.yaml'));
+  await ok(node, 'policy', 'wait', /revision: (\d+)/.exec(imported)![1]);
+}
+
 async function addService(node: TestNode, ...args: string[]): Promise<string> {
   return (JSON.parse(await ok(node, 'service', 'add', ...args, '-o', 'json')) as { clusterIP: string }).clusterIP;
 }
@@ -242,14 +251,70 @@ test('the backend\'s ingress policy decides connections through the service', as
   const alliance = await node.addPod(t, 'xwing', { org: 'alliance' });
   await serve(t, web.netns, 'web', 7000);
   const vip = await addService(node, 'web', '--selector', 'app=web', '--port', '80:7000');
-  const dir = mkdtempSync(join(tmpdir(), 'ciliate-lb-test-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  writeFileSync(join(dir, 'policy.yaml'), POLICY);
-  const imported = await ok(node, 'policy', 'import', join(dir, 'policy.yaml'));
-  await ok(node, 'policy', 'wait', /revision: (\d+)/.exec(imported)![1]);
+  await importPolicy(t, node, POLICY);
 
   assert.deepEqual(await connect(node, empire.netns, 'tcp', vip, 80, 2), [{ name: 'web', peer: `${vip}:80` }, { name: 'web', peer: `${vip}:80` }], 'org=empire is allowed');
   assert.deepEqual(await connect(node, alliance.netns, 'tcp', vip, 80, 1), [{ error: 'timeout' }], 'org=alliance is dropped by the backend\'s ingress policy, through the service too');
+});
+
+const TO_SERVICES = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: client-to-web
+spec:
+  endpointSelector:
+    matchLabels:
+      app: client
+  egress:
+    - toServices:
+        - k8sService:
+            serviceName: web
+        - k8sServiceSelector:
+            selector:
+              matchLabels:
+                tier: legacy
+      toPorts:
+        - ports:
+            - port: "7000"
+              protocol: TCP
+`;
+
+/** Connects until `want` (a backend's name, or an error) answers, for up to `ms`: policy follows services asynchronously. */
+async function eventually(node: TestNode, netns: string, address: string, port: number, want: string, ms = 10_000): Promise<string | undefined> {
+  let got: string | undefined;
+  for (const end = Date.now() + ms; Date.now() < end; ) {
+    const [answer] = await connect(node, netns, 'tcp', address, port, 1);
+    got = answer.name ?? answer.error;
+    if (got === want) return got;
+    await sleep(200);
+  }
+  return got;
+}
+
+test('egress toServices allows the service and its backends, follows backends as they come, and nothing else', async (t) => {
+  const node = await TestNode.start(t, { nodeName: 'lb10' });
+  const a = await node.addPod(t, 'web-a', { app: 'web' });
+  const other = await node.addPod(t, 'other', { app: 'other' });
+  const client = await node.addPod(t, 'client', { app: 'client' });
+  await serve(t, a.netns, 'a', 7000);
+  await serve(t, other.netns, 'other', 7000);
+  const vip = await addService(node, 'web', '--selector', 'app=web', '--port', '80:7000');
+  await importPolicy(t, node, TO_SERVICES);
+
+  assert.deepEqual(await connect(node, client.netns, 'tcp', vip, 80, 2), [{ name: 'a', peer: `${vip}:80` }, { name: 'a', peer: `${vip}:80` }], 'the service is reachable');
+  assert.deepEqual((await connect(node, client.netns, 'tcp', a.endpoint.ipv4, 7000, 1)).map((r) => r.name ?? r.error), ['a'], 'its backend directly too');
+  assert.deepEqual((await connect(node, client.netns, 'tcp', other.endpoint.ipv4, 7000, 1)).map((r) => r.name ?? r.error), ['timeout'], 'another pod is not (egress default deny)');
+
+  // A backend that joins the service is allowed as it comes.
+  const b = await node.addPod(t, 'web-b', { app: 'web' });
+  await serve(t, b.netns, 'b', 7000);
+  assert.equal(await eventually(node, client.netns, b.endpoint.ipv4, 7000, 'b'), 'b', 'the added backend becomes reachable');
+
+  // A service selected by its labels, whose explicit backend is the other pod: allowed once it exists.
+  await addService(node, 'legacy', '--labels', 'tier=legacy', '--backend', other.endpoint.ipv4, '--port', '81:7000');
+  assert.equal(await eventually(node, client.netns, other.endpoint.ipv4, 7000, 'other'), 'other', 'the labelled service\'s backend becomes reachable');
+  await ok(node, 'service', 'delete', 'legacy');
+  assert.equal(await eventually(node, client.netns, other.endpoint.ipv4, 7000, 'timeout'), 'timeout', 'and is denied again when the service goes');
 });
 
 test('services keep working while the agent is down; a restart adopts the maps and follows a new cgroup', async (t) => {

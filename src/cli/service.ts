@@ -25,11 +25,11 @@ export function parsePortSpec(spec: string): Record<string, unknown> {
 }
 
 /** `k=v,k2=v2` as labels. */
-function parseSelector(text: string): Record<string, string> {
+function parseSelector(text: string, option = '--selector'): Record<string, string> {
   const labels: Record<string, string> = {};
   for (const pair of text.split(',').filter(Boolean)) {
     const eq = pair.indexOf('=');
-    if (eq <= 0) throw new Error(`--selector "${pair}": want key=value[,key=value…]`);
+    if (eq <= 0) throw new Error(`${option} "${pair}": want key=value[,key=value…]`);
     labels[pair.slice(0, eq)] = pair.slice(eq + 1);
   }
   return labels;
@@ -92,6 +92,7 @@ export function registerServiceCommands(program: Command): void {
     .addOption(new Option('--type <type>', 'ClusterIP, NodePort or LoadBalancer').default('ClusterIP'))
     .requiredOption('--port <spec>', 'a port: [name=]PORT[:TARGET[:NODEPORT]][/PROTOCOL], e.g. http=80:8080/TCP (repeat for several)', collect)
     .option('--selector <labels>', 'backends are the pods of the namespace with these labels: app=web,tier=front')
+    .option('--labels <labels>', "the service's own labels (policies select services by them): tier=front,team=a")
     .option('--backend <ip>', 'a backend address, for a service without selector (repeat for several)', collect)
     .option('--cluster-ip <ip>', 'this ClusterIP instead of an allocated one')
     .option('--external-ip <ip>', 'an external IP the service also answers on (repeat for several)', collect)
@@ -108,6 +109,7 @@ export function registerServiceCommands(program: Command): void {
           type: string;
           port: string[];
           selector?: string;
+          labels?: string;
           backend?: string[];
           clusterIp?: string;
           externalIp?: string[];
@@ -124,6 +126,7 @@ export function registerServiceCommands(program: Command): void {
           type: options.type,
           ports: options.port.map(parsePortSpec),
           ...(options.selector !== undefined ? { selector: parseSelector(options.selector) } : {}),
+          ...(options.labels !== undefined ? { labels: parseSelector(options.labels, '--labels') } : {}),
           ...(options.backend ? { backends: options.backend.map((ip) => ({ ip })) } : {}),
           ...(options.clusterIp ? { clusterIP: options.clusterIp } : {}),
           ...(options.externalIp ? { externalIPs: options.externalIp } : {}),

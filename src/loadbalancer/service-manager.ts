@@ -12,6 +12,7 @@
  */
 import type { Logger } from 'pino';
 import { Addr, Prefix } from '../net/index.ts';
+import { POD_NAMESPACE_LABEL, selectorMatches, type CidrRule, type Selector, type ServiceBackendPeers, type ServicePeer } from '../policy/index.ts';
 import { Table } from '../statedb/index.ts';
 import { StoreConflictError, type StateStore, type TxnOp, type WatchEvent } from '../store/index.ts';
 import { ServiceError } from './errors.ts';
@@ -76,6 +77,7 @@ export class ServiceManager {
   /** Store revision of the last service change applied, and who waits for a later one. */
   #applied = 0;
   #waiters: { revision: number; resolve: () => void }[] = [];
+  readonly #listeners = new Set<() => void>();
 
   constructor(options: ServiceManagerOptions) {
     this.#store = options.store;
@@ -152,6 +154,7 @@ export class ServiceManager {
           type: r.type,
           clusterIP,
           ports: [],
+          ...(r.labels && Object.keys(r.labels).length > 0 ? { labels: r.labels } : {}),
           ...(r.selector ? { selector: r.selector } : {}),
           ...(r.backends ? { backends: r.backends.map((b) => ({ ip: b.ip, ...(b.state === 'terminating' ? { state: b.state } : {}) })) } : {}),
           externalIPs: r.externalIPs,
@@ -250,6 +253,51 @@ export class ServiceManager {
     }
   }
 
+  /**
+   * Calls `listener` after every change of a service or a pod (what toServices policies resolve
+   * through); returns the unsubscribe.
+   */
+  subscribe(listener: () => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #notify(): void {
+    for (const listener of this.#listeners) listener();
+  }
+
+  /**
+   * A policy's `toServices` peer as the peers its services' backends are: a service's selector
+   * (with its namespace) for the pods it selects, so a pod that joins is allowed as it comes; an
+   * explicit backend that is a pod, that pod's labels (its identity); any other address, its /32.
+   * Terminating backends count: their established connections go on.
+   */
+  policyPeers(peer: ServicePeer): ServiceBackendPeers {
+    const endpoints: Selector[] = [];
+    const cidrs: CidrRule[] = [];
+    let podsByIp: Map<string, ServicePod> | undefined;
+    const podSelector = (namespace: string, labels: Record<string, string>): Selector => ({
+      matchLabels: { ...Object.fromEntries(Object.entries(labels).map(([k, v]) => [`any:${k}`, v])), [POD_NAMESPACE_LABEL]: namespace },
+      matchExpressions: [],
+    });
+    for (const service of this.services.all()) {
+      if (peer.namespace !== undefined && service.namespace !== peer.namespace) continue;
+      if (peer.name !== undefined && service.name !== peer.name) continue;
+      if (peer.selector && !selectorMatches(peer.selector, Object.fromEntries(Object.entries(service.labels ?? {}).map(([k, v]) => [`k8s:${k}`, v])))) continue;
+      if (service.selector) {
+        endpoints.push(podSelector(service.namespace, service.selector));
+        continue;
+      }
+      for (const backend of service.backends ?? []) {
+        podsByIp ??= new Map([...this.#pods.values()].map((p) => [p.ipv4, p]));
+        const pod = podsByIp.get(backend.ip);
+        if (pod) endpoints.push(podSelector(pod.namespace, pod.labels));
+        else cidrs.push({ cidr: `${backend.ip}/32`, except: [] });
+      }
+    }
+    return { endpoints, cidrs };
+  }
+
   /** A change of `services/specs/…` from the store. */
   applyServiceEvent(event: WatchEvent<Service>): void {
     const key = event.key.slice(SERVICE_SPECS_PREFIX.length);
@@ -261,6 +309,7 @@ export class ServiceManager {
       this.#resolve(event.value);
     }
     this.#advance(event.revision);
+    this.#notify();
   }
 
   /**
@@ -351,6 +400,7 @@ export class ServiceManager {
       const wanted = (pod: ServicePod | undefined) => pod !== undefined && pod.namespace === service.namespace && selects(service.selector!, pod.labels);
       if (wanted(before) || wanted(after)) this.#resolve(service);
     }
+    this.#notify();
   }
 
   #resolve(service: Service): void {

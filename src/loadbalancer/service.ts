@@ -54,6 +54,8 @@ export interface Service {
   type: ServiceType;
   clusterIP: string;
   ports: ServicePort[];
+  /** The service's own labels (what a policy's `toServices` k8sServiceSelector selects on). */
+  labels?: Record<string, string>;
   /** Pods of `namespace` whose labels include all of these are the backends. */
   selector?: Record<string, string>;
   /** Backends listed explicitly (a service without selector). */
@@ -140,6 +142,7 @@ export function serviceRequestSchema(limits: ServiceRequestLimits) {
         )
         .min(1, 'a service needs at least one port')
         .max(100, 'at most 100 ports'),
+      labels: z.record(z.string(), z.string({ error: 'label values must be strings' }), { error: 'must be an object of labels' }).optional(),
       selector: z.record(z.string(), z.string({ error: 'label values must be strings' }), { error: 'must be an object of labels' }).optional(),
       backends: z
         .array(z.object({ ip: ipv4, state: z.enum(BACKEND_STATES, { error: `must be one of ${BACKEND_STATES.join(', ')}` }).optional() }).strict())
@@ -164,10 +167,12 @@ export function serviceRequestSchema(limits: ServiceRequestLimits) {
     .strict()
     .superRefine((spec, ctx) => {
       const issue = (path: (string | number)[], message: string) => ctx.addIssue({ code: 'custom', path, message });
-      for (const [key, value] of Object.entries(spec.selector ?? {})) {
-        const problem = k8sLabelKeyProblem(key);
-        if (problem) issue(['selector', key], problem);
-        else if (value.length > 63 || !LABEL_VALUE.test(value)) issue(['selector', key], `label value "${value}": at most 63 characters of [A-Za-z0-9-_.], alphanumeric at both ends`);
+      for (const field of ['labels', 'selector'] as const) {
+        for (const [key, value] of Object.entries(spec[field] ?? {})) {
+          const problem = k8sLabelKeyProblem(key);
+          if (problem) issue([field, key], problem);
+          else if (value.length > 63 || !LABEL_VALUE.test(value)) issue([field, key], `label value "${value}": at most 63 characters of [A-Za-z0-9-_.], alphanumeric at both ends`);
+        }
       }
       if (spec.selector && spec.backends) issue(['backends'], 'a service selects its backends by selector or lists them, not both');
       const backendIps = new Set<string>();

@@ -29,7 +29,7 @@ import { ConfigError, ipv4Cidr } from '../config.ts';
 import { followPrefix } from '../follow.ts';
 import { parseRequest } from '../api-errors.ts';
 import { defineModule } from '../module.ts';
-import { EndpointsCell, ServicesCell, StoreCell } from './cells.ts';
+import { EndpointsCell, PolicyCell, ServicesCell, StoreCell } from './cells.ts';
 
 const NODE_PORT_RANGE = /^(\d{1,5})-(\d{1,5})$/;
 
@@ -98,9 +98,9 @@ export const servicesModule = defineModule({
   name: 'services',
   description: 'services (ClusterIP, NodePort, LoadBalancer) from the store, their backends among the cluster\'s pods, and the services API',
   config: servicesConfig,
-  needs: { store: StoreCell, endpoints: EndpointsCell },
+  needs: { store: StoreCell, endpoints: EndpointsCell, policy: PolicyCell },
   provides: ServicesCell,
-  async start({ store, endpoints }, { config, log, api }) {
+  async start({ store, endpoints, policy }, { config, log, api }) {
     const serviceCidr = Prefix.parse(config.serviceCidr, { family: 4 });
     const clusterCidr = Prefix.parse(config.clusterCidr, { family: 4 });
     if (serviceCidr.overlaps(clusterCidr)) {
@@ -170,6 +170,17 @@ export const servicesModule = defineModule({
       throw error;
     }
 
+    // toServices policies follow the services and their backends; a burst of changes (a listing,
+    // a deployment's pods) is one recomputation.
+    let policyQueued: NodeJS.Immediate | undefined;
+    const unsubscribe = services.subscribe(() => {
+      policyQueued ??= setImmediate(() => {
+        policyQueued = undefined;
+        policy.servicesChanged();
+      });
+    });
+    policy.setServiceResolver((peer) => services.policyPeers(peer));
+
     const view = (service: Service): ServiceView => ({
       ...service,
       frontends: services.frontendsOf(serviceKey(service)).map((f) => ({
@@ -221,6 +232,8 @@ export const servicesModule = defineModule({
     return {
       value: services,
       stop: async () => {
+        unsubscribe();
+        clearImmediate(policyQueued);
         await stopWatches();
         await datapath.stop();
       },
