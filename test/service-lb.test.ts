@@ -13,6 +13,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { testCgroup } from '../src/ebpf/internal/testutils.ts';
+import { connectObserver, type Flow } from '../src/observer/index.ts';
 import { TestNode, cli, inNs, sleep, spawnInNs } from './support/cluster.ts';
 
 /** Answers each TCP connection with its name (then echoes) and each datagram with its name. */
@@ -214,7 +215,7 @@ test('a drained backend keeps its live connection, takes no new one, and goes wh
   assert.match(notOne.stderr, /10\.244\.99\.99 is not one of its backends/);
 });
 
-test('a service with no backends refuses connections, counted as SERVICE_BACKEND_NOT_FOUND', async (t) => {
+test('a service with no backends refuses connections, counted as SERVICE_BACKEND_NOT_FOUND and shown as DROPPED flows', async (t) => {
   const node = await TestNode.start(t, { nodeName: 'lb3' });
   const client = await node.addPod(t, 'client', { app: 'client' });
   const vip = await addService(node, 'empty', '--selector', 'app=nobody', '--port', '80');
@@ -224,6 +225,28 @@ test('a service with no backends refuses connections, counted as SERVICE_BACKEND
   const refused = metrics.find((m) => m.key.reason === 158);
   assert.equal(refused?.key.reasonName, 'SERVICE_BACKEND_NOT_FOUND');
   assert.ok((refused?.value.packets ?? 0) >= 3, `three refusals counted: ${JSON.stringify(refused)}`);
+
+  // And visibly: a DROPPED flow per refusal, through the Observer API and as hubble observe prints it.
+  const observer = connectObserver(`unix:${node.hubbleSocket}`);
+  t.after(() => observer.close());
+  const dropped: Flow[] = [];
+  for (let i = 0; i < 50 && dropped.length < 3; i++) {
+    if (i > 0) await sleep(100);
+    dropped.length = 0;
+    for await (const r of observer.getFlows({ whitelist: [{ verdict: ['DROPPED'], dropReasonDesc: ['SERVICE_BACKEND_NOT_FOUND'] }] })) if (r.flow) dropped.push(r.flow);
+  }
+  assert.equal(dropped.length, 3, `one flow per refused connect: ${JSON.stringify(dropped)}`);
+  for (const flow of dropped) {
+    assert.equal(flow.verdict, 'DROPPED');
+    assert.equal(flow.dropReason, 158);
+    assert.equal(flow.IP?.destination, vip);
+    assert.equal(flow.l4?.TCP?.destinationPort, 80);
+    assert.equal(flow.trafficDirection, 'EGRESS');
+  }
+  const printed = await ok(node, 'observe', '--verdict', 'DROPPED', '--to-ip', vip);
+  const lines = printed.trim().split('\n');
+  assert.equal(lines.length, 3, printed);
+  for (const line of lines) assert.match(line, new RegExp(`-> ${vip.replaceAll('.', '\\.')}:80 .*Service backend not found DROPPED`));
 });
 
 const POLICY = `apiVersion: cilium.io/v2

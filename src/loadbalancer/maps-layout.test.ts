@@ -5,6 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Btf, checkLayout } from '../ebpf/index.ts';
+import { dropEvent, eventHeader } from '../datapath/index.ts';
 import { lb4AffinityKey, lb4Backend, lb4Key, lb4ReverseNat, lb4ReverseSk, lb4ReverseSkKey, lb4Service, lbAffinityMatch, lbAffinityVal, SOCK_OBJECT_PATH } from './maps.ts';
 
 test('load-balancing map codecs match bpf/lib/lb.h', () => {
@@ -19,4 +20,9 @@ test('load-balancing map codecs match bpf/lib/lb.h', () => {
   assert.equal(lb4AffinityKey.size, 16);
   assert.equal(lbAffinityVal.size, 16);
   assert.equal(lbAffinityMatch.size, 8);
+});
+
+test('the socket hooks\' drop event is the datapath\'s one layout (bpf/lib/events.h)', () => {
+  const btf = Btf.fromElf(SOCK_OBJECT_PATH);
+  for (const codec of [eventHeader, dropEvent]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
 });
