@@ -339,8 +339,11 @@ export class PolicyManager {
     const { id, labels } = this.#identities.allocateCidr(prefix);
     this.#cidrs.set(prefix, id);
     this.#apply(this.engine.upsertIdentity(id, labelMap(labels)));
-    // The ipcache is longest-prefix: pods and nodes keep their own more specific entries.
-    if (!prefix.endsWith('/0')) this.#ipcache.upsert({ prefix, identity: id, source: 'cidr-policy' });
+    // The ipcache is longest-prefix: pods and nodes keep their own more specific entries, and
+    // their own entries of the same prefix (a /32 naming a pod or node, e.g. an explicit service
+    // backend a toServices rule allows): a policy never relabels a pod or a node.
+    const held = this.#ipcache.table.get(prefix);
+    if (!prefix.endsWith('/0') && (held === undefined || held.source === 'cidr-policy')) this.#ipcache.upsert({ prefix, identity: id, source: 'cidr-policy' });
   }
 
   #releaseUnusedCidrs(): void {
@@ -348,7 +351,7 @@ export class PolicyManager {
     for (const [prefix, id] of this.#cidrs) {
       if (used.has(prefix)) continue;
       this.#cidrs.delete(prefix);
-      this.#ipcache.delete(prefix);
+      if (this.#ipcache.table.get(prefix)?.source === 'cidr-policy') this.#ipcache.delete(prefix);
       this.#apply(this.engine.deleteIdentity(id));
       this.#identities.releaseCidr(prefix);
     }
