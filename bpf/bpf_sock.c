@@ -57,7 +57,9 @@ struct sock_event_tuple {
 	__be16 sport;
 	__be16 dport;
 	__u8 proto;
-	__u8 _pad[3];
+	__u8 _pad;
+	__u16 endpoint_id;	/* the local endpoint whose namespace the socket is in, 0 if none */
+	__u32 identity;		/* its security identity, 0 if none */
 };
 
 /*
@@ -75,6 +77,8 @@ static __noinline void sock_drop_event_fill(struct ciliate_drop_event *ev, const
 	ev->hdr.type = CILIATE_EVENT_DROP;
 	ev->hdr.subtype = reason;
 	ev->hdr.hash = (__u32)t->cookie;
+	ev->hdr.source = t->endpoint_id;
+	ev->hdr.src_identity = t->identity;
 	ev->hdr.orig_len = SOCK_EVENT_IP_LEN + l4len;
 	ev->hdr.cap_len = SOCK_EVENT_ETH_LEN + SOCK_EVENT_IP_LEN + l4len;
 	ev->hdr.flags = CILIATE_EVENT_F_SOCK;
@@ -115,8 +119,9 @@ static __noinline void sock_drop_event_fill(struct ciliate_drop_event *ev, const
 }
 
 /*
- * Reports a refused connection. The source is the socket's own address when it has one (bound,
- * or a datagram's msg_src_ip4), else 0.0.0.0: the kernel picks it only after connect4.
+ * Reports a refused connection, from the endpoint whose network namespace the socket is in. The
+ * source address is the socket's own when it has one (bound, or a datagram's msg_src_ip4), else
+ * that endpoint's (the kernel picks one only after connect4), else 0.0.0.0.
  */
 static __always_inline void sock4_drop_notify(struct bpf_sock_addr *ctx, bool sendmsg, __u64 cookie,
 					      enum ciliate_drop_reason reason, __u32 line)
@@ -136,6 +141,15 @@ static __always_inline void sock4_drop_notify(struct bpf_sock_addr *ctx, bool se
 		if (!t.saddr)
 			t.saddr = sk->src_ip4;
 		t.sport = bpf_htons((__u16)sk->src_port);
+	}
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	struct sock_endpoint *ep = bpf_map_lookup_elem(&ciliate_sock_endpoints, &netns);
+
+	if (ep) {
+		t.endpoint_id = ep->endpoint_id;
+		t.identity = ep->identity;
+		if (!t.saddr)
+			t.saddr = ep->ipv4;
 	}
 	metrics_account(0, reason, CILIATE_METRIC_EGRESS);
 	ev = ringbuf_reserve_or_count(&ciliate_events, &ciliate_events_lost, sizeof(*ev));

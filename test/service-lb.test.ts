@@ -242,11 +242,14 @@ test('a service with no backends refuses connections, counted as SERVICE_BACKEND
     assert.equal(flow.IP?.destination, vip);
     assert.equal(flow.l4?.TCP?.destinationPort, 80);
     assert.equal(flow.trafficDirection, 'EGRESS');
+    assert.equal(flow.IP?.source, client.endpoint.ipv4, 'the source is the client pod, named by its network namespace');
+    assert.equal(flow.source?.ID, client.endpoint.id);
+    assert.equal(flow.source?.identity, client.endpoint.identity);
   }
   const printed = await ok(node, 'observe', '--verdict', 'DROPPED', '--to-ip', vip);
   const lines = printed.trim().split('\n');
   assert.equal(lines.length, 3, printed);
-  for (const line of lines) assert.match(line, new RegExp(`-> ${vip.replaceAll('.', '\\.')}:80 .*Service backend not found DROPPED`));
+  for (const line of lines) assert.match(line, new RegExp(`^.*: default/client .*-> ${vip.replaceAll('.', '\\.')}:80 .*Service backend not found DROPPED \\(TCP Flags: SYN\\)$`));
 });
 
 const POLICY = `apiVersion: cilium.io/v2

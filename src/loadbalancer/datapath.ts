@@ -17,7 +17,7 @@ import { attachCgroup, BpfError, Link, unpinLink, type BpfObject } from '../ebpf
 import { Reconciler, type ReconcilerHealth, type Table } from '../statedb/index.ts';
 import { maglevTable } from './maglev.ts';
 import { backendName, frontendKey, PROTOCOL_NUMBER, type Backend, type Frontend, type FrontendKind, type ServiceProtocol } from './service.ts';
-import { BackendFlag, createMaglevInner, LB_MAGLEV_LUT_SIZE, lbMaps, LbSelection, loadSock, ServiceFlag, SockProgram, type Lb4Key, type Lb4Service, type LbMaps } from './maps.ts';
+import { BackendFlag, createMaglevInner, LB_MAGLEV_LUT_SIZE, lbMaps, LbSelection, loadSock, ServiceFlag, SockProgram, type Lb4Key, type Lb4Service, type LbMaps, type SockEndpoint } from './maps.ts';
 
 /** What the maps hold for one frontend. */
 interface Written {
@@ -55,6 +55,17 @@ export interface LbDatapathOptions {
   maglevSeed: number;
   log: Logger;
   refreshIntervalMs?: number;
+  /** The local endpoints by network namespace, for the socket hooks' events (ciliate_sock_endpoints). */
+  sockEndpoints?: Table<SockEndpointEntry>;
+}
+
+/** A local endpoint under its network namespace's cookie: who a socket-level event comes from. */
+export interface SockEndpointEntry {
+  /** bpf_get_netns_cookie() of the endpoint's namespace, in decimal. */
+  netnsCookie: string;
+  endpointId: number;
+  identity: number;
+  ipv4: string;
 }
 
 /** One frontend as `ciliate bpf lb list` shows it: what the kernel holds. */
@@ -78,6 +89,7 @@ export class LbDatapath {
   readonly #bpfRoot: string;
   readonly #log: Logger;
   readonly #reconciler: Reconciler<Frontend, Written>;
+  readonly #sockReconciler: Reconciler<SockEndpointEntry, SockEndpoint> | undefined;
   readonly #written = new Map<string, Written>();
   /**
    * Backends by name (`ip:port/PROTO`) with their id and the frontends that list them (a map, so
@@ -121,13 +133,39 @@ export class LbDatapath {
       onError: (key, error, attempts) => this.#log.warn({ frontend: key, attempts, err: error }, 'writing a service frontend into the LB maps failed; will retry'),
       onRefresh: (kind, key) => this.#log.info({ frontend: key, kind }, kind === 'repair' ? 'LB entry drifted; rewritten' : 'LB entry nobody wants; deleted'),
     });
+    const sock = this.#maps.sockEndpoints;
+    const value = (e: SockEndpointEntry): SockEndpoint => ({ ipv4: e.ipv4, identity: e.identity, endpoint_id: e.endpointId });
+    this.#sockReconciler = options.sockEndpoints
+      ? new Reconciler<SockEndpointEntry, SockEndpoint>({
+          name: 'sock-endpoints',
+          table: options.sockEndpoints,
+          refreshIntervalMs: options.refreshIntervalMs,
+          // The table fills as the endpoints are followed: a restarted agent prunes only at the first refresh.
+          refreshOnStart: false,
+          ops: {
+            update: (e) => sock.update(BigInt(e.netnsCookie), value(e)),
+            delete: (_e, key) => {
+              sock.delete(BigInt(key));
+            },
+            list: () => [...sock.entries()].map(([cookie, v]) => [String(cookie), v] as const),
+            equal: (e, actual) => actual.ipv4 === e.ipv4 && actual.identity === e.identity && actual.endpoint_id === e.endpointId,
+            repair: (e) => sock.update(BigInt(e.netnsCookie), value(e)),
+            prune: (key) => {
+              sock.delete(BigInt(key));
+            },
+          },
+          onError: (key, error, attempts) => this.#log.warn({ netnsCookie: key, attempts, err: error }, 'writing a socket endpoint failed; will retry'),
+        })
+      : undefined;
   }
 
   start(): void {
     this.#reconciler.start();
+    this.#sockReconciler?.start();
   }
 
   async stop(): Promise<void> {
+    await this.#sockReconciler?.stop();
     await this.#reconciler.stop();
     for (const link of this.#links.splice(0)) link.close();
     this.#obj.close();
@@ -135,6 +173,11 @@ export class LbDatapath {
 
   health(): ReconcilerHealth {
     return this.#reconciler.health();
+  }
+
+  /** The socket endpoints reconciler's health, when there is one. */
+  sockEndpointsHealth(): ReconcilerHealth | undefined {
+    return this.#sockReconciler?.health();
   }
 
   /** Resolves once every frontend so far is in the maps (and none keeps failing). */

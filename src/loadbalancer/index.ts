@@ -46,7 +46,7 @@ export {
 } from './maglev.ts';
 export { murmur3x64_128 } from './murmur3.ts';
 export { servicesFromManifest, type ManifestProblem } from './manifest.ts';
-export { LbDatapath, type LbDatapathOptions, type LbEntry } from './datapath.ts';
+export { LbDatapath, type LbDatapathOptions, type LbEntry, type SockEndpointEntry } from './datapath.ts';
 export {
   BackendFlag,
   LB_MAGLEV_LUT_SIZE,

@@ -16,6 +16,7 @@ export const LbMapName = {
   MAGLEV: 'ciliate_lb4_maglev',
   AFFINITY: 'ciliate_lb4_affinity',
   AFFINITY_MATCH: 'ciliate_lb_affinity_match',
+  SOCK_ENDPOINTS: 'ciliate_sock_endpoints',
 } as const;
 
 
@@ -83,6 +84,10 @@ export const lbAffinityVal = struct('lb_affinity_val', { last_used: u64, backend
 export const lbAffinityMatch = struct('lb_affinity_match', { backend_id: u32, rev_nat_index: u16, _pad: pad(2) });
 export type LbAffinityMatch = StructValue<(typeof lbAffinityMatch)['fields']>;
 
+/** ciliate_sock_endpoints: network namespace cookie → the local endpoint in it. */
+export const sockEndpoint = struct('sock_endpoint', { ipv4, identity: u32, endpoint_id: u16, _pad: pad(2) });
+export type SockEndpoint = StructValue<(typeof sockEndpoint)['fields']>;
+
 /** The node's load-balancing maps, pinned in `<bpfRoot>/maps`. */
 export interface LbMaps {
   services: BpfMap<Lb4Key, Lb4Service>;
@@ -91,6 +96,7 @@ export interface LbMaps {
   /** rev_nat_index → inner map (setInnerMap; lookup gives the inner map's id). */
   maglev: BpfMap<number, number>;
   affinityMatch: BpfMap<LbAffinityMatch, number>;
+  sockEndpoints: BpfMap<bigint, SockEndpoint>;
 }
 
 /** Loads bpf_sock.o with its maps pinned (and adopted when pinned already) in `pinDir`. */
@@ -110,6 +116,7 @@ export function lbMaps(obj: BpfObject): LbMaps {
     reverseNat: obj.map(LbMapName.REVERSE_NAT).withCodecs(lb4ReverseNatKey, lb4ReverseNat),
     maglev: obj.map(LbMapName.MAGLEV).withCodecs(u16, u32),
     affinityMatch: obj.map(LbMapName.AFFINITY_MATCH).withCodecs(lbAffinityMatch, u8),
+    sockEndpoints: obj.map(LbMapName.SOCK_ENDPOINTS).withCodecs(u64, sockEndpoint),
   };
 }
 

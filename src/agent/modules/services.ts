@@ -21,8 +21,11 @@ import {
   servicesFromManifest,
   serviceRequestSchema,
   type Service,
+  type SockEndpointEntry,
 } from '../../loadbalancer/index.ts';
+import { netnsCookie } from '../../datapath/index.ts';
 import { Addr, Prefix } from '../../net/index.ts';
+import { Table } from '../../statedb/index.ts';
 import type { Endpoint } from '../endpoint.ts';
 import { ENDPOINTS_PREFIX, nodeEndpointsPrefix } from '../endpoint.ts';
 import { ConfigError, ipv4Cidr } from '../config.ts';
@@ -128,11 +131,32 @@ export const servicesModule = defineModule({
     // A local pod turns terminating in its services the moment the endpoint manager lets it go,
     // before its interface is deleted: no new connection is given it (it would find no pod),
     // established ones keep their backend entry. Its store record going ends it everywhere.
+    // The socket hooks name the endpoint a refused connection comes from by its network
+    // namespace: each local endpoint under its namespace's cookie.
+    const sockEndpoints = new Table<SockEndpointEntry>('sock-endpoints', (e) => e.netnsCookie, { equals: (a, b) => JSON.stringify(a) === JSON.stringify(b) });
+    const cookieOf = new Map<string, string>();
     const local = endpoints.table.changes();
     const localPrefix = nodeEndpointsPrefix(config.nodeName);
     const localLoop = (async () => {
       while (!abort.signal.aborted) {
-        for (const change of local.next()) if (change.deleted) services.terminatePod(`${localPrefix}${change.key}`);
+        for (const change of local.next()) {
+          const cookie = cookieOf.get(change.key);
+          if (change.deleted) {
+            services.terminatePod(`${localPrefix}${change.key}`);
+            cookieOf.delete(change.key);
+            if (cookie !== undefined && sockEndpoints.get(cookie)?.endpointId === change.object.id) sockEndpoints.delete(cookie);
+            continue;
+          }
+          const ep = change.object;
+          try {
+            const key = cookie ?? String(netnsCookie(ep.netns));
+            cookieOf.set(change.key, key);
+            sockEndpoints.upsert({ netnsCookie: key, endpointId: ep.id, identity: ep.identity, ipv4: ep.ipv4 });
+          } catch (error) {
+            // Only the flows of its refused connections lose their source.
+            log.warn({ endpoint: change.key, netns: ep.netns, err: error }, 'reading the network namespace cookie of an endpoint failed');
+          }
+        }
         await local.wait(abort.signal);
       }
     })();
@@ -151,6 +175,7 @@ export const servicesModule = defineModule({
         maglevSeed: maglevSeed(config.maglevHashSeed),
         log,
         refreshIntervalMs: config.reconcileRefreshInterval * 1000,
+        sockEndpoints,
       });
     } catch (error) {
       await stopWatches();
@@ -238,7 +263,7 @@ export const servicesModule = defineModule({
         await datapath.stop();
       },
       status: () => ({ services: { services: services.services.size, frontends: services.frontends.size, algorithm: config.lbAlgorithm, socketLbCgroup: config.socketLbCgroup || 'off' } }),
-      reconcilers: () => [datapath.health()],
+      reconcilers: () => [datapath.health(), ...(datapath.sockEndpointsHealth() ? [datapath.sockEndpointsHealth()!] : [])],
     };
   },
 });
