@@ -235,17 +235,25 @@ export const servicesModule = defineModule({
     });
     api.route('GET', '/v1/lb/maps', () => datapath.entries());
     const backendRef = (params: Record<string, string>) => parseRequest(BackendRef, params, 'service backend');
+    // A drained backend takes no new connection once the command returns: wait for the maps too
+    // (bounded: a frontend that keeps failing elsewhere must not hold the answer).
+    const backendWritten = async (revision: number) => {
+      await services.synced(revision, SYNC_WAIT_MS);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([datapath.synced(), new Promise<void>((resolve) => (timer = setTimeout(resolve, SYNC_WAIT_MS)))]);
+      clearTimeout(timer);
+    };
     api.route('PUT', '/v1/services/:namespace/:name/backends/:ip', async ({ params, body }) => {
       const { namespace, name, ip } = backendRef(params);
       const { state } = parseRequest(BackendBody, body, 'service backend');
       const { service, revision } = await services.setBackend(namespace, name, ip, state);
-      await services.synced(revision, SYNC_WAIT_MS);
+      await backendWritten(revision);
       return { ...view(services.services.get(serviceKey(service)) ?? service), revision };
     });
     api.route('DELETE', '/v1/services/:namespace/:name/backends/:ip', async ({ params }) => {
       const { namespace, name, ip } = backendRef(params);
       const { service, revision } = await services.setBackend(namespace, name, ip, undefined);
-      await services.synced(revision, SYNC_WAIT_MS);
+      await backendWritten(revision);
       return { ...view(services.services.get(serviceKey(service)) ?? service), revision };
     });
     api.route('DELETE', '/v1/services/:namespace/:name', async ({ params }) => {
