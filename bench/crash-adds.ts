@@ -9,6 +9,8 @@
  *   addresses    pod namespaces whose eth0 still holds an address that is not their endpoint's
  *   allocations  IPAM allocations beyond the endpoints the agent lists
  *   pins         pinned endpoint directories of no endpoint
+ *   unbound      (not an orphan, a loss) recorded endpoints whose host veth, 5 s after the
+ *                restart, still has no clsact bound to the node's tc blocks (tc-block mode)
  *   pool         once the pool has refilled: pool links (the pool's link group) beyond its target,
  *                and pool links without pinned programs or pool pins without a link
  *
@@ -22,6 +24,7 @@ import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Endpoint } from '../src/agent/index.ts';
 import { ENDPOINT_LINK_GROUP, POOL_LINK_GROUP } from '../src/agent/endpoint-links.ts';
+import { TC_BLOCKS } from '../src/datapath/index.ts';
 import type { BenchContext } from './lib.ts';
 import { BenchNode } from './support/agent.ts';
 import { addNetns, Cleanups, inNs, netnsPath, sleep, uniqueName } from './support/ns.ts';
@@ -36,6 +39,7 @@ interface Orphans {
   addresses: number;
   allocations: number;
   pins: number;
+  unbound: number;
   pool: number;
   duplicates: number;
 }
@@ -66,13 +70,28 @@ async function countOrphans(node: BenchNode, pods: readonly { netns: string }[])
   const ids = new Set(endpoints.map((ep) => String(ep.id)));
   const pins = readdirSync(join(node.bpfRoot, 'endpoints')).filter((id) => !ids.has(id)).length;
   const duplicates = [...held.values()].filter((n) => n > 1).length;
-  return { orphans: { links, addresses, allocations: Math.max(0, status.ipam.used - endpoints.length), pins, pool, duplicates }, recorded: endpoints };
+  const unbound = await unboundEndpoints(node, endpoints);
+  return { orphans: { links, addresses, allocations: Math.max(0, status.ipam.used - endpoints.length), pins, unbound, pool, duplicates }, recorded: endpoints };
+}
+
+/** tc-block: endpoints whose host veth is not bound to the node's blocks within 5 s (the restart realizes them). */
+async function unboundEndpoints(node: BenchNode, endpoints: readonly Endpoint[]): Promise<number> {
+  const { datapathAttach } = (await node.client.get<{ config?: { datapathAttach?: string } }>('/v1/status')).config ?? {};
+  if (datapathAttach !== undefined && datapathAttach !== 'tc-block') return 0;
+  const deadline = Date.now() + 5000;
+  for (;;) {
+    const qdiscs = await inNs(node.netns, 'tc', ['qdisc', 'show']);
+    const bound = new Set([...qdiscs.matchAll(/qdisc clsact \S+ dev (\S+) .*ingress_block (\d+) egress_block (\d+)/g)].filter((m) => Number(m[2]) === TC_BLOCKS.ingress && Number(m[3]) === TC_BLOCKS.egress).map((m) => m[1]));
+    const unbound = endpoints.filter((ep) => !bound.has(ep.hostIfname)).length;
+    if (unbound === 0 || Date.now() > deadline) return unbound;
+    await sleep(100);
+  }
 }
 
 export async function run(ctx: BenchContext): Promise<void> {
   const trials = ctx.rounds ?? DEFAULT_TRIALS;
   const cleanups = new Cleanups((message) => ctx.log(message));
-  const total: Orphans = { links: 0, addresses: 0, allocations: 0, pins: 0, pool: 0, duplicates: 0 };
+  const total: Orphans = { links: 0, addresses: 0, allocations: 0, pins: 0, unbound: 0, pool: 0, duplicates: 0 };
   let completedAtKill = 0;
   let reAddFailures = 0;
   try {
@@ -121,6 +140,7 @@ export async function run(ctx: BenchContext): Promise<void> {
   }
   const orphans = total.links + total.addresses + total.allocations + total.pins + total.pool;
   ctx.emit({ metric: 'orphans', value: orphans, unit: 'count', baseline: null, ratio: null, better: 'lower', target: 0, trials, pods_per_trial: PODS, ...total });
+  ctx.emit({ metric: 'unbound_endpoints', value: total.unbound, unit: 'count', baseline: null, ratio: null, better: 'lower', target: 0, trials });
   ctx.emit({ metric: 'duplicate_addresses', value: total.duplicates, unit: 'count', baseline: null, ratio: null, better: 'lower', target: 0, trials });
   ctx.emit({ metric: 're_add_failures', value: reAddFailures, unit: 'count', baseline: null, ratio: null, better: 'lower', target: 0, trials });
   ctx.emit({ metric: 'adds_answered_before_kill', value: completedAtKill, unit: 'count', baseline: null, ratio: null, trials, of: trials * PODS });

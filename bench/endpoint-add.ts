@@ -3,14 +3,14 @@
  * plumbing done with plain `ip` and no datapath, endpoint by endpoint in interleaved rounds.
  *
  *   ciliate   `ip netns add`, then POST /v1/endpoints to an agent running in its own node namespace
- *             with its default endpoint link pool: IPAM allocation, a pair from the pool (bpf_lxc
- *             already attached to its host end's TCX ingress and egress) moved into the pod and
- *             renamed, pod-side and host-side addresses/routes/neighbour, the state store write,
- *             the pinned links handed to the endpoint, ciliate_lxc/ipcache entries. The API
- *             answers only once all of that is done.
- *   no-pool   the same against a second agent with --endpoint-link-pool 0: the add makes the veth
- *             pair and waits for both attaches itself.
- * Before every sample (of any variant, untimed) the pool agent's pool is allowed to refill, as it
+ *             with its defaults (--datapath-attach tc-block, no link pool): IPAM allocation, the
+ *             veth pair made with its peer in the pod, one clsact qdisc bound to the node's shared
+ *             tc blocks (bpf_lxc), pod-side and host-side addresses/routes/neighbour, the state
+ *             store write, ciliate_lxc/ipcache entries. The API answers only once all is done.
+ *   tcx       the same against a second agent with --datapath-attach tcx and its default link
+ *             pool (4): a pair from the pool (bpf_lxc already attached through TCX) moved into
+ *             the pod and renamed, its pinned links handed to the endpoint.
+ * Before every sample (of any variant, untimed) the tcx agent's pool is allowed to refill, as it
  * has between pods that come one at a time: so no variant's sample shares the kernel with a
  * refill in the background (which holds RTNL across RCU grace periods).
  *   plain-ip  `ip netns add`, then what bench/support/routed.ts RoutedNode.attach runs against a node
@@ -22,7 +22,7 @@
  * Figures (costs in ms, better "lower", ratio = ours / baseline):
  *   endpoint_add_p50_ms / _p99_ms          netns creation + endpoint setup (issue 8: p50 < 20 ms, p99 < 50 ms)
  *   api_add_p50_ms / _p99_ms               the POST alone vs the plain ip setup alone
- *   endpoint_add_no_pool_p50_ms / _p99_ms  and api_add_no_pool_…: the same without the pool
+ *   endpoint_add_tcx_pool_p50_ms / _p99_ms and api_add_tcx_pool_…: the same with tcx and its pool
  *   netns_add_p50_ms               `ip netns add` alone (the same command in both variants)
  * N (default 40, --rounds N) endpoints of each kind; all are deleted (and their netns) afterwards.
  * @module
@@ -52,19 +52,19 @@ export async function run(ctx: BenchContext): Promise<void> {
   const count = ctx.rounds ?? DEFAULT_ENDPOINTS;
   if (count > MAX_ENDPOINTS) throw new RangeError(`at most ${MAX_ENDPOINTS} endpoints per variant (one /24 each), asked for ${count}`);
   const cleanups = new Cleanups((message) => ctx.log(message));
-  const created: { ciliate: string[]; noPool: string[]; plain: string[] } = { ciliate: [], noPool: [], plain: [] };
+  const created: { ciliate: string[]; tcx: string[]; plain: string[] } = { ciliate: [], tcx: [], plain: [] };
   try {
     const node = await BenchNode.start(cleanups, { prefix: 'cben' });
-    const noPool = await BenchNode.start(cleanups, { prefix: 'cbeo', extraArgs: ['--endpoint-link-pool', '0'] });
+    const tcx = await BenchNode.start(cleanups, { prefix: 'cbeo', extraArgs: ['--datapath-attach', 'tcx'] });
     const routed = await RoutedNode.start(cleanups, '10.251.0', 'cber');
-    const timings: Record<'ciliate' | 'noPool' | 'plain', Timings> = {
+    const timings: Record<'ciliate' | 'tcx' | 'plain', Timings> = {
       ciliate: { netns: [], setup: [], total: [] },
-      noPool: { netns: [], setup: [], total: [] },
+      tcx: { netns: [], setup: [], total: [] },
       plain: { netns: [], setup: [], total: [] },
     };
     let unrefilled = 0;
     const settle = async (): Promise<void> => {
-      if (!(await node.poolRefilled())) unrefilled++;
+      if (!(await node.poolRefilled()) || !(await tcx.poolRefilled())) unrefilled++;
     };
 
     // The namespace is registered for deletion right after it exists, the endpoint right after
@@ -82,7 +82,7 @@ export async function run(ctx: BenchContext): Promise<void> {
       return end - start;
     };
 
-    const agentAdd = async (variant: 'ciliate' | 'noPool', agent: BenchNode, prefix: string): Promise<number> => {
+    const agentAdd = async (variant: 'ciliate' | 'tcx', agent: BenchNode, prefix: string): Promise<number> => {
       await settle();
       const start = performance.now();
       const netns = await newNetns(prefix);
@@ -98,7 +98,7 @@ export async function run(ctx: BenchContext): Promise<void> {
       count,
       {
         ciliate: () => agentAdd('ciliate', node, 'cbep'),
-        noPool: () => agentAdd('noPool', noPool, 'cbeo'),
+        tcx: () => agentAdd('tcx', tcx, 'cbeo'),
         plain: async () => {
           await settle();
           const start = performance.now();
@@ -113,7 +113,7 @@ export async function run(ctx: BenchContext): Promise<void> {
       {
         onRound: (i, samples) => {
           if ((i + 1) % 10 === 0 || i + 1 === count) {
-            ctx.log(`${i + 1}/${count}: last ciliate ${round(samples.ciliate.at(-1)!, 1)} ms, no pool ${round(samples.noPool.at(-1)!, 1)} ms, plain ip ${round(samples.plain.at(-1)!, 1)} ms`);
+            ctx.log(`${i + 1}/${count}: last ciliate ${round(samples.ciliate.at(-1)!, 1)} ms, tcx+pool ${round(samples.tcx.at(-1)!, 1)} ms, plain ip ${round(samples.plain.at(-1)!, 1)} ms`);
           }
         },
       },
@@ -128,12 +128,12 @@ export async function run(ctx: BenchContext): Promise<void> {
       await node.deleteEndpoint(containerId);
       deleteMs.push(performance.now() - start);
     }
-    for (const containerId of created.noPool) await noPool.deleteEndpoint(containerId);
+    for (const containerId of created.tcx) await tcx.deleteEndpoint(containerId);
     if (unrefilled > 0) ctx.log(`the pool had not refilled within 5 s before ${unrefilled} samples`);
 
     const base = timings.plain;
-    for (const [suffix, ours] of [['', timings.ciliate], ['_no_pool', timings.noPool]] as const) emitAdds(ctx, suffix, ours, base, suffix === '' ? deleteMs : undefined);
-    const netnsAll = [...timings.ciliate.netns, ...timings.noPool.netns, ...base.netns];
+    for (const [suffix, ours] of [['', timings.ciliate], ['_tcx_pool', timings.tcx]] as const) emitAdds(ctx, suffix, ours, base, suffix === '' ? deleteMs : undefined);
+    const netnsAll = [...timings.ciliate.netns, ...timings.tcx.netns, ...base.netns];
     ctx.emit({
       metric: 'netns_add_p50_ms',
       value: round(percentile(netnsAll, 50), 1),

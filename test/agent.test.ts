@@ -4,6 +4,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { AgentApiError, type Endpoint } from '../src/agent/index.ts';
 import { hostInterfaceName } from '../src/agent/endpoint.ts';
+import { LxcProgram, TC_BLOCKS } from '../src/datapath/index.ts';
 import { TestNode, addNetns, echo, echoServer, inNs, ping, sleep, streamConnection } from './support/cluster.ts';
 
 test('pods on one node reach each other and their node over ICMP, TCP and UDP', async (t) => {
@@ -27,6 +28,20 @@ test('pods on one node reach each other and their node over ICMP, TCP and UDP', 
   for (const pod of [a, b]) assert.ok(ipcache.some((e) => e.key.ip === pod.endpoint.ipv4 && e.key.prefixlen === 32), `ipcache has ${pod.endpoint.ipv4}/32`);
   const lxc = await node.client.get<{ key: { ip: string }; value: { lxc_id: number } }[]>('/v1/bpf/endpoint');
   assert.deepEqual(lxc.map((e) => e.value.lxc_id).sort(), [a.endpoint.id, b.endpoint.id].sort());
+
+  // The default attach mode: each host veth's clsact is bound to the node's two shared tc blocks,
+  // which carry bpf_lxc once; no link pool.
+  const { ingress, egress } = TC_BLOCKS;
+  for (const pod of [a, b]) {
+    assert.match(await inNs(node.netns, 'tc', ['qdisc', 'show', 'dev', pod.endpoint.hostIfname]), new RegExp(`clsact .*ingress_block ${ingress} egress_block ${egress}`));
+  }
+  for (const [block, program] of [[ingress, LxcProgram.FROM_CONTAINER], [egress, LxcProgram.TO_CONTAINER]] as const) {
+    const filters = (await inNs(node.netns, 'tc', ['filter', 'show', 'block', String(block)])).split('\n').filter((line) => / bpf .*handle /.test(line));
+    assert.equal(filters.length, 1, `one filter on block ${block}`);
+    assert.match(filters[0], new RegExp(`${program} direct-action`));
+  }
+  const pool = await node.client.get<{ linkPool?: { target: number } }>('/v1/status');
+  assert.equal(pool.linkPool?.target ?? 0, 0, 'no link pool by default with tc-block');
 });
 
 /**

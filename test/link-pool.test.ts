@@ -54,8 +54,11 @@ async function refilled(node: TestNode, timeoutMs = 15_000): Promise<PoolStatus>
 
 const poolPins = (node: TestNode) => readdirSync(join(node.bpfRoot, 'pool')).sort();
 
+/** The pool is the tcx attach mode's (default there): with tc-block an add attaches in one request, and the pool defaults to 0. */
+const TCX = ['--datapath-attach', 'tcx'];
+
 test('pods whose links came from the pool pass traffic and are held to policy as any pod, and the pool refills', async (t) => {
-  const node = await TestNode.start(t);
+  const node = await TestNode.start(t, { extraArgs: TCX });
   assert.deepEqual(await refilled(node), { target: 4, ready: 4, taken: 0, empty: 0 }, 'the default pool: 4 links');
   const ready = await poolLinks(node);
   assert.equal(ready.length, 4);
@@ -99,7 +102,7 @@ test('pods whose links came from the pool pass traffic and are held to policy as
 });
 
 test('a pool link nobody took passes nothing: its programs find no endpoint on it', async (t) => {
-  const node = await TestNode.start(t);
+  const node = await TestNode.start(t, { extraArgs: TCX });
   await refilled(node);
   const [name] = await poolLinks(node);
   const peer = name.replace(/^lxcp/, 'lxcq');
@@ -123,7 +126,7 @@ test('a pool link nobody took passes nothing: its programs find no endpoint on i
 });
 
 test('an empty pool: adds make their pairs as without one, and the pods work', async (t) => {
-  const node = await TestNode.start(t, { extraArgs: ['--endpoint-link-pool', '1'] });
+  const node = await TestNode.start(t, { extraArgs: [...TCX, '--endpoint-link-pool', '1'] });
   await refilled(node);
   const pods = await Promise.all([node.addPod(t), node.addPod(t), node.addPod(t)]);
   const status = await poolStatus(node);
@@ -135,7 +138,7 @@ test('an empty pool: adds make their pairs as without one, and the pods work', a
 });
 
 test('--endpoint-link-pool 0: no pool links, and adds attach the programs themselves', async (t) => {
-  const node = await TestNode.start(t, { extraArgs: ['--endpoint-link-pool', '0'] });
+  const node = await TestNode.start(t, { extraArgs: [...TCX, '--endpoint-link-pool', '0'] });
   const a = await node.addPod(t);
   const b = await node.addPod(t);
   assert.ok(await ping(a.netns, b.endpoint.ipv4));
@@ -146,7 +149,7 @@ test('--endpoint-link-pool 0: no pool links, and adds attach the programs themse
 });
 
 test('a start removes the pool links a killed agent left, also those an add was taking at each step, and the containers can be added', async (t) => {
-  const node = await TestNode.start(t);
+  const node = await TestNode.start(t, { extraArgs: TCX });
   await refilled(node);
   const [leftover, moved, renamed, repinned] = await poolLinks(node);
   const peerOf = (name: string) => name.replace(/^lxcp/, 'lxcq');
@@ -184,7 +187,7 @@ test('a start removes the pool links a killed agent left, also those an add was 
 });
 
 test('an add from the pool takes over the host end an interrupted add of the same container left', async (t) => {
-  const node = await TestNode.start(t);
+  const node = await TestNode.start(t, { extraArgs: TCX });
   await refilled(node);
   // What an add killed after making its pair leaves: the host end, marked as the agent's.
   const elsewhere = await addNetns(t, 'ctp');
@@ -201,7 +204,7 @@ test('an add from the pool takes over the host end an interrupted add of the sam
 });
 
 test('a take that fails falls back to making the pair, the link is not offered again, and pool links changed behind the agent\'s back are made anew', async (t) => {
-  const node = await TestNode.start(t, { reconcileRefreshInterval: 0.5 });
+  const node = await TestNode.start(t, { reconcileRefreshInterval: 0.5, extraArgs: TCX });
   await refilled(node);
   const before = await poolLinks(node);
   // Their programs detached behind the agent's back: no take may hand out such a link.
@@ -239,7 +242,7 @@ test('a take that fails falls back to making the pair, the link is not offered a
 });
 
 test('the pool makes no link while adds are in flight: it refills once they are done', async (t) => {
-  const node = await TestNode.start(t, { extraArgs: ['--endpoint-link-pool', '2'] });
+  const node = await TestNode.start(t, { extraArgs: [...TCX, '--endpoint-link-pool', '2'] });
   await refilled(node);
   node.log = '';
   await Promise.all(Array.from({ length: 6 }, () => node.addPod(t)));

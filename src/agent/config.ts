@@ -73,9 +73,9 @@ export function configSchema<S extends z.ZodRawShape>(shape: S): z.ZodObject<S, 
   return z.object(shape).strict();
 }
 
-/** The schema inside a field's default wrapper: what decides how text from env or flags is read. */
+/** The schema inside a field's default or optional wrapper: what decides how text from env or flags is read. */
 export function innerSchema(field: z.ZodType): z.ZodType {
-  return field instanceof z.ZodDefault ? (field.unwrap() as z.ZodType) : field;
+  return field instanceof z.ZodDefault || field instanceof z.ZodOptional ? (field.unwrap() as z.ZodType) : field;
 }
 
 function fromEnv(schema: z.ZodObject, env: NodeJS.ProcessEnv): Record<string, unknown> {

@@ -36,7 +36,7 @@ export interface EndpointDatapath {
    * Optional, for refreshes: what the kernel serves, by pod address; whether that serves an
    * endpoint as realize() would; and removing what serves an address no endpoint has.
    */
-  observe?(): Iterable<[ipv4: string, ObservedDatapathEndpoint]>;
+  observe?(): Iterable<[ipv4: string, ObservedDatapathEndpoint]> | Promise<Iterable<[ipv4: string, ObservedDatapathEndpoint]>>;
   serves?(endpoint: Endpoint, observed: ObservedDatapathEndpoint): boolean;
   prune?(observed: ObservedDatapathEndpoint): void;
   /**
@@ -161,7 +161,7 @@ export class EndpointManager {
       ops: {
         update: (ep) => datapath.realize(ep),
         delete: (ep) => datapath.remove(ep),
-        list: observe && (() => this.#observed(observe())),
+        list: observe && (async () => this.#observed(await observe())),
         equal: datapath.serves && ((ep, observed) => datapath.serves!(ep, observed)),
         prune: datapath.prune && ((_key, observed) => datapath.prune!(observed)),
       },
@@ -319,7 +319,7 @@ export class EndpointManager {
     const status = this.#reconciler.status(key);
     if (status?.state !== 'done') problems.push(`its datapath is ${status?.state ?? 'not realized'}${status?.error ? `: ${status.error}` : ''}`);
     else if (this.#datapath.observe && this.#datapath.serves) {
-      const observed = [...this.#datapath.observe()].find(([address]) => address === endpoint.ipv4)?.[1];
+      const observed = [...(await this.#datapath.observe())].find(([address]) => address === endpoint.ipv4)?.[1];
       if (!observed || !this.#datapath.serves(endpoint, observed)) problems.push(`its programs or endpoint map entry are not in place for ${endpoint.hostIfname}`);
     }
     return problems;

@@ -11,6 +11,7 @@ import { registerDemoCommand } from './demo.ts';
 import { registerAgentCommands } from './agent.ts';
 import { registerCniCommands } from './cni.ts';
 import { registerCompletionCommand } from './completion.ts';
+import { registerLbCommands } from './lb.ts';
 import { registerObserveCommand } from './observe.ts';
 import { registerPolicyCommands } from './policy.ts';
 import { registerRelayCommand } from './relay.ts';
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerCniCommands(program);
   registerPolicyCommands(program);
   registerServiceCommands(program);
+  registerLbCommands(program);
   registerObserveCommand(program);
   registerRelayCommand(program);
   registerRuntimeCommands(program);

@@ -1,6 +1,7 @@
 /**
- * Realizes endpoints in the kernel: the node's one load of bpf_lxc attached through TCX to each
- * endpoint's host-side veth, links pinned under <bpfRoot>/endpoints/<id>/, and the endpoint's
+ * Realizes endpoints in the kernel: the node's one load of bpf_lxc attached to each endpoint's
+ * host-side veth (by the attach mode: tc shared blocks, or TCX links pinned under
+ * <bpfRoot>/endpoints/<id>/), and the endpoint's
  * entries in the shared ciliate_lxc and ciliate_lxc_ifindex maps. Pool links (made ahead of the
  * adds that take them) have theirs pinned under <bpfRoot>/pool/<name>/ until an add takes them. The programs find the endpoint
  * from the packet in ciliate_lxc, so an endpoint costs no program load, and a new identity is a
@@ -13,6 +14,7 @@ import { join, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import { attachTcxAsync, BpfError, BpfMap, Link, Program, unpinLink, unpinLinkAsync, type BpfObject, type TcxDirection } from '../ebpf/index.ts';
 import { LxcProgram, loadLxc } from './lxc.ts';
+import { Netlink, NetlinkError, type Clsact } from './netlink/index.ts';
 import { linkServesInterface } from './pins.ts';
 import {
   endpointInfo,
@@ -44,7 +46,7 @@ export interface DatapathEndpoint {
 export interface ObservedEndpoint {
   ipv4: string;
   info: EndpointInfo;
-  /** Both pinned links of the endpoint's id serve info.ifindex. */
+  /** bpf_lxc runs on info.ifindex both ways (tcx: both pinned links of the id serve it; tc-block: its clsact is bound to the node's blocks). */
   linksServe: boolean;
   /** ciliate_lxc_ifindex names this address for info.ifindex. */
   indexed: boolean;
@@ -56,7 +58,39 @@ export interface EndpointDatapathOptions {
    * default: the one the process is in.
    */
   netns?: string;
+  /** How bpf_lxc is attached to endpoint interfaces; default tc-block. */
+  attach?: AttachMode;
+  /** tc-block: the shared block indexes (per network namespace); default TC_BLOCKS. */
+  blocks?: TcBlocks;
 }
+
+/**
+ * tc-block: each endpoint interface gets a clsact qdisc bound to the node's two shared filter
+ * blocks, which carry bpf_lxc as direct-action cls_bpf filters, installed once per node. An
+ * endpoint's attach is one RTM_NEWQDISC, which waits for no RCU grace period (an expedited one at
+ * most), against two TCX link creates that each wait for a full one (~13 ms or more under load).
+ * tcx: two TCX links per endpoint, pinned (kernel ≥ 6.6). One mode at a time: attaching in one
+ * removes what the other left on the interface, so an agent restarted in the other mode converts.
+ */
+export type AttachMode = 'tc-block' | 'tcx';
+export const ATTACH_MODES: readonly AttachMode[] = ['tc-block', 'tcx'];
+
+export interface TcBlocks {
+  ingress: number;
+  egress: number;
+}
+
+/** The blocks' indexes: arbitrary but fixed, so a restarted agent finds its blocks ("CILA"+0/1). */
+export const TC_BLOCKS: TcBlocks = { ingress: 0x43494c40, egress: 0x43494c41 };
+
+/**
+ * A shared block exists only while a qdisc is bound to it: this veth pair (down, no addresses,
+ * in the node's namespace) holds both, so the filters outlive the last endpoint and the agent.
+ */
+export const BLOCK_ANCHOR = 'ciliate_blk';
+const BLOCK_ANCHOR_PEER = 'ciliate_blk_p';
+/** The filters' priority and handle in their blocks. */
+const FILTER = { priority: 1, handle: 1 } as const;
 
 const ATTACHMENTS: readonly { program: string; direction: TcxDirection; pin: string }[] = [
   { program: LxcProgram.FROM_CONTAINER, direction: 'ingress', pin: 'from-container' },
@@ -82,6 +116,16 @@ export class EndpointDatapath {
   readonly lxc: BpfMap<{ ip: string }, EndpointInfo>;
   readonly lxcIfindex: BpfMap<number, { ip: string }>;
   readonly ipcache: BpfMap<{ prefixlen: number; ip: string }, RemoteEndpointInfo>;
+  readonly attachMode: AttachMode;
+  readonly #blocks: TcBlocks;
+  /** The node namespace's rtnetlink socket (tc-block mode), opened on first use. */
+  #netlink: Netlink | undefined;
+  /** The blocks' filters checked (and installed) once; cleared when a refresh finds them wrong. */
+  #blocksReady: Promise<void> | undefined;
+  /** tc-block: the interface each endpoint id's clsact was added to, so detach() can remove it. */
+  readonly #bound = new Map<number, number>();
+  /** tc-block: pool links whose host end this process bound, by name. */
+  readonly #poolBound = new Map<string, number>();
 
   /**
    * Loads the node's programs (bpf_lxc.o, once: the verifier's work is the same for one endpoint
@@ -92,6 +136,8 @@ export class EndpointDatapath {
     this.mapsDir = join(bpfRoot, 'maps');
     this.#log = log;
     this.#netns = options.netns;
+    this.attachMode = options.attach ?? 'tc-block';
+    this.#blocks = options.blocks ?? TC_BLOCKS;
     assertOnBpffs(bpfRoot);
     mkdirSync(this.mapsDir, { recursive: true });
     mkdirSync(join(bpfRoot, 'endpoints'), { recursive: true });
@@ -154,6 +200,16 @@ export class EndpointDatapath {
   }
 
   async #attach(endpoint: Pick<DatapathEndpoint, 'id' | 'hostIfindex'>): Promise<void> {
+    if (this.attachMode === 'tc-block') {
+      const added = await this.#bind(endpoint.hostIfindex);
+      this.#bound.set(endpoint.id, endpoint.hostIfindex);
+      // Found bound already (a previous agent's): realize() reports it adopted.
+      if (added) this.#known.add(endpoint.id);
+      // TCX links a tcx-mode agent pinned for the id: the blocks serve the interface now.
+      await this.#unpinAll(this.#endpointDir(endpoint.id));
+      if (added) this.#log.debug({ endpoint: endpoint.id, ifindex: endpoint.hostIfindex }, 'attached datapath (tc blocks)');
+      return;
+    }
     const missing = await this.#attachTo(this.#endpointDir(endpoint.id), endpoint.hostIfindex);
     if (missing.length > 0) {
       this.#known.add(endpoint.id);
@@ -164,6 +220,11 @@ export class EndpointDatapath {
   /** Attaches (both at once) and pins under `dir` the links not already pinned there for `ifindex`; returns their pin names. */
   async #attachTo(dir: string, ifindex: number): Promise<string[]> {
     mkdirSync(dir, { recursive: true });
+    // A clsact a tc-block agent bound goes once the links run: one mode on an interface.
+    const unbind = async () => {
+      const clsact = (await this.#nl().clsacts()).find((c) => c.ifindex === ifindex);
+      if (clsact && this.#ours(clsact)) await this.#nl().deleteClsact(ifindex);
+    };
     const missing = ATTACHMENTS.filter(({ pin }) => !linkServesInterface(join(dir, pin), ifindex));
     await settled(
       missing.map(async ({ program, direction, pin }) => {
@@ -172,7 +233,94 @@ export class EndpointDatapath {
         link.pin(join(dir, pin));
       }),
     );
+    if (missing.length > 0) await unbind();
     return missing.map((a) => a.pin);
+  }
+
+  // ---- tc-block ----
+
+  #nl(): Netlink {
+    this.#netlink ??= Netlink.open({ netns: this.#netns });
+    return this.#netlink;
+  }
+
+  #ours(clsact: Clsact): boolean {
+    return clsact.ingressBlock === this.#blocks.ingress && clsact.egressBlock === this.#blocks.egress;
+  }
+
+  /**
+   * Binds the interface's clsact hooks to the node's blocks (installing the blocks first, once);
+   * a clsact bound elsewhere is replaced. Returns whether a qdisc was added.
+   */
+  async #bind(ifindex: number): Promise<boolean> {
+    await this.#ensureBlocks();
+    const nl = this.#nl();
+    try {
+      await nl.addClsact(ifindex, { ingressBlock: this.#blocks.ingress, egressBlock: this.#blocks.egress });
+      return true;
+    } catch (error) {
+      if (!NetlinkError.is(error, 'EEXIST')) throw error;
+    }
+    const existing = (await nl.clsacts()).find((c) => c.ifindex === ifindex);
+    if (existing && this.#ours(existing)) return false;
+    // Someone else's clsact (its own filters, other blocks): ours replaces it.
+    await nl.deleteClsact(ifindex);
+    await nl.addClsact(ifindex, { ingressBlock: this.#blocks.ingress, egressBlock: this.#blocks.egress });
+    return true;
+  }
+
+  /** Installs the blocks once; `again` checks (and repairs) them anew, after any install in flight. */
+  #ensureBlocks(again = false): Promise<void> {
+    if (!this.#blocksReady || again) {
+      const ready = (this.#blocksReady ?? Promise.resolve()).catch(() => undefined).then(() => this.#installBlocks());
+      this.#blocksReady = ready;
+      ready.catch(() => {
+        if (this.#blocksReady === ready) this.#blocksReady = undefined;
+      });
+    }
+    return this.#blocksReady;
+  }
+
+  /**
+   * The anchor holding the blocks, and on each block the filter running this load's program: a
+   * filter running another build's program (a previous agent's) is swapped in place, which every
+   * bound interface runs from its next packet on (as BPF_LINK_UPDATE for tcx).
+   */
+  async #installBlocks(): Promise<void> {
+    const nl = this.#nl();
+    let anchor = await nl.link(BLOCK_ANCHOR);
+    if (!anchor) {
+      try {
+        anchor = await nl.createVeth({ name: BLOCK_ANCHOR, peerName: BLOCK_ANCHOR_PEER });
+      } catch (error) {
+        if (!NetlinkError.is(error, 'EEXIST')) throw error;
+        anchor = await nl.link(BLOCK_ANCHOR);
+        if (!anchor) throw error;
+      }
+    }
+    const clsact = (await nl.clsacts()).find((c) => c.ifindex === anchor.ifindex);
+    if (!clsact || !this.#ours(clsact)) {
+      if (clsact) await nl.deleteClsact(anchor.ifindex);
+      await nl.addClsact(anchor.ifindex, { ingressBlock: this.#blocks.ingress, egressBlock: this.#blocks.egress });
+    }
+    const swapped: string[] = [];
+    for (const { program, direction } of ATTACHMENTS) {
+      const block = this.#blocks[direction];
+      const ours = this.#programs.program(program);
+      const filters = await nl.bpfFilters(block);
+      const current = filters.find((f) => f.priority === FILTER.priority && f.handle === FILTER.handle);
+      // Nothing but our one filter runs on the blocks.
+      for (const other of filters) if (other !== current) await nl.deleteBpfFilter(other);
+      if (current?.tag === this.#tag(ours) && current.name === program && current.directAction) continue;
+      await nl.replaceBpfFilter({ block, ...FILTER, programFd: ours.fd, name: program });
+      if (current) swapped.push(program);
+    }
+    if (swapped.length > 0) this.#log.info({ programs: swapped }, "swapped an older build's programs on the tc blocks for this agent's");
+  }
+
+  /** Unpins (so detaches) the TCX links pinned under `dir`, if any. */
+  async #unpinAll(dir: string): Promise<void> {
+    await settled(ATTACHMENTS.map(({ pin }) => unpinLinkAsync(join(dir, pin))));
   }
 
   #poolDir(name: string): string {
@@ -185,12 +333,19 @@ export class EndpointDatapath {
    * it. With no ciliate_lxc entry for the interface the programs let nothing through.
    */
   async attachPooled(name: string, ifindex: number): Promise<void> {
+    if (this.attachMode === 'tc-block') {
+      await this.#bind(ifindex);
+      this.#poolBound.set(name, ifindex);
+      await this.#removePooledPins(name);
+      return;
+    }
     const attached = await this.#attachTo(this.#poolDir(name), ifindex);
     if (attached.length > 0) this.#log.debug({ pool: name, ifindex, links: attached }, 'attached datapath to a pool link');
   }
 
   /** Whether both of a pool link's pinned links serve the interface `ifindex`. */
   servesPooled(name: string, ifindex: number): boolean {
+    if (this.attachMode === 'tc-block') return this.#poolBound.get(name) === ifindex;
     const dir = this.#poolDir(name);
     return ATTACHMENTS.every(({ pin }) => linkServesInterface(join(dir, pin), ifindex));
   }
@@ -208,20 +363,29 @@ export class EndpointDatapath {
     const dir = this.#endpointDir(endpoint.id);
     // The id is this add's: anything still under it is what a failed add of the id left.
     rmSync(dir, { recursive: true, force: true });
-    renameSync(this.#poolDir(name), dir);
+    if (this.attachMode === 'tc-block') {
+      this.#poolBound.delete(name);
+      this.#bound.set(endpoint.id, endpoint.hostIfindex);
+    } else renameSync(this.#poolDir(name), dir);
     this.#known.add(endpoint.id);
     this.#log.debug({ endpoint: endpoint.id, pool: name, ifindex: endpoint.hostIfindex }, 'took over the datapath of a pool link');
   }
 
   /** The names of the pool links with pins. */
   pooled(): string[] {
-    return readdirSync(join(this.bpfRoot, POOL_DIR));
+    return [...new Set([...readdirSync(join(this.bpfRoot, POOL_DIR)), ...this.#poolBound.keys()])];
   }
 
   /** Unpins a pool link's links and removes its directory; cheap once its interface is gone. */
   async removePooled(name: string): Promise<void> {
+    // tc-block: the clsact goes with the interface, which the pool deletes.
+    this.#poolBound.delete(name);
+    await this.#removePooledPins(name);
+  }
+
+  async #removePooledPins(name: string): Promise<void> {
     const dir = this.#poolDir(name);
-    await settled(ATTACHMENTS.map(({ pin }) => unpinLinkAsync(join(dir, pin))));
+    await this.#unpinAll(dir);
     rmSync(dir, { recursive: true, force: true });
   }
 
@@ -233,14 +397,21 @@ export class EndpointDatapath {
   async detach(endpointId: number): Promise<void> {
     await this.#attaching.get(endpointId)?.done.catch(() => undefined);
     this.#known.delete(endpointId);
+    const ifindex = this.#bound.get(endpointId);
+    this.#bound.delete(endpointId);
+    // No grace period to wait for: the hooks are unbound at once.
+    if (ifindex !== undefined) await this.#nl().deleteClsact(ifindex).catch((error: unknown) => {
+      if (!NetlinkError.is(error, 'ENODEV')) throw error;
+    });
     const dir = this.#endpointDir(endpointId);
-    await settled(ATTACHMENTS.map(({ pin }) => unpinLinkAsync(join(dir, pin))));
+    await this.#unpinAll(dir);
     rmSync(dir, { recursive: true, force: true });
   }
 
   /** detach() for a start (sweep), when nothing else runs yet. */
   #removePins(id: number): void {
     this.#known.delete(id);
+    this.#bound.delete(id);
     const dir = this.#endpointDir(id);
     for (const { pin } of ATTACHMENTS) unpinLink(join(dir, pin));
     rmSync(dir, { recursive: true, force: true });
@@ -262,7 +433,7 @@ export class EndpointDatapath {
       sec_identity: endpoint.identity,
     };
     const adopted = !this.#known.has(endpoint.id);
-    if (adopted) this.#adopt(endpoint);
+    if (adopted && this.attachMode === 'tcx') this.#adopt(endpoint);
     this.#known.add(endpoint.id);
     const existing = this.lxc.lookup({ ip: endpoint.ipv4 });
     const changed = !existing || JSON.stringify(existing) !== JSON.stringify(info);
@@ -304,7 +475,13 @@ export class EndpointDatapath {
    * What the kernel holds for each endpoint it serves, by pod address: its ciliate_lxc entry and
    * whether its pinned links serve that entry's interface.
    */
-  observe(): [ipv4: string, ObservedEndpoint][] {
+  async observe(): Promise<[ipv4: string, ObservedEndpoint][]> {
+    let bound: Set<number> | undefined;
+    if (this.attachMode === 'tc-block') {
+      // A refresh checks the blocks' filters again (a swap behind our back is repaired here).
+      await this.#ensureBlocks(true);
+      bound = new Set((await this.#nl().clsacts()).filter((c) => this.#ours(c)).map((c) => c.ifindex));
+    }
     return [...this.lxc.entries()].map(([key, info]) => {
       const dir = this.#endpointDir(info.lxc_id);
       return [
@@ -312,7 +489,7 @@ export class EndpointDatapath {
         {
           ipv4: key.ip,
           info,
-          linksServe: ATTACHMENTS.every(({ pin }) => linkServesInterface(join(dir, pin), info.ifindex)),
+          linksServe: bound ? bound.has(info.ifindex) : ATTACHMENTS.every(({ pin }) => linkServesInterface(join(dir, pin), info.ifindex)),
           indexed: this.lxcIfindex.lookup(info.ifindex)?.ip === key.ip,
         },
       ];
@@ -357,6 +534,7 @@ export class EndpointDatapath {
   }
 
   close(): void {
+    this.#netlink?.close();
     this.#programs.close();
     this.lxc.close();
     this.lxcIfindex.close();

@@ -19,6 +19,10 @@ export interface ProgramMeta {
   libbpfHandle?: unknown;
 }
 
+/** BPF_PROG_TEST_RUN flag (uapi bpf.h) and the size of struct xdp_md. */
+const BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1;
+const XDP_MD_SIZE = 24;
+
 export interface TestRunOptions {
   /** Packet bytes (from the Ethernet header for tc and XDP programs). */
   data?: Buffer;
@@ -107,6 +111,29 @@ export class Program implements Disposable {
       context: ctxOut?.subarray(0, attr.readUInt32LE(TestRunAttr.ctxSizeOut)),
       durationNs: attr.readUInt32LE(TestRunAttr.duration),
     };
+  }
+
+  /**
+   * Runs an XDP program on `repeat` copies of `data` as live frames (BPF_F_TEST_XDP_LIVE_FRAMES,
+   * kernel ≥ 5.18): what it returns happens for real — XDP_TX and XDP_REDIRECT transmit, XDP_PASS
+   * hands the frame to the stack as if it had arrived on `ingressIfindex` (an interface of the
+   * caller's network namespace). xdp-trafficgen's method of generating traffic in the kernel.
+   */
+  testRunLiveFrames(options: { data: Buffer; ingressIfindex: number; repeat: number; batchSize?: number }): void {
+    const { data } = options;
+    const ctx = Buffer.alloc(XDP_MD_SIZE);
+    ctx.writeUInt32LE(data.length, 4); // data_end: the whole packet
+    ctx.writeUInt32LE(options.ingressIfindex, 12);
+    const attr = Buffer.alloc(TestRunAttr.size);
+    attr.writeUInt32LE(this.fd, TestRunAttr.progFd);
+    attr.writeUInt32LE(data.length, TestRunAttr.dataSizeIn);
+    attr.writeBigUInt64LE(addressOf(data), TestRunAttr.dataIn);
+    attr.writeUInt32LE(options.repeat, TestRunAttr.repeat);
+    attr.writeUInt32LE(ctx.length, TestRunAttr.ctxSizeIn);
+    attr.writeBigUInt64LE(addressOf(ctx), TestRunAttr.ctxIn);
+    attr.writeUInt32LE(BPF_F_TEST_XDP_LIVE_FRAMES, TestRunAttr.flags);
+    attr.writeUInt32LE(options.batchSize ?? 0, TestRunAttr.batchSize);
+    bpf(BpfCommand.PROG_TEST_RUN, attr, `running program ${this.name} on live frames`);
   }
 
   info(): { id: number; type: ProgramType; name: string; tag: string } {

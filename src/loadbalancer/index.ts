@@ -68,3 +68,8 @@ export {
   type Lb4Service,
   type LbMaps,
 } from './maps.ts';
+export { parseXdpLbConfig, readXdpLbConfig, vipKey, xdpLbConfigSchema, type XdpLbConfig, type XdpLbVipConfig } from './xdp-config.ts';
+export { HealthChecker, tcpCheck, type HealthOptions, type HealthTarget } from './xdp-health.ts';
+export { XdpLbDecap, XdpLoadBalancer, type XdpLbStats } from './xdp-lb.ts';
+export { DEFAULT_LB_SOCKET, LbRunner, queryLb, type LbRunnerOptions } from './xdp-runner.ts';
+export { XDP_LB_OBJECT_PATH, XdpLbMapName, XdpLbProgram, loadXdpLb, xdpLbMaps, type XdpLbMaps } from './xdp-maps.ts';

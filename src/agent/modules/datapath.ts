@@ -6,6 +6,7 @@
  */
 import { z } from 'zod';
 import {
+  ATTACH_MODES,
   dropsByReason,
   EndpointDatapath,
   HOST_DEVICE,
@@ -15,6 +16,7 @@ import {
   ReservedIdentity,
   setUpNodeNetworking,
 } from '../../datapath/index.ts';
+import type { AttachMode as AttachModeName } from '../../datapath/index.ts';
 import { readBpfState } from '../bpf-state.ts';
 import { Ipcache } from '../ipcache.ts';
 import { defineModule } from '../module.ts';
@@ -53,13 +55,23 @@ export const masqueradeModule = defineModule({
   },
 });
 
+export const endpointDatapathConfig = {
+  datapathAttach: z
+    .enum(ATTACH_MODES as [AttachModeName, ...AttachModeName[]])
+    .default('tc-block')
+    .describe(
+      'how bpf_lxc is attached to pod interfaces: tc-block (a clsact qdisc bound to the node\'s shared tc filter blocks: one request per pod, no RCU grace period) or tcx (two pinned TCX links per pod, each waiting out a grace period)',
+    ),
+};
+
 export const endpointDatapathModule = defineModule({
   name: 'endpoint-datapath',
   description: 'the endpoint programs and the node\'s shared maps, pinned under --bpf-root',
+  config: endpointDatapathConfig,
   needs: {},
   provides: EndpointDatapathCell,
   start(_, { config, log, api }) {
-    const datapath = new EndpointDatapath(config.bpfRoot, log);
+    const datapath = new EndpointDatapath(config.bpfRoot, log, { attach: config.datapathAttach });
     api.route('GET', '/v1/bpf/:map', ({ params }) => readBpfState(config.bpfRoot, params.map));
     return {
       value: datapath,

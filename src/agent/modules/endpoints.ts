@@ -60,8 +60,10 @@ export const endpointsConfig = {
     .int()
     .min(0)
     .max(64)
-    .default(4)
-    .describe('pod links (veth pairs with the endpoint programs attached) kept ready in the node namespace so an add need not wait for the attaches; 0 turns the pool off'),
+    .optional()
+    .describe(
+      'pod links (veth pairs with the endpoint programs attached) kept ready in the node namespace so an add need not wait for the attaches; 0 turns the pool off. Default 4 with --datapath-attach tcx, 0 with tc-block (a pooled pair\'s move into the pod costs more than a tc-block attach)',
+    ),
 };
 
 export const endpointsModule = defineModule({
@@ -92,7 +94,7 @@ export const endpointsModule = defineModule({
       log,
       nodeName: config.nodeName,
       refreshIntervalMs: config.reconcileRefreshInterval * 1000,
-      linkPool: { target: config.endpointLinkPool, datapath },
+      linkPool: { target: config.endpointLinkPool ?? (datapath.attachMode === 'tcx' ? 4 : 0), datapath },
     });
     const unsubscribe = namespaces.onChange((namespace) =>
       endpoints.namespaceChanged(namespace).catch((error: unknown) => {

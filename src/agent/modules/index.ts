@@ -9,7 +9,7 @@ import type { AgentModule } from '../module.ts';
 import { apiConfig, apiModule } from './api.ts';
 import { clusterModule, nodeHealthConfig, nodeHealthModule } from './cluster.ts';
 import { cniModule } from './cni.ts';
-import { endpointDatapathModule, hostNetworkingModule, ipcacheModule, masqueradeConfig, masqueradeModule, nodeRoutingModule } from './datapath.ts';
+import { endpointDatapathConfig, endpointDatapathModule, hostNetworkingModule, ipcacheModule, masqueradeConfig, masqueradeModule, nodeRoutingModule } from './datapath.ts';
 import { endpointsConfig, endpointsModule, namespacesModule } from './endpoints.ts';
 import { hubbleMetricsConfig, hubbleMetricsModule, metricsConfig, metricsModule } from './metrics.ts';
 import { identitiesModule, identityGcConfig, identityGcModule } from './identity.ts';
@@ -59,6 +59,7 @@ export const AgentConfigSchema = configSchema({
   ...storeConfig,
   ...nodeConfig,
   ...masqueradeConfig,
+  ...endpointDatapathConfig,
   ...identityGcConfig,
   ...nodeHealthConfig,
   ...policyConfig,

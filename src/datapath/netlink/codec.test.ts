@@ -5,7 +5,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { attr, attrBe16, attrString, attrU32, ipBytes, ipText, macBytes, macText, message, nested, parseAttrs, parseMessages, parsePrefix } from './codec.ts';
+import { attr, attrBe16, attrString, attrU32, ipBytes, ipText, macBytes, macText, message, nested, parseAttrs, parseMessages, parsePrefix, TCM_IFINDEX_MAGIC_BLOCK, tcmsg, TCMSG_LEN } from './codec.ts';
 
 test('IPv4 and IPv6 addresses round-trip through their bytes, IPv6 printed with the longest zero run as ::', () => {
   for (const [text, hex] of [
@@ -51,4 +51,11 @@ test('attributes are padded to 4 bytes and nest; messages carry their true lengt
 test('MAC addresses', () => {
   assert.equal(macText(macBytes('0A:1b:2c:3d:4e:5f')), '0a:1b:2c:3d:4e:5f');
   assert.throws(() => macBytes('0a:1b:2c:3d:4e'), TypeError);
+});
+
+test('struct tcmsg: family, ifindex, handle, parent, info at their offsets; a block is named by the magic ifindex', () => {
+  const b = tcmsg({ ifindex: TCM_IFINDEX_MAGIC_BLOCK, handle: 1, parent: 0x43494c40, info: (1 << 16) | 0x0300 });
+  assert.equal(b.length, TCMSG_LEN);
+  assert.equal(TCMSG_LEN, 20, 'sizeof(struct tcmsg)');
+  assert.deepEqual([b.readUInt8(0), b.readUInt32LE(4), b.readUInt32LE(8), b.readUInt32LE(12), b.readUInt32LE(16)], [0, 0xffffffff, 1, 0x43494c40, 0x00010300]);
 });

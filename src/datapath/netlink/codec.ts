@@ -1,6 +1,6 @@
 /**
  * rtnetlink messages as bytes: the uapi constants this module uses (linux/netlink.h, rtnetlink.h,
- * if_link.h, if_addr.h, neighbour.h, veth.h, lwtunnel.h), netlink attributes, and the IPv4/IPv6
+ * if_link.h, if_addr.h, neighbour.h, veth.h, lwtunnel.h, pkt_sched.h, pkt_cls.h), netlink attributes, and the IPv4/IPv6
  * and MAC address forms. Host byte order is little-endian on every machine this runs on (x86-64,
  * arm64), so native-endian fields are written LE; the few network-order fields say so.
  * @module
@@ -35,6 +35,13 @@ export const RTM_NEWROUTE = 24;
 export const RTM_DELROUTE = 25;
 export const RTM_GETROUTE = 26;
 export const RTM_NEWNEIGH = 28;
+
+export const RTM_NEWQDISC = 36;
+export const RTM_DELQDISC = 37;
+export const RTM_GETQDISC = 38;
+export const RTM_NEWTFILTER = 44;
+export const RTM_DELTFILTER = 45;
+export const RTM_GETTFILTER = 46;
 
 export const RTMGRP_IPV4_IFADDR = 0x10;
 export const RTMGRP_IPV6_IFADDR = 0x100;
@@ -89,6 +96,28 @@ export const NDMSG_LEN = 12;
 export const NDA_DST = 1;
 export const NDA_LLADDR = 2;
 export const NUD_PERMANENT = 0x80;
+
+/** struct tcmsg */
+export const TCMSG_LEN = 20;
+/** tcm_ifindex of a filter request that names a shared block (tcm_parent) instead of a device. */
+export const TCM_IFINDEX_MAGIC_BLOCK = 0xffffffff;
+/** The clsact qdisc's parent and handle (TC_H_CLSACT, TC_H_MAKE(TC_H_CLSACT, 0)). */
+export const TC_H_CLSACT = 0xfffffff1;
+export const TC_H_CLSACT_HANDLE = 0xffff0000;
+export const TCA_KIND = 1;
+export const TCA_OPTIONS = 2;
+export const TCA_CHAIN = 11;
+export const TCA_INGRESS_BLOCK = 13;
+export const TCA_EGRESS_BLOCK = 14;
+export const TCA_BPF_FD = 6;
+export const TCA_BPF_NAME = 7;
+export const TCA_BPF_FLAGS = 8;
+export const TCA_BPF_TAG = 10;
+export const TCA_BPF_ID = 11;
+/** cls_bpf: the program's return value is the action (TC_ACT_*), no separate action list. */
+export const TCA_BPF_FLAG_ACT_DIRECT = 1;
+/** htons(ETH_P_ALL), as tcm_info's low 16 bits hold it. */
+export const ETH_P_ALL_BE = 0x0300;
 
 /** Route scopes (rtm_scope, ifa_scope), by the names iproute2 uses. */
 export const Scope = { universe: 0, site: 200, link: 253, host: 254, nowhere: 255 } as const;
@@ -183,6 +212,16 @@ export function ndmsg(fields: { family: number; index: number; state: number }):
   b.writeUInt8(fields.family, 0);
   b.writeInt32LE(fields.index, 4);
   b.writeUInt16LE(fields.state, 8);
+  return b;
+}
+
+export function tcmsg(fields: { ifindex: number; handle?: number; parent?: number; info?: number }): Buffer {
+  const b = Buffer.alloc(TCMSG_LEN);
+  b.writeUInt8(AF_UNSPEC, 0);
+  b.writeUInt32LE(fields.ifindex >>> 0, 4);
+  b.writeUInt32LE((fields.handle ?? 0) >>> 0, 8);
+  b.writeUInt32LE((fields.parent ?? 0) >>> 0, 12);
+  b.writeUInt32LE((fields.info ?? 0) >>> 0, 16);
   return b;
 }
 

@@ -8,6 +8,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { LxcProgram, loadLxc } from '../lxc.ts';
 import { AddressEvents, errnoOf, Netlink, NetlinkError, type AddressEvent } from './index.ts';
 
 function sh(command: string, args: string[]): string {
@@ -321,4 +322,30 @@ test('many requests at once on one socket each get their own answer', async (t) 
     else assert.ok(result.status === 'rejected' && NetlinkError.is(result.reason, 'ENODEV'), `request ${i}`);
   });
   assert.equal((await nl.addresses({ dev: 'many0' })).length, 10);
+});
+
+test('tc: clsact bound to shared blocks and direct-action bpf filters on them, as tc sees them; listing and deleting what is not there', async (t) => {
+  const ns = netns(t);
+  const nl = open(t, ns.path);
+  const programs = loadLxc();
+  t.after(() => programs.close());
+  const a = await nl.createVeth({ name: 'blk0', peerName: 'blk0p' });
+  assert.deepEqual(await nl.bpfFilters(4242), [], 'no qdisc holds block 4242 yet: no filters, no error');
+  assert.equal(await nl.deleteClsact(a.ifindex), false);
+  await nl.addClsact(a.ifindex, { ingressBlock: 4242, egressBlock: 4243 });
+  await assert.rejects(nl.addClsact(a.ifindex, { ingressBlock: 4242, egressBlock: 4243 }), (error: unknown) => NetlinkError.is(error, 'EEXIST'));
+  const program = programs.program(LxcProgram.FROM_CONTAINER);
+  await nl.replaceBpfFilter({ block: 4242, priority: 1, handle: 1, programFd: program.fd, name: 'from-container' });
+  await nl.replaceBpfFilter({ block: 4242, priority: 1, handle: 1, programFd: program.fd, name: 'from-container' });
+  const [filter, ...more] = await nl.bpfFilters(4242);
+  assert.deepEqual(more, [], 'replacing the same priority and handle leaves one filter');
+  assert.deepEqual({ ...filter, programId: undefined }, { block: 4242, priority: 1, handle: 1, programId: undefined, name: 'from-container', tag: program.info().tag, directAction: true });
+  assert.equal(filter.programId, program.info().id);
+  assert.match(inNs(ns, ['tc', 'filter', 'show', 'block', '4242']), /bpf .*from-container.*direct-action/, 'tc sees the filter');
+  assert.match(inNs(ns, ['tc', 'qdisc', 'show', 'dev', 'blk0']), /clsact.*ingress_block 4242 egress_block 4243/);
+  assert.deepEqual((await nl.clsacts()).filter((c) => c.ifindex === a.ifindex), [{ ifindex: a.ifindex, ingressBlock: 4242, egressBlock: 4243 }]);
+  assert.equal(await nl.deleteBpfFilter({ block: 4242, priority: 1, handle: 1 }), true);
+  assert.equal(await nl.deleteBpfFilter({ block: 4242, priority: 1, handle: 1 }), false);
+  assert.equal(await nl.deleteClsact(a.ifindex), true);
+  assert.deepEqual(await nl.clsacts(), []);
 });

@@ -96,6 +96,27 @@ import {
   type ScopeName,
   scopeName,
   VETH_INFO_PEER,
+  ETH_P_ALL_BE,
+  RTM_DELQDISC,
+  RTM_DELTFILTER,
+  RTM_GETQDISC,
+  RTM_GETTFILTER,
+  RTM_NEWQDISC,
+  RTM_NEWTFILTER,
+  TC_H_CLSACT,
+  TC_H_CLSACT_HANDLE,
+  TCA_BPF_FD,
+  TCA_BPF_FLAG_ACT_DIRECT,
+  TCA_BPF_FLAGS,
+  TCA_BPF_ID,
+  TCA_BPF_NAME,
+  TCA_BPF_TAG,
+  TCA_EGRESS_BLOCK,
+  TCA_INGRESS_BLOCK,
+  TCA_KIND,
+  TCA_OPTIONS,
+  TCM_IFINDEX_MAGIC_BLOCK,
+  tcmsg,
 } from './codec.ts';
 import { errnoOf, errnoOfCode, NetlinkError } from './errors.ts';
 import { rtnetlink } from './native.ts';
@@ -222,6 +243,36 @@ export interface NeighbourSpec {
   dst: string;
   lladdr: string;
   dev: LinkRef;
+}
+
+/** A clsact qdisc: which shared filter blocks its ingress and egress hooks run (undefined: its own). */
+export interface Clsact {
+  ifindex: number;
+  ingressBlock: number | undefined;
+  egressBlock: number | undefined;
+}
+
+/** A direct-action cls_bpf filter on a shared block. */
+export interface BpfFilterSpec {
+  block: number;
+  /** The filter's priority (lower runs first) and handle: together they name it in its block. */
+  priority: number;
+  handle: number;
+  /** A loaded SCHED_CLS program; the filter holds its own reference once created. */
+  programFd: number;
+  /** Shown by `tc filter show` (TCA_BPF_NAME). */
+  name: string;
+}
+
+export interface BpfFilter {
+  block: number;
+  priority: number;
+  handle: number;
+  programId: number | undefined;
+  name: string | undefined;
+  /** The program's tag (hex). */
+  tag: string | undefined;
+  directAction: boolean;
 }
 
 export interface NetlinkOptions {
@@ -548,6 +599,109 @@ export class Netlink {
       attr(NDA_DST, ipBytes(spec.dst)),
       attr(NDA_LLADDR, macBytes(spec.lladdr)),
     ]);
+  }
+
+  // ---- tc: clsact qdiscs and cls_bpf filters on shared blocks ----
+
+  /**
+   * Adds a clsact qdisc to a link, its hooks bound to shared filter blocks (EEXIST when the link
+   * has one already). Binding a block whose filters exist already attaches them: no filter per
+   * link, and no RCU grace period but an expedited one per hook (mini_qdisc_pair_swap).
+   */
+  async addClsact(dev: LinkRef, blocks: { ingressBlock?: number; egressBlock?: number } = {}): Promise<void> {
+    const described = [blocks.ingressBlock && `ingress_block ${blocks.ingressBlock}`, blocks.egressBlock && `egress_block ${blocks.egressBlock}`].filter(Boolean).join(' ');
+    const operation = `adding clsact qdisc ${described} on ${dev}${this.#where()}`;
+    const ifindex = await this.#ifindex(dev, operation);
+    const attrs = [attrString(TCA_KIND, 'clsact')];
+    if (blocks.ingressBlock !== undefined) attrs.push(attrU32(TCA_INGRESS_BLOCK, blocks.ingressBlock));
+    if (blocks.egressBlock !== undefined) attrs.push(attrU32(TCA_EGRESS_BLOCK, blocks.egressBlock));
+    await this.#request(operation, RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, tcmsg({ ifindex, handle: TC_H_CLSACT_HANDLE, parent: TC_H_CLSACT }), attrs);
+  }
+
+  /** Deletes a link's clsact qdisc (and so its bindings); false when it had none. */
+  async deleteClsact(dev: LinkRef): Promise<boolean> {
+    const operation = `deleting the clsact qdisc of ${dev}${this.#where()}`;
+    const ifindex = await this.#ifindex(dev, operation);
+    try {
+      await this.#request(operation, RTM_DELQDISC, 0, tcmsg({ ifindex, handle: TC_H_CLSACT_HANDLE, parent: TC_H_CLSACT }));
+      return true;
+    } catch (error) {
+      if (NetlinkError.is(error, 'ENOENT') || NetlinkError.is(error, 'EINVAL')) return false;
+      throw error;
+    }
+  }
+
+  /** Every clsact qdisc of this namespace, by link. */
+  async clsacts(): Promise<Clsact[]> {
+    const replies = await this.#request(`listing qdiscs${this.#where()}`, RTM_GETQDISC, NLM_F_DUMP, tcmsg({ ifindex: 0 }));
+    const found: Clsact[] = [];
+    for (const reply of replies) {
+      if (reply.type !== RTM_NEWQDISC) continue;
+      const attrs = parseAttrs(reply.payload.subarray(20));
+      if (attrText(attrs.get(TCA_KIND)) !== 'clsact') continue;
+      found.push({
+        ifindex: reply.payload.readInt32LE(4),
+        ingressBlock: attrs.get(TCA_INGRESS_BLOCK)?.readUInt32LE(0),
+        egressBlock: attrs.get(TCA_EGRESS_BLOCK)?.readUInt32LE(0),
+      });
+    }
+    return found;
+  }
+
+  /**
+   * Creates a direct-action cls_bpf filter on a shared block, or swaps the program of the one with
+   * the same priority and handle in place (every bound link runs the new one from the next packet).
+   */
+  async replaceBpfFilter(spec: BpfFilterSpec): Promise<void> {
+    const operation = `replacing bpf filter ${spec.name} (prio ${spec.priority} handle ${spec.handle}) on block ${spec.block}${this.#where()}`;
+    const fixed = tcmsg({ ifindex: TCM_IFINDEX_MAGIC_BLOCK, parent: spec.block, handle: spec.handle, info: ((spec.priority << 16) | ETH_P_ALL_BE) >>> 0 });
+    const options = nested(TCA_OPTIONS, [attrU32(TCA_BPF_FD, spec.programFd), attrString(TCA_BPF_NAME, spec.name), attrU32(TCA_BPF_FLAGS, TCA_BPF_FLAG_ACT_DIRECT)]);
+    await this.#request(operation, RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_REPLACE, fixed, [attrString(TCA_KIND, 'bpf'), options]);
+  }
+
+  /** The cls_bpf filters of a shared block; none when no qdisc holds the block. */
+  async bpfFilters(block: number): Promise<BpfFilter[]> {
+    let replies: RawMessage[];
+    try {
+      replies = await this.#request(`listing the filters of block ${block}${this.#where()}`, RTM_GETTFILTER, NLM_F_DUMP, tcmsg({ ifindex: TCM_IFINDEX_MAGIC_BLOCK, parent: block }));
+    } catch (error) {
+      // A block exists only while a qdisc is bound to it.
+      if (NetlinkError.is(error, 'EINVAL') || NetlinkError.is(error, 'ENOENT')) return [];
+      throw error;
+    }
+    const filters: BpfFilter[] = [];
+    for (const reply of replies) {
+      if (reply.type !== RTM_NEWTFILTER) continue;
+      const handle = reply.payload.readUInt32LE(8);
+      const attrs = parseAttrs(reply.payload.subarray(20));
+      // Each priority's classifier is listed once on its own (handle 0) before its filters.
+      if (handle === 0 || attrText(attrs.get(TCA_KIND)) !== 'bpf') continue;
+      const options = attrs.get(TCA_OPTIONS);
+      const bpf = options ? parseAttrs(options) : new Map<number, Buffer>();
+      filters.push({
+        block,
+        priority: reply.payload.readUInt32LE(16) >>> 16,
+        handle,
+        programId: bpf.get(TCA_BPF_ID)?.readUInt32LE(0),
+        name: attrText(bpf.get(TCA_BPF_NAME)),
+        tag: bpf.get(TCA_BPF_TAG)?.toString('hex'),
+        directAction: ((bpf.get(TCA_BPF_FLAGS)?.readUInt32LE(0) ?? 0) & TCA_BPF_FLAG_ACT_DIRECT) !== 0,
+      });
+    }
+    return filters;
+  }
+
+  /** Deletes a filter of a shared block; false when there was none. */
+  async deleteBpfFilter(filter: Pick<BpfFilterSpec, 'block' | 'priority' | 'handle'>): Promise<boolean> {
+    const operation = `deleting filter prio ${filter.priority} handle ${filter.handle} of block ${filter.block}${this.#where()}`;
+    const fixed = tcmsg({ ifindex: TCM_IFINDEX_MAGIC_BLOCK, parent: filter.block, handle: filter.handle, info: ((filter.priority << 16) | ETH_P_ALL_BE) >>> 0 });
+    try {
+      await this.#request(operation, RTM_DELTFILTER, 0, fixed, [attrString(TCA_KIND, 'bpf')]);
+      return true;
+    } catch (error) {
+      if (NetlinkError.is(error, 'ENOENT') || NetlinkError.is(error, 'EINVAL')) return false;
+      throw error;
+    }
   }
 
   // ---- sysctls ----
