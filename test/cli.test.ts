@@ -91,7 +91,7 @@ test('ciliate status, endpoint, node and bpf listings show the running node, its
     assert.deepEqual(health.reasons, []);
     assert.deepEqual(
       health.reconcilers.map((r) => `${r.module}/${r.name}`).sort(),
-      ['endpoints/endpoint-datapath', 'endpoints/endpoint-link-pool', 'ipcache/ipcache', 'masquerade/masquerade', 'node-routing/routes', 'node-routing/tunnel', 'policy/endpoint-policy', 'services/lb-maps'],
+      ['endpoints/endpoint-datapath', 'endpoints/endpoint-link-pool', 'ipcache/ipcache', 'masquerade/masquerade', 'node-routing/routes', 'node-routing/tunnel', 'policy/endpoint-policy', 'services/lb-maps', 'services/sock-endpoints'],
     );
     assert.ok(health.reconcilers.every((r) => !r.degraded && r.errors === 0));
     assert.equal(field('state'), 'ok');

@@ -14,6 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Link } from '../src/ebpf/index.ts';
 import { testCgroup } from '../src/ebpf/internal/testutils.ts';
+import { connectObserver, type Flow } from '../src/observer/index.ts';
 import { TestNode, WEB_FROM_EMPIRE_POLICY, cli, inNs, sleep, spawnInNs } from './support/cluster.ts';
 
 /** Answers each TCP connection with its name (then echoes) and each datagram with its name. */
@@ -111,6 +112,15 @@ async function ok(node: TestNode, ...args: string[]): Promise<string> {
   return result.stdout;
 }
 
+/** Imports a policy and waits until the node enforces it. */
+async function importPolicy(t: TestContext, node: TestNode, yaml: string): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'ciliate-lb-test-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'policy.yaml'), yaml);
+  const imported = await ok(node, 'policy', 'import', join(dir, 'policy.yaml'));
+  await ok(node, 'policy', 'wait', /revision: (\d+)/.exec(imported)![1]);
+}
+
 async function addService(node: TestNode, ...args: string[]): Promise<string> {
   return (JSON.parse(await ok(node, 'service', 'add', ...args, '-o', 'json')) as { clusterIP: string }).clusterIP;
 }
@@ -165,7 +175,46 @@ test('a backend taken out gets no new connections; its established connection go
   assert.equal(held.error, undefined);
 });
 
-test('a service with no backends refuses connections, counted as SERVICE_BACKEND_NOT_FOUND', async (t) => {
+test('a drained backend keeps its live connection, takes no new one, and goes when removed', async (t) => {
+  const node = await TestNode.start(t, { nodeName: 'lb9' });
+  const pods = { a: await node.addPod(t, 'web-a', { app: 'web' }), b: await node.addPod(t, 'web-b', { app: 'web' }) };
+  const client = await node.addPod(t, 'client', { app: 'client' });
+  await serve(t, pods.a.netns, 'a', 7000);
+  await serve(t, pods.b.netns, 'b', 7000);
+  const vip = await addService(node, 'web', '--backend', pods.a.endpoint.ipv4, '--backend', pods.b.endpoint.ipv4, '--port', '80:7000');
+  const held = hold(t, node, client.netns, vip, 80);
+  for (let i = 0; i < 100 && held.bytes < 5; i++) await sleep(50);
+  assert.ok(held.name === 'a' || held.name === 'b', `the held connection reached a backend: ${JSON.stringify(held)}`);
+  const gone = held.name as 'a' | 'b';
+  const stays = gone === 'a' ? 'b' : 'a';
+
+  const drained = JSON.parse(await ok(node, 'service', 'backend', 'drain', 'web', pods[gone].endpoint.ipv4, '-o', 'json')) as { backends: { ip: string; state?: string }[]; frontends: { backends: string[]; terminating?: string[] }[] };
+  assert.deepEqual(drained.backends.find((b) => b.ip === pods[gone].endpoint.ipv4)?.state, 'terminating');
+  assert.deepEqual(drained.frontends[0].backends, [`${pods[stays].endpoint.ipv4}:7000`]);
+  assert.deepEqual(drained.frontends[0].terminating, [`${pods[gone].endpoint.ipv4}:7000`]);
+  const listed = await ok(node, 'bpf', 'lb', 'list');
+  assert.match(listed, new RegExp(`${pods[gone].endpoint.ipv4.replaceAll('.', '\\.')}:7000 \\(-, \\d+\\) terminating`), `the drained backend's entry stays, in no slot:\n${listed}`);
+  const fresh = await connect(node, client.netns, 'tcp', vip, 80, 12);
+  assert.deepEqual(new Set(fresh.map((r) => r.name ?? r.error)), new Set([stays]), 'new connections go to the remaining backend only');
+  let before = held.bytes;
+  await sleep(500);
+  assert.ok(held.bytes > before, `the established connection to ${gone} still exchanges data (${before} → ${held.bytes} bytes)`);
+
+  await ok(node, 'service', 'backend', 'remove', 'web', pods[gone].endpoint.ipv4);
+  const after = await ok(node, 'bpf', 'lb', 'list');
+  assert.ok(!after.includes(`${pods[gone].endpoint.ipv4}:7000`), `the removed backend's entry is gone:\n${after}`);
+  before = held.bytes;
+  await sleep(300);
+  assert.ok(held.bytes > before, 'a connected socket has its address: it goes on at the socket LB');
+  assert.equal(held.error, undefined);
+
+  // Draining what is not a backend, or a service that selects its pods, is refused by name.
+  const notOne = await cli(node, 'service', 'backend', 'drain', 'web', '10.244.99.99');
+  assert.notEqual(notOne.code, 0);
+  assert.match(notOne.stderr, /10\.244\.99\.99 is not one of its backends/);
+});
+
+test('a service with no backends refuses connections, counted as SERVICE_BACKEND_NOT_FOUND and shown as DROPPED flows', async (t) => {
   const node = await TestNode.start(t, { nodeName: 'lb3' });
   const client = await node.addPod(t, 'client', { app: 'client' });
   const vip = await addService(node, 'empty', '--selector', 'app=nobody', '--port', '80');
@@ -175,6 +224,31 @@ test('a service with no backends refuses connections, counted as SERVICE_BACKEND
   const refused = metrics.find((m) => m.key.reason === 158);
   assert.equal(refused?.key.reasonName, 'SERVICE_BACKEND_NOT_FOUND');
   assert.ok((refused?.value.packets ?? 0) >= 3, `three refusals counted: ${JSON.stringify(refused)}`);
+
+  // And visibly: a DROPPED flow per refusal, through the Observer API and as hubble observe prints it.
+  const observer = connectObserver(`unix:${node.hubbleSocket}`);
+  t.after(() => observer.close());
+  const dropped: Flow[] = [];
+  for (let i = 0; i < 50 && dropped.length < 3; i++) {
+    if (i > 0) await sleep(100);
+    dropped.length = 0;
+    for await (const r of observer.getFlows({ whitelist: [{ verdict: ['DROPPED'], dropReasonDesc: ['SERVICE_BACKEND_NOT_FOUND'] }] })) if (r.flow) dropped.push(r.flow);
+  }
+  assert.equal(dropped.length, 3, `one flow per refused connect: ${JSON.stringify(dropped)}`);
+  for (const flow of dropped) {
+    assert.equal(flow.verdict, 'DROPPED');
+    assert.equal(flow.dropReason, 158);
+    assert.equal(flow.IP?.destination, vip);
+    assert.equal(flow.l4?.TCP?.destinationPort, 80);
+    assert.equal(flow.trafficDirection, 'EGRESS');
+    assert.equal(flow.IP?.source, client.endpoint.ipv4, 'the source is the client pod, named by its network namespace');
+    assert.equal(flow.source?.ID, client.endpoint.id);
+    assert.equal(flow.source?.identity, client.endpoint.identity);
+  }
+  const printed = await ok(node, 'observe', '--verdict', 'DROPPED', '--to-ip', vip);
+  const lines = printed.trim().split('\n');
+  assert.equal(lines.length, 3, printed);
+  for (const line of lines) assert.match(line, new RegExp(`^.*: default/client .*-> ${vip.replaceAll('.', '\\.')}:80 .*Service backend not found DROPPED \\(TCP Flags: SYN\\)$`));
 });
 
 
@@ -185,14 +259,70 @@ test('the backend\'s ingress policy decides connections through the service', as
   const alliance = await node.addPod(t, 'xwing', { org: 'alliance' });
   await serve(t, web.netns, 'web', 7000);
   const vip = await addService(node, 'web', '--selector', 'app=web', '--port', '80:7000');
-  const dir = mkdtempSync(join(tmpdir(), 'ciliate-lb-test-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  writeFileSync(join(dir, 'policy.yaml'), WEB_FROM_EMPIRE_POLICY);
-  const imported = await ok(node, 'policy', 'import', join(dir, 'policy.yaml'));
-  await ok(node, 'policy', 'wait', /revision: (\d+)/.exec(imported)![1]);
+  await importPolicy(t, node, WEB_FROM_EMPIRE_POLICY);
 
   assert.deepEqual(await connect(node, empire.netns, 'tcp', vip, 80, 2), [{ name: 'web', peer: `${vip}:80` }, { name: 'web', peer: `${vip}:80` }], 'org=empire is allowed');
   assert.deepEqual(await connect(node, alliance.netns, 'tcp', vip, 80, 1), [{ error: 'timeout' }], 'org=alliance is dropped by the backend\'s ingress policy, through the service too');
+});
+
+const TO_SERVICES = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: client-to-web
+spec:
+  endpointSelector:
+    matchLabels:
+      app: client
+  egress:
+    - toServices:
+        - k8sService:
+            serviceName: web
+        - k8sServiceSelector:
+            selector:
+              matchLabels:
+                tier: legacy
+      toPorts:
+        - ports:
+            - port: "7000"
+              protocol: TCP
+`;
+
+/** Connects until `want` (a backend's name, or an error) answers, for up to `ms`: policy follows services asynchronously. */
+async function eventually(node: TestNode, netns: string, address: string, port: number, want: string, ms = 10_000): Promise<string | undefined> {
+  let got: string | undefined;
+  for (const end = Date.now() + ms; Date.now() < end; ) {
+    const [answer] = await connect(node, netns, 'tcp', address, port, 1);
+    got = answer.name ?? answer.error;
+    if (got === want) return got;
+    await sleep(200);
+  }
+  return got;
+}
+
+test('egress toServices allows the service and its backends, follows backends as they come, and nothing else', async (t) => {
+  const node = await TestNode.start(t, { nodeName: 'lb10' });
+  const a = await node.addPod(t, 'web-a', { app: 'web' });
+  const other = await node.addPod(t, 'other', { app: 'other' });
+  const client = await node.addPod(t, 'client', { app: 'client' });
+  await serve(t, a.netns, 'a', 7000);
+  await serve(t, other.netns, 'other', 7000);
+  const vip = await addService(node, 'web', '--selector', 'app=web', '--port', '80:7000');
+  await importPolicy(t, node, TO_SERVICES);
+
+  assert.deepEqual(await connect(node, client.netns, 'tcp', vip, 80, 2), [{ name: 'a', peer: `${vip}:80` }, { name: 'a', peer: `${vip}:80` }], 'the service is reachable');
+  assert.deepEqual((await connect(node, client.netns, 'tcp', a.endpoint.ipv4, 7000, 1)).map((r) => r.name ?? r.error), ['a'], 'its backend directly too');
+  assert.deepEqual((await connect(node, client.netns, 'tcp', other.endpoint.ipv4, 7000, 1)).map((r) => r.name ?? r.error), ['timeout'], 'another pod is not (egress default deny)');
+
+  // A backend that joins the service is allowed as it comes.
+  const b = await node.addPod(t, 'web-b', { app: 'web' });
+  await serve(t, b.netns, 'b', 7000);
+  assert.equal(await eventually(node, client.netns, b.endpoint.ipv4, 7000, 'b'), 'b', 'the added backend becomes reachable');
+
+  // A service selected by its labels, whose explicit backend is the other pod: allowed once it exists.
+  await addService(node, 'legacy', '--labels', 'tier=legacy', '--backend', other.endpoint.ipv4, '--port', '81:7000');
+  assert.equal(await eventually(node, client.netns, other.endpoint.ipv4, 7000, 'other'), 'other', 'the labelled service\'s backend becomes reachable');
+  await ok(node, 'service', 'delete', 'legacy');
+  assert.equal(await eventually(node, client.netns, other.endpoint.ipv4, 7000, 'timeout'), 'timeout', 'and is denied again when the service goes');
 });
 
 test('services keep working while the agent is down; a restart adopts the maps and follows a new cgroup', async (t) => {

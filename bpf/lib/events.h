@@ -68,6 +68,10 @@ struct ciliate_event_hdr {
 #define CILIATE_EVENT_F_REPLY 0x01
 /* Observed on the way into an endpoint rather than out of one. */
 #define CILIATE_EVENT_F_INGRESS 0x02
+/* Reported by a socket hook (bpf_sock.c) before any packet existed: data[] holds the headers the
+ * connection's first packet would have had (Ethernet with zero addresses, IPv4, then a TCP SYN or
+ * a UDP header), made from the socket address, and hash is the socket cookie's low 32 bits. */
+#define CILIATE_EVENT_F_SOCK 0x04
 
 struct ciliate_trace_event {
 	struct ciliate_event_hdr hdr;

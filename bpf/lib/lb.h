@@ -181,6 +181,27 @@ struct {
 	__array(values, struct ciliate_lb4_maglev_inner);
 } ciliate_lb4_maglev SEC(".maps");
 
+/* --- ciliate_sock_endpoints: network namespace → the local endpoint in it ---
+ *
+ * What a socket hook knows of who is connecting is the socket's network namespace; the agent
+ * writes each local endpoint under its namespace's cookie, so a socket-level event names its pod
+ * (and the address the kernel would pick, before it has picked one).
+ */
+struct sock_endpoint {
+	__be32 ipv4;
+	__u32 identity;
+	__u16 endpoint_id;
+	__u16 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);	/* bpf_get_netns_cookie() */
+	__type(value, struct sock_endpoint);
+} ciliate_sock_endpoints SEC(".maps");
+
 /* The service entry (slot 0) of a frontend, or NULL. */
 static __always_inline struct lb4_service *lb4_lookup_service(__be32 address, __be16 dport, __u8 proto)
 {

@@ -37,6 +37,7 @@ const RULES = `${deathstarRule('rule1', 80)}---${deathstarRule('rule2', 443)}`;
 
 interface Node {
   policy: PolicyManager;
+  ipcache: Ipcache;
   identities: IdentityAllocator;
   maps: EndpointPolicyMaps;
 }
@@ -57,7 +58,7 @@ async function startNode(t: TestContext, store: StateStore, nodeName: string, op
   const policy = new PolicyManager({ store, identities, ipcache, maps, log, refreshIntervalMs: options.refreshIntervalMs });
   await policy.start();
   t.after(() => policy.stop());
-  return { policy, identities, maps };
+  return { policy, identities, maps, ipcache };
 }
 
 function sharedStore(t: TestContext): MemoryStateStore {
@@ -313,4 +314,28 @@ test('a policy map entry changed or deleted behind the agent\'s back is repaired
   assert.ok(node.maps.entries(7).every((e) => !(e.key.identity === tiefighter.id && e.deny)), 'the deny is gone');
   assert.ok(node.policy.health().repairs >= 1);
   assert.equal(node.policy.health().degraded, false);
+});
+
+test('a CIDR rule of a pod\'s or node\'s own /32 never relabels it in the ipcache, nor deletes its entry when the rule goes', async (t) => {
+  const store = sharedStore(t);
+  const node = await startNode(t, store, 'n1');
+  node.ipcache.upsert({ prefix: '10.244.0.9/32', identity: 4242, source: 'local-endpoint' });
+  node.ipcache.upsert({ prefix: '192.0.2.10/32', identity: 6, source: 'remote-node' });
+  const yaml = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: { name: cidrs }
+spec:
+  endpointSelector: {}
+  egress:
+  - toCIDR: [10.244.0.9/32, 192.0.2.10/32, 198.51.100.1/32]
+`;
+  await node.policy.import(yaml, 'inline.yaml');
+  const entry = (prefix: string) => node.ipcache.table.get(prefix);
+  assert.deepEqual([entry('10.244.0.9/32')?.source, entry('10.244.0.9/32')?.identity], ['local-endpoint', 4242]);
+  assert.deepEqual([entry('192.0.2.10/32')?.source, entry('192.0.2.10/32')?.identity], ['remote-node', 6]);
+  assert.equal(entry('198.51.100.1/32')?.source, 'cidr-policy', 'an address nobody has gets the CIDR identity');
+  await node.policy.delete('CiliumNetworkPolicy/default/cidrs');
+  assert.equal(entry('10.244.0.9/32')?.identity, 4242, 'the pod keeps its entry');
+  assert.equal(entry('192.0.2.10/32')?.identity, 6, 'the node keeps its entry');
+  assert.equal(entry('198.51.100.1/32'), undefined);
 });

@@ -22,6 +22,8 @@ import {
   diffEntries,
   parsePolicyYaml,
   policyKeyString,
+  expandServicePeers,
+  hasServicePeers,
   policyKey,
   reservedIdentityInfos,
   ruleCidrPrefixes,
@@ -31,6 +33,7 @@ import {
   type PolicyKey,
   type PolicyRule,
   type PolicyUpdate,
+  type ServiceResolver,
   type TraceQuery,
   type TraceResult,
 } from '../policy/index.ts';
@@ -140,6 +143,10 @@ export class PolicyManager {
    */
   readonly #failedAt = new Map<number, number>();
   readonly #changeListeners = new Set<() => void>();
+  /** Rules as written that name services (toServices), by rule key: the engine holds their expansion. */
+  readonly #serviceRules = new Map<string, PolicyRule>();
+  /** Until the services module sets its resolver, a service peer has no backends. */
+  #resolveServices: ServiceResolver = () => ({ endpoints: [], cidrs: [] });
   /**
    * The endpoints whose maps this node writes. A generation other than 0 asks the reconciler to
    * compare the map with the engine's entries and write the difference (the fast path failed).
@@ -298,7 +305,30 @@ export class PolicyManager {
     if (entries.every((e) => this.#ruleRevisions.get(e.key) === e.modRevision)) this.#advance(revision);
   }
 
-  #applyRules(upserts: PolicyRule[], deletes: string[]): void {
+  /**
+   * Who resolves `toServices` peers into backends (the services module). Rules naming services
+   * are expanded anew at once and on each servicesChanged().
+   */
+  setServiceResolver(resolve: ServiceResolver): void {
+    this.#resolveServices = resolve;
+    this.servicesChanged();
+  }
+
+  /** Services or their backends changed: rules naming services whose expansion differs are recomputed. */
+  servicesChanged(): void {
+    if (this.#serviceRules.size > 0) this.#applyRules([...this.#serviceRules.values()], []);
+  }
+
+  #applyRules(written: PolicyRule[], deletes: string[]): void {
+    for (const key of deletes) this.#serviceRules.delete(key);
+    const upserts = written.map((rule) => {
+      if (!hasServicePeers(rule)) {
+        this.#serviceRules.delete(ruleKey(rule));
+        return rule;
+      }
+      this.#serviceRules.set(ruleKey(rule), rule);
+      return expandServicePeers(rule, this.#resolveServices);
+    });
     if (deletes.length > 0) this.#apply(this.engine.deleteRules(deletes));
     if (upserts.length > 0) {
       // CIDR peers need identities before their rules resolve, so selectors can select them.
@@ -313,8 +343,11 @@ export class PolicyManager {
     const { id, labels } = this.#identities.allocateCidr(prefix);
     this.#cidrs.set(prefix, id);
     this.#apply(this.engine.upsertIdentity(id, labelMap(labels)));
-    // The ipcache is longest-prefix: pods and nodes keep their own more specific entries.
-    if (!prefix.endsWith('/0')) this.#ipcache.upsert({ prefix, identity: id, source: 'cidr-policy' });
+    // The ipcache is longest-prefix: pods and nodes keep their own more specific entries, and
+    // their own entries of the same prefix (a /32 naming a pod or node, e.g. an explicit service
+    // backend a toServices rule allows): a policy never relabels a pod or a node.
+    const held = this.#ipcache.table.get(prefix);
+    if (!prefix.endsWith('/0') && (held === undefined || held.source === 'cidr-policy')) this.#ipcache.upsert({ prefix, identity: id, source: 'cidr-policy' });
   }
 
   #releaseUnusedCidrs(): void {
@@ -322,7 +355,7 @@ export class PolicyManager {
     for (const [prefix, id] of this.#cidrs) {
       if (used.has(prefix)) continue;
       this.#cidrs.delete(prefix);
-      this.#ipcache.delete(prefix);
+      if (this.#ipcache.table.get(prefix)?.source === 'cidr-policy') this.#ipcache.delete(prefix);
       this.#apply(this.engine.deleteIdentity(id));
       this.#identities.releaseCidr(prefix);
     }

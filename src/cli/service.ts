@@ -25,11 +25,11 @@ export function parsePortSpec(spec: string): Record<string, unknown> {
 }
 
 /** `k=v,k2=v2` as labels. */
-function parseSelector(text: string): Record<string, string> {
+function parseSelector(text: string, option = '--selector'): Record<string, string> {
   const labels: Record<string, string> = {};
   for (const pair of text.split(',').filter(Boolean)) {
     const eq = pair.indexOf('=');
-    if (eq <= 0) throw new Error(`--selector "${pair}": want key=value[,key=value…]`);
+    if (eq <= 0) throw new Error(`${option} "${pair}": want key=value[,key=value…]`);
     labels[pair.slice(0, eq)] = pair.slice(eq + 1);
   }
   return labels;
@@ -73,7 +73,11 @@ function formatService(service: ServiceView): string {
     '',
     formatTable(
       ['FRONTEND', 'KIND', 'BACKENDS'],
-      service.frontends.map((f) => [f.address, f.kind, f.backends.join(', ') || '(none: connections are refused)']),
+      service.frontends.map((f) => [
+        f.address,
+        f.kind,
+        [f.backends.join(', ') || '(none: connections are refused)', ...(f.terminating ?? []).map((b) => `${b} (terminating)`)].join(', '),
+      ]),
     ),
   ];
   return lines.join('\n');
@@ -89,6 +93,7 @@ export function registerServiceCommands(program: Command): void {
     .addOption(new Option('--type <type>', 'ClusterIP, NodePort or LoadBalancer').default('ClusterIP'))
     .requiredOption('--port <spec>', 'a port: [name=]PORT[:TARGET[:NODEPORT]][/PROTOCOL], e.g. http=80:8080/TCP (repeat for several)', collect)
     .option('--selector <labels>', 'backends are the pods of the namespace with these labels: app=web,tier=front')
+    .option('--labels <labels>', "the service's own labels (policies select services by them): tier=front,team=a")
     .option('--backend <ip>', 'a backend address, for a service without selector (repeat for several)', collect)
     .option('--cluster-ip <ip>', 'this ClusterIP instead of an allocated one')
     .option('--external-ip <ip>', 'an external IP the service also answers on (repeat for several)', collect)
@@ -106,6 +111,7 @@ export function registerServiceCommands(program: Command): void {
           type: string;
           port: string[];
           selector?: string;
+          labels?: string;
           backend?: string[];
           clusterIp?: string;
           externalIp?: string[];
@@ -123,6 +129,7 @@ export function registerServiceCommands(program: Command): void {
           type: options.type,
           ports: options.port.map(parsePortSpec),
           ...(options.selector !== undefined ? { selector: parseSelector(options.selector) } : {}),
+          ...(options.labels !== undefined ? { labels: parseSelector(options.labels, '--labels') } : {}),
           ...(options.backend ? { backends: options.backend.map((ip) => ({ ip })) } : {}),
           ...(options.clusterIp ? { clusterIP: options.clusterIp } : {}),
           ...(options.externalIp ? { externalIPs: options.externalIp } : {}),
@@ -172,6 +179,23 @@ export function registerServiceCommands(program: Command): void {
       printOutput(options.output, view, () => formatService(view));
     });
 
+  const backend = service.command('backend').description('the explicit backends of a service without selector: drain (terminating), activate, remove');
+  const backendCommand = (verb: string, description: string, method: 'PUT' | 'DELETE', state?: 'terminating' | 'active') =>
+    backend
+      .command(`${verb} <service> <ip>`)
+      .description(description)
+      .addOption(namespaceOption())
+      .addOption(socketOption())
+      .addOption(outputOption())
+      .action(async (ref: string, ip: string, options: { namespace: string; socket: string; output: OutputFormat }) => {
+        const path = `${servicePath(ref, options.namespace)}/backends/${encodeURIComponent(ip)}`;
+        const view = await new AgentClient(options.socket).call<ServiceView & { revision: number }>(method, path, state ? { state } : undefined);
+        printOutput(options.output, view, () => `${formatService(view)}\nrevision: ${view.revision}`);
+      });
+  backendCommand('drain', 'mark a backend terminating: it takes no new connections and keeps its established ones', 'PUT', 'terminating');
+  backendCommand('activate', 'make a terminating backend take new connections again', 'PUT', 'active');
+  backendCommand('remove', 'remove a backend from the service', 'DELETE');
+
   service
     .command('delete <service>')
     .description('delete a service (namespace/name, or name with --namespace)')
@@ -199,7 +223,10 @@ export function registerBpfLbCommand(bpf: Command): void {
           : formatTable(
               ['SERVICE ADDRESS', 'REV NAT', 'ALGORITHM', 'BACKEND ADDRESS (SLOT, ID)'],
               entries.flatMap((e) => {
-                const backends = e.backends.length === 0 ? ['(no backends)'] : e.backends.map((b) => `${b.address ?? '(missing)'} (${b.slot}, ${b.id})${b.flags ? ' terminating' : ''}`);
+                const backends = [
+                  ...(e.backends.length === 0 ? ['(no backends)'] : e.backends.map((b) => `${b.address ?? '(missing)'} (${b.slot}, ${b.id})${b.flags ? ' terminating' : ''}`)),
+                  ...(e.terminating ?? []).map((b) => `${b.address ?? '(missing)'} (-, ${b.id}) terminating`),
+                ];
                 return backends.map((backend, i) => (i === 0 ? [e.frontend, String(e.revNat), e.algorithm, backend] : ['', '', '', backend]));
               }),
             ),

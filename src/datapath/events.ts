@@ -62,8 +62,11 @@ export function hubbleObservationPoint(point: number): number | undefined {
 export const CtStatus = { NEW: 0, ESTABLISHED: 1, REPLY: 2, RELATED: 3 } as const;
 export type CtStatus = (typeof CtStatus)[keyof typeof CtStatus];
 
-/** ciliate_event_hdr.flags */
-export const EventFlag = { REPLY: 0x01, INGRESS: 0x02 } as const;
+/**
+ * ciliate_event_hdr.flags. SOCK: reported by a socket hook before any packet existed; the
+ * "capture" is the headers the first packet would have had, made from the socket address.
+ */
+export const EventFlag = { REPLY: 0x01, INGRESS: 0x02, SOCK: 0x04 } as const;
 
 /** Bytes of the packet each event carries (CILIATE_EVENT_CAP_LEN). */
 export const EVENT_CAPTURE_LEN = 128;
@@ -185,6 +188,8 @@ interface EventBase {
   isReply: boolean;
   /** Seen on the way into an endpoint (cil_to_container) rather than out of one. */
   ingress: boolean;
+  /** Reported by a socket hook (bpf_sock.c): `packet` is the headers made from the socket address. */
+  socket: boolean;
   packet: PacketSummary;
   /** The captured bytes themselves (cap_len of them). */
   data: Buffer;
@@ -255,6 +260,7 @@ function base(hdr: EventHeader, data: Buffer): EventBase {
     timestampNs: hdr.timestamp_ns,
     isReply: (hdr.flags & EventFlag.REPLY) !== 0,
     ingress: (hdr.flags & EventFlag.INGRESS) !== 0,
+    socket: (hdr.flags & EventFlag.SOCK) !== 0,
     packet: summarizePacket(captured),
     data: captured,
   };

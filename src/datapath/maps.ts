@@ -40,6 +40,8 @@ export const LbMapName = {
   AFFINITY_MATCH: 'ciliate_lb_affinity_match',
   /** North-south SNAT and reverse translation of bpf_host (tuple → lb4_nat). */
   NAT: 'ciliate_lb4_nat',
+  /** Network namespace cookie → the local endpoint in it: the socket hooks name a refused connect's pod. */
+  SOCK_ENDPOINTS: 'ciliate_sock_endpoints',
 } as const;
 export type LbMapName = (typeof LbMapName)[keyof typeof LbMapName];
 

@@ -12,7 +12,7 @@ import { pinDir } from '../ebpf/internal/testutils.ts';
 import { Table } from '../statedb/index.ts';
 import { LbDatapath } from './datapath.ts';
 import { maglevSeed, maglevTable, DEFAULT_MAGLEV_HASH_SEED } from './maglev.ts';
-import { LB_MAGLEV_LUT_SIZE, LbMapName, ServiceFlag, lb4Backend, lb4Key, lb4Service, lb4BackendKey, lbAffinityMatch } from './maps.ts';
+import { BackendFlag, LB_MAGLEV_LUT_SIZE, LbMapName, ServiceFlag, lb4Backend, lb4Key, lb4Service, lb4BackendKey, lbAffinityMatch } from './maps.ts';
 import { u8 } from '../ebpf/index.ts';
 import { backendName, frontendKey, type Frontend } from './service.ts';
 
@@ -164,4 +164,54 @@ test('drift in the LB maps is repaired and strays are pruned by the refresh', as
   assert.deepEqual(new Set(now.backends.values()), new Set(want.backends.values()), 'the backends are as wanted again');
   assert.equal(now.services.size, want.services.size, 'the slot is back');
   assert.ok(lb.health().repairs > repairsBefore && lb.health().prunes > 0, JSON.stringify(lb.health()));
+});
+
+test('a terminating backend keeps its entry, flagged, in no slot; removed, its entry goes', async (t) => {
+  const { lb, apply, backends } = setup(t, 'maglev');
+  const web = (active: string[], terminating: string[] = []): Frontend => ({
+    ...frontend('10.96.0.50', 80, active),
+    ...(terminating.length ? { terminating: terminating.map((ip) => ({ ip, port: 8080, protocol: 'TCP' as const })) } : {}),
+  });
+  const byAddress = () => new Map([...backends.entries()].map(([id, b]) => [`${b.address}:${b.port}`, { id, flags: b.flags }]));
+  await apply(web(['10.244.0.1', '10.244.0.2', '10.244.0.3']));
+  // Another service shares .2 and keeps it active.
+  await apply(frontend('10.96.0.51', 80, ['10.244.0.2']));
+  const idOf = byAddress();
+
+  await apply(web(['10.244.0.1', '10.244.0.3'], ['10.244.0.2', '10.244.0.3']));
+  let [entry] = lb.entries().filter((e) => e.frontend === '10.96.0.50:80/TCP');
+  assert.deepEqual(entry.backends.map((b) => b.address).sort(), ['10.244.0.1:8080', '10.244.0.3:8080'], 'an address both active and terminating is active');
+  assert.deepEqual(entry.terminating?.map((b) => b.address), ['10.244.0.2:8080']);
+  assert.equal(byAddress().get('10.244.0.2:8080')?.id, idOf.get('10.244.0.2:8080')?.id, 'same entry, same id');
+  assert.equal(byAddress().get('10.244.0.2:8080')?.flags, 0, 'the other service still has it active: not flagged');
+
+  await apply('10.96.0.51:80/TCP');
+  assert.equal(byAddress().get('10.244.0.2:8080')?.flags, BackendFlag.TERMINATING, 'terminating for every holder: flagged');
+  // Its Maglev table names only the active backends.
+  const maglevIds = new Set(entry.backends.map((b) => b.id));
+  [entry] = lb.entries();
+  assert.ok(!maglevIds.has(idOf.get('10.244.0.2:8080')!.id));
+
+  await apply(web(['10.244.0.1', '10.244.0.2', '10.244.0.3']));
+  assert.equal(byAddress().get('10.244.0.2:8080')?.flags, 0, 'active again');
+  assert.equal(lb.entries()[0].backends.length, 3);
+  await apply(web(['10.244.0.1', '10.244.0.3'], ['10.244.0.2']));
+  await apply(web(['10.244.0.1', '10.244.0.3']));
+  assert.equal(byAddress().has('10.244.0.2:8080'), false, 'removed: its entry is gone');
+  assert.equal(lb.entries()[0].terminating, undefined);
+});
+
+test('a restarted reconciler keeps a terminating backend its frontend still lists and drops the rest', async (t) => {
+  const first = setup(t);
+  const web = (terminating: string[]): Frontend => ({ ...frontend('10.96.0.60', 80, ['10.244.0.1']), terminating: terminating.map((ip) => ({ ip, port: 8080, protocol: 'TCP' as const })) });
+  await first.apply(web(['10.244.0.2', '10.244.0.3']));
+  await first.lb.stop();
+  const before = first.dump();
+  const second = setup(t, 'random', first.bpfRoot);
+  await second.apply(web(['10.244.0.2']));
+  second.lb.releaseOrphans();
+  const after = second.dump();
+  assert.deepEqual([...after.backends.values()].sort(), ['10.244.0.1:8080', '10.244.0.2:8080']);
+  assert.deepEqual([...after.backends.keys()].sort(), [...before.backends.entries()].filter(([, v]) => v !== '10.244.0.3:8080').map(([k]) => k).sort(), 'same ids');
+  assert.deepEqual(second.lb.entries()[0].terminating?.map((b) => b.address), ['10.244.0.2:8080']);
 });

@@ -17,7 +17,7 @@ import { attachCgroup, BpfError, Link, unpinLink, type BpfObject } from '../ebpf
 import { Reconciler, type ReconcilerHealth, type Table } from '../statedb/index.ts';
 import { maglevTable } from './maglev.ts';
 import { backendName, frontendKey, PROTOCOL_NUMBER, type Backend, type Frontend, type FrontendKind, type ServiceProtocol } from './service.ts';
-import { createMaglevInner, LB_MAGLEV_LUT_SIZE, lbMaps, LbSelection, loadSock, ServiceFlag, SockProgram, type Lb4Backend, type Lb4Key, type Lb4Service, type LbMaps } from './maps.ts';
+import { BackendFlag, createMaglevInner, LB_MAGLEV_LUT_SIZE, lbMaps, LbSelection, loadSock, ServiceFlag, SockProgram, type Lb4Key, type Lb4Service, type LbMaps, type SockEndpoint } from './maps.ts';
 
 /** What the maps hold for one frontend. */
 interface Written {
@@ -28,6 +28,16 @@ interface Written {
   algorithm: number;
   /** ClientIP affinity timeout in seconds; 0: none. */
   affinity: number;
+  /** Terminating backends' ids: held (their entries stay) but in no slot. */
+  terminating: number[];
+}
+
+/** A backend entry and the frontends that hold it, each saying whether the backend is terminating for it. */
+interface BackendUse {
+  id: number;
+  users: Map<string, boolean>;
+  /** lb4_backend.flags as written. */
+  flags: number;
 }
 
 const PROTOCOL_NAME = new Map<number, ServiceProtocol>(Object.entries(PROTOCOL_NUMBER).map(([name, n]) => [n, name as ServiceProtocol]));
@@ -50,6 +60,17 @@ export interface LbDatapathOptions {
   maglevSeed: number;
   log: Logger;
   refreshIntervalMs?: number;
+  /** The local endpoints by network namespace, for the socket hooks' events (ciliate_sock_endpoints). */
+  sockEndpoints?: Table<SockEndpointEntry>;
+}
+
+/** A local endpoint under its network namespace's cookie: who a socket-level event comes from. */
+export interface SockEndpointEntry {
+  /** bpf_get_netns_cookie() of the endpoint's namespace, in decimal. */
+  netnsCookie: string;
+  endpointId: number;
+  identity: number;
+  ipv4: string;
 }
 
 /** One frontend as `ciliate bpf lb list` shows it: what the kernel holds. */
@@ -61,6 +82,8 @@ export interface LbEntry {
   /** ClientIP session affinity timeout in seconds, when the service has it. */
   affinityTimeout?: number;
   backends: { slot: number; id: number; address?: string; flags?: number }[];
+  /** Terminating backends: entries kept for established connections, in no slot. */
+  terminating?: { id: number; address?: string; flags?: number }[];
 }
 
 export class LbDatapath {
@@ -71,12 +94,15 @@ export class LbDatapath {
   readonly #bpfRoot: string;
   readonly #log: Logger;
   readonly #reconciler: Reconciler<Frontend, Written>;
+  readonly #sockReconciler: Reconciler<SockEndpointEntry, SockEndpoint> | undefined;
   readonly #written = new Map<string, Written>();
   /**
-   * Backends by name (`ip:port/PROTO`) with their id and the frontends that list them (a set, so
+   * Backends by name (`ip:port/PROTO`) with their id and the frontends that list them (a map, so
    * a retried write counts a frontend once); and names by id.
    */
-  readonly #backends = new Map<string, { id: number; users: Set<string> }>();
+  readonly #backends = new Map<string, BackendUse>();
+  /** Backends a restarted agent found in the map but in no slot (terminating ones): dropped by releaseOrphans unless some frontend takes them. */
+  readonly #orphans = new Set<string>();
   readonly #backendNames = new Map<number, string>();
   readonly #backendIds = new IdPool('backend');
   readonly #revNats = new IdPool('service');
@@ -104,7 +130,7 @@ export class LbDatapath {
         repair: (frontend, _actual, key) => {
           // Forget what we thought the maps held: rewrite every entry of the frontend.
           const written = this.#written.get(key);
-          if (written) this.#written.set(key, { ...written, slots: [], flags: -1, affinity: 0 });
+          if (written) this.#written.set(key, { ...written, slots: [], flags: -1, affinity: 0, terminating: [] });
           this.#write(frontend, true);
         },
         prune: (key) => this.#remove(key),
@@ -112,13 +138,39 @@ export class LbDatapath {
       onError: (key, error, attempts) => this.#log.warn({ frontend: key, attempts, err: error }, 'writing a service frontend into the LB maps failed; will retry'),
       onRefresh: (kind, key) => this.#log.info({ frontend: key, kind }, kind === 'repair' ? 'LB entry drifted; rewritten' : 'LB entry nobody wants; deleted'),
     });
+    const sock = this.#maps.sockEndpoints;
+    const value = (e: SockEndpointEntry): SockEndpoint => ({ ipv4: e.ipv4, identity: e.identity, endpoint_id: e.endpointId });
+    this.#sockReconciler = options.sockEndpoints
+      ? new Reconciler<SockEndpointEntry, SockEndpoint>({
+          name: 'sock-endpoints',
+          table: options.sockEndpoints,
+          refreshIntervalMs: options.refreshIntervalMs,
+          // The table fills as the endpoints are followed: a restarted agent prunes only at the first refresh.
+          refreshOnStart: false,
+          ops: {
+            update: (e) => sock.update(BigInt(e.netnsCookie), value(e)),
+            delete: (_e, key) => {
+              sock.delete(BigInt(key));
+            },
+            list: () => [...sock.entries()].map(([cookie, v]) => [String(cookie), v] as const),
+            equal: (e, actual) => actual.ipv4 === e.ipv4 && actual.identity === e.identity && actual.endpoint_id === e.endpointId,
+            repair: (e) => sock.update(BigInt(e.netnsCookie), value(e)),
+            prune: (key) => {
+              sock.delete(BigInt(key));
+            },
+          },
+          onError: (key, error, attempts) => this.#log.warn({ netnsCookie: key, attempts, err: error }, 'writing a socket endpoint failed; will retry'),
+        })
+      : undefined;
   }
 
   start(): void {
     this.#reconciler.start();
+    this.#sockReconciler?.start();
   }
 
   async stop(): Promise<void> {
+    await this.#sockReconciler?.stop();
     await this.#reconciler.stop();
     for (const link of this.#links.splice(0)) link.close();
     this.#obj.close();
@@ -126,6 +178,11 @@ export class LbDatapath {
 
   health(): ReconcilerHealth {
     return this.#reconciler.health();
+  }
+
+  /** The socket endpoints reconciler's health, when there is one. */
+  sockEndpointsHealth(): ReconcilerHealth | undefined {
+    return this.#sockReconciler?.health();
   }
 
   /** Resolves once every frontend so far is in the maps (and none keeps failing). */
@@ -192,6 +249,14 @@ export class LbDatapath {
           const backend = this.#maps.backends.lookup(id);
           return { slot: i + 1, id, ...(backend ? { address: `${backend.address}:${backend.port}`, flags: backend.flags } : {}) };
         }),
+        ...(written.terminating.length > 0
+          ? {
+              terminating: written.terminating.map((id) => {
+                const backend = this.#maps.backends.lookup(id);
+                return { id, ...(backend ? { address: `${backend.address}:${backend.port}`, flags: backend.flags } : {}) };
+              }),
+            }
+          : {}),
       });
     }
     return out.sort((a, b) => a.frontend.localeCompare(b.frontend));
@@ -206,13 +271,36 @@ export class LbDatapath {
         const backend = this.#maps.backends.lookup(id);
         if (!backend) continue;
         const name = backendName({ ip: backend.address, port: backend.port, protocol: PROTOCOL_NAME.get(backend.proto) ?? 'TCP' });
-        const entry = this.#backends.get(name) ?? { id, users: new Set<string>() };
-        entry.users.add(key);
+        const entry = this.#backends.get(name) ?? { id, users: new Map<string, boolean>(), flags: backend.flags };
+        entry.users.set(key, false);
         this.#backends.set(name, entry);
         this.#backendNames.set(id, name);
         this.#backendIds.take(id);
       }
     }
+    // Terminating backends are in no slot: kept (their connections may still need them) until
+    // the frontends that list them take them again, or releaseOrphans.
+    for (const [id, backend] of this.#maps.backends.entries()) {
+      if (this.#backendNames.has(id)) continue;
+      const name = backendName({ ip: backend.address, port: backend.port, protocol: PROTOCOL_NAME.get(backend.proto) ?? 'TCP' });
+      if (this.#backends.has(name)) continue;
+      this.#backends.set(name, { id, users: new Map(), flags: backend.flags });
+      this.#backendNames.set(id, name);
+      this.#backendIds.take(id);
+      this.#orphans.add(name);
+    }
+  }
+
+  /**
+   * Deletes the backend entries a restarted agent adopted that no frontend listed since (call
+   * once every frontend was written once).
+   */
+  releaseOrphans(): void {
+    for (const name of this.#orphans) {
+      const entry = this.#backends.get(name);
+      if (entry && entry.users.size === 0) this.#drop(name, entry);
+    }
+    this.#orphans.clear();
   }
 
   /**
@@ -240,7 +328,7 @@ export class LbDatapath {
       const found = slotIds.get(id);
       const slots = Array.from({ length: value.count }, (_, i) => found?.get(i + 1) ?? 0);
       const affinity = value.flags & ServiceFlag.AFFINITY ? value.backend_id : 0;
-      const written = { revNat: value.rev_nat_index, slots, flags: value.flags & ~ServiceFlag.AFFINITY, algorithm: value.algorithm, affinity };
+      const written = { revNat: value.rev_nat_index, slots, flags: value.flags & ~ServiceFlag.AFFINITY, algorithm: value.algorithm, affinity, terminating: this.#written.get(frontendKey(key.address, key.dport, protocol))?.terminating ?? [] };
       out.push([frontendKey(key.address, key.dport, protocol), backendNames ? { ...written, names: slots.map((s) => backendNames.get(s)) } : written]);
     }
     return out;
@@ -252,7 +340,15 @@ export class LbDatapath {
     for (const id of actual.slots) if (actual.affinity && this.#maps.affinityMatch.lookup({ backend_id: id, rev_nat_index: actual.revNat }) === undefined) return false;
     const want = new Set(frontend.backends.map(backendName));
     for (const name of actual.names ?? []) if (name === undefined || !want.delete(name)) return false;
-    return want.size === 0;
+    if (want.size > 0) return false;
+    // Terminating backends: held by this frontend, in the map, flagged as written.
+    const active = new Set(frontend.backends.map(backendName));
+    for (const backend of frontend.terminating ?? []) {
+      if (active.has(backendName(backend))) continue;
+      const entry = this.#backends.get(backendName(backend));
+      if (entry?.users.get(frontend.key) !== true || this.#maps.backends.lookup(entry.id)?.flags !== entry.flags) return false;
+    }
+    return true;
   }
 
   /** `repair`: the maps may differ from what was written; every entry of the frontend is rewritten, its backends' too. */
@@ -262,12 +358,14 @@ export class LbDatapath {
     const revNat = previous?.revNat ?? this.#revNats.allocate();
     const base = { address: frontend.vip, dport: frontend.port, proto: PROTOCOL_NUMBER[frontend.protocol], scope: 0 };
     const names = new Map(frontend.backends.map((b) => [backendName(b), b]));
+    // A backend both active and terminating is active.
+    const leaving = new Map((frontend.terminating ?? []).map((b) => [backendName(b), b] as const).filter(([name]) => !names.has(name)));
     const before = this.#backendNames;
     const oldSlots = previous?.slots ?? [];
     const oldNames = new Set(oldSlots.map((id) => before.get(id)).filter((n): n is string => n !== undefined));
     // New backends get ids (and entries) before any slot points at them.
     const added: number[] = [];
-    for (const [name, backend] of names) if (!oldNames.has(name)) added.push(this.#acquire(name, backend, key, repair));
+    for (const [name, backend] of names) if (!oldNames.has(name)) added.push(this.#acquire(name, backend, key, false, repair));
     // Keep each remaining backend in its slot; a removed one's slot goes to a new backend, or
     // to the last slot's backend.
     const slots = oldSlots.filter(() => true);
@@ -309,8 +407,12 @@ export class LbDatapath {
     for (let slot = slots.length + 1; slot <= oldSlots.length; slot++) this.#maps.services.delete({ ...base, backend_slot: slot });
     if (!previous) this.#maps.reverseNat.update(revNat, { address: frontend.vip, port: frontend.port });
     if (this.#algorithm === LbSelection.MAGLEV && (!previous || !sameMembers(oldSlots, slots))) this.#writeMaglev(revNat, slots);
-    this.#written.set(key, { revNat, slots, flags, algorithm: this.#algorithm, affinity });
-    for (const name of oldNames) if (!names.has(name)) this.#release(name, key);
+    // Only now, with no slot or Maglev entry naming them any more, are backends flagged
+    // terminating: a connection that picked one a moment before would be refused.
+    const terminating = [...leaving].map(([name, backend]) => this.#acquire(name, backend, key, true, repair));
+    const oldTerminating = (previous?.terminating ?? []).map((id) => before.get(id)).filter((n): n is string => n !== undefined);
+    this.#written.set(key, { revNat, slots, flags, algorithm: this.#algorithm, affinity, terminating });
+    for (const name of new Set([...oldNames, ...oldTerminating])) if (!names.has(name) && !leaving.has(name)) this.#release(name, key);
   }
 
   #writeMaglev(revNat: number, slots: readonly number[]): void {
@@ -342,32 +444,51 @@ export class LbDatapath {
     if (written.affinity) for (const id of written.slots) this.#maps.affinityMatch.delete({ backend_id: id, rev_nat_index: written.revNat });
     this.#revNats.release(written.revNat);
     this.#written.delete(key);
-    for (const id of written.slots) {
+    for (const id of [...written.slots, ...written.terminating]) {
       const name = this.#backendNames.get(id);
       if (name !== undefined) this.#release(name, key);
     }
   }
 
-  #acquire(name: string, backend: Backend, user: string, rewrite = false): number {
-    const value: Lb4Backend = { address: backend.ip, port: backend.port, proto: PROTOCOL_NUMBER[backend.protocol], flags: 0 };
+  /**
+   * Holds backend `name` for frontend `user`, active or terminating for it. The entry is flagged
+   * terminating only when it is so for every frontend holding it: a backend two services share
+   * stays selectable for the one that still has it active.
+   */
+  #acquire(name: string, backend: Backend, user: string, terminating: boolean, rewrite = false): number {
     const existing = this.#backends.get(name);
-    if (existing) {
-      existing.users.add(user);
-      if (rewrite) this.#maps.backends.update(existing.id, value);
-      return existing.id;
+    const entry = existing ?? { id: this.#backendIds.allocate(), users: new Map<string, boolean>(), flags: -1 };
+    if (!existing) {
+      this.#backends.set(name, entry);
+      this.#backendNames.set(entry.id, name);
     }
-    const id = this.#backendIds.allocate();
-    this.#maps.backends.update(id, value);
-    this.#backends.set(name, { id, users: new Set([user]) });
-    this.#backendNames.set(id, name);
-    return id;
+    entry.users.set(user, terminating);
+    this.#writeBackend(entry, backend, rewrite);
+    return entry.id;
+  }
+
+  #writeBackend(entry: BackendUse, backend: Backend, rewrite: boolean): void {
+    const flags = [...entry.users.values()].every((t) => t) ? BackendFlag.TERMINATING : 0;
+    if (flags === entry.flags && !rewrite) return;
+    this.#maps.backends.update(entry.id, { address: backend.ip, port: backend.port, proto: PROTOCOL_NUMBER[backend.protocol], flags });
+    entry.flags = flags;
   }
 
   #release(name: string, user: string): void {
     const entry = this.#backends.get(name);
     if (!entry) return;
     entry.users.delete(user);
-    if (entry.users.size > 0) return;
+    if (entry.users.size > 0) {
+      // The last frontend that had it active may have let it go: the rest hold it terminating.
+      const [ip, rest] = name.split(':');
+      const [port, protocol] = rest.split('/');
+      this.#writeBackend(entry, { ip, port: Number(port), protocol: protocol as ServiceProtocol }, false);
+      return;
+    }
+    this.#drop(name, entry);
+  }
+
+  #drop(name: string, entry: BackendUse): void {
     this.#backends.delete(name);
     this.#backendNames.delete(entry.id);
     this.#backendIds.release(entry.id);

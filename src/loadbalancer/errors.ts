@@ -17,7 +17,11 @@ export type ServiceErrorCode =
   /** The requested node port (of that protocol) belongs to another service. */
   | 'ERR_NODE_PORT_IN_USE'
   /** Every address of the service CIDR, or every port of the node-port range, is taken. */
-  | 'ERR_SERVICE_EXHAUSTED';
+  | 'ERR_SERVICE_EXHAUSTED'
+  /** The service has no explicit backend of that address. */
+  | 'ERR_BACKEND_NOT_FOUND'
+  /** The service changed between reading and writing it (another writer); trying again reads it anew. */
+  | 'ERR_SERVICE_CONFLICT';
 
 /** A service that cannot be created, found or deleted. */
 export class ServiceError extends codedErrorFamily<ServiceErrorCode>('service') {}

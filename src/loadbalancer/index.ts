@@ -9,6 +9,7 @@
  */
 export { ServiceError, type ServiceErrorCode } from './errors.ts';
 export {
+  BACKEND_STATES,
   PROTOCOL_NUMBER,
   SERVICE_PROTOCOLS,
   SERVICE_TYPES,
@@ -20,6 +21,7 @@ export {
   serviceRefSchema,
   serviceRequestSchema,
   type Backend,
+  type BackendState,
   type ExplicitBackend,
   type Frontend,
   type FrontendKind,
@@ -44,7 +46,7 @@ export {
 } from './maglev.ts';
 export { murmur3x64_128 } from './murmur3.ts';
 export { servicesFromManifest, type ManifestProblem } from './manifest.ts';
-export { LbDatapath, type LbDatapathOptions, type LbEntry } from './datapath.ts';
+export { LbDatapath, type LbDatapathOptions, type LbEntry, type SockEndpointEntry } from './datapath.ts';
 export { HostDatapath, HOST_OBJECT_PATH, HostProgram, resolveDevices, type HostDatapathOptions } from './host.ts';
 export {
   BackendFlag,

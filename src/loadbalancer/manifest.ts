@@ -34,7 +34,7 @@ function isObject(value: unknown): value is Json {
 /** A request field's path as the manifest spells it. */
 function manifestPath(path: readonly PropertyKey[]): string {
   const [head, ...rest] = path;
-  if (head === 'name' || head === 'namespace') return `metadata.${head}`;
+  if (head === 'name' || head === 'namespace' || head === 'labels') return `metadata${[head, ...rest].map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('')}`;
   if (head === 'loadBalancerIPs') return 'spec.loadBalancerIP';
   return `spec${[head, ...rest].map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('')}`;
 }
@@ -80,6 +80,7 @@ export function servicesFromManifest(text: string, file: string, schema: ReturnT
     const body = {
       name: metadata.name,
       ...(metadata.namespace !== undefined ? { namespace: metadata.namespace } : {}),
+      ...(metadata.labels !== undefined ? { labels: metadata.labels } : {}),
       ...(spec.type !== undefined ? { type: spec.type } : {}),
       ...(typeof spec.clusterIP === 'string' && spec.clusterIP !== '' ? { clusterIP: spec.clusterIP } : {}),
       ports: Array.isArray(ports) ? ports.map((p: unknown) => (isObject(p) ? Object.fromEntries(Object.entries(p).filter(([k]) => k !== 'appProtocol')) : p)) : ports,

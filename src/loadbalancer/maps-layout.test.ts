@@ -5,12 +5,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BpfObject, Btf, checkLayout } from '../ebpf/index.ts';
-import { lb4AffinityKey, lb4Backend, lb4Key, lb4ReverseNat, lb4ReverseSk, lb4ReverseSkKey, lb4Service, lbAffinityMatch, lbAffinityVal, lb4Nat, SOCK_OBJECT_PATH } from './maps.ts';
+import { dropEvent, eventHeader } from '../datapath/index.ts';
+import { lb4AffinityKey, lb4Backend, lb4Key, lb4ReverseNat, lb4ReverseSk, lb4ReverseSkKey, lb4Service, lbAffinityMatch, lbAffinityVal, lb4Nat, SOCK_OBJECT_PATH, sockEndpoint } from './maps.ts';
 import { HOST_OBJECT_PATH, HostProgram } from './host.ts';
 
 test('load-balancing map codecs match bpf/lib/lb.h', () => {
   const btf = Btf.fromElf(SOCK_OBJECT_PATH);
-  for (const codec of [lb4Key, lb4Service, lb4Backend, lb4ReverseNat, lb4ReverseSkKey, lb4ReverseSk, lb4AffinityKey, lbAffinityVal, lbAffinityMatch, lb4Nat]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
+  for (const codec of [lb4Key, lb4Service, lb4Backend, lb4ReverseNat, lb4ReverseSkKey, lb4ReverseSk, lb4AffinityKey, lbAffinityVal, lbAffinityMatch, lb4Nat, sockEndpoint]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
   assert.equal(lb4Key.size, 12);
   assert.equal(lb4Service.size, 12);
   assert.equal(lb4Backend.size, 8);
@@ -21,6 +22,12 @@ test('load-balancing map codecs match bpf/lib/lb.h', () => {
   assert.equal(lbAffinityVal.size, 16);
   assert.equal(lbAffinityMatch.size, 8);
   assert.equal(lb4Nat.size, 16);
+  assert.equal(sockEndpoint.size, 12);
+});
+
+test('the socket hooks\' drop event is the datapath\'s one layout (bpf/lib/events.h)', () => {
+  const btf = Btf.fromElf(SOCK_OBJECT_PATH);
+  for (const codec of [eventHeader, dropEvent]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
 });
 
 test('bpf_host.o: the north-south programs pass the verifier on this kernel with private maps', () => {

@@ -81,6 +81,10 @@ export const NatKind = { FWD: 1, REV_DST: 2, REV_SRC: 3 } as const;
 export const lb4Nat = struct('lb4_nat', { to_addr: ipv4, frontend_addr: ipv4, to_port: be16, frontend_port: be16, _pad: pad(4) });
 export type Lb4Nat = StructValue<(typeof lb4Nat)['fields']>;
 
+/** ciliate_sock_endpoints: network namespace cookie → the local endpoint in it. */
+export const sockEndpoint = struct('sock_endpoint', { ipv4, identity: u32, endpoint_id: u16, _pad: pad(2) });
+export type SockEndpoint = StructValue<(typeof sockEndpoint)['fields']>;
+
 /** The node's load-balancing maps, pinned in `<bpfRoot>/maps`. */
 export interface LbMaps {
   services: BpfMap<Lb4Key, Lb4Service>;
@@ -89,6 +93,7 @@ export interface LbMaps {
   /** rev_nat_index → inner map (setInnerMap; lookup gives the inner map's id). */
   maglev: BpfMap<number, number>;
   affinityMatch: BpfMap<LbAffinityMatch, number>;
+  sockEndpoints: BpfMap<bigint, SockEndpoint>;
 }
 
 /** Loads bpf_sock.o with its maps pinned (and adopted when pinned already) in `pinDir`. */
@@ -108,6 +113,7 @@ export function lbMaps(obj: BpfObject): LbMaps {
     reverseNat: obj.map(LbMapName.REVERSE_NAT).withCodecs(lb4ReverseNatKey, lb4ReverseNat),
     maglev: obj.map(LbMapName.MAGLEV).withCodecs(u16, u32),
     affinityMatch: obj.map(LbMapName.AFFINITY_MATCH).withCodecs(lbAffinityMatch, u8),
+    sockEndpoints: obj.map(LbMapName.SOCK_ENDPOINTS).withCodecs(u64, sockEndpoint),
   };
 }
 

@@ -184,3 +184,41 @@ test('several services are created in one transaction, or none of them', async (
   await assert.rejects(services.createMany([parse({ name: 'c', ports: [{ port: 80 }] }), parse({ name: 'a', ports: [{ port: 81 }] })]), (error: unknown) => ServiceError.is(error, 'ERR_SERVICE_EXISTS'));
   assert.deepEqual(services.list().map((s) => s.name), ['a', 'b']);
 });
+
+test('a terminating pod or drained explicit backend leaves the slots but stays among the frontend\'s terminating backends', async (t) => {
+  const { services, create } = await setup(t);
+  await create({ name: 'web', selector: { app: 'web' }, ports: [{ port: 80 }] });
+  services.upsertPod({ key: 'endpoints/n1/a', ipv4: '10.244.0.1', namespace: 'default', labels: { app: 'web' } });
+  services.upsertPod({ key: 'endpoints/n1/b', ipv4: '10.244.0.2', namespace: 'default', labels: { app: 'web' } });
+  services.terminatePod('endpoints/n1/a');
+  const [web] = services.frontendsOf('default/web');
+  assert.deepEqual(web.backends.map((b) => b.ip), ['10.244.0.2']);
+  assert.deepEqual(web.terminating?.map((b) => b.ip), ['10.244.0.1']);
+  services.deletePod('endpoints/n1/a');
+  assert.equal(services.frontendsOf('default/web')[0].terminating, undefined, 'gone with its record');
+
+  await create({ name: 'ext', backends: [{ ip: '192.0.2.1' }, { ip: '192.0.2.2' }], ports: [{ port: 80 }] });
+  const { revision } = await services.setBackend('default', 'ext', '192.0.2.1', 'terminating');
+  await services.synced(revision);
+  const [ext] = services.frontendsOf('default/ext');
+  assert.deepEqual([ext.backends.map((b) => b.ip), ext.terminating?.map((b) => b.ip)], [['192.0.2.2'], ['192.0.2.1']]);
+  await assert.rejects(services.setBackend('default', 'ext', '192.0.2.9', 'terminating'), (e: unknown) => e instanceof ServiceError && e.code === 'ERR_BACKEND_NOT_FOUND');
+  await assert.rejects(services.setBackend('default', 'web', '10.244.0.2', 'terminating'), (e: unknown) => e instanceof ServiceError && /selects its backends/.test(e.message));
+  assert.throws(() => parse({ name: 'dup', backends: [{ ip: '192.0.2.1' }, { ip: '192.0.2.1' }], ports: [{ port: 80 }] }), /backends\.1\.ip|backends\[1\]\.ip/);
+});
+
+test('toServices peers: a selector service is its selector, an explicit backend a pod\'s labels or its /32', async (t) => {
+  const { services, create } = await setup(t);
+  await create({ name: 'web', namespace: 'shop', selector: { app: 'web' }, ports: [{ port: 80 }], labels: { tier: 'front' } });
+  await create({ name: 'ext', namespace: 'shop', backends: [{ ip: '10.244.0.7' }, { ip: '192.0.2.1' }], ports: [{ port: 80 }] });
+  services.upsertPod({ key: 'endpoints/n1/db', ipv4: '10.244.0.7', namespace: 'shop', labels: { app: 'db' } });
+  const ns = 'k8s:io.kubernetes.pod.namespace';
+  assert.deepEqual(services.policyPeers({ namespace: 'shop', name: 'web' }), { endpoints: [{ matchLabels: { 'any:app': 'web', [ns]: 'shop' }, matchExpressions: [] }], cidrs: [] });
+  assert.deepEqual(services.policyPeers({ namespace: 'shop', name: 'ext' }), {
+    endpoints: [{ matchLabels: { 'any:app': 'db', [ns]: 'shop' }, matchExpressions: [] }],
+    cidrs: [{ cidr: '192.0.2.1/32', except: [] }],
+  });
+  assert.deepEqual(services.policyPeers({ namespace: 'other', name: 'web' }), { endpoints: [], cidrs: [] }, 'another namespace\'s service is not it');
+  assert.equal(services.policyPeers({ namespace: 'shop', selector: { matchLabels: { 'any:tier': 'front' }, matchExpressions: [] } }).endpoints.length, 1, 'selected by its labels');
+  assert.equal(services.policyPeers({ selector: { matchLabels: { 'any:tier': 'back' }, matchExpressions: [] } }).endpoints.length, 0);
+});

@@ -12,10 +12,11 @@
  */
 import type { Logger } from 'pino';
 import { Addr, Prefix } from '../net/index.ts';
+import { POD_NAMESPACE_LABEL, selectorMatches, type CidrRule, type Selector, type ServiceBackendPeers, type ServicePeer } from '../policy/index.ts';
 import { Table } from '../statedb/index.ts';
 import { StoreConflictError, type StateStore, type TxnOp, type WatchEvent } from '../store/index.ts';
 import { ServiceError } from './errors.ts';
-import { selects, serviceFrontends, serviceKey, type Frontend, type Service, type ServiceProtocol, type ServiceRequest, type ServiceRequestLimits } from './service.ts';
+import { selects, serviceFrontends, serviceKey, type BackendState, type Frontend, type Service, type ServiceProtocol, type ServiceRequest, type ServiceRequestLimits } from './service.ts';
 
 export const SERVICES_PREFIX = 'services/';
 export const SERVICE_SPECS_PREFIX = `${SERVICES_PREFIX}specs/`;
@@ -32,6 +33,8 @@ export interface ServicePod {
   ipv4: string;
   namespace: string;
   labels: Record<string, string>;
+  /** Being deleted: its services keep its established connections but give it no new ones. */
+  terminating?: boolean;
 }
 
 interface Claim {
@@ -74,6 +77,7 @@ export class ServiceManager {
   /** Store revision of the last service change applied, and who waits for a later one. */
   #applied = 0;
   #waiters: { revision: number; resolve: () => void }[] = [];
+  readonly #listeners = new Set<() => void>();
 
   constructor(options: ServiceManagerOptions) {
     this.#store = options.store;
@@ -150,8 +154,9 @@ export class ServiceManager {
           type: r.type,
           clusterIP,
           ports: [],
+          ...(r.labels && Object.keys(r.labels).length > 0 ? { labels: r.labels } : {}),
           ...(r.selector ? { selector: r.selector } : {}),
-          ...(r.backends ? { backends: r.backends } : {}),
+          ...(r.backends ? { backends: r.backends.map((b) => ({ ip: b.ip, ...(b.state === 'terminating' ? { state: b.state } : {}) })) } : {}),
           externalIPs: r.externalIPs,
           loadBalancerIPs: r.loadBalancerIPs,
           ...(r.sessionAffinity === 'ClientIP' ? { sessionAffinity: { timeoutSeconds: r.sessionAffinityConfig?.clientIP.timeoutSeconds ?? 10800 } } : {}),
@@ -222,6 +227,78 @@ export class ServiceManager {
     }
   }
 
+  /**
+   * Sets the state of an explicit backend of a service (`terminating`: drained, no new
+   * connections; `active` again), or removes it (`state` undefined), as one compare-and-swap of
+   * the definition. A service that selects its pods has its backends' states from the pods.
+   */
+  async setBackend(namespace: string, name: string, ip: string, state: BackendState | undefined): Promise<{ service: Service; revision: number }> {
+    const what = `${state === undefined ? 'removing' : `setting to ${state}`} backend ${ip} of service ${namespace}/${name}`;
+    const key = specKey(namespace, name);
+    const current = await this.#store.get<Service>(key);
+    if (!current) throw new ServiceError('ERR_SERVICE_NOT_FOUND', `${what}: no such service`);
+    const service = current.value;
+    if (!service.backends) throw new ServiceError('ERR_SERVICE_INVALID', `${what}: the service selects its backends (selector); a pod's backend terminates when the pod is deleted`);
+    const index = service.backends.findIndex((b) => b.ip === ip);
+    if (index < 0) throw new ServiceError('ERR_BACKEND_NOT_FOUND', `${what}: ${ip} is not one of its backends (${service.backends.map((b) => b.ip).join(', ') || 'none'})`);
+    const backends = service.backends.slice();
+    if (state === undefined) backends.splice(index, 1);
+    else backends[index] = { ip, ...(state === 'terminating' ? { state } : {}) };
+    const updated: Service = { ...service, backends };
+    try {
+      const { revision } = await this.#store.transaction([{ type: 'put', key, value: updated, expectedRevision: current.modRevision }]);
+      return { service: updated, revision };
+    } catch (error) {
+      if (error instanceof StoreConflictError) throw new ServiceError('ERR_SERVICE_CONFLICT', `${what}: the service changed meanwhile; try again`, { cause: error });
+      throw error;
+    }
+  }
+
+  /**
+   * Calls `listener` after every change of a service or a pod (what toServices policies resolve
+   * through); returns the unsubscribe.
+   */
+  subscribe(listener: () => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  #notify(): void {
+    for (const listener of this.#listeners) listener();
+  }
+
+  /**
+   * A policy's `toServices` peer as the peers its services' backends are: a service's selector
+   * (with its namespace) for the pods it selects, so a pod that joins is allowed as it comes; an
+   * explicit backend that is a pod, that pod's labels (its identity); any other address, its /32.
+   * Terminating backends count: their established connections go on.
+   */
+  policyPeers(peer: ServicePeer): ServiceBackendPeers {
+    const endpoints: Selector[] = [];
+    const cidrs: CidrRule[] = [];
+    let podsByIp: Map<string, ServicePod> | undefined;
+    const podSelector = (namespace: string, labels: Record<string, string>): Selector => ({
+      matchLabels: { ...Object.fromEntries(Object.entries(labels).map(([k, v]) => [`any:${k}`, v])), [POD_NAMESPACE_LABEL]: namespace },
+      matchExpressions: [],
+    });
+    for (const service of this.services.all()) {
+      if (peer.namespace !== undefined && service.namespace !== peer.namespace) continue;
+      if (peer.name !== undefined && service.name !== peer.name) continue;
+      if (peer.selector && !selectorMatches(peer.selector, Object.fromEntries(Object.entries(service.labels ?? {}).map(([k, v]) => [`k8s:${k}`, v])))) continue;
+      if (service.selector) {
+        endpoints.push(podSelector(service.namespace, service.selector));
+        continue;
+      }
+      for (const backend of service.backends ?? []) {
+        podsByIp ??= new Map([...this.#pods.values()].map((p) => [p.ipv4, p]));
+        const pod = podsByIp.get(backend.ip);
+        if (pod) endpoints.push(podSelector(pod.namespace, pod.labels));
+        else cidrs.push({ cidr: `${backend.ip}/32`, except: [] });
+      }
+    }
+    return { endpoints, cidrs };
+  }
+
   /** A change of `services/specs/…` from the store. */
   applyServiceEvent(event: WatchEvent<Service>): void {
     const key = event.key.slice(SERVICE_SPECS_PREFIX.length);
@@ -233,6 +310,7 @@ export class ServiceManager {
       this.#resolve(event.value);
     }
     this.#advance(event.revision);
+    this.#notify();
   }
 
   /**
@@ -280,6 +358,16 @@ export class ServiceManager {
     this.#podChanged(previous, pod);
   }
 
+  /**
+   * A pod's deletion began (its endpoint is being torn down): it stays a backend of its services
+   * for its established connections, out of their selection, until deletePod.
+   */
+  terminatePod(key: string): void {
+    const pod = this.#pods.get(key);
+    if (!pod || pod.terminating) return;
+    this.upsertPod({ ...pod, terminating: true });
+  }
+
   deletePod(key: string): void {
     const previous = this.#pods.get(key);
     if (!previous) return;
@@ -287,12 +375,23 @@ export class ServiceManager {
     this.#podChanged(previous, undefined);
   }
 
-  /** Backend addresses of a service: its selected pods or its explicit list. */
+  /** Active backend addresses of a service: its selected pods or its explicit list. */
   backendIps(service: Service): string[] {
-    if (service.backends) return service.backends.map((b) => b.ip);
+    return this.#backendIps(service, false);
+  }
+
+  /** Terminating backend addresses of a service: no new connections, established ones kept. */
+  terminatingIps(service: Service): string[] {
+    return this.#backendIps(service, true);
+  }
+
+  #backendIps(service: Service, terminating: boolean): string[] {
+    if (service.backends) return service.backends.filter((b) => (b.state === 'terminating') === terminating).map((b) => b.ip);
     if (!service.selector) return [];
     const ips: string[] = [];
-    for (const pod of this.#pods.values()) if (pod.namespace === service.namespace && selects(service.selector, pod.labels)) ips.push(pod.ipv4);
+    for (const pod of this.#pods.values()) {
+      if ((pod.terminating === true) === terminating && pod.namespace === service.namespace && selects(service.selector, pod.labels)) ips.push(pod.ipv4);
+    }
     return ips;
   }
 
@@ -302,10 +401,11 @@ export class ServiceManager {
       const wanted = (pod: ServicePod | undefined) => pod !== undefined && pod.namespace === service.namespace && selects(service.selector!, pod.labels);
       if (wanted(before) || wanted(after)) this.#resolve(service);
     }
+    this.#notify();
   }
 
   #resolve(service: Service): void {
-    this.#setFrontends(serviceKey(service), serviceFrontends(service, this.backendIps(service)));
+    this.#setFrontends(serviceKey(service), serviceFrontends(service, this.backendIps(service), this.terminatingIps(service)));
   }
 
   #setFrontends(service: string, frontends: Frontend[]): void {

@@ -32,9 +32,19 @@ export interface ServicePort {
   nodePort?: number;
 }
 
+/**
+ * A backend's state (Kubernetes' EndpointSlice conditions, Cilium's backend states): an active
+ * backend takes new connections; a terminating one keeps its established connections (its
+ * backend entry stays) but is out of every selection slot, so it gets no new ones.
+ */
+export const BACKEND_STATES = ['active', 'terminating'] as const;
+export type BackendState = (typeof BACKEND_STATES)[number];
+
 /** An explicitly listed backend, as a Service without selector and its EndpointSlice. */
 export interface ExplicitBackend {
   ip: string;
+  /** Absent: active. */
+  state?: 'terminating';
 }
 
 /** A service as stored (`services/specs/<namespace>/<name>`): the same on every node. */
@@ -44,6 +54,8 @@ export interface Service {
   type: ServiceType;
   clusterIP: string;
   ports: ServicePort[];
+  /** The service's own labels (what a policy's `toServices` k8sServiceSelector selects on). */
+  labels?: Record<string, string>;
   /** Pods of `namespace` whose labels include all of these are the backends. */
   selector?: Record<string, string>;
   /** Backends listed explicitly (a service without selector). */
@@ -132,8 +144,12 @@ export function serviceRequestSchema(limits: ServiceRequestLimits) {
         )
         .min(1, 'a service needs at least one port')
         .max(100, 'at most 100 ports'),
+      labels: z.record(z.string(), z.string({ error: 'label values must be strings' }), { error: 'must be an object of labels' }).optional(),
       selector: z.record(z.string(), z.string({ error: 'label values must be strings' }), { error: 'must be an object of labels' }).optional(),
-      backends: z.array(z.object({ ip: ipv4 }).strict()).max(1000, 'at most 1000 explicit backends').optional(),
+      backends: z
+        .array(z.object({ ip: ipv4, state: z.enum(BACKEND_STATES, { error: `must be one of ${BACKEND_STATES.join(', ')}` }).optional() }).strict())
+        .max(1000, 'at most 1000 explicit backends')
+        .optional(),
       externalIPs: z.array(ipv4).max(100).default([]),
       loadBalancerIPs: z.array(ipv4).max(100).default([]),
       sessionAffinity: z.enum(['None', 'ClientIP'], { error: 'must be None or ClientIP' }).default('None'),
@@ -154,12 +170,19 @@ export function serviceRequestSchema(limits: ServiceRequestLimits) {
     .strict()
     .superRefine((spec, ctx) => {
       const issue = (path: (string | number)[], message: string) => ctx.addIssue({ code: 'custom', path, message });
-      for (const [key, value] of Object.entries(spec.selector ?? {})) {
-        const problem = k8sLabelKeyProblem(key);
-        if (problem) issue(['selector', key], problem);
-        else if (value.length > 63 || !LABEL_VALUE.test(value)) issue(['selector', key], `label value "${value}": at most 63 characters of [A-Za-z0-9-_.], alphanumeric at both ends`);
+      for (const field of ['labels', 'selector'] as const) {
+        for (const [key, value] of Object.entries(spec[field] ?? {})) {
+          const problem = k8sLabelKeyProblem(key);
+          if (problem) issue([field, key], problem);
+          else if (value.length > 63 || !LABEL_VALUE.test(value)) issue([field, key], `label value "${value}": at most 63 characters of [A-Za-z0-9-_.], alphanumeric at both ends`);
+        }
       }
       if (spec.selector && spec.backends) issue(['backends'], 'a service selects its backends by selector or lists them, not both');
+      const backendIps = new Set<string>();
+      spec.backends?.forEach((b, i) => {
+        if (backendIps.has(b.ip)) issue(['backends', i, 'ip'], `${b.ip} is listed twice`);
+        backendIps.add(b.ip);
+      });
       const seen = new Map<string, number>();
       const names = new Set<string>();
       spec.ports.forEach((p, i) => {
@@ -204,8 +227,13 @@ export interface Frontend {
   vip: string;
   port: number;
   protocol: ServiceProtocol;
-  /** Sorted by address, so equal sets compare equal and every node orders them alike. */
+  /** The active backends, sorted by address, so equal sets compare equal and every node orders them alike. */
   backends: Backend[];
+  /**
+   * Terminating backends (sorted too): their entries stay so established connections keep
+   * translating, but no slot names them. Absent when there are none.
+   */
+  terminating?: Backend[];
   /** ClientIP session affinity's timeout in seconds; absent without affinity. */
   affinityTimeout?: number;
   /** An external frontend (not the ClusterIP) of an externalTrafficPolicy Local service. */
@@ -234,18 +262,22 @@ export function selects(selector: Readonly<Record<string, string>>, labels: Read
 }
 
 /**
- * A service's frontends with `backendIps` (the addresses of its pods, or its explicit backends):
- * one per port on the ClusterIP, every external IP and LoadBalancer IP, and each node port.
+ * A service's frontends with `backendIps` (the addresses of its pods, or its explicit backends)
+ * and `terminatingIps` (backends on their way out; an address in both is active): one per port on
+ * the ClusterIP, every external IP and LoadBalancer IP, and each node port.
  */
-export function serviceFrontends(service: Service, backendIps: readonly string[]): Frontend[] {
+export function serviceFrontends(service: Service, backendIps: readonly string[], terminatingIps: readonly string[] = []): Frontend[] {
   const ips = [...new Set(backendIps)].sort(compareIps);
+  const active = new Set(ips);
+  const leaving = [...new Set(terminatingIps)].filter((ip) => !active.has(ip)).sort(compareIps);
   const out: Frontend[] = [];
   const key = serviceKey(service);
   for (const p of service.ports) {
     const backends = ips.map((ip) => ({ ip, port: p.targetPort, protocol: p.protocol }));
     const affinity = service.sessionAffinity ? { affinityTimeout: service.sessionAffinity.timeoutSeconds } : {};
+    const terminating = leaving.length > 0 ? { terminating: leaving.map((ip) => ({ ip, port: p.targetPort, protocol: p.protocol })) } : {};
     const add = (kind: FrontendKind, vip: string, port: number) =>
-      out.push({ key: frontendKey(vip, port, p.protocol), service: key, kind, vip, port, protocol: p.protocol, backends, ...affinity, ...(kind !== 'ClusterIP' && service.externalTrafficLocal ? { externalLocal: true as const } : {}) });
+      out.push({ key: frontendKey(vip, port, p.protocol), service: key, kind, vip, port, protocol: p.protocol, backends, ...terminating, ...affinity, ...(kind !== 'ClusterIP' && service.externalTrafficLocal ? { externalLocal: true as const } : {}) });
     add('ClusterIP', service.clusterIP, p.port);
     for (const ip of service.externalIPs) add('ExternalIP', ip, p.port);
     for (const ip of service.loadBalancerIPs) add('LoadBalancer', ip, p.port);

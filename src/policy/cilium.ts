@@ -6,7 +6,8 @@
  * reserved labels; a clusterwide policy's peers get `k8s:io.kubernetes.pod.namespace Exists`
  * (pods only) unless they name a namespace or reserved labels.
  *
- * Out-of-scope upstream fields (L7 rules, toFQDNs, toServices, …) are rejected by name, never
+ * `toServices` is read into `PeerRule.services` (expanded by the policy manager). Out-of-scope
+ * upstream fields (L7 rules, toFQDNs, …) are rejected by name, never
  * ignored.
  * @module
  */
@@ -29,6 +30,7 @@ import {
   type PolicyRule,
   type PortRule,
   type Selector,
+  type ServicePeer,
 } from './types.ts';
 import { formatCidr } from './cidr.ts';
 
@@ -337,7 +339,6 @@ function readPeerRule(ctx: Ctx, path: string, value: unknown, dir: Direction, sc
     [`${x}Groups`]: GROUPS,
     [`${x}Nodes`]: NODES,
   };
-  if (x === 'to') unsupported.toServices = 'not supported yet (service-based egress); use toEndpoints or toCIDRSet';
   if (dir.deny) {
     if (x === 'to') unsupported.toFQDNs = 'not allowed in deny rules (and DNS-based policy is not supported yet)';
     unsupported.authentication = 'not allowed in deny rules';
@@ -346,9 +347,16 @@ function readPeerRule(ctx: Ctx, path: string, value: unknown, dir: Direction, sc
     unsupported.authentication = AUTH;
   }
   const before = ctx.issues.length;
-  checkFields(ctx, path, obj, [endpointsField, cidrField, cidrSetField, entitiesField, 'toPorts', 'icmps'], unsupported);
+  checkFields(ctx, path, obj, [endpointsField, cidrField, cidrSetField, entitiesField, ...(x === 'to' ? ['toServices'] : []), 'toPorts', 'icmps'], unsupported);
 
   const peer: PeerRule = {};
+  if (x === 'to') {
+    const services = readList(ctx, join(path, 'toServices'), obj.toServices);
+    if (services !== undefined) {
+      if (services.length === 0) ctx.add(join(path, 'toServices'), 'an empty list selects no service; remove the field or name a service');
+      peer.services = services.map((item, i) => readServicePeer(ctx, at(join(path, 'toServices'), i), item, scope)).filter((s): s is ServicePeer => s !== undefined);
+    }
+  }
   const emptyList = (field: string): void =>
     ctx.add(join(path, field), `an empty list selects no peer (Cilium then ignores the whole rule); remove the field, or use ${field === endpointsField ? '[{}]' : 'a non-empty list'}`);
 
@@ -406,11 +414,55 @@ function readPeerRule(ctx: Ctx, path: string, value: unknown, dir: Direction, sc
 
   if (ctx.issues.length !== before) return undefined;
   // Ports without any peer: Cilium applies them to every peer (the wildcard selector).
-  if (peer.endpoints === undefined && peer.entities === undefined && peer.cidrs === undefined && peer.ports !== undefined) {
+  if (peer.services === undefined && peer.endpoints === undefined && peer.entities === undefined && peer.cidrs === undefined && peer.ports !== undefined) {
     peer.endpoints = [wildcardSelector()];
   }
   return peer;
 }
+
+/**
+ * One `toServices` item: `k8sService: {serviceName, namespace}` or `k8sServiceSelector: {selector,
+ * namespace}`. A namespaced policy's services are in its own namespace unless another is named; a
+ * clusterwide policy must name the namespace of a service it names by name.
+ */
+function readServicePeer(ctx: Ctx, path: string, value: unknown, scope: Scope): ServicePeer | undefined {
+  const obj = readObj(ctx, path, value);
+  if (obj === undefined) {
+    if (value === null || value === undefined) ctx.add(path, 'empty list item (write k8sService or k8sServiceSelector)');
+    return undefined;
+  }
+  const before = ctx.issues.length;
+  checkFields(ctx, path, obj, ['k8sService', 'k8sServiceSelector']);
+  const byName = obj.k8sService !== undefined && obj.k8sService !== null;
+  const bySelector = obj.k8sServiceSelector !== undefined && obj.k8sServiceSelector !== null;
+  if (byName === bySelector) {
+    ctx.add(path, byName ? 'k8sService and k8sServiceSelector may not be combined in one item; make them separate items' : 'must have k8sService (a service by name) or k8sServiceSelector (services by label)');
+    return undefined;
+  }
+  const field = byName ? 'k8sService' : 'k8sServiceSelector';
+  const inner = readObj(ctx, join(path, field), obj[field]);
+  if (inner === undefined) return undefined;
+  checkFields(ctx, join(path, field), inner, byName ? ['serviceName', 'namespace'] : ['selector', 'namespace']);
+  let namespace = readString(ctx, join(join(path, field), 'namespace'), inner.namespace);
+  if (namespace !== undefined && !DNS_LABEL.test(namespace)) ctx.add(join(join(path, field), 'namespace'), `"${namespace}" is not a namespace name (a DNS label)`);
+  namespace ??= scope.namespace;
+  const peer: ServicePeer = namespace === undefined ? {} : { namespace };
+  if (byName) {
+    const name = readString(ctx, join(join(path, field), 'serviceName'), inner.serviceName);
+    if (name === undefined) {
+      if (inner.serviceName === undefined || inner.serviceName === null) ctx.add(join(join(path, field), 'serviceName'), 'required: the name of the service');
+    } else if (!DNS_LABEL.test(name)) ctx.add(join(join(path, field), 'serviceName'), `"${name}" is not a service name (a DNS label)`);
+    else peer.name = name;
+    if (namespace === undefined) ctx.add(join(join(path, field), 'namespace'), 'required in a clusterwide policy: the namespace of the service');
+  } else {
+    if (inner.selector === undefined || inner.selector === null) ctx.add(join(join(path, field), 'selector'), 'required: the labels of the services ({} selects every service)');
+    else peer.selector = readSelector(ctx, join(join(path, field), 'selector'), inner.selector, ciliumSelectorKey);
+  }
+  return ctx.issues.length === before ? peer : undefined;
+}
+
+/** Kubernetes' name of a namespace or service. */
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 
 /** `spec.labels`: a list of `{key, value, source}` or `"[source:]key[=value]"` strings. */
 function readRuleLabels(ctx: Ctx, path: string, value: unknown): Record<string, string> | undefined {

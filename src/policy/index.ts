@@ -56,3 +56,4 @@ export {
   type TraceResult,
   type DirectionTrace,
 } from './engine.ts';
+export { expandServicePeers, hasServicePeers, type ServiceBackendPeers, type ServiceResolver } from './services.ts';

@@ -121,7 +121,7 @@ test('reject: every problem of every document is listed', () => {
       '1 metadata.namespace: CiliumClusterwideNetworkPolicy is cluster-scoped; remove metadata.namespace',
       '1 spec.nodeSelector: not supported yet (host policies); select endpoints with endpointSelector',
       '2 spec.endpointSelector: a CiliumNetworkPolicy in namespace default only selects endpoints of default; it cannot select namespace "other"',
-      '2 spec.egress[0].toServices: not supported yet (service-based egress); use toEndpoints or toCIDRSet',
+      '2 spec.egress[0].toServices[0].k8sService.serviceName: required: the name of the service',
       '2 spec.egress[0].toEntities[0]: unknown entity "planet" (one of all, world, world-ipv4, world-ipv6, cluster, host, remote-node, kube-apiserver, ingress, init, health, unmanaged, none)',
       '2 spec.egress[1].toPorts[0].ports[0].endPort: must be at least port (1000), got 999',
       '2 spec.egress[1].icmps[0].fields[0].type: must be an ICMP type 0–255 or one of its names (e.g. EchoRequest, DestinationUnreachable), got number 300',
@@ -256,4 +256,35 @@ test('reject: a YAML alias bomb is refused while it expands, naming the file, th
       /aliases expand past the limit of 100/.test(error.issues[0].reason),
   );
   assert.ok(performance.now() - began < 1000, 'refused before expanding');
+});
+
+test('toServices: a service by name or by label, scoped to the policy\'s namespace unless named', () => {
+  const [rule] = parsePolicyYaml(
+    `apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: t, namespace: shop}\nspec:\n  endpointSelector: {}\n  egress:\n  - toServices:\n    - k8sService: {serviceName: web}\n    - k8sService: {serviceName: db, namespace: data}\n    - k8sServiceSelector: {selector: {matchLabels: {tier: front}}}\n    toPorts: [{ports: [{port: "7000", protocol: TCP}]}]`,
+    { file: 'inline.yaml' },
+  );
+  assert.deepEqual(rule.egress[0].services, [
+    { namespace: 'shop', name: 'web' },
+    { namespace: 'data', name: 'db' },
+    { namespace: 'shop', selector: { matchLabels: { 'any:tier': 'front' }, matchExpressions: [] } },
+  ]);
+  assert.equal(rule.egress[0].endpoints, undefined, 'ports with toServices are not ports to every peer');
+  assert.deepEqual(rule.egress[0].ports, [{ port: 7000, protocol: 'TCP' }]);
+});
+
+test('reject: bad toServices items name the field and the reason', () => {
+  const egress = (item: string) => cnp(`  endpointSelector: {}\n  egress:\n  - toServices:\n    - ${item}`);
+  assert.deepEqual(problems(egress('k8sService: {namespace: default}')), ['spec.egress[0].toServices[0].k8sService.serviceName: required: the name of the service']);
+  assert.deepEqual(problems(egress('k8sService: {serviceName: Web_1}')), ['spec.egress[0].toServices[0].k8sService.serviceName: "Web_1" is not a service name (a DNS label)']);
+  assert.deepEqual(problems(egress('{}')), ['spec.egress[0].toServices[0]: must have k8sService (a service by name) or k8sServiceSelector (services by label)']);
+  assert.deepEqual(problems(egress('{k8sService: {serviceName: a}, k8sServiceSelector: {selector: {}}}')), [
+    'spec.egress[0].toServices[0]: k8sService and k8sServiceSelector may not be combined in one item; make them separate items',
+  ]);
+  assert.deepEqual(problems(egress('k8sServiceSelector: {namespace: default}')), ['spec.egress[0].toServices[0].k8sServiceSelector.selector: required: the labels of the services ({} selects every service)']);
+  assert.deepEqual(problems(cnp('  endpointSelector: {}\n  egress:\n  - toServices: []')), ['spec.egress[0].toServices: an empty list selects no service; remove the field or name a service']);
+  const ccnp = `apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata: {name: t}\nspec:\n  endpointSelector: {}\n  egress:\n  - toServices:\n    - k8sService: {serviceName: web}`;
+  assert.deepEqual(problems(ccnp), ['spec.egress[0].toServices[0].k8sService.namespace: required in a clusterwide policy: the namespace of the service']);
+  const ingress = cnp('  endpointSelector: {}\n  ingress:\n  - toServices: [{k8sService: {serviceName: web}}]');
+  assert.equal(problems(ingress).length, 1);
+  assert.match(problems(ingress)[0], /^spec\.ingress\[0\]\.toServices: /);
 });

@@ -83,7 +83,24 @@ export interface CidrRule {
   except: string[];
 }
 
+/**
+ * One `toServices` entry: a service by name (`k8sService`) or services by their own labels
+ * (`k8sServiceSelector`). Egress to it means egress to its backends: the policy manager expands it
+ * into `endpoints` (the pods the service selects) and `cidrs` (explicit backends that are no pod)
+ * and expands it again whenever the service or its backends change.
+ */
+export interface ServicePeer {
+  /** Absent only for a clusterwide policy's `k8sServiceSelector` without one: every namespace. */
+  namespace?: string;
+  /** k8sService.serviceName */
+  name?: string;
+  /** k8sServiceSelector.selector, over the services' labels (canonical `source:key` keys). */
+  selector?: Selector;
+}
+
 export interface PeerRule {
+  /** `toServices`, as written; `endpoints` and `cidrs` carry its expansion once resolved. */
+  services?: ServicePeer[];
   endpoints?: Selector[];
   entities?: Entity[];
   /** `fromCIDR`/`toCIDR` (with empty `except`) and `fromCIDRSet`/`toCIDRSet`, in that order. */

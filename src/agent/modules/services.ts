@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import {
+  BACKEND_STATES,
   LB_MAGLEV_LUT_SIZE,
   HostDatapath,
   LbDatapath,
@@ -22,19 +23,24 @@ import {
   servicesFromManifest,
   serviceRequestSchema,
   type Service,
+  type SockEndpointEntry,
 } from '../../loadbalancer/index.ts';
-import { Prefix } from '../../net/index.ts';
+import { netnsCookie } from '../../datapath/index.ts';
+import { Addr, Prefix } from '../../net/index.ts';
+import { Table } from '../../statedb/index.ts';
 import type { Endpoint } from '../endpoint.ts';
 import { ENDPOINTS_PREFIX, nodeEndpointsPrefix } from '../endpoint.ts';
 import { ConfigError, ipv4Cidr } from '../config.ts';
 import { followPrefix } from '../follow.ts';
 import { parseRequest } from '../api-errors.ts';
 import { defineModule } from '../module.ts';
-import { EndpointsCell, NodeCell, ServicesCell, StoreCell } from './cells.ts';
+import { EndpointsCell, NodeCell, PolicyCell, ServicesCell, StoreCell } from './cells.ts';
 
 const NODE_PORT_RANGE = /^(\d{1,5})-(\d{1,5})$/;
 
 const ImportBody = z.object({ yaml: z.string().min(1), file: z.string().default('<api>') }).strict();
+const BackendRef = serviceRefSchema.extend({ ip: z.string().refine((text) => Addr.tryParse(text)?.is4() === true, 'must be an IPv4 address (a.b.c.d)') });
+const BackendBody = z.object({ state: z.enum(BACKEND_STATES, { error: `must be one of ${BACKEND_STATES.join(', ')}` }) }).strict();
 
 /** How long a write waits for this node's view to show it before answering anyway (a stalled watch is logged). */
 const SYNC_WAIT_MS = 5000;
@@ -105,15 +111,15 @@ function nodePortRange(text: string): { min: number; max: number } {
 }
 
 /** A service as the API shows it: the definition and the frontends this node balances. */
-export type ServiceView = Service & { frontends: { address: string; kind: string; backends: string[] }[] };
+export type ServiceView = Service & { frontends: { address: string; kind: string; backends: string[]; terminating?: string[] }[] };
 
 export const servicesModule = defineModule({
   name: 'services',
   description: 'services (ClusterIP, NodePort, LoadBalancer) from the store, their backends among the cluster\'s pods, and the services API',
   config: servicesConfig,
-  needs: { store: StoreCell, endpoints: EndpointsCell, node: NodeCell },
+  needs: { store: StoreCell, endpoints: EndpointsCell, node: NodeCell, policy: PolicyCell },
   provides: ServicesCell,
-  async start({ store, endpoints, node }, { config, log, api }) {
+  async start({ store, endpoints, node, policy }, { config, log, api }) {
     const serviceCidr = Prefix.parse(config.serviceCidr, { family: 4 });
     const clusterCidr = Prefix.parse(config.clusterCidr, { family: 4 });
     if (serviceCidr.overlaps(clusterCidr)) {
@@ -138,14 +144,35 @@ export const servicesModule = defineModule({
     });
     const specs = await followPrefix<Service>(store, SERVICE_SPECS_PREFIX, { signal: abort.signal, onEnd: onEnd(SERVICE_SPECS_PREFIX), apply: (event) => services.applyServiceEvent(event) });
     services.listed(specs.revision);
-    // A local pod leaves its services the moment the endpoint manager lets it go, before its
-    // interface is deleted; its store record goes only after that, and connections given it in
-    // between would find no pod.
+    // A local pod turns terminating in its services the moment the endpoint manager lets it go,
+    // before its interface is deleted: no new connection is given it (it would find no pod),
+    // established ones keep their backend entry. Its store record going ends it everywhere.
+    // The socket hooks name the endpoint a refused connection comes from by its network
+    // namespace: each local endpoint under its namespace's cookie.
+    const sockEndpoints = new Table<SockEndpointEntry>('sock-endpoints', (e) => e.netnsCookie, { equals: (a, b) => JSON.stringify(a) === JSON.stringify(b) });
+    const cookieOf = new Map<string, string>();
     const local = endpoints.table.changes();
     const localPrefix = nodeEndpointsPrefix(config.nodeName);
     const localLoop = (async () => {
       while (!abort.signal.aborted) {
-        for (const change of local.next()) if (change.deleted) services.deletePod(`${localPrefix}${change.key}`);
+        for (const change of local.next()) {
+          const cookie = cookieOf.get(change.key);
+          if (change.deleted) {
+            services.terminatePod(`${localPrefix}${change.key}`);
+            cookieOf.delete(change.key);
+            if (cookie !== undefined && sockEndpoints.get(cookie)?.endpointId === change.object.id) sockEndpoints.delete(cookie);
+            continue;
+          }
+          const ep = change.object;
+          try {
+            const key = cookie ?? String(netnsCookie(ep.netns));
+            cookieOf.set(change.key, key);
+            sockEndpoints.upsert({ netnsCookie: key, endpointId: ep.id, identity: ep.identity, ipv4: ep.ipv4 });
+          } catch (error) {
+            // Only the flows of its refused connections lose their source.
+            log.warn({ endpoint: change.key, netns: ep.netns, err: error }, 'reading the network namespace cookie of an endpoint failed');
+          }
+        }
         await local.wait(abort.signal);
       }
     })();
@@ -164,6 +191,7 @@ export const servicesModule = defineModule({
         maglevSeed: maglevSeed(config.maglevHashSeed),
         log,
         refreshIntervalMs: config.reconcileRefreshInterval * 1000,
+        sockEndpoints,
       });
     } catch (error) {
       await stopWatches();
@@ -174,6 +202,7 @@ export const servicesModule = defineModule({
       // Tried, not necessarily done: a frontend that cannot be written (a full map) is retried and
       // makes the agent degraded, it does not keep the agent from starting.
       await datapath.attempted();
+      datapath.releaseOrphans();
       if (config.socketLbCgroup) datapath.attach(config.socketLbCgroup);
       else datapath.detach();
     } catch (error) {
@@ -197,9 +226,25 @@ export const servicesModule = defineModule({
       throw error;
     }
 
+    // toServices policies follow the services and their backends; a burst of changes (a listing,
+    // a deployment's pods) is one recomputation.
+    let policyQueued: NodeJS.Immediate | undefined;
+    const unsubscribe = services.subscribe(() => {
+      policyQueued ??= setImmediate(() => {
+        policyQueued = undefined;
+        policy.servicesChanged();
+      });
+    });
+    policy.setServiceResolver((peer) => services.policyPeers(peer));
+
     const view = (service: Service): ServiceView => ({
       ...service,
-      frontends: services.frontendsOf(serviceKey(service)).map((f) => ({ address: f.key, kind: f.kind, backends: f.backends.map((b) => `${b.ip}:${b.port}`) })),
+      frontends: services.frontendsOf(serviceKey(service)).map((f) => ({
+        address: f.key,
+        kind: f.kind,
+        backends: f.backends.map((b) => `${b.ip}:${b.port}`),
+        ...(f.terminating ? { terminating: f.terminating.map((b) => `${b.ip}:${b.port}`) } : {}),
+      })),
     });
     api.route('GET', '/v1/services', () => services.list().map(view));
     const ref = (params: Record<string, string>) => parseRequest(serviceRefSchema, params, 'service');
@@ -220,6 +265,28 @@ export const servicesModule = defineModule({
       return { services: created.services.map((s) => ({ service: serviceKey(s), clusterIP: s.clusterIP })), revision: created.revision };
     });
     api.route('GET', '/v1/lb/maps', () => datapath.entries());
+    const backendRef = (params: Record<string, string>) => parseRequest(BackendRef, params, 'service backend');
+    // A drained backend takes no new connection once the command returns: wait for the maps too
+    // (bounded: a frontend that keeps failing elsewhere must not hold the answer).
+    const backendWritten = async (revision: number) => {
+      await services.synced(revision, SYNC_WAIT_MS);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([datapath.synced(), new Promise<void>((resolve) => (timer = setTimeout(resolve, SYNC_WAIT_MS)))]);
+      clearTimeout(timer);
+    };
+    api.route('PUT', '/v1/services/:namespace/:name/backends/:ip', async ({ params, body }) => {
+      const { namespace, name, ip } = backendRef(params);
+      const { state } = parseRequest(BackendBody, body, 'service backend');
+      const { service, revision } = await services.setBackend(namespace, name, ip, state);
+      await backendWritten(revision);
+      return { ...view(services.services.get(serviceKey(service)) ?? service), revision };
+    });
+    api.route('DELETE', '/v1/services/:namespace/:name/backends/:ip', async ({ params }) => {
+      const { namespace, name, ip } = backendRef(params);
+      const { service, revision } = await services.setBackend(namespace, name, ip, undefined);
+      await backendWritten(revision);
+      return { ...view(services.services.get(serviceKey(service)) ?? service), revision };
+    });
     api.route('DELETE', '/v1/services/:namespace/:name', async ({ params }) => {
       const { namespace, name } = ref(params);
       const { revision } = await services.delete(namespace, name);
@@ -229,12 +296,14 @@ export const servicesModule = defineModule({
     return {
       value: services,
       stop: async () => {
+        unsubscribe();
+        clearImmediate(policyQueued);
         await stopWatches();
         host?.close();
         await datapath.stop();
       },
       status: () => ({ services: { services: services.services.size, frontends: services.frontends.size, algorithm: config.lbAlgorithm, socketLbCgroup: config.socketLbCgroup || 'off', devices: devices.length > 0 ? devices : 'off', lbMode: config.lbMode } }),
-      reconcilers: () => [datapath.health()],
+      reconcilers: () => [datapath.health(), ...(datapath.sockEndpointsHealth() ? [datapath.sockEndpointsHealth()!] : [])],
     };
   },
 });

@@ -8,6 +8,7 @@
  *   transact(fd, request: Buffer, terminals: number): Promise<Buffer | number>
  *   recv(fd: number): Buffer | number                          // never blocks; -EAGAIN when empty
  *   sysctlWrite(netns: string | null, path: string, value: string): number   // 0 or -errno
+ *   netnsCookie(netns: string): bigint | number               // the namespace's cookie, or -errno
  *
  * A socket belongs to the network namespace it was created in, whatever thread uses it later, so
  * open() enters the namespace (setns on the calling thread), creates the socket and comes back,
@@ -351,6 +352,44 @@ static napi_value nl_sysctl_write(napi_env env, napi_callback_info info)
 	return int_value(env, err);
 }
 
+#ifndef SO_NETNS_COOKIE
+#define SO_NETNS_COOKIE 71
+#endif
+
+/* The cookie bpf_get_netns_cookie() gives programs for sockets of the namespace at `netns`. */
+static napi_value nl_netns_cookie(napi_env env, napi_callback_info info)
+{
+	static const char usage[] = "netnsCookie(netns: string)";
+	size_t argc = 1;
+	napi_value argv[1], result;
+	char netns[PATH_MAX_LEN];
+	uint64_t cookie = 0;
+	socklen_t length = sizeof(cookie);
+	int original, fd, err;
+
+	if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 1) {
+		napi_throw_type_error(env, NULL, usage);
+		return NULL;
+	}
+	if (get_string(env, argv[0], netns, sizeof(netns), usage) < 0)
+		return NULL;
+	err = enter_netns(netns, &original);
+	if (err)
+		return int_value(env, err);
+	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	err = fd < 0 ? -errno : 0;
+	leave_netns(original);
+	if (err)
+		return int_value(env, err);
+	if (getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &length) < 0)
+		err = -errno;
+	close(fd);
+	if (err)
+		return int_value(env, err);
+	napi_create_bigint_uint64(env, cookie, &result);
+	return result;
+}
+
 NAPI_MODULE_INIT()
 {
 	static const struct {
@@ -358,6 +397,7 @@ NAPI_MODULE_INIT()
 		napi_callback fn;
 	} functions[] = {
 		{ "open", nl_open }, { "close", nl_close }, { "transact", nl_transact }, { "recv", nl_recv }, { "sysctlWrite", nl_sysctl_write },
+		{ "netnsCookie", nl_netns_cookie },
 	};
 	napi_value fn;
 

@@ -17,6 +17,8 @@ export interface RtnetlinkAddon {
   recv(fd: number): Buffer | number;
   /** Writes `value` to the /proc/sys file `path` as seen from `netns`: 0 or -errno. */
   sysctlWrite(netns: string | null, path: string, value: string): number;
+  /** The cookie bpf_get_netns_cookie() gives for sockets of the namespace at `netns`, or -errno. */
+  netnsCookie(netns: string): bigint | number;
 }
 
 const ADDON_PATH = join(import.meta.dirname, '..', '..', '..', 'build', 'native', 'rtnetlink.node');

@@ -721,6 +721,16 @@ export class Netlink {
   }
 }
 
+/**
+ * The cookie eBPF programs get from bpf_get_netns_cookie() for sockets of the network namespace
+ * at `netns` (a namespace file); throws NetlinkError.
+ */
+export function netnsCookie(netns: string): bigint {
+  const cookie = rtnetlink().netnsCookie(netns);
+  if (typeof cookie === 'number') throw new NetlinkError(`reading the cookie of network namespace ${netns}`, -cookie);
+  return cookie;
+}
+
 /** A socket in `netns` bound to `groups`; throws NetlinkError. */
 export function openSocket(netns: string | undefined, groups: number): number {
   const fd = rtnetlink().open(netns ?? null, groups);
