@@ -7,6 +7,7 @@
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { cancellableStream, type CancellableStream } from '../grpc/index.ts';
 import type { GetFlowsRequest, GetFlowsResponse, ServerStatusResponse } from './types.ts';
 
 /** Where observer/observer.proto, flow/flow.proto and relay/relay.proto live. */
@@ -57,10 +58,7 @@ export interface ObserverNode {
   seenFlows?: string;
 }
 
-export interface FlowStream extends AsyncIterable<GetFlowsResponse> {
-  /** Ends the stream from this side; iteration then ends without an error. */
-  cancel(): void;
-}
+export type FlowStream = CancellableStream<GetFlowsResponse>;
 
 /** A client of the Observer API (an agent's, or anything that speaks it). */
 export interface ObserverClient {
@@ -116,21 +114,7 @@ export function connectObserver(target: string, options: ObserverClientOptions =
   return {
     getFlows(request) {
       const call = (client.GetFlows as (request: object) => grpc.ClientReadableStream<GetFlowsResponse>).call(client, request);
-      let cancelled = false;
-      return {
-        cancel() {
-          cancelled = true;
-          call.cancel();
-        },
-        async *[Symbol.asyncIterator]() {
-          try {
-            for await (const response of call) yield response as GetFlowsResponse;
-          } catch (error) {
-            if (cancelled && (error as grpc.ServiceError).code === grpc.status.CANCELLED) return;
-            throw error;
-          }
-        },
-      };
+      return cancellableStream(call, (response) => response);
     },
     serverStatus: () => unary<ServerStatusResponse>('ServerStatus'),
     getNodes: () => unary('GetNodes'),

@@ -5,10 +5,9 @@
  * @module
  */
 import { once } from 'node:events';
-import { chmodSync, mkdirSync, rmSync } from 'node:fs';
-import { dirname } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
+import { GrpcListeners } from '../grpc/index.ts';
 import { InvalidRequestError, ObserverError } from './errors.ts';
 import { parseFlowsRequest, type FlowObserver } from './observer.ts';
 import { healthServiceDefinition, observerServiceDefinition, type ObserverNode } from './proto.ts';
@@ -65,7 +64,10 @@ function unary<T>(answer: () => T | Promise<T>): (call: unknown, callback: grpc.
 export class ObserverGrpcServer {
   readonly #server = new grpc.Server();
   readonly #backend: ObserverBackend;
-  readonly #sockets: string[] = [];
+  readonly #listeners = new GrpcListeners(
+    this.#server,
+    (address, error) => new ObserverError('ERR_OBSERVER_LISTEN', `serving the Observer API on ${address}: ${error.message}`, { cause: error }),
+  );
 
   constructor(backend: ObserverBackend) {
     this.#backend = backend;
@@ -104,37 +106,24 @@ export class ObserverGrpcServer {
   }
 
   /** Serves on a Unix socket only root can open (a stale socket file is replaced). */
-  async listenUnix(path: string): Promise<void> {
-    mkdirSync(dirname(path), { recursive: true });
-    rmSync(path, { force: true });
-    await this.#bind(`unix:${path}`, grpc.ServerCredentials.createInsecure());
-    chmodSync(path, 0o600);
-    this.#sockets.push(path);
+  listenUnix(path: string): Promise<void> {
+    return this.#listeners.listenUnix(path);
   }
 
   /**
    * Serves on `host:port`; with `tls`, over TLS only (read with readServerTls), and with its
    * client CAs only to clients presenting a certificate they signed. Returns the port bound.
    */
-  async listenTcp(address: string, tls?: ServerTlsMaterial): Promise<number> {
+  listenTcp(address: string, tls?: ServerTlsMaterial): Promise<number> {
     const credentials = tls
       ? grpc.ServerCredentials.createSsl(tls.clientCa ?? null, [{ cert_chain: tls.cert, private_key: tls.key }], tls.clientCa !== undefined)
       : grpc.ServerCredentials.createInsecure();
-    return this.#bind(address, credentials);
-  }
-
-  #bind(address: string, credentials: grpc.ServerCredentials): Promise<number> {
-    return new Promise((resolve, reject) =>
-      this.#server.bindAsync(address, credentials, (error, port) =>
-        error ? reject(new ObserverError('ERR_OBSERVER_LISTEN', `serving the Observer API on ${address}: ${error.message}`, { cause: error })) : resolve(port),
-      ),
-    );
+    return this.#listeners.bind(address, credentials);
   }
 
   /** Stops serving: open streams are cancelled rather than waited for (a follow never ends). */
   async close(): Promise<void> {
-    this.#server.forceShutdown();
-    for (const path of this.#sockets) rmSync(path, { force: true });
+    this.#listeners.close();
   }
 }
 

@@ -8,10 +8,10 @@
  * @module
  */
 import { once } from 'node:events';
-import { chmodSync, mkdirSync, rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
+import { cancellableStream, GrpcListeners } from '../grpc/index.ts';
 import { RuntimeError } from './errors.ts';
 import { loopbackPeerUid } from './peer.ts';
 import { compileFilters, type EventFilter } from './filter.ts';
@@ -246,7 +246,10 @@ function grpcError(code: grpc.status, details: string): grpc.ServiceError {
 /** Serves tetragon.FineGuidanceSensors on TCP and root-only Unix sockets. */
 export class TetragonServer {
   readonly #server = new grpc.Server();
-  readonly #sockets: string[] = [];
+  readonly #listeners = new GrpcListeners(
+    this.#server,
+    (address, error) => new RuntimeError('ERR_RUNTIME_LISTEN', `serving Tetragon's API on ${address}: ${error.message}`, { cause: error }),
+  );
   #dropped = 0;
 
   constructor(options: TetragonServerOptions) {
@@ -358,30 +361,17 @@ export class TetragonServer {
 
   /** Serves on `host:port`; returns the port bound (useful with port 0). */
   listenTcp(address: string): Promise<number> {
-    return this.#bind(address);
+    return this.#listeners.bind(address);
   }
 
   /** Serves on a Unix socket only root can open (a stale socket file is replaced). */
-  async listenUnix(path: string): Promise<void> {
-    mkdirSync(dirname(path), { recursive: true });
-    rmSync(path, { force: true });
-    await this.#bind(`unix:${path}`);
-    chmodSync(path, 0o600);
-    this.#sockets.push(path);
-  }
-
-  #bind(address: string): Promise<number> {
-    return new Promise((resolve, reject) =>
-      this.#server.bindAsync(address, grpc.ServerCredentials.createInsecure(), (error, port) =>
-        error ? reject(new RuntimeError('ERR_RUNTIME_LISTEN', `serving Tetragon's API on ${address}: ${error.message}`, { cause: error })) : resolve(port),
-      ),
-    );
+  listenUnix(path: string): Promise<void> {
+    return this.#listeners.listenUnix(path);
   }
 
   /** Stops serving; open event streams are cancelled (a follow never ends by itself). */
   close(): void {
-    this.#server.forceShutdown();
-    for (const path of this.#sockets.splice(0)) rmSync(path, { force: true });
+    this.#listeners.close();
   }
 }
 
@@ -418,31 +408,13 @@ export function connectTetragon(target: string): TetragonClient {
   return {
     getEvents(request) {
       const call = (client.GetEvents as (request: object) => grpc.ClientReadableStream<Record<string, unknown>>).call(client, request);
-      let cancelled = false;
       // The server sends its headers as soon as it has subscribed the stream (see #getEvents).
       const ready = new Promise<void>((resolve, reject) => {
         call.once('metadata', () => resolve());
         call.once('error', reject);
       });
       ready.catch(() => undefined);
-      return {
-        ready,
-        cancel() {
-          cancelled = true;
-          call.cancel();
-        },
-        async *[Symbol.asyncIterator]() {
-          try {
-            for await (const wire of call) {
-              const event = fromWireEvent(wire as Record<string, unknown>);
-              if (event) yield event;
-            }
-          } catch (error) {
-            if (cancelled && (error as grpc.ServiceError).code === grpc.status.CANCELLED) return;
-            throw error;
-          }
-        },
-      };
+      return Object.assign(cancellableStream(call, fromWireEvent), { ready });
     },
     getVersion: async () => (await unary<{ version?: string }>('GetVersion')).version ?? '',
     getHealth: async () => (await unary<{ health_status?: { event?: string; status?: string; details?: string }[] }>('GetHealth')).health_status ?? [],
