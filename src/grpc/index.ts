@@ -69,3 +69,12 @@ export function cancellableStream<Wire, T>(call: grpc.ClientReadableStream<Wire>
     },
   };
 }
+
+type UnaryMethod = (request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: unknown) => void) => void;
+
+/** Calls unary `method` of a client made from a loaded package definition. */
+export function unaryCall<T>(client: grpc.Client & Record<string, unknown>, method: string, request: object = {}, options: grpc.CallOptions = {}): Promise<T> {
+  return new Promise<T>((resolve, reject) =>
+    (client[method] as UnaryMethod).call(client, request, options, (error, response) => (error ? reject(error) : resolve(response as T))),
+  );
+}

@@ -7,7 +7,7 @@
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { cancellableStream, type CancellableStream } from '../grpc/index.ts';
+import { cancellableStream, unaryCall, type CancellableStream } from '../grpc/index.ts';
 import type { GetFlowsRequest, GetFlowsResponse, ServerStatusResponse } from './types.ts';
 
 /** Where observer/observer.proto, flow/flow.proto and relay/relay.proto live. */
@@ -32,13 +32,9 @@ export function healthServiceDefinition(): grpc.ServiceDefinition {
 export function checkHealth(target: string): Promise<string> {
   const proto = grpc.loadPackageDefinition(packageDefinition()) as unknown as { grpc: { health: { v1: { Health: grpc.ServiceClientConstructor } } } };
   const client = new proto.grpc.health.v1.Health(target, grpc.credentials.createInsecure()) as grpc.Client & Record<string, unknown>;
-  return new Promise<string>((resolve, reject) =>
-    (client.Check as Unary).call(client, { service: '' }, (error, response) => {
-      client.close();
-      if (error) reject(error);
-      else resolve((response as { status?: string }).status ?? 'UNKNOWN');
-    }),
-  );
+  return unaryCall<{ status?: string }>(client, 'Check', { service: '' })
+    .then((response) => response.status ?? 'UNKNOWN')
+    .finally(() => client.close());
 }
 
 /** The `observer.Observer` service, for grpc.Server.addService. */
@@ -86,8 +82,6 @@ export interface ObserverClientOptions {
   maxReconnectBackoffMs?: number;
 }
 
-type Unary = (request: object, callback: (error: grpc.ServiceError | null, response: unknown) => void) => void;
-type UnaryWithOptions = (request: object, options: grpc.CallOptions, callback: (error: grpc.ServiceError | null, response: unknown) => void) => void;
 
 /**
  * Connects to an Observer API at `target`: `unix:/path/to/hubble.sock` or `host:port`.
@@ -109,8 +103,7 @@ export function connectObserver(target: string, options: ObserverClientOptions =
   };
   const client = new proto.observer.Observer(target, credentials, channelOptions) as grpc.Client & Record<string, unknown>;
   const callOptions = (): grpc.CallOptions => (options.callTimeoutMs !== undefined ? { deadline: Date.now() + options.callTimeoutMs } : {});
-  const unary = <T>(method: string) =>
-    new Promise<T>((resolve, reject) => (client[method] as UnaryWithOptions).call(client, {}, callOptions(), (error, response) => (error ? reject(error) : resolve(response as T))));
+  const unary = <T>(method: string) => unaryCall<T>(client, method, {}, callOptions());
   return {
     getFlows(request) {
       const call = (client.GetFlows as (request: object) => grpc.ClientReadableStream<GetFlowsResponse>).call(client, request);

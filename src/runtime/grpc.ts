@@ -11,7 +11,7 @@ import { once } from 'node:events';
 import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { cancellableStream, GrpcListeners } from '../grpc/index.ts';
+import { cancellableStream, GrpcListeners, unaryCall } from '../grpc/index.ts';
 import { RuntimeError } from './errors.ts';
 import { loopbackPeerUid } from './peer.ts';
 import { compileFilters, type EventFilter } from './filter.ts';
@@ -391,8 +391,6 @@ export interface TetragonClient {
   close(): void;
 }
 
-type Unary = (request: object, callback: (error: grpc.ServiceError | null, response: unknown) => void) => void;
-
 /**
  * Connects to a Tetragon API (Ciliate's or Tetragon's own): `host:port` or `unix:/path`.
  *
@@ -403,8 +401,7 @@ type Unary = (request: object, callback: (error: grpc.ServiceError | null, respo
 export function connectTetragon(target: string): TetragonClient {
   const proto = grpc.loadPackageDefinition(packageDefinition()) as unknown as { tetragon: { FineGuidanceSensors: grpc.ServiceClientConstructor } };
   const client = new proto.tetragon.FineGuidanceSensors(target, grpc.credentials.createInsecure()) as grpc.Client & Record<string, unknown>;
-  const unary = <T>(method: string, request: object = {}) =>
-    new Promise<T>((resolve, reject) => (client[method] as Unary).call(client, request, (error, response) => (error ? reject(error) : resolve(response as T))));
+  const unary = <T>(method: string, request: object = {}) => unaryCall<T>(client, method, request);
   return {
     getEvents(request) {
       const call = (client.GetEvents as (request: object) => grpc.ClientReadableStream<Record<string, unknown>>).call(client, request);
