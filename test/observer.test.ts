@@ -390,3 +390,47 @@ test('--monitor-aggregation reaches the datapath: at none every echo is a flow, 
   for (let i = 0; i < 50 && map.lookup(0)?.aggregation !== MonitorAggregation.none; i++) await sleep(100);
   assert.deepEqual(map.lookup(0), { aggregation: MonitorAggregation.none, report_flags: TcpFlag.SYN | TcpFlag.FIN | TcpFlag.RST, report_interval: 7 }, 'the agent rewrote its setting');
 });
+
+test('ciliate config MonitorAggregationLevel=… changes the level of a running agent: the kernel at once, events at the new level, bad values refused naming the option', async (t) => {
+  const node = await TestNode.start(t, { extraArgs: ['--reconcile-refresh-interval', '0.2'] });
+  const client = observer(t, node);
+  const a = await node.addPod(t, 'rcfg-a', { app: 'a' });
+  const b = await node.addPod(t, 'rcfg-b', { app: 'b' });
+  using map = openMonitorConfigMap(node.bpfRoot);
+  // Trace flows of a's echo requests to b that a new 5-echo ping adds to the buffer.
+  const echoFlows = async () => (await flows(client, { whitelist: [{ sourceIp: [a.endpoint.ipv4], destinationIp: [b.endpoint.ipv4], eventType: [{ type: 4 }], protocol: ['ICMPv4'] }] })).length;
+  const echoesOf = async (before: number) => {
+    assert.ok(await ping(a.netns, b.endpoint.ipv4, 5));
+    await sleep(300);
+    return (await echoFlows()) - before;
+  };
+
+  let listed = await cli(node, 'config', '-o', 'json');
+  assert.equal(listed.code, 0, listed.stderr);
+  assert.deepEqual(JSON.parse(listed.stdout), { MonitorAggregationLevel: 'medium' });
+  // Medium: the first echo of the ping is news, the other four are a tracked flow with nothing new.
+  const atMedium = await echoesOf(0);
+  assert.equal(atMedium, 1);
+
+  const set = await cli(node, 'config', 'MonitorAggregationLevel=none');
+  assert.equal(set.code, 0, set.stderr);
+  assert.match(set.stdout, /MonitorAggregationLevel\s+none/);
+  assert.equal(map.lookup(0)?.aggregation, MonitorAggregation.none, 'in the kernel when the command returns');
+  assert.equal(await echoesOf(atMedium), 5, 'every echo of the next ping is a flow');
+
+  for (const [args, named] of [
+    [['MonitorAggregationLevel=loud'], /MonitorAggregationLevel: "loud" is not a level \(none, lowest, low, medium, maximum\)/],
+    [['MonitorAggregationLevel=medium', 'Debug=true'], /Debug is not an option that changes at run time/],
+    [['MonitorAggregationLevel'], /config "MonitorAggregationLevel": want Option=value/],
+  ] as const) {
+    const refused = await cli(node, 'config', ...args);
+    assert.notEqual(refused.code, 0, `${args.join(' ')} is refused`);
+    assert.match(refused.stderr, named);
+  }
+  await sleep(500);
+  assert.equal(map.lookup(0)?.aggregation, MonitorAggregation.none, 'nothing of a refused change was applied, and the drift repair keeps the new level');
+  const status = await node.client.get<{ monitor: { aggregation: string } }>('/v1/status');
+  assert.equal(status.monitor.aggregation, 'none');
+  listed = await cli(node, 'config');
+  assert.match(listed.stdout, /MonitorAggregationLevel\s+none/);
+});

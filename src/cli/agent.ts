@@ -50,15 +50,15 @@ function socketOption(): Option {
   return new Option('--socket <path>', 'agent API socket').env('CILIATE_SOCKET_PATH').default('/var/run/ciliate/ciliate.sock');
 }
 
-/** `key=value` arguments as a label record. */
-function parseLabelPairs(pairs: readonly string[]): Record<string, string> {
-  const labels: Record<string, string> = {};
+/** `key=value` arguments as a record; `what` names them in the error (label, config). */
+function parsePairs(pairs: readonly string[], what = 'label', form = 'key=value'): Record<string, string> {
+  const record: Record<string, string> = {};
   for (const pair of pairs) {
     const eq = pair.indexOf('=');
-    if (eq <= 0) throw new Error(`label "${pair}": want key=value`);
-    labels[pair.slice(0, eq)] = pair.slice(eq + 1);
+    if (eq <= 0) throw new Error(`${what} "${pair}": want ${form}`);
+    record[pair.slice(0, eq)] = pair.slice(eq + 1);
   }
-  return labels;
+  return record;
 }
 
 function print(format: OutputFormat, value: unknown, table: () => string): void {
@@ -157,7 +157,7 @@ export function registerAgentCommands(program: Command): void {
     .addOption(socketOption())
     .addOption(outputOption())
     .action(async (id: string, pairs: string[], options: { socket: string; output: OutputFormat }) => {
-      const ep = await new AgentClient(options.socket).call<Endpoint>('PUT', `/v1/endpoints/${encodeURIComponent(id)}/labels`, parseLabelPairs(pairs));
+      const ep = await new AgentClient(options.socket).call<Endpoint>('PUT', `/v1/endpoints/${encodeURIComponent(id)}/labels`, parsePairs(pairs));
       print(options.output, ep, () => `endpoint ${ep.id}: identity ${ep.identity}`);
     });
 
@@ -184,9 +184,24 @@ export function registerAgentCommands(program: Command): void {
       const ns = await new AgentClient(options.socket).call<{ name: string; labels: Record<string, string> }>(
         'PUT',
         `/v1/namespaces/${encodeURIComponent(name)}/labels`,
-        parseLabelPairs(pairs),
+        parsePairs(pairs),
       );
       print(options.output, ns, () => `namespace ${ns.name}: ${Object.keys(ns.labels).length} labels`);
+    });
+
+  program
+    .command('config')
+    .description("the running agent's options that change without a restart, as cilium-dbg config: list them, or set Option=value (MonitorAggregationLevel=none|lowest|low|medium|maximum)")
+    .argument('[settings...]', 'Option=value pairs; none: list the options')
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (settings: string[], options: { socket: string; output: OutputFormat }) => {
+      const client = new AgentClient(options.socket);
+      const current =
+        settings.length === 0
+          ? await client.get<Record<string, string>>('/v1/config')
+          : await client.call<Record<string, string>>('PATCH', '/v1/config', { options: parsePairs(settings, 'config', 'Option=value') });
+      print(options.output, current, () => formatTable(['OPTION', 'VALUE'], Object.entries(current)));
     });
 
   program

@@ -74,3 +74,16 @@ export function ensureMonitorConfig(map: BpfMap<number, MonitorConfigValue>, con
   map.update(0, wanted);
   return true;
 }
+
+/**
+ * The options of the running agent that `ciliate config Option=value` changes without a restart,
+ * under Cilium's names (`cilium-dbg config MonitorAggregationLevel=none`).
+ */
+export const RUNTIME_MONITOR_OPTION = 'MonitorAggregationLevel';
+
+/** A level by name, any case; undefined for anything else. */
+export function parseMonitorAggregationLevel(value: unknown): MonitorAggregationLevel | undefined {
+  if (typeof value !== 'string') return undefined;
+  const name = value.toLowerCase();
+  return Object.hasOwn(MonitorAggregation, name) ? (name as MonitorAggregationLevel) : undefined;
+}

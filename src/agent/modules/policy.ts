@@ -14,7 +14,11 @@ import {
   MONITOR_AGGREGATION_FLAG_NAMES,
   MONITOR_AGGREGATION_LEVELS,
   openMonitorConfigMap,
+  parseMonitorAggregationLevel,
+  RUNTIME_MONITOR_OPTION,
+  type MonitorAggregationConfig,
 } from '../../datapath/index.ts';
+import { RequestError } from '../api-errors.ts';
 import { ruleKey } from '../../policy/index.ts';
 import { z } from 'zod';
 import { defineModule } from '../module.ts';
@@ -92,7 +96,9 @@ export const monitorModule = defineModule({
   needs: { policy: PolicyCell },
   provides: MonitorCell,
   start({ policy }, { config, log, api }) {
-    const aggregation = { level: config.monitorAggregation, flags: config.monitorAggregationFlags, intervalSeconds: config.monitorAggregationInterval };
+    // Changed at run time by PATCH /v1/config (`ciliate config MonitorAggregationLevel=…`), which
+    // the drift repair below then keeps; a restart goes back to the flags, as Cilium's does.
+    let aggregation: MonitorAggregationConfig = { level: config.monitorAggregation, flags: config.monitorAggregationFlags, intervalSeconds: config.monitorAggregationInterval };
     // The node's programs read it per packet: no reload, and endpoints attached by an earlier
     // agent follow at once. Checked again on the refresh interval, so a stray write is undone.
     const aggregationMap = openMonitorConfigMap(config.bpfRoot);
@@ -132,6 +138,30 @@ export const monitorModule = defineModule({
         })();
       }
       return monitor.recent(Number(query.get('last') ?? 100)).filter(wanted);
+    });
+    const runtimeOptions = () => ({ [RUNTIME_MONITOR_OPTION]: aggregation.level });
+    api.route('GET', '/v1/config', runtimeOptions);
+    api.route('PATCH', '/v1/config', ({ body }) => {
+      const options = (body as { options?: unknown } | undefined)?.options;
+      if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+        throw new RequestError('ERR_BAD_REQUEST', 'config: field options: want an object of Option: value');
+      }
+      // Every option checked before anything is written: a bad one changes nothing.
+      let level: MonitorAggregationConfig['level'] | undefined;
+      for (const [name, value] of Object.entries(options)) {
+        if (name !== RUNTIME_MONITOR_OPTION) {
+          throw new RequestError('ERR_BAD_REQUEST', `config: ${name} is not an option that changes at run time (options: ${RUNTIME_MONITOR_OPTION})`);
+        }
+        level = parseMonitorAggregationLevel(value);
+        if (!level) throw new RequestError('ERR_BAD_REQUEST', `config: ${name}: ${JSON.stringify(value)} is not a level (${MONITOR_AGGREGATION_LEVELS.join(', ')})`);
+      }
+      if (level && level !== aggregation.level) {
+        const next = { ...aggregation, level };
+        ensureMonitorConfig(aggregationMap, next);
+        aggregation = next;
+        log.info({ aggregation: level }, 'monitor aggregation changed');
+      }
+      return runtimeOptions();
     });
     return {
       value: monitor,
