@@ -29,6 +29,10 @@
  * drop and policy verdict) and the agent's monitor still keeps the raw records for `ciliate monitor`,
  * as Cilium's datapath keeps emitting with Hubble off. One `observer_cost` line per metric: ours
  * with the observer on / off (target >= 0.95).
+ *
+ * What the default attach mode costs per packet: a third agent node, `tcx`, identical to the first
+ * but with --datapath-attach tcx, in the same rounds. One `attach_mode` line per metric: ours
+ * (tc-block) / tcx, with tcx's own ratio to the baseline beside it.
  * @module
  */
 import { readFileSync } from 'node:fs';
@@ -45,7 +49,8 @@ const BASELINE = 'kernel routing: same pod-node-pod veth topology, ip_forward, n
 const RATIO_TARGET = 1.0;
 const OBSERVER_OFF = 'the same agent with --no-hubble-enabled (datapath events still sent at the default monitor aggregation, no flows decoded)';
 const OBSERVER_TARGET = 0.95;
-type Variant = 'ciliate' | 'observer_off' | 'routed';
+const TCX = 'the same agent with --datapath-attach tcx (two TCX links per pod instead of a clsact bound to the shared tc blocks)';
+type Variant = 'ciliate' | 'observer_off' | 'tcx' | 'routed';
 /** USER_HZ: what /proc's times count in (100 on Linux, whatever the kernel's HZ). */
 const CLOCK_TICKS = 100;
 
@@ -90,6 +95,10 @@ export async function run(ctx: BenchContext): Promise<void> {
     const offA = await offNode.addPod('cbdoa');
     const offB = await offNode.addPod('cbdob');
     const observerOff: Pair = { client: offA.netns, server: offB.netns, serverIp: offB.endpoint.ipv4 };
+    const tcxNode = await BenchNode.start(cleanups, { prefix: 'cbdt', extraArgs: ['--datapath-attach', 'tcx'] });
+    const tcxA = await tcxNode.addPod('cbdta');
+    const tcxB = await tcxNode.addPod('cbdtb');
+    const tcx: Pair = { client: tcxA.netns, server: tcxB.netns, serverIp: tcxB.endpoint.ipv4 };
     // Baseline: the same shape, routed by the node's stack, with the MTU the agent gave its pods.
     const [podLink] = JSON.parse(await sh('ip', ['-n', podA.netns, '-j', 'link', 'show', 'dev', 'eth0'])) as { mtu: number }[];
     const mtu = podLink.mtu;
@@ -98,7 +107,7 @@ export async function run(ctx: BenchContext): Promise<void> {
     const plainB = await routed.addPod('cbrb', mtu);
     const baseline: Pair = { client: plainA.netns, server: plainB.netns, serverIp: plainB.ipv4 };
 
-    const pairs: Record<Variant, Pair> = { ciliate: ours, observer_off: observerOff, routed: baseline };
+    const pairs: Record<Variant, Pair> = { ciliate: ours, observer_off: observerOff, tcx, routed: baseline };
     for (const [name, pair] of Object.entries(pairs)) {
       await inNs(pair.client, 'ping', ['-c', '1', '-W', '2', pair.serverIp]).catch((error: unknown) => {
         throw new Error(`${name}: pod A cannot reach pod B (${pair.serverIp}): ${(error as Error).message}`);
@@ -112,10 +121,10 @@ export async function run(ctx: BenchContext): Promise<void> {
     const before = { a: await linkCounters(node.netns, hostA), b: await linkCounters(node.netns, hostB) };
 
     // The agents' CPU while each sample runs: where the observer's cost shows on a busy machine.
-    const agents: Partial<Record<Variant, BenchNode>> = { ciliate: node, observer_off: offNode };
+    const agents: Partial<Record<Variant, BenchNode>> = { ciliate: node, observer_off: offNode, tcx: tcxNode };
     const agentCpu: Record<string, Record<Variant, { cpuSeconds: number; wallSeconds: number }>> = {};
     const variants = <T>(what: string, sample: (pair: Pair) => Promise<T>, value: (s: T) => number, extra: (name: Variant, s: T) => void) => {
-      const cpu = (agentCpu[what] = { ciliate: { cpuSeconds: 0, wallSeconds: 0 }, observer_off: { cpuSeconds: 0, wallSeconds: 0 }, routed: { cpuSeconds: 0, wallSeconds: 0 } });
+      const cpu = (agentCpu[what] = { ciliate: { cpuSeconds: 0, wallSeconds: 0 }, observer_off: { cpuSeconds: 0, wallSeconds: 0 }, tcx: { cpuSeconds: 0, wallSeconds: 0 }, routed: { cpuSeconds: 0, wallSeconds: 0 } });
       return Object.fromEntries(
         (Object.keys(pairs) as Variant[]).map((name) => [
           name,
@@ -135,23 +144,23 @@ export async function run(ctx: BenchContext): Promise<void> {
     const progress = (what: string, unit: string, digits: number) => (i: number, s: Readonly<Record<string, readonly number[]>>) =>
       ctx.log(`${what} round ${i + 1}: ${Object.entries(s).map(([name, v]) => `${name} ${round(v.at(-1)!, digits)}${unit}`).join(', ')}`);
 
-    const retransmits: Record<Variant, number[]> = { ciliate: [], observer_off: [], routed: [] };
+    const retransmits: Record<Variant, number[]> = { ciliate: [], observer_off: [], tcx: [], routed: [] };
     const tput = await interleave(
       rounds,
       variants('throughput_gbps', (pair) => throughputSample(pair.client, pair.serverIp, traffic.throughputSeconds), (s) => s.gbps, (name, s) => retransmits[name].push(s.retransmits)),
       { onRound: progress('throughput', ' Gbit/s', 2) },
     );
 
-    const latency: Record<Variant, number[]> = { ciliate: [], observer_off: [], routed: [] };
+    const latency: Record<Variant, number[]> = { ciliate: [], observer_off: [], tcx: [], routed: [] };
     const rr = await interleave(
       rounds,
       variants('rr_per_s', (pair) => rrSample(pair.client, pair.serverIp, traffic.rrSeconds, traffic.rrMessageSize), (s) => s.perSecond, (name, s) => latency[name].push(s.latencyUs)),
       { onRound: progress('rr', '/s', 0) },
     );
 
-    const connErrors: Record<Variant, number> = { ciliate: 0, observer_off: 0, routed: 0 };
+    const connErrors: Record<Variant, number> = { ciliate: 0, observer_off: 0, tcx: 0, routed: 0 };
     // Connections made in every call, warm-up included, as the agents' CPU is counted over every call.
-    const connections: Record<Variant, number> = { ciliate: 0, observer_off: 0, routed: 0 };
+    const connections: Record<Variant, number> = { ciliate: 0, observer_off: 0, tcx: 0, routed: 0 };
     const conn = await interleave(
       rounds,
       variants('conn_per_s', (pair) => connSample(pair.client, pair.serverIp, traffic.connSeconds), (s) => s.perSecond, (name, s) => {
@@ -248,29 +257,30 @@ export async function run(ctx: BenchContext): Promise<void> {
       });
     }
 
+    // Ours against another agent variant measured in the same rounds.
+    const against = (samples: Record<Variant, number[]>, base: Variant) => ({
+      value: round(median(samples.ciliate), 3),
+      baseline_value: round(median(samples[base]), 3),
+      ratio: round(median(samples.ciliate) / median(samples[base]), 3),
+      better: 'higher',
+      paired_ratio_median: round(pairedRatio(samples, base), 3),
+      rounds: samples.ciliate.length,
+      samples: samples.ciliate.map((v) => round(v, 3)),
+      baseline_samples: samples[base].map((v) => round(v, 3)),
+    });
     for (const [of, unit, samples] of [
       ['throughput_gbps', 'Gbit/s', tput],
       ['rr_per_s', 'round trips/s', rr],
       ['conn_per_s', 'connections/s', conn],
     ] as const) {
-      const on = median(samples.ciliate);
-      const off = median(samples.observer_off);
-      const ratio = on / off;
       ctx.emit({
         metric: 'observer_cost',
         of,
-        value: round(on, 3),
         unit,
         baseline: OBSERVER_OFF,
-        baseline_value: round(off, 3),
-        ratio: round(ratio, 3),
-        better: 'higher',
+        ...against(samples, 'observer_off'),
         target: OBSERVER_TARGET,
-        meets_target: ratio >= OBSERVER_TARGET,
-        paired_ratio_median: round(pairedRatio(samples, 'observer_off'), 3),
-        rounds: samples.ciliate.length,
-        samples: samples.ciliate.map((v) => round(v, 3)),
-        baseline_samples: samples.observer_off.map((v) => round(v, 3)),
+        meets_target: median(samples.ciliate) / median(samples.observer_off) >= OBSERVER_TARGET,
         ...(of === 'conn_per_s'
           ? {
               errors: connErrors.ciliate,
@@ -284,6 +294,9 @@ export async function run(ctx: BenchContext): Promise<void> {
         agent_cpu_pct: round((100 * agentCpu[of].ciliate.cpuSeconds) / agentCpu[of].ciliate.wallSeconds, 1),
         baseline_agent_cpu_pct: round((100 * agentCpu[of].observer_off.cpuSeconds) / agentCpu[of].observer_off.wallSeconds, 1),
       });
+      // The default attach mode against tcx, same agent otherwise: what the shared tc blocks cost
+      // (or save) per packet, beside what they save per endpoint add (bench endpoint-attach).
+      ctx.emit({ metric: 'attach_mode', of, unit, baseline: TCX, ...against(samples, 'tcx'), tcx_vs_routed: round(median(samples.tcx) / median(samples.routed), 3) });
     }
   } finally {
     await cleanups.run();
