@@ -147,6 +147,11 @@ class PendingCounts {
   readonly #counter: Counter<string>;
   #root: PendingTree = new Map();
   #sets: Pending[] = [];
+  /** The label values last counted and their pending count: a run of flows alike (a busy
+   * connection's, a port's requests) skips the walk down the tree, whose Map lookups were most of
+   * what a flow cost the metrics. */
+  #lastValues: readonly string[] | undefined;
+  #lastPending: Pending | undefined;
 
   /** Registers the counter, which adds what is pending whenever it is collected. */
   constructor(registry: Registry, name: string, help: string, labelNames: string[]) {
@@ -156,6 +161,15 @@ class PendingCounts {
 
   /** Counts one for the label set with these values, in the order of the label names. */
   add(values: readonly string[]): void {
+    const lastValues = this.#lastValues;
+    if (lastValues !== undefined && lastValues.length === values.length) {
+      let same = true;
+      for (let i = 0; i < values.length && same; i++) same = lastValues[i] === values[i];
+      if (same) {
+        this.#lastPending!.count++;
+        return;
+      }
+    }
     let node = this.#root;
     const last = values.length - 1;
     for (let i = 0; i < last; i++) {
@@ -166,12 +180,15 @@ class PendingCounts {
     const pending = node.get(values[last]) as Pending | undefined;
     if (pending !== undefined) {
       pending.count++;
+      this.#lastValues = values;
+      this.#lastPending = pending;
       return;
     }
     if (this.#sets.length >= PENDING_LABEL_SETS) {
       this.flush();
       this.#root = new Map();
       this.#sets = [];
+      this.#lastValues = undefined;
       this.add(values);
       return;
     }
@@ -180,6 +197,8 @@ class PendingCounts {
     const created: Pending = { labels, count: 1 };
     node.set(values[last], created);
     this.#sets.push(created);
+    this.#lastValues = values;
+    this.#lastPending = created;
   }
 
   /** Adds what was counted to the counter; the label sets stay, with nothing pending. */
