@@ -2,7 +2,9 @@
 /*
  * L3/L4 policy enforcement on new connections, after Cilium's policy_can_egress4 /
  * policy_can_access_ingress: which endpoint's policy map to ask (ciliate_policy_maps, by
- * endpoint id), the policy-verdict event of every decision, and the drop of a denied packet.
+ * endpoint id), the policy-verdict event of every decision in a direction the endpoint enforces
+ * (none for a direction's allow-all entry, as Cilium's verdict log filter), and the drop of a
+ * denied packet.
  *
  * Only connections conntrack has not seen (CT_NEW) are judged; replies and established flows
  * pass, as in Cilium. The caller creates the conntrack entry (ipv4_ct_commit) only after every
@@ -81,6 +83,11 @@ __noinline int policy_enforce4_new(struct __sk_buff *skb, struct ciliate_notify_
 	d.protocol = tuple->nexthdr;
 	d.direction = direction;
 	res = policy_can_access(map, remote_identity, direction, d.protocol, d.dport);
+	/* A direction no rule enforces answers with its allow-all entry (cookie 0, no rule): no
+	 * verdict is reported, as Cilium reports them only for the directions an endpoint enforces
+	 * (POLICY_VERDICT_LOG_FILTER); two records per connection the observer never has to read. */
+	if (res.verdict == CILIATE_POLICY_ALLOWED && res.cookie == 0)
+		return 0;
 	d.verdict = res.verdict;
 	d.match_type = res.match_type;
 	d.cookie = res.cookie;
