@@ -32,8 +32,9 @@ u.bind(Number(port), '0.0.0.0', up);
 /**
  * Joins the cgroup first (every socket it makes is then subject to the hooks), then: tcp — n
  * connections, each reporting who answered and the peer getpeername() gives; udp — n fresh
- * sockets each sending one datagram, reporting who answered and where from (recvmsg); hold — one
- * connection kept, printing its echoed byte count as it grows.
+ * sockets each sending one datagram, reporting who answered and where from (recvmsg); udp-socket
+ * — n fresh unconnected sockets each sending 6 datagrams one after the other, the answers by
+ * socket; hold — one connection kept, printing its echoed byte count as it grows.
  */
 const CLIENT = `
 const fs = require('node:fs'), net = require('node:net'), dgram = require('node:dgram');
@@ -52,6 +53,19 @@ const udp = () => new Promise((resolve) => {
   u.on('error', (e) => { clearTimeout(timer); resolve({ error: e.code }); });
   u.send('hi', Number(port), host);
 });
+const exchange = (u) => new Promise((resolve) => {
+  const timer = setTimeout(() => { u.off('message', onMessage); resolve({ error: 'timeout' }); }, 2000);
+  const onMessage = (m, r) => { clearTimeout(timer); resolve({ name: String(m), peer: r.address + ':' + r.port }); };
+  u.once('message', onMessage);
+  u.send('hi', Number(port), host);
+});
+const udpSocket = async () => {
+  const u = dgram.createSocket('udp4');
+  const answers = [];
+  for (let i = 0; i < 6; i++) answers.push(await exchange(u));
+  u.close();
+  return answers;
+};
 (async () => {
   if (mode === 'hold') {
     let bytes = 0, name;
@@ -62,7 +76,7 @@ const udp = () => new Promise((resolve) => {
     return;
   }
   const out = [];
-  for (let i = 0; i < Number(n); i++) out.push(await (mode === 'tcp' ? tcp() : udp()));
+  for (let i = 0; i < Number(n); i++) out.push(await (mode === 'tcp' ? tcp() : mode === 'udp' ? udp() : udpSocket()));
   console.log(JSON.stringify(out));
 })();
 `;
@@ -87,6 +101,11 @@ async function serve(t: TestContext, netns: string, name: string, port: number):
 /** n connections (or datagrams) from a process in `node`'s cgroup inside `netns`. */
 async function connect(node: TestNode, netns: string, mode: 'tcp' | 'udp', address: string, port: number, n: number, cgroup = node.cgroup): Promise<Answer[]> {
   return JSON.parse(await inNs(netns, process.execPath, ['-e', CLIENT, join(cgroup, 'cgroup.procs'), mode, address, String(port), String(n)], 60_000)) as Answer[];
+}
+
+/** n unconnected UDP sockets from a process in the cgroup, each sending 6 datagrams: the answers by socket. */
+async function udpSockets(node: TestNode, netns: string, address: string, port: number, n: number): Promise<Answer[][]> {
+  return JSON.parse(await inNs(netns, process.execPath, ['-e', CLIENT, join(node.cgroup, 'cgroup.procs'), 'udp-socket', address, String(port), String(n)], 60_000)) as Answer[][];
 }
 
 /** A connection held open from a process in the cgroup: who answered, and its echoed bytes so far. */
@@ -125,7 +144,7 @@ async function addService(node: TestNode, ...args: string[]): Promise<string> {
   return (JSON.parse(await ok(node, 'service', 'add', ...args, '-o', 'json')) as { clusterIP: string }).clusterIP;
 }
 
-test('a ClusterIP reaches the backends over TCP and UDP, spread, with the service as the peer', async (t) => {
+test('a ClusterIP reaches the backends over TCP and UDP, spread, with the service as the peer; an unconnected UDP socket keeps one backend', async (t) => {
   const node = await TestNode.start(t, { nodeName: 'lb1' });
   const a = await node.addPod(t, 'web-a', { app: 'web' });
   const b = await node.addPod(t, 'web-b', { app: 'web' });
@@ -143,6 +162,16 @@ test('a ClusterIP reaches the backends over TCP and UDP, spread, with the servic
   assert.deepEqual(udp.filter((r) => r.error), [], 'every datagram was answered');
   assert.deepEqual(new Set(udp.map((r) => r.name)), new Set(['a', 'b']), 'both backends took datagrams');
   assert.deepEqual(new Set(udp.map((r) => r.peer)), new Set([`${vip}:53`]), 'replies come from the service address (recvmsg)');
+
+  // An unconnected UDP socket is translated per datagram, yet keeps one backend (Cilium's
+  // sock_select_slot by socket cookie): a conversation is never split between backends.
+  const sockets = await udpSockets(node, client.netns, vip, 53, 10);
+  for (const [i, answers] of sockets.entries()) {
+    assert.deepEqual(answers.filter((r) => r.error), [], `socket ${i}: every datagram was answered`);
+    assert.equal(new Set(answers.map((r) => r.name)).size, 1, `socket ${i}: one backend answered all its datagrams: ${JSON.stringify(answers)}`);
+    assert.deepEqual(new Set(answers.map((r) => r.peer)), new Set([`${vip}:53`]), `socket ${i}: every reply comes from the service address`);
+  }
+  assert.deepEqual(new Set(sockets.map((answers) => answers[0].name)), new Set(['a', 'b']), 'the sockets are spread over both backends');
 
   // The kernel's maps, as `ciliate bpf lb list` shows them.
   const listed = await ok(node, 'bpf', 'lb', 'list');

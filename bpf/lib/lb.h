@@ -212,9 +212,12 @@ static __always_inline struct lb4_service *lb4_lookup_service(__be32 address, __
 
 /*
  * The backend id for a new connection of `svc` at `vip`:`dport`, or 0 when the service has none.
- * `hash` picks the Maglev slot (the same hash, the same backend); random ignores it.
+ * `hash` picks the Maglev slot (the same hash, the same backend); random ignores it unless
+ * `sticky`, when it picks the slot too (Cilium's sock_select_slot: an unconnected UDP socket's
+ * cookie, so its datagrams keep one backend while the service's backends stay).
  */
-static __always_inline __u32 lb4_select_backend_id(const struct lb4_service *svc, __be32 vip, __be16 dport, __u8 proto, __u32 hash)
+static __always_inline __u32 lb4_select_backend_id(const struct lb4_service *svc, __be32 vip, __be16 dport, __u8 proto, __u32 hash,
+						   const bool sticky)
 {
 	if (svc->count == 0)
 		return 0;
@@ -239,7 +242,7 @@ static __always_inline __u32 lb4_select_backend_id(const struct lb4_service *svc
 	struct lb4_key key = { .address = vip, .dport = dport, .proto = proto };
 	struct lb4_service *slot;
 
-	key.backend_slot = (bpf_get_prandom_u32() % svc->count) + 1;
+	key.backend_slot = ((sticky ? hash : bpf_get_prandom_u32()) % svc->count) + 1;
 	slot = bpf_map_lookup_elem(&ciliate_lb4_services, &key);
 	return slot ? slot->backend_id : 0;
 }

@@ -205,7 +205,7 @@ static __always_inline struct lb4_backend *lb4_conn_backend(struct __sk_buff *sk
 	else if (svc->flags & SVC_F_AFFINITY)
 		backend_id = lb4_affinity_backend_id(svc, LB4_AFFINITY_CLIENT_ADDR | tuple->saddr, now);
 	if (!backend_id && !local_only)
-		backend_id = lb4_select_backend_id(svc, slots_addr, tuple->dport, tuple->nexthdr, lb4_tuple_hash(tuple));
+		backend_id = lb4_select_backend_id(svc, slots_addr, tuple->dport, tuple->nexthdr, lb4_tuple_hash(tuple), false);
 	backend = backend_id ? bpf_map_lookup_elem(&ciliate_lb4_backends, &backend_id) : NULL;
 	if (!backend || (backend->flags & BE_F_TERMINATING)) {
 		*ret = DROP(skb, info, DROP_NO_SERVICE);
