@@ -179,6 +179,31 @@ test('a ClusterIP reaches the backends over TCP and UDP, spread, with the servic
   // (A process outside the cgroup is translated in TC instead: test/service-tc.test.ts.)
 });
 
+test('a named target port reaches each pod on the port it names; a pod without it is no backend and is shown unresolved', async (t) => {
+  const node = await TestNode.start(t, { nodeName: 'lb11' });
+  const a = await node.addPod(t, 'web-a', { app: 'web' }, undefined, undefined, [{ name: 'http', port: 7000, protocol: 'TCP' }]);
+  const b = await node.addPod(t, 'web-b', { app: 'web' }, undefined, undefined, [{ name: 'http', port: 7001, protocol: 'TCP' }]);
+  const c = await node.addPod(t, 'web-c', { app: 'web' });
+  const client = await node.addPod(t, 'client', { app: 'client' });
+  await serve(t, a.netns, 'a', 7000);
+  await serve(t, b.netns, 'b', 7001);
+  await serve(t, c.netns, 'c', 7000);
+  assert.deepEqual(a.endpoint.ports, [{ name: 'http', port: 7000, protocol: 'TCP' }], 'the endpoint records its named ports');
+  const vip = await addService(node, 'web', '--selector', 'app=web', '--port', '80:http');
+
+  const view = JSON.parse(await ok(node, 'service', 'get', 'web', '-o', 'json')) as { ports: { targetPort: unknown }[]; frontends: { backends: string[]; unresolved?: string[] }[] };
+  assert.equal(view.ports[0].targetPort, 'http');
+  assert.deepEqual(view.frontends[0].backends, [`${a.endpoint.ipv4}:7000`, `${b.endpoint.ipv4}:7001`], 'each pod on its own number');
+  assert.deepEqual(view.frontends[0].unresolved, [c.endpoint.ipv4], 'the pod without an http port is named');
+  const answers = await connect(node, client.netns, 'tcp', vip, 80, 16);
+  assert.deepEqual(answers.filter((r) => r.error), [], 'every connection reached a backend');
+  assert.deepEqual(new Set(answers.map((r) => r.name)), new Set(['a', 'b']), 'both named-port pods answer, the third never');
+
+  // A bad named port is refused by the endpoint API, naming the field.
+  const refused = await node.client.call('POST', '/v1/endpoints', { containerId: 'bad-ports', ifname: 'eth0', netns: `/run/netns/${client.netns}`, ports: [{ name: 'HTTP', port: 80 }] }).then(() => undefined, (e: Error) => e);
+  assert.match(String(refused?.message), /ports\.0\.name: must be lower case letters, digits and -/);
+});
+
 test('a backend taken out gets no new connections; its established connection goes on', async (t) => {
   const node = await TestNode.start(t, { nodeName: 'lb2' });
   const pods = { a: await node.addPod(t, 'web-a', { app: 'web' }), b: await node.addPod(t, 'web-b', { app: 'web' }) };

@@ -15,6 +15,7 @@ import {
   isMaglevTableSize,
   MAGLEV_TABLE_SIZES,
   maglevSeed,
+  namedPortsSchema,
   resolveDevices,
   SERVICE_SPECS_PREFIX,
   ServiceManager,
@@ -111,7 +112,7 @@ function nodePortRange(text: string): { min: number; max: number } {
 }
 
 /** A service as the API shows it: the definition and the frontends this node balances. */
-export type ServiceView = Service & { frontends: { address: string; kind: string; backends: string[]; terminating?: string[] }[] };
+export type ServiceView = Service & { frontends: { address: string; kind: string; backends: string[]; terminating?: string[]; unresolved?: string[] }[] };
 
 export const servicesModule = defineModule({
   name: 'services',
@@ -139,7 +140,12 @@ export const servicesModule = defineModule({
       onEnd: onEnd(ENDPOINTS_PREFIX),
       apply: (event) => {
         if (event.type === 'delete') services.deletePod(event.key);
-        else services.upsertPod({ key: event.key, ipv4: event.value.ipv4, namespace: event.value.namespace ?? 'default', labels: event.value.labels ?? {} });
+        else {
+          // Another node's record: ports that are not what an endpoint add accepts resolve nothing.
+          const ports = event.value.ports === undefined ? undefined : namedPortsSchema.safeParse(event.value.ports);
+          if (ports?.success === false) log.warn({ endpoint: event.key }, 'endpoint record with malformed ports; its named ports are ignored');
+          services.upsertPod({ key: event.key, ipv4: event.value.ipv4, namespace: event.value.namespace ?? 'default', labels: event.value.labels ?? {}, ...(ports?.success ? { ports: ports.data } : {}) });
+        }
       },
     });
     const specs = await followPrefix<Service>(store, SERVICE_SPECS_PREFIX, { signal: abort.signal, onEnd: onEnd(SERVICE_SPECS_PREFIX), apply: (event) => services.applyServiceEvent(event) });
@@ -244,6 +250,7 @@ export const servicesModule = defineModule({
         kind: f.kind,
         backends: f.backends.map((b) => `${b.ip}:${b.port}`),
         ...(f.terminating ? { terminating: f.terminating.map((b) => `${b.ip}:${b.port}`) } : {}),
+        ...(f.unresolved ? { unresolved: f.unresolved } : {}),
       })),
     });
     api.route('GET', '/v1/services', () => services.list().map(view));
