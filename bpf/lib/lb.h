@@ -159,24 +159,34 @@ struct {
 
 /* --- ciliate_lb4_maglev: service id → its Maglev table (backend ids by slot) ---
  *
- * As Cilium's cilium_lb4_maglev: a hash of maps whose inner map is a one-entry array holding the
- * whole table, so replacing a service's table is one outer-map update (the new table is built
- * aside, never half-written). The table size is built in (Cilium's LB_MAGLEV_LUT_SIZE).
+ * As Cilium's cilium_lb4_maglev, a hash of maps with one inner map per service, so replacing a
+ * service's table is one outer-map update (the new table is built aside, never half-written).
+ * The table size is the agent's --maglev-table-size (Cilium's --bpf-lb-maglev-table-size, one
+ * of its primes), not built in: an inner map is an array of M + 1 ids whose element 0 is M and
+ * whose elements 1..M are the table, so each table says its own size and a program verified
+ * once serves any (BPF_F_INNER_MAP: inner maps of any length). A connection's hash h picks
+ * element h % M + 1.
  */
-#ifndef LB_MAGLEV_LUT_SIZE
-#define LB_MAGLEV_LUT_SIZE 16381
+#define LB_MAGLEV_LUT_SIZE_DEFAULT 16381
+
+#ifndef BPF_F_INNER_MAP
+#define BPF_F_INNER_MAP (1U << 12)
 #endif
 
 struct ciliate_lb4_maglev_inner {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__uint(key_size, sizeof(__u32));
-	__uint(value_size, sizeof(__u32) * LB_MAGLEV_LUT_SIZE);
+	__uint(max_entries, LB_MAGLEV_LUT_SIZE_DEFAULT + 1);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, __u32);
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
 	__uint(max_entries, 65536);
+	/* Not preallocated: most services are not Maglev's. (Also tells an older build's pinned map,
+	 * whose inner maps held the whole table in one value, from this one.) */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u16);	/* rev_nat_index */
 	__array(values, struct ciliate_lb4_maglev_inner);
 } ciliate_lb4_maglev SEC(".maps");
@@ -224,20 +234,17 @@ static __always_inline __u32 lb4_select_backend_id(const struct lb4_service *svc
 	if (svc->algorithm == LB_SELECTION_MAGLEV) {
 		__u16 rev_nat = svc->rev_nat_index;
 		void *inner = bpf_map_lookup_elem(&ciliate_lb4_maglev, &rev_nat);
-		__u32 zero = 0;
-		__u32 *table;
+		__u32 zero = 0, index, *size, *id;
 
 		if (!inner)
 			return 0;
-		__u32 index = hash % LB_MAGLEV_LUT_SIZE;
-
-		table = bpf_map_lookup_elem(inner, &zero);
-		/* The bound again for the verifier, which does not learn one from the modulo; the
-		 * empty asm keeps clang from dropping a check it knows to be always false. */
-		asm volatile("" : "+r"(index));
-		if (!table || index >= LB_MAGLEV_LUT_SIZE)
+		size = bpf_map_lookup_elem(inner, &zero);
+		if (!size || *size == 0)
 			return 0;
-		return table[index];
+		index = hash % *size + 1;
+		/* The kernel checks the index against the table's length. */
+		id = bpf_map_lookup_elem(inner, &index);
+		return id ? *id : 0;
 	}
 	struct lb4_key key = { .address = vip, .dport = dport, .proto = proto };
 	struct lb4_service *slot;

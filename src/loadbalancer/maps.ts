@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 import { LbMapName, SHARED_MAPS } from '../datapath/index.ts';
-import { BpfMap, BpfObject, MapType, be16, ipv4, pad, struct, u16, u32, u64, u8, type StructValue } from '../ebpf/index.ts';
+import { BpfMap, BpfObject, MapFlag, MapType, be16, ipv4, pad, struct, u16, u32, u64, u8, type StructValue } from '../ebpf/index.ts';
 
 export { LbMapName };
 
@@ -21,7 +21,7 @@ export const SockProgram = {
   GETPEERNAME4: 'cil_sock4_getpeername',
 } as const;
 
-/** Slots of each service's Maglev table in the datapath (bpf/lib/lb.h LB_MAGLEV_LUT_SIZE). */
+/** Slots of each service's Maglev table unless configured (bpf/lib/lb.h LB_MAGLEV_LUT_SIZE_DEFAULT). */
 export const LB_MAGLEV_LUT_SIZE = 16381;
 
 /** lb4_service.algorithm (C LB_SELECTION_*). */
@@ -117,11 +117,32 @@ export function lbMaps(obj: BpfObject): LbMaps {
   };
 }
 
-/** A new Maglev table map for ciliate_lb4_maglev: one entry holding every slot's backend id. */
+/**
+ * A new Maglev table map for ciliate_lb4_maglev (bpf/lib/lb.h): an array of M + 1 ids, element 0
+ * the table's size M, elements 1..M its slots; written in one batch call.
+ */
 export function createMaglevInner(table: Uint32Array): BpfMap {
-  if (table.length !== LB_MAGLEV_LUT_SIZE) throw new RangeError(`maglev table of ${table.length} slots: the datapath is built for ${LB_MAGLEV_LUT_SIZE}`);
-  const inner = BpfMap.create({ type: MapType.ARRAY, keySize: 4, valueSize: 4 * LB_MAGLEV_LUT_SIZE, maxEntries: 1, name: 'ciliate_maglev' });
-  const key = Buffer.alloc(4);
-  inner.update(key, Buffer.from(table.buffer, table.byteOffset, table.byteLength));
-  return inner;
+  const count = table.length + 1;
+  const inner = BpfMap.create({ type: MapType.ARRAY, keySize: 4, valueSize: 4, maxEntries: count, flags: MapFlag.INNER_MAP, name: 'ciliate_maglev' });
+  try {
+    const keys = Buffer.alloc(4 * count);
+    const values = Buffer.alloc(4 * count);
+    for (let i = 0; i < count; i++) keys.writeUInt32LE(i, 4 * i);
+    values.writeUInt32LE(table.length, 0);
+    Buffer.from(table.buffer, table.byteOffset, table.byteLength).copy(values, 4);
+    inner.updateBatchRaw(keys, values, count);
+    return inner;
+  } catch (error) {
+    inner.close();
+    throw error;
+  }
+}
+
+/** The table a Maglev inner map holds (createMaglevInner's layout), or undefined when it is not one. */
+export function readMaglevInner(inner: BpfMap): Uint32Array | undefined {
+  const { maxEntries, valueSize } = inner.info();
+  if (valueSize !== 4 || maxEntries < 2) return undefined;
+  const values = new Map([...inner.entries()].map(([k, v]) => [k.readUInt32LE(0), v.readUInt32LE(0)]));
+  if (values.get(0) !== maxEntries - 1) return undefined;
+  return Uint32Array.from({ length: maxEntries - 1 }, (_, i) => values.get(i + 1) ?? 0);
 }

@@ -7,7 +7,6 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import {
   BACKEND_STATES,
-  LB_MAGLEV_LUT_SIZE,
   HostDatapath,
   LbDatapath,
   DEFAULT_MAGLEV_HASH_SEED,
@@ -83,7 +82,7 @@ export const servicesConfig = {
     .int()
     .refine(isMaglevTableSize, `must be one of ${MAGLEV_TABLE_SIZES.join(', ')}`)
     .default(DEFAULT_MAGLEV_TABLE_SIZE)
-    .describe(`slots of each service's Maglev table, one of ${MAGLEV_TABLE_SIZES.join(', ')} (about 100 per backend); the datapath is built with ${LB_MAGLEV_LUT_SIZE}, so with --lb-algorithm maglev only that`),
+    .describe(`slots of each service's Maglev table, one of ${MAGLEV_TABLE_SIZES.join(', ')} (at least 100 per backend for shares within 1 %)`),
   /**
    * Cilium's --devices: where NodePort, LoadBalancer and external IPs are served to clients outside
    * the cluster (bpf_host on TCX). Empty: the device holding the node's address, as Cilium detects it.
@@ -125,9 +124,6 @@ export const servicesModule = defineModule({
     const clusterCidr = Prefix.parse(config.clusterCidr, { family: 4 });
     if (serviceCidr.overlaps(clusterCidr)) {
       throw new ConfigError(`serviceCidr ${serviceCidr} overlaps clusterCidr ${clusterCidr}: a ClusterIP must never be a pod's address`);
-    }
-    if (config.lbAlgorithm === 'maglev' && config.maglevTableSize !== LB_MAGLEV_LUT_SIZE) {
-      throw new ConfigError(`maglevTableSize ${config.maglevTableSize}: the datapath's Maglev tables are built with ${LB_MAGLEV_LUT_SIZE} slots (bpf/lib/lb.h LB_MAGLEV_LUT_SIZE)`);
     }
     const limits = { serviceCidr: config.serviceCidr, nodePortRange: nodePortRange(config.nodePortRange), clusterCidr: config.clusterCidr };
     const schema = serviceRequestSchema(limits);
@@ -195,6 +191,7 @@ export const servicesModule = defineModule({
         frontends: services.frontends,
         algorithm: config.lbAlgorithm,
         maglevSeed: maglevSeed(config.maglevHashSeed),
+        maglevTableSize: config.maglevTableSize,
         log,
         refreshIntervalMs: config.reconcileRefreshInterval * 1000,
         sockEndpoints,
