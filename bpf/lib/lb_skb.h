@@ -29,6 +29,7 @@
 #include "ipv4.h"
 #include "conntrack.h"
 #include "fib.h"
+#include "l3.h"
 #include "lb.h"
 
 #ifndef BPF_F_PSEUDO_HDR
@@ -391,8 +392,29 @@ static __always_inline int dsr_add_opt4(struct __sk_buff *skb, __be32 addr, __be
 	return err;
 }
 
+/*
+ * Whether `addr`:`port` is a frontend a client outside the cluster may reach: a LoadBalancer or
+ * external IP, or a node of the cluster's address and a node port. Nothing else may be named in a
+ * DSR option: the option decides the source address of the backend's replies, which would
+ * otherwise be any address a sender wrote.
+ */
+static __always_inline bool dsr_frontend_ok4(__be32 addr, __be16 port, __u8 proto)
+{
+	struct lb4_service *svc = lb4_lookup_service(addr, port, proto);
+	__u32 identity;
+
+	if (svc)
+		return svc->flags & (SVC_F_EXTERNAL_IP | SVC_F_LOADBALANCER);
+	identity = ipcache_identity(addr);
+	if (identity != IDENTITY_HOST && identity != IDENTITY_REMOTE_NODE)
+		return false;
+	svc = lb4_lookup_service(0, port, proto);
+	return svc && (svc->flags & SVC_F_NODEPORT);
+}
+
 /* On the backend's node: a request carrying the DSR option names the frontend its replies must
- * come from; remembered for them (NAT_REV_SRC, read by lb4_rev_dsr). */
+ * come from; remembered for them (NAT_REV_SRC, read by lb4_rev_dsr). The caller vouches that the
+ * request comes from outside the cluster through another node's bpf_host. */
 static __always_inline void dsr_learn4(struct __sk_buff *skb)
 {
 	struct ipv4_ct_tuple tuple;
@@ -406,7 +428,7 @@ static __always_inline void dsr_learn4(struct __sk_buff *skb)
 	if (!ip || ip->ihl != 5 + DSR_IPV4_OPT_LEN / 4)
 		return;
 	if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(*ip), &opt, sizeof(opt)) < 0 || opt.type != DSR_IPV4_OPT_TYPE ||
-	    opt.len != DSR_IPV4_OPT_LEN)
+	    opt.len != DSR_IPV4_OPT_LEN || !dsr_frontend_ok4(opt.addr, opt.port, tuple.nexthdr))
 		return;
 	struct ipv4_ct_tuple rev = {
 		.daddr = tuple.saddr,
