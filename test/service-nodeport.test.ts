@@ -88,30 +88,10 @@ test('a client outside the cluster reaches a NodePort on either node and a LoadB
 });
 
 test('DSR: a backend on another node sees the client and answers it directly, as from the NodePort', async (t) => {
-  const underlay = await Underlay.create(t);
-  const etcd = await underlay.startEtcd(t);
-  const extraArgs = ['--lb-mode', 'dsr'];
-  const n1 = await TestNode.start(t, { nodeName: 'n1', nodeIp: '192.168.100.1', underlay, etcd, extraArgs });
-  const n2 = await TestNode.start(t, { nodeName: 'n2', nodeIp: '192.168.100.2', underlay, etcd, extraArgs });
-  const outside = await addNetns(t, 'cto');
-  await underlay.attach(outside, '192.168.100.50');
-  const pod = await n2.addPod(t, 'web-n2', { app: 'web' });
-  const server = spawnInNs(pod.netns, process.execPath, ['-e', SERVER, 'web-n2', '7000']);
-  t.after(() => void server.kill('SIGKILL'));
-  await new Promise((resolve) => server.stdout?.once('data', resolve));
-  const added = await cli(n1, 'service', 'add', 'web', '--type', 'NodePort', '--selector', 'app=web', '--port', '80:7000:30080');
-  assert.equal(added.code, 0, added.stderr);
-  for (const deadline = Date.now() + 15_000; ; await sleep(200)) {
-    const entries = JSON.parse((await cli(n1, 'bpf', 'lb', 'list', '-o', 'json')).stdout) as LbEntry[];
-    if (entries.length === 2 && entries.every((e) => e.backends.length === 1)) break;
-    assert.ok(Date.now() < deadline, `the service on n1: ${JSON.stringify(entries)}`);
-  }
+  const { n1, n2, outside, pod } = await nodePortCluster(t, 'dsr', 'tunnel');
   for (let k = 0; k < 3; k++) assert.equal(await ask(outside, '192.168.100.1', 30080), 'web-n2 192.168.100.50', `connection ${k}: the backend on n2 sees the client`);
   // n1 translated no address back (no SNAT); n2 learnt the frontend its replies came from.
-  const nat = (node: TestNode) => {
-    using map = BpfMap.openPinned(join(node.bpfRoot, 'maps', LbMapName.NAT), ctTuple, lb4Nat);
-    return [...map.entries()].map(([key, value]) => ({ kind: key.flags, frontend: `${value.frontend_addr}:${value.frontend_port}` }));
-  };
+  const nat = natEntries;
   assert.deepEqual(nat(n1).filter((e) => e.kind === NatKind.REV_DST), [], 'n1 SNATed nothing');
   const learnt = nat(n2).filter((e) => e.kind === NatKind.REV_SRC);
   assert.equal(learnt.length, 3, 'n2 learnt each connection\'s frontend');
@@ -125,13 +105,13 @@ test('DSR: a backend on another node sees the client and answers it directly, as
   assert.deepEqual(nat(n2).filter((e) => e.frontend.startsWith('6.6.6.6')), [], 'an option from a pod is not learnt');
 });
 
-/** Two native-routing nodes on an underlay and a client namespace outside the cluster routed to n1; a web pod on n2 serving NodePort 30080. */
-async function nativeCluster(t: TestContext, lbMode: 'snat' | 'dsr') {
+/** Two nodes on an underlay and a client namespace outside the cluster; a web pod on n2 serving NodePort 30080. */
+async function nodePortCluster(t: TestContext, lbMode: 'snat' | 'dsr', routingMode: 'tunnel' | 'native') {
   const underlay = await Underlay.create(t);
   const etcd = await underlay.startEtcd(t);
   const extraArgs = ['--lb-mode', lbMode];
-  const n1 = await TestNode.start(t, { nodeName: 'n1', nodeIp: '192.168.100.1', underlay, etcd, extraArgs, routingMode: 'native' });
-  const n2 = await TestNode.start(t, { nodeName: 'n2', nodeIp: '192.168.100.2', underlay, etcd, extraArgs, routingMode: 'native' });
+  const n1 = await TestNode.start(t, { nodeName: 'n1', nodeIp: '192.168.100.1', underlay, etcd, extraArgs, routingMode });
+  const n2 = await TestNode.start(t, { nodeName: 'n2', nodeIp: '192.168.100.2', underlay, etcd, extraArgs, routingMode });
   const outside = await addNetns(t, 'cto');
   await underlay.attach(outside, '192.168.100.50');
   const pod = await n2.addPod(t, 'web-n2', { app: 'web' });
@@ -154,13 +134,13 @@ function natEntries(node: TestNode) {
 }
 
 test('native routing, SNAT: a client outside reaches a NodePort whose backend is on the other node, which sees the node it reached', async (t) => {
-  const { outside } = await nativeCluster(t, 'snat');
+  const { outside } = await nodePortCluster(t, 'snat', 'native');
   for (let k = 0; k < 3; k++) assert.equal(await ask(outside, '192.168.100.1', 30080), 'web-n2 192.168.100.1', `connection ${k}: through n1, SNATed`);
   assert.equal(await ask(outside, '192.168.100.2', 30080), 'web-n2 192.168.100.50', 'at the backend\'s own node: the client itself');
 });
 
 test('native routing, DSR: the backend on the other node sees the client and answers it directly, as from the NodePort; a forged option is not learnt', async (t) => {
-  const { n1, n2, outside, pod } = await nativeCluster(t, 'dsr');
+  const { n1, n2, outside, pod } = await nodePortCluster(t, 'dsr', 'native');
   for (let k = 0; k < 3; k++) assert.equal(await ask(outside, '192.168.100.1', 30080), 'web-n2 192.168.100.50', `connection ${k}: the backend on n2 sees the client`);
   assert.deepEqual(natEntries(n1).filter((e) => e.kind === NatKind.REV_DST), [], 'n1 SNATed nothing');
   const learnt = natEntries(n2).filter((e) => e.kind === NatKind.REV_SRC);
