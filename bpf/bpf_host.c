@@ -62,8 +62,10 @@ static __always_inline struct lb4_service *netdev_service(const struct ipv4_ct_t
 	struct lb4_service *svc = lb4_lookup_service(tuple->daddr, tuple->dport, tuple->nexthdr);
 
 	*slots_addr = tuple->daddr;
+	/* A NodePort at one of this node's addresses has its own frontend too (for pods TC
+	 * translates); its slots are the same backends. */
 	if (svc)
-		return svc->flags & (SVC_F_EXTERNAL_IP | SVC_F_LOADBALANCER) ? svc : NULL;
+		return svc->flags & (SVC_F_EXTERNAL_IP | SVC_F_LOADBALANCER | SVC_F_NODEPORT) ? svc : NULL;
 	if (ipcache_identity(tuple->daddr) != IDENTITY_HOST)
 		return NULL;
 	svc = lb4_lookup_service(0, tuple->dport, tuple->nexthdr);

@@ -122,7 +122,8 @@ async function nodePortCluster(t: TestContext, lbMode: 'snat' | 'dsr', routingMo
   assert.equal(added.code, 0, added.stderr);
   for (const deadline = Date.now() + 15_000; ; await sleep(200)) {
     const entries = JSON.parse((await cli(n1, 'bpf', 'lb', 'list', '-o', 'json')).stdout) as LbEntry[];
-    if (entries.length === 2 && entries.every((e) => e.backends.length === 1)) break;
+    // The ClusterIP, the node port at any node address and at n1's own.
+    if (entries.length === 3 && entries.every((e) => e.backends.length === 1)) break;
     assert.ok(Date.now() < deadline, `the service on n1: ${JSON.stringify(entries)}`);
   }
   return { n1, n2, outside, pod };
@@ -133,10 +134,18 @@ function natEntries(node: TestNode) {
   return [...map.entries()].map(([key, value]) => ({ kind: key.flags, frontend: `${value.frontend_addr}:${value.frontend_port}` }));
 }
 
-test('native routing, SNAT: a client outside reaches a NodePort whose backend is on the other node, which sees the node it reached', async (t) => {
-  const { outside } = await nodePortCluster(t, 'snat', 'native');
+test('native routing, SNAT: a client outside reaches a NodePort whose backend is on the other node, which sees the node it reached; so does a pod outside the socket-LB cgroup', async (t) => {
+  const { n1, outside } = await nodePortCluster(t, 'snat', 'native');
   for (let k = 0; k < 3; k++) assert.equal(await ask(outside, '192.168.100.1', 30080), 'web-n2 192.168.100.1', `connection ${k}: through n1, SNATed`);
   assert.equal(await ask(outside, '192.168.100.2', 30080), 'web-n2 192.168.100.50', 'at the backend\'s own node: the client itself');
+
+  // A pod the socket hooks do not see (the test's process is in no node's cgroup): its own node's
+  // bpf_lxc translates the node port at that node's address in TC, and the reply comes back from it.
+  const client = await n1.addPod(t, 'client-n1', { app: 'client' });
+  for (let k = 0; k < 3; k++) assert.equal(await ask(client.netns, '192.168.100.1', 30080), `web-n2 ${client.endpoint.ipv4}`, `connection ${k}: its own node's NodePort, through TC`);
+  const ct = JSON.parse((await cli(n1, 'bpf', 'ct', 'list', '-o', 'json')).stdout) as { key: { saddr: string; daddr: string; dport: number } }[];
+  assert.equal(ct.filter((e) => e.key.saddr === client.endpoint.ipv4 && e.key.daddr === '192.168.100.1' && e.key.dport === 30080).length, 3, 'n1 tracked each frontend tuple in TC');
+  assert.match(await ask(client.netns, '192.168.100.2', 30080), /^web-n2 /, 'another node\'s NodePort: that node translates');
 });
 
 test('native routing, DSR: the backend on the other node sees the client and answers it directly, as from the NodePort; a forged option is not learnt', async (t) => {

@@ -63,6 +63,8 @@ export interface ServiceManagerOptions {
   log: Logger;
   /** Picks among free addresses and ports; Math.random by default (tests pass their own). */
   random?: () => number;
+  /** This node's addresses: its NodePort frontends are at each of them too (see serviceFrontends). */
+  nodeAddresses?: readonly string[];
 }
 
 export class ServiceManager {
@@ -73,6 +75,7 @@ export class ServiceManager {
   readonly #nodePorts: { min: number; max: number };
   readonly #log: Logger;
   readonly #random: () => number;
+  readonly #nodeAddresses: readonly string[];
   readonly #pods = new Map<string, ServicePod>();
   /** The frontend keys each service has in the table now. */
   readonly #frontendsOf = new Map<string, Set<string>>();
@@ -87,6 +90,7 @@ export class ServiceManager {
     this.#nodePorts = options.limits.nodePortRange;
     this.#log = options.log;
     this.#random = options.random ?? Math.random;
+    this.#nodeAddresses = options.nodeAddresses ?? [];
   }
 
   list(): Service[] {
@@ -407,7 +411,7 @@ export class ServiceManager {
   }
 
   #resolve(service: Service): void {
-    const frontends = serviceFrontends(service, this.backends(service), this.terminatingBackends(service));
+    const frontends = serviceFrontends(service, this.backends(service), this.terminatingBackends(service), this.#nodeAddresses);
     const unresolved = frontends.find((f) => f.unresolved);
     // Said once per change of who lacks it, not on every pod event of the service.
     if (unresolved && !sameJson(this.frontends.get(unresolved.key)?.unresolved, unresolved.unresolved)) this.#log.warn({ service: serviceKey(service), frontend: unresolved.key, pods: unresolved.unresolved }, 'selected pods without the named target port are no backends of it');

@@ -264,7 +264,7 @@ export interface Frontend {
   key: string;
   service: string;
   kind: FrontendKind;
-  /** NodePort frontends: 0.0.0.0 (any node address). */
+  /** NodePort frontends: 0.0.0.0 (any node address), and this node's own addresses. */
   vip: string;
   port: number;
   protocol: ServiceProtocol;
@@ -316,10 +316,13 @@ export interface BackendSource {
 /**
  * A service's frontends with `active` (its pods, or its explicit backends) and `terminating`
  * (backends on their way out; an address in both is active): one per port on the ClusterIP,
- * every external IP and LoadBalancer IP, and each node port. A named target port is resolved
- * per backend; one without it is left out (`unresolved`).
+ * every external IP and LoadBalancer IP, and each node port, at 0.0.0.0 (the socket hooks' and
+ * bpf_host's any node address) and at each of `nodeAddresses` (this node's own, as Cilium's
+ * NodePort frontends per local address: a pod TC translates gets its replies from the very address
+ * it asked, which that frontend's reverse NAT entry holds). A named target port is resolved per
+ * backend; one without it is left out (`unresolved`).
  */
-export function serviceFrontends(service: Service, active: readonly BackendSource[], terminating: readonly BackendSource[] = []): Frontend[] {
+export function serviceFrontends(service: Service, active: readonly BackendSource[], terminating: readonly BackendSource[] = [], nodeAddresses: readonly string[] = []): Frontend[] {
   const byIp = (sources: readonly BackendSource[]) => [...new Map(sources.map((b) => [b.ip, b])).values()].sort((a, b) => compareIps(a.ip, b.ip));
   const current = byIp(active);
   const activeIps = new Set(current.map((b) => b.ip));
@@ -356,7 +359,7 @@ export function serviceFrontends(service: Service, active: readonly BackendSourc
     add('ClusterIP', service.clusterIP, p.port);
     for (const ip of service.externalIPs) add('ExternalIP', ip, p.port);
     for (const ip of service.loadBalancerIPs) add('LoadBalancer', ip, p.port);
-    if (p.nodePort !== undefined) add('NodePort', '0.0.0.0', p.nodePort);
+    if (p.nodePort !== undefined) for (const vip of ['0.0.0.0', ...nodeAddresses]) add('NodePort', vip, p.nodePort);
   }
   return out;
 }

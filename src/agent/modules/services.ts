@@ -127,7 +127,7 @@ export const servicesModule = defineModule({
     }
     const limits = { serviceCidr: config.serviceCidr, nodePortRange: nodePortRange(config.nodePortRange), clusterCidr: config.clusterCidr };
     const schema = serviceRequestSchema(limits);
-    const services = new ServiceManager({ store, limits, log });
+    const services = new ServiceManager({ store, limits, log, nodeAddresses: [node.record.nodeIp] });
     const abort = new AbortController();
     const onEnd = (prefix: string) => (error: unknown, compacted: boolean) => log.error({ err: error, prefix, compacted }, 'watch ended; services are stale');
     // Pods first, so a listed service resolves its backends at once.
