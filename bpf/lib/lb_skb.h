@@ -15,8 +15,10 @@
  * from-container on this node, from-overlay for a backend on another node, to-container for one
  * the stack routed here) lb4_rev_nat() turns its source back into the frontend.
  *
- * TCP and UDP only: SCTP's CRC32c covers the whole packet, and its translation is left to the
- * socket hooks. Non-first fragments carry no ports and are not translated.
+ * TCP, UDP and SCTP. SCTP's CRC32c covers its header and payload but no pseudo-header, so an
+ * address changes without touching it, and a port never does: as Cilium's, an SCTP frontend's
+ * backends listen on its own port (the agent refuses SCTP services that would need another).
+ * Non-first fragments carry no ports and are not translated.
  */
 #pragma once
 
@@ -38,6 +40,18 @@
 #ifndef BPF_F_MARK_MANGLED_0
 #define BPF_F_MARK_MANGLED_0 (1ULL << 5)
 #endif
+#ifndef IPPROTO_SCTP
+#define IPPROTO_SCTP 132
+#endif
+#ifndef EOPNOTSUPP
+#define EOPNOTSUPP 95
+#endif
+
+/* The L4 protocols service translation handles (ports at the start of the header in each). */
+static __always_inline bool lb4_l4_proto(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+}
 
 /* Where a TCP or UDP header keeps its checksum, relative to the L4 header; 0: neither. */
 static __always_inline __u32 lb4_l4_csum_off(__u8 proto)
@@ -50,10 +64,11 @@ static __always_inline __u32 lb4_l4_csum_off(__u8 proto)
 }
 
 /*
- * Rewrites one end of a TCP/UDP packet: the destination (dst) or source address and port, with
- * the IPv4 and L4 checksums fixed incrementally (the L4 one covers the address through the
- * pseudo-header). A UDP checksum of 0 (none) stays 0. Invalidates packet pointers. Returns 0 or
- * a negative errno.
+ * Rewrites one end of a TCP/UDP/SCTP packet: the destination (dst) or source address and port,
+ * with the IPv4 and L4 checksums fixed incrementally (the L4 one covers the address through the
+ * pseudo-header). A UDP checksum of 0 (none) stays 0. SCTP: the address only (its CRC32c covers
+ * no pseudo-header); a port change is -EOPNOTSUPP. Invalidates packet pointers. Returns 0 or a
+ * negative errno.
  */
 static __always_inline int lb4_rewrite(struct __sk_buff *skb, __u32 l4_off, __u8 proto, bool dst,
 				       __be32 old_addr, __be32 new_addr, __be16 old_port, __be16 new_port)
@@ -65,6 +80,15 @@ static __always_inline int lb4_rewrite(struct __sk_buff *skb, __u32 l4_off, __u8
 	__u64 mangled = proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	int err;
 
+	if (proto == IPPROTO_SCTP) {
+		if (old_port != new_port)
+			return -EOPNOTSUPP;
+		if (old_addr == new_addr)
+			return 0;
+		err = bpf_l3_csum_replace(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, check), old_addr, new_addr,
+					  sizeof(new_addr));
+		return err ? err : bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0);
+	}
 	if (old_addr != new_addr) {
 		err = bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr, BPF_F_PSEUDO_HDR | mangled | sizeof(new_addr));
 		if (!err)
@@ -85,8 +109,8 @@ static __always_inline int lb4_rewrite(struct __sk_buff *skb, __u32 l4_off, __u8
 	return 0;
 }
 
-/* The frontend tuple of a TCP/UDP packet: 0 and *tuple filled (CT_SERVICE), or -1 for a packet
- * this path does not translate (other protocols, later fragments, short headers). */
+/* The frontend tuple of a TCP/UDP/SCTP packet: 0 and *tuple filled (CT_SERVICE), or -1 for a
+ * packet this path does not translate (other protocols, later fragments, short headers). */
 static __always_inline int lb4_frontend_tuple(struct __sk_buff *skb, struct ipv4_ct_tuple *tuple, __u32 *l4_off)
 {
 	void *data = ctx_data(skb);
@@ -94,8 +118,7 @@ static __always_inline int lb4_frontend_tuple(struct __sk_buff *skb, struct ipv4
 	struct iphdr *ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
 	__be16 *ports;
 
-	if (!ip || (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) ||
-	    (ip->frag_off & bpf_htons(IP_OFFSET)) || ipv4_hdrlen(ip) < sizeof(*ip))
+	if (!ip || !lb4_l4_proto(ip->protocol) || (ip->frag_off & bpf_htons(IP_OFFSET)) || ipv4_hdrlen(ip) < sizeof(*ip))
 		return -1;
 	*l4_off = ETH_HLEN + ipv4_hdrlen(ip);
 	ports = pkt_header(data, data_end, *l4_off, 2 * sizeof(__be16));
@@ -287,7 +310,7 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *skb, struct ciliate_not
 	data = ctx_data(skb);
 	data_end = ctx_data_end(skb);
 	ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
-	if (!ip || (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) || (ip->frag_off & bpf_htons(IP_OFFSET)))
+	if (!ip || !lb4_l4_proto(ip->protocol) || (ip->frag_off & bpf_htons(IP_OFFSET)))
 		return 0;
 	l4_off = ETH_HLEN + ipv4_hdrlen(ip);
 	ports = pkt_header(data, data_end, l4_off, 2 * sizeof(__be16));

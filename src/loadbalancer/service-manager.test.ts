@@ -52,6 +52,12 @@ test('bad service definitions are refused with the field and the reason', () => 
   rejects({ ...ok, ports: [{ port: 0 }] }, /field ports\.0\.port: must be 1-65535/);
   rejects({ ...ok, ports: [{ port: 80, targetPort: 65536 }] }, /field ports\.0\.targetPort: must be 1-65535/);
   rejects({ ...ok, ports: [{ port: 80, protocol: 'ICMP' }] }, /field ports\.0\.protocol: must be one of TCP, UDP, SCTP/);
+  // SCTP keeps its port (its CRC32c covers it): translated to another, at a node port or north-south it would be dropped.
+  parse({ ...ok, ports: [{ port: 9899, protocol: 'SCTP', targetPort: 9899 }] });
+  rejects({ ...ok, ports: [{ port: 9899, protocol: 'SCTP', targetPort: 9900 }] }, /field ports\.0\.targetPort: an SCTP port is never translated to another .*targetPort must be 9899/);
+  rejects({ ...ok, selector: { app: 'web' }, ports: [{ port: 9899, protocol: 'SCTP', targetPort: 'sctp' }] }, /field ports\.0\.targetPort: an SCTP port is never translated/);
+  rejects({ ...ok, type: 'NodePort', ports: [{ port: 9899, protocol: 'SCTP' }] }, /field ports\.0\.protocol: SCTP only on ClusterIP services without externalIPs/);
+  rejects({ ...ok, externalIPs: ['198.51.100.9'], ports: [{ port: 9899, protocol: 'SCTP' }] }, /field ports\.0\.protocol: SCTP only on ClusterIP services/);
   rejects({ ...ok, selector: { 'bad key!': 'x' } }, /field selector\.bad key!: label key "bad key!"/);
   rejects({ ...ok, selector: { app: 'not a value' } }, /field selector\.app: label value "not a value"/);
   rejects({ ...ok, selector: 'app=web' }, /field selector: must be an object of labels/);

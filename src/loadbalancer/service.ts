@@ -234,6 +234,12 @@ export function serviceRequestSchema(limits: ServiceRequestLimits) {
         if (p.name) names.add(p.name);
         if (p.nodePort !== undefined && spec.type === 'ClusterIP') issue(['ports', i, 'nodePort'], 'only NodePort and LoadBalancer services have node ports');
         if (typeof p.targetPort === 'string' && !spec.selector) issue(['ports', i, 'targetPort'], `a named target port ("${p.targetPort}") needs a selector: it is resolved from each selected pod's ports, and listed backends have none`);
+        // SCTP's CRC32c covers its ports, and TC cannot recompute it: a packet keeps its port (as
+        // Cilium's SCTP support). Node ports and SNAT would change it.
+        if (p.protocol === 'SCTP') {
+          if (p.targetPort !== undefined && p.targetPort !== p.port) issue(['ports', i, 'targetPort'], `an SCTP port is never translated to another (its CRC32c covers the ports and is not recomputed in TC, as in Cilium): targetPort must be ${p.port}`);
+          if (spec.type !== 'ClusterIP' || spec.externalIPs.length > 0) issue(['ports', i, 'protocol'], 'SCTP only on ClusterIP services without externalIPs: node ports and north-south SNAT change the port, which SCTP\'s checksum covers');
+        }
       });
       for (const field of ['externalIPs', 'loadBalancerIPs'] as const) {
         spec[field].forEach((ip, i) => {
