@@ -162,12 +162,18 @@ struct {
  * As Cilium's cilium_lb4_maglev, a hash of maps with one inner map per service, so replacing a
  * service's table is one outer-map update (the new table is built aside, never half-written).
  * The table size is the agent's --maglev-table-size (Cilium's --bpf-lb-maglev-table-size, one
- * of its primes), not built in: an inner map is an array of M + 1 ids whose element 0 is M and
- * whose elements 1..M are the table, so each table says its own size and a program verified
- * once serves any (BPF_F_INNER_MAP: inner maps of any length). A connection's hash h picks
- * element h % M + 1.
+ * of its primes), not built in: an inner map holds M + 1 ids, id 0 being M and ids 1..M the
+ * table, so each table says its own size and a program verified once serves any
+ * (BPF_F_INNER_MAP: inner maps of any length). The ids are in chunks of LB_MAGLEV_CHUNK per
+ * array element, so writing a table is a few dozen elements, not one per slot. A connection's
+ * hash h picks id h % M + 1.
  */
 #define LB_MAGLEV_LUT_SIZE_DEFAULT 16381
+#define LB_MAGLEV_CHUNK 256
+
+struct lb4_maglev_chunk {
+	__u32 ids[LB_MAGLEV_CHUNK];
+};
 
 #ifndef BPF_F_INNER_MAP
 #define BPF_F_INNER_MAP (1U << 12)
@@ -175,10 +181,10 @@ struct {
 
 struct ciliate_lb4_maglev_inner {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, LB_MAGLEV_LUT_SIZE_DEFAULT + 1);
+	__uint(max_entries, (LB_MAGLEV_LUT_SIZE_DEFAULT + LB_MAGLEV_CHUNK) / LB_MAGLEV_CHUNK);
 	__uint(map_flags, BPF_F_INNER_MAP);
-	__type(key, __u32);
-	__type(value, __u32);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct lb4_maglev_chunk));
 };
 
 struct {
@@ -234,17 +240,19 @@ static __always_inline __u32 lb4_select_backend_id(const struct lb4_service *svc
 	if (svc->algorithm == LB_SELECTION_MAGLEV) {
 		__u16 rev_nat = svc->rev_nat_index;
 		void *inner = bpf_map_lookup_elem(&ciliate_lb4_maglev, &rev_nat);
-		__u32 zero = 0, index, *size, *id;
+		struct lb4_maglev_chunk *head, *chunk;
+		__u32 zero = 0, slot, element;
 
 		if (!inner)
 			return 0;
-		size = bpf_map_lookup_elem(inner, &zero);
-		if (!size || *size == 0)
+		head = bpf_map_lookup_elem(inner, &zero);
+		if (!head || head->ids[0] == 0)
 			return 0;
-		index = hash % *size + 1;
-		/* The kernel checks the index against the table's length. */
-		id = bpf_map_lookup_elem(inner, &index);
-		return id ? *id : 0;
+		slot = hash % head->ids[0] + 1;
+		/* The kernel checks the element against the table's length. */
+		element = slot / LB_MAGLEV_CHUNK;
+		chunk = bpf_map_lookup_elem(inner, &element);
+		return chunk ? chunk->ids[slot % LB_MAGLEV_CHUNK] : 0;
 	}
 	struct lb4_key key = { .address = vip, .dport = dport, .proto = proto };
 	struct lb4_service *slot;

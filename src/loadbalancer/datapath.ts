@@ -17,7 +17,7 @@ import { attachCgroup, BpfError, BpfMap, Link, unpinLink, type BpfObject } from 
 import { Reconciler, type ReconcilerHealth, type Table } from '../statedb/index.ts';
 import { maglevTable } from './maglev.ts';
 import { backendName, frontendKey, PROTOCOL_NUMBER, type Backend, type Frontend, type FrontendKind, type ServiceProtocol } from './service.ts';
-import { BackendFlag, createMaglevInner, LB_MAGLEV_LUT_SIZE, lbMaps, LbSelection, loadSock, ServiceFlag, SockProgram, type Lb4Key, type Lb4Service, type LbMaps, type SockEndpoint } from './maps.ts';
+import { BackendFlag, createMaglevInner, LB_MAGLEV_LUT_SIZE, lbMaps, maglevInnerFits, LbSelection, loadSock, ServiceFlag, SockProgram, type Lb4Key, type Lb4Service, type LbMaps, type SockEndpoint } from './maps.ts';
 
 /** What the maps hold for one frontend. */
 interface Written {
@@ -308,9 +308,7 @@ export class LbDatapath {
     if (id === undefined) return false;
     try {
       using inner = BpfMap.fromId(id);
-      const { maxEntries, valueSize } = inner.info();
-      const key = Buffer.alloc(4);
-      return valueSize === 4 && maxEntries === this.#tableSize + 1 && inner.lookup(key)?.readUInt32LE(0) === this.#tableSize;
+      return maglevInnerFits(inner, this.#tableSize);
     } catch {
       return false;
     }

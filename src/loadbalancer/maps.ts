@@ -117,16 +117,24 @@ export function lbMaps(obj: BpfObject): LbMaps {
   };
 }
 
+/** Ids per element of a Maglev inner map (bpf/lib/lb.h LB_MAGLEV_CHUNK). */
+export const LB_MAGLEV_CHUNK = 256;
+
+/** Elements of the inner map of a table of `size` slots: M + 1 ids in chunks. */
+function maglevElements(size: number): number {
+  return Math.ceil((size + 1) / LB_MAGLEV_CHUNK);
+}
+
 /**
- * A new Maglev table map for ciliate_lb4_maglev (bpf/lib/lb.h): an array of M + 1 ids, element 0
- * the table's size M, elements 1..M its slots; written in one batch call.
+ * A new Maglev table map for ciliate_lb4_maglev (bpf/lib/lb.h): M + 1 ids in chunks of
+ * LB_MAGLEV_CHUNK, id 0 the table's size M, ids 1..M its slots; written in one batch call.
  */
 export function createMaglevInner(table: Uint32Array): BpfMap {
-  const count = table.length + 1;
-  const inner = BpfMap.create({ type: MapType.ARRAY, keySize: 4, valueSize: 4, maxEntries: count, flags: MapFlag.INNER_MAP, name: 'ciliate_maglev' });
+  const count = maglevElements(table.length);
+  const inner = BpfMap.create({ type: MapType.ARRAY, keySize: 4, valueSize: 4 * LB_MAGLEV_CHUNK, maxEntries: count, flags: MapFlag.INNER_MAP, name: 'ciliate_maglev' });
   try {
     const keys = Buffer.alloc(4 * count);
-    const values = Buffer.alloc(4 * count);
+    const values = Buffer.alloc(4 * LB_MAGLEV_CHUNK * count);
     for (let i = 0; i < count; i++) keys.writeUInt32LE(i, 4 * i);
     values.writeUInt32LE(table.length, 0);
     Buffer.from(table.buffer, table.byteOffset, table.byteLength).copy(values, 4);
@@ -138,11 +146,18 @@ export function createMaglevInner(table: Uint32Array): BpfMap {
   }
 }
 
+/** Whether a Maglev inner map has createMaglevInner's layout for a table of `size` slots (its length and id 0). */
+export function maglevInnerFits(inner: BpfMap, size: number): boolean {
+  const { maxEntries, valueSize } = inner.info();
+  return valueSize === 4 * LB_MAGLEV_CHUNK && maxEntries === maglevElements(size) && inner.lookup(Buffer.alloc(4))?.readUInt32LE(0) === size;
+}
+
 /** The table a Maglev inner map holds (createMaglevInner's layout), or undefined when it is not one. */
 export function readMaglevInner(inner: BpfMap): Uint32Array | undefined {
-  const { maxEntries, valueSize } = inner.info();
-  if (valueSize !== 4 || maxEntries < 2) return undefined;
-  const values = new Map([...inner.entries()].map(([k, v]) => [k.readUInt32LE(0), v.readUInt32LE(0)]));
-  if (values.get(0) !== maxEntries - 1) return undefined;
-  return Uint32Array.from({ length: maxEntries - 1 }, (_, i) => values.get(i + 1) ?? 0);
+  const head = inner.lookup(Buffer.alloc(4));
+  const size = head?.readUInt32LE(0) ?? 0;
+  if (size === 0 || !maglevInnerFits(inner, size)) return undefined;
+  const ids = Buffer.alloc(4 * LB_MAGLEV_CHUNK * maglevElements(size));
+  for (const [key, value] of inner.entries()) value.copy(ids, key.readUInt32LE(0) * 4 * LB_MAGLEV_CHUNK);
+  return Uint32Array.from({ length: size }, (_, i) => ids.readUInt32LE(4 * (i + 1)));
 }
