@@ -15,7 +15,8 @@ import { join } from 'node:path';
 import { Link } from '../src/ebpf/index.ts';
 import { testCgroup } from '../src/ebpf/internal/testutils.ts';
 import { connectObserver, type Flow } from '../src/observer/index.ts';
-import { TestNode, WEB_FROM_EMPIRE_POLICY, cli, inNs, sleep, spawnInNs } from './support/cluster.ts';
+import { TestNode, WEB_FROM_EMPIRE_POLICY, addNetns, cli, inNs, sleep, spawnInNs } from './support/cluster.ts';
+import type { Endpoint } from '../src/agent/index.ts';
 
 /** Answers each TCP connection with its name (then echoes) and each datagram with its name. */
 const SERVER = `
@@ -182,7 +183,11 @@ test('a ClusterIP reaches the backends over TCP and UDP, spread, with the servic
 test('a named target port reaches each pod on the port it names; a pod without it is no backend and is shown unresolved', async (t) => {
   const node = await TestNode.start(t, { nodeName: 'lb11' });
   const a = await node.addPod(t, 'web-a', { app: 'web' }, undefined, undefined, [{ name: 'http', port: 7000, protocol: 'TCP' }]);
-  const b = await node.addPod(t, 'web-b', { app: 'web' }, undefined, undefined, [{ name: 'http', port: 7001, protocol: 'TCP' }]);
+  // The way a user adds one by hand: ciliate endpoint add --port.
+  const bNetns = await addNetns(t, 'ctp');
+  t.after(() => node.client.call('DELETE', '/v1/endpoints/web-b/eth0').catch(() => undefined));
+  const b = { netns: bNetns, endpoint: JSON.parse(await ok(node, 'endpoint', 'add', '--container-id', 'web-b', '--netns', `/run/netns/${bNetns}`, '--labels', 'app=web', '--port', 'http=7001/tcp', '-o', 'json')) as Endpoint };
+  assert.deepEqual(b.endpoint.ports, [{ name: 'http', port: 7001, protocol: 'TCP' }], 'the endpoint records its named ports');
   const c = await node.addPod(t, 'web-c', { app: 'web' });
   const client = await node.addPod(t, 'client', { app: 'client' });
   await serve(t, a.netns, 'a', 7000);

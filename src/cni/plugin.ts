@@ -9,6 +9,7 @@
 import { existsSync } from 'node:fs';
 import type { Endpoint } from '../agent/endpoint.ts';
 import { CniError, CniErrorCode } from './errors.ts';
+import { parseNamedPort, type NamedPortText } from '../loadbalancer/index.ts';
 
 /** The agent's route the plugin binary sends each invocation to. */
 export const CNI_ROUTE = '/v1/cni';
@@ -141,17 +142,16 @@ export const PORTS_ARG = 'CILIATE_PORTS';
  * CNI_ARGS: `name=PORT[/PROTOCOL]`, comma-separated (CNI has no field for a pod's ports). The
  * agent validates names, numbers and protocols.
  */
-export function podPortsFrom(invocation: CniInvocation): { name: string; port: number | string; protocol?: string }[] | undefined {
+export function podPortsFrom(invocation: CniInvocation): NamedPortText[] | undefined {
   const text = invocation.args[PORTS_ARG];
   if (text === undefined) return undefined;
   return text
     .split(',')
     .filter(Boolean)
     .map((item) => {
-      const match = /^([^=]+)=([^/]+)(?:\/(.+))?$/.exec(item);
-      if (!match) throw new CniError(CniErrorCode.INVALID_ENVIRONMENT, `CNI_ARGS ${PORTS_ARG}: "${item}" is not name=PORT[/PROTOCOL]`);
-      const [, name, port, protocol] = match;
-      return { name, port: /^\d+$/.test(port) ? Number(port) : port, ...(protocol ? { protocol: protocol.toUpperCase() } : {}) };
+      const port = parseNamedPort(item);
+      if (!port) throw new CniError(CniErrorCode.INVALID_ENVIRONMENT, `CNI_ARGS ${PORTS_ARG}: "${item}" is not name=PORT[/PROTOCOL]`);
+      return port;
     });
 }
 
@@ -232,7 +232,7 @@ export interface CniAgent {
     podName?: string;
     namespace?: string;
     labels: Record<string, string>;
-    ports?: { name: string; port: number | string; protocol?: string }[];
+    ports?: NamedPortText[];
   }): Promise<Endpoint>;
   /** Removes it; nothing to remove is not an error. */
   delete(containerId: string, ifname: string): Promise<unknown>;

@@ -313,6 +313,27 @@ export function selects(selector: Readonly<Record<string, string>>, labels: Read
   return true;
 }
 
+/** A named port as text spells it (`ciliate endpoint add --port`, CNI_ARGS CILIATE_PORTS): its parts, which the endpoint API validates. */
+export interface NamedPortText {
+  name: string;
+  port: number | string;
+  protocol?: string;
+}
+
+/**
+ * `name=PORT[/PROTOCOL]` (`http=8080/TCP`), or undefined when it is not that shape. A port that
+ * is not digits stays text, for the endpoint API to name.
+ *
+ * @example
+ * parseNamedPort('dns=53/udp'); // { name: 'dns', port: 53, protocol: 'UDP' }
+ */
+export function parseNamedPort(text: string): NamedPortText | undefined {
+  const match = /^([^=]+)=([^/]+)(?:\/(.+))?$/.exec(text);
+  if (!match) return undefined;
+  const [, name, port, protocol] = match;
+  return { name, port: /^\d+$/.test(port) ? Number(port) : port, ...(protocol ? { protocol: protocol.toUpperCase() } : {}) };
+}
+
 /** A backend as a service's frontends are made from it: an address, and a pod's named ports. */
 export interface BackendSource {
   ip: string;
