@@ -16,8 +16,9 @@
  *   cil_to_netdev    TCX egress: a local backend's reply to an outside client leaves as from the
  *                    frontend.
  *
- * DSR_MODE: a backend on another node (tunnel mode) gets the request unSNATed, the frontend in an
- * IPv4 option (lb_skb.h dsr_add_opt4), and answers the client directly from its node.
+ * DSR_MODE: a backend on another node gets the request unSNATed, the frontend in an IPv4 option
+ * (lb_skb.h dsr_add_opt4), encapsulated (tunnel mode) or routed (native mode), and answers the
+ * client directly from its node. In native mode that node's cil_from_netdev learns the frontend.
  * externalTrafficPolicy Local (SVC_F_EXT_LOCAL): only backends of this node, so the client keeps
  * its address; none is DROP_NO_SERVICE. ClusterIPs are not reachable from outside. The node's own address (NODE_IPV4, set at load) is
  * the SNAT address, and the ipcache says which addresses are the node's (NodePort).
@@ -41,6 +42,14 @@ volatile const __be32 NODE_IPV4 = 0;
 /* 1: DSR mode (the backend answers the client directly, which it sees), 0: SNAT mode. */
 volatile const __u32 DSR_MODE = 0;
 
+/* Whether `addr` is reached by native routing (a pod of another node in native mode). */
+static __always_inline bool native_backend4(__be32 addr)
+{
+	struct node_config *cfg = node_config();
+
+	return cfg && native_routed4(cfg, addr);
+}
+
 /* Attempts at a free SNAT port before the connection is refused. */
 #define SNAT_PORT_TRIES 8
 #define SNAT_PORT_MIN 32768
@@ -53,8 +62,10 @@ static __always_inline struct lb4_service *netdev_service(const struct ipv4_ct_t
 	struct lb4_service *svc = lb4_lookup_service(tuple->daddr, tuple->dport, tuple->nexthdr);
 
 	*slots_addr = tuple->daddr;
+	/* A NodePort at one of this node's addresses has its own frontend too (for pods TC
+	 * translates); its slots are the same backends. */
 	if (svc)
-		return svc->flags & (SVC_F_EXTERNAL_IP | SVC_F_LOADBALANCER) ? svc : NULL;
+		return svc->flags & (SVC_F_EXTERNAL_IP | SVC_F_LOADBALANCER | SVC_F_NODEPORT) ? svc : NULL;
 	if (ipcache_identity(tuple->daddr) != IDENTITY_HOST)
 		return NULL;
 	svc = lb4_lookup_service(0, tuple->dport, tuple->nexthdr);
@@ -138,6 +149,19 @@ static __always_inline int from_netdev(struct __sk_buff *skb)
 	if (done || ret)
 		return ret;
 
+	/* Native routing DSR, on the backend's node: another node's cil_from_netdev routed a client's
+	 * request here with the frontend in an IPv4 option. Only for a client outside the cluster (a
+	 * pod's address is not WORLD, and bpf_lxc lets no pod send from another address) and a pod of
+	 * this node; the option must name a real external frontend (dsr_learn4). */
+	if (info.src_identity == IDENTITY_WORLD) {
+		ep_key.ip = tuple.daddr;
+		ep = bpf_map_lookup_elem(&ciliate_lxc, &ep_key);
+		if (ep && !(ep->flags & ENDPOINT_F_HOST)) {
+			dsr_learn4(skb);
+			return TC_ACT_OK;
+		}
+	}
+
 	svc = netdev_service(&tuple, &slots_addr);
 	if (!svc)
 		return TC_ACT_OK;
@@ -179,7 +203,9 @@ static __always_inline int from_netdev(struct __sk_buff *skb)
 
 	remote = ipcache_lookup4(backend->address);
 	info.dst_identity = remote ? remote->sec_identity : IDENTITY_WORLD;
-	if (DSR_MODE && remote && (remote->flags & IPCACHE_F_HAS_TUNNEL_EP)) {
+	/* DSR to a pod of another node: through the tunnel, or natively routed (inside the native
+	 * routing CIDR); anything else (an address outside the cluster) is SNATed. */
+	if (DSR_MODE && remote && ((remote->flags & IPCACHE_F_HAS_TUNNEL_EP) || native_backend4(backend->address))) {
 		void *d, *de;
 		__u8 *tcp_flags;
 
@@ -199,7 +225,10 @@ static __always_inline int from_netdev(struct __sk_buff *skb)
 				return DROP(skb, &info, DROP_INVALID_PACKET);
 			}
 		}
-		return encap_and_redirect4(skb, &info, remote->tunnel_endpoint, IDENTITY_WORLD);
+		if (remote->flags & IPCACHE_F_HAS_TUNNEL_EP)
+			return encap_and_redirect4(skb, &info, remote->tunnel_endpoint, IDENTITY_WORLD);
+		/* Native routing: the FIB knows the way to the backend's node. */
+		return fib_redirect4(skb, &info);
 	}
 
 	/* SNAT: a backend on another node gets it from this node's address. */

@@ -187,9 +187,13 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, const bool
 		now = bpf_ktime_get_boot_ns() / 1000000000ULL;
 		backend_id = lb4_affinity_backend_id(svc, client, now);
 	}
-	/* Maglev's hash: the socket, so one socket keeps one backend. */
+	/* The socket's cookie is Maglev's hash, so one socket keeps one backend; and for protocols
+	 * without connections (an unconnected UDP socket is translated per datagram) the random
+	 * slot too, as Cilium's sock_select_slot: its datagrams all go to one backend, whose replies
+	 * recvmsg4 shows as from the frontend. A TCP connect picks at random. */
 	if (!backend_id)
-		backend_id = lb4_select_backend_id(svc, frontend, dport, proto, (__u32)(cookie ^ (cookie >> 32)));
+		backend_id = lb4_select_backend_id(svc, frontend, dport, proto, (__u32)(cookie ^ (cookie >> 32)),
+						   proto != IPPROTO_TCP);
 	backend = backend_id ? bpf_map_lookup_elem(&ciliate_lb4_backends, &backend_id) : NULL;
 	if (!backend || (backend->flags & BE_F_TERMINATING)) {
 		sock4_drop_notify(ctx, sendmsg, cookie, DROP_NO_SERVICE, __LINE__);
@@ -201,9 +205,12 @@ static __always_inline int sock4_xlate_fwd(struct bpf_sock_addr *ctx, const bool
 
 	struct lb4_reverse_sk_key rkey = { .cookie = cookie, .address = backend->address, .port = backend->port };
 	struct lb4_reverse_sk rval = { .address = vip, .port = dport, .rev_nat_index = svc->rev_nat_index };
+	struct lb4_reverse_sk *known = bpf_map_lookup_elem(&ciliate_lb4_reverse_sk, &rkey);
 
-	/* Best effort: without it only the reply's source address shows the backend. */
-	bpf_map_update_elem(&ciliate_lb4_reverse_sk, &rkey, &rval, BPF_ANY);
+	/* Best effort: without it only the reply's source address shows the backend. Written only
+	 * when it differs: a UDP socket's every datagram comes here. */
+	if (!known || known->address != rval.address || known->port != rval.port || known->rev_nat_index != rval.rev_nat_index)
+		bpf_map_update_elem(&ciliate_lb4_reverse_sk, &rkey, &rval, BPF_ANY);
 	ctx->user_ip4 = backend->address;
 	ctx->user_port = (__u32)backend->port;
 	return 0;
@@ -230,11 +237,21 @@ static __always_inline int sock4_rev(struct bpf_sock_addr *ctx)
 		.port = ctx_dport(ctx),
 	};
 	struct lb4_reverse_sk *rev = bpf_map_lookup_elem(&ciliate_lb4_reverse_sk, &key);
+	struct lb4_service *svc;
 
-	if (rev) {
-		ctx->user_ip4 = rev->address;
-		ctx->user_port = (__u32)rev->port;
+	if (!rev)
+		return SYS_PROCEED;
+	/* Only while the frontend is still that service (Cilium's REASON_LB_REVNAT_STALE): a service
+	 * deleted, or made anew under another id, no longer speaks for this backend. */
+	svc = lb4_lookup_service(rev->address, rev->port, (__u8)ctx->protocol);
+	if (!svc)
+		svc = sock4_nodeport_lookup(rev->address, rev->port, (__u8)ctx->protocol);
+	if (!svc || svc->rev_nat_index != rev->rev_nat_index) {
+		bpf_map_delete_elem(&ciliate_lb4_reverse_sk, &key);
+		return SYS_PROCEED;
 	}
+	ctx->user_ip4 = rev->address;
+	ctx->user_port = (__u32)rev->port;
 	return SYS_PROCEED;
 }
 

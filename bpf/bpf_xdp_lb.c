@@ -14,7 +14,7 @@
 
 #define XLB_MAX_VIPS 512
 #define XLB_MAX_BACKENDS 4096
-#define XLB_MAGLEV_SIZE 16381	/* = lb.h LB_MAGLEV_LUT_SIZE: one Maglev table size across Ciliate */
+#define XLB_MAGLEV_SIZE 16381	/* = lb.h LB_MAGLEV_LUT_SIZE_DEFAULT, the agent's default */
 
 #ifndef ETH_ALEN
 #define ETH_ALEN 6

@@ -15,7 +15,8 @@ import { join } from 'node:path';
 import { Link } from '../src/ebpf/index.ts';
 import { testCgroup } from '../src/ebpf/internal/testutils.ts';
 import { connectObserver, type Flow } from '../src/observer/index.ts';
-import { TestNode, WEB_FROM_EMPIRE_POLICY, cli, inNs, sleep, spawnInNs } from './support/cluster.ts';
+import { TestNode, WEB_FROM_EMPIRE_POLICY, addNetns, cli, inNs, sleep, spawnInNs } from './support/cluster.ts';
+import type { Endpoint } from '../src/agent/index.ts';
 
 /** Answers each TCP connection with its name (then echoes) and each datagram with its name. */
 const SERVER = `
@@ -32,8 +33,9 @@ u.bind(Number(port), '0.0.0.0', up);
 /**
  * Joins the cgroup first (every socket it makes is then subject to the hooks), then: tcp — n
  * connections, each reporting who answered and the peer getpeername() gives; udp — n fresh
- * sockets each sending one datagram, reporting who answered and where from (recvmsg); hold — one
- * connection kept, printing its echoed byte count as it grows.
+ * sockets each sending one datagram, reporting who answered and where from (recvmsg); udp-socket
+ * — n fresh unconnected sockets each sending 6 datagrams one after the other, the answers by
+ * socket; hold — one connection kept, printing its echoed byte count as it grows.
  */
 const CLIENT = `
 const fs = require('node:fs'), net = require('node:net'), dgram = require('node:dgram');
@@ -52,6 +54,19 @@ const udp = () => new Promise((resolve) => {
   u.on('error', (e) => { clearTimeout(timer); resolve({ error: e.code }); });
   u.send('hi', Number(port), host);
 });
+const exchange = (u) => new Promise((resolve) => {
+  const timer = setTimeout(() => { u.off('message', onMessage); resolve({ error: 'timeout' }); }, 2000);
+  const onMessage = (m, r) => { clearTimeout(timer); resolve({ name: String(m), peer: r.address + ':' + r.port }); };
+  u.once('message', onMessage);
+  u.send('hi', Number(port), host);
+});
+const udpSocket = async () => {
+  const u = dgram.createSocket('udp4');
+  const answers = [];
+  for (let i = 0; i < 6; i++) answers.push(await exchange(u));
+  u.close();
+  return answers;
+};
 (async () => {
   if (mode === 'hold') {
     let bytes = 0, name;
@@ -62,7 +77,7 @@ const udp = () => new Promise((resolve) => {
     return;
   }
   const out = [];
-  for (let i = 0; i < Number(n); i++) out.push(await (mode === 'tcp' ? tcp() : udp()));
+  for (let i = 0; i < Number(n); i++) out.push(await (mode === 'tcp' ? tcp() : mode === 'udp' ? udp() : udpSocket()));
   console.log(JSON.stringify(out));
 })();
 `;
@@ -87,6 +102,11 @@ async function serve(t: TestContext, netns: string, name: string, port: number):
 /** n connections (or datagrams) from a process in `node`'s cgroup inside `netns`. */
 async function connect(node: TestNode, netns: string, mode: 'tcp' | 'udp', address: string, port: number, n: number, cgroup = node.cgroup): Promise<Answer[]> {
   return JSON.parse(await inNs(netns, process.execPath, ['-e', CLIENT, join(cgroup, 'cgroup.procs'), mode, address, String(port), String(n)], 60_000)) as Answer[];
+}
+
+/** n unconnected UDP sockets from a process in the cgroup, each sending 6 datagrams: the answers by socket. */
+async function udpSockets(node: TestNode, netns: string, address: string, port: number, n: number): Promise<Answer[][]> {
+  return JSON.parse(await inNs(netns, process.execPath, ['-e', CLIENT, join(node.cgroup, 'cgroup.procs'), 'udp-socket', address, String(port), String(n)], 60_000)) as Answer[][];
 }
 
 /** A connection held open from a process in the cgroup: who answered, and its echoed bytes so far. */
@@ -125,7 +145,7 @@ async function addService(node: TestNode, ...args: string[]): Promise<string> {
   return (JSON.parse(await ok(node, 'service', 'add', ...args, '-o', 'json')) as { clusterIP: string }).clusterIP;
 }
 
-test('a ClusterIP reaches the backends over TCP and UDP, spread, with the service as the peer', async (t) => {
+test('a ClusterIP reaches the backends over TCP and UDP, spread, with the service as the peer; an unconnected UDP socket keeps one backend', async (t) => {
   const node = await TestNode.start(t, { nodeName: 'lb1' });
   const a = await node.addPod(t, 'web-a', { app: 'web' });
   const b = await node.addPod(t, 'web-b', { app: 'web' });
@@ -144,10 +164,49 @@ test('a ClusterIP reaches the backends over TCP and UDP, spread, with the servic
   assert.deepEqual(new Set(udp.map((r) => r.name)), new Set(['a', 'b']), 'both backends took datagrams');
   assert.deepEqual(new Set(udp.map((r) => r.peer)), new Set([`${vip}:53`]), 'replies come from the service address (recvmsg)');
 
+  // An unconnected UDP socket is translated per datagram, yet keeps one backend (Cilium's
+  // sock_select_slot by socket cookie): a conversation is never split between backends.
+  const sockets = await udpSockets(node, client.netns, vip, 53, 10);
+  for (const [i, answers] of sockets.entries()) {
+    assert.deepEqual(answers.filter((r) => r.error), [], `socket ${i}: every datagram was answered`);
+    assert.equal(new Set(answers.map((r) => r.name)).size, 1, `socket ${i}: one backend answered all its datagrams: ${JSON.stringify(answers)}`);
+    assert.deepEqual(new Set(answers.map((r) => r.peer)), new Set([`${vip}:53`]), `socket ${i}: every reply comes from the service address`);
+  }
+  assert.deepEqual(new Set(sockets.map((answers) => answers[0].name)), new Set(['a', 'b']), 'the sockets are spread over both backends');
+
   // The kernel's maps, as `ciliate bpf lb list` shows them.
   const listed = await ok(node, 'bpf', 'lb', 'list');
   for (const line of [`${vip}:80/TCP`, `${vip}:53/UDP`, `${a.endpoint.ipv4}:7000`, `${b.endpoint.ipv4}:7000`]) assert.ok(listed.includes(line), `bpf lb list shows ${line}:\n${listed}`);
   // (A process outside the cgroup is translated in TC instead: test/service-tc.test.ts.)
+});
+
+test('a named target port reaches each pod on the port it names; a pod without it is no backend and is shown unresolved', async (t) => {
+  const node = await TestNode.start(t, { nodeName: 'lb11' });
+  const a = await node.addPod(t, 'web-a', { app: 'web' }, undefined, undefined, [{ name: 'http', port: 7000, protocol: 'TCP' }]);
+  // The way a user adds one by hand: ciliate endpoint add --port.
+  const bNetns = await addNetns(t, 'ctp');
+  t.after(() => node.client.call('DELETE', '/v1/endpoints/web-b/eth0').catch(() => undefined));
+  const b = { netns: bNetns, endpoint: JSON.parse(await ok(node, 'endpoint', 'add', '--container-id', 'web-b', '--netns', `/run/netns/${bNetns}`, '--labels', 'app=web', '--port', 'http=7001/tcp', '-o', 'json')) as Endpoint };
+  assert.deepEqual(b.endpoint.ports, [{ name: 'http', port: 7001, protocol: 'TCP' }], 'the endpoint records its named ports');
+  const c = await node.addPod(t, 'web-c', { app: 'web' });
+  const client = await node.addPod(t, 'client', { app: 'client' });
+  await serve(t, a.netns, 'a', 7000);
+  await serve(t, b.netns, 'b', 7001);
+  await serve(t, c.netns, 'c', 7000);
+  assert.deepEqual(a.endpoint.ports, [{ name: 'http', port: 7000, protocol: 'TCP' }], 'the endpoint records its named ports');
+  const vip = await addService(node, 'web', '--selector', 'app=web', '--port', '80:http');
+
+  const view = JSON.parse(await ok(node, 'service', 'get', 'web', '-o', 'json')) as { ports: { targetPort: unknown }[]; frontends: { backends: string[]; unresolved?: string[] }[] };
+  assert.equal(view.ports[0].targetPort, 'http');
+  assert.deepEqual(view.frontends[0].backends, [`${a.endpoint.ipv4}:7000`, `${b.endpoint.ipv4}:7001`], 'each pod on its own number');
+  assert.deepEqual(view.frontends[0].unresolved, [c.endpoint.ipv4], 'the pod without an http port is named');
+  const answers = await connect(node, client.netns, 'tcp', vip, 80, 16);
+  assert.deepEqual(answers.filter((r) => r.error), [], 'every connection reached a backend');
+  assert.deepEqual(new Set(answers.map((r) => r.name)), new Set(['a', 'b']), 'both named-port pods answer, the third never');
+
+  // A bad named port is refused by the endpoint API, naming the field.
+  const refused = await node.client.call('POST', '/v1/endpoints', { containerId: 'bad-ports', ifname: 'eth0', netns: `/run/netns/${client.netns}`, ports: [{ name: 'HTTP', port: 80 }] }).then(() => undefined, (e: Error) => e);
+  assert.match(String(refused?.message), /ports\.0\.name: must be lower case letters, digits and -/);
 });
 
 test('a backend taken out gets no new connections; its established connection goes on', async (t) => {

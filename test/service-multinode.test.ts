@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { BpfMap, u16, u32 } from '../src/ebpf/index.ts';
-import { LB_MAGLEV_LUT_SIZE, LbMapName, type LbEntry } from '../src/loadbalancer/index.ts';
+import { LbMapName, readMaglevInner, type LbEntry } from '../src/loadbalancer/index.ts';
 import { TestNode, Underlay, cli, inNs, sleep, spawnInNs } from './support/cluster.ts';
 
 /** Who answered a TCP connection to host:port from a process in `cgroup`: the server's first line. */
@@ -36,8 +36,7 @@ async function whoAnswers(node: TestNode, netns: string, host: string, port: num
 function maglevByAddress(node: TestNode, entry: LbEntry): string[] {
   using outer = BpfMap.openPinned(join(node.bpfRoot, 'maps', LbMapName.MAGLEV), u16, u32);
   using inner = BpfMap.fromId(outer.lookup(entry.revNat)!);
-  const raw = inner.lookup(Buffer.alloc(4))!;
-  const ids = new Uint32Array(raw.buffer, raw.byteOffset, LB_MAGLEV_LUT_SIZE);
+  const ids = readMaglevInner(inner)!;
   const address = new Map(entry.backends.map((b) => [b.id, b.address!]));
   return [...ids].map((id) => address.get(id) ?? `?${id}`);
 }

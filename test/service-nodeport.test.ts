@@ -5,7 +5,7 @@
  * and with externalTrafficPolicy Local only the reached node's (none: dropped).
  * @module
  */
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { TestNode, Underlay, addNetns, cli, inNs, sleep, spawnInNs } from './support/cluster.ts';
 import { join } from 'node:path';
@@ -88,30 +88,10 @@ test('a client outside the cluster reaches a NodePort on either node and a LoadB
 });
 
 test('DSR: a backend on another node sees the client and answers it directly, as from the NodePort', async (t) => {
-  const underlay = await Underlay.create(t);
-  const etcd = await underlay.startEtcd(t);
-  const extraArgs = ['--lb-mode', 'dsr'];
-  const n1 = await TestNode.start(t, { nodeName: 'n1', nodeIp: '192.168.100.1', underlay, etcd, extraArgs });
-  const n2 = await TestNode.start(t, { nodeName: 'n2', nodeIp: '192.168.100.2', underlay, etcd, extraArgs });
-  const outside = await addNetns(t, 'cto');
-  await underlay.attach(outside, '192.168.100.50');
-  const pod = await n2.addPod(t, 'web-n2', { app: 'web' });
-  const server = spawnInNs(pod.netns, process.execPath, ['-e', SERVER, 'web-n2', '7000']);
-  t.after(() => void server.kill('SIGKILL'));
-  await new Promise((resolve) => server.stdout?.once('data', resolve));
-  const added = await cli(n1, 'service', 'add', 'web', '--type', 'NodePort', '--selector', 'app=web', '--port', '80:7000:30080');
-  assert.equal(added.code, 0, added.stderr);
-  for (const deadline = Date.now() + 15_000; ; await sleep(200)) {
-    const entries = JSON.parse((await cli(n1, 'bpf', 'lb', 'list', '-o', 'json')).stdout) as LbEntry[];
-    if (entries.length === 2 && entries.every((e) => e.backends.length === 1)) break;
-    assert.ok(Date.now() < deadline, `the service on n1: ${JSON.stringify(entries)}`);
-  }
+  const { n1, n2, outside, pod } = await nodePortCluster(t, 'dsr', 'tunnel');
   for (let k = 0; k < 3; k++) assert.equal(await ask(outside, '192.168.100.1', 30080), 'web-n2 192.168.100.50', `connection ${k}: the backend on n2 sees the client`);
   // n1 translated no address back (no SNAT); n2 learnt the frontend its replies came from.
-  const nat = (node: TestNode) => {
-    using map = BpfMap.openPinned(join(node.bpfRoot, 'maps', LbMapName.NAT), ctTuple, lb4Nat);
-    return [...map.entries()].map(([key, value]) => ({ kind: key.flags, frontend: `${value.frontend_addr}:${value.frontend_port}` }));
-  };
+  const nat = natEntries;
   assert.deepEqual(nat(n1).filter((e) => e.kind === NatKind.REV_DST), [], 'n1 SNATed nothing');
   const learnt = nat(n2).filter((e) => e.kind === NatKind.REV_SRC);
   assert.equal(learnt.length, 3, 'n2 learnt each connection\'s frontend');
@@ -123,4 +103,66 @@ test('DSR: a backend on another node sees the client and answers it directly, as
   await inNs(rogue.netns, 'python3', ['-c', send]);
   await sleep(300);
   assert.deepEqual(nat(n2).filter((e) => e.frontend.startsWith('6.6.6.6')), [], 'an option from a pod is not learnt');
+});
+
+/** Two nodes on an underlay and a client namespace outside the cluster; a web pod on n2 serving NodePort 30080. */
+async function nodePortCluster(t: TestContext, lbMode: 'snat' | 'dsr', routingMode: 'tunnel' | 'native') {
+  const underlay = await Underlay.create(t);
+  const etcd = await underlay.startEtcd(t);
+  const extraArgs = ['--lb-mode', lbMode];
+  const n1 = await TestNode.start(t, { nodeName: 'n1', nodeIp: '192.168.100.1', underlay, etcd, extraArgs, routingMode });
+  const n2 = await TestNode.start(t, { nodeName: 'n2', nodeIp: '192.168.100.2', underlay, etcd, extraArgs, routingMode });
+  const outside = await addNetns(t, 'cto');
+  await underlay.attach(outside, '192.168.100.50');
+  const pod = await n2.addPod(t, 'web-n2', { app: 'web' });
+  const server = spawnInNs(pod.netns, process.execPath, ['-e', SERVER, 'web-n2', '7000']);
+  t.after(() => void server.kill('SIGKILL'));
+  await new Promise((resolve) => server.stdout?.once('data', resolve));
+  const added = await cli(n1, 'service', 'add', 'web', '--type', 'NodePort', '--selector', 'app=web', '--port', '80:7000:30080');
+  assert.equal(added.code, 0, added.stderr);
+  for (const deadline = Date.now() + 15_000; ; await sleep(200)) {
+    const entries = JSON.parse((await cli(n1, 'bpf', 'lb', 'list', '-o', 'json')).stdout) as LbEntry[];
+    // The ClusterIP, the node port at any node address and at n1's own.
+    if (entries.length === 3 && entries.every((e) => e.backends.length === 1)) break;
+    assert.ok(Date.now() < deadline, `the service on n1: ${JSON.stringify(entries)}`);
+  }
+  return { n1, n2, outside, pod };
+}
+
+function natEntries(node: TestNode) {
+  using map = BpfMap.openPinned(join(node.bpfRoot, 'maps', LbMapName.NAT), ctTuple, lb4Nat);
+  return [...map.entries()].map(([key, value]) => ({ kind: key.flags, frontend: `${value.frontend_addr}:${value.frontend_port}` }));
+}
+
+test('native routing, SNAT: a client outside reaches a NodePort whose backend is on the other node, which sees the node it reached; so does a pod outside the socket-LB cgroup', async (t) => {
+  const { n1, outside } = await nodePortCluster(t, 'snat', 'native');
+  for (let k = 0; k < 3; k++) assert.equal(await ask(outside, '192.168.100.1', 30080), 'web-n2 192.168.100.1', `connection ${k}: through n1, SNATed`);
+  assert.equal(await ask(outside, '192.168.100.2', 30080), 'web-n2 192.168.100.50', 'at the backend\'s own node: the client itself');
+
+  // A pod the socket hooks do not see (the test's process is in no node's cgroup): its own node's
+  // bpf_lxc translates the node port at that node's address in TC, and the reply comes back from it.
+  const client = await n1.addPod(t, 'client-n1', { app: 'client' });
+  for (let k = 0; k < 3; k++) assert.equal(await ask(client.netns, '192.168.100.1', 30080), `web-n2 ${client.endpoint.ipv4}`, `connection ${k}: its own node's NodePort, through TC`);
+  const ct = JSON.parse((await cli(n1, 'bpf', 'ct', 'list', '-o', 'json')).stdout) as { key: { saddr: string; daddr: string; dport: number } }[];
+  assert.equal(ct.filter((e) => e.key.saddr === client.endpoint.ipv4 && e.key.daddr === '192.168.100.1' && e.key.dport === 30080).length, 3, 'n1 tracked each frontend tuple in TC');
+  assert.match(await ask(client.netns, '192.168.100.2', 30080), /^web-n2 /, 'another node\'s NodePort: that node translates');
+});
+
+test('native routing, DSR: the backend on the other node sees the client and answers it directly, as from the NodePort; a forged option is not learnt', async (t) => {
+  const { n1, n2, outside, pod } = await nodePortCluster(t, 'dsr', 'native');
+  for (let k = 0; k < 3; k++) assert.equal(await ask(outside, '192.168.100.1', 30080), 'web-n2 192.168.100.50', `connection ${k}: the backend on n2 sees the client`);
+  assert.deepEqual(natEntries(n1).filter((e) => e.kind === NatKind.REV_DST), [], 'n1 SNATed nothing');
+  const learnt = natEntries(n2).filter((e) => e.kind === NatKind.REV_SRC);
+  assert.equal(learnt.length, 3, `n2 learnt each connection's frontend: ${JSON.stringify(learnt)}`);
+  assert.ok(learnt.every((e) => e.frontend === '192.168.100.1:30080'), JSON.stringify(learnt));
+
+  // Anyone outside can put the option on a packet routed to a pod: only a real frontend is learnt,
+  // else the backend's replies would leave from whatever address the sender chose.
+  await inNs(outside, 'ip', ['route', 'add', pod.endpoint.ipv4, 'via', '192.168.100.2']);
+  const forge = (addr: number[], port: number) =>
+    `import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([0x9a, 8, ${port >> 8}, ${port & 0xff}, ${addr.join(', ')}])); [s.sendto(b'x', ('${pod.endpoint.ipv4}', 7000)) for _ in range(3)]`;
+  await inNs(outside, 'python3', ['-c', forge([6, 6, 6, 6], 53)]);
+  await inNs(outside, 'python3', ['-c', forge([192, 168, 100, 1], 30999)]);
+  await sleep(300);
+  assert.deepEqual(natEntries(n2).filter((e) => e.frontend.startsWith('6.6.6.6') || e.frontend.endsWith(':30999')), [], 'an option naming no frontend is not learnt');
 });

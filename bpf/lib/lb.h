@@ -159,24 +159,40 @@ struct {
 
 /* --- ciliate_lb4_maglev: service id → its Maglev table (backend ids by slot) ---
  *
- * As Cilium's cilium_lb4_maglev: a hash of maps whose inner map is a one-entry array holding the
- * whole table, so replacing a service's table is one outer-map update (the new table is built
- * aside, never half-written). The table size is built in (Cilium's LB_MAGLEV_LUT_SIZE).
+ * As Cilium's cilium_lb4_maglev, a hash of maps with one inner map per service, so replacing a
+ * service's table is one outer-map update (the new table is built aside, never half-written).
+ * The table size is the agent's --maglev-table-size (Cilium's --bpf-lb-maglev-table-size, one
+ * of its primes), not built in: an inner map holds M + 1 ids, id 0 being M and ids 1..M the
+ * table, so each table says its own size and a program verified once serves any
+ * (BPF_F_INNER_MAP: inner maps of any length). The ids are in chunks of LB_MAGLEV_CHUNK per
+ * array element, so writing a table is a few dozen elements, not one per slot. A connection's
+ * hash h picks id h % M + 1.
  */
-#ifndef LB_MAGLEV_LUT_SIZE
-#define LB_MAGLEV_LUT_SIZE 16381
+#define LB_MAGLEV_LUT_SIZE_DEFAULT 16381
+#define LB_MAGLEV_CHUNK 256
+
+struct lb4_maglev_chunk {
+	__u32 ids[LB_MAGLEV_CHUNK];
+};
+
+#ifndef BPF_F_INNER_MAP
+#define BPF_F_INNER_MAP (1U << 12)
 #endif
 
 struct ciliate_lb4_maglev_inner {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, (LB_MAGLEV_LUT_SIZE_DEFAULT + LB_MAGLEV_CHUNK) / LB_MAGLEV_CHUNK);
+	__uint(map_flags, BPF_F_INNER_MAP);
 	__uint(key_size, sizeof(__u32));
-	__uint(value_size, sizeof(__u32) * LB_MAGLEV_LUT_SIZE);
+	__uint(value_size, sizeof(struct lb4_maglev_chunk));
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH_OF_MAPS);
 	__uint(max_entries, 65536);
+	/* Not preallocated: most services are not Maglev's. (Also tells an older build's pinned map,
+	 * whose inner maps held the whole table in one value, from this one.) */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, __u16);	/* rev_nat_index */
 	__array(values, struct ciliate_lb4_maglev_inner);
 } ciliate_lb4_maglev SEC(".maps");
@@ -212,34 +228,36 @@ static __always_inline struct lb4_service *lb4_lookup_service(__be32 address, __
 
 /*
  * The backend id for a new connection of `svc` at `vip`:`dport`, or 0 when the service has none.
- * `hash` picks the Maglev slot (the same hash, the same backend); random ignores it.
+ * `hash` picks the Maglev slot (the same hash, the same backend); random ignores it unless
+ * `sticky`, when it picks the slot too (Cilium's sock_select_slot: an unconnected UDP socket's
+ * cookie, so its datagrams keep one backend while the service's backends stay).
  */
-static __always_inline __u32 lb4_select_backend_id(const struct lb4_service *svc, __be32 vip, __be16 dport, __u8 proto, __u32 hash)
+static __always_inline __u32 lb4_select_backend_id(const struct lb4_service *svc, __be32 vip, __be16 dport, __u8 proto, __u32 hash,
+						   const bool sticky)
 {
 	if (svc->count == 0)
 		return 0;
 	if (svc->algorithm == LB_SELECTION_MAGLEV) {
 		__u16 rev_nat = svc->rev_nat_index;
 		void *inner = bpf_map_lookup_elem(&ciliate_lb4_maglev, &rev_nat);
-		__u32 zero = 0;
-		__u32 *table;
+		struct lb4_maglev_chunk *head, *chunk;
+		__u32 zero = 0, slot, element;
 
 		if (!inner)
 			return 0;
-		__u32 index = hash % LB_MAGLEV_LUT_SIZE;
-
-		table = bpf_map_lookup_elem(inner, &zero);
-		/* The bound again for the verifier, which does not learn one from the modulo; the
-		 * empty asm keeps clang from dropping a check it knows to be always false. */
-		asm volatile("" : "+r"(index));
-		if (!table || index >= LB_MAGLEV_LUT_SIZE)
+		head = bpf_map_lookup_elem(inner, &zero);
+		if (!head || head->ids[0] == 0)
 			return 0;
-		return table[index];
+		slot = hash % head->ids[0] + 1;
+		/* The kernel checks the element against the table's length. */
+		element = slot / LB_MAGLEV_CHUNK;
+		chunk = bpf_map_lookup_elem(inner, &element);
+		return chunk ? chunk->ids[slot % LB_MAGLEV_CHUNK] : 0;
 	}
 	struct lb4_key key = { .address = vip, .dport = dport, .proto = proto };
 	struct lb4_service *slot;
 
-	key.backend_slot = (bpf_get_prandom_u32() % svc->count) + 1;
+	key.backend_slot = ((sticky ? hash : bpf_get_prandom_u32()) % svc->count) + 1;
 	slot = bpf_map_lookup_elem(&ciliate_lb4_services, &key);
 	return slot ? slot->backend_id : 0;
 }

@@ -15,8 +15,12 @@
  * from-container on this node, from-overlay for a backend on another node, to-container for one
  * the stack routed here) lb4_rev_nat() turns its source back into the frontend.
  *
- * TCP and UDP only: SCTP's CRC32c covers the whole packet, and its translation is left to the
- * socket hooks. Non-first fragments carry no ports and are not translated.
+ * TCP, UDP and SCTP. SCTP's CRC32c covers its header and payload but no pseudo-header, so an
+ * address changes without touching it, and a port never does: as Cilium's, an SCTP frontend's
+ * backends listen on its own port (the agent refuses SCTP services that would need another).
+ * Fragments of a datagram a pod sends to a frontend: the first carries the ports and is
+ * remembered (ciliate_lb4_frags, Cilium's cilium_ipv4_frag_datagrams), so the later ones, which
+ * have none, follow it to the same backend; their replies' later fragments are turned back too.
  */
 #pragma once
 
@@ -29,6 +33,7 @@
 #include "ipv4.h"
 #include "conntrack.h"
 #include "fib.h"
+#include "l3.h"
 #include "lb.h"
 
 #ifndef BPF_F_PSEUDO_HDR
@@ -37,6 +42,18 @@
 #ifndef BPF_F_MARK_MANGLED_0
 #define BPF_F_MARK_MANGLED_0 (1ULL << 5)
 #endif
+#ifndef IPPROTO_SCTP
+#define IPPROTO_SCTP 132
+#endif
+#ifndef EOPNOTSUPP
+#define EOPNOTSUPP 95
+#endif
+
+/* The L4 protocols service translation handles (ports at the start of the header in each). */
+static __always_inline bool lb4_l4_proto(__u8 proto)
+{
+	return proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP;
+}
 
 /* Where a TCP or UDP header keeps its checksum, relative to the L4 header; 0: neither. */
 static __always_inline __u32 lb4_l4_csum_off(__u8 proto)
@@ -49,10 +66,12 @@ static __always_inline __u32 lb4_l4_csum_off(__u8 proto)
 }
 
 /*
- * Rewrites one end of a TCP/UDP packet: the destination (dst) or source address and port, with
- * the IPv4 and L4 checksums fixed incrementally (the L4 one covers the address through the
- * pseudo-header). A UDP checksum of 0 (none) stays 0. Invalidates packet pointers. Returns 0 or
- * a negative errno.
+ * Rewrites one end of a TCP/UDP/SCTP packet: the destination (dst) or source address and port,
+ * with the IPv4 and L4 checksums fixed incrementally (the L4 one covers the address through the
+ * pseudo-header). A UDP checksum of 0 (none) stays 0. SCTP: the address only (its CRC32c covers
+ * no pseudo-header); a port change is -EOPNOTSUPP. `l4_off` 0: a later fragment, which has no L4
+ * header (the first fragment's checksum covers the datagram): the address only. Invalidates
+ * packet pointers. Returns 0 or a negative errno.
  */
 static __always_inline int lb4_rewrite(struct __sk_buff *skb, __u32 l4_off, __u8 proto, bool dst,
 				       __be32 old_addr, __be32 new_addr, __be16 old_port, __be16 new_port)
@@ -64,6 +83,15 @@ static __always_inline int lb4_rewrite(struct __sk_buff *skb, __u32 l4_off, __u8
 	__u64 mangled = proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
 	int err;
 
+	if (proto == IPPROTO_SCTP || !l4_off) {
+		if (proto == IPPROTO_SCTP && l4_off && old_port != new_port)
+			return -EOPNOTSUPP;
+		if (old_addr == new_addr)
+			return 0;
+		err = bpf_l3_csum_replace(skb, ETH_HLEN + __builtin_offsetof(struct iphdr, check), old_addr, new_addr,
+					  sizeof(new_addr));
+		return err ? err : bpf_skb_store_bytes(skb, addr_off, &new_addr, sizeof(new_addr), 0);
+	}
 	if (old_addr != new_addr) {
 		err = bpf_l4_csum_replace(skb, csum_off, old_addr, new_addr, BPF_F_PSEUDO_HDR | mangled | sizeof(new_addr));
 		if (!err)
@@ -84,8 +112,8 @@ static __always_inline int lb4_rewrite(struct __sk_buff *skb, __u32 l4_off, __u8
 	return 0;
 }
 
-/* The frontend tuple of a TCP/UDP packet: 0 and *tuple filled (CT_SERVICE), or -1 for a packet
- * this path does not translate (other protocols, later fragments, short headers). */
+/* The frontend tuple of a TCP/UDP/SCTP packet: 0 and *tuple filled (CT_SERVICE), or -1 for a
+ * packet this path does not translate (other protocols, later fragments, short headers). */
 static __always_inline int lb4_frontend_tuple(struct __sk_buff *skb, struct ipv4_ct_tuple *tuple, __u32 *l4_off)
 {
 	void *data = ctx_data(skb);
@@ -93,8 +121,7 @@ static __always_inline int lb4_frontend_tuple(struct __sk_buff *skb, struct ipv4
 	struct iphdr *ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
 	__be16 *ports;
 
-	if (!ip || (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) ||
-	    (ip->frag_off & bpf_htons(IP_OFFSET)) || ipv4_hdrlen(ip) < sizeof(*ip))
+	if (!ip || !lb4_l4_proto(ip->protocol) || (ip->frag_off & bpf_htons(IP_OFFSET)) || ipv4_hdrlen(ip) < sizeof(*ip))
 		return -1;
 	*l4_off = ETH_HLEN + ipv4_hdrlen(ip);
 	ports = pkt_header(data, data_end, *l4_off, 2 * sizeof(__be16));
@@ -107,6 +134,68 @@ static __always_inline int lb4_frontend_tuple(struct __sk_buff *skb, struct ipv4
 	tuple->dport = ports[1];
 	tuple->nexthdr = ip->protocol;
 	tuple->flags = CT_SERVICE;
+	return 0;
+}
+
+/* A datagram's fragments: source, destination, IP id and protocol (Cilium's ipv4_frag_id). */
+struct lb4_frag_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 id;
+	__u8 proto;
+	__u8 _pad;
+};
+
+struct lb4_frag_ports {
+	__be16 sport;
+	__be16 dport;
+};
+
+/* The ports of datagrams to frontends whose first fragment went by, for their later fragments.
+ * Private to each object (one bpf_lxc serves every pod's egress); LRU: datagrams done age out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct lb4_frag_key);
+	__type(value, struct lb4_frag_ports);
+} ciliate_lb4_frags SEC(".maps");
+
+/*
+ * lb4_frontend_tuple for a pod's packet, fragments too: a later fragment gets the ports its first
+ * fragment had (*l4_off 0: it has no L4 header), -1 when that one did not go by. *first_frag says
+ * the packet is a first fragment, whose ports the caller remembers once it is for a frontend.
+ */
+static __always_inline int lb4_pod_frontend_tuple(struct __sk_buff *skb, struct ipv4_ct_tuple *tuple, __u32 *l4_off,
+						  struct lb4_frag_key *frag, bool *first_frag)
+{
+	struct iphdr *ip = pkt_header(ctx_data(skb), ctx_data_end(skb), ETH_HLEN, sizeof(*ip));
+	struct lb4_frag_ports *ports;
+
+	*first_frag = false;
+	if (!ip || !lb4_l4_proto(ip->protocol))
+		return -1;
+	if (!(ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+		return lb4_frontend_tuple(skb, tuple, l4_off);
+	__builtin_memset(frag, 0, sizeof(*frag));
+	frag->saddr = ip->saddr;
+	frag->daddr = ip->daddr;
+	frag->id = ip->id;
+	frag->proto = ip->protocol;
+	if (!(ip->frag_off & bpf_htons(IP_OFFSET))) {
+		*first_frag = true;
+		return lb4_frontend_tuple(skb, tuple, l4_off);
+	}
+	ports = bpf_map_lookup_elem(&ciliate_lb4_frags, frag);
+	if (!ports)
+		return -1;
+	__builtin_memset(tuple, 0, sizeof(*tuple));
+	tuple->daddr = frag->daddr;
+	tuple->saddr = frag->saddr;
+	tuple->sport = ports->sport;
+	tuple->dport = ports->dport;
+	tuple->nexthdr = frag->proto;
+	tuple->flags = CT_SERVICE;
+	*l4_off = 0;
 	return 0;
 }
 
@@ -205,7 +294,7 @@ static __always_inline struct lb4_backend *lb4_conn_backend(struct __sk_buff *sk
 	else if (svc->flags & SVC_F_AFFINITY)
 		backend_id = lb4_affinity_backend_id(svc, LB4_AFFINITY_CLIENT_ADDR | tuple->saddr, now);
 	if (!backend_id && !local_only)
-		backend_id = lb4_select_backend_id(svc, slots_addr, tuple->dport, tuple->nexthdr, lb4_tuple_hash(tuple));
+		backend_id = lb4_select_backend_id(svc, slots_addr, tuple->dport, tuple->nexthdr, lb4_tuple_hash(tuple), false);
 	backend = backend_id ? bpf_map_lookup_elem(&ciliate_lb4_backends, &backend_id) : NULL;
 	if (!backend || (backend->flags & BE_F_TERMINATING)) {
 		*ret = DROP(skb, info, DROP_NO_SERVICE);
@@ -241,14 +330,22 @@ static __always_inline int lb4_xlate_from_pod(struct __sk_buff *skb, struct cili
 	struct ipv4_ct_tuple tuple;
 	struct lb4_service *svc;
 	struct lb4_backend *backend;
+	struct lb4_frag_key frag;
+	bool first_frag;
 	__u32 l4_off;
 	int ret = 0;
 
-	if (lb4_frontend_tuple(skb, &tuple, &l4_off) < 0)
+	if (lb4_pod_frontend_tuple(skb, &tuple, &l4_off, &frag, &first_frag) < 0)
 		return 0;
 	svc = lb4_lookup_service(tuple.daddr, tuple.dport, tuple.nexthdr);
 	if (!svc)
 		return 0;
+	if (first_frag) {
+		struct lb4_frag_ports ports = { .sport = tuple.sport, .dport = tuple.dport };
+
+		/* Best effort: without it the later fragments go untranslated and the datagram is lost. */
+		bpf_map_update_elem(&ciliate_lb4_frags, &frag, &ports, BPF_ANY);
+	}
 	backend = lb4_conn_backend(skb, info, &tuple, svc, tuple.daddr, false, &ret);
 	if (!backend)
 		return ret;
@@ -286,13 +383,19 @@ static __always_inline int lb4_rev_nat(struct __sk_buff *skb, struct ciliate_not
 	data = ctx_data(skb);
 	data_end = ctx_data_end(skb);
 	ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
-	if (!ip || (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) || (ip->frag_off & bpf_htons(IP_OFFSET)))
+	if (!ip || !lb4_l4_proto(ip->protocol))
 		return 0;
+	/* A later fragment of a reply (conntrack tracks fragments by addresses): its address only. */
+	if (ip->frag_off & bpf_htons(IP_OFFSET)) {
+		err = lb4_rewrite(skb, 0, ip->protocol, false, ip->saddr, nat->address, nat->port, nat->port);
+		goto out;
+	}
 	l4_off = ETH_HLEN + ipv4_hdrlen(ip);
 	ports = pkt_header(data, data_end, l4_off, 2 * sizeof(__be16));
 	if (!ports)
 		return 0;
 	err = lb4_rewrite(skb, l4_off, ip->protocol, false, ip->saddr, nat->address, ports[0], nat->port);
+out:
 	if (err) {
 		info->ext_error = err;
 		return DROP(skb, info, DROP_INVALID_PACKET);
@@ -391,8 +494,29 @@ static __always_inline int dsr_add_opt4(struct __sk_buff *skb, __be32 addr, __be
 	return err;
 }
 
+/*
+ * Whether `addr`:`port` is a frontend a client outside the cluster may reach: a LoadBalancer or
+ * external IP, or a node of the cluster's address and a node port. Nothing else may be named in a
+ * DSR option: the option decides the source address of the backend's replies, which would
+ * otherwise be any address a sender wrote.
+ */
+static __always_inline bool dsr_frontend_ok4(__be32 addr, __be16 port, __u8 proto)
+{
+	struct lb4_service *svc = lb4_lookup_service(addr, port, proto);
+	__u32 identity;
+
+	if (svc)
+		return svc->flags & (SVC_F_EXTERNAL_IP | SVC_F_LOADBALANCER);
+	identity = ipcache_identity(addr);
+	if (identity != IDENTITY_HOST && identity != IDENTITY_REMOTE_NODE)
+		return false;
+	svc = lb4_lookup_service(0, port, proto);
+	return svc && (svc->flags & SVC_F_NODEPORT);
+}
+
 /* On the backend's node: a request carrying the DSR option names the frontend its replies must
- * come from; remembered for them (NAT_REV_SRC, read by lb4_rev_dsr). */
+ * come from; remembered for them (NAT_REV_SRC, read by lb4_rev_dsr). The caller vouches that the
+ * request comes from outside the cluster through another node's bpf_host. */
 static __always_inline void dsr_learn4(struct __sk_buff *skb)
 {
 	struct ipv4_ct_tuple tuple;
@@ -406,7 +530,7 @@ static __always_inline void dsr_learn4(struct __sk_buff *skb)
 	if (!ip || ip->ihl != 5 + DSR_IPV4_OPT_LEN / 4)
 		return;
 	if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(*ip), &opt, sizeof(opt)) < 0 || opt.type != DSR_IPV4_OPT_TYPE ||
-	    opt.len != DSR_IPV4_OPT_LEN)
+	    opt.len != DSR_IPV4_OPT_LEN || !dsr_frontend_ok4(opt.addr, opt.port, tuple.nexthdr))
 		return;
 	struct ipv4_ct_tuple rev = {
 		.daddr = tuple.saddr,

@@ -11,6 +11,7 @@ import { Reconciler, Table, type ReconcilerHealth } from '../statedb/index.ts';
 import { errnoOf, Netlink, NetlinkError, type Link } from '../datapath/netlink/index.ts';
 import { EndpointError } from './errors.ts';
 import { type Endpoint, type EndpointWorkload, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID, nodeEndpointsPrefix } from './endpoint.ts';
+import type { NamedPort } from '../loadbalancer/index.ts';
 import type { Ipcache, IpcacheEntry } from './ipcache.ts';
 import { InvalidLabelsError, podLabels, type IdentityAllocator, type Labels } from '../identity/index.ts';
 import { disableIpv6, endpointLinkAlias, ENDPOINT_LINK_GROUP, isEndpointLink } from './endpoint-links.ts';
@@ -80,6 +81,7 @@ export interface AddEndpointRequest {
   podName?: string;
   namespace?: string;
   workload?: EndpointWorkload;
+  ports?: NamedPort[];
 }
 
 /** Where pods without a namespace live, as in Kubernetes. */
@@ -475,6 +477,7 @@ export class EndpointManager {
         podName: request.podName,
         namespace,
         ...(request.workload ? { workload: { kind: request.workload.kind, name: request.workload.name } } : {}),
+        ...(request.ports && request.ports.length > 0 ? { ports: request.ports.map((p) => ({ name: p.name, port: p.port, protocol: p.protocol })) } : {}),
         createdAt: new Date().toISOString(),
       };
       await this.#store.put(this.#storeKey(key), endpoint, { expectedRevision: 0 });

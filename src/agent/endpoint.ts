@@ -5,6 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { DatapathEndpoint } from '../datapath/index.ts';
+import type { NamedPort } from '../loadbalancer/index.ts';
 
 /**
  * What the datapath needs (id, addresses, interfaces, identity) plus what the agent and its
@@ -24,6 +25,8 @@ export interface Endpoint extends DatapathEndpoint {
    * Ciliate has no owner references to derive it from (Cilium takes it from the pod's controller).
    */
   workload?: EndpointWorkload;
+  /** The pod's named ports (its containers' ports that have names): what a service's named targetPort resolves to. */
+  ports?: NamedPort[];
   createdAt: string;
 }
 

@@ -19,6 +19,7 @@ import {
   type NodeRecord,
   type ReconcilerModuleHealth,
 } from '../agent/index.ts';
+import { parseNamedPort, type NamedPortText } from '../loadbalancer/index.ts';
 import { formatTable, outputOption, type OutputFormat } from './output.ts';
 
 /**
@@ -122,6 +123,34 @@ export function registerAgentCommands(program: Command): void {
           ]),
         ),
       );
+    });
+  endpoint
+    .command('add')
+    .description('add an endpoint: a veth into an existing network namespace, an address, an identity from its labels (what CNI ADD does)')
+    .requiredOption('--container-id <id>', 'the container the interface belongs to')
+    .requiredOption('--netns <path>', 'the network namespace, e.g. /run/netns/pod1')
+    .option('--ifname <name>', 'the interface inside the namespace', 'eth0')
+    .option('--labels <key=value,...>', 'the pod\'s labels (its identity)', '')
+    .option('--namespace <namespace>', 'the pod\'s namespace')
+    .option('--pod-name <name>', 'the pod\'s name')
+    .option('--port <name=PORT[/PROTOCOL]>', 'a named port of the pod, what a service\'s named targetPort resolves to (repeatable)', (value: string, previous: NamedPortText[] = []) => {
+      const port = parseNamedPort(value);
+      if (!port) throw new Error(`--port "${value}": want name=PORT[/PROTOCOL], e.g. http=8080/TCP`);
+      return [...previous, port];
+    })
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (options: { containerId: string; netns: string; ifname: string; labels: string; namespace?: string; podName?: string; port?: NamedPortText[]; socket: string; output: OutputFormat }) => {
+      const ep = await new AgentClient(options.socket).call<Endpoint>('POST', '/v1/endpoints', {
+        containerId: options.containerId,
+        ifname: options.ifname,
+        netns: options.netns,
+        labels: parseLabelPairs(options.labels.split(',').filter(Boolean)),
+        ...(options.namespace ? { namespace: options.namespace } : {}),
+        ...(options.podName ? { podName: options.podName } : {}),
+        ...(options.port ? { ports: options.port } : {}),
+      });
+      print(options.output, ep, () => `endpoint ${ep.id}: ${ep.ipv4} identity ${ep.identity}`);
     });
   endpoint
     .command('get <id>')

@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { CniError } from './errors.ts';
-import { parseNetConf, podLabelsFrom, resultFor, type CniInvocation } from './plugin.ts';
+import { parseNetConf, podLabelsFrom, podPortsFrom, resultFor, type CniInvocation } from './plugin.ts';
 
 const invocation = (args: Record<string, string>): CniInvocation => ({ command: 'ADD', containerId: 'c1', netns: '/run/netns/x', ifname: 'eth0', args });
 const conf = (extra: object) => parseNetConf(JSON.stringify({ cniVersion: '1.0.0', name: 'net', type: 'ciliate', ...extra }));
@@ -26,6 +26,19 @@ test('malformed labels name the field or the variable', () => {
   assert.throws(
     () => podLabelsFrom(conf({}), invocation({ CILIATE_LABELS: 'app=web,oops' })),
     (e: unknown) => e instanceof CniError && /CNI_ARGS CILIATE_LABELS: "oops" is not key=value/.test(e.message),
+  );
+});
+
+test('named ports from CILIATE_PORTS (what a service\'s named targetPort resolves to); a malformed item is named', () => {
+  assert.equal(podPortsFrom(invocation({})), undefined);
+  assert.deepEqual(podPortsFrom(invocation({ CILIATE_PORTS: 'http=8080/tcp,dns=53/UDP,metrics=9090' })), [
+    { name: 'http', port: 8080, protocol: 'TCP' },
+    { name: 'dns', port: 53, protocol: 'UDP' },
+    { name: 'metrics', port: 9090 },
+  ]);
+  assert.throws(
+    () => podPortsFrom(invocation({ CILIATE_PORTS: 'http=8080,8081' })),
+    (e: unknown) => e instanceof CniError && /CNI_ARGS CILIATE_PORTS: "8081" is not name=PORT\[\/PROTOCOL\]/.test(e.message),
   );
 });
 

@@ -9,6 +9,7 @@
 import { existsSync } from 'node:fs';
 import type { Endpoint } from '../agent/endpoint.ts';
 import { CniError, CniErrorCode } from './errors.ts';
+import { parseNamedPort, type NamedPortText } from '../loadbalancer/index.ts';
 
 /** The agent's route the plugin binary sends each invocation to. */
 export const CNI_ROUTE = '/v1/cni';
@@ -133,6 +134,27 @@ export function podLabelsFrom(conf: NetConf, invocation: CniInvocation): Record<
   return labels;
 }
 
+/** CNI_ARGS key for a container's named ports: `CILIATE_PORTS=http=8080/TCP,dns=53/UDP`. */
+export const PORTS_ARG = 'CILIATE_PORTS';
+
+/**
+ * The pod's named ports (what a service's named targetPort resolves to) from CILIATE_PORTS in
+ * CNI_ARGS: `name=PORT[/PROTOCOL]`, comma-separated (CNI has no field for a pod's ports). The
+ * agent validates names, numbers and protocols.
+ */
+export function podPortsFrom(invocation: CniInvocation): NamedPortText[] | undefined {
+  const text = invocation.args[PORTS_ARG];
+  if (text === undefined) return undefined;
+  return text
+    .split(',')
+    .filter(Boolean)
+    .map((item) => {
+      const port = parseNamedPort(item);
+      if (!port) throw new CniError(CniErrorCode.INVALID_ENVIRONMENT, `CNI_ARGS ${PORTS_ARG}: "${item}" is not name=PORT[/PROTOCOL]`);
+      return port;
+    });
+}
+
 export interface CniOutput {
   /** What the plugin prints on stdout. */
   stdout: string;
@@ -203,7 +225,15 @@ export function resultFor(conf: NetConf, endpoint: Endpoint, gateway: string) {
  */
 export interface CniAgent {
   /** Creates the endpoint, validating the request as POST /v1/endpoints does. */
-  add(request: { containerId: string; ifname: string; netns: string; podName?: string; namespace?: string; labels: Record<string, string> }): Promise<Endpoint>;
+  add(request: {
+    containerId: string;
+    ifname: string;
+    netns: string;
+    podName?: string;
+    namespace?: string;
+    labels: Record<string, string>;
+    ports?: NamedPortText[];
+  }): Promise<Endpoint>;
   /** Removes it; nothing to remove is not an error. */
   delete(containerId: string, ifname: string): Promise<unknown>;
   endpoint(containerId: string, ifname: string): Endpoint | undefined;
@@ -231,8 +261,9 @@ export async function runCni(env: CniEnv, stdin: string, agent: CniAgent): Promi
         const ifname = requireEnv(invocation.ifname, 'CNI_IFNAME', command);
         if (!existsSync(netns)) throw new CniError(CniErrorCode.UNKNOWN_CONTAINER, `ADD: network namespace ${netns} does not exist`);
         const labels = podLabelsFrom(conf, invocation);
+        const ports = podPortsFrom(invocation);
         const endpoint = await agentCall(() =>
-          agent.add({ containerId, ifname, netns, podName: invocation.args.K8S_POD_NAME, namespace: invocation.args.K8S_POD_NAMESPACE, labels }),
+          agent.add({ containerId, ifname, netns, podName: invocation.args.K8S_POD_NAME, namespace: invocation.args.K8S_POD_NAMESPACE, labels, ...(ports ? { ports } : {}) }),
         );
         return ok(resultFor(conf, endpoint, agent.routerIp()));
       }

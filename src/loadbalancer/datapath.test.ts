@@ -12,7 +12,7 @@ import { pinDir } from '../ebpf/internal/testutils.ts';
 import { Table } from '../statedb/index.ts';
 import { LbDatapath } from './datapath.ts';
 import { maglevSeed, maglevTable, DEFAULT_MAGLEV_HASH_SEED } from './maglev.ts';
-import { BackendFlag, LB_MAGLEV_LUT_SIZE, LbMapName, ServiceFlag, lb4Backend, lb4Key, lb4Service, lb4BackendKey, lbAffinityMatch } from './maps.ts';
+import { BackendFlag, LB_MAGLEV_CHUNK, LB_MAGLEV_LUT_SIZE, LbMapName, ServiceFlag, lb4Backend, lb4Key, lb4Service, lb4BackendKey, lbAffinityMatch, readMaglevInner } from './maps.ts';
 import { u8 } from '../ebpf/index.ts';
 import { backendName, frontendKey, type Frontend } from './service.ts';
 
@@ -23,9 +23,9 @@ function frontend(vip: string, port: number, ips: string[], targetPort = 8080): 
   return { key: frontendKey(vip, port, 'TCP'), service: 'default/web', kind: 'ClusterIP', vip, port, protocol: 'TCP', backends: ips.map((ip) => ({ ip, port: targetPort, protocol: 'TCP' })) };
 }
 
-function setup(t: TestContext, algorithm: 'random' | 'maglev' = 'random', bpfRoot = pinDir(t), refreshIntervalMs?: number) {
+function setup(t: TestContext, algorithm: 'random' | 'maglev' = 'random', bpfRoot = pinDir(t), refreshIntervalMs?: number, maglevTableSize?: number) {
   const frontends = new Table<Frontend>('frontends', (f) => f.key, { equals: (a, b) => JSON.stringify(a) === JSON.stringify(b) });
-  const lb = new LbDatapath({ bpfRoot, frontends, algorithm, maglevSeed: seed, log, refreshIntervalMs });
+  const lb = new LbDatapath({ bpfRoot, frontends, algorithm, maglevSeed: seed, log, refreshIntervalMs, maglevTableSize });
   lb.start();
   t.after(() => lb.stop());
   const services = BpfMap.openPinned(`${bpfRoot}/maps/${LbMapName.SERVICES}`, lb4Key, lb4Service);
@@ -103,22 +103,42 @@ test('a restarted reconciler adopts the maps and rewrites nothing that is as wan
   assert.deepEqual([...after.backends.values()], ['10.244.0.1:8080']);
 });
 
-test('the kernel\'s Maglev table of a service is the TS reference\'s for the same backends', async (t) => {
-  const { lb, apply, bpfRoot } = setup(t, 'maglev');
-  const ips = Array.from({ length: 7 }, (_, i) => `10.244.1.${i + 1}`);
-  await apply(frontend('10.96.0.20', 80, ips));
+/** The kernel's Maglev table of the only frontend, and the TS reference's for its backends at `size`. */
+function maglevTables(lb: LbDatapath, bpfRoot: string, ips: readonly string[], size: number) {
   const [entry] = lb.entries();
   assert.equal(entry.algorithm, 'maglev');
   using outer = BpfMap.openPinned(`${bpfRoot}/maps/${LbMapName.MAGLEV}`, u16, u32);
   assert.ok(outer.lookup(entry.revNat), 'the service has a Maglev table');
   // The inner map by id is what the datapath reads: read it through its id.
-  const innerId = outer.lookup(entry.revNat)!;
-  using inner = BpfMap.fromId(innerId);
-  const raw = inner.lookup(Buffer.alloc(4))!;
-  const kernel = new Uint32Array(raw.buffer, raw.byteOffset, LB_MAGLEV_LUT_SIZE);
+  using inner = BpfMap.fromId(outer.lookup(entry.revNat)!);
   const idOf = new Map(entry.backends.map((b) => [`${b.address}/TCP`, b.id]));
-  const reference = maglevTable(ips.map((ip) => ({ id: idOf.get(backendName({ ip, port: 8080, protocol: 'TCP' }))!, name: backendName({ ip, port: 8080, protocol: 'TCP' }) })), LB_MAGLEV_LUT_SIZE, seed);
+  const reference = maglevTable(ips.map((ip) => ({ id: idOf.get(backendName({ ip, port: 8080, protocol: 'TCP' }))!, name: backendName({ ip, port: 8080, protocol: 'TCP' }) })), size, seed);
+  return { kernel: readMaglevInner(inner), reference, innerEntries: inner.info().maxEntries };
+}
+
+test('the kernel\'s Maglev table of a service is the TS reference\'s for the same backends, at every configured size', async (t) => {
+  const ips = Array.from({ length: 7 }, (_, i) => `10.244.1.${i + 1}`);
+  for (const size of [LB_MAGLEV_LUT_SIZE, 251, 4093]) {
+    const { lb, apply, bpfRoot } = setup(t, 'maglev', pinDir(t), undefined, size === LB_MAGLEV_LUT_SIZE ? undefined : size);
+    await apply(frontend('10.96.0.20', 80, ips));
+    const { kernel, reference, innerEntries } = maglevTables(lb, bpfRoot, ips, size);
+    assert.equal(innerEntries, Math.ceil((size + 1) / LB_MAGLEV_CHUNK), `size ${size}: its length and its slots, in chunks`);
+    assert.deepEqual(kernel, reference, `size ${size}`);
+  }
+});
+
+test('a restart with another Maglev table size rewrites every table at the new size, ids and slots kept', async (t) => {
+  const ips = ['10.244.1.1', '10.244.1.2', '10.244.1.3'];
+  const first = setup(t, 'maglev', pinDir(t), undefined, 1021);
+  await first.apply(frontend('10.96.0.20', 80, ips));
+  const slots = first.dump().services;
+  await first.lb.stop();
+  const second = setup(t, 'maglev', first.bpfRoot, undefined, 509);
+  await second.apply(frontend('10.96.0.20', 80, ips));
+  const { kernel, reference } = maglevTables(second.lb, second.bpfRoot, ips, 509);
+  assert.equal(kernel?.length, 509);
   assert.deepEqual(kernel, reference);
+  assert.deepEqual(second.dump().services, slots, 'the slots are as they were');
 });
 
 test('ClientIP affinity: slot 0 carries the flag and timeout, and the match map exactly the service\'s backends', async (t) => {

@@ -13,11 +13,11 @@
 import type { Logger } from 'pino';
 import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { attachCgroup, BpfError, Link, unpinLink, type BpfObject } from '../ebpf/index.ts';
+import { attachCgroup, BpfError, BpfMap, Link, unpinLink, type BpfObject } from '../ebpf/index.ts';
 import { Reconciler, type ReconcilerHealth, type Table } from '../statedb/index.ts';
 import { maglevTable } from './maglev.ts';
 import { backendName, frontendKey, PROTOCOL_NUMBER, type Backend, type Frontend, type FrontendKind, type ServiceProtocol } from './service.ts';
-import { BackendFlag, createMaglevInner, LB_MAGLEV_LUT_SIZE, lbMaps, LbSelection, loadSock, ServiceFlag, SockProgram, type Lb4Key, type Lb4Service, type LbMaps, type SockEndpoint } from './maps.ts';
+import { BackendFlag, createMaglevInner, LB_MAGLEV_LUT_SIZE, lbMaps, maglevInnerFits, LbSelection, loadSock, ServiceFlag, SockProgram, type Lb4Key, type Lb4Service, type LbMaps, type SockEndpoint } from './maps.ts';
 
 /** What the maps hold for one frontend. */
 interface Written {
@@ -58,6 +58,8 @@ export interface LbDatapathOptions {
   algorithm: 'random' | 'maglev';
   /** The Maglev permutations' murmur seed (maglevSeed of the configured hash seed). */
   maglevSeed: number;
+  /** Slots of each Maglev table, one of MAGLEV_TABLE_SIZES; LB_MAGLEV_LUT_SIZE by default. */
+  maglevTableSize?: number;
   log: Logger;
   refreshIntervalMs?: number;
   /** The local endpoints by network namespace, for the socket hooks' events (ciliate_sock_endpoints). */
@@ -91,6 +93,12 @@ export class LbDatapath {
   readonly #maps: LbMaps;
   readonly #algorithm: number;
   readonly #seed: number;
+  readonly #tableSize: number;
+  /**
+   * Services (by rev_nat id) whose Maglev table in the maps is missing or of another size than
+   * configured (a restart with another size or algorithm): rewritten whatever else changed.
+   */
+  readonly #staleMaglev = new Set<number>();
   readonly #bpfRoot: string;
   readonly #log: Logger;
   readonly #reconciler: Reconciler<Frontend, Written>;
@@ -116,6 +124,7 @@ export class LbDatapath {
     this.#maps = lbMaps(this.#obj);
     this.#algorithm = options.algorithm === 'maglev' ? LbSelection.MAGLEV : LbSelection.RANDOM;
     this.#seed = options.maglevSeed;
+    this.#tableSize = options.maglevTableSize ?? LB_MAGLEV_LUT_SIZE;
     this.#log = options.log;
     this.#adopt();
     this.#reconciler = new Reconciler<Frontend, Written>({
@@ -289,6 +298,20 @@ export class LbDatapath {
       this.#backendIds.take(id);
       this.#orphans.add(name);
     }
+    if (this.#algorithm !== LbSelection.MAGLEV) return;
+    for (const written of this.#written.values()) if (written.slots.length > 0 && !this.#maglevFits(written.revNat)) this.#staleMaglev.add(written.revNat);
+  }
+
+  /** Whether the service's Maglev table is in the maps with the configured size. */
+  #maglevFits(revNat: number): boolean {
+    const id = this.#maps.maglev.lookup(revNat);
+    if (id === undefined) return false;
+    try {
+      using inner = BpfMap.fromId(id);
+      return maglevInnerFits(inner, this.#tableSize);
+    } catch {
+      return false;
+    }
   }
 
   /**
@@ -336,7 +359,7 @@ export class LbDatapath {
 
   #equal(frontend: Frontend, actual: Written & { names?: (string | undefined)[] }): boolean {
     if (actual.slots.length !== frontend.backends.length || actual.flags !== frontendFlags(frontend) || actual.algorithm !== this.#algorithm) return false;
-    if (actual.affinity !== (frontend.affinityTimeout ?? 0)) return false;
+    if (actual.affinity !== (frontend.affinityTimeout ?? 0) || this.#staleMaglev.has(actual.revNat)) return false;
     for (const id of actual.slots) if (actual.affinity && this.#maps.affinityMatch.lookup({ backend_id: id, rev_nat_index: actual.revNat }) === undefined) return false;
     const want = new Set(frontend.backends.map(backendName));
     for (const name of actual.names ?? []) if (name === undefined || !want.delete(name)) return false;
@@ -406,7 +429,10 @@ export class LbDatapath {
     }
     for (let slot = slots.length + 1; slot <= oldSlots.length; slot++) this.#maps.services.delete({ ...base, backend_slot: slot });
     if (!previous) this.#maps.reverseNat.update(revNat, { address: frontend.vip, port: frontend.port });
-    if (this.#algorithm === LbSelection.MAGLEV && (!previous || !sameMembers(oldSlots, slots))) this.#writeMaglev(revNat, slots);
+    if (this.#algorithm === LbSelection.MAGLEV && (!previous || !sameMembers(oldSlots, slots) || this.#staleMaglev.has(revNat))) {
+      this.#writeMaglev(revNat, slots);
+      this.#staleMaglev.delete(revNat);
+    }
     // Only now, with no slot or Maglev entry naming them any more, are backends flagged
     // terminating: a connection that picked one a moment before would be refused.
     const terminating = [...leaving].map(([name, backend]) => this.#acquire(name, backend, key, true, repair));
@@ -421,7 +447,7 @@ export class LbDatapath {
       return;
     }
     // Hashed by name, the same on every node, never by the node-local id.
-    const table = maglevTable(slots.map((id) => ({ id, name: this.#backendNames.get(id) ?? String(id) })), LB_MAGLEV_LUT_SIZE, this.#seed);
+    const table = maglevTable(slots.map((id) => ({ id, name: this.#backendNames.get(id) ?? String(id) })), this.#tableSize, this.#seed);
     const inner = createMaglevInner(table);
     try {
       this.#maps.maglev.setInnerMap(revNat, inner);
@@ -443,6 +469,7 @@ export class LbDatapath {
     this.#maps.maglev.delete(written.revNat);
     if (written.affinity) for (const id of written.slots) this.#maps.affinityMatch.delete({ backend_id: id, rev_nat_index: written.revNat });
     this.#revNats.release(written.revNat);
+    this.#staleMaglev.delete(written.revNat);
     this.#written.delete(key);
     for (const id of [...written.slots, ...written.terminating]) {
       const name = this.#backendNames.get(id);

@@ -92,3 +92,30 @@ export function maglevTable(backends: readonly MaglevBackend[], size: number = D
 export function isMaglevTableSize(size: number): size is MaglevTableSize {
   return (MAGLEV_TABLE_SIZES as readonly number[]).includes(size);
 }
+
+/** An IPv4 address's bytes as the datapath's x86 loads of a __be32 see them (little-endian). */
+function be32AsLoaded(ip: string): number {
+  const [a, b, c, d] = ip.split('.').map(Number);
+  return (a | (b << 8) | (c << 16) | (d << 24)) >>> 0;
+}
+
+/** A port's __be16 as a little-endian load sees it. */
+function be16AsLoaded(port: number): number {
+  return ((port & 0xff) << 8) | (port >>> 8);
+}
+
+/**
+ * The hash TC gives a connection's frontend tuple to pick its Maglev slot (bpf/lib/lb_skb.h
+ * lb4_tuple_hash, on a little-endian host): slot `hash % M` of the service's table.
+ *
+ * @example
+ * const slot = lb4TupleHash({ saddr: '10.244.0.7', daddr: '10.96.0.10', sport: 40001, dport: 80 }) % 16381;
+ */
+export function lb4TupleHash(tuple: { saddr: string; daddr: string; sport: number; dport: number }): number {
+  let h = Math.imul(be32AsLoaded(tuple.saddr), 0x9e3779b1);
+  h ^= Math.imul(((be16AsLoaded(tuple.sport) << 16) | be16AsLoaded(tuple.dport)) >>> 0, 0x85ebca6b);
+  h ^= Math.imul(be32AsLoaded(tuple.daddr), 0xc2b2ae35);
+  h ^= h >>> 15;
+  h = Math.imul(h, 0x27d4eb2f);
+  return (h ^ (h >>> 13)) >>> 0;
+}

@@ -29,6 +29,7 @@ spec:
     - name: dns
       protocol: UDP
       port: 53
+      targetPort: dns
   sessionAffinity: ClientIP
   sessionAffinityConfig: { clientIP: { timeoutSeconds: 60 } }
   externalTrafficPolicy: Cluster
@@ -65,7 +66,7 @@ test('a manifest\'s Services become service requests', () => {
       selector: { app: 'web' },
       ports: [
         { name: 'http', protocol: 'TCP', port: 80, targetPort: 8080, nodePort: 30080 },
-        { name: 'dns', protocol: 'UDP', port: 53 },
+        { name: 'dns', protocol: 'UDP', port: 53, targetPort: 'dns' },
       ],
       affinity: 'ClientIP',
       timeout: 60,
@@ -100,6 +101,12 @@ metadata: { name: d }
 spec:
   ports: [{ port: 80 }]
   selector: { "bad key!": x }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: e }
+spec:
+  ports: [{ name: a, port: 80, targetPort: http }, { name: b, port: 81, targetPort: "8080" }]
 `;
   assert.deepEqual(
     problems(bad).map((p) => `${p.document} ${p.path}: ${p.message.split(':')[0]}`),
@@ -109,9 +116,11 @@ spec:
       '2 spec.topologyKeys: not supported',
       '2 spec.clusterIP: headless services (clusterIP None) are not supported',
       '2 spec.internalTrafficPolicy: only Cluster is supported yet',
-      '2 spec.ports[0].targetPort: named target ports ("http") are not supported yet',
       '3 kind: want apiVersion v1, kind Service; got apps/v1 Deployment',
       '4 spec.selector.bad key!: label key "bad key!"',
+      '5 spec.ports[1].targetPort: must contain a letter and no "--"',
+      '5 spec.ports[0].targetPort: a named target port ("http") needs a selector',
+      '5 spec.ports[1].targetPort: a named target port ("8080") needs a selector',
     ],
   );
   assert.deepEqual(problems('apiVersion: v1\nkind: Service\nmetadata: { name: x }\nspec: { ports: [{ port: 1 }], ports: [] }\n').map((p) => p.path), ['(document)'], 'duplicate keys are refused');

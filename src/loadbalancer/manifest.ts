@@ -2,7 +2,7 @@
  * Kubernetes Service manifests (`apiVersion: v1`, `kind: Service`, several documents a file) into
  * service requests, validated whole: every problem of every document is named by document and
  * field path (`spec.ports[0].port`), and a file with any problem yields no service. What the model
- * does not do yet (ExternalName, headless, named target ports, `Local` traffic policies, IPv6) is
+ * does not do yet (ExternalName, headless, `internalTrafficPolicy: Local`, IPv6) is
  * refused, never silently dropped.
  * @module
  */
@@ -73,7 +73,6 @@ export function servicesFromManifest(text: string, file: string, schema: ReturnT
       ports.forEach((p: unknown, j) => {
         if (!isObject(p)) return;
         for (const key of Object.keys(p)) if (!PORT_FIELDS.has(key)) problem(`spec.ports[${j}].${key}`, 'not supported');
-        if (typeof p.targetPort === 'string') problem(`spec.ports[${j}].targetPort`, `named target ports ("${p.targetPort}") are not supported yet: give the number`);
       });
     }
     if (problems.length > before) return;

@@ -6,7 +6,7 @@
  */
 import { join } from 'node:path';
 import { LbMapName, SHARED_MAPS } from '../datapath/index.ts';
-import { BpfMap, BpfObject, MapType, be16, ipv4, pad, struct, u16, u32, u64, u8, type StructValue } from '../ebpf/index.ts';
+import { BpfMap, BpfObject, MapFlag, MapType, be16, ipv4, pad, struct, u16, u32, u64, u8, type StructValue } from '../ebpf/index.ts';
 
 export { LbMapName };
 
@@ -21,7 +21,7 @@ export const SockProgram = {
   GETPEERNAME4: 'cil_sock4_getpeername',
 } as const;
 
-/** Slots of each service's Maglev table in the datapath (bpf/lib/lb.h LB_MAGLEV_LUT_SIZE). */
+/** Slots of each service's Maglev table unless configured (bpf/lib/lb.h LB_MAGLEV_LUT_SIZE_DEFAULT). */
 export const LB_MAGLEV_LUT_SIZE = 16381;
 
 /** lb4_service.algorithm (C LB_SELECTION_*). */
@@ -117,11 +117,47 @@ export function lbMaps(obj: BpfObject): LbMaps {
   };
 }
 
-/** A new Maglev table map for ciliate_lb4_maglev: one entry holding every slot's backend id. */
+/** Ids per element of a Maglev inner map (bpf/lib/lb.h LB_MAGLEV_CHUNK). */
+export const LB_MAGLEV_CHUNK = 256;
+
+/** Elements of the inner map of a table of `size` slots: M + 1 ids in chunks. */
+function maglevElements(size: number): number {
+  return Math.ceil((size + 1) / LB_MAGLEV_CHUNK);
+}
+
+/**
+ * A new Maglev table map for ciliate_lb4_maglev (bpf/lib/lb.h): M + 1 ids in chunks of
+ * LB_MAGLEV_CHUNK, id 0 the table's size M, ids 1..M its slots; written in one batch call.
+ */
 export function createMaglevInner(table: Uint32Array): BpfMap {
-  if (table.length !== LB_MAGLEV_LUT_SIZE) throw new RangeError(`maglev table of ${table.length} slots: the datapath is built for ${LB_MAGLEV_LUT_SIZE}`);
-  const inner = BpfMap.create({ type: MapType.ARRAY, keySize: 4, valueSize: 4 * LB_MAGLEV_LUT_SIZE, maxEntries: 1, name: 'ciliate_maglev' });
-  const key = Buffer.alloc(4);
-  inner.update(key, Buffer.from(table.buffer, table.byteOffset, table.byteLength));
-  return inner;
+  const count = maglevElements(table.length);
+  const inner = BpfMap.create({ type: MapType.ARRAY, keySize: 4, valueSize: 4 * LB_MAGLEV_CHUNK, maxEntries: count, flags: MapFlag.INNER_MAP, name: 'ciliate_maglev' });
+  try {
+    const keys = Buffer.alloc(4 * count);
+    const values = Buffer.alloc(4 * LB_MAGLEV_CHUNK * count);
+    for (let i = 0; i < count; i++) keys.writeUInt32LE(i, 4 * i);
+    values.writeUInt32LE(table.length, 0);
+    Buffer.from(table.buffer, table.byteOffset, table.byteLength).copy(values, 4);
+    inner.updateBatchRaw(keys, values, count);
+    return inner;
+  } catch (error) {
+    inner.close();
+    throw error;
+  }
+}
+
+/** Whether a Maglev inner map has createMaglevInner's layout for a table of `size` slots (its length and id 0). */
+export function maglevInnerFits(inner: BpfMap, size: number): boolean {
+  const { maxEntries, valueSize } = inner.info();
+  return valueSize === 4 * LB_MAGLEV_CHUNK && maxEntries === maglevElements(size) && inner.lookup(Buffer.alloc(4))?.readUInt32LE(0) === size;
+}
+
+/** The table a Maglev inner map holds (createMaglevInner's layout), or undefined when it is not one. */
+export function readMaglevInner(inner: BpfMap): Uint32Array | undefined {
+  const head = inner.lookup(Buffer.alloc(4));
+  const size = head?.readUInt32LE(0) ?? 0;
+  if (size === 0 || !maglevInnerFits(inner, size)) return undefined;
+  const ids = Buffer.alloc(4 * LB_MAGLEV_CHUNK * maglevElements(size));
+  for (const [key, value] of inner.entries()) value.copy(ids, key.readUInt32LE(0) * 4 * LB_MAGLEV_CHUNK);
+  return Uint32Array.from({ length: size }, (_, i) => ids.readUInt32LE(4 * (i + 1)));
 }

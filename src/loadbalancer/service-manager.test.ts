@@ -52,6 +52,12 @@ test('bad service definitions are refused with the field and the reason', () => 
   rejects({ ...ok, ports: [{ port: 0 }] }, /field ports\.0\.port: must be 1-65535/);
   rejects({ ...ok, ports: [{ port: 80, targetPort: 65536 }] }, /field ports\.0\.targetPort: must be 1-65535/);
   rejects({ ...ok, ports: [{ port: 80, protocol: 'ICMP' }] }, /field ports\.0\.protocol: must be one of TCP, UDP, SCTP/);
+  // SCTP keeps its port (its CRC32c covers it): translated to another, at a node port or north-south it would be dropped.
+  parse({ ...ok, ports: [{ port: 9899, protocol: 'SCTP', targetPort: 9899 }] });
+  rejects({ ...ok, ports: [{ port: 9899, protocol: 'SCTP', targetPort: 9900 }] }, /field ports\.0\.targetPort: an SCTP port is never translated to another .*targetPort must be 9899/);
+  rejects({ ...ok, selector: { app: 'web' }, ports: [{ port: 9899, protocol: 'SCTP', targetPort: 'sctp' }] }, /field ports\.0\.targetPort: an SCTP port is never translated/);
+  rejects({ ...ok, type: 'NodePort', ports: [{ port: 9899, protocol: 'SCTP' }] }, /field ports\.0\.protocol: SCTP only on ClusterIP services without externalIPs/);
+  rejects({ ...ok, externalIPs: ['198.51.100.9'], ports: [{ port: 9899, protocol: 'SCTP' }] }, /field ports\.0\.protocol: SCTP only on ClusterIP services/);
   rejects({ ...ok, selector: { 'bad key!': 'x' } }, /field selector\.bad key!: label key "bad key!"/);
   rejects({ ...ok, selector: { app: 'not a value' } }, /field selector\.app: label value "not a value"/);
   rejects({ ...ok, selector: 'app=web' }, /field selector: must be an object of labels/);
@@ -165,6 +171,31 @@ test('frontends follow the pods a selector picks in the service\'s namespace, on
   assert.deepEqual(backendsOf(`${web.clusterIP}:80/TCP`), []);
   assert.deepEqual(backendsOf(`${other.clusterIP}:81/TCP`), ['10.244.9.9:81/TCP'], 'explicit backends');
   assert.equal(services.frontends.revisionOf(`${other.clusterIP}:81/TCP`), otherRevision, 'pod changes did not rewrite another service\'s frontend');
+});
+
+test('a named target port resolves per pod from its named ports; a pod without it is no backend of that port, listed as unresolved', async (t) => {
+  const { services, create } = await setup(t);
+  const web = await create({ name: 'web', selector: { app: 'web' }, ports: [{ name: 'http', port: 80, targetPort: 'http' }, { name: 'dns', port: 53, protocol: 'UDP', targetPort: 'dns' }, { name: 'raw', port: 90, targetPort: 9000 }] });
+  assert.deepEqual(web.ports.map((p) => p.targetPort), ['http', 'dns', 9000], 'stored as the name');
+  const frontend = (port: number, protocol = 'TCP') => services.frontends.get(`${web.clusterIP}:${port}/${protocol}`);
+  const backendsOf = (port: number, protocol = 'TCP') => frontend(port, protocol)?.backends.map((b) => `${b.ip}:${b.port}`);
+  services.upsertPod({ key: 'endpoints/n1/a', ipv4: '10.244.0.1', namespace: 'default', labels: { app: 'web' }, ports: [{ name: 'http', port: 8080, protocol: 'TCP' }, { name: 'dns', port: 5353, protocol: 'UDP' }] });
+  // Another version of the app serves http elsewhere, and names a TCP port dns (not the UDP one the service wants).
+  services.upsertPod({ key: 'endpoints/n1/b', ipv4: '10.244.0.2', namespace: 'default', labels: { app: 'web' }, ports: [{ name: 'http', port: 9090, protocol: 'TCP' }, { name: 'dns', port: 53, protocol: 'TCP' }] });
+  services.upsertPod({ key: 'endpoints/n2/c', ipv4: '10.244.1.3', namespace: 'default', labels: { app: 'web' } });
+  assert.deepEqual(backendsOf(80), ['10.244.0.1:8080', '10.244.0.2:9090'], 'each pod on its own number');
+  assert.deepEqual(frontend(80)?.unresolved, ['10.244.1.3'], 'a pod without named ports is visibly left out');
+  assert.deepEqual(backendsOf(53, 'UDP'), ['10.244.0.1:5353'], 'the name must have the service port\'s protocol');
+  assert.deepEqual(frontend(53, 'UDP')?.unresolved, ['10.244.0.2', '10.244.1.3']);
+  assert.deepEqual(backendsOf(90), ['10.244.0.1:9000', '10.244.0.2:9000', '10.244.1.3:9000'], 'a number applies to every pod');
+  assert.equal(frontend(90)?.unresolved, undefined);
+  // The pod gains the port: it becomes a backend.
+  services.upsertPod({ key: 'endpoints/n2/c', ipv4: '10.244.1.3', namespace: 'default', labels: { app: 'web' }, ports: [{ name: 'http', port: 8080, protocol: 'TCP' }] });
+  assert.deepEqual(backendsOf(80), ['10.244.0.1:8080', '10.244.0.2:9090', '10.244.1.3:8080']);
+  assert.equal(frontend(80)?.unresolved, undefined);
+  // Explicit backends have no named ports: refused by field.
+  assert.throws(() => parse({ name: 'ext', backends: [{ ip: '192.0.2.1' }], ports: [{ port: 80, targetPort: 'http' }] }), /ports\.0\.targetPort: a named target port \("http"\) needs a selector/);
+  assert.throws(() => parse({ name: 'bad', selector: { app: 'web' }, ports: [{ port: 80, targetPort: 'Http_1' }] }), /ports\.0\.targetPort: must be lower case letters, digits and -/);
 });
 
 test('several services are created in one transaction, or none of them', async (t) => {

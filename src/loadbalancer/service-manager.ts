@@ -16,7 +16,7 @@ import { POD_NAMESPACE_LABEL, selectorMatches, type CidrRule, type Selector, typ
 import { Table } from '../statedb/index.ts';
 import { StoreConflictError, type StateStore, type TxnOp, type WatchEvent } from '../store/index.ts';
 import { ServiceError } from './errors.ts';
-import { selects, serviceFrontends, serviceKey, type BackendState, type Frontend, type Service, type ServiceProtocol, type ServiceRequest, type ServiceRequestLimits } from './service.ts';
+import { selects, serviceFrontends, serviceKey, type BackendSource, type BackendState, type NamedPort, type Frontend, type Service, type ServiceProtocol, type ServiceRequest, type ServiceRequestLimits } from './service.ts';
 
 export const SERVICES_PREFIX = 'services/';
 export const SERVICE_SPECS_PREFIX = `${SERVICES_PREFIX}specs/`;
@@ -33,6 +33,8 @@ export interface ServicePod {
   ipv4: string;
   namespace: string;
   labels: Record<string, string>;
+  /** Its named ports: what a service's named targetPort resolves to. */
+  ports?: readonly NamedPort[];
   /** Being deleted: its services keep its established connections but give it no new ones. */
   terminating?: boolean;
 }
@@ -61,6 +63,8 @@ export interface ServiceManagerOptions {
   log: Logger;
   /** Picks among free addresses and ports; Math.random by default (tests pass their own). */
   random?: () => number;
+  /** This node's addresses: its NodePort frontends are at each of them too (see serviceFrontends). */
+  nodeAddresses?: readonly string[];
 }
 
 export class ServiceManager {
@@ -71,6 +75,7 @@ export class ServiceManager {
   readonly #nodePorts: { min: number; max: number };
   readonly #log: Logger;
   readonly #random: () => number;
+  readonly #nodeAddresses: readonly string[];
   readonly #pods = new Map<string, ServicePod>();
   /** The frontend keys each service has in the table now. */
   readonly #frontendsOf = new Map<string, Set<string>>();
@@ -85,6 +90,7 @@ export class ServiceManager {
     this.#nodePorts = options.limits.nodePortRange;
     this.#log = options.log;
     this.#random = options.random ?? Math.random;
+    this.#nodeAddresses = options.nodeAddresses ?? [];
   }
 
   list(): Service[] {
@@ -375,24 +381,24 @@ export class ServiceManager {
     this.#podChanged(previous, undefined);
   }
 
-  /** Active backend addresses of a service: its selected pods or its explicit list. */
-  backendIps(service: Service): string[] {
-    return this.#backendIps(service, false);
+  /** Active backends of a service: its selected pods (with their named ports) or its explicit list. */
+  backends(service: Service): BackendSource[] {
+    return this.#backends(service, false);
   }
 
-  /** Terminating backend addresses of a service: no new connections, established ones kept. */
-  terminatingIps(service: Service): string[] {
-    return this.#backendIps(service, true);
+  /** Terminating backends of a service: no new connections, established ones kept. */
+  terminatingBackends(service: Service): BackendSource[] {
+    return this.#backends(service, true);
   }
 
-  #backendIps(service: Service, terminating: boolean): string[] {
-    if (service.backends) return service.backends.filter((b) => (b.state === 'terminating') === terminating).map((b) => b.ip);
+  #backends(service: Service, terminating: boolean): BackendSource[] {
+    if (service.backends) return service.backends.filter((b) => (b.state === 'terminating') === terminating).map((b) => ({ ip: b.ip }));
     if (!service.selector) return [];
-    const ips: string[] = [];
+    const out: BackendSource[] = [];
     for (const pod of this.#pods.values()) {
-      if ((pod.terminating === true) === terminating && pod.namespace === service.namespace && selects(service.selector, pod.labels)) ips.push(pod.ipv4);
+      if ((pod.terminating === true) === terminating && pod.namespace === service.namespace && selects(service.selector, pod.labels)) out.push({ ip: pod.ipv4, ...(pod.ports ? { ports: pod.ports } : {}) });
     }
-    return ips;
+    return out;
   }
 
   #podChanged(before: ServicePod | undefined, after: ServicePod | undefined): void {
@@ -405,7 +411,11 @@ export class ServiceManager {
   }
 
   #resolve(service: Service): void {
-    this.#setFrontends(serviceKey(service), serviceFrontends(service, this.backendIps(service), this.terminatingIps(service)));
+    const frontends = serviceFrontends(service, this.backends(service), this.terminatingBackends(service), this.#nodeAddresses);
+    const unresolved = frontends.find((f) => f.unresolved);
+    // Said once per change of who lacks it, not on every pod event of the service.
+    if (unresolved && !sameJson(this.frontends.get(unresolved.key)?.unresolved, unresolved.unresolved)) this.#log.warn({ service: serviceKey(service), frontend: unresolved.key, pods: unresolved.unresolved }, 'selected pods without the named target port are no backends of it');
+    this.#setFrontends(serviceKey(service), frontends);
   }
 
   #setFrontends(service: string, frontends: Frontend[]): void {

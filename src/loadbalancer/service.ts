@@ -26,10 +26,22 @@ export interface ServicePort {
   name?: string;
   protocol: ServiceProtocol;
   port: number;
-  /** The backends' port; defaults to `port`. */
-  targetPort: number;
+  /**
+   * The backends' port; defaults to `port`. A name (Kubernetes' named targetPort) is each
+   * selected pod's port of that name and the service port's protocol, so pods may serve on
+   * different numbers; a pod without one is no backend of this port (as Kubernetes' endpoints
+   * controller leaves it out), listed as unresolved on the frontend.
+   */
+  targetPort: number | string;
   /** NodePort and LoadBalancer services: the port on every node (allocated when not asked for). */
   nodePort?: number;
+}
+
+/** A pod's named port (a container port with a name, as Kubernetes' pod spec has it). */
+export interface NamedPort {
+  name: string;
+  port: number;
+  protocol: ServiceProtocol;
 }
 
 /**
@@ -89,6 +101,34 @@ const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const PORT_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
 const port = z.number({ error: 'must be a port number' }).int('must be an integer').min(1, 'must be 1-65535').max(65535, 'must be 1-65535');
+
+/**
+ * A port's name as Kubernetes validates it (IANA_SVC_NAME): a container port's, and what a
+ * named targetPort refers to. At least one letter, so it never reads as a number.
+ */
+export const portNameSchema = z
+  .string({ error: 'must be a port name' })
+  .max(15, 'must be at most 15 characters')
+  .regex(PORT_NAME, 'must be lower case letters, digits and -')
+  .refine((name) => /[a-z]/.test(name) && !name.includes('--'), 'must contain a letter and no "--"');
+
+/** A port number, or the name of a port of each backend pod. */
+const targetPort = z.union([z.number(), z.string()], { error: 'must be a port number or a port name' }).superRefine((value, ctx) => {
+  const parsed = (typeof value === 'number' ? port : portNameSchema).safeParse(value);
+  if (!parsed.success) for (const issue of parsed.error.issues) ctx.addIssue({ code: 'custom', message: issue.message });
+});
+
+/** A pod's named ports (POST /v1/endpoints `ports`): names unique per protocol, as Kubernetes' container ports. */
+export const namedPortsSchema = z
+  .array(z.object({ name: portNameSchema, port, protocol: z.enum(SERVICE_PROTOCOLS, { error: `must be one of ${SERVICE_PROTOCOLS.join(', ')}` }).default('TCP') }).strict(), { error: 'must be a list of {name, port, protocol}' })
+  .max(64, 'at most 64 named ports')
+  .superRefine((ports, ctx) => {
+    const seen = new Set<string>();
+    ports.forEach((p, i) => {
+      if (seen.has(p.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `name ${p.name} is used twice` });
+      seen.add(p.name);
+    });
+  });
 const ipv4 = z.string().refine((text) => Addr.tryParse(text)?.is4() === true, 'must be an IPv4 address (a.b.c.d)');
 
 const dnsLabel = z.string().max(63, 'must be at most 63 characters').regex(DNS_LABEL, 'must be a DNS label (lower case letters, digits and -)');
@@ -136,7 +176,7 @@ export function serviceRequestSchema(limits: ServiceRequestLimits) {
               name: z.string().max(15, 'must be at most 15 characters').regex(PORT_NAME, 'must be lower case letters, digits and -').optional(),
               protocol: z.enum(SERVICE_PROTOCOLS, { error: `must be one of ${SERVICE_PROTOCOLS.join(', ')}` }).default('TCP'),
               port,
-              targetPort: port.optional(),
+              targetPort: targetPort.optional(),
               nodePort: port.refine((p) => p >= min && p <= max, `must be in the node port range ${min}-${max}`).optional(),
             })
             .strict(),
@@ -193,6 +233,13 @@ export function serviceRequestSchema(limits: ServiceRequestLimits) {
         if (p.name && names.has(p.name)) issue(['ports', i, 'name'], `name ${p.name} is used twice`);
         if (p.name) names.add(p.name);
         if (p.nodePort !== undefined && spec.type === 'ClusterIP') issue(['ports', i, 'nodePort'], 'only NodePort and LoadBalancer services have node ports');
+        if (typeof p.targetPort === 'string' && !spec.selector) issue(['ports', i, 'targetPort'], `a named target port ("${p.targetPort}") needs a selector: it is resolved from each selected pod's ports, and listed backends have none`);
+        // SCTP's CRC32c covers its ports, and TC cannot recompute it: a packet keeps its port (as
+        // Cilium's SCTP support). Node ports and SNAT would change it.
+        if (p.protocol === 'SCTP') {
+          if (p.targetPort !== undefined && p.targetPort !== p.port) issue(['ports', i, 'targetPort'], `an SCTP port is never translated to another (its CRC32c covers the ports and is not recomputed in TC, as in Cilium): targetPort must be ${p.port}`);
+          if (spec.type !== 'ClusterIP' || spec.externalIPs.length > 0) issue(['ports', i, 'protocol'], 'SCTP only on ClusterIP services without externalIPs: node ports and north-south SNAT change the port, which SCTP\'s checksum covers');
+        }
       });
       for (const field of ['externalIPs', 'loadBalancerIPs'] as const) {
         spec[field].forEach((ip, i) => {
@@ -223,7 +270,7 @@ export interface Frontend {
   key: string;
   service: string;
   kind: FrontendKind;
-  /** NodePort frontends: 0.0.0.0 (any node address). */
+  /** NodePort frontends: 0.0.0.0 (any node address), and this node's own addresses. */
   vip: string;
   port: number;
   protocol: ServiceProtocol;
@@ -236,6 +283,11 @@ export interface Frontend {
   terminating?: Backend[];
   /** ClientIP session affinity's timeout in seconds; absent without affinity. */
   affinityTimeout?: number;
+  /**
+   * A named target port: the selected pods without a port of that name and protocol (sorted),
+   * which are no backends of this frontend. Absent when every pod has it.
+   */
+  unresolved?: string[];
   /** An external frontend (not the ClusterIP) of an externalTrafficPolicy Local service. */
   externalLocal?: true;
 }
@@ -261,27 +313,80 @@ export function selects(selector: Readonly<Record<string, string>>, labels: Read
   return true;
 }
 
+/** A named port as text spells it (`ciliate endpoint add --port`, CNI_ARGS CILIATE_PORTS): its parts, which the endpoint API validates. */
+export interface NamedPortText {
+  name: string;
+  port: number | string;
+  protocol?: string;
+}
+
 /**
- * A service's frontends with `backendIps` (the addresses of its pods, or its explicit backends)
- * and `terminatingIps` (backends on their way out; an address in both is active): one per port on
- * the ClusterIP, every external IP and LoadBalancer IP, and each node port.
+ * `name=PORT[/PROTOCOL]` (`http=8080/TCP`), or undefined when it is not that shape. A port that
+ * is not digits stays text, for the endpoint API to name.
+ *
+ * @example
+ * parseNamedPort('dns=53/udp'); // { name: 'dns', port: 53, protocol: 'UDP' }
  */
-export function serviceFrontends(service: Service, backendIps: readonly string[], terminatingIps: readonly string[] = []): Frontend[] {
-  const ips = [...new Set(backendIps)].sort(compareIps);
-  const active = new Set(ips);
-  const leaving = [...new Set(terminatingIps)].filter((ip) => !active.has(ip)).sort(compareIps);
+export function parseNamedPort(text: string): NamedPortText | undefined {
+  const match = /^([^=]+)=([^/]+)(?:\/(.+))?$/.exec(text);
+  if (!match) return undefined;
+  const [, name, port, protocol] = match;
+  return { name, port: /^\d+$/.test(port) ? Number(port) : port, ...(protocol ? { protocol: protocol.toUpperCase() } : {}) };
+}
+
+/** A backend as a service's frontends are made from it: an address, and a pod's named ports. */
+export interface BackendSource {
+  ip: string;
+  ports?: readonly NamedPort[];
+}
+
+/**
+ * A service's frontends with `active` (its pods, or its explicit backends) and `terminating`
+ * (backends on their way out; an address in both is active): one per port on the ClusterIP,
+ * every external IP and LoadBalancer IP, and each node port, at 0.0.0.0 (the socket hooks' and
+ * bpf_host's any node address) and at each of `nodeAddresses` (this node's own, as Cilium's
+ * NodePort frontends per local address: a pod TC translates gets its replies from the very address
+ * it asked, which that frontend's reverse NAT entry holds). A named target port is resolved per
+ * backend; one without it is left out (`unresolved`).
+ */
+export function serviceFrontends(service: Service, active: readonly BackendSource[], terminating: readonly BackendSource[] = [], nodeAddresses: readonly string[] = []): Frontend[] {
+  const byIp = (sources: readonly BackendSource[]) => [...new Map(sources.map((b) => [b.ip, b])).values()].sort((a, b) => compareIps(a.ip, b.ip));
+  const current = byIp(active);
+  const activeIps = new Set(current.map((b) => b.ip));
+  const leaving = byIp(terminating).filter((b) => !activeIps.has(b.ip));
   const out: Frontend[] = [];
   const key = serviceKey(service);
   for (const p of service.ports) {
-    const backends = ips.map((ip) => ({ ip, port: p.targetPort, protocol: p.protocol }));
+    const unresolved: string[] = [];
+    const resolve = (sources: readonly BackendSource[], missing?: string[]): Backend[] =>
+      sources.flatMap((b) => {
+        const port = typeof p.targetPort === 'number' ? p.targetPort : b.ports?.find((n) => n.name === p.targetPort && n.protocol === p.protocol)?.port;
+        if (port !== undefined) return [{ ip: b.ip, port, protocol: p.protocol }];
+        missing?.push(b.ip);
+        return [];
+      });
+    const backends = resolve(current, unresolved);
+    const leavingBackends = resolve(leaving);
     const affinity = service.sessionAffinity ? { affinityTimeout: service.sessionAffinity.timeoutSeconds } : {};
-    const terminating = leaving.length > 0 ? { terminating: leaving.map((ip) => ({ ip, port: p.targetPort, protocol: p.protocol })) } : {};
+    const terminatingPart = leavingBackends.length > 0 ? { terminating: leavingBackends } : {};
     const add = (kind: FrontendKind, vip: string, port: number) =>
-      out.push({ key: frontendKey(vip, port, p.protocol), service: key, kind, vip, port, protocol: p.protocol, backends, ...terminating, ...affinity, ...(kind !== 'ClusterIP' && service.externalTrafficLocal ? { externalLocal: true as const } : {}) });
+      out.push({
+        key: frontendKey(vip, port, p.protocol),
+        service: key,
+        kind,
+        vip,
+        port,
+        protocol: p.protocol,
+        backends,
+        ...terminatingPart,
+        ...affinity,
+        ...(kind !== 'ClusterIP' && service.externalTrafficLocal ? { externalLocal: true as const } : {}),
+        ...(unresolved.length > 0 ? { unresolved } : {}),
+      });
     add('ClusterIP', service.clusterIP, p.port);
     for (const ip of service.externalIPs) add('ExternalIP', ip, p.port);
     for (const ip of service.loadBalancerIPs) add('LoadBalancer', ip, p.port);
-    if (p.nodePort !== undefined) add('NodePort', '0.0.0.0', p.nodePort);
+    if (p.nodePort !== undefined) for (const vip of ['0.0.0.0', ...nodeAddresses]) add('NodePort', vip, p.nodePort);
   }
   return out;
 }

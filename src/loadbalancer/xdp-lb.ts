@@ -10,9 +10,8 @@
 import type { BpfObject, Link, Program } from '../ebpf/index.ts';
 import { attachTcx, attachXdp, inNetns } from '../ebpf/index.ts';
 import { maglevTable } from './maglev.ts';
-import { createMaglevInner } from './maps.ts';
 import { vipKey, type XdpLbConfig } from './xdp-config.ts';
-import { loadXdpLb, sumStats, XLB_DROP_REASONS, XLB_MAX_BACKENDS, XLB_MAX_VIPS, XdpLbProgram, XlbBackendFlag, xdpLbMaps, type XdpLbMaps } from './xdp-maps.ts';
+import { createXdpMaglevInner, loadXdpLb, sumStats, XLB_DROP_REASONS, XLB_MAX_BACKENDS, XLB_MAGLEV_SIZE, XLB_MAX_VIPS, XdpLbProgram, XlbBackendFlag, xdpLbMaps, type XdpLbMaps } from './xdp-maps.ts';
 
 const PROTO = { TCP: 6, UDP: 17 } as const;
 
@@ -168,7 +167,7 @@ export class XdpLoadBalancer {
         written.vips.set(key, entry);
       }
       if (entry.table !== tableKey) {
-        const inner = createMaglevInner(maglevTable(healthy));
+        const inner = createXdpMaglevInner(maglevTable(healthy, XLB_MAGLEV_SIZE));
         try {
           this.#maps.maglev.setInnerMap(entry.id, inner);
         } finally {

@@ -4,7 +4,7 @@
  * @module
  */
 import { join } from 'node:path';
-import { BpfMap, BpfObject, be16, ipv4, mac, pad, struct, u32, u64, u8, type StructValue } from '../ebpf/index.ts';
+import { BpfMap, BpfObject, MapType, be16, ipv4, mac, pad, struct, u32, u64, u8, type StructValue } from '../ebpf/index.ts';
 
 export const XDP_LB_OBJECT_PATH = join(import.meta.dirname, '..', '..', 'build', 'bpf', 'bpf_xdp_lb.o');
 
@@ -24,6 +24,26 @@ export const XdpLbMapName = {
 
 /** BENCH_*, SINK: bench/xdp-lb.ts's traffic generators and sink, not part of the balancer. */
 export const XdpLbProgram = { BALANCE: 'xlb_balance', DECAP: 'xlb_decap', BENCH_BALANCE: 'xlb_bench_balance', BENCH_PASS: 'xlb_bench_pass', BENCH_REDIRECT: 'xlb_bench_redirect', SINK: 'xlb_sink' } as const;
+
+/** Slots of the XDP load balancer's Maglev tables (C XLB_MAGLEV_SIZE): built in, one table in one array value. */
+export const XLB_MAGLEV_SIZE = 16381;
+
+/**
+ * A new Maglev table map for ciliate_xlb_maglev: one entry holding every slot's backend id, so
+ * the XDP path reads a slot with one lookup (the agent's services, whose size is configurable,
+ * use maps.ts createMaglevInner's layout instead).
+ */
+export function createXdpMaglevInner(table: Uint32Array): BpfMap {
+  if (table.length !== XLB_MAGLEV_SIZE) throw new RangeError(`maglev table of ${table.length} slots: the XDP load balancer is built for ${XLB_MAGLEV_SIZE}`);
+  const inner = BpfMap.create({ type: MapType.ARRAY, keySize: 4, valueSize: 4 * XLB_MAGLEV_SIZE, maxEntries: 1, name: 'ciliate_xlb_mag' });
+  try {
+    inner.update(Buffer.alloc(4), Buffer.from(table.buffer, table.byteOffset, table.byteLength));
+    return inner;
+  } catch (error) {
+    inner.close();
+    throw error;
+  }
+}
 
 /** C XLB_MAX_VIPS and XLB_MAX_BACKENDS: ids run 0..max-1 (backend id 0 means none). */
 export const XLB_MAX_VIPS = 512;

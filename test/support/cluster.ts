@@ -176,9 +176,9 @@ export class TestNode {
     this.agent = undefined;
   }
 
-  async addPod(t: TestContext, containerId = uniqueName('ctr'), labels: Record<string, string> = {}, namespace?: string, workload?: EndpointWorkload): Promise<{ netns: string; endpoint: Endpoint }> {
+  async addPod(t: TestContext, containerId = uniqueName('ctr'), labels: Record<string, string> = {}, namespace?: string, workload?: EndpointWorkload, ports?: Endpoint['ports']): Promise<{ netns: string; endpoint: Endpoint }> {
     const netns = await addNetns(t, 'ctp');
-    const endpoint = await this.client.call<Endpoint>('POST', '/v1/endpoints', { containerId, ifname: 'eth0', netns: `/run/netns/${netns}`, labels, namespace, workload });
+    const endpoint = await this.client.call<Endpoint>('POST', '/v1/endpoints', { containerId, ifname: 'eth0', netns: `/run/netns/${netns}`, labels, namespace, workload, ports });
     t.after(async () => {
       await this.client.call('DELETE', `/v1/endpoints/${containerId}/eth0`).catch(() => undefined);
     });

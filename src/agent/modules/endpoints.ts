@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { addressAllocator } from '../../ipam/index.ts';
+import { namedPortsSchema } from '../../loadbalancer/index.ts';
 import { parseRequest } from '../api-errors.ts';
 import type { Endpoint } from '../endpoint.ts';
 import { EndpointManager } from '../endpoint-manager.ts';
@@ -36,6 +37,7 @@ export const AddEndpointBody = z
       })
       .strict()
       .optional(),
+    ports: namedPortsSchema.optional(),
   })
   .strict();
 const LabelsBody = z.record(z.string(), z.string({ error: 'label values must be strings' }), { error: 'body must be an object of string labels' });

@@ -7,7 +7,6 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import {
   BACKEND_STATES,
-  LB_MAGLEV_LUT_SIZE,
   HostDatapath,
   LbDatapath,
   DEFAULT_MAGLEV_HASH_SEED,
@@ -15,6 +14,7 @@ import {
   isMaglevTableSize,
   MAGLEV_TABLE_SIZES,
   maglevSeed,
+  namedPortsSchema,
   resolveDevices,
   SERVICE_SPECS_PREFIX,
   ServiceManager,
@@ -82,7 +82,7 @@ export const servicesConfig = {
     .int()
     .refine(isMaglevTableSize, `must be one of ${MAGLEV_TABLE_SIZES.join(', ')}`)
     .default(DEFAULT_MAGLEV_TABLE_SIZE)
-    .describe(`slots of each service's Maglev table, one of ${MAGLEV_TABLE_SIZES.join(', ')} (about 100 per backend); the datapath is built with ${LB_MAGLEV_LUT_SIZE}, so with --lb-algorithm maglev only that`),
+    .describe(`slots of each service's Maglev table, one of ${MAGLEV_TABLE_SIZES.join(', ')} (at least 100 per backend for shares within 1 %)`),
   /**
    * Cilium's --devices: where NodePort, LoadBalancer and external IPs are served to clients outside
    * the cluster (bpf_host on TCX). Empty: the device holding the node's address, as Cilium detects it.
@@ -111,7 +111,7 @@ function nodePortRange(text: string): { min: number; max: number } {
 }
 
 /** A service as the API shows it: the definition and the frontends this node balances. */
-export type ServiceView = Service & { frontends: { address: string; kind: string; backends: string[]; terminating?: string[] }[] };
+export type ServiceView = Service & { frontends: { address: string; kind: string; backends: string[]; terminating?: string[]; unresolved?: string[] }[] };
 
 export const servicesModule = defineModule({
   name: 'services',
@@ -125,12 +125,9 @@ export const servicesModule = defineModule({
     if (serviceCidr.overlaps(clusterCidr)) {
       throw new ConfigError(`serviceCidr ${serviceCidr} overlaps clusterCidr ${clusterCidr}: a ClusterIP must never be a pod's address`);
     }
-    if (config.lbAlgorithm === 'maglev' && config.maglevTableSize !== LB_MAGLEV_LUT_SIZE) {
-      throw new ConfigError(`maglevTableSize ${config.maglevTableSize}: the datapath's Maglev tables are built with ${LB_MAGLEV_LUT_SIZE} slots (bpf/lib/lb.h LB_MAGLEV_LUT_SIZE)`);
-    }
     const limits = { serviceCidr: config.serviceCidr, nodePortRange: nodePortRange(config.nodePortRange), clusterCidr: config.clusterCidr };
     const schema = serviceRequestSchema(limits);
-    const services = new ServiceManager({ store, limits, log });
+    const services = new ServiceManager({ store, limits, log, nodeAddresses: [node.record.nodeIp] });
     const abort = new AbortController();
     const onEnd = (prefix: string) => (error: unknown, compacted: boolean) => log.error({ err: error, prefix, compacted }, 'watch ended; services are stale');
     // Pods first, so a listed service resolves its backends at once.
@@ -139,7 +136,12 @@ export const servicesModule = defineModule({
       onEnd: onEnd(ENDPOINTS_PREFIX),
       apply: (event) => {
         if (event.type === 'delete') services.deletePod(event.key);
-        else services.upsertPod({ key: event.key, ipv4: event.value.ipv4, namespace: event.value.namespace ?? 'default', labels: event.value.labels ?? {} });
+        else {
+          // Another node's record: ports that are not what an endpoint add accepts resolve nothing.
+          const ports = event.value.ports === undefined ? undefined : namedPortsSchema.safeParse(event.value.ports);
+          if (ports?.success === false) log.warn({ endpoint: event.key }, 'endpoint record with malformed ports; its named ports are ignored');
+          services.upsertPod({ key: event.key, ipv4: event.value.ipv4, namespace: event.value.namespace ?? 'default', labels: event.value.labels ?? {}, ...(ports?.success ? { ports: ports.data } : {}) });
+        }
       },
     });
     const specs = await followPrefix<Service>(store, SERVICE_SPECS_PREFIX, { signal: abort.signal, onEnd: onEnd(SERVICE_SPECS_PREFIX), apply: (event) => services.applyServiceEvent(event) });
@@ -189,6 +191,7 @@ export const servicesModule = defineModule({
         frontends: services.frontends,
         algorithm: config.lbAlgorithm,
         maglevSeed: maglevSeed(config.maglevHashSeed),
+        maglevTableSize: config.maglevTableSize,
         log,
         refreshIntervalMs: config.reconcileRefreshInterval * 1000,
         sockEndpoints,
@@ -244,6 +247,7 @@ export const servicesModule = defineModule({
         kind: f.kind,
         backends: f.backends.map((b) => `${b.ip}:${b.port}`),
         ...(f.terminating ? { terminating: f.terminating.map((b) => `${b.ip}:${b.port}`) } : {}),
+        ...(f.unresolved ? { unresolved: f.unresolved } : {}),
       })),
     });
     api.route('GET', '/v1/services', () => services.list().map(view));

@@ -159,6 +159,8 @@ export const MapFlag = {
   RDONLY_PROG: 1 << 7,
   WRONLY_PROG: 1 << 8,
   MMAPABLE: 1 << 10,
+  /** A map-of-maps' inner map template: inner maps may differ in max_entries. */
+  INNER_MAP: 1 << 12,
 } as const;
 
 /** Ordering flags for multi-program attachments (TCX). */
