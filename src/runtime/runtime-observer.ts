@@ -7,10 +7,10 @@
  */
 import { constants } from 'node:os';
 import { RuntimeError } from './errors.ts';
-import { readAllProcesses, readNamespaces, readProcess } from './procfs.ts';
+import { hostNamespaces, readAllProcesses, readProcess } from './procfs.ts';
 import { ProcessCache, type ProcessCacheStats, type ProcessEntry } from './process-cache.ts';
 import { ProcessSensor } from './sensor.ts';
-import { NAMESPACES, POLICY_ARG_SLOT, type ExitRecord, type NamespaceName, type PolicyRecord, type RuntimeRecord } from './events.ts';
+import { CAPABILITIES, NAMESPACES, POLICY_ARG_SLOT, type ExitRecord, type NamespaceName, type PolicyRecord, type RuntimeRecord } from './events.ts';
 import { PolicyManager, seedBinaries } from './policy.ts';
 import type { CompiledArg } from './tracing-policy.ts';
 import type { TetragonAction, TetragonArg, TetragonCapabilities, TetragonEvent, TetragonNamespaces, TetragonPod, TetragonProcess } from './types.ts';
@@ -46,17 +46,6 @@ export interface RuntimeObserverStats {
 }
 
 export type EventListener = (event: TetragonEvent) => void;
-
-/** Capability names by bit (linux/capability.h), as tetragon.CapabilitiesType names them (bit 1 is
- * DAC_OVERRIDE there, without the CAP_ prefix). */
-const CAPABILITIES = [
-  'CAP_CHOWN', 'DAC_OVERRIDE', 'CAP_DAC_READ_SEARCH', 'CAP_FOWNER', 'CAP_FSETID', 'CAP_KILL', 'CAP_SETGID', 'CAP_SETUID',
-  'CAP_SETPCAP', 'CAP_LINUX_IMMUTABLE', 'CAP_NET_BIND_SERVICE', 'CAP_NET_BROADCAST', 'CAP_NET_ADMIN', 'CAP_NET_RAW',
-  'CAP_IPC_LOCK', 'CAP_IPC_OWNER', 'CAP_SYS_MODULE', 'CAP_SYS_RAWIO', 'CAP_SYS_CHROOT', 'CAP_SYS_PTRACE', 'CAP_SYS_PACCT',
-  'CAP_SYS_ADMIN', 'CAP_SYS_BOOT', 'CAP_SYS_NICE', 'CAP_SYS_RESOURCE', 'CAP_SYS_TIME', 'CAP_SYS_TTY_CONFIG', 'CAP_MKNOD',
-  'CAP_LEASE', 'CAP_AUDIT_WRITE', 'CAP_AUDIT_CONTROL', 'CAP_SETFCAP', 'CAP_MAC_OVERRIDE', 'CAP_MAC_ADMIN', 'CAP_SYSLOG',
-  'CAP_WAKE_ALARM', 'CAP_BLOCK_SUSPEND', 'CAP_AUDIT_READ', 'CAP_PERFMON', 'CAP_BPF', 'CAP_CHECKPOINT_RESTORE',
-] as const;
 
 export function capabilityNames(mask: bigint): string[] {
   const out: string[] = [];
@@ -140,11 +129,7 @@ export class RuntimeObserver {
     this.#resolvePod = options.resolvePod;
     // process.hrtime is CLOCK_MONOTONIC on Linux, the clock of bpf_ktime_get_ns().
     this.#wallOffset = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
-    // The host's namespaces are init's; where init's may not be read (some hosts deny even root
-    // /proc/1/ns), kthreadd's, which is in the initial namespaces on every host.
-    const init = readNamespaces(1);
-    const kthreadd = readNamespaces(2);
-    this.#hostNs = Object.fromEntries(NAMESPACES.map((n) => [n, init[n] || kthreadd[n]])) as Record<NamespaceName, number>;
+    this.#hostNs = hostNamespaces();
     this.cache = new ProcessCache({
       nodeName: options.nodeName,
       maxEntries: options.processCacheSize,
