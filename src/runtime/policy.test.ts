@@ -7,52 +7,28 @@ import { after, before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { randomBytes } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, openSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { RuntimeError, RuntimeObserver, TetragonServer, connectTetragon, type TetragonEvent, type TetragonProcessKprobe } from './index.ts';
+import { PolicyFixture, uniqueName } from './policy-fixture.ts';
 
+let fixture: PolicyFixture;
 let observer: RuntimeObserver;
 let dir: string;
-const events: TetragonEvent[] = [];
+let events: TetragonEvent[];
 
 before(() => {
-  dir = mkdtempSync(join(tmpdir(), 'ciliate-tp-'));
-  observer = new RuntimeObserver({ nodeName: 'test-node' });
-  observer.start();
-  observer.subscribe((event) => events.push(event));
+  fixture = new PolicyFixture('ciliate-tp-');
+  ({ observer, dir, events } = fixture);
 });
 
-after(() => {
-  observer?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+after(() => fixture?.close());
 
-function uniqueName(prefix: string): string {
-  return `${prefix}-${randomBytes(4).toString('hex')}`;
-}
-
-function tempFile(name: string): string {
-  const path = join(dir, name);
-  writeFileSync(path, 'x\n');
-  return path;
-}
-
-function addPolicy(t: TestContext, yaml: string): string {
-  const status = observer.policies.add(yaml);
-  t.after(() => {
-    if (observer.policies.get(status.name)) observer.policies.delete(status.name);
-  });
-  return status.name;
-}
-
-function kprobesOf(policy: string): TetragonProcessKprobe[] {
-  observer.drain();
-  return events.flatMap((e) => ('process_kprobe' in e && e.process_kprobe.policy_name === policy ? [e.process_kprobe] : []));
-}
+const tempFile = (name: string) => fixture.tempFile(name);
+const addPolicy = (t: TestContext, yaml: string) => fixture.addPolicy(t, yaml);
+const kprobesOf = (policy: string) => fixture.kprobesOf(policy);
 
 /** The kernel's links of this observer's generic policy program (bpftool: the kernel's own view). */
 function policyLinks(): number {

@@ -9,22 +9,20 @@ import { after, before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, copyFileSync, mkdtempSync, openSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { chmodSync, closeSync, copyFileSync, openSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createServer, connect, type AddressInfo } from 'node:net';
-import { RuntimeError, RuntimeObserver, type TetragonEvent, type TetragonProcessKprobe } from './index.ts';
+import { RuntimeError, type RuntimeObserver } from './index.ts';
+import { PolicyFixture, uniqueName } from './policy-fixture.ts';
 
+let fixture: PolicyFixture;
 let observer: RuntimeObserver;
 let dir: string;
 let helper: string;
-const events: TetragonEvent[] = [];
 
 before(() => {
-  // World-traversable: some callers below run as nobody.
-  dir = mkdtempSync(join(tmpdir(), 'ciliate-sel-'));
-  chmodSync(dir, 0o755);
+  fixture = new PolicyFixture('ciliate-sel-');
+  ({ observer, dir } = fixture);
   // Opens its file, changes something about itself (or not), and opens it again.
   const source = join(dir, 'helper.c');
   writeFileSync(source, `#define _GNU_SOURCE
@@ -43,37 +41,14 @@ int main(int argc, char **argv) {
   helper = join(dir, 'helper');
   const built = spawnSync('gcc', ['-O2', '-o', helper, source], { encoding: 'utf8' });
   assert.equal(built.status, 0, built.stderr);
-  observer = new RuntimeObserver({ nodeName: 'test-node' });
-  observer.start();
-  observer.subscribe((event) => events.push(event));
 });
 
-after(() => {
-  observer?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+after(() => fixture?.close());
 
-const unique = (prefix: string) => `${prefix}-${randomBytes(4).toString('hex')}`;
-
-function tempFile(name: string): string {
-  const path = join(dir, name);
-  writeFileSync(path, 'x\n');
-  chmodSync(path, 0o644);
-  return path;
-}
-
-function addPolicy(t: TestContext, yaml: string): string {
-  const status = observer.policies.add(yaml);
-  t.after(() => {
-    if (observer.policies.get(status.name)) observer.policies.delete(status.name);
-  });
-  return status.name;
-}
-
-function kprobesOf(policy: string): TetragonProcessKprobe[] {
-  observer.drain();
-  return events.flatMap((e) => ('process_kprobe' in e && e.process_kprobe.policy_name === policy ? [e.process_kprobe] : []));
-}
+const unique = uniqueName;
+const tempFile = (name: string) => fixture.tempFile(name);
+const addPolicy = (t: TestContext, yaml: string) => fixture.addPolicy(t, yaml);
+const kprobesOf = (policy: string) => fixture.kprobesOf(policy);
 
 async function run(command: string, args: string[], options: { uid?: number; gid?: number } = {}): Promise<{ code: number | null; signal: NodeJS.Signals | null; pid: number }> {
   const child = spawn(command, args, { stdio: 'ignore', ...options });
@@ -81,8 +56,8 @@ async function run(command: string, args: string[], options: { uid?: number; gid
   return { code, signal, pid: child.pid ?? 0 };
 }
 
-/** An openat hook on `file` (Equal) with `selector` lines added to its one selector. */
-const openatPolicy = (name: string, file: string, selector: string, kind = 'TracingPolicy', extraSpec = '') => `apiVersion: cilium.io/v1alpha1
+/** An openat hook on `files` (Equal) with `selector` lines added to its one selector. */
+const openatPolicy = (name: string, files: string | string[], selector: string, kind = 'TracingPolicy', extraSpec = '') => `apiVersion: cilium.io/v1alpha1
 kind: ${kind}
 metadata:
   name: ${name}${kind === 'TracingPolicyNamespaced' ? '\n  namespace: prod' : ''}
@@ -91,7 +66,7 @@ spec:${extraSpec}
   - call: sys_openat
     args: [{index: 1, type: string}]
     selectors:
-    - matchArgs: [{index: 1, operator: Equal, values: [${JSON.stringify(file)}]}]
+    - matchArgs: [{index: 1, operator: Equal, values: ${JSON.stringify([files].flat())}}]
 ${selector}`;
 
 test('followChildren: the children and descendants of a matching binary match, other callers of the same binary do not', async (t) => {
@@ -183,17 +158,7 @@ test('matchCapabilityChanges: a process that dropped capabilities since its exec
 test('rateLimit: repeats of the same call within the limit stay in the kernel, per thread by default or globally', async (t) => {
   const file = tempFile(unique('rate'));
   const other = tempFile(unique('rate-other'));
-  const name = addPolicy(t, `apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {name: ${unique('rate')}}
-spec:
-  kprobes:
-  - call: sys_openat
-    args: [{index: 1, type: string}]
-    selectors:
-    - matchArgs: [{index: 1, operator: Equal, values: [${JSON.stringify(file)}, ${JSON.stringify(other)}]}]
-      matchActions: [{action: Post, rateLimit: 1m}]
-`);
+  const name = addPolicy(t, openatPolicy(unique('rate'), [file, other], '      matchActions: [{action: Post, rateLimit: 1m}]\n'));
   for (let i = 0; i < 50; i++) closeSync(openSync(file, 'r'));
   for (let i = 0; i < 5; i++) closeSync(openSync(other, 'r'));
   await run('/usr/bin/cat', [file]); // another thread: its own limit
@@ -209,6 +174,20 @@ spec:
   assert.equal(observer.policies.get(global)!.stats.posted, 1n);
   assert.equal(kprobesOf(global).length, 1);
 });
+
+/** A hook on `call`'s sockaddr with an address and a port filter: [operator, YAML values]. */
+const sockPolicy = (call: string, address: [string, string], port: [string, string]) => `apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: ${unique(call)}}
+spec:
+  kprobes:
+  - call: sys_${call}
+    args: [{index: 0, type: fd}, {index: 1, type: sockaddr}]
+    selectors:
+    - matchArgs:
+      - {index: 1, operator: ${address[0]}, values: [${address[1]}]}
+      - {index: 1, operator: ${port[0]}, values: [${port[1]}]}
+`;
 
 test('SAddr/SPort on bind, DAddr with IPv6 CIDRs on connect: decided in the kernel', async (t) => {
   const listen = (host: string, port = 0) =>
@@ -226,18 +205,7 @@ test('SAddr/SPort on bind, DAddr with IPv6 CIDRs on connect: decided in the kern
       server.close(() => resolve(p));
     });
   });
-  const bindPolicy = addPolicy(t, `apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {name: ${unique('bind')}}
-spec:
-  kprobes:
-  - call: sys_bind
-    args: [{index: 0, type: fd}, {index: 1, type: sockaddr}]
-    selectors:
-    - matchArgs:
-      - {index: 1, operator: SAddr, values: ["127.0.0.1/32", "fd00:c1::/64"]}
-      - {index: 1, operator: SPort, values: ["${port}"]}
-`);
+  const bindPolicy = addPolicy(t, sockPolicy('bind', ['SAddr', '"127.0.0.1/32", "fd00:c1::/64"'], ['SPort', `"${port}"`]));
   assert.equal(await listen('127.0.0.2', port), port); // the port, another address
   await listen('127.0.0.1'); // the address, another port
   assert.equal(observer.policies.get(bindPolicy)!.stats.posted, 0n);
@@ -247,18 +215,7 @@ spec:
   assert.deepEqual(seen[0].args?.[1], { sock_arg: { family: 'AF_INET', daddr: '127.0.0.1', dport: port } });
 
   const v6 = { port: await listen('::1') };
-  const connectPolicy = addPolicy(t, `apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata: {name: ${unique('connect6')}}
-spec:
-  kprobes:
-  - call: sys_connect
-    args: [{index: 0, type: fd}, {index: 1, type: sockaddr}]
-    selectors:
-    - matchArgs:
-      - {index: 1, operator: DAddr, values: ["::1/128", "10.255.255.0/24"]}
-      - {index: 1, operator: DPort, values: ["${v6.port}"]}
-`);
+  const connectPolicy = addPolicy(t, sockPolicy('connect', ['DAddr', '"::1/128", "10.255.255.0/24"'], ['DPort', `"${v6.port}"`]));
   const connectTo = (host: string, port: number) =>
     new Promise<void>((resolve) => {
       const socket = connect(port, host);
