@@ -11,7 +11,7 @@ import { hostNamespaces, readAllProcesses, readProcess } from './procfs.ts';
 import { ProcessCache, type ProcessCacheStats, type ProcessEntry } from './process-cache.ts';
 import { ProcessSensor } from './sensor.ts';
 import { CAPABILITIES, NAMESPACES, POLICY_ARG_SLOT, type ExitRecord, type NamespaceName, type PolicyRecord, type RuntimeRecord } from './events.ts';
-import { PolicyManager, seedBinaries } from './policy.ts';
+import { PolicyManager, seedBinaries, type ScopePod } from './policy.ts';
 import type { CompiledArg } from './tracing-policy.ts';
 import type { TetragonAction, TetragonArg, TetragonCapabilities, TetragonEvent, TetragonNamespaces, TetragonPod, TetragonProcess } from './types.ts';
 
@@ -123,6 +123,7 @@ export class RuntimeObserver {
   #kprobes = 0;
   #tracepoints = 0;
   #policies: PolicyManager | undefined;
+  #scopePods: ScopePod[] = [];
 
   constructor(options: RuntimeObserverOptions) {
     this.#options = options;
@@ -148,6 +149,7 @@ export class RuntimeObserver {
       onError: (error) => this.#options.onError?.(error),
     });
     this.#policies = new PolicyManager(this.#sensor.object);
+    this.#policies.setPods(this.#scopePods);
     seedBinaries(this.#sensor.object);
     for (const snapshot of readAllProcesses()) this.cache.addSnapshot(snapshot);
     const grace = this.#options.processCacheGraceMs ?? 10_000;
@@ -181,6 +183,15 @@ export class RuntimeObserver {
    */
   setPodResolver(resolve: RuntimeObserverOptions['resolvePod']): void {
     this.#resolvePod = resolve;
+  }
+
+  /**
+   * The pods that podSelector and namespaced policies choose from (the agent's endpoints), kept
+   * across sensor restarts; scoped policies' kernel entries follow at once.
+   */
+  setScopePods(pods: ScopePod[]): void {
+    this.#scopePods = pods;
+    this.#policies?.setPods(pods);
   }
 
   subscribe(listener: EventListener): () => void {
