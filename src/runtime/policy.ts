@@ -12,6 +12,8 @@ import { UpdateFlag, array, attachTracepoint, encode, pad, possibleCpus, struct,
 import { RuntimeError } from './errors.ts';
 import type { Prefix } from '../net/index.ts';
 import { selectorMatches } from '../policy/index.ts';
+import { NAMESPACES } from './events.ts';
+import type { ProcessSnapshot } from './process-cache.ts';
 import { Action, POLICY_LIMITS, compileTracingPolicy, type CompiledHook, type CompiledStrings, type CompiledTracingPolicy, type PolicyScope } from './tracing-policy.ts';
 
 // ---- codecs of bpf/runtime.h's policy structs (events.test.ts checks them against the BTF) ----
@@ -497,6 +499,26 @@ export function seedBinaries(object: BpfObject): number {
     value.writeUInt32LE(bytes.length + 1, 0);
     try {
       map.update(u32Key(Number(name)), value, UpdateFlag.NOEXIST); // an exec since is newer
+      seeded++;
+    } catch {
+      // Already written by the exec program, or the map is full.
+    }
+  }
+  return seeded;
+}
+
+/**
+ * Gives the processes running before the sensor a baseline for matchNamespaceChanges and
+ * matchCapabilityChanges: their namespaces and capabilities now, as if exec'd now. Without it a
+ * long-running process that later unshares or drops capabilities would never count as changed.
+ */
+export function seedProcesses(object: BpfObject, snapshots: ProcessSnapshot[]): number {
+  const map = object.map('runtime_procs');
+  let seeded = 0;
+  for (const p of snapshots) {
+    const value = encode(rtProc, { follow: 0n, caps: [p.caps.effective, p.caps.inheritable, p.caps.permitted], ns: NAMESPACES.map((n) => p.ns[n] ?? 0) });
+    try {
+      map.update(u32Key(p.pid), value, UpdateFlag.NOEXIST); // an exec since is newer
       seeded++;
     } catch {
       // Already written by the exec program, or the map is full.

@@ -11,7 +11,7 @@ import { hostNamespaces, readAllProcesses, readProcess } from './procfs.ts';
 import { ProcessCache, type ProcessCacheStats, type ProcessEntry } from './process-cache.ts';
 import { ProcessSensor } from './sensor.ts';
 import { CAPABILITIES, NAMESPACES, POLICY_ARG_SLOT, type ExitRecord, type NamespaceName, type PolicyRecord, type RuntimeRecord } from './events.ts';
-import { PolicyManager, seedBinaries, type ScopePod } from './policy.ts';
+import { PolicyManager, seedBinaries, seedProcesses, type ScopePod } from './policy.ts';
 import type { CompiledArg } from './tracing-policy.ts';
 import type { TetragonAction, TetragonArg, TetragonCapabilities, TetragonEvent, TetragonNamespaces, TetragonPod, TetragonProcess } from './types.ts';
 
@@ -151,7 +151,9 @@ export class RuntimeObserver {
     this.#policies = new PolicyManager(this.#sensor.object);
     this.#policies.setPods(this.#scopePods);
     seedBinaries(this.#sensor.object);
-    for (const snapshot of readAllProcesses()) this.cache.addSnapshot(snapshot);
+    const snapshots = readAllProcesses();
+    seedProcesses(this.#sensor.object, snapshots);
+    for (const snapshot of snapshots) this.cache.addSnapshot(snapshot);
     const grace = this.#options.processCacheGraceMs ?? 10_000;
     this.#gc = setInterval(() => this.cache.collect(), Math.max(1000, Math.min(grace, 30_000)));
     this.#gc.unref();

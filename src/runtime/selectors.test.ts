@@ -12,7 +12,7 @@ import { once } from 'node:events';
 import { chmodSync, closeSync, copyFileSync, openSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createServer, connect, type AddressInfo } from 'node:net';
-import { RuntimeError, type RuntimeObserver } from './index.ts';
+import { RuntimeError, RuntimeObserver } from './index.ts';
 import { PolicyFixture, uniqueName } from './policy-fixture.ts';
 
 let fixture: PolicyFixture;
@@ -32,6 +32,9 @@ before(() => {
 #include <unistd.h>
 int main(int argc, char **argv) {
   close(open(argv[1], O_RDONLY));
+  char c;
+  if (!strcmp(argv[2], "wait-unshare-net") && read(0, &c, 1) < 0) return 4;
+  if (!strncmp(argv[2], "wait-", 5)) argv[2] += 5;
   if (!strcmp(argv[2], "unshare-net") && unshare(CLONE_NEWNET)) return 2;
   if (!strcmp(argv[2], "setuid") && setuid(65534)) return 3;
   close(open(argv[1], O_RDONLY));
@@ -126,6 +129,22 @@ test('matchNamespaceChanges: a process that left a namespace it exec\'d in match
   const seen = kprobesOf(name);
   assert.deepEqual(seen.map((e) => e.process.pid), [changed.pid]);
   assert.equal(observer.policies.get(name)!.stats.posted, 1n);
+});
+
+test('matchNamespaceChanges also sees a process that was running before the sensor started', async (t) => {
+  const file = tempFile(unique('nschange-old'));
+  const old = spawn(helper, [file, 'wait-unshare-net'], { stdio: ['pipe', 'ignore', 'ignore'] });
+  const exited = once(old, 'exit');
+  t.after(() => old.kill('SIGKILL'));
+  // Its exec came before this observer: its baseline is what /proc shows at the sensor's start.
+  const own = new RuntimeObserver({ nodeName: 'test-node' });
+  own.start();
+  t.after(() => own.stop());
+  const name = own.policies.add(openatPolicy(unique('ns-change-old'), file, '      matchNamespaceChanges: [{operator: In, values: [Net]}]\n')).name;
+  old.stdin!.end('x');
+  const [code] = (await exited) as [number | null];
+  assert.equal(code, 0);
+  assert.equal(own.policies.get(name)!.stats.posted, 1n);
 });
 
 test('matchCapabilities: Effective NotIn CAP_SYS_ADMIN reports only the unprivileged caller; isNamespaceCapability only outside the host user namespace', async (t) => {
