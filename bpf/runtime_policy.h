@@ -82,6 +82,16 @@ struct {
 	__type(value, struct rt_deferred);
 } runtime_policy_deferred SEC(".maps");
 
+/* How many deferred entries wait (a hint, never below the truth): a syscall's exit, which runs on
+ * every call of a hooked syscall, looks in runtime_policy_deferred only when some wait. An entry
+ * the LRU dropped keeps it above zero, which costs only that lookup. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} runtime_policy_pending SEC(".maps");
+
 struct policy_scratch {
 	struct runtime_policy_event event;
 	__u8 slots[RT_POLICY_ARGS][RT_ARG_SLOT];
@@ -230,11 +240,13 @@ static __always_inline bool arg_filter_match(struct select_ctx *c, struct rt_arg
 	case RT_OP_NOT_POSTFIX:
 		if (f->key) {
 			struct rt_string_key *key = &s->key;
-			if (bpf_probe_read_kernel(key->data, RT_POLICY_STR, slot) != 0)
+			/* The string and its NUL, no more: the trie reads only the prefix's bytes. */
+			__u32 len = v < RT_POLICY_STR - 1 ? v + 1 : RT_POLICY_STR;
+			if (len > RT_POLICY_STR)
+				len = RT_POLICY_STR;
+			if (bpf_probe_read_kernel(key->data, len, slot) != 0)
 				return false;
-			key->prefixlen = (v & 0xff) + 1;
-			if (v >= RT_POLICY_STR - 1)
-				key->prefixlen = RT_POLICY_STR;
+			key->prefixlen = len;
 			return string_match(key, f->key, op);
 		}
 		if (op == RT_OP_EQUAL || op == RT_OP_NOT_EQUAL) {
@@ -574,14 +586,24 @@ int runtime_policy(void *ctx)
 {
 	__u32 cookie = bpf_get_attach_cookie(ctx);
 	__u32 tp = cookie & ~RT_TP_EXIT;
+	__u32 zero = 0;
+	if (cookie & RT_TP_EXIT) {
+		__u64 *pending = bpf_map_lookup_elem(&runtime_policy_pending, &zero);
+		if (!pending || *pending == 0)
+			return 0;
+	}
 	__u64 id = bpf_get_current_pid_tgid();
 	struct rt_tp *hooks = bpf_map_lookup_elem(&runtime_policy_tps, &tp);
 	if (!hooks)
 		return 0;
 	if (cookie & RT_TP_EXIT) {
+		__u64 *pending = bpf_map_lookup_elem(&runtime_policy_pending, &zero);
+		if (!pending)
+			return 0;
 		struct rt_deferred *d = bpf_map_lookup_elem(&runtime_policy_deferred, &id);
 		if (!d)
 			return 0;
+		__sync_fetch_and_add(pending, -1);
 		if (d->tp == tp) {
 			for (__u32 i = 0; i < RT_POLICY_TP_HOOKS; i++) {
 				if (i >= hooks->nhooks)
@@ -603,7 +625,11 @@ int runtime_policy(void *ctx)
 	if (mask) {
 		struct rt_deferred d = { .tp = tp, .mask = mask };
 		bpf_probe_read_kernel(d.record, sizeof(d.record), ctx);
-		bpf_map_update_elem(&runtime_policy_deferred, &id, &d, BPF_ANY);
+		__u64 *pending = bpf_map_lookup_elem(&runtime_policy_pending, &zero);
+		if (pending && bpf_map_update_elem(&runtime_policy_deferred, &id, &d, BPF_NOEXIST) == 0)
+			__sync_fetch_and_add(pending, 1);
+		else
+			bpf_map_update_elem(&runtime_policy_deferred, &id, &d, BPF_ANY);
 	}
 	return 0;
 }
