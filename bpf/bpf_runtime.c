@@ -70,6 +70,13 @@ struct {
 	__type(value, struct rt_proc);
 } runtime_procs SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rt_config);
+} runtime_config SEC(".maps");
+
 /* Reads `count` bytes of a kernel_cap_t whatever its layout (u64 since 6.3, u32[2] before):
  * both are the same 8 little-endian bytes. */
 static __always_inline __u64 read_caps(const kernel_cap_t *caps)
@@ -230,8 +237,15 @@ static __always_inline void record_process(struct runtime_exec_event *ev)
 	};
 	__builtin_memcpy(proc.ns, ev->ns, sizeof(proc.ns));
 	struct rt_proc *before = bpf_map_lookup_elem(&runtime_procs, &ev->pid);
-	if (before)
+	if (before) {
 		proc.follow = before->follow;
+		proc.pod_netns = before->pod_netns;
+	}
+	if (!proc.pod_netns) {
+		struct rt_config *config = bpf_map_lookup_elem(&runtime_config, &zero);
+		if (config && config->host_netns && ev->ns[RT_NS_NET] != config->host_netns)
+			proc.pod_netns = ev->ns[RT_NS_NET];
+	}
 	proc.follow |= follow_marks(&s->binary);
 	bpf_map_update_elem(&runtime_procs, &ev->pid, &proc, BPF_ANY);
 }

@@ -171,6 +171,17 @@ struct rt_proc {
 	__u64 follow; /* bit i: a followChildren matchBinaries (runtime_policy_follow.keys[i]) matched it or an ancestor */
 	__u64 caps[3]; /* effective, inheritable, permitted */
 	__u32 ns[RT_NS_COUNT];
+	/* The first network namespace other than the host's that the process or an ancestor exec'd
+	 * in: its pod, kept across fork and exec. A process that leaves its pod's namespace (unshare
+	 * in a user namespace needs no privilege) stays in the pod's scoped policies. */
+	__u32 pod_netns;
+	__u32 _pad;
+};
+
+/* What user space tells the programs once, at the sensor's start (runtime_config). */
+struct rt_config {
+	__u32 host_netns;
+	__u32 _pad;
 };
 
 /* The followChildren matchBinaries of all hooks: bit i of `active` in use, its strings under

@@ -501,14 +501,22 @@ __attribute__((noinline)) int run_hook(__u64 base, __u32 slot, __u32 retry)
 		return 0;
 	stats->runs++;
 	/* A scoped policy ends here for every caller outside its pods: before any argument is read. */
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	/* In the scope: the caller's network namespace, or the pod it (or an ancestor) exec'd in. */
 	if (hook->scoped) {
 		struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
 		struct rt_pod_key pod = { .policy_id = hook->policy_id, .netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum) };
-		if (!bpf_map_lookup_elem(&runtime_policy_pods, &pod))
-			return 0;
+		if (!bpf_map_lookup_elem(&runtime_policy_pods, &pod)) {
+			__u32 tgid = pid_tgid >> 32;
+			struct rt_proc *proc = bpf_map_lookup_elem(&runtime_procs, &tgid);
+			if (!proc || !proc->pod_netns || proc->pod_netns == pod.netns)
+				return 0;
+			pod.netns = proc->pod_netns;
+			if (!bpf_map_lookup_elem(&runtime_policy_pods, &pod))
+				return 0;
+		}
 	}
 
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	s->ns_read = 0;
 	struct runtime_policy_event *ev = &s->event;
 	__builtin_memset(ev, 0, sizeof(*ev));

@@ -59,7 +59,8 @@ const TRACEPOINTS = 64; // RT_POLICY_TPS
 export const rtTp = struct('rt_tp', { nhooks: u32, slots: array(u16, TP_HOOKS) });
 export const rtHookStats = struct('rt_hook_stats', { runs: u64, matched: u64, posted: u64, signalled: u64, ratelimited: u64 });
 export const rtPodKey = struct('rt_pod_key', { policy_id: u32, netns: u32 });
-export const rtProc = struct('rt_proc', { follow: u64, caps: array(u64, 3), ns: array(u32, 10) });
+export const rtProc = struct('rt_proc', { follow: u64, caps: array(u64, 3), ns: array(u32, 10), pod_netns: u32, _pad: pad(4) });
+export const rtConfig = struct('rt_config', { host_netns: u32, _pad: pad(4) });
 export const rtFollowSet = struct('rt_follow_set', { active: u64, keys: array(u32, POLICY_LIMITS.followChildren) });
 
 const EMPTY_FILTER = { arg: 0, op: 0, nvalues: 0, key: 0, values: Array<bigint>(POLICY_LIMITS.values).fill(0n) };
@@ -509,14 +510,18 @@ export function seedBinaries(object: BpfObject): number {
 
 /**
  * Gives the processes running before the sensor a baseline for matchNamespaceChanges and
- * matchCapabilityChanges: their namespaces and capabilities now, as if exec'd now. Without it a
- * long-running process that later unshares or drops capabilities would never count as changed.
+ * matchCapabilityChanges: their namespaces and capabilities now, as if exec'd now (without it a
+ * long-running process that later unshares or drops capabilities would never count as changed),
+ * and their pod's network namespace for scoped policies.
  */
-export function seedProcesses(object: BpfObject, snapshots: ProcessSnapshot[]): number {
+export function seedProcesses(object: BpfObject, snapshots: ProcessSnapshot[], hostNetns: number): number {
+  // What the exec program reads to tell a pod's network namespace from the host's.
+  object.map('runtime_config').update(u32Key(0), encode(rtConfig, { host_netns: hostNetns }));
   const map = object.map('runtime_procs');
   let seeded = 0;
   for (const p of snapshots) {
-    const value = encode(rtProc, { follow: 0n, caps: [p.caps.effective, p.caps.inheritable, p.caps.permitted], ns: NAMESPACES.map((n) => p.ns[n] ?? 0) });
+    const podNetns = hostNetns && p.ns.net && p.ns.net !== hostNetns ? p.ns.net : 0;
+    const value = encode(rtProc, { follow: 0n, caps: [p.caps.effective, p.caps.inheritable, p.caps.permitted], ns: NAMESPACES.map((n) => p.ns[n] ?? 0), pod_netns: podNetns });
     try {
       map.update(u32Key(p.pid), value, UpdateFlag.NOEXIST); // an exec since is newer
       seeded++;

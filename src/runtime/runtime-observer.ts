@@ -152,7 +152,7 @@ export class RuntimeObserver {
     this.#policies.setPods(this.#scopePods);
     seedBinaries(this.#sensor.object);
     const snapshots = readAllProcesses();
-    seedProcesses(this.#sensor.object, snapshots);
+    seedProcesses(this.#sensor.object, snapshots, this.#hostNs.net);
     for (const snapshot of snapshots) this.cache.addSnapshot(snapshot);
     const grace = this.#options.processCacheGraceMs ?? 10_000;
     this.#gc = setInterval(() => this.cache.collect(), Math.max(1000, Math.min(grace, 30_000)));
@@ -306,9 +306,8 @@ export class RuntimeObserver {
     const entry = this.cache.byPid(record.pid);
     if (!entry) return;
     const process = this.processObject(entry);
-    // A namespaced policy is scoped to its namespace's pods (in user space for now: its hooks
-    // may not enforce, see tracing-policy.ts).
-    if (policy.header.namespace !== undefined && process.pod?.namespace !== policy.header.namespace) return;
+    // A namespaced policy's scope was decided in the kernel, with the pod a process exec'd in (which
+    // a process that left its pod's network namespace no longer shows here).
     const parent = this.cache.parentOf(entry);
     const args = hook.args.map((arg, i) => argValue(arg, record, i));
     const action = ACTION_NAMES[record.action] ?? 'KPROBE_ACTION_POST';

@@ -285,7 +285,11 @@ test('podSelector and TracingPolicyNamespaced: only processes in the selected po
   const spared = await inPod(dev, ['/usr/bin/cat', file]);
   const host = await run('/usr/bin/cat', [file]);
   assert.deepEqual([killed.signal, spared.code, host.code], ['SIGKILL', 0, 0]);
-  assert.equal(observer.policies.get(namespaced)!.stats.signalled, 1n);
+  // Leaving the pod's network namespace (a new one in a user namespace: no privilege needed)
+  // does not leave the pod's policies.
+  const escaped = await inPod(web, ['/usr/bin/unshare', '-Urn', '/usr/bin/cat', file]);
+  assert.equal(escaped.signal, 'SIGKILL', 'a process that unshared its pod\'s network namespace is still in scope');
+  assert.equal(observer.policies.get(namespaced)!.stats.signalled, 2n);
 
   // A pod gone from the endpoints: its namespace leaves the kernel's scope at once.
   const before = observer.policies.kernelState().pods;
