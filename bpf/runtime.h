@@ -308,7 +308,7 @@ struct rt_rate_key {
 	__u32 slot;
 	__u32 selector;
 	__u32 who; /* tid, tgid or 0 */
-	__u32 _pad;
+	__u32 policy_id; /* a later policy in the same slot starts afresh */
 	__u8 args[RT_POLICY_ARGS][RT_RATE_ARG_BYTES];
 };
 

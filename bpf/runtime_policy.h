@@ -466,6 +466,7 @@ static __noinline bool rate_limited(struct rt_hook *hook, struct policy_scratch 
 	__builtin_memset(key, 0, sizeof(*key));
 	key->slot = slot;
 	key->selector = matched;
+	key->policy_id = hook->policy_id;
 	key->who = sel->rate_scope == RT_RATE_GLOBAL ? 0 : sel->rate_scope == RT_RATE_PROCESS ? pid_tgid >> 32 : (__u32)pid_tgid;
 	for (__u32 i = 0; i < RT_POLICY_ARGS; i++) {
 		if (i >= hook->nargs)

@@ -61,6 +61,7 @@ export const rtHookStats = struct('rt_hook_stats', { runs: u64, matched: u64, po
 export const rtPodKey = struct('rt_pod_key', { policy_id: u32, netns: u32 });
 export const rtProc = struct('rt_proc', { follow: u64, caps: array(u64, 3), ns: array(u32, 10), pod_netns: u32, _pad: pad(4) });
 export const rtConfig = struct('rt_config', { host_netns: u32, _pad: pad(4) });
+export const rtRateKey = struct('rt_rate_key', { slot: u32, selector: u32, who: u32, policy_id: u32, args: array(u8, POLICY_LIMITS.args * 40) });
 export const rtFollowSet = struct('rt_follow_set', { active: u64, keys: array(u32, POLICY_LIMITS.followChildren) });
 
 const EMPTY_FILTER = { arg: 0, op: 0, nvalues: 0, key: 0, values: Array<bigint>(POLICY_LIMITS.values).fill(0n) };
@@ -259,18 +260,20 @@ export class PolicyManager {
    * What the kernel holds of policies, read back from the maps (not from this manager's
    * bookkeeping): string selector entries, and hook slots with a policy in them.
    */
-  kernelState(): { strings: number; hooks: number; pods: number; follow: number } {
+  kernelState(): { strings: number; hooks: number; pods: number; follow: number; rate: number } {
     let strings = 0;
     for (const _key of this.#object.map('runtime_policy_strings').keys()) strings++;
     let pods = 0;
     for (const _key of this.#object.map('runtime_policy_pods').keys()) pods++;
+    let rate = 0;
+    for (const _key of this.#object.map('runtime_policy_rate').keys()) rate++;
     const set = this.#object.map('runtime_policy_follow').lookup(u32Key(0)) as Buffer | undefined;
     let follow = 0;
     for (let active = set ? set.readBigUInt64LE(0) : 0n; active; active >>= 1n) follow += Number(active & 1n);
     let hooks = 0;
     const map = this.#object.map('runtime_policy_hooks');
     for (let slot = 0; slot < POLICY_LIMITS.hooks; slot++) if ((map.lookup(u32Key(slot)) as Buffer | undefined)?.readUInt32LE(0)) hooks++;
-    return { strings, hooks, pods, follow };
+    return { strings, hooks, pods, follow, rate };
   }
 
   /**
@@ -362,6 +365,9 @@ export class PolicyManager {
     const strings = this.#object.map('runtime_policy_strings');
     for (const key of loaded.strings.splice(0)) strings.delete(key);
     this.#writeFollow(loaded, false);
+    // rateLimit's memory of the policy's posts (an LRU would forget them in time; we do at once).
+    const rate = this.#object.map('runtime_policy_rate');
+    for (const key of [...rate.keys()]) if (rtRateKey.decode(key as Buffer, 0).policy_id === loaded.id) rate.delete(key as Buffer);
     const pods = this.#object.map('runtime_policy_pods');
     for (const netns of loaded.pods) pods.delete(encode(rtPodKey, { policy_id: loaded.id, netns }));
     loaded.pods.clear();

@@ -186,6 +186,10 @@ test('rateLimit: repeats of the same call within the limit stay in the kernel, p
   assert.equal(stats.posted, 3n);
   assert.equal(stats.ratelimited, 53n);
   assert.deepEqual(kprobesOf(name).map((e) => e.args?.[0]), [{ string_arg: file }, { string_arg: other }, { string_arg: file }]);
+  const kept = observer.policies.kernelState().rate;
+  assert.ok(kept >= 3, `rate entries ${kept}`);
+  observer.policies.delete(name);
+  assert.equal(observer.policies.kernelState().rate, kept - 3, "a deleted policy's rate memory goes with it");
 
   const global = addPolicy(t, openatPolicy(unique('rate-global'), file, '      matchActions: [{action: Post, rateLimit: "60", rateLimitScope: global}]\n'));
   for (let i = 0; i < 3; i++) await run('/usr/bin/cat', [file]);
