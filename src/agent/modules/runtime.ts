@@ -172,7 +172,7 @@ export const runtimePodsModule = defineModule({
   name: 'runtime-pods',
   description: 'names the pod of each process the runtime sensor sees, and scopes tracing policies to pods in the kernel, from the endpoints holding their network namespaces',
   needs: { runtime: RuntimeCell, endpoints: EndpointsCell },
-  start({ runtime, endpoints }) {
+  start({ runtime, endpoints }, { log }) {
     if (!runtime) return { value: undefined };
     let byNetns = new Map<number, TetragonPod>();
     let indexed = -1;
@@ -194,7 +194,12 @@ export const runtimePodsModule = defineModule({
       }
       byNetns = next;
       // podSelector and namespaced policies follow the pods as they come and go.
-      runtime.setScopePods(scoped);
+      try {
+        runtime.setScopePods(scoped);
+      } catch (error) {
+        // A full map: what was written stays (the manager knows it); the next endpoint change retries.
+        log.error({ err: error }, 'tracing policies not rescoped to the pods');
+      }
     };
     runtime.setPodResolver(({ netns }) => {
       index();
