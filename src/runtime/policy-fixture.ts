@@ -19,8 +19,14 @@ export class PolicyFixture {
 
   constructor(prefix: string) {
     this.dir = mkdtempSync(join(tmpdir(), prefix));
-    chmodSync(this.dir, 0o755);
-    this.observer.start();
+    try {
+      chmodSync(this.dir, 0o755);
+      this.observer.start();
+    } catch (error) {
+      // No fixture to close: leave nothing behind here.
+      rmSync(this.dir, { recursive: true, force: true });
+      throw error;
+    }
     this.observer.subscribe((event) => this.events.push(event));
   }
 
