@@ -97,7 +97,9 @@ function argValue(arg: CompiledArg, record: PolicyRecord, i: number): TetragonAr
       const family = slot.readUInt16LE(0);
       const port = slot.readUInt16BE(2);
       const addr = family === 2 ? [...slot.subarray(4, 8)].join('.') : family === 10 ? ipv6Text(slot.subarray(4, 20)) : '';
-      return { sock_arg: { family: family === 2 ? 'AF_INET' : family === 10 ? 'AF_INET6' : `AF_${family}`, daddr: addr, dport: port }, ...label };
+      const familyName = family === 2 ? 'AF_INET' : family === 10 ? 'AF_INET6' : `AF_${family}`;
+      // bind's sockaddr is the local end (KprobeSock's saddr, sport); the others' the peer.
+      return { sock_arg: arg.end === 'local' ? { family: familyName, saddr: addr, sport: port } : { family: familyName, daddr: addr, dport: port }, ...label };
     }
   }
 }

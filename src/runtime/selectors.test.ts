@@ -235,7 +235,7 @@ test('SAddr/SPort on bind, DAddr with IPv6 CIDRs on connect: decided in the kern
   assert.equal(await listen('127.0.0.1', port), port);
   const seen = kprobesOf(bindPolicy);
   assert.equal(seen.length, 1);
-  assert.deepEqual(seen[0].args?.[1], { sock_arg: { family: 'AF_INET', daddr: '127.0.0.1', dport: port } });
+  assert.deepEqual(seen[0].args?.[1], { sock_arg: { family: 'AF_INET', saddr: '127.0.0.1', sport: port } });
 
   const v6 = { port: await listen('::1') };
   const connectPolicy = addPolicy(t, sockPolicy('connect', ['DAddr', '"::1/128", "10.255.255.0/24"'], ['DPort', `"${v6.port}"`]));
