@@ -62,6 +62,21 @@ struct {
 	__type(value, struct rt_string_key);
 } runtime_binaries SEC(".maps");
 
+/* What each process had at exec, and its followChildren marks (struct rt_proc). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, struct rt_proc);
+} runtime_procs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rt_config);
+} runtime_config SEC(".maps");
+
 /* Reads `count` bytes of a kernel_cap_t whatever its layout (u64 since 6.3, u32[2] before):
  * both are the same 8 little-endian bytes. */
 static __always_inline __u64 read_caps(const kernel_cap_t *caps)
@@ -71,30 +86,32 @@ static __always_inline __u64 read_caps(const kernel_cap_t *caps)
 	return value;
 }
 
-static __always_inline void read_namespaces(struct task_struct *task, struct runtime_exec_event *ev)
+/* The task's namespaces (enum runtime_ns order) and its pid in its own pid namespace: for exec
+ * events, and for matchNamespaces / matchNamespaceChanges at a hook. */
+static __always_inline void read_namespaces(struct task_struct *task, __u32 *out, __u32 *nspid)
 {
 	struct nsproxy *ns = BPF_CORE_READ(task, nsproxy);
 	if (!ns)
 		return;
-	ev->ns[RT_NS_UTS] = BPF_CORE_READ(ns, uts_ns, ns.inum);
-	ev->ns[RT_NS_IPC] = BPF_CORE_READ(ns, ipc_ns, ns.inum);
-	ev->ns[RT_NS_MNT] = BPF_CORE_READ(ns, mnt_ns, ns.inum);
-	ev->ns[RT_NS_PID_FOR_CHILDREN] = BPF_CORE_READ(ns, pid_ns_for_children, ns.inum);
-	ev->ns[RT_NS_NET] = BPF_CORE_READ(ns, net_ns, ns.inum);
+	out[RT_NS_UTS] = BPF_CORE_READ(ns, uts_ns, ns.inum);
+	out[RT_NS_IPC] = BPF_CORE_READ(ns, ipc_ns, ns.inum);
+	out[RT_NS_MNT] = BPF_CORE_READ(ns, mnt_ns, ns.inum);
+	out[RT_NS_PID_FOR_CHILDREN] = BPF_CORE_READ(ns, pid_ns_for_children, ns.inum);
+	out[RT_NS_NET] = BPF_CORE_READ(ns, net_ns, ns.inum);
 	if (bpf_core_field_exists(ns->time_ns)) {
-		ev->ns[RT_NS_TIME] = BPF_CORE_READ(ns, time_ns, ns.inum);
-		ev->ns[RT_NS_TIME_FOR_CHILDREN] = BPF_CORE_READ(ns, time_ns_for_children, ns.inum);
+		out[RT_NS_TIME] = BPF_CORE_READ(ns, time_ns, ns.inum);
+		out[RT_NS_TIME_FOR_CHILDREN] = BPF_CORE_READ(ns, time_ns_for_children, ns.inum);
 	}
-	ev->ns[RT_NS_CGROUP] = BPF_CORE_READ(ns, cgroup_ns, ns.inum);
-	ev->ns[RT_NS_USER] = BPF_CORE_READ(task, cred, user_ns, ns.inum);
+	out[RT_NS_CGROUP] = BPF_CORE_READ(ns, cgroup_ns, ns.inum);
+	out[RT_NS_USER] = BPF_CORE_READ(task, cred, user_ns, ns.inum);
 
 	/* The task's own pid namespace is the one at its pid's level; its number there is nspid. */
 	struct pid *pid = BPF_CORE_READ(task, thread_pid);
 	unsigned int level = BPF_CORE_READ(pid, level);
 	struct upid upid = {};
 	bpf_core_read(&upid, sizeof(upid), &pid->numbers[level & 31]);
-	ev->nspid = upid.nr;
-	ev->ns[RT_NS_PID] = BPF_CORE_READ(upid.ns, ns.inum);
+	*nspid = upid.nr;
+	out[RT_NS_PID] = BPF_CORE_READ(upid.ns, ns.inum);
 }
 
 /* The state of a cwd walk, one path component per bpf_loop() step. */
@@ -204,6 +221,35 @@ static __noinline void emit_exit(struct runtime_exit_event *ev)
 	emit(ev, sizeof(*ev));
 }
 
+#include "runtime_policy.h"
+
+/* Keeps what matchNamespaceChanges, matchCapabilityChanges and followChildren compare with: the
+ * namespaces and capabilities at this exec, and the followChildren marks, inherited from the
+ * process before the exec (a fork's copy of its parent's) plus those this binary matches. */
+static __always_inline void record_process(struct runtime_exec_event *ev)
+{
+	__u32 zero = 0;
+	struct exec_scratch *s = bpf_map_lookup_elem(&runtime_scratch, &zero);
+	if (!s)
+		return;
+	struct rt_proc proc = {
+		.caps = { ev->cap_effective, ev->cap_inheritable, ev->cap_permitted },
+	};
+	__builtin_memcpy(proc.ns, ev->ns, sizeof(proc.ns));
+	struct rt_proc *before = bpf_map_lookup_elem(&runtime_procs, &ev->pid);
+	if (before) {
+		proc.follow = before->follow;
+		proc.pod_netns = before->pod_netns;
+	}
+	if (!proc.pod_netns) {
+		struct rt_config *config = bpf_map_lookup_elem(&runtime_config, &zero);
+		if (config && config->host_netns && ev->ns[RT_NS_NET] != config->host_netns)
+			proc.pod_netns = ev->ns[RT_NS_NET];
+	}
+	proc.follow |= follow_marks(&s->binary);
+	bpf_map_update_elem(&runtime_procs, &ev->pid, &proc, BPF_ANY);
+}
+
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(runtime_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
 {
@@ -234,7 +280,7 @@ int BPF_PROG(runtime_exec, struct task_struct *task, pid_t old_pid, struct linux
 	}
 	/* The exec runs in the new process: current is `task`. */
 	ev->cgroup_id = bpf_get_current_cgroup_id();
-	read_namespaces(task, ev);
+	read_namespaces(task, ev->ns, &ev->nspid);
 
 	char *data = s->data;
 	long n = bpf_probe_read_kernel_str(data, RT_BINARY_MAX, BPF_CORE_READ(bprm, filename));
@@ -247,6 +293,7 @@ int BPF_PROG(runtime_exec, struct task_struct *task, pid_t old_pid, struct linux
 	__u32 used = n & (RT_BINARY_MAX * 2 - 1);
 	ev->binary_len = used;
 	record_binary(ev->pid, data, n);
+	record_process(ev);
 
 	/* argv as the new program sees it, on its new stack: the kernel has just copied it there. */
 	unsigned long arg_start = BPF_CORE_READ(task, mm, arg_start);
@@ -291,6 +338,9 @@ int BPF_PROG(runtime_fork, struct task_struct *parent, struct task_struct *child
 	struct rt_string_key *bin = bpf_map_lookup_elem(&runtime_binaries, &ev.ppid);
 	if (bin)
 		bpf_map_update_elem(&runtime_binaries, &tgid, bin, BPF_ANY);
+	struct rt_proc *proc = bpf_map_lookup_elem(&runtime_procs, &ev.ppid);
+	if (proc)
+		bpf_map_update_elem(&runtime_procs, &tgid, proc, BPF_ANY);
 	emit_fork(&ev);
 	return 0;
 }
@@ -311,10 +361,9 @@ int BPF_PROG(runtime_exit, struct task_struct *task)
 		.exit_code = BPF_CORE_READ(task, exit_code),
 	};
 	bpf_map_delete_elem(&runtime_binaries, &ev.pid);
+	bpf_map_delete_elem(&runtime_procs, &ev.pid);
 	emit_exit(&ev);
 	return 0;
 }
-
-#include "runtime_policy.h"
 
 char LICENSE[] SEC("license") = "GPL";

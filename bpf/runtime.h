@@ -113,6 +113,11 @@ struct runtime_exit_event {
 #define RT_POLICY_MATCHARGS 5   /* matchArgs entries per selector (Tetragon: 5) */
 #define RT_POLICY_VALUES 8      /* values per numeric / address / port operator (Tetragon: 4) */
 #define RT_POLICY_PIDS 8        /* matchPIDs values (Tetragon: 4) */
+#define RT_POLICY_NS_FILTERS 10 /* matchNamespaces entries (Tetragon: 10) */
+#define RT_POLICY_NS_VALUES 4   /* values per matchNamespaces entry (Tetragon: 4) */
+#define RT_POLICY_CAP_FILTERS 4 /* matchCapabilities + matchCapabilityChanges entries */
+#define RT_POLICY_FOLLOW 64     /* matchBinaries with followChildren (Tetragon: 64) */
+#define RT_RATE_ARG_BYTES 40    /* bytes of each argument a rateLimit key holds (Tetragon: 40) */
 /* Bytes of a string argument read, compared and reported, NUL included: a longer string is cut
  * (flagged) and then never Equal to a value, which are at most RT_POLICY_STR - 2 characters. */
 #define RT_POLICY_STR 248
@@ -144,8 +149,46 @@ enum rt_op {
 	RT_OP_DPORT,
 	RT_OP_NOT_DPORT,
 	RT_OP_FAMILY,
-	RT_OP_IN,     /* matchBinaries / matchPIDs */
+	RT_OP_IN,     /* matchBinaries / matchPIDs / matchNamespaces / matchCapabilities */
 	RT_OP_NOT_IN,
+	RT_OP_SADDR,
+	RT_OP_NOT_SADDR,
+	RT_OP_SPORT,
+	RT_OP_NOT_SPORT,
+};
+
+/* rateLimitScope: whose repeats a rate limit folds together (Tetragon's default: thread). */
+enum rt_rate_scope {
+	RT_RATE_THREAD = 0,
+	RT_RATE_PROCESS = 1,
+	RT_RATE_GLOBAL = 2,
+};
+
+/* What each process had at its exec (and the followChildren marks it inherited), by tgid, in
+ * runtime_procs: matchNamespaceChanges and matchCapabilityChanges compare the caller with it,
+ * followChildren reads `follow`. Copied to a child at fork, gone at exit. */
+struct rt_proc {
+	__u64 follow; /* bit i: a followChildren matchBinaries (runtime_policy_follow.keys[i]) matched it or an ancestor */
+	__u64 caps[3]; /* effective, inheritable, permitted */
+	__u32 ns[RT_NS_COUNT];
+	/* The first network namespace other than the host's that the process or an ancestor exec'd
+	 * in: its pod, kept across fork and exec. A process that leaves its pod's namespace (unshare
+	 * in a user namespace needs no privilege) stays in the pod's scoped policies. */
+	__u32 pod_netns;
+	__u32 _pad;
+};
+
+/* What user space tells the programs once, at the sensor's start (runtime_config). */
+struct rt_config {
+	__u32 host_netns;
+	__u32 _pad;
+};
+
+/* The followChildren matchBinaries of all hooks: bit i of `active` in use, its strings under
+ * keys[i] in runtime_policy_strings (In only, as Tetragon). Read at every exec. */
+struct rt_follow_set {
+	__u64 active;
+	__u32 keys[RT_POLICY_FOLLOW];
 };
 
 enum rt_action {
@@ -167,9 +210,9 @@ struct rt_tp {
 	__u16 slots[RT_POLICY_TP_HOOKS];
 };
 
-/* One matchArgs entry. Strings are matched in runtime_policy_strings under `key`; numbers against
- * values[0..nvalues); an IPv4 CIDR is a value with the network in its low 32 bits and the mask
- * in its high 32 bits, both in network byte order as the sockaddr holds them. */
+/* One matchArgs entry. Strings are matched in runtime_policy_strings under `key`, and so are
+ * addresses (SAddr, DAddr: a family byte, 4 then 6, and the address in network order, each CIDR
+ * a prefix of them); numbers and ports against values[0..nvalues). */
 struct rt_arg_filter {
 	__u8 arg; /* index into rt_hook.args */
 	__u8 op;
@@ -179,16 +222,47 @@ struct rt_arg_filter {
 	__u64 values[RT_POLICY_VALUES];
 };
 
+/* One matchNamespaces entry: the caller's namespace `ns` (enum runtime_ns) is (IN) or is not
+ * (NOT_IN) one of values[0..nvalues), inode numbers ("host_ns" resolved by user space). */
+struct rt_ns_filter {
+	__u8 ns;
+	__u8 op;
+	__u8 nvalues;
+	__u8 _pad;
+	__u32 values[RT_POLICY_NS_VALUES];
+};
+
+/* One matchCapabilities entry (or, with `changes`, matchCapabilityChanges: the bits that differ
+ * from the set at exec). IN: any bit of `mask` in the set; NOT_IN: none. With user_ns set
+ * (isNamespaceCapability), only a caller outside that (the host's) user namespace matches. */
+struct rt_cap_filter {
+	__u8 type; /* 0 effective, 1 inheritable, 2 permitted */
+	__u8 op;
+	__u8 changes;
+	__u8 _pad;
+	__u32 user_ns;
+	__u64 mask;
+};
+
 struct rt_selector {
 	__u8 nargs;
 	__u8 bin_op;    /* RT_OP_NONE, IN, NOT_IN, PREFIX, NOT_PREFIX, POSTFIX, NOT_POSTFIX */
 	__u8 pid_op;    /* RT_OP_NONE, IN, NOT_IN */
 	__u8 npids;
 	__u8 action;
-	__u8 _pad[3];
+	__u8 nns;
+	__u8 ncaps;
+	__u8 follow;    /* followChildren: 1 + its bit in rt_proc.follow, 0 without */
 	__u32 signal;
 	__u32 bin_key;
+	__u8 nschange_op; /* matchNamespaceChanges: RT_OP_NONE, IN, NOT_IN */
+	__u8 rate_scope;  /* enum rt_rate_scope */
+	__u16 nschange_mask; /* bit per enum runtime_ns */
+	__u32 _pad;
+	__u64 rate_ns;    /* Post's rateLimit, 0: none */
 	__u32 pids[RT_POLICY_PIDS];
+	struct rt_ns_filter ns[RT_POLICY_NS_FILTERS];
+	struct rt_cap_filter caps[RT_POLICY_CAP_FILTERS];
 	struct rt_arg_filter args[RT_POLICY_MATCHARGS];
 };
 
@@ -196,7 +270,9 @@ struct rt_hook {
 	__u32 policy_id;
 	__u8 nargs;
 	__u8 nselectors; /* 0: every call is posted */
-	__u16 _pad;
+	__u8 scoped;     /* podSelector / containerSelector / namespaced: the caller's netns must be
+			  * in runtime_policy_pods under policy_id */
+	__u8 _pad;
 	struct rt_arg_spec args[RT_POLICY_ARGS];
 	struct rt_selector selectors[RT_POLICY_SELECTORS];
 };
@@ -217,6 +293,23 @@ struct rt_hook_stats {
 	__u64 matched;
 	__u64 posted;
 	__u64 signalled;
+	__u64 ratelimited; /* matched, Post, and dropped by rateLimit */
+};
+
+/* A key of runtime_policy_pods: a network namespace a scoped policy applies to. */
+struct rt_pod_key {
+	__u32 policy_id;
+	__u32 netns;
+};
+
+/* A key of runtime_policy_rate: one selector's action, by whom (rateLimitScope) and with which
+ * arguments (their first RT_RATE_ARG_BYTES bytes); the value is when it last posted. */
+struct rt_rate_key {
+	__u32 slot;
+	__u32 selector;
+	__u32 who; /* tid, tgid or 0 */
+	__u32 policy_id; /* a later policy in the same slot starts afresh */
+	__u8 args[RT_POLICY_ARGS][RT_RATE_ARG_BYTES];
 };
 
 /* Per-argument flags of a policy event (the `arg_flags` field, 4 bits per argument). */

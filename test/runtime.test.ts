@@ -7,7 +7,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -167,4 +167,56 @@ test("in the full agent, a process in a pod's network namespace carries the pod 
   assert.equal(pod?.name, 'xwing');
   assert.deepEqual(pod?.pod_labels, { org: 'alliance', class: 'xwing' });
   assert.equal(event.process_exec.process.binary, '/bin/sh');
+});
+
+test('in the full agent, a podSelector policy reports only its pods, decided in the kernel, and follows pods that come later', async (t) => {
+  const node = await TestNode.start(t, { extraArgs: ['--runtime-enabled', '--runtime-server-address', ''] });
+  const xwing = await node.addPod(t, 'xwing', { org: 'alliance' }, 'default');
+  const fighter = await node.addPod(t, 'tiefighter', { org: 'empire' }, 'default');
+  const client = connectTetragon(`unix:${join(node.dir, 'tetragon.sock')}`);
+  t.after(() => client.close());
+  const dir = mkdtempSync(join(tmpdir(), 'ciliate-podsel-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'plans');
+  writeFileSync(file, 'x\n');
+  const name = `empire-${randomBytes(4).toString('hex')}`;
+  await node.client.call('POST', '/v1/runtime/policies', { yaml: `apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: ${name}}
+spec:
+  podSelector:
+    matchLabels: {org: empire}
+  kprobes:
+  - call: sys_openat
+    args: [{index: 1, type: string}]
+    selectors:
+    - matchArgs: [{index: 1, operator: Equal, values: [${JSON.stringify(file)}]}]
+` });
+  const stream = client.getEvents({ allow_list: [{ event_set: ['PROCESS_KPROBE'] }] });
+  t.after(() => stream.cancel());
+  await stream.ready;
+  const cat = async (netns?: string) => {
+    const child = spawn(netns ? 'nsenter' : '/usr/bin/cat', netns ? [`--net=/run/netns/${netns}`, '/usr/bin/cat', file] : [file], { stdio: 'ignore' });
+    await once(child, 'exit');
+  };
+  await cat(xwing.netns);
+  await cat();
+  await cat(fighter.netns);
+  // A pod that comes after the policy: the agent adds its namespace to the policy's scope.
+  const bomber = await node.addPod(t, 'tiebomber', { org: 'empire' }, 'default');
+  const posted = async () => Number(/: (\d+) events/.exec((await client.listTracingPolicies()).find((p) => p.name === name)?.info ?? '')?.[1]);
+  await until('the new pod in scope', async () => {
+    await cat(bomber.netns);
+    return (await posted()) >= 2;
+  });
+  const timer = setTimeout(() => stream.cancel(), 10_000);
+  t.after(() => clearTimeout(timer));
+  const pods: string[] = [];
+  for await (const e of stream) {
+    if (!('process_kprobe' in e) || e.process_kprobe.policy_name !== name) continue;
+    pods.push(e.process_kprobe.process.pod?.name ?? 'host');
+    if (pods.length === 2) break;
+  }
+  assert.deepEqual(pods, ['tiefighter', 'tiebomber']);
+  assert.equal(await posted(), 2, 'the xwing and the host were rejected in the kernel');
 });

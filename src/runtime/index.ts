@@ -17,4 +17,4 @@ export { compactLine } from './printer.ts';
 export { EventType, eventBody, eventTypeOf, processOf, type EventTypeName, type TetragonArg, type TetragonEvent, type TetragonPod, type TetragonProcess, type TetragonProcessKprobe, type TetragonProcessTracepoint } from './types.ts';
 export { EventExporter, parseEventFilters, type EventExporterOptions, type EventExporterStats } from './export.ts';
 export { MISSING_HOOK_REASON, POLICY_LIMITS, compileTracingPolicy, type CompiledTracingPolicy, type PolicyProblem, type TracingPolicyHeader } from './tracing-policy.ts';
-export { PolicyManager, type PolicyStats, type PolicyStatus } from './policy.ts';
+export { PolicyManager, type PolicyStats, type PolicyStatus, type ScopePod } from './policy.ts';

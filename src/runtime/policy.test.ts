@@ -7,52 +7,28 @@ import { after, before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { randomBytes } from 'node:crypto';
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, openSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, createServer, type AddressInfo } from 'node:net';
 import * as grpc from '@grpc/grpc-js';
 import { RuntimeError, RuntimeObserver, TetragonServer, connectTetragon, type TetragonEvent, type TetragonProcessKprobe } from './index.ts';
+import { PolicyFixture, uniqueName } from './policy-fixture.ts';
 
+let fixture: PolicyFixture;
 let observer: RuntimeObserver;
 let dir: string;
-const events: TetragonEvent[] = [];
+let events: TetragonEvent[];
 
 before(() => {
-  dir = mkdtempSync(join(tmpdir(), 'ciliate-tp-'));
-  observer = new RuntimeObserver({ nodeName: 'test-node' });
-  observer.start();
-  observer.subscribe((event) => events.push(event));
+  fixture = new PolicyFixture('ciliate-tp-');
+  ({ observer, dir, events } = fixture);
 });
 
-after(() => {
-  observer?.stop();
-  rmSync(dir, { recursive: true, force: true });
-});
+after(() => fixture?.close());
 
-function uniqueName(prefix: string): string {
-  return `${prefix}-${randomBytes(4).toString('hex')}`;
-}
-
-function tempFile(name: string): string {
-  const path = join(dir, name);
-  writeFileSync(path, 'x\n');
-  return path;
-}
-
-function addPolicy(t: TestContext, yaml: string): string {
-  const status = observer.policies.add(yaml);
-  t.after(() => {
-    if (observer.policies.get(status.name)) observer.policies.delete(status.name);
-  });
-  return status.name;
-}
-
-function kprobesOf(policy: string): TetragonProcessKprobe[] {
-  observer.drain();
-  return events.flatMap((e) => ('process_kprobe' in e && e.process_kprobe.policy_name === policy ? [e.process_kprobe] : []));
-}
+const tempFile = (name: string) => fixture.tempFile(name);
+const addPolicy = (t: TestContext, yaml: string) => fixture.addPolicy(t, yaml);
+const kprobesOf = (policy: string) => fixture.kprobesOf(policy);
 
 /** The kernel's links of this observer's generic policy program (bpftool: the kernel's own view). */
 function policyLinks(): number {
@@ -200,7 +176,7 @@ spec:
 `);
   // sched_process_exec, and openat's entry and exit (where an unreadable path is decided).
   assert.equal(policyLinks(), base + 3);
-  assert.deepEqual(observer.policies.kernelState(), { strings: kernel.strings + 3, hooks: kernel.hooks + 2 });
+  assert.deepEqual(observer.policies.kernelState(), { ...kernel, strings: kernel.strings + 3, hooks: kernel.hooks + 2 });
   observer.policies.delete(name);
   assert.equal(policyLinks(), base);
   assert.deepEqual(observer.policies.kernelState(), kernel);
@@ -223,7 +199,7 @@ test("over Tetragon's gRPC API: a connect policy's DAddr/DPort selectors, its ev
 
   await assert.rejects(client.addTracingPolicy('apiVersion: cilium.io/v1alpha1\nkind: TracingPolicy\nmetadata: {name: x}\nspec:\n  kprobes:\n  - call: sys_connect\n    args: [{index: 1, type: sockaddr}]\n    selectors:\n    - matchArgs: [{index: 1, operator: SPort, values: ["80"]}]\n'), (error: { code?: number; details?: string }) => {
     assert.equal(error.code, grpc.status.INVALID_ARGUMENT);
-    assert.match(error.details ?? '', /spec\.kprobes\[0\]\.selectors\[0\]\.matchArgs\[0\]\.operator: "SPort": a connect's sockaddr holds only the destination/);
+    assert.match(error.details ?? '', /spec\.kprobes\[0\]\.selectors\[0\]\.matchArgs\[0\]\.operator: "SPort": this call's sockaddr holds only the destination: use DAddr \/ DPort/);
     return true;
   });
   const name = uniqueName('connect');

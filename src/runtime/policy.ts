@@ -10,7 +10,11 @@
 import { readlinkSync, readdirSync } from 'node:fs';
 import { UpdateFlag, array, attachTracepoint, encode, pad, possibleCpus, struct, u16, u32, u64, u8, type BpfObject, type Link } from '../ebpf/index.ts';
 import { RuntimeError } from './errors.ts';
-import { Action, POLICY_LIMITS, compileTracingPolicy, type CompiledHook, type CompiledStrings, type CompiledTracingPolicy } from './tracing-policy.ts';
+import type { Prefix } from '../net/index.ts';
+import { selectorMatches } from '../policy/index.ts';
+import { NAMESPACES } from './events.ts';
+import type { ProcessSnapshot } from './process-cache.ts';
+import { Action, POLICY_LIMITS, compileTracingPolicy, type CompiledHook, type CompiledStrings, type CompiledTracingPolicy, type PolicyScope } from './tracing-policy.ts';
 
 // ---- codecs of bpf/runtime.h's policy structs (events.test.ts checks them against the BTF) ----
 
@@ -18,34 +22,56 @@ const STRING_BYTES = 248; // RT_POLICY_STR
 
 export const rtArgSpec = struct('rt_arg_spec', { offset: u16, type: u8, size: u8 });
 export const rtArgFilter = struct('rt_arg_filter', { arg: u8, op: u8, nvalues: u8, _pad: pad(1), key: u32, values: array(u64, POLICY_LIMITS.values) });
+export const rtNsFilter = struct('rt_ns_filter', { ns: u8, op: u8, nvalues: u8, _pad: pad(1), values: array(u32, POLICY_LIMITS.namespaceValues) });
+export const rtCapFilter = struct('rt_cap_filter', { type: u8, op: u8, changes: u8, _pad: pad(1), user_ns: u32, mask: u64 });
 export const rtSelector = struct('rt_selector', {
   nargs: u8,
   bin_op: u8,
   pid_op: u8,
   npids: u8,
   action: u8,
-  _pad: pad(3),
+  nns: u8,
+  ncaps: u8,
+  follow: u8,
   signal: u32,
   bin_key: u32,
+  nschange_op: u8,
+  rate_scope: u8,
+  nschange_mask: u16,
+  _pad: pad(4),
+  rate_ns: u64,
   pids: array(u32, POLICY_LIMITS.pids),
+  ns: array(rtNsFilter, POLICY_LIMITS.namespaces),
+  caps: array(rtCapFilter, POLICY_LIMITS.capabilities),
   args: array(rtArgFilter, POLICY_LIMITS.matchArgs),
 });
 export const rtHook = struct('rt_hook', {
   policy_id: u32,
   nargs: u8,
   nselectors: u8,
-  _pad: pad(2),
+  scoped: u8,
+  _pad: pad(1),
   args: array(rtArgSpec, POLICY_LIMITS.args),
   selectors: array(rtSelector, POLICY_LIMITS.selectors),
 });
 export const TP_HOOKS = 8; // RT_POLICY_TP_HOOKS
 const TRACEPOINTS = 64; // RT_POLICY_TPS
 export const rtTp = struct('rt_tp', { nhooks: u32, slots: array(u16, TP_HOOKS) });
-export const rtHookStats = struct('rt_hook_stats', { runs: u64, matched: u64, posted: u64, signalled: u64 });
+export const rtHookStats = struct('rt_hook_stats', { runs: u64, matched: u64, posted: u64, signalled: u64, ratelimited: u64 });
+export const rtPodKey = struct('rt_pod_key', { policy_id: u32, netns: u32 });
+export const rtProc = struct('rt_proc', { follow: u64, caps: array(u64, 3), ns: array(u32, 10), pod_netns: u32, _pad: pad(4) });
+export const rtConfig = struct('rt_config', { host_netns: u32, _pad: pad(4) });
+export const rtRateKey = struct('rt_rate_key', { slot: u32, selector: u32, who: u32, policy_id: u32, args: array(u8, POLICY_LIMITS.args * 40) });
+export const rtFollowSet = struct('rt_follow_set', { active: u64, keys: array(u32, POLICY_LIMITS.followChildren) });
 
 const EMPTY_FILTER = { arg: 0, op: 0, nvalues: 0, key: 0, values: Array<bigint>(POLICY_LIMITS.values).fill(0n) };
-const EMPTY_SELECTOR = { nargs: 0, bin_op: 0, pid_op: 0, npids: 0, action: 0, signal: 0, bin_key: 0, pids: Array<number>(POLICY_LIMITS.pids).fill(0), args: Array(POLICY_LIMITS.matchArgs).fill(EMPTY_FILTER) };
-const EMPTY_HOOK = encode(rtHook, { policy_id: 0, nargs: 0, nselectors: 0, args: Array(POLICY_LIMITS.args).fill({ offset: 0, type: 0, size: 0 }), selectors: Array(POLICY_LIMITS.selectors).fill(EMPTY_SELECTOR) });
+const EMPTY_NS_FILTER = { ns: 0, op: 0, nvalues: 0, values: Array<number>(POLICY_LIMITS.namespaceValues).fill(0) };
+const EMPTY_CAP_FILTER = { type: 0, op: 0, changes: 0, user_ns: 0, mask: 0n };
+const EMPTY_SELECTOR = {
+  nargs: 0, bin_op: 0, pid_op: 0, npids: 0, action: 0, nns: 0, ncaps: 0, follow: 0, signal: 0, bin_key: 0, nschange_op: 0, rate_scope: 0, nschange_mask: 0, rate_ns: 0n,
+  pids: Array<number>(POLICY_LIMITS.pids).fill(0), ns: Array(POLICY_LIMITS.namespaces).fill(EMPTY_NS_FILTER), caps: Array(POLICY_LIMITS.capabilities).fill(EMPTY_CAP_FILTER), args: Array(POLICY_LIMITS.matchArgs).fill(EMPTY_FILTER),
+};
+const EMPTY_HOOK = encode(rtHook, { policy_id: 0, nargs: 0, nselectors: 0, scoped: 0, args: Array(POLICY_LIMITS.args).fill({ offset: 0, type: 0, size: 0 }), selectors: Array(POLICY_LIMITS.selectors).fill(EMPTY_SELECTOR) });
 
 const padded = <T>(list: T[], length: number, fill: T): T[] => [...list, ...Array<T>(Math.max(0, length - list.length)).fill(fill)];
 
@@ -68,6 +94,11 @@ function stringKeys(filter: number, strings: CompiledStrings): Buffer[] {
   });
 }
 
+/** Keys of a filter's CIDRs: a family byte (4, 6) and the network, `bits` of it a prefix. */
+function prefixKeys(filter: number, prefixes: Prefix[]): Buffer[] {
+  return prefixes.map((prefix) => stringKey(filter, Buffer.concat([Buffer.of(prefix.addr.family), prefix.addr.toBytes()]), 8 + prefix.bits));
+}
+
 /** A filter's key: the slot, the selector and the matchArgs entry (15: matchBinaries). */
 const filterKey = (slot: number, selector: number, entry: number) => (slot << 8) | (selector << 4) | entry;
 
@@ -78,10 +109,27 @@ export interface LoadedHook {
   hook: CompiledHook;
 }
 
+/** A pod as scoped policies select it: its network namespace's inode, namespace and labels. */
+export interface ScopePod {
+  netns: number;
+  namespace: string;
+  labels: Record<string, string>;
+}
+
+/** Whether a scoped policy applies to a pod (Tetragon's namespace label is the pod's namespace). */
+export function scopeSelects(scope: PolicyScope, pod: ScopePod): boolean {
+  if (scope.namespace !== undefined && pod.namespace !== scope.namespace) return false;
+  return !scope.podSelector || selectorMatches(scope.podSelector, { ...pod.labels, 'k8s:io.kubernetes.pod.namespace': pod.namespace });
+}
+
 export interface LoadedPolicy {
   id: number;
   policy: CompiledTracingPolicy;
   hooks: LoadedHook[];
+  /** followChildren marks (bits of rt_proc.follow) by `slot/selector`. */
+  follow: Map<string, number>;
+  /** The network namespaces in runtime_policy_pods for a scoped policy. */
+  pods: Set<number>;
   /** Slots of this policy's hooks that run now (listed on their tracepoint). */
   running: number[];
   strings: Buffer[];
@@ -102,6 +150,8 @@ const EXIT_COOKIE = 0x8000_0000n;
 export interface PolicyStats {
   /** Calls the hooks saw. */
   runs: bigint;
+  /** Matched Post calls a rateLimit kept in the kernel. */
+  ratelimited: bigint;
   /** Calls a selector matched (all, without selectors). */
   matched: bigint;
   /** Events that reached user space. */
@@ -126,6 +176,9 @@ export class PolicyManager {
   readonly #byName = new Map<string, LoadedPolicy>();
   readonly #bySlot = new Map<number, LoadedHook & { policy: LoadedPolicy }>();
   readonly #attachments = new Map<string, Attachment>();
+  /** followChildren marks in use (bits of rt_proc.follow) and the filter key each stands for. */
+  readonly #followKeys = new Map<number, number>();
+  #pods: ScopePod[] = [];
   #nextId = 1;
 
   constructor(object: BpfObject) {
@@ -140,7 +193,11 @@ export class PolicyManager {
     const free: number[] = [];
     for (let slot = 0; slot < POLICY_LIMITS.hooks && free.length < policy.hooks.length; slot++) if (!this.#bySlot.has(slot)) free.push(slot);
     if (free.length < policy.hooks.length) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name}: ${policy.hooks.length} hooks, ${free.length} of ${POLICY_LIMITS.hooks} slots free`, { details: [{ field: 'spec', reason: 'too many hooks loaded' }] });
-    const loaded: LoadedPolicy = { id: this.#nextId++, policy, hooks: policy.hooks.map((hook, i) => ({ slot: free[i], hook })), running: [], strings: [], createdAt: new Date() };
+    const loaded: LoadedPolicy = { id: this.#nextId++, policy, hooks: policy.hooks.map((hook, i) => ({ slot: free[i], hook })), follow: new Map(), pods: new Set(), running: [], strings: [], createdAt: new Date() };
+    const wanted = loaded.hooks.flatMap(({ slot, hook }) => hook.selectors.flatMap((sel, s) => (sel.followChildren ? [`${slot}/${s}`] : [])));
+    const freeBits = Array.from({ length: POLICY_LIMITS.followChildren }, (_, bit) => bit).filter((bit) => !this.#followKeys.has(bit));
+    if (wanted.length > freeBits.length) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name}: ${wanted.length} matchBinaries with followChildren, ${freeBits.length} of ${POLICY_LIMITS.followChildren} free`, { details: [{ field: 'spec', reason: `at most ${POLICY_LIMITS.followChildren} followChildren over all policies` }] });
+    wanted.forEach((where, i) => loaded.follow.set(where, freeBits[i]));
     const hooks = this.#object.map('runtime_policy_hooks');
     const strings = this.#object.map('runtime_policy_strings');
     const stats = this.#object.map('runtime_policy_stats');
@@ -152,8 +209,10 @@ export class PolicyManager {
           strings.update(buffer, Buffer.from([1]));
           loaded.strings.push(buffer);
         }
-        hooks.update(key, this.#hookValue(loaded.id, slot, hook));
+        hooks.update(key, this.#hookValue(loaded, slot, hook));
       }
+      this.#writeFollow(loaded, true);
+      if (policy.scope) this.#writePods(loaded);
       // Last: the hooks run from here on, each with its selectors already in place.
       for (const { slot, hook } of loaded.hooks) {
         this.#run(hook, slot);
@@ -201,13 +260,35 @@ export class PolicyManager {
    * What the kernel holds of policies, read back from the maps (not from this manager's
    * bookkeeping): string selector entries, and hook slots with a policy in them.
    */
-  kernelState(): { strings: number; hooks: number } {
+  kernelState(): { strings: number; hooks: number; pods: number; follow: number; rate: number } {
     let strings = 0;
     for (const _key of this.#object.map('runtime_policy_strings').keys()) strings++;
+    let pods = 0;
+    for (const _key of this.#object.map('runtime_policy_pods').keys()) pods++;
+    let rate = 0;
+    for (const _key of this.#object.map('runtime_policy_rate').keys()) rate++;
+    const set = this.#object.map('runtime_policy_follow').lookup(u32Key(0)) as Buffer | undefined;
+    let follow = 0;
+    for (let active = set ? set.readBigUInt64LE(0) : 0n; active; active >>= 1n) follow += Number(active & 1n);
     let hooks = 0;
     const map = this.#object.map('runtime_policy_hooks');
     for (let slot = 0; slot < POLICY_LIMITS.hooks; slot++) if ((map.lookup(u32Key(slot)) as Buffer | undefined)?.readUInt32LE(0)) hooks++;
-    return { strings, hooks };
+    return { strings, hooks, pods, follow, rate };
+  }
+
+  /**
+   * The pods scoped policies choose from (the agent's endpoints); each scoped policy's network
+   * namespaces in the kernel follow, written as differences.
+   */
+  setPods(pods: ScopePod[]): void {
+    this.#pods = pods;
+    for (const loaded of this.#byName.values()) if (loaded.policy.scope) this.#writePods(loaded);
+  }
+
+  /** The network namespaces a loaded policy applies to in the kernel (undefined: not scoped). */
+  podsOf(name: string): number[] | undefined {
+    const loaded = this.#byName.get(name);
+    return loaded?.policy.scope ? [...loaded.pods].sort((a, b) => a - b) : undefined;
   }
 
   /** Unloads every policy (the agent's stop). */
@@ -216,7 +297,7 @@ export class PolicyManager {
   }
 
   #status(loaded: LoadedPolicy): PolicyStatus {
-    const total: PolicyStats = { runs: 0n, matched: 0n, posted: 0n, signalled: 0n };
+    const total: PolicyStats = { runs: 0n, matched: 0n, posted: 0n, signalled: 0n, ratelimited: 0n };
     const stats = this.#object.map('runtime_policy_stats');
     for (const { slot } of loaded.hooks) {
       for (const cpu of stats.lookupPerCpu(u32Key(slot)) ?? []) {
@@ -225,6 +306,7 @@ export class PolicyManager {
         total.matched += s.matched;
         total.posted += s.posted;
         total.signalled += s.signalled;
+        total.ratelimited += s.ratelimited;
       }
     }
     const { header } = loaded.policy;
@@ -282,6 +364,66 @@ export class PolicyManager {
     for (const { slot } of loaded.hooks) hooks.update(u32Key(slot), EMPTY_HOOK);
     const strings = this.#object.map('runtime_policy_strings');
     for (const key of loaded.strings.splice(0)) strings.delete(key);
+    this.#writeFollow(loaded, false);
+    // rateLimit's memory of the policy's posts (an LRU would forget them in time; we do at once).
+    const rate = this.#object.map('runtime_policy_rate');
+    for (const key of [...rate.keys()]) if (rtRateKey.decode(key as Buffer, 0).policy_id === loaded.id) rate.delete(key as Buffer);
+    const pods = this.#object.map('runtime_policy_pods');
+    for (const netns of loaded.pods) pods.delete(encode(rtPodKey, { policy_id: loaded.id, netns }));
+    loaded.pods.clear();
+  }
+
+  /**
+   * Adds (or takes out) a policy's followChildren marks in the set every exec reads. Taken out, a
+   * mark is also cleared from every process that carries it, so the next policy to get it starts
+   * from no process.
+   */
+  #writeFollow(loaded: LoadedPolicy, on: boolean): void {
+    if (loaded.follow.size === 0) return;
+    for (const [where, bit] of loaded.follow) {
+      const [slot, selector] = where.split('/').map(Number);
+      if (on) this.#followKeys.set(bit, filterKey(slot, selector, 15));
+      else this.#followKeys.delete(bit);
+    }
+    const keys = Array<number>(POLICY_LIMITS.followChildren).fill(0);
+    let active = 0n;
+    for (const [bit, key] of this.#followKeys) {
+      keys[bit] = key;
+      active |= 1n << BigInt(bit);
+    }
+    this.#object.map('runtime_policy_follow').update(u32Key(0), encode(rtFollowSet, { active, keys }));
+    if (on) return;
+    let gone = 0n;
+    for (const bit of loaded.follow.values()) gone |= 1n << BigInt(bit);
+    const procs = this.#object.map('runtime_procs');
+    for (const key of procs.keys()) {
+      const value = procs.lookup(key as Buffer) as Buffer | undefined;
+      if (!value || (value.readBigUInt64LE(0) & gone) === 0n) continue;
+      value.writeBigUInt64LE(value.readBigUInt64LE(0) & ~gone, 0);
+      try {
+        procs.update(key as Buffer, value, UpdateFlag.EXIST);
+      } catch {
+        // The process exited meanwhile.
+      }
+    }
+  }
+
+  /** Writes the difference between a scoped policy's network namespaces and the pods it selects. */
+  #writePods(loaded: LoadedPolicy): void {
+    const scope = loaded.policy.scope;
+    if (!scope) return;
+    const want = new Set(this.#pods.filter((pod) => pod.netns && scopeSelects(scope, pod)).map((pod) => pod.netns));
+    const map = this.#object.map('runtime_policy_pods');
+    for (const netns of want) {
+      if (loaded.pods.has(netns)) continue;
+      map.update(encode(rtPodKey, { policy_id: loaded.id, netns }), Buffer.from([1]));
+      loaded.pods.add(netns);
+    }
+    for (const netns of [...loaded.pods]) {
+      if (want.has(netns)) continue;
+      map.delete(encode(rtPodKey, { policy_id: loaded.id, netns }));
+      loaded.pods.delete(netns);
+    }
   }
 
   #hookStrings(slot: number, hook: CompiledHook): Buffer[] {
@@ -290,27 +432,37 @@ export class PolicyManager {
       if (sel.binaries) out.push(...stringKeys(filterKey(slot, s, 15), sel.binaries));
       sel.args.forEach((filter, f) => {
         if (filter.strings) out.push(...stringKeys(filterKey(slot, s, f + 1), filter.strings));
+        if (filter.prefixes) out.push(...prefixKeys(filterKey(slot, s, f + 1), filter.prefixes));
       });
     });
     return out;
   }
 
-  #hookValue(policyId: number, slot: number, hook: CompiledHook): Buffer {
+  #hookValue(loaded: LoadedPolicy, slot: number, hook: CompiledHook): Buffer {
     const selectors = hook.selectors.map((sel, s) => ({
       nargs: sel.args.length,
       bin_op: sel.binOp,
       pid_op: sel.pidOp,
       npids: sel.pids.length,
       action: Action[sel.action],
+      nns: sel.namespaces.length,
+      ncaps: sel.capabilities.length,
+      follow: sel.followChildren ? 1 + (loaded.follow.get(`${slot}/${s}`) ?? 0) : 0,
       signal: sel.signal,
       bin_key: sel.binOp ? filterKey(slot, s, 15) : 0,
+      nschange_op: sel.nsChangeOp,
+      rate_scope: sel.rateScope,
+      nschange_mask: sel.nsChangeMask,
+      rate_ns: sel.rateLimitNs,
       pids: padded(sel.pids, POLICY_LIMITS.pids, 0),
+      ns: padded(sel.namespaces.map((f) => ({ ns: f.ns, op: f.op, nvalues: f.values.length, values: padded(f.values, POLICY_LIMITS.namespaceValues, 0) })), POLICY_LIMITS.namespaces, EMPTY_NS_FILTER),
+      caps: padded(sel.capabilities.map((f) => ({ type: f.type, op: f.op, changes: f.changes ? 1 : 0, user_ns: f.userNs, mask: f.mask })), POLICY_LIMITS.capabilities, EMPTY_CAP_FILTER),
       args: padded(
         sel.args.map((filter, f) => ({
           arg: filter.arg,
           op: filter.op,
           nvalues: filter.values.length,
-              key: filter.strings ? filterKey(slot, s, f + 1) : 0,
+          key: filter.strings || filter.prefixes ? filterKey(slot, s, f + 1) : 0,
           values: padded(filter.values, POLICY_LIMITS.values, 0n),
         })),
         POLICY_LIMITS.matchArgs,
@@ -318,9 +470,10 @@ export class PolicyManager {
       ),
     }));
     return encode(rtHook, {
-      policy_id: policyId,
+      policy_id: loaded.id,
       nargs: hook.args.length,
       nselectors: hook.selectors.length,
+      scoped: loaded.policy.scope ? 1 : 0,
       args: padded(hook.args.map((a) => ({ offset: a.offset, type: a.kind, size: a.size })), POLICY_LIMITS.args, { offset: 0, type: 0, size: 0 }),
       selectors: padded(selectors, POLICY_LIMITS.selectors, EMPTY_SELECTOR),
     });
@@ -353,6 +506,30 @@ export function seedBinaries(object: BpfObject): number {
     value.writeUInt32LE(bytes.length + 1, 0);
     try {
       map.update(u32Key(Number(name)), value, UpdateFlag.NOEXIST); // an exec since is newer
+      seeded++;
+    } catch {
+      // Already written by the exec program, or the map is full.
+    }
+  }
+  return seeded;
+}
+
+/**
+ * Gives the processes running before the sensor a baseline for matchNamespaceChanges and
+ * matchCapabilityChanges: their namespaces and capabilities now, as if exec'd now (without it a
+ * long-running process that later unshares or drops capabilities would never count as changed),
+ * and their pod's network namespace for scoped policies.
+ */
+export function seedProcesses(object: BpfObject, snapshots: ProcessSnapshot[], hostNetns: number): number {
+  // What the exec program reads to tell a pod's network namespace from the host's.
+  object.map('runtime_config').update(u32Key(0), encode(rtConfig, { host_netns: hostNetns }));
+  const map = object.map('runtime_procs');
+  let seeded = 0;
+  for (const p of snapshots) {
+    const podNetns = hostNetns && p.ns.net && p.ns.net !== hostNetns ? p.ns.net : 0;
+    const value = encode(rtProc, { follow: 0n, caps: [p.caps.effective, p.caps.inheritable, p.caps.permitted], ns: NAMESPACES.map((n) => p.ns[n] ?? 0), pod_netns: podNetns });
+    try {
+      map.update(u32Key(p.pid), value, UpdateFlag.NOEXIST); // an exec since is newer
       seeded++;
     } catch {
       // Already written by the exec program, or the map is full.

@@ -94,6 +94,16 @@ export function readNamespaces(pid: number, root = '/proc'): Record<NamespaceNam
   return ns;
 }
 
+/**
+ * The host's namespaces: init's, or where init's may not be read (some hosts deny even root
+ * /proc/1/ns), kthreadd's, which is in the initial namespaces on every host.
+ */
+export function hostNamespaces(root = '/proc'): Record<NamespaceName, number> {
+  const init = readNamespaces(1, root);
+  const kthreadd = readNamespaces(2, root);
+  return Object.fromEntries(NAMESPACES.map((n) => [n, init[n] || kthreadd[n]])) as Record<NamespaceName, number>;
+}
+
 /** Every user-space process now, parents before children (by start time, then pid). */
 export function readAllProcesses(root = '/proc'): ProcessSnapshot[] {
   const out: ProcessSnapshot[] = [];

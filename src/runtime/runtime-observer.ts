@@ -7,11 +7,11 @@
  */
 import { constants } from 'node:os';
 import { RuntimeError } from './errors.ts';
-import { readAllProcesses, readNamespaces, readProcess } from './procfs.ts';
+import { hostNamespaces, readAllProcesses, readProcess } from './procfs.ts';
 import { ProcessCache, type ProcessCacheStats, type ProcessEntry } from './process-cache.ts';
 import { ProcessSensor } from './sensor.ts';
-import { NAMESPACES, POLICY_ARG_SLOT, type ExitRecord, type NamespaceName, type PolicyRecord, type RuntimeRecord } from './events.ts';
-import { PolicyManager, seedBinaries } from './policy.ts';
+import { CAPABILITIES, NAMESPACES, POLICY_ARG_SLOT, type ExitRecord, type NamespaceName, type PolicyRecord, type RuntimeRecord } from './events.ts';
+import { PolicyManager, seedBinaries, seedProcesses, type ScopePod } from './policy.ts';
 import type { CompiledArg } from './tracing-policy.ts';
 import type { TetragonAction, TetragonArg, TetragonCapabilities, TetragonEvent, TetragonNamespaces, TetragonPod, TetragonProcess } from './types.ts';
 
@@ -46,17 +46,6 @@ export interface RuntimeObserverStats {
 }
 
 export type EventListener = (event: TetragonEvent) => void;
-
-/** Capability names by bit (linux/capability.h), as tetragon.CapabilitiesType names them (bit 1 is
- * DAC_OVERRIDE there, without the CAP_ prefix). */
-const CAPABILITIES = [
-  'CAP_CHOWN', 'DAC_OVERRIDE', 'CAP_DAC_READ_SEARCH', 'CAP_FOWNER', 'CAP_FSETID', 'CAP_KILL', 'CAP_SETGID', 'CAP_SETUID',
-  'CAP_SETPCAP', 'CAP_LINUX_IMMUTABLE', 'CAP_NET_BIND_SERVICE', 'CAP_NET_BROADCAST', 'CAP_NET_ADMIN', 'CAP_NET_RAW',
-  'CAP_IPC_LOCK', 'CAP_IPC_OWNER', 'CAP_SYS_MODULE', 'CAP_SYS_RAWIO', 'CAP_SYS_CHROOT', 'CAP_SYS_PTRACE', 'CAP_SYS_PACCT',
-  'CAP_SYS_ADMIN', 'CAP_SYS_BOOT', 'CAP_SYS_NICE', 'CAP_SYS_RESOURCE', 'CAP_SYS_TIME', 'CAP_SYS_TTY_CONFIG', 'CAP_MKNOD',
-  'CAP_LEASE', 'CAP_AUDIT_WRITE', 'CAP_AUDIT_CONTROL', 'CAP_SETFCAP', 'CAP_MAC_OVERRIDE', 'CAP_MAC_ADMIN', 'CAP_SYSLOG',
-  'CAP_WAKE_ALARM', 'CAP_BLOCK_SUSPEND', 'CAP_AUDIT_READ', 'CAP_PERFMON', 'CAP_BPF', 'CAP_CHECKPOINT_RESTORE',
-] as const;
 
 export function capabilityNames(mask: bigint): string[] {
   const out: string[] = [];
@@ -108,7 +97,9 @@ function argValue(arg: CompiledArg, record: PolicyRecord, i: number): TetragonAr
       const family = slot.readUInt16LE(0);
       const port = slot.readUInt16BE(2);
       const addr = family === 2 ? [...slot.subarray(4, 8)].join('.') : family === 10 ? ipv6Text(slot.subarray(4, 20)) : '';
-      return { sock_arg: { family: family === 2 ? 'AF_INET' : family === 10 ? 'AF_INET6' : `AF_${family}`, daddr: addr, dport: port }, ...label };
+      const familyName = family === 2 ? 'AF_INET' : family === 10 ? 'AF_INET6' : `AF_${family}`;
+      // bind's sockaddr is the local end (KprobeSock's saddr, sport); the others' the peer.
+      return { sock_arg: arg.end === 'local' ? { family: familyName, saddr: addr, sport: port } : { family: familyName, daddr: addr, dport: port }, ...label };
     }
   }
 }
@@ -134,17 +125,14 @@ export class RuntimeObserver {
   #kprobes = 0;
   #tracepoints = 0;
   #policies: PolicyManager | undefined;
+  #scopePods: ScopePod[] = [];
 
   constructor(options: RuntimeObserverOptions) {
     this.#options = options;
     this.#resolvePod = options.resolvePod;
     // process.hrtime is CLOCK_MONOTONIC on Linux, the clock of bpf_ktime_get_ns().
     this.#wallOffset = BigInt(Date.now()) * 1_000_000n - process.hrtime.bigint();
-    // The host's namespaces are init's; where init's may not be read (some hosts deny even root
-    // /proc/1/ns), kthreadd's, which is in the initial namespaces on every host.
-    const init = readNamespaces(1);
-    const kthreadd = readNamespaces(2);
-    this.#hostNs = Object.fromEntries(NAMESPACES.map((n) => [n, init[n] || kthreadd[n]])) as Record<NamespaceName, number>;
+    this.#hostNs = hostNamespaces();
     this.cache = new ProcessCache({
       nodeName: options.nodeName,
       maxEntries: options.processCacheSize,
@@ -163,8 +151,11 @@ export class RuntimeObserver {
       onError: (error) => this.#options.onError?.(error),
     });
     this.#policies = new PolicyManager(this.#sensor.object);
+    this.#policies.setPods(this.#scopePods);
     seedBinaries(this.#sensor.object);
-    for (const snapshot of readAllProcesses()) this.cache.addSnapshot(snapshot);
+    const snapshots = readAllProcesses();
+    seedProcesses(this.#sensor.object, snapshots, this.#hostNs.net);
+    for (const snapshot of snapshots) this.cache.addSnapshot(snapshot);
     const grace = this.#options.processCacheGraceMs ?? 10_000;
     this.#gc = setInterval(() => this.cache.collect(), Math.max(1000, Math.min(grace, 30_000)));
     this.#gc.unref();
@@ -196,6 +187,15 @@ export class RuntimeObserver {
    */
   setPodResolver(resolve: RuntimeObserverOptions['resolvePod']): void {
     this.#resolvePod = resolve;
+  }
+
+  /**
+   * The pods that podSelector and namespaced policies choose from (the agent's endpoints), kept
+   * across sensor restarts; scoped policies' kernel entries follow at once.
+   */
+  setScopePods(pods: ScopePod[]): void {
+    this.#scopePods = pods;
+    this.#policies?.setPods(pods);
   }
 
   subscribe(listener: EventListener): () => void {
@@ -308,9 +308,8 @@ export class RuntimeObserver {
     const entry = this.cache.byPid(record.pid);
     if (!entry) return;
     const process = this.processObject(entry);
-    // A namespaced policy is scoped to its namespace's pods (in user space for now: its hooks
-    // may not enforce, see tracing-policy.ts).
-    if (policy.header.namespace !== undefined && process.pod?.namespace !== policy.header.namespace) return;
+    // A namespaced policy's scope was decided in the kernel, with the pod a process exec'd in (which
+    // a process that left its pod's network namespace no longer shows here).
     const parent = this.cache.parentOf(entry);
     const args = hook.args.map((arg, i) => argValue(arg, record, i));
     const action = ACTION_NAMES[record.action] ?? 'KPROBE_ACTION_POST';

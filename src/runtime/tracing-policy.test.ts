@@ -104,40 +104,49 @@ spec:
   assert.equal(hooks[1].args[0].offset, 8);
 });
 
-test('unknown operators, actions, limits and enforcement in a namespaced policy are named by field', () => {
+test('unknown operators, actions, limits and bad selector values are named by field', () => {
   const problems = problemsOf(`apiVersion: cilium.io/v1alpha1
 kind: TracingPolicyNamespaced
 metadata: {name: bad, namespace: default}
 spec:
+  containerSelector: {matchLabels: {name: app}}
   kprobes:
   - call: sys_openat
     syscall: true
     args: [{index: 1, type: string}, {index: 2, type: file}]
     selectors:
     - matchArgs: [{index: 1, operator: Contains, values: ["x"]}, {index: 3, operator: Equal, values: ["1"]}]
-      matchActions: [{action: Sigkill}]
+      matchActions: [{action: Sigkill, rateLimit: 1m}]
+      matchBinaries: [{operator: Prefix, values: ["/usr/"], followChildren: true}]
     - matchActions: [{action: Override, argError: -1}]
-      matchNamespaces: [{namespace: Pid, operator: In, values: [host_ns]}]
+      matchNamespaces: [{namespace: Kube, operator: In, values: [host_ns]}, {namespace: Net, operator: In, values: [abc]}]
+    - matchActions: [{action: Post, rateLimit: fast, rateLimitScope: cpu}]
+      matchCapabilities: [{type: Effective, operator: In, values: [CAP_NOPE]}]
+      matchNamespaceChanges: [{operator: In, values: [Mnt, Kube]}]
+      matchCapabilityChanges: [{type: Ambient, operator: In, values: [CAP_SYS_ADMIN]}]
   - call: sys_nosuchcall
 `);
-  assert.deepEqual(new Set(problems.map((p) => p.field)), new Set([
-    'spec.kprobes[0].args[1].type',
-    'spec.kprobes[0].selectors[0].matchArgs[0].operator',
-    'spec.kprobes[0].selectors[0].matchArgs[1].index',
-    'spec.kprobes[0].selectors[0].matchActions[0].action',
-    'spec.kprobes[1].call',
-    'spec.kprobes[0].selectors[1].matchNamespaces',
-    'spec.kprobes[0].selectors[1].matchActions[0].action',
-  ]));
   const byField = new Map(problems.map((p) => [p.field, p.reason]));
-  assert.match(byField.get('spec.kprobes[0].args[1].type') ?? '', /kernel object/);
-  assert.match(byField.get('spec.kprobes[0].selectors[0].matchArgs[0].operator') ?? '', /"Contains": want one of Equal, NotEqual, Prefix/);
-  assert.match(byField.get('spec.kprobes[0].selectors[0].matchArgs[1].index') ?? '', /no argument with index 3/);
-  assert.match(byField.get('spec.kprobes[0].selectors[0].matchActions[0].action') ?? '', /in-kernel pod scoping/);
-  assert.match(byField.get('spec.kprobes[0].selectors[1].matchActions[0].action') ?? '', /"Override": needs kprobe override/);
-  assert.match(byField.get('spec.kprobes[0].selectors[1].matchNamespaces') ?? '', /not supported yet/);
-  assert.match(byField.get('spec.kprobes[1].call') ?? '', /no syscall nosuchcall/);
-  assert.equal(problems.length, 7);
+  const expected: Record<string, RegExp> = {
+    'spec.containerSelector': /no container name or image/,
+    'spec.kprobes[0].args[1].type': /kernel object/,
+    'spec.kprobes[0].selectors[0].matchArgs[0].operator': /"Contains": want one of Equal, NotEqual, Prefix/,
+    'spec.kprobes[0].selectors[0].matchArgs[1].index': /no argument with index 3/,
+    'spec.kprobes[0].selectors[0].matchActions[0].rateLimit': /only with action Post/,
+    'spec.kprobes[0].selectors[0].matchBinaries[0].followChildren': /only with operator In/,
+    'spec.kprobes[0].selectors[1].matchActions[0].action': /"Override": needs kprobe override/,
+    'spec.kprobes[0].selectors[1].matchNamespaces[0].namespace': /"Kube": want one of Uts, Ipc, Mnt, Pid/,
+    'spec.kprobes[0].selectors[1].matchNamespaces[1].values[0]': /"abc": want a namespace inode number or host_ns/,
+    'spec.kprobes[0].selectors[2].matchActions[0].rateLimit': /"fast": want a time/,
+    'spec.kprobes[0].selectors[2].matchActions[0].rateLimitScope': /"cpu": want thread, process or global/,
+    'spec.kprobes[0].selectors[2].matchCapabilities[0].values[0]': /"CAP_NOPE": not a capability/,
+    'spec.kprobes[0].selectors[2].matchNamespaceChanges[0].values[1]': /"Kube": want one of/,
+    'spec.kprobes[0].selectors[2].matchCapabilityChanges[0].type': /"Ambient": want Effective, Inheritable or Permitted/,
+    'spec.kprobes[1].call': /no syscall nosuchcall/,
+  };
+  assert.deepEqual([...byField.keys()].sort(), Object.keys(expected).sort());
+  for (const [field, reason] of Object.entries(expected)) assert.match(byField.get(field) ?? '', reason, field);
+  assert.equal(problems.length, Object.keys(expected).length);
   const six = problemsOf(`apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy
 metadata: {name: six}

@@ -8,10 +8,13 @@
  * @module
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { isIPv4 } from 'node:net';
 import { parse } from 'yaml';
 import { probeFeature } from '../ebpf/index.ts';
+import { Addr, Prefix } from '../net/index.ts';
+import type { Selector, SelectorRequirement } from '../policy/index.ts';
 import { RuntimeError } from './errors.ts';
+import { CAPABILITIES, NAMESPACES, type NamespaceName } from './events.ts';
+import { hostNamespaces } from './procfs.ts';
 
 export interface PolicyProblem {
   field: string;
@@ -106,6 +109,10 @@ export const POLICY_LIMITS = {
   matchArgs: 5, // Tetragon: 5
   values: 8, // numeric, address and port values per operator; Tetragon: 4
   pids: 8, // Tetragon: 4
+  namespaces: 10, // matchNamespaces entries; Tetragon: 10
+  namespaceValues: 4, // Tetragon: 4
+  capabilities: 4, // matchCapabilities and matchCapabilityChanges entries together
+  followChildren: 64, // matchBinaries with followChildren over all policies; Tetragon: 64
   strings: 256, // string values per operator (LPM trie entries); Tetragon: unbounded prefixes
   stringBytes: 246, // an Equal / Prefix value's characters (Tetragon: 256 for Prefix)
   postfixBytes: 128, // Tetragon: 128
@@ -115,7 +122,10 @@ export const ArgType = { INT: 1, UINT: 2, STRING: 3, SOCKADDR: 4, DATA_LOC: 5 } 
 export const Op = {
   EQUAL: 1, NOT_EQUAL: 2, PREFIX: 3, NOT_PREFIX: 4, POSTFIX: 5, NOT_POSTFIX: 6, MASK: 7, GT: 8, LT: 9,
   DADDR: 10, NOT_DADDR: 11, DPORT: 12, NOT_DPORT: 13, FAMILY: 14, IN: 15, NOT_IN: 16,
+  SADDR: 17, NOT_SADDR: 18, SPORT: 19, NOT_SPORT: 20,
 } as const;
+/** rateLimitScope (bpf/runtime.h enum rt_rate_scope). */
+export const RateScope = { thread: 0, process: 1, global: 2 } as const;
 export const Action = { POST: 0, NOPOST: 1, SIGKILL: 2, SIGNAL: 3 } as const;
 export type ActionName = keyof typeof Action;
 
@@ -130,6 +140,8 @@ export interface CompiledArg {
   size: number;
   report: ArgReport;
   label?: string;
+  /** A sockaddr's end of the connection: bind's names the local one, every other call's the peer. */
+  end?: 'local' | 'remote';
 }
 
 export interface CompiledStrings {
@@ -143,6 +155,26 @@ export interface CompiledFilter {
   op: number;
   values: bigint[];
   strings?: CompiledStrings;
+  /** SAddr / DAddr: CIDRs, of either family. */
+  prefixes?: Prefix[];
+}
+
+/** One matchNamespaces entry: namespace slot (bpf/runtime.h enum runtime_ns), In or NotIn. */
+export interface CompiledNamespaceFilter {
+  ns: number;
+  op: number;
+  values: number[];
+}
+
+/** One matchCapabilities (or, with `changes`, matchCapabilityChanges) entry. */
+export interface CompiledCapabilityFilter {
+  /** 0 effective, 1 inheritable, 2 permitted. */
+  type: number;
+  op: number;
+  changes: boolean;
+  /** isNamespaceCapability: the host's user namespace, which the caller must not be in. */
+  userNs: number;
+  mask: bigint;
 }
 
 export interface CompiledSelector {
@@ -150,9 +182,19 @@ export interface CompiledSelector {
   pids: number[];
   binOp: number;
   binaries?: CompiledStrings;
+  /** matchBinaries followChildren: descendants of a matching binary match too. */
+  followChildren: boolean;
+  namespaces: CompiledNamespaceFilter[];
+  capabilities: CompiledCapabilityFilter[];
+  /** matchNamespaceChanges: operator and a bit per namespace slot. */
+  nsChangeOp: number;
+  nsChangeMask: number;
   args: CompiledFilter[];
   action: ActionName;
   signal: number;
+  /** Post's rateLimit in ns (0: none) and its scope. */
+  rateLimitNs: bigint;
+  rateScope: number;
 }
 
 export interface CompiledHook {
@@ -169,16 +211,26 @@ export interface CompiledHook {
   tags?: string[];
 }
 
+/** Which pods a policy applies to; a scoped policy's hooks end in the kernel for every other caller. */
+export interface PolicyScope {
+  /** A TracingPolicyNamespaced's namespace. */
+  namespace?: string;
+  /** spec.podSelector (a key `k8s:io.kubernetes.pod.namespace` names the pod's namespace). */
+  podSelector?: Selector;
+}
+
 export interface CompiledTracingPolicy {
   header: TracingPolicyHeader;
   hooks: CompiledHook[];
+  /** Undefined: every process on the node. */
+  scope?: PolicyScope;
   /** The YAML as given (ListTracingPolicies and `policy list -o yaml` return it). */
   text: string;
 }
 
 const ARG_FIELDS = new Set(['index', 'type', 'label', 'sizeArgIndex', 'maxData', 'returnCopy', 'resolve']);
 const SELECTOR_FIELDS = new Set(['matchArgs', 'matchBinaries', 'matchPIDs', 'matchActions', 'matchNamespaces', 'matchCapabilities', 'matchNamespaceChanges', 'matchCapabilityChanges', 'matchReturnArgs', 'matchReturnActions', 'matchData', 'matchParentBinaries', 'matchWorkloads']);
-const NOT_YET = new Set(['matchNamespaces', 'matchCapabilities', 'matchNamespaceChanges', 'matchCapabilityChanges', 'matchReturnArgs', 'matchReturnActions', 'matchData', 'matchParentBinaries', 'matchWorkloads']);
+const NOT_YET = new Set(['matchReturnArgs', 'matchReturnActions', 'matchData', 'matchParentBinaries', 'matchWorkloads']);
 const INT_TYPES: Record<string, { signed: boolean; size: number; report: ArgReport }> = {
   int: { signed: true, size: 4, report: 'int_arg' },
   int32: { signed: true, size: 4, report: 'int_arg' },
@@ -197,10 +249,22 @@ const INT_TYPES: Record<string, { signed: boolean; size: number; report: ArgRepo
 };
 const STRING_OPS: Record<string, number> = { Equal: Op.EQUAL, NotEqual: Op.NOT_EQUAL, Prefix: Op.PREFIX, NotPrefix: Op.NOT_PREFIX, Postfix: Op.POSTFIX, NotPostfix: Op.NOT_POSTFIX };
 const INT_OPS: Record<string, number> = { Equal: Op.EQUAL, NotEqual: Op.NOT_EQUAL, Mask: Op.MASK, GT: Op.GT, GreaterThan: Op.GT, LT: Op.LT, LessThan: Op.LT };
-const SOCK_OPS: Record<string, number> = { DAddr: Op.DADDR, NotDAddr: Op.NOT_DADDR, DPort: Op.DPORT, NotDPort: Op.NOT_DPORT, Family: Op.FAMILY };
+const SOCK_OPS: Record<string, number> = { SAddr: Op.SADDR, NotSAddr: Op.NOT_SADDR, SPort: Op.SPORT, NotSPort: Op.NOT_SPORT, DAddr: Op.DADDR, NotDAddr: Op.NOT_DADDR, DPort: Op.DPORT, NotDPort: Op.NOT_DPORT, Family: Op.FAMILY };
+const ADDRESS_OPS = new Set<number>([Op.SADDR, Op.NOT_SADDR, Op.DADDR, Op.NOT_DADDR]);
+const PORT_OPS = new Set<number>([Op.SPORT, Op.NOT_SPORT, Op.DPORT, Op.NOT_DPORT]);
+const LOCAL_OPS = new Set<number>([Op.SADDR, Op.NOT_SADDR, Op.SPORT, Op.NOT_SPORT]);
+/** Tetragon's namespace names, in bpf/runtime.h enum runtime_ns order (events.ts NAMESPACES). */
+const NAMESPACE_NAMES = ['Uts', 'Ipc', 'Mnt', 'Pid', 'PidForChildren', 'Net', 'Time', 'TimeForChildren', 'Cgroup', 'User'] as const;
+const CAPABILITY_TYPES: Record<string, number> = { Effective: 0, Inheritable: 1, Permitted: 2 };
+const IN_OPS: Record<string, number> = { In: Op.IN, NotIn: Op.NOT_IN };
 const BINARY_OPS: Record<string, number> = { In: Op.IN, NotIn: Op.NOT_IN, Prefix: Op.PREFIX, NotPrefix: Op.NOT_PREFIX, Postfix: Op.POSTFIX, NotPostfix: Op.NOT_POSTFIX };
 const ACTIONS: Record<string, ActionName> = { post: 'POST', nopost: 'NOPOST', sigkill: 'SIGKILL', signal: 'SIGNAL' };
 const OTHER_ACTIONS = new Set(['override', 'followfd', 'unfollowfd', 'copyfd', 'geturl', 'dnslookup', 'tracksock', 'untracksock', 'notifyenforcer', 'set', 'cleanupenforcernotification']);
+
+/** Which end a syscall's sockaddr argument names: bind's is the local address, the others' the peer. */
+function sockaddrEnd(syscall: string): 'local' | 'remote' {
+  return syscall === 'bind' ? 'local' : 'remote';
+}
 
 /** Strips the arch prefix and `sys_`: `__x64_sys_openat` → `openat`. */
 function syscallName(call: string): string {
@@ -241,20 +305,6 @@ function stringValues(values: unknown[], op: number, field: string, problems: Po
   return { kind, values: out };
 }
 
-function ipv4Cidr(text: string): bigint | undefined {
-  const [addr, bitsText, extra] = text.split('/');
-  if (extra !== undefined || !isIPv4(addr)) return undefined;
-  const bits = bitsText === undefined ? 32 : Number(bitsText);
-  if (!Number.isInteger(bits) || bits < 0 || bits > 32 || (bitsText !== undefined && !/^\d+$/.test(bitsText))) return undefined;
-  // Both in the sockaddr's byte order (network order), read as a little-endian u32 by the program.
-  const octets = addr.split('.').map(Number);
-  const mask = bits === 0 ? 0 : (0xffffffff << (32 - bits)) >>> 0;
-  const maskOctets = [mask >>> 24, (mask >>> 16) & 0xff, (mask >>> 8) & 0xff, mask & 0xff];
-  const le = (b: number[]) => BigInt((b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24)) >>> 0);
-  const masked = octets.map((o, i) => o & maskOctets[i]);
-  return (le(maskOctets) << 32n) | le(masked);
-}
-
 function compileFilter(item: Json, field: string, args: CompiledArg[], problems: PolicyProblem[]): CompiledFilter | undefined {
   unknownFields(item, new Set(['index', 'operator', 'values', 'args']), field, problems);
   if (item.args !== undefined) return void problems.push({ field: `${field}.args`, reason: 'not supported yet: use index' });
@@ -268,9 +318,22 @@ function compileFilter(item: Json, field: string, args: CompiledArg[], problems:
   const kind = args[arg].kind;
   const ops = kind === ArgType.STRING || kind === ArgType.DATA_LOC ? STRING_OPS : kind === ArgType.SOCKADDR ? SOCK_OPS : INT_OPS;
   const op = typeof operator === 'string' ? ops[operator] : undefined;
-  if (op === undefined) {
-    const reason = typeof operator === 'string' && /^(Not)?S(Addr|Port)/.test(operator) && kind === ArgType.SOCKADDR ? "a connect's sockaddr holds only the destination" : `want one of ${Object.keys(ops).join(', ')} for this argument's type`;
+  if (op === undefined) return void problems.push({ field: `${field}.operator`, reason: `${JSON.stringify(operator)}: want one of ${Object.keys(ops).join(', ')} for this argument's type` });
+  if (kind === ArgType.SOCKADDR && (ADDRESS_OPS.has(op) || PORT_OPS.has(op)) && LOCAL_OPS.has(op) !== (args[arg].end === 'local')) {
+    const reason = args[arg].end === 'local' ? "bind's sockaddr is the local address: use SAddr / SPort" : "this call's sockaddr holds only the destination: use DAddr / DPort";
     return void problems.push({ field: `${field}.operator`, reason: `${JSON.stringify(operator)}: ${reason}` });
+  }
+  if (ADDRESS_OPS.has(op)) {
+    if (values.length === 0 || values.length > POLICY_LIMITS.strings) return void problems.push({ field: `${field}.values`, reason: `want 1 to ${POLICY_LIMITS.strings} addresses or CIDRs` });
+    const prefixes: Prefix[] = [];
+    values.forEach((value, i) => {
+      try {
+        prefixes.push(Prefix.parse(String(value), { bareAddress: true, hostBits: 'mask' }));
+      } catch {
+        problems.push({ field: `${field}.values[${i}]`, reason: `${JSON.stringify(value)}: want an IPv4 or IPv6 address or CIDR` });
+      }
+    });
+    return { arg, op, values: [], prefixes };
   }
   if (ops === STRING_OPS) {
     const strings = stringValues(values, op, `${field}.values`, problems);
@@ -281,23 +344,20 @@ function compileFilter(item: Json, field: string, args: CompiledArg[], problems:
   const out: bigint[] = [];
   values.forEach((value, i) => {
     let v: bigint | undefined;
-    if (op === Op.DADDR || op === Op.NOT_DADDR) {
-      v = typeof value === 'string' ? ipv4Cidr(value) : undefined;
-      if (v === undefined) return void problems.push({ field: `${field}.values[${i}]`, reason: `${JSON.stringify(value)}: want an IPv4 address or CIDR (IPv6 not supported yet)` });
-    } else if (op === Op.FAMILY) {
+    if (op === Op.FAMILY) {
       v = value === 'AF_INET' ? 2n : value === 'AF_INET6' ? 10n : parseInteger(value);
     } else {
       v = parseInteger(value);
-      if (v !== undefined && (op === Op.DPORT || op === Op.NOT_DPORT) && v > 65535n) v = undefined;
+      if (v !== undefined && PORT_OPS.has(op) && v > 65535n) v = undefined;
     }
-    if (v === undefined) return void problems.push({ field: `${field}.values[${i}]`, reason: `${JSON.stringify(value)}: want ${op === Op.DPORT || op === Op.NOT_DPORT ? 'a port' : 'an integer'}` });
+    if (v === undefined) return void problems.push({ field: `${field}.values[${i}]`, reason: `${JSON.stringify(value)}: want ${PORT_OPS.has(op) ? 'a port' : 'an integer'}` });
     out.push(v);
   });
   return { arg, op, values: out };
 }
 
-function compileSelector(sel: Json, field: string, args: CompiledArg[], namespaced: boolean, problems: PolicyProblem[]): CompiledSelector {
-  const out: CompiledSelector = { pidOp: 0, pids: [], binOp: 0, args: [], action: 'POST', signal: 0 };
+function compileSelector(sel: Json, field: string, args: CompiledArg[], problems: PolicyProblem[]): CompiledSelector {
+  const out: CompiledSelector = { pidOp: 0, pids: [], binOp: 0, followChildren: false, namespaces: [], capabilities: [], nsChangeOp: 0, nsChangeMask: 0, args: [], action: 'POST', signal: 0, rateLimitNs: 0n, rateScope: RateScope.thread };
   for (const key of Object.keys(sel)) {
     if (!SELECTOR_FIELDS.has(key)) problems.push({ field: `${field}.${key}`, reason: 'unknown field' });
     else if (NOT_YET.has(key) && sel[key] !== null) problems.push({ field: `${field}.${key}`, reason: 'not supported yet' });
@@ -324,8 +384,10 @@ function compileSelector(sel: Json, field: string, args: CompiledArg[], namespac
   if (binaries) {
     const f = `${field}.matchBinaries[0]`;
     unknownFields(binaries, new Set(['operator', 'values', 'followChildren']), f, problems);
-    if (binaries.followChildren === true) problems.push({ field: `${f}.followChildren`, reason: 'not supported yet' });
     const op = typeof binaries.operator === 'string' ? BINARY_OPS[binaries.operator] : undefined;
+    if (binaries.followChildren !== undefined && typeof binaries.followChildren !== 'boolean') problems.push({ field: `${f}.followChildren`, reason: 'want true or false' });
+    else if (binaries.followChildren === true && op !== undefined && op !== Op.IN) problems.push({ field: `${f}.followChildren`, reason: `only with operator In (as Tetragon), not ${binaries.operator}` });
+    else out.followChildren = binaries.followChildren === true;
     if (op === undefined) problems.push({ field: `${f}.operator`, reason: `${JSON.stringify(binaries.operator)}: want one of ${Object.keys(BINARY_OPS).join(', ')}` });
     else if (!Array.isArray(binaries.values) || binaries.values.length === 0) problems.push({ field: `${f}.values`, reason: 'want a list of paths' });
     else {
@@ -349,6 +411,8 @@ function compileSelector(sel: Json, field: string, args: CompiledArg[], namespac
       out.pids = values.map(Number);
     }
   }
+  compileNamespaces(sel, field, out, problems);
+  compileCapabilities(sel, field, out, problems);
   const action = single('matchActions');
   if (action) {
     const f = `${field}.matchActions[0]`;
@@ -365,12 +429,162 @@ function compileSelector(sel: Json, field: string, args: CompiledArg[], namespac
         if (sig === undefined || sig < 1n || sig > 64n) problems.push({ field: `${f}.argSig`, reason: 'want a signal number (1 to 64)' });
         else out.signal = Number(sig);
       }
-      if ((known === 'SIGKILL' || known === 'SIGNAL') && namespaced) {
-        problems.push({ field: `${f}.action`, reason: 'enforcement in a TracingPolicyNamespaced needs in-kernel pod scoping, not supported yet: it would reach every namespace' });
-      }
     }
-    for (const key of ['rateLimit', 'kernelStackTrace', 'userStackTrace', 'imaHash']) if (action[key] !== undefined && action[key] !== false) problems.push({ field: `${f}.${key}`, reason: 'not supported yet' });
+    for (const key of ['kernelStackTrace', 'userStackTrace', 'imaHash']) if (action[key] !== undefined && action[key] !== false) problems.push({ field: `${f}.${key}`, reason: 'not supported yet' });
+    if (action.rateLimit !== undefined) {
+      const ns = rateLimitNs(action.rateLimit);
+      if (ns === undefined) problems.push({ field: `${f}.rateLimit`, reason: `${JSON.stringify(action.rateLimit)}: want a time: seconds, or a number with s, m or h (e.g. 1m)` });
+      else if (known && known !== 'POST') problems.push({ field: `${f}.rateLimit`, reason: `only with action Post, not ${action.action}` });
+      else out.rateLimitNs = ns;
+    }
+    if (action.rateLimitScope !== undefined) {
+      const scope = typeof action.rateLimitScope === 'string' ? RateScope[action.rateLimitScope.toLowerCase() as keyof typeof RateScope] : undefined;
+      if (scope === undefined) problems.push({ field: `${f}.rateLimitScope`, reason: `${JSON.stringify(action.rateLimitScope)}: want thread, process or global` });
+      else if (action.rateLimit === undefined) problems.push({ field: `${f}.rateLimitScope`, reason: 'without a rateLimit' });
+      else out.rateScope = scope;
+    }
   }
+  return out;
+}
+
+/** Tetragon's rateLimit: seconds, or a number suffixed s, m or h. */
+function rateLimitNs(value: unknown): bigint | undefined {
+  const match = /^(\d{1,9})([smh]?)$/.exec(typeof value === 'number' ? String(value) : typeof value === 'string' ? value.trim() : '');
+  if (!match || Number(match[1]) === 0) return undefined;
+  const unit = match[2] === 'h' ? 3600n : match[2] === 'm' ? 60n : 1n;
+  return BigInt(match[1]) * unit * 1_000_000_000n;
+}
+
+let host: Record<NamespaceName, number> | undefined;
+/** The host's namespaces, read once ("host_ns" in matchNamespaces, isNamespaceCapability). */
+function hostNs(): Record<NamespaceName, number> {
+  host ??= hostNamespaces();
+  return host;
+}
+
+/** A list of objects under `key` of a selector, at most `max` of them. */
+function selectorList(sel: Json, key: string, field: string, max: number, problems: PolicyProblem[]): Json[] {
+  const list = sel[key];
+  if (list === undefined || list === null) return [];
+  if (!Array.isArray(list) || !list.every(isMap)) return (problems.push({ field: `${field}.${key}`, reason: 'want a list of objects' }), []);
+  if (list.length > max) return (problems.push({ field: `${field}.${key}`, reason: `at most ${max} entries` }), []);
+  return list as Json[];
+}
+
+function compileNamespaces(sel: Json, field: string, out: CompiledSelector, problems: PolicyProblem[]): void {
+  const seen = new Set<string>();
+  selectorList(sel, 'matchNamespaces', field, POLICY_LIMITS.namespaces, problems).forEach((entry, i) => {
+    const f = `${field}.matchNamespaces[${i}]`;
+    unknownFields(entry, new Set(['namespace', 'operator', 'values']), f, problems);
+    const ns = NAMESPACE_NAMES.indexOf(entry.namespace as (typeof NAMESPACE_NAMES)[number]);
+    if (ns < 0) return void problems.push({ field: `${f}.namespace`, reason: `${JSON.stringify(entry.namespace)}: want one of ${NAMESPACE_NAMES.join(', ')}` });
+    if (seen.has(NAMESPACE_NAMES[ns])) return void problems.push({ field: `${f}.namespace`, reason: `${NAMESPACE_NAMES[ns]} given twice` });
+    seen.add(NAMESPACE_NAMES[ns]);
+    const op = typeof entry.operator === 'string' ? IN_OPS[entry.operator] : undefined;
+    if (op === undefined) return void problems.push({ field: `${f}.operator`, reason: `${JSON.stringify(entry.operator)}: want In or NotIn` });
+    const values = Array.isArray(entry.values) ? entry.values : [];
+    if (values.length === 0 || values.length > POLICY_LIMITS.namespaceValues) return void problems.push({ field: `${f}.values`, reason: `want 1 to ${POLICY_LIMITS.namespaceValues} namespace inode numbers or host_ns` });
+    const inodes: number[] = [];
+    values.forEach((value, j) => {
+      if (value === 'host_ns') {
+        const inum = hostNs()[NAMESPACES[ns]];
+        if (!inum) return void problems.push({ field: `${f}.values[${j}]`, reason: `host_ns: the host's ${NAMESPACE_NAMES[ns]} namespace cannot be read here` });
+        return void inodes.push(inum);
+      }
+      const n = parseInteger(value);
+      if (n === undefined || n === 0n || n > 0xffffffffn) return void problems.push({ field: `${f}.values[${j}]`, reason: `${JSON.stringify(value)}: want a namespace inode number or host_ns` });
+      inodes.push(Number(n));
+    });
+    out.namespaces.push({ ns, op, values: inodes });
+  });
+  const changes = selectorList(sel, 'matchNamespaceChanges', field, 1, problems)[0];
+  if (changes) {
+    const f = `${field}.matchNamespaceChanges[0]`;
+    unknownFields(changes, new Set(['operator', 'values']), f, problems);
+    const op = typeof changes.operator === 'string' ? IN_OPS[changes.operator] : undefined;
+    if (op === undefined) return void problems.push({ field: `${f}.operator`, reason: `${JSON.stringify(changes.operator)}: want In or NotIn` });
+    const values = Array.isArray(changes.values) ? changes.values : [];
+    if (values.length === 0) return void problems.push({ field: `${f}.values`, reason: `want namespace names (${NAMESPACE_NAMES.join(', ')})` });
+    let mask = 0;
+    values.forEach((value, j) => {
+      const ns = NAMESPACE_NAMES.indexOf(value as (typeof NAMESPACE_NAMES)[number]);
+      if (ns < 0) problems.push({ field: `${f}.values[${j}]`, reason: `${JSON.stringify(value)}: want one of ${NAMESPACE_NAMES.join(', ')}` });
+      else mask |= 1 << ns;
+    });
+    out.nsChangeOp = op;
+    out.nsChangeMask = mask;
+  }
+}
+
+function compileCapabilities(sel: Json, field: string, out: CompiledSelector, problems: PolicyProblem[]): void {
+  const entries = [
+    ...selectorList(sel, 'matchCapabilities', field, POLICY_LIMITS.capabilities, problems).map((entry, i) => ({ entry, f: `${field}.matchCapabilities[${i}]`, changes: false })),
+    ...selectorList(sel, 'matchCapabilityChanges', field, POLICY_LIMITS.capabilities, problems).map((entry, i) => ({ entry, f: `${field}.matchCapabilityChanges[${i}]`, changes: true })),
+  ];
+  if (entries.length > POLICY_LIMITS.capabilities) return void problems.push({ field: `${field}.matchCapabilities`, reason: `at most ${POLICY_LIMITS.capabilities} matchCapabilities and matchCapabilityChanges entries together` });
+  for (const { entry, f, changes } of entries) {
+    unknownFields(entry, new Set(['type', 'operator', 'isNamespaceCapability', 'values']), f, problems);
+    // Tetragon's default type is Effective.
+    const type = entry.type === undefined ? 0 : typeof entry.type === 'string' ? CAPABILITY_TYPES[entry.type] : undefined;
+    if (type === undefined) {
+      problems.push({ field: `${f}.type`, reason: `${JSON.stringify(entry.type)}: want Effective, Inheritable or Permitted` });
+      continue;
+    }
+    const op = typeof entry.operator === 'string' ? IN_OPS[entry.operator] : undefined;
+    if (op === undefined) {
+      problems.push({ field: `${f}.operator`, reason: `${JSON.stringify(entry.operator)}: want In or NotIn` });
+      continue;
+    }
+    if (entry.isNamespaceCapability !== undefined && typeof entry.isNamespaceCapability !== 'boolean') problems.push({ field: `${f}.isNamespaceCapability`, reason: 'want true or false' });
+    const values = Array.isArray(entry.values) ? entry.values : [];
+    if (values.length === 0) {
+      problems.push({ field: `${f}.values`, reason: 'want capability names (CAP_SYS_ADMIN, …)' });
+      continue;
+    }
+    let mask = 0n;
+    values.forEach((value, j) => {
+      const bit = typeof value === 'string' ? CAPABILITIES.findIndex((name) => name === value || `CAP_${name}` === value) : -1;
+      if (bit < 0) problems.push({ field: `${f}.values[${j}]`, reason: `${JSON.stringify(value)}: not a capability (want a name from linux/capability.h, e.g. CAP_NET_RAW)` });
+      else mask |= 1n << BigInt(bit);
+    });
+    let userNs = 0;
+    if (entry.isNamespaceCapability === true) {
+      userNs = hostNs().user;
+      if (!userNs) problems.push({ field: `${f}.isNamespaceCapability`, reason: "the host's user namespace cannot be read here" });
+    }
+    out.capabilities.push({ type, op, changes, userNs, mask });
+  }
+}
+
+const LABEL_OPERATORS = new Set(['In', 'NotIn', 'Exists', 'DoesNotExist']);
+
+/** A Kubernetes label selector (matchLabels, matchExpressions), checked whole. */
+function labelSelector(value: unknown, field: string, problems: PolicyProblem[]): Selector | undefined {
+  if (!isMap(value)) return void problems.push({ field, reason: 'want a label selector (matchLabels, matchExpressions)' });
+  unknownFields(value, new Set(['matchLabels', 'matchExpressions']), field, problems);
+  const out: Selector = { matchLabels: {}, matchExpressions: [] };
+  const labels = value.matchLabels ?? {};
+  if (!isMap(labels)) problems.push({ field: `${field}.matchLabels`, reason: 'want a map of label values' });
+  else
+    for (const [key, v] of Object.entries(labels)) {
+      if (typeof v !== 'string') problems.push({ field: `${field}.matchLabels.${key}`, reason: 'want a string' });
+      else out.matchLabels[key] = v;
+    }
+  const expressions = value.matchExpressions ?? [];
+  if (!Array.isArray(expressions)) problems.push({ field: `${field}.matchExpressions`, reason: 'want a list' });
+  else
+    expressions.forEach((item, i) => {
+      const f = `${field}.matchExpressions[${i}]`;
+      if (!isMap(item)) return void problems.push({ field: f, reason: 'want an object' });
+      unknownFields(item, new Set(['key', 'operator', 'values']), f, problems);
+      if (typeof item.key !== 'string' || !item.key) return void problems.push({ field: `${f}.key`, reason: 'want a label key' });
+      if (typeof item.operator !== 'string' || !LABEL_OPERATORS.has(item.operator)) return void problems.push({ field: `${f}.operator`, reason: `${JSON.stringify(item.operator)}: want In, NotIn, Exists or DoesNotExist` });
+      const values = item.values ?? [];
+      if (!Array.isArray(values) || !values.every((v) => typeof v === 'string')) return void problems.push({ field: `${f}.values`, reason: 'want a list of strings' });
+      const needsValues = item.operator === 'In' || item.operator === 'NotIn';
+      if (needsValues !== values.length > 0) return void problems.push({ field: `${f}.values`, reason: needsValues ? `${item.operator} wants values` : `${item.operator} takes no values` });
+      out.matchExpressions.push({ key: item.key, operator: item.operator as SelectorRequirement['operator'], values: values as string[] });
+    });
   return out;
 }
 
@@ -443,12 +657,13 @@ export function compileTracingPolicy(text: string): CompiledTracingPolicy {
   if (namespaced && (!namespace || !DNS_SUBDOMAIN.test(namespace))) problems.push({ field: 'metadata.namespace', reason: 'a TracingPolicyNamespaced needs its namespace' });
   const spec = doc.spec;
   const hooks: CompiledHook[] = [];
+  let podSelector: Selector | undefined;
   const selectorsOf = (hook: Json, field: string, args: CompiledArg[]): CompiledSelector[] => {
     const list = hook.selectors;
     if (list === undefined || list === null) return [];
     if (!Array.isArray(list)) return (problems.push({ field: `${field}.selectors`, reason: 'want a list' }), []);
     if (list.length > POLICY_LIMITS.selectors) return (problems.push({ field: `${field}.selectors`, reason: `at most ${POLICY_LIMITS.selectors} selectors` }), []);
-    return list.map((sel, i) => (isMap(sel) ? compileSelector(sel, `${field}.selectors[${i}]`, args, namespaced, problems) : (problems.push({ field: `${field}.selectors[${i}]`, reason: 'want an object' }), undefined))).filter((s): s is CompiledSelector => s !== undefined);
+    return list.map((sel, i) => (isMap(sel) ? compileSelector(sel, `${field}.selectors[${i}]`, args, problems) : (problems.push({ field: `${field}.selectors[${i}]`, reason: 'want an object' }), undefined))).filter((s): s is CompiledSelector => s !== undefined);
   };
   const common = (hook: Json, field: string) => {
     if (hook.message !== undefined && typeof hook.message !== 'string') problems.push({ field: `${field}.message`, reason: 'want a string' });
@@ -459,9 +674,11 @@ export function compileTracingPolicy(text: string): CompiledTracingPolicy {
     problems.push({ field: 'spec', reason: 'want an object' });
   } else {
     unknownFields(spec, SPEC_FIELDS, 'spec', problems);
-    for (const key of ['podSelector', 'containerSelector', 'nodeSelector', 'lists', 'enforcers', 'options', 'selectorsMacros', 'loader']) {
+    for (const key of ['nodeSelector', 'lists', 'enforcers', 'options', 'selectorsMacros', 'loader']) {
       if (spec[key] !== undefined && spec[key] !== null && SPEC_FIELDS.has(key)) problems.push({ field: `spec.${key}`, reason: 'not supported yet' });
     }
+    if (spec.containerSelector !== undefined && spec.containerSelector !== null) problems.push({ field: 'spec.containerSelector', reason: "not supported yet: Ciliate's endpoints carry no container name or image to select on" });
+    podSelector = spec.podSelector === undefined || spec.podSelector === null ? undefined : labelSelector(spec.podSelector, 'spec.podSelector', problems);
     if (spec.hostSelector !== undefined && spec.hostSelector !== null && !(isMap(spec.hostSelector) && Object.keys(spec.hostSelector).length === 0)) problems.push({ field: 'spec.hostSelector', reason: 'want null or {}' });
     checkList(spec, 'kprobes', problems, (kprobe, field) => {
       unknownFields(kprobe, KPROBE_FIELDS, field, problems);
@@ -482,7 +699,7 @@ export function compileTracingPolicy(text: string): CompiledTracingPolicy {
       const args = compileArgs(kprobe.args, `${field}.args`, (index, type, f) => {
         if (index >= fields.length - argBase) return void problems.push({ field: `${f}.index`, reason: `${sys} has ${fields.length - argBase} arguments` });
         const arg = argOf(fields, argBase + index, type, true, f, problems);
-        return arg && { ...arg, index };
+        return arg && { ...arg, index, end: sockaddrEnd(sys) };
       }, problems);
       hooks.push({ field, type: 'kprobe', group: 'syscalls', name: `sys_enter_${sys}`, functionName: `__x64_sys_${sys}`, args, selectors: selectorsOf(kprobe, field, args), ...common(kprobe, field) });
     });
@@ -499,7 +716,11 @@ export function compileTracingPolicy(text: string): CompiledTracingPolicy {
       if (!/^\w+$/.test(subsystem) || !/^\w+$/.test(event) || !tracefsEvent(subsystem, event)) return void problems.push({ field, reason: `no tracepoint ${subsystem}/${event} in this kernel` });
       if (tracepoint.raw === true) return void problems.push({ field: `${field}.raw`, reason: 'not supported yet' });
       const fields = tracepointFields(subsystem, event);
-      const args = compileArgs(tracepoint.args, `${field}.args`, (index, type, f) => argOf(fields, index, type, subsystem === 'syscalls' || subsystem === 'raw_syscalls', f, problems), problems);
+      const end = sockaddrEnd(event.replace(/^sys_(enter|exit)_/, ''));
+      const args = compileArgs(tracepoint.args, `${field}.args`, (index, type, f) => {
+        const arg = argOf(fields, index, type, subsystem === 'syscalls' || subsystem === 'raw_syscalls', f, problems);
+        return arg && { ...arg, end };
+      }, problems);
       hooks.push({ field, type: 'tracepoint', group: subsystem, name: event, args, selectors: selectorsOf(tracepoint, field, args), ...common(tracepoint, field) });
     });
     for (const key of ['uprobes', 'usdts']) checkList(spec, key, problems, (_item, field) => problems.push({ field, reason: `${key} are not supported yet` }));
@@ -509,5 +730,6 @@ export function compileTracingPolicy(text: string): CompiledTracingPolicy {
   if (problems.length > 0) {
     throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name || '(unnamed)'}: ${problems.map((p) => `${p.field}: ${p.reason}`).join('; ')}`, { details: problems });
   }
-  return { header: { kind: doc.kind as TracingPolicyHeader['kind'], name, namespace }, hooks, text };
+  const scope = namespaced || podSelector ? { namespace: namespaced ? namespace : undefined, podSelector } : undefined;
+  return { header: { kind: doc.kind as TracingPolicyHeader['kind'], name, namespace }, hooks, scope, text };
 }

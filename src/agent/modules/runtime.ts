@@ -13,7 +13,7 @@ import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { listenAddressSetting, Registry, TetragonMetrics } from '../../metrics/index.ts';
-import { EventExporter, parseEventFilters, RuntimeObserver, TetragonServer, eventTypeOf, processOf, type TetragonPod } from '../../runtime/index.ts';
+import { EventExporter, parseEventFilters, RuntimeObserver, TetragonServer, eventTypeOf, processOf, type ScopePod, type TetragonPod } from '../../runtime/index.ts';
 import { bindAddress } from '../../observer/index.ts';
 import { parseRequest } from '../api-errors.ts';
 import { cell, defineModule } from '../module.ts';
@@ -170,9 +170,9 @@ function podOf(endpoint: { podName?: string; namespace?: string; containerId: st
 
 export const runtimePodsModule = defineModule({
   name: 'runtime-pods',
-  description: 'names the pod of each process the runtime sensor sees, from the endpoint holding its network namespace',
+  description: 'names the pod of each process the runtime sensor sees, and scopes tracing policies to pods in the kernel, from the endpoints holding their network namespaces',
   needs: { runtime: RuntimeCell, endpoints: EndpointsCell },
-  start({ runtime, endpoints }) {
+  start({ runtime, endpoints }, { log }) {
     if (!runtime) return { value: undefined };
     let byNetns = new Map<number, TetragonPod>();
     let indexed = -1;
@@ -182,19 +182,42 @@ export const runtimePodsModule = defineModule({
       if (revision === indexed) return;
       indexed = revision;
       const next = new Map<number, TetragonPod>();
+      const scoped: ScopePod[] = [];
       for (const endpoint of endpoints.list()) {
         try {
-          next.set(statSync(endpoint.netns).ino, podOf(endpoint));
+          const netns = statSync(endpoint.netns).ino;
+          next.set(netns, podOf(endpoint));
+          scoped.push({ netns, namespace: endpoint.namespace ?? 'default', labels: endpoint.labels });
         } catch {
           // A namespace gone before its endpoint: no process can be in it.
         }
       }
       byNetns = next;
+      // podSelector and namespaced policies follow the pods as they come and go.
+      try {
+        runtime.setScopePods(scoped);
+      } catch (error) {
+        // A full map: what was written stays (the manager knows it); the next endpoint change retries.
+        log.error({ err: error }, 'tracing policies not rescoped to the pods');
+      }
     };
     runtime.setPodResolver(({ netns }) => {
       index();
       return byNetns.get(netns);
     });
-    return { value: undefined, stop: () => runtime.setPodResolver(undefined) };
+    const stopped = new AbortController();
+    void (async () => {
+      while (!stopped.signal.aborted) {
+        index();
+        await endpoints.table.waitForChange(indexed, stopped.signal).catch(() => undefined);
+      }
+    })();
+    return {
+      value: undefined,
+      stop: () => {
+        stopped.abort();
+        runtime.setPodResolver(undefined);
+      },
+    };
   },
 });
