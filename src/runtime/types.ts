@@ -71,10 +71,10 @@ export type TetragonArg = (
   | { size_arg: string }
   | { string_arg: string }
   | { bytes_arg: string }
-  | { sock_arg: { family: string; daddr: string; dport: number } }
+  | { sock_arg: { family: string; daddr?: string; dport?: number; saddr?: string; sport?: number } }
 ) & { label?: string };
 
-export type TetragonAction = 'KPROBE_ACTION_POST' | 'KPROBE_ACTION_NOPOST' | 'KPROBE_ACTION_SIGKILL' | 'KPROBE_ACTION_SIGNAL';
+export type TetragonAction = 'KPROBE_ACTION_POST' | 'KPROBE_ACTION_NOPOST' | 'KPROBE_ACTION_SIGKILL' | 'KPROBE_ACTION_SIGNAL' | 'KPROBE_ACTION_OVERRIDE';
 
 export interface TetragonProcessKprobe {
   process: TetragonProcess;

@@ -1,0 +1,295 @@
+/**
+ * TracingPolicies that override sys_connect, sys_bind and sys_socket, enforced at the cgroup
+ * socket hooks of a cgroup this test makes, on the real kernel: per-binary network policy (one
+ * copy of a client binary in a "pod" — a network namespace and a cgroup — is refused a
+ * destination its other copy reaches), socket() and bind() refused, the verdict as Tetragon's
+ * process_kprobe event naming the binary, bad policies refused by field with nothing loaded, and
+ * nothing left in the kernel after delete or stop.
+ */
+import { after, before, test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { randomBytes } from 'node:crypto';
+import { copyFileSync, mkdirSync, rmSync, rmdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { Btf, checkLayout } from '../ebpf/index.ts';
+import { RuntimeError, RuntimeObserver, type TetragonEvent, type TetragonProcessKprobe } from './index.ts';
+import { SOCKET_OBJECT_PATH } from './socket-enforcer.ts';
+import { compileSocketPolicy, seEvent, seFilter, seList, seRule, seSelector, seStats, seValue } from './socket-policy.ts';
+
+const CGROUP_ROOT = '/sys/fs/cgroup/unified';
+const id = randomBytes(3).toString('hex');
+const cgroup = join(CGROUP_ROOT, `ciliate-rtnet-${id}`);
+const netns = `rtnet-${id}`;
+const dir = `/tmp/ciliate-rtnet-${id}`;
+/** Two copies of one client binary: the pod's application and another binary of the same pod. */
+const appBinary = join(dir, 'app', 'client');
+const otherBinary = join(dir, 'tools', 'client');
+const server = `10.77.${randomBytes(1)[0]}.1`;
+let netnsInode = 0;
+let observer: RuntimeObserver;
+let listener: ReturnType<typeof spawn>;
+const events: TetragonEvent[] = [];
+
+function sh(cmd: string, args: string[]): void {
+  const r = spawnSync(cmd, args, { encoding: 'utf8' });
+  assert.equal(r.status, 0, `${cmd} ${args.join(' ')}: ${r.stderr}`);
+}
+
+before(async () => {
+  mkdirSync(cgroup);
+  sh('ip', ['netns', 'add', netns]);
+  sh('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
+  // An address of the pod's own that is not loopback (this kernel has no dummy links: a veth pair).
+  sh('ip', ['-n', netns, 'link', 'add', 'v0', 'type', 'veth', 'peer', 'name', 'v1']);
+  sh('ip', ['-n', netns, 'addr', 'add', `${server}/24`, 'dev', 'v0']);
+  sh('ip', ['-n', netns, 'link', 'set', 'v0', 'up']);
+  sh('ip', ['-n', netns, 'link', 'set', 'v1', 'up']);
+  netnsInode = statSync(`/run/netns/${netns}`).ino;
+  mkdirSync(join(dir, 'app'), { recursive: true });
+  mkdirSync(join(dir, 'tools'), { recursive: true });
+  copyFileSync('/bin/bash', appBinary);
+  copyFileSync('/bin/bash', otherBinary);
+  sh('chmod', ['755', appBinary, otherBinary]);
+  // The destination, in the pod's namespace but outside the enforced cgroup: it accepts and closes.
+  listener = spawn('ip', ['netns', 'exec', netns, process.execPath, '-e', "require('net').createServer((s) => { s.on('error', () => {}); s.end('hi'); }).listen(8080, '0.0.0.0', () => console.log('up'))"], { stdio: ['ignore', 'pipe', 'inherit'] });
+  await once(listener.stdout!, 'data');
+  observer = new RuntimeObserver({ nodeName: 'test-node', enforceCgroup: cgroup });
+  observer.start();
+  observer.subscribe((event) => events.push(event));
+});
+
+after(() => {
+  observer?.stop();
+  if (listener?.exitCode === null) listener.kill('SIGKILL');
+  spawnSync('ip', ['netns', 'del', netns]);
+  rmSync(dir, { recursive: true, force: true });
+  try {
+    rmdirSync(cgroup);
+  } catch {
+    // Still populated for a moment after its last process exits: the kernel frees it then.
+  }
+});
+
+/** Runs `binary -c script` in the pod: joined to the enforced cgroup before it execs. */
+function inPod(binary: string, script: string): { status: number | null; stdout: string; stderr: string } {
+  return runInPod(binary, ['-c', script]);
+}
+
+/** Joins the enforced cgroup, enters the pod's network namespace (nsenter: `ip netns exec` would
+ * remount /sys, hiding the cgroup) and execs `binary`. */
+function runInPod(binary: string, args: string[]): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync('/bin/sh', ['-c', `echo $$ > ${cgroup}/cgroup.procs && exec nsenter --net=/run/netns/${netns} -- "$@"`, 'sh', binary, ...args], { encoding: 'utf8', timeout: 20_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** bash's own connect: /dev/tcp opens a TCP connection. */
+const connectScript = (address: string) => `exec 3<>/dev/tcp/${address}/8080 && echo connected`;
+
+/** The programs attached to the cgroup, as bpftool reads them from the kernel. */
+function cgroupPrograms(): unknown[] {
+  const r = spawnSync('bpftool', ['-j', 'cgroup', 'show', cgroup], { encoding: 'utf8' });
+  return r.stdout.trim() ? (JSON.parse(r.stdout) as unknown[]) : [];
+}
+
+function perBinaryPolicy(name: string): string {
+  return `apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata:
+  name: ${name}
+spec:
+  kprobes:
+  - call: sys_connect
+    syscall: true
+    args:
+    - index: 0
+      type: fd
+    - index: 1
+      type: sockaddr
+    selectors:
+    - matchBinaries:
+      - operator: NotIn
+        values: [${appBinary}]
+      matchNamespaces:
+      - namespace: Net
+        operator: In
+        values: ["${netnsInode}"]
+      matchArgs:
+      - index: 1
+        operator: DAddr
+        values: [${server}/32]
+      - index: 1
+        operator: DPort
+        values: ["8080"]
+      matchActions:
+      - action: Override
+        argError: -1
+`;
+}
+
+async function kprobeEvents(t: TestContext, policy: string, count: number): Promise<TetragonProcessKprobe[]> {
+  const deadline = Date.now() + 5000;
+  const matching = () => events.flatMap((e) => ('process_kprobe' in e && e.process_kprobe.policy_name === policy ? [e.process_kprobe] : []));
+  while (matching().length < count && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+  t.diagnostic(`${matching().length} events of ${policy}`);
+  return matching();
+}
+
+test('socket enforcement codecs match bpf/sock_enforce.h in size and field offsets', () => {
+  const btf = Btf.fromElf(SOCKET_OBJECT_PATH);
+  for (const codec of [seValue, seFilter, seSelector, seRule, seList, seStats, seEvent]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
+});
+
+test("one binary of a pod is refused a destination its other binary reaches, decided in the kernel and reported naming the binary", async (t) => {
+  const name = `per-binary-${id}`;
+  // Before the policy both copies connect.
+  assert.match(inPod(otherBinary, connectScript(server)).stdout, /connected/, 'without a policy the other binary connects');
+  observer.policies.add(perBinaryPolicy(name));
+  t.after(() => void (observer.policies.get(name) && observer.policies.delete(name)));
+
+  const app = inPod(appBinary, connectScript(server));
+  assert.equal(app.status, 0, `the application connects: ${app.stderr}`);
+  assert.match(app.stdout, /connected/);
+  const other = inPod(otherBinary, connectScript(server));
+  assert.notEqual(other.status, 0, 'the other binary is refused');
+  assert.match(other.stderr, /Operation not permitted/, 'refused with the policy\'s errno (EPERM)');
+  // The rule is about that destination only: the other binary reaches another one.
+  const local = inPod(otherBinary, connectScript('127.0.0.1'));
+  assert.match(local.stdout, /connected/, `another destination stays open to it: ${local.stderr}`);
+  // The same binary in another pod (its own namespace holding the same address, nobody listening)
+  // is out of the rule's scope (matchNamespaces Net): the kernel answers it, not the policy.
+  const otherPod = `${netns}-b`;
+  sh('ip', ['netns', 'add', otherPod]);
+  t.after(() => void spawnSync('ip', ['netns', 'del', otherPod]));
+  sh('ip', ['-n', otherPod, 'link', 'set', 'lo', 'up']);
+  sh('ip', ['-n', otherPod, 'link', 'add', 'v0', 'type', 'veth', 'peer', 'name', 'v1']);
+  sh('ip', ['-n', otherPod, 'addr', 'add', `${server}/24`, 'dev', 'v0']);
+  sh('ip', ['-n', otherPod, 'link', 'set', 'v0', 'up']);
+  const outside = spawnSync('/bin/sh', ['-c', `echo $$ > ${cgroup}/cgroup.procs && exec nsenter --net=/run/netns/${otherPod} -- "$0" -c "$1"`, otherBinary, connectScript(server)], { encoding: 'utf8', timeout: 10_000 });
+  assert.match(outside.stderr, /Connection refused/, 'another pod\'s process is not judged by a rule scoped to this pod');
+
+  const [event, ...more] = await kprobeEvents(t, name, 1);
+  assert.ok(event, 'the refusal is reported');
+  assert.equal(more.length, 0, `only the refused call is reported (the filter ran in the kernel): ${JSON.stringify(more)}`);
+  assert.equal(event.process.binary, otherBinary, 'the event names the refused binary');
+  assert.equal(event.action, 'KPROBE_ACTION_OVERRIDE');
+  assert.equal(event.function_name, '__x64_sys_connect');
+  assert.deepEqual(event.args, [{ sock_arg: { family: 'AF_INET', daddr: server, dport: 8080 } }]);
+  const status = observer.policies.get(name) as { stats: { refused: bigint; matched: bigint } } | undefined;
+  assert.equal(status?.stats.refused, 1n, 'the kernel counted one refusal');
+  assert.equal(cgroupPrograms().length, 4, 'connect4/6 and sendmsg4/6 on the enforced cgroup');
+
+  // Deleted: nothing of it stays in the kernel, and the other binary connects again.
+  observer.policies.delete(name);
+  const runtime = observer.policies as unknown as { sockets: { loaded: boolean } };
+  assert.equal(runtime.sockets.loaded, false, 'the enforcement object is closed with its last policy');
+  assert.deepEqual(cgroupPrograms(), [], 'no program stays on the cgroup');
+  assert.match(inPod(otherBinary, connectScript(server)).stdout, /connected/, 'after delete the other binary connects');
+});
+
+test('sys_socket and sys_bind overrides refuse socket creation and a bind, with their errno', async (t) => {
+  const name = `sockets-${id}`;
+  const policy = `apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: ${name}}
+spec:
+  kprobes:
+  - call: __x64_sys_socket
+    args: [{index: 0, type: int, label: domain}, {index: 1, type: int}]
+    selectors:
+    - matchArgs: [{index: 0, operator: Equal, values: [AF_INET6]}, {index: 1, operator: Equal, values: ["2"]}]
+      matchActions: [{action: Override, argError: -97}]
+  - call: sys_bind
+    args: [{index: 1, type: sockaddr}]
+    selectors:
+    - matchArgs: [{index: 1, operator: SPort, values: ["9999"]}]
+      matchActions: [{action: Override, argError: -13}]
+`;
+  observer.policies.add(policy);
+  t.after(() => void (observer.policies.get(name) && observer.policies.delete(name)));
+  const script = `
+    const dgram = require('dgram'), net = require('net');
+    const out = {};
+    const u = dgram.createSocket('udp6');
+    u.on('error', (e) => { out.udp6 = e.code; first(); });
+    u.bind(0, () => { out.udp6 = 'ok'; u.close(); first(); });
+    function first() {
+    const s = net.createServer();
+    s.on('error', (e) => { out.bind9999 = e.code; next(); });
+    s.listen(9999, '127.0.0.1', () => { out.bind9999 = 'ok'; s.close(); next(); });
+    }
+    function next() {
+      const s2 = net.createServer();
+      s2.on('error', (e) => { out.bind9998 = e.code; done(); });
+      s2.listen(9998, '127.0.0.1', () => { out.bind9998 = 'ok'; s2.close(); done(); });
+    }
+    function done() { console.log(JSON.stringify(out)); process.exit(0); }
+  `;
+  const r = runInPod(process.execPath, ['-e', script]);
+  assert.equal(r.status, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as Record<string, string>;
+  assert.deepEqual(out, { udp6: 'EAFNOSUPPORT', bind9999: 'EACCES', bind9998: 'ok' }, 'an IPv6 datagram socket and a bind to 9999 are refused; other binds are not');
+  const got = await kprobeEvents(t, name, 2);
+  const socketEvent = got.find((e) => e.function_name === '__x64_sys_socket');
+  const bindEvent = got.find((e) => e.function_name === '__x64_sys_bind');
+  assert.deepEqual(socketEvent?.args, [{ int_arg: 10, label: 'domain' }, { int_arg: 2 }]);
+  assert.deepEqual(bindEvent?.args, [{ sock_arg: { family: 'AF_INET', saddr: '127.0.0.1', sport: 9999 } }]);
+  assert.equal(bindEvent?.process.binary, process.execPath);
+  assert.equal(got.length, 2, 'only the refused calls are reported');
+});
+
+test('a bad socket policy is refused naming each field, and nothing of it is loaded', () => {
+  const bad = `apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: bad-${id}}
+spec:
+  kprobes:
+  - call: sys_bind
+    args: [{index: 1, type: sockaddr}]
+    selectors:
+    - matchArgs: [{index: 1, operator: DAddr, values: [10.0.0.0/8]}]
+      matchBinaries: [{operator: In, values: [client]}]
+      matchActions: [{action: Override, argError: 1}]
+  - call: sys_openat
+    selectors:
+    - matchActions: [{action: Override, argError: -1}]
+  - call: sys_connect
+    args: [{index: 1, type: sockaddr}]
+    selectors:
+    - matchArgs: [{index: 1, operator: DAddr, values: [10.0.0.1/8]}]
+      matchActions: [{action: Sigkill}]
+      matchCapabilities: [{type: Effective}]
+`;
+  let error: unknown;
+  try {
+    observer.policies.add(bad);
+  } catch (e) {
+    error = e;
+  }
+  assert.ok(RuntimeError.is(error, 'ERR_RUNTIME_POLICY'), String(error));
+  const fields = Object.fromEntries((error.details as { field: string; reason: string }[]).map((p) => [p.field, p.reason]));
+  assert.match(fields['spec.kprobes[0].selectors[0].matchArgs[0].operator'], /bind's sockaddr is the local address: use SAddr/);
+  assert.match(fields['spec.kprobes[0].selectors[0].matchBinaries[0].values[0]'], /want an absolute path/);
+  assert.match(fields['spec.kprobes[0].selectors[0].matchActions[0].argError'], /want a negative errno/);
+  assert.match(fields['spec.kprobes[1].call'], /needs kprobe override/);
+  assert.match(fields['spec.kprobes[2].selectors[0].matchArgs[0].values[0]'], /without host bits/);
+  assert.match(fields['spec.kprobes[2].selectors[0].matchActions[0].action'], /not at a socket hook/);
+  assert.match(fields['spec.kprobes[2].selectors[0].matchCapabilities'], /not supported yet/);
+  assert.equal(observer.policies.get(`bad-${id}`), undefined, 'not listed');
+  assert.deepEqual(cgroupPrograms(), [], 'nothing attached');
+  // A policy without Override is not this compiler's: the tracepoint engine takes it.
+  assert.equal(compileSocketPolicy(bad.replaceAll('Override', 'Post')), undefined);
+});
+
+test('stopping the observer with a socket policy loaded leaves no program on the cgroup', () => {
+  const other = new RuntimeObserver({ nodeName: 'test-node', enforceCgroup: cgroup });
+  other.start();
+  try {
+    other.policies.add(perBinaryPolicy(`restart-${id}`));
+    assert.equal(cgroupPrograms().length, 4);
+  } finally {
+    other.stop();
+  }
+  assert.deepEqual(cgroupPrograms(), [], 'the links went with the agent: a restart starts clean');
+});
