@@ -188,6 +188,30 @@ test("one binary of a pod is refused a destination its other binary reaches, dec
   assert.match(inPod(otherBinary, connectScript(server)).stdout, /connected/, 'after delete the other binary connects');
 });
 
+test('a refused binary gets no way round the rule: not a dual-stack socket to the IPv4-mapped address, nor a datagram sent without connect', async (t) => {
+  const name = `no-way-round-${id}`;
+  observer.policies.add(perBinaryPolicy(name));
+  t.after(() => void (observer.policies.get(name) && observer.policies.delete(name)));
+  // node is not the application binary: the rule refuses it the destination however it asks.
+  const script = `
+    const net = require('net'), dgram = require('dgram');
+    const out = {};
+    const c = net.connect({ host: '::ffff:${server}', port: 8080 });
+    c.on('connect', () => { out.mapped = 'connected'; c.destroy(); udp(); });
+    c.on('error', (e) => { out.mapped = e.code; udp(); });
+    function udp() {
+      const u = dgram.createSocket('udp4');
+      u.send('x', 8080, '${server}', (e) => { out.datagram = e ? e.code : 'sent'; u.close(); console.log(JSON.stringify(out)); });
+    }
+  `;
+  const r = runInPod(process.execPath, ['-e', script]);
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout), { mapped: 'EPERM', datagram: 'EPERM' });
+  const got = await kprobeEvents(t, name, 2);
+  assert.deepEqual(got.map((e) => e.args?.[0]), [{ sock_arg: { family: 'AF_INET6', daddr: `::ffff:${server}`, dport: 8080 } }, { sock_arg: { family: 'AF_INET', daddr: server, dport: 8080 } }]);
+  assert.ok(got.every((e) => e.process.binary === process.execPath));
+});
+
 test('sys_socket and sys_bind overrides refuse socket creation and a bind, with their errno', async (t) => {
   const name = `sockets-${id}`;
   const policy = `apiVersion: cilium.io/v1alpha1

@@ -53,7 +53,10 @@ const HOOK_NUMBER: Record<SocketHookName, number> = { connect: SocketHook.CONNEC
 /** The address of an event: IPv4 came as ::ffff:a.b.c.d. */
 function addressText(family: number, bytes: number[]): string {
   if (family === 2) return Addr.fromBytes(Uint8Array.from(bytes.slice(12))).toString();
-  return family === 10 ? Addr.fromBytes(Uint8Array.from(bytes)).toString() : '';
+  if (family !== 10) return '';
+  // An IPv4-mapped destination as Go's netip (and so Tetragon) prints it.
+  const mapped = bytes.slice(0, 10).every((b) => b === 0) && bytes[10] === 0xff && bytes[11] === 0xff;
+  return mapped ? `::ffff:${bytes.slice(12).join('.')}` : Addr.fromBytes(Uint8Array.from(bytes)).toString();
 }
 
 /** Decodes one ring record (bpf/sock_enforce.h struct se_event). */
