@@ -8,125 +8,29 @@
  */
 import { after, before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import { once } from 'node:events';
-import { randomBytes } from 'node:crypto';
-import { copyFileSync, mkdirSync, rmSync, rmdirSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { Btf, checkLayout } from '../ebpf/index.ts';
 import { RuntimeError, RuntimeObserver, type TetragonEvent, type TetragonProcessKprobe } from './index.ts';
 import { SOCKET_OBJECT_PATH } from './socket-enforcer.ts';
 import { compileSocketPolicy, seEvent, seFilter, seList, seRule, seSelector, seStats, seValue } from './socket-policy.ts';
+import { TestPod } from './socket-testutils.ts';
 
-const CGROUP_ROOT = '/sys/fs/cgroup/unified';
-const id = randomBytes(3).toString('hex');
-const cgroup = join(CGROUP_ROOT, `ciliate-rtnet-${id}`);
-const netns = `rtnet-${id}`;
-const dir = `/tmp/ciliate-rtnet-${id}`;
-/** Two copies of one client binary: the pod's application and another binary of the same pod. */
-const appBinary = join(dir, 'app', 'client');
-const otherBinary = join(dir, 'tools', 'client');
-const server = `10.77.${randomBytes(1)[0]}.1`;
-let netnsInode = 0;
+const pod = new TestPod();
+const { id, server, appBinary, otherBinary } = pod;
 let observer: RuntimeObserver;
-let listener: ReturnType<typeof spawn>;
 const events: TetragonEvent[] = [];
 
-function sh(cmd: string, args: string[]): void {
-  const r = spawnSync(cmd, args, { encoding: 'utf8' });
-  assert.equal(r.status, 0, `${cmd} ${args.join(' ')}: ${r.stderr}`);
-}
-
 before(async () => {
-  mkdirSync(cgroup);
-  sh('ip', ['netns', 'add', netns]);
-  sh('ip', ['-n', netns, 'link', 'set', 'lo', 'up']);
-  // An address of the pod's own that is not loopback (this kernel has no dummy links: a veth pair).
-  sh('ip', ['-n', netns, 'link', 'add', 'v0', 'type', 'veth', 'peer', 'name', 'v1']);
-  sh('ip', ['-n', netns, 'addr', 'add', `${server}/24`, 'dev', 'v0']);
-  sh('ip', ['-n', netns, 'link', 'set', 'v0', 'up']);
-  sh('ip', ['-n', netns, 'link', 'set', 'v1', 'up']);
-  netnsInode = statSync(`/run/netns/${netns}`).ino;
-  mkdirSync(join(dir, 'app'), { recursive: true });
-  mkdirSync(join(dir, 'tools'), { recursive: true });
-  copyFileSync('/bin/bash', appBinary);
-  copyFileSync('/bin/bash', otherBinary);
-  sh('chmod', ['755', appBinary, otherBinary]);
-  // The destination, in the pod's namespace but outside the enforced cgroup: it accepts and closes.
-  listener = spawn('ip', ['netns', 'exec', netns, process.execPath, '-e', "require('net').createServer((s) => { s.on('error', () => {}); s.end('hi'); }).listen(8080, '0.0.0.0', () => console.log('up'))"], { stdio: ['ignore', 'pipe', 'inherit'] });
-  await once(listener.stdout!, 'data');
-  observer = new RuntimeObserver({ nodeName: 'test-node', enforceCgroup: cgroup });
+  await pod.open();
+  observer = new RuntimeObserver({ nodeName: 'test-node', enforceCgroup: pod.cgroup });
   observer.start();
   observer.subscribe((event) => events.push(event));
 });
 
 after(() => {
   observer?.stop();
-  if (listener?.exitCode === null) listener.kill('SIGKILL');
-  spawnSync('ip', ['netns', 'del', netns]);
-  rmSync(dir, { recursive: true, force: true });
-  try {
-    rmdirSync(cgroup);
-  } catch {
-    // Still populated for a moment after its last process exits: the kernel frees it then.
-  }
+  pod.close();
 });
-
-/** Runs `binary -c script` in the pod: joined to the enforced cgroup before it execs. */
-function inPod(binary: string, script: string): { status: number | null; stdout: string; stderr: string } {
-  return runInPod(binary, ['-c', script]);
-}
-
-/** Joins the enforced cgroup, enters the pod's network namespace (nsenter: `ip netns exec` would
- * remount /sys, hiding the cgroup) and execs `binary`. */
-function runInPod(binary: string, args: string[]): { status: number | null; stdout: string; stderr: string } {
-  const r = spawnSync('/bin/sh', ['-c', `echo $$ > ${cgroup}/cgroup.procs && exec nsenter --net=/run/netns/${netns} -- "$@"`, 'sh', binary, ...args], { encoding: 'utf8', timeout: 20_000 });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-/** bash's own connect: /dev/tcp opens a TCP connection. */
-const connectScript = (address: string) => `exec 3<>/dev/tcp/${address}/8080 && echo connected`;
-
-/** The programs attached to the cgroup, as bpftool reads them from the kernel. */
-function cgroupPrograms(): unknown[] {
-  const r = spawnSync('bpftool', ['-j', 'cgroup', 'show', cgroup], { encoding: 'utf8' });
-  return r.stdout.trim() ? (JSON.parse(r.stdout) as unknown[]) : [];
-}
-
-function perBinaryPolicy(name: string): string {
-  return `apiVersion: cilium.io/v1alpha1
-kind: TracingPolicy
-metadata:
-  name: ${name}
-spec:
-  kprobes:
-  - call: sys_connect
-    syscall: true
-    args:
-    - index: 0
-      type: fd
-    - index: 1
-      type: sockaddr
-    selectors:
-    - matchBinaries:
-      - operator: NotIn
-        values: [${appBinary}]
-      matchNamespaces:
-      - namespace: Net
-        operator: In
-        values: ["${netnsInode}"]
-      matchArgs:
-      - index: 1
-        operator: DAddr
-        values: [${server}/32]
-      - index: 1
-        operator: DPort
-        values: ["8080"]
-      matchActions:
-      - action: Override
-        argError: -1
-`;
-}
 
 async function kprobeEvents(t: TestContext, policy: string, count: number): Promise<TetragonProcessKprobe[]> {
   const deadline = Date.now() + 5000;
@@ -144,29 +48,22 @@ test('socket enforcement codecs match bpf/sock_enforce.h in size and field offse
 test("one binary of a pod is refused a destination its other binary reaches, decided in the kernel and reported naming the binary", async (t) => {
   const name = `per-binary-${id}`;
   // Before the policy both copies connect.
-  assert.match(inPod(otherBinary, connectScript(server)).stdout, /connected/, 'without a policy the other binary connects');
-  observer.policies.add(perBinaryPolicy(name));
+  assert.match(pod.connect(otherBinary).stdout, /connected/, 'without a policy the other binary connects');
+  observer.policies.add(pod.perBinaryPolicy(name));
   t.after(() => void (observer.policies.get(name) && observer.policies.delete(name)));
 
-  const app = inPod(appBinary, connectScript(server));
+  const app = pod.connect(appBinary);
   assert.equal(app.status, 0, `the application connects: ${app.stderr}`);
   assert.match(app.stdout, /connected/);
-  const other = inPod(otherBinary, connectScript(server));
+  const other = pod.connect(otherBinary);
   assert.notEqual(other.status, 0, 'the other binary is refused');
   assert.match(other.stderr, /Operation not permitted/, 'refused with the policy\'s errno (EPERM)');
   // The rule is about that destination only: the other binary reaches another one.
-  const local = inPod(otherBinary, connectScript('127.0.0.1'));
+  const local = pod.connect(otherBinary, '127.0.0.1');
   assert.match(local.stdout, /connected/, `another destination stays open to it: ${local.stderr}`);
   // The same binary in another pod (its own namespace holding the same address, nobody listening)
   // is out of the rule's scope (matchNamespaces Net): the kernel answers it, not the policy.
-  const otherPod = `${netns}-b`;
-  sh('ip', ['netns', 'add', otherPod]);
-  t.after(() => void spawnSync('ip', ['netns', 'del', otherPod]));
-  sh('ip', ['-n', otherPod, 'link', 'set', 'lo', 'up']);
-  sh('ip', ['-n', otherPod, 'link', 'add', 'v0', 'type', 'veth', 'peer', 'name', 'v1']);
-  sh('ip', ['-n', otherPod, 'addr', 'add', `${server}/24`, 'dev', 'v0']);
-  sh('ip', ['-n', otherPod, 'link', 'set', 'v0', 'up']);
-  const outside = spawnSync('/bin/sh', ['-c', `echo $$ > ${cgroup}/cgroup.procs && exec nsenter --net=/run/netns/${otherPod} -- "$0" -c "$1"`, otherBinary, connectScript(server)], { encoding: 'utf8', timeout: 10_000 });
+  const outside = pod.connect(otherBinary, server, pod.otherPodNetns());
   assert.match(outside.stderr, /Connection refused/, 'another pod\'s process is not judged by a rule scoped to this pod');
 
   const [event, ...more] = await kprobeEvents(t, name, 1);
@@ -178,19 +75,19 @@ test("one binary of a pod is refused a destination its other binary reaches, dec
   assert.deepEqual(event.args, [{ sock_arg: { family: 'AF_INET', daddr: server, dport: 8080 } }]);
   const status = observer.policies.get(name) as { stats: { refused: bigint; matched: bigint } } | undefined;
   assert.equal(status?.stats.refused, 1n, 'the kernel counted one refusal');
-  assert.equal(cgroupPrograms().length, 4, 'connect4/6 and sendmsg4/6 on the enforced cgroup');
+  assert.equal(pod.cgroupPrograms().length, 4, 'connect4/6 and sendmsg4/6 on the enforced cgroup');
 
   // Deleted: nothing of it stays in the kernel, and the other binary connects again.
   observer.policies.delete(name);
   const runtime = observer.policies as unknown as { sockets: { loaded: boolean } };
   assert.equal(runtime.sockets.loaded, false, 'the enforcement object is closed with its last policy');
-  assert.deepEqual(cgroupPrograms(), [], 'no program stays on the cgroup');
-  assert.match(inPod(otherBinary, connectScript(server)).stdout, /connected/, 'after delete the other binary connects');
+  assert.deepEqual(pod.cgroupPrograms(), [], 'no program stays on the cgroup');
+  assert.match(pod.connect(otherBinary).stdout, /connected/, 'after delete the other binary connects');
 });
 
 test('a refused binary gets no way round the rule: not a dual-stack socket to the IPv4-mapped address, nor a datagram sent without connect', async (t) => {
   const name = `no-way-round-${id}`;
-  observer.policies.add(perBinaryPolicy(name));
+  observer.policies.add(pod.perBinaryPolicy(name));
   t.after(() => void (observer.policies.get(name) && observer.policies.delete(name)));
   // node is not the application binary: the rule refuses it the destination however it asks.
   const script = `
@@ -204,7 +101,7 @@ test('a refused binary gets no way round the rule: not a dual-stack socket to th
       u.send('x', 8080, '${server}', (e) => { out.datagram = e ? e.code : 'sent'; u.close(); console.log(JSON.stringify(out)); });
     }
   `;
-  const r = runInPod(process.execPath, ['-e', script]);
+  const r = pod.run(process.execPath, ['-e', script]);
   assert.equal(r.status, 0, r.stderr);
   assert.deepEqual(JSON.parse(r.stdout), { mapped: 'EPERM', datagram: 'EPERM' });
   const got = await kprobeEvents(t, name, 2);
@@ -250,7 +147,7 @@ spec:
     }
     function done() { console.log(JSON.stringify(out)); process.exit(0); }
   `;
-  const r = runInPod(process.execPath, ['-e', script]);
+  const r = pod.run(process.execPath, ['-e', script]);
   assert.equal(r.status, 0, r.stderr);
   const out = JSON.parse(r.stdout) as Record<string, string>;
   assert.deepEqual(out, { udp6: 'EAFNOSUPPORT', bind9999: 'EACCES', bind9998: 'ok' }, 'an IPv6 datagram socket and a bind to 9999 are refused; other binds are not');
@@ -301,19 +198,19 @@ spec:
   assert.match(fields['spec.kprobes[2].selectors[0].matchActions[0].action'], /not at a socket hook/);
   assert.match(fields['spec.kprobes[2].selectors[0].matchCapabilities'], /not supported yet/);
   assert.equal(observer.policies.get(`bad-${id}`), undefined, 'not listed');
-  assert.deepEqual(cgroupPrograms(), [], 'nothing attached');
+  assert.deepEqual(pod.cgroupPrograms(), [], 'nothing attached');
   // A policy without Override is not this compiler's: the tracepoint engine takes it.
   assert.equal(compileSocketPolicy(bad.replaceAll('Override', 'Post')), undefined);
 });
 
 test('stopping the observer with a socket policy loaded leaves no program on the cgroup', () => {
-  const other = new RuntimeObserver({ nodeName: 'test-node', enforceCgroup: cgroup });
+  const other = new RuntimeObserver({ nodeName: 'test-node', enforceCgroup: pod.cgroup });
   other.start();
   try {
-    other.policies.add(perBinaryPolicy(`restart-${id}`));
-    assert.equal(cgroupPrograms().length, 4);
+    other.policies.add(pod.perBinaryPolicy(`restart-${id}`));
+    assert.equal(pod.cgroupPrograms().length, 4);
   } finally {
     other.stop();
   }
-  assert.deepEqual(cgroupPrograms(), [], 'the links went with the agent: a restart starts clean');
+  assert.deepEqual(pod.cgroupPrograms(), [], 'the links went with the agent: a restart starts clean');
 });
