@@ -12,7 +12,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { TestPod } from '../src/runtime/socket-testutils.ts';
-import { ROOT, freePort, sleep, until } from './support/cluster.ts';
+import { ROOT, freePort, killChild, until } from './support/cluster.ts';
 
 const CLI = join(ROOT, 'src', 'cli', 'main.ts');
 
@@ -28,13 +28,7 @@ async function startAgent(t: TestContext, pod: TestPod, dir: string, grpcPort: n
   let log = '';
   agent.stdout!.on('data', (chunk) => (log += chunk));
   agent.stderr!.on('data', (chunk) => (log += chunk));
-  t.after(async () => {
-    if (agent.exitCode === null && agent.signalCode === null) {
-      const exited = once(agent, 'exit');
-      agent.kill('SIGKILL');
-      await exited;
-    }
-  });
+  t.after(() => killChild(agent));
   await until("Tetragon's API", () => log.includes("Tetragon's API listening"), 30_000).catch((error: Error) => {
     throw new Error(`${error.message}; agent log:\n${log}`);
   });
