@@ -25,6 +25,8 @@
 #define AF_INET 2
 #define AF_INET6 10
 
+#define PF_KTHREAD 0x00200000 /* include/linux/sched.h */
+
 #define SYS_REJECT 0
 #define SYS_PROCEED 1
 
@@ -407,6 +409,11 @@ static __always_inline __s32 judge(struct se_scratch *s, __u32 hook)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	struct task_struct *task = bpf_get_current_task_btf();
+	/* A kernel thread's socket (an NFS or iSCSI client reconnecting, say) is no workload's
+	 * system call, and has no binary: a NotIn rule would refuse it. Tetragon's syscall hooks never
+	 * see these either. (io_uring's workers are not kernel threads: they run the caller's mm.) */
+	if (BPF_CORE_READ(task, flags) & PF_KTHREAD)
+		return 0;
 	s->hook = hook;
 	s->tgid = id >> 32;
 	s->tid = (__u32)id;
