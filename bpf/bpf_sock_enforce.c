@@ -7,8 +7,10 @@
  * the cgroup they are attached to (the agent's --runtime-enforce-cgroup, and its descendants).
  *
  * The binary a selector matches is the one the process runs: current->mm->exe_file's path,
- * walked here at the call (not the path as exec'd: a symlink, a relative path or a hard link
- * elsewhere cannot pass one binary off as another, and there is no process state to go stale).
+ * walked here at the call up to the root of the process's mount namespace (not the path as
+ * exec'd, nor the path from a chroot: a symlink, a relative path, a hard link elsewhere or a jail
+ * holding a copy at the allowed path cannot pass one binary off as another, and there is no
+ * process state to go stale).
  * So one binary of a pod may connect to a destination while its others may not (issue 12's
  * per-binary network policy).
  *
@@ -107,28 +109,34 @@ struct path_walk {
 	struct dentry *dentry;
 	struct vfsmount *vfsmnt;
 	struct mount *mnt;
-	struct dentry *root;
-	struct vfsmount *root_mnt;
-	__u32 pos;    /* where the path starts in buf (it ends at SE_BUF) */
+	struct mount *top; /* the mount the walk ended at: the root of some mount tree */
+	__u32 pos;         /* where the path starts in buf (it ends at SE_BUF) */
 	__u32 failed;
 };
 
 /* One step up: a component written before what is there, or a mount crossed. 1 stops the walk.
- * The same walk as bpf_runtime.c's cwd, written from the end so the path comes out in order. */
+ * The same walk as bpf_runtime.c's cwd, written from the end so the path comes out in order, but
+ * up to the root of the mount namespace, not the process's root: inside a chroot the exe's path
+ * from the process's root could be any path the jail holds, the allowed binary's included. */
 static long path_step(__u32 index, struct path_walk *w)
 {
 	struct dentry *dentry = w->dentry;
 	struct vfsmount *vfsmnt = w->vfsmnt;
 	struct mount *mnt = w->mnt;
 
-	if (dentry == w->root && vfsmnt == w->root_mnt)
-		return 1;
 	struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
 	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
 	if (dentry == mnt_root || dentry == parent) {
 		struct mount *mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
-		if (dentry != mnt_root || mnt_parent == mnt)
+		if (dentry != mnt_root) {
+			/* A disconnected dentry: no path leads to it. */
+			w->failed = 1;
 			return 1;
+		}
+		if (mnt_parent == mnt) {
+			w->top = mnt;
+			return 1;
+		}
 		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
 		w->mnt = mnt_parent;
 		w->vfsmnt = &mnt_parent->mnt;
@@ -151,7 +159,8 @@ static long path_step(__u32 index, struct path_walk *w)
 	return 0;
 }
 
-/* Reads the binary into s->bin (prefixlen: its length with the NUL), once per call. */
+/* Reads the binary into s->bin (prefixlen: its length with the NUL), once per call. A path that
+ * does not lead to the mount namespace's root (an exe on a detached mount) is not read. */
 static __always_inline bool read_binary(struct se_scratch *s)
 {
 	if (s->binary_state)
@@ -159,21 +168,19 @@ static __always_inline bool read_binary(struct se_scratch *s)
 	s->binary_state = 2;
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
-	struct fs_struct *fs = BPF_CORE_READ(task, fs);
-	if (!exe || !fs)
+	struct mount *ns_root = BPF_CORE_READ(task, nsproxy, mnt_ns, root);
+	if (!exe || !ns_root)
 		return false;
 	struct path_walk w = {
 		.dentry = BPF_CORE_READ(exe, f_path.dentry),
 		.vfsmnt = BPF_CORE_READ(exe, f_path.mnt),
-		.root = BPF_CORE_READ(fs, root.dentry),
-		.root_mnt = BPF_CORE_READ(fs, root.mnt),
 		.pos = SE_BUF,
 	};
 	w.mnt = container_of(w.vfsmnt, struct mount, mnt);
 	s->buf[SE_BUF] = 0;
 	long steps = bpf_loop(SE_PATH_DEPTH, path_step, &w, 0);
 	__u32 len = SE_BUF - w.pos;
-	if (w.failed || steps == SE_PATH_DEPTH || len == 0 || len > SE_STR - 1)
+	if (w.failed || w.top != ns_root || steps == SE_PATH_DEPTH || len == 0 || len > SE_STR - 1)
 		return false;
 	__builtin_memset(&s->bin, 0, sizeof(s->bin));
 	if (bpf_probe_read_kernel(s->bin.data, SE_STR, &s->buf[w.pos & (SE_BUF - 1)]) != 0)

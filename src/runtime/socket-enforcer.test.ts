@@ -9,6 +9,8 @@
 import { after, before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { chmodSync, copyFileSync, mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { Btf, checkLayout } from '../ebpf/index.ts';
 import { RuntimeError, RuntimeObserver, type TetragonEvent, type TetragonProcessKprobe } from './index.ts';
 import { SOCKET_OBJECT_PATH } from './socket-enforcer.ts';
@@ -107,6 +109,26 @@ test('a refused binary gets no way round the rule: not a dual-stack socket to th
   const got = await kprobeEvents(t, name, 2);
   assert.deepEqual(got.map((e) => e.args?.[0]), [{ sock_arg: { family: 'AF_INET6', daddr: `::ffff:${server}`, dport: 8080 } }, { sock_arg: { family: 'AF_INET', daddr: server, dport: 8080 } }]);
   assert.ok(got.every((e) => e.process.binary === process.execPath));
+});
+
+test('a chroot does not pass another binary off as the allowed one', async (t) => {
+  const name = `chroot-${id}`;
+  observer.policies.add(pod.perBinaryPolicy(name));
+  t.after(() => void (observer.policies.get(name) && observer.policies.delete(name)));
+  // A jail holding a copy of the other binary at the allowed binary's path (with bash's libraries):
+  // inside it, the copy's path from the process's root is the allowed one.
+  const jail = join(pod.dir, 'jail');
+  for (const lib of ['/lib/x86_64-linux-gnu/libtinfo.so.6', '/lib/x86_64-linux-gnu/libc.so.6', '/lib64/ld-linux-x86-64.so.2']) {
+    mkdirSync(join(jail, dirname(lib)), { recursive: true });
+    copyFileSync(lib, join(jail, lib));
+  }
+  mkdirSync(join(jail, dirname(appBinary)), { recursive: true });
+  copyFileSync(otherBinary, join(jail, appBinary));
+  chmodSync(join(jail, appBinary), 0o755);
+  const jailed = pod.run('chroot', [jail, appBinary, '-c', `exec 3<>/dev/tcp/${server}/8080 && echo connected`]);
+  assert.match(jailed.stderr, /Operation not permitted/, `the jailed copy is refused: ${jailed.stdout}${jailed.stderr}`);
+  const [event] = await kprobeEvents(t, name, 1);
+  assert.equal(event?.process.binary, join(jail, appBinary), 'the event names the binary by its path from the mount namespace\'s root');
 });
 
 test('sys_socket and sys_bind overrides refuse socket creation and a bind, with their errno', async (t) => {

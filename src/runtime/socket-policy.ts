@@ -13,7 +13,8 @@
  *   `NotEqual`, `Mask`, `GT`, `LT`. The type is the socket's, without SOCK_NONBLOCK/SOCK_CLOEXEC
  *   (a flag cannot slip a socket past a rule).
  * - matchBinaries (In, NotIn, Prefix, NotPrefix, Postfix, NotPostfix) on the binary the process
- *   runs (its exe, walked in the kernel at the call), matchPIDs (In, NotIn), matchNamespaces
+ *   runs (its exe, walked in the kernel at the call up to the mount namespace's root, so a chroot
+ *   cannot rename it), matchPIDs (In, NotIn), matchNamespaces
  *   `Net` (In, NotIn: network namespace inode numbers, or `host_ns`) to scope a rule to a pod.
  * - matchActions: `Override` with `argError` (a negative errno: -1 EPERM, -13 EACCES, …),
  *   `Post`, `NoPost`. Override refuses the call and posts a `process_kprobe` event with action
