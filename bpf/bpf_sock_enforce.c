@@ -68,6 +68,28 @@ struct {
 
 DEFINE_RINGBUF_LOST_MAP(sock_enforce_events_lost);
 
+/* A process's binary as last walked: valid while the process (tgid and its start time) runs the
+ * same exe (the struct file and its inode). An exec opens its new file while the old one is still
+ * held, so the two never share an address; the walk costs more than the connect it judges. */
+struct se_exe_key {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 start_time;
+};
+
+struct se_exe_cached {
+	__u64 file;
+	__u64 inode;
+	struct se_string_key bin;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct se_exe_key);
+	__type(value, struct se_exe_cached);
+} sock_enforce_exe_cache SEC(".maps");
+
 #define SE_BUF 256 /* the path is assembled backwards in the first half of buf */
 
 /* The call being judged, and the binary once read (lazily: only a selector with matchBinaries
@@ -87,6 +109,7 @@ struct se_scratch {
 	__s32 verdict;      /* 0, or the errno the call is refused with */
 	struct se_string_key bin;
 	struct se_string_key rev;
+	struct se_exe_cached cache;
 	char buf[2 * SE_BUF];
 };
 
@@ -159,6 +182,8 @@ static long path_step(__u32 index, struct path_walk *w)
 	return 0;
 }
 
+
+
 /* Reads the binary into s->bin (prefixlen: its length with the NUL), once per call. A path that
  * does not lead to the mount namespace's root (an exe on a detached mount) is not read. */
 static __always_inline bool read_binary(struct se_scratch *s)
@@ -168,8 +193,18 @@ static __always_inline bool read_binary(struct se_scratch *s)
 	s->binary_state = 2;
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct file *exe = BPF_CORE_READ(task, mm, exe_file);
+	if (!exe)
+		return false;
+	struct se_exe_key ckey = { .tgid = s->tgid, .start_time = BPF_CORE_READ(task, group_leader, start_time) };
+	__u64 inode = (__u64)BPF_CORE_READ(exe, f_inode);
+	struct se_exe_cached *cached = bpf_map_lookup_elem(&sock_enforce_exe_cache, &ckey);
+	if (cached && cached->file == (__u64)exe && cached->inode == inode) {
+		__builtin_memcpy(&s->bin, &cached->bin, sizeof(s->bin));
+		s->binary_state = 1;
+		return true;
+	}
 	struct mount *ns_root = BPF_CORE_READ(task, nsproxy, mnt_ns, root);
-	if (!exe || !ns_root)
+	if (!ns_root)
 		return false;
 	struct path_walk w = {
 		.dentry = BPF_CORE_READ(exe, f_path.dentry),
@@ -187,6 +222,11 @@ static __always_inline bool read_binary(struct se_scratch *s)
 		return false;
 	s->bin.prefixlen = len + 1;
 	s->binary_state = 1;
+	struct se_exe_cached *fill = &s->cache;
+	fill->file = (__u64)exe;
+	fill->inode = inode;
+	__builtin_memcpy(&fill->bin, &s->bin, sizeof(s->bin));
+	bpf_map_update_elem(&sock_enforce_exe_cache, &ckey, fill, BPF_ANY);
 	return true;
 }
 

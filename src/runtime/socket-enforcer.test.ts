@@ -111,6 +111,23 @@ test('a refused binary gets no way round the rule: not a dual-stack socket to th
   assert.ok(got.every((e) => e.process.binary === process.execPath));
 });
 
+test('a process that execs another binary is judged as the new binary (no stale binary of its past)', async (t) => {
+  const name = `exec-${id}`;
+  observer.policies.add(pod.perBinaryPolicy(name));
+  t.after(() => void (observer.policies.get(name) && observer.policies.delete(name)));
+  // The application connects (its binary now known to the kernel), then the process execs the
+  // other copy, which must be refused; and the other way round.
+  const connect = `exec 3<>/dev/tcp/${server}/8080 && echo connected`;
+  const appThenOther = pod.run(appBinary, ['-c', `${connect}; exec 3>&-; exec ${otherBinary} -c '${connect}'`]);
+  assert.equal(appThenOther.stdout.trim(), 'connected', 'the application connected once, its exec did not');
+  assert.match(appThenOther.stderr, /Operation not permitted/);
+  const otherThenApp = pod.run(otherBinary, ['-c', `${connect}; exec ${appBinary} -c '${connect}'`]);
+  assert.equal(otherThenApp.stdout.trim(), 'connected', 'the other binary was refused, the application it exec\'d connected');
+  assert.match(otherThenApp.stderr, /Operation not permitted/);
+  const got = await kprobeEvents(t, name, 2);
+  assert.deepEqual(got.map((e) => e.process.binary), [otherBinary, otherBinary]);
+});
+
 test('a chroot does not pass another binary off as the allowed one', async (t) => {
   const name = `chroot-${id}`;
   observer.policies.add(pod.perBinaryPolicy(name));
