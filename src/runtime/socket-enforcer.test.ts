@@ -13,7 +13,7 @@ import { chmodSync, copyFileSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Btf, checkLayout } from '../ebpf/index.ts';
 import { RuntimeError, RuntimeObserver, type TetragonEvent, type TetragonProcessKprobe } from './index.ts';
-import { SOCKET_OBJECT_PATH } from './socket-enforcer.ts';
+import { SOCKET_OBJECT_PATH, type SocketEnforcer } from './socket-enforcer.ts';
 import { compileSocketPolicy, seEvent, seFilter, seList, seRule, seSelector, seStats, seValue } from './socket-policy.ts';
 import { TestPod } from './socket-testutils.ts';
 
@@ -109,6 +109,23 @@ test('a refused binary gets no way round the rule: not a dual-stack socket to th
   const got = await kprobeEvents(t, name, 2);
   assert.deepEqual(got.map((e) => e.args?.[0]), [{ sock_arg: { family: 'AF_INET6', daddr: `::ffff:${server}`, dport: 8080 } }, { sock_arg: { family: 'AF_INET', daddr: server, dport: 8080 } }]);
   assert.ok(got.every((e) => e.process.binary === process.execPath));
+});
+
+test('deleting one of two socket policies clears its rule and binaries from the kernel and leaves the other enforcing', () => {
+  const [a, b] = [`first-${id}`, `second-${id}`];
+  observer.policies.add(pod.perBinaryPolicy(a));
+  observer.policies.add(pod.perBinaryPolicy(b).replace(`values: [${appBinary}]`, `values: [${appBinary}, /usr/bin/curl]`));
+  const sockets = (observer.policies as unknown as { sockets: SocketEnforcer }).sockets;
+  try {
+    assert.deepEqual({ rules: sockets.kernelState().rules, strings: sockets.kernelState().strings }, { rules: 2, strings: 3 });
+    observer.policies.delete(b);
+    assert.deepEqual({ rules: sockets.kernelState().rules, strings: sockets.kernelState().strings }, { rules: 1, strings: 1 }, 'read back from the maps: only the first policy\'s rule and binary');
+    assert.equal(pod.cgroupPrograms().length, 4);
+    assert.match(pod.connect(otherBinary).stderr, /Operation not permitted/, 'the first policy still refuses');
+  } finally {
+    for (const name of [a, b]) if (observer.policies.get(name)) observer.policies.delete(name);
+  }
+  assert.equal(sockets.loaded, false);
 });
 
 test('a process that execs another binary is judged as the new binary (no stale binary of its past)', async (t) => {
