@@ -231,6 +231,11 @@ spec:
   - call: sys_openat
     selectors:
     - matchActions: [{action: Override, argError: -1}]
+  - call: sys_socket
+    args: [{index: 0, type: int}]
+    selectors:
+    - matchArgs: [{index: 0, operator: Equal, values: [AF_PACKET]}]
+      matchActions: [{action: Override, argError: -1}]
   - call: sys_connect
     args: [{index: 1, type: sockaddr}]
     selectors:
@@ -250,9 +255,10 @@ spec:
   assert.match(fields['spec.kprobes[0].selectors[0].matchBinaries[0].values[0]'], /want an absolute path/);
   assert.match(fields['spec.kprobes[0].selectors[0].matchActions[0].argError'], /want a negative errno/);
   assert.match(fields['spec.kprobes[1].call'], /needs kprobe override/);
-  assert.match(fields['spec.kprobes[2].selectors[0].matchArgs[0].values[0]'], /without host bits/);
-  assert.match(fields['spec.kprobes[2].selectors[0].matchActions[0].action'], /not at a socket hook/);
-  assert.match(fields['spec.kprobes[2].selectors[0].matchCapabilities'], /not supported yet/);
+  assert.match(fields['spec.kprobes[2].selectors[0].matchArgs[0].values[0]'], /AF_INET or AF_INET6 \(the socket hook sees only IPv4 and IPv6 sockets\)/, 'a rule that could never fire is refused, not ignored');
+  assert.match(fields['spec.kprobes[3].selectors[0].matchArgs[0].values[0]'], /without host bits/);
+  assert.match(fields['spec.kprobes[3].selectors[0].matchActions[0].action'], /not at a socket hook/);
+  assert.match(fields['spec.kprobes[3].selectors[0].matchCapabilities'], /not supported yet/);
   assert.equal(observer.policies.get(`bad-${id}`), undefined, 'not listed');
   assert.deepEqual(pod.cgroupPrograms(), [], 'nothing attached');
   // A policy without Override is not this compiler's: the tracepoint engine takes it.

@@ -11,7 +11,8 @@
  *   `Family`.
  * - sys_socket (sock_create): `args` 0, 1, 2 (domain, type, protocol) as ints; `Equal`,
  *   `NotEqual`, `Mask`, `GT`, `LT`. The type is the socket's, without SOCK_NONBLOCK/SOCK_CLOEXEC
- *   (a flag cannot slip a socket past a rule).
+ *   (a flag cannot slip a socket past a rule). The hook runs for IPv4 and IPv6 sockets only, so
+ *   the domain must be AF_INET or AF_INET6 (a rule on AF_PACKET would never fire: refused).
  * - matchBinaries (In, NotIn, Prefix, NotPrefix, Postfix, NotPostfix) on the binary the process
  *   runs (its exe, walked in the kernel at the call up to the mount namespace's root, so a chroot
  *   cannot rename it), matchPIDs (In, NotIn), matchNamespaces
@@ -228,10 +229,13 @@ function compileFilter(item: Json, hook: SocketHookName, args: SocketArg[], fiel
     const op = typeof operator === 'string' ? INT_OPS[operator] : undefined;
     if (op === undefined) return void problems.push({ field: `${field}.operator`, reason: `${JSON.stringify(operator)}: want one of ${Object.keys(INT_OPS).join(', ')}` });
     if ((op === SeOp.GT || op === SeOp.LT) && values.length > 1) return void problems.push({ field: `${field}.values`, reason: 'want one value' });
+    // sock_create runs for IPv4 and IPv6 sockets only: a rule on another family would never fire.
+    if (arg.field === SeField.FAMILY && op !== SeOp.EQUAL && op !== SeOp.NOT_EQUAL) return void problems.push({ field: `${field}.operator`, reason: `${JSON.stringify(operator)}: want Equal or NotEqual on the domain` });
     const out: SeValue[] = [];
     values.forEach((v, i) => {
       const n = arg.field === SeField.FAMILY && typeof v === 'string' && v in FAMILIES ? FAMILIES[v] : parseInteger(v);
       if (n === undefined || n > 0xffffffffn) return void bad(i, 'an integer');
+      if (arg.field === SeField.FAMILY && n !== 2n && n !== 10n) return void bad(i, 'AF_INET or AF_INET6 (the socket hook sees only IPv4 and IPv6 sockets)');
       out.push(number(n));
     });
     return { field: arg.field!, op, values: out };
@@ -252,6 +256,8 @@ function compileFilter(item: Json, hook: SocketHookName, args: SocketArg[], fiel
     }
     const n = spec.field === SeField.FAMILY && typeof v === 'string' && v in FAMILIES ? FAMILIES[v] : parseInteger(v);
     if (n === undefined || (spec.field === SeField.PORT && n > 65535n)) return void bad(i, spec.field === SeField.PORT ? 'a port' : 'a family (AF_INET, AF_INET6 or a number)');
+    // The connect and bind hooks run for IPv4 and IPv6 sockets only: another family never fires.
+    if (spec.field === SeField.FAMILY && n !== 2n && n !== 10n) return void bad(i, 'AF_INET or AF_INET6 (the socket hooks see only IPv4 and IPv6 sockets)');
     out.push(number(n));
   });
   return { field: spec.field, op: spec.op, values: out };
