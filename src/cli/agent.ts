@@ -145,7 +145,7 @@ export function registerAgentCommands(program: Command): void {
         containerId: options.containerId,
         ifname: options.ifname,
         netns: options.netns,
-        labels: parseLabelPairs(options.labels.split(',').filter(Boolean)),
+        labels: parsePairs(options.labels.split(',').filter(Boolean)),
         ...(options.namespace ? { namespace: options.namespace } : {}),
         ...(options.podName ? { podName: options.podName } : {}),
         ...(options.port ? { ports: options.port } : {}),

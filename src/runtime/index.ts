@@ -18,3 +18,6 @@ export { EventType, eventBody, eventTypeOf, processOf, type EventTypeName, type 
 export { EventExporter, parseEventFilters, type EventExporterOptions, type EventExporterStats } from './export.ts';
 export { MISSING_HOOK_REASON, POLICY_LIMITS, compileTracingPolicy, type CompiledTracingPolicy, type PolicyProblem, type TracingPolicyHeader } from './tracing-policy.ts';
 export { PolicyManager, type PolicyStats, type PolicyStatus, type ScopePod } from './policy.ts';
+export { RuntimePolicies } from './runtime-policies.ts';
+export { SocketEnforcer, decodeSocketRecord, socketKprobeBody, type SocketPolicyStats, type SocketPolicyStatus, type SocketRecord } from './socket-enforcer.ts';
+export { SOCKET_POLICY_LIMITS, compileSocketPolicy, wantsSocketEnforcement, type CompiledSocketPolicy, type SocketRule, type SocketSelector } from './socket-policy.ts';

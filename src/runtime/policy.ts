@@ -85,7 +85,7 @@ export function stringKey(filter: number, bytes: Buffer, bits: number): Buffer {
 }
 
 /** Keys of a filter's strings: Equal values with their NUL, Prefix without, Postfix reversed. */
-function stringKeys(filter: number, strings: CompiledStrings): Buffer[] {
+export function stringKeys(filter: number, strings: CompiledStrings): Buffer[] {
   return strings.values.map((value) => {
     const bytes = Buffer.from(value);
     if (strings.kind === 'equal') return stringKey(filter, Buffer.concat([bytes, Buffer.alloc(1)]), 8 * (bytes.length + 1));

@@ -12,6 +12,8 @@ import { ProcessCache, type ProcessCacheStats, type ProcessEntry } from './proce
 import { ProcessSensor } from './sensor.ts';
 import { CAPABILITIES, NAMESPACES, POLICY_ARG_SLOT, type ExitRecord, type NamespaceName, type PolicyRecord, type RuntimeRecord } from './events.ts';
 import { PolicyManager, seedBinaries, seedProcesses, type ScopePod } from './policy.ts';
+import { RuntimePolicies } from './runtime-policies.ts';
+import { SocketEnforcer, socketKprobeBody, type SocketRecord } from './socket-enforcer.ts';
 import type { CompiledArg } from './tracing-policy.ts';
 import type { TetragonAction, TetragonArg, TetragonCapabilities, TetragonEvent, TetragonNamespaces, TetragonPod, TetragonProcess } from './types.ts';
 
@@ -29,6 +31,11 @@ export interface RuntimeObserverOptions {
   ancestors?: boolean;
   /** The pod of a process, from its network namespace or cgroup; undefined for the host's own. */
   resolvePod?(process: { pid: number; netns: number; cgroupId: bigint }): TetragonPod | undefined;
+  /**
+   * The cgroup v2 directory where policies that override sys_connect, sys_bind or sys_socket are
+   * enforced (its processes and its descendants'); undefined: such policies are refused.
+   */
+  enforceCgroup?: string;
   /** The sensor's BPF object (tests); build/bpf/bpf_runtime.o by default. */
   objectPath?: string;
   onError?(error: unknown): void;
@@ -150,7 +157,10 @@ export class RuntimeObserver {
       onRecord: (record) => this.#onRecord(record),
       onError: (error) => this.#options.onError?.(error),
     });
-    this.#policies = new PolicyManager(this.#sensor.object);
+    const sockets = this.#options.enforceCgroup
+      ? new SocketEnforcer({ cgroup: this.#options.enforceCgroup, onRecord: (record) => this.#onSocketRecord(record), onError: (error) => this.#options.onError?.(error) })
+      : undefined;
+    this.#policies = new RuntimePolicies(this.#sensor.object, sockets, this.#hostNs.net);
     this.#policies.setPods(this.#scopePods);
     seedBinaries(this.#sensor.object);
     const snapshots = readAllProcesses();
@@ -329,6 +339,24 @@ export class RuntimeObserver {
       this.#tracepoints++;
       this.#emit({ process_tracepoint: { ...common, subsys: hook.group, event: hook.name }, node_name: this.#options.nodeName, time });
     }
+  }
+
+  #onSocketRecord(record: SocketRecord): void {
+    const found = this.#policies instanceof RuntimePolicies ? this.#policies.sockets?.ruleOf(record.slot, record.policyId) : undefined;
+    if (!found) return;
+    // The exec that started this binary is in the sensor's ring, written before this call was:
+    // read it first, so the process is the one that made the call, not its pre-exec self.
+    this.#sensor?.drain();
+    const time = protoTimestamp(record.ktime + this.#wallOffset);
+    const entry = this.cache.byPid(record.pid);
+    const process: TetragonProcess = entry
+      ? this.processObject(entry)
+      : { exec_id: '', pid: record.pid, uid: 0, binary: record.binary ?? '', flags: 'miss', start_time: time, auid: 4294967295, tid: record.tid };
+    // The binary the kernel judged (the exe's path) is what the verdict was about.
+    if (record.binary) process.binary = record.binary;
+    const parent = entry ? this.cache.parentOf(entry) : undefined;
+    this.#kprobes++;
+    this.#emit({ process_kprobe: { process, parent: parent ? this.processObject(parent, true) : undefined, ...socketKprobeBody(record, found.policy, found.rule) }, node_name: this.#options.nodeName, time });
   }
 
   #exitEvent(entry: ProcessEntry, record: ExitRecord, time: string): TetragonEvent {

@@ -31,12 +31,12 @@ const KINDS = new Set(['TracingPolicy', 'TracingPolicyNamespaced']);
 const SPEC_FIELDS = new Set(['kprobes', 'tracepoints', 'uprobes', 'lsmhooks', 'usdts', 'fentries', 'loader', 'podSelector', 'containerSelector', 'hostSelector', 'nodeSelector', 'lists', 'enforcers', 'options', 'selectorsMacros']);
 const KPROBE_FIELDS = new Set(['call', 'syscall', 'return', 'args', 'data', 'returnArg', 'returnArgAction', 'selectors', 'message', 'tags', 'ignore']);
 const TRACEPOINT_FIELDS = new Set(['subsystem', 'event', 'raw', 'args', 'selectors', 'message', 'tags']);
-const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
+export const DNS_SUBDOMAIN = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 /** What a hook this kernel lacks is refused with (issue 12's wording). */
 export const MISSING_HOOK_REASON = 'needs kprobes (or fentry/LSM); this kernel has none';
 
-type Json = Record<string, unknown>;
-const isMap = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
+export type Json = Record<string, unknown>;
+export const isMap = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** Whether the kernel can attach `feature` (a `ciliate bpf features` name), cached per process. */
 const supported = new Map<string, boolean>();
@@ -94,7 +94,7 @@ function checkList(spec: Json, key: string, problems: PolicyProblem[], each: (it
   });
 }
 
-function unknownFields(item: Json, known: Set<string>, field: string, problems: PolicyProblem[]): void {
+export function unknownFields(item: Json, known: Set<string>, field: string, problems: PolicyProblem[]): void {
   for (const key of Object.keys(item)) if (!known.has(key)) problems.push({ field: `${field}.${key}`, reason: 'unknown field' });
 }
 
@@ -267,7 +267,7 @@ function sockaddrEnd(syscall: string): 'local' | 'remote' {
 }
 
 /** Strips the arch prefix and `sys_`: `__x64_sys_openat` → `openat`. */
-function syscallName(call: string): string {
+export function syscallName(call: string): string {
   return call.replace(/^(__x64_|__arm64_|__ia32_)/, '').replace(/^sys_/, '');
 }
 
@@ -275,7 +275,7 @@ function stringKind(op: number): CompiledStrings['kind'] {
   return op === Op.EQUAL || op === Op.NOT_EQUAL || op === Op.IN || op === Op.NOT_IN ? 'equal' : op === Op.PREFIX || op === Op.NOT_PREFIX ? 'prefix' : 'postfix';
 }
 
-function parseInteger(value: unknown): bigint | undefined {
+export function parseInteger(value: unknown): bigint | undefined {
   const text = typeof value === 'number' ? String(value) : typeof value === 'string' ? value.trim() : '';
   if (!/^-?(0x[0-9a-fA-F]+|0o?[0-7]+|\d+)$/.test(text)) return undefined;
   const negative = text.startsWith('-');
@@ -291,7 +291,7 @@ function parseInteger(value: unknown): bigint | undefined {
   return BigInt.asUintN(64, n);
 }
 
-function stringValues(values: unknown[], op: number, field: string, problems: PolicyProblem[]): CompiledStrings | undefined {
+export function stringValues(values: unknown[], op: number, field: string, problems: PolicyProblem[]): CompiledStrings | undefined {
   const kind = stringKind(op);
   const max = kind === 'postfix' ? POLICY_LIMITS.postfixBytes : POLICY_LIMITS.stringBytes;
   if (values.length > POLICY_LIMITS.strings) return void problems.push({ field, reason: `at most ${POLICY_LIMITS.strings} values` });

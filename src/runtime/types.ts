@@ -74,7 +74,7 @@ export type TetragonArg = (
   | { sock_arg: { family: string; daddr?: string; dport?: number; saddr?: string; sport?: number } }
 ) & { label?: string };
 
-export type TetragonAction = 'KPROBE_ACTION_POST' | 'KPROBE_ACTION_NOPOST' | 'KPROBE_ACTION_SIGKILL' | 'KPROBE_ACTION_SIGNAL';
+export type TetragonAction = 'KPROBE_ACTION_POST' | 'KPROBE_ACTION_NOPOST' | 'KPROBE_ACTION_SIGKILL' | 'KPROBE_ACTION_SIGNAL' | 'KPROBE_ACTION_OVERRIDE';
 
 export interface TetragonProcessKprobe {
   process: TetragonProcess;

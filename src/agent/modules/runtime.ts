@@ -21,6 +21,7 @@ import { VERSION } from '../version.ts';
 import { apiConfig } from './api.ts';
 import { EndpointsCell } from './cells.ts';
 import { serve } from './metrics.ts';
+import { cgroup2Root } from './services.ts';
 
 /** The runtime observer when the module runs (undefined when it is off). */
 export const RuntimeCell = cell<RuntimeObserver | undefined>('runtime');
@@ -44,6 +45,10 @@ export const runtimeConfig = {
   runtimeEnableProcessNs: z.boolean().default(false).describe("namespaces in process objects (Tetragon's enable-process-ns)"),
   runtimeEnableAncestors: z.boolean().default(false).describe("ancestors in exec events (Tetragon's enable-ancestors)"),
   runtimeTracingPolicyDir: z.string().default('').describe("directory of TracingPolicy YAML files loaded at start (Tetragon's tracing-policy-dir); empty: none"),
+  runtimeEnforceCgroup: z
+    .string()
+    .default(cgroup2Root())
+    .describe('cgroup v2 directory whose processes (and descendants\') policies overriding sys_connect, sys_bind or sys_socket are enforced on, at its socket hooks (default: the cgroup v2 root; empty: such policies are refused)'),
   runtimeMetricsServer: listenAddressSetting('').describe("address of Tetragon's Prometheus /metrics (tetragon_*), host:port; empty: off (Tetragon's metrics-server, :2112 there)"),
 };
 
@@ -66,6 +71,7 @@ export const runtimeModule = defineModule({
       processCredentials: config.runtimeEnableProcessCred,
       processNamespaces: config.runtimeEnableProcessNs,
       ancestors: config.runtimeEnableAncestors,
+      enforceCgroup: config.runtimeEnforceCgroup || undefined,
       onError: (error) => log.warn({ err: error }, 'runtime event'),
     });
     const server = new TetragonServer({ observer, version: VERSION });
@@ -145,7 +151,8 @@ export const runtimeModule = defineModule({
             port: tcpPort,
             events: stats.events,
             programs: stats.programs,
-            policies: stats.programs.length > 0 ? observer.policies.list().map((p) => ({ name: p.name, sensors: p.sensors, posted: String(p.stats.posted), signalled: String(p.stats.signalled) })) : [],
+            policies: stats.programs.length > 0 ? observer.policies.list().map((p) => ({ name: p.name, sensors: p.sensors, posted: String(p.stats.posted), signalled: String(p.stats.signalled), ...('refused' in p.stats ? { refused: String(p.stats.refused) } : {}) })) : [],
+            enforceCgroup: config.runtimeEnforceCgroup || 'off',
             policiesLoadedAtStart: policiesLoaded,
             lostEvents: String(stats.lost),
             processCache: stats.processCache,

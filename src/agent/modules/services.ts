@@ -46,7 +46,7 @@ const BackendBody = z.object({ state: z.enum(BACKEND_STATES, { error: `must be o
 const SYNC_WAIT_MS = 5000;
 
 /** Where the cgroup v2 hierarchy is mounted (its root), from /proc/self/mounts; '' without one. */
-function cgroup2Root(): string {
+export function cgroup2Root(): string {
   try {
     const line = readFileSync('/proc/self/mounts', 'utf8').split('\n').find((l) => l.split(' ')[2] === 'cgroup2');
     return line?.split(' ')[1] ?? '';
