@@ -79,6 +79,7 @@ export const policyResultCodec = struct('ciliate_policy_result', {
   match_type: u32,
   cookie: u32,
   prefix_len: u32,
+  proxy_port: u32,
 });
 export type PolicyResultValue = StructValue<(typeof policyResultCodec)['fields']>;
 
