@@ -1,0 +1,117 @@
+/**
+ * The node's L7 proxy (Cilium's enable-l7-proxy): the routing that delivers redirected
+ * connections to it, the supervised proxy process, and the policy it judges with, sent whole
+ * whenever the policy or the local endpoints change. Its L7 records go to whoever subscribes
+ * (the observer).
+ * @module
+ */
+import { z } from 'zod';
+import { Netlink } from '../../datapath/index.ts';
+import type { L7HttpRecord } from '../../observer/index.ts';
+import { L7_PROXY_PORT, PolicyDirection, type PolicyMapEntry } from '../../policy/index.ts';
+import { ProxySupervisor, type ProxyState } from '../../proxy/index.ts';
+import { defineModule } from '../module.ts';
+import { EndpointsCell, PolicyCell, ProxyCell, type L7RecordSource } from './cells.ts';
+
+export const proxyConfig = {
+  enableL7Proxy: z.boolean().default(true).describe("the node proxy that enforces HTTP rules (Cilium's enable-l7-proxy); off: connections policy sends to it are dropped"),
+  l7ProxyMaxHeapMb: z.number().int().min(32).max(8192).default(256).describe("heap cap of the proxy process, MiB (it is restarted when it dies)"),
+};
+
+/** Cilium's: packets marked MARK_MAGIC_TO_PROXY (bpf/lib/proxy.h) are delivered locally. */
+const TO_PROXY_RULE = { priority: 9, mark: 0x0200, mask: 0x0f00, table: 2004 } as const;
+
+function proxyState(revision: number, endpoints: readonly { ipv4: string; id: number; identity: number }[], entriesOf: (id: number) => Iterable<PolicyMapEntry> | undefined): ProxyState {
+  const identities: [string, number][] = [];
+  const policies: ProxyState['policies'] = [];
+  for (const e of endpoints) {
+    if (!e.ipv4) continue;
+    identities.push([e.ipv4, e.identity]);
+    const entries = [...(entriesOf(e.id) ?? [])].filter((x) => x.l7 !== undefined && x.key.direction === PolicyDirection.INGRESS);
+    if (entries.length > 0) policies.push({ address: e.ipv4, entries });
+  }
+  return { revision, identities, policies };
+}
+
+export const proxyModule = defineModule({
+  name: 'l7-proxy',
+  description: 'the node proxy for L7 (HTTP) rules, in its own process',
+  config: proxyConfig,
+  needs: { policy: PolicyCell, endpoints: EndpointsCell },
+  provides: ProxyCell,
+  async start({ policy, endpoints }, { config, log }) {
+    const listeners = new Set<(records: L7HttpRecord[]) => void>();
+    let lost = 0;
+    const source: L7RecordSource = {
+      onRecords(listener) {
+        listeners.add(listener);
+        return () => listeners.delete(listener);
+      },
+    };
+    if (!config.enableL7Proxy) return { value: source, status: () => ({ l7Proxy: { enabled: false } }) };
+
+    const netlink = Netlink.open();
+    await netlink.ensureFwmarkRule(TO_PROXY_RULE);
+    await netlink.replaceRoute({ dst: '0.0.0.0/0', type: 'local', dev: 'lo', table: TO_PROXY_RULE.table });
+    netlink.close();
+
+    const supervisor = new ProxySupervisor({
+      port: L7_PROXY_PORT,
+      log,
+      maxHeapMb: config.l7ProxyMaxHeapMb,
+      onRecords(records, dropped) {
+        lost += dropped;
+        for (const l of listeners) l(records);
+      },
+    });
+    let sent = '';
+    const sync = () => {
+      const state = proxyState(policy.revision, endpoints.list(), (id) => policy.engine.endpointPolicy(id)?.entries.values());
+      const text = JSON.stringify({ ...state, revision: 0 });
+      if (text === sent) return;
+      sent = text;
+      supervisor.setState(state);
+    };
+    let scheduled = false;
+    const schedule = () => {
+      if (scheduled) return;
+      scheduled = true;
+      setImmediate(() => {
+        scheduled = false;
+        sync();
+      });
+    };
+    sync();
+    const unsubscribe = policy.onChange(schedule);
+    const abort = new AbortController();
+    void (async () => {
+      let revision = endpoints.table.revision;
+      while (!abort.signal.aborted) {
+        await endpoints.table.waitForChange(revision, abort.signal).catch(() => undefined);
+        revision = endpoints.table.revision;
+        schedule();
+      }
+    })();
+    try {
+      await supervisor.start();
+    } catch (error) {
+      unsubscribe();
+      abort.abort();
+      await supervisor.stop();
+      throw error;
+    }
+    return {
+      value: source,
+      stop: async () => {
+        unsubscribe();
+        abort.abort();
+        await supervisor.stop();
+      },
+      status: () => ({ l7Proxy: { enabled: true, port: L7_PROXY_PORT, ...supervisor.status(), lostRecords: lost } }),
+      health: () => {
+        const s = supervisor.status();
+        return s.ready ? { degraded: false } : { degraded: true, reason: `the L7 proxy is not listening (restarts: ${s.restarts}${s.lastExit ? `, last exit: ${s.lastExit}` : ''})` };
+      },
+    };
+  },
+});

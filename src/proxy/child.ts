@@ -1,0 +1,52 @@
+/**
+ * The proxy process: forked by the agent (ProxySupervisor), judges HTTP and reports L7 records
+ * back over IPC. It listens only once it has the policy, so a restarted proxy never answers
+ * with less than the policy in force; it exits when the agent goes away.
+ * @module
+ */
+import type { L7HttpRecord } from '../observer/index.ts';
+import { HttpProxy } from './http-proxy.ts';
+import type { FromProxy, ToProxy } from './protocol.ts';
+
+/** Records waiting for the IPC channel before new ones are counted lost instead. */
+const MAX_PENDING = 8192;
+
+const send = (message: FromProxy) => process.send?.(message);
+let pending: L7HttpRecord[] = [];
+let lost = 0;
+let flushing = false;
+const flush = () => {
+  flushing = false;
+  if (pending.length === 0 && lost === 0) return;
+  send({ type: 'records', records: pending, lost });
+  pending = [];
+  lost = 0;
+};
+
+const proxy = new HttpProxy({
+  port: Number(process.env.CILIATE_PROXY_PORT),
+  emit(record) {
+    if (pending.length >= MAX_PENDING) lost++;
+    else pending.push(record);
+    if (!flushing) {
+      flushing = true;
+      setImmediate(flush);
+    }
+  },
+});
+
+let listening = false;
+process.on('message', (message: ToProxy) => {
+  if (message.type !== 'state') return;
+  proxy.setState(message.state);
+  if (listening) return;
+  listening = true;
+  proxy.listen().then(
+    (port) => send({ type: 'ready', port }),
+    (error: unknown) => {
+      send({ type: 'fatal', message: error instanceof Error ? error.message : String(error) });
+      process.exit(1);
+    },
+  );
+});
+process.on('disconnect', () => process.exit(0));
