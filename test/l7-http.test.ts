@@ -1,10 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
+import { parsePrometheusText, sampleValue } from '../src/metrics/text-format-testing.ts';
 import { proxyIngressMark } from '../src/proxy/index.ts';
 import { TestNode, cli, httpRequest, httpServer, inNs, sleep } from './support/cluster.ts';
 
 const POLICIES = join(import.meta.dirname, 'policies');
+const HUBBLE_METRICS = '127.0.0.1:19965';
+const FETCH = `fetch(process.argv[1]).then(async (r) => process.stdout.write(await r.text()))`;
 
 /** A flow as `observe -o json` prints it (Hubble's proto field names). */
 interface L7Flow {
@@ -63,7 +66,7 @@ async function proxyPid(node: TestNode): Promise<number | undefined> {
 }
 
 test('Star Wars L7: the tiefighter may land but not reach the exhaust port, the xwing is dropped at L3/L4, every request is an HTTP flow; a proxy crash keeps the policy', async (t) => {
-  const node = await TestNode.start(t);
+  const node = await TestNode.start(t, { extraArgs: ['--hubble-metrics-server', HUBBLE_METRICS, '--hubble-metrics', 'httpV2:sourceContext=pod;destinationContext=pod'] });
   const deathstar = await node.addPod(t, 'deathstar', { org: 'empire', class: 'deathstar' });
   const tiefighter = await node.addPod(t, 'tiefighter', { org: 'empire', class: 'tiefighter' });
   const xwing = await node.addPod(t, 'xwing', { org: 'alliance', class: 'xwing' });
@@ -116,6 +119,12 @@ test('Star Wars L7: the tiefighter may land but not reach the exhaust port, the 
   assert.ok(byMethod.stdout.trim().split('\n').every((l) => (JSON.parse(l) as { flow: L7Flow }).flow.l7?.http?.method === 'PUT'));
   const compact = await cli(node, 'observe', '--last', '1000', '--protocol', 'http');
   assert.match(compact.stdout, /default\/tiefighter:\d+ \(ID:\d+\) -> default\/deathstar:80 \(ID:\d+\) http-request DROPPED \(HTTP\/1\.1 PUT http:\/\/[\d.]+\/v1\/exhaust-port\)/);
+
+  // Hubble's HTTP metrics, from the proxy's responses.
+  const metrics = parsePrometheusText(await inNs(node.netns, process.execPath, ['-e', FETCH, `http://${HUBBLE_METRICS}/metrics`]));
+  const landed = { source: 'default/tiefighter', destination: 'default/deathstar', method: 'POST', protocol: 'HTTP/1.1', status: '200', reporter: 'server' };
+  assert.ok((sampleValue(metrics, 'hubble_http_requests_total', landed) ?? 0) >= 3, 'the landings are counted');
+  assert.ok((sampleValue(metrics, 'hubble_http_request_duration_seconds_count', { source: 'default/tiefighter', destination: 'default/deathstar', method: 'POST', reporter: 'server' }) ?? 0) >= 3);
 
   // A pod that forges the proxy's mark on its own socket (it is root in its namespace) gains
   // nothing: the mark does not survive the crossing into the node, and its SYNs are judged as its own.

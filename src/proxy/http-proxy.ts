@@ -76,6 +76,8 @@ class MarkedAgent extends http.Agent {
   override createConnection(options: net.NetConnectOpts): net.Socket {
     const o = options as net.TcpNetConnectOpts;
     const socket = new net.Socket({ fd: markedTcpSocket(this.#mark), readable: true, writable: true });
+    // What net.createConnection would do for the agent: no Nagle (a response waits on no ACK).
+    socket.setNoDelay(true);
     return socket.connect(o.port, o.host ?? '127.0.0.1');
   }
 }

@@ -6,7 +6,7 @@
  */
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
-import { listenAddressSetting, lostEventSourceLabel, NO_HUBBLE_METRICS } from '../../metrics/index.ts';
+import { flowMetricInput, listenAddressSetting, lostEventSourceLabel, NO_HUBBLE_METRICS } from '../../metrics/index.ts';
 import { FlowObserver, ObserverServer, bindAddress, l7HttpFlow, readServerTls, peerStoreKey, publishedAddress, type FlowEndpointInfo, type FlowNames, type FlowPolicy, type HubblePeerRecord } from '../../observer/index.ts';
 import { ConfigError } from '../config.ts';
 import { defineModule } from '../module.ts';
@@ -126,7 +126,11 @@ export const observerModule = defineModule({
       return id === undefined ? undefined : names.policyForCookie(id);
     };
     const stopL7 = proxy.onRecords((records) => {
-      for (const r of records) observer.ring.push(BigInt(r.timeNs), { flow: l7HttpFlow(r, names, policyByKey) });
+      for (const r of records) {
+        const flow = l7HttpFlow(r, names, policyByKey);
+        observer.ring.push(BigInt(r.timeNs), { flow });
+        if (hubbleMetrics !== NO_HUBBLE_METRICS) hubbleMetrics.observeFlow(flowMetricInput(flow));
+      }
     });
     // Relays find this node's Observer API here; only a TCP listener can be dialled from elsewhere.
     let peer: HubblePeerRecord | undefined;
