@@ -10,6 +10,7 @@ import {
   loadPolicyFileSync,
   lookupPolicy,
   parsePolicyYaml,
+  PolicyEngine,
   resolveEndpointPolicy,
   SelectorCache,
 } from './index.ts';
@@ -79,4 +80,12 @@ test('HTTP rules match as Cilium matches: whole-value regular expressions, heade
   assert.ok(!httpRuleMatches(headers, view('GET', '/', { 'x-rank': 'Sith' })), 'a required header missing');
   assert.ok(!httpRuleMatches(headers, view('GET', '/', { 'x-has-force': '1', 'x-rank': 'Jedi' })), 'a header with another value');
   assert.ok(httpRuleMatches(compileHttpRule({}), view('DELETE', '/anything')), 'an empty rule allows every request');
+});
+
+test('policy trace says when the node proxy decides per request', () => {
+  const engine = new PolicyEngine({ identities: [{ id: EMPIRE, labels: { 'k8s:org': 'empire', 'k8s:io.kubernetes.pod.namespace': 'default' } }] });
+  engine.upsertRules(loadPolicyFileSync(STARWARS_L7));
+  const trace = engine.trace({ src: { identity: EMPIRE }, dst: { labels: DEATHSTAR }, dport: 80 });
+  assert.equal(trace.allowed, true);
+  assert.match(trace.reason, /through the node proxy: only HTTP requests that 1 HTTP rule\(s\) of default\/rule1 allow/);
 });
