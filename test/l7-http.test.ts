@@ -123,7 +123,7 @@ test('Star Wars L7: the tiefighter may land but not reach the exhaust port, the 
   // Hubble's HTTP metrics, from the proxy's responses.
   const metrics = parsePrometheusText(await inNs(node.netns, process.execPath, ['-e', FETCH, `http://${HUBBLE_METRICS}/metrics`]));
   const landed = { source: 'default/tiefighter', destination: 'default/deathstar', method: 'POST', protocol: 'HTTP/1.1', status: '200', reporter: 'server' };
-  assert.ok((sampleValue(metrics, 'hubble_http_requests_total', landed) ?? 0) >= 3, 'the landings are counted');
+  assert.ok((sampleValue(metrics, 'hubble_http_requests_total', landed) ?? 0) >= 3, 'the landings are counted, labelled as their requests');
   assert.ok((sampleValue(metrics, 'hubble_http_request_duration_seconds_count', { source: 'default/tiefighter', destination: 'default/deathstar', method: 'POST', reporter: 'server' }) ?? 0) >= 3);
 
   // A pod that forges the proxy's mark on its own socket (it is root in its namespace) gains

@@ -269,11 +269,13 @@ export class HubbleMetrics implements HubbleMetricsSink {
             const http = f.http;
             if (!http || http.kind !== 'RESPONSE') return;
             const reporter = f.trafficDirection === 'egress' ? 'client' : 'server';
-            count(requests, f, [http.method, http.protocol, String(http.code ?? 0), reporter]);
+            // A response flow goes from the server to the client; Hubble labels it as its request.
+            const asRequest = { ...f, source: f.destination, destination: f.source };
+            count(requests, asRequest, [http.method, http.protocol, String(http.code ?? 0), reporter]);
             if (http.latencySeconds === undefined) return;
             const labels: Record<string, string> = { method: http.method, reporter };
-            if (sourceContext) labels.source = contextValue(option.sourceContext, f.source);
-            if (destinationContext) labels.destination = contextValue(option.destinationContext, f.destination);
+            if (sourceContext) labels.source = contextValue(option.sourceContext, asRequest.source);
+            if (destinationContext) labels.destination = contextValue(option.destinationContext, asRequest.destination);
             duration.observe(labels, http.latencySeconds);
           },
         };
