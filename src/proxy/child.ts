@@ -10,13 +10,20 @@ import type { FromProxy, ToProxy } from './protocol.ts';
 
 /** Records waiting for the IPC channel before new ones are counted lost instead. */
 const MAX_PENDING = 8192;
+/**
+ * Records go to the agent in batches, every FLUSH_MS or every FLUSH_COUNT records: a message
+ * per request (serialised here, parsed and woken for there) cost more than proxying it.
+ */
+const FLUSH_MS = 50;
+const FLUSH_COUNT = 1024;
 
 const send = (message: FromProxy) => process.send?.(message);
 let pending: L7HttpRecord[] = [];
 let lost = 0;
-let flushing = false;
+let timer: NodeJS.Timeout | undefined;
 const flush = () => {
-  flushing = false;
+  clearTimeout(timer);
+  timer = undefined;
   if (pending.length === 0 && lost === 0) return;
   send({ type: 'records', records: pending, lost });
   pending = [];
@@ -28,10 +35,8 @@ const proxy = new HttpProxy({
   emit(record) {
     if (pending.length >= MAX_PENDING) lost++;
     else pending.push(record);
-    if (!flushing) {
-      flushing = true;
-      setImmediate(flush);
-    }
+    if (pending.length >= FLUSH_COUNT) flush();
+    else timer ??= setTimeout(flush, FLUSH_MS);
   },
 });
 
