@@ -108,7 +108,9 @@ export class ProxySupervisor {
     const startedAt = Date.now();
     const child = fork(join(import.meta.dirname, 'child.ts'), [], {
       env: { ...process.env, CILIATE_PROXY_PORT: String(port) },
-      execArgv: [`--max-old-space-size=${this.#options.maxHeapMb ?? 256}`],
+      // Rules are regular expressions and requests hostile: past V8's backtrack limit a match
+      // falls back to its linear-time engine (RE2's guarantee, which Cilium's Envoy has).
+      execArgv: [`--max-old-space-size=${this.#options.maxHeapMb ?? 256}`, '--enable-experimental-regexp-engine-on-excessive-backtracks'],
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
     this.#child = child;
