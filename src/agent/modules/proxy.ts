@@ -92,14 +92,9 @@ export const proxyModule = defineModule({
         schedule();
       }
     })();
-    try {
-      await supervisor.start();
-    } catch (error) {
-      unsubscribe();
-      abort.abort();
-      await supervisor.stop();
-      throw error;
-    }
+    // The agent starts all the same when the proxy cannot listen (a port taken, say): L7 ports
+    // then drop their connections, the module reports degraded, and the supervisor keeps trying.
+    await supervisor.start().catch((error: unknown) => log.error({ err: error }, 'the L7 proxy is not listening; connections to ports with L7 rules are dropped until it is'));
     return {
       value: source,
       stop: async () => {
