@@ -43,8 +43,8 @@ const one = (method, path) => new Promise((resolve, reject) => {
 
 /** Connects to host:80 from a socket carrying SO_MARK `mark`: connected, an error code, or timeout. */
 const FORGED_MARK_CLIENT = `
-const [sockopt, mark, host] = process.argv.slice(1);
-const { markedTcpSocket } = await import(sockopt);
+const [libc, mark, host] = process.argv.slice(1);
+const { markedTcpSocket } = await import(libc);
 const net = await import('node:net');
 const s = new net.Socket({ fd: markedTcpSocket(Number(mark)), readable: true, writable: true });
 setTimeout(() => { console.log('timeout'); process.exit(0); }, 2000);
@@ -52,7 +52,7 @@ s.on('connect', () => { console.log('connected'); process.exit(0); });
 s.on('error', (e) => { console.log(e.code); process.exit(0); });
 s.connect(80, host);
 `;
-const SOCKOPT = join(import.meta.dirname, '..', 'src', 'proxy', 'sockopt.ts');
+const LIBC = join(import.meta.dirname, '..', 'src', 'proxy', 'libc.ts');
 
 async function l7Flows(node: TestNode): Promise<L7Flow[]> {
   const out = await cli(node, 'observe', '--last', '1000', '--protocol', 'http', '-o', 'json');
@@ -128,7 +128,7 @@ test('Star Wars L7: the tiefighter may land but not reach the exhaust port, the 
 
   // A pod that forges the proxy's mark on its own socket (it is root in its namespace) gains
   // nothing: the mark does not survive the crossing into the node, and its SYNs are judged as its own.
-  const forged = await inNs(xwing.netns, process.execPath, ['--input-type=module', '-e', FORGED_MARK_CLIENT, SOCKOPT, String(proxyIngressMark(tiefighter.endpoint.identity)), deathstar.endpoint.ipv4]);
+  const forged = await inNs(xwing.netns, process.execPath, ['--input-type=module', '-e', FORGED_MARK_CLIENT, LIBC, String(proxyIngressMark(tiefighter.endpoint.identity)), deathstar.endpoint.ipv4]);
   assert.equal(forged.trim(), 'timeout', 'the xwing with the proxy mark is still dropped');
 
   // The proxy process dies; it is restarted with the policy in force, and nothing gets through meanwhile.

@@ -6,7 +6,11 @@
  */
 import type { L7HttpRecord } from '../observer/index.ts';
 import { HttpProxy } from './http-proxy.ts';
+import { dieWithParent } from './libc.ts';
 import type { FromProxy, ToProxy } from './protocol.ts';
+
+// A proxy without its agent would serve a policy nobody updates: it goes when the agent goes.
+if (!dieWithParent(Number(process.env.CILIATE_PROXY_PARENT))) process.exit(0);
 
 /** Records waiting for the IPC channel before new ones are counted lost instead. */
 const MAX_PENDING = 8192;

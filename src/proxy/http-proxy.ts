@@ -26,7 +26,7 @@ import {
   type PolicyMapEntry,
 } from '../policy/index.ts';
 import type { ProxyState } from './protocol.ts';
-import { markedTcpSocket, setTransparent } from './sockopt.ts';
+import { markedTcpSocket, setTransparent } from './libc.ts';
 
 /** bpf/lib/proxy.h: MARK_MAGIC_PROXY_INGRESS and the identity, in Cilium's layout. */
 const MARK_MAGIC_PROXY_INGRESS = 0x0a00;

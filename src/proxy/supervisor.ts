@@ -107,7 +107,7 @@ export class ProxySupervisor {
     const { port, log } = this.#options;
     const startedAt = Date.now();
     const child = fork(join(import.meta.dirname, 'child.ts'), [], {
-      env: { ...process.env, CILIATE_PROXY_PORT: String(port) },
+      env: { ...process.env, CILIATE_PROXY_PORT: String(port), CILIATE_PROXY_PARENT: String(process.pid) },
       // Rules are regular expressions and requests hostile: past V8's backtrack limit a match
       // falls back to its linear-time engine (RE2's guarantee, which Cilium's Envoy has).
       execArgv: [`--max-old-space-size=${this.#options.maxHeapMb ?? 256}`, '--enable-experimental-regexp-engine-on-excessive-backtracks'],

@@ -1,9 +1,10 @@
 /**
- * The two socket options the node proxy needs and Node does not offer, through libc (koffi):
+ * What the node proxy needs of libc that Node does not offer (through koffi). The two socket options:
  * IP_TRANSPARENT on the listener, so the connections the datapath assigns to it (bpf_sk_assign)
  * can be answered from their original destination, and SO_MARK on the proxy's own connections,
  * which tells the datapath whom the proxy speaks for (bpf/lib/proxy.h). Both need CAP_NET_ADMIN,
- * which is the point: no pod and no unprivileged process can set them.
+ * which is the point: no pod and no unprivileged process can set them. And the parent-death
+ * signal: the proxy process never outlives its agent, not even a kill -9 of it.
  * @module
  */
 import koffi from 'koffi';
@@ -18,6 +19,8 @@ const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
 
 interface Libc {
+  prctl: (option: number, arg: number, a3: number, a4: number, a5: number) => number;
+  getppid: () => number;
   setsockopt: (fd: number, level: number, name: number, value: number[], len: number) => number;
   socket: (domain: number, type: number, protocol: number) => number;
   close: (fd: number) => number;
@@ -28,6 +31,8 @@ function load(): Libc {
   if (libc) return libc;
   const lib = koffi.load('libc.so.6');
   libc = {
+    prctl: lib.func('int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)') as Libc['prctl'],
+    getppid: lib.func('int getppid()') as Libc['getppid'],
     setsockopt: lib.func('int setsockopt(int fd, int level, int name, _In_ int *value, uint32_t len)') as Libc['setsockopt'],
     socket: lib.func('int socket(int domain, int type, int protocol)') as Libc['socket'],
     close: lib.func('int close(int fd)') as Libc['close'],
@@ -66,4 +71,14 @@ export function markedTcpSocket(mark: number): number {
     throw error;
   }
   return fd;
+}
+
+const PR_SET_PDEATHSIG = 1;
+const SIGKILL = 9;
+
+/** SIGKILL this process when its parent dies; false when the parent is already gone (or not `parent`). */
+export function dieWithParent(parent: number): boolean {
+  const c = load();
+  if (c.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) !== 0) throw new SocketOptionError('prctl(PR_SET_PDEATHSIG)', koffi.errno());
+  return c.getppid() === parent;
 }
