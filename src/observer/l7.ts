@@ -4,7 +4,8 @@
  * rules that allowed it) and a RESPONSE with the code and the latency.
  * @module
  */
-import { flowEndpoint, type FlowNames } from './flow.ts';
+import type { FlowMetricEndpoint, FlowMetricInput } from '../metrics/index.ts';
+import { flowEndpoint, type FlowEndpointInfo, type FlowNames } from './flow.ts';
 import { timestampFromNs, type Flow, type FlowPolicy } from './types.ts';
 
 /** One HTTP request or response the proxy saw. */
@@ -69,4 +70,55 @@ export function l7HttpFlow(r: L7HttpRecord, names: FlowNames, policy: (ruleKey: 
   }
   if (r.verdict === 'DROPPED') flow.dropReasonDesc = 'POLICY_DENIED';
   return flow;
+}
+
+function metricEndpoint(local: FlowEndpointInfo | undefined, identity: number): FlowMetricEndpoint {
+  return { namespace: local?.namespace, podName: local?.podName || undefined, identity, workload: local?.workload?.name };
+}
+
+/**
+ * A flow buffer entry of an L7 record: its Flow is built when first read (GetFlows, an export),
+ * as the datapath's entries are, and the Hubble metrics read the record without building it.
+ */
+export class L7FlowEntry {
+  seq = 0;
+  readonly timeNs: bigint;
+  readonly #record: L7HttpRecord;
+  readonly #names: FlowNames;
+  readonly #policy: (ruleKey: string) => FlowPolicy | undefined;
+  #flow: Flow | undefined;
+
+  constructor(record: L7HttpRecord, names: FlowNames, policy: (ruleKey: string) => FlowPolicy | undefined) {
+    this.timeNs = BigInt(record.timeNs);
+    this.#record = record;
+    this.#names = names;
+    this.#policy = policy;
+  }
+
+  get flow(): Flow {
+    return (this.#flow ??= l7HttpFlow(this.#record, this.#names, this.#policy));
+  }
+
+  /** What Hubble's metrics count of it: the same as flowMetricInput(this.flow). */
+  metricInput(): FlowMetricInput {
+    const r = this.#record;
+    const response = r.kind === 'RESPONSE';
+    const [from, to] = response ? [r.destination, r.source] : [r.source, r.destination];
+    return {
+      type: 'L7',
+      subtype: undefined,
+      verdict: r.verdict,
+      dropReason: r.verdict === 'DROPPED' ? 'POLICY_DENIED' : undefined,
+      protocol: 'TCP',
+      ipVersion: 4,
+      tcpFlags: undefined,
+      trafficDirection: 'ingress',
+      policyMatch: undefined,
+      destinationPort: to.port,
+      isReply: response,
+      source: metricEndpoint(this.#names.endpointByAddress(from.address), from.identity),
+      destination: metricEndpoint(this.#names.endpointByAddress(to.address), to.identity),
+      http: { kind: r.kind, method: r.method, protocol: r.protocol, code: r.code, latencySeconds: r.latencyNs === undefined ? undefined : r.latencyNs / 1e9 },
+    };
+  }
 }

@@ -6,8 +6,8 @@
  */
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
-import { flowMetricInput, listenAddressSetting, lostEventSourceLabel, NO_HUBBLE_METRICS } from '../../metrics/index.ts';
-import { FlowObserver, ObserverServer, bindAddress, l7HttpFlow, readServerTls, peerStoreKey, publishedAddress, type FlowEndpointInfo, type FlowNames, type FlowPolicy, type HubblePeerRecord } from '../../observer/index.ts';
+import { listenAddressSetting, lostEventSourceLabel, NO_HUBBLE_METRICS } from '../../metrics/index.ts';
+import { FlowObserver, L7FlowEntry, ObserverServer, bindAddress, readServerTls, peerStoreKey, publishedAddress, type FlowEndpointInfo, type FlowNames, type FlowPolicy, type HubblePeerRecord } from '../../observer/index.ts';
 import { ConfigError } from '../config.ts';
 import { defineModule } from '../module.ts';
 import { VERSION } from '../version.ts';
@@ -127,9 +127,9 @@ export const observerModule = defineModule({
     };
     const stopL7 = proxy.onRecords((records) => {
       for (const r of records) {
-        const flow = l7HttpFlow(r, names, policyByKey);
-        observer.ring.push(BigInt(r.timeNs), { flow });
-        if (hubbleMetrics !== NO_HUBBLE_METRICS) hubbleMetrics.observeFlow(flowMetricInput(flow));
+        const entry = new L7FlowEntry(r, names, policyByKey);
+        observer.ring.pushEntry(entry);
+        if (hubbleMetrics !== NO_HUBBLE_METRICS) hubbleMetrics.observeFlow(entry.metricInput());
       }
     });
     // Relays find this node's Observer API here; only a TCP listener can be dialled from elsewhere.
