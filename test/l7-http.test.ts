@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { parsePrometheusText, sampleValue } from '../src/metrics/text-format-testing.ts';
 import { proxyIngressMark } from '../src/proxy/index.ts';
-import { TestNode, cli, httpRequest, httpServer, inNs, sleep } from './support/cluster.ts';
+import { TestNode, Underlay, cli, httpRequest, httpServer, inNs, sleep, type AgentOptions } from './support/cluster.ts';
 
 const POLICIES = join(import.meta.dirname, 'policies');
 const HUBBLE_METRICS = '127.0.0.1:19965';
@@ -151,4 +151,27 @@ test('Star Wars L7: the tiefighter may land but not reach the exhaust port, the 
   // Deleting the policy takes the proxy out of the path.
   assert.equal((await cli(node, 'policy', 'delete', 'CiliumNetworkPolicy/default/rule1')).code, 0);
   assert.deepEqual(await httpRequest(xwing.netns, 'PUT', `${base}/v1/exhaust-port`), { status: 200, body: 'Panic: deathstar exploded\n' });
+});
+
+test('Star Wars L7 across nodes: the tiefighter on another node goes through the Death Star node\'s proxy; the xwing is dropped', async (t) => {
+  const underlay = await Underlay.create(t);
+  const etcd = await underlay.startEtcd(t);
+  const options = (nodeName: string, nodeIp: string): AgentOptions => ({ nodeName, nodeIp, underlay, etcd, routingMode: 'tunnel' });
+  const [n1, n2] = [await TestNode.start(t, options('n1', '192.168.100.1')), await TestNode.start(t, options('n2', '192.168.100.2'))];
+  const deathstar = await n1.addPod(t, 'deathstar', { org: 'empire', class: 'deathstar' });
+  const tiefighter = await n2.addPod(t, 'tiefighter', { org: 'empire', class: 'tiefighter' });
+  const xwing = await n2.addPod(t, 'xwing', { org: 'alliance', class: 'xwing' });
+  await httpServer(t, deathstar.netns, 80, { 'POST /v1/request-landing': 'Ship landed', 'PUT /v1/exhaust-port': 'Panic: deathstar exploded' });
+  const base = `http://${deathstar.endpoint.ipv4}`;
+  const imported = await cli(n2, 'policy', 'import', join(POLICIES, 'starwars-l7.yaml'));
+  assert.equal(imported.code, 0, imported.stderr);
+  const revision = /revision: (\d+)/.exec(imported.stdout)?.[1];
+  assert.ok(revision, imported.stdout);
+  assert.equal((await cli(n1, 'policy', 'wait', revision, '--timeout', '20')).code, 0);
+
+  assert.deepEqual(await httpRequest(tiefighter.netns, 'POST', `${base}/v1/request-landing`, 4000), { status: 200, body: 'Ship landed\n' }, 'the tiefighter lands');
+  assert.deepEqual(await httpRequest(tiefighter.netns, 'PUT', `${base}/v1/exhaust-port`, 4000), { status: 403, body: 'Access denied\r\n' });
+  assert.deepEqual(await httpRequest(xwing.netns, 'POST', `${base}/v1/request-landing`), { error: 'timeout' });
+  const flows = await l7Flows(n1);
+  assert.ok(flows.some((f) => f.l7?.http?.method === 'PUT' && f.verdict === 'DROPPED' && f.source?.identity === tiefighter.endpoint.identity), 'the Death Star node reports the denied request with the remote tiefighter\'s identity');
 });

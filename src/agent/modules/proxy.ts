@@ -11,7 +11,7 @@ import type { L7HttpRecord } from '../../observer/index.ts';
 import { L7_PROXY_PORT, PolicyDirection, type PolicyMapEntry } from '../../policy/index.ts';
 import { ProxySupervisor, type ProxyState } from '../../proxy/index.ts';
 import { defineModule } from '../module.ts';
-import { EndpointsCell, PolicyCell, ProxyCell, type L7RecordSource } from './cells.ts';
+import { ClusterCell, EndpointsCell, PolicyCell, ProxyCell, type L7RecordSource } from './cells.ts';
 
 export const proxyConfig = {
   enableL7Proxy: z.boolean().default(true).describe("the node proxy that enforces HTTP rules (Cilium's enable-l7-proxy); off: connections policy sends to it are dropped"),
@@ -21,8 +21,16 @@ export const proxyConfig = {
 /** Cilium's: packets marked MARK_MAGIC_TO_PROXY (bpf/lib/proxy.h) are delivered locally. */
 const TO_PROXY_RULE = { priority: 9, mark: 0x0200, mask: 0x0f00, table: 2004 } as const;
 
-function proxyState(revision: number, endpoints: readonly { ipv4: string; id: number; identity: number }[], entriesOf: (id: number) => Iterable<PolicyMapEntry> | undefined): ProxyState {
+function proxyState(
+  revision: number,
+  endpoints: readonly { ipv4: string; id: number; identity: number }[],
+  remote: Iterable<{ ipv4: string; identity: number }>,
+  entriesOf: (id: number) => Iterable<PolicyMapEntry> | undefined,
+): ProxyState {
+  // Other nodes' pods reach this node's proxy through the tunnel (bpf_overlay.c); their source
+  // addresses were checked by their own node's datapath.
   const identities: [string, number][] = [];
+  for (const e of remote) if (e.ipv4) identities.push([e.ipv4, e.identity]);
   const policies: ProxyState['policies'] = [];
   for (const e of endpoints) {
     if (!e.ipv4) continue;
@@ -37,9 +45,9 @@ export const proxyModule = defineModule({
   name: 'l7-proxy',
   description: 'the node proxy for L7 (HTTP) rules, in its own process',
   config: proxyConfig,
-  needs: { policy: PolicyCell, endpoints: EndpointsCell },
+  needs: { policy: PolicyCell, endpoints: EndpointsCell, cluster: ClusterCell },
   provides: ProxyCell,
-  async start({ policy, endpoints }, { config, log }) {
+  async start({ policy, endpoints, cluster }, { config, log }) {
     const listeners = new Set<(records: L7HttpRecord[]) => void>();
     let lost = 0;
     const source: L7RecordSource = {
@@ -66,7 +74,7 @@ export const proxyModule = defineModule({
     });
     let sent = '';
     const sync = () => {
-      const state = proxyState(policy.revision, endpoints.list(), (id) => policy.engine.endpointPolicy(id)?.entries.values());
+      const state = proxyState(policy.revision, endpoints.list(), cluster.remoteEndpoints.all(), (id) => policy.engine.endpointPolicy(id)?.entries.values());
       const text = JSON.stringify({ ...state, revision: 0 });
       if (text === sent) return;
       sent = text;
@@ -84,14 +92,16 @@ export const proxyModule = defineModule({
     sync();
     const unsubscribe = policy.onChange(schedule);
     const abort = new AbortController();
-    void (async () => {
-      let revision = endpoints.table.revision;
-      while (!abort.signal.aborted) {
-        await endpoints.table.waitForChange(revision, abort.signal).catch(() => undefined);
-        revision = endpoints.table.revision;
-        schedule();
-      }
-    })();
+    for (const table of [endpoints.table, cluster.remoteEndpoints]) {
+      void (async () => {
+        let revision = table.revision;
+        while (!abort.signal.aborted) {
+          await table.waitForChange(revision, abort.signal).catch(() => undefined);
+          revision = table.revision;
+          schedule();
+        }
+      })();
+    }
     // The agent starts all the same when the proxy cannot listen (a port taken, say): L7 ports
     // then drop their connections, the module reports degraded, and the supervisor keeps trying.
     await supervisor.start().catch((error: unknown) => log.error({ err: error }, 'the L7 proxy is not listening; connections to ports with L7 rules are dropped until it is'));
