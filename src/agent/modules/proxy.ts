@@ -21,24 +21,32 @@ export const proxyConfig = {
 /** Cilium's: packets marked MARK_MAGIC_TO_PROXY (bpf/lib/proxy.h) are delivered locally. */
 const TO_PROXY_RULE = { priority: 9, mark: 0x0200, mask: 0x0f00, table: 2004 } as const;
 
-function proxyState(
-  revision: number,
-  endpoints: readonly { ipv4: string; id: number; identity: number }[],
-  remote: Iterable<{ ipv4: string; identity: number }>,
-  entriesOf: (id: number) => Iterable<PolicyMapEntry> | undefined,
-): ProxyState {
-  // Other nodes' pods reach this node's proxy through the tunnel (bpf_overlay.c); their source
-  // addresses were checked by their own node's datapath.
-  const identities: [string, number][] = [];
-  for (const e of remote) if (e.ipv4) identities.push([e.ipv4, e.identity]);
-  const policies: ProxyState['policies'] = [];
+type IdentityPairs = ProxyState['identities'];
+
+/**
+ * Every local and remote pod address with its identity: whom the proxy may be talking to. Other
+ * nodes' pods reach this node's proxy through the tunnel (bpf_overlay.c); their source addresses
+ * were checked by their own node's datapath.
+ */
+function podIdentities(local: Iterable<{ ipv4: string; identity: number }>, remote: Iterable<{ ipv4: string; identity: number }>): IdentityPairs {
+  const out: IdentityPairs = [];
+  for (const e of remote) if (e.ipv4) out.push([e.ipv4, e.identity]);
+  for (const e of local) if (e.ipv4) out.push([e.ipv4, e.identity]);
+  return out;
+}
+
+/** The ingress entries with L7 rules of each local endpoint that has any (most have none). */
+function l7Policies(endpoints: Iterable<{ ipv4: string; id: number }>, entriesOf: (id: number) => Iterable<PolicyMapEntry> | undefined): ProxyState['policies'] {
+  const out: ProxyState['policies'] = [];
   for (const e of endpoints) {
-    if (!e.ipv4) continue;
-    identities.push([e.ipv4, e.identity]);
-    const entries = [...(entriesOf(e.id) ?? [])].filter((x) => x.l7 !== undefined && x.key.direction === PolicyDirection.INGRESS);
-    if (entries.length > 0) policies.push({ address: e.ipv4, entries });
+    let entries: PolicyMapEntry[] | undefined;
+    for (const x of entriesOf(e.id) ?? []) {
+      if (x.l7 === undefined || x.key.direction !== PolicyDirection.INGRESS) continue;
+      (entries ??= []).push(x);
+    }
+    if (entries && e.ipv4) out.push({ address: e.ipv4, entries });
   }
-  return { revision, identities, policies };
+  return out;
 }
 
 export const proxyModule = defineModule({
@@ -72,13 +80,23 @@ export const proxyModule = defineModule({
         for (const l of listeners) l(records);
       },
     });
-    let sent = '';
+    // Sent whole, but only when it changed: the identities only when a table of pods moved, the
+    // policies (L7 entries only, few) compared as text.
+    let sentPolicies = '';
+    let identityRevisions = '';
+    let identities: IdentityPairs = [];
     const sync = () => {
-      const state = proxyState(policy.revision, endpoints.list(), cluster.remoteEndpoints.all(), (id) => policy.engine.endpointPolicy(id)?.entries.values());
-      const text = JSON.stringify({ ...state, revision: 0 });
-      if (text === sent) return;
-      sent = text;
-      supervisor.setState(state);
+      const revisions = `${endpoints.table.revision}/${cluster.remoteEndpoints.revision}`;
+      const moved = revisions !== identityRevisions;
+      if (moved) {
+        identityRevisions = revisions;
+        identities = podIdentities(endpoints.list(), cluster.remoteEndpoints.all());
+      }
+      const policies = l7Policies(endpoints.list(), (id) => policy.engine.endpointPolicy(id)?.entries.values());
+      const text = JSON.stringify(policies);
+      if (!moved && text === sentPolicies) return;
+      sentPolicies = text;
+      supervisor.setState({ revision: policy.revision, identities, policies });
     };
     let scheduled = false;
     const schedule = () => {
