@@ -13,6 +13,13 @@
  * the rest of the connection (CT_F_PROXY_REDIRECT) gets the mark too and the stack finds the
  * proxy's socket by its 4-tuple.
  *
+ * Why not Cilium 1.0-1.5's DNAT to the proxy with a proxy4 map of original destinations: every
+ * packet both ways would be rewritten (checksums, a second reverse NAT beside the services'), the
+ * proxy would need a map lookup per accept to learn where the client was going, and a stale or
+ * evicted proxy4 entry would leave the proxy not knowing; with sk_assign the kernel's own socket
+ * carries both ends, and only the SYN costs two socket lookups. Node cannot set IP_TRANSPARENT
+ * itself; the proxy does it through libc (src/proxy/libc.ts).
+ *
  * The proxy's own connection to the destination carries MARK_MAGIC_PROXY_INGRESS and the source's
  * identity in its socket mark (SO_MARK: root in the node only). cil_to_container trusts it only on
  * packets of a local socket, and a pod cannot forge it: the mark is scrubbed when a packet crosses
