@@ -41,6 +41,7 @@
 #include "fib.h"
 #include "policy_enforce.h"
 #include "lb_skb.h"
+#include "proxy.h"
 
 /* The local endpoint `addr` belongs to, if this interface serves it; NULL for an address of no
  * endpoint, of the node, or of an endpoint behind another interface. */
@@ -177,13 +178,24 @@ static __always_inline int from_container(struct __sk_buff *skb)
 	if (ret)
 		return ret;
 	if (ep && !(ep->flags & ENDPOINT_F_HOST)) {
+		/* A local destination's L7 rules: the connection goes to the node proxy (proxy.h). */
+		info.flags |= CILIATE_NOTIFY_F_PROXY_OK;
 		ret = policy_enforce4(skb, &info, ep->lxc_id, CILIATE_POLICY_INGRESS, &tuple);
 		if (ret)
+			return ret;
+	}
+	/* Before the conntrack entry: a SYN the proxy did not take leaves nothing behind, and its
+	 * retransmission is judged and redirected anew. */
+	if (info.flags & CILIATE_NOTIFY_F_TO_PROXY) {
+		ret = redirect_to_proxy4(skb, &info, &tuple, info.proxy_port, tcp_flags);
+		if (ret != TC_ACT_OK)
 			return ret;
 	}
 	ret = ipv4_ct_commit(skb, &info, CT_EGRESS, self_identity, &tuple, tcp_flags);
 	if (ret)
 		return ret;
+	if (info.flags & CILIATE_NOTIFY_F_TO_PROXY)
+		return TC_ACT_OK;
 
 	if (ep && !(ep->flags & ENDPOINT_F_HOST))
 		return ipv4_local_delivery(skb, &info, ep);
@@ -231,7 +243,8 @@ static __always_inline int to_container(struct __sk_buff *skb)
 	struct ciliate_notify_info info = { .flags = CILIATE_EVENT_F_INGRESS };
 	struct ipv4_ct_tuple tuple;
 	struct endpoint_info *self;
-	__u32 src_identity;
+	__u32 src_identity, proxy_identity;
+	bool from_proxy;
 	__u16 self_id;
 	__u8 tcp_flags;
 	int ret;
@@ -261,6 +274,11 @@ static __always_inline int to_container(struct __sk_buff *skb)
 	info.dst_id = self_id;
 
 	src_identity = ipcache_identity(ip->saddr);
+	/* The node proxy's connection for a client whose request it allowed: that client's identity,
+	 * and no second ingress check (the redirect was this policy's decision). */
+	from_proxy = from_ingress_proxy(skb, &proxy_identity);
+	if (from_proxy)
+		src_identity = proxy_identity;
 	info.src_identity = src_identity;
 	ret = ipv4_parse_and_lookup(skb, &info, CT_INGRESS, &tuple, &tcp_flags);
 	if (ret)
@@ -268,9 +286,11 @@ static __always_inline int to_container(struct __sk_buff *skb)
 	ret = lb4_rev_nat(skb, &info);
 	if (ret)
 		return ret;
-	ret = policy_enforce4(skb, &info, self_id, CILIATE_POLICY_INGRESS, &tuple);
-	if (ret)
-		return ret;
+	if (!from_proxy) {
+		ret = policy_enforce4(skb, &info, self_id, CILIATE_POLICY_INGRESS, &tuple);
+		if (ret)
+			return ret;
+	}
 	ret = ipv4_ct_commit(skb, &info, CT_INGRESS, src_identity, &tuple, tcp_flags);
 	if (ret)
 		return ret;

@@ -28,6 +28,7 @@
 #include "encap.h"
 #include "policy_enforce.h"
 #include "lb_skb.h"
+#include "proxy.h"
 
 SEC("tc")
 int cil_from_overlay(struct __sk_buff *skb)
@@ -112,12 +113,21 @@ int cil_from_overlay(struct __sk_buff *skb)
 	ret = lb4_rev_nat(skb, &info);
 	if (ret)
 		return ret;
+	/* L7 rules: the connection goes to this node's proxy (TC ingress, like cil_from_container). */
+	info.flags |= CILIATE_NOTIFY_F_PROXY_OK;
 	ret = policy_enforce4(skb, &info, ep->lxc_id, CILIATE_POLICY_INGRESS, &tuple);
 	if (ret)
 		return ret;
+	if (info.flags & CILIATE_NOTIFY_F_TO_PROXY) {
+		ret = redirect_to_proxy4(skb, &info, &tuple, info.proxy_port, tcp_flags);
+		if (ret != TC_ACT_OK)
+			return ret;
+	}
 	ret = ipv4_ct_commit(skb, &info, CT_INGRESS, info.src_identity, &tuple, tcp_flags);
 	if (ret)
 		return ret;
+	if (info.flags & CILIATE_NOTIFY_F_TO_PROXY)
+		return TC_ACT_OK;
 	return ipv4_local_delivery(skb, &info, ep);
 }
 

@@ -79,10 +79,15 @@ async function assertDatapathOutlivesAgent(t: TestContext, port: number, stop: (
 test('a kill -9 of the agent drops no established connection, and the restarted agent adopts the datapath', async (t) => {
   await assertDatapathOutlivesAgent(t, 7001, async (node) => {
     // Endpoints, routes and address events all go over the agent's own netlink sockets: in its
-    // steady state it has no child process (one would outlive a kill -9 in the node's namespace).
-    const children = readFileSync(`/proc/${node.agent!.pid}/task/${node.agent!.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
-    assert.deepEqual(children, [], 'the agent runs no child process once it serves');
+    // steady state its one child process is the L7 proxy, which must not outlive a kill -9.
+    const children = readFileSync(`/proc/${node.agent!.pid}/task/${node.agent!.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+    const { l7Proxy } = await node.client.get<{ l7Proxy?: { pid?: number } }>('/v1/status');
+    assert.deepEqual(children, [l7Proxy?.pid], 'the agent runs no child process but the L7 proxy once it serves');
     await node.stopAgent('SIGKILL');
+    // Gone, or a zombie waiting for whoever inherited it to reap it: either way it serves nothing.
+    const state = () => (existsSync(`/proc/${children[0]}/stat`) ? readFileSync(`/proc/${children[0]}/stat`, 'utf8').replace(/^.*\) /, '')[0] : 'gone');
+    for (let i = 0; i < 40 && !['gone', 'Z'].includes(state()); i++) await sleep(25);
+    assert.ok(['gone', 'Z'].includes(state()), `the L7 proxy goes with its agent (state ${state()})`);
   });
 });
 

@@ -30,7 +30,7 @@ test("the agent's /metrics counts what the test did, under Cilium's names: denie
   assert.equal(imported.code, 0, imported.stderr);
   const revision = Number(/revision: (\d+)/.exec(imported.stdout)?.[1]);
   assert.equal((await cli(node, 'policy', 'wait', String(revision), '--local')).code, 0);
-  const rejected = await cli(node, 'policy', 'import', join(POLICIES, 'starwars-l7.yaml'));
+  const rejected = await cli(node, 'policy', 'import', join(POLICIES, 'starwars-kafka.yaml'));
   assert.notEqual(rejected.code, 0, 'an L7 rule is refused');
 
   const before = await scrape(node);

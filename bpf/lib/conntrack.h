@@ -183,23 +183,27 @@ static __always_inline bool ct_update(struct ct_entry *entry, const struct ipv4_
 /*
  * Looks up the packet whose tuple (in packet order, flags unset) is `tuple`, as seen by a hook of
  * direction `dir`, and accounts it to the entry found; *report says whether the packet is news for
- * monitor aggregation (always for CT_NEW). Leaves `tuple` as it was.
+ * monitor aggregation (always for CT_NEW), *to_proxy whether it is the originator's packet of a
+ * connection redirected to the node proxy. Leaves `tuple` as it was.
  */
 static __always_inline enum ct_status ct_lookup4(void *map, const struct ipv4_ct_tuple *tuple, __u8 dir,
 						 __u8 tcp_flags, __u32 len, const struct ciliate_monitor_config *mon,
-						 bool *report, __u16 *rev_nat_index)
+						 bool *report, __u16 *rev_nat_index, bool *to_proxy)
 {
 	struct ipv4_ct_tuple key = *tuple;
 	struct ct_entry *entry;
 
 	*report = true;
 	*rev_nat_index = 0;
+	*to_proxy = false;
 	key.flags = dir;
 	key._pad = 0;
 	entry = bpf_map_lookup_elem(map, &key);
 	if (entry) {
 		*report = ct_update(entry, &key, false, tcp_flags, len, mon);
 		*rev_nat_index = entry->rev_nat_index;
+		/* Only the originator's packets: its peer never sends on this tuple (the proxy does). */
+		*to_proxy = entry->flags & CT_F_PROXY_REDIRECT;
 		return CT_ESTABLISHED;
 	}
 

@@ -21,6 +21,10 @@ enum ciliate_drop_reason {
 	DROP_NO_TUNNEL_ENDPOINT = 160,		/* remote destination without a tunnel endpoint */
 	DROP_FIB_LOOKUP_FAILED = 169,
 	DROP_INVALID_IDENTITY = 171,
+	DROP_PROXY_LOOKUP_FAILED = 178,		/* L7 redirect: the node proxy is not listening */
+	DROP_PROXY_SET_FAILED = 179,		/* L7 redirect: the connection could not be handed to it */
+	DROP_PROXY_UNSUPPORTED = 180,		/* L7 redirect where the datapath cannot redirect (not TCP, or
+						 * a path without a proxy): never allowed past the proxy */
 	DROP_POLICY_DENY = 181,			/* an explicit deny rule matched */
 	DROP_EP_NOT_READY = 203,		/* endpoint is still being set up */
 };

@@ -114,6 +114,13 @@ struct ciliate_policy_verdict_event {
 /* Internal to ciliate_notify_info.flags, never in an event: conntrack has nothing new to say about
  * the packet (or did not look), so monitor aggregation medium and above sends no trace of it. */
 #define CILIATE_NOTIFY_F_AGGREGATE 0x80
+/* Internal too: the caller can hand a new connection to the node proxy (proxy.h), so a policy
+ * entry with a proxy port allows it there; without this bit such an entry drops it. */
+#define CILIATE_NOTIFY_F_PROXY_OK 0x40
+/* Internal: the packet goes to the node proxy (a new connection whose allowing entry carries a
+ * proxy port, or a packet of a connection conntrack marked CT_F_PROXY_REDIRECT). */
+#define CILIATE_NOTIFY_F_TO_PROXY 0x20
+#define CILIATE_NOTIFY_F_INTERNAL (CILIATE_NOTIFY_F_AGGREGATE | CILIATE_NOTIFY_F_PROXY_OK | CILIATE_NOTIFY_F_TO_PROXY)
 
 struct ciliate_notify_info {
 	__u32 src_identity;
@@ -128,6 +135,8 @@ struct ciliate_notify_info {
 	/* Conntrack's rev_nat_index of the packet's connection (ipv4_parse_and_lookup), or the one
 	 * a translated new connection is created with (lb_skb.h); 0: not a service connection. */
 	__u16 rev_nat_index;
+	/* The node proxy's port when policy sends a new connection there (CILIATE_NOTIFY_F_TO_PROXY). */
+	__u16 proxy_port;
 };
 
 struct {
@@ -215,7 +224,7 @@ static __noinline void event_hdr_fill(struct __sk_buff *skb, struct ciliate_even
 	hdr->ifindex = skb->ifindex;
 	hdr->dst_id = info->dst_id;
 	hdr->reason = info->reason;
-	hdr->flags = info->flags & ~CILIATE_NOTIFY_F_AGGREGATE;
+	hdr->flags = info->flags & ~CILIATE_NOTIFY_F_INTERNAL;
 	hdr->timestamp_ns = bpf_ktime_get_ns();
 }
 

@@ -62,7 +62,7 @@ static __always_inline int ipv4_parse_and_lookup(struct __sk_buff *skb, struct c
 	struct ciliate_monitor_config mon;
 	__u32 hdrlen, tot_len;
 	__u16 rev_nat_index;
-	bool report;
+	bool report, to_proxy;
 	int status;
 
 	*tcp_flags = 0;
@@ -86,7 +86,9 @@ static __always_inline int ipv4_parse_and_lookup(struct __sk_buff *skb, struct c
 		return DROP(skb, info, DROP_CT_INVALID_HDR);
 
 	mon = monitor_config();
-	status = ct_lookup4(&ciliate_ct4, tuple, dir, *tcp_flags, skb->len, &mon, &report, &rev_nat_index);
+	status = ct_lookup4(&ciliate_ct4, tuple, dir, *tcp_flags, skb->len, &mon, &report, &rev_nat_index, &to_proxy);
+	if (to_proxy)
+		info->flags |= CILIATE_NOTIFY_F_TO_PROXY;
 	/* A new connection keeps what the service translation (lb_skb.h) set for its entry. */
 	if (status != CT_NEW)
 		info->rev_nat_index = rev_nat_index;
@@ -112,6 +114,17 @@ static __always_inline int ipv4_ct_commit(struct __sk_buff *skb, struct ciliate_
 	if (err < 0) {
 		info->ext_error = err;
 		return DROP(skb, info, DROP_CT_MAP_INSERTION_FAILED);
+	}
+	/* The rest of a connection policy sent to the node proxy follows it there (CT_F_PROXY_REDIRECT). */
+	if (info->flags & CILIATE_NOTIFY_F_TO_PROXY) {
+		struct ipv4_ct_tuple key = *tuple;
+		struct ct_entry *entry;
+
+		key.flags = dir;
+		key._pad = 0;
+		entry = bpf_map_lookup_elem(&ciliate_ct4, &key);
+		if (entry)
+			entry->flags |= CT_F_PROXY_REDIRECT;
 	}
 	return 0;
 }

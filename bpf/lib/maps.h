@@ -117,6 +117,7 @@ struct ipv4_ct_tuple {
 #define CT_F_TX_CLOSING 0x02	/* FIN or RST from the originator */
 #define CT_F_RX_CLOSING 0x04	/* FIN or RST from the replier */
 #define CT_F_SEEN_REPLY 0x08	/* at least one reply went through */
+#define CT_F_PROXY_REDIRECT 0x10	/* the originator's packets go to the node proxy (proxy.h) */
 
 struct ct_entry {
 	__u64 packets;

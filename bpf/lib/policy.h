@@ -48,7 +48,7 @@ struct ciliate_policy_key {
 };
 
 struct ciliate_policy_entry {
-	__be16 proxy_port;	/* L7 redirect; 0 = none (not used yet) */
+	__be16 proxy_port;	/* L7 redirect to the node proxy listening on this port; 0 = none */
 	__u8 flags;		/* CILIATE_POLICY_F_* */
 	__u8 prefix_len;	/* the key's prefixlen, 40..64 */
 	__u8 auth_type;		/* 0 = no mutual authentication required */
@@ -78,6 +78,7 @@ struct ciliate_policy_result {
 	__u32 match_type;	/* enum ciliate_policy_match */
 	__u32 cookie;
 	__u32 prefix_len;	/* of the deciding entry; 0 on a miss */
+	__u32 proxy_port;	/* of the deciding entry when it allows: redirect to the node proxy */
 };
 
 #define CILIATE_POLICY_MAP(name)                                  \
@@ -105,6 +106,7 @@ static __always_inline void ciliate_policy_fill(struct ciliate_policy_result *re
 	res->match_type = ciliate_policy_match_type(entry, l3);
 	res->cookie = entry->cookie;
 	res->prefix_len = entry->prefix_len;
+	res->proxy_port = bpf_ntohs(entry->proxy_port);
 }
 
 /*

@@ -92,6 +92,15 @@ __noinline int policy_enforce4_new(struct __sk_buff *skb, struct ciliate_notify_
 	d.match_type = res.match_type;
 	d.cookie = res.cookie;
 	send_policy_verdict_notify(skb, info, &d);
+	/* An entry with L7 rules allows the connection only into the node proxy, which judges each
+	 * request: where the caller cannot take it there, it is dropped, never let through. */
+	if (res.verdict == CILIATE_POLICY_ALLOWED && res.proxy_port) {
+		if (!(info->flags & CILIATE_NOTIFY_F_PROXY_OK))
+			return DROP(skb, info, DROP_PROXY_UNSUPPORTED);
+		info->flags |= CILIATE_NOTIFY_F_TO_PROXY;
+		info->proxy_port = res.proxy_port;
+		return 0;
+	}
 	if (res.verdict == CILIATE_POLICY_ALLOWED)
 		return 0;
 	/* A local destination's ingress policy is asked by the sender's program (the packet then goes

@@ -63,6 +63,9 @@ export interface ObserveOptions {
   tcpFlags: string[];
   trafficDirection: string[];
   nodeName: string[];
+  httpMethod?: string[];
+  httpStatus?: string[];
+  httpPath?: string[];
   output: FlowOutput;
   printNodeName?: boolean;
   printPolicyNames?: boolean;
@@ -164,6 +167,9 @@ export function buildWhitelist(o: ObserveOptions): FlowFilter[] {
   add(common, 'tcpFlags', o.tcpFlags.map(tcpFlags));
   add(common, 'trafficDirection', o.trafficDirection.map((d) => d.toUpperCase()));
   add(common, 'nodeName', o.nodeName);
+  add(common, 'httpMethod', o.httpMethod ?? []);
+  add(common, 'httpStatusCode', o.httpStatus ?? []);
+  add(common, 'httpPath', o.httpPath ?? []);
   if (sided.every(([, , , , either]) => either.length === 0)) return Object.keys(common).length > 0 ? [common] : [];
   const left: FlowFilter = structuredClone(common);
   const right: FlowFilter = structuredClone(common);
@@ -223,6 +229,9 @@ export function registerObserveCommand(program: Command): void {
     .option('--drop-reason-desc <reason>', 'drop reason, e.g. POLICY_DENIED', repeat, [])
     .option('--tcp-flags <flags>', 'TCP flags all set, e.g. SYN,ACK (repeatable: any of them)', repeat, [])
     .option('--traffic-direction <dir>', 'ingress or egress', repeat, [])
+    .option('--http-method <method>', 'HTTP flows of this method (GET, POST, …)', repeat, [])
+    .option('--http-status <code>', 'HTTP responses with this status code (403) or class (4+)', repeat, [])
+    .option('--http-path <regex>', 'HTTP flows whose path matches this regular expression', repeat, [])
     .option('--node-name <pattern>', 'node name (wildcards *)', many, [])
     .addOption(new Option('-o, --output <format>', 'output format').choices(OUTPUT_FORMATS).default('compact'))
     .option('--print-node-name', 'print the node name in compact and dict output')

@@ -358,3 +358,31 @@ test('EndpointPolicyMaps spares: installed ahead and empty (deny-all), an add cl
   restarted.remove(THIRD);
   assert.equal(f.maps.policyMaps.lookup(THIRD), undefined);
 });
+
+test('an entry with L7 rules allows only into the node proxy: no proxy listening drops the SYN untracked (178); a path that cannot redirect drops it (180); never delivered', (t) => {
+  const f = setup(t);
+  const l7 = (e: PolicyMapEntry): PolicyMapEntry => ({ ...e, l7: [{ ruleKey: 'CiliumNetworkPolicy/default/rule1', http: [{ method: 'POST' }] }] });
+  f.policy.apply(CLIENT.id, { upserts: [ALLOW_ALL_EGRESS, ALLOW_ALL_INGRESS], deletes: [] });
+  f.policy.apply(SERVER.id, {
+    upserts: [
+      ALLOW_ALL_EGRESS,
+      l7(entry({ identity: CLIENT.identity, direction: PolicyDirection.INGRESS, protocol: 6, port: 80, cookie: 5 })),
+      l7(entry({ identity: ReservedIdentity.WORLD, direction: PolicyDirection.INGRESS, protocol: 6, port: 80, cookie: 5 })),
+    ],
+    deletes: [],
+  });
+  // From a pod of this node: the connection is the proxy's, and nobody listens in this namespace.
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const { verdict, events } = f.run(CLIENT, tcp(CLIENT, SERVER, 41000, 80, TcpFlag.SYN));
+    assert.equal(verdict, TC_ACT_SHOT);
+    assert.equal(verdicts(events)[0].allowed, true, 'policy allowed it, into the proxy');
+    assert.equal(drops(events)[0].reason, DropReasonCode.DROP_PROXY_LOOKUP_FAILED);
+    assert.equal(f.maps.ct4.lookup(ctKey(CLIENT, SERVER, 41000, 80)), undefined, 'no conntrack entry: the retransmission is redirected anew');
+  }
+  // From the stack (outside, the host): no redirect there, so no way in.
+  const outside = { ...CLIENT, ip: '203.0.113.9' };
+  const { verdict, events } = f.run(SERVER, tcp(outside, SERVER, 41001, 80, TcpFlag.SYN), LxcProgram.TO_CONTAINER);
+  assert.equal(verdict, TC_ACT_SHOT);
+  assert.equal(drops(events)[0].reason, DropReasonCode.DROP_PROXY_UNSUPPORTED);
+  assert.equal(f.maps.ct4.lookup({ daddr: SERVER.ip, saddr: outside.ip, dport: 80, sport: 41001, nexthdr: 6, flags: CtDirection.INGRESS }), undefined);
+});

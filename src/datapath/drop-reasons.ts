@@ -21,6 +21,9 @@ const DROP_REASON_ROWS = [
   ['DROP_NO_TUNNEL_ENDPOINT', 160, 'NO_TUNNEL_OR_ENCAPSULATION_ENDPOINT', 'No tunnel/encapsulation endpoint (datapath BUG!)'],
   ['DROP_FIB_LOOKUP_FAILED', 169, 'FIB_LOOKUP_FAILED', 'FIB lookup failed'],
   ['DROP_INVALID_IDENTITY', 171, 'INVALID_IDENTITY', 'Invalid identity'],
+  ['DROP_PROXY_LOOKUP_FAILED', 178, 'PROXY_LOOKUP_FAILED', 'Socket lookup failed'],
+  ['DROP_PROXY_SET_FAILED', 179, 'PROXY_SET_FAILED', 'Socket assign failed'],
+  ['DROP_PROXY_UNSUPPORTED', 180, 'PROXY_UNKNOWN_PROTO', 'Proxy redirection not supported for protocol'],
   ['DROP_POLICY_DENY', 181, 'POLICY_DENY', 'Policy denied by denylist'],
   ['DROP_EP_NOT_READY', 203, 'DROP_EP_NOT_READY', 'Endpoint not ready'],
 ] as const;

@@ -110,7 +110,7 @@ export const ctTuple = struct('ipv4_ct_tuple', {
 export type CtTuple = StructValue<(typeof ctTuple)['fields']>;
 
 /** ct_entry.flags */
-export const CtFlag = { SEEN_NON_SYN: 0x01, TX_CLOSING: 0x02, RX_CLOSING: 0x04, SEEN_REPLY: 0x08 } as const;
+export const CtFlag = { SEEN_NON_SYN: 0x01, TX_CLOSING: 0x02, RX_CLOSING: 0x04, SEEN_REPLY: 0x08, PROXY_REDIRECT: 0x10 } as const;
 
 /** TCP header flag bits, as ct_entry's tx/rx_flags_seen hold them. */
 export const TcpFlag = { FIN: 0x01, SYN: 0x02, RST: 0x04, PSH: 0x08, ACK: 0x10, URG: 0x20, ECE: 0x40, CWR: 0x80 } as const;

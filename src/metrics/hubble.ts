@@ -5,7 +5,7 @@
  * Counts wait per label set in plain Maps and reach prom-client when scraped: they run per flow.
  * @module
  */
-import { Counter, type Registry } from 'prom-client';
+import { Counter, Histogram, type Registry } from 'prom-client';
 import type { ContextKind, HubbleMetricName, HubbleMetricOptions } from './hubble-options.ts';
 
 /** A flow's source or destination, as far as the observer knows it. */
@@ -58,6 +58,8 @@ export interface FlowMetricInput {
   isReply?: boolean;
   source?: FlowMetricEndpoint;
   destination?: FlowMetricEndpoint;
+  /** L7 HTTP flows: what the request said, and for a response its code and latency. */
+  http?: { kind: 'REQUEST' | 'RESPONSE'; method: string; protocol: string; code?: number; latencySeconds?: number };
 }
 
 /** Where events were lost, with Hubble's `source` label values. */
@@ -276,6 +278,27 @@ export class HubbleMetrics implements HubbleMetricsSink {
           },
         };
       },
+      // Cilium's httpV2, from the node proxy's responses (`reporter` is server: ingress rules only).
+      httpV2: () => {
+        const requests = counter('http_requests_total', 'Count of HTTP requests', ['method', 'protocol', 'status', 'reporter']);
+        const labelNames = [...contextLabels, 'method', 'reporter'];
+        const duration = new Histogram({ name: 'hubble_http_request_duration_seconds', help: 'Quantiles of HTTP request duration in seconds', labelNames, registers: [registry] });
+        return {
+          observe: (f) => {
+            const http = f.http;
+            if (!http || http.kind !== 'RESPONSE') return;
+            const reporter = f.trafficDirection === 'egress' ? 'client' : 'server';
+            // A response flow goes from the server to the client; Hubble labels it as its request.
+            const asRequest = { ...f, source: f.destination, destination: f.source };
+            count(requests, asRequest, [http.method, http.protocol, String(http.code ?? 0), reporter]);
+            if (http.latencySeconds === undefined) return;
+            const labels: Record<string, string> = { method: http.method, reporter };
+            if (sourceContext) labels.source = contextValue(option.sourceContext, asRequest.source);
+            if (destinationContext) labels.destination = contextValue(option.destinationContext, asRequest.destination);
+            duration.observe(labels, http.latencySeconds);
+          },
+        };
+      },
       'port-distribution': () => {
         const c = counter('port_distribution_total', 'Numbers of packets distributed by destination port', ['protocol', 'port']);
         return {
@@ -305,10 +328,11 @@ export interface FlowForMetrics {
   isReply?: { value?: boolean };
   source?: { namespace?: string; podName?: string; identity?: number; workloads?: { name?: string }[] };
   destination?: { namespace?: string; podName?: string; identity?: number; workloads?: { name?: string }[] };
+  l7?: { type?: string; latencyNs?: string; http?: { code?: number; method?: string; protocol?: string } };
 }
 
 /** Monitor event types (Cilium's): what the `type` label of a flow's metrics says. */
-export const FLOW_METRIC_TYPES: Readonly<Record<number, FlowMetricInput['type']>> = { 1: 'Drop', 4: 'Trace', 5: 'PolicyVerdict' };
+export const FLOW_METRIC_TYPES: Readonly<Record<number, FlowMetricInput['type']>> = { 1: 'Drop', 4: 'Trace', 5: 'PolicyVerdict', 129: 'L7' };
 /** Cilium's policy match names, by the match type a verdict carries. */
 export const POLICY_MATCHES: Readonly<Record<number, string>> = { 0: 'none', 1: 'l3-only', 2: 'l3-l4', 3: 'l4-only', 4: 'all' };
 
@@ -341,6 +365,13 @@ export function flowMetricInput(flow: FlowForMetrics): FlowMetricInput {
     isReply: flow.isReply?.value,
     source: endpoint(flow.source),
     destination: endpoint(flow.destination),
+    http: flow.l7?.http && {
+      kind: flow.l7.type === 'RESPONSE' ? 'RESPONSE' : 'REQUEST',
+      method: flow.l7.http.method ?? '',
+      protocol: flow.l7.http.protocol ?? '',
+      code: flow.l7.http.code,
+      latencySeconds: flow.l7.latencyNs === undefined ? undefined : Number(flow.l7.latencyNs) / 1e9,
+    },
   };
 }
 

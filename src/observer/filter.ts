@@ -40,7 +40,7 @@ const PROTOCOLS: Readonly<Record<string, (flow: Flow) => boolean>> = {
   icmp: (f) => f.l4?.ICMPv4 !== undefined || f.l4?.ICMPv6 !== undefined,
   icmpv4: (f) => f.l4?.ICMPv4 !== undefined,
   icmpv6: (f) => f.l4?.ICMPv6 !== undefined,
-  // L7 protocols: this build makes no L7 flows, so they match none.
+  // L7 protocols: the node proxy's HTTP flows (no DNS or Kafka proxy yet).
   http: (f) => f.l7?.http !== undefined,
   dns: (f) => f.l7?.dns !== undefined,
   kafka: () => false,
@@ -281,8 +281,39 @@ export function compileFilter(filter: FlowFilter, path: string): FlowPredicate {
   if (uuids) checks.push((f) => uuids.includes(f.uuid ?? ''));
   const encrypted = has('encrypted');
   if (encrypted) checks.push((f) => encrypted.includes(f.IP?.encrypted === true));
-  // L7 and tracing: no flow of this build carries them, so a filter on them matches nothing.
-  for (const name of ['httpStatusCode', 'httpMethod', 'httpPath', 'httpUrl', 'httpHeader', 'dnsQuery', 'traceId'] as const) {
+  // HTTP, as hubble's --http-method, --http-status (`403`, or `4+` for a class) and --http-path (a regex).
+  const methods = has('httpMethod');
+  if (methods) {
+    const wanted = methods.map((m) => m.toUpperCase());
+    checks.push((f) => f.l7?.http?.method !== undefined && wanted.includes(f.l7.http.method.toUpperCase()));
+  }
+  const codes = has('httpStatusCode');
+  if (codes) {
+    const tests = codes.map((c, i) => {
+      const m = /^([1-5])(?:\+|([0-9]{2}))$/.exec(c);
+      if (!m) invalid(`${field('httpStatusCode')}[${i}]`, `"${c}" is not a status code (403) or class (4+)`);
+      return m[2] === undefined ? (code: number) => Math.floor(code / 100) === Number(m[1]) : (code: number) => code === Number(c);
+    });
+    checks.push((f) => f.l7?.http?.code !== undefined && f.l7.http.code !== 0 && tests.some((t) => t(f.l7!.http!.code!)));
+  }
+  const paths = has('httpPath');
+  if (paths) {
+    const res = paths.map((p, i) => {
+      try {
+        return new RegExp(p);
+      } catch (error) {
+        invalid(`${field('httpPath')}[${i}]`, (error as Error).message);
+      }
+    });
+    checks.push((f) => {
+      const url = f.l7?.http?.url;
+      if (url === undefined) return false;
+      const path = /^[a-z]+:\/\/[^/]*(\/[^?]*)?/.exec(url)?.[1] ?? url;
+      return res.some((re) => re.test(path));
+    });
+  }
+  // DNS, other HTTP fields and tracing: no flow of this build carries them, so a filter on them matches nothing.
+  for (const name of ['httpUrl', 'httpHeader', 'dnsQuery', 'traceId'] as const) {
     if (has(name)) checks.push(() => false);
   }
   return (flow) => checks.every((check) => check(flow));

@@ -82,7 +82,7 @@ function tcpFlags(bits: number): TcpFlags {
  * One side of a flow as it was named when its event came: the local endpoint (or remote pod) at
  * its address or the one that reported it, and the identity with its labels.
  */
-function flowEndpoint(local: FlowEndpointInfo | undefined, identity: number, labels: readonly string[] | undefined): FlowEndpoint {
+export function flowEndpoint(local: FlowEndpointInfo | undefined, identity: number, labels: readonly string[] | undefined): FlowEndpoint {
   const out: FlowEndpoint = { identity };
   if (local?.id) out.ID = local.id;
   if (labels) out.labels = [...labels];

@@ -8,6 +8,7 @@
 export * from './types.ts';
 export { ObserverError, InvalidRequestError, type ObserverErrorCode } from './errors.ts';
 export { type FlowEntry, type FlowNames, type FlowEndpointInfo } from './flow.ts';
+export { L7FlowEntry, l7HttpFlow, type L7HttpRecord } from './l7.ts';
 export { FlowRing, type RingEntry } from './buffer.ts';
 export { compileFilter, compileFilters, parseLabelSelector, type FlowPredicate } from './filter.ts';
 export { FlowObserver, parseFlowsRequest, type FlowObserverOptions, type FlowQuery, type LostCounts, type ObserverStats, type RecordSource } from './observer.ts';

@@ -45,6 +45,13 @@ const ICMP4_TYPES: Readonly<Record<number, string>> = { 0: 'EchoReply', 3: 'Dest
 
 /** The part in parentheses: TCP flags, the protocol, or the ICMP message. */
 export function flowSummary(flow: Flow): string {
+  const http = flow.l7?.http;
+  if (http) {
+    // Hubble's: the request line, and for a response its code and latency first.
+    const request = `${http.method ?? ''} ${http.url ?? ''}`;
+    if (flow.l7?.type !== 'RESPONSE') return `${http.protocol ?? 'HTTP'} ${request}`;
+    return `${http.protocol ?? 'HTTP'} ${http.code ?? 0} ${Math.round(Number(flow.l7.latencyNs ?? 0) / 1e6)}ms (${request})`;
+  }
   const l4 = flow.l4;
   if (l4?.TCP) {
     const flags = TCP_FLAG_KEYS.filter((k) => l4.TCP?.flags?.[k]);
@@ -65,6 +72,7 @@ function isPolicyVerdict(flow: Flow): boolean {
 export function flowType(flow: Flow): string {
   const type = flow.eventType?.type;
   if (type === MonitorEventType.TRACE) return tracePointName(flow.eventType?.subType ?? 0);
+  if (flow.l7?.http) return flow.l7.type === 'RESPONSE' ? 'http-response' : 'http-request';
   // As hubble prints it: "Policy denied DROPPED".
   if (type === MonitorEventType.DROP) return dropReasonDescription(flow.dropReason ?? 0);
   if (type === MonitorEventType.POLICY_VERDICT) {
@@ -160,8 +168,9 @@ function toJson(value: unknown, protoNames: boolean, key = ''): unknown {
   if (WRAPPERS.has(key)) return object.value;
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(object)) {
-    // protobufjs's oneof discriminators are its own; protojson has no such field.
-    if (ONEOF_CASES.has(k) && typeof v === 'string') continue;
+    // protobufjs's oneof discriminators are its own (they name a sibling field); protojson has no
+    // such field. HTTP's `protocol` is a field of its own.
+    if (ONEOF_CASES.has(k) && typeof v === 'string' && v in object) continue;
     out[protoNames && k !== 'ipVersion' ? k.replace(/[a-z][A-Z]/g, (c) => `${c[0]}_${c[1].toLowerCase()}`) : k] = toJson(v, protoNames, k);
   }
   return out;

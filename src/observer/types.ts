@@ -121,7 +121,13 @@ export interface Flow {
   destinationNames?: string[];
   sourceService?: { name?: string; namespace?: string };
   destinationService?: { name?: string; namespace?: string };
-  l7?: { type?: string; http?: { code?: number; method?: string; url?: string }; dns?: { query?: string } };
+  l7?: {
+    type?: string;
+    /** uint64 as a decimal string. */
+    latencyNs?: string;
+    http?: { code?: number; method?: string; url?: string; protocol?: string; headers?: { key?: string; value?: string }[] };
+    dns?: { query?: string };
+  };
 }
 
 export interface LostEvent {

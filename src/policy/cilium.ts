@@ -33,6 +33,7 @@ import {
   type ServicePeer,
 } from './types.ts';
 import { formatCidr } from './cidr.ts';
+import { readL7Rules } from './l7-http.ts';
 
 const MAX_PORTS = 40;
 const MAX_ICMP_FIELDS = 40;
@@ -48,7 +49,7 @@ const NODES = 'not supported yet (node selectors); use the host or remote-node e
 const AUTH = 'not supported yet (mutual authentication)';
 
 const UNSUPPORTED_PORT_RULE: Record<string, string> = {
-  rules: 'L7 rules (http, dns, kafka, l7proto) are not supported yet; remove rules to allow the port at L4',
+  rules: 'L7 rules are enforced on ingress only for now (egress needs the proxy to carry the source identity to the destination)',
   serverNames: 'not supported yet (TLS SNI matching needs the L7 proxy)',
   terminatingTLS: 'not supported yet (TLS interception needs the L7 proxy)',
   originatingTLS: 'not supported yet (TLS origination needs the L7 proxy)',
@@ -197,8 +198,12 @@ function readPort(ctx: Ctx, path: string, value: unknown): PortRule | undefined 
   return rule;
 }
 
-/** Reads `toPorts` into a flat port list (the union of the entries). */
-function readToPorts(ctx: Ctx, path: string, value: unknown, deny: boolean): PortRule[] | undefined {
+/**
+ * Reads `toPorts` into a flat port list (the union of the entries). The `rules` of an entry
+ * (ingress allow rules only) go onto each of its ports: one TCP port each, which the node proxy
+ * judges request by request.
+ */
+function readToPorts(ctx: Ctx, path: string, value: unknown, deny: boolean, l7: boolean): PortRule[] | undefined {
   const list = readList(ctx, path, value);
   if (list === undefined) return value === undefined || value === null ? [] : undefined;
   const out: PortRule[] = [];
@@ -215,7 +220,8 @@ function readToPorts(ctx: Ctx, path: string, value: unknown, deny: boolean): Por
       return;
     }
     const before = ctx.issues.length;
-    checkFields(ctx, p, obj, ['ports'], unsupported);
+    checkFields(ctx, p, obj, l7 ? ['ports', 'rules'] : ['ports'], unsupported);
+    const rules = l7 && obj.rules !== undefined && obj.rules !== null ? readL7Rules(ctx, join(p, 'rules'), obj.rules) : undefined;
     const portsPath = join(p, 'ports');
     const ports = readList(ctx, portsPath, obj.ports);
     if (ports === undefined || ports.length === 0) {
@@ -226,11 +232,25 @@ function readToPorts(ctx: Ctx, path: string, value: unknown, deny: boolean): Por
     if (ports.length > MAX_PORTS) ctx.add(portsPath, `at most ${MAX_PORTS} ports per entry, got ${ports.length}`);
     ports.forEach((port, j) => {
       const parsed = readPort(ctx, at(portsPath, j), port);
-      if (parsed !== undefined) out.push(parsed);
+      if (parsed === undefined) return;
+      if (rules !== undefined) {
+        const problem = l7PortProblem(parsed);
+        if (problem !== undefined) ctx.add(at(portsPath, j), problem);
+        parsed.l7 = rules;
+      }
+      out.push(parsed);
     });
     if (ctx.issues.length !== before) ok = false;
   });
   return ok ? out : undefined;
+}
+
+/** Why a port cannot carry HTTP rules: the proxy takes one TCP port (Cilium refuses ranges too). */
+function l7PortProblem(port: PortRule): string | undefined {
+  if (port.protocol !== 'TCP' && port.protocol !== 'ANY') return `HTTP rules need TCP, got ${port.protocol}`;
+  if (port.port === 0) return 'HTTP rules need a port (0 means every port)';
+  if (port.endPort !== undefined) return 'HTTP rules apply to one port, not a range (endPort)';
+  return undefined;
 }
 
 function readIcmpType(ctx: Ctx, path: string, value: unknown, v6: boolean): number | undefined {
@@ -407,7 +427,7 @@ function readPeerRule(ctx: Ctx, path: string, value: unknown, dir: Direction, sc
   }
   if (haveCidrs) peer.cidrs = cidrs;
 
-  const toPorts = readToPorts(ctx, join(path, 'toPorts'), obj.toPorts, dir.deny);
+  const toPorts = readToPorts(ctx, join(path, 'toPorts'), obj.toPorts, dir.deny, dir.field === 'ingress');
   const icmps = readIcmps(ctx, join(path, 'icmps'), obj.icmps);
   const ports = [...(toPorts ?? []), ...(icmps ?? [])];
   if (ports.length > 0) peer.ports = ports;

@@ -57,3 +57,12 @@ export {
   type DirectionTrace,
 } from './engine.ts';
 export { expandServicePeers, hasServicePeers, type ServiceBackendPeers, type ServiceResolver } from './services.ts';
+export {
+  compileHttpRule,
+  compileRe2,
+  httpRuleMatches,
+  type CompiledHttpRule,
+  type HttpRequestView,
+  type HttpRule,
+  type L7Rules,
+} from './l7-http.ts';

@@ -10,6 +10,7 @@
  */
 import { BpfMap, MapFlag, MapType, be16, pad, struct, u32, u8, type StructValue } from '../ebpf/index.ts';
 import type { PortRule, Protocol } from './types.ts';
+import type { HttpRule } from './l7-http.ts';
 
 export const PolicyDirection = { INGRESS: 0, EGRESS: 1 } as const;
 export type PolicyDirection = (typeof PolicyDirection)[keyof typeof PolicyDirection];
@@ -78,6 +79,7 @@ export const policyResultCodec = struct('ciliate_policy_result', {
   match_type: u32,
   cookie: u32,
   prefix_len: u32,
+  proxy_port: u32,
 });
 export type PolicyResultValue = StructValue<(typeof policyResultCodec)['fields']>;
 
@@ -173,6 +175,20 @@ export function keyCovers(outer: PolicyKey, inner: PolicyKey): boolean {
   return bits === 0 || inner.port >>> (16 - bits) === outer.port >>> (16 - bits);
 }
 
+/**
+ * The node proxy's port: what an entry with L7 rules carries as `proxy_port`, and where the
+ * datapath finds the proxy's listener (127.0.0.1 in the node's network namespace). One port for
+ * every redirect: the proxy knows the original destination and the source, so it finds the rules
+ * itself.
+ */
+export const L7_PROXY_PORT = 10080;
+
+/** The HTTP rules one policy rule grants on an entry's port. */
+export interface L7Grant {
+  ruleKey: string;
+  http: HttpRule[];
+}
+
 /** What an entry says, TS side; `ruleKeys` are the rules it came from (not in the map). */
 export interface PolicyMapEntry {
   key: PolicyKey;
@@ -180,10 +196,22 @@ export interface PolicyMapEntry {
   /** Numeric id of the deciding rule (lowest id among ruleKeys); 0 for the allow-all default. */
   cookie: number;
   ruleKeys: string[];
+  /**
+   * Set when every rule that allows this key does so with L7 rules: connections go to the node
+   * proxy (`proxy_port`), which allows a request when any grant's rule matches it. A rule allowing
+   * the key without L7 rules allows everything at L7, so then this is absent.
+   */
+  l7?: L7Grant[];
 }
 
-export function encodeEntry(e: Pick<PolicyMapEntry, 'key' | 'deny' | 'cookie'>): PolicyEntryValue {
-  return { proxy_port: 0, flags: e.deny ? POLICY_F_DENY : 0, prefix_len: e.key.prefixLen, auth_type: 0, cookie: e.cookie };
+export function encodeEntry(e: Pick<PolicyMapEntry, 'key' | 'deny' | 'cookie' | 'l7'>): PolicyEntryValue {
+  return {
+    proxy_port: e.l7 && !e.deny ? L7_PROXY_PORT : 0,
+    flags: e.deny ? POLICY_F_DENY : 0,
+    prefix_len: e.key.prefixLen,
+    auth_type: 0,
+    cookie: e.cookie,
+  };
 }
 
 export interface LookupResult {

@@ -27,14 +27,17 @@ function rejected(name: string): Array<Omit<PolicyIssue, 'file'>> {
   return error.issues.map(({ file: _file, ...rest }) => rest);
 }
 
-test('reject: L7 rules in toPorts', () => {
+test('reject: L7 rules the proxy cannot enforce, each named by field and reason', () => {
+  const issue = (path: string, reason: string) => ({ document: 1, policy: 'CiliumNetworkPolicy default/rule1', path, reason });
   assert.deepEqual(rejected('l7-rules.yaml'), [
-    {
-      document: 1,
-      policy: 'CiliumNetworkPolicy default/rule1',
-      path: 'spec.ingress[0].toPorts[0].rules',
-      reason: 'L7 rules (http, dns, kafka, l7proto) are not supported yet; remove rules to allow the port at L4',
-    },
+    issue('spec.ingress[0].toPorts[0].rules.http[0].path', '"/v1/(request-landing" is not a valid regular expression: /^(?:/v1/(request-landing)$/: Unterminated group'),
+    issue('spec.ingress[0].toPorts[0].rules.http[1].method', 'unknown HTTP method "FETCH"'),
+    issue('spec.ingress[0].toPorts[0].rules.http[2].method', 'methods are upper case: GET, got "get"'),
+    issue('spec.ingress[0].toPorts[0].rules.http[3].path', '"/(a)\\1": backreferences are not RE2 syntax'),
+    issue('spec.ingress[0].toPorts[0].rules.http[4].headerMatches[0].mismatch', 'not supported yet (header rewriting on mismatch); without it a mismatch denies the request'),
+    issue('spec.ingress[0].toPorts[1].ports[0]', 'HTTP rules need TCP, got UDP'),
+    issue('spec.ingress[0].toPorts[2].rules.kafka', 'Kafka rules are not supported yet; the node proxy speaks HTTP only'),
+    issue('spec.egress[0].toPorts[0].rules', 'L7 rules are enforced on ingress only for now (egress needs the proxy to carry the source identity to the destination)'),
   ]);
 });
 

@@ -14,11 +14,13 @@
  * @module
  */
 import { selectorMatches } from './selector.ts';
-import { type PolicyRule, type PeerRule, ruleKey } from './types.ts';
+import { type PolicyRule, type PeerRule, type PortRule, ruleKey } from './types.ts';
+import type { HttpRule } from './l7-http.ts';
 import {
   PolicyDirection,
   PREFIX_DIR,
   PREFIX_PROTO,
+  PROTOCOL_NUMBER,
   policyKeyString,
   portRuleKeys,
   type PolicyKey,
@@ -76,21 +78,36 @@ export function ruleEnforces(rule: PolicyRule, direction: 'ingress' | 'egress'):
   return rule[direction].length > 0 || deny.length > 0;
 }
 
-const ALL_L4 = [{ protocol: 0, port: 0, prefixLen: PREFIX_DIR }];
+const ALL_L4: { protocol: number; port: number; prefixLen: number; http?: HttpRule[] }[] = [{ protocol: 0, port: 0, prefixLen: PREFIX_DIR }];
+
+/** A port entry's keys; with L7 rules only its TCP key, which carries them (the proxy speaks TCP). */
+function portKeysWithL7(rule: PortRule): { protocol: number; port: number; prefixLen: number; http?: HttpRule[] }[] {
+  const keys = portRuleKeys(rule);
+  if (!rule.l7) return keys;
+  return keys.filter((k) => k.protocol === PROTOCOL_NUMBER.TCP).map((k) => ({ ...k, http: rule.l7!.http }));
+}
 
 class EntryBuilder {
   readonly entries = new Map<string, PolicyMapEntry>();
   /** `identity/dir` pairs that have deny entries: only their allows need the cover check. */
   readonly denied = new Set<string>();
 
-  add(key: PolicyKey, deny: boolean, cookie: number, rk: string): void {
+  /** `http`: the L7 rules the allow comes with (none: every request). */
+  add(key: PolicyKey, deny: boolean, cookie: number, rk: string, http?: HttpRule[]): void {
     const ks = policyKeyString(key);
     const e = this.entries.get(ks);
     if (!e) {
-      this.entries.set(ks, { key, deny, cookie, ruleKeys: [rk] });
+      const entry: PolicyMapEntry = { key, deny, cookie, ruleKeys: [rk] };
+      if (http && !deny) entry.l7 = [{ ruleKey: rk, http }];
+      this.entries.set(ks, entry);
     } else if (e.deny === deny) {
       if (!e.ruleKeys.includes(rk)) e.ruleKeys.push(rk);
       if (cookie < e.cookie || e.cookie === 0) e.cookie = cookie;
+      // Allows are ORed: an allow without L7 rules allows every request on the key.
+      if (!deny && e.l7) {
+        if (http) e.l7.push({ ruleKey: rk, http });
+        else delete e.l7;
+      }
     } else if (deny) {
       this.entries.set(ks, { key, deny, cookie, ruleKeys: [rk] });
     }
@@ -170,11 +187,11 @@ export function resolveEndpointPolicy(
         [rule[d.deny], true],
       ] as const) {
         for (const peer of list) {
-          const l4 = peer.ports && peer.ports.length > 0 ? peer.ports.flatMap(portRuleKeys) : ALL_L4;
+          const l4 = peer.ports && peer.ports.length > 0 ? peer.ports.flatMap(portKeysWithL7) : ALL_L4;
           for (const ps of peerSelectors(peer)) {
             for (const identity of identitiesOf(ps)) {
               for (const k of l4) {
-                builder.add({ identity, direction: d.dir, protocol: k.protocol, port: k.port, prefixLen: k.prefixLen }, deny, cookie, rk);
+                builder.add({ identity, direction: d.dir, protocol: k.protocol, port: k.port, prefixLen: k.prefixLen }, deny, cookie, rk, k.http);
               }
             }
           }
@@ -203,7 +220,7 @@ export interface EntriesDiff {
 }
 
 function sameValue(a: PolicyMapEntry, b: PolicyMapEntry): boolean {
-  return a.deny === b.deny && a.cookie === b.cookie;
+  return a.deny === b.deny && a.cookie === b.cookie && (a.l7 === undefined) === (b.l7 === undefined);
 }
 
 /**

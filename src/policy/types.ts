@@ -17,6 +17,8 @@
  * @module
  */
 
+import type { L7Rules } from './l7-http.ts';
+
 export const POLICY_KINDS = ['CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy', 'NetworkPolicy'] as const;
 export type PolicyKind = (typeof POLICY_KINDS)[number];
 
@@ -74,6 +76,12 @@ export interface PortRule {
   /** Inclusive end of a range starting at `port`; only with a non-zero port. */
   endPort?: number;
   protocol: Protocol;
+  /**
+   * L7 rules of the `toPorts` entry the port came from (ingress allows only; one TCP port): the
+   * connections it allows go through the node proxy, which allows only matching requests. With
+   * protocol ANY only TCP is allowed, through the proxy.
+   */
+  l7?: L7Rules;
 }
 
 export interface CidrRule {

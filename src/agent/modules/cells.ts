@@ -7,6 +7,7 @@
 import type { EndpointDatapath, NodeRouting } from '../../datapath/index.ts';
 import type { IdentityAllocator } from '../../identity/index.ts';
 import type { NodeIpam } from '../../ipam/index.ts';
+import type { L7HttpRecord } from '../../observer/index.ts';
 import type { ServiceManager } from '../../loadbalancer/index.ts';
 import type { HubbleMetricsSink } from '../../metrics/index.ts';
 import type { StateStore } from '../../store/index.ts';
@@ -54,4 +55,9 @@ export interface NodeHealthView {
 }
 export const NodeHealthCell = cell<NodeHealthView>('node-health');
 /** Services and the frontends this node balances. */
+/** The node proxy's L7 records (HTTP requests and responses), for the observer. */
+export interface L7RecordSource {
+  onRecords(listener: (records: L7HttpRecord[]) => void): () => void;
+}
+export const ProxyCell = cell<L7RecordSource>('l7-proxy');
 export const ServicesCell = cell<ServiceManager>('services');

@@ -17,6 +17,7 @@ import { nodeConfig, nodeModule } from './node.ts';
 import { observerConfig, observerModule } from './observer.ts';
 import { monitorConfig, monitorModule, policyConfig, policyModule, policyStatusModule } from './policy.ts';
 import { runtimeConfig, runtimeModule, runtimePodsModule } from './runtime.ts';
+import { proxyConfig, proxyModule } from './proxy.ts';
 import { servicesConfig, servicesModule } from './services.ts';
 import { storeConfig, storeModule } from './store.ts';
 
@@ -40,6 +41,7 @@ export const AGENT_MODULES: readonly AgentModule[] = [
   nodeHealthModule,
   servicesModule,
   hubbleMetricsModule,
+  proxyModule,
   observerModule,
   metricsModule,
   runtimeModule,
@@ -66,6 +68,7 @@ export const AgentConfigSchema = configSchema({
   ...monitorConfig,
   ...endpointsConfig,
   ...servicesConfig,
+  ...proxyConfig,
   ...observerConfig,
   ...apiConfig,
   ...metricsConfig,

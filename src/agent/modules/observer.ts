@@ -7,13 +7,13 @@
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { listenAddressSetting, lostEventSourceLabel, NO_HUBBLE_METRICS } from '../../metrics/index.ts';
-import { FlowObserver, ObserverServer, bindAddress, readServerTls, peerStoreKey, publishedAddress, type FlowEndpointInfo, type FlowNames, type FlowPolicy, type HubblePeerRecord } from '../../observer/index.ts';
+import { FlowObserver, L7FlowEntry, ObserverServer, bindAddress, readServerTls, peerStoreKey, publishedAddress, type FlowEndpointInfo, type FlowNames, type FlowPolicy, type HubblePeerRecord } from '../../observer/index.ts';
 import { ConfigError } from '../config.ts';
 import { defineModule } from '../module.ts';
 import { VERSION } from '../version.ts';
 import { flowExportConfig, startFlowExport } from './flow-export.ts';
 import { apiConfig } from './api.ts';
-import { ClusterCell, EndpointsCell, HubbleMetricsCell, IdentitiesCell, MonitorCell, NodeCell, PolicyCell, StoreCell } from './cells.ts';
+import { ClusterCell, EndpointsCell, HubbleMetricsCell, IdentitiesCell, MonitorCell, NodeCell, PolicyCell, ProxyCell, StoreCell } from './cells.ts';
 
 export const observerConfig = {
   hubbleEnabled: z.boolean().default(true).describe("flows and Hubble's Observer API (Cilium's enable-hubble)"),
@@ -32,8 +32,8 @@ export const observerModule = defineModule({
   description: "flows from datapath events, the flow buffer and Hubble's Observer API",
   // The API socket's setting too: the Observer socket goes beside it unless told otherwise.
   config: { ...observerConfig, socketPath: apiConfig.socketPath },
-  needs: { monitor: MonitorCell, endpoints: EndpointsCell, identities: IdentitiesCell, policy: PolicyCell, node: NodeCell, cluster: ClusterCell, hubbleMetrics: HubbleMetricsCell, store: StoreCell },
-  async start({ monitor, endpoints, identities, policy, node, cluster, hubbleMetrics, store }, { config, log }) {
+  needs: { monitor: MonitorCell, endpoints: EndpointsCell, identities: IdentitiesCell, policy: PolicyCell, node: NodeCell, cluster: ClusterCell, hubbleMetrics: HubbleMetricsCell, store: StoreCell, proxy: ProxyCell },
+  async start({ monitor, endpoints, identities, policy, node, cluster, hubbleMetrics, store, proxy }, { config, log }) {
     if (!config.hubbleEnabled) return { value: undefined, status: () => ({ observer: { enabled: false } }) };
     if (Boolean(config.hubbleTlsCertFile) !== Boolean(config.hubbleTlsKeyFile)) {
       throw new ConfigError('observer: --hubble-tls-cert-file and --hubble-tls-key-file go together; set both or neither');
@@ -120,6 +120,18 @@ export const observerModule = defineModule({
       throw error;
     });
     observer.start();
+    // The node proxy's HTTP exchanges, as L7 flows beside the datapath's.
+    const policyByKey = (key: string) => {
+      const id = policy.engine.ruleId(key);
+      return id === undefined ? undefined : names.policyForCookie(id);
+    };
+    const stopL7 = proxy.onRecords((records) => {
+      for (const r of records) {
+        const entry = new L7FlowEntry(r, names, policyByKey);
+        observer.ring.pushEntry(entry);
+        if (hubbleMetrics !== NO_HUBBLE_METRICS) hubbleMetrics.observeFlow(entry.metricInput());
+      }
+    });
     // Relays find this node's Observer API here; only a TCP listener can be dialled from elsewhere.
     let peer: HubblePeerRecord | undefined;
     try {
@@ -132,6 +144,7 @@ export const observerModule = defineModule({
         await store.put(peerStoreKey(config.nodeName), peer);
       }
     } catch (error) {
+      stopL7();
       observer.stop();
       unsubscribe();
       await server.close();
@@ -144,6 +157,7 @@ export const observerModule = defineModule({
       stop: async () => {
         // Withdrawn before closing, so relays learn the API is down from the store, not from a timeout.
         if (peer) await store.delete(peerStoreKey(config.nodeName)).catch((error: unknown) => log.warn({ err: error }, 'removing the Observer API address from the store'));
+        stopL7();
         observer.stop();
         unsubscribe();
         await server.close();

@@ -85,6 +85,23 @@ export const RTA_ENCAP = 22;
 export const RTAX_MTU = 2;
 export const RT_TABLE_MAIN = 254;
 export const RTN_UNICAST = 1;
+export const RTN_LOCAL = 2;
+export const RTM_NEWRULE = 32;
+export const RTM_DELRULE = 33;
+export const FRA_PRIORITY = 6;
+export const FRA_FWMARK = 10;
+export const FRA_TABLE = 15;
+export const FRA_FWMASK = 16;
+export const FR_ACT_TO_TBL = 1;
+
+/** struct fib_rule_hdr (12 bytes): family, dst/src lengths, tos, table, two reserved, action, flags. */
+export function fibRuleHdr(fields: { family: number; table: number; action: number }): Buffer {
+  const b = Buffer.alloc(12);
+  b.writeUInt8(fields.family, 0);
+  b.writeUInt8(fields.table > 255 ? 0 : fields.table, 4);
+  b.writeUInt8(fields.action, 7);
+  return b;
+}
 export const RTPROT_BOOT = 3;
 export const LWTUNNEL_ENCAP_IP = 2;
 export const LWTUNNEL_IP_ID = 1;

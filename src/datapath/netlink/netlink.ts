@@ -91,6 +91,15 @@ import {
   RTM_NEWROUTE,
   rtmsg,
   RTN_UNICAST,
+  RTN_LOCAL,
+  RTM_NEWRULE,
+  RTM_DELRULE,
+  FRA_PRIORITY,
+  FRA_FWMARK,
+  FRA_TABLE,
+  FRA_FWMASK,
+  FR_ACT_TO_TBL,
+  fibRuleHdr,
   RTPROT_BOOT,
   Scope,
   type ScopeName,
@@ -223,6 +232,17 @@ export interface RouteSpec {
   table?: number;
   /** Lightweight-tunnel metadata (LWTUNNEL_ENCAP_IP), for collect-metadata tunnel devices. */
   encap?: RouteEncap;
+  /** Default unicast; local: deliver to this host whatever the destination (scope host). */
+  type?: 'unicast' | 'local';
+}
+
+/** `ip rule add fwmark MARK/MASK lookup TABLE pref PRIORITY` (IPv4 unless `family`). */
+export interface FwmarkRuleSpec {
+  priority: number;
+  mark: number;
+  mask: number;
+  table: number;
+  family?: Family;
 }
 
 export interface Route {
@@ -289,6 +309,10 @@ export interface NetlinkOptions {
  * await nl.addAddress({ address: '10.0.0.5/32', dev: 'eth0' });
  * await nl.replaceRoute({ dst: 'default', gateway: '10.0.0.1', dev: 'eth0' });
  */
+function fwmarkRuleAttrs(spec: FwmarkRuleSpec): Buffer[] {
+  return [attrU32(FRA_PRIORITY, spec.priority), attrU32(FRA_FWMARK, spec.mark), attrU32(FRA_FWMASK, spec.mask), attrU32(FRA_TABLE, spec.table)];
+}
+
 export class Netlink {
   readonly netns: string | undefined;
   #fd: number;
@@ -549,8 +573,8 @@ export class Netlink {
       dstLen: length,
       table: table > 255 ? 0 : table,
       protocol: spec.protocol ?? RTPROT_BOOT,
-      scope: Scope[spec.scope ?? (spec.gateway ? 'universe' : 'link')],
-      type: RTN_UNICAST,
+      scope: spec.type === 'local' ? Scope.host : Scope[spec.scope ?? (spec.gateway ? 'universe' : 'link')],
+      type: spec.type === 'local' ? RTN_LOCAL : RTN_UNICAST,
     });
     const attrs: Buffer[] = [];
     if (length > 0) attrs.push(attr(RTA_DST, ipBytes(address)));
@@ -584,6 +608,30 @@ export class Netlink {
       return true;
     } catch (error) {
       if (NetlinkError.is(error, 'ESRCH')) return false;
+      throw error;
+    }
+  }
+
+  // ---- policy routing rules ----
+
+  /** Adds a fwmark rule unless the same rule is there already. */
+  async ensureFwmarkRule(spec: FwmarkRuleSpec): Promise<void> {
+    const operation = `adding rule fwmark 0x${spec.mark.toString(16)}/0x${spec.mask.toString(16)} lookup ${spec.table} pref ${spec.priority}${this.#where()}`;
+    try {
+      await this.#request(operation, RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, fibRuleHdr({ family: afOf(spec.family ?? 4), table: spec.table, action: FR_ACT_TO_TBL }), fwmarkRuleAttrs(spec));
+    } catch (error) {
+      if (!NetlinkError.is(error, 'EEXIST')) throw error;
+    }
+  }
+
+  /** Deletes a fwmark rule; false when there was none. */
+  async deleteFwmarkRule(spec: FwmarkRuleSpec): Promise<boolean> {
+    const operation = `deleting rule fwmark 0x${spec.mark.toString(16)}/0x${spec.mask.toString(16)} lookup ${spec.table}${this.#where()}`;
+    try {
+      await this.#request(operation, RTM_DELRULE, 0, fibRuleHdr({ family: afOf(spec.family ?? 4), table: spec.table, action: FR_ACT_TO_TBL }), fwmarkRuleAttrs(spec));
+      return true;
+    } catch (error) {
+      if (NetlinkError.is(error, 'ENOENT') || NetlinkError.is(error, 'ESRCH')) return false;
       throw error;
     }
   }

@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * L7 redirect to the node proxy, after Cilium ≥ 1.6's bpf/lib/proxy.h (bpf_sk_assign): a new
+ * connection whose allowing policy entry carries a proxy port is handed, SYN included, to the
+ * proxy's listener in the node's network namespace, with its addresses untouched. The proxy's
+ * accepted socket then has the client as its peer and the original destination as its own address
+ * (the listener is IP_TRANSPARENT, so it may answer from an address the node does not own), so the
+ * proxy knows who talks to whom without a side table. The source address is a trustworthy
+ * identity key: cil_from_container drops any packet whose source is not its endpoint's.
+ *
+ * The mark MARK_MAGIC_TO_PROXY routes these packets to local delivery (the agent adds `ip rule
+ * fwmark 0x200/0xf00 lookup 2004` and `local 0.0.0.0/0 dev lo table 2004`, Cilium's numbers);
+ * the rest of the connection (CT_F_PROXY_REDIRECT) gets the mark too and the stack finds the
+ * proxy's socket by its 4-tuple.
+ *
+ * Why not Cilium 1.0-1.5's DNAT to the proxy with a proxy4 map of original destinations: every
+ * packet both ways would be rewritten (checksums, a second reverse NAT beside the services'), the
+ * proxy would need a map lookup per accept to learn where the client was going, and a stale or
+ * evicted proxy4 entry would leave the proxy not knowing; with sk_assign the kernel's own socket
+ * carries both ends, and only the SYN costs two socket lookups. Node cannot set IP_TRANSPARENT
+ * itself; the proxy does it through libc (src/proxy/libc.ts).
+ *
+ * The proxy's own connection to the destination carries MARK_MAGIC_PROXY_INGRESS and the source's
+ * identity in its socket mark (SO_MARK: root in the node only). cil_to_container trusts it only on
+ * packets of a local socket, and a pod cannot forge it: the mark is scrubbed when a packet crosses
+ * from a pod's network namespace into the node's.
+ */
+#pragma once
+
+#include "common.h"
+#include "drop_reasons.h"
+#include "events.h"
+#include "conntrack.h"
+
+/* Cilium's magic marks (bpf/lib/common.h there). */
+#define MARK_MAGIC_HOST_MASK 0x0F00
+#define MARK_MAGIC_TO_PROXY 0x0200
+#define MARK_MAGIC_PROXY_INGRESS 0x0A00
+
+#define PROXY_LISTEN_ADDR 0x7f000001	/* 127.0.0.1, host order */
+
+/* The identity a MARK_MAGIC_PROXY_INGRESS mark carries (Cilium's get_identity layout: bits
+ * 16-31 the identity's low 16 bits, bits 0-7 its bits 16-23). */
+static __always_inline __u32 proxy_mark_identity(__u32 mark)
+{
+	return (mark >> 16) | ((mark & 0xFF) << 16);
+}
+
+/*
+ * Whether a packet leaving the node's stack towards a pod is the node proxy's connection
+ * upstream: the proxy's mark on a packet of a local socket. Then *identity is the identity of the
+ * client the proxy speaks for; its request was judged by policy when it was redirected.
+ */
+static __always_inline bool from_ingress_proxy(struct __sk_buff *skb, __u32 *identity)
+{
+	if ((skb->mark & MARK_MAGIC_HOST_MASK) != MARK_MAGIC_PROXY_INGRESS || !skb->sk)
+		return false;
+	*identity = proxy_mark_identity(skb->mark);
+	return true;
+}
+
+/*
+ * Hands a packet from a pod (TC ingress of its host veth) to the node proxy: marks it for local
+ * delivery and, for a SYN that has no socket yet, assigns the proxy's listener. Returns the
+ * verdict (TC_ACT_OK, or the drop it reported: nobody listening, or a redirect that is not TCP).
+ * A global function: verified once, not at every call site.
+ */
+__noinline int redirect_to_proxy4(struct __sk_buff *skb, struct ciliate_notify_info *info, const struct ipv4_ct_tuple *tuple,
+				  __u32 proxy_port, __u32 tcp_flags)
+{
+	struct bpf_sock_tuple st = {};
+	struct bpf_sock *sk;
+	long err;
+
+	if (!info || !tuple)
+		return TC_ACT_SHOT;
+	if (tuple->nexthdr != IPPROTO_TCP)
+		return DROP(skb, info, DROP_PROXY_UNSUPPORTED);
+	skb->mark = MARK_MAGIC_TO_PROXY;
+	if ((tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+		/* A retransmitted SYN of a connection the proxy already holds goes to that socket. */
+		st.ipv4.saddr = tuple->saddr;
+		st.ipv4.daddr = tuple->daddr;
+		st.ipv4.sport = tuple->sport;
+		st.ipv4.dport = tuple->dport;
+		sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (sk) {
+			bool held = sk->state != BPF_TCP_TIME_WAIT && sk->state != BPF_TCP_LISTEN;
+
+			bpf_sk_release(sk);
+			if (held)
+				goto out;
+		}
+		if (!proxy_port)
+			return DROP(skb, info, DROP_PROXY_LOOKUP_FAILED);
+		__builtin_memset(&st, 0, sizeof(st));
+		st.ipv4.daddr = bpf_htonl(PROXY_LISTEN_ADDR);
+		st.ipv4.dport = bpf_htons(proxy_port);
+		sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv4), BPF_F_CURRENT_NETNS, 0);
+		if (!sk)
+			return DROP(skb, info, DROP_PROXY_LOOKUP_FAILED);
+		if (sk->state != BPF_TCP_LISTEN) {
+			bpf_sk_release(sk);
+			return DROP(skb, info, DROP_PROXY_LOOKUP_FAILED);
+		}
+		err = bpf_sk_assign(skb, sk, 0);
+		bpf_sk_release(sk);
+		if (err) {
+			info->ext_error = err;
+			return DROP(skb, info, DROP_PROXY_SET_FAILED);
+		}
+	}
+out:
+	send_trace_notify(skb, info, TRACE_TO_PROXY);
+	return TC_ACT_OK;
+}

@@ -1,0 +1,140 @@
+/**
+ * The node's L7 proxy (Cilium's enable-l7-proxy): the routing that delivers redirected
+ * connections to it, the supervised proxy process, and the policy it judges with, sent whole
+ * whenever the policy or the local endpoints change. Its L7 records go to whoever subscribes
+ * (the observer).
+ * @module
+ */
+import { z } from 'zod';
+import { Netlink } from '../../datapath/index.ts';
+import type { L7HttpRecord } from '../../observer/index.ts';
+import { L7_PROXY_PORT, PolicyDirection, type PolicyMapEntry } from '../../policy/index.ts';
+import { ProxySupervisor, type ProxyState } from '../../proxy/index.ts';
+import { defineModule } from '../module.ts';
+import { ClusterCell, EndpointsCell, PolicyCell, ProxyCell, type L7RecordSource } from './cells.ts';
+
+export const proxyConfig = {
+  enableL7Proxy: z.boolean().default(true).describe("the node proxy that enforces HTTP rules (Cilium's enable-l7-proxy); off: connections policy sends to it are dropped"),
+  l7ProxyMaxHeapMb: z.number().int().min(32).max(8192).default(256).describe("heap cap of the proxy process, MiB (it is restarted when it dies)"),
+};
+
+/** Cilium's: packets marked MARK_MAGIC_TO_PROXY (bpf/lib/proxy.h) are delivered locally. */
+const TO_PROXY_RULE = { priority: 9, mark: 0x0200, mask: 0x0f00, table: 2004 } as const;
+
+type IdentityPairs = ProxyState['identities'];
+
+/**
+ * Every local and remote pod address with its identity: whom the proxy may be talking to. Other
+ * nodes' pods reach this node's proxy through the tunnel (bpf_overlay.c); their source addresses
+ * were checked by their own node's datapath.
+ */
+function podIdentities(local: Iterable<{ ipv4: string; identity: number }>, remote: Iterable<{ ipv4: string; identity: number }>): IdentityPairs {
+  const out: IdentityPairs = [];
+  for (const e of remote) if (e.ipv4) out.push([e.ipv4, e.identity]);
+  for (const e of local) if (e.ipv4) out.push([e.ipv4, e.identity]);
+  return out;
+}
+
+/** The ingress entries with L7 rules of each local endpoint that has any (most have none). */
+function l7Policies(endpoints: Iterable<{ ipv4: string; id: number }>, entriesOf: (id: number) => Iterable<PolicyMapEntry> | undefined): ProxyState['policies'] {
+  const out: ProxyState['policies'] = [];
+  for (const e of endpoints) {
+    let entries: PolicyMapEntry[] | undefined;
+    for (const x of entriesOf(e.id) ?? []) {
+      if (x.l7 === undefined || x.key.direction !== PolicyDirection.INGRESS) continue;
+      (entries ??= []).push(x);
+    }
+    if (entries && e.ipv4) out.push({ address: e.ipv4, entries });
+  }
+  return out;
+}
+
+export const proxyModule = defineModule({
+  name: 'l7-proxy',
+  description: 'the node proxy for L7 (HTTP) rules, in its own process',
+  config: proxyConfig,
+  needs: { policy: PolicyCell, endpoints: EndpointsCell, cluster: ClusterCell },
+  provides: ProxyCell,
+  async start({ policy, endpoints, cluster }, { config, log }) {
+    const listeners = new Set<(records: L7HttpRecord[]) => void>();
+    let lost = 0;
+    const source: L7RecordSource = {
+      onRecords(listener) {
+        listeners.add(listener);
+        return () => listeners.delete(listener);
+      },
+    };
+    if (!config.enableL7Proxy) return { value: source, status: () => ({ l7Proxy: { enabled: false } }) };
+
+    const netlink = Netlink.open();
+    await netlink.ensureFwmarkRule(TO_PROXY_RULE);
+    await netlink.replaceRoute({ dst: '0.0.0.0/0', type: 'local', dev: 'lo', table: TO_PROXY_RULE.table });
+    netlink.close();
+
+    const supervisor = new ProxySupervisor({
+      port: L7_PROXY_PORT,
+      log,
+      maxHeapMb: config.l7ProxyMaxHeapMb,
+      onRecords(records, dropped) {
+        lost += dropped;
+        for (const l of listeners) l(records);
+      },
+    });
+    // Sent whole, but only when it changed: the identities only when a table of pods moved, the
+    // policies (L7 entries only, few) compared as text.
+    let sentPolicies = '';
+    let identityRevisions = '';
+    let identities: IdentityPairs = [];
+    const sync = () => {
+      const revisions = `${endpoints.table.revision}/${cluster.remoteEndpoints.revision}`;
+      const moved = revisions !== identityRevisions;
+      if (moved) {
+        identityRevisions = revisions;
+        identities = podIdentities(endpoints.list(), cluster.remoteEndpoints.all());
+      }
+      const policies = l7Policies(endpoints.list(), (id) => policy.engine.endpointPolicy(id)?.entries.values());
+      const text = JSON.stringify(policies);
+      if (!moved && text === sentPolicies) return;
+      sentPolicies = text;
+      supervisor.setState({ revision: policy.revision, identities, policies });
+    };
+    let scheduled = false;
+    const schedule = () => {
+      if (scheduled) return;
+      scheduled = true;
+      setImmediate(() => {
+        scheduled = false;
+        sync();
+      });
+    };
+    sync();
+    const unsubscribe = policy.onChange(schedule);
+    const abort = new AbortController();
+    for (const table of [endpoints.table, cluster.remoteEndpoints]) {
+      void (async () => {
+        let revision = table.revision;
+        while (!abort.signal.aborted) {
+          await table.waitForChange(revision, abort.signal).catch(() => undefined);
+          revision = table.revision;
+          schedule();
+        }
+      })();
+    }
+    // The agent starts all the same when the proxy cannot listen (a port taken, say): L7 ports
+    // then drop their connections, the module reports degraded, and the supervisor keeps trying.
+    await supervisor.start().catch((error: unknown) => log.error({ err: error }, 'the L7 proxy is not listening; connections to ports with L7 rules are dropped until it is'));
+    return {
+      value: source,
+      stop: async () => {
+        unsubscribe();
+        abort.abort();
+        await supervisor.stop();
+      },
+      status: () => ({ l7Proxy: { enabled: true, port: L7_PROXY_PORT, ...supervisor.status(), lostRecords: lost } }),
+      health: () => {
+        const s = supervisor.status();
+        return s.ready ? { degraded: false } : { degraded: true, reason: `the L7 proxy is not listening (restarts: ${s.restarts}${s.lastExit ? `, last exit: ${s.lastExit}` : ''})` };
+      },
+    };
+  },
+});

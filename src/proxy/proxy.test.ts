@@ -1,0 +1,64 @@
+/**
+ * The proxy process on its own (no agent, no datapath): a connection to its listener is judged
+ * as if the datapath had redirected it, with 127.0.0.1 standing for both the client and the
+ * original destination. Root (IP_TRANSPARENT, SO_MARK); loopback only.
+ * @module
+ */
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { test } from 'node:test';
+import pino from 'pino';
+import type { L7HttpRecord } from '../observer/index.ts';
+import { PolicyDirection, type PolicyMapEntry } from '../policy/index.ts';
+import { ProxySupervisor } from './index.ts';
+
+const PORT = 20000 + Math.floor(Math.random() * 20000);
+const IDENTITY = 4242;
+
+function entry(http: { method?: string; path?: string }[]): PolicyMapEntry {
+  return { key: { identity: IDENTITY, direction: PolicyDirection.INGRESS, protocol: 6, port: PORT, prefixLen: 64 }, deny: false, cookie: 1, ruleKeys: ['r'], l7: [{ ruleKey: 'r', http }] };
+}
+
+function get(path: string, agent?: http.Agent): Promise<{ status?: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port: PORT, path, agent, timeout: 5000 }, (res) => {
+      let body = '';
+      res.on('data', (d: Buffer) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+  });
+}
+
+test('the proxy process: denies with 403 Access denied, matches in linear time on hostile paths, and comes back with its policy after a crash', async (t) => {
+  const records: L7HttpRecord[] = [];
+  const proxy = new ProxySupervisor({ port: PORT, log: pino({ level: 'silent' }), onRecords: (r) => records.push(...r) });
+  t.after(() => proxy.stop());
+  proxy.setState({ revision: 1, identities: [['127.0.0.1', IDENTITY]], policies: [{ address: '127.0.0.1', entries: [entry([{ path: '/(a+)+b' }])] }] });
+  await proxy.start();
+
+  assert.deepEqual(await get('/x'), { status: 403, body: 'Access denied\r\n' });
+  // (a+)+b backtracks exponentially on a's without a b: seconds at 28 characters, years at 60.
+  const started = Date.now();
+  assert.deepEqual(await get(`/${'a'.repeat(60)}`), { status: 403, body: 'Access denied\r\n' });
+  assert.ok(Date.now() - started < 2000, `a hostile path took ${Date.now() - started} ms`);
+  // Each request of a kept-alive connection is judged.
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  t.after(() => agent.destroy());
+  assert.equal((await get('/y', agent)).status, 403);
+  assert.equal((await get('/z', agent)).status, 403);
+  for (let i = 0; i < 40 && records.length < 4; i++) await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual(records.map((r) => [r.kind, r.verdict, r.method, r.url, r.source.identity]).slice(0, 2), [
+    ['REQUEST', 'DROPPED', 'GET', `http://127.0.0.1:${PORT}/x`, IDENTITY],
+    ['REQUEST', 'DROPPED', 'GET', `http://127.0.0.1:${PORT}/${'a'.repeat(60)}`, IDENTITY],
+  ]);
+
+  const pid = proxy.pid!;
+  process.kill(pid, 'SIGKILL');
+  await new Promise((r) => setTimeout(r, 50));
+  await proxy.whenReady(10_000);
+  assert.notEqual(proxy.pid, pid);
+  assert.equal(proxy.status().restarts, 1);
+  assert.deepEqual(await get('/x'), { status: 403, body: 'Access denied\r\n' }, 'the new process has the policy');
+});
