@@ -20,7 +20,7 @@ import type { IdentityAllocator, Labels } from '../identity/index.ts';
 import {
   PolicyEngine,
   diffEntries,
-  parsePolicyYaml,
+  parsePolicyFile,
   policyKeyString,
   expandServicePeers,
   hasServicePeers,
@@ -30,10 +30,12 @@ import {
   ruleKey,
   tracePolicy,
   type EntriesDiff,
+  type PolicyIssue,
   type PolicyKey,
   type PolicyRule,
   type PolicyUpdate,
   type ServiceResolver,
+  type SkippedDocument,
   type TraceQuery,
   type TraceResult,
 } from '../policy/index.ts';
@@ -78,6 +80,10 @@ export interface ImportResult {
   rules: string[];
   /** The store revision of the write: `policy wait` takes it on any node. This node enforces it. */
   revision: number;
+  /** Accepted with a change (e.g. a clusterwide policy's namespace dropped). */
+  warnings: PolicyIssue[];
+  /** Documents of other kinds (Deployments, Services, …) the file also held, left out. */
+  skipped: SkippedDocument[];
 }
 
 /** How often a wait compares store listings with what this node applied (see #catchUp). */
@@ -432,10 +438,10 @@ export class PolicyManager {
    */
   async import(yaml: string, file: string): Promise<ImportResult> {
     return this.#counted(async () => {
-      const rules = parsePolicyYaml(yaml, { file });
+      const { rules, warnings, skipped } = parsePolicyFile(yaml, { file });
       const { revision } = await this.#store.transaction(rules.map((rule) => ({ type: 'put' as const, key: `${POLICY_PREFIX}${ruleKey(rule)}`, value: rule })));
       await this.#storeApplied(revision);
-      return { rules: rules.map(ruleKey), revision };
+      return { rules: rules.map(ruleKey), revision, warnings, skipped };
     });
   }
 

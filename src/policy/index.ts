@@ -12,7 +12,17 @@
 export * from './types.ts';
 export { PolicyError, PolicyValidationError, formatIssue, type PolicyErrorCode, type PolicyIssue } from './errors.ts';
 export { selectorMatches, canonicalSelectorKey, splitLabelKey, selectorHasKey } from './selector.ts';
-export { parsePolicyYaml, parsePolicyObjects, loadPolicyFile, loadPolicyFileSync, type ParseOptions } from './load.ts';
+export {
+  parsePolicyYaml,
+  parsePolicyFile,
+  parsePolicyObjects,
+  loadPolicyFile,
+  loadPolicyFileSync,
+  formatSkipped,
+  type ParseOptions,
+  type ParsedPolicyFile,
+  type SkippedDocument,
+} from './load.ts';
 export { parseCidr, formatCidr, cidrContains, ipInCidr, type Cidr } from './cidr.ts';
 export { k8sLabelKeyProblem, LABEL_VALUE } from './context.ts';
 // Part 2: what the datapath enforces (bpf/lib/policy.h), computed incrementally.

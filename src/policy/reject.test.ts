@@ -27,24 +27,24 @@ function rejected(name: string): Array<Omit<PolicyIssue, 'file'>> {
   return error.issues.map(({ file: _file, ...rest }) => rest);
 }
 
-test('reject: L7 rules in toPorts', () => {
+test('reject: HTTP rules in toPorts, named as HTTP rules', () => {
   assert.deepEqual(rejected('l7-rules.yaml'), [
     {
       document: 1,
       policy: 'CiliumNetworkPolicy default/rule1',
-      path: 'spec.ingress[0].toPorts[0].rules',
-      reason: 'L7 rules (http, dns, kafka, l7proto) are not supported yet; remove rules to allow the port at L4',
+      path: 'spec.ingress[0].toPorts[0].rules.http',
+      reason: 'HTTP rules (rules.http) are not supported yet: they need the HTTP proxy; remove rules to allow the port at L4',
     },
   ]);
 });
 
-test('reject: toFQDNs', () => {
-  assert.deepEqual(rejected('to-fqdns.yaml'), [
+test('reject: Kafka rules, saying that Kafka is not supported', () => {
+  assert.deepEqual(rejected('kafka-rules.yaml'), [
     {
       document: 1,
-      policy: 'CiliumNetworkPolicy web/fqdn',
-      path: 'spec.egress[0].toFQDNs',
-      reason: 'not supported yet (DNS-based policy needs the DNS proxy); use toCIDR or toCIDRSet',
+      policy: 'CiliumNetworkPolicy default/secure-empire-kafka',
+      path: 'spec.ingress[0].toPorts[0].rules.kafka',
+      reason: 'Kafka rules (rules.kafka) are not supported: Ciliate has no Kafka proxy (Cilium itself deprecated them); remove rules to allow the port at L4',
     },
   ]);
 });
@@ -100,9 +100,8 @@ test('reject: wrong kind', () => {
   assert.deepEqual(rejected('wrong-kind.yaml'), [
     {
       document: 1,
-      policy: 'Deployment default/web',
-      path: 'kind',
-      reason: 'unsupported kind "Deployment" (expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy or List)',
+      path: '',
+      reason: 'holds no policy (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy); skipped: Deployment web (apps/v1), document 1',
     },
   ]);
 });
@@ -118,7 +117,6 @@ test('reject: every problem of every document is listed', () => {
   assert.deepEqual(
     issues.map((i) => `${i.document} ${i.path}: ${i.reason}`),
     [
-      '1 metadata.namespace: CiliumClusterwideNetworkPolicy is cluster-scoped; remove metadata.namespace',
       '1 spec.nodeSelector: not supported yet (host policies); select endpoints with endpointSelector',
       '2 spec.endpointSelector: a CiliumNetworkPolicy in namespace default only selects endpoints of default; it cannot select namespace "other"',
       '2 spec.egress[0].toServices[0].k8sService.serviceName: required: the name of the service',
@@ -176,6 +174,7 @@ test('reject: other out-of-scope fields are named, never ignored', () => {
     ['  endpointSelector: {}\n  egress:\n  - toPorts: [{ports: [{port: "443"}], listener: {name: l, envoyConfig: {name: c}}}]', 'spec.egress[0].toPorts[0].listener'],
     ['  endpointSelector: {}\n  egress:\n  - toCIDRSet: [{cidrGroupRef: my-group}]', 'spec.egress[0].toCIDRSet[0].cidrGroupRef'],
     ['  endpointSelector: {}\n  egressDeny:\n  - toFQDNs: [{matchName: a.com}]', 'spec.egressDeny[0].toFQDNs'],
+    ['  endpointSelector: {}\n  egress:\n  - toPorts: [{ports: [{port: "8080"}], rules: {l7proto: envoy.filters.network.x, l7: [{a: b}]}}]', 'spec.egress[0].toPorts[0].rules.l7proto'],
     ['  endpointSelector: {}\n  log: {value: x}', 'spec.log'],
   ];
   for (const [spec, path] of cases) {
@@ -223,7 +222,7 @@ test('reject: metadata and document shape', () => {
     ['metadata.name: duplicate policy: document 1 defines it too'],
   );
   assert.deepEqual(problems('apiVersion: v1\nkind: List\nitems:\n- apiVersion: apps/v1\n  kind: Deployment\n  metadata: {name: a}'), [
-    'items[0].kind: unsupported kind "Deployment" (expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy or List)',
+    ': holds no policy (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy); skipped: Deployment a (apps/v1), document 1 items[0]',
   ]);
 });
 

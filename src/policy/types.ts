@@ -65,6 +65,21 @@ export interface Selector {
 export const PROTOCOLS = ['TCP', 'UDP', 'SCTP', 'ICMP', 'ICMPV6', 'ANY'] as const;
 export type Protocol = (typeof PROTOCOLS)[number];
 
+/**
+ * A DNS name selector (`toFQDNs`, `rules.dns`): exactly one of the two, lower case, without the
+ * trailing dot. Matched as Cilium does (see src/policy/dns.ts).
+ */
+export interface FqdnSelector {
+  matchName?: string;
+  matchPattern?: string;
+}
+
+/** The L7 rules of a `toPorts` entry, given to each of its ports. */
+export interface L7Rules {
+  /** `rules.dns`: the names a DNS proxy lets the endpoint ask about (egress only). */
+  dns?: FqdnSelector[];
+}
+
 export interface PortRule {
   /**
    * TCP/UDP/SCTP/ANY: 1–65535, or 0 = every port of `protocol` (e.g. a Kubernetes port entry
@@ -74,6 +89,8 @@ export interface PortRule {
   /** Inclusive end of a range starting at `port`; only with a non-zero port. */
   endPort?: number;
   protocol: Protocol;
+  /** L7 rules of the `toPorts` entry the port came from; absent: L3/L4 only. */
+  rules?: L7Rules;
 }
 
 export interface CidrRule {
@@ -105,6 +122,11 @@ export interface PeerRule {
   entities?: Entity[];
   /** `fromCIDR`/`toCIDR` (with empty `except`) and `fromCIDRSet`/`toCIDRSet`, in that order. */
   cidrs?: CidrRule[];
+  /**
+   * `toFQDNs`, as written (egress only); `cidrs` carries the addresses the FQDN cache learned for
+   * them, once expanded.
+   */
+  fqdns?: FqdnSelector[];
   /** Absent or empty = all ports. */
   ports?: PortRule[];
 }
