@@ -66,4 +66,14 @@ export {
   type TraceResult,
   type DirectionTrace,
 } from './engine.ts';
+export {
+  dnsVerdict,
+  dnsVerdictAllows,
+  expandFqdnPeers,
+  fqdnSelectorMatches,
+  hasFqdnPeers,
+  normalizeDnsName,
+  ruleFqdnSelectors,
+  type DnsVerdict,
+} from './dns.ts';
 export { expandServicePeers, hasServicePeers, type ServiceBackendPeers, type ServiceResolver } from './services.ts';
