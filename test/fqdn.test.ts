@@ -9,14 +9,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { decode, encode } from 'dns-packet';
-import { ROOT, TestNode, addNetns, cli, echoServer, inNs, probeTcp, sleep, spawnInNs, uniqueName } from './support/cluster.ts';
+import { TestNode, addWorld, dnsServer, echoServer, probeTcp, sleep, uniqueName } from './support/cluster.ts';
 import type { DnsRecords } from './support/dns-server.ts';
-
-const run = promisify(execFile);
 
 const POLICY = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -55,21 +50,8 @@ interface QueryAnswer {
 
 test('toFQDNs through the DNS proxy: an allowed name opens its address at once, an unlisted one is refused, TTL expiry closes it, a restart keeps the names', async (t) => {
   const node = await TestNode.start(t);
-  const world = await addNetns(t, 'ctw');
-  const up = uniqueName('up').slice(0, 12);
-  await run('ip', ['link', 'add', up, 'netns', `/run/netns/${node.netns}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', `/run/netns/${world}`]);
-  await inNs(node.netns, 'ip', ['addr', 'add', '198.51.100.1/24', 'dev', up]);
-  await inNs(node.netns, 'ip', ['link', 'set', up, 'up']);
-  for (const address of ['198.51.100.2/24', '198.51.100.10/24', '198.51.100.11/24', '198.51.100.12/24']) await inNs(world, 'ip', ['addr', 'add', address, 'dev', 'eth0']);
-  await inNs(world, 'ip', ['link', 'set', 'eth0', 'up']);
-  const dns = spawnInNs(world, process.execPath, [join(ROOT, 'test', 'support', 'dns-server.ts'), '198.51.100.2', '53', JSON.stringify(RECORDS)]);
-  t.after(() => {
-    dns.kill('SIGKILL');
-  });
-  await new Promise<void>((resolve, reject) => {
-    dns.stdout?.once('data', () => resolve());
-    dns.once('exit', (code) => reject(new Error(`DNS server exited with ${code}`)));
-  });
+  const world = await addWorld(t, node, ['198.51.100.2/24', '198.51.100.10/24', '198.51.100.11/24', '198.51.100.12/24']);
+  await dnsServer(t, world, '198.51.100.2', RECORDS);
   await echoServer(t, world, 8080);
 
   const pod = await node.addPod(t, uniqueName('client'), { app: 'client' });
