@@ -8,11 +8,12 @@
  *
  * Wire format by `dns-packet` (Node has a resolver but no DNS message codec). Hostile input is the
  * rule: a query must be one question; an upstream answer counts only if it comes from the resolver
- * on the proxy's own socket for this query (a fresh, connected socket on a random port), carries
- * the query's id and question, and only the addresses of the question's name and its CNAME chain
- * are learned. In-flight forwards are bounded; past the bound a query gets SERVFAIL at once.
+ * (a connected socket per resolver), carries the random id the proxy gave the query and the
+ * query's question, and only the addresses of the question's name and its CNAME chain are
+ * learned. In-flight forwards are bounded; past the bound a query gets SERVFAIL at once.
  * @module
  */
+import { randomInt } from 'node:crypto';
 import { createSocket, type Socket } from 'node:dgram';
 import { decode, encode, RECURSION_AVAILABLE, RECURSION_DESIRED, type Answer, type DecodedPacket, type Packet } from 'dns-packet';
 import { Addr } from '../net/index.ts';
@@ -114,13 +115,110 @@ export function answerAddresses(name: string, answers: readonly Answer[]): Answe
   return out;
 }
 
+/** Resolvers with a socket open at once; past it idle ones are closed. */
+const MAX_UPSTREAMS = 256;
+
+interface Pending {
+  /** The endpoint's own id, put back into the answer. */
+  id: number;
+  name: string;
+  type: string;
+  done(answer: { bytes: Buffer; packet: DecodedPacket } | undefined): void;
+}
+
+/**
+ * One resolver's socket, shared by every query to it (as Cilium's shared DNS client): a socket per
+ * query costs a socket, a bind and a close each, which 10k queries/s cannot afford. Each query
+ * goes out under a fresh random id of this socket's (the endpoint's id is put back into the
+ * answer), so concurrent queries never collide; the socket is connected, so the kernel drops
+ * datagrams from any other address; an answer counts only with a pending id and its question.
+ */
+class Upstream {
+  readonly #socket: Socket;
+  readonly #pending = new Map<number, Pending>();
+  #closed = false;
+  #connected = false;
+  #queued: Array<() => void> = [];
+
+  constructor(resolver: Resolver) {
+    this.#socket = createSocket(Addr.tryParse(resolver.address)?.family === 6 ? 'udp6' : 'udp4');
+    this.#socket.on('error', () => this.close());
+    this.#socket.on('message', (bytes) => this.#onMessage(bytes));
+    this.#socket.connect(resolver.port, resolver.address, () => this.#markConnected());
+    // A query's own timer keeps the process alive while it waits; an idle socket should not.
+    this.#socket.unref();
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  get idle(): boolean {
+    return this.#pending.size === 0;
+  }
+
+  exchange(payload: Uint8Array, message: DecodedPacket, timeoutMs: number): Promise<{ bytes: Buffer; packet: DecodedPacket } | undefined> {
+    // At most half the id space in flight, so a free id is found in a few draws.
+    if (this.#closed || this.#pending.size >= 0x8000) return Promise.resolve(undefined);
+    let id: number;
+    do id = randomInt(0x10000);
+    while (this.#pending.has(id));
+    const question = message.questions![0];
+    const out = Buffer.from(payload);
+    out.writeUInt16BE(id, 0);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => finish(undefined), timeoutMs);
+      const finish = (answer: { bytes: Buffer; packet: DecodedPacket } | undefined) => {
+        clearTimeout(timer);
+        if (this.#pending.get(id) === entry) this.#pending.delete(id);
+        resolve(answer);
+      };
+      const entry: Pending = { id: message.id ?? 0, name: normalizeDnsName(question.name), type: question.type, done: finish };
+      this.#pending.set(id, entry);
+      const send = () => this.#socket.send(out, (error) => error && finish(undefined));
+      // Until connect() completes, sends wait for it.
+      if (this.#connected) send();
+      else this.#queued.push(send);
+    });
+  }
+
+  #onMessage(bytes: Buffer): void {
+    if (!this.#connected) return;
+    const packet = tryDecode(bytes);
+    if (packet === undefined || packet.type !== 'response' || packet.id === undefined) return;
+    const entry = this.#pending.get(packet.id);
+    const q = packet.questions?.[0];
+    // Anything else is a spoof or a stray: ignored, the query's wait goes on.
+    if (entry === undefined || packet.questions?.length !== 1 || q === undefined || normalizeDnsName(q.name) !== entry.name || q.type !== entry.type) return;
+    this.#pending.delete(packet.id);
+    bytes.writeUInt16BE(entry.id, 0);
+    packet.id = entry.id;
+    entry.done({ bytes, packet });
+  }
+
+  /** After connect(): sends queued meanwhile go out. */
+  #markConnected(): void {
+    this.#connected = true;
+    for (const send of this.#queued.splice(0)) send();
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const entry of [...this.#pending.values()]) entry.done(undefined);
+    this.#pending.clear();
+    this.#queued = [];
+    this.#socket.close();
+  }
+}
+
 export class DnsProxy {
   readonly #options: DnsProxyOptions;
   readonly #rejectCode: number;
   readonly #timeoutMs: number;
   readonly #maxInFlight: number;
   #inFlight = 0;
-  readonly #sockets = new Set<Socket>();
+  readonly #upstreams = new Map<string, Upstream>();
   readonly #stats = { forwarded: 0, denied: 0, errors: 0 };
 
   constructor(options: DnsProxyOptions) {
@@ -175,41 +273,30 @@ export class DnsProxy {
 
   /** Sends the query to the resolver and waits for its matching answer (or the timeout). */
   #forward(query: DnsQuery, message: DecodedPacket): Promise<{ bytes: Buffer; packet: DecodedPacket } | undefined> {
-    const family = Addr.tryParse(query.resolver.address)?.family === 6 ? 'udp6' : 'udp4';
-    const socket = createSocket(family);
-    this.#sockets.add(socket);
-    const question = message.questions![0];
-    return new Promise((resolve) => {
-      let settled = false;
-      const done = (value: { bytes: Buffer; packet: DecodedPacket } | undefined) => {
-        if (settled) return;
-        settled = true;
-        clearTimeout(timer);
-        this.#sockets.delete(socket);
-        socket.close();
-        resolve(value);
-      };
-      const timer = setTimeout(() => done(undefined), this.#timeoutMs);
-      socket.on('error', () => done(undefined));
-      socket.on('message', (bytes) => {
-        const packet = tryDecode(bytes);
-        // Anything else on this socket is a spoof or a stray: ignored, the wait goes on.
-        if (packet === undefined || packet.type !== 'response' || packet.id !== message.id) return;
-        const q = packet.questions?.[0];
-        if (packet.questions?.length !== 1 || q === undefined || normalizeDnsName(q.name) !== normalizeDnsName(question.name) || q.type !== question.type) return;
-        done({ bytes, packet });
-      });
-      // connect(): the kernel drops datagrams from any other address and port.
-      socket.connect(query.resolver.port, query.resolver.address, () => {
-        socket.send(query.payload, (error) => {
-          if (error) done(undefined);
-        });
-      });
-    });
+    const key = `${query.resolver.address}|${query.resolver.port}`;
+    let upstream = this.#upstreams.get(key);
+    if (upstream === undefined || upstream.closed) {
+      this.#pruneUpstreams();
+      upstream = new Upstream(query.resolver);
+      this.#upstreams.set(key, upstream);
+    }
+    return upstream.exchange(query.payload, message, this.#timeoutMs);
+  }
+
+  /** Past MAX_UPSTREAMS resolvers, the idle ones' sockets are closed (endpoints choose resolvers). */
+  #pruneUpstreams(): void {
+    if (this.#upstreams.size < MAX_UPSTREAMS) return;
+    for (const [key, upstream] of this.#upstreams) {
+      if (upstream.idle) {
+        upstream.close();
+        this.#upstreams.delete(key);
+      }
+    }
   }
 
   /** Closes the sockets of forwards in flight (their queries get SERVFAIL). */
   close(): void {
-    for (const socket of this.#sockets) socket.emit('error', new Error('DNS proxy closed'));
+    for (const upstream of this.#upstreams.values()) upstream.close();
+    this.#upstreams.clear();
   }
 }

@@ -2,7 +2,7 @@
  * A tiny authoritative DNS server for tests, on dns-packet (the library the DNS proxy uses):
  * answers A queries from a fixed table with the table's TTL, NXDOMAIN otherwise, and counts the
  * queries it saw. Run in-process (`serveDns`) or in a namespace of a test:
- * `node test/support/dns-server.ts <address> <port> '<json records>'` prints `ready` once bound.
+ * `node test/support/dns-server.ts <address> <port> '<json records>'` prints `ready <port>` once bound.
  * @module
  */
 import { createSocket, type Socket } from 'node:dgram';
@@ -64,6 +64,6 @@ export function serveDns(address: string, port: number, records: DnsRecords): Pr
 
 if (import.meta.main) {
   const [address, port, records] = process.argv.slice(2);
-  await serveDns(address, Number(port), JSON.parse(records) as DnsRecords);
-  process.stdout.write('ready\n');
+  const server = await serveDns(address, Number(port), JSON.parse(records) as DnsRecords);
+  process.stdout.write(`ready ${server.port}\n`);
 }
