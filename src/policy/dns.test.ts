@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { fqdnSelectorMatches, parsePolicyFile, PolicyValidationError } from './index.ts';
+import { dnsVerdict, dnsVerdictAllows, fqdnSelectorMatches, parsePolicyFile, PolicyEngine, PolicyValidationError, reservedIdentityInfos } from './index.ts';
 
 test('matchPattern: * stays within one label, a leading **. spans labels, stars alone match every name', () => {
   const cases: Array<[string, string, boolean]> = [
@@ -90,4 +90,51 @@ test('bad DNS rules and toFQDNs are refused with the field and the reason', () =
   assert.deepEqual(problems(egress('  - toPorts: [{ports: [{port: "53"}], rules: {}}]')), [
     'spec.egress[0].toPorts[0].rules: has no L7 rules (expected one of dns, http, kafka, l7proto), got a mapping without them; remove rules to allow the port at L4',
   ]);
+});
+
+test("the DNS proxy's question: the rules of the entry the datapath picks decide, per resolver and port, as Cilium merges L7 rules", () => {
+  const NS = 'k8s:io.kubernetes.pod.namespace';
+  const client = { 'k8s:app': 'client', [NS]: 'app' };
+  const other = { 'k8s:app': 'other', [NS]: 'app' };
+  const kubeDns = { 'k8s:k8s-app': 'kube-dns', [NS]: 'kube-system' };
+  const corpDns = { 'k8s:k8s-app': 'corp-dns', [NS]: 'kube-system' };
+  const ID = { client: 300, other: 301, kubeDns: 302, corpDns: 303 };
+  const engine = new PolicyEngine({
+    identities: [...reservedIdentityInfos(), { id: ID.client, labels: client }, { id: ID.other, labels: other }, { id: ID.kubeDns, labels: kubeDns }, { id: ID.corpDns, labels: corpDns }],
+  });
+  engine.upsertEndpoint(1, client);
+  engine.upsertEndpoint(2, other);
+  const policy = () =>
+    parsePolicyFile(
+      egress(`  - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, k8s-app: kube-dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}]
+      rules:
+        dns: [{matchName: api.github.com}, {matchPattern: "*.cilium.io"}]
+  - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, k8s-app: corp-dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}]`),
+      { file: 'p.yaml' },
+    ).rules;
+  engine.upsertRules(policy());
+  const asks = (endpoint: number, resolver: number, port: number, name: string) => dnsVerdictAllows(dnsVerdict(engine, endpoint, resolver, port, 'UDP'), name);
+
+  assert.equal(asks(1, ID.kubeDns, 53, 'api.github.com'), true);
+  assert.equal(asks(1, ID.kubeDns, 53, 'docs.cilium.io'), true);
+  assert.equal(asks(1, ID.kubeDns, 53, 'evil.example.com'), false, 'a name no DNS rule lists');
+  assert.equal(asks(1, ID.kubeDns, 5353, 'api.github.com'), false, 'a port the policy does not allow at all');
+  assert.deepEqual(dnsVerdict(engine, 1, ID.kubeDns, 5353, 'UDP').allowed, false);
+  assert.equal(asks(1, ID.corpDns, 53, 'evil.example.com'), true, 'a peer whose port has no DNS rules: every name');
+  assert.equal(asks(1, 2, 53, 'api.github.com'), false, 'a resolver the policy does not allow (world)');
+  assert.equal(asks(2, ID.kubeDns, 53, 'evil.example.com'), true, 'an endpoint no egress policy selects: every name');
+  assert.equal(asks(9, ID.kubeDns, 53, 'api.github.com'), false, 'an unknown endpoint');
+
+  // Another rule allowing the same resolver and port at L4 only: Cilium's merge opens every name.
+  engine.upsertRules([
+    ...parsePolicyFile(
+      egress('  - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, k8s-app: kube-dns}}]\n    toPorts: [{ports: [{port: "53", protocol: UDP}]}]').replace('name: t,', 'name: l4-only,'),
+      { file: 'q.yaml' },
+    ).rules,
+  ]);
+  assert.equal(asks(1, ID.kubeDns, 53, 'evil.example.com'), true);
 });
