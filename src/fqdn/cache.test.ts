@@ -43,6 +43,18 @@ test('at most maxIpsPerName addresses per name per endpoint: those expiring firs
   assert.deepEqual(cache.addresses({ matchName: 'cdn.example.com' }), ['198.51.100.1', '198.51.100.3', '198.51.100.4', '198.51.100.5'], 'endpoint 2 still has .1');
 });
 
+test('at most maxNamesPerEndpoint names per endpoint: a pod asking for random names cannot grow the cache without end', () => {
+  const c = clock();
+  const cache = new FqdnCache({ now: c.now, maxNamesPerEndpoint: 100 });
+  cache.learn(1, [{ name: 'api.example.com', ip: '192.0.2.1', ttl: 3600 }]);
+  for (let i = 0; i < 1000; i++) cache.learn(1, [{ name: `r${i}.random.example`, ip: '203.0.113.1', ttl: 60 }]);
+  const names = new Set(cache.list().map((e) => e.name));
+  assert.equal(names.size, 100);
+  assert.ok(names.has('api.example.com'), 'the long-lived name stays; the ones expiring first went');
+  cache.learn(2, [{ name: 'api.example.com', ip: '192.0.2.2', ttl: 60 }]);
+  assert.deepEqual(cache.addresses({ matchName: 'api.example.com' }), ['192.0.2.1', '192.0.2.2'], 'another endpoint has its own budget');
+});
+
 test('the cache survives a restart through its file, without what expired meanwhile; a torn file is refused', (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'ciliate-fqdn-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));

@@ -19,6 +19,11 @@ import { fqdnSelectorMatches, normalizeDnsName, type FqdnSelector } from '../pol
 export const DEFAULT_MAX_IPS_PER_NAME = 50;
 /** Cilium's tofqdns-min-ttl default (seconds). */
 export const DEFAULT_MIN_TTL = 0;
+/**
+ * Names one endpoint may hold: a pod allowed to ask about any name could otherwise grow the cache
+ * without end by asking for random ones; past it the names that expire first go.
+ */
+export const DEFAULT_MAX_NAMES_PER_ENDPOINT = 10_000;
 /** Cilium caps TTLs so one bad answer cannot pin an address for ever (a day). */
 const MAX_TTL = 86_400;
 const FILE_VERSION = 1;
@@ -28,6 +33,8 @@ export interface FqdnCacheOptions {
   minTtl?: number;
   /** Addresses per name per endpoint. */
   maxIpsPerName?: number;
+  /** Names per endpoint. */
+  maxNamesPerEndpoint?: number;
   /** Where the cache persists; none: memory only. */
   file?: string;
   /** Milliseconds since the epoch; tests move it. */
@@ -60,12 +67,14 @@ export class FqdnCache {
   readonly #entries = new Map<number, Map<string, Map<string, number>>>();
   readonly #minTtl: number;
   readonly #maxIps: number;
+  readonly #maxNames: number;
   readonly #file: string | undefined;
   readonly #now: () => number;
 
   constructor(options: FqdnCacheOptions = {}) {
     this.#minTtl = options.minTtl ?? DEFAULT_MIN_TTL;
     this.#maxIps = options.maxIpsPerName ?? DEFAULT_MAX_IPS_PER_NAME;
+    this.#maxNames = options.maxNamesPerEndpoint ?? DEFAULT_MAX_NAMES_PER_ENDPOINT;
     this.#file = options.file;
     this.#now = options.now ?? Date.now;
   }
@@ -86,7 +95,10 @@ export class FqdnCache {
       let names = this.#entries.get(endpoint);
       if (names === undefined) this.#entries.set(endpoint, (names = new Map()));
       let ips = names.get(name);
-      if (ips === undefined) names.set(name, (ips = new Map()));
+      if (ips === undefined) {
+        if (names.size >= this.#maxNames) this.#evictName(names);
+        names.set(name, (ips = new Map()));
+      }
       const key = ip.toString();
       const known = ips.get(key);
       if (known === undefined || known <= now) changed = true;
@@ -99,6 +111,20 @@ export class FqdnCache {
       }
     }
     return changed;
+  }
+
+  /** Drops the name whose last address expires first (a full endpoint learning a new name). */
+  #evictName(names: Map<string, Map<string, number>>): void {
+    let victim: string | undefined;
+    let soonest = Infinity;
+    for (const [name, ips] of names) {
+      const last = Math.max(...ips.values());
+      if (last < soonest) {
+        soonest = last;
+        victim = name;
+      }
+    }
+    if (victim !== undefined) names.delete(victim);
   }
 
   /** Drops what expired; true when anything did. */
