@@ -10,7 +10,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decode, encode } from 'dns-packet';
-import { TestNode, addWorld, dnsServer, echoServer, probeTcp, sleep, uniqueName } from './support/cluster.ts';
+import { TestNode, addWorld, cli, dnsServer, echoServer, probeTcp, sleep, uniqueName } from './support/cluster.ts';
 import type { DnsRecords } from './support/dns-server.ts';
 
 const POLICY = `apiVersion: cilium.io/v2
@@ -92,6 +92,9 @@ test('toFQDNs through the DNS proxy: an allowed name opens its address at once, 
     [pod.endpoint.id, 'kept-1.example.com', '198.51.100.12'],
     [pod.endpoint.id, 'short.example.com', '198.51.100.10'],
   ]);
+  const listed = await cli(node, 'fqdn', 'cache', 'list', '--name', 'KEPT-1.example.com.');
+  assert.equal(listed.code, 0, listed.stderr);
+  assert.match(listed.stdout, new RegExp(String.raw`^ENDPOINT +NAME +IP +TTL +EXPIRES\n${pod.endpoint.id} +kept-1\.example\.com +198\.51\.100\.12 +\d+s +\d{4}-`));
 
   // A restart (kill -9) keeps the learned names: the address is allowed again without a query.
   await node.stopAgent('SIGKILL');
