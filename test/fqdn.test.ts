@@ -10,7 +10,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decode, encode } from 'dns-packet';
-import { TestNode, addWorld, cli, dnsServer, echoServer, probeTcp, sleep, uniqueName } from './support/cluster.ts';
+import { TestNode, addWorld, cli, dnsServer, echoServer, probeTcp, sleep, streamConnection, uniqueName } from './support/cluster.ts';
 import type { DnsRecords } from './support/dns-server.ts';
 
 const POLICY = `apiVersion: cilium.io/v2
@@ -96,9 +96,14 @@ test('toFQDNs through the DNS proxy: an allowed name opens its address at once, 
   assert.equal(listed.code, 0, listed.stderr);
   assert.match(listed.stdout, new RegExp(String.raw`^ENDPOINT +NAME +IP +TTL +EXPIRES\n${pod.endpoint.id} +kept-1\.example\.com +198\.51\.100\.12 +\d+s +\d{4}-`));
 
-  // A restart (kill -9) keeps the learned names: the address is allowed again without a query.
+  // A restart (kill -9) keeps the learned names, and the connections they allowed.
+  const stream = streamConnection(t, pod.netns, '198.51.100.12', 8080);
+  while (stream.received() === 0 && stream.alive()) await sleep(50);
   await node.stopAgent('SIGKILL');
   await node.startAgent();
+  const before = stream.received();
+  await sleep(1000);
+  assert.ok(stream.alive() && stream.received() > before, `the established connection lives on across the restart (${before} → ${stream.received()} bytes)`);
   const afterRestart = await node.client.get<{ name: string }[]>('/v1/fqdn/cache');
   assert.ok(afterRestart.some((e) => e.name === 'kept-1.example.com'), JSON.stringify(afterRestart));
   assert.deepEqual(await probeTcp(pod.netns, [kept]), { [kept]: true }, 'still allowed after the restart');
