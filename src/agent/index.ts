@@ -17,5 +17,6 @@ export { MAX_REQUEST_BYTES } from './api-server.ts';
 export { runAgent, createLogger } from './run.ts';
 export type { Endpoint, EndpointWorkload } from './endpoint.ts';
 export type { NodeDeregistration } from './node-deregister.ts';
+export type { ImportResult } from './policy-manager.ts';
 export type { AddEndpointRequest } from './endpoint-manager.ts';
 export type { ReconcilerModuleHealth, ReconcilerStatus } from './reconciler-status.ts';

@@ -20,7 +20,10 @@ import type { IdentityAllocator, Labels } from '../identity/index.ts';
 import {
   PolicyEngine,
   diffEntries,
-  parsePolicyYaml,
+  dnsVerdict,
+  expandFqdnPeers,
+  hasFqdnPeers,
+  parsePolicyFile,
   policyKeyString,
   expandServicePeers,
   hasServicePeers,
@@ -29,11 +32,15 @@ import {
   ruleCidrPrefixes,
   ruleKey,
   tracePolicy,
+  type DnsVerdict,
   type EntriesDiff,
+  type FqdnSelector,
+  type PolicyIssue,
   type PolicyKey,
   type PolicyRule,
   type PolicyUpdate,
   type ServiceResolver,
+  type SkippedDocument,
   type TraceQuery,
   type TraceResult,
 } from '../policy/index.ts';
@@ -78,6 +85,10 @@ export interface ImportResult {
   rules: string[];
   /** The store revision of the write: `policy wait` takes it on any node. This node enforces it. */
   revision: number;
+  /** Accepted with a change (e.g. a clusterwide policy's namespace dropped). */
+  warnings: PolicyIssue[];
+  /** Documents of other kinds (Deployments, Services, …) the file also held, left out. */
+  skipped: SkippedDocument[];
 }
 
 /** How often a wait compares store listings with what this node applied (see #catchUp). */
@@ -147,6 +158,10 @@ export class PolicyManager {
   readonly #serviceRules = new Map<string, PolicyRule>();
   /** Until the services module sets its resolver, a service peer has no backends. */
   #resolveServices: ServiceResolver = () => ({ endpoints: [], cidrs: [] });
+  /** Rules as written that select by name (toFQDNs), by rule key: the engine holds their expansion. */
+  readonly #fqdnRules = new Map<string, PolicyRule>();
+  /** Until the DNS proxy module sets it, a name has no addresses. */
+  #resolveFqdn: (selector: FqdnSelector) => readonly string[] = () => [];
   /**
    * The endpoints whose maps this node writes. A generation other than 0 asks the reconciler to
    * compare the map with the engine's entries and write the difference (the fast path failed).
@@ -319,16 +334,56 @@ export class PolicyManager {
     if (this.#serviceRules.size > 0) this.#applyRules([...this.#serviceRules.values()], []);
   }
 
+  /**
+   * Who knows the addresses of names (the FQDN cache of the DNS proxy module). Rules with
+   * `toFQDNs` are expanded anew at once and on each fqdnsChanged().
+   */
+  setFqdnResolver(resolve: (selector: FqdnSelector) => readonly string[]): Promise<void> {
+    this.#resolveFqdn = resolve;
+    return this.fqdnsChanged();
+  }
+
+  /**
+   * Names gained or lost addresses: rules with `toFQDNs` are recomputed. Resolves once the
+   * endpoints' maps and the ipcache hold the result, so an answer held until then reaches a pod
+   * whose policy already allows the address.
+   */
+  async fqdnsChanged(): Promise<void> {
+    if (this.#fqdnRules.size === 0) return;
+    this.#applyRules([...this.#fqdnRules.values()], []);
+    await this.#ipcache.synced();
+  }
+
+  /**
+   * What endpoint `endpointId`'s policy lets it ask the resolver at `address` on `port`: the
+   * question its DNS proxy asks. The resolver's identity is the ipcache's (a pod, a node, a CIDR
+   * identity), else the world's.
+   */
+  dnsVerdict(endpointId: number, address: string, port: number, protocol: 'UDP' | 'TCP'): DnsVerdict {
+    const own = this.#ipcache.table.get(address.includes(':') ? `${address}/128` : `${address}/32`);
+    const identity = own?.identity ?? this.engine.cache.identityForIp(address);
+    return dnsVerdict(this.engine, endpointId, identity, port, protocol);
+  }
+
+  /** `rule` with its services' backends and its names' addresses, as the engine gets it. */
+  #expand(rule: PolicyRule): PolicyRule {
+    const key = ruleKey(rule);
+    const services = hasServicePeers(rule);
+    const fqdns = hasFqdnPeers(rule);
+    if (services) this.#serviceRules.set(key, rule);
+    else this.#serviceRules.delete(key);
+    if (fqdns) this.#fqdnRules.set(key, rule);
+    else this.#fqdnRules.delete(key);
+    const expanded = services ? expandServicePeers(rule, this.#resolveServices) : rule;
+    return fqdns ? expandFqdnPeers(expanded, this.#resolveFqdn) : expanded;
+  }
+
   #applyRules(written: PolicyRule[], deletes: string[]): void {
-    for (const key of deletes) this.#serviceRules.delete(key);
-    const upserts = written.map((rule) => {
-      if (!hasServicePeers(rule)) {
-        this.#serviceRules.delete(ruleKey(rule));
-        return rule;
-      }
-      this.#serviceRules.set(ruleKey(rule), rule);
-      return expandServicePeers(rule, this.#resolveServices);
-    });
+    for (const key of deletes) {
+      this.#serviceRules.delete(key);
+      this.#fqdnRules.delete(key);
+    }
+    const upserts = written.map((rule) => this.#expand(rule));
     if (deletes.length > 0) this.#apply(this.engine.deleteRules(deletes));
     if (upserts.length > 0) {
       // CIDR peers need identities before their rules resolve, so selectors can select them.
@@ -432,10 +487,10 @@ export class PolicyManager {
    */
   async import(yaml: string, file: string): Promise<ImportResult> {
     return this.#counted(async () => {
-      const rules = parsePolicyYaml(yaml, { file });
+      const { rules, warnings, skipped } = parsePolicyFile(yaml, { file });
       const { revision } = await this.#store.transaction(rules.map((rule) => ({ type: 'put' as const, key: `${POLICY_PREFIX}${ruleKey(rule)}`, value: rule })));
       await this.#storeApplied(revision);
-      return { rules: rules.map(ruleKey), revision };
+      return { rules: rules.map(ruleKey), revision, warnings, skipped };
     });
   }
 

@@ -11,6 +11,7 @@ import { registerDemoCommand } from './demo.ts';
 import { registerAgentCommands } from './agent.ts';
 import { registerCniCommands } from './cni.ts';
 import { registerCompletionCommand } from './completion.ts';
+import { registerFqdnCommands } from './fqdn.ts';
 import { registerLbCommands } from './lb.ts';
 import { registerObserveCommand } from './observe.ts';
 import { registerPolicyCommands } from './policy.ts';
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerAgentCommands(program);
   registerCniCommands(program);
   registerPolicyCommands(program);
+  registerFqdnCommands(program);
   registerServiceCommands(program);
   registerLbCommands(program);
   registerObserveCommand(program);

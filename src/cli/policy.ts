@@ -3,7 +3,8 @@
  * @module
  */
 import { type Command, Option } from 'commander';
-import { AgentClient } from '../agent/index.ts';
+import { AgentClient, type ImportResult } from '../agent/index.ts';
+import { formatIssue, formatSkipped } from '../policy/index.ts';
 import { formatTable, outputOption, readYamlRequest, type OutputFormat } from './output.ts';
 
 function socketOption(): Option {
@@ -41,10 +42,17 @@ export function registerPolicyCommands(program: Command): void {
       const results = [];
       for (const file of files) {
         const yaml = readYamlRequest(file);
-        results.push({ file, ...(await client.call<{ rules: string[]; revision: number }>('POST', '/v1/policies', { yaml, file })) });
+        results.push({ file, ...(await client.call<ImportResult>('POST', '/v1/policies', { yaml, file })) });
       }
       if (options.output === 'json') process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
-      else for (const r of results) process.stdout.write(`${r.file}: imported ${r.rules.join(', ')}\nrevision: ${r.revision}\n`);
+      else {
+        for (const r of results) {
+          for (const warning of r.warnings ?? []) process.stderr.write(`warning: ${formatIssue(warning)}\n`);
+          process.stdout.write(`${r.file}: imported ${r.rules.join(', ')}\n`);
+          for (const skipped of r.skipped ?? []) process.stdout.write(`${r.file}: skipped ${formatSkipped(skipped)}: not a policy\n`);
+          process.stdout.write(`revision: ${r.revision}\n`);
+        }
+      }
     });
 
   const list = (options: { socket: string; output: OutputFormat }, key?: string) =>

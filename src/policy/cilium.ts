@@ -6,9 +6,9 @@
  * reserved labels; a clusterwide policy's peers get `k8s:io.kubernetes.pod.namespace Exists`
  * (pods only) unless they name a namespace or reserved labels.
  *
- * `toServices` is read into `PeerRule.services` (expanded by the policy manager). Out-of-scope
- * upstream fields (L7 rules, toFQDNs, …) are rejected by name, never
- * ignored.
+ * `toServices` is read into `PeerRule.services` and `toFQDNs` into `PeerRule.fqdns` (both
+ * expanded by the policy manager), `toPorts[].rules.dns` into the ports' `rules`. Out-of-scope
+ * upstream fields (HTTP and Kafka rules, …) are rejected by name, never ignored.
  * @module
  */
 import { at, checkFields, Ctx, describe, join, readBool, readList, readObj, readString, type Obj } from './context.ts';
@@ -33,7 +33,8 @@ import {
   type ServicePeer,
 } from './types.ts';
 import { formatCidr } from './cidr.ts';
-import { readL7Rules } from './l7-http.ts';
+import { readFqdnSelectors } from './dns.ts';
+import { readL7Rules } from './l7.ts';
 
 const MAX_PORTS = 40;
 const MAX_ICMP_FIELDS = 40;
@@ -41,6 +42,9 @@ const MAX_ICMP_FIELDS = 40;
 const UNSUPPORTED_SPEC: Record<string, string> = {
   nodeSelector: 'not supported yet (host policies); select endpoints with endpointSelector',
   log: 'not supported yet (policy logging)',
+  // Common mistakes, from NetworkPolicy habits.
+  podSelector: 'unknown field "podSelector": a Cilium policy selects its endpoints with endpointSelector (podSelector is NetworkPolicy\'s)',
+  policyTypes: 'unknown field "policyTypes" (NetworkPolicy\'s): a Cilium policy enforces the directions it has rules for, or says so with enableDefaultDeny',
 };
 
 const REQUIRES = 'not supported (deprecated in Cilium); put the label requirement into the peer selector';
@@ -49,7 +53,6 @@ const NODES = 'not supported yet (node selectors); use the host or remote-node e
 const AUTH = 'not supported yet (mutual authentication)';
 
 const UNSUPPORTED_PORT_RULE: Record<string, string> = {
-  rules: 'L7 rules are enforced on ingress only for now (egress needs the proxy to carry the source identity to the destination)',
   serverNames: 'not supported yet (TLS SNI matching needs the L7 proxy)',
   terminatingTLS: 'not supported yet (TLS interception needs the L7 proxy)',
   originatingTLS: 'not supported yet (TLS origination needs the L7 proxy)',
@@ -199,17 +202,16 @@ function readPort(ctx: Ctx, path: string, value: unknown): PortRule | undefined 
 }
 
 /**
- * Reads `toPorts` into a flat port list (the union of the entries). The `rules` of an entry
- * (ingress allow rules only) go onto each of its ports: one TCP port each, which the node proxy
- * judges request by request.
+ * Reads `toPorts` into a flat port list (the union of the entries), each with its entry's L7
+ * rules: HTTP rules on one TCP port each, which the node proxy judges request by request.
  */
-function readToPorts(ctx: Ctx, path: string, value: unknown, deny: boolean, l7: boolean): PortRule[] | undefined {
+function readToPorts(ctx: Ctx, path: string, value: unknown, deny: boolean, direction: 'ingress' | 'egress'): PortRule[] | undefined {
   const list = readList(ctx, path, value);
   if (list === undefined) return value === undefined || value === null ? [] : undefined;
   const out: PortRule[] = [];
   let ok = true;
   const unsupported: Record<string, string> = deny
-    ? Object.fromEntries(Object.keys(UNSUPPORTED_PORT_RULE).map((k) => [k, 'deny rules accept only ports']))
+    ? Object.fromEntries(['rules', ...Object.keys(UNSUPPORTED_PORT_RULE)].map((k) => [k, 'deny rules accept only ports']))
     : UNSUPPORTED_PORT_RULE;
   list.forEach((item, i) => {
     const p = at(path, i);
@@ -220,8 +222,8 @@ function readToPorts(ctx: Ctx, path: string, value: unknown, deny: boolean, l7: 
       return;
     }
     const before = ctx.issues.length;
-    checkFields(ctx, p, obj, l7 ? ['ports', 'rules'] : ['ports'], unsupported);
-    const rules = l7 && obj.rules !== undefined && obj.rules !== null ? readL7Rules(ctx, join(p, 'rules'), obj.rules) : undefined;
+    checkFields(ctx, p, obj, deny ? ['ports'] : ['ports', 'rules'], unsupported);
+    const l7 = deny ? undefined : readL7Rules(ctx, join(p, 'rules'), obj.rules, direction);
     const portsPath = join(p, 'ports');
     const ports = readList(ctx, portsPath, obj.ports);
     if (ports === undefined || ports.length === 0) {
@@ -233,10 +235,10 @@ function readToPorts(ctx: Ctx, path: string, value: unknown, deny: boolean, l7: 
     ports.forEach((port, j) => {
       const parsed = readPort(ctx, at(portsPath, j), port);
       if (parsed === undefined) return;
-      if (rules !== undefined) {
-        const problem = l7PortProblem(parsed);
+      if (l7 !== undefined) {
+        const problem = l7.http ? l7PortProblem(parsed) : undefined;
         if (problem !== undefined) ctx.add(at(portsPath, j), problem);
-        parsed.l7 = rules;
+        parsed.l7 = l7;
       }
       out.push(parsed);
     });
@@ -360,14 +362,15 @@ function readPeerRule(ctx: Ctx, path: string, value: unknown, dir: Direction, sc
     [`${x}Nodes`]: NODES,
   };
   if (dir.deny) {
-    if (x === 'to') unsupported.toFQDNs = 'not allowed in deny rules (and DNS-based policy is not supported yet)';
+    if (x === 'to') unsupported.toFQDNs = 'not allowed in deny rules (Cilium cannot know every address of a name)';
     unsupported.authentication = 'not allowed in deny rules';
   } else {
-    if (x === 'to') unsupported.toFQDNs = 'not supported yet (DNS-based policy needs the DNS proxy); use toCIDR or toCIDRSet';
     unsupported.authentication = AUTH;
   }
+  unsupported.auth = 'unknown field "auth": Cilium\'s field is authentication (mutual authentication, not supported yet)';
   const before = ctx.issues.length;
-  checkFields(ctx, path, obj, [endpointsField, cidrField, cidrSetField, entitiesField, ...(x === 'to' ? ['toServices'] : []), 'toPorts', 'icmps'], unsupported);
+  const fqdnField = x === 'to' && !dir.deny ? ['toFQDNs'] : [];
+  checkFields(ctx, path, obj, [endpointsField, cidrField, cidrSetField, entitiesField, ...(x === 'to' ? ['toServices'] : []), ...fqdnField, 'toPorts', 'icmps'], unsupported);
 
   const peer: PeerRule = {};
   if (x === 'to') {
@@ -427,14 +430,22 @@ function readPeerRule(ctx: Ctx, path: string, value: unknown, dir: Direction, sc
   }
   if (haveCidrs) peer.cidrs = cidrs;
 
-  const toPorts = readToPorts(ctx, join(path, 'toPorts'), obj.toPorts, dir.deny, dir.field === 'ingress');
+  if (fqdnField.length > 0 && obj.toFQDNs !== undefined && obj.toFQDNs !== null) {
+    const fqdns = readFqdnSelectors(ctx, join(path, 'toFQDNs'), obj.toFQDNs);
+    if (fqdns !== undefined) peer.fqdns = fqdns;
+    const others = [endpointsField, cidrField, cidrSetField, entitiesField, 'toServices'].filter((f) => obj[f] !== undefined && obj[f] !== null);
+    // Cilium refuses the combination too: the peer would be the union, which readers get wrong.
+    if (others.length > 0) ctx.add(join(path, 'toFQDNs'), `may not be combined with ${others.join(', ')} in one rule; make them separate egress rules`);
+  }
+
+  const toPorts = readToPorts(ctx, join(path, 'toPorts'), obj.toPorts, dir.deny, x === 'from' ? 'ingress' : 'egress');
   const icmps = readIcmps(ctx, join(path, 'icmps'), obj.icmps);
   const ports = [...(toPorts ?? []), ...(icmps ?? [])];
   if (ports.length > 0) peer.ports = ports;
 
   if (ctx.issues.length !== before) return undefined;
   // Ports without any peer: Cilium applies them to every peer (the wildcard selector).
-  if (peer.services === undefined && peer.endpoints === undefined && peer.entities === undefined && peer.cidrs === undefined && peer.ports !== undefined) {
+  if (peer.services === undefined && peer.fqdns === undefined && peer.endpoints === undefined && peer.entities === undefined && peer.cidrs === undefined && peer.ports !== undefined) {
     peer.endpoints = [wildcardSelector()];
   }
   return peer;
@@ -594,8 +605,12 @@ function readCiliumRule(ctx: Ctx, path: string, value: unknown, scope: Scope, me
   if (scope.namespace !== undefined) labels[POLICY_LABEL_NAMESPACE] = scope.namespace;
   if (meta.uid !== undefined) labels[POLICY_LABEL_UID] = meta.uid;
   for (const [k, v] of Object.entries(userLabels ?? {})) {
-    if (Object.hasOwn(labels, k)) ctx.add(join(path, 'labels'), `label ${k} is set by Cilium from the policy metadata; remove it`);
-    else labels[k] = v;
+    // Cilium appends the labels it derives to the user's and keeps both, so a policy exported
+    // from a cluster (`kubectl get cnp -o yaml` lists the derived labels in specs[].labels) comes
+    // back as it was. One value per key here: the metadata's wins, and a different one is said.
+    if (Object.hasOwn(labels, k)) {
+      if (labels[k] !== v) ctx.warn(join(path, 'labels'), `label ${k}=${v} is ignored: Cilium derives ${k}=${labels[k]} from the policy metadata`);
+    } else labels[k] = v;
   }
 
   if (ctx.issues.length !== before || subject === undefined) return undefined;

@@ -9,6 +9,8 @@ import type { PolicyIssue } from './errors.ts';
 export class Ctx {
   readonly file: string;
   readonly issues: PolicyIssue[] = [];
+  /** What was accepted but changed or ignored on the way (e.g. a clusterwide policy's namespace). */
+  readonly warnings: PolicyIssue[] = [];
   document = 0;
   policy: string | undefined;
 
@@ -17,9 +19,17 @@ export class Ctx {
   }
 
   add(path: string, reason: string): void {
+    this.issues.push(this.#issue(path, reason));
+  }
+
+  warn(path: string, reason: string): void {
+    this.warnings.push(this.#issue(path, reason));
+  }
+
+  #issue(path: string, reason: string): PolicyIssue {
     const issue: PolicyIssue = { file: this.file, document: this.document, path, reason };
     if (this.policy !== undefined) issue.policy = this.policy;
-    this.issues.push(issue);
+    return issue;
   }
 }
 
@@ -62,7 +72,7 @@ function editDistance(a: string, b: string): number {
 
 /**
  * Reports every key of `obj` that is neither in `known` nor in `unsupported` (a known upstream
- * field this project does not implement yet: key → reason).
+ * field this project does not implement yet, or a common mistake: key → reason).
  */
 export function checkFields(ctx: Ctx, path: string, obj: Obj, known: readonly string[], unsupported: Readonly<Record<string, string>> = {}): void {
   for (const key of Object.keys(obj)) {
@@ -71,9 +81,21 @@ export function checkFields(ctx: Ctx, path: string, obj: Obj, known: readonly st
       ctx.add(join(path, key), unsupported[key]);
       continue;
     }
-    const close = [...known, ...Object.keys(unsupported)].find((k) => k.toLowerCase() === key.toLowerCase() || editDistance(k, key) <= 2);
-    ctx.add(join(path, key), close === undefined ? `unknown field "${key}"` : `unknown field "${key}" (did you mean "${close}"?)`);
+    ctx.add(join(path, key), unknownField(key, [...known, ...Object.keys(unsupported)]));
   }
+}
+
+/** `unknown field "x"`, with the known field it most likely meant. */
+export function unknownField(key: string, known: readonly string[]): string {
+  const sameButCase = known.find((k) => k !== key && k.toLowerCase() === key.toLowerCase());
+  if (sameButCase !== undefined) return `unknown field "${key}": field names are case-sensitive; write "${sameButCase}"`;
+  const close = known.find((k) => editDistance(k, key) <= 2);
+  return close === undefined ? `unknown field "${key}"` : `unknown field "${key}" (did you mean "${close}"?)`;
+}
+
+/** The key of `obj` that differs from `field` only by case, if any (`apiversion` for `apiVersion`). */
+export function caseVariant(obj: Obj, field: string): string | undefined {
+  return Object.keys(obj).find((k) => k !== field && k.toLowerCase() === field.toLowerCase());
 }
 
 /** The value as an object; null/undefined → undefined silently; anything else reported. */

@@ -12,7 +12,17 @@
 export * from './types.ts';
 export { PolicyError, PolicyValidationError, formatIssue, type PolicyErrorCode, type PolicyIssue } from './errors.ts';
 export { selectorMatches, canonicalSelectorKey, splitLabelKey, selectorHasKey } from './selector.ts';
-export { parsePolicyYaml, parsePolicyObjects, loadPolicyFile, loadPolicyFileSync, type ParseOptions } from './load.ts';
+export {
+  parsePolicyYaml,
+  parsePolicyFile,
+  parsePolicyObjects,
+  loadPolicyFile,
+  loadPolicyFileSync,
+  formatSkipped,
+  type ParseOptions,
+  type ParsedPolicyFile,
+  type SkippedDocument,
+} from './load.ts';
 export { parseCidr, formatCidr, cidrContains, ipInCidr, type Cidr } from './cidr.ts';
 export { k8sLabelKeyProblem, LABEL_VALUE } from './context.ts';
 // Part 2: what the datapath enforces (bpf/lib/policy.h), computed incrementally.
@@ -56,6 +66,16 @@ export {
   type TraceResult,
   type DirectionTrace,
 } from './engine.ts';
+export {
+  dnsVerdict,
+  dnsVerdictAllows,
+  expandFqdnPeers,
+  fqdnSelectorMatches,
+  hasFqdnPeers,
+  normalizeDnsName,
+  ruleFqdnSelectors,
+  type DnsVerdict,
+} from './dns.ts';
 export { expandServicePeers, hasServicePeers, type ServiceBackendPeers, type ServiceResolver } from './services.ts';
 export {
   compileHttpRule,
@@ -64,5 +84,4 @@ export {
   type CompiledHttpRule,
   type HttpRequestView,
   type HttpRule,
-  type L7Rules,
 } from './l7-http.ts';

@@ -21,11 +21,6 @@ export interface HttpRule {
   headers?: string[];
 }
 
-/** L7 rules of a port entry: what the node proxy enforces for the connections it receives. */
-export interface L7Rules {
-  http: HttpRule[];
-}
-
 const MAX_HTTP_RULES = 100;
 const MAX_REGEX_LENGTH = 1024;
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -125,28 +120,14 @@ function readHttpRule(ctx: Ctx, path: string, value: unknown): HttpRule | undefi
   return ctx.issues.length === before ? rule : undefined;
 }
 
-/**
- * Reads `toPorts[].rules` of an ingress allow rule. Only `http` is enforced; the other kinds are
- * refused by name, never ignored.
- */
-export function readL7Rules(ctx: Ctx, path: string, value: unknown): L7Rules | undefined {
-  const obj = readObj(ctx, path, value);
-  if (obj === undefined) return undefined;
+/** Reads `toPorts[].rules.http` of an ingress allow rule; undefined when it is wrong (reported). */
+export function readHttpRules(ctx: Ctx, path: string, value: unknown): HttpRule[] | undefined {
   const before = ctx.issues.length;
-  checkFields(ctx, path, obj, ['http'], {
-    dns: 'DNS rules are not supported yet (they need the DNS proxy)',
-    kafka: 'Kafka rules are not supported yet; the node proxy speaks HTTP only',
-    l7proto: 'generic L7 (l7proto) rules are not supported yet',
-    l7: 'generic L7 rules are not supported yet',
-  });
-  const list = readList(ctx, join(path, 'http'), obj.http);
-  if (list === undefined) {
-    if (ctx.issues.length === before) ctx.add(path, 'must hold http rules');
-    return undefined;
-  }
-  if (list.length > MAX_HTTP_RULES) ctx.add(join(path, 'http'), `at most ${MAX_HTTP_RULES} rules per port entry, got ${list.length}`);
-  const http = list.map((item, i) => readHttpRule(ctx, at(join(path, 'http'), i), item)).filter((r): r is HttpRule => r !== undefined);
-  return ctx.issues.length === before ? { http } : undefined;
+  const list = readList(ctx, path, value);
+  if (list === undefined) return undefined;
+  if (list.length > MAX_HTTP_RULES) ctx.add(path, `at most ${MAX_HTTP_RULES} rules per port entry, got ${list.length}`);
+  const http = list.map((item, i) => readHttpRule(ctx, at(path, i), item)).filter((r): r is HttpRule => r !== undefined);
+  return ctx.issues.length === before ? http : undefined;
 }
 
 /** The request fields a rule looks at; header names in lower case (as Node gives them). */

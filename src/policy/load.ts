@@ -4,6 +4,10 @@
  * Every document is validated; a file with any problem is rejected whole with a
  * `PolicyValidationError` listing all of them.
  *
+ * Real manifests hold other kinds too (a Deployment and its Service beside its policy): those are
+ * skipped and listed (`parsePolicyFile().skipped`), never refused, while a kind that looks like a
+ * misspelt or unsupported network policy is refused, so a policy is never silently left out.
+ *
  * @example
  * const rules = await loadPolicyFile('policies.yaml');
  * // or: parsePolicyYaml(text, { file: 'policies.yaml' })
@@ -13,8 +17,8 @@ import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { parseAllDocuments } from 'yaml';
 import { readCiliumPolicy } from './cilium.ts';
-import { at, Ctx, describe, isObj, join, readObj, type Obj } from './context.ts';
-import { PolicyValidationError } from './errors.ts';
+import { at, caseVariant, Ctx, describe, isObj, join, readObj, type Obj } from './context.ts';
+import { PolicyValidationError, type PolicyIssue } from './errors.ts';
 import { readNetworkPolicy } from './k8s.ts';
 import { readMetadata } from './parse-common.ts';
 import { ruleKey, type PolicyRule } from './types.ts';
@@ -22,6 +26,31 @@ import { ruleKey, type PolicyRule } from './types.ts';
 export interface ParseOptions {
   /** Names the source in errors and in `PolicyRule.sourceFile`. */
   file?: string;
+}
+
+/** A document (or List item) of another kind than a policy, left out of an import. */
+export interface SkippedDocument {
+  /** 1-based position of the YAML document in the file. */
+  document: number;
+  /** Field path inside the document: '' for the document, `items[i]` for a List item. */
+  path: string;
+  apiVersion: string;
+  kind: string;
+  /** `namespace/name` or `name`, when the object has one. */
+  name?: string;
+}
+
+/** What a policy file yields: its rules, what was accepted with a change, and what was skipped. */
+export interface ParsedPolicyFile {
+  rules: PolicyRule[];
+  warnings: PolicyIssue[];
+  skipped: SkippedDocument[];
+}
+
+/** `Deployment default/web (apps/v1), document 2` */
+export function formatSkipped(skipped: SkippedDocument): string {
+  const where = skipped.path === '' ? `document ${skipped.document}` : `document ${skipped.document} ${skipped.path}`;
+  return `${skipped.kind}${skipped.name === undefined ? '' : ` ${skipped.name}`} (${skipped.apiVersion}), ${where}`;
 }
 
 const API_VERSIONS: Record<string, string> = {
@@ -48,7 +77,7 @@ function policyLabel(obj: Obj): string | undefined {
   return `${kind} ${ns}/${name}`;
 }
 
-function readObject(ctx: Ctx, path: string, value: unknown, inList: string | undefined): PolicyRule[] {
+function readObject(ctx: Ctx, skipped: SkippedDocument[], path: string, value: unknown, inList: string | undefined): PolicyRule[] {
   if (!isObj(value)) {
     ctx.add(path, `must be a policy object (a mapping with apiVersion and kind), got ${describe(value)}`);
     return [];
@@ -61,11 +90,11 @@ function readObject(ctx: Ctx, path: string, value: unknown, inList: string | und
     const kind = value.kind;
     const apiVersion = value.apiVersion;
     if (typeof kind !== 'string' || kind === '') {
-      ctx.add(kindPath, kind === undefined || kind === null ? 'is required' : `must be a string, got ${describe(kind)}`);
+      ctx.add(kindPath, kind === undefined || kind === null ? missing(value, 'kind') : `must be a string, got ${describe(kind)}`);
       return [];
     }
     if (typeof apiVersion !== 'string' || apiVersion === '') {
-      ctx.add(versionPath, apiVersion === undefined || apiVersion === null ? 'is required' : `must be a string, got ${describe(apiVersion)}`);
+      ctx.add(versionPath, apiVersion === undefined || apiVersion === null ? missing(value, 'apiVersion') : `must be a string, got ${describe(apiVersion)}`);
       return [];
     }
     if (Object.hasOwn(LIST_KINDS, kind)) {
@@ -77,10 +106,17 @@ function readObject(ctx: Ctx, path: string, value: unknown, inList: string | und
         ctx.add(versionPath, `must be ${LIST_KINDS[kind]} for kind ${kind}, got "${apiVersion}"`);
         return [];
       }
-      return readList(ctx, path, value, kind);
+      return readList(ctx, skipped, path, value, kind);
     }
     if (!Object.hasOwn(API_VERSIONS, kind)) {
-      ctx.add(kindPath, `unsupported kind "${kind}" (expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy or List)`);
+      const policyLike = policyLikeKind(kind);
+      if (policyLike !== undefined) {
+        ctx.add(kindPath, `unsupported kind "${kind}"${policyLike} (expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy or List)`);
+        return [];
+      }
+      const meta = isObj(value.metadata) ? value.metadata : {};
+      const name = typeof meta.name === 'string' && meta.name !== '' ? (typeof meta.namespace === 'string' && meta.namespace !== '' ? `${meta.namespace}/${meta.name}` : meta.name) : undefined;
+      skipped.push({ document: ctx.document, path, apiVersion, kind, ...(name === undefined ? {} : { name }) });
       return [];
     }
     if (apiVersion !== API_VERSIONS[kind]) {
@@ -105,7 +141,7 @@ function readObject(ctx: Ctx, path: string, value: unknown, inList: string | und
   }
 }
 
-function readList(ctx: Ctx, path: string, list: Obj, kind: string): PolicyRule[] {
+function readList(ctx: Ctx, skipped: SkippedDocument[], path: string, list: Obj, kind: string): PolicyRule[] {
   for (const key of Object.keys(list)) {
     if (!['apiVersion', 'kind', 'metadata', 'items'].includes(key)) ctx.add(join(path, key), `unknown field "${key}"`);
   }
@@ -117,20 +153,41 @@ function readList(ctx: Ctx, path: string, list: Obj, kind: string): PolicyRule[]
     return [];
   }
   const rules: PolicyRule[] = [];
-  items.forEach((item, i) => rules.push(...readObject(ctx, at(join(path, 'items'), i), item, kind)));
+  items.forEach((item, i) => rules.push(...readObject(ctx, skipped, at(join(path, 'items'), i), item, kind)));
   return rules;
 }
 
+/**
+ * Why a kind that is not supported is refused rather than skipped: it is a supported kind written
+ * wrong, or another network policy, which a user would expect enforced. '' or a hint when so.
+ */
+function policyLikeKind(kind: string): string | undefined {
+  const lower = kind.toLowerCase();
+  const known = [...Object.keys(API_VERSIONS), ...Object.keys(LIST_KINDS)];
+  const sameButCase = known.find((k) => k.toLowerCase() === lower);
+  if (sameButCase !== undefined) return `: kinds are case-sensitive; write "${sameButCase}"`;
+  const plural = known.find((k) => lower === `${k.toLowerCase()}s` || lower === `${k.toLowerCase().slice(0, -1)}ies`);
+  if (plural !== undefined) return ` (did you mean "${plural}"?)`;
+  return lower.endsWith('networkpolicy') || lower.endsWith('networkpolicylist') ? '' : undefined;
+}
+
+/** `is required`, or where the field is when it was written with other case (`apiversion`). */
+function missing(obj: Obj, field: string): string {
+  const variant = caseVariant(obj, field);
+  return variant === undefined ? 'is required' : `is required (found "${variant}": field names are case-sensitive; write "${field}")`;
+}
+
 /** Validates parsed documents (index i = document i+1) and returns their rules, or throws. */
-function collect(ctx: Ctx, documents: Array<{ value: unknown; skip?: boolean }>, options: ParseOptions): PolicyRule[] {
+function collect(ctx: Ctx, documents: Array<{ value: unknown; skip?: boolean }>, options: ParseOptions): ParsedPolicyFile {
   const rules: PolicyRule[] = [];
+  const skipped: SkippedDocument[] = [];
   const seen = new Map<string, number>();
   documents.forEach((doc, i) => {
     ctx.document = i + 1;
     ctx.policy = undefined;
     if (doc.skip) return;
     const before = ctx.issues.length;
-    const found = readObject(ctx, '', doc.value, undefined);
+    const found = readObject(ctx, skipped, '', doc.value, undefined);
     if (ctx.issues.length !== before) return;
     for (const rule of found) {
       const key = ruleKey(rule);
@@ -145,8 +202,13 @@ function collect(ctx: Ctx, documents: Array<{ value: unknown; skip?: boolean }>,
       rules.push(rule);
     }
   });
+  if (rules.length === 0 && skipped.length > 0 && ctx.issues.length === 0) {
+    ctx.document = skipped[0].document;
+    ctx.policy = undefined;
+    ctx.add('', `holds no policy (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy); skipped: ${skipped.map(formatSkipped).join('; ')}`);
+  }
   if (ctx.issues.length > 0) throw new PolicyValidationError(ctx.issues);
-  return rules;
+  return { rules, warnings: ctx.warnings, skipped };
 }
 
 /** Aliases a document may expand: policies need few, and each one may copy a whole subtree. */
@@ -157,6 +219,15 @@ const MAX_ALIAS_COUNT = 100;
  * of every document) if anything is wrong; returns the rules otherwise. Empty documents are skipped.
  */
 export function parsePolicyYaml(text: string, options: ParseOptions = {}): PolicyRule[] {
+  return parsePolicyFile(text, options).rules;
+}
+
+/**
+ * Parses YAML text holding policies and maybe other kinds: the rules, the warnings (accepted with
+ * a change, e.g. a clusterwide policy's namespace dropped) and the documents of other kinds
+ * skipped. Throws `PolicyValidationError` as parsePolicyYaml does.
+ */
+export function parsePolicyFile(text: string, options: ParseOptions = {}): ParsedPolicyFile {
   const ctx = new Ctx(options.file ?? '<input>');
   const docs = parseAllDocuments(text, { prettyErrors: true, uniqueKeys: true });
   const list = Array.isArray(docs) ? docs : [];
@@ -194,7 +265,7 @@ export function parsePolicyObjects(objects: readonly unknown[], options: ParseOp
     ctx,
     objects.map((value) => ({ value })),
     options,
-  );
+  ).rules;
 }
 
 /** Reads and parses a policy file; errors name the file as given. */

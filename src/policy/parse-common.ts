@@ -205,8 +205,8 @@ export function readMetadata(ctx: Ctx, path: string, value: unknown, namespaced:
       ok = false;
     }
   } else if (rawNs !== undefined && rawNs !== '') {
-    ctx.add(join(path, 'namespace'), `${kind} is cluster-scoped; remove metadata.namespace`);
-    ok = false;
+    // Kubernetes accepts a cluster-scoped object with a namespace and drops it; so do we, aloud.
+    ctx.warn(join(path, 'namespace'), `${kind} is cluster-scoped: namespace "${rawNs}" is ignored (as Kubernetes drops it); remove metadata.namespace`);
   }
   readObj(ctx, join(path, 'labels'), obj.labels);
   readObj(ctx, join(path, 'annotations'), obj.annotations);

@@ -36,18 +36,18 @@ test('reject: L7 rules the proxy cannot enforce, each named by field and reason'
     issue('spec.ingress[0].toPorts[0].rules.http[3].path', '"/(a)\\1": backreferences are not RE2 syntax'),
     issue('spec.ingress[0].toPorts[0].rules.http[4].headerMatches[0].mismatch', 'not supported yet (header rewriting on mismatch); without it a mismatch denies the request'),
     issue('spec.ingress[0].toPorts[1].ports[0]', 'HTTP rules need TCP, got UDP'),
-    issue('spec.ingress[0].toPorts[2].rules.kafka', 'Kafka rules are not supported yet; the node proxy speaks HTTP only'),
-    issue('spec.egress[0].toPorts[0].rules', 'L7 rules are enforced on ingress only for now (egress needs the proxy to carry the source identity to the destination)'),
+    issue('spec.ingress[0].toPorts[2].rules.kafka', 'Kafka rules (rules.kafka) are not supported: Ciliate has no Kafka proxy (Cilium itself deprecated them); remove rules to allow the port at L4'),
+    issue('spec.egress[0].toPorts[0].rules.http', 'HTTP rules are enforced on ingress only for now (egress needs the proxy to carry the source identity to the destination)'),
   ]);
 });
 
-test('reject: toFQDNs', () => {
-  assert.deepEqual(rejected('to-fqdns.yaml'), [
+test('reject: Kafka rules, saying that Kafka is not supported', () => {
+  assert.deepEqual(rejected('kafka-rules.yaml'), [
     {
       document: 1,
-      policy: 'CiliumNetworkPolicy web/fqdn',
-      path: 'spec.egress[0].toFQDNs',
-      reason: 'not supported yet (DNS-based policy needs the DNS proxy); use toCIDR or toCIDRSet',
+      policy: 'CiliumNetworkPolicy default/secure-empire-kafka',
+      path: 'spec.ingress[0].toPorts[0].rules.kafka',
+      reason: 'Kafka rules (rules.kafka) are not supported: Ciliate has no Kafka proxy (Cilium itself deprecated them); remove rules to allow the port at L4',
     },
   ]);
 });
@@ -103,9 +103,8 @@ test('reject: wrong kind', () => {
   assert.deepEqual(rejected('wrong-kind.yaml'), [
     {
       document: 1,
-      policy: 'Deployment default/web',
-      path: 'kind',
-      reason: 'unsupported kind "Deployment" (expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy or List)',
+      path: '',
+      reason: 'holds no policy (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy); skipped: Deployment web (apps/v1), document 1',
     },
   ]);
 });
@@ -121,7 +120,6 @@ test('reject: every problem of every document is listed', () => {
   assert.deepEqual(
     issues.map((i) => `${i.document} ${i.path}: ${i.reason}`),
     [
-      '1 metadata.namespace: CiliumClusterwideNetworkPolicy is cluster-scoped; remove metadata.namespace',
       '1 spec.nodeSelector: not supported yet (host policies); select endpoints with endpointSelector',
       '2 spec.endpointSelector: a CiliumNetworkPolicy in namespace default only selects endpoints of default; it cannot select namespace "other"',
       '2 spec.egress[0].toServices[0].k8sService.serviceName: required: the name of the service',
@@ -179,6 +177,7 @@ test('reject: other out-of-scope fields are named, never ignored', () => {
     ['  endpointSelector: {}\n  egress:\n  - toPorts: [{ports: [{port: "443"}], listener: {name: l, envoyConfig: {name: c}}}]', 'spec.egress[0].toPorts[0].listener'],
     ['  endpointSelector: {}\n  egress:\n  - toCIDRSet: [{cidrGroupRef: my-group}]', 'spec.egress[0].toCIDRSet[0].cidrGroupRef'],
     ['  endpointSelector: {}\n  egressDeny:\n  - toFQDNs: [{matchName: a.com}]', 'spec.egressDeny[0].toFQDNs'],
+    ['  endpointSelector: {}\n  egress:\n  - toPorts: [{ports: [{port: "8080"}], rules: {l7proto: envoy.filters.network.x, l7: [{a: b}]}}]', 'spec.egress[0].toPorts[0].rules.l7proto'],
     ['  endpointSelector: {}\n  log: {value: x}', 'spec.log'],
   ];
   for (const [spec, path] of cases) {
@@ -226,7 +225,7 @@ test('reject: metadata and document shape', () => {
     ['metadata.name: duplicate policy: document 1 defines it too'],
   );
   assert.deepEqual(problems('apiVersion: v1\nkind: List\nitems:\n- apiVersion: apps/v1\n  kind: Deployment\n  metadata: {name: a}'), [
-    'items[0].kind: unsupported kind "Deployment" (expected CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy, NetworkPolicy or List)',
+    ': holds no policy (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy); skipped: Deployment a (apps/v1), document 1 items[0]',
   ]);
 });
 

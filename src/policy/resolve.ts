@@ -83,8 +83,8 @@ const ALL_L4: { protocol: number; port: number; prefixLen: number; http?: HttpRu
 /** A port entry's keys; with L7 rules only its TCP key, which carries them (the proxy speaks TCP). */
 function portKeysWithL7(rule: PortRule): { protocol: number; port: number; prefixLen: number; http?: HttpRule[] }[] {
   const keys = portRuleKeys(rule);
-  if (!rule.l7) return keys;
-  return keys.filter((k) => k.protocol === PROTOCOL_NUMBER.TCP).map((k) => ({ ...k, http: rule.l7!.http }));
+  if (!rule.l7?.http) return keys;
+  return keys.filter((k) => k.protocol === PROTOCOL_NUMBER.TCP).map((k) => ({ ...k, http: rule.l7!.http! }));
 }
 
 class EntryBuilder {

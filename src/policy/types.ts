@@ -17,7 +17,7 @@
  * @module
  */
 
-import type { L7Rules } from './l7-http.ts';
+import type { HttpRule } from './l7-http.ts';
 
 export const POLICY_KINDS = ['CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy', 'NetworkPolicy'] as const;
 export type PolicyKind = (typeof POLICY_KINDS)[number];
@@ -67,6 +67,23 @@ export interface Selector {
 export const PROTOCOLS = ['TCP', 'UDP', 'SCTP', 'ICMP', 'ICMPV6', 'ANY'] as const;
 export type Protocol = (typeof PROTOCOLS)[number];
 
+/**
+ * A DNS name selector (`toFQDNs`, `rules.dns`): exactly one of the two, lower case, without the
+ * trailing dot. Matched as Cilium does (see src/policy/dns.ts).
+ */
+export interface FqdnSelector {
+  matchName?: string;
+  matchPattern?: string;
+}
+
+/** The L7 rules of a `toPorts` entry, given to each of its ports. */
+export interface L7Rules {
+  /** `rules.http`: the requests the node proxy lets through (ingress only). */
+  http?: HttpRule[];
+  /** `rules.dns`: the names a DNS proxy lets the endpoint ask about (egress only). */
+  dns?: FqdnSelector[];
+}
+
 export interface PortRule {
   /**
    * TCP/UDP/SCTP/ANY: 1–65535, or 0 = every port of `protocol` (e.g. a Kubernetes port entry
@@ -77,9 +94,10 @@ export interface PortRule {
   endPort?: number;
   protocol: Protocol;
   /**
-   * L7 rules of the `toPorts` entry the port came from (ingress allows only; one TCP port): the
-   * connections it allows go through the node proxy, which allows only matching requests. With
-   * protocol ANY only TCP is allowed, through the proxy.
+   * L7 rules of the `toPorts` entry the port came from. `http` (ingress allows only; one TCP
+   * port): the connections it allows go through the node proxy, which allows only matching
+   * requests; with protocol ANY only TCP is allowed, through the proxy. `dns` (egress): the names
+   * the DNS proxy lets the endpoint ask about; the port itself is allowed at L4.
    */
   l7?: L7Rules;
 }
@@ -113,6 +131,11 @@ export interface PeerRule {
   entities?: Entity[];
   /** `fromCIDR`/`toCIDR` (with empty `except`) and `fromCIDRSet`/`toCIDRSet`, in that order. */
   cidrs?: CidrRule[];
+  /**
+   * `toFQDNs`, as written (egress only); `cidrs` carries the addresses the FQDN cache learned for
+   * them, once expanded.
+   */
+  fqdns?: FqdnSelector[];
   /** Absent or empty = all ports. */
   ports?: PortRule[];
 }

@@ -16,6 +16,7 @@ import type { TestContext } from 'node:test';
 import { AgentClient, type Endpoint, type EndpointWorkload } from '../../src/agent/index.ts';
 import type { TestPki } from '../../src/store/etcd-testing.ts';
 import { testCgroup } from '../../src/ebpf/internal/testutils.ts';
+import type { DnsRecords } from './dns-server.ts';
 
 const run = promisify(execFile);
 export const ROOT = join(import.meta.dirname, '..', '..');
@@ -283,9 +284,32 @@ export function echoServer(t: TestContext, netns: string, ...ports: number[]): P
   return serveInNs(t, netns, 'echo server', ECHO_SERVER, ports.map(String));
 }
 
+/**
+ * "The world" of `node`: a namespace of our own behind a veth from the node's namespace (never a
+ * real interface), the node at 198.51.100.1/24 and the world at each of `addresses` (/24s of
+ * 198.51.100.0/24; the first is 198.51.100.2/24 unless given). Returns the world's namespace.
+ */
+export async function addWorld(t: TestContext, node: TestNode, addresses: readonly string[] = ['198.51.100.2/24']): Promise<string> {
+  const world = await addNetns(t, 'ctw');
+  const up = uniqueName('up').slice(0, 12);
+  await run('ip', ['link', 'add', up, 'netns', `/run/netns/${node.netns}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', `/run/netns/${world}`]);
+  await inNs(node.netns, 'ip', ['addr', 'add', '198.51.100.1/24', 'dev', up]);
+  await inNs(node.netns, 'ip', ['link', 'set', up, 'up']);
+  for (const address of addresses) await inNs(world, 'ip', ['addr', 'add', address, 'dev', 'eth0']);
+  await inNs(world, 'ip', ['link', 'set', 'eth0', 'up']);
+  return world;
+}
+
+/**
+ * test/support/dns-server.ts inside `netns` on `address`:53 answering `records`; killed at test end.
+ */
+export function dnsServer(t: TestContext, netns: string, address: string, records: DnsRecords): Promise<void> {
+  return serveInNs(t, netns, 'DNS server', join(ROOT, 'test', 'support', 'dns-server.ts'), [address, '53', JSON.stringify(records)], false);
+}
+
 /** Runs a node script that prints one line once it listens; resolves then, kills it at test end. */
-async function serveInNs(t: TestContext, netns: string, what: string, script: string, args: string[]): Promise<void> {
-  const server = spawnInNs(netns, process.execPath, ['-e', script, ...args]);
+async function serveInNs(t: TestContext, netns: string, what: string, script: string, args: string[], inline = true): Promise<void> {
+  const server = spawnInNs(netns, process.execPath, inline ? ['-e', script, ...args] : [script, ...args]);
   t.after(() => {
     server.kill('SIGKILL');
   });

@@ -11,6 +11,7 @@ import type { L7HttpRecord } from '../../observer/index.ts';
 import type { ServiceManager } from '../../loadbalancer/index.ts';
 import type { HubbleMetricsSink } from '../../metrics/index.ts';
 import type { StateStore } from '../../store/index.ts';
+import type { DnsProxy } from '../../fqdn/index.ts';
 import type { ApiServer } from '../api-server.ts';
 import type { ClusterWatcher } from '../cluster.ts';
 import type { EndpointManager } from '../endpoint-manager.ts';
@@ -40,6 +41,8 @@ export const EndpointDatapathCell = cell<EndpointDatapath>('endpoint-datapath');
 export const NodeRoutingCell = cell<NodeRouting>('node-routing');
 export const IpcacheCell = cell<Ipcache>('ipcache');
 export const PolicyCell = cell<PolicyManager>('policy');
+/** The DNS proxy: what the L7 redirect hands an endpoint's DNS queries to. */
+export const DnsProxyCell = cell<DnsProxy>('dns-proxy');
 export const NamespacesCell = cell<Namespaces>('namespaces');
 export const EndpointsCell = cell<EndpointManager>('endpoints');
 /** The datapath events ring's one reader, whose records the observer turns into flows. */

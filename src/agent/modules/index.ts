@@ -10,6 +10,7 @@ import { apiConfig, apiModule } from './api.ts';
 import { clusterModule, nodeHealthConfig, nodeHealthModule } from './cluster.ts';
 import { cniModule } from './cni.ts';
 import { endpointDatapathConfig, endpointDatapathModule, hostNetworkingModule, ipcacheModule, masqueradeConfig, masqueradeModule, nodeRoutingModule } from './datapath.ts';
+import { dnsProxyConfig, dnsProxyModule } from './dns-proxy.ts';
 import { endpointsConfig, endpointsModule, namespacesModule } from './endpoints.ts';
 import { hubbleMetricsConfig, hubbleMetricsModule, metricsConfig, metricsModule } from './metrics.ts';
 import { identitiesModule, identityGcConfig, identityGcModule } from './identity.ts';
@@ -31,6 +32,7 @@ export const AGENT_MODULES: readonly AgentModule[] = [
   nodeRoutingModule,
   ipcacheModule,
   policyModule,
+  dnsProxyModule,
   monitorModule,
   namespacesModule,
   endpointsModule,
@@ -65,6 +67,7 @@ export const AgentConfigSchema = configSchema({
   ...identityGcConfig,
   ...nodeHealthConfig,
   ...policyConfig,
+  ...dnsProxyConfig,
   ...monitorConfig,
   ...endpointsConfig,
   ...servicesConfig,

@@ -23,7 +23,7 @@ const path = (what: string) => z.string().default('').describe(what);
 
 export const storeConfig = {
   store: z.enum(['local', 'etcd']).default('local').describe('local (embedded in --state-dir, one node) or etcd (shared by several nodes)'),
-  stateDir: z.string().min(1).default('/var/lib/ciliate').describe('where the embedded state store keeps its files'),
+  stateDir: z.string().min(1).default('/var/lib/ciliate').describe("where the agent keeps its state: the embedded state store's files, the DNS proxy's FQDN cache"),
   etcdEndpoints: z.array(z.string().url()).default([]).describe('etcd client URLs, comma-separated (with --store etcd)'),
   etcdConfig: path("Cilium-style etcd client config file (YAML: endpoints, trusted-ca-file, cert-file, key-file, username, password), as Cilium's --kvstore-opt etcd.config"),
   etcdCaFile: path("CA certificate (PEM) that signed etcd's server certificate (https:// endpoints)"),

@@ -1,0 +1,153 @@
+/**
+ * DNS-based policy: the DNS proxy (an endpoint's queries checked against its `rules.dns`, the
+ * allowed ones forwarded to the resolver they were sent to) and the FQDN cache its answers fill,
+ * which turns `toFQDNs` into the addresses the endpoints were told, allowed in their policy maps
+ * until the answers' TTL runs out. The cache is kept in the state directory across restarts.
+ *
+ * Not yet: the datapath does not redirect pod DNS traffic to the proxy (the L7 redirect comes
+ * separately). Queries reach it through `POST /v1/fqdn/query`, the entry the redirect will use.
+ * @module
+ */
+import { join } from 'node:path';
+import { z } from 'zod';
+import { DnsProxy, FqdnCache, DEFAULT_MAX_IPS_PER_NAME, DEFAULT_MIN_TTL, type AnswerAddress } from '../../fqdn/index.ts';
+import { dnsVerdictAllows } from '../../policy/index.ts';
+import { Addr } from '../../net/index.ts';
+import { parseRequest, RequestError } from '../api-errors.ts';
+import { defineModule } from '../module.ts';
+import { DnsProxyCell, PolicyCell } from './cells.ts';
+import { storeConfig } from './store.ts';
+
+export const dnsProxyConfig = {
+  stateDir: storeConfig.stateDir,
+  tofqdnsMinTtl: z
+    .number()
+    .int()
+    .min(0)
+    .max(86_400)
+    .default(DEFAULT_MIN_TTL)
+    .describe("seconds an address learned from a DNS answer stays allowed at least, whatever the answer's TTL (Cilium's tofqdns-min-ttl)"),
+  tofqdnsEndpointMaxIpPerHostname: z
+    .number()
+    .int()
+    .min(1)
+    .max(10_000)
+    .default(DEFAULT_MAX_IPS_PER_NAME)
+    .describe('addresses kept per DNS name per endpoint; the ones that expire first go (Cilium\'s tofqdns-endpoint-max-ip-per-hostname)'),
+  tofqdnsDnsRejectResponseCode: z
+    .enum(['refused', 'nameError'])
+    .default('refused')
+    .describe("the answer to a query the endpoint's DNS rules do not allow: refused (REFUSED) or nameError (NXDOMAIN) (Cilium's tofqdns-dns-reject-response-code)"),
+  tofqdnsProxyResponseMaxDelay: z
+    .number()
+    .min(0.1)
+    .max(60)
+    .default(5)
+    .describe("seconds the DNS proxy waits for the resolver's answer before answering SERVFAIL"),
+  tofqdnsProxyMaxInFlight: z
+    .number()
+    .int()
+    .min(1)
+    .max(1 << 20)
+    .default(4096)
+    .describe('queries the DNS proxy forwards at once; past it a query is answered SERVFAIL at once'),
+};
+
+const QueryBody = z
+  .object({
+    endpoint: z.number().int().min(0),
+    resolver: z.string().min(1),
+    protocol: z.enum(['UDP', 'TCP']).default('UDP'),
+    /** The DNS message, base64. */
+    query: z.base64().max(87_384),
+  })
+  .strict();
+
+/** `10.0.0.10:53`, `[2001:db8::a]:53` or a bare address (port 53). */
+function parseResolver(text: string): { address: string; port: number } | undefined {
+  const m = /^\[([^\]]+)\]:(\d+)$/.exec(text) ?? /^([^:]+):(\d+)$/.exec(text);
+  const address = Addr.tryParse(m ? m[1] : text);
+  const port = m ? Number(m[2]) : 53;
+  if (address === undefined || port < 1 || port > 65535) return undefined;
+  return { address: address.toString(), port };
+}
+
+/** How often expired names are dropped (and their addresses leave the policy maps). */
+const EXPIRY_INTERVAL_MS = 1_000;
+
+export const dnsProxyModule = defineModule({
+  name: 'dns-proxy',
+  description: 'DNS-based policy: the DNS proxy (rules.dns) and the FQDN cache behind toFQDNs, kept across restarts',
+  config: dnsProxyConfig,
+  needs: { policy: PolicyCell },
+  provides: DnsProxyCell,
+  async start({ policy }, { config, log, api }) {
+    const file = join(config.stateDir, 'fqdn-cache.json');
+    const cache = new FqdnCache({ file, minTtl: config.tofqdnsMinTtl, maxIpsPerName: config.tofqdnsEndpointMaxIpPerHostname });
+    try {
+      const restored = cache.load();
+      if (restored > 0) log.info({ restored, file }, 'FQDN cache restored');
+    } catch (error) {
+      // A cache that cannot be read costs names until pods ask again, never the agent's start.
+      log.warn({ err: error, file }, 'FQDN cache unreadable; starting empty');
+    }
+    // Before the endpoints module adopts the maps a previous agent left: they keep their names.
+    await policy.setFqdnResolver((selector) => cache.addresses(selector));
+
+    let dirty = false;
+    const save = () => {
+      try {
+        cache.save();
+        dirty = false;
+      } catch (error) {
+        log.warn({ err: error, file }, 'saving the FQDN cache failed; will retry');
+      }
+    };
+    const proxy = new DnsProxy({
+      allows: (endpoint, resolver, protocol, name) => dnsVerdictAllows(policy.dnsVerdict(endpoint, resolver.address, resolver.port, protocol), name),
+      learned: async (endpoint: number, addresses: AnswerAddress[]) => {
+        dirty = true;
+        if (!cache.learn(endpoint, addresses)) return;
+        // A new address: kept on disk before the pod hears of it, so a restart keeps it.
+        save();
+        await policy.fqdnsChanged();
+      },
+      rejectResponseCode: config.tofqdnsDnsRejectResponseCode,
+      forwardTimeoutMs: config.tofqdnsProxyResponseMaxDelay * 1000,
+      maxInFlight: config.tofqdnsProxyMaxInFlight,
+    });
+
+    let expiring = false;
+    const timer = setInterval(() => {
+      if (expiring) return;
+      expiring = true;
+      const expired = cache.expire();
+      if (expired || dirty) save();
+      (expired ? policy.fqdnsChanged() : Promise.resolve())
+        .catch((error: unknown) => log.warn({ err: error }, 'removing expired FQDN addresses from policy failed'))
+        .finally(() => (expiring = false));
+    }, EXPIRY_INTERVAL_MS).unref();
+
+    api.route('POST', '/v1/fqdn/query', async ({ body }) => {
+      const request = parseRequest(QueryBody, body, 'fqdn query');
+      const resolver = parseResolver(request.resolver);
+      if (resolver === undefined) throw new RequestError('ERR_BAD_REQUEST', `fqdn query: field resolver: "${request.resolver}" is not a resolver address (ip, ip:port or [ipv6]:port)`);
+      const outcome = await proxy.handle({ endpoint: request.endpoint, resolver, protocol: request.protocol, payload: Buffer.from(request.query, 'base64') });
+      const { response, ...rest } = outcome;
+      return { ...rest, ...(response === undefined ? {} : { response: response.toString('base64') }) };
+    });
+    api.route('GET', '/v1/fqdn/cache', () =>
+      cache.list().map((e) => ({ ...e, expiresAt: new Date(e.expiresAt).toISOString(), ttl: Math.max(0, Math.ceil((e.expiresAt - Date.now()) / 1000)) })),
+    );
+
+    return {
+      value: proxy,
+      stop: () => {
+        clearInterval(timer);
+        proxy.close();
+        if (dirty) save();
+      },
+      status: () => ({ dnsProxy: { ...proxy.stats, learned: cache.list().length, steered: false } }),
+    };
+  },
+});

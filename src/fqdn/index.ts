@@ -1,0 +1,17 @@
+/**
+ * DNS-based policy on a node: the DNS proxy that checks an endpoint's queries against its DNS
+ * rules and forwards the allowed ones to the resolver they were sent to, and the FQDN cache of
+ * the addresses the answers held, which `toFQDNs` selectors select (src/policy expands them into
+ * CIDR peers; the agent's dns-proxy module wires the two).
+ *
+ * The datapath does not redirect pod DNS traffic to the proxy yet: queries reach it through
+ * `DnsProxy.handle()` (the agent's `POST /v1/fqdn/query`), the entry the redirect will use.
+ *
+ * @example
+ * const cache = new FqdnCache({ file: '/var/lib/ciliate/fqdn-cache.json', minTtl: 0 });
+ * const proxy = new DnsProxy({ allows: () => true, learned: (ep, addrs) => void cache.learn(ep, addrs) });
+ * const { response } = await proxy.handle({ endpoint: 7, resolver: { address: '10.96.0.10', port: 53 }, protocol: 'UDP', payload });
+ * @module
+ */
+export { FqdnCache, DEFAULT_MAX_IPS_PER_NAME, DEFAULT_MIN_TTL, type AnswerAddress, type FqdnCacheOptions, type LearnedAddress } from './cache.ts';
+export { DnsProxy, RCODE, answerAddresses, type DnsOutcome, type DnsProxyOptions, type DnsQuery, type RejectResponseCode, type Resolver } from './proxy.ts';

@@ -1,0 +1,122 @@
+/**
+ * DNS-based policy on a real node: a DNS server in a namespace of its own (the world), a pod whose
+ * egress allows `toFQDNs: *.example.com` on 8080 and DNS to that server for some names only. The
+ * pod's queries are handed to the agent's DNS proxy through its API (the datapath does not yet
+ * redirect pod DNS to it): an allowed name is answered and its address is allowed at once (a real
+ * connect from the pod), an unlisted name is REFUSED and its address stays denied, the allowed
+ * address expires with its TTL, and an agent restart keeps what was learned.
+ * @module
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { decode, encode } from 'dns-packet';
+import { TestNode, addWorld, cli, dnsServer, echoServer, probeTcp, sleep, streamConnection, uniqueName } from './support/cluster.ts';
+import type { DnsRecords } from './support/dns-server.ts';
+
+const POLICY = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: client-fqdn
+spec:
+  endpointSelector:
+    matchLabels: {app: client}
+  egress:
+  - toCIDR: [198.51.100.2/32]
+    toPorts:
+    - ports: [{port: "53", protocol: UDP}]
+      rules:
+        dns:
+        - matchName: short.example.com
+        - matchPattern: "kept-*.example.com"
+  - toFQDNs:
+    - matchPattern: "*.example.com"
+    toPorts:
+    - ports: [{port: "8080", protocol: TCP}]
+`;
+
+const RECORDS: DnsRecords = {
+  'short.example.com': { a: ['198.51.100.10'], ttl: 8 },
+  'other.example.com': { a: ['198.51.100.11'], ttl: 300 },
+  'kept-1.example.com': { a: ['198.51.100.12'], ttl: 3600 },
+};
+
+interface QueryAnswer {
+  verdict: string;
+  rcode: number;
+  name?: string;
+  response?: string;
+  learned: { name: string; ip: string; ttl: number }[];
+}
+
+test('toFQDNs through the DNS proxy: an allowed name opens its address at once, an unlisted one is refused, TTL expiry closes it, a restart keeps the names', async (t) => {
+  const node = await TestNode.start(t);
+  const world = await addWorld(t, node, ['198.51.100.2/24', '198.51.100.10/24', '198.51.100.11/24', '198.51.100.12/24']);
+  await dnsServer(t, world, '198.51.100.2', RECORDS);
+  await echoServer(t, world, 8080);
+
+  const pod = await node.addPod(t, uniqueName('client'), { app: 'client' });
+  const result = await node.client.call<{ revision: number }>('POST', '/v1/policies', { yaml: POLICY, file: 'client-fqdn.yaml' });
+  assert.ok(result.revision > 0);
+  const [short, other, kept] = ['198.51.100.10:8080', '198.51.100.11:8080', '198.51.100.12:8080'];
+  assert.deepEqual(await probeTcp(pod.netns, [short, other, kept]), { [short]: false, [other]: false, [kept]: false }, 'no name resolved: nothing allowed');
+
+  const ask = async (name: string, id: number): Promise<QueryAnswer> =>
+    node.client.call<QueryAnswer>('POST', '/v1/fqdn/query', {
+      endpoint: pod.endpoint.id,
+      resolver: '198.51.100.2:53',
+      query: encode({ type: 'query', id, flags: 1 << 8, questions: [{ type: 'A', name }] }).toString('base64'),
+    });
+
+  const allowed = await ask('short.example.com', 1);
+  assert.equal(allowed.verdict, 'forwarded');
+  assert.equal(allowed.rcode, 0);
+  const answer = decode(Buffer.from(allowed.response!, 'base64'));
+  assert.equal(answer.id, 1);
+  assert.deepEqual(answer.answers?.map((a) => ('data' in a ? a.data : undefined)), ['198.51.100.10']);
+  // No sleep: the answer came back only once the pod's policy map allowed the address.
+  assert.deepEqual(await probeTcp(pod.netns, [short, other]), { [short]: true, [other]: false }, 'the allowed name\'s address is open as soon as the answer is back');
+
+  const refused = await ask('other.example.com', 2);
+  assert.equal(refused.verdict, 'denied');
+  assert.equal(refused.rcode, 5, 'REFUSED');
+  assert.equal((decode(Buffer.from(refused.response!, 'base64')).flags ?? 0) & 0xf, 5);
+  assert.deepEqual(refused.learned, []);
+  assert.deepEqual(await probeTcp(pod.netns, [other]), { [other]: false }, 'the unlisted name\'s address stays closed');
+
+  const keptAnswer = await ask('kept-1.example.com', 3);
+  assert.equal(keptAnswer.verdict, 'forwarded');
+  assert.deepEqual(await probeTcp(pod.netns, [kept]), { [kept]: true });
+
+  const cache = await node.client.get<{ endpoint: number; name: string; ip: string; ttl: number }[]>('/v1/fqdn/cache');
+  assert.deepEqual(cache.map((e) => [e.endpoint, e.name, e.ip]), [
+    [pod.endpoint.id, 'kept-1.example.com', '198.51.100.12'],
+    [pod.endpoint.id, 'short.example.com', '198.51.100.10'],
+  ]);
+  const listed = await cli(node, 'fqdn', 'cache', 'list', '--name', 'KEPT-1.example.com.');
+  assert.equal(listed.code, 0, listed.stderr);
+  assert.match(listed.stdout, new RegExp(String.raw`^ENDPOINT +NAME +IP +TTL +EXPIRES\n${pod.endpoint.id} +kept-1\.example\.com +198\.51\.100\.12 +\d+s +\d{4}-`));
+
+  // A restart (kill -9) keeps the learned names, and the connections they allowed.
+  const stream = streamConnection(t, pod.netns, '198.51.100.12', 8080);
+  while (stream.received() === 0 && stream.alive()) await sleep(50);
+  await node.stopAgent('SIGKILL');
+  await node.startAgent();
+  const before = stream.received();
+  await sleep(1000);
+  assert.ok(stream.alive() && stream.received() > before, `the established connection lives on across the restart (${before} → ${stream.received()} bytes)`);
+  const afterRestart = await node.client.get<{ name: string }[]>('/v1/fqdn/cache');
+  assert.ok(afterRestart.some((e) => e.name === 'kept-1.example.com'), JSON.stringify(afterRestart));
+  assert.deepEqual(await probeTcp(pod.netns, [kept]), { [kept]: true }, 'still allowed after the restart');
+
+  // short.example.com's TTL is 8 s: then its address leaves the policy map.
+  const deadline = Date.now() + 20_000;
+  let open = true;
+  while (open && Date.now() < deadline) {
+    await sleep(500);
+    open = (await probeTcp(pod.netns, [short], 500))[short];
+  }
+  assert.equal(open, false, 'the address expired with its TTL');
+  assert.deepEqual(await probeTcp(pod.netns, [kept]), { [kept]: true }, 'the long-lived name stays');
+  const finalCache = await node.client.get<{ name: string }[]>('/v1/fqdn/cache');
+  assert.deepEqual(finalCache.map((e) => e.name), ['kept-1.example.com']);
+});

@@ -1,0 +1,69 @@
+/**
+ * A tiny authoritative DNS server for tests, on dns-packet (the library the DNS proxy uses):
+ * answers A queries from a fixed table with the table's TTL, NXDOMAIN otherwise, and counts the
+ * queries it saw. Run in-process (`serveDns`) or in a namespace of a test:
+ * `node test/support/dns-server.ts <address> <port> '<json records>'` prints `ready <port>` once bound.
+ * @module
+ */
+import { createSocket, type Socket } from 'node:dgram';
+import { decode, encode, type Answer } from 'dns-packet';
+
+/** name (lower case, no trailing dot) → its A records; a CNAME when `cname` is set. */
+export type DnsRecords = Record<string, { a?: string[]; cname?: string; ttl: number }>;
+
+export interface DnsServer {
+  port: number;
+  queries: string[];
+  close(): Promise<void>;
+}
+
+function answer(records: DnsRecords, name: string): Answer[] | undefined {
+  const out: Answer[] = [];
+  for (let current = name, hops = 0; hops < 8; hops++) {
+    const record = records[current];
+    if (record === undefined) return out.length > 0 ? out : undefined;
+    if (record.cname !== undefined) {
+      out.push({ type: 'CNAME', name: current, ttl: record.ttl, data: record.cname });
+      current = record.cname;
+      continue;
+    }
+    for (const ip of record.a ?? []) out.push({ type: 'A', name: current, ttl: record.ttl, data: ip });
+    return out;
+  }
+  return out;
+}
+
+export function serveDns(address: string, port: number, records: DnsRecords): Promise<DnsServer> {
+  const socket: Socket = createSocket('udp4');
+  const queries: string[] = [];
+  socket.on('message', (bytes, from) => {
+    let query;
+    try {
+      query = decode(bytes);
+    } catch {
+      return;
+    }
+    const question = query.questions?.[0];
+    if (question === undefined) return;
+    const name = question.name.toLowerCase().replace(/\.$/, '');
+    queries.push(name);
+    const answers = question.type === 'A' ? answer(records, name) : [];
+    const response = encode({ type: 'response', id: query.id, flags: (answers === undefined ? 3 : 0) | (1 << 10), questions: query.questions, answers: answers ?? [] });
+    socket.send(response, from.port, from.address);
+  });
+  return new Promise((resolve) => {
+    socket.bind(port, address, () => {
+      resolve({
+        port: socket.address().port,
+        queries,
+        close: () => new Promise<void>((done) => socket.close(() => done())),
+      });
+    });
+  });
+}
+
+if (import.meta.main) {
+  const [address, port, records] = process.argv.slice(2);
+  const server = await serveDns(address, Number(port), JSON.parse(records) as DnsRecords);
+  process.stdout.write(`ready ${server.port}\n`);
+}
