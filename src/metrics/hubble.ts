@@ -365,13 +365,16 @@ export function flowMetricInput(flow: FlowForMetrics): FlowMetricInput {
     isReply: flow.isReply?.value,
     source: endpoint(flow.source),
     destination: endpoint(flow.destination),
-    http: flow.l7?.http && {
-      kind: flow.l7.type === 'RESPONSE' ? 'RESPONSE' : 'REQUEST',
-      method: flow.l7.http.method ?? '',
-      protocol: flow.l7.http.protocol ?? '',
-      code: flow.l7.http.code,
-      latencySeconds: flow.l7.latencyNs === undefined ? undefined : Number(flow.l7.latencyNs) / 1e9,
-    },
+    // Only an L7 flow has the key, as only an L7 entry's own metric input has it.
+    ...(flow.l7?.http && {
+      http: {
+        kind: flow.l7.type === 'RESPONSE' ? 'RESPONSE' : 'REQUEST',
+        method: flow.l7.http.method ?? '',
+        protocol: flow.l7.http.protocol ?? '',
+        code: flow.l7.http.code,
+        latencySeconds: flow.l7.latencyNs === undefined ? undefined : Number(flow.l7.latencyNs) / 1e9,
+      },
+    }),
   };
 }
 

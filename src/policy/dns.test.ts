@@ -56,7 +56,7 @@ test('rules.dns and toFQDNs are read, normalised, with a warning that names are 
     { file: 'fqdn.yaml' },
   );
   const [dns, fqdn] = rules[0].egress;
-  assert.deepEqual(dns.ports, [{ port: 53, protocol: 'ANY', rules: { dns: [{ matchName: 'api.github.com' }, { matchPattern: '*.cilium.io' }] } }]);
+  assert.deepEqual(dns.ports, [{ port: 53, protocol: 'ANY', l7: { dns: [{ matchName: 'api.github.com' }, { matchPattern: '*.cilium.io' }] } }]);
   assert.deepEqual(fqdn.fqdns, [{ matchName: 'api.github.com' }, { matchPattern: '**.cilium.io' }]);
   assert.equal(fqdn.endpoints, undefined, 'a toFQDNs rule with ports is not a rule for every peer');
   assert.equal(fqdn.cidrs, undefined);
@@ -84,8 +84,8 @@ test('bad DNS rules and toFQDNs are refused with the field and the reason', () =
   const ingressDns = `apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: t}\nspec:\n  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: "53"}], rules: {dns: [{matchPattern: "*"}]}}]`;
   assert.deepEqual(problems(ingressDns), ['spec.ingress[0].toPorts[0].rules.dns: DNS rules are egress only (they select the names an endpoint may ask for)']);
   assert.deepEqual(problems(egress('  - toPorts: [{ports: [{port: "53"}], rules: {dns: [{matchPattern: "*"}], http: [{method: GET}]}}]')), [
-    'spec.egress[0].toPorts[0].rules.http: HTTP rules (rules.http) are not supported yet: they need the HTTP proxy; remove rules to allow the port at L4',
     'spec.egress[0].toPorts[0].rules: one kind of L7 rule per toPorts entry, found http and dns; make them separate toPorts entries',
+    'spec.egress[0].toPorts[0].rules.http: HTTP rules are enforced on ingress only for now (egress needs the proxy to carry the source identity to the destination)',
   ]);
   assert.deepEqual(problems(egress('  - toPorts: [{ports: [{port: "53"}], rules: {}}]')), [
     'spec.egress[0].toPorts[0].rules: has no L7 rules (expected one of dns, http, kafka, l7proto), got a mapping without them; remove rules to allow the port at L4',
