@@ -62,7 +62,7 @@ test("Star Wars: rule1 lets only the Empire reach the Death Star on 80/TCP; trac
 
   const bad = await cli(node, 'policy', 'import', join(POLICIES, 'starwars-kafka.yaml'));
   assert.notEqual(bad.code, 0);
-  assert.match(bad.stderr, /starwars-kafka\.yaml: document 2 \(CiliumNetworkPolicy default\/rule-kafka\): spec\.ingress\[0\]\.toPorts\[0\]\.rules\.kafka: Kafka rules are not supported yet/);
+  assert.match(bad.stderr, /starwars-kafka\.yaml: document 2 \(CiliumNetworkPolicy default\/rule-kafka\): spec\.ingress\[0\]\.toPorts\[0\]\.rules\.kafka: Kafka rules \(rules\.kafka\) are not supported: Ciliate has no Kafka proxy/);
   assert.deepEqual((JSON.parse((await cli(node, 'policy', 'list', '-o', 'json')).stdout) as { key: string }[]).map((r) => r.key), ['CiliumNetworkPolicy/default/rule1'], 'nothing of the rejected file was applied');
   assert.deepEqual(await probeTcp(xwing.netns, [port80]), { [port80]: false }, 'the policy in force still holds');
   assert.deepEqual(await probeTcp(tiefighter.netns, [port80]), { [port80]: true });

@@ -180,11 +180,31 @@ static __always_inline bool ct_update(struct ct_entry *entry, const struct ipv4_
 	return ct_report(entry, reply, tcp_flags, seen, before, now, mon);
 }
 
+/* A TCP SYN without ACK: the client's opening packet of a connection. */
+static __always_inline bool ct_opening(const struct ipv4_ct_tuple *tuple, __u8 tcp_flags)
+{
+	return tuple->nexthdr == IPPROTO_TCP && (tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
+/*
+ * Whether the packet opens a new connection on the tuple of `entry`, one whose connection is
+ * closing or closed (Cilium's CT_NEW for a SYN on a closing entry): policy judges it again, and
+ * ct_create4 puts a fresh entry in place of the old one. A SYN on a live entry is a
+ * retransmission of its opening, and stays established.
+ */
+static __always_inline bool ct_reopens(const struct ct_entry *entry, const struct ipv4_ct_tuple *tuple, __u8 tcp_flags)
+{
+	return ct_opening(tuple, tcp_flags) && (entry->flags & (CT_F_TX_CLOSING | CT_F_RX_CLOSING));
+}
+
 /*
  * Looks up the packet whose tuple (in packet order, flags unset) is `tuple`, as seen by a hook of
  * direction `dir`, and accounts it to the entry found; *report says whether the packet is news for
  * monitor aggregation (always for CT_NEW), *to_proxy whether it is the originator's packet of a
- * connection redirected to the node proxy. Leaves `tuple` as it was.
+ * connection redirected to the node proxy. A connection reusing the tuple of a closed one
+ * (ct_reopens) is CT_NEW, and the old entry is left untouched until ct_create4 replaces it: a
+ * SYN policy denies leaves it as it was, so its retransmission is judged again. Leaves `tuple` as
+ * it was.
  */
 static __always_inline enum ct_status ct_lookup4(void *map, const struct ipv4_ct_tuple *tuple, __u8 dir,
 						 __u8 tcp_flags, __u32 len, const struct ciliate_monitor_config *mon,
@@ -199,6 +219,8 @@ static __always_inline enum ct_status ct_lookup4(void *map, const struct ipv4_ct
 	key.flags = dir;
 	key._pad = 0;
 	entry = bpf_map_lookup_elem(map, &key);
+	if (entry && ct_reopens(entry, &key, tcp_flags))
+		return CT_NEW;
 	if (entry) {
 		*report = ct_update(entry, &key, false, tcp_flags, len, mon);
 		*rev_nat_index = entry->rev_nat_index;
@@ -216,6 +238,8 @@ static __always_inline enum ct_status ct_lookup4(void *map, const struct ipv4_ct
 		key.flags = dir;
 		entry = bpf_map_lookup_elem(map, &key);
 	}
+	if (entry && ct_reopens(entry, &key, tcp_flags))
+		return CT_NEW;
 	if (entry) {
 		*report = ct_update(entry, &key, true, tcp_flags, len, mon);
 		*rev_nat_index = entry->rev_nat_index;
@@ -225,8 +249,9 @@ static __always_inline enum ct_status ct_lookup4(void *map, const struct ipv4_ct
 }
 
 /* Creates the entry for a new connection (`rev_nat_index`: the service it was translated from,
- * 0 for none). Returns 0, or the negative errno of the map update (the caller drops with
- * DROP_CT_MAP_INSERTION_FAILED). */
+ * 0 for none), in place of a closed connection's entry on the same tuple (ct_reopens), whose
+ * flags (the proxy redirect among them), service and counters are not carried over. Returns 0, or
+ * the negative errno of the map update (the caller drops with DROP_CT_MAP_INSERTION_FAILED). */
 static __always_inline int ct_create4(void *map, const struct ipv4_ct_tuple *tuple, __u8 dir, __u8 tcp_flags,
 				      __u32 len, __u32 src_sec_id, __u16 rev_nat_index)
 {
@@ -252,9 +277,29 @@ static __always_inline int ct_create4(void *map, const struct ipv4_ct_tuple *tup
 	entry.lifetime = now + ct_lifetime(&key, entry.flags);
 	/* The opening packet is reported (CT_NEW); its direction's interval starts now. */
 	entry.last_tx_report = now;
+	if (ct_opening(tuple, tcp_flags)) {
+		struct ipv4_ct_tuple rev = key;
+		struct ct_entry *old;
+
+		/* A closed connection opened the other way on this tuple: its entry would match the new
+		 * connection's replies as its own packets (with its proxy redirect and service). */
+		ct_tuple_reverse(&rev);
+		old = bpf_map_lookup_elem(map, &rev);
+		if (old && ct_reopens(old, &rev, tcp_flags))
+			bpf_map_delete_elem(map, &rev);
+		rev.flags = !dir;
+		old = bpf_map_lookup_elem(map, &rev);
+		if (old && ct_reopens(old, &rev, tcp_flags))
+			bpf_map_delete_elem(map, &rev);
+	}
 	err = bpf_map_update_elem(map, &key, &entry, BPF_NOEXIST);
-	/* Another CPU created it between our lookup and now: the connection is tracked all the same. */
-	if (err == -17 /* EEXIST */)
+	if (err == -17 /* EEXIST */) {
+		struct ct_entry *old = bpf_map_lookup_elem(map, &key);
+
+		/* Else another CPU created it between our lookup and now: tracked all the same. */
+		if (old && ct_reopens(old, &key, tcp_flags))
+			return bpf_map_update_elem(map, &key, &entry, BPF_ANY);
 		return 0;
+	}
 	return err;
 }

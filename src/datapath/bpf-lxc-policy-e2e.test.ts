@@ -18,6 +18,7 @@ import { pinDir, run } from '../ebpf/internal/testutils.ts';
 import { PolicyDirection, type PolicyMapEntry } from '../policy/policy-map.ts';
 import { decodeEvent, type DatapathEvent, type DropEvent, type PolicyVerdictEvent } from './events.ts';
 import { LxcProgram, loadLxc, lxcMaps } from './lxc.ts';
+import { CtDirection, CtFlag } from './maps.ts';
 import { EndpointPolicyMaps } from './policy-maps.ts';
 import { attachPod, podTopology, type Pod } from './testutils.ts';
 
@@ -155,4 +156,70 @@ test('policy with real traffic: A→B TCP 80 and ping allowed, TCP 81 dropped, C
   assert.deepEqual(dropsTo(b, a).filter((e) => e.packet.l4?.protocol !== 'ICMPv4' || e.packet.l4.type !== 8), [], 'no reply to A was dropped');
   assert.ok(dropsTo(b, a).length >= 1, 'B→A ping dropped by A\'s ingress');
   assert.ok(dropsTo(b, a).every((d) => d.reason === 133));
+});
+
+/** CLIENT_SOURCE from a fixed source port (argv[3]): node binds it before connecting, with SO_REUSEADDR. */
+const FIXED_PORT_CLIENT_SOURCE = CLIENT_SOURCE.replace(
+  'net.connect(Number(process.argv[2]), process.argv[1],',
+  'net.connect({ host: process.argv[1], port: Number(process.argv[2]), localPort: Number(process.argv[3]) },',
+);
+
+test('a connection reusing a closed one\'s addresses and ports is judged again: after the allow rule is deleted it is dropped with 133', async (t) => {
+  const { node, pods } = topology(t, 2);
+  const [a, b] = pods;
+  const root = pinDir(t);
+  const mapsDir = join(root, 'maps');
+  mkdirSync(mapsDir);
+  const links: Link[] = [];
+  let server: ReturnType<typeof spawn> | undefined;
+  let ring: RingBuffer | undefined;
+  let policy: EndpointPolicyMaps | undefined;
+  let obj: BpfObject | undefined;
+  t.after(() => {
+    server?.kill();
+    for (const link of links) link.close();
+    ring?.close();
+    policy?.close();
+    obj?.close();
+  });
+
+  obj = loadLxc({ pinDir: mapsDir });
+  policy = new EndpointPolicyMaps(root);
+  const allowHttp = entry(a.identity, PolicyDirection.INGRESS, 101, { protocol: 6, port: 80 });
+  policy.apply(a.id, { upserts: [entry(0, PolicyDirection.EGRESS, 0)], deletes: [] });
+  policy.apply(b.id, { upserts: [entry(0, PolicyDirection.EGRESS, 0), allowHttp], deletes: [] });
+  for (const pod of pods) attachPod(pod, node, obj, links);
+  const maps = lxcMaps(obj);
+  ring = new RingBuffer(maps.events, { lostCounter: maps.eventsLost });
+
+  server = spawn('ip', ['netns', 'exec', b.netns, process.execPath, '-e', SERVER_SOURCE, b.ip, '80'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const [first] = (await once(server.stdout!, 'data', { signal: AbortSignal.timeout(10000) })) as [Buffer];
+  assert.match(first.toString(), /listening/);
+  const SPORT = 41234;
+  const exchange = async (): Promise<string> => {
+    const { stdout } = await execFileAsync('ip', ['netns', 'exec', a.netns, process.execPath, '-e', FIXED_PORT_CLIENT_SOURCE, b.ip, '80', String(SPORT)], { timeout: 10000 });
+    return stdout.trim();
+  };
+  const ctKey = { daddr: b.ip, saddr: a.ip, dport: 80, sport: SPORT, nexthdr: 6, flags: CtDirection.EGRESS };
+  const closed = CtFlag.TX_CLOSING | CtFlag.RX_CLOSING;
+
+  // The server closes first (its side waits in TIME_WAIT, which takes a new SYN), both FINs seen.
+  assert.equal(await exchange(), 'pong:ping');
+  assert.equal((maps.ct4.lookup(ctKey)?.flags ?? 0) & closed, closed, 'both sides closed, the entry stays until its close timeout');
+  // The same tuple again, policy unchanged: a new connection, allowed again, on a fresh entry.
+  assert.equal(await exchange(), 'pong:ping', 'the reused tuple still connects while policy allows it');
+
+  policy.apply(b.id, { upserts: [], deletes: [allowHttp.key] });
+  assert.equal((maps.ct4.lookup(ctKey)?.flags ?? 0) & closed, closed);
+  assert.equal(await exchange(), 'timeout', 'the reused tuple is a new connection, which policy no longer allows');
+
+  const events: DatapathEvent[] = [];
+  ring.consume((_view, offset, length, bytes) => void events.push(decodeEvent(bytes, offset, length)));
+  assert.equal(ring.lost(), 0n);
+  const onTuple = (e: DatapathEvent) => e.packet.ipv4?.source === a.ip && e.packet.l4?.protocol === 'TCP' && e.packet.l4.sourcePort === SPORT && e.packet.l4.destinationPort === 80;
+  const judged = events.filter((e): e is PolicyVerdictEvent => e.kind === 'policy-verdict' && onTuple(e) && e.endpointId === b.id);
+  assert.deepEqual(judged.map((v) => v.allowed).slice(0, 3), [true, true, false], 'each connection\'s SYN judged by B\'s ingress: two allowed, then denied');
+  const dropped = events.filter((e): e is DropEvent => e.kind === 'drop' && onTuple(e));
+  assert.ok(dropped.length >= 1, 'the SYN of the third connection is dropped');
+  assert.ok(dropped.every((d) => d.reason === 133 && d.reasonName === 'POLICY_DENIED' && d.dstId === b.id));
 });

@@ -15,7 +15,7 @@ import { PolicyDirection, PolicyMatch, PolicyVerdict, type PolicyMapEntry } from
 import { DropReasonCode } from './drop-reasons.ts';
 import { CtStatus, MonitorEventType, decodeEvent, type DatapathEvent, type DropEvent, type PolicyVerdictEvent } from './events.ts';
 import { LxcProgram, loadLxc, lxcMaps, type LxcMaps } from './lxc.ts';
-import { CtDirection, ReservedIdentity, TcpFlag } from './maps.ts';
+import { CtDirection, CtFlag, ReservedIdentity, TcpFlag } from './maps.ts';
 import { buildIpv4Frame } from './packet.ts';
 import { EndpointPolicyMaps, endpointPolicyPinPath } from './policy-maps.ts';
 import { skbOnInterface, testRunInterfaces } from './testutils.ts';
@@ -385,4 +385,76 @@ test('an entry with L7 rules allows only into the node proxy: no proxy listening
   assert.equal(verdict, TC_ACT_SHOT);
   assert.equal(drops(events)[0].reason, DropReasonCode.DROP_PROXY_UNSUPPORTED);
   assert.equal(f.maps.ct4.lookup({ daddr: SERVER.ip, saddr: outside.ip, dport: 80, sport: 41001, nexthdr: 6, flags: CtDirection.INGRESS }), undefined);
+});
+
+test('a SYN reusing a closed connection\'s tuple is a new connection: judged again, and allowed it replaces the old entry (no proxy redirect, no service); a retransmitted SYN of a live one stays established', (t) => {
+  const f = setup(t);
+  const allowHttp = entry({ identity: CLIENT.identity, direction: PolicyDirection.INGRESS, protocol: 6, port: 80, cookie: 42 });
+  f.policy.apply(CLIENT.id, { upserts: [ALLOW_ALL_EGRESS], deletes: [] }); // ingress: nothing allowed
+  f.policy.apply(SERVER.id, { upserts: [allowHttp], deletes: [] }); // egress: nothing allowed
+  const key = ctKey(CLIENT, SERVER, 42000, 80);
+  const closed = CtFlag.TX_CLOSING | CtFlag.RX_CLOSING;
+  const closeBothWays = () => {
+    for (const [from, to, sport, dport] of [[CLIENT, SERVER, 42000, 80], [SERVER, CLIENT, 80, 42000], [CLIENT, SERVER, 42000, 80]] as const)
+      assert.equal(f.run(from, tcp(from, to, sport, dport, TcpFlag.FIN | TcpFlag.ACK)).verdict, TC_ACT_REDIRECT);
+    assert.equal((f.maps.ct4.lookup(key)?.flags ?? 0) & closed, closed);
+  };
+
+  let { verdict, events } = f.run(CLIENT, tcp(CLIENT, SERVER, 42000, 80, TcpFlag.SYN));
+  assert.equal(verdict, TC_ACT_REDIRECT);
+  assert.deepEqual(verdicts(events).map((v) => [v.allowed, v.ctStatus]), [[true, CtStatus.NEW]]);
+  // A retransmission of the SYN, the connection alive: established, not judged again.
+  f.policy.apply(SERVER.id, { upserts: [], deletes: [allowHttp.key] });
+  ({ verdict, events } = f.run(CLIENT, tcp(CLIENT, SERVER, 42000, 80, TcpFlag.SYN)));
+  assert.equal(verdict, TC_ACT_REDIRECT);
+  assert.deepEqual(verdicts(events), []);
+  assert.equal(f.maps.ct4.lookup(key)?.packets, 2);
+  f.policy.apply(SERVER.id, { upserts: [allowHttp], deletes: [] });
+  assert.equal(f.run(SERVER, tcp(SERVER, CLIENT, 80, 42000, TcpFlag.SYN | TcpFlag.ACK)).verdict, TC_ACT_REDIRECT);
+  closeBothWays();
+
+  // What a closed connection leaves in its entry when it went through the node proxy and a service.
+  const old = f.maps.ct4.lookup(key)!;
+  f.maps.ct4.update(key, { ...old, flags: old.flags | CtFlag.PROXY_REDIRECT, rev_nat_index: 9 });
+
+  // The allow rule deleted: every SYN on the reused tuple is denied (133), the old entry left as it was.
+  f.policy.apply(SERVER.id, { upserts: [], deletes: [allowHttp.key] });
+  for (let attempt = 0; attempt < 2; attempt++) {
+    ({ verdict, events } = f.run(CLIENT, tcp(CLIENT, SERVER, 42000, 80, TcpFlag.SYN)));
+    assert.equal(verdict, TC_ACT_SHOT);
+    assert.deepEqual(verdicts(events).map((v) => [v.endpointId, v.allowed, v.ctStatus]), [[SERVER.id, false, CtStatus.NEW]]);
+    assert.deepEqual(drops(events).map((d) => d.reason), [133]);
+    assert.deepEqual(f.maps.ct4.lookup(key), { ...old, flags: old.flags | CtFlag.PROXY_REDIRECT, rev_nat_index: 9 });
+  }
+
+  // Allowed again: a fresh entry in place of the old one, nothing of it carried over.
+  f.policy.apply(SERVER.id, { upserts: [allowHttp], deletes: [] });
+  ({ verdict, events } = f.run(CLIENT, tcp(CLIENT, SERVER, 42000, 80, TcpFlag.SYN)));
+  assert.equal(verdict, TC_ACT_REDIRECT);
+  assert.deepEqual(verdicts(events).map((v) => [v.allowed, v.cookie, v.ctStatus]), [[true, 42, CtStatus.NEW]]);
+  const fresh = f.maps.ct4.lookup(key)!;
+  assert.deepEqual(
+    [fresh.packets, fresh.flags, fresh.tx_flags_seen, fresh.rx_flags_seen, fresh.rev_nat_index, fresh.backend_id, fresh.src_sec_id],
+    [1, 0, TcpFlag.SYN, 0, 0, 0, CLIENT.identity],
+  );
+  ({ verdict, events } = f.run(SERVER, tcp(SERVER, CLIENT, 80, 42000, TcpFlag.SYN | TcpFlag.ACK)));
+  assert.equal(verdict, TC_ACT_REDIRECT);
+  assert.deepEqual(events.map((e) => [e.kind, e.isReply]), [['trace', true]], 'the SYN-ACK is the new connection\'s reply');
+  closeBothWays();
+
+  // The same tuple opened the other way (SERVER:80 → CLIENT:42000) is new too: SERVER's egress denies it.
+  ({ verdict, events } = f.run(SERVER, tcp(SERVER, CLIENT, 80, 42000, TcpFlag.SYN)));
+  assert.equal(verdict, TC_ACT_SHOT);
+  assert.deepEqual(verdicts(events).map((v) => [v.endpointId, v.directionName, v.allowed]), [[SERVER.id, 'egress', false]]);
+  assert.deepEqual(drops(events).map((d) => d.reason), [133]);
+  // Allowed, it takes the old connection's place: CLIENT's answer is its reply, not the old connection's packet.
+  f.policy.apply(SERVER.id, { upserts: [ALLOW_ALL_EGRESS], deletes: [] });
+  f.policy.apply(CLIENT.id, { upserts: [ALLOW_ALL_INGRESS], deletes: [] });
+  ({ verdict, events } = f.run(SERVER, tcp(SERVER, CLIENT, 80, 42000, TcpFlag.SYN)));
+  assert.equal(verdict, TC_ACT_REDIRECT);
+  assert.equal(f.maps.ct4.lookup(key), undefined, 'the closed connection\'s entry is gone');
+  assert.equal(f.maps.ct4.lookup(ctKey(SERVER, CLIENT, 80, 42000))?.flags, 0);
+  ({ verdict, events } = f.run(CLIENT, tcp(CLIENT, SERVER, 42000, 80, TcpFlag.SYN | TcpFlag.ACK)));
+  assert.equal(verdict, TC_ACT_REDIRECT);
+  assert.deepEqual(events.map((e) => [e.kind, e.isReply]), [['trace', true]]);
 });
