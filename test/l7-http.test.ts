@@ -114,6 +114,12 @@ test('Star Wars L7: the tiefighter may land but not reach the exhaust port, the 
   const denied = flows.find((f) => f.l7?.type === 'REQUEST' && f.l7.http?.method === 'PUT');
   assert.equal(denied?.verdict, 'DROPPED', 'the exhaust-port request is dropped');
   assert.equal(denied?.l7?.http?.url, `${base}/v1/exhaust-port`);
+  assert.equal(denied?.l7?.http?.code, 403, 'with the code the client got, as Cilium logs a denial');
+  const byStatus = await cli(node, 'observe', '--last', '1000', '--http-status', '403', '-o', 'json');
+  assert.equal(byStatus.code, 0, byStatus.stderr);
+  const denials = byStatus.stdout.trim().split('\n').map((l) => (JSON.parse(l) as { flow: L7Flow }).flow);
+  assert.ok(denials.every((f) => f.verdict === 'DROPPED' && f.l7?.type === 'REQUEST' && f.l7.http?.code === 403), byStatus.stdout);
+  assert.deepEqual(new Set(denials.map((f) => f.l7?.http?.method)), new Set(['PUT', 'POST']), 'the denied requests, and only they');
   const byMethod = await cli(node, 'observe', '--last', '1000', '--http-method', 'PUT', '-o', 'json');
   assert.equal(byMethod.code, 0, byMethod.stderr);
   assert.ok(byMethod.stdout.trim().split('\n').every((l) => (JSON.parse(l) as { flow: L7Flow }).flow.l7?.http?.method === 'PUT'));

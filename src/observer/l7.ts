@@ -21,7 +21,7 @@ export interface L7HttpRecord {
   /** `http://host/path?query` as Hubble prints it. */
   url: string;
   protocol: string;
-  /** RESPONSE: the status code (the proxy's 403 for a DROPPED request is a REQUEST's answer). */
+  /** RESPONSE: the status code; a DROPPED REQUEST: the 403 the proxy answered it with. */
   code?: number;
   /** RESPONSE: request start to response headers, nanoseconds. */
   latencyNs?: number;

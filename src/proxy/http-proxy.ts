@@ -181,7 +181,8 @@ export class HttpProxy {
     };
     const allowedBy = this.#judge(identity, dst, dport, { method, path, host, headers: req.headers });
     if (!allowedBy) {
-      this.#options.emit({ kind: 'REQUEST', timeNs: String(startNs), verdict: 'DROPPED', ...base });
+      // The code the client got, as Cilium's access log records a denial: `--http-status 403` finds it.
+      this.#options.emit({ kind: 'REQUEST', timeNs: String(startNs), verdict: 'DROPPED', code: 403, ...base });
       req.resume();
       res.writeHead(403, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(DENIED_BODY) }).end(DENIED_BODY);
       return;
