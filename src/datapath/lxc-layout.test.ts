@@ -4,12 +4,14 @@
  * @module
  */
 import { test } from 'node:test';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import assert from 'node:assert/strict';
 import { Btf, checkLayout } from '../ebpf/index.ts';
 import { DropReason, DropReasonCode } from './drop-reasons.ts';
-import { MONITOR_EVENT_TYPE_C_NAMES, MonitorEventType, TracePoint, dropEvent, eventHeader, policyVerdictEvent, traceEvent } from './events.ts';
+import { EventFlag, MONITOR_EVENT_TYPE_C_NAMES, MonitorEventType, TracePoint, dropEvent, eventHeader, policyVerdictEvent, traceEvent } from './events.ts';
 import { PolicyMatch, PolicyVerdict } from '../policy/policy-map.ts';
-import { ctEntry, ctTuple, endpointInfo, endpointKey, ipcacheKey, metricsKey, metricsValue, monitorConfig, remoteEndpointInfo } from './maps.ts';
+import { CtFlag, ctEntry, ctTuple, endpointInfo, endpointKey, ipcacheKey, metricsKey, metricsValue, monitorConfig, remoteEndpointInfo } from './maps.ts';
 import { LXC_OBJECT_PATH } from './lxc.ts';
 
 const btf = Btf.fromElf(LXC_OBJECT_PATH);
@@ -62,4 +64,17 @@ test('trace points and monitor event types are the C enums', () => {
   for (const [key, cName] of Object.entries(MONITOR_EVENT_TYPE_C_NAMES)) {
     assert.equal(types.get(cName), MonitorEventType[key as keyof typeof MonitorEventType], cName);
   }
+});
+
+/** `#define PREFIX_NAME 0x..` constants of a bpf/lib header, by NAME: flag bits carry no BTF. */
+function defines(header: string, prefix: string): Record<string, number> {
+  const text = readFileSync(join(import.meta.dirname, '..', '..', 'bpf', 'lib', header), 'utf8');
+  const out: Record<string, number> = {};
+  for (const m of text.matchAll(new RegExp(`^#define ${prefix}(\\w+)\\s+(0x[0-9a-fA-F]+|\\d+)\\b`, 'gm'))) out[m[1]] = Number(m[2]);
+  return out;
+}
+
+test('event and conntrack flag bits are the C #defines, bit for bit', () => {
+  assert.deepEqual(defines('events.h', 'CILIATE_EVENT_F_'), { ...EventFlag });
+  assert.deepEqual(defines('maps.h', 'CT_F_'), { ...CtFlag });
 });
