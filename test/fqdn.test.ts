@@ -10,7 +10,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decode, encode } from 'dns-packet';
-import { TestNode, addWorld, cli, dnsServer, echoServer, probeTcp, sleep, streamConnection, uniqueName } from './support/cluster.ts';
+import { parsePrometheusText, sampleValue } from '../src/metrics/text-format-testing.ts';
+import { TestNode, addWorld, cli, dnsServer, echoServer, inNs, probeTcp, sleep, streamConnection, uniqueName } from './support/cluster.ts';
 import type { DnsRecords } from './support/dns-server.ts';
 
 const POLICY = `apiVersion: cilium.io/v2
@@ -119,4 +120,83 @@ test('toFQDNs through the DNS proxy: an allowed name opens its address at once, 
   assert.deepEqual(await probeTcp(pod.netns, [kept]), { [kept]: true }, 'the long-lived name stays');
   const finalCache = await node.client.get<{ name: string }[]>('/v1/fqdn/cache');
   assert.deepEqual(finalCache.map((e) => e.name), ['kept-1.example.com']);
+});
+
+const HUBBLE_METRICS = '127.0.0.1:19966';
+const FETCH = `fetch(process.argv[1]).then(async (r) => process.stdout.write(await r.text()))`;
+
+/** A DNS flow as `ciliate observe -o json` prints it (Hubble's JSON names). */
+interface DnsFlow {
+  verdict: string;
+  Type: string;
+  traffic_direction: string;
+  drop_reason_desc?: string;
+  IP: { source: string; destination: string; ipVersion: string };
+  l4: { UDP?: { source_port: number; destination_port: number } };
+  source: { pod_name?: string; identity: number };
+  destination: { pod_name?: string; identity: number; labels?: string[] };
+  is_reply?: boolean;
+  l7: { type: string; dns: { query: string; ips?: string[]; ttl?: number; cnames?: string[]; observation_source: string; rcode?: number; qtypes: string[]; rrtypes?: string[] } };
+}
+
+test('each query the DNS proxy handles is a Hubble DNS flow pair (dropped when refused), shown by observe --protocol dns and counted by the dns metric', async (t) => {
+  const node = await TestNode.start(t, { extraArgs: ['--hubble-metrics-server', HUBBLE_METRICS, '--hubble-metrics', 'dns'] });
+  const world = await addWorld(t, node, ['198.51.100.2/24']);
+  await dnsServer(t, world, '198.51.100.2', { ...RECORDS, 'alias.kept-2.example.com': { cname: 'kept-1.example.com', ttl: 60 } });
+  const pod = await node.addPod(t, uniqueName('client'), { app: 'client' });
+  await node.client.call('POST', '/v1/policies', { yaml: POLICY.replace('- matchName: short.example.com', '- matchName: short.example.com\n        - matchName: alias.kept-2.example.com'), file: 'client-fqdn.yaml' });
+  const ask = (name: string, id: number, sourcePort: number) =>
+    node.client.call<QueryAnswer>('POST', '/v1/fqdn/query', {
+      endpoint: pod.endpoint.id,
+      resolver: '198.51.100.2:53',
+      sourcePort,
+      query: encode({ type: 'query', id, flags: 1 << 8, questions: [{ type: 'A', name }] }).toString('base64'),
+    });
+  assert.equal((await ask('short.example.com', 1, 40001)).verdict, 'forwarded');
+  assert.equal((await ask('alias.kept-2.example.com', 2, 40002)).verdict, 'forwarded');
+  assert.equal((await ask('other.example.com', 3, 40003)).verdict, 'denied');
+
+  const json = await cli(node, 'observe', '--last', '1000', '--protocol', 'dns', '-o', 'json');
+  assert.equal(json.code, 0, json.stderr);
+  const flows = json.stdout.trim().split('\n').map((l) => (JSON.parse(l) as { flow: DnsFlow }).flow);
+  assert.deepEqual(flows.map((f) => [f.l7.type, f.verdict, f.l7.dns.query]), [
+    ['REQUEST', 'FORWARDED', 'short.example.com.'],
+    ['RESPONSE', 'FORWARDED', 'short.example.com.'],
+    ['REQUEST', 'FORWARDED', 'alias.kept-2.example.com.'],
+    ['RESPONSE', 'FORWARDED', 'alias.kept-2.example.com.'],
+    ['REQUEST', 'DROPPED', 'other.example.com.'],
+  ]);
+  const [request, response, , cnamed, dropped] = flows;
+  const podName = pod.endpoint.podName ?? pod.endpoint.containerId;
+  assert.deepEqual(
+    [request.Type, request.traffic_direction, request.IP, request.l4, request.source.pod_name, request.source.identity, request.destination.identity, request.destination.labels, request.is_reply],
+    ['L7', 'EGRESS', { source: pod.endpoint.ipv4, destination: '198.51.100.2', ipVersion: 'IPv4' }, { UDP: { source_port: 40001, destination_port: 53 } }, podName, pod.endpoint.identity, 2, ['reserved:world'], false],
+  );
+  assert.deepEqual(request.l7.dns, { query: 'short.example.com.', ttl: 0, observation_source: 'proxy', rcode: 0, qtypes: ['A'] });
+  assert.deepEqual(
+    [response.IP, response.l4, response.destination.pod_name, response.is_reply],
+    [{ source: '198.51.100.2', destination: pod.endpoint.ipv4, ipVersion: 'IPv4' }, { UDP: { source_port: 53, destination_port: 40001 } }, podName, true],
+    'an answer goes from the resolver to the pod',
+  );
+  assert.deepEqual(response.l7.dns, { query: 'short.example.com.', ips: ['198.51.100.10'], ttl: 8, observation_source: 'proxy', rcode: 0, qtypes: ['A'], rrtypes: ['A'] });
+  assert.deepEqual(cnamed.l7.dns, { query: 'alias.kept-2.example.com.', ips: ['198.51.100.12'], ttl: 60, cnames: ['kept-1.example.com.'], observation_source: 'proxy', rcode: 0, qtypes: ['A'], rrtypes: ['CNAME', 'A'] });
+  assert.equal(dropped.drop_reason_desc, 'POLICY_DENIED');
+  assert.deepEqual([dropped.l7.dns.query, dropped.l7.dns.qtypes], ['other.example.com.', ['A']]);
+
+  const compact = await cli(node, 'observe', '--last', '1000', '--protocol', 'dns');
+  assert.equal(compact.code, 0, compact.stderr);
+  const client = `default/${podName}`.replaceAll('.', '\\.');
+  assert.match(compact.stdout, new RegExp(String.raw`${client}:40001 \(ID:\d+\) -> 198\.51\.100\.2:53 \(world\) dns-request FORWARDED \(DNS Query short\.example\.com\. A\)`));
+  // A reply is printed from the client's side, as hubble prints it.
+  assert.match(compact.stdout, new RegExp(String.raw`${client}:40001 \(ID:\d+\) <- 198\.51\.100\.2:53 \(world\) dns-response FORWARDED \(DNS Answer "198\.51\.100\.10" TTL: 8 \(Proxy short\.example\.com\. A\)\)`));
+  assert.match(compact.stdout, /dns-response FORWARDED \(DNS Answer "198\.51\.100\.12" TTL: 60 \(Proxy alias\.kept-2\.example\.com\. A\)\)/);
+  assert.match(compact.stdout, new RegExp(String.raw`${client}:40003 \(ID:\d+\) -> 198\.51\.100\.2:53 \(world\) dns-request DROPPED \(DNS Query other\.example\.com\. A\)`));
+  const http = await cli(node, 'observe', '--last', '1000', '--protocol', 'http');
+  assert.doesNotMatch(http.stdout, /dns-/, 'DNS flows are not HTTP flows');
+
+  const metrics = parsePrometheusText(await inNs(node.netns, process.execPath, ['-e', FETCH, `http://${HUBBLE_METRICS}/metrics`]));
+  assert.equal(sampleValue(metrics, 'hubble_dns_queries_total', { rcode: '', qtypes: 'A', ips_returned: '' }), 3);
+  assert.equal(sampleValue(metrics, 'hubble_dns_responses_total', { rcode: 'No Error', qtypes: 'A', ips_returned: '1' }), 2);
+  assert.equal(sampleValue(metrics, 'hubble_dns_response_types_total', { type: 'CNAME', qtypes: 'A' }), 1);
+  assert.equal(sampleValue(metrics, 'hubble_dns_response_types_total', { type: 'A', qtypes: 'A' }), 2);
 });

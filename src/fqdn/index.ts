@@ -14,4 +14,4 @@
  * @module
  */
 export { FqdnCache, DEFAULT_MAX_IPS_PER_NAME, DEFAULT_MIN_TTL, type AnswerAddress, type FqdnCacheOptions, type LearnedAddress } from './cache.ts';
-export { DnsProxy, RCODE, answerAddresses, type DnsOutcome, type DnsProxyOptions, type DnsQuery, type RejectResponseCode, type Resolver } from './proxy.ts';
+export { DnsProxy, RCODE, answerAddresses, answerDetails, presentationName, type AnswerDetails, type DnsOutcome, type DnsProxyOptions, type DnsQuery, type RejectResponseCode, type Resolver } from './proxy.ts';

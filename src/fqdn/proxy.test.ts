@@ -9,7 +9,7 @@ import { createSocket } from 'node:dgram';
 import { test } from 'node:test';
 import { decode, encode } from 'dns-packet';
 import { serveDns } from '../../test/support/dns-server.ts';
-import { DnsProxy, RCODE, type AnswerAddress } from './index.ts';
+import { DnsProxy, RCODE, answerDetails, presentationName, type AnswerAddress } from './index.ts';
 
 const query = (name: string, id = 4242) => encode({ type: 'query', id, flags: 1 << 8, questions: [{ type: 'A', name }] });
 const rcodeOf = (bytes: Buffer) => (decode(bytes).flags ?? 0) & 0xf;
@@ -99,4 +99,17 @@ test('an answer with another id or question is ignored; a resolver that stays si
   assert.equal(timedOut.verdict, 'error');
   assert.equal(rcodeOf(timedOut.response!), RCODE.SERVFAIL);
   assert.ok(Date.now() - began >= 290, 'waited for the timeout');
+});
+
+test("a flow's names: fully qualified, a pod's control bytes escaped so it cannot forge an observe line; an answer's details follow the CNAME chain only", () => {
+  assert.equal(presentationName('example.com'), 'example.com.');
+  assert.equal(presentationName('a\nb 1\\é.example.com'), 'a\\010b\\0321\\092\\195\\169.example.com.');
+  const details = answerDetails('www.example.com', [
+    { type: 'CNAME', name: 'www.example.com', ttl: 300, data: 'edge.example.net' },
+    { type: 'A', name: 'edge.example.net', ttl: 20, data: '192.0.2.7' },
+    { type: 'AAAA', name: 'edge.example.net', ttl: 40, data: '2001:db8::7' },
+    // Not of the question's chain: neither shown nor counted.
+    { type: 'A', name: 'evil.example.org', ttl: 1, data: '203.0.113.9' },
+  ]);
+  assert.deepEqual(details, { ips: ['192.0.2.7', '2001:db8::7'], cnames: ['edge.example.net.'], rrtypes: ['CNAME', 'A', 'AAAA'], ttl: 20 });
 });

@@ -50,6 +50,8 @@ export interface DnsOutcome {
   rcode: number;
   /** Addresses learned from the answer. */
   learned: AnswerAddress[];
+  /** A forwarded query: what the resolver's answer held. */
+  answer?: AnswerDetails;
   reason?: string;
 }
 
@@ -92,6 +94,58 @@ function tryDecode(bytes: Uint8Array): DecodedPacket | undefined {
  * the name it answers for and under the question's name (toFQDNs selects by either).
  */
 export function answerAddresses(name: string, answers: readonly Answer[]): AnswerAddress[] {
+  const chain = cnameChain(name, answers);
+  const out: AnswerAddress[] = [];
+  for (const a of answers) {
+    if ((a.type !== 'A' && a.type !== 'AAAA') || typeof a.data !== 'string') continue;
+    const owner = normalizeDnsName(a.name);
+    if (!chain.has(owner) || Addr.tryParse(a.data) === undefined) continue;
+    const ttl = a.ttl ?? 0;
+    out.push({ name, ip: a.data, ttl });
+    if (owner !== name) out.push({ name: owner, ip: a.data, ttl });
+  }
+  return out;
+}
+
+/**
+ * A name as a flow shows it: fully qualified, with every byte outside printable ASCII (and the
+ * backslash) as `\DDD`, as miekg/dns presents names. A pod chooses its query names: raw, a newline
+ * in one would forge a line of `ciliate observe`.
+ */
+export function presentationName(name: string): string {
+  const escaped = name.replace(/[^\x21-\x5b\x5d-\x7e]/gu, (c) => [...Buffer.from(c)].map((b) => `\\${String(b).padStart(3, '0')}`).join(''));
+  return `${escaped}.`;
+}
+
+/** What a DNS flow shows of an answer: the records of the question's name and its CNAME chain. */
+export interface AnswerDetails {
+  ips: string[];
+  /** CNAME targets, fully qualified (`a.example.com.`). */
+  cnames: string[];
+  rrtypes: string[];
+  /** The lowest TTL of those records; 0 when there are none. */
+  ttl: number;
+}
+
+/** The addresses, CNAMEs, record types and lowest TTL of `name`'s records in `answers`, as Cilium's DNS proxy logs an answer. */
+export function answerDetails(name: string, answers: readonly Answer[]): AnswerDetails {
+  const chain = cnameChain(name, answers);
+  const out: AnswerDetails = { ips: [], cnames: [], rrtypes: [], ttl: 0 };
+  let ttl: number | undefined;
+  for (const a of answers) {
+    if (!chain.has(normalizeDnsName(a.name))) continue;
+    if ((a.type === 'A' || a.type === 'AAAA') && typeof a.data === 'string' && Addr.tryParse(a.data) !== undefined) out.ips.push(a.data);
+    else if (a.type === 'CNAME' && typeof a.data === 'string') out.cnames.push(presentationName(normalizeDnsName(a.data)));
+    else continue;
+    out.rrtypes.push(a.type);
+    ttl = Math.min(ttl ?? Infinity, a.ttl ?? 0);
+  }
+  out.ttl = ttl ?? 0;
+  return out;
+}
+
+/** `name` and the names its CNAMEs in `answers` lead to. */
+function cnameChain(name: string, answers: readonly Answer[]): Set<string> {
   const chain = new Set([name]);
   // CNAMEs may come in any order; follow until nothing new joins the chain.
   for (let grown = true; grown; ) {
@@ -103,16 +157,7 @@ export function answerAddresses(name: string, answers: readonly Answer[]): Answe
       }
     }
   }
-  const out: AnswerAddress[] = [];
-  for (const a of answers) {
-    if ((a.type !== 'A' && a.type !== 'AAAA') || typeof a.data !== 'string') continue;
-    const owner = normalizeDnsName(a.name);
-    if (!chain.has(owner) || Addr.tryParse(a.data) === undefined) continue;
-    const ttl = a.ttl ?? 0;
-    out.push({ name, ip: a.data, ttl });
-    if (owner !== name) out.push({ name: owner, ip: a.data, ttl });
-  }
-  return out;
+  return chain;
 }
 
 /** Resolvers with a socket open at once; past it idle ones are closed. */
@@ -265,7 +310,8 @@ export class DnsProxy {
       const learned = answerAddresses(name, answer.packet.answers ?? []);
       if (learned.length > 0) await this.#options.learned(query.endpoint, learned);
       this.#stats.forwarded++;
-      return { response: answer.bytes, verdict: 'forwarded', name, qtype, rcode: answer.packet.flags === undefined ? 0 : answer.packet.flags & 0xf, learned };
+      const details = answerDetails(name, answer.packet.answers ?? []);
+      return { response: answer.bytes, verdict: 'forwarded', name, qtype, rcode: answer.packet.flags === undefined ? 0 : answer.packet.flags & 0xf, learned, answer: details };
     } finally {
       this.#inFlight--;
     }

@@ -8,7 +8,7 @@
 import { z } from 'zod';
 
 /** The metrics this agent implements, by the names `--hubble-metrics` takes. */
-export const HUBBLE_METRIC_NAMES = ['flow', 'drop', 'tcp', 'policy', 'port-distribution', 'httpV2'] as const;
+export const HUBBLE_METRIC_NAMES = ['flow', 'drop', 'tcp', 'policy', 'port-distribution', 'httpV2', 'dns'] as const;
 export type HubbleMetricName = (typeof HUBBLE_METRIC_NAMES)[number];
 
 /** What a source or destination label may show (Cilium's context options that these flows carry). */

@@ -75,7 +75,7 @@ test('counts are exact across scrapes and past the label sets held between them;
 });
 
 test('--hubble-metrics entries are checked: unknown metric, option, context, or a metric twice, each named', () => {
-  assert.match(String(parseHubbleMetrics(['dns'])), /"dns": unknown metric "dns"/);
+  assert.match(String(parseHubbleMetrics(['kafka'])), /"kafka": unknown metric "kafka"/);
   assert.match(String(parseHubbleMetrics(['flow:sourceContex=namespace'])), /unknown option "sourceContex=namespace"/);
   assert.match(String(parseHubbleMetrics(['flow:sourceContext=namespace|cluster'])), /sourceContext "cluster" is not one of/);
   assert.match(String(parseHubbleMetrics(['flow', 'flow:sourceContext=pod'])), /metric flow is listed twice/);

@@ -60,6 +60,8 @@ export interface FlowMetricInput {
   destination?: FlowMetricEndpoint;
   /** L7 HTTP flows: what the request said, and for a response its code and latency. */
   http?: { kind: 'REQUEST' | 'RESPONSE'; method: string; protocol: string; code?: number; latencySeconds?: number };
+  /** L7 DNS flows: the question's types, and for an answer its rcode, how many addresses and which record types. */
+  dns?: { kind: 'REQUEST' | 'RESPONSE'; rcode: number; qtypes: readonly string[]; ips: number; rrtypes: readonly string[] };
 }
 
 /** Where events were lost, with Hubble's `source` label values. */
@@ -118,6 +120,16 @@ function tcpFlagNames(flags: FlowMetricTcpFlags): string[] {
   if (flags.RST) names.push('RST');
   return names;
 }
+
+/** The `rcode` label of Hubble's dns metrics, by response code. */
+const DNS_RCODE_LABELS: Readonly<Record<number, string>> = {
+  0: 'No Error',
+  1: 'Format Error',
+  2: 'Server Failure',
+  3: 'Non-Existent Domain',
+  4: 'Not Implemented',
+  5: 'Query Refused',
+};
 
 const forwarded = (flow: FlowMetricInput) => flow.verdict === 'FORWARDED' || flow.verdict === 'REDIRECTED';
 
@@ -299,6 +311,22 @@ export class HubbleMetrics implements HubbleMetricsSink {
           },
         };
       },
+      // Hubble's dns handler: queries from requests, responses (and their record types) from answers.
+      dns: () => {
+        const queries = counter('dns_queries_total', 'Number of DNS queries observed', ['rcode', 'qtypes', 'ips_returned']);
+        const responses = counter('dns_responses_total', 'Number of DNS responses observed', ['rcode', 'qtypes', 'ips_returned']);
+        const types = counter('dns_response_types_total', 'Number of DNS response types', ['type', 'qtypes']);
+        return {
+          observe: (f) => {
+            const dns = f.dns;
+            if (!dns) return;
+            const qtypes = dns.qtypes.join(',');
+            if (dns.kind === 'REQUEST') return count(queries, f, ['', qtypes, '']);
+            count(responses, f, [DNS_RCODE_LABELS[dns.rcode] ?? String(dns.rcode), qtypes, String(dns.ips)]);
+            for (const type of dns.rrtypes) count(types, f, [type, qtypes]);
+          },
+        };
+      },
       'port-distribution': () => {
         const c = counter('port_distribution_total', 'Numbers of packets distributed by destination port', ['protocol', 'port']);
         return {
@@ -328,7 +356,12 @@ export interface FlowForMetrics {
   isReply?: { value?: boolean };
   source?: { namespace?: string; podName?: string; identity?: number; workloads?: { name?: string }[] };
   destination?: { namespace?: string; podName?: string; identity?: number; workloads?: { name?: string }[] };
-  l7?: { type?: string; latencyNs?: string; http?: { code?: number; method?: string; protocol?: string } };
+  l7?: {
+    type?: string;
+    latencyNs?: string;
+    http?: { code?: number; method?: string; protocol?: string };
+    dns?: { rcode?: number; qtypes?: string[]; ips?: string[]; rrtypes?: string[] };
+  };
 }
 
 /** Monitor event types (Cilium's): what the `type` label of a flow's metrics says. */
@@ -373,6 +406,15 @@ export function flowMetricInput(flow: FlowForMetrics): FlowMetricInput {
         protocol: flow.l7.http.protocol ?? '',
         code: flow.l7.http.code,
         latencySeconds: flow.l7.latencyNs === undefined ? undefined : Number(flow.l7.latencyNs) / 1e9,
+      },
+    }),
+    ...(flow.l7?.dns && {
+      dns: {
+        kind: flow.l7.type === 'RESPONSE' ? 'RESPONSE' : 'REQUEST',
+        rcode: flow.l7.dns.rcode ?? 0,
+        qtypes: flow.l7.dns.qtypes ?? [],
+        ips: flow.l7.dns.ips?.length ?? 0,
+        rrtypes: flow.l7.dns.rrtypes ?? [],
       },
     }),
   };

@@ -40,7 +40,7 @@ const PROTOCOLS: Readonly<Record<string, (flow: Flow) => boolean>> = {
   icmp: (f) => f.l4?.ICMPv4 !== undefined || f.l4?.ICMPv6 !== undefined,
   icmpv4: (f) => f.l4?.ICMPv4 !== undefined,
   icmpv6: (f) => f.l4?.ICMPv6 !== undefined,
-  // L7 protocols: the node proxy's HTTP flows (no DNS or Kafka proxy yet).
+  // L7 protocols: the node proxy's HTTP flows and the DNS proxy's (no Kafka proxy yet).
   http: (f) => f.l7?.http !== undefined,
   dns: (f) => f.l7?.dns !== undefined,
   kafka: () => false,
@@ -296,15 +296,17 @@ export function compileFilter(filter: FlowFilter, path: string): FlowPredicate {
     });
     checks.push((f) => f.l7?.http?.code !== undefined && f.l7.http.code !== 0 && tests.some((t) => t(f.l7!.http!.code!)));
   }
-  const paths = has('httpPath');
-  if (paths) {
-    const res = paths.map((p, i) => {
+  const regexes = (name: 'httpPath' | 'dnsQuery', patterns: readonly string[]) =>
+    patterns.map((p, i) => {
       try {
         return new RegExp(p);
       } catch (error) {
-        invalid(`${field('httpPath')}[${i}]`, (error as Error).message);
+        invalid(`${field(name)}[${i}]`, (error as Error).message);
       }
     });
+  const paths = has('httpPath');
+  if (paths) {
+    const res = regexes('httpPath', paths);
     checks.push((f) => {
       const url = f.l7?.http?.url;
       if (url === undefined) return false;
@@ -312,8 +314,14 @@ export function compileFilter(filter: FlowFilter, path: string): FlowPredicate {
       return res.some((re) => re.test(path));
     });
   }
-  // DNS, other HTTP fields and tracing: no flow of this build carries them, so a filter on them matches nothing.
-  for (const name of ['httpUrl', 'httpHeader', 'dnsQuery', 'traceId'] as const) {
+  // As hubble's --dns-query: a regex on the question's name (`example.com.`).
+  const queries = has('dnsQuery');
+  if (queries) {
+    const res = regexes('dnsQuery', queries);
+    checks.push((f) => f.l7?.dns?.query !== undefined && res.some((re) => re.test(f.l7!.dns!.query!)));
+  }
+  // Other HTTP fields and tracing: no flow of this build carries them, so a filter on them matches nothing.
+  for (const name of ['httpUrl', 'httpHeader', 'traceId'] as const) {
     if (has(name)) checks.push(() => false);
   }
   return (flow) => checks.every((check) => check(flow));

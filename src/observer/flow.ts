@@ -40,6 +40,8 @@ export interface FlowEndpointInfo {
   /** The local endpoint id; 0 for another node's pod. */
   id: number;
   identity: number;
+  /** Its IPv4 address (local endpoints: what a flow of theirs known only by id is addressed from). */
+  address?: string;
   namespace?: string;
   podName?: string;
   /** What runs the pod (its controller); each flow gets its own copy. */

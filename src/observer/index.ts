@@ -8,7 +8,7 @@
 export * from './types.ts';
 export { ObserverError, InvalidRequestError, type ObserverErrorCode } from './errors.ts';
 export { type FlowEntry, type FlowNames, type FlowEndpointInfo } from './flow.ts';
-export { L7FlowEntry, l7HttpFlow, type L7HttpRecord } from './l7.ts';
+export { L7FlowEntry, L7RecordFanout, l7DnsFlow, l7HttpFlow, type L7DnsRecord, type L7HttpRecord, type L7Record } from './l7.ts';
 export { FlowRing, type RingEntry } from './buffer.ts';
 export { compileFilter, compileFilters, parseLabelSelector, type FlowPredicate } from './filter.ts';
 export { FlowObserver, parseFlowsRequest, type FlowObserverOptions, type FlowQuery, type LostCounts, type ObserverStats, type RecordSource } from './observer.ts';
@@ -19,6 +19,6 @@ export { FieldMask, flowFilterFromJson, parseFlowFilters } from './flow-schema.t
 export { RotatingFile, type RotationLimits } from './rotating-file.ts';
 export { compileExport, EXPORT_QUEUE_SIZE, FlowExporter, type CompiledExport, type ExporterStats, type FlowExporterOptions } from './export.ts';
 export { FLOWLOGS_CHECK_INTERVAL_MS, FlowLogs, parseFlowLogsConfig, type FlowLogConfig, type FlowLogsOptions, type FlowLogsStatus } from './flowlogs.ts';
-export { OUTPUT_FORMATS, compactLine, dictBlock, flowSummary, flowType, responseJson, stampMilli, tableRow, TABLE_HEADER, type FlowOutput, type PrintOptions } from './printer.ts';
+export { OUTPUT_FORMATS, compactLine, dnsSummary, dictBlock, flowSummary, flowType, responseJson, stampMilli, tableRow, TABLE_HEADER, type FlowOutput, type PrintOptions } from './printer.ts';
 export { HUBBLE_PEERS_PREFIX, bindAddress, peerNameOfKey, peerStoreKey, publishedAddress, type HubblePeerRecord } from './peers.ts';
 export { Relay, type RelayOptions } from './relay.ts';

@@ -1,11 +1,14 @@
 /**
  * L7 flows: what the node proxy reports of each HTTP exchange, as Hubble shows it (`Type: L7`,
  * event type 129, `l7.http`): a REQUEST when the proxy decided (FORWARDED or DROPPED, with the
- * rules that allowed it) and a RESPONSE with the code and the latency.
+ * rules that allowed it) and a RESPONSE with the code and the latency. The DNS proxy's queries
+ * the same way (`l7.dns`, egress from the pod to its resolver): a REQUEST when it decided, and a
+ * RESPONSE with the answer when it forwarded one.
  * @module
  */
 import type { FlowMetricEndpoint, FlowMetricInput } from '../metrics/index.ts';
 import { flowEndpoint, type FlowEndpointInfo, type FlowNames } from './flow.ts';
+import { dnsSummary } from './printer.ts';
 import { timestampFromNs, type Flow, type FlowPolicy } from './types.ts';
 
 /** One HTTP request or response the proxy saw. */
@@ -28,6 +31,33 @@ export interface L7HttpRecord {
   /** Rule keys that allowed (FORWARDED) the request. */
   ruleKeys?: string[];
 }
+
+/** One DNS query or answer the DNS proxy handled, as Cilium's DNS proxy logs it. */
+export interface L7DnsRecord {
+  kind: 'REQUEST' | 'RESPONSE';
+  /** Wall clock, nanoseconds since the epoch, as a decimal string. */
+  timeNs: string;
+  verdict: 'FORWARDED' | 'DROPPED';
+  /** The local endpoint that asked; its address and pod come from the endpoints the observer knows. */
+  endpoint: number;
+  /** The endpoint's source port; 0 when the query came without one (the API). */
+  sourcePort: number;
+  resolver: { address: string; port: number };
+  protocol: 'UDP' | 'TCP';
+  dns: {
+    /** The question's name, fully qualified (`example.com.`), as Hubble shows it. */
+    query: string;
+    qtypes: string[];
+    rcode: number;
+    /** RESPONSE: the addresses, CNAME targets and record types the answer held, and its lowest TTL. */
+    ips: string[];
+    ttl: number;
+    cnames: string[];
+    rrtypes: string[];
+  };
+}
+
+export type L7Record = L7HttpRecord | L7DnsRecord;
 
 /** Cilium's monitor type of L7 records (MessageTypeAccessLog). */
 const EVENT_TYPE_L7 = 129;
@@ -72,6 +102,62 @@ export function l7HttpFlow(r: L7HttpRecord, names: FlowNames, policy: (ruleKey: 
   return flow;
 }
 
+/** Cilium's reserved:world, for a resolver that is no pod the node knows (Cilium would name its CIDR identity). */
+const WORLD_IDENTITY = 2;
+
+/** The two ends of a DNS record: the pod and its resolver, the resolver first for an answer. */
+function dnsEnds(r: L7DnsRecord, names: FlowNames) {
+  const pod = names.endpointById(r.endpoint);
+  const resolver = names.endpointByAddress(r.resolver.address);
+  const client = { local: pod, address: pod?.address ?? '', port: r.sourcePort, identity: pod?.identity ?? 0 };
+  const server = { local: resolver, address: r.resolver.address, port: r.resolver.port, identity: resolver?.identity ?? WORLD_IDENTITY };
+  return r.kind === 'RESPONSE' ? [server, client] : [client, server];
+}
+
+/**
+ * The Hubble flow of a DNS proxy record, as Cilium's DNS proxy reports it: egress from the pod,
+ * observation source `proxy`.
+ *
+ * @example
+ * l7DnsFlow(record, names).Summary; // 'DNS Query example.com. A'
+ */
+export function l7DnsFlow(r: L7DnsRecord, names: FlowNames): Flow {
+  const [from, to] = dnsEnds(r, names);
+  const ports = { sourcePort: from.port, destinationPort: to.port };
+  const dns = { ...r.dns, observationSource: 'proxy' };
+  const flow: Flow = {
+    time: timestampFromNs(BigInt(r.timeNs)),
+    verdict: r.verdict,
+    IP: { source: from.address, destination: to.address, ipVersion: to.address.includes(':') || from.address.includes(':') ? 'IPv6' : 'IPv4' },
+    l4: r.protocol === 'TCP' ? { TCP: ports } : { UDP: ports },
+    source: flowEndpoint(from.local, from.identity, names.identityLabels(from.identity)),
+    destination: flowEndpoint(to.local, to.identity, names.identityLabels(to.identity)),
+    Type: 'L7',
+    nodeName: names.nodeName,
+    eventType: { type: EVENT_TYPE_L7 },
+    trafficDirection: 'EGRESS',
+    isReply: { value: r.kind === 'RESPONSE' },
+    l7: { type: r.kind, dns },
+    Summary: dnsSummary(r.kind, dns),
+  };
+  if (r.verdict === 'DROPPED') flow.dropReasonDesc = 'POLICY_DENIED';
+  return flow;
+}
+
+/** Who hears a proxy's L7 records (the observer): listeners added and removed, each batch given to all. */
+export class L7RecordFanout<R extends L7Record> {
+  readonly #listeners = new Set<(records: R[]) => void>();
+
+  onRecords(listener: (records: R[]) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  emit(records: R[]): void {
+    for (const listener of this.#listeners) listener(records);
+  }
+}
+
 function metricEndpoint(local: FlowEndpointInfo | undefined, identity: number): FlowMetricEndpoint {
   return { namespace: local?.namespace, podName: local?.podName || undefined, identity, workload: local?.workload?.name };
 }
@@ -83,12 +169,12 @@ function metricEndpoint(local: FlowEndpointInfo | undefined, identity: number): 
 export class L7FlowEntry {
   seq = 0;
   readonly timeNs: bigint;
-  readonly #record: L7HttpRecord;
+  readonly #record: L7Record;
   readonly #names: FlowNames;
   readonly #policy: (ruleKey: string) => FlowPolicy | undefined;
   #flow: Flow | undefined;
 
-  constructor(record: L7HttpRecord, names: FlowNames, policy: (ruleKey: string) => FlowPolicy | undefined) {
+  constructor(record: L7Record, names: FlowNames, policy: (ruleKey: string) => FlowPolicy | undefined) {
     this.timeNs = BigInt(record.timeNs);
     this.#record = record;
     this.#names = names;
@@ -96,13 +182,33 @@ export class L7FlowEntry {
   }
 
   get flow(): Flow {
-    return (this.#flow ??= l7HttpFlow(this.#record, this.#names, this.#policy));
+    const r = this.#record;
+    return (this.#flow ??= 'dns' in r ? l7DnsFlow(r, this.#names) : l7HttpFlow(r, this.#names, this.#policy));
   }
 
   /** What Hubble's metrics count of it: the same as flowMetricInput(this.flow). */
   metricInput(): FlowMetricInput {
     const r = this.#record;
     const response = r.kind === 'RESPONSE';
+    if ('dns' in r) {
+      const [from, to] = dnsEnds(r, this.#names);
+      return {
+        type: 'L7',
+        subtype: undefined,
+        verdict: r.verdict,
+        dropReason: r.verdict === 'DROPPED' ? 'POLICY_DENIED' : undefined,
+        protocol: r.protocol,
+        ipVersion: to.address.includes(':') || from.address.includes(':') ? 6 : 4,
+        tcpFlags: undefined,
+        trafficDirection: 'egress',
+        policyMatch: undefined,
+        destinationPort: to.port,
+        isReply: response,
+        source: metricEndpoint(from.local, from.identity),
+        destination: metricEndpoint(to.local, to.identity),
+        dns: { kind: r.kind, rcode: r.dns.rcode, qtypes: r.dns.qtypes, ips: r.dns.ips.length, rrtypes: r.dns.rrtypes },
+      };
+    }
     const [from, to] = response ? [r.destination, r.source] : [r.source, r.destination];
     return {
       type: 'L7',

@@ -43,8 +43,24 @@ function identity(ep: FlowEndpoint | undefined): string {
 
 const ICMP4_TYPES: Readonly<Record<number, string>> = { 0: 'EchoReply', 3: 'DestinationUnreachable', 5: 'Redirect', 8: 'EchoRequest', 11: 'TimeExceeded' };
 
+/** DNS response codes as miekg/dns names them in Hubble's summaries. */
+const RCODE_NAMES: Readonly<Record<number, string>> = { 0: 'NOERROR', 1: 'FORMERR', 2: 'SERVFAIL', 3: 'NXDOMAIN', 4: 'NOTIMP', 5: 'REFUSED' };
+
+/**
+ * Hubble's summary of a DNS flow: `DNS Query example.com. A`, or for an answer
+ * `DNS Answer "1.2.3.4" TTL: 30 (Proxy example.com. A)` (`RCode: REFUSED` when it failed).
+ */
+export function dnsSummary(kind: string | undefined, dns: NonNullable<NonNullable<Flow['l7']>['dns']>): string {
+  const qtypes = (dns.qtypes ?? []).join(',');
+  if (kind !== 'RESPONSE') return `DNS Query ${dns.query ?? ''} ${qtypes}`;
+  const rcode = dns.rcode ?? 0;
+  const answer = rcode === 0 ? `${JSON.stringify((dns.ips ?? []).join(','))} TTL: ${dns.ttl ?? 0}` : `RCode: ${RCODE_NAMES[rcode] ?? String(rcode)}`;
+  return `DNS Answer ${answer} (${dns.observationSource === 'proxy' ? 'Proxy' : 'Query'} ${dns.query ?? ''} ${qtypes})`;
+}
+
 /** The part in parentheses: TCP flags, the protocol, or the ICMP message. */
 export function flowSummary(flow: Flow): string {
+  if (flow.l7?.dns) return dnsSummary(flow.l7.type, flow.l7.dns);
   const http = flow.l7?.http;
   if (http) {
     // Hubble's: the request line, and for a response its code and latency first.
@@ -73,6 +89,7 @@ export function flowType(flow: Flow): string {
   const type = flow.eventType?.type;
   if (type === MonitorEventType.TRACE) return tracePointName(flow.eventType?.subType ?? 0);
   if (flow.l7?.http) return flow.l7.type === 'RESPONSE' ? 'http-response' : 'http-request';
+  if (flow.l7?.dns) return flow.l7.type === 'RESPONSE' ? 'dns-response' : 'dns-request';
   // As hubble prints it: "Policy denied DROPPED".
   if (type === MonitorEventType.DROP) return dropReasonDescription(flow.dropReason ?? 0);
   if (type === MonitorEventType.POLICY_VERDICT) {

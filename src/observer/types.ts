@@ -126,7 +126,7 @@ export interface Flow {
     /** uint64 as a decimal string. */
     latencyNs?: string;
     http?: { code?: number; method?: string; url?: string; protocol?: string; headers?: { key?: string; value?: string }[] };
-    dns?: { query?: string };
+    dns?: { query?: string; ips?: string[]; ttl?: number; cnames?: string[]; observationSource?: string; rcode?: number; qtypes?: string[]; rrtypes?: string[] };
   };
 }
 

@@ -7,7 +7,7 @@
 import type { EndpointDatapath, NodeRouting } from '../../datapath/index.ts';
 import type { IdentityAllocator } from '../../identity/index.ts';
 import type { NodeIpam } from '../../ipam/index.ts';
-import type { L7HttpRecord } from '../../observer/index.ts';
+import type { L7DnsRecord, L7HttpRecord, L7Record } from '../../observer/index.ts';
 import type { ServiceManager } from '../../loadbalancer/index.ts';
 import type { HubbleMetricsSink } from '../../metrics/index.ts';
 import type { StateStore } from '../../store/index.ts';
@@ -41,8 +41,11 @@ export const EndpointDatapathCell = cell<EndpointDatapath>('endpoint-datapath');
 export const NodeRoutingCell = cell<NodeRouting>('node-routing');
 export const IpcacheCell = cell<Ipcache>('ipcache');
 export const PolicyCell = cell<PolicyManager>('policy');
-/** The DNS proxy: what the L7 redirect hands an endpoint's DNS queries to. */
-export const DnsProxyCell = cell<DnsProxy>('dns-proxy');
+/** The DNS proxy (what the L7 redirect hands an endpoint's DNS queries to) and its L7 records, for the observer. */
+export interface DnsProxyService extends L7RecordSource<L7DnsRecord> {
+  readonly proxy: DnsProxy;
+}
+export const DnsProxyCell = cell<DnsProxyService>('dns-proxy');
 export const NamespacesCell = cell<Namespaces>('namespaces');
 export const EndpointsCell = cell<EndpointManager>('endpoints');
 /** The datapath events ring's one reader, whose records the observer turns into flows. */
@@ -58,9 +61,9 @@ export interface NodeHealthView {
 }
 export const NodeHealthCell = cell<NodeHealthView>('node-health');
 /** Services and the frontends this node balances. */
-/** The node proxy's L7 records (HTTP requests and responses), for the observer. */
-export interface L7RecordSource {
-  onRecords(listener: (records: L7HttpRecord[]) => void): () => void;
+/** A proxy's L7 records (the node proxy's HTTP requests and responses, the DNS proxy's queries), for the observer. */
+export interface L7RecordSource<R extends L7Record = L7HttpRecord> {
+  onRecords(listener: (records: R[]) => void): () => void;
 }
 export const ProxyCell = cell<L7RecordSource>('l7-proxy');
 export const ServicesCell = cell<ServiceManager>('services');

@@ -10,7 +10,8 @@
  */
 import { join } from 'node:path';
 import { z } from 'zod';
-import { DnsProxy, FqdnCache, DEFAULT_MAX_IPS_PER_NAME, DEFAULT_MIN_TTL, type AnswerAddress } from '../../fqdn/index.ts';
+import { DnsProxy, FqdnCache, DEFAULT_MAX_IPS_PER_NAME, DEFAULT_MIN_TTL, presentationName, type AnswerAddress, type DnsOutcome } from '../../fqdn/index.ts';
+import { L7RecordFanout, type L7DnsRecord } from '../../observer/index.ts';
 import { dnsVerdictAllows } from '../../policy/index.ts';
 import { Addr } from '../../net/index.ts';
 import { parseRequest, RequestError } from '../api-errors.ts';
@@ -60,6 +61,8 @@ const QueryBody = z
     protocol: z.enum(['UDP', 'TCP']).default('UDP'),
     /** The DNS message, base64. */
     query: z.base64().max(87_384),
+    /** The endpoint's source port, which its flows show (the redirect knows it). */
+    sourcePort: z.number().int().min(1).max(65535).optional(),
   })
   .strict();
 
@@ -70,6 +73,23 @@ function parseResolver(text: string): { address: string; port: number } | undefi
   const port = m ? Number(m[2]) : 53;
   if (address === undefined || port < 1 || port > 65535) return undefined;
   return { address: address.toString(), port };
+}
+
+const nowNs = () => String(BigInt(Date.now()) * 1_000_000n);
+
+/**
+ * The flows of one handled query, as Cilium's DNS proxy logs them: the request with the verdict,
+ * and the answer the endpoint got unless the query was denied (then the REQUEST is DROPPED) or too
+ * broken to have a question.
+ */
+export function dnsRecords(query: Pick<L7DnsRecord, 'endpoint' | 'sourcePort' | 'resolver' | 'protocol'>, outcome: DnsOutcome, requestNs: string, responseNs: string): L7DnsRecord[] {
+  if (outcome.name === undefined || outcome.qtype === undefined) return [];
+  const question = { query: presentationName(outcome.name), qtypes: [outcome.qtype] };
+  const denied = outcome.verdict === 'denied';
+  const request: L7DnsRecord = { ...query, kind: 'REQUEST', timeNs: requestNs, verdict: denied ? 'DROPPED' : 'FORWARDED', dns: { ...question, rcode: 0, ips: [], ttl: 0, cnames: [], rrtypes: [] } };
+  if (denied) return [request];
+  const answer = outcome.answer ?? { ips: [], ttl: 0, cnames: [], rrtypes: [] };
+  return [request, { ...query, kind: 'RESPONSE', timeNs: responseNs, verdict: 'FORWARDED', dns: { ...question, rcode: outcome.rcode, ...answer } }];
 }
 
 /** How often expired names are dropped (and their addresses leave the policy maps). */
@@ -103,6 +123,7 @@ export const dnsProxyModule = defineModule({
         log.warn({ err: error, file }, 'saving the FQDN cache failed; will retry');
       }
     };
+    const source = new L7RecordFanout<L7DnsRecord>();
     const proxy = new DnsProxy({
       allows: (endpoint, resolver, protocol, name) => dnsVerdictAllows(policy.dnsVerdict(endpoint, resolver.address, resolver.port, protocol), name),
       learned: async (endpoint: number, addresses: AnswerAddress[]) => {
@@ -132,8 +153,11 @@ export const dnsProxyModule = defineModule({
       const request = parseRequest(QueryBody, body, 'fqdn query');
       const resolver = parseResolver(request.resolver);
       if (resolver === undefined) throw new RequestError('ERR_BAD_REQUEST', `fqdn query: field resolver: "${request.resolver}" is not a resolver address (ip, ip:port or [ipv6]:port)`);
+      const requestNs = nowNs();
       const outcome = await proxy.handle({ endpoint: request.endpoint, resolver, protocol: request.protocol, payload: Buffer.from(request.query, 'base64') });
-      const { response, ...rest } = outcome;
+      const records = dnsRecords({ endpoint: request.endpoint, sourcePort: request.sourcePort ?? 0, resolver, protocol: request.protocol }, outcome, requestNs, nowNs());
+      if (records.length > 0) source.emit(records);
+      const { response, answer: _answer, ...rest } = outcome;
       return { ...rest, ...(response === undefined ? {} : { response: response.toString('base64') }) };
     });
     api.route('GET', '/v1/fqdn/cache', () =>
@@ -141,7 +165,7 @@ export const dnsProxyModule = defineModule({
     );
 
     return {
-      value: proxy,
+      value: { proxy, onRecords: (listener: (records: L7DnsRecord[]) => void) => source.onRecords(listener) },
       stop: () => {
         clearInterval(timer);
         proxy.close();

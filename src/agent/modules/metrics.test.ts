@@ -22,7 +22,7 @@ test('a bad listen address or Hubble metric is a config error naming the source,
     [{ flags: { prometheusServeAddr: '300.1.1.1:9962' } }, /^flags: field prometheusServeAddr: .*"300\.1\.1\.1" is not a host name or IP address/],
     [{ env: { CILIATE_HUBBLE_METRICS_SERVER: 'local host:9965' } }, /^environment: field hubbleMetricsServer: .*"local host" is not a host name/],
     [{ flags: { hubbleMetricsServer: '[::1:9965' } }, /^flags: field hubbleMetricsServer: .*not a bracketed IPv6 address/],
-    [{ flags: { hubbleMetrics: ['flow', 'dns'] } }, /^flags: field hubbleMetrics: "dns": unknown metric "dns"/],
+    [{ flags: { hubbleMetrics: ['flow', 'kafka'] } }, /^flags: field hubbleMetrics: "kafka": unknown metric "kafka"/],
   ];
   for (const [sources, message] of cases) {
     assert.throws(() => loadConfig(sources), (error: unknown) => ConfigError.is(error, 'ERR_CONFIG') && message.test((error as Error).message), JSON.stringify(sources));

@@ -41,7 +41,7 @@ export const hubbleMetricsConfig = {
   hubbleMetricsServer: listenAddressSetting('localhost:9965').describe("address of Hubble's Prometheus /metrics (host:port, :port for every interface; empty: off)"),
   /** Cilium's --hubble-metrics: which flow metrics, each with its context options. */
   hubbleMetrics: hubbleMetricsSetting(['drop', 'tcp', 'flow', 'port-distribution', 'policy']).describe(
-    "Hubble metrics to count, each name[:option=value;…] (flow, drop, tcp, policy, port-distribution, httpV2; options sourceContext and destinationContext = namespace|pod|pod-name|workload|workload-name|identity|reserved-identity)",
+    "Hubble metrics to count, each name[:option=value;…] (flow, drop, tcp, policy, port-distribution, httpV2, dns; options sourceContext and destinationContext = namespace|pod|pod-name|workload|workload-name|identity|reserved-identity)",
   ),
 };
 

@@ -7,13 +7,13 @@
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { listenAddressSetting, lostEventSourceLabel, NO_HUBBLE_METRICS } from '../../metrics/index.ts';
-import { FlowObserver, L7FlowEntry, ObserverServer, bindAddress, readServerTls, peerStoreKey, publishedAddress, type FlowEndpointInfo, type FlowNames, type FlowPolicy, type HubblePeerRecord } from '../../observer/index.ts';
+import { FlowObserver, L7FlowEntry, ObserverServer, bindAddress, readServerTls, peerStoreKey, publishedAddress, type FlowEndpointInfo, type FlowNames, type FlowPolicy, type HubblePeerRecord, type L7Record } from '../../observer/index.ts';
 import { ConfigError } from '../config.ts';
 import { defineModule } from '../module.ts';
 import { VERSION } from '../version.ts';
 import { flowExportConfig, startFlowExport } from './flow-export.ts';
 import { apiConfig } from './api.ts';
-import { ClusterCell, EndpointsCell, HubbleMetricsCell, IdentitiesCell, MonitorCell, NodeCell, PolicyCell, ProxyCell, StoreCell } from './cells.ts';
+import { ClusterCell, DnsProxyCell, EndpointsCell, HubbleMetricsCell, IdentitiesCell, MonitorCell, NodeCell, PolicyCell, ProxyCell, StoreCell } from './cells.ts';
 
 export const observerConfig = {
   hubbleEnabled: z.boolean().default(true).describe("flows and Hubble's Observer API (Cilium's enable-hubble)"),
@@ -32,8 +32,8 @@ export const observerModule = defineModule({
   description: "flows from datapath events, the flow buffer and Hubble's Observer API",
   // The API socket's setting too: the Observer socket goes beside it unless told otherwise.
   config: { ...observerConfig, socketPath: apiConfig.socketPath },
-  needs: { monitor: MonitorCell, endpoints: EndpointsCell, identities: IdentitiesCell, policy: PolicyCell, node: NodeCell, cluster: ClusterCell, hubbleMetrics: HubbleMetricsCell, store: StoreCell, proxy: ProxyCell },
-  async start({ monitor, endpoints, identities, policy, node, cluster, hubbleMetrics, store, proxy }, { config, log }) {
+  needs: { monitor: MonitorCell, endpoints: EndpointsCell, identities: IdentitiesCell, policy: PolicyCell, node: NodeCell, cluster: ClusterCell, hubbleMetrics: HubbleMetricsCell, store: StoreCell, proxy: ProxyCell, dnsProxy: DnsProxyCell },
+  async start({ monitor, endpoints, identities, policy, node, cluster, hubbleMetrics, store, proxy, dnsProxy }, { config, log }) {
     if (!config.hubbleEnabled) return { value: undefined, status: () => ({ observer: { enabled: false } }) };
     if (Boolean(config.hubbleTlsCertFile) !== Boolean(config.hubbleTlsKeyFile)) {
       throw new ConfigError('observer: --hubble-tls-cert-file and --hubble-tls-key-file go together; set both or neither');
@@ -48,7 +48,7 @@ export const observerModule = defineModule({
       if (endpoints.table.revision === indexedLocal && cluster.remoteEndpoints.revision === indexedRemote) return;
       indexedLocal = endpoints.table.revision;
       indexedRemote = cluster.remoteEndpoints.revision;
-      const local = endpoints.list().map((e) => ({ address: e.ipv4, info: { id: e.id, identity: e.identity, namespace: e.namespace, podName: e.podName ?? e.containerId, workload: e.workload } }));
+      const local = endpoints.list().map((e) => ({ address: e.ipv4, info: { id: e.id, identity: e.identity, address: e.ipv4, namespace: e.namespace, podName: e.podName ?? e.containerId, workload: e.workload } }));
       // Remote pods have no endpoint id here (ids are per node); local ones win an address clash.
       const remote = [...cluster.remoteEndpoints.all()].map((e) => ({ address: e.ipv4, info: { id: 0, identity: e.identity, namespace: e.namespace, podName: e.podName, workload: e.workload } }));
       byAddress = new Map([...remote, ...local].map(({ address, info }) => [address, info]));
@@ -125,13 +125,20 @@ export const observerModule = defineModule({
       const id = policy.engine.ruleId(key);
       return id === undefined ? undefined : names.policyForCookie(id);
     };
-    const stopL7 = proxy.onRecords((records) => {
+    const pushL7 = (records: readonly L7Record[]) => {
       for (const r of records) {
         const entry = new L7FlowEntry(r, names, policyByKey);
         observer.ring.pushEntry(entry);
         if (hubbleMetrics !== NO_HUBBLE_METRICS) hubbleMetrics.observeFlow(entry.metricInput());
       }
-    });
+    };
+    // And the DNS proxy's queries.
+    const stopHttp = proxy.onRecords(pushL7);
+    const stopDns = dnsProxy.onRecords(pushL7);
+    const stopL7 = () => {
+      stopHttp();
+      stopDns();
+    };
     // Relays find this node's Observer API here; only a TCP listener can be dialled from elsewhere.
     let peer: HubblePeerRecord | undefined;
     try {

@@ -7,11 +7,11 @@
  */
 import { z } from 'zod';
 import { Netlink } from '../../datapath/index.ts';
-import type { L7HttpRecord } from '../../observer/index.ts';
+import { L7RecordFanout, type L7HttpRecord } from '../../observer/index.ts';
 import { L7_PROXY_PORT, PolicyDirection, type PolicyMapEntry } from '../../policy/index.ts';
 import { ProxySupervisor, type ProxyState } from '../../proxy/index.ts';
 import { defineModule } from '../module.ts';
-import { ClusterCell, EndpointsCell, PolicyCell, ProxyCell, type L7RecordSource } from './cells.ts';
+import { ClusterCell, EndpointsCell, PolicyCell, ProxyCell } from './cells.ts';
 
 export const proxyConfig = {
   enableL7Proxy: z.boolean().default(true).describe("the node proxy that enforces HTTP rules (Cilium's enable-l7-proxy); off: connections policy sends to it are dropped"),
@@ -56,14 +56,8 @@ export const proxyModule = defineModule({
   needs: { policy: PolicyCell, endpoints: EndpointsCell, cluster: ClusterCell },
   provides: ProxyCell,
   async start({ policy, endpoints, cluster }, { config, log }) {
-    const listeners = new Set<(records: L7HttpRecord[]) => void>();
+    const source = new L7RecordFanout<L7HttpRecord>();
     let lost = 0;
-    const source: L7RecordSource = {
-      onRecords(listener) {
-        listeners.add(listener);
-        return () => listeners.delete(listener);
-      },
-    };
     if (!config.enableL7Proxy) return { value: source, status: () => ({ l7Proxy: { enabled: false } }) };
 
     const netlink = Netlink.open();
@@ -77,7 +71,7 @@ export const proxyModule = defineModule({
       maxHeapMb: config.l7ProxyMaxHeapMb,
       onRecords(records, dropped) {
         lost += dropped;
-        for (const l of listeners) l(records);
+        source.emit(records);
       },
     });
     // Sent whole, but only when it changed: the identities only when a table of pods moved, the
