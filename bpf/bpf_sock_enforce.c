@@ -409,14 +409,15 @@ static __always_inline void emit(struct se_scratch *s, __u32 slot, struct se_rul
 /* Every rule of the hook, in order: each posts on its own; the first Override's errno refuses. */
 struct judge_ctx {
 	struct se_scratch *s;
+	/* The hook's rule list, looked up once per call rather than once per rule. */
+	struct se_list *list;
 };
 
 static long rule_step(__u32 index, struct judge_ctx *j)
 {
 	struct se_scratch *s = j->s;
-	__u32 key = s->hook;
-	struct se_list *list = bpf_map_lookup_elem(&sock_enforce_lists, &key);
-	if (!list || index >= list->n)
+	struct se_list *list = j->list;
+	if (index >= list->n)
 		return 1;
 	__u32 slot = list->slots[index & (SE_RULES - 1)];
 	struct se_rule *rule = bpf_map_lookup_elem(&sock_enforce_rules, &slot);
@@ -454,6 +455,10 @@ static long rule_step(__u32 index, struct judge_ctx *j)
 /* Judges the call in the scratch against the hook's rules; returns the errno to refuse with, or 0. */
 static __always_inline __s32 judge(struct se_scratch *s, __u32 hook)
 {
+	struct se_list *list = bpf_map_lookup_elem(&sock_enforce_lists, &hook);
+	/* No rule on this hook: nothing to read about the caller. */
+	if (!list || list->n == 0)
+		return 0;
 	__u64 id = bpf_get_current_pid_tgid();
 	struct task_struct *task = bpf_get_current_task_btf();
 	/* A kernel thread's socket (an NFS or iSCSI client reconnecting, say) is no workload's
@@ -467,7 +472,7 @@ static __always_inline __s32 judge(struct se_scratch *s, __u32 hook)
 	s->netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
 	s->binary_state = 0;
 	s->verdict = 0;
-	struct judge_ctx j = { .s = s };
+	struct judge_ctx j = { .s = s, .list = list };
 	bpf_loop(SE_RULES, rule_step, &j, 0);
 	return s->verdict;
 }

@@ -77,7 +77,7 @@ __noinline int redirect_to_proxy4(struct __sk_buff *skb, struct ciliate_notify_i
 	if (tuple->nexthdr != IPPROTO_TCP)
 		return DROP(skb, info, DROP_PROXY_UNSUPPORTED);
 	skb->mark = MARK_MAGIC_TO_PROXY;
-	if ((tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN) {
+	if (ct_opening(tuple, tcp_flags)) {
 		/* A retransmitted SYN of a connection the proxy already holds goes to that socket. */
 		st.ipv4.saddr = tuple->saddr;
 		st.ipv4.daddr = tuple->daddr;
