@@ -73,7 +73,8 @@ const EMPTY_SELECTOR = {
 };
 const EMPTY_HOOK = encode(rtHook, { policy_id: 0, nargs: 0, nselectors: 0, scoped: 0, args: Array(POLICY_LIMITS.args).fill({ offset: 0, type: 0, size: 0 }), selectors: Array(POLICY_LIMITS.selectors).fill(EMPTY_SELECTOR) });
 
-const padded = <T>(list: T[], length: number, fill: T): T[] => [...list, ...Array<T>(Math.max(0, length - list.length)).fill(fill)];
+/** `list` filled up to `length` with `fill`: a fixed-size C array's elements. */
+export const padded = <T>(list: T[], length: number, fill: T): T[] => [...list, ...Array<T>(Math.max(0, length - list.length)).fill(fill)];
 
 /** The LPM trie key of a string under `filter` (bpf/runtime.h struct rt_string_key). */
 export function stringKey(filter: number, bytes: Buffer, bits: number): Buffer {
@@ -185,11 +186,16 @@ export class PolicyManager {
     this.#object = object;
   }
 
+  /** Whether a policy of this name is loaded; checked before anything of a new policy reaches the kernel. */
+  protected nameTaken(name: string): boolean {
+    return this.#byName.has(name);
+  }
+
   /** Checks, compiles and loads a policy; throws ERR_RUNTIME_POLICY (every problem by field). */
   add(text: string): PolicyStatus {
     const policy = compileTracingPolicy(text);
     const name = policy.header.name;
-    if (this.#byName.has(name)) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name}: already loaded (delete it first)`, { details: [{ field: 'metadata.name', reason: 'already loaded' }] });
+    if (this.nameTaken(name)) throw alreadyLoaded(name);
     const free: number[] = [];
     for (let slot = 0; slot < POLICY_LIMITS.hooks && free.length < policy.hooks.length; slot++) if (!this.#bySlot.has(slot)) free.push(slot);
     if (free.length < policy.hooks.length) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name}: ${policy.hooks.length} hooks, ${free.length} of ${POLICY_LIMITS.hooks} slots free`, { details: [{ field: 'spec', reason: 'too many hooks loaded' }] });
@@ -480,7 +486,13 @@ export class PolicyManager {
   }
 }
 
-function u32Key(value: number): Buffer {
+/** The refusal of a second policy under a loaded one's name (the tracepoint engine, the socket enforcer). */
+export function alreadyLoaded(name: string): RuntimeError {
+  return new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name}: already loaded (delete it first)`, { details: [{ field: 'metadata.name', reason: 'already loaded' }] });
+}
+
+/** A u32 map key in host order (the maps' keys are native-endian u32). */
+export function u32Key(value: number): Buffer {
   const key = Buffer.alloc(4);
   key.writeUInt32LE(value);
   return key;

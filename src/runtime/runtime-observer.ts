@@ -131,7 +131,7 @@ export class RuntimeObserver {
   #exits = 0;
   #kprobes = 0;
   #tracepoints = 0;
-  #policies: PolicyManager | undefined;
+  #policies: RuntimePolicies | undefined;
   #scopePods: ScopePod[] = [];
 
   constructor(options: RuntimeObserverOptions) {
@@ -342,7 +342,7 @@ export class RuntimeObserver {
   }
 
   #onSocketRecord(record: SocketRecord): void {
-    const found = this.#policies instanceof RuntimePolicies ? this.#policies.sockets?.ruleOf(record.slot, record.policyId) : undefined;
+    const found = this.#policies?.sockets?.ruleOf(record.slot, record.policyId);
     if (!found) return;
     // The exec that started this binary is in the sensor's ring, written before this call was:
     // read it first, so the process is the one that made the call, not its pre-exec self.

@@ -7,11 +7,9 @@
  */
 import type { BpfObject } from '../ebpf/index.ts';
 import { RuntimeError } from './errors.ts';
-import { PolicyManager, type PolicyStatus } from './policy.ts';
+import { PolicyManager, alreadyLoaded, type PolicyStatus } from './policy.ts';
 import { SocketEnforcer, type SocketPolicyStatus } from './socket-enforcer.ts';
 import { compileSocketPolicy } from './socket-policy.ts';
-
-const taken = (name: string) => new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name}: already loaded (delete it first)`, { details: [{ field: 'metadata.name', reason: 'already loaded' }] });
 
 export class RuntimePolicies extends PolicyManager {
   readonly sockets: SocketEnforcer | undefined;
@@ -26,17 +24,15 @@ export class RuntimePolicies extends PolicyManager {
 
   override add(text: string): PolicyStatus {
     const socket = compileSocketPolicy(text, this.#hostNetns);
-    if (!socket) {
-      const status = super.add(text);
-      if (this.sockets?.has(status.name)) {
-        super.delete(status.name);
-        throw taken(status.name);
-      }
-      return status;
-    }
+    // The name is checked across both before the tracepoint engine writes anything (nameTaken).
+    if (!socket) return super.add(text);
     if (!this.sockets) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${socket.header.name}: Override is served at the cgroup socket hooks, and no enforce cgroup is configured (--runtime-enforce-cgroup)`, { details: [{ field: 'spec.kprobes', reason: 'no enforce cgroup configured' }] });
-    if (super.get(socket.header.name)) throw taken(socket.header.name);
+    if (super.nameTaken(socket.header.name)) throw alreadyLoaded(socket.header.name);
     return this.sockets.add(socket);
+  }
+
+  protected override nameTaken(name: string): boolean {
+    return super.nameTaken(name) || this.sockets?.has(name) === true;
   }
 
   override delete(name: string): void {

@@ -13,7 +13,7 @@ import { BpfObject, RingBuffer, attachCgroup, encode, possibleCpus, type Link } 
 import { Addr } from '../net/index.ts';
 import type { TetragonArg, TetragonProcessKprobe } from './types.ts';
 import { RuntimeError } from './errors.ts';
-import { stringKeys, type PolicyStats, type PolicyStatus } from './policy.ts';
+import { alreadyLoaded, padded, stringKeys, u32Key, type PolicyStats, type PolicyStatus } from './policy.ts';
 import { SE_EVENT_FLAG_BINARY_UNKNOWN, SOCKET_POLICY_LIMITS, SeAction, SeField, SocketHook, seEvent, seList, seRule, seStats, type CompiledSocketPolicy, type SeValue, type SocketHookName, type SocketRule } from './socket-policy.ts';
 
 export const SOCKET_OBJECT_PATH = join(import.meta.dirname, '../../build/bpf/bpf_sock_enforce.o');
@@ -110,17 +110,10 @@ export interface SocketEnforcerOptions {
   onError(error: unknown): void;
 }
 
-const u32Key = (value: number) => {
-  const key = Buffer.alloc(4);
-  key.writeUInt32LE(value);
-  return key;
-};
-
 const EMPTY_VALUE: SeValue = { lo: 0n, hi: 0n, mask_lo: 0n, mask_hi: 0n };
 const EMPTY_FILTER = { field: 0, op: 0, nvalues: 0, values: Array<SeValue>(SOCKET_POLICY_LIMITS.values).fill(EMPTY_VALUE) };
 const EMPTY_SELECTOR = { nargs: 0, bin_op: 0, pid_op: 0, npids: 0, netns_op: 0, nnetns: 0, action: 0, error: 0, bin_key: 0, pids: Array<number>(SOCKET_POLICY_LIMITS.pids).fill(0), netns: Array<number>(SOCKET_POLICY_LIMITS.netns).fill(0), args: Array(SOCKET_POLICY_LIMITS.matchArgs).fill(EMPTY_FILTER) };
 const EMPTY_RULE = encode(seRule, { policy_id: 0, hook: 0, nselectors: 0, selectors: Array(SOCKET_POLICY_LIMITS.selectors).fill(EMPTY_SELECTOR) });
-const padded = <T>(list: T[], length: number, fill: T): T[] => [...list, ...Array<T>(Math.max(0, length - list.length)).fill(fill)];
 
 /** A selector's binaries' key in sock_enforce_strings. */
 const binaryFilter = (slot: number, selector: number) => (slot << 4) | selector;
@@ -150,7 +143,7 @@ export class SocketEnforcer {
   /** Loads a compiled policy whole, or throws ERR_RUNTIME_POLICY with nothing of it left behind. */
   add(policy: CompiledSocketPolicy): SocketPolicyStatus {
     const name = policy.header.name;
-    if (this.#byName.has(name)) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name}: already loaded (delete it first)`, { details: [{ field: 'metadata.name', reason: 'already loaded' }] });
+    if (this.#byName.has(name)) throw alreadyLoaded(name);
     const free: number[] = [];
     for (let slot = 0; slot < SOCKET_POLICY_LIMITS.rules && free.length < policy.rules.length; slot++) if (!this.#bySlot.has(slot)) free.push(slot);
     if (free.length < policy.rules.length) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name}: ${policy.rules.length} socket hooks, ${free.length} of ${SOCKET_POLICY_LIMITS.rules} slots free`, { details: [{ field: 'spec.kprobes', reason: 'too many socket hooks loaded' }] });
