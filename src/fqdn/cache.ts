@@ -146,18 +146,6 @@ export class FqdnCache {
     return changed;
   }
 
-  /** When the next address expires (ms since the epoch), if any. */
-  nextExpiry(): number | undefined {
-    let next: number | undefined;
-    for (const names of this.#entries.values()) for (const ips of names.values()) for (const at of ips.values()) if (next === undefined || at < next) next = at;
-    return next;
-  }
-
-  /** Forgets an endpoint's names (it is gone); true when it had any. */
-  forgetEndpoint(endpoint: number): boolean {
-    return this.#entries.delete(endpoint);
-  }
-
   /** The live addresses of the names `selector` selects, learned by any endpoint, sorted. */
   addresses(selector: FqdnSelector): string[] {
     const now = this.#now();

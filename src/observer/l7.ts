@@ -8,7 +8,8 @@
  */
 import type { FlowMetricEndpoint, FlowMetricInput } from '../metrics/index.ts';
 import { flowEndpoint, type FlowEndpointInfo, type FlowNames } from './flow.ts';
-import { dnsSummary } from './printer.ts';
+import { RESERVED_IDENTITY } from '../identity/index.ts';
+import { dnsSummary, httpSummary } from './printer.ts';
 import { timestampFromNs, type Flow, type FlowPolicy } from './types.ts';
 
 /** One HTTP request or response the proxy saw. */
@@ -93,7 +94,7 @@ export function l7HttpFlow(r: L7HttpRecord, names: FlowNames, policy: (ruleKey: 
       latencyNs: r.latencyNs === undefined ? undefined : String(r.latencyNs),
       http: { code: r.code, method: r.method, url: r.url, protocol: r.protocol },
     },
-    Summary: response ? `${r.protocol} ${r.code} ${Math.round((r.latencyNs ?? 0) / 1e6)}ms (${r.method} ${r.url})` : `${r.protocol} ${r.method} ${r.url}`,
+    Summary: httpSummary(r.kind, r.latencyNs, { code: r.code, method: r.method, url: r.url, protocol: r.protocol }),
   };
   if (!response && r.verdict === 'FORWARDED' && r.ruleKeys) {
     flow.ingressAllowedBy = r.ruleKeys.map(policy).filter((p): p is FlowPolicy => p !== undefined);
@@ -102,15 +103,13 @@ export function l7HttpFlow(r: L7HttpRecord, names: FlowNames, policy: (ruleKey: 
   return flow;
 }
 
-/** Cilium's reserved:world, for a resolver that is no pod the node knows (Cilium would name its CIDR identity). */
-const WORLD_IDENTITY = 2;
-
 /** The two ends of a DNS record: the pod and its resolver, the resolver first for an answer. */
 function dnsEnds(r: L7DnsRecord, names: FlowNames) {
   const pod = names.endpointById(r.endpoint);
   const resolver = names.endpointByAddress(r.resolver.address);
   const client = { local: pod, address: pod?.address ?? '', port: r.sourcePort, identity: pod?.identity ?? 0 };
-  const server = { local: resolver, address: r.resolver.address, port: r.resolver.port, identity: resolver?.identity ?? WORLD_IDENTITY };
+  // A resolver that is no pod the node knows is reserved:world (Cilium would name its CIDR identity).
+  const server = { local: resolver, address: r.resolver.address, port: r.resolver.port, identity: resolver?.identity ?? RESERVED_IDENTITY.world };
   return r.kind === 'RESPONSE' ? [server, client] : [client, server];
 }
 

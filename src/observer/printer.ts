@@ -58,16 +58,20 @@ export function dnsSummary(kind: string | undefined, dns: NonNullable<NonNullabl
   return `DNS Answer ${answer} (${dns.observationSource === 'proxy' ? 'Proxy' : 'Query'} ${dns.query ?? ''} ${qtypes})`;
 }
 
+/**
+ * An HTTP flow's summary as Hubble writes it: the request line, and for a response its code and
+ * latency first: `HTTP/1.1 200 9ms (POST http://10.0.0.2/v1/request-landing)`.
+ */
+export function httpSummary(kind: string | undefined, latencyNs: string | number | bigint | undefined, http: NonNullable<NonNullable<Flow['l7']>['http']>): string {
+  const request = `${http.method ?? ''} ${http.url ?? ''}`;
+  if (kind !== 'RESPONSE') return `${http.protocol ?? 'HTTP'} ${request}`;
+  return `${http.protocol ?? 'HTTP'} ${http.code ?? 0} ${Math.round(Number(latencyNs ?? 0) / 1e6)}ms (${request})`;
+}
+
 /** The part in parentheses: TCP flags, the protocol, or the ICMP message. */
 export function flowSummary(flow: Flow): string {
   if (flow.l7?.dns) return dnsSummary(flow.l7.type, flow.l7.dns);
-  const http = flow.l7?.http;
-  if (http) {
-    // Hubble's: the request line, and for a response its code and latency first.
-    const request = `${http.method ?? ''} ${http.url ?? ''}`;
-    if (flow.l7?.type !== 'RESPONSE') return `${http.protocol ?? 'HTTP'} ${request}`;
-    return `${http.protocol ?? 'HTTP'} ${http.code ?? 0} ${Math.round(Number(flow.l7.latencyNs ?? 0) / 1e6)}ms (${request})`;
-  }
+  if (flow.l7?.http) return httpSummary(flow.l7.type, flow.l7.latencyNs, flow.l7.http);
   const l4 = flow.l4;
   if (l4?.TCP) {
     const flags = TCP_FLAG_KEYS.filter((k) => l4.TCP?.flags?.[k]);

@@ -157,12 +157,6 @@ export function dnsVerdictAllows(verdict: DnsVerdict, name: string): boolean {
   return verdict.allNames || verdict.selectors.some((s) => fqdnSelectorMatches(s, name));
 }
 
-/** Every `toFQDNs` selector of a set of rules (what the FQDN cache must resolve). */
-export function ruleFqdnSelectors(rules: readonly PolicyRule[]): FqdnSelector[] {
-  const out = new Map<string, FqdnSelector>();
-  for (const rule of rules) for (const peer of rule.egress) for (const s of peer.fqdns ?? []) out.set(JSON.stringify(s), s);
-  return [...out.values()];
-}
 
 /** Whether any peer of `rule` selects by name (toFQDNs). */
 export function hasFqdnPeers(rule: PolicyRule): boolean {

@@ -73,7 +73,6 @@ export {
   fqdnSelectorMatches,
   hasFqdnPeers,
   normalizeDnsName,
-  ruleFqdnSelectors,
   type DnsVerdict,
 } from './dns.ts';
 export { expandServicePeers, hasServicePeers, type ServiceBackendPeers, type ServiceResolver } from './services.ts';
