@@ -21,6 +21,7 @@ import { encode } from 'dns-packet';
 import { DnsProxy, FqdnCache } from '../src/fqdn/index.ts';
 import { fqdnSelectorMatches } from '../src/policy/index.ts';
 import { type BenchContext, interleave, median, ROOT, round } from './lib.ts';
+import { Cleanups, stopChild } from './support/ns.ts';
 
 export const description = 'DNS proxy added latency p50/p99 at 10k queries/s vs querying the resolver directly';
 
@@ -57,9 +58,9 @@ async function load(ask: (id: number, name: string) => Promise<void>): Promise<{
 
 export async function run(ctx: BenchContext): Promise<void> {
   const server = spawn(process.execPath, [join(ROOT, 'test', 'support', 'dns-server.ts'), '127.0.0.1', '0', JSON.stringify(RECORDS)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const stop = () => server.kill('SIGKILL');
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  // Cleanups, not a signal listener of our own: its handler also exits, so Ctrl-C ends the bench.
+  const cleanups = new Cleanups((message) => ctx.log(message));
+  cleanups.defer(`stop the DNS server (pid ${server.pid})`, () => stopChild(server));
   try {
     const port = await new Promise<number>((resolve, reject) => {
       server.stdout.once('data', (d: Buffer) => resolve(Number(/ready (\d+)/.exec(String(d))?.[1])));
@@ -128,8 +129,6 @@ export async function run(ctx: BenchContext): Promise<void> {
     ctx.emit({ metric: 'added_p99_us', value: round(median(p99.ours) - median(p99.direct)), unit: 'us', baseline: null, ratio: null, better: 'lower', target: TARGET_ADDED_P99_US, rounds, rate: RATE });
     ctx.emit({ metric: 'answered_ratio', value: round(answered / sentViaProxy, 4), unit: 'ratio', baseline: null, ratio: null, better: 'higher', rounds });
   } finally {
-    stop();
-    process.off('SIGINT', stop);
-    process.off('SIGTERM', stop);
+    await cleanups.run();
   }
 }

@@ -6,6 +6,7 @@
  */
 import { join } from 'node:path';
 import { LbMapName, SHARED_MAPS } from '../datapath/index.ts';
+import { DEFAULT_MAGLEV_TABLE_SIZE } from './maglev.ts';
 import { BpfMap, BpfObject, MapFlag, MapType, be16, ipv4, pad, struct, u16, u32, u64, u8, type StructValue } from '../ebpf/index.ts';
 
 export { LbMapName };
@@ -22,7 +23,7 @@ export const SockProgram = {
 } as const;
 
 /** Slots of each service's Maglev table unless configured (bpf/lib/lb.h LB_MAGLEV_LUT_SIZE_DEFAULT). */
-export const LB_MAGLEV_LUT_SIZE = 16381;
+export const LB_MAGLEV_LUT_SIZE: number = DEFAULT_MAGLEV_TABLE_SIZE;
 
 /** lb4_service.algorithm (C LB_SELECTION_*). */
 export const LbSelection = { RANDOM: 1, MAGLEV: 2 } as const;

@@ -5,8 +5,6 @@
  * @module
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
-import { createServer } from 'node:net';
 import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -424,15 +422,7 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /** A TCP port free on loopback now (for a server the test starts next). */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const port = (server.address() as { port: number }).port;
-  server.close();
-  await once(server, 'close');
-  return port;
-}
+export { freePort } from '../../src/store/etcd-testing.ts';
 
 /** Polls `check` every 100 ms until it holds; throws naming `what` after `timeoutMs`. */
 export async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15_000): Promise<void> {

@@ -300,6 +300,10 @@ export interface NetlinkOptions {
   netns?: string;
 }
 
+function fwmarkRuleAttrs(spec: FwmarkRuleSpec): Buffer[] {
+  return [attrU32(FRA_PRIORITY, spec.priority), attrU32(FRA_FWMARK, spec.mark), attrU32(FRA_FWMASK, spec.mask), attrU32(FRA_TABLE, spec.table)];
+}
+
 /**
  * One rtnetlink socket in one network namespace.
  *
@@ -309,10 +313,6 @@ export interface NetlinkOptions {
  * await nl.addAddress({ address: '10.0.0.5/32', dev: 'eth0' });
  * await nl.replaceRoute({ dst: 'default', gateway: '10.0.0.1', dev: 'eth0' });
  */
-function fwmarkRuleAttrs(spec: FwmarkRuleSpec): Buffer[] {
-  return [attrU32(FRA_PRIORITY, spec.priority), attrU32(FRA_FWMARK, spec.mark), attrU32(FRA_FWMASK, spec.mask), attrU32(FRA_TABLE, spec.table)];
-}
-
 export class Netlink {
   readonly netns: string | undefined;
   #fd: number;
