@@ -173,13 +173,14 @@ static __always_inline int from_container(struct __sk_buff *skb)
 	}
 
 	/* New connections: this endpoint's egress policy, then a local destination's ingress
-	 * policy (the packet skips that endpoint's cil_to_container); only then tracked. */
+	 * policy (the packet skips that endpoint's cil_to_container); only then tracked. L7 rules
+	 * of either (DNS rules of the egress, HTTP rules of the ingress) send the connection to
+	 * the node proxy (proxy.h). */
+	info.flags |= CILIATE_NOTIFY_F_PROXY_OK;
 	ret = policy_enforce4(skb, &info, self_id, CILIATE_POLICY_EGRESS, &tuple);
 	if (ret)
 		return ret;
 	if (ep && !(ep->flags & ENDPOINT_F_HOST)) {
-		/* A local destination's L7 rules: the connection goes to the node proxy (proxy.h). */
-		info.flags |= CILIATE_NOTIFY_F_PROXY_OK;
 		ret = policy_enforce4(skb, &info, ep->lxc_id, CILIATE_POLICY_INGRESS, &tuple);
 		if (ret)
 			return ret;

@@ -1,17 +1,17 @@
 /**
  * DNS-based policy on a real node: a DNS server in a namespace of its own (the world), a pod whose
  * egress allows `toFQDNs: *.example.com` on 8080 and DNS to that server for some names only. The
- * pod's queries are handed to the agent's DNS proxy through its API (the datapath does not yet
- * redirect pod DNS to it): an allowed name is answered and its address is allowed at once (a real
- * connect from the pod), an unlisted name is REFUSED and its address stays denied, the allowed
- * address expires with its TTL, and an agent restart keeps what was learned.
+ * pod asks its resolver over UDP and TCP; the datapath hands the queries to the agent's DNS proxy:
+ * an allowed name is answered and its address is allowed at once (a real connect from the pod), an
+ * unlisted name is REFUSED and its address stays denied, the allowed address expires with its TTL,
+ * and an agent restart keeps what was learned.
  * @module
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decode, encode } from 'dns-packet';
 import { parsePrometheusText, sampleValue } from '../src/metrics/text-format-testing.ts';
-import { TestNode, addWorld, cli, dnsServer, echoServer, inNs, probeTcp, sleep, streamConnection, uniqueName } from './support/cluster.ts';
+import { TestNode, addWorld, cli, dnsQuery, dnsServer, echoServer, inNs, probeTcp, sleep, streamConnection, uniqueName } from './support/cluster.ts';
 import type { DnsRecords } from './support/dns-server.ts';
 
 const POLICY = `apiVersion: cilium.io/v2
@@ -24,7 +24,7 @@ spec:
   egress:
   - toCIDR: [198.51.100.2/32]
     toPorts:
-    - ports: [{port: "53", protocol: UDP}]
+    - ports: [{port: "53", protocol: ANY}]
       rules:
         dns:
         - matchName: short.example.com
@@ -49,7 +49,7 @@ interface QueryAnswer {
   learned: { name: string; ip: string; ttl: number }[];
 }
 
-test('toFQDNs through the DNS proxy: an allowed name opens its address at once, an unlisted one is refused, TTL expiry closes it, a restart keeps the names', async (t) => {
+test('toFQDNs through the DNS proxy: pod DNS is redirected to it over UDP and TCP, an allowed name opens its address at once, an unlisted one is refused, TTL expiry closes it, a restart keeps the names', async (t) => {
   const node = await TestNode.start(t);
   const world = await addWorld(t, node, ['198.51.100.2/24', '198.51.100.10/24', '198.51.100.11/24', '198.51.100.12/24']);
   await dnsServer(t, world, '198.51.100.2', RECORDS);
@@ -61,32 +61,40 @@ test('toFQDNs through the DNS proxy: an allowed name opens its address at once, 
   const [short, other, kept] = ['198.51.100.10:8080', '198.51.100.11:8080', '198.51.100.12:8080'];
   assert.deepEqual(await probeTcp(pod.netns, [short, other, kept]), { [short]: false, [other]: false, [kept]: false }, 'no name resolved: nothing allowed');
 
-  const ask = async (name: string, id: number): Promise<QueryAnswer> =>
-    node.client.call<QueryAnswer>('POST', '/v1/fqdn/query', {
-      endpoint: pod.endpoint.id,
-      resolver: '198.51.100.2:53',
-      query: encode({ type: 'query', id, flags: 1 << 8, questions: [{ type: 'A', name }] }).toString('base64'),
-    });
-
-  const allowed = await ask('short.example.com', 1);
-  assert.equal(allowed.verdict, 'forwarded');
-  assert.equal(allowed.rcode, 0);
-  const answer = decode(Buffer.from(allowed.response!, 'base64'));
-  assert.equal(answer.id, 1);
-  assert.deepEqual(answer.answers?.map((a) => ('data' in a ? a.data : undefined)), ['198.51.100.10']);
+  // The pod asks its resolver itself: the datapath hands the datagram to the DNS proxy, which
+  // answers from the resolver's address and port (the client takes nothing else).
+  const allowed = await dnsQuery(pod.netns, '198.51.100.2', 'short.example.com');
+  assert.deepEqual([allowed.rcode, allowed.ips], [0, ['198.51.100.10']], JSON.stringify(allowed));
+  // A resolver library asks again from the same port (A, then AAAA; a retry): the later datagrams
+  // of a tracked flow go to the proxy too.
+  for (let i = 0; i < 2; i++) {
+    const again = await dnsQuery(pod.netns, '198.51.100.2', 'short.example.com', 'udp', 40100);
+    assert.deepEqual([again.rcode, again.ips], [0, ['198.51.100.10']], `query ${i + 1} from port 40100: ${JSON.stringify(again)}`);
+  }
   // No sleep: the answer came back only once the pod's policy map allowed the address.
   assert.deepEqual(await probeTcp(pod.netns, [short, other]), { [short]: true, [other]: false }, 'the allowed name\'s address is open as soon as the answer is back');
 
-  const refused = await ask('other.example.com', 2);
-  assert.equal(refused.verdict, 'denied');
-  assert.equal(refused.rcode, 5, 'REFUSED');
-  assert.equal((decode(Buffer.from(refused.response!, 'base64')).flags ?? 0) & 0xf, 5);
-  assert.deepEqual(refused.learned, []);
+  const refused = await dnsQuery(pod.netns, '198.51.100.2', 'other.example.com');
+  assert.deepEqual([refused.rcode, refused.ips], [5, []], `REFUSED by the proxy, never asked of the resolver (which knows the name): ${JSON.stringify(refused)}`);
   assert.deepEqual(await probeTcp(pod.netns, [other]), { [other]: false }, 'the unlisted name\'s address stays closed');
+  const refusedTcp = await dnsQuery(pod.netns, '198.51.100.2', 'other.example.com', 'tcp');
+  assert.deepEqual([refusedTcp.rcode, refusedTcp.ips], [5, []], `over TCP too: ${JSON.stringify(refusedTcp)}`);
 
-  const keptAnswer = await ask('kept-1.example.com', 3);
-  assert.equal(keptAnswer.verdict, 'forwarded');
+  // Over TCP (what a resolver library falls back to for big answers), to the same proxy.
+  const keptAnswer = await dnsQuery(pod.netns, '198.51.100.2', 'kept-1.example.com', 'tcp');
+  assert.deepEqual([keptAnswer.rcode, keptAnswer.ips], [0, ['198.51.100.12']], JSON.stringify(keptAnswer));
   assert.deepEqual(await probeTcp(pod.netns, [kept]), { [kept]: true });
+
+  // The API asks on an endpoint's behalf, through the same proxy.
+  const viaApi = await node.client.call<QueryAnswer>('POST', '/v1/fqdn/query', {
+    endpoint: pod.endpoint.id,
+    resolver: '198.51.100.2:53',
+    query: encode({ type: 'query', id: 7, flags: 1 << 8, questions: [{ type: 'A', name: 'other.example.com' }] }).toString('base64'),
+  });
+  assert.deepEqual([viaApi.verdict, viaApi.rcode, decode(Buffer.from(viaApi.response!, 'base64')).id], ['denied', 5, 7]);
+
+  const { dnsRedirect: redirect } = await node.client.get<{ dnsRedirect?: { datagrams: number; connections: number } }>('/v1/status');
+  assert.ok(redirect && redirect.datagrams >= 2 && redirect.connections >= 2, JSON.stringify(redirect));
 
   const cache = await node.client.get<{ endpoint: number; name: string; ip: string; ttl: number }[]>('/v1/fqdn/cache');
   assert.deepEqual(cache.map((e) => [e.endpoint, e.name, e.ip]), [
@@ -145,16 +153,10 @@ test('each query the DNS proxy handles is a Hubble DNS flow pair (dropped when r
   await dnsServer(t, world, '198.51.100.2', { ...RECORDS, 'alias.kept-2.example.com': { cname: 'kept-1.example.com', ttl: 60 } });
   const pod = await node.addPod(t, uniqueName('client'), { app: 'client' });
   await node.client.call('POST', '/v1/policies', { yaml: POLICY.replace('- matchName: short.example.com', '- matchName: short.example.com\n        - matchName: alias.kept-2.example.com'), file: 'client-fqdn.yaml' });
-  const ask = (name: string, id: number, sourcePort: number) =>
-    node.client.call<QueryAnswer>('POST', '/v1/fqdn/query', {
-      endpoint: pod.endpoint.id,
-      resolver: '198.51.100.2:53',
-      sourcePort,
-      query: encode({ type: 'query', id, flags: 1 << 8, questions: [{ type: 'A', name }] }).toString('base64'),
-    });
-  assert.equal((await ask('short.example.com', 1, 40001)).verdict, 'forwarded');
-  assert.equal((await ask('alias.kept-2.example.com', 2, 40002)).verdict, 'forwarded');
-  assert.equal((await ask('other.example.com', 3, 40003)).verdict, 'denied');
+  // From the pod, each from a port of its own, through the datapath's redirect.
+  assert.equal((await dnsQuery(pod.netns, '198.51.100.2', 'short.example.com', 'udp', 40001)).rcode, 0);
+  assert.equal((await dnsQuery(pod.netns, '198.51.100.2', 'alias.kept-2.example.com', 'udp', 40002)).rcode, 0);
+  assert.equal((await dnsQuery(pod.netns, '198.51.100.2', 'other.example.com', 'udp', 40003)).rcode, 5);
 
   const json = await cli(node, 'observe', '--last', '1000', '--protocol', 'dns', '-o', 'json');
   assert.equal(json.code, 0, json.stderr);

@@ -201,14 +201,14 @@ static __always_inline bool ct_reopens(const struct ct_entry *entry, const struc
  * Looks up the packet whose tuple (in packet order, flags unset) is `tuple`, as seen by a hook of
  * direction `dir`, and accounts it to the entry found; *report says whether the packet is news for
  * monitor aggregation (always for CT_NEW), *to_proxy whether it is the originator's packet of a
- * connection redirected to the node proxy. A connection reusing the tuple of a closed one
+ * connection redirected to the node proxy (at *proxy_port). A connection reusing the tuple of a closed one
  * (ct_reopens) is CT_NEW, and the old entry is left untouched until ct_create4 replaces it: a
  * SYN policy denies leaves it as it was, so its retransmission is judged again. Leaves `tuple` as
  * it was.
  */
 static __always_inline enum ct_status ct_lookup4(void *map, const struct ipv4_ct_tuple *tuple, __u8 dir,
 						 __u8 tcp_flags, __u32 len, const struct ciliate_monitor_config *mon,
-						 bool *report, __u16 *rev_nat_index, bool *to_proxy)
+						 bool *report, __u16 *rev_nat_index, bool *to_proxy, __u16 *proxy_port)
 {
 	struct ipv4_ct_tuple key = *tuple;
 	struct ct_entry *entry;
@@ -216,6 +216,7 @@ static __always_inline enum ct_status ct_lookup4(void *map, const struct ipv4_ct
 	*report = true;
 	*rev_nat_index = 0;
 	*to_proxy = false;
+	*proxy_port = 0;
 	key.flags = dir;
 	key._pad = 0;
 	entry = bpf_map_lookup_elem(map, &key);
@@ -226,6 +227,7 @@ static __always_inline enum ct_status ct_lookup4(void *map, const struct ipv4_ct
 		*rev_nat_index = entry->rev_nat_index;
 		/* Only the originator's packets: its peer never sends on this tuple (the proxy does). */
 		*to_proxy = entry->flags & CT_F_PROXY_REDIRECT;
+		*proxy_port = entry->proxy_port;
 		return CT_ESTABLISHED;
 	}
 

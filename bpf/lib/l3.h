@@ -61,7 +61,7 @@ static __always_inline int ipv4_parse_and_lookup(struct __sk_buff *skb, struct c
 	struct iphdr *ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
 	struct ciliate_monitor_config mon;
 	__u32 hdrlen, tot_len;
-	__u16 rev_nat_index;
+	__u16 rev_nat_index, proxy_port;
 	bool report, to_proxy;
 	int status;
 
@@ -86,9 +86,11 @@ static __always_inline int ipv4_parse_and_lookup(struct __sk_buff *skb, struct c
 		return DROP(skb, info, DROP_CT_INVALID_HDR);
 
 	mon = monitor_config();
-	status = ct_lookup4(&ciliate_ct4, tuple, dir, *tcp_flags, skb->len, &mon, &report, &rev_nat_index, &to_proxy);
-	if (to_proxy)
+	status = ct_lookup4(&ciliate_ct4, tuple, dir, *tcp_flags, skb->len, &mon, &report, &rev_nat_index, &to_proxy, &proxy_port);
+	if (to_proxy) {
 		info->flags |= CILIATE_NOTIFY_F_TO_PROXY;
+		info->proxy_port = proxy_port;
+	}
 	/* A new connection keeps what the service translation (lb_skb.h) set for its entry. */
 	if (status != CT_NEW)
 		info->rev_nat_index = rev_nat_index;
@@ -123,8 +125,10 @@ static __always_inline int ipv4_ct_commit(struct __sk_buff *skb, struct ciliate_
 		key.flags = dir;
 		key._pad = 0;
 		entry = bpf_map_lookup_elem(&ciliate_ct4, &key);
-		if (entry)
+		if (entry) {
 			entry->flags |= CT_F_PROXY_REDIRECT;
+			entry->proxy_port = info->proxy_port;
+		}
 	}
 	return 0;
 }

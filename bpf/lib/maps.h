@@ -137,7 +137,10 @@ struct ct_entry {
 	 * whose frontend replies must appear to come from (ciliate_lb4_reverse_nat), 0 for none. */
 	__u32 backend_id;
 	__u16 rev_nat_index;
-	__u16 _pad;
+	/* CT_F_PROXY_REDIRECT entries: the node proxy's port (host order). A TCP connection's later
+	 * packets find the proxy's socket by their 4-tuple; a UDP datagram is assigned to the
+	 * proxy's socket one by one, and this says which. */
+	__u16 proxy_port;
 };
 
 struct {
@@ -146,6 +149,37 @@ struct {
 	__type(key, struct ipv4_ct_tuple);
 	__type(value, struct ct_entry);
 } ciliate_ct4 SEC(".maps");
+
+/* --- ciliate_proxy4: original destinations of datagrams handed to the node's DNS proxy --- */
+
+/*
+ * A datagram the datapath assigns to the DNS proxy's UDP socket (proxy.h) keeps its addresses, but
+ * the proxy's socket, an unconnected Node socket, learns only the sender: Node offers no control
+ * messages (IP_ORIGDSTADDR). So the datapath notes where the datagram was going, by its sender's
+ * address and port, and the proxy reads it here. The sender's address is trustworthy
+ * (cil_from_container drops any other source). A pod sending to two resolvers from one port at
+ * once may have its first query judged and forwarded as the second's: both resolvers were
+ * allowed to it by the policy entry that redirected them.
+ */
+struct proxy4_key {
+	__be32 saddr;
+	__be16 sport;
+	__u8 nexthdr;
+	__u8 _pad;
+};
+
+struct proxy4_value {
+	__be32 orig_daddr;
+	__be16 orig_dport;
+	__u16 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 64 * 1024);
+	__type(key, struct proxy4_key);
+	__type(value, struct proxy4_value);
+} ciliate_proxy4 SEC(".maps");
 
 /* --- ciliate_node_cfg: node-wide settings of the datapath, one entry at key 0 --- */
 

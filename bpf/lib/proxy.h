@@ -60,9 +60,45 @@ static __always_inline bool from_ingress_proxy(struct __sk_buff *skb, __u32 *ide
 }
 
 /*
+ * A UDP datagram (DNS) for the node proxy: every one is assigned to the proxy's socket, which
+ * is bound to 127.0.0.1:proxy_port and has no 4-tuple the stack could find, after its original
+ * destination is noted in ciliate_proxy4 for the proxy to read (maps.h). The proxy answers from
+ * that destination's address and port, so the pod sees its resolver answer.
+ */
+static __always_inline int redirect_datagram_to_proxy4(struct __sk_buff *skb, struct ciliate_notify_info *info,
+							const struct ipv4_ct_tuple *tuple, __u32 proxy_port)
+{
+	struct proxy4_key key = { .saddr = tuple->saddr, .sport = tuple->sport, .nexthdr = IPPROTO_UDP };
+	struct proxy4_value orig = { .orig_daddr = tuple->daddr, .orig_dport = tuple->dport };
+	struct bpf_sock_tuple st = {};
+	struct bpf_sock *sk;
+	long err;
+
+	if (!proxy_port)
+		return DROP(skb, info, DROP_PROXY_LOOKUP_FAILED);
+	st.ipv4.daddr = bpf_htonl(PROXY_LISTEN_ADDR);
+	st.ipv4.dport = bpf_htons(proxy_port);
+	sk = bpf_sk_lookup_udp(skb, &st, sizeof(st.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return DROP(skb, info, DROP_PROXY_LOOKUP_FAILED);
+	err = bpf_map_update_elem(&ciliate_proxy4, &key, &orig, BPF_ANY);
+	if (!err)
+		err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	if (err) {
+		info->ext_error = err;
+		return DROP(skb, info, DROP_PROXY_SET_FAILED);
+	}
+	skb->mark = MARK_MAGIC_TO_PROXY;
+	send_trace_notify(skb, info, TRACE_TO_PROXY);
+	return TC_ACT_OK;
+}
+
+/*
  * Hands a packet from a pod (TC ingress of its host veth) to the node proxy: marks it for local
  * delivery and, for a SYN that has no socket yet, assigns the proxy's listener. Returns the
- * verdict (TC_ACT_OK, or the drop it reported: nobody listening, or a redirect that is not TCP).
+ * verdict (TC_ACT_OK, or the drop it reported: nobody listening, or a redirect that is neither TCP
+ * nor UDP).
  * A global function: verified once, not at every call site.
  */
 __noinline int redirect_to_proxy4(struct __sk_buff *skb, struct ciliate_notify_info *info, const struct ipv4_ct_tuple *tuple,
@@ -74,6 +110,8 @@ __noinline int redirect_to_proxy4(struct __sk_buff *skb, struct ciliate_notify_i
 
 	if (!info || !tuple)
 		return TC_ACT_SHOT;
+	if (tuple->nexthdr == IPPROTO_UDP)
+		return redirect_datagram_to_proxy4(skb, info, tuple, proxy_port);
 	if (tuple->nexthdr != IPPROTO_TCP)
 		return DROP(skb, info, DROP_PROXY_UNSUPPORTED);
 	skb->mark = MARK_MAGIC_TO_PROXY;

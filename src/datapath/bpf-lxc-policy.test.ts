@@ -387,6 +387,24 @@ test('an entry with L7 rules allows only into the node proxy: no proxy listening
   assert.equal(f.maps.ct4.lookup({ daddr: SERVER.ip, saddr: outside.ip, dport: 80, sport: 41001, nexthdr: 6, flags: CtDirection.INGRESS }), undefined);
 });
 
+test('an egress entry with DNS rules sends UDP and TCP to the DNS proxy: with nobody listening the query is dropped untracked (178), never let through to the resolver', (t) => {
+  const f = setup(t);
+  const dns = (e: PolicyMapEntry): PolicyMapEntry => ({ ...e, dns: true });
+  f.policy.apply(CLIENT.id, {
+    upserts: [dns(entry({ identity: SERVER.identity, direction: PolicyDirection.EGRESS, protocol: 17, port: 53, cookie: 9 })), dns(entry({ identity: SERVER.identity, direction: PolicyDirection.EGRESS, protocol: 6, port: 53, cookie: 9 })), ALLOW_ALL_INGRESS],
+    deletes: [],
+  });
+  f.policy.apply(SERVER.id, { upserts: [ALLOW_ALL_EGRESS, ALLOW_ALL_INGRESS], deletes: [] });
+  const query = buildIpv4Frame({ srcMac: CLIENT.mac, dstMac: CLIENT.nodeMac, src: CLIENT.ip, dst: SERVER.ip, udp: { sport: 43000, dport: 53 }, payload: Buffer.alloc(30) });
+  for (const [frame, protocol] of [[query, 17], [tcp(CLIENT, SERVER, 43001, 53, TcpFlag.SYN), 6]] as const) {
+    const { verdict, events } = f.run(CLIENT, frame);
+    assert.equal(verdict, TC_ACT_SHOT, `protocol ${protocol}`);
+    assert.equal(verdicts(events)[0].allowed, true, 'policy allowed it, into the DNS proxy');
+    assert.deepEqual(drops(events).map((d) => d.reason), [DropReasonCode.DROP_PROXY_LOOKUP_FAILED]);
+  }
+  assert.equal(f.maps.ct4.lookup({ ...ctKey(CLIENT, SERVER, 43000, 53), nexthdr: 17 }), undefined, 'no conntrack entry: the next datagram is judged and redirected anew');
+});
+
 test('a SYN reusing a closed connection\'s tuple is a new connection: judged again, and allowed it replaces the old entry (no proxy redirect, no service); a retransmitted SYN of a live one stays established', (t) => {
   const f = setup(t);
   const allowHttp = entry({ identity: CLIENT.identity, direction: PolicyDirection.INGRESS, protocol: 6, port: 80, cookie: 42 });

@@ -11,13 +11,13 @@ import { Btf, checkLayout } from '../ebpf/index.ts';
 import { DropReason, DropReasonCode } from './drop-reasons.ts';
 import { EventFlag, MONITOR_EVENT_TYPE_C_NAMES, MonitorEventType, TracePoint, dropEvent, eventHeader, policyVerdictEvent, traceEvent } from './events.ts';
 import { PolicyMatch, PolicyVerdict } from '../policy/policy-map.ts';
-import { CtFlag, ctEntry, ctTuple, endpointInfo, endpointKey, ipcacheKey, metricsKey, metricsValue, monitorConfig, remoteEndpointInfo } from './maps.ts';
+import { CtFlag, ctEntry, ctTuple, endpointInfo, endpointKey, ipcacheKey, metricsKey, metricsValue, monitorConfig, proxy4Key, proxy4Value, remoteEndpointInfo } from './maps.ts';
 import { LXC_OBJECT_PATH } from './lxc.ts';
 
 const btf = Btf.fromElf(LXC_OBJECT_PATH);
 
 test('map codecs match bpf/lib/maps.h', () => {
-  for (const codec of [endpointKey, endpointInfo, ipcacheKey, remoteEndpointInfo, ctTuple, ctEntry, metricsKey, metricsValue, monitorConfig]) {
+  for (const codec of [endpointKey, endpointInfo, ipcacheKey, remoteEndpointInfo, ctTuple, ctEntry, metricsKey, metricsValue, monitorConfig, proxy4Key, proxy4Value]) {
     assert.deepEqual(checkLayout(codec, btf), [], codec.name);
   }
   assert.equal(endpointInfo.size, 24);

@@ -23,6 +23,8 @@ export const MapName = {
   FORWARD_METRICS: 'ciliate_forward_metrics',
   /** One entry: the node's monitor aggregation level, report flags and interval (src/datapath/monitor-config.ts). */
   MONITOR_CFG: 'ciliate_monitor_cfg',
+  /** Sender address and port of a datagram handed to the DNS proxy → where it was going (proxy4Key, proxy4Value). */
+  PROXY4: 'ciliate_proxy4',
 } as const;
 export type MapName = (typeof MapName)[keyof typeof MapName];
 
@@ -131,9 +133,17 @@ export const ctEntry = struct('ct_entry', {
   backend_id: u32,
   /** Entries of a translated connection: the service its replies are reverse-NATed to; 0: none. */
   rev_nat_index: u16,
-  _pad: pad(2),
+  /** PROXY_REDIRECT entries: the node proxy's port (a UDP flow's datagrams are assigned to it one by one). */
+  proxy_port: u16,
 });
 export type CtEntry = StructValue<(typeof ctEntry)['fields']>;
+
+// ciliate_proxy4: the original destination of a datagram the datapath handed to the DNS proxy.
+
+export const proxy4Key = struct('proxy4_key', { saddr: ipv4, sport: be16, nexthdr: u8, _pad: pad(1) });
+export const proxy4Value = struct('proxy4_value', { orig_daddr: ipv4, orig_dport: be16, _pad: pad(2) });
+export type Proxy4Key = StructValue<(typeof proxy4Key)['fields']>;
+export type Proxy4Value = StructValue<(typeof proxy4Value)['fields']>;
 
 // ciliate_node_cfg: node-wide settings, one entry at key 0.
 

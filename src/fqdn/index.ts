@@ -4,8 +4,8 @@
  * the addresses the answers held, which `toFQDNs` selectors select (src/policy expands them into
  * CIDR peers; the agent's dns-proxy module wires the two).
  *
- * The datapath does not redirect pod DNS traffic to the proxy yet: queries reach it through
- * `DnsProxy.handle()` (the agent's `POST /v1/fqdn/query`), the entry the redirect will use.
+ * Pod DNS traffic reaches the proxy through the datapath's redirect (bpf/lib/proxy.h) and the
+ * `DnsRedirectListener`; `DnsProxy.handle()` judges and answers one query.
  *
  * @example
  * const cache = new FqdnCache({ file: '/var/lib/ciliate/fqdn-cache.json', minTtl: 0 });
@@ -15,3 +15,4 @@
  */
 export { FqdnCache, DEFAULT_MAX_IPS_PER_NAME, DEFAULT_MIN_TTL, type AnswerAddress, type FqdnCacheOptions, type LearnedAddress } from './cache.ts';
 export { DnsProxy, RCODE, answerAddresses, answerDetails, presentationName, type AnswerDetails, type DnsOutcome, type DnsProxyOptions, type DnsQuery, type RejectResponseCode, type Resolver } from './proxy.ts';
+export { DnsRedirectListener, type DnsRedirectOptions, type DnsRedirectStats } from './redirect.ts';

@@ -15,6 +15,7 @@
  */
 import { randomInt } from 'node:crypto';
 import { createSocket, type Socket } from 'node:dgram';
+import { connect } from 'node:net';
 import { decode, encode, RECURSION_AVAILABLE, RECURSION_DESIRED, type Answer, type DecodedPacket, type Packet } from 'dns-packet';
 import { Addr } from '../net/index.ts';
 import { normalizeDnsName } from '../policy/index.ts';
@@ -257,6 +258,44 @@ class Upstream {
   }
 }
 
+/** A DNS message as TCP carries it (RFC 7766): its length in two bytes, then the message. */
+export function tcpFrame(message: Uint8Array): Buffer {
+  const framed = Buffer.alloc(2 + message.length);
+  framed.writeUInt16BE(message.length, 0);
+  framed.set(message, 2);
+  return framed;
+}
+
+/**
+ * One query over a connection of its own to the resolver (RFC 7766 framing: a two-byte length
+ * before each message); the answer counts only with the query's id and question.
+ */
+function exchangeOverTcp(resolver: Resolver, payload: Uint8Array, message: DecodedPacket, timeoutMs: number): Promise<{ bytes: Buffer; packet: DecodedPacket } | undefined> {
+  const question = message.questions![0];
+  return new Promise((resolve) => {
+    const socket = connect({ host: resolver.address, port: resolver.port });
+    let received = Buffer.alloc(0);
+    const finish = (answer: { bytes: Buffer; packet: DecodedPacket } | undefined) => {
+      clearTimeout(timer);
+      socket.destroy();
+      resolve(answer);
+    };
+    const timer = setTimeout(() => finish(undefined), timeoutMs);
+    socket.on('error', () => finish(undefined));
+    socket.on('close', () => finish(undefined));
+    socket.on('connect', () => socket.write(tcpFrame(payload)));
+    socket.on('data', (chunk: Buffer) => {
+      received = Buffer.concat([received, chunk]);
+      if (received.length < 2 || received.length < 2 + received.readUInt16BE(0)) return;
+      const bytes = Buffer.from(received.subarray(2, 2 + received.readUInt16BE(0)));
+      const packet = tryDecode(bytes);
+      const q = packet?.questions?.[0];
+      const matches = packet?.type === 'response' && packet.id === message.id && packet.questions?.length === 1 && q !== undefined && normalizeDnsName(q.name) === normalizeDnsName(question.name) && q.type === question.type;
+      finish(matches ? { bytes, packet: packet! } : undefined);
+    });
+  });
+}
+
 export class DnsProxy {
   readonly #options: DnsProxyOptions;
   readonly #rejectCode: number;
@@ -319,6 +358,8 @@ export class DnsProxy {
 
   /** Sends the query to the resolver and waits for its matching answer (or the timeout). */
   #forward(query: DnsQuery, message: DecodedPacket): Promise<{ bytes: Buffer; packet: DecodedPacket } | undefined> {
+    // Over TCP as asked: a client on TCP is usually after an answer too big for a datagram.
+    if (query.protocol === 'TCP') return exchangeOverTcp(query.resolver, query.payload, message, this.#timeoutMs);
     const key = `${query.resolver.address}|${query.resolver.port}`;
     let upstream = this.#upstreams.get(key);
     if (upstream === undefined || upstream.closed) {

@@ -5,7 +5,21 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { dnsVerdict, dnsVerdictAllows, fqdnSelectorMatches, parsePolicyFile, PolicyEngine, PolicyValidationError, reservedIdentityInfos } from './index.ts';
+import {
+  DNS_PROXY_PORT,
+  dnsVerdict,
+  dnsVerdictAllows,
+  encodeEntry,
+  fqdnSelectorMatches,
+  lookupPolicy,
+  parsePolicyFile,
+  PolicyDirection,
+  PolicyEngine,
+  PolicyValidationError,
+  reservedIdentityInfos,
+  resolveEndpointPolicy,
+  SelectorCache,
+} from './index.ts';
 
 test('matchPattern: * stays within one label, a leading **. spans labels, stars alone match every name', () => {
   const cases: Array<[string, string, boolean]> = [
@@ -39,7 +53,7 @@ test('matchPattern: * stays within one label, a leading **. spans labels, stars 
 
 const egress = (body: string) => `apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: t, namespace: app}\nspec:\n  endpointSelector: {matchLabels: {app: client}}\n  egress:\n${body}`;
 
-test('rules.dns and toFQDNs are read, normalised, with a warning that names are not yet enforced on pod traffic', () => {
+test('rules.dns and toFQDNs are read and normalised', () => {
   const { rules, warnings } = parsePolicyFile(
     egress(`  - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, k8s-app: kube-dns}}]
     toPorts:
@@ -60,9 +74,7 @@ test('rules.dns and toFQDNs are read, normalised, with a warning that names are 
   assert.deepEqual(fqdn.fqdns, [{ matchName: 'api.github.com' }, { matchPattern: '**.cilium.io' }]);
   assert.equal(fqdn.endpoints, undefined, 'a toFQDNs rule with ports is not a rule for every peer');
   assert.equal(fqdn.cidrs, undefined);
-  assert.deepEqual(warnings.map((w) => `${w.path}: ${w.reason}`), [
-    "spec.egress[0].toPorts[0].rules.dns: the port is allowed at L4; the names are enforced by the agent's DNS proxy, and pod DNS traffic is not yet redirected to it",
-  ]);
+  assert.deepEqual(warnings, [], 'DNS rules are enforced: nothing to warn about');
 });
 
 test('bad DNS rules and toFQDNs are refused with the field and the reason', () => {
@@ -137,4 +149,27 @@ test("the DNS proxy's question: the rules of the entry the datapath picks decide
     ).rules,
   ]);
   assert.equal(asks(1, ID.kubeDns, 53, 'evil.example.com'), true);
+});
+
+test('a port with DNS rules sends UDP and TCP to the DNS proxy; an L4 allow of the same key turns the redirect off', () => {
+  const KUBE_DNS = 302;
+  const cache = new SelectorCache([{ id: KUBE_DNS, labels: { 'k8s:k8s-app': 'kube-dns', 'k8s:io.kubernetes.pod.namespace': 'kube-system' } }]);
+  const client = { 'k8s:app': 'client', 'k8s:io.kubernetes.pod.namespace': 'app' };
+  const toKubeDns = '  - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, k8s-app: kube-dns}}]\n    toPorts:\n';
+  const dnsRule = egress(`${toKubeDns}    - ports: [{port: "53", protocol: ANY}]\n      rules:\n        dns: [{matchPattern: "*"}]`);
+  const entryOf = (rules: string[], protocol: number) => {
+    const parsed = rules.flatMap((text, i) => parsePolicyFile(text.replace('name: t,', `name: t${i},`), { file: `p${i}.yaml` }).rules);
+    return lookupPolicy(resolveEndpointPolicy(client, parsed, cache).entries, KUBE_DNS, PolicyDirection.EGRESS, protocol, 53).entry;
+  };
+  for (const protocol of [17, 6]) {
+    const entry = entryOf([dnsRule], protocol);
+    assert.equal(entry?.dns, true, `protocol ${protocol}`);
+    assert.equal(encodeEntry(entry!).proxy_port, DNS_PROXY_PORT, 'the map entry carries the DNS proxy\'s port');
+  }
+  const l4Only = egress(`${toKubeDns}    - ports: [{port: "53", protocol: UDP}]`);
+  const merged = entryOf([dnsRule, l4Only], 17);
+  assert.equal(merged?.dns, undefined, 'another rule allows every query on 53/UDP');
+  assert.equal(encodeEntry(merged!).proxy_port, 0);
+  assert.equal(entryOf([l4Only, dnsRule], 17)?.dns, undefined, 'whichever comes first');
+  assert.equal(entryOf([dnsRule, l4Only], 6)?.dns, true, '53/TCP is still DNS rules only');
 });

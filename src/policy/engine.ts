@@ -526,7 +526,8 @@ function traceDirection(
     }
   } else if (res.verdict === PolicyVerdict.ALLOWED) {
     reason = `allowed by ${names(entry!.ruleKeys)} (${POLICY_MATCH_NAME[res.match]} match: ${res.match === 3 || res.match === 4 || res.match === 6 ? 'any identity' : who} on ${formatKeyL4(entry!.key)})`;
-    if (entry!.l7) reason += `, through the node proxy: only HTTP requests that ${entry!.l7.reduce((n, g) => n + g.http.length, 0)} HTTP rule(s) of ${names(entry!.l7.map((g) => g.ruleKey))} allow`;
+    if (entry!.dns) reason += ', through the DNS proxy: only DNS queries for the names the DNS rules of these rules allow';
+    else if (entry!.l7) reason += `, through the node proxy: only HTTP requests that ${entry!.l7.reduce((n, g) => n + g.http.length, 0)} HTTP rule(s) of ${names(entry!.l7.map((g) => g.ruleKey))} allow`;
   } else {
     const enforcing = rules.filter((r) => policy.selectingRules.includes(ruleKey(r)) && ruleEnforces(r, dir)).map((r) => ruleKey(r));
     reason = `denied by default: ${role} is selected by ${names(enforcing)} but no ${dir} rule allows ${who} on ${l4}`;

@@ -49,10 +49,6 @@ export function readL7Rules(ctx: Ctx, path: string, value: unknown, direction: '
     else {
       const dns = readFqdnSelectors(ctx, dnsPath, obj.dns);
       if (dns !== undefined) rules.dns = dns;
-      // Said at every import, so nobody takes the names for enforced while they are not.
-      if (dns !== undefined) {
-        ctx.warn(dnsPath, "the port is allowed at L4; the names are enforced by the agent's DNS proxy, and pod DNS traffic is not yet redirected to it");
-      }
     }
   }
   return ctx.issues.length === before ? rules : undefined;

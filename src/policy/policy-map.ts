@@ -183,6 +183,12 @@ export function keyCovers(outer: PolicyKey, inner: PolicyKey): boolean {
  */
 export const L7_PROXY_PORT = 10080;
 
+/**
+ * The DNS proxy's port: what an entry with DNS rules carries as `proxy_port`; the DNS proxy
+ * listens there on 127.0.0.1 for UDP (each datagram assigned to it by the datapath) and TCP.
+ */
+export const DNS_PROXY_PORT = 10053;
+
 /** The HTTP rules one policy rule grants on an entry's port. */
 export interface L7Grant {
   ruleKey: string;
@@ -202,11 +208,13 @@ export interface PolicyMapEntry {
    * the key without L7 rules allows everything at L7, so then this is absent.
    */
   l7?: L7Grant[];
+  /** Set when every rule that allows this key does so with DNS rules: its traffic goes to the DNS proxy. */
+  dns?: true;
 }
 
-export function encodeEntry(e: Pick<PolicyMapEntry, 'key' | 'deny' | 'cookie' | 'l7'>): PolicyEntryValue {
+export function encodeEntry(e: Pick<PolicyMapEntry, 'key' | 'deny' | 'cookie' | 'l7' | 'dns'>): PolicyEntryValue {
   return {
-    proxy_port: e.l7 && !e.deny ? L7_PROXY_PORT : 0,
+    proxy_port: e.deny ? 0 : e.dns ? DNS_PROXY_PORT : e.l7 ? L7_PROXY_PORT : 0,
     flags: e.deny ? POLICY_F_DENY : 0,
     prefix_len: e.key.prefixLen,
     auth_type: 0,

@@ -78,13 +78,26 @@ export function ruleEnforces(rule: PolicyRule, direction: 'ingress' | 'egress'):
   return rule[direction].length > 0 || deny.length > 0;
 }
 
-const ALL_L4: { protocol: number; port: number; prefixLen: number; http?: HttpRule[] }[] = [{ protocol: 0, port: 0, prefixLen: PREFIX_DIR }];
+/** The L7 rules an allow comes with: HTTP rules (the node proxy) or DNS rules (the DNS proxy). */
+interface L7Allow {
+  http?: HttpRule[];
+  dns?: true;
+}
 
-/** A port entry's keys; with L7 rules only its TCP key, which carries them (the proxy speaks TCP). */
-function portKeysWithL7(rule: PortRule): { protocol: number; port: number; prefixLen: number; http?: HttpRule[] }[] {
+type L4Key = { protocol: number; port: number; prefixLen: number; l7?: L7Allow };
+
+const ALL_L4: L4Key[] = [{ protocol: 0, port: 0, prefixLen: PREFIX_DIR }];
+
+/**
+ * A port entry's keys. With HTTP rules only its TCP key, which carries them (the node proxy speaks
+ * TCP); with DNS rules every key, UDP and TCP, all to the DNS proxy (a protocol it cannot take is
+ * dropped by the datapath, never let through).
+ */
+function portKeysWithL7(rule: PortRule): L4Key[] {
   const keys = portRuleKeys(rule);
+  if (rule.l7?.dns) return keys.map((k) => ({ ...k, l7: { dns: true } }));
   if (!rule.l7?.http) return keys;
-  return keys.filter((k) => k.protocol === PROTOCOL_NUMBER.TCP).map((k) => ({ ...k, http: rule.l7!.http! }));
+  return keys.filter((k) => k.protocol === PROTOCOL_NUMBER.TCP).map((k) => ({ ...k, l7: { http: rule.l7!.http! } }));
 }
 
 class EntryBuilder {
@@ -92,21 +105,30 @@ class EntryBuilder {
   /** `identity/dir` pairs that have deny entries: only their allows need the cover check. */
   readonly denied = new Set<string>();
 
-  /** `http`: the L7 rules the allow comes with (none: every request). */
-  add(key: PolicyKey, deny: boolean, cookie: number, rk: string, http?: HttpRule[]): void {
+  /**
+   * `l7`: the L7 rules the allow comes with (none: every request). Allows are ORed: a key keeps a
+   * redirect only while every rule allowing it has L7 rules. DNS wins over HTTP on a key both
+   * claim: its proxy answers what is not DNS with nothing, so the mix allows less, never more.
+   */
+  add(key: PolicyKey, deny: boolean, cookie: number, rk: string, l7?: L7Allow): void {
     const ks = policyKeyString(key);
     const e = this.entries.get(ks);
     if (!e) {
       const entry: PolicyMapEntry = { key, deny, cookie, ruleKeys: [rk] };
-      if (http && !deny) entry.l7 = [{ ruleKey: rk, http }];
+      if (l7?.http && !deny) entry.l7 = [{ ruleKey: rk, http: l7.http }];
+      if (l7?.dns && !deny) entry.dns = true;
       this.entries.set(ks, entry);
     } else if (e.deny === deny) {
       if (!e.ruleKeys.includes(rk)) e.ruleKeys.push(rk);
       if (cookie < e.cookie || e.cookie === 0) e.cookie = cookie;
-      // Allows are ORed: an allow without L7 rules allows every request on the key.
-      if (!deny && e.l7) {
-        if (http) e.l7.push({ ruleKey: rk, http });
-        else delete e.l7;
+      if (!deny && (e.l7 || e.dns)) {
+        if (!l7) {
+          delete e.l7;
+          delete e.dns;
+        } else if (l7.dns) {
+          delete e.l7;
+          e.dns = true;
+        } else if (e.l7 && l7.http) e.l7.push({ ruleKey: rk, http: l7.http });
       }
     } else if (deny) {
       this.entries.set(ks, { key, deny, cookie, ruleKeys: [rk] });
@@ -191,7 +213,7 @@ export function resolveEndpointPolicy(
           for (const ps of peerSelectors(peer)) {
             for (const identity of identitiesOf(ps)) {
               for (const k of l4) {
-                builder.add({ identity, direction: d.dir, protocol: k.protocol, port: k.port, prefixLen: k.prefixLen }, deny, cookie, rk, k.http);
+                builder.add({ identity, direction: d.dir, protocol: k.protocol, port: k.port, prefixLen: k.prefixLen }, deny, cookie, rk, k.l7);
               }
             }
           }
@@ -220,7 +242,7 @@ export interface EntriesDiff {
 }
 
 function sameValue(a: PolicyMapEntry, b: PolicyMapEntry): boolean {
-  return a.deny === b.deny && a.cookie === b.cookie && (a.l7 === undefined) === (b.l7 === undefined);
+  return a.deny === b.deny && a.cookie === b.cookie && (a.l7 === undefined) === (b.l7 === undefined) && a.dns === b.dns;
 }
 
 /**

@@ -26,7 +26,7 @@ import {
   type PolicyMapEntry,
 } from '../policy/index.ts';
 import type { ProxyState } from './protocol.ts';
-import { markedTcpSocket, setTransparent } from './libc.ts';
+import { makeListenerTransparent, markedTcpSocket } from './libc.ts';
 
 /** bpf/lib/proxy.h: MARK_MAGIC_PROXY_INGRESS and the identity, in Cilium's layout. */
 const MARK_MAGIC_PROXY_INGRESS = 0x0a00;
@@ -121,9 +121,7 @@ export class HttpProxy {
         resolve();
       });
     });
-    const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (fd === undefined || fd < 0) throw new Error('the proxy listener has no file descriptor to make transparent');
-    setTransparent(fd);
+    makeListenerTransparent(server);
     return (server.address() as AddressInfo).port;
   }
 

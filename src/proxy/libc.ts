@@ -7,6 +7,8 @@
  * signal: the proxy process never outlives its agent, not even a kill -9 of it.
  * @module
  */
+import type { Socket as DgramSocket } from 'node:dgram';
+import type { Server } from 'node:net';
 import koffi from 'koffi';
 
 const SOL_SOCKET = 1;
@@ -15,6 +17,9 @@ const SOL_IP = 0;
 const IP_TRANSPARENT = 19;
 const AF_INET = 2;
 const SOCK_STREAM = 1;
+const SOCK_RAW = 3;
+/** A raw socket of this protocol sends whole IP packets, headers included (IP_HDRINCL). */
+const IPPROTO_RAW = 255;
 const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
 
@@ -24,6 +29,7 @@ interface Libc {
   setsockopt: (fd: number, level: number, name: number, value: number[], len: number) => number;
   socket: (domain: number, type: number, protocol: number) => number;
   close: (fd: number) => number;
+  sendto: (fd: number, buf: Buffer, len: number, flags: number, addr: Buffer, addrlen: number) => number;
 }
 
 let libc: Libc | undefined;
@@ -36,6 +42,7 @@ function load(): Libc {
     setsockopt: lib.func('int setsockopt(int fd, int level, int name, _In_ int *value, uint32_t len)') as Libc['setsockopt'],
     socket: lib.func('int socket(int domain, int type, int protocol)') as Libc['socket'],
     close: lib.func('int close(int fd)') as Libc['close'],
+    sendto: lib.func('long sendto(int fd, const void *buf, size_t len, int flags, const void *addr, uint32_t addrlen)') as Libc['sendto'],
   };
   return libc;
 }
@@ -57,6 +64,28 @@ function setInt(fd: number, level: number, name: number, value: number, what: st
 /** IP_TRANSPARENT on a listening socket's descriptor. */
 export function setTransparent(fd: number): void {
   setInt(fd, SOL_IP, IP_TRANSPARENT, 1, `setting IP_TRANSPARENT on fd ${fd}`);
+}
+
+/**
+ * IP_TRANSPARENT on a bound dgram socket: the kernel delivers a datagram the datapath assigned to a
+ * socket (bpf_sk_assign) only if the socket is transparent. Node keeps the descriptor on the
+ * handle behind its state symbol.
+ */
+export function makeDatagramSocketTransparent(socket: DgramSocket): void {
+  const state = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'state symbol');
+  const fd = state === undefined ? undefined : (socket as unknown as Record<symbol, { handle?: { fd?: number } } | undefined>)[state]?.handle?.fd;
+  if (fd === undefined || fd < 0) throw new Error('the datagram socket has no file descriptor to make transparent');
+  setTransparent(fd);
+}
+
+/**
+ * IP_TRANSPARENT on a listening net.Server: the connections the datapath assigns to it keep their
+ * original destination as their local address. Node exposes the descriptor only on the handle.
+ */
+export function makeListenerTransparent(server: Server): void {
+  const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (fd === undefined || fd < 0) throw new Error('the listener has no file descriptor to make transparent');
+  setTransparent(fd);
 }
 
 /** A new non-blocking IPv4 TCP socket with SO_MARK `mark`, not yet connected (for net.Socket({ fd })). */
@@ -81,4 +110,28 @@ export function dieWithParent(parent: number): boolean {
   const c = load();
   if (c.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) !== 0) throw new SocketOptionError('prctl(PR_SET_PDEATHSIG)', koffi.errno());
   return c.getppid() === parent;
+}
+
+/**
+ * A non-blocking raw IPv4 socket that sends packets whose headers the caller writes, source
+ * address included: how the DNS proxy answers a pod from the resolver's address and port (a Node
+ * socket can only send from an address and port it is bound to). CAP_NET_RAW only.
+ */
+export function rawIpv4Socket(): number {
+  const fd = load().socket(AF_INET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_RAW);
+  if (fd < 0) throw new SocketOptionError('creating a raw IPv4 socket', koffi.errno());
+  return fd;
+}
+
+/** Sends one whole IPv4 packet (header included) on a rawIpv4Socket; throws with the errno (EAGAIN when the socket's buffer is full). */
+export function sendIpv4Packet(fd: number, packet: Buffer, destination: number): void {
+  const address = Buffer.alloc(16);
+  address.writeUInt16LE(AF_INET, 0);
+  address.writeUInt32BE(destination >>> 0, 4);
+  if (load().sendto(fd, packet, packet.length, 0, address, address.length) < 0) throw new SocketOptionError(`sending a ${packet.length}-byte packet on raw socket ${fd}`, koffi.errno());
+}
+
+/** Closes a descriptor this module opened. */
+export function closeDescriptor(fd: number): void {
+  load().close(fd);
 }

@@ -15,6 +15,7 @@ import { AgentClient, type Endpoint, type EndpointWorkload } from '../../src/age
 import type { TestPki } from '../../src/store/etcd-testing.ts';
 import { testCgroup } from '../../src/ebpf/internal/testutils.ts';
 import type { DnsRecords } from './dns-server.ts';
+import type { DnsClientAnswer } from './dns-client.ts';
 
 const run = promisify(execFile);
 export const ROOT = join(import.meta.dirname, '..', '..');
@@ -303,6 +304,12 @@ export async function addWorld(t: TestContext, node: TestNode, addresses: readon
  */
 export function dnsServer(t: TestContext, netns: string, address: string, records: DnsRecords): Promise<void> {
   return serveInNs(t, netns, 'DNS server', join(ROOT, 'test', 'support', 'dns-server.ts'), [address, '53', JSON.stringify(records)], false);
+}
+
+/** A DNS query sent from inside `netns` (test/support/dns-client.ts), as a pod's resolver library sends it. */
+export async function dnsQuery(netns: string, server: string, name: string, protocol: 'udp' | 'tcp' = 'udp', sourcePort = 0): Promise<DnsClientAnswer> {
+  const out = await inNs(netns, process.execPath, [join(ROOT, 'test', 'support', 'dns-client.ts'), server, name, protocol, String(sourcePort)]);
+  return JSON.parse(out) as DnsClientAnswer;
 }
 
 /** Runs a node script that prints one line once it listens; resolves then, kills it at test end. */

@@ -1,11 +1,12 @@
 /**
  * A tiny authoritative DNS server for tests, on dns-packet (the library the DNS proxy uses):
- * answers A queries from a fixed table with the table's TTL, NXDOMAIN otherwise, and counts the
- * queries it saw. Run in-process (`serveDns`) or in a namespace of a test:
+ * answers A queries over UDP and TCP from a fixed table with the table's TTL, NXDOMAIN otherwise,
+ * and counts the queries it saw. Run in-process (`serveDns`) or in a namespace of a test:
  * `node test/support/dns-server.ts <address> <port> '<json records>'` prints `ready <port>` once bound.
  * @module
  */
 import { createSocket, type Socket } from 'node:dgram';
+import { createServer } from 'node:net';
 import { decode, encode, type Answer } from 'dns-packet';
 
 /** name (lower case, no trailing dot) → its A records; a CNAME when `cname` is set. */
@@ -36,28 +37,51 @@ function answer(records: DnsRecords, name: string): Answer[] | undefined {
 export function serveDns(address: string, port: number, records: DnsRecords): Promise<DnsServer> {
   const socket: Socket = createSocket('udp4');
   const queries: string[] = [];
-  socket.on('message', (bytes, from) => {
+  const respond = (bytes: Buffer): Buffer | undefined => {
     let query;
     try {
       query = decode(bytes);
     } catch {
-      return;
+      return undefined;
     }
     const question = query.questions?.[0];
-    if (question === undefined) return;
+    if (question === undefined) return undefined;
     const name = question.name.toLowerCase().replace(/\.$/, '');
     queries.push(name);
     const answers = question.type === 'A' ? answer(records, name) : [];
-    const response = encode({ type: 'response', id: query.id, flags: (answers === undefined ? 3 : 0) | (1 << 10), questions: query.questions, answers: answers ?? [] });
-    socket.send(response, from.port, from.address);
+    return encode({ type: 'response', id: query.id, flags: (answers === undefined ? 3 : 0) | (1 << 10), questions: query.questions, answers: answers ?? [] });
+  };
+  socket.on('message', (bytes, from) => {
+    const response = respond(bytes);
+    if (response) socket.send(response, from.port, from.address);
+  });
+  // The same over TCP, one length-prefixed message at a time.
+  const tcp = createServer((conn) => {
+    let received = Buffer.alloc(0);
+    conn.on('error', () => undefined);
+    conn.on('data', (chunk: Buffer) => {
+      received = Buffer.concat([received, chunk]);
+      while (received.length >= 2 && received.length >= 2 + received.readUInt16BE(0)) {
+        const response = respond(received.subarray(2, 2 + received.readUInt16BE(0)));
+        received = received.subarray(2 + received.readUInt16BE(0));
+        if (!response) return conn.destroy();
+        const framed = Buffer.alloc(2 + response.length);
+        framed.writeUInt16BE(response.length, 0);
+        response.copy(framed, 2);
+        conn.write(framed);
+      }
+    });
   });
   return new Promise((resolve) => {
     socket.bind(port, address, () => {
-      resolve({
-        port: socket.address().port,
-        queries,
-        close: () => new Promise<void>((done) => socket.close(() => done())),
-      });
+      const bound = socket.address().port;
+      tcp.listen(bound, address, () =>
+        resolve({
+          port: bound,
+          queries,
+          close: () => Promise.all([new Promise<void>((done) => socket.close(() => done())), new Promise<void>((done) => tcp.close(() => done()))]).then(() => undefined),
+        }),
+      );
     });
   });
 }

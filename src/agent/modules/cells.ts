@@ -11,7 +11,7 @@ import type { L7DnsRecord, L7HttpRecord, L7Record } from '../../observer/index.t
 import type { ServiceManager } from '../../loadbalancer/index.ts';
 import type { HubbleMetricsSink } from '../../metrics/index.ts';
 import type { StateStore } from '../../store/index.ts';
-import type { DnsProxy } from '../../fqdn/index.ts';
+import type { DnsOutcome, DnsProxy, DnsQuery } from '../../fqdn/index.ts';
 import type { ApiServer } from '../api-server.ts';
 import type { ClusterWatcher } from '../cluster.ts';
 import type { EndpointManager } from '../endpoint-manager.ts';
@@ -44,6 +44,8 @@ export const PolicyCell = cell<PolicyManager>('policy');
 /** The DNS proxy (what the L7 redirect hands an endpoint's DNS queries to) and its L7 records, for the observer. */
 export interface DnsProxyService extends L7RecordSource<L7DnsRecord> {
   readonly proxy: DnsProxy;
+  /** Judges and answers a query from `sourcePort` of its endpoint, and reports its flows. */
+  answer(query: DnsQuery, sourcePort: number): Promise<DnsOutcome>;
 }
 export const DnsProxyCell = cell<DnsProxyService>('dns-proxy');
 export const NamespacesCell = cell<Namespaces>('namespaces');

@@ -4,19 +4,22 @@
  * which turns `toFQDNs` into the addresses the endpoints were told, allowed in their policy maps
  * until the answers' TTL runs out. The cache is kept in the state directory across restarts.
  *
- * Not yet: the datapath does not redirect pod DNS traffic to the proxy (the L7 redirect comes
- * separately). Queries reach it through `POST /v1/fqdn/query`, the entry the redirect will use.
+ * Pod DNS traffic reaches it through the datapath's redirect (the dns-redirect module below);
+ * `POST /v1/fqdn/query` asks it on an endpoint's behalf, for tools and tests.
  * @module
  */
 import { join } from 'node:path';
 import { z } from 'zod';
-import { DnsProxy, FqdnCache, DEFAULT_MAX_IPS_PER_NAME, DEFAULT_MIN_TTL, presentationName, type AnswerAddress, type DnsOutcome } from '../../fqdn/index.ts';
+import { DnsProxy, DnsRedirectListener, FqdnCache, DEFAULT_MAX_IPS_PER_NAME, DEFAULT_MIN_TTL, presentationName, type AnswerAddress, type DnsOutcome, type DnsQuery, type Resolver } from '../../fqdn/index.ts';
+import { IPPROTO_UDP, MapName, proxy4Key, proxy4Value, type Proxy4Key, type Proxy4Value } from '../../datapath/index.ts';
+import { BpfMap } from '../../ebpf/index.ts';
 import { L7RecordFanout, type L7DnsRecord } from '../../observer/index.ts';
-import { dnsVerdictAllows } from '../../policy/index.ts';
+import { DNS_PROXY_PORT, dnsVerdictAllows } from '../../policy/index.ts';
 import { Addr } from '../../net/index.ts';
 import { parseRequest, RequestError } from '../api-errors.ts';
 import { defineModule } from '../module.ts';
-import { DnsProxyCell, PolicyCell } from './cells.ts';
+import { DnsProxyCell, EndpointsCell, PolicyCell } from './cells.ts';
+import { ensureToProxyRouting } from './proxy.ts';
 import { storeConfig } from './store.ts';
 
 export const dnsProxyConfig = {
@@ -149,14 +152,20 @@ export const dnsProxyModule = defineModule({
         .finally(() => (expiring = false));
     }, EXPIRY_INTERVAL_MS).unref();
 
+    /** A query judged and answered, with its flows. */
+    const answer = async (query: DnsQuery, sourcePort: number): Promise<DnsOutcome> => {
+      const requestNs = nowNs();
+      const outcome = await proxy.handle(query);
+      const records = dnsRecords({ endpoint: query.endpoint, sourcePort, resolver: query.resolver, protocol: query.protocol }, outcome, requestNs, nowNs());
+      if (records.length > 0) source.emit(records);
+      return outcome;
+    };
+
     api.route('POST', '/v1/fqdn/query', async ({ body }) => {
       const request = parseRequest(QueryBody, body, 'fqdn query');
       const resolver = parseResolver(request.resolver);
       if (resolver === undefined) throw new RequestError('ERR_BAD_REQUEST', `fqdn query: field resolver: "${request.resolver}" is not a resolver address (ip, ip:port or [ipv6]:port)`);
-      const requestNs = nowNs();
-      const outcome = await proxy.handle({ endpoint: request.endpoint, resolver, protocol: request.protocol, payload: Buffer.from(request.query, 'base64') });
-      const records = dnsRecords({ endpoint: request.endpoint, sourcePort: request.sourcePort ?? 0, resolver, protocol: request.protocol }, outcome, requestNs, nowNs());
-      if (records.length > 0) source.emit(records);
+      const outcome = await answer({ endpoint: request.endpoint, resolver, protocol: request.protocol, payload: Buffer.from(request.query, 'base64') }, request.sourcePort ?? 0);
       const { response, answer: _answer, ...rest } = outcome;
       return { ...rest, ...(response === undefined ? {} : { response: response.toString('base64') }) };
     });
@@ -165,13 +174,71 @@ export const dnsProxyModule = defineModule({
     );
 
     return {
-      value: { proxy, onRecords: (listener: (records: L7DnsRecord[]) => void) => source.onRecords(listener) },
+      value: { proxy, answer, onRecords: (listener: (records: L7DnsRecord[]) => void) => source.onRecords(listener) },
       stop: () => {
         clearInterval(timer);
         proxy.close();
         if (dirty) save();
       },
-      status: () => ({ dnsProxy: { ...proxy.stats, learned: cache.list().length, steered: false } }),
+      status: () => ({ dnsProxy: { ...proxy.stats, learned: cache.list().length } }),
+    };
+  },
+});
+
+export const dnsRedirectConfig = {
+  enableDnsProxyRedirect: z
+    .boolean()
+    .default(true)
+    .describe(`the DNS proxy's listener for pod DNS traffic, UDP and TCP on 127.0.0.1:${DNS_PROXY_PORT}; off: DNS that policy sends to the proxy is dropped`),
+};
+
+/**
+ * Pod DNS traffic steered by the datapath to the DNS proxy (ports with DNS rules): the listener,
+ * after the endpoints, whose addresses name the senders.
+ */
+export const dnsRedirectModule = defineModule({
+  name: 'dns-redirect',
+  description: `pod DNS traffic that policy sends to the DNS proxy, received on 127.0.0.1:${DNS_PROXY_PORT} (UDP and TCP)`,
+  config: dnsRedirectConfig,
+  needs: { dnsProxy: DnsProxyCell, endpoints: EndpointsCell },
+  async start({ dnsProxy, endpoints }, { config, log }) {
+    if (!config.enableDnsProxyRedirect) return { value: undefined, status: () => ({ dnsRedirect: { enabled: false } }) };
+    await ensureToProxyRouting();
+    let byAddress = new Map<string, number>();
+    let revision = -1;
+    const endpointOf = (address: string): number | undefined => {
+      if (endpoints.table.revision !== revision) {
+        revision = endpoints.table.revision;
+        byAddress = new Map(endpoints.list().flatMap((e) => (e.ipv4 ? [[e.ipv4, e.id] as const] : [])));
+      }
+      return byAddress.get(address);
+    };
+    // Opened at the first datagram: the datapath pins its maps with the first endpoint.
+    let origins: BpfMap<Proxy4Key, Proxy4Value> | undefined;
+    const originalDestination = (address: string, port: number): Resolver | undefined => {
+      try {
+        origins ??= BpfMap.openPinned(join(config.bpfRoot, 'maps', MapName.PROXY4), proxy4Key, proxy4Value);
+        const found = origins.lookup({ saddr: address, sport: port, nexthdr: IPPROTO_UDP });
+        return found && { address: found.orig_daddr, port: found.orig_dport };
+      } catch (error) {
+        log.warn({ err: error }, 'reading the original destination of a DNS datagram failed');
+        return undefined;
+      }
+    };
+    const listener = new DnsRedirectListener({ port: DNS_PROXY_PORT, endpointOf, originalDestination, answer: dnsProxy.answer });
+    try {
+      await listener.listen();
+    } catch (error) {
+      await listener.close();
+      throw new Error(`listening for pod DNS on 127.0.0.1:${DNS_PROXY_PORT}: ${(error as Error).message}`, { cause: error });
+    }
+    return {
+      value: undefined,
+      stop: async () => {
+        await listener.close();
+        origins?.close();
+      },
+      status: () => ({ dnsRedirect: { enabled: true, port: DNS_PROXY_PORT, ...listener.stats } }),
     };
   },
 });

@@ -10,7 +10,7 @@ import { apiConfig, apiModule } from './api.ts';
 import { clusterModule, nodeHealthConfig, nodeHealthModule } from './cluster.ts';
 import { cniModule } from './cni.ts';
 import { endpointDatapathConfig, endpointDatapathModule, hostNetworkingModule, ipcacheModule, masqueradeConfig, masqueradeModule, nodeRoutingModule } from './datapath.ts';
-import { dnsProxyConfig, dnsProxyModule } from './dns-proxy.ts';
+import { dnsProxyConfig, dnsProxyModule, dnsRedirectConfig, dnsRedirectModule } from './dns-proxy.ts';
 import { endpointsConfig, endpointsModule, namespacesModule } from './endpoints.ts';
 import { hubbleMetricsConfig, hubbleMetricsModule, metricsConfig, metricsModule } from './metrics.ts';
 import { identitiesModule, identityGcConfig, identityGcModule } from './identity.ts';
@@ -36,6 +36,7 @@ export const AGENT_MODULES: readonly AgentModule[] = [
   monitorModule,
   namespacesModule,
   endpointsModule,
+  dnsRedirectModule,
   cniModule,
   policyStatusModule,
   identityGcModule,
@@ -68,6 +69,7 @@ export const AgentConfigSchema = configSchema({
   ...nodeHealthConfig,
   ...policyConfig,
   ...dnsProxyConfig,
+  ...dnsRedirectConfig,
   ...monitorConfig,
   ...endpointsConfig,
   ...servicesConfig,

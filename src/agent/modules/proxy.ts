@@ -21,6 +21,17 @@ export const proxyConfig = {
 /** Cilium's: packets marked MARK_MAGIC_TO_PROXY (bpf/lib/proxy.h) are delivered locally. */
 const TO_PROXY_RULE = { priority: 9, mark: 0x0200, mask: 0x0f00, table: 2004 } as const;
 
+/** The rule and route that deliver what the datapath redirects to a proxy (HTTP or DNS) locally. */
+export async function ensureToProxyRouting(): Promise<void> {
+  const netlink = Netlink.open();
+  try {
+    await netlink.ensureFwmarkRule(TO_PROXY_RULE);
+    await netlink.replaceRoute({ dst: '0.0.0.0/0', type: 'local', dev: 'lo', table: TO_PROXY_RULE.table });
+  } finally {
+    netlink.close();
+  }
+}
+
 type IdentityPairs = ProxyState['identities'];
 
 /**
@@ -60,10 +71,7 @@ export const proxyModule = defineModule({
     let lost = 0;
     if (!config.enableL7Proxy) return { value: source, status: () => ({ l7Proxy: { enabled: false } }) };
 
-    const netlink = Netlink.open();
-    await netlink.ensureFwmarkRule(TO_PROXY_RULE);
-    await netlink.replaceRoute({ dst: '0.0.0.0/0', type: 'local', dev: 'lo', table: TO_PROXY_RULE.table });
-    netlink.close();
+    await ensureToProxyRouting();
 
     const supervisor = new ProxySupervisor({
       port: L7_PROXY_PORT,

@@ -1,0 +1,189 @@
+/**
+ * Where the datapath hands pod DNS traffic to the DNS proxy (bpf/lib/proxy.h): a UDP socket and a
+ * TCP listener on 127.0.0.1 at the DNS proxy's port, in the node's network namespace.
+ *
+ * UDP: each datagram the datapath assigned to the socket arrives from the pod's own address and
+ * port; where it was going (the resolver) the datapath noted in ciliate_proxy4, read through
+ * `originalDestination`. The answer goes back from the resolver's address and port, as the pod
+ * expects, on a raw socket (a Node socket sends only from what it is bound to). TCP: the listener
+ * is IP_TRANSPARENT, so an accepted connection's local address is the resolver the pod dialled.
+ *
+ * Everything arriving here is hostile: a sender that is no local endpoint is ignored, TCP
+ * messages are framed and bounded, connections are capped in number, in queries in flight and
+ * in idle time.
+ * @module
+ */
+import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
+import { createServer, type Server, type Socket } from 'node:net';
+import { buildIpv4Frame, ETH_HLEN } from '../datapath/index.ts';
+import { Addr } from '../net/index.ts';
+import { closeDescriptor, makeDatagramSocketTransparent, makeListenerTransparent, rawIpv4Socket, sendIpv4Packet } from '../proxy/index.ts';
+import { tcpFrame, type DnsOutcome, type DnsQuery, type Resolver } from './proxy.ts';
+
+export interface DnsRedirectOptions {
+  /** 127.0.0.1:port, UDP and TCP. */
+  port: number;
+  host?: string;
+  /** The local endpoint whose address this is; undefined: not a local endpoint, the message is ignored. */
+  endpointOf(address: string): number | undefined;
+  /** Where the datagram from this address and port was going, as the datapath noted it. */
+  originalDestination(address: string, port: number): Resolver | undefined;
+  /** Judges and answers a query (the DNS proxy, with its flows). */
+  answer(query: DnsQuery, sourcePort: number): Promise<DnsOutcome>;
+  /** Connections at once over TCP; past it new ones are closed at once. */
+  maxConnections?: number;
+  /** Seconds a TCP connection may stay idle. */
+  idleTimeoutSeconds?: number;
+}
+
+/** What the listener ignored, by reason: none of it is answered. */
+export interface DnsRedirectStats {
+  datagrams: number;
+  connections: number;
+  notAnEndpoint: number;
+  noOriginalDestination: number;
+  unanswered: number;
+  sendFailures: number;
+}
+
+const DEFAULT_MAX_CONNECTIONS = 1024;
+const DEFAULT_IDLE_TIMEOUT_S = 10;
+/** Queries of one TCP connection in flight at once; past it the connection stops being read. */
+const MAX_TCP_IN_FLIGHT = 16;
+const IPPROTO_UDP_HEADER = 8;
+const IPV4_HEADER = 20;
+
+export class DnsRedirectListener {
+  readonly #options: DnsRedirectOptions;
+  readonly #udp: UdpSocket;
+  readonly #tcp: Server;
+  #raw = -1;
+  readonly #connections = new Set<Socket>();
+  readonly #stats: DnsRedirectStats = { datagrams: 0, connections: 0, notAnEndpoint: 0, noOriginalDestination: 0, unanswered: 0, sendFailures: 0 };
+
+  constructor(options: DnsRedirectOptions) {
+    this.#options = options;
+    this.#udp = createSocket({ type: 'udp4', reuseAddr: false });
+    this.#udp.on('message', (bytes, from) => void this.#onDatagram(bytes, from));
+    this.#tcp = createServer({ pauseOnConnect: false }, (socket) => this.#onConnection(socket));
+    this.#tcp.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  }
+
+  get stats(): Readonly<DnsRedirectStats> {
+    return { ...this.#stats };
+  }
+
+  async listen(): Promise<void> {
+    const host = this.#options.host ?? '127.0.0.1';
+    this.#raw = rawIpv4Socket();
+    await new Promise<void>((resolve, reject) => {
+      this.#udp.once('error', reject);
+      this.#udp.bind({ address: host, port: this.#options.port, exclusive: true }, () => {
+        this.#udp.off('error', reject);
+        resolve();
+      });
+    });
+    // The kernel hands a datagram the datapath assigned to a socket only to a transparent one.
+    makeDatagramSocketTransparent(this.#udp);
+    // Later errors of a bound socket (ICMP unreachable on a send) leave it working.
+    this.#udp.on('error', () => undefined);
+    await new Promise<void>((resolve, reject) => {
+      this.#tcp.once('error', reject);
+      this.#tcp.listen({ host, port: this.#options.port, exclusive: true }, () => {
+        this.#tcp.off('error', reject);
+        resolve();
+      });
+    });
+    makeListenerTransparent(this.#tcp);
+  }
+
+  async close(): Promise<void> {
+    for (const socket of this.#connections) socket.destroy();
+    await Promise.all([new Promise<void>((resolve) => this.#tcp.close(() => resolve())), new Promise<void>((resolve) => this.#udp.close(() => resolve()))]).catch(() => undefined);
+    if (this.#raw >= 0) closeDescriptor(this.#raw);
+    this.#raw = -1;
+  }
+
+  async #onDatagram(bytes: Buffer, from: RemoteInfo): Promise<void> {
+    this.#stats.datagrams++;
+    const endpoint = this.#options.endpointOf(from.address);
+    if (endpoint === undefined) {
+      this.#stats.notAnEndpoint++;
+      return;
+    }
+    const resolver = this.#options.originalDestination(from.address, from.port);
+    if (resolver === undefined) {
+      this.#stats.noOriginalDestination++;
+      return;
+    }
+    const outcome = await this.#options.answer({ endpoint, resolver, protocol: 'UDP', payload: bytes }, from.port);
+    if (outcome.response === undefined) {
+      this.#stats.unanswered++;
+      return;
+    }
+    this.#sendAsResolver(resolver, from, outcome.response);
+  }
+
+  /** The answer as a datagram from the resolver to the pod, checksums and all. */
+  #sendAsResolver(resolver: Resolver, to: RemoteInfo, payload: Buffer): void {
+    if (this.#raw < 0 || IPV4_HEADER + IPPROTO_UDP_HEADER + payload.length > 0xffff) {
+      this.#stats.sendFailures++;
+      return;
+    }
+    const packet = buildIpv4Frame({ src: resolver.address, dst: to.address, udp: { sport: resolver.port, dport: to.port }, payload }).subarray(ETH_HLEN);
+    try {
+      sendIpv4Packet(this.#raw, packet, Addr.parse(to.address).toUint32());
+    } catch {
+      // A full socket buffer or a pod gone: the pod's resolver library asks again.
+      this.#stats.sendFailures++;
+    }
+  }
+
+  #onConnection(socket: Socket): void {
+    this.#stats.connections++;
+    const endpoint = socket.remoteAddress === undefined ? undefined : this.#options.endpointOf(socket.remoteAddress.replace(/^::ffff:/, ''));
+    const resolverAddress = socket.localAddress?.replace(/^::ffff:/, '');
+    if (endpoint === undefined || resolverAddress === undefined || socket.localPort === undefined || socket.remotePort === undefined) {
+      this.#stats.notAnEndpoint++;
+      socket.destroy();
+      return;
+    }
+    const resolver: Resolver = { address: resolverAddress, port: socket.localPort };
+    const sourcePort = socket.remotePort;
+    this.#connections.add(socket);
+    socket.setTimeout((this.#options.idleTimeoutSeconds ?? DEFAULT_IDLE_TIMEOUT_S) * 1000, () => socket.destroy());
+    socket.on('close', () => this.#connections.delete(socket));
+    socket.on('error', () => socket.destroy());
+    let buffered: Buffer = Buffer.alloc(0);
+    let inFlight = 0;
+    const drain = () => {
+      while (buffered.length >= 2 && buffered.length >= 2 + buffered.readUInt16BE(0) && inFlight < MAX_TCP_IN_FLIGHT) {
+        const length = buffered.readUInt16BE(0);
+        const payload = Buffer.from(buffered.subarray(2, 2 + length));
+        buffered = buffered.subarray(2 + length);
+        inFlight++;
+        void this.#options
+          .answer({ endpoint, resolver, protocol: 'TCP', payload }, sourcePort)
+          .then((outcome) => {
+            if (outcome.response === undefined) {
+              // Too broken to answer: a stream that sends it is not worth keeping.
+              this.#stats.unanswered++;
+              socket.destroy();
+              return;
+            }
+            if (!socket.destroyed) socket.write(tcpFrame(outcome.response));
+          })
+          .finally(() => {
+            inFlight--;
+            if (socket.isPaused() && !socket.destroyed) socket.resume();
+            drain();
+          });
+      }
+      if (inFlight >= MAX_TCP_IN_FLIGHT) socket.pause();
+    };
+    socket.on('data', (chunk: Buffer) => {
+      buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+      drain();
+    });
+  }
+}
