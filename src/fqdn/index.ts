@@ -15,4 +15,4 @@
  */
 export { FqdnCache, DEFAULT_MAX_IPS_PER_NAME, DEFAULT_MIN_TTL, type AnswerAddress, type FqdnCacheOptions, type LearnedAddress } from './cache.ts';
 export { DnsProxy, RCODE, answerAddresses, answerDetails, presentationName, type AnswerDetails, type DnsOutcome, type DnsProxyOptions, type DnsQuery, type RejectResponseCode, type Resolver } from './proxy.ts';
-export { DnsRedirectListener, type DnsRedirectOptions, type DnsRedirectStats } from './redirect.ts';
+export { DnsRedirectListener, MAX_TCP_CONNECTIONS_PER_ENDPOINT, type DnsRedirectOptions, type DnsRedirectStats } from './redirect.ts';

@@ -113,3 +113,22 @@ test("a flow's names: fully qualified, a pod's control bytes escaped so it canno
   ]);
   assert.deepEqual(details, { ips: ['192.0.2.7', '2001:db8::7'], cnames: ['edge.example.net.'], rrtypes: ['CNAME', 'A', 'AAAA'], ttl: 20 });
 });
+
+test('a pod flooding a silent resolver fills only its own share of forwards: another pod still resolves', async (t) => {
+  const server = await serveDns('127.0.0.1', 0, { 'api.example.com': { a: ['192.0.2.10'], ttl: 30 } });
+  t.after(() => server.close());
+  const silent = createSocket('udp4');
+  t.after(() => silent.close());
+  await new Promise<void>((r) => silent.bind(0, '127.0.0.1', r));
+  const proxy = new DnsProxy({ allows: () => true, learned: () => undefined, forwardTimeoutMs: 500, maxInFlight: 8 });
+  t.after(() => proxy.close());
+  const blackhole = { address: '127.0.0.1', port: silent.address().port };
+  const flood = Array.from({ length: 4 }, (_, i) => proxy.handle({ endpoint: 1, resolver: blackhole, protocol: 'UDP', payload: query('api.example.com', i) }));
+  const turnedAway = await proxy.handle({ endpoint: 1, resolver: blackhole, protocol: 'UDP', payload: query('api.example.com', 9) });
+  assert.equal(rcodeOf(turnedAway.response!), RCODE.SERVFAIL, 'past its share (a quarter of 8), at once');
+  assert.equal(turnedAway.reason, '2 queries of endpoint 1 in flight');
+  const other = await proxy.handle({ endpoint: 2, resolver: { address: '127.0.0.1', port: server.port }, protocol: 'UDP', payload: query('api.example.com') });
+  assert.equal(other.verdict, 'forwarded', 'another endpoint is not starved');
+  await Promise.all(flood);
+  assert.equal(proxy.stats.inFlight, 0);
+});

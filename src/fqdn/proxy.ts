@@ -66,6 +66,11 @@ export interface DnsProxyOptions {
   forwardTimeoutMs?: number;
   /** Forwards at once; past it a query gets SERVFAIL. */
   maxInFlight?: number;
+  /**
+   * Forwards of one endpoint at once (default: a quarter of maxInFlight): a pod flooding a silent
+   * resolver fills its own share, never the whole proxy, and other pods keep resolving.
+   */
+  maxInFlightPerEndpoint?: number;
 }
 
 const DEFAULT_FORWARD_TIMEOUT_MS = 5_000;
@@ -301,7 +306,9 @@ export class DnsProxy {
   readonly #rejectCode: number;
   readonly #timeoutMs: number;
   readonly #maxInFlight: number;
+  readonly #maxPerEndpoint: number;
   #inFlight = 0;
+  readonly #inFlightByEndpoint = new Map<number, number>();
   readonly #upstreams = new Map<string, Upstream>();
   readonly #stats = { forwarded: 0, denied: 0, errors: 0 };
 
@@ -310,6 +317,7 @@ export class DnsProxy {
     this.#rejectCode = options.rejectResponseCode === 'nameError' ? RCODE.NXDOMAIN : RCODE.REFUSED;
     this.#timeoutMs = options.forwardTimeoutMs ?? DEFAULT_FORWARD_TIMEOUT_MS;
     this.#maxInFlight = options.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT;
+    this.#maxPerEndpoint = options.maxInFlightPerEndpoint ?? Math.max(1, Math.floor(this.#maxInFlight / 4));
   }
 
   /** Queries by outcome since the proxy started. */
@@ -335,11 +343,14 @@ export class DnsProxy {
       this.#stats.denied++;
       return { response: reply(message, this.#rejectCode), verdict: 'denied', name, qtype, rcode: this.#rejectCode, learned: [] };
     }
-    if (this.#inFlight >= this.#maxInFlight) {
+    const own = this.#inFlightByEndpoint.get(query.endpoint) ?? 0;
+    if (this.#inFlight >= this.#maxInFlight || own >= this.#maxPerEndpoint) {
       this.#stats.errors++;
-      return { response: reply(message, RCODE.SERVFAIL), verdict: 'error', name, qtype, rcode: RCODE.SERVFAIL, learned: [], reason: `${this.#maxInFlight} queries in flight` };
+      const reason = own >= this.#maxPerEndpoint ? `${own} queries of endpoint ${query.endpoint} in flight` : `${this.#maxInFlight} queries in flight`;
+      return { response: reply(message, RCODE.SERVFAIL), verdict: 'error', name, qtype, rcode: RCODE.SERVFAIL, learned: [], reason };
     }
     this.#inFlight++;
+    this.#inFlightByEndpoint.set(query.endpoint, own + 1);
     try {
       const answer = await this.#forward(query, message);
       if (answer === undefined) {
@@ -353,6 +364,9 @@ export class DnsProxy {
       return { response: answer.bytes, verdict: 'forwarded', name, qtype, rcode: answer.packet.flags === undefined ? 0 : answer.packet.flags & 0xf, learned, answer: details };
     } finally {
       this.#inFlight--;
+      const left = (this.#inFlightByEndpoint.get(query.endpoint) ?? 1) - 1;
+      if (left > 0) this.#inFlightByEndpoint.set(query.endpoint, left);
+      else this.#inFlightByEndpoint.delete(query.endpoint);
     }
   }
 

@@ -44,10 +44,14 @@ export interface DnsRedirectStats {
   noOriginalDestination: number;
   unanswered: number;
   sendFailures: number;
+  /** TCP connections closed at once: their endpoint had MAX_TCP_CONNECTIONS_PER_ENDPOINT open. */
+  refusedConnections: number;
 }
 
 const DEFAULT_MAX_CONNECTIONS = 1024;
 const DEFAULT_IDLE_TIMEOUT_S = 10;
+/** TCP connections of one endpoint at once: a pod holding many open starves only itself. */
+export const MAX_TCP_CONNECTIONS_PER_ENDPOINT = 64;
 /** Queries of one TCP connection in flight at once; past it the connection stops being read. */
 const MAX_TCP_IN_FLIGHT = 16;
 const IPPROTO_UDP_HEADER = 8;
@@ -59,7 +63,8 @@ export class DnsRedirectListener {
   readonly #tcp: Server;
   #raw = -1;
   readonly #connections = new Set<Socket>();
-  readonly #stats: DnsRedirectStats = { datagrams: 0, connections: 0, notAnEndpoint: 0, noOriginalDestination: 0, unanswered: 0, sendFailures: 0 };
+  readonly #connectionsByEndpoint = new Map<number, number>();
+  readonly #stats: DnsRedirectStats = { datagrams: 0, connections: 0, notAnEndpoint: 0, noOriginalDestination: 0, unanswered: 0, sendFailures: 0, refusedConnections: 0 };
 
   constructor(options: DnsRedirectOptions) {
     this.#options = options;
@@ -67,6 +72,10 @@ export class DnsRedirectListener {
     this.#udp.on('message', (bytes, from) => void this.#onDatagram(bytes, from));
     this.#tcp = createServer({ pauseOnConnect: false }, (socket) => this.#onConnection(socket));
     this.#tcp.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  }
+
+  get port(): number {
+    return this.#options.port;
   }
 
   get stats(): Readonly<DnsRedirectStats> {
@@ -148,11 +157,23 @@ export class DnsRedirectListener {
       socket.destroy();
       return;
     }
+    const open = this.#connectionsByEndpoint.get(endpoint) ?? 0;
+    if (open >= MAX_TCP_CONNECTIONS_PER_ENDPOINT) {
+      this.#stats.refusedConnections++;
+      socket.destroy();
+      return;
+    }
+    this.#connectionsByEndpoint.set(endpoint, open + 1);
     const resolver: Resolver = { address: resolverAddress, port: socket.localPort };
     const sourcePort = socket.remotePort;
     this.#connections.add(socket);
     socket.setTimeout((this.#options.idleTimeoutSeconds ?? DEFAULT_IDLE_TIMEOUT_S) * 1000, () => socket.destroy());
-    socket.on('close', () => this.#connections.delete(socket));
+    socket.on('close', () => {
+      this.#connections.delete(socket);
+      const left = (this.#connectionsByEndpoint.get(endpoint) ?? 1) - 1;
+      if (left > 0) this.#connectionsByEndpoint.set(endpoint, left);
+      else this.#connectionsByEndpoint.delete(endpoint);
+    });
     socket.on('error', () => socket.destroy());
     let buffered: Buffer = Buffer.alloc(0);
     let inFlight = 0;
