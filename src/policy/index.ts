@@ -77,10 +77,17 @@ export {
 } from './dns.ts';
 export { expandServicePeers, hasServicePeers, type ServiceBackendPeers, type ServiceResolver } from './services.ts';
 export {
+  applyHeaderEdits,
   compileHttpRule,
   compileRe2,
+  HEADER_MISMATCH_ACTIONS,
+  httpRuleMatch,
   httpRuleMatches,
   type CompiledHttpRule,
+  type HeaderEdit,
+  type HeaderMatchAction,
+  type HeaderMismatchAction,
   type HttpRequestView,
   type HttpRule,
+  type HttpRuleMatch,
 } from './l7-http.ts';

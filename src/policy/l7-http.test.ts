@@ -6,6 +6,8 @@ import {
   PolicyDirection,
   compileHttpRule,
   encodeEntry,
+  applyHeaderEdits,
+  httpRuleMatch,
   httpRuleMatches,
   loadPolicyFileSync,
   lookupPolicy,
@@ -88,4 +90,70 @@ test('policy trace says when the node proxy decides per request', () => {
   const trace = engine.trace({ src: { identity: EMPIRE }, dst: { labels: DEATHSTAR }, dport: 80 });
   assert.equal(trace.allowed, true);
   assert.match(trace.reason, /through the node proxy: only HTTP requests that 1 HTTP rule\(s\) of default\/rule1 allow/);
+});
+
+test('headerMatches with a mismatch action: the rule matches anyway, and the request is forwarded with the header logged, added, deleted or replaced', () => {
+  const rules = parsePolicyYaml(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: headers, namespace: default}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - method: GET
+          headerMatches:
+          - {name: X-Required, value: yes}
+          - {name: X-Audit, value: on, mismatch: LOG}
+          - {name: X-Team, value: empire, mismatch: ADD}
+          - {name: X-Debug, mismatch: DELETE}
+          - {name: X-Env, value: prod, mismatch: REPLACE}
+`);
+  const http = rules[0].ingress[0].ports![0].l7!.http!;
+  assert.deepEqual(http[0].headers, ['X-Required: yes'], 'without an action a headerMatch is a header the rule requires');
+  assert.deepEqual(http[0].headerMatches?.map((m) => m.mismatch), ['LOG', 'ADD', 'DELETE', 'REPLACE']);
+  const rule = compileHttpRule(http[0]);
+  assert.equal(httpRuleMatch(rule, view('GET', '/', { 'x-team': 'empire' })), undefined, 'a required header still fails the rule');
+  const match = httpRuleMatch(rule, view('GET', '/', { 'x-required': 'yes', 'x-team': 'rebels', 'x-env': 'dev' }));
+  assert.deepEqual(match, {
+    logged: ['x-audit'],
+    // X-Debug is absent, which is a mismatch too: its DELETE then removes nothing.
+    edits: [
+      { action: 'ADD', name: 'x-team', value: 'empire' },
+      { action: 'DELETE', name: 'x-debug' },
+      { action: 'REPLACE', name: 'x-env', value: 'prod' },
+    ],
+  });
+  const raw = ['Host', 'deathstar', 'X-Team', 'rebels', 'X-Env', 'dev', 'x-env', 'staging', 'X-Debug', '1'];
+  assert.deepEqual(applyHeaderEdits(raw, match!.edits), ['Host', 'deathstar', 'X-Team', 'rebels', 'x-team', 'empire', 'x-env', 'prod']);
+  const satisfied = httpRuleMatch(rule, view('GET', '/', { 'x-required': 'yes', 'x-audit': 'on', 'x-team': 'empire', 'x-debug': 'x', 'x-env': 'prod' }));
+  assert.deepEqual(satisfied, { logged: [], edits: [] }, 'every header as the rule wants it: nothing to do');
+});
+
+test('bad mismatch actions are refused with the field and the reason', () => {
+  const problems = (match: string): string[] => {
+    try {
+      parsePolicyYaml(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bad, namespace: default}
+spec:
+  endpointSelector: {}
+  ingress:
+  - toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - headerMatches: [${match}]
+`);
+    } catch (error) {
+      return (error as { issues: { path: string; reason: string }[] }).issues.map((i) => `${i.path}: ${i.reason}`);
+    }
+    return [];
+  };
+  const at = 'spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0]';
+  assert.deepEqual(problems('{name: X-A, value: b, mismatch: DROP}'), [`${at}.mismatch: must be one of LOG, ADD, DELETE, REPLACE (or absent: a mismatch fails the rule), got "DROP"`]);
+  assert.deepEqual(problems('{name: X-A, mismatch: REPLACE}'), [`${at}.value: mismatch REPLACE sets the header to its value: give one`]);
+  assert.deepEqual(problems('{name: X-A, value: "a\\r\\nX-Evil: 1", mismatch: ADD}'), [`${at}.value: a header value cannot hold CR, LF or NUL`]);
 });
