@@ -346,3 +346,32 @@ test('stopping the sensor (an agent restart) leaves no program, link or selector
     if (!stopped) own.stop();
   }
 });
+
+test('matchPIDs followForks matches the processes a listed one forked (and theirs); isNamespacePID matches ids as a pid namespace numbers them', async (t) => {
+  const forked = tempFile(uniqueName('forked'));
+  // A shell that waits for a line, then opens the file from two children and a grandchild.
+  const shell = spawn('/bin/sh', ['-c', `read go; cat ${forked}; (cat ${forked}); sh -c 'cat ${forked}; true'; true`], { stdio: ['pipe', 'ignore', 'ignore'] });
+  const pidSelector = (flags: string) => `      matchPIDs:\n      - {operator: In, values: [${shell.pid}]${flags}}\n`;
+  const followed = addPolicy(t, openatPolicy(uniqueName('follow'), 'Equal', forked, pidSelector(', followForks: true')));
+  const notFollowed = addPolicy(t, openatPolicy(uniqueName('nofollow'), 'Equal', forked, pidSelector('')));
+  shell.stdin!.end('go\n');
+  const [code] = (await once(shell, 'exit')) as [number | null];
+  assert.equal(code, 0);
+  closeSync(openSync(forked, 'r')); // this process: no descendant of the shell
+  assert.equal(observer.policies.get(followed)!.stats.posted, 3n, 'the three cats the shell forked, one of them through a second shell');
+  assert.deepEqual(new Set(kprobesOf(followed).map((e) => e.process.binary)), new Set(['/usr/bin/cat']));
+  assert.equal(observer.policies.get(notFollowed)!.stats.posted, 0n, 'without followForks only the shell itself would match, and it opens nothing');
+
+  const inNamespace = tempFile(uniqueName('pidns'));
+  const nsPolicy = (flags: string) => `      matchPIDs:\n      - {operator: In, values: [1]${flags}}\n`;
+  const byNsPid = addPolicy(t, openatPolicy(uniqueName('nspid'), 'Equal', inNamespace, nsPolicy(', isNamespacePID: true')));
+  const byGlobalPid = addPolicy(t, openatPolicy(uniqueName('globalpid'), 'Equal', inNamespace, nsPolicy('')));
+  // cat becomes process 1 of a new pid namespace.
+  const contained = spawn('unshare', ['--pid', '--fork', '/bin/sh', '-c', `exec cat ${inNamespace}`], { stdio: 'ignore' });
+  const [nsCode] = (await once(contained, 'exit')) as [number | null];
+  assert.equal(nsCode, 0);
+  closeSync(openSync(inNamespace, 'r'));
+  assert.equal(observer.policies.get(byNsPid)!.stats.posted, 1n, 'cat, process 1 of its namespace; not this process');
+  assert.equal(kprobesOf(byNsPid)[0]?.process.binary, '/usr/bin/cat');
+  assert.equal(observer.policies.get(byGlobalPid)!.stats.posted, 0n, 'globally cat is not process 1');
+});

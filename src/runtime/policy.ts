@@ -38,7 +38,8 @@ export const rtSelector = struct('rt_selector', {
   nschange_op: u8,
   rate_scope: u8,
   nschange_mask: u16,
-  _pad: pad(4),
+  pid_flags: u8,
+  _pad: pad(3),
   rate_ns: u64,
   pids: array(u32, POLICY_LIMITS.pids),
   ns: array(rtNsFilter, POLICY_LIMITS.namespaces),
@@ -68,7 +69,7 @@ const EMPTY_FILTER = { arg: 0, op: 0, nvalues: 0, key: 0, values: Array<bigint>(
 const EMPTY_NS_FILTER = { ns: 0, op: 0, nvalues: 0, values: Array<number>(POLICY_LIMITS.namespaceValues).fill(0) };
 const EMPTY_CAP_FILTER = { type: 0, op: 0, changes: 0, user_ns: 0, mask: 0n };
 const EMPTY_SELECTOR = {
-  nargs: 0, bin_op: 0, pid_op: 0, npids: 0, action: 0, nns: 0, ncaps: 0, follow: 0, signal: 0, bin_key: 0, nschange_op: 0, rate_scope: 0, nschange_mask: 0, rate_ns: 0n,
+  nargs: 0, bin_op: 0, pid_op: 0, npids: 0, action: 0, nns: 0, ncaps: 0, follow: 0, signal: 0, bin_key: 0, nschange_op: 0, rate_scope: 0, nschange_mask: 0, pid_flags: 0, rate_ns: 0n,
   pids: Array<number>(POLICY_LIMITS.pids).fill(0), ns: Array(POLICY_LIMITS.namespaces).fill(EMPTY_NS_FILTER), caps: Array(POLICY_LIMITS.capabilities).fill(EMPTY_CAP_FILTER), args: Array(POLICY_LIMITS.matchArgs).fill(EMPTY_FILTER),
 };
 const EMPTY_HOOK = encode(rtHook, { policy_id: 0, nargs: 0, nselectors: 0, scoped: 0, args: Array(POLICY_LIMITS.args).fill({ offset: 0, type: 0, size: 0 }), selectors: Array(POLICY_LIMITS.selectors).fill(EMPTY_SELECTOR) });
@@ -450,6 +451,7 @@ export class PolicyManager {
       bin_op: sel.binOp,
       pid_op: sel.pidOp,
       npids: sel.pids.length,
+      pid_flags: sel.pidFlags,
       action: Action[sel.action],
       nns: sel.namespaces.length,
       ncaps: sel.capabilities.length,

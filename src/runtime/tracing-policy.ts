@@ -180,6 +180,8 @@ export interface CompiledCapabilityFilter {
 export interface CompiledSelector {
   pidOp: number;
   pids: number[];
+  /** PidFlag bits: followForks, isNamespacePID. */
+  pidFlags: number;
   binOp: number;
   binaries?: CompiledStrings;
   /** matchBinaries followChildren: descendants of a matching binary match too. */
@@ -229,6 +231,9 @@ export interface CompiledTracingPolicy {
 }
 
 const ARG_FIELDS = new Set(['index', 'type', 'label', 'sizeArgIndex', 'maxData', 'returnCopy', 'resolve']);
+/** rt_selector.pid_flags (bpf/runtime.h RT_PID_F_*). */
+export const PidFlag = { FOLLOW_FORKS: 0x01, NAMESPACE: 0x02 } as const;
+
 const SELECTOR_FIELDS = new Set(['matchArgs', 'matchBinaries', 'matchPIDs', 'matchActions', 'matchNamespaces', 'matchCapabilities', 'matchNamespaceChanges', 'matchCapabilityChanges', 'matchReturnArgs', 'matchReturnActions', 'matchData', 'matchParentBinaries', 'matchWorkloads']);
 const NOT_YET = new Set(['matchReturnArgs', 'matchReturnActions', 'matchData', 'matchParentBinaries', 'matchWorkloads']);
 const INT_TYPES: Record<string, { signed: boolean; size: number; report: ArgReport }> = {
@@ -357,7 +362,7 @@ function compileFilter(item: Json, field: string, args: CompiledArg[], problems:
 }
 
 function compileSelector(sel: Json, field: string, args: CompiledArg[], problems: PolicyProblem[]): CompiledSelector {
-  const out: CompiledSelector = { pidOp: 0, pids: [], binOp: 0, followChildren: false, namespaces: [], capabilities: [], nsChangeOp: 0, nsChangeMask: 0, args: [], action: 'POST', signal: 0, rateLimitNs: 0n, rateScope: RateScope.thread };
+  const out: CompiledSelector = { pidOp: 0, pids: [], pidFlags: 0, binOp: 0, followChildren: false, namespaces: [], capabilities: [], nsChangeOp: 0, nsChangeMask: 0, args: [], action: 'POST', signal: 0, rateLimitNs: 0n, rateScope: RateScope.thread };
   for (const key of Object.keys(sel)) {
     if (!SELECTOR_FIELDS.has(key)) problems.push({ field: `${field}.${key}`, reason: 'unknown field' });
     else if (NOT_YET.has(key) && sel[key] !== null) problems.push({ field: `${field}.${key}`, reason: 'not supported yet' });
@@ -399,8 +404,10 @@ function compileSelector(sel: Json, field: string, args: CompiledArg[], problems
   if (pids) {
     const f = `${field}.matchPIDs[0]`;
     unknownFields(pids, new Set(['operator', 'values', 'followForks', 'isNamespacePID']), f, problems);
-    if (pids.followForks === true) problems.push({ field: `${f}.followForks`, reason: 'not supported yet' });
-    if (pids.isNamespacePID === true) problems.push({ field: `${f}.isNamespacePID`, reason: 'not supported yet' });
+    for (const [key, flag] of [['followForks', PidFlag.FOLLOW_FORKS], ['isNamespacePID', PidFlag.NAMESPACE]] as const) {
+      if (pids[key] === true) out.pidFlags |= flag;
+      else if (pids[key] !== undefined && pids[key] !== false && pids[key] !== null) problems.push({ field: `${f}.${key}`, reason: `want true or false, got ${JSON.stringify(pids[key])}` });
+    }
     const op = pids.operator === 'In' ? Op.IN : pids.operator === 'NotIn' ? Op.NOT_IN : undefined;
     if (op === undefined) problems.push({ field: `${f}.operator`, reason: `${JSON.stringify(pids.operator)}: want In or NotIn` });
     const values = Array.isArray(pids.values) ? pids.values.map((v) => parseInteger(v)) : [];
