@@ -10,6 +10,7 @@
 #include <bpf/bpf_endian.h>
 #include "runtime.h"
 #include "ringbuf_lost.h"
+#include "task_pids.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

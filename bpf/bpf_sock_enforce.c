@@ -22,6 +22,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "sock_enforce.h"
+#include "task_pids.h"
 #include "ringbuf_lost.h"
 
 #define AF_INET 2
@@ -346,8 +347,11 @@ static long selector_step(__u32 index, struct rule_ctx *c)
 	if (i >= SE_SELECTORS)
 		return 1;
 	struct se_selector *sel = &rule->selectors[i];
-	if (sel->pid_op && list_has(sel->pids, sel->npids, s->tgid) != (sel->pid_op == SE_OP_IN))
-		return 0;
+	if (sel->pid_op) {
+		bool any = sel->pid_flags ? current_pids_match(sel->pids, sel->npids, SE_PIDS, sel->pid_flags) : list_has(sel->pids, sel->npids, s->tgid);
+		if (any != (sel->pid_op == SE_OP_IN))
+			return 0;
+	}
 	if (sel->netns_op && list_has(sel->netns, sel->nnetns, s->netns) != (sel->netns_op == SE_OP_IN))
 		return 0;
 	for (__u32 f = 0; f < SE_MATCHARGS; f++) {

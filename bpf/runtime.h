@@ -258,7 +258,7 @@ struct rt_selector {
 	__u8 nschange_op; /* matchNamespaceChanges: RT_OP_NONE, IN, NOT_IN */
 	__u8 rate_scope;  /* enum rt_rate_scope */
 	__u16 nschange_mask; /* bit per enum runtime_ns */
-	__u8 pid_flags;   /* RT_PID_F_*: matchPIDs followForks, isNamespacePID */
+	__u8 pid_flags;   /* PID_F_* (task_pids.h): matchPIDs followForks, isNamespacePID */
 	__u8 _pad[3];
 	__u64 rate_ns;    /* Post's rateLimit, 0: none */
 	__u32 pids[RT_POLICY_PIDS];
@@ -266,11 +266,6 @@ struct rt_selector {
 	struct rt_cap_filter caps[RT_POLICY_CAP_FILTERS];
 	struct rt_arg_filter args[RT_POLICY_MATCHARGS];
 };
-
-/* rt_selector.pid_flags */
-#define RT_PID_F_FOLLOW_FORKS 0x01 /* the caller or one of its ancestors (up to RT_PID_ANCESTORS up) */
-#define RT_PID_F_NAMESPACE 0x02    /* process ids as the process's own pid namespace numbers them */
-#define RT_PID_ANCESTORS 16
 
 struct rt_hook {
 	__u32 policy_id;

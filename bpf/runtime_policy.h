@@ -399,44 +399,6 @@ static __always_inline __u64 follow_marks(struct rt_string_key *bin)
 	return c.marks;
 }
 
-/* The process id of `task` (its thread group leader's), globally or in its own pid namespace. */
-static __always_inline __u32 task_tgid_in(struct task_struct *task, bool in_namespace)
-{
-	if (!in_namespace)
-		return BPF_CORE_READ(task, tgid);
-	struct pid *pid = BPF_CORE_READ(task, group_leader, thread_pid);
-	unsigned int level = BPF_CORE_READ(pid, level);
-	struct upid upid = {};
-	bpf_core_read(&upid, sizeof(upid), &pid->numbers[level & 31]);
-	return upid.nr;
-}
-
-/* matchPIDs with followForks or isNamespacePID: whether the caller (or, following forks, one of its
- * ancestors) has one of the selector's process ids. Ancestors are walked, not recorded at fork:
- * processes forked before the policy was loaded follow too. */
-static __always_inline bool pids_match(struct rt_selector *sel)
-{
-	bool in_namespace = sel->pid_flags & RT_PID_F_NAMESPACE;
-	__u32 levels = (sel->pid_flags & RT_PID_F_FOLLOW_FORKS) ? RT_PID_ANCESTORS : 1;
-	/* A plain address, walked with probe reads: a task the walk reaches is no trusted pointer. */
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	for (__u32 level = 0; level < RT_PID_ANCESTORS; level++) {
-		if (level >= levels || !task)
-			break;
-		__u32 pid = task_tgid_in(task, in_namespace);
-		if (pid == 0)
-			break;
-		for (__u32 k = 0; k < RT_POLICY_PIDS; k++)
-			if (k < sel->npids && sel->pids[k] == pid)
-				return true;
-		struct task_struct *parent = BPF_CORE_READ(task, real_parent);
-		if (parent == task)
-			break;
-		task = parent;
-	}
-	return false;
-}
-
 static long select_step(__u32 index, struct select_ctx *c)
 {
 	struct rt_hook *hook = c->hook;
@@ -452,7 +414,7 @@ static long select_step(__u32 index, struct select_ctx *c)
 	if (sel->pid_op) {
 		bool any = false;
 		if (sel->pid_flags)
-			any = pids_match(sel);
+			any = current_pids_match(sel->pids, sel->npids, RT_POLICY_PIDS, sel->pid_flags);
 		else
 			for (__u32 k = 0; k < RT_POLICY_PIDS; k++)
 				if (k < sel->npids && sel->pids[k] == c->tgid)

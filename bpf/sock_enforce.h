@@ -86,7 +86,7 @@ struct se_selector {
 	__u8 netns_op;
 	__u8 nnetns;
 	__u8 action;
-	__u8 _pad;
+	__u8 pid_flags;   /* PID_F_* (task_pids.h): matchPIDs followForks, isNamespacePID */
 	__s32 error;      /* Override's argError (negative errno) */
 	__u32 bin_key;    /* the binaries' entry in sock_enforce_strings */
 	__u32 pids[SE_PIDS];

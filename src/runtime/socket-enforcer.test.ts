@@ -216,6 +216,34 @@ spec:
   assert.equal(got.length, 2, 'only the refused calls are reported');
 });
 
+test('matchPIDs at the socket hooks: followForks takes in what a listed process forked, isNamespacePID a pid namespace\'s own numbers', async (t) => {
+  const name = `pids-${id}`;
+  const bindRule = (port: number, pids: string) => `  - call: sys_bind
+    args: [{index: 1, type: sockaddr}]
+    selectors:
+    - matchArgs: [{index: 1, operator: SPort, values: ["${port}"]}]
+      matchPIDs: [${pids}]
+      matchActions: [{action: Override, argError: -13}]
+`;
+  observer.policies.add(`apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: ${name}}
+spec:
+  kprobes:
+${bindRule(9997, `{operator: In, values: [${process.pid}], followForks: true}`)}${bindRule(9996, `{operator: In, values: [${process.pid}]}`)}${bindRule(9995, '{operator: In, values: [1], isNamespacePID: true}')}`);
+  t.after(() => void (observer.policies.get(name) && observer.policies.delete(name)));
+  const bind = (port: number, wrap: string[] = []) => {
+    const script = `require('net').createServer().on('error', (e) => { console.log(e.code); process.exit(0); }).listen(${port}, '127.0.0.1', function () { console.log('ok'); this.close(); })`;
+    const r = wrap.length ? pod.run(wrap[0], [...wrap.slice(1), process.execPath, '-e', script]) : pod.run(process.execPath, ['-e', script]);
+    assert.equal(r.status, 0, r.stderr);
+    return r.stdout.trim();
+  };
+  assert.equal(bind(9997), 'EACCES', 'a descendant of this test process, followed');
+  assert.equal(bind(9996), 'ok', 'without followForks a descendant is not the listed process');
+  assert.equal(bind(9995, ['unshare', '--pid', '--fork']), 'EACCES', 'process 1 of its own pid namespace');
+  assert.equal(bind(9995), 'ok', 'not process 1 anywhere');
+});
+
 test('a bad socket policy is refused naming each field, and nothing of it is loaded', () => {
   const bad = `apiVersion: cilium.io/v1alpha1
 kind: TracingPolicy

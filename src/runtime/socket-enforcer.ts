@@ -112,7 +112,7 @@ export interface SocketEnforcerOptions {
 
 const EMPTY_VALUE: SeValue = { lo: 0n, hi: 0n, mask_lo: 0n, mask_hi: 0n };
 const EMPTY_FILTER = { field: 0, op: 0, nvalues: 0, values: Array<SeValue>(SOCKET_POLICY_LIMITS.values).fill(EMPTY_VALUE) };
-const EMPTY_SELECTOR = { nargs: 0, bin_op: 0, pid_op: 0, npids: 0, netns_op: 0, nnetns: 0, action: 0, error: 0, bin_key: 0, pids: Array<number>(SOCKET_POLICY_LIMITS.pids).fill(0), netns: Array<number>(SOCKET_POLICY_LIMITS.netns).fill(0), args: Array(SOCKET_POLICY_LIMITS.matchArgs).fill(EMPTY_FILTER) };
+const EMPTY_SELECTOR = { nargs: 0, bin_op: 0, pid_op: 0, npids: 0, netns_op: 0, nnetns: 0, action: 0, pid_flags: 0, error: 0, bin_key: 0, pids: Array<number>(SOCKET_POLICY_LIMITS.pids).fill(0), netns: Array<number>(SOCKET_POLICY_LIMITS.netns).fill(0), args: Array(SOCKET_POLICY_LIMITS.matchArgs).fill(EMPTY_FILTER) };
 const EMPTY_RULE = encode(seRule, { policy_id: 0, hook: 0, nselectors: 0, selectors: Array(SOCKET_POLICY_LIMITS.selectors).fill(EMPTY_SELECTOR) });
 
 /** A selector's binaries' key in sock_enforce_strings. */
@@ -304,6 +304,7 @@ export class SocketEnforcer {
       bin_op: sel.binOp,
       pid_op: sel.pidOp,
       npids: sel.pids.length,
+      pid_flags: sel.pidFlags,
       netns_op: sel.netnsOp,
       nnetns: sel.netns.length,
       action: SeAction[sel.action],

@@ -15,7 +15,7 @@
  *   the domain must be AF_INET or AF_INET6 (a rule on AF_PACKET would never fire: refused).
  * - matchBinaries (In, NotIn, Prefix, NotPrefix, Postfix, NotPostfix) on the binary the process
  *   runs (its exe, walked in the kernel at the call up to the mount namespace's root, so a chroot
- *   cannot rename it), matchPIDs (In, NotIn), matchNamespaces
+ *   cannot rename it), matchPIDs (In, NotIn; followForks, isNamespacePID), matchNamespaces
  *   `Net` (In, NotIn: network namespace inode numbers, or `host_ns`) to scope a rule to a pod.
  * - matchActions: `Override` with `argError` (a negative errno: -1 EPERM, -13 EACCES, …),
  *   `Post`, `NoPost`. Override refuses the call and posts a `process_kprobe` event with action
@@ -28,7 +28,7 @@ import { parse } from 'yaml';
 import { array, pad, struct, u16, u32, u64, u8, i32 } from '../ebpf/index.ts';
 import { Prefix } from '../net/index.ts';
 import { RuntimeError } from './errors.ts';
-import { DNS_SUBDOMAIN, MISSING_HOOK_REASON, Op, isMap, parseInteger, stringValues, syscallName, unknownFields, type CompiledStrings, type Json, type PolicyProblem, type TracingPolicyHeader } from './tracing-policy.ts';
+import { DNS_SUBDOMAIN, MISSING_HOOK_REASON, Op, isMap, parseInteger, readMatchPids, stringValues, syscallName, unknownFields, type CompiledStrings, type Json, type PolicyProblem, type TracingPolicyHeader } from './tracing-policy.ts';
 
 /** Kernel limits (bpf/sock_enforce.h); Tetragon's in comments. */
 export const SOCKET_POLICY_LIMITS = {
@@ -61,7 +61,7 @@ export const seSelector = struct('se_selector', {
   netns_op: u8,
   nnetns: u8,
   action: u8,
-  _pad: pad(1),
+  pid_flags: u8,
   error: i32,
   bin_key: u32,
   pids: array(u32, SOCKET_POLICY_LIMITS.pids),
@@ -118,6 +118,8 @@ export interface SocketSelector {
   binaries?: CompiledStrings;
   pidOp: number;
   pids: number[];
+  /** PidFlag bits: followForks, isNamespacePID. */
+  pidFlags: number;
   netnsOp: number;
   netns: number[];
   args: SocketFilter[];
@@ -279,7 +281,7 @@ function idList(values: unknown, max: number, parseOne: (v: unknown) => number |
 }
 
 function compileSelector(sel: Json, hook: SocketHookName, args: SocketArg[], field: string, hostNetns: number, problems: PolicyProblem[]): SocketSelector {
-  const out: SocketSelector = { action: 'POST', error: 0, binOp: 0, pidOp: 0, pids: [], netnsOp: 0, netns: [], args: [] };
+  const out: SocketSelector = { action: 'POST', error: 0, binOp: 0, pidOp: 0, pids: [], pidFlags: 0, netnsOp: 0, netns: [], args: [] };
   for (const key of Object.keys(sel)) {
     if (!SELECTOR_FIELDS.has(key)) problems.push({ field: `${field}.${key}`, reason: 'unknown field' });
     else if (!['matchArgs', 'matchBinaries', 'matchPIDs', 'matchActions', 'matchNamespaces'].includes(key) && sel[key] !== null) problems.push({ field: `${field}.${key}`, reason: 'not supported yet at the socket hooks' });
@@ -318,19 +320,11 @@ function compileSelector(sel: Json, hook: SocketHookName, args: SocketArg[], fie
   }
   const pids = single(sel, 'matchPIDs', field, problems);
   if (pids) {
-    const f = `${field}.matchPIDs[0]`;
-    unknownFields(pids, new Set(['operator', 'values', 'followForks', 'isNamespacePID']), f, problems);
-    for (const key of ['followForks', 'isNamespacePID']) if (pids[key] === true) problems.push({ field: `${f}.${key}`, reason: 'not supported yet' });
-    const op = pids.operator === 'In' ? SeOp.IN : pids.operator === 'NotIn' ? SeOp.NOT_IN : undefined;
-    if (op === undefined) problems.push({ field: `${f}.operator`, reason: `${JSON.stringify(pids.operator)}: want In or NotIn` });
-    const list = idList(pids.values, SOCKET_POLICY_LIMITS.pids, (v) => {
-      const n = parseInteger(v);
-      return n !== undefined && n <= 0xffffffffn ? Number(n) : undefined;
-    });
-    if (!list) problems.push({ field: `${f}.values`, reason: `want 1 to ${SOCKET_POLICY_LIMITS.pids} process ids` });
-    else if (op) {
-      out.pidOp = op;
-      out.pids = list;
+    const read = readMatchPids(pids, `${field}.matchPIDs[0]`, SOCKET_POLICY_LIMITS.pids, problems);
+    if (read) {
+      out.pidOp = read.in ? SeOp.IN : SeOp.NOT_IN;
+      out.pids = read.pids;
+      out.pidFlags = read.flags;
     }
   }
   const namespaces = single(sel, 'matchNamespaces', field, problems);

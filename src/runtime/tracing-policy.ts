@@ -231,8 +231,28 @@ export interface CompiledTracingPolicy {
 }
 
 const ARG_FIELDS = new Set(['index', 'type', 'label', 'sizeArgIndex', 'maxData', 'returnCopy', 'resolve']);
-/** rt_selector.pid_flags (bpf/runtime.h RT_PID_F_*). */
+/** rt_selector.pid_flags and se_selector.pid_flags (bpf/task_pids.h PID_F_*). */
 export const PidFlag = { FOLLOW_FORKS: 0x01, NAMESPACE: 0x02 } as const;
+
+/**
+ * A selector's `matchPIDs[0]` (operator In or NotIn, 1 to `limit` ids, followForks,
+ * isNamespacePID), for both engines; undefined when it is wrong (reported in `problems`).
+ */
+export function readMatchPids(item: Json, field: string, limit: number, problems: PolicyProblem[]): { in: boolean; pids: number[]; flags: number } | undefined {
+  const before = problems.length;
+  unknownFields(item, new Set(['operator', 'values', 'followForks', 'isNamespacePID']), field, problems);
+  let flags = 0;
+  for (const [key, flag] of [['followForks', PidFlag.FOLLOW_FORKS], ['isNamespacePID', PidFlag.NAMESPACE]] as const) {
+    if (item[key] === true) flags |= flag;
+    else if (item[key] !== undefined && item[key] !== false && item[key] !== null) problems.push({ field: `${field}.${key}`, reason: `want true or false, got ${JSON.stringify(item[key])}` });
+  }
+  if (item.operator !== 'In' && item.operator !== 'NotIn') problems.push({ field: `${field}.operator`, reason: `${JSON.stringify(item.operator)}: want In or NotIn` });
+  const values = Array.isArray(item.values) ? item.values.map((v) => parseInteger(v)) : [];
+  if (values.length === 0 || values.length > limit || values.some((v) => v === undefined || v > 0xffffffffn)) {
+    problems.push({ field: `${field}.values`, reason: `want 1 to ${limit} process ids` });
+  }
+  return problems.length === before ? { in: item.operator === 'In', pids: values.map(Number), flags } : undefined;
+}
 
 const SELECTOR_FIELDS = new Set(['matchArgs', 'matchBinaries', 'matchPIDs', 'matchActions', 'matchNamespaces', 'matchCapabilities', 'matchNamespaceChanges', 'matchCapabilityChanges', 'matchReturnArgs', 'matchReturnActions', 'matchData', 'matchParentBinaries', 'matchWorkloads']);
 const NOT_YET = new Set(['matchReturnArgs', 'matchReturnActions', 'matchData', 'matchParentBinaries', 'matchWorkloads']);
@@ -402,20 +422,11 @@ function compileSelector(sel: Json, field: string, args: CompiledArg[], problems
   }
   const pids = single('matchPIDs');
   if (pids) {
-    const f = `${field}.matchPIDs[0]`;
-    unknownFields(pids, new Set(['operator', 'values', 'followForks', 'isNamespacePID']), f, problems);
-    for (const [key, flag] of [['followForks', PidFlag.FOLLOW_FORKS], ['isNamespacePID', PidFlag.NAMESPACE]] as const) {
-      if (pids[key] === true) out.pidFlags |= flag;
-      else if (pids[key] !== undefined && pids[key] !== false && pids[key] !== null) problems.push({ field: `${f}.${key}`, reason: `want true or false, got ${JSON.stringify(pids[key])}` });
-    }
-    const op = pids.operator === 'In' ? Op.IN : pids.operator === 'NotIn' ? Op.NOT_IN : undefined;
-    if (op === undefined) problems.push({ field: `${f}.operator`, reason: `${JSON.stringify(pids.operator)}: want In or NotIn` });
-    const values = Array.isArray(pids.values) ? pids.values.map((v) => parseInteger(v)) : [];
-    if (values.length === 0 || values.length > POLICY_LIMITS.pids || values.some((v) => v === undefined || v > 0xffffffffn)) {
-      problems.push({ field: `${f}.values`, reason: `want 1 to ${POLICY_LIMITS.pids} process ids` });
-    } else if (op) {
-      out.pidOp = op;
-      out.pids = values.map(Number);
+    const read = readMatchPids(pids, `${field}.matchPIDs[0]`, POLICY_LIMITS.pids, problems);
+    if (read) {
+      out.pidOp = read.in ? Op.IN : Op.NOT_IN;
+      out.pids = read.pids;
+      out.pidFlags = read.flags;
     }
   }
   compileNamespaces(sel, field, out, problems);
