@@ -44,7 +44,7 @@ static __always_inline void emit(void *data, __u64 size)
 struct exec_scratch {
 	struct runtime_exec_event event;
 	char data[RT_DATA_SIZE + RT_NAME_MAX];
-	struct rt_string_key binary;
+	struct string_key binary;
 };
 
 struct {
@@ -60,7 +60,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 32768);
 	__type(key, __u32);
-	__type(value, struct rt_string_key);
+	__type(value, struct string_key);
 } runtime_binaries SEC(".maps");
 
 /* What each process had at exec, and its followChildren marks (struct rt_proc). */
@@ -203,7 +203,7 @@ static __always_inline void record_binary(__u32 pid, const char *path, long len)
 	struct exec_scratch *s = bpf_map_lookup_elem(&runtime_scratch, &zero);
 	if (!s)
 		return;
-	struct rt_string_key *bin = &s->binary;
+	struct string_key *bin = &s->binary;
 	bpf_probe_read_kernel_str(bin->data, sizeof(bin->data), path);
 	bin->prefixlen = len < RT_POLICY_STR ? (__u32)len : RT_POLICY_STR;
 	bin->filter = 0;
@@ -336,7 +336,7 @@ int BPF_PROG(runtime_fork, struct task_struct *parent, struct task_struct *child
 		.ppid = BPF_CORE_READ(parent, tgid),
 		.ktime = bpf_ktime_get_ns(),
 	};
-	struct rt_string_key *bin = bpf_map_lookup_elem(&runtime_binaries, &ev.ppid);
+	struct string_key *bin = bpf_map_lookup_elem(&runtime_binaries, &ev.ppid);
 	if (bin)
 		bpf_map_update_elem(&runtime_binaries, &tgid, bin, BPF_ANY);
 	struct rt_proc *proc = bpf_map_lookup_elem(&runtime_procs, &ev.ppid);

@@ -51,7 +51,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 4096);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct se_string_key);
+	__type(key, struct string_key);
 	__type(value, __u8);
 } sock_enforce_strings SEC(".maps");
 
@@ -81,7 +81,7 @@ struct se_exe_key {
 struct se_exe_cached {
 	__u64 file;
 	__u64 inode;
-	struct se_string_key bin;
+	struct string_key bin;
 };
 
 struct {
@@ -108,8 +108,8 @@ struct se_scratch {
 	__u32 netns;
 	__u32 binary_state; /* 0: not read yet, 1: read, 2: unreadable */
 	__s32 verdict;      /* 0, or the errno the call is refused with */
-	struct se_string_key bin;
-	struct se_string_key rev;
+	struct string_key bin;
+	struct string_key rev;
 	struct se_exe_cached cache;
 	char buf[2 * SE_BUF];
 };
@@ -238,31 +238,7 @@ static __always_inline bool binary_match(struct se_scratch *s, __u32 filter, __u
 	/* An unreadable path is in no set: only the negated operators match it. */
 	if (!read_binary(s))
 		return !positive;
-	struct se_string_key *key = &s->bin;
-	__u32 len = key->prefixlen;
-	bool found;
-	if (op == SE_OP_POSTFIX || op == SE_OP_NOT_POSTFIX) {
-		__u32 chars = len - 1;
-		if (chars > SE_POSTFIX)
-			chars = SE_POSTFIX;
-		struct se_string_key *rev = &s->rev;
-		rev->filter = filter | (1u << 31);
-		for (__u32 j = 0; j < SE_POSTFIX; j++) {
-			if (j >= chars)
-				break;
-			__u32 from = len - 2 - j;
-			if (from >= SE_STR)
-				break;
-			rev->data[j & (SE_POSTFIX - 1)] = key->data[from];
-		}
-		rev->prefixlen = 32 + 8 * chars;
-		found = bpf_map_lookup_elem(&sock_enforce_strings, rev) != NULL;
-	} else {
-		key->filter = filter;
-		key->prefixlen = 32 + 8 * len;
-		found = bpf_map_lookup_elem(&sock_enforce_strings, key) != NULL;
-		key->prefixlen = len;
-	}
+	bool found = string_key_found(&sock_enforce_strings, &s->bin, &s->rev, filter, op == SE_OP_POSTFIX || op == SE_OP_NOT_POSTFIX);
 	return positive ? found : !found;
 }
 

@@ -13,6 +13,7 @@
 #pragma once
 
 #include "vmlinux.h"
+#include "string_key.h"
 
 enum runtime_event_type {
 	RT_EVENT_EXEC = 1,
@@ -120,8 +121,8 @@ struct runtime_exit_event {
 #define RT_RATE_ARG_BYTES 40    /* bytes of each argument a rateLimit key holds (Tetragon: 40) */
 /* Bytes of a string argument read, compared and reported, NUL included: a longer string is cut
  * (flagged) and then never Equal to a value, which are at most RT_POLICY_STR - 2 characters. */
-#define RT_POLICY_STR 248
-#define RT_POLICY_POSTFIX 128   /* characters a Postfix compares (Tetragon: 128) */
+#define RT_POLICY_STR STRING_KEY_BYTES
+#define RT_POLICY_POSTFIX STRING_KEY_POSTFIX
 #define RT_ARG_SLOT 256         /* bytes per argument in a policy event */
 
 enum rt_arg_type {
@@ -278,14 +279,6 @@ struct rt_hook {
 	struct rt_selector selectors[RT_POLICY_SELECTORS];
 };
 
-/* A key of runtime_policy_strings (an LPM trie): `filter` is the matchArgs / matchBinaries entry,
- * `data` the string (Equal values with their NUL, Prefix values without; Postfix values and
- * lookups reversed). Also the value of runtime_binaries, ready to be looked up. */
-struct rt_string_key {
-	__u32 prefixlen;
-	__u32 filter;
-	__u8 data[RT_POLICY_STR];
-};
 
 /* Per hook slot, summed over CPUs: calls seen, calls a selector matched, events posted, signals
  * sent. What the filter rejected never left the kernel: runs - posted. */

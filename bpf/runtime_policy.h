@@ -24,7 +24,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 16384);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct rt_string_key);
+	__type(key, struct string_key);
 	__type(value, __u8);
 } runtime_policy_strings SEC(".maps");
 
@@ -95,8 +95,8 @@ struct {
 struct policy_scratch {
 	struct runtime_policy_event event;
 	__u8 slots[RT_POLICY_ARGS][RT_ARG_SLOT];
-	struct rt_string_key key;
-	struct rt_string_key rev;
+	struct string_key key;
+	struct string_key rev;
 	struct rt_rate_key rate;
 	__u32 ns[RT_NS_COUNT]; /* the caller's, read once per hook run when a selector needs them */
 	__u32 nspid;
@@ -180,37 +180,14 @@ static __always_inline void read_arg(__u64 base, struct rt_hook *hook, struct po
 }
 
 /* Whether the string in `key` (prefixlen holding its length with the NUL) is under `filter`. */
-static __always_inline bool string_match(struct rt_string_key *key, __u32 filter, __u8 op)
+static __always_inline bool string_match(struct string_key *key, __u32 filter, __u8 op)
 {
-	key->filter = filter;
-	__u32 len = key->prefixlen;
-	if (op == RT_OP_POSTFIX || op == RT_OP_NOT_POSTFIX) {
-		/* Compared reversed, without the NUL, over at most RT_POLICY_POSTFIX characters. */
-		__u32 zero = 0;
-		struct policy_scratch *s = bpf_map_lookup_elem(&runtime_policy_scratch, &zero);
-		if (!s)
-			return false;
-		__u32 chars = len > 0 ? len - 1 : 0;
-		if (chars > RT_POLICY_POSTFIX)
-			chars = RT_POLICY_POSTFIX;
-		struct rt_string_key *rev = &s->rev;
-		rev->filter = filter | (1u << 31);
-		for (__u32 j = 0; j < RT_POLICY_POSTFIX; j++) {
-			if (j >= chars)
-				break;
-			__u32 from = len - 2 - j;
-			if (from >= RT_POLICY_STR)
-				break;
-			rev->data[j & (RT_POLICY_POSTFIX - 1)] = key->data[from];
-		}
-		rev->prefixlen = 32 + 8 * chars;
-		bool found = bpf_map_lookup_elem(&runtime_policy_strings, rev) != NULL;
-		return op == RT_OP_POSTFIX ? found : !found;
-	}
-	key->prefixlen = 32 + 8 * len;
-	bool found = bpf_map_lookup_elem(&runtime_policy_strings, key) != NULL;
-	key->prefixlen = len;
-	return (op == RT_OP_EQUAL || op == RT_OP_PREFIX || op == RT_OP_IN) ? found : !found;
+	__u32 zero = 0;
+	struct policy_scratch *s = bpf_map_lookup_elem(&runtime_policy_scratch, &zero);
+	if (!s)
+		return false;
+	bool found = string_key_found(&runtime_policy_strings, key, &s->rev, filter, op == RT_OP_POSTFIX || op == RT_OP_NOT_POSTFIX);
+	return (op == RT_OP_EQUAL || op == RT_OP_PREFIX || op == RT_OP_IN || op == RT_OP_POSTFIX) ? found : !found;
 }
 
 struct select_ctx {
@@ -239,7 +216,7 @@ static __always_inline bool arg_filter_match(struct select_ctx *c, struct rt_arg
 	case RT_OP_POSTFIX:
 	case RT_OP_NOT_POSTFIX:
 		if (f->key) {
-			struct rt_string_key *key = &s->key;
+			struct string_key *key = &s->key;
 			/* The string and its NUL, no more: the trie reads only the prefix's bytes. */
 			__u32 len = v < RT_POLICY_STR - 1 ? v + 1 : RT_POLICY_STR;
 			if (len > RT_POLICY_STR)
@@ -290,7 +267,7 @@ static __always_inline bool arg_filter_match(struct select_ctx *c, struct rt_arg
 		/* The family byte and the address, looked up among the CIDRs (longest prefix). */
 		bool any = false;
 		if (v == RT_AF_INET || v == RT_AF_INET6) {
-			struct rt_string_key *key = &s->key;
+			struct string_key *key = &s->key;
 			key->filter = f->key;
 			key->data[0] = v == RT_AF_INET ? 4 : 6;
 			if (bpf_probe_read_kernel(&key->data[1], 16, &slot[4]) != 0)
@@ -372,7 +349,7 @@ static __noinline bool namespaces_match(struct select_ctx *c, struct rt_selector
 
 struct follow_ctx {
 	struct rt_follow_set *set;
-	struct rt_string_key *bin;
+	struct string_key *bin;
 	__u64 marks;
 };
 
@@ -388,7 +365,7 @@ static long follow_step(__u32 index, struct follow_ctx *c)
 
 /* The followChildren marks an exec of `bin` (prefixlen: its length with the NUL) earns: one per
  * followChildren matchBinaries its path is In. */
-static __always_inline __u64 follow_marks(struct rt_string_key *bin)
+static __always_inline __u64 follow_marks(struct string_key *bin)
 {
 	__u32 zero = 0;
 	struct rt_follow_set *set = bpf_map_lookup_elem(&runtime_policy_follow, &zero);
@@ -423,13 +400,13 @@ static long select_step(__u32 index, struct select_ctx *c)
 			return 0;
 	}
 	if (sel->bin_op) {
-		struct rt_string_key *bin = bpf_map_lookup_elem(&runtime_binaries, &c->tgid);
+		struct string_key *bin = bpf_map_lookup_elem(&runtime_binaries, &c->tgid);
 		bool match;
 		if (!bin) {
 			/* An unknown binary is in no set: only the negated operators match it. */
 			match = !(sel->bin_op == RT_OP_IN || sel->bin_op == RT_OP_PREFIX || sel->bin_op == RT_OP_POSTFIX);
 		} else {
-			struct rt_string_key *key = &c->s->key;
+			struct string_key *key = &c->s->key;
 			bpf_probe_read_kernel(key, sizeof(*key), bin);
 			/* IN is exact: the LPM value was stored with its NUL, as Equal's are. */
 			match = string_match(key, sel->bin_key, sel->bin_op);

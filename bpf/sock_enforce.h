@@ -9,6 +9,7 @@
 #pragma once
 
 #include "vmlinux.h"
+#include "string_key.h"
 
 #define SE_RULES 64       /* rule slots over all loaded policies */
 #define SE_SELECTORS 5    /* selectors per rule (Tetragon: 5) */
@@ -18,8 +19,8 @@
 #define SE_NETNS 8        /* matchNamespaces Net values (Tetragon: 4) */
 /* Bytes of a binary's path compared, NUL included: a longer path is in no set (only the negated
  * operators match it), as is one the walk could not read. */
-#define SE_STR 248
-#define SE_POSTFIX 128
+#define SE_STR STRING_KEY_BYTES
+#define SE_POSTFIX STRING_KEY_POSTFIX
 #define SE_PATH_DEPTH 32  /* path components walked */
 
 /* Which system call a rule stands for, and so at which hooks it runs. */
@@ -108,13 +109,6 @@ struct se_list {
 	__u16 slots[SE_RULES];
 };
 
-/* A key of sock_enforce_strings (an LPM trie): the binaries of one selector under `filter`
- * (In with the NUL, Prefix without, Postfix reversed with bit 31 set in `filter`). */
-struct se_string_key {
-	__u32 prefixlen;
-	__u32 filter;
-	__u8 data[SE_STR];
-};
 
 /* Per rule slot, summed over CPUs. */
 struct se_stats {

@@ -14,11 +14,10 @@ import type { Prefix } from '../net/index.ts';
 import { selectorMatches } from '../policy/index.ts';
 import { NAMESPACES } from './events.ts';
 import type { ProcessSnapshot } from './process-cache.ts';
-import { Action, POLICY_LIMITS, compileTracingPolicy, type CompiledHook, type CompiledStrings, type CompiledTracingPolicy, type PolicyScope } from './tracing-policy.ts';
+import { Action, POLICY_LIMITS, STRING_KEY_BYTES, compileTracingPolicy, type CompiledHook, type CompiledStrings, type CompiledTracingPolicy, type PolicyScope } from './tracing-policy.ts';
 
 // ---- codecs of bpf/runtime.h's policy structs (events.test.ts checks them against the BTF) ----
 
-const STRING_BYTES = 248; // RT_POLICY_STR
 
 export const rtArgSpec = struct('rt_arg_spec', { offset: u16, type: u8, size: u8 });
 export const rtArgFilter = struct('rt_arg_filter', { arg: u8, op: u8, nvalues: u8, _pad: pad(1), key: u32, values: array(u64, POLICY_LIMITS.values) });
@@ -63,6 +62,8 @@ export const rtPodKey = struct('rt_pod_key', { policy_id: u32, netns: u32 });
 export const rtProc = struct('rt_proc', { follow: u64, caps: array(u64, 3), ns: array(u32, 10), pod_netns: u32, _pad: pad(4) });
 export const rtConfig = struct('rt_config', { host_netns: u32, _pad: pad(4) });
 export const rtRateKey = struct('rt_rate_key', { slot: u32, selector: u32, who: u32, policy_id: u32, args: array(u8, POLICY_LIMITS.args * 40) });
+/** bpf/string_key.h: a key of both engines' string tries (and a process's binary in runtime_binaries). */
+export const stringKeyLayout = struct('string_key', { prefixlen: u32, filter: u32, data: array(u8, STRING_KEY_BYTES) });
 export const rtFollowSet = struct('rt_follow_set', { active: u64, keys: array(u32, POLICY_LIMITS.followChildren) });
 
 const EMPTY_FILTER = { arg: 0, op: 0, nvalues: 0, key: 0, values: Array<bigint>(POLICY_LIMITS.values).fill(0n) };
@@ -77,12 +78,12 @@ const EMPTY_HOOK = encode(rtHook, { policy_id: 0, nargs: 0, nselectors: 0, scope
 /** `list` filled up to `length` with `fill`: a fixed-size C array's elements. */
 export const padded = <T>(list: T[], length: number, fill: T): T[] => [...list, ...Array<T>(Math.max(0, length - list.length)).fill(fill)];
 
-/** The LPM trie key of a string under `filter` (bpf/runtime.h struct rt_string_key). */
+/** The LPM trie key of a string under `filter` (bpf/string_key.h struct string_key: stringKeyLayout). */
 export function stringKey(filter: number, bytes: Buffer, bits: number): Buffer {
-  const key = Buffer.alloc(8 + STRING_BYTES);
+  const key = Buffer.alloc(stringKeyLayout.size);
   key.writeUInt32LE(32 + bits, 0);
   key.writeUInt32LE(filter >>> 0, 4);
-  bytes.copy(key, 8, 0, STRING_BYTES);
+  bytes.copy(key, 8, 0, STRING_KEY_BYTES);
   return key;
 }
 
@@ -515,7 +516,7 @@ export function seedBinaries(object: BpfObject): number {
     } catch {
       continue; // kernel threads, and processes gone meanwhile
     }
-    const bytes = Buffer.from(path.replace(/ \(deleted\)$/, '')).subarray(0, STRING_BYTES - 1);
+    const bytes = Buffer.from(path.replace(/ \(deleted\)$/, '')).subarray(0, STRING_KEY_BYTES - 1);
     const value = stringKey(0, Buffer.concat([bytes, Buffer.alloc(1)]), 0);
     value.writeUInt32LE(bytes.length + 1, 0);
     try {

@@ -15,6 +15,7 @@ import { Btf, checkLayout } from '../ebpf/index.ts';
 import { RuntimeError, RuntimeObserver, type TetragonEvent, type TetragonProcessKprobe } from './index.ts';
 import { SOCKET_OBJECT_PATH, type SocketEnforcer } from './socket-enforcer.ts';
 import { compileSocketPolicy, seEvent, seFilter, seList, seRule, seSelector, seStats, seValue } from './socket-policy.ts';
+import { stringKeyLayout } from './policy.ts';
 import { TestPod } from './socket-testutils.ts';
 
 const pod = new TestPod();
@@ -44,7 +45,7 @@ async function kprobeEvents(t: TestContext, policy: string, count: number): Prom
 
 test('socket enforcement codecs match bpf/sock_enforce.h in size and field offsets', () => {
   const btf = Btf.fromElf(SOCKET_OBJECT_PATH);
-  for (const codec of [seValue, seFilter, seSelector, seRule, seList, seStats, seEvent]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
+  for (const codec of [seValue, seFilter, seSelector, seRule, seList, seStats, seEvent, stringKeyLayout]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
 });
 
 test("one binary of a pod is refused a destination its other binary reaches, decided in the kernel and reported naming the binary", async (t) => {

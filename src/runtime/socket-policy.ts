@@ -28,7 +28,7 @@ import { parse } from 'yaml';
 import { array, pad, struct, u16, u32, u64, u8, i32 } from '../ebpf/index.ts';
 import { Prefix } from '../net/index.ts';
 import { RuntimeError } from './errors.ts';
-import { DNS_SUBDOMAIN, MISSING_HOOK_REASON, Op, isMap, parseInteger, readMatchPids, stringValues, syscallName, unknownFields, type CompiledStrings, type Json, type PolicyProblem, type TracingPolicyHeader } from './tracing-policy.ts';
+import { DNS_SUBDOMAIN, MISSING_HOOK_REASON, Op, STRING_KEY_BYTES, isMap, parseInteger, readMatchPids, stringValues, syscallName, unknownFields, type CompiledStrings, type Json, type PolicyProblem, type TracingPolicyHeader } from './tracing-policy.ts';
 
 /** Kernel limits (bpf/sock_enforce.h); Tetragon's in comments. */
 export const SOCKET_POLICY_LIMITS = {
@@ -50,7 +50,6 @@ export type SeActionName = keyof typeof SeAction;
 
 // ---- codecs of bpf/sock_enforce.h (socket-policy.test.ts checks them against the BTF) ----
 
-const STRING_BYTES = 248; // SE_STR
 export const seValue = struct('se_value', { lo: u64, hi: u64, mask_lo: u64, mask_hi: u64 });
 export const seFilter = struct('se_filter', { field: u8, op: u8, nvalues: u8, _pad: pad(5), values: array(seValue, SOCKET_POLICY_LIMITS.values) });
 export const seSelector = struct('se_selector', {
@@ -91,7 +90,7 @@ export const seEvent = struct('se_event', {
   addr: array(u8, 16),
   binary_len: u32,
   _pad: pad(4),
-  binary: array(u8, STRING_BYTES),
+  binary: array(u8, STRING_KEY_BYTES),
 });
 export const SE_EVENT_FLAG_BINARY_UNKNOWN = 1;
 

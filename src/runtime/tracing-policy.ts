@@ -101,6 +101,9 @@ export function unknownFields(item: Json, known: Set<string>, field: string, pro
 
 // ---- compiling a policy into what the generic program reads (bpf/runtime.h) ----
 
+/** Bytes of a string key's data in both engines' string tries (bpf/string_key.h STRING_KEY_BYTES). */
+export const STRING_KEY_BYTES = 248;
+
 /** Kernel limits of a hook (bpf/runtime.h), documented in the README; Tetragon's in comments. */
 export const POLICY_LIMITS = {
   hooks: 128,
