@@ -78,7 +78,7 @@ console.log('ready');
 
 /**
  * `load host port rate seconds sockets names timeoutMs` prints {sent, answered, errors, lost,
- * sendErrors, p50, p99, lagP99} (µs); `probe host port name` prints {rcode} of one A query.
+ * sendErrors, p50, p99, lagP99, sendUs} (µs); `probe host port name` prints {rcode} of one A query.
  * Queries are hand-encoded (no dns-packet from inside `node -e`): RD set, one A/IN question.
  */
 const CLIENT = `
@@ -136,7 +136,7 @@ const open = () => new Promise((resolve, reject) => {
   const total = rate * seconds;
   const lags = new Float64Array(total);
   const onSent = (e) => { if (e) sendErrors++; };
-  let sent = 0;
+  let sent = 0, sendTime = 0;
   const start = performance.now();
   await new Promise((resolve) => {
     const tick = () => {
@@ -151,6 +151,7 @@ const open = () => new Promise((resolve, reject) => {
         lags[sent] = (t - start - (sent / rate) * 1000) * 1000;
         k.pending.set(k.id, t);
         k.s.send(q, onSent);
+        sendTime += performance.now() - t;
       }
       if (sent < total) setTimeout(tick, 1);
       else resolve();
@@ -163,7 +164,7 @@ const open = () => new Promise((resolve, reject) => {
   for (const k of sockets) k.s.close();
   const sorted = Float64Array.from(latencies).sort();
   const at = (a, p) => (a.length === 0 ? null : a[Math.min(a.length - 1, Math.floor(p * a.length))]);
-  console.log(JSON.stringify({ sent: total, answered, errors, lost, sendErrors, p50: at(sorted, 0.5), p99: at(sorted, 0.99), lagP99: at(lags.sort(), 0.99) }));
+  console.log(JSON.stringify({ sent: total, answered, errors, lost, sendErrors, p50: at(sorted, 0.5), p99: at(sorted, 0.99), lagP99: at(lags.sort(), 0.99), sendUs: (sendTime * 1000) / total }));
 })().catch((e) => { console.error(String(e)); process.exit(1); });
 `;
 
@@ -176,6 +177,8 @@ interface LoadResult {
   p50: number | null;
   p99: number | null;
   lagP99: number | null;
+  /** Mean time of the client's send() call: the kernel's work on the datagram's way, up to its delivery. */
+  sendUs: number;
 }
 
 interface RedirectStats {
@@ -258,7 +261,7 @@ export async function run(ctx: BenchContext): Promise<void> {
         const [p, d] = [results.proxied.at(-1)!, results.direct.at(-1)!];
         ctx.log(
           `round ${i + 1}/${rounds}: p50/p99 proxied ${round(p.p50!)}/${round(p.p99!)} µs (${p.answered}/${p.sent} answered, ${p.lost} lost, ${p.errors} errors, ` +
-            `${datagrams.at(-1)} redirected), direct ${round(d.p50!)}/${round(d.p99!)} µs (${d.answered}/${d.sent}); client send lag p99 ${round(p.lagP99!)}/${round(d.lagP99!)} µs; ` +
+            `${datagrams.at(-1)} redirected), direct ${round(d.p50!)}/${round(d.p99!)} µs (${d.answered}/${d.sent}); client send lag p99 ${round(p.lagP99!)}/${round(d.lagP99!)} µs, send() ${round(p.sendUs)}/${round(d.sendUs)} µs; ` +
             `agent CPU ${cpu.proxied.at(-1)}/${cpu.direct.at(-1)} ms`,
         );
       },
