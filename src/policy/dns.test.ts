@@ -125,7 +125,10 @@ test("the DNS proxy's question: the rules of the entry the datapath picks decide
         dns: [{matchName: api.github.com}, {matchPattern: "*.cilium.io"}]
   - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, k8s-app: corp-dns}}]
     toPorts:
-    - ports: [{port: "53", protocol: UDP}]`),
+    - ports: [{port: "53", protocol: UDP}]
+  - toEndpoints: [{matchLabels: {"k8s:io.kubernetes.pod.namespace": kube-system, k8s-app: kube-dns}}]
+    toPorts:
+    - ports: [{port: "8053", protocol: UDP}]`),
       { file: 'p.yaml' },
     ).rules;
   engine.upsertRules(policy());
@@ -133,7 +136,8 @@ test("the DNS proxy's question: the rules of the entry the datapath picks decide
 
   assert.equal(asks(1, ID.kubeDns, 53, 'api.github.com'), true);
   assert.equal(asks(1, ID.kubeDns, 53, 'docs.cilium.io'), true);
-  assert.equal(asks(1, ID.kubeDns, 53, 'evil.example.com'), false, 'a name no DNS rule lists');
+  assert.equal(asks(1, ID.kubeDns, 53, 'evil.example.com'), false, 'a name no DNS rule lists (the same resolver allowed at L4 on another port opens no name on this one)');
+  assert.equal(asks(1, ID.kubeDns, 8053, 'evil.example.com'), true, 'the port allowed at L4 only: every name');
   assert.equal(asks(1, ID.kubeDns, 5353, 'api.github.com'), false, 'a port the policy does not allow at all');
   assert.deepEqual(dnsVerdict(engine, 1, ID.kubeDns, 5353, 'UDP').allowed, false);
   assert.equal(asks(1, ID.corpDns, 53, 'evil.example.com'), true, 'a peer whose port has no DNS rules: every name');

@@ -16,7 +16,7 @@ import { lookupPolicy, PolicyDirection, PolicyVerdict, protocolNumber } from './
 import type { PolicyEngine } from './engine.ts';
 import { peerSelectors } from './resolve.ts';
 import { peerSelectorKey } from './selector-cache.ts';
-import { ruleKey, type FqdnSelector, type PeerRule, type PolicyRule, type PortRule, type Protocol } from './types.ts';
+import { type FqdnSelector, type PeerRule, type PolicyRule, type PortRule, type Protocol } from './types.ts';
 
 /** Cilium's limit on a matchName or matchPattern (`matchpattern.MaxFQDNLength`). */
 const MAX_FQDN_LENGTH = 255;
@@ -134,15 +134,21 @@ export function dnsVerdict(engine: PolicyEngine, endpointId: number, resolverIde
     return { allowed: false, reason: `egress to identity ${resolverIdentity} on ${port}/${protocol} is ${result.verdict === PolicyVerdict.DENIED ? 'denied' : 'not allowed'} by the endpoint's policy` };
   }
   const keys = new Set(result.entry.ruleKeys);
-  const rules: PolicyRule[] = engine.rules().filter((r) => keys.has(ruleKey(r)));
+  // Asked for every query a pod sends: the entry's rules by key, not a walk of every rule, and a
+  // peer's selectors (a toFQDNs peer has one per learned address) only once one of its ports covers the query's.
+  const rules = [...keys].flatMap((key) => {
+    const id = engine.ruleId(key);
+    const rule = id === undefined ? undefined : engine.ruleById(id);
+    return rule === undefined ? [] : [rule];
+  });
   const selectors: FqdnSelector[] = [];
   for (const rule of rules) {
     for (const peer of rule.egress) {
+      const ports = (peer.ports ?? []).filter((p) => portCovers(p, protocol, port));
+      if (ports.length === 0 && (peer.ports ?? []).length > 0) continue;
       if (!peerSelects(engine, peer, resolverIdentity)) continue;
-      const ports = peer.ports ?? [];
       if (ports.length === 0) return { allowed: true, allNames: true, ruleKeys: [...keys] };
       for (const p of ports) {
-        if (!portCovers(p, protocol, port)) continue;
         if (p.l7?.dns === undefined) return { allowed: true, allNames: true, ruleKeys: [...keys] };
         selectors.push(...p.l7.dns);
       }
