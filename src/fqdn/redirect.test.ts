@@ -85,3 +85,36 @@ test(`one endpoint holds at most ${MAX_TCP_CONNECTIONS_PER_ENDPOINT} TCP connect
   const outcome = await Promise.race([again.closed.then(() => 'closed'), sleep(300).then(() => 'open')]);
   assert.equal(outcome, 'open', 'a freed slot is taken again');
 });
+
+test('an endpoint past its query rate has its queries dropped unread; another endpoint is served', async (t) => {
+  const server = await serveDns('127.0.0.1', 0, { 'api.example.com': { a: ['192.0.2.10'], ttl: 30 } });
+  t.after(() => server.close());
+  const proxy = new DnsProxy({ allows: () => true, learned: () => undefined });
+  t.after(() => proxy.close());
+  let sender = 5;
+  const listener = new DnsRedirectListener({
+    port: await freePort(),
+    endpointOf: () => sender,
+    originalDestination: () => ({ address: '127.0.0.1', port: server.port }),
+    answer: (query) => proxy.handle(query),
+    endpointRateLimit: 10,
+  });
+  await listener.listen();
+  t.after(() => listener.close());
+  const client = createSocket('udp4');
+  t.after(() => client.close());
+  await new Promise<void>((r) => client.bind(0, '127.0.0.1', r));
+  let answered = 0;
+  client.on('message', () => answered++);
+  const ask = (id: number) => client.send(encode({ type: 'query', id, flags: 1 << 8, questions: [{ type: 'A', name: 'api.example.com' }] }), listener.port, '127.0.0.1');
+  for (let i = 0; i < 40; i++) ask(i);
+  await sleep(300);
+  assert.ok(answered >= 10 && answered <= 14, `a burst of 40 gets about a second's worth (10) answered, got ${answered}`);
+  assert.equal(listener.stats.rateLimited, 40 - answered);
+  assert.equal(server.queries.length, answered, 'the dropped ones never reached the resolver');
+  sender = 6;
+  const before = answered;
+  ask(100);
+  await sleep(200);
+  assert.equal(answered, before + 1, 'another endpoint has its own bucket');
+});

@@ -190,6 +190,13 @@ export const dnsRedirectConfig = {
     .boolean()
     .default(true)
     .describe(`the DNS proxy's listener for pod DNS traffic, UDP and TCP on 127.0.0.1:${DNS_PROXY_PORT}; off: DNS that policy sends to the proxy is dropped`),
+  dnsProxyEndpointRateLimit: z
+    .number()
+    .int()
+    .min(0)
+    .max(1_000_000)
+    .default(2000)
+    .describe('DNS queries a second one endpoint may send through the DNS proxy; past it they are dropped unread, so one flooding pod cannot take the agent\'s CPU (0: no limit)'),
 };
 
 /**
@@ -225,7 +232,7 @@ export const dnsRedirectModule = defineModule({
         return undefined;
       }
     };
-    const listener = new DnsRedirectListener({ port: DNS_PROXY_PORT, endpointOf, originalDestination, answer: dnsProxy.answer });
+    const listener = new DnsRedirectListener({ port: DNS_PROXY_PORT, endpointOf, originalDestination, answer: dnsProxy.answer, endpointRateLimit: config.dnsProxyEndpointRateLimit });
     try {
       await listener.listen();
     } catch (error) {
