@@ -11,7 +11,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decode, encode } from 'dns-packet';
 import { parsePrometheusText, sampleValue } from '../src/metrics/text-format-testing.ts';
-import { TestNode, addWorld, cli, dnsQuery, dnsServer, echoServer, inNs, probeTcp, sleep, streamConnection, uniqueName } from './support/cluster.ts';
+import { TestNode, addWorld, cli, dnsQuery, dnsServer, echoServer, inNs, probeTcp, sleep, streamConnection, uniqueName, until } from './support/cluster.ts';
 import type { DnsRecords } from './support/dns-server.ts';
 
 const POLICY = `apiVersion: cilium.io/v2
@@ -201,4 +201,46 @@ test('each query the DNS proxy handles is a Hubble DNS flow pair (dropped when r
   assert.equal(sampleValue(metrics, 'hubble_dns_responses_total', { rcode: 'No Error', qtypes: 'A', ips_returned: '1' }), 2);
   assert.equal(sampleValue(metrics, 'hubble_dns_response_types_total', { type: 'CNAME', qtypes: 'A' }), 1);
   assert.equal(sampleValue(metrics, 'hubble_dns_response_types_total', { type: 'A', qtypes: 'A' }), 2);
+});
+
+test('DNS to a ClusterIP (a kube-dns service in front of a resolver pod) goes through the DNS proxy: the answer comes back from the ClusterIP, refused names are refused, toFQDNs opens what was answered', async (t) => {
+  const node = await TestNode.start(t);
+  const world = await addWorld(t, node, ['198.51.100.10/24']);
+  await echoServer(t, world, 8080);
+  const resolver = await node.addPod(t, uniqueName('coredns'), { 'k8s-app': 'kube-dns' });
+  await dnsServer(t, resolver.netns, '0.0.0.0', RECORDS);
+  const added = await cli(node, 'service', 'add', 'kube-dns', '--selector', 'k8s-app=kube-dns', '--port', 'dns=53:53/UDP', '--port', 'dns-tcp=53:53/TCP', '-o', 'json');
+  assert.equal(added.code, 0, added.stderr);
+  const clusterIp = (JSON.parse(added.stdout) as { clusterIP: string }).clusterIP;
+  const pod = await node.addPod(t, uniqueName('client'), { app: 'client' });
+  await node.client.call('POST', '/v1/policies', {
+    file: 'kube-dns.yaml',
+    yaml: `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-dns}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {k8s-app: kube-dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules:
+        dns: [{matchPattern: "*.example.com"}]
+  - toFQDNs: [{matchName: short.example.com}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`,
+  });
+  const target = '198.51.100.10:8080';
+  assert.deepEqual(await probeTcp(pod.netns, [target]), { [target]: false });
+  // From a connected socket, as glibc asks: an answer from the backend's address would be dropped.
+  await until('the service has its backend', async () => (await dnsQuery(pod.netns, clusterIp, 'short.example.com')).rcode === 0);
+  const answer = await dnsQuery(pod.netns, clusterIp, 'short.example.com');
+  assert.deepEqual([answer.rcode, answer.ips], [0, ['198.51.100.10']], JSON.stringify(answer));
+  const overTcp = await dnsQuery(pod.netns, clusterIp, 'kept-1.example.com', 'tcp');
+  assert.deepEqual([overTcp.rcode, overTcp.ips], [0, ['198.51.100.12']], JSON.stringify(overTcp));
+  const refused = await dnsQuery(pod.netns, clusterIp, 'evil.example.org');
+  assert.equal(refused.rcode, 5, JSON.stringify(refused));
+  assert.deepEqual(await probeTcp(pod.netns, [target]), { [target]: true }, 'the answered address is open');
+  const flows = await cli(node, 'observe', '--last', '100', '--protocol', 'dns');
+  assert.match(flows.stdout, /dns-request DROPPED \(DNS Query evil\.example\.org\. A\)/);
 });

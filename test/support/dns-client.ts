@@ -1,5 +1,6 @@
 /**
- * A DNS query from a test's namespace, as a pod's resolver library sends it:
+ * A DNS query from a test's namespace, as a pod's resolver library sends it (over UDP from a
+ * connected socket, so only an answer from the server's own address and port is taken):
  * `node test/support/dns-client.ts <server> <name> [udp|tcp] [source port]` prints one JSON line:
  * `{"rcode":0,"id":…,"ips":[…]}`, or `{"timeout":true}` when no answer came within 3 s.
  * @module
@@ -43,7 +44,8 @@ export function queryDns(server: string, name: string, protocol: 'udp' | 'tcp', 
         const packet = decode(bytes);
         if (packet.id === id) done(summary(packet));
       });
-      socket.bind(sourcePort, () => socket.send(query, 53, server));
+      // Connected, as glibc's resolver is: the kernel drops an answer from any other address or port.
+      socket.bind(sourcePort, () => socket.connect(53, server, () => socket.send(query)));
     } else {
       const socket = connect({ host: server, port: 53, localPort: sourcePort || undefined });
       let received = Buffer.alloc(0);
