@@ -55,6 +55,14 @@ struct {
 	__type(value, __u8);
 } sock_enforce_strings SEC(".maps");
 
+/* The pods (network namespaces) of scoped policies, written by the agent as pods come and go. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct se_pod_key);
+	__type(value, __u8);
+} sock_enforce_pods SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, SE_RULES);
@@ -404,6 +412,12 @@ static long rule_step(__u32 index, struct judge_ctx *j)
 	struct se_stats *stats = bpf_map_lookup_elem(&sock_enforce_stats, &slot);
 	if (!rule || !stats || rule->policy_id == 0)
 		return 0;
+	/* A scoped policy is for its pods only: any other caller passes its rules untouched. */
+	if (rule->scoped) {
+		struct se_pod_key pod = { .policy_id = rule->policy_id, .netns = s->netns };
+		if (!bpf_map_lookup_elem(&sock_enforce_pods, &pod))
+			return 0;
+	}
 	stats->runs++;
 	struct rule_ctx c = { .s = s, .rule = rule, .matched = -1 };
 	__u8 action = SE_ACTION_POST;

@@ -99,8 +99,16 @@ struct se_rule {
 	__u32 policy_id;  /* 0: a free slot */
 	__u8 hook;
 	__u8 nselectors;  /* 0: every call is posted */
-	__u16 _pad;
+	__u8 scoped;      /* podSelector / TracingPolicyNamespaced: the caller's network namespace must
+			   * be in sock_enforce_pods under policy_id */
+	__u8 _pad;
 	struct se_selector selectors[SE_SELECTORS];
+};
+
+/* A scoped policy's pod: its network namespace. */
+struct se_pod_key {
+	__u32 policy_id;
+	__u32 netns;
 };
 
 /* The rules of one hook, run in this order. */

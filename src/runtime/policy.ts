@@ -8,7 +8,7 @@
  * @module
  */
 import { readlinkSync, readdirSync } from 'node:fs';
-import { UpdateFlag, array, attachTracepoint, encode, pad, possibleCpus, struct, u16, u32, u64, u8, type BpfObject, type Link } from '../ebpf/index.ts';
+import { UpdateFlag, array, attachTracepoint, encode, pad, possibleCpus, struct, u16, u32, u64, u8, type BpfMap, type BpfObject, type Link } from '../ebpf/index.ts';
 import { RuntimeError } from './errors.ts';
 import type { Prefix } from '../net/index.ts';
 import { selectorMatches } from '../policy/index.ts';
@@ -117,6 +117,24 @@ export interface ScopePod {
   netns: number;
   namespace: string;
   labels: Record<string, string>;
+}
+
+/**
+ * Writes to `map` the difference between the network namespaces a scoped policy has there
+ * (`have`, kept up to date) and those of the `pods` its scope selects, each under `key(netns)`.
+ */
+export function syncScopedPods(map: BpfMap, scope: PolicyScope, pods: readonly ScopePod[], have: Set<number>, key: (netns: number) => Buffer): void {
+  const want = new Set(pods.filter((pod) => pod.netns && scopeSelects(scope, pod)).map((pod) => pod.netns));
+  for (const netns of want) {
+    if (have.has(netns)) continue;
+    map.update(key(netns), Buffer.from([1]));
+    have.add(netns);
+  }
+  for (const netns of [...have]) {
+    if (want.has(netns)) continue;
+    map.delete(key(netns));
+    have.delete(netns);
+  }
 }
 
 /** Whether a scoped policy applies to a pod (Tetragon's namespace label is the pod's namespace). */
@@ -420,18 +438,7 @@ export class PolicyManager {
   #writePods(loaded: LoadedPolicy): void {
     const scope = loaded.policy.scope;
     if (!scope) return;
-    const want = new Set(this.#pods.filter((pod) => pod.netns && scopeSelects(scope, pod)).map((pod) => pod.netns));
-    const map = this.#object.map('runtime_policy_pods');
-    for (const netns of want) {
-      if (loaded.pods.has(netns)) continue;
-      map.update(encode(rtPodKey, { policy_id: loaded.id, netns }), Buffer.from([1]));
-      loaded.pods.add(netns);
-    }
-    for (const netns of [...loaded.pods]) {
-      if (want.has(netns)) continue;
-      map.delete(encode(rtPodKey, { policy_id: loaded.id, netns }));
-      loaded.pods.delete(netns);
-    }
+    syncScopedPods(this.#object.map('runtime_policy_pods'), scope, this.#pods, loaded.pods, (netns) => encode(rtPodKey, { policy_id: loaded.id, netns }));
   }
 
   #hookStrings(slot: number, hook: CompiledHook): Buffer[] {

@@ -7,7 +7,7 @@
  */
 import type { BpfObject } from '../ebpf/index.ts';
 import { RuntimeError } from './errors.ts';
-import { PolicyManager, alreadyLoaded, type PolicyStatus } from './policy.ts';
+import { PolicyManager, alreadyLoaded, type PolicyStatus, type ScopePod } from './policy.ts';
 import { SocketEnforcer, type SocketPolicyStatus } from './socket-enforcer.ts';
 import { compileSocketPolicy } from './socket-policy.ts';
 
@@ -46,6 +46,12 @@ export class RuntimePolicies extends PolicyManager {
 
   override get(name: string): PolicyStatus | SocketPolicyStatus | undefined {
     return super.get(name) ?? this.sockets?.list().find((p) => p.name === name);
+  }
+
+  /** Scoped policies of both engines follow the pods. */
+  override setPods(pods: ScopePod[]): void {
+    super.setPods(pods);
+    this.sockets?.setPods(pods);
   }
 
   override close(): void {

@@ -14,7 +14,7 @@ import { dirname, join } from 'node:path';
 import { Btf, checkLayout } from '../ebpf/index.ts';
 import { RuntimeError, RuntimeObserver, type TetragonEvent, type TetragonProcessKprobe } from './index.ts';
 import { SOCKET_OBJECT_PATH, type SocketEnforcer } from './socket-enforcer.ts';
-import { compileSocketPolicy, seEvent, seFilter, seList, seRule, seSelector, seStats, seValue } from './socket-policy.ts';
+import { compileSocketPolicy, seEvent, seFilter, seList, sePodKey, seRule, seSelector, seStats, seValue } from './socket-policy.ts';
 import { stringKeyLayout } from './policy.ts';
 import { TestPod } from './socket-testutils.ts';
 
@@ -45,7 +45,7 @@ async function kprobeEvents(t: TestContext, policy: string, count: number): Prom
 
 test('socket enforcement codecs match bpf/sock_enforce.h in size and field offsets', () => {
   const btf = Btf.fromElf(SOCKET_OBJECT_PATH);
-  for (const codec of [seValue, seFilter, seSelector, seRule, seList, seStats, seEvent, stringKeyLayout]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
+  for (const codec of [seValue, seFilter, seSelector, seRule, seList, seStats, seEvent, sePodKey, stringKeyLayout]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
 });
 
 test("one binary of a pod is refused a destination its other binary reaches, decided in the kernel and reported naming the binary", async (t) => {
@@ -243,6 +243,36 @@ ${bindRule(9997, `{operator: In, values: [${process.pid}], followForks: true}`)}
   assert.equal(bind(9996), 'ok', 'without followForks a descendant is not the listed process');
   assert.equal(bind(9995, ['unshare', '--pid', '--fork']), 'EACCES', 'process 1 of its own pid namespace');
   assert.equal(bind(9995), 'ok', 'not process 1 anywhere');
+});
+
+test('a TracingPolicyNamespaced with a podSelector holds only its pods: the rule follows the pods as they come and go', async (t) => {
+  const name = `scoped-${id}`;
+  // The per-binary rule without its matchNamespaces: the scope says which pod.
+  const yaml = pod
+    .perBinaryPolicy(name)
+    .replace('kind: TracingPolicy', 'kind: TracingPolicyNamespaced')
+    .replace(`  name: ${name}\n`, `  name: ${name}\n  namespace: shop\n`)
+    .replace('spec:\n', 'spec:\n  podSelector:\n    matchLabels: {app: web}\n')
+    .replace(`      matchNamespaces:\n      - namespace: Net\n        operator: In\n        values: ["${pod.netnsInode}"]\n`, '');
+  assert.doesNotMatch(yaml, /matchNamespaces/);
+  observer.policies.add(yaml);
+  t.after(() => {
+    if (observer.policies.get(name)) observer.policies.delete(name);
+    observer.setScopePods([]);
+  });
+  const podOf = (namespace: string, app: string) => ({ netns: pod.netnsInode, namespace, labels: { 'k8s:app': app } });
+  const refused = () => pod.connect(otherBinary).status !== 0;
+  assert.equal(refused(), false, 'no pod known yet: the rule holds nobody');
+  observer.setScopePods([podOf('shop', 'web')]);
+  assert.equal(refused(), true, 'the pod is selected: its other binary is refused');
+  assert.match(pod.connect(appBinary).stdout, /connected/, 'its application still connects');
+  const runtime = observer.policies as unknown as { sockets: { podsOf(name: string): number[] | undefined } };
+  assert.deepEqual(runtime.sockets.podsOf(name), [pod.netnsInode]);
+  observer.setScopePods([podOf('other', 'web')]);
+  assert.equal(refused(), false, 'the same labels in another namespace are not this policy\'s');
+  observer.setScopePods([podOf('shop', 'db')]);
+  assert.equal(refused(), false, 'relabelled out of the selector: released');
+  assert.deepEqual(runtime.sockets.podsOf(name), []);
 });
 
 test('a bad socket policy is refused naming each field, and nothing of it is loaded', () => {

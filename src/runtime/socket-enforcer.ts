@@ -13,8 +13,8 @@ import { BpfObject, RingBuffer, attachCgroup, encode, possibleCpus, type Link } 
 import { Addr } from '../net/index.ts';
 import type { TetragonArg, TetragonProcessKprobe } from './types.ts';
 import { RuntimeError } from './errors.ts';
-import { alreadyLoaded, padded, stringKeys, u32Key, type PolicyStats, type PolicyStatus } from './policy.ts';
-import { SE_EVENT_FLAG_BINARY_UNKNOWN, SOCKET_POLICY_LIMITS, SeAction, SeField, SocketHook, seEvent, seList, seRule, seStats, type CompiledSocketPolicy, type SeValue, type SocketHookName, type SocketRule } from './socket-policy.ts';
+import { alreadyLoaded, padded, stringKeys, syncScopedPods, u32Key, type PolicyStats, type PolicyStatus, type ScopePod } from './policy.ts';
+import { SE_EVENT_FLAG_BINARY_UNKNOWN, SOCKET_POLICY_LIMITS, SeAction, SeField, SocketHook, seEvent, sePodKey, seList, seRule, seStats, type CompiledSocketPolicy, type SeValue, type SocketHookName, type SocketRule } from './socket-policy.ts';
 
 export const SOCKET_OBJECT_PATH = join(import.meta.dirname, '../../build/bpf/bpf_sock_enforce.o');
 
@@ -99,6 +99,8 @@ interface Loaded {
   policy: CompiledSocketPolicy;
   slots: number[];
   strings: Buffer[];
+  /** A scoped policy's network namespaces in sock_enforce_pods. */
+  pods: Set<number>;
   createdAt: Date;
 }
 
@@ -113,7 +115,7 @@ export interface SocketEnforcerOptions {
 const EMPTY_VALUE: SeValue = { lo: 0n, hi: 0n, mask_lo: 0n, mask_hi: 0n };
 const EMPTY_FILTER = { field: 0, op: 0, nvalues: 0, values: Array<SeValue>(SOCKET_POLICY_LIMITS.values).fill(EMPTY_VALUE) };
 const EMPTY_SELECTOR = { nargs: 0, bin_op: 0, pid_op: 0, npids: 0, netns_op: 0, nnetns: 0, action: 0, pid_flags: 0, error: 0, bin_key: 0, pids: Array<number>(SOCKET_POLICY_LIMITS.pids).fill(0), netns: Array<number>(SOCKET_POLICY_LIMITS.netns).fill(0), args: Array(SOCKET_POLICY_LIMITS.matchArgs).fill(EMPTY_FILTER) };
-const EMPTY_RULE = encode(seRule, { policy_id: 0, hook: 0, nselectors: 0, selectors: Array(SOCKET_POLICY_LIMITS.selectors).fill(EMPTY_SELECTOR) });
+const EMPTY_RULE = encode(seRule, { policy_id: 0, hook: 0, nselectors: 0, scoped: 0, selectors: Array(SOCKET_POLICY_LIMITS.selectors).fill(EMPTY_SELECTOR) });
 
 /** A selector's binaries' key in sock_enforce_strings. */
 const binaryFilter = (slot: number, selector: number) => (slot << 4) | selector;
@@ -126,6 +128,7 @@ export class SocketEnforcer {
   readonly #links = new Map<SocketHookName, Link[]>();
   readonly #byName = new Map<string, Loaded>();
   readonly #bySlot = new Map<number, { loaded: Loaded; rule: SocketRule }>();
+  #pods: ScopePod[] = [];
   #nextId = 1;
 
   constructor(options: SocketEnforcerOptions) {
@@ -148,7 +151,7 @@ export class SocketEnforcer {
     for (let slot = 0; slot < SOCKET_POLICY_LIMITS.rules && free.length < policy.rules.length; slot++) if (!this.#bySlot.has(slot)) free.push(slot);
     if (free.length < policy.rules.length) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name}: ${policy.rules.length} socket hooks, ${free.length} of ${SOCKET_POLICY_LIMITS.rules} slots free`, { details: [{ field: 'spec.kprobes', reason: 'too many socket hooks loaded' }] });
     const object = this.#open();
-    const loaded: Loaded = { id: this.#nextId++, policy, slots: free.slice(0, policy.rules.length), strings: [], createdAt: new Date() };
+    const loaded: Loaded = { id: this.#nextId++, policy, slots: free.slice(0, policy.rules.length), strings: [], pods: new Set(), createdAt: new Date() };
     try {
       const strings = object.map('sock_enforce_strings');
       policy.rules.forEach((rule, i) => {
@@ -161,10 +164,12 @@ export class SocketEnforcer {
             loaded.strings.push(key);
           }
         });
-        object.map('sock_enforce_rules').update(u32Key(slot), this.#ruleValue(loaded.id, slot, rule));
+        object.map('sock_enforce_rules').update(u32Key(slot), this.#ruleValue(loaded.id, slot, rule, policy.scope !== undefined));
         this.#bySlot.set(slot, { loaded, rule });
       });
       this.#byName.set(name, loaded);
+      // Its pods before its rules are listed: a scoped rule never runs without them.
+      this.#writePods(loaded);
       // Last: listed on their hooks (and the hooks attached), each rule whole already.
       this.#sync();
     } catch (error) {
@@ -172,6 +177,27 @@ export class SocketEnforcer {
       throw RuntimeError.is(error) ? error : new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name}: loading failed, nothing of it stays: ${(error as Error).message}`, { cause: error, details: [{ field: 'spec', reason: (error as Error).message }] });
     }
     return this.#status(loaded);
+  }
+
+  /**
+   * The pods scoped policies choose from (the agent's endpoints); each scoped policy's network
+   * namespaces in the kernel follow, written as differences.
+   */
+  setPods(pods: ScopePod[]): void {
+    this.#pods = pods;
+    for (const loaded of this.#byName.values()) this.#writePods(loaded);
+  }
+
+  /** The network namespaces a loaded policy applies to in the kernel (undefined: not scoped). */
+  podsOf(name: string): number[] | undefined {
+    const loaded = this.#byName.get(name);
+    return loaded?.policy.scope ? [...loaded.pods].sort((a, b) => a - b) : undefined;
+  }
+
+  #writePods(loaded: Loaded): void {
+    const scope = loaded.policy.scope;
+    if (!scope || !this.#object) return;
+    syncScopedPods(this.#object.map('sock_enforce_pods'), scope, this.#pods, loaded.pods, (netns) => encode(sePodKey, { policy_id: loaded.id, netns }));
   }
 
   /** Unloads a policy; throws ERR_RUNTIME_POLICY_NOT_FOUND when none has that name. */
@@ -279,6 +305,8 @@ export class SocketEnforcer {
     this.#sync();
     for (const slot of loaded.slots) object.map('sock_enforce_rules').update(u32Key(slot), EMPTY_RULE);
     for (const key of loaded.strings.splice(0)) object.map('sock_enforce_strings').delete(key);
+    for (const netns of loaded.pods) object.map('sock_enforce_pods').delete(encode(sePodKey, { policy_id: loaded.id, netns }));
+    loaded.pods.clear();
     if (this.#byName.size === 0) this.#closeObject();
   }
 
@@ -298,7 +326,7 @@ export class SocketEnforcer {
     return { id: loaded.id, name: header.name, kind: header.kind, sensors: loaded.policy.rules.map((r) => `cgroup/${r.hook}`), stats: total, createdAt: loaded.createdAt.toISOString(), cgroup: this.#options.cgroup };
   }
 
-  #ruleValue(policyId: number, slot: number, rule: SocketRule): Buffer {
+  #ruleValue(policyId: number, slot: number, rule: SocketRule, scoped: boolean): Buffer {
     const selectors = rule.selectors.map((sel, s) => ({
       nargs: sel.args.length,
       bin_op: sel.binOp,
@@ -318,7 +346,7 @@ export class SocketEnforcer {
         EMPTY_FILTER,
       ),
     }));
-    return encode(seRule, { policy_id: policyId, hook: HOOK_NUMBER[rule.hook], nselectors: rule.selectors.length, selectors: padded(selectors, SOCKET_POLICY_LIMITS.selectors, EMPTY_SELECTOR) });
+    return encode(seRule, { policy_id: policyId, hook: HOOK_NUMBER[rule.hook], nselectors: rule.selectors.length, scoped: scoped ? 1 : 0, selectors: padded(selectors, SOCKET_POLICY_LIMITS.selectors, EMPTY_SELECTOR) });
   }
 }
 

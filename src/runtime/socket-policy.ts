@@ -28,7 +28,7 @@ import { parse } from 'yaml';
 import { array, pad, struct, u16, u32, u64, u8, i32 } from '../ebpf/index.ts';
 import { Prefix } from '../net/index.ts';
 import { RuntimeError } from './errors.ts';
-import { DNS_SUBDOMAIN, MISSING_HOOK_REASON, Op, STRING_KEY_BYTES, isMap, parseInteger, readMatchPids, stringValues, syscallName, unknownFields, type CompiledStrings, type Json, type PolicyProblem, type TracingPolicyHeader } from './tracing-policy.ts';
+import { DNS_SUBDOMAIN, MISSING_HOOK_REASON, Op, STRING_KEY_BYTES, isMap, parseInteger, readMatchPids, readPolicyScope, stringValues, syscallName, unknownFields, type CompiledStrings, type Json, type PolicyProblem, type PolicyScope, type TracingPolicyHeader } from './tracing-policy.ts';
 
 /** Kernel limits (bpf/sock_enforce.h); Tetragon's in comments. */
 export const SOCKET_POLICY_LIMITS = {
@@ -67,7 +67,8 @@ export const seSelector = struct('se_selector', {
   netns: array(u32, SOCKET_POLICY_LIMITS.netns),
   args: array(seFilter, SOCKET_POLICY_LIMITS.matchArgs),
 });
-export const seRule = struct('se_rule', { policy_id: u32, hook: u8, nselectors: u8, _pad: pad(2), selectors: array(seSelector, SOCKET_POLICY_LIMITS.selectors) });
+export const sePodKey = struct('se_pod_key', { policy_id: u32, netns: u32 });
+export const seRule = struct('se_rule', { policy_id: u32, hook: u8, nselectors: u8, scoped: u8, _pad: pad(1), selectors: array(seSelector, SOCKET_POLICY_LIMITS.selectors) });
 export const seList = struct('se_list', { n: u32, slots: array(u16, SOCKET_POLICY_LIMITS.rules) });
 export const seStats = struct('se_stats', { runs: u64, matched: u64, posted: u64, refused: u64 });
 export const seEvent = struct('se_event', {
@@ -147,6 +148,8 @@ export interface SocketRule {
 export interface CompiledSocketPolicy {
   header: TracingPolicyHeader;
   rules: SocketRule[];
+  /** The pods it applies to (TracingPolicyNamespaced, podSelector); undefined: every process in the cgroup. */
+  scope?: PolicyScope;
   text: string;
 }
 
@@ -386,15 +389,15 @@ export function compileSocketPolicy(text: string, hostNetns = 0): CompiledSocket
   const problems: PolicyProblem[] = [];
   unknownFields(doc, new Set(['apiVersion', 'kind', 'metadata', 'spec']), 'policy', problems);
   if (doc.apiVersion !== 'cilium.io/v1alpha1') problems.push({ field: 'apiVersion', reason: `want cilium.io/v1alpha1, got ${JSON.stringify(doc.apiVersion)}` });
-  if (doc.kind === 'TracingPolicyNamespaced') problems.push({ field: 'kind', reason: 'Override in a TracingPolicyNamespaced needs in-kernel pod scoping, not supported yet: use a TracingPolicy with matchNamespaces Net' });
-  else if (doc.kind !== 'TracingPolicy') problems.push({ field: 'kind', reason: `want TracingPolicy, got ${JSON.stringify(doc.kind)}` });
+  if (doc.kind !== 'TracingPolicy' && doc.kind !== 'TracingPolicyNamespaced') problems.push({ field: 'kind', reason: `want TracingPolicy or TracingPolicyNamespaced, got ${JSON.stringify(doc.kind)}` });
   const metadata = isMap(doc.metadata) ? doc.metadata : {};
   const name = typeof metadata.name === 'string' ? metadata.name : '';
+  const scope = readPolicyScope(doc, problems);
   if (!DNS_SUBDOMAIN.test(name) || name.length > 253) problems.push({ field: 'metadata.name', reason: `want a DNS subdomain, got ${JSON.stringify(metadata.name)}` });
   const spec = doc.spec as Json;
   const rules: SocketRule[] = [];
   for (const key of Object.keys(spec)) {
-    if (key === 'kprobes' || (key === 'hostSelector' && (spec[key] === null || (isMap(spec[key]) && Object.keys(spec[key]).length === 0)))) continue;
+    if (key === 'kprobes' || key === 'podSelector' || (key === 'hostSelector' && (spec[key] === null || (isMap(spec[key]) && Object.keys(spec[key]).length === 0)))) continue;
     problems.push({ field: `spec.${key}`, reason: 'not supported in a policy that overrides socket calls (put it in another policy)' });
   }
   (spec.kprobes as unknown[]).forEach((kprobe, i) => {
@@ -419,5 +422,7 @@ export function compileSocketPolicy(text: string, hostNetns = 0): CompiledSocket
   });
   if (rules.length > SOCKET_POLICY_LIMITS.rules) problems.push({ field: 'spec.kprobes', reason: `at most ${SOCKET_POLICY_LIMITS.rules} hooks` });
   if (problems.length > 0) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name || '(unnamed)'}: ${problems.map((p) => `${p.field}: ${p.reason}`).join('; ')}`, { details: problems });
-  return { header: { kind: 'TracingPolicy', name }, rules, text };
+  const kind = doc.kind as TracingPolicyHeader['kind'];
+  const namespace = kind === 'TracingPolicyNamespaced' && typeof metadata.namespace === 'string' ? metadata.namespace : undefined;
+  return { header: { kind, name, ...(namespace === undefined ? {} : { namespace }) }, rules, ...(scope ? { scope } : {}), text };
 }

@@ -657,6 +657,20 @@ function argOf(fields: TracepointField[], fieldIndex: number, type: string, user
  * @example
  * const policy = compileTracingPolicy(readFileSync('openat.yaml', 'utf8'));
  */
+/**
+ * A policy's pods, for both engines: a TracingPolicyNamespaced's namespace (which it must have)
+ * and spec.podSelector; undefined when the policy is for every process on the node.
+ */
+export function readPolicyScope(doc: Json, problems: PolicyProblem[]): PolicyScope | undefined {
+  const namespaced = doc.kind === 'TracingPolicyNamespaced';
+  const metadata = isMap(doc.metadata) ? doc.metadata : {};
+  const namespace = typeof metadata.namespace === 'string' ? metadata.namespace : undefined;
+  if (namespaced && (!namespace || !DNS_SUBDOMAIN.test(namespace))) problems.push({ field: 'metadata.namespace', reason: 'a TracingPolicyNamespaced needs its namespace' });
+  const spec = isMap(doc.spec) ? doc.spec : {};
+  const podSelector = spec.podSelector === undefined || spec.podSelector === null ? undefined : labelSelector(spec.podSelector, 'spec.podSelector', problems);
+  return namespaced || podSelector ? { namespace: namespaced ? namespace : undefined, podSelector } : undefined;
+}
+
 export function compileTracingPolicy(text: string): CompiledTracingPolicy {
   let doc: unknown;
   try {
@@ -670,15 +684,13 @@ export function compileTracingPolicy(text: string): CompiledTracingPolicy {
   problems.forEach((p) => (p.field = p.field.replace(/^\./, '')));
   if (doc.apiVersion !== 'cilium.io/v1alpha1') problems.push({ field: 'apiVersion', reason: `want cilium.io/v1alpha1, got ${JSON.stringify(doc.apiVersion)}` });
   if (!KINDS.has(doc.kind as string)) problems.push({ field: 'kind', reason: `want TracingPolicy or TracingPolicyNamespaced, got ${JSON.stringify(doc.kind)}` });
-  const namespaced = doc.kind === 'TracingPolicyNamespaced';
   const metadata = isMap(doc.metadata) ? doc.metadata : {};
   const name = typeof metadata.name === 'string' ? metadata.name : '';
   if (!DNS_SUBDOMAIN.test(name) || name.length > 253) problems.push({ field: 'metadata.name', reason: `want a DNS subdomain, got ${JSON.stringify(metadata.name)}` });
   const namespace = typeof metadata.namespace === 'string' ? metadata.namespace : undefined;
-  if (namespaced && (!namespace || !DNS_SUBDOMAIN.test(namespace))) problems.push({ field: 'metadata.namespace', reason: 'a TracingPolicyNamespaced needs its namespace' });
+  const scope = readPolicyScope(doc, problems);
   const spec = doc.spec;
   const hooks: CompiledHook[] = [];
-  let podSelector: Selector | undefined;
   const selectorsOf = (hook: Json, field: string, args: CompiledArg[]): CompiledSelector[] => {
     const list = hook.selectors;
     if (list === undefined || list === null) return [];
@@ -699,7 +711,6 @@ export function compileTracingPolicy(text: string): CompiledTracingPolicy {
       if (spec[key] !== undefined && spec[key] !== null && SPEC_FIELDS.has(key)) problems.push({ field: `spec.${key}`, reason: 'not supported yet' });
     }
     if (spec.containerSelector !== undefined && spec.containerSelector !== null) problems.push({ field: 'spec.containerSelector', reason: "not supported yet: Ciliate's endpoints carry no container name or image to select on" });
-    podSelector = spec.podSelector === undefined || spec.podSelector === null ? undefined : labelSelector(spec.podSelector, 'spec.podSelector', problems);
     if (spec.hostSelector !== undefined && spec.hostSelector !== null && !(isMap(spec.hostSelector) && Object.keys(spec.hostSelector).length === 0)) problems.push({ field: 'spec.hostSelector', reason: 'want null or {}' });
     checkList(spec, 'kprobes', problems, (kprobe, field) => {
       unknownFields(kprobe, KPROBE_FIELDS, field, problems);
@@ -751,6 +762,5 @@ export function compileTracingPolicy(text: string): CompiledTracingPolicy {
   if (problems.length > 0) {
     throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name || '(unnamed)'}: ${problems.map((p) => `${p.field}: ${p.reason}`).join('; ')}`, { details: problems });
   }
-  const scope = namespaced || podSelector ? { namespace: namespaced ? namespace : undefined, podSelector } : undefined;
   return { header: { kind: doc.kind as TracingPolicyHeader['kind'], name, namespace }, hooks, scope, text };
 }
