@@ -217,7 +217,8 @@ export class RuntimeObserver {
     const sensor = this.#sensor?.stats();
     return {
       events: { PROCESS_EXEC: this.#execs, PROCESS_EXIT: this.#exits, PROCESS_KPROBE: this.#kprobes, PROCESS_TRACEPOINT: this.#tracepoints },
-      lost: sensor?.lost ?? 0n,
+      // The process sensor's ring and the socket hooks' ring: every loss, wherever it happened.
+      lost: (sensor?.lost ?? 0n) + (this.#policies?.sockets?.lost ?? 0n),
       records: sensor?.records ?? 0,
       processCache: this.cache.stats(),
       subscribers: this.#listeners.size,

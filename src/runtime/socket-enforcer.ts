@@ -129,6 +129,8 @@ export class SocketEnforcer {
   readonly #byName = new Map<string, Loaded>();
   readonly #bySlot = new Map<number, { loaded: Loaded; rule: SocketRule }>();
   #pods: ScopePod[] = [];
+  /** Losses counted by rings of objects closed since (the counter goes with its object). */
+  #lostBefore = 0n;
   #nextId = 1;
 
   constructor(options: SocketEnforcerOptions) {
@@ -217,6 +219,14 @@ export class SocketEnforcer {
     return entry && entry.loaded.id === policyId ? { policy: entry.loaded.policy, rule: entry.rule } : undefined;
   }
 
+  /**
+   * Events the kernel could not put in the socket hooks' ring since the object was loaded (a
+   * refusal still refuses; only its event is lost). Kept over object reloads.
+   */
+  get lost(): bigint {
+    return this.#lostBefore + (this.#ring?.lost() ?? 0n);
+  }
+
   /** Reads what waits in the ring now. */
   drain(): void {
     if (this.#ring && this.#handler) this.#ring.consume(this.#handler);
@@ -266,6 +276,7 @@ export class SocketEnforcer {
   #closeObject(): void {
     for (const links of this.#links.values()) for (const link of links) link.close();
     this.#links.clear();
+    this.#lostBefore += this.#ring?.lost() ?? 0n;
     this.#ring?.close();
     this.#ring = undefined;
     this.#handler = undefined;
