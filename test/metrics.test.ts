@@ -20,7 +20,7 @@ async function scrape(node: TestNode, address = METRICS): Promise<Map<string, Me
 const value = (m: Map<string, MetricFamily>, name: string, labels: Record<string, string> = {}) => sampleValue(m, name, labels) ?? 0;
 
 test("the agent's /metrics counts what the test did, under Cilium's names: denied SYNs, endpoints, policies, identities, map pressure", async (t) => {
-  const node = await TestNode.start(t, { extraArgs: ['--prometheus-serve-addr', METRICS, '--hubble-metrics-server', HUBBLE, '--bpf-map-pressure-interval', '0'] });
+  const node = await TestNode.start(t, { extraArgs: ['--prometheus-serve-addr', METRICS, '--hubble-metrics-server', HUBBLE, '--hubble-metrics', 'drop,tcp,flow,port-distribution,policy', '--bpf-map-pressure-interval', '0'] });
   const deathstar = await node.addPod(t, 'deathstar', { org: 'empire', class: 'deathstar' });
   const tiefighter = await node.addPod(t, 'tiefighter', { org: 'empire', class: 'tiefighter' });
   const xwing = await node.addPod(t, 'xwing', { org: 'alliance', class: 'xwing' });

@@ -69,12 +69,15 @@ export type LostEventSource = 'perf_event_ring_buffer' | 'observer_events_queue'
 
 /** What the observer calls: the Hubble metrics, or a sink that drops everything when they are off. */
 export interface HubbleMetricsSink {
+  /** Whether any flow metric is on: when none is, the observer hands over no flow at all. */
+  readonly countsFlows: boolean;
   observeFlow(flow: FlowMetricInput): void;
   lostEvents(source: LostEventSource, count: number): void;
 }
 
 /** A sink for when the Hubble metrics server is off. */
 export const NO_HUBBLE_METRICS: HubbleMetricsSink = {
+  countsFlows: false,
   observeFlow() {},
   lostEvents() {},
 };
@@ -233,6 +236,10 @@ export class HubbleMetrics implements HubbleMetricsSink {
   constructor(registry: Registry, options: readonly HubbleMetricOptions[]) {
     for (const option of options) this.#handlers.push(this.#handler(registry, option));
     this.#lost = new Counter({ name: 'hubble_lost_events_total', help: 'Number of lost events', labelNames: ['source'], registers: [registry] });
+  }
+
+  get countsFlows(): boolean {
+    return this.#handlers.length > 0;
   }
 
   observeFlow(flow: FlowMetricInput): void {

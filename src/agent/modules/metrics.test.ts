@@ -7,7 +7,7 @@ test("the metrics servers default to Cilium's loopback ports and take Cilium's a
   const defaults = loadConfig();
   assert.equal(defaults.prometheusServeAddr, 'localhost:9962');
   assert.equal(defaults.hubbleMetricsServer, 'localhost:9965');
-  assert.deepEqual(defaults.hubbleMetrics, ['drop', 'tcp', 'flow', 'port-distribution', 'policy']);
+  assert.deepEqual(defaults.hubbleMetrics, [], "none by default, as Cilium's --hubble-metrics");
   for (const address of ['', ':9962', '127.0.0.1:19962', '[::1]:9962', 'metrics.node-1.example:80']) {
     assert.equal(loadConfig({ flags: { prometheusServeAddr: address } }).prometheusServeAddr, address);
   }

@@ -39,9 +39,12 @@ export const metricsConfig = {
 export const hubbleMetricsConfig = {
   /** Cilium's --hubble-metrics-server. */
   hubbleMetricsServer: listenAddressSetting('localhost:9965').describe("address of Hubble's Prometheus /metrics (host:port, :port for every interface; empty: off)"),
-  /** Cilium's --hubble-metrics: which flow metrics, each with its context options. */
-  hubbleMetrics: hubbleMetricsSetting(['drop', 'tcp', 'flow', 'port-distribution', 'policy']).describe(
-    "Hubble metrics to count, each name[:option=value;…] (flow, drop, tcp, policy, port-distribution, httpV2, dns; options sourceContext and destinationContext = namespace|pod|pod-name|workload|workload-name|identity|reserved-identity)",
+  /**
+   * Cilium's --hubble-metrics: which flow metrics, each with its context options. None by default,
+   * as Cilium's (each one is counted per flow, on the observer's hot path).
+   */
+  hubbleMetrics: hubbleMetricsSetting([]).describe(
+    "Hubble metrics to count, each name[:option=value;…] (flow, drop, tcp, policy, port-distribution, httpV2, dns; options sourceContext and destinationContext = namespace|pod|pod-name|workload|workload-name|identity|reserved-identity); none by default, as in Cilium",
   ),
 };
 

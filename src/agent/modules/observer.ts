@@ -6,7 +6,7 @@
  */
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
-import { listenAddressSetting, lostEventSourceLabel, NO_HUBBLE_METRICS } from '../../metrics/index.ts';
+import { listenAddressSetting, lostEventSourceLabel } from '../../metrics/index.ts';
 import { FlowObserver, L7FlowEntry, ObserverServer, bindAddress, readServerTls, peerStoreKey, publishedAddress, type FlowEndpointInfo, type FlowNames, type FlowPolicy, type HubblePeerRecord, type L7Record } from '../../observer/index.ts';
 import { ConfigError } from '../config.ts';
 import { defineModule } from '../module.ts';
@@ -93,8 +93,8 @@ export const observerModule = defineModule({
       queueSize: config.hubbleEventQueueSize,
       names,
       log,
-      // Nothing per flow when the Hubble metrics are off: the flow path is the observer's hot path.
-      onFlow: hubbleMetrics === NO_HUBBLE_METRICS ? undefined : (entry) => hubbleMetrics.observeFlow(entry.metricInput()),
+      // Nothing per flow when no flow metric is on: the flow path is the observer's hot path.
+      onFlow: hubbleMetrics.countsFlows ? (entry) => hubbleMetrics.observeFlow(entry.metricInput()) : undefined,
       onLost: (source, count) => {
         const label = lostEventSourceLabel(source);
         if (label) hubbleMetrics.lostEvents(label, count);
@@ -129,7 +129,7 @@ export const observerModule = defineModule({
       for (const r of records) {
         const entry = new L7FlowEntry(r, names, policyByKey);
         observer.ring.pushEntry(entry);
-        if (hubbleMetrics !== NO_HUBBLE_METRICS) hubbleMetrics.observeFlow(entry.metricInput());
+        if (hubbleMetrics.countsFlows) hubbleMetrics.observeFlow(entry.metricInput());
       }
     };
     // And the DNS proxy's queries.
