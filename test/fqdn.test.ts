@@ -203,7 +203,7 @@ test('each query the DNS proxy handles is a Hubble DNS flow pair (dropped when r
   assert.equal(sampleValue(metrics, 'hubble_dns_response_types_total', { type: 'A', qtypes: 'A' }), 2);
 });
 
-test('DNS to a ClusterIP (a kube-dns service in front of a resolver pod) goes through the DNS proxy: the answer comes back from the ClusterIP, refused names are refused, toFQDNs opens what was answered', async (t) => {
+test('DNS to a ClusterIP (a kube-dns service in front of a resolver pod that takes DNS from clients only) goes through the DNS proxy: the forward is judged as the client\'s, the answer comes back from the ClusterIP, refused names are refused, toFQDNs opens what was answered', async (t) => {
   const node = await TestNode.start(t);
   const world = await addWorld(t, node, ['198.51.100.10/24']);
   await echoServer(t, world, 8080);
@@ -228,6 +228,20 @@ spec:
         dns: [{matchPattern: "*.example.com"}]
   - toFQDNs: [{matchName: short.example.com}]
     toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`,
+  });
+  // The resolver takes DNS from the clients only (not from the node): the proxy's forwards carry
+  // the client's identity, as the query the datapath redirected had.
+  await node.client.call('POST', '/v1/policies', {
+    file: 'kube-dns-ingress.yaml',
+    yaml: `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: kube-dns-ingress}
+spec:
+  endpointSelector: {matchLabels: {k8s-app: kube-dns}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "53", protocol: ANY}]}]
 `,
   });
   const target = '198.51.100.10:8080';

@@ -15,7 +15,8 @@
  */
 import { randomInt } from 'node:crypto';
 import { createSocket, type Socket } from 'node:dgram';
-import { connect } from 'node:net';
+import { connect, Socket as TcpSocket } from 'node:net';
+import { markDatagramSocket, markedTcpSocket } from '../proxy/index.ts';
 import { decode, encode, RECURSION_AVAILABLE, RECURSION_DESIRED, type Answer, type DecodedPacket, type Packet } from 'dns-packet';
 import { Addr } from '../net/index.ts';
 import { normalizeDnsName } from '../policy/index.ts';
@@ -38,6 +39,12 @@ export interface DnsQuery {
   protocol: 'UDP' | 'TCP';
   /** The DNS message as the endpoint sent it. */
   payload: Uint8Array;
+  /**
+   * SO_MARK for the forward to the resolver: the endpoint's identity in the node proxy's mark
+   * (bpf/lib/proxy.h), so a resolver pod on this node judges the query as the endpoint's, as the
+   * datapath did when it redirected it. Absent: the node's own.
+   */
+  upstreamMark?: number;
 }
 
 /** What became of a query: what a DNS flow would show. */
@@ -191,7 +198,10 @@ class Upstream {
   #connected = false;
   #queued: Array<() => void> = [];
 
-  constructor(resolver: Resolver) {
+  readonly #mark: number | undefined;
+
+  constructor(resolver: Resolver, mark?: number) {
+    this.#mark = mark;
     this.#socket = createSocket(Addr.tryParse(resolver.address)?.family === 6 ? 'udp6' : 'udp4');
     this.#socket.on('error', () => this.close());
     this.#socket.on('message', (bytes) => this.#onMessage(bytes));
@@ -247,8 +257,17 @@ class Upstream {
     entry.done({ bytes, packet });
   }
 
-  /** After connect(): sends queued meanwhile go out. */
+  /** After connect(): sends queued meanwhile go out, with the socket's mark set first. */
   #markConnected(): void {
+    if (this.#mark !== undefined) {
+      try {
+        markDatagramSocket(this.#socket, this.#mark);
+      } catch {
+        // Unmarked, a query would pass as the node's: none goes out.
+        this.close();
+        return;
+      }
+    }
     this.#connected = true;
     for (const send of this.#queued.splice(0)) send();
   }
@@ -275,10 +294,16 @@ export function tcpFrame(message: Uint8Array): Buffer {
  * One query over a connection of its own to the resolver (RFC 7766 framing: a two-byte length
  * before each message); the answer counts only with the query's id and question.
  */
-function exchangeOverTcp(resolver: Resolver, payload: Uint8Array, message: DecodedPacket, timeoutMs: number): Promise<{ bytes: Buffer; packet: DecodedPacket } | undefined> {
+function exchangeOverTcp(resolver: Resolver, payload: Uint8Array, message: DecodedPacket, timeoutMs: number, mark?: number): Promise<{ bytes: Buffer; packet: DecodedPacket } | undefined> {
   const question = message.questions![0];
   return new Promise((resolve) => {
-    const socket = connect({ host: resolver.address, port: resolver.port });
+    let socket: TcpSocket;
+    try {
+      socket = mark === undefined ? connect({ host: resolver.address, port: resolver.port }) : new TcpSocket({ fd: markedTcpSocket(mark), readable: true, writable: true }).connect(resolver.port, resolver.address);
+    } catch {
+      resolve(undefined);
+      return;
+    }
     let received = Buffer.alloc(0);
     const finish = (answer: { bytes: Buffer; packet: DecodedPacket } | undefined) => {
       clearTimeout(timer);
@@ -373,12 +398,13 @@ export class DnsProxy {
   /** Sends the query to the resolver and waits for its matching answer (or the timeout). */
   #forward(query: DnsQuery, message: DecodedPacket): Promise<{ bytes: Buffer; packet: DecodedPacket } | undefined> {
     // Over TCP as asked: a client on TCP is usually after an answer too big for a datagram.
-    if (query.protocol === 'TCP') return exchangeOverTcp(query.resolver, query.payload, message, this.#timeoutMs);
-    const key = `${query.resolver.address}|${query.resolver.port}`;
+    if (query.protocol === 'TCP') return exchangeOverTcp(query.resolver, query.payload, message, this.#timeoutMs, query.upstreamMark);
+    // A socket per resolver and mark: whom the query is asked for is the socket's, not the datagram's.
+    const key = `${query.resolver.address}|${query.resolver.port}|${query.upstreamMark ?? ''}`;
     let upstream = this.#upstreams.get(key);
     if (upstream === undefined || upstream.closed) {
       this.#pruneUpstreams();
-      upstream = new Upstream(query.resolver);
+      upstream = new Upstream(query.resolver, query.upstreamMark);
       this.#upstreams.set(key, upstream);
     }
     return upstream.exchange(query.payload, message, this.#timeoutMs);

@@ -72,10 +72,21 @@ export function setTransparent(fd: number): void {
  * handle behind its state symbol.
  */
 export function makeDatagramSocketTransparent(socket: DgramSocket): void {
+  setTransparent(datagramFd(socket, 'make transparent'));
+}
+
+/** SO_MARK on a bound dgram socket (the DNS proxy's upstream: whom it speaks for, bpf/lib/proxy.h). */
+export function markDatagramSocket(socket: DgramSocket, mark: number): void {
+  const fd = datagramFd(socket, 'mark');
+  setInt(fd, SOL_SOCKET, SO_MARK, mark | 0, `setting SO_MARK 0x${mark.toString(16)} on fd ${fd}`);
+}
+
+/** A bound dgram socket's descriptor: Node keeps it on the handle behind its state symbol. */
+function datagramFd(socket: DgramSocket, why: string): number {
   const state = Object.getOwnPropertySymbols(socket).find((s) => s.description === 'state symbol');
   const fd = state === undefined ? undefined : (socket as unknown as Record<symbol, { handle?: { fd?: number } } | undefined>)[state]?.handle?.fd;
-  if (fd === undefined || fd < 0) throw new Error('the datagram socket has no file descriptor to make transparent');
-  setTransparent(fd);
+  if (fd === undefined || fd < 0) throw new Error(`the datagram socket has no file descriptor to ${why}`);
+  return fd;
 }
 
 /**

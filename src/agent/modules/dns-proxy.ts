@@ -19,6 +19,7 @@ import { Addr } from '../../net/index.ts';
 import { parseRequest, RequestError } from '../api-errors.ts';
 import { defineModule } from '../module.ts';
 import { DnsProxyCell, EndpointsCell, PolicyCell } from './cells.ts';
+import { proxyIngressMark } from '../../proxy/index.ts';
 import { ensureToProxyRouting } from './proxy.ts';
 import { storeConfig } from './store.ts';
 
@@ -212,13 +213,25 @@ export const dnsRedirectModule = defineModule({
     if (!config.enableDnsProxyRedirect) return { value: undefined, status: () => ({ dnsRedirect: { enabled: false } }) };
     await ensureToProxyRouting();
     let byAddress = new Map<string, number>();
+    let identityOf = new Map<number, number>();
     let revision = -1;
+    const refresh = () => {
+      if (endpoints.table.revision === revision) return;
+      revision = endpoints.table.revision;
+      const list = endpoints.list();
+      byAddress = new Map(list.flatMap((e) => (e.ipv4 ? [[e.ipv4, e.id] as const] : [])));
+      identityOf = new Map(list.map((e) => [e.id, e.identity] as const));
+    };
     const endpointOf = (address: string): number | undefined => {
-      if (endpoints.table.revision !== revision) {
-        revision = endpoints.table.revision;
-        byAddress = new Map(endpoints.list().flatMap((e) => (e.ipv4 ? [[e.ipv4, e.id] as const] : [])));
-      }
+      refresh();
       return byAddress.get(address);
+    };
+    // The forward carries the endpoint's identity (as the HTTP proxy's connections do): a resolver
+    // pod on this node judges it as the endpoint's query, not the node's.
+    const answer = (query: DnsQuery, sourcePort: number): Promise<DnsOutcome> => {
+      refresh();
+      const identity = identityOf.get(query.endpoint);
+      return dnsProxy.answer(identity === undefined ? query : { ...query, upstreamMark: proxyIngressMark(identity) }, sourcePort);
     };
     // Opened at the first datagram: the datapath pins its maps with the first endpoint.
     let origins: BpfMap<Proxy4Key, Proxy4Value> | undefined;
@@ -232,7 +245,7 @@ export const dnsRedirectModule = defineModule({
         return undefined;
       }
     };
-    const listener = new DnsRedirectListener({ port: DNS_PROXY_PORT, endpointOf, originalDestination, answer: dnsProxy.answer, endpointRateLimit: config.dnsProxyEndpointRateLimit });
+    const listener = new DnsRedirectListener({ port: DNS_PROXY_PORT, endpointOf, originalDestination, answer, endpointRateLimit: config.dnsProxyEndpointRateLimit });
     try {
       await listener.listen();
     } catch (error) {
