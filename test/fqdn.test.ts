@@ -39,6 +39,8 @@ const RECORDS: DnsRecords = {
   'short.example.com': { a: ['198.51.100.10'], ttl: 8 },
   'other.example.com': { a: ['198.51.100.11'], ttl: 300 },
   'kept-1.example.com': { a: ['198.51.100.12'], ttl: 3600 },
+  // An answer too big for one datagram on the pod's link (about 1.9 KB).
+  'kept-big.example.com': { a: Array.from({ length: 120 }, (_, i) => `203.0.113.${i + 1}`), ttl: 60 },
 };
 
 interface QueryAnswer {
@@ -128,6 +130,13 @@ test('toFQDNs through the DNS proxy: pod DNS is redirected to it over UDP and TC
   assert.deepEqual(await probeTcp(pod.netns, [kept]), { [kept]: true }, 'the long-lived name stays');
   const finalCache = await node.client.get<{ name: string }[]>('/v1/fqdn/cache');
   assert.deepEqual(finalCache.map((e) => e.name), ['kept-1.example.com']);
+  // Too big for a datagram to the pod on a 1500-byte link (this node's pods get the underlay's
+  // larger MTU): header and question with TC, and the full answer over TCP.
+  await inNs(node.netns, 'ip', ['link', 'set', 'dev', pod.endpoint.hostIfname, 'mtu', '1500']);
+  const big = await dnsQuery(pod.netns, '198.51.100.2', 'kept-big.example.com');
+  assert.deepEqual([big.rcode, big.truncated, big.ips], [0, true, []], JSON.stringify(big));
+  const bigTcp = await dnsQuery(pod.netns, '198.51.100.2', 'kept-big.example.com', 'tcp');
+  assert.equal(bigTcp.ips?.length, 120, JSON.stringify(bigTcp).slice(0, 200));
 });
 
 const HUBBLE_METRICS = '127.0.0.1:19966';

@@ -17,7 +17,8 @@ import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dg
 import { createServer, type Server, type Socket } from 'node:net';
 import { buildIpv4Frame, ETH_HLEN } from '../datapath/index.ts';
 import { Addr } from '../net/index.ts';
-import { closeDescriptor, makeDatagramSocketTransparent, makeListenerTransparent, rawIpv4Socket, sendIpv4Packet } from '../proxy/index.ts';
+import { decode, encode, TRUNCATED_RESPONSE } from 'dns-packet';
+import { closeDescriptor, makeDatagramSocketTransparent, makeListenerTransparent, rawIpv4Socket, sendIpv4Packet, SocketOptionError } from '../proxy/index.ts';
 import { tcpFrame, type DnsOutcome, type DnsQuery, type Resolver } from './proxy.ts';
 
 export interface DnsRedirectOptions {
@@ -54,6 +55,8 @@ export interface DnsRedirectStats {
   refusedConnections: number;
   /** Queries dropped because their endpoint was past its rate limit. */
   rateLimited: number;
+  /** UDP answers too big for the path, sent truncated (TC) so the pod asks again over TCP. */
+  truncated: number;
 }
 
 const DEFAULT_MAX_CONNECTIONS = 1024;
@@ -63,6 +66,17 @@ export const MAX_TCP_CONNECTIONS_PER_ENDPOINT = 64;
 /** Queries of one TCP connection in flight at once; past it the connection stops being read. */
 const MAX_TCP_IN_FLIGHT = 16;
 const IPPROTO_UDP_HEADER = 8;
+const EMSGSIZE = 90;
+
+/** A response cut to its header and question with TC set (RFC 1035 4.1.1); undefined if it is no DNS response. */
+function truncatedAnswer(response: Buffer): Buffer | undefined {
+  try {
+    const packet = decode(response);
+    return encode({ type: 'response', id: packet.id, flags: (packet.flags ?? 0) | TRUNCATED_RESPONSE, questions: packet.questions });
+  } catch {
+    return undefined;
+  }
+}
 const IPV4_HEADER = 20;
 
 export class DnsRedirectListener {
@@ -74,7 +88,7 @@ export class DnsRedirectListener {
   readonly #connectionsByEndpoint = new Map<number, number>();
   /** Per endpoint: tokens left and when they were last topped up (ms). */
   readonly #buckets = new Map<number, { tokens: number; at: number }>();
-  readonly #stats: DnsRedirectStats = { datagrams: 0, connections: 0, notAnEndpoint: 0, noOriginalDestination: 0, unanswered: 0, sendFailures: 0, refusedConnections: 0, rateLimited: 0 };
+  readonly #stats: DnsRedirectStats = { datagrams: 0, connections: 0, notAnEndpoint: 0, noOriginalDestination: 0, unanswered: 0, sendFailures: 0, refusedConnections: 0, rateLimited: 0, truncated: 0 };
 
   constructor(options: DnsRedirectOptions) {
     this.#options = options;
@@ -166,18 +180,33 @@ export class DnsRedirectListener {
     this.#sendAsResolver(resolver, from, outcome.response);
   }
 
-  /** The answer as a datagram from the resolver to the pod, checksums and all. */
+  /**
+   * The answer as a datagram from the resolver to the pod, checksums and all. One too big for the
+   * path (a raw packet is never fragmented) goes as its header and question with TC set, which
+   * sends the pod's resolver library to TCP, as a resolver truncates.
+   */
   #sendAsResolver(resolver: Resolver, to: RemoteInfo, payload: Buffer): void {
-    if (this.#raw < 0 || IPV4_HEADER + IPPROTO_UDP_HEADER + payload.length > 0xffff) {
+    const send = (bytes: Buffer) => {
+      const packet = buildIpv4Frame({ src: resolver.address, dst: to.address, udp: { sport: resolver.port, dport: to.port }, payload: bytes }).subarray(ETH_HLEN);
+      sendIpv4Packet(this.#raw, packet, Addr.parse(to.address).toUint32());
+    };
+    if (this.#raw < 0) {
       this.#stats.sendFailures++;
       return;
     }
-    const packet = buildIpv4Frame({ src: resolver.address, dst: to.address, udp: { sport: resolver.port, dport: to.port }, payload }).subarray(ETH_HLEN);
     try {
-      sendIpv4Packet(this.#raw, packet, Addr.parse(to.address).toUint32());
-    } catch {
-      // A full socket buffer or a pod gone: the pod's resolver library asks again.
-      this.#stats.sendFailures++;
+      if (IPV4_HEADER + IPPROTO_UDP_HEADER + payload.length > 0xffff) throw new SocketOptionError('an answer over 64 KiB', EMSGSIZE);
+      send(payload);
+    } catch (error) {
+      const truncated = error instanceof SocketOptionError && error.errno === EMSGSIZE ? truncatedAnswer(payload) : undefined;
+      try {
+        if (truncated === undefined) throw error;
+        send(truncated);
+        this.#stats.truncated++;
+      } catch {
+        // A full socket buffer or a pod gone: the pod's resolver library asks again.
+        this.#stats.sendFailures++;
+      }
     }
   }
 

@@ -13,6 +13,8 @@ import { decode, encode, type DecodedPacket } from 'dns-packet';
 export interface DnsClientAnswer {
   timeout?: true;
   rcode?: number;
+  /** TC: the answer did not fit; ask again over TCP. */
+  truncated?: boolean;
   id?: number;
   ips?: string[];
 }
@@ -22,6 +24,7 @@ const TIMEOUT_MS = 3_000;
 function summary(packet: DecodedPacket): DnsClientAnswer {
   return {
     rcode: (packet.flags ?? 0) & 0xf,
+    truncated: ((packet.flags ?? 0) & 0x200) !== 0,
     id: packet.id,
     ips: (packet.answers ?? []).flatMap((a) => (a.type === 'A' && typeof a.data === 'string' ? [a.data] : [])),
   };
