@@ -1,0 +1,165 @@
+/**
+ * What the proxy forwards, end to end in a namespace of the test's own: nftables' TPROXY stands
+ * in for the datapath's bpf_sk_assign (connections to 127.0.0.2 land on the proxy's transparent
+ * listener, their original destination kept), and lets the proxy's own connections, which carry
+ * its mark, through to the real server. Root (netns, nft, IP_TRANSPARENT, SO_MARK).
+ * @module
+ */
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { addNetns, inNs } from '../../test/support/cluster.ts';
+import type { L7HttpRecord } from '../observer/index.ts';
+import { proxyIngressMark } from './index.ts';
+
+const IDENTITY = 4242;
+const PROXY_PORT = 15001;
+/** A port with a server behind it, and one without. */
+const SERVED = 8080;
+const REFUSED = 8081;
+
+/**
+ * Inside the namespace: the proxy (allowing POST and GET on /echo from 127.0.0.1), a server on
+ * 127.0.0.2 that echoes what reached it, and a client that talks raw HTTP/1.1 to the proxy's side.
+ */
+const HARNESS = `
+const [proxyModule, policyModule, identity, proxyPort, served, refused] = process.argv.slice(1);
+const { HttpProxy } = await import(proxyModule);
+const { PolicyDirection } = await import(policyModule);
+const http = await import('node:http');
+const net = await import('node:net');
+
+const server = http.createServer((req, res) => {
+  let body = '';
+  req.setEncoding('latin1');
+  req.on('data', (d) => (body += d));
+  req.on('end', () => {
+    if (req.url === '/echo/stream') {
+      // Chunked, in two writes apart: the proxy streams it on.
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('first,');
+      setTimeout(() => res.end('second'), 50);
+      return;
+    }
+    const echo = Buffer.from(JSON.stringify({ method: req.method, url: req.url, headers: req.rawHeaders, body }));
+    res.writeHead(200, ['Connection', 'keep-alive, X-Hop', 'X-Hop', 'secret', 'Keep-Alive', 'timeout=42', 'X-End', 'kept', 'Content-Length', String(echo.length)]);
+    res.end(echo);
+  });
+});
+await new Promise((resolve) => server.listen(Number(served), '127.0.0.2', resolve));
+
+const records = [];
+const entry = (port) => ({ key: { identity: Number(identity), direction: PolicyDirection.INGRESS, protocol: 6, port, prefixLen: 64 }, deny: false, cookie: 1, ruleKeys: ['r'], l7: [{ ruleKey: 'r', http: [{ method: 'POST|GET', path: '/echo.*' }] }] });
+const proxy = new HttpProxy({ port: Number(proxyPort), emit: (r) => records.push(r) });
+proxy.setState({ revision: 1, identities: [['127.0.0.1', Number(identity)]], policies: [{ address: '127.0.0.2', entries: [entry(Number(served)), entry(Number(refused))] }] });
+await proxy.listen();
+
+/** Writes \`text\` on one connection to 127.0.0.2:port and reads \`count\` responses (content-length framed). */
+function exchange(port, text, count) {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(Number(port), '127.0.0.2', () => socket.write(text));
+    let data = Buffer.alloc(0);
+    const responses = [];
+    const timer = setTimeout(() => { socket.destroy(); resolve({ responses, rest: data.toString('latin1') }); }, 3000);
+    socket.on('data', (d) => {
+      data = Buffer.concat([data, d]);
+      for (;;) {
+        const end = data.indexOf('\\r\\n\\r\\n');
+        if (end < 0) break;
+        const head = data.subarray(0, end).toString('latin1').split('\\r\\n');
+        const length = Number(/^content-length: *(\\d+)$/im.exec(head.join('\\n'))?.[1] ?? 0);
+        if (data.length < end + 4 + length) break;
+        responses.push({ status: head[0], headers: head.slice(1).map((h) => h.split(':')[0].toLowerCase()), body: data.subarray(end + 4, end + 4 + length).toString('latin1') });
+        data = data.subarray(end + 4 + length);
+      }
+      if (responses.length === count) { clearTimeout(timer); socket.destroy(); resolve({ responses, rest: data.toString('latin1') }); }
+    });
+    socket.on('error', reject);
+  });
+}
+
+const out = {};
+// Three requests pipelined on one connection: a chunked upload with hop-by-hop headers, a GET,
+// and a DELETE no rule allows.
+out.pipelined = await exchange(served, [
+  'POST /echo/upload HTTP/1.1\\r\\nHost: svc\\r\\nConnection: keep-alive, X-Drop\\r\\nX-Drop: 1\\r\\nKeep-Alive: timeout=9\\r\\nTE: trailers\\r\\nProxy-Authorization: Basic eA==\\r\\nTransfer-Encoding: chunked\\r\\nX-Keep: yes\\r\\n\\r\\n',
+  '5\\r\\nhello\\r\\n6\\r\\n world\\r\\n0\\r\\n\\r\\n',
+  'GET /echo/second HTTP/1.1\\r\\nHost: svc\\r\\n\\r\\n',
+  'DELETE /echo/third HTTP/1.1\\r\\nHost: svc\\r\\n\\r\\n',
+].join(''), 3);
+out.refused = await exchange(refused, 'GET /echo HTTP/1.1\\r\\nHost: svc\\r\\n\\r\\n', 1);
+out.connect = await exchange(served, 'CONNECT svc:443 HTTP/1.1\\r\\nHost: svc:443\\r\\n\\r\\n', 1);
+out.upgrade = await exchange(served, 'GET /echo HTTP/1.1\\r\\nHost: svc\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\\r\\n', 1);
+out.stream = await new Promise((resolve, reject) => {
+  http.get({ host: '127.0.0.2', port: Number(served), path: '/echo/stream' }, (res) => {
+    let body = '';
+    res.on('data', (d) => (body += d));
+    res.on('end', () => resolve({ status: res.statusCode, chunked: res.headers['transfer-encoding'], body }));
+  }).on('error', reject);
+});
+out.records = records;
+await proxy.close();
+server.close();
+console.log(JSON.stringify(out));
+`;
+
+interface Exchanged {
+  responses: { status: string; headers: string[]; body: string }[];
+  rest: string;
+}
+
+test('the proxy forwards: pipelined requests answered in order, hop-by-hop headers dropped both ways, bodies streamed both ways, marked upstream connections, 503 when the destination refuses, CONNECT and upgrades refused', async (t) => {
+  const netns = await addNetns(t, 'cpx');
+  const mark = proxyIngressMark(IDENTITY);
+  // TPROXY for connections to 127.0.0.2 but the proxy's own (marked) ones, which are counted.
+  const ruleset = `table ip cpx {
+  chain pre {
+    type filter hook prerouting priority mangle; policy accept;
+    meta mark 0x${mark.toString(16)} ip daddr 127.0.0.2 tcp dport { ${SERVED}, ${REFUSED} } tcp flags syn counter
+    meta mark 0 ip daddr 127.0.0.2 tcp dport { ${SERVED}, ${REFUSED} } tproxy to 127.0.0.1:${PROXY_PORT}
+  }
+}`;
+  await inNs(netns, 'sh', ['-c', `printf '%s' "$0" | nft -f -`, ruleset]);
+  const out = JSON.parse(await inNs(netns, process.execPath, ['--input-type=module', '-e', HARNESS, join(import.meta.dirname, 'http-proxy.ts'), join(import.meta.dirname, '..', 'policy', 'index.ts'), String(IDENTITY), String(PROXY_PORT), String(SERVED), String(REFUSED)], 30_000)) as Record<'pipelined' | 'refused' | 'connect' | 'upgrade', Exchanged> & { stream: { status: number; chunked?: string; body: string }; records: L7HttpRecord[] };
+
+  const [upload, second, third] = out.pipelined.responses;
+  assert.deepEqual(out.pipelined.responses.map((r) => r.status), ['HTTP/1.1 200 OK', 'HTTP/1.1 200 OK', 'HTTP/1.1 403 Forbidden'], 'three pipelined requests, answered in order');
+  const echoed = JSON.parse(upload.body) as { method: string; url: string; headers: string[]; body: string };
+  assert.equal(echoed.body, 'hello world', 'the chunked upload arrives whole');
+  assert.deepEqual([echoed.method, echoed.url], ['POST', '/echo/upload']);
+  const sent = echoed.headers.filter((_, i) => i % 2 === 0).map((h) => h.toLowerCase());
+  assert.ok(sent.includes('x-keep') && sent.includes('host'), `end-to-end headers forwarded: ${sent.join(', ')}`);
+  for (const hop of ['x-drop', 'keep-alive', 'te', 'proxy-authorization']) assert.ok(!sent.includes(hop), `${hop} is not forwarded: ${sent.join(', ')}`);
+  assert.ok(!echoed.headers.includes('timeout=9'), 'the client\'s Keep-Alive stays with the proxy');
+  assert.ok(upload.headers.includes('x-end'), 'end-to-end response headers come back');
+  assert.ok(!upload.headers.includes('x-hop'), 'a response header the server\'s Connection names is dropped');
+  assert.equal(JSON.parse(second.body).url, '/echo/second');
+  assert.equal(third.body, 'Access denied\r\n');
+
+  assert.equal(out.refused.responses[0]?.status, 'HTTP/1.1 503 Service Unavailable');
+  assert.equal(out.refused.responses[0]?.body, 'upstream connect error\r\n');
+  assert.equal(out.connect.responses[0]?.status, 'HTTP/1.1 403 Forbidden');
+  assert.equal(out.upgrade.responses[0]?.status, 'HTTP/1.1 403 Forbidden');
+  assert.deepEqual(out.stream, { status: 200, chunked: 'chunked', body: 'first,second' }, 'a chunked response is streamed on');
+
+  // The records: each forwarded request and its response, the denial with its 403, the 503.
+  const summary = out.records.map((r) => [r.kind, r.verdict, r.method, r.url, r.code ?? null, r.ruleKeys ?? null]);
+  assert.deepEqual(summary.filter((s) => s[0] === 'REQUEST'), [
+    ['REQUEST', 'FORWARDED', 'POST', 'http://svc/echo/upload', null, ['r']],
+    ['REQUEST', 'FORWARDED', 'GET', 'http://svc/echo/second', null, ['r']],
+    ['REQUEST', 'DROPPED', 'DELETE', 'http://svc/echo/third', 403, null],
+    ['REQUEST', 'FORWARDED', 'GET', 'http://svc/echo', null, ['r']],
+    ['REQUEST', 'FORWARDED', 'GET', `http://127.0.0.2:${SERVED}/echo/stream`, null, ['r']],
+  ]);
+  assert.deepEqual(summary.filter((s) => s[0] === 'RESPONSE').map((s) => [s[3], s[4]]), [['http://svc/echo/upload', 200], ['http://svc/echo/second', 200], ['http://svc/echo', 503], [`http://127.0.0.2:${SERVED}/echo/stream`, 200]]);
+  for (const r of out.records) {
+    assert.match(r.timeNs, /^1\d{18}$/, 'nanoseconds since the epoch');
+    assert.deepEqual([r.source.address, r.source.identity, r.destination.address], ['127.0.0.1', IDENTITY, '127.0.0.2']);
+    if (r.kind === 'RESPONSE') assert.ok(r.latencyNs! > 0 && BigInt(r.timeNs) > BigInt(out.records.find((q) => q.kind === 'REQUEST' && q.url === r.url)!.timeNs), 'a response after its request');
+  }
+
+  // The server saw the proxy's connections carry the client's identity in their mark.
+  const counted = await inNs(netns, 'nft', ['list', 'chain', 'ip', 'cpx', 'pre']);
+  const synPackets = Number(/tcp flags syn counter packets (\d+)/.exec(counted)?.[1]);
+  assert.ok(synPackets >= 2, `marked SYNs to the server and to the refused port: ${counted}`);
+});
