@@ -49,7 +49,7 @@ const server = http.createServer((req, res) => {
 await new Promise((resolve) => server.listen(Number(served), '127.0.0.2', resolve));
 
 const records = [];
-const entry = (port) => ({ key: { identity: Number(identity), direction: PolicyDirection.INGRESS, protocol: 6, port, prefixLen: 64 }, deny: false, cookie: 1, ruleKeys: ['r'], l7: [{ ruleKey: 'r', http: [{ method: 'POST|GET', path: '/echo.*' }] }] });
+const entry = (port) => ({ key: { identity: Number(identity), direction: PolicyDirection.INGRESS, protocol: 6, port, prefixLen: 64 }, deny: false, cookie: 1, ruleKeys: ['r'], l7: [{ ruleKey: 'r', http: [{ method: 'POST|GET', path: '/echo.*' }, { method: 'PUT', path: '/echo/edited', headerMatches: [{ name: 'X-Team', value: 'empire', mismatch: 'ADD' }, { name: 'X-Debug', value: '0', mismatch: 'DELETE' }, { name: 'X-Env', value: 'prod', mismatch: 'REPLACE' }, { name: 'X-Audit', value: 'on', mismatch: 'LOG' }] }] }] });
 const proxy = new HttpProxy({ port: Number(proxyPort), emit: (r) => records.push(r) });
 proxy.setState({ revision: 1, identities: [['127.0.0.1', Number(identity)]], policies: [{ address: '127.0.0.2', entries: [entry(Number(served)), entry(Number(refused))] }] });
 await proxy.listen();
@@ -88,6 +88,8 @@ out.pipelined = await exchange(served, [
   'DELETE /echo/third HTTP/1.1\\r\\nHost: svc\\r\\n\\r\\n',
 ].join(''), 3);
 out.refused = await exchange(refused, 'GET /echo HTTP/1.1\\r\\nHost: svc\\r\\n\\r\\n', 1);
+// Headers the rule's mismatch actions change on the way.
+out.edited = await exchange(served, 'PUT /echo/edited HTTP/1.1\\r\\nHost: svc\\r\\nX-Team: rebels\\r\\nX-Debug: 1\\r\\nX-Env: dev\\r\\nx-env: staging\\r\\nContent-Length: 0\\r\\n\\r\\n', 1);
 out.connect = await exchange(served, 'CONNECT svc:443 HTTP/1.1\\r\\nHost: svc:443\\r\\n\\r\\n', 1);
 out.upgrade = await exchange(served, 'GET /echo HTTP/1.1\\r\\nHost: svc\\r\\nConnection: Upgrade\\r\\nUpgrade: websocket\\r\\n\\r\\n', 1);
 out.stream = await new Promise((resolve, reject) => {
@@ -120,7 +122,7 @@ test('the proxy forwards: pipelined requests answered in order, hop-by-hop heade
   }
 }`;
   await inNs(netns, 'sh', ['-c', `printf '%s' "$0" | nft -f -`, ruleset]);
-  const out = JSON.parse(await inNs(netns, process.execPath, ['--input-type=module', '-e', HARNESS, join(import.meta.dirname, 'http-proxy.ts'), join(import.meta.dirname, '..', 'policy', 'index.ts'), String(IDENTITY), String(PROXY_PORT), String(SERVED), String(REFUSED)], 30_000)) as Record<'pipelined' | 'refused' | 'connect' | 'upgrade', Exchanged> & { stream: { status: number; chunked?: string; body: string }; records: L7HttpRecord[] };
+  const out = JSON.parse(await inNs(netns, process.execPath, ['--input-type=module', '-e', HARNESS, join(import.meta.dirname, 'http-proxy.ts'), join(import.meta.dirname, '..', 'policy', 'index.ts'), String(IDENTITY), String(PROXY_PORT), String(SERVED), String(REFUSED)], 30_000)) as Record<'pipelined' | 'refused' | 'edited' | 'connect' | 'upgrade', Exchanged> & { stream: { status: number; chunked?: string; body: string }; records: L7HttpRecord[] };
 
   const [upload, second, third] = out.pipelined.responses;
   assert.deepEqual(out.pipelined.responses.map((r) => r.status), ['HTTP/1.1 200 OK', 'HTTP/1.1 200 OK', 'HTTP/1.1 403 Forbidden'], 'three pipelined requests, answered in order');
@@ -136,6 +138,13 @@ test('the proxy forwards: pipelined requests answered in order, hop-by-hop heade
   assert.equal(JSON.parse(second.body).url, '/echo/second');
   assert.equal(third.body, 'Access denied\r\n');
 
+  // headerMatches mismatch actions: X-Team: empire added beside rebels, X-Debug (not 0) removed,
+  // X-Env set to prod whatever it held, X-Audit's absence only logged.
+  assert.equal(out.edited.responses[0]?.status, 'HTTP/1.1 200 OK');
+  const edited = (JSON.parse(out.edited.responses[0].body) as { headers: string[] }).headers;
+  const pairs = edited.flatMap((h, i) => (i % 2 === 0 && /^x-/i.test(h) ? [`${h.toLowerCase()}: ${edited[i + 1]}`] : []));
+  assert.deepEqual(pairs.sort(), ['x-env: prod', 'x-team: empire', 'x-team: rebels']);
+
   assert.equal(out.refused.responses[0]?.status, 'HTTP/1.1 503 Service Unavailable');
   assert.equal(out.refused.responses[0]?.body, 'upstream connect error\r\n');
   assert.equal(out.connect.responses[0]?.status, 'HTTP/1.1 403 Forbidden');
@@ -149,9 +158,10 @@ test('the proxy forwards: pipelined requests answered in order, hop-by-hop heade
     ['REQUEST', 'FORWARDED', 'GET', 'http://svc/echo/second', null, ['r']],
     ['REQUEST', 'DROPPED', 'DELETE', 'http://svc/echo/third', 403, null],
     ['REQUEST', 'FORWARDED', 'GET', 'http://svc/echo', null, ['r']],
+    ['REQUEST', 'FORWARDED', 'PUT', 'http://svc/echo/edited', null, ['r']],
     ['REQUEST', 'FORWARDED', 'GET', `http://127.0.0.2:${SERVED}/echo/stream`, null, ['r']],
   ]);
-  assert.deepEqual(summary.filter((s) => s[0] === 'RESPONSE').map((s) => [s[3], s[4]]), [['http://svc/echo/upload', 200], ['http://svc/echo/second', 200], ['http://svc/echo', 503], [`http://127.0.0.2:${SERVED}/echo/stream`, 200]]);
+  assert.deepEqual(summary.filter((s) => s[0] === 'RESPONSE').map((s) => [s[3], s[4]]), [['http://svc/echo/upload', 200], ['http://svc/echo/second', 200], ['http://svc/echo', 503], ['http://svc/echo/edited', 200], [`http://127.0.0.2:${SERVED}/echo/stream`, 200]]);
   for (const r of out.records) {
     assert.match(r.timeNs, /^1\d{18}$/, 'nanoseconds since the epoch');
     assert.deepEqual([r.source.address, r.source.identity, r.destination.address], ['127.0.0.1', IDENTITY, '127.0.0.2']);

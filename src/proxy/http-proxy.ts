@@ -17,7 +17,9 @@ import { Agent, type buildConnector, type Dispatcher } from 'undici';
 import type { L7HttpRecord } from '../observer/index.ts';
 import {
   compileHttpRule,
-  httpRuleMatches,
+  applyHeaderEdits,
+  httpRuleMatch,
+  type HeaderEdit,
   lookupPolicy,
   policyKeyString,
   PolicyDirection,
@@ -63,6 +65,7 @@ function forwardedHeaders(raw: readonly (string | Buffer)[]): string[] {
   return kept;
 }
 
+const NO_EDITS: HeaderEdit[] = [];
 const DENIED_BODY = 'Access denied\r\n';
 
 interface EndpointRules {
@@ -257,8 +260,12 @@ export class HttpProxy {
     return agent;
   }
 
-  /** The rule keys that allow the request; undefined: denied. */
-  #judge(srcIdentity: number | undefined, dst: string, dport: number, view: HttpRequestView): string[] | undefined {
+  /**
+   * The rule keys that allow the request and the header edits its rule's mismatch actions make;
+   * undefined: denied. A rule the request matches whole is preferred to one that needs edits; among
+   * those, the first in order decides the edits.
+   */
+  #judge(srcIdentity: number | undefined, dst: string, dport: number, view: HttpRequestView): { ruleKeys: string[]; edits: HeaderEdit[] } | undefined {
     if (srcIdentity === undefined) return undefined;
     const rules = this.#rules.get(dst);
     if (!rules) return undefined;
@@ -268,14 +275,23 @@ export class HttpProxy {
     let entry = rules.decided.get(key);
     if (entry === undefined) rules.decided.set(key, (entry = lookupPolicy(rules.entries, srcIdentity, PolicyDirection.INGRESS, 6, dport).entry ?? null));
     if (!entry || entry.deny) return undefined;
-    if (!entry.l7) return entry.ruleKeys;
+    if (!entry.l7) return { ruleKeys: entry.ruleKeys, edits: NO_EDITS };
     const allowed: string[] = [];
+    let edits: HeaderEdit[] | undefined;
     for (const grant of entry.l7) {
       let compiled = rules.compiled.get(grant);
       if (!compiled) rules.compiled.set(grant, (compiled = grant.http.map(compileHttpRule)));
-      if (compiled.some((r) => httpRuleMatches(r, view))) allowed.push(grant.ruleKey);
+      let matched = false;
+      for (const rule of compiled) {
+        const match = httpRuleMatch(rule, view);
+        if (!match) continue;
+        matched = true;
+        if (edits === undefined || (edits.length > 0 && match.edits.length === 0)) edits = match.edits;
+        if (edits.length === 0) break;
+      }
+      if (matched) allowed.push(grant.ruleKey);
     }
-    return allowed.length > 0 ? allowed : undefined;
+    return allowed.length > 0 ? { ruleKeys: allowed, edits: edits ?? NO_EDITS } : undefined;
   }
 
   #handle(req: http.IncomingMessage, res: http.ServerResponse): void {
@@ -299,19 +315,19 @@ export class HttpProxy {
       url: `http://${host || dst}${path}`,
       protocol: `HTTP/${req.httpVersion}`,
     };
-    const allowedBy = this.#judge(identity, dst, dport, { method, path, host, headers });
-    if (!allowedBy) {
+    const verdict = this.#judge(identity, dst, dport, { method, path, host, headers });
+    if (!verdict) {
       // The code the client got, as Cilium's access log records a denial: `--http-status 403` finds it.
       this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'DROPPED', code: 403, ...base });
       req.resume();
       res.writeHead(403, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(DENIED_BODY) }).end(DENIED_BODY);
       return;
     }
-    this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'FORWARDED', ruleKeys: allowedBy, ...base });
+    this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'FORWARDED', ruleKeys: verdict.ruleKeys, ...base });
     // A request has a body only with a length or chunks (RFC 9112 6.3); it is streamed on.
     const hasBody = headers['content-length'] !== undefined || headers['transfer-encoding'] !== undefined;
     this.#agent(identity!).dispatch(
-      { origin: `http://${dst}:${dport}`, method, path, headers: forwardedHeaders(req.rawHeaders), body: hasBody ? req : null },
+      { origin: `http://${dst}:${dport}`, method, path, headers: applyHeaderEdits(forwardedHeaders(req.rawHeaders), verdict.edits), body: hasBody ? req : null },
       new Exchange(res, this.#options.emit, base, startMs, start),
     );
   }
