@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { parsePrometheusText, sampleValue } from '../src/metrics/text-format-testing.ts';
 import { proxyIngressMark } from '../src/proxy/index.ts';
-import { TestNode, Underlay, cli, httpRequest, httpServer, inNs, sleep, type AgentOptions } from './support/cluster.ts';
+import { TestNode, Underlay, addWorld, cli, httpRequest, httpServer, inNs, sleep, uniqueName, type AgentOptions } from './support/cluster.ts';
 
 const POLICIES = join(import.meta.dirname, 'policies');
 const HUBBLE_METRICS = '127.0.0.1:19965';
@@ -180,4 +180,48 @@ test('Star Wars L7 across nodes: the tiefighter on another node goes through the
   assert.deepEqual(await httpRequest(xwing.netns, 'POST', `${base}/v1/request-landing`), { error: 'timeout' });
   const flows = await l7Flows(n1);
   assert.ok(flows.some((f) => f.l7?.http?.method === 'PUT' && f.verdict === 'DROPPED' && f.source?.identity === tiefighter.endpoint.identity), 'the Death Star node reports the denied request with the remote tiefighter\'s identity');
+});
+
+test('egress HTTP rules: a pod may GET /public from a server outside the cluster and from a pod of its node, nothing else there; the flows name its egress rule', async (t) => {
+  const node = await TestNode.start(t);
+  const world = await addWorld(t, node, ['198.51.100.20/24']);
+  await httpServer(t, world, 80, { 'GET /public': 'outside public', 'GET /private': 'outside private' });
+  const web = await node.addPod(t, uniqueName('web'), { app: 'web' });
+  await httpServer(t, web.netns, 80, { 'GET /public': 'pod public', 'POST /public': 'pod post' });
+  const client = await node.addPod(t, uniqueName('client'), { app: 'client' });
+  await node.client.call('POST', '/v1/policies', {
+    file: 'client-egress-http.yaml',
+    yaml: `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-egress-http}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toCIDR: [198.51.100.20/32]
+    toEndpoints: [{matchLabels: {app: web}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: /public}]
+`,
+  });
+  const outside = await httpRequest(client.netns, 'GET', 'http://198.51.100.20/public');
+  assert.deepEqual([outside.status, outside.body?.trim()], [200, 'outside public'], JSON.stringify(outside));
+  const denied = await httpRequest(client.netns, 'GET', 'http://198.51.100.20/private');
+  assert.deepEqual([denied.status, denied.body], [403, 'Access denied\r\n'], 'a path no egress rule allows');
+  const inPod = await httpRequest(client.netns, 'GET', `http://${web.endpoint.ipv4}/public`);
+  assert.deepEqual([inPod.status, inPod.body?.trim()], [200, 'pod public'], JSON.stringify(inPod));
+  const post = await httpRequest(client.netns, 'POST', `http://${web.endpoint.ipv4}/public`);
+  assert.equal(post.status, 403, 'a method no egress rule allows');
+
+  const flows = await l7Flows(node);
+  const requests = flows.filter((f) => f.l7?.type === 'REQUEST').map((f) => [f.verdict, f.l7?.http?.method, f.l7?.http?.url, (f as { traffic_direction?: string }).traffic_direction]);
+  assert.deepEqual(requests, [
+    ['FORWARDED', 'GET', 'http://198.51.100.20/public', 'EGRESS'],
+    ['DROPPED', 'GET', 'http://198.51.100.20/private', 'EGRESS'],
+    ['FORWARDED', 'GET', `http://${web.endpoint.ipv4}/public`, 'EGRESS'],
+    ['DROPPED', 'POST', `http://${web.endpoint.ipv4}/public`, 'EGRESS'],
+  ]);
+  const allowed = flows.find((f) => f.verdict === 'FORWARDED' && f.l7?.type === 'REQUEST') as { egress_allowed_by?: { name?: string }[] } | undefined;
+  assert.deepEqual(allowed?.egress_allowed_by?.map((p) => p.name), ['client-egress-http']);
 });

@@ -31,6 +31,10 @@ export interface L7HttpRecord {
   latencyNs?: number;
   /** Rule keys that allowed (FORWARDED) the request. */
   ruleKeys?: string[];
+  /** Whose rules judged it: the client's egress rules, the server's ingress rules (the default), or both. */
+  direction?: 'EGRESS' | 'INGRESS';
+  /** With `direction` EGRESS and the server's ingress rules judging too: the rule keys of those. */
+  ingressRuleKeys?: string[];
 }
 
 /** One DNS query or answer the DNS proxy handled, as Cilium's DNS proxy logs it. */
@@ -87,7 +91,7 @@ export function l7HttpFlow(r: L7HttpRecord, names: FlowNames, policy: (ruleKey: 
     Type: 'L7',
     nodeName: names.nodeName,
     eventType: { type: EVENT_TYPE_L7 },
-    trafficDirection: 'INGRESS',
+    trafficDirection: r.direction ?? 'INGRESS',
     isReply: { value: response },
     l7: {
       type: r.kind,
@@ -97,7 +101,11 @@ export function l7HttpFlow(r: L7HttpRecord, names: FlowNames, policy: (ruleKey: 
     Summary: httpSummary(r.kind, r.latencyNs, { code: r.code, method: r.method, url: r.url, protocol: r.protocol }),
   };
   if (!response && r.verdict === 'FORWARDED' && r.ruleKeys) {
-    flow.ingressAllowedBy = r.ruleKeys.map(policy).filter((p): p is FlowPolicy => p !== undefined);
+    const policies = (keys: string[]) => keys.map(policy).filter((p): p is FlowPolicy => p !== undefined);
+    if (r.direction === 'EGRESS') {
+      flow.egressAllowedBy = policies(r.ruleKeys);
+      if (r.ingressRuleKeys) flow.ingressAllowedBy = policies(r.ingressRuleKeys);
+    } else flow.ingressAllowedBy = policies(r.ruleKeys);
   }
   if (r.verdict === 'DROPPED') flow.dropReasonDesc = 'POLICY_DENIED';
   return flow;

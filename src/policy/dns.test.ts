@@ -97,7 +97,6 @@ test('bad DNS rules and toFQDNs are refused with the field and the reason', () =
   assert.deepEqual(problems(ingressDns), ['spec.ingress[0].toPorts[0].rules.dns: DNS rules are egress only (they select the names an endpoint may ask for)']);
   assert.deepEqual(problems(egress('  - toPorts: [{ports: [{port: "53"}], rules: {dns: [{matchPattern: "*"}], http: [{method: GET}]}}]')), [
     'spec.egress[0].toPorts[0].rules: one kind of L7 rule per toPorts entry, found http and dns; make them separate toPorts entries',
-    'spec.egress[0].toPorts[0].rules.http: HTTP rules are enforced on ingress only for now (egress needs the proxy to carry the source identity to the destination)',
   ]);
   assert.deepEqual(problems(egress('  - toPorts: [{ports: [{port: "53"}], rules: {}}]')), [
     'spec.egress[0].toPorts[0].rules: has no L7 rules (expected one of dns, http, kafka, l7proto), got a mapping without them; remove rules to allow the port at L4',

@@ -37,11 +37,8 @@ export function readL7Rules(ctx: Ctx, path: string, value: unknown, direction: '
   const rules: L7Rules = {};
   if (obj.http !== undefined && obj.http !== null) {
     const httpPath = join(path, 'http');
-    if (direction === 'egress') ctx.add(httpPath, 'HTTP rules are enforced on ingress only for now (egress needs the proxy to carry the source identity to the destination)');
-    else {
-      const http = readHttpRules(ctx, httpPath, obj.http);
-      if (http !== undefined) rules.http = http;
-    }
+    const http = readHttpRules(ctx, httpPath, obj.http);
+    if (http !== undefined) rules.http = http;
   }
   if (obj.dns !== undefined && obj.dns !== null) {
     const dnsPath = join(path, 'dns');

@@ -37,7 +37,6 @@ test('reject: L7 rules the proxy cannot enforce, each named by field and reason'
     issue('spec.ingress[0].toPorts[0].rules.http[4].headerMatches[0].value', 'mismatch ADD sets the header to its value: give one'),
     issue('spec.ingress[0].toPorts[1].ports[0]', 'HTTP rules need TCP, got UDP'),
     issue('spec.ingress[0].toPorts[2].rules.kafka', 'Kafka rules (rules.kafka) are not supported: Ciliate has no Kafka proxy (Cilium itself deprecated them); remove rules to allow the port at L4'),
-    issue('spec.egress[0].toPorts[0].rules.http', 'HTTP rules are enforced on ingress only for now (egress needs the proxy to carry the source identity to the destination)'),
   ]);
 });
 

@@ -30,6 +30,7 @@ import {
 } from '../policy/index.ts';
 import type { ProxyState } from './protocol.ts';
 import { makeListenerTransparent, markedTcpSocket } from './libc.ts';
+import { ipv4Mask, parseIpv4, Prefix } from '../net/index.ts';
 
 /** bpf/lib/proxy.h: MARK_MAGIC_PROXY_INGRESS and the identity, in Cilium's layout. */
 const MARK_MAGIC_PROXY_INGRESS = 0x0a00;
@@ -67,6 +68,15 @@ function forwardedHeaders(raw: readonly (string | Buffer)[]): string[] {
 
 const NO_EDITS: HeaderEdit[] = [];
 const DENIED_BODY = 'Access denied\r\n';
+
+/** Reserved identity of addresses the ipcache does not know (Cilium's world). */
+const WORLD = 2;
+
+/** What a side of the judgement allows: the rule keys, and the header edits of their mismatch actions. */
+interface Verdict {
+  ruleKeys: string[];
+  edits: HeaderEdit[];
+}
 
 interface EndpointRules {
   entries: Map<string, PolicyMapEntry>;
@@ -133,7 +143,7 @@ function epochNs(ms: number, ns = 0): string {
   return `${ms + (ns - rest) / 1_000_000}${rest === 0 ? '000000' : String(rest).padStart(6, '0')}`;
 }
 
-type RecordBase = Pick<L7HttpRecord, 'source' | 'destination' | 'method' | 'url' | 'protocol'>;
+type RecordBase = Pick<L7HttpRecord, 'source' | 'destination' | 'method' | 'url' | 'protocol' | 'direction'>;
 
 const UPSTREAM_FAILED_BODY = 'upstream connect error\r\n';
 
@@ -203,11 +213,23 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 }
 
+/** Per endpoint address: its entries with L7 rules, ready for lookups. */
+function endpointRules(list: readonly { address: string; entries: PolicyMapEntry[] }[]): Map<string, EndpointRules> {
+  const out = new Map<string, EndpointRules>();
+  for (const p of list) out.set(p.address, { entries: new Map(p.entries.map((e) => [policyKeyString(e.key), e])), compiled: new WeakMap(), decided: new Map() });
+  return out;
+}
+
 export class HttpProxy {
   readonly #server: http.Server;
   readonly #options: HttpProxyOptions;
   #identities = new Map<string, number>();
+  /** By the destination's address: its ingress entries with L7 rules. */
   #rules = new Map<string, EndpointRules>();
+  /** By the client's address: its egress entries with L7 rules. */
+  #egressRules = new Map<string, EndpointRules>();
+  /** Prefix length (longest first) → masked address → identity. */
+  #prefixes: [number, Map<number, number>][] = [];
   readonly #agents = new Map<number, Agent>();
 
   constructor(options: HttpProxyOptions) {
@@ -223,13 +245,17 @@ export class HttpProxy {
   /** Replaces what requests are judged against. */
   setState(state: ProxyState): void {
     this.#identities = new Map(state.identities);
-    const rules = new Map<string, EndpointRules>();
-    for (const p of state.policies) {
-      const old = this.#rules.get(p.address);
-      const entries = new Map(p.entries.map((e) => [policyKeyString(e.key), e]));
-      rules.set(p.address, { entries, compiled: old?.compiled ?? new WeakMap(), decided: new Map() });
+    this.#rules = endpointRules(state.policies);
+    this.#egressRules = endpointRules(state.egress ?? []);
+    const byLength = new Map<number, Map<number, number>>();
+    for (const [cidr, identity] of state.prefixes ?? []) {
+      const prefix = Prefix.tryParse(cidr);
+      if (prefix === undefined || prefix.addr.family !== 4) continue;
+      let table = byLength.get(prefix.bits);
+      if (!table) byLength.set(prefix.bits, (table = new Map()));
+      table.set(prefix.addr.toUint32(), identity);
     }
-    this.#rules = rules;
+    this.#prefixes = [...byLength.entries()].sort((a, b) => b[0] - a[0]);
   }
 
   /** Listens (transparent) and resolves with the port. */
@@ -261,20 +287,20 @@ export class HttpProxy {
   }
 
   /**
-   * The rule keys that allow the request and the header edits its rule's mismatch actions make;
-   * undefined: denied. A rule the request matches whole is preferred to one that needs edits; among
-   * those, the first in order decides the edits.
+   * One side's say on a request (the client's egress rules or the server's ingress rules): the
+   * rule keys that allow it and their header edits; null: denied; undefined: no L7 entry of this
+   * side applies (the datapath did not send the connection here for it). A rule the request
+   * matches whole wins over one that would edit it; among those, the first in order decides.
    */
-  #judge(srcIdentity: number | undefined, dst: string, dport: number, view: HttpRequestView): { ruleKeys: string[]; edits: HeaderEdit[] } | undefined {
-    if (srcIdentity === undefined) return undefined;
-    const rules = this.#rules.get(dst);
+  #side(rules: EndpointRules | undefined, peer: number, direction: PolicyDirection, dport: number, view: HttpRequestView): Verdict | null | undefined {
     if (!rules) return undefined;
     // The datapath's own decision over the same entries (policy_can_access), so the proxy applies
     // exactly the entry that sent the connection here.
-    const key = srcIdentity * 65_536 + dport;
+    const key = peer * 65_536 + dport;
     let entry = rules.decided.get(key);
-    if (entry === undefined) rules.decided.set(key, (entry = lookupPolicy(rules.entries, srcIdentity, PolicyDirection.INGRESS, 6, dport).entry ?? null));
-    if (!entry || entry.deny) return undefined;
+    if (entry === undefined) rules.decided.set(key, (entry = lookupPolicy(rules.entries, peer, direction, 6, dport).entry ?? null));
+    if (!entry) return undefined;
+    if (entry.deny) return null;
     if (!entry.l7) return { ruleKeys: entry.ruleKeys, edits: NO_EDITS };
     const allowed: string[] = [];
     let edits: HeaderEdit[] | undefined;
@@ -291,7 +317,37 @@ export class HttpProxy {
       }
       if (matched) allowed.push(grant.ruleKey);
     }
-    return allowed.length > 0 ? { ruleKeys: allowed, edits: edits ?? NO_EDITS } : undefined;
+    return allowed.length > 0 ? { ruleKeys: allowed, edits: edits ?? NO_EDITS } : null;
+  }
+
+  /**
+   * Whether the request may go: the client's egress rules (when they sent it here) and the
+   * destination's ingress rules (when it is a pod of this node with rules for the client) must
+   * both allow it; with neither, it is denied (fail closed). `ruleKeys` undefined: denied, by the
+   * side `direction` names.
+   */
+  #judge(srcIdentity: number | undefined, src: string, dst: string, dport: number, view: HttpRequestView): { direction: 'EGRESS' | 'INGRESS'; ruleKeys?: string[]; ingressRuleKeys?: string[]; edits: HeaderEdit[] } {
+    const denied = (direction: 'EGRESS' | 'INGRESS') => ({ direction, edits: NO_EDITS });
+    if (srcIdentity === undefined) return denied('INGRESS');
+    const egress = this.#side(this.#egressRules.get(src), this.#identityOf(dst), PolicyDirection.EGRESS, dport, view);
+    if (egress === null) return denied('EGRESS');
+    const ingress = this.#side(this.#rules.get(dst), srcIdentity, PolicyDirection.INGRESS, dport, view);
+    if (ingress === null || (egress === undefined && ingress === undefined)) return denied('INGRESS');
+    if (egress === undefined) return { direction: 'INGRESS', ...ingress! };
+    return { direction: 'EGRESS', ruleKeys: egress.ruleKeys, ingressRuleKeys: ingress?.ruleKeys, edits: ingress ? [...egress.edits, ...ingress.edits] : egress.edits };
+  }
+
+  /** An address's identity as the datapath's ipcache names it: a pod's, a CIDR identity's, else world. */
+  #identityOf(address: string): number {
+    const pod = this.#identities.get(address);
+    if (pod !== undefined) return pod;
+    const value = parseIpv4(address);
+    if (value === undefined) return WORLD;
+    for (const [bits, prefixes] of this.#prefixes) {
+      const found = prefixes.get(bits === 0 ? 0 : (value & ipv4Mask(bits)) >>> 0);
+      if (found !== undefined) return found;
+    }
+    return WORLD;
   }
 
   #handle(req: http.IncomingMessage, res: http.ServerResponse): void {
@@ -303,7 +359,7 @@ export class HttpProxy {
     const src = socket.remoteAddress ?? '';
     const sport = socket.remotePort ?? 0;
     const identity = this.#identities.get(src);
-    const dstIdentity = this.#identities.get(dst) ?? 0;
+    const dstIdentity = this.#identityOf(dst);
     const headers = req.headers;
     const host = headers.host ?? '';
     const path = req.url ?? '/';
@@ -315,15 +371,17 @@ export class HttpProxy {
       url: `http://${host || dst}${path}`,
       protocol: `HTTP/${req.httpVersion}`,
     };
-    const verdict = this.#judge(identity, dst, dport, { method, path, host, headers });
-    if (!verdict) {
+    const verdict = this.#judge(identity, src, dst, dport, { method, path, host, headers });
+    // Its response's record too: the flows of an exchange judged by the client's egress rules are egress.
+    if (verdict.direction === 'EGRESS') base.direction = 'EGRESS';
+    if (!verdict.ruleKeys) {
       // The code the client got, as Cilium's access log records a denial: `--http-status 403` finds it.
       this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'DROPPED', code: 403, ...base });
       req.resume();
       res.writeHead(403, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(DENIED_BODY) }).end(DENIED_BODY);
       return;
     }
-    this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'FORWARDED', ruleKeys: verdict.ruleKeys, ...base });
+    this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'FORWARDED', ruleKeys: verdict.ruleKeys, ...(verdict.ingressRuleKeys ? { ingressRuleKeys: verdict.ingressRuleKeys } : {}), ...base });
     // A request has a body only with a length or chunks (RFC 9112 6.3); it is streamed on.
     const hasBody = headers['content-length'] !== undefined || headers['transfer-encoding'] !== undefined;
     this.#agent(identity!).dispatch(

@@ -15,7 +15,15 @@ export interface ProxyState {
   revision: number;
   /** [address, identity] of every local endpoint. */
   identities: [string, number][];
+  /** Per local endpoint with ingress L7 rules: its ingress entries that carry them (by its address). */
   policies: { address: string; entries: PolicyMapEntry[] }[];
+  /** Per local endpoint with egress L7 rules: its egress entries that carry them (by its address). */
+  egress?: { address: string; entries: PolicyMapEntry[] }[];
+  /**
+   * [CIDR, identity] of the ipcache's prefixes that are not a pod's (CIDR identities of toCIDR and
+   * toFQDNs): how an egress rule's destination outside the cluster is named. Else world.
+   */
+  prefixes?: [string, number][];
 }
 
 export type ToProxy = { type: 'state'; state: ProxyState };

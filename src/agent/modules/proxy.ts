@@ -11,7 +11,7 @@ import { L7RecordFanout, type L7HttpRecord } from '../../observer/index.ts';
 import { L7_PROXY_PORT, PolicyDirection, type PolicyMapEntry } from '../../policy/index.ts';
 import { ProxySupervisor, type ProxyState } from '../../proxy/index.ts';
 import { defineModule } from '../module.ts';
-import { ClusterCell, EndpointsCell, PolicyCell, ProxyCell } from './cells.ts';
+import { ClusterCell, EndpointsCell, IpcacheCell, PolicyCell, ProxyCell } from './cells.ts';
 
 export const proxyConfig = {
   enableL7Proxy: z.boolean().default(true).describe("the node proxy that enforces HTTP rules (Cilium's enable-l7-proxy); off: connections policy sends to it are dropped"),
@@ -46,27 +46,32 @@ function podIdentities(local: Iterable<{ ipv4: string; identity: number }>, remo
   return out;
 }
 
-/** The ingress entries with L7 rules of each local endpoint that has any (most have none). */
-function l7Policies(endpoints: Iterable<{ ipv4: string; id: number }>, entriesOf: (id: number) => Iterable<PolicyMapEntry> | undefined): ProxyState['policies'] {
-  const out: ProxyState['policies'] = [];
+/** The entries with HTTP rules of each local endpoint that has any (most have none), by direction. */
+function l7Policies(endpoints: Iterable<{ ipv4: string; id: number }>, entriesOf: (id: number) => Iterable<PolicyMapEntry> | undefined): Pick<ProxyState, 'policies' | 'egress'> {
+  const policies: ProxyState['policies'] = [];
+  const egress: NonNullable<ProxyState['egress']> = [];
   for (const e of endpoints) {
-    let entries: PolicyMapEntry[] | undefined;
+    if (!e.ipv4) continue;
+    let ingressEntries: PolicyMapEntry[] | undefined;
+    let egressEntries: PolicyMapEntry[] | undefined;
     for (const x of entriesOf(e.id) ?? []) {
-      if (x.l7 === undefined || x.key.direction !== PolicyDirection.INGRESS) continue;
-      (entries ??= []).push(x);
+      if (x.l7 === undefined) continue;
+      if (x.key.direction === PolicyDirection.INGRESS) (ingressEntries ??= []).push(x);
+      else (egressEntries ??= []).push(x);
     }
-    if (entries && e.ipv4) out.push({ address: e.ipv4, entries });
+    if (ingressEntries) policies.push({ address: e.ipv4, entries: ingressEntries });
+    if (egressEntries) egress.push({ address: e.ipv4, entries: egressEntries });
   }
-  return out;
+  return { policies, egress };
 }
 
 export const proxyModule = defineModule({
   name: 'l7-proxy',
   description: 'the node proxy for L7 (HTTP) rules, in its own process',
   config: proxyConfig,
-  needs: { policy: PolicyCell, endpoints: EndpointsCell, cluster: ClusterCell },
+  needs: { policy: PolicyCell, endpoints: EndpointsCell, cluster: ClusterCell, ipcache: IpcacheCell },
   provides: ProxyCell,
-  async start({ policy, endpoints, cluster }, { config, log }) {
+  async start({ policy, endpoints, cluster, ipcache }, { config, log }) {
     const source = new L7RecordFanout<L7HttpRecord>();
     let lost = 0;
     if (!config.enableL7Proxy) return { value: source, status: () => ({ l7Proxy: { enabled: false } }) };
@@ -87,18 +92,21 @@ export const proxyModule = defineModule({
     let sentPolicies = '';
     let identityRevisions = '';
     let identities: IdentityPairs = [];
+    let prefixes: [string, number][] = [];
     const sync = () => {
-      const revisions = `${endpoints.table.revision}/${cluster.remoteEndpoints.revision}`;
+      const revisions = `${endpoints.table.revision}/${cluster.remoteEndpoints.revision}/${ipcache.table.revision}`;
       const moved = revisions !== identityRevisions;
       if (moved) {
         identityRevisions = revisions;
         identities = podIdentities(endpoints.list(), cluster.remoteEndpoints.all());
+        // The destinations an egress rule names outside the pods (CIDR identities, nodes).
+        prefixes = [...ipcache.table.all()].map((e) => [e.prefix, e.identity]);
       }
-      const policies = l7Policies(endpoints.list(), (id) => policy.engine.endpointPolicy(id)?.entries.values());
-      const text = JSON.stringify(policies);
+      const { policies, egress } = l7Policies(endpoints.list(), (id) => policy.engine.endpointPolicy(id)?.entries.values());
+      const text = JSON.stringify([policies, egress]);
       if (!moved && text === sentPolicies) return;
       sentPolicies = text;
-      supervisor.setState({ revision: policy.revision, identities, policies });
+      supervisor.setState({ revision: policy.revision, identities, policies, egress, prefixes });
     };
     let scheduled = false;
     const schedule = () => {
@@ -112,7 +120,7 @@ export const proxyModule = defineModule({
     sync();
     const unsubscribe = policy.onChange(schedule);
     const abort = new AbortController();
-    for (const table of [endpoints.table, cluster.remoteEndpoints]) {
+    for (const table of [endpoints.table, cluster.remoteEndpoints, ipcache.table]) {
       void (async () => {
         let revision = table.revision;
         while (!abort.signal.aborted) {
