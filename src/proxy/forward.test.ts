@@ -17,13 +17,16 @@ const PROXY_PORT = 15001;
 /** A port with a server behind it, and one without. */
 const SERVED = 8080;
 const REFUSED = 8081;
+/** An HTTP/2 (gRPC-like) server's port. */
+const SERVED_H2 = 8082;
 
 /**
  * Inside the namespace: the proxy (allowing POST and GET on /echo from 127.0.0.1), a server on
  * 127.0.0.2 that echoes what reached it, and a client that talks raw HTTP/1.1 to the proxy's side.
  */
 const HARNESS = `
-const [proxyModule, policyModule, identity, proxyPort, served, refused] = process.argv.slice(1);
+const [proxyModule, policyModule, identity, proxyPort, served, refused, servedH2] = process.argv.slice(1);
+const http2 = await import('node:http2');
 const { HttpProxy } = await import(proxyModule);
 const { PolicyDirection } = await import(policyModule);
 const http = await import('node:http');
@@ -48,10 +51,25 @@ const server = http.createServer((req, res) => {
 });
 await new Promise((resolve) => server.listen(Number(served), '127.0.0.2', resolve));
 
+// HTTP/2 with prior knowledge, as gRPC: echoes what reached it, with a grpc-status trailer.
+const h2server = http2.createServer();
+h2server.on('stream', (stream, headers) => {
+  let body = '';
+  stream.setEncoding('latin1');
+  stream.on('data', (d) => (body += d));
+  stream.on('end', () => {
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+    stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0', 'grpc-message': 'ok' }));
+    stream.end(JSON.stringify({ path: headers[':path'], te: headers.te, team: headers['x-team'], body }));
+  });
+});
+await new Promise((resolve) => h2server.listen(Number(servedH2), '127.0.0.2', resolve));
+
 const records = [];
 const entry = (port) => ({ key: { identity: Number(identity), direction: PolicyDirection.INGRESS, protocol: 6, port, prefixLen: 64 }, deny: false, cookie: 1, ruleKeys: ['r'], l7: [{ ruleKey: 'r', http: [{ method: 'POST|GET', path: '/echo.*' }, { method: 'PUT', path: '/echo/edited', headerMatches: [{ name: 'X-Team', value: 'empire', mismatch: 'ADD' }, { name: 'X-Debug', value: '0', mismatch: 'DELETE' }, { name: 'X-Env', value: 'prod', mismatch: 'REPLACE' }, { name: 'X-Audit', value: 'on', mismatch: 'LOG' }] }] }] });
 const proxy = new HttpProxy({ port: Number(proxyPort), emit: (r) => records.push(r) });
-proxy.setState({ revision: 1, identities: [['127.0.0.1', Number(identity)]], policies: [{ address: '127.0.0.2', entries: [entry(Number(served)), entry(Number(refused))] }] });
+const grpcEntry = { key: { identity: Number(identity), direction: PolicyDirection.INGRESS, protocol: 6, port: Number(servedH2), prefixLen: 64 }, deny: false, cookie: 1, ruleKeys: ['g'], l7: [{ ruleKey: 'g', http: [{ method: 'POST', path: '/pkg.Greeter/SayHello', headerMatches: [{ name: 'x-team', value: 'empire', mismatch: 'ADD' }] }] }] };
+proxy.setState({ revision: 1, identities: [['127.0.0.1', Number(identity)]], policies: [{ address: '127.0.0.2', entries: [entry(Number(served)), entry(Number(refused)), grpcEntry] }] });
 await proxy.listen();
 
 /** Writes \`text\` on one connection to 127.0.0.2:port and reads \`count\` responses (content-length framed). */
@@ -99,11 +117,33 @@ out.stream = await new Promise((resolve, reject) => {
     res.on('end', () => resolve({ status: res.statusCode, chunked: res.headers['transfer-encoding'], body }));
   }).on('error', reject);
 });
+const h2call = (path) => new Promise((resolve, reject) => {
+  const session = http2.connect('http://127.0.0.2:' + servedH2);
+  session.on('error', reject);
+  const call = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers' });
+  const out = { body: '', trailers: {} };
+  call.setEncoding('latin1');
+  call.on('response', (h) => (out.status = h[':status']));
+  call.on('data', (d) => (out.body += d));
+  call.on('trailers', (t) => (out.trailers = { status: t['grpc-status'], message: t['grpc-message'] }));
+  call.on('end', () => { session.close(); resolve(out); });
+  call.on('error', reject);
+  call.end('\\x00\\x00\\x00\\x00\\x05hello');
+});
+out.grpc = await h2call('/pkg.Greeter/SayHello');
+out.grpcDenied = await h2call('/pkg.Greeter/Steal');
+h2server.close();
 out.records = records;
 await proxy.close();
 server.close();
 console.log(JSON.stringify(out));
 `;
+
+interface H2Call {
+  status?: number;
+  body: string;
+  trailers: { status?: string; message?: string };
+}
 
 interface Exchanged {
   responses: { status: string; headers: string[]; body: string }[];
@@ -117,12 +157,12 @@ test('the proxy forwards: pipelined requests answered in order, hop-by-hop heade
   const ruleset = `table ip cpx {
   chain pre {
     type filter hook prerouting priority mangle; policy accept;
-    meta mark 0x${mark.toString(16)} ip daddr 127.0.0.2 tcp dport { ${SERVED}, ${REFUSED} } tcp flags syn counter
-    meta mark 0 ip daddr 127.0.0.2 tcp dport { ${SERVED}, ${REFUSED} } tproxy to 127.0.0.1:${PROXY_PORT}
+    meta mark 0x${mark.toString(16)} ip daddr 127.0.0.2 tcp dport { ${SERVED}, ${REFUSED}, ${SERVED_H2} } tcp flags syn counter
+    meta mark 0 ip daddr 127.0.0.2 tcp dport { ${SERVED}, ${REFUSED}, ${SERVED_H2} } tproxy to 127.0.0.1:${PROXY_PORT}
   }
 }`;
   await inNs(netns, 'sh', ['-c', `printf '%s' "$0" | nft -f -`, ruleset]);
-  const out = JSON.parse(await inNs(netns, process.execPath, ['--input-type=module', '-e', HARNESS, join(import.meta.dirname, 'http-proxy.ts'), join(import.meta.dirname, '..', 'policy', 'index.ts'), String(IDENTITY), String(PROXY_PORT), String(SERVED), String(REFUSED)], 30_000)) as Record<'pipelined' | 'refused' | 'edited' | 'connect' | 'upgrade', Exchanged> & { stream: { status: number; chunked?: string; body: string }; records: L7HttpRecord[] };
+  const out = JSON.parse(await inNs(netns, process.execPath, ['--input-type=module', '-e', HARNESS, join(import.meta.dirname, 'http-proxy.ts'), join(import.meta.dirname, '..', 'policy', 'index.ts'), String(IDENTITY), String(PROXY_PORT), String(SERVED), String(REFUSED), String(SERVED_H2)], 30_000)) as Record<'pipelined' | 'refused' | 'edited' | 'connect' | 'upgrade', Exchanged> & { stream: { status: number; chunked?: string; body: string }; grpc: H2Call; grpcDenied: H2Call; records: L7HttpRecord[] };
 
   const [upload, second, third] = out.pipelined.responses;
   assert.deepEqual(out.pipelined.responses.map((r) => r.status), ['HTTP/1.1 200 OK', 'HTTP/1.1 200 OK', 'HTTP/1.1 403 Forbidden'], 'three pipelined requests, answered in order');
@@ -151,8 +191,21 @@ test('the proxy forwards: pipelined requests answered in order, hop-by-hop heade
   assert.equal(out.upgrade.responses[0]?.status, 'HTTP/1.1 403 Forbidden');
   assert.deepEqual(out.stream, { status: 200, chunked: 'chunked', body: 'first,second' }, 'a chunked response is streamed on');
 
+  // HTTP/2 (gRPC): judged by the same rules, the body and the grpc-status trailer passed through,
+  // te: trailers kept (gRPC needs it), the rule's mismatch edit made; another method's path 403.
+  assert.equal(out.grpc.status, 200);
+  assert.deepEqual(JSON.parse(out.grpc.body), { path: '/pkg.Greeter/SayHello', te: 'trailers', team: 'empire', body: '\x00\x00\x00\x00\x05hello' });
+  assert.deepEqual(out.grpc.trailers, { status: '0', message: 'ok' });
+  assert.deepEqual([out.grpcDenied.status, out.grpcDenied.body], [403, 'Access denied\r\n']);
+  const h2records = out.records.filter((r) => r.protocol === 'HTTP/2').map((r) => [r.kind, r.verdict, r.url, r.code ?? null]);
+  assert.deepEqual(h2records, [
+    ['REQUEST', 'FORWARDED', `http://127.0.0.2:${SERVED_H2}/pkg.Greeter/SayHello`, null],
+    ['RESPONSE', 'FORWARDED', `http://127.0.0.2:${SERVED_H2}/pkg.Greeter/SayHello`, 200],
+    ['REQUEST', 'DROPPED', `http://127.0.0.2:${SERVED_H2}/pkg.Greeter/Steal`, 403],
+  ]);
+
   // The records: each forwarded request and its response, the denial with its 403, the 503.
-  const summary = out.records.map((r) => [r.kind, r.verdict, r.method, r.url, r.code ?? null, r.ruleKeys ?? null]);
+  const summary = out.records.filter((r) => r.protocol !== 'HTTP/2').map((r) => [r.kind, r.verdict, r.method, r.url, r.code ?? null, r.ruleKeys ?? null]);
   assert.deepEqual(summary.filter((s) => s[0] === 'REQUEST'), [
     ['REQUEST', 'FORWARDED', 'POST', 'http://svc/echo/upload', null, ['r']],
     ['REQUEST', 'FORWARDED', 'GET', 'http://svc/echo/second', null, ['r']],
@@ -161,6 +214,8 @@ test('the proxy forwards: pipelined requests answered in order, hop-by-hop heade
     ['REQUEST', 'FORWARDED', 'PUT', 'http://svc/echo/edited', null, ['r']],
     ['REQUEST', 'FORWARDED', 'GET', `http://127.0.0.2:${SERVED}/echo/stream`, null, ['r']],
   ]);
+  // Pipelined requests go upstream one after the other (the POST is answered before the GET behind
+  // it is asked), so their responses are recorded in order too.
   assert.deepEqual(summary.filter((s) => s[0] === 'RESPONSE').map((s) => [s[3], s[4]]), [['http://svc/echo/upload', 200], ['http://svc/echo/second', 200], ['http://svc/echo', 503], ['http://svc/echo/edited', 200], [`http://127.0.0.2:${SERVED}/echo/stream`, 200]]);
   for (const r of out.records) {
     assert.match(r.timeNs, /^1\d{18}$/, 'nanoseconds since the epoch');

@@ -11,6 +11,7 @@
  * @module
  */
 import http from 'node:http';
+import http2 from 'node:http2';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { Agent, type buildConnector, type Dispatcher } from 'undici';
@@ -30,6 +31,7 @@ import {
 } from '../policy/index.ts';
 import type { ProxyState } from './protocol.ts';
 import { makeListenerTransparent, markedTcpSocket } from './libc.ts';
+import { H2Upstreams, h2RequestHeaders, h2ResponseHeaders, routeConnection } from './h2.ts';
 import { ipv4Mask, parseIpv4, Prefix } from '../net/index.ts';
 
 /** bpf/lib/proxy.h: MARK_MAGIC_PROXY_INGRESS and the identity, in Cilium's layout. */
@@ -221,7 +223,12 @@ function endpointRules(list: readonly { address: string; entries: PolicyMapEntry
 }
 
 export class HttpProxy {
+  /** The transparent listener; each connection goes to #server (HTTP/1.1) or #h2 by its first bytes. */
+  readonly #front: net.Server;
   readonly #server: http.Server;
+  readonly #h2: http2.Http2Server;
+  readonly #h2Upstreams = new H2Upstreams();
+  readonly #h2Sessions = new Set<http2.ServerHttp2Session>();
   readonly #options: HttpProxyOptions;
   #identities = new Map<string, number>();
   /** By the destination's address: its ingress entries with L7 rules. */
@@ -231,6 +238,8 @@ export class HttpProxy {
   /** Prefix length (longest first) → masked address → identity. */
   #prefixes: [number, Map<number, number>][] = [];
   readonly #agents = new Map<number, Agent>();
+  /** Per client connection: when its last forwarded request's response is done. */
+  readonly #inOrder = new WeakMap<net.Socket, Promise<void>>();
 
   constructor(options: HttpProxyOptions) {
     this.#options = options;
@@ -239,7 +248,15 @@ export class HttpProxy {
     this.#server.on('connect', (_req, socket: net.Socket) => socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 15\r\n\r\n' + DENIED_BODY));
     this.#server.on('upgrade', (_req, socket: net.Socket) => socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 15\r\n\r\n' + DENIED_BODY));
     this.#server.on('clientError', (_err, socket) => socket.destroy());
-    this.#server.maxConnections = 16_384;
+    this.#h2 = http2.createServer();
+    this.#h2.on('stream', (stream, headers) => this.#handleStream(stream, headers));
+    this.#h2.on('sessionError', () => undefined);
+    this.#h2.on('session', (session) => {
+      this.#h2Sessions.add(session);
+      session.on('close', () => this.#h2Sessions.delete(session));
+    });
+    this.#front = net.createServer({ pauseOnConnect: true }, (socket) => routeConnection(socket, this.#server, this.#h2));
+    this.#front.maxConnections = 16_384;
   }
 
   /** Replaces what requests are judged against. */
@@ -260,7 +277,7 @@ export class HttpProxy {
 
   /** Listens (transparent) and resolves with the port. */
   async listen(): Promise<number> {
-    const server = this.#server;
+    const server = this.#front;
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen({ host: this.#options.host ?? '127.0.0.1', port: this.#options.port, exclusive: true }, () => {
@@ -275,8 +292,10 @@ export class HttpProxy {
   async close(): Promise<void> {
     await Promise.all([...this.#agents.values()].map((a) => a.destroy()));
     this.#agents.clear();
+    this.#h2Upstreams.close();
     this.#server.closeAllConnections();
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
+    for (const session of this.#h2Sessions) session.destroy();
+    await new Promise<void>((resolve) => this.#front.close(() => resolve()));
   }
 
   #agent(identity: number): Agent {
@@ -384,9 +403,86 @@ export class HttpProxy {
     this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'FORWARDED', ruleKeys: verdict.ruleKeys, ...(verdict.ingressRuleKeys ? { ingressRuleKeys: verdict.ingressRuleKeys } : {}), ...base });
     // A request has a body only with a length or chunks (RFC 9112 6.3); it is streamed on.
     const hasBody = headers['content-length'] !== undefined || headers['transfer-encoding'] !== undefined;
-    this.#agent(identity!).dispatch(
-      { origin: `http://${dst}:${dport}`, method, path, headers: applyHeaderEdits(forwardedHeaders(req.rawHeaders), verdict.edits), body: hasBody ? req : null },
-      new Exchange(res, this.#options.emit, base, startMs, start),
-    );
+    const forward = () =>
+      this.#agent(identity!).dispatch(
+        { origin: `http://${dst}:${dport}`, method, path, headers: applyHeaderEdits(forwardedHeaders(req.rawHeaders), verdict.edits), body: hasBody ? req : null },
+        new Exchange(res, this.#options.emit, base, startMs, start),
+      );
+    // Pipelined requests go upstream one after the other, as the client sent them on one
+    // connection: a POST is done before the GET behind it is asked (RFC 9112 9.3.2).
+    const before = this.#inOrder.get(socket);
+    const done = new Promise<void>((resolve) => res.once('close', () => resolve()));
+    this.#inOrder.set(socket, done);
+    if (before) void before.then(forward);
+    else forward();
+  }
+
+  /** An HTTP/2 stream: judged as an HTTP/1.1 request is, then forwarded on a stream of the identity's upstream session, trailers (gRPC's status) included. */
+  #handleStream(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+    const start = performance.now();
+    const startMs = Date.now();
+    const socket = stream.session?.socket;
+    if (!socket) {
+      stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
+      return;
+    }
+    const dst = socket.localAddress ?? '';
+    const dport = socket.localPort ?? 0;
+    const src = socket.remoteAddress ?? '';
+    const identity = this.#identities.get(src);
+    const method = String(headers[':method'] ?? '');
+    const path = String(headers[':path'] ?? '/');
+    const host = String(headers[':authority'] ?? headers.host ?? '');
+    const base: RecordBase = {
+      source: { address: src, port: socket.remotePort ?? 0, identity: identity ?? 0 },
+      destination: { address: dst, port: dport, identity: this.#identityOf(dst) },
+      method,
+      url: `http://${host || dst}${path}`,
+      protocol: 'HTTP/2',
+    };
+    const verdict = this.#judge(identity, src, dst, dport, { method, path, host, headers });
+    if (verdict.direction === 'EGRESS') base.direction = 'EGRESS';
+    const answer = (code: number, body: string) => {
+      if (stream.destroyed || stream.headersSent) return;
+      stream.respond({ ':status': code, 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) });
+      stream.end(body);
+    };
+    if (!verdict.ruleKeys) {
+      this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'DROPPED', code: 403, ...base });
+      stream.resume();
+      answer(403, DENIED_BODY);
+      return;
+    }
+    this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'FORWARDED', ruleKeys: verdict.ruleKeys, ...(verdict.ingressRuleKeys ? { ingressRuleKeys: verdict.ingressRuleKeys } : {}), ...base });
+    const respondRecord = (code: number) => {
+      const latencyNs = Math.round((performance.now() - start) * 1e6);
+      this.#options.emit({ kind: 'RESPONSE', timeNs: epochNs(startMs, latencyNs), verdict: 'FORWARDED', code, latencyNs, ...base });
+    };
+    let up: http2.ClientHttp2Stream;
+    try {
+      up = this.#h2Upstreams.session(proxyIngressMark(identity!), dst, dport).request(h2RequestHeaders(headers, verdict.edits));
+    } catch {
+      respondRecord(503);
+      answer(503, UPSTREAM_FAILED_BODY);
+      return;
+    }
+    let trailers: http2.OutgoingHttpHeaders = {};
+    up.on('response', (responseHeaders) => {
+      respondRecord(Number(responseHeaders[':status'] ?? 0));
+      if (!stream.destroyed) stream.respond(h2ResponseHeaders(responseHeaders), { waitForTrailers: true });
+    });
+    up.on('trailers', (received) => (trailers = h2ResponseHeaders(received)));
+    stream.on('wantTrailers', () => stream.sendTrailers(trailers));
+    up.on('error', () => {
+      if (!stream.headersSent) {
+        respondRecord(503);
+        answer(503, UPSTREAM_FAILED_BODY);
+      } else if (!stream.destroyed) stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    });
+    stream.on('close', () => {
+      if (!up.closed) up.close(http2.constants.NGHTTP2_CANCEL);
+    });
+    stream.pipe(up);
+    up.pipe(stream);
   }
 }
