@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { parsePrometheusText, sampleValue } from '../src/metrics/text-format-testing.ts';
 import { proxyIngressMark } from '../src/proxy/index.ts';
-import { TestNode, Underlay, addWorld, cli, httpRequest, httpServer, inNs, sleep, uniqueName, type AgentOptions } from './support/cluster.ts';
+import { TestNode, Underlay, addWorld, cli, grpcCall, grpcServer, httpRequest, httpServer, inNs, sleep, uniqueName, type AgentOptions } from './support/cluster.ts';
 
 const POLICIES = join(import.meta.dirname, 'policies');
 const HUBBLE_METRICS = '127.0.0.1:19965';
@@ -182,12 +182,13 @@ test('Star Wars L7 across nodes: the tiefighter on another node goes through the
   assert.ok(flows.some((f) => f.l7?.http?.method === 'PUT' && f.verdict === 'DROPPED' && f.source?.identity === tiefighter.endpoint.identity), 'the Death Star node reports the denied request with the remote tiefighter\'s identity');
 });
 
-test('egress HTTP rules: a pod may GET /public from a server outside the cluster and from a pod of its node, nothing else there; the flows name its egress rule', async (t) => {
+test('egress HTTP rules: a pod may GET /public from a server outside the cluster and from a pod of its node, and make one gRPC call (HTTP/2) there, nothing else; the flows name its egress rule', async (t) => {
   const node = await TestNode.start(t);
   const world = await addWorld(t, node, ['198.51.100.20/24']);
   await httpServer(t, world, 80, { 'GET /public': 'outside public', 'GET /private': 'outside private' });
   const web = await node.addPod(t, uniqueName('web'), { app: 'web' });
   await httpServer(t, web.netns, 80, { 'GET /public': 'pod public', 'POST /public': 'pod post' });
+  await grpcServer(t, web.netns, 50051);
   const client = await node.addPod(t, uniqueName('client'), { app: 'client' });
   await node.client.call('POST', '/v1/policies', {
     file: 'client-egress-http.yaml',
@@ -203,6 +204,11 @@ spec:
     - ports: [{port: "80", protocol: TCP}]
       rules:
         http: [{method: GET, path: /public}]
+  - toEndpoints: [{matchLabels: {app: web}}]
+    toPorts:
+    - ports: [{port: "50051", protocol: TCP}]
+      rules:
+        http: [{method: POST, path: /pkg.Greeter/SayHello}]
 `,
   });
   const outside = await httpRequest(client.netns, 'GET', 'http://198.51.100.20/public');
@@ -214,7 +220,13 @@ spec:
   const post = await httpRequest(client.netns, 'POST', `http://${web.endpoint.ipv4}/public`);
   assert.equal(post.status, 403, 'a method no egress rule allows');
 
-  const flows = await l7Flows(node);
+  // gRPC (HTTP/2) through the same proxy and rules: the allowed method answers with its trailer.
+  const call = await grpcCall(client.netns, web.endpoint.ipv4, 50051, '/pkg.Greeter/SayHello');
+  assert.deepEqual(call, { status: 200, body: 'reply to /pkg.Greeter/SayHello', grpcStatus: '0' });
+  const stolen = await grpcCall(client.netns, web.endpoint.ipv4, 50051, '/pkg.Greeter/Steal');
+  assert.deepEqual([stolen.status, stolen.body, stolen.grpcStatus], [403, 'Access denied\r\n', undefined]);
+
+  const flows = (await l7Flows(node)).filter((f) => f.l7?.http?.protocol !== 'HTTP/2');
   const requests = flows.filter((f) => f.l7?.type === 'REQUEST').map((f) => [f.verdict, f.l7?.http?.method, f.l7?.http?.url, (f as { traffic_direction?: string }).traffic_direction]);
   assert.deepEqual(requests, [
     ['FORWARDED', 'GET', 'http://198.51.100.20/public', 'EGRESS'],

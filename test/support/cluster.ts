@@ -344,6 +344,47 @@ export function httpServer(t: TestContext, netns: string, port: number, routes: 
   return serveInNs(t, netns, 'HTTP server', HTTP_SERVER, [String(port), JSON.stringify(routes)]);
 }
 
+const GRPC_SERVER = `
+const http2 = require('node:http2');
+const [port] = process.argv.slice(1);
+const server = http2.createServer();
+server.on('stream', (stream, headers) => {
+  stream.resume();
+  stream.on('end', () => {
+    stream.respond({ ':status': 200, 'content-type': 'application/grpc' }, { waitForTrailers: true });
+    stream.on('wantTrailers', () => stream.sendTrailers({ 'grpc-status': '0' }));
+    stream.end('reply to ' + headers[':path']);
+  });
+});
+server.listen(Number(port), '0.0.0.0', () => console.log('ready'));
+`;
+
+/** An HTTP/2 (prior knowledge) server in `netns` answering every call as gRPC does: 200, a body, grpc-status 0 in trailers. */
+export function grpcServer(t: TestContext, netns: string, port: number): Promise<void> {
+  return serveInNs(t, netns, 'gRPC server', GRPC_SERVER, [String(port)]);
+}
+
+const GRPC_CLIENT = `
+const http2 = require('node:http2');
+const [host, port, path] = process.argv.slice(1);
+const session = http2.connect('http://' + host + ':' + port);
+const out = { body: '' };
+const timer = setTimeout(() => { console.log(JSON.stringify({ error: 'timeout' })); process.exit(0); }, 3000);
+session.on('error', (e) => { console.log(JSON.stringify({ error: e.code })); process.exit(0); });
+const call = session.request({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers' });
+call.setEncoding('utf8');
+call.on('response', (h) => (out.status = h[':status']));
+call.on('data', (d) => (out.body += d));
+call.on('trailers', (t) => (out.grpcStatus = t['grpc-status']));
+call.on('end', () => { clearTimeout(timer); console.log(JSON.stringify(out)); session.close(); });
+call.end('\\x00\\x00\\x00\\x00\\x00');
+`;
+
+/** One gRPC-style call (HTTP/2 POST) from inside `netns`: status, body and grpc-status, or the error. */
+export async function grpcCall(netns: string, host: string, port: number, path: string): Promise<{ status?: number; body?: string; grpcStatus?: string; error?: string }> {
+  return JSON.parse(await inNs(netns, process.execPath, ['-e', GRPC_CLIENT, host, String(port), path])) as { status?: number; body?: string; grpcStatus?: string; error?: string };
+}
+
 const HTTP_CLIENT = `
 const [method, url, timeoutMs] = process.argv.slice(1);
 fetch(url, { method, signal: AbortSignal.timeout(Number(timeoutMs)) }).then(
