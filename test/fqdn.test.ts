@@ -11,7 +11,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decode, encode } from 'dns-packet';
 import { parsePrometheusText, sampleValue } from '../src/metrics/text-format-testing.ts';
-import { TestNode, addWorld, cli, dnsQuery, dnsServer, echoServer, inNs, probeTcp, sleep, streamConnection, uniqueName, until } from './support/cluster.ts';
+import { TestNode, addWorld, cli, dnsQuery, dnsServer, echoServer, inNs, killChild, probeTcp, sleep, spawnInNs, streamConnection, uniqueName, until } from './support/cluster.ts';
 import type { DnsRecords } from './support/dns-server.ts';
 
 const POLICY = `apiVersion: cilium.io/v2
@@ -266,4 +266,19 @@ spec:
   assert.deepEqual(await probeTcp(pod.netns, [target]), { [target]: true }, 'the answered address is open');
   const flows = await cli(node, 'observe', '--last', '100', '--protocol', 'dns');
   assert.match(flows.stdout, /dns-request DROPPED \(DNS Query evil\.example\.org\. A\)/);
+});
+
+test('the DNS listener\'s port taken: the agent starts degraded, naming it, and listens once the port is free', async (t) => {
+  const node = await TestNode.start(t);
+  await node.stopAgent('SIGTERM');
+  const holder = spawnInNs(node.netns, process.execPath, ['-e', "require('dgram').createSocket('udp4').bind(10053, '127.0.0.1', () => console.log('held'))"]);
+  t.after(() => killChild(holder));
+  await new Promise((resolve) => holder.stdout?.once('data', resolve));
+  await node.startAgent();
+  const status = await node.client.get<{ state: string; dnsRedirect?: { listening: boolean } }>('/v1/status');
+  assert.deepEqual([status.state, status.dnsRedirect?.listening], ['degraded', false]);
+  const health = await cli(node, 'status');
+  assert.match(health.stdout, /not listening for pod DNS on 127\.0\.0\.1:10053: bind EADDRINUSE/);
+  await killChild(holder);
+  await until('the listener binds once the port is free', async () => (await node.client.get<{ dnsRedirect?: { listening: boolean } }>('/v1/status')).dnsRedirect?.listening === true, 15_000);
 });

@@ -96,6 +96,9 @@ export function dnsRecords(query: Pick<L7DnsRecord, 'endpoint' | 'sourcePort' | 
   return [request, { ...query, kind: 'RESPONSE', timeNs: responseNs, verdict: 'FORWARDED', dns: { ...question, rcode: outcome.rcode, ...answer } }];
 }
 
+/** How often the pod DNS listener is tried again when its port was taken. */
+const RETRY_LISTEN_MS = 5_000;
+
 /** How often expired names are dropped (and their addresses leave the policy maps). */
 const EXPIRY_INTERVAL_MS = 1_000;
 
@@ -245,20 +248,41 @@ export const dnsRedirectModule = defineModule({
         return undefined;
       }
     };
-    const listener = new DnsRedirectListener({ port: DNS_PROXY_PORT, endpointOf, originalDestination, answer, endpointRateLimit: config.dnsProxyEndpointRateLimit });
-    try {
-      await listener.listen();
-    } catch (error) {
-      await listener.close();
-      throw new Error(`listening for pod DNS on 127.0.0.1:${DNS_PROXY_PORT}: ${(error as Error).message}`, { cause: error });
-    }
+    // The agent starts all the same when the port is taken, as with the HTTP proxy: redirected DNS
+    // is dropped meanwhile (nobody listening: the datapath finds no socket), the module reports
+    // degraded, and the listener is tried again until it binds.
+    let listener: DnsRedirectListener | undefined;
+    let failure: string | undefined;
+    const attempt = async () => {
+      const candidate = new DnsRedirectListener({ port: DNS_PROXY_PORT, endpointOf, originalDestination, answer, endpointRateLimit: config.dnsProxyEndpointRateLimit });
+      try {
+        await candidate.listen();
+        listener = candidate;
+        if (failure !== undefined) log.info({ port: DNS_PROXY_PORT }, 'listening for pod DNS at last');
+        failure = undefined;
+      } catch (error) {
+        await candidate.close();
+        if (failure === undefined) log.error({ err: error, port: DNS_PROXY_PORT }, 'cannot listen for pod DNS; DNS that policy sends to the proxy is dropped until it can');
+        failure = (error as Error).message;
+      }
+    };
+    await attempt();
+    let retrying = false;
+    const retry = setInterval(() => {
+      if (listener) return clearInterval(retry);
+      if (retrying) return;
+      retrying = true;
+      void attempt().finally(() => (retrying = false));
+    }, RETRY_LISTEN_MS).unref();
     return {
       value: undefined,
       stop: async () => {
-        await listener.close();
+        clearInterval(retry);
+        await listener?.close();
         origins?.close();
       },
-      status: () => ({ dnsRedirect: { enabled: true, port: DNS_PROXY_PORT, ...listener.stats } }),
+      status: () => ({ dnsRedirect: { enabled: true, port: DNS_PROXY_PORT, listening: listener !== undefined, ...listener?.stats } }),
+      health: () => (listener ? { degraded: false } : { degraded: true, reason: `not listening for pod DNS on 127.0.0.1:${DNS_PROXY_PORT}: ${failure ?? 'starting'}` }),
     };
   },
 });
