@@ -78,3 +78,21 @@ test('sizes other than Cilium\'s primes, and duplicate names, are refused', () =
   assert.deepEqual(MAGLEV_TABLE_SIZES.includes(DEFAULT_MAGLEV_TABLE_SIZE), true);
   assert.deepEqual(maglevTable([], 251), new Uint32Array(251), 'no backends: an empty table');
 });
+
+test('weights: slots in proportion, 0 takes none, equal weights give the unweighted table', () => {
+  const names = ['10.0.0.1:80/TCP', '10.0.0.2:80/TCP', '10.0.0.3:80/TCP'];
+  const plain = maglevTable(names.map((name, i) => ({ id: i + 1, name })));
+  assert.deepEqual(maglevTable(names.map((name, i) => ({ id: i + 1, name, weight: 100 }))), plain, 'equal weights: the same table as none (nodes mixing both agree)');
+  const count = (table: Uint32Array) => {
+    const shares = new Map<number, number>();
+    for (const id of table) shares.set(id, (shares.get(id) ?? 0) + 1);
+    return shares;
+  };
+  const weighted = count(maglevTable([{ id: 1, name: names[0], weight: 1 }, { id: 2, name: names[1], weight: 3 }]));
+  const share = weighted.get(1)! / DEFAULT_MAGLEV_TABLE_SIZE;
+  assert.ok(Math.abs(share - 0.25) < 0.01, `weight 1 of 4: ${share}`);
+  const drained = count(maglevTable([{ id: 1, name: names[0], weight: 0 }, { id: 2, name: names[1], weight: 5 }, { id: 3, name: names[2], weight: 5 }]));
+  assert.equal(drained.get(1), undefined, 'weight 0: no slot');
+  assert.ok(Math.abs(drained.get(2)! - drained.get(3)!) <= 1, 'the others share evenly');
+  assert.equal(maglevTable([{ id: 1, name: names[0], weight: 0 }]).every((id) => id === 0), true, 'only weight 0: an empty table');
+});

@@ -37,6 +37,11 @@ export interface MaglevBackend {
   id: number;
   /** What the permutation is hashed from: the same on every node, e.g. `10.244.1.5:8080/TCP`. */
   name: string;
+  /**
+   * Its share relative to the others (default 1): slots in proportion. 0 takes none (a backend
+   * kept but given no new flows). Equal weights give the unweighted table.
+   */
+  weight?: number;
 }
 
 /** A backend's preferred slots: offset, offset+skip, offset+2·skip, … mod M. */
@@ -57,9 +62,9 @@ export function maglevPermutation(name: string, size: number, seed: number): { o
 export function maglevTable(backends: readonly MaglevBackend[], size: number = DEFAULT_MAGLEV_TABLE_SIZE, seed: number = maglevSeed(DEFAULT_MAGLEV_HASH_SEED)): Uint32Array {
   if (!isMaglevTableSize(size)) throw new RangeError(`maglev table size ${size}: must be one of ${MAGLEV_TABLE_SIZES.join(', ')}`);
   const table = new Uint32Array(size);
-  const n = backends.length;
+  const sorted = backends.filter((b) => (b.weight ?? 1) > 0).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const n = sorted.length;
   if (n === 0) return table;
-  const sorted = [...backends].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   for (let i = 1; i < n; i++) if (sorted[i].name === sorted[i - 1].name) throw new RangeError(`maglev: two backends named ${sorted[i].name}`);
   // Offsets, skips and each backend's position in its permutation: O(N) memory, not the N×M
   // permutation matrix; a permutation's next slot is computed when the backend takes its turn.
@@ -71,10 +76,15 @@ export function maglevTable(backends: readonly MaglevBackend[], size: number = D
     offsets[i] = offset;
     skips[i] = skip;
   }
+  // Weighted turns: in pass p a backend of weight w takes a slot when ⌊(p+1)·w/W⌋ > ⌊p·w/W⌋ (W the
+  // largest weight), so the heaviest takes every pass and the others their share of them.
+  const weights = sorted.map((b) => b.weight ?? 1);
+  const heaviest = Math.max(...weights);
   const taken = new Uint8Array(size);
   let filled = 0;
-  while (filled < size) {
+  for (let pass = 0; filled < size; pass++) {
     for (let i = 0; i < n && filled < size; i++) {
+      if (weights[i] !== heaviest && Math.floor(((pass + 1) * weights[i]) / heaviest) === Math.floor((pass * weights[i]) / heaviest)) continue;
       let slot = (offsets[i] + next[i] * skips[i]) % size;
       while (taken[slot]) {
         next[i]++;

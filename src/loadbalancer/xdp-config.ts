@@ -13,6 +13,7 @@
  *     backends:
  *       - address: 10.1.0.2
  *         healthPort: 8080
+ *         weight: 100      # share of new flows relative to the others; 0: none
  * @module
  */
 import { readFileSync } from 'node:fs';
@@ -32,6 +33,7 @@ const backendSchema = z
   .object({
     address: ipv4.describe('the backend: IPIP packets go to this address; it must have the VIP on its lo'),
     healthPort: port.optional().describe('TCP port the health check connects to (default: the VIP port)'),
+    weight: z.number().int().min(0).max(65535).default(100).describe("the backend's share of new flows relative to the VIP's others (Maglev slots in proportion; 0: none, its flows kept)"),
   })
   .strict();
 

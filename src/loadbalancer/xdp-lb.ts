@@ -158,8 +158,8 @@ export class XdpLoadBalancer {
     for (const vip of config.vips) {
       const key = vipKey(vip);
       wantVips.add(key);
-      const healthy = vip.backends.filter((b) => !this.#unhealthy.has(b.address)).map((b) => ({ id: written.backends.get(b.address)!, name: b.address }));
-      const tableKey = healthy.map((b) => `${b.id}=${b.name}`).sort().join(',');
+      const healthy = vip.backends.filter((b) => !this.#unhealthy.has(b.address)).map((b) => ({ id: written.backends.get(b.address)!, name: b.address, weight: b.weight }));
+      const tableKey = healthy.map((b) => `${b.id}=${b.name}*${b.weight}`).sort().join(',');
       let entry = written.vips.get(key);
       if (!entry) {
         entry = { id: this.#vipIds.take(), table: '\0' };
