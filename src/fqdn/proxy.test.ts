@@ -132,3 +132,18 @@ test('a pod flooding a silent resolver fills only its own share of forwards: ano
   await Promise.all(flood);
   assert.equal(proxy.stats.inFlight, 0);
 });
+
+test('an answer whose addresses the policy cannot take is SERVFAIL, not an answer the pod could not use (nor a crash)', async (t) => {
+  const server = await serveDns('127.0.0.1', 0, { 'api.example.com': { a: ['192.0.2.10'], ttl: 30 } });
+  t.after(() => server.close());
+  const proxy = new DnsProxy({
+    allows: () => true,
+    learned: () => {
+      throw new Error('policy map full');
+    },
+  });
+  t.after(() => proxy.close());
+  const outcome = await proxy.handle({ endpoint: 1, resolver: { address: '127.0.0.1', port: server.port }, protocol: 'UDP', payload: query('api.example.com') });
+  assert.deepEqual([outcome.verdict, outcome.rcode, rcodeOf(outcome.response!)], ['error', RCODE.SERVFAIL, RCODE.SERVFAIL]);
+  assert.match(outcome.reason ?? '', /policy map full/);
+});

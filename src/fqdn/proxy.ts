@@ -383,7 +383,15 @@ export class DnsProxy {
         return { response: reply(message, RCODE.SERVFAIL), verdict: 'error', name, qtype, rcode: RCODE.SERVFAIL, learned: [], reason: `no answer from ${query.resolver.address}:${query.resolver.port} within ${this.#timeoutMs} ms` };
       }
       const learned = answerAddresses(name, answer.packet.answers ?? []);
-      if (learned.length > 0) await this.#options.learned(query.endpoint, learned);
+      if (learned.length > 0) {
+        try {
+          await this.#options.learned(query.endpoint, learned);
+        } catch (error) {
+          // Addresses the policy could not take: answered, the pod's connection would be dropped.
+          this.#stats.errors++;
+          return { response: reply(message, RCODE.SERVFAIL), verdict: 'error', name, qtype, rcode: RCODE.SERVFAIL, learned: [], reason: `allowing the answer's addresses failed: ${(error as Error).message}` };
+        }
+      }
       this.#stats.forwarded++;
       const details = answerDetails(name, answer.packet.answers ?? []);
       return { response: answer.bytes, verdict: 'forwarded', name, qtype, rcode: answer.packet.flags === undefined ? 0 : answer.packet.flags & 0xf, learned, answer: details };

@@ -93,7 +93,9 @@ export class DnsRedirectListener {
   constructor(options: DnsRedirectOptions) {
     this.#options = options;
     this.#udp = createSocket({ type: 'udp4', reuseAddr: false });
-    this.#udp.on('message', (bytes, from) => void this.#onDatagram(bytes, from));
+    // A query that fails on the way is not answered (the pod's library asks again); it never
+    // becomes an unhandled rejection that would end the agent.
+    this.#udp.on('message', (bytes, from) => void this.#onDatagram(bytes, from).catch(() => this.#stats.unanswered++));
     this.#tcp = createServer({ pauseOnConnect: false }, (socket) => this.#onConnection(socket));
     this.#tcp.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   }
@@ -248,6 +250,7 @@ export class DnsRedirectListener {
         inFlight++;
         void this.#options
           .answer({ endpoint, resolver, protocol: 'TCP', payload }, sourcePort)
+          .catch(() => ({ response: undefined }) as Pick<DnsOutcome, 'response'>)
           .then((outcome) => {
             if (outcome.response === undefined) {
               // Too broken to answer: a stream that sends it is not worth keeping.
