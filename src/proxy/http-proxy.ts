@@ -426,6 +426,8 @@ export class HttpProxy {
       stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
       return;
     }
+    // A client's reset of the stream is its business: the upstream stream goes with it (on close).
+    stream.on('error', () => undefined);
     const dst = socket.localAddress ?? '';
     const dport = socket.localPort ?? 0;
     const src = socket.remoteAddress ?? '';
