@@ -136,6 +136,8 @@ interface LoadOutcome {
   log: string;
 }
 
+const PROG_LOAD_ATTEMPTS = 5;
+
 function loadProgram(type: number, insns: Buffer, options: LoadOptions = {}): LoadOutcome {
   const attr = Buffer.alloc(ProgLoadAttr.size);
   attr.writeUInt32LE(type, ProgLoadAttr.progType);
@@ -149,8 +151,13 @@ function loadProgram(type: number, insns: Buffer, options: LoadOptions = {}): Lo
   attr.write(PROG_NAME, ProgLoadAttr.progName, 'ascii');
   attr.writeUInt32LE(options.expectedAttachType ?? 0, ProgLoadAttr.expectedAttachType);
   attr.writeUInt32LE(options.attachBtfId ?? 0, ProgLoadAttr.attachBtfId);
-  logBuffer[0] = 0;
-  const fd = bpfRaw(BpfCommand.PROG_LOAD, attr);
+  // The verifier gives up with EAGAIN when a signal is pending (a child exiting, say): tried again,
+  // as libbpf's loads are (PROG_LOAD_ATTEMPTS), so a probe never reads a signal as a missing feature.
+  let fd = -Errno.EAGAIN;
+  for (let attempt = 0; attempt < PROG_LOAD_ATTEMPTS && fd === -Errno.EAGAIN; attempt++) {
+    logBuffer[0] = 0;
+    fd = bpfRaw(BpfCommand.PROG_LOAD, attr);
+  }
   const end = logBuffer.indexOf(0);
   return { fd, log: logBuffer.toString('utf8', 0, end < 0 ? LOG_SIZE : end).trim() };
 }
