@@ -266,6 +266,26 @@ spec:
   assert.deepEqual(await probeTcp(pod.netns, [target]), { [target]: true }, 'the answered address is open');
   const flows = await cli(node, 'observe', '--last', '100', '--protocol', 'dns');
   assert.match(flows.stdout, /dns-request DROPPED \(DNS Query evil\.example\.org\. A\)/);
+
+  // The DNS rules narrowed: the next query of a name they no longer list is refused at once.
+  await node.client.call('POST', '/v1/policies', {
+    file: 'kube-dns.yaml',
+    yaml: `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-dns}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {k8s-app: kube-dns}}]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules:
+        dns: [{matchName: short.example.com}]
+`,
+  });
+  const narrowed = await dnsQuery(pod.netns, clusterIp, 'kept-1.example.com');
+  assert.equal(narrowed.rcode, 5, `REFUSED once the rules no longer list it: ${JSON.stringify(narrowed)}`);
+  assert.equal((await dnsQuery(pod.netns, clusterIp, 'short.example.com')).rcode, 0);
 });
 
 test('the DNS listener\'s port taken: the agent starts degraded, naming it, and listens once the port is free', async (t) => {

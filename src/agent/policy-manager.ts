@@ -129,8 +129,12 @@ export async function* watchByRevision<T>(watch: StoreWatch<T>): AsyncGenerator<
   }
 }
 
+/** DNS verdicts kept at once; past it they are all computed again. */
+const DNS_VERDICTS_MAX = 16_384;
+
 export class PolicyManager {
   readonly engine = new PolicyEngine({ identities: reservedIdentityInfos() });
+  readonly #dnsVerdicts: { generation: number; ipcache: number; verdicts: Map<string, DnsVerdict> } = { generation: -1, ipcache: -1, verdicts: new Map() };
   readonly #store: StateStore;
   readonly #identities: IdentityAllocator;
   readonly #ipcache: Ipcache;
@@ -360,9 +364,22 @@ export class PolicyManager {
    * identity), else the world's.
    */
   dnsVerdict(endpointId: number, address: string, port: number, protocol: 'UDP' | 'TCP'): DnsVerdict {
+    // The DNS proxy asks this per query: the verdict is kept while nothing it reads has changed
+    // (the engine's rules, identities and endpoints, and the ipcache naming the resolver).
+    const cache = this.#dnsVerdicts;
+    if (cache.generation !== this.engine.generation || cache.ipcache !== this.#ipcache.table.revision || cache.verdicts.size >= DNS_VERDICTS_MAX) {
+      cache.generation = this.engine.generation;
+      cache.ipcache = this.#ipcache.table.revision;
+      cache.verdicts.clear();
+    }
+    const key = `${endpointId}|${address}|${port}|${protocol}`;
+    const known = cache.verdicts.get(key);
+    if (known) return known;
     const own = this.#ipcache.table.get(address.includes(':') ? `${address}/128` : `${address}/32`);
     const identity = own?.identity ?? this.engine.cache.identityForIp(address);
-    return dnsVerdict(this.engine, endpointId, identity, port, protocol);
+    const verdict = dnsVerdict(this.engine, endpointId, identity, port, protocol);
+    cache.verdicts.set(key, verdict);
+    return verdict;
   }
 
   /** `rule` with its services' backends and its names' addresses, as the engine gets it. */

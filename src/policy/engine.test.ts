@@ -290,3 +290,24 @@ test('scale: 10k identities/endpoints and 1k policies', () => {
   // Target < 2 s (printed above); the assert is generous so a loaded CI machine does not flake.
   assert.ok(t1 - t0 < 5000, `computed in ${(t1 - t0).toFixed(0)} ms, want < 2000 (bound 5000)`);
 });
+
+test('the generation counts every change a computed result could depend on: rules, identities, endpoints', () => {
+  const engine = starWars();
+  const steps: [string, () => void][] = [
+    ['a rule', () => engine.upsertRules(loadPolicyFileSync(fixture('sw-l3-l4-policy.yaml')))],
+    ['an identity', () => engine.upsertIdentity(300, { 'k8s:org': 'empire', [NS]: 'default' })],
+    ['its deletion', () => engine.deleteIdentity(300)],
+    ['an endpoint', () => engine.upsertEndpoint(9, xwing)],
+    ['its deletion', () => engine.deleteEndpoint(9)],
+    ['a rule deleted', () => engine.deleteRules(engine.rules().map((r) => r))],
+  ];
+  for (const [what, change] of steps) {
+    const before = engine.generation;
+    change();
+    assert.ok(engine.generation > before, `${what} moves the generation`);
+  }
+  const quiet = engine.generation;
+  engine.endpointPolicy(EP.deathstar);
+  engine.rules();
+  assert.equal(engine.generation, quiet, 'reads do not');
+});

@@ -140,6 +140,16 @@ export class PolicyEngine {
   readonly #endpoints = new Map<number, EndpointState>();
   readonly #endpointIndex = new LabelIndex<number>();
 
+  #generation = 0;
+
+  /**
+   * Counts every change (rules, identities, endpoints): a result computed from the engine holds
+   * while this is the same.
+   */
+  get generation(): number {
+    return this.#generation;
+  }
+
   constructor(options: PolicyEngineOptions = {}) {
     this.cache = new SelectorCache(options.identities);
   }
@@ -285,6 +295,7 @@ export class PolicyEngine {
 
   /** Adds or replaces rules (by ruleKey). A replaced rule keeps its id (cookie). */
   upsertRules(rules: readonly PolicyRule[]): PolicyUpdate {
+    this.#generation++;
     const affected = new Set<number>();
     for (const rule of rules) {
       const key = ruleKey(rule);
@@ -322,6 +333,7 @@ export class PolicyEngine {
 
   /** Deletes rules by ruleKey, or every rule of a policy by policyKey (all `#i` specs). */
   deleteRules(keys: readonly (string | PolicyRule)[]): PolicyUpdate {
+    this.#generation++;
     const affected = new Set<number>();
     for (const k of keys) {
       const wanted = typeof k === 'string' ? k : ruleKey(k);
@@ -344,18 +356,21 @@ export class PolicyEngine {
 
   /** Adds an identity or changes its labels. */
   upsertIdentity(id: number, labels: LabelMap): PolicyUpdate {
+    this.#generation++;
     if (id === 0) throw new RangeError('identity 0 means "any" in policy maps and cannot be allocated');
     const changes = this.cache.upsertIdentity(id, labels);
     return this.#recomputeIdentity(this.#endpointsUsing(changes.map((c) => c.selector)), id);
   }
 
   deleteIdentity(id: number): PolicyUpdate {
+    this.#generation++;
     const changes = this.cache.deleteIdentity(id);
     return this.#recomputeIdentity(this.#endpointsUsing(changes.map((c) => c.selector)), id);
   }
 
   /** Adds an endpoint or changes its labels. */
   upsertEndpoint(id: number, labels: LabelMap): PolicyUpdate {
+    this.#generation++;
     let ep = this.#endpoints.get(id);
     if (ep) for (const rk of ep.rules) this.#rules.get(rk)?.endpoints.delete(id);
     else {
@@ -379,6 +394,7 @@ export class PolicyEngine {
 
   /** Removes an endpoint; its diff deletes every entry of its map. */
   deleteEndpoint(id: number): PolicyUpdate {
+    this.#generation++;
     const ep = this.#endpoints.get(id);
     if (!ep) return { revision: ++this.#revision, endpoints: new Map() };
     for (const rk of ep.rules) this.#rules.get(rk)?.endpoints.delete(id);
