@@ -222,9 +222,11 @@ test('DNS to a ClusterIP (a kube-dns service in front of a resolver pod that tak
   assert.equal(added.code, 0, added.stderr);
   const clusterIp = (JSON.parse(added.stdout) as { clusterIP: string }).clusterIP;
   const pod = await node.addPod(t, uniqueName('client'), { app: 'client' });
-  await node.client.call('POST', '/v1/policies', {
-    file: 'kube-dns.yaml',
-    yaml: `apiVersion: cilium.io/v2
+  // DNS to kube-dns for the names `dns` lists, and 8080 to what short.example.com resolves to.
+  const clientPolicy = (dns: string) =>
+    node.client.call('POST', '/v1/policies', {
+      file: 'kube-dns.yaml',
+      yaml: `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: client-dns}
 spec:
@@ -234,11 +236,12 @@ spec:
     toPorts:
     - ports: [{port: "53", protocol: ANY}]
       rules:
-        dns: [{matchPattern: "*.example.com"}]
+        dns: [${dns}]
   - toFQDNs: [{matchName: short.example.com}]
     toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
 `,
-  });
+    });
+  await clientPolicy('{matchPattern: "*.example.com"}');
   // The resolver takes DNS from the clients only (not from the node): the proxy's forwards carry
   // the client's identity, as the query the datapath redirected had.
   await node.client.call('POST', '/v1/policies', {
@@ -268,21 +271,7 @@ spec:
   assert.match(flows.stdout, /dns-request DROPPED \(DNS Query evil\.example\.org\. A\)/);
 
   // The DNS rules narrowed: the next query of a name they no longer list is refused at once.
-  await node.client.call('POST', '/v1/policies', {
-    file: 'kube-dns.yaml',
-    yaml: `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: client-dns}
-spec:
-  endpointSelector: {matchLabels: {app: client}}
-  egress:
-  - toEndpoints: [{matchLabels: {k8s-app: kube-dns}}]
-    toPorts:
-    - ports: [{port: "53", protocol: ANY}]
-      rules:
-        dns: [{matchName: short.example.com}]
-`,
-  });
+  await clientPolicy('{matchName: short.example.com}');
   const narrowed = await dnsQuery(pod.netns, clusterIp, 'kept-1.example.com');
   assert.equal(narrowed.rcode, 5, `REFUSED once the rules no longer list it: ${JSON.stringify(narrowed)}`);
   assert.equal((await dnsQuery(pod.netns, clusterIp, 'short.example.com')).rcode, 0);
