@@ -81,7 +81,7 @@ function counts(names: readonly string[]): Record<string, number> {
   return out;
 }
 
-function config(backends: readonly number[], extra = ''): string {
+function config(backends: readonly number[], extra = '', weights: Record<number, number> = {}): string {
   return [
     'interface: l0',
     'xdpMode: generic',
@@ -92,7 +92,7 @@ function config(backends: readonly number[], extra = ''): string {
     '    port: 80',
     '    protocol: TCP',
     '    backends:',
-    ...backends.map((i) => `      - { address: ${backendAddress(i)}, healthPort: 8081 }`),
+    ...backends.map((i) => `      - { address: ${backendAddress(i)}, healthPort: 8081${weights[i] === undefined ? '' : `, weight: ${weights[i]}`} }`),
     extra,
   ].join('\n');
 }
@@ -199,6 +199,15 @@ test('XDP load balancer: Maglev over three backends with IPIP and DSR, health ch
     holder.stdin?.write('again\n');
     await waitFor('the held connections to answer', async () => lines.length, (n) => n >= 2);
     assert.deepEqual(lines[1], Array(8).fill('b0'));
+  });
+
+  await t.test('a backend of weight 0 takes no new connections; weight back, it takes its share again', async () => {
+    writeFileSync(file, config([0, 1, 2], '', { 2: 0 }));
+    await waitFor('b2 out of the table', stats, (s) => s.vips[0].backends.map((b) => b.inTable).join() === 'true,true,false');
+    assert.deepEqual(Object.keys(counts(await connectMany(client, 30))).sort(), ['b0', 'b1']);
+    writeFileSync(file, config([0, 1, 2]));
+    await waitFor('b2 back in the table', stats, (s) => s.vips[0].backends.every((b) => b.inTable));
+    assert.deepEqual(Object.keys(counts(await connectMany(client, 30))).sort(), ['b0', 'b1', 'b2']);
   });
 
   await t.test('a bad edit of the config is refused and the running config kept', async () => {

@@ -203,7 +203,7 @@ export class XdpLoadBalancer {
         vip: vipKey(vip),
         id: entry.id,
         ...sumStats(this.#maps.vipStats.lookupPerCpu(entry.id)),
-        backends: vip.backends.map((b) => ({ address: b.address, healthy: !this.#unhealthy.has(b.address), inTable: entry.table.split(',').includes(`${written.backends.get(b.address)}=${b.address}`) })),
+        backends: vip.backends.map((b) => ({ address: b.address, healthy: !this.#unhealthy.has(b.address), inTable: entry.table.split(',').some((slot) => slot.startsWith(`${written.backends.get(b.address)}=${b.address}*`) && !slot.endsWith('*0')) })),
       };
     });
     const backends = [...written.backends].map(([address, id]) => ({ address, id, healthy: !this.#unhealthy.has(address), ...sumStats(this.#maps.backendStats.lookupPerCpu(id)) }));
