@@ -229,6 +229,8 @@ export class HttpProxy {
   readonly #h2: http2.Http2Server;
   readonly #h2Upstreams = new H2Upstreams();
   readonly #h2Sessions = new Set<http2.ServerHttp2Session>();
+  /** Every client connection, whatever it speaks (or before it has said): closed with the proxy. */
+  readonly #connections = new Set<net.Socket>();
   readonly #options: HttpProxyOptions;
   #identities = new Map<string, number>();
   /** By the destination's address: its ingress entries with L7 rules. */
@@ -255,7 +257,11 @@ export class HttpProxy {
       this.#h2Sessions.add(session);
       session.on('close', () => this.#h2Sessions.delete(session));
     });
-    this.#front = net.createServer({ pauseOnConnect: true }, (socket) => routeConnection(socket, this.#server, this.#h2));
+    this.#front = net.createServer({ pauseOnConnect: true }, (socket) => {
+      this.#connections.add(socket);
+      socket.once('close', () => this.#connections.delete(socket));
+      routeConnection(socket, this.#server, this.#h2);
+    });
     this.#front.maxConnections = 16_384;
   }
 
@@ -295,6 +301,7 @@ export class HttpProxy {
     this.#h2Upstreams.close();
     this.#server.closeAllConnections();
     for (const session of this.#h2Sessions) session.destroy();
+    for (const socket of this.#connections) socket.destroy();
     await new Promise<void>((resolve) => this.#front.close(() => resolve()));
   }
 

@@ -10,7 +10,8 @@ import { test } from 'node:test';
 import pino from 'pino';
 import type { L7HttpRecord } from '../observer/index.ts';
 import { PolicyDirection, type PolicyMapEntry } from '../policy/index.ts';
-import { ProxySupervisor } from './index.ts';
+import net from 'node:net';
+import { HttpProxy, ProxySupervisor } from './index.ts';
 
 const PORT = 20000 + Math.floor(Math.random() * 20000);
 const IDENTITY = 4242;
@@ -61,4 +62,25 @@ test('the proxy process: denies with 403 Access denied, matches in linear time o
   assert.notEqual(proxy.pid, pid);
   assert.equal(proxy.status().restarts, 1);
   assert.deepEqual(await get('/x'), { status: 403, body: 'Access denied\r\n' }, 'the new process has the policy');
+});
+
+test('closing the proxy closes every client connection, whatever it speaks or before it has said: a stop never waits on a client', async () => {
+  const proxy = new HttpProxy({ port: 0, emit: () => undefined });
+  proxy.setState({ revision: 1, identities: [], policies: [] });
+  const port = await proxy.listen();
+  const open = (first?: string) =>
+    new Promise<net.Socket>((resolve) => {
+      const socket = net.connect(port, '127.0.0.1', () => {
+        if (first) socket.write(first);
+        resolve(socket);
+      });
+      socket.on('data', () => undefined);
+      socket.on('error', () => undefined);
+    });
+  const clients = [await open('GET / HTTP/1.1\r\nHost: x\r\n\r\n'), await open('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'), await open()];
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  const closed = Promise.all(clients.map((c) => new Promise((resolve) => (c.destroyed ? resolve(undefined) : c.once('close', resolve)))));
+  const outcome = await Promise.race([proxy.close().then(() => 'closed'), new Promise((resolve) => setTimeout(() => resolve('still waiting after 3 s'), 3000))]);
+  assert.equal(outcome, 'closed');
+  await closed;
 });
