@@ -149,6 +149,12 @@ type RecordBase = Pick<L7HttpRecord, 'source' | 'destination' | 'method' | 'url'
 
 const UPSTREAM_FAILED_BODY = 'upstream connect error\r\n';
 
+/** A RESPONSE record: the code the client got, the latency since the request's start. */
+function responseRecord(base: RecordBase, startMs: number, start: number, code: number): L7HttpRecord {
+  const latencyNs = Math.round((performance.now() - start) * 1e6);
+  return { kind: 'RESPONSE', timeNs: epochNs(startMs, latencyNs), verdict: 'FORWARDED', code, latencyNs, ...base };
+}
+
 /**
  * One forwarded request's upstream exchange: the response streamed to the client (with
  * backpressure), its RESPONSE record, 503 when the destination fails before answering.
@@ -210,8 +216,7 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 
   #respond(code: number): void {
-    const latencyNs = Math.round((performance.now() - this.#start) * 1e6);
-    this.#emit({ kind: 'RESPONSE', timeNs: epochNs(this.#startMs, latencyNs), verdict: 'FORWARDED', code, latencyNs, ...this.#base });
+    this.#emit(responseRecord(this.#base, this.#startMs, this.#start, code));
   }
 }
 
@@ -376,38 +381,45 @@ export class HttpProxy {
     return WORLD;
   }
 
+  /**
+   * One request (of HTTP/1.1 or an HTTP/2 stream) placed and judged, its REQUEST record emitted:
+   * DROPPED with the 403 the client gets (as Cilium's access log records a denial: `--http-status
+   * 403` finds it), or FORWARDED with the rules that allowed it.
+   */
+  #admit(socket: net.Socket, request: HttpRequestView & { protocol: string }, startMs: number) {
+    const dst = socket.localAddress ?? '';
+    const dport = socket.localPort ?? 0;
+    const src = socket.remoteAddress ?? '';
+    const identity = this.#identities.get(src);
+    const { method, path, host, protocol } = request;
+    const base: RecordBase = {
+      source: { address: src, port: socket.remotePort ?? 0, identity: identity ?? 0 },
+      destination: { address: dst, port: dport, identity: this.#identityOf(dst) },
+      method,
+      url: `http://${host || dst}${path}`,
+      protocol,
+    };
+    const verdict = this.#judge(identity, src, dst, dport, request);
+    // Its response's record too: the flows of an exchange judged by the client's egress rules are egress.
+    if (verdict.direction === 'EGRESS') base.direction = 'EGRESS';
+    if (!verdict.ruleKeys) this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'DROPPED', code: 403, ...base });
+    else this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'FORWARDED', ruleKeys: verdict.ruleKeys, ...(verdict.ingressRuleKeys ? { ingressRuleKeys: verdict.ingressRuleKeys } : {}), ...base });
+    return { identity, dst, dport, base, verdict };
+  }
+
   #handle(req: http.IncomingMessage, res: http.ServerResponse): void {
     const start = performance.now();
     const startMs = Date.now();
     const socket = req.socket;
-    const dst = socket.localAddress ?? '';
-    const dport = socket.localPort ?? 0;
-    const src = socket.remoteAddress ?? '';
-    const sport = socket.remotePort ?? 0;
-    const identity = this.#identities.get(src);
-    const dstIdentity = this.#identityOf(dst);
     const headers = req.headers;
-    const host = headers.host ?? '';
     const path = req.url ?? '/';
     const method = req.method ?? '';
-    const base: RecordBase = {
-      source: { address: src, port: sport, identity: identity ?? 0 },
-      destination: { address: dst, port: dport, identity: dstIdentity },
-      method,
-      url: `http://${host || dst}${path}`,
-      protocol: `HTTP/${req.httpVersion}`,
-    };
-    const verdict = this.#judge(identity, src, dst, dport, { method, path, host, headers });
-    // Its response's record too: the flows of an exchange judged by the client's egress rules are egress.
-    if (verdict.direction === 'EGRESS') base.direction = 'EGRESS';
+    const { identity, dst, dport, base, verdict } = this.#admit(socket, { method, path, host: headers.host ?? '', headers, protocol: `HTTP/${req.httpVersion}` }, startMs);
     if (!verdict.ruleKeys) {
-      // The code the client got, as Cilium's access log records a denial: `--http-status 403` finds it.
-      this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'DROPPED', code: 403, ...base });
       req.resume();
       res.writeHead(403, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(DENIED_BODY) }).end(DENIED_BODY);
       return;
     }
-    this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'FORWARDED', ruleKeys: verdict.ruleKeys, ...(verdict.ingressRuleKeys ? { ingressRuleKeys: verdict.ingressRuleKeys } : {}), ...base });
     // A request has a body only with a length or chunks (RFC 9112 6.3); it is streamed on.
     const hasBody = headers['content-length'] !== undefined || headers['transfer-encoding'] !== undefined;
     const forward = () =>
@@ -435,38 +447,19 @@ export class HttpProxy {
     }
     // A client's reset of the stream is its business: the upstream stream goes with it (on close).
     stream.on('error', () => undefined);
-    const dst = socket.localAddress ?? '';
-    const dport = socket.localPort ?? 0;
-    const src = socket.remoteAddress ?? '';
-    const identity = this.#identities.get(src);
-    const method = String(headers[':method'] ?? '');
-    const path = String(headers[':path'] ?? '/');
-    const host = String(headers[':authority'] ?? headers.host ?? '');
-    const base: RecordBase = {
-      source: { address: src, port: socket.remotePort ?? 0, identity: identity ?? 0 },
-      destination: { address: dst, port: dport, identity: this.#identityOf(dst) },
-      method,
-      url: `http://${host || dst}${path}`,
-      protocol: 'HTTP/2',
-    };
-    const verdict = this.#judge(identity, src, dst, dport, { method, path, host, headers });
-    if (verdict.direction === 'EGRESS') base.direction = 'EGRESS';
+    const request = { method: String(headers[':method'] ?? ''), path: String(headers[':path'] ?? '/'), host: String(headers[':authority'] ?? headers.host ?? ''), headers, protocol: 'HTTP/2' };
+    const { identity, dst, dport, base, verdict } = this.#admit(socket, request, startMs);
     const answer = (code: number, body: string) => {
       if (stream.destroyed || stream.headersSent) return;
       stream.respond({ ':status': code, 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) });
       stream.end(body);
     };
     if (!verdict.ruleKeys) {
-      this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'DROPPED', code: 403, ...base });
       stream.resume();
       answer(403, DENIED_BODY);
       return;
     }
-    this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'FORWARDED', ruleKeys: verdict.ruleKeys, ...(verdict.ingressRuleKeys ? { ingressRuleKeys: verdict.ingressRuleKeys } : {}), ...base });
-    const respondRecord = (code: number) => {
-      const latencyNs = Math.round((performance.now() - start) * 1e6);
-      this.#options.emit({ kind: 'RESPONSE', timeNs: epochNs(startMs, latencyNs), verdict: 'FORWARDED', code, latencyNs, ...base });
-    };
+    const respondRecord = (code: number) => this.#options.emit(responseRecord(base, startMs, start, code));
     let up: http2.ClientHttp2Stream;
     try {
       up = this.#h2Upstreams.session(proxyIngressMark(identity!), dst, dport).request(h2RequestHeaders(headers, verdict.edits));
