@@ -182,11 +182,17 @@ static __always_inline void read_arg(__u64 base, struct rt_hook *hook, struct po
 /* Whether the string in `key` (prefixlen holding its length with the NUL) is under `filter`. */
 static __always_inline bool string_match(struct string_key *key, __u32 filter, __u8 op)
 {
-	__u32 zero = 0;
-	struct policy_scratch *s = bpf_map_lookup_elem(&runtime_policy_scratch, &zero);
-	if (!s)
-		return false;
-	bool found = string_key_found(&runtime_policy_strings, key, &s->rev, filter, op == RT_OP_POSTFIX || op == RT_OP_NOT_POSTFIX);
+	bool postfix = op == RT_OP_POSTFIX || op == RT_OP_NOT_POSTFIX;
+	struct string_key *rev = NULL;
+	/* Only a Postfix needs the scratch for its reversed copy: Equal and Prefix look the key up as is. */
+	if (postfix) {
+		__u32 zero = 0;
+		struct policy_scratch *s = bpf_map_lookup_elem(&runtime_policy_scratch, &zero);
+		if (!s)
+			return false;
+		rev = &s->rev;
+	}
+	bool found = string_key_found(&runtime_policy_strings, key, rev, filter, postfix);
 	return (op == RT_OP_EQUAL || op == RT_OP_PREFIX || op == RT_OP_IN || op == RT_OP_POSTFIX) ? found : !found;
 }
 

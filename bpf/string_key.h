@@ -22,7 +22,7 @@ struct string_key {
 
 /*
  * Whether the string in `key` (prefixlen holding its length with the NUL) is in `map` under
- * `filter`; `rev` is scratch for a Postfix lookup (the string reversed, without its NUL, over at
+ * `filter`; `rev` is scratch for a Postfix lookup only (the string reversed, without its NUL, over at
  * most STRING_KEY_POSTFIX characters). Leaves key->prefixlen as it was.
  */
 static __always_inline bool string_key_found(void *map, struct string_key *key, struct string_key *rev, __u32 filter, bool postfix)
