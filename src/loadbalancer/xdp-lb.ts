@@ -24,7 +24,8 @@ export interface XdpLbStats {
 /** What apply() last wrote, to write only differences. */
 interface Written {
   source: string | undefined;
-  vips: Map<string, { id: number; table: string }>;
+  /** `table`: what the VIP's Maglev table was built from; `members`: the backend ids it holds. */
+  vips: Map<string, { id: number; table: string; members: Set<number> }>;
   /** address → backend id */
   backends: Map<string, number>;
 }
@@ -162,7 +163,7 @@ export class XdpLoadBalancer {
       const tableKey = healthy.map((b) => `${b.id}=${b.name}*${b.weight}`).sort().join(',');
       let entry = written.vips.get(key);
       if (!entry) {
-        entry = { id: this.#vipIds.take(), table: '\0' };
+        entry = { id: this.#vipIds.take(), table: '\0', members: new Set() };
         this.#maps.vipStats.updatePerCpu(entry.id, zeroStats(this.#maps));
         written.vips.set(key, entry);
       }
@@ -174,6 +175,7 @@ export class XdpLoadBalancer {
           inner.close();
         }
         entry.table = tableKey;
+        entry.members = new Set(healthy.filter((b) => b.weight > 0).map((b) => b.id));
       }
       this.#maps.vips.update({ address: vip.address, port: vip.port, proto: PROTO[vip.protocol] }, { id: entry.id, flags: 0 });
     }
@@ -203,7 +205,7 @@ export class XdpLoadBalancer {
         vip: vipKey(vip),
         id: entry.id,
         ...sumStats(this.#maps.vipStats.lookupPerCpu(entry.id)),
-        backends: vip.backends.map((b) => ({ address: b.address, healthy: !this.#unhealthy.has(b.address), inTable: entry.table.split(',').some((slot) => slot.startsWith(`${written.backends.get(b.address)}=${b.address}*`) && !slot.endsWith('*0')) })),
+        backends: vip.backends.map((b) => ({ address: b.address, healthy: !this.#unhealthy.has(b.address), inTable: entry.members.has(written.backends.get(b.address)!) })),
       };
     });
     const backends = [...written.backends].map(([address, id]) => ({ address, id, healthy: !this.#unhealthy.has(address), ...sumStats(this.#maps.backendStats.lookupPerCpu(id)) }));
