@@ -282,6 +282,13 @@ class Upstream {
   }
 }
 
+/** Takes one off a per-endpoint count, forgetting the endpoint at zero (the maps stay as small as what is open). */
+export function countDown(counts: Map<number, number>, endpoint: number): void {
+  const left = (counts.get(endpoint) ?? 1) - 1;
+  if (left > 0) counts.set(endpoint, left);
+  else counts.delete(endpoint);
+}
+
 /** A DNS message as TCP carries it (RFC 7766): its length in two bytes, then the message. */
 export function tcpFrame(message: Uint8Array): Buffer {
   const framed = Buffer.alloc(2 + message.length);
@@ -397,9 +404,7 @@ export class DnsProxy {
       return { response: answer.bytes, verdict: 'forwarded', name, qtype, rcode: answer.packet.flags === undefined ? 0 : answer.packet.flags & 0xf, learned, answer: details };
     } finally {
       this.#inFlight--;
-      const left = (this.#inFlightByEndpoint.get(query.endpoint) ?? 1) - 1;
-      if (left > 0) this.#inFlightByEndpoint.set(query.endpoint, left);
-      else this.#inFlightByEndpoint.delete(query.endpoint);
+      countDown(this.#inFlightByEndpoint, query.endpoint);
     }
   }
 

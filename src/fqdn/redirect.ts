@@ -19,7 +19,7 @@ import { buildIpv4Frame, ETH_HLEN } from '../datapath/index.ts';
 import { Addr } from '../net/index.ts';
 import { decode, encode, TRUNCATED_RESPONSE } from 'dns-packet';
 import { closeDescriptor, makeDatagramSocketTransparent, makeListenerTransparent, rawIpv4Socket, sendIpv4Packet, SocketOptionError } from '../proxy/index.ts';
-import { tcpFrame, type DnsOutcome, type DnsQuery, type Resolver } from './proxy.ts';
+import { countDown, tcpFrame, type DnsOutcome, type DnsQuery, type Resolver } from './proxy.ts';
 
 export interface DnsRedirectOptions {
   /** 127.0.0.1:port, UDP and TCP. */
@@ -65,6 +65,7 @@ const DEFAULT_IDLE_TIMEOUT_S = 10;
 export const MAX_TCP_CONNECTIONS_PER_ENDPOINT = 64;
 /** Queries of one TCP connection in flight at once; past it the connection stops being read. */
 const MAX_TCP_IN_FLIGHT = 16;
+const IPV4_HEADER = 20;
 const IPPROTO_UDP_HEADER = 8;
 const EMSGSIZE = 90;
 
@@ -77,7 +78,6 @@ function truncatedAnswer(response: Buffer): Buffer | undefined {
     return undefined;
   }
 }
-const IPV4_HEADER = 20;
 
 export class DnsRedirectListener {
   readonly #options: DnsRedirectOptions;
@@ -234,9 +234,7 @@ export class DnsRedirectListener {
     socket.setTimeout((this.#options.idleTimeoutSeconds ?? DEFAULT_IDLE_TIMEOUT_S) * 1000, () => socket.destroy());
     socket.on('close', () => {
       this.#connections.delete(socket);
-      const left = (this.#connectionsByEndpoint.get(endpoint) ?? 1) - 1;
-      if (left > 0) this.#connectionsByEndpoint.set(endpoint, left);
-      else this.#connectionsByEndpoint.delete(endpoint);
+      countDown(this.#connectionsByEndpoint, endpoint);
     });
     socket.on('error', () => socket.destroy());
     let buffered: Buffer = Buffer.alloc(0);
