@@ -359,6 +359,19 @@ export class PolicyManager {
   }
 
   /**
+   * Calls `listener` synchronously whenever a `dnsVerdict` may have changed (the engine's
+   * generation, the ipcache): a DNS proxy in another thread drops what it kept before going on.
+   */
+  onDnsInputsChange(listener: () => void): () => void {
+    const offEngine = this.engine.onChange(listener);
+    const offIpcache = this.#ipcache.table.onWrite(listener);
+    return () => {
+      offEngine();
+      offIpcache();
+    };
+  }
+
+  /**
    * What endpoint `endpointId`'s policy lets it ask the resolver at `address` on `port`: the
    * question its DNS proxy asks. The resolver's identity is the ipcache's (a pod, a node, a CIDR
    * identity), else the world's.

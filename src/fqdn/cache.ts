@@ -26,6 +26,11 @@ export const DEFAULT_MIN_TTL = 0;
 export const DEFAULT_MAX_NAMES_PER_ENDPOINT = 10_000;
 /** Cilium caps TTLs so one bad answer cannot pin an address for ever (a day). */
 const MAX_TTL = 86_400;
+
+/** When an address an answer of `ttl` seconds told about stops being allowed (ms), as the cache keeps it. */
+export function learnedExpiry(ttl: number, minTtl: number, now: number): number {
+  return now + Math.min(MAX_TTL, Math.max(minTtl, Math.floor(ttl))) * 1000;
+}
 const FILE_VERSION = 1;
 
 export interface FqdnCacheOptions {
@@ -90,8 +95,7 @@ export class FqdnCache {
       const ip = Addr.tryParse(answer.ip);
       if (ip === undefined) continue;
       const name = normalizeDnsName(answer.name);
-      const ttl = Math.min(MAX_TTL, Math.max(this.#minTtl, Math.floor(answer.ttl)));
-      const expiresAt = now + ttl * 1000;
+      const expiresAt = learnedExpiry(answer.ttl, this.#minTtl, now);
       let names = this.#entries.get(endpoint);
       if (names === undefined) this.#entries.set(endpoint, (names = new Map()));
       let ips = names.get(name);

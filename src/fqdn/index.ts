@@ -16,3 +16,5 @@
 export { FqdnCache, DEFAULT_MAX_IPS_PER_NAME, DEFAULT_MIN_TTL, type AnswerAddress, type FqdnCacheOptions, type LearnedAddress } from './cache.ts';
 export { DnsProxy, RCODE, answerAddresses, answerDetails, presentationName, type AnswerDetails, type DnsOutcome, type DnsProxyOptions, type DnsQuery, type RejectResponseCode, type Resolver } from './proxy.ts';
 export { DnsRedirectListener, MAX_TCP_CONNECTIONS_PER_ENDPOINT, type DnsRedirectOptions, type DnsRedirectStats } from './redirect.ts';
+export { DnsRedirectWorker, type DnsRedirectWorkerOptions } from './redirect-host.ts';
+export { REDIRECT_COUNTERS, wallClockNs, type EndpointContext, type HandledQuery, type RedirectCounter } from './redirect-protocol.ts';

@@ -64,8 +64,8 @@ export interface DnsOutcome {
 }
 
 export interface DnsProxyOptions {
-  /** May `endpoint` ask `resolver` over `protocol` about `name`? */
-  allows(endpoint: number, resolver: Resolver, protocol: 'UDP' | 'TCP', name: string): boolean;
+  /** May `endpoint` ask `resolver` over `protocol` about `name`? (A promise when the answer is kept elsewhere.) */
+  allows(endpoint: number, resolver: Resolver, protocol: 'UDP' | 'TCP', name: string): boolean | Promise<boolean>;
   /** The addresses an answer for `endpoint` holds; the answer waits for the returned promise. */
   learned(endpoint: number, addresses: AnswerAddress[]): Promise<void> | void;
   rejectResponseCode?: RejectResponseCode;
@@ -371,7 +371,8 @@ export class DnsProxy {
     }
     const name = normalizeDnsName(questions[0].name);
     const qtype = questions[0].type;
-    if (!this.#options.allows(query.endpoint, query.resolver, query.protocol, name)) {
+    const allows = this.#options.allows(query.endpoint, query.resolver, query.protocol, name);
+    if (!(typeof allows === 'boolean' ? allows : await allows)) {
       this.#stats.denied++;
       return { response: reply(message, this.#rejectCode), verdict: 'denied', name, qtype, rcode: this.#rejectCode, learned: [] };
     }

@@ -26,7 +26,7 @@ export interface DnsRedirectOptions {
   port: number;
   host?: string;
   /** The local endpoint whose address this is; undefined: not a local endpoint, the message is ignored. */
-  endpointOf(address: string): number | undefined;
+  endpointOf(address: string): number | undefined | Promise<number | undefined>;
   /** Where the datagram from this address and port was going, as the datapath noted it. */
   originalDestination(address: string, port: number): Resolver | undefined;
   /** Judges and answers a query (the DNS proxy, with its flows). */
@@ -163,7 +163,8 @@ export class DnsRedirectListener {
 
   async #onDatagram(bytes: Buffer, from: RemoteInfo): Promise<void> {
     this.#stats.datagrams++;
-    const endpoint = this.#options.endpointOf(from.address);
+    const known = this.#options.endpointOf(from.address);
+    const endpoint = typeof known === 'object' ? await known : known;
     if (endpoint === undefined) {
       this.#stats.notAnEndpoint++;
       return;
@@ -214,7 +215,17 @@ export class DnsRedirectListener {
 
   #onConnection(socket: Socket): void {
     this.#stats.connections++;
-    const endpoint = socket.remoteAddress === undefined ? undefined : this.#options.endpointOf(socket.remoteAddress.replace(/^::ffff:/, ''));
+    const known = socket.remoteAddress === undefined ? undefined : this.#options.endpointOf(socket.remoteAddress.replace(/^::ffff:/, ''));
+    if (typeof known !== 'object') return this.#serve(socket, known);
+    // Nothing is read before the sender is known.
+    socket.pause();
+    known.then(
+      (endpoint) => this.#serve(socket, endpoint),
+      () => socket.destroy(),
+    );
+  }
+
+  #serve(socket: Socket, endpoint: number | undefined): void {
     const resolverAddress = socket.localAddress?.replace(/^::ffff:/, '');
     if (endpoint === undefined || resolverAddress === undefined || socket.localPort === undefined || socket.remotePort === undefined) {
       this.#stats.notAnEndpoint++;
@@ -270,5 +281,6 @@ export class DnsRedirectListener {
       buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
       drain();
     });
+    socket.resume();
   }
 }

@@ -150,6 +150,19 @@ export class PolicyEngine {
     return this.#generation;
   }
 
+  readonly #changeListeners = new Set<() => void>();
+
+  /** Calls `listener` synchronously at every change of the generation, until the returned function is called. */
+  onChange(listener: () => void): () => void {
+    this.#changeListeners.add(listener);
+    return () => void this.#changeListeners.delete(listener);
+  }
+
+  #changed(): void {
+    this.#generation++;
+    for (const listener of this.#changeListeners) listener();
+  }
+
   constructor(options: PolicyEngineOptions = {}) {
     this.cache = new SelectorCache(options.identities);
   }
@@ -295,7 +308,7 @@ export class PolicyEngine {
 
   /** Adds or replaces rules (by ruleKey). A replaced rule keeps its id (cookie). */
   upsertRules(rules: readonly PolicyRule[]): PolicyUpdate {
-    this.#generation++;
+    this.#changed();
     const affected = new Set<number>();
     for (const rule of rules) {
       const key = ruleKey(rule);
@@ -333,7 +346,7 @@ export class PolicyEngine {
 
   /** Deletes rules by ruleKey, or every rule of a policy by policyKey (all `#i` specs). */
   deleteRules(keys: readonly (string | PolicyRule)[]): PolicyUpdate {
-    this.#generation++;
+    this.#changed();
     const affected = new Set<number>();
     for (const k of keys) {
       const wanted = typeof k === 'string' ? k : ruleKey(k);
@@ -356,21 +369,21 @@ export class PolicyEngine {
 
   /** Adds an identity or changes its labels. */
   upsertIdentity(id: number, labels: LabelMap): PolicyUpdate {
-    this.#generation++;
+    this.#changed();
     if (id === 0) throw new RangeError('identity 0 means "any" in policy maps and cannot be allocated');
     const changes = this.cache.upsertIdentity(id, labels);
     return this.#recomputeIdentity(this.#endpointsUsing(changes.map((c) => c.selector)), id);
   }
 
   deleteIdentity(id: number): PolicyUpdate {
-    this.#generation++;
+    this.#changed();
     const changes = this.cache.deleteIdentity(id);
     return this.#recomputeIdentity(this.#endpointsUsing(changes.map((c) => c.selector)), id);
   }
 
   /** Adds an endpoint or changes its labels. */
   upsertEndpoint(id: number, labels: LabelMap): PolicyUpdate {
-    this.#generation++;
+    this.#changed();
     let ep = this.#endpoints.get(id);
     if (ep) for (const rk of ep.rules) this.#rules.get(rk)?.endpoints.delete(id);
     else {
@@ -394,7 +407,7 @@ export class PolicyEngine {
 
   /** Removes an endpoint; its diff deletes every entry of its map. */
   deleteEndpoint(id: number): PolicyUpdate {
-    this.#generation++;
+    this.#changed();
     const ep = this.#endpoints.get(id);
     if (!ep) return { revision: ++this.#revision, endpoints: new Map() };
     for (const rk of ep.rules) this.#rules.get(rk)?.endpoints.delete(id);

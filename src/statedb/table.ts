@@ -49,6 +49,7 @@ export class Table<T> {
   #revision = 0;
   #waiters: (() => void)[] = [];
   readonly #readers = new Set<ChangeReader<T>>();
+  readonly #writeListeners = new Set<() => void>();
 
   constructor(name: string, primaryKey: (object: T) => string, options: TableOptions<T> = {}) {
     this.name = name;
@@ -115,7 +116,18 @@ export class Table<T> {
     const waiters = this.#waiters;
     this.#waiters = [];
     for (const wake of waiters) wake();
+    for (const listener of this.#writeListeners) listener();
     return revision;
+  }
+
+  /**
+   * Calls `listener` synchronously after every write, until the returned function is called: for
+   * state derived from the table outside this thread, which must be marked stale before the writer
+   * goes on (waitForChange wakes a microtask later).
+   */
+  onWrite(listener: () => void): () => void {
+    this.#writeListeners.add(listener);
+    return () => void this.#writeListeners.delete(listener);
   }
 
   #unlink(entry: Entry<T>): void {

@@ -10,16 +10,14 @@
  */
 import { join } from 'node:path';
 import { z } from 'zod';
-import { DnsProxy, DnsRedirectListener, FqdnCache, DEFAULT_MAX_IPS_PER_NAME, DEFAULT_MIN_TTL, presentationName, type AnswerAddress, type DnsOutcome, type DnsQuery, type Resolver } from '../../fqdn/index.ts';
-import { IPPROTO_UDP, MapName, proxy4Key, proxy4Value, type Proxy4Key, type Proxy4Value } from '../../datapath/index.ts';
-import { BpfMap } from '../../ebpf/index.ts';
+import { DnsProxy, DnsRedirectWorker, FqdnCache, DEFAULT_MAX_IPS_PER_NAME, DEFAULT_MIN_TTL, presentationName, wallClockNs, type AnswerAddress, type DnsOutcome, type DnsQuery, type EndpointContext, type HandledQuery, type Resolver } from '../../fqdn/index.ts';
+import { MapName } from '../../datapath/index.ts';
 import { L7RecordFanout, type L7DnsRecord } from '../../observer/index.ts';
-import { DNS_PROXY_PORT, dnsVerdictAllows } from '../../policy/index.ts';
+import { DNS_PROXY_PORT, dnsVerdictAllows, type DnsVerdict } from '../../policy/index.ts';
 import { Addr } from '../../net/index.ts';
 import { parseRequest, RequestError } from '../api-errors.ts';
 import { defineModule } from '../module.ts';
 import { DnsProxyCell, EndpointsCell, PolicyCell } from './cells.ts';
-import { proxyIngressMark } from '../../proxy/index.ts';
 import { ensureToProxyRouting } from './proxy.ts';
 import { storeConfig } from './store.ts';
 
@@ -79,8 +77,6 @@ function parseResolver(text: string): { address: string; port: number } | undefi
   return { address: address.toString(), port };
 }
 
-const nowNs = () => String(BigInt(Date.now()) * 1_000_000n);
-
 /**
  * The flows of one handled query, as Cilium's DNS proxy logs them: the request with the verdict,
  * and the answer the endpoint got unless the query was denied (then the REQUEST is DROPPED) or too
@@ -131,19 +127,21 @@ export const dnsProxyModule = defineModule({
       }
     };
     const source = new L7RecordFanout<L7DnsRecord>();
-    const proxy = new DnsProxy({
-      allows: (endpoint, resolver, protocol, name) => dnsVerdictAllows(policy.dnsVerdict(endpoint, resolver.address, resolver.port, protocol), name),
-      learned: async (endpoint: number, addresses: AnswerAddress[]) => {
-        dirty = true;
-        if (!cache.learn(endpoint, addresses)) return;
-        // A new address: kept on disk before the pod hears of it, so a restart keeps it.
-        save();
-        await policy.fqdnsChanged();
-      },
+    const verdict = (endpoint: number, resolver: Resolver, protocol: 'UDP' | 'TCP'): DnsVerdict => policy.dnsVerdict(endpoint, resolver.address, resolver.port, protocol);
+    const learned = async (endpoint: number, addresses: AnswerAddress[]) => {
+      dirty = true;
+      if (!cache.learn(endpoint, addresses)) return;
+      // A new address: kept on disk before the pod hears of it, so a restart keeps it.
+      save();
+      await policy.fqdnsChanged();
+    };
+    const settings = {
+      minTtl: config.tofqdnsMinTtl,
       rejectResponseCode: config.tofqdnsDnsRejectResponseCode,
       forwardTimeoutMs: config.tofqdnsProxyResponseMaxDelay * 1000,
       maxInFlight: config.tofqdnsProxyMaxInFlight,
-    });
+    };
+    const proxy = new DnsProxy({ ...settings, allows: (endpoint, resolver, protocol, name) => dnsVerdictAllows(verdict(endpoint, resolver, protocol), name), learned });
 
     let expiring = false;
     const timer = setInterval(() => {
@@ -158,9 +156,9 @@ export const dnsProxyModule = defineModule({
 
     /** A query judged and answered, with its flows. */
     const answer = async (query: DnsQuery, sourcePort: number): Promise<DnsOutcome> => {
-      const requestNs = nowNs();
+      const requestNs = wallClockNs();
       const outcome = await proxy.handle(query);
-      const records = dnsRecords({ endpoint: query.endpoint, sourcePort, resolver: query.resolver, protocol: query.protocol }, outcome, requestNs, nowNs());
+      const records = dnsRecords({ endpoint: query.endpoint, sourcePort, resolver: query.resolver, protocol: query.protocol }, outcome, requestNs, wallClockNs());
       if (records.length > 0) source.emit(records);
       return outcome;
     };
@@ -177,8 +175,22 @@ export const dnsProxyModule = defineModule({
       cache.list().map((e) => ({ ...e, expiresAt: new Date(e.expiresAt).toISOString(), ttl: Math.max(0, Math.ceil((e.expiresAt - Date.now()) / 1000)) })),
     );
 
+    const report = ({ outcome, requestNs, responseNs, ...query }: HandledQuery) => {
+      const records = dnsRecords(query, outcome, requestNs, responseNs);
+      if (records.length > 0) source.emit(records);
+    };
+
     return {
-      value: { proxy, answer, onRecords: (listener: (records: L7DnsRecord[]) => void) => source.onRecords(listener) },
+      value: {
+        proxy,
+        settings,
+        answer,
+        verdict,
+        learned,
+        report,
+        onVerdictInputsChange: (listener: () => void) => policy.onDnsInputsChange(listener),
+        onRecords: (listener: (records: L7DnsRecord[]) => void) => source.onRecords(listener),
+      },
       stop: () => {
         clearInterval(timer);
         proxy.close();
@@ -215,74 +227,43 @@ export const dnsRedirectModule = defineModule({
   async start({ dnsProxy, endpoints }, { config, log }) {
     if (!config.enableDnsProxyRedirect) return { value: undefined, status: () => ({ dnsRedirect: { enabled: false } }) };
     await ensureToProxyRouting();
-    let byAddress = new Map<string, number>();
-    let identityOf = new Map<number, number>();
+    let byAddress = new Map<string, EndpointContext>();
     let revision = -1;
-    const refresh = () => {
-      if (endpoints.table.revision === revision) return;
-      revision = endpoints.table.revision;
-      const list = endpoints.list();
-      byAddress = new Map(list.flatMap((e) => (e.ipv4 ? [[e.ipv4, e.id] as const] : [])));
-      identityOf = new Map(list.map((e) => [e.id, e.identity] as const));
-    };
-    const endpointOf = (address: string): number | undefined => {
-      refresh();
-      return byAddress.get(address);
-    };
-    // The forward carries the endpoint's identity (as the HTTP proxy's connections do): a resolver
-    // pod on this node judges it as the endpoint's query, not the node's.
-    const answer = (query: DnsQuery, sourcePort: number): Promise<DnsOutcome> => {
-      refresh();
-      const identity = identityOf.get(query.endpoint);
-      return dnsProxy.answer(identity === undefined ? query : { ...query, upstreamMark: proxyIngressMark(identity) }, sourcePort);
-    };
-    // Opened at the first datagram: the datapath pins its maps with the first endpoint.
-    let origins: BpfMap<Proxy4Key, Proxy4Value> | undefined;
-    const originalDestination = (address: string, port: number): Resolver | undefined => {
-      try {
-        origins ??= BpfMap.openPinned(join(config.bpfRoot, 'maps', MapName.PROXY4), proxy4Key, proxy4Value);
-        const found = origins.lookup({ saddr: address, sport: port, nexthdr: IPPROTO_UDP });
-        return found && { address: found.orig_daddr, port: found.orig_dport };
-      } catch (error) {
-        log.warn({ err: error }, 'reading the original destination of a DNS datagram failed');
-        return undefined;
+    const endpointAt = (address: string): EndpointContext | undefined => {
+      if (endpoints.table.revision !== revision) {
+        revision = endpoints.table.revision;
+        byAddress = new Map(endpoints.list().flatMap((e) => (e.ipv4 ? [[e.ipv4, { id: e.id, identity: e.identity }] as const] : [])));
       }
+      return byAddress.get(address);
     };
     // The agent starts all the same when the port is taken, as with the HTTP proxy: redirected DNS
     // is dropped meanwhile (nobody listening: the datapath finds no socket), the module reports
-    // degraded, and the listener is tried again until it binds.
-    let listener: DnsRedirectListener | undefined;
-    let failure: string | undefined;
-    const attempt = async () => {
-      const candidate = new DnsRedirectListener({ port: DNS_PROXY_PORT, endpointOf, originalDestination, answer, endpointRateLimit: config.dnsProxyEndpointRateLimit });
-      try {
-        await candidate.listen();
-        listener = candidate;
-        if (failure !== undefined) log.info({ port: DNS_PROXY_PORT }, 'listening for pod DNS at last');
-        failure = undefined;
-      } catch (error) {
-        await candidate.close();
-        if (failure === undefined) log.error({ err: error, port: DNS_PROXY_PORT }, 'cannot listen for pod DNS; DNS that policy sends to the proxy is dropped until it can');
-        failure = (error as Error).message;
-      }
-    };
-    await attempt();
-    let retrying = false;
-    const retry = setInterval(() => {
-      if (listener) return clearInterval(retry);
-      if (retrying) return;
-      retrying = true;
-      void attempt().finally(() => (retrying = false));
-    }, RETRY_LISTEN_MS).unref();
+    // degraded, and the worker tries again until it binds.
+    const worker = new DnsRedirectWorker({
+      port: DNS_PROXY_PORT,
+      ...dnsProxy.settings,
+      endpointRateLimit: config.dnsProxyEndpointRateLimit,
+      proxy4Pin: join(config.bpfRoot, 'maps', MapName.PROXY4),
+      endpoint: endpointAt,
+      verdict: dnsProxy.verdict,
+      learned: dnsProxy.learned,
+      handled: (queries) => queries.forEach(dnsProxy.report),
+      log,
+      retryListenMs: RETRY_LISTEN_MS,
+    });
+    // Before the worker asks anything: whatever it keeps goes stale with the first change.
+    const offPolicy = dnsProxy.onVerdictInputsChange(() => worker.invalidate());
+    const offEndpoints = endpoints.table.onWrite(() => worker.invalidate());
+    await worker.start();
     return {
       value: undefined,
       stop: async () => {
-        clearInterval(retry);
-        await listener?.close();
-        origins?.close();
+        offPolicy();
+        offEndpoints();
+        await worker.close();
       },
-      status: () => ({ dnsRedirect: { enabled: true, port: DNS_PROXY_PORT, listening: listener !== undefined, ...listener?.stats } }),
-      health: () => (listener ? { degraded: false } : { degraded: true, reason: `not listening for pod DNS on 127.0.0.1:${DNS_PROXY_PORT}: ${failure ?? 'starting'}` }),
+      status: () => ({ dnsRedirect: { enabled: true, port: DNS_PROXY_PORT, listening: worker.listening, restarts: worker.restarts, ...worker.stats() } }),
+      health: () => (worker.listening ? { degraded: false } : { degraded: true, reason: `not listening for pod DNS on 127.0.0.1:${DNS_PROXY_PORT}: ${worker.failure ?? 'starting'}` }),
     };
   },
 });

@@ -1,0 +1,91 @@
+/**
+ * The DNS redirect worker on loopback, with a real map of original destinations as the datapath
+ * would fill it: queries are answered from the worker's thread; a change of what the agent answers
+ * is obeyed by the very next query once the agent invalidates; addresses already allowed do not
+ * hold answers up; and a worker that dies is started again and answers again.
+ * @module
+ */
+import assert from 'node:assert/strict';
+import { createSocket, type RemoteInfo } from 'node:dgram';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { decode, encode } from 'dns-packet';
+import pino from 'pino';
+import { serveDns } from '../../test/support/dns-server.ts';
+import { IPPROTO_UDP, proxy4Key, proxy4Value } from '../datapath/index.ts';
+import { BpfMap, MapType } from '../ebpf/index.ts';
+import { pinDir } from '../ebpf/internal/testutils.ts';
+import type { DnsVerdict } from '../policy/index.ts';
+import { freePort } from '../store/etcd-testing.ts';
+import { DnsRedirectWorker, type AnswerAddress, type HandledQuery } from './index.ts';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+test('the redirect worker answers from its own thread, obeys a changed verdict at the next query, and is started again when it dies', async (t) => {
+  const server = await serveDns('127.0.0.1', 0, { 'api.example.com': { a: ['192.0.2.10'], ttl: 300 } });
+  t.after(() => server.close());
+  const pins = pinDir(t);
+  const origins = BpfMap.create({ type: MapType.HASH, keySize: proxy4Key.size, valueSize: proxy4Value.size, maxEntries: 16, name: 'test_proxy4' }, proxy4Key, proxy4Value);
+  t.after(() => origins.close());
+  origins.pin(join(pins, 'proxy4'));
+
+  const client = createSocket('udp4');
+  t.after(() => client.close());
+  await new Promise<void>((r) => client.bind(0, '127.0.0.1', r));
+  // As bpf_lxc notes a redirected datagram: where this client's datagram was going.
+  origins.update({ saddr: '127.0.0.1', sport: client.address().port, nexthdr: IPPROTO_UDP }, { orig_daddr: '127.0.0.1', orig_dport: server.port });
+
+  let verdict: DnsVerdict = { allowed: true, allNames: true, ruleKeys: [] };
+  const learnedCalls: AnswerAddress[][] = [];
+  const handled: HandledQuery[] = [];
+  const worker = new DnsRedirectWorker({
+    port: await freePort(),
+    endpointRateLimit: 0,
+    rejectResponseCode: 'refused',
+    forwardTimeoutMs: 2000,
+    maxInFlight: 64,
+    minTtl: 0,
+    proxy4Pin: join(pins, 'proxy4'),
+    endpoint: (address) => (address === '127.0.0.1' ? { id: 5, identity: 4242 } : undefined),
+    verdict: () => verdict,
+    learned: async (_endpoint, addresses) => void learnedCalls.push(addresses),
+    handled: (queries) => handled.push(...queries),
+    log: pino({ level: 'silent' }),
+  });
+  t.after(() => worker.close());
+  await worker.start();
+  assert.equal(worker.listening, true, worker.failure);
+
+  const answers = new Map<number, { bytes: Buffer; from: RemoteInfo }>();
+  client.on('message', (bytes, from) => answers.set(decode(bytes).id ?? -1, { bytes, from }));
+  const ask = async (id: number) => {
+    client.send(encode({ type: 'query', id, flags: 1 << 8, questions: [{ type: 'A', name: 'api.example.com' }] }), worker.port, '127.0.0.1');
+    for (let i = 0; i < 150 && !answers.has(id); i++) await sleep(20);
+    const answer = answers.get(id);
+    assert.ok(answer, `query ${id} was answered`);
+    return { rcode: (decode(answer.bytes).flags ?? 0) & 0xf, from: answer.from.port, ips: decode(answer.bytes).answers?.map((a) => ('data' in a ? a.data : undefined)) };
+  };
+
+  assert.deepEqual(await ask(1), { rcode: 0, from: server.port, ips: ['192.0.2.10'] });
+  assert.deepEqual(await ask(2), { rcode: 0, from: server.port, ips: ['192.0.2.10'] });
+  assert.equal(learnedCalls.length, 1, 'an address already allowed for minutes does not hold the second answer for the agent');
+  for (let i = 0; i < 50 && handled.length < 2; i++) await sleep(20);
+  assert.deepEqual(handled.map((h) => [h.endpoint, h.outcome.verdict, h.outcome.name]), [[5, 'forwarded', 'api.example.com'], [5, 'forwarded', 'api.example.com']]);
+
+  // Rules narrowed: once the agent says so, the next query is refused, never the kept verdict.
+  verdict = { allowed: true, allNames: false, selectors: [{ matchName: 'other.example.com' }], ruleKeys: [] };
+  worker.invalidate();
+  assert.equal((await ask(3)).rcode, 5, 'REFUSED');
+  assert.equal(server.queries.length, 2, 'the refused query never reached the resolver');
+
+  // A dead worker is started again, and answers again.
+  verdict = { allowed: true, allNames: true, ruleKeys: [] };
+  worker.invalidate();
+  await worker.restart();
+  for (let i = 0; i < 250 && !worker.listening; i++) await sleep(20);
+  assert.deepEqual([worker.listening, worker.restarts], [true, 1]);
+  assert.deepEqual(await ask(4), { rcode: 0, from: server.port, ips: ['192.0.2.10'] });
+  // Counts run on across the restart: three datagrams (two forwarded) before it, one after.
+  for (let i = 0; i < 50 && worker.stats().forwarded < 3; i++) await sleep(20);
+  assert.deepEqual([worker.stats().datagrams, worker.stats().forwarded, worker.stats().denied], [4, 3, 1]);
+});

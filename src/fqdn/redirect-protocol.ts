@@ -1,0 +1,88 @@
+/**
+ * What the agent and its DNS redirect worker (redirect-worker.ts) say to each other. The worker
+ * owns the sockets and the per-query work; the agent keeps what decides: which endpoint an address
+ * is, what its policy lets it ask, which answered addresses the policy allows. The worker keeps the
+ * agent's answers only while the shared epoch is unchanged, which the agent bumps synchronously at
+ * every change of policy, ipcache or endpoints, so nothing decides on state older than a write.
+ * @module
+ */
+import type { DnsVerdict } from '../policy/index.ts';
+import type { AnswerAddress } from './cache.ts';
+import type { DnsOutcome, RejectResponseCode, Resolver } from './proxy.ts';
+
+/** How the worker's listener and proxy are set up. */
+export interface RedirectSettings {
+  /** 127.0.0.1:port, UDP and TCP. */
+  port: number;
+  host: string;
+  /** Queries a second per endpoint (DnsRedirectOptions.endpointRateLimit). */
+  endpointRateLimit: number;
+  rejectResponseCode: RejectResponseCode;
+  forwardTimeoutMs: number;
+  maxInFlight: number;
+  /** Seconds an allowed address lives at least (the FQDN cache's), so the worker knows when to ask again. */
+  minTtl: number;
+  /** The datapath's ciliate_proxy4 pin: where each redirected datagram was going. */
+  proxy4Pin: string;
+  /** Milliseconds between tries to bind a port that was taken. */
+  retryListenMs: number;
+}
+
+export interface RedirectWorkerData extends RedirectSettings {
+  /** Int32Array[1]: bumped by the agent whenever what it answered may have changed. */
+  epoch: SharedArrayBuffer;
+  /** Float64Array of REDIRECT_COUNTERS, written by the worker. */
+  counters: SharedArrayBuffer;
+}
+
+/** The worker's counts, in the shared counters' order: the listener's, then the proxy's. */
+export const REDIRECT_COUNTERS = [
+  'datagrams',
+  'connections',
+  'notAnEndpoint',
+  'noOriginalDestination',
+  'unanswered',
+  'sendFailures',
+  'refusedConnections',
+  'rateLimited',
+  'truncated',
+  'forwarded',
+  'denied',
+  'errors',
+  'inFlight',
+] as const;
+export type RedirectCounter = (typeof REDIRECT_COUNTERS)[number];
+
+export interface EndpointContext {
+  id: number;
+  identity: number;
+}
+
+/** A query the worker handled, for its flows (the answer's bytes stay in the worker). */
+export interface HandledQuery {
+  endpoint: number;
+  sourcePort: number;
+  resolver: Resolver;
+  protocol: 'UDP' | 'TCP';
+  outcome: Omit<DnsOutcome, 'response'>;
+  requestNs: string;
+  responseNs: string;
+}
+
+export type FromWorker =
+  | { type: 'listening' }
+  | { type: 'listen-failed'; message: string }
+  | { type: 'warning'; message: string }
+  | { type: 'endpoint'; id: number; address: string }
+  | { type: 'verdict'; id: number; endpoint: number; resolver: Resolver; protocol: 'UDP' | 'TCP' }
+  | { type: 'learned'; id: number; endpoint: number; addresses: AnswerAddress[] }
+  | { type: 'handled'; queries: HandledQuery[] };
+
+export type ToWorker =
+  | { type: 'endpoint'; id: number; epoch: number; endpoint: EndpointContext | null }
+  | { type: 'verdict'; id: number; epoch: number; verdict: DnsVerdict }
+  | { type: 'learned'; id: number; error?: string }
+  | { type: 'close' };
+
+/** Wall-clock time in nanoseconds as a decimal string, as flows carry it. */
+export const wallClockNs = (): string => String(BigInt(Date.now()) * 1_000_000n);
