@@ -5,6 +5,8 @@
  *
  *   cil_from_overlay  TCX ingress of the VXLAN device: decapsulated packets, with the tunnel
  *                     key (outer source, VNI) readable through bpf_skb_get_tunnel_key().
+ *   cil_to_overlay    TCX egress of the device: the node proxy's connections to pods of other
+ *                     nodes get their client's identity in the VNI (below).
  *
  * The sender put its pod's security identity in the VNI (encap.h), so the source identity comes
  * from the tunnel key; a VNI of 0 (a sender without identity, e.g. a host route) falls back to
@@ -129,6 +131,50 @@ int cil_from_overlay(struct __sk_buff *skb)
 	if (info.flags & CILIATE_NOTIFY_F_TO_PROXY)
 		return TC_ACT_OK;
 	return ipv4_local_delivery(skb, &info, ep);
+}
+
+/*
+ * What the node's own stack sends to another node's pods takes the kernel route through this
+ * device, whose lightweight-tunnel key says REMOTE_NODE (node-routing.ts): the other node judges
+ * it as this node. The node proxy's upstream connections are the exception, as in Cilium (whose
+ * cil_from_host takes the identity from MARK_MAGIC_PROXY_INGRESS before encapsulating): they
+ * speak for the client whose request the proxy allowed, so the VNI carries that client's identity
+ * from the socket mark, and the destination's ingress policy judges the client, not the node.
+ *
+ * The mark is trusted on a local socket's packets only (from_ingress_proxy): a pod's packets that
+ * get here (bpf_lxc redirects them, already with their tunnel key) lost any mark on the way out
+ * of the pod's namespace, and bpf_lxc sets none on them. Everything else passes untouched.
+ */
+SEC("tc")
+int cil_to_overlay(struct __sk_buff *skb)
+{
+	struct ciliate_notify_info info = {};
+	struct remote_endpoint_info *remote;
+	__u32 identity;
+	struct iphdr *ip;
+
+	if (!from_ingress_proxy(skb, &identity))
+		return TC_ACT_OK;
+	pull_headers(skb);
+	void *data = ctx_data(skb);
+	void *data_end = ctx_data_end(skb);
+	struct ethhdr *eth = pkt_header(data, data_end, 0, sizeof(*eth));
+
+	info.src_identity = identity;
+	if (!eth || eth->h_proto != bpf_htons(ETH_P_IP))
+		return DROP(skb, &info, DROP_INVALID_PACKET);
+	ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
+	if (!ip)
+		return DROP(skb, &info, DROP_INVALID_PACKET);
+	remote = ipcache_lookup4(ip->daddr);
+	/* Without the destination's node the packet would go as REMOTE_NODE's: refused instead, so
+	 * the client gets no more than its own identity would. */
+	if (!remote || !(remote->flags & IPCACHE_F_HAS_TUNNEL_EP))
+		return DROP(skb, &info, DROP_NO_TUNNEL_ENDPOINT);
+	info.dst_identity = remote->sec_identity;
+	/* Untracked here: traced below medium monitor aggregation only, as the node's other traffic. */
+	info.flags |= CILIATE_NOTIFY_F_AGGREGATE;
+	return set_tunnel_key4(skb, &info, remote->tunnel_endpoint, identity) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 char LICENSE[] SEC("license") = "GPL";

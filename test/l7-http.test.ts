@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { parsePrometheusText, sampleValue } from '../src/metrics/text-format-testing.ts';
 import { proxyIngressMark } from '../src/proxy/index.ts';
-import { TestNode, Underlay, addWorld, cli, grpcCall, grpcServer, httpRequest, httpServer, inNs, sleep, uniqueName, type AgentOptions } from './support/cluster.ts';
+import { TestNode, Underlay, addWorld, cli, connectMarked, grpcCall, grpcServer, httpRequest, httpServer, inNs, sleep, uniqueName, type AgentOptions } from './support/cluster.ts';
 
 const POLICIES = join(import.meta.dirname, 'policies');
 const HUBBLE_METRICS = '127.0.0.1:19965';
@@ -40,19 +40,6 @@ const one = (method, path) => new Promise((resolve, reject) => {
   agent.destroy();
 })().catch((e) => { console.log(JSON.stringify({ error: String(e) })); });
 `;
-
-/** Connects to host:80 from a socket carrying SO_MARK `mark`: connected, an error code, or timeout. */
-const FORGED_MARK_CLIENT = `
-const [libc, mark, host] = process.argv.slice(1);
-const { markedTcpSocket } = await import(libc);
-const net = await import('node:net');
-const s = new net.Socket({ fd: markedTcpSocket(Number(mark)), readable: true, writable: true });
-setTimeout(() => { console.log('timeout'); process.exit(0); }, 2000);
-s.on('connect', () => { console.log('connected'); process.exit(0); });
-s.on('error', (e) => { console.log(e.code); process.exit(0); });
-s.connect(80, host);
-`;
-const LIBC = join(import.meta.dirname, '..', 'src', 'proxy', 'libc.ts');
 
 async function l7Flows(node: TestNode): Promise<L7Flow[]> {
   const out = await cli(node, 'observe', '--last', '1000', '--protocol', 'http', '-o', 'json');
@@ -134,8 +121,8 @@ test('Star Wars L7: the tiefighter may land but not reach the exhaust port, the 
 
   // A pod that forges the proxy's mark on its own socket (it is root in its namespace) gains
   // nothing: the mark does not survive the crossing into the node, and its SYNs are judged as its own.
-  const forged = await inNs(xwing.netns, process.execPath, ['--input-type=module', '-e', FORGED_MARK_CLIENT, LIBC, String(proxyIngressMark(tiefighter.endpoint.identity)), deathstar.endpoint.ipv4]);
-  assert.equal(forged.trim(), 'timeout', 'the xwing with the proxy mark is still dropped');
+  const forged = await connectMarked(xwing.netns, proxyIngressMark(tiefighter.endpoint.identity), deathstar.endpoint.ipv4);
+  assert.equal(forged, 'timeout', 'the xwing with the proxy mark is still dropped');
 
   // The proxy process dies; it is restarted with the policy in force, and nothing gets through meanwhile.
   const pid = await proxyPid(node);

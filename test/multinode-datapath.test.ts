@@ -391,7 +391,8 @@ test('tunnel mode: every pod reaches every other through VXLAN, with the source 
     assert.equal(vxlan.linkinfo.info_data.port, 8472);
     assert.equal(vxlan.mtu, 1450);
     assert.equal(vxlan.ifindex, node.routing.tunnelIfindex);
-    assert.ok(existsSync(join(node.bpfRoot, 'overlay', 'from-overlay')), 'the overlay link is pinned');
+    assert.ok(existsSync(join(node.bpfRoot, 'overlay', 'from-overlay')), 'the overlay links are pinned');
+    assert.ok(existsSync(join(node.bpfRoot, 'overlay', 'to-overlay')));
   }
   const cache = ipcacheOf(n1);
   assert.deepEqual(cache.get(n2.podCidr), { sec_identity: ReservedIdentity.WORLD, tunnel_endpoint: n2.underlayIp, flags: IpcacheFlag.HAS_TUNNEL_EP });
@@ -466,20 +467,24 @@ test('tunnel mode: every pod reaches every other through VXLAN, with the source 
   assert.match(await ping(c1.netns, n1.routerIp), /2 received/);
   assert.equal((await underlayCounters(c)).bare, 0, 'host traffic to remote pods is tunnelled too');
 
-  // Restart: a new NodeRouting adopts the device and the pinned link and writes nothing new.
-  const linkId = (node: Node) => {
-    const link = Link.openPinned(join(node.bpfRoot, 'overlay', 'from-overlay'));
+  // Restart: a new NodeRouting adopts the device and the pinned link and writes nothing new. The
+  // node ran a version without the egress program (its pin removed, which detaches it): that one is
+  // attached anew.
+  const linkOf = (node: Node, pin = 'from-overlay') => {
+    const link = Link.openPinned(join(node.bpfRoot, 'overlay', pin));
     try {
-      return link.info().id;
+      return link.info();
     } finally {
       link.close();
     }
   };
-  const idBefore = linkId(n1);
+  const idBefore = linkOf(n1).id;
+  rmSync(join(n1.bpfRoot, 'overlay', 'to-overlay'));
   n1.routing.close();
   n1.routing = new NodeRouting({ bpfRoot: n1.bpfRoot, log, netns: `/run/netns/${n1.netns}` });
   await n1.routing.setUp({ name: n1.name, underlayIp: n1.underlayIp, podCidr: n1.podCidr, routingMode: 'tunnel', routerIp: n1.routerIp });
-  assert.equal(linkId(n1), idBefore, 'the pinned overlay link was adopted');
+  assert.equal(linkOf(n1).id, idBefore, 'the pinned overlay link was adopted');
+  assert.equal(linkOf(n1, 'to-overlay').ifindex, n1.routing.tunnelIfindex, 'the egress program serves the device again');
   assert.equal(n1.routing.tunnelIfindex, before[0].ifindex, 'the VXLAN device was adopted');
   await n1.routing.syncRemoteNodes([{ name: n2.name, underlayIp: n2.underlayIp, podCidr: n2.podCidr }]);
   assert.deepEqual(await allPairs({ ...c, pods: [a, c1] }), []);

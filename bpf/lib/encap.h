@@ -25,22 +25,21 @@ static __always_inline struct node_config *node_config(void)
 }
 
 /*
- * Encapsulates towards `tunnel_endpoint` (the node that owns the destination) with the source
- * identity in the VNI, and redirects to the VXLAN device. Reports to-overlay, or drops with
- * DROP_NO_TUNNEL_ENDPOINT when this node has no tunnel device or the key cannot be set: sending
- * such a packet to the stack instead would leak pod traffic onto the underlay unencapsulated.
+ * Gives the packet its tunnel key: outer destination `tunnel_endpoint` (the node that owns the
+ * destination), the source identity in the VNI. The VXLAN device encapsulates with it. Returns 0,
+ * or the verdict of the DROP_NO_TUNNEL_ENDPOINT it reported when this node has no tunnel device
+ * or the key cannot be set: sending such a packet on anyway would leak pod traffic onto the
+ * underlay unencapsulated, or with another identity than the sender's.
  */
-static __always_inline int encap_and_redirect4(struct __sk_buff *skb, struct ciliate_notify_info *info,
-					       __be32 tunnel_endpoint, __u32 src_identity)
+static __always_inline int set_tunnel_key4(struct __sk_buff *skb, struct ciliate_notify_info *info,
+					   __be32 tunnel_endpoint, __u32 src_identity)
 {
 	struct node_config *cfg = node_config();
 	struct bpf_tunnel_key key = {};
-	__u32 ifindex;
 	long err;
 
 	if (!cfg || !cfg->tunnel_ifindex || !tunnel_endpoint)
 		return DROP(skb, info, DROP_NO_TUNNEL_ENDPOINT);
-	ifindex = cfg->tunnel_ifindex;
 	/* The helper takes the address in host byte order. */
 	key.remote_ipv4 = bpf_ntohl(tunnel_endpoint);
 	key.tunnel_id = src_identity <= TUNNEL_ID_MAX ? src_identity : IDENTITY_UNKNOWN;
@@ -51,7 +50,18 @@ static __always_inline int encap_and_redirect4(struct __sk_buff *skb, struct cil
 		info->ext_error = err;
 		return DROP(skb, info, DROP_NO_TUNNEL_ENDPOINT);
 	}
-	info->dst_ifindex = ifindex;
+	info->dst_ifindex = cfg->tunnel_ifindex;
 	send_trace_notify(skb, info, TRACE_TO_OVERLAY);
-	return bpf_redirect(ifindex, 0);
+	return 0;
+}
+
+/* Encapsulates (set_tunnel_key4) and redirects to the VXLAN device; the verdict. */
+static __always_inline int encap_and_redirect4(struct __sk_buff *skb, struct ciliate_notify_info *info,
+					       __be32 tunnel_endpoint, __u32 src_identity)
+{
+	int ret = set_tunnel_key4(skb, info, tunnel_endpoint, src_identity);
+
+	if (ret)
+		return ret;
+	return bpf_redirect(info->dst_ifindex, 0);
 }

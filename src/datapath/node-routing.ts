@@ -9,7 +9,8 @@
  *   cil_from_overlay, at TCX ingress of the device, delivers what arrives to local pods with
  *   bpf_redirect_peer. The ipcache maps each remote pod CIDR to its node (HAS_TUNNEL_EP), and
  *   the node's own traffic to remote pods (health checks, probes) takes a kernel route through
- *   the device with lightweight-tunnel metadata (`encap ip id 6 dst <node>`).
+ *   the device with lightweight-tunnel metadata (`encap ip id 6 dst <node>`), save the node
+ *   proxy's connections, whose VNI cil_to_overlay (TCX egress) sets to their client's identity.
  * - `native`: no tunnel. The kernel routes each remote pod CIDR via that node's underlay
  *   address. bpf_lxc forwards pods' packets for the native routing CIDR itself after a FIB
  *   lookup (bpf_redirect, or bpf_redirect_neigh while the next hop is unresolved), or, without
@@ -17,7 +18,7 @@
  *   to identities, without HAS_TUNNEL_EP.
  *
  * Everything is idempotent and writes only differences, and all of it survives the agent: the
- * device, the program's TCX link (pinned at `<bpfRoot>/overlay/from-overlay`), the shared maps
+ * device, the programs' TCX links (pinned at `<bpfRoot>/overlay/from-overlay` and `to-overlay`), the shared maps
  * (`<bpfRoot>/maps`) and the routes (tagged with their own routing protocol number, so a
  * restarted agent finds its routes among the others). A restarted agent calls setUp (adopts what
  * is there) and then syncRemoteNodes/syncRemoteEndpoints with the full lists, which removes what
@@ -135,7 +136,11 @@ export const TUNNEL_PORT = 8472;
 /** Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14). */
 export const VXLAN_OVERHEAD = 50;
 export const ROUTE_PROTOCOL = 211;
-const OVERLAY_PIN = 'from-overlay';
+/** The overlay programs' TCX links, pinned under `<bpfRoot>/overlay` by these names. */
+const OVERLAY_LINKS = [
+  { pin: 'from-overlay', program: OverlayProgram.FROM_OVERLAY, direction: 'ingress' },
+  { pin: 'to-overlay', program: OverlayProgram.TO_OVERLAY, direction: 'egress' },
+] as const;
 const DEFAULT_MTU = 1500;
 
 export class NodeRoutingError extends codedErrorFamily<'ERR_NODE_ROUTING'>('node-routing') {
@@ -543,7 +548,7 @@ export class NodeRouting {
     const device = await this.#tunnelLink();
     return {
       device,
-      programAttached: device !== undefined && linkServesInterface(join(this.bpfRoot, 'overlay', OVERLAY_PIN), device.ifindex),
+      programAttached: device !== undefined && OVERLAY_LINKS.every((l) => linkServesInterface(join(this.bpfRoot, 'overlay', l.pin), device.ifindex)),
       config: this.#nodeCfg.lookup(0),
     };
   }
@@ -695,21 +700,26 @@ export class NodeRouting {
     return this.#nl().link(this.tunnelDevice);
   }
 
-  /** Attaches cil_from_overlay to the device, or adopts the pinned link that already serves it. */
+  /**
+   * Attaches the overlay programs to the device (cil_from_overlay at ingress, cil_to_overlay at
+   * egress), adopting each pinned link that already serves it.
+   */
   #ensureOverlayProgram(ifindex: number): void {
     const dir = join(this.bpfRoot, 'overlay');
-    const pin = join(dir, OVERLAY_PIN);
     mkdirSync(dir, { recursive: true });
-    if (linkServesInterface(pin, ifindex)) return;
-    unpinLink(pin);
+    const missing = OVERLAY_LINKS.filter((l) => !linkServesInterface(join(dir, l.pin), ifindex));
+    if (missing.length === 0) return;
     const obj = loadOverlay({ pinDir: this.mapsDir });
     try {
-      const attach = () => attachTcx(obj.program(OverlayProgram.FROM_OVERLAY), { interface: ifindex, direction: 'ingress' });
-      const link = this.#netns ? inNetns(this.#netns, attach) : attach();
-      try {
-        link.pin(pin);
-      } finally {
-        link.close();
+      for (const { pin, program, direction } of missing) {
+        unpinLink(join(dir, pin));
+        const attach = () => attachTcx(obj.program(program), { interface: ifindex, direction });
+        const link = this.#netns ? inNetns(this.#netns, attach) : attach();
+        try {
+          link.pin(join(dir, pin));
+        } finally {
+          link.close();
+        }
       }
     } finally {
       obj.close();
@@ -718,7 +728,7 @@ export class NodeRouting {
 
   async #removeTunnelDevice(): Promise<void> {
     const dir = join(this.bpfRoot, 'overlay');
-    unpinLink(join(dir, OVERLAY_PIN));
+    for (const { pin } of OVERLAY_LINKS) unpinLink(join(dir, pin));
     rmSync(dir, { recursive: true, force: true });
     await this.#nl().deleteLink(this.tunnelDevice);
   }

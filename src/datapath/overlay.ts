@@ -1,7 +1,8 @@
 /**
- * Loading the overlay datapath (bpf/bpf_overlay.c): the program on the node's VXLAN device that
- * delivers decapsulated packets from other nodes to this node's pods. It shares the node's maps
- * with the node's load of bpf_lxc.o through the same pins.
+ * Loading the overlay datapath (bpf/bpf_overlay.c): the programs on the node's VXLAN device, one
+ * at ingress that delivers decapsulated packets from other nodes to this node's pods, one at
+ * egress that gives the node proxy's connections their client's identity in the VNI. They share
+ * the node's maps with the node's load of bpf_lxc.o through the same pins.
  * @module
  */
 import { join } from 'node:path';
@@ -12,7 +13,7 @@ import { SHARED_MAPS } from './maps.ts';
 export const OVERLAY_OBJECT_PATH = join(import.meta.dirname, '..', '..', 'build', 'bpf', 'bpf_overlay.o');
 
 /** Program names in bpf_overlay.o. */
-export const OverlayProgram = { FROM_OVERLAY: 'cil_from_overlay' } as const;
+export const OverlayProgram = { FROM_OVERLAY: 'cil_from_overlay', TO_OVERLAY: 'cil_to_overlay' } as const;
 
 export interface OverlayLoadOptions {
   /** bpffs directory of the node's shared maps; without it the object gets private maps. */
@@ -27,6 +28,7 @@ export interface OverlayLoadOptions {
  * @example
  * using obj = loadOverlay({ pinDir: '/sys/fs/bpf/ciliate/maps' });
  * attachTcx(obj.program(OverlayProgram.FROM_OVERLAY), { interface: 'ciliate_vxlan', direction: 'ingress' });
+ * attachTcx(obj.program(OverlayProgram.TO_OVERLAY), { interface: 'ciliate_vxlan', direction: 'egress' });
  */
 export function loadOverlay(options: OverlayLoadOptions = {}): BpfObject {
   return BpfObject.load(options.objectPath ?? OVERLAY_OBJECT_PATH, {

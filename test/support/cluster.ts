@@ -481,6 +481,28 @@ export async function until(what: string, check: () => boolean | Promise<boolean
   }
 }
 
+/** Connects to host:80 from a socket carrying SO_MARK `mark`: connected, an error code, or timeout. */
+const MARKED_CLIENT = `
+const [libc, mark, host] = process.argv.slice(1);
+const { markedTcpSocket } = await import(libc);
+const net = await import('node:net');
+const s = new net.Socket({ fd: markedTcpSocket(Number(mark)), readable: true, writable: true });
+setTimeout(() => { console.log('timeout'); process.exit(0); }, 2000);
+s.on('connect', () => { console.log('connected'); process.exit(0); });
+s.on('error', (e) => { console.log(e.code); process.exit(0); });
+s.connect(80, host);
+`;
+
+/**
+ * A TCP connection to `host`:80 from inside `netns` on a socket whose SO_MARK is `mark` (a pod,
+ * root in its namespace, forging the node proxy's mark): 'connected', an error code, or 'timeout'
+ * after 2 s.
+ */
+export async function connectMarked(netns: string, mark: number, host: string): Promise<string> {
+  const libc = join(ROOT, 'src', 'proxy', 'libc.ts');
+  return (await inNs(netns, process.execPath, ['--input-type=module', '-e', MARKED_CLIENT, libc, String(mark), host])).trim();
+}
+
 /** Runs the `ciliate` CLI against `node`'s agent, as a user would; never rejects. */
 export function cli(node: TestNode, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
