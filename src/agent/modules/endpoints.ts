@@ -20,6 +20,22 @@ export type EndpointView = Endpoint & {
   policyRevision?: number;
 };
 
+/** A pod's containers (see EndpointContainer): ids as runtimes write them, each once. */
+const ContainersBody = z
+  .array(
+    z
+      .object({
+        id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/, 'must be a container id (letters, digits, _ . -; what its cgroup is named after)'),
+        name: z.string().min(1).max(253).optional(),
+        image: z.string().min(1).max(1024).optional(),
+      })
+      .strict(),
+  )
+  .max(64)
+  .refine((list) => new Set(list.map((c) => c.id)).size === list.length, 'container ids must be unique');
+/** PUT /v1/endpoints/:id/containers's body: the containers now, or null (unknown again). */
+const ContainersUpdateBody = z.object({ containers: ContainersBody.nullable() }).strict();
+
 /** POST /v1/endpoints's body, which CNI ADD (the cni module) also goes through. */
 export const AddEndpointBody = z
   .object({
@@ -38,6 +54,7 @@ export const AddEndpointBody = z
       .strict()
       .optional(),
     ports: namedPortsSchema.optional(),
+    containers: ContainersBody.optional(),
   })
   .strict();
 const LabelsBody = z.record(z.string(), z.string({ error: 'label values must be strings' }), { error: 'body must be an object of string labels' });
@@ -112,6 +129,7 @@ export const endpointsModule = defineModule({
     });
     api.route('POST', '/v1/endpoints', async ({ body }) => endpoints.add(parseRequest(AddEndpointBody, body, 'endpoint request')));
     api.route('PUT', '/v1/endpoints/:id/labels', async ({ params, body }) => endpoints.updateLabels(params.id, parseRequest(LabelsBody, body, 'endpoint labels')));
+    api.route('PUT', '/v1/endpoints/:id/containers', async ({ params, body }) => endpoints.updateContainers(params.id, parseRequest(ContainersUpdateBody, body, 'endpoint containers').containers ?? undefined));
     api.route('GET', '/v1/endpoints/:containerId/:ifname/check', async ({ params }) => ({ problems: await endpoints.check(params.containerId, params.ifname) }));
     api.route('DELETE', '/v1/endpoints/:containerId/:ifname', async ({ params }) => ({
       deleted: await endpoints.delete(params.containerId, params.ifname),
