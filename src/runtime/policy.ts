@@ -136,16 +136,20 @@ export interface ScopeContainer {
  * (`have`, kept up to date) and those of the `pods` its scope selects, each under `key(netns)`.
  */
 export function syncScopedPods(map: BpfMap, scope: PolicyScope, pods: readonly ScopePod[], have: Set<number>, key: (netns: number) => Buffer): void {
-  const want = new Set(pods.filter((pod) => pod.netns && scopeSelects(scope, pod)).map((pod) => pod.netns));
-  for (const netns of want) {
-    if (have.has(netns)) continue;
-    map.update(key(netns), Buffer.from([1]));
-    have.add(netns);
+  syncKeys(map, have, new Set(pods.filter((pod) => pod.netns && scopeSelects(scope, pod)).map((pod) => pod.netns)), key);
+}
+
+/** Writes what `want` has and `have` lacks, deletes what `have` has and `want` lacks; `have` follows. */
+function syncKeys<T>(map: BpfMap, have: Set<T>, want: ReadonlySet<T>, key: (item: T) => Buffer): void {
+  for (const item of want) {
+    if (have.has(item)) continue;
+    map.update(key(item), Buffer.from([1]));
+    have.add(item);
   }
-  for (const netns of [...have]) {
-    if (want.has(netns)) continue;
-    map.delete(key(netns));
-    have.delete(netns);
+  for (const item of [...have]) {
+    if (want.has(item)) continue;
+    map.delete(key(item));
+    have.delete(item);
   }
 }
 
@@ -162,16 +166,7 @@ export function syncScopedCgroups(map: BpfMap, scope: PolicyScope, pods: readonl
       for (const container of pod.containers ?? []) if (selectorMatches(selector, containerLabels(container))) for (const cgroup of container.cgroups) want.add(cgroup);
     }
   }
-  for (const cgroup of want) {
-    if (have.has(cgroup)) continue;
-    map.update(key(cgroup), Buffer.from([1]));
-    have.add(cgroup);
-  }
-  for (const cgroup of [...have]) {
-    if (want.has(cgroup)) continue;
-    map.delete(key(cgroup));
-    have.delete(cgroup);
-  }
+  syncKeys(map, have, want, key);
 }
 
 /** What a containerSelector's keys (CONTAINER_SELECTOR_KEYS) read of a container: its name, its image's repository. */

@@ -91,12 +91,17 @@ const CGROUP2_ROOT = existsSync('/sys/fs/cgroup/unified/cgroup.procs') ? '/sys/f
 
 /**
  * A fresh cgroup v2 directory (never the root), removed at test end after its processes left,
- * with the cgroups a test made inside it (one level: a container's under a test's own).
+ * with the cgroups a test made inside it (a container's under a test's own), deepest first.
  */
 export function testCgroup(t: TestContext): string {
   const path = join(CGROUP2_ROOT, `ciliate-test-${uniqueId()}`);
   mkdirSync(path);
-  const remove = (dir: string) => {
+  const remove = (dir: string): void => {
+    try {
+      for (const child of readdirSync(dir, { withFileTypes: true })) if (child.isDirectory()) remove(join(dir, child.name));
+    } catch {
+      // already gone
+    }
     try {
       // Move anything still inside back to the root so the directory can be removed.
       const pids = readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean);
@@ -106,14 +111,7 @@ export function testCgroup(t: TestContext): string {
       // already gone
     }
   };
-  t.after(() => {
-    try {
-      for (const child of readdirSync(path, { withFileTypes: true })) if (child.isDirectory()) remove(join(path, child.name));
-    } catch {
-      // already gone
-    }
-    remove(path);
-  });
+  t.after(() => remove(path));
   return path;
 }
 
