@@ -47,6 +47,9 @@ export interface EndpointContainer {
   image?: string;
 }
 
+/** What a container id may be: letters, digits, `_`, `.`, `-` (a cgroup directory is named after it). */
+export const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
 /** A pod's controller: `{kind: 'Deployment', name: 'deathstar'}`. */
 export interface EndpointWorkload {
   kind: string;

@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { addressAllocator } from '../../ipam/index.ts';
 import { namedPortsSchema } from '../../loadbalancer/index.ts';
 import { parseRequest } from '../api-errors.ts';
-import type { Endpoint } from '../endpoint.ts';
+import { CONTAINER_ID, type Endpoint } from '../endpoint.ts';
 import { EndpointManager } from '../endpoint-manager.ts';
 import { defineModule } from '../module.ts';
 import { EndpointDatapathCell, EndpointsCell, IdentitiesCell, IpcacheCell, NamespacesCell, NodeCell, NodeRoutingCell, PolicyCell, StoreCell } from './cells.ts';
@@ -25,7 +25,7 @@ const ContainersBody = z
   .array(
     z
       .object({
-        id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/, 'must be a container id (letters, digits, _ . -; what its cgroup is named after)'),
+        id: z.string().regex(CONTAINER_ID, 'must be a container id (letters, digits, _ . -; what its cgroup is named after)'),
         name: z.string().min(1).max(253).optional(),
         image: z.string().min(1).max(1024).optional(),
       })
