@@ -15,7 +15,7 @@ import { Program } from '../src/ebpf/index.ts';
 import { connectTetragon, type TetragonEvent } from '../src/runtime/index.ts';
 import type { Endpoint } from '../src/agent/index.ts';
 import { testCgroup } from '../src/ebpf/internal/testutils.ts';
-import { ROOT, TestNode, freePort, sleep, uniqueName, until } from './support/cluster.ts';
+import { ROOT, TestNode, cli, freePort, sleep, uniqueName, until } from './support/cluster.ts';
 
 const CLI = join(ROOT, 'src', 'cli', 'main.ts');
 
@@ -270,11 +270,15 @@ spec:
   assert.deepEqual(JSON.parse(JSON.stringify(event.process_kprobe.process.pod?.container)), { id: ids.app, name: 'app', image: { name: 'docker.io/library/nginx:1.27' } });
   assert.equal(event.process_kprobe.process.pod?.name, podId);
 
-  // The app container gone from the endpoint: its cgroup leaves the policy.
-  await node.client.call('PUT', `/v1/endpoints/${endpoint.id}/containers`, { containers: containers.slice(1) });
+  // The app container gone from the endpoint (as a user tells the agent): its cgroup leaves the policy.
+  const removed = await cli(node, 'endpoint', 'containers', String(endpoint.id), `id=${ids.sidecar},name=sidecar,image=docker.io/envoyproxy/envoy:v1.31`);
+  assert.equal(removed.stdout, `endpoint ${endpoint.id}: 1 containers\n`, removed.stderr);
   await until('the app container no longer selected', async () => (await cat(app)) === 0);
-  // Containers unknown again: the policy selects none (fail closed), the sidecar included.
-  await node.client.call('PUT', `/v1/endpoints/${endpoint.id}/containers`, { containers: null });
+  // Containers unknown again: the policy selects none (fail closed).
+  assert.equal((await cli(node, 'endpoint', 'containers', String(endpoint.id), '--unknown')).stdout, `endpoint ${endpoint.id}: containers unknown\n`);
   assert.equal((await node.client.get<Endpoint>(`/v1/endpoints/${endpoint.id}`)).containers, undefined);
   assert.equal(await cat(app), 0);
+  const bad = await cli(node, 'endpoint', 'containers', String(endpoint.id), 'name=app');
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /container "name=app": want id=ID/);
 });
