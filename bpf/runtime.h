@@ -274,7 +274,8 @@ struct rt_hook {
 	__u8 nselectors; /* 0: every call is posted */
 	__u8 scoped;     /* podSelector / containerSelector / namespaced: the caller's netns must be
 			  * in runtime_policy_pods under policy_id */
-	__u8 _pad;
+	__u8 containers; /* containerSelector: and the caller's cgroup v2 (or one above it) must be
+			  * in runtime_policy_cgroups under policy_id */
 	struct rt_arg_spec args[RT_POLICY_ARGS];
 	struct rt_selector selectors[RT_POLICY_SELECTORS];
 };
@@ -295,6 +296,18 @@ struct rt_pod_key {
 	__u32 policy_id;
 	__u32 netns;
 };
+
+/* A key of runtime_policy_cgroups: a selected container's cgroup v2 (its id, the directory's
+ * inode number) for a policy with a containerSelector. */
+struct rt_cgroup_key {
+	__u64 cgroup_id;
+	__u32 policy_id;
+	__u32 _pad;
+};
+
+/* Cgroup levels a containerSelector looks through, from the top: a container's cgroup deeper
+ * than this is never selected (fail closed). */
+#define RT_CGROUP_DEPTH 16
 
 /* A key of runtime_policy_rate: one selector's action, by whom (rateLimitScope) and with which
  * arguments (their first RT_RATE_ARG_BYTES bytes); the value is when it last posted. */

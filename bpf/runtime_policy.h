@@ -45,6 +45,16 @@ struct {
 	__type(value, __u8);
 } runtime_policy_pods SEC(".maps");
 
+/* The cgroups of the containers each policy with a containerSelector applies to (struct
+ * rt_cgroup_key), written by user space from the containers its endpoints name. A caller in a
+ * selected pod but in none of these cgroups (nor below one) is outside the policy. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct rt_cgroup_key);
+	__type(value, __u8);
+} runtime_policy_cgroups SEC(".maps");
+
 /* When each rate-limited action last posted (struct rt_rate_key). LRU: a forgotten key only lets
  * one more event through. */
 struct {
@@ -437,6 +447,24 @@ static long select_step(__u32 index, struct select_ctx *c)
 	return 1;
 }
 
+/* containerSelector: whether the caller's cgroup v2, or one above it, is a selected container's.
+ * Looked for from the top down, so a process that moved into a cgroup below its container's (a
+ * runtime's nested one, or one a privileged container made) is still the container's. */
+static __always_inline bool in_selected_container(__u32 policy_id)
+{
+	struct rt_cgroup_key key = { .policy_id = policy_id };
+	for (int level = 1; level <= RT_CGROUP_DEPTH; level++) {
+		/* 0: the caller's cgroup is above this level, and nothing matched on the way down. */
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+		if (!id)
+			return false;
+		key.cgroup_id = id;
+		if (bpf_map_lookup_elem(&runtime_policy_cgroups, &key))
+			return true;
+	}
+	return false;
+}
+
 /* Post's rateLimit: whether this selector posted the same arguments (their first
  * RT_RATE_ARG_BYTES bytes) for the same thread, process or anyone within the limit; if not, this
  * call is the one that posts, and its time is kept. */
@@ -503,6 +531,8 @@ __attribute__((noinline)) int run_hook(__u64 base, __u32 slot, __u32 retry)
 				return 0;
 		}
 	}
+	if (hook->containers && !in_selected_container(hook->policy_id))
+		return 0;
 
 	s->ns_read = 0;
 	struct runtime_policy_event *ev = &s->event;

@@ -10,7 +10,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import type { Endpoint } from '../src/agent/index.ts';
 import { Addr, Prefix } from '../src/net/index.ts';
-import { TestNode, inNs, uniqueName } from './support/cluster.ts';
+import { TestNode, inNs, uniqueName, until } from './support/cluster.ts';
 import { PodmanEnv } from './support/podman.ts';
 
 const run = promisify(execFile);
@@ -79,4 +79,39 @@ test('podman with the CNI backend runs busybox containers on a Ciliate network',
   assert.deepEqual(await podman.containerIds(), []);
   for (const info of inspected) assert.ok(!(await run('test', ['-e', info.NetworkSettings.SandboxKey]).then(() => true, () => false)), `${info.NetworkSettings.SandboxKey} is removed`);
   lap('containers removed, endpoints gone');
+});
+
+test('podman: the container podman ran is named on its endpoint (CNI_ARGS), and a containerSelector policy kills in it alone, by its cgroup', async (t) => {
+  const podman = PodmanEnv.create(t);
+  const node = await TestNode.start(t, { extraArgs: ['--runtime-enabled', '--runtime-server-address', ''] });
+  const network = podman.addCiliateNetwork(node.socket);
+  await podman.importBusybox();
+  const names = [uniqueName('pm-app'), uniqueName('pm-other')];
+  const ids: string[] = [];
+  for (const name of names) ids.push(await podman.run(name, network, ['sh', '-c', 'echo x > /root/secret && exec sleep 600']));
+  t.after(() => podman.rm(...ids).catch(() => undefined));
+  const endpoints = await node.client.get<Endpoint[]>('/v1/endpoints');
+  assert.deepEqual(endpoints.find((ep) => ep.containerId === ids[0])?.containers, [{ id: ids[0], name: names[0] }]);
+
+  const policy = uniqueName('pm-app-only');
+  await node.client.call('POST', '/v1/runtime/policies', { yaml: `apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: ${policy}}
+spec:
+  containerSelector: {matchLabels: {name: ${names[1]}}}
+  kprobes:
+  - call: sys_openat
+    args: [{index: 1, type: string}]
+    selectors:
+    - matchArgs: [{index: 1, operator: Equal, values: [/root/secret]}]
+      matchActions: [{action: Sigkill}]
+` });
+  // The shell reports how cat ended (137: SIGKILL); it opens nothing of the policy's itself (nor
+  // does runc's exec, which reads /etc/passwd and /etc/group in the container).
+  const cat = async (container: string) => (await podman.exec(container, ['sh', '-c', 'cat /root/secret >/dev/null; echo $?'])).trim();
+  // The last container started: no endpoint changed after its cgroup was made, so the agent
+  // learned that cgroup from the container's first process.
+  await until('cat killed in the selected container', async () => (await cat(ids[1])) === '137');
+  assert.equal(await cat(ids[0]), '0', 'the other container is not selected');
+  await podman.rm(...ids);
 });

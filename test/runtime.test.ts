@@ -7,13 +7,15 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Program } from '../src/ebpf/index.ts';
 import { connectTetragon, type TetragonEvent } from '../src/runtime/index.ts';
-import { ROOT, TestNode, freePort, sleep, until } from './support/cluster.ts';
+import type { Endpoint } from '../src/agent/index.ts';
+import { testCgroup } from '../src/ebpf/internal/testutils.ts';
+import { ROOT, TestNode, cli, freePort, sleep, uniqueName, until } from './support/cluster.ts';
 
 const CLI = join(ROOT, 'src', 'cli', 'main.ts');
 
@@ -202,4 +204,81 @@ spec:
   }
   assert.deepEqual(pods, ['tiefighter', 'tiebomber']);
   assert.equal(await posted(), 2, 'the xwing and the host were rejected in the kernel');
+});
+
+test('in the full agent, a containerSelector policy acts on the selected container of a pod only (by its cgroup), and stops when the container leaves the endpoint', async (t) => {
+  const node = await TestNode.start(t, { extraArgs: ['--runtime-enabled', '--runtime-server-address', ''] });
+  const podId = uniqueName('web');
+  const { netns, endpoint } = await node.addPod(t, podId, { app: 'web' }, 'prod');
+  // Two "containers": each its own cgroup, named as podman's runc names them, under the test's cgroup.
+  const parent = testCgroup(t);
+  const ids = { app: uniqueName('app'), sidecar: uniqueName('side') };
+  for (const id of Object.values(ids)) mkdirSync(join(parent, `libpod-${id}.scope`));
+  const containers = [{ id: ids.app, name: 'app', image: 'docker.io/library/nginx:1.27' }, { id: ids.sidecar, name: 'sidecar', image: 'docker.io/envoyproxy/envoy:v1.31' }];
+  // A bad container list is refused whole, naming the field.
+  await assert.rejects(node.client.call('PUT', `/v1/endpoints/${endpoint.id}/containers`, { containers: [{ id: 'a/b' }] }), /containers\.0\.id/);
+  await assert.rejects(node.client.call('PUT', `/v1/endpoints/${endpoint.id}/containers`, { containers: [{ id: 'a' }, { id: 'a' }] }), /unique/);
+  const updated = await node.client.call<Endpoint>('PUT', `/v1/endpoints/${endpoint.id}/containers`, { containers });
+  assert.deepEqual(updated.containers, containers);
+
+  const dir = mkdtempSync(join(tmpdir(), 'ciliate-ctrsel-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const file = join(dir, 'secret');
+  writeFileSync(file, 'x\n');
+  const name = `app-only-${randomBytes(4).toString('hex')}`;
+  await node.client.call('POST', '/v1/runtime/policies', { yaml: `apiVersion: cilium.io/v1alpha1
+kind: TracingPolicyNamespaced
+metadata: {name: ${name}, namespace: prod}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  containerSelector:
+    matchExpressions: [{key: name, operator: In, values: [app]}]
+  kprobes:
+  - call: sys_openat
+    args: [{index: 1, type: string}]
+    selectors:
+    - matchArgs: [{index: 1, operator: Equal, values: [${JSON.stringify(file)}]}]
+      matchActions: [{action: Sigkill}]
+` });
+  const client = connectTetragon(`unix:${join(node.dir, 'tetragon.sock')}`);
+  t.after(() => client.close());
+  const stream = client.getEvents({ allow_list: [{ event_set: ['PROCESS_KPROBE'] }] });
+  t.after(() => stream.cancel());
+  await stream.ready;
+  // Joins the container's cgroup, then the pod's network namespace, then execs cat: as a runtime starts a container.
+  const cat = async (cgroup: string) => {
+    const child = spawn('/bin/sh', ['-c', `echo $$ > ${cgroup}/cgroup.procs && exec nsenter --net=/run/netns/${netns} -- /usr/bin/cat ${file}`], { stdio: 'ignore' });
+    const [code, signal] = (await once(child, 'exit')) as [number | null, NodeJS.Signals | null];
+    return signal ?? code;
+  };
+  const app = join(parent, `libpod-${ids.app}.scope`);
+  await until('the app container killed', async () => (await cat(app)) === 'SIGKILL');
+  assert.equal(await cat(join(parent, `libpod-${ids.sidecar}.scope`)), 0, "the sidecar's cat is spared");
+  assert.equal(await cat(parent), 0, "a process of the pod in none of its containers is spared");
+  const timer = setTimeout(() => stream.cancel(), 10_000);
+  t.after(() => clearTimeout(timer));
+  let event: TetragonEvent | undefined;
+  for await (const e of stream) {
+    if ('process_kprobe' in e && e.process_kprobe.policy_name === name) {
+      event = e;
+      break;
+    }
+  }
+  assert.ok(event && 'process_kprobe' in event);
+  assert.equal(event.process_kprobe.action, 'KPROBE_ACTION_SIGKILL');
+  // Through gRPC and back: fields left out come back as undefined.
+  assert.deepEqual(JSON.parse(JSON.stringify(event.process_kprobe.process.pod?.container)), { id: ids.app, name: 'app', image: { name: 'docker.io/library/nginx:1.27' } });
+  assert.equal(event.process_kprobe.process.pod?.name, podId);
+
+  // The app container gone from the endpoint (as a user tells the agent): its cgroup leaves the policy.
+  const removed = await cli(node, 'endpoint', 'containers', String(endpoint.id), `id=${ids.sidecar},name=sidecar,image=docker.io/envoyproxy/envoy:v1.31`);
+  assert.equal(removed.stdout, `endpoint ${endpoint.id}: 1 containers\n`, removed.stderr);
+  await until('the app container no longer selected', async () => (await cat(app)) === 0);
+  // Containers unknown again: the policy selects none (fail closed).
+  assert.equal((await cli(node, 'endpoint', 'containers', String(endpoint.id), '--unknown')).stdout, `endpoint ${endpoint.id}: containers unknown\n`);
+  assert.equal((await node.client.get<Endpoint>(`/v1/endpoints/${endpoint.id}`)).containers, undefined);
+  assert.equal(await cat(app), 0);
+  const bad = await cli(node, 'endpoint', 'containers', String(endpoint.id), 'name=app');
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /container "name=app": want id=ID/);
 });

@@ -10,7 +10,7 @@ import type { StateStore } from '../store/index.ts';
 import { Reconciler, Table, type ReconcilerHealth } from '../statedb/index.ts';
 import { errnoOf, Netlink, NetlinkError, type Link } from '../datapath/netlink/index.ts';
 import { EndpointError } from './errors.ts';
-import { type Endpoint, type EndpointWorkload, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID, nodeEndpointsPrefix } from './endpoint.ts';
+import { type Endpoint, type EndpointContainer, type EndpointWorkload, containerInterfaceKey, hostInterfaceName, MAX_ENDPOINT_ID, nodeEndpointsPrefix } from './endpoint.ts';
 import type { NamedPort } from '../loadbalancer/index.ts';
 import type { Ipcache, IpcacheEntry } from './ipcache.ts';
 import { InvalidLabelsError, podLabels, type IdentityAllocator, type Labels } from '../identity/index.ts';
@@ -82,6 +82,7 @@ export interface AddEndpointRequest {
   namespace?: string;
   workload?: EndpointWorkload;
   ports?: NamedPort[];
+  containers?: EndpointContainer[];
 }
 
 /** Where pods without a namespace live, as in Kubernetes. */
@@ -478,6 +479,7 @@ export class EndpointManager {
         namespace,
         ...(request.workload ? { workload: { kind: request.workload.kind, name: request.workload.name } } : {}),
         ...(request.ports && request.ports.length > 0 ? { ports: request.ports.map((p) => ({ name: p.name, port: p.port, protocol: p.protocol })) } : {}),
+        ...(request.containers ? { containers: request.containers.map(copyContainer) } : {}),
         createdAt: new Date().toISOString(),
       };
       await this.#store.put(this.#storeKey(key), endpoint, { expectedRevision: 0 });
@@ -529,6 +531,24 @@ export class EndpointManager {
       const endpoint = this.table.get(key);
       if (!endpoint) throw new EndpointError('ERR_ENDPOINT_NOT_FOUND', `no endpoint ${idOrKey}`);
       return this.#reidentify(key, endpoint, labels);
+    });
+  }
+
+  /**
+   * The pod's containers as they are now (a CRI integration calls this as containers come and go):
+   * only the record changes; nothing of the datapath depends on them. `undefined`: unknown again.
+   */
+  async updateContainers(idOrKey: string, containers: EndpointContainer[] | undefined): Promise<Endpoint> {
+    const found = this.find(idOrKey);
+    const key = containerInterfaceKey(found.containerId, found.ifname);
+    return this.#serialize(key, async () => {
+      const endpoint = this.table.get(key);
+      if (!endpoint) throw new EndpointError('ERR_ENDPOINT_NOT_FOUND', `no endpoint ${idOrKey}`);
+      const { containers: _old, ...rest } = endpoint;
+      const updated: Endpoint = containers ? { ...rest, containers: containers.map(copyContainer) } : rest;
+      await this.#store.put(this.#storeKey(key), updated);
+      this.table.upsert(updated);
+      return updated;
     });
   }
 
@@ -810,6 +830,11 @@ function tryNamespaceIdentity(path: string): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** The fields of a container the record keeps (no more than the API took). */
+function copyContainer(container: EndpointContainer): EndpointContainer {
+  return { id: container.id, ...(container.name ? { name: container.name } : {}), ...(container.image ? { image: container.image } : {}) };
 }
 
 function sameEndpoint(a: Endpoint, b: Endpoint): boolean {

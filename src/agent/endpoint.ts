@@ -27,8 +27,28 @@ export interface Endpoint extends DatapathEndpoint {
   workload?: EndpointWorkload;
   /** The pod's named ports (its containers' ports that have names): what a service's named targetPort resolves to. */
   ports?: NamedPort[];
+  /**
+   * The pod's containers, given by whoever runs them (a CRI integration; podman's container is the
+   * endpoint's own): what a TracingPolicy's containerSelector selects and process events name.
+   * Absent: the containers are unknown, and a containerSelector selects none of them.
+   */
+  containers?: EndpointContainer[];
   createdAt: string;
 }
+
+/**
+ * A container of a pod: its runtime id (what its cgroup is named after: `libpod-<id>.scope`,
+ * `cri-containerd-<id>.scope`, `crio-<id>.scope`, `docker-<id>.scope`, or `<id>`), its name and
+ * its image reference.
+ */
+export interface EndpointContainer {
+  id: string;
+  name?: string;
+  image?: string;
+}
+
+/** What a container id may be: letters, digits, `_`, `.`, `-` (a cgroup directory is named after it). */
+export const CONTAINER_ID = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
 /** A pod's controller: `{kind: 'Deployment', name: 'deathstar'}`. */
 export interface EndpointWorkload {

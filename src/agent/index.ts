@@ -15,7 +15,7 @@ export { defineModule, orderModules, ModuleError, type AgentModule, type ModuleH
 export { AgentClient, AgentApiError, DEFAULT_SOCKET } from './client.ts';
 export { MAX_REQUEST_BYTES } from './api-server.ts';
 export { runAgent, createLogger } from './run.ts';
-export type { Endpoint, EndpointWorkload } from './endpoint.ts';
+export type { Endpoint, EndpointContainer, EndpointWorkload } from './endpoint.ts';
 export type { NodeDeregistration } from './node-deregister.ts';
 export type { ImportResult } from './policy-manager.ts';
 export type { AddEndpointRequest } from './endpoint-manager.ts';

@@ -26,6 +26,19 @@ import { formatTable, outputOption, type OutputFormat } from './output.ts';
  * One flag per setting of a configuration (by default the agent's: the shared ones and every
  * module's), with the setting's own description and default: a module's new setting needs no code here.
  */
+/** A container as `endpoint containers` takes it: `id=ID[,name=NAME][,image=IMAGE]` (the agent checks the values). */
+function parseContainer(text: string): { id: string; name?: string; image?: string } {
+  const fields: Record<string, string> = {};
+  for (const pair of text.split(',')) {
+    const eq = pair.indexOf('=');
+    const key = pair.slice(0, eq);
+    if (eq <= 0 || !['id', 'name', 'image'].includes(key) || key in fields) throw new Error(`container "${text}": want id=ID[,name=NAME][,image=IMAGE], each once`);
+    fields[key] = pair.slice(eq + 1);
+  }
+  if (!fields.id) throw new Error(`container "${text}": want id=ID[,name=NAME][,image=IMAGE], each once`);
+  return fields as { id: string; name?: string; image?: string };
+}
+
 export function configOptions(shape: z.ZodRawShape = AgentConfigSchema.shape): Option[] {
   const options: Option[] = [];
   for (const [key, field] of Object.entries(shape) as [string, z.ZodType][]) {
@@ -188,6 +201,19 @@ export function registerAgentCommands(program: Command): void {
     .action(async (id: string, pairs: string[], options: { socket: string; output: OutputFormat }) => {
       const ep = await new AgentClient(options.socket).call<Endpoint>('PUT', `/v1/endpoints/${encodeURIComponent(id)}/labels`, parsePairs(pairs));
       print(options.output, ep, () => `endpoint ${ep.id}: identity ${ep.identity}`);
+    });
+
+  endpoint
+    .command('containers <id> [containers...]')
+    .description("replace the pod's containers (what a TracingPolicy's containerSelector selects), each id=ID[,name=NAME][,image=IMAGE]; none: the pod has none")
+    .option('--unknown', 'forget them: the containers are unknown (a containerSelector selects none)')
+    .addOption(socketOption())
+    .addOption(outputOption())
+    .action(async (id: string, items: string[], options: { unknown?: boolean; socket: string; output: OutputFormat }) => {
+      if (options.unknown && items.length > 0) throw new Error('--unknown takes no containers');
+      const containers = options.unknown ? null : items.map(parseContainer);
+      const ep = await new AgentClient(options.socket).call<Endpoint>('PUT', `/v1/endpoints/${encodeURIComponent(id)}/containers`, { containers });
+      print(options.output, ep, () => `endpoint ${ep.id}: ${ep.containers ? `${ep.containers.length} containers` : 'containers unknown'}`);
     });
 
   const namespace = program

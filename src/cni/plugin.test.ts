@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { CniError } from './errors.ts';
-import { parseNetConf, podLabelsFrom, podPortsFrom, resultFor, type CniInvocation } from './plugin.ts';
+import { parseNetConf, podContainersFrom, podLabelsFrom, podPortsFrom, resultFor, type CniInvocation } from './plugin.ts';
 
 const invocation = (args: Record<string, string>): CniInvocation => ({ command: 'ADD', containerId: 'c1', netns: '/run/netns/x', ifname: 'eth0', args });
 const conf = (extra: object) => parseNetConf(JSON.stringify({ cniVersion: '1.0.0', name: 'net', type: 'ciliate', ...extra }));
@@ -72,4 +72,11 @@ test('the ADD result follows the requested cniVersion: 0.3.x names the IP versio
   });
   const v100 = resultFor(conf({ cniVersion: '1.0.0' }), endpoint, '10.244.0.1');
   assert.deepEqual([v100.cniVersion, v100.ips], ['1.0.0', [{ address: '10.244.0.7/32', gateway: '10.244.0.1', interface: 1 }]]);
+});
+
+test("podman's CNI_ARGS (K8S_POD_NAME alone) name the endpoint's own container; a CRI runtime's (with K8S_POD_NAMESPACE) do not", () => {
+  assert.deepEqual(podContainersFrom(invocation({ IgnoreUnknown: '1', K8S_POD_NAME: 'web' })), [{ id: 'c1', name: 'web' }]);
+  assert.equal(podContainersFrom(invocation({ K8S_POD_NAME: 'web', K8S_POD_NAMESPACE: 'shop', K8S_POD_INFRA_CONTAINER_ID: 'c1' })), undefined);
+  assert.equal(podContainersFrom(invocation({})), undefined);
+  assert.equal(podContainersFrom({ ...invocation({ K8S_POD_NAME: 'web' }), containerId: 'not/an/id' }), undefined);
 });

@@ -7,7 +7,7 @@
  * @module
  */
 import { existsSync } from 'node:fs';
-import type { Endpoint } from '../agent/endpoint.ts';
+import { CONTAINER_ID, type Endpoint, type EndpointContainer } from '../agent/endpoint.ts';
 import { CniError, CniErrorCode } from './errors.ts';
 import { parseNamedPort, type NamedPortText } from '../loadbalancer/index.ts';
 
@@ -134,6 +134,18 @@ export function podLabelsFrom(conf: NetConf, invocation: CniInvocation): Record<
   return labels;
 }
 
+/**
+ * The endpoint's containers, when the invocation tells them: podman's CNI backend passes only
+ * K8S_POD_NAME, the container's name, and CNI_CONTAINERID is that container (its network is its
+ * own). A CRI runtime passes K8S_POD_NAMESPACE too, with its pod sandbox's id: its containers are
+ * not known here, and a CRI integration gives them (PUT /v1/endpoints/<id>/containers).
+ */
+export function podContainersFrom(invocation: CniInvocation): EndpointContainer[] | undefined {
+  const name = invocation.args.K8S_POD_NAME;
+  if (!name || invocation.args.K8S_POD_NAMESPACE !== undefined || !CONTAINER_ID.test(invocation.containerId)) return undefined;
+  return [{ id: invocation.containerId, name }];
+}
+
 /** CNI_ARGS key for a container's named ports: `CILIATE_PORTS=http=8080/TCP,dns=53/UDP`. */
 export const PORTS_ARG = 'CILIATE_PORTS';
 
@@ -233,6 +245,7 @@ export interface CniAgent {
     namespace?: string;
     labels: Record<string, string>;
     ports?: NamedPortText[];
+    containers?: EndpointContainer[];
   }): Promise<Endpoint>;
   /** Removes it; nothing to remove is not an error. */
   delete(containerId: string, ifname: string): Promise<unknown>;
@@ -262,8 +275,9 @@ export async function runCni(env: CniEnv, stdin: string, agent: CniAgent): Promi
         if (!existsSync(netns)) throw new CniError(CniErrorCode.UNKNOWN_CONTAINER, `ADD: network namespace ${netns} does not exist`);
         const labels = podLabelsFrom(conf, invocation);
         const ports = podPortsFrom(invocation);
+        const containers = podContainersFrom(invocation);
         const endpoint = await agentCall(() =>
-          agent.add({ containerId, ifname, netns, podName: invocation.args.K8S_POD_NAME, namespace: invocation.args.K8S_POD_NAMESPACE, labels, ...(ports ? { ports } : {}) }),
+          agent.add({ containerId, ifname, netns, podName: invocation.args.K8S_POD_NAME, namespace: invocation.args.K8S_POD_NAMESPACE, labels, ...(ports ? { ports } : {}), ...(containers ? { containers } : {}) }),
         );
         return ok(resultFor(conf, endpoint, agent.routerIp()));
       }

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { Btf, checkLayout } from '../ebpf/index.ts';
 import { runtimeExecEvent, runtimeExitEvent, runtimeForkEvent, runtimePolicyEvent } from './events.ts';
-import { rtArgFilter, rtArgSpec, rtCapFilter, rtConfig, rtFollowSet, rtHook, rtHookStats, rtNsFilter, rtPodKey, rtProc, rtRateKey, rtSelector, rtTp, stringKeyLayout } from './policy.ts';
+import { rtArgFilter, rtArgSpec, rtCapFilter, rtCgroupKey, rtConfig, rtFollowSet, rtHook, rtHookStats, rtNsFilter, rtPodKey, rtProc, rtRateKey, rtSelector, rtTp, stringKeyLayout } from './policy.ts';
 
 const btf = Btf.fromElf(join(import.meta.dirname, '../../build/bpf/bpf_runtime.o'));
 
@@ -15,6 +15,6 @@ test('runtime event codecs match bpf/runtime.h in size and field offsets', () =>
 });
 
 test('TracingPolicy codecs match bpf/runtime.h in size and field offsets', () => {
-  for (const codec of [runtimePolicyEvent, rtArgSpec, rtArgFilter, rtNsFilter, rtCapFilter, rtSelector, rtHook, rtHookStats, rtTp, rtPodKey, rtProc, rtConfig, rtRateKey, rtFollowSet, stringKeyLayout]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
+  for (const codec of [runtimePolicyEvent, rtArgSpec, rtArgFilter, rtNsFilter, rtCapFilter, rtSelector, rtHook, rtHookStats, rtTp, rtPodKey, rtCgroupKey, rtProc, rtConfig, rtRateKey, rtFollowSet, stringKeyLayout]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
   assert.equal(runtimePolicyEvent.size, 80);
 });

@@ -50,7 +50,7 @@ export const rtHook = struct('rt_hook', {
   nargs: u8,
   nselectors: u8,
   scoped: u8,
-  _pad: pad(1),
+  containers: u8,
   args: array(rtArgSpec, POLICY_LIMITS.args),
   selectors: array(rtSelector, POLICY_LIMITS.selectors),
 });
@@ -59,6 +59,7 @@ const TRACEPOINTS = 64; // RT_POLICY_TPS
 export const rtTp = struct('rt_tp', { nhooks: u32, slots: array(u16, TP_HOOKS) });
 export const rtHookStats = struct('rt_hook_stats', { runs: u64, matched: u64, posted: u64, signalled: u64, ratelimited: u64 });
 export const rtPodKey = struct('rt_pod_key', { policy_id: u32, netns: u32 });
+export const rtCgroupKey = struct('rt_cgroup_key', { cgroup_id: u64, policy_id: u32, _pad: pad(4) });
 export const rtProc = struct('rt_proc', { follow: u64, caps: array(u64, 3), ns: array(u32, 10), pod_netns: u32, _pad: pad(4) });
 export const rtConfig = struct('rt_config', { host_netns: u32, _pad: pad(4) });
 export const rtRateKey = struct('rt_rate_key', { slot: u32, selector: u32, who: u32, policy_id: u32, args: array(u8, POLICY_LIMITS.args * 40) });
@@ -73,7 +74,7 @@ const EMPTY_SELECTOR = {
   nargs: 0, bin_op: 0, pid_op: 0, npids: 0, action: 0, nns: 0, ncaps: 0, follow: 0, signal: 0, bin_key: 0, nschange_op: 0, rate_scope: 0, nschange_mask: 0, pid_flags: 0, rate_ns: 0n,
   pids: Array<number>(POLICY_LIMITS.pids).fill(0), ns: Array(POLICY_LIMITS.namespaces).fill(EMPTY_NS_FILTER), caps: Array(POLICY_LIMITS.capabilities).fill(EMPTY_CAP_FILTER), args: Array(POLICY_LIMITS.matchArgs).fill(EMPTY_FILTER),
 };
-const EMPTY_HOOK = encode(rtHook, { policy_id: 0, nargs: 0, nselectors: 0, scoped: 0, args: Array(POLICY_LIMITS.args).fill({ offset: 0, type: 0, size: 0 }), selectors: Array(POLICY_LIMITS.selectors).fill(EMPTY_SELECTOR) });
+const EMPTY_HOOK = encode(rtHook, { policy_id: 0, nargs: 0, nselectors: 0, scoped: 0, containers: 0, args: Array(POLICY_LIMITS.args).fill({ offset: 0, type: 0, size: 0 }), selectors: Array(POLICY_LIMITS.selectors).fill(EMPTY_SELECTOR) });
 
 /** `list` filled up to `length` with `fill`: a fixed-size C array's elements. */
 export const padded = <T>(list: T[], length: number, fill: T): T[] => [...list, ...Array<T>(Math.max(0, length - list.length)).fill(fill)];
@@ -117,6 +118,17 @@ export interface ScopePod {
   netns: number;
   namespace: string;
   labels: Record<string, string>;
+  /** What containerSelector chooses from; none known: it chooses none. */
+  containers?: ScopeContainer[];
+}
+
+/** A container of a pod as containerSelector sees it, and the cgroups v2 (ids) its processes run in. */
+export interface ScopeContainer {
+  id: string;
+  name?: string;
+  image?: string;
+  /** Empty until the container's cgroup is found: then it is selected by nothing (fail closed). */
+  cgroups: bigint[];
 }
 
 /**
@@ -124,17 +136,54 @@ export interface ScopePod {
  * (`have`, kept up to date) and those of the `pods` its scope selects, each under `key(netns)`.
  */
 export function syncScopedPods(map: BpfMap, scope: PolicyScope, pods: readonly ScopePod[], have: Set<number>, key: (netns: number) => Buffer): void {
-  const want = new Set(pods.filter((pod) => pod.netns && scopeSelects(scope, pod)).map((pod) => pod.netns));
-  for (const netns of want) {
-    if (have.has(netns)) continue;
-    map.update(key(netns), Buffer.from([1]));
-    have.add(netns);
+  syncKeys(map, have, new Set(pods.filter((pod) => pod.netns && scopeSelects(scope, pod)).map((pod) => pod.netns)), key);
+}
+
+/** Writes what `want` has and `have` lacks, deletes what `have` has and `want` lacks; `have` follows. */
+function syncKeys<T>(map: BpfMap, have: Set<T>, want: ReadonlySet<T>, key: (item: T) => Buffer): void {
+  for (const item of want) {
+    if (have.has(item)) continue;
+    map.update(key(item), Buffer.from([1]));
+    have.add(item);
   }
-  for (const netns of [...have]) {
-    if (want.has(netns)) continue;
-    map.delete(key(netns));
-    have.delete(netns);
+  for (const item of [...have]) {
+    if (want.has(item)) continue;
+    map.delete(key(item));
+    have.delete(item);
   }
+}
+
+/**
+ * Writes to `map` the difference between the cgroups a containerSelector policy has there (`have`)
+ * and those of the containers it selects in the pods its scope selects, each under `key(cgroup)`.
+ */
+export function syncScopedCgroups(map: BpfMap, scope: PolicyScope, pods: readonly ScopePod[], have: Set<bigint>, key: (cgroup: bigint) => Buffer): void {
+  const selector = scope.containerSelector;
+  const want = new Set<bigint>();
+  if (selector) {
+    for (const pod of pods) {
+      if (!pod.netns || !scopeSelects(scope, pod)) continue;
+      for (const container of pod.containers ?? []) if (selectorMatches(selector, containerLabels(container))) for (const cgroup of container.cgroups) want.add(cgroup);
+    }
+  }
+  syncKeys(map, have, want, key);
+}
+
+/** What a containerSelector's keys (CONTAINER_SELECTOR_KEYS) read of a container: its name, its image's repository. */
+export function containerLabels(container: Pick<ScopeContainer, 'name' | 'image'>): Record<string, string> {
+  const labels: Record<string, string> = {};
+  if (container.name) labels.name = container.name;
+  if (container.image) labels.repo = imageRepository(container.image);
+  return labels;
+}
+
+/** An image reference without its tag and digest: `docker.io/library/nginx:1.27@sha256:…` → `docker.io/library/nginx`. */
+export function imageRepository(image: string): string {
+  const name = image.split('@', 1)[0];
+  const slash = name.lastIndexOf('/');
+  const colon = name.lastIndexOf(':');
+  // A colon before the last slash is a registry's port (localhost:5000/app), not a tag.
+  return colon > slash ? name.slice(0, colon) : name;
 }
 
 /** Whether a scoped policy applies to a pod (Tetragon's namespace label is the pod's namespace). */
@@ -151,6 +200,8 @@ export interface LoadedPolicy {
   follow: Map<string, number>;
   /** The network namespaces in runtime_policy_pods for a scoped policy. */
   pods: Set<number>;
+  /** The cgroups in runtime_policy_cgroups for a containerSelector. */
+  cgroups: Set<bigint>;
   /** Slots of this policy's hooks that run now (listed on their tracepoint). */
   running: number[];
   strings: Buffer[];
@@ -219,7 +270,7 @@ export class PolicyManager {
     const free: number[] = [];
     for (let slot = 0; slot < POLICY_LIMITS.hooks && free.length < policy.hooks.length; slot++) if (!this.#bySlot.has(slot)) free.push(slot);
     if (free.length < policy.hooks.length) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name}: ${policy.hooks.length} hooks, ${free.length} of ${POLICY_LIMITS.hooks} slots free`, { details: [{ field: 'spec', reason: 'too many hooks loaded' }] });
-    const loaded: LoadedPolicy = { id: this.#nextId++, policy, hooks: policy.hooks.map((hook, i) => ({ slot: free[i], hook })), follow: new Map(), pods: new Set(), running: [], strings: [], createdAt: new Date() };
+    const loaded: LoadedPolicy = { id: this.#nextId++, policy, hooks: policy.hooks.map((hook, i) => ({ slot: free[i], hook })), follow: new Map(), pods: new Set(), cgroups: new Set(), running: [], strings: [], createdAt: new Date() };
     const wanted = loaded.hooks.flatMap(({ slot, hook }) => hook.selectors.flatMap((sel, s) => (sel.followChildren ? [`${slot}/${s}`] : [])));
     const freeBits = Array.from({ length: POLICY_LIMITS.followChildren }, (_, bit) => bit).filter((bit) => !this.#followKeys.has(bit));
     if (wanted.length > freeBits.length) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name}: ${wanted.length} matchBinaries with followChildren, ${freeBits.length} of ${POLICY_LIMITS.followChildren} free`, { details: [{ field: 'spec', reason: `at most ${POLICY_LIMITS.followChildren} followChildren over all policies` }] });
@@ -286,11 +337,13 @@ export class PolicyManager {
    * What the kernel holds of policies, read back from the maps (not from this manager's
    * bookkeeping): string selector entries, and hook slots with a policy in them.
    */
-  kernelState(): { strings: number; hooks: number; pods: number; follow: number; rate: number } {
+  kernelState(): { strings: number; hooks: number; pods: number; cgroups: number; follow: number; rate: number } {
     let strings = 0;
     for (const _key of this.#object.map('runtime_policy_strings').keys()) strings++;
     let pods = 0;
     for (const _key of this.#object.map('runtime_policy_pods').keys()) pods++;
+    let cgroups = 0;
+    for (const _key of this.#object.map('runtime_policy_cgroups').keys()) cgroups++;
     let rate = 0;
     for (const _key of this.#object.map('runtime_policy_rate').keys()) rate++;
     const set = this.#object.map('runtime_policy_follow').lookup(u32Key(0)) as Buffer | undefined;
@@ -299,7 +352,7 @@ export class PolicyManager {
     let hooks = 0;
     const map = this.#object.map('runtime_policy_hooks');
     for (let slot = 0; slot < POLICY_LIMITS.hooks; slot++) if ((map.lookup(u32Key(slot)) as Buffer | undefined)?.readUInt32LE(0)) hooks++;
-    return { strings, hooks, pods, follow, rate };
+    return { strings, hooks, pods, cgroups, follow, rate };
   }
 
   /**
@@ -315,6 +368,12 @@ export class PolicyManager {
   podsOf(name: string): number[] | undefined {
     const loaded = this.#byName.get(name);
     return loaded?.policy.scope ? [...loaded.pods].sort((a, b) => a - b) : undefined;
+  }
+
+  /** The container cgroups a loaded policy applies to in the kernel (undefined: no containerSelector). */
+  cgroupsOf(name: string): bigint[] | undefined {
+    const loaded = this.#byName.get(name);
+    return loaded?.policy.scope?.containerSelector ? [...loaded.cgroups].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)) : undefined;
   }
 
   /** Unloads every policy (the agent's stop). */
@@ -397,6 +456,9 @@ export class PolicyManager {
     const pods = this.#object.map('runtime_policy_pods');
     for (const netns of loaded.pods) pods.delete(encode(rtPodKey, { policy_id: loaded.id, netns }));
     loaded.pods.clear();
+    const cgroups = this.#object.map('runtime_policy_cgroups');
+    for (const cgroup of loaded.cgroups) cgroups.delete(encode(rtCgroupKey, { cgroup_id: cgroup, policy_id: loaded.id }));
+    loaded.cgroups.clear();
   }
 
   /**
@@ -434,11 +496,15 @@ export class PolicyManager {
     }
   }
 
-  /** Writes the difference between a scoped policy's network namespaces and the pods it selects. */
+  /**
+   * Writes the difference between a scoped policy's network namespaces (and a containerSelector's
+   * cgroups) and the pods (and containers) it selects.
+   */
   #writePods(loaded: LoadedPolicy): void {
     const scope = loaded.policy.scope;
     if (!scope) return;
     syncScopedPods(this.#object.map('runtime_policy_pods'), scope, this.#pods, loaded.pods, (netns) => encode(rtPodKey, { policy_id: loaded.id, netns }));
+    if (scope.containerSelector) syncScopedCgroups(this.#object.map('runtime_policy_cgroups'), scope, this.#pods, loaded.cgroups, (cgroup) => encode(rtCgroupKey, { cgroup_id: cgroup, policy_id: loaded.id }));
   }
 
   #hookStrings(slot: number, hook: CompiledHook): Buffer[] {
@@ -490,6 +556,7 @@ export class PolicyManager {
       nargs: hook.args.length,
       nselectors: hook.selectors.length,
       scoped: loaded.policy.scope ? 1 : 0,
+      containers: loaded.policy.scope?.containerSelector ? 1 : 0,
       args: padded(hook.args.map((a) => ({ offset: a.offset, type: a.kind, size: a.size })), POLICY_LIMITS.args, { offset: 0, type: 0, size: 0 }),
       selectors: padded(selectors, POLICY_LIMITS.selectors, EMPTY_SELECTOR),
     });

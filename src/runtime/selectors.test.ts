@@ -9,7 +9,8 @@ import { after, before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { chmodSync, closeSync, copyFileSync, openSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, copyFileSync, mkdirSync, openSync, statSync, writeFileSync } from 'node:fs';
+import { testCgroup } from '../ebpf/internal/testutils.ts';
 import { join } from 'node:path';
 import { createServer, connect, type AddressInfo } from 'node:net';
 import { RuntimeError, RuntimeObserver } from './index.ts';
@@ -304,6 +305,60 @@ test('podSelector and TracingPolicyNamespaced: only processes in the selected po
   observer.policies.delete(namespaced);
   observer.policies.delete(selected);
   assert.equal(observer.policies.kernelState().pods, 0, 'no scope entry outlives its policy');
+});
+
+test('containerSelector: only the selected containers of the selected pods, by their cgroups, decided in the kernel', async (t) => {
+  const file = tempFile(unique('containers'));
+  const netns = unique('ciliate-ctr');
+  assert.equal(spawnSync('ip', ['netns', 'add', netns]).status, 0);
+  t.after(() => spawnSync('ip', ['netns', 'del', netns]));
+  // Each container's cgroup as runc names it under the test's own cgroup (never the root).
+  const parent = testCgroup(t);
+  const cgroup = (path: string) => {
+    mkdirSync(path);
+    return { path, id: statSync(path, { bigint: true }).ino };
+  };
+  const app = cgroup(join(parent, 'libpod-app1.scope'));
+  const sidecar = cgroup(join(parent, 'libpod-side1.scope'));
+  const nested = cgroup(join(app.path, 'worker'));
+  const containers = [
+    { id: 'app1', name: 'app', image: 'docker.io/library/nginx:1.27', cgroups: [app.id] },
+    { id: 'side1', name: 'sidecar', image: 'docker.io/envoyproxy/envoy@sha256:00', cgroups: [sidecar.id] },
+  ];
+  const pod = { netns: statSync(`/run/netns/${netns}`).ino, namespace: 'prod', labels: { 'k8s:app': 'web' } };
+  observer.policies.setPods([{ ...pod, containers }]);
+  t.after(() => observer.policies.setPods([]));
+  // Joins the cgroup first, then the pod's network namespace, then execs: as a runtime starts a container.
+  const inCgroup = (path: string, podNetns: boolean) => run('/bin/sh', ['-c', `echo $$ > ${path}/cgroup.procs && exec "$@"`, 'sh', ...(podNetns ? ['/usr/bin/nsenter', `--net=/run/netns/${netns}`, '--'] : []), '/usr/bin/cat', file]);
+
+  const name = addPolicy(t, openatPolicy(unique('app-kill'), file, '      matchActions: [{action: Sigkill}]\n', 'TracingPolicyNamespaced', '\n  podSelector:\n    matchLabels: {app: web}\n  containerSelector:\n    matchExpressions: [{key: name, operator: In, values: [app]}]'));
+  assert.deepEqual(observer.policies.cgroupsOf(name), [app.id]);
+  const results = {
+    app: await inCgroup(app.path, true),
+    below: await inCgroup(nested.path, true),
+    sidecar: await inCgroup(sidecar.path, true),
+    podOnly: await inCgroup(parent, true),
+    hostInAppCgroup: await inCgroup(app.path, false),
+  };
+  assert.deepEqual(Object.fromEntries(Object.entries(results).map(([k, r]) => [k, r.signal ?? r.code])), { app: 'SIGKILL', below: 'SIGKILL', sidecar: 0, podOnly: 0, hostInAppCgroup: 0 });
+  assert.equal(observer.policies.get(name)!.stats.signalled, 2n);
+
+  // repo is the image's repository, without tag or digest.
+  const byRepo = addPolicy(t, openatPolicy(unique('repo'), file, '', 'TracingPolicy', '\n  containerSelector:\n    matchLabels: {repo: docker.io/envoyproxy/envoy}'));
+  assert.deepEqual(observer.policies.cgroupsOf(byRepo), [sidecar.id]);
+  observer.policies.delete(byRepo);
+
+  // The container gone from its pod: its cgroup leaves the policy at once.
+  observer.policies.setPods([{ ...pod, containers: containers.slice(1) }]);
+  assert.deepEqual(observer.policies.cgroupsOf(name), []);
+  assert.equal((await inCgroup(app.path, true)).code, 0, 'no longer a selected container');
+  // A pod whose containers are unknown has none to select: the policy holds nothing (fail closed).
+  observer.policies.setPods([{ ...pod, containers: containers.map((c) => ({ ...c, cgroups: [] })) }]);
+  assert.equal(observer.policies.kernelState().cgroups, 0);
+  observer.policies.setPods([{ ...pod, containers }]);
+  assert.equal(observer.policies.kernelState().cgroups, 1);
+  observer.policies.delete(name);
+  assert.equal(observer.policies.kernelState().cgroups, 0, 'no container entry outlives its policy');
 });
 
 test('bad selector values are refused naming the field, and nothing of the policy is loaded', () => {

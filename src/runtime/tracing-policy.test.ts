@@ -109,7 +109,7 @@ test('unknown operators, actions, limits and bad selector values are named by fi
 kind: TracingPolicyNamespaced
 metadata: {name: bad, namespace: default}
 spec:
-  containerSelector: {matchLabels: {name: app}}
+  containerSelector: {matchLabels: {image: nginx}}
   kprobes:
   - call: sys_openat
     syscall: true
@@ -128,7 +128,7 @@ spec:
 `);
   const byField = new Map(problems.map((p) => [p.field, p.reason]));
   const expected: Record<string, RegExp> = {
-    'spec.containerSelector': /no container name or image/,
+    'spec.containerSelector.matchLabels.image': /unknown key "image": want name or repo/,
     'spec.kprobes[0].args[1].type': /kernel object/,
     'spec.kprobes[0].selectors[0].matchArgs[0].operator': /"Contains": want one of Equal, NotEqual, Prefix/,
     'spec.kprobes[0].selectors[0].matchArgs[1].index': /no argument with index 3/,
@@ -157,4 +157,39 @@ spec:
     selectors: [{}, {}, {}, {}, {}, {}]
 `);
   assert.deepEqual(six, [{ field: 'spec.kprobes[0].selectors', reason: 'at most 5 selectors' }]);
+});
+
+test('a containerSelector scopes a policy to containers by name and repo; bad ones are refused whole, by field', () => {
+  const policy = (selector: string, kind = 'TracingPolicy') => `apiVersion: cilium.io/v1alpha1
+kind: ${kind}
+metadata: {name: ctr${kind === 'TracingPolicy' ? '' : ', namespace: default'}}
+spec:
+  containerSelector: ${selector}
+  kprobes:
+  - call: sys_openat
+    args: [{index: 1, type: string}]
+`;
+  // Alone it still scopes the policy: to the selected containers of every pod.
+  const { scope } = compileTracingPolicy(policy('{matchExpressions: [{key: name, operator: In, values: [app]}, {key: repo, operator: Exists}]}'));
+  assert.deepEqual(scope, { namespace: undefined, podSelector: undefined, containerSelector: { matchLabels: {}, matchExpressions: [{ key: 'name', operator: 'In', values: ['app'] }, { key: 'repo', operator: 'Exists', values: [] }] } });
+  assert.deepEqual(compileTracingPolicy(policy('{matchLabels: {name: app}}', 'TracingPolicyNamespaced')).scope, { namespace: 'default', podSelector: undefined, containerSelector: { matchLabels: { name: 'app' }, matchExpressions: [] } });
+  assert.equal(compileTracingPolicy(policy('null')).scope, undefined);
+
+  const problems = problemsOf(policy(`
+    matchLabels: {name: app, image: nginx}
+    matchExpressions:
+    - {key: namespace, operator: In, values: [x]}
+    - {key: name, operator: Contains, values: [x]}
+    - {key: repo, operator: In}
+    - {key: name, operator: DoesNotExist, values: [x]}
+    - {key: name, operator: NotIn, values: [sidecar], extra: 1}`));
+  assert.deepEqual(problems, [
+    { field: 'spec.containerSelector.matchLabels.image', reason: 'unknown key "image": want name or repo' },
+    { field: 'spec.containerSelector.matchExpressions[0].key', reason: 'unknown key "namespace": want name or repo' },
+    { field: 'spec.containerSelector.matchExpressions[1].operator', reason: '"Contains": want In, NotIn, Exists or DoesNotExist' },
+    { field: 'spec.containerSelector.matchExpressions[2].values', reason: 'In wants values' },
+    { field: 'spec.containerSelector.matchExpressions[3].values', reason: 'DoesNotExist takes no values' },
+    { field: 'spec.containerSelector.matchExpressions[4].extra', reason: 'unknown field' },
+  ]);
+  assert.deepEqual(problemsOf(policy('[name]')), [{ field: 'spec.containerSelector', reason: 'want a label selector (matchLabels, matchExpressions)' }]);
 });

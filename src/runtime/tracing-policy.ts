@@ -222,7 +222,15 @@ export interface PolicyScope {
   namespace?: string;
   /** spec.podSelector (a key `k8s:io.kubernetes.pod.namespace` names the pod's namespace). */
   podSelector?: Selector;
+  /**
+   * spec.containerSelector over CONTAINER_SELECTOR_KEYS: only these containers of the selected
+   * pods, told apart in the kernel by their cgroups. A pod whose containers are unknown has none.
+   */
+  containerSelector?: Selector;
 }
+
+/** The keys a containerSelector selects on, as Tetragon has them: a container's name and its image's repository. */
+export const CONTAINER_SELECTOR_KEYS: readonly string[] = ['name', 'repo'];
 
 export interface CompiledTracingPolicy {
   header: TracingPolicyHeader;
@@ -579,8 +587,9 @@ function compileCapabilities(sel: Json, field: string, out: CompiledSelector, pr
 
 const LABEL_OPERATORS = new Set(['In', 'NotIn', 'Exists', 'DoesNotExist']);
 
-/** A Kubernetes label selector (matchLabels, matchExpressions), checked whole. */
-function labelSelector(value: unknown, field: string, problems: PolicyProblem[]): Selector | undefined {
+/** A Kubernetes label selector (matchLabels, matchExpressions), checked whole; `keys`: the only keys it may name. */
+function labelSelector(value: unknown, field: string, problems: PolicyProblem[], keys?: readonly string[]): Selector | undefined {
+  const unknownKey = (key: string, f: string) => keys !== undefined && !keys.includes(key) && problems.push({ field: f, reason: `unknown key ${JSON.stringify(key)}: want ${keys.join(' or ')}` });
   if (!isMap(value)) return void problems.push({ field, reason: 'want a label selector (matchLabels, matchExpressions)' });
   unknownFields(value, new Set(['matchLabels', 'matchExpressions']), field, problems);
   const out: Selector = { matchLabels: {}, matchExpressions: [] };
@@ -589,7 +598,7 @@ function labelSelector(value: unknown, field: string, problems: PolicyProblem[])
   else
     for (const [key, v] of Object.entries(labels)) {
       if (typeof v !== 'string') problems.push({ field: `${field}.matchLabels.${key}`, reason: 'want a string' });
-      else out.matchLabels[key] = v;
+      else if (!unknownKey(key, `${field}.matchLabels.${key}`)) out.matchLabels[key] = v;
     }
   const expressions = value.matchExpressions ?? [];
   if (!Array.isArray(expressions)) problems.push({ field: `${field}.matchExpressions`, reason: 'want a list' });
@@ -599,6 +608,7 @@ function labelSelector(value: unknown, field: string, problems: PolicyProblem[])
       if (!isMap(item)) return void problems.push({ field: f, reason: 'want an object' });
       unknownFields(item, new Set(['key', 'operator', 'values']), f, problems);
       if (typeof item.key !== 'string' || !item.key) return void problems.push({ field: `${f}.key`, reason: 'want a label key' });
+      if (unknownKey(item.key, `${f}.key`)) return;
       if (typeof item.operator !== 'string' || !LABEL_OPERATORS.has(item.operator)) return void problems.push({ field: `${f}.operator`, reason: `${JSON.stringify(item.operator)}: want In, NotIn, Exists or DoesNotExist` });
       const values = item.values ?? [];
       if (!Array.isArray(values) || !values.every((v) => typeof v === 'string')) return void problems.push({ field: `${f}.values`, reason: 'want a list of strings' });
@@ -668,7 +678,9 @@ export function readPolicyScope(doc: Json, problems: PolicyProblem[]): PolicySco
   if (namespaced && (!namespace || !DNS_SUBDOMAIN.test(namespace))) problems.push({ field: 'metadata.namespace', reason: 'a TracingPolicyNamespaced needs its namespace' });
   const spec = isMap(doc.spec) ? doc.spec : {};
   const podSelector = spec.podSelector === undefined || spec.podSelector === null ? undefined : labelSelector(spec.podSelector, 'spec.podSelector', problems);
-  return namespaced || podSelector ? { namespace: namespaced ? namespace : undefined, podSelector } : undefined;
+  const containerSelector = spec.containerSelector === undefined || spec.containerSelector === null ? undefined : labelSelector(spec.containerSelector, 'spec.containerSelector', problems, CONTAINER_SELECTOR_KEYS);
+  if (!namespaced && !podSelector && !containerSelector) return undefined;
+  return { namespace: namespaced ? namespace : undefined, podSelector, ...(containerSelector ? { containerSelector } : {}) };
 }
 
 export function compileTracingPolicy(text: string): CompiledTracingPolicy {
@@ -710,7 +722,6 @@ export function compileTracingPolicy(text: string): CompiledTracingPolicy {
     for (const key of ['nodeSelector', 'lists', 'enforcers', 'options', 'selectorsMacros', 'loader']) {
       if (spec[key] !== undefined && spec[key] !== null && SPEC_FIELDS.has(key)) problems.push({ field: `spec.${key}`, reason: 'not supported yet' });
     }
-    if (spec.containerSelector !== undefined && spec.containerSelector !== null) problems.push({ field: 'spec.containerSelector', reason: "not supported yet: Ciliate's endpoints carry no container name or image to select on" });
     if (spec.hostSelector !== undefined && spec.hostSelector !== null && !(isMap(spec.hostSelector) && Object.keys(spec.hostSelector).length === 0)) problems.push({ field: 'spec.hostSelector', reason: 'want null or {}' });
     checkList(spec, 'kprobes', problems, (kprobe, field) => {
       unknownFields(kprobe, KPROBE_FIELDS, field, problems);

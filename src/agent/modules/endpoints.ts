@@ -7,7 +7,7 @@ import { z } from 'zod';
 import { addressAllocator } from '../../ipam/index.ts';
 import { namedPortsSchema } from '../../loadbalancer/index.ts';
 import { parseRequest } from '../api-errors.ts';
-import type { Endpoint } from '../endpoint.ts';
+import { CONTAINER_ID, type Endpoint } from '../endpoint.ts';
 import { EndpointManager } from '../endpoint-manager.ts';
 import { defineModule } from '../module.ts';
 import { EndpointDatapathCell, EndpointsCell, IdentitiesCell, IpcacheCell, NamespacesCell, NodeCell, NodeRoutingCell, PolicyCell, StoreCell } from './cells.ts';
@@ -19,6 +19,22 @@ export type EndpointView = Endpoint & {
   /** Store revision of the policy state the endpoint's map holds (see `policy wait`). */
   policyRevision?: number;
 };
+
+/** A pod's containers (see EndpointContainer): ids as runtimes write them, each once. */
+const ContainersBody = z
+  .array(
+    z
+      .object({
+        id: z.string().regex(CONTAINER_ID, 'must be a container id (letters, digits, _ . -; what its cgroup is named after)'),
+        name: z.string().min(1).max(253).optional(),
+        image: z.string().min(1).max(1024).optional(),
+      })
+      .strict(),
+  )
+  .max(64)
+  .refine((list) => new Set(list.map((c) => c.id)).size === list.length, 'container ids must be unique');
+/** PUT /v1/endpoints/:id/containers's body: the containers now, or null (unknown again). */
+const ContainersUpdateBody = z.object({ containers: ContainersBody.nullable() }).strict();
 
 /** POST /v1/endpoints's body, which CNI ADD (the cni module) also goes through. */
 export const AddEndpointBody = z
@@ -38,6 +54,7 @@ export const AddEndpointBody = z
       .strict()
       .optional(),
     ports: namedPortsSchema.optional(),
+    containers: ContainersBody.optional(),
   })
   .strict();
 const LabelsBody = z.record(z.string(), z.string({ error: 'label values must be strings' }), { error: 'body must be an object of string labels' });
@@ -112,6 +129,7 @@ export const endpointsModule = defineModule({
     });
     api.route('POST', '/v1/endpoints', async ({ body }) => endpoints.add(parseRequest(AddEndpointBody, body, 'endpoint request')));
     api.route('PUT', '/v1/endpoints/:id/labels', async ({ params, body }) => endpoints.updateLabels(params.id, parseRequest(LabelsBody, body, 'endpoint labels')));
+    api.route('PUT', '/v1/endpoints/:id/containers', async ({ params, body }) => endpoints.updateContainers(params.id, parseRequest(ContainersUpdateBody, body, 'endpoint containers').containers ?? undefined));
     api.route('GET', '/v1/endpoints/:containerId/:ifname/check', async ({ params }) => ({ problems: await endpoints.check(params.containerId, params.ifname) }));
     api.route('DELETE', '/v1/endpoints/:containerId/:ifname', async ({ params }) => ({
       deleted: await endpoints.delete(params.containerId, params.ifname),

@@ -13,7 +13,8 @@ import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { listenAddressSetting, Registry, TetragonMetrics } from '../../metrics/index.ts';
-import { EventExporter, parseEventFilters, RuntimeObserver, TetragonServer, eventTypeOf, processOf, type ScopePod, type TetragonPod } from '../../runtime/index.ts';
+import { EventExporter, parseEventFilters, RuntimeObserver, TetragonServer, containerOfProcess, eventTypeOf, findContainerCgroups, processOf, type ScopePod, type TetragonPod } from '../../runtime/index.ts';
+import type { Endpoint, EndpointContainer } from '../endpoint.ts';
 import { bindAddress } from '../../observer/index.ts';
 import { parseRequest } from '../api-errors.ts';
 import { cell, defineModule } from '../module.ts';
@@ -166,41 +167,45 @@ export const runtimeModule = defineModule({
   },
 });
 
-/** Pod fields of a process in an endpoint's network namespace. */
-function podOf(endpoint: { podName?: string; namespace?: string; containerId: string; labels: Record<string, string> }): TetragonPod {
+/** Pod fields of a process in an endpoint's network namespace; `container`: the one it runs in, when known. */
+function podOf(endpoint: { podName?: string; namespace?: string; containerId: string; labels: Record<string, string> }, container?: EndpointContainer): TetragonPod {
   const labels: Record<string, string> = {};
   // Ciliate's endpoint labels carry their source (k8s:app=x); Tetragon's pod_labels do not.
   for (const [key, value] of Object.entries(endpoint.labels)) labels[key.replace(/^k8s:/, '')] = value;
   const name = endpoint.podName ?? endpoint.containerId;
-  return { namespace: endpoint.namespace ?? 'default', name, container: { id: endpoint.containerId }, pod_labels: labels, workload: name };
+  const tetragonContainer = container ? { id: container.id, name: container.name, image: container.image ? { name: container.image } : undefined } : { id: endpoint.containerId };
+  return { namespace: endpoint.namespace ?? 'default', name, container: tetragonContainer, pod_labels: labels, workload: name };
+}
+
+/** An endpoint whose network namespace the runtime sensor saw, and what scoped policies read of it. */
+interface PodEntry {
+  endpoint: Endpoint;
+  netns: number;
+  /** Its containers' ids (none known: empty). */
+  ids: Set<string>;
 }
 
 export const runtimePodsModule = defineModule({
   name: 'runtime-pods',
-  description: 'names the pod of each process the runtime sensor sees, and scopes tracing policies to pods in the kernel, from the endpoints holding their network namespaces',
+  description: 'names the pod (and container) of each process the runtime sensor sees, and scopes tracing policies to pods and containers in the kernel, from the endpoints holding their network namespaces and the cgroups of their containers',
   needs: { runtime: RuntimeCell, endpoints: EndpointsCell },
   start({ runtime, endpoints }, { log }) {
     if (!runtime) return { value: undefined };
-    let byNetns = new Map<number, TetragonPod>();
+    const root = cgroup2Root();
+    let byNetns = new Map<number, PodEntry>();
+    /** Each known container's cgroups, by container id: found under the cgroup root, or by a process in one. */
+    let cgroups = new Map<string, bigint[]>();
+    /** The container of each cgroup a process was seen in (null: none), for pod resolution. */
+    let byCgroup = new Map<bigint, { id: string } | null>();
     let indexed = -1;
-    // Rebuilt when the endpoint table changes, not per exec: one stat per endpoint per change.
-    const index = () => {
-      const revision = endpoints.table.revision;
-      if (revision === indexed) return;
-      indexed = revision;
-      const next = new Map<number, TetragonPod>();
-      const scoped: ScopePod[] = [];
-      for (const endpoint of endpoints.list()) {
-        try {
-          const netns = statSync(endpoint.netns).ino;
-          next.set(netns, podOf(endpoint));
-          scoped.push({ netns, namespace: endpoint.namespace ?? 'default', labels: endpoint.labels });
-        } catch {
-          // A namespace gone before its endpoint: no process can be in it.
-        }
-      }
-      byNetns = next;
-      // podSelector and namespaced policies follow the pods as they come and go.
+    // podSelector, namespaced and containerSelector policies follow the pods and containers.
+    const rescope = () => {
+      const scoped: ScopePod[] = [...byNetns.values()].map(({ endpoint, netns }) => ({
+        netns,
+        namespace: endpoint.namespace ?? 'default',
+        labels: endpoint.labels,
+        ...(endpoint.containers ? { containers: endpoint.containers.map((c) => ({ ...c, cgroups: cgroups.get(c.id) ?? [] })) } : {}),
+      }));
       try {
         runtime.setScopePods(scoped);
       } catch (error) {
@@ -208,9 +213,49 @@ export const runtimePodsModule = defineModule({
         log.error({ err: error }, 'tracing policies not rescoped to the pods');
       }
     };
-    runtime.setPodResolver(({ netns }) => {
+    // Rebuilt when the endpoint table changes, not per exec: one stat per endpoint per change, and
+    // a walk of the cgroup tree when endpoints name containers.
+    const index = () => {
+      const revision = endpoints.table.revision;
+      if (revision === indexed) return;
+      indexed = revision;
+      const next = new Map<number, PodEntry>();
+      for (const endpoint of endpoints.list()) {
+        try {
+          const netns = statSync(endpoint.netns).ino;
+          next.set(netns, { endpoint, netns, ids: new Set((endpoint.containers ?? []).map((c) => c.id)) });
+        } catch {
+          // A namespace gone before its endpoint: no process can be in it.
+        }
+      }
+      byNetns = next;
+      cgroups = findContainerCgroups(root, new Set([...next.values()].flatMap((entry) => [...entry.ids])));
+      byCgroup = new Map();
+      for (const [id, list] of cgroups) for (const cgroup of list) byCgroup.set(cgroup, { id });
+      rescope();
+    };
+    // A container's cgroup made after its endpoint named it (podman runs CNI before runc makes
+    // the cgroup) is learned from the first process seen in it; its policies apply from then on.
+    const containerOf = (entry: PodEntry, pid: number, cgroup: bigint): EndpointContainer | undefined => {
+      if (entry.ids.size === 0) return undefined;
+      let known = cgroup ? byCgroup.get(cgroup) : undefined;
+      if (known === undefined) {
+        const found = containerOfProcess(root, pid, entry.ids);
+        if (found === undefined) return undefined;
+        known = found && { id: found.id };
+        if (cgroup) byCgroup.set(cgroup, known);
+        if (found && !cgroups.get(found.id)?.includes(found.cgroup)) {
+          cgroups.set(found.id, [...(cgroups.get(found.id) ?? []), found.cgroup]);
+          byCgroup.set(found.cgroup, known);
+          rescope();
+        }
+      }
+      return known ? entry.endpoint.containers?.find((c) => c.id === known.id) : undefined;
+    };
+    runtime.setPodResolver(({ pid, netns, cgroupId }) => {
       index();
-      return byNetns.get(netns);
+      const entry = byNetns.get(netns);
+      return entry && podOf(entry.endpoint, containerOf(entry, pid, cgroupId));
     });
     const stopped = new AbortController();
     void (async () => {

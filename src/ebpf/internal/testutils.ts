@@ -4,7 +4,7 @@
  * @module
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, rmSync, rmdirSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync, rmdirSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
@@ -89,20 +89,29 @@ export function ping(netns: string, address: string, count = 3): boolean {
 
 const CGROUP2_ROOT = existsSync('/sys/fs/cgroup/unified/cgroup.procs') ? '/sys/fs/cgroup/unified' : '/sys/fs/cgroup';
 
-/** A fresh cgroup v2 directory (never the root), removed at test end after its processes left. */
+/**
+ * A fresh cgroup v2 directory (never the root), removed at test end after its processes left,
+ * with the cgroups a test made inside it (a container's under a test's own), deepest first.
+ */
 export function testCgroup(t: TestContext): string {
   const path = join(CGROUP2_ROOT, `ciliate-test-${uniqueId()}`);
   mkdirSync(path);
-  t.after(() => {
+  const remove = (dir: string): void => {
     try {
-      // Move anything still inside back to the root so the directory can be removed.
-      const pids = readFileSync(join(path, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean);
-      for (const pid of pids) writeFileSync(join(CGROUP2_ROOT, 'cgroup.procs'), pid);
-      rmdirSync(path);
+      for (const child of readdirSync(dir, { withFileTypes: true })) if (child.isDirectory()) remove(join(dir, child.name));
     } catch {
       // already gone
     }
-  });
+    try {
+      // Move anything still inside back to the root so the directory can be removed.
+      const pids = readFileSync(join(dir, 'cgroup.procs'), 'utf8').split('\n').filter(Boolean);
+      for (const pid of pids) writeFileSync(join(CGROUP2_ROOT, 'cgroup.procs'), pid);
+      rmdirSync(dir);
+    } catch {
+      // already gone
+    }
+  };
+  t.after(() => remove(path));
   return path;
 }
 
