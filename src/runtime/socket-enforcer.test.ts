@@ -17,6 +17,7 @@ import { SOCKET_OBJECT_PATH, type SocketEnforcer } from './socket-enforcer.ts';
 import { compileSocketPolicy, seEvent, seFilter, seList, sePodKey, seRule, seSelector, seStats, seValue } from './socket-policy.ts';
 import { stringKeyLayout } from './policy.ts';
 import { TestPod } from './socket-testutils.ts';
+import { seAddrKey, seIdentityKey } from './socket-destinations.ts';
 
 const pod = new TestPod();
 const { id, server, appBinary, otherBinary } = pod;
@@ -45,7 +46,7 @@ async function kprobeEvents(t: TestContext, policy: string, count: number): Prom
 
 test('socket enforcement codecs match bpf/sock_enforce.h in size and field offsets', () => {
   const btf = Btf.fromElf(SOCKET_OBJECT_PATH);
-  for (const codec of [seValue, seFilter, seSelector, seRule, seList, seStats, seEvent, sePodKey, stringKeyLayout]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
+  for (const codec of [seValue, seFilter, seSelector, seRule, seList, seStats, seEvent, sePodKey, seIdentityKey, seAddrKey, stringKeyLayout]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
 });
 
 test("one binary of a pod is refused a destination its other binary reaches, decided in the kernel and reported naming the binary", async (t) => {
