@@ -80,6 +80,9 @@ test('a policy with a bad destination is refused whole, naming each value; witho
   assert.match(problems(policy('DIdentity', ['k8s:app=db'], 'sys_bind'), true)[`${at}.operator`], /bind's sockaddr is the local address/);
   const ok = compileSocketPolicy(policy('NotDIdentity', ['k8s:app=db', 'world']), 0, { destinations: true });
   assert.equal(ok?.rules[0].selectors[0].args[0].identities?.length, 2);
+  // Only the socket hooks know a destination's identity: a policy that merely posts goes there too.
+  const post = compileSocketPolicy(policy('DIdentity', ['k8s:app=db']).replace('Override, argError: -1', 'Post'), 0, { destinations: true });
+  assert.equal(post?.rules[0].selectors[0].action, 'POST');
 });
 
 /** What an agent knows, as plain data: identities, the ipcache's answers and services. */

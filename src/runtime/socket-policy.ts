@@ -185,10 +185,20 @@ export function seCidr(prefix: Prefix): SeValue {
 
 const number = (lo: bigint): SeValue => ({ lo, hi: 0n, mask_lo: 0n, mask_hi: 0n });
 
-/** Whether a policy document asks for Override anywhere (then it is compiled here, or refused). */
+const DESTINATION_OPERATORS = new Set(['DIdentity', 'NotDIdentity', 'DService', 'NotDService']);
+
+/**
+ * Whether a policy document asks for Override anywhere, or names a destination by identity or
+ * service (which only the socket hooks know, even to post): then it is compiled here, or refused.
+ */
 export function wantsSocketEnforcement(doc: unknown): boolean {
   if (!isMap(doc) || !isMap(doc.spec) || !Array.isArray(doc.spec.kprobes)) return false;
-  return doc.spec.kprobes.some((k) => isMap(k) && Array.isArray(k.selectors) && k.selectors.some((s) => isMap(s) && Array.isArray(s.matchActions) && s.matchActions.some((a) => isMap(a) && typeof a.action === 'string' && a.action.toLowerCase() === 'override')));
+  const selectors = doc.spec.kprobes.flatMap((k) => (isMap(k) && Array.isArray(k.selectors) ? k.selectors.filter(isMap) : []));
+  return selectors.some(
+    (s) =>
+      (Array.isArray(s.matchActions) && s.matchActions.some((a) => isMap(a) && typeof a.action === 'string' && a.action.toLowerCase() === 'override')) ||
+      (Array.isArray(s.matchArgs) && s.matchArgs.some((a) => isMap(a) && typeof a.operator === 'string' && DESTINATION_OPERATORS.has(a.operator))),
+  );
 }
 
 function compileArgs(list: unknown, hook: SocketHookName, field: string, problems: PolicyProblem[]): SocketArg[] {
