@@ -16,6 +16,11 @@
  *
  * A datagram sent to an address (sendmsg4/6, no connect) is judged as a connect to it: otherwise
  * a UDP client would walk past every connect rule.
+ *
+ * A destination may be named by identity (DIdentity: the datapath's ipcache, shared by its pin,
+ * gives the address's identity; the agent fills each filter's set with the identities its label
+ * selectors select) or by service (DService: the agent fills the set with the service's frontends
+ * and backends). Both sets follow identities, pods and services as they change, with no reload.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -24,6 +29,7 @@
 #include "sock_enforce.h"
 #include "task_pids.h"
 #include "ringbuf_lost.h"
+#include "ipcache.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -62,6 +68,24 @@ struct {
 	__type(key, struct se_pod_key);
 	__type(value, __u8);
 } sock_enforce_pods SEC(".maps");
+
+/* DIdentity sets: the identities each filter's selectors select. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct se_identity_key);
+	__type(value, __u8);
+} sock_enforce_identities SEC(".maps");
+
+/* DService sets (frontends and backends), and DIdentity sets' service frontends. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct se_addr_key);
+	__type(value, __u8);
+} sock_enforce_addrs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -116,6 +140,8 @@ struct se_scratch {
 	__u32 netns;
 	__u32 binary_state; /* 0: not read yet, 1: read, 2: unreadable */
 	__s32 verdict;      /* 0, or the errno the call is refused with */
+	__u32 dst_identity; /* the destination's identity once looked up (lazily), 0 before */
+	__u32 _pad;
 	struct string_key bin;
 	struct string_key rev;
 	struct se_exe_cached cache;
@@ -250,10 +276,54 @@ static __always_inline bool binary_match(struct se_scratch *s, __u32 filter, __u
 	return positive ? found : !found;
 }
 
+/* ---- destinations by identity or service ---- */
+
+/* The destination's identity as the datapath knows it: the ipcache's longest prefix, world when
+ * it knows nothing (as bpf_lxc counts such a destination). The ipcache is IPv4: an IPv6
+ * destination other than an IPv4-mapped one is world. */
+static __always_inline __u32 dest_identity(struct se_scratch *s)
+{
+	if (s->dst_identity)
+		return s->dst_identity;
+	__u32 id = IDENTITY_WORLD;
+	if (s->addr_lo == 0 && (__u32)s->addr_hi == 0xffff0000) {
+		struct ipcache_key key = { .prefixlen = 32, .ip = (__be32)(s->addr_hi >> 32) };
+		struct remote_endpoint_info *info = bpf_map_lookup_elem(&ciliate_ipcache, &key);
+		if (info && info->sec_identity)
+			id = info->sec_identity;
+	}
+	s->dst_identity = id;
+	return id;
+}
+
+/* Whether the destination is in the filter's set. A service frontend is judged by its entry (the
+ * agent's verdict on its backends), since the hook may run before the socket LB's connect4 has
+ * translated it (a cgroup below the LB's) or after (the same cgroup, or above): either way the
+ * address seen is a frontend or a backend the sets hold. */
+static __always_inline bool dest_in_set(struct se_scratch *s, struct se_filter *f)
+{
+	bool positive = f->op == SE_OP_IDENTITY || f->op == SE_OP_SERVICE;
+	/* No destination (a socket() hook): never matched, as an address filter. */
+	if (s->family != AF_INET && s->family != AF_INET6)
+		return false;
+	struct se_addr_key key = { .set = f->set, .port = s->port, .protocol = s->protocol, .lo = s->addr_lo, .hi = s->addr_hi };
+	__u8 *member = bpf_map_lookup_elem(&sock_enforce_addrs, &key);
+	bool found = false;
+	if (member) {
+		found = *member != 0;
+	} else if (f->op == SE_OP_IDENTITY || f->op == SE_OP_NOT_IDENTITY) {
+		struct se_identity_key ikey = { .set = f->set, .identity = dest_identity(s) };
+		found = bpf_map_lookup_elem(&sock_enforce_identities, &ikey) != NULL;
+	}
+	return positive ? found : !found;
+}
+
 /* ---- selectors ---- */
 
 static __always_inline bool values_match(struct se_scratch *s, struct se_filter *f)
 {
+	if (f->op >= SE_OP_IDENTITY && f->op <= SE_OP_NOT_SERVICE)
+		return dest_in_set(s, f);
 	__u64 v = 0;
 	switch (f->field) {
 	case SE_F_FAMILY:
@@ -388,7 +458,7 @@ static __always_inline void emit(struct se_scratch *s, __u32 slot, struct se_rul
 	ev->protocol = s->protocol;
 	__builtin_memcpy(ev->addr, &s->addr_lo, 8);
 	__builtin_memcpy(ev->addr + 8, &s->addr_hi, 8);
-	ev->_pad = 0;
+	ev->dst_identity = s->dst_identity;
 	event_binary(ev, s);
 	/* A refusal wakes the reader at once; a plain post waits for the ring's own wakeup. */
 	bpf_ringbuf_submit(ev, action == SE_ACTION_OVERRIDE ? BPF_RB_FORCE_WAKEUP : 0);
@@ -466,6 +536,7 @@ static __always_inline __s32 judge(struct se_scratch *s, __u32 hook)
 	s->netns = BPF_CORE_READ(task, nsproxy, net_ns, ns.inum);
 	s->binary_state = 0;
 	s->verdict = 0;
+	s->dst_identity = 0;
 	struct judge_ctx j = { .s = s, .list = list };
 	bpf_loop(SE_RULES, rule_step, &j, 0);
 	return s->verdict;

@@ -54,6 +54,10 @@ enum se_op {
 	SE_OP_NOT_PREFIX,
 	SE_OP_POSTFIX,
 	SE_OP_NOT_POSTFIX,
+	SE_OP_IDENTITY,     /* DIdentity: the destination's identity (or the service frontend) in the set */
+	SE_OP_NOT_IDENTITY,
+	SE_OP_SERVICE,      /* DService: the destination (address, port, protocol) in the set */
+	SE_OP_NOT_SERVICE,
 };
 
 enum se_action {
@@ -75,7 +79,9 @@ struct se_filter {
 	__u8 field;
 	__u8 op;
 	__u8 nvalues;
-	__u8 _pad[5];
+	__u8 _pad;
+	__u32 set;        /* DIdentity / DService: the filter's set in sock_enforce_identities and
+			   * sock_enforce_addrs, filled by the agent as identities and services change */
 	struct se_value values[SE_VALUES];
 };
 
@@ -109,6 +115,24 @@ struct se_rule {
 struct se_pod_key {
 	__u32 policy_id;
 	__u32 netns;
+};
+
+/* A destination set's identity: the ipcache's identity of the destination address. */
+struct se_identity_key {
+	__u32 set;
+	__u32 identity;
+};
+
+/* A destination set's address: a service's frontend or backend (DService), or a frontend whose
+ * backends decide (DIdentity: value 1 in the set, 0 not, whatever the ipcache says of the
+ * frontend's address, which is no workload's). Address as struct se_value's, port host order. */
+struct se_addr_key {
+	__u32 set;
+	__u16 port;
+	__u8 protocol;
+	__u8 _pad;
+	__u64 lo;
+	__u64 hi;
 };
 
 /* The rules of one hook, run in this order. */
@@ -149,6 +173,6 @@ struct se_event {
 	__u32 protocol;
 	__u8 addr[16];    /* IPv6, or IPv4 as ::ffff:a.b.c.d */
 	__u32 binary_len; /* without the NUL */
-	__u32 _pad;
+	__u32 dst_identity; /* the destination's identity, when a DIdentity filter looked it up; 0 if not */
 	char binary[SE_STR];
 };

@@ -11,17 +11,11 @@
 
 #include "common.h"
 #include "policy.h"
+#include "ipcache.h"
 
 #ifndef ETH_ALEN
 #define ETH_ALEN 6
 #endif
-
-/* Reserved security identities (Cilium's pkg/identity/numericidentity.go). */
-#define IDENTITY_UNKNOWN 0
-#define IDENTITY_HOST 1
-#define IDENTITY_WORLD 2
-/* Another node of the cluster (its host), e.g. in the VNI of its host-routed tunnel traffic. */
-#define IDENTITY_REMOTE_NODE 6
 
 /* --- ciliate_lxc: local endpoints by IPv4 address (Cilium's cilium_lxc) --- */
 
@@ -61,31 +55,6 @@ struct {
 	__type(key, __u32);	/* ifindex of the host-side veth */
 	__type(value, struct endpoint_key);
 } ciliate_lxc_ifindex SEC(".maps");
-
-/* --- ciliate_ipcache: identity (and tunnel endpoint) of any address, longest prefix wins --- */
-
-struct ipcache_key {
-	__u32 prefixlen;	/* bits of `ip` that count: 32 for a host */
-	__be32 ip;
-};
-
-/* The tunnel endpoint field holds a node to encapsulate to. */
-#define IPCACHE_F_HAS_TUNNEL_EP 0x01
-
-struct remote_endpoint_info {
-	__u32 sec_identity;
-	__be32 tunnel_endpoint;
-	__u8 flags;		/* IPCACHE_F_* */
-	__u8 _pad[3];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 512 * 1024);
-	__uint(map_flags, BPF_F_NO_PREALLOC);	/* the kernel requires it of LPM tries */
-	__type(key, struct ipcache_key);
-	__type(value, struct remote_endpoint_info);
-} ciliate_ipcache SEC(".maps");
 
 /* --- ciliate_ct4: IPv4 connection tracking (Cilium's cilium_ct4_global) --- */
 

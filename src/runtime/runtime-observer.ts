@@ -14,6 +14,7 @@ import { CAPABILITIES, NAMESPACES, POLICY_ARG_SLOT, type ExitRecord, type Namesp
 import { PolicyManager, seedBinaries, seedProcesses, type ScopePod } from './policy.ts';
 import { RuntimePolicies } from './runtime-policies.ts';
 import { SocketEnforcer, socketKprobeBody, type SocketRecord } from './socket-enforcer.ts';
+import type { SocketDestinations } from './socket-destinations.ts';
 import type { CompiledArg } from './tracing-policy.ts';
 import type { TetragonAction, TetragonArg, TetragonCapabilities, TetragonEvent, TetragonNamespaces, TetragonPod, TetragonProcess } from './types.ts';
 
@@ -133,6 +134,7 @@ export class RuntimeObserver {
   #tracepoints = 0;
   #policies: RuntimePolicies | undefined;
   #scopePods: ScopePod[] = [];
+  #destinations: SocketDestinations | undefined;
 
   constructor(options: RuntimeObserverOptions) {
     this.#options = options;
@@ -158,7 +160,7 @@ export class RuntimeObserver {
       onError: (error) => this.#options.onError?.(error),
     });
     const sockets = this.#options.enforceCgroup
-      ? new SocketEnforcer({ cgroup: this.#options.enforceCgroup, onRecord: (record) => this.#onSocketRecord(record), onError: (error) => this.#options.onError?.(error) })
+      ? new SocketEnforcer({ cgroup: this.#options.enforceCgroup, destinations: this.#destinations, onRecord: (record) => this.#onSocketRecord(record), onError: (error) => this.#options.onError?.(error) })
       : undefined;
     this.#policies = new RuntimePolicies(this.#sensor.object, sockets, this.#hostNs.net);
     this.#policies.setPods(this.#scopePods);
@@ -197,6 +199,14 @@ export class RuntimeObserver {
    */
   setPodResolver(resolve: RuntimeObserverOptions['resolvePod']): void {
     this.#resolvePod = resolve;
+  }
+
+  /**
+   * What the full agent knows of destinations (identities, the ipcache, services), for socket
+   * rules by identity or service; set before start(). Without it such rules are refused.
+   */
+  setSocketDestinations(destinations: SocketDestinations | undefined): void {
+    this.#destinations = destinations;
   }
 
   /**

@@ -23,7 +23,7 @@ export class RuntimePolicies extends PolicyManager {
   }
 
   override add(text: string): PolicyStatus {
-    const socket = compileSocketPolicy(text, this.#hostNetns);
+    const socket = compileSocketPolicy(text, this.#hostNetns, { destinations: this.sockets?.hasDestinations === true });
     // The name is checked across both before the tracepoint engine writes anything (nameTaken).
     if (!socket) return super.add(text);
     if (!this.sockets) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${socket.header.name}: Override is served at the cgroup socket hooks, and no enforce cgroup is configured (--runtime-enforce-cgroup)`, { details: [{ field: 'spec.kprobes', reason: 'no enforce cgroup configured' }] });

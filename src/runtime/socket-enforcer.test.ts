@@ -13,10 +13,15 @@ import { chmodSync, copyFileSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Btf, checkLayout } from '../ebpf/index.ts';
 import { RuntimeError, RuntimeObserver, type TetragonEvent, type TetragonProcessKprobe } from './index.ts';
-import { SOCKET_OBJECT_PATH, type SocketEnforcer } from './socket-enforcer.ts';
+import { SOCKET_OBJECT_PATH, SocketEnforcer, type SocketRecord } from './socket-enforcer.ts';
 import { compileSocketPolicy, seEvent, seFilter, seList, sePodKey, seRule, seSelector, seStats, seValue } from './socket-policy.ts';
 import { stringKeyLayout } from './policy.ts';
 import { TestPod } from './socket-testutils.ts';
+import { seAddrKey, seIdentityKey, type SocketDestinations } from './socket-destinations.ts';
+import { BpfMap } from '../ebpf/index.ts';
+import { pinDir } from '../ebpf/internal/testutils.ts';
+import { ipcacheKey, remoteEndpointInfo } from '../datapath/index.ts';
+import { until } from '../../test/support/cluster.ts';
 
 const pod = new TestPod();
 const { id, server, appBinary, otherBinary } = pod;
@@ -45,7 +50,7 @@ async function kprobeEvents(t: TestContext, policy: string, count: number): Prom
 
 test('socket enforcement codecs match bpf/sock_enforce.h in size and field offsets', () => {
   const btf = Btf.fromElf(SOCKET_OBJECT_PATH);
-  for (const codec of [seValue, seFilter, seSelector, seRule, seList, seStats, seEvent, sePodKey, stringKeyLayout]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
+  for (const codec of [seValue, seFilter, seSelector, seRule, seList, seStats, seEvent, sePodKey, seIdentityKey, seAddrKey, stringKeyLayout]) assert.deepEqual(checkLayout(codec, btf), [], codec.name);
 });
 
 test("one binary of a pod is refused a destination its other binary reaches, decided in the kernel and reported naming the binary", async (t) => {
@@ -322,6 +327,65 @@ spec:
   assert.deepEqual(pod.cgroupPrograms(), [], 'nothing attached');
   // A policy without Override is not this compiler's: the tracepoint engine takes it.
   assert.equal(compileSocketPolicy(bad.replaceAll('Override', 'Post')), undefined);
+});
+
+test('by identity in the kernel: the ipcache names the destination, the rule\'s set follows identities and the ipcache as they change, a dual-stack socket meets the IPv4 rule', async (t) => {
+  const ipcacheDir = pinDir(t);
+  const identities = [
+    { id: 300, labels: { 'k8s:app': 'db' } as Record<string, string> },
+    { id: 302, labels: { 'k8s:app': 'web' } as Record<string, string> },
+  ];
+  const listeners = new Set<() => void>();
+  const destinations: SocketDestinations = {
+    ipcachePinDir: ipcacheDir,
+    identities: () => identities,
+    hasService: () => false,
+    frontends: () => [],
+    identityOf: () => 2,
+    subscribe: (listener) => (listeners.add(listener), () => listeners.delete(listener)),
+  };
+  const records: SocketRecord[] = [];
+  const enforcer = new SocketEnforcer({ cgroup: pod.cgroup, destinations, onRecord: (r) => records.push(r), onError: (error) => assert.fail(String(error)) });
+  t.after(() => enforcer.close());
+  const name = `web-only-${id}`;
+  // Every binary but the application may reach web only.
+  enforcer.add(compileSocketPolicy(`apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: ${name}}
+spec:
+  kprobes:
+  - call: sys_connect
+    args: [{index: 1, type: sockaddr}]
+    selectors:
+    - matchBinaries: [{operator: NotIn, values: [${appBinary}]}]
+      matchArgs: [{index: 1, operator: NotDIdentity, values: ["k8s:app=web"]}]
+      matchActions: [{action: Override, argError: -1}]
+`, 0, { destinations: true })!);
+  // The object made the pin (in the agent it is the datapath's, made first): the test fills it as the datapath's ipcache.
+  const ipcache = BpfMap.openPinned(join(ipcacheDir, 'ciliate_ipcache'), ipcacheKey, remoteEndpointInfo);
+  t.after(() => ipcache.close());
+  const mapped = () => {
+    const r = pod.run(process.execPath, ['-e', `const c = require('net').connect({ host: '::ffff:${server}', port: 8080 }); c.on('connect', () => { console.log('connected'); c.destroy(); }); c.on('error', (e) => console.log(e.code));`]);
+    return r.stdout.trim();
+  };
+  const at = (identity: number) => ipcache.update({ prefixlen: 32, ip: server }, { sec_identity: identity, tunnel_endpoint: '0.0.0.0', flags: 0 });
+
+  assert.match(pod.connect(otherBinary).stderr, /Operation not permitted/, 'unknown to the ipcache: world, not web');
+  assert.match(pod.connect(appBinary).stdout, /connected/, 'the application is not judged');
+  at(302);
+  assert.match(pod.connect(otherBinary).stdout, /connected/, 'the ipcache says web');
+  assert.equal(mapped(), 'connected');
+  at(300);
+  assert.match(pod.connect(otherBinary).stderr, /Operation not permitted/, 'the ipcache says db');
+  assert.equal(mapped(), 'EPERM', 'a dual-stack socket to the IPv4-mapped address is judged by the same identity');
+  await until('the refusal records', () => records.length >= 2, 5000);
+  assert.deepEqual(records.slice(-2).map((r) => [r.dstIdentity, r.binary]), [[300, otherBinary], [300, process.execPath]], 'the identity the kernel found, and the binary');
+  // The identity's labels change (as a new identity would come): the set follows without a reload.
+  identities[0].labels = { 'k8s:app': 'web' };
+  for (const listener of listeners) listener();
+  await until('db relabelled web reachable', () => /connected/.test(pod.connect(otherBinary).stdout), 5000);
+  enforcer.delete(name);
+  assert.equal(enforcer.loaded, false, 'the last policy closed the object, its sets with it');
 });
 
 test('stopping the observer with a socket policy loaded leaves no program on the cgroup', () => {

@@ -14,7 +14,8 @@ import { Addr } from '../net/index.ts';
 import type { TetragonArg, TetragonProcessKprobe } from './types.ts';
 import { RuntimeError } from './errors.ts';
 import { alreadyLoaded, padded, stringKeys, syncScopedPods, u32Key, type PolicyStats, type PolicyStatus, type ScopePod } from './policy.ts';
-import { SE_EVENT_FLAG_BINARY_UNKNOWN, SOCKET_POLICY_LIMITS, SeAction, SeField, SocketHook, seEvent, sePodKey, seList, seRule, seStats, type CompiledSocketPolicy, type SeValue, type SocketHookName, type SocketRule } from './socket-policy.ts';
+import { destinationEntries, type DestinationEntries, type DestinationFilter, type SocketDestinations } from './socket-destinations.ts';
+import { SE_EVENT_FLAG_BINARY_UNKNOWN, SOCKET_POLICY_LIMITS, SeAction, SeField, SeOp, SocketHook, seEvent, sePodKey, seList, seRule, seStats, type CompiledSocketPolicy, type SeValue, type SocketHookName, type SocketRule } from './socket-policy.ts';
 
 export const SOCKET_OBJECT_PATH = join(import.meta.dirname, '../../build/bpf/bpf_sock_enforce.o');
 
@@ -45,6 +46,8 @@ export interface SocketRecord {
   protocol: number;
   /** The binary the kernel judged (its exe's path); undefined when it could not be read. */
   binary: string | undefined;
+  /** The destination's identity, when a DIdentity filter looked it up in the ipcache; 0 if none did. */
+  dstIdentity: number;
 }
 
 const HOOK_NAMES: SocketHookName[] = ['connect', 'bind', 'socket'];
@@ -84,6 +87,7 @@ export function decodeSocketRecord(bytes: Buffer): SocketRecord | undefined {
     type: e.type,
     protocol: e.protocol,
     binary,
+    dstIdentity: e.dst_identity,
   };
 }
 
@@ -108,17 +112,22 @@ export interface SocketEnforcerOptions {
   /** The cgroup v2 directory whose processes (and descendants') the rules apply to. */
   cgroup: string;
   objectPath?: string;
+  /** The full agent's identities, ipcache and services, for DIdentity and DService; undefined: such rules are refused. */
+  destinations?: SocketDestinations;
   onRecord(record: SocketRecord): void;
   onError(error: unknown): void;
 }
 
 const EMPTY_VALUE: SeValue = { lo: 0n, hi: 0n, mask_lo: 0n, mask_hi: 0n };
-const EMPTY_FILTER = { field: 0, op: 0, nvalues: 0, values: Array<SeValue>(SOCKET_POLICY_LIMITS.values).fill(EMPTY_VALUE) };
+const EMPTY_FILTER = { field: 0, op: 0, nvalues: 0, set: 0, values: Array<SeValue>(SOCKET_POLICY_LIMITS.values).fill(EMPTY_VALUE) };
 const EMPTY_SELECTOR = { nargs: 0, bin_op: 0, pid_op: 0, npids: 0, netns_op: 0, nnetns: 0, action: 0, pid_flags: 0, error: 0, bin_key: 0, pids: Array<number>(SOCKET_POLICY_LIMITS.pids).fill(0), netns: Array<number>(SOCKET_POLICY_LIMITS.netns).fill(0), args: Array(SOCKET_POLICY_LIMITS.matchArgs).fill(EMPTY_FILTER) };
 const EMPTY_RULE = encode(seRule, { policy_id: 0, hook: 0, nselectors: 0, scoped: 0, selectors: Array(SOCKET_POLICY_LIMITS.selectors).fill(EMPTY_SELECTOR) });
 
 /** A selector's binaries' key in sock_enforce_strings. */
 const binaryFilter = (slot: number, selector: number) => (slot << 4) | selector;
+/** A DIdentity or DService filter's set in sock_enforce_identities and sock_enforce_addrs. */
+const destinationSet = (slot: number, selector: number, filter: number) => slot * 32 + selector * SOCKET_POLICY_LIMITS.matchArgs + filter;
+const isDestination = (f: { identities?: unknown; services?: unknown }) => f.identities !== undefined || f.services !== undefined;
 
 export class SocketEnforcer {
   readonly #options: SocketEnforcerOptions;
@@ -132,13 +141,36 @@ export class SocketEnforcer {
   /** Losses counted by rings of objects closed since (the counter goes with its object). */
   #lostBefore = 0n;
   #nextId = 1;
+  /** What the destination sets hold in the kernel now. */
+  #written: DestinationEntries = { identities: new Map(), addrs: new Map() };
+  #unsubscribe: (() => void) | undefined;
+  #syncQueued = false;
 
   constructor(options: SocketEnforcerOptions) {
     this.#options = options;
+    // Identities, pods and services change in bursts: the sets are recomputed once per burst.
+    this.#unsubscribe = options.destinations?.subscribe(() => {
+      if (this.#syncQueued) return;
+      this.#syncQueued = true;
+      setImmediate(() => {
+        this.#syncQueued = false;
+        try {
+          this.#syncDestinations();
+        } catch (error) {
+          // A full map: what was written stays; the next change retries.
+          this.#options.onError(error);
+        }
+      });
+    });
   }
 
   get cgroup(): string {
     return this.#options.cgroup;
+  }
+
+  /** Whether DIdentity and DService rules can be served (the full agent gave its destinations). */
+  get hasDestinations(): boolean {
+    return this.#options.destinations !== undefined;
   }
 
   has(name: string): boolean {
@@ -152,6 +184,7 @@ export class SocketEnforcer {
     const free: number[] = [];
     for (let slot = 0; slot < SOCKET_POLICY_LIMITS.rules && free.length < policy.rules.length; slot++) if (!this.#bySlot.has(slot)) free.push(slot);
     if (free.length < policy.rules.length) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name}: ${policy.rules.length} socket hooks, ${free.length} of ${SOCKET_POLICY_LIMITS.rules} slots free`, { details: [{ field: 'spec.kprobes', reason: 'too many socket hooks loaded' }] });
+    this.#checkDestinations(policy);
     const object = this.#open();
     const loaded: Loaded = { id: this.#nextId++, policy, slots: free.slice(0, policy.rules.length), strings: [], pods: new Set(), createdAt: new Date() };
     try {
@@ -170,6 +203,8 @@ export class SocketEnforcer {
         this.#bySlot.set(slot, { loaded, rule });
       });
       this.#byName.set(name, loaded);
+      // Its destination sets before its rules are listed: a rule never runs on an empty set.
+      this.#syncDestinations();
       // Its pods before its rules are listed: a scoped rule never runs without them.
       this.#writePods(loaded);
       // Last: listed on their hooks (and the hooks attached), each rule whole already.
@@ -179,6 +214,74 @@ export class SocketEnforcer {
       throw RuntimeError.is(error) ? error : new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name}: loading failed, nothing of it stays: ${(error as Error).message}`, { cause: error, details: [{ field: 'spec', reason: (error as Error).message }] });
     }
     return this.#status(loaded);
+  }
+
+  /**
+   * Refuses, by field, a destination rule without the agent's destinations, or on a service that
+   * does not exist: fail closed rather than load a rule whose set would be empty (a NotDService
+   * rule would refuse every connection; a DService rule would stop nothing while a typo stays).
+   */
+  #checkDestinations(policy: CompiledSocketPolicy): void {
+    const problems: { field: string; reason: string }[] = [];
+    const destinations = this.#options.destinations;
+    for (const rule of policy.rules) {
+      for (const sel of rule.selectors) {
+        for (const f of sel.args) {
+          if (!isDestination(f)) continue;
+          if (!destinations) problems.push({ field: `${f.at}.operator`, reason: 'a destination by identity or service needs the full agent (ciliate agent --runtime-enabled); `ciliate agent --runtime-only` has none' });
+          else f.services?.forEach((key, i) => void (destinations.hasService(key) || problems.push({ field: `${f.at}.values[${i}]`, reason: `no service ${key}` })));
+        }
+      }
+    }
+    if (problems.length > 0) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${policy.header.name}: ${problems.map((p) => `${p.field}: ${p.reason}`).join('; ')}`, { details: problems });
+  }
+
+  /** The DIdentity and DService filters of every loaded rule, with their sets. */
+  #destinationFilters(): DestinationFilter[] {
+    const out: DestinationFilter[] = [];
+    for (const [slot, { rule }] of this.#bySlot) {
+      rule.selectors.forEach((sel, s) =>
+        sel.args.forEach((f, i) => {
+          if (!isDestination(f)) return;
+          out.push({ set: destinationSet(slot, s, i), negated: f.op === SeOp.NOT_IDENTITY || f.op === SeOp.NOT_SERVICE, identities: f.identities, services: f.services });
+        }),
+      );
+    }
+    return out;
+  }
+
+  /**
+   * Writes the destination sets as the agent knows them now, as differences: new and changed
+   * entries first, then the ones no set holds any more.
+   */
+  #syncDestinations(): void {
+    const destinations = this.#options.destinations;
+    const object = this.#object;
+    if (!destinations || !object) return;
+    const want = destinationEntries(this.#destinationFilters(), destinations);
+    const identities = object.map('sock_enforce_identities');
+    const addrs = object.map('sock_enforce_addrs');
+    const one = Buffer.from([1]);
+    for (const [hex, key] of want.identities) {
+      if (this.#written.identities.has(hex)) continue;
+      identities.update(key, one);
+      this.#written.identities.set(hex, key);
+    }
+    for (const [hex, entry] of want.addrs) {
+      if (this.#written.addrs.get(hex)?.value === entry.value) continue;
+      addrs.update(entry.key, Buffer.from([entry.value]));
+      this.#written.addrs.set(hex, entry);
+    }
+    for (const [hex, key] of this.#written.identities) {
+      if (want.identities.has(hex)) continue;
+      identities.delete(key);
+      this.#written.identities.delete(hex);
+    }
+    for (const [hex, entry] of this.#written.addrs) {
+      if (want.addrs.has(hex)) continue;
+      addrs.delete(entry.key);
+      this.#written.addrs.delete(hex);
+    }
   }
 
   /**
@@ -250,13 +353,17 @@ export class SocketEnforcer {
   }
 
   close(): void {
+    this.#unsubscribe?.();
+    this.#unsubscribe = undefined;
     for (const loaded of [...this.#byName.values()]) this.#unload(loaded);
     this.#closeObject();
   }
 
   #open(): BpfObject {
     if (this.#object) return this.#object;
-    const object = BpfObject.load(this.#options.objectPath ?? SOCKET_OBJECT_PATH);
+    const destinations = this.#options.destinations;
+    // The datapath's ipcache, by its pin: the hooks read the identities the datapath enforces.
+    const object = BpfObject.load(this.#options.objectPath ?? SOCKET_OBJECT_PATH, destinations ? { pin: { dir: destinations.ipcachePinDir, maps: ['ciliate_ipcache'] } } : {});
     try {
       const ring = new RingBuffer(object.map('sock_enforce_events'), { lostCounter: object.map('sock_enforce_events_lost') });
       this.#handler = (_view, offset, length, bytes) => {
@@ -282,6 +389,7 @@ export class SocketEnforcer {
     this.#handler = undefined;
     this.#object?.close();
     this.#object = undefined;
+    this.#written = { identities: new Map(), addrs: new Map() };
   }
 
   /** Writes each hook's list of rule slots, attaching hooks that now have rules and detaching the others. */
@@ -318,6 +426,7 @@ export class SocketEnforcer {
     for (const key of loaded.strings.splice(0)) object.map('sock_enforce_strings').delete(key);
     for (const netns of loaded.pods) object.map('sock_enforce_pods').delete(encode(sePodKey, { policy_id: loaded.id, netns }));
     loaded.pods.clear();
+    this.#syncDestinations();
     if (this.#byName.size === 0) this.#closeObject();
   }
 
@@ -352,7 +461,7 @@ export class SocketEnforcer {
       pids: padded(sel.pids, SOCKET_POLICY_LIMITS.pids, 0),
       netns: padded(sel.netns, SOCKET_POLICY_LIMITS.netns, 0),
       args: padded(
-        sel.args.map((f) => ({ field: f.field, op: f.op, nvalues: f.values.length, values: padded(f.values, SOCKET_POLICY_LIMITS.values, EMPTY_VALUE) })),
+        sel.args.map((f, i) => ({ field: f.field, op: f.op, nvalues: f.values.length, set: isDestination(f) ? destinationSet(slot, s, i) : 0, values: padded(f.values, SOCKET_POLICY_LIMITS.values, EMPTY_VALUE) })),
         SOCKET_POLICY_LIMITS.matchArgs,
         EMPTY_FILTER,
       ),
@@ -376,6 +485,8 @@ export function socketKprobeBody(record: SocketRecord, policy: CompiledSocketPol
     const where = rule.hook === 'bind' ? { saddr: record.address, sport: record.port } : { daddr: record.address, dport: record.port };
     return { sock_arg: { family, ...where }, ...label };
   });
+  // The identity a DIdentity filter judged the destination as (KprobeSock has no field for it).
+  if (record.dstIdentity) args.push({ uint_arg: record.dstIdentity, label: 'destination_identity' });
   return {
     function_name: rule.functionName,
     args: args.length > 0 ? args : undefined,

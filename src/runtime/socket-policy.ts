@@ -6,7 +6,9 @@
  *
  * - sys_connect (connect4/6, and sendmsg4/6 for a datagram sent to an address): `args` index 1 of
  *   type `sockaddr`; matchArgs `DAddr`/`NotDAddr` (IPv4 and IPv6 addresses and CIDRs; an IPv4
- *   rule also meets a dual-stack socket's `::ffff:a.b.c.d`), `DPort`/`NotDPort`, `Family`.
+ *   rule also meets a dual-stack socket's `::ffff:a.b.c.d`), `DIdentity`/`NotDIdentity` (label
+ *   selectors, entities, reserved identities) and `DService`/`NotDService` (`namespace/name`) in
+ *   the full agent (socket-destinations.ts), `DPort`/`NotDPort`, `Family`.
  * - sys_bind (bind4/6): the sockaddr is the local address: `SAddr`/`NotSAddr`, `SPort`/`NotSPort`,
  *   `Family`.
  * - sys_socket (sock_create): `args` 0, 1, 2 (domain, type, protocol) as ints; `Equal`,
@@ -28,6 +30,7 @@ import { parse } from 'yaml';
 import { array, pad, struct, u16, u32, u64, u8, i32 } from '../ebpf/index.ts';
 import { Prefix } from '../net/index.ts';
 import { RuntimeError } from './errors.ts';
+import { parseIdentityValue, parseServiceValue, seAddress, type IdentityValue } from './socket-destinations.ts';
 import { DNS_SUBDOMAIN, MISSING_HOOK_REASON, Op, STRING_KEY_BYTES, isMap, parseInteger, readMatchPids, readPolicyScope, stringValues, syscallName, unknownFields, type CompiledStrings, type Json, type PolicyProblem, type PolicyScope, type TracingPolicyHeader } from './tracing-policy.ts';
 
 /** Kernel limits (bpf/sock_enforce.h); Tetragon's in comments. */
@@ -44,14 +47,14 @@ export const SocketHook = { CONNECT: 0, BIND: 1, SOCKET: 2 } as const;
 export type SocketHookName = 'connect' | 'bind' | 'socket';
 const HOOK_OF: Record<string, SocketHookName> = { connect: 'connect', bind: 'bind', socket: 'socket' };
 export const SeField = { FAMILY: 1, TYPE: 2, PROTOCOL: 3, ADDR: 4, PORT: 5 } as const;
-export const SeOp = { EQUAL: 1, NOT_EQUAL: 2, MASK: 3, GT: 4, LT: 5, CIDR: 6, NOT_CIDR: 7, IN: 8, NOT_IN: 9, PREFIX: 10, NOT_PREFIX: 11, POSTFIX: 12, NOT_POSTFIX: 13 } as const;
+export const SeOp = { EQUAL: 1, NOT_EQUAL: 2, MASK: 3, GT: 4, LT: 5, CIDR: 6, NOT_CIDR: 7, IN: 8, NOT_IN: 9, PREFIX: 10, NOT_PREFIX: 11, POSTFIX: 12, NOT_POSTFIX: 13, IDENTITY: 14, NOT_IDENTITY: 15, SERVICE: 16, NOT_SERVICE: 17 } as const;
 export const SeAction = { POST: 0, NOPOST: 1, OVERRIDE: 2 } as const;
 export type SeActionName = keyof typeof SeAction;
 
 // ---- codecs of bpf/sock_enforce.h (socket-policy.test.ts checks them against the BTF) ----
 
 export const seValue = struct('se_value', { lo: u64, hi: u64, mask_lo: u64, mask_hi: u64 });
-export const seFilter = struct('se_filter', { field: u8, op: u8, nvalues: u8, _pad: pad(5), values: array(seValue, SOCKET_POLICY_LIMITS.values) });
+export const seFilter = struct('se_filter', { field: u8, op: u8, nvalues: u8, _pad: pad(1), set: u32, values: array(seValue, SOCKET_POLICY_LIMITS.values) });
 export const seSelector = struct('se_selector', {
   nargs: u8,
   bin_op: u8,
@@ -90,7 +93,7 @@ export const seEvent = struct('se_event', {
   protocol: u32,
   addr: array(u8, 16),
   binary_len: u32,
-  _pad: pad(4),
+  dst_identity: u32,
   binary: array(u8, STRING_KEY_BYTES),
 });
 export const SE_EVENT_FLAG_BINARY_UNKNOWN = 1;
@@ -108,6 +111,12 @@ export interface SocketFilter {
   field: number;
   op: number;
   values: SeValue[];
+  /** DIdentity / NotDIdentity: the selectors, ORed. */
+  identities?: IdentityValue[];
+  /** DService / NotDService: `namespace/name` of each service. */
+  services?: string[];
+  /** Where it is in the policy (`spec.kprobes[0].selectors[0].matchArgs[1]`), for errors found at load. */
+  at: string;
 }
 
 export interface SocketSelector {
@@ -160,36 +169,36 @@ const INT_OPS: Record<string, number> = { Equal: SeOp.EQUAL, NotEqual: SeOp.NOT_
 const FAMILIES: Record<string, bigint> = { AF_UNIX: 1n, AF_INET: 2n, AF_INET6: 10n, AF_NETLINK: 16n, AF_PACKET: 17n };
 /** Operators on a sockaddr, by hook: connect's is the destination, bind's the local address. */
 const SOCKADDR_OPS: Record<'connect' | 'bind', Record<string, { field: number; op: number }>> = {
-  connect: { DAddr: { field: SeField.ADDR, op: SeOp.CIDR }, NotDAddr: { field: SeField.ADDR, op: SeOp.NOT_CIDR }, DPort: { field: SeField.PORT, op: SeOp.EQUAL }, NotDPort: { field: SeField.PORT, op: SeOp.NOT_EQUAL }, Family: { field: SeField.FAMILY, op: SeOp.EQUAL } },
+  connect: { DAddr: { field: SeField.ADDR, op: SeOp.CIDR }, NotDAddr: { field: SeField.ADDR, op: SeOp.NOT_CIDR }, DIdentity: { field: SeField.ADDR, op: SeOp.IDENTITY }, NotDIdentity: { field: SeField.ADDR, op: SeOp.NOT_IDENTITY }, DService: { field: SeField.ADDR, op: SeOp.SERVICE }, NotDService: { field: SeField.ADDR, op: SeOp.NOT_SERVICE }, DPort: { field: SeField.PORT, op: SeOp.EQUAL }, NotDPort: { field: SeField.PORT, op: SeOp.NOT_EQUAL }, Family: { field: SeField.FAMILY, op: SeOp.EQUAL } },
   bind: { SAddr: { field: SeField.ADDR, op: SeOp.CIDR }, NotSAddr: { field: SeField.ADDR, op: SeOp.NOT_CIDR }, SPort: { field: SeField.PORT, op: SeOp.EQUAL }, NotSPort: { field: SeField.PORT, op: SeOp.NOT_EQUAL }, Family: { field: SeField.FAMILY, op: SeOp.EQUAL } },
 };
 const SOCKET_FIELDS = [SeField.FAMILY, SeField.TYPE, SeField.PROTOCOL];
 
-const le64 = (bytes: Uint8Array, at: number) => Buffer.from(bytes).readBigUInt64LE(at);
-
 /** A prefix as the kernel compares it: IPv4 as ::ffff:a.b.c.d/96+bits. */
 export function seCidr(prefix: Prefix): SeValue {
-  const addr = new Uint8Array(16);
-  let bits = prefix.bits;
-  if (prefix.family === 4) {
-    addr[10] = 0xff;
-    addr[11] = 0xff;
-    addr.set(prefix.addr.toBytes(), 12);
-    bits += 96;
-  } else {
-    addr.set(prefix.addr.toBytes());
-  }
+  const bits = prefix.family === 4 ? prefix.bits + 96 : prefix.bits;
   const mask = new Uint8Array(16);
   for (let i = 0; i < 16; i++) mask[i] = bits >= 8 * (i + 1) ? 0xff : bits > 8 * i ? (0xff << (8 - (bits - 8 * i))) & 0xff : 0;
-  return { lo: le64(addr, 0), hi: le64(addr, 8), mask_lo: le64(mask, 0), mask_hi: le64(mask, 8) };
+  const m = Buffer.from(mask);
+  return { ...seAddress(prefix), mask_lo: m.readBigUInt64LE(0), mask_hi: m.readBigUInt64LE(8) };
 }
 
 const number = (lo: bigint): SeValue => ({ lo, hi: 0n, mask_lo: 0n, mask_hi: 0n });
 
-/** Whether a policy document asks for Override anywhere (then it is compiled here, or refused). */
+const DESTINATION_OPERATORS = new Set(['DIdentity', 'NotDIdentity', 'DService', 'NotDService']);
+
+/**
+ * Whether a policy document asks for Override anywhere, or names a destination by identity or
+ * service (which only the socket hooks know, even to post): then it is compiled here, or refused.
+ */
 export function wantsSocketEnforcement(doc: unknown): boolean {
   if (!isMap(doc) || !isMap(doc.spec) || !Array.isArray(doc.spec.kprobes)) return false;
-  return doc.spec.kprobes.some((k) => isMap(k) && Array.isArray(k.selectors) && k.selectors.some((s) => isMap(s) && Array.isArray(s.matchActions) && s.matchActions.some((a) => isMap(a) && typeof a.action === 'string' && a.action.toLowerCase() === 'override')));
+  const selectors = doc.spec.kprobes.flatMap((k) => (isMap(k) && Array.isArray(k.selectors) ? k.selectors.filter(isMap) : []));
+  return selectors.some(
+    (s) =>
+      (Array.isArray(s.matchActions) && s.matchActions.some((a) => isMap(a) && typeof a.action === 'string' && a.action.toLowerCase() === 'override')) ||
+      (Array.isArray(s.matchArgs) && s.matchArgs.some((a) => isMap(a) && typeof a.operator === 'string' && DESTINATION_OPERATORS.has(a.operator))),
+  );
 }
 
 function compileArgs(list: unknown, hook: SocketHookName, field: string, problems: PolicyProblem[]): SocketArg[] {
@@ -218,7 +227,13 @@ function compileArgs(list: unknown, hook: SocketHookName, field: string, problem
   return out;
 }
 
-function compileFilter(item: Json, hook: SocketHookName, args: SocketArg[], field: string, problems: PolicyProblem[]): SocketFilter | undefined {
+/** What the agent running the policy offers: destinations by identity and service need the full agent's. */
+export interface SocketCompileOptions {
+  /** The full agent's identities, ipcache and services are there (not `--runtime-only`). */
+  destinations?: boolean;
+}
+
+function compileFilter(item: Json, hook: SocketHookName, args: SocketArg[], field: string, options: SocketCompileOptions, problems: PolicyProblem[]): SocketFilter | undefined {
   unknownFields(item, new Set(['index', 'operator', 'values']), field, problems);
   const { index, operator } = item;
   const values = Array.isArray(item.values) ? item.values : undefined;
@@ -242,14 +257,28 @@ function compileFilter(item: Json, hook: SocketHookName, args: SocketArg[], fiel
       if (arg.field === SeField.FAMILY && n !== 2n && n !== 10n) return void bad(i, 'AF_INET or AF_INET6 (the socket hook sees only IPv4 and IPv6 sockets)');
       out.push(number(n));
     });
-    return { field: arg.field!, op, values: out };
+    return { field: arg.field!, op, values: out, at: field };
   }
   const ops = SOCKADDR_OPS[hook];
   const spec = typeof operator === 'string' ? ops[operator] : undefined;
   if (!spec) {
-    const other = hook === 'connect' ? /^Not?S(Addr|Port)|^NotS/.test(String(operator)) : /^(Not)?D(Addr|Port)/.test(String(operator));
+    const other = hook === 'connect' ? /^Not?S(Addr|Port)|^NotS/.test(String(operator)) : /^(Not)?D(Addr|Port|Identity|Service)$/.test(String(operator));
     const reason = other ? (hook === 'connect' ? "connect's sockaddr is the destination: use DAddr / DPort" : "bind's sockaddr is the local address: use SAddr / SPort") : `want one of ${Object.keys(ops).join(', ')}`;
     return void problems.push({ field: `${field}.operator`, reason: `${JSON.stringify(operator)}: ${reason}` });
+  }
+  if (spec.op >= SeOp.IDENTITY) {
+    const byIdentity = spec.op === SeOp.IDENTITY || spec.op === SeOp.NOT_IDENTITY;
+    if (!options.destinations) {
+      const what = byIdentity ? "needs the datapath's ipcache and the identities" : 'needs the services';
+      return void problems.push({ field: `${field}.operator`, reason: `${JSON.stringify(operator)}: a destination by ${byIdentity ? 'identity' : 'service'} ${what} of the full agent (ciliate agent --runtime-enabled); \`ciliate agent --runtime-only\` has none` });
+    }
+    const before = problems.length;
+    if (byIdentity) {
+      const identities = values.map((v, i) => parseIdentityValue(v, `${field}.values[${i}]`, problems));
+      return problems.length > before ? undefined : { field: spec.field, op: spec.op, values: [], identities: identities as IdentityValue[], at: field };
+    }
+    const services = values.map((v, i) => parseServiceValue(v, `${field}.values[${i}]`, problems));
+    return problems.length > before ? undefined : { field: spec.field, op: spec.op, values: [], services: services as string[], at: field };
   }
   const out: SeValue[] = [];
   values.forEach((v, i) => {
@@ -264,7 +293,7 @@ function compileFilter(item: Json, hook: SocketHookName, args: SocketArg[], fiel
     if (spec.field === SeField.FAMILY && n !== 2n && n !== 10n) return void bad(i, 'AF_INET or AF_INET6 (the socket hooks see only IPv4 and IPv6 sockets)');
     out.push(number(n));
   });
-  return { field: spec.field, op: spec.op, values: out };
+  return { field: spec.field, op: spec.op, values: out, at: field };
 }
 
 /** One entry of a selector list (matchBinaries, matchPIDs, matchActions): several are not taken yet. */
@@ -282,7 +311,7 @@ function idList(values: unknown, max: number, parseOne: (v: unknown) => number |
   return out.every((v): v is number => v !== undefined) ? out : undefined;
 }
 
-function compileSelector(sel: Json, hook: SocketHookName, args: SocketArg[], field: string, hostNetns: number, problems: PolicyProblem[]): SocketSelector {
+function compileSelector(sel: Json, hook: SocketHookName, args: SocketArg[], field: string, hostNetns: number, options: SocketCompileOptions, problems: PolicyProblem[]): SocketSelector {
   const out: SocketSelector = { action: 'POST', error: 0, binOp: 0, pidOp: 0, pids: [], pidFlags: 0, netnsOp: 0, netns: [], args: [] };
   for (const key of Object.keys(sel)) {
     if (!SELECTOR_FIELDS.has(key)) problems.push({ field: `${field}.${key}`, reason: 'unknown field' });
@@ -295,7 +324,7 @@ function compileSelector(sel: Json, hook: SocketHookName, args: SocketArg[], fie
     else
       matchArgs.forEach((item, i) => {
         if (!isMap(item)) return void problems.push({ field: `${field}.matchArgs[${i}]`, reason: 'want an object' });
-        const filter = compileFilter(item, hook, args, `${field}.matchArgs[${i}]`, problems);
+        const filter = compileFilter(item, hook, args, `${field}.matchArgs[${i}]`, options, problems);
         if (filter) out.args.push(filter);
       });
   }
@@ -378,7 +407,7 @@ function compileSelector(sel: Json, hook: SocketHookName, args: SocketArg[], fie
  * @example
  * const policy = compileSocketPolicy(readFileSync('connect-only-curl.yaml', 'utf8'), hostNetns);
  */
-export function compileSocketPolicy(text: string, hostNetns = 0): CompiledSocketPolicy | undefined {
+export function compileSocketPolicy(text: string, hostNetns = 0, options: SocketCompileOptions = {}): CompiledSocketPolicy | undefined {
   let doc: unknown;
   try {
     doc = parse(text);
@@ -416,7 +445,7 @@ export function compileSocketPolicy(text: string, hostNetns = 0): CompiledSocket
     if (list !== undefined && list !== null) {
       if (!Array.isArray(list)) problems.push({ field: `${field}.selectors`, reason: 'want a list' });
       else if (list.length > SOCKET_POLICY_LIMITS.selectors) problems.push({ field: `${field}.selectors`, reason: `at most ${SOCKET_POLICY_LIMITS.selectors} selectors` });
-      else selectors = list.flatMap((sel, s) => (isMap(sel) ? [compileSelector(sel, hook, args, `${field}.selectors[${s}]`, hostNetns, problems)] : (problems.push({ field: `${field}.selectors[${s}]`, reason: 'want an object' }), [])));
+      else selectors = list.flatMap((sel, s) => (isMap(sel) ? [compileSelector(sel, hook, args, `${field}.selectors[${s}]`, hostNetns, options, problems)] : (problems.push({ field: `${field}.selectors[${s}]`, reason: 'want an object' }), [])));
     }
     rules.push({ field, hook, functionName: `__x64_sys_${hook}`, args, selectors, message: typeof kprobe.message === 'string' ? kprobe.message : undefined, tags: Array.isArray(kprobe.tags) ? (kprobe.tags as string[]) : undefined });
   });

@@ -17,7 +17,7 @@ import { identitiesModule, identityGcConfig, identityGcModule } from './identity
 import { nodeConfig, nodeModule } from './node.ts';
 import { observerConfig, observerModule } from './observer.ts';
 import { monitorConfig, monitorModule, policyConfig, policyModule, policyStatusModule } from './policy.ts';
-import { runtimeConfig, runtimeModule, runtimePodsModule } from './runtime.ts';
+import { runtimeConfig, runtimeDestinationsModule, runtimeModule, runtimePodsModule } from './runtime.ts';
 import { proxyConfig, proxyModule } from './proxy.ts';
 import { servicesConfig, servicesModule } from './services.ts';
 import { storeConfig, storeModule } from './store.ts';
@@ -49,6 +49,7 @@ export const AGENT_MODULES: readonly AgentModule[] = [
   metricsModule,
   runtimeModule,
   runtimePodsModule,
+  runtimeDestinationsModule,
   apiModule,
 ];
 

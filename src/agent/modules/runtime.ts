@@ -13,14 +13,18 @@ import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { listenAddressSetting, Registry, TetragonMetrics } from '../../metrics/index.ts';
-import { EventExporter, parseEventFilters, RuntimeObserver, TetragonServer, containerOfProcess, eventTypeOf, findContainerCgroups, processOf, type ScopePod, type TetragonPod } from '../../runtime/index.ts';
+import { EventExporter, parseEventFilters, RuntimeObserver, TetragonServer, containerOfProcess, eventTypeOf, findContainerCgroups, processOf, type ScopePod, type SocketDestinations, type TetragonPod } from '../../runtime/index.ts';
 import type { Endpoint, EndpointContainer } from '../endpoint.ts';
+import { reservedIdentityInfos } from '../../policy/index.ts';
+import { RESERVED_IDENTITY } from '../../identity/index.ts';
+import { Addr, Prefix } from '../../net/index.ts';
+import { labelMap } from '../policy-manager.ts';
 import { bindAddress } from '../../observer/index.ts';
 import { parseRequest } from '../api-errors.ts';
 import { cell, defineModule } from '../module.ts';
 import { VERSION } from '../version.ts';
 import { apiConfig } from './api.ts';
-import { EndpointsCell } from './cells.ts';
+import { EndpointDatapathCell, EndpointsCell, IdentitiesCell, IpcacheCell, ServicesCell } from './cells.ts';
 import { serve } from './metrics.ts';
 import { cgroup2Root } from './services.ts';
 
@@ -269,6 +273,70 @@ export const runtimePodsModule = defineModule({
       stop: () => {
         stopped.abort();
         runtime.setPodResolver(undefined);
+      },
+    };
+  },
+});
+
+/**
+ * Destinations by identity and by service for socket-enforcing TracingPolicies (`DIdentity`,
+ * `DService`): the identities the allocator knows (and the reserved ones), the datapath's ipcache
+ * (the hooks read its pinned map; the agent reads its table for backends' identities) and the
+ * services' frontends and backends. Not in `--runtime-only`, which has none of them.
+ */
+export const runtimeDestinationsModule = defineModule({
+  name: 'runtime-destinations',
+  description: 'lets tracing policies overriding sys_connect name destinations by identity (labels) or service, sets kept as identities, pods and services change',
+  needs: { runtime: RuntimeCell, identities: IdentitiesCell, ipcache: IpcacheCell, services: ServicesCell, datapath: EndpointDatapathCell },
+  start({ runtime, identities, ipcache, services, datapath }) {
+    if (!runtime) return { value: undefined };
+    const reserved = reservedIdentityInfos();
+    const listeners = new Set<() => void>();
+    const notify = () => {
+      for (const listener of listeners) listener();
+    };
+    const stopped = new AbortController();
+    const unsubscribe = [identities.subscribe(notify), services.subscribe(notify)];
+    // A backend's identity is the ipcache's: its changes move the frontends of identity sets.
+    void (async () => {
+      let revision = ipcache.table.revision;
+      while (!stopped.signal.aborted) {
+        await ipcache.table.waitForChange(revision, stopped.signal).catch(() => undefined);
+        revision = ipcache.table.revision;
+        if (!stopped.signal.aborted) notify();
+      }
+    })();
+    const destinations: SocketDestinations = {
+      ipcachePinDir: datapath.mapsDir,
+      identities: () => [...reserved, ...[...identities.list(), ...identities.listLocal()].map((i) => ({ id: i.id, labels: labelMap(i.labels) }))],
+      hasService: (key) => services.services.get(key) !== undefined,
+      *frontends() {
+        for (const f of services.frontends.all()) yield { service: f.service, vip: f.vip, port: f.port, protocol: f.protocol, backends: [...f.backends, ...(f.terminating ?? [])] };
+      },
+      identityOf(ip) {
+        const exact = ipcache.table.get(`${ip}/32`);
+        if (exact) return exact.identity;
+        // The longest prefix holding it, as the kernel's LPM lookup finds it.
+        const addr = Addr.tryParse(ip);
+        let best: { bits: number; identity: number } | undefined;
+        for (const entry of ipcache.table.all()) {
+          const prefix = Prefix.tryParse(entry.prefix, { bareAddress: true, hostBits: 'mask' });
+          if (addr && prefix?.contains(addr) && (!best || prefix.bits > best.bits)) best = { bits: prefix.bits, identity: entry.identity };
+        }
+        return best?.identity ?? RESERVED_IDENTITY.world;
+      },
+      subscribe(listener) {
+        listeners.add(listener);
+        return () => listeners.delete(listener);
+      },
+    };
+    runtime.setSocketDestinations(destinations);
+    return {
+      value: undefined,
+      stop: () => {
+        stopped.abort();
+        for (const u of unsubscribe) u();
+        listeners.clear();
       },
     };
   },
