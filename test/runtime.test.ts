@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Program } from '../src/ebpf/index.ts';
-import { connectTetragon, type TetragonEvent } from '../src/runtime/index.ts';
+import { connectTetragon, type TetragonClient, type TetragonEvent } from '../src/runtime/index.ts';
 import type { Endpoint } from '../src/agent/index.ts';
 import { testCgroup } from '../src/ebpf/internal/testutils.ts';
 import { ROOT, TestNode, cli, freePort, sleep, uniqueName, until } from './support/cluster.ts';
@@ -26,6 +26,14 @@ function ciliate(args: string[]): ChildProcess {
 
 
 /** Whether a BPF program with this id is still loaded in the kernel. */
+/** The stream's first process_kprobe event of policy `name`; undefined when none came within 10 s. */
+async function firstKprobeOf(t: TestContext, stream: ReturnType<TetragonClient['getEvents']>, name: string): Promise<TetragonEvent | undefined> {
+  const timer = setTimeout(() => stream.cancel(), 10_000);
+  t.after(() => clearTimeout(timer));
+  for await (const e of stream) if ('process_kprobe' in e && e.process_kprobe.policy_name === name) return e;
+  return undefined;
+}
+
 function programLoaded(id: number): boolean {
   try {
     Program.fromId(id).close();
@@ -255,15 +263,7 @@ spec:
   await until('the app container killed', async () => (await cat(app)) === 'SIGKILL');
   assert.equal(await cat(join(parent, `libpod-${ids.sidecar}.scope`)), 0, "the sidecar's cat is spared");
   assert.equal(await cat(parent), 0, "a process of the pod in none of its containers is spared");
-  const timer = setTimeout(() => stream.cancel(), 10_000);
-  t.after(() => clearTimeout(timer));
-  let event: TetragonEvent | undefined;
-  for await (const e of stream) {
-    if ('process_kprobe' in e && e.process_kprobe.policy_name === name) {
-      event = e;
-      break;
-    }
-  }
+  const event = await firstKprobeOf(t, stream, name);
   assert.ok(event && 'process_kprobe' in event);
   assert.equal(event.process_kprobe.action, 'KPROBE_ACTION_SIGKILL');
   // Through gRPC and back: fields left out come back as undefined.
@@ -281,4 +281,85 @@ spec:
   const bad = await cli(node, 'endpoint', 'containers', String(endpoint.id), 'name=app');
   assert.notEqual(bad.code, 0);
   assert.match(bad.stderr, /container "name=app": want id=ID/);
+});
+
+test('policy modes (Tetragon\'s): a Sigkill policy in monitor mode posts its events naming Sigkill and kills nothing; set-mode enforce kills; disable unloads it but keeps it listed; enable loads it again; a monitor_only policy refuses a mode', async (t) => {
+  const { grpcPort } = await startRuntimeAgent(t);
+  const server = ['--server-address', `127.0.0.1:${grpcPort}`];
+  const dir = mkdtempSync(join(tmpdir(), 'ciliate-mode-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const secret = join(dir, 'secret');
+  writeFileSync(secret, 'x\n');
+  const name = `mode-${randomBytes(4).toString('hex')}`;
+  const policyFile = join(dir, 'policy.yaml');
+  writeFileSync(policyFile, `apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: ${name}}
+spec:
+  options:
+  - {name: policy-mode, value: monitor}
+  kprobes:
+  - call: sys_openat
+    args: [{index: 1, type: string}]
+    selectors:
+    - matchBinaries: [{operator: In, values: [/usr/bin/cat]}]
+      matchArgs: [{index: 1, operator: Equal, values: [${JSON.stringify(secret)}]}]
+      matchActions: [{action: Sigkill}]
+`);
+  const run = (...args: string[]) => spawnSync(process.execPath, [CLI, 'runtime', 'policy', ...args, ...server], { encoding: 'utf8' });
+  assert.equal(run('add', policyFile).status, 0);
+  const cat = () => {
+    const out = spawnSync('/usr/bin/cat', [secret]);
+    return out.signal ?? out.status;
+  };
+  const list = () => run('list', '-o', 'json');
+  const listed = () => (JSON.parse(list().stdout) as { name: string; enabled: boolean; mode: string; state: string }[]).find((p) => p.name === name);
+  assert.deepEqual(listed() && [listed()!.enabled, listed()!.state, listed()!.mode], [true, 'TP_STATE_ENABLED', 'TP_MODE_MONITOR']);
+
+  const client = connectTetragon(`127.0.0.1:${grpcPort}`);
+  t.after(() => client.close());
+  const stream = client.getEvents({ allow_list: [{ event_set: ['PROCESS_KPROBE'] }] });
+  t.after(() => stream.cancel());
+  await stream.ready;
+  assert.equal(cat(), 0, 'monitor mode: the process lives');
+  const event = await firstKprobeOf(t, stream, name);
+  assert.ok(event && 'process_kprobe' in event, 'the monitored match is posted');
+  assert.equal(event.process_kprobe.action, 'KPROBE_ACTION_SIGKILL', 'naming what the policy would have done');
+
+  // Enforce at runtime (ConfigureTracingPolicy): the same policy now kills.
+  assert.equal(run('set-mode', name, 'enforce').status, 0);
+  assert.equal(listed()?.mode, 'TP_MODE_ENFORCE');
+  assert.equal(cat(), 'SIGKILL');
+  // Disabled: nothing of it runs, and it is still listed to enable again.
+  assert.equal(run('disable', name).status, 0);
+  assert.deepEqual(listed() && [listed()!.enabled, listed()!.state], [false, 'TP_STATE_DISABLED']);
+  assert.equal(cat(), 0);
+  const again = run('add', policyFile);
+  assert.notEqual(again.status, 0, 'the name stays taken while disabled');
+  assert.equal(run('enable', name).status, 0);
+  assert.equal(cat(), 'SIGKILL', 'enabled again, in the mode it was set to');
+  // Back to monitor mode: nothing is killed.
+  assert.equal(run('set-mode', name, 'monitor').status, 0);
+  assert.equal(cat(), 0);
+  const bad = run('set-mode', name, 'audit');
+  assert.match(bad.stderr, /mode "audit": want enforce or monitor/);
+  assert.equal(run('delete', name).status, 0);
+  assert.equal(listed(), undefined);
+
+  // A policy with nothing to enforce is monitor_only, and says so when asked to enforce.
+  const postOnly = join(dir, 'post.yaml');
+  writeFileSync(postOnly, readFileSync(policyFile, 'utf8').replace('{action: Sigkill}', '{action: Post}').replace(`name: ${name}`, `name: ${name}-post`));
+  assert.equal(run('add', postOnly, '--mode', 'enforce').status, 0);
+  const postListed = (JSON.parse(list().stdout) as { name: string; mode: string }[]).find((p) => p.name === `${name}-post`);
+  assert.equal(postListed?.mode, 'TP_MODE_MONITOR_ONLY');
+  const refused = run('set-mode', `${name}-post`, 'enforce');
+  assert.notEqual(refused.status, 0);
+  assert.match(refused.stderr, /monitor_only/);
+
+  // A malformed option refuses the policy whole, naming the field.
+  const badOption = join(dir, 'bad.yaml');
+  writeFileSync(badOption, readFileSync(policyFile, 'utf8').replace('value: monitor', 'value: audit').replace(`name: ${name}`, `name: ${name}-bad`));
+  const refusedAdd = run('add', badOption);
+  assert.notEqual(refusedAdd.status, 0);
+  assert.match(refusedAdd.stderr, /spec\.options\[0\]\.value: "audit": want enforce or monitor/);
 });

@@ -6,7 +6,7 @@
  */
 import { type Command, Option } from 'commander';
 import { readYamlRequest } from './output.ts';
-import { TETRAGON_DEFAULT_ADDRESS, compactLine, connectTetragon, type EventFilter, type EventTypeName } from '../runtime/index.ts';
+import { POLICY_MODES, TETRAGON_DEFAULT_ADDRESS, compactLine, withPolicyMode, type PolicyMode, connectTetragon, type EventFilter, type EventTypeName } from '../runtime/index.ts';
 
 interface EventsOptions {
   serverAddress: string;
@@ -88,8 +88,9 @@ export function registerRuntimeCommands(program: Command): void {
     .command('add <file>')
     .description('load a TracingPolicy or TracingPolicyNamespaced YAML file; refused whole, every problem named by field')
     .addOption(serverOption())
-    .action(async (file: string, options: { serverAddress: string }) => {
-      const yaml = readYamlRequest(file);
+    .addOption(new Option('--mode <mode>', "load it in this mode, over its spec.options' policy-mode (as tetra's)").choices(POLICY_MODES))
+    .action(async (file: string, options: { serverAddress: string; mode?: PolicyMode }) => {
+      const yaml = options.mode ? withPolicyMode(readYamlRequest(file), options.mode) : readYamlRequest(file);
       const client = connectTetragon(options.serverAddress);
       try {
         await client.addTracingPolicy(yaml);
@@ -114,6 +115,34 @@ export function registerRuntimeCommands(program: Command): void {
         client.close();
       }
     });
+  const configure = (name: string, change: { enable?: boolean; mode?: PolicyMode }, serverAddress: string) => async () => {
+    const client = connectTetragon(serverAddress);
+    try {
+      await client.configureTracingPolicy(name, change);
+    } catch (error) {
+      throw new Error((error as { details?: string }).details ?? (error as Error).message);
+    } finally {
+      client.close();
+    }
+  };
+  policy
+    .command('enable <name>')
+    .description('load a disabled policy again (tetra tracingpolicy enable)')
+    .addOption(serverOption())
+    .action((name: string, options: { serverAddress: string }) => configure(name, { enable: true }, options.serverAddress)());
+  policy
+    .command('disable <name>')
+    .description('unload a policy but keep it listed, to enable again (tetra tracingpolicy disable)')
+    .addOption(serverOption())
+    .action((name: string, options: { serverAddress: string }) => configure(name, { enable: false }, options.serverAddress)());
+  policy
+    .command('set-mode <name> <mode>')
+    .description('enforce: take its Sigkill, Signal and Override actions; monitor: post their events only (tetra tracingpolicy set-mode)')
+    .addOption(serverOption())
+    .action((name: string, mode: string, options: { serverAddress: string }) => {
+      if (!(POLICY_MODES as readonly string[]).includes(mode)) throw new Error(`mode ${JSON.stringify(mode)}: want ${POLICY_MODES.join(' or ')}`);
+      return configure(name, { mode: mode as PolicyMode }, options.serverAddress)();
+    });
   policy
     .command('list')
     .description('the loaded policies, their hooks and counts')
@@ -124,7 +153,7 @@ export function registerRuntimeCommands(program: Command): void {
       try {
         const list = await client.listTracingPolicies();
         if (options.output === 'json') return void process.stdout.write(`${JSON.stringify(list, null, 2)}\n`);
-        for (const p of list) process.stdout.write(`[${p.id}] ${p.name}${p.namespace ? ` (${p.namespace})` : ''} sensors: ${(p.sensors ?? []).join(', ')} ${p.info ?? ''}\n`);
+        for (const p of list) process.stdout.write(`[${p.id}] ${p.name}${p.namespace ? ` (${p.namespace})` : ''} sensors: ${(p.sensors ?? []).join(', ')} ${p.info ?? ''} (${p.enabled ? 'enabled' : 'disabled'}, mode ${(p.mode ?? 'TP_MODE_UNKNOWN').replace('TP_MODE_', '').toLowerCase()})\n`);
       } finally {
         client.close();
       }

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { cancellableStream, GrpcListeners, unaryCall } from '../grpc/index.ts';
+import type { PolicyMode, PolicyModeStatus } from './policy-mode.ts';
 import { RuntimeError } from './errors.ts';
 import { loopbackPeerUid } from './peer.ts';
 import { compileFilters, type EventFilter } from './filter.ts';
@@ -27,6 +28,9 @@ export const TETRAGON_DEFAULT_ADDRESS = 'localhost:54321';
 const LOADER_OPTIONS: protoLoader.Options = { keepCase: true, longs: String, enums: String, defaults: false, oneofs: true, includeDirs: [TETRAGON_PROTO_DIR] };
 
 let definition: protoLoader.PackageDefinition | undefined;
+const MODE_TO_PROTO: Record<PolicyModeStatus, string> = { enforce: 'TP_MODE_ENFORCE', monitor: 'TP_MODE_MONITOR', monitor_only: 'TP_MODE_MONITOR_ONLY' };
+const MODE_FROM_PROTO: Record<string, PolicyMode> = { TP_MODE_ENFORCE: 'enforce', TP_MODE_MONITOR: 'monitor' };
+
 function packageDefinition(): protoLoader.PackageDefinition {
   definition ??= protoLoader.loadSync(['tetragon/sensors.proto'], LOADER_OPTIONS);
   return definition;
@@ -285,9 +289,35 @@ export class TetragonServer {
         policyCall(
           () => options.observer.policies.list(),
           callback,
-          (list) => ({ policies: list.map((p) => ({ id: String(p.id), name: p.name, namespace: p.namespace ?? '', info: `${p.kind}: ${p.stats.posted} events, ${p.stats.signalled} signals, ${p.stats.runs} calls seen`, sensors: p.sensors })) }),
+          (list) => ({
+            policies: list.map((p) => ({
+              id: String(p.id),
+              name: p.name,
+              namespace: p.namespace ?? '',
+              info: `${p.kind}: ${p.stats.posted} events, ${p.stats.signalled} signals, ${p.stats.runs} calls seen`,
+              sensors: p.sensors,
+              enabled: p.enabled,
+              state: p.enabled ? 'TP_STATE_ENABLED' : 'TP_STATE_DISABLED',
+              mode: MODE_TO_PROTO[p.mode],
+            })),
+          }),
         ),
       AddTracingPolicy: addTracingPolicy,
+      ConfigureTracingPolicy: (call: grpc.ServerUnaryCall<{ name?: string; enable?: boolean; mode?: string }, object>, callback: grpc.sendUnaryData<object>) => {
+        if (!this.#mayChangePolicies(call.getPeer(), callback)) return;
+        const { name = '', enable, mode } = call.request;
+        const wanted = mode === undefined ? undefined : MODE_FROM_PROTO[mode];
+        if (mode !== undefined && wanted === undefined) return callback(grpcError(grpc.status.INVALID_ARGUMENT, `tracing policy ${name}: mode ${mode}: want TP_MODE_ENFORCE or TP_MODE_MONITOR`));
+        policyCall(() => options.observer.policies.configure(name, { ...(enable === undefined ? {} : { enable }), ...(wanted ? { mode: wanted } : {}) }), callback);
+      },
+      EnableTracingPolicy: (call: grpc.ServerUnaryCall<{ name?: string }, object>, callback: grpc.sendUnaryData<object>) => {
+        if (!this.#mayChangePolicies(call.getPeer(), callback)) return;
+        policyCall(() => options.observer.policies.configure(call.request.name ?? '', { enable: true }), callback);
+      },
+      DisableTracingPolicy: (call: grpc.ServerUnaryCall<{ name?: string }, object>, callback: grpc.sendUnaryData<object>) => {
+        if (!this.#mayChangePolicies(call.getPeer(), callback)) return;
+        policyCall(() => options.observer.policies.configure(call.request.name ?? '', { enable: false }), callback);
+      },
       DeleteTracingPolicy: (call: grpc.ServerUnaryCall<{ name?: string }, object>, callback: grpc.sendUnaryData<object>) => {
         if (!this.#mayChangePolicies(call.getPeer(), callback)) return;
         policyCall(() => options.observer.policies.delete(call.request.name ?? ''), callback);
@@ -387,7 +417,8 @@ export interface TetragonClient {
   getHealth(): Promise<{ event?: string; status?: string; details?: string }[]>;
   addTracingPolicy(yaml: string): Promise<void>;
   deleteTracingPolicy(name: string): Promise<void>;
-  listTracingPolicies(): Promise<{ id?: string; name?: string; namespace?: string; info?: string; sensors?: string[] }[]>;
+  configureTracingPolicy(name: string, change: { enable?: boolean; mode?: PolicyMode }): Promise<void>;
+  listTracingPolicies(): Promise<{ id?: string; name?: string; namespace?: string; info?: string; sensors?: string[]; enabled?: boolean; state?: string; mode?: string }[]>;
   close(): void;
 }
 
@@ -417,7 +448,9 @@ export function connectTetragon(target: string): TetragonClient {
     getHealth: async () => (await unary<{ health_status?: { event?: string; status?: string; details?: string }[] }>('GetHealth')).health_status ?? [],
     addTracingPolicy: async (yaml) => void (await unary('AddTracingPolicy', { yaml })),
     deleteTracingPolicy: async (name) => void (await unary('DeleteTracingPolicy', { name })),
-    listTracingPolicies: async () => (await unary<{ policies?: { id?: string; name?: string; namespace?: string; info?: string; sensors?: string[] }[] }>('ListTracingPolicies')).policies ?? [],
+    configureTracingPolicy: async (name, change) =>
+      void (await unary('ConfigureTracingPolicy', { name, ...(change.enable === undefined ? {} : { enable: change.enable }), ...(change.mode ? { mode: MODE_TO_PROTO[change.mode] } : {}) })),
+    listTracingPolicies: async () => (await unary<{ policies?: Awaited<ReturnType<TetragonClient['listTracingPolicies']>> }>('ListTracingPolicies')).policies ?? [],
     close: () => client.close(),
   };
 }

@@ -23,3 +23,4 @@ export { RuntimePolicies } from './runtime-policies.ts';
 export { SocketEnforcer, decodeSocketRecord, socketKprobeBody, type SocketPolicyStats, type SocketPolicyStatus, type SocketRecord } from './socket-enforcer.ts';
 export { SOCKET_POLICY_LIMITS, compileSocketPolicy, wantsSocketEnforcement, type CompiledSocketPolicy, type SocketRule, type SocketSelector } from './socket-policy.ts';
 export { parseIdentityValue, parseServiceValue, type DestinationFrontend, type SocketDestinations } from './socket-destinations.ts';
+export { POLICY_MODES, readPolicyOptions, withPolicyMode, type PolicyMode, type PolicyModeStatus } from './policy-mode.ts';

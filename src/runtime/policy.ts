@@ -14,7 +14,8 @@ import type { Prefix } from '../net/index.ts';
 import { selectorMatches } from '../policy/index.ts';
 import { NAMESPACES } from './events.ts';
 import type { ProcessSnapshot } from './process-cache.ts';
-import { Action, POLICY_LIMITS, STRING_KEY_BYTES, compileTracingPolicy, type CompiledHook, type CompiledStrings, type CompiledTracingPolicy, type PolicyScope } from './tracing-policy.ts';
+import { Action, POLICY_LIMITS, STRING_KEY_BYTES, compileTracingPolicy, type CompiledHook, type CompiledStrings, type CompiledTracingPolicy, type CompileOptions, type PolicyScope } from './tracing-policy.ts';
+import { modeStatus, type PolicyModeStatus } from './policy-mode.ts';
 
 // ---- codecs of bpf/runtime.h's policy structs (events.test.ts checks them against the BTF) ----
 
@@ -241,6 +242,10 @@ export interface PolicyStatus {
   sensors: string[];
   stats: PolicyStats;
   createdAt: string;
+  /** enforce, monitor (enforcing actions elided), or monitor_only (it has none). */
+  mode: PolicyModeStatus;
+  /** Loaded in the kernel; a disabled policy stays listed with its text, and nothing of it runs. */
+  enabled: boolean;
 }
 
 export class PolicyManager {
@@ -263,8 +268,8 @@ export class PolicyManager {
   }
 
   /** Checks, compiles and loads a policy; throws ERR_RUNTIME_POLICY (every problem by field). */
-  add(text: string): PolicyStatus {
-    const policy = compileTracingPolicy(text);
+  add(text: string, options: CompileOptions = {}): PolicyStatus {
+    const policy = compileTracingPolicy(text, options);
     const name = policy.header.name;
     if (this.nameTaken(name)) throw alreadyLoaded(name);
     const free: number[] = [];
@@ -395,7 +400,7 @@ export class PolicyManager {
       }
     }
     const { header } = loaded.policy;
-    return { id: loaded.id, name: header.name, namespace: header.namespace, kind: header.kind, sensors: loaded.hooks.map(({ hook }) => `${hook.group}/${hook.name}`), stats: total, createdAt: loaded.createdAt.toISOString() };
+    return { id: loaded.id, name: header.name, namespace: header.namespace, kind: header.kind, sensors: loaded.hooks.map(({ hook }) => `${hook.group}/${hook.name}`), stats: total, createdAt: loaded.createdAt.toISOString(), mode: modeStatus(header.mode, header.enforces), enabled: true };
   }
 
   /** Lists a hook on its tracepoint, attaching the program to it when it is the first. */

@@ -173,8 +173,8 @@ export class RuntimeObserver {
     this.#gc.unref();
   }
 
-  /** The loaded TracingPolicies (add, delete, list); throws before start(). */
-  get policies(): PolicyManager {
+  /** The loaded TracingPolicies (add, delete, list, configure); throws before start(). */
+  get policies(): RuntimePolicies {
     if (!this.#policies) throw new RuntimeError('ERR_RUNTIME_SENSOR', 'the runtime sensor is not running: no policy can be loaded');
     return this.#policies;
   }
@@ -333,7 +333,9 @@ export class RuntimeObserver {
     // a process that left its pod's network namespace no longer shows here).
     const parent = this.cache.parentOf(entry);
     const args = hook.args.map((arg, i) => argValue(arg, record, i));
-    const action = ACTION_NAMES[record.action] ?? 'KPROBE_ACTION_POST';
+    // A monitored policy's event names what its selector would have done (and did not).
+    const monitored = hook.selectors[record.selector]?.monitored;
+    const action = (monitored ? `KPROBE_ACTION_${monitored}` as TetragonAction : ACTION_NAMES[record.action]) ?? 'KPROBE_ACTION_POST';
     const common = {
       process,
       parent: parent ? this.processObject(parent, true) : undefined,

@@ -134,6 +134,22 @@ test('deleting one of two socket policies clears its rule and binaries from the 
   assert.equal(sockets.loaded, false);
 });
 
+test('a socket policy in monitor mode refuses nothing and reports what it would have refused; set to enforce, it refuses', async (t) => {
+  const name = `per-binary-monitor-${id}`;
+  observer.policies.add(pod.perBinaryPolicy(name), { mode: 'monitor' });
+  t.after(() => void (observer.policies.get(name) && observer.policies.delete(name)));
+  assert.equal(observer.policies.get(name)?.mode, 'monitor');
+  const monitored = pod.connect(otherBinary);
+  assert.match(monitored.stdout, /connected/, `monitor mode: the other binary connects: ${monitored.stderr}`);
+  const [event] = await kprobeEvents(t, name, 1);
+  assert.equal(event?.process.binary, otherBinary, 'the call the rule would have refused is reported, naming the binary');
+  assert.equal(event.action, 'KPROBE_ACTION_OVERRIDE');
+  assert.equal((observer.policies.get(name) as { stats: { refused: bigint } }).stats.refused, 0n, 'the kernel refused nothing');
+
+  observer.policies.configure(name, { mode: 'enforce' });
+  assert.match(pod.connect(otherBinary).stderr, /Operation not permitted/, 'enforced: refused');
+});
+
 test('a process that execs another binary is judged as the new binary (no stale binary of its past)', async (t) => {
   const name = `exec-${id}`;
   observer.policies.add(pod.perBinaryPolicy(name));

@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { BpfObject, RingBuffer, attachCgroup, encode, possibleCpus, type Link } from '../ebpf/index.ts';
 import { Addr } from '../net/index.ts';
 import type { TetragonArg, TetragonProcessKprobe } from './types.ts';
+import { modeStatus } from './policy-mode.ts';
 import { RuntimeError } from './errors.ts';
 import { alreadyLoaded, padded, stringKeys, syncScopedPods, u32Key, type PolicyStats, type PolicyStatus, type ScopePod } from './policy.ts';
 import { destinationEntries, type DestinationEntries, type DestinationFilter, type SocketDestinations } from './socket-destinations.ts';
@@ -443,7 +444,7 @@ export class SocketEnforcer {
       }
     }
     const { header } = loaded.policy;
-    return { id: loaded.id, name: header.name, kind: header.kind, sensors: loaded.policy.rules.map((r) => `cgroup/${r.hook}`), stats: total, createdAt: loaded.createdAt.toISOString(), cgroup: this.#options.cgroup };
+    return { id: loaded.id, name: header.name, kind: header.kind, sensors: loaded.policy.rules.map((r) => `cgroup/${r.hook}`), stats: total, createdAt: loaded.createdAt.toISOString(), cgroup: this.#options.cgroup, mode: modeStatus(header.mode, header.enforces), enabled: true };
   }
 
   #ruleValue(policyId: number, slot: number, rule: SocketRule, scoped: boolean): Buffer {
@@ -490,7 +491,8 @@ export function socketKprobeBody(record: SocketRecord, policy: CompiledSocketPol
   return {
     function_name: rule.functionName,
     args: args.length > 0 ? args : undefined,
-    action: record.action === 'OVERRIDE' ? 'KPROBE_ACTION_OVERRIDE' : 'KPROBE_ACTION_POST',
+    // A monitored policy's event names what its selector would have done (and did not).
+    action: record.action === 'OVERRIDE' || rule.selectors[record.selector]?.monitored === 'OVERRIDE' ? 'KPROBE_ACTION_OVERRIDE' : 'KPROBE_ACTION_POST',
     policy_name: policy.header.name,
     message: rule.message,
     tags: rule.tags,

@@ -31,7 +31,8 @@ import { array, pad, struct, u16, u32, u64, u8, i32 } from '../ebpf/index.ts';
 import { Prefix } from '../net/index.ts';
 import { RuntimeError } from './errors.ts';
 import { parseIdentityValue, parseServiceValue, seAddress, type IdentityValue } from './socket-destinations.ts';
-import { DNS_SUBDOMAIN, MISSING_HOOK_REASON, Op, STRING_KEY_BYTES, isMap, parseInteger, readMatchPids, readPolicyScope, stringValues, syscallName, unknownFields, type CompiledStrings, type Json, type PolicyProblem, type PolicyScope, type TracingPolicyHeader } from './tracing-policy.ts';
+import { DNS_SUBDOMAIN, MISSING_HOOK_REASON, Op, STRING_KEY_BYTES, isMap, parseInteger, readMatchPids, readPolicyScope, stringValues, syscallName, unknownFields, type CompiledStrings, type Json, type PolicyProblem, type PolicyScope, type TracingPolicyHeader, type CompileOptions } from './tracing-policy.ts';
+import { isEnforcing, readPolicyOptions, selectorInMode } from './policy-mode.ts';
 
 /** Kernel limits (bpf/sock_enforce.h); Tetragon's in comments. */
 export const SOCKET_POLICY_LIMITS = {
@@ -121,6 +122,8 @@ export interface SocketFilter {
 
 export interface SocketSelector {
   action: SeActionName;
+  /** A monitored policy's selector runs `action` Post; this is what it would have done. */
+  monitored?: SeActionName;
   /** Override's errno, negative. */
   error: number;
   binOp: number;
@@ -228,7 +231,7 @@ function compileArgs(list: unknown, hook: SocketHookName, field: string, problem
 }
 
 /** What the agent running the policy offers: destinations by identity and service need the full agent's. */
-export interface SocketCompileOptions {
+export interface SocketCompileOptions extends CompileOptions {
   /** The full agent's identities, ipcache and services are there (not `--runtime-only`). */
   destinations?: boolean;
 }
@@ -426,7 +429,7 @@ export function compileSocketPolicy(text: string, hostNetns = 0, options: Socket
   const spec = doc.spec as Json;
   const rules: SocketRule[] = [];
   for (const key of Object.keys(spec)) {
-    if (key === 'kprobes' || key === 'podSelector' || (key === 'hostSelector' && (spec[key] === null || (isMap(spec[key]) && Object.keys(spec[key]).length === 0)))) continue;
+    if (key === 'kprobes' || key === 'podSelector' || key === 'options' || (key === 'hostSelector' && (spec[key] === null || (isMap(spec[key]) && Object.keys(spec[key]).length === 0)))) continue;
     problems.push({ field: `spec.${key}`, reason: 'not supported in a policy that overrides socket calls (put it in another policy)' });
   }
   (spec.kprobes as unknown[]).forEach((kprobe, i) => {
@@ -450,8 +453,11 @@ export function compileSocketPolicy(text: string, hostNetns = 0, options: Socket
     rules.push({ field, hook, functionName: `__x64_sys_${hook}`, args, selectors, message: typeof kprobe.message === 'string' ? kprobe.message : undefined, tags: Array.isArray(kprobe.tags) ? (kprobe.tags as string[]) : undefined });
   });
   if (rules.length > SOCKET_POLICY_LIMITS.rules) problems.push({ field: 'spec.kprobes', reason: `at most ${SOCKET_POLICY_LIMITS.rules} hooks` });
+  const mode = [options.mode, readPolicyOptions(spec.options, problems).mode].find((m) => m !== undefined) ?? 'enforce';
   if (problems.length > 0) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name || '(unnamed)'}: ${problems.map((p) => `${p.field}: ${p.reason}`).join('; ')}`, { details: problems });
   const kind = doc.kind as TracingPolicyHeader['kind'];
   const namespace = kind === 'TracingPolicyNamespaced' && typeof metadata.namespace === 'string' ? metadata.namespace : undefined;
-  return { header: { kind, name, ...(namespace === undefined ? {} : { namespace }) }, rules, ...(scope ? { scope } : {}), text };
+  const enforces = rules.some((rule) => rule.selectors.some((sel) => isEnforcing(sel.action)));
+  const inMode = rules.map((rule) => ({ ...rule, selectors: rule.selectors.map((sel) => selectorInMode(sel, mode, 'POST')) }));
+  return { header: { kind, name, ...(namespace === undefined ? {} : { namespace }), mode, enforces }, rules: inMode, ...(scope ? { scope } : {}), text };
 }

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { probeFeature } from '../ebpf/index.ts';
 import { RuntimeError } from './errors.ts';
 import { MISSING_HOOK_REASON, compileTracingPolicy, type PolicyProblem } from './tracing-policy.ts';
+import { withPolicyMode } from './policy-mode.ts';
 
 // examples/quickstart/file_monitoring.yaml (Tetragon), unchanged.
 const FILE_MONITORING = `apiVersion: cilium.io/v1alpha1
@@ -90,7 +91,7 @@ spec:
       matchBinaries: [{operator: In, values: ["/usr/bin/cat"]}]
       matchActions: [{action: Post}]
 `);
-  assert.deepEqual(header, { kind: 'TracingPolicyNamespaced', name: 'watch', namespace: 'default' });
+  assert.deepEqual(header, { kind: 'TracingPolicyNamespaced', name: 'watch', namespace: 'default', mode: 'enforce', enforces: false });
   assert.deepEqual(hooks.map((h) => [h.field, `${h.group}/${h.name}`, h.functionName]), [
     ['spec.kprobes[0]', 'syscalls/sys_enter_openat', '__x64_sys_openat'],
     ['spec.tracepoints[0]', 'sched/sched_process_exec', undefined],
@@ -192,4 +193,37 @@ spec:
     { field: 'spec.containerSelector.matchExpressions[4].extra', reason: 'unknown field' },
   ]);
   assert.deepEqual(problemsOf(policy('[name]')), [{ field: 'spec.containerSelector', reason: 'want a label selector (matchLabels, matchExpressions)' }]);
+});
+
+test("spec.options policy-mode: monitor compiles Sigkill as Post and keeps what it stands for; loading's mode wins; a bad option is refused naming it; tetra's --mode rewrites the option", () => {
+  const text = (options: string) => `apiVersion: cilium.io/v1alpha1
+kind: TracingPolicy
+metadata: {name: modes}
+spec:
+${options}  kprobes:
+  - call: sys_openat
+    args: [{index: 1, type: string}]
+    selectors:
+    - matchArgs: [{index: 1, operator: Prefix, values: [/etc/shadow]}]
+      matchActions: [{action: Sigkill}]
+`;
+  const monitored = compileTracingPolicy(text('  options: [{name: policy-mode, value: monitor}]\n'));
+  assert.deepEqual([monitored.header.mode, monitored.header.enforces], ['monitor', true]);
+  assert.deepEqual([monitored.hooks[0].selectors[0].action, monitored.hooks[0].selectors[0].monitored], ['POST', 'SIGKILL']);
+  const enforced = compileTracingPolicy(text('  options: [{name: policy-mode, value: monitor}]\n'), { mode: 'enforce' });
+  assert.deepEqual([enforced.header.mode, enforced.hooks[0].selectors[0].action, enforced.hooks[0].selectors[0].monitored], ['enforce', 'SIGKILL', undefined]);
+  assert.equal(compileTracingPolicy(text('')).header.mode, 'enforce', 'enforce by default');
+  const refused = (options: string) => {
+    try {
+      compileTracingPolicy(text(options), { mode: 'monitor' });
+    } catch (error) {
+      return (error as RuntimeError).details;
+    }
+    return undefined;
+  };
+  assert.deepEqual(refused('  options: [{name: policy-mode, value: audit}]\n'), [{ field: 'spec.options[0].value', reason: '"audit": want enforce or monitor' }]);
+  assert.deepEqual(refused('  options: [{name: disable-kprobe-multi, value: "1"}]\n'), [{ field: 'spec.options[0].name', reason: '"disable-kprobe-multi": not supported yet (policy-mode is)' }]);
+  const rewritten = withPolicyMode(text('  options: [{name: policy-mode, value: enforce}]\n'), 'monitor');
+  assert.equal(compileTracingPolicy(rewritten).header.mode, 'monitor');
+  assert.equal((rewritten.match(/policy-mode/g) ?? []).length, 1, 'one policy-mode, replaced');
 });

@@ -12,6 +12,7 @@ import { parse } from 'yaml';
 import { probeFeature } from '../ebpf/index.ts';
 import { Addr, Prefix } from '../net/index.ts';
 import type { Selector, SelectorRequirement } from '../policy/index.ts';
+import { isEnforcing, readPolicyOptions, selectorInMode, type PolicyMode } from './policy-mode.ts';
 import { RuntimeError } from './errors.ts';
 import { CAPABILITIES, NAMESPACES, type NamespaceName } from './events.ts';
 import { hostNamespaces } from './procfs.ts';
@@ -25,6 +26,16 @@ export interface TracingPolicyHeader {
   kind: 'TracingPolicy' | 'TracingPolicyNamespaced';
   name: string;
   namespace?: string;
+  /** What it was compiled for: spec.options' policy-mode, or what loading or configuring it said. */
+  mode: PolicyMode;
+  /** Whether any selector enforces (Sigkill, Signal, Override): if not, the policy is monitor_only. */
+  enforces: boolean;
+}
+
+/** How a policy is compiled besides its text. */
+export interface CompileOptions {
+  /** Over spec.options' policy-mode (tetra's `--mode`, ConfigureTracingPolicy). */
+  mode?: PolicyMode;
 }
 
 const KINDS = new Set(['TracingPolicy', 'TracingPolicyNamespaced']);
@@ -196,6 +207,8 @@ export interface CompiledSelector {
   nsChangeMask: number;
   args: CompiledFilter[];
   action: ActionName;
+  /** A monitored policy's selector runs `action` Post; this is what it would have done. */
+  monitored?: ActionName;
   signal: number;
   /** Post's rateLimit in ns (0: none) and its scope. */
   rateLimitNs: bigint;
@@ -683,7 +696,7 @@ export function readPolicyScope(doc: Json, problems: PolicyProblem[]): PolicySco
   return { namespace: namespaced ? namespace : undefined, podSelector, ...(containerSelector ? { containerSelector } : {}) };
 }
 
-export function compileTracingPolicy(text: string): CompiledTracingPolicy {
+export function compileTracingPolicy(text: string, options: CompileOptions = {}): CompiledTracingPolicy {
   let doc: unknown;
   try {
     doc = parse(text);
@@ -719,7 +732,7 @@ export function compileTracingPolicy(text: string): CompiledTracingPolicy {
     problems.push({ field: 'spec', reason: 'want an object' });
   } else {
     unknownFields(spec, SPEC_FIELDS, 'spec', problems);
-    for (const key of ['nodeSelector', 'lists', 'enforcers', 'options', 'selectorsMacros', 'loader']) {
+    for (const key of ['nodeSelector', 'lists', 'enforcers', 'selectorsMacros', 'loader']) {
       if (spec[key] !== undefined && spec[key] !== null && SPEC_FIELDS.has(key)) problems.push({ field: `spec.${key}`, reason: 'not supported yet' });
     }
     if (spec.hostSelector !== undefined && spec.hostSelector !== null && !(isMap(spec.hostSelector) && Object.keys(spec.hostSelector).length === 0)) problems.push({ field: 'spec.hostSelector', reason: 'want null or {}' });
@@ -770,8 +783,12 @@ export function compileTracingPolicy(text: string): CompiledTracingPolicy {
     if (problems.length === 0 && hooks.length === 0) problems.push({ field: 'spec', reason: 'no hooks: want kprobes (syscalls) or tracepoints' });
     if (hooks.length > POLICY_LIMITS.hooks) problems.push({ field: 'spec', reason: `at most ${POLICY_LIMITS.hooks} hooks` });
   }
+  // Read even when loading says the mode: a malformed option refuses the policy all the same.
+  const mode = [options.mode, readPolicyOptions(isMap(spec) ? spec.options : undefined, problems).mode].find((m) => m !== undefined) ?? 'enforce';
   if (problems.length > 0) {
     throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name || '(unnamed)'}: ${problems.map((p) => `${p.field}: ${p.reason}`).join('; ')}`, { details: problems });
   }
-  return { header: { kind: doc.kind as TracingPolicyHeader['kind'], name, namespace }, hooks, scope, text };
+  const enforces = hooks.some((hook) => hook.selectors.some((sel) => isEnforcing(sel.action)));
+  const compiled = hooks.map((hook) => ({ ...hook, selectors: hook.selectors.map((sel) => selectorInMode(sel, mode, 'POST')) }));
+  return { header: { kind: doc.kind as TracingPolicyHeader['kind'], name, namespace, mode, enforces }, hooks: compiled, scope, text };
 }

@@ -13,7 +13,7 @@ import { readFileSync, readdirSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { z } from 'zod';
 import { listenAddressSetting, Registry, TetragonMetrics } from '../../metrics/index.ts';
-import { EventExporter, parseEventFilters, RuntimeObserver, TetragonServer, containerOfProcess, eventTypeOf, findContainerCgroups, processOf, type ScopePod, type SocketDestinations, type TetragonPod } from '../../runtime/index.ts';
+import { POLICY_MODES, EventExporter, parseEventFilters, RuntimeObserver, TetragonServer, containerOfProcess, eventTypeOf, findContainerCgroups, processOf, type ScopePod, type SocketDestinations, type TetragonPod } from '../../runtime/index.ts';
 import type { Endpoint, EndpointContainer } from '../endpoint.ts';
 import { reservedIdentityInfos } from '../../policy/index.ts';
 import { RESERVED_IDENTITY } from '../../identity/index.ts';
@@ -34,6 +34,8 @@ export const RuntimeCell = cell<RuntimeObserver | undefined>('runtime');
 const MB = 1024 * 1024;
 
 const PolicyBody = z.object({ yaml: z.string(), file: z.string().optional() });
+/** A change of a loaded policy (ConfigureTracingPolicy's): enable or disable it, or set its mode. */
+const PolicyChangeBody = z.object({ enable: z.boolean().optional(), mode: z.enum(POLICY_MODES).optional() }).strict();
 
 export const runtimeConfig = {
   runtimeEnabled: z.boolean().default(false).describe('process exec/exit events and Tetragon\'s gRPC API (on with --runtime-only)'),
@@ -110,6 +112,7 @@ export const runtimeModule = defineModule({
     // The local API's view of TracingPolicies (what `tetra tracingpolicy` does over gRPC).
     api.route('POST', '/v1/runtime/policies', ({ body }) => observer.policies.add(parseRequest(PolicyBody, body, 'tracing policy add').yaml));
     api.route('GET', '/v1/runtime/policies', () => observer.policies.list());
+    api.route('PATCH', '/v1/runtime/policies/:name', ({ params, body }) => observer.policies.configure(params.name, parseRequest(PolicyChangeBody, body, `tracing policy ${params.name}`)));
     api.route('DELETE', '/v1/runtime/policies/:name', ({ params }) => {
       observer.policies.delete(params.name);
       return { deleted: params.name };
