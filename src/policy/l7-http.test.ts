@@ -14,8 +14,10 @@ import {
   parsePolicyYaml,
   PolicyEngine,
   resolveEndpointPolicy,
+  PolicyVerdict,
   SelectorCache,
 } from './index.ts';
+import { BpfPolicyLookup } from './testdata/bpf-lookup.ts';
 
 const STARWARS_L7 = join(import.meta.dirname, '..', '..', 'test', 'policies', 'starwars-l7.yaml');
 const DEATHSTAR = { 'k8s:org': 'empire', 'k8s:class': 'deathstar', 'k8s:io.kubernetes.pod.namespace': 'default' };
@@ -66,6 +68,50 @@ spec:
   const anyOnly = resolveEndpointPolicy(DEATHSTAR, [rules[0]], cache()).entries;
   assert.ok(lookupPolicy(anyOnly, EMPIRE, PolicyDirection.INGRESS, 6, 80).entry?.l7);
   assert.equal(lookupPolicy(anyOnly, EMPIRE, PolicyDirection.INGRESS, 17, 80).entry, undefined);
+});
+
+test('HTTP rules on a port range (endPort), as Cilium takes them: every port of the range goes to the proxy with the rules, a narrower allow without L7 rules wins where it applies (real BPF lookup)', () => {
+  const rules = parsePolicyYaml(`
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: range}
+spec:
+  endpointSelector: {matchLabels: {org: empire, class: deathstar}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {org: empire}}]
+    toPorts:
+    - ports: [{port: "8000", endPort: 8100, protocol: TCP}]
+      rules: {http: [{method: GET, path: /}]}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: metrics}
+spec:
+  endpointSelector: {matchLabels: {org: empire, class: deathstar}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {org: empire}}]
+    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
+`);
+  const http = [{ method: 'GET', path: '/' }];
+  assert.deepEqual(rules[0].ingress[0].ports, [{ port: 8000, endPort: 8100, protocol: 'TCP', l7: { http } }]);
+  const entries = resolveEndpointPolicy(DEATHSTAR, rules, cache()).entries;
+  const at = (port: number) => lookupPolicy(entries, EMPIRE, PolicyDirection.INGRESS, 6, port);
+  for (const port of [8000, 8063, 8064, 8081, 8096, 8100]) {
+    assert.deepEqual(at(port).entry?.l7, [{ ruleKey: 'CiliumNetworkPolicy/default/range', http }], `port ${port} is judged by the proxy`);
+    assert.equal(encodeEntry(at(port).entry!).proxy_port, L7_PROXY_PORT);
+  }
+  assert.equal(at(8080).entry?.l7, undefined, 'the exact 8080 allow has no HTTP rules: every request on 8080');
+  for (const port of [7999, 8101]) assert.equal(at(port).entry, undefined, `port ${port} is outside the range`);
+  assert.equal(lookupPolicy(entries, ALLIANCE, PolicyDirection.INGRESS, 6, 8050).entry, undefined, 'the Alliance is dropped at L3/L4');
+
+  using bpf = new BpfPolicyLookup();
+  bpf.load(entries.values());
+  for (const port of [8000, 8050, 8080, 8100]) {
+    const r = bpf.query(EMPIRE, PolicyDirection.INGRESS, 6, port);
+    assert.equal(r.verdict, PolicyVerdict.ALLOWED, `port ${port}`);
+    assert.equal(r.prefixLen, at(port).entry!.key.prefixLen, `port ${port}: the datapath picks the entry the proxy judges by`);
+  }
+  for (const port of [7999, 8101]) assert.equal(bpf.query(EMPIRE, PolicyDirection.INGRESS, 6, port).verdict, PolicyVerdict.DENIED_DEFAULT, `port ${port}`);
 });
 
 test('HTTP rules match as Cilium matches: whole-value regular expressions, headers by presence and value', () => {
