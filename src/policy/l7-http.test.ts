@@ -114,6 +114,71 @@ spec:
   for (const port of [7999, 8101]) assert.equal(bpf.query(EMPIRE, PolicyDirection.INGRESS, 6, port).verdict, PolicyVerdict.DENIED_DEFAULT, `port ${port}`);
 });
 
+test('HTTP rules are ORed with every allow that covers their key, as Cilium\'s proxy judges by every rule on the port: every peer\'s HTTP rules join, an allow without L7 rules allows all', () => {
+  const policy = (body: string) =>
+    parsePolicyYaml(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {matchLabels: {org: empire, class: deathstar}}
+  ingress:
+${body}`);
+  const fromEmpireGetA = `  - fromEndpoints: [{matchLabels: {org: empire}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: /a}]}}]
+`;
+  const grants = (rules: ReturnType<typeof parsePolicyYaml>, identity: number, port = 80) =>
+    lookupPolicy(resolveEndpointPolicy(DEATHSTAR, rules, cache()).entries, identity, PolicyDirection.INGRESS, 6, port).entry?.l7?.flatMap((g) => g.http.map((h) => h.path));
+
+  // Every peer may GET /b: so may the Empire, beside its own GET /a (cilium/cilium#3509).
+  const everyPeerGetB = '  - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: /b}]}}]\n';
+  assert.deepEqual(grants(policy(fromEmpireGetA + everyPeerGetB), EMPIRE), ['/a', '/b']);
+  assert.deepEqual(grants(policy(fromEmpireGetA + everyPeerGetB), ALLIANCE), ['/b']);
+  // Every peer may use port 80 at L4: the Empire's HTTP rules restrict nothing, no redirect.
+  const everyPeer80 = '  - toPorts: [{ports: [{port: "80", protocol: TCP}]}]\n';
+  assert.equal(grants(policy(fromEmpireGetA + everyPeer80), EMPIRE), undefined);
+  // The Empire may use every port (L3 only), or a range holding 80: the same.
+  assert.equal(grants(policy(fromEmpireGetA + '  - fromEndpoints: [{matchLabels: {org: empire}}]\n'), EMPIRE), undefined);
+  const empireRange = '  - fromEndpoints: [{matchLabels: {org: empire}}]\n    toPorts: [{ports: [{port: "64", endPort: 127, protocol: TCP}]}]\n';
+  assert.equal(grants(policy(fromEmpireGetA + empireRange), EMPIRE), undefined);
+  // A range with HTTP rules for every peer joins the Empire's rules on 80, and only there.
+  const everyPeerRangeGetC = '  - toPorts: [{ports: [{port: "64", endPort: 127, protocol: TCP}], rules: {http: [{method: GET, path: /c}]}}]\n';
+  assert.deepEqual(grants(policy(fromEmpireGetA + everyPeerRangeGetC), EMPIRE), ['/a', '/c']);
+  assert.deepEqual(grants(policy(fromEmpireGetA + everyPeerRangeGetC), EMPIRE, 81), ['/c']);
+
+  // An identity that appears later (the engine's incremental path) gets what a full resolve gives.
+  const engine = new PolicyEngine({ identities: [] });
+  engine.upsertRules(policy(fromEmpireGetA + everyPeerGetB));
+  engine.upsertEndpoint(1, DEATHSTAR);
+  engine.upsertIdentity(EMPIRE, { 'k8s:org': 'empire', 'k8s:io.kubernetes.pod.namespace': 'default' });
+  const incremental = lookupPolicy(engine.endpointPolicy(1)!.entries, EMPIRE, PolicyDirection.INGRESS, 6, 80).entry?.l7;
+  assert.deepEqual(incremental?.flatMap((g) => g.http.map((h) => h.path)), ['/a', '/b']);
+});
+
+test('an identity relabelled in place gets the HTTP rules of its new labels, though its map entry does not change: the old ones are not kept', () => {
+  const engine = new PolicyEngine({ identities: [{ id: EMPIRE, labels: { 'k8s:org': 'empire', 'k8s:io.kubernetes.pod.namespace': 'default' } }] });
+  engine.upsertRules(
+    parsePolicyYaml(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {matchLabels: {class: deathstar}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {org: empire}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: /plans}]}}]
+  - fromEndpoints: [{matchLabels: {rank: officer}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: /mess}]}}]
+`),
+  );
+  engine.upsertEndpoint(1, DEATHSTAR);
+  const paths = () => lookupPolicy(engine.endpointPolicy(1)!.entries, EMPIRE, PolicyDirection.INGRESS, 6, 80).entry?.l7?.flatMap((g) => g.http.map((h) => h.path));
+  assert.deepEqual(paths(), ['/plans']);
+  const both = engine.upsertIdentity(EMPIRE, { 'k8s:org': 'empire', 'k8s:rank': 'officer', 'k8s:io.kubernetes.pod.namespace': 'default' });
+  assert.equal(both.endpoints.size, 0, 'the map entry is the same: nothing to write');
+  assert.deepEqual(paths(), ['/plans', '/mess']);
+  engine.upsertIdentity(EMPIRE, { 'k8s:rank': 'officer', 'k8s:io.kubernetes.pod.namespace': 'default' });
+  assert.deepEqual(paths(), ['/mess'], 'no longer of the Empire: no longer GET /plans');
+});
+
 test('HTTP rules match as Cilium matches: whole-value regular expressions, headers by presence and value', () => {
   const landing = compileHttpRule({ method: 'POST', path: '/v1/request-landing' });
   assert.ok(httpRuleMatches(landing, view('POST', '/v1/request-landing')));
