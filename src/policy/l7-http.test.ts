@@ -145,13 +145,35 @@ ${body}`);
   assert.deepEqual(grants(policy(fromEmpireGetA + everyPeerRangeGetC), EMPIRE), ['/a', '/c']);
   assert.deepEqual(grants(policy(fromEmpireGetA + everyPeerRangeGetC), EMPIRE, 81), ['/c']);
 
+  // Every peer's HTTP rules on a narrower key than the Empire's own allow would win the Empire's
+  // lookups there: the Empire gets its own entry, with both allows' rules, or none.
+  const empireRangeGetA = '  - fromEndpoints: [{matchLabels: {org: empire}}]\n    toPorts: [{ports: [{port: "64", endPort: 127, protocol: TCP}], rules: {http: [{method: GET, path: /a}]}}]\n';
+  assert.deepEqual(grants(policy(empireRangeGetA + everyPeerGetB), EMPIRE), ['/a', '/b']);
+  assert.deepEqual(grants(policy(empireRangeGetA + everyPeerGetB), EMPIRE, 81), ['/a']);
+  const empireEverything = '  - fromEndpoints: [{matchLabels: {org: empire}}]\n';
+  const rules = policy(empireEverything + everyPeerGetB);
+  assert.equal(grants(rules, EMPIRE), undefined, 'the Empire may do anything anywhere, port 80 included');
+  assert.deepEqual(grants(rules, ALLIANCE), ['/b']);
+  using bpf = new BpfPolicyLookup();
+  const entries = resolveEndpointPolicy(DEATHSTAR, rules, cache()).entries;
+  bpf.load(entries.values());
+  const empire80 = bpf.query(EMPIRE, PolicyDirection.INGRESS, 6, 80);
+  assert.equal(empire80.prefixLen, 64, 'the datapath picks the Empire\'s own port-80 entry');
+  assert.equal(encodeEntry(lookupPolicy(entries, EMPIRE, PolicyDirection.INGRESS, 6, 80).entry!).proxy_port, 0, 'and it does not redirect');
+
   // An identity that appears later (the engine's incremental path) gets what a full resolve gives.
-  const engine = new PolicyEngine({ identities: [] });
-  engine.upsertRules(policy(fromEmpireGetA + everyPeerGetB));
-  engine.upsertEndpoint(1, DEATHSTAR);
-  engine.upsertIdentity(EMPIRE, { 'k8s:org': 'empire', 'k8s:io.kubernetes.pod.namespace': 'default' });
-  const incremental = lookupPolicy(engine.endpointPolicy(1)!.entries, EMPIRE, PolicyDirection.INGRESS, 6, 80).entry?.l7;
-  assert.deepEqual(incremental?.flatMap((g) => g.http.map((h) => h.path)), ['/a', '/b']);
+  for (const [body, expected] of [
+    [fromEmpireGetA + everyPeerGetB, ['/a', '/b']],
+    [empireRangeGetA + everyPeerGetB, ['/a', '/b']],
+    [empireEverything + everyPeerGetB, undefined],
+  ] as const) {
+    const engine = new PolicyEngine({ identities: [] });
+    engine.upsertRules(policy(body));
+    engine.upsertEndpoint(1, DEATHSTAR);
+    engine.upsertIdentity(EMPIRE, { 'k8s:org': 'empire', 'k8s:io.kubernetes.pod.namespace': 'default' });
+    const incremental = lookupPolicy(engine.endpointPolicy(1)!.entries, EMPIRE, PolicyDirection.INGRESS, 6, 80).entry?.l7;
+    assert.deepEqual(incremental?.flatMap((g) => g.http.map((h) => h.path)), expected);
+  }
 });
 
 test('an identity relabelled in place gets the HTTP rules of its new labels, though its map entry does not change: the old ones are not kept', () => {

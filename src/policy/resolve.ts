@@ -23,6 +23,7 @@ import {
   PREFIX_DIR,
   PREFIX_PROTO,
   PROTOCOL_NUMBER,
+  keyCovers,
   policyKeyString,
   portRuleKeys,
   type PolicyKey,
@@ -161,6 +162,7 @@ class EntryBuilder {
 
   /** `wildcard`: the endpoint's identity-0 entries when this builder computes one identity's only. */
   finish(wildcard?: ReadonlyMap<string, PolicyMapEntry>): Map<string, PolicyMapEntry> {
+    this.#splitUnderWildcardHttp(wildcard);
     if (this.denied.size > 0) {
       for (const [ks, e] of this.entries) {
         if (e.deny) continue;
@@ -169,6 +171,32 @@ class EntryBuilder {
     }
     this.#widenHttp(wildcard);
     return this.entries;
+  }
+
+  /**
+   * An allow of every peer with HTTP rules on a narrower key than a peer's own allow wins that
+   * peer's lookups there (longest prefix) and would hold it to those HTTP rules alone. So the peer
+   * gets an entry of its own at that key, to which #widenHttp then gives both allows' HTTP rules,
+   * or none when its own allow has none.
+   */
+  #splitUnderWildcardHttp(wildcard: ReadonlyMap<string, PolicyMapEntry> | undefined): void {
+    const everyPeer =
+      wildcard === undefined
+        ? this.#withHttp.filter((e) => e.key.identity === 0 && e.l7 !== undefined && this.entries.get(policyKeyString(e.key)) === e)
+        : [...wildcard.values()].filter((e) => !e.deny && e.l7 !== undefined);
+    if (everyPeer.length === 0) return;
+    for (const own of [...this.entries.values()]) {
+      if (own.key.identity === 0 || own.deny || own.dns) continue;
+      for (const w of everyPeer) {
+        if (w.key.prefixLen <= own.key.prefixLen || !keyCovers({ ...own.key, identity: 0 }, w.key)) continue;
+        const key = { ...w.key, identity: own.key.identity };
+        const ks = policyKeyString(key);
+        if (this.entries.has(ks)) continue;
+        const split: PolicyMapEntry = { key, deny: false, cookie: own.cookie, ruleKeys: [...own.ruleKeys], l7: [] };
+        this.entries.set(ks, split);
+        this.#withHttp.push(split);
+      }
+    }
   }
 
   /**
