@@ -29,6 +29,15 @@ const cache = () =>
     { id: ALLIANCE, labels: { 'k8s:org': 'alliance', 'k8s:io.kubernetes.pod.namespace': 'default' } },
   ]);
 const view = (method: string, path: string, headers: Record<string, string> = {}, host = 'deathstar') => ({ method, path, host, headers });
+/** A CiliumNetworkPolicy of the Death Star with these ingress rules (YAML list items). */
+const deathstarIngress = (name: string, ingress: string) =>
+  parsePolicyYaml(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: ${name}}
+spec:
+  endpointSelector: {matchLabels: {org: empire, class: deathstar}}
+  ingress:
+${ingress}`);
 
 test('the Star Wars L7 policy: the Empire on 80/TCP goes to the proxy with its HTTP rule, the Alliance has no entry', () => {
   const rules = loadPolicyFileSync(STARWARS_L7);
@@ -71,27 +80,11 @@ spec:
 });
 
 test('HTTP rules on a port range (endPort), as Cilium takes them: every port of the range goes to the proxy with the rules, a narrower allow without L7 rules wins where it applies (real BPF lookup)', () => {
-  const rules = parsePolicyYaml(`
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: range}
-spec:
-  endpointSelector: {matchLabels: {org: empire, class: deathstar}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {org: empire}}]
-    toPorts:
-    - ports: [{port: "8000", endPort: 8100, protocol: TCP}]
-      rules: {http: [{method: GET, path: /}]}
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: metrics}
-spec:
-  endpointSelector: {matchLabels: {org: empire, class: deathstar}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {org: empire}}]
-    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
-`);
+  const fromEmpire = '  - fromEndpoints: [{matchLabels: {org: empire}}]\n';
+  const rules = [
+    ...deathstarIngress('range', `${fromEmpire}    toPorts: [{ports: [{port: "8000", endPort: 8100, protocol: TCP}], rules: {http: [{method: GET, path: /}]}}]\n`),
+    ...deathstarIngress('metrics', `${fromEmpire}    toPorts: [{ports: [{port: "8080", protocol: TCP}]}]\n`),
+  ];
   const http = [{ method: 'GET', path: '/' }];
   assert.deepEqual(rules[0].ingress[0].ports, [{ port: 8000, endPort: 8100, protocol: 'TCP', l7: { http } }]);
   const entries = resolveEndpointPolicy(DEATHSTAR, rules, cache()).entries;
@@ -115,14 +108,7 @@ spec:
 });
 
 test('HTTP rules are ORed with every allow that covers their key, as Cilium\'s proxy judges by every rule on the port: every peer\'s HTTP rules join, an allow without L7 rules allows all', () => {
-  const policy = (body: string) =>
-    parsePolicyYaml(`apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: p}
-spec:
-  endpointSelector: {matchLabels: {org: empire, class: deathstar}}
-  ingress:
-${body}`);
+  const policy = (body: string) => deathstarIngress('p', body);
   const fromEmpireGetA = `  - fromEndpoints: [{matchLabels: {org: empire}}]
     toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: /a}]}}]
 `;
