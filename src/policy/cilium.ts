@@ -12,7 +12,7 @@
  * @module
  */
 import { at, checkFields, Ctx, describe, join, readBool, readList, readObj, readString, type Obj } from './context.ts';
-import { readCidr, readCidrRule, readSelector, type Metadata } from './parse-common.ts';
+import { ignoreStrayDescription, readCidr, readCidrRule, readSelector, type Metadata } from './parse-common.ts';
 import { canonicalSelectorKey, selectorHasKey, selectorHasKeyPrefix, splitLabelKey } from './selector.ts';
 import {
   ENTITIES,
@@ -203,7 +203,7 @@ function readPort(ctx: Ctx, path: string, value: unknown): PortRule | undefined 
 
 /**
  * Reads `toPorts` into a flat port list (the union of the entries), each with its entry's L7
- * rules: HTTP rules on one TCP port each, which the node proxy judges request by request.
+ * rules: HTTP rules on TCP ports or port ranges, which the node proxy judges request by request.
  */
 function readToPorts(ctx: Ctx, path: string, value: unknown, deny: boolean, direction: 'ingress' | 'egress'): PortRule[] | undefined {
   const list = readList(ctx, path, value);
@@ -247,11 +247,15 @@ function readToPorts(ctx: Ctx, path: string, value: unknown, deny: boolean, dire
   return ok ? out : undefined;
 }
 
-/** Why a port cannot carry HTTP rules: the proxy takes one TCP port (Cilium refuses ranges too). */
+/**
+ * Why a port cannot carry HTTP rules: the proxy speaks TCP and needs a port, as Cilium's
+ * PortRule.sanitize says. A range (endPort) is fine, as in Cilium (its connectivity tests enforce
+ * HTTP rules on ranges): each of the range's map entries redirects, and the proxy finds the rules
+ * by the connection's own port with the same longest-prefix lookup as the datapath.
+ */
 function l7PortProblem(port: PortRule): string | undefined {
   if (port.protocol !== 'TCP' && port.protocol !== 'ANY') return `HTTP rules need TCP, got ${port.protocol}`;
   if (port.port === 0) return 'HTTP rules need a port (0 means every port)';
-  if (port.endPort !== undefined) return 'HTTP rules apply to one port, not a range (endPort)';
   return undefined;
 }
 
@@ -635,7 +639,8 @@ function readCiliumRule(ctx: Ctx, path: string, value: unknown, scope: Scope, me
  * already checked, metadata already read). One rule per `spec` and per `specs` entry.
  */
 export function readCiliumPolicy(ctx: Ctx, path: string, doc: Obj, kind: 'CiliumNetworkPolicy' | 'CiliumClusterwideNetworkPolicy', meta: Metadata): PolicyRule[] {
-  checkFields(ctx, path, doc, ['apiVersion', 'kind', 'metadata', 'spec', 'specs', 'status']);
+  checkFields(ctx, path, doc, ['apiVersion', 'kind', 'metadata', 'spec', 'specs', 'status', 'description']);
+  ignoreStrayDescription(ctx, path, doc, `the top level of a ${kind}`, 'write it as spec.description');
   const scope: Scope = { kind, namespace: meta.namespace };
   const rules: PolicyRule[] = [];
   const hasSpec = doc.spec !== undefined && doc.spec !== null;

@@ -15,6 +15,7 @@
  * engine.trace({ src: { identity: 260 }, dst: { endpoint: 1 }, dport: 80 }).allowed; // true
  * @module
  */
+import { isDeepStrictEqual } from 'node:util';
 import { selectorMatches } from './selector.ts';
 import { ruleKey, policyKey, type PolicyRule, type Protocol } from './types.ts';
 import {
@@ -254,7 +255,10 @@ export class PolicyEngine {
       ).entries;
       const old = entriesOf(identity);
       const diff = diffEntries(old, fresh);
-      if (diff.upserts.length === 0 && diff.deletes.length === 0) continue;
+      const mapSame = diff.upserts.length === 0 && diff.deletes.length === 0;
+      // The proxy reads the HTTP rules from these entries, not from the map: rules that changed
+      // behind an unchanged map value must still replace the old ones.
+      if (mapSame && [...fresh].every(([k, e]) => isDeepStrictEqual(e.l7, old.get(k)?.l7))) continue;
       // The key set changes as the map does, so both keep the same order (that of later diffs).
       let keys = ep.keysByIdentity.get(identity);
       if (!keys) ep.keysByIdentity.set(identity, (keys = new Set()));
@@ -268,7 +272,7 @@ export class PolicyEngine {
         keys.add(k);
       }
       if (keys.size === 0) ep.keysByIdentity.delete(identity);
-      out.set(id, diff);
+      if (!mapSame) out.set(id, diff);
     }
     return { revision: ++this.#revision, endpoints: out };
   }

@@ -15,6 +15,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { isDeepStrictEqual } from 'node:util';
 import { parseAllDocuments } from 'yaml';
 import { readCiliumPolicy } from './cilium.ts';
 import { at, caseVariant, Ctx, describe, isObj, join, readObj, type Obj } from './context.ts';
@@ -181,7 +182,7 @@ function missing(obj: Obj, field: string): string {
 function collect(ctx: Ctx, documents: Array<{ value: unknown; skip?: boolean }>, options: ParseOptions): ParsedPolicyFile {
   const rules: PolicyRule[] = [];
   const skipped: SkippedDocument[] = [];
-  const seen = new Map<string, number>();
+  const seen = new Map<string, { document: number; rule: PolicyRule }>();
   documents.forEach((doc, i) => {
     ctx.document = i + 1;
     ctx.policy = undefined;
@@ -194,14 +195,17 @@ function collect(ctx: Ctx, documents: Array<{ value: unknown; skip?: boolean }>,
       const first = seen.get(key);
       if (first !== undefined) {
         ctx.policy = `${rule.kind} ${rule.namespace === undefined ? '' : `${rule.namespace}/`}${rule.name}`;
-        ctx.add('metadata.name', `duplicate policy: document ${first} defines it too`);
+        // A manifest that repeats a policy word for word (generated files do) means one object,
+        // as `kubectl apply` leaves one; a repeat that differs is ambiguous.
+        if (isDeepStrictEqual(first.rule, rule)) ctx.warn('metadata.name', `repeats document ${first.document} exactly: kept once`);
+        else ctx.add('metadata.name', `duplicate policy: document ${first.document} defines it too, differently`);
         continue;
       }
-      seen.set(key, i + 1);
-      if (options.file !== undefined) rule.sourceFile = options.file;
+      seen.set(key, { document: i + 1, rule });
       rules.push(rule);
     }
   });
+  if (options.file !== undefined) for (const rule of rules) rule.sourceFile = options.file;
   if (rules.length === 0 && skipped.length > 0 && ctx.issues.length === 0) {
     ctx.document = skipped[0].document;
     ctx.policy = undefined;

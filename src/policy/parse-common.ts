@@ -72,7 +72,10 @@ export function readSelector(ctx: Ctx, path: string, value: unknown, mapKey: (ke
     const op = readString(ctx, join(p, 'operator'), expr.operator);
     if (op === undefined && (expr.operator === undefined || expr.operator === null)) ctx.add(join(p, 'operator'), 'is required');
     if (op !== undefined && !OPERATORS.includes(op as SelectorOperator)) {
-      ctx.add(join(p, 'operator'), `must be one of ${OPERATORS.join(', ')}, got "${op}"`);
+      // Cilium's CRD schema lists the operators as an enum: "in" is refused by the API server too.
+      const sameButCase = OPERATORS.find((o) => o.toLowerCase() === op.toLowerCase());
+      const hint = sameButCase === undefined ? '' : ` (operators are case-sensitive; write "${sameButCase}")`;
+      ctx.add(join(p, 'operator'), `must be one of ${OPERATORS.join(', ')}, got "${op}"${hint}`);
       ok = false;
       return;
     }
@@ -173,8 +176,26 @@ const METADATA_FIELDS = [
 ];
 
 /**
+ * A `description` where the object has none (a policy's top level, its metadata), as published
+ * examples write it: Kubernetes drops the field (kubectl's default --validate=strict refuses it)
+ * and Cilium never sees it, so it is ignored aloud. `where` names the object; `instead` says where
+ * a description belongs. The caller lists `description` as a known field.
+ */
+export function ignoreStrayDescription(ctx: Ctx, path: string, obj: Obj, where: string, instead: string): void {
+  const value = obj.description;
+  if (value === undefined || value === null) return;
+  const p = join(path, 'description');
+  if (typeof value !== 'string') {
+    ctx.add(p, `unknown field "description" (${where} has none), holding ${describe(value)}`);
+    return;
+  }
+  ctx.warn(p, `${where} has no description field: Kubernetes drops it (kubectl --validate=strict refuses it), so it is ignored; ${instead}`);
+}
+
+/**
  * Reads `metadata`. Namespaced kinds get `default` when the namespace is missing; cluster-scoped
- * kinds must not set one. Informational fields (labels, uid, managedFields, …) are accepted.
+ * kinds must not set one. Informational fields (labels, uid, managedFields, …) are accepted, and a
+ * stray `description` is ignored with a warning.
  */
 export function readMetadata(ctx: Ctx, path: string, value: unknown, namespaced: boolean, kind: string): Metadata | undefined {
   if (value === undefined || value === null) {
@@ -183,7 +204,8 @@ export function readMetadata(ctx: Ctx, path: string, value: unknown, namespaced:
   }
   const obj = readObj(ctx, path, value);
   if (obj === undefined) return undefined;
-  checkFields(ctx, path, obj, METADATA_FIELDS);
+  checkFields(ctx, path, obj, [...METADATA_FIELDS, 'description']);
+  ignoreStrayDescription(ctx, path, obj, 'metadata', kind === 'NetworkPolicy' ? 'keep it in an annotation' : 'write it as spec.description');
   let ok = true;
   const name = readString(ctx, join(path, 'name'), obj.name);
   if (name === undefined) {

@@ -51,6 +51,36 @@ test("specs[].labels holding Cilium's own io.cilium.k8s.policy.* labels are acce
   ]);
 });
 
+test('a description beside spec or in metadata (where Kubernetes drops it) is ignored with a warning; one that is not text is refused', () => {
+  const { rules, warnings } = load('description-outside-spec.yaml');
+  assert.deepEqual(rules.map(ruleKey), ['CiliumNetworkPolicy/default/outpost-reads', 'CiliumNetworkPolicy/default/cross-cluster']);
+  assert.equal(rules[0].description, undefined, 'not moved into the rule: Cilium never sees it either');
+  assert.equal(rules[0].ingress[0].ports?.[0]?.port, 8080, 'the rule itself is read as written');
+  assert.deepEqual(warnings.map(formatIssue), [
+    'description-outside-spec.yaml: document 1 (CiliumNetworkPolicy default/outpost-reads): description: the top level of a CiliumNetworkPolicy has no description field: Kubernetes drops it (kubectl --validate=strict refuses it), so it is ignored; write it as spec.description',
+    'description-outside-spec.yaml: document 2 (CiliumNetworkPolicy default/cross-cluster): metadata.description: metadata has no description field: Kubernetes drops it (kubectl --validate=strict refuses it), so it is ignored; write it as spec.description',
+  ]);
+  const text = 'apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a, description: {text: deny}}\nspec: {podSelector: {}}';
+  assert.throws(
+    () => parsePolicyFile(text, { file: 'x.yaml' }),
+    (error: unknown) => PolicyValidationError.is(error) && error.issues.map((i) => `${i.path}: ${i.reason}`).join('\n') === 'metadata.description: unknown field "description" (metadata has none), holding a mapping',
+  );
+});
+
+test('a policy repeated word for word in one file is kept once with a warning (as kubectl apply leaves one object); a repeat that differs is refused', () => {
+  const { rules, warnings, skipped } = load('repeated-policy.yaml');
+  assert.deepEqual(rules.map(ruleKey), ['CiliumNetworkPolicy/default/echo-public']);
+  assert.deepEqual(rules[0].ingress[0].ports, [{ port: 8080, protocol: 'TCP', l7: { http: [{ method: 'GET', path: '/public$' }] } }]);
+  assert.equal(rules[0].sourceFile, 'repeated-policy.yaml');
+  assert.deepEqual(skipped.map(formatSkipped), ['Deployment echo (apps/v1), document 2']);
+  assert.deepEqual(warnings.map(formatIssue), ['repeated-policy.yaml: document 3 (CiliumNetworkPolicy default/echo-public): metadata.name: repeats document 1 exactly: kept once']);
+  const changed = readFileSync(join(dir, 'repeated-policy.yaml'), 'utf8').replace('{path: /public$, method: GET}', '{path: /private$, method: GET}');
+  assert.throws(
+    () => parsePolicyFile(changed, { file: 'x.yaml' }),
+    (error: unknown) => PolicyValidationError.is(error) && error.issues.map(formatIssue).join('\n') === 'x.yaml: document 3 (CiliumNetworkPolicy default/echo-public): metadata.name: duplicate policy: document 1 defines it too, differently',
+  );
+});
+
 test('a file that also holds a ConfigMap, a Deployment and a Service imports its policies and lists what it skipped', () => {
   const { rules, skipped, warnings } = load('app-with-policies.yaml');
   assert.deepEqual(rules.map(ruleKey), ['CiliumNetworkPolicy/shop/web-from-frontend', 'NetworkPolicy/shop/web-default-deny-egress']);

@@ -191,7 +191,7 @@ test('reject: field-level validation', () => {
   const cases: Array<[string, string]> = [
     ['  ingress: []', 'spec.endpointSelector: is required ({} selects every endpoint)'],
     ['  endpointSelector: {matchLabels: {app: web}, matchExpression: []}', 'spec.endpointSelector.matchExpression: unknown field "matchExpression" (did you mean "matchExpressions"?)'],
-    ['  endpointSelector: {matchExpressions: [{key: a, operator: in, values: [x]}]}', 'spec.endpointSelector.matchExpressions[0].operator: must be one of In, NotIn, Exists, DoesNotExist, got "in"'],
+    ['  endpointSelector: {matchExpressions: [{key: a, operator: in, values: [x]}]}', 'spec.endpointSelector.matchExpressions[0].operator: must be one of In, NotIn, Exists, DoesNotExist, got "in" (operators are case-sensitive; write "In")'],
     ['  endpointSelector: {matchExpressions: [{key: a, operator: In}]}', 'spec.endpointSelector.matchExpressions[0].values: must list at least one value for operator In'],
     ['  endpointSelector: {matchExpressions: [{key: a, operator: Exists, values: [x]}]}', 'spec.endpointSelector.matchExpressions[0].values: must be empty for operator Exists'],
     ['  endpointSelector: {}\n  ingress:\n  - fromEndpoints: []', 'spec.ingress[0].fromEndpoints: an empty list selects no peer (Cilium then ignores the whole rule); remove the field, or use [{}]'],
@@ -220,8 +220,8 @@ test('reject: metadata and document shape', () => {
   assert.deepEqual(problems('kind: CiliumNetworkPolicy\nmetadata: {name: a}'), ['apiVersion: is required']);
   assert.deepEqual(problems('apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec: {}\nextra: 1'), ['extra: unknown field "extra"']);
   assert.deepEqual(
-    problems('apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: a}\nspec: {endpointSelector: {}}\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: a, namespace: default}\nspec: {endpointSelector: {}}'),
-    ['metadata.name: duplicate policy: document 1 defines it too'],
+    problems('apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: a}\nspec: {endpointSelector: {}}\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: a, namespace: default}\nspec: {endpointSelector: {matchLabels: {app: b}}}'),
+    ['metadata.name: duplicate policy: document 1 defines it too, differently'],
   );
   assert.deepEqual(problems('apiVersion: v1\nkind: List\nitems:\n- apiVersion: apps/v1\n  kind: Deployment\n  metadata: {name: a}'), [
     ': holds no policy (CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy); skipped: Deployment a (apps/v1), document 1 items[0]',

@@ -11,6 +11,8 @@
  *   cookie is the lowest rule id.
  * - Deny precedence inside one LPM lookup: an allow covered by a broader deny of the same identity
  *   (or of identity 0) is left out, since the trie would return the narrower allow.
+ * - HTTP rules are ORed with those of the allows that cover their key (a broader key of the same
+ *   peer, the same or a broader key of every peer); an allow without L7 rules among them allows all.
  * @module
  */
 import { selectorMatches } from './selector.ts';
@@ -21,6 +23,7 @@ import {
   PREFIX_DIR,
   PREFIX_PROTO,
   PROTOCOL_NUMBER,
+  keyCovers,
   policyKeyString,
   portRuleKeys,
   type PolicyKey,
@@ -104,6 +107,8 @@ class EntryBuilder {
   readonly entries = new Map<string, PolicyMapEntry>();
   /** `identity/dir` pairs that have deny entries: only their allows need the cover check. */
   readonly denied = new Set<string>();
+  /** Entries that got HTTP rules (some may have lost them since): the only ones #widenHttp reads. */
+  readonly #withHttp: PolicyMapEntry[] = [];
 
   /**
    * `l7`: the L7 rules the allow comes with (none: every request). Allows are ORed: a key keeps a
@@ -115,7 +120,10 @@ class EntryBuilder {
     const e = this.entries.get(ks);
     if (!e) {
       const entry: PolicyMapEntry = { key, deny, cookie, ruleKeys: [rk] };
-      if (l7?.http && !deny) entry.l7 = [{ ruleKey: rk, http: l7.http }];
+      if (l7?.http && !deny) {
+        entry.l7 = [{ ruleKey: rk, http: l7.http }];
+        this.#withHttp.push(entry);
+      }
       if (l7?.dns && !deny) entry.dns = true;
       this.entries.set(ks, entry);
     } else if (e.deny === deny) {
@@ -152,13 +160,85 @@ class EntryBuilder {
     return false;
   }
 
-  finish(): Map<string, PolicyMapEntry> {
-    if (this.denied.size === 0) return this.entries;
-    for (const [ks, e] of this.entries) {
-      if (e.deny) continue;
-      if (this.#coveredBy(e.key.identity, e.key) || (e.key.identity !== 0 && this.#coveredBy(0, e.key))) this.entries.delete(ks);
+  /** `wildcard`: the endpoint's identity-0 entries when this builder computes one identity's only. */
+  finish(wildcard?: ReadonlyMap<string, PolicyMapEntry>): Map<string, PolicyMapEntry> {
+    this.#splitUnderWildcardHttp(wildcard);
+    if (this.denied.size > 0) {
+      for (const [ks, e] of this.entries) {
+        if (e.deny) continue;
+        if (this.#coveredBy(e.key.identity, e.key) || (e.key.identity !== 0 && this.#coveredBy(0, e.key))) this.entries.delete(ks);
+      }
     }
+    this.#widenHttp(wildcard);
     return this.entries;
+  }
+
+  /**
+   * An allow of every peer with HTTP rules on a narrower key than a peer's own allow wins that
+   * peer's lookups there (longest prefix) and would hold it to those HTTP rules alone. So the peer
+   * gets an entry of its own at that key, to which #widenHttp then gives both allows' HTTP rules,
+   * or none when its own allow has none.
+   */
+  #splitUnderWildcardHttp(wildcard: ReadonlyMap<string, PolicyMapEntry> | undefined): void {
+    const everyPeer =
+      wildcard === undefined
+        ? this.#withHttp.filter((e) => e.key.identity === 0 && e.l7 !== undefined && this.entries.get(policyKeyString(e.key)) === e)
+        : [...wildcard.values()].filter((e) => !e.deny && e.l7 !== undefined);
+    if (everyPeer.length === 0) return;
+    for (const own of [...this.entries.values()]) {
+      if (own.key.identity === 0 || own.deny || own.dns) continue;
+      for (const w of everyPeer) {
+        if (w.key.prefixLen <= own.key.prefixLen || !keyCovers({ ...own.key, identity: 0 }, w.key)) continue;
+        const key = { ...w.key, identity: own.key.identity };
+        const ks = policyKeyString(key);
+        if (this.entries.has(ks)) continue;
+        const split: PolicyMapEntry = { key, deny: false, cookie: own.cookie, ruleKeys: [...own.ruleKeys], l7: [] };
+        this.entries.set(ks, split);
+        this.#withHttp.push(split);
+      }
+    }
+  }
+
+  /**
+   * Allows are ORed across keys too. The datapath and the proxy pick an entry by longest prefix,
+   * identity before identity 0 at a tie, but Cilium's proxy judges a request by every rule on the
+   * port (cilium/cilium#3509): a request of a peer is allowed by its own HTTP rules or by those of
+   * any allow that also covers the key, a broader one of the same peer or one of every peer
+   * (identity 0) at the same or a broader key, and an allow without L7 rules allows every request.
+   * So an entry with HTTP rules takes the HTTP rules of the allows covering it, and has none (no
+   * redirect) when one of them has none. Broad entries and identity 0 go first: what they end up
+   * with is what the narrower ones take.
+   */
+  #widenHttp(wildcard: ReadonlyMap<string, PolicyMapEntry> | undefined): void {
+    if (this.#withHttp.length === 0) return;
+    const withHttp = this.#withHttp.filter((e) => e.l7 !== undefined && this.entries.get(policyKeyString(e.key)) === e);
+    withHttp.sort((a, b) => Number(a.key.identity !== 0) - Number(b.key.identity !== 0) || a.key.prefixLen - b.key.prefixLen);
+    const at = (identity: number, rest: string): PolicyMapEntry | undefined =>
+      identity === 0 && wildcard !== undefined ? wildcard.get(`0/${rest}`) : this.entries.get(`${identity}/${rest}`);
+    for (const e of withHttp) {
+      const { identity, direction, protocol, port, prefixLen } = e.key;
+      const covering: PolicyMapEntry[] = [];
+      for (const id of identity === 0 ? [0] : [identity, 0]) {
+        const dirEntry = at(id, `${direction}/0/0/${PREFIX_DIR}`);
+        if (dirEntry) covering.push(dirEntry);
+        // The same peer: strictly broader keys; every peer: the same key too.
+        const maxLen = id === identity ? prefixLen - 1 : prefixLen;
+        for (let len = PREFIX_PROTO; len <= maxLen; len++) {
+          const bits = len - PREFIX_PROTO;
+          const masked = bits === 0 ? 0 : (port >>> (16 - bits)) << (16 - bits);
+          const c = at(id, `${direction}/${protocol}/${masked}/${len}`);
+          if (c) covering.push(c);
+        }
+      }
+      for (const c of covering) {
+        if (c === e || c.deny || c.dns) continue;
+        if (c.l7 === undefined) {
+          delete e.l7;
+          break;
+        }
+        for (const g of c.l7) if (!e.l7!.some((x) => x.ruleKey === g.ruleKey && x.http === g.http)) e.l7!.push(g);
+      }
+    }
   }
 }
 
@@ -222,7 +302,9 @@ export function resolveEndpointPolicy(
     }
   });
   if (only !== undefined) {
-    const entries = builder.finish();
+    const wildcard = new Map<string, PolicyMapEntry>();
+    for (const [k, e] of options.base ?? []) if (e.key.identity === 0) wildcard.set(k, e);
+    const entries = builder.finish(only === 0 ? undefined : wildcard);
     for (const [k, e] of entries) if (e.key.identity !== only) entries.delete(k);
     return { ingressEnforced: enforced.ingress, egressEnforced: enforced.egress, entries, selectingRules };
   }
