@@ -183,6 +183,8 @@ interface LoadResult {
 
 interface RedirectStats {
   datagrams: number;
+  askedAgent: number;
+  staleResets: number;
   notAnEndpoint: number;
   noOriginalDestination: number;
   unanswered: number;
@@ -247,6 +249,7 @@ export async function run(ctx: BenchContext): Promise<void> {
       if (stats) {
         const after = (await redirect())!;
         datagrams.push(after.datagrams - stats.datagrams);
+        ctx.log(`dns-redirect worker: asked the agent ${after.askedAgent - stats.askedAgent} times, what it kept went stale ${after.staleResets - stats.staleResets} times`);
         const ignored = (['notAnEndpoint', 'noOriginalDestination', 'unanswered', 'sendFailures'] as const).filter((k) => after[k] !== stats[k]);
         if (ignored.length > 0) ctx.log(`dns-redirect: ${ignored.map((k) => `${k} +${after[k] - stats[k]}`).join(', ')}`);
         const dropped = (await receiveBufferErrors()) - overflows;

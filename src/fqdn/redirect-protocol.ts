@@ -50,6 +50,10 @@ export const REDIRECT_COUNTERS = [
   'denied',
   'errors',
   'inFlight',
+  /** Questions the worker asked the agent (what it had not kept). */
+  'askedAgent',
+  /** Times what the worker kept went stale (the agent's policy, ipcache or endpoints changed). */
+  'staleResets',
 ] as const;
 export type RedirectCounter = (typeof REDIRECT_COUNTERS)[number];
 

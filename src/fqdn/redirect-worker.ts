@@ -43,6 +43,7 @@ function current(): number {
   const now = Atomics.load(epoch, 0);
   if (now !== keptEpoch) {
     keptEpoch = now;
+    workerStats.staleResets++;
     endpoints.clear();
     identities.clear();
     verdicts.clear();
@@ -57,11 +58,15 @@ function keep<K, V>(map: Map<K, V>, key: K, value: V, answeredAt: number): void 
   map.set(key, value);
 }
 
+/** The worker's own counts (REDIRECT_COUNTERS beside the listener's and the proxy's). */
+const workerStats = { askedAgent: 0, staleResets: 0 };
+
 let nextRequest = 1;
 const waiting = new Map<number, (reply: ToWorker) => void>();
 
 /** Asks the agent; the reply's id matches. */
 function ask<T extends ToWorker>(request: FromWorker & { id: number }): Promise<T> {
+  workerStats.askedAgent++;
   return new Promise((resolve) => {
     waiting.set(request.id, resolve as (reply: ToWorker) => void);
     host.postMessage(request);
@@ -183,7 +188,7 @@ let retry: NodeJS.Timeout | undefined;
 
 /** The counts into the agent's view: after every query, and now and then for what no query reports. */
 function publish(): void {
-  const stats: Record<string, number> = { ...listener?.stats, ...proxy.stats };
+  const stats: Record<string, number> = { ...listener?.stats, ...proxy.stats, ...workerStats };
   REDIRECT_COUNTERS.forEach((name, i) => (counters[i] = stats[name] ?? 0));
 }
 const publishing = setInterval(publish, 50);
