@@ -113,7 +113,7 @@ test('tunnel mode: egress HTTP (and DNS) to a pod of another node carries the cl
   const client = await n1.addPod(t, 'client', { app: 'client' });
   const intruder = await n1.addPod(t, 'intruder', { app: 'intruder' });
   const web = await n2.addPod(t, 'web', { app: 'web' });
-  await httpServer(t, web.netns, 80, { 'GET /public': 'web public', 'GET /private': 'web private' });
+  await httpServer(t, web.netns, 80, { 'GET /public': 'web public', 'GET /private': 'web private', 'GET /shared': 'web shared' });
   const resolver = await n2.addPod(t, 'resolver', { app: 'resolver' });
   await dnsServer(t, resolver.netns, '0.0.0.0', { 'web.example.com': { a: ['198.51.100.80'], ttl: 30 }, 'web.example.org': { a: ['198.51.100.81'], ttl: 30 } });
   await enforce(n1, 'l7-multinode.yaml', POLICIES);
@@ -164,6 +164,32 @@ test('tunnel mode: egress HTTP (and DNS) to a pod of another node carries the cl
     ['FORWARDED', `${apiBase}/public`, caller.endpoint.identity],
     ['DROPPED', `${apiBase}/private`, caller.endpoint.identity],
   ]);
+
+  // Both at once: the client's egress HTTP rules (node 1's proxy) and the web pod's own ingress
+  // HTTP rules (node 2's proxy, which knows the client by the identity the tunnel brought, as the
+  // datapath noted it for the connection: its address is node 1's proxy's).
+  await enforce(n1, 'l7-multinode.yaml', POLICIES.replace('http: [{method: GET, path: /public}]', 'http: [{method: GET, path: /public}, {method: GET, path: /shared}]').replace(
+    `  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+`,
+    `  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: /public}]
+`,
+  ));
+  assert.deepEqual(await httpRequest(client.netns, 'GET', `${base}/public`, 4000), { status: 200, body: 'web public\n' }, 'allowed by both sides');
+  assert.deepEqual(await httpRequest(client.netns, 'GET', `${base}/shared`, 4000), { status: 403, body: 'Access denied\r\n' }, "allowed by the client's egress, denied by the web pod's ingress");
+  const both = await eventually(n2, ['--protocol', 'http', '--to-ip', web.endpoint.ipv4], (f) => f.some((x) => x.l7?.http?.url === `${base}/shared`));
+  assert.deepEqual(
+    both.filter((f) => f.l7?.type === 'REQUEST').map((f) => [f.verdict, f.l7?.http?.url, f.source?.identity]),
+    [['FORWARDED', `${base}/public`, client.endpoint.identity], ['DROPPED', `${base}/shared`, client.endpoint.identity]],
+    'node 2 judged the client',
+  );
 });
 
 test('native mode: the proxy\'s connection to a pod of another node is judged as the proxy\'s node (no tunnel key), so an ingress policy that admits only the client refuses it', async (t) => {

@@ -119,7 +119,7 @@ struct {
 	__type(value, struct ct_entry);
 } ciliate_ct4 SEC(".maps");
 
-/* --- ciliate_proxy4: original destinations of datagrams handed to the node's DNS proxy --- */
+/* --- ciliate_proxy4: where what the datapath hands the node's proxies was going, and who sent it --- */
 
 /*
  * A datagram the datapath assigns to the DNS proxy's UDP socket (proxy.h) keeps its addresses, but
@@ -129,6 +129,11 @@ struct {
  * (cil_from_container drops any other source). A pod sending to two resolvers from one port at
  * once may have its first query judged and forwarded as the second's: both resolvers were
  * allowed to it by the policy entry that redirected them.
+ *
+ * A TCP connection handed to the HTTP proxy is noted too (nexthdr TCP, at its SYN), for the identity
+ * the datapath judged it with: the proxy knows a pod of its node by its address, but not a client
+ * that came through the tunnel from another node's proxy, whose address is that node's and whose
+ * identity only the VNI carried.
  */
 struct proxy4_key {
 	__be32 saddr;
@@ -141,6 +146,7 @@ struct proxy4_value {
 	__be32 orig_daddr;
 	__be16 orig_dport;
 	__u16 _pad;
+	__u32 identity;	/* the sender's, as the datapath judged it */
 };
 
 struct {

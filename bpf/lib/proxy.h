@@ -69,7 +69,7 @@ static __always_inline int redirect_datagram_to_proxy4(struct __sk_buff *skb, st
 							const struct ipv4_ct_tuple *tuple, __u32 proxy_port)
 {
 	struct proxy4_key key = { .saddr = tuple->saddr, .sport = tuple->sport, .nexthdr = IPPROTO_UDP };
-	struct proxy4_value orig = { .orig_daddr = tuple->daddr, .orig_dport = tuple->dport };
+	struct proxy4_value orig = { .orig_daddr = tuple->daddr, .orig_dport = tuple->dport, .identity = info->src_identity };
 	struct bpf_sock_tuple st = {};
 	struct bpf_sock *sk;
 	long err;
@@ -141,7 +141,13 @@ __noinline int redirect_to_proxy4(struct __sk_buff *skb, struct ciliate_notify_i
 			bpf_sk_release(sk);
 			return DROP(skb, info, DROP_PROXY_LOOKUP_FAILED);
 		}
-		err = bpf_sk_assign(skb, sk, 0);
+		/* Before the proxy can accept it: who the connection is from, for the proxy to judge. */
+		struct proxy4_key key = { .saddr = tuple->saddr, .sport = tuple->sport, .nexthdr = IPPROTO_TCP };
+		struct proxy4_value orig = { .orig_daddr = tuple->daddr, .orig_dport = tuple->dport, .identity = info->src_identity };
+
+		err = bpf_map_update_elem(&ciliate_proxy4, &key, &orig, BPF_ANY);
+		if (!err)
+			err = bpf_sk_assign(skb, sk, 0);
 		bpf_sk_release(sk);
 		if (err) {
 			info->ext_error = err;

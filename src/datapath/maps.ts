@@ -23,7 +23,7 @@ export const MapName = {
   FORWARD_METRICS: 'ciliate_forward_metrics',
   /** One entry: the node's monitor aggregation level, report flags and interval (src/datapath/monitor-config.ts). */
   MONITOR_CFG: 'ciliate_monitor_cfg',
-  /** Sender address and port of a datagram handed to the DNS proxy → where it was going (proxy4Key, proxy4Value). */
+  /** Sender address and port of a datagram (or TCP connection) handed to a proxy → where it was going, and the sender's identity (proxy4Key, proxy4Value). */
   PROXY4: 'ciliate_proxy4',
 } as const;
 export type MapName = (typeof MapName)[keyof typeof MapName];
@@ -141,7 +141,7 @@ export type CtEntry = StructValue<(typeof ctEntry)['fields']>;
 // ciliate_proxy4: the original destination of a datagram the datapath handed to the DNS proxy.
 
 export const proxy4Key = struct('proxy4_key', { saddr: ipv4, sport: be16, nexthdr: u8, _pad: pad(1) });
-export const proxy4Value = struct('proxy4_value', { orig_daddr: ipv4, orig_dport: be16, _pad: pad(2) });
+export const proxy4Value = struct('proxy4_value', { orig_daddr: ipv4, orig_dport: be16, _pad: pad(2), identity: u32 });
 export type Proxy4Key = StructValue<(typeof proxy4Key)['fields']>;
 export type Proxy4Value = StructValue<(typeof proxy4Value)['fields']>;
 

@@ -33,7 +33,7 @@ test('the redirect worker answers from its own thread, obeys a changed verdict a
   t.after(() => client.close());
   await new Promise<void>((r) => client.bind(0, '127.0.0.1', r));
   // As bpf_lxc notes a redirected datagram: where this client's datagram was going.
-  origins.update({ saddr: '127.0.0.1', sport: client.address().port, nexthdr: IPPROTO_UDP }, { orig_daddr: '127.0.0.1', orig_dport: server.port });
+  origins.update({ saddr: '127.0.0.1', sport: client.address().port, nexthdr: IPPROTO_UDP }, { orig_daddr: '127.0.0.1', orig_dport: server.port, identity: 4242 });
 
   let verdict: DnsVerdict = { allowed: true, allNames: true, ruleKeys: [] };
   const learnedCalls: AnswerAddress[][] = [];

@@ -36,6 +36,7 @@ const flush = () => {
 
 const proxy = new HttpProxy({
   port: Number(process.env.CILIATE_PROXY_PORT),
+  ...(process.env.CILIATE_PROXY_ORIGINS ? { origins: process.env.CILIATE_PROXY_ORIGINS } : {}),
   emit(record) {
     if (pending.length >= MAX_PENDING) lost++;
     else pending.push(record);

@@ -33,6 +33,8 @@ import type { ProxyState } from './protocol.ts';
 import { makeListenerTransparent, markedTcpSocket } from './libc.ts';
 import { H2Upstreams, h2RequestHeaders, h2ResponseHeaders, routeConnection } from './h2.ts';
 import { ipv4Mask, parseIpv4, Prefix } from '../net/index.ts';
+import { BpfMap } from '../ebpf/index.ts';
+import { IPPROTO_TCP, proxy4Key, proxy4Value, type Proxy4Key, type Proxy4Value } from '../datapath/index.ts';
 
 /** bpf/lib/proxy.h: MARK_MAGIC_PROXY_INGRESS and the identity, in Cilium's layout. */
 const MARK_MAGIC_PROXY_INGRESS = 0x0a00;
@@ -96,6 +98,11 @@ export interface HttpProxyOptions {
   emit: (record: L7HttpRecord) => void;
   /** Address to listen on; the datapath looks for the listener at 127.0.0.1. */
   host?: string;
+  /**
+   * The datapath's ciliate_proxy4 pin: the identity it judged each redirected connection's SYN
+   * with, for a client that is no pod of this node (another node's proxy, through the tunnel).
+   */
+  origins?: string;
 }
 
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -238,6 +245,8 @@ export class HttpProxy {
   readonly #connections = new Set<net.Socket>();
   readonly #options: HttpProxyOptions;
   #identities = new Map<string, number>();
+  /** ciliate_proxy4, opened at the first client that is no local pod. */
+  #origins: BpfMap<Proxy4Key, Proxy4Value> | undefined;
   /** By the destination's address: its ingress entries with L7 rules. */
   #rules = new Map<string, EndpointRules>();
   /** By the client's address: its egress entries with L7 rules. */
@@ -301,6 +310,8 @@ export class HttpProxy {
   }
 
   async close(): Promise<void> {
+    this.#origins?.close();
+    this.#origins = undefined;
     await Promise.all([...this.#agents.values()].map((a) => a.destroy()));
     this.#agents.clear();
     this.#h2Upstreams.close();
@@ -368,6 +379,25 @@ export class HttpProxy {
     return { direction: 'EGRESS', ruleKeys: egress.ruleKeys, ingressRuleKeys: ingress?.ruleKeys, edits: ingress ? [...egress.edits, ...ingress.edits] : egress.edits };
   }
 
+  /**
+   * Who a client is: a pod of this node by its address; anyone else by the identity the datapath
+   * noted when it handed this very connection (its 4-tuple) to the proxy, which for another node's
+   * proxy is the client that node's VNI named. Undefined: unknown, denied.
+   */
+  #sourceIdentity(socket: net.Socket): number | undefined {
+    const src = socket.remoteAddress ?? '';
+    const pod = this.#identities.get(src);
+    if (pod !== undefined || this.#options.origins === undefined) return pod;
+    try {
+      this.#origins ??= BpfMap.openPinned(this.#options.origins, proxy4Key, proxy4Value);
+      const noted = this.#origins.lookup({ saddr: src, sport: socket.remotePort ?? 0, nexthdr: IPPROTO_TCP });
+      const same = noted && noted.orig_daddr === socket.localAddress && noted.orig_dport === socket.localPort;
+      return same && noted.identity !== 0 ? noted.identity : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
   /** An address's identity as the datapath's ipcache names it: a pod's, a CIDR identity's, else world. */
   #identityOf(address: string): number {
     const pod = this.#identities.get(address);
@@ -390,7 +420,7 @@ export class HttpProxy {
     const dst = socket.localAddress ?? '';
     const dport = socket.localPort ?? 0;
     const src = socket.remoteAddress ?? '';
-    const identity = this.#identities.get(src);
+    const identity = this.#sourceIdentity(socket);
     const { method, path, host, protocol } = request;
     const base: RecordBase = {
       source: { address: src, port: socket.remotePort ?? 0, identity: identity ?? 0 },

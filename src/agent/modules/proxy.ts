@@ -5,8 +5,9 @@
  * (the observer).
  * @module
  */
+import { join } from 'node:path';
 import { z } from 'zod';
-import { Netlink } from '../../datapath/index.ts';
+import { MapName, Netlink } from '../../datapath/index.ts';
 import { L7RecordFanout, type L7HttpRecord } from '../../observer/index.ts';
 import { L7_PROXY_PORT, PolicyDirection, type PolicyMapEntry } from '../../policy/index.ts';
 import { ProxySupervisor, type ProxyState } from '../../proxy/index.ts';
@@ -82,6 +83,7 @@ export const proxyModule = defineModule({
       port: L7_PROXY_PORT,
       log,
       maxHeapMb: config.l7ProxyMaxHeapMb,
+      originsPin: join(config.bpfRoot, 'maps', MapName.PROXY4),
       onRecords(records, dropped) {
         lost += dropped;
         source.emit(records);
