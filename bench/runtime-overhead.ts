@@ -16,6 +16,8 @@
  *   Sigkill      bench/c/sigkill-latency.c: 300 children each open a path a Sigkill policy
  *                forbids; from the child's last timestamp before the call to its parent reaping it.
  *
+ *   sustained    the openat loop paced at rising rates with a policy posting every open: the
+ *                highest rate whose every event reached a subscriber with none lost.
  *   workload     find + cat over every file of /usr/include: CPU time with the sensor and the same
  *                rejecting openat policy vs none (a real program's mix of calls, not only openat).
  * Figures: runtime_exec_storm_ms (target ratio <= 1.05), runtime_events_lost (target 0),
@@ -43,6 +45,9 @@ const STORM = 2000;
 const CACHE_EXECS = 1_000_000;
 const OPENS = 200_000;
 const KILLS = 300;
+/** Offered event rates (opens a second, each posted), tried in turn for SUSTAINED_SECONDS each. */
+const SUSTAINED_RATES = [10_000, 25_000, 50_000, 100_000, 150_000, 200_000, 300_000];
+const SUSTAINED_SECONDS = 2;
 /** The workload's tree: thousands of small files wherever clang and libc's headers are installed. */
 const WORKLOAD_TREE = existsSync('/usr/include') ? '/usr/include' : '/usr/share';
 
@@ -104,6 +109,7 @@ async function policyFigures(ctx: BenchContext, rounds: number): Promise<void> {
     ctx.emit({ metric: 'runtime_openat_policy_cpu_ns_per_open', value: round(cpuOn), unit: 'ns', baseline: 'same opens, no sensor (CPU time)', baseline_value: round(cpuOff), ratio: round(cpuOn / cpuOff, 3), better: 'lower', opens: OPENS, rounds, target: 'ratio <= 1.10' });
 
     await workloadFigure(ctx, rounds, join(dir, 'never-opened'));
+    await sustainedFigure(ctx, loop, file);
 
     const observer = new RuntimeObserver({ nodeName: 'bench' });
     observer.start();
@@ -155,6 +161,49 @@ async function workloadFigure(ctx: BenchContext, rounds: number, neverOpened: st
   const on = median(samples.on);
   const off = median(samples.off);
   ctx.emit({ metric: 'runtime_openat_policy_workload_cpu_ms', value: round(on), unit: 'ms', baseline: `find ${WORKLOAD_TREE} -exec cat, no sensor (CPU time)`, baseline_value: round(off), ratio: round(on / off, 3), better: 'lower', rounds, target: 'ratio <= 1.10' });
+}
+
+/**
+ * Events a second the sensor delivers without loss: the openat loop paced at a rising rate, with a
+ * policy that posts every open it makes (Equal on the very path), each event built in full and
+ * serialized for a subscriber (as a gRPC stream or the export file takes it). A step counts when
+ * every event arrived and the kernel lost none; the figure is the highest such step, with the
+ * first step that lost events beside it.
+ */
+async function sustainedFigure(ctx: BenchContext, loop: string, file: string): Promise<void> {
+  const observer = new RuntimeObserver({ nodeName: 'bench' });
+  observer.start();
+  try {
+    let received = 0;
+    observer.subscribe((event) => {
+      if ('process_kprobe' in event && JSON.stringify(event).length > 0) received++;
+    });
+    observer.policies.add(openatPolicy('bench-post-every-open', file, 'Post'));
+    let sustained = 0;
+    let failed: { rate: number; received: number; lost: number } | undefined;
+    for (const rate of SUSTAINED_RATES) {
+      received = 0;
+      const lostBefore = observer.stats().lost;
+      const child = spawn(loop, [file, String(rate * SUSTAINED_SECONDS), String(rate)], { stdio: 'ignore' });
+      await once(child, 'exit');
+      // What the kernel posted, read to the end.
+      const deadline = performance.now() + 2_000;
+      while (received < rate * SUSTAINED_SECONDS && performance.now() < deadline) {
+        observer.drain();
+        await new Promise((resolve) => setTimeout(resolve, 5));
+      }
+      const lost = Number(observer.stats().lost - lostBefore);
+      ctx.log(`sustained ${rate}/s: ${received} of ${rate * SUSTAINED_SECONDS} events, ${lost} lost in the kernel`);
+      if (lost > 0 || received < rate * SUSTAINED_SECONDS) {
+        failed = { rate, received, lost };
+        break;
+      }
+      sustained = rate;
+    }
+    ctx.emit({ metric: 'runtime_events_per_s_sustained', value: sustained, unit: '1/s', baseline: null, ratio: null, better: 'higher', seconds_per_step: SUSTAINED_SECONDS, first_loss: failed ?? null, target: 'no loss' });
+  } finally {
+    observer.stop();
+  }
 }
 
 async function storm(marker: string): Promise<number> {
