@@ -11,7 +11,7 @@ import type { L7DnsRecord, L7HttpRecord, L7Record } from '../../observer/index.t
 import type { ServiceManager } from '../../loadbalancer/index.ts';
 import type { HubbleMetricsSink } from '../../metrics/index.ts';
 import type { StateStore } from '../../store/index.ts';
-import type { AnswerAddress, DnsOutcome, DnsProxy, DnsQuery, HandledQuery, RejectResponseCode, Resolver } from '../../fqdn/index.ts';
+import type { AnswerAddress, HandledQuery, RejectResponseCode, Resolver } from '../../fqdn/index.ts';
 import type { DnsVerdict } from '../../policy/index.ts';
 import type { ApiServer } from '../api-server.ts';
 import type { ClusterWatcher } from '../cluster.ts';
@@ -44,12 +44,8 @@ export const IpcacheCell = cell<Ipcache>('ipcache');
 export const PolicyCell = cell<PolicyManager>('policy');
 /** The DNS proxy (what the L7 redirect hands an endpoint's DNS queries to) and its L7 records, for the observer. */
 export interface DnsProxyService extends L7RecordSource<L7DnsRecord> {
-  /** The proxy the API asks through, on the agent's thread. */
-  readonly proxy: DnsProxy;
   /** How the proxy is configured, for one on another thread (the pod DNS redirect's). */
   readonly settings: { minTtl: number; rejectResponseCode: RejectResponseCode; forwardTimeoutMs: number; maxInFlight: number };
-  /** Judges and answers a query from `sourcePort` of its endpoint, and reports its flows. */
-  answer(query: DnsQuery, sourcePort: number): Promise<DnsOutcome>;
   /** What `endpoint`'s policy lets it ask `resolver` over `protocol`. */
   verdict(endpoint: number, resolver: Resolver, protocol: 'UDP' | 'TCP'): DnsVerdict;
   /** Allows the addresses an answer for `endpoint` holds, kept across restarts; the answer waits for it. */

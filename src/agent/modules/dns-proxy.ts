@@ -154,12 +154,16 @@ export const dnsProxyModule = defineModule({
         .finally(() => (expiring = false));
     }, EXPIRY_INTERVAL_MS).unref();
 
+    /** The flows of a handled query (here, or on the pod DNS redirect's thread). */
+    const report = ({ outcome, requestNs, responseNs, ...query }: HandledQuery) => {
+      const records = dnsRecords(query, outcome, requestNs, responseNs);
+      if (records.length > 0) source.emit(records);
+    };
     /** A query judged and answered, with its flows. */
     const answer = async (query: DnsQuery, sourcePort: number): Promise<DnsOutcome> => {
       const requestNs = wallClockNs();
       const outcome = await proxy.handle(query);
-      const records = dnsRecords({ endpoint: query.endpoint, sourcePort, resolver: query.resolver, protocol: query.protocol }, outcome, requestNs, wallClockNs());
-      if (records.length > 0) source.emit(records);
+      report({ endpoint: query.endpoint, sourcePort, resolver: query.resolver, protocol: query.protocol, outcome, requestNs, responseNs: wallClockNs() });
       return outcome;
     };
 
@@ -175,16 +179,9 @@ export const dnsProxyModule = defineModule({
       cache.list().map((e) => ({ ...e, expiresAt: new Date(e.expiresAt).toISOString(), ttl: Math.max(0, Math.ceil((e.expiresAt - Date.now()) / 1000)) })),
     );
 
-    const report = ({ outcome, requestNs, responseNs, ...query }: HandledQuery) => {
-      const records = dnsRecords(query, outcome, requestNs, responseNs);
-      if (records.length > 0) source.emit(records);
-    };
-
     return {
       value: {
-        proxy,
         settings,
-        answer,
         verdict,
         learned,
         report,
