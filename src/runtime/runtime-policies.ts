@@ -26,13 +26,14 @@ export class RuntimePolicies extends PolicyManager {
 
   /**
    * Policies by name as they were loaded (their text and what loading or configuring said), so
-   * a disabled one stays listed and a mode change recompiles it from its text.
+   * a mode change recompiles one from its text; `disabled`: its status when it was unloaded, kept
+   * to list it (a policy is enabled exactly when it has none).
    */
-  readonly #records = new Map<string, { text: string; mode?: PolicyMode; enabled: boolean; disabled?: PolicyStatus }>();
+  readonly #records = new Map<string, { text: string; mode?: PolicyMode; disabled?: PolicyStatus }>();
 
   override add(text: string, options: CompileOptions = {}): PolicyStatus {
     const status = this.#load(text, options);
-    this.#records.set(status.name, { text, ...(options.mode ? { mode: options.mode } : {}), enabled: true });
+    this.#records.set(status.name, { text, ...(options.mode ? { mode: options.mode } : {}) });
     return status;
   }
 
@@ -60,44 +61,43 @@ export class RuntimePolicies extends PolicyManager {
   configure(name: string, change: { enable?: boolean; mode?: PolicyMode }): PolicyStatus {
     const record = this.#records.get(name);
     if (!record) throw new RuntimeError('ERR_RUNTIME_POLICY_NOT_FOUND', `tracing policy ${JSON.stringify(name)} not found`);
-    const current = record.enabled ? this.get(name) : record.disabled;
+    const current = record.disabled ?? this.get(name);
     if (change.mode !== undefined && current?.mode === 'monitor_only') {
       throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name}: no Sigkill, Signal or Override to enforce (monitor_only): its mode cannot be set`, { details: [{ field: 'mode', reason: 'the policy is monitor_only' }] });
     }
     const mode = change.mode ?? record.mode;
-    const enabled = change.enable ?? record.enabled;
-    if (record.enabled) this.#unload(name);
+    const enabled = change.enable ?? !record.disabled;
+    if (!record.disabled) this.#unload(name);
     // Out of the name space while it is loaded again (a disabled policy holds its name).
     this.#records.delete(name);
     try {
       if (enabled) {
         const status = this.#load(record.text, mode ? { mode } : {});
-        this.#records.set(name, { text: record.text, ...(mode ? { mode } : {}), enabled });
+        this.#records.set(name, { text: record.text, ...(mode ? { mode } : {}) });
         return status;
       }
-      const shown = current?.mode === 'monitor_only' ? 'monitor_only' : (mode ?? current?.mode ?? 'enforce');
-      const disabled: PolicyStatus = { ...(current as PolicyStatus), mode: shown, enabled: false };
-      this.#records.set(name, { text: record.text, ...(mode ? { mode } : {}), enabled, disabled });
+      // A monitor_only policy refused a mode above, so the mode asked for is the one it now has.
+      const disabled: PolicyStatus = { ...(current as PolicyStatus), mode: change.mode ?? current?.mode ?? 'enforce', enabled: false };
+      this.#records.set(name, { text: record.text, ...(mode ? { mode } : {}), disabled });
       return disabled;
     } catch (error) {
-      if (record.enabled) this.#load(record.text, record.mode ? { mode: record.mode } : {});
+      if (!record.disabled) this.#load(record.text, record.mode ? { mode: record.mode } : {});
       this.#records.set(name, record);
       throw error;
     }
   }
 
   protected override nameTaken(name: string): boolean {
-    return super.nameTaken(name) || this.sockets?.has(name) === true || this.#records.get(name)?.enabled === false;
+    return super.nameTaken(name) || this.sockets?.has(name) === true || this.#records.get(name)?.disabled !== undefined;
   }
 
   override delete(name: string): void {
-    const record = this.#records.get(name);
-    if (record?.enabled !== false) this.#unload(name);
+    if (!this.#records.get(name)?.disabled) this.#unload(name);
     this.#records.delete(name);
   }
 
   override list(): PolicyStatus[] {
-    const disabled = [...this.#records.values()].flatMap((r) => (r.enabled || !r.disabled ? [] : [r.disabled]));
+    const disabled = [...this.#records.values()].flatMap((r) => (r.disabled ? [r.disabled] : []));
     return [...super.list(), ...(this.sockets?.list() ?? []), ...disabled];
   }
 
