@@ -115,7 +115,7 @@ export function registerRuntimeCommands(program: Command): void {
         client.close();
       }
     });
-  const configure = (name: string, change: { enable?: boolean; mode?: PolicyMode }, serverAddress: string) => async () => {
+  const configure = async (name: string, change: { enable?: boolean; mode?: PolicyMode }, serverAddress: string) => {
     const client = connectTetragon(serverAddress);
     try {
       await client.configureTracingPolicy(name, change);
@@ -129,19 +129,19 @@ export function registerRuntimeCommands(program: Command): void {
     .command('enable <name>')
     .description('load a disabled policy again (tetra tracingpolicy enable)')
     .addOption(serverOption())
-    .action((name: string, options: { serverAddress: string }) => configure(name, { enable: true }, options.serverAddress)());
+    .action((name: string, options: { serverAddress: string }) => configure(name, { enable: true }, options.serverAddress));
   policy
     .command('disable <name>')
     .description('unload a policy but keep it listed, to enable again (tetra tracingpolicy disable)')
     .addOption(serverOption())
-    .action((name: string, options: { serverAddress: string }) => configure(name, { enable: false }, options.serverAddress)());
+    .action((name: string, options: { serverAddress: string }) => configure(name, { enable: false }, options.serverAddress));
   policy
     .command('set-mode <name> <mode>')
     .description('enforce: take its Sigkill, Signal and Override actions; monitor: post their events only (tetra tracingpolicy set-mode)')
     .addOption(serverOption())
     .action((name: string, mode: string, options: { serverAddress: string }) => {
       if (!(POLICY_MODES as readonly string[]).includes(mode)) throw new Error(`mode ${JSON.stringify(mode)}: want ${POLICY_MODES.join(' or ')}`);
-      return configure(name, { mode: mode as PolicyMode }, options.serverAddress)();
+      return configure(name, { mode: mode as PolicyMode }, options.serverAddress);
     });
   policy
     .command('list')
