@@ -51,15 +51,25 @@ export function readPolicyOptions(options: unknown, problems: Problem[]): { mode
   return mode === undefined ? {} : { mode };
 }
 
-/** A selector's action as the kernel takes it in `mode`: a monitored enforcing action is posted, and `monitored` keeps it. */
-export function selectorInMode<S extends { action: string }>(selector: S, mode: PolicyMode, post: S['action']): S & { monitored?: S['action'] } {
-  if (mode === 'enforce' || !ENFORCING.has(selector.action)) return selector;
-  return { ...selector, action: post, monitored: selector.action };
+/**
+ * The mode a policy is compiled for: loading's (`wanted`) over spec.options' policy-mode, enforce
+ * by default; spec.options is checked either way (a malformed option refuses the policy).
+ */
+export function policyMode(options: unknown, wanted: PolicyMode | undefined, problems: Problem[]): PolicyMode {
+  const fromSpec = readPolicyOptions(options, problems).mode;
+  return wanted ?? fromSpec ?? 'enforce';
 }
 
-/** Whether a selector's action is one a monitored policy would not take. */
-export function isEnforcing(action: string): boolean {
-  return ENFORCING.has(action);
+/**
+ * A policy's hooks with their selectors as the kernel runs them in `mode` (a monitored enforcing
+ * action is `post`, and `monitored` keeps it), and whether any selector enforces (if none, the
+ * policy is monitor_only). For both engines: tracepoint hooks and socket rules.
+ */
+export function hooksInMode<H extends { selectors: { action: string }[] }>(hooks: H[], mode: PolicyMode, post: H['selectors'][number]['action']): { hooks: H[]; enforces: boolean } {
+  const enforces = hooks.some((hook) => hook.selectors.some((selector) => ENFORCING.has(selector.action)));
+  if (mode === 'enforce') return { hooks, enforces };
+  const monitored = (selector: H['selectors'][number]) => (ENFORCING.has(selector.action) ? { ...selector, action: post, monitored: selector.action } : selector);
+  return { hooks: hooks.map((hook) => ({ ...hook, selectors: hook.selectors.map(monitored) })), enforces };
 }
 
 /** The mode a policy shows: monitor_only when it has nothing to enforce. */

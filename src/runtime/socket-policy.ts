@@ -32,7 +32,7 @@ import { Prefix } from '../net/index.ts';
 import { RuntimeError } from './errors.ts';
 import { parseIdentityValue, parseServiceValue, seAddress, type IdentityValue } from './socket-destinations.ts';
 import { DNS_SUBDOMAIN, MISSING_HOOK_REASON, Op, STRING_KEY_BYTES, isMap, parseInteger, readMatchPids, readPolicyScope, stringValues, syscallName, unknownFields, type CompiledStrings, type Json, type PolicyProblem, type PolicyScope, type TracingPolicyHeader, type CompileOptions } from './tracing-policy.ts';
-import { isEnforcing, readPolicyOptions, selectorInMode } from './policy-mode.ts';
+import { hooksInMode, policyMode } from './policy-mode.ts';
 
 /** Kernel limits (bpf/sock_enforce.h); Tetragon's in comments. */
 export const SOCKET_POLICY_LIMITS = {
@@ -453,11 +453,10 @@ export function compileSocketPolicy(text: string, hostNetns = 0, options: Socket
     rules.push({ field, hook, functionName: `__x64_sys_${hook}`, args, selectors, message: typeof kprobe.message === 'string' ? kprobe.message : undefined, tags: Array.isArray(kprobe.tags) ? (kprobe.tags as string[]) : undefined });
   });
   if (rules.length > SOCKET_POLICY_LIMITS.rules) problems.push({ field: 'spec.kprobes', reason: `at most ${SOCKET_POLICY_LIMITS.rules} hooks` });
-  const mode = [options.mode, readPolicyOptions(spec.options, problems).mode].find((m) => m !== undefined) ?? 'enforce';
+  const mode = policyMode(spec.options, options.mode, problems);
   if (problems.length > 0) throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name || '(unnamed)'}: ${problems.map((p) => `${p.field}: ${p.reason}`).join('; ')}`, { details: problems });
   const kind = doc.kind as TracingPolicyHeader['kind'];
   const namespace = kind === 'TracingPolicyNamespaced' && typeof metadata.namespace === 'string' ? metadata.namespace : undefined;
-  const enforces = rules.some((rule) => rule.selectors.some((sel) => isEnforcing(sel.action)));
-  const inMode = rules.map((rule) => ({ ...rule, selectors: rule.selectors.map((sel) => selectorInMode(sel, mode, 'POST')) }));
-  return { header: { kind, name, ...(namespace === undefined ? {} : { namespace }), mode, enforces }, rules: inMode, ...(scope ? { scope } : {}), text };
+  const inMode = hooksInMode(rules, mode, 'POST');
+  return { header: { kind, name, ...(namespace === undefined ? {} : { namespace }), mode, enforces: inMode.enforces }, rules: inMode.hooks, ...(scope ? { scope } : {}), text };
 }

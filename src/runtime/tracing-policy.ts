@@ -12,7 +12,7 @@ import { parse } from 'yaml';
 import { probeFeature } from '../ebpf/index.ts';
 import { Addr, Prefix } from '../net/index.ts';
 import type { Selector, SelectorRequirement } from '../policy/index.ts';
-import { isEnforcing, readPolicyOptions, selectorInMode, type PolicyMode } from './policy-mode.ts';
+import { hooksInMode, policyMode, type PolicyMode } from './policy-mode.ts';
 import { RuntimeError } from './errors.ts';
 import { CAPABILITIES, NAMESPACES, type NamespaceName } from './events.ts';
 import { hostNamespaces } from './procfs.ts';
@@ -784,11 +784,10 @@ export function compileTracingPolicy(text: string, options: CompileOptions = {})
     if (hooks.length > POLICY_LIMITS.hooks) problems.push({ field: 'spec', reason: `at most ${POLICY_LIMITS.hooks} hooks` });
   }
   // Read even when loading says the mode: a malformed option refuses the policy all the same.
-  const mode = [options.mode, readPolicyOptions(isMap(spec) ? spec.options : undefined, problems).mode].find((m) => m !== undefined) ?? 'enforce';
+  const mode = policyMode(isMap(spec) ? spec.options : undefined, options.mode, problems);
   if (problems.length > 0) {
     throw new RuntimeError('ERR_RUNTIME_POLICY', `tracing policy ${name || '(unnamed)'}: ${problems.map((p) => `${p.field}: ${p.reason}`).join('; ')}`, { details: problems });
   }
-  const enforces = hooks.some((hook) => hook.selectors.some((sel) => isEnforcing(sel.action)));
-  const compiled = hooks.map((hook) => ({ ...hook, selectors: hook.selectors.map((sel) => selectorInMode(sel, mode, 'POST')) }));
-  return { header: { kind: doc.kind as TracingPolicyHeader['kind'], name, namespace, mode, enforces }, hooks: compiled, scope, text };
+  const inMode = hooksInMode(hooks, mode, 'POST');
+  return { header: { kind: doc.kind as TracingPolicyHeader['kind'], name, namespace, mode, enforces: inMode.enforces }, hooks: inMode.hooks, scope, text };
 }
