@@ -247,6 +247,8 @@ export class HttpProxy {
   #identities = new Map<string, number>();
   /** ciliate_proxy4, opened at the first client that is no local pod. */
   #origins: BpfMap<Proxy4Key, Proxy4Value> | undefined;
+  /** What ciliate_proxy4 said of each connection from a client that is no local pod. */
+  readonly #notedIdentities = new WeakMap<net.Socket, number | undefined>();
   /** By the destination's address: its ingress entries with L7 rules. */
   #rules = new Map<string, EndpointRules>();
   /** By the client's address: its egress entries with L7 rules. */
@@ -388,14 +390,20 @@ export class HttpProxy {
     const src = socket.remoteAddress ?? '';
     const pod = this.#identities.get(src);
     if (pod !== undefined || this.#options.origins === undefined) return pod;
+    // Noted once per connection, at its SYN: read once per connection, not per request.
+    if (this.#notedIdentities.has(socket)) return this.#notedIdentities.get(socket);
+    let identity: number | undefined;
     try {
       this.#origins ??= BpfMap.openPinned(this.#options.origins, proxy4Key, proxy4Value);
       const noted = this.#origins.lookup({ saddr: src, sport: socket.remotePort ?? 0, nexthdr: IPPROTO_TCP });
       const same = noted && noted.orig_daddr === socket.localAddress && noted.orig_dport === socket.localPort;
-      return same && noted.identity !== 0 ? noted.identity : undefined;
+      identity = same && noted.identity !== 0 ? noted.identity : undefined;
     } catch {
+      // Unreadable: unknown, denied; asked again at the next request.
       return undefined;
     }
+    this.#notedIdentities.set(socket, identity);
+    return identity;
   }
 
   /** An address's identity as the datapath's ipcache names it: a pod's, a CIDR identity's, else world. */
