@@ -213,20 +213,19 @@ class EntryBuilder {
     if (this.#withHttp.length === 0) return;
     const withHttp = this.#withHttp.filter((e) => e.l7 !== undefined && this.entries.get(policyKeyString(e.key)) === e);
     withHttp.sort((a, b) => Number(a.key.identity !== 0) - Number(b.key.identity !== 0) || a.key.prefixLen - b.key.prefixLen);
-    const at = (identity: number, rest: string): PolicyMapEntry | undefined =>
-      identity === 0 && wildcard !== undefined ? wildcard.get(`0/${rest}`) : this.entries.get(`${identity}/${rest}`);
+    const at = (key: PolicyKey): PolicyMapEntry | undefined => (key.identity === 0 && wildcard !== undefined ? wildcard : this.entries).get(policyKeyString(key));
     for (const e of withHttp) {
       const { identity, direction, protocol, port, prefixLen } = e.key;
       const covering: PolicyMapEntry[] = [];
       for (const id of identity === 0 ? [0] : [identity, 0]) {
-        const dirEntry = at(id, `${direction}/0/0/${PREFIX_DIR}`);
+        const dirEntry = at({ identity: id, direction, protocol: 0, port: 0, prefixLen: PREFIX_DIR });
         if (dirEntry) covering.push(dirEntry);
         // The same peer: strictly broader keys; every peer: the same key too.
         const maxLen = id === identity ? prefixLen - 1 : prefixLen;
         for (let len = PREFIX_PROTO; len <= maxLen; len++) {
           const bits = len - PREFIX_PROTO;
           const masked = bits === 0 ? 0 : (port >>> (16 - bits)) << (16 - bits);
-          const c = at(id, `${direction}/${protocol}/${masked}/${len}`);
+          const c = at({ identity: id, direction, protocol, port: masked, prefixLen: len });
           if (c) covering.push(c);
         }
       }
