@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compiles the Node-API addons (the eBPF library's src/ebpf/native/*.c, the datapath's
-# src/datapath/native/*.c) into build/native/<name>.node, and the CNI plugin binary
+# src/datapath/native/*.c, the DNS proxy fast path src/fqdn/native/*.c) into build/native/<name>.node, and the CNI plugin binary
 # (src/cni/shim/ciliate-cni.c, libc only) into build/cni/ciliate-cni. The addons build
 # against the Node-API headers that ship inside the npm `node` package (Node-API is ABI-stable, so
 # the addon loads in any Node 24).
@@ -15,7 +15,7 @@ header=$(find node_modules -path '*/include/node/node_api.h' -print -quit 2>/dev
 [ -n "$header" ] || header=$(find node_modules/koffi -path '*/node-api-headers/include/node_api.h' -print -quit 2>/dev/null)
 if [ -z "$header" ]; then echo "build-native: no Node-API headers (node_api.h) under node_modules: run npm ci" >&2; exit 1; fi
 headers=$(dirname "$header")
-for src in src/ebpf/native/*.c src/datapath/native/*.c; do
+for src in src/ebpf/native/*.c src/datapath/native/*.c src/fqdn/native/*.c; do
   obj="$out/$(basename "${src%.c}").node"
   [ "$obj" -nt "$src" ] && continue
   "$CC" -O2 -Wall -Werror -fPIC -shared -I "$headers" "$src" -o "$obj"

@@ -21,8 +21,10 @@ import { DnsRedirectWorker, type AnswerAddress, type HandledQuery } from './inde
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-test('the redirect worker answers from its own thread, obeys a changed verdict at the next query, and is started again when it dies', async (t) => {
-  const server = await serveDns('127.0.0.1', 0, { 'api.example.com': { a: ['192.0.2.10'], ttl: 300 } });
+for (const fastPath of [true, false]) {
+test(`the redirect worker answers from its own thread${fastPath ? ' and its fast path' : ''}, obeys a changed verdict at the next query, and is started again when it dies`, async (t) => {
+  const records: Record<string, { a: string[]; ttl: number }> = { 'api.example.com': { a: ['192.0.2.10'], ttl: 300 } };
+  const server = await serveDns('127.0.0.1', 0, records);
   t.after(() => server.close());
   const pins = pinDir(t);
   const origins = BpfMap.create({ type: MapType.HASH, keySize: proxy4Key.size, valueSize: proxy4Value.size, maxEntries: 16, name: 'test_proxy4' }, proxy4Key, proxy4Value);
@@ -46,6 +48,7 @@ test('the redirect worker answers from its own thread, obeys a changed verdict a
     maxInFlight: 64,
     minTtl: 0,
     proxy4Pin: join(pins, 'proxy4'),
+    fastPath,
     endpoint: (address) => (address === '127.0.0.1' ? { id: 5, identity: 4242 } : undefined),
     verdict: () => verdict,
     learned: async (_endpoint, addresses) => void learnedCalls.push(addresses),
@@ -70,13 +73,29 @@ test('the redirect worker answers from its own thread, obeys a changed verdict a
   assert.deepEqual(await ask(2), { rcode: 0, from: server.port, ips: ['192.0.2.10'] });
   assert.equal(learnedCalls.length, 1, 'an address already allowed for minutes does not hold the second answer for the agent');
   for (let i = 0; i < 50 && handled.length < 2; i++) await sleep(20);
-  assert.deepEqual(handled.map((h) => [h.endpoint, h.outcome.verdict, h.outcome.name]), [[5, 'forwarded', 'api.example.com'], [5, 'forwarded', 'api.example.com']]);
+  assert.deepEqual(handled.map((h) => [h.endpoint, h.outcome.verdict, h.outcome.name, h.outcome.answer?.ips]), [[5, 'forwarded', 'api.example.com', ['192.0.2.10']], [5, 'forwarded', 'api.example.com', ['192.0.2.10']]]);
+  // The second, judged and learned already in this epoch, was the fast path's alone.
+  if (fastPath) assert.deepEqual([worker.stats().fastForwarded, worker.stats().handedOff, worker.stats().forwarded], [1, 1, 1]);
+
+  if (fastPath) {
+    // The resolver answers a new address: the fast path never lets an answer through whose
+    // addresses the agent has not taken; the proxy asks again and holds it until the agent has.
+    records['api.example.com'] = { a: ['192.0.2.11'], ttl: 300 };
+    const before = worker.stats().fastForwarded;
+    assert.deepEqual(await ask(21), { rcode: 0, from: server.port, ips: ['192.0.2.11'] });
+    assert.deepEqual(learnedCalls.at(-1)?.map((a) => a.ip), ['192.0.2.11'], 'the new address was told to the agent before the answer went out');
+    assert.equal(worker.stats().fastForwarded, before);
+    records['api.example.com'] = { a: ['192.0.2.10'], ttl: 300 };
+    assert.deepEqual(await ask(22), { rcode: 0, from: server.port, ips: ['192.0.2.10'] });
+    for (let i = 0; i < 50 && handled.length < 4; i++) await sleep(20);
+    handled.splice(2);
+  }
 
   // Rules narrowed: once the agent says so, the next query is refused, never the kept verdict.
   verdict = { allowed: true, allNames: false, selectors: [{ matchName: 'other.example.com' }], ruleKeys: [] };
   worker.invalidate();
   assert.equal((await ask(3)).rcode, 5, 'REFUSED');
-  assert.equal(server.queries.length, 2, 'the refused query never reached the resolver');
+  assert.equal(server.queries.length, fastPath ? 5 : 2, 'the refused query never reached the resolver');
 
   // A dead worker is started again, and answers again.
   verdict = { allowed: true, allNames: true, ruleKeys: [] };
@@ -85,7 +104,12 @@ test('the redirect worker answers from its own thread, obeys a changed verdict a
   for (let i = 0; i < 250 && !worker.listening; i++) await sleep(20);
   assert.deepEqual([worker.listening, worker.restarts], [true, 1]);
   assert.deepEqual(await ask(4), { rcode: 0, from: server.port, ips: ['192.0.2.10'] });
-  // Counts run on across the restart: three datagrams (two forwarded) before it, one after.
-  for (let i = 0; i < 50 && worker.stats().forwarded < 3; i++) await sleep(20);
-  assert.deepEqual([worker.stats().datagrams, worker.stats().forwarded, worker.stats().denied], [4, 3, 1]);
+  // Counts run on across the restart: three datagrams (two forwarded) before it, one after. With
+  // the fast path, what it had kept went with the epoch and with the worker: only the second
+  // query was its own.
+  const expected = fastPath ? { fastDatagrams: 6, handedOff: 4, fastForwarded: 2, datagrams: 4, forwarded: 3, denied: 1 } : { fastDatagrams: 0, handedOff: 0, fastForwarded: 0, datagrams: 4, forwarded: 3, denied: 1 };
+  for (let i = 0; i < 50 && worker.stats().forwarded < expected.forwarded; i++) await sleep(20);
+  const stats = worker.stats();
+  assert.deepEqual(Object.fromEntries(Object.keys(expected).map((k) => [k, stats[k as keyof typeof expected]])), expected);
 });
+}

@@ -8,6 +8,7 @@
  */
 import type { DnsVerdict } from '../policy/index.ts';
 import type { AnswerAddress } from './cache.ts';
+import { FAST_COUNTERS } from './fast-path.ts';
 import type { DnsOutcome, RejectResponseCode, Resolver } from './proxy.ts';
 
 /** How the worker's listener and proxy are set up. */
@@ -26,6 +27,8 @@ export interface RedirectSettings {
   proxy4Pin: string;
   /** Milliseconds between tries to bind a port that was taken. */
   retryListenMs: number;
+  /** UDP through the native fast path (fast-path.ts), JavaScript deciding only what it has not seen. */
+  fastPath: boolean;
 }
 
 export interface RedirectWorkerData extends RedirectSettings {
@@ -54,6 +57,7 @@ export const REDIRECT_COUNTERS = [
   'askedAgent',
   /** Times what the worker kept went stale (the agent's policy, ipcache or endpoints changed). */
   'staleResets',
+  ...FAST_COUNTERS,
 ] as const;
 export type RedirectCounter = (typeof REDIRECT_COUNTERS)[number];
 

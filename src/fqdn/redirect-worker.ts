@@ -14,8 +14,11 @@ import { BpfMap } from '../ebpf/index.ts';
 import { IPPROTO_UDP, proxy4Key, proxy4Value, type Proxy4Key, type Proxy4Value } from '../datapath/index.ts';
 import { dnsVerdictAllows, type DnsVerdict } from '../policy/index.ts';
 import { proxyIngressMark } from '../proxy/index.ts';
+import { decode } from 'dns-packet';
+import { normalizeDnsName } from '../policy/index.ts';
 import { learnedExpiry, type AnswerAddress } from './cache.ts';
-import { DnsProxy, type DnsOutcome, type DnsQuery, type Resolver } from './proxy.ts';
+import { DnsFastPath, FastFlowKind, type FastFlow } from './fast-path.ts';
+import { answerAddresses, answerDetails, DnsProxy, RCODE, type DnsOutcome, type DnsQuery, type Resolver } from './proxy.ts';
 import { DnsRedirectListener } from './redirect.ts';
 import { REDIRECT_COUNTERS, wallClockNs, type EndpointContext, type FromWorker, type HandledQuery, type RedirectWorkerData, type ToWorker } from './redirect-protocol.ts';
 
@@ -135,10 +138,10 @@ const proxy = new DnsProxy({
 
 // Flows go to the agent in batches, one message per turn of the loop.
 let handled: HandledQuery[] = [];
-function report(query: DnsQuery, sourcePort: number, outcome: DnsOutcome, requestNs: string): void {
+function report(query: Pick<DnsQuery, 'endpoint' | 'resolver' | 'protocol'>, sourcePort: number, outcome: DnsOutcome, requestNs: string, responseNs = wallClockNs()): void {
   const { response: _response, ...rest } = outcome;
   if (handled.length === 0) setImmediate(flushHandled);
-  handled.push({ endpoint: query.endpoint, sourcePort, resolver: query.resolver, protocol: query.protocol, outcome: rest, requestNs, responseNs: wallClockNs() });
+  handled.push({ endpoint: query.endpoint, sourcePort, resolver: query.resolver, protocol: query.protocol, outcome: rest, requestNs, responseNs });
 }
 function flushHandled(): void {
   const queries = handled;
@@ -148,13 +151,63 @@ function flushHandled(): void {
 
 // The forward carries the endpoint's identity (as the HTTP proxy's connections do): a resolver
 // pod on this node judges it as the endpoint's query, not the node's.
-async function answer(query: DnsQuery, sourcePort: number): Promise<DnsOutcome> {
+async function answer(query: DnsQuery, sourcePort: number, sourceAddress: string): Promise<DnsOutcome> {
   const requestNs = wallClockNs();
+  const decidedAt = current();
   const identity = identities.get(query.endpoint);
-  const outcome = await proxy.handle(identity === undefined ? query : { ...query, upstreamMark: proxyIngressMark(identity) });
+  const upstreamMark = identity === undefined ? undefined : proxyIngressMark(identity);
+  const outcome = await proxy.handle(upstreamMark === undefined ? query : { ...query, upstreamMark });
   report(query, sourcePort, outcome, requestNs);
+  if (query.protocol === 'UDP') teach(query, sourceAddress, upstreamMark ?? 0, outcome, decidedAt);
   publish();
   return outcome;
+}
+
+/**
+ * What the proxy decided, for the fast path to answer the same question from the same pod itself
+ * while the epoch stays: the verdict, and the answer's addresses the agent allows (and until when).
+ */
+function teach(query: DnsQuery, source: string, mark: number, outcome: DnsOutcome, decidedAt: number): void {
+  if (fast === undefined || outcome.name === undefined || (outcome.verdict !== 'forwarded' && outcome.verdict !== 'denied')) return;
+  fast.allow(source, query.resolver, outcome.name, { endpoint: query.endpoint, mark, allowed: outcome.verdict === 'forwarded', rcode: outcome.rcode }, decidedAt);
+  const now = Date.now();
+  for (const a of outcome.learned) {
+    const until = a.name === outcome.name ? allowedUntil.get(`${query.endpoint}|${a.name}|${a.ip}`) : undefined;
+    if (until !== undefined) fast.learned(source, a.name, a.ip, until - now, decidedAt);
+  }
+}
+
+/** The flow of a query the fast path answered, as the proxy would have reported it. */
+function fastOutcome(flow: FastFlow): DnsOutcome | undefined {
+  let packet;
+  try {
+    packet = decode(flow.response);
+  } catch {
+    return undefined;
+  }
+  const question = packet.questions?.[0];
+  if (question === undefined) return undefined;
+  const name = normalizeDnsName(question.name);
+  const rcode = (packet.flags ?? 0) & 0xf;
+  const base = { name, qtype: question.type, rcode };
+  switch (flow.kind) {
+    case FastFlowKind.FORWARDED:
+      return { ...base, verdict: 'forwarded', learned: answerAddresses(name, packet.answers ?? []), answer: answerDetails(name, packet.answers ?? []) };
+    case FastFlowKind.DENIED:
+      return { ...base, verdict: 'denied', learned: [] };
+    default:
+      return { ...base, verdict: 'error', rcode: RCODE.SERVFAIL, learned: [], reason: `no answer from ${flow.resolver}:${flow.resolverPort} within ${data.forwardTimeoutMs} ms` };
+  }
+}
+
+/** The fast path's answers become flows here, and a longer life of their addresses is told to the agent (without anyone waiting). */
+function drainFast(): void {
+  for (const flow of fast?.drain() ?? []) {
+    const outcome = fastOutcome(flow);
+    if (outcome === undefined) continue;
+    report({ endpoint: flow.endpoint, resolver: { address: flow.resolver, port: flow.resolverPort }, protocol: 'UDP' }, flow.sourcePort, outcome, flow.requestNs, flow.responseNs);
+    if (outcome.learned.length > 0) void Promise.resolve(learned(flow.endpoint, outcome.learned)).catch(() => undefined);
+  }
 }
 
 // Opened at the first datagram: the datapath pins its maps with the first endpoint.
@@ -172,13 +225,20 @@ function originalDestination(address: string, port: number): Resolver | undefine
 }
 
 let listener: DnsRedirectListener | undefined;
+let fast: DnsFastPath | undefined;
 async function listen(): Promise<void> {
-  const candidate = new DnsRedirectListener({ port: data.port, host: data.host, endpointOf, originalDestination, answer, endpointRateLimit: data.endpointRateLimit });
+  const candidate = new DnsRedirectListener({ port: data.port, host: data.host, endpointOf, originalDestination, answer, endpointRateLimit: data.endpointRateLimit, udpHandoff: data.fastPath });
   try {
     await candidate.listen();
+    if (data.fastPath) {
+      fast = DnsFastPath.start({ host: data.host, port: data.port, handoffPort: candidate.udpPort, epoch, proxy4Pin: data.proxy4Pin, rate: data.endpointRateLimit, timeoutMs: data.forwardTimeoutMs, maxInFlight: data.maxInFlight });
+      candidate.handoffFrom = fast.sourcePort;
+    }
     listener = candidate;
     host.postMessage({ type: 'listening' } satisfies FromWorker);
   } catch (error) {
+    fast?.stop();
+    fast = undefined;
     await candidate.close();
     host.postMessage({ type: 'listen-failed', message: (error as Error).message } satisfies FromWorker);
     retry = setTimeout(() => void listen(), data.retryListenMs);
@@ -188,15 +248,22 @@ let retry: NodeJS.Timeout | undefined;
 
 /** The counts into the agent's view: after every query, and now and then for what no query reports. */
 function publish(): void {
-  const stats: Record<string, number> = { ...listener?.stats, ...proxy.stats, ...workerStats };
+  const stats: Record<string, number> = { ...listener?.stats, ...proxy.stats, ...workerStats, ...fast?.counters() };
   REDIRECT_COUNTERS.forEach((name, i) => (counters[i] = stats[name] ?? 0));
 }
-const publishing = setInterval(publish, 50);
+const publishing = setInterval(() => {
+  drainFast();
+  publish();
+}, 50);
 
 host.on('message', (message: ToWorker) => {
   if (message.type === 'close') {
     clearInterval(publishing);
     clearTimeout(retry);
+    drainFast();
+    fast?.stop();
+    fast = undefined;
+    flushHandled();
     proxy.close();
     origins?.close();
     void (listener?.close() ?? Promise.resolve()).finally(() => host.close());

@@ -30,7 +30,13 @@ export interface DnsRedirectOptions {
   /** Where the datagram from this address and port was going, as the datapath noted it. */
   originalDestination(address: string, port: number): Resolver | undefined;
   /** Judges and answers a query (the DNS proxy, with its flows). */
-  answer(query: DnsQuery, sourcePort: number): Promise<DnsOutcome>;
+  answer(query: DnsQuery, sourcePort: number, sourceAddress: string): Promise<DnsOutcome>;
+  /**
+   * The UDP side is the DNS fast path's (fast-path.ts), which owns the port: the listener's UDP
+   * socket is then an ephemeral one on 127.0.0.1 taking what the fast path hands over, framed as
+   * [sender IPv4 (4)][sender port (2)][datagram], from the fast path's socket only (`handoffFrom`).
+   */
+  udpHandoff?: boolean;
   /** Connections at once over TCP; past it new ones are closed at once. */
   maxConnections?: number;
   /** Seconds a TCP connection may stay idle. */
@@ -95,13 +101,31 @@ export class DnsRedirectListener {
     this.#udp = createSocket({ type: 'udp4', reuseAddr: false });
     // A query that fails on the way is not answered (the pod's library asks again); it never
     // becomes an unhandled rejection that would end the agent.
-    this.#udp.on('message', (bytes, from) => void this.#onDatagram(bytes, from).catch(() => this.#stats.unanswered++));
+    this.#udp.on('message', (bytes, from) => {
+      const datagram = options.udpHandoff ? this.#unframe(bytes, from) : { bytes, from };
+      if (datagram !== undefined) void this.#onDatagram(datagram.bytes, datagram.from).catch(() => this.#stats.unanswered++);
+    });
     this.#tcp = createServer({ pauseOnConnect: false }, (socket) => this.#onConnection(socket));
     this.#tcp.maxConnections = options.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   }
 
   get port(): number {
     return this.#options.port;
+  }
+
+  /** The handoff socket's port (udpHandoff), once listening. */
+  get udpPort(): number {
+    return this.#udp.address().port;
+  }
+
+  /** The only port on 127.0.0.1 handoffs are taken from (udpHandoff): any other local sender could claim to be any pod. */
+  handoffFrom = 0;
+
+  #unframe(frame: Buffer, from: RemoteInfo): { bytes: Buffer; from: RemoteInfo } | undefined {
+    if (from.address !== '127.0.0.1' || from.port !== this.handoffFrom || this.handoffFrom === 0 || frame.length < 6) return undefined;
+    const address = `${frame[0]}.${frame[1]}.${frame[2]}.${frame[3]}`;
+    const bytes = frame.subarray(6);
+    return { bytes, from: { address, family: 'IPv4', port: frame.readUInt16BE(4), size: bytes.length } };
   }
 
   get stats(): Readonly<DnsRedirectStats> {
@@ -111,15 +135,16 @@ export class DnsRedirectListener {
   async listen(): Promise<void> {
     const host = this.#options.host ?? '127.0.0.1';
     this.#raw = rawIpv4Socket();
+    const handoff = this.#options.udpHandoff === true;
     await new Promise<void>((resolve, reject) => {
       this.#udp.once('error', reject);
-      this.#udp.bind({ address: host, port: this.#options.port, exclusive: true }, () => {
+      this.#udp.bind({ address: handoff ? '127.0.0.1' : host, port: handoff ? 0 : this.#options.port, exclusive: true }, () => {
         this.#udp.off('error', reject);
         resolve();
       });
     });
     // The kernel hands a datagram the datapath assigned to a socket only to a transparent one.
-    makeDatagramSocketTransparent(this.#udp);
+    if (!handoff) makeDatagramSocketTransparent(this.#udp);
     // Later errors of a bound socket (ICMP unreachable on a send) leave it working.
     this.#udp.on('error', () => undefined);
     await new Promise<void>((resolve, reject) => {
@@ -175,7 +200,7 @@ export class DnsRedirectListener {
       this.#stats.noOriginalDestination++;
       return;
     }
-    const outcome = await this.#options.answer({ endpoint, resolver, protocol: 'UDP', payload: bytes }, from.port);
+    const outcome = await this.#options.answer({ endpoint, resolver, protocol: 'UDP', payload: bytes }, from.port, from.address);
     if (outcome.response === undefined) {
       this.#stats.unanswered++;
       return;
@@ -258,7 +283,7 @@ export class DnsRedirectListener {
         if (!this.#withinRate(endpoint)) continue;
         inFlight++;
         void this.#options
-          .answer({ endpoint, resolver, protocol: 'TCP', payload }, sourcePort)
+          .answer({ endpoint, resolver, protocol: 'TCP', payload }, sourcePort, socket.remoteAddress?.replace(/^::ffff:/, '') ?? '')
           .catch(() => ({ response: undefined }) as Pick<DnsOutcome, 'response'>)
           .then((outcome) => {
             if (outcome.response === undefined) {

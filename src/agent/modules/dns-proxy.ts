@@ -210,6 +210,10 @@ export const dnsRedirectConfig = {
     .max(1_000_000)
     .default(2000)
     .describe('DNS queries a second one endpoint may send through the DNS proxy; past it they are dropped unread, so one flooding pod cannot take the agent\'s CPU (0: no limit)'),
+  dnsProxyFastPath: z
+    .boolean()
+    .default(true)
+    .describe('pod DNS over UDP through the native fast path: a query the proxy has already judged in the current policy, whose answer holds only addresses already allowed, is answered without JavaScript (off: every query through the proxy\'s JavaScript)'),
 };
 
 /**
@@ -240,6 +244,7 @@ export const dnsRedirectModule = defineModule({
       port: DNS_PROXY_PORT,
       ...dnsProxy.settings,
       endpointRateLimit: config.dnsProxyEndpointRateLimit,
+      fastPath: config.dnsProxyFastPath,
       proxy4Pin: join(config.bpfRoot, 'maps', MapName.PROXY4),
       endpoint: endpointAt,
       verdict: dnsProxy.verdict,
