@@ -591,7 +591,7 @@ static void on_query(uint32_t source, uint16_t sport, const uint8_t *msg, size_t
 	}
 	uint16_t rport = ntohs(orig.orig_dport);
 	/* Only plain queries (QR 0, opcode 0, one question, no answers) are the fast path's. */
-	if (len > MAX_DNS || (msg[2] & 0xf8) != 0 || be16(msg + 6) != 0 || be16(msg + 8) != 0 || parse_question(msg, len, name, &name_len, &question_end) < 0)
+	if (len < 12 || len > MAX_DNS || (msg[2] & 0xf8) != 0 || be16(msg + 6) != 0 || be16(msg + 8) != 0 || parse_question(msg, len, name, &name_len, &question_end) < 0)
 		return handoff(source, sport, msg, len);
 	refresh_epoch();
 	struct verdict *v = find_verdict(source, orig.orig_daddr, rport, name, name_len);
@@ -729,6 +729,21 @@ static void on_answer(const struct sockaddr_in *from, uint8_t *msg, size_t len)
 	free_pending(p);
 }
 
+/* Lock held. */
+static void on_oversized_answer(const struct sockaddr_in *from, const uint8_t *msg, size_t len)
+{
+	if (len < 12)
+		return;
+	uint16_t slot = fp.by_id[be16(msg)];
+	if (slot == 0)
+		return;
+	struct pending *p = &fp.pending[slot - 1];
+	if (from->sin_addr.s_addr != p->resolver || ntohs(from->sin_port) != p->resolver_port)
+		return;
+	handoff(p->source, p->source_port, p->query, p->query_len);
+	free_pending(p);
+}
+
 /* Lock held: forwards past their deadline get SERVFAIL, as on the slow path. */
 static void expire(void)
 {
@@ -767,8 +782,12 @@ static void drain_socket(int fd, int listener)
 			return;
 		pthread_mutex_lock(&fp.lock);
 		for (int i = 0; i < n; i++) {
-			if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC)
+			if (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) {
+				/* An answer bigger than the buffer (EDNS): JavaScript asks again, on a socket that takes it whole. */
+				if (!listener)
+					on_oversized_answer(&from[i], buffers[i], msgs[i].msg_len);
 				continue;
+			}
 			if (listener)
 				on_query(from[i].sin_addr.s_addr, ntohs(from[i].sin_port), buffers[i], msgs[i].msg_len);
 			else
