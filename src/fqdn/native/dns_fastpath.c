@@ -197,6 +197,9 @@ static struct {
 	uint32_t learned_count;
 	struct pending *pending;
 	uint16_t *by_id; /* upstream id → pending slot + 1 (0: none) */
+	uint16_t free_slots[MAX_PENDING]; /* a stack of the unused pending slots */
+	uint32_t free_count;
+	int64_t last_expire_ms;
 	uint32_t in_flight;
 	uint16_t per_source[SOURCE_BUCKETS];
 	struct upstream upstreams[MAX_MARKS];
@@ -551,6 +554,7 @@ static void free_pending(struct pending *p)
 {
 	fp.by_id[p->upstream_id] = 0;
 	p->used = 0;
+	fp.free_slots[fp.free_count++] = (uint16_t)(p - fp.pending);
 	fp.in_flight--;
 	fp.per_source[mix(1, p->source) & (SOURCE_BUCKETS - 1)]--;
 }
@@ -613,13 +617,8 @@ static void on_query(uint32_t source, uint16_t sport, const uint8_t *msg, size_t
 	int fd = upstream_for(v->mark);
 	if (fp.in_flight >= fp.max_in_flight || *own >= fp.max_per_source || fd < 0)
 		return handoff(source, sport, msg, len);
-	struct pending *p = NULL;
-	for (uint32_t i = 0; i < fp.max_in_flight; i++) {
-		if (!fp.pending[i].used) {
-			p = &fp.pending[i];
-			break;
-		}
-	}
+	/* in_flight < max_in_flight: a slot is free. */
+	struct pending *p = &fp.pending[fp.free_slots[--fp.free_count]];
 	uint16_t id;
 	do
 		id = (uint16_t)(next_random() >> 48);
@@ -749,8 +748,10 @@ static void expire(void)
 {
 	int64_t now = now_ms();
 
-	if (fp.in_flight == 0)
+	/* Once a tick, not after every wakeup: a scan per datagram would cost more than the datagram. */
+	if (fp.in_flight == 0 || now - fp.last_expire_ms < TICK_MS)
 		return;
+	fp.last_expire_ms = now;
 	for (uint32_t i = 0; i < fp.max_in_flight; i++) {
 		struct pending *p = &fp.pending[i];
 		if (!p->used || p->deadline_ms > now)
@@ -921,6 +922,11 @@ static napi_value start(napi_env env, napi_callback_info info)
 	fp.max_per_source = fp.max_in_flight / 4 < 1 ? 1 : fp.max_in_flight / 4;
 	fp.in_flight = 0;
 	fp.ring_used = 0;
+	fp.last_expire_ms = 0;
+	fp.free_count = 0;
+	for (uint32_t i = MAX_PENDING; i-- > 0;)
+		if (i < fp.max_in_flight)
+			fp.free_slots[fp.free_count++] = (uint16_t)i;
 	atomic_store(&fp.stopping, 0);
 	if (getrandom(fp.hash_key, sizeof(fp.hash_key), 0) != sizeof(fp.hash_key) || getrandom(&fp.rng, sizeof(fp.rng), 0) != sizeof(fp.rng))
 		return throw_errno(env, "seeding the DNS fast path", errno);
