@@ -8,10 +8,11 @@
  * `toFQDNs` rule, Hubble DNS flows, answer sent as the resolver on a raw socket); port 5353 is
  * allowed at L4 only, so its queries go straight to the server: the baseline.
  *
- * The load generator is Node inside the client pod: open loop at a fixed rate (10k queries/s,
- * DNS_PROXY_BENCH_RATE), a query sent when due whether or not earlier ones were answered, round
- * robin over a pool of 32 connected UDP sockets (as a resolver library reuses its ports), answers
- * matched by socket and id. Latency runs from the query's send to its answer's arrival; a query
+ * The load generator is bench/c/dns-load.c inside the client pod (C, as a pod's resolver library
+ * is: a Node client's own event loop added 2-4 ms to both paths' p99): open loop at a fixed rate
+ * (10k queries/s, DNS_PROXY_BENCH_RATE), a query sent when due whether or not earlier ones were
+ * answered, round robin over a pool of 32 connected UDP sockets (as a resolver library reuses its
+ * ports), answers matched by socket and id. Latency runs from the query's send to its answer's arrival; a query
  * not answered within 2 s is lost. Rounds alternate proxied and direct; figures are the medians
  * over rounds of each round's figures (a warm-up round of each first, which also learns the names).
  *
@@ -30,7 +31,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type BenchContext, interleave, median, ROOT, round } from './lib.ts';
+import { type BenchContext, buildC, interleave, median, ROOT, round } from './lib.ts';
 import { BenchNode } from './support/agent.ts';
 import { addNetns, Cleanups, inNs, sh, sleep, spawnInNs, uniqueName, waitForOutput } from './support/ns.ts';
 
@@ -77,95 +78,26 @@ console.log('ready');
 `;
 
 /**
- * `load host port rate seconds sockets names timeoutMs` prints {sent, answered, errors, lost,
- * sendErrors, p50, p99, lagP99, sendUs} (µs); `probe host port name` prints {rcode} of one A query.
- * Queries are hand-encoded (no dns-packet from inside `node -e`): RD set, one A/IN question.
+ * `probe host port name` prints {rcode} of one A query (hand-encoded: no dns-packet from inside
+ * `node -e`), or {timeout: true}.
  */
-const CLIENT = `
+const PROBE = `
 const dgram = require('node:dgram');
-const [mode, host, port, ...rest] = process.argv.slice(1);
-function encodeQuery(name) {
-  const labels = name.split('.');
-  const b = Buffer.alloc(12 + labels.reduce((n, l) => n + l.length + 1, 0) + 1 + 4);
-  b.writeUInt16BE(0x0100, 2);
-  b.writeUInt16BE(1, 4);
-  let o = 12;
-  for (const l of labels) { b[o++] = l.length; o += b.write(l, o, 'ascii'); }
-  b[o++] = 0;
-  b.writeUInt16BE(1, o);
-  b.writeUInt16BE(1, o + 2);
-  return b;
-}
-const open = () => new Promise((resolve, reject) => {
-  const s = dgram.createSocket('udp4');
-  s.once('error', reject);
-  s.connect(Number(port), host, () => { s.off('error', reject); resolve(s); });
-});
-(async () => {
-  if (mode === 'probe') {
-    const s = await open();
-    const q = encodeQuery(rest[0]);
-    q.writeUInt16BE(4242, 0);
-    const timer = setTimeout(() => { console.log(JSON.stringify({ timeout: true })); process.exit(0); }, 3000);
-    s.on('message', (m) => { if (m.readUInt16BE(0) !== 4242) return; clearTimeout(timer); console.log(JSON.stringify({ rcode: m[3] & 0xf })); s.close(); });
-    s.send(q);
-    return;
-  }
-  const [rate, seconds, nsockets, names, timeoutMs] = rest.map(Number);
-  const templates = Array.from({ length: names }, (_, i) => encodeQuery('svc-' + i + '.example.com'));
-  const latencies = [];
-  let answered = 0, errors = 0, late = 0, sendErrors = 0;
-  const sockets = [];
-  for (let i = 0; i < nsockets; i++) {
-    const s = await open();
-    const pending = new Map();
-    s.on('message', (m) => {
-      if (m.length < 12) return;
-      const sentAt = pending.get(m.readUInt16BE(0));
-      if (sentAt === undefined) return;
-      pending.delete(m.readUInt16BE(0));
-      const us = (performance.now() - sentAt) * 1000;
-      if (us > timeoutMs * 1000) { late++; return; }
-      if ((m[3] & 0xf) !== 0) { errors++; return; }
-      answered++;
-      latencies.push(us);
-    });
-    s.on('error', () => { sendErrors++; });
-    sockets.push({ s, pending, id: (Math.random() * 0x10000) | 0 });
-  }
-  const total = rate * seconds;
-  const lags = new Float64Array(total);
-  const onSent = (e) => { if (e) sendErrors++; };
-  let sent = 0, sendTime = 0;
-  const start = performance.now();
-  await new Promise((resolve) => {
-    const tick = () => {
-      const now = performance.now();
-      const due = Math.min(total, Math.floor(((now - start) / 1000) * rate) + 1);
-      for (; sent < due; sent++) {
-        const k = sockets[sent % nsockets];
-        k.id = (k.id + 1) & 0xffff;
-        const q = Buffer.from(templates[sent % names]);
-        q.writeUInt16BE(k.id, 0);
-        const t = performance.now();
-        lags[sent] = (t - start - (sent / rate) * 1000) * 1000;
-        k.pending.set(k.id, t);
-        k.s.send(q, onSent);
-        sendTime += performance.now() - t;
-      }
-      if (sent < total) setTimeout(tick, 1);
-      else resolve();
-    };
-    tick();
-  });
-  const deadline = performance.now() + timeoutMs;
-  while (performance.now() < deadline && sockets.some((k) => k.pending.size > 0)) await new Promise((r) => setTimeout(r, 10));
-  const lost = sockets.reduce((n, k) => n + k.pending.size, 0) + late;
-  for (const k of sockets) k.s.close();
-  const sorted = Float64Array.from(latencies).sort();
-  const at = (a, p) => (a.length === 0 ? null : a[Math.min(a.length - 1, Math.floor(p * a.length))]);
-  console.log(JSON.stringify({ sent: total, answered, errors, lost, sendErrors, p50: at(sorted, 0.5), p99: at(sorted, 0.99), lagP99: at(lags.sort(), 0.99), sendUs: (sendTime * 1000) / total }));
-})().catch((e) => { console.error(String(e)); process.exit(1); });
+const [host, port, name] = process.argv.slice(1);
+const labels = name.split('.');
+const q = Buffer.alloc(12 + labels.reduce((n, l) => n + l.length + 1, 0) + 1 + 4);
+q.writeUInt16BE(4242, 0);
+q.writeUInt16BE(0x0100, 2);
+q.writeUInt16BE(1, 4);
+let o = 12;
+for (const l of labels) { q[o++] = l.length; o += q.write(l, o, 'ascii'); }
+q[o++] = 0;
+q.writeUInt16BE(1, o);
+q.writeUInt16BE(1, o + 2);
+const s = dgram.createSocket('udp4');
+s.connect(Number(port), host, () => s.send(q));
+const timer = setTimeout(() => { console.log(JSON.stringify({ timeout: true })); process.exit(0); }, 3000);
+s.on('message', (m) => { if (m.readUInt16BE(0) !== 4242) return; clearTimeout(timer); console.log(JSON.stringify({ rcode: m[3] & 0xf })); s.close(); });
 `;
 
 interface LoadResult {
@@ -226,7 +158,8 @@ export async function run(ctx: BenchContext): Promise<void> {
     await sleep(1000);
 
     // Check each path is the one meant: the proxy refuses a name no rule allows, the server answers NXDOMAIN.
-    const probe = async (port: number) => JSON.parse(await inNs(client.netns, process.execPath, ['-e', CLIENT, 'probe', RESOLVER, String(port), 'probe.other.test'])) as { rcode?: number; timeout?: true };
+    const probe = async (port: number) => JSON.parse(await inNs(client.netns, process.execPath, ['-e', PROBE, RESOLVER, String(port), 'probe.other.test'])) as { rcode?: number; timeout?: true };
+    const loadGenerator = buildC('dns-load');
     const [viaProxy, direct] = [await probe(PROXIED_PORT), await probe(DIRECT_PORT)];
     if (viaProxy.rcode !== 5) throw new Error(`port ${PROXIED_PORT} does not go through the DNS proxy (an unlisted name got ${JSON.stringify(viaProxy)}, not REFUSED)`);
     if (direct.rcode !== 3) throw new Error(`port ${DIRECT_PORT} does not reach the server straight (an unknown name got ${JSON.stringify(direct)}, not NXDOMAIN)`);
@@ -239,7 +172,7 @@ export async function run(ctx: BenchContext): Promise<void> {
     const redirect = async () => (await node.client.get<{ dnsRedirect?: RedirectStats }>('/v1/status')).dnsRedirect;
     const load = async (port: number): Promise<{ result: LoadResult; cpu: number }> => {
       const before = cpuMs(agentPid);
-      const out = await inNs(client.netns, process.execPath, ['-e', CLIENT, 'load', RESOLVER, String(port), String(RATE), String(SECONDS), String(SOCKETS), String(NAME_COUNT), String(TIMEOUT_MS)], 60_000);
+      const out = await inNs(client.netns, loadGenerator, [RESOLVER, String(port), String(RATE), String(SECONDS), String(SOCKETS), String(NAME_COUNT), String(TIMEOUT_MS)], 60_000);
       return { result: JSON.parse(out) as LoadResult, cpu: cpuMs(agentPid) - before };
     };
     type Path = 'proxied' | 'direct';
