@@ -73,3 +73,16 @@ test('the cache survives a restart through its file, without what expired meanwh
   writeFileSync(file, '{"version":1,"entries":[');
   assert.throws(() => new FqdnCache({ file }).load());
 });
+
+test('addresses the caps make room for are reported as evicted; expiry and a longer life are not', () => {
+  let evictions = 0;
+  const cache = new FqdnCache({ maxIpsPerName: 1, maxNamesPerEndpoint: 1, now: () => 1_000_000 });
+  cache.onEvict = () => evictions++;
+  cache.learn(1, [{ name: 'a.example.com', ip: '192.0.2.1', ttl: 60 }]);
+  cache.learn(1, [{ name: 'a.example.com', ip: '192.0.2.1', ttl: 600 }]);
+  assert.equal(evictions, 0);
+  cache.learn(1, [{ name: 'a.example.com', ip: '192.0.2.2', ttl: 60 }]);
+  assert.equal(evictions, 1, 'a second address over maxIpsPerName 1');
+  cache.learn(1, [{ name: 'b.example.com', ip: '192.0.2.3', ttl: 60 }]);
+  assert.equal(evictions, 2, 'a second name over maxNamesPerEndpoint 1');
+});

@@ -46,6 +46,9 @@ export interface FqdnCacheOptions {
   now?: () => number;
 }
 
+/** Called when addresses leave the cache before they expire (the caps): what was told is no longer held. */
+export type FqdnEvictionListener = () => void;
+
 /** One address an endpoint learned for a name. */
 export interface LearnedAddress {
   endpoint: number;
@@ -88,9 +91,13 @@ export class FqdnCache {
    * Records what an answer told `endpoint`; true when the selectable addresses changed (a new
    * address, not a longer life for a known one).
    */
+  /** Told when addresses leave before they expire (a cap made room): whoever kept "already told" must forget it. */
+  onEvict: FqdnEvictionListener | undefined;
+
   learn(endpoint: number, answers: readonly AnswerAddress[]): boolean {
     const now = this.#now();
     let changed = false;
+    let evicted = false;
     for (const answer of answers) {
       const ip = Addr.tryParse(answer.ip);
       if (ip === undefined) continue;
@@ -100,7 +107,7 @@ export class FqdnCache {
       if (names === undefined) this.#entries.set(endpoint, (names = new Map()));
       let ips = names.get(name);
       if (ips === undefined) {
-        if (names.size >= this.#maxNames) this.#evictName(names);
+        if (names.size >= this.#maxNames) evicted = this.#evictName(names) || evicted;
         names.set(name, (ips = new Map()));
       }
       const key = ip.toString();
@@ -112,13 +119,15 @@ export class FqdnCache {
         const byExpiry = [...ips].sort((a, b) => a[1] - b[1]);
         for (const [old] of byExpiry.slice(0, ips.size - this.#maxIps)) ips.delete(old);
         changed = true;
+        evicted = true;
       }
     }
+    if (evicted) this.onEvict?.();
     return changed;
   }
 
   /** Drops the name whose last address expires first (a full endpoint learning a new name). */
-  #evictName(names: Map<string, Map<string, number>>): void {
+  #evictName(names: Map<string, Map<string, number>>): boolean {
     let victim: string | undefined;
     let soonest = Infinity;
     for (const [name, ips] of names) {
@@ -128,7 +137,7 @@ export class FqdnCache {
         victim = name;
       }
     }
-    if (victim !== undefined) names.delete(victim);
+    return victim !== undefined && names.delete(victim);
   }
 
   /** Drops what expired; true when anything did. */

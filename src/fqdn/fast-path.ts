@@ -99,7 +99,7 @@ export interface FastPathOptions {
   port: number;
   /** The worker's handoff socket (127.0.0.1). */
   handoffPort: number;
-  /** The agent's epoch (Int32Array over its SharedArrayBuffer). */
+  /** The agent's epochs, EPOCH_ALL and EPOCH_TOLD (Int32Array[2] over its SharedArrayBuffer). */
   epoch: Int32Array;
   proxy4Pin: string;
   /** Queries a second per endpoint; 0: none. */
@@ -143,7 +143,7 @@ export class DnsFastPath {
     this.#addon.allow(source, resolver.address, resolver.port, name, decision.endpoint, decision.mark, decision.allowed, decision.rcode, epoch);
   }
 
-  /** `ip`, answered for (source, name), is allowed by the agent for `remainingMs` more (as of `epoch`). */
+  /** `ip`, answered for (source, name), is allowed by the agent for `remainingMs` more (as of EPOCH_TOLD `epoch`). */
   learned(source: string, name: string, ip: string, remainingMs: number, epoch: number): void {
     const addr = Addr.tryParse(ip);
     if (!this.#running || addr === undefined || remainingMs <= 0) return;

@@ -97,17 +97,23 @@ test(`the redirect worker answers from its own thread${fastPath ? ' and its fast
   assert.equal((await ask(3)).rcode, 5, 'REFUSED');
   assert.equal(server.queries.length, fastPath ? 5 : 2, 'the refused query never reached the resolver');
 
-  // A dead worker is started again, and answers again.
+  // Rules widened again: judged anew, but the address the agent was told of stays told (a
+  // change of policy does not make the agent forget what it learned), so nothing waits for it.
   verdict = { allowed: true, allNames: true, ruleKeys: [] };
   worker.invalidate();
+  const told = learnedCalls.length;
+  assert.deepEqual(await ask(5), { rcode: 0, from: server.port, ips: ['192.0.2.10'] });
+  assert.equal(learnedCalls.length, told);
+
+  // A dead worker is started again, and answers again.
   await worker.restart();
   for (let i = 0; i < 250 && !worker.listening; i++) await sleep(20);
   assert.deepEqual([worker.listening, worker.restarts], [true, 1]);
   assert.deepEqual(await ask(4), { rcode: 0, from: server.port, ips: ['192.0.2.10'] });
-  // Counts run on across the restart: three datagrams (two forwarded) before it, one after. With
+  // Counts run on across the restart: four datagrams (three forwarded) before it, one after. With
   // the fast path, what it had kept went with the epoch and with the worker: only the second
   // query was its own.
-  const expected = fastPath ? { fastDatagrams: 6, handedOff: 4, fastForwarded: 2, datagrams: 4, forwarded: 3, denied: 1 } : { fastDatagrams: 0, handedOff: 0, fastForwarded: 0, datagrams: 4, forwarded: 3, denied: 1 };
+  const expected = fastPath ? { fastDatagrams: 7, handedOff: 5, fastForwarded: 2, datagrams: 5, forwarded: 4, denied: 1 } : { fastDatagrams: 0, handedOff: 0, fastForwarded: 0, datagrams: 5, forwarded: 4, denied: 1 };
   for (let i = 0; i < 50 && worker.stats().forwarded < expected.forwarded; i++) await sleep(20);
   const stats = worker.stats();
   assert.deepEqual(Object.fromEntries(Object.keys(expected).map((k) => [k, stats[k as keyof typeof expected]])), expected);

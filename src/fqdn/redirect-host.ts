@@ -17,7 +17,7 @@ import type { Logger } from 'pino';
 import type { DnsVerdict } from '../policy/index.ts';
 import type { AnswerAddress } from './cache.ts';
 import type { Resolver } from './proxy.ts';
-import { REDIRECT_COUNTERS, type EndpointContext, type FromWorker, type HandledQuery, type RedirectCounter, type RedirectSettings, type RedirectWorkerData, type ToWorker } from './redirect-protocol.ts';
+import { EPOCH_ALL, EPOCH_TOLD, REDIRECT_COUNTERS, type EndpointContext, type FromWorker, type HandledQuery, type RedirectCounter, type RedirectSettings, type RedirectWorkerData, type ToWorker } from './redirect-protocol.ts';
 
 export interface DnsRedirectWorkerOptions extends Omit<RedirectSettings, 'host' | 'retryListenMs'> {
   host?: string;
@@ -43,7 +43,8 @@ const CLOSE_TIMEOUT_MS = 2_000;
 
 export class DnsRedirectWorker {
   readonly #options: DnsRedirectWorkerOptions;
-  readonly #epoch = new Int32Array(new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT));
+  /** [EPOCH_ALL, EPOCH_TOLD] (redirect-protocol.ts). */
+  readonly #epoch = new Int32Array(new SharedArrayBuffer(Int32Array.BYTES_PER_ELEMENT * 2));
   readonly #counters = new Float64Array(new SharedArrayBuffer(Float64Array.BYTES_PER_ELEMENT * REDIRECT_COUNTERS.length));
   /** Counts of workers that died, so the counts run on across restarts. */
   readonly #carried = new Float64Array(REDIRECT_COUNTERS.length);
@@ -73,7 +74,18 @@ export class DnsRedirectWorker {
    * change of what they answer, before anything else happens.
    */
   invalidate(): void {
-    Atomics.add(this.#epoch, 0, 1);
+    Atomics.add(this.#epoch, EPOCH_ALL, 1);
+  }
+
+  /**
+   * As invalidate(), and what the worker kept of addresses already told to the agent goes too:
+   * at a change of endpoints (an address may now be another pod's) and when the FQDN cache let
+   * addresses go before they expired. A policy change alone leaves those: the agent still holds
+   * what it was told.
+   */
+  invalidateTold(): void {
+    Atomics.add(this.#epoch, EPOCH_TOLD, 1);
+    Atomics.add(this.#epoch, EPOCH_ALL, 1);
   }
 
   get port(): number {
@@ -126,7 +138,7 @@ export class DnsRedirectWorker {
       counters: this.#counters.buffer as SharedArrayBuffer,
     };
     // Nothing kept by an earlier worker is trusted by this one.
-    this.invalidate();
+    this.invalidateTold();
     const worker = new Worker(new URL('./redirect-worker.ts', import.meta.url), {
       workerData,
       resourceLimits: { maxOldGenerationSizeMb: o.maxHeapMb ?? 256 },
@@ -145,7 +157,7 @@ export class DnsRedirectWorker {
 
   #onMessage(worker: Worker, message: FromWorker): void {
     const o = this.#options;
-    const epoch = () => Atomics.load(this.#epoch, 0);
+    const epoch = () => Atomics.load(this.#epoch, EPOCH_ALL);
     switch (message.type) {
       case 'endpoint':
         this.#reply(worker, { type: 'endpoint', id: message.id, epoch: epoch(), endpoint: o.endpoint(message.address) ?? null });

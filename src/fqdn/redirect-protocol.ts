@@ -31,8 +31,17 @@ export interface RedirectSettings {
   fastPath: boolean;
 }
 
+/**
+ * The shared epochs (an Int32Array over RedirectWorkerData.epoch). EPOCH_ALL moves at every change
+ * of what the agent answers (policy, ipcache, endpoints); EPOCH_TOLD only when what the worker
+ * kept of addresses already told to the agent may be wrong (endpoints changed, the FQDN cache let
+ * addresses go early), so learning a new address, which changes the policy, keeps it.
+ */
+export const EPOCH_ALL = 0;
+export const EPOCH_TOLD = 1;
+
 export interface RedirectWorkerData extends RedirectSettings {
-  /** Int32Array[1]: bumped by the agent whenever what it answered may have changed. */
+  /** Int32Array[2]: EPOCH_ALL and EPOCH_TOLD, bumped by the agent. */
   epoch: SharedArrayBuffer;
   /** Float64Array of REDIRECT_COUNTERS, written by the worker. */
   counters: SharedArrayBuffer;

@@ -20,7 +20,7 @@ import { learnedExpiry, type AnswerAddress } from './cache.ts';
 import { DnsFastPath, FastFlowKind, type FastFlow } from './fast-path.ts';
 import { answerAddresses, answerDetails, DnsProxy, RCODE, type DnsOutcome, type DnsQuery, type Resolver } from './proxy.ts';
 import { DnsRedirectListener } from './redirect.ts';
-import { REDIRECT_COUNTERS, wallClockNs, type EndpointContext, type FromWorker, type HandledQuery, type RedirectWorkerData, type ToWorker } from './redirect-protocol.ts';
+import { EPOCH_ALL, EPOCH_TOLD, REDIRECT_COUNTERS, wallClockNs, type EndpointContext, type FromWorker, type HandledQuery, type RedirectWorkerData, type ToWorker } from './redirect-protocol.ts';
 
 const data = workerData as RedirectWorkerData;
 const host = parentPort!;
@@ -34,8 +34,10 @@ const LEARNED_REFRESH_MS = 1_000;
 /** What the worker keeps is dropped whole past this many entries (a map per kind). */
 const MAX_KEPT = 65_536;
 
-// What the agent answered, valid while the epoch stays what it was when it answered.
-let keptEpoch = Atomics.load(epoch, 0);
+// What the agent answered, valid while the epoch stays what it was when it answered
+// (EPOCH_ALL; what was told of addresses, EPOCH_TOLD).
+let keptEpoch = Atomics.load(epoch, EPOCH_ALL);
+let toldEpoch = Atomics.load(epoch, EPOCH_TOLD);
 const endpoints = new Map<string, EndpointContext | null>();
 const identities = new Map<number, number>();
 const verdicts = new Map<string, DnsVerdict>();
@@ -43,20 +45,29 @@ const verdicts = new Map<string, DnsVerdict>();
 const allowedUntil = new Map<string, number>();
 
 function current(): number {
-  const now = Atomics.load(epoch, 0);
+  const now = Atomics.load(epoch, EPOCH_ALL);
   if (now !== keptEpoch) {
     keptEpoch = now;
     workerStats.staleResets++;
     endpoints.clear();
     identities.clear();
     verdicts.clear();
+  }
+  currentTold();
+  return now;
+}
+
+function currentTold(): number {
+  const now = Atomics.load(epoch, EPOCH_TOLD);
+  if (now !== toldEpoch) {
+    toldEpoch = now;
     allowedUntil.clear();
   }
   return now;
 }
 
-function keep<K, V>(map: Map<K, V>, key: K, value: V, answeredAt: number): void {
-  if (answeredAt !== current()) return;
+function keep<K, V>(map: Map<K, V>, key: K, value: V, answeredAt: number, at: () => number = current): void {
+  if (answeredAt !== at()) return;
   if (map.size >= MAX_KEPT) map.clear();
   map.set(key, value);
 }
@@ -99,11 +110,11 @@ function verdictFor(endpoint: number, resolver: Resolver, protocol: 'UDP' | 'TCP
 }
 
 function tellLearned(endpoint: number, addresses: AnswerAddress[]): Promise<void> {
-  const askedAt = current();
+  const askedAt = currentTold();
   const now = Date.now();
   return ask<Extract<ToWorker, { type: 'learned' }>>({ type: 'learned', id: nextRequest++, endpoint, addresses }).then((reply) => {
     if (reply.error !== undefined) throw new Error(reply.error);
-    for (const a of addresses) keep(allowedUntil, `${endpoint}|${a.name}|${a.ip}`, learnedExpiry(a.ttl, data.minTtl, now), askedAt);
+    for (const a of addresses) keep(allowedUntil, `${endpoint}|${a.name}|${a.ip}`, learnedExpiry(a.ttl, data.minTtl, now), askedAt, currentTold);
   });
 }
 
@@ -112,7 +123,7 @@ function tellLearned(endpoint: number, addresses: AnswerAddress[]): Promise<void
  * while yet; a longer life for addresses already allowed is reported without waiting.
  */
 function learned(endpoint: number, addresses: AnswerAddress[]): Promise<void> | void {
-  current();
+  currentTold();
   const now = Date.now();
   let mustWait = false;
   let longer = false;
@@ -171,9 +182,10 @@ function teach(query: DnsQuery, source: string, mark: number, outcome: DnsOutcom
   if (fast === undefined || outcome.name === undefined || (outcome.verdict !== 'forwarded' && outcome.verdict !== 'denied')) return;
   fast.allow(source, query.resolver, outcome.name, { endpoint: query.endpoint, mark, allowed: outcome.verdict === 'forwarded', rcode: outcome.rcode }, decidedAt);
   const now = Date.now();
+  const told = currentTold();
   for (const a of outcome.learned) {
     const until = a.name === outcome.name ? allowedUntil.get(`${query.endpoint}|${a.name}|${a.ip}`) : undefined;
-    if (until !== undefined) fast.learned(source, a.name, a.ip, until - now, decidedAt);
+    if (until !== undefined) fast.learned(source, a.name, a.ip, until - now, told);
   }
 }
 

@@ -54,6 +54,8 @@ export interface DnsProxyService extends L7RecordSource<L7DnsRecord> {
   report(query: HandledQuery): void;
   /** Calls `listener` synchronously whenever a verdict may have changed. */
   onVerdictInputsChange(listener: () => void): () => void;
+  /** Calls `listener` synchronously when learned addresses left the FQDN cache before they expired. */
+  onEvict(listener: () => void): () => void;
 }
 export const DnsProxyCell = cell<DnsProxyService>('dns-proxy');
 export const NamespacesCell = cell<Namespaces>('namespaces');

@@ -186,6 +186,10 @@ export const dnsProxyModule = defineModule({
         learned,
         report,
         onVerdictInputsChange: (listener: () => void) => policy.onDnsInputsChange(listener),
+        onEvict: (listener: () => void) => {
+          cache.onEvict = listener;
+          return () => (cache.onEvict = undefined);
+        },
         onRecords: (listener: (records: L7DnsRecord[]) => void) => source.onRecords(listener),
       },
       stop: () => {
@@ -255,13 +259,15 @@ export const dnsRedirectModule = defineModule({
     });
     // Before the worker asks anything: whatever it keeps goes stale with the first change.
     const offPolicy = dnsProxy.onVerdictInputsChange(() => worker.invalidate());
-    const offEndpoints = endpoints.table.onWrite(() => worker.invalidate());
+    const offEndpoints = endpoints.table.onWrite(() => worker.invalidateTold());
+    const offEvict = dnsProxy.onEvict(() => worker.invalidateTold());
     await worker.start();
     return {
       value: undefined,
       stop: async () => {
         offPolicy();
         offEndpoints();
+        offEvict();
         await worker.close();
       },
       status: () => ({ dnsRedirect: { enabled: true, port: DNS_PROXY_PORT, listening: worker.listening, restarts: worker.restarts, ...worker.stats() } }),

@@ -20,9 +20,10 @@
  * to JavaScript, which asks again, waits for the policy to take the addresses, and answers. So an
  * answer never reaches a pod before its addresses are allowed, as on the slow path.
  *
- * What JavaScript decided is kept only while the agent's epoch (a shared Int32 the agent bumps at
- * every change of policy, ipcache or endpoints) is the one it was decided under: a narrowed rule
- * refuses the very next query. "Given to JavaScript" means sent to the worker's handoff socket on
+ * What JavaScript decided is kept only while the agent's epoch (shared Int32s the agent bumps:
+ * EPOCH_ALL at every change of policy, ipcache or endpoints; EPOCH_TOLD when what was told of
+ * addresses may no longer hold) is the one it was decided under: a narrowed rule refuses the very
+ * next query. "Given to JavaScript" means sent to the worker's handoff socket on
  * 127.0.0.1 as [sender IPv4 (4)][sender port (2)][the datagram].
  *
  * Every query answered here leaves a record for its flow (drain()); what went to JavaScript makes
@@ -33,7 +34,7 @@
  *   stop() -> undefined
  *   sourcePort() -> number          the handoff sender's port (the worker accepts only it)
  *   allow(src, resolver, rport, name, endpoint, mark, allowed, rcode, epoch) -> undefined
- *   learned(src, name, ip, remainingMs, epoch) -> undefined  ip: 4 or 16 bytes (Buffer)
+ *   learned(src, name, ip, remainingMs, toldEpoch) -> undefined  ip: 4 or 16 bytes (Buffer)
  *   drain() -> Buffer | null        flow records (see FLOW_*), oldest first
  *   counters() -> number[]          FAST_COUNTERS order (fast-path.ts)
  *   layout() -> number[]            [proxy4 key size, proxy4 value size, flow header size]
@@ -77,6 +78,9 @@
 #define ANSWER_MARGIN_MS 2000
 #define FLOW_RING_BYTES (8u << 20)
 #define TICK_MS 50
+/* The agent's epochs (src/fqdn/redirect-protocol.ts). */
+#define EPOCH_ALL 0
+#define EPOCH_TOLD 1
 
 /* bpf/lib/proxy.h's proxy4_key and proxy4_value (src/datapath/maps.ts proxy4Key/proxy4Value; layout() is tested against them). */
 struct proxy4_key {
@@ -185,7 +189,7 @@ static struct {
 	struct sockaddr_in handoff_to;
 	int32_t *epoch; /* the agent's shared epoch */
 	napi_ref epoch_ref;
-	int32_t table_epoch;
+	int32_t table_epoch, told_epoch;
 	double rate;
 	uint32_t timeout_ms;
 	uint32_t max_in_flight, max_per_source;
@@ -285,17 +289,26 @@ static uint64_t mix(uint64_t h, uint64_t x)
 	return siphash(words, sizeof(words));
 }
 
-/* What JavaScript decided goes whole when the epoch moves on (or a table fills): nothing kept outlives a change. Lock held. */
+/*
+ * What JavaScript decided goes whole when its epoch moves on (or a table fills): verdicts with
+ * EPOCH_ALL (any change of policy, ipcache or endpoints), addresses told to the agent with
+ * EPOCH_TOLD (endpoints changed, or the FQDN cache let addresses go early). Lock held.
+ */
 static void refresh_epoch(void)
 {
-	int32_t live = __atomic_load_n(fp.epoch, __ATOMIC_ACQUIRE);
+	int32_t live = __atomic_load_n(&fp.epoch[EPOCH_ALL], __ATOMIC_ACQUIRE);
+	int32_t told = __atomic_load_n(&fp.epoch[EPOCH_TOLD], __ATOMIC_ACQUIRE);
 
-	if (live == fp.table_epoch)
-		return;
-	fp.table_epoch = live;
-	memset(fp.verdicts, 0, sizeof(struct verdict) * VERDICT_SLOTS);
-	memset(fp.learned, 0, sizeof(struct learned) * LEARNED_SLOTS);
-	fp.verdict_count = fp.learned_count = 0;
+	if (live != fp.table_epoch) {
+		fp.table_epoch = live;
+		memset(fp.verdicts, 0, sizeof(struct verdict) * VERDICT_SLOTS);
+		fp.verdict_count = 0;
+	}
+	if (told != fp.told_epoch) {
+		fp.told_epoch = told;
+		memset(fp.learned, 0, sizeof(struct learned) * LEARNED_SLOTS);
+		fp.learned_count = 0;
+	}
 }
 
 static uint32_t verdict_slot(uint32_t source, uint32_t resolver, uint16_t rport, const char *name, size_t len)
@@ -903,7 +916,7 @@ static napi_value start(napi_env env, napi_callback_info info)
 	    get_u32(env, argv[0], "port", &port) || get_u32(env, argv[0], "handoffPort", &handoff_port) || get_u32(env, argv[0], "rate", &rate) ||
 	    get_u32(env, argv[0], "timeoutMs", &timeout_ms) || get_u32(env, argv[0], "maxInFlight", &max_in_flight) ||
 	    napi_get_named_property(env, argv[0], "epoch", &v) != napi_ok ||
-	    napi_get_typedarray_info(env, v, &type, &length, &data, &buffer, &offset) != napi_ok || type != napi_int32_array || length < 1) {
+	    napi_get_typedarray_info(env, v, &type, &length, &data, &buffer, &offset) != napi_ok || type != napi_int32_array || length < 2) {
 		napi_throw_type_error(env, NULL, "start({ host, port, handoffPort, epoch: Int32Array, proxy4Pin, rate, timeoutMs, maxInFlight })");
 		return NULL;
 	}
@@ -915,7 +928,8 @@ static napi_value start(napi_env env, napi_callback_info info)
 	if (fp.epoch_ref)
 		napi_delete_reference(env, fp.epoch_ref);
 	napi_create_reference(env, v, 1, &fp.epoch_ref);
-	fp.table_epoch = __atomic_load_n(fp.epoch, __ATOMIC_ACQUIRE);
+	fp.table_epoch = __atomic_load_n(&fp.epoch[EPOCH_ALL], __ATOMIC_ACQUIRE);
+	fp.told_epoch = __atomic_load_n(&fp.epoch[EPOCH_TOLD], __ATOMIC_ACQUIRE);
 	fp.rate = rate;
 	fp.timeout_ms = timeout_ms;
 	fp.max_in_flight = max_in_flight < 1 ? 1 : max_in_flight > MAX_PENDING ? MAX_PENDING : max_in_flight;
@@ -1100,7 +1114,7 @@ static napi_value learned(napi_env env, napi_callback_info info)
 	int64_t until = now_ms() + (int64_t)remaining_ms;
 	pthread_mutex_lock(&fp.lock);
 	refresh_epoch();
-	if (epoch == fp.table_epoch) {
+	if (epoch == fp.told_epoch) {
 		if (fp.learned_count >= LEARNED_SLOTS * 3 / 4) {
 			memset(fp.learned, 0, sizeof(struct learned) * LEARNED_SLOTS);
 			fp.learned_count = 0;
