@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { createSocket, type RemoteInfo } from 'node:dgram';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import { decode, encode } from 'dns-packet';
 import pino from 'pino';
 import { serveDns } from '../../test/support/dns-server.ts';
@@ -21,8 +21,11 @@ import { DnsRedirectWorker, type AnswerAddress, type HandledQuery } from './inde
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-for (const fastPath of [true, false]) {
-test(`the redirect worker answers from its own thread${fastPath ? ' and its fast path' : ''}, obeys a changed verdict at the next query, and is started again when it dies`, async (t) => {
+/**
+ * A resolver on loopback, a pinned map of original destinations as the datapath would fill it for
+ * one client socket, and a worker judging with `verdict()`: `ask(id)` sends one query and waits.
+ */
+async function setUp(t: TestContext, options: { fastPath: boolean; endpointRateLimit?: number }) {
   const records: Record<string, { a: string[]; ttl: number }> = { 'api.example.com': { a: ['192.0.2.10'], ttl: 300 } };
   const server = await serveDns('127.0.0.1', 0, records);
   t.after(() => server.close());
@@ -37,20 +40,20 @@ test(`the redirect worker answers from its own thread${fastPath ? ' and its fast
   // As bpf_lxc notes a redirected datagram: where this client's datagram was going.
   origins.update({ saddr: '127.0.0.1', sport: client.address().port, nexthdr: IPPROTO_UDP }, { orig_daddr: '127.0.0.1', orig_dport: server.port, identity: 4242 });
 
-  let verdict: DnsVerdict = { allowed: true, allNames: true, ruleKeys: [] };
+  const state = { verdict: { allowed: true, allNames: true, ruleKeys: [] } as DnsVerdict };
   const learnedCalls: AnswerAddress[][] = [];
   const handled: HandledQuery[] = [];
   const worker = new DnsRedirectWorker({
     port: await freePort(),
-    endpointRateLimit: 0,
+    endpointRateLimit: options.endpointRateLimit ?? 0,
     rejectResponseCode: 'refused',
     forwardTimeoutMs: 2000,
     maxInFlight: 64,
     minTtl: 0,
     proxy4Pin: join(pins, 'proxy4'),
-    fastPath,
+    fastPath: options.fastPath,
     endpoint: (address) => (address === '127.0.0.1' ? { id: 5, identity: 4242 } : undefined),
-    verdict: () => verdict,
+    verdict: () => state.verdict,
     learned: async (_endpoint, addresses) => void learnedCalls.push(addresses),
     handled: (queries) => handled.push(...queries),
     log: pino({ level: 'silent' }),
@@ -61,14 +64,20 @@ test(`the redirect worker answers from its own thread${fastPath ? ' and its fast
 
   const answers = new Map<number, { bytes: Buffer; from: RemoteInfo }>();
   client.on('message', (bytes, from) => answers.set(decode(bytes).id ?? -1, { bytes, from }));
+  const send = (id: number) => client.send(encode({ type: 'query', id, flags: 1 << 8, questions: [{ type: 'A', name: 'api.example.com' }] }), worker.port, '127.0.0.1');
   const ask = async (id: number) => {
-    client.send(encode({ type: 'query', id, flags: 1 << 8, questions: [{ type: 'A', name: 'api.example.com' }] }), worker.port, '127.0.0.1');
+    send(id);
     for (let i = 0; i < 150 && !answers.has(id); i++) await sleep(20);
     const answer = answers.get(id);
     assert.ok(answer, `query ${id} was answered`);
     return { rcode: (decode(answer.bytes).flags ?? 0) & 0xf, from: answer.from.port, ips: decode(answer.bytes).answers?.map((a) => ('data' in a ? a.data : undefined)) };
   };
+  return { records, server, state, learnedCalls, handled, worker, answers, send, ask };
+}
 
+for (const fastPath of [true, false]) {
+test(`the redirect worker answers from its own thread${fastPath ? ' and its fast path' : ''}, obeys a changed verdict at the next query, and is started again when it dies`, async (t) => {
+  const { records, server, state, learnedCalls, handled, worker, ask } = await setUp(t, { fastPath });
   assert.deepEqual(await ask(1), { rcode: 0, from: server.port, ips: ['192.0.2.10'] });
   assert.deepEqual(await ask(2), { rcode: 0, from: server.port, ips: ['192.0.2.10'] });
   assert.equal(learnedCalls.length, 1, 'an address already allowed for minutes does not hold the second answer for the agent');
@@ -92,14 +101,14 @@ test(`the redirect worker answers from its own thread${fastPath ? ' and its fast
   }
 
   // Rules narrowed: once the agent says so, the next query is refused, never the kept verdict.
-  verdict = { allowed: true, allNames: false, selectors: [{ matchName: 'other.example.com' }], ruleKeys: [] };
+  state.verdict = { allowed: true, allNames: false, selectors: [{ matchName: 'other.example.com' }], ruleKeys: [] };
   worker.invalidate();
   assert.equal((await ask(3)).rcode, 5, 'REFUSED');
   assert.equal(server.queries.length, fastPath ? 5 : 2, 'the refused query never reached the resolver');
 
   // Rules widened again: judged anew, but the address the agent was told of stays told (a
   // change of policy does not make the agent forget what it learned), so nothing waits for it.
-  verdict = { allowed: true, allNames: true, ruleKeys: [] };
+  state.verdict = { allowed: true, allNames: true, ruleKeys: [] };
   worker.invalidate();
   const told = learnedCalls.length;
   assert.deepEqual(await ask(5), { rcode: 0, from: server.port, ips: ['192.0.2.10'] });
@@ -119,3 +128,14 @@ test(`the redirect worker answers from its own thread${fastPath ? ' and its fast
   assert.deepEqual(Object.fromEntries(Object.keys(expected).map((k) => [k, stats[k as keyof typeof expected]])), expected);
 });
 }
+
+test('the fast path takes the per-endpoint rate limit before anything else: a burst past it is dropped unread', async (t) => {
+  const { worker, answers, send, ask } = await setUp(t, { fastPath: true, endpointRateLimit: 10 });
+  await ask(1);
+  for (let id = 100; id < 140; id++) send(id);
+  await sleep(500);
+  const stats = worker.stats();
+  const answered = [...answers.keys()].filter((id) => id >= 100).length;
+  assert.ok(answered <= 10 && answered >= 5, `${answered} of the burst of 40 answered`);
+  assert.equal(stats.fastRateLimited, 40 - answered, JSON.stringify(stats));
+});
