@@ -113,6 +113,41 @@ test('verdict matrix with real traffic: CiliumNetworkPolicy, Kubernetes NetworkP
   assert.deepEqual(mismatches, []);
 });
 
+test('Kubernetes NetworkPolicies with a named port: each web pod admits TCP on its own port named http and no other; the client sends only there', async (t) => {
+  const node = await TestNode.start(t);
+  const http = (port: number) => [{ name: 'http', port, protocol: 'TCP' as const }];
+  const webA = await node.addPod(t, 'web-a', { app: 'web' }, 'shop', undefined, http(8080));
+  const webB = await node.addPod(t, 'web-b', { app: 'web' }, 'shop', undefined, http(9090));
+  const bare = await node.addPod(t, 'web-c', { app: 'web' }, 'shop');
+  const open = await node.addPod(t, 'open', { app: 'open' }, 'shop');
+  const client = await node.addPod(t, 'client', { app: 'client' }, 'shop');
+  for (const pod of [webA, webB, bare, open]) await echoServer(t, pod.netns, 8080, 9090, 7000);
+  const targets = [webA, webB, bare, open].flatMap((pod) => [8080, 9090, 7000].map((port) => `${pod.endpoint.ipv4}:${port}`));
+  const [a8080, a9090, a7000, b8080, b9090, b7000, c8080, c9090, c7000, o8080, o9090, o7000] = targets;
+  assert.deepEqual(Object.values(await probeTcp(client.netns, targets)), targets.map(() => true), 'no policy: every port answers');
+
+  const imported = await cli(node, 'policy', 'import', join(POLICIES, 'named-port.yaml'));
+  assert.equal(imported.code, 0, imported.stderr);
+  assert.equal((await cli(node, 'policy', 'wait', /revision: (\d+)/.exec(imported.stdout)![1])).code, 0);
+  // Ingress: web-a's http is 8080, web-b's 9090, web-c has none (nothing, not every port). Egress:
+  // http is 8080 or 9090, the ports some pod gives the name: so too to the unpoliced open pod.
+  assert.deepEqual(await probeTcp(client.netns, targets), {
+    ...{ [a8080]: true, [a9090]: false, [a7000]: false },
+    ...{ [b8080]: false, [b9090]: true, [b7000]: false },
+    ...{ [c8080]: false, [c9090]: false, [c7000]: false },
+    ...{ [o8080]: true, [o9090]: true, [o7000]: false },
+  });
+  const trace = await cli(node, 'policy', 'trace', '--src', String(client.endpoint.id), '--dst', String(webB.endpoint.id), '--dport', '9090/TCP');
+  assert.equal(trace.code, 0, trace.stdout + trace.stderr);
+  assert.match(trace.stdout, /verdict: ALLOWED/);
+
+  // web-b goes: no pod gives http the number 9090 any more, so the client may no longer send there.
+  await node.client.call('DELETE', '/v1/endpoints/web-b/eth0');
+  const toOpen9090 = () => cli(node, 'policy', 'trace', '--src', String(client.endpoint.id), '--dst', String(open.endpoint.id), '--dport', '9090/TCP');
+  for (let i = 0; i < 50 && (await toOpen9090()).code === 0; i++) await new Promise((r) => setTimeout(r, 100));
+  assert.deepEqual(await probeTcp(client.netns, [o8080, o9090]), { [o8080]: true, [o9090]: false });
+});
+
 test('policy is enforced across two nodes sharing identities and policies through etcd', async (t) => {
   const underlay = await Underlay.create(t);
   const etcd = await underlay.startEtcd(t);

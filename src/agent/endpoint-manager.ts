@@ -54,8 +54,11 @@ export interface ObservedDatapathEndpoint {
 
 /** The policy manager's view of endpoints. */
 export interface EndpointPolicyHooks {
-  /** Resolves once the endpoint's policy map holds its policy and is installed for the datapath. */
-  addEndpoint(endpointId: number, labels: Labels): Promise<void>;
+  /**
+   * Resolves once the endpoint's policy map holds its policy and is installed for the datapath.
+   * `ports`: its named ports, what a named port of a rule selecting it stands for.
+   */
+  addEndpoint(endpointId: number, labels: Labels, ports?: readonly NamedPort[]): Promise<void>;
   removeEndpoint(endpointId: number): void;
   /** Removes the maps of endpoint ids not in `keep`; returns them. For a start only. */
   sweepEndpoints?(keep: ReadonlySet<number>): number[];
@@ -219,7 +222,7 @@ export class EndpointManager {
         endpoint = { ...value, identity: id };
         await this.#store.put(this.#storeKey(containerInterfaceKey(value.containerId, value.ifname)), endpoint);
       }
-      await this.#policy?.addEndpoint(endpoint.id, this.#securityLabels(endpoint));
+      await this.#policy?.addEndpoint(endpoint.id, this.#securityLabels(endpoint), endpoint.ports);
       this.table.upsert(endpoint);
       this.#ipcache.upsert(localIpcacheEntry(endpoint));
       const identity = tryNamespaceIdentity(endpoint.netns);
@@ -433,7 +436,7 @@ export class EndpointManager {
         await this.#hostNetlink().deleteLink(link.ifindex);
         await this.#datapath.detach?.(id);
       });
-      const policy = Promise.resolve(this.#policy?.addEndpoint(id, this.#securityLabels({ labels, namespace })));
+      const policy = Promise.resolve(this.#policy?.addEndpoint(id, this.#securityLabels({ labels, namespace }), request.ports));
       // Awaited below; until then a failure must not count as unhandled.
       policy.then(() => mark('policy'), () => undefined);
       undo.push(async () => {
@@ -577,7 +580,7 @@ export class EndpointManager {
       await this.#identities.release(identity);
       throw error;
     }
-    await this.#policy?.addEndpoint(updated.id, this.#securityLabels(updated));
+    await this.#policy?.addEndpoint(updated.id, this.#securityLabels(updated), updated.ports);
     this.#ipcache.upsert(localIpcacheEntry(updated));
     const revision = this.table.upsert(updated);
     await Promise.all([this.#reconciler.attempted(revision), this.#ipcache.synced()]);

@@ -339,3 +339,47 @@ spec:
   assert.equal(entry('192.0.2.10/32')?.identity, 6, 'the node keeps its entry');
   assert.equal(entry('198.51.100.1/32'), undefined);
 });
+
+test('named ports: ingress by the endpoint\'s own ports as added; egress by every endpoint record in the store, other nodes\' included, as they come and go', async (t) => {
+  const store = sharedStore(t);
+  const node = await startNode(t, store, 'n1');
+  const tiefighterLabels = podLabels({ namespace: 'default', labels: { org: 'empire', class: 'tiefighter' } });
+  const tiefighter = await node.identities.allocate(tiefighterLabels);
+  const deathstar = await node.identities.allocate(deathstarLabels);
+  await node.policy.import(
+    `${deathstarRule('named-in', 80).replace('port: "80"', 'port: http')}---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: { name: named-out }
+spec:
+  endpointSelector: { matchLabels: { class: tiefighter } }
+  egress:
+  - toEndpoints: [{ matchLabels: { class: deathstar } }]
+    toPorts: [{ ports: [{ port: http, protocol: TCP }] }]
+`,
+    'named.yaml',
+  );
+  await node.policy.addEndpoint(7, deathstarLabels, [{ name: 'http', port: 8080, protocol: 'TCP' }]);
+  await node.policy.addEndpoint(8, tiefighterLabels);
+  assert.deepEqual(allowedPorts(node, 7, tiefighter.id), [8080], 'ingress: the deathstar\'s own http');
+  const egressPorts = () =>
+    node.maps
+      .entries(8)
+      .filter((e) => e.key.identity === deathstar.id && e.key.direction === 1 && !e.deny)
+      .map((e) => e.key.port)
+      .sort((a, b) => a - b);
+  assert.deepEqual(egressPorts(), [8080], 'egress: the local deathstar\'s http, known from its add');
+  const until = async (want: number[]) => {
+    for (let i = 0; i < 200 && JSON.stringify(egressPorts()) !== JSON.stringify(want); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(egressPorts(), want);
+  };
+  // Another node's endpoint, as its agent records it.
+  await store.put('endpoints/n2/c1/eth0', { id: 3, ipv4: '10.244.2.3', identity: deathstar.id, labels: { org: 'empire', class: 'deathstar' }, ports: [{ name: 'http', port: 9090, protocol: 'TCP' }] });
+  await until([8080, 9090]);
+  // Malformed ports in a record are ignored, not half taken.
+  await store.put('endpoints/n2/c2/eth0', { id: 4, ipv4: '10.244.2.4', identity: deathstar.id, labels: {}, ports: [{ name: 'HTTP', port: 7070 }] });
+  await store.delete('endpoints/n2/c1/eth0');
+  await until([8080]);
+  node.policy.removeEndpoint(7);
+  assert.deepEqual(egressPorts(), [], 'no endpoint has the name any more: nothing, not every port');
+});

@@ -46,6 +46,9 @@ import {
 } from '../policy/index.ts';
 import { Reconciler, Table, type ReconcilerHealth } from '../statedb/index.ts';
 import { StoreError, type StateStore, type StoreWatch, type WatchEvent } from '../store/index.ts';
+import { namedPortsSchema, type NamedPort } from '../loadbalancer/index.ts';
+import { ENDPOINTS_PREFIX, type Endpoint } from './endpoint.ts';
+import { followPrefix } from './follow.ts';
 import type { Ipcache } from './ipcache.ts';
 
 /** The per-endpoint policy maps (src/datapath implements it). */
@@ -143,6 +146,7 @@ export class PolicyManager {
   readonly #abort = new AbortController();
   #unsubscribe: (() => void) | undefined;
   #loop: Promise<void> | undefined;
+  #peersLoop: Promise<void> | undefined;
   /** Store revision up to which every policy change is in the engine and the maps. */
   #appliedStoreRevision = 0;
   #storeWaiters: { revision: number; resolve: () => void }[] = [];
@@ -264,6 +268,19 @@ export class PolicyManager {
     this.#applyRules(entries.map((e) => e.value), []);
     for (const entry of entries) this.#ruleRevisions.set(entry.key, entry.modRevision);
     this.#appliedStoreRevision = revision;
+    // Every endpoint's named ports, this node's and others' (their records carry them): what a
+    // named port of an egress rule stands for. A record whose ports are not what an endpoint add
+    // accepts gives none.
+    const peers = await followPrefix<Endpoint>(this.#store, ENDPOINTS_PREFIX, {
+      signal: this.#abort.signal,
+      onEnd: (error, compacted) => this.#log.error({ err: error, compacted }, 'endpoints watch ended; named ports of egress rules are stale'),
+      apply: (event) => {
+        const parsed = event.type === 'put' && event.value.ports !== undefined ? namedPortsSchema.safeParse(event.value.ports) : undefined;
+        if (parsed?.success === false) this.#log.warn({ endpoint: event.key }, 'endpoint record with malformed ports; its named ports are ignored');
+        this.#apply(this.engine.setPeerPorts(event.key, parsed?.success ? parsed.data : undefined));
+      },
+    });
+    this.#peersLoop = peers.loop;
     this.#reconciler.start();
     const watch = this.#store.watch<PolicyRule>(POLICY_PREFIX, { afterRevision: revision, signal: this.#abort.signal });
     this.#loop = (async () => {
@@ -279,6 +296,7 @@ export class PolicyManager {
     this.#abort.abort();
     this.#unsubscribe?.();
     await this.#loop;
+    await this.#peersLoop;
     await this.#reconciler.stop();
   }
 
@@ -462,20 +480,25 @@ export class PolicyManager {
     }
   }
 
-  /** Before an endpoint's programs are attached: its map exists and holds its policy. */
-  async addEndpoint(endpointId: number, labels: Labels): Promise<void> {
+  /**
+   * Before an endpoint's programs are attached: its map exists and holds its policy. `ports`: its
+   * named ports (what a named port of an ingress rule selecting it stands for); the egress rules of
+   * every endpoint know them at once, before its record reaches the store.
+   */
+  async addEndpoint(endpointId: number, labels: Labels, ports: readonly NamedPort[] = []): Promise<void> {
     // The outer map is written off the event loop while the entries go into the inner map.
     const installing = this.#maps.install(endpointId);
     try {
       const installed = this.#maps.entries(endpointId);
-      const update = this.engine.upsertEndpoint(endpointId, labelMap(labels));
+      const update = this.engine.upsertEndpoint(endpointId, labelMap(labels), ports);
       if (installed.length === 0 && !this.#failedAt.has(endpointId)) {
         if (!this.#endpointTable.get(String(endpointId))) this.#endpointTable.upsert({ id: endpointId, generation: 0 });
         this.#apply(update);
         return;
       }
       // Adopting a map a previous agent filled, or one a failed write left behind: write only what
-      // differs from what the kernel holds.
+      // differs from what the kernel holds. Other endpoints' changes (its named ports) as they come.
+      this.#apply({ revision: update.revision, endpoints: new Map([...update.endpoints].filter(([id]) => id !== endpointId)) });
       this.#endpointTable.upsert({ id: endpointId, generation: 0 });
       this.#sync(endpointId);
     } finally {

@@ -10,7 +10,7 @@
  */
 import { z } from 'zod';
 import { Addr, Prefix } from '../net/index.ts';
-import { k8sLabelKeyProblem, LABEL_VALUE } from '../policy/index.ts';
+import { k8sLabelKeyProblem, LABEL_VALUE, portNameProblem } from '../policy/index.ts';
 
 export const SERVICE_TYPES = ['ClusterIP', 'NodePort', 'LoadBalancer'] as const;
 export type ServiceType = (typeof SERVICE_TYPES)[number];
@@ -106,11 +106,10 @@ const port = z.number({ error: 'must be a port number' }).int('must be an intege
  * A port's name as Kubernetes validates it (IANA_SVC_NAME): a container port's, and what a
  * named targetPort refers to. At least one letter, so it never reads as a number.
  */
-export const portNameSchema = z
-  .string({ error: 'must be a port name' })
-  .max(15, 'must be at most 15 characters')
-  .regex(PORT_NAME, 'must be lower case letters, digits and -')
-  .refine((name) => /[a-z]/.test(name) && !name.includes('--'), 'must contain a letter and no "--"');
+export const portNameSchema = z.string({ error: 'must be a port name' }).superRefine((name, ctx) => {
+  const problem = portNameProblem(name);
+  if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem });
+});
 
 /** A port number, or the name of a port of each backend pod. */
 const targetPort = z.union([z.number(), z.string()], { error: 'must be a port number or a port name' }).superRefine((value, ctx) => {

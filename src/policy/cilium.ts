@@ -11,7 +11,7 @@
  * upstream fields (HTTP and Kafka rules, …) are rejected by name, never ignored.
  * @module
  */
-import { at, checkFields, Ctx, describe, join, readBool, readList, readObj, readString, type Obj } from './context.ts';
+import { at, checkFields, Ctx, describe, join, portNameProblem, readBool, readList, readObj, readString, type Obj } from './context.ts';
 import { ignoreStrayDescription, readCidr, readCidrRule, readSelector, type Metadata } from './parse-common.ts';
 import { canonicalSelectorKey, selectorHasKey, selectorHasKeyPrefix, splitLabelKey } from './selector.ts';
 import {
@@ -138,6 +138,7 @@ function readPort(ctx: Ctx, path: string, value: unknown): PortRule | undefined 
   let ok = true;
   const portPath = join(path, 'port');
   let port: number | undefined;
+  let name: string | undefined;
   const raw = obj.port;
   if (raw === undefined || raw === null) {
     ctx.add(portPath, 'is required (use 0 with a protocol for every port)');
@@ -150,10 +151,12 @@ function readPort(ctx: Ctx, path: string, value: unknown): PortRule | undefined 
       if (raw.length > 1 && raw.startsWith('0')) ctx.add(portPath, `"${raw}": a port number must not have leading zeros`);
       else if (n > 65535) ctx.add(portPath, `must be 1–65535 (or 0 for every port), got ${raw}`);
       else port = n;
-    } else if (/[A-Za-z]/.test(raw) && /^[A-Za-z0-9-]+$/.test(raw)) {
-      ctx.add(portPath, `named port "${raw}" is not supported yet; use the port number`);
     } else {
-      ctx.add(portPath, `must be a port number 1–65535, got "${raw}"`);
+      const problem = portNameProblem(raw);
+      if (problem === undefined) {
+        port = 0;
+        name = raw;
+      } else ctx.add(portPath, `"${raw}" is neither a port number (1–65535) nor a port name: a port name ${problem}`);
     }
   } else {
     ctx.add(portPath, `must be a port number, got ${describe(raw)}`);
@@ -185,6 +188,9 @@ function readPort(ctx: Ctx, path: string, value: unknown): PortRule | undefined 
     if (typeof e !== 'number' || !Number.isInteger(e) || e < 1 || e > 65535) {
       ctx.add(endPath, `must be a port number 1–65535, got ${describe(e)}`);
       ok = false;
+    } else if (name !== undefined) {
+      ctx.add(endPath, `may not be specified with a named port ("${name}"); give the range by number`);
+      ok = false;
     } else if (port === 0) {
       ctx.add(endPath, 'needs a non-zero port to start the range');
       ok = false;
@@ -198,6 +204,7 @@ function readPort(ctx: Ctx, path: string, value: unknown): PortRule | undefined 
   if (!ok || port === undefined) return undefined;
   const rule: PortRule = { port, protocol };
   if (endPort !== undefined) rule.endPort = endPort;
+  if (name !== undefined) rule.name = name;
   return rule;
 }
 
@@ -255,7 +262,7 @@ function readToPorts(ctx: Ctx, path: string, value: unknown, deny: boolean, dire
  */
 function l7PortProblem(port: PortRule): string | undefined {
   if (port.protocol !== 'TCP' && port.protocol !== 'ANY') return `HTTP rules need TCP, got ${port.protocol}`;
-  if (port.port === 0) return 'HTTP rules need a port (0 means every port)';
+  if (port.port === 0 && port.name === undefined) return 'HTTP rules need a port (0 means every port)';
   return undefined;
 }
 

@@ -148,3 +148,17 @@ export function k8sLabelKeyProblem(key: string): string | undefined {
   }
   return undefined;
 }
+
+/**
+ * Why `name` is no port name as Kubernetes validates one (IANA_SVC_NAME, RFC 6335: a container
+ * port's name, a named targetPort, a policy's named port), or undefined when it is one: 1–15
+ * lower-case letters, digits and '-', at least one letter (so it never reads as a number), no '-'
+ * at either end and no "--".
+ */
+export function portNameProblem(name: string): string | undefined {
+  if (name.length === 0) return 'must not be empty';
+  if (name.length > 15) return 'must be at most 15 characters';
+  if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(name)) return 'must be lower case letters, digits and -';
+  if (!/[a-z]/.test(name) || name.includes('--')) return 'must contain a letter and no "--"';
+  return undefined;
+}

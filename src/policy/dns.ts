@@ -109,8 +109,10 @@ export type DnsVerdict =
   | { allowed: true; allNames: true; ruleKeys: string[] }
   | { allowed: true; allNames: false; selectors: FqdnSelector[]; ruleKeys: string[] };
 
-function portCovers(rule: PortRule, protocol: Protocol, port: number): boolean {
+function portCovers(engine: PolicyEngine, rule: PortRule, protocol: Protocol, port: number): boolean {
   if (rule.protocol !== 'ANY' && rule.protocol !== protocol) return false;
+  // An egress rule's name stands for that port of any endpoint known, as its map entries do.
+  if (rule.name !== undefined) return engine.namedPorts(rule.name, 'egress').some((p) => p.port === port && p.protocol === protocol);
   if (rule.port === 0) return true;
   return port >= rule.port && port <= (rule.endPort ?? rule.port);
 }
@@ -144,7 +146,7 @@ export function dnsVerdict(engine: PolicyEngine, endpointId: number, resolverIde
   const selectors: FqdnSelector[] = [];
   for (const rule of rules) {
     for (const peer of rule.egress) {
-      const ports = (peer.ports ?? []).filter((p) => portCovers(p, protocol, port));
+      const ports = (peer.ports ?? []).filter((p) => portCovers(engine, p, protocol, port));
       if (ports.length === 0 && (peer.ports ?? []).length > 0) continue;
       if (!peerSelects(engine, peer, resolverIdentity)) continue;
       if (ports.length === 0) return { allowed: true, allNames: true, ruleKeys: [...keys] };

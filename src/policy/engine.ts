@@ -29,7 +29,16 @@ import {
   type IdentitySource,
   type LabelMap,
 } from './selector-cache.ts';
-import { diffEntries, resolveEndpointPolicy, rulePeerSelectors, ruleEnforces, type EntriesDiff, type ResolvedPolicy } from './resolve.ts';
+import {
+  diffEntries,
+  resolveEndpointPolicy,
+  rulePeerSelectors,
+  ruleEnforces,
+  type EndpointNamedPort,
+  type EntriesDiff,
+  type NamedPortLookup,
+  type ResolvedPolicy,
+} from './resolve.ts';
 import {
   POLICY_MATCH_NAME,
   PolicyDirection,
@@ -55,11 +64,15 @@ interface RuleState {
   selectorKeys: string[];
   /** Endpoints the rule selects. */
   endpoints: Set<number>;
+  /** Names its egress rules give ports: a change of the ports they stand for recomputes its endpoints. */
+  egressNames: Set<string>;
 }
 
 interface EndpointState {
   id: number;
   labels: LabelMap;
+  /** Its containers' named ports: what a named port of an ingress rule selecting it stands for. */
+  ports: readonly EndpointNamedPort[];
   rules: Set<string>;
   policy: ResolvedPolicy;
   /** Keys of policy.entries by remote identity: an identity change reads only its own entries. */
@@ -127,6 +140,66 @@ class SubjectIndex {
   }
 }
 
+/** The names egress rules give ports (allow and deny). */
+function egressPortNames(rule: PolicyRule): Set<string> {
+  const out = new Set<string>();
+  for (const peer of [...rule.egress, ...rule.egressDeny]) for (const p of peer.ports ?? []) if (p.name !== undefined) out.add(p.name);
+  return out;
+}
+
+const namedPortKey = (p: EndpointNamedPort): string => `${p.port}/${p.protocol}`;
+
+/**
+ * The named ports of every endpoint known (this node's and, as their records say, other nodes'):
+ * what a named port of an egress rule stands for, as Cilium resolves it (the destination's ports
+ * are not known when the source's policy is looked up, so every port the name has anywhere).
+ */
+class KnownNamedPorts {
+  /** Name → `port/protocol` → the sources (endpoints) giving it that port. */
+  readonly #byName = new Map<string, Map<string, { port: EndpointNamedPort; sources: Set<string> }>>();
+  readonly #bySource = new Map<string, readonly EndpointNamedPort[]>();
+
+  /** Sets what `source` has (undefined: nothing); returns the names whose set of ports changed. */
+  set(source: string, ports: readonly EndpointNamedPort[] | undefined): Set<string> {
+    const old = this.#bySource.get(source) ?? [];
+    const next = (ports ?? []).map((p) => ({ name: p.name, port: p.port, protocol: p.protocol }));
+    const touched = new Set([...old, ...next].map((p) => p.name));
+    const before = new Map([...touched].map((name) => [name, this.#portKeys(name)]));
+    for (const p of old) {
+      const byPort = this.#byName.get(p.name);
+      const held = byPort?.get(namedPortKey(p));
+      if (!byPort || !held) continue;
+      held.sources.delete(source);
+      if (held.sources.size > 0) continue;
+      byPort.delete(namedPortKey(p));
+      if (byPort.size === 0) this.#byName.delete(p.name);
+    }
+    if (next.length === 0) this.#bySource.delete(source);
+    else this.#bySource.set(source, next);
+    for (const p of next) {
+      let byPort = this.#byName.get(p.name);
+      if (!byPort) this.#byName.set(p.name, (byPort = new Map()));
+      const k = namedPortKey(p);
+      const held = byPort.get(k);
+      if (held) held.sources.add(source);
+      else byPort.set(k, { port: p, sources: new Set([source]) });
+    }
+    const changed = new Set<string>();
+    for (const [name, keys] of before) if (keys !== this.#portKeys(name)) changed.add(name);
+    return changed;
+  }
+
+  #portKeys(name: string): string {
+    return [...(this.#byName.get(name)?.keys() ?? [])].sort().join(',');
+  }
+
+  get(name: string): EndpointNamedPort[] {
+    return [...(this.#byName.get(name)?.values() ?? [])].map((h) => h.port);
+  }
+}
+
+const localPortsSource = (id: number): string => `endpoint:${id}`;
+
 const EMPTY_POLICY = (): ResolvedPolicy => ({ ingressEnforced: false, egressEnforced: false, entries: new Map(), selectingRules: [] });
 
 export class PolicyEngine {
@@ -140,6 +213,9 @@ export class PolicyEngine {
   readonly #selectorUsers = new Map<string, Set<string>>();
   readonly #endpoints = new Map<number, EndpointState>();
   readonly #endpointIndex = new LabelIndex<number>();
+  readonly #knownPorts = new KnownNamedPorts();
+  /** Port name → rules whose egress rules use it. */
+  readonly #egressNameUsers = new Map<string, Set<string>>();
 
   #generation = 0;
 
@@ -202,14 +278,52 @@ export class PolicyEngine {
     return out.sort((a, b) => a.id - b.id);
   }
 
-  #resolve(labels: LabelMap, ruleKeys: Iterable<string>): ResolvedPolicy {
-    const states = this.#sortedRules(ruleKeys);
+  #resolve(ep: EndpointState): ResolvedPolicy {
+    const states = this.#sortedRules(ep.rules);
     return resolveEndpointPolicy(
-      labels,
+      ep.labels,
       states.map((s) => s.rule),
       this.cache,
-      { preselected: true, ruleId: (_r, i) => states[i].id },
+      { preselected: true, ruleId: (_r, i) => states[i].id, namedPorts: this.#namedPortLookup(ep.ports) },
     );
+  }
+
+  /** Named ports in a policy of an endpoint with `own` ports: ingress by its own, egress by every known endpoint's. */
+  #namedPortLookup(own: readonly EndpointNamedPort[]): NamedPortLookup {
+    return (name, direction) => (direction === 'ingress' ? own.filter((p) => p.name === name) : this.#knownPorts.get(name));
+  }
+
+  /**
+   * The ports `name` stands for: in an ingress rule of endpoint `endpointId`, that endpoint's own
+   * port of that name (none for an endpoint not known); in an egress rule, those of every endpoint known.
+   */
+  namedPorts(name: string, direction: 'ingress' | 'egress', endpointId?: number): EndpointNamedPort[] {
+    if (direction === 'egress') return this.#knownPorts.get(name);
+    const ep = endpointId === undefined ? undefined : this.#endpoints.get(endpointId);
+    return (ep?.ports ?? []).filter((p) => p.name === name);
+  }
+
+  endpointPorts(id: number): readonly EndpointNamedPort[] | undefined {
+    return this.#endpoints.get(id)?.ports;
+  }
+
+  #endpointsUsingNames(names: Iterable<string>): Set<number> {
+    const out = new Set<number>();
+    for (const name of names) for (const rk of this.#egressNameUsers.get(name) ?? []) for (const ep of this.#rules.get(rk)?.endpoints ?? []) out.add(ep);
+    return out;
+  }
+
+  #useNames(key: string, names: Iterable<string>, use: boolean): void {
+    for (const name of names) {
+      let users = this.#egressNameUsers.get(name);
+      if (use) {
+        if (!users) this.#egressNameUsers.set(name, (users = new Set()));
+        users.add(key);
+      } else {
+        users?.delete(key);
+        if (users?.size === 0) this.#egressNameUsers.delete(name);
+      }
+    }
   }
 
   #recompute(endpointIds: Iterable<number>): PolicyUpdate {
@@ -217,7 +331,7 @@ export class PolicyEngine {
     for (const id of endpointIds) {
       const ep = this.#endpoints.get(id);
       if (!ep) continue;
-      const next = this.#resolve(ep.labels, ep.rules);
+      const next = this.#resolve(ep);
       const diff = diffEntries(ep.policy.entries, next.entries);
       ep.policy = next;
       ep.keysByIdentity = keysByIdentity(next.entries);
@@ -251,7 +365,7 @@ export class PolicyEngine {
         ep.labels,
         states.map((s) => s.rule),
         this.cache,
-        { preselected: true, ruleId: (_r, i) => states[i].id, onlyIdentity: identity, base: entriesOf(0) },
+        { preselected: true, ruleId: (_r, i) => states[i].id, onlyIdentity: identity, base: entriesOf(0), namedPorts: this.#namedPortLookup(ep.ports) },
       ).entries;
       const old = entriesOf(identity);
       const diff = diffEntries(old, fresh);
@@ -289,7 +403,9 @@ export class PolicyEngine {
       users.add(key);
     }
     const endpoints = new Set(this.#endpointIndex.select(rule.endpointSelector));
-    const state: RuleState = { rule, id, key, selectorKeys, endpoints };
+    const egressNames = egressPortNames(rule);
+    this.#useNames(key, egressNames, true);
+    const state: RuleState = { rule, id, key, selectorKeys, endpoints, egressNames };
     this.#rules.set(key, state);
     this.#rulesById.set(id, state);
     this.#subjects.add(key, rule);
@@ -301,6 +417,7 @@ export class PolicyEngine {
     this.#rules.delete(state.key);
     this.#rulesById.delete(state.id);
     this.#subjects.delete(state.key, state.rule);
+    this.#useNames(state.key, state.egressNames, false);
     for (const sk of state.selectorKeys) {
       const users = this.#selectorUsers.get(sk);
       users?.delete(state.key);
@@ -337,6 +454,7 @@ export class PolicyEngine {
         }
         this.#subjects.delete(key, oldState.rule);
         this.#subjects.add(key, rule);
+        this.#useNames(key, [...oldState.egressNames].filter((n) => !added.egressNames.has(n)), false);
         for (const ep of oldState.endpoints) if (!added.endpoints.has(ep)) this.#endpoints.get(ep)?.rules.delete(key);
         for (const ep of added.endpoints) affected.add(ep);
       } else {
@@ -385,16 +503,22 @@ export class PolicyEngine {
     return this.#recomputeIdentity(this.#endpointsUsing(changes.map((c) => c.selector)), id);
   }
 
-  /** Adds an endpoint or changes its labels. */
-  upsertEndpoint(id: number, labels: LabelMap): PolicyUpdate {
+  /**
+   * Adds an endpoint or changes its labels or named ports. Its ports are known to every endpoint's
+   * egress rules too: those naming a port whose numbers change are recomputed.
+   */
+  upsertEndpoint(id: number, labels: LabelMap, ports: readonly EndpointNamedPort[] = []): PolicyUpdate {
     this.#changed();
     let ep = this.#endpoints.get(id);
+    const own = ports.map((p) => ({ name: p.name, port: p.port, protocol: p.protocol }));
     if (ep) for (const rk of ep.rules) this.#rules.get(rk)?.endpoints.delete(id);
     else {
-      ep = { id, labels, rules: new Set(), policy: EMPTY_POLICY(), keysByIdentity: new Map() };
+      ep = { id, labels, ports: own, rules: new Set(), policy: EMPTY_POLICY(), keysByIdentity: new Map() };
       this.#endpoints.set(id, ep);
     }
     ep.labels = labels;
+    ep.ports = own;
+    const affected = this.#endpointsUsingNames(this.#knownPorts.set(localPortsSource(id), own));
     ep.rules = new Set();
     this.#endpointIndex.set(id, labels);
     for (const rk of this.#subjects.candidates(labels)) {
@@ -406,7 +530,20 @@ export class PolicyEngine {
         s.endpoints.add(id);
       }
     }
-    return this.#recompute([id]);
+    affected.add(id);
+    return this.#recompute(affected);
+  }
+
+  /**
+   * The named ports of an endpoint this engine has no policy for (another node's, from its
+   * record), by a key of the caller's; undefined: it is gone. Egress rules naming a port whose
+   * numbers change are recomputed.
+   */
+  setPeerPorts(key: string, ports: readonly EndpointNamedPort[] | undefined): PolicyUpdate {
+    const changed = this.#knownPorts.set(`peer:${key}`, ports);
+    if (changed.size === 0) return { revision: this.#revision, endpoints: new Map() };
+    this.#changed();
+    return this.#recompute(this.#endpointsUsingNames(changed));
   }
 
   /** Removes an endpoint; its diff deletes every entry of its map. */
@@ -417,8 +554,9 @@ export class PolicyEngine {
     for (const rk of ep.rules) this.#rules.get(rk)?.endpoints.delete(id);
     this.#endpoints.delete(id);
     this.#endpointIndex.delete(id);
-    const diff = diffEntries(ep.policy.entries, new Map());
-    return { revision: ++this.#revision, endpoints: new Map([[id, diff]]) };
+    const update = this.#recompute(this.#endpointsUsingNames(this.#knownPorts.set(localPortsSource(id), undefined)));
+    update.endpoints.set(id, diffEntries(ep.policy.entries, new Map()));
+    return update;
   }
 
   /** `namespace/name` (or `name`, clusterwide; `#i` for specs) of a rule, for messages. */
@@ -491,6 +629,8 @@ interface Side {
   identity: number;
   /** Labels when the side is a local endpoint (policy subject). */
   subject?: LabelMap;
+  /** The endpoint's named ports, when the side is one the engine knows. */
+  ports?: readonly EndpointNamedPort[];
   temporary: boolean;
 }
 
@@ -499,7 +639,7 @@ function resolveSide(engine: PolicyEngine, peer: TracePeer): Side {
   if ('endpoint' in peer) {
     const labels = engine.endpointLabels(peer.endpoint);
     if (!labels) throw new RangeError(`trace: no endpoint ${peer.endpoint}`);
-    return labelSide(cache, labels);
+    return { ...labelSide(cache, labels), ports: engine.endpointPorts(peer.endpoint) ?? [] };
   }
   if ('labels' in peer) return labelSide(cache, peer.labels);
   if ('identity' in peer) {
@@ -531,12 +671,14 @@ function traceDirection(
   engine: PolicyEngine,
   dir: 'ingress' | 'egress',
   subject: LabelMap,
+  ports: readonly EndpointNamedPort[],
   remote: number,
   protocol: number,
   dport: number,
 ): DirectionTrace {
   const rules = engine.rules();
-  const policy = resolveEndpointPolicy(subject, rules, engine.cache, { ruleId: (r) => engine.ruleId(ruleKey(r)) ?? 0 });
+  const namedPorts: NamedPortLookup = (name, direction) => (direction === 'ingress' ? ports.filter((p) => p.name === name) : engine.namedPorts(name, 'egress'));
+  const policy = resolveEndpointPolicy(subject, rules, engine.cache, { ruleId: (r) => engine.ruleId(ruleKey(r)) ?? 0, namedPorts });
   const direction = dir === 'ingress' ? PolicyDirection.INGRESS : PolicyDirection.EGRESS;
   const res: LookupResult = lookupPolicy(policy.entries, remote, direction, protocol, dport);
   const entry: PolicyMapEntry | undefined = res.entry;
@@ -596,8 +738,8 @@ export function tracePolicy(engine: PolicyEngine, query: TraceQuery): TraceResul
   try {
     if (src.temporary) engine.cache.upsertIdentity(src.identity, src.subject!);
     if (dst.temporary) engine.cache.upsertIdentity(dst.identity, dst.subject!);
-    const egress = src.subject ? traceDirection(engine, 'egress', src.subject, dst.identity, protocol, query.dport) : undefined;
-    const ingress = dst.subject ? traceDirection(engine, 'ingress', dst.subject, src.identity, protocol, query.dport) : undefined;
+    const egress = src.subject ? traceDirection(engine, 'egress', src.subject, src.ports ?? [], dst.identity, protocol, query.dport) : undefined;
+    const ingress = dst.subject ? traceDirection(engine, 'ingress', dst.subject, dst.ports ?? [], src.identity, protocol, query.dport) : undefined;
     const denied = egress && !egress.allowed ? egress : ingress && !ingress.allowed ? ingress : undefined;
     const decided = denied ?? ingress ?? egress;
     const parts = [egress, ingress].filter((d): d is DirectionTrace => d !== undefined);

@@ -24,7 +24,7 @@ export {
   type SkippedDocument,
 } from './load.ts';
 export { parseCidr, formatCidr, cidrContains, ipInCidr, type Cidr } from './cidr.ts';
-export { k8sLabelKeyProblem, LABEL_VALUE } from './context.ts';
+export { k8sLabelKeyProblem, LABEL_VALUE, portNameProblem } from './context.ts';
 // Part 2: what the datapath enforces (bpf/lib/policy.h), computed incrementally.
 export * from './policy-map.ts';
 export {
@@ -52,6 +52,9 @@ export {
   rulePeerSelectors,
   ruleEnforces,
   ruleCidrPrefixes,
+  resolvePortRule,
+  type EndpointNamedPort,
+  type NamedPortLookup,
   type ResolvedPolicy,
   type ResolveOptions,
   type EntriesDiff,

@@ -5,12 +5,13 @@
  * - a peer's podSelector alone → same namespace; namespaceSelector keys → `k8s:io.cilium.k8s.namespace.labels.<k>`
  *   (an empty namespaceSelector → any namespace: `k8s:io.kubernetes.pod.namespace Exists`);
  * - ipBlock → CIDR rule with except; one PeerRule per peer, each carrying the rule's ports;
- * - ports → TCP by default, a missing port = every port (0); named ports are rejected;
+ * - ports → TCP by default, a missing port = every port (0); a named port (`port: http`) is kept
+ *   by name and resolved per endpoint by the engine (see PortRule.name);
  * - empty or missing from/to → every peer (the wildcard selector);
  * - a policyType without rules → `[{}]`: default deny in that direction.
  * @module
  */
-import { at, checkFields, Ctx, describe, join, k8sLabelKeyProblem, readList, readObj, readString, type Obj } from './context.ts';
+import { at, checkFields, Ctx, describe, join, k8sLabelKeyProblem, portNameProblem, readList, readObj, readString, type Obj } from './context.ts';
 import { readCidrRule, readSelector, type Metadata } from './parse-common.ts';
 import {
   NAMESPACE_LABELS_PREFIX,
@@ -51,6 +52,7 @@ function readKnpPort(ctx: Ctx, path: string, value: unknown): PortRule | undefin
     else ctx.add(join(path, 'protocol'), `must be one of TCP, UDP, SCTP, got "${rawProtocol}"`);
   }
   let port = 0;
+  let name: string | undefined;
   const raw = obj.port;
   const portPath = join(path, 'port');
   if (raw === undefined || raw === null) {
@@ -60,7 +62,9 @@ function readKnpPort(ctx: Ctx, path: string, value: unknown): PortRule | undefin
     if (!Number.isInteger(n) || n < 1 || n > 65535) ctx.add(portPath, `must be 1–65535, got ${raw}`);
     else port = n;
   } else if (typeof raw === 'string') {
-    ctx.add(portPath, `named port "${raw}" is not supported yet; use the port number`);
+    const problem = portNameProblem(raw);
+    if (problem === undefined) name = raw;
+    else ctx.add(portPath, `"${raw}" is neither a port number nor a port name: a port name ${problem}`);
   } else {
     ctx.add(portPath, `must be a port number, got ${describe(raw)}`);
   }
@@ -69,6 +73,7 @@ function readKnpPort(ctx: Ctx, path: string, value: unknown): PortRule | undefin
     const e = obj.endPort;
     const endPath = join(path, 'endPort');
     if (raw === undefined || raw === null) ctx.add(endPath, 'may not be specified without port');
+    else if (typeof raw === 'string' && !/^[0-9]+$/.test(raw)) ctx.add(endPath, `may not be specified with a named port ("${raw}"); give the range by number`);
     else if (typeof e !== 'number' || !Number.isInteger(e) || e < 1 || e > 65535) ctx.add(endPath, `must be 1–65535, got ${describe(e)}`);
     else if (e < port) ctx.add(endPath, `must be at least port (${port}), got ${e}`);
     else if (e > port) endPort = e;
@@ -76,6 +81,7 @@ function readKnpPort(ctx: Ctx, path: string, value: unknown): PortRule | undefin
   if (ctx.issues.length !== before) return undefined;
   const rule: PortRule = { port, protocol };
   if (endPort !== undefined) rule.endPort = endPort;
+  if (name !== undefined) rule.name = name;
   return rule;
 }
 

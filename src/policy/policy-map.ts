@@ -152,9 +152,11 @@ export function portRangePrefixes(port: number, endPort?: number): { port: numbe
 /**
  * The (protocol, port, prefixLen) parts of the keys one port entry needs. ANY with a port becomes
  * TCP, UDP and SCTP (the protocol is wildcarded only with the port); ANY without one, prefix 40.
- * ICMP types are single "ports" (type 0 is EchoReply, not a wildcard).
+ * ICMP types are single "ports" (type 0 is EchoReply, not a wildcard). A named port has none.
  */
 export function portRuleKeys(rule: PortRule): { protocol: number; port: number; prefixLen: number }[] {
+  // A name must be resolved to numbers first (resolvePortRule): unresolved, its port 0 would read as every port.
+  if (rule.name !== undefined) return [];
   if (rule.protocol === 'ICMP' || rule.protocol === 'ICMPV6') {
     return [{ protocol: PROTOCOL_NUMBER[rule.protocol], port: rule.port, prefixLen: PREFIX_FULL }];
   }

@@ -108,9 +108,15 @@ test('reject: wrong kind', () => {
   ]);
 });
 
-test('reject: named port in a NetworkPolicy', () => {
+test('reject: a named port that is no Kubernetes port name, or names a range, in a NetworkPolicy', () => {
+  const issue = (path: string, reason: string) => ({ document: 1, policy: 'NetworkPolicy shop/named', path: `spec.ingress[0].ports${path}`, reason });
   assert.deepEqual(rejected('named-port.yaml'), [
-    { document: 1, policy: 'NetworkPolicy shop/named', path: 'spec.ingress[0].ports[0].port', reason: 'named port "http" is not supported yet; use the port number' },
+    issue('[1].port', '"HTTP" is neither a port number nor a port name: a port name must be lower case letters, digits and -'),
+    issue('[2].port', '"-http" is neither a port number nor a port name: a port name must be lower case letters, digits and -'),
+    issue('[3].port', '"web--1" is neither a port number nor a port name: a port name must contain a letter and no "--"'),
+    issue('[4].port', '"a-very-long-name-x" is neither a port number nor a port name: a port name must be at most 15 characters'),
+    issue('[5].port', '"http_alt" is neither a port number nor a port name: a port name must be lower case letters, digits and -'),
+    issue('[6].endPort', 'may not be specified with a named port ("http"); give the range by number'),
   ]);
 });
 
@@ -196,7 +202,11 @@ test('reject: field-level validation', () => {
     ['  endpointSelector: {matchExpressions: [{key: a, operator: Exists, values: [x]}]}', 'spec.endpointSelector.matchExpressions[0].values: must be empty for operator Exists'],
     ['  endpointSelector: {}\n  ingress:\n  - fromEndpoints: []', 'spec.ingress[0].fromEndpoints: an empty list selects no peer (Cilium then ignores the whole rule); remove the field, or use [{}]'],
     ['  endpointSelector: {}\n  ingress:\n  - fromEndpoints:\n    -', 'spec.ingress[0].fromEndpoints[0]: must be a selector ({} selects everything), got null'],
-    ['  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: "0x50"}]}]', 'spec.ingress[0].toPorts[0].ports[0].port: named port "0x50" is not supported yet; use the port number'],
+    ['  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: "0x5_0"}]}]', 'spec.ingress[0].toPorts[0].ports[0].port: "0x5_0" is neither a port number (1–65535) nor a port name: a port name must be lower case letters, digits and -'],
+    ['  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: "-1"}]}]', 'spec.ingress[0].toPorts[0].ports[0].port: "-1" is neither a port number (1–65535) nor a port name: a port name must be lower case letters, digits and -'],
+    ['  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: "80-"}]}]', 'spec.ingress[0].toPorts[0].ports[0].port: "80-" is neither a port number (1–65535) nor a port name: a port name must be lower case letters, digits and -'],
+    ['  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: ""}]}]', 'spec.ingress[0].toPorts[0].ports[0].port: "" is neither a port number (1–65535) nor a port name: a port name must not be empty'],
+    ['  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: http, endPort: 90}]}]', 'spec.ingress[0].toPorts[0].ports[0].endPort: may not be specified with a named port ("http"); give the range by number'],
     ['  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: "080"}]}]', 'spec.ingress[0].toPorts[0].ports[0].port: "080": a port number must not have leading zeros'],
     ['  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: 80, protocol: ICMP}]}]', 'spec.ingress[0].toPorts[0].ports[0].protocol: ICMP is matched with icmps (e.g. icmps: [{fields: [{type: 8}]}]), not with a port protocol'],
     ['  endpointSelector: {}\n  ingress:\n  - toPorts: [{ports: [{port: 0, endPort: 10}]}]', 'spec.ingress[0].toPorts[0].ports[0].endPort: needs a non-zero port to start the range'],

@@ -52,6 +52,38 @@ export interface ResolveOptions {
    */
   onlyIdentity?: number;
   base?: ReadonlyMap<string, PolicyMapEntry>;
+  /** What a named port is in each direction (see PortRule.name); absent: a named port allows nothing. */
+  namedPorts?: NamedPortLookup;
+}
+
+/** A port of an endpoint's container that has a name. */
+export interface EndpointNamedPort {
+  name: string;
+  port: number;
+  protocol: 'TCP' | 'UDP' | 'SCTP';
+}
+
+/**
+ * The ports a name stands for in an endpoint's policy: for ingress its own port of that name, for
+ * egress those of every endpoint known (the destinations').
+ */
+export type NamedPortLookup = (name: string, direction: 'ingress' | 'egress') => readonly EndpointNamedPort[];
+
+/**
+ * A port entry as numbers: itself, or for a named port one entry per port the name stands for
+ * whose protocol the entry allows (ANY: each), with that port's protocol. Nothing when the name
+ * stands for no port.
+ */
+export function resolvePortRule(rule: PortRule, direction: 'ingress' | 'egress', lookup: NamedPortLookup | undefined): PortRule[] {
+  if (rule.name === undefined) return [rule];
+  const out: PortRule[] = [];
+  for (const np of lookup?.(rule.name, direction) ?? []) {
+    if (rule.protocol !== 'ANY' && rule.protocol !== np.protocol) continue;
+    const resolved: PortRule = { port: np.port, protocol: np.protocol };
+    if (rule.l7 !== undefined) resolved.l7 = rule.l7;
+    out.push(resolved);
+  }
+  return out;
 }
 
 /** The peers of a PeerRule, as SelectorCache keys them. */
@@ -288,7 +320,11 @@ export function resolveEndpointPolicy(
         [rule[d.deny], true],
       ] as const) {
         for (const peer of list) {
-          const l4 = peer.ports && peer.ports.length > 0 ? peer.ports.flatMap(portKeysWithL7) : ALL_L4;
+          // A peer whose ports are all names that stand for nothing here matches nothing.
+          const l4 =
+            peer.ports && peer.ports.length > 0
+              ? peer.ports.flatMap((p) => (p.name === undefined ? portKeysWithL7(p) : resolvePortRule(p, d.name, options.namedPorts).flatMap(portKeysWithL7)))
+              : ALL_L4;
           for (const ps of peerSelectors(peer)) {
             for (const identity of identitiesOf(ps)) {
               for (const k of l4) {

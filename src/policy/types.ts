@@ -92,6 +92,14 @@ export interface PortRule {
   port: number;
   /** Inclusive end of a range starting at `port`; only with a non-zero port. */
   endPort?: number;
+  /**
+   * A named port (`port: http`, an IANA_SVC_NAME); `port` is then 0 and stands for nothing. It is
+   * resolved per endpoint when its policy is computed, as Kubernetes and Cilium do: in an ingress
+   * rule, the selected endpoint's own port of that name; in an egress rule, the ports of that
+   * name of every endpoint the node knows (its destinations'). The protocol must match the named
+   * port's (ANY matches each). A name no endpoint has allows (or denies) nothing, never every port.
+   */
+  name?: string;
   protocol: Protocol;
   /**
    * L7 rules of the `toPorts` entry the port came from. `http` (ingress allows only; one TCP
