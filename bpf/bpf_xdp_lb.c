@@ -169,7 +169,8 @@ struct {
  * connection table's LRU seeing the flow as used and gets back an entry it lost. Not pinned: a
  * restarted balancer starts empty and refills from the connection table.
  */
-#define XLB_FLOW_CACHE_SLOTS 8192	/* a power of two */
+#define XLB_FLOW_CACHE_BITS 13
+#define XLB_FLOW_CACHE_SLOTS (1 << XLB_FLOW_CACHE_BITS)
 
 struct xlb_flow_cached {	/* 32 bytes: a slot never straddles two cache lines */
 	struct xlb_flow flow;	/* all zero: empty (no real flow has proto 0) */
@@ -249,6 +250,18 @@ static __always_inline __u32 xlb_flow_hash(const struct xlb_flow *flow)
 	return h ^ (h >> 16);
 }
 
+/*
+ * A flow's cache slot: a few multiplies, not xlb_flow_hash's murmur rounds, since every packet
+ * (a VIP's or not) pays for it; the ports and both addresses all reach the top bits it keeps.
+ */
+static __always_inline __u32 xlb_flow_slot(const struct xlb_flow *flow)
+{
+	__u32 h = flow->saddr * 0x9e3779b1 ^ flow->daddr ^ (((__u32)flow->sport << 16) | flow->dport) * 0x85ebca6b;
+
+	h ^= h >> 15;
+	return (h * 0x2c1b3c6d) >> (32 - XLB_FLOW_CACHE_BITS);
+}
+
 static __always_inline struct xlb_backend *xlb_backend_of(__u32 id)
 {
 	struct xlb_backend *backend;
@@ -324,7 +337,7 @@ static __always_inline int xlb_balance_frame(struct xdp_md *ctx)
 	flow.dport = ports[1];
 	flow.proto = ip->protocol;
 
-	__u32 hash = xlb_flow_hash(&flow), slot = hash & (XLB_FLOW_CACHE_SLOTS - 1);
+	__u32 slot = xlb_flow_slot(&flow);
 	__u64 now = bpf_jiffies64();
 	bool fragment = ip->frag_off & bpf_htons(0x3fff);
 
@@ -369,7 +382,7 @@ static __always_inline int xlb_balance_frame(struct xdp_md *ctx)
 		backend = xlb_backend_of(backend_id);
 	}
 	if (!backend) {
-		backend_id = xlb_maglev_pick(vip_id, hash);
+		backend_id = xlb_maglev_pick(vip_id, xlb_flow_hash(&flow));
 		backend = xlb_backend_of(backend_id);
 		if (!backend) {
 			xlb_count(&ciliate_xlb_drops, XLB_DROP_NO_BACKEND, len);
