@@ -16,10 +16,14 @@
  * what ksoftirqd on that CPU did added (tick accounting: no separate irq time on this kernel).
  *
  * Figures: pps_per_core (target ≥ 3× the baseline), cpu_ms_per_mpkt (target ≤ 1/10), pps (wall).
+ * After the timed rounds, with the kernel's run statistics on (BPF_ENABLE_STATS: they cost each
+ * run two clock reads, so never during them), program_ns_per_packet: the balancer's generator's
+ * own run time per frame beside the floor's (the same restore, then a plain redirect), i.e. what
+ * the balancing costs inside the program, without the redirect and delivery both share.
  * @module
  */
 import { mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { attachXdp, inNetns, type BpfMap, type Program } from '../src/ebpf/index.ts';
+import { attachXdp, enableRunStats, inNetns, type BpfMap, type Program } from '../src/ebpf/index.ts';
 import { interfaceIndex } from '../src/ebpf/internal/sys.ts';
 import { XdpLoadBalancer, XdpLbMapName, XdpLbProgram, loadXdpLb, parseXdpLbConfig } from '../src/loadbalancer/index.ts';
 import { type BenchContext, median, round } from './lib.ts';
@@ -203,6 +207,21 @@ export async function run(ctx: BenchContext): Promise<void> {
       const last = (s: Sample[]) => s.at(-1)!;
       ctx.log(`round ${r + 1}: ours ${round(last(samples.ours).delivered / last(samples.ours).cpuSeconds / 1e6, 2)} Mpps/core, nft ${round(last(samples.nft).delivered / last(samples.nft).cpuSeconds / 1e6, 2)} Mpps/core`);
     }
+    const programNs: Record<'ours' | 'floor', number[]> = { ours: [], floor: [] };
+    {
+      using _stats = enableRunStats();
+      const perPacket = (gen: Generator) => {
+        const before = gen.program.info();
+        return sample(ours, gen, softirqPid).then(() => {
+          const after = gen.program.info();
+          return Number(after.runTimeNs - before.runTimeNs) / Number(after.runCount - before.runCount);
+        });
+      };
+      for (let r = 0; r < rounds; r++) {
+        programNs.ours.push(await perPacket(balance));
+        programNs.floor.push(await perPacket(floor));
+      }
+    }
     const stats = lb.stats();
     ctx.log(`balancer counted ${stats.vips[0].packets} packets for the VIP, drops ${JSON.stringify(stats.drops.filter((d) => d.packets > 0))}`);
     for (const [name, s] of Object.entries(samples)) {
@@ -220,6 +239,7 @@ export async function run(ctx: BenchContext): Promise<void> {
     // balancing alone against the kernel's DNAT and forwarding alone. Information, not the target.
     const net = (s: Sample[]) => cpuPerM(s) - cpuPerM(samples.floor);
     ctx.emit({ metric: 'cpu_ms_per_mpkt_net_of_generation', value: round(net(samples.ours), 1), unit: 'cpu-ms/Mpkt', baseline: `${baseline}, each less the floor (${round(cpuPerM(samples.floor), 1)} cpu-ms/Mpkt: frames redirected to the backend unbalanced)`, baseline_value: round(net(samples.nft), 1), ratio: round(net(samples.ours) / net(samples.nft), 3), better: 'lower', ...common });
+    ctx.emit({ metric: 'program_ns_per_packet', value: round(median(programNs.ours), 1), unit: 'ns/packet (bpf_stats run_time_ns/run_cnt)', baseline: 'the floor\'s program: the same frame restore, then a plain redirect', baseline_value: round(median(programNs.floor), 1), ratio: round(median(programNs.ours) / median(programNs.floor), 2), balancing_ns: round(median(programNs.ours) - median(programNs.floor), 1), better: 'lower', ...common });
     ctx.emit({ metric: 'pps', value: round(pps(samples.ours), 0), unit: 'packets/s', baseline, baseline_value: round(pps(samples.nft), 0), ratio: round(pps(samples.ours) / pps(samples.nft), 2), better: 'higher', ...common });
   } finally {
     await cleanups.run();

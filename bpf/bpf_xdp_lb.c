@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * The standalone XDP load balancer (`ciliate lb`), as Katran: a packet to a VIP:port is given a
- * backend (its connection's, from the LRU connection table; a new one's from the VIP's Maglev
- * table), wrapped in an outer IPv4 header (IPIP, proto 4) to that backend and sent out the
+ * backend (its connection's, from the LRU connection table, or for an established flow from a
+ * per-CPU cache of that table's answer; a new one's from the VIP's Maglev table), wrapped in an outer IPv4 header (IPIP, proto 4) to that backend and sent out the
  * interface the FIB names, all before the kernel allocates an skb. Replies go from the backend
  * to the client directly (DSR): the backend decapsulates with `xlb_decap` (tc ingress) and
  * answers from the VIP bound on its lo.
@@ -12,7 +12,7 @@
  */
 #include "common.h"
 
-#define XLB_MAX_VIPS 512
+#define XLB_MAX_VIPS 512	/* ids fit the flow cache's 16 bits */
 #define XLB_MAX_BACKENDS 4096
 #define XLB_MAGLEV_SIZE 16381	/* = lb.h LB_MAGLEV_LUT_SIZE_DEFAULT, the agent's default */
 
@@ -117,14 +117,25 @@ struct {
 } ciliate_xlb_backend_stats SEC(".maps");
 
 /*
+ * Time on the per-packet path is jiffies (bpf_jiffies64, which the verifier inlines to a load):
+ * a clock helper per packet was a measurable part of the balancer's cost. CONFIG_HZ from the
+ * kernel's config; without one (no /proc/config.gz) the kernel is taken to tick at 1000 Hz, so
+ * "a second" below is at most 10 s (HZ=100).
+ */
+extern unsigned long CONFIG_HZ __kconfig __weak;
+
+static __always_inline __u64 xlb_second(void)
+{
+	return CONFIG_HZ ? CONFIG_HZ : 1000;
+}
+
+/*
  * Each backend's next hop (interface, MACs) as the FIB last said, per CPU, kept for a second: a
  * FIB lookup per packet was a large part of the balancer's cost. Zeroed when an id is given to a
- * new backend; a changed route or neighbour is followed within XLB_NEXTHOP_TTL_NS.
+ * new backend; a changed route or neighbour is followed within a second.
  */
-#define XLB_NEXTHOP_TTL_NS 1000000000ULL
-
 struct xlb_nexthop {
-	__u64 expires;	/* bpf_ktime_get_coarse_ns(); 0: none */
+	__u64 expires;	/* jiffies; 0: none */
 	__u32 ifindex;
 	__u8 dmac[ETH_ALEN];
 	__u8 smac[ETH_ALEN];
@@ -136,6 +147,46 @@ struct {
 	__type(key, __u32);
 	__type(value, struct xlb_nexthop);
 } ciliate_xlb_nexthops SEC(".maps");
+
+/*
+ * Each VIP id's generation: set (non-zero) before the VIP is added, changed or zeroed when it is
+ * removed. A flow cache entry (below) holds the generation it was made under, so a VIP's removal
+ * ends its flows' cached path at once, whatever the per-CPU caches hold.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XLB_MAX_VIPS);
+	__type(key, __u32);
+	__type(value, __u32);
+} ciliate_xlb_vip_gens SEC(".maps");
+
+/*
+ * A per-CPU, direct-mapped cache of established flows in front of the VIP and connection tables:
+ * two hash-map lookups (each a kernel call, with its return thunk) were most of what balancing a
+ * packet of an established flow cost; a slot is an inlined array lookup and a 16-byte compare.
+ * It is only ever a copy of the connection table's decision: a miss, a collision, or an entry
+ * older than a second goes the full way (VIP table, connection table), which also keeps the
+ * connection table's LRU seeing the flow as used and gets back an entry it lost. Not pinned: a
+ * restarted balancer starts empty and refills from the connection table.
+ */
+#define XLB_FLOW_CACHE_BITS 13
+#define XLB_FLOW_CACHE_SLOTS (1 << XLB_FLOW_CACHE_BITS)
+
+struct xlb_flow_cached {	/* 32 bytes: a slot never straddles two cache lines */
+	struct xlb_flow flow;	/* all zero: empty (no real flow has proto 0) */
+	__u32 backend_id;
+	__u32 vip_gen;
+	__u16 vip_id;
+	__u16 _pad;
+	__u32 refresh;	/* jiffies (low 32 bits) after which the full way is taken again */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XLB_FLOW_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct xlb_flow_cached);
+} ciliate_xlb_flow_cache SEC(".maps");
 
 /* Key 0: the outer source address of the encapsulation (the balancer's own address). */
 struct xlb_config {
@@ -199,6 +250,18 @@ static __always_inline __u32 xlb_flow_hash(const struct xlb_flow *flow)
 	return h ^ (h >> 16);
 }
 
+/*
+ * A flow's cache slot: a few multiplies, not xlb_flow_hash's murmur rounds, since every packet
+ * (a VIP's or not) pays for it; the ports and both addresses all reach the top bits it keeps.
+ */
+static __always_inline __u32 xlb_flow_slot(const struct xlb_flow *flow)
+{
+	__u32 h = flow->saddr * 0x9e3779b1 ^ flow->daddr ^ (((__u32)flow->sport << 16) | flow->dport) * 0x85ebca6b;
+
+	h ^= h >> 15;
+	return (h * 0x2c1b3c6d) >> (32 - XLB_FLOW_CACHE_BITS);
+}
+
 static __always_inline struct xlb_backend *xlb_backend_of(__u32 id)
 {
 	struct xlb_backend *backend;
@@ -232,19 +295,30 @@ static __always_inline __u16 xlb_csum_fold(__u32 sum)
 	return (__u16)~sum;
 }
 
+/* Both 8-byte aligned (a map value; a stack copy declared so). */
+static __always_inline bool xlb_flow_equal(const struct xlb_flow *a, const struct xlb_flow *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return x[0] == y[0] && x[1] == y[1];
+}
+
 static __always_inline int xlb_balance_frame(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
 	struct iphdr *ip;
-	struct xlb_flow flow = {};
+	/* Aligned for xlb_flow_equal's two 8-byte compares. */
+	struct xlb_flow flow __attribute__((aligned(8))) = {};
 	struct xlb_vip_key vkey = {};
 	struct xlb_vip *vip;
 	struct xlb_conn *conn;
 	struct xlb_backend *backend;
 	struct xlb_config *config;
-	__u32 backend_id, zero = 0, len = data_end - data;
+	struct xlb_flow_cached *cached;
+	__u32 backend_id, vip_id, vip_gen, cached_backend = 0, zero = 0, len = data_end - data;
+	__u32 *gen;
 	__u16 *ports;
 
 	if ((void *)(eth + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
@@ -257,36 +331,78 @@ static __always_inline int xlb_balance_frame(struct xdp_md *ctx)
 	ports = (void *)(ip + 1);
 	if ((void *)(ports + 2) > data_end)
 		return XDP_PASS;
+	flow.saddr = ip->saddr;
+	flow.daddr = ip->daddr;
+	flow.sport = ports[0];
+	flow.dport = ports[1];
+	flow.proto = ip->protocol;
+
+	__u32 slot = xlb_flow_slot(&flow);
+	__u64 now = bpf_jiffies64();
+	bool fragment = ip->frag_off & bpf_htons(0x3fff);
+
+	cached = bpf_map_lookup_elem(&ciliate_xlb_flow_cache, &slot);
+	if (!cached)
+		return XDP_PASS;
+	/* A fragment's "ports" are no ports: never the cached way (the full way drops it if for a VIP). */
+	if (!fragment && xlb_flow_equal(&cached->flow, &flow)) {
+		vip_id = cached->vip_id;
+		gen = bpf_map_lookup_elem(&ciliate_xlb_vip_gens, &vip_id);
+		if (gen && *gen && *gen == cached->vip_gen) {
+			cached_backend = cached->backend_id;
+			backend_id = cached_backend;
+			backend = xlb_backend_of(backend_id);
+			if (backend && (__s32)(cached->refresh - (__u32)now) > 0)
+				goto encap;
+		}
+	}
+
 	vkey.address = ip->daddr;
 	vkey.port = ports[1];
 	vkey.proto = ip->protocol;
 	vip = bpf_map_lookup_elem(&ciliate_xlb_vips, &vkey);
 	if (!vip)
 		return XDP_PASS;
-	if (ip->frag_off & bpf_htons(0x3fff)) {
+	if (fragment) {
 		xlb_count(&ciliate_xlb_drops, XLB_DROP_FRAGMENT, len);
 		return XDP_DROP;
 	}
+	vip_id = vip->id;
+	gen = bpf_map_lookup_elem(&ciliate_xlb_vip_gens, &vip_id);
+	vip_gen = gen ? *gen : 0;
+	if (vip_gen != cached->vip_gen || vip_id != cached->vip_id)
+		cached_backend = 0;	/* the cached entry was the VIP's before it was replaced */
 
-	flow.saddr = ip->saddr;
-	flow.daddr = ip->daddr;
-	flow.sport = ports[0];
-	flow.dport = ports[1];
-	flow.proto = ip->protocol;
+	/* The connection table decides; the cache's copy only stands in for an entry the LRU lost. */
 	conn = bpf_map_lookup_elem(&ciliate_xlb_conns, &flow);
 	backend_id = conn ? conn->backend_id : 0;
 	backend = xlb_backend_of(backend_id);
 	if (!backend) {
-		backend_id = xlb_maglev_pick(vip->id, xlb_flow_hash(&flow));
+		backend_id = cached_backend;
+		backend = xlb_backend_of(backend_id);
+	}
+	if (!backend) {
+		backend_id = xlb_maglev_pick(vip_id, xlb_flow_hash(&flow));
 		backend = xlb_backend_of(backend_id);
 		if (!backend) {
 			xlb_count(&ciliate_xlb_drops, XLB_DROP_NO_BACKEND, len);
 			return XDP_DROP;
 		}
+	}
+	if (!conn || conn->backend_id != backend_id) {
 		struct xlb_conn fresh = { .backend_id = backend_id };
 
 		bpf_map_update_elem(&ciliate_xlb_conns, &flow, &fresh, BPF_ANY);
 	}
+	if (vip_gen) {
+		cached->flow = flow;
+		cached->backend_id = backend_id;
+		cached->vip_id = vip_id;
+		cached->vip_gen = vip_gen;
+		cached->refresh = (__u32)(now + xlb_second());
+	}
+
+encap:;
 	__be32 backend_addr = backend->address;
 	__u16 inner_len = bpf_ntohs(ip->tot_len);
 	__u8 inner_tos = ip->tos;
@@ -326,16 +442,15 @@ static __always_inline int xlb_balance_frame(struct xdp_md *ctx)
 	outer.check = xlb_csum_fold(sum);
 	__builtin_memcpy(ip, &outer, sizeof(outer));
 
-	xlb_count(&ciliate_xlb_vip_stats, vip->id, len);
+	xlb_count(&ciliate_xlb_vip_stats, vip_id, len);
 	xlb_count(&ciliate_xlb_backend_stats, backend_id, len);
 
 	/* The next hop towards the backend: its MAC and the interface to send on. */
 	struct xlb_nexthop *hop = bpf_map_lookup_elem(&ciliate_xlb_nexthops, &backend_id);
-	__u64 now = bpf_ktime_get_coarse_ns();
 
 	if (!hop)
 		return XDP_DROP;
-	if (hop->expires < now) {
+	if (hop->expires <= now) {
 		struct bpf_fib_lookup fib = {
 			.family = AF_INET,
 			.tos = inner_tos,
@@ -352,7 +467,7 @@ static __always_inline int xlb_balance_frame(struct xdp_md *ctx)
 		hop->ifindex = fib.ifindex;
 		__builtin_memcpy(hop->dmac, fib.dmac, ETH_ALEN);
 		__builtin_memcpy(hop->smac, fib.smac, ETH_ALEN);
-		hop->expires = now + XLB_NEXTHOP_TTL_NS;
+		hop->expires = now + xlb_second();
 	}
 	__builtin_memcpy(eth->h_dest, hop->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, hop->smac, ETH_ALEN);

@@ -14,7 +14,7 @@
 export * from './errors.ts';
 export * from './codec.ts';
 export { BpfMap, possibleCpus, mapInfo, type MapSpec, type MapInfoData } from './map.ts';
-export { Program, programInfo, type ProgramMeta, type TestRunOptions, type TestRunResult } from './program.ts';
+export { Program, programInfo, enableRunStats, type ProgramInfoData, type ProgramMeta, type TestRunOptions, type TestRunResult } from './program.ts';
 export { BpfObject, type LoadOptions, type ConstantValue } from './object.ts';
 export { Btf, checkLayout, type BtfStructLayout, type BtfDatasec, type BtfMember, type BtfKind } from './btf.ts';
 export { Link, unpinLink, unpinLinkAsync, linkInfo, type LinkInfoData } from './link/link.ts';

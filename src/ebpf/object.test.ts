@@ -7,6 +7,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { BpfObject, type LoadOptions } from './object.ts';
 import { BpfError, VerifierError } from './errors.ts';
+import { enableRunStats } from './program.ts';
 import { u32, u64 } from './codec.ts';
 import { MapType, ProgramType } from './internal/constants.ts';
 import { objectPath, pinDir, uniqueId } from './internal/testutils.ts';
@@ -202,4 +203,19 @@ test('BPF_PROG_TEST_RUN returns the verdict and runs repeat times', (t) => {
   assert.equal(obj.program('count_xdp').testRun({ data: udpPacket() }).returnValue, 2, 'XDP_PASS');
 
   assert.throws(() => prog.testRun({ data: Buffer.alloc(4) }), hasCode('ERR_INVALID_ARGUMENT', /count_tc/), 'shorter than an Ethernet header');
+});
+
+test('with run statistics on, a program counts its runs and their time', (t) => {
+  const { obj } = load(t);
+  const prog = obj.program('count_tc');
+  const stats = enableRunStats();
+  t.after(() => stats.close());
+  const before = prog.info();
+  prog.testRun({ data: udpPacket(), repeat: 100 });
+  const after = prog.info();
+  // Exactly: nothing else runs this program (statistics may be on for others too, not for it).
+  assert.equal(after.runCount - before.runCount, 100n);
+  assert.ok(after.runTimeNs > before.runTimeNs, `run time ${before.runTimeNs} → ${after.runTimeNs}`);
+  stats.close();
+  stats.close();
 });

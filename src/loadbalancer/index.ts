@@ -84,4 +84,4 @@ export { parseXdpLbConfig, readXdpLbConfig, vipKey, xdpLbConfigSchema, type XdpL
 export { HealthChecker, tcpCheck, type HealthOptions, type HealthTarget } from './xdp-health.ts';
 export { XdpLbDecap, XdpLoadBalancer, type XdpLbStats } from './xdp-lb.ts';
 export { DEFAULT_LB_SOCKET, LbRunner, queryLb, type LbRunnerOptions } from './xdp-runner.ts';
-export { XDP_LB_OBJECT_PATH, XdpLbMapName, XdpLbProgram, loadXdpLb, xdpLbMaps, type XdpLbMaps } from './xdp-maps.ts';
+export { XDP_LB_OBJECT_PATH, XdpLbMapName, XdpLbProgram, loadXdpLb, xdpLbMaps, type XdpLbMaps, type XlbFlow, type XlbConn } from './xdp-maps.ts';

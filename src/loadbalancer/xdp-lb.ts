@@ -64,6 +64,8 @@ export class XdpLoadBalancer {
   readonly #backendIds = new IdPool(1, XLB_MAX_BACKENDS);
   /** Backends the health checks found failing (by address). */
   readonly #unhealthy = new Set<string>();
+  /** The last VIP generation given (ciliate_xlb_vip_gens): each VIP id's use gets a new one. */
+  #vipGen = 0;
 
   private constructor(obj: BpfObject) {
     this.#obj = obj;
@@ -77,6 +79,14 @@ export class XdpLoadBalancer {
     // Pinned maps adopted from an earlier run hold its VIPs and backends: start from empty, the
     // connection table aside (its flows keep their backends if the new config has them).
     for (const key of [...lb.#maps.vips.keys()]) lb.#maps.vips.delete(key);
+    // Their generations too (a program still holding a cache of their flows stops using it), and
+    // new ones go on from the earlier run's, so that no cached entry ever matches again.
+    for (let id = 0; id < XLB_MAX_VIPS; id++) {
+      const gen = lb.#maps.vipGens.lookup(id) ?? 0;
+      if (gen === 0) continue;
+      lb.#vipGen = Math.max(lb.#vipGen, gen);
+      lb.#maps.vipGens.update(id, 0);
+    }
     for (let id = 0; id < XLB_MAX_BACKENDS; id++) if (lb.#maps.backends.lookup(id)?.flags) lb.#maps.backends.update(id, { address: '0.0.0.0', flags: 0 });
     return lb;
   }
@@ -165,6 +175,9 @@ export class XdpLoadBalancer {
       if (!entry) {
         entry = { id: this.#vipIds.take(), table: '\0', members: new Set() };
         this.#maps.vipStats.updatePerCpu(entry.id, zeroStats(this.#maps));
+        // Before the VIP is found by its address: flows the datapath caches are of this use of the id.
+        this.#vipGen = this.#vipGen >= 0xffffffff ? 1 : this.#vipGen + 1;
+        this.#maps.vipGens.update(entry.id, this.#vipGen);
         written.vips.set(key, entry);
       }
       if (entry.table !== tableKey) {
@@ -185,6 +198,8 @@ export class XdpLoadBalancer {
       const [port, protocol] = rest.split('/');
       this.#maps.vips.delete({ address, port: Number(port), proto: PROTO[protocol as keyof typeof PROTO] });
       this.#maps.maglev.delete(entry.id);
+      // Ends the cached way of the VIP's flows on every CPU at once.
+      this.#maps.vipGens.update(entry.id, 0);
       this.#vipIds.free(entry.id);
       written.vips.delete(key);
     }

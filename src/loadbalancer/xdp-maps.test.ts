@@ -17,6 +17,8 @@ test('XDP load balancer codecs match bpf/bpf_xdp_lb.c', () => {
 test('the XDP load balancer loads, with Maglev tables of the size the agent uses', () => {
   using obj = loadXdpLb();
   assert.equal(obj.map(XdpLbMapName.MAGLEV).info().maxEntries, 512);
+  // ciliate_xlb_vip_gens' value is a bare __u32 (no struct for checkLayout): its size, then.
+  assert.equal(obj.map(XdpLbMapName.VIP_GENS).info().valueSize, 4);
   // The inner table must be the one createXdpMaglevInner makes: the kernel takes it into the outer map.
   using inner = createXdpMaglevInner(new Uint32Array(XLB_MAGLEV_SIZE).fill(1));
   obj.map(XdpLbMapName.MAGLEV).setInnerMap(Buffer.alloc(4), inner);

@@ -20,6 +20,7 @@ export const XdpLbMapName = {
   DECAP_SOURCES: 'ciliate_xlb_decap_sources',
   BENCH_FRAME: 'ciliate_xlb_bench_frame',
   NEXTHOPS: 'ciliate_xlb_nexthops',
+  VIP_GENS: 'ciliate_xlb_vip_gens',
 } as const;
 
 /** BENCH_*, SINK: bench/xdp-lb.ts's traffic generators and sink, not part of the balancer. */
@@ -61,7 +62,9 @@ export const xlbVip = struct('xlb_vip', { id: u32, flags: u32 });
 export const xlbBackend = struct('xlb_backend', { address: ipv4, flags: u32 });
 export type XlbBackend = StructValue<(typeof xlbBackend)['fields']>;
 export const xlbFlow = struct('xlb_flow', { saddr: ipv4, daddr: ipv4, sport: be16, dport: be16, proto: u8, _pad: pad(3) });
+export type XlbFlow = StructValue<(typeof xlbFlow)['fields']>;
 export const xlbConn = struct('xlb_conn', { backend_id: u32, _pad: pad(4) });
+export type XlbConn = StructValue<(typeof xlbConn)['fields']>;
 export const xlbStats = struct('xlb_stats', { packets: u64, bytes: u64 });
 export type XlbStats = StructValue<(typeof xlbStats)['fields']>;
 export const xlbNexthop = struct('xlb_nexthop', { expires: u64, ifindex: u32, dmac: mac, smac: mac });
@@ -73,6 +76,8 @@ export interface XdpLbMaps {
   backends: BpfMap<number, XlbBackend>;
   /** vip id → inner Maglev table map (setInnerMap). */
   maglev: BpfMap<number, number>;
+  /** The connection table: each flow's backend id, the truth the datapath's per-CPU flow cache copies. */
+  conns: BpfMap<XlbFlow, XlbConn>;
   vipStats: BpfMap<number, XlbStats>;
   backendStats: BpfMap<number, XlbStats>;
   config: BpfMap<number, StructValue<(typeof xlbConfig)['fields']>>;
@@ -80,6 +85,8 @@ export interface XdpLbMaps {
   decapSources: BpfMap<string, number>;
   /** Per CPU: each backend's cached next hop. */
   nexthops: BpfMap<number, XlbNexthop>;
+  /** vip id → its generation (0: no VIP), which the datapath's flow cache entries must match. */
+  vipGens: BpfMap<number, number>;
 }
 
 /** Loads bpf_xdp_lb.o, its maps pinned (and adopted when pinned already) in `pinDir` when given. */
@@ -95,12 +102,14 @@ export function xdpLbMaps(obj: BpfObject): XdpLbMaps {
     vips: obj.map(XdpLbMapName.VIPS).withCodecs(xlbVipKey, xlbVip),
     backends: obj.map(XdpLbMapName.BACKENDS).withCodecs(u32, xlbBackend),
     maglev: obj.map(XdpLbMapName.MAGLEV).withCodecs(u32, u32),
+    conns: obj.map(XdpLbMapName.CONNS).withCodecs(xlbFlow, xlbConn),
     vipStats: obj.map(XdpLbMapName.VIP_STATS).withCodecs(u32, xlbStats),
     backendStats: obj.map(XdpLbMapName.BACKEND_STATS).withCodecs(u32, xlbStats),
     config: obj.map(XdpLbMapName.CONFIG).withCodecs(u32, xlbConfig),
     drops: obj.map(XdpLbMapName.DROPS).withCodecs(u32, xlbStats),
     decapSources: obj.map(XdpLbMapName.DECAP_SOURCES).withCodecs(ipv4, u8),
     nexthops: obj.map(XdpLbMapName.NEXTHOPS).withCodecs(u32, xlbNexthop),
+    vipGens: obj.map(XdpLbMapName.VIP_GENS).withCodecs(u32, u32),
   };
 }
 

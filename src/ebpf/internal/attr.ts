@@ -26,7 +26,7 @@ export const MapInfo = {
   type: 0, id: 4, keySize: 8, valueSize: 12, maxEntries: 16, mapFlags: 20, name: 24, size: 88,
 } as const;
 
-export const ProgInfo = { type: 0, id: 4, tag: 8, name: 64, size: 232 } as const;
+export const ProgInfo = { type: 0, id: 4, tag: 8, name: 64, runTimeNs: 192, runCnt: 200, size: 232 } as const;
 
 export const LinkInfo = { type: 0, id: 4, progId: 8, union: 16, size: 64 } as const;
 

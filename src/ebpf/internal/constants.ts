@@ -30,6 +30,7 @@ export const BpfCommand = {
   LINK_CREATE: 28,
   LINK_UPDATE: 29,
   LINK_GET_FD_BY_ID: 30,
+  ENABLE_STATS: 32,
   LINK_DETACH: 34,
 } as const;
 export type BpfCommand = (typeof BpfCommand)[keyof typeof BpfCommand];
