@@ -9,7 +9,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { L7_PROXY_PORT } from '../src/policy/policy-map.ts';
-import { TestNode, Underlay, addWorld, connectMarked, httpRequest, httpServer, inNs, type AgentOptions } from './support/cluster.ts';
+import { TestNode, Underlay, addNetns, addWorld, cli, connectMarked, httpRequest, httpServer, inNs, sleep, type AgentOptions } from './support/cluster.ts';
 import { enforce, eventually } from './support/flows.ts';
 
 /** The REQUEST records (verdict, URL, source identity) `node`'s proxy reported for `server`. */
@@ -111,4 +111,24 @@ test('a client outside the cluster (world), and the node itself, get through ing
     JSON.stringify(intruderDrops.map((f) => [f.source?.identity, f.drop_reason_desc])),
   );
   assert.equal((await requests(node, web.endpoint.ipv4, 4)).length, 4, 'nothing of the intruder reached the proxy');
+});
+
+test('a client outside the cluster through a NodePort (externalTrafficPolicy Local) to a pod with ingress HTTP rules: the proxy judges it as world, its answers leave as from the NodePort', async (t) => {
+  const underlay = await Underlay.create(t);
+  const etcd = await underlay.startEtcd(t);
+  const node = await TestNode.start(t, { nodeName: 'n1', nodeIp: '192.168.100.1', underlay, etcd });
+  const outside = await addNetns(t, 'cto');
+  await underlay.attach(outside, '192.168.100.50');
+  const web = await node.addPod(t, 'web', { app: 'web' });
+  await httpServer(t, web.netns, 80, { 'GET /public': 'public', 'GET /private': 'private' });
+  await enforce(node, 'web-from-world.yaml', ingressHttp('web-from-world', 'web', 'fromEntities: [world]'));
+  const added = await cli(node, 'service', 'add', 'web', '--type', 'NodePort', '--selector', 'app=web', '--port', '80:80:30080', '--external-traffic-policy', 'Local');
+  assert.equal(added.code, 0, added.stderr);
+  const frontend = 'http://192.168.100.1:30080';
+  let first = await httpRequest(outside, 'GET', `${frontend}/public`, 4000);
+  for (let i = 0; i < 20 && first.error; i++, await sleep(250)) first = await httpRequest(outside, 'GET', `${frontend}/public`, 4000);
+  assert.deepEqual(first, { status: 200, body: 'public\n' });
+  assert.deepEqual(await httpRequest(outside, 'GET', `${frontend}/private`, 4000), { status: 403, body: 'Access denied\r\n' });
+  const judged = (await requests(node, web.endpoint.ipv4, 2)).map(([verdict, , identity]) => [verdict, identity]);
+  assert.deepEqual(judged, [['FORWARDED', 2], ['DROPPED', 2]]);
 });
