@@ -68,7 +68,7 @@ test('native mode: ingress HTTP rules judge a client pod of another node (hairpi
   assert.ok((await requests(n2, api.endpoint.ipv4, 5)).every(([, , identity]) => identity !== other.endpoint.identity), 'no request of the other pod reached the proxy');
 });
 
-test('a client outside the cluster (world), and the node itself, get through ingress HTTP rules that admit them: the allowed path 200, another 403; a rule that does not admit world drops at L3; a pod forging the hairpin mark gains nothing', async (t) => {
+test('a client outside the cluster (world), and the node itself, get through ingress HTTP rules that admit them: the allowed path 200, another 403; a rule that does not admit world drops at L3; a pod forging the hairpin mark gains nothing; a restart mends the host ends\' settings', async (t) => {
   const node = await TestNode.start(t);
   const world = await addWorld(t, node);
   const web = await node.addPod(t, 'web', { app: 'web' });
@@ -111,6 +111,18 @@ test('a client outside the cluster (world), and the node itself, get through ing
     JSON.stringify(intruderDrops.map((f) => [f.source?.identity, f.drop_reason_desc])),
   );
   assert.equal((await requests(node, web.endpoint.ipv4, 4)).length, 4, 'nothing of the intruder reached the proxy');
+
+  // The host end as an agent before the hairpin left it (a strict reverse-path filter drops the
+  // hairpinned SYN: the world is routed through another device); a restarted agent mends it.
+  const conf = `net.ipv4.conf.${web.endpoint.hostIfname}`;
+  await inNs(node.netns, 'sysctl', ['-qw', `${conf}.rp_filter=1`, `${conf}.accept_local=0`]);
+  assert.deepEqual(await httpRequest(world, 'GET', `${base}/public`), { error: 'timeout' }, 'strict rp_filter drops the hairpin');
+  await node.stopAgent();
+  await node.startAgent();
+  assert.equal((await inNs(node.netns, 'sysctl', ['-n', `${conf}.rp_filter`, `${conf}.accept_local`])).trim().split('\n').join(' '), '0 1');
+  let again = await httpRequest(world, 'GET', `${base}/public`, 4000);
+  for (let i = 0; i < 10 && again.error; i++) again = await httpRequest(world, 'GET', `${base}/public`, 4000);
+  assert.deepEqual(again, { status: 200, body: 'public\n' });
 });
 
 test('a client outside the cluster through a NodePort (externalTrafficPolicy Local) to a pod with ingress HTTP rules: the proxy judges it as world, its answers leave as from the NodePort', async (t) => {

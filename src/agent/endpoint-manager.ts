@@ -222,6 +222,13 @@ export class EndpointManager {
       await this.#policy?.addEndpoint(endpoint.id, this.#securityLabels(endpoint));
       this.table.upsert(endpoint);
       this.#ipcache.upsert(localIpcacheEntry(endpoint));
+      // Links an agent before the hairpin to the proxy made lack its settings; the same for the rest.
+      try {
+        prepareHostLink(this.#hostNetlink(), endpoint.hostIfname);
+      } catch (error) {
+        // Gone while the agent was away: the reconciler reports the endpoint.
+        if (!NetlinkError.is(error, 'ENOENT')) throw error;
+      }
       const identity = tryNamespaceIdentity(endpoint.netns);
       if (identity) this.#netnsIds.set(containerInterfaceKey(endpoint.containerId, endpoint.ifname), { identity, path: endpoint.netns });
     }
