@@ -3,7 +3,9 @@
  * port allowed at L4), interleaved: requests per second with 16 kept-alive connections, and the
  * latency of one request at a time on one kept-alive connection (p50, p99), from which the
  * latency the proxy adds. The client and the server are Node in their pods; the proxy is the
- * agent's child process.
+ * agent's child process. Then the same with the node itself as the client (figures `stack_*`):
+ * its connections reach the server pod through the node's stack, and the proxied ones take the
+ * hairpin from cil_to_container back to the pod veth's ingress (bpf/lib/proxy.h).
  *
  * Figures:
  *   req_per_s            proxied vs direct (target ≥ 0.5 of direct)
@@ -73,6 +75,7 @@ spec:
   endpointSelector: {matchLabels: {app: server}}
   ingress:
   - fromEndpoints: [{matchLabels: {app: client}}]
+    fromEntities: [host]
     toPorts:
     - ports: [{port: "${PROXIED_PORT}", protocol: TCP}]
       rules: {http: [{method: GET, path: "/api/.*"}]}
@@ -82,6 +85,53 @@ spec:
 /** Nanoseconds a process has run on a CPU (the first field of /proc/<pid>/schedstat). */
 function cpuNs(pid: number): number {
   return Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[0]);
+}
+
+/**
+ * The figures of one client (`clientNetns`: the client pod's, or the node's own for `stack_`),
+ * proxied against direct, interleaved.
+ */
+async function measure(ctx: BenchContext, rounds: number, host: string, clientNetns: string, proxyPid: number, prefix: '' | 'stack_'): Promise<void> {
+  const sample = async (port: number, mode: 'rate' | 'latency') =>
+    JSON.parse(await inNs(clientNetns, process.execPath, ['-e', CLIENT, host, String(port), mode, String(SECONDS), String(CONCURRENCY), String(LATENCY_REQUESTS)])) as { rate?: number; p50?: number; p99?: number };
+  // The proxy answers 403 to a request no rule allows: check the path is the proxy's before measuring.
+  const probe = await inNs(clientNetns, process.execPath, ['-e', `require('node:http').request({ host: '${host}', port: ${PROXIED_PORT}, path: '/other', method: 'DELETE' }, (r) => console.log(r.statusCode)).end()`]);
+  if (probe.trim() !== '403') throw new Error(`port ${PROXIED_PORT} does not go through the proxy (DELETE /other answered ${probe.trim()})`);
+  const proxyCpuUsPerReq: number[] = [];
+  const latency: Record<'proxied' | 'direct', { p50: number[]; p99: number[] }> = { proxied: { p50: [], p99: [] }, direct: { p50: [], p99: [] } };
+  const lat = (which: 'proxied' | 'direct', port: number) => async () => {
+    const r = await sample(port, 'latency');
+    latency[which].p50.push(r.p50!);
+    latency[which].p99.push(r.p99!);
+    return r.p50!;
+  };
+  const rates = await interleave(rounds, {
+    proxied: async () => {
+      const cpu = cpuNs(proxyPid);
+      const rate = (await sample(PROXIED_PORT, 'rate')).rate!;
+      proxyCpuUsPerReq.push((cpuNs(proxyPid) - cpu) / 1000 / (rate * SECONDS));
+      return rate;
+    },
+    direct: async () => (await sample(DIRECT_PORT, 'rate')).rate!,
+  }, { onRound: (r, s) => ctx.log(`${prefix}rate round ${r + 1}: proxied ${Math.round(s.proxied.at(-1)!)}, direct ${Math.round(s.direct.at(-1)!)} req/s`) });
+  await interleave(rounds, { proxied: lat('proxied', PROXIED_PORT), direct: lat('direct', DIRECT_PORT) }, {
+    warmup: 0,
+    onRound: (r) => ctx.log(`${prefix}latency round ${r + 1}: p50 proxied ${round(latency.proxied.p50.at(-1)!)} µs, direct ${round(latency.direct.p50.at(-1)!)} µs`),
+  });
+  const baseline = `the same ${prefix ? 'client (the node) ' : 'pods '}and server on a port allowed at L4 (no proxy)`;
+  const rp = median(rates.proxied);
+  const rd = median(rates.direct);
+  ctx.emit({ metric: `${prefix}req_per_s`, value: round(rp, 0), unit: 'req/s', baseline, baseline_value: round(rd, 0), ratio: round(rp / rd, 3), better: 'higher', target: '≥ 0.5 of direct', met: rp / rd >= 0.5, concurrency: CONCURRENCY, rounds });
+  // The warm-up round's figure is left out, as interleave leaves out its rate.
+  const cpuPerReq = median(proxyCpuUsPerReq.slice(1));
+  ctx.emit({ metric: `${prefix}proxy_cpu_us_per_req`, value: round(cpuPerReq), unit: 'µs', baseline: null, ratio: null, better: 'lower', req_per_s_at_one_core: round(1e6 / cpuPerReq, 0), rounds });
+  for (const p of ['p50', 'p99'] as const) {
+    const proxied = median(latency.proxied[p]);
+    const direct = median(latency.direct[p]);
+    ctx.emit({ metric: `${prefix}latency_${p}_us`, value: round(proxied), unit: 'µs', baseline, baseline_value: round(direct), ratio: round(proxied / direct, 3), better: 'lower', rounds });
+    const added = proxied - direct;
+    ctx.emit({ metric: `${prefix}added_${p}_us`, value: round(added), unit: 'µs', baseline: null, ratio: null, better: 'lower', ...(p === 'p99' ? { target: '< 1000 µs', met: added < 1000 } : {}), rounds });
+  }
 }
 
 export async function run(ctx: BenchContext): Promise<void> {
@@ -98,50 +148,11 @@ export async function run(ctx: BenchContext): Promise<void> {
     await new Promise((resolve) => setTimeout(resolve, 1000));
     const srv = spawnInNs(cleanups, server.netns, process.execPath, ['-e', SERVER]);
     await waitForOutput(srv, 'ready');
-    const host = server.endpoint.ipv4;
-    const sample = async (port: number, mode: 'rate' | 'latency') =>
-      JSON.parse(await inNs(client.netns, process.execPath, ['-e', CLIENT, host, String(port), mode, String(SECONDS), String(CONCURRENCY), String(LATENCY_REQUESTS)])) as { rate?: number; p50?: number; p99?: number };
-    // The proxy answers 403 to a request no rule allows: check the path is the proxy's before measuring.
-    const probe = await inNs(client.netns, process.execPath, ['-e', `require('node:http').request({ host: '${host}', port: ${PROXIED_PORT}, path: '/other', method: 'DELETE' }, (r) => console.log(r.statusCode)).end()`]);
-    if (probe.trim() !== '403') throw new Error(`port ${PROXIED_PORT} does not go through the proxy (DELETE /other answered ${probe.trim()})`);
     const { l7Proxy } = await node.client.get<{ l7Proxy?: { pid?: number } }>('/v1/status');
     const proxyPid = l7Proxy?.pid;
     if (proxyPid === undefined) throw new Error('the agent reports no L7 proxy process');
-    const proxyCpuUsPerReq: number[] = [];
-    const latency: Record<'proxied' | 'direct', { p50: number[]; p99: number[] }> = { proxied: { p50: [], p99: [] }, direct: { p50: [], p99: [] } };
-    const lat = (which: 'proxied' | 'direct', port: number) => async () => {
-      const r = await sample(port, 'latency');
-      latency[which].p50.push(r.p50!);
-      latency[which].p99.push(r.p99!);
-      return r.p50!;
-    };
-    const rates = await interleave(rounds, {
-      proxied: async () => {
-        const cpu = cpuNs(proxyPid);
-        const rate = (await sample(PROXIED_PORT, 'rate')).rate!;
-        proxyCpuUsPerReq.push((cpuNs(proxyPid) - cpu) / 1000 / (rate * SECONDS));
-        return rate;
-      },
-      direct: async () => (await sample(DIRECT_PORT, 'rate')).rate!,
-    }, { onRound: (r, s) => ctx.log(`rate round ${r + 1}: proxied ${Math.round(s.proxied.at(-1)!)}, direct ${Math.round(s.direct.at(-1)!)} req/s`) });
-    await interleave(rounds, { proxied: lat('proxied', PROXIED_PORT), direct: lat('direct', DIRECT_PORT) }, {
-      warmup: 0,
-      onRound: (r) => ctx.log(`latency round ${r + 1}: p50 proxied ${round(latency.proxied.p50.at(-1)!)} µs, direct ${round(latency.direct.p50.at(-1)!)} µs`),
-    });
-    const baseline = 'the same pods and server on a port allowed at L4 (no proxy)';
-    const rp = median(rates.proxied);
-    const rd = median(rates.direct);
-    ctx.emit({ metric: 'req_per_s', value: round(rp, 0), unit: 'req/s', baseline, baseline_value: round(rd, 0), ratio: round(rp / rd, 3), better: 'higher', target: '≥ 0.5 of direct', met: rp / rd >= 0.5, concurrency: CONCURRENCY, rounds });
-    // The warm-up round's figure is left out, as interleave leaves out its rate.
-    const cpuPerReq = median(proxyCpuUsPerReq.slice(1));
-    ctx.emit({ metric: 'proxy_cpu_us_per_req', value: round(cpuPerReq), unit: 'µs', baseline: null, ratio: null, better: 'lower', req_per_s_at_one_core: round(1e6 / cpuPerReq, 0), rounds });
-    for (const p of ['p50', 'p99'] as const) {
-      const proxied = median(latency.proxied[p]);
-      const direct = median(latency.direct[p]);
-      ctx.emit({ metric: `latency_${p}_us`, value: round(proxied), unit: 'µs', baseline, baseline_value: round(direct), ratio: round(proxied / direct, 3), better: 'lower', rounds });
-      const added = proxied - direct;
-      ctx.emit({ metric: `added_${p}_us`, value: round(added), unit: 'µs', baseline: null, ratio: null, better: 'lower', ...(p === 'p99' ? { target: '< 1000 µs', met: added < 1000 } : {}), rounds });
-    }
+    await measure(ctx, rounds, server.endpoint.ipv4, client.netns, proxyPid, '');
+    await measure(ctx, rounds, server.endpoint.ipv4, node.netns, proxyPid, 'stack_');
   } finally {
     await cleanups.run();
   }

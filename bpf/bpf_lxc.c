@@ -107,6 +107,40 @@ static __always_inline int arp_from_endpoint(struct __sk_buff *skb, struct cilia
 	return TC_ACT_OK;
 }
 
+/*
+ * A packet cil_to_container sent back here for the node proxy (proxy.h, the hairpin): a
+ * connection from the node's stack to the endpoint behind this interface, not a packet of the
+ * pod, so none of the pod's checks apply. Out of line: the pod's packets pay for a mark test only.
+ */
+static __noinline int from_stack_to_proxy(struct __sk_buff *skb)
+{
+	struct ciliate_notify_info info = { .flags = CILIATE_EVENT_F_INGRESS };
+	struct ipv4_ct_tuple tuple = {};
+	struct endpoint_info *self;
+	struct iphdr *ip;
+	__u8 tcp_flags = 0;
+
+	pull_headers(skb);
+	void *data = ctx_data(skb);
+	void *data_end = ctx_data_end(skb);
+
+	ip = pkt_header(data, data_end, ETH_HLEN, sizeof(*ip));
+	if (!ip || ipv4_hdrlen(ip) < sizeof(*ip))
+		return DROP_ON_INTERFACE(skb, &info, DROP_INVALID_PACKET);
+	self = lxc_on_interface(skb, ip->daddr);
+	if (!self)
+		return DROP_ON_INTERFACE(skb, &info, DROP_UNROUTABLE);
+	info.endpoint_id = self->lxc_id;
+	info.dst_identity = self->sec_identity;
+	info.dst_id = self->lxc_id;
+	tuple.daddr = ip->daddr;
+	tuple.saddr = ip->saddr;
+	tuple.nexthdr = ip->protocol;
+	if (!ipv4_is_fragment(ip) && ct_extract_ports4(data, data_end, ETH_HLEN + ipv4_hdrlen(ip), &tuple, &tcp_flags) < 0)
+		return DROP(skb, &info, DROP_CT_INVALID_HDR);
+	return proxy_hairpin4(skb, &info, &tuple, tcp_flags);
+}
+
 static __always_inline int from_container(struct __sk_buff *skb)
 {
 	struct ciliate_notify_info info = {};
@@ -119,6 +153,11 @@ static __always_inline int from_container(struct __sk_buff *skb)
 	struct iphdr *ip;
 	__u8 tcp_flags;
 	int ret;
+
+	/* Only cil_to_container's hairpin brings this mark: the pod's own packets lost theirs on
+	 * the way out of its namespace (proxy_hairpinned). */
+	if (proxy_hairpinned(skb))
+		return from_stack_to_proxy(skb);
 
 	pull_headers(skb);
 	void *data = ctx_data(skb);
@@ -235,7 +274,8 @@ static __always_inline int from_container(struct __sk_buff *skb)
 /* Packets the node's stack routed to this pod (from the host, or from outside the node; in native
  * mode also pods of other nodes). Pod to pod traffic on this node and pods of other nodes in
  * tunnel mode never get here: cil_from_container and cil_from_overlay redirect past this hook
- * (and check the ingress policy themselves). The source identity is the ipcache's: HOST for the
+ * (and check the ingress policy themselves). A connection HTTP rules send to the node proxy goes
+ * back to this veth's ingress (the hairpin, proxy.h), and from there into the proxy. The source identity is the ipcache's: HOST for the
  * node's own addresses when the agent put them there, WORLD for addresses it does not know. A
  * destination that is not the address of the endpoint behind this interface is dropped as
  * DROP_UNROUTABLE: the stack routes a pod's /32 here and nothing else. */
@@ -288,13 +328,20 @@ static __always_inline int to_container(struct __sk_buff *skb)
 	if (ret)
 		return ret;
 	if (!from_proxy) {
+		/* HTTP rules: the connection goes to the node proxy through the hairpin (proxy.h). */
+		info.flags |= CILIATE_NOTIFY_F_PROXY_OK;
 		ret = policy_enforce4(skb, &info, self_id, CILIATE_POLICY_INGRESS, &tuple);
 		if (ret)
 			return ret;
 	}
+	/* The proxy speaks HTTP: anything else an L7 entry allowed is dropped, never let through. */
+	if ((info.flags & CILIATE_NOTIFY_F_TO_PROXY) && tuple.nexthdr != IPPROTO_TCP)
+		return DROP(skb, &info, DROP_PROXY_UNSUPPORTED);
 	ret = ipv4_ct_commit(skb, &info, CT_INGRESS, src_identity, &tuple, tcp_flags);
 	if (ret)
 		return ret;
+	if (info.flags & CILIATE_NOTIFY_F_TO_PROXY)
+		return redirect_to_proxy_hairpin4(skb, &info, self, info.proxy_port);
 	send_trace_notify(skb, &info, TRACE_TO_LXC);
 	return TC_ACT_OK;
 }

@@ -8,7 +8,8 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { proxyIngressMark } from '../src/proxy/index.ts';
-import { TestNode, Underlay, cli, connectMarked, dnsQuery, dnsServer, httpRequest, httpServer, sleep, type AgentOptions } from './support/cluster.ts';
+import { TestNode, Underlay, connectMarked, dnsQuery, dnsServer, httpRequest, httpServer, type AgentOptions } from './support/cluster.ts';
+import { enforce, eventually, flows } from './support/flows.ts';
 
 /**
  * The client's egress: GET /public on the web pods' port 80 and DNS for *.example.com from the
@@ -65,47 +66,11 @@ spec:
         http: [{method: GET, path: /public}]
 `;
 
-/** A flow as `observe -o json` prints it (Hubble's proto field names). */
-interface Flow {
-  verdict?: string;
-  Type?: string;
-  drop_reason_desc?: string;
-  source?: { identity?: number };
-  destination?: { identity?: number };
-  IP?: { source?: string; destination?: string };
-  l4?: { TCP?: { destination_port?: number } };
-  l7?: { type?: string; http?: { method?: string; url?: string } };
-}
-
-async function flows(node: TestNode, ...filter: string[]): Promise<Flow[]> {
-  const out = await cli(node, 'observe', '--last', '2000', ...filter, '-o', 'json');
-  assert.equal(out.code, 0, out.stderr);
-  return out.stdout.trim().split('\n').filter(Boolean).map((l) => (JSON.parse(l) as { flow: Flow }).flow);
-}
-
 async function twoNodes(t: TestContext, routingMode: 'tunnel' | 'native'): Promise<[TestNode, TestNode]> {
   const underlay = await Underlay.create(t);
   const etcd = await underlay.startEtcd(t);
   const options = (nodeName: string, nodeIp: string): AgentOptions => ({ nodeName, nodeIp, underlay, etcd, routingMode });
   return [await TestNode.start(t, options('n1', '192.168.100.1')), await TestNode.start(t, options('n2', '192.168.100.2'))];
-}
-
-/** Imports `yaml` on `node` and waits until every node enforces it. */
-async function enforce(node: TestNode, file: string, yaml: string): Promise<void> {
-  const { revision } = await node.client.call<{ revision: number }>('POST', '/v1/policies', { file, yaml });
-  const waited = await cli(node, 'policy', 'wait', String(revision), '--timeout', '20');
-  assert.equal(waited.code, 0, waited.stderr);
-}
-
-/** Until `check` holds on the flows `node` reports (the observer reads the ring asynchronously). */
-async function eventually(node: TestNode, filter: string[], check: (f: Flow[]) => boolean): Promise<Flow[]> {
-  let seen: Flow[] = [];
-  for (let i = 0; i < 20; i++) {
-    seen = await flows(node, ...filter);
-    if (check(seen)) break;
-    await sleep(250);
-  }
-  return seen;
 }
 
 test('tunnel mode: egress HTTP (and DNS) to a pod of another node carries the client\'s identity to that node, whose ingress policy admits the client; ingress HTTP rules judge a client of another node', async (t) => {

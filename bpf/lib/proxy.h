@@ -24,6 +24,14 @@
  * identity in its socket mark (SO_MARK: root in the node only). cil_to_container trusts it only on
  * packets of a local socket, and a pod cannot forge it: the mark is scrubbed when a packet crosses
  * from a pod's network namespace into the node's.
+ *
+ * Connections that reach a pod through the node's stack (native routing from another node, the
+ * host, outside the cluster) meet their L7 verdict in cil_to_container, at TC egress, where
+ * bpf_sk_assign is refused. They take Cilium's hairpin (ctx_redirect_to_proxy_hairpin_ipv4):
+ * cil_to_container marks the packet MARK_MAGIC_TO_PROXY with the proxy port in the upper half
+ * and redirects it to the ingress of the same host veth, where cil_from_container sees the mark
+ * and assigns the proxy's listener (proxy_hairpin4). Cilium redirects to cilium_host instead;
+ * the pod's own veth needs no device of its own and keeps the endpoint at hand on both sides.
  */
 #pragma once
 
@@ -31,11 +39,16 @@
 #include "drop_reasons.h"
 #include "events.h"
 #include "conntrack.h"
+#include "eth.h"
+#include "maps.h"
 
 /* Cilium's magic marks (bpf/lib/common.h there). */
 #define MARK_MAGIC_HOST_MASK 0x0F00
 #define MARK_MAGIC_TO_PROXY 0x0200
 #define MARK_MAGIC_PROXY_INGRESS 0x0A00
+
+/* The proxy port's place in a hairpin's MARK_MAGIC_TO_PROXY mark, as in Cilium. */
+#define MARK_HAIRPIN_PORT_SHIFT 16
 
 #define PROXY_LISTEN_ADDR 0x7f000001	/* 127.0.0.1, host order */
 
@@ -157,4 +170,71 @@ __noinline int redirect_to_proxy4(struct __sk_buff *skb, struct ciliate_notify_i
 out:
 	send_trace_notify(skb, info, TRACE_TO_PROXY);
 	return TC_ACT_OK;
+}
+
+/*
+ * cil_to_container's half of the hairpin: a packet of a connection whose ingress verdict carries
+ * a proxy port (its SYN, which the caller has tracked as CT_F_PROXY_REDIRECT, and every later
+ * packet the entry says so of) goes back to the ingress of the endpoint's host veth, marked for
+ * proxy_port. The frame is rewritten as if the pod had sent it to the node (its MAC to the
+ * veth's): otherwise the ingress names it PACKET_OTHERHOST and the stack drops it.
+ */
+static __always_inline int redirect_to_proxy_hairpin4(struct __sk_buff *skb, struct ciliate_notify_info *info,
+							const struct endpoint_info *ep, __u16 proxy_port)
+{
+	int err = eth_store_daddr(skb, ep->node_mac);
+
+	if (!err)
+		err = eth_store_saddr(skb, ep->mac);
+	if (err) {
+		info->ext_error = err;
+		return DROP(skb, info, DROP_INVALID_PACKET);
+	}
+	skb->mark = MARK_MAGIC_TO_PROXY | ((__u32)proxy_port << MARK_HAIRPIN_PORT_SHIFT);
+	return bpf_redirect(ep->ifindex, BPF_F_INGRESS);
+}
+
+/*
+ * Whether a packet at cil_from_container came from cil_to_container's hairpin. Nothing else can
+ * bring this mark there: a packet leaving a pod crosses its veth from the pod's namespace into
+ * the node's, and the kernel scrubs skb->mark on that crossing (____dev_forward_skb:
+ * skb_scrub_packet with xnet), whatever SO_MARK or tc action set it inside the pod. The hairpin
+ * redirect stays in the node's namespace, so its mark survives. proxy_hairpin4 checks the
+ * connection against conntrack all the same.
+ */
+static __always_inline bool proxy_hairpinned(const struct __sk_buff *skb)
+{
+	return (skb->mark & 0xFFFF) == MARK_MAGIC_TO_PROXY && (skb->mark >> MARK_HAIRPIN_PORT_SHIFT);
+}
+
+/*
+ * cil_from_container's half: hands a hairpinned packet to the proxy as redirect_to_proxy4 does
+ * for a pod's (the listener assigned to a SYN, whose original destination and client identity
+ * are noted in ciliate_proxy4; later packets marked for local delivery), skipping the pod's
+ * source checks and policy: its source is the remote client, judged at cil_to_container. Only a
+ * connection cil_to_container tracked as redirected to this very port passes: the identity the
+ * proxy is told is the one that connection was judged with (the entry's src_sec_id). The caller
+ * checked that the destination is the endpoint behind this interface.
+ */
+static __noinline int proxy_hairpin4(struct __sk_buff *skb, struct ciliate_notify_info *info,
+				     const struct ipv4_ct_tuple *tuple, __u8 tcp_flags)
+{
+	struct ipv4_ct_tuple key;
+	struct ct_entry *entry;
+	__u32 port = skb->mark >> MARK_HAIRPIN_PORT_SHIFT;
+
+	if (!info || !tuple)
+		return TC_ACT_SHOT;
+	key = *tuple;
+	key.flags = CT_INGRESS;
+	key._pad = 0;
+	entry = bpf_map_lookup_elem(&ciliate_ct4, &key);
+	if (tuple->nexthdr != IPPROTO_TCP || !entry || !(entry->flags & CT_F_PROXY_REDIRECT) || entry->proxy_port != port)
+		return DROP(skb, info, DROP_PROXY_SET_FAILED);
+	info->src_identity = entry->src_sec_id;
+	/* The connection's later packets were judged with it: news only at its opening (or under
+	 * the lowest aggregation). */
+	if (!ct_opening(tuple, tcp_flags))
+		info->flags |= CILIATE_NOTIFY_F_AGGREGATE;
+	return redirect_to_proxy4(skb, info, tuple, port, tcp_flags);
 }

@@ -22,7 +22,7 @@ import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
 import { Reconciler, Table, type ReconcilerHealth } from '../statedb/index.ts';
 import type { Link, Netlink } from '../datapath/netlink/index.ts';
-import { disableIpv6, isPoolLink, POOL_LINK_ALIAS, POOL_LINK_GROUP } from './endpoint-links.ts';
+import { isPoolLink, prepareHostLink, POOL_LINK_ALIAS, POOL_LINK_GROUP } from './endpoint-links.ts';
 
 /** What the pool needs of the endpoint datapath (src/datapath's EndpointDatapath has it). */
 export interface PoolDatapath {
@@ -220,7 +220,7 @@ export class EndpointLinkPool {
     try {
       await nl.setLink(host.ifindex, { alias: POOL_LINK_ALIAS });
       // The pod end needs none: a move into the pod's namespace starts its IPv6 settings afresh.
-      disableIpv6(nl, slot.name);
+      prepareHostLink(nl, slot.name);
       const peer = await nl.link(slot.peer);
       if (!peer) throw new Error(`pool link ${slot.name}: its pod end ${slot.peer} vanished`);
       await this.#datapath.attachPooled(slot.name, host.ifindex);

@@ -52,3 +52,18 @@ export function disableIpv6(nl: Netlink, ifname: string): void {
     if (!NetlinkError.is(error, 'ENOENT')) throw error;
   }
 }
+
+/**
+ * The host end of a pod's link, before it goes up: no IPv6 (disableIpv6), and what the hairpin to
+ * the node proxy needs (bpf/lib/proxy.h: a connection from the node's stack to the pod re-enters
+ * the node at this device's ingress, from its client's address): no reverse-path filter (the
+ * client is routed through another device; the kernel applies the larger of this and
+ * conf/all, so a strict conf/all still drops, as for Cilium, which sets it to 0), and local
+ * source addresses accepted (the node's own connections, the host as client). Neither opens
+ * anything to the pod: cil_from_container drops whatever it sends from an address not its own.
+ */
+export function prepareHostLink(nl: Netlink, ifname: string): void {
+  disableIpv6(nl, ifname);
+  nl.writeSysctl(['net', 'ipv4', 'conf', ifname, 'rp_filter'], '0');
+  nl.writeSysctl(['net', 'ipv4', 'conf', ifname, 'accept_local'], '1');
+}

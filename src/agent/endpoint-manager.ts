@@ -14,7 +14,7 @@ import { type Endpoint, type EndpointContainer, type EndpointWorkload, container
 import type { NamedPort } from '../loadbalancer/index.ts';
 import type { Ipcache, IpcacheEntry } from './ipcache.ts';
 import { InvalidLabelsError, podLabels, type IdentityAllocator, type Labels } from '../identity/index.ts';
-import { disableIpv6, endpointLinkAlias, ENDPOINT_LINK_GROUP, isEndpointLink } from './endpoint-links.ts';
+import { disableIpv6, endpointLinkAlias, prepareHostLink, ENDPOINT_LINK_GROUP, isEndpointLink } from './endpoint-links.ts';
 import { EndpointLinkPool, type PoolDatapath, type PoolLink } from './endpoint-link-pool.ts';
 
 /** The kernel side of an endpoint (programs, links, map entries); implemented in src/datapath. */
@@ -225,6 +225,13 @@ export class EndpointManager {
       await this.#policy?.addEndpoint(endpoint.id, this.#securityLabels(endpoint), endpoint.ports);
       this.table.upsert(endpoint);
       this.#ipcache.upsert(localIpcacheEntry(endpoint));
+      // Links an agent before the hairpin to the proxy made lack its settings; the same for the rest.
+      try {
+        prepareHostLink(this.#hostNetlink(), endpoint.hostIfname);
+      } catch (error) {
+        // Gone while the agent was away: the reconciler reports the endpoint.
+        if (!NetlinkError.is(error, 'ENOENT')) throw error;
+      }
       const identity = tryNamespaceIdentity(endpoint.netns);
       if (identity) this.#netnsIds.set(containerInterfaceKey(endpoint.containerId, endpoint.ifname), { identity, path: endpoint.netns });
     }
@@ -457,7 +464,7 @@ export class EndpointManager {
       const [pod] = await Promise.all([
         this.#plumbPod(request, address, host.mac).then((link) => (mark('pod'), link)),
         Promise.resolve()
-          .then(() => disableIpv6(this.#hostNetlink(), hostIfname))
+          .then(() => prepareHostLink(this.#hostNetlink(), hostIfname))
           .then(() => this.#hostNetlink().setLink(host.ifindex, { up: true }))
           .then(() => this.#hostNetlink().replaceRoute({ dst: `${address}/32`, dev: host.ifindex, scope: 'link' }))
           .then(() => mark('host')),

@@ -12,13 +12,14 @@ import { join } from 'node:path';
 import { RingBuffer, inNetns } from '../ebpf/index.ts';
 import { pinDir } from '../ebpf/internal/testutils.ts';
 import { PolicyDirection, PolicyMatch, PolicyVerdict, type PolicyMapEntry } from '../policy/policy-map.ts';
+import { L7_PROXY_PORT } from '../policy/policy-map.ts';
 import { DropReasonCode } from './drop-reasons.ts';
 import { CtStatus, MonitorEventType, decodeEvent, type DatapathEvent, type DropEvent, type PolicyVerdictEvent } from './events.ts';
 import { LxcProgram, loadLxc, lxcMaps, type LxcMaps } from './lxc.ts';
 import { CtDirection, CtFlag, ReservedIdentity, TcpFlag } from './maps.ts';
 import { buildIpv4Frame } from './packet.ts';
 import { EndpointPolicyMaps, endpointPolicyPinPath } from './policy-maps.ts';
-import { skbOnInterface, testRunInterfaces } from './testutils.ts';
+import { skbMark, skbOnInterface, testRunInterfaces } from './testutils.ts';
 
 const TC_ACT_OK = 0;
 const TC_ACT_SHOT = 2;
@@ -34,6 +35,8 @@ interface Fixture {
   policy: EndpointPolicyMaps;
   /** Runs `program` on a frame on endpoint `ep`'s host veth. */
   run(ep: Ep, frame: Buffer, program?: string): { verdict: number; events: DatapathEvent[] };
+  /** run(), with skb->mark `mark`, giving back the frame and context as the program left them. */
+  runFull(ep: Ep, frame: Buffer, program?: string, mark?: number): { verdict: number; events: DatapathEvent[]; data: Buffer; context: Buffer | undefined };
 }
 
 function setup(t: TestContext): Fixture {
@@ -59,11 +62,15 @@ function setup(t: TestContext): Fixture {
     maps,
     policy,
     run(ep, frame, program = LxcProgram.FROM_CONTAINER) {
-      const result = inNetns(netns, () => obj.program(program).testRun({ data: frame, context: skbOnInterface(ep.ifindex) }));
+      const { verdict, events } = this.runFull(ep, frame, program);
+      return { verdict, events };
+    },
+    runFull(ep, frame, program = LxcProgram.FROM_CONTAINER, mark = 0) {
+      const result = inNetns(netns, () => obj.program(program).testRun({ data: frame, context: skbOnInterface(ep.ifindex, mark) }));
       const events: DatapathEvent[] = [];
       ring.consume((_view, offset, length, bytes) => void events.push(decodeEvent(bytes, offset, length)));
       assert.equal(ring.lost(), 0n);
-      return { verdict: result.returnValue, events };
+      return { verdict: result.returnValue, events, data: result.data, context: result.context };
     },
   };
 }
@@ -85,6 +92,8 @@ const ALLOW_ALL_INGRESS = entry({ identity: 0, direction: PolicyDirection.INGRES
 
 const tcp = (from: Ep, to: Ep, sport: number, dport: number, flags: number): Buffer =>
   buildIpv4Frame({ srcMac: from.mac, dstMac: from.nodeMac, src: from.ip, dst: to.ip, tcp: { sport, dport, flags } });
+
+const macBytes = (mac: string): Buffer => Buffer.from(mac.split(':').map((x) => parseInt(x, 16)));
 
 const verdicts = (events: DatapathEvent[]) => events.filter((e): e is PolicyVerdictEvent => e.kind === 'policy-verdict');
 const drops = (events: DatapathEvent[]) => events.filter((e): e is DropEvent => e.kind === 'drop');
@@ -359,7 +368,7 @@ test('EndpointPolicyMaps spares: installed ahead and empty (deny-all), an add cl
   assert.equal(f.maps.policyMaps.lookup(THIRD), undefined);
 });
 
-test('an entry with L7 rules allows only into the node proxy: no proxy listening drops the SYN untracked (178); a path that cannot redirect drops it (180); never delivered', (t) => {
+test('an entry with L7 rules allows only into the node proxy: no proxy listening drops the SYN untracked (178); from the stack the connection is hairpinned to the veth\'s ingress, marked for the proxy port, and its ingress hands it to the proxy (178 with nobody listening); not TCP drops it (180); never delivered', (t) => {
   const f = setup(t);
   const l7 = (e: PolicyMapEntry): PolicyMapEntry => ({ ...e, l7: [{ ruleKey: 'CiliumNetworkPolicy/default/rule1', http: [{ method: 'POST' }] }] });
   f.policy.apply(CLIENT.id, { upserts: [ALLOW_ALL_EGRESS, ALLOW_ALL_INGRESS], deletes: [] });
@@ -379,12 +388,41 @@ test('an entry with L7 rules allows only into the node proxy: no proxy listening
     assert.equal(drops(events)[0].reason, DropReasonCode.DROP_PROXY_LOOKUP_FAILED);
     assert.equal(f.maps.ct4.lookup(ctKey(CLIENT, SERVER, 41000, 80)), undefined, 'no conntrack entry: the retransmission is redirected anew');
   }
-  // From the stack (outside, the host): no redirect there, so no way in.
+  // From the stack (outside, the host): tracked as redirected, then back to the ingress of the
+  // server's veth, marked for the proxy port, the frame as if the server had sent it to the node.
   const outside = { ...CLIENT, ip: '203.0.113.9' };
-  const { verdict, events } = f.run(SERVER, tcp(outside, SERVER, 41001, 80, TcpFlag.SYN), LxcProgram.TO_CONTAINER);
+  const inbound = buildIpv4Frame({ srcMac: SERVER.nodeMac, dstMac: SERVER.mac, src: outside.ip, dst: SERVER.ip, tcp: { sport: 41001, dport: 80, flags: TcpFlag.SYN } });
+  const hairpin = f.runFull(SERVER, inbound, LxcProgram.TO_CONTAINER);
+  assert.equal(hairpin.verdict, TC_ACT_REDIRECT);
+  assert.deepEqual(drops(hairpin.events), []);
+  assert.equal(verdicts(hairpin.events)[0].allowed, true);
+  const mark = skbMark(hairpin.context);
+  assert.equal(mark, (L7_PROXY_PORT << 16) | 0x0200, 'MARK_MAGIC_TO_PROXY with the proxy port above it (bpf/lib/proxy.h)');
+  assert.deepEqual([hairpin.data.subarray(0, 6), hairpin.data.subarray(6, 12)], [macBytes(SERVER.nodeMac), macBytes(SERVER.mac)], 'to the node, from the pod');
+  const inKey = { daddr: SERVER.ip, saddr: outside.ip, dport: 80, sport: 41001, nexthdr: 6, flags: CtDirection.INGRESS };
+  const tracked = f.maps.ct4.lookup(inKey);
+  assert.ok(tracked && tracked.flags & CtFlag.PROXY_REDIRECT, 'tracked as redirected');
+  assert.equal(tracked.proxy_port, L7_PROXY_PORT);
+  assert.equal(tracked.src_sec_id, ReservedIdentity.WORLD);
+  // Its ingress (cil_from_container, with the mark) skips the pod's checks (the source is not
+  // the pod's) and goes for the proxy's listener: nobody listens in this namespace.
+  const assigned = f.runFull(SERVER, hairpin.data, LxcProgram.FROM_CONTAINER, mark);
+  assert.equal(assigned.verdict, TC_ACT_SHOT);
+  assert.deepEqual(drops(assigned.events).map((d) => [d.reason, d.srcIdentity]), [[DropReasonCode.DROP_PROXY_LOOKUP_FAILED, ReservedIdentity.WORLD]], 'the proxy\'s drop, not the pod\'s source check (132)');
+  // The mark on a connection conntrack never sent to the proxy (or to another port) is no way in.
+  const unknown = buildIpv4Frame({ srcMac: SERVER.mac, dstMac: SERVER.nodeMac, src: outside.ip, dst: SERVER.ip, tcp: { sport: 41002, dport: 80, flags: TcpFlag.SYN } });
+  for (const [frame, m] of [[unknown, mark], [hairpin.data, ((L7_PROXY_PORT + 1) << 16) | 0x0200]] as const) {
+    const forged = f.runFull(SERVER, frame, LxcProgram.FROM_CONTAINER, m);
+    assert.equal(forged.verdict, TC_ACT_SHOT);
+    assert.deepEqual(drops(forged.events).map((d) => d.reason), [DropReasonCode.DROP_PROXY_SET_FAILED]);
+  }
+  // The proxy speaks HTTP only: UDP an L7 entry allows from the stack is dropped, untracked.
+  f.policy.apply(SERVER.id, { upserts: [l7(entry({ identity: ReservedIdentity.WORLD, direction: PolicyDirection.INGRESS, protocol: 17, port: 80, cookie: 5 }))], deletes: [] });
+  const datagram = buildIpv4Frame({ srcMac: SERVER.nodeMac, dstMac: SERVER.mac, src: outside.ip, dst: SERVER.ip, udp: { sport: 41003, dport: 80 }, payload: Buffer.alloc(8) });
+  const { verdict, events } = f.run(SERVER, datagram, LxcProgram.TO_CONTAINER);
   assert.equal(verdict, TC_ACT_SHOT);
   assert.equal(drops(events)[0].reason, DropReasonCode.DROP_PROXY_UNSUPPORTED);
-  assert.equal(f.maps.ct4.lookup({ daddr: SERVER.ip, saddr: outside.ip, dport: 80, sport: 41001, nexthdr: 6, flags: CtDirection.INGRESS }), undefined);
+  assert.equal(f.maps.ct4.lookup({ ...inKey, sport: 41003, nexthdr: 17 }), undefined);
 });
 
 test('an egress entry with DNS rules sends UDP and TCP to the DNS proxy: with nobody listening the query is dropped untracked (178), never let through to the resolver', (t) => {

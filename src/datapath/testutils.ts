@@ -143,17 +143,32 @@ export function testRunInterfaces(t: TestContext, ifindexes: readonly number[]):
   return namedNetns(name);
 }
 
-let skbLayout: { size: number; ifindex: number } | undefined;
+let skbLayout: { size: number; ifindex: number; mark: number } | undefined;
 
-/** A struct __sk_buff for BPF_PROG_TEST_RUN that puts the packet on interface `ifindex`. */
-export function skbOnInterface(ifindex: number): Buffer {
+function skbFields(): { size: number; ifindex: number; mark: number } {
   if (!skbLayout) {
     const layout = Btf.fromElf(LXC_OBJECT_PATH).structLayout('__sk_buff');
-    const member = layout.members.find((m) => m.name === 'ifindex');
-    assert.ok(member, 'struct __sk_buff has an ifindex');
-    skbLayout = { size: layout.size, ifindex: member.offset };
+    const offset = (name: string): number => {
+      const member = layout.members.find((m) => m.name === name);
+      assert.ok(member, `struct __sk_buff has a ${name}`);
+      return member.offset;
+    };
+    skbLayout = { size: layout.size, ifindex: offset('ifindex'), mark: offset('mark') };
   }
-  const ctx = Buffer.alloc(skbLayout.size);
-  ctx.writeUInt32LE(ifindex, skbLayout.ifindex);
+  return skbLayout;
+}
+
+/** A struct __sk_buff for BPF_PROG_TEST_RUN that puts the packet on interface `ifindex`, with skb->mark `mark`. */
+export function skbOnInterface(ifindex: number, mark = 0): Buffer {
+  const fields = skbFields();
+  const ctx = Buffer.alloc(fields.size);
+  ctx.writeUInt32LE(ifindex, fields.ifindex);
+  ctx.writeUInt32LE(mark >>> 0, fields.mark);
   return ctx;
+}
+
+/** skb->mark of a struct __sk_buff BPF_PROG_TEST_RUN gave back. */
+export function skbMark(ctx: Buffer | undefined): number {
+  assert.ok(ctx, 'the run gave its context back');
+  return ctx.readUInt32LE(skbFields().mark);
 }

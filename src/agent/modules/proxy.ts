@@ -33,6 +33,20 @@ export async function ensureToProxyRouting(): Promise<void> {
   }
 }
 
+/**
+ * Off, for connections hairpinned to the proxy (bpf/lib/proxy.h): the proxy's socket of such a
+ * connection has the pod's address as its own, in the node's namespace, so TCP early demux would
+ * find it for the client's packets as they arrive on the uplink, before the datapath marks them
+ * (at the pod's veth), and the stack then refuses to forward a packet that has a socket: every
+ * packet after the SYN would be lost. Without early demux the stack routes them to the pod's veth
+ * and cil_to_container hands them on. The cost is a route lookup per received segment of the
+ * node's own TCP connections where the cached one sufficed. Per network namespace.
+ */
+export function disableTcpEarlyDemux(): void {
+  using nl = Netlink.open();
+  nl.writeSysctl('net.ipv4.tcp_early_demux', '0');
+}
+
 type IdentityPairs = ProxyState['identities'];
 
 /**
@@ -78,6 +92,7 @@ export const proxyModule = defineModule({
     if (!config.enableL7Proxy) return { value: source, status: () => ({ l7Proxy: { enabled: false } }) };
 
     await ensureToProxyRouting();
+    disableTcpEarlyDemux();
 
     const supervisor = new ProxySupervisor({
       port: L7_PROXY_PORT,
