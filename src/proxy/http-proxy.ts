@@ -165,13 +165,20 @@ type RecordBase = Pick<L7HttpRecord, 'source' | 'destination' | 'method' | 'url'
 
 const UPSTREAM_FAILED_BODY = 'upstream connect error\r\n';
 
+/** A record of the exchange `base` describes, built field by field (two per request: no spreads). */
+function record(kind: L7HttpRecord['kind'], timeNs: string, verdict: L7HttpRecord['verdict'], base: RecordBase): L7HttpRecord {
+  const out: L7HttpRecord = { kind, timeNs, verdict, source: base.source, destination: base.destination, method: base.method, url: base.url, protocol: base.protocol };
+  if (base.direction) out.direction = base.direction;
+  return out;
+}
+
 /** A RESPONSE record: the code the client got, the latency since the request's start. */
 function responseRecord(base: RecordBase, startMs: number, start: number, code: number): L7HttpRecord {
   const latencyNs = Math.round((performance.now() - start) * 1e6);
-  // Field by field, not a spread of base: one of these per request.
-  const record: L7HttpRecord = { kind: 'RESPONSE', timeNs: epochNs(startMs, latencyNs), verdict: 'FORWARDED', code, latencyNs, source: base.source, destination: base.destination, method: base.method, url: base.url, protocol: base.protocol };
-  if (base.direction) record.direction = base.direction;
-  return record;
+  const out = record('RESPONSE', epochNs(startMs, latencyNs), 'FORWARDED', base);
+  out.code = code;
+  out.latencyNs = latencyNs;
+  return out;
 }
 
 /**
@@ -454,8 +461,13 @@ export class HttpProxy {
     const verdict = this.#judge(identity, src, dst, dport, request);
     // Its response's record too: the flows of an exchange judged by the client's egress rules are egress.
     if (verdict.direction === 'EGRESS') base.direction = 'EGRESS';
-    if (!verdict.ruleKeys) this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'DROPPED', code: 403, ...base });
-    else this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'FORWARDED', ruleKeys: verdict.ruleKeys, ...(verdict.ingressRuleKeys ? { ingressRuleKeys: verdict.ingressRuleKeys } : {}), ...base });
+    const judged = record('REQUEST', epochNs(startMs), verdict.ruleKeys ? 'FORWARDED' : 'DROPPED', base);
+    if (!verdict.ruleKeys) judged.code = 403;
+    else {
+      judged.ruleKeys = verdict.ruleKeys;
+      if (verdict.ingressRuleKeys) judged.ingressRuleKeys = verdict.ingressRuleKeys;
+    }
+    this.#options.emit(judged);
     return { identity, dst, dport, base, verdict };
   }
 
