@@ -4,10 +4,9 @@
  * with less than the policy in force; it exits when the agent goes away.
  * @module
  */
-import type { L7HttpRecord } from '../observer/index.ts';
 import { HttpProxy } from './http-proxy.ts';
 import { dieWithParent } from './libc.ts';
-import type { FromProxy, ToProxy } from './protocol.ts';
+import { WireRecordsWriter, type FromProxy, type ToProxy } from './protocol.ts';
 
 // A proxy without its agent would serve a policy nobody updates: it goes when the agent goes.
 if (!dieWithParent(Number(process.env.CILIATE_PROXY_PARENT))) process.exit(0);
@@ -22,15 +21,14 @@ const FLUSH_MS = 50;
 const FLUSH_COUNT = 1024;
 
 const send = (message: FromProxy) => process.send?.(message);
-let pending: L7HttpRecord[] = [];
+const pending = new WireRecordsWriter();
 let lost = 0;
 let timer: NodeJS.Timeout | undefined;
 const flush = () => {
   clearTimeout(timer);
   timer = undefined;
-  if (pending.length === 0 && lost === 0) return;
-  send({ type: 'records', records: pending, lost });
-  pending = [];
+  if (pending.size === 0 && lost === 0) return;
+  send({ type: 'records', records: pending.take(), lost });
   lost = 0;
 };
 
@@ -38,9 +36,9 @@ const proxy = new HttpProxy({
   port: Number(process.env.CILIATE_PROXY_PORT),
   ...(process.env.CILIATE_PROXY_ORIGINS ? { origins: process.env.CILIATE_PROXY_ORIGINS } : {}),
   emit(record) {
-    if (pending.length >= MAX_PENDING) lost++;
-    else pending.push(record);
-    if (pending.length >= FLUSH_COUNT) flush();
+    if (pending.size >= MAX_PENDING) lost++;
+    else pending.add(record);
+    if (pending.size >= FLUSH_COUNT) flush();
     else timer ??= setTimeout(flush, FLUSH_MS);
   },
 });

@@ -49,19 +49,28 @@ export function proxyIngressMark(identity: number): number {
  */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate', 'expect']);
 
+/**
+ * The lengths of the HOP_BY_HOP names: a header whose name has none of them is forwarded without
+ * lowercasing it first (most headers are: a lowercased copy per header per hop is the cost).
+ */
+const HOP_BY_HOP_LENGTHS = new Set([...HOP_BY_HOP].map((name) => name.length));
+
 /** `raw` without hop-by-hop headers and those its Connection header names; names and values as strings. */
 function forwardedHeaders(raw: readonly (string | Buffer)[]): string[] {
   const out: string[] = [];
   let connection: Set<string> | undefined;
   for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i].toString('latin1');
-    const lower = name.toLowerCase();
-    if (lower === 'connection') {
-      connection ??= new Set();
-      for (const t of raw[i + 1].toString('latin1').split(',')) connection.add(t.trim().toLowerCase());
+    const name = typeof raw[i] === 'string' ? (raw[i] as string) : raw[i].toString('latin1');
+    const value = typeof raw[i + 1] === 'string' ? (raw[i + 1] as string) : raw[i + 1].toString('latin1');
+    if (HOP_BY_HOP_LENGTHS.has(name.length)) {
+      const lower = name.toLowerCase();
+      if (lower === 'connection') {
+        connection ??= new Set();
+        for (const t of value.split(',')) connection.add(t.trim().toLowerCase());
+      }
+      if (HOP_BY_HOP.has(lower)) continue;
     }
-    if (HOP_BY_HOP.has(lower)) continue;
-    out.push(name, raw[i + 1].toString('latin1'));
+    out.push(name, value);
   }
   if (!connection) return out;
   // Rare: the Connection header named more headers to drop (it may come after them).
@@ -156,10 +165,20 @@ type RecordBase = Pick<L7HttpRecord, 'source' | 'destination' | 'method' | 'url'
 
 const UPSTREAM_FAILED_BODY = 'upstream connect error\r\n';
 
+/** A record of the exchange `base` describes, built field by field (two per request: no spreads). */
+function record(kind: L7HttpRecord['kind'], timeNs: string, verdict: L7HttpRecord['verdict'], base: RecordBase): L7HttpRecord {
+  const out: L7HttpRecord = { kind, timeNs, verdict, source: base.source, destination: base.destination, method: base.method, url: base.url, protocol: base.protocol };
+  if (base.direction) out.direction = base.direction;
+  return out;
+}
+
 /** A RESPONSE record: the code the client got, the latency since the request's start. */
 function responseRecord(base: RecordBase, startMs: number, start: number, code: number): L7HttpRecord {
   const latencyNs = Math.round((performance.now() - start) * 1e6);
-  return { kind: 'RESPONSE', timeNs: epochNs(startMs, latencyNs), verdict: 'FORWARDED', code, latencyNs, ...base };
+  const out = record('RESPONSE', epochNs(startMs, latencyNs), 'FORWARDED', base);
+  out.code = code;
+  out.latencyNs = latencyNs;
+  return out;
 }
 
 /**
@@ -182,11 +201,13 @@ class Exchange implements Dispatcher.DispatchHandler {
     this.#base = base;
     this.#startMs = startMs;
     this.#start = start;
-    res.on('close', () => {
-      if (res.writableFinished) return;
-      this.#gone = true;
-      this.#controller?.abort(new Error('the client closed its connection'));
-    });
+  }
+
+  /** The client's response closed (its 'close'): unless it was answered whole, the client went away. */
+  closed(): void {
+    if (this.#res.writableFinished) return;
+    this.#gone = true;
+    this.#controller?.abort(new Error('the client closed its connection'));
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
@@ -256,8 +277,8 @@ export class HttpProxy {
   /** Prefix length (longest first) → masked address → identity. */
   #prefixes: [number, Map<number, number>][] = [];
   readonly #agents = new Map<number, Agent>();
-  /** Per client connection: when its last forwarded request's response is done. */
-  readonly #inOrder = new WeakMap<net.Socket, Promise<void>>();
+  /** Per client connection: whether a forwarded request is upstream, and those waiting their turn. */
+  readonly #inOrder = new WeakMap<net.Socket, { active: boolean; waiting: (() => void)[] }>();
 
   constructor(options: HttpProxyOptions) {
     this.#options = options;
@@ -440,8 +461,13 @@ export class HttpProxy {
     const verdict = this.#judge(identity, src, dst, dport, request);
     // Its response's record too: the flows of an exchange judged by the client's egress rules are egress.
     if (verdict.direction === 'EGRESS') base.direction = 'EGRESS';
-    if (!verdict.ruleKeys) this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'DROPPED', code: 403, ...base });
-    else this.#options.emit({ kind: 'REQUEST', timeNs: epochNs(startMs), verdict: 'FORWARDED', ruleKeys: verdict.ruleKeys, ...(verdict.ingressRuleKeys ? { ingressRuleKeys: verdict.ingressRuleKeys } : {}), ...base });
+    const judged = record('REQUEST', epochNs(startMs), verdict.ruleKeys ? 'FORWARDED' : 'DROPPED', base);
+    if (!verdict.ruleKeys) judged.code = 403;
+    else {
+      judged.ruleKeys = verdict.ruleKeys;
+      if (verdict.ingressRuleKeys) judged.ingressRuleKeys = verdict.ingressRuleKeys;
+    }
+    this.#options.emit(judged);
     return { identity, dst, dport, base, verdict };
   }
 
@@ -460,18 +486,38 @@ export class HttpProxy {
     }
     // A request has a body only with a length or chunks (RFC 9112 6.3); it is streamed on.
     const hasBody = headers['content-length'] !== undefined || headers['transfer-encoding'] !== undefined;
-    const forward = () =>
+    const exchange = new Exchange(res, this.#options.emit, base, startMs, start);
+    const raw = forwardedHeaders(req.rawHeaders);
+    let started = false;
+    const forward = () => {
+      started = true;
       this.#agent(identity!).dispatch(
-        { origin: `http://${dst}:${dport}`, method, path, headers: applyHeaderEdits(forwardedHeaders(req.rawHeaders), verdict.edits), body: hasBody ? req : null },
-        new Exchange(res, this.#options.emit, base, startMs, start),
+        { origin: `http://${dst}:${dport}`, method, path, headers: verdict.edits.length === 0 ? raw : applyHeaderEdits(raw, verdict.edits), body: hasBody ? req : null },
+        exchange,
       );
+    };
     // Pipelined requests go upstream one after the other, as the client sent them on one
-    // connection: a POST is done before the GET behind it is asked (RFC 9112 9.3.2).
-    const before = this.#inOrder.get(socket);
-    const done = new Promise<void>((resolve) => res.once('close', () => resolve()));
-    this.#inOrder.set(socket, done);
-    if (before) void before.then(forward);
-    else forward();
+    // connection: a POST is done before the GET behind it is asked (RFC 9112 9.3.2). Node's server
+    // emits a response's 'close' once it is written (or the client is gone), in the client's order.
+    let line = this.#inOrder.get(socket);
+    if (!line) this.#inOrder.set(socket, (line = { active: false, waiting: [] }));
+    const queue = line;
+    res.on('close', () => {
+      exchange.closed();
+      if (!started) {
+        const at = queue.waiting.indexOf(forward);
+        if (at >= 0) queue.waiting.splice(at, 1);
+        return;
+      }
+      const next = queue.waiting.shift();
+      if (next) next();
+      else queue.active = false;
+    });
+    if (queue.active) queue.waiting.push(forward);
+    else {
+      queue.active = true;
+      forward();
+    }
   }
 
   /** An HTTP/2 stream: judged as an HTTP/1.1 request is, then forwarded on a stream of the identity's upstream session, trailers (gRPC's status) included. */

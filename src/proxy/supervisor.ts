@@ -14,7 +14,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import type { Logger } from 'pino';
 import type { L7HttpRecord } from '../observer/index.ts';
-import type { FromProxy, ProxyState, ToProxy } from './protocol.ts';
+import { readWireRecords, type FromProxy, type ProxyState, type ToProxy } from './protocol.ts';
 
 export interface ProxySupervisorOptions {
   port: number;
@@ -123,7 +123,7 @@ export class ProxySupervisor {
         log.info({ pid: child.pid, port: message.port }, 'L7 proxy listening');
         for (const wake of this.#readyWaiters.splice(0)) wake();
       } else if (message.type === 'records') {
-        this.#options.onRecords(message.records, message.lost);
+        this.#options.onRecords(readWireRecords(message.records), message.lost);
       } else if (message.type === 'fatal') {
         this.#lastExit = message.message;
         log.error({ pid: child.pid, reason: message.message }, 'L7 proxy failed');
