@@ -1,8 +1,9 @@
 /**
  * `dns-proxy`: what the DNS proxy adds to a pod's DNS queries under load, on the path users get.
- * One node (its own agent), one client pod, and a DNS server (test/support/dns-server.ts, its own
- * process) in a namespace acting as the world, answering A records for 100 names on two ports of
- * the same address. The pod's egress policy allows port 53 with `rules.dns` (matchPattern
+ * One node (its own agent), one client pod, and a DNS server (bench/c/dns-responder.c, its own
+ * process: C, as the resolver's own garbage collector and event loop, sharing this 2-core machine
+ * with the agent, are not what is measured) in a namespace acting as the world, answering A
+ * records for 100 names on two ports of the same address. The pod's egress policy allows port 53 with `rules.dns` (matchPattern
  * `*.example.com`), so the datapath hands those datagrams to the agent's dns-redirect listener and
  * the DNS proxy (policy verdict, forward to the resolver, answer learned into the FQDN cache for a
  * `toFQDNs` rule, Hubble DNS flows, answer sent as the resolver on a raw socket); port 5353 is
@@ -30,8 +31,7 @@
  * @module
  */
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { type BenchContext, buildC, interleave, median, ROOT, round } from './lib.ts';
+import { type BenchContext, buildC, interleave, median, round } from './lib.ts';
 import { BenchNode } from './support/agent.ts';
 import { addNetns, Cleanups, inNs, sh, sleep, spawnInNs, uniqueName, waitForOutput } from './support/ns.ts';
 
@@ -51,7 +51,8 @@ const PROXIED_PORT = 53;
 const DIRECT_PORT = 5353;
 const NAMES = Array.from({ length: NAME_COUNT }, (_, i) => `svc-${i}.example.com`);
 // TEST-NET-3: never the node's (192.0.2.1) nor the world's addresses.
-const RECORDS = Object.fromEntries(NAMES.map((n, i) => [n, { a: [`203.0.113.${i + 1}`], ttl: 300 }]));
+const RECORDS = NAMES.map((n, i) => `${n}=203.0.113.${i + 1}`);
+const TTL = 300;
 
 const POLICY = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -67,14 +68,6 @@ spec:
   - toFQDNs: [{matchPattern: "*.example.com"}]
     toPorts:
     - ports: [{port: "443", protocol: TCP}]
-`;
-
-/** One server process, both ports: the two paths differ only in what lies between. */
-const SERVER = `
-import { serveDns } from ${JSON.stringify(join(ROOT, 'test', 'support', 'dns-server.ts'))};
-const [address, records, ...ports] = process.argv.slice(1);
-for (const port of ports) await serveDns(address, Number(port), JSON.parse(records));
-console.log('ready');
 `;
 
 /**
@@ -148,7 +141,8 @@ export async function run(ctx: BenchContext): Promise<void> {
     await sh('ip', ['link', 'add', uplink, 'netns', `/run/netns/${node.netns}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', `/run/netns/${world}`]);
     await sh('ip', ['-n', node.netns, '-batch', '-'], { input: `addr add ${WORLD_NET}.1/24 dev ${uplink}\nlink set dev ${uplink} up\n` });
     await sh('ip', ['-n', world, '-batch', '-'], { input: `addr add ${RESOLVER}/24 dev eth0\nlink set dev eth0 up\n` });
-    const server = spawnInNs(cleanups, world, process.execPath, ['--input-type=module', '-e', SERVER, RESOLVER, JSON.stringify(RECORDS), String(PROXIED_PORT), String(DIRECT_PORT)]);
+    // One server process, both ports: the two paths differ only in what lies between.
+    const server = spawnInNs(cleanups, world, buildC('dns-responder'), [RESOLVER, String(TTL), `${PROXIED_PORT},${DIRECT_PORT}`, ...RECORDS]);
     await waitForOutput(server, 'ready');
 
     const client = await node.addPod('cbdnsc');
