@@ -689,7 +689,9 @@ export class NodeRouting {
       await this.#nl().deleteLink(link.ifindex);
       link = undefined;
     }
-    link ??= await this.#nl().createVxlan({ name: this.tunnelDevice, external: true, port: this.tunnelPort });
+    // Created with its MTU in the same request: never a moment with the default 1500, which the
+    // encapsulation would overflow.
+    link ??= await this.#nl().createVxlan({ name: this.tunnelDevice, external: true, port: this.tunnelPort, mtu });
     const { changes } = tunnelDeviceFixes(link, mtu, this.tunnelPort);
     if (Object.keys(changes).length > 0) await this.#nl().setLink(link.ifindex, changes);
     return link.ifindex;
