@@ -70,7 +70,7 @@ export interface FastFlow {
   response: Buffer;
 }
 
-const ipv4At = (b: Buffer, o: number): string => `${b[o]}.${b[o + 1]}.${b[o + 2]}.${b[o + 3]}`;
+const ipv4At = (b: Buffer, o: number): string => Addr.fromBytes(b.subarray(o, o + 4)).toString();
 
 /** Splits what drain() returned into records. */
 export function parseFastFlows(bytes: Buffer): FastFlow[] {

@@ -157,6 +157,17 @@ export function answerDetails(name: string, answers: readonly Answer[]): AnswerD
   return out;
 }
 
+/** A forwarded query's outcome from its answer: the addresses to learn, what a flow shows, the rcode. */
+export function answeredOutcome(name: string, qtype: string, packet: DecodedPacket): DnsOutcome {
+  const answers = packet.answers ?? [];
+  return { verdict: 'forwarded', name, qtype, rcode: (packet.flags ?? 0) & 0xf, learned: answerAddresses(name, answers), answer: answerDetails(name, answers) };
+}
+
+/** Why a forwarded query got SERVFAIL: its resolver did not answer in time. */
+export function noAnswerReason(resolver: Resolver, timeoutMs: number): string {
+  return `no answer from ${resolver.address}:${resolver.port} within ${timeoutMs} ms`;
+}
+
 /** `name` and the names its CNAMEs in `answers` lead to. */
 function cnameChain(name: string, answers: readonly Answer[]): Set<string> {
   const chain = new Set([name]);
@@ -388,12 +399,12 @@ export class DnsProxy {
       const answer = await this.#forward(query, message);
       if (answer === undefined) {
         this.#stats.errors++;
-        return { response: reply(message, RCODE.SERVFAIL), verdict: 'error', name, qtype, rcode: RCODE.SERVFAIL, learned: [], reason: `no answer from ${query.resolver.address}:${query.resolver.port} within ${this.#timeoutMs} ms` };
+        return { response: reply(message, RCODE.SERVFAIL), verdict: 'error', name, qtype, rcode: RCODE.SERVFAIL, learned: [], reason: noAnswerReason(query.resolver, this.#timeoutMs) };
       }
-      const learned = answerAddresses(name, answer.packet.answers ?? []);
-      if (learned.length > 0) {
+      const outcome = answeredOutcome(name, qtype, answer.packet);
+      if (outcome.learned.length > 0) {
         try {
-          await this.#options.learned(query.endpoint, learned);
+          await this.#options.learned(query.endpoint, outcome.learned);
         } catch (error) {
           // Addresses the policy could not take: answered, the pod's connection would be dropped.
           this.#stats.errors++;
@@ -401,8 +412,7 @@ export class DnsProxy {
         }
       }
       this.#stats.forwarded++;
-      const details = answerDetails(name, answer.packet.answers ?? []);
-      return { response: answer.bytes, verdict: 'forwarded', name, qtype, rcode: answer.packet.flags === undefined ? 0 : answer.packet.flags & 0xf, learned, answer: details };
+      return { ...outcome, response: answer.bytes };
     } finally {
       this.#inFlight--;
       countDown(this.#inFlightByEndpoint, query.endpoint);

@@ -12,13 +12,12 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { BpfMap } from '../ebpf/index.ts';
 import { IPPROTO_UDP, proxy4Key, proxy4Value, type Proxy4Key, type Proxy4Value } from '../datapath/index.ts';
-import { dnsVerdictAllows, type DnsVerdict } from '../policy/index.ts';
+import { dnsVerdictAllows, normalizeDnsName, type DnsVerdict } from '../policy/index.ts';
 import { proxyIngressMark } from '../proxy/index.ts';
 import { decode } from 'dns-packet';
-import { normalizeDnsName } from '../policy/index.ts';
 import { learnedExpiry, type AnswerAddress } from './cache.ts';
 import { DnsFastPath, FastFlowKind, type FastFlow } from './fast-path.ts';
-import { answerAddresses, answerDetails, DnsProxy, RCODE, type DnsOutcome, type DnsQuery, type Resolver } from './proxy.ts';
+import { answeredOutcome, DnsProxy, noAnswerReason, RCODE, type DnsOutcome, type DnsQuery, type Resolver } from './proxy.ts';
 import { DnsRedirectListener } from './redirect.ts';
 import { EPOCH_ALL, EPOCH_TOLD, REDIRECT_COUNTERS, wallClockNs, type EndpointContext, type FromWorker, type HandledQuery, type RedirectWorkerData, type ToWorker } from './redirect-protocol.ts';
 
@@ -41,8 +40,9 @@ let toldEpoch = Atomics.load(epoch, EPOCH_TOLD);
 const endpoints = new Map<string, EndpointContext | null>();
 const identities = new Map<number, number>();
 const verdicts = new Map<string, DnsVerdict>();
-/** `endpoint|name|ip` → until when (ms) the agent allows it, at least. */
+/** toldKey() → until when (ms) the agent allows it, at least. */
 const allowedUntil = new Map<string, number>();
+const toldKey = (endpoint: number, a: Pick<AnswerAddress, 'name' | 'ip'>): string => `${endpoint}|${a.name}|${a.ip}`;
 
 function current(): number {
   const now = Atomics.load(epoch, EPOCH_ALL);
@@ -114,7 +114,7 @@ function tellLearned(endpoint: number, addresses: AnswerAddress[]): Promise<void
   const now = Date.now();
   return ask<Extract<ToWorker, { type: 'learned' }>>({ type: 'learned', id: nextRequest++, endpoint, addresses }).then((reply) => {
     if (reply.error !== undefined) throw new Error(reply.error);
-    for (const a of addresses) keep(allowedUntil, `${endpoint}|${a.name}|${a.ip}`, learnedExpiry(a.ttl, data.minTtl, now), askedAt, currentTold);
+    for (const a of addresses) keep(allowedUntil, toldKey(endpoint, a), learnedExpiry(a.ttl, data.minTtl, now), askedAt, currentTold);
   });
 }
 
@@ -128,7 +128,7 @@ function learned(endpoint: number, addresses: AnswerAddress[]): Promise<void> | 
   let mustWait = false;
   let longer = false;
   for (const a of addresses) {
-    const until = allowedUntil.get(`${endpoint}|${a.name}|${a.ip}`);
+    const until = allowedUntil.get(toldKey(endpoint, a));
     if (until === undefined || until < now + LEARNED_MARGIN_MS) mustWait = true;
     else if (learnedExpiry(a.ttl, data.minTtl, now) > until + LEARNED_REFRESH_MS) longer = true;
   }
@@ -184,7 +184,7 @@ function teach(query: DnsQuery, source: string, mark: number, outcome: DnsOutcom
   const now = Date.now();
   const told = currentTold();
   for (const a of outcome.learned) {
-    const until = a.name === outcome.name ? allowedUntil.get(`${query.endpoint}|${a.name}|${a.ip}`) : undefined;
+    const until = a.name === outcome.name ? allowedUntil.get(toldKey(query.endpoint, a)) : undefined;
     if (until !== undefined) fast.learned(source, a.name, a.ip, until - now, told);
   }
 }
@@ -200,15 +200,13 @@ function fastOutcome(flow: FastFlow): DnsOutcome | undefined {
   const question = packet.questions?.[0];
   if (question === undefined) return undefined;
   const name = normalizeDnsName(question.name);
-  const rcode = (packet.flags ?? 0) & 0xf;
-  const base = { name, qtype: question.type, rcode };
   switch (flow.kind) {
     case FastFlowKind.FORWARDED:
-      return { ...base, verdict: 'forwarded', learned: answerAddresses(name, packet.answers ?? []), answer: answerDetails(name, packet.answers ?? []) };
+      return answeredOutcome(name, question.type, packet);
     case FastFlowKind.DENIED:
-      return { ...base, verdict: 'denied', learned: [] };
+      return { verdict: 'denied', name, qtype: question.type, rcode: (packet.flags ?? 0) & 0xf, learned: [] };
     default:
-      return { ...base, verdict: 'error', rcode: RCODE.SERVFAIL, learned: [], reason: `no answer from ${flow.resolver}:${flow.resolverPort} within ${data.forwardTimeoutMs} ms` };
+      return { verdict: 'error', name, qtype: question.type, rcode: RCODE.SERVFAIL, learned: [], reason: noAnswerReason({ address: flow.resolver, port: flow.resolverPort }, data.forwardTimeoutMs) };
   }
 }
 

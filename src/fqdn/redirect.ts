@@ -123,7 +123,7 @@ export class DnsRedirectListener {
 
   #unframe(frame: Buffer, from: RemoteInfo): { bytes: Buffer; from: RemoteInfo } | undefined {
     if (from.address !== '127.0.0.1' || from.port !== this.handoffFrom || this.handoffFrom === 0 || frame.length < 6) return undefined;
-    const address = `${frame[0]}.${frame[1]}.${frame[2]}.${frame[3]}`;
+    const address = Addr.fromBytes(frame.subarray(0, 4)).toString();
     const bytes = frame.subarray(6);
     return { bytes, from: { address, family: 'IPv4', port: frame.readUInt16BE(4), size: bytes.length } };
   }
