@@ -30,7 +30,7 @@
  * is large the client, not the path, was late).
  * @module
  */
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import { type BenchContext, buildC, interleave, median, round } from './lib.ts';
 import { BenchNode } from './support/agent.ts';
 import { addNetns, Cleanups, inNs, sh, sleep, spawnInNs, uniqueName, waitForOutput } from './support/ns.ts';
@@ -112,6 +112,7 @@ interface RedirectStats {
   fastDatagrams: number;
   fastForwarded: number;
   handedOff: number;
+  fastRealtimeBackoffs: number;
   askedAgent: number;
   staleResets: number;
   notAnEndpoint: number;
@@ -126,6 +127,22 @@ function cpuMs(pid: number): number {
   // Fields after the command name, which may hold spaces: state is field 3, utime 14, stime 15.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
+/** CPU time (ms) of each of a process's threads, summed by thread name. */
+function threadCpuMs(pid: number): Map<string, number> {
+  const byName = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const name = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      byName.set(name, (byName.get(name) ?? 0) + (Number(fields[11]) + Number(fields[12])) * 10);
+    } catch {
+      // The thread ended between the listing and the read.
+    }
+  }
+  return byName;
 }
 
 export async function run(ctx: BenchContext): Promise<void> {
@@ -176,12 +193,16 @@ export async function run(ctx: BenchContext): Promise<void> {
     const measure = (path: Path, port: number) => async () => {
       const stats = path === 'proxied' ? await redirect() : undefined;
       const overflows = path === 'proxied' ? await receiveBufferErrors() : 0;
+      const threadsBefore = threadCpuMs(agentPid);
       const { result, cpu: used } = await load(port);
       if (stats) {
+        const threadsAfter = threadCpuMs(agentPid);
+        const busiest = [...threadsAfter].map(([name, ms]) => [name, ms - (threadsBefore.get(name) ?? 0)] as const).filter(([, ms]) => ms > 0).sort((a, b) => b[1] - a[1]);
+        ctx.log(`agent threads' CPU over the round: ${busiest.map(([name, ms]) => `${name} ${ms} ms`).join(', ')}`);
         const after = (await redirect())!;
         const fastPath = after.fastDatagrams > stats.fastDatagrams;
         datagrams.push(fastPath ? after.fastDatagrams - stats.fastDatagrams : after.datagrams - stats.datagrams);
-        ctx.log(`dns-redirect worker: asked the agent ${after.askedAgent - stats.askedAgent} times, what it kept went stale ${after.staleResets - stats.staleResets} times; fast path answered ${after.fastForwarded - stats.fastForwarded}, handed JavaScript ${after.handedOff - stats.handedOff}`);
+        ctx.log(`dns-redirect worker: asked the agent ${after.askedAgent - stats.askedAgent} times, what it kept went stale ${after.staleResets - stats.staleResets} times; fast path answered ${after.fastForwarded - stats.fastForwarded}, handed JavaScript ${after.handedOff - stats.handedOff}, went past its realtime budget ${after.fastRealtimeBackoffs - stats.fastRealtimeBackoffs} times`);
         const ignored = (['notAnEndpoint', 'noOriginalDestination', 'unanswered', 'sendFailures'] as const).filter((k) => after[k] !== stats[k]);
         if (ignored.length > 0) ctx.log(`dns-redirect: ${ignored.map((k) => `${k} +${after[k] - stats[k]}`).join(', ')}`);
         const dropped = (await receiveBufferErrors()) - overflows;

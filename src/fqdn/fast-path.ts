@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { Addr } from '../net/index.ts';
 
 interface FastPathAddon {
-  start(options: { host: string; port: number; handoffPort: number; epoch: Int32Array; proxy4Pin: string; rate: number; timeoutMs: number; maxInFlight: number }): void;
+  start(options: { host: string; port: number; handoffPort: number; epoch: Int32Array; proxy4Pin: string; rate: number; timeoutMs: number; maxInFlight: number; realtimeBudget: number }): void;
   stop(): void;
   sourcePort(): number;
   allow(source: string, resolver: string, resolverPort: number, name: string, endpoint: number, mark: number, allowed: boolean, rcode: number, epoch: number): void;
@@ -49,6 +49,10 @@ export const FAST_COUNTERS = [
   /** Flow records dropped because the worker had not drained them. */
   'fastFlowsLost',
   'fastInFlight',
+  /** 1 while the thread runs realtime (SCHED_FIFO), else 0. */
+  'fastRealtime',
+  /** Times the thread went past its realtime budget and ran as an ordinary thread for a second. */
+  'fastRealtimeBackoffs',
 ] as const;
 export type FastCounter = (typeof FAST_COUNTERS)[number];
 
@@ -106,6 +110,11 @@ export interface FastPathOptions {
   rate: number;
   timeoutMs: number;
   maxInFlight: number;
+  /**
+   * Percent of one CPU the thread may use as a realtime (SCHED_FIFO) thread; past it, it is an
+   * ordinary thread for a second. 0: always ordinary.
+   */
+  realtimeBudget: number;
 }
 
 /** The one fast path of the process (the addon keeps one thread). */

@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { createSocket, type RemoteInfo } from 'node:dgram';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test, type TestContext } from 'node:test';
 import { decode, encode } from 'dns-packet';
@@ -25,7 +26,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * A resolver on loopback, a pinned map of original destinations as the datapath would fill it for
  * one client socket, and a worker judging with `verdict()`: `ask(id)` sends one query and waits.
  */
-async function setUp(t: TestContext, options: { fastPath: boolean; endpointRateLimit?: number }) {
+async function setUp(t: TestContext, options: { fastPath: boolean; endpointRateLimit?: number; realtimeBudget?: number }) {
   const records: Record<string, { a: string[]; ttl: number }> = { 'api.example.com': { a: ['192.0.2.10'], ttl: 300 } };
   const server = await serveDns('127.0.0.1', 0, records);
   t.after(() => server.close());
@@ -52,6 +53,7 @@ async function setUp(t: TestContext, options: { fastPath: boolean; endpointRateL
     minTtl: 0,
     proxy4Pin: join(pins, 'proxy4'),
     fastPath: options.fastPath,
+    fastPathRealtimeBudget: options.realtimeBudget ?? 50,
     endpoint: (address) => (address === '127.0.0.1' ? { id: 5, identity: 4242 } : undefined),
     verdict: () => state.verdict,
     learned: async (_endpoint, addresses) => void learnedCalls.push(addresses),
@@ -138,4 +140,41 @@ test('the fast path takes the per-endpoint rate limit before anything else: a bu
   const answered = [...answers.keys()].filter((id) => id >= 100).length;
   assert.ok(answered <= 10 && answered >= 5, `${answered} of the burst of 40 answered`);
   assert.equal(stats.fastRateLimited, 40 - answered, JSON.stringify(stats));
+});
+
+/** The scheduling policy of this process's thread named `name` (/proc stat field 41): 0 ordinary, 1 SCHED_FIFO. */
+function threadPolicy(name: string): number | undefined {
+  for (const tid of readdirSync('/proc/self/task')) {
+    try {
+      if (readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim() !== name) continue;
+      const stat = readFileSync(`/proc/self/task/${tid}/stat`, 'utf8');
+      return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[38]);
+    } catch {
+      // The thread ended between the listing and the read.
+    }
+  }
+  return undefined;
+}
+
+test('the fast path\'s thread runs realtime so pod DNS does not wait for a CPU, and past its CPU budget it is an ordinary thread for a while', async (t) => {
+  // A budget of 1 % of one CPU: a burst of queries goes past it.
+  const { worker, send, ask } = await setUp(t, { fastPath: true, realtimeBudget: 1 });
+  await ask(1);
+  assert.equal(threadPolicy('dns-fastpath'), 1, 'SCHED_FIFO');
+  assert.deepEqual([worker.stats().fastRealtime, worker.stats().fastRealtimeBackoffs], [1, 0]);
+  for (let round = 0; round < 20 && worker.stats().fastRealtimeBackoffs === 0; round++) {
+    for (let id = 1000; id < 1300; id++) send(id);
+    await sleep(50);
+  }
+  assert.ok(worker.stats().fastRealtimeBackoffs >= 1, `past its budget the thread backed off: ${JSON.stringify(worker.stats())}`);
+  // Idle again, it is realtime again after its second as an ordinary thread.
+  for (let i = 0; i < 100 && threadPolicy('dns-fastpath') !== 1; i++) await sleep(50);
+  assert.equal(threadPolicy('dns-fastpath'), 1);
+});
+
+test('with a realtime budget of 0 the fast path\'s thread is an ordinary one', async (t) => {
+  const { worker, ask } = await setUp(t, { fastPath: true, realtimeBudget: 0 });
+  await ask(1);
+  assert.equal(threadPolicy('dns-fastpath'), 0);
+  assert.equal(worker.stats().fastRealtime, 0);
 });

@@ -29,6 +29,8 @@ export interface RedirectSettings {
   retryListenMs: number;
   /** UDP through the native fast path (fast-path.ts), JavaScript deciding only what it has not seen. */
   fastPath: boolean;
+  /** The fast path thread's realtime budget, percent of one CPU (0: an ordinary thread). */
+  fastPathRealtimeBudget: number;
 }
 
 /**

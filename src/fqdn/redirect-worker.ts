@@ -211,13 +211,15 @@ function fastOutcome(flow: FastFlow): DnsOutcome | undefined {
 }
 
 /** The fast path's answers become flows here, and a longer life of their addresses is told to the agent (without anyone waiting). */
-function drainFast(): void {
-  for (const flow of fast?.drain() ?? []) {
+function drainFast(): number {
+  const flows = fast?.drain() ?? [];
+  for (const flow of flows) {
     const outcome = fastOutcome(flow);
     if (outcome === undefined) continue;
     report({ endpoint: flow.endpoint, resolver: { address: flow.resolver, port: flow.resolverPort }, protocol: 'UDP' }, flow.sourcePort, outcome, flow.requestNs, flow.responseNs);
     if (outcome.learned.length > 0) void Promise.resolve(learned(flow.endpoint, outcome.learned)).catch(() => undefined);
   }
+  return flows.length;
 }
 
 // Opened at the first datagram: the datapath pins its maps with the first endpoint.
@@ -241,7 +243,7 @@ async function listen(): Promise<void> {
   try {
     await candidate.listen();
     if (data.fastPath) {
-      fast = DnsFastPath.start({ host: data.host, port: data.port, handoffPort: candidate.udpPort, epoch, proxy4Pin: data.proxy4Pin, rate: data.endpointRateLimit, timeoutMs: data.forwardTimeoutMs, maxInFlight: data.maxInFlight });
+      fast = DnsFastPath.start({ host: data.host, port: data.port, handoffPort: candidate.udpPort, epoch, proxy4Pin: data.proxy4Pin, rate: data.endpointRateLimit, timeoutMs: data.forwardTimeoutMs, maxInFlight: data.maxInFlight, realtimeBudget: data.fastPathRealtimeBudget });
       candidate.handoffFrom = fast.sourcePort;
     }
     listener = candidate;
@@ -261,14 +263,21 @@ function publish(): void {
   const stats: Record<string, number> = { ...listener?.stats, ...proxy.stats, ...workerStats, ...fast?.counters() };
   REDIRECT_COUNTERS.forEach((name, i) => (counters[i] = stats[name] ?? 0));
 }
-const publishing = setInterval(() => {
-  drainFast();
-  publish();
-}, 50);
+const publishing = setInterval(publish, 50);
+// Under load the flows are drained often, in small batches: the work of a large one holds a CPU
+// for milliseconds, and the fast path's thread (or the pod) waiting for that CPU waits it out.
+const DRAIN_BUSY_MS = 5;
+const DRAIN_IDLE_MS = 50;
+let draining: NodeJS.Timeout | undefined;
+function drainLoop(): void {
+  draining = setTimeout(drainLoop, drainFast() > 0 ? DRAIN_BUSY_MS : DRAIN_IDLE_MS);
+}
+drainLoop();
 
 host.on('message', (message: ToWorker) => {
   if (message.type === 'close') {
     clearInterval(publishing);
+    clearTimeout(draining);
     clearTimeout(retry);
     drainFast();
     fast?.stop();

@@ -218,6 +218,13 @@ export const dnsRedirectConfig = {
     .boolean()
     .default(true)
     .describe('pod DNS over UDP through the native fast path: a query the proxy has already judged in the current policy, whose answer holds only addresses already allowed, is answered without JavaScript (off: every query through the proxy\'s JavaScript)'),
+  dnsProxyFastPathRealtimeBudget: z
+    .number()
+    .int()
+    .min(0)
+    .max(100)
+    .default(50)
+    .describe('percent of one CPU the DNS fast path\'s thread may use as a realtime (SCHED_FIFO) thread, so pod DNS does not wait behind other work for a CPU; past it the thread is an ordinary one for a second (0: always ordinary)'),
 };
 
 /**
@@ -249,6 +256,7 @@ export const dnsRedirectModule = defineModule({
       ...dnsProxy.settings,
       endpointRateLimit: config.dnsProxyEndpointRateLimit,
       fastPath: config.dnsProxyFastPath,
+      fastPathRealtimeBudget: config.dnsProxyFastPathRealtimeBudget,
       proxy4Pin: join(config.bpfRoot, 'maps', MapName.PROXY4),
       endpoint: endpointAt,
       verdict: dnsProxy.verdict,
