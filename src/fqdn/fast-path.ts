@@ -4,13 +4,16 @@
  * UDP queries whose verdict (and answered addresses) the JavaScript proxy has already decided in
  * the current epoch. Everything else it hands to the worker's listener on a loopback socket, and
  * the worker teaches it what it decided (`allow`, `learned`). Its answers' flows come back through
- * `drain()`.
+ * `drainBytes()`, and become outcomes in the agent (`fastFlowOutcome`).
  * @module
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
+import { decode } from 'dns-packet';
 import { Addr } from '../net/index.ts';
+import { normalizeDnsName } from '../policy/index.ts';
+import { answeredOutcome, noAnswerReason, RCODE, type DnsOutcome } from './proxy.ts';
 
 interface FastPathAddon {
   start(options: { host: string; port: number; handoffPort: number; epoch: Int32Array; proxy4Pin: string; rate: number; timeoutMs: number; maxInFlight: number; realtimeBudget: number }): void;
@@ -76,8 +79,30 @@ export interface FastFlow {
 
 const ipv4At = (b: Buffer, o: number): string => Addr.fromBytes(b.subarray(o, o + 4)).toString();
 
-/** Splits what drain() returned into records. */
-export function parseFastFlows(bytes: Buffer): FastFlow[] {
+/** The outcome of a query the fast path answered, as the JavaScript proxy reports its own; undefined for a response too broken to have a question. */
+export function fastFlowOutcome(flow: FastFlow, forwardTimeoutMs: number): DnsOutcome | undefined {
+  let packet;
+  try {
+    packet = decode(flow.response);
+  } catch {
+    return undefined;
+  }
+  const question = packet.questions?.[0];
+  if (question === undefined) return undefined;
+  const name = normalizeDnsName(question.name);
+  switch (flow.kind) {
+    case FastFlowKind.FORWARDED:
+      return answeredOutcome(name, question.type, packet);
+    case FastFlowKind.DENIED:
+      return { verdict: 'denied', name, qtype: question.type, rcode: (packet.flags ?? 0) & 0xf, learned: [] };
+    default:
+      return { verdict: 'error', name, qtype: question.type, rcode: RCODE.SERVFAIL, learned: [], reason: noAnswerReason({ address: flow.resolver, port: flow.resolverPort }, forwardTimeoutMs) };
+  }
+}
+
+/** Splits what drainBytes() returned into records. */
+export function parseFastFlows(records: Uint8Array): FastFlow[] {
+  const bytes = Buffer.from(records.buffer, records.byteOffset, records.byteLength);
   const out: FastFlow[] = [];
   for (let o = 0; o + FLOW_HEADER_SIZE <= bytes.length; ) {
     const length = bytes.readUInt32LE(o);
@@ -159,9 +184,13 @@ export class DnsFastPath {
     this.#addon.learned(source, name, Buffer.from(addr.toBytes()), remainingMs, epoch);
   }
 
-  drain(): FastFlow[] {
+  /** The flow records since the last call (parseFastFlows splits them), in a buffer of their own, which can be moved to another thread; undefined: none. */
+  drainBytes(): Uint8Array<ArrayBuffer> | undefined {
     const bytes = this.#running ? this.#addon.drain() : null;
-    return bytes === null ? [] : parseFastFlows(bytes);
+    if (bytes === null || bytes.length === 0) return undefined;
+    // The addon copies into a buffer of its own; a pooled slice would move its neighbours too.
+    const own = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer;
+    return own ? new Uint8Array(bytes.buffer as ArrayBuffer) : new Uint8Array(bytes);
   }
 
   counters(): Record<FastCounter, number> {

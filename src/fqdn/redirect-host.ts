@@ -15,9 +15,10 @@
 import { Worker } from 'node:worker_threads';
 import type { Logger } from 'pino';
 import type { DnsVerdict } from '../policy/index.ts';
-import type { AnswerAddress } from './cache.ts';
+import { learnedExpiry, type AnswerAddress } from './cache.ts';
+import { fastFlowOutcome, parseFastFlows } from './fast-path.ts';
 import type { Resolver } from './proxy.ts';
-import { EPOCH_ALL, EPOCH_TOLD, REDIRECT_COUNTERS, type EndpointContext, type FromWorker, type HandledQuery, type RedirectCounter, type RedirectSettings, type RedirectWorkerData, type ToWorker } from './redirect-protocol.ts';
+import { EPOCH_ALL, EPOCH_TOLD, LEARNED_REFRESH_MS, REDIRECT_COUNTERS, toldKey, type EndpointContext, type FromWorker, type HandledQuery, type RedirectCounter, type RedirectSettings, type RedirectWorkerData, type ToWorker } from './redirect-protocol.ts';
 
 export interface DnsRedirectWorkerOptions extends Omit<RedirectSettings, 'host' | 'retryListenMs'> {
   host?: string;
@@ -40,6 +41,8 @@ const BACKOFF_MAX_MS = 5_000;
 /** Up this long, a worker counts as healthy: the next death restarts it at once again. */
 const HEALTHY_MS = 30_000;
 const CLOSE_TIMEOUT_MS = 2_000;
+/** Addresses kept as told (#toldUntil) before the map is dropped whole and fills again. */
+const MAX_TOLD = 65_536;
 
 export class DnsRedirectWorker {
   readonly #options: DnsRedirectWorkerOptions;
@@ -48,6 +51,8 @@ export class DnsRedirectWorker {
   readonly #counters = new Float64Array(new SharedArrayBuffer(Float64Array.BYTES_PER_ELEMENT * REDIRECT_COUNTERS.length));
   /** Counts of workers that died, so the counts run on across restarts. */
   readonly #carried = new Float64Array(REDIRECT_COUNTERS.length);
+  /** toldKey() → until when (ms) the agent was told an address is allowed. */
+  readonly #toldUntil = new Map<string, number>();
   #worker: Worker | undefined;
   #listening = false;
   #failure: string | undefined;
@@ -84,6 +89,7 @@ export class DnsRedirectWorker {
    * what it was told.
    */
   invalidateTold(): void {
+    this.#toldUntil.clear();
     Atomics.add(this.#epoch, EPOCH_TOLD, 1);
     Atomics.add(this.#epoch, EPOCH_ALL, 1);
   }
@@ -174,12 +180,18 @@ export class DnsRedirectWorker {
       }
       case 'learned':
         o.learned(message.endpoint, message.addresses).then(
-          () => this.#reply(worker, { type: 'learned', id: message.id }),
+          () => {
+            this.#noteTold(message.endpoint, message.addresses, Date.now());
+            this.#reply(worker, { type: 'learned', id: message.id });
+          },
           (error: unknown) => this.#reply(worker, { type: 'learned', id: message.id, error: (error as Error).message }),
         );
         return;
       case 'handled':
         o.handled(message.queries);
+        return;
+      case 'fast-flows':
+        this.#fastFlows(message.bytes);
         return;
       case 'listening':
         if (this.#failure !== undefined) o.log.info({ port: o.port }, 'listening for pod DNS at last');
@@ -197,6 +209,34 @@ export class DnsRedirectWorker {
         o.log.warn({ reason: message.message }, 'DNS redirect');
         return;
     }
+  }
+
+  /**
+   * The fast path's answers: their flows, and their addresses' longer life told to the FQDN cache
+   * (at most a second's worth of change is lost if the agent ignores one: the next answer tells it
+   * again), without anyone waiting: the fast path let them through only while already allowed.
+   */
+  #fastFlows(bytes: Uint8Array): void {
+    const o = this.#options;
+    const now = Date.now();
+    const queries: HandledQuery[] = [];
+    for (const flow of parseFastFlows(bytes)) {
+      const outcome = fastFlowOutcome(flow, o.forwardTimeoutMs);
+      if (outcome === undefined) continue;
+      const { response: _response, ...rest } = outcome;
+      queries.push({ endpoint: flow.endpoint, sourcePort: flow.sourcePort, resolver: { address: flow.resolver, port: flow.resolverPort }, protocol: 'UDP', outcome: rest, requestNs: flow.requestNs, responseNs: flow.responseNs });
+      const longer = outcome.learned.some((a) => learnedExpiry(a.ttl, o.minTtl, now) > (this.#toldUntil.get(toldKey(flow.endpoint, a)) ?? 0) + LEARNED_REFRESH_MS);
+      if (!longer) continue;
+      this.#noteTold(flow.endpoint, outcome.learned, now);
+      o.learned(flow.endpoint, outcome.learned).catch((error: unknown) => o.log.warn({ err: error, endpoint: flow.endpoint }, 'telling the FQDN cache of addresses the fast path answered failed'));
+    }
+    if (queries.length > 0) o.handled(queries);
+  }
+
+  /** What the agent was told allows, until when: a fast path answer tells it again only when that grows. */
+  #noteTold(endpoint: number, addresses: readonly AnswerAddress[], now: number): void {
+    if (this.#toldUntil.size > MAX_TOLD) this.#toldUntil.clear();
+    for (const a of addresses) this.#toldUntil.set(toldKey(endpoint, a), learnedExpiry(a.ttl, this.#options.minTtl, now));
   }
 
   #settle(): void {

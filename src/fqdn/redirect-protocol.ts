@@ -40,6 +40,12 @@ export interface RedirectSettings {
  * addresses go early), so learning a new address, which changes the policy, keeps it.
  */
 export const EPOCH_ALL = 0;
+
+/** A longer life of an address already told is reported when it adds at least this much (ms): once a second per address at most. */
+export const LEARNED_REFRESH_MS = 1_000;
+
+/** An address an endpoint was told of for a name, as what was told to the agent is kept. */
+export const toldKey = (endpoint: number, a: Pick<AnswerAddress, 'name' | 'ip'>): string => `${endpoint}|${a.name}|${a.ip}`;
 export const EPOCH_TOLD = 1;
 
 export interface RedirectWorkerData extends RedirectSettings {
@@ -95,7 +101,9 @@ export type FromWorker =
   | { type: 'endpoint'; id: number; address: string }
   | { type: 'verdict'; id: number; endpoint: number; resolver: Resolver; protocol: 'UDP' | 'TCP' }
   | { type: 'learned'; id: number; endpoint: number; addresses: AnswerAddress[] }
-  | { type: 'handled'; queries: HandledQuery[] };
+  | { type: 'handled'; queries: HandledQuery[] }
+  /** Records of the fast path's answers (fast-path.ts parseFastFlows), moved. */
+  | { type: 'fast-flows'; bytes: Uint8Array };
 
 export type ToWorker =
   | { type: 'endpoint'; id: number; epoch: number; endpoint: EndpointContext | null }

@@ -12,14 +12,13 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { BpfMap } from '../ebpf/index.ts';
 import { IPPROTO_UDP, proxy4Key, proxy4Value, type Proxy4Key, type Proxy4Value } from '../datapath/index.ts';
-import { dnsVerdictAllows, normalizeDnsName, type DnsVerdict } from '../policy/index.ts';
+import { dnsVerdictAllows, type DnsVerdict } from '../policy/index.ts';
 import { proxyIngressMark } from '../proxy/index.ts';
-import { decode } from 'dns-packet';
 import { learnedExpiry, type AnswerAddress } from './cache.ts';
-import { DnsFastPath, FastFlowKind, type FastFlow } from './fast-path.ts';
-import { answeredOutcome, DnsProxy, noAnswerReason, RCODE, type DnsOutcome, type DnsQuery, type Resolver } from './proxy.ts';
+import { DnsFastPath } from './fast-path.ts';
+import { DnsProxy, type DnsOutcome, type DnsQuery, type Resolver } from './proxy.ts';
 import { DnsRedirectListener } from './redirect.ts';
-import { EPOCH_ALL, EPOCH_TOLD, REDIRECT_COUNTERS, wallClockNs, type EndpointContext, type FromWorker, type HandledQuery, type RedirectWorkerData, type ToWorker } from './redirect-protocol.ts';
+import { EPOCH_ALL, EPOCH_TOLD, LEARNED_REFRESH_MS, REDIRECT_COUNTERS, toldKey, wallClockNs, type EndpointContext, type FromWorker, type HandledQuery, type RedirectWorkerData, type ToWorker } from './redirect-protocol.ts';
 
 const data = workerData as RedirectWorkerData;
 const host = parentPort!;
@@ -28,8 +27,6 @@ const counters = new Float64Array(data.counters);
 
 /** An address is asked about again this long before its allowance runs out (ms). */
 const LEARNED_MARGIN_MS = 2_000;
-/** A longer life is reported when it adds at least this much (ms): once a second per address at most. */
-const LEARNED_REFRESH_MS = 1_000;
 /** What the worker keeps is dropped whole past this many entries (a map per kind). */
 const MAX_KEPT = 65_536;
 
@@ -42,7 +39,6 @@ const identities = new Map<number, number>();
 const verdicts = new Map<string, DnsVerdict>();
 /** toldKey() → until when (ms) the agent allows it, at least. */
 const allowedUntil = new Map<string, number>();
-const toldKey = (endpoint: number, a: Pick<AnswerAddress, 'name' | 'ip'>): string => `${endpoint}|${a.name}|${a.ip}`;
 
 function current(): number {
   const now = Atomics.load(epoch, EPOCH_ALL);
@@ -189,37 +185,16 @@ function teach(query: DnsQuery, source: string, mark: number, outcome: DnsOutcom
   }
 }
 
-/** The flow of a query the fast path answered, as the proxy would have reported it. */
-function fastOutcome(flow: FastFlow): DnsOutcome | undefined {
-  let packet;
-  try {
-    packet = decode(flow.response);
-  } catch {
-    return undefined;
-  }
-  const question = packet.questions?.[0];
-  if (question === undefined) return undefined;
-  const name = normalizeDnsName(question.name);
-  switch (flow.kind) {
-    case FastFlowKind.FORWARDED:
-      return answeredOutcome(name, question.type, packet);
-    case FastFlowKind.DENIED:
-      return { verdict: 'denied', name, qtype: question.type, rcode: (packet.flags ?? 0) & 0xf, learned: [] };
-    default:
-      return { verdict: 'error', name, qtype: question.type, rcode: RCODE.SERVFAIL, learned: [], reason: noAnswerReason({ address: flow.resolver, port: flow.resolverPort }, data.forwardTimeoutMs) };
-  }
-}
-
-/** The fast path's answers become flows here, and a longer life of their addresses is told to the agent (without anyone waiting). */
-function drainFast(): number {
-  const flows = fast?.drain() ?? [];
-  for (const flow of flows) {
-    const outcome = fastOutcome(flow);
-    if (outcome === undefined) continue;
-    report({ endpoint: flow.endpoint, resolver: { address: flow.resolver, port: flow.resolverPort }, protocol: 'UDP' }, flow.sourcePort, outcome, flow.requestNs, flow.responseNs);
-    if (outcome.learned.length > 0) void Promise.resolve(learned(flow.endpoint, outcome.learned)).catch(() => undefined);
-  }
-  return flows.length;
+/**
+ * The fast path's answers go to the agent as drained, one buffer moved (not copied) per batch:
+ * their flows and a longer life of their addresses are the agent's work, and objects built here
+ * would be cloned across threads at a cost above that of building them.
+ */
+function drainFast(): boolean {
+  const bytes = fast?.drainBytes();
+  if (bytes === undefined) return false;
+  host.postMessage({ type: 'fast-flows', bytes } satisfies FromWorker, [bytes.buffer]);
+  return true;
 }
 
 // Opened at the first datagram: the datapath pins its maps with the first endpoint.
@@ -270,7 +245,7 @@ const DRAIN_BUSY_MS = 5;
 const DRAIN_IDLE_MS = 50;
 let draining: NodeJS.Timeout | undefined;
 function drainLoop(): void {
-  draining = setTimeout(drainLoop, drainFast() > 0 ? DRAIN_BUSY_MS : DRAIN_IDLE_MS);
+  draining = setTimeout(drainLoop, drainFast() ? DRAIN_BUSY_MS : DRAIN_IDLE_MS);
 }
 drainLoop();
 
