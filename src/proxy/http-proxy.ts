@@ -81,6 +81,14 @@ function forwardedHeaders(raw: readonly (string | Buffer)[]): string[] {
 
 const NO_EDITS: HeaderEdit[] = [];
 const DENIED_BODY = 'Access denied\r\n';
+/** A denial on a connection that has left HTTP (an upgrade, CONNECT): nothing can follow it. */
+const DENIED_AND_CLOSED = `HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: ${DENIED_BODY.length}\r\nconnection: close\r\n\r\n${DENIED_BODY}`;
+
+/**
+ * Accepted connections at once, upgraded ones (tunnels) included: a tunnel holds its client
+ * connection, and opens one upstream connection per such connection, so this bounds both.
+ */
+const MAX_CONNECTIONS = 16_384;
 
 /** Reserved identity of addresses the ipcache does not know (Cilium's world). */
 const WORLD = 2;
@@ -116,30 +124,39 @@ export interface HttpProxyOptions {
 
 const CONNECT_TIMEOUT_MS = 10_000;
 
+/**
+ * A TCP connection to `host`:`port` carrying SO_MARK `mark`, given up after CONNECT_TIMEOUT_MS:
+ * undici's own connector gives up after 10 s too, so the client gets its 503 instead of waiting out
+ * the kernel's SYN retries (two minutes) on a destination that does not answer. Throws when the
+ * socket cannot be made.
+ */
+function markedConnection(mark: number, host: string, port: number, allowHalfOpen = false): net.Socket {
+  const socket = new net.Socket({ fd: markedTcpSocket(mark), readable: true, writable: true, allowHalfOpen });
+  // No Nagle (a response waits on no ACK); keep-alive probes as undici's own connector does.
+  socket.setNoDelay(true);
+  socket.setKeepAlive(true, 60_000);
+  socket.setTimeout(CONNECT_TIMEOUT_MS, () => socket.destroy(new Error(`connecting to ${host}:${port} timed out after ${CONNECT_TIMEOUT_MS} ms`)));
+  socket.once('connect', () => socket.setTimeout(0));
+  socket.connect(port, host);
+  return socket;
+}
+
 /** undici's connector, with TCP connections that carry SO_MARK `mark`. */
 function markedConnector(mark: number): buildConnector.connector {
   return (options, callback) => {
     let socket: net.Socket;
     try {
-      socket = new net.Socket({ fd: markedTcpSocket(mark), readable: true, writable: true });
+      socket = markedConnection(mark, options.hostname, Number(options.port) || 80);
     } catch (error) {
       callback(error as Error, null);
       return;
     }
-    // No Nagle (a response waits on no ACK); keep-alive probes as undici's own connector does.
-    socket.setNoDelay(true);
-    socket.setKeepAlive(true, 60_000);
     const failed = (error: Error) => callback(error, null);
     socket.once('error', failed);
-    // undici's own connector gives up after 10 s too: the client gets its 503 instead of waiting
-    // out the kernel's SYN retries (two minutes) on a destination that does not answer.
-    socket.setTimeout(CONNECT_TIMEOUT_MS, () => socket.destroy(new Error(`connecting to ${options.hostname}:${options.port || 80} timed out after ${CONNECT_TIMEOUT_MS} ms`)));
     socket.once('connect', () => {
-      socket.setTimeout(0);
       socket.off('error', failed);
       callback(null, socket);
     });
-    socket.connect(Number(options.port) || 80, options.hostname);
     return socket;
   };
 }
@@ -248,6 +265,45 @@ class Exchange implements Dispatcher.DispatchHandler {
   }
 }
 
+const UPSTREAM_FAILED_AND_CLOSED = `HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: ${UPSTREAM_FAILED_BODY.length}\r\nconnection: close\r\n\r\n${UPSTREAM_FAILED_BODY}`;
+
+/** Answers `response` on a connection Node's HTTP server has let go of, and drains it until the client closes. */
+function answerAndClose(socket: net.Socket, response: string = DENIED_AND_CLOSED): void {
+  socket.end(response);
+  socket.resume();
+}
+
+/** An HTTP/1.1 response head with `res`'s status and `headers` (names and values alternating). */
+function responseHead(res: http.IncomingMessage, headers: readonly string[]): string {
+  let out = `HTTP/1.1 ${res.statusCode ?? 0} ${res.statusMessage ?? ''}\r\n`;
+  for (let i = 0; i < headers.length; i += 2) out += `${headers[i]}: ${headers[i + 1]}\r\n`;
+  return out + '\r\n';
+}
+
+/**
+ * An upgraded client connection and its upstream made one byte stream: each side's bytes piped to
+ * the other with backpressure (a tunnel holds no more than the streams' buffers), a half-close
+ * passed on as a half-close, and an error or a side destroyed before it finished destroying both.
+ * No idle timeout (Cilium's Envoy disables its stream idle timeout); TCP keep-alive finds dead peers.
+ */
+function splice(client: net.Socket, upstream: net.Socket): void {
+  // The client connection came from a listener that closes on the peer's FIN.
+  client.allowHalfOpen = true;
+  client.setTimeout(0);
+  client.setNoDelay(true);
+  client.setKeepAlive(true, 60_000);
+  for (const [from, to] of [
+    [client, upstream],
+    [upstream, client],
+  ] as const) {
+    from.on('error', () => undefined);
+    from.once('close', (hadError: boolean) => {
+      if (hadError || !to.writableEnded) to.destroy();
+    });
+    from.pipe(to);
+  }
+}
+
 /** Per endpoint address: its entries with L7 rules, ready for lookups. */
 function endpointRules(list: readonly { address: string; entries: PolicyMapEntry[] }[]): Map<string, EndpointRules> {
   const out = new Map<string, EndpointRules>();
@@ -277,15 +333,17 @@ export class HttpProxy {
   /** Prefix length (longest first) → masked address → identity. */
   #prefixes: [number, Map<number, number>][] = [];
   readonly #agents = new Map<number, Agent>();
+  /** The upstream connections of upgrade requests and of their tunnels: closed with the proxy. */
+  readonly #tunnels = new Set<net.Socket>();
   /** Per client connection: whether a forwarded request is upstream, and those waiting their turn. */
   readonly #inOrder = new WeakMap<net.Socket, { active: boolean; waiting: (() => void)[] }>();
 
   constructor(options: HttpProxyOptions) {
     this.#options = options;
     this.#server = http.createServer({ requestTimeout: 60_000, headersTimeout: 15_000, keepAliveTimeout: 5_000 }, (req, res) => this.#handle(req, res));
-    // CONNECT and upgrades (WebSocket, h2c) would leave HTTP after the judged request: refused.
-    this.#server.on('connect', (_req, socket: net.Socket) => socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 15\r\n\r\n' + DENIED_BODY));
-    this.#server.on('upgrade', (_req, socket: net.Socket) => socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 15\r\n\r\n' + DENIED_BODY));
+    // CONNECT would leave HTTP after the judged request: refused. Upgrades are judged (#upgrade).
+    this.#server.on('connect', (_req, socket: net.Socket) => answerAndClose(socket));
+    this.#server.on('upgrade', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => this.#upgrade(req, socket, head));
     this.#server.on('clientError', (_err, socket) => socket.destroy());
     this.#h2 = http2.createServer();
     this.#h2.on('stream', (stream, headers) => this.#handleStream(stream, headers));
@@ -299,7 +357,7 @@ export class HttpProxy {
       socket.once('close', () => this.#connections.delete(socket));
       routeConnection(socket, this.#server, this.#h2);
     });
-    this.#front.maxConnections = 16_384;
+    this.#front.maxConnections = MAX_CONNECTIONS;
   }
 
   /** Replaces what requests are judged against. */
@@ -338,6 +396,7 @@ export class HttpProxy {
     await Promise.all([...this.#agents.values()].map((a) => a.destroy()));
     this.#agents.clear();
     this.#h2Upstreams.close();
+    for (const socket of this.#tunnels) socket.destroy();
     this.#server.closeAllConnections();
     for (const session of this.#h2Sessions) session.destroy();
     for (const socket of this.#connections) socket.destroy();
@@ -499,9 +558,7 @@ export class HttpProxy {
     // Pipelined requests go upstream one after the other, as the client sent them on one
     // connection: a POST is done before the GET behind it is asked (RFC 9112 9.3.2). Node's server
     // emits a response's 'close' once it is written (or the client is gone), in the client's order.
-    let line = this.#inOrder.get(socket);
-    if (!line) this.#inOrder.set(socket, (line = { active: false, waiting: [] }));
-    const queue = line;
+    const queue = this.#line(socket);
     res.on('close', () => {
       exchange.closed();
       if (!started) {
@@ -513,6 +570,107 @@ export class HttpProxy {
       if (next) next();
       else queue.active = false;
     });
+    if (queue.active) queue.waiting.push(forward);
+    else {
+      queue.active = true;
+      forward();
+    }
+  }
+
+  /** The in-order line of a client connection's forwarded requests. */
+  #line(socket: net.Socket): { active: boolean; waiting: (() => void)[] } {
+    let line = this.#inOrder.get(socket);
+    if (!line) this.#inOrder.set(socket, (line = { active: false, waiting: [] }));
+    return line;
+  }
+
+  /**
+   * An upgrade request (Node's server has handed over the connection, `head` the bytes read past
+   * the request's head). Only `websocket`, as Cilium configures its Envoy (upgrade_configs:
+   * websocket): judged as any request, then sent to the original destination on a marked
+   * connection of its own; its 101 makes the two connections one byte stream, anything else is
+   * relayed as a response and the connection closed. h2c and other upgrades are refused.
+   */
+  #upgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
+    const upgrade = req.headers.upgrade ?? '';
+    if (upgrade.trim().toLowerCase() !== 'websocket') {
+      answerAndClose(socket);
+      return;
+    }
+    const start = performance.now();
+    const startMs = Date.now();
+    const method = req.method ?? '';
+    const path = req.url ?? '/';
+    const headers = req.headers;
+    const { identity, dst, dport, base, verdict } = this.#admit(socket, { method, path, host: headers.host ?? '', headers, protocol: `HTTP/${req.httpVersion}` }, startMs);
+    if (!verdict.ruleKeys) {
+      answerAndClose(socket);
+      return;
+    }
+    const raw = forwardedHeaders(req.rawHeaders);
+    const sent = [...(verdict.edits.length === 0 ? raw : applyHeaderEdits(raw, verdict.edits)), 'Connection', 'Upgrade', 'Upgrade', upgrade];
+    const respond = (code: number) => this.#options.emit(responseRecord(base, startMs, start, code));
+    const forward = () => {
+      if (socket.destroyed) return;
+      let up: http.ClientRequest;
+      try {
+        up = http.request({
+          host: dst,
+          port: dport,
+          method,
+          path,
+          headers: sent,
+          setHost: false,
+          createConnection: () => {
+            const upstream = markedConnection(proxyIngressMark(identity!), dst, dport, true);
+            this.#tunnels.add(upstream);
+            upstream.once('close', () => this.#tunnels.delete(upstream));
+            return upstream;
+          },
+        });
+      } catch {
+        // A header the rule's edits made unsendable.
+        respond(503);
+        answerAndClose(socket, UPSTREAM_FAILED_AND_CLOSED);
+        return;
+      }
+      let answered = false;
+      // The client gone before the answer: so is the upstream request.
+      const gone = () => {
+        if (!answered) up.destroy();
+      };
+      socket.once('close', gone);
+      up.on('upgrade', (res: http.IncomingMessage, tunnel: net.Socket, upstreamHead: Buffer) => {
+        answered = true;
+        socket.off('close', gone);
+        respond(res.statusCode ?? 0);
+        const lines = [...forwardedHeaders(res.rawHeaders), 'Connection', 'Upgrade', 'Upgrade', res.headers.upgrade ?? upgrade];
+        socket.write(responseHead(res, lines));
+        if (upstreamHead.length > 0) socket.write(upstreamHead);
+        if (head.length > 0) tunnel.write(head);
+        splice(socket, tunnel);
+      });
+      up.on('response', (res: http.IncomingMessage) => {
+        answered = true;
+        socket.off('close', gone);
+        respond(res.statusCode ?? 0);
+        // Not switched: an ordinary response, the last on this connection (its parser is gone).
+        socket.write(responseHead(res, [...forwardedHeaders(res.rawHeaders), 'Connection', 'close']));
+        res.on('error', () => socket.destroy());
+        socket.once('close', () => res.destroy());
+        res.pipe(socket);
+        socket.resume();
+      });
+      up.on('error', () => {
+        if (answered || socket.destroyed) return;
+        answered = true;
+        respond(503);
+        answerAndClose(socket, UPSTREAM_FAILED_AND_CLOSED);
+      });
+      up.end();
+    };
+    // After the responses to what the client pipelined before it, as any request (#handle).
+    const queue = this.#line(socket);
     if (queue.active) queue.waiting.push(forward);
     else {
       queue.active = true;
