@@ -148,6 +148,30 @@ test('Kubernetes NetworkPolicies with a named port: each web pod admits TCP on i
   assert.deepEqual(await probeTcp(client.netns, [o8080, o9090]), { [o8080]: true, [o9090]: false });
 });
 
+test('fromRequires: of two clients allowed by one policy, only the one with the label another policy requires connects', async (t) => {
+  const node = await TestNode.start(t);
+  const server = await node.addPod(t, 'server', { app: 'server' });
+  const prod = await node.addPod(t, 'client-prod', { app: 'client', env: 'prod' });
+  const dev = await node.addPod(t, 'client-dev', { app: 'client', env: 'dev' });
+  await echoServer(t, server.netns, 8080, 7000);
+  const [s8080, s7000] = [`${server.endpoint.ipv4}:8080`, `${server.endpoint.ipv4}:7000`];
+  assert.deepEqual(await probeTcp(dev.netns, [s8080]), { [s8080]: true }, 'no policy: the dev client connects');
+
+  const imported = await cli(node, 'policy', 'import', join(POLICIES, 'requires.yaml'));
+  assert.equal(imported.code, 0, imported.stderr);
+  assert.equal((await cli(node, 'policy', 'wait', /revision: (\d+)/.exec(imported.stdout)![1])).code, 0);
+  assert.deepEqual(await probeTcp(prod.netns, [s8080, s7000]), { [s8080]: true, [s7000]: false }, 'prod: 8080 only');
+  assert.deepEqual(await probeTcp(dev.netns, [s8080, s7000]), { [s8080]: false, [s7000]: false }, 'dev: dropped');
+  const trace = await cli(node, 'policy', 'trace', '--src', String(dev.endpoint.id), '--dst', String(server.endpoint.id), '--dport', '8080/TCP');
+  assert.equal(trace.code, 1, trace.stdout + trace.stderr);
+  assert.match(trace.stdout, /denied by default/);
+
+  // The dev client becomes prod: a new identity, which the requirement admits.
+  const relabelled = await cli(node, 'endpoint', 'labels', String(dev.endpoint.id), 'app=client', 'env=prod');
+  assert.equal(relabelled.code, 0, relabelled.stderr);
+  assert.deepEqual(await probeTcp(dev.netns, [s8080]), { [s8080]: true }, 'relabelled prod: connects');
+});
+
 test('policy is enforced across two nodes sharing identities and policies through etcd', async (t) => {
   const underlay = await Underlay.create(t);
   const etcd = await underlay.startEtcd(t);

@@ -74,6 +74,7 @@ test('cilium: L4-only rule applies to every peer; port as number or string; endP
   assert.deepEqual(rule.egress, [
     {
       endpoints: [wildcard],
+      portsOnly: true,
       ports: [
         { port: 80, protocol: 'TCP' },
         { port: 8000, endPort: 8100, protocol: 'ANY' },
@@ -112,7 +113,7 @@ test('cilium: deny rules (external-lockdown) and an L4-only egress deny', () => 
   assert.deepEqual(rule.endpointSelector, { matchLabels: { 'k8s:io.kubernetes.pod.namespace': 'default' }, matchExpressions: [] });
   assert.deepEqual(rule.ingressDeny, [{ entities: ['world'] }]);
   assert.deepEqual(rule.ingress, [{ entities: ['all'] }]);
-  assert.deepEqual(rule.egressDeny, [{ endpoints: [wildcard], ports: [{ port: 22, protocol: 'TCP' }] }]);
+  assert.deepEqual(rule.egressDeny, [{ endpoints: [wildcard], portsOnly: true, ports: [{ port: 22, protocol: 'TCP' }] }]);
   assert.deepEqual(rule.egress, []);
 });
 
@@ -144,6 +145,7 @@ test('cilium: matchExpressions, namespace scoping exceptions, icmps, enableDefau
   // icmps: types by number and by name; no peer → every peer
   assert.deepEqual(rule.ingress[2], {
     endpoints: [wildcard],
+    portsOnly: true,
     ports: [
       { port: 8, protocol: 'ICMP' },
       { port: 0, protocol: 'ICMP' },

@@ -4,7 +4,8 @@
  * endpointSelector always gets `k8s:io.kubernetes.pod.namespace=<ns>`, and its
  * fromEndpoints/toEndpoints get it unless they name a namespace, select namespace labels or
  * reserved labels; a clusterwide policy's peers get `k8s:io.kubernetes.pod.namespace Exists`
- * (pods only) unless they name a namespace or reserved labels.
+ * (pods only) unless they name a namespace or reserved labels. `fromRequires`/`toRequires` are
+ * scoped the same way, reserved labels or not, into `PeerRule.requires`.
  *
  * `toServices` is read into `PeerRule.services` and `toFQDNs` into `PeerRule.fqdns` (both
  * expanded by the policy manager), `toPorts[].rules.dns` into the ports' `rules`. Out-of-scope
@@ -47,7 +48,6 @@ const UNSUPPORTED_SPEC: Record<string, string> = {
   policyTypes: 'unknown field "policyTypes" (NetworkPolicy\'s): a Cilium policy enforces the directions it has rules for, or says so with enableDefaultDeny',
 };
 
-const REQUIRES = 'not supported (deprecated in Cilium); put the label requirement into the peer selector';
 const GROUPS = 'not supported yet (cloud provider groups); list the addresses with CIDR rules';
 const NODES = 'not supported yet (node selectors); use the host or remote-node entity';
 const AUTH = 'not supported yet (mutual authentication)';
@@ -335,11 +335,13 @@ function readEntities(ctx: Ctx, path: string, list: unknown[]): Entity[] | undef
 
 /**
  * Cilium's scoping of a peer selector (`getEndpointSelector`): reserved-label selectors stay as
- * written; otherwise, unless a namespace is named, a namespaced policy adds its namespace (but not
- * to selectors on namespace labels) and a clusterwide one requires some namespace (pods only).
+ * written, except requirements (`fromRequires`/`toRequires`); otherwise, unless a namespace is
+ * named, a namespaced policy adds its namespace (but not to selectors on namespace labels) and a
+ * clusterwide one requires some namespace (pods only).
  */
-function scopePeerSelector(selector: Selector, scope: Scope, subjectMatchesInit: boolean): Selector {
-  if (selectorHasKeyPrefix(selector, 'reserved:')) return selector;
+function scopePeerSelector(selector: Selector, scope: Scope, subjectMatchesInit: boolean, requirement = false): Selector {
+  // Cilium scopes requirements even on reserved labels (getEndpointSelector, addK8sPrefix false).
+  if (!requirement && selectorHasKeyPrefix(selector, 'reserved:')) return selector;
   if (selectorHasKey(selector, POD_NAMESPACE_LABEL) || selectorHasKey(selector, 'any:io.kubernetes.pod.namespace')) return selector;
   if (scope.namespace === undefined) {
     if (!subjectMatchesInit) selector.matchExpressions.push({ key: POD_NAMESPACE_LABEL, operator: 'Exists', values: [] });
@@ -368,7 +370,6 @@ function readPeerRule(ctx: Ctx, path: string, value: unknown, dir: Direction, sc
   const cidrSetField = `${x}CIDRSet`;
   const entitiesField = `${x}Entities`;
   const unsupported: Record<string, string> = {
-    [`${x}Requires`]: REQUIRES,
     [`${x}Groups`]: GROUPS,
     [`${x}Nodes`]: NODES,
   };
@@ -381,7 +382,8 @@ function readPeerRule(ctx: Ctx, path: string, value: unknown, dir: Direction, sc
   unsupported.auth = 'unknown field "auth": Cilium\'s field is authentication (mutual authentication, not supported yet)';
   const before = ctx.issues.length;
   const fqdnField = x === 'to' && !dir.deny ? ['toFQDNs'] : [];
-  checkFields(ctx, path, obj, [endpointsField, cidrField, cidrSetField, entitiesField, ...(x === 'to' ? ['toServices'] : []), ...fqdnField, 'toPorts', 'icmps'], unsupported);
+  const requiresField = `${x}Requires`;
+  checkFields(ctx, path, obj, [endpointsField, requiresField, cidrField, cidrSetField, entitiesField, ...(x === 'to' ? ['toServices'] : []), ...fqdnField, 'toPorts', 'icmps'], unsupported);
 
   const peer: PeerRule = {};
   if (x === 'to') {
@@ -403,6 +405,16 @@ function readPeerRule(ctx: Ctx, path: string, value: unknown, dir: Direction, sc
       if (sel !== undefined) selectors.push(scopePeerSelector(sel, scope, subjectMatchesInit));
     });
     peer.endpoints = selectors;
+  }
+
+  const requires = readList(ctx, join(path, requiresField), obj[requiresField]);
+  if (requires !== undefined && requires.length > 0) {
+    const selectors: Selector[] = [];
+    requires.forEach((item, i) => {
+      const sel = readSelector(ctx, at(join(path, requiresField), i), item, ciliumSelectorKey);
+      if (sel !== undefined) selectors.push(scopePeerSelector(sel, scope, subjectMatchesInit, true));
+    });
+    peer.requires = selectors;
   }
 
   const entities = readList(ctx, join(path, entitiesField), obj[entitiesField]);
@@ -458,6 +470,7 @@ function readPeerRule(ctx: Ctx, path: string, value: unknown, dir: Direction, sc
   // Ports without any peer: Cilium applies them to every peer (the wildcard selector).
   if (peer.services === undefined && peer.fqdns === undefined && peer.endpoints === undefined && peer.entities === undefined && peer.cidrs === undefined && peer.ports !== undefined) {
     peer.endpoints = [wildcardSelector()];
+    peer.portsOnly = true;
   }
   return peer;
 }

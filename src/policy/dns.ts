@@ -14,8 +14,7 @@ import { at, checkFields, describe, join, readList, readObj, readString } from '
 import type { Ctx } from './context.ts';
 import { lookupPolicy, PolicyDirection, PolicyVerdict, protocolNumber } from './policy-map.ts';
 import type { PolicyEngine } from './engine.ts';
-import { peerSelectors } from './resolve.ts';
-import { peerSelectorKey } from './selector-cache.ts';
+import { peerSelectsIdentity } from './resolve.ts';
 import { type FqdnSelector, type PeerRule, type PolicyRule, type PortRule, type Protocol } from './types.ts';
 
 /** Cilium's limit on a matchName or matchPattern (`matchpattern.MaxFQDNLength`). */
@@ -117,9 +116,6 @@ function portCovers(engine: PolicyEngine, rule: PortRule, protocol: Protocol, po
   return port >= rule.port && port <= (rule.endPort ?? rule.port);
 }
 
-function peerSelects(engine: PolicyEngine, peer: PeerRule, identity: number): boolean {
-  return peerSelectors(peer).some((ps) => engine.cache.getByKey(peerSelectorKey(ps))?.selections.has(identity) ?? false);
-}
 
 /**
  * The DNS rules that decide whether endpoint `endpointId` may ask the resolver of identity
@@ -144,11 +140,12 @@ export function dnsVerdict(engine: PolicyEngine, endpointId: number, resolverIde
     return rule === undefined ? [] : [rule];
   });
   const selectors: FqdnSelector[] = [];
+  const requires = engine.endpointRequirements(endpointId)?.egress ?? [];
   for (const rule of rules) {
     for (const peer of rule.egress) {
       const ports = (peer.ports ?? []).filter((p) => portCovers(engine, p, protocol, port));
       if (ports.length === 0 && (peer.ports ?? []).length > 0) continue;
-      if (!peerSelects(engine, peer, resolverIdentity)) continue;
+      if (!peerSelectsIdentity(engine.cache, peer, resolverIdentity, requires)) continue;
       if (ports.length === 0) return { allowed: true, allNames: true, ruleKeys: [...keys] };
       for (const p of ports) {
         if (p.l7?.dns === undefined) return { allowed: true, allNames: true, ruleKeys: [...keys] };

@@ -30,6 +30,7 @@ import {
   type LabelMap,
 } from './selector-cache.ts';
 import {
+  collectRequirements,
   diffEntries,
   resolveEndpointPolicy,
   rulePeerSelectors,
@@ -37,6 +38,7 @@ import {
   type EndpointNamedPort,
   type EntriesDiff,
   type NamedPortLookup,
+  type Requirements,
   type ResolvedPolicy,
 } from './resolve.ts';
 import {
@@ -75,6 +77,8 @@ interface EndpointState {
   ports: readonly EndpointNamedPort[];
   rules: Set<string>;
   policy: ResolvedPolicy;
+  /** The requirements of its rules, as of its last full resolve (its rules change only with one). */
+  requirements: Requirements;
   /** Keys of policy.entries by remote identity: an identity change reads only its own entries. */
   keysByIdentity: Map<number, Set<string>>;
 }
@@ -201,6 +205,8 @@ class KnownNamedPorts {
 const localPortsSource = (id: number): string => `endpoint:${id}`;
 
 const EMPTY_POLICY = (): ResolvedPolicy => ({ ingressEnforced: false, egressEnforced: false, entries: new Map(), selectingRules: [] });
+const NO_REQUIREMENTS = (): Requirements => ({ ingress: [], egress: [], ingressDeny: [], egressDeny: [] });
+const hasAny = (r: Requirements): boolean => r.ingress.length + r.egress.length + r.ingressDeny.length + r.egressDeny.length > 0;
 
 export class PolicyEngine {
   readonly cache: SelectorCache;
@@ -280,12 +286,19 @@ export class PolicyEngine {
 
   #resolve(ep: EndpointState): ResolvedPolicy {
     const states = this.#sortedRules(ep.rules);
-    return resolveEndpointPolicy(
-      ep.labels,
-      states.map((s) => s.rule),
-      this.cache,
-      { preselected: true, ruleId: (_r, i) => states[i].id, namedPorts: this.#namedPortLookup(ep.ports) },
-    );
+    const rules = states.map((s) => s.rule);
+    ep.requirements = collectRequirements(rules);
+    return resolveEndpointPolicy(ep.labels, rules, this.cache, {
+      preselected: true,
+      ruleId: (_r, i) => states[i].id,
+      namedPorts: this.#namedPortLookup(ep.ports),
+      requirements: ep.requirements,
+    });
+  }
+
+  /** The `fromRequires`/`toRequires` of the rules selecting an endpoint (see collectRequirements). */
+  endpointRequirements(id: number): Requirements | undefined {
+    return this.#endpoints.get(id)?.requirements;
   }
 
   /** Named ports in a policy of an endpoint with `own` ports: ingress by its own, egress by every known endpoint's. */
@@ -353,7 +366,9 @@ export class PolicyEngine {
     for (const id of endpointIds) {
       const ep = this.#endpoints.get(id);
       if (!ep) continue;
-      const states = this.#sortedRules([...naming].filter((rk) => ep.rules.has(rk)));
+      // Requirements can narrow a wildcard selector (no selector names the identity) to the
+      // identity: with requirements every rule of the endpoint is resolved.
+      const states = this.#sortedRules(hasAny(ep.requirements) ? ep.rules : [...naming].filter((rk) => ep.rules.has(rk)));
       const entries = ep.policy.entries;
       const entriesOf = (remote: number) => {
         const m = new Map<string, PolicyMapEntry>();
@@ -365,7 +380,14 @@ export class PolicyEngine {
         ep.labels,
         states.map((s) => s.rule),
         this.cache,
-        { preselected: true, ruleId: (_r, i) => states[i].id, onlyIdentity: identity, base: entriesOf(0), namedPorts: this.#namedPortLookup(ep.ports) },
+        {
+          preselected: true,
+          ruleId: (_r, i) => states[i].id,
+          onlyIdentity: identity,
+          base: entriesOf(0),
+          namedPorts: this.#namedPortLookup(ep.ports),
+          requirements: ep.requirements,
+        },
       ).entries;
       const old = entriesOf(identity);
       const diff = diffEntries(old, fresh);
@@ -513,7 +535,7 @@ export class PolicyEngine {
     const own = ports.map((p) => ({ name: p.name, port: p.port, protocol: p.protocol }));
     if (ep) for (const rk of ep.rules) this.#rules.get(rk)?.endpoints.delete(id);
     else {
-      ep = { id, labels, ports: own, rules: new Set(), policy: EMPTY_POLICY(), keysByIdentity: new Map() };
+      ep = { id, labels, ports: own, rules: new Set(), policy: EMPTY_POLICY(), requirements: NO_REQUIREMENTS(), keysByIdentity: new Map() };
       this.#endpoints.set(id, ep);
     }
     ep.labels = labels;

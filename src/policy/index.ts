@@ -47,6 +47,7 @@ export {
 } from './selector-cache.ts';
 export {
   resolveEndpointPolicy,
+  collectRequirements,
   diffEntries,
   peerSelectors,
   rulePeerSelectors,
@@ -57,6 +58,7 @@ export {
   type NamedPortLookup,
   type ResolvedPolicy,
   type ResolveOptions,
+  type Requirements,
   type EntriesDiff,
 } from './resolve.ts';
 export {

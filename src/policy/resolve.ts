@@ -11,12 +11,15 @@
  *   cookie is the lowest rule id.
  * - Deny precedence inside one LPM lookup: an allow covered by a broader deny of the same identity
  *   (or of identity 0) is left out, since the trie would return the narrower allow.
+ * - Requirements (`PeerRule.requires`) of the rules selecting the endpoint narrow the identities
+ *   of every `endpoints` selector of the same kind (allow or deny) and direction to those matching
+ *   all of them; entities, CIDRs and a ports-only rule's implied wildcard stay as they are.
  * - HTTP rules are ORed with those of the allows that cover their key (a broader key of the same
  *   peer, the same or a broader key of every peer); an allow without L7 rules among them allows all.
  * @module
  */
 import { selectorMatches } from './selector.ts';
-import { type PolicyRule, type PeerRule, type PortRule, ruleKey } from './types.ts';
+import { type PolicyRule, type PeerRule, type PortRule, type Selector, ruleKey } from './types.ts';
 import type { HttpRule } from './l7-http.ts';
 import {
   PolicyDirection,
@@ -29,7 +32,7 @@ import {
   type PolicyKey,
   type PolicyMapEntry,
 } from './policy-map.ts';
-import type { LabelMap, PeerSelector, SelectorCache } from './selector-cache.ts';
+import { peerSelectorKey, type CachedSelector, type LabelMap, type PeerSelector, type SelectorCache } from './selector-cache.ts';
 
 export interface ResolvedPolicy {
   ingressEnforced: boolean;
@@ -54,6 +57,60 @@ export interface ResolveOptions {
   base?: ReadonlyMap<string, PolicyMapEntry>;
   /** What a named port is in each direction (see PortRule.name); absent: a named port allows nothing. */
   namedPorts?: NamedPortLookup;
+  /**
+   * The requirements of every rule selecting the endpoint, when `rules` are not all of them (an
+   * identity change resolves only some); default: those of the rules in `rules` that select it.
+   */
+  requirements?: Requirements;
+}
+
+const RULE_LISTS = ['ingress', 'egress', 'ingressDeny', 'egressDeny'] as const;
+type RuleList = (typeof RULE_LISTS)[number];
+
+/** `fromRequires`/`toRequires` of the rules selecting an endpoint, per rule list, without repeats. */
+export type Requirements = Record<RuleList, Selector[]>;
+
+/** The requirements of `rules` (all of them: pass only those selecting the endpoint). */
+export function collectRequirements(rules: Iterable<PolicyRule>): Requirements {
+  const out: Requirements = { ingress: [], egress: [], ingressDeny: [], egressDeny: [] };
+  const seen = new Set<string>();
+  for (const rule of rules) {
+    for (const list of RULE_LISTS) {
+      for (const peer of rule[list]) {
+        for (const sel of peer.requires ?? []) {
+          const k = `${list}|${JSON.stringify(sel)}`;
+          if (seen.has(k)) continue;
+          seen.add(k);
+          out[list].push(sel);
+        }
+      }
+    }
+  }
+  return out;
+}
+
+/** The cached selectors of requirements that narrow anything (a wildcard requirement does not). */
+function requirementSelectors(cache: SelectorCache, requires: readonly Selector[]): CachedSelector[] {
+  return requires.map((selector) => cache.get({ kind: 'endpoints', selector })).filter((s) => !s.wildcard);
+}
+
+/** Whether a peer selector is one that requirements narrow. */
+function narrowable(peer: PeerRule, ps: PeerSelector): boolean {
+  return ps.kind === 'endpoints' && peer.portsOnly !== true;
+}
+
+/**
+ * Whether one of `peer`'s selectors lists `identity` among its selections (a wildcard lists
+ * none), its `endpoints` narrowed by `requires` (the requirements of its rule list for the
+ * endpoint, see collectRequirements). Selectors the cache does not hold select nothing.
+ */
+export function peerSelectsIdentity(cache: SelectorCache, peer: PeerRule, identity: number, requires: readonly Selector[]): boolean {
+  const reqs = requirementSelectors(cache, requires);
+  return peerSelectors(peer).some((ps) => {
+    const s = cache.getByKey(peerSelectorKey(ps));
+    if (s === undefined || !s.selections.has(identity)) return false;
+    return !narrowable(peer, ps) || reqs.every((r) => r.selections.has(identity));
+  });
 }
 
 /** A port of an endpoint's container that has a name. */
@@ -95,9 +152,12 @@ export function peerSelectors(peer: PeerRule): PeerSelector[] {
   return out;
 }
 
-/** Every peer selector a rule uses (all four lists). */
+/** Every peer selector a rule uses (all four lists), requirements included. */
 export function rulePeerSelectors(rule: PolicyRule): PeerSelector[] {
-  return [...rule.ingress, ...rule.egress, ...rule.ingressDeny, ...rule.egressDeny].flatMap(peerSelectors);
+  return [...rule.ingress, ...rule.egress, ...rule.ingressDeny, ...rule.egressDeny].flatMap((peer) => [
+    ...peerSelectors(peer),
+    ...(peer.requires ?? []).map((selector): PeerSelector => ({ kind: 'endpoints', selector })),
+  ]);
 }
 
 const DIRS = [
@@ -308,25 +368,44 @@ export function resolveEndpointPolicy(
     if (!list) ids.set(s.key, (list = [...s.selections]));
     return list;
   };
+  const selected = rules.map((rule) => options.preselected === true || selectorMatches(rule.endpointSelector, endpointLabels));
+  const requirements = options.requirements ?? collectRequirements(rules.filter((_r, i) => selected[i]));
+  const reqs = {} as Record<RuleList, CachedSelector[]>;
+  for (const list of RULE_LISTS) reqs[list] = requirementSelectors(cache, requirements[list]);
+  const narrowedIds = new Map<string, number[]>();
+  /** The identities of an `endpoints` selector that match every requirement of its rule list. */
+  const narrowedOf = (ps: PeerSelector, list: RuleList): number[] => {
+    const s = cache.get(ps);
+    const all = s.wildcard ? reqs[list] : [s, ...reqs[list]];
+    if (only !== undefined) return all.every((x) => x.selections.has(only)) ? onlyList : [];
+    const ck = `${list}|${s.key}`;
+    let out = narrowedIds.get(ck);
+    if (!out) {
+      const [first, ...rest] = all;
+      narrowedIds.set(ck, (out = [...first.selections].filter((id) => rest.every((r) => r.selections.has(id)))));
+    }
+    return out;
+  };
   rules.forEach((rule, index) => {
-    if (!options.preselected && !selectorMatches(rule.endpointSelector, endpointLabels)) return;
+    if (!selected[index]) return;
     const rk = ruleKey(rule);
     selectingRules.push(rk);
     const cookie = options.ruleId ? options.ruleId(rule, index) : index + 1;
     for (const d of DIRS) {
       if (ruleEnforces(rule, d.name)) enforced[d.name] = true;
-      for (const [list, deny] of [
-        [rule[d.allow], false],
-        [rule[d.deny], true],
+      for (const [listName, deny] of [
+        [d.allow, false],
+        [d.deny, true],
       ] as const) {
-        for (const peer of list) {
+        const narrowing = reqs[listName].length > 0;
+        for (const peer of rule[listName]) {
           // A peer whose ports are all names that stand for nothing here matches nothing.
           const l4 =
             peer.ports && peer.ports.length > 0
               ? peer.ports.flatMap((p) => (p.name === undefined ? portKeysWithL7(p) : resolvePortRule(p, d.name, options.namedPorts).flatMap(portKeysWithL7)))
               : ALL_L4;
           for (const ps of peerSelectors(peer)) {
-            for (const identity of identitiesOf(ps)) {
+            for (const identity of narrowing && narrowable(peer, ps) ? narrowedOf(ps, listName) : identitiesOf(ps)) {
               for (const k of l4) {
                 builder.add({ identity, direction: d.dir, protocol: k.protocol, port: k.port, prefixLen: k.prefixLen }, deny, cookie, rk, k.l7);
               }

@@ -12,6 +12,11 @@
  *   is stored with `endpoints: [WILDCARD]` (an empty selector), which is how Cilium reads it:
  *   every peer, world included.
  * - Deny lists (`ingressDeny`, `egressDeny`) beat allow lists, across all policies.
+ * - Requirements (`fromRequires`/`toRequires`, `PeerRule.requires`) allow nothing by themselves:
+ *   those of every allow rule selecting an endpoint narrow the `endpoints` selectors of every
+ *   allow rule (of any policy) selecting it in that direction, and those of deny rules narrow
+ *   deny rules' likewise. Entities, CIDRs and the wildcard of a ports-only rule are not narrowed
+ *   (Cilium's `GetSourceEndpointSelectorsWithRequirements`).
  * - `enableDefaultDeny.x` undefined means Cilium's default: deny is on for a direction that has
  *   allow or deny rules.
  * @module
@@ -146,6 +151,17 @@ export interface PeerRule {
   fqdns?: FqdnSelector[];
   /** Absent or empty = all ports. */
   ports?: PortRule[];
+  /**
+   * `fromRequires`/`toRequires`: label selectors (scoped like `endpoints`) a peer selected by
+   * `endpoints` must match, all of them, in every rule of this kind (allow or deny) and direction
+   * selecting the same endpoint, from any policy. They select no peer themselves.
+   */
+  requires?: Selector[];
+  /**
+   * Set when the rule gave ports but no peer: `endpoints` then holds the implied wildcard, which
+   * requirements do not narrow (Cilium adds that wildcard after applying them).
+   */
+  portsOnly?: true;
 }
 
 export interface PolicyRule {
