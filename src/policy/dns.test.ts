@@ -176,3 +176,26 @@ test('a port with DNS rules sends UDP and TCP to the DNS proxy; an L4 allow of t
   assert.equal(entryOf([l4Only, dnsRule], 17)?.dns, undefined, 'whichever comes first');
   assert.equal(entryOf([dnsRule, l4Only], 6)?.dns, true, '53/TCP is still DNS rules only');
 });
+
+test('DNS rules on a rule with ports and no peer (every resolver on that port) name the names allowed there', () => {
+  const NS = 'k8s:io.kubernetes.pod.namespace';
+  const client = { 'k8s:app': 'client', [NS]: 'app' };
+  const kubeDns = { 'k8s:k8s-app': 'kube-dns', [NS]: 'kube-system' };
+  const engine = new PolicyEngine({ identities: [...reservedIdentityInfos(), { id: 300, labels: client }, { id: 302, labels: kubeDns }] });
+  engine.upsertEndpoint(1, client);
+  engine.upsertRules(
+    parsePolicyFile(
+      egress(`  - toPorts:
+    - ports: [{port: "53", protocol: UDP}]
+      rules:
+        dns: [{matchPattern: "*.cilium.io"}]`),
+      { file: 'p.yaml' },
+    ).rules,
+  );
+  // A resolver pod and one outside the cluster (world) alike: the rule's peer is every identity.
+  for (const resolver of [302, 2]) {
+    const verdict = dnsVerdict(engine, 1, resolver, 53, 'UDP');
+    assert.equal(dnsVerdictAllows(verdict, 'docs.cilium.io'), true, `resolver ${resolver}: ${JSON.stringify(verdict)}`);
+    assert.equal(dnsVerdictAllows(verdict, 'evil.example.com'), false);
+  }
+});

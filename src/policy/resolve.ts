@@ -100,15 +100,16 @@ function narrowable(peer: PeerRule, ps: PeerSelector): boolean {
 }
 
 /**
- * Whether one of `peer`'s selectors lists `identity` among its selections (a wildcard lists
- * none), its `endpoints` narrowed by `requires` (the requirements of its rule list for the
- * endpoint, see collectRequirements). Selectors the cache does not hold select nothing.
+ * Whether one of `peer`'s selectors selects `identity` (a wildcard, such as a ports-only rule's,
+ * every identity, as its identity-0 entries do), its `endpoints` narrowed by `requires` (the
+ * requirements of its rule list for the endpoint, see collectRequirements). Selectors the cache
+ * does not hold select nothing.
  */
 export function peerSelectsIdentity(cache: SelectorCache, peer: PeerRule, identity: number, requires: readonly Selector[]): boolean {
   const reqs = requirementSelectors(cache, requires);
   return peerSelectors(peer).some((ps) => {
     const s = cache.getByKey(peerSelectorKey(ps));
-    if (s === undefined || !s.selections.has(identity)) return false;
+    if (s === undefined || !(s.wildcard || s.selections.has(identity))) return false;
     return !narrowable(peer, ps) || reqs.every((r) => r.selections.has(identity));
   });
 }
