@@ -34,8 +34,10 @@ function answer(records: DnsRecords, name: string): Answer[] | undefined {
   return out;
 }
 
-export function serveDns(address: string, port: number, records: DnsRecords): Promise<DnsServer> {
-  const socket: Socket = createSocket('udp4');
+/** Tries for a port free for both UDP and TCP when asked for any (0): another test may hold the TCP side of the UDP port drawn. */
+const PORT_ATTEMPTS = 20;
+
+export async function serveDns(address: string, port: number, records: DnsRecords): Promise<DnsServer> {
   const queries: string[] = [];
   const respond = (bytes: Buffer): Buffer | undefined => {
     let query;
@@ -51,39 +53,46 @@ export function serveDns(address: string, port: number, records: DnsRecords): Pr
     const answers = question.type === 'A' ? answer(records, name) : [];
     return encode({ type: 'response', id: query.id, flags: (answers === undefined ? 3 : 0) | (1 << 10), questions: query.questions, answers: answers ?? [] });
   };
-  socket.on('message', (bytes, from) => {
-    const response = respond(bytes);
-    if (response) socket.send(response, from.port, from.address);
-  });
-  // The same over TCP, one length-prefixed message at a time.
-  const tcp = createServer((conn) => {
-    let received = Buffer.alloc(0);
-    conn.on('error', () => undefined);
-    conn.on('data', (chunk: Buffer) => {
-      received = Buffer.concat([received, chunk]);
-      while (received.length >= 2 && received.length >= 2 + received.readUInt16BE(0)) {
-        const response = respond(received.subarray(2, 2 + received.readUInt16BE(0)));
-        received = received.subarray(2 + received.readUInt16BE(0));
-        if (!response) return conn.destroy();
-        const framed = Buffer.alloc(2 + response.length);
-        framed.writeUInt16BE(response.length, 0);
-        response.copy(framed, 2);
-        conn.write(framed);
-      }
+  for (let attempt = 1; ; attempt++) {
+    const socket: Socket = createSocket('udp4');
+    socket.on('message', (bytes, from) => {
+      const response = respond(bytes);
+      if (response) socket.send(response, from.port, from.address);
     });
-  });
-  return new Promise((resolve) => {
-    socket.bind(port, address, () => {
+    // The same over TCP, one length-prefixed message at a time.
+    const tcp = createServer((conn) => {
+      let received = Buffer.alloc(0);
+      conn.on('error', () => undefined);
+      conn.on('data', (chunk: Buffer) => {
+        received = Buffer.concat([received, chunk]);
+        while (received.length >= 2 && received.length >= 2 + received.readUInt16BE(0)) {
+          const response = respond(received.subarray(2, 2 + received.readUInt16BE(0)));
+          received = received.subarray(2 + received.readUInt16BE(0));
+          if (!response) return conn.destroy();
+          const framed = Buffer.alloc(2 + response.length);
+          framed.writeUInt16BE(response.length, 0);
+          response.copy(framed, 2);
+          conn.write(framed);
+        }
+      });
+    });
+    const close = () => Promise.all([new Promise<void>((done) => socket.close(() => done())), new Promise<void>((done) => (tcp.listening ? tcp.close(() => done()) : done()))]).then(() => undefined);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        socket.once('error', reject);
+        socket.bind(port, address, () => resolve());
+      });
       const bound = socket.address().port;
-      tcp.listen(bound, address, () =>
-        resolve({
-          port: bound,
-          queries,
-          close: () => Promise.all([new Promise<void>((done) => socket.close(() => done())), new Promise<void>((done) => tcp.close(() => done()))]).then(() => undefined),
-        }),
-      );
-    });
-  });
+      await new Promise<void>((resolve, reject) => {
+        tcp.once('error', reject);
+        tcp.listen(bound, address, () => resolve());
+      });
+      return { port: bound, queries, close };
+    } catch (error) {
+      await close();
+      if (port !== 0 || (error as NodeJS.ErrnoException).code !== 'EADDRINUSE' || attempt >= PORT_ATTEMPTS) throw error;
+    }
+  }
 }
 
 if (import.meta.main) {
