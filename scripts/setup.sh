@@ -13,7 +13,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 # BPF maps and links are pinned here; the kernel only offers bpffs where it is mounted.
-mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+# Mounted here for an agent run by hand; scripts/with-bpffs.sh (the tests, the demo, benches) takes
+# a mount made here away again when nothing is pinned in it, so the kernel is left as it was found.
+if ! mountpoint -q /sys/fs/bpf; then mount -t bpf bpf /sys/fs/bpf && touch /run/ciliate-mounted-bpffs; fi
 # Tracepoint programs find their event ids in tracefs.
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
