@@ -121,13 +121,15 @@ interface RedirectStats {
   sendFailures: number;
 }
 
-/** utime + stime of a process, in ms (clock ticks of 10 ms: USER_HZ is 100 on Linux). */
-function cpuMs(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+/** utime + stime (ms) in a /proc stat file: of a process, or of one of its threads (task/<tid>/stat). Clock ticks of 10 ms: USER_HZ is 100 on Linux. */
+function statCpuMs(path: string): number {
+  const stat = readFileSync(path, 'utf8');
   // Fields after the command name, which may hold spaces: state is field 3, utime 14, stime 15.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return (Number(fields[11]) + Number(fields[12])) * 10;
 }
+
+const cpuMs = (pid: number): number => statCpuMs(`/proc/${pid}/stat`);
 
 /** CPU time (ms) of each of a process's threads, summed by thread name. */
 function threadCpuMs(pid: number): Map<string, number> {
@@ -135,9 +137,7 @@ function threadCpuMs(pid: number): Map<string, number> {
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
     try {
       const name = readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
-      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      byName.set(name, (byName.get(name) ?? 0) + (Number(fields[11]) + Number(fields[12])) * 10);
+      byName.set(name, (byName.get(name) ?? 0) + statCpuMs(`/proc/${pid}/task/${tid}/stat`));
     } catch {
       // The thread ended between the listing and the read.
     }

@@ -18,7 +18,7 @@ import type { DnsVerdict } from '../policy/index.ts';
 import { learnedExpiry, type AnswerAddress } from './cache.ts';
 import { fastFlowOutcome, parseFastFlows } from './fast-path.ts';
 import type { Resolver } from './proxy.ts';
-import { EPOCH_ALL, EPOCH_TOLD, LEARNED_REFRESH_MS, REDIRECT_COUNTERS, toldKey, type EndpointContext, type FromWorker, type HandledQuery, type RedirectCounter, type RedirectSettings, type RedirectWorkerData, type ToWorker } from './redirect-protocol.ts';
+import { EPOCH_ALL, EPOCH_TOLD, REDIRECT_COUNTERS, tellsLonger, toldKey, type EndpointContext, type FromWorker, type HandledQuery, type RedirectCounter, type RedirectSettings, type RedirectWorkerData, type ToWorker } from './redirect-protocol.ts';
 
 export interface DnsRedirectWorkerOptions extends Omit<RedirectSettings, 'host' | 'retryListenMs'> {
   host?: string;
@@ -225,7 +225,7 @@ export class DnsRedirectWorker {
       if (outcome === undefined) continue;
       const { response: _response, ...rest } = outcome;
       queries.push({ endpoint: flow.endpoint, sourcePort: flow.sourcePort, resolver: { address: flow.resolver, port: flow.resolverPort }, protocol: 'UDP', outcome: rest, requestNs: flow.requestNs, responseNs: flow.responseNs });
-      const longer = outcome.learned.some((a) => learnedExpiry(a.ttl, o.minTtl, now) > (this.#toldUntil.get(toldKey(flow.endpoint, a)) ?? 0) + LEARNED_REFRESH_MS);
+      const longer = outcome.learned.some((a) => tellsLonger(a.ttl, o.minTtl, this.#toldUntil.get(toldKey(flow.endpoint, a)) ?? 0, now));
       if (!longer) continue;
       this.#noteTold(flow.endpoint, outcome.learned, now);
       o.learned(flow.endpoint, outcome.learned).catch((error: unknown) => o.log.warn({ err: error, endpoint: flow.endpoint }, 'telling the FQDN cache of addresses the fast path answered failed'));

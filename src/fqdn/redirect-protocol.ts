@@ -7,7 +7,7 @@
  * @module
  */
 import type { DnsVerdict } from '../policy/index.ts';
-import type { AnswerAddress } from './cache.ts';
+import { learnedExpiry, type AnswerAddress } from './cache.ts';
 import { FAST_COUNTERS } from './fast-path.ts';
 import type { DnsOutcome, RejectResponseCode, Resolver } from './proxy.ts';
 
@@ -42,7 +42,12 @@ export interface RedirectSettings {
 export const EPOCH_ALL = 0;
 
 /** A longer life of an address already told is reported when it adds at least this much (ms): once a second per address at most. */
-export const LEARNED_REFRESH_MS = 1_000;
+const LEARNED_REFRESH_MS = 1_000;
+
+/** Whether an answer's `ttl` would keep an address told until `toldUntil` (ms) enough longer to tell the agent again. */
+export function tellsLonger(ttl: number, minTtl: number, toldUntil: number, now: number): boolean {
+  return learnedExpiry(ttl, minTtl, now) > toldUntil + LEARNED_REFRESH_MS;
+}
 
 /** An address an endpoint was told of for a name, as what was told to the agent is kept. */
 export const toldKey = (endpoint: number, a: Pick<AnswerAddress, 'name' | 'ip'>): string => `${endpoint}|${a.name}|${a.ip}`;

@@ -18,7 +18,7 @@ import { learnedExpiry, type AnswerAddress } from './cache.ts';
 import { DnsFastPath } from './fast-path.ts';
 import { DnsProxy, type DnsOutcome, type DnsQuery, type Resolver } from './proxy.ts';
 import { DnsRedirectListener } from './redirect.ts';
-import { EPOCH_ALL, EPOCH_TOLD, LEARNED_REFRESH_MS, REDIRECT_COUNTERS, toldKey, wallClockNs, type EndpointContext, type FromWorker, type HandledQuery, type RedirectWorkerData, type ToWorker } from './redirect-protocol.ts';
+import { EPOCH_ALL, EPOCH_TOLD, REDIRECT_COUNTERS, tellsLonger, toldKey, wallClockNs, type EndpointContext, type FromWorker, type HandledQuery, type RedirectWorkerData, type ToWorker } from './redirect-protocol.ts';
 
 const data = workerData as RedirectWorkerData;
 const host = parentPort!;
@@ -126,7 +126,7 @@ function learned(endpoint: number, addresses: AnswerAddress[]): Promise<void> | 
   for (const a of addresses) {
     const until = allowedUntil.get(toldKey(endpoint, a));
     if (until === undefined || until < now + LEARNED_MARGIN_MS) mustWait = true;
-    else if (learnedExpiry(a.ttl, data.minTtl, now) > until + LEARNED_REFRESH_MS) longer = true;
+    else if (tellsLonger(a.ttl, data.minTtl, until, now)) longer = true;
   }
   if (mustWait) return tellLearned(endpoint, addresses);
   if (longer) void tellLearned(endpoint, addresses).catch(() => undefined);

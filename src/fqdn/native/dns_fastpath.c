@@ -1110,6 +1110,15 @@ static int get_ipv4(napi_env env, napi_value v, uint32_t *out)
 	return napi_get_value_string_utf8(env, v, text, sizeof(text), &n) == napi_ok && inet_pton(AF_INET, text, out) == 1 ? 0 : -1;
 }
 
+/* A table three quarters full is dropped whole: probing stays short, and what it held comes back with the next answers. */
+static void clear_if_full(void *table, size_t entry_size, uint32_t slots, uint32_t *count)
+{
+	if (*count < slots * 3 / 4)
+		return;
+	memset(table, 0, entry_size * slots);
+	*count = 0;
+}
+
 /* allow(source, resolver, resolverPort, name, endpoint, mark, allowed, rcode, epoch) */
 static napi_value allow(napi_env env, napi_callback_info info)
 {
@@ -1133,10 +1142,7 @@ static napi_value allow(napi_env env, napi_callback_info info)
 	pthread_mutex_lock(&fp.lock);
 	refresh_epoch();
 	if (epoch == fp.table_epoch) {
-		if (fp.verdict_count >= VERDICT_SLOTS * 3 / 4) {
-			memset(fp.verdicts, 0, sizeof(struct verdict) * VERDICT_SLOTS);
-			fp.verdict_count = 0;
-		}
+		clear_if_full(fp.verdicts, sizeof(struct verdict), VERDICT_SLOTS, &fp.verdict_count);
 		struct verdict *v = find_verdict(source, resolver, (uint16_t)rport, name, name_len);
 		if (v == NULL) {
 			uint32_t i = verdict_slot(source, resolver, (uint16_t)rport, name, name_len);
@@ -1183,10 +1189,7 @@ static napi_value learned(napi_env env, napi_callback_info info)
 	pthread_mutex_lock(&fp.lock);
 	refresh_epoch();
 	if (epoch == fp.told_epoch) {
-		if (fp.learned_count >= LEARNED_SLOTS * 3 / 4) {
-			memset(fp.learned, 0, sizeof(struct learned) * LEARNED_SLOTS);
-			fp.learned_count = 0;
-		}
+		clear_if_full(fp.learned, sizeof(struct learned), LEARNED_SLOTS, &fp.learned_count);
 		struct learned *l = find_learned(source, name_hash, ip, 1);
 		if (l != NULL) {
 			if (!l->used)
