@@ -144,3 +144,41 @@ test('a client outside the cluster through a NodePort (externalTrafficPolicy Loc
   const judged = (await requests(node, web.endpoint.ipv4, 2)).map(([verdict, , identity]) => [verdict, identity]);
   assert.deepEqual(judged, [['FORWARDED', 2], ['DROPPED', 2]]);
 });
+
+/**
+ * One request with `Connection: close` from local port `lport`, so the proxy closes first and its
+ * socket of the connection waits out TIME_WAIT; prints how long the connection took and the status.
+ */
+const CLOSING_REQUEST = `
+const net = require('node:net');
+const [host, lport] = process.argv.slice(1);
+const started = performance.now();
+const socket = net.connect({ host, port: 80, localPort: Number(lport) });
+let connectMs, head = '';
+socket.on('connect', () => { connectMs = Math.round(performance.now() - started); socket.write('GET /public HTTP/1.1\\r\\nHost: web\\r\\nConnection: close\\r\\n\\r\\n'); });
+socket.on('data', (d) => (head += d));
+socket.on('end', () => { console.log(JSON.stringify({ connectMs, status: head.split(' ')[1], body: head.split('\\r\\n\\r\\n')[1]?.trim() })); socket.end(); });
+socket.on('error', (e) => console.log(JSON.stringify({ error: e.code ?? String(e) })));
+setTimeout(() => { console.log(JSON.stringify({ error: 'timeout' })); process.exit(0); }, 4000).unref();
+`;
+
+test('a client reusing the 4-tuple of a connection the proxy closed first (its socket in TIME_WAIT) connects at once to the proxy, a pod and the node itself (hairpin) alike: the SYN is not dropped for a minute, nor taken by a listener of the node on that port', async (t) => {
+  const node = await TestNode.start(t);
+  const web = await node.addPod(t, 'web', { app: 'web' });
+  const client = await node.addPod(t, 'client', { app: 'client' });
+  await httpServer(t, web.netns, 80, { 'GET /public': 'public' });
+  // The node's own server on the same port, on every address: the stack's choice for that SYN.
+  await httpServer(t, node.netns, 80, { 'GET /public': 'the node' });
+  await enforce(node, 'web-from-client-and-host.yaml', ingressHttp('web-from-client-and-host', 'web', 'fromEndpoints: [{matchLabels: {app: client}}]\n    fromEntities: [host]'));
+  const lport = '40001';
+  for (const [who, netns] of [['pod', client.netns], ['node', node.netns]] as const) {
+    const first = JSON.parse(await inNs(netns, process.execPath, ['-e', CLOSING_REQUEST, web.endpoint.ipv4, lport]));
+    assert.deepEqual([first.status, first.body], ['200', 'public'], `${who}: ${JSON.stringify(first)}`);
+    // The proxy's side of it (the pod's address as its own, in the node's namespace) in TIME_WAIT.
+    const timeWait = await inNs(node.netns, 'ss', ['-Htn', 'state', 'time-wait', 'src', `${web.endpoint.ipv4}:80`, 'dport', `= :${lport}`]);
+    assert.notEqual(timeWait.trim(), '', `${who}: the proxy's socket is in TIME_WAIT`);
+    const again = JSON.parse(await inNs(netns, process.execPath, ['-e', CLOSING_REQUEST, web.endpoint.ipv4, lport]));
+    assert.deepEqual([again.status, again.body], ['200', 'public'], `${who}: ${JSON.stringify(again)}`);
+    assert.ok(again.connectMs < 500, `${who}: connected after ${again.connectMs} ms`);
+  }
+});

@@ -145,7 +145,9 @@ struct proxy4_key {
 struct proxy4_value {
 	__be32 orig_daddr;
 	__be16 orig_dport;
-	__u16 _pad;
+	/* A SYN the stack must take through a TIME_WAIT socket of its 4-tuple (proxy.h): the proxy
+	 * port cil_proxy_lookup (bpf_proxy_lookup.c) hands it to, once; 0 otherwise. Host order. */
+	__u16 handoff_port;
 	__u32 identity;	/* the sender's, as the datapath judged it */
 };
 
@@ -155,6 +157,18 @@ struct {
 	__type(key, struct proxy4_key);
 	__type(value, struct proxy4_value);
 } ciliate_proxy4 SEC(".maps");
+
+/* --- ciliate_proxy_listeners: the node proxies' listening sockets by port (host order) --- */
+
+/* Put here by each proxy itself (src/proxy), for cil_proxy_lookup to assign; a socket leaves the
+ * map when it closes. An entry here also tells the endpoint datapath that the lookup program
+ * is attached to the node's namespace (the agent attaches it before it starts the proxy). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 16);
+	__type(key, __u32);
+	__type(value, __u64);
+} ciliate_proxy_listeners SEC(".maps");
 
 /* --- ciliate_node_cfg: node-wide settings of the datapath, one entry at key 0 --- */
 

@@ -108,6 +108,56 @@ static __always_inline int redirect_datagram_to_proxy4(struct __sk_buff *skb, st
 }
 
 /*
+ * A SYN for the proxy that meets the proxy's socket of an earlier connection on its 4-tuple in
+ * TIME_WAIT: the proxy closed first (its idle timeout, `Connection: close`), and the client, whose
+ * side closed passively, reuses its port. Assigned the listener, the SYN would be dropped without
+ * a word (the kernel refuses a new request beside a socket of the same 4-tuple: inet_ehash_insert)
+ * and the client would retry for a minute. The stack's own TIME_WAIT processing takes it instead:
+ * a SYN that may open a new connection ends the old socket and asks for a listener (TCP_TW_SYN),
+ * and cil_proxy_lookup (bpf_proxy_lookup.c) answers with the proxy's, told by the handoff noted
+ * here. That lookup must come first: a listener of the node on the destination's port would
+ * otherwise get the connection. Without it (the proxy's listener is not in
+ * ciliate_proxy_listeners), the stack may take the SYN only where no listener of the node would:
+ * it answers with the old socket's ACK, the client resets that socket and sends its SYN again
+ * within milliseconds (tcp_rcv_synsent_state_process), and that one finds nothing in the way.
+ * Where a listener of the node would take it, it is dropped. Returns TC_ACT_OK to hand it to the
+ * stack, or the drop it reported.
+ */
+static __always_inline int proxy_after_time_wait4(struct __sk_buff *skb, struct ciliate_notify_info *info,
+						  const struct ipv4_ct_tuple *tuple, __u32 proxy_port)
+{
+	struct proxy4_key key = { .saddr = tuple->saddr, .sport = tuple->sport, .nexthdr = IPPROTO_TCP };
+	struct proxy4_value orig = { .orig_daddr = tuple->daddr, .orig_dport = tuple->dport,
+				     .handoff_port = proxy_port, .identity = info->src_identity };
+	struct bpf_sock_tuple st = {};
+	struct bpf_sock *sk;
+	long err;
+
+	if (!proxy_port)
+		return DROP(skb, info, DROP_PROXY_LOOKUP_FAILED);
+	sk = bpf_map_lookup_elem(&ciliate_proxy_listeners, &proxy_port);
+	if (sk) {
+		bpf_sk_release(sk);
+		err = bpf_map_update_elem(&ciliate_proxy4, &key, &orig, BPF_ANY);
+		if (err) {
+			info->ext_error = err;
+			return DROP(skb, info, DROP_PROXY_SET_FAILED);
+		}
+		return TC_ACT_OK;
+	}
+	/* The listener the stack would find: without a client port no connection matches. */
+	st.ipv4.saddr = tuple->saddr;
+	st.ipv4.daddr = tuple->daddr;
+	st.ipv4.dport = tuple->dport;
+	sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv4), BPF_F_CURRENT_NETNS, 0);
+	if (sk) {
+		bpf_sk_release(sk);
+		return DROP(skb, info, DROP_PROXY_LOOKUP_FAILED);
+	}
+	return TC_ACT_OK;
+}
+
+/*
  * Hands a packet from a pod (TC ingress of its host veth) to the node proxy: marks it for local
  * delivery and, for a SYN that has no socket yet, assigns the proxy's listener. Returns the
  * verdict (TC_ACT_OK, or the drop it reported: nobody listening, or a redirect that is neither TCP
@@ -129,17 +179,24 @@ __noinline int redirect_to_proxy4(struct __sk_buff *skb, struct ciliate_notify_i
 		return DROP(skb, info, DROP_PROXY_UNSUPPORTED);
 	skb->mark = MARK_MAGIC_TO_PROXY;
 	if (ct_opening(tuple, tcp_flags)) {
-		/* A retransmitted SYN of a connection the proxy already holds goes to that socket. */
 		st.ipv4.saddr = tuple->saddr;
 		st.ipv4.daddr = tuple->daddr;
 		st.ipv4.sport = tuple->sport;
 		st.ipv4.dport = tuple->dport;
 		sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv4), BPF_F_CURRENT_NETNS, 0);
 		if (sk) {
-			bool held = sk->state != BPF_TCP_TIME_WAIT && sk->state != BPF_TCP_LISTEN;
+			__u32 state = sk->state;
 
 			bpf_sk_release(sk);
-			if (held)
+			if (state == BPF_TCP_TIME_WAIT) {
+				int ret = proxy_after_time_wait4(skb, info, tuple, proxy_port);
+
+				if (ret != TC_ACT_OK)
+					return ret;
+				goto out;
+			}
+			/* A retransmitted SYN of a connection the proxy already holds goes to that socket. */
+			if (state != BPF_TCP_LISTEN)
 				goto out;
 		}
 		if (!proxy_port)

@@ -18,3 +18,4 @@ export * from './node-routing.ts';
 export * from './policy-maps.ts';
 export * from './metrics.ts';
 export * from './monitor-config.ts';
+export * from './proxy-lookup.ts';

@@ -25,6 +25,8 @@ export const MapName = {
   MONITOR_CFG: 'ciliate_monitor_cfg',
   /** Sender address and port of a datagram (or TCP connection) handed to a proxy → where it was going, and the sender's identity (proxy4Key, proxy4Value). */
   PROXY4: 'ciliate_proxy4',
+  /** The node proxies' listening sockets by port (SOCKHASH; u32 port → the socket, given as its fd on update). */
+  PROXY_LISTENERS: 'ciliate_proxy_listeners',
 } as const;
 export type MapName = (typeof MapName)[keyof typeof MapName];
 
@@ -138,10 +140,10 @@ export const ctEntry = struct('ct_entry', {
 });
 export type CtEntry = StructValue<(typeof ctEntry)['fields']>;
 
-// ciliate_proxy4: the original destination of a datagram the datapath handed to the DNS proxy.
+// ciliate_proxy4: the original destination of what the datapath handed to a proxy, and the sender's identity.
 
 export const proxy4Key = struct('proxy4_key', { saddr: ipv4, sport: be16, nexthdr: u8, _pad: pad(1) });
-export const proxy4Value = struct('proxy4_value', { orig_daddr: ipv4, orig_dport: be16, _pad: pad(2), identity: u32 });
+export const proxy4Value = struct('proxy4_value', { orig_daddr: ipv4, orig_dport: be16, handoff_port: u16, identity: u32 });
 export type Proxy4Key = StructValue<(typeof proxy4Key)['fields']>;
 export type Proxy4Value = StructValue<(typeof proxy4Value)['fields']>;
 

@@ -82,7 +82,6 @@ const BtfLoadAttr = { btf: 0, logBuf: 8, btfSize: 16, logSize: 20, logLevel: 24,
 /** BPF_F_SLEEPABLE: syscall programs must be sleepable or the verifier refuses them. */
 const PROG_F_SLEEPABLE = 1 << 4;
 const ATTACH_CGROUP_GETSOCKOPT = 21;
-const ATTACH_SK_LOOKUP = 36;
 
 const OP_MOV64_IMM = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
 const OP_CALL = 0x85; // BPF_JMP | BPF_CALL
@@ -380,7 +379,7 @@ function defaultAttachType(type: ProgramType): number {
     case ProgramType.CGROUP_SOCKOPT:
       return ATTACH_CGROUP_GETSOCKOPT;
     case ProgramType.SK_LOOKUP:
-      return ATTACH_SK_LOOKUP;
+      return AttachType.SK_LOOKUP;
     case ProgramType.NETFILTER:
       return AttachType.NETFILTER;
     case ProgramType.TRACING:

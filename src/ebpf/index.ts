@@ -22,6 +22,7 @@ export { attachTcx, attachTcxAsync, queryTcx, type TcxOptions, type TcxAsyncOpti
 export { attachXdp, type XdpOptions, type XdpMode } from './link/xdp.ts';
 export { attachNetkit, type NetkitOptions } from './link/netkit.ts';
 export { attachCgroup, type CgroupOptions } from './link/cgroup.ts';
+export { attachSkLookup, type SkLookupOptions } from './link/sk-lookup.ts';
 export { inNetns, namedNetns } from './netns.ts';
 export { RingBuffer, type RingBufferOptions, type RingBufferStats, type RecordHandler, type StartOptions, type WakeupMode } from './ringbuf.ts';
 export { MapType, ProgramType, AttachType, LinkType, UpdateFlag, MapFlag } from './internal/constants.ts';

@@ -40,7 +40,7 @@ async function setUp(t: TestContext, options: { fastPath: boolean; endpointRateL
   t.after(() => client.close());
   await new Promise<void>((r) => client.bind(0, '127.0.0.1', r));
   // As bpf_lxc notes a redirected datagram: where this client's datagram was going.
-  origins.update({ saddr: '127.0.0.1', sport: client.address().port, nexthdr: IPPROTO_UDP }, { orig_daddr: '127.0.0.1', orig_dport: server.port, identity: 4242 });
+  origins.update({ saddr: '127.0.0.1', sport: client.address().port, nexthdr: IPPROTO_UDP }, { orig_daddr: '127.0.0.1', orig_dport: server.port, handoff_port: 0, identity: 4242 });
 
   const state = { verdict: { allowed: true, allNames: true, ruleKeys: [] } as DnsVerdict };
   const learnedCalls: AnswerAddress[][] = [];

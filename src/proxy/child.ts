@@ -35,6 +35,7 @@ const flush = () => {
 const proxy = new HttpProxy({
   port: Number(process.env.CILIATE_PROXY_PORT),
   ...(process.env.CILIATE_PROXY_ORIGINS ? { origins: process.env.CILIATE_PROXY_ORIGINS } : {}),
+  ...(process.env.CILIATE_PROXY_LISTENERS ? { listeners: process.env.CILIATE_PROXY_LISTENERS } : {}),
   emit(record) {
     if (pending.size >= MAX_PENDING) lost++;
     else pending.add(record);

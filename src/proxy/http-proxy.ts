@@ -30,10 +30,10 @@ import {
   type PolicyMapEntry,
 } from '../policy/index.ts';
 import type { ProxyState } from './protocol.ts';
-import { makeListenerTransparent, markedTcpSocket } from './libc.ts';
+import { listenerFd, markedTcpSocket, setTransparent } from './libc.ts';
 import { H2Upstreams, h2RequestHeaders, h2ResponseHeaders, routeConnection } from './h2.ts';
 import { ipv4Mask, parseIpv4, Prefix } from '../net/index.ts';
-import { BpfMap } from '../ebpf/index.ts';
+import { BpfMap, u32, u64 } from '../ebpf/index.ts';
 import { IPPROTO_TCP, proxy4Key, proxy4Value, type Proxy4Key, type Proxy4Value } from '../datapath/index.ts';
 
 /** bpf/lib/proxy.h: MARK_MAGIC_PROXY_INGRESS and the identity, in Cilium's layout. */
@@ -120,6 +120,11 @@ export interface HttpProxyOptions {
    * with, for a client that is no pod of this node (another node's proxy, through the tunnel).
    */
   origins?: string;
+  /**
+   * The datapath's ciliate_proxy_listeners pin: the listener is put there under its port, for a
+   * SYN the stack takes through a TIME_WAIT socket of its 4-tuple (bpf/lib/proxy.h).
+   */
+  listeners?: string;
 }
 
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -386,8 +391,15 @@ export class HttpProxy {
         resolve();
       });
     });
-    makeListenerTransparent(server);
-    return (server.address() as AddressInfo).port;
+    const fd = listenerFd(server);
+    setTransparent(fd);
+    const port = (server.address() as AddressInfo).port;
+    if (this.#options.listeners !== undefined) {
+      // It leaves the map by itself when it closes.
+      using listeners = BpfMap.openPinned(this.#options.listeners, u32, u64);
+      listeners.update(port, BigInt(fd));
+    }
+    return port;
   }
 
   async close(): Promise<void> {

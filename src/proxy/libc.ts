@@ -89,14 +89,19 @@ function datagramFd(socket: DgramSocket, why: string): number {
   return fd;
 }
 
+/** A listening net.Server's descriptor: Node exposes it only on the handle. */
+export function listenerFd(server: Server): number {
+  const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (fd === undefined || fd < 0) throw new Error('the listener has no file descriptor');
+  return fd;
+}
+
 /**
  * IP_TRANSPARENT on a listening net.Server: the connections the datapath assigns to it keep their
- * original destination as their local address. Node exposes the descriptor only on the handle.
+ * original destination as their local address.
  */
 export function makeListenerTransparent(server: Server): void {
-  const fd = (server as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (fd === undefined || fd < 0) throw new Error('the listener has no file descriptor to make transparent');
-  setTransparent(fd);
+  setTransparent(listenerFd(server));
 }
 
 /** A new non-blocking IPv4 TCP socket with SO_MARK `mark`, not yet connected (for net.Socket({ fd })). */

@@ -24,6 +24,8 @@ export interface ProxySupervisorOptions {
   maxHeapMb?: number;
   /** The datapath's ciliate_proxy4 pin (HttpProxyOptions.origins). */
   originsPin?: string;
+  /** The datapath's ciliate_proxy_listeners pin (HttpProxyOptions.listeners). */
+  listenersPin?: string;
 }
 
 export interface ProxyStatus {
@@ -109,7 +111,7 @@ export class ProxySupervisor {
     const { port, log } = this.#options;
     const startedAt = Date.now();
     const child = fork(join(import.meta.dirname, 'child.ts'), [], {
-      env: { ...process.env, CILIATE_PROXY_PORT: String(port), CILIATE_PROXY_PARENT: String(process.pid), CILIATE_PROXY_ORIGINS: this.#options.originsPin ?? '' },
+      env: { ...process.env, CILIATE_PROXY_PORT: String(port), CILIATE_PROXY_PARENT: String(process.pid), CILIATE_PROXY_ORIGINS: this.#options.originsPin ?? '', CILIATE_PROXY_LISTENERS: this.#options.listenersPin ?? '' },
       // Rules are regular expressions and requests hostile: past V8's backtrack limit a match
       // falls back to its linear-time engine (RE2's guarantee, which Cilium's Envoy has).
       execArgv: [`--max-old-space-size=${this.#options.maxHeapMb ?? 256}`, '--enable-experimental-regexp-engine-on-excessive-backtracks'],

@@ -7,7 +7,7 @@
  */
 import { join } from 'node:path';
 import { z } from 'zod';
-import { MapName, Netlink } from '../../datapath/index.ts';
+import { MapName, Netlink, ensureProxyLookup } from '../../datapath/index.ts';
 import { L7RecordFanout, type L7HttpRecord } from '../../observer/index.ts';
 import { L7_PROXY_PORT, PolicyDirection, type PolicyMapEntry } from '../../policy/index.ts';
 import { ProxySupervisor, type ProxyState } from '../../proxy/index.ts';
@@ -93,12 +93,22 @@ export const proxyModule = defineModule({
 
     await ensureToProxyRouting();
     disableTcpEarlyDemux();
+    // Without it the proxy keeps its listener out of the map, and the datapath takes the slower way
+    // for a client that reuses the 4-tuple of a connection the proxy closed first (bpf/lib/proxy.h).
+    let lookupAttached = true;
+    try {
+      ensureProxyLookup(config.bpfRoot);
+    } catch (error) {
+      lookupAttached = false;
+      log.warn({ err: error }, 'the L7 proxy\'s socket lookup (BPF_SK_LOOKUP) could not be attached');
+    }
 
     const supervisor = new ProxySupervisor({
       port: L7_PROXY_PORT,
       log,
       maxHeapMb: config.l7ProxyMaxHeapMb,
       originsPin: join(config.bpfRoot, 'maps', MapName.PROXY4),
+      ...(lookupAttached ? { listenersPin: join(config.bpfRoot, 'maps', MapName.PROXY_LISTENERS) } : {}),
       onRecords(records, dropped) {
         lost += dropped;
         source.emit(records);

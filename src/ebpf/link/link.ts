@@ -17,10 +17,12 @@ export interface LinkInfoData {
   programId: number;
   /** tcx and xdp links: the interface. */
   ifindex?: number;
-  /** tcx and cgroup links. */
+  /** tcx, cgroup and netns links. */
   attachType?: number;
   /** cgroup links. */
   cgroupId?: bigint;
+  /** netns links (sk_lookup): the namespace's inode number, 0 once it is gone. */
+  netnsIno?: number;
 }
 
 export class Link implements Disposable {
@@ -150,6 +152,9 @@ export function linkInfo(fd: number): LinkInfoData {
   } else if (type === LinkType.CGROUP) {
     out.cgroupId = info.readBigUInt64LE(LinkInfo.union);
     out.attachType = info.readUInt32LE(LinkInfo.union + 8);
+  } else if (type === LinkType.NETNS) {
+    out.netnsIno = info.readUInt32LE(LinkInfo.union);
+    out.attachType = info.readUInt32LE(LinkInfo.union + 4);
   }
   return out;
 }

@@ -96,7 +96,7 @@ struct proxy4_key {
 struct proxy4_value {
 	uint32_t orig_daddr;
 	uint16_t orig_dport;
-	uint16_t pad;
+	uint16_t handoff_port;
 	uint32_t identity;
 };
 
