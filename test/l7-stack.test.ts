@@ -8,7 +8,10 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { L7_PROXY_PORT } from '../src/policy/policy-map.ts';
+import { join } from 'node:path';
+import { MapName } from '../src/datapath/index.ts';
+import { BpfMap, u32, u64 } from '../src/ebpf/index.ts';
+import { DNS_PROXY_PORT, L7_PROXY_PORT } from '../src/policy/policy-map.ts';
 import { TestNode, Underlay, addNetns, addWorld, cli, connectMarked, httpRequest, httpServer, inNs, sleep, type AgentOptions } from './support/cluster.ts';
 import { enforce, eventually } from './support/flows.ts';
 
@@ -170,6 +173,11 @@ test('a client reusing the 4-tuple of a connection the proxy closed first (its s
   // The node's own server on the same port, on every address: the stack's choice for that SYN.
   await httpServer(t, node.netns, 80, { 'GET /public': 'the node' });
   await enforce(node, 'web-from-client-and-host.yaml', ingressHttp('web-from-client-and-host', 'web', 'fromEndpoints: [{matchLabels: {app: client}}]\n    fromEntities: [host]'));
+  // Both proxies' listeners, where the lookup finds them (the DNS proxy's TCP one closes idle connections first too).
+  {
+    using listeners = BpfMap.openPinned(join(node.bpfRoot, 'maps', MapName.PROXY_LISTENERS), u32, u64);
+    assert.deepEqual([...listeners.keys()].sort(), [DNS_PROXY_PORT, L7_PROXY_PORT].sort());
+  }
   const lport = '40001';
   for (const [who, netns] of [['pod', client.netns], ['node', node.netns]] as const) {
     const first = JSON.parse(await inNs(netns, process.execPath, ['-e', CLOSING_REQUEST, web.endpoint.ipv4, lport]));

@@ -25,6 +25,8 @@ export interface RedirectSettings {
   minTtl: number;
   /** The datapath's ciliate_proxy4 pin: where each redirected datagram was going. */
   proxy4Pin: string;
+  /** The datapath's ciliate_proxy_listeners pin (DnsRedirectOptions.listeners); none: not published. */
+  listenersPin?: string;
   /** Milliseconds between tries to bind a port that was taken. */
   retryListenMs: number;
   /** UDP through the native fast path (fast-path.ts), JavaScript deciding only what it has not seen. */

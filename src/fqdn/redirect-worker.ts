@@ -214,7 +214,7 @@ function originalDestination(address: string, port: number): Resolver | undefine
 let listener: DnsRedirectListener | undefined;
 let fast: DnsFastPath | undefined;
 async function listen(): Promise<void> {
-  const candidate = new DnsRedirectListener({ port: data.port, host: data.host, endpointOf, originalDestination, answer, endpointRateLimit: data.endpointRateLimit, udpHandoff: data.fastPath });
+  const candidate = new DnsRedirectListener({ port: data.port, host: data.host, endpointOf, originalDestination, answer, endpointRateLimit: data.endpointRateLimit, udpHandoff: data.fastPath, ...(data.listenersPin ? { listeners: data.listenersPin } : {}) });
   try {
     await candidate.listen();
     if (data.fastPath) {

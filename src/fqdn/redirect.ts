@@ -18,7 +18,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { buildIpv4Frame, ETH_HLEN } from '../datapath/index.ts';
 import { Addr } from '../net/index.ts';
 import { decode, encode, TRUNCATED_RESPONSE } from 'dns-packet';
-import { closeDescriptor, makeDatagramSocketTransparent, makeListenerTransparent, rawIpv4Socket, sendIpv4Packet, SocketOptionError } from '../proxy/index.ts';
+import { closeDescriptor, makeDatagramSocketTransparent, makeListenerTransparent, publishListener, rawIpv4Socket, sendIpv4Packet, SocketOptionError } from '../proxy/index.ts';
 import { countDown, tcpFrame, type DnsOutcome, type DnsQuery, type Resolver } from './proxy.ts';
 
 export interface DnsRedirectOptions {
@@ -47,6 +47,8 @@ export interface DnsRedirectOptions {
    * without a bound one flooding pod would take the agent's whole CPU. 0: no bound.
    */
   endpointRateLimit?: number;
+  /** The datapath's ciliate_proxy_listeners pin, for the TCP listener (src/proxy/listeners.ts). */
+  listeners?: string;
 }
 
 /** What the listener ignored, by reason: none of it is answered. */
@@ -155,6 +157,7 @@ export class DnsRedirectListener {
       });
     });
     makeListenerTransparent(this.#tcp);
+    if (this.#options.listeners !== undefined) publishListener(this.#options.listeners, this.#tcp, this.#options.port);
   }
 
   async close(): Promise<void> {

@@ -30,10 +30,11 @@ import {
   type PolicyMapEntry,
 } from '../policy/index.ts';
 import type { ProxyState } from './protocol.ts';
-import { listenerFd, markedTcpSocket, setTransparent } from './libc.ts';
+import { makeListenerTransparent, markedTcpSocket } from './libc.ts';
+import { publishListener } from './listeners.ts';
 import { H2Upstreams, h2RequestHeaders, h2ResponseHeaders, routeConnection } from './h2.ts';
 import { ipv4Mask, parseIpv4, Prefix } from '../net/index.ts';
-import { BpfMap, u32, u64 } from '../ebpf/index.ts';
+import { BpfMap } from '../ebpf/index.ts';
 import { IPPROTO_TCP, proxy4Key, proxy4Value, type Proxy4Key, type Proxy4Value } from '../datapath/index.ts';
 
 /** bpf/lib/proxy.h: MARK_MAGIC_PROXY_INGRESS and the identity, in Cilium's layout. */
@@ -391,14 +392,9 @@ export class HttpProxy {
         resolve();
       });
     });
-    const fd = listenerFd(server);
-    setTransparent(fd);
+    makeListenerTransparent(server);
     const port = (server.address() as AddressInfo).port;
-    if (this.#options.listeners !== undefined) {
-      // It leaves the map by itself when it closes.
-      using listeners = BpfMap.openPinned(this.#options.listeners, u32, u64);
-      listeners.update(port, BigInt(fd));
-    }
+    if (this.#options.listeners !== undefined) publishListener(this.#options.listeners, server, port);
     return port;
   }
 

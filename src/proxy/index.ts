@@ -12,3 +12,4 @@ export { ProxySupervisor, type ProxySupervisorOptions, type ProxyStatus } from '
 export { HttpProxy, proxyIngressMark, type HttpProxyOptions } from './http-proxy.ts';
 export type { ProxyState, FromProxy, ToProxy } from './protocol.ts';
 export { closeDescriptor, makeDatagramSocketTransparent, makeListenerTransparent, markDatagramSocket, markedTcpSocket, rawIpv4Socket, sendIpv4Packet, SocketOptionError } from './libc.ts';
+export { publishListener } from './listeners.ts';

@@ -18,7 +18,7 @@ import { Addr } from '../../net/index.ts';
 import { parseRequest, RequestError } from '../api-errors.ts';
 import { defineModule } from '../module.ts';
 import { DnsProxyCell, EndpointsCell, PolicyCell } from './cells.ts';
-import { ensureToProxyRouting } from './proxy.ts';
+import { attachProxyLookup, ensureToProxyRouting } from './proxy.ts';
 import { storeConfig } from './store.ts';
 
 export const dnsProxyConfig = {
@@ -239,6 +239,7 @@ export const dnsRedirectModule = defineModule({
   async start({ dnsProxy, endpoints }, { config, log }) {
     if (!config.enableDnsProxyRedirect) return { value: undefined, status: () => ({ dnsRedirect: { enabled: false } }) };
     await ensureToProxyRouting();
+    const listenersPin = attachProxyLookup(config.bpfRoot, log);
     let byAddress = new Map<string, EndpointContext>();
     let revision = -1;
     const endpointAt = (address: string): EndpointContext | undefined => {
@@ -258,6 +259,7 @@ export const dnsRedirectModule = defineModule({
       fastPath: config.dnsProxyFastPath,
       fastPathRealtimeBudget: config.dnsProxyFastPathRealtimeBudget,
       proxy4Pin: join(config.bpfRoot, 'maps', MapName.PROXY4),
+      ...(listenersPin ? { listenersPin } : {}),
       endpoint: endpointAt,
       verdict: dnsProxy.verdict,
       learned: dnsProxy.learned,

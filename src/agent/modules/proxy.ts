@@ -6,6 +6,7 @@
  * @module
  */
 import { join } from 'node:path';
+import type { Logger } from 'pino';
 import { z } from 'zod';
 import { MapName, Netlink, ensureProxyLookup } from '../../datapath/index.ts';
 import { L7RecordFanout, type L7HttpRecord } from '../../observer/index.ts';
@@ -45,6 +46,22 @@ export async function ensureToProxyRouting(): Promise<void> {
 export function disableTcpEarlyDemux(): void {
   using nl = Netlink.open();
   nl.writeSysctl('net.ipv4.tcp_early_demux', '0');
+}
+
+/**
+ * The proxies' socket lookup on the node's namespace (src/datapath/proxy-lookup.ts), for a client
+ * that reuses the 4-tuple of a connection a proxy closed first (bpf/lib/proxy.h). Returns the pin
+ * of the map the proxies put their listeners in, or undefined when it could not be attached: a
+ * listener in that map tells the datapath the lookup is there, so none may be put then.
+ */
+export function attachProxyLookup(bpfRoot: string, log: Logger): string | undefined {
+  try {
+    ensureProxyLookup(bpfRoot);
+    return join(bpfRoot, 'maps', MapName.PROXY_LISTENERS);
+  } catch (error) {
+    log.warn({ err: error }, 'the proxies\' socket lookup (BPF_SK_LOOKUP) could not be attached: a client reusing the 4-tuple of a connection a proxy closed first is dropped where a listener of the node would take it');
+    return undefined;
+  }
 }
 
 type IdentityPairs = ProxyState['identities'];
@@ -93,22 +110,14 @@ export const proxyModule = defineModule({
 
     await ensureToProxyRouting();
     disableTcpEarlyDemux();
-    // Without it the proxy keeps its listener out of the map, and the datapath takes the slower way
-    // for a client that reuses the 4-tuple of a connection the proxy closed first (bpf/lib/proxy.h).
-    let lookupAttached = true;
-    try {
-      ensureProxyLookup(config.bpfRoot);
-    } catch (error) {
-      lookupAttached = false;
-      log.warn({ err: error }, 'the L7 proxy\'s socket lookup (BPF_SK_LOOKUP) could not be attached');
-    }
+    const listenersPin = attachProxyLookup(config.bpfRoot, log);
 
     const supervisor = new ProxySupervisor({
       port: L7_PROXY_PORT,
       log,
       maxHeapMb: config.l7ProxyMaxHeapMb,
       originsPin: join(config.bpfRoot, 'maps', MapName.PROXY4),
-      ...(lookupAttached ? { listenersPin: join(config.bpfRoot, 'maps', MapName.PROXY_LISTENERS) } : {}),
+      ...(listenersPin ? { listenersPin } : {}),
       onRecords(records, dropped) {
         lost += dropped;
         source.emit(records);

@@ -1,5 +1,5 @@
 /**
- * sk_lookup on the real kernel: a program from testdata/net.c attached to a fresh network namespace
+ * sk_lookup on the real kernel: a program from testdata/sk_lookup.c attached to a fresh network namespace
  * gives connections to a port nobody listens on to a socket the test put in its map.
  * @module
  */
@@ -18,8 +18,9 @@ import { attachSkLookup } from './sk-lookup.ts';
 
 const LISTENING_PORT = 41234;
 const STEERED_PORT = 41235;
-/** counters[SLOT_STEERED] in testdata/net.c: connections the program gave a socket. */
-const SLOT_STEERED = 8;
+/** steer_config's keys in testdata/sk_lookup.c: the port to steer, and how many it steered. */
+const CONFIG_PORT = 0;
+const STEERED = 1;
 
 /** Connects to 127.0.0.1:port from inside the namespace: what it read, or the error code. */
 async function connectIn(netns: string, port: number): Promise<string> {
@@ -30,7 +31,8 @@ async function connectIn(netns: string, port: number): Promise<string> {
 
 test('sk_lookup on a network namespace gives connections to a port nobody listens on to the socket in its map, until the link closes', async (t) => {
   const net = netnsPair(t);
-  const obj = BpfObject.load(objectPath('net'));
+  const obj = BpfObject.load(objectPath('sk_lookup'));
+  const config = obj.map('steer_config').withCodecs(u32, u32);
   t.after(() => obj.close());
   // Made inside the namespace (a socket belongs to the namespace it was created in), so without an
   // address to look up: that listen() makes its socket at once, on every address of both families.
@@ -41,13 +43,13 @@ test('sk_lookup on a network namespace gives connections to a port nobody listen
 
   assert.equal(await connectIn(net.b, STEERED_PORT), 'ECONNREFUSED', 'nobody listens on the port');
   obj.map('steer_to').withCodecs(u32, u64).update(0, BigInt(fd));
-  obj.map('net_config').withCodecs(u32, u32).update(2, STEERED_PORT);
+  config.update(CONFIG_PORT, STEERED_PORT);
   const link = attachSkLookup(obj.program('steer_lookup'), { netns: net.pathB });
   t.after(() => link.close());
   const info = link.info();
   assert.deepEqual([info.type, info.attachType, info.netnsIno], [LinkType.NETNS, AttachType.SK_LOOKUP, statSync(net.pathB).ino]);
   assert.equal(await connectIn(net.b, STEERED_PORT), 'steered');
-  assert.equal(obj.map('counters').withCodecs(u32, u64).lookup(SLOT_STEERED), 1n);
+  assert.equal(config.lookup(STEERED), 1);
   assert.equal(await connectIn(net.a, STEERED_PORT), 'ECONNREFUSED', 'another namespace is untouched');
 
   link.close();

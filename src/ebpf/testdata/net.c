@@ -10,21 +10,20 @@ volatile const __u32 TAG = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 9);
+	__uint(max_entries, 8);
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
 
-/* net_config[0]: 1 = drop in tc/xdp; net_config[1]: TCP port whose connect() cgroup hooks refuse;
- * net_config[2]: TCP port whose connections steer_lookup gives to the socket in steer_to. */
+/* net_config[0]: 1 = drop in tc/xdp; net_config[1]: TCP port whose connect() cgroup hooks refuse. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 3);
+	__uint(max_entries, 2);
 	__type(key, __u32);
 	__type(value, __u32);
 } net_config SEC(".maps");
 
-enum { SLOT_TC_INGRESS, SLOT_TC_SECOND, SLOT_XDP, SLOT_CONNECT4, SLOT_SENDMSG4, SLOT_RECVMSG4, SLOT_GETPEERNAME4, SLOT_TAG, SLOT_STEERED };
+enum { SLOT_TC_INGRESS, SLOT_TC_SECOND, SLOT_XDP, SLOT_CONNECT4, SLOT_SENDMSG4, SLOT_RECVMSG4, SLOT_GETPEERNAME4, SLOT_TAG };
 
 static __always_inline void bump(__u32 slot)
 {
@@ -92,29 +91,6 @@ int count_getpeername4(struct bpf_sock_addr *ctx)
 {
 	bump(SLOT_GETPEERNAME4);
 	return 1;
-}
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SOCKMAP);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} steer_to SEC(".maps");
-
-SEC("sk_lookup")
-int steer_lookup(struct bpf_sk_lookup *ctx)
-{
-	__u32 zero = 0;
-	struct bpf_sock *sk = NULL;
-
-	if (ctx->protocol == IPPROTO_TCP && ctx->local_port == config_get(2))
-		sk = bpf_map_lookup_elem(&steer_to, &zero);
-	if (sk) {
-		if (bpf_sk_assign(ctx, sk, 0) == 0)
-			bump(SLOT_STEERED);
-		bpf_sk_release(sk);
-	}
-	return SK_PASS;
 }
 
 char LICENSE[] SEC("license") = "GPL";
