@@ -56,7 +56,7 @@ const UNSUPPORTED_PORT_RULE: Record<string, string> = {
   serverNames: 'not supported yet (TLS SNI matching needs the L7 proxy)',
   terminatingTLS: 'not supported yet (TLS interception needs the L7 proxy)',
   originatingTLS: 'not supported yet (TLS origination needs the L7 proxy)',
-  listener: 'not supported yet (Envoy listeners)',
+  listener: 'not supported yet (redirects to an Envoy listener of a CiliumEnvoyConfig)',
 };
 
 const UNSUPPORTED_CIDR_RULE: Record<string, string> = {
@@ -127,6 +127,14 @@ export function ciliumSelectorKey(raw: string): string | { error: string } {
   return canonicalSelectorKey(raw);
 }
 
+/**
+ * Whether `protocol` is one of the IP protocols without ports that Cilium matches in `ports`
+ * when its extended IP protocols are enabled (`isExtendedIPProtocol`).
+ */
+function portlessProtocol(protocol: unknown): boolean {
+  return typeof protocol === 'string' && ['VRRP', 'IGMP', 'GRE', 'IPIP', 'ESP', 'AH'].includes(protocol.toUpperCase());
+}
+
 /** Reads one `toPorts[].ports[]` entry. */
 function readPort(ctx: Ctx, path: string, value: unknown): PortRule | undefined {
   const obj = readObj(ctx, path, value);
@@ -141,7 +149,8 @@ function readPort(ctx: Ctx, path: string, value: unknown): PortRule | undefined 
   let name: string | undefined;
   const raw = obj.port;
   if (raw === undefined || raw === null) {
-    ctx.add(portPath, 'is required (use 0 with a protocol for every port)');
+    // A protocol without ports (VRRP) is written without one; its own issue says what is wrong.
+    if (!portlessProtocol(obj.protocol)) ctx.add(portPath, 'is required (use 0 with a protocol for every port)');
   } else if (typeof raw === 'number') {
     if (Number.isInteger(raw) && raw >= 0 && raw <= 65535) port = raw;
     else ctx.add(portPath, `must be 1–65535 (or 0 for every port), got ${raw}`);
@@ -175,7 +184,7 @@ function readPort(ctx: Ctx, path: string, value: unknown): PortRule | undefined 
   } else {
     const upper = rawProtocol.toUpperCase();
     if (upper === 'ICMP' || upper === 'ICMPV6') ctx.add(protocolPath, 'ICMP is matched with icmps (e.g. icmps: [{fields: [{type: 8}]}]), not with a port protocol');
-    else if (upper === 'VRRP' || upper === 'IGMP') ctx.add(protocolPath, `${upper} is not supported yet`);
+    else if (portlessProtocol(upper)) ctx.add(protocolPath, `${upper} is not supported yet (IP protocols without ports)`);
     else if (['TCP', 'UDP', 'SCTP', 'ANY'].includes(upper)) ctx.add(protocolPath, `must be upper case: ${upper}, got "${rawProtocol}"`);
     else ctx.add(protocolPath, `must be one of TCP, UDP, SCTP, ANY, got "${rawProtocol}"`);
     ok = false;

@@ -59,6 +59,10 @@ const API_VERSIONS: Record<string, string> = {
   CiliumClusterwideNetworkPolicy: 'cilium.io/v2',
   NetworkPolicy: 'networking.k8s.io/v1',
 };
+/** Versions old manifests still carry, with what to do: the fields did not change. */
+const RETIRED_API_VERSIONS: Record<string, string> = {
+  'NetworkPolicy extensions/v1beta1': 'Kubernetes 1.16 removed it; the fields are the same, change only apiVersion',
+};
 const LIST_KINDS: Record<string, string> = {
   List: 'v1',
   CiliumNetworkPolicyList: 'cilium.io/v2',
@@ -121,7 +125,8 @@ function readObject(ctx: Ctx, skipped: SkippedDocument[], path: string, value: u
       return [];
     }
     if (apiVersion !== API_VERSIONS[kind]) {
-      ctx.add(versionPath, `must be ${API_VERSIONS[kind]} for kind ${kind}, got "${apiVersion}"`);
+      const retired = RETIRED_API_VERSIONS[`${kind} ${apiVersion}`];
+      ctx.add(versionPath, `must be ${API_VERSIONS[kind]} for kind ${kind}, got "${apiVersion}"${retired === undefined ? '' : ` (${retired})`}`);
       return [];
     }
     if (inList !== undefined && inList !== 'List' && inList !== `${kind}List`) {

@@ -10,6 +10,23 @@ import type { CidrRule, Selector, SelectorOperator, SelectorRequirement } from '
 const OPERATORS: readonly SelectorOperator[] = ['In', 'NotIn', 'Exists', 'DoesNotExist'];
 
 /**
+ * Why a selector's unknown field with a scalar value is refused: it is a label written beside
+ * matchLabels, often under an empty `matchLabels:` by a lost indent. Kubernetes drops the field,
+ * which would leave {}: a selector of everything.
+ */
+function strayLabels(obj: Obj): Record<string, string> {
+  const stray: Record<string, string> = {};
+  for (const [key, value] of Object.entries(obj)) {
+    if (key === 'matchLabels' || key === 'matchExpressions' || (typeof value !== 'string' && typeof value !== 'number' && typeof value !== 'boolean')) continue;
+    stray[key] =
+      Object.hasOwn(obj, 'matchLabels') && (obj.matchLabels === null || obj.matchLabels === undefined)
+        ? `unknown field "${key}": matchLabels is empty; indent the label "${key}" under it (dropped, it would leave {}, which selects everything)`
+        : `unknown field "${key}": a label goes under matchLabels`;
+  }
+  return stray;
+}
+
+/**
  * Reads a `{matchLabels, matchExpressions}` selector. `mapKey` turns a written key into the
  * model's key, or returns a reason to reject it.
  */
@@ -20,7 +37,7 @@ export function readSelector(ctx: Ctx, path: string, value: unknown, mapKey: (ke
   }
   const obj = readObj(ctx, path, value);
   if (obj === undefined) return undefined;
-  checkFields(ctx, path, obj, ['matchLabels', 'matchExpressions']);
+  checkFields(ctx, path, obj, ['matchLabels', 'matchExpressions'], strayLabels(obj));
   const selector: Selector = { matchLabels: {}, matchExpressions: [] };
   let ok = true;
   const key = (p: string, raw: string): string | undefined => {

@@ -218,6 +218,24 @@ test('reject: field-level validation', () => {
   for (const [spec, expected] of cases) assert.deepEqual(problems(cnp(spec)), [expected]);
 });
 
+test('reject: hints for mistakes of published examples (a lost indent, a retired apiVersion, a protocol without ports)', () => {
+  const cases: Array<[string, string[]]> = [
+    // The label fell out of an empty matchLabels; Kubernetes would drop it and leave {}.
+    [
+      '  endpointSelector: {}\n  ingress:\n  - fromEndpoints:\n    - matchLabels:\n      role: frontend',
+      ['spec.ingress[0].fromEndpoints[0].role: unknown field "role": matchLabels is empty; indent the label "role" under it (dropped, it would leave {}, which selects everything)'],
+    ],
+    ['  endpointSelector: {app: web}', ['spec.endpointSelector.app: unknown field "app": a label goes under matchLabels']],
+    // No "port is required" beside it: VRRP has no ports, and the protocol is what is refused.
+    ['  endpointSelector: {}\n  egress:\n  - toPorts: [{ports: [{protocol: VRRP}]}]', ['spec.egress[0].toPorts[0].ports[0].protocol: VRRP is not supported yet (IP protocols without ports)']],
+    ['  endpointSelector: {}\n  egress:\n  - toPorts: [{ports: [{protocol: TCP}]}]', ['spec.egress[0].toPorts[0].ports[0].port: is required (use 0 with a protocol for every port)']],
+  ];
+  for (const [spec, expected] of cases) assert.deepEqual(problems(cnp(spec)), expected);
+  assert.deepEqual(problems('apiVersion: extensions/v1beta1\nkind: NetworkPolicy\nmetadata: {name: a}\nspec: {podSelector: {}}'), [
+    'apiVersion: must be networking.k8s.io/v1 for kind NetworkPolicy, got "extensions/v1beta1" (Kubernetes 1.16 removed it; the fields are the same, change only apiVersion)',
+  ]);
+});
+
 test('reject: metadata and document shape', () => {
   assert.deepEqual(problems('apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: Bad_Name}\nspec: {endpointSelector: {}}'), [
     `metadata.name: "Bad_Name" is not a valid name (lower-case letters, digits, '-' and '.', at most 253)`,
