@@ -9,10 +9,11 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { MapName } from '../src/datapath/index.ts';
+import { readFileSync } from 'node:fs';
+import { CtDirection, CtFlag, MapName, type CtEntry, type CtTuple } from '../src/datapath/index.ts';
 import { BpfMap, u32, u64 } from '../src/ebpf/index.ts';
 import { DNS_PROXY_PORT, L7_PROXY_PORT } from '../src/policy/policy-map.ts';
-import { TestNode, Underlay, addNetns, addWorld, cli, connectMarked, httpRequest, httpServer, inNs, sleep, type AgentOptions } from './support/cluster.ts';
+import { TestNode, Underlay, addNetns, addWorld, cli, connectMarked, httpRequest, httpServer, inNs, sleep, until, type AgentOptions } from './support/cluster.ts';
 import { enforce, eventually } from './support/flows.ts';
 
 /** The REQUEST records (verdict, URL, source identity) `node`'s proxy reported for `server`. */
@@ -190,3 +191,36 @@ test('a client reusing the 4-tuple of a connection the proxy closed first (its s
     assert.ok(again.connectMs < 500, `${who}: connected after ${again.connectMs} ms`);
   }
 });
+
+/** One request on a kept-alive connection from local port `lport`, the connection then held open for `holdMs`. */
+const HELD_REQUEST = `
+const http = require('node:http');
+const [url, lport, holdMs] = process.argv.slice(1);
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+http.get(url, { agent, localPort: Number(lport) }, (res) => {
+  res.resume();
+  res.on('end', () => { console.log(res.statusCode); setTimeout(() => agent.destroy(), Number(holdMs)); });
+}).on('error', (e) => console.log(e.code));
+`;
+
+test('a hairpinned connection the proxy holds lives in conntrack as an established one, not as an unanswered SYN: kept idle, it is not judged again after a minute', async (t) => {
+  const node = await TestNode.start(t);
+  const web = await node.addPod(t, 'web', { app: 'web' });
+  await httpServer(t, web.netns, 80, { 'GET /public': 'public' });
+  await enforce(node, 'web-from-host.yaml', ingressHttp('web-from-host', 'web', 'fromEntities: [host]'));
+  const lport = 40002;
+  const held = inNs(node.netns, process.execPath, ['-e', HELD_REQUEST, `http://${web.endpoint.ipv4}/public`, String(lport), '4000']);
+  // The proxy answers through the node's stack: the entry at the pod's veth never sees a reply.
+  let entry: CtEntry | undefined;
+  await until('the hairpinned connection is tracked as answered', async () => {
+    const entries = await node.client.get<{ key: CtTuple; value: CtEntry }[]>('/v1/bpf/ct');
+    entry = entries.find((e) => e.key.sport === lport && e.key.dport === 80 && e.key.flags === CtDirection.INGRESS)?.value;
+    return entry !== undefined && (entry.flags & CtFlag.SEEN_REPLY) !== 0;
+  }, 3000);
+  assert.ok((entry!.flags & CtFlag.PROXY_REDIRECT) !== 0, 'sent to the proxy');
+  // Lifetimes are seconds of CLOCK_BOOTTIME, which /proc/uptime counts.
+  const now = Number(readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
+  assert.ok(entry!.lifetime - now > 3600, `lives ${Math.round(entry!.lifetime - now)} s more`);
+  assert.equal((await held).trim(), '200');
+});
+

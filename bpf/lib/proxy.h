@@ -107,6 +107,19 @@ static __always_inline int redirect_datagram_to_proxy4(struct __sk_buff *skb, st
 	return TC_ACT_OK;
 }
 
+/* The node's socket that takes the packets of `tuple` (the proxy's, once it has the connection),
+ * else a listener for its destination, or NULL; the caller releases it. */
+static __always_inline struct bpf_sock *tuple_socket4(struct __sk_buff *skb, const struct ipv4_ct_tuple *tuple)
+{
+	struct bpf_sock_tuple st = {};
+
+	st.ipv4.saddr = tuple->saddr;
+	st.ipv4.daddr = tuple->daddr;
+	st.ipv4.sport = tuple->sport;
+	st.ipv4.dport = tuple->dport;
+	return bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv4), BPF_F_CURRENT_NETNS, 0);
+}
+
 /*
  * A SYN for the proxy that meets the proxy's socket of an earlier connection on its 4-tuple in
  * TIME_WAIT: the proxy closed first (its idle timeout, `Connection: close`), and the client, whose
@@ -179,11 +192,7 @@ __noinline int redirect_to_proxy4(struct __sk_buff *skb, struct ciliate_notify_i
 		return DROP(skb, info, DROP_PROXY_UNSUPPORTED);
 	skb->mark = MARK_MAGIC_TO_PROXY;
 	if (ct_opening(tuple, tcp_flags)) {
-		st.ipv4.saddr = tuple->saddr;
-		st.ipv4.daddr = tuple->daddr;
-		st.ipv4.sport = tuple->sport;
-		st.ipv4.dport = tuple->dport;
-		sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv4), BPF_F_CURRENT_NETNS, 0);
+		sk = tuple_socket4(skb, tuple);
 		if (sk) {
 			__u32 state = sk->state;
 
@@ -201,7 +210,6 @@ __noinline int redirect_to_proxy4(struct __sk_buff *skb, struct ciliate_notify_i
 		}
 		if (!proxy_port)
 			return DROP(skb, info, DROP_PROXY_LOOKUP_FAILED);
-		__builtin_memset(&st, 0, sizeof(st));
 		st.ipv4.daddr = bpf_htonl(PROXY_LISTEN_ADDR);
 		st.ipv4.dport = bpf_htons(proxy_port);
 		sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv4), BPF_F_CURRENT_NETNS, 0);
@@ -265,6 +273,26 @@ static __always_inline bool proxy_hairpinned(const struct __sk_buff *skb)
 }
 
 /*
+ * The proxy answers a hairpinned connection through the node's stack, never past the pod's veth,
+ * so its entry sees no reply: the proxy's socket, established, stands for one (a handshake the
+ * kernel accepted, which a forged ACK is not). Otherwise the entry would live as an unanswered
+ * SYN's (CT_SYN_TIMEOUT), and an idle connection be judged again. Out of line: its socket tuple
+ * must not weigh on the stack of the path to redirect_to_proxy4.
+ */
+static __noinline void hairpin_answered4(struct __sk_buff *skb, const struct ipv4_ct_tuple *tuple, struct ct_entry *entry)
+{
+	struct bpf_sock *sk = tuple_socket4(skb, tuple);
+
+	if (!sk)
+		return;
+	if (sk->state == BPF_TCP_ESTABLISHED) {
+		entry->flags |= CT_F_SEEN_REPLY;
+		entry->lifetime = ct_now() + ct_lifetime(tuple, entry->flags);
+	}
+	bpf_sk_release(sk);
+}
+
+/*
  * cil_from_container's half: hands a hairpinned packet to the proxy as redirect_to_proxy4 does
  * for a pod's (the listener assigned to a SYN, whose original destination and client identity
  * are noted in ciliate_proxy4; later packets marked for local delivery), skipping the pod's
@@ -293,5 +321,7 @@ static __noinline int proxy_hairpin4(struct __sk_buff *skb, struct ciliate_notif
 	 * the lowest aggregation). */
 	if (!ct_opening(tuple, tcp_flags))
 		info->flags |= CILIATE_NOTIFY_F_AGGREGATE;
+	if (!(entry->flags & CT_F_SEEN_REPLY) && !(tcp_flags & TCP_FLAG_SYN))
+		hairpin_answered4(skb, tuple, entry);
 	return redirect_to_proxy4(skb, info, tuple, port, tcp_flags);
 }
