@@ -126,6 +126,8 @@ export interface HttpProxyOptions {
    * SYN the stack takes through a TIME_WAIT socket of its 4-tuple (bpf/lib/proxy.h).
    */
   listeners?: string;
+  /** Milliseconds a connection answered for the last time waits for its client to close (dropAfter); 2000. */
+  lingerMs?: number;
 }
 
 const CONNECT_TIMEOUT_MS = 10_000;
@@ -274,9 +276,21 @@ class Exchange implements Dispatcher.DispatchHandler {
 const UPSTREAM_FAILED_AND_CLOSED = `HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: ${UPSTREAM_FAILED_BODY.length}\r\nconnection: close\r\n\r\n${UPSTREAM_FAILED_BODY}`;
 
 /** Answers `response` on a connection Node's HTTP server has let go of, and drains it until the client closes. */
-function answerAndClose(socket: net.Socket, response: string = DENIED_AND_CLOSED): void {
+function answerAndClose(socket: net.Socket, lingerMs: number, response: string = DENIED_AND_CLOSED): void {
   socket.end(response);
   socket.resume();
+  dropAfter(socket, lingerMs);
+}
+
+/**
+ * A connection the proxy has answered for the last time and half-closed is dropped if its client
+ * has not closed it `ms` later: a client that never closes must not hold one of the proxy's
+ * connections (MAX_CONNECTIONS) for ever, as nothing else times out on a connection that left HTTP.
+ */
+function dropAfter(socket: net.Socket, ms: number): void {
+  const timer = setTimeout(() => socket.destroy(), ms);
+  timer.unref();
+  socket.once('close', () => clearTimeout(timer));
 }
 
 /** An HTTP/1.1 response head with `res`'s status and `headers` (names and values alternating). */
@@ -327,6 +341,9 @@ export class HttpProxy {
   /** Every client connection, whatever it speaks (or before it has said): closed with the proxy. */
   readonly #connections = new Set<net.Socket>();
   readonly #options: HttpProxyOptions;
+  get #lingerMs(): number {
+    return this.#options.lingerMs ?? 2_000;
+  }
   #identities = new Map<string, number>();
   /** ciliate_proxy4, opened at the first client that is no local pod. */
   #origins: BpfMap<Proxy4Key, Proxy4Value> | undefined;
@@ -348,7 +365,7 @@ export class HttpProxy {
     this.#options = options;
     this.#server = http.createServer({ requestTimeout: 60_000, headersTimeout: 15_000, keepAliveTimeout: 5_000 }, (req, res) => this.#handle(req, res));
     // CONNECT would leave HTTP after the judged request: refused. Upgrades are judged (#upgrade).
-    this.#server.on('connect', (_req, socket: net.Socket) => answerAndClose(socket));
+    this.#server.on('connect', (_req, socket: net.Socket) => answerAndClose(socket, this.#lingerMs));
     this.#server.on('upgrade', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => this.#upgrade(req, socket, head));
     this.#server.on('clientError', (_err, socket) => socket.destroy());
     this.#h2 = http2.createServer();
@@ -602,7 +619,7 @@ export class HttpProxy {
   #upgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer): void {
     const upgrade = req.headers.upgrade ?? '';
     if (upgrade.trim().toLowerCase() !== 'websocket') {
-      answerAndClose(socket);
+      answerAndClose(socket, this.#lingerMs);
       return;
     }
     const start = performance.now();
@@ -612,7 +629,7 @@ export class HttpProxy {
     const headers = req.headers;
     const { identity, dst, dport, base, verdict } = this.#admit(socket, { method, path, host: headers.host ?? '', headers, protocol: `HTTP/${req.httpVersion}` }, startMs);
     if (!verdict.ruleKeys) {
-      answerAndClose(socket);
+      answerAndClose(socket, this.#lingerMs);
       return;
     }
     const raw = forwardedHeaders(req.rawHeaders);
@@ -639,7 +656,7 @@ export class HttpProxy {
       } catch {
         // A header the rule's edits made unsendable.
         respond(503);
-        answerAndClose(socket, UPSTREAM_FAILED_AND_CLOSED);
+        answerAndClose(socket, this.#lingerMs, UPSTREAM_FAILED_AND_CLOSED);
         return;
       }
       let answered = false;
@@ -666,6 +683,7 @@ export class HttpProxy {
         socket.write(responseHead(res, [...forwardedHeaders(res.rawHeaders), 'Connection', 'close']));
         res.on('error', () => socket.destroy());
         socket.once('close', () => res.destroy());
+        socket.once('finish', () => dropAfter(socket, this.#lingerMs));
         res.pipe(socket);
         socket.resume();
       });
@@ -673,7 +691,7 @@ export class HttpProxy {
         if (answered || socket.destroyed) return;
         answered = true;
         respond(503);
-        answerAndClose(socket, UPSTREAM_FAILED_AND_CLOSED);
+        answerAndClose(socket, this.#lingerMs, UPSTREAM_FAILED_AND_CLOSED);
       });
       up.end();
     };

@@ -84,3 +84,30 @@ test('closing the proxy closes every client connection, whatever it speaks or be
   assert.equal(outcome, 'closed');
   await closed;
 });
+
+test('a connection the proxy answered for the last time (a denied upgrade) is dropped if its client never closes it: no client holds one of its connections for ever', async () => {
+  const proxy = new HttpProxy({ port: 0, emit: () => undefined, lingerMs: 300 });
+  proxy.setState({ revision: 1, identities: [], policies: [] });
+  const port = await proxy.listen();
+  // A client that does not close its side when the proxy closes its own.
+  const socket = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+  let answer = '';
+  const errored = new Promise<string>((resolve) => socket.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? String(e))));
+  socket.on('data', (d) => (answer += d));
+  const ended = new Promise((resolve) => socket.once('end', resolve));
+  socket.write('GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n');
+  await ended;
+  assert.match(answer, /^HTTP\/1\.1 403 Forbidden\r\n/);
+  // The client keeps its side open. Past the linger the proxy has let its socket go, so what the
+  // client sends then is answered with a reset by the kernel (seen at the next write), not
+  // swallowed by the proxy.
+  await new Promise((resolve) => setTimeout(resolve, 600));
+  socket.write('still here');
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  socket.write('and here');
+  const outcome = await Promise.race([errored, new Promise((resolve) => setTimeout(() => resolve('no reset: the proxy still holds the connection'), 1000))]);
+  socket.destroy();
+  await proxy.close();
+  assert.match(String(outcome), /^(ECONNRESET|EPIPE)$/);
+});
+
