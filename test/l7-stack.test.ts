@@ -9,7 +9,8 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { readFileSync, statSync } from 'node:fs';
 import { CtDirection, CtFlag, MapName, type CtEntry, type CtTuple } from '../src/datapath/index.ts';
 import { BpfMap, u32, u64 } from '../src/ebpf/index.ts';
 import { DNS_PROXY_PORT, L7_PROXY_PORT } from '../src/policy/policy-map.ts';
@@ -179,8 +180,7 @@ test('a client reusing the 4-tuple of a connection the proxy closed first (its s
     using listeners = BpfMap.openPinned(join(node.bpfRoot, 'maps', MapName.PROXY_LISTENERS), u32, u64);
     assert.deepEqual([...listeners.keys()].sort(), [DNS_PROXY_PORT, L7_PROXY_PORT].sort());
   }
-  const lport = '40001';
-  for (const [who, netns] of [['pod', client.netns], ['node', node.netns]] as const) {
+  const reconnectsAtOnce = async (who: string, netns: string, lport: string) => {
     const first = JSON.parse(await inNs(netns, process.execPath, ['-e', CLOSING_REQUEST, web.endpoint.ipv4, lport]));
     assert.deepEqual([first.status, first.body], ['200', 'public'], `${who}: ${JSON.stringify(first)}`);
     // The proxy's side of it (the pod's address as its own, in the node's namespace) in TIME_WAIT.
@@ -189,7 +189,19 @@ test('a client reusing the 4-tuple of a connection the proxy closed first (its s
     const again = JSON.parse(await inNs(netns, process.execPath, ['-e', CLOSING_REQUEST, web.endpoint.ipv4, lport]));
     assert.deepEqual([again.status, again.body], ['200', 'public'], `${who}: ${JSON.stringify(again)}`);
     assert.ok(again.connectMs < 500, `${who}: connected after ${again.connectMs} ms`);
-  }
+  };
+  await reconnectsAtOnce('pod', client.netns, '40001');
+  await reconnectsAtOnce('node', node.netns, '40001');
+
+  // A restarted agent adopts the lookup an earlier one attached (one link on the namespace, not
+  // two), and its new proxies put their listeners in.
+  await node.stopAgent();
+  await node.startAgent();
+  const netnsIno = statSync(`/run/netns/${node.netns}`).ino;
+  const links = (JSON.parse(execFileSync('bpftool', ['-j', 'link', 'show'], { encoding: 'utf8' })) as { type?: string; netns_ino?: number; attach_type?: string }[]).filter((l) => l.type === 'netns' && l.netns_ino === netnsIno);
+  assert.deepEqual(links.map((l) => l.attach_type), ['sk_lookup']);
+  await until('the restarted proxy listens', async () => (await httpRequest(client.netns, 'GET', `http://${web.endpoint.ipv4}/public`)).status === 200);
+  await reconnectsAtOnce('pod, after a restart', client.netns, '40003');
 });
 
 /** One request on a kept-alive connection from local port `lport`, the connection then held open for `holdMs`. */
