@@ -107,15 +107,16 @@ static __always_inline int redirect_datagram_to_proxy4(struct __sk_buff *skb, st
 	return TC_ACT_OK;
 }
 
-/* The node's socket that takes the packets of `tuple` (the proxy's, once it has the connection),
- * else a listener for its destination, or NULL; the caller releases it. */
-static __always_inline struct bpf_sock *tuple_socket4(struct __sk_buff *skb, const struct ipv4_ct_tuple *tuple)
+/* The node's socket that takes the packets of `tuple` from client port `sport` (the proxy's, once
+ * it has the connection), else a listener for its destination, or NULL; the caller releases it.
+ * With `sport` 0 no connection matches: the listener the stack would find. */
+static __always_inline struct bpf_sock *tuple_socket4(struct __sk_buff *skb, const struct ipv4_ct_tuple *tuple, __be16 sport)
 {
 	struct bpf_sock_tuple st = {};
 
 	st.ipv4.saddr = tuple->saddr;
 	st.ipv4.daddr = tuple->daddr;
-	st.ipv4.sport = tuple->sport;
+	st.ipv4.sport = sport;
 	st.ipv4.dport = tuple->dport;
 	return bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv4), BPF_F_CURRENT_NETNS, 0);
 }
@@ -142,7 +143,6 @@ static __always_inline int proxy_after_time_wait4(struct __sk_buff *skb, struct 
 	struct proxy4_key key = { .saddr = tuple->saddr, .sport = tuple->sport, .nexthdr = IPPROTO_TCP };
 	struct proxy4_value orig = { .orig_daddr = tuple->daddr, .orig_dport = tuple->dport,
 				     .handoff_port = proxy_port, .identity = info->src_identity };
-	struct bpf_sock_tuple st = {};
 	struct bpf_sock *sk;
 	long err;
 
@@ -158,11 +158,7 @@ static __always_inline int proxy_after_time_wait4(struct __sk_buff *skb, struct 
 		}
 		return TC_ACT_OK;
 	}
-	/* The listener the stack would find: without a client port no connection matches. */
-	st.ipv4.saddr = tuple->saddr;
-	st.ipv4.daddr = tuple->daddr;
-	st.ipv4.dport = tuple->dport;
-	sk = bpf_skc_lookup_tcp(skb, &st, sizeof(st.ipv4), BPF_F_CURRENT_NETNS, 0);
+	sk = tuple_socket4(skb, tuple, 0);
 	if (sk) {
 		bpf_sk_release(sk);
 		return DROP(skb, info, DROP_PROXY_LOOKUP_FAILED);
@@ -192,7 +188,7 @@ __noinline int redirect_to_proxy4(struct __sk_buff *skb, struct ciliate_notify_i
 		return DROP(skb, info, DROP_PROXY_UNSUPPORTED);
 	skb->mark = MARK_MAGIC_TO_PROXY;
 	if (ct_opening(tuple, tcp_flags)) {
-		sk = tuple_socket4(skb, tuple);
+		sk = tuple_socket4(skb, tuple, tuple->sport);
 		if (sk) {
 			__u32 state = sk->state;
 
@@ -281,7 +277,7 @@ static __always_inline bool proxy_hairpinned(const struct __sk_buff *skb)
  */
 static __noinline void hairpin_answered4(struct __sk_buff *skb, const struct ipv4_ct_tuple *tuple, struct ct_entry *entry)
 {
-	struct bpf_sock *sk = tuple_socket4(skb, tuple);
+	struct bpf_sock *sk = tuple_socket4(skb, tuple, tuple->sport);
 
 	if (!sk)
 		return;

@@ -17,18 +17,14 @@ export const PROXY_LOOKUP_OBJECT_PATH = join(import.meta.dirname, '..', '..', 'b
 const PROGRAM = 'cil_proxy_lookup';
 const THIS_NETNS = '/proc/thread-self/ns/net';
 
-/** Where the link is pinned, under the agent's bpffs root. */
-export function proxyLookupPin(bpfRoot: string): string {
-  return join(bpfRoot, 'proxy', 'sk-lookup');
-}
-
 /**
  * Attaches cil_proxy_lookup to this thread's network namespace (the node's), sharing the node's
- * two maps it reads, unless a link an earlier agent pinned already serves it. Returns whether it attached one.
+ * two maps it reads, unless a link an earlier agent pinned (at `<bpfRoot>/proxy/sk-lookup`)
+ * already serves it.
  */
-export function ensureProxyLookup(bpfRoot: string, objectPath = PROXY_LOOKUP_OBJECT_PATH): boolean {
-  const pin = proxyLookupPin(bpfRoot);
-  if (linkServesThisNetns(pin)) return false;
+export function ensureProxyLookup(bpfRoot: string, objectPath = PROXY_LOOKUP_OBJECT_PATH): void {
+  const pin = join(bpfRoot, 'proxy', 'sk-lookup');
+  if (linkServesThisNetns(pin)) return;
   const mapsDir = join(bpfRoot, 'maps');
   mkdirSync(mapsDir, { recursive: true });
   mkdirSync(join(bpfRoot, 'proxy'), { recursive: true });
@@ -36,7 +32,6 @@ export function ensureProxyLookup(bpfRoot: string, objectPath = PROXY_LOOKUP_OBJ
   using link = attachSkLookup(obj.program(PROGRAM));
   unpinLink(pin);
   link.pin(pin);
-  return true;
 }
 
 function linkServesThisNetns(path: string): boolean {
