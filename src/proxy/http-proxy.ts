@@ -324,6 +324,21 @@ function splice(client: net.Socket, upstream: net.Socket): void {
   }
 }
 
+/** A client connection's forwarded requests in its order: whether one is upstream, and those waiting their turn. */
+interface InOrderLine {
+  active: boolean;
+  waiting: (() => void)[];
+}
+
+/** `forward` runs now if nothing of the line is upstream, else when its turn comes. */
+function joinLine(line: InOrderLine, forward: () => void): void {
+  if (line.active) line.waiting.push(forward);
+  else {
+    line.active = true;
+    forward();
+  }
+}
+
 /** Per endpoint address: its entries with L7 rules, ready for lookups. */
 function endpointRules(list: readonly { address: string; entries: PolicyMapEntry[] }[]): Map<string, EndpointRules> {
   const out = new Map<string, EndpointRules>();
@@ -358,8 +373,8 @@ export class HttpProxy {
   readonly #agents = new Map<number, Agent>();
   /** The upstream connections of upgrade requests and of their tunnels: closed with the proxy. */
   readonly #tunnels = new Set<net.Socket>();
-  /** Per client connection: whether a forwarded request is upstream, and those waiting their turn. */
-  readonly #inOrder = new WeakMap<net.Socket, { active: boolean; waiting: (() => void)[] }>();
+  /** Per client connection: its in-order line (joinLine). */
+  readonly #inOrder = new WeakMap<net.Socket, InOrderLine>();
 
   constructor(options: HttpProxyOptions) {
     this.#options = options;
@@ -595,15 +610,11 @@ export class HttpProxy {
       if (next) next();
       else queue.active = false;
     });
-    if (queue.active) queue.waiting.push(forward);
-    else {
-      queue.active = true;
-      forward();
-    }
+    joinLine(queue, forward);
   }
 
   /** The in-order line of a client connection's forwarded requests. */
-  #line(socket: net.Socket): { active: boolean; waiting: (() => void)[] } {
+  #line(socket: net.Socket): InOrderLine {
     let line = this.#inOrder.get(socket);
     if (!line) this.#inOrder.set(socket, (line = { active: false, waiting: [] }));
     return line;
@@ -696,12 +707,7 @@ export class HttpProxy {
       up.end();
     };
     // After the responses to what the client pipelined before it, as any request (#handle).
-    const queue = this.#line(socket);
-    if (queue.active) queue.waiting.push(forward);
-    else {
-      queue.active = true;
-      forward();
-    }
+    joinLine(this.#line(socket), forward);
   }
 
   /** An HTTP/2 stream: judged as an HTTP/1.1 request is, then forwarded on a stream of the identity's upstream session, trailers (gRPC's status) included. */
